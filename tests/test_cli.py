@@ -1,0 +1,38 @@
+"""The real CLI end to end: train writes a run; user mistakes exit 2 with a message and write nothing."""
+
+import pytest
+
+from tunelab.cli import main
+
+
+def test_train_command_end_to_end(tiny_model, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["-q", "train", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
+               "--set", "train.epochs=1", "--set", "train.max_length=96", "--run-dir", str(run)])
+    assert rc == 0
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "summary.json").is_file()
+    out = capsys.readouterr().out
+    assert "val loss improvement" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.epochs=-1"], "train.epochs: must be greater than or equal to 1 (got -1)"),
+    (["--set", "data.val_fraction=1.5"], "data.val_fraction: must be less than 1 (got 1.5)"),
+    (["--set", "train.epoch=2"], "--set train.epoch: no such key in the recipe schema"),
+    (["--set", "lora.r=big"], "lora.r: must be a valid integer"),
+    (["--set", r"data.template=Q: {qestion}\nA: "], "data.template: unknown placeholder {qestion}; fields are: "
+                                                   "answer, family, question"),
+    (["--set", "model.name=./no/such/model"], "model.name: ./no/such/model: no such local path"),
+    (["--set", "data.source=./missing.jsonl"], "data.source: ./missing.jsonl: no such file or directory"),
+])
+def test_user_mistakes_exit_2_naming_the_key_and_write_nothing(args, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", *args, "--run-dir", str(run)]) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_recipes_lists_builtins(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k-mistral-7b" in out and "quickstart" in out and "gsm8k-smollm2-135m" in out

@@ -1,0 +1,69 @@
+"""Recipe schema: built-in recipes validate, every problem is reported at once with its key, --set is typed."""
+
+import pytest
+import yaml
+
+from tunelab.config import apply_overrides, builtin_recipes, load_recipe, reference, validate
+from tunelab.errors import UserError
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_every_builtin_recipe_validates_and_every_key_is_in_the_schema(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.data.template.endswith("Response: ") and recipe.data.target == "{answer}"
+    assert builtin_recipes()[name], "every recipe carries a one-line description"
+
+
+def test_flagship_recipe_matches_the_seed_report():
+    r = load_recipe("gsm8k-mistral-7b")
+    assert r.model.name == "mistralai/Mistral-7B-v0.1"
+    assert (r.data.source, r.data.config, r.data.val_fraction, r.train.epochs) == ("openai/gsm8k", "main", 0.1, 3)
+    assert r.data.template == "Instruction: {question}\nResponse: "
+    assert load_recipe("gsm8k-mistral-7b", ["model.load_in_4bit=true"]).model.load_in_4bit is True
+
+
+def test_all_problems_are_reported_together_with_their_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": "x", "colour": "blue"},
+        "data": {"source": "synthetic:arith", "template": "{question}", "target": "{answer}", "val_fraction": 1.5},
+        "train": {"epochs": -1, "lr": "fast"},
+    }))
+    with pytest.raises(UserError) as err:
+        load_recipe(str(path))
+    text = str(err.value)
+    assert text.startswith(f"{path}: 4 problems")
+    for key in ("model.colour: unknown key", "data.val_fraction", "train.epochs", "train.lr"):
+        assert key in text
+    assert "(got -1)" in text
+
+
+def test_set_overrides_are_typed_and_turn_backslash_n_into_newlines():
+    r = load_recipe("quickstart", ["train.epochs=1", "train.lr=1e-4", "data.limit=10", "train.completion_only=false",
+                                   r"data.template=Q: {question}\nA: ", "train.report_to=[tensorboard]"])
+    assert (r.train.epochs, r.train.lr, r.data.limit, r.train.completion_only) == (1, 1e-4, 10, False)
+    assert r.data.template == "Q: {question}\nA: "
+    assert r.train.report_to == ["tensorboard"]
+
+
+def test_set_on_a_key_not_in_the_schema_is_named():
+    raw = {}
+    problems = apply_overrides(raw, ["train.epoch=3", "nonsense", "lora.r.x=1"])
+    assert problems == ["--set train.epoch: no such key in the recipe schema",
+                        "--set nonsense: expected dotted.key=value",
+                        "--set lora.r.x: no such key in the recipe schema"]
+    assert raw == {}
+
+
+def test_missing_sections_and_unknown_recipe_names():
+    with pytest.raises(UserError, match="model: required"):
+        validate({"data": {"source": "s", "template": "t", "target": "u"}}, "r.yaml")
+    with pytest.raises(UserError, match="no such recipe; built-in recipes are: .*quickstart"):
+        load_recipe("no-such-recipe")
+
+
+def test_reference_lists_every_key_with_its_description():
+    ref = reference()
+    assert "| `lora.r` | `16` | rank: higher = more capacity and memory |" in ref
+    assert "`train.completion_only`" in ref and "`data.skip_bad_rows`" in ref

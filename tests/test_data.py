@@ -1,0 +1,111 @@
+"""Data sources, template rendering, deterministic splits, malformed rows named by file and line."""
+
+import json
+
+import pytest
+
+from tunelab.config import DataConfig
+from tunelab.data import load_splits, placeholders
+from tunelab.errors import UserError
+from conftest import write_jsonl
+
+TEMPLATE = {"template": "Instruction: {question}\nResponse: ", "target": "{answer}"}
+
+
+def rows(n, start=0):
+    return [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(start, start + n)]
+
+
+def cfg(source, **kw):
+    return DataConfig(source=str(source), **{**TEMPLATE, **kw})
+
+
+def test_gsm8k_directory_gives_train_val_and_untouched_test(gsm8k):
+    s = load_splits(cfg(gsm8k, limit=100))
+    assert (len(s.train), len(s.val), len(s.test)) == (90, 10, 1319)
+    assert s.train[0].prompt.startswith("Instruction: ") and s.train[0].prompt.endswith("\nResponse: ")
+    assert "####" in s.train[0].target
+    train_q = {e.fields["question"] for e in s.train + s.val}
+    assert not train_q & {e.fields["question"] for e in s.test}
+
+
+def test_split_is_seeded_and_deterministic(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", rows(50))
+    a, b = load_splits(cfg(src)), load_splits(cfg(src))
+    assert [e.id for e in a.val] == [e.id for e in b.val] and len(a.val) == 5
+    c = load_splits(cfg(src, seed=1))
+    assert [e.id for e in a.val] != [e.id for e in c.val]
+    assert not {e.id for e in a.train} & {e.id for e in a.val}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet"])
+def test_single_files_of_each_kind(tmp_path, kind):
+    import pandas as pd
+    data = rows(20)
+    path = tmp_path / f"data.{kind}"
+    if kind == "jsonl":
+        write_jsonl(path, data)
+    elif kind == "json":
+        path.write_text(json.dumps(data))
+    elif kind == "csv":
+        pd.DataFrame(data).to_csv(path, index=False)
+    else:
+        pd.DataFrame(data).to_parquet(path)
+    s = load_splits(cfg(path))
+    assert len(s.train) + len(s.val) == 20 and s.test == []
+    assert {e.target for e in s.train + s.val} == {r["answer"] for r in data}
+
+
+def test_hub_loader_reads_a_local_datasets_folder(tmp_path):
+    folder = tmp_path / "hubset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows(30))
+    write_jsonl(folder / "test.jsonl", rows(5, 100))
+    s = load_splits(cfg(f"hub:{folder}"))  # datasets.load_dataset(folder): the hub code path, offline
+    assert (len(s.train) + len(s.val), len(s.test)) == (30, 5)
+    import datasets
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows(12)),
+                          "test": datasets.Dataset.from_list(rows(3))}).save_to_disk(str(saved))
+    s = load_splits(cfg(saved))
+    assert (len(s.train) + len(s.val), len(s.test)) == (12, 3)
+
+
+def test_synthetic_source_carries_labels():
+    s = load_splits(DataConfig(source="synthetic:arith", label_field="family", synthetic_rows=100,
+                               synthetic_test_rows=10, **TEMPLATE))
+    assert (len(s.train), len(s.val), len(s.test)) == (90, 10, 10)
+    assert all(e.label for e in s.train)
+
+
+def test_unknown_placeholder_lists_the_real_fields(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", rows(5))
+    with pytest.raises(UserError, match=r"data.template: unknown placeholder \{qestion\}; fields are: answer, question"):
+        load_splits(DataConfig(source=str(src), template="Q: {qestion}", target="{answer}"))
+    assert placeholders("Q: {question} {{literal}} {answer}") == ["question", "answer"]
+
+
+def test_malformed_rows_are_named_by_file_and_line_or_skipped_and_counted(tmp_path):
+    good = [json.dumps(r) for r in rows(10)]
+    src = write_jsonl(tmp_path / "d.jsonl", good[:3] + ['{"question": "x", "answer": '] + good[3:6]
+                      + ['{"question": "only"}', '{"question": "  ", "answer": "1"}'] + good[6:])
+    with pytest.raises(UserError) as err:
+        load_splits(cfg(src))
+    text = str(err.value)
+    assert "3 malformed rows" in text
+    assert f"{src}:4: bad JSON" in text
+    assert f"{src}:8: missing field 'answer'" in text
+    assert f"{src}:9: empty field 'question'" in text
+    s = load_splits(cfg(src, skip_bad_rows=True))
+    assert len(s.train) + len(s.val) == 10 and len(s.skipped) == 3
+
+
+def test_empty_and_missing_sources(tmp_path):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(UserError, match="0 usable train rows"):
+        load_splits(cfg(empty))
+    with pytest.raises(UserError, match="no such file or directory"):
+        load_splits(cfg(tmp_path / "nope.jsonl"))
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(UserError, match="no train file"):
+        load_splits(cfg(tmp_path / "dir"))

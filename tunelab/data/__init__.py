@@ -1,0 +1,120 @@
+"""Data: read the source, render prompt + target from the template, split train/validation/test.
+
+`load_splits(cfg.data)` is the one entry point. The split is seeded and deterministic; the test
+split (when the source has one) is kept for evaluation and never trained on.
+
+Run as: tunelab train quickstart
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+from dataclasses import dataclass, field
+
+from tunelab.config import DataConfig
+from tunelab.data.sources import read_source
+from tunelab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    id: str
+    prompt: str  # rendered data.template
+    target: str  # rendered data.target; the loss is taken on it (completion-only)
+    fields: dict  # the raw row, for analysis and evaluation (e.g. the reference answer)
+    label: str | None = None  # data.label_field, if any
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    skipped: list[str] = field(default_factory=list)  # "where: problem" of each skipped bad row
+
+
+def placeholders(template: str) -> list[str]:
+    """Field names used by a `{field}` template, in order of first use."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None and name not in names:
+            if not name.isidentifier():
+                raise UserError(f"template {template!r}: placeholder {{{name}}} is not a field name")
+            names.append(name)
+    return names
+
+
+def render(template: str, fields: dict) -> str:
+    return template.format_map({k: "" if v is None else v for k, v in fields.items()})
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Read `cfg.source`, render every row, and split it.
+
+    Raises:
+        UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
+    """
+    raw, bad = read_source(cfg.source, cfg.config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed)
+    needed = placeholders(cfg.template) + placeholders(cfg.target)
+    _check_placeholders(cfg, raw["train"], needed)
+    problems = [f"{b.where}: {b.problem}" for b in bad]
+    examples = {}
+    for split, rows in raw.items():
+        examples[split] = []
+        for row in rows:
+            problem = _row_problem(row.fields, needed)
+            if problem:
+                problems.append(f"{row.where}: {problem}")
+                continue
+            label = row.fields.get(cfg.label_field) if cfg.label_field else None
+            examples[split].append(Example(row.id, render(cfg.template, row.fields), render(cfg.target, row.fields),
+                                           row.fields, None if label is None else str(label)))
+    if problems and not cfg.skip_bad_rows:
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise UserError(f"data.source: {len(problems)} malformed rows (set data.skip_bad_rows: true to skip them)\n"
+                        + "\n".join(f"  {p}" for p in problems[:5]) + more)
+    if problems:
+        log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
+    train, val = _split(examples["train"], examples.get("validation"), cfg)
+    return Splits(train, val, examples.get("test", []), problems)
+
+
+def _check_placeholders(cfg: DataConfig, rows, needed: list[str]) -> None:
+    fields = sorted({k for r in rows[:100] for k in r.fields})
+    unknown = [n for n in needed if n not in fields]
+    if unknown and rows:
+        raise UserError(f"data.template: unknown placeholder {', '.join('{' + u + '}' for u in unknown)}; "
+                        f"fields are: {', '.join(fields)}")
+    if cfg.label_field and rows and cfg.label_field not in fields:
+        raise UserError(f"data.label_field: no field {cfg.label_field!r}; fields are: {', '.join(fields)}")
+
+
+def _row_problem(fields: dict, needed: list[str]) -> str | None:
+    for name in needed:
+        if name not in fields:
+            return f"missing field {name!r}"
+        value = fields[name]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return f"empty field {name!r}"
+    return None
+
+
+def _split(train: list[Example], val: list[Example] | None, cfg: DataConfig) -> tuple[list, list]:
+    """Seeded split of the first `limit` train rows; a source's own validation split is used as is."""
+    if cfg.limit is not None:
+        train = train[:cfg.limit]
+    if val:
+        return train, val[:cfg.limit] if cfg.limit else val
+    if len(train) < 2:
+        raise UserError(f"data.source: {cfg.source}: {len(train)} usable train rows; "
+                        f"need at least 2 (one to train on, one to validate)")
+    order = list(range(len(train)))
+    random.Random(cfg.seed).shuffle(order)
+    n_val = min(max(1, round(len(train) * cfg.val_fraction)), len(train) - 1)
+    val_idx = set(order[:n_val])
+    return ([e for i, e in enumerate(train) if i not in val_idx],
+            [e for i, e in enumerate(train) if i in val_idx])

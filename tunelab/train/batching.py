@@ -1,0 +1,88 @@
+"""Tokenize examples and cut them into padded batches, grouped by length (same loss, less padding).
+
+Labels are -100 on the prompt when training completion-only; every sequence ends with EOS so the
+model learns to stop. Truncation to `max_length` is counted, never silent.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+GROUP_CHUNK = 64  # batches per length-sorted chunk: order stays random across chunks
+
+
+@dataclass
+class Tokenized:
+    index: int  # position in the split's example list
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
+
+
+@dataclass
+class Batch:
+    index: torch.Tensor  # (B,) example positions
+    input_ids: torch.Tensor  # (B, T) right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), IGNORE on prompt and padding
+    tokens: int  # non-pad tokens
+    supervised: int  # tokens that carry loss
+
+
+def tokenize(examples, tok, max_length: int, completion_only: bool) -> tuple[list[Tokenized], int]:
+    """Token ids and labels per example; returns (kept examples, how many were truncated).
+
+    Examples left with no supervised token after truncation are dropped (they count as truncated).
+    """
+    prompts = tok([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    targets = tok([e.target for e in examples], add_special_tokens=False)["input_ids"]
+    out, truncated = [], 0
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        t = t + [tok.eos_token_id]
+        ids = p + t
+        labels = ([IGNORE] * len(p) if completion_only else list(p)) + t
+        if len(ids) > max_length:
+            truncated += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        item = Tokenized(i, ids, labels)
+        if item.supervised > 0:
+            out.append(item)
+    return out, truncated
+
+
+def batches(items: list[Tokenized], batch_size: int, pad_id: int, seed: int | None,
+            group_by_length: bool) -> list[Batch]:
+    """Batches for one pass. seed=None keeps order (evaluation); grouping sorts within chunks."""
+    order = list(range(len(items)))
+    rng = random.Random(seed)
+    if seed is not None:
+        rng.shuffle(order)
+    if group_by_length:
+        chunk = batch_size * GROUP_CHUNK
+        order = [i for s in range(0, len(order), chunk)
+                 for i in sorted(order[s:s + chunk], key=lambda i: -len(items[i].input_ids))]
+    groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if group_by_length and seed is not None:
+        rng.shuffle(groups)
+    return [collate([items[i] for i in g], pad_id) for g in groups]
+
+
+def collate(group: list[Tokenized], pad_id: int) -> Batch:
+    width = max(len(x.input_ids) for x in group)
+    ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(group), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(group), width), dtype=torch.long)
+    for row, x in enumerate(group):
+        n = len(x.input_ids)
+        ids[row, :n] = torch.tensor(x.input_ids)
+        labels[row, :n] = torch.tensor(x.labels)
+        mask[row, :n] = 1
+    return Batch(torch.tensor([x.index for x in group]), ids, mask, labels, int(mask.sum()),
+                 sum(x.supervised for x in group))
