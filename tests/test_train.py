@@ -132,3 +132,40 @@ def test_other_architectures_train_with_default_target_modules(arch, tmp_path, s
     assert result.epochs[1]["val_loss"] < result.epochs[0]["val_loss"]
     adapter = load_file(run.adapter / "adapter_model.safetensors")
     assert {k.split(".")[-3] for k in adapter if "lora_A" in k} >= {"q_proj", "v_proj", "down_proj"}
+
+
+def test_split_and_grouped_batches_give_the_same_per_token_loss(tiny_model):
+    """Length grouping and token-budget splitting change memory and speed, never the objective."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.data import Example
+    from tunelab.train import forward_tokens
+    from tunelab.train.batching import split
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    ex = [Example(str(i), f"Q{i}: " + "two plus " * (i % 9 + 1), f"{i}\n#### {i}", {}) for i in range(16)]
+    items, _ = tokenize(ex, tok, 256, True)
+    cpu = torch.device("cpu")
+
+    def per_token(batch_list):
+        out = {}
+        for b in batch_list:
+            losses, _, rows = forward_tokens(model, b, cpu)
+            counts = {}
+            for loss, r in zip(losses.tolist(), rows.tolist()):
+                i = int(b.index[r])
+                out[(i, counts.setdefault(i, 0))] = loss
+                counts[i] += 1
+        return out
+
+    with torch.no_grad():
+        one_by_one = per_token(batches(items, 1, tok.pad_token_id, None, False))
+        grouped = per_token(batches(items, 8, tok.pad_token_id, seed=5, group_by_length=True))
+        sliced = per_token([s for b in batches(items, 8, tok.pad_token_id, seed=5, group_by_length=False)
+                            for s in split(b, 40)])
+    assert one_by_one.keys() == grouped.keys() == sliced.keys()
+    for key, loss in one_by_one.items():
+        assert grouped[key] == pytest.approx(loss, abs=1e-4) and sliced[key] == pytest.approx(loss, abs=1e-4)
+    big = batches(items, 8, tok.pad_token_id, None, False)[0]
+    parts = split(big, 40)
+    assert len(parts) > 1 and all(p.input_ids.numel() <= 40 or p.input_ids.shape[0] == 1 for p in parts)
+    assert sum(p.supervised for p in parts) == big.supervised and sum(p.tokens for p in parts) == big.tokens

@@ -67,6 +67,22 @@ def _parser() -> argparse.ArgumentParser:
     _recipe_args(s)
     s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="exact-match accuracy of base and tuned model on held-out questions")
+    s.add_argument("target", help="a run directory, or a recipe (base model only)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key (for a bare recipe)")
+    s.add_argument("--only", choices=["base", "tuned"], help="run one pass (the other is kept if present)")
+    s.add_argument("--limit", type=int, help="questions to score (default: recipe eval.limit)")
+    s.add_argument("--batch-size", type=int, help="questions per batch (0 = automatic)")
+    s.add_argument("--run-dir", help="for a bare recipe: where to write (default runs/<recipe>-base)")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
+    s.add_argument("run_dir")
+    s.add_argument("out_dir")
+    s.add_argument("--adapter-only", action="store_true", help="copy the PEFT adapter instead of merging")
+    s.set_defaults(func=cmd_export)
     return p
 
 
@@ -106,6 +122,68 @@ def cmd_train(args) -> int:
     result = train(cfg, run)
     _print_epochs(result.epochs, result.summary, run)
     return 0
+
+
+def open_run(path: str):
+    """A run directory with its resolved recipe; UserError if it is not one."""
+    from tunelab.config import load_recipe
+    from tunelab.rundir import RunDir
+    run = RunDir(path)
+    if not run.config.is_file():
+        raise UserError(f"{path}: not a run directory (no config.yaml)")
+    return run, load_recipe(str(run.config))
+
+
+def cmd_eval(args) -> int:
+    from tunelab.config import load_recipe
+    from tunelab.evaluate import evaluate
+    from tunelab.rundir import RunDir
+    if Path(args.target, "config.yaml").is_file():
+        run, cfg = open_run(args.target)
+        if args.overrides:
+            cfg = load_recipe(str(run.config), args.overrides)
+        is_run = True
+    else:
+        cfg = load_recipe(args.target, args.overrides)
+        run, is_run = RunDir(args.run_dir or Path("runs") / f"{cfg.name}-base"), False
+        if args.only == "tuned":
+            raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
+        from tunelab.config import to_yaml
+        run.create()
+        run.write_text(run.config, to_yaml(cfg))
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit: must be >= 1 (got {args.limit})")
+    result = evaluate(cfg, run, only=args.only, limit=args.limit, batch_size=args.batch_size, adapter=is_run)
+    _print_eval(result.summary, run)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tunelab.export import export
+    run, _ = open_run(args.run_dir)
+    out = export(run, Path(args.out_dir), args.adapter_only)
+    print(f"wrote {out}")
+    return 0
+
+
+def _print_eval(summary: dict, run) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("model", "n", "strict-match", "flexible-extract", "tokens/s", "seconds", title=f"{run.path} eval")
+    for name in ("base", "tuned"):
+        if name in summary:
+            s = summary[name]
+            table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %",
+                          f"{100 * s['flexible_accuracy']:.1f} %", f"{s['tokens_per_second']:.0f}",
+                          f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
+    console = Console()
+    console.print(table)
+    for metric in ("strict", "flexible"):
+        d = summary.get(f"{metric}_difference")
+        if d:
+            lo, hi = d["ci95_pts"]
+            console.print(f"{metric}: tuned - base = {d['delta_pts']:+.1f} pts (95 % CI {lo:+.1f}..{hi:+.1f}, "
+                          f"McNemar p = {d['mcnemar_p']:.3g}, {d['gained']} gained / {d['lost']} lost)")
 
 
 def _print_epochs(epochs: list[dict], summary: dict, run) -> None:

@@ -26,7 +26,7 @@ from tunelab.errors import UserError
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir
-from tunelab.train.batching import Batch, batches, tokenize
+from tunelab.train.batching import Batch, batches, split, tokenize
 from tunelab.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _step(model, group: list[Batch], optimizer, scheduler, cfg: Recipe, device, 
     t0 = time.time()
     group_tokens = sum(b.supervised for b in group)
     loss_sum, correct, seen = 0.0, 0, 0
-    for b in group:
+    for b in (mb for big in group for mb in split(big, cfg.train.micro_batch_tokens)):
         losses, ok, rows = forward_tokens(model, b, device)
         (losses.sum() / group_tokens).backward()
         loss_sum += float(losses.detach().sum())
@@ -195,7 +195,8 @@ def _step(model, group: list[Batch], optimizer, scheduler, cfg: Recipe, device, 
 def _validate(model, items, examples, cfg: Recipe, pad_id: int, device, epoch: int, example_log: list) -> PassStats:
     model.eval()
     stats = PassStats()
-    for b in batches(items, cfg.train.batch_size, pad_id, None, True):
+    for b in (mb for big in batches(items, cfg.train.batch_size, pad_id, None, True)
+              for mb in split(big, cfg.train.micro_batch_tokens)):
         losses, ok, rows = forward_tokens(model, b, device)
         stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.tokens)
         for i, loss, n in _per_example(losses, rows, b):
