@@ -55,5 +55,5 @@ def actual(wall_seconds: float, device, override: float | None) -> dict:
     """The cost.json of a finished stage: device-hours x price."""
     usd_per_hour, source = price_per_hour(device, override)
     hours = wall_seconds / 3600
-    return {"device": device.type, "device_hours": round(hours, 6), "usd_per_hour": usd_per_hour,
-            "cost_usd": round(hours * usd_per_hour, 6), "price_source": source}
+    return {"device": device.type, "device_hours": round(hours, 9), "usd_per_hour": usd_per_hour,
+            "cost_usd": round(hours * usd_per_hour, 9), "price_source": source}
