@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="for a bare recipe: where to write (default runs/<recipe>-base)")
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("analyze", help="word cloud, embeddings, UMAP + KMeans clusters, outliers, data map")
+    s.add_argument("run_dir", nargs="?", help="a run directory (uses its losses, eval and adapter)")
+    s.add_argument("--recipe", help="analyse a recipe's data before training (needs --run-dir)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--run-dir", dest="out_dir", help="with --recipe: where to write analysis/")
+    s.add_argument("--embedder", help="minilm, model, or a sentence-transformers folder (default: recipe)")
+    s.add_argument("-k", type=int, help="number of clusters (default: best silhouette)")
+    s.set_defaults(func=cmd_analyze)
+
     s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
@@ -156,6 +165,49 @@ def cmd_eval(args) -> int:
     result = evaluate(cfg, run, only=args.only, limit=args.limit, batch_size=args.batch_size, adapter=is_run)
     _print_eval(result.summary, run)
     return 0
+
+
+def cmd_analyze(args) -> int:
+    from tunelab.analysis import analyze
+    from tunelab.config import load_recipe, to_yaml
+    from tunelab.rundir import RunDir
+    if args.recipe:
+        cfg = load_recipe(args.recipe, args.overrides)
+        run = RunDir(args.out_dir or Path("runs") / f"{cfg.name}-insights")
+        run.create()
+        if not run.config.exists():
+            run.write_text(run.config, to_yaml(cfg))
+    elif args.run_dir:
+        run, cfg = open_run(args.run_dir)
+        if args.overrides:
+            cfg = load_recipe(str(run.config), args.overrides)
+    else:
+        raise UserError("analyze: give a run directory, or --recipe NAME --run-dir DIR")
+    if args.k is not None and args.k < 2:
+        raise UserError(f"-k: must be >= 2 (got {args.k})")
+    summary = analyze(cfg, run, embedder=args.embedder, k=args.k)
+    _print_analysis(summary, run)
+    return 0
+
+
+def _print_analysis(summary: dict, run) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    clusters = run.read_json(run.analysis_dir / "clusters.json")
+    table = Table("cluster", "name", "size", "mean loss", "accuracy (tuned)", title=f"{run.path} analysis")
+    for c in clusters:
+        acc = c.get("tuned_accuracy")
+        table.add_row(str(c["cluster"]), c["name"], str(c["size"]),
+                      "—" if c["mean_loss"] is None else f"{c['mean_loss']:.3f}",
+                      "—" if acc is None else f"{100 * acc:.0f} %")
+    console = Console()
+    console.print(table)
+    line = f"k={summary['k']} (silhouette {summary['silhouette']}), {summary['outliers']} outliers"
+    if "adjusted_rand_index" in summary:
+        line += (f", ARI {summary['adjusted_rand_index']:.3f}, purity {summary['purity']:.3f}, rare label "
+                 f"{summary['rarest_label']!r}: {summary['rarest_label_in_outliers']}/{summary['rarest_label_rows']} "
+                 f"among outliers")
+    console.print(line + f"; {summary['seconds_total']:.0f} s; see {run.analysis_dir}")
 
 
 def cmd_export(args) -> int:
