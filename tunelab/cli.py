@@ -87,6 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, help="number of clusters (default: best silhouette)")
     s.set_defaults(func=cmd_analyze)
 
+    s = sub.add_parser("report", help="write report.md and a self-contained report.html for a run")
+    s.add_argument("run_dir")
+    s.add_argument("--baseline", help="an earlier run to compare with")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("compare", help="table of every summary figure and overlaid learning curves of runs")
+    s.add_argument("run_dirs", nargs="+")
+    s.add_argument("--out", help="where to write compare.md/.html/.png (default runs/compare)")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")
+    _recipe_args(s)
+    s.add_argument("--device", default=None, help="a GPU from the price table (e.g. A100-80GB) or cpu; "
+                                                   "default: every table GPU and this CPU")
+    s.set_defaults(func=cmd_estimate)
+
+    s = sub.add_parser("run", help="train → eval → analyze → report, resumable stage by stage")
+    _recipe_args(s, optional=True)
+    s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>)")
+    s.add_argument("--baseline", help="an earlier run for the report's comparison")
+    s.set_defaults(func=cmd_run)
+
     s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
@@ -208,6 +230,64 @@ def _print_analysis(summary: dict, run) -> None:
                  f"{summary['rarest_label']!r}: {summary['rarest_label_in_outliers']}/{summary['rarest_label_rows']} "
                  f"among outliers")
     console.print(line + f"; {summary['seconds_total']:.0f} s; see {run.analysis_dir}")
+
+
+def cmd_report(args) -> int:
+    from tunelab.report import load_run, write_report
+    run = load_run(args.run_dir)
+    baseline = load_run(args.baseline) if args.baseline else None
+    path = write_report(run, baseline)
+    print(f"wrote {run.report_md} and {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from tunelab.report import compare, load_run
+    runs = [load_run(p) for p in args.run_dirs]
+    out = Path(args.out or Path("runs") / "compare")
+    rows, picture = compare(runs, out)
+    table = Table("figure", *[r.path.name for r in runs], "Δ last − first")
+    for row in rows:
+        table.add_row(*[("—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
+    Console().print(table)
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.html'} and {picture}")
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from tunelab import cost
+    from tunelab.config import load_recipe
+    from tunelab.data import load_splits
+    from tunelab.models import load_tokenizer, model_size
+    from tunelab.train.batching import tokenize
+    cfg = load_recipe(args.recipe, args.overrides)
+    splits = load_splits(cfg.data)
+    tok = load_tokenizer(cfg.model)
+    train_items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    val_items, _ = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
+    n_params, layers, hidden = model_size(cfg.model)
+    work = cost.flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
+                      cfg.train.epochs, n_params, layers, hidden, cfg.train.gradient_checkpointing)
+    devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
+    table = Table("device", "hours", "USD", "basis", title=(
+        f"{cfg.name}: {n_params / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
+        f"{cfg.train.epochs} epochs + {work['val_tokens']:,} validation tokens × {cfg.train.epochs + 1} passes = "
+        f"{work['flops'] / 1e15:.2f} PFLOP (training and validation; model loading and evaluation excluded)"))
+    for device in devices:
+        e = cost.estimate(work, device)
+        table.add_row(e["device"], f"{e['hours']:.3f}", f"${e['cost_usd']:.3f}", e["basis"])
+    Console(width=160).print(table)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tunelab.pipeline import run_all
+    run_all(args.recipe, args.overrides, args.run_dir, args.baseline)
+    return 0
 
 
 def cmd_export(args) -> int:

@@ -57,3 +57,54 @@ def actual(wall_seconds: float, device, override: float | None) -> dict:
     hours = wall_seconds / 3600
     return {"device": device.type, "device_hours": round(hours, 9), "usd_per_hour": usd_per_hour,
             "cost_usd": round(hours * usd_per_hour, 9), "price_source": source}
+
+
+CPU_UTILISATION = 0.5  # share of this machine's measured fp32 matmul rate that LoRA training reaches (assumption)
+
+
+def measure_cpu_flops(seconds: float = 0.5) -> float:
+    """This machine's fp32 matmul rate in FLOP/s (1024x1024 @ 1024x1024, repeated for `seconds`)."""
+    import time
+    import torch
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b  # warm-up
+    n, t0 = 0, time.time()
+    while time.time() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 1024 ** 3 / (time.time() - t0)
+
+
+def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_params: int, n_layers: int,
+          d_model: int, gradient_checkpointing: bool) -> dict:
+    """Training + validation FLOPs: 4*N per trained token (6*N with gradient checkpointing), 2*N per
+    validated token, plus causal attention 2*L*d*n^2 per forward of an n-token sequence (x2 or x3 in training)."""
+    train_mult = 3 if gradient_checkpointing else 2  # forward + backward(s) relative to one forward
+    train_tokens, val_tokens = sum(train_lengths), sum(val_lengths)
+    attn_train = 2 * n_layers * d_model * sum(n * n for n in train_lengths)
+    attn_val = 2 * n_layers * d_model * sum(n * n for n in val_lengths)
+    total = epochs * train_mult * (2 * n_params * train_tokens + attn_train) \
+        + (epochs + 1) * (2 * n_params * val_tokens + attn_val)
+    return {"train_tokens_per_epoch": train_tokens, "val_tokens": val_tokens, "epochs": epochs,
+            "flops": float(total), "flops_per_train_token": 2 * train_mult * n_params}
+
+
+def estimate(work: dict, device: str) -> dict:
+    """Hours and dollars for `work` (from `flops`) on a table GPU, or "cpu" (this machine, measured)."""
+    if device == "cpu":
+        rate = measure_cpu_flops() * CPU_UTILISATION
+        usd = CPU_USD_PER_CORE_HOUR * (os.cpu_count() or 1)
+        basis = (f"this machine's measured fp32 matmul rate x {CPU_UTILISATION} utilisation; "
+                 f"${usd:.3f}/h ({os.cpu_count()} cores)")
+    else:
+        key = device if device in GPUS else gpu_key(device)
+        if key is None:
+            from tunelab.errors import UserError
+            raise UserError(f"--device: unknown device {device!r}; known: {', '.join(GPUS)}, cpu")
+        usd, peak, _ = GPUS[key]
+        rate = peak * 1e12 * GPU_UTILISATION
+        device = key
+        basis = f"{peak:.0f} TFLOP/s dense bf16 peak x {GPU_UTILISATION} utilisation; ${usd:.2f}/h ({TABLE_SOURCE})"
+    hours = work["flops"] / rate / 3600
+    return {**work, "device": device, "effective_flops_per_second": rate, "hours": round(hours, 6),
+            "usd_per_hour": usd, "cost_usd": round(hours * usd, 6), "basis": basis, "table_date": TABLE_DATE}

@@ -162,3 +162,18 @@ def load_adapter(model, adapter_dir: Path, merge: bool = True):
     from peft import PeftModel
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload() if merge else peft_model
+
+
+def model_size(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(parameters, layers, hidden size) from the model's config alone: weights are built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    path = resolve(cfg.name)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise UserError(f"model.name: {cfg.name}: cannot load config ({err})") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return n_params, text.num_hidden_layers, text.hidden_size

@@ -4,6 +4,7 @@
     metrics/steps.jsonl    one line per logged step   metrics/epochs.jsonl  one line per epoch (0 = before training)
     metrics/examples.jsonl per-example loss per epoch adapter/           PEFT adapter
     summary.json           headline figures           cost.json          device-hours x price
+    estimate.json          cost estimated before training
     eval/ analysis/ report.md report.html             written by later stages
 
 Stages read and write only through `RunDir`, so report and compare work on a copied folder
@@ -35,6 +36,7 @@ class RunDir:
     adapter = property(lambda self: self.path / "adapter")
     summary = property(lambda self: self.path / "summary.json")
     cost = property(lambda self: self.path / "cost.json")
+    estimate = property(lambda self: self.path / "estimate.json")
     eval_dir = property(lambda self: self.path / "eval")
     analysis_dir = property(lambda self: self.path / "analysis")
     report_md = property(lambda self: self.path / "report.md")

@@ -61,13 +61,14 @@ def _sentence_embeddings(texts: list[str], folder: Path) -> np.ndarray:
         raise UserError(f"analysis.embedder: {folder}: not a sentence-transformers folder")
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer(str(folder), device="cpu")
-    out = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+    out = np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     with bar("embed", total=len(texts)) as progress:
-        for start in range(0, len(texts), BATCH):
-            chunk = texts[start:start + BATCH]
-            out.append(model.encode(chunk, batch_size=BATCH, convert_to_numpy=True))
+        for start in range(0, len(order), BATCH):
+            chunk = order[start:start + BATCH]
+            out[chunk] = model.encode([texts[i] for i in chunk], batch_size=BATCH, convert_to_numpy=True)
             progress.advance(len(chunk))
-    return np.concatenate(out)
+    return out
 
 
 def _model_embeddings(texts: list[str], run, cfg) -> np.ndarray:

@@ -87,6 +87,7 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None) -> TrainResult
     run.create()
     run.write_text(run.config, to_yaml(cfg))
     run.write_json(run.environment, environment.describe(device))
+    run.write_json(run.estimate, _estimate(cfg, model, device, train_items, val_items))
     trackers = Trackers(cfg.train.report_to, run.path)
 
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / cfg.train.grad_accum)
@@ -211,6 +212,20 @@ def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: flo
             "train_token_accuracy": None if train is None else round(train.accuracy, 6),
             "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
             "seconds": round(seconds, 3), "tokens": tokens}
+
+
+def _estimate(cfg: Recipe, model, device, train_items, val_items) -> dict:
+    """The cost estimate made before the first step, from the exact token counts (see tunelab estimate)."""
+    config = model.get_base_model().config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    work = cost.flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
+                      cfg.train.epochs, sum(p.numel() for p in model.parameters()), text.num_hidden_layers,
+                      text.hidden_size, cfg.train.gradient_checkpointing)
+    target = "cpu" if device.type == "cpu" else environment.device_name(device)
+    try:
+        return cost.estimate(work, target)
+    except UserError as err:  # an unknown GPU: keep the work figures, no price
+        return {**work, "device": target, "hours": None, "cost_usd": None, "basis": str(err)}
 
 
 def _optimizer(model, cfg: Recipe, total_steps: int):

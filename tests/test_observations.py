@@ -1,0 +1,71 @@
+"""Observation rules: synthetic metric histories flip the verdicts as they should."""
+
+import pytest
+
+from tunelab.report.observations import (accuracy_change, cost_accuracy, generalisation_gap, overfitting,
+                                         token_accuracy, versus_baseline)
+
+
+def history(val, train=None, acc=None):
+    train = train or [None] + [v * 0.95 for v in val[1:]]
+    acc = acc or [0.5 + 0.01 * i for i in range(len(val))]
+    return [{"epoch": i, "val_loss": v, "train_loss": t, "val_token_accuracy": a, "train_token_accuracy": a}
+            for i, (v, t, a) in enumerate(zip(val, train, acc))]
+
+
+def test_falling_validation_loss_is_no_sign_of_overfitting():
+    o = overfitting(history([2.31, 1.62, 1.55]))
+    assert o.kind == "good"
+    assert o.text == "Validation loss fell in every epoch (2.310 → 1.620 → 1.550): no sign of overfitting."
+
+
+def test_rising_validation_with_falling_train_is_overfitting_and_names_the_best_epoch():
+    o = overfitting(history([2.31, 1.62, 1.55, 1.61], train=[None, 1.9, 1.4, 1.1]))
+    assert o.kind == "watch"
+    assert "rose after epoch 2 (1.550 → 1.610) while train loss fell (1.400 → 1.100): likely overfitting" in o.text
+    assert "epoch-2 checkpoint had the lowest validation loss" in o.text
+
+
+def test_rising_validation_without_falling_train_is_not_called_overfitting():
+    o = overfitting(history([2.0, 1.5, 1.6], train=[None, 1.2, 1.25]))
+    assert "likely overfitting" not in o.text and "noisy" in o.text
+
+
+def test_flat_validation_loss_means_no_measurable_learning():
+    o = overfitting(history([1.500, 1.499, 1.497]))
+    assert o.kind == "watch" and "did not change beyond 1 %" in o.text
+
+
+def test_noisy_validation_loss_is_noisy_not_overfitting():
+    o = overfitting(history([2.0, 1.7, 1.8, 1.6]))
+    assert o.kind == "info" and "noisy" in o.text and "likely overfitting" not in o.text
+
+
+def test_plateau_and_overall_rise():
+    assert "flattened" in overfitting(history([2.0, 1.6, 1.599])).text
+    o = overfitting(history([1.0, 1.2, 1.3], train=[None, 0.9, 0.95]))
+    assert o.kind == "watch" and "rose overall" in o.text
+
+
+@pytest.mark.parametrize("ci, kind, phrase", [
+    ([4.0, 16.0], "good", "rose beyond noise"),
+    ([-1.2, 2.8], "info", "did not change beyond noise"),
+    ([-9.0, -1.0], "watch", "fell beyond noise"),
+])
+def test_accuracy_verdict_follows_the_interval(ci, kind, phrase):
+    d = {"delta_pts": sum(ci) / 2, "ci95_pts": ci, "n": 200}
+    o = accuracy_change(d, "flexible-extract", 0.10, 0.10 + sum(ci) / 200)
+    assert o.kind == kind and phrase in o.text and f"95 % CI {ci[0]:+.1f}..{ci[1]:+.1f}" in o.text
+
+
+def test_token_accuracy_gap_cost_and_baseline_rules():
+    assert token_accuracy(history([2, 1.5], acc=[0.60, 0.70])).kind == "good"
+    assert token_accuracy(history([2, 1.5], acc=[0.60, 0.602])).kind == "info"
+    assert generalisation_gap(history([2.0, 1.0], train=[None, 0.5])).kind == "watch"
+    assert generalisation_gap(history([2.0, 1.0], train=[None, 0.95])) is None
+    slow = cost_accuracy({"hours": 0.1, "cost_usd": 0.01}, {"device_hours": 0.35, "cost_usd": 0.03})
+    assert slow.kind == "watch" and "3.50×" in slow.text
+    assert cost_accuracy({"hours": 0.1, "cost_usd": 0.01}, {"device_hours": 0.12, "cost_usd": 0.012}).kind == "info"
+    better = versus_baseline({"final_val_loss": 1.0, "epochs": 3, "wall_seconds": 60},
+                             {"final_val_loss": 1.2, "epochs": 2, "wall_seconds": 40}, "3ep", "2ep")
+    assert better[0].kind == "good" and "lower (better)" in better[0].text and "-16.7 %" in better[0].text

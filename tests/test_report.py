@@ -1,0 +1,88 @@
+"""Report rendering from a fixture run dir (no torch), compare, estimate, and `tunelab run` resumption."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fixture_run import make_run
+from tunelab.cli import main
+from tunelab.report import compare, write_report
+from tunelab.rundir import RunDir
+
+SECTIONS = ["Overview", "Key metrics", "Learning curves", "Observations from training logs",
+            "Insights from model analysis", "What worked / what to watch", "Definitions"]
+
+
+def test_report_from_a_fixture_run_dir(tmp_path):
+    run = RunDir(make_run(tmp_path / "run3"))
+    html_path = write_report(run)
+    md = run.report_md.read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in md
+    assert "Validation loss fell in every epoch (2.310 → 1.620 → 1.550): no sign of overfitting." in md
+    assert "rose beyond noise (5.0 % → 15.0 %, +10.0 pts, 95 % CI +4.0..+16.0" in md
+    assert "| Train loss improvement | 26.3 % |" in md
+    assert "![" in md and (run.path / "report_files" / "learning_curves.png").exists()
+    html = html_path.read_text()
+    assert html.count("data:image/png;base64,") == 4  # curves, word cloud, UMAP, data map: all inlined
+    assert 'src="http' not in html and "<link" not in html  # self-contained
+    assert 'name="viewport"' in html and "@media print" in html
+
+
+def test_report_with_baseline_and_compare(tmp_path):
+    a = RunDir(make_run(tmp_path / "gsm8k-2ep", val=(2.31, 1.70), train=(1.9,), epochs_n=1))
+    b = RunDir(make_run(tmp_path / "gsm8k-3ep"))
+    write_report(b, baseline=a)
+    md = b.report_md.read_text()
+    assert "## Comparison with the baseline run" in md
+    assert "Final validation loss of gsm8k-3ep is lower (better) than gsm8k-2ep: 1.550 vs 1.700 (-8.8 %)" in md
+    rows, picture = compare([a, b], tmp_path / "cmp")
+    by = {r[0]: r for r in rows}
+    assert by["final_val_loss"][1:] == (1.70, 1.55, pytest.approx(-0.15))
+    assert by["eval.tuned_flexible_accuracy"][1:3] == (0.15, 0.15)
+    assert picture.exists() and (tmp_path / "cmp" / "compare.html").exists()
+
+
+def test_report_and_compare_do_not_import_torch(tmp_path):
+    run = make_run(tmp_path / "r")
+    code = ("import sys; from tunelab.cli import main; "
+            f"assert main(['report', {str(run)!r}]) == 0; "
+            f"assert main(['compare', {str(run)!r}, {str(run)!r}, '--out', {str(tmp_path / 'c')!r}]) == 0; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_noisy_accuracy_reads_as_noise_and_overfit_run_is_flagged(tmp_path):
+    run = RunDir(make_run(tmp_path / "r", val=(2.31, 1.55, 1.61), train=(1.4, 1.1), eval_ci=(-1.2, 2.8)))
+    write_report(run)
+    md = run.report_md.read_text()
+    assert "did not change beyond noise" in md
+    assert "likely overfitting; the epoch-1 checkpoint had the lowest validation loss" in md
+    watch = md.split("What to watch:")[1]
+    assert "likely overfitting" in watch
+
+
+def test_report_cli_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
+    assert main(["estimate", "quickstart", "--set", f"model.name={tiny_model}", "--device", "A100-80GB"]) == 0
+    out = capsys.readouterr().out
+    assert "A100-80GB" in out and "$" in out and "train tokens" in out
+    assert main(["estimate", "quickstart", "--device", "Z9000"]) == 2
+
+
+def test_flops_and_estimate_arithmetic():
+    from tunelab import cost
+    work = cost.flops([10, 20], [10], epochs=2, n_params=1000, n_layers=2, d_model=4, gradient_checkpointing=False)
+    attn_train = 2 * 2 * 4 * (100 + 400)
+    attn_val = 2 * 2 * 4 * 100
+    assert work["flops"] == 2 * 2 * (2 * 1000 * 30 + attn_train) + 3 * (2 * 1000 * 10 + attn_val)
+    assert cost.flops([10], [10], 1, 1000, 2, 4, True)["flops_per_train_token"] == 6 * 1000
+    e = cost.estimate({"flops": 312e12 * 0.35 * 3600}, "A100-80GB")
+    assert e["hours"] == pytest.approx(1.0) and e["cost_usd"] == pytest.approx(cost.GPUS["A100-80GB"][0])
+    assert cost.gpu_key("NVIDIA A100-SXM4-40GB", 40) == "A100-40GB" and cost.gpu_key("NVIDIA H100 80GB HBM3") == "H100-80GB"

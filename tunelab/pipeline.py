@@ -1,0 +1,87 @@
+"""`tunelab run`: train → eval (base + tuned) → analyze → report, resumable stage by stage.
+
+A finished stage (its output files are complete in the run directory) is not redone, so re-running
+the same command after a crash or Ctrl-C continues where it stopped.
+
+Run as: tunelab run                      # the offline quickstart
+        tunelab run gsm8k-smollm2-135m --set data.source=../shared/data/gsm8k --set data.limit=300
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from tunelab.config import load_recipe, to_yaml
+from tunelab.errors import UserError
+from tunelab.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def stages_done(run: RunDir) -> dict[str, bool]:
+    evaluation = run.eval_dir / "summary.json"
+    return {
+        "train": run.summary.exists() and (run.adapter / "adapter_config.json").exists(),
+        "eval": evaluation.exists() and {"base", "tuned"} <= set(run.read_json(evaluation)),
+        "analyze": (run.analysis_dir / "summary.json").exists(),
+    }
+
+
+def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: str | None) -> RunDir:
+    """Run every stage not yet done; return the run directory.
+
+    Raises:
+        UserError: the run dir holds a different recipe, or any stage's user error.
+    """
+    cfg = load_recipe(recipe, overrides)
+    run = RunDir(run_dir or Path("runs") / cfg.name)
+    if run.config.exists() and run.config.read_text() != to_yaml(cfg):
+        raise UserError(f"{run.path}: holds a run of a different recipe (see its config.yaml); "
+                        "use a new --run-dir, or the same recipe and overrides to resume it")
+    base = None
+    if baseline:
+        from tunelab.report import load_run
+        base = load_run(baseline)
+    started = time.time()
+    done = stages_done(run)
+    if done["train"]:
+        log.info("train: done already (%s)", run.summary)
+    else:
+        from tunelab.train import train
+        train(cfg, run)
+    if done["eval"]:
+        log.info("eval: done already (%s)", run.eval_dir / "summary.json")
+    else:
+        from tunelab.evaluate import evaluate
+        evaluate(cfg, run)
+    if done["analyze"]:
+        log.info("analyze: done already (%s)", run.analysis_dir / "summary.json")
+    else:
+        from tunelab.analysis import analyze
+        analyze(cfg, run)
+    from tunelab.report import write_report
+    html = write_report(run, base)
+    _print_key_numbers(run, html, time.time() - started)
+    return run
+
+
+def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
+    s = run.read_json(run.summary)
+    cost = run.read_json(run.cost)
+    lines = [f"report: {html}  (and {run.report_md})",
+             f"train loss {s['first_epoch_train_loss']:.4f} → {s['final_train_loss']:.4f} "
+             f"({s['train_loss_improvement_pct']:+.1f} %), val loss {s['initial_val_loss']:.4f} → "
+             f"{s['final_val_loss']:.4f} ({s['val_loss_improvement_pct']:+.1f} %), val token accuracy "
+             f"{100 * s['initial_val_token_accuracy']:.1f} % → {100 * s['final_val_token_accuracy']:.1f} %"]
+    ev = s.get("eval", {})
+    if "flexible_delta_pts" in ev:
+        lo, hi = ev["flexible_ci95_pts"]
+        lines.append(f"accuracy (flexible) {100 * ev['base_flexible_accuracy']:.1f} % → "
+                     f"{100 * ev['tuned_flexible_accuracy']:.1f} % ({ev['flexible_delta_pts']:+.1f} pts, 95 % CI "
+                     f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); strict {100 * ev['base_strict_accuracy']:.1f} % → "
+                     f"{100 * ev['tuned_strict_accuracy']:.1f} %")
+    lines.append(f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); this command "
+                 f"{seconds / 60:.1f} min")
+    print("\n".join(lines))

@@ -1,0 +1,55 @@
+"""Learning-curve pictures: one run's loss and token accuracy per epoch, and several runs overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def learning_curves(epochs: list[dict], steps: list[dict], out: Path) -> Path:
+    """Train/val loss and token accuracy per epoch (epoch 0 = before training), plus step loss."""
+    plt = _pyplot()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
+    ep = [e["epoch"] for e in epochs]
+    trained = [e for e in epochs if e["train_loss"] is not None]
+    a.plot(ep, [e["val_loss"] for e in epochs], "o-", label="validation")
+    a.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], "s--", label="train (epoch mean)")
+    a.set(title="Loss per epoch", xlabel="epoch", ylabel="loss")
+    b.plot(ep, [100 * e["val_token_accuracy"] for e in epochs], "o-", label="validation")
+    b.plot([e["epoch"] for e in trained], [100 * e["train_token_accuracy"] for e in trained], "s--", label="train")
+    b.set(title="Token accuracy per epoch", xlabel="epoch", ylabel="%")
+    if steps:
+        c.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1)
+    c.set(title="Train loss per step", xlabel="optimizer step", ylabel="loss")
+    for ax in (a, b):
+        ax.set_xticks(ep)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def overlaid(runs: dict[str, list[dict]], out: Path) -> Path:
+    """Validation and train loss per epoch of several runs on shared axes."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    for name, epochs in runs.items():
+        line, = a.plot([e["epoch"] for e in epochs], [e["val_loss"] for e in epochs], "o-", label=name)
+        trained = [e for e in epochs if e["train_loss"] is not None]
+        b.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], "s--", color=line.get_color(),
+               label=name)
+    a.set(title="Validation loss per epoch", xlabel="epoch", ylabel="loss")
+    b.set(title="Train loss per epoch", xlabel="epoch", ylabel="loss")
+    a.legend()
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
