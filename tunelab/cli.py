@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tunelab.errors import UserError
@@ -30,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
 
 
@@ -64,8 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show_recipe)
 
     s = sub.add_parser("train", help="train a LoRA adapter from a recipe into a run directory")
-    _recipe_args(s)
+    s.add_argument("recipe", nargs="?", help="built-in recipe name or path to a recipe YAML")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.epochs=2 (repeatable)")
     s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="exact-match accuracy of base and tuned model on held-out questions")
@@ -147,12 +152,35 @@ def cmd_show_recipe(args) -> int:
 def cmd_train(args) -> int:
     from tunelab.config import load_recipe
     from tunelab.rundir import RunDir
-    cfg = load_recipe(args.recipe, args.overrides)
-    run = RunDir(args.run_dir or Path("runs") / cfg.name)
     from tunelab.train import train
-    result = train(cfg, run)
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise UserError("--resume: the run's own config.yaml is used; give no recipe or --set")
+        run, cfg = open_run(args.resume)
+    elif args.recipe:
+        cfg = load_recipe(args.recipe, args.overrides)
+        run = RunDir(args.run_dir or Path("runs") / cfg.name)
+        if run.summary.exists() or (run.path / "checkpoints").exists():
+            raise UserError(f"{run.path}: already holds a run; use --resume {run.path} or a new --run-dir")
+    else:
+        raise UserError("train: give a recipe, or --resume RUN_DIR")
+    with locked(run, "train"):
+        result = train(cfg, run, resume=bool(args.resume))
     _print_epochs(result.epochs, result.summary, run)
     return 0
+
+
+@contextmanager
+def locked(run, command: str):
+    """Hold the run directory's lock; if this command created the folder and wrote no file, remove it again."""
+    existed = run.path.exists()
+    try:
+        with run.lock(command):
+            yield run
+    except BaseException:
+        if not existed and run.path.exists() and not any(p.is_file() for p in run.path.rglob("*")):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def open_run(path: str):
@@ -184,7 +212,8 @@ def cmd_eval(args) -> int:
         run.write_text(run.config, to_yaml(cfg))
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: must be >= 1 (got {args.limit})")
-    result = evaluate(cfg, run, only=args.only, limit=args.limit, batch_size=args.batch_size, adapter=is_run)
+    with locked(run, "eval"):
+        result = evaluate(cfg, run, only=args.only, limit=args.limit, batch_size=args.batch_size, adapter=is_run)
     _print_eval(result.summary, run)
     return 0
 
@@ -207,7 +236,8 @@ def cmd_analyze(args) -> int:
         raise UserError("analyze: give a run directory, or --recipe NAME --run-dir DIR")
     if args.k is not None and args.k < 2:
         raise UserError(f"-k: must be >= 2 (got {args.k})")
-    summary = analyze(cfg, run, embedder=args.embedder, k=args.k)
+    with locked(run, "analyze"):
+        summary = analyze(cfg, run, embedder=args.embedder, k=args.k)
     _print_analysis(summary, run)
     return 0
 

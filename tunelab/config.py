@@ -73,6 +73,8 @@ class TrainConfig(Section):
     micro_batch_tokens: int = Field(1024, ge=0, description="split batches into slices of at most this many "
                                     "padded tokens (same loss, capped activation memory); 0 = never split")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (oldest deleted)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     threads: int | None = Field(None, ge=1, description="CPU threads; None = all cores")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list,

@@ -44,13 +44,19 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
     if baseline:
         from tunelab.report import load_run
         base = load_run(baseline)
+    from tunelab.cli import locked
+    with locked(run, "run"):
+        return _stages(cfg, run, base)
+
+
+def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     started = time.time()
     done = stages_done(run)
     if done["train"]:
         log.info("train: done already (%s)", run.summary)
     else:
-        from tunelab.train import train
-        train(cfg, run)
+        from tunelab.train import checkpoint, train
+        train(cfg, run, resume=checkpoint.latest(run) is not None)
     if done["eval"]:
         log.info("eval: done already (%s)", run.eval_dir / "summary.json")
     else:

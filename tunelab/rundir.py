@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,35 @@ class RunDir:
         if not os.access(self.path, os.W_OK):
             raise UserError(f"--run-dir {self.path}: not writable")
         return self
+
+    @contextmanager
+    def lock(self, command: str):
+        """Hold `<run>/.lock` (pid + command) for the duration; a live holder is refused, a dead one's lock is taken over.
+
+        Raises:
+            UserError: another live tunelab process holds the run directory.
+        """
+        self.create()
+        path = self.path / ".lock"
+        me = json.dumps({"pid": os.getpid(), "command": command, "host": socket.gethostname()})
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder and _alive(holder.get("pid")) and holder.get("host") == socket.gethostname():
+                    raise UserError(f"{self.path}: in use by tunelab process {holder['pid']} "
+                                    f"({holder.get('command', '?')}); wait for it or stop it") from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            break
+        try:
+            yield self
+        finally:
+            if _read_lock(path) == json.loads(me):
+                path.unlink(missing_ok=True)
 
     def require(self, path: Path, what: str) -> Path:
         if not path.exists():
@@ -104,6 +135,25 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write ({err.strerror}); the previous version is kept") from None
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _jsonable(obj: Any) -> Any:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,7 @@ from tunelab.errors import UserError
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir
+from tunelab.train import checkpoint
 from tunelab.train.batching import Batch, batches, split, tokenize
 from tunelab.train.trackers import Trackers
 
@@ -61,11 +65,15 @@ class PassStats:
         return self.correct / max(self.tokens, 1)
 
 
-def train(cfg: Recipe, run: RunDir, splits: Splits | None = None) -> TrainResult:
+def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool = False) -> TrainResult:
     """Train a LoRA adapter per `cfg`; write config, metrics, adapter, summary and cost to `run`.
 
+    Checkpoints every `train.checkpoint_every` steps and at each epoch end; SIGINT/SIGTERM save one
+    before exiting. With `resume`, continues from the run's last checkpoint.
+
     Raises:
-        UserError: bad data, model or run dir (before anything is trained).
+        UserError: bad data, model or run dir (before anything is trained); a non-finite loss or
+            gradient (naming the step; the last good checkpoint is kept).
     """
     started = time.time()
     if cfg.train.threads:
@@ -81,13 +89,17 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None) -> TrainResult
     if len(train_items) < cfg.train.batch_size:
         log.warning("train split has %d examples, fewer than train.batch_size=%d: one short batch per epoch",
                     len(train_items), cfg.train.batch_size)
+    start_from = checkpoint.latest(run) if resume else None
+    if resume and start_from is None:
+        raise UserError(f"--resume {run.path}: no checkpoint to resume from")
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
     run.create()
-    run.write_text(run.config, to_yaml(cfg))
+    if not resume:
+        run.write_text(run.config, to_yaml(cfg))
+        run.write_json(run.estimate, _estimate(cfg, model, device, train_items, val_items))
     run.write_json(run.environment, environment.describe(device))
-    run.write_json(run.estimate, _estimate(cfg, model, device, train_items, val_items))
     trackers = Trackers(cfg.train.report_to, run.path)
 
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / cfg.train.grad_accum)
@@ -95,47 +107,105 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None) -> TrainResult
     optimizer, scheduler = _optimizer(model, cfg, total_steps)
     pad_id = tok.pad_token_id
 
-    epochs, step_log, example_log = [], [], []
-    val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, 0, example_log)
-    epochs.append(_epoch_row(0, None, val_stats, 0.0, 0))
-    train_seconds, train_tokens, step = 0.0, 0, 0
-    with bar("train", total=total_steps) as progress:
-        for epoch in range(1, cfg.train.epochs + 1):
-            t0 = time.time()
+    if start_from:
+        state = checkpoint.load(start_from, model, optimizer, scheduler)
+        log.info("resuming from %s (step %d of %d)", start_from, state.step, total_steps)
+    else:
+        state = checkpoint.State()
+        val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, 0, state.example_log)
+        state.epochs.append(_epoch_row(0, None, val_stats, 0.0, 0))
+
+    def save() -> Path:
+        return checkpoint.save(run, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
+
+    with _stop_signals() as stop, bar("train", total=total_steps) as progress:
+        progress.advance(state.step)
+        for epoch in range(state.epoch, cfg.train.epochs + 1):
+            t0 = time.time() - state.epoch_seconds
             model.train()
-            stats = PassStats()
+            stats = PassStats(**state.epoch_sums)
             epoch_batches = batches(train_items, cfg.train.batch_size, pad_id, cfg.train.seed + epoch,
                                     cfg.train.group_by_length)
-            for start in range(0, len(epoch_batches), cfg.train.grad_accum):
-                step += 1
+            for start in range(state.next_group * cfg.train.grad_accum, len(epoch_batches), cfg.train.grad_accum):
                 group = epoch_batches[start:start + cfg.train.grad_accum]
-                row = _step(model, group, optimizer, scheduler, cfg, device, stats, splits.train, epoch, example_log)
-                row.update(step=step, epoch=epoch, seconds=round(time.time() - t0, 3))
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    step_log.append(row)
-                    trackers.log({f"train/{k}": v for k, v in row.items()}, step)
+                try:
+                    row = _step(model, group, optimizer, scheduler, cfg, device, stats, splits.train, epoch,
+                                state.example_log)
+                except NonFinite as err:
+                    last = checkpoint.latest(run)
+                    raise UserError(f"step {state.step + 1}: {err}; training stopped, no update applied. Last good "
+                                    f"checkpoint: {last or 'none yet'} (resume with tunelab train --resume "
+                                    f"{run.path} after lowering train.lr or fixing the data)") from None
+                state.step += 1
+                state.next_group += 1
+                state.epoch_sums, state.epoch_seconds = stats.__dict__.copy(), time.time() - t0
+                row.update(step=state.step, epoch=epoch, seconds=round(state.epoch_seconds, 3))
+                if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+                    state.step_log.append(row)
+                    trackers.log({f"train/{k}": v for k, v in row.items()}, state.step)
                 progress.advance(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}",
                                  epoch=f"{epoch}/{cfg.train.epochs}")
+                every = cfg.train.checkpoint_every
+                if stop.requested or (every and state.step % every == 0 and state.next_group < steps_per_epoch):
+                    path = save()
+                    if stop.requested:
+                        raise KeyboardInterrupt(f"checkpoint saved at {path}; resume with: tunelab train "
+                                                f"--resume {run.path}")
             seconds = time.time() - t0
-            train_seconds += seconds
-            train_tokens += stats.seen
-            val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, epoch, example_log)
-            epochs.append(_epoch_row(epoch, stats, val_stats, seconds, stats.seen))
-            trackers.log({f"epoch/{k}": v for k, v in epochs[-1].items() if v is not None}, step)
+            state.train_seconds += seconds
+            state.train_tokens += stats.seen
+            val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, epoch, state.example_log)
+            state.epochs.append(_epoch_row(epoch, stats, val_stats, seconds, stats.seen))
+            state.epoch, state.next_group, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
+            save()
+            trackers.log({f"epoch/{k}": v for k, v in state.epochs[-1].items() if v is not None}, state.step)
             log.info("epoch %d: train loss %.4f, val loss %.4f, val token accuracy %.3f", epoch,
                      stats.loss, val_stats.loss, val_stats.accuracy)
     trackers.close()
 
-    run.write_jsonl(run.steps, step_log)
-    run.write_jsonl(run.epochs, epochs)
-    run.write_jsonl(run.examples, example_log)
+    run.write_jsonl(run.steps, state.step_log)
+    run.write_jsonl(run.epochs, state.epochs)
+    run.write_jsonl(run.examples, state.example_log)
     _save_adapter(model, run)
     wall = time.time() - started
-    summary = _summary(cfg, epochs, splits, train_items, val_items, train_cut + val_cut, wall, train_seconds,
-                       train_tokens)
+    summary = _summary(cfg, state.epochs, splits, train_items, val_items, train_cut + val_cut, wall,
+                       state.train_seconds, state.train_tokens)
+    if start_from:
+        summary["resumed_from"] = str(start_from)
     run.write_json(run.summary, summary)
     run.write_json(run.cost, cost.actual(wall, device, cfg.cost.usd_per_hour))
-    return TrainResult(epochs, summary)
+    return TrainResult(state.epochs, summary)
+
+
+class NonFinite(Exception):
+    """A NaN or infinite loss or gradient norm."""
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextmanager
+def _stop_signals():
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and exits."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt("interrupted twice: stopped without a final checkpoint")
+        flag.requested = True
+        log.warning("%s: saving a checkpoint after this step (press Ctrl-C again to stop at once)",
+                    signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,8 +250,14 @@ def _step(model, group: list[Batch], optimizer, scheduler, cfg: Recipe, device, 
         for i, loss, n in _per_example(losses, rows, b):
             example_log.append({"id": examples[i].id, "split": "train", "epoch": epoch, "loss": round(loss, 5),
                                 "tokens": n})
+    if not math.isfinite(loss_sum):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFinite(f"loss is {loss_sum / group_tokens}")
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                cfg.train.max_grad_norm)
+    if not math.isfinite(float(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFinite(f"gradient norm is {float(grad_norm)}")
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()

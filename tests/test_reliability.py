@@ -1,0 +1,129 @@
+"""Reliability: SIGKILL + resume equals an uninterrupted run; Ctrl-C saves a checkpoint; the lock; the NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tunelab.cli import main
+from tunelab.config import validate
+from tunelab.errors import UserError
+from tunelab.rundir import RunDir
+from tunelab.train import train
+
+
+@pytest.fixture
+def recipe(tiny_recipe, tmp_path):
+    raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "synthetic_rows": 240},
+           "train": {**tiny_recipe["train"], "epochs": 2, "checkpoint_every": 4, "batch_size": 4}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return raw, path
+
+
+def _start(path, run_dir):
+    return subprocess.Popen([sys.executable, "-m", "tunelab.cli", "-q", "train", str(path), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(proc, run_dir, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list((run_dir / "checkpoints").glob("step-*/state.json")):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(recipe, tmp_path):
+    raw, path = recipe
+    killed = tmp_path / "killed"
+    proc = _start(path, killed)
+    _wait_for_checkpoint(proc, killed)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    assert main(["-q", "train", "--resume", str(killed)]) == 0
+
+    straight = RunDir(tmp_path / "straight")
+    result = train(validate(raw, "straight"), straight)
+    resumed = RunDir(killed)
+    a, b = resumed.read_jsonl(resumed.epochs), result.epochs
+    assert [e["epoch"] for e in a] == [0, 1, 2]  # complete, not duplicated
+    for x, y in zip(a, b):  # tolerance: 1e-5 absolute on losses and accuracies (float summation order)
+        for key in ("train_loss", "val_loss", "val_token_accuracy"):
+            assert x[key] == pytest.approx(y[key], abs=1e-5), key
+    steps = [s["step"] for s in resumed.read_jsonl(resumed.steps)]
+    assert steps == list(range(1, len(steps) + 1))  # no optimizer step repeated or skipped
+    wa = load_file(resumed.adapter / "adapter_model.safetensors")
+    wb = load_file(straight.adapter / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    assert resumed.read_json(resumed.summary)["resumed_from"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(recipe, tmp_path):
+    raw, path = recipe
+    run_dir = tmp_path / "interrupted"
+    proc = _start(path, run_dir)
+    _wait_for_checkpoint(proc, run_dir)
+    before = {p.name for p in (run_dir / "checkpoints").glob("step-*")}
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved at" in err and f"tunelab train --resume {run_dir}" in err
+    after = {p.name for p in (run_dir / "checkpoints").glob("step-*")}
+    assert after - before  # a new checkpoint at the interrupted step
+    assert not (run_dir / ".lock").exists()
+
+
+def test_lock_refuses_a_second_process_and_takes_over_a_stale_one(recipe, tmp_path, capsys):
+    raw, path = recipe
+    run_dir = tmp_path / "locked"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+        (run_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "command": "train", "host": socket.gethostname()}))
+        assert main(["train", str(path), "--run-dir", str(run_dir)]) == 2
+        assert f"in use by tunelab process {holder.pid} (train)" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDir(run_dir).lock("test"):  # the holder is dead: its lock is stale and taken over
+        assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
+    assert not (run_dir / ".lock").exists()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(recipe, tmp_path, monkeypatch):
+    raw, _ = recipe
+    import tunelab.train as engine
+    real = engine.forward_tokens
+    calls = {"n": 0}
+
+    def poisoned(model, batch, device):
+        losses, ok, rows = real(model, batch, device)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 6:
+                losses = losses * float("nan")
+        return losses, ok, rows
+
+    monkeypatch.setattr(engine, "forward_tokens", poisoned)
+    run = RunDir(tmp_path / "nan")
+    with pytest.raises(UserError) as err:
+        train(validate(raw, "nan"), run)
+    text = str(err.value)
+    assert text.startswith("step 6: loss is nan; training stopped, no update applied.")
+    assert "Last good checkpoint: " in text and "step-0000004" in text
+    assert (run.path / "checkpoints" / "step-0000004" / "state.json").exists()
+    assert not run.summary.exists()
