@@ -66,7 +66,8 @@ def _sentence_embeddings(texts: list[str], folder: Path) -> np.ndarray:
     with bar("embed", total=len(texts)) as progress:
         for start in range(0, len(order), BATCH):
             chunk = order[start:start + BATCH]
-            out[chunk] = model.encode([texts[i] for i in chunk], batch_size=BATCH, convert_to_numpy=True)
+            out[chunk] = model.encode([texts[i] for i in chunk], batch_size=BATCH, convert_to_numpy=True,
+                                      show_progress_bar=False)
             progress.advance(len(chunk))
     return out
 

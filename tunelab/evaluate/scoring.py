@@ -69,7 +69,7 @@ def paired_difference(base: list[bool], tuned: list[bool], seed: int = 0, resamp
     gained, lost = int((diffs == 1).sum()), int((diffs == -1).sum())
     return {"n": n, "delta_pts": round(100 * float(diffs.mean()), 3),
             "ci95_pts": [round(100 * float(lo), 3), round(100 * float(hi), 3)],
-            "gained": gained, "lost": lost, "mcnemar_p": round(_mcnemar_exact(gained, lost), 6)}
+            "gained": gained, "lost": lost, "mcnemar_p": _mcnemar_exact(gained, lost)}
 
 
 def _mcnemar_exact(b: int, c: int) -> float:

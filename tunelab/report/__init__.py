@@ -126,7 +126,7 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None) -> 
                          f"{100 * evaluation['base'][f'{metric}_accuracy']:.1f} % → "
                          f"{100 * evaluation['tuned'][f'{metric}_accuracy']:.1f} %",
                          f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
-                         f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.3g}"))
+                         f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.2g}"))
     per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
                   f"{100 * e['val_token_accuracy']:.1f} %", e["seconds"], e["tokens"]) for e in epochs]
