@@ -21,7 +21,8 @@ log = logging.getLogger("tunelab")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
+    logging.basicConfig(level=logging.INFO if rank0 and not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -166,13 +167,18 @@ def cmd_train(args) -> int:
         raise UserError("train: give a recipe, or --resume RUN_DIR")
     with locked(run, "train"):
         result = train(cfg, run, resume=bool(args.resume))
-    _print_epochs(result.epochs, result.summary, run)
+    if result.summary:  # rank 0 (or a single process)
+        _print_epochs(result.epochs, result.summary, run)
     return 0
 
 
 @contextmanager
 def locked(run, command: str):
     """Hold the run directory's lock; if this command created the folder and wrote no file, remove it again."""
+    from tunelab.train.distributed import is_main_process
+    if not is_main_process():  # other ranks of a multi-process run: rank 0 holds the lock
+        yield run
+        return
     existed = run.path.exists()
     try:
         with run.lock(command):

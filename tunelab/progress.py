@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
@@ -35,7 +36,7 @@ def _info(fields: dict) -> str:
 @contextmanager
 def bar(description: str, total: int):
     """A progress bar with a free-text info column; a no-op when stderr is not a terminal."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or os.environ.get("RANK", "0") != "0":  # one bar: rank 0's
         yield _Bar(None, None)
         return
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -29,7 +29,7 @@ from tunelab.errors import UserError
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir
-from tunelab.train import checkpoint
+from tunelab.train import checkpoint, distributed
 from tunelab.train.batching import Batch, batches, split, tokenize
 from tunelab.train.trackers import Trackers
 
@@ -79,6 +79,9 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
+    d = distributed.setup(device.type)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
     splits = splits or load_splits(cfg.data)
     tok = load_tokenizer(cfg.model)
     train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
@@ -95,14 +98,16 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
-    run.create()
-    if not resume:
-        run.write_text(run.config, to_yaml(cfg))
-        run.write_json(run.estimate, _estimate(cfg, model, device, train_items, val_items))
-    run.write_json(run.environment, environment.describe(device))
-    trackers = Trackers(cfg.train.report_to, run.path)
+    if d.main:
+        run.create()
+        if not resume:
+            run.write_text(run.config, to_yaml(cfg))
+            run.write_json(run.estimate, _estimate(cfg, model, device, train_items, val_items))
+        run.write_json(run.environment, {**environment.describe(device), "processes": d.world})
+    trackers = Trackers(cfg.train.report_to if d.main else [], run.path)
 
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / cfg.train.grad_accum)
+    per_step = cfg.train.grad_accum * d.world  # batches per optimizer step, over all ranks
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / per_step)
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer, scheduler = _optimizer(model, cfg, total_steps)
     pad_id = tok.pad_token_id
@@ -112,13 +117,15 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
         log.info("resuming from %s (step %d of %d)", start_from, state.step, total_steps)
     else:
         state = checkpoint.State()
-        val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, 0, state.example_log)
+        val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, 0, state.example_log, d)
         state.epochs.append(_epoch_row(0, None, val_stats, 0.0, 0))
 
-    def save() -> Path:
-        return checkpoint.save(run, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
+    def save() -> Path | None:
+        path = checkpoint.save(run, model, optimizer, scheduler, state, cfg.train.keep_checkpoints) if d.main else None
+        d.barrier()
+        return path
 
-    with _stop_signals() as stop, bar("train", total=total_steps) as progress:
+    with _stop_signals() as stop, bar("train", total=total_steps if d.main else 0) as progress:
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
             t0 = time.time() - state.epoch_seconds
@@ -126,11 +133,13 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
             stats = PassStats(**state.epoch_sums)
             epoch_batches = batches(train_items, cfg.train.batch_size, pad_id, cfg.train.seed + epoch,
                                     cfg.train.group_by_length)
-            for start in range(state.next_group * cfg.train.grad_accum, len(epoch_batches), cfg.train.grad_accum):
-                group = epoch_batches[start:start + cfg.train.grad_accum]
+            epoch_examples: list = []
+            for start in range(state.next_group * per_step, len(epoch_batches), per_step):
+                step_batches = epoch_batches[start:start + per_step]
+                mine = step_batches[d.rank * cfg.train.grad_accum:(d.rank + 1) * cfg.train.grad_accum]
                 try:
-                    row = _step(model, group, optimizer, scheduler, cfg, device, stats, splits.train, epoch,
-                                state.example_log)
+                    row = _step(model, mine, sum(b.supervised for b in step_batches), optimizer, scheduler, cfg,
+                                device, stats, splits.train, epoch, epoch_examples, d)
                 except NonFinite as err:
                     last = checkpoint.latest(run)
                     raise UserError(f"step {state.step + 1}: {err}; training stopped, no update applied. Last good "
@@ -154,7 +163,8 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
             seconds = time.time() - t0
             state.train_seconds += seconds
             state.train_tokens += stats.seen
-            val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, epoch, state.example_log)
+            state.example_log += d.gather(epoch_examples)
+            val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, epoch, state.example_log, d)
             state.epochs.append(_epoch_row(epoch, stats, val_stats, seconds, stats.seen))
             state.epoch, state.next_group, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
             save()
@@ -162,6 +172,8 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
             log.info("epoch %d: train loss %.4f, val loss %.4f, val token accuracy %.3f", epoch,
                      stats.loss, val_stats.loss, val_stats.accuracy)
     trackers.close()
+    if not d.main:
+        return TrainResult(state.epochs, {})
 
     run.write_jsonl(run.steps, state.step_log)
     run.write_jsonl(run.epochs, state.epochs)
@@ -172,6 +184,7 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
                        state.train_seconds, state.train_tokens)
     if start_from:
         summary["resumed_from"] = str(start_from)
+    summary["processes"] = d.world
     run.write_json(run.summary, summary)
     run.write_json(run.cost, cost.actual(wall, device, cfg.cost.usd_per_hour))
     return TrainResult(state.epochs, summary)
@@ -235,26 +248,29 @@ def _per_example(losses: torch.Tensor, rows: torch.Tensor, batch: Batch) -> list
     return [(int(batch.index[i]), float(sums[i] / max(int(counts[i]), 1)), int(counts[i])) for i in range(n)]
 
 
-def _step(model, group: list[Batch], optimizer, scheduler, cfg: Recipe, device, stats: PassStats,
-          examples, epoch: int, example_log: list) -> dict:
-    """One optimizer step over `group` micro-batches; the loss is token-weighted across all of them."""
+def _step(model, group: list[Batch], step_tokens: int, optimizer, scheduler, cfg: Recipe, device,
+          stats: PassStats, examples, epoch: int, example_log: list, d: distributed.Dist) -> dict:
+    """One optimizer step over this rank's `group` of micro-batches. The loss is token-weighted over the
+    whole step (`step_tokens` supervised tokens on all ranks), so gradients summed over ranks equal
+    those of one process seeing every batch."""
     t0 = time.time()
-    group_tokens = sum(b.supervised for b in group)
     loss_sum, correct, seen = 0.0, 0, 0
     for b in (mb for big in group for mb in split(big, cfg.train.micro_batch_tokens)):
         losses, ok, rows = forward_tokens(model, b, device)
-        (losses.sum() / group_tokens).backward()
+        (losses.sum() / step_tokens).backward()
         loss_sum += float(losses.detach().sum())
         correct += int(ok.sum())
         seen += b.tokens
         for i, loss, n in _per_example(losses, rows, b):
             example_log.append({"id": examples[i].id, "split": "train", "epoch": epoch, "loss": round(loss, 5),
                                 "tokens": n})
+    params = [p for p in model.parameters() if p.requires_grad]
+    d.sum_grads(params)
+    loss_sum, correct, seen = d.sum([loss_sum, correct, seen])
     if not math.isfinite(loss_sum):
         optimizer.zero_grad(set_to_none=True)
-        raise NonFinite(f"loss is {loss_sum / group_tokens}")
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                               cfg.train.max_grad_norm)
+        raise NonFinite(f"loss is {loss_sum / step_tokens}")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
     if not math.isfinite(float(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         raise NonFinite(f"gradient norm is {float(grad_norm)}")
@@ -262,23 +278,31 @@ def _step(model, group: list[Batch], optimizer, scheduler, cfg: Recipe, device, 
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    stats.add(loss_sum, correct, group_tokens, seen)
+    stats.add(loss_sum, int(correct), step_tokens, int(seen))
     seconds = time.time() - t0
-    return {"loss": loss_sum / group_tokens, "lr": lr, "grad_norm": float(grad_norm), "tokens": seen,
-            "supervised_tokens": group_tokens, "tokens_per_second": seen / max(seconds, 1e-9)}
+    return {"loss": loss_sum / step_tokens, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(seen),
+            "supervised_tokens": step_tokens, "tokens_per_second": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def _validate(model, items, examples, cfg: Recipe, pad_id: int, device, epoch: int, example_log: list) -> PassStats:
+def _validate(model, items, examples, cfg: Recipe, pad_id: int, device, epoch: int, example_log: list,
+              d: distributed.Dist) -> PassStats:
+    """Validation pass (no dropout); batches are dealt round-robin to ranks and the sums combined."""
     model.eval()
+    loss_sum, correct, tokens, seen, rows_out = 0.0, 0, 0, 0, []
+    for k, big in enumerate(batches(items, cfg.train.batch_size, pad_id, None, True)):
+        if k % d.world != d.rank:
+            continue
+        for b in split(big, cfg.train.micro_batch_tokens):
+            losses, ok, rows = forward_tokens(model, b, device)
+            loss_sum, correct, tokens, seen = loss_sum + float(losses.sum()), correct + int(ok.sum()), \
+                tokens + b.supervised, seen + b.tokens
+            rows_out += [{"id": examples[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5), "tokens": n}
+                         for i, loss, n in _per_example(losses, rows, b)]
+    example_log += d.gather(rows_out)
+    loss_sum, correct, tokens, seen = d.sum([loss_sum, correct, tokens, seen])
     stats = PassStats()
-    for b in (mb for big in batches(items, cfg.train.batch_size, pad_id, None, True)
-              for mb in split(big, cfg.train.micro_batch_tokens)):
-        losses, ok, rows = forward_tokens(model, b, device)
-        stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.tokens)
-        for i, loss, n in _per_example(losses, rows, b):
-            example_log.append({"id": examples[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5),
-                                "tokens": n})
+    stats.add(loss_sum, int(correct), int(tokens), int(seen))
     return stats
 
 
