@@ -39,3 +39,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_rec
     examples = RunDir(two).read_jsonl(RunDir(two).examples)
     assert sum(1 for e in examples if e["split"] == "train" and e["epoch"] == 1) == summary["train_examples"]
     assert sum(1 for e in examples if e["split"] == "val" and e["epoch"] == 0) == summary["val_examples"]
+
+
+def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
+    import shutil
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNELAB_CACHE": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "e", 1)),
+                    "--run-dir", str(run)], check=True, env=env, capture_output=True)
+    shutil.copytree(run, tmp_path / "copy")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29518", "-m", "tunelab.cli", "-q", "eval", str(run), "--only", "tuned", "--limit", "7"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "eval", str(tmp_path / "copy"), "--only", "tuned",
+                    "--limit", "7"], check=True, env=env, capture_output=True)
+    sharded = RunDir(run).read_jsonl(RunDir(run).eval_dir / "predictions.jsonl")
+    single = RunDir(tmp_path / "copy").read_jsonl(RunDir(tmp_path / "copy").eval_dir / "predictions.jsonl")
+    assert len(sharded) == 7 and [(p["id"], p["completion"]) for p in sharded] == \
+        [(p["id"], p["completion"]) for p in single]

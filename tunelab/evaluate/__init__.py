@@ -66,6 +66,9 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, limit: int | Non
         predictions = [p for p in predictions if p["model"] != name] + preds
         summary[name] = stats
     summary.update(_comparison(predictions, summary, questions))
+    from tunelab.train.distributed import is_main_process
+    if not is_main_process():
+        return EvalResult(summary, predictions)
     run.write_jsonl(run.eval_dir / "predictions.jsonl", predictions)
     run.write_json(run.eval_dir / "summary.json", summary)
     if run.summary.exists():
@@ -90,7 +93,8 @@ def _questions(cfg: Recipe, limit: int | None) -> list[Example]:
 
 def _run_pass(cfg: Recipe, run: RunDir, name: str, questions: list[Example], tok, device,
               batch_size: int) -> tuple[list[dict], dict]:
-    from tunelab.evaluate.generate import generate
+    from tunelab.evaluate.generate import Generation, generate
+    from tunelab.train import distributed
     model = load_model(cfg.model, device)
     if name == "tuned":
         model = load_adapter(model, run.adapter, merge=True)  # unmerged LoRA roughly halves generation speed
@@ -101,8 +105,14 @@ def _run_pass(cfg: Recipe, run: RunDir, name: str, questions: list[Example], tok
         running["n"] += 1
         running["correct"] += score(g.completion, refs[i] or "")["flexible_correct"]
 
-    gens, seconds = generate(model, tok, [q.prompt for q in questions], cfg.eval.max_new_tokens, batch_size,
-                             label=f"eval {name}", on_result=on_result)
+    d = distributed.setup(device.type)  # under torchrun, each rank answers every W-th question
+    mine = list(range(d.rank, len(questions), d.world))
+    local, seconds = generate(model, tok, [questions[i].prompt for i in mine], cfg.eval.max_new_tokens, batch_size,
+                              label=f"eval {name}", on_result=lambda j, g: on_result(mine[j], g))
+    gens = [None] * len(questions)
+    for i, g in d.gather(list(zip(mine, [(g.completion, g.tokens) for g in local]))):
+        gens[i] = Generation(*g)
+    seconds = max(d.gather([seconds]))
     preds = []
     for q, ref, g in zip(questions, refs, gens):
         preds.append({"id": q.id, "model": name, "question": q.fields.get("question", q.prompt), "reference": ref,
