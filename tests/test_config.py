@@ -67,3 +67,9 @@ def test_reference_lists_every_key_with_its_description():
     ref = reference()
     assert "| `lora.r` | `16` | rank: higher = more capacity and memory |" in ref
     assert "`train.completion_only`" in ref and "`data.skip_bad_rows`" in ref
+
+
+def test_readme_recipe_reference_is_in_sync():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert reference() in readme, "regenerate the README's recipe reference: tunelab recipes --reference"
