@@ -1,12 +1,15 @@
 """Training throughput: tunelab's loop vs TRL's SFTTrainer on the same CPU workload.
 
-Same model (SmolLM2-135M-Instruct), LoRA (r=16, alpha 32, dropout 0.05, all linear layers), GSM8K rows
-with the flagship template, completion-only loss, max_length 512, batch 8, 1 epoch, lr 5e-4 cosine
+Same model (SmolLM2-135M-Instruct), LoRA (r=16, alpha 32, dropout 0 = PEFT's default, all linear layers), GSM8K rows
+with the flagship template, completion-only loss (TRL gets tunelab's token ids and labels, so both
+train on the same tokens), max_length 512, batch 8, 1 epoch, lr 5e-4 cosine
 with 3 % warmup, seed 0, fp32 (TRL's SFTConfig turns bf16 on by default: we set bf16=False — we beat
 TRL's best, not its pitfall), no gradient checkpointing. Each trainer runs in its own child process
 (back to back) so peak RSS is its own. Counts non-pad tokens per second of training. Also prints
 each run's mean step loss (same objective: they must agree closely) and the share of this machine's
-measured fp32 matmul rate reached at 4*N FLOPs per token. The last line is one JSON object.
+measured fp32 matmul rate reached at 4*N FLOPs per token. Same objective check: each trainer's
+final adapter is scored on the same validation rows by the same code (token-weighted loss); the
+two must agree within 2 %. The last line is one JSON object.
 
 Run as: .venv/bin/python benchmarks/train_throughput.py [--rows 64]
 TRL is a benchmark-only dependency.
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LR, EPOCHS, BATCH, MAX_LEN, SEED = 5e-4, 1, 8, 512, 0
+DROPOUT = 0.0  # PEFT's default; dropout costs both trainers the same absolute time (--dropout to change)
 
 
 def _recipe(gsm8k: str, rows: int, out: Path):
@@ -35,7 +39,7 @@ def _recipe(gsm8k: str, rows: int, out: Path):
     return load_recipe("gsm8k-smollm2-135m", [
         f"data.source={gsm8k}", f"data.limit={rows}", "data.val_fraction=0.1", f"train.epochs={EPOCHS}",
         f"train.batch_size={BATCH}", f"train.lr={LR}", f"train.max_length={MAX_LEN}", f"train.seed={SEED}",
-        "train.warmup_ratio=0.03", "train.scheduler=cosine", "lora.r=16", "lora.alpha=32", "lora.dropout=0.05"])
+        "train.warmup_ratio=0.03", "train.scheduler=cosine", "lora.r=16", "lora.alpha=32", f"lora.dropout={DROPOUT}"])
 
 
 def run_tunelab(gsm8k: str, rows: int, queue) -> None:
@@ -47,7 +51,7 @@ def run_tunelab(gsm8k: str, rows: int, queue) -> None:
     s = result.summary
     queue.put({"tokens": s["train_tokens"], "seconds": s["train_seconds"],
                "mean_step_loss": sum(x["loss"] for x in steps) / len(steps),
-               "epoch_loss": s["final_train_loss"],
+               "train_loss": s["final_train_loss"], "val_loss": s["final_val_loss"],
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -58,17 +62,22 @@ def run_trl(gsm8k: str, rows: int, queue) -> None:
     from trl import SFTConfig, SFTTrainer
     from tunelab.data import load_splits
     from tunelab.models import load_model, load_tokenizer
+    from tunelab.train.batching import tokenize
     cfg = _recipe(gsm8k, rows, Path("."))
     splits = load_splits(cfg.data)  # the same train rows tunelab trains on (same seeded split)
-    data = Dataset.from_list([{"prompt": e.prompt, "completion": e.target} for e in splits.train])
     model = load_model(cfg.model, torch.device("cpu"))
     tok = load_tokenizer(cfg.model)
+    # identical token ids and labels (prompt masked, EOS supervised): the same objective, token for token
+    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    data = Dataset.from_list([{"input_ids": it.input_ids, "labels": it.labels} for it in items])
+    steps = -(-len(data) // BATCH) * EPOCHS
     args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=BATCH,
-                     num_train_epochs=EPOCHS, learning_rate=LR, lr_scheduler_type="cosine", warmup_ratio=0.03,
+                     num_train_epochs=EPOCHS, learning_rate=LR, lr_scheduler_type="cosine",
+                     warmup_steps=round(0.03 * steps),  # = tunelab's warmup_ratio 0.03
                      max_length=MAX_LEN, bf16=False, fp16=False, gradient_checkpointing=False,
-                     completion_only_loss=True, logging_steps=1, report_to=[], save_strategy="no", seed=SEED,
+                     logging_steps=1, report_to=[], save_strategy="no", seed=SEED,
                      use_cpu=True, dataloader_num_workers=0)
-    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=DROPOUT, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft)
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * EPOCHS  # no padding in the stored rows
     t0 = time.time()
@@ -76,7 +85,23 @@ def run_trl(gsm8k: str, rows: int, queue) -> None:
     seconds = time.time() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     queue.put({"tokens": tokens, "seconds": seconds, "mean_step_loss": sum(losses) / len(losses),
+               "train_loss": sum(losses) / len(losses), "val_loss": _val_loss(trainer.model, tok, cfg, splits),
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _val_loss(model, tok, cfg, splits) -> float:
+    """Token-weighted loss on the validation rows, computed exactly as tunelab computes its own."""
+    import torch
+    from tunelab.train import forward_tokens
+    from tunelab.train.batching import batches, tokenize
+    items, _ = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for b in batches(items, cfg.train.batch_size, tok.pad_token_id, None, True):
+            losses, _, _ = forward_tokens(model, b, torch.device("cpu"))
+            total, tokens = total + float(losses.sum()), tokens + b.supervised
+    return total / tokens
 
 
 def _child(target, gsm8k: str, rows: int) -> dict:
@@ -84,7 +109,13 @@ def _child(target, gsm8k: str, rows: int) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(gsm8k, rows, queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:  # queue.Empty: still running, or dead
+            if not proc.is_alive():
+                raise SystemExit(f"{target.__name__} failed (exit code {proc.exitcode}); see its traceback above")
     proc.join()
     return result
 
@@ -103,16 +134,18 @@ def main() -> None:
     ours = _child(run_tunelab, args.gsm8k, args.rows)
     theirs = _child(run_trl, args.gsm8k, args.rows)
     tps = {k: r["tokens"] / r["seconds"] for k, r in (("tunelab", ours), ("trl", theirs))}
-    loss_gap = abs(ours["mean_step_loss"] - theirs["mean_step_loss"]) / theirs["mean_step_loss"]
+    loss_gap = abs(ours["val_loss"] - theirs["val_loss"]) / theirs["val_loss"]
     for name, r in (("tunelab", ours), ("trl", theirs)):
-        print(f"{name:8s} {r['tokens']} tokens in {r['seconds']:.1f} s = {tps[name]:.1f} tokens/s, mean step loss "
-              f"{r['mean_step_loss']:.4f}, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+        print(f"{name:8s} {r['tokens']} tokens in {r['seconds']:.1f} s = {tps[name]:.1f} tokens/s, train loss "
+              f"{r['train_loss']:.4f}, final validation loss {r['val_loss']:.4f}, peak RSS {r['peak_rss_mib']:.0f} MiB, "
               f"{100 * 4 * n_params * tps[name] / matmul:.0f} % of the {matmul / 1e9:.0f} GFLOP/s fp32 matmul rate")
-    print(f"ratio {tps['tunelab'] / tps['trl']:.2f}x, loss gap {100 * loss_gap:.2f} %")
+    print(f"ratio {tps['tunelab'] / tps['trl']:.2f}x, final validation loss gap {100 * loss_gap:.2f} % "
+          f"(train loss: tunelab's is token-weighted over the epoch, TRL's the mean of its step losses)")
     print(json.dumps({"benchmark": "train_throughput", "rows": args.rows, "tunelab_tokens_per_second": round(tps["tunelab"], 2),
                       "trl_tokens_per_second": round(tps["trl"], 2), "ratio": round(tps["tunelab"] / tps["trl"], 3),
-                      "tunelab_mean_step_loss": round(ours["mean_step_loss"], 5),
-                      "trl_mean_step_loss": round(theirs["mean_step_loss"], 5), "loss_gap": round(loss_gap, 5),
+                      "tunelab_train_loss": round(ours["train_loss"], 5), "trl_train_loss": round(theirs["train_loss"], 5),
+                      "tunelab_val_loss": round(ours["val_loss"], 5), "trl_val_loss": round(theirs["val_loss"], 5),
+                      "val_loss_gap": round(loss_gap, 5), "lora_dropout": DROPOUT,
                       "tunelab_peak_rss_mib": round(ours["peak_rss_mib"]), "trl_peak_rss_mib": round(theirs["peak_rss_mib"]),
                       "matmul_gflops": round(matmul / 1e9, 1),
                       "tunelab_matmul_share": round(4 * n_params * tps["tunelab"] / matmul, 3),

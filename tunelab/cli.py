@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from tunelab.errors import UserError
+from tunelab.rundir import locked
 
 log = logging.getLogger("tunelab")
 
@@ -170,23 +169,6 @@ def cmd_train(args) -> int:
     if result.summary:  # rank 0 (or a single process)
         _print_epochs(result.epochs, result.summary, run)
     return 0
-
-
-@contextmanager
-def locked(run, command: str):
-    """Hold the run directory's lock; if this command created the folder and wrote no file, remove it again."""
-    from tunelab.train.distributed import is_main_process
-    if not is_main_process():  # other ranks of a multi-process run: rank 0 holds the lock
-        yield run
-        return
-    existed = run.path.exists()
-    try:
-        with run.lock(command):
-            yield run
-    except BaseException:
-        if not existed and run.path.exists() and not any(p.is_file() for p in run.path.rglob("*")):
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
 
 
 def open_run(path: str):

@@ -70,7 +70,7 @@ class TrainConfig(Section):
     seed: int = Field(0, description="seed of LoRA init, dropout and data order")
     log_every: int = Field(1, ge=1, description="optimizer steps between step-log lines")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding, same loss)")
-    micro_batch_tokens: int = Field(1024, ge=0, description="split batches into slices of at most this many "
+    micro_batch_tokens: int = Field(512, ge=0, description="split batches into slices of at most this many "
                                     "padded tokens (same loss, capped activation memory); 0 = never split")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunelab.config import load_recipe, to_yaml
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir
+from tunelab.rundir import RunDir, locked
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
     if baseline:
         from tunelab.report import load_run
         base = load_run(baseline)
-    from tunelab.cli import locked
     with locked(run, "run"):
         return _stages(cfg, run, base)
 

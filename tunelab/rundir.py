@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -115,6 +116,27 @@ class RunDir:
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or a single process): the one that writes the run dir and holds its lock."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextmanager
+def locked(run: RunDir, command: str):
+    """Hold the run directory's lock; if this command created the folder and wrote no file, remove it again."""
+    if not is_main_process():  # other ranks of a multi-process run: rank 0 holds the lock
+        yield run
+        return
+    existed = run.path.exists()
+    try:
+        with run.lock(command):
+            yield run
+    except BaseException:
+        if not existed and run.path.exists() and not any(p.is_file() for p in run.path.rglob("*")):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -21,7 +21,7 @@ from tunelab.data import Example, load_splits
 from tunelab.errors import UserError
 from tunelab.evaluate.scoring import paired_difference, reference_answer, score
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
-from tunelab.rundir import RunDir
+from tunelab.rundir import RunDir, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, limit: int | Non
         predictions = [p for p in predictions if p["model"] != name] + preds
         summary[name] = stats
     summary.update(_comparison(predictions, summary, questions))
-    from tunelab.train.distributed import is_main_process
     if not is_main_process():
         return EvalResult(summary, predictions)
     run.write_jsonl(run.eval_dir / "predictions.jsonl", predictions)

@@ -228,7 +228,8 @@ def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Ten
     fraction of the (B, T, V) logits work and memory.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    ids, mask, labels = batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device)
+    ids, labels = batch.input_ids.to(device), batch.labels.to(device)
+    mask = None if batch.attention_mask is None else batch.attention_mask.to(device)
     hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
     keep = targets != -100

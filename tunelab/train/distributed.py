@@ -72,8 +72,3 @@ def setup(device_kind: str) -> Dist:
         cuda = device_kind != "cpu" and torch.cuda.is_available()
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def is_main_process() -> bool:
-    """Rank 0, or not distributed: the process that writes, logs and takes the run-dir lock."""
-    return int(os.environ.get("RANK", "0")) == 0
