@@ -63,6 +63,7 @@ def test_token_accuracy_gap_cost_and_baseline_rules():
     assert token_accuracy(history([2, 1.5], acc=[0.60, 0.602])).kind == "info"
     assert generalisation_gap(history([2.0, 1.0], train=[None, 0.5])).kind == "watch"
     assert generalisation_gap(history([2.0, 1.0], train=[None, 0.95])) is None
+    assert generalisation_gap(history([2.0, 0.065], train=[None, 0.057])) is None  # 13 % of almost nothing
     slow = cost_accuracy({"hours": 0.1, "cost_usd": 0.01}, {"device_hours": 0.35, "cost_usd": 0.03})
     assert slow.kind == "watch" and "3.50×" in slow.text
     assert cost_accuracy({"hours": 0.1, "cost_usd": 0.01}, {"device_hours": 0.12, "cost_usd": 0.012}).kind == "info"

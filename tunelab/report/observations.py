@@ -82,11 +82,11 @@ def token_accuracy(epochs: list[dict]) -> Observation:
 def generalisation_gap(epochs: list[dict]) -> Observation | None:
     last = epochs[-1]
     gap = (last["val_loss"] - last["train_loss"]) / last["val_loss"] if last["val_loss"] else 0
-    if gap <= 0.10:
+    if gap <= 0.10 or last["val_loss"] - last["train_loss"] < 0.05:  # tiny losses: a ratio of noise
         return None
     return Observation("watch", f"Final validation loss is {100 * gap:.0f} % above final train loss "
                        f"({last['val_loss']:.3f} vs {last['train_loss']:.3f}): the model fits training rows "
-                       "better than held-out ones.", "flag when (val − train) / val > 10 % in the last epoch")
+                       "better than held-out ones.", "flag when (val − train) / val > 10 % and val − train > 0.05 in the last epoch")
 
 
 def accuracy_change(difference: dict, metric: str, base: float, tuned: float) -> Observation:
