@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.rundir import locked
+from tunelab.rundir import is_main_process, locked
 
 log = logging.getLogger("tunelab")
 
@@ -20,8 +20,7 @@ log = logging.getLogger("tunelab")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
-    logging.basicConfig(level=logging.INFO if rank0 and not args.quiet else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if is_main_process() and not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

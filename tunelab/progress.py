@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tunelab.rundir import is_main_process
 
 console = Console(stderr=True)
 
@@ -36,7 +37,7 @@ def _info(fields: dict) -> str:
 @contextmanager
 def bar(description: str, total: int):
     """A progress bar with a free-text info column; a no-op when stderr is not a terminal."""
-    if not sys.stderr.isatty() or os.environ.get("RANK", "0") != "0":  # one bar: rank 0's
+    if not sys.stderr.isatty() or not is_main_process():  # one bar: rank 0's
         yield _Bar(None, None)
         return
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

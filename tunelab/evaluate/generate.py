@@ -55,7 +55,6 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
     device = next(model.parameters()).device
     batch_size = batch_size or auto_batch_size(device)
     model.eval()
-    tok.padding_side = "left"
     encoded = tok(prompts, add_special_tokens=True)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
     results: list[Generation | None] = [None] * len(prompts)
