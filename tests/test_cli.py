@@ -24,6 +24,10 @@ def test_train_command_end_to_end(tiny_model, tmp_path, capsys):
                                                    "answer, family, question"),
     (["--set", "model.name=./no/such/model"], "model.name: ./no/such/model: no such local path"),
     (["--set", "data.source=./missing.jsonl"], "data.source: ./missing.jsonl: no such file or directory"),
+    (["--set", "model.name=nosuchorg/nosuchmodel"], "model.name: nosuchorg/nosuchmodel: not a local model and not "
+                                                    "loadable from the Hugging Face hub"),
+    (["--set", "data.synthetic_rows=6"], "data.source: synthetic:arith: 5 train examples, fewer than "
+                                         "train.batch_size=8; lower train.batch_size or add rows"),
 ])
 def test_user_mistakes_exit_2_naming_the_key_and_write_nothing(args, message, tmp_path, capsys):
     run = tmp_path / "run"
@@ -36,3 +40,13 @@ def test_recipes_lists_builtins(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "gsm8k-mistral-7b" in out and "quickstart" in out and "gsm8k-smollm2-135m" in out
+
+
+def test_a_corrupt_gguf_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(7))  # a GGUF magic, then a truncated header
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", "--set", f"model.name={bad}", "--run-dir", str(run)]) == 2
+    assert f"model.name: {bad}: not a readable GGUF model" in capsys.readouterr().err
+    assert not run.exists() and not list((tmp_path / "cache").rglob("*.safetensors"))

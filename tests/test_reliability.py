@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,28 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(recipe, tm
     assert "Last good checkpoint: " in text and "step-0000004" in text
     assert (run.path / "checkpoints" / "step-0000004" / "state.json").exists()
     assert not run.summary.exists()
+
+
+def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoint(recipe, tmp_path, monkeypatch):
+    import errno
+    import tunelab.train.checkpoint as ckpt
+    raw, _ = recipe
+    real = ckpt.torch.save
+    calls = {"n": 0}
+
+    def filling(obj, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: half a file, then the disk is full
+            Path(path).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(ckpt.torch, "save", filling)
+    run = RunDir(tmp_path / "full")
+    with pytest.raises(UserError) as err:
+        train(validate(raw, "full"), run)
+    assert str(err.value) == (f"{run.path / 'checkpoints' / 'step-0000008'}: cannot write (No space left on device); "
+                              "the previous version is kept")
+    left = sorted(p.name for p in (run.path / "checkpoints").iterdir())
+    assert left == ["step-0000004"]  # no half-written folder beside it
+    assert ckpt.latest(run).name == "step-0000004" and not run.summary.exists()

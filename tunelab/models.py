@@ -103,8 +103,9 @@ def load_tokenizer(cfg: ModelConfig):
     path = resolve(cfg.name)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except OSError as err:
-        raise UserError(f"model.name: {cfg.name}: cannot load tokenizer ({err})") from None
+    except OSError as err:  # an unknown hub id, no network, a gated repo, a folder without a tokenizer
+        raise UserError(f"model.name: {cfg.name}: not a local model and not loadable from the Hugging Face hub "
+                        f"({err})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

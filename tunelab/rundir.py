@@ -159,6 +159,33 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise UserError(f"{path}: cannot write ({err.strerror}); the previous version is kept") from None
 
 
+@contextmanager
+def atomic_folder(path: Path):
+    """Yield an empty temp folder beside `path`; on success it replaces `path` in one rename.
+
+    Raises:
+        UserError: disk full or unwritable directory while filling it; `path` is left as it was.
+    """
+    tmp = path.parent / f".{path.name}.tmp"
+    old = path.parent / f".{path.name}.old"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        if isinstance(err, RuntimeError) and "write" not in str(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise UserError(f"{path}: cannot write ({reason}); the previous version is kept") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _read_lock(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())

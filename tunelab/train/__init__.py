@@ -28,7 +28,7 @@ from tunelab.data import Splits, load_splits
 from tunelab.errors import UserError
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
-from tunelab.rundir import RunDir
+from tunelab.rundir import RunDir, atomic_folder
 from tunelab.train import checkpoint, distributed
 from tunelab.train.batching import Batch, batches, split, tokenize
 from tunelab.train.trackers import Trackers
@@ -90,8 +90,8 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
         raise UserError(f"data.source: no train or validation example has a supervised token within "
                         f"train.max_length={cfg.train.max_length}")
     if len(train_items) < cfg.train.batch_size:
-        log.warning("train split has %d examples, fewer than train.batch_size=%d: one short batch per epoch",
-                    len(train_items), cfg.train.batch_size)
+        raise UserError(f"data.source: {cfg.data.source}: {len(train_items)} train examples, fewer than "
+                        f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or add rows")
     start_from = checkpoint.latest(run) if resume else None
     if resume and start_from is None:
         raise UserError(f"--resume {run.path}: no checkpoint to resume from")
@@ -230,7 +230,7 @@ def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Ten
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids, labels = batch.input_ids.to(device), batch.labels.to(device)
     mask = None if batch.attention_mask is None else batch.attention_mask.to(device)
-    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
     keep = targets != -100
     logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
@@ -341,15 +341,8 @@ def _optimizer(model, cfg: Recipe, total_steps: int):
 
 def _save_adapter(model, run: RunDir) -> None:
     """Save the PEFT adapter to a temp folder, then swap it in: `adapter/` is never half-written."""
-    import shutil
-    tmp = run.path / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    old = run.path / ".adapter.old"
-    if run.adapter.exists():
-        run.adapter.rename(old)
-    tmp.rename(run.adapter)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(run.adapter) as tmp:
+        model.save_pretrained(str(tmp))
 
 
 def _summary(cfg: Recipe, epochs: list[dict], splits: Splits, train_items, val_items, truncated: int,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.rundir import RunDir
+from tunelab.rundir import RunDir, atomic_folder
 
 
 @dataclass
@@ -42,19 +42,20 @@ def latest(run: RunDir) -> Path | None:
 
 
 def save(run: RunDir, model, optimizer, scheduler, state: State, keep: int) -> Path:
+    """Write checkpoint `step-NNNNNNN` atomically and prune to the last `keep`.
+
+    Raises:
+        UserError: disk full or unwritable run dir; the earlier checkpoints are intact.
+    """
     root = directory(run)
     final = root / f"step-{state.step:07d}"
-    tmp = root / f".step-{state.step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({"trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / "weights.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))  # written last: marks the checkpoint complete
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_folder(final) as tmp:
+        torch.save({"trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "weights.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))  # written last: marks the checkpoint complete
     for old in sorted(p for p in root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
