@@ -1,13 +1,18 @@
-"""Multi-process data-parallel training on CPU (gloo): 2 processes match 1 process with the same global batch."""
+"""Multi-process training on CPU (gloo): 2 processes (torchrun, accelerate launch; DDP and FSDP) match 1 process
+with the same global batch; eval shards questions."""
 
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
+from tunelab.errors import UserError
 from tunelab.rundir import RunDir
+from tunelab.train import distributed
 
 
 def _recipe(tiny_recipe, tmp_path, name, grad_accum):
@@ -18,15 +23,26 @@ def _recipe(tiny_recipe, tmp_path, name, grad_accum):
     return path
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_recipe, tmp_path):
+LAUNCHERS = {
+    "torchrun-ddp": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"],
+    "accelerate-ddp": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+                       "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"],
+    "accelerate-fsdp": ["-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2", "--num_machines",
+                        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29521"],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_processes_match_one_process_with_the_same_global_batch(launcher, tiny_recipe, tmp_path):
+    """accelerate on a CPU-only machine needs --multi_gpu to start 2 processes (it says GPU, means DDP)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "one", 2)),
                     "--run-dir", str(one)], check=True, env=env, capture_output=True)
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29517", "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "two", 1)),
-                           "--run-dir", str(two)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *LAUNCHERS[launcher], "-m", "tunelab.cli", "-q", "train",
+                           str(_recipe(tiny_recipe, tmp_path, "two", 1)), "--run-dir", str(two)],
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = RunDir(one).read_jsonl(RunDir(one).epochs), RunDir(two).read_jsonl(RunDir(two).epochs)
     assert len(a) == len(b) == 3
@@ -36,9 +52,21 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_rec
                 assert y[key] == pytest.approx(x[key], rel=1e-4), key
     summary = RunDir(two).read_json(RunDir(two).summary)
     assert summary["processes"] == 2 and summary["train_examples"] == RunDir(one).read_json(RunDir(one).summary)["train_examples"]
+    assert summary["sharding"] == ("fsdp" if launcher.endswith("fsdp") else "none")
     examples = RunDir(two).read_jsonl(RunDir(two).examples)
     assert sum(1 for e in examples if e["split"] == "train" and e["epoch"] == 1) == summary["train_examples"]
     assert sum(1 for e in examples if e["split"] == "val" and e["epoch"] == 0) == summary["val_examples"]
+    wa = load_file(one / "adapter" / "adapter_model.safetensors")
+    wb = load_file(two / "adapter" / "adapter_model.safetensors")  # gathered whole from the shards under FSDP
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
+
+
+def test_deepspeed_launch_is_refused_with_the_alternative(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match="tunelab does not run on DeepSpeed; launch with --use_fsdp"):
+        distributed.setup("cpu")
 
 
 def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
@@ -58,3 +86,35 @@ def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
     single = RunDir(tmp_path / "copy").read_jsonl(RunDir(tmp_path / "copy").eval_dir / "predictions.jsonl")
     assert len(sharded) == 7 and [(p["id"], p["completion"]) for p in sharded] == \
         [(p["id"], p["completion"]) for p in single]
+
+
+def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupted_run(tiny_recipe, tmp_path):
+    import shutil
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    recipe = _recipe(tiny_recipe, tmp_path, "f", 1)
+    launch = [sys.executable, *LAUNCHERS["torchrun-ddp"], "-m", "tunelab.cli", "-q", "train"]
+    whole = tmp_path / "whole"
+    subprocess.run([*launch, str(recipe), "--set", "train.sharding=fsdp", "--set", "train.checkpoint_every=4",
+                    "--set", "train.keep_checkpoints=9", "--run-dir", str(whole)], check=True, env=env,
+                   capture_output=True, timeout=600)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for path in [cut / "summary.json", cut / "adapter", *sorted((cut / "checkpoints").glob("step-*"))[1:]]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-0000004"]  # mid epoch 1
+    proc = subprocess.run([*launch, "--resume", str(cut)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    def metrics(run):  # everything but the timings
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in RunDir(run).read_jsonl(RunDir(run).epochs)]
+    assert metrics(cut) == metrics(whole)
+    wa, wb = load_file(whole / "adapter" / "adapter_model.safetensors"), load_file(cut / "adapter" / "adapter_model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
+
+
+def test_accelerate_fsdp_settings_become_fully_shard_arguments():
+    assert distributed.fsdp_options({"FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_RESHARD_AFTER_FORWARD": "true",
+                                     "FSDP_OFFLOAD_PARAMS": "false"}) == {}
+    assert distributed.fsdp_options({"FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}) == {"reshard_after_forward": False}
+    offload = distributed.fsdp_options({"FSDP_OFFLOAD_PARAMS": "true"})["offload_policy"]
+    assert type(offload).__name__ == "CPUOffloadPolicy"

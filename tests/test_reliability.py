@@ -153,3 +153,13 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoi
     left = sorted(p.name for p in (run.path / "checkpoints").iterdir())
     assert left == ["step-0000004"]  # no half-written folder beside it
     assert ckpt.latest(run).name == "step-0000004" and not run.summary.exists()
+
+
+def test_resume_with_another_number_of_processes_is_refused(tiny_recipe, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    train(validate({**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1}}, "p"), run)
+    state = next((run.path / "checkpoints").glob("step-*")) / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "processes": 2}))
+    assert main(["train", "--resume", str(run.path)]) == 2
+    assert (f"--resume {run.path}: {state.parent.name} was written by 2 process(es), this is 1; resume with 2 so "
+            "the global batch") in capsys.readouterr().err

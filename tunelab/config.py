@@ -76,6 +76,8 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (oldest deleted)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    sharding: Literal["none", "fsdp"] = Field("none", description="with several processes: none = each holds the "
+                                              "whole model; fsdp = shard weights, gradients, optimizer state (FSDP2)")
     threads: int | None = Field(None, ge=1, description="CPU threads; None = all cores")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list,
                                                               description="optional experiment trackers")

@@ -79,7 +79,7 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    d = distributed.setup(device.type)
+    d = distributed.setup(device.type, cfg.train.sharding)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
     splits = splits or load_splits(cfg.data)
@@ -105,23 +105,30 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
             run.write_json(run.estimate, _estimate(cfg, model, device, train_items, val_items))
         run.write_json(run.environment, {**environment.describe(device), "processes": d.world})
     trackers = Trackers(cfg.train.report_to if d.main else [], run.path)
+    net = SupervisedLM(model)
+    if d.sharded:
+        d.shard(net, model.get_base_model().get_decoder().layers)
 
     per_step = cfg.train.grad_accum * d.world  # batches per optimizer step, over all ranks
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / per_step)
     total_steps = steps_per_epoch * cfg.train.epochs
-    optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    optimizer, scheduler = _optimizer(net, cfg, total_steps)
     pad_id = tok.pad_token_id
 
     if start_from:
-        state = checkpoint.load(start_from, model, optimizer, scheduler)
+        state = checkpoint.load(start_from, net, optimizer, scheduler)
+        if state.processes != d.world:
+            raise UserError(f"--resume {run.path}: {start_from.name} was written by {state.processes} process(es), "
+                            f"this is {d.world}; resume with {state.processes} so the global batch "
+                            f"(train.grad_accum x processes) and the data position stay the same")
         log.info("resuming from %s (step %d of %d)", start_from, state.step, total_steps)
     else:
-        state = checkpoint.State()
-        val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, 0, state.example_log, d)
+        state = checkpoint.State(processes=d.world)
+        val_stats = _validate(net, val_items, splits.val, cfg, pad_id, device, 0, state.example_log, d)
         state.epochs.append(_epoch_row(0, None, val_stats, 0.0, 0))
 
-    def save() -> Path | None:
-        path = checkpoint.save(run, model, optimizer, scheduler, state, cfg.train.keep_checkpoints) if d.main else None
+    def save() -> Path:
+        path = checkpoint.save(run, net, optimizer, scheduler, state, cfg.train.keep_checkpoints, d.main)
         d.barrier()
         return path
 
@@ -129,7 +136,7 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
             t0 = time.time() - state.epoch_seconds
-            model.train()
+            net.train()
             stats = PassStats(**state.epoch_sums)
             epoch_batches = batches(train_items, cfg.train.batch_size, pad_id, cfg.train.seed + epoch,
                                     cfg.train.group_by_length)
@@ -138,8 +145,8 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
                 step_batches = epoch_batches[start:start + per_step]
                 mine = step_batches[d.rank * cfg.train.grad_accum:(d.rank + 1) * cfg.train.grad_accum]
                 try:
-                    row = _step(model, mine, sum(b.supervised for b in step_batches), optimizer, scheduler, cfg,
-                                device, stats, splits.train, epoch, epoch_examples, d)
+                    row = _step(net, mine, sum(b.supervised for b in step_batches), optimizer, scheduler, cfg,
+                                device, stats, splits.train, epoch, epoch_examples, d, epoch_batches[0])
                 except NonFinite as err:
                     last = checkpoint.latest(run)
                     raise UserError(f"step {state.step + 1}: {err}; training stopped, no update applied. Last good "
@@ -164,7 +171,7 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
             state.train_seconds += seconds
             state.train_tokens += stats.seen
             state.example_log += d.gather(epoch_examples)
-            val_stats = _validate(model, val_items, splits.val, cfg, pad_id, device, epoch, state.example_log, d)
+            val_stats = _validate(net, val_items, splits.val, cfg, pad_id, device, epoch, state.example_log, d)
             state.epochs.append(_epoch_row(epoch, stats, val_stats, seconds, stats.seen))
             state.epoch, state.next_group, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
             save()
@@ -172,19 +179,20 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
             log.info("epoch %d: train loss %.4f, val loss %.4f, val token accuracy %.3f", epoch,
                      stats.loss, val_stats.loss, val_stats.accuracy)
     trackers.close()
+    adapter = {k.removeprefix("lm."): v for k, v in checkpoint.trainable_state(net).items()}  # all ranks: a gather
     if not d.main:
         return TrainResult(state.epochs, {})
 
     run.write_jsonl(run.steps, state.step_log)
     run.write_jsonl(run.epochs, state.epochs)
     run.write_jsonl(run.examples, state.example_log)
-    _save_adapter(model, run)
+    _save_adapter(model, adapter, run)
     wall = time.time() - started
     summary = _summary(cfg, state.epochs, splits, train_items, val_items, train_cut + val_cut, wall,
                        state.train_seconds, state.train_tokens)
     if start_from:
         summary["resumed_from"] = str(start_from)
-    summary["processes"] = d.world
+    summary["processes"], summary["sharding"] = d.world, "fsdp" if d.sharded else "none"
     run.write_json(run.summary, summary)
     run.write_json(run.cost, cost.actual(wall, device, cfg.cost.usd_per_hour))
     return TrainResult(state.epochs, summary)
@@ -221,24 +229,43 @@ def _stop_signals():
             signal.signal(sig, h)
 
 
-def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token loss on supervised positions only: (N,) losses, (N,) correct flags, (N,) example rows.
+class SupervisedLM(torch.nn.Module):
+    """A causal LM whose forward returns the loss on supervised positions only; the module FSDP wraps.
 
     The LM head runs on the N supervised positions instead of all B*T positions — same loss, a
     fraction of the (B, T, V) logits work and memory.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    ids, labels = batch.input_ids.to(device), batch.labels.to(device)
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor):
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state  # (B, T, H)
+        targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+        keep = targets != -100
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
+        gold = targets[keep]
+        losses = F.cross_entropy(logits, gold, reduction="none")  # (N,)
+        correct = logits.detach().argmax(-1) == gold
+        return losses, correct, keep.nonzero()[:, 0]
+
+
+def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token loss on supervised positions only: (N,) losses, (N,) correct flags, (N,) example rows.
+
+    `model` is a `SupervisedLM` (sharded or not) or a bare (PEFT) causal LM.
+    """
+    net = model if isinstance(model, SupervisedLM) else SupervisedLM(model)
     mask = None if batch.attention_mask is None else batch.attention_mask.to(device)
-    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, H)
-    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
-    keep = targets != -100
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
-    gold = targets[keep]
-    losses = F.cross_entropy(logits, gold, reduction="none")  # (N,)
-    correct = logits.detach().argmax(-1) == gold
-    rows = keep.nonzero()[:, 0]
-    return losses, correct, rows
+    return net(batch.input_ids.to(device), mask, batch.labels.to(device))
+
+
+def _filler(batch: Batch) -> Batch:
+    """One row of `batch`: what a rank with fewer micro-batches forwards (with weight 0) under FSDP."""
+    return Batch(batch.index[:1], batch.input_ids[:1], batch.attention_mask[:1], batch.labels[:1], 0, 0)
 
 
 def _per_example(losses: torch.Tensor, rows: torch.Tensor, batch: Batch) -> list[tuple[int, float, int]]:
@@ -249,29 +276,39 @@ def _per_example(losses: torch.Tensor, rows: torch.Tensor, batch: Batch) -> list
     return [(int(batch.index[i]), float(sums[i] / max(int(counts[i]), 1)), int(counts[i])) for i in range(n)]
 
 
-def _step(model, group: list[Batch], step_tokens: int, optimizer, scheduler, cfg: Recipe, device,
-          stats: PassStats, examples, epoch: int, example_log: list, d: distributed.Dist) -> dict:
+def _step(net, group: list[Batch], step_tokens: int, optimizer, scheduler, cfg: Recipe, device,
+          stats: PassStats, examples, epoch: int, example_log: list, d: distributed.Dist, filler: Batch) -> dict:
     """One optimizer step over this rank's `group` of micro-batches. The loss is token-weighted over the
     whole step (`step_tokens` supervised tokens on all ranks), so gradients summed over ranks equal
     those of one process seeing every batch."""
     t0 = time.time()
     loss_sum, correct, seen = 0.0, 0, 0
-    for b in (mb for big in group for mb in split(big, cfg.train.micro_batch_tokens)):
-        losses, ok, rows = forward_tokens(model, b, device)
-        (losses.sum() / step_tokens).backward()
+    micro = [mb for big in group for mb in split(big, cfg.train.micro_batch_tokens)]
+    count = d.max(len(micro)) if d.sharded else len(micro)  # FSDP: every rank runs as many forwards
+    for k in range(count):
+        d.sync_gradients(net, k == count - 1)
+        if k >= len(micro):
+            losses, _, _ = forward_tokens(net, _filler(filler), device)
+            (losses.sum() * 0.0).backward()
+            continue
+        b = micro[k]
+        losses, ok, rows = forward_tokens(net, b, device)
+        (losses.sum() * d.loss_scale / step_tokens).backward()
         loss_sum += float(losses.detach().sum())
         correct += int(ok.sum())
         seen += b.tokens
         for i, loss, n in _per_example(losses, rows, b):
             example_log.append({"id": examples[i].id, "split": "train", "epoch": epoch, "loss": round(loss, 5),
                                 "tokens": n})
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in net.parameters() if p.requires_grad]
     d.sum_grads(params)
     loss_sum, correct, seen = d.sum([loss_sum, correct, seen])
     if not math.isfinite(loss_sum):
         optimizer.zero_grad(set_to_none=True)
         raise NonFinite(f"loss is {loss_sum / step_tokens}")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor over the shards
+        grad_norm = grad_norm.full_tensor()
     if not math.isfinite(float(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         raise NonFinite(f"gradient norm is {float(grad_norm)}")
@@ -286,20 +323,22 @@ def _step(model, group: list[Batch], step_tokens: int, optimizer, scheduler, cfg
 
 
 @torch.no_grad()
-def _validate(model, items, examples, cfg: Recipe, pad_id: int, device, epoch: int, example_log: list,
+def _validate(net, items, examples, cfg: Recipe, pad_id: int, device, epoch: int, example_log: list,
               d: distributed.Dist) -> PassStats:
     """Validation pass (no dropout); batches are dealt round-robin to ranks and the sums combined."""
-    model.eval()
+    net.eval()
     loss_sum, correct, tokens, seen, rows_out = 0.0, 0, 0, 0, []
-    for k, big in enumerate(batches(items, cfg.train.batch_size, pad_id, None, True)):
-        if k % d.world != d.rank:
-            continue
-        for b in split(big, cfg.train.micro_batch_tokens):
-            losses, ok, rows = forward_tokens(model, b, device)
-            loss_sum, correct, tokens, seen = loss_sum + float(losses.sum()), correct + int(ok.sum()), \
-                tokens + b.supervised, seen + b.tokens
-            rows_out += [{"id": examples[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5), "tokens": n}
-                         for i, loss, n in _per_example(losses, rows, b)]
+    every = batches(items, cfg.train.batch_size, pad_id, None, True)
+    micro = [b for k, big in enumerate(every) if k % d.world == d.rank
+             for b in split(big, cfg.train.micro_batch_tokens)]
+    for _ in range(d.max(len(micro)) - len(micro) if d.sharded else 0):  # FSDP: as many forwards on every rank
+        forward_tokens(net, _filler(every[0]), device)
+    for b in micro:
+        losses, ok, rows = forward_tokens(net, b, device)
+        loss_sum, correct, tokens, seen = loss_sum + float(losses.sum()), correct + int(ok.sum()), \
+            tokens + b.supervised, seen + b.tokens
+        rows_out += [{"id": examples[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5), "tokens": n}
+                     for i, loss, n in _per_example(losses, rows, b)]
     example_log += d.gather(rows_out)
     loss_sum, correct, tokens, seen = d.sum([loss_sum, correct, tokens, seen])
     stats = PassStats()
@@ -329,9 +368,9 @@ def _estimate(cfg: Recipe, model, device, train_items, val_items) -> dict:
         return {**work, "device": target, "hours": None, "cost_usd": None, "basis": str(err)}
 
 
-def _optimizer(model, cfg: Recipe, total_steps: int):
+def _optimizer(net, cfg: Recipe, total_steps: int):
     from transformers import get_scheduler
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
@@ -339,10 +378,10 @@ def _optimizer(model, cfg: Recipe, total_steps: int):
     return optimizer, scheduler
 
 
-def _save_adapter(model, run: RunDir) -> None:
-    """Save the PEFT adapter to a temp folder, then swap it in: `adapter/` is never half-written."""
+def _save_adapter(model, weights: dict, run: RunDir) -> None:
+    """Save the PEFT adapter (`weights`: its full trainable tensors) via a temp folder: never half-written."""
     with atomic_folder(run.adapter) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=weights)
 
 
 def _summary(cfg: Recipe, epochs: list[dict], splits: Splits, train_items, val_items, truncated: int,

@@ -30,6 +30,7 @@ class State:
     epoch_seconds: float = 0.0  # training seconds spent in this epoch so far
     train_seconds: float = 0.0
     train_tokens: int = 0
+    processes: int = 1  # the global batch is grad_accum x processes: a resume must keep it
 
 
 def directory(run: RunDir) -> Path:
@@ -41,33 +42,53 @@ def latest(run: RunDir) -> Path | None:
     return done[-1] if done else None
 
 
-def save(run: RunDir, model, optimizer, scheduler, state: State, keep: int) -> Path:
-    """Write checkpoint `step-NNNNNNN` atomically and prune to the last `keep`.
+def trainable_state(net) -> dict[str, torch.Tensor]:
+    """The full (unsharded) trainable weights on CPU, on rank 0; other ranks get {}.
+
+    A collective under FSDP: every rank calls it. Keys are the parameter names under `net`.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    names = {n for n, p in net.named_parameters() if p.requires_grad}
+    full = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                              ignore_frozen_params=True))
+    return {k: v for k, v in full.items() if k in names}  # a tied, frozen LM head can slip through
+
+
+def save(run: RunDir, net, optimizer, scheduler, state: State, keep: int, main: bool = True) -> Path:
+    """Write checkpoint `step-NNNNNNN` atomically (rank 0) and prune to the last `keep`.
+
+    Weights and optimizer state are stored whole, whatever the sharding, so a run can resume with
+    another number of processes. Every rank calls this (gathering is a collective); only `main` writes.
 
     Raises:
         UserError: disk full or unwritable run dir; the earlier checkpoints are intact.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    blob = {"trainable": trainable_state(net),
+            "optimizer": get_optimizer_state_dict(net, optimizer, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True)),
+            "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     root = directory(run)
     final = root / f"step-{state.step:07d}"
+    if not main:
+        return final
     with atomic_folder(final) as tmp:
-        torch.save({"trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
-                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   tmp / "weights.pt")
+        torch.save(blob, tmp / "weights.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state)))  # written last: marks the checkpoint complete
     for old in sorted(p for p in root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load(path: Path, model, optimizer, scheduler) -> State:
+def load(path: Path, net, optimizer, scheduler) -> State:
+    """Restore a checkpoint into `net` and `optimizer` (sharded or not); every rank calls this."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
     blob = torch.load(path / "weights.pt", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in blob["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(blob["optimizer"])
+    whole = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(net, blob["trainable"], options=whole)
+    set_optimizer_state_dict(net, optimizer, blob["optimizer"], options=whole)
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["rng_torch"])
     random.setstate(blob["rng_python"])
