@@ -169,3 +169,36 @@ def test_split_and_grouped_batches_give_the_same_per_token_loss(tiny_model):
     parts = split(big, 40)
     assert len(parts) > 1 and all(p.input_ids.numel() <= 40 or p.input_ids.shape[0] == 1 for p in parts)
     assert sum(p.supervised for p in parts) == big.supervised and sum(p.tokens for p in parts) == big.tokens
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fast_lora_forward_gives_pefts_loss_and_gradients(tiny_model, dropout):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.config import LoraConfig
+    from tunelab.data import Example
+    from tunelab.models import add_lora
+    from tunelab.train import fast_lora, forward_tokens
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ex = [Example(str(i), f"Q{i}: " + "two plus " * (i % 5 + 1), f"{i}\n#### {i}", {}) for i in range(6)]
+    batch = batches(tokenize(ex, tok, 128, True)[0], 6, tok.pad_token_id, None, False)[0]
+
+    def loss_and_grads(fast: bool):
+        torch.manual_seed(0)
+        model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                         LoraConfig(r=4, alpha=8, dropout=dropout), False)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero: make the LoRA product count
+                torch.nn.init.normal_(p, std=0.5)
+        if fast:
+            assert fast_lora.install(model) == 14  # 7 projections x 2 layers
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks
+        losses, _, _ = forward_tokens(model, batch, torch.device("cpu"))
+        losses.mean().backward()
+        return losses.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    (peft_loss, peft_grads), (fast_loss, fast_grads) = loss_and_grads(False), loss_and_grads(True)
+    torch.testing.assert_close(fast_loss, peft_loss, atol=1e-5, rtol=1e-5)
+    assert peft_grads.keys() == fast_grads.keys()
+    for name in peft_grads:
+        torch.testing.assert_close(fast_grads[name], peft_grads[name], atol=1e-5, rtol=1e-4)
