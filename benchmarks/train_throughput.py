@@ -57,6 +57,9 @@ def run_tunelab(gsm8k: str, rows: int, queue) -> None:
 
 def run_trl(gsm8k: str, rows: int, queue) -> None:
     import torch
+    if os.environ.get("BENCH_TRL_KEEP_FREED_MEMORY") == "1":  # --trl-same-allocator: tunelab's glibc setting
+        from tunelab.train import _keep_freed_memory
+        _keep_freed_memory()
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -124,7 +127,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=64, help="GSM8K train rows (10 % go to validation)")
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
+    ap.add_argument("--trl-same-allocator", action="store_true",
+                    help="give TRL's process tunelab's glibc setting too (freed memory kept, no per-step page faults)")
     args = ap.parse_args()
+    os.environ["BENCH_TRL_KEEP_FREED_MEMORY"] = "1" if args.trl_same_allocator else "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tunelab.cost import measure_cpu_flops
     from tunelab.models import model_size
@@ -146,6 +152,7 @@ def main() -> None:
                       "tunelab_train_loss": round(ours["train_loss"], 5), "trl_train_loss": round(theirs["train_loss"], 5),
                       "tunelab_val_loss": round(ours["val_loss"], 5), "trl_val_loss": round(theirs["val_loss"], 5),
                       "val_loss_gap": round(loss_gap, 5), "lora_dropout": DROPOUT,
+                      "trl_same_allocator": args.trl_same_allocator,
                       "tunelab_peak_rss_mib": round(ours["peak_rss_mib"]), "trl_peak_rss_mib": round(theirs["peak_rss_mib"]),
                       "matmul_gflops": round(matmul / 1e9, 1),
                       "tunelab_matmul_share": round(4 * n_params * tps["tunelab"] / matmul, 3),
