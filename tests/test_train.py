@@ -134,11 +134,11 @@ def test_other_architectures_train_with_default_target_modules(arch, tmp_path, s
     assert {k.split(".")[-3] for k in adapter if "lora_A" in k} >= {"q_proj", "v_proj", "down_proj"}
 
 
-def test_split_and_grouped_batches_give_the_same_per_token_loss(tiny_model):
-    """Length grouping and token-budget splitting change memory and speed, never the objective."""
+def test_split_grouped_and_packed_batches_give_the_same_per_token_loss(tiny_model):
+    """Length grouping, token-budget splitting and packing change memory and speed, never the objective."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tunelab.data import Example
-    from tunelab.train import forward_tokens
+    from tunelab.train import SupervisedLM, forward_tokens
     from tunelab.train.batching import split
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
@@ -146,10 +146,10 @@ def test_split_and_grouped_batches_give_the_same_per_token_loss(tiny_model):
     items, _ = tokenize(ex, tok, 256, True)
     cpu = torch.device("cpu")
 
-    def per_token(batch_list):
+    def per_token(batch_list, net=model):
         out = {}
         for b in batch_list:
-            losses, _, rows = forward_tokens(model, b, cpu)
+            losses, _, rows = forward_tokens(net, b, cpu)
             counts = {}
             for loss, r in zip(losses.tolist(), rows.tolist()):
                 i = int(b.index[r])
@@ -162,9 +162,12 @@ def test_split_and_grouped_batches_give_the_same_per_token_loss(tiny_model):
         grouped = per_token(batches(items, 8, tok.pad_token_id, seed=5, group_by_length=True))
         sliced = per_token([s for b in batches(items, 8, tok.pad_token_id, seed=5, group_by_length=False)
                             for s in split(b, 40)])
-    assert one_by_one.keys() == grouped.keys() == sliced.keys()
+        packed = per_token(batches(items, 8, tok.pad_token_id, seed=5, group_by_length=False),
+                           SupervisedLM(model, pack=True))
+    assert one_by_one.keys() == grouped.keys() == sliced.keys() == packed.keys()
     for key, loss in one_by_one.items():
-        assert grouped[key] == pytest.approx(loss, abs=1e-4) and sliced[key] == pytest.approx(loss, abs=1e-4)
+        for other in (grouped, sliced, packed):
+            assert other[key] == pytest.approx(loss, abs=1e-4)
     big = batches(items, 8, tok.pad_token_id, None, False)[0]
     parts = split(big, 40)
     assert len(parts) > 1 and all(p.input_ids.numel() <= 40 or p.input_ids.shape[0] == 1 for p in parts)
@@ -202,3 +205,12 @@ def test_fast_lora_forward_gives_pefts_loss_and_gradients(tiny_model, dropout):
     assert peft_grads.keys() == fast_grads.keys()
     for name in peft_grads:
         torch.testing.assert_close(fast_grads[name], peft_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_packed_training_matches_padded_training(tiny_run, tmp_path):
+    _, result, raw = tiny_run
+    packed = train(validate({**raw, "train": {**raw["train"], "packing": True}}, "packed"), RunDir(tmp_path / "p"))
+    for a, b in zip(result.epochs, packed.epochs):  # tolerance: 1e-4 relative (attention summation order)
+        for key in ("train_loss", "val_loss", "val_token_accuracy", "tokens"):
+            if a[key] is not None:
+                assert b[key] == pytest.approx(a[key], rel=1e-4), key

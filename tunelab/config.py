@@ -72,6 +72,8 @@ class TrainConfig(Section):
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding, same loss)")
     micro_batch_tokens: int = Field(512, ge=0, description="split batches into slices of at most this many "
                                     "padded tokens (same loss, capped activation memory); 0 = never split")
+    packing: bool | None = Field(None, description="lay a batch's examples end to end, no padding (same loss); "
+                                 "None = on with CUDA + flash attention, off on CPU (where it is slower)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (oldest deleted)")
