@@ -1,4 +1,4 @@
-"""CUDA paths (bf16 by default, QLoRA 4-bit): skipped without a GPU; run them where one is available."""
+"""CUDA paths (bf16 by default, QLoRA 4-bit, FSDP over NCCL): skipped without GPUs; run them where they exist."""
 
 import pytest
 import torch
@@ -24,3 +24,29 @@ def test_qlora_4bit_loads_and_trains(tiny_recipe, tmp_path):
            "train": {**tiny_recipe["train"], "device": "cuda", "epochs": 1}}
     result = train(validate(raw, "qlora"), RunDir(tmp_path / "qlora"))
     assert torch.isfinite(torch.tensor(result.epochs[1]["val_loss"]))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_fsdp_on_two_gpus_matches_one_gpu(tiny_recipe, tmp_path):
+    """NCCL + FSDP2 on CUDA, bf16: 2 GPUs with sharding match 1 GPU with grad_accum 2 (bf16 tolerance)."""
+    import os
+    import subprocess
+    import sys
+    import yaml
+
+    def recipe(name, accum):
+        raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "device": "cuda", "epochs": 1, "batch_size": 4,
+                                        "grad_accum": accum}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return str(path)
+
+    subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", recipe("one", 2), "--run-dir",
+                    str(tmp_path / "one")], check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tunelab.cli",
+                           "-q", "train", recipe("two", 1), "--set", "train.sharding=fsdp", "--run-dir",
+                           str(tmp_path / "two")], capture_output=True, text=True, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (RunDir(tmp_path / n).read_jsonl(RunDir(tmp_path / n).epochs) for n in ("one", "two"))
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=2e-2)
+    assert RunDir(tmp_path / "two").read_json(RunDir(tmp_path / "two").summary)["sharding"] == "fsdp"
