@@ -34,6 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun / accelerate: destroy the process group before exiting; left to interpreter
+    shutdown, gloo's threads can abort the process ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch (report and compare run without it)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _quiet_libraries() -> None:
