@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
+from conftest import assert_same_adapter
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
 from tunelab.train import distributed
@@ -56,11 +55,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(launcher, ti
     examples = RunDir(two).read_jsonl(RunDir(two).examples)
     assert sum(1 for e in examples if e["split"] == "train" and e["epoch"] == 1) == summary["train_examples"]
     assert sum(1 for e in examples if e["split"] == "val" and e["epoch"] == 0) == summary["val_examples"]
-    wa = load_file(one / "adapter" / "adapter_model.safetensors")
-    wb = load_file(two / "adapter" / "adapter_model.safetensors")  # gathered whole from the shards under FSDP
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
+    assert_same_adapter(one, two, atol=1e-4, rtol=1e-3)  # under FSDP: gathered whole from the shards
 
 
 def test_deepspeed_launch_is_refused_with_the_alternative(monkeypatch):
@@ -107,9 +102,7 @@ def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupt
     def metrics(run):  # everything but the timings
         return [{k: v for k, v in e.items() if k != "seconds"} for e in RunDir(run).read_jsonl(RunDir(run).epochs)]
     assert metrics(cut) == metrics(whole)
-    wa, wb = load_file(whole / "adapter" / "adapter_model.safetensors"), load_file(cut / "adapter" / "adapter_model.safetensors")
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
+    assert_same_adapter(whole, cut, atol=1e-6, rtol=1e-5)
 
 
 def test_accelerate_fsdp_settings_become_fully_shard_arguments():

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
+from conftest import assert_same_adapter
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.errors import UserError
@@ -64,11 +63,7 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
             assert x[key] == pytest.approx(y[key], abs=1e-5), key
     steps = [s["step"] for s in resumed.read_jsonl(resumed.steps)]
     assert steps == list(range(1, len(steps) + 1))  # no optimizer step repeated or skipped
-    wa = load_file(resumed.adapter / "adapter_model.safetensors")
-    wb = load_file(straight.adapter / "adapter_model.safetensors")
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    assert_same_adapter(straight.path, resumed.path, atol=1e-5, rtol=1e-4)
     assert resumed.read_json(resumed.summary)["resumed_from"]
 
 

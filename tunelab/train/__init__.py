@@ -97,6 +97,10 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
     start_from = checkpoint.latest(run) if resume else None
     if resume and start_from is None:
         raise UserError(f"--resume {run.path}: no checkpoint to resume from")
+    if start_from and (written_by := checkpoint.read_state(start_from).processes) != d.world:
+        raise UserError(f"--resume {run.path}: {start_from.name} was written by {written_by} process(es), "
+                        f"this is {d.world}; resume with {written_by} so the global batch "
+                        f"(train.grad_accum x processes) and the data position stay the same")
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
@@ -120,10 +124,6 @@ def train(cfg: Recipe, run: RunDir, splits: Splits | None = None, resume: bool =
 
     if start_from:
         state = checkpoint.load(start_from, net, optimizer, scheduler)
-        if state.processes != d.world:
-            raise UserError(f"--resume {run.path}: {start_from.name} was written by {state.processes} process(es), "
-                            f"this is {d.world}; resume with {state.processes} so the global batch "
-                            f"(train.grad_accum x processes) and the data position stay the same")
         log.info("resuming from %s (step %d of %d)", start_from, state.step, total_steps)
     else:
         state = checkpoint.State(processes=d.world)
@@ -281,26 +281,26 @@ class SupervisedLM(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor):
         base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        b, t = input_ids.shape
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): position t predicts token t+1
+        rows = torch.arange(b, device=input_ids.device)[:, None].expand(b, t)  # (B, T): example row
         if self.pack:
+            # rows are right-padded: each row's real tokens sit at positions 0..n-1
             real = attention_mask.bool()
-            lengths = real.sum(1)
-            positions = torch.cat([torch.arange(int(n), device=input_ids.device) for n in lengths])
+            positions = torch.arange(t, device=input_ids.device).expand(b, t)[real]  # (L,), L = real tokens
             hidden = base.get_decoder()(input_ids=input_ids[real][None], position_ids=positions[None],
-                                        use_cache=False).last_hidden_state[0]  # (L, H), L = real tokens
-            targets = targets[real]  # (L,)
-            row_of = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths)
+                                        use_cache=False).last_hidden_state[0]  # (L, H)
+            targets, rows = targets[real], rows[real]
         else:
             # no attention mask: rows are right-padded, so causal attention alone keeps every real token
             # from seeing padding (pad positions carry no label); SDPA's causal path is ~1 % faster
             hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
-            row_of = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(targets)
         keep = targets != -100
         logits = base.get_output_embeddings()(hidden[keep]).float()  # (N, V)
         gold = targets[keep]
         losses = F.cross_entropy(logits, gold, reduction="none")  # (N,)
         correct = logits.detach().argmax(-1) == gold
-        return losses, correct, row_of[keep]
+        return losses, correct, rows[keep]
 
 
 def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

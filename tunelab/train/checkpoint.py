@@ -94,4 +94,9 @@ def load(path: Path, net, optimizer, scheduler) -> State:
     random.setstate(blob["rng_python"])
     if blob["rng_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["rng_cuda"])
+    return read_state(path)
+
+
+def read_state(path: Path) -> State:
+    """The loop state of checkpoint `path` (without loading its tensors)."""
     return State(**json.loads((path / "state.json").read_text()))
