@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.setup-done
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=10
+
+# the edit-test loop: unit tests on tiny models, no test marked slow (under 2 minutes here)
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not gpu"
 
 demo: setup
 	HF_HUB_OFFLINE=1 .venv/bin/tunelab run quickstart --run-dir runs/quickstart

@@ -22,9 +22,22 @@ sys.path.insert(0, str(ROOT))
 
 from tunelab.config import load_recipe  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
-from tunelab.evaluate.generate import StopAfterAnswer, generate  # noqa: E402
+from tunelab.evaluate.generate import ANSWER_LINE, generate  # noqa: E402
 from tunelab.evaluate.scoring import extract_flexible, extract_strict, normalize  # noqa: E402
 from tunelab.models import load_model, load_tokenizer  # noqa: E402
+
+
+
+
+class StopAfterAnswer:  # the naive baseline's stop rule, as a transformers StoppingCriteria
+    """Per-row stop once the generated text holds a finished `#### N` line (EOS is handled by generate)."""
+
+    def __init__(self, tok, prompt_width: int):
+        self.tok, self.prompt_width = tok, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tok.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([bool(ANSWER_LINE.search(t)) for t in texts], device=input_ids.device)
 
 
 def naive(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[list[str], int, float]:

@@ -58,8 +58,8 @@ def run_tunelab(gsm8k: str, rows: int, queue) -> None:
 def run_trl(gsm8k: str, rows: int, queue) -> None:
     import torch
     if os.environ.get("BENCH_TRL_KEEP_FREED_MEMORY") == "1":  # --trl-same-allocator: tunelab's glibc setting
-        from tunelab.train import _keep_freed_memory
-        _keep_freed_memory()
+        from tunelab.train.runtime import keep_freed_memory
+        keep_freed_memory()
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -95,7 +95,7 @@ def run_trl(gsm8k: str, rows: int, queue) -> None:
 def _val_loss(model, tok, cfg, splits) -> float:
     """Token-weighted loss on the validation rows, computed exactly as tunelab computes its own."""
     import torch
-    from tunelab.train import forward_tokens
+    from tunelab.train.forward import forward_tokens
     from tunelab.train.batching import batches, tokenize
     items, _ = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
     model.eval()

@@ -50,3 +50,16 @@ def test_a_corrupt_gguf_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
     assert main(["train", "quickstart", "--set", f"model.name={bad}", "--run-dir", str(run)]) == 2
     assert f"model.name: {bad}: not a readable GGUF model" in capsys.readouterr().err
     assert not run.exists() and not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_stage_flags_are_recipe_overrides_validated_like_any_key(tmp_path, capsys):
+    from tunelab.cli import _parser
+    args = _parser().parse_args(["eval", "r", "--limit", "5", "--set", "eval.max_new_tokens=9", "--batch-size", "2"])
+    assert args.overrides == ["eval.limit=5", "eval.max_new_tokens=9", "eval.batch_size=2"]
+    assert _parser().parse_args(["analyze", "r", "-k", "4", "--embedder", "model"]).overrides == \
+        ["analysis.k=4", "analysis.embedder=model"]
+    assert main(["eval", "quickstart", "--limit", "0", "--run-dir", str(tmp_path / "e")]) == 2
+    assert "eval.limit: must be greater than or equal to 1 (got 0)" in capsys.readouterr().err
+    assert main(["analyze", "--recipe", "quickstart", "-k", "x", "--run-dir", str(tmp_path / "a")]) == 2
+    assert "analysis.k: must be a valid integer" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "a").exists()

@@ -1,5 +1,8 @@
 """Recipe schema: built-in recipes validate, every problem is reported at once with its key, --set is typed."""
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,7 +14,6 @@ from tunelab.errors import UserError
 def test_every_builtin_recipe_validates_and_every_key_is_in_the_schema(name):
     recipe = load_recipe(name)
     assert recipe.name == name
-    assert recipe.data.template.endswith("Response: ") and recipe.data.target == "{answer}"
     assert builtin_recipes()[name], "every recipe carries a one-line description"
 
 
@@ -73,3 +75,21 @@ def test_readme_recipe_reference_is_in_sync():
     from pathlib import Path
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert reference() in readme, "regenerate the README's recipe reference: tunelab recipes --reference"
+
+
+def test_readme_run_directory_table_is_rundirs_layout():
+    from tunelab.rundir import LAYOUT, RunDir, layout_table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert layout_table() in readme
+    run = RunDir("r")
+    for rel, (attr, _) in LAYOUT.items():  # every declared file is reachable by its attribute
+        assert getattr(run, attr) == Path("r", rel.rstrip("/").replace("/step-N", ""))
+
+
+def test_readme_file_map_matches_the_tree():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    listed = set(re.findall(r"^\| `((?:tunelab|benchmarks)/[^`*]+\.py)` \|", readme, re.M))
+    on_disk = {p.relative_to(root).as_posix() for p in [*root.glob("tunelab/**/*.py"), *root.glob("benchmarks/*.py")]}
+    thin = {p for p in on_disk if p.endswith("__init__.py") and p != "tunelab/data/__init__.py"}  # re-exports only
+    assert listed == on_disk - thin

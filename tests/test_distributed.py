@@ -11,7 +11,7 @@ import yaml
 from conftest import assert_same_adapter
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
-from tunelab.train import distributed
+from tunelab import distributed
 
 
 def _recipe(tiny_recipe, tmp_path, name, grad_accum):
@@ -31,6 +31,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_two_processes_match_one_process_with_the_same_global_batch(launcher, tiny_recipe, tmp_path):
     """accelerate on a CPU-only machine needs --multi_gpu to start 2 processes (it says GPU, means DDP)."""
@@ -64,6 +65,7 @@ def test_deepspeed_launch_is_refused_with_the_alternative(monkeypatch):
         distributed.setup("cpu")
 
 
+@pytest.mark.slow
 def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
     import shutil
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNELAB_CACHE": str(tmp_path / "cache")}
@@ -83,6 +85,7 @@ def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
         [(p["id"], p["completion"]) for p in single]
 
 
+@pytest.mark.slow
 def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupted_run(tiny_recipe, tmp_path):
     import shutil
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -22,8 +22,22 @@ def test_qlora_4bit_loads_and_trains(tiny_recipe, tmp_path):
     pytest.importorskip("bitsandbytes")
     raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "load_in_4bit": True},
            "train": {**tiny_recipe["train"], "device": "cuda", "epochs": 1}}
-    result = train(validate(raw, "qlora"), RunDir(tmp_path / "qlora"))
-    assert torch.isfinite(torch.tensor(result.epochs[1]["val_loss"]))
+    import tunelab.train.loop as loop
+    seen = {}
+    real_start = loop._start
+
+    def start(*args, **kwargs):  # keep the loaded model to check that its base weights are really 4-bit
+        seen["loop"] = real_start(*args, **kwargs)
+        return seen["loop"]
+
+    loop._start = start
+    try:
+        result = train(validate(raw, "qlora"), RunDir(tmp_path / "qlora"))
+    finally:
+        loop._start = real_start
+    kinds = {type(m).__name__ for m in seen["loop"].model.modules()}
+    assert "Linear4bit" in kinds, kinds  # bitsandbytes NF4 base layers under the LoRA adapters
+    assert result.epochs[1]["val_loss"] < result.epochs[0]["val_loss"]  # and it learns
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")

@@ -8,7 +8,7 @@ from tunelab.rundir import RunDir
 
 
 def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("tunelab.evaluate.cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=40",
             "--set", "data.synthetic_test_rows=6", "--set", "eval.limit=6", "--set", "eval.max_new_tokens=8",
             "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=4",

@@ -43,6 +43,7 @@ def _wait_for_checkpoint(proc, run_dir, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(recipe, tmp_path):
     raw, path = recipe
     killed = tmp_path / "killed"
@@ -86,10 +87,13 @@ def test_lock_refuses_a_second_process_and_takes_over_a_stale_one(recipe, tmp_pa
     raw, path = recipe
     run_dir = tmp_path / "locked"
     run_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a second process that really holds the kernel lock, as a running tunelab would
+    hold = ("import fcntl, json, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write(json.dumps({'pid': os.getpid(), 'command': 'train'})); f.flush(); print('held', flush=True); "
+            "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
-        import socket
-        (run_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "command": "train", "host": socket.gethostname()}))
+        assert holder.stdout.readline().strip() == "held"
         assert main(["train", str(path), "--run-dir", str(run_dir)]) == 2
         assert f"in use by tunelab process {holder.pid} (train)" in capsys.readouterr().err
     finally:
@@ -102,7 +106,7 @@ def test_lock_refuses_a_second_process_and_takes_over_a_stale_one(recipe, tmp_pa
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(recipe, tmp_path, monkeypatch):
     raw, _ = recipe
-    import tunelab.train as engine
+    import tunelab.train.loop as engine
     real = engine.forward_tokens
     calls = {"n": 0}
 

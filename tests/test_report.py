@@ -72,7 +72,17 @@ def test_report_cli_errors(tmp_path, capsys):
 def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
     assert main(["estimate", "quickstart", "--set", f"model.name={tiny_model}", "--device", "A100-80GB"]) == 0
     out = capsys.readouterr().out
-    assert "A100-80GB" in out and "$" in out and "train tokens" in out
+    # the train tokens of one epoch, recounted here: prompt + target + EOS per train row, capped at max_length
+    from transformers import AutoTokenizer
+    from tunelab.config import load_recipe
+    from tunelab.data import load_splits
+    cfg = load_recipe("quickstart", [f"model.name={tiny_model}"])
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tokens = sum(min(cfg.train.max_length, len(tok(e.prompt)["input_ids"]) +
+                     len(tok(e.target, add_special_tokens=False)["input_ids"]) + 1)
+                 for e in load_splits(cfg.data).train)
+    assert f"{tokens:,} train tokens" in " ".join(out.split())
+    assert "A100-80GB" in out and "$" in out
     assert main(["estimate", "quickstart", "--device", "Z9000"]) == 2
 
 

@@ -120,7 +120,7 @@ def test_length_grouping_keeps_every_example_once_and_cuts_padding(smollm2_dir):
     assert sorted(int(i) for b in grouped for i in b.index) == list(range(64))
     padded = lambda bs: sum(b.input_ids.numel() for b in bs)
     assert padded(grouped) < padded(plain)
-    assert sum(b.tokens for b in grouped) == sum(b.tokens for b in plain)
+    assert sum(b.real_tokens for b in grouped) == sum(b.real_tokens for b in plain)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "qwen2"])
@@ -138,7 +138,7 @@ def test_split_grouped_and_packed_batches_give_the_same_per_token_loss(tiny_mode
     """Length grouping, token-budget splitting and packing change memory and speed, never the objective."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tunelab.data import Example
-    from tunelab.train import SupervisedLM, forward_tokens
+    from tunelab.train.forward import SupervisedLM, forward_tokens
     from tunelab.train.batching import split
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
@@ -171,7 +171,7 @@ def test_split_grouped_and_packed_batches_give_the_same_per_token_loss(tiny_mode
     big = batches(items, 8, tok.pad_token_id, None, False)[0]
     parts = split(big, 40)
     assert len(parts) > 1 and all(p.input_ids.numel() <= 40 or p.input_ids.shape[0] == 1 for p in parts)
-    assert sum(p.supervised for p in parts) == big.supervised and sum(p.tokens for p in parts) == big.tokens
+    assert sum(p.supervised for p in parts) == big.supervised and sum(p.real_tokens for p in parts) == big.real_tokens
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
@@ -180,7 +180,8 @@ def test_fast_lora_forward_gives_pefts_loss_and_gradients(tiny_model, dropout):
     from tunelab.config import LoraConfig
     from tunelab.data import Example
     from tunelab.models import add_lora
-    from tunelab.train import fast_lora, forward_tokens
+    from tunelab.train import fast_lora
+    from tunelab.train.forward import forward_tokens
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ex = [Example(str(i), f"Q{i}: " + "two plus " * (i % 5 + 1), f"{i}\n#### {i}", {}) for i in range(6)]
     batch = batches(tokenize(ex, tok, 128, True)[0], 6, tok.pad_token_id, None, False)[0]

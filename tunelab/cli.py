@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from tunelab.distributed import is_main_process
 from tunelab.errors import UserError
-from tunelab.rundir import is_main_process, locked
+from tunelab.rundir import default_run_dir, locked, open_run
 
 log = logging.getLogger("tunelab")
 
@@ -75,30 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show_recipe)
 
     s = sub.add_parser("train", help="train a LoRA adapter from a recipe into a run directory")
-    s.add_argument("recipe", nargs="?", help="built-in recipe name or path to a recipe YAML")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set train.epochs=2 (repeatable)")
+    _recipe_args(s, optional=True, default=None)
     s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="exact-match accuracy of base and tuned model on held-out questions")
     s.add_argument("target", help="a run directory, or a recipe (base model only)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key (for a bare recipe)")
+    _set_arg(s, "override a recipe key; on a run directory, for this evaluation only (e.g. --set eval.limit=50)")
     s.add_argument("--only", choices=["base", "tuned"], help="run one pass (the other is kept if present)")
-    s.add_argument("--limit", type=int, help="questions to score (default: recipe eval.limit)")
-    s.add_argument("--batch-size", type=int, help="questions per batch (0 = automatic)")
+    _shorthand(s, "--limit", "eval.limit", "questions to score")
+    _shorthand(s, "--batch-size", "eval.batch_size", "questions per batch (0 = automatic)")
     s.add_argument("--run-dir", help="for a bare recipe: where to write (default runs/<recipe>-base)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("analyze", help="word cloud, embeddings, UMAP + KMeans clusters, outliers, data map")
     s.add_argument("run_dir", nargs="?", help="a run directory (uses its losses, eval and adapter)")
-    s.add_argument("--recipe", help="analyse a recipe's data before training (needs --run-dir)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--recipe", help="analyse a recipe's data before training")
+    _set_arg(s, "override a recipe key (repeatable)")
     s.add_argument("--run-dir", dest="out_dir", help="with --recipe: where to write analysis/")
-    s.add_argument("--embedder", help="minilm, model, or a sentence-transformers folder (default: recipe)")
-    s.add_argument("-k", type=int, help="number of clusters (default: best silhouette)")
+    _shorthand(s, "--embedder", "analysis.embedder", "minilm, model, or a sentence-transformers folder")
+    _shorthand(s, "-k", "analysis.k", "number of clusters (default: best silhouette)")
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("report", help="write report.md and a self-contained report.html for a run")
@@ -117,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
                                                    "default: every table GPU and this CPU")
     s.set_defaults(func=cmd_estimate)
 
+    _output_commands(sub)
+    return p
+
+
+def _output_commands(sub) -> None:
+    """The commands that run every stage or take a finished run elsewhere."""
     s = sub.add_parser("run", help="train → eval → analyze → report, resumable stage by stage")
     _recipe_args(s, optional=True)
     s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>)")
@@ -128,14 +132,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir")
     s.add_argument("--adapter-only", action="store_true", help="copy the PEFT adapter instead of merging")
     s.set_defaults(func=cmd_export)
-    return p
 
 
-def _recipe_args(s: argparse.ArgumentParser, optional: bool = False) -> None:
-    s.add_argument("recipe", nargs="?" if optional else None, default="quickstart" if optional else None,
+def _recipe_args(s: argparse.ArgumentParser, optional: bool = False, default: str | None = "quickstart") -> None:
+    s.add_argument("recipe", nargs="?" if optional else None, default=default if optional else None,
                    help="built-in recipe name or path to a recipe YAML")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set train.epochs=2 (repeatable)")
+    _set_arg(s, "override a recipe key, e.g. --set train.epochs=2 (repeatable)")
+
+
+def _set_arg(s: argparse.ArgumentParser, help: str) -> None:
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+class _Override(argparse.Action):
+    """A stage flag that is shorthand for one recipe key: `--limit 200` appends `eval.limit=200` to --set,
+    so it is typed and validated (and its errors named) like any recipe key."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.overrides = [*(namespace.overrides or []), f"{self.const}={value}"]
+
+
+def _shorthand(s: argparse.ArgumentParser, flag: str, key: str, help: str) -> None:
+    s.add_argument(flag, action=_Override, const=key, dest="shorthand_" + key.replace(".", "_"), metavar="VALUE",
+                   help=f"{help} (same as --set {key}=VALUE)")
 
 
 def cmd_recipes(args) -> int:
@@ -168,73 +187,52 @@ def cmd_train(args) -> int:
         run, cfg = open_run(args.resume)
     elif args.recipe:
         cfg = load_recipe(args.recipe, args.overrides)
-        run = RunDir(args.run_dir or Path("runs") / cfg.name)
-        if run.summary.exists() or (run.path / "checkpoints").exists():
+        run = RunDir(args.run_dir or default_run_dir(cfg.name))
+        if run.summary.exists() or run.checkpoints.exists():
             raise UserError(f"{run.path}: already holds a run; use --resume {run.path} or a new --run-dir")
     else:
         raise UserError("train: give a recipe, or --resume RUN_DIR")
     with locked(run, "train"):
         result = train(cfg, run, resume=bool(args.resume))
-    if result.summary:  # rank 0 (or a single process)
+    if is_main_process():
         _print_epochs(result.epochs, result.summary, run)
     return 0
-
-
-def open_run(path: str):
-    """A run directory with its resolved recipe; UserError if it is not one."""
-    from tunelab.config import load_recipe
-    from tunelab.rundir import RunDir
-    run = RunDir(path)
-    if not run.config.is_file():
-        raise UserError(f"{path}: not a run directory (no config.yaml)")
-    return run, load_recipe(str(run.config))
 
 
 def cmd_eval(args) -> int:
     from tunelab.config import load_recipe
     from tunelab.evaluate import evaluate
     from tunelab.rundir import RunDir
-    if Path(args.target, "config.yaml").is_file():
-        run, cfg = open_run(args.target)
-        if args.overrides:
-            cfg = load_recipe(str(run.config), args.overrides)
-        is_run = True
+    is_run = Path(args.target, "config.yaml").is_file()
+    if is_run:
+        run, cfg = open_run(args.target, args.overrides)
     else:
         cfg = load_recipe(args.target, args.overrides)
-        run, is_run = RunDir(args.run_dir or Path("runs") / f"{cfg.name}-base"), False
-        if args.only == "tuned":
-            raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
-        from tunelab.config import to_yaml
-        run.create()
-        run.write_text(run.config, to_yaml(cfg))
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit: must be >= 1 (got {args.limit})")
+        run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
     with locked(run, "eval"):
-        result = evaluate(cfg, run, only=args.only, limit=args.limit, batch_size=args.batch_size, adapter=is_run)
-    _print_eval(result.summary, run)
+        result = evaluate(cfg, run, only=args.only, adapter=is_run)
+    if is_main_process():
+        _print_eval(result.summary, run)
     return 0
 
 
 def cmd_analyze(args) -> int:
     from tunelab.analysis import analyze
-    from tunelab.config import load_recipe, to_yaml
+    from tunelab.config import load_recipe
     from tunelab.rundir import RunDir
     if args.recipe:
         cfg = load_recipe(args.recipe, args.overrides)
-        run = RunDir(args.out_dir or Path("runs") / f"{cfg.name}-insights")
+        run = RunDir(args.out_dir or default_run_dir(cfg.name, "insights"))
         run.create()
         if not run.config.exists():
+            from tunelab.config import to_yaml
             run.write_text(run.config, to_yaml(cfg))
     elif args.run_dir:
-        run, cfg = open_run(args.run_dir)
-        if args.overrides:
-            cfg = load_recipe(str(run.config), args.overrides)
+        run, cfg = open_run(args.run_dir, args.overrides)
     else:
         raise UserError("analyze: give a run directory, or --recipe NAME --run-dir DIR")
-    if args.k is not None and args.k < 2:
-        raise UserError(f"-k: must be >= 2 (got {args.k})")
     with locked(run, "analyze"):
-        summary = analyze(cfg, run, embedder=args.embedder, k=args.k)
+        summary = analyze(cfg, run)
     _print_analysis(summary, run)
     return 0
 
@@ -242,7 +240,7 @@ def cmd_analyze(args) -> int:
 def _print_analysis(summary: dict, run) -> None:
     from rich.console import Console
     from rich.table import Table
-    clusters = run.read_json(run.analysis_dir / "clusters.json")
+    clusters = run.read_json(run.clusters)
     table = Table("cluster", "name", "size", "mean loss", "accuracy (tuned)", title=f"{run.path} analysis")
     for c in clusters:
         acc = c.get("tuned_accuracy")
@@ -273,7 +271,7 @@ def cmd_compare(args) -> int:
     from rich.table import Table
     from tunelab.report import compare, load_run
     runs = [load_run(p) for p in args.run_dirs]
-    out = Path(args.out or Path("runs") / "compare")
+    out = Path(args.out or default_run_dir("", "compare"))
     rows, picture = compare(runs, out)
     table = Table("figure", *[r.path.name for r in runs], "Δ last − first")
     for row in rows:
@@ -289,19 +287,16 @@ def cmd_estimate(args) -> int:
     from tunelab import cost
     from tunelab.config import load_recipe
     from tunelab.data import load_splits
-    from tunelab.models import load_tokenizer, model_size
-    from tunelab.train.batching import tokenize
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize_splits
     cfg = load_recipe(args.recipe, args.overrides)
-    splits = load_splits(cfg.data)
-    tok = load_tokenizer(cfg.model)
-    train_items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
-    val_items, _ = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
-    n_params, layers, hidden = model_size(cfg.model)
-    work = cost.flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
-                      cfg.train.epochs, n_params, layers, hidden, cfg.train.gradient_checkpointing)
+    if args.device:
+        cost.estimate({"flops": 0.0}, args.device)  # an unknown device is refused before any data is read
+    train_items, val_items, _ = tokenize_splits(cfg, load_splits(cfg.data), load_tokenizer(cfg.model))
+    work = cost.recipe_work(cfg, train_items, val_items)
     devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
     table = Table("device", "hours", "USD", "basis", title=(
-        f"{cfg.name}: {n_params / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
+        f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
         f"{cfg.train.epochs} epochs + {work['val_tokens']:,} validation tokens × {cfg.train.epochs + 1} passes = "
         f"{work['flops'] / 1e15:.2f} PFLOP (training and validation; model loading and evaluation excluded)"))
     for device in devices:

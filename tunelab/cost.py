@@ -89,6 +89,25 @@ def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_param
             "flops": float(total), "flops_per_train_token": 2 * train_mult * n_params}
 
 
+def recipe_work(cfg, train_items, val_items) -> dict:
+    """The FLOPs of a recipe's training + validation passes over its tokenized splits (exact token counts);
+    the model's size comes from its config alone. Shared by `tunelab estimate` and the train stage."""
+    from tunelab.models import model_size
+    n_params, layers, hidden = model_size(cfg.model)
+    work = flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
+                 cfg.train.epochs, n_params, layers, hidden, cfg.train.gradient_checkpointing)
+    return {**work, "n_params": n_params}
+
+
+def estimate_or_unpriced(work: dict, device: str) -> dict:
+    """`estimate`, or for a GPU missing from the table the work figures with no price."""
+    from tunelab.errors import UserError
+    try:
+        return estimate(work, device)
+    except UserError as err:
+        return {**work, "device": device, "hours": None, "cost_usd": None, "basis": str(err)}
+
+
 def estimate(work: dict, device: str) -> dict:
     """Hours and dollars for `work` (from `flops`) on a table GPU, or "cpu" (this machine, measured)."""
     if device == "cpu":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tunelab.config import load_recipe
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir, atomic_folder
 
@@ -20,7 +19,7 @@ def export(run: RunDir, out: Path, adapter_only: bool = False) -> Path:
     Raises:
         UserError: no adapter in the run, `out` already exists, or disk full / unwritable.
     """
-    run.require(run.adapter / "adapter_config.json", "adapter: train first (tunelab train)")
+    run.require(run.adapter_config, "adapter: train first (tunelab train)")
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new output folder")
     with atomic_folder(out) as tmp:
@@ -29,7 +28,7 @@ def export(run: RunDir, out: Path, adapter_only: bool = False) -> Path:
         else:
             import torch
             from tunelab.models import load_adapter, load_model, load_tokenizer
-            cfg = load_recipe(str(run.config))
+            cfg = run.read_recipe()
             model = load_adapter(load_model(cfg.model.model_copy(update={"load_in_4bit": False}),
                                             torch.device("cpu")), run.adapter, merge=True)
             model.save_pretrained(tmp)

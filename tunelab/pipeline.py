@@ -15,18 +15,15 @@ from pathlib import Path
 
 from tunelab.config import load_recipe, to_yaml
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir, locked
+from tunelab.rundir import RunDir, default_run_dir, locked
 
 log = logging.getLogger(__name__)
 
 
 def stages_done(run: RunDir) -> dict[str, bool]:
-    evaluation = run.eval_dir / "summary.json"
-    return {
-        "train": run.summary.exists() and (run.adapter / "adapter_config.json").exists(),
-        "eval": evaluation.exists() and {"base", "tuned"} <= set(run.read_json(evaluation)),
-        "analyze": (run.analysis_dir / "summary.json").exists(),
-    }
+    """Each stage's own answer to "have you finished in this run directory?"."""
+    from tunelab import analysis, evaluate, train
+    return {"train": train.done(run), "eval": evaluate.done(run), "analyze": analysis.done(run)}
 
 
 def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: str | None) -> RunDir:
@@ -36,7 +33,7 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
         UserError: the run dir holds a different recipe, or any stage's user error.
     """
     cfg = load_recipe(recipe, overrides)
-    run = RunDir(run_dir or Path("runs") / cfg.name)
+    run = RunDir(run_dir or default_run_dir(cfg.name))
     if run.config.exists() and run.config.read_text() != to_yaml(cfg):
         raise UserError(f"{run.path}: holds a run of a different recipe (see its config.yaml); "
                         "use a new --run-dir, or the same recipe and overrides to resume it")
@@ -50,22 +47,16 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
 
 def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     started = time.time()
-    done = stages_done(run)
-    if done["train"]:
-        log.info("train: done already (%s)", run.summary)
-    else:
-        from tunelab.train import checkpoint, train
-        train(cfg, run, resume=checkpoint.latest(run) is not None)
-    if done["eval"]:
-        log.info("eval: done already (%s)", run.eval_dir / "summary.json")
-    else:
-        from tunelab.evaluate import evaluate
-        evaluate(cfg, run)
-    if done["analyze"]:
-        log.info("analyze: done already (%s)", run.analysis_dir / "summary.json")
-    else:
-        from tunelab.analysis import analyze
-        analyze(cfg, run)
+    from tunelab import analysis, evaluate, train
+    from tunelab.train import checkpoint
+    stages = [("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None)),
+              ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
+              ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
+    for name, done, work in stages:
+        if done(run):
+            log.info("%s: done already (%s)", name, run.path)
+        else:
+            work()
     from tunelab.report import write_report
     html = write_report(run, base)
     _print_key_numbers(run, html, time.time() - started)
@@ -73,7 +64,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
 
 
 def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
-    s = run.read_json(run.summary)
+    from tunelab.report import headline
+    s = headline(run)
     cost = run.read_json(run.cost)
     lines = [f"report: {html}  (and {run.report_md})",
              f"train loss {s['first_epoch_train_loss']:.4f} → {s['final_train_loss']:.4f} "

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunelab.rundir import is_main_process
+from tunelab.distributed import is_main_process
 
 console = Console(stderr=True)
 
@@ -24,10 +24,6 @@ class _Bar:
     def advance(self, n: int = 1, **fields) -> None:
         if self.progress is not None:
             self.progress.update(self.task, advance=n, info=_info(fields))
-
-    def note(self, **fields) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, info=_info(fields))
 
 
 def _info(fields: dict) -> str:

@@ -1,18 +1,16 @@
-"""The run directory: the one contract between stages. This module owns its layout and atomic writes.
+"""The run directory: the one contract between stages. This module owns its layout, its readers and atomic writes.
 
-    config.yaml            resolved recipe            environment.json   versions, device
-    metrics/steps.jsonl    one line per logged step   metrics/epochs.jsonl  one line per epoch (0 = before training)
-    metrics/examples.jsonl per-example loss per epoch adapter/           PEFT adapter
-    summary.json           headline figures           cost.json          device-hours x price
-    estimate.json          cost estimated before training
-    eval/ analysis/ report.md report.html             written by later stages
-
-Stages read and write only through `RunDir`, so report and compare work on a copied folder
+Every file a stage reads or writes is declared in LAYOUT (the README's run-directory table is generated from
+it and checked by a test) and reached through a `RunDir` attribute: no stage joins file names by hand.
+Each stage writes its own files and never rewrites another stage's. Report and compare read the folder
 without importing torch.
+
+Run as: tunelab report runs/smoke        (any stage takes a run directory)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -22,28 +20,71 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunelab.distributed import is_main_process
 from tunelab.errors import UserError
+
+# relative path -> (RunDir attribute, what it holds). Order = the README table's order.
+LAYOUT = {
+    "config.yaml": ("config", "the resolved recipe, every default spelled out"),
+    "environment.json": ("environment", "python, torch, transformers, peft, accelerate versions; device name; "
+                                        "CPU/GPU count"),
+    "estimate.json": ("estimate", "the cost estimate made before the first step (exact token counts)"),
+    "metrics/steps.jsonl": ("steps", "per optimizer step: loss, lr, grad norm, tokens, tokens/s"),
+    "metrics/epochs.jsonl": ("epochs", "per epoch: `epoch`, `train_loss`, `train_token_accuracy`, `val_loss`, "
+                                       "`val_token_accuracy`, `seconds`, `tokens`; epoch 0 is validation before "
+                                       "the first step"),
+    "metrics/examples.jsonl": ("examples", "every train and validation example's loss and supervised tokens per "
+                                          "epoch"),
+    "checkpoints/step-N/": ("checkpoints", "adapter weights, optimizer, scheduler, RNG states, data position, "
+                                           "metrics so far (last `train.keep_checkpoints`)"),
+    "adapter/": ("adapter", "the LoRA adapter in PEFT format (`PeftModel.from_pretrained`)"),
+    "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),
+    "summary.json": ("summary", "the train stage's headline figures (see Definitions)"),
+    "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
+    "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
+                                              "answers, correct flags, tokens"),
+    "eval/summary.json": ("eval_summary", "per model: n, strict and flexible accuracy, tokens/s, seconds; "
+                                          "paired difference with 95 % CI and McNemar p"),
+    "analysis/summary.json": ("analysis_summary", "rows, embedder, k and silhouettes, outliers, label agreement, "
+                                                  "data-map regions, seconds per part"),
+    "analysis/terms.json": ("terms", "top terms of the training questions (and of the tuned completions)"),
+    "analysis/wordcloud.png": ("wordcloud", "word cloud of the training questions"),
+    "analysis/wordcloud_completions.png": ("wordcloud_completions", "word cloud of the tuned model's completions"),
+    "analysis/umap.png": ("umap", "UMAP of the embeddings coloured by KMeans cluster, outliers circled"),
+    "analysis/map.html": ("map_html", "the same map, interactive and offline (hover shows the question)"),
+    "analysis/clusters.json": ("clusters", "per cluster: c-TF-IDF name, size, examples, mean loss, base/tuned "
+                                           "accuracy"),
+    "analysis/outliers.json": ("outliers", "the most isolated / highest-loss rows, with why"),
+    "analysis/cartography.png": ("cartography_png", "data map: confidence vs variability of training examples"),
+    "analysis/cartography.json": ("cartography", "data-map points, regions and the hardest examples"),
+    "report.md": ("report_md", "the detailed analysis report (Markdown, pictures beside it)"),
+    "report.html": ("report_html", "the same report as one self-contained HTML file (images inlined)"),
+    "report_files/": ("report_files", "the report's pictures (learning curves, baseline comparison)"),
+}
 
 
 class RunDir:
+    """A run directory. Attributes named in LAYOUT are its paths; `read_*` are its typed readers."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    # layout -------------------------------------------------------------------------------------
-    config = property(lambda self: self.path / "config.yaml")
-    environment = property(lambda self: self.path / "environment.json")
+    def __getattr__(self, name: str) -> Path:
+        rel = _ATTRIBUTES.get(name)
+        if rel is None:
+            raise AttributeError(name)
+        return self.path / rel.rstrip("/").replace("/step-N", "")
+
+    # paths that are not single files of the layout ------------------------------------------------
     metrics = property(lambda self: self.path / "metrics")
-    steps = property(lambda self: self.path / "metrics" / "steps.jsonl")
-    epochs = property(lambda self: self.path / "metrics" / "epochs.jsonl")
-    examples = property(lambda self: self.path / "metrics" / "examples.jsonl")
-    adapter = property(lambda self: self.path / "adapter")
-    summary = property(lambda self: self.path / "summary.json")
-    cost = property(lambda self: self.path / "cost.json")
-    estimate = property(lambda self: self.path / "estimate.json")
     eval_dir = property(lambda self: self.path / "eval")
     analysis_dir = property(lambda self: self.path / "analysis")
-    report_md = property(lambda self: self.path / "report.md")
-    report_html = property(lambda self: self.path / "report.html")
+    lock_file = property(lambda self: self.path / ".lock")
+    adapter_config = property(lambda self: self.path / "adapter" / "adapter_config.json")
+    adapter_weights = property(lambda self: self.path / "adapter" / "adapter_model.safetensors")
+
+    def has_adapter(self) -> bool:
+        return self.adapter_config.exists()
 
     def create(self) -> "RunDir":
         try:
@@ -56,32 +97,37 @@ class RunDir:
 
     @contextmanager
     def lock(self, command: str):
-        """Hold `<run>/.lock` (pid + command) for the duration; a live holder is refused, a dead one's lock is taken over.
+        """Hold an exclusive kernel lock (flock) on `<run>/.lock` for the duration.
+
+        The kernel releases it when its holder dies, so a lock left by a killed process is no lock. The
+        holder's pid and command are written into the file only for the refusal message.
 
         Raises:
-            UserError: another live tunelab process holds the run directory.
+            UserError: another live process holds the run directory.
         """
         self.create()
-        path = self.path / ".lock"
-        me = json.dumps({"pid": os.getpid(), "command": command, "host": socket.gethostname()})
-        for _ in range(2):
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(path)
-                if holder and _alive(holder.get("pid")) and holder.get("host") == socket.gethostname():
-                    raise UserError(f"{self.path}: in use by tunelab process {holder['pid']} "
-                                    f"({holder.get('command', '?')}); wait for it or stop it") from None
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            break
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = _read_lock(self.lock_file) or {}
+                raise UserError(f"{self.path}: in use by tunelab process {holder.get('pid', '?')} "
+                                f"({holder.get('command', '?')}); wait for it or stop it") from None
+            try:  # the releasing holder may have unlinked the file between our open and flock: lock the new one
+                if os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": command, "host": socket.gethostname()}).encode())
         try:
             yield self
         finally:
-            if _read_lock(path) == json.loads(me):
-                path.unlink(missing_ok=True)
+            self.lock_file.unlink(missing_ok=True)  # while still holding it
+            os.close(fd)
 
     def require(self, path: Path, what: str) -> Path:
         if not path.exists():
@@ -97,6 +143,36 @@ class RunDir:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def read_optional(self, path: Path, default: Any = None) -> Any:
+        """A JSON file's content, or `default` when the stage that writes it has not run."""
+        return self.read_json(path) if path.exists() else default
+
+    def read_recipe(self, overrides: list[str] | None = None):
+        """The run's resolved recipe, typed and validated like any recipe (with `--set` overrides applied)."""
+        from tunelab.config import load_recipe
+        return load_recipe(str(self.config), overrides)
+
+    def read_epochs(self) -> list[dict]:
+        return self.read_jsonl(self.epochs)
+
+    def read_steps(self) -> list[dict]:
+        return self.read_jsonl(self.steps)
+
+    def read_examples(self) -> list[dict]:
+        return self.read_jsonl(self.examples)
+
+    def read_summary(self) -> dict | None:
+        return self.read_optional(self.summary)
+
+    def read_eval_summary(self) -> dict | None:
+        return self.read_optional(self.eval_summary)
+
+    def read_predictions(self) -> list[dict]:
+        return self.read_jsonl(self.predictions)
+
+    def read_analysis_summary(self) -> dict | None:
+        return self.read_optional(self.analysis_summary)
+
     # writing (atomic: a reader never sees half a file) -------------------------------------------
     def write_text(self, path: Path, text: str) -> None:
         write_atomic(path, text.encode())
@@ -107,20 +183,41 @@ class RunDir:
     def write_jsonl(self, path: Path, rows: list[dict]) -> None:
         write_atomic(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows).encode())
 
-    def update_json(self, path: Path, **fields) -> dict:
-        data = self.read_json(path) if path.exists() else {}
-        data.update(fields)
-        self.write_json(path, data)
-        return data
+
+_ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items()}
+
+
+def layout_table() -> str:
+    """The README's run-directory table, generated from LAYOUT."""
+    rows = [f"| `{rel}` | {what} |" for rel, (_, what) in LAYOUT.items()]
+    return "| file | what |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def default_run_dir(recipe_name: str, kind: str = "") -> Path:
+    """Where a command writes when no --run-dir is given: runs/<recipe>[-<kind>] (base, insights, compare)."""
+    return Path("runs") / (f"{recipe_name}-{kind}" if kind and recipe_name else recipe_name or kind)
+
+
+def open_run(path: str | Path, overrides: list[str] | None = None, need: str | None = None):
+    """An existing run directory and its typed recipe.
+
+    Args:
+        overrides: `--set` overrides for this command (e.g. eval keys for one evaluation).
+        need: "summary" to require a finished train stage.
+
+    Raises:
+        UserError: not a run directory (no config.yaml), or the train stage has not finished.
+    """
+    run = RunDir(path)
+    if not run.config.is_file():
+        raise UserError(f"{path}: not a run directory (no config.yaml)")
+    if need == "summary":
+        run.require(run.summary, "training summary: train first (tunelab train)")
+    return run, run.read_recipe(overrides)
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (or a single process): the one that writes the run dir and holds its lock."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextmanager
@@ -191,18 +288,6 @@ def _read_lock(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _jsonable(obj: Any) -> Any:

@@ -51,7 +51,7 @@ def embed(texts: list[str], embedder: str, run=None, cfg=None) -> np.ndarray:
 
 def _identity(embedder: str, run) -> str:
     if embedder == "model" and run is not None:
-        adapter = run.adapter / "adapter_model.safetensors"
+        adapter = run.adapter_weights
         return f"model:{run.path.resolve()}:{adapter.stat().st_mtime if adapter.exists() else 'base'}"
     return embedder
 
@@ -78,7 +78,7 @@ def _model_embeddings(texts: list[str], run, cfg) -> np.ndarray:
     from tunelab.models import load_adapter, load_model, load_tokenizer, pick_device
     device = pick_device(cfg.train.device)
     model = load_model(cfg.model, device)
-    if run is not None and (run.adapter / "adapter_config.json").exists():
+    if run is not None and run.has_adapter():
         model = load_adapter(model, run.adapter, merge=True)
     tok = load_tokenizer(cfg.model)
     tok.padding_side = "right"

@@ -28,17 +28,6 @@ class Generation:
     tokens: int  # generated tokens up to and including the stop
 
 
-class StopAfterAnswer:
-    """Per-row stop once the generated text holds a finished `#### N` line (EOS is handled by generate)."""
-
-    def __init__(self, tok, prompt_width: int):
-        self.tok, self.prompt_width = tok, prompt_width
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        texts = self.tok.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        return torch.tensor([bool(ANSWER_LINE.search(t)) for t in texts], device=input_ids.device)
-
-
 def auto_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 32
 

@@ -11,7 +11,6 @@ Run as: tunelab eval runs/gsm8k-3ep --limit 200
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
@@ -73,9 +72,8 @@ def paired_difference(base: list[bool], tuned: list[bool], seed: int = 0, resamp
 
 
 def _mcnemar_exact(b: int, c: int) -> float:
-    """Exact binomial McNemar test: two-sided p for b vs c discordant pairs."""
-    k, m = min(b, c), b + c
-    if m == 0:
+    """Exact binomial McNemar test: two-sided p for b vs c discordant pairs (scipy's binomial test)."""
+    if b + c == 0:
         return 1.0
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+    return float(binomtest(b, b + c, 0.5).pvalue)

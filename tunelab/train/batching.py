@@ -32,7 +32,7 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) right-padded
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T), IGNORE on prompt and padding
-    tokens: int  # non-pad tokens
+    real_tokens: int  # non-pad tokens (prompt + target)
     supervised: int  # tokens that carry loss
 
 
@@ -55,6 +55,21 @@ def tokenize(examples, tok, max_length: int, completion_only: bool) -> tuple[lis
         if item.supervised > 0:
             out.append(item)
     return out, truncated
+
+
+def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized], int]:
+    """(train items, validation items, truncated count) of a recipe's splits under its tokenizer.
+
+    Raises:
+        UserError: no example keeps a supervised token within train.max_length.
+    """
+    from tunelab.errors import UserError
+    train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    val_items, val_cut = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
+    if not train_items or not val_items:
+        raise UserError(f"data.source: no train or validation example has a supervised token within "
+                        f"train.max_length={cfg.train.max_length}")
+    return train_items, val_items, train_cut + val_cut
 
 
 def batches(items: list[Tokenized], batch_size: int, pad_id: int, seed: int | None,

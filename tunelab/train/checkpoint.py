@@ -21,7 +21,7 @@ from tunelab.rundir import RunDir, atomic_folder
 class State:
     """Everything the loop needs to continue exactly where it stopped."""
     epoch: int = 1  # the epoch in progress
-    next_group: int = 0  # optimizer steps already taken in this epoch
+    epoch_step: int = 0  # optimizer steps already taken in this epoch
     step: int = 0  # optimizer steps taken in total
     epochs: list = field(default_factory=list)  # finished epoch rows (epoch 0 = before training)
     step_log: list = field(default_factory=list)
@@ -33,12 +33,8 @@ class State:
     processes: int = 1  # the global batch is grad_accum x processes: a resume must keep it
 
 
-def directory(run: RunDir) -> Path:
-    return run.path / "checkpoints"
-
-
 def latest(run: RunDir) -> Path | None:
-    done = sorted(p for p in directory(run).glob("step-*") if (p / "state.json").exists())
+    done = sorted(p for p in run.checkpoints.glob("step-*") if (p / "state.json").exists())
     return done[-1] if done else None
 
 
@@ -69,7 +65,7 @@ def save(run: RunDir, net, optimizer, scheduler, state: State, keep: int, main: 
                 full_state_dict=True, cpu_offload=True)),
             "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    root = directory(run)
+    root = run.checkpoints
     final = root / f"step-{state.step:07d}"
     if not main:
         return final

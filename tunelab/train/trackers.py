@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tunelab.errors import UserError
+from tunelab.rundir import RunDir
 
 
 class NullTracker:
@@ -16,12 +15,12 @@ class NullTracker:
 
 
 class TensorBoardTracker:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run: RunDir):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("train.report_to: tensorboard needs the tensorboard package (pip install tensorboard)") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(run.tensorboard))
 
     def log(self, metrics: dict, step: int) -> None:
         for key, value in metrics.items():
@@ -33,13 +32,13 @@ class TensorBoardTracker:
 
 
 class MlflowTracker:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run: RunDir):
         try:
             import mlflow
         except ImportError:
             raise UserError("train.report_to: mlflow needs the mlflow package (pip install mlflow)") from None
         self.mlflow = mlflow
-        mlflow.start_run(run_name=run_dir.name)
+        mlflow.start_run(run_name=run.path.name)
 
     def log(self, metrics: dict, step: int) -> None:
         self.mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
@@ -51,9 +50,9 @@ class MlflowTracker:
 class Trackers:
     """Fan out to every configured tracker; with none configured it is a null tracker."""
 
-    def __init__(self, names: list[str], run_dir: Path):
+    def __init__(self, names: list[str], run: RunDir):
         kinds = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
-        self.trackers = [kinds[n](run_dir) for n in names] or [NullTracker()]
+        self.trackers = [kinds[n](run) for n in names] or [NullTracker()]
 
     def log(self, metrics: dict, step: int) -> None:
         for t in self.trackers:

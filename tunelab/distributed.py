@@ -1,4 +1,4 @@
-"""Multi-process training (torchrun / accelerate launch): data parallel, or sharded with PyTorch FSDP2.
+"""Multi-process training and evaluation (torchrun / accelerate launch): data parallel, or sharded with PyTorch FSDP2.
 
 Every rank builds the same batch list (same seed); optimizer step k uses batches
 [k*A*W, (k+1)*A*W) of the epoch, rank r taking its A of them (A = grad_accum, W = world size), so a
@@ -29,12 +29,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import torch
-import torch.distributed as dist
-
 from tunelab.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate (or a single process): the one that writes the run dir, logs and
+    holds its lock. Read from the launcher's RANK so that torch-free commands (report, compare) can ask too."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass
@@ -47,12 +50,14 @@ class Dist:
 
     @property
     def main(self) -> bool:
-        return self.rank == 0
+        return self.rank == 0  # == is_main_process(): the launcher's RANK is the process group's rank
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of a few numbers over ranks (float64, exact for token counts)."""
         if self.world == 1:
             return values
+        import torch
+        import torch.distributed as dist
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t)
         return t.tolist()
@@ -60,15 +65,19 @@ class Dist:
     def max(self, value: int) -> int:
         if self.world == 1:
             return value
+        import torch
+        import torch.distributed as dist
         t = torch.tensor([value], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t)
 
-    def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
+    def sum_grads(self, params: list) -> None:
         """One all-reduce of all trainable gradients, flattened (LoRA gradients are a few MB).
         Under FSDP the gradients were already reduce-scattered in backward."""
         if self.world == 1 or self.sharded:
             return
+        import torch
+        import torch.distributed as dist
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
@@ -82,15 +91,17 @@ class Dist:
         """Every rank's rows, concatenated in rank order (on every rank)."""
         if self.world == 1:
             return rows
+        import torch.distributed as dist
         parts: list = [None] * self.world
         dist.all_gather_object(parts, rows)
         return [r for part in parts for r in part]
 
     def barrier(self) -> None:
         if self.world > 1:
+            import torch.distributed as dist
             dist.barrier()
 
-    def shard(self, net: torch.nn.Module, layers) -> None:
+    def shard(self, net, layers) -> None:
         """FSDP2: one unit per decoder layer, the rest (embeddings, final norm, LM head) in the root unit."""
         from torch.distributed.fsdp import fully_shard
         for layer in layers:
@@ -103,7 +114,7 @@ class Dist:
         that average the sum the token-weighted objective needs."""
         return float(self.world) if self.sharded else 1.0
 
-    def sync_gradients(self, net: torch.nn.Module, now: bool) -> None:
+    def sync_gradients(self, net, now: bool) -> None:
         """FSDP: reduce-scatter gradients only after the step's last backward (earlier ones accumulate)."""
         if self.sharded:
             net.set_requires_gradient_sync(now)
@@ -125,6 +136,8 @@ def setup(device_kind: str, sharding: str = "none") -> Dist:
         if sharding == "fsdp":
             log.warning("train.sharding=fsdp with one process: nothing to shard, training unsharded")
         return Dist()
+    import torch
+    import torch.distributed as dist
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = device_kind != "cpu" and torch.cuda.is_available()

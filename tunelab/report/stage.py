@@ -1,0 +1,194 @@
+"""The report stage: the detailed analysis report (report.md + self-contained report.html) of one run.
+
+Reads only the run directory (JSON, JSONL, PNG) through RunDir's readers: works on a copied folder
+without torch. Each stage's figures come from that stage's own files.
+
+Run as: tunelab report runs/gsm8k-3ep --baseline runs/gsm8k-2ep
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import Recipe
+from tunelab.report import observations as rules
+from tunelab.report.compare import baseline_section
+from tunelab.report.curves import learning_curves
+from tunelab.report.render import html_page, markdown
+from tunelab.rundir import RunDir, open_run
+
+DEFINITIONS = [
+    "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
+    "an epoch's train loss is the token-weighted mean over that epoch's optimizer steps.",
+    "Validation loss improvement % = (epoch-0 validation loss − last-epoch validation loss) / epoch-0 validation "
+    "loss × 100; epoch 0 is measured before the first optimizer step.",
+    "Token accuracy = correct argmax next-token predictions / supervised (target) tokens, summed over the pass.",
+    "GSM8K-style accuracy = exact match of the extracted final number with the reference (lm-evaluation-harness "
+    "gsm8k): strict-match reads the first '#### N'; flexible-extract reads the last number in the completion.",
+    "Accuracy interval = 95 % paired bootstrap interval of (tuned − base) over the same questions; McNemar's "
+    "exact test on the questions one model got right and the other wrong.",
+    "Cost = measured wall hours of the train stage × price per hour (recipe cost.usd_per_hour, or the dated "
+    "built-in table). Estimate = FLOPs (4·N per trained token, 6·N with gradient checkpointing, 2·N per "
+    "validated token, plus causal attention) / (device peak × assumed utilisation).",
+    "Outliers = rows whose mean rank of embedding-space isolation (local outlier factor) and final per-example "
+    "loss is highest; clusters = KMeans on sentence embeddings, named by class-based TF-IDF.",
+    "Data map (dataset cartography): confidence = mean over epochs of exp(−loss) of a training example; "
+    "variability = its standard deviation; variability ≥ 0.1 → ambiguous, else confidence ≥ 0.5 → easy-to-learn, "
+    "else hard-to-learn.",
+]
+
+
+def load_run(path: str | Path) -> RunDir:
+    """A run directory whose train stage has finished (what report and compare need)."""
+    return open_run(path, need="summary")[0]
+
+
+def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
+    """Write report.md, report.html and their pictures into `run`; return the HTML path."""
+    cfg = run.read_recipe()
+    summary = run.read_summary()
+    epochs = run.read_epochs()
+    title = cfg.report.title or f"Detailed Analysis Report — {cfg.name}"
+    figures = run.report_files
+    figures.mkdir(exist_ok=True)
+    curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png")
+    evaluation = run.read_eval_summary()
+    analysis = run.read_analysis_summary()
+    found = _observations(run, summary, epochs, evaluation)
+
+    sections = [
+        ("Overview", _overview(run, cfg, summary)),
+        ("Key metrics", _key_metrics(summary, epochs, evaluation)),
+        ("Learning curves", [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), "
+                                             "and train loss per optimizer step")]),
+        ("Observations from training logs", [("obs", found)]),
+    ]
+    if analysis:
+        sections.append(("Insights from model analysis", _insights(run, analysis)))
+    if baseline is not None:
+        sections.append(("Comparison with the baseline run", baseline_section(run, baseline, figures)))
+    sections.append(("What worked / what to watch", _worked_and_watch(found)))
+    sections.append(("Definitions", [("list", DEFINITIONS)]))
+
+    run.write_text(run.report_md, markdown(title, sections, run.path))
+    run.write_text(run.report_html, html_page(title, sections))
+    return run.report_html
+
+
+def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
+    env = run.read_optional(run.environment, {})
+    cost = run.read_optional(run.cost, {})
+    estimate = run.read_optional(run.estimate, {})
+    data, lora, train = cfg.data, cfg.lora, cfg.train
+    rows = [
+        ("Model", cfg.model.name),
+        ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
+        ("Method", f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
+                   f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"),
+        ("Prompt template", repr(data.template + data.target)),
+        ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
+                  f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
+                  "kept for evaluation"),
+        ("Epochs", f"{summary['epochs']} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
+                   f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
+        ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
+        ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab") if env.get(k))),
+        ("Wall time", f"{summary['wall_seconds'] / 60:.1f} min training "
+                      f"({summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB)"),
+        ("Cost", f"${cost.get('cost_usd', 0):.4f} measured ({cost.get('device_hours', 0):.4f} device-hours × "
+                 f"${cost.get('usd_per_hour', 0):.3f}/h; {cost.get('price_source', 'no price')})"),
+    ]
+    if estimate.get("cost_usd") is not None:
+        rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
+                                                 f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"))
+    return [("table", ["", "value"], rows)]
+
+
+def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
+    rows = [("Train loss improvement", f"{summary['train_loss_improvement_pct']:.1f} %",
+             f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
+            ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",
+             f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f}"),
+            ("Validation token accuracy", f"{100 * summary['final_val_token_accuracy']:.1f} %",
+             f"{100 * summary['initial_val_token_accuracy']:.1f} % before training")]
+    if evaluation and "base" in evaluation and "tuned" in evaluation:
+        for metric in ("flexible", "strict"):
+            d = evaluation[f"{metric}_difference"]
+            rows.append((f"GSM8K-style accuracy ({metric})",
+                         f"{100 * evaluation['base'][f'{metric}_accuracy']:.1f} % → "
+                         f"{100 * evaluation['tuned'][f'{metric}_accuracy']:.1f} %",
+                         f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
+                         f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.2g}"))
+    per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
+                  None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
+                  f"{100 * e['val_token_accuracy']:.1f} %", e["seconds"], e["tokens"]) for e in epochs]
+    return [("table", ["figure", "value", "detail"], rows),
+            ("p", "Per epoch (epoch 0 = before the first optimizer step):"),
+            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc", "seconds", "tokens"],
+             per_epoch)]
+
+
+def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
+    found = [rules.overfitting(epochs), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
+    found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary)) if o]
+    if evaluation and "flexible_difference" in evaluation:
+        for metric in ("flexible", "strict"):
+            found.append(rules.accuracy_change(evaluation[f"{metric}_difference"], f"{metric}-extract"
+                                               if metric == "flexible" else "strict-match",
+                                               evaluation["base"][f"{metric}_accuracy"],
+                                               evaluation["tuned"][f"{metric}_accuracy"]))
+    cost_obs = rules.cost_accuracy(run.read_optional(run.estimate), run.read_optional(run.cost))
+    if cost_obs:
+        found.append(cost_obs)
+    return found
+
+
+def _insights(run: RunDir, analysis: dict) -> list:
+    blocks: list = []
+    if run.wordcloud.exists():
+        blocks.append(("img", run.wordcloud, "Word cloud of the training questions (stop words and "
+                                                     "template words removed)"))
+    terms = run.read_optional(run.terms, {})
+    if terms.get("train"):
+        blocks.append(("table", ["term", "count", "share"],
+                       [(t["term"], t["count"], f"{100 * t['share']:.1f} %") for t in terms["train"][:12]]))
+    if run.umap.exists():
+        blocks.append(("img", run.umap, f"UMAP of {analysis['embedder']} embeddings, coloured by KMeans "
+                                                f"cluster (k = {analysis['k']}); outliers circled. Interactive: "
+                                                "analysis/map.html"))
+    clusters = run.read_optional(run.clusters, [])
+    line = (f"k = {analysis['k']} chosen by silhouette ({analysis['silhouette']}) over "
+            f"{len(analysis['silhouette_by_k'])} candidates." if len(analysis["silhouette_by_k"]) > 1
+            else f"k = {analysis['k']} (given).")
+    if "adjusted_rand_index" in analysis:
+        line += (f" Against the data's labels: adjusted Rand index {analysis['adjusted_rand_index']:.3f}, purity "
+                 f"{analysis['purity']:.3f}; {analysis['rarest_label_in_outliers']} of {analysis['rarest_label_rows']} "
+                 f"rows of the rarest label ({analysis['rarest_label']!r}) are among the outliers.")
+    blocks.append(("p", line))
+    blocks.append(("table", ["cluster", "name (c-TF-IDF)", "size", "mean loss", "base acc", "tuned acc",
+                             "example"],
+                   [(c["cluster"], c["name"], c["size"], c["mean_loss"], _pct(c.get("base_accuracy")),
+                     _pct(c.get("tuned_accuracy")), c["examples"][0][:140]) for c in clusters]))
+    outliers = run.read_optional(run.outliers, [])
+    if outliers:
+        blocks.append(("p", f"{analysis['outliers']} outliers (rare problems); the top ten:"))
+        blocks.append(("table", ["id", "score", "why", "question"],
+                       [(o["id"], o["score"], o["why"], o["text"][:160]) for o in outliers[:10]]))
+    if "cartography" in analysis and run.cartography_png.exists():
+        blocks.append(("img", run.cartography_png, "Data map of the training examples: " + ", ".join(
+            f"{k} {v}" for k, v in analysis["cartography"].items())))
+        carto = run.read_optional(run.cartography, {})
+        if carto.get("hardest"):
+            blocks.append(("table", ["id", "confidence", "variability", "hardest examples"],
+                           [(p["id"], p["confidence"], p["variability"], p["text"][:140]) for p in carto["hardest"][:5]]))
+    return blocks
+
+
+def _pct(x):
+    return None if x is None else f"{100 * x:.0f} %"
+
+
+def _worked_and_watch(found: list) -> list:
+    worked = [o.text for o in found if o.kind == "good"] or ["Nothing passed its rule as an improvement."]
+    watch = [o.text for o in found if o.kind == "watch"] or ["No rule flagged a problem."]
+    return [("p", "What worked:"), ("list", worked), ("p", "What to watch:"), ("list", watch)]

@@ -1,0 +1,387 @@
+"""The train stage: LoRA supervised fine-tuning in one visible loop over transformers + PEFT.
+
+Why a hand-written loop and not TRL's SFTTrainer: we need per-example losses every epoch, a
+validation pass before the first step, token-weighted metrics, and the LM head applied only to
+supervised positions (the biggest CPU cost in a small model). See benchmarks/train_throughput.py.
+
+Writes config.yaml, estimate.json, environment.json, metrics/, checkpoints/, adapter/, summary.json
+and cost.json of the run directory (tunelab/rundir.py).
+
+Run as: tunelab train gsm8k-smollm2-135m --set data.source=../shared/data/gsm8k --set data.limit=64 \
+            --set train.epochs=2 --run-dir runs/smoke
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab import cost, distributed, environment
+from tunelab.config import Recipe, to_yaml
+from tunelab.data import Splits, load_splits
+from tunelab.errors import UserError
+from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
+from tunelab.progress import bar
+from tunelab.rundir import RunDir, atomic_folder
+from tunelab.train import checkpoint, fast_lora
+from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
+from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
+from tunelab.train.runtime import NonFinite, keep_freed_memory, stop_signals
+from tunelab.train.trackers import Trackers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    epochs: list[dict]  # one row per epoch, epoch 0 = validation before training
+    summary: dict | None  # None on ranks other than the main process (it alone writes)
+
+
+@dataclass
+class Loop:
+    """What a training run holds while it runs; the loop's helpers take it instead of a dozen arguments."""
+    cfg: Recipe
+    run: RunDir
+    d: distributed.Dist
+    device: torch.device
+    splits: Splits
+    train_items: list[Tokenized]
+    val_items: list[Tokenized]
+    truncated: int  # examples cut by train.max_length
+    pad_id: int
+    model: Any  # the PEFT model
+    net: SupervisedLM  # the module that trains (FSDP-sharded when d.sharded)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    state: checkpoint.State
+    resumed_from: Path | None
+    steps_per_epoch: int
+
+    @property
+    def per_step(self) -> int:
+        """Batches per optimizer step, over all ranks."""
+        return self.cfg.train.grad_accum * self.d.world
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.train.epochs
+
+
+def done(run: RunDir) -> bool:
+    """The train stage has finished: its summary and adapter are written."""
+    return run.summary.exists() and run.has_adapter()
+
+
+def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
+    """Train a LoRA adapter per `cfg`; write config, metrics, adapter, summary and cost to `run`.
+
+    Checkpoints every `train.checkpoint_every` steps and at each epoch end; SIGINT/SIGTERM save one
+    before exiting. With `resume`, continues from the run's last checkpoint.
+
+    Raises:
+        UserError: bad data, model or run dir (before anything is trained); a non-finite loss or
+            gradient (naming the step; the last good checkpoint is kept).
+    """
+    started = time.time()
+    loop = _start(cfg, run, resume)
+    state = loop.state
+    trackers = Trackers(cfg.train.report_to if loop.d.main else [], run)
+    with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
+        progress.advance(state.step)
+        for epoch in range(state.epoch, cfg.train.epochs + 1):
+            t0 = time.time() - state.epoch_seconds
+            stats, examples = _train_epoch(loop, epoch, stop, progress, trackers)
+            _end_epoch(loop, epoch, stats, examples, time.time() - t0)
+            trackers.log({f"epoch/{k}": v for k, v in state.epochs[-1].items() if v is not None}, state.step)
+    trackers.close()
+    adapter = {k.removeprefix("lm."): v for k, v in checkpoint.trainable_state(loop.net).items()}  # a gather
+    if not loop.d.main:
+        return TrainResult(state.epochs, None)
+    return TrainResult(state.epochs, _write_outputs(loop, adapter, time.time() - started))
+
+
+def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
+    """Data, model, optimizer and loop state, from scratch (with the epoch-0 validation) or a checkpoint."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    d = distributed.setup(device.type, cfg.train.sharding)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
+    splits = load_splits(cfg.data)
+    tok = load_tokenizer(cfg.model)
+    train_items, val_items, truncated = tokenize_splits(cfg, splits, tok)
+    if len(train_items) < cfg.train.batch_size:
+        raise UserError(f"data.source: {cfg.data.source}: {len(train_items)} train examples, fewer than "
+                        f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or add rows")
+    start_from = _checkpoint_to_resume(run, d) if resume else None
+
+    torch.manual_seed(cfg.train.seed)
+    model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
+    fast_lora.install(model)
+    if d.main:
+        run.create()
+        if not resume:
+            run.write_text(run.config, to_yaml(cfg))
+            run.write_json(run.estimate, _estimate(cfg, device, train_items, val_items))
+        run.write_json(run.environment, {**environment.describe(device), "processes": d.world})
+    net = SupervisedLM(model, _packing(cfg, model, device))
+    if d.sharded:
+        d.shard(net, model.get_base_model().get_decoder().layers)
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / (cfg.train.grad_accum * d.world))
+    optimizer, scheduler = _optimizer(net, cfg, steps_per_epoch * cfg.train.epochs)
+    loop = Loop(cfg, run, d, device, splits, train_items, val_items, truncated, tok.pad_token_id, model, net,
+                optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch)
+    if start_from:
+        loop.state = checkpoint.load(start_from, net, optimizer, scheduler)
+        log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)
+    else:
+        loop.state.epochs.append(_epoch_row(0, None, _validate(loop, 0), 0.0))
+    return loop
+
+
+def _checkpoint_to_resume(run: RunDir, d: distributed.Dist) -> Path:
+    """The run's last checkpoint, checked (before the model loads) to be resumable by this many processes."""
+    start_from = checkpoint.latest(run)
+    if start_from is None:
+        raise UserError(f"--resume {run.path}: no checkpoint to resume from")
+    if (written_by := checkpoint.read_state(start_from).processes) != d.world:
+        raise UserError(f"--resume {run.path}: {start_from.name} was written by {written_by} process(es), "
+                        f"this is {d.world}; resume with {written_by} so the global batch "
+                        f"(train.grad_accum x processes) and the data position stay the same")
+    return start_from
+
+
+def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[PassStats, list[dict]]:
+    """The optimizer steps of one epoch not yet taken; checkpoints on schedule and when a stop is requested."""
+    cfg, state, t0 = loop.cfg, loop.state, time.time() - loop.state.epoch_seconds
+    loop.net.train()
+    stats = PassStats(**state.epoch_sums)
+    epoch_batches = batches(loop.train_items, cfg.train.batch_size, loop.pad_id, cfg.train.seed + epoch,
+                            cfg.train.group_by_length)
+    examples: list[dict] = []
+    for start in range(state.epoch_step * loop.per_step, len(epoch_batches), loop.per_step):
+        row = _guarded_step(loop, epoch_batches[start:start + loop.per_step], stats, epoch, examples,
+                            epoch_batches[0])
+        state.step += 1
+        state.epoch_step += 1
+        state.epoch_sums, state.epoch_seconds = stats.__dict__.copy(), time.time() - t0
+        row.update(step=state.step, epoch=epoch, seconds=round(state.epoch_seconds, 3))
+        if state.step % cfg.train.log_every == 0 or state.step == loop.total_steps:
+            state.step_log.append(row)
+            trackers.log({f"train/{k}": v for k, v in row.items()}, state.step)
+        progress.advance(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}",
+                         epoch=f"{epoch}/{cfg.train.epochs}")
+        every = cfg.train.checkpoint_every
+        if stop.requested or (every and state.step % every == 0 and state.epoch_step < loop.steps_per_epoch):
+            path = _save(loop)
+            if stop.requested:
+                raise KeyboardInterrupt(f"checkpoint saved at {path}; resume with: tunelab train --resume "
+                                        f"{loop.run.path}")
+    return stats, examples
+
+
+def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], seconds: float) -> None:
+    """Validate, record the epoch row and per-example losses, checkpoint."""
+    state = loop.state
+    state.train_seconds += seconds
+    state.train_tokens += stats.real_tokens
+    state.example_log += loop.d.gather(examples)
+    val = _validate(loop, epoch)
+    state.epochs.append(_epoch_row(epoch, stats, val, seconds))
+    state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
+    _save(loop)
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val token accuracy %.3f", epoch, stats.loss, val.loss,
+             val.accuracy)
+
+
+def _save(loop: Loop) -> Path:
+    path = checkpoint.save(loop.run, loop.net, loop.optimizer, loop.scheduler, loop.state,
+                           loop.cfg.train.keep_checkpoints, loop.d.main)
+    loop.d.barrier()
+    return path
+
+
+def _guarded_step(loop: Loop, step_batches: list[Batch], stats: PassStats, epoch: int, examples: list[dict],
+                  first: Batch) -> dict:
+    try:
+        return _step(loop, step_batches, stats, epoch, examples, first)
+    except NonFinite as err:
+        last = checkpoint.latest(loop.run)
+        raise UserError(f"step {loop.state.step + 1}: {err}; training stopped, no update applied. Last good "
+                        f"checkpoint: {last or 'none yet'} (resume with tunelab train --resume "
+                        f"{loop.run.path} after lowering train.lr or fixing the data)") from None
+
+
+def _step(loop: Loop, step_batches: list[Batch], stats: PassStats, epoch: int, examples: list[dict],
+          first: Batch) -> dict:
+    """One optimizer step: this rank takes its `grad_accum` of the step's batches. The loss is token-weighted
+    over the whole step (supervised tokens on all ranks), so gradients summed over ranks equal those of one
+    process seeing every batch. `first` is the epoch's first batch, whose first row FSDP's fillers forward."""
+    t0 = time.time()
+    cfg, d = loop.cfg, loop.d
+    mine = step_batches[d.rank * cfg.train.grad_accum:(d.rank + 1) * cfg.train.grad_accum]
+    step_supervised = sum(b.supervised for b in step_batches)
+    loss_sum, correct, real = 0.0, 0, 0
+    micro = [mb for big in mine for mb in split(big, cfg.train.micro_batch_tokens)]
+    count = d.max(len(micro)) if d.sharded else len(micro)  # FSDP: every rank runs as many forwards
+    for k in range(count):
+        d.sync_gradients(loop.net, k == count - 1)
+        if k >= len(micro):
+            losses, _, _ = forward_tokens(loop.net, filler(first), loop.device)
+            (losses.sum() * 0.0).backward()
+            continue
+        b = micro[k]
+        losses, ok, rows = forward_tokens(loop.net, b, loop.device)
+        (losses.sum() * d.loss_scale / step_supervised).backward()
+        loss_sum += float(losses.detach().sum())
+        correct += int(ok.sum())
+        real += b.real_tokens
+        examples += [{"id": loop.splits.train[i].id, "split": "train", "epoch": epoch, "loss": round(loss, 5),
+                      "tokens": n} for i, loss, n in per_example(losses, rows, b)]
+    loss_sum, correct, real = d.sum([loss_sum, correct, real])
+    grad_norm, lr = _apply_update(loop, loss_sum, step_supervised)
+    stats.add(loss_sum, int(correct), step_supervised, int(real))
+    seconds = time.time() - t0
+    return {"loss": loss_sum / step_supervised, "lr": lr, "grad_norm": grad_norm, "tokens": int(real),
+            "supervised_tokens": step_supervised, "tokens_per_second": real / max(seconds, 1e-9)}
+
+
+def _apply_update(loop: Loop, loss_sum: float, step_supervised: int) -> tuple[float, float]:
+    """Sum gradients over ranks, refuse a non-finite loss or gradient, clip, step. Returns (grad norm, lr).
+
+    Raises:
+        NonFinite: the step's loss or gradient norm is NaN or infinite (no update applied).
+    """
+    params = [p for p in loop.net.parameters() if p.requires_grad]
+    loop.d.sum_grads(params)
+    if not math.isfinite(loss_sum):
+        loop.optimizer.zero_grad(set_to_none=True)
+        raise NonFinite(f"loss is {loss_sum / step_supervised}")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, loop.cfg.train.max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor over the shards
+        grad_norm = grad_norm.full_tensor()
+    if not math.isfinite(float(grad_norm)):
+        loop.optimizer.zero_grad(set_to_none=True)
+        raise NonFinite(f"gradient norm is {float(grad_norm)}")
+    lr = loop.scheduler.get_last_lr()[0]
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), lr
+
+
+@torch.no_grad()
+def _validate(loop: Loop, epoch: int) -> PassStats:
+    """Validation pass (no dropout); batches are dealt round-robin to ranks and the sums combined."""
+    cfg, d = loop.cfg, loop.d
+    loop.net.eval()
+    stats, rows_out = PassStats(), []
+    every = batches(loop.val_items, cfg.train.batch_size, loop.pad_id, None, True)
+    micro = [b for k, big in enumerate(every) if k % d.world == d.rank
+             for b in split(big, cfg.train.micro_batch_tokens)]
+    for _ in range(d.max(len(micro)) - len(micro) if d.sharded else 0):  # FSDP: as many forwards on every rank
+        forward_tokens(loop.net, filler(every[0]), loop.device)
+    for b in micro:
+        losses, ok, rows = forward_tokens(loop.net, b, loop.device)
+        stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.real_tokens)
+        rows_out += [{"id": loop.splits.val[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5),
+                      "tokens": n} for i, loss, n in per_example(losses, rows, b)]
+    loop.state.example_log += d.gather(rows_out)
+    total = PassStats()
+    loss_sum, correct, supervised, real = d.sum([stats.loss_sum, stats.correct, stats.supervised_tokens,
+                                                 stats.real_tokens])
+    total.add(loss_sum, int(correct), int(supervised), int(real))
+    return total
+
+
+def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: float) -> dict:
+    return {"epoch": epoch,
+            "train_loss": None if train is None else round(train.loss, 6),
+            "train_token_accuracy": None if train is None else round(train.accuracy, 6),
+            "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
+            "seconds": round(seconds, 3), "tokens": 0 if train is None else train.real_tokens}
+
+
+def _write_outputs(loop: Loop, adapter: dict, wall: float) -> dict:
+    """Metrics, adapter, summary and cost of a finished run (main process only); returns the summary."""
+    run, state = loop.run, loop.state
+    run.write_jsonl(run.steps, state.step_log)
+    run.write_jsonl(run.epochs, state.epochs)
+    run.write_jsonl(run.examples, state.example_log)
+    with atomic_folder(run.adapter) as tmp:  # never half-written
+        loop.model.save_pretrained(str(tmp), state_dict=adapter)
+    summary = _summary(loop, wall)
+    run.write_json(run.summary, summary)
+    run.write_json(run.cost, cost.actual(wall, loop.device, loop.cfg.cost.usd_per_hour))
+    return summary
+
+
+def _estimate(cfg: Recipe, device, train_items, val_items) -> dict:
+    """The cost estimate made before the first step, from the exact token counts (as tunelab estimate)."""
+    target = "cpu" if device.type == "cpu" else environment.device_name(device)
+    return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), target)
+
+
+def _optimizer(net, cfg: Recipe, total_steps: int):
+    from transformers import get_scheduler
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def _summary(loop: Loop, wall: float) -> dict:
+    cfg, epochs, state = loop.cfg, loop.state.epochs, loop.state
+    first_train, last = epochs[1], epochs[-1]
+    summary = {
+        "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source, "epochs": cfg.train.epochs,
+        "train_examples": len(loop.train_items), "val_examples": len(loop.val_items),
+        "test_examples": len(loop.splits.test), "skipped_rows": len(loop.splits.skipped),
+        "truncated_examples": loop.truncated,
+        "initial_val_loss": epochs[0]["val_loss"], "final_val_loss": last["val_loss"],
+        "first_epoch_train_loss": first_train["train_loss"], "final_train_loss": last["train_loss"],
+        "train_loss_improvement_pct": _improvement(first_train["train_loss"], last["train_loss"]),
+        "val_loss_improvement_pct": _improvement(epochs[0]["val_loss"], last["val_loss"]),
+        "initial_val_token_accuracy": epochs[0]["val_token_accuracy"],
+        "final_train_token_accuracy": last["train_token_accuracy"],
+        "final_val_token_accuracy": last["val_token_accuracy"],
+        "best_val_epoch": min(epochs, key=lambda e: e["val_loss"])["epoch"],
+        "wall_seconds": round(wall, 2), "train_seconds": round(state.train_seconds, 2),
+        "train_tokens": state.train_tokens,
+        "train_tokens_per_second": round(state.train_tokens / max(state.train_seconds, 1e-9), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if loop.resumed_from:
+        summary["resumed_from"] = str(loop.resumed_from)
+    summary["processes"], summary["sharding"] = loop.d.world, "fsdp" if loop.d.sharded else "none"
+    return summary
+
+
+def _improvement(initial: float, final: float) -> float:
+    """Percent fall from `initial` to `final` (positive = better)."""
+    return round(100.0 * (initial - final) / initial, 3) if initial else 0.0
+
+
+def _packing(cfg: Recipe, model, device: torch.device) -> bool:
+    """`train.packing`, or by default: on where attention runs varlen kernels (CUDA + flash attention).
+
+    On CPU a packed row attends through a block-diagonal mask over all its tokens, which costs more
+    than the ~1 % padding that length grouping and token-budget slices leave.
+    """
+    if cfg.train.packing is not None:
+        return cfg.train.packing
+    impl = getattr(model.get_base_model().config, "_attn_implementation", "") or ""
+    return device.type == "cuda" and "flash" in impl
