@@ -1,10 +1,12 @@
-"""Generation throughput: tunelab's batched generator vs a naive batch-1 `model.generate` loop.
+"""Generation throughput: tunelab's continuous-batching generator vs a naive batch-1 `model.generate` loop.
 
-Same N GSM8K test questions (default 32), same model (SmolLM2-135M-Instruct), same greedy settings
+Same N GSM8K test questions (default 128), same model (SmolLM2-135M-Instruct), same greedy settings
 and stop rule, one process. Prints generated tokens/s of both, their ratio, and the share of
-questions whose extracted answers agree. The last line is one JSON object.
+questions whose extracted answers agree; then the same figures for the first 32 questions (tunelab
+run again on those alone, the naive loop's time on them measured inside its 128-question pass).
+The last line is one JSON object. Takes ~6 min here (the naive loop is most of it).
 
-Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 32] [--max-new-tokens 256]
+Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0]
 """
 
 from __future__ import annotations
@@ -40,27 +42,46 @@ class StopAfterAnswer:  # the naive baseline's stop rule, as a transformers Stop
         return torch.tensor([bool(ANSWER_LINE.search(t)) for t in texts], device=input_ids.device)
 
 
-def naive(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[list[str], int, float]:
-    """The loop users write first: one question at a time through `model.generate`."""
+def naive(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[list[str], list[int], list[float]]:
+    """The loop users write first: one question at a time through `model.generate`. Per question: text,
+    generated tokens, seconds."""
     from transformers import StoppingCriteriaList
-    texts, tokens, t0 = [], 0, time.time()
+    texts, tokens, seconds = [], [], []
     for p in prompts:
+        t0 = time.time()
         ids = tok(p, return_tensors="pt")
         width = ids["input_ids"].shape[1]
         out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                              top_p=None, top_k=None, temperature=None,
                              stopping_criteria=StoppingCriteriaList([StopAfterAnswer(tok, width)]))
         new = out[0, width:]
-        tokens += int(new.shape[0])
+        tokens.append(int(new.shape[0]))
         texts.append(tok.decode(new, skip_special_tokens=True))
-    return texts, tokens, time.time() - t0
+        seconds.append(time.time() - t0)
+    return texts, tokens, seconds
+
+
+def answers(text: str) -> tuple:
+    return normalize(extract_strict(text)), normalize(extract_flexible(text))
+
+
+def compare(gens, fast_s: float, slow_texts, slow_tokens, slow_s: float) -> dict:
+    fast_tokens = sum(g.tokens for g in gens)
+    agree = sum(answers(g.completion) == answers(t) for g, t in zip(gens, slow_texts)) / len(gens)
+    fast_tps, slow_tps = fast_tokens / fast_s, sum(slow_tokens) / slow_s
+    print(f"{len(gens)} questions: tunelab {fast_tokens} tokens in {fast_s:.1f} s = {fast_tps:.1f} tokens/s; "
+          f"naive {sum(slow_tokens)} tokens in {slow_s:.1f} s = {slow_tps:.1f} tokens/s; "
+          f"speed-up {fast_tps / slow_tps:.2f}x (wall {slow_s / fast_s:.2f}x), answers agree on {100 * agree:.1f} %")
+    return {"n": len(gens), "tunelab_tokens_per_second": round(fast_tps, 2),
+            "naive_tokens_per_second": round(slow_tps, 2), "ratio": round(fast_tps / slow_tps, 3),
+            "wall_ratio": round(slow_s / fast_s, 3), "answer_agreement": round(agree, 4)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=0)
+    ap.add_argument("--slots", type=int, default=0, help="continuous-batching slots (0 = automatic)")
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     args = ap.parse_args()
 
@@ -70,23 +91,14 @@ def main() -> None:
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, torch.device("cpu"))
 
-    gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.batch_size)
-    fast_tokens = sum(g.tokens for g in gens)
-    slow_texts, slow_tokens, slow_s = naive(model, tok, prompts, args.max_new_tokens)
-
-    def answers(text):
-        return normalize(extract_strict(text)), normalize(extract_flexible(text))
-
-    agree = sum(answers(g.completion) == answers(t) for g, t in zip(gens, slow_texts)) / len(prompts)
-    fast_tps, slow_tps = fast_tokens / fast_s, slow_tokens / slow_s
-    print(f"tunelab batched: {fast_tokens} tokens in {fast_s:.1f} s = {fast_tps:.1f} tokens/s")
-    print(f"naive batch-1:   {slow_tokens} tokens in {slow_s:.1f} s = {slow_tps:.1f} tokens/s")
-    print(f"speed-up {fast_tps / slow_tps:.2f}x, wall-time ratio {slow_s / fast_s:.2f}x, answers agree on "
-          f"{100 * agree:.1f} % of {len(prompts)} questions")
-    print(json.dumps({"benchmark": "eval_throughput", "n": len(prompts), "max_new_tokens": args.max_new_tokens,
-                      "tunelab_tokens_per_second": round(fast_tps, 2), "naive_tokens_per_second": round(slow_tps, 2),
-                      "ratio": round(fast_tps / slow_tps, 3), "wall_ratio": round(slow_s / fast_s, 3),
-                      "answer_agreement": round(agree, 4), "torch_threads": torch.get_num_threads()}))
+    gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
+    gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
+    slow_texts, slow_tokens, slow_seconds = naive(model, tok, prompts, args.max_new_tokens)
+    result = {"benchmark": "eval_throughput", "max_new_tokens": args.max_new_tokens, "slots": args.slots or "auto",
+              **compare(gens, fast_s, slow_texts, slow_tokens, sum(slow_seconds)),
+              "first_32": compare(gens32, fast32_s, slow_texts[:32], slow_tokens[:32], sum(slow_seconds[:32])),
+              "torch_threads": torch.get_num_threads()}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -77,3 +77,31 @@ def make_run(path: Path, val=(2.31, 1.62, 1.55), train=(1.9, 1.4), epochs_n=2, e
     (an / "cartography.json").write_text(json.dumps({"hardest": [{"id": "train-3", "confidence": 0.1,
                                                                    "variability": 0.01, "text": "hard one"}]}))
     return path
+
+
+def add_eval(path: Path, correct: dict[str, list[bool]], final_epoch: int = 2, fewshot: int = 0) -> dict:
+    """Replace the run's eval files with prediction rows of these models (True = flexible-correct; strict the
+    same) on questions test-0.., and the summary tunelab computes from them."""
+    from tunelab.evaluate.summary import comparisons
+    rows, stats = [], {}
+    for model, flags in correct.items():
+        for i, ok in enumerate(flags):
+            rows.append({"id": f"test-{i}", "model": model, "question": f"Question {i}: how many apples?",
+                         "reference": str(i), "completion": f"{model} says {i if ok else i + 1}\n#### {i if ok else i + 1}",
+                         "flexible_answer": str(i if ok else i + 1), "strict_correct": ok, "flexible_correct": ok,
+                         "tokens": 9})
+        acc = sum(flags) / len(flags)
+        stats[model] = {"n": len(flags), "strict_accuracy": acc, "flexible_accuracy": acc, "generated_tokens": 9,
+                        "seconds": 1.0, "tokens_per_second": 9.0}
+    ids = [f"test-{i}" for i in range(len(next(iter(correct.values()))))]
+    summary = {**stats, **comparisons(rows, stats, ids, final_epoch, fewshot)}
+    (path / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "eval" / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+
+def add_val_rows(path: Path, losses: dict[int, list[float]], tokens: int = 20) -> None:
+    """metrics/examples.jsonl with these per-example validation losses per epoch (ids val-0..)."""
+    rows = [{"id": f"val-{i}", "split": "val", "epoch": epoch, "loss": loss, "tokens": tokens}
+            for epoch, values in losses.items() for i, loss in enumerate(values)]
+    (path / "metrics" / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

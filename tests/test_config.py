@@ -82,8 +82,10 @@ def test_readme_run_directory_table_is_rundirs_layout():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert layout_table() in readme
     run = RunDir("r")
-    for rel, (attr, _) in LAYOUT.items():  # every declared file is reachable by its attribute
-        assert getattr(run, attr) == Path("r", rel.rstrip("/").replace("/step-N", ""))
+    for rel, (attr, _) in LAYOUT.items():  # every declared file is reachable by its attribute (or method)
+        if attr:
+            assert getattr(run, attr) == Path("r", rel.rstrip("/").replace("/step-N", ""))
+    assert run.epoch_adapter(2) == Path("r/adapters/epoch-2") and run.journal(1) == Path("r/eval/journal-1.jsonl")
 
 
 def test_readme_file_map_matches_the_tree():

@@ -7,7 +7,7 @@ import torch
 
 from tunelab.cli import main
 from tunelab.config import validate
-from tunelab.evaluate import evaluate
+from tunelab.evaluate.stage import evaluate
 from tunelab.evaluate.generate import ANSWER_LINE, generate
 from tunelab.rundir import RunDir
 from tunelab.train import train
@@ -19,11 +19,29 @@ def test_batched_generation_equals_batch_one(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     prompts = [f"Instruction: what is {i} times {i + 3}, explained {'very ' * i}carefully?\nResponse: "
                for i in range(7)]
-    batched, _ = generate(model, tok, prompts, max_new_tokens=12, batch_size=4)
-    single = [generate(model, tok, [p], max_new_tokens=12, batch_size=1)[0][0] for p in prompts]
+    batched, _ = generate(model, tok, prompts, max_new_tokens=12, slots=4)
+    single = [generate(model, tok, [p], max_new_tokens=12, slots=1)[0][0] for p in prompts]
     assert [g.completion for g in batched] == [g.completion for g in single]
     assert [g.tokens for g in batched] == [g.tokens for g in single]
     assert all(0 < g.tokens <= 12 for g in batched)
+
+
+def test_continuous_batching_refills_slots_and_equals_batch_one(tiny_model):
+    """More prompts than slots, lengths from 3 to ~150 tokens, rows stopping early at different steps:
+    every row's tokens equal its batch-1 greedy decoding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    prompts = [("word " * (1 + 13 * i)) + f"question {i}?" for i in range(11)]
+    free = [generate(model, tok, [p], max_new_tokens=20, slots=1)[0][0] for p in prompts]
+    # each odd row stops early, at a stop string taken from its own unstopped completion (step 2..12)
+    stops = [None if i % 2 == 0 else [tok.decode(tok(free[i].completion, add_special_tokens=False)["input_ids"]
+                                                 [2 + i:4 + i])] for i in range(len(prompts))]
+    single = [generate(model, tok, [p], max_new_tokens=20, slots=1, stops=[s])[0][0] for p, s in zip(prompts, stops)]
+    assert any(g.tokens < 20 for g in single)  # some rows do stop early
+    for slots in (3, 5):
+        batched, _ = generate(model, tok, prompts, max_new_tokens=20, slots=slots, stops=stops)
+        assert [(g.completion, g.tokens) for g in batched] == [(g.completion, g.tokens) for g in single], slots
 
 
 def test_answer_line_stop_rule():
@@ -100,3 +118,104 @@ def test_real_smollm2_eval_on_gsm8k_questions(gsm8k, tmp_path, monkeypatch):
     assert len(preds) == 4 and all(p["model"] == "base" and p["completion"].strip() for p in preds)
     assert all(0 < p["tokens"] <= 64 for p in preds)
     assert result.summary["base"]["tokens_per_second"] > 0
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tiny_model, tmp_path_factory):
+    raw = {"name": "tiny2", "model": {"name": str(tiny_model)},
+           "data": {"source": "synthetic:arith", "template": "Instruction: {question}\nResponse: ",
+                    "target": "{answer}", "synthetic_rows": 24, "synthetic_test_rows": 5},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "train": {"epochs": 2, "batch_size": 8, "lr": 3e-2, "max_length": 128},
+           "eval": {"limit": 5, "max_new_tokens": 10, "fewshot": 2}}
+    run = RunDir(tmp_path_factory.mktemp("epochs") / "run")
+    cfg = validate(raw, "tiny2")
+    train(cfg, run)
+    return cfg, run
+
+
+def test_accuracy_per_epoch_equals_scoring_each_epoch_adapter_alone(two_epoch_run, monkeypatch, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, run = two_epoch_run
+    assert (run.epoch_adapter(1) / "adapter_config.json").exists()
+    result = evaluate(cfg, run)
+    s = result.summary
+    assert set(s) >= {"base", "base-2shot", "epoch-1", "tuned", "epochs", "best_epoch", "flips"}
+    assert [(e["epoch"], e["model"]) for e in s["epochs"]] == [(1, "epoch-1"), (2, "tuned")]
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    questions = [p for p in result.predictions if p["model"] == "base"]
+    prompts = [f"Instruction: {p['question']}\nResponse: " for p in questions]
+    for name, adapter in (("epoch-1", run.epoch_adapter(1)), ("tuned", run.epoch_adapter(2)), ("tuned", run.adapter)):
+        alone = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.model.name), str(adapter))
+        alone = alone.merge_and_unload()
+        texts = [generate(alone, tok, [p], max_new_tokens=10, slots=1)[0][0].completion for p in prompts]
+        assert texts == [p["completion"] for p in result.predictions if p["model"] == name], (name, adapter)
+        row = next(e for e in s["epochs"] if e["model"] == name)
+        assert row["flexible_accuracy"] == pytest.approx(
+            sum(p["flexible_correct"] for p in result.predictions if p["model"] == name) / len(prompts))
+
+
+def test_fewshot_prompt_and_stops_follow_lm_eval_gsm8k(gsm8k):
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    from tunelab.evaluate.fewshot import STOP, fewshot_prompt
+    splits = load_splits(DataConfig(source=str(gsm8k), template="Instruction: {question}\nResponse: ",
+                                    target="{answer}", limit=50))
+    shots, question = splits.train[:2], splits.test[0]
+    expected = "".join(f"Question: {s.fields['question']}\nAnswer: {s.fields['answer']}\n\n" for s in shots) + \
+        f"Question: {question.fields['question']}\nAnswer:"
+    assert fewshot_prompt(shots, question) == expected
+    assert STOP == ["Question:", "</s>", "<|im_end|>"]  # lm-eval gsm8k.yaml (version 3) generation_kwargs.until
+
+
+def test_sigkill_mid_eval_then_resume_answers_each_question_once(two_epoch_run, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    cfg, run = two_epoch_run
+    killed, whole = RunDir(tmp_path / "killed"), RunDir(tmp_path / "whole")
+    for target in (killed, whole):
+        shutil.copytree(run.path, target.path, ignore=shutil.ignore_patterns("eval"))
+    env = {**__import__("os").environ, "TUNELAB_CACHE": str(tmp_path / "cache-a")}
+    script = ("import os, signal, sys\n"
+              "from tunelab.evaluate import journal, stage\n"
+              "from tunelab.rundir import RunDir\n"
+              "real, n = journal.Journal.append, [0]\n"
+              "def append(self, *a):\n"
+              "    real(self, *a)\n"
+              "    n[0] += 1\n"
+              "    if n[0] == 7: os.kill(os.getpid(), signal.SIGKILL)  # mid-way through the second pass\n"
+              "journal.Journal.append = append\n"
+              "run = RunDir(sys.argv[1])\n"
+              "stage.evaluate(run.read_recipe(), run)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(killed.path)], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert not killed.predictions.exists() and len(killed.journals()) == 1
+    assert len(killed.journals()[0].read_text().splitlines()) == 7
+
+    import tunelab.evaluate.generate as gen
+    asked = []
+    real = gen.generate
+
+    def counting(model, tok, prompts, *args, **kwargs):
+        asked.extend(prompts)
+        return real(model, tok, prompts, *args, **kwargs)
+
+    gen.generate = counting
+    try:
+        __import__("os").environ["TUNELAB_CACHE"] = str(tmp_path / "cache-b")
+        resumed = evaluate(cfg, killed)
+        asked_resume = list(asked)
+        asked.clear()
+        __import__("os").environ["TUNELAB_CACHE"] = str(tmp_path / "cache-c")
+        uninterrupted = evaluate(cfg, whole)
+    finally:
+        gen.generate = real
+        __import__("os").environ.pop("TUNELAB_CACHE", None)
+    assert len(asked_resume) == len(asked) - 7  # the 7 journaled answers were not generated again
+    assert resumed.predictions == uninterrupted.predictions
+    assert not killed.journals() and killed.predictions.exists()
+    assert resumed.summary["base-2shot"]["resumed_answers"] == 2

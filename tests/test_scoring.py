@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tunelab.evaluate.scoring import (extract_flexible, extract_strict, normalize, paired_difference,
-                                      reference_answer, score)
+from tunelab.evaluate.scoring import extract_flexible, extract_strict, normalize, reference_answer, score
+from tunelab.stats import paired_difference
 
 
 def test_reference_is_the_number_after_hashes_on_real_gsm8k(gsm8k):

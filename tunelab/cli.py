@@ -201,7 +201,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from tunelab.config import load_recipe
-    from tunelab.evaluate import evaluate
+    from tunelab.evaluate.stage import evaluate
     from tunelab.rundir import RunDir
     is_run = Path(args.target, "config.yaml").is_file()
     if is_run:
@@ -323,10 +323,10 @@ def cmd_export(args) -> int:
 def _print_eval(summary: dict, run) -> None:
     from rich.console import Console
     from rich.table import Table
+    from tunelab.report import eval_lines
     table = Table("model", "n", "strict-match", "flexible-extract", "tokens/s", "seconds", title=f"{run.path} eval")
-    for name in ("base", "tuned"):
-        if name in summary:
-            s = summary[name]
+    for name, s in summary.items():
+        if isinstance(s, dict) and "flexible_accuracy" in s:
             table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %",
                           f"{100 * s['flexible_accuracy']:.1f} %", f"{s['tokens_per_second']:.0f}",
                           f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
@@ -338,6 +338,8 @@ def _print_eval(summary: dict, run) -> None:
             lo, hi = d["ci95_pts"]
             console.print(f"{metric}: tuned - base = {d['delta_pts']:+.1f} pts (95 % CI {lo:+.1f}..{hi:+.1f}, "
                           f"McNemar p = {d['mcnemar_p']:.3g}, {d['gained']} gained / {d['lost']} lost)")
+    for line in eval_lines(summary):
+        console.print(line)
 
 
 def _print_epochs(epochs: list[dict], summary: dict, run) -> None:

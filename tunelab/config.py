@@ -76,6 +76,8 @@ class TrainConfig(Section):
                                  "None = on with CUDA + flash attention, off on CPU (where it is slower)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
+    keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
+                                      "per epoch); false = only the final adapter/")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (oldest deleted)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     sharding: Literal["none", "fsdp"] = Field("none", description="with several processes: none = each holds the "
@@ -93,7 +95,11 @@ class EvalConfig(Section):
     split: Literal["test", "validation"] = Field("test", description="held-out rows to score")
     limit: int | None = Field(200, ge=1, description="questions to score (None = all)")
     max_new_tokens: int = Field(256, ge=1)
-    batch_size: int = Field(0, ge=0, description="questions per generation batch; 0 = automatic")
+    batch_size: int = Field(0, ge=0, description="rows decoded together (continuous-batching slots); 0 = automatic "
+                                                 "(CPU 48; CUDA from free memory)")
+    epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
+                                                  "kept epoch's; None = all for runs of <= 5 epochs, else last")
+    fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
 
 
 class AnalysisConfig(Section):

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def stages_done(run: RunDir) -> dict[str, bool]:
     """Each stage's own answer to "have you finished in this run directory?"."""
-    from tunelab import analysis, evaluate, train
+    from tunelab import analysis, train
+    from tunelab.evaluate import stage as evaluate
     return {"train": train.done(run), "eval": evaluate.done(run), "analyze": analysis.done(run)}
 
 
@@ -47,7 +48,8 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
 
 def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     started = time.time()
-    from tunelab import analysis, evaluate, train
+    from tunelab import analysis, train
+    from tunelab.evaluate import stage as evaluate
     from tunelab.train import checkpoint
     stages = [("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None)),
               ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
@@ -64,7 +66,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
 
 
 def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
-    from tunelab.report import headline
+    from tunelab.report import eval_lines, headline
     s = headline(run)
     cost = run.read_json(run.cost)
     lines = [f"report: {html}  (and {run.report_md})",
@@ -79,6 +81,7 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                      f"{100 * ev['tuned_flexible_accuracy']:.1f} % ({ev['flexible_delta_pts']:+.1f} pts, 95 % CI "
                      f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); strict {100 * ev['base_strict_accuracy']:.1f} % → "
                      f"{100 * ev['tuned_strict_accuracy']:.1f} %")
+    lines += eval_lines(run.read_eval_summary() or {})
     lines.append(f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); this command "
                  f"{seconds / 60:.1f} min")
     print("\n".join(lines))

@@ -23,7 +23,8 @@ from typing import Any
 from tunelab.distributed import is_main_process
 from tunelab.errors import UserError
 
-# relative path -> (RunDir attribute, what it holds). Order = the README table's order.
+# relative path -> (RunDir attribute, what it holds). Order = the README table's order. Families of files
+# (epoch-N, journal-R) have methods instead: epoch_adapter(k), journal(rank), journals().
 LAYOUT = {
     "config.yaml": ("config", "the resolved recipe, every default spelled out"),
     "environment.json": ("environment", "python, torch, transformers, peft, accelerate versions; device name; "
@@ -38,13 +39,19 @@ LAYOUT = {
     "checkpoints/step-N/": ("checkpoints", "adapter weights, optimizer, scheduler, RNG states, data position, "
                                            "metrics so far (last `train.keep_checkpoints`)"),
     "adapter/": ("adapter", "the LoRA adapter in PEFT format (`PeftModel.from_pretrained`)"),
+    "adapters/epoch-N/": (None, "each epoch's adapter, PEFT format (unless `train.keep_epoch_adapters: "
+                                            "false`); the last equals `adapter/`"),
     "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),
     "summary.json": ("summary", "the train stage's headline figures (see Definitions)"),
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),
-    "eval/summary.json": ("eval_summary", "per model: n, strict and flexible accuracy, tokens/s, seconds; "
-                                          "paired difference with 95 % CI and McNemar p"),
+    "eval/summary.json": ("eval_summary", "per model (base, base-Nshot, epoch-K, tuned): n, strict and flexible "
+                                          "accuracy, tokens/s, seconds; base → tuned paired difference with 95 % CI "
+                                          "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "
+                                          "epoch), `best_epoch`, `fewshot`, `flips`"),
+    "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
+                                        "stage ends); what a resumed eval skips"),
     "analysis/summary.json": ("analysis_summary", "rows, embedder, k and silhouettes, outliers, label agreement, "
                                                   "data-map regions, seconds per part"),
     "analysis/terms.json": ("terms", "top terms of the training questions (and of the tuned completions)"),
@@ -55,6 +62,8 @@ LAYOUT = {
     "analysis/clusters.json": ("clusters", "per cluster: c-TF-IDF name, size, examples, mean loss, base/tuned "
                                            "accuracy"),
     "analysis/outliers.json": ("outliers", "the most isolated / highest-loss rows, with why"),
+    "analysis/eval_clusters.json": ("eval_clusters", "each scored question's cluster (nearest centroid), for "
+                                                     "per-cluster accuracy and flips"),
     "analysis/cartography.png": ("cartography_png", "data map: confidence vs variability of training examples"),
     "analysis/cartography.json": ("cartography", "data-map points, regions and the hardest examples"),
     "report.md": ("report_md", "the detailed analysis report (Markdown, pictures beside it)"),
@@ -82,6 +91,15 @@ class RunDir:
     lock_file = property(lambda self: self.path / ".lock")
     adapter_config = property(lambda self: self.path / "adapter" / "adapter_config.json")
     adapter_weights = property(lambda self: self.path / "adapter" / "adapter_model.safetensors")
+
+    def epoch_adapter(self, epoch: int) -> Path:
+        return self.path / "adapters" / f"epoch-{epoch}"
+
+    def journal(self, rank: int) -> Path:
+        return self.eval_dir / f"journal-{rank}.jsonl"
+
+    def journals(self) -> list[Path]:
+        return sorted(self.eval_dir.glob("journal-*.jsonl"))
 
     def has_adapter(self) -> bool:
         return self.adapter_config.exists()
@@ -184,7 +202,7 @@ class RunDir:
         write_atomic(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows).encode())
 
 
-_ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items()}
+_ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items() if attr}
 
 
 def layout_table() -> str:

@@ -235,6 +235,7 @@ def _cluster_accuracy(run: RunDir, vectors, labels, embedder: str, cfg) -> dict[
     centroids = np.stack([vectors[labels == c].mean(0) for c in range(labels.max() + 1)])
     q_vectors = embed(questions, embedder, run, cfg)
     nearest = dict(zip(questions, (q_vectors @ centroids.T).argmax(1).tolist()))
+    run.write_json(run.eval_clusters, {p["id"]: nearest[p["question"]] for p in preds})
     acc: dict[int, dict] = defaultdict(lambda: defaultdict(list))
     for p in preds:
         acc[nearest[p["question"]]][p["model"]].append(p["flexible_correct"])

@@ -1,8 +1,7 @@
-"""Evaluation: the stage (stage.py), batched generation (generate.py), GSM8K scoring (scoring.py).
+"""Evaluation: the stage (stage.py), continuous-batching generation (generate.py), GSM8K scoring (scoring.py),
+the few-shot prompting baseline (fewshot.py) and the resume journal (journal.py).
+
+Kept free of imports so that torch-free readers (report, compare) can use `evaluate.scoring`.
 
 Run as: tunelab eval runs/smoke
 """
-
-from tunelab.evaluate.stage import EvalResult, done, evaluate
-
-__all__ = ["EvalResult", "done", "evaluate"]

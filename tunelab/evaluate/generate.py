@@ -1,10 +1,13 @@
-"""Greedy batched generation: left-padded, KV-cached, length-sorted, stopping at EOS or after the `#### N` line.
+"""Greedy decoding with continuous batching: a fixed number of slots kept busy, KV-cached, rows stopping alone.
 
-Hand-written decode loop (not `model.generate`): rows that finish leave the batch and the KV cache
-immediately, which `generate` does not do; see benchmarks/eval_throughput.py.
+When a row finishes (EOS, a completed `#### N` line, or one of its stop strings) it leaves the batch and
+its KV cache at once, and once a quarter of the slots are free the next waiting prompts are prefilled
+and join the running batch: the batch never waits for its longest row. Rows are left-padded inside one
+shared cache; positions are passed explicitly, so padding changes nothing a row computes.
 
-Deterministic: greedy decoding, fixed order. Batch size is the user's or automatic (CPU: 32; CUDA:
-start at 64 and halve on out-of-memory).
+Hand-written rather than transformers' `generate_batch` (paged attention): that manager runs its own
+thread and scheduler, stops only on EOS / token ids (not on text such as a finished `#### N` line or
+lm-eval's `Question:`), and was not faster on CPU here; see the README and benchmarks/eval_throughput.py.
 
 Run as: tunelab eval runs/smoke --limit 200
 """
@@ -13,13 +16,18 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from tunelab.progress import bar
 
 ANSWER_LINE = re.compile(r"####[^\n]*\d[^\n]*\n")  # a complete line after the final-answer marker
+CPU_SLOTS = 48  # rows decoded together on CPU: 64 measured ~20 % more tokens/s than 32, 96 no more than 64
+REFILL_SHARE = 4  # admit waiting prompts once 1/4 of the slots are free (a prefill per finished row costs more)
+PREFILL_ROWS = 16  # prompts prefilled together, one chunk per decode step
 
 
 @dataclass
@@ -28,52 +36,139 @@ class Generation:
     tokens: int  # generated tokens up to and including the stop
 
 
-def auto_batch_size(device: torch.device) -> int:
-    return 64 if device.type == "cuda" else 32
+@dataclass
+class _Row:
+    index: int  # the prompt's position in the caller's list
+    position: int  # position id of the last token fed to the model
+    tokens: list[int] = field(default_factory=list)  # generated so far
+
+
+class _Batch:
+    """The running rows and their shared, left-padded KV cache. (B, T) mask; cache layers (B, H, T, D)."""
+
+    def __init__(self, cache, mask: torch.Tensor, nxt: torch.Tensor, rows: list[_Row]):
+        self.cache, self.mask, self.nxt, self.rows = cache, mask, nxt, rows
+
+    def can_take(self, width: int, max_new_tokens: int) -> bool:
+        """Whether rows of `width` prompt tokens can join: a sliding-window layer crops its cache once it holds
+        `sliding_window - 1` tokens, after which left-padding would misalign it; such a batch is left to drain."""
+        windows = [layer.sliding_window for layer in _layers(self.cache) if getattr(layer, "is_sliding", False)]
+        return not windows or max(width, self.mask.shape[1]) + max_new_tokens < min(windows) - 1
+
+    def merge(self, other: "_Batch") -> "_Batch":
+        """One batch of both: the shorter cache is left-padded to the longer one's width."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache)):
+            mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)])
+            mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)])
+        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)])
+        self.nxt = torch.cat([self.nxt, other.nxt])
+        self.rows = self.rows + other.rows
+        _sync_lengths(self.cache)
+        return self
+
+    def keep(self, keep: list[int]) -> "_Batch | None":
+        """Only the rows at `keep` (positions in the batch); the columns no kept row uses are cut off."""
+        if not keep:
+            return None
+        if len(keep) < len(self.rows):
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.nxt = self.mask[index], self.nxt[index]
+            self.rows = [self.rows[j] for j in keep]
+            used = self.mask.any(0).nonzero()
+            start = int(used[0]) if len(used) else 0
+            if start > 0 and not any(getattr(layer, "is_sliding", False) for layer in _layers(self.cache)):
+                for layer in _layers(self.cache):
+                    layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+                self.mask = self.mask[:, start:]
+        return self
+
+    def step(self, model) -> None:
+        """Feed every row its last token; `nxt` becomes each row's greedy next token."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        positions = torch.tensor([[r.position + 1] for r in self.rows], device=self.mask.device)
+        for r in self.rows:
+            r.position += 1
+        out = model(input_ids=self.nxt[:, None], attention_mask=self.mask, position_ids=positions,
+                    past_key_values=self.cache, use_cache=True)
+        self.nxt = out.logits[:, -1].argmax(-1)
+
+
+def auto_slots(model, device: torch.device, max_tokens: int) -> int:
+    """Rows decoded together: CPU_SLOTS on CPU; on CUDA as many as half the free memory holds KV caches of
+    `max_tokens` (prompt + new tokens) for, between 8 and 256."""
+    if device.type != "cuda":
+        return CPU_SLOTS
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(8, min(256, int(0.5 * free / (per_token * max_tokens))))
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int = 0,
-             label: str = "generate", on_result=None) -> tuple[list[Generation], float]:
-    """Completions for `prompts` (same order) and the seconds spent.
+def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
+             on_result=None, stops: list[list[str] | None] | None = None) -> tuple[list[Generation], float]:
+    """Greedy completions for `prompts` (same order) and the seconds spent.
 
     Args:
-        batch_size: prompts per batch; 0 = automatic.
-        on_result: called with (prompt index, Generation) as results arrive (running accuracy).
+        slots: rows decoded together; 0 = automatic (`auto_slots`).
+        on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
+        stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), or stop
+            strings (lm-eval's `until`): the completion ends before the first one.
     """
     device = next(model.parameters()).device
-    batch_size = batch_size or auto_batch_size(device)
     model.eval()
     encoded = tok(prompts, add_special_tokens=True)["input_ids"]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
+    if not encoded:
+        return [], 0.0
+    stops = stops or [None] * len(prompts)
+    slots = slots or auto_slots(model, device, max(len(x) for x in encoded) + max_new_tokens)
+    waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))  # similar lengths enter together
+    eos = _eos_ids(model, tok)
     results: list[Generation | None] = [None] * len(prompts)
-    started = time.time()
-    generated = 0
+    started, generated, batch = time.time(), 0, None
     with bar(label, total=len(prompts)) as progress:
-        start = 0
-        while start < len(order):
-            chunk = order[start:start + batch_size]
+        while waiting or batch is not None:
             try:
-                outs = _generate_batch(model, tok, [encoded[i] for i in chunk], max_new_tokens, device)
+                free = slots - (len(batch.rows) if batch else 0)
+                if waiting and (batch is None or (free >= min(PREFILL_ROWS, max(1, slots // REFILL_SHARE)) and
+                                                  batch.can_take(len(encoded[waiting[0]]), max_new_tokens))):
+                    new = _prefill(model, tok, [waiting.popleft() for _ in range(min(free, len(waiting), PREFILL_ROWS))],
+                                   encoded, device)
+                    batch = new if batch is None else batch.merge(new)
+                keep = []
+                for j, row in enumerate(batch.rows):
+                    token = int(batch.nxt[j])
+                    row.tokens.append(token)
+                    done = _finished(tok, row.tokens, token, eos, stops[row.index], max_new_tokens)
+                    if done is None:
+                        keep.append(j)
+                        continue
+                    results[row.index] = done
+                    generated += done.tokens
+                    if on_result:
+                        on_result(row.index, done)
+                    progress.advance(tok_s=f"{generated / max(time.time() - started, 1e-9):.0f}")
+                batch = batch.keep(keep)
+                if batch is not None:
+                    batch.step(model)
             except torch.cuda.OutOfMemoryError:
-                if batch_size == 1:
+                if slots == 1:
                     raise
-                batch_size //= 2
+                # start the running rows again with half the slots: greedy decoding gives the same tokens
+                waiting.extendleft(r.index for r in reversed(batch.rows) if results[r.index] is None)
+                batch, slots = None, slots // 2
                 torch.cuda.empty_cache()
-                continue
-            for i, g in zip(chunk, outs):
-                results[i] = g
-                generated += g.tokens
-                if on_result:
-                    on_result(i, g)
-            start += len(chunk)
-            progress.advance(len(chunk), tok_s=f"{generated / (time.time() - started):.0f}")
     return results, time.time() - started
 
 
-def _generate_batch(model, tok, ids: list[list[int]], max_new_tokens: int, device) -> list[Generation]:
-    """Greedy decoding with a KV cache; finished rows leave the batch (and the cache) at once, so a
-    long answer never makes the short ones pay for its extra steps."""
+def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device) -> _Batch:
+    """Run the prompts at `indices` (left-padded together) and return them as a batch with their first token."""
+    from transformers import DynamicCache
+    ids = [encoded[i] for i in indices]
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
@@ -82,36 +177,48 @@ def _generate_batch(model, tok, ids: list[list[int]], max_new_tokens: int, devic
         mask[row, width - len(x):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding shifts nothing
-    eos = _eos_ids(model, tok)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)  # (B,)
-    last = positions[:, -1]
-    active = list(range(len(ids)))
-    generated: list[list[int]] = [[] for _ in ids]
-    stopped_by_eos = [False] * len(ids)
-    for step in range(max_new_tokens):
-        keep = []
-        for j, row in enumerate(active):
-            token = int(nxt[j])
-            generated[row].append(token)
-            if token in eos:
-                stopped_by_eos[row] = True
-            elif step + 1 < max_new_tokens and not _answer_done(tok, generated[row], token):
-                keep.append(j)
-        if not keep:
-            break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, nxt, last = mask[index], nxt[index], last[index]
-            active = [active[j] for j in keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        last = last + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache,
-                    use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1)
-    return [Generation(tok.decode(g[:-1] if stopped_by_eos[r] else g, skip_special_tokens=True), len(g))
-            for r, g in enumerate(generated)]
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                past_key_values=DynamicCache(config=model.config))
+    rows = [_Row(i, len(x) - 1) for i, x in zip(indices, ids)]
+    return _Batch(out.past_key_values, mask, out.logits[:, -1].argmax(-1), rows)
+
+
+def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | None,
+              max_new_tokens: int) -> Generation | None:
+    """The row's Generation if `last` ends it (EOS, its stop rule, or the token budget), else None."""
+    if last in eos:
+        return Generation(tok.decode(tokens[:-1], skip_special_tokens=True), len(tokens))
+    if stop is None:
+        if _answer_done(tok, tokens, last):
+            return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
+    else:
+        text = tok.decode(tokens, skip_special_tokens=True)
+        cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
+        if cut >= 0:
+            return Generation(text[:cut], len(tokens))
+    if len(tokens) >= max_new_tokens:
+        return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
+    return None
+
+
+def _layers(cache) -> list:
+    return list(cache.layers)
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`t` with zeros added before its entries along `dim` (2 for (B, H, T, D) caches, 1 for (B, T) masks)."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim) + [missing, 0]
+    return F.pad(t, pad)
+
+
+def _sync_lengths(cache) -> None:
+    """Sliding-window layers count the tokens they have seen; after padding, that is their cached width."""
+    for layer in _layers(cache):
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = layer.keys.shape[-2]
 
 
 def _eos_ids(model, tok) -> set[int]:

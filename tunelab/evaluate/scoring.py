@@ -6,14 +6,14 @@ Both are compared with the reference after removing `,`, `$` and a trailing `.` 
 `(?s).*#### ` ignore-regex does, anything up to `#### `). The reference is the number after `####`
 in the dataset answer (or its last number when a dataset has no `####`).
 
+Paired statistics over the scored questions live in tunelab/stats.py.
+
 Run as: tunelab eval runs/gsm8k-3ep --limit 200
 """
 
 from __future__ import annotations
 
 import re
-
-import numpy as np
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -57,23 +57,9 @@ def score(completion: str, reference: str) -> dict:
             "flexible_correct": flexible is not None and normalize(flexible) == gold}
 
 
-def paired_difference(base: list[bool], tuned: list[bool], seed: int = 0, resamples: int = 10_000) -> dict:
-    """Accuracy delta (tuned - base, points) on the same questions, with a 95 % paired bootstrap CI
-    and McNemar's exact two-sided p-value over the discordant pairs."""
-    n = len(base)
-    assert n == len(tuned) and n > 0
-    diffs = np.array(tuned, dtype=np.int8) - np.array(base, dtype=np.int8)  # (n,) in {-1, 0, 1}
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    lo, hi = np.percentile(diffs[idx].mean(axis=1), [2.5, 97.5])
-    gained, lost = int((diffs == 1).sum()), int((diffs == -1).sum())
-    return {"n": n, "delta_pts": round(100 * float(diffs.mean()), 3),
-            "ci95_pts": [round(100 * float(lo), 3), round(100 * float(hi), 3)],
-            "gained": gained, "lost": lost, "mcnemar_p": _mcnemar_exact(gained, lost)}
-
-
-def _mcnemar_exact(b: int, c: int) -> float:
-    """Exact binomial McNemar test: two-sided p for b vs c discordant pairs (scipy's binomial test)."""
-    if b + c == 0:
-        return 1.0
-    from scipy.stats import binomtest
-    return float(binomtest(b, b + c, 0.5).pvalue)
+def flips(before: dict[str, dict], after: dict[str, dict], ids: list[str], metric: str = "flexible") -> dict:
+    """Questions `after` newly gets right (gained) and newly gets wrong (lost) compared with `before`,
+    each a mapping of question id to its prediction row; ids in the given order."""
+    key = f"{metric}_correct"
+    return {"gained": [i for i in ids if after[i][key] and not before[i][key]],
+            "lost": [i for i in ids if before[i][key] and not after[i][key]]}

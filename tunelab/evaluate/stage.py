@@ -1,9 +1,12 @@
-"""The eval stage: exact-match accuracy on held-out questions, base model vs fine-tuned adapter, same questions.
+"""The eval stage: GSM8K-style accuracy of the base model, its few-shot prompting baseline, every kept epoch's
+adapter and the final adapter, all on the same held-out questions, with paired intervals and flips.
 
-Writes eval/predictions.jsonl and eval/summary.json (with the paired difference and its 95 % CI); it
-rewrites no other stage's file. The base pass is cached per model + data + settings.
+Writes eval/predictions.jsonl and eval/summary.json; rewrites no other stage's file. Answers are
+journaled as they finish, so a killed eval resumes with the questions not yet answered. Base-model
+passes are cached per model + prompts + settings across runs.
 
 Run as: tunelab eval runs/smoke --limit 200
+        tunelab eval runs/smoke --set eval.epochs=all --set eval.fewshot=5
         tunelab eval runs/smoke --only tuned
         tunelab eval quickstart                  # a bare recipe: base model only
 """
@@ -20,7 +23,10 @@ from tunelab import distributed
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, load_splits
 from tunelab.errors import UserError
-from tunelab.evaluate.scoring import paired_difference, reference_answer, score
+from tunelab.evaluate.fewshot import STOP, fewshot_prompt
+from tunelab.evaluate.journal import Journal
+from tunelab.evaluate.scoring import reference_answer, score
+from tunelab.evaluate.summary import comparisons
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import RunDir
 
@@ -33,150 +39,185 @@ class EvalResult:
     predictions: list[dict]
 
 
+@dataclass
+class Pass:
+    """One model answering every question: the base model (zero- or few-shot) or one adapter."""
+    name: str  # base | base-<N>shot | epoch-<K> | tuned
+    prompts: list[str]
+    stops: list[str] | None  # None: stop after a finished `#### N` line (the training format)
+    adapter: Path | None = None
+    epoch: int | None = None  # the training epoch an adapter is from
+
+    @property
+    def is_base(self) -> bool:
+        return self.adapter is None
+
+
 def done(run: RunDir) -> bool:
     """The eval stage has scored both the base model and the tuned adapter."""
     return {"base", "tuned"} <= set(run.read_eval_summary() or {})
 
 
 def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = True) -> EvalResult:
-    """Score the base model and (when `adapter`) the run's adapter on the same held-out questions.
+    """Score the base model and (when `adapter`) the run's adapters on the same held-out questions.
 
     Args:
-        only: "base" or "tuned" to run one pass; the other is kept from an earlier eval when present.
+        only: "base" (base passes) or "tuned" (adapter passes); the others are kept from an earlier eval.
         adapter: False for a bare recipe (base model only; its run dir gets the recipe's config.yaml).
 
     Raises:
         UserError: no adapter in the run dir, no held-out rows, no reference answers.
     """
-    passes = [p for p in ("base", "tuned") if only in (None, p)]
-    if not adapter:
-        if only == "tuned":
-            raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
-        passes = ["base"]
-    if "tuned" in passes:
+    if not adapter and only == "tuned":
+        raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
+    if adapter and only != "base":
         run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
-    questions = _questions(cfg, cfg.eval.limit)
-    device = pick_device(cfg.train.device)
-    tok = load_tokenizer(cfg.model)
-    batch_size = cfg.eval.batch_size
+    splits = load_splits(cfg.data)
+    questions = _questions(cfg, splits)
+    passes = _plan(cfg, run, splits.train, questions, only, adapter)
     if not adapter and distributed.is_main_process() and not run.config.exists():
         run.create()
         run.write_text(run.config, to_yaml(cfg))
 
-    predictions, summary = _kept_passes(run, [q.id for q in questions], passes)
-    for name in passes:
-        preds, stats = _cached_base(cfg, questions) if name == "base" else (None, None)
-        if preds is None:
-            preds, stats = _run_pass(cfg, run, name, questions, tok, device, batch_size)
-            if name == "base":
-                _store_base(cfg, questions, preds, stats)
-        predictions = [p for p in predictions if p["model"] != name] + preds
-        summary[name] = stats
-    summary.update(_comparison(predictions, summary, questions))
+    predictions, stats = _kept_passes(run, [q.id for q in questions], {p.name for p in passes})
+    device, tok = pick_device(cfg.train.device), load_tokenizer(cfg.model)
+    journal = Journal(run, distributed.setup(device.type).rank)
+    for p in passes:
+        rows, stats[p.name] = _cached(cfg, p) if p.is_base else (None, None)
+        if rows is None:
+            rows, stats[p.name] = _run_pass(cfg, run, p, questions, tok, device, journal)
+            if p.is_base:
+                _store(cfg, p, rows, stats[p.name])
+        predictions = [r for r in predictions if r["model"] != p.name] + rows
+    summary = {**stats, **comparisons(predictions, stats, [q.id for q in questions], cfg.train.epochs,
+                                       cfg.eval.fewshot)}
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         run.write_json(run.eval_summary, summary)
+        journal.clear()
     return EvalResult(summary, predictions)
 
 
-def _questions(cfg: Recipe, limit: int | None) -> list[Example]:
-    splits = load_splits(cfg.data)
+def _questions(cfg: Recipe, splits) -> list[Example]:
     rows = splits.test if cfg.eval.split == "test" else splits.val
     if not rows and cfg.eval.split == "test":
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
         rows = splits.val
     if not rows:
         raise UserError(f"eval.split: {cfg.data.source} has no {cfg.eval.split} rows to score")
-    rows = rows[:limit] if limit else rows
+    rows = rows[:cfg.eval.limit] if cfg.eval.limit else rows
     if not any(reference_answer(e.target) for e in rows):
         raise UserError(f"data.target: no numeric reference answer in the {cfg.eval.split} rows "
                         f"(expected '#### N' or a number in {cfg.data.target!r})")
     return rows
 
 
-def _run_pass(cfg: Recipe, run: RunDir, name: str, questions: list[Example], tok, device,
-              batch_size: int) -> tuple[list[dict], dict]:
-    from tunelab.evaluate.generate import Generation, generate
-    model = load_model(cfg.model, device)
-    if name == "tuned":
-        model = load_adapter(model, run.adapter, merge=True)  # unmerged LoRA roughly halves generation speed
-    refs = [reference_answer(q.target) for q in questions]
-    running = {"n": 0, "correct": 0}
+def epochs_to_score(cfg: Recipe) -> str:
+    """`eval.epochs`, or by default every epoch for runs of up to 5 epochs and the last otherwise."""
+    return cfg.eval.epochs or ("all" if cfg.train.epochs <= 5 else "last")
 
-    def on_result(i, g):
-        running["n"] += 1
-        running["correct"] += score(g.completion, refs[i] or "")["flexible_correct"]
 
-    d = distributed.setup(device.type)  # under torchrun, each rank answers every W-th question
-    mine = list(range(d.rank, len(questions), d.world))
-    local, seconds = generate(model, tok, [questions[i].prompt for i in mine], cfg.eval.max_new_tokens, batch_size,
-                              label=f"eval {name}", on_result=lambda j, g: on_result(mine[j], g))
-    gens = [None] * len(questions)
-    for i, g in d.gather(list(zip(mine, [(g.completion, g.tokens) for g in local]))):
-        gens[i] = Generation(*g)
+def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[Example], only: str | None,
+          adapter: bool) -> list[Pass]:
+    """The passes this evaluation runs, in order: base, base few-shot, each kept epoch, the final adapter."""
+    prompts = [q.prompt for q in questions]
+    passes = []
+    if only in (None, "base"):
+        passes.append(Pass("base", prompts, None))
+        if cfg.eval.fewshot:
+            shots = train_rows[:cfg.eval.fewshot]
+            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", [fewshot_prompt(shots, q) for q in questions], STOP))
+    if adapter and only in (None, "tuned"):
+        if epochs_to_score(cfg) == "all":
+            passes += [Pass(f"epoch-{k}", prompts, None, run.epoch_adapter(k), k) for k in range(1, cfg.train.epochs)
+                       if (run.epoch_adapter(k) / "adapter_config.json").exists()]
+        passes.append(Pass("tuned", prompts, None, run.adapter, cfg.train.epochs))
+    return passes
+
+
+def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device,
+              journal: Journal) -> tuple[list[dict], dict]:
+    """Answer every question not yet journaled for this pass; returns its prediction rows and stats."""
+    from tunelab.evaluate.generate import generate
+    key = _pass_key(cfg, p)
+    have = journal.done(key)
+    d = distributed.setup(device.type)  # under torchrun, each rank answers every W-th remaining question
+    mine = [i for i in range(len(questions)) if i not in have][d.rank::d.world]
+    seconds, new = 0.0, []
+    if d.max(len(mine)):
+        model = load_model(cfg.model, device)
+        if p.adapter is not None:
+            model = load_adapter(model, p.adapter, merge=True)  # unmerged LoRA roughly halves generation speed
+
+        def keep(j, g):
+            journal.append(key, mine[j], g.completion, g.tokens)
+
+        gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], cfg.eval.max_new_tokens,
+                                 cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
+                                 stops=[p.stops] * len(mine))
+        new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
+        del model
+    answers = {**have, **dict(d.gather(new))}
     seconds = max(d.gather([seconds]))
-    preds = []
-    for q, ref, g in zip(questions, refs, gens):
-        preds.append({"id": q.id, "model": name, "question": q.fields.get("question", q.prompt), "reference": ref,
-                      "completion": g.completion, **score(g.completion, ref or ""), "tokens": g.tokens,
-                      **({"label": q.label} if q.label else {})})
-    tokens = sum(g.tokens for g in gens)
-    n = len(preds)
-    stats = {"n": n, "strict_accuracy": round(sum(p["strict_correct"] for p in preds) / n, 6),
-             "flexible_accuracy": round(sum(p["flexible_correct"] for p in preds) / n, 6),
-             "generated_tokens": tokens, "seconds": round(seconds, 2),
-             "tokens_per_second": round(tokens / max(seconds, 1e-9), 2)}
-    log.info("%s: strict %.3f, flexible %.3f on %d questions (%.0f tokens/s)", name, stats["strict_accuracy"],
-             stats["flexible_accuracy"], n, stats["tokens_per_second"])
-    return preds, stats
+    rows = [_row(p, q, *answers[i]) for i, q in enumerate(questions)]
+    fresh = sum(tokens for i, (_, tokens) in dict(new).items())
+    stats = {"n": len(rows), "strict_accuracy": _mean(rows, "strict"), "flexible_accuracy": _mean(rows, "flexible"),
+             "generated_tokens": sum(r["tokens"] for r in rows), "seconds": round(seconds, 2),
+             "tokens_per_second": round(d.sum([fresh])[0] / max(seconds, 1e-9), 2)}
+    if have:
+        stats["resumed_answers"] = len(have)
+    log.info("%s: strict %.3f, flexible %.3f on %d questions (%.0f tokens/s)", p.name, stats["strict_accuracy"],
+             stats["flexible_accuracy"], stats["n"], stats["tokens_per_second"])
+    return rows, stats
 
 
-def _comparison(predictions: list[dict], summary: dict, questions: list[Example]) -> dict:
-    if "base" not in summary or "tuned" not in summary:
-        return {}
-    by = {m: {p["id"]: p for p in predictions if p["model"] == m} for m in ("base", "tuned")}
-    ids = [q.id for q in questions if q.id in by["base"] and q.id in by["tuned"]]
-    out = {}
-    for metric in ("strict", "flexible"):
-        out[f"{metric}_difference"] = paired_difference([by["base"][i][f"{metric}_correct"] for i in ids],
-                                                        [by["tuned"][i][f"{metric}_correct"] for i in ids])
-    return out
+def _row(p: Pass, q: Example, completion: str, tokens: int) -> dict:
+    ref = reference_answer(q.target)
+    return {"id": q.id, "model": p.name, "question": q.fields.get("question", q.prompt), "reference": ref,
+            "completion": completion, **score(completion, ref or ""), "tokens": tokens,
+            **({"epoch": p.epoch} if p.epoch is not None else {}), **({"label": q.label} if q.label else {})}
 
 
-def _kept_passes(run: RunDir, ids: list[str], passes: list[str]) -> tuple[list[dict], dict]:
-    """Predictions and stats of an earlier pass not being re-run, if it scored the same questions."""
+def _mean(rows: list[dict], metric: str) -> float:
+    return round(sum(r[f"{metric}_correct"] for r in rows) / len(rows), 6)
+
+
+def _kept_passes(run: RunDir, ids: list[str], running: set[str]) -> tuple[list[dict], dict]:
+    """Predictions and stats of earlier passes not being re-run, if they scored the same questions."""
     previous = run.read_eval_summary() or {}
     old = run.read_predictions()
-    kept, summary = [], {}
-    for other in ("base", "tuned"):
-        rows = [p for p in old if p["model"] == other]
-        if other not in passes and other in previous and [p["id"] for p in rows] == ids:
+    kept, stats = [], {}
+    for name, s in previous.items():
+        if name in running or not (isinstance(s, dict) and "flexible_accuracy" in s):
+            continue
+        rows = [p for p in old if p["model"] == name]
+        if [p["id"] for p in rows] == ids:
             kept += rows
-            summary[other] = previous[other]
-    return kept, summary
+            stats[name] = s
+    return kept, stats
 
 
-# base-model cache: the base pass depends only on model, questions and generation settings --------------
-def _base_key(cfg: Recipe, questions: list[Example]) -> str:
-    path = resolve(cfg.model.name)
-    weights = Path(path) / "config.json"
+# what decides a pass's answers: the journal key, and for base passes the cross-run cache key ------------
+def _pass_key(cfg: Recipe, p: Pass) -> str:
+    path = Path(resolve(cfg.model.name)) / "config.json"
+    weights = p.adapter / "adapter_model.safetensors" if p.adapter is not None else None
     ident = {"model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype,
-             "weights": weights.stat().st_mtime if weights.exists() else None,
-             "max_new_tokens": cfg.eval.max_new_tokens, "prompts": [q.prompt for q in questions],
-             "targets": [q.target for q in questions]}
+             "weights": path.stat().st_mtime if path.exists() else None, "pass": p.name,
+             "adapter": [weights.stat().st_mtime_ns, weights.stat().st_size] if weights and weights.exists() else None,
+             "max_new_tokens": cfg.eval.max_new_tokens, "prompts": p.prompts, "stops": p.stops}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _cached_base(cfg: Recipe, questions: list[Example]) -> tuple[list[dict] | None, dict | None]:
-    path = cache_dir() / "eval" / f"{_base_key(cfg, questions)}.json"
+def _cached(cfg: Recipe, p: Pass) -> tuple[list[dict] | None, dict | None]:
+    path = cache_dir() / "eval" / f"{_pass_key(cfg, p)}.json"
     if not path.exists():
         return None, None
     data = json.loads(path.read_text())
-    log.info("base pass: cached result %s", path)
+    log.info("%s pass: cached result %s", p.name, path)
     return data["predictions"], {**data["stats"], "cached": True}
 
 
-def _store_base(cfg: Recipe, questions: list[Example], preds: list[dict], stats: dict) -> None:
+def _store(cfg: Recipe, p: Pass, rows: list[dict], stats: dict) -> None:
     from tunelab.rundir import write_atomic
-    path = cache_dir() / "eval" / f"{_base_key(cfg, questions)}.json"
-    write_atomic(path, json.dumps({"predictions": preds, "stats": stats}).encode())
+    path = cache_dir() / "eval" / f"{_pass_key(cfg, p)}.json"
+    write_atomic(path, json.dumps({"predictions": rows, "stats": stats}).encode())

@@ -12,6 +12,54 @@ from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
 from tunelab.rundir import RunDir
+from tunelab.stats import paired_difference, paired_loss_difference
+
+
+def val_rows(run: RunDir) -> dict[int, dict[str, tuple[float, int]]]:
+    """Per epoch, each validation row's (mean loss, supervised tokens), from metrics/examples.jsonl."""
+    out: dict[int, dict] = {}
+    for e in run.read_examples():
+        if e["split"] == "val":
+            out.setdefault(e["epoch"], {})[e["id"]] = (e["loss"], e["tokens"])
+    return out
+
+
+def paired(run: RunDir, baseline: RunDir) -> tuple[dict | None, dict | None]:
+    """(final validation loss, tuned flexible accuracy) of `run` minus `baseline`, each a paired difference
+    over the rows / questions both measured — None where they share none (different data or questions)."""
+    rows_a, rows_b = val_rows(baseline), val_rows(run)
+    loss = paired_loss_difference(rows_a[max(rows_a)], rows_b[max(rows_b)]) if rows_a and rows_b else None
+    tuned_a = {p["id"]: p["flexible_correct"] for p in baseline.read_predictions() if p["model"] == "tuned"}
+    tuned_b = {p["id"]: p["flexible_correct"] for p in run.read_predictions() if p["model"] == "tuned"}
+    accuracy = None
+    if tuned_a and tuned_a.keys() == tuned_b.keys():
+        ids = list(tuned_a)
+        accuracy = paired_difference([tuned_a[i] for i in ids], [tuned_b[i] for i in ids])
+    return loss, accuracy
+
+
+def eval_lines(evaluation: dict) -> list[str]:
+    """The eval stage's findings as short console lines: accuracy per epoch, best epoch, few-shot, flips."""
+    lines = []
+    rows = evaluation.get("epochs") or []
+    if rows and "base" in evaluation:
+        steps = [f"base {100 * evaluation['base']['flexible_accuracy']:.1f} %"]
+        for r in rows:
+            d = (r.get("vs_previous") or {}).get("flexible")
+            change = f" ({d['delta_pts']:+.1f}, CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})" if d else ""
+            steps.append(f"epoch {r['epoch']} {100 * r['flexible_accuracy']:.1f} %{change}")
+        lines.append("accuracy per epoch (flexible): " + " → ".join(steps))
+    if evaluation.get("best_epoch") and len(rows) > 1:
+        lines.append(f"best epoch: {evaluation['best_epoch']['epoch']} "
+                     f"({100 * evaluation['best_epoch']['flexible_accuracy']:.1f} %)")
+    fs = evaluation.get("fewshot")
+    if fs:
+        d = fs["tuned_vs_fewshot"]["flexible"]
+        lines.append(f"vs base {fs['shots']}-shot ({100 * evaluation[fs['model']]['flexible_accuracy']:.1f} %): "
+                     f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}")
+    for f in evaluation.get("flips") or []:
+        lines.append(f"flips {f['from']} → {f['to']}: {len(f['gained'])} gained, {len(f['lost'])} lost")
+    return lines
 
 
 def headline(run: RunDir) -> dict:
@@ -40,7 +88,7 @@ def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
                        figures / "comparison.png")
     return [("table", ["figure", base_name, this_name, "Δ"], comparison_rows([base, this])),
             ("img", picture, f"Learning curves of {base_name} and {this_name}"),
-            ("obs", rules.versus_baseline(this, base, this_name, base_name))]
+            ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline)))]
 
 
 def comparison_rows(summaries: list[dict]) -> list[tuple]:
@@ -71,7 +119,8 @@ def _flat(summary: dict) -> dict:
 
 
 def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
-    """Comparison table (every summary figure, delta last − first) and overlaid curves written to `out`."""
+    """Comparison table (every summary figure, delta last − first), paired differences of each run against
+    the first where they share validation rows / questions, and overlaid curves, written to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     summaries = [headline(r) for r in runs]
     rows = comparison_rows(summaries)
@@ -79,8 +128,11 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     if len(set(names)) < len(names):
         names = [str(r.path) for r in runs]
     picture = overlaid({n: r.read_epochs() for n, r in zip(names, runs)}, out / "compare.png")
-    sections = [("Runs", [("table", ["figure", *names, f"Δ ({names[-1]} − {names[0]})"], rows),
-                          ("img", picture, "Learning curves overlaid")])]
+    blocks = [("table", ["figure", *names, f"Δ ({names[-1]} − {names[0]})"], rows)]
+    found = [o for r, n, s in zip(runs[1:], names[1:], summaries[1:])
+             for o in rules.versus_baseline(s, summaries[0], n, names[0], *paired(r, runs[0]))]
+    blocks += [("obs", found), ("img", picture, "Learning curves overlaid")]
+    sections = [("Runs", blocks)]
     (out / "compare.md").write_text(markdown("Run comparison", sections, out))
     (out / "compare.html").write_text(html_page("Run comparison", sections))
     return rows, picture

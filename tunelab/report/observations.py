@@ -23,6 +23,16 @@ def _arrow(values: list[float], spec: str = ".3f") -> str:
     return " → ".join(format(v, spec) for v in values)
 
 
+def _paired_change(before: dict, after: dict) -> int:
+    """-1 fell, +1 rose, 0 when the paired 95 % interval of the token-weighted loss difference includes 0."""
+    from tunelab.stats import paired_loss_difference
+    d = paired_loss_difference(before, after)
+    if d is None:
+        return 0
+    lo, hi = d["ci95"]
+    return -1 if hi < 0 else (1 if lo > 0 else 0)
+
+
 def _changed(a: float, b: float) -> int:
     """-1 fell, +1 rose, 0 within tolerance."""
     if abs(b - a) <= TOLERANCE * abs(a):
@@ -30,22 +40,37 @@ def _changed(a: float, b: float) -> int:
     return 1 if b > a else -1
 
 
-def overfitting(epochs: list[dict]) -> Observation:
-    """Verdict on the validation curve (epoch 0 = before training) against the train curve."""
+def overfitting(epochs: list[dict], val_rows: dict[int, dict] | None = None) -> Observation:
+    """Verdict on the validation curve (epoch 0 = before training) against the train curve.
+
+    With `val_rows` (epoch -> {row id: (loss, tokens)}: the per-example validation losses), each change of
+    validation loss is judged by its paired 95 % interval over the same rows instead of the 1 % tolerance.
+    """
     val = [e["val_loss"] for e in epochs]
     train = [e["train_loss"] for e in epochs]
-    rule = (f"compare validation loss epoch by epoch; a change within {TOLERANCE * 100:.0f} % counts as none; "
-            "overfitting = validation rose after its minimum while train loss fell")
-    steps = [_changed(a, b) for a, b in zip(val, val[1:])]
+    if val_rows and all(e["epoch"] in val_rows for e in epochs):
+        rule = ("compare validation loss epoch by epoch over the same validation rows; a change counts only when "
+                "its paired 95 % bootstrap interval excludes 0; overfitting = validation rose after its minimum "
+                "while train loss fell")
+
+        def change(i: int, j: int) -> int:
+            return _paired_change(val_rows[epochs[i]["epoch"]], val_rows[epochs[j]["epoch"]])
+    else:
+        rule = (f"compare validation loss epoch by epoch; a change within {TOLERANCE * 100:.0f} % counts as none; "
+                "overfitting = validation rose after its minimum while train loss fell")
+
+        def change(i: int, j: int) -> int:
+            return _changed(val[i], val[j])
+    steps = [change(i, i + 1) for i in range(len(val) - 1)]
     best = min(range(len(val)), key=val.__getitem__)
     last = len(val) - 1
     if steps and all(s < 0 for s in steps):
         return Observation("good", f"Validation loss fell in every epoch ({_arrow(val)}): no sign of overfitting.", rule)
-    if best < last and _changed(val[best], val[last]) > 0 and best >= 1 and _changed(train[best], train[last]) < 0:
+    if best < last and change(best, last) > 0 and best >= 1 and _changed(train[best], train[last]) < 0:
         return Observation("watch", f"Validation loss rose after epoch {best} ({val[best]:.3f} → {val[last]:.3f}) "
                            f"while train loss fell ({train[best]:.3f} → {train[last]:.3f}): likely overfitting; the "
                            f"epoch-{best} checkpoint had the lowest validation loss.", rule)
-    overall = _changed(val[0], val[last])
+    overall = change(0, last)
     if overall == 0:
         return Observation("watch", f"Validation loss did not change beyond {TOLERANCE * 100:.0f} % ({_arrow(val)}): "
                            "no measurable learning on held-out rows.", rule)
@@ -123,24 +148,123 @@ def cost_accuracy(estimate: dict, actual: dict) -> Observation | None:
                        "outside 0.5–2× is flagged")
 
 
-def versus_baseline(this: dict, base: dict, this_name: str, base_name: str) -> list[Observation]:
-    """Compare headline figures with a baseline run."""
+def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss_diff: dict | None = None,
+                    accuracy_diff: dict | None = None) -> list[Observation]:
+    """Compare headline figures with a baseline run.
+
+    `loss_diff`: the paired difference of final validation losses over the rows both runs validated
+    (stats.paired_loss_difference); `accuracy_diff`: the paired difference of tuned flexible accuracy on
+    the questions both runs scored (stats.paired_difference). Without them, a fixed tolerance / no verdict.
+    """
     out = []
-    rule = f"difference of final figures; a change within {TOLERANCE * 100:.0f} % counts as none"
     a, b = base["final_val_loss"], this["final_val_loss"]
-    change = _changed(a, b)
-    verb = {-1: "lower (better)", 0: "the same within 1 %", 1: "higher (worse)"}[change]
+    if loss_diff:
+        lo, hi = loss_diff["ci95"]
+        change = -1 if hi < 0 else (1 if lo > 0 else 0)
+        numbers = (f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %; paired difference {loss_diff['delta']:+.3f}, "
+                   f"95 % CI {lo:+.3f}..{hi:+.3f} over {loss_diff['n']} validation rows)")
+        rule = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the rows both runs "
+                "validated; a difference whose interval includes 0 counts as none")
+        same = "not different beyond noise from"
+    else:
+        change = _changed(a, b)
+        numbers = f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %)"
+        rule = f"difference of final figures; a change within {TOLERANCE * 100:.0f} % counts as none"
+        same = "the same within 1 % as"
+    verb = {-1: "lower (better) than", 0: same, 1: "higher (worse) than"}[change]
     out.append(Observation({-1: "good", 0: "info", 1: "watch"}[change],
-                           f"Final validation loss of {this_name} is {verb} than {base_name}: {b:.3f} vs {a:.3f} "
-                           f"({100 * (b - a) / a:+.1f} %).", rule))
+                           f"Final validation loss of {this_name} is {verb} {base_name}: {numbers}.", rule))
     ev_a, ev_b = base.get("eval") or {}, this.get("eval") or {}
-    if "tuned_flexible_accuracy" in ev_a and "tuned_flexible_accuracy" in ev_b:
+    if accuracy_diff:
+        out.append(accuracy_change(accuracy_diff, f"flexible-extract, {this_name} vs {base_name}",
+                                   ev_a.get("tuned_flexible_accuracy", 0.0), ev_b.get("tuned_flexible_accuracy", 0.0)))
+    elif "tuned_flexible_accuracy" in ev_a and "tuned_flexible_accuracy" in ev_b:
         d = 100 * (ev_b["tuned_flexible_accuracy"] - ev_a["tuned_flexible_accuracy"])
         out.append(Observation("good" if d > 0 else ("watch" if d < 0 else "info"),
                                f"Tuned accuracy (flexible-extract): {100 * ev_b['tuned_flexible_accuracy']:.1f} % vs "
-                               f"{100 * ev_a['tuned_flexible_accuracy']:.1f} % ({d:+.1f} pts; unpaired runs: read with "
-                               f"each run's own interval).", "difference of tuned accuracies"))
+                               f"{100 * ev_a['tuned_flexible_accuracy']:.1f} % ({d:+.1f} pts; the runs scored different "
+                               f"questions, so no paired interval: read with each run's own).",
+                               "difference of tuned accuracies"))
     if "wall_seconds" in this and "wall_seconds" in base:
         out.append(Observation("info", f"Wall time {this['wall_seconds'] / 60:.1f} min vs {base['wall_seconds'] / 60:.1f} "
                                f"min ({this['epochs']} vs {base['epochs']} epochs).", "measured wall time of training"))
     return out
+
+
+def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
+    """Each epoch against the one before it, and the best epoch, by paired intervals on the same questions."""
+    out = []
+    rows = evaluation.get("epochs") or []
+    for prev, row in zip(rows, rows[1:]):
+        d = (row.get("vs_previous") or {}).get("flexible")
+        if not d:
+            continue
+        lo, hi = d["ci95_pts"]
+        kind, verdict = ("good", "a gain beyond noise") if lo > 0 else (
+            ("watch", "a loss beyond noise") if hi < 0 else ("info", "no gain beyond noise"))
+        out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {prev['epoch']} (flexible-extract): "
+                               f"{100 * prev['flexible_accuracy']:.1f} % → {100 * row['flexible_accuracy']:.1f} %, "
+                               f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}.",
+                               "paired bootstrap 95 % CI of the accuracy change between consecutive epochs on the same "
+                               "questions; beyond noise = CI excludes 0"))
+    best = evaluation.get("best_epoch")
+    if best and len(rows) > 1:
+        row = next(r for r in rows if r["epoch"] == best["epoch"])
+        vs = (row.get("vs_base") or {}).get("flexible")
+        detail = (f"; vs the base model {vs['delta_pts']:+.1f} pts, 95 % CI {vs['ci95_pts'][0]:+.1f}.."
+                  f"{vs['ci95_pts'][1]:+.1f}" if vs else "")
+        out.append(Observation("info", f"Best epoch by GSM8K-style accuracy: epoch {best['epoch']} "
+                               f"({100 * best['flexible_accuracy']:.1f} % flexible-extract{detail}).", best["rule"]))
+    return out
+
+
+def fewshot_baseline(evaluation: dict) -> Observation | None:
+    """Did the fine-tune beat simply prompting the base model N-shot? Judged by the paired interval."""
+    fs = evaluation.get("fewshot")
+    if not fs:
+        return None
+    d = fs["tuned_vs_fewshot"]["flexible"]
+    lo, hi = d["ci95_pts"]
+    prompted, tuned = evaluation[fs["model"]]["flexible_accuracy"], evaluation["tuned"]["flexible_accuracy"]
+    numbers = (f"{100 * tuned:.1f} % vs {100 * prompted:.1f} % for the base model prompted {fs['shots']}-shot "
+               f"(lm-eval's GSM8K format), {d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
+    rule = "paired bootstrap 95 % CI of tuned − few-shot base over the same questions (flexible-extract)"
+    if lo > 0:
+        return Observation("good", f"The fine-tune beat prompting beyond noise: {numbers}.", rule)
+    if hi < 0:
+        return Observation("watch", f"Prompting the base model beat the fine-tune beyond noise: {numbers}.", rule)
+    return Observation("watch", f"The fine-tune did not beat prompting beyond noise: {numbers}.", rule)
+
+
+def imitation_without_solving(epochs: list[dict], evaluation: dict) -> Observation | None:
+    """Loss and token accuracy improved, answer accuracy did not: better imitation of the answer text only."""
+    d = evaluation.get("flexible_difference")
+    first, last = epochs[0], epochs[-1]
+    if not d or _changed(first["val_loss"], last["val_loss"]) >= 0:
+        return None
+    token_pts = 100 * (last["val_token_accuracy"] - first["val_token_accuracy"])
+    lo, hi = d["ci95_pts"]
+    if token_pts <= 0.5 or lo > 0 or hi < 0:
+        return None
+    fall = 100 * (first["val_loss"] - last["val_loss"]) / first["val_loss"]
+    return Observation("watch", f"Validation loss fell {fall:.0f} % and validation token accuracy rose "
+                       f"{token_pts:.1f} pts, but GSM8K-style accuracy did not change beyond noise "
+                       f"({100 * evaluation['base']['flexible_accuracy']:.1f} % → "
+                       f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %, 95 % CI {lo:+.1f}..{hi:+.1f}, "
+                       f"n = {d['n']}): the model imitates the answer text better; it does not solve more problems.",
+                       "validation loss fell beyond 1 % and token accuracy rose > 0.5 pts while the paired 95 % CI "
+                       "of the accuracy change (flexible-extract) includes 0")
+
+
+SILHOUETTE_BANDS = [(0.71, "strong structure: distinct problem types"), (0.51, "reasonable structure"),
+                    (0.26, "weak structure: overlapping groups")]
+
+
+def cluster_separation(silhouette: float | None, k: int) -> str:
+    """How separated the clusters are, by Kaufman & Rousseeuw's silhouette bands (stated with the number)."""
+    if silhouette is None:
+        return f"k = {k}; no silhouette measured."
+    verdict = next((text for bound, text in SILHOUETTE_BANDS if silhouette >= bound),
+                   "no substantial structure: the clusters are named themes, not distinct problem types")
+    return (f"Cluster separation: silhouette {silhouette:.3f} at k = {k} — {verdict} (rule: silhouette ≥ 0.71 "
+            "strong, ≥ 0.51 reasonable, ≥ 0.26 weak, below that no substantial structure; Kaufman & Rousseeuw).")

@@ -1,7 +1,8 @@
 """Render a report (sections of blocks) as Markdown and as one self-contained HTML page.
 
 Blocks: ("p", text) · ("list", [text]) · ("table", headers, rows) · ("img", path, caption) ·
-("obs", [Observation]). Images are inlined as base64 in the HTML: no network, one file.
+("obs", [Observation]) · ("details", summary, [(label, text)]), a collapsible example (HTML <details>).
+Images are inlined as base64 in the HTML: no network, one file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bo
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}th{background:#f3f3f3}
 figure{margin:1rem 0}img{max-width:100%;height:auto}figcaption{font-size:.85rem;color:#555}
 .obs li{margin:.35rem 0}.rule{display:block;font-size:.8rem;color:#666}
+pre{white-space:pre-wrap;background:#f7f7f7;padding:.4rem;margin:.2rem 0}details{margin:.3rem 0}
 .good{color:#11632b}.watch{color:#9a4b00}.info{color:#244a7a}.tag{font-weight:600;font-size:.8rem}
 @media print{body{max-width:none}figure,table,li{page-break-inside:avoid}a{color:inherit}}
 """
@@ -47,6 +49,11 @@ def markdown(title: str, sections: list[tuple[str, list]], run_dir: Path) -> str
             elif kind == "obs":
                 out.extend(f"- **{TAGS[o.kind]}** — {o.text}  \n  _Rule: {o.rule}_" for o in block[1])
                 out.append("")
+            elif kind == "details":
+                out.append(f"<details><summary>{html.escape(block[1])}</summary>\n")
+                for label, text in block[2]:
+                    out.append(f"**{label}**\n\n```\n{text.replace('```', '` ` `')}\n```\n")
+                out.append("</details>\n")
     return "\n".join(out) + "\n"
 
 
@@ -71,6 +78,9 @@ def html_page(title: str, sections: list[tuple[str, list]]) -> str:
                 data = base64.b64encode(Path(block[1]).read_bytes()).decode()
                 body.append(f'<figure><img alt="{e(block[2])}" src="data:image/png;base64,{data}">'
                             f"<figcaption>{e(block[2])}</figcaption></figure>")
+            elif kind == "details":
+                parts = "".join(f"<dt>{e(label)}</dt><dd><pre>{e(text)}</pre></dd>" for label, text in block[2])
+                body.append(f"<details><summary>{e(block[1])}</summary><dl>{parts}</dl></details>")
             elif kind == "obs":
                 items = "".join(f'<li class="{o.kind}"><span class="tag">{TAGS[o.kind]}</span> — {e(o.text)}'
                                 f'<span class="rule">Rule: {e(o.rule)}</span></li>' for o in block[1])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tunelab.config import Recipe
 from tunelab.report import observations as rules
-from tunelab.report.compare import baseline_section
-from tunelab.report.curves import learning_curves
+from tunelab.report.compare import baseline_section, val_rows
+from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
 from tunelab.rundir import RunDir, open_run
 
@@ -56,13 +56,19 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     analysis = run.read_analysis_summary()
     found = _observations(run, summary, epochs, evaluation)
 
+    pictures = [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), and train loss "
+                                "per optimizer step")]
+    if evaluation and evaluation.get("epochs"):
+        pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png"),
+                         "GSM8K-style accuracy of the base model (epoch 0) and after each scored epoch, same questions"))
     sections = [
         ("Overview", _overview(run, cfg, summary)),
         ("Key metrics", _key_metrics(summary, epochs, evaluation)),
-        ("Learning curves", [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), "
-                                             "and train loss per optimizer step")]),
+        ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
+    if evaluation and evaluation.get("flips"):
+        sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if analysis:
         sections.append(("Insights from model analysis", _insights(run, analysis)))
     if baseline is not None:
@@ -119,17 +125,42 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None) -> 
                          f"{100 * evaluation['tuned'][f'{metric}_accuracy']:.1f} %",
                          f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
                          f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.2g}"))
+    if evaluation and "fewshot" in evaluation and "tuned" in evaluation:
+        fs = evaluation["fewshot"]
+        d = fs["tuned_vs_fewshot"]["flexible"]
+        rows.append((f"vs the base model prompted {fs['shots']}-shot (flexible)",
+                     f"{100 * evaluation[fs['model']]['flexible_accuracy']:.1f} % → "
+                     f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %",
+                     f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']}"))
+    if evaluation and evaluation.get("best_epoch"):
+        best = evaluation["best_epoch"]
+        rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
+                     f"{100 * best['flexible_accuracy']:.1f} % flexible-extract ({best['rule']})"))
+    accuracy = {r["epoch"]: r for r in (evaluation or {}).get("epochs") or []}
     per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
-                  f"{100 * e['val_token_accuracy']:.1f} %", e["seconds"], e["tokens"]) for e in epochs]
+                  f"{100 * e['val_token_accuracy']:.1f} %", *_epoch_accuracy(e["epoch"], accuracy, evaluation),
+                  e["seconds"], e["tokens"]) for e in epochs]
     return [("table", ["figure", "value", "detail"], rows),
-            ("p", "Per epoch (epoch 0 = before the first optimizer step):"),
-            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc", "seconds", "tokens"],
-             per_epoch)]
+            ("p", "Per epoch (epoch 0 = before the first optimizer step; its accuracy is the base model's):"),
+            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc", "GSM8K acc (flexible)",
+                       "vs previous epoch", "seconds", "tokens"], per_epoch)]
+
+
+def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tuple:
+    """(accuracy, change vs the epoch before with its interval) of one epoch row, or dashes when not scored."""
+    if epoch == 0 and evaluation and "base" in evaluation:
+        return f"{100 * evaluation['base']['flexible_accuracy']:.1f} %", None
+    row = accuracy.get(epoch)
+    if row is None:
+        return None, None
+    d = (row.get("vs_previous") or row.get("vs_base") or {}).get("flexible")
+    change = None if d is None else f"{d['delta_pts']:+.1f} pts ({d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})"
+    return f"{100 * row['flexible_accuracy']:.1f} %", change
 
 
 def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
-    found = [rules.overfitting(epochs), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
+    found = [rules.overfitting(epochs, val_rows(run)), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
     found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary)) if o]
     if evaluation and "flexible_difference" in evaluation:
         for metric in ("flexible", "strict"):
@@ -137,6 +168,9 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                if metric == "flexible" else "strict-match",
                                                evaluation["base"][f"{metric}_accuracy"],
                                                evaluation["tuned"][f"{metric}_accuracy"]))
+        found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
+                              rules.fewshot_baseline(evaluation)) if o]
+        found += rules.accuracy_per_epoch(evaluation)
     cost_obs = rules.cost_accuracy(run.read_optional(run.estimate), run.read_optional(run.cost))
     if cost_obs:
         found.append(cost_obs)
@@ -160,6 +194,7 @@ def _insights(run: RunDir, analysis: dict) -> list:
     line = (f"k = {analysis['k']} chosen by silhouette ({analysis['silhouette']}) over "
             f"{len(analysis['silhouette_by_k'])} candidates." if len(analysis["silhouette_by_k"]) > 1
             else f"k = {analysis['k']} (given).")
+    line += " " + rules.cluster_separation(analysis.get("silhouette"), analysis["k"])
     if "adjusted_rand_index" in analysis:
         line += (f" Against the data's labels: adjusted Rand index {analysis['adjusted_rand_index']:.3f}, purity "
                  f"{analysis['purity']:.3f}; {analysis['rarest_label_in_outliers']} of {analysis['rarest_label_rows']} "
@@ -181,6 +216,42 @@ def _insights(run: RunDir, analysis: dict) -> list:
         if carto.get("hardest"):
             blocks.append(("table", ["id", "confidence", "variability", "hardest examples"],
                            [(p["id"], p["confidence"], p["variability"], p["text"][:140]) for p in carto["hardest"][:5]]))
+    return blocks
+
+
+FLIP_EXAMPLES = 3  # gained and lost questions shown per compared pair
+
+
+def _flips(run: RunDir, evaluation: dict) -> list:
+    """Per compared pair: how many questions were gained and lost, a few of each with both completions, and
+    per analysis cluster (when the analysis placed the questions) which problem types moved."""
+    by = {(p["model"], p["id"]): p for p in run.read_predictions()}
+    clusters = run.read_optional(run.eval_clusters, {})
+    names = {c["cluster"]: c["name"] for c in run.read_optional(run.clusters, [])}
+    blocks: list = [("p", "A question is gained when the later model answers it right (flexible-extract) and the "
+                          "earlier one wrong, lost the other way round; same questions, greedy decoding.")]
+    for f in evaluation["flips"]:
+        gained, lost = f["gained"], f["lost"]
+        blocks.append(("p", f"{f['from']} → {f['to']}: {len(gained)} gained, {len(lost)} lost "
+                            f"(net {len(gained) - len(lost):+d})."))
+        for verb, ids in (("gained", gained), ("lost", lost)):
+            for i in ids[:FLIP_EXAMPLES]:
+                a, b = by[(f["from"], i)], by[(f["to"], i)]
+                blocks.append(("details", f"{verb} {i}: {a['question'][:100]}",
+                               [("question", a["question"]), ("reference", str(a["reference"])),
+                                (f"{f['from']} (answer {a['flexible_answer']})", a["completion"]),
+                                (f"{f['to']} (answer {b['flexible_answer']})", b["completion"])]))
+        if clusters:
+            per = {}
+            for verb, ids in (("gained", gained), ("lost", lost)):
+                for i in ids:
+                    c = clusters.get(i)
+                    if c is not None:
+                        per.setdefault(c, {"gained": 0, "lost": 0})[verb] += 1
+            if per:
+                blocks.append(("table", ["cluster", "name", "gained", "lost", "net"],
+                               [(c, names.get(c, "?"), v["gained"], v["lost"], v["gained"] - v["lost"])
+                                for c, v in sorted(per.items(), key=lambda kv: kv[1]["lost"] - kv[1]["gained"])]))
     return blocks
 
 

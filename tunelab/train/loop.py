@@ -102,10 +102,10 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
             _end_epoch(loop, epoch, stats, examples, time.time() - t0)
             trackers.log({f"epoch/{k}": v for k, v in state.epochs[-1].items() if v is not None}, state.step)
     trackers.close()
-    adapter = {k.removeprefix("lm."): v for k, v in checkpoint.trainable_state(loop.net).items()}  # a gather
+    _save_adapter(loop, run.adapter)
     if not loop.d.main:
         return TrainResult(state.epochs, None)
-    return TrainResult(state.epochs, _write_outputs(loop, adapter, time.time() - started))
+    return TrainResult(state.epochs, _write_outputs(loop, time.time() - started))
 
 
 def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
@@ -200,6 +200,8 @@ def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], s
     val = _validate(loop, epoch)
     state.epochs.append(_epoch_row(epoch, stats, val, seconds))
     state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
+    if loop.cfg.train.keep_epoch_adapters:
+        _save_adapter(loop, loop.run.epoch_adapter(epoch))  # before the checkpoint: a resume rewrites it
     _save(loop)
     log.info("epoch %d: train loss %.4f, val loss %.4f, val token accuracy %.3f", epoch, stats.loss, val.loss,
              val.accuracy)
@@ -313,14 +315,21 @@ def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: flo
             "seconds": round(seconds, 3), "tokens": 0 if train is None else train.real_tokens}
 
 
-def _write_outputs(loop: Loop, adapter: dict, wall: float) -> dict:
-    """Metrics, adapter, summary and cost of a finished run (main process only); returns the summary."""
+def _save_adapter(loop: Loop, path: Path) -> None:
+    """The adapter as it is now, in PEFT format, written whole (never half-written). Every rank calls this:
+    under FSDP the weights are gathered from the shards; the main process writes."""
+    weights = {k.removeprefix("lm."): v for k, v in checkpoint.trainable_state(loop.net).items()}
+    if loop.d.main:
+        with atomic_folder(path) as tmp:
+            loop.model.save_pretrained(str(tmp), state_dict=weights)
+
+
+def _write_outputs(loop: Loop, wall: float) -> dict:
+    """Metrics, summary and cost of a finished run (main process only); returns the summary."""
     run, state = loop.run, loop.state
     run.write_jsonl(run.steps, state.step_log)
     run.write_jsonl(run.epochs, state.epochs)
     run.write_jsonl(run.examples, state.example_log)
-    with atomic_folder(run.adapter) as tmp:  # never half-written
-        loop.model.save_pretrained(str(tmp), state_dict=adapter)
     summary = _summary(loop, wall)
     run.write_json(run.summary, summary)
     run.write_json(run.cost, cost.actual(wall, loop.device, loop.cfg.cost.usd_per_hour))

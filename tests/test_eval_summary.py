@@ -1,0 +1,119 @@
+"""Accuracy per epoch, best epoch, few-shot baseline, flips, paired cross-run comparison and the rules that
+read them — on constructed prediction rows and fixture run directories (no model)."""
+
+import random
+
+import pytest
+
+from fixture_run import add_eval, add_val_rows, make_run
+from tunelab.evaluate.scoring import flips
+from tunelab.evaluate.summary import comparisons
+from tunelab.report import compare, write_report
+from tunelab.report.observations import cluster_separation, imitation_without_solving, overfitting
+from tunelab.rundir import RunDir
+
+
+def flags(n: int, right: set[int]) -> list[bool]:
+    return [i in right for i in range(n)]
+
+
+def test_flips_are_the_questions_that_changed_and_nothing_else():
+    before = {i: {"flexible_correct": ok} for i, ok in zip("abcd", [True, False, True, False])}
+    after = {i: {"flexible_correct": ok} for i, ok in zip("abcd", [True, True, False, False])}
+    assert flips(before, after, list("abcd")) == {"gained": ["b"], "lost": ["c"]}
+
+
+def test_epochs_best_epoch_fewshot_and_flips_from_prediction_rows(tmp_path):
+    n = 40
+    run = make_run(tmp_path / "r", epochs_n=3, val=(2.3, 1.6, 1.5, 1.45), train=(1.9, 1.4, 1.3))
+    s = add_eval(run, {"base": flags(n, set(range(4))), "base-5shot": flags(n, set(range(10))),
+                       "epoch-1": flags(n, set(range(12))), "epoch-2": flags(n, set(range(20))),
+                       "tuned": flags(n, set(range(2, 21)))}, final_epoch=3, fewshot=5)
+    assert [(e["epoch"], e["model"], e["flexible_accuracy"]) for e in s["epochs"]] == \
+        [(1, "epoch-1", 0.3), (2, "epoch-2", 0.5), (3, "tuned", 19 / 40)]
+    assert s["epochs"][0]["vs_previous"] is None and s["epochs"][1]["vs_previous"]["flexible"]["delta_pts"] == 20.0
+    assert s["epochs"][2]["vs_base"]["flexible"]["gained"] == 17 and s["epochs"][2]["vs_base"]["flexible"]["lost"] == 2
+    assert s["best_epoch"]["epoch"] == 2
+    assert s["fewshot"]["tuned_vs_fewshot"]["flexible"]["delta_pts"] == pytest.approx(100 * (19 - 10) / 40)
+    pairs = {(f["from"], f["to"]): f for f in s["flips"]}
+    assert set(pairs) == {("base", "tuned"), ("epoch-1", "epoch-2"), ("epoch-2", "tuned")}
+    assert pairs[("epoch-2", "tuned")]["gained"] == ["test-20"]
+    assert pairs[("epoch-2", "tuned")]["lost"] == ["test-0", "test-1"]
+
+    r = RunDir(run)
+    write_report(r)
+    md, html = r.report_md.read_text(), r.report_html.read_text()
+    assert "| Best epoch by accuracy | epoch 2 |" in md
+    assert (r.report_files / "accuracy_per_epoch.png").exists() and html.count("data:image/png;base64,") == 5
+    assert "Epoch 3 vs epoch 2 (flexible-extract): 50.0 % → 47.5 %, -2.5 pts, 95 % CI" in md
+    assert "n = 40 — no gain beyond noise." in md and "Epoch 2 vs epoch 1 (flexible-extract)" in md
+    assert "The fine-tune beat prompting beyond noise: 47.5 % vs 25.0 %" in md
+    assert "## Questions gained and lost" in md and "epoch-2 → tuned: 1 gained, 2 lost (net -1)." in md
+    assert "<details><summary>lost test-0" in html and "epoch-2 says 0" in html and "tuned says 1" in html
+
+
+def test_tied_epochs_go_to_the_earlier_one():
+    rows, stats = [], {}
+    for model in ("base", "epoch-1", "tuned"):
+        rows += [{"id": f"q{i}", "model": model, "strict_correct": i < 2, "flexible_correct": i < 2} for i in range(4)]
+        stats[model] = {"n": 4, "strict_accuracy": 0.5, "flexible_accuracy": 0.5}
+    s = comparisons(rows, stats, [f"q{i}" for i in range(4)], final_epoch=2, fewshot=0)
+    assert s["best_epoch"]["epoch"] == 1 and "fewshot" not in s
+
+
+def test_imitation_rule_fires_only_when_loss_improves_and_accuracy_does_not():
+    epochs = [{"epoch": 0, "val_loss": 1.0, "val_token_accuracy": 0.60},
+              {"epoch": 1, "val_loss": 0.58, "val_token_accuracy": 0.68}]
+    noise = {"flexible_difference": {"n": 180, "delta_pts": 1.0, "ci95_pts": [-3.0, 5.0]},
+             "base": {"flexible_accuracy": 0.02}, "tuned": {"flexible_accuracy": 0.03}}
+    o = imitation_without_solving(epochs, noise)
+    assert o.kind == "watch" and "fell 42 %" in o.text and "rose 8.0 pts" in o.text
+    assert "imitates the answer text better; it does not solve more problems" in o.text
+    real = {**noise, "flexible_difference": {"n": 180, "delta_pts": 9.0, "ci95_pts": [4.0, 14.0]}}
+    assert imitation_without_solving(epochs, real) is None
+    flat = [epochs[0], {"epoch": 1, "val_loss": 0.999, "val_token_accuracy": 0.68}]
+    assert imitation_without_solving(flat, noise) is None
+
+
+@pytest.mark.parametrize("silhouette, phrase", [(0.048, "named themes, not distinct problem types"),
+                                                (0.3, "weak structure"), (0.6, "reasonable structure"),
+                                                (0.8, "strong structure")])
+def test_cluster_separation_is_stated_by_a_silhouette_rule(silhouette, phrase):
+    text = cluster_separation(silhouette, 4)
+    assert phrase in text and f"silhouette {silhouette:.3f} at k = 4" in text
+
+
+def test_validation_loss_changes_are_judged_by_a_paired_interval():
+    rng = random.Random(0)
+    before = [1.0 + rng.gauss(0, 0.3) for _ in range(20)]
+    noisy = [b + rng.gauss(0, 0.3) for b in before]  # no systematic change, 20 rows
+    shifted = [b - 0.2 for b in before]  # every row improved
+    epochs = [{"epoch": 0, "val_loss": 1.0, "train_loss": None}, {"epoch": 1, "val_loss": 0.95, "train_loss": 0.9}]
+    rows = {0: {f"v{i}": (x, 10) for i, x in enumerate(before)}}
+    tolerance = overfitting(epochs)  # a 5 % drop passes the 1 % tolerance
+    assert tolerance.kind == "good" and "1 %" in tolerance.rule
+    judged = overfitting(epochs, {**rows, 1: {f"v{i}": (x, 10) for i, x in enumerate(noisy)}})
+    assert "did not change beyond" in judged.text and "paired 95 % bootstrap" in judged.rule
+    assert overfitting(epochs, {**rows, 1: {f"v{i}": (x, 10) for i, x in enumerate(shifted)}}).kind == "good"
+
+
+def test_runs_on_the_same_questions_and_rows_are_compared_paired(tmp_path):
+    n = 60
+    a = make_run(tmp_path / "gsm8k-2ep", val=(2.31, 1.70), train=(1.9,), epochs_n=1)
+    b = make_run(tmp_path / "gsm8k-3ep")
+    add_eval(a, {"base": flags(n, set(range(5))), "tuned": flags(n, set(range(20)))}, final_epoch=1)
+    add_eval(b, {"base": flags(n, set(range(5))), "tuned": flags(n, set(range(22)))})
+    rng = random.Random(1)
+    losses = [0.8 + rng.gauss(0, 0.2) for _ in range(20)]
+    add_val_rows(a, {0: [x + 1 for x in losses], 1: losses})
+    add_val_rows(b, {0: [x + 1 for x in losses], 2: [x + rng.gauss(0, 0.2) for x in losses]})
+    write_report(RunDir(b), baseline=RunDir(a))
+    md = RunDir(b).report_md.read_text()
+    assert "over 20 validation rows" in md and "paired difference" in md
+    assert "GSM8K-style accuracy (flexible-extract, gsm8k-3ep vs gsm8k-2ep) did not change beyond noise" in md
+    assert "unpaired" not in md and "no paired interval" not in md
+    compare([RunDir(a), RunDir(b)], tmp_path / "cmp")
+    assert "over 20 validation rows" in (tmp_path / "cmp" / "compare.md").read_text()
+    add_eval(a, {"base": flags(n - 1, set()), "tuned": flags(n - 1, set(range(20)))}, final_epoch=1)
+    write_report(RunDir(b), baseline=RunDir(a))  # other questions: no pairing, said so
+    assert "no paired interval" in RunDir(b).report_md.read_text()

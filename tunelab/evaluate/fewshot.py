@@ -1,0 +1,38 @@
+"""The prompting baseline: the base model asked N-shot the way lm-evaluation-harness's `gsm8k` task asks.
+
+lm-eval (tasks/gsm8k/gsm8k.yaml, version 3): doc_to_text "Question: {question}\\nAnswer:", doc_to_target
+"{answer}", target delimiter " ", few-shot delimiter "\\n\\n", shots from the train split, generation
+until "Question:", "</s>" or "<|im_end|>", greedy. Shots here are the first N train rows (lm-eval's
+`first_n` sampler), so every question sees the same shots and the prompt is reproducible.
+
+    prompt = fewshot_prompt(shots, question)     # "Question: q1\\nAnswer: a1\\n\\n...Question: q\\nAnswer:"
+
+Run as: tunelab eval runs/smoke --set eval.fewshot=5
+"""
+
+from __future__ import annotations
+
+from tunelab.data import Example
+
+STOP = ["Question:", "</s>", "<|im_end|>"]  # lm-eval's `until` for gsm8k
+TARGET_DELIMITER = " "
+FEWSHOT_DELIMITER = "\n\n"
+
+
+def question_text(example: Example) -> str:
+    """The question of a row: its `question` field when it has one, else its rendered prompt."""
+    q = example.fields.get("question")
+    return q if isinstance(q, str) and q.strip() else example.prompt
+
+
+def answer_text(example: Example) -> str:
+    """The worked answer of a shot: its `answer` field when it has one, else its rendered target."""
+    a = example.fields.get("answer")
+    return a if isinstance(a, str) and a.strip() else example.target
+
+
+def fewshot_prompt(shots: list[Example], question: Example) -> str:
+    """lm-eval's few-shot context for `question`: each shot as text + delimiter + target, then the question."""
+    context = "".join(f"Question: {question_text(s)}\nAnswer:{TARGET_DELIMITER}{answer_text(s)}{FEWSHOT_DELIMITER}"
+                      for s in shots)
+    return context + f"Question: {question_text(question)}\nAnswer:"

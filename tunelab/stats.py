@@ -1,0 +1,53 @@
+"""Paired statistics: is a difference measured on the same questions (or validation rows) beyond noise?
+
+    paired_difference(base_correct, tuned_correct)   # accuracy delta in points, 95 % bootstrap CI, McNemar p
+    paired_loss_difference(before, after)            # token-weighted loss delta over the same rows, 95 % CI
+
+Torch-free: report and compare use it on a copied run directory.
+
+Run as: tunelab compare runs/gsm8k-2ep runs/gsm8k-3ep
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RESAMPLES = 10_000
+
+
+def paired_difference(base: list[bool], tuned: list[bool], seed: int = 0, resamples: int = RESAMPLES) -> dict:
+    """Accuracy delta (tuned - base, points) on the same questions, with a 95 % paired bootstrap CI
+    and McNemar's exact two-sided p-value over the discordant pairs."""
+    n = len(base)
+    assert n == len(tuned) and n > 0
+    diffs = np.array(tuned, dtype=np.int8) - np.array(base, dtype=np.int8)  # (n,) in {-1, 0, 1}
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    lo, hi = np.percentile(diffs[idx].mean(axis=1), [2.5, 97.5])
+    gained, lost = int((diffs == 1).sum()), int((diffs == -1).sum())
+    return {"n": n, "delta_pts": round(100 * float(diffs.mean()), 3),
+            "ci95_pts": [round(100 * float(lo), 3), round(100 * float(hi), 3)],
+            "gained": gained, "lost": lost, "mcnemar_p": _mcnemar_exact(gained, lost)}
+
+
+def paired_loss_difference(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]],
+                           seed: int = 0, resamples: int = RESAMPLES) -> dict | None:
+    """Token-weighted mean loss of `after` minus `before` over the rows both measured (id -> (mean loss, tokens)),
+    with a 95 % paired bootstrap interval over rows. None when they share no row."""
+    ids = [i for i in before if i in after]
+    if not ids:
+        return None
+    w = np.array([before[i][1] for i in ids], dtype=np.float64)  # (n,) supervised tokens per row
+    d = np.array([after[i][0] - before[i][0] for i in ids])  # (n,) per-row loss change
+    idx = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    boot = (d[idx] * w[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-12)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"n": len(ids), "delta": round(float((d * w).sum() / w.sum()), 6),
+            "ci95": [round(float(lo), 6), round(float(hi), 6)]}
+
+
+def _mcnemar_exact(b: int, c: int) -> float:
+    """Exact binomial McNemar test: two-sided p for b vs c discordant pairs (scipy's binomial test)."""
+    if b + c == 0:
+        return 1.0
+    from scipy.stats import binomtest
+    return float(binomtest(b, b + c, 0.5).pvalue)
