@@ -1,6 +1,7 @@
 """Accuracy per epoch, best epoch, few-shot baseline, flips, paired cross-run comparison and the rules that
 read them — on constructed prediction rows and fixture run directories (no model)."""
 
+import json
 import random
 
 import pytest
@@ -117,3 +118,33 @@ def test_runs_on_the_same_questions_and_rows_are_compared_paired(tmp_path):
     add_eval(a, {"base": flags(n - 1, set()), "tuned": flags(n - 1, set(range(20)))}, final_epoch=1)
     write_report(RunDir(b), baseline=RunDir(a))  # other questions: no pairing, said so
     assert "no paired interval" in RunDir(b).report_md.read_text()
+
+
+def test_report_data_section_states_overlap_and_accuracy_on_it(tmp_path):
+    run = make_run(tmp_path / "r")
+    add_eval(run, {"base": flags(40, set()), "tuned": flags(40, {0, 1, 2, 10, 11})})
+    overlap = [{"split": "test", "row_id": f"test-{i}", "train_id": f"train-{7 + i}", "kind": "exact", "score": 1.0,
+                "row_text": f"Question {i}", "train_text": f"Question {i}"} for i in range(3)]
+    checks = {"settings": {"ngram": 13, "near_threshold": 0.95, "near": True, "embedder": "minilm"},
+              "rows": {"train": 360, "validation": 40, "test": 40, "deduplicated": 0},
+              "overlap_counts": {"test": {"exact": 3, "ngram": 0, "near": 0},
+                                 "validation": {"exact": 0, "ngram": 0, "near": 0}},
+              "overlap": overlap, "train_duplicates": {"exact_groups": 1, "exact_rows": 2, "exact": [], "near_pairs": 0,
+                                                       "near": []},
+              "lengths": {"rows": 400, "max_length": 256, "truncated": 0, "padding_share": 0.02,
+                          "total": {"p50": 80, "p99": 150, "max": 160}, "recommendation": "fine"},
+              "targets": {"train": {"rows": 400, "scoreable": 400}, "test": {"rows": 40, "scoreable": 40}},
+              "verdict": "test overlap found: 3 exact"}
+    (run / "analysis" / "data_checks.json").write_text(json.dumps(checks))
+    r = RunDir(run)
+    write_report(r)
+    md = r.report_md.read_text()
+    assert "## Data" in md and "| test | 40 | 3 | 0 | 0 |" in md
+    assert ("3 test questions overlap training rows (3 exact); tuned accuracy on them 100.0 % vs 5.4 % on the "
+            "rest (n = 3 vs 37") in md
+    assert "2 exact duplicates" in md
+    (run / "analysis" / "data_checks.json").write_text(json.dumps({**checks, "overlap": [], "overlap_counts": {
+        "test": {"exact": 0, "ngram": 0, "near": 0}, "validation": {"exact": 0, "ngram": 0, "near": 0}}}))
+    write_report(r)
+    assert "No test row overlaps the training rows by any of the checks (exact, 13-gram and near-duplicate" in \
+        r.report_md.read_text()

@@ -219,3 +219,26 @@ def test_sigkill_mid_eval_then_resume_answers_each_question_once(two_epoch_run, 
     assert resumed.predictions == uninterrupted.predictions
     assert not killed.journals() and killed.predictions.exists()
     assert resumed.summary["base-2shot"]["resumed_answers"] == 2
+
+
+def test_out_of_memory_restarts_unfinished_rows_with_half_the_slots(tiny_model, monkeypatch):
+    """On CUDA an out-of-memory step puts the unfinished rows back in the queue and halves the slots;
+    simulated here: greedy decoding gives the same completions as without the failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import tunelab.evaluate.generate as gen
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    prompts = [("word " * (1 + 9 * i)) + f"question {i}?" for i in range(9)]
+    expected = [g.completion for g in generate(model, tok, prompts, max_new_tokens=12, slots=4)[0]]
+    real_step, calls = gen._Batch.step, {"n": 0}
+
+    def failing_step(self, m):
+        calls["n"] += 1
+        if calls["n"] in (3, 9):
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_step(self, m)
+
+    monkeypatch.setattr(gen._Batch, "step", failing_step)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    got, _ = generate(model, tok, prompts, max_new_tokens=12, slots=4)
+    assert [g.completion for g in got] == expected and calls["n"] > 9

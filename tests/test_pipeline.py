@@ -20,6 +20,8 @@ def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkey
     assert f"report: {run.report_html}" in out and "accuracy (flexible)" in out and "cost $" in out
     md = run.report_md.read_text()
     assert "## Insights from model analysis" in md and "GSM8K-style accuracy (flexible)" in md
+    assert "## Data" in md and run.read_json(run.data_checks)["rows"]["test"] == 6  # analyze ran the data checks
+    assert "accuracy per epoch (flexible): base" in out and "## Questions gained and lost" in md
     stamp = run.summary.stat().st_mtime_ns, (run.eval_dir / "summary.json").stat().st_mtime_ns
     assert main(args) == 0  # resumed: nothing to redo but the report
     assert (run.summary.stat().st_mtime_ns, (run.eval_dir / "summary.json").stat().st_mtime_ns) == stamp

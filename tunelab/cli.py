@@ -109,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write compare.md/.html/.png (default runs/compare)")
     s.set_defaults(func=cmd_compare)
 
+    s = sub.add_parser("check", help="data checks before training: test overlap, duplicates, lengths, "
+                                     "scoreable targets, and the cost estimate")
+    _recipe_args(s)
+    s.add_argument("--device", help="price the estimate on this device (a table GPU or cpu; default: this machine)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows")
+    s.add_argument("--run-dir", help="also write analysis/data_checks.json and analysis/lengths.png there")
+    s.set_defaults(func=cmd_check)
+
     s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")
     _recipe_args(s)
     s.add_argument("--device", default=None, help="a GPU from the price table (e.g. A100-80GB) or cpu; "
@@ -279,6 +288,66 @@ def cmd_compare(args) -> int:
     Console().print(table)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.html'} and {picture}")
     return 0
+
+
+def cmd_check(args) -> int:
+    import json
+    from tunelab import cost
+    from tunelab.config import load_recipe
+    from tunelab.data import checks, load_splits
+    from tunelab.models import load_tokenizer
+    from tunelab.rundir import RunDir
+    from tunelab.train.batching import tokenize_splits
+    cfg = load_recipe(args.recipe, args.overrides)
+    device = args.device or _this_device()
+    if args.device:
+        cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
+    splits, tok = load_splits(cfg.data), load_tokenizer(cfg.model)
+    result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
+    train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
+    result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
+    result["verdict"] = checks.verdict(result)
+    if args.run_dir:
+        run = RunDir(args.run_dir)
+        with locked(run, "check"):
+            checks.write(run, result, totals)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_checks(result)
+    return 1 if args.strict and sum(result["overlap_counts"]["test"].values()) else 0
+
+
+def _this_device() -> str:
+    import torch
+    if not torch.cuda.is_available():
+        return "cpu"
+    from tunelab.environment import device_name
+    return device_name(torch.device("cuda"))
+
+
+def _print_checks(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(width=150)
+    table = Table("overlap with train", "exact", f"{result['settings']['ngram']}-gram",
+                  f"near (cosine ≥ {result['settings']['near_threshold']})")
+    for split, counts in result["overlap_counts"].items():
+        table.add_row(f"{split} ({result['rows'][split]} rows)", *(str(counts[k]) for k in ("exact", "ngram", "near")))
+    console.print(table)
+    for o in result["overlap"][:5]:
+        console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")
+    d, ln, tg = result["train_duplicates"], result["lengths"], result["targets"]
+    console.print(f"train duplicates: {d['exact_rows']} exact rows in {d['exact_groups']} groups, {d['near_pairs']} "
+                  f"near pairs; data.dedup dropped {result['rows']['deduplicated']}")
+    console.print(f"tokens per row: p50 {ln['total']['p50']}, p99 {ln['total']['p99']}, max {ln['total']['max']}; "
+                  f"{ln['truncated']} over train.max_length={ln['max_length']}; padding {100 * ln['padding_share']:.1f} % "
+                  f"of the batch plan; {ln['recommendation']}")
+    console.print("scoreable targets: " + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
+    e = result["estimate"]
+    if e.get("hours") is not None:
+        console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")
+    console.print(f"verdict: {result['verdict']}")
 
 
 def cmd_estimate(args) -> int:

@@ -52,6 +52,9 @@ LAYOUT = {
                                           "epoch), `best_epoch`, `fewshot`, `flips`"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
+    "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "
+                                                 "train duplicates, length profile, scoreable targets, estimate"),
+    "analysis/lengths.png": ("lengths_png", "histogram of tokens per row, train.max_length marked"),
     "analysis/summary.json": ("analysis_summary", "rows, embedder, k and silhouettes, outliers, label agreement, "
                                                   "data-map regions, seconds per part"),
     "analysis/terms.json": ("terms", "top terms of the training questions (and of the tuned completions)"),

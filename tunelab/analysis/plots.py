@@ -81,3 +81,16 @@ def cartography_png(points: list[dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def lengths_png(totals, max_length: int, out: Path) -> None:
+    """Histogram of prompt + target token lengths, with train.max_length marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    ax.hist(totals, bins=min(60, max(10, len(set(totals.tolist())))), color="tab:blue", alpha=0.8)
+    ax.axvline(max_length, color="tab:red", ls="--", label=f"train.max_length = {max_length}")
+    ax.set(title="Tokens per training row (prompt + target + EOS)", xlabel="tokens", ylabel="rows")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

@@ -20,7 +20,7 @@ from tunelab.analysis import plots
 from tunelab.analysis.embed import embed
 from tunelab.analysis.terms import class_tfidf_names, stop_words, top_terms, word_cloud
 from tunelab.config import Recipe
-from tunelab.data import Example, load_splits
+from tunelab.data import Example, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
 
@@ -40,8 +40,9 @@ def analyze(cfg: Recipe, run: RunDir) -> dict:
     """
     seconds: dict[str, float] = {}
     clock = time.time()
-    rows = _rows(cfg)
-    texts = [_text(e) for e in rows]
+    splits = load_splits(cfg.data)
+    rows = _rows(cfg, splits)
+    texts = [question_text(e) for e in rows]
     k = cfg.analysis.k
     _check(texts, k)
     run.analysis_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,9 @@ def analyze(cfg: Recipe, run: RunDir) -> dict:
         plots.cartography_png(dynamics["points"], run.cartography_png)
         run.write_json(run.cartography, dynamics)
         summary["cartography"] = dynamics["regions"]
-    seconds["plots"] = time.time() - clock
+    seconds["plots"], clock = time.time() - clock, time.time()
+    _data_checks(cfg, run, splits)
+    seconds["data_checks"] = time.time() - clock
     summary["seconds"] = {k_: round(v, 2) for k_, v in seconds.items()}
     summary["seconds_total"] = round(sum(seconds.values()), 2)
     run.write_json(run.analysis_summary, summary)
@@ -102,18 +105,25 @@ def _terms(run: RunDir, texts: list[str], stops: set[str]) -> dict:
     return terms
 
 
-def _rows(cfg: Recipe) -> list[Example]:
-    splits = load_splits(cfg.data)
+def _data_checks(cfg: Recipe, run: RunDir, splits) -> None:
+    """The data checks of `tunelab check`, written into analysis/ for the report's Data section."""
+    from tunelab import cost
+    from tunelab.data import checks
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize_splits
+    tok = load_tokenizer(cfg.model)
+    result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
+    result["estimate"] = run.read_optional(run.estimate) or cost.estimate_or_unpriced(
+        cost.recipe_work(cfg, *tokenize_splits(cfg, splits, tok)[:2]), "cpu")
+    result["verdict"] = checks.verdict(result)
+    checks.write(run, result, totals)
+
+
+def _rows(cfg: Recipe, splits) -> list[Example]:
     rows = splits.train + splits.val
     if cfg.analysis.max_rows:
         rows = rows[:cfg.analysis.max_rows]
     return rows
-
-
-def _text(e: Example) -> str:
-    """What a problem is about: the question field when there is one, else the rendered prompt."""
-    q = e.fields.get("question")
-    return q if isinstance(q, str) and q.strip() else e.prompt
 
 
 def _check(texts: list[str], k: int | None) -> None:
@@ -265,7 +275,7 @@ def _cartography(run: RunDir, rows: list[Example]) -> dict | None:
     epochs = {ep for d in per.values() for ep in d}
     if len(epochs) < 2:
         return None
-    text = {e.id: _text(e) for e in rows}
+    text = {e.id: question_text(e) for e in rows}
     points = []
     for i, by_epoch in per.items():
         probs = np.exp(-np.array([by_epoch[k] for k in sorted(by_epoch)]))

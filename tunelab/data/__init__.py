@@ -35,6 +35,14 @@ class Splits:
     val: list[Example]
     test: list[Example]
     skipped: list[str] = field(default_factory=list)  # "where: problem" of each skipped bad row
+    deduplicated: int = 0  # train rows dropped by data.dedup before the split
+
+
+def question_text(example: Example) -> str:
+    """What a row asks: its `question` field when it has one, else its rendered prompt (what analysis
+    clusters, data checks compare and few-shot prompts quote)."""
+    q = example.fields.get("question")
+    return q if isinstance(q, str) and q.strip() else example.prompt
 
 
 def placeholders(template: str) -> list[str]:
@@ -79,8 +87,24 @@ def load_splits(cfg: DataConfig) -> Splits:
                         + "\n".join(f"  {p}" for p in problems[:5]) + more)
     if problems:
         log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
-    train, val = _split(examples["train"], examples.get("validation"), cfg)
-    return Splits(train, val, examples.get("test", []), problems)
+    rows, dropped = _dedup(examples["train"][:cfg.limit] if cfg.limit else examples["train"], cfg)
+    train, val = _split(rows, examples.get("validation"), cfg)
+    return Splits(train, val, examples.get("test", []), problems, dropped)
+
+
+def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:
+    """`data.dedup`: drop exact (or near) duplicates of earlier train rows before the split."""
+    if cfg.dedup == "none":
+        return rows, 0
+    from tunelab.data.checks import duplicate_ids
+    vectors = None
+    if cfg.dedup == "near":
+        from tunelab.analysis.embed import embed
+        vectors = embed([question_text(e) for e in rows], "minilm")
+    drop = duplicate_ids(rows, cfg.dedup, vectors, cfg.near_threshold)
+    if drop:
+        log.info("data.dedup=%s: dropped %d duplicate train rows", cfg.dedup, len(drop))
+    return [e for e in rows if e.id not in drop], len(drop)
 
 
 def _check_placeholders(cfg: DataConfig, rows, needed: list[str]) -> None:
@@ -104,9 +128,7 @@ def _row_problem(fields: dict, needed: list[str]) -> str | None:
 
 
 def _split(train: list[Example], val: list[Example] | None, cfg: DataConfig) -> tuple[list, list]:
-    """Seeded split of the first `limit` train rows; a source's own validation split is used as is."""
-    if cfg.limit is not None:
-        train = train[:cfg.limit]
+    """Seeded split of the (first `limit`) train rows; a source's own validation split is used as is."""
     if val:
         return train, val[:cfg.limit] if cfg.limit else val
     if len(train) < 2:

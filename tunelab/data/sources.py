@@ -102,7 +102,7 @@ def _read_file(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:
         return _read_jsonl(path, split)
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a spreadsheet's byte-order mark
         except json.JSONDecodeError as err:
             if "Extra data" in str(err):  # JSON Lines saved as .json
                 return _read_jsonl(path, split)
@@ -113,10 +113,7 @@ def _read_file(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:
             raise UserError(f"{path}: expected a list of objects")
         return _rows_from_records(data, path, split, "item")
     if suffix == ".csv":
-        with path.open(newline="") as f:
-            records = list(csv.DictReader(f))
-        # line numbers: the header is line 1
-        return [Row(f"{split}-{i}", f"{path}:{i + 2}", r) for i, r in enumerate(records)], []
+        return _read_csv(path, split), []
     if suffix == ".parquet":
         import pyarrow.parquet as pq
         return _rows_from_records(pq.read_table(path).to_pylist(), path, split, "row")
@@ -134,9 +131,24 @@ def _rows_from_records(records: list, path: Path, split: str, unit: str) -> tupl
     return rows, bad
 
 
+def _read_csv(path: Path, split: str) -> list[Row]:
+    """CSV as spreadsheets and Windows editors write it: a byte-order mark, CRLF line ends, blank lines and
+    quoted fields (commas, quotes, line breaks inside) are read as meant; a CRLF inside a field becomes \\n.
+    `where` is the line the record starts on (the header is line 1)."""
+    rows = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        start = 2
+        for i, record in enumerate(reader):
+            fields = {k: v.replace("\r\n", "\n") if isinstance(v, str) else v for k, v in record.items()}
+            rows.append(Row(f"{split}-{i}", f"{path}:{start}", fields))
+            start = reader.line_num + 1
+    return rows
+
+
 def _read_jsonl(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:
     rows, bad = [], []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark at the start is not part of line 1
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

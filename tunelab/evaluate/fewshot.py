@@ -12,17 +12,11 @@ Run as: tunelab eval runs/smoke --set eval.fewshot=5
 
 from __future__ import annotations
 
-from tunelab.data import Example
+from tunelab.data import Example, question_text
 
 STOP = ["Question:", "</s>", "<|im_end|>"]  # lm-eval's `until` for gsm8k
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
-
-
-def question_text(example: Example) -> str:
-    """The question of a row: its `question` field when it has one, else its rendered prompt."""
-    q = example.fields.get("question")
-    return q if isinstance(q, str) and q.strip() else example.prompt
 
 
 def answer_text(example: Example) -> str:

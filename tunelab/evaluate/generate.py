@@ -132,13 +132,14 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     started, generated, batch = time.time(), 0, None
     with bar(label, total=len(prompts)) as progress:
         while waiting or batch is not None:
+            taken: list[int] = []  # popped from the queue, not yet in the batch
             try:
                 free = slots - (len(batch.rows) if batch else 0)
                 if waiting and (batch is None or (free >= min(PREFILL_ROWS, max(1, slots // REFILL_SHARE)) and
                                                   batch.can_take(len(encoded[waiting[0]]), max_new_tokens))):
-                    new = _prefill(model, tok, [waiting.popleft() for _ in range(min(free, len(waiting), PREFILL_ROWS))],
-                                   encoded, device)
-                    batch = new if batch is None else batch.merge(new)
+                    taken = [waiting.popleft() for _ in range(min(free, len(waiting), PREFILL_ROWS))]
+                    new = _prefill(model, tok, taken, encoded, device)
+                    batch, taken = (new if batch is None else batch.merge(new)), []
                 keep = []
                 for j, row in enumerate(batch.rows):
                     token = int(batch.nxt[j])
@@ -158,8 +159,9 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
             except torch.cuda.OutOfMemoryError:
                 if slots == 1:
                     raise
-                # start the running rows again with half the slots: greedy decoding gives the same tokens
-                waiting.extendleft(r.index for r in reversed(batch.rows) if results[r.index] is None)
+                # start the unfinished rows again with half the slots: greedy decoding gives the same tokens
+                back = taken + [r.index for r in (batch.rows if batch else []) if results[r.index] is None]
+                waiting.extendleft(reversed(back))
                 batch, slots = None, slots // 2
                 torch.cuda.empty_cache()
     return results, time.time() - started

@@ -268,3 +268,36 @@ def cluster_separation(silhouette: float | None, k: int) -> str:
                    "no substantial structure: the clusters are named themes, not distinct problem types")
     return (f"Cluster separation: silhouette {silhouette:.3f} at k = {k} — {verdict} (rule: silhouette ≥ 0.71 "
             "strong, ≥ 0.51 reasonable, ≥ 0.26 weak, below that no substantial structure; Kaufman & Rousseeuw).")
+
+
+def contamination(checks: dict, predictions: list[dict]) -> Observation:
+    """Test rows that overlap training rows, and how the tuned model scores on them against the rest."""
+    s = checks["settings"]
+    kinds = f"exact, {s['ngram']}-gram" + (f" and near-duplicate (MiniLM cosine ≥ {s['near_threshold']})"
+                                          if s["near"] else "")
+    rule = (f"test rows compared with every training row: {kinds}; accuracy on overlapping vs other questions "
+            "by a 95 % bootstrap interval of the difference (unpaired groups)")
+    found = [o for o in checks["overlap"] if o["split"] == "test"]
+    if not found:
+        return Observation("good", f"No test row overlaps the training rows by any of the checks ({kinds}).", rule)
+    counts = ", ".join(f"{v} {k}" for k, v in checks["overlap_counts"]["test"].items() if v)
+    text = f"{len(found)} test questions overlap training rows ({counts})"
+    tuned = {p["id"]: p["flexible_correct"] for p in predictions if p["model"] == "tuned"}
+    hit = [tuned[o["row_id"]] for o in found if o["row_id"] in tuned]
+    rest = [ok for i, ok in tuned.items() if i not in {o["row_id"] for o in found}]
+    if hit and rest:
+        from tunelab.stats import unpaired_difference
+        d = unpaired_difference(hit, rest)
+        text += (f"; tuned accuracy on them {100 * sum(hit) / len(hit):.1f} % vs {100 * sum(rest) / len(rest):.1f} % "
+                 f"on the rest (n = {len(hit)} vs {len(rest)}, {d['delta_pts']:+.1f} pts, 95 % CI "
+                 f"{d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})")
+    return Observation("watch", text + ": a gain measured on them is not a gain.", rule)
+
+
+def duplicates(checks: dict) -> Observation | None:
+    d = checks["train_duplicates"]
+    if not d["exact_rows"] and not d["near_pairs"]:
+        return None
+    return Observation("watch", f"The training rows hold {d['exact_rows']} exact duplicates (in {d['exact_groups']} "
+                       f"groups) and {d['near_pairs']} near-duplicate pairs; data.dedup: exact or near drops them.",
+                       "same normalised text (exact); MiniLM cosine ≥ data.near_threshold (near)")

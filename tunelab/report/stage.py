@@ -67,6 +67,10 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
+    checks = run.read_optional(run.data_checks)
+    if checks:
+        sections.insert(2, ("Data", _data(run, checks)))
+        found += [o for o in (rules.contamination(checks, run.read_predictions()), rules.duplicates(checks)) if o]
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if analysis:
@@ -220,6 +224,34 @@ def _insights(run: RunDir, analysis: dict) -> list:
 
 
 FLIP_EXAMPLES = 3  # gained and lost questions shown per compared pair
+OVERLAP_EXAMPLES = 5  # overlapping test / training pairs shown
+
+
+def _data(run: RunDir, checks: dict) -> list:
+    """The data checks: overlap with the training rows, duplicates, lengths, scoreable targets."""
+    s, rows = checks["settings"], checks["rows"]
+    blocks: list = [("p", f"Verdict: {checks['verdict']}."),
+                    ("table", ["overlap with train", "rows", "exact", f"{s['ngram']}-gram",
+                               f"near (cosine ≥ {s['near_threshold']})" if s["near"] else "near (not run)"],
+                     [(split, rows[split], c["exact"], c["ngram"], c["near"])
+                      for split, c in checks["overlap_counts"].items()])]
+    for o in [o for o in checks["overlap"] if o["split"] == "test"][:OVERLAP_EXAMPLES]:
+        blocks.append(("details", f"{o['kind']} {o['row_id']} ~ {o['train_id']} (score {o['score']})",
+                       [(o["row_id"], o["row_text"]), (o["train_id"], o["train_text"])]))
+    d, ln = checks["train_duplicates"], checks["lengths"]
+    blocks.append(("table", ["figure", "value"], [
+        ("train rows dropped by data.dedup", rows["deduplicated"]),
+        ("exact duplicates inside train", f"{d['exact_rows']} rows in {d['exact_groups']} groups"),
+        ("near-duplicate pairs inside train", d["near_pairs"]),
+        ("tokens per row (p50 / p99 / max)", f"{ln['total']['p50']} / {ln['total']['p99']} / {ln['total']['max']}"),
+        ("rows over train.max_length", f"{ln['truncated']} (max_length {ln['max_length']})"),
+        ("padding share of the batch plan", f"{100 * ln['padding_share']:.1f} %"),
+        ("max_length advice", ln["recommendation"]),
+        *[(f"{k} targets with a scoreable answer", f"{v['scoreable']} / {v['rows']}")
+          for k, v in checks["targets"].items() if v["rows"]]]))
+    if run.lengths_png.exists():
+        blocks.append(("img", run.lengths_png, "Tokens per row (prompt + target + EOS), train.max_length marked"))
+    return blocks
 
 
 def _flips(run: RunDir, evaluation: dict) -> list:

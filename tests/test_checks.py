@@ -1,0 +1,139 @@
+"""Data checks: contamination injected into data built from ../shared GSM8K (never committed), duplicates,
+lengths, scoreable targets, file quirks of spreadsheets and Windows editors, and `tunelab check`."""
+
+import json
+import re
+
+import pytest
+
+from conftest import write_jsonl
+from tunelab.cli import main
+from tunelab.config import DataConfig, load_recipe
+from tunelab.data import load_splits
+
+TEMPLATE = "Instruction: {question}\nResponse: "
+
+
+NAMES = ["Zelda", "Omar", "Priya", "Tomas", "Keiko", "Bruno"]
+COMMON = {"The", "How", "If", "What", "She", "He", "They", "Each", "A", "In", "On", "At", "Then", "There", "It",
+          "His", "Her", "After", "When", "Every", "One", "Two", "This", "That", "For", "Of", "And", "But"}
+
+
+def changed_names_and_numbers(question: str) -> str:
+    """The same problem with every number changed and each person's name replaced by another (consistently),
+    the way a scraped or generated copy of a test question looks."""
+    names: dict[str, str] = {}
+
+    def rename(m):
+        word = m.group()
+        if word in COMMON:
+            return word
+        return names.setdefault(word, NAMES[len(names) % len(NAMES)])
+
+    q = re.sub(r"\d+", lambda m: str(int(m.group()) + 3), question)
+    return re.sub(r"\b[A-Z][a-z]{2,}\b", rename, q)
+
+
+@pytest.fixture(scope="module")
+def contaminated(gsm8k, tmp_path_factory):
+    """300 GSM8K train rows + 5 verbatim test questions + 5 test questions with names and numbers changed +
+    3 train rows duplicated; the test split is the first 100 GSM8K test rows."""
+    root = tmp_path_factory.mktemp("contaminated")
+    train = [json.loads(x) for x in (gsm8k / "train.jsonl").read_text().splitlines()[:300]]
+    test = [json.loads(x) for x in (gsm8k / "test.jsonl").read_text().splitlines()[:100]]
+    verbatim, changed = test[10:15], test[20:25]
+    rows = train + verbatim + [{"question": changed_names_and_numbers(t["question"]), "answer": t["answer"]}
+                               for t in changed] + train[40:43]
+    write_jsonl(root / "train.jsonl", rows)
+    write_jsonl(root / "test.jsonl", test)
+    return root
+
+
+def run_check(tmp_path, source, *extra):
+    import os
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return main(["check", "gsm8k-smollm2-135m", "--set", f"data.source={source}", "--set", "data.val_fraction=0.05",
+                     "--json", *extra])
+    finally:
+        os.chdir(cwd)
+
+
+def test_each_kind_of_contamination_is_found_and_clean_rows_are_not(contaminated, tmp_path, capsys):
+    before = set(tmp_path.iterdir())
+    assert run_check(tmp_path, contaminated) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(tmp_path.iterdir()) == before  # nothing written without --run-dir
+    test = [o for o in result["overlap"] if o["split"] == "test"]
+    by_id = {o["row_id"]: o for o in test}
+    verbatim = {f"test-{i}" for i in range(11, 16)}  # jsonl ids are line numbers (1-based)
+    changed = {f"test-{i}" for i in range(21, 26)}
+    assert verbatim <= set(by_id) and all(by_id[i]["kind"] == "exact" for i in verbatim)
+    assert changed <= set(by_id) and all(by_id[i]["kind"] in ("ngram", "near") for i in changed)
+    assert set(by_id) - verbatim - changed == set(), "a clean test row was flagged"
+    assert all(o["row_text"] and o["train_text"] for o in test)
+    d = result["train_duplicates"]
+    assert d["exact_rows"] >= 3 and result["verdict"].startswith("test overlap found: 5 exact")
+    assert result["lengths"]["truncated"] == 0 and result["targets"]["test"]["share"] == 1.0
+    assert result["estimate"]["flops"] > 0
+
+
+def test_strict_exits_1_on_overlap_and_run_dir_gets_the_files(contaminated, tmp_path, capsys):
+    assert run_check(tmp_path, contaminated, "--strict", "--run-dir", str(tmp_path / "r")) == 1
+    capsys.readouterr()
+    checks = json.loads((tmp_path / "r" / "analysis" / "data_checks.json").read_text())
+    assert checks["overlap_counts"]["test"]["exact"] == 5
+    assert (tmp_path / "r" / "analysis" / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_clean_split_passes_strict_and_dedup_drops_duplicates(gsm8k, tmp_path, capsys):
+    train = [json.loads(x) for x in (gsm8k / "train.jsonl").read_text().splitlines()[:200]]
+    test = [json.loads(x) for x in (gsm8k / "test.jsonl").read_text().splitlines()[:60]]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "test.jsonl", test)
+    assert run_check(tmp_path, tmp_path, "--strict") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "no test row overlaps" in result["verdict"] and result["overlap_counts"]["test"] == \
+        {"exact": 0, "ngram": 0, "near": 0}
+    rows = train[:50]
+    write_jsonl(tmp_path / "dup.jsonl", rows + rows[:4])
+    cfg = DataConfig(source=str(tmp_path / "dup.jsonl"), template=TEMPLATE, target="{answer}", dedup="exact")
+    splits = load_splits(cfg)
+    assert splits.deduplicated == 4 and len(splits.train) + len(splits.val) == 50
+
+
+BOM, CRLF = "\ufeff", "\r\n"
+ROWS = [{"question": "Ann has 3, then 4 \"more\" apples.", "answer": "3 + 4 = 7\n#### 7"},
+        {"question": "Bo walks 2 km.", "answer": "#### 2"},
+        {"question": "Cy reads 5 pages", "answer": "#### 5"}]
+
+
+def quirky(kind: str) -> str:
+    """ROWS as a spreadsheet or Windows editor writes them: BOM, CRLF, a blank line, no final newline."""
+    if kind == "jsonl":
+        lines = [json.dumps(r) for r in ROWS]
+        return BOM + CRLF.join(lines[:2] + [""] + lines[2:])
+    if kind == "json":
+        return BOM + json.dumps(ROWS, indent=1).replace("\n", CRLF)
+    out = ['question,answer']
+    for r in ROWS:
+        q, a = (v.replace('"', '""').replace("\n", CRLF) for v in (r["question"], r["answer"]))
+        out.append(f'"{q}","{a}"')
+    return BOM + CRLF.join(out[:2] + [""] + out[2:])
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
+@pytest.mark.parametrize("layout", ["file", "dir"])
+def test_files_from_spreadsheets_and_windows_editors_load_as_meant(kind, layout, tmp_path):
+    if layout == "file":
+        path = tmp_path / f"data.{kind}"
+    else:
+        path = tmp_path / "d" / f"train.{kind}"
+        path.parent.mkdir()
+    path.write_bytes(quirky(kind).encode("utf-8"))
+    cfg = DataConfig(source=str(path if layout == "file" else path.parent), template=TEMPLATE, target="{answer}",
+                     val_fraction=0.34)
+    splits = load_splits(cfg)
+    loaded = sorted((e.fields["question"], e.fields["answer"]) for e in splits.train + splits.val)
+    assert loaded == sorted((r["question"], r["answer"]) for r in ROWS)

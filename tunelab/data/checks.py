@@ -1,0 +1,257 @@
+"""Data checks: test-set contamination, duplicates inside the training split, the length profile under the
+recipe's tokenizer, and whether the targets carry an answer the evaluation can score.
+
+Overlap of test (and validation) rows with training rows, three kinds, each pair named by both row ids:
+- exact: the same text after lower-casing and dropping punctuation and extra whitespace;
+- ngram: a run of `checks.ngram` consecutive words (13, lm-evaluation-harness's decontamination
+  convention) shared with a training row, compared on skeletons (numbers as `#`, capitalised words as `@`)
+  so that a copy with its names and numbers changed still matches; score = share of the row's n-grams
+  found in that training row;
+- near: cosine similarity of all-MiniLM-L6-v2 embeddings (cached) >= `data.near_threshold`.
+A pair is reported once, under the strongest kind (exact, then ngram, then near).
+
+Run as: tunelab check gsm8k-smollm2-135m --set data.source=../shared/data/gsm8k
+        tunelab check my-recipe.yaml --device A100-80GB --json
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from tunelab.data import Example, Splits, question_text
+
+KINDS = ("exact", "ngram", "near")
+_WORD = re.compile(r"\w+")
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed: what `exact` compares."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def skeleton(text: str) -> list[str]:
+    """The text's words with every number as `#` and every capitalised word (names, sentence starts) as `@`,
+    the rest lower-cased: a copy of a question with its names and numbers changed has the same skeleton."""
+    return ["#" if any(c.isdigit() for c in w) else "@" if w[0].isupper() else w.lower() for w in _WORD.findall(text)]
+
+
+def ngrams(text: str, n: int) -> set[int]:
+    """Hashes of the runs of `n` consecutive words of the text's skeleton."""
+    words = skeleton(text)
+    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
+
+
+def exact_pairs(rows: list[Example], train: list[Example]) -> list[tuple[str, str, float]]:
+    """(row id, train id, 1.0) for every row whose normalised text equals a training row's."""
+    index: dict[str, list[str]] = defaultdict(list)
+    for t in train:
+        index[normalize(question_text(t))].append(t.id)
+    return [(r.id, tid, 1.0) for r in rows for tid in index.get(normalize(question_text(r)), [])[:1]]
+
+
+def ngram_pairs(rows: list[Example], train: list[Example], n: int) -> list[tuple[str, str, float]]:
+    """(row id, train id, share of the row's n-grams in that training row) for the best-matching training row
+    of every row sharing at least one n-gram. An index of n-gram hashes, not pairwise string compares."""
+    index: dict[int, list[int]] = defaultdict(list)
+    for j, t in enumerate(train):
+        for g in ngrams(question_text(t), n):
+            index[g].append(j)
+    out = []
+    for r in rows:
+        grams = ngrams(question_text(r), n)
+        hits: dict[int, int] = defaultdict(int)
+        for g in grams:
+            for j in index.get(g, ()):
+                hits[j] += 1
+        if hits:
+            j, count = max(hits.items(), key=lambda kv: (kv[1], -kv[0]))
+            out.append((r.id, train[j].id, round(count / len(grams), 4)))
+    return out
+
+
+def near_pairs(row_vecs: np.ndarray, rows: list[Example], train_vecs: np.ndarray, train: list[Example],
+               threshold: float) -> list[tuple[str, str, float]]:
+    """(row id, train id, cosine) of each row's most similar training row when the cosine >= threshold.
+    Vectors are L2-normalised (N, D) float32; compared in blocks of 1,024 rows."""
+    out = []
+    for start in range(0, len(rows), 1024):
+        sims = row_vecs[start:start + 1024] @ train_vecs.T  # (b, N_train)
+        best = sims.argmax(1)
+        for k, j in enumerate(best):
+            if sims[k, j] >= threshold:
+                out.append((rows[start + k].id, train[j].id, round(float(sims[k, j]), 4)))
+    return out
+
+
+def overlap(split: str, rows: list[Example], train: list[Example], row_vecs, train_vecs, n: int,
+            threshold: float) -> list[dict]:
+    """Every row of `split` that overlaps a training row, once, under its strongest kind."""
+    found: dict[str, dict] = {}
+    kinds = [("exact", exact_pairs(rows, train)), ("ngram", ngram_pairs(rows, train, n))]
+    if row_vecs is not None:
+        kinds.append(("near", near_pairs(row_vecs, rows, train_vecs, train, threshold)))
+    for kind, pairs in kinds:
+        for rid, tid, score in pairs:
+            found.setdefault(rid, {"split": split, "row_id": rid, "train_id": tid, "kind": kind, "score": score})
+    order = {r.id: i for i, r in enumerate(rows)}
+    text = {e.id: question_text(e) for e in [*rows, *train]}
+    for o in found.values():  # the evidence, for the report and --json readers
+        o["row_text"], o["train_text"] = text[o["row_id"]][:400], text[o["train_id"]][:400]
+    return sorted(found.values(), key=lambda o: order[o["row_id"]])
+
+
+def train_duplicates(train: list[Example], vecs, threshold: float) -> dict:
+    """Exact duplicate groups and near-duplicate pairs inside the training rows (first id kept, rest listed)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for t in train:
+        groups[normalize(question_text(t))].append(t.id)
+    exact = [ids for ids in groups.values() if len(ids) > 1]
+    exact_ids = {i for ids in exact for i in ids[1:]}
+    near = []
+    if vecs is not None:
+        for start in range(0, len(train), 1024):
+            sims = vecs[start:start + 1024] @ vecs.T  # (b, N)
+            for k in range(sims.shape[0]):
+                i = start + k
+                sims[k, :i + 1] = -1  # each pair once, no self
+                j = int(sims[k].argmax()) if sims.shape[1] else 0
+                if sims.shape[1] and sims[k, j] >= threshold and train[j].id not in exact_ids:
+                    near.append({"kept": train[i].id, "duplicate": train[j].id, "score": round(float(sims[k, j]), 4)})
+    return {"exact_groups": len(exact), "exact_rows": len(exact_ids), "exact": exact[:50],
+            "near_pairs": len(near), "near": near[:50]}
+
+
+def duplicate_ids(rows: list[Example], kind: str, vectors=None, threshold: float = 1.0) -> set[str]:
+    """The ids `data.dedup` drops: every exact (or, with `near`, near) duplicate of an earlier row."""
+    seen: set[str] = set()
+    drop = set()
+    for r in rows:
+        key = normalize(question_text(r))
+        if key in seen:
+            drop.add(r.id)
+        seen.add(key)
+    if kind == "near" and vectors is not None:
+        for start in range(0, len(rows), 1024):
+            sims = vectors[start:start + 1024] @ vectors.T
+            for k in range(sims.shape[0]):
+                i = start + k
+                if rows[i].id in drop:
+                    continue
+                later = np.flatnonzero(sims[k, i + 1:] >= threshold) + i + 1
+                drop.update(rows[j].id for j in later)
+    return drop
+
+
+def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
+    """Prompt and target token lengths (percentiles), rows cut by train.max_length, the padding share of the
+    batch plan, and a max_length recommendation; and every row's total length (for the histogram)."""
+    from tunelab.train.batching import batches, tokenize
+    rows = splits.train + splits.val
+    prompts = [len(x) for x in tok([e.prompt for e in rows], add_special_tokens=True)["input_ids"]]
+    targets = [len(x) + 1 for x in tok([e.target for e in rows], add_special_tokens=False)["input_ids"]]  # + EOS
+    totals = np.array(prompts) + np.array(targets)
+    cut = int((totals > cfg.train.max_length).sum())
+    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length)
+    padded = sum(b.input_ids.numel() for b in plan)
+    real = sum(b.real_tokens for b in plan)
+    p99 = int(np.percentile(totals, 99))
+    recommended = int(2 ** np.ceil(np.log2(max(totals.max(), 8))))  # the next power of two that holds every row
+    return {"rows": len(rows), "max_length": cfg.train.max_length, "truncated": cut,
+            "prompt": _percentiles(prompts), "target": _percentiles(targets), "total": _percentiles(totals.tolist()),
+            "padding_share": round(1 - real / max(padded, 1), 4), "p99_total": p99,
+            "recommended_max_length": recommended,
+            "recommendation": _recommend(cfg.train.max_length, cut, int(totals.max()), recommended)}, totals
+
+
+def _percentiles(values: list[int]) -> dict:
+    v = np.array(values)
+    return {"min": int(v.min()), "p50": int(np.percentile(v, 50)), "p90": int(np.percentile(v, 90)),
+            "p99": int(np.percentile(v, 99)), "max": int(v.max()), "mean": round(float(v.mean()), 1)}
+
+
+def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
+    if cut:
+        return f"raise train.max_length to {recommended}: {cut} rows are longer than {current}"
+    if longest * 2 <= current:
+        return (f"train.max_length {current} is more than twice the longest row ({longest} tokens); "
+                f"{recommended} holds every row (max_length caps memory, it does not pad)")
+    return f"train.max_length {current} holds every row (longest {longest} tokens)"
+
+
+def targets(splits: Splits) -> dict:
+    """Share of train and test targets holding a reference answer the GSM8K-style scorer can read."""
+    from tunelab.evaluate.scoring import reference_answer
+    out = {}
+    for name, rows in (("train", splits.train + splits.val), ("test", splits.test)):
+        missing = [e.id for e in rows if not reference_answer(e.target)]
+        out[name] = {"rows": len(rows), "scoreable": len(rows) - len(missing),
+                     "share": round((len(rows) - len(missing)) / len(rows), 4) if rows else None,
+                     "without_answer": missing[:20]}
+    return out
+
+
+def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.ndarray]:
+    """Every check on the recipe's splits. `embed_texts(texts) -> (N, D)` enables the near-duplicate checks
+    (None skips them). Returns the data_checks.json object (without the estimate) and the rows' total token
+    lengths (for `write`'s histogram)."""
+    clock, seconds = time.time(), {}
+    train = splits.train
+    train_vecs = test_vecs = val_vecs = None
+    if embed_texts is not None:
+        all_vecs = embed_texts([question_text(e) for e in splits.train + splits.val])
+        train_vecs, val_vecs = all_vecs[:len(train)], all_vecs[len(train):]
+        test_vecs = embed_texts([question_text(e) for e in splits.test]) if splits.test else None
+        seconds["embed"], clock = time.time() - clock, time.time()
+    n, threshold = cfg.checks.ngram, cfg.data.near_threshold
+    # test rows against every row of the training data (both splits: validation rows are the user's data too)
+    source, source_vecs = train + splits.val, None if train_vecs is None else np.concatenate([train_vecs, val_vecs])
+    found = overlap("test", splits.test, source, test_vecs, source_vecs, n, threshold) if splits.test else []
+    found += overlap("validation", splits.val, train, val_vecs, train_vecs, n, threshold)
+    duplicates = train_duplicates(train, train_vecs, threshold)
+    seconds["overlap_duplicates"], clock = time.time() - clock, time.time()
+    profile, totals = lengths(cfg, splits, tok)
+    seconds["lengths"] = time.time() - clock
+    counts = {split: {k: sum(1 for o in found if o["split"] == split and o["kind"] == k) for k in KINDS}
+              for split in ("test", "validation")}
+    return {"settings": {"ngram": n, "near_threshold": threshold,
+                         "near": embed_texts is not None, "embedder": "minilm"},
+            "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
+                     "deduplicated": splits.deduplicated},
+            "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
+            "targets": targets(splits), "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
+
+
+def minilm(texts: list[str]) -> np.ndarray:
+    """The near-duplicate embedder: all-MiniLM-L6-v2, L2-normalised, through the analysis embedding cache."""
+    from tunelab.analysis.embed import embed
+    return embed(texts, "minilm")
+
+
+def write(run, checks: dict, totals: np.ndarray) -> None:
+    """analysis/data_checks.json and the length histogram of a run directory."""
+    from tunelab.analysis.plots import lengths_png
+    run.analysis_dir.mkdir(parents=True, exist_ok=True)
+    lengths_png(totals, checks["lengths"]["max_length"], run.lengths_png)
+    run.write_json(run.data_checks, checks)
+
+
+def verdict(checks: dict) -> str:
+    """One line: test overlap by kind, or clean; duplicates and truncation when present."""
+    test = checks["overlap_counts"]["test"]
+    parts = []
+    if sum(test.values()):
+        parts.append("test overlap found: " + ", ".join(f"{v} {k}" for k, v in test.items() if v))
+    else:
+        kinds = "exact, 13-gram and near-duplicate" if checks["settings"]["near"] else "exact and n-gram"
+        parts.append(f"no test row overlaps the training rows ({kinds} checks)")
+    d = checks["train_duplicates"]
+    if d["exact_rows"] or d["near_pairs"]:
+        parts.append(f"{d['exact_rows']} exact and {d['near_pairs']} near duplicates inside train")
+    if checks["lengths"]["truncated"]:
+        parts.append(f"{checks['lengths']['truncated']} rows longer than train.max_length")
+    return "; ".join(parts)
