@@ -392,13 +392,13 @@ def cmd_export(args) -> int:
 def _print_eval(summary: dict, run) -> None:
     from rich.console import Console
     from rich.table import Table
+    from tunelab.evaluate.summary import pass_names
     from tunelab.report import eval_lines
     table = Table("model", "n", "strict-match", "flexible-extract", "tokens/s", "seconds", title=f"{run.path} eval")
-    for name, s in summary.items():
-        if isinstance(s, dict) and "flexible_accuracy" in s:
-            table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %",
-                          f"{100 * s['flexible_accuracy']:.1f} %", f"{s['tokens_per_second']:.0f}",
-                          f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
+    for name in pass_names(summary):
+        s = summary[name]
+        table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %", f"{100 * s['flexible_accuracy']:.1f} %",
+                      f"{s['tokens_per_second']:.0f}", f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
     console = Console()
     console.print(table)
     for metric in ("strict", "flexible"):

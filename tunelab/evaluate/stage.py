@@ -26,7 +26,7 @@ from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import reference_answer, score
-from tunelab.evaluate.summary import comparisons
+from tunelab.evaluate.summary import comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import RunDir
 
@@ -187,13 +187,11 @@ def _kept_passes(run: RunDir, ids: list[str], running: set[str]) -> tuple[list[d
     previous = run.read_eval_summary() or {}
     old = run.read_predictions()
     kept, stats = [], {}
-    for name, s in previous.items():
-        if name in running or not (isinstance(s, dict) and "flexible_accuracy" in s):
-            continue
+    for name in pass_names(previous):
         rows = [p for p in old if p["model"] == name]
-        if [p["id"] for p in rows] == ids:
+        if name not in running and [p["id"] for p in rows] == ids:
             kept += rows
-            stats[name] = s
+            stats[name] = previous[name]
     return kept, stats
 
 

@@ -14,6 +14,11 @@ from tunelab.stats import paired_difference
 METRICS = ("strict", "flexible")
 
 
+def pass_names(summary: dict) -> list[str]:
+    """The models an eval summary holds stats for (base, base-<N>shot, epoch-<K>, tuned), in its order."""
+    return [k for k, v in summary.items() if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
+
+
 def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoch: int, fewshot: int) -> dict:
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
