@@ -74,11 +74,12 @@ def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
                     "--run-dir", str(run)], check=True, env=env, capture_output=True)
     shutil.copytree(run, tmp_path / "copy")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29518", "-m", "tunelab.cli", "-q", "eval", str(run), "--only", "tuned", "--limit", "7"],
+                           "29518", "-m", "tunelab.cli", "-q", "eval", str(run), "--only", "tuned", "--limit", "7",
+                           "--set", "eval.epochs=last"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "eval", str(tmp_path / "copy"), "--only", "tuned",
-                    "--limit", "7"], check=True, env=env, capture_output=True)
+                    "--limit", "7", "--set", "eval.epochs=last"], check=True, env=env, capture_output=True)
     sharded = RunDir(run).read_jsonl(RunDir(run).eval_dir / "predictions.jsonl")
     single = RunDir(tmp_path / "copy").read_jsonl(RunDir(tmp_path / "copy").eval_dir / "predictions.jsonl")
     assert len(sharded) == 7 and [(p["id"], p["completion"]) for p in sharded] == \

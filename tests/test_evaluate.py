@@ -111,7 +111,8 @@ def test_export_merged_and_adapter_only(tiny_trained, tmp_path):
 def test_real_smollm2_eval_on_gsm8k_questions(gsm8k, tmp_path, monkeypatch):
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")  # no cached base pass
     from tunelab.config import load_recipe
-    cfg = load_recipe("gsm8k-smollm2-135m", [f"data.source={gsm8k}", "eval.limit=4", "eval.max_new_tokens=64"])
+    cfg = load_recipe("gsm8k-smollm2-135m", [f"data.source={gsm8k}", "eval.limit=4", "eval.max_new_tokens=64",
+                                              "eval.fewshot=0"])
     run = RunDir(tmp_path / "bare")
     result = evaluate(cfg, run, adapter=False)
     preds = result.predictions
