@@ -101,6 +101,8 @@ def test_clean_split_passes_strict_and_dedup_drops_duplicates(gsm8k, tmp_path, c
     cfg = DataConfig(source=str(tmp_path / "dup.jsonl"), template=TEMPLATE, target="{answer}", dedup="exact")
     splits = load_splits(cfg)
     assert splits.deduplicated == 4 and len(splits.train) + len(splits.val) == 50
+    ids = [e.id for e in splits.train + splits.val]
+    assert len(set(ids)) == 50 and not {f"train-{i}" for i in range(51, 55)} & set(ids)  # the later copies go
 
 
 BOM, CRLF = "\ufeff", "\r\n"

@@ -359,6 +359,7 @@ def _summary(loop: Loop, wall: float) -> dict:
         "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source, "epochs": cfg.train.epochs,
         "train_examples": len(loop.train_items), "val_examples": len(loop.val_items),
         "test_examples": len(loop.splits.test), "skipped_rows": len(loop.splits.skipped),
+        "deduplicated_rows": loop.splits.deduplicated,
         "truncated_examples": loop.truncated,
         "initial_val_loss": epochs[0]["val_loss"], "final_val_loss": last["val_loss"],
         "first_epoch_train_loss": first_train["train_loss"], "final_train_loss": last["train_loss"],
