@@ -63,3 +63,12 @@ def test_stage_flags_are_recipe_overrides_validated_like_any_key(tmp_path, capsy
     assert main(["analyze", "--recipe", "quickstart", "-k", "x", "--run-dir", str(tmp_path / "a")]) == 2
     assert "analysis.k: must be a valid integer" in capsys.readouterr().err
     assert not (tmp_path / "e").exists() and not (tmp_path / "a").exists()
+
+
+def test_set_on_a_run_directory_is_limited_to_the_commands_own_sections(tmp_path, capsys):
+    from fixture_run import make_run
+    run = make_run(tmp_path / "r")
+    assert main(["eval", str(run), "--set", "train.lr=0.1", "--set", "eval.limit=5"]) == 2
+    assert "--set train.lr: on a run directory only eval.* keys can be overridden" in capsys.readouterr().err
+    assert main(["analyze", str(run), "--set", "model.name=x"]) == 2
+    assert "only analysis.* / checks.* keys" in capsys.readouterr().err

@@ -214,7 +214,7 @@ def cmd_eval(args) -> int:
     from tunelab.rundir import RunDir
     is_run = Path(args.target, "config.yaml").is_file()
     if is_run:
-        run, cfg = open_run(args.target, args.overrides)
+        run, cfg = open_run(args.target, args.overrides, sections=("eval",))
     else:
         cfg = load_recipe(args.target, args.overrides)
         run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
@@ -237,7 +237,7 @@ def cmd_analyze(args) -> int:
             from tunelab.config import to_yaml
             run.write_text(run.config, to_yaml(cfg))
     elif args.run_dir:
-        run, cfg = open_run(args.run_dir, args.overrides)
+        run, cfg = open_run(args.run_dir, args.overrides, sections=("analysis", "checks"))
     else:
         raise UserError("analyze: give a run directory, or --recipe NAME --run-dir DIR")
     with locked(run, "analyze"):

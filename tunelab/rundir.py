@@ -219,19 +219,26 @@ def default_run_dir(recipe_name: str, kind: str = "") -> Path:
     return Path("runs") / (f"{recipe_name}-{kind}" if kind and recipe_name else recipe_name or kind)
 
 
-def open_run(path: str | Path, overrides: list[str] | None = None, need: str | None = None):
+def open_run(path: str | Path, overrides: list[str] | None = None, need: str | None = None,
+             sections: tuple[str, ...] = ()):
     """An existing run directory and its typed recipe.
 
     Args:
-        overrides: `--set` overrides for this command (e.g. eval keys for one evaluation).
+        overrides: `--set` overrides for this command only (the run's config.yaml is not rewritten).
         need: "summary" to require a finished train stage.
+        sections: the recipe sections those overrides may touch (a run's training is fixed).
 
     Raises:
-        UserError: not a run directory (no config.yaml), or the train stage has not finished.
+        UserError: not a run directory (no config.yaml), the train stage has not finished, or an override
+            outside `sections`.
     """
     run = RunDir(path)
     if not run.config.is_file():
         raise UserError(f"{path}: not a run directory (no config.yaml)")
+    outside = [o.partition("=")[0] for o in overrides or [] if o.partition(".")[0] not in sections]
+    if outside:
+        raise UserError(f"--set {', '.join(outside)}: on a run directory only {' / '.join(f'{s}.*' for s in sections)} "
+                        f"keys can be overridden (the run was trained with its config.yaml)")
     if need == "summary":
         run.require(run.summary, "training summary: train first (tunelab train)")
     return run, run.read_recipe(overrides)
