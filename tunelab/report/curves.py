@@ -12,6 +12,13 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
 def learning_curves(epochs: list[dict], steps: list[dict], out: Path) -> Path:
     """Train/val loss and token accuracy per epoch (epoch 0 = before training), plus step loss."""
     plt = _pyplot()
@@ -30,10 +37,7 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path) -> Path:
     for ax in (a, b):
         ax.set_xticks(ep)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def accuracy_per_epoch(evaluation: dict, out: Path) -> Path:
@@ -53,10 +57,7 @@ def accuracy_per_epoch(evaluation: dict, out: Path) -> Path:
     ax.set(title="GSM8K-style accuracy per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="%")
     ax.set_xticks(ep)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def overlaid(runs: dict[str, list[dict]], out: Path) -> Path:
@@ -72,7 +73,4 @@ def overlaid(runs: dict[str, list[dict]], out: Path) -> Path:
     b.set(title="Train loss per epoch", xlabel="epoch", ylabel="loss")
     a.legend()
     b.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

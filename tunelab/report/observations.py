@@ -23,14 +23,17 @@ def _arrow(values: list[float], spec: str = ".3f") -> str:
     return " → ".join(format(v, spec) for v in values)
 
 
+def _sign(ci: list[float]) -> int:
+    """+1 when a 95 % interval lies above 0, -1 below, 0 when it includes 0 (no change beyond noise)."""
+    lo, hi = ci
+    return 1 if lo > 0 else (-1 if hi < 0 else 0)
+
+
 def _paired_change(before: dict, after: dict) -> int:
     """-1 fell, +1 rose, 0 when the paired 95 % interval of the token-weighted loss difference includes 0."""
     from tunelab.stats import paired_loss_difference
     d = paired_loss_difference(before, after)
-    if d is None:
-        return 0
-    lo, hi = d["ci95"]
-    return -1 if hi < 0 else (1 if lo > 0 else 0)
+    return 0 if d is None else _sign(d["ci95"])
 
 
 def _changed(a: float, b: float) -> int:
@@ -121,11 +124,9 @@ def accuracy_change(difference: dict, metric: str, base: float, tuned: float) ->
     numbers = (f"{100 * base:.1f} % → {100 * tuned:.1f} %, {d:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, "
                f"n = {difference['n']}")
     rule = "paired bootstrap 95 % CI of tuned − base over the same questions; beyond noise = CI excludes 0"
-    if lo > 0:
-        return Observation("good", f"GSM8K-style accuracy ({metric}) rose beyond noise ({numbers}).", rule)
-    if hi < 0:
-        return Observation("watch", f"GSM8K-style accuracy ({metric}) fell beyond noise ({numbers}).", rule)
-    return Observation("info", f"GSM8K-style accuracy ({metric}) did not change beyond noise ({numbers}).", rule)
+    kind, verb = {1: ("good", "rose beyond noise"), -1: ("watch", "fell beyond noise"),
+                  0: ("info", "did not change beyond noise")}[_sign(difference["ci95_pts"])]
+    return Observation(kind, f"GSM8K-style accuracy ({metric}) {verb} ({numbers}).", rule)
 
 
 def truncation(summary: dict) -> Observation | None:
@@ -160,7 +161,7 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
     a, b = base["final_val_loss"], this["final_val_loss"]
     if loss_diff:
         lo, hi = loss_diff["ci95"]
-        change = -1 if hi < 0 else (1 if lo > 0 else 0)
+        change = _sign(loss_diff["ci95"])
         numbers = (f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %; paired difference {loss_diff['delta']:+.3f}, "
                    f"95 % CI {lo:+.3f}..{hi:+.3f} over {loss_diff['n']} validation rows)")
         rule = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the rows both runs "
@@ -200,8 +201,8 @@ def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
         if not d:
             continue
         lo, hi = d["ci95_pts"]
-        kind, verdict = ("good", "a gain beyond noise") if lo > 0 else (
-            ("watch", "a loss beyond noise") if hi < 0 else ("info", "no gain beyond noise"))
+        kind, verdict = {1: ("good", "a gain beyond noise"), -1: ("watch", "a loss beyond noise"),
+                         0: ("info", "no gain beyond noise")}[_sign(d["ci95_pts"])]
         out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {prev['epoch']} (flexible-extract): "
                                f"{100 * prev['flexible_accuracy']:.1f} % → {100 * row['flexible_accuracy']:.1f} %, "
                                f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}.",
@@ -229,11 +230,10 @@ def fewshot_baseline(evaluation: dict) -> Observation | None:
     numbers = (f"{100 * tuned:.1f} % vs {100 * prompted:.1f} % for the base model prompted {fs['shots']}-shot "
                f"(lm-eval's GSM8K format), {d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
     rule = "paired bootstrap 95 % CI of tuned − few-shot base over the same questions (flexible-extract)"
-    if lo > 0:
-        return Observation("good", f"The fine-tune beat prompting beyond noise: {numbers}.", rule)
-    if hi < 0:
-        return Observation("watch", f"Prompting the base model beat the fine-tune beyond noise: {numbers}.", rule)
-    return Observation("watch", f"The fine-tune did not beat prompting beyond noise: {numbers}.", rule)
+    kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),
+                     -1: ("watch", "Prompting the base model beat the fine-tune beyond noise"),
+                     0: ("watch", "The fine-tune did not beat prompting beyond noise")}[_sign(d["ci95_pts"])]
+    return Observation(kind, f"{verdict}: {numbers}.", rule)
 
 
 def imitation_without_solving(epochs: list[dict], evaluation: dict) -> Observation | None:
