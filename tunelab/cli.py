@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write compare.md/.html/.png (default runs/compare)")
     s.set_defaults(func=cmd_compare)
 
+    _planning_commands(sub)
+    _output_commands(sub)
+    return p
+
+
+def _planning_commands(sub) -> None:
+    """The commands that look at a recipe before anything is spent: data checks and the cost estimate."""
     s = sub.add_parser("check", help="data checks before training: test overlap, duplicates, lengths, "
                                      "scoreable targets, and the cost estimate")
     _recipe_args(s)
@@ -123,9 +130,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="a GPU from the price table (e.g. A100-80GB) or cpu; "
                                                    "default: every table GPU and this CPU")
     s.set_defaults(func=cmd_estimate)
-
-    _output_commands(sub)
-    return p
 
 
 def _output_commands(sub) -> None:
