@@ -22,25 +22,46 @@ def _recipe(tiny_recipe, tmp_path, name, grad_accum):
     return path
 
 
-LAUNCHERS = {
-    "torchrun-ddp": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"],
-    "accelerate-ddp": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-                       "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"],
-    "accelerate-fsdp": ["-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2", "--num_machines",
-                        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29521"],
-}
+def free_port() -> int:
+    """A port nobody listens on now: fixed ports reused back to back by the launches here failed once in CI."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launcher(name: str) -> list[str]:
+    """The launch command of `name`, on a fresh rendezvous port."""
+    port = str(free_port())
+    return {"torchrun-ddp": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port],
+            "accelerate-ddp": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "--main_process_port", port],
+            "accelerate-fsdp": ["-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
+                                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_port", port]}[name]
+
+
+LAUNCHERS = ["torchrun-ddp", "accelerate-ddp", "accelerate-fsdp"]
+
+
+def run_ok(cmd: list[str], env: dict) -> None:
+    """Run a launch; on failure show the tail of its stderr (a bare CalledProcessError hides it)."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
-def test_two_processes_match_one_process_with_the_same_global_batch(launcher, tiny_recipe, tmp_path):
+@pytest.mark.parametrize("kind", LAUNCHERS)
+def test_two_processes_match_one_process_with_the_same_global_batch(kind, tiny_recipe, tmp_path):
     """accelerate on a CPU-only machine needs --multi_gpu to start 2 processes (it says GPU, means DDP)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "one", 2)),
                     "--run-dir", str(one)], check=True, env=env, capture_output=True)
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, *LAUNCHERS[launcher], "-m", "tunelab.cli", "-q", "train",
+    proc = subprocess.run([sys.executable, *launcher(kind), "-m", "tunelab.cli", "-q", "train",
                            str(_recipe(tiny_recipe, tmp_path, "two", 1)), "--run-dir", str(two)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,7 +73,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(launcher, ti
                 assert y[key] == pytest.approx(x[key], rel=1e-4), key
     summary = RunDir(two).read_json(RunDir(two).summary)
     assert summary["processes"] == 2 and summary["train_examples"] == RunDir(one).read_json(RunDir(one).summary)["train_examples"]
-    assert summary["sharding"] == ("fsdp" if launcher.endswith("fsdp") else "none")
+    assert summary["sharding"] == ("fsdp" if kind.endswith("fsdp") else "none")
     examples = RunDir(two).read_jsonl(RunDir(two).examples)
     assert sum(1 for e in examples if e["split"] == "train" and e["epoch"] == 1) == summary["train_examples"]
     assert sum(1 for e in examples if e["split"] == "val" and e["epoch"] == 0) == summary["val_examples"]
@@ -74,7 +95,7 @@ def test_eval_shards_questions_across_processes(tiny_recipe, tmp_path):
                     "--run-dir", str(run)], check=True, env=env, capture_output=True)
     shutil.copytree(run, tmp_path / "copy")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29518", "-m", "tunelab.cli", "-q", "eval", str(run), "--only", "tuned", "--limit", "7",
+                           str(free_port()), "-m", "tunelab.cli", "-q", "eval", str(run), "--only", "tuned", "--limit", "7",
                            "--set", "eval.epochs=last"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,11 +112,10 @@ def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupt
     import shutil
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     recipe = _recipe(tiny_recipe, tmp_path, "f", 1)
-    launch = [sys.executable, *LAUNCHERS["torchrun-ddp"], "-m", "tunelab.cli", "-q", "train"]
+    launch = [sys.executable, *launcher("torchrun-ddp"), "-m", "tunelab.cli", "-q", "train"]
     whole = tmp_path / "whole"
-    subprocess.run([*launch, str(recipe), "--set", "train.sharding=fsdp", "--set", "train.checkpoint_every=4",
-                    "--set", "train.keep_checkpoints=9", "--run-dir", str(whole)], check=True, env=env,
-                   capture_output=True, timeout=600)
+    run_ok([*launch, str(recipe), "--set", "train.sharding=fsdp", "--set", "train.checkpoint_every=4",
+            "--set", "train.keep_checkpoints=9", "--run-dir", str(whole)], env)
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
     for path in [cut / "summary.json", cut / "adapter", *sorted((cut / "checkpoints").glob("step-*"))[1:]]:
