@@ -31,6 +31,9 @@ class ModelConfig(Section):
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (bitsandbytes, CUDA only)")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2; None = library default")
     trust_remote_code: bool = Field(False, description="allow model code from the hub")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random = weights drawn from the model's config, nothing downloaded but the "
+                                  "config and tokenizer (speed, memory and cost checks: they do not depend on the weights)")
 
 
 class DataConfig(Section):
@@ -75,8 +78,9 @@ class TrainConfig(Section):
     seed: int = Field(0, description="seed of LoRA init, dropout and data order")
     log_every: int = Field(1, ge=1, description="optimizer steps between step-log lines")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding, same loss)")
-    micro_batch_tokens: int = Field(512, ge=0, description="split batches into slices of at most this many "
-                                    "padded tokens (same loss, capped activation memory); 0 = never split")
+    micro_batch_tokens: int | None = Field(None, ge=0, description="split batches into slices of at most this "
+                                           "many padded tokens (same loss, capped activation memory); 0 = never "
+                                           "split; None = 512 on CPU, never on CUDA")
     packing: bool | None = Field(None, description="lay a batch's examples end to end, no padding (same loss); "
                                  "None = on with CUDA + flash attention, off on CPU (where it is slower)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")

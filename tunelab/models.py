@@ -37,6 +37,8 @@ def resolve(name: str) -> str:
     """
     if name in ALIASES:
         package, filename = ALIASES[name]
+        if (cache_dir() / "models" / name / "config.json").is_file():  # imported before: the package is not needed
+            return str(cache_dir() / "models" / name)
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise UserError(f"model.name: {name} needs the package {package} "
@@ -115,6 +117,8 @@ def load_model(cfg: ModelConfig, device: torch.device):
     """The base causal LM on `device`, frozen; 4-bit when `load_in_4bit` (CUDA only)."""
     from transformers import AutoModelForCausalLM
     path = resolve(cfg.name)
+    if cfg.init == "random":
+        return _random_model(cfg, path, device)
     kwargs = {"dtype": pick_dtype(cfg.dtype, device), "revision": cfg.revision,
               "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
@@ -128,6 +132,28 @@ def load_model(cfg: ModelConfig, device: torch.device):
         raise UserError(f"model.name: {cfg.name}: cannot load model ({err})") from None
     if not cfg.load_in_4bit:
         model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _random_model(cfg: ModelConfig, path: str, device: torch.device):
+    """The model of `path`'s config with random weights, built on `device` (seconds for a 7B on a GPU, no
+    download); seed 0 whatever the process's RNG state, so the train and eval stages build the same weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    if cfg.load_in_4bit:
+        raise UserError("model.init: random cannot be combined with model.load_in_4bit (nothing to quantize)")
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise UserError(f"model.name: {cfg.name}: cannot load config ({err})") from None
+    if cfg.attn_implementation:
+        config._attn_implementation = cfg.attn_implementation
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(cfg.dtype, device),
+                                                 trust_remote_code=cfg.trust_remote_code)
+    model.to(device)  # a no-op where the weights were built there
     for p in model.parameters():
         p.requires_grad_(False)
     return model

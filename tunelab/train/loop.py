@@ -33,7 +33,7 @@ from tunelab.rundir import RunDir, atomic_folder
 from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
-from tunelab.train.runtime import NonFinite, keep_freed_memory, stop_signals
+from tunelab.train.runtime import NonFinite, stop_signals, tune_for
 from tunelab.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ class Loop:
     def per_step(self) -> int:
         """Batches per optimizer step, over all ranks."""
         return self.cfg.train.grad_accum * self.d.world
+
+    @property
+    def micro_tokens(self) -> int:
+        """`train.micro_batch_tokens`, or by default 512 on CPU (measured best there) and no split on CUDA."""
+        chosen = self.cfg.train.micro_batch_tokens
+        return chosen if chosen is not None else (512 if self.device.type == "cpu" else 0)
 
     @property
     def total_steps(self) -> int:
@@ -113,8 +119,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    tune_for(device)
     d = distributed.setup(device.type, cfg.train.sharding)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
@@ -146,7 +151,9 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
         loop.state = checkpoint.load(start_from, net, optimizer, scheduler)
         log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)
     else:
-        loop.state.epochs.append(_epoch_row(0, None, _validate(loop, 0), 0.0))
+        t0 = time.time()
+        val = _validate(loop, 0)
+        loop.state.epochs.append(_epoch_row(0, None, val, 0.0, time.time() - t0))
     return loop
 
 
@@ -197,8 +204,9 @@ def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], s
     state.train_seconds += seconds
     state.train_tokens += stats.real_tokens
     state.example_log += loop.d.gather(examples)
+    t0 = time.time()
     val = _validate(loop, epoch)
-    state.epochs.append(_epoch_row(epoch, stats, val, seconds))
+    state.epochs.append(_epoch_row(epoch, stats, val, seconds, time.time() - t0))
     state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
     if loop.cfg.train.keep_epoch_adapters:
         _save_adapter(loop, loop.run.epoch_adapter(epoch))  # before the checkpoint: a resume rewrites it
@@ -235,7 +243,7 @@ def _step(loop: Loop, step_batches: list[Batch], stats: PassStats, epoch: int, e
     mine = step_batches[d.rank * cfg.train.grad_accum:(d.rank + 1) * cfg.train.grad_accum]
     step_supervised = sum(b.supervised for b in step_batches)
     loss_sum, correct, real = 0.0, 0, 0
-    micro = [mb for big in mine for mb in split(big, cfg.train.micro_batch_tokens)]
+    micro = [mb for big in mine for mb in split(big, loop.micro_tokens)]
     count = d.max(len(micro)) if d.sharded else len(micro)  # FSDP: every rank runs as many forwards
     for k in range(count):
         d.sync_gradients(loop.net, k == count - 1)
@@ -291,7 +299,7 @@ def _validate(loop: Loop, epoch: int) -> PassStats:
     stats, rows_out = PassStats(), []
     every = batches(loop.val_items, cfg.train.batch_size, loop.pad_id, None, True)
     micro = [b for k, big in enumerate(every) if k % d.world == d.rank
-             for b in split(big, cfg.train.micro_batch_tokens)]
+             for b in split(big, loop.micro_tokens)]
     for _ in range(d.max(len(micro)) - len(micro) if d.sharded else 0):  # FSDP: as many forwards on every rank
         forward_tokens(loop.net, filler(every[0]), loop.device)
     for b in micro:
@@ -307,12 +315,13 @@ def _validate(loop: Loop, epoch: int) -> PassStats:
     return total
 
 
-def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: float) -> dict:
+def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: float, val_seconds: float) -> dict:
     return {"epoch": epoch,
             "train_loss": None if train is None else round(train.loss, 6),
             "train_token_accuracy": None if train is None else round(train.accuracy, 6),
             "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
-            "seconds": round(seconds, 3), "tokens": 0 if train is None else train.real_tokens}
+            "seconds": round(seconds, 3), "tokens": 0 if train is None else train.real_tokens,
+            "val_seconds": round(val_seconds, 3), "val_tokens": val.real_tokens}
 
 
 def _save_adapter(loop: Loop, path: Path) -> None:
@@ -374,6 +383,8 @@ def _summary(loop: Loop, wall: float) -> dict:
         "train_tokens_per_second": round(state.train_tokens / max(state.train_seconds, 1e-9), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if loop.device.type == "cuda":
+        summary["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(loop.device) / 2**20, 1)
     if loop.resumed_from:
         summary["resumed_from"] = str(loop.resumed_from)
     summary["processes"], summary["sharding"] = loop.d.world, "fsdp" if loop.d.sharded else "none"
