@@ -72,3 +72,28 @@ def test_set_on_a_run_directory_is_limited_to_the_commands_own_sections(tmp_path
     assert "--set train.lr: on a run directory only eval.* keys can be overridden" in capsys.readouterr().err
     assert main(["analyze", str(run), "--set", "model.name=x"]) == 2
     assert "only analysis.* / checks.* keys" in capsys.readouterr().err
+
+
+def test_train_and_eval_import_only_what_training_needs(tiny_recipe, tmp_path):
+    """`tunelab train` and `eval` run on a GPU machine that has torch, transformers, peft and accelerate but none of
+    the analysis, plotting or benchmark packages: a fresh process that trains and evaluates imports none of them."""
+    import json
+    import subprocess
+    import sys
+    import yaml
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1},
+                                      "eval": {**tiny_recipe["eval"], "fewshot": 0}}))
+    code = ("import sys, json\nfrom tunelab.cli import main\n"
+            f"for argv in (['train', {str(recipe)!r}, '--run-dir', {str(tmp_path / 'run')!r}], "
+            f"['eval', {str(tmp_path / 'run')!r}]):\n"
+            "    assert main(['-q', *argv]) == 0\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"torch", "transformers", "peft", "pydantic"} <= loaded  # it did train and evaluate
+    # (scipy is left out: transformers imports it itself wherever it is installed)
+    unneeded = {"matplotlib", "sklearn", "umap", "plotly", "wordcloud", "sentence_transformers", "selenium", "trl",
+                "datasets", "pandas", "pyarrow", "numba", "gguf"}
+    assert not loaded & unneeded, loaded & unneeded

@@ -52,12 +52,11 @@ def _quiet_libraries() -> None:
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read by datasets when (if) it is imported
     try:
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        from datasets.utils.logging import disable_progress_bar
-        disable_progress_bar()
     except ImportError:  # report/compare run without the ML stack
         pass
 
