@@ -93,6 +93,9 @@ def test_flops_and_estimate_arithmetic():
     attn_val = 2 * 2 * 4 * 100
     assert work["flops"] == 2 * 2 * (2 * 1000 * 30 + attn_train) + 3 * (2 * 1000 * 10 + attn_val)
     assert cost.flops([10], [10], 1, 1000, 2, 4, True)["flops_per_train_token"] == 6 * 1000
-    e = cost.estimate({"flops": 312e12 * 0.35 * 3600}, "A100-80GB")
+    e = cost.estimate({"flops": 312e12 * 0.35 * 3600}, "A100-80GB")  # not measured there: the assumed 35 %
     assert e["hours"] == pytest.approx(1.0) and e["cost_usd"] == pytest.approx(cost.GPUS["A100-80GB"][0])
+    assert "assumed" in e["basis"]
+    h = cost.estimate({"flops": 989e12 * 0.19 * 3600}, "NVIDIA H200")  # measured on an H200: 19 %
+    assert h["device"] == "H200" and h["hours"] == pytest.approx(1.0) and "measured" in h["basis"]
     assert cost.gpu_key("NVIDIA A100-SXM4-40GB", 40) == "A100-40GB" and cost.gpu_key("NVIDIA H100 80GB HBM3") == "H100-80GB"

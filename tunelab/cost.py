@@ -20,7 +20,19 @@ GPUS = {
     "L4": (0.71, 121.0, 24), "RTX-4090": (0.69, 165.0, 24), "T4": (0.35, 65.0, 16), "V100": (0.90, 125.0, 16),
 }
 CPU_USD_PER_CORE_HOUR = 0.0425  # a 2-vCPU compute-optimised cloud VM at ~$0.085/h
-GPU_UTILISATION = 0.35  # share of peak a LoRA fine-tune typically reaches (assumption, stated in reports)
+# Share of the table's dense bf16 peak that tunelab's LoRA training reaches, per device; stated in every estimate.
+# Hopper (H100 and H200, the same chip): measured by benchmarks/gpu_check.py on an H200 (2026-11-28: the seed's
+# recipe, 7B Mistral, batches of 16 GSM8K rows, two runs: 0.18 and 0.204; the loop is CPU-bound there, see
+# benchmarks/README.md). Others: not measured, an assumption.
+GPU_UTILISATION = {"H200": 0.19, "H100-80GB": 0.19}
+GPU_UTILISATION_ASSUMED = 0.35
+
+
+def gpu_utilisation(key: str) -> tuple[float, str]:
+    """(share of peak, where it comes from) for a table GPU."""
+    if key in GPU_UTILISATION:
+        return GPU_UTILISATION[key], "measured on an H200 by benchmarks/gpu_check.py"
+    return GPU_UTILISATION_ASSUMED, "assumed, not measured on this GPU"
 
 
 def gpu_key(name: str, memory_gib: float | None = None) -> str | None:
@@ -121,9 +133,11 @@ def estimate(work: dict, device: str) -> dict:
             from tunelab.errors import UserError
             raise UserError(f"--device: unknown device {device!r}; known: {', '.join(GPUS)}, cpu")
         usd, peak, _ = GPUS[key]
-        rate = peak * 1e12 * GPU_UTILISATION
+        share, source = gpu_utilisation(key)
+        rate = peak * 1e12 * share
         device = key
-        basis = f"{peak:.0f} TFLOP/s dense bf16 peak x {GPU_UTILISATION} utilisation; ${usd:.2f}/h ({TABLE_SOURCE})"
+        basis = (f"{peak:.0f} TFLOP/s dense bf16 peak x {share} utilisation ({source}); ${usd:.2f}/h "
+                 f"({TABLE_SOURCE})")
     hours = work["flops"] / rate / 3600
     return {**work, "device": device, "effective_flops_per_second": rate, "hours": round(hours, 6),
             "usd_per_hour": usd, "cost_usd": round(hours * usd, 6), "basis": basis, "table_date": TABLE_DATE}

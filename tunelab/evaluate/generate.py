@@ -141,8 +141,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                     new = _prefill(model, tok, taken, encoded, device)
                     batch, taken = (new if batch is None else batch.merge(new)), []
                 keep = []
-                for j, row in enumerate(batch.rows):
-                    token = int(batch.nxt[j])
+                for j, (row, token) in enumerate(zip(batch.rows, batch.nxt.tolist())):  # one device sync a step
                     row.tokens.append(token)
                     done = _finished(tok, row.tokens, token, eos, stops[row.index], max_new_tokens)
                     if done is None:

@@ -29,6 +29,7 @@ from tunelab.evaluate.scoring import reference_answer, score
 from tunelab.evaluate.summary import comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import RunDir
+from tunelab.train.runtime import tune_for
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
 
     predictions, stats = _kept_passes(run, [q.id for q in questions], {p.name for p in passes})
     device, tok = pick_device(cfg.train.device), load_tokenizer(cfg.model)
+    tune_for(device)
     journal = Journal(run, distributed.setup(device.type).rank)
     for p in passes:
         rows, stats[p.name] = _cached(cfg, p) if p.is_base else (None, None)
