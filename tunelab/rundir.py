@@ -32,13 +32,14 @@ LAYOUT = {
     "estimate.json": ("estimate", "the cost estimate made before the first step (exact token counts)"),
     "metrics/steps.jsonl": ("steps", "per optimizer step: loss, lr, grad norm, tokens, tokens/s"),
     "metrics/epochs.jsonl": ("epochs", "per epoch: `epoch`, `train_loss`, `train_token_accuracy`, `val_loss`, "
-                                       "`val_token_accuracy`, `seconds`, `tokens`; epoch 0 is validation before "
-                                       "the first step"),
+                                       "`val_token_accuracy`, `seconds`, `tokens`, `val_seconds`, `val_tokens`; "
+                                       "epoch 0 is validation before the first step"),
     "metrics/examples.jsonl": ("examples", "every train and validation example's loss and supervised tokens per "
                                           "epoch"),
     "checkpoints/step-N/": ("checkpoints", "adapter weights, optimizer, scheduler, RNG states, data position, "
                                            "metrics so far (last `train.keep_checkpoints`)"),
-    "adapter/": ("adapter", "the LoRA adapter in PEFT format (`PeftModel.from_pretrained`)"),
+    "adapter/": ("adapter", "the LoRA adapter in PEFT format (`PeftModel.from_pretrained`); its README.md is the "
+                            "model card (Hub metadata, measured results)"),
     "adapters/epoch-N/": (None, "each epoch's adapter, PEFT format (unless `train.keep_epoch_adapters: "
                                             "false`); the last equals `adapter/`"),
     "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),

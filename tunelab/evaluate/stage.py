@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab import distributed
+from tunelab import card, distributed
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, load_splits
 from tunelab.errors import UserError
@@ -97,6 +97,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         run.write_jsonl(run.predictions, predictions)
         run.write_json(run.eval_summary, summary)
         journal.clear()
+        if run.summary.exists():  # a trained run: its model card now carries the accuracies
+            card.write(run)
     return EvalResult(summary, predictions)
 
 

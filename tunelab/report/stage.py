@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab import handoff
 from tunelab.config import Recipe
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, val_rows
@@ -29,7 +30,8 @@ DEFINITIONS = [
     "exact test on the questions one model got right and the other wrong.",
     "Cost = measured wall hours of the train stage × price per hour (recipe cost.usd_per_hour, or the dated "
     "built-in table). Estimate = FLOPs (4·N per trained token, 6·N with gradient checkpointing, 2·N per "
-    "validated token, plus causal attention) / (device peak × assumed utilisation).",
+    "validated token, plus causal attention) / (device peak × utilisation: measured on H100/H200, assumed "
+    "elsewhere; the basis is stated with each estimate).",
     "Outliers = rows whose mean rank of embedding-space isolation (local outlier factor) and final per-example "
     "loss is highest; clusters = KMeans on sentence embeddings, named by class-based TF-IDF.",
     "Data map (dataset cartography): confidence = mean over epochs of exp(−loss) of a training example; "
@@ -78,6 +80,12 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     if baseline is not None:
         sections.append(("Comparison with the baseline run", baseline_section(run, baseline, figures)))
     sections.append(("What worked / what to watch", _worked_and_watch(found)))
+    if run.has_adapter():
+        sections.append(("Take it further", [
+            ("p", "Commands filled in for this run: re-score the adapter with lm-evaluation-harness, serve it with "
+                  "vLLM, publish it (adapter/README.md is its model card; `tunelab export` writes a merged model "
+                  "or a GGUF for llama.cpp and Ollama)."),
+            ("details", "the commands", handoff.for_run(run))]))
     sections.append(("Definitions", [("list", DEFINITIONS)]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))

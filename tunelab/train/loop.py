@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from tunelab import cost, distributed, environment
+from tunelab import card, cost, distributed, environment
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Splits, load_splits
 from tunelab.errors import UserError
+from tunelab.handoff import hub_id
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder
@@ -331,6 +332,8 @@ def _save_adapter(loop: Loop, path: Path) -> None:
     if loop.d.main:
         with atomic_folder(path) as tmp:
             loop.model.save_pretrained(str(tmp), state_dict=weights)
+            if base := hub_id(loop.cfg.model):  # not the local cache path PEFT recorded: loadable anywhere
+                card.set_base_model(tmp, base)
 
 
 def _write_outputs(loop: Loop, wall: float) -> dict:
@@ -342,6 +345,7 @@ def _write_outputs(loop: Loop, wall: float) -> dict:
     summary = _summary(loop, wall)
     run.write_json(run.summary, summary)
     run.write_json(run.cost, cost.actual(wall, loop.device, loop.cfg.cost.usd_per_hour))
+    card.write(run)
     return summary
 
 

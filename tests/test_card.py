@@ -1,0 +1,71 @@
+"""The model card (adapter/README.md) and the Hub id in adapter_config.json: written by the train stage,
+refreshed by the eval stage, parsed by huggingface_hub's own model-card reader, every number from the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunelab.config import ModelConfig, validate
+from tunelab.evaluate.stage import evaluate
+from tunelab.handoff import hub_id
+from tunelab.rundir import RunDir
+from tunelab.train import train
+
+
+def test_hub_id_is_the_original_model_never_a_local_path(tmp_path):
+    assert hub_id(ModelConfig(name="smollm2-135m-instruct")) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_id(ModelConfig(name="mistralai/Mistral-7B-v0.1")) == "mistralai/Mistral-7B-v0.1"
+    assert hub_id(ModelConfig(name=str(tmp_path))) is None  # a local folder: unknown unless the recipe says
+    assert hub_id(ModelConfig(name=str(tmp_path), hub_id="me/my-model")) == "me/my-model"
+    assert hub_id(ModelConfig(name="models/x.gguf")) is None
+
+
+def test_card_is_written_after_training_and_refreshed_after_eval(tiny_recipe, tmp_path):
+    from huggingface_hub import ModelCard
+    raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+           "train": {**tiny_recipe["train"], "epochs": 1}, "eval": {**tiny_recipe["eval"], "fewshot": 0}}
+    cfg = validate(raw, "card")
+    run = RunDir(tmp_path / "run")
+    train(cfg, run)
+    config = json.loads((run.adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # not the local folder
+    assert json.loads((run.epoch_adapter(1) / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    card = ModelCard.load(run.adapter / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.library_name == "peft"
+    assert "base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct" in card.data.tags
+    summary = run.read_summary()
+    (val,) = card.data.eval_results  # before eval: the validation loss only
+    assert (val.metric_type, val.metric_value, val.dataset_split) == ("loss", round(summary["final_val_loss"], 4),
+                                                                       "validation")
+    assert "Not evaluated yet" in card.text and f"{summary['final_val_loss']:.4f}" in card.text
+
+    evaluate(cfg, run)
+    card = ModelCard.load(run.adapter / "README.md")
+    tuned = run.read_eval_summary()["tuned"]
+    by_name = {r.metric_name: r for r in card.data.eval_results}
+    assert by_name["strict-match accuracy"].metric_value == round(tuned["strict_accuracy"], 4)
+    assert by_name["flexible-extract accuracy"].metric_value == round(tuned["flexible_accuracy"], 4)
+    assert by_name["flexible-extract accuracy"].dataset_split == "test"
+    assert "Not evaluated yet" not in card.text and f"| tuned | {tuned['n']} |" in card.text
+    assert card.data.to_dict()["model-index"][0]["name"] == cfg.name  # the metadata round-trips
+    assert "lm_eval --model hf --model_args pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,peft=" in card.text
+    assert f"--lora-modules {cfg.name}-lora={run.adapter.resolve()}" in card.text
+    from tunelab.report import write_report
+    write_report(run)  # the report carries the same hand-offs
+    report = run.report_md.read_text()
+    assert "## Take it further" in report and f"lora_local_path={run.adapter.resolve()}" in report
+
+
+def test_card_without_a_known_hub_id_says_so_and_keeps_peft_path(tiny_recipe, tmp_path):
+    from huggingface_hub import ModelCard
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1}}
+    run = RunDir(tmp_path / "run")
+    train(validate(raw, "local"), run)
+    card = ModelCard.load(run.adapter / "README.md")
+    assert card.data.base_model is None and "Set `model.hub_id`" in card.text
+    assert json.loads((run.adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        tiny_recipe["model"]["name"]

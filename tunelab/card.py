@@ -1,0 +1,141 @@
+"""The model card: adapter/README.md in the Hugging Face Hub's format, every number read from the run directory.
+
+YAML metadata (base_model, library_name: peft, pipeline_tag, tags, datasets and license where known, and a
+model-index with the measured GSM8K-style accuracies and validation loss), then what was trained, the
+per-epoch table, the evaluation, the cost, how to load it and where to take it next. Written when training
+ends, refreshed when evaluation ends; `tunelab export` copies it. The adapter's adapter_config.json gets
+the same `base_model` (the Hub id, not a local cache path) so a shared adapter loads anywhere.
+
+Run as: tunelab train quickstart    (then: cat runs/quickstart/adapter/README.md)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tunelab import handoff
+from tunelab.handoff import hub_id, known_license
+from tunelab.rundir import RunDir
+
+
+def write(run: RunDir) -> Path | None:
+    """(Re)write the run's model card (adapter/README.md) and its adapter_config.json's Hub id; None without an
+    adapter."""
+    if not run.has_adapter():
+        return None
+    base = hub_id(run.read_recipe().model)
+    if base:  # runs from before adapters were saved this way still get the Hub id
+        set_base_model(run.adapter, base)
+    path = run.adapter / "README.md"
+    path.write_text(render(run))
+    return path
+
+
+def set_base_model(adapter: Path, base: str) -> None:
+    """adapter_config.json's base_model_name_or_path := `base` (PEFT writes the local path it loaded from)."""
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("base_model_name_or_path") != base:
+        config["base_model_name_or_path"] = base
+        tmp = config_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(config_path)
+
+
+def render(run: RunDir) -> str:
+    """The card's text: `---` YAML metadata `---`, then Markdown."""
+    cfg = run.read_recipe()
+    base = hub_id(cfg.model)
+    summary, epochs, evaluation, cost = run.read_summary(), run.read_epochs(), run.read_eval_summary(), \
+        run.read_optional(run.cost)
+    meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
+            "tags": ["lora", "peft", "tunelab", "transformers"] + ([f"base_model:adapter:{base}"] if base else []),
+            "datasets": [cfg.data.source] if _is_hub_dataset(cfg.data.source) else None,
+            "license": known_license(cfg.model),
+            "model-index": [{"name": cfg.name, "results": _results(cfg, summary, evaluation)}]}
+    meta = {k: v for k, v in meta.items() if v}
+    body = [f"# {cfg.name}: a LoRA adapter for {base or cfg.model.name}", "",
+            f"Trained with tunelab from the recipe below: LoRA r={cfg.lora.r}, "
+            f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {_targets(cfg.lora.target_modules)}, "
+            f"{cfg.train.epochs} epoch(s) over {summary['train_examples']} training rows of `{cfg.data.source}` "
+            f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "
+            f"this run; none is copied from elsewhere.", ""]
+    if not base:
+        body += ["`base_model` is unknown: `model.name` is a local path. Set `model.hub_id` in the recipe to name "
+                 "the Hub model it came from.", ""]
+    body += ["## Training", "", "| epoch | train loss | validation loss | validation token accuracy |",
+             "|---|---|---|---|"]
+    body += [f"| {e['epoch']} | {_num(e['train_loss'])} | {e['val_loss']:.4f} | {e['val_token_accuracy']:.3f} |"
+             for e in epochs]
+    body += ["", f"Epoch 0 is the base model before the first step. Validation loss "
+                 f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f} "
+                 f"({summary['val_loss_improvement_pct']:+.1f} % fall); best validation epoch: "
+                 f"{summary['best_val_epoch']}.", ""]
+    body += _evaluation(cfg, evaluation)
+    if cost:
+        body += ["## Cost", "", f"{cost['device_hours']:.3f} device-hours on {cost['device']} at "
+                 f"${cost['usd_per_hour']:.3f}/h = ${cost['cost_usd']:.3f} ({cost['price_source']}).", ""]
+    body += ["## Use", "", "```python", "from peft import PeftModel",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f"base = AutoModelForCausalLM.from_pretrained({base or cfg.model.name!r})",
+             f"model = PeftModel.from_pretrained(base, \"<this folder or Hub repo>\")",
+             f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})",
+             f"prompt = {cfg.data.template!r}  # the training prompt; fill in its fields", "```", "",
+             "## Next", "",
+             handoff.markdown(handoff.for_run(run)),
+             "## Recipe", "", "```yaml", run.config.read_text().rstrip(), "```", ""]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+
+
+def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:
+    """model-index results: GSM8K-style accuracy of the final adapter (when evaluated), the validation loss."""
+    out = []
+    if evaluation and "tuned" in evaluation:
+        tuned = evaluation["tuned"]
+        split = cfg.eval.split
+        out.append({"task": {"type": "text-generation", "name": "Text Generation"},
+                    "dataset": {"name": f"{cfg.data.source} ({split}, {tuned['n']} questions)",
+                                "type": cfg.data.source, "split": split},
+                    "metrics": [{"type": "exact_match", "name": "strict-match accuracy",
+                                 "value": round(tuned["strict_accuracy"], 4)},
+                                {"type": "exact_match", "name": "flexible-extract accuracy",
+                                 "value": round(tuned["flexible_accuracy"], 4)}]})
+    out.append({"task": {"type": "text-generation", "name": "Text Generation"},
+                "dataset": {"name": f"{cfg.data.source} (validation, {summary['val_examples']} rows)",
+                            "type": cfg.data.source, "split": "validation"},
+                "metrics": [{"type": "loss", "name": "validation loss", "value": round(summary["final_val_loss"], 4)}]})
+    return out
+
+
+def _evaluation(cfg, evaluation: dict | None) -> list[str]:
+    if not evaluation or "tuned" not in evaluation:
+        return ["## Evaluation", "", "Not evaluated yet: `tunelab eval <run>` scores it and rewrites this card.", ""]
+    rows = ["## Evaluation", "", f"GSM8K-style exact match on `{cfg.data.source}` {cfg.eval.split} questions "
+            "(lm-evaluation-harness's gsm8k extraction: strict-match = the first `#### N`, flexible-extract = the "
+            "last number), greedy, the training prompt:", "",
+            "| model | n | strict-match | flexible-extract |", "|---|---|---|---|"]
+    for name, row in evaluation.items():
+        if isinstance(row, dict) and "flexible_accuracy" in row and "n" in row:
+            rows.append(f"| {name} | {row['n']} | {100 * row['strict_accuracy']:.1f} % | "
+                        f"{100 * row['flexible_accuracy']:.1f} % |")
+    diff = evaluation.get("flexible_difference")
+    if diff:
+        low, high = diff["ci95_pts"]
+        rows += ["", f"Tuned − base, flexible-extract: {diff['delta_pts']:+.1f} points (95 % paired bootstrap "
+                 f"interval {low:+.1f} to {high:+.1f}; {diff['gained']} questions gained, {diff['lost']} lost)."]
+    return rows + [""]
+
+
+def _targets(modules) -> str:
+    return "all linear layers" if modules == "all-linear" else ", ".join(modules)
+
+
+def _num(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _is_hub_dataset(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()

