@@ -95,7 +95,7 @@ class TrainConfig(Section):
     sharding: Literal["none", "fsdp"] = Field("none", description="with several processes: none = each holds the "
                                               "whole model; fsdp = shard weights, gradients, optimizer state (FSDP2)")
     threads: int | None = Field(None, ge=1, description="CPU threads; None = all cores")
-    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list,
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list,
                                                               description="optional experiment trackers")
 
 

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab import card, distributed
+from tunelab import card, distributed, trackers
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, load_splits
 from tunelab.errors import UserError
@@ -99,6 +99,9 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         journal.clear()
         if run.summary.exists():  # a trained run: its model card now carries the accuracies
             card.write(run)
+        figures = {f"eval/{name}_{metric}": row[metric] for name, row in stats.items()
+                   for metric in ("strict_accuracy", "flexible_accuracy", "n")}
+        trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)
 
 

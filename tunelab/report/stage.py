@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab import handoff
+from tunelab import handoff, trackers
 from tunelab.config import Recipe
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, val_rows
@@ -90,6 +90,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
+    trackers.publish(run, cfg.train.report_to, "report", {}, [run.report_html, run.report_md])
     return run.report_html
 
 

@@ -35,7 +35,7 @@ from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
 from tunelab.train.runtime import NonFinite, stop_signals, tune_for
-from tunelab.train.trackers import Trackers
+from tunelab.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     started = time.time()
     loop = _start(cfg, run, resume)
     state = loop.state
-    trackers = Trackers(cfg.train.report_to if loop.d.main else [], run)
+    trackers = Trackers(cfg.train.report_to if loop.d.main else [], run, cfg.model_dump(mode="json"))
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
