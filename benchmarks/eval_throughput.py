@@ -4,7 +4,8 @@ Same N GSM8K test questions (default 128), same model (SmolLM2-135M-Instruct), s
 and stop rule, one process. Prints generated tokens/s of both, their ratio, and the share of
 questions whose extracted answers agree; then the same figures for the first 32 questions (tunelab
 run again on those alone, the naive loop's time on them measured inside its 128-question pass).
-The last line is one JSON object. Takes ~6 min here (the naive loop is most of it).
+Also tunelab without its prompt-lookup drafts (speculate=False), to show what they buy.
+The last line is one JSON object. Takes ~7 min here (the naive loop is most of it).
 
 Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0]
 """
@@ -93,10 +94,16 @@ def main() -> None:
 
     gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
     gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
+    plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)
+    same = sum(a.completion == b.completion for a, b in zip(gens, plain)) / len(gens)
     slow_texts, slow_tokens, slow_seconds = naive(model, tok, prompts, args.max_new_tokens)
+    print("without prompt-lookup drafts:", end=" ")
+    without = compare(plain, plain_s, slow_texts, slow_tokens, sum(slow_seconds))
+    print(f"with drafts vs without: {plain_s / fast_s:.2f}x faster, identical completions on {100 * same:.1f} %")
     result = {"benchmark": "eval_throughput", "max_new_tokens": args.max_new_tokens, "slots": args.slots or "auto",
               **compare(gens, fast_s, slow_texts, slow_tokens, sum(slow_seconds)),
               "first_32": compare(gens32, fast32_s, slow_texts[:32], slow_tokens[:32], sum(slow_seconds[:32])),
+              "without_drafts": without, "drafts_identical_completions": round(same, 4),
               "torch_threads": torch.get_num_threads()}
     print(json.dumps(result))
 

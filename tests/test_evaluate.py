@@ -44,6 +44,56 @@ def test_continuous_batching_refills_slots_and_equals_batch_one(tiny_model):
         assert [(g.completion, g.tokens) for g in batched] == [(g.completion, g.tokens) for g in single], slots
 
 
+def test_verified_drafts_give_the_same_tokens_as_one_token_steps(tiny_model, monkeypatch):
+    """Draft tokens are checked in one forward: the matching prefix is kept, the rest masked out of the cache.
+    With drafts that are right up to a planted wrong token (at every offset), every row's tokens equal plain
+    one-token greedy steps, alone or beside other rows, a stop string included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import tunelab.evaluate.generate as gen
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    prompts = ["one two three one two three", "a b a b", "word " * 30 + "end", "Instruction: 12 times 3?\nResponse: "]
+    encoded = [tok(p)["input_ids"] for p in prompts]
+    reference = []  # each prompt's greedy continuation, one full forward per token
+    with torch.no_grad():
+        for ids in encoded:
+            seq = list(ids)
+            for _ in range(40):
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+            reference.append(seq[len(ids):])
+    plain = [generate(model, tok, [p], max_new_tokens=40, slots=1, speculate=False)[0][0] for p in prompts]
+    stops = [None, [tok.decode(reference[1][6:8])], None, None]
+    plain[1] = generate(model, tok, [prompts[1]], max_new_tokens=40, slots=1, stops=[stops[1]], speculate=False)[0][0]
+
+    def oracle(context, k=gen.SPEC_TOKENS, n=gen.SPEC_NGRAM):
+        i = next(i for i, ids in enumerate(encoded) if context[:len(ids)] == ids)
+        done = len(context) - len(encoded[i])
+        proposal = list(reference[i][done:done + k])
+        if proposal and done % 3:  # a wrong token at offset done % k: only the part before it may be kept
+            wrong = done % len(proposal)
+            proposal[wrong] = (proposal[wrong] + 1) % len(tok)
+        return proposal
+
+    accepted, real_step = [], gen._Batch.step
+
+    def counting_step(self, m, drafts=None):
+        real_step(self, m, drafts)
+        accepted.append(sum(len(a) for a in self.accepted))
+
+    monkeypatch.setattr(gen, "draft", oracle)
+    monkeypatch.setattr(gen._Batch, "step", counting_step)
+    for slots in (1, 2, 4):
+        spec, _ = generate(model, tok, prompts, max_new_tokens=40, slots=slots, stops=stops)
+        assert [(g.completion, g.tokens) for g in spec] == [(g.completion, g.tokens) for g in plain], slots
+    assert sum(accepted) > 40  # drafts were verified and kept: fewer forwards than tokens
+
+
+def test_draft_is_what_followed_the_last_earlier_occurrence():
+    from tunelab.evaluate.generate import draft
+    assert draft([5, 1, 2, 3, 9, 9, 1, 2, 3, 4, 4, 1, 2, 3], k=3) == [4, 4, 1]  # the most recent earlier match
+    assert draft([1, 2, 3, 4], k=3) == [] and draft([1, 2], k=3) == []
+
+
 def test_answer_line_stop_rule():
     assert ANSWER_LINE.search("3 + 4 = 7\n#### 7\n")
     assert not ANSWER_LINE.search("3 + 4 = 7\n#### 7")  # the line is not finished yet
@@ -233,11 +283,11 @@ def test_out_of_memory_restarts_unfinished_rows_with_half_the_slots(tiny_model, 
     expected = [g.completion for g in generate(model, tok, prompts, max_new_tokens=12, slots=4)[0]]
     real_step, calls = gen._Batch.step, {"n": 0}
 
-    def failing_step(self, m):
+    def failing_step(self, m, drafts=None):
         calls["n"] += 1
         if calls["n"] in (3, 9):
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real_step(self, m)
+        return real_step(self, m, drafts)
 
     monkeypatch.setattr(gen._Batch, "step", failing_step)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)

@@ -35,7 +35,8 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
     """
     cfg = load_recipe(recipe, overrides)
     run = RunDir(run_dir or default_run_dir(cfg.name))
-    if run.config.exists() and run.config.read_text() != to_yaml(cfg):
+    # read through today's schema: keys added since the run was made take their defaults, not a difference
+    if run.config.exists() and to_yaml(run.read_recipe()) != to_yaml(cfg):
         raise UserError(f"{run.path}: holds a run of a different recipe (see its config.yaml); "
                         "use a new --run-dir, or the same recipe and overrides to resume it")
     base = None

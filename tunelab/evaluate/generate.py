@@ -28,6 +28,12 @@ ANSWER_LINE = re.compile(r"####[^\n]*\d[^\n]*\n")  # a complete line after the f
 CPU_SLOTS = 48  # rows decoded together on CPU: 32, 48, 64 and 96 measured within noise (52-58 s, 128 questions)
 REFILL_SHARE = 4  # admit waiting prompts once 1/4 of the slots are free (a prefill per finished row costs more)
 PREFILL_ROWS = 16  # prompts prefilled together, one chunk per decode step (8: slower; all at once: 25-35 % slower)
+# Prompt-lookup drafts (greedy-exact): once few rows are left (the long answers that repeat themselves), each row
+# proposes the SPEC_TOKENS tokens that followed the last earlier occurrence of its final SPEC_NGRAM tokens; one
+# forward checks them all and keeps the prefix greedy decoding would have produced.
+SPEC_ROWS = 8
+SPEC_TOKENS = 6
+SPEC_NGRAM = 3
 
 
 @dataclass
@@ -48,6 +54,11 @@ class _Batch:
 
     def __init__(self, cache, mask: torch.Tensor, nxt: torch.Tensor, rows: list[_Row]):
         self.cache, self.mask, self.nxt, self.rows = cache, mask, nxt, rows
+        self.accepted: list[list[int]] = [[] for _ in rows]  # per row: verified draft tokens that precede nxt
+
+    def new_tokens(self) -> list[list[int]]:
+        """Per row, the tokens the last step produced, in order (verified drafts, then the greedy next token)."""
+        return [extra + [token] for extra, token in zip(self.accepted, self.nxt.tolist())]
 
     def can_take(self, width: int, max_new_tokens: int) -> bool:
         """Whether rows of `width` prompt tokens can join: a sliding-window layer crops its cache once it holds
@@ -63,7 +74,7 @@ class _Batch:
             mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)])
         self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)])
         self.nxt = torch.cat([self.nxt, other.nxt])
-        self.rows = self.rows + other.rows
+        self.rows, self.accepted = self.rows + other.rows, self.accepted + other.accepted
         _sync_lengths(self.cache)
         return self
 
@@ -75,7 +86,7 @@ class _Batch:
             index = torch.tensor(keep, device=self.mask.device)
             self.cache.batch_select_indices(index)
             self.mask, self.nxt = self.mask[index], self.nxt[index]
-            self.rows = [self.rows[j] for j in keep]
+            self.rows, self.accepted = [self.rows[j] for j in keep], [self.accepted[j] for j in keep]
             used = self.mask.any(0).nonzero()
             start = int(used[0]) if len(used) else 0
             if start > 0 and not any(getattr(layer, "is_sliding", False) for layer in _layers(self.cache)):
@@ -84,15 +95,57 @@ class _Batch:
                 self.mask = self.mask[:, start:]
         return self
 
-    def step(self, model) -> None:
-        """Feed every row its last token; `nxt` becomes each row's greedy next token."""
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        positions = torch.tensor([[r.position + 1] for r in self.rows], device=self.mask.device)
-        for r in self.rows:
-            r.position += 1
-        out = model(input_ids=self.nxt[:, None], attention_mask=self.mask, position_ids=positions,
+    def step(self, model, drafts: list[list[int]] | None = None) -> None:
+        """Feed every row its last token (and its draft tokens); `nxt` becomes each row's greedy next token.
+
+        With drafts, position i of a row's block predicts what follows its draft token i-1: the longest prefix of
+        the draft that matches those predictions is accepted (what one-token steps would have produced), the
+        next prediction becomes `nxt`, and the rejected positions are masked out of the cache for good.
+        """
+        k = max((len(d) for d in drafts), default=0) if drafts else 0
+        device = self.mask.device
+        block = self.nxt[:, None]
+        if k:
+            padded = [d + [0] * (k - len(d)) for d in drafts]
+            block = torch.cat([block, torch.tensor(padded, dtype=block.dtype, device=device)], dim=1)  # (B, 1+k)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1]).expand(-1, 1 + k)], dim=1)
+        positions = torch.tensor([[r.position + 1 + i for i in range(1 + k)] for r in self.rows], device=device)
+        out = model(input_ids=block, attention_mask=self.mask, position_ids=positions,
                     past_key_values=self.cache, use_cache=True)
-        self.nxt = out.logits[:, -1].argmax(-1)
+        predicted = out.logits.argmax(-1)  # (B, 1+k)
+        if not k:
+            self.nxt, self.accepted = predicted[:, -1], [[] for _ in self.rows]
+            for r in self.rows:
+                r.position += 1
+            return
+        guesses = predicted.tolist()
+        nxt, self.accepted = [], []
+        for j, (row, draft) in enumerate(zip(self.rows, drafts)):
+            a = 0
+            while a < len(draft) and draft[a] == guesses[j][a]:
+                a += 1
+            self.accepted.append(draft[:a])
+            nxt.append(guesses[j][a])
+            row.position += 1 + a
+            if a < k:
+                self.mask[j, self.mask.shape[1] - (k - a):] = 0  # the rejected draft positions
+        self.nxt = torch.tensor(nxt, dtype=self.nxt.dtype, device=device)
+
+    def speculates(self) -> bool:
+        """Few rows left and no sliding-window layer (whose cache must stay contiguous)."""
+        return len(self.rows) <= SPEC_ROWS and not any(getattr(layer, "is_sliding", False)
+                                                       for layer in _layers(self.cache))
+
+
+def draft(context: list[int], k: int = SPEC_TOKENS, n: int = SPEC_NGRAM) -> list[int]:
+    """Up to `k` tokens that followed the most recent earlier occurrence of `context`'s last `n` tokens."""
+    if len(context) <= n:
+        return []
+    tail = context[-n:]
+    for start in range(len(context) - n - 1, -1, -1):
+        if context[start:start + n] == tail:
+            return context[start + n:start + n + k]
+    return []
 
 
 def auto_slots(model, device: torch.device, max_tokens: int) -> int:
@@ -110,7 +163,8 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
-             on_result=None, stops: list[list[str] | None] | None = None) -> tuple[list[Generation], float]:
+             on_result=None, stops: list[list[str] | None] | None = None,
+             speculate: bool = True) -> tuple[list[Generation], float]:
     """Greedy completions for `prompts` (same order) and the seconds spent.
 
     Args:
@@ -118,6 +172,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
         stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), or stop
             strings (lm-eval's `until`): the completion ends before the first one.
+        speculate: prompt-lookup drafts once the queue is empty and at most SPEC_ROWS rows run (same tokens).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -141,9 +196,13 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                     new = _prefill(model, tok, taken, encoded, device)
                     batch, taken = (new if batch is None else batch.merge(new)), []
                 keep = []
-                for j, (row, token) in enumerate(zip(batch.rows, batch.nxt.tolist())):  # one device sync a step
-                    row.tokens.append(token)
-                    done = _finished(tok, row.tokens, token, eos, stops[row.index], max_new_tokens)
+                for j, (row, produced) in enumerate(zip(batch.rows, batch.new_tokens())):  # one device sync a step
+                    done = None
+                    for token in produced:
+                        row.tokens.append(token)
+                        done = _finished(tok, row.tokens, token, eos, stops[row.index], max_new_tokens)
+                        if done is not None:
+                            break
                     if done is None:
                         keep.append(j)
                         continue
@@ -154,7 +213,9 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                     progress.advance(tok_s=f"{generated / max(time.time() - started, 1e-9):.0f}")
                 batch = batch.keep(keep)
                 if batch is not None:
-                    batch.step(model)
+                    drafts = [draft(encoded[r.index] + r.tokens) for r in batch.rows] \
+                        if speculate and not waiting and batch.speculates() else None
+                    batch.step(model, drafts)
             except torch.cuda.OutOfMemoryError:
                 if slots == 1:
                     raise
