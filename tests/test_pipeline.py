@@ -27,3 +27,7 @@ def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkey
     assert (run.summary.stat().st_mtime_ns, (run.eval_dir / "summary.json").stat().st_mtime_ns) == stamp
     assert main([*args[:-2], "--set", "train.lr=0.5", "--run-dir", str(tmp_path / "q")]) == 2
     assert "holds a run of a different recipe" in capsys.readouterr().err
+    # a run made before a key existed (here model.hub_id) still resumes: the key takes its default
+    run.config.write_text("".join(line for line in run.config.read_text().splitlines(keepends=True)
+                                  if not line.strip().startswith("hub_id:")))
+    assert main(args) == 0
