@@ -256,3 +256,17 @@ def test_random_init_builds_the_configs_model_with_the_same_weights_every_time(t
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["model.layers.0.mlp.up_proj.weight"], sp["model.layers.0.mlp.up_proj.weight"])
     assert not any(p.requires_grad for p in a.parameters()) and a.dtype == torch.float32
+
+
+def test_default_micro_batch_is_512_tokens_on_cpu_and_sized_to_free_memory_on_cuda(monkeypatch):
+    from transformers import MistralConfig
+    from tunelab.train import runtime
+    mistral = MistralConfig()  # 4096 hidden, 32 layers: ~13 MB of activations per token
+    assert runtime.micro_batch_tokens(None, torch.device("cpu"), mistral) == 512
+    assert runtime.micro_batch_tokens(2048, torch.device("cpu"), mistral) == 2048  # the recipe's value wins
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * 2**30, 24 * 2**30))
+    small = runtime.micro_batch_tokens(None, torch.device("cuda"), mistral)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (125 * 2**30, 141 * 2**30))
+    big = runtime.micro_batch_tokens(None, torch.device("cuda"), mistral)
+    assert 1200 < small < 1400 and big > 6400  # a 24 GB card splits a batch of 16 GSM8K rows, an H200 does not
+    assert runtime.micro_batch_tokens(0, torch.device("cuda"), mistral) == 0  # 0 = never split

@@ -83,7 +83,7 @@ class TrainConfig(Section):
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding, same loss)")
     micro_batch_tokens: int | None = Field(None, ge=0, description="split batches into slices of at most this "
                                            "many padded tokens (same loss, capped activation memory); 0 = never "
-                                           "split; None = 512 on CPU, never on CUDA")
+                                           "split; None = 512 on CPU, on CUDA what the free memory holds")
     packing: bool | None = Field(None, description="lay a batch's examples end to end, no padding (same loss); "
                                  "None = on with CUDA + flash attention, off on CPU (where it is slower)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")

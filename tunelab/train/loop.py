@@ -34,7 +34,7 @@ from tunelab.rundir import RunDir, atomic_folder
 from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
-from tunelab.train.runtime import NonFinite, stop_signals, tune_for
+from tunelab.train.runtime import NonFinite, micro_batch_tokens, stop_signals, tune_for
 from tunelab.trackers import Trackers
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,12 @@ class Loop:
     state: checkpoint.State
     resumed_from: Path | None
     steps_per_epoch: int
+    micro_tokens: int  # padded tokens per forward (runtime.micro_batch_tokens)
 
     @property
     def per_step(self) -> int:
         """Batches per optimizer step, over all ranks."""
         return self.cfg.train.grad_accum * self.d.world
-
-    @property
-    def micro_tokens(self) -> int:
-        """`train.micro_batch_tokens`, or by default 512 on CPU (measured best there) and no split on CUDA."""
-        chosen = self.cfg.train.micro_batch_tokens
-        return chosen if chosen is not None else (512 if self.device.type == "cpu" else 0)
 
     @property
     def total_steps(self) -> int:
@@ -147,7 +142,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / (cfg.train.grad_accum * d.world))
     optimizer, scheduler = _optimizer(net, cfg, steps_per_epoch * cfg.train.epochs)
     loop = Loop(cfg, run, d, device, splits, train_items, val_items, truncated, tok.pad_token_id, model, net,
-                optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch)
+                optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch,
+                micro_batch_tokens(cfg.train.micro_batch_tokens, device, model.get_base_model().config))
     if start_from:
         loop.state = checkpoint.load(start_from, net, optimizer, scheduler)
         log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)

@@ -49,6 +49,26 @@ def tune_for(device) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+CPU_MICRO_BATCH_TOKENS = 512  # measured best on this 2-core CPU (benchmarks/README.md)
+# bytes of training activations per padded token, per hidden unit, per layer, bf16 (Mistral-7B, LoRA r=16 with
+# dropout 0.05 on all linear layers, H200: 78.4 GiB peak for batches of 16 GSM8K rows; about 82-106, see the
+# GPU check in benchmarks/README.md)
+CUDA_ACTIVATION_BYTES = 100
+
+
+def micro_batch_tokens(chosen: int | None, device, model_config) -> int:
+    """`train.micro_batch_tokens`, or by default: 512 on CPU; on CUDA as many padded tokens as 80 % of the memory
+    free once the model is loaded holds activations for (so a 24 GB card splits the batches an H200 takes whole)."""
+    if chosen is not None:
+        return chosen
+    if device.type != "cuda":
+        return CPU_MICRO_BATCH_TOKENS
+    import torch
+    free, _ = torch.cuda.mem_get_info(device)
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return max(256, int(0.8 * free / (CUDA_ACTIVATION_BYTES * text.hidden_size * text.num_hidden_layers)))
+
+
 class NonFinite(Exception):
     """A NaN or infinite loss or gradient norm."""
 
