@@ -92,6 +92,7 @@ def main() -> None:
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, torch.device("cpu"))
 
+    generate(model, tok, prompts[:8], 32, args.slots)  # warm-up (allocator, kernels): not timed
     gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
     gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
     plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)

@@ -30,7 +30,10 @@ REFILL_SHARE = 4  # admit waiting prompts once 1/4 of the slots are free (a pref
 PREFILL_ROWS = 16  # prompts prefilled together, one chunk per decode step (8: slower; all at once: 25-35 % slower)
 # Prompt-lookup drafts (greedy-exact): once few rows are left (the long answers that repeat themselves), each row
 # proposes the SPEC_TOKENS tokens that followed the last earlier occurrence of its final SPEC_NGRAM tokens; one
-# forward checks them all and keeps the prefix greedy decoding would have produced.
+# forward checks them all and keeps the prefix greedy decoding would have produced. Measured on 128 GSM8K questions
+# (CPU): 304 -> 269 decode steps, 66 % of drafted tokens kept, 6-7 % less time; with 16 rows drafting, 256 steps
+# but 13-25 % more time (every row pays for the draft positions); 256 steps is the floor: the longest answer that
+# does not repeat itself.
 SPEC_ROWS = 8
 SPEC_TOKENS = 6
 SPEC_NGRAM = 3
@@ -172,7 +175,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
         stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), or stop
             strings (lm-eval's `until`): the completion ends before the first one.
-        speculate: prompt-lookup drafts once the queue is empty and at most SPEC_ROWS rows run (same tokens).
+        speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -214,7 +217,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                 batch = batch.keep(keep)
                 if batch is not None:
                     drafts = [draft(encoded[r.index] + r.tokens) for r in batch.rows] \
-                        if speculate and not waiting and batch.speculates() else None
+                        if speculate and batch.speculates() else None
                     batch.step(model, drafts)
             except torch.cuda.OutOfMemoryError:
                 if slots == 1:
