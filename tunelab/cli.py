@@ -6,6 +6,7 @@ Run as: tunelab --help
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -44,6 +45,11 @@ def _leave_process_group() -> None:
     shutdown, gloo's threads can abort the process ("terminate called without an active exception")."""
     dist = sys.modules.get("torch.distributed")  # never imports torch (report and compare run without it)
     if dist is not None and dist.is_available() and dist.is_initialized():
+        try:  # every rank done with its collectives before any tears the group down
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60)) if dist.get_backend() == "gloo" \
+                else dist.barrier()
+        except RuntimeError:  # a rank that failed never arrives: tear down anyway
+            pass
         dist.destroy_process_group()
 
 
