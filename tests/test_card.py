@@ -52,12 +52,12 @@ def test_card_is_written_after_training_and_refreshed_after_eval(tiny_recipe, tm
     assert by_name["flexible-extract accuracy"].dataset_split == "test"
     assert "Not evaluated yet" not in card.text and f"| tuned | {tuned['n']} |" in card.text
     assert card.data.to_dict()["model-index"][0]["name"] == cfg.name  # the metadata round-trips
-    assert "lm_eval --model hf --model_args pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,peft=" in card.text
+    assert "lm_eval" not in card.text  # lm-evaluation-harness has no task for synthetic:arith
     assert f"--lora-modules {cfg.name}-lora={run.adapter.resolve()}" in card.text
     from tunelab.report import write_report
     write_report(run)  # the report carries the same hand-offs
     report = run.report_md.read_text()
-    assert "## Take it further" in report and f"lora_local_path={run.adapter.resolve()}" in report
+    assert "## Take it further" in report and f"{cfg.name}-lora={run.adapter.resolve()}" in report
 
 
 def test_card_without_a_known_hub_id_says_so_and_keeps_peft_path(tiny_recipe, tmp_path):
@@ -69,3 +69,16 @@ def test_card_without_a_known_hub_id_says_so_and_keeps_peft_path(tiny_recipe, tm
     assert card.data.base_model is None and "Set `model.hub_id`" in card.text
     assert json.loads((run.adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         tiny_recipe["model"]["name"]
+
+
+def test_handoff_commands_are_filled_in_for_the_run(tmp_path):
+    from tunelab.handoff import commands
+    pairs = dict(commands("mistralai/Mistral-7B-v0.1", tmp_path / "adapter", 32, "m7b-lora", 200, task="gsm8k"))
+    adapter = (tmp_path / "adapter").resolve()
+    hf, vllm = [c for c in pairs.values() if c.startswith("lm_eval")]
+    assert hf == (f"lm_eval --model hf --model_args pretrained=mistralai/Mistral-7B-v0.1,peft={adapter} "
+                  "--tasks gsm8k --batch_size auto --limit 200")
+    assert f"enable_lora=True,lora_local_path={adapter},max_lora_rank=32" in vllm  # r > vLLM's default 16
+    serve = next(c for c in pairs.values() if c.startswith("vllm serve"))
+    assert serve.endswith(f"--lora-modules m7b-lora={adapter} --max-lora-rank 32")
+    assert not any(c.startswith("lm_eval") for _, c in commands("m", tmp_path, 8, "x", task=None))

@@ -72,7 +72,8 @@ def render(run: RunDir) -> str:
              for e in epochs]
     body += ["", f"Epoch 0 is the base model before the first step. Validation loss "
                  f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f} "
-                 f"({summary['val_loss_improvement_pct']:+.1f} % fall); best validation epoch: "
+                 f"({abs(summary['val_loss_improvement_pct']):.1f} % "
+                 f"{'lower' if summary['val_loss_improvement_pct'] >= 0 else 'higher'}); best validation epoch: "
                  f"{summary['best_val_epoch']}.", ""]
     body += _evaluation(cfg, evaluation)
     if cost:

@@ -34,16 +34,18 @@ def known_license(cfg) -> str | None:
 def for_run(run, upload: Path | None = None) -> list[tuple[str, str]]:
     """`commands` filled in from a run directory (its recipe and adapter)."""
     cfg = run.read_recipe()
+    task = "gsm8k" if "gsm8k" in cfg.data.source.lower() else None  # lm-eval has no task for other data
     return commands(hub_id(cfg.model) or cfg.model.name, run.adapter, cfg.lora.r, f"{cfg.name}-lora",
-                    cfg.eval.limit, upload)
+                    cfg.eval.limit, upload, task)
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
-             upload: Path | None = None) -> list[tuple[str, str]]:
+             upload: Path | None = None, task: str | None = "gsm8k") -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
-    (the adapter when None).
+    (the adapter when None); `task` is lm-evaluation-harness's task for the run's data (None: it has none, and
+    the lm-eval lines are left out).
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
@@ -51,13 +53,15 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     folder = str(Path(upload).resolve()) if upload else adapter_path
-    return [
+    lm_eval = [
         ("re-score with lm-evaluation-harness (transformers + PEFT)",
-         f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path} --tasks gsm8k "
+         f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path} --tasks {task} "
          f"--batch_size auto{limit_arg}"),
         ("re-score with lm-evaluation-harness on vLLM (LoRA)",
          f"lm_eval --model vllm --model_args pretrained={base},enable_lora=True,lora_local_path={adapter_path}"
-         f"{rank_arg} --tasks gsm8k --batch_size auto{limit_arg}"),
+         f"{rank_arg} --tasks {task} --batch_size auto{limit_arg}"),
+    ] if task else []
+    return lm_eval + [
         ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
          f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"),
         ("upload to the Hugging Face Hub (replace <user>; `hf` is huggingface_hub's CLI, formerly huggingface-cli)",
