@@ -200,12 +200,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                     batch, taken = (new if batch is None else batch.merge(new)), []
                 keep = []
                 for j, (row, produced) in enumerate(zip(batch.rows, batch.new_tokens())):  # one device sync a step
-                    done = None
-                    for token in produced:
-                        row.tokens.append(token)
-                        done = _finished(tok, row.tokens, token, eos, stops[row.index], max_new_tokens)
-                        if done is not None:
-                            break
+                    done = _consume(tok, row, produced, eos, stops[row.index], max_new_tokens)
                     if done is None:
                         keep.append(j)
                         continue
@@ -246,6 +241,17 @@ def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device) -
                 past_key_values=DynamicCache(config=model.config))
     rows = [_Row(i, len(x) - 1) for i, x in zip(indices, ids)]
     return _Batch(out.past_key_values, mask, out.logits[:, -1].argmax(-1), rows)
+
+
+def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str] | None,
+             max_new_tokens: int) -> Generation | None:
+    """Append a step's tokens to `row` in order; the row's Generation as soon as one of them ends it, else None."""
+    for token in produced:
+        row.tokens.append(token)
+        done = _finished(tok, row.tokens, token, eos, stop, max_new_tokens)
+        if done is not None:
+            return done
+    return None
 
 
 def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | None,
