@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from tunelab import handoff
-from tunelab.handoff import hub_id, known_license
+from tunelab.handoff import hub_id, is_local, known_license
 from tunelab.rundir import RunDir
 
 
@@ -139,4 +139,4 @@ def _num(value) -> str:
 
 
 def _is_hub_dataset(source: str) -> bool:
-    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
+    return source.count("/") == 1 and not is_local(source)

