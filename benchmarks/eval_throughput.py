@@ -4,8 +4,9 @@ Same N GSM8K test questions (default 128), same model (SmolLM2-135M-Instruct), s
 and stop rule, one process. Prints generated tokens/s of both, their ratio, and the share of
 questions whose extracted answers agree; then the same figures for the first 32 questions (tunelab
 run again on those alone, the naive loop's time on them measured inside its 128-question pass).
-Also tunelab without its prompt-lookup drafts (speculate=False), to show what they buy.
-The last line is one JSON object. Takes ~7 min here (the naive loop is most of it).
+Also tunelab without its prompt-lookup drafts (speculate=False) and without its oneDNN-packed weights
+(pack=False), to show what each buys.
+The last line is one JSON object. Takes ~8 min here (the naive loop is most of it).
 
 Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0]
 """
@@ -97,14 +98,21 @@ def main() -> None:
     gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
     plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)
     same = sum(a.completion == b.completion for a, b in zip(gens, plain)) / len(gens)
+    unpacked, unpacked_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, pack=False)
+    same_unpacked = sum(a.completion == b.completion for a, b in zip(gens, unpacked)) / len(gens)
     slow_texts, slow_tokens, slow_seconds = naive(model, tok, prompts, args.max_new_tokens)
     print("without prompt-lookup drafts:", end=" ")
     without = compare(plain, plain_s, slow_texts, slow_tokens, sum(slow_seconds))
     print(f"with drafts vs without: {plain_s / fast_s:.2f}x faster, identical completions on {100 * same:.1f} %")
+    print("without packed weights:", end=" ")
+    without_packing = compare(unpacked, unpacked_s, slow_texts, slow_tokens, sum(slow_seconds))
+    print(f"packed weights vs plain F.linear: {unpacked_s / fast_s:.2f}x faster, "
+          f"identical completions on {100 * same_unpacked:.1f} %")
     result = {"benchmark": "eval_throughput", "max_new_tokens": args.max_new_tokens, "slots": args.slots or "auto",
               **compare(gens, fast_s, slow_texts, slow_tokens, sum(slow_seconds)),
               "first_32": compare(gens32, fast32_s, slow_texts[:32], slow_tokens[:32], sum(slow_seconds[:32])),
               "without_drafts": without, "drafts_identical_completions": round(same, 4),
+              "without_packed_weights": without_packing, "packing_identical_completions": round(same_unpacked, 4),
               "torch_threads": torch.get_num_threads()}
     print(json.dumps(result))
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from tunelab.evaluate.packed import packed_linears
 from tunelab.progress import bar
 
 ANSWER_LINE = re.compile(r"####[^\n]*\d[^\n]*\n")  # a complete line after the final-answer marker
@@ -167,7 +169,7 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
              on_result=None, stops: list[list[str] | None] | None = None,
-             speculate: bool = True) -> tuple[list[Generation], float]:
+             speculate: bool = True, pack: bool = True) -> tuple[list[Generation], float]:
     """Greedy completions for `prompts` (same order) and the seconds spent.
 
     Args:
@@ -176,6 +178,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
         stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), or stop
             strings (lm-eval's `until`): the completion ends before the first one.
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
+        pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -188,7 +191,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     eos = _eos_ids(model, tok)
     results: list[Generation | None] = [None] * len(prompts)
     started, generated, batch = time.time(), 0, None
-    with bar(label, total=len(prompts)) as progress:
+    with packed_linears(model) if pack else nullcontext(), bar(label, total=len(prompts)) as progress:
         while waiting or batch is not None:
             taken: list[int] = []  # popped from the queue, not yet in the batch
             try:
