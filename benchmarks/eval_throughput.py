@@ -8,7 +8,10 @@ Also tunelab without its prompt-lookup drafts (speculate=False) and without its 
 (pack=False), to show what each buys.
 The last line is one JSON object. Takes ~8 min here (the naive loop is most of it).
 
-Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0]
+With --fewshot N it times something else: tunelab's N-shot pass (lm-eval's GSM8K prompts) with the shots'
+context prefilled once and shared, against prefilling each whole prompt (~6 min for 128 questions, 5 shots).
+
+Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0] [--fewshot 5]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tunelab.config import load_recipe  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
+from tunelab.evaluate.fewshot import STOP, fewshot_context, fewshot_prompt  # noqa: E402
 from tunelab.evaluate.generate import ANSWER_LINE, generate  # noqa: E402
 from tunelab.evaluate.scoring import extract_flexible, extract_strict, normalize  # noqa: E402
 from tunelab.models import load_model, load_tokenizer  # noqa: E402
@@ -79,12 +83,32 @@ def compare(gens, fast_s: float, slow_texts, slow_tokens, slow_s: float) -> dict
             "wall_ratio": round(slow_s / fast_s, 3), "answer_agreement": round(agree, 4)}
 
 
+def fewshot(model, tok, shots, questions, args) -> None:
+    """The N-shot pass with its context prefilled once and shared, against the same pass prefilling every prompt."""
+    prompts = [fewshot_prompt(shots, q) for q in questions]
+    stops = [STOP] * len(prompts)
+    width = sum(len(x) for x in tok(prompts)["input_ids"]) / len(prompts)
+    shared, shared_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, stops=stops,
+                                prefix=fewshot_context(shots))
+    whole, whole_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, stops=stops)
+    same = sum(a.completion == b.completion for a, b in zip(shared, whole)) / len(prompts)
+    tokens = sum(g.tokens for g in shared)
+    print(f"{len(prompts)} questions {len(shots)}-shot ({width:.0f} prompt tokens each): shared prefix {shared_s:.1f} s, "
+          f"whole prompts {whole_s:.1f} s: {whole_s / shared_s:.2f}x faster; identical completions {100 * same:.1f} %")
+    print(json.dumps({"benchmark": "eval_throughput_fewshot", "n": len(prompts), "shots": len(shots),
+                      "prompt_tokens": round(width, 1), "generated_tokens": tokens,
+                      "shared_prefix_seconds": round(shared_s, 2), "whole_prompt_seconds": round(whole_s, 2),
+                      "ratio": round(whole_s / shared_s, 3), "identical_completions": round(same, 4)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--slots", type=int, default=0, help="continuous-batching slots (0 = automatic)")
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
+    ap.add_argument("--fewshot", type=int, default=0,
+                    help="instead: time tunelab's N-shot pass (lm-eval format) with and without the shared prefix")
     args = ap.parse_args()
 
     cfg = load_recipe("gsm8k-smollm2-135m", [f"data.source={args.gsm8k}"])
@@ -94,6 +118,8 @@ def main() -> None:
     model = load_model(cfg.model, torch.device("cpu"))
 
     generate(model, tok, prompts[:8], 32, args.slots)  # warm-up (allocator, kernels): not timed
+    if args.fewshot:
+        return fewshot(model, tok, load_splits(cfg.data).train[:args.fewshot], questions, args)
     gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
     gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
     plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)

@@ -94,6 +94,75 @@ def test_draft_is_what_followed_the_last_earlier_occurrence():
     assert draft([1, 2, 3, 4], k=3) == [] and draft([1, 2], k=3) == []
 
 
+def test_a_shared_prefix_is_run_once_and_changes_nothing_a_row_computes(tiny_model):
+    """Few-shot prompts share their context: it is prefilled once and its cache copied. Each row's cache then holds
+    what a whole-prompt prefill holds (to fp32 rounding), batched rows equal batch-1 rows, and a prompt that does
+    not start with the prefix is prefilled whole beside them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import tunelab.evaluate.generate as gen
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    context = "Question: one plus two?\nAnswer: three.\n\nQuestion: two times four?\nAnswer: eight.\n\n"
+    prompts = [context + f"Question: what is {i} plus {'one ' * i}?\nAnswer:" for i in range(6)] + ["Other: 7?"]
+    encoded = tok(prompts, add_special_tokens=True)["input_ids"]
+    device = torch.device("cpu")
+    with torch.no_grad():
+        shared = gen._Shared.run(model, tok, context, device)
+        assert shared is not None and len(shared.ids) >= gen.SHARED_MIN_TOKENS
+        assert [shared.starts(x) for x in encoded] == [True] * 6 + [False]
+        fed = []
+        real_forward = model.forward
+        model.forward = lambda **kw: fed.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1]:].sum())) \
+            or real_forward(**kw)
+        fast = gen._prefill(model, tok, list(range(7)), encoded, device, shared)
+        del model.forward
+        assert sum(fed) == sum(len(x) for x in encoded) - 6 * len(shared.ids)  # the context was not fed again
+        plain = gen._prefill(model, tok, list(range(7)), encoded, device)
+        fast_rows, plain_rows = {r.index: j for j, r in enumerate(fast.rows)}, {r.index: j for j, r in enumerate(plain.rows)}
+        for i, x in enumerate(encoded):
+            a, b = fast_rows[i], plain_rows[i]
+            mine_cols, ref_cols = fast.mask[a].bool(), plain.mask[b].bool()  # the row's tokens, padding left out
+            assert int(mine_cols.sum()) == int(ref_cols.sum()) == len(x) and fast.nxt[a] == plain.nxt[b]
+            for mine, ref in zip(gen._layers(fast.cache), gen._layers(plain.cache)):
+                assert torch.allclose(mine.keys[a, :, mine_cols], ref.keys[b, :, ref_cols], atol=1e-5)
+                assert torch.allclose(mine.values[a, :, mine_cols], ref.values[b, :, ref_cols], atol=1e-5)
+    batched, _ = generate(model, tok, prompts, max_new_tokens=10, slots=4, prefix=context)
+    single = [generate(model, tok, [p], max_new_tokens=10, slots=1, prefix=context)[0][0] for p in prompts]
+    assert [(g.completion, g.tokens) for g in batched] == [(g.completion, g.tokens) for g in single]
+
+
+def test_cache_with_room_holds_what_concatenation_holds():
+    """Prefill, one-token and multi-token steps past the spare room, row selection, dropping left columns and
+    assignment (a merge): the layer's keys/values equal a transformers DynamicLayer fed the same updates."""
+    from transformers.cache_utils import DynamicLayer
+    import tunelab.evaluate.generate as gen
+    torch.manual_seed(0)
+    mine, ref = gen._RoomyLayer(), DynamicLayer()
+
+    def both(op):
+        op(mine), op(ref)
+        assert torch.equal(mine.keys, ref.keys) and torch.equal(mine.values, ref.values)
+        assert mine.get_seq_length() == ref.get_seq_length()
+
+    def update(n, rows=5):
+        k, v = torch.randn(rows, 2, n, 4), torch.randn(rows, 2, n, 4)
+        both(lambda layer: layer.update(k, v))
+
+    update(7)  # the prefill
+    for n in [1] * (gen.ROOM + 3) + [4, 1]:  # past the first room, then again
+        update(n)
+    both(lambda layer: layer.batch_select_indices(torch.tensor([0, 2, 3])))
+    update(1, rows=3)
+    mine.drop_left(5)
+    ref.keys, ref.values = ref.keys[:, :, 5:], ref.values[:, :, 5:]
+    for n in [1] * (gen.ROOM + 1):
+        update(n, rows=3)
+    merged_k, merged_v = torch.randn(4, 2, 50, 4), torch.randn(4, 2, 50, 4)
+    both(lambda layer: (setattr(layer, "keys", merged_k), setattr(layer, "values", merged_v)))
+    update(1, rows=4)
+    assert mine._keys.shape[2] > mine._length  # room was made: the next steps write in place
+
+
 def test_answer_line_stop_rule():
     assert ANSWER_LINE.search("3 + 4 = 7\n#### 7\n")
     assert not ANSWER_LINE.search("3 + 4 = 7\n#### 7")  # the line is not finished yet

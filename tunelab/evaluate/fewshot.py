@@ -25,8 +25,12 @@ def answer_text(example: Example) -> str:
     return a if isinstance(a, str) and a.strip() else example.target
 
 
+def fewshot_context(shots: list[Example]) -> str:
+    """What every few-shot prompt starts with: each shot as text + delimiter + target + few-shot delimiter."""
+    return "".join(f"Question: {question_text(s)}\nAnswer:{TARGET_DELIMITER}{answer_text(s)}{FEWSHOT_DELIMITER}"
+                   for s in shots)
+
+
 def fewshot_prompt(shots: list[Example], question: Example) -> str:
-    """lm-eval's few-shot context for `question`: each shot as text + delimiter + target, then the question."""
-    context = "".join(f"Question: {question_text(s)}\nAnswer:{TARGET_DELIMITER}{answer_text(s)}{FEWSHOT_DELIMITER}"
-                      for s in shots)
-    return context + f"Question: {question_text(question)}\nAnswer:"
+    """lm-eval's few-shot prompt for `question`: the shots' context, then the question."""
+    return fewshot_context(shots) + f"Question: {question_text(question)}\nAnswer:"

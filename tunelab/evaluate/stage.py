@@ -23,7 +23,7 @@ from tunelab import card, distributed, trackers
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, load_splits
 from tunelab.errors import UserError
-from tunelab.evaluate.fewshot import STOP, fewshot_prompt
+from tunelab.evaluate.fewshot import STOP, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import reference_answer, score
 from tunelab.evaluate.summary import comparisons, pass_names
@@ -48,6 +48,7 @@ class Pass:
     stops: list[str] | None  # None: stop after a finished `#### N` line (the training format)
     adapter: Path | None = None
     epoch: int | None = None  # the training epoch an adapter is from
+    prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
 
     @property
     def is_base(self) -> bool:
@@ -133,7 +134,8 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
         passes.append(Pass("base", prompts, None))
         if cfg.eval.fewshot:
             shots = train_rows[:cfg.eval.fewshot]
-            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", [fewshot_prompt(shots, q) for q in questions], STOP))
+            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", [fewshot_prompt(shots, q) for q in questions], STOP,
+                               prefix=fewshot_context(shots)))
     if adapter and only in (None, "tuned"):
         if epochs_to_score(cfg) == "all":
             passes += [Pass(f"epoch-{k}", prompts, None, run.epoch_adapter(k), k) for k in range(1, cfg.train.epochs)
@@ -161,7 +163,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
 
         gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], cfg.eval.max_new_tokens,
                                  cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
-                                 stops=[p.stops] * len(mine))
+                                 stops=[p.stops] * len(mine), prefix=p.prefix)
         new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
         del model
     answers = {**have, **dict(d.gather(new))}
