@@ -64,8 +64,19 @@ def _available() -> bool:
 
 
 def _fits(nbytes: int) -> bool:
+    return nbytes <= FREE_MEMORY_SHARE * _available_memory()
+
+
+def _available_memory() -> int:
+    """Bytes the kernel says can be had without swapping (MemAvailable: free memory plus reclaimable page cache);
+    free pages where /proc/meminfo is missing; 0 (do not pack) where neither can be read."""
     try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: do not guess
-        return False
-    return nbytes <= FREE_MEMORY_SHARE * free
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
