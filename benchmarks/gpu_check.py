@@ -17,12 +17,14 @@ seed's experiment costs on this GPU.
    the measured train and validation tokens/s, priced at the built-in table's price for this GPU, next to the
    seed's reported $2.075 and to `tunelab estimate`'s prediction; the utilisation that would make the
    estimate exact is printed, to correct `cost.GPU_UTILISATION` when the estimate is off by more than 1.5x;
-5. a torch.profiler table of 4 training steps and of a 32-question decode (<out>/profile_*.txt).
+5. a torch.profiler table of 4 training steps and of a 32-question decode (<out>/profile_*.txt);
+6. the next design for MFU: `tunelab train` again with `train.compile=true` (decoder layers under torch.compile),
+   its tokens/s over the whole run and after the first 5 steps (compiling), last because compiling takes minutes.
 
 The last line printed is one JSON object; with $OUT (or --out) set, the log is also written to
 <out>/gpu_check.log and the JSON to <out>/gpu_check.json.
 
-Run as: .venv/bin/python benchmarks/gpu_check.py            # a CUDA machine: ~5 minutes on one H200
+Run as: .venv/bin/python benchmarks/gpu_check.py            # a CUDA machine: ~6 minutes on one H200, then compiling
         .venv/bin/python benchmarks/gpu_check.py --tiny     # the same steps on CPU, 2-layer model (make test)
 Needs TRL (a benchmark-only dependency, in requirements.txt) and mistral-common's wheel (make setup downloads it).
 """
@@ -121,8 +123,11 @@ def run_tunelab(folder: Path, gsm8k: str, rows: int, batch: int, work: Path, ext
     cli = [sys.executable, "-m", "tunelab.cli", "-q"]
     _call(cli + ["train", "gsm8k-mistral-7b", "--run-dir", str(run)] + [a for s in sets for a in ("--set", s)])
     r = RunDir(run)
-    summary, epochs = r.read_json(r.summary), r.read_jsonl(r.epochs)
-    return {"tokens": summary["train_tokens"], "seconds": summary["train_seconds"],
+    summary, epochs, steps = r.read_json(r.summary), r.read_jsonl(r.epochs), r.read_jsonl(r.steps)
+    skip = min(5, len(steps) // 2)  # steady state: after the first steps (kernel warm-up, compiling)
+    steady = sum(s["tokens"] for s in steps[skip:]) / max(steps[-1]["seconds"] - steps[skip - 1]["seconds"], 1e-9) \
+        if skip else None
+    return {"tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steady_tokens_per_second": steady,
             "val_tokens": sum(e["val_tokens"] for e in epochs), "val_seconds": sum(e["val_seconds"] for e in epochs),
             "steps": len(r.read_jsonl(r.steps)), "peak_gpu_mib": summary.get("peak_gpu_memory_mib"),
             "final_val_loss": summary["final_val_loss"], "run": str(run)}
@@ -348,10 +353,14 @@ def compare(runs: dict, folder: Path, gsm8k: str, rows: int, batch: int, rate: f
     n_per_token = sum(len(i.input_ids) ** 2 for i in items) / sum(len(i.input_ids) for i in items)
     tps = {name: r["tokens"] / r["seconds"] for name, r in ok.items()}
     util = {name: mfu(folder, v, rate, n_per_token) for name, v in tps.items()}
+    steady = {name: r["steady_tokens_per_second"] for name, r in ok.items() if r.get("steady_tokens_per_second")}
     for name, r in ok.items():
+        after = f", {steady[name]:.0f} after the first steps" if name in steady else ""
         say(f"{name:22s} {r['tokens']} tokens in {r['seconds']:.1f} s ({r['steps']} steps) = {tps[name]:.0f} "
-            f"tokens/s, MFU {100 * util[name]:.1f} %, peak GPU memory {r['peak_gpu_mib']} MiB")
+            f"tokens/s{after}, MFU {100 * util[name]:.1f} %, peak GPU memory {r['peak_gpu_mib']} MiB")
     out = {"tokens_per_second": {k: round(v, 1) for k, v in tps.items()}, "mfu": {k: round(v, 4) for k, v in util.items()},
+           "steady_tokens_per_second": {k: round(v, 1) for k, v in steady.items()},
+           "steady_mfu": {k: round(mfu(folder, v, rate, n_per_token), 4) for k, v in steady.items()},
            "peak_gpu_mib": {k: r["peak_gpu_mib"] for k, r in ok.items()},
            "errors": {k: r["error"] for k, r in runs.items() if "error" in r}}
     trl = [v for k, v in tps.items() if k.startswith("trl")]
@@ -408,11 +417,22 @@ def main() -> None:
         result["decode"] = phase("decode", run_decode, runs["tunelab"]["run"], *decode)
         result["seed"] = phase("seed cost", seed_cost, folder, args.gsm8k, runs["tunelab"], device)
     result["profile"] = phase("profile", profile, folder, args.gsm8k, rows, batch, work, args.out)
+    save(result, started, args.out)  # kept if the last phase runs out of time
+    # the next design for MFU, last because compiling takes minutes: the decoder layers under torch.compile
+    runs = {"tunelab": runs["tunelab"],
+            "tunelab_compile": phase("tunelab, train.compile=true", run_tunelab, folder, args.gsm8k, rows, batch,
+                                     work, ("train.compile=true",))}
+    result["compile"] = compare(runs, folder, args.gsm8k, rows, batch, rate)
+    print(save(result, started, args.out))
+
+
+def save(result: dict, started: float, out: str | None) -> str:
+    """The result as one JSON line, also written to <out>/gpu_check.json."""
     result["seconds"] = round(time.time() - started, 1)
     line = json.dumps(result)
-    if args.out:
-        (Path(args.out) / "gpu_check.json").write_text(line + "\n")
-    print(line)
+    if out:
+        (Path(out) / "gpu_check.json").write_text(line + "\n")
+    return line
 
 
 if __name__ == "__main__":

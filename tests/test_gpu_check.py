@@ -64,5 +64,8 @@ def test_gpu_check_dry_run_measures_every_part(gsm8k, tmp_path):
     assert 7 < seed["train_tokens_per_epoch"] / seed["val_tokens"] < 11
     assert seed["measured_usd"] == pytest.approx(seed["measured_hours"] * seed["usd_per_hour"], abs=2e-3)
     assert seed["estimate_over_measured"] == pytest.approx(seed["estimate_hours"] / seed["measured_hours"], rel=2e-2)
+    compiled = result["compile"]  # the next design, run last: the same training with train.compile=true
+    assert compiled["errors"] == {} and set(compiled["tokens_per_second"]) == {"tunelab", "tunelab_compile"}
+    assert compiled["steady_tokens_per_second"]["tunelab_compile"] > 0 and 0 < compiled["steady_mfu"]["tunelab"] < 2
     log = (tmp_path / "gpu_check.log").read_text()
     assert "seed experiment on cpu" in log and "ratio: tunelab / TRL" in log

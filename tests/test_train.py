@@ -234,6 +234,29 @@ def test_packed_training_matches_padded_training(tiny_run, tmp_path):
                 assert b[key] == pytest.approx(a[key], rel=1e-4), key
 
 
+@pytest.mark.slow
+def test_compiled_layers_train_like_eager_ones(tiny_run, tmp_path, caplog):
+    """train.compile: the same losses and accuracies as eager training (fused kernels: rounding order only), and the
+    adapter is saved under the same names. ~1 min of compiling on CPU."""
+    run, result, raw = tiny_run
+    compiled_run = RunDir(tmp_path / "c")
+    caplog.set_level("INFO", logger="tunelab.train.loop")
+    compiled = train(validate({**raw, "train": {**raw["train"], "compile": True}}, "compiled"), compiled_run)
+    for a, b in zip(result.epochs, compiled.epochs):
+        for key in ("train_loss", "val_loss", "val_token_accuracy", "tokens"):
+            if a[key] is not None:
+                assert b[key] == pytest.approx(a[key], rel=1e-3), key
+    assert "train.compile: 2 decoder layers compiled" in caplog.text
+    assert load_file(compiled_run.adapter / "adapter_model.safetensors").keys() == \
+        load_file(run.adapter / "adapter_model.safetensors").keys()
+
+
+def test_compile_is_refused_with_fsdp_sharding(tiny_recipe):
+    from tunelab.errors import UserError
+    with pytest.raises(UserError, match="train.compile: not with train.sharding=fsdp"):
+        validate({**tiny_recipe, "train": {**tiny_recipe["train"], "compile": True, "sharding": "fsdp"}}, "r")
+
+
 def test_random_init_builds_the_configs_model_with_the_same_weights_every_time(tiny_model, tmp_path):
     """model.init=random: the config's architecture with fresh weights (the saved ones are not read), identical in
     the train and eval stages (seed 0), leaving the caller's random stream as it was."""

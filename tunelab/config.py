@@ -87,6 +87,9 @@ class TrainConfig(Section):
     packing: bool | None = Field(None, description="lay a batch's examples end to end, no padding (same loss); "
                                  "None = on with CUDA + flash attention, off on CPU (where it is slower)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    compile: bool = Field(False, description="torch.compile each decoder layer: fused kernels and fewer launches "
+                          "(for GPUs, where eager training is launch-bound); a minute or more of compiling first; "
+                          "not with sharding=fsdp")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
                                       "per epoch); false = only the final adapter/")
@@ -198,6 +201,8 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         problems += [_describe(e) for e in err.errors()]
+    if recipe is not None and recipe.train.compile and recipe.train.sharding == "fsdp":
+        problems.append("train.compile: not with train.sharding=fsdp (compile the unsharded model, or turn one off)")
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")

@@ -110,6 +110,16 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     return TrainResult(state.epochs, _write_outputs(loop, time.time() - started))
 
 
+def _compile_layers(model) -> None:
+    """torch.compile every decoder layer in place (parameter names, saving and resume unchanged). Layers share one
+    forward, so they share compiled code; dynamic shapes, since batch lengths vary."""
+    n = model.config.get_text_config().num_hidden_layers
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    for layer in stacks[0] if stacks else []:
+        layer.compile(dynamic=True)
+    log.info("train.compile: %d decoder layers compiled on first use", len(stacks[0]) if stacks else 0)
+
+
 def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     """Data, model, optimizer and loop state, from scratch (with the epoch-0 validation) or a checkpoint."""
     if cfg.train.threads:
@@ -130,6 +140,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
     fast_lora.install(model)
+    if cfg.train.compile:
+        _compile_layers(model)
     if d.main:
         run.create()
         if not resume:
