@@ -222,7 +222,7 @@ def draft(context: list[int], k: int = SPEC_TOKENS, n: int = SPEC_NGRAM) -> list
 
 def auto_slots(model, device: torch.device, max_tokens: int) -> int:
     """Rows decoded together: CPU_SLOTS on CPU; on CUDA as many as half the free memory holds KV caches of
-    `max_tokens` (prompt + new tokens) for, between 8 and 256."""
+    `max_tokens` (prompt + new tokens, plus the spare room) for, between 8 and 256."""
     if device.type != "cuda":
         return CPU_SLOTS
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -230,7 +230,7 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     per_token = 2 * cfg.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
     free, _ = torch.cuda.mem_get_info(device)
-    return max(8, min(256, int(0.5 * free / (per_token * max_tokens))))
+    return max(8, min(256, int(0.5 * free / (per_token * (max_tokens + ROOM)))))
 
 
 @torch.no_grad()
