@@ -3,7 +3,9 @@
 When a row finishes (EOS, a completed `#### N` line, or one of its stop strings) it leaves the batch and
 its KV cache at once, and once a quarter of the slots are free the next waiting prompts are prefilled
 and join the running batch: the batch never waits for its longest row. Rows are left-padded inside one
-shared cache; positions are passed explicitly, so padding changes nothing a row computes.
+shared cache; positions are passed explicitly, so padding changes nothing a row computes. The cache is
+written in place (spare room, no per-step copy); a few-shot context shared by the prompts is prefilled
+once; on CPU the linear layers run on oneDNN-packed weights (`packed.py`).
 
 Hand-written rather than transformers' `generate_batch` (paged attention): that manager runs its own
 thread and scheduler, stops only on EOS / token ids (not on text such as a finished `#### N` line or
@@ -149,7 +151,8 @@ class _Batch:
 class _RoomyLayer(DynamicLayer):
     """A full-attention cache layer whose keys and values sit in buffers with spare room along T: a decode step
     writes its tokens in place. transformers' `DynamicLayer` concatenates, copying the whole cache every step
-    (37 % of a 16-row SmolLM2 step over 250 cached tokens once the matmuls were packed).
+    (37 % of a profiled 16-row SmolLM2 step over 250 cached tokens with packed matmuls; ~2 % of the 128-question
+    benchmark, whose caches are shorter; more on a large GPU cache).
 
     `keys` / `values` read as (B, H, T, D) views of the buffers; assigning them stores the tensor as is (no room:
     the next update makes some).
@@ -246,8 +249,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
             strings (lm-eval's `until`): the completion ends before the first one.
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
-        prefix: text the prompts start with (a few-shot context): its tokens are run once and their KV cache is
-            shared by every prompt whose tokens start with them, instead of being prefilled once per prompt.
+        prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`_Shared`).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -257,8 +259,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     stops = stops or [None] * len(prompts)
     slots = slots or auto_slots(model, device, max(len(x) for x in encoded) + max_new_tokens)
     waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))  # similar lengths enter together
-    eos = _eos_ids(model, tok)
-    shared = _Shared.run(model, tok, prefix, device) if prefix else None
+    eos, shared = _eos_ids(model, tok), (_Shared.run(model, tok, prefix, device) if prefix else None)
     results: list[Generation | None] = [None] * len(prompts)
     started, generated, batch = time.time(), 0, None
     with packed_linears(model) if pack else nullcontext(), bar(label, total=len(prompts)) as progress:
