@@ -114,10 +114,10 @@ def _compile_layers(model) -> None:
     """torch.compile every decoder layer in place (parameter names, saving and resume unchanged). Layers share one
     forward, so they share compiled code; dynamic shapes, since batch lengths vary."""
     n = model.config.get_text_config().num_hidden_layers
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    for layer in stacks[0] if stacks else []:
+    layers = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), [])
+    for layer in layers:
         layer.compile(dynamic=True)
-    log.info("train.compile: %d decoder layers compiled on first use", len(stacks[0]) if stacks else 0)
+    (log.info if layers else log.warning)("train.compile: %d decoder layers compiled on first use", len(layers))
 
 
 def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
