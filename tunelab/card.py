@@ -84,11 +84,20 @@ def render(run: RunDir) -> str:
              f"base = AutoModelForCausalLM.from_pretrained({base or cfg.model.name!r})",
              f"model = PeftModel.from_pretrained(base, \"<this folder or Hub repo>\")",
              f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})",
-             f"prompt = {cfg.data.template!r}  # the training prompt; fill in its fields", "```", "",
+             *_prompt_lines(cfg), "```", "",
              "## Next", "",
              handoff.markdown(handoff.for_run(run)),
              "## Recipe", "", "```yaml", run.config.read_text().rstrip(), "```", ""]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+
+
+def _prompt_lines(cfg) -> list[str]:
+    """How the card's usage example builds a prompt: the training template, through the chat template if trained so."""
+    line = f"prompt = {cfg.data.template!r}  # the training prompt; fill in its fields"
+    if not cfg.data.chat_template:
+        return [line]
+    return [line, "prompt = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": prompt}], "
+                  "tokenize=False, add_generation_prompt=True)  # trained as a chat turn"]
 
 
 def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:

@@ -45,6 +45,9 @@ class DataConfig(Section):
     config: str | None = Field(None, description="hub dataset config name (e.g. main for openai/gsm8k)")
     template: str = Field(description="prompt with {field} placeholders; \\n in --set means a newline")
     target: str = Field(description="completion with {field} placeholders; the loss is taken on it")
+    chat_template: bool = Field(False, description="write each row as a user turn (template) and an assistant turn "
+                                "(target) with the tokenizer's chat template, for instruct models; eval prompts "
+                                "and few-shot shots the same way")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")

@@ -47,7 +47,7 @@ def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", 
             from tunelab.gguf_export import modelfile, write_gguf
             name = f"{cfg.name}-{quant}.gguf"
             write_gguf(model, tok, tmp / name, quant, cfg.name, hub_id(cfg.model))
-            (tmp / "Modelfile").write_text(modelfile(name, cfg.data.template))
+            (tmp / "Modelfile").write_text(modelfile(name, cfg.data.template, cfg.data.chat_template))
         else:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)

@@ -138,6 +138,8 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def modelfile(gguf_name: str, template_hint: str) -> str:
-    """An Ollama Modelfile for the exported file."""
-    return f"FROM ./{gguf_name}\n# the training prompt was: {template_hint!r}\nPARAMETER temperature 0\n"
+def modelfile(gguf_name: str, template_hint: str, chat: bool = False) -> str:
+    """An Ollama Modelfile for the exported file (a chat-trained model is prompted through the GGUF's chat template,
+    which Ollama applies)."""
+    turn = " as the user turn of the chat template" if chat else ""
+    return f"FROM ./{gguf_name}\n# the training prompt was: {template_hint!r}{turn}\nPARAMETER temperature 0\n"

@@ -40,20 +40,22 @@ def for_run(run, upload: Path | None = None) -> list[tuple[str, str]]:
     cfg = run.read_recipe()
     task = "gsm8k" if "gsm8k" in cfg.data.source.lower() else None  # lm-eval has no task for other data
     return commands(hub_id(cfg.model) or cfg.model.name, run.adapter, cfg.lora.r, f"{cfg.name}-lora",
-                    cfg.eval.limit, upload, task)
+                    cfg.eval.limit, upload, task, cfg.data.chat_template)
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
-             upload: Path | None = None, task: str | None = "gsm8k") -> list[tuple[str, str]]:
+             upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
     (the adapter when None); `task` is lm-evaluation-harness's task for the run's data (None: it has none, and
-    the lm-eval lines are left out).
+    the lm-eval lines are left out); `chat`: the adapter was trained on chat-template prompts, so lm-eval asks
+    through the chat template too, shots as turns.
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
     limit_arg = f" --limit {limit}" if limit else ""
+    limit_arg += " --apply_chat_template --fewshot_as_multiturn" if chat else ""
     rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     folder = str(Path(upload).resolve()) if upload else adapter_path

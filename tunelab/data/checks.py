@@ -149,13 +149,13 @@ def duplicate_ids(rows: list[Example], kind: str, vectors=None, threshold: float
 def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
     """Prompt and target token lengths (percentiles), rows cut by train.max_length, the padding share of the
     batch plan, and a max_length recommendation; and every row's total length (for the histogram)."""
-    from tunelab.train.batching import batches, tokenize
+    from tunelab.train.batching import batches, encode, tokenize
     rows = splits.train + splits.val
-    prompts = [len(x) for x in tok([e.prompt for e in rows], add_special_tokens=True)["input_ids"]]
-    targets = [len(x) + 1 for x in tok([e.target for e in rows], add_special_tokens=False)["input_ids"]]  # + EOS
+    prompt_ids, target_ids = encode(rows, tok, cfg.data.chat_template)
+    prompts, targets = [len(x) for x in prompt_ids], [len(x) for x in target_ids]
     totals = np.array(prompts) + np.array(targets)
     cut = int((totals > cfg.train.max_length).sum())
-    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template)
     plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length)
     padded = sum(b.input_ids.numel() for b in plan)
     real = sum(b.real_tokens for b in plan)

@@ -7,6 +7,8 @@ until "Question:", "</s>" or "<|im_end|>", greedy. Shots here are the first N tr
 
     prompt = fewshot_prompt(shots, question)     # "Question: q1\\nAnswer: a1\\n\\n...Question: q\\nAnswer:"
 
+With `data.chat_template` the shots are earlier chat turns instead (`exchanges`, tunelab/data/chat.py).
+
 Run as: tunelab eval runs/smoke --set eval.fewshot=5
 """
 
@@ -25,12 +27,21 @@ def answer_text(example: Example) -> str:
     return a if isinstance(a, str) and a.strip() else example.target
 
 
+def exchanges(shots: list[Example]) -> list[tuple[str, str]]:
+    """(question text, worked answer) of each shot: the turns of the chat form (lm-eval's --fewshot_as_multiturn)."""
+    return [(ask(s), answer_text(s)) for s in shots]
+
+
+def ask(question: Example) -> str:
+    """lm-eval's doc_to_text: "Question: {question}\nAnswer:"."""
+    return f"Question: {question_text(question)}\nAnswer:"
+
+
 def fewshot_context(shots: list[Example]) -> str:
     """What every few-shot prompt starts with: each shot as text + delimiter + target + few-shot delimiter."""
-    return "".join(f"Question: {question_text(s)}\nAnswer:{TARGET_DELIMITER}{answer_text(s)}{FEWSHOT_DELIMITER}"
-                   for s in shots)
+    return "".join(f"{q}{TARGET_DELIMITER}{a}{FEWSHOT_DELIMITER}" for q, a in exchanges(shots))
 
 
 def fewshot_prompt(shots: list[Example], question: Example) -> str:
     """lm-eval's few-shot prompt for `question`: the shots' context, then the question."""
-    return fewshot_context(shots) + f"Question: {question_text(question)}\nAnswer:"
+    return fewshot_context(shots) + ask(question)

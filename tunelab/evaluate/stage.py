@@ -21,9 +21,9 @@ from pathlib import Path
 
 from tunelab import card, distributed, trackers
 from tunelab.config import Recipe, to_yaml
-from tunelab.data import Example, load_splits
+from tunelab.data import Example, chat, load_splits
 from tunelab.errors import UserError
-from tunelab.evaluate.fewshot import STOP, fewshot_context, fewshot_prompt
+from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import reference_answer, score
 from tunelab.evaluate.summary import comparisons, pass_names
@@ -76,13 +76,14 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
     splits = load_splits(cfg.data)
     questions = _questions(cfg, splits)
-    passes = _plan(cfg, run, splits.train, questions, only, adapter)
+    tok = load_tokenizer(cfg.model)
+    passes = _plan(cfg, run, splits.train, questions, only, adapter, tok)
     if not adapter and distributed.is_main_process() and not run.config.exists():
         run.create()
         run.write_text(run.config, to_yaml(cfg))
 
     predictions, stats = _kept_passes(run, [q.id for q in questions], {p.name for p in passes})
-    device, tok = pick_device(cfg.train.device), load_tokenizer(cfg.model)
+    device = pick_device(cfg.train.device)
     tune_for(device)
     journal = Journal(run, distributed.setup(device.type).rank)
     for p in passes:
@@ -126,16 +127,23 @@ def epochs_to_score(cfg: Recipe) -> str:
 
 
 def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[Example], only: str | None,
-          adapter: bool) -> list[Pass]:
-    """The passes this evaluation runs, in order: base, base few-shot, each kept epoch, the final adapter."""
-    prompts = [q.prompt for q in questions]
+          adapter: bool, tok) -> list[Pass]:
+    """The passes this evaluation runs, in order: base, base few-shot, each kept epoch, the final adapter.
+    With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did."""
+    if cfg.data.chat_template:
+        chat.require(tok)
+    prompts = [chat.prompt(tok, q.prompt) if cfg.data.chat_template else q.prompt for q in questions]
     passes = []
     if only in (None, "base"):
         passes.append(Pass("base", prompts, None))
         if cfg.eval.fewshot:
             shots = train_rows[:cfg.eval.fewshot]
-            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", [fewshot_prompt(shots, q) for q in questions], STOP,
-                               prefix=fewshot_context(shots)))
+            if cfg.data.chat_template:
+                few = [chat.prompt(tok, ask(q), exchanges(shots)) for q in questions]
+                context = chat.context(tok, exchanges(shots))
+            else:
+                few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
+            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context))
     if adapter and only in (None, "tuned"):
         if epochs_to_score(cfg) == "all":
             passes += [Pass(f"epoch-{k}", prompts, None, run.epoch_adapter(k), k) for k in range(1, cfg.train.epochs)

@@ -104,7 +104,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
         ("Method", f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"),
-        ("Prompt template", repr(data.template + data.target)),
+        ("Prompt template", repr(data.template + data.target) if not data.chat_template else
+         f"user turn {data.template!r}, assistant turn {data.target!r}, through the tokenizer's chat template"),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
                   "kept for evaluation"),

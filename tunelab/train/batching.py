@@ -1,7 +1,8 @@
 """Tokenize examples and cut them into padded batches, grouped by length (same loss, less padding).
 
 Labels are -100 on the prompt when training completion-only; every sequence ends with EOS so the
-model learns to stop. Truncation to `max_length` is counted, never silent.
+model learns to stop. With `data.chat_template` the texts are one exchange in the tokenizer's chat format
+(`tunelab/data/chat.py`). Truncation to `max_length` is counted, never silent.
 """
 
 from __future__ import annotations
@@ -36,16 +37,28 @@ class Batch:
     supervised: int  # tokens that carry loss
 
 
-def tokenize(examples, tok, max_length: int, completion_only: bool) -> tuple[list[Tokenized], int]:
+def encode(examples, tok, chat: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and target ids (ending with EOS) per example, plain or through the chat template (`data.chat`)."""
+    if chat:
+        from tunelab.data import chat as chat_format
+        chat_format.require(tok)
+        prompts = [chat_format.prompt(tok, e.prompt) for e in examples]
+        targets = [chat_format.reply(tok, e.prompt, e.target) for e in examples]
+    else:
+        prompts, targets = [e.prompt for e in examples], [e.target for e in examples]
+    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"] if examples else []
+    target_ids = tok(targets, add_special_tokens=False)["input_ids"] if examples else []
+    eos = tok.eos_token_id
+    return prompt_ids, [t if t[-1:] == [eos] else t + [eos] for t in target_ids]  # a chat reply may end with EOS
+
+
+def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool = False) -> tuple[list[Tokenized], int]:
     """Token ids and labels per example; returns (kept examples, how many were truncated).
 
     Examples left with no supervised token after truncation are dropped (they count as truncated).
     """
-    prompts = tok([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
-    targets = tok([e.target for e in examples], add_special_tokens=False)["input_ids"]
     out, truncated = [], 0
-    for i, (p, t) in enumerate(zip(prompts, targets)):
-        t = t + [tok.eos_token_id]
+    for i, (p, t) in enumerate(zip(*encode(examples, tok, chat))):
         ids = p + t
         labels = ([IGNORE] * len(p) if completion_only else list(p)) + t
         if len(ids) > max_length:
@@ -64,8 +77,10 @@ def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized],
         UserError: no example keeps a supervised token within train.max_length.
     """
     from tunelab.errors import UserError
-    train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
-    val_items, val_cut = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
+    train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only,
+                                      cfg.data.chat_template)
+    val_items, val_cut = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only,
+                                  cfg.data.chat_template)
     if not train_items or not val_items:
         raise UserError(f"data.source: no train or validation example has a supervised token within "
                         f"train.max_length={cfg.train.max_length}")
