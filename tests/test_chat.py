@@ -131,3 +131,80 @@ def test_chat_template_without_one_exits_2_and_writes_nothing(tiny_recipe, tiny_
     assert not run.exists()
     assert main(["eval", str(recipe), "--run-dir", str(run)]) == 2
     assert not run.exists()
+
+
+def _chat_row(question, answer, system=None, earlier=()):
+    turns = ([{"role": "system", "content": system}] if system else []) + list(earlier)
+    return {"messages": turns + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def test_a_conversation_row_is_its_history_then_the_last_exchange_with_loss_on_the_last_reply(tok, tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask away."}]
+    rows = [_chat_row(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}\n#### {2 * i}", "Answer tersely.", earlier)
+            for i in range(6)]
+    cfg = DataConfig(source=str(write_jsonl(tmp_path / "chats.jsonl", rows)), messages="messages", val_fraction=0.5)
+    assert (cfg.template, cfg.target, cfg.chat_template) == ("{user}", "{assistant}", True)
+    splits = load_splits(cfg)
+    row = splits.train[0]
+    (prompt,), (target,) = encode([row], tok, chat=True)
+    whole = tok.apply_chat_template(rows[int(row.id.split("-")[1]) - 1]["messages"], tokenize=False)
+    assert tok.decode(prompt + target) == whole.rstrip()  # every turn, in order, the template's own rendering
+    assert tok.decode(target) == row.target + "<|im_end|>"  # the loss is on the last reply only
+    assert "<|im_start|>system\nAnswer tersely.<|im_end|>" in tok.decode(prompt) and "You are a helpful" not in \
+        tok.decode(prompt)
+
+
+@pytest.mark.parametrize("messages, problem", [
+    ([{"role": "user", "content": "q"}], "the last turn is user, expected the assistant turn"),
+    ([{"role": "assistant", "content": "a"}], "expected a user turn just before the last assistant turn"),
+    ("q: a", "expected a list of {role, content} turns"),
+    ([{"role": "bot", "content": "a"}], "expected a list of {role, content} turns"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}], "empty assistant turn"),
+])
+def test_a_malformed_conversation_is_refused_naming_file_and_line(messages, problem, tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    good = _chat_row("What is 1 + 1?", "#### 2")
+    path = write_jsonl(tmp_path / "chats.jsonl", [good, good, {"messages": messages}, good])
+    with pytest.raises(UserError, match=f"chats.jsonl:3: field 'messages': {problem}"):
+        load_splits(DataConfig(source=str(path), messages="messages"))
+    with pytest.raises(UserError, match="data.messages: no field 'turns'; fields are: messages"):
+        load_splits(DataConfig(source=str(path), messages="turns"))
+
+
+def test_messages_with_chat_template_turned_off_is_refused(tiny_recipe):
+    from tunelab.config import validate
+    raw = {**tiny_recipe, "data": {"source": "x.jsonl", "messages": "messages", "chat_template": False}}
+    with pytest.raises(UserError, match="data.chat_template: must be true with data.messages"):
+        validate(raw, "r.yaml")
+
+
+def test_conversations_train_and_evaluate_with_their_system_turn(tiny_recipe, tmp_path, monkeypatch, tok):
+    from conftest import write_jsonl
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import _plan, evaluate
+    from tunelab.rundir import RunDir
+    from tunelab.train.loop import train
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    rows = [_chat_row(f"What is {i} + 3?", f"{i} + 3 = {i + 3}\n#### {i + 3}", "Be brief.") for i in range(40)]
+    write_jsonl(folder / "train.jsonl", rows[:32])
+    write_jsonl(folder / "test.jsonl", rows[32:])
+    raw = {**tiny_recipe, "data": {"source": str(folder), "messages": "messages"},
+           "train": {**tiny_recipe["train"], "epochs": 1}, "eval": {"limit": 4, "max_new_tokens": 8, "fewshot": 1}}
+    cfg, run = validate(raw, "tiny"), RunDir(tmp_path / "run")
+    assert train(cfg, run).epochs[-1]["val_loss"] > 0
+    from tunelab.data import load_splits
+    splits = load_splits(cfg.data)
+    base, few = _plan(cfg, run, splits.train, splits.test[:4], "base", False, tok)
+    # the row's system turn comes first (before the shots), once, in place of the template's default one
+    assert all(p.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n") and p.count("system") == 1
+               for p in base.prompts + few.prompts)
+    preds = evaluate(cfg, run).predictions
+    assert {p["model"] for p in preds} == {"base", "base-1shot", "tuned"}
+    assert preds[0]["question"] == rows[32]["messages"][-2]["content"]

@@ -94,6 +94,9 @@ def render(run: RunDir) -> str:
 def _prompt_lines(cfg) -> list[str]:
     """How the card's usage example builds a prompt: the training template, through the chat template if trained so."""
     line = f"prompt = {cfg.data.template!r}  # the training prompt; fill in its fields"
+    if cfg.data.messages:
+        return ["messages = [{\"role\": \"user\", \"content\": \"...\"}]  # a conversation, as trained on",
+                "prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)"]
     if not cfg.data.chat_template:
         return [line]
     return [line, "prompt = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": prompt}], "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import UserError
 
@@ -48,6 +48,9 @@ class DataConfig(Section):
     chat_template: bool = Field(False, description="write each row as a user turn (template) and an assistant turn "
                                 "(target) with the tokenizer's chat template, for instruct models; eval prompts "
                                 "and few-shot shots the same way")
+    messages: str | None = Field(None, description="field holding a conversation (a list of {role, content} turns): "
+                                 "its last assistant turn is the target, the turns before it the prompt; implies "
+                                 "chat_template, and template / target default to {user} / {assistant}")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")
@@ -60,6 +63,14 @@ class DataConfig(Section):
                                                     "data.near_threshold)")
     near_threshold: float = Field(0.9, gt=0, le=1, description="MiniLM cosine at or above which two questions are "
                                   "near-duplicates (data checks and dedup); GSM8K test vs train peaks at 0.896")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _conversations_default(cls, raw: Any) -> Any:
+        """With `messages`, the rendered turns are the conversation's last user and assistant turns, chat-formatted."""
+        if isinstance(raw, dict) and raw.get("messages"):
+            raw = {"template": "{user}", "target": "{assistant}", "chat_template": True, **raw}
+        return raw
 
 
 class LoraConfig(Section):
@@ -206,6 +217,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems += [_describe(e) for e in err.errors()]
     if recipe is not None and recipe.train.compile and recipe.train.sharding == "fsdp":
         problems.append("train.compile: not with train.sharding=fsdp (compile the unsharded model, or turn one off)")
+    if recipe is not None and recipe.data.messages and not recipe.data.chat_template:
+        problems.append("data.chat_template: must be true with data.messages (a conversation is written by the "
+                        "tokenizer's chat template)")
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")

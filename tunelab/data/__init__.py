@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig
+from tunelab.data.chat import conversation
 from tunelab.data.sources import read_source
 from tunelab.errors import UserError
 
@@ -74,13 +75,14 @@ def load_splits(cfg: DataConfig) -> Splits:
     for split, rows in raw.items():
         examples[split] = []
         for row in rows:
-            problem = _row_problem(row.fields, needed)
+            fields, problem = conversation(row.fields, cfg.messages) if cfg.messages else (row.fields, None)
+            problem = problem or _row_problem(fields, needed)
             if problem:
                 problems.append(f"{row.where}: {problem}")
                 continue
-            label = row.fields.get(cfg.label_field) if cfg.label_field else None
-            examples[split].append(Example(row.id, render(cfg.template, row.fields), render(cfg.target, row.fields),
-                                           row.fields, None if label is None else str(label)))
+            label = fields.get(cfg.label_field) if cfg.label_field else None
+            examples[split].append(Example(row.id, render(cfg.template, fields), render(cfg.target, fields),
+                                           fields, None if label is None else str(label)))
     if problems and not cfg.skip_bad_rows:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise UserError(f"data.source: {len(problems)} malformed rows (set data.skip_bad_rows: true to skip them)\n"
@@ -109,6 +111,9 @@ def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:
 
 def _check_placeholders(cfg: DataConfig, rows, needed: list[str]) -> None:
     fields = sorted({k for r in rows[:100] for k in r.fields})
+    if cfg.messages and rows and cfg.messages not in fields:
+        raise UserError(f"data.messages: no field {cfg.messages!r}; fields are: {', '.join(fields)}")
+    fields = sorted(set(fields) | ({"user", "assistant"} if cfg.messages else set()))  # what a conversation adds
     unknown = [n for n in needed if n not in fields]
     if unknown and rows:
         raise UserError(f"data.template: unknown placeholder {', '.join('{' + u + '}' for u in unknown)}; "

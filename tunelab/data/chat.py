@@ -9,12 +9,21 @@ assistant header; the few-shot baseline puts its shots in as earlier turns (lm-e
     prompt = chat.prompt(tok, example.prompt)                  # "...<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n"
     reply = chat.reply(tok, example.prompt, example.target)    # "{a}<|im_end|>"
 
+Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them):
+`conversation` makes the last assistant turn the row's `{assistant}` field, the user turn before it `{user}`, and
+keeps the turns before that (a system prompt, earlier exchanges) as the row's history, written before the user
+turn every time the row is formatted. The loss is on the last assistant turn only.
+
 Run as: tunelab train gsm8k-smollm2-135m --set data.chat_template=true --set data.source=../shared/data/gsm8k
+        tunelab train my-chats.yaml       (data.messages: messages)
 """
 
 from __future__ import annotations
 
 from tunelab.errors import UserError
+
+HISTORY = "_history"  # the field a conversation row keeps its earlier turns in
+ROLES = ("system", "user", "assistant")
 
 
 def require(tok) -> None:
@@ -25,12 +34,34 @@ def require(tok) -> None:
                         f"data.chat_template: false (plain prompts) or use an instruct model's tokenizer")
 
 
-def prompt(tok, user: str, shots: list[tuple[str, str]] = ()) -> str:
-    """The text a model is prompted with: earlier (user, assistant) exchanges, the user turn, the assistant header.
+def conversation(fields: dict, key: str) -> tuple[dict | None, str | None]:
+    """A conversation row's fields with `user`, `assistant` and its history added, or (None, the problem)."""
+    turns = fields.get(key)
+    if turns is None:
+        return None, f"missing field {key!r}"
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("role") in ROLES
+                                              and isinstance(t.get("content"), str) for t in turns):
+        return None, f"field {key!r}: expected a list of {{role, content}} turns, role one of {', '.join(ROLES)}"
+    if not turns or turns[-1]["role"] != "assistant":
+        last = turns[-1]["role"] if turns else "nothing"
+        return None, f"field {key!r}: the last turn is {last}, expected the assistant turn (the target)"
+    if len(turns) < 2 or turns[-2]["role"] != "user":
+        return None, f"field {key!r}: expected a user turn just before the last assistant turn"
+    for t in turns[-2:]:
+        if not t["content"].strip():
+            return None, f"field {key!r}: empty {t['role']} turn"
+    history = [{"role": t["role"], "content": t["content"]} for t in turns[:-2]]
+    return {**fields, "user": turns[-2]["content"], "assistant": turns[-1]["content"], HISTORY: history}, None
+
+
+def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict] = ()) -> str:
+    """The text a model is prompted with: the row's system turn, earlier (user, assistant) exchanges (few-shot
+    shots), the rest of its history, the user turn, the assistant header.
 
     A beginning-of-sequence marker that the template writes and the tokenizer adds again is dropped from the text,
     so that the sequence starts with one."""
-    return _strip_bos(tok, tok.apply_chat_template(_turns(shots, user), tokenize=False, add_generation_prompt=True))
+    return _strip_bos(tok, tok.apply_chat_template(_turns(shots, user, history), tokenize=False,
+                                                   add_generation_prompt=True))
 
 
 def context(tok, shots: list[tuple[str, str]]) -> str:
@@ -38,24 +69,27 @@ def context(tok, shots: list[tuple[str, str]]) -> str:
     return _strip_bos(tok, tok.apply_chat_template(_turns(shots, None), tokenize=False))
 
 
-def reply(tok, user: str, target: str) -> str:
+def reply(tok, user: str, target: str, history: list[dict] = ()) -> str:
     """The assistant turn that follows `prompt(tok, user)`: the target and the template's end-of-turn marker, with
     the whitespace the template writes after it dropped (it would be trained on, never generated).
 
     Raises:
         UserError: the template does not write the exchange as the prompt followed by the reply.
     """
-    head = tok.apply_chat_template(_turns((), user), tokenize=False, add_generation_prompt=True)
-    whole = tok.apply_chat_template(_turns((), user) + [{"role": "assistant", "content": target}], tokenize=False)
+    turns = _turns((), user, history)
+    head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    whole = tok.apply_chat_template(turns + [{"role": "assistant", "content": target}], tokenize=False)
     if not whole.startswith(head):
         raise UserError("data.chat_template: the tokenizer's chat template does not write an exchange as its "
                         "generation prompt followed by the reply; set data.chat_template: false")
     return whole[len(head):].rstrip()
 
 
-def _turns(shots, user: str | None) -> list[dict]:
-    turns = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-    return turns + ([{"role": "user", "content": user}] if user is not None else [])
+def _turns(shots, user: str | None, history: list[dict] = ()) -> list[dict]:
+    system = list(history[:1]) if history and history[0]["role"] == "system" else []  # a system turn stays first
+    exchanges = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    user_turn = [{"role": "user", "content": user}] if user is not None else []
+    return system + exchanges + list(history[len(system):]) + user_turn
 
 
 def _strip_bos(tok, text: str) -> str:

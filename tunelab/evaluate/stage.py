@@ -132,14 +132,15 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did."""
     if cfg.data.chat_template:
         chat.require(tok)
-    prompts = [chat.prompt(tok, q.prompt) if cfg.data.chat_template else q.prompt for q in questions]
+    prompts = [chat.prompt(tok, q.prompt, history=_history(q)) if cfg.data.chat_template else q.prompt
+               for q in questions]
     passes = []
     if only in (None, "base"):
         passes.append(Pass("base", prompts, None))
         if cfg.eval.fewshot:
             shots = train_rows[:cfg.eval.fewshot]
             if cfg.data.chat_template:
-                few = [chat.prompt(tok, ask(q), exchanges(shots)) for q in questions]
+                few = [chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions]
                 context = chat.context(tok, exchanges(shots))
             else:
                 few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
@@ -150,6 +151,11 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
                        if (run.epoch_adapter(k) / "adapter_config.json").exists()]
         passes.append(Pass("tuned", prompts, None, run.adapter, cfg.train.epochs))
     return passes
+
+
+def _history(q: Example) -> list[dict]:
+    """A conversation row's turns before its last user turn (`data.messages`); none for other rows."""
+    return q.fields.get(chat.HISTORY, [])
 
 
 def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device,

@@ -104,8 +104,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
         ("Method", f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"),
-        ("Prompt template", repr(data.template + data.target) if not data.chat_template else
-         f"user turn {data.template!r}, assistant turn {data.target!r}, through the tokenizer's chat template"),
+        ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
                   "kept for evaluation"),
@@ -305,3 +304,13 @@ def _worked_and_watch(found: list) -> list:
     worked = [o.text for o in found if o.kind == "good"] or ["Nothing passed its rule as an improvement."]
     watch = [o.text for o in found if o.kind == "watch"] or ["No rule flagged a problem."]
     return [("p", "What worked:"), ("list", worked), ("p", "What to watch:"), ("list", watch)]
+
+
+def _prompt_format(data) -> str:
+    """How rows became text: the template, or turns written by the tokenizer's chat template."""
+    if data.messages:
+        return (f"conversations in field {data.messages!r}: the turns before the last assistant turn, then that "
+                f"turn (the target), through the tokenizer's chat template")
+    if data.chat_template:
+        return f"user turn {data.template!r}, assistant turn {data.target!r}, through the tokenizer's chat template"
+    return repr(data.template + data.target)

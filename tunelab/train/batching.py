@@ -42,8 +42,8 @@ def encode(examples, tok, chat: bool = False) -> tuple[list[list[int]], list[lis
     if chat:
         from tunelab.data import chat as chat_format
         chat_format.require(tok)
-        prompts = [chat_format.prompt(tok, e.prompt) for e in examples]
-        targets = [chat_format.reply(tok, e.prompt, e.target) for e in examples]
+        prompts = [chat_format.prompt(tok, e.prompt, history=e.fields.get(chat_format.HISTORY, ())) for e in examples]
+        targets = [chat_format.reply(tok, e.prompt, e.target, e.fields.get(chat_format.HISTORY, ())) for e in examples]
     else:
         prompts, targets = [e.prompt for e in examples], [e.target for e in examples]
     prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"] if examples else []
