@@ -174,6 +174,9 @@ def test_a_malformed_conversation_is_refused_naming_file_and_line(messages, prob
         load_splits(DataConfig(source=str(path), messages="messages"))
     with pytest.raises(UserError, match="data.messages: no field 'turns'; fields are: messages"):
         load_splits(DataConfig(source=str(path), messages="turns"))
+    with pytest.raises(UserError, match=r"unknown placeholder \{question\}; fields are: assistant, messages, user; "
+                                        r"with data.messages, set data.template=\{user\}"):
+        load_splits(DataConfig(source=str(path), messages="messages", template="Q: {question}"))
 
 
 def test_messages_with_chat_template_turned_off_is_refused(tiny_recipe):
@@ -205,6 +208,7 @@ def test_conversations_train_and_evaluate_with_their_system_turn(tiny_recipe, tm
     # the row's system turn comes first (before the shots), once, in place of the template's default one
     assert all(p.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n") and p.count("system") == 1
                for p in base.prompts + few.prompts)
+    assert all(p.startswith(few.prefix) for p in few.prompts) and "Be brief." in few.prefix  # shots shared
     preds = evaluate(cfg, run).predictions
     assert {p["model"] for p in preds} == {"base", "base-1shot", "tuned"}
     assert preds[0]["question"] == rows[32]["messages"][-2]["content"]

@@ -116,8 +116,9 @@ def _check_placeholders(cfg: DataConfig, rows, needed: list[str]) -> None:
     fields = sorted(set(fields) | ({"user", "assistant"} if cfg.messages else set()))  # what a conversation adds
     unknown = [n for n in needed if n not in fields]
     if unknown and rows:
+        hint = "; with data.messages, set data.template={user} data.target={assistant}" if cfg.messages else ""
         raise UserError(f"data.template: unknown placeholder {', '.join('{' + u + '}' for u in unknown)}; "
-                        f"fields are: {', '.join(fields)}")
+                        f"fields are: {', '.join(fields)}{hint}")
     if cfg.label_field and rows and cfg.label_field not in fields:
         raise UserError(f"data.label_field: no field {cfg.label_field!r}; fields are: {', '.join(fields)}")
 

@@ -64,9 +64,11 @@ def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict
                                                    add_generation_prompt=True))
 
 
-def context(tok, shots: list[tuple[str, str]]) -> str:
-    """The exchanges alone (the few-shot part every prompt starts with when the template writes turn by turn)."""
-    return _strip_bos(tok, tok.apply_chat_template(_turns(shots, None), tokenize=False))
+def context(tok, shots: list[tuple[str, str]], history: list[dict] = ()) -> str:
+    """The history's system turn (if any) and the exchanges: the few-shot part that every prompt with that system
+    turn starts with when the template writes turn by turn."""
+    system = [t for t in history[:1] if t["role"] == "system"]
+    return _strip_bos(tok, tok.apply_chat_template(_turns(shots, None, system), tokenize=False))
 
 
 def reply(tok, user: str, target: str, history: list[dict] = ()) -> str:

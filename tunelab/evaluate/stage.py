@@ -141,7 +141,7 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
             shots = train_rows[:cfg.eval.fewshot]
             if cfg.data.chat_template:
                 few = [chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions]
-                context = chat.context(tok, exchanges(shots))
+                context = chat.context(tok, exchanges(shots), _history(questions[0]))  # rows share a system turn
             else:
                 few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context))
