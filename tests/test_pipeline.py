@@ -31,3 +31,28 @@ def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkey
     run.config.write_text("".join(line for line in run.config.read_text().splitlines(keepends=True)
                                   if not line.strip().startswith("hub_id:")))
     assert main(args) == 0
+
+
+def test_data_without_numeric_answers_skips_eval_says_why_and_still_reports(tiny_model, tmp_path, caplog, capsys):
+    from conftest import write_jsonl
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    turns = [{"messages": [{"role": "user", "content": f"Name a colour, please ({c})."},
+                           {"role": "assistant", "content": f"The colour is {c}."}]}
+             for c in ["red", "blue", "green", "teal", "pink", "gold", "grey", "navy"] * 3]
+    write_jsonl(folder / "train.jsonl", turns[:20])
+    write_jsonl(folder / "test.jsonl", turns[20:])
+    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={folder}",
+            "--set", "data.messages=messages", "--set", "data.template={user}", "--set", "data.target={assistant}",
+            "--set", "data.label_field=null", "--set", "train.epochs=1", "--set", "train.batch_size=4",
+            "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "c")]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "c")
+    reason = "data.target: no numeric reference answer in the test rows"
+    assert f"accuracy: not measured ({reason}" in capsys.readouterr().out
+    assert reason in caplog.text  # said before training, not after it
+    assert reason in run.read_json(run.eval_skipped)["reason"] and not run.eval_summary.exists()
+    md = run.report_md.read_text()
+    assert f"| GSM8K-style accuracy | not measured | eval skipped: {reason}" in md
+    assert main(["eval", str(run.path)]) == 2  # asked for by name, it is an error naming the key
+    assert reason in capsys.readouterr().err

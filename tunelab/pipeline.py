@@ -52,11 +52,18 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     from tunelab import analysis, train
     from tunelab.evaluate import stage as evaluate
     from tunelab.train import checkpoint
+    from tunelab.data import load_splits
+    unscoreable = evaluate.unscoreable(cfg, load_splits(cfg.data))
+    if unscoreable:  # said before training, not found after it
+        log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",
+                    unscoreable)
     stages = [("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None)),
               ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
               ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
     for name, done, work in stages:
-        if done(run):
+        if name == "eval" and unscoreable:
+            run.write_json(run.eval_skipped, {"reason": unscoreable})
+        elif done(run):
             log.info("%s: done already (%s)", name, run.path)
         else:
             work()
@@ -83,6 +90,9 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                      f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); strict {100 * ev['base_strict_accuracy']:.1f} % → "
                      f"{100 * ev['tuned_strict_accuracy']:.1f} %")
     lines += eval_lines(run.read_eval_summary() or {})
+    skipped = run.read_optional(run.eval_skipped)
+    if skipped and not run.eval_summary.exists():
+        lines.append(f"accuracy: not measured ({skipped['reason']})")
     lines.append(f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); this command "
                  f"{seconds / 60:.1f} min")
     print("\n".join(lines))

@@ -108,17 +108,32 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
 
 
 def _questions(cfg: Recipe, splits) -> list[Example]:
-    rows = splits.test if cfg.eval.split == "test" else splits.val
-    if not rows and cfg.eval.split == "test":
+    reason = unscoreable(cfg, splits)
+    if reason:
+        raise UserError(reason)
+    if cfg.eval.split == "test" and not splits.test:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
-        rows = splits.val
+    rows = _eval_rows(cfg, splits)
+    return rows[:cfg.eval.limit] if cfg.eval.limit else rows
+
+
+def unscoreable(cfg: Recipe, splits) -> str | None:
+    """Why the eval stage cannot score this recipe's data (None when it can): no held-out rows, or no held-out
+    row whose target holds a numeric answer (GSM8K-style scoring extracts one)."""
+    rows = _eval_rows(cfg, splits)
     if not rows:
-        raise UserError(f"eval.split: {cfg.data.source} has no {cfg.eval.split} rows to score")
+        return f"eval.split: {cfg.data.source} has no {cfg.eval.split} rows to score"
     rows = rows[:cfg.eval.limit] if cfg.eval.limit else rows
     if not any(reference_answer(e.target) for e in rows):
-        raise UserError(f"data.target: no numeric reference answer in the {cfg.eval.split} rows "
-                        f"(expected '#### N' or a number in {cfg.data.target!r})")
-    return rows
+        return (f"data.target: no numeric reference answer in the {cfg.eval.split} rows "
+                f"(expected '#### N' or a number in {cfg.data.target!r})")
+    return None
+
+
+def _eval_rows(cfg: Recipe, splits) -> list[Example]:
+    """The held-out rows to score: `eval.split`'s, or the validation rows when the source has no test split."""
+    rows = splits.test if cfg.eval.split == "test" else splits.val
+    return rows or splits.val
 
 
 def epochs_to_score(cfg: Recipe) -> str:

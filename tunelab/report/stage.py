@@ -65,7 +65,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                          "GSM8K-style accuracy of the base model (epoch 0) and after each scored epoch, same questions"))
     sections = [
         ("Overview", _overview(run, cfg, summary)),
-        ("Key metrics", _key_metrics(summary, epochs, evaluation)),
+        ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped))),
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
@@ -123,7 +123,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
     return [("table", ["", "value"], rows)]
 
 
-def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
+def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
     rows = [("Train loss improvement", f"{summary['train_loss_improvement_pct']:.1f} %",
              f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
             ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",
@@ -138,6 +138,9 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None) -> 
                          f"{100 * evaluation['tuned'][f'{metric}_accuracy']:.1f} %",
                          f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
                          f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.2g}"))
+    if not evaluation:
+        rows.append(("GSM8K-style accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
+                     "the eval stage has not run (tunelab eval RUN_DIR)"))
     if evaluation and "fewshot" in evaluation and "tuned" in evaluation:
         fs = evaluation["fewshot"]
         d = fs["tuned_vs_fewshot"]["flexible"]
