@@ -20,17 +20,18 @@ def tok(smollm2_dir):
 
 
 def test_the_exchange_is_the_templates_own_rendering_with_loss_on_the_reply_and_one_eos(tok):
-    (prompt,), (target,) = encode([ROW], tok, chat=True)
+    (prompt,), (target,), (trained,) = encode([ROW], tok, chat=True)
     turns = [{"role": "user", "content": ROW.prompt}, {"role": "assistant", "content": ROW.target}]
     whole = tok.apply_chat_template(turns, tokenize=False)  # ... <|im_start|>assistant\n{target}<|im_end|>\n
     assert tok.decode(prompt + target) == whole.rstrip()
     assert tok.decode(prompt).endswith("<|im_start|>user\n" + ROW.prompt + "<|im_end|>\n<|im_start|>assistant\n")
     assert tok.decode(target) == ROW.target + "<|im_end|>"  # the end-of-turn marker is this tokenizer's EOS
+    assert trained is None  # one exchange: nothing in the prompt carries loss
     assert target.count(tok.eos_token_id) == 1
     (item,), _ = tokenize([ROW], tok, 256, completion_only=True, chat=True)
     assert item.labels == [IGNORE] * len(prompt) + target
     # plain rows are unchanged: the template's text, then the target and EOS
-    (plain_prompt,), (plain_target,) = encode([ROW], tok, chat=False)
+    (plain_prompt,), (plain_target,), _ = encode([ROW], tok, chat=False)
     assert tok.decode(plain_prompt) == ROW.prompt and tok.decode(plain_target) == ROW.target + "<|im_end|>"
 
 
@@ -61,6 +62,15 @@ def test_a_bos_the_tokenizer_adds_again_is_written_once():
     assert chat.prompt(_BosTokenizer(), "q") == "[user]q[assistant]"
     assert chat.context(_BosTokenizer(), [("q1", "a1")]) == "[user]q1[assistant]a1"
     assert chat.prompt(_TemplateBosOnly(), "q") == "<s>[user]q[assistant]"  # the only BOS there is: kept
+
+
+def test_reply_spans_point_at_the_earlier_replies_after_a_dropped_bos():
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    text = chat.prompt(_BosTokenizer(), "q2", history=history)
+    assert text == "[user]q1[assistant]a1[user]q2[assistant]"
+    assert [text[a:b] for a, b in chat.reply_spans(_BosTokenizer(), "q2", history)] == ["a1"]
+    kept = chat.prompt(_TemplateBosOnly(), "q2", history=history)  # "<s>[user]q1...": the BOS stays
+    assert [kept[a:b] for a, b in chat.reply_spans(_TemplateBosOnly(), "q2", history)] == ["a1"]
 
 
 class _TemplateBosOnly(_BosTokenizer):
@@ -149,7 +159,7 @@ def test_a_conversation_row_is_its_history_then_the_last_exchange_with_loss_on_t
     assert (cfg.template, cfg.target, cfg.chat_template) == ("{user}", "{assistant}", True)
     splits = load_splits(cfg)
     row = splits.train[0]
-    (prompt,), (target,) = encode([row], tok, chat=True)
+    (prompt,), (target,), _ = encode([row], tok, chat=True)
     whole = tok.apply_chat_template(rows[int(row.id.split("-")[1]) - 1]["messages"], tokenize=False)
     assert tok.decode(prompt + target) == whole.rstrip()  # every turn, in order, the template's own rendering
     assert tok.decode(target) == row.target + "<|im_end|>"  # the loss is on the last reply only
@@ -212,3 +222,33 @@ def test_conversations_train_and_evaluate_with_their_system_turn(tiny_recipe, tm
     preds = evaluate(cfg, run).predictions
     assert {p["model"] for p in preds} == {"base", "base-1shot", "tuned"}
     assert preds[0]["question"] == rows[32]["messages"][-2]["content"]
+
+
+def test_earlier_assistant_turns_carry_loss_unless_history_loss_is_off(tok, tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    earlier = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4\n#### 4"},
+               {"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": "4 * 2 = 8\n#### 8"}]
+    rows = [_chat_row("And plus one?", "8 + 1 = 9\n#### 9", "Be brief.", earlier)] * 4
+    splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "c.jsonl", rows)), messages="messages"))
+    row = splits.train[0]
+    (item,), _ = tokenize([row], tok, 512, completion_only=True, chat=True)
+    supervised = [x for x in item.labels if x != IGNORE]
+    assert tok.decode(supervised) == "2 + 2 = 4\n#### 4<|im_end|>4 * 2 = 8\n#### 8<|im_end|>8 + 1 = 9\n#### 9<|im_end|>"
+    assert tok.decode(item.input_ids) == tok.apply_chat_template(rows[0]["messages"], tokenize=False).rstrip()
+    (last_only,), _ = tokenize([row], tok, 512, completion_only=True, chat=True, history_loss=False)
+    assert last_only.input_ids == item.input_ids
+    assert tok.decode([x for x in last_only.labels if x != IGNORE]) == "8 + 1 = 9\n#### 9<|im_end|>"
+
+
+def test_a_template_that_rewrites_earlier_replies_trains_on_the_last_one_and_says_so(tok, caplog):
+    copy = type(tok).from_pretrained(tok.name_or_path)
+    copy.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[earlier reply]"
+                          "{% else %}[{{ m['role'] }}]{{ m['content'] }}{% endif %}{% endfor %}"
+                          "{% if add_generation_prompt %}[assistant]{% endif %}")
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    row = Example("r", "q2", "a2", {"user": "q2", "assistant": "a2", chat.HISTORY: history})
+    (item,), _ = tokenize([row], copy, 128, completion_only=True, chat=True)
+    assert copy.decode([x for x in item.labels if x != IGNORE]) == "a2" + copy.eos_token
+    assert "does not write these conversations turn by turn; 1 rows train on their last reply only" in caplog.text

@@ -51,6 +51,8 @@ class DataConfig(Section):
     messages: str | None = Field(None, description="field holding a conversation (a list of {role, content} turns): "
                                  "its last assistant turn is the target, the turns before it the prompt; implies "
                                  "chat_template, and template / target default to {user} / {assistant}")
+    history_loss: bool = Field(True, description="conversations (data.messages): also train on the assistant turns "
+                               "before the last (as Axolotl and LLaMA-Factory do); false = the last turn only")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")

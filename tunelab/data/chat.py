@@ -64,6 +64,25 @@ def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict
                                                    add_generation_prompt=True))
 
 
+def reply_spans(tok, user: str, history: list[dict]) -> list[tuple[int, int]]:
+    """Character spans, in `prompt(tok, user, history=history)`, of the history's assistant turns (each reply and its
+    end-of-turn marker): what `data.history_loss` trains on besides the last reply. Empty when the template does not
+    write the conversation turn by turn (then only the last reply is trained on)."""
+    turns = _turns((), user, history)
+    text = prompt(tok, user, history=history)
+    shift = len(tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)) - len(text)  # a dropped BOS
+    spans = []
+    for k, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        head = tok.apply_chat_template(turns[:k], tokenize=False, add_generation_prompt=True)
+        whole = tok.apply_chat_template(turns[:k + 1], tokenize=False).rstrip()
+        if not (whole.startswith(head) and text.startswith(whole[shift:])):
+            return []
+        spans.append((len(head) - shift, len(whole) - shift))
+    return spans
+
+
 def context(tok, shots: list[tuple[str, str]], history: list[dict] = ()) -> str:
     """The history's system turn (if any) and the exchanges: the few-shot part that every prompt with that system
     turn starts with when the template writes turn by turn."""

@@ -151,11 +151,12 @@ def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
     batch plan, and a max_length recommendation; and every row's total length (for the histogram)."""
     from tunelab.train.batching import batches, encode, tokenize
     rows = splits.train + splits.val
-    prompt_ids, target_ids = encode(rows, tok, cfg.data.chat_template)
+    prompt_ids, target_ids, _ = encode(rows, tok, cfg.data.chat_template)
     prompts, targets = [len(x) for x in prompt_ids], [len(x) for x in target_ids]
     totals = np.array(prompts) + np.array(targets)
     cut = int((totals > cfg.train.max_length).sum())
-    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template)
+    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template,
+                        cfg.data.history_loss)
     plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length)
     padded = sum(b.input_ids.numel() for b in plan)
     real = sum(b.real_tokens for b in plan)

@@ -7,10 +7,13 @@ model learns to stop. With `data.chat_template` the texts are one exchange in th
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 GROUP_CHUNK = 64  # batches per length-sorted chunk: order stays random across chunks
@@ -37,30 +40,50 @@ class Batch:
     supervised: int  # tokens that carry loss
 
 
-def encode(examples, tok, chat: bool = False) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids and target ids (ending with EOS) per example, plain or through the chat template (`data.chat`)."""
+def encode(examples, tok, chat: bool = False, history_loss: bool = True) -> tuple[list, list, list]:
+    """Per example: prompt ids, target ids (ending with EOS), and which prompt tokens carry loss (None: none) — the
+    earlier assistant turns of a conversation row (`data.messages`) when `history_loss`. Plain rows, or through the
+    chat template (`data.chat_template`)."""
+    spans = [[] for _ in examples]
     if chat:
         from tunelab.data import chat as chat_format
         chat_format.require(tok)
-        prompts = [chat_format.prompt(tok, e.prompt, history=e.fields.get(chat_format.HISTORY, ())) for e in examples]
-        targets = [chat_format.reply(tok, e.prompt, e.target, e.fields.get(chat_format.HISTORY, ())) for e in examples]
+        histories = [e.fields.get(chat_format.HISTORY, []) for e in examples]
+        prompts = [chat_format.prompt(tok, e.prompt, history=h) for e, h in zip(examples, histories)]
+        targets = [chat_format.reply(tok, e.prompt, e.target, h) for e, h in zip(examples, histories)]
+        if history_loss:
+            earlier = [any(t["role"] == "assistant" for t in h) for h in histories]
+            spans = [chat_format.reply_spans(tok, e.prompt, h) if on else []
+                     for e, h, on in zip(examples, histories, earlier)]
+            if any(on and not row for on, row in zip(earlier, spans)):
+                log.warning("data.history_loss: the chat template does not write these conversations turn by turn; "
+                            "%d rows train on their last reply only", sum(on and not r for on, r in zip(earlier, spans)))
     else:
         prompts, targets = [e.prompt for e in examples], [e.target for e in examples]
-    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"] if examples else []
-    target_ids = tok(targets, add_special_tokens=False)["input_ids"] if examples else []
+    if not examples:
+        return [], [], []
+    encoded = tok(prompts, add_special_tokens=True, return_offsets_mapping=any(spans))
+    target_ids = tok(targets, add_special_tokens=False)["input_ids"]
     eos = tok.eos_token_id
-    return prompt_ids, [t if t[-1:] == [eos] else t + [eos] for t in target_ids]  # a chat reply may end with EOS
+    trained = [[e > s and any(a <= s and e <= b for a, b in row) for s, e in offsets] if row else None
+               for row, offsets in zip(spans, encoded.get("offset_mapping") or [None] * len(examples))]
+    return encoded["input_ids"], [t if t[-1:] == [eos] else t + [eos] for t in target_ids], trained
 
 
-def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool = False) -> tuple[list[Tokenized], int]:
+def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool = False,
+             history_loss: bool = True) -> tuple[list[Tokenized], int]:
     """Token ids and labels per example; returns (kept examples, how many were truncated).
 
     Examples left with no supervised token after truncation are dropped (they count as truncated).
     """
     out, truncated = [], 0
-    for i, (p, t) in enumerate(zip(*encode(examples, tok, chat))):
+    for i, (p, t, trained) in enumerate(zip(*encode(examples, tok, chat, history_loss))):
         ids = p + t
-        labels = ([IGNORE] * len(p) if completion_only else list(p)) + t
+        if not completion_only:
+            prompt_labels = list(p)
+        else:
+            prompt_labels = [x if on else IGNORE for x, on in zip(p, trained)] if trained else [IGNORE] * len(p)
+        labels = prompt_labels + t
         if len(ids) > max_length:
             truncated += 1
             ids, labels = ids[:max_length], labels[:max_length]
@@ -78,9 +101,9 @@ def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized],
     """
     from tunelab.errors import UserError
     train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only,
-                                      cfg.data.chat_template)
+                                      cfg.data.chat_template, cfg.data.history_loss)
     val_items, val_cut = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only,
-                                  cfg.data.chat_template)
+                                  cfg.data.chat_template, cfg.data.history_loss)
     if not train_items or not val_items:
         raise UserError(f"data.source: no train or validation example has a supervised token within "
                         f"train.max_length={cfg.train.max_length}")
