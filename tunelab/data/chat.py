@@ -12,7 +12,8 @@ assistant header; the few-shot baseline puts its shots in as earlier turns (lm-e
 Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them):
 `conversation` makes the last assistant turn the row's `{assistant}` field, the user turn before it `{user}`, and
 keeps the turns before that (a system prompt, earlier exchanges) as the row's history, written before the user
-turn every time the row is formatted. The loss is on the last assistant turn only.
+turn every time the row is formatted. Every assistant turn carries loss (`data.history_loss`; `reply_spans` finds
+the earlier ones by rendering the conversation turn by turn); evaluation scores the last one.
 
 Run as: tunelab train gsm8k-smollm2-135m --set data.chat_template=true --set data.source=../shared/data/gsm8k
         tunelab train my-chats.yaml       (data.messages: messages)
