@@ -252,3 +252,23 @@ def test_a_template_that_rewrites_earlier_replies_trains_on_the_last_one_and_say
     (item,), _ = tokenize([row], copy, 128, completion_only=True, chat=True)
     assert copy.decode([x for x in item.labels if x != IGNORE]) == "a2" + copy.eos_token
     assert "does not write these conversations turn by turn; 1 rows train on their last reply only" in caplog.text
+
+
+def test_a_system_prompt_goes_first_in_every_row_that_has_none(tok, tmp_path, tiny_recipe):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig, validate
+    from tunelab.data import load_splits
+    plain = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(4)]
+    cfg = DataConfig(source=str(write_jsonl(tmp_path / "p.jsonl", plain)), template="{question}", target="{answer}",
+                     chat_template=True, system_prompt="You are a careful math tutor.")
+    row = load_splits(cfg).train[0]
+    (prompt,), _, _ = encode([row], tok, chat=True)
+    assert tok.decode(prompt) == (f"<|im_start|>system\nYou are a careful math tutor.<|im_end|>\n<|im_start|>user\n"
+                                  f"{row.prompt}<|im_end|>\n<|im_start|>assistant\n")
+    own = [_chat_row("What is 1 + 1?", "#### 2", "Be brief.")] * 4  # a conversation with its own system turn keeps it
+    cfg = DataConfig(source=str(write_jsonl(tmp_path / "c.jsonl", own)), messages="messages", system_prompt="Other.")
+    (prompt,), _, _ = encode([load_splits(cfg).train[0]], tok, chat=True)
+    assert "Be brief." in tok.decode(prompt) and "Other." not in tok.decode(prompt)
+    raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "system_prompt": "x"}}
+    with pytest.raises(UserError, match="data.system_prompt: needs data.chat_template: true"):
+        validate(raw, "r.yaml")

@@ -51,6 +51,8 @@ class DataConfig(Section):
     messages: str | None = Field(None, description="field holding a conversation (a list of {role, content} turns): "
                                  "its last assistant turn is the target, the turns before it the prompt; implies "
                                  "chat_template, and template / target default to {user} / {assistant}")
+    system_prompt: str | None = Field(None, description="with chat_template: a system turn written before every row "
+                                      "(conversation rows that have one keep their own)")
     history_loss: bool = Field(True, description="conversations (data.messages): also train on the assistant turns "
                                "before the last (as Axolotl and LLaMA-Factory do); false = the last turn only")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
@@ -221,6 +223,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems.append("train.compile: not with train.sharding=fsdp (compile the unsharded model, or turn one off)")
     if recipe is not None and recipe.data.messages and not recipe.data.chat_template:
         problems.append("data.chat_template: must be true with data.messages (a conversation is written by the "
+                        "tokenizer's chat template)")
+    if recipe is not None and recipe.data.system_prompt is not None and not recipe.data.chat_template:
+        problems.append("data.system_prompt: needs data.chat_template: true (a system turn is written by the "
                         "tokenizer's chat template)")
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "

@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig
-from tunelab.data.chat import conversation
+from tunelab.data.chat import conversation, with_system
 from tunelab.data.sources import read_source
 from tunelab.errors import UserError
 
@@ -80,6 +80,8 @@ def load_splits(cfg: DataConfig) -> Splits:
             if problem:
                 problems.append(f"{row.where}: {problem}")
                 continue
+            if cfg.system_prompt is not None:
+                fields = with_system(fields, cfg.system_prompt)
             label = fields.get(cfg.label_field) if cfg.label_field else None
             examples[split].append(Example(row.id, render(cfg.template, fields), render(cfg.target, fields),
                                            fields, None if label is None else str(label)))

@@ -55,6 +55,14 @@ def conversation(fields: dict, key: str) -> tuple[dict | None, str | None]:
     return {**fields, "user": turns[-2]["content"], "assistant": turns[-1]["content"], HISTORY: history}, None
 
 
+def with_system(fields: dict, text: str) -> dict:
+    """A row's fields with a system turn first in its history (`data.system_prompt`), unless it has its own."""
+    history = fields.get(HISTORY, [])
+    if history and history[0]["role"] == "system":
+        return fields
+    return {**fields, HISTORY: [{"role": "system", "content": text}, *history]}
+
+
 def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict] = ()) -> str:
     """The text a model is prompted with: the row's system turn, earlier (user, assistant) exchanges (few-shot
     shots), the rest of its history, the user turn, the assistant header.
