@@ -272,3 +272,17 @@ def test_a_system_prompt_goes_first_in_every_row_that_has_none(tok, tmp_path, ti
     raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "system_prompt": "x"}}
     with pytest.raises(UserError, match="data.system_prompt: needs data.chat_template: true"):
         validate(raw, "r.yaml")
+
+
+def test_conversations_are_compared_by_their_whole_user_side(tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits, question_text
+    thanks = [{"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You're welcome."}]
+    chats = [[{"role": "user", "content": f"What is {i} squared?"}, {"role": "assistant", "content": str(i * i)}]
+             + thanks for i in (2, 3, 2, 4, 5)]  # the third repeats the first
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": c} for c in chats])
+    splits = load_splits(DataConfig(source=str(path), messages="messages", dedup="exact", val_fraction=0.25))
+    assert splits.deduplicated == 1  # the repeated chat, not every chat that ends in "Thanks!"
+    assert sorted(question_text(e) for e in splits.train + splits.val) == [
+        f"What is {i} squared?\nThanks!" for i in (2, 3, 4, 5)]

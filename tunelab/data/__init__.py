@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig
-from tunelab.data.chat import conversation, with_system
+from tunelab.data.chat import HISTORY, conversation, with_system
 from tunelab.data.sources import read_source
 from tunelab.errors import UserError
 
@@ -40,10 +40,13 @@ class Splits:
 
 
 def question_text(example: Example) -> str:
-    """What a row asks: its `question` field when it has one, else its rendered prompt (what analysis
-    clusters, data checks compare and few-shot prompts quote)."""
+    """What a row asks: its `question` field when it has one, else its rendered prompt after the user turns of its
+    history (a conversation's user side, so that two chats ending in the same "Thanks!" are not duplicates) — what
+    analysis clusters, data checks compare and few-shot prompts quote."""
     q = example.fields.get("question")
-    return q if isinstance(q, str) and q.strip() else example.prompt
+    if isinstance(q, str) and q.strip():
+        return q
+    return "\n".join([t["content"] for t in example.fields.get(HISTORY, []) if t["role"] == "user"] + [example.prompt])
 
 
 def placeholders(template: str) -> list[str]:
