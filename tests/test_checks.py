@@ -139,3 +139,23 @@ def test_files_from_spreadsheets_and_windows_editors_load_as_meant(kind, layout,
     splits = load_splits(cfg)
     loaded = sorted((e.fields["question"], e.fields["answer"]) for e in splits.train + splits.val)
     assert loaded == sorted((r["question"], r["answer"]) for r in ROWS)
+
+
+def test_show_prints_rows_as_trained_with_the_loss_bearing_tokens_marked(tiny_model, capsys):
+    import json
+
+    from tunelab.config import load_recipe
+    from tunelab.data import load_splits
+    args = ["check", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
+            "--set", "data.synthetic_test_rows=4", "--show", "2"]
+    assert main([*args, "--json"]) == 0
+    examples = json.loads(capsys.readouterr().out)["examples"]
+    rows = load_splits(load_recipe("quickstart", [f"model.name={tiny_model}", "data.synthetic_rows=24",
+                                                  "data.synthetic_test_rows=4"]).data).train[:2]
+    assert [e["id"] for e in examples] == [r.id for r in rows]
+    for ex, row in zip(examples, rows):
+        assert "".join(s["text"] for s in ex["segments"] if not s["loss"]) == row.prompt
+        assert "".join(s["text"] for s in ex["segments"] if s["loss"]) == row.target + "<|im_end|>"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"⟦{rows[0].target.splitlines()[0]}" in out and "<|im_end|>⟧" in out

@@ -128,6 +128,9 @@ def _planning_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows")
     s.add_argument("--run-dir", help="also write analysis/data_checks.json and analysis/lengths.png there")
+    s.add_argument("--show", type=int, default=0, metavar="N",
+                   help="also print the first N training rows as the model sees them, the tokens that carry loss "
+                        "marked ⟦…⟧ (chat templates, truncation and EOS included)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")
@@ -319,6 +322,8 @@ def cmd_check(args) -> int:
     train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
     result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
     result["verdict"] = checks.verdict(result)
+    if args.show:
+        result["examples"] = checks.preview(cfg, splits.train[:args.show], tok)
     if args.run_dir:
         run = RunDir(args.run_dir)
         with locked(run, "check"):
@@ -341,6 +346,7 @@ def _this_device() -> str:
 def _print_checks(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
     console = Console(width=150)
     table = Table("overlap with train", "exact", f"{result['settings']['ngram']}-gram",
                   f"near (cosine ≥ {result['settings']['near_threshold']})")
@@ -356,6 +362,10 @@ def _print_checks(result: dict) -> None:
                   f"{ln['truncated']} over train.max_length={ln['max_length']}; padding {100 * ln['padding_share']:.1f} % "
                   f"of the batch plan; {ln['recommendation']}")
     console.print("scoreable targets: " + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
+    for ex in result.get("examples", []):
+        console.rule(f"{ex['id']}: {ex['tokens']} tokens, {ex['supervised_tokens']} with loss (marked ⟦…⟧)")
+        console.print(Text.assemble(*((f"⟦{seg['text']}⟧", "bold green") if seg["loss"] else (seg["text"], "dim")
+                                      for seg in ex["segments"])))
     e = result["estimate"]
     if e.get("hours") is not None:
         console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")

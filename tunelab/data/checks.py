@@ -169,6 +169,24 @@ def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
             "recommendation": _recommend(cfg.train.max_length, cut, int(totals.max()), recommended)}, totals
 
 
+def preview(cfg, rows: list[Example], tok) -> list[dict]:
+    """`rows` as the model trains on them: `id`, `tokens`, `supervised_tokens`, and `segments` — the decoded text in
+    runs of tokens that do (`loss`) or do not carry loss, under the recipe's template, chat template, max_length."""
+    from tunelab.train.batching import IGNORE, tokenize
+    items, _ = tokenize(rows, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template,
+                        cfg.data.history_loss)
+    out = []
+    for item in items:
+        segments, start = [], 0
+        for i in range(1, len(item.input_ids) + 1):
+            if i == len(item.input_ids) or (item.labels[i] != IGNORE) != (item.labels[start] != IGNORE):
+                segments.append({"text": tok.decode(item.input_ids[start:i]), "loss": item.labels[start] != IGNORE})
+                start = i
+        out.append({"id": rows[item.index].id, "tokens": len(item.input_ids), "supervised_tokens": item.supervised,
+                    "segments": segments})
+    return out
+
+
 def _percentiles(values: list[int]) -> dict:
     v = np.array(values)
     return {"min": int(v.min()), "p50": int(np.percentile(v, 50)), "p90": int(np.percentile(v, 90)),
