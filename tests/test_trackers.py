@@ -72,3 +72,17 @@ def test_wandb_offline_run_holds_our_metrics_config_eval_and_report(tiny_recipe,
     assert summary["eval/tuned_flexible_accuracy"] == run.read_eval_summary()["tuned"]["flexible_accuracy"]
     artifacts = {r.artifact.type for r in records if r.WhichOneof("record_type") == "artifact"}
     assert {"eval", "report"} <= artifacts
+
+
+def test_a_second_wandb_start_in_the_same_second_waits_for_the_next(tmp_path):
+    from datetime import datetime
+
+    from tunelab.trackers import not_in_the_same_second
+    run = RunDir(tmp_path / "run")
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    (run.wandb / f"offline-run-{stamp}-abc123").mkdir(parents=True)
+    not_in_the_same_second(run, "abc123")
+    assert datetime.now().strftime("%Y%m%d_%H%M%S") != stamp  # its folder will not be the first start's
+    started = datetime.now()
+    not_in_the_same_second(run, "other")  # another run's folder is no reason to wait
+    assert (datetime.now() - started).total_seconds() < 0.5

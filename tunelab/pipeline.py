@@ -50,9 +50,9 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
 def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     started = time.time()
     from tunelab import analysis, train
+    from tunelab.data import load_splits
     from tunelab.evaluate import stage as evaluate
     from tunelab.train import checkpoint
-    from tunelab.data import load_splits
     unscoreable = evaluate.unscoreable(cfg, load_splits(cfg.data))
     if unscoreable:  # said before training, not found after it
         log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",

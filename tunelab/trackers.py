@@ -9,7 +9,9 @@ Run as: tunelab train quickstart --set "train.report_to=[wandb]"     (WANDB_MODE
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from datetime import datetime
 
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
@@ -40,6 +42,17 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+def not_in_the_same_second(run: RunDir, run_id: str) -> None:
+    """Wait into the next second when this W&B run already started once in this one.
+
+    W&B names each start's local folder `[offline-]run-<YYYYmmdd_HHMMSS>-<id>`: a second start of the same run in
+    the same second (a quick eval, then the report) writes into the first one's folder and loses its records (seen:
+    the eval's artifact kept, the report's gone)."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    if any(run.wandb.glob(f"*run-{stamp}-{run_id}")):
+        time.sleep(1.01 - time.time() % 1)
+
+
 class MlflowTracker:
     def __init__(self, run: RunDir):
         try:
@@ -68,6 +81,7 @@ class WandbTracker:
         id_file = run.wandb / "tunelab-run-id"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
+        not_in_the_same_second(run, run_id)
         self.wandb = wandb
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tunelab"), name=run.path.name, id=run_id,
                               resume="allow", dir=str(run.path), config=config, reinit="finish_previous")

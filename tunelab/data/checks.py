@@ -151,7 +151,7 @@ def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
     batch plan, and a max_length recommendation; and every row's total length (for the histogram)."""
     from tunelab.train.batching import batches, encode, tokenize
     rows = splits.train + splits.val
-    prompt_ids, target_ids, _ = encode(rows, tok, cfg.data.chat_template)
+    prompt_ids, target_ids, _ = encode(rows, tok, cfg.data.chat_template, history_loss=False)  # lengths only
     prompts, targets = [len(x) for x in prompt_ids], [len(x) for x in target_ids]
     totals = np.array(prompts) + np.array(targets)
     cut = int((totals > cfg.train.max_length).sum())
