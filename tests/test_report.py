@@ -45,6 +45,25 @@ def test_report_with_baseline_and_compare(tmp_path):
     assert picture.exists() and (tmp_path / "cmp" / "compare.html").exists()
 
 
+def test_compare_names_the_recipe_keys_that_differ_and_flags_format_changes(tmp_path, capsys):
+    import yaml
+    a = RunDir(make_run(tmp_path / "two", val=(2.31, 1.70), train=(1.9,), epochs_n=1))
+    b = RunDir(make_run(tmp_path / "three"))
+    compare([a, b], tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| train.epochs | 1 | 2 |" in md and "differently formatted" not in md  # epochs do not change the text
+    raw = yaml.safe_load(b.config.read_text())
+    raw["data"].update(chat_template=True, template="{question}")
+    b.config.write_text(yaml.safe_dump(raw))
+    write_report(b, baseline=a)
+    md = b.report_md.read_text()
+    assert "| data.chat_template | False | True |" in md
+    assert "The runs differ in data.template, data.chat_template: they train and validate on differently " in md
+    assert main(["compare", str(a.path), str(b.path), "--out", str(tmp_path / "cmp2")]) == 0
+    out = capsys.readouterr().out
+    assert "recipe key" in out and "data.chat_template" in out and "train.epochs" in out
+
+
 def test_report_and_compare_do_not_import_torch(tmp_path):
     run = make_run(tmp_path / "r")
     code = ("import sys; from tunelab.cli import main; "

@@ -294,6 +294,7 @@ def cmd_compare(args) -> int:
     from rich.console import Console
     from rich.table import Table
     from tunelab.report import compare, load_run
+    from tunelab.report.compare import recipe_differences
     runs = [load_run(p) for p in args.run_dirs]
     out = Path(args.out or default_run_dir("", "compare"))
     rows, picture = compare(runs, out)
@@ -301,6 +302,12 @@ def cmd_compare(args) -> int:
     for row in rows:
         table.add_row(*[("—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
     Console().print(table)
+    differences = recipe_differences(runs)
+    if differences:
+        keys = Table("recipe key", *[r.path.name for r in runs])
+        for key, *values in differences:
+            keys.add_row(key, *[repr(v) for v in values])
+        Console().print(keys)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.html'} and {picture}")
     return 0
 

@@ -81,12 +81,47 @@ def headline(run: RunDir) -> dict:
     return summary
 
 
+# recipe keys that change the text a run is trained and validated on, so that its losses score other tokens
+FORMAT_KEYS = ("model.name", "data.template", "data.target", "data.chat_template", "data.messages",
+               "data.system_prompt", "data.history_loss", "train.completion_only", "train.max_length")
+
+
+def recipe_differences(runs: list[RunDir]) -> list[tuple]:
+    """(key, each run's value) for every recipe key whose value is not the same in all runs (the name aside)."""
+    recipes = [_flat_recipe(r.read_recipe().model_dump(mode="json")) for r in runs]
+    keys = [k for k in recipes[0] if k != "name" and len({repr(rec.get(k)) for rec in recipes}) > 1]
+    return [(k, *(rec.get(k) for rec in recipes)) for k in keys]
+
+
+def recipe_blocks(runs: list[RunDir], names: list[str]) -> list:
+    """The report blocks that say how the runs' recipes differ, and what that means for comparing their losses."""
+    differences = recipe_differences(runs)
+    if not differences:
+        return [("p", "The runs' recipes are the same but for their names.")]
+    blocks = [("table", ["recipe key", *names], [(k, *(repr(v) for v in vals)) for k, *vals in differences])]
+    formats = [k for k, *_ in differences if k in FORMAT_KEYS]
+    if formats:
+        blocks.append(("p", f"The runs differ in {', '.join(formats)}: they train and validate on differently "
+                            f"formatted or tokenized text, so their losses score different tokens and a loss "
+                            f"difference mixes the format's effect with the training's; accuracy on the same "
+                            f"questions compares like with like. (Rule: any of {', '.join(FORMAT_KEYS)} differs.)"))
+    return blocks
+
+
+def _flat_recipe(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat_recipe(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
     this, base = headline(run), headline(baseline)
     this_name, base_name = run.path.name, baseline.path.name
     picture = overlaid({base_name: baseline.read_epochs(), this_name: run.read_epochs()},
                        figures / "comparison.png")
     return [("table", ["figure", base_name, this_name, "Δ"], comparison_rows([base, this])),
+            *recipe_blocks([baseline, run], [base_name, this_name]),
             ("img", picture, f"Learning curves of {base_name} and {this_name}"),
             ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline)))]
 
@@ -131,7 +166,7 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     blocks = [("table", ["figure", *names, f"Δ ({names[-1]} − {names[0]})"], rows)]
     found = [o for r, n, s in zip(runs[1:], names[1:], summaries[1:])
              for o in rules.versus_baseline(s, summaries[0], n, names[0], *paired(r, runs[0]))]
-    blocks += [("obs", found), ("img", picture, "Learning curves overlaid")]
+    blocks += [*recipe_blocks(runs, names), ("obs", found), ("img", picture, "Learning curves overlaid")]
     sections = [("Runs", blocks)]
     (out / "compare.md").write_text(markdown("Run comparison", sections, out))
     (out / "compare.html").write_text(html_page("Run comparison", sections))
