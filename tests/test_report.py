@@ -59,6 +59,8 @@ def test_compare_names_the_recipe_keys_that_differ_and_flags_format_changes(tmp_
     md = b.report_md.read_text()
     assert "| data.chat_template | False | True |" in md
     assert "The runs differ in data.template, data.chat_template: they train and validate on differently " in md
+    assert "Final validation loss of three is lower than two: 1.550 vs 1.700" in md  # stated, without a verdict
+    assert "so the losses score different text: no verdict" in md and "lower (better)" not in md
     assert main(["compare", str(a.path), str(b.path), "--out", str(tmp_path / "cmp2")]) == 0
     out = capsys.readouterr().out
     assert "recipe key" in out and "data.chat_template" in out and "train.epochs" in out

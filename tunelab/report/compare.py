@@ -93,13 +93,18 @@ def recipe_differences(runs: list[RunDir]) -> list[tuple]:
     return [(k, *(rec.get(k) for rec in recipes)) for k in keys]
 
 
+def format_differences(runs: list[RunDir]) -> list[str]:
+    """The recipe keys that change the trained text (`FORMAT_KEYS`) and differ between the runs."""
+    return [k for k, *_ in recipe_differences(runs) if k in FORMAT_KEYS]
+
+
 def recipe_blocks(runs: list[RunDir], names: list[str]) -> list:
     """The report blocks that say how the runs' recipes differ, and what that means for comparing their losses."""
     differences = recipe_differences(runs)
     if not differences:
         return [("p", "The runs' recipes are the same but for their names.")]
     blocks = [("table", ["recipe key", *names], [(k, *(repr(v) for v in vals)) for k, *vals in differences])]
-    formats = [k for k, *_ in differences if k in FORMAT_KEYS]
+    formats = format_differences(runs)
     if formats:
         blocks.append(("p", f"The runs differ in {', '.join(formats)}: they train and validate on differently "
                             f"formatted or tokenized text, so their losses score different tokens and a loss "
@@ -123,7 +128,8 @@ def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
     return [("table", ["figure", base_name, this_name, "Δ"], comparison_rows([base, this])),
             *recipe_blocks([baseline, run], [base_name, this_name]),
             ("img", picture, f"Learning curves of {base_name} and {this_name}"),
-            ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline)))]
+            ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline),
+                                          format_differences([baseline, run])))]
 
 
 def comparison_rows(summaries: list[dict]) -> list[tuple]:
@@ -165,7 +171,8 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     picture = overlaid({n: r.read_epochs() for n, r in zip(names, runs)}, out / "compare.png")
     blocks = [("table", ["figure", *names, f"Δ ({names[-1]} − {names[0]})"], rows)]
     found = [o for r, n, s in zip(runs[1:], names[1:], summaries[1:])
-             for o in rules.versus_baseline(s, summaries[0], n, names[0], *paired(r, runs[0]))]
+             for o in rules.versus_baseline(s, summaries[0], n, names[0], *paired(r, runs[0]),
+                                            format_differences([runs[0], r]))]
     blocks += [*recipe_blocks(runs, names), ("obs", found), ("img", picture, "Learning curves overlaid")]
     sections = [("Runs", blocks)]
     (out / "compare.md").write_text(markdown("Run comparison", sections, out))

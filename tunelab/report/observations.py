@@ -150,12 +150,14 @@ def cost_accuracy(estimate: dict, actual: dict) -> Observation | None:
 
 
 def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss_diff: dict | None = None,
-                    accuracy_diff: dict | None = None) -> list[Observation]:
+                    accuracy_diff: dict | None = None, formats: list[str] = ()) -> list[Observation]:
     """Compare headline figures with a baseline run.
 
     `loss_diff`: the paired difference of final validation losses over the rows both runs validated
     (stats.paired_loss_difference); `accuracy_diff`: the paired difference of tuned flexible accuracy on
     the questions both runs scored (stats.paired_difference). Without them, a fixed tolerance / no verdict.
+    `formats`: the recipe keys that change the trained text and differ between the runs; with any, the loss
+    comparison is stated without a verdict (the losses score different tokens).
     """
     out = []
     a, b = base["final_val_loss"], this["final_val_loss"]
@@ -173,7 +175,11 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
         rule = f"difference of final figures; a change within {TOLERANCE * 100:.0f} % counts as none"
         same = "the same within 1 % as"
     verb = {-1: "lower (better) than", 0: same, 1: "higher (worse) than"}[change]
-    out.append(Observation({-1: "good", 0: "info", 1: "watch"}[change],
+    if formats:
+        verb = {-1: "lower than", 0: same, 1: "higher than"}[change]
+        numbers += f"; the runs differ in {', '.join(formats)}, so the losses score different text: no verdict"
+        rule += "; no verdict when a key that changes the trained text differs"
+    out.append(Observation("info" if formats else {-1: "good", 0: "info", 1: "watch"}[change],
                            f"Final validation loss of {this_name} is {verb} {base_name}: {numbers}.", rule))
     ev_a, ev_b = base.get("eval") or {}, this.get("eval") or {}
     if accuracy_diff:
