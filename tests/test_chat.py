@@ -40,7 +40,7 @@ def test_a_template_that_does_not_extend_its_generation_prompt_is_refused(tok):
     copy.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
                           "{% if add_generation_prompt %}<assistant>{% endif %}")
     with pytest.raises(UserError, match="does not write an exchange as its generation prompt"):
-        chat.reply(copy, "q", "a")
+        chat.exchange(copy, "q", "a")
     copy.chat_template = None
     with pytest.raises(UserError, match="data.chat_template: the tokenizer of .* has no chat template"):
         encode([ROW], copy, chat=True)

@@ -7,7 +7,7 @@ assistant header; the few-shot baseline puts its shots in as earlier turns (lm-e
 --fewshot_as_multiturn`).
 
     prompt = chat.prompt(tok, example.prompt)                  # "...<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n"
-    reply = chat.reply(tok, example.prompt, example.target)    # "{a}<|im_end|>"
+    prompt, reply = chat.exchange(tok, example.prompt, example.target)    # reply: "{a}<|im_end|>"
 
 Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them):
 `conversation` makes the last assistant turn the row's `{assistant}` field, the user turn before it `{user}`, and
@@ -99,9 +99,10 @@ def context(tok, shots: list[tuple[str, str]], history: list[dict] = ()) -> str:
     return _strip_bos(tok, tok.apply_chat_template(_turns(shots, None, system), tokenize=False))
 
 
-def reply(tok, user: str, target: str, history: list[dict] = ()) -> str:
-    """The assistant turn that follows `prompt(tok, user)`: the target and the template's end-of-turn marker, with
-    the whitespace the template writes after it dropped (it would be trained on, never generated).
+def exchange(tok, user: str, target: str, history: list[dict] = ()) -> tuple[str, str]:
+    """What training tokenizes for one row: `prompt(tok, user, history=history)` and the assistant turn that follows
+    it — the target and the template's end-of-turn marker, with the whitespace the template writes after it dropped
+    (it would be trained on, never generated). One render of each.
 
     Raises:
         UserError: the template does not write the exchange as the prompt followed by the reply.
@@ -112,7 +113,7 @@ def reply(tok, user: str, target: str, history: list[dict] = ()) -> str:
     if not whole.startswith(head):
         raise UserError("data.chat_template: the tokenizer's chat template does not write an exchange as its "
                         "generation prompt followed by the reply; set data.chat_template: false")
-    return whole[len(head):].rstrip()
+    return _strip_bos(tok, head), whole[len(head):].rstrip()
 
 
 def _turns(shots, user: str | None, history: list[dict] = ()) -> list[dict]:

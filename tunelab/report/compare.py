@@ -93,18 +93,17 @@ def recipe_differences(runs: list[RunDir]) -> list[tuple]:
     return [(k, *(rec.get(k) for rec in recipes)) for k in keys]
 
 
-def format_differences(runs: list[RunDir]) -> list[str]:
-    """The recipe keys that change the trained text (`FORMAT_KEYS`) and differ between the runs."""
-    return [k for k, *_ in recipe_differences(runs) if k in FORMAT_KEYS]
+def format_keys(differences: list[tuple]) -> list[str]:
+    """Of `recipe_differences`, the keys that change the trained text (`FORMAT_KEYS`)."""
+    return [k for k, *_ in differences if k in FORMAT_KEYS]
 
 
-def recipe_blocks(runs: list[RunDir], names: list[str]) -> list:
+def recipe_blocks(differences: list[tuple], names: list[str]) -> list:
     """The report blocks that say how the runs' recipes differ, and what that means for comparing their losses."""
-    differences = recipe_differences(runs)
     if not differences:
         return [("p", "The runs' recipes are the same but for their names.")]
     blocks = [("table", ["recipe key", *names], [(k, *(repr(v) for v in vals)) for k, *vals in differences])]
-    formats = format_differences(runs)
+    formats = format_keys(differences)
     if formats:
         blocks.append(("p", f"The runs differ in {', '.join(formats)}: they train and validate on differently "
                             f"formatted or tokenized text, so their losses score different tokens and a loss "
@@ -125,11 +124,12 @@ def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
     this_name, base_name = run.path.name, baseline.path.name
     picture = overlaid({base_name: baseline.read_epochs(), this_name: run.read_epochs()},
                        figures / "comparison.png")
+    differences = recipe_differences([baseline, run])
     return [("table", ["figure", base_name, this_name, "Δ"], comparison_rows([base, this])),
-            *recipe_blocks([baseline, run], [base_name, this_name]),
+            *recipe_blocks(differences, [base_name, this_name]),
             ("img", picture, f"Learning curves of {base_name} and {this_name}"),
             ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline),
-                                          format_differences([baseline, run])))]
+                                          format_keys(differences)))]
 
 
 def comparison_rows(summaries: list[dict]) -> list[tuple]:
@@ -172,8 +172,9 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     blocks = [("table", ["figure", *names, f"Δ ({names[-1]} − {names[0]})"], rows)]
     found = [o for r, n, s in zip(runs[1:], names[1:], summaries[1:])
              for o in rules.versus_baseline(s, summaries[0], n, names[0], *paired(r, runs[0]),
-                                            format_differences([runs[0], r]))]
-    blocks += [*recipe_blocks(runs, names), ("obs", found), ("img", picture, "Learning curves overlaid")]
+                                            format_keys(recipe_differences([runs[0], r])))]
+    blocks += [*recipe_blocks(recipe_differences(runs), names), ("obs", found),
+               ("img", picture, "Learning curves overlaid")]
     sections = [("Runs", blocks)]
     (out / "compare.md").write_text(markdown("Run comparison", sections, out))
     (out / "compare.html").write_text(html_page("Run comparison", sections))

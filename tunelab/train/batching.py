@@ -49,8 +49,8 @@ def encode(examples, tok, chat: bool = False, history_loss: bool = True) -> tupl
         from tunelab.data import chat as chat_format
         chat_format.require(tok)
         histories = [e.fields.get(chat_format.HISTORY, []) for e in examples]
-        prompts = [chat_format.prompt(tok, e.prompt, history=h) for e, h in zip(examples, histories)]
-        targets = [chat_format.reply(tok, e.prompt, e.target, h) for e, h in zip(examples, histories)]
+        pairs = [chat_format.exchange(tok, e.prompt, e.target, h) for e, h in zip(examples, histories)]
+        prompts, targets = [p for p, _ in pairs], [t for _, t in pairs]
         if history_loss:
             earlier = [any(t["role"] == "assistant" for t in h) for h in histories]
             spans = [chat_format.reply_spans(tok, e.prompt, h) if on else []
