@@ -95,3 +95,17 @@ def test_readme_file_map_matches_the_tree():
     on_disk = {p.relative_to(root).as_posix() for p in [*root.glob("tunelab/**/*.py"), *root.glob("benchmarks/*.py")]}
     thin = {p for p in on_disk if p.endswith("__init__.py") and p != "tunelab/data/__init__.py"}  # re-exports only
     assert listed == on_disk - thin
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"template": "Q: {question"}, "data.template: expected '}' before end of string (write {{ and }} for a literal brace)"),
+    ({"target": "{} {answer}"}, "data.target: placeholder {} is not a field name"),
+    ({"optional_fields": ["inptu"]}, "data.optional_fields: 'inptu' is not a placeholder of data.template or "
+                                     "data.target (placeholders: answer, question)"),
+])
+def test_templates_and_optional_fields_are_checked_before_any_data_is_read(change, problem):
+    raw = {"model": {"name": "x"}, "data": {"source": "no/such/dir", "template": "Q: {question}",
+                                            "target": "{answer}", **change}}
+    with pytest.raises(UserError) as err:
+        validate(raw, "r.yaml")
+    assert str(err.value) == f"r.yaml: 1 problem\n  {problem}"

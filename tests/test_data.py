@@ -109,3 +109,47 @@ def test_empty_and_missing_sources(tmp_path):
     (tmp_path / "dir").mkdir()
     with pytest.raises(UserError, match="no train file"):
         load_splits(cfg(tmp_path / "dir"))
+
+
+def alpaca_rows():
+    return [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Say hello.", "input": "", "output": "Hello!"},
+            {"instruction": "Name a colour.", "output": "Red."},  # no input key at all
+            {"instruction": "Count to two.", "input": None, "output": "1, 2"}] * 3
+
+
+@pytest.mark.parametrize("template, with_input, without_input", [
+    # a template without blank lines: the line of the empty field goes
+    ("Instruction: {instruction}\nInput: {input}\nResponse: ",
+     "Instruction: Add the numbers.\nInput: 2 and 3\nResponse: ", "Instruction: Say hello.\nResponse: "),
+    # Stanford Alpaca's layout: the whole "### Input:" paragraph goes, header included
+    ("### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+     "### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n",
+     "### Instruction:\nSay hello.\n\n### Response:\n"),
+    # the empty field's paragraph is the last one: the separator before it goes
+    ("{instruction}\n{input}", "Add the numbers.\n2 and 3", "Say hello."),
+    # the field shares its line with a required one: the line stays, the field renders as nothing
+    ("{instruction} {input}\nAnswer:", "Add the numbers. 2 and 3\nAnswer:", "Say hello. \nAnswer:"),
+])
+def test_optional_fields_render_as_nothing_and_their_empty_paragraph_goes(tmp_path, template, with_input,
+                                                                          without_input):
+    src = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows())
+    with pytest.raises(UserError, match=r"alpaca.jsonl:2: empty field 'input'"):
+        load_splits(DataConfig(source=str(src), template=template, target="{output}"))
+    s = load_splits(DataConfig(source=str(src), template=template, target="{output}", optional_fields=["input"]))
+    prompts = {e.fields["instruction"]: e.prompt for e in s.train + s.val}
+    assert prompts["Add the numbers."] == with_input
+    assert prompts["Say hello."] == without_input
+    assert prompts["Name a colour."] == without_input.replace("Say hello.", "Name a colour.")  # missing = empty
+    assert prompts["Count to two."] == without_input.replace("Say hello.", "Count to two.")  # null = empty
+
+
+def test_a_row_whose_target_renders_blank_is_malformed_and_required_fields_stay_required(tmp_path):
+    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"}, {"instruction": "", "input": "x", "output": "1"},
+            {"instruction": "Think.", "input": "", "output": ""}] * 2
+    src = write_jsonl(tmp_path / "a.jsonl", rows)
+    with pytest.raises(UserError) as err:
+        load_splits(DataConfig(source=str(src), template="{instruction}\n{input}", target="{output}\n{input}",
+                               optional_fields=["input", "output"]))
+    assert f"{src}:2: empty field 'instruction'" in str(err.value)
+    assert f"{src}:3: empty target: data.target renders blank" in str(err.value)

@@ -51,3 +51,38 @@ def test_paired_difference_interval_and_mcnemar():
     noisy = paired_difference([True] * 5 + [False] * 95, [False] * 5 + [True] * 6 + [False] * 89)
     lo, hi = noisy["ci95_pts"]
     assert lo < 0 < hi and noisy["mcnemar_p"] > 0.5 and (noisy["gained"], noisy["lost"]) == (6, 5)
+
+
+@pytest.mark.parametrize("target, states", [
+    ("She pays 3 * 4 = 12.\n#### 12", True),  # GSM8K
+    ("So the total is 7 + 11 = 18.\nThe answer is: 18", True),  # MetaMathQA
+    ("There are 15 trees.\nThe answer is 6.", True),  # lm-eval's chain-of-thought shots
+    (" -3.5 ", True), ("$1,200", True),  # a bare number
+    ("The sum is 74.", False), ("1. Eat\n2. Sleep", False), ("The answer is 7. But also 8.", False),
+])
+def test_a_target_states_a_final_answer_only_in_the_math_datasets_forms(target, states):
+    from tunelab.evaluate.scoring import states_answer
+    assert states_answer(target) is states
+
+
+def test_eval_scoring_auto_skips_prose_numeric_scores_rows_with_a_number_none_skips():
+    from tunelab.config import validate
+    from tunelab.data import Example, Splits
+    from tunelab.evaluate.stage import _questions, unscoreable
+
+    def recipe(**ev):
+        return validate({"model": {"name": "x"}, "data": {"source": "s", "template": "{q}", "target": "{a}"},
+                         "eval": ev}, "r")
+
+    def splits(targets):
+        return Splits([], [], [Example(f"test-{i}", "q", t, {}) for i, t in enumerate(targets)])
+
+    prose = splits(["In 1969 people walked on the moon."] * 3 + ["Paris is the capital."] * 7)  # 3 of 10: a number
+    reason = unscoreable(recipe(), prose)
+    assert reason.startswith("data.target: 0 of 10 test targets state a final answer")
+    assert "eval.scoring=auto needs 90%" in reason
+    assert [q.id for q in _questions(recipe(scoring="numeric"), prose)] == ["test-0", "test-1", "test-2"]
+    assert unscoreable(recipe(scoring="none"), splits(["#### 4"])) == "eval.scoring: none"
+    math = splits(["2 + 2 = 4\n#### 4"] * 9 + ["It is five."])  # 90 % state an answer: scored, the 10th left out
+    assert unscoreable(recipe(), math) is None and len(_questions(recipe(), math)) == 9
+    assert unscoreable(recipe(limit=5), splits(["#### 4"] * 5 + ["no"] * 5)) is None  # judged on the rows scored

@@ -317,6 +317,7 @@ def cmd_check(args) -> int:
     from tunelab import cost
     from tunelab.config import load_recipe
     from tunelab.data import checks, load_splits
+    from tunelab.evaluate.stage import unscoreable
     from tunelab.models import load_tokenizer
     from tunelab.rundir import RunDir
     from tunelab.train.batching import tokenize_splits
@@ -329,6 +330,7 @@ def cmd_check(args) -> int:
     train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
     result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
     result["verdict"] = checks.verdict(result)
+    result["eval_skipped"] = unscoreable(cfg, splits)
     if args.show:
         result["examples"] = checks.preview(cfg, splits.train[:args.show], tok)
     if args.run_dir:
@@ -369,6 +371,7 @@ def _print_checks(result: dict) -> None:
                   f"{ln['truncated']} over train.max_length={ln['max_length']}; padding {100 * ln['padding_share']:.1f} % "
                   f"of the batch plan; {ln['recommendation']}")
     console.print("scoreable targets: " + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
+    console.print(f"eval: {'skipped: ' + result['eval_skipped'] if result['eval_skipped'] else 'answer accuracy scored'}")
     for ex in result.get("examples", []):
         console.rule(f"{ex['id']}: {ex['tokens']} tokens, {ex['supervised_tokens']} with loss (marked ⟦…⟧)")
         console.print(Text.assemble(*((f"⟦{seg['text']}⟧", "bold green") if seg["loss"] else (seg["text"], "dim")

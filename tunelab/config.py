@@ -10,6 +10,7 @@ Run as: tunelab recipes            # lists the built-in recipes
 from __future__ import annotations
 
 import importlib.resources
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,10 @@ class DataConfig(Section):
                                       "(conversation rows that have one keep their own)")
     history_loss: bool = Field(True, description="conversations (data.messages): also train on the assistant turns "
                                "before the last (as Axolotl and LLaMA-Factory do); false = the last turn only")
+    optional_fields: list[str] = Field([], description="placeholders that may be missing or empty in a row "
+                                       "(Alpaca's input): they render as nothing, and a template paragraph (a line, "
+                                       "in a template without blank lines) whose placeholders are all such empty "
+                                       "fields is left out with its line break")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")
@@ -137,6 +142,10 @@ class EvalConfig(Section):
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
                                                   "kept epoch's; None = all for runs of <= 5 epochs, else last")
     fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
+    scoring: Literal["auto", "numeric", "none"] = Field(
+        "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
+        "has one; none = no eval stage; auto = numeric when >= 90 % of the targets state a final answer ('#### N', "
+        "'The answer is N', or a bare number), else none (so prose data is not scored by its stray numbers)")
 
 
 class AnalysisConfig(Section):
@@ -227,6 +236,8 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.data.system_prompt is not None and not recipe.data.chat_template:
         problems.append("data.system_prompt: needs data.chat_template: true (a system turn is written by the "
                         "tokenizer's chat template)")
+    if recipe is not None:
+        problems += _template_problems(recipe.data)
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")
@@ -234,6 +245,26 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         noun = "problem" if len(problems) == 1 else "problems"
         raise UserError(f"{source}: {len(problems)} {noun}\n" + "\n".join(f"  {p}" for p in problems))
     return recipe
+
+
+def _template_problems(data: DataConfig) -> list[str]:
+    """`data.template` and `data.target` parse as `{field}` templates; each of `data.optional_fields` is one of their
+    placeholders (a typo would otherwise leave a required field required and the optional one unused)."""
+    problems, used = [], set()
+    for key in ("template", "target"):
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(getattr(data, key)) if name is not None]
+        except ValueError as err:
+            problems.append(f"data.{key}: {err} (write {{{{ and }}}} for a literal brace)")
+            continue
+        problems += [f"data.{key}: placeholder {{{name}}} is not a field name" for name in names
+                     if not name.isidentifier()]
+        used.update(names)
+    if not problems:
+        problems += [f"data.optional_fields: {name!r} is not a placeholder of data.template or data.target "
+                     f"(placeholders: {', '.join(sorted(used)) or 'none'})"
+                     for name in data.optional_fields if name not in used]
+    return problems
 
 
 def _describe(error: dict) -> str:

@@ -52,8 +52,8 @@ LAYOUT = {
                                           "accuracy, tokens/s, seconds; base → tuned paired difference with 95 % CI "
                                           "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "
                                           "epoch), `best_epoch`, `fewshot`, `flips`"),
-    "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (no held-out row has "
-                                          "a numeric answer to score)"),
+    "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
+                                          "held-out targets that state no final number)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "

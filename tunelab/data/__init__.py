@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import string
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig
@@ -60,8 +61,18 @@ def placeholders(template: str) -> list[str]:
     return names
 
 
-def render(template: str, fields: dict) -> str:
-    return template.format_map({k: "" if v is None else v for k, v in fields.items()})
+def render(template: str, fields: dict, optional: Collection[str] = ()) -> str:
+    """`template` filled from `fields`. A field in `optional` may be missing, None or blank: it renders as nothing,
+    and a paragraph of the template (a line, in a template without blank lines) whose placeholders are all such
+    empty fields is left out with its separator — Alpaca's "### Input:\n{input}" block when a row has no input."""
+    values = {k: "" if v is None else v for k, v in fields.items()}
+    empty = {name for name in optional if not str(values.get(name, "")).strip()}
+    if empty:
+        values.update(dict.fromkeys(empty, ""))
+        sep = "\n\n" if "\n\n" in template else "\n"
+        template = sep.join(part for part in template.split(sep)
+                            if not (names := placeholders(part)) or not set(names) <= empty)
+    return template.format_map(values)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -71,22 +82,25 @@ def load_splits(cfg: DataConfig) -> Splits:
         UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
     """
     raw, bad = read_source(cfg.source, cfg.config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed)
-    needed = placeholders(cfg.template) + placeholders(cfg.target)
-    _check_placeholders(cfg, raw["train"], needed)
+    required = [n for n in placeholders(cfg.template) + placeholders(cfg.target) if n not in cfg.optional_fields]
+    _check_placeholders(cfg, raw["train"], required)
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
     for split, rows in raw.items():
         examples[split] = []
         for row in rows:
             fields, problem = conversation(row.fields, cfg.messages) if cfg.messages else (row.fields, None)
-            problem = problem or _row_problem(fields, needed)
+            problem = problem or _row_problem(fields, required)
+            target = "" if problem else render(cfg.target, fields, cfg.optional_fields)
+            if not (problem or target.strip()):
+                problem = "empty target: data.target renders blank (its optional fields are all empty)"
             if problem:
                 problems.append(f"{row.where}: {problem}")
                 continue
             if cfg.system_prompt is not None:
                 fields = with_system(fields, cfg.system_prompt)
             label = fields.get(cfg.label_field) if cfg.label_field else None
-            examples[split].append(Example(row.id, render(cfg.template, fields), render(cfg.target, fields),
+            examples[split].append(Example(row.id, render(cfg.template, fields, cfg.optional_fields), target,
                                            fields, None if label is None else str(label)))
     if problems and not cfg.skip_bad_rows:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""

@@ -17,6 +17,8 @@ import re
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+ANSWER_IS = re.compile(r"(?im)^.*the answer is:? *\$?-?[0-9][0-9.,]*\.?\s*\Z")
+BARE = re.compile(r"\$?-?[0-9][0-9.,]*")
 IGNORE = [re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$")]
 
 
@@ -26,6 +28,12 @@ def normalize(text: str | None) -> str | None:
     for pattern in IGNORE:
         text = pattern.sub("", text)
     return text.strip().lower()
+
+
+def states_answer(target: str) -> bool:
+    """The target ends in a final answer stated the way math datasets do: a `#### N` line (GSM8K), a last line
+    `The answer is N` (MetaMathQA, lm-eval's chain-of-thought shots), or the whole target is one number."""
+    return bool(STRICT.search(target) or ANSWER_IS.search(target) or BARE.fullmatch(target.strip()))
 
 
 def extract_strict(completion: str) -> str | None:

@@ -25,7 +25,7 @@ from tunelab.data import Example, chat, load_splits
 from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
-from tunelab.evaluate.scoring import reference_answer, score
+from tunelab.evaluate.scoring import reference_answer, score, states_answer
 from tunelab.evaluate.summary import comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import RunDir
@@ -108,26 +108,46 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
 
 
 def _questions(cfg: Recipe, splits) -> list[Example]:
+    """The held-out rows every pass scores: those whose target has a numeric reference answer."""
     reason = unscoreable(cfg, splits)
     if reason:
         raise UserError(reason)
     if cfg.eval.split == "test" and not splits.test:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
-    rows = _eval_rows(cfg, splits)
-    return rows[:cfg.eval.limit] if cfg.eval.limit else rows
+    rows = _limited(cfg, splits)
+    scored = [e for e in rows if reference_answer(e.target)]
+    if len(scored) < len(rows):
+        log.warning("eval: %d of %d held-out rows have no number in their target and are not scored (first: %s)",
+                    len(rows) - len(scored), len(rows), next(e.id for e in rows if not reference_answer(e.target)))
+    return scored
+
+
+AUTO_SHARE = 0.9  # eval.scoring=auto scores numerically when this share of the targets states a final answer
 
 
 def unscoreable(cfg: Recipe, splits) -> str | None:
-    """Why the eval stage cannot score this recipe's data (None when it can): no held-out rows, or no held-out
-    row whose target holds a numeric answer (GSM8K-style scoring extracts one)."""
-    rows = _eval_rows(cfg, splits)
+    """Why the eval stage does not score this recipe's data (None when it does): eval.scoring=none, no held-out
+    rows, no held-out target with a number, or (eval.scoring=auto) fewer than 90 % of the targets stating a final
+    answer the way math datasets do (`scoring.states_answer`)."""
+    if cfg.eval.scoring == "none":
+        return "eval.scoring: none"
+    rows = _limited(cfg, splits)
     if not rows:
         return f"eval.split: {cfg.data.source} has no {cfg.eval.split} rows to score"
-    rows = rows[:cfg.eval.limit] if cfg.eval.limit else rows
     if not any(reference_answer(e.target) for e in rows):
         return (f"data.target: no numeric reference answer in the {cfg.eval.split} rows "
                 f"(expected '#### N' or a number in {cfg.data.target!r})")
+    stated = sum(states_answer(e.target) for e in rows)
+    if cfg.eval.scoring == "auto" and stated < AUTO_SHARE * len(rows):
+        return (f"data.target: {stated} of {len(rows)} {cfg.eval.split} targets state a final answer ('#### N', "
+                f"'The answer is N' or a bare number); eval.scoring=auto needs {AUTO_SHARE:.0%} "
+                f"(eval.scoring=numeric scores the last number of each target anyway)")
     return None
+
+
+def _limited(cfg: Recipe, splits) -> list[Example]:
+    rows = _eval_rows(cfg, splits)
+    return rows[:cfg.eval.limit] if cfg.eval.limit else rows
 
 
 def _eval_rows(cfg: Recipe, splits) -> list[Example]:
