@@ -97,6 +97,13 @@ def test_clean_split_passes_strict_and_dedup_drops_duplicates(gsm8k, tmp_path, c
     assert "no test row overlaps" in result["verdict"] and result["overlap_counts"]["test"] == \
         {"exact": 0, "ngram": 0, "near": 0}
     rows = train[:50]
+    write_jsonl(tmp_path / "one.jsonl", rows)  # one file: no test split, so no contamination verdict either way
+    assert run_check(tmp_path, tmp_path / "one.jsonl") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verdict"].startswith("no test split to check for overlap") and result["rows"]["test"] == 0
+    from tunelab.report.observations import contamination
+    note = contamination(result, [])
+    assert note.kind == "info" and "no test split" in note.text and "no test set to check" in note.text
     write_jsonl(tmp_path / "dup.jsonl", rows + rows[:4])
     cfg = DataConfig(source=str(tmp_path / "dup.jsonl"), template=TEMPLATE, target="{answer}", dedup="exact")
     splits = load_splits(cfg)

@@ -1,5 +1,7 @@
 """`tunelab run` end to end on a tiny model: every stage writes its files; a re-run redoes nothing."""
 
+import re
+
 import pytest
 
 from tunelab.cli import main
@@ -49,10 +51,13 @@ def test_data_without_numeric_answers_skips_eval_says_why_and_still_reports(tiny
     assert main(args) == 0
     run = RunDir(tmp_path / "c")
     reason = "data.target: no numeric reference answer in the test rows"
-    assert f"accuracy: not measured ({reason}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"accuracy: not measured ({reason}" in out
+    assert re.search(r"train loss \d+\.\d{4} \(one epoch\), val loss", out)  # no first-to-last change in one epoch
     assert reason in caplog.text  # said before training, not after it
     assert reason in run.read_json(run.eval_skipped)["reason"] and not run.eval_summary.exists()
     md = run.report_md.read_text()
     assert f"| GSM8K-style accuracy | not measured | eval skipped: {reason}" in md
+    assert "| Train loss improvement | — (one epoch) |" in md
     assert main(["eval", str(run.path)]) == 2  # asked for by name, it is an error naming the key
     assert reason in capsys.readouterr().err

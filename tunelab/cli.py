@@ -448,6 +448,7 @@ def _print_eval(summary: dict, run) -> None:
 def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
     from rich.console import Console
     from rich.table import Table
+    from tunelab.report import train_loss_change
 
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
@@ -460,8 +461,7 @@ def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
                       str(e["tokens"]))
     console = Console()
     console.print(table)
-    console.print(f"train loss improvement {summary['train_loss_improvement_pct']:.1f} %, "
-                  f"val loss improvement {summary['val_loss_improvement_pct']:.1f} %, "
+    console.print(f"{train_loss_change(summary)}, val loss improvement {summary['val_loss_improvement_pct']:.1f} %, "
                   f"{summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB")
 
 

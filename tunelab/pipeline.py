@@ -74,12 +74,11 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
 
 
 def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
-    from tunelab.report import eval_lines, headline
+    from tunelab.report import eval_lines, headline, train_loss_change
     s = headline(run)
     cost = run.read_json(run.cost)
     lines = [f"report: {html}  (and {run.report_md})",
-             f"train loss {s['first_epoch_train_loss']:.4f} → {s['final_train_loss']:.4f} "
-             f"({s['train_loss_improvement_pct']:+.1f} %), val loss {s['initial_val_loss']:.4f} → "
+             f"{train_loss_change(s)}, val loss {s['initial_val_loss']:.4f} → "
              f"{s['final_val_loss']:.4f} ({s['val_loss_improvement_pct']:+.1f} %), val token accuracy "
              f"{100 * s['initial_val_token_accuracy']:.1f} % → {100 * s['final_val_token_accuracy']:.1f} %"]
     ev = s.get("eval", {})

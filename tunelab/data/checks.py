@@ -263,7 +263,9 @@ def verdict(checks: dict) -> str:
     """One line: test overlap by kind, or clean; duplicates and truncation when present."""
     test = checks["overlap_counts"]["test"]
     parts = []
-    if sum(test.values()):
+    if not checks["rows"]["test"]:
+        parts.append("no test split to check for overlap")
+    elif sum(test.values()):
         parts.append("test overlap found: " + ", ".join(f"{v} {k}" for k, v in test.items() if v))
     else:
         kinds = "exact, 13-gram and near-duplicate" if checks["settings"]["near"] else "exact and n-gram"

@@ -114,7 +114,7 @@ def _questions(cfg: Recipe, splits) -> list[Example]:
         raise UserError(reason)
     if cfg.eval.split == "test" and not splits.test:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
-    rows = _limited(cfg, splits)
+    _, rows = _limited(cfg, splits)
     scored = [e for e in rows if reference_answer(e.target)]
     if len(scored) < len(rows):
         log.warning("eval: %d of %d held-out rows have no number in their target and are not scored (first: %s)",
@@ -131,29 +131,26 @@ def unscoreable(cfg: Recipe, splits) -> str | None:
     answer the way math datasets do (`scoring.states_answer`)."""
     if cfg.eval.scoring == "none":
         return "eval.scoring: none"
-    rows = _limited(cfg, splits)
+    split, rows = _limited(cfg, splits)
     if not rows:
-        return f"eval.split: {cfg.data.source} has no {cfg.eval.split} rows to score"
+        return f"eval.split: {cfg.data.source} has no {split} rows to score"
     if not any(reference_answer(e.target) for e in rows):
-        return (f"data.target: no numeric reference answer in the {cfg.eval.split} rows "
+        return (f"data.target: no numeric reference answer in the {split} rows "
                 f"(expected '#### N' or a number in {cfg.data.target!r})")
     stated = sum(states_answer(e.target) for e in rows)
     if cfg.eval.scoring == "auto" and stated < AUTO_SHARE * len(rows):
-        return (f"data.target: {stated} of {len(rows)} {cfg.eval.split} targets state a final answer ('#### N', "
+        return (f"data.target: {stated} of {len(rows)} {split} targets state a final answer ('#### N', "
                 f"'The answer is N' or a bare number); eval.scoring=auto needs {AUTO_SHARE:.0%} "
                 f"(eval.scoring=numeric scores the last number of each target anyway)")
     return None
 
 
-def _limited(cfg: Recipe, splits) -> list[Example]:
-    rows = _eval_rows(cfg, splits)
-    return rows[:cfg.eval.limit] if cfg.eval.limit else rows
-
-
-def _eval_rows(cfg: Recipe, splits) -> list[Example]:
-    """The held-out rows to score: `eval.split`'s, or the validation rows when the source has no test split."""
-    rows = splits.test if cfg.eval.split == "test" else splits.val
-    return rows or splits.val
+def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
+    """The held-out split scored and its first `eval.limit` rows: `eval.split`'s, or the validation rows when the
+    source has no test split."""
+    name = cfg.eval.split if cfg.eval.split == "validation" or splits.test else "validation"
+    rows = splits.test if name == "test" else splits.val
+    return name, rows[:cfg.eval.limit] if cfg.eval.limit else rows
 
 
 def epochs_to_score(cfg: Recipe) -> str:

@@ -81,9 +81,18 @@ def headline(run: RunDir) -> dict:
     return summary
 
 
+def train_loss_change(s: dict) -> str:
+    """A summary's train loss, first epoch → last with its % fall; a one-epoch run has no change to state."""
+    if s["epochs"] == 1:
+        return f"train loss {s['final_train_loss']:.4f} (one epoch)"
+    return (f"train loss {s['first_epoch_train_loss']:.4f} → {s['final_train_loss']:.4f} "
+            f"({s['train_loss_improvement_pct']:+.1f} %)")
+
+
 # recipe keys that change the text a run is trained and validated on, so that its losses score other tokens
 FORMAT_KEYS = ("model.name", "data.template", "data.target", "data.chat_template", "data.messages",
-               "data.system_prompt", "data.history_loss", "train.completion_only", "train.max_length")
+               "data.system_prompt", "data.history_loss", "data.optional_fields", "train.completion_only",
+               "train.max_length")
 
 
 def recipe_differences(runs: list[RunDir]) -> list[tuple]:

@@ -283,6 +283,11 @@ def contamination(checks: dict, predictions: list[dict]) -> Observation:
                                           if s["near"] else "")
     rule = (f"test rows compared with every training row: {kinds}; accuracy on overlapping vs other questions "
             "by a 95 % bootstrap interval of the difference (unpaired groups)")
+    if not checks["rows"]["test"]:
+        return Observation("info", "The source has no test split: there is no test set to check for contamination "
+                           "(held-out figures come from the validation rows, a random share of the training data).",
+                           "a test split is the source's own test file or hub split; data checks compare it with "
+                           "every training row")
     found = [o for o in checks["overlap"] if o["split"] == "test"]
     if not found:
         return Observation("good", f"No test row overlaps the training rows by any of the checks ({kinds}).", rule)

@@ -124,7 +124,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
 
 
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
-    rows = [("Train loss improvement", f"{summary['train_loss_improvement_pct']:.1f} %",
+    one_epoch = summary["epochs"] == 1  # no first-to-last epoch change to state
+    rows = [("Train loss improvement", "— (one epoch)" if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
+             f"{summary['final_train_loss']:.4f}" if one_epoch else
              f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
             ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",
              f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f}"),
@@ -314,6 +316,9 @@ def _prompt_format(data) -> str:
     if data.messages:
         return (f"conversations in field {data.messages!r}: the turns before the last assistant turn, then that "
                 f"turn (the target), through the tokenizer's chat template")
+    optional = (f"; optional fields {', '.join(data.optional_fields)} (their paragraph is left out when empty)"
+                if data.optional_fields else "")
     if data.chat_template:
-        return f"user turn {data.template!r}, assistant turn {data.target!r}, through the tokenizer's chat template"
-    return repr(data.template + data.target)
+        return (f"user turn {data.template!r}, assistant turn {data.target!r}, through the tokenizer's chat "
+                f"template{optional}")
+    return repr(data.template + data.target) + optional
