@@ -153,3 +153,17 @@ def test_a_row_whose_target_renders_blank_is_malformed_and_required_fields_stay_
                                optional_fields=["input", "output"]))
     assert f"{src}:2: empty field 'instruction'" in str(err.value)
     assert f"{src}:3: empty target: data.target renders blank" in str(err.value)
+
+
+def test_plain_text_rows_trained_whole_are_told_apart_by_their_text(tmp_path):
+    """TRL's language-modelling rows ({"text": ...}) with an empty template: analysis, dedup and the data checks
+    read the text itself, not the blank prompt (which made every row a duplicate of every other)."""
+    from tunelab.data import question_text
+    from tunelab.data.checks import duplicate_ids
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": f"Story {i}: the fox ran {i} miles."} for i in range(6)]
+                      + [{"text": "Story 0: the fox ran 0 miles."}])
+    s = load_splits(DataConfig(source=str(src), template="", target="{text}", val_fraction=0.2))
+    rows = s.train + s.val
+    assert {question_text(e) for e in rows} == {f"Story {i}: the fox ran {i} miles." for i in range(6)}
+    dropped = duplicate_ids(rows, "exact")  # the one real copy, not six rows of one blank prompt
+    assert len(dropped) == 1 and {question_text(e) for e in rows if e.id in dropped} == {"Story 0: the fox ran 0 miles."}

@@ -42,12 +42,14 @@ class Splits:
 
 def question_text(example: Example) -> str:
     """What a row asks: its `question` field when it has one, else its rendered prompt after the user turns of its
-    history (a conversation's user side, so that two chats ending in the same "Thanks!" are not duplicates) — what
-    analysis clusters, data checks compare and few-shot prompts quote."""
+    history (a conversation's user side, so that two chats ending in the same "Thanks!" are not duplicates), else
+    (a blank prompt: plain-text rows trained whole) its target — what analysis clusters, data checks compare and
+    few-shot prompts quote."""
     q = example.fields.get("question")
     if isinstance(q, str) and q.strip():
         return q
-    return "\n".join([t["content"] for t in example.fields.get(HISTORY, []) if t["role"] == "user"] + [example.prompt])
+    asked = [t["content"] for t in example.fields.get(HISTORY, []) if t["role"] == "user"] + [example.prompt]
+    return "\n".join(asked) if "".join(asked).strip() else example.target
 
 
 def placeholders(template: str) -> list[str]:
