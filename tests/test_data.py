@@ -167,3 +167,16 @@ def test_plain_text_rows_trained_whole_are_told_apart_by_their_text(tmp_path):
     assert {question_text(e) for e in rows} == {f"Story {i}: the fox ran {i} miles." for i in range(6)}
     dropped = duplicate_ids(rows, "exact")  # the one real copy, not six rows of one blank prompt
     assert len(dropped) == 1 and {question_text(e) for e in rows if e.id in dropped} == {"Story 0: the fox ran 0 miles."}
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cp1252.csv", b"question,answer\n\"Q1\",\"#### 1\"\n\"caf\xe9?\",\"#### 2\"\n",
+     r"cp1252.csv:3: not UTF-8 text \(byte 0xe9 at column 5\); save the file as UTF-8"),
+    ("cp1252.jsonl", b'{"question": "Q1", "answer": "#### 1"}\n{"question": "caf\xe9", "answer": "#### 2"}\n',
+     r"cp1252.jsonl:2: not UTF-8 text \(byte 0xe9 at column 18\)"),
+    ("broken.parquet", b"PAR1 not really", r"data.source: .*broken.parquet: not a readable Parquet file \("),
+])
+def test_files_that_are_not_utf8_text_or_not_parquet_stop_naming_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_splits(cfg(tmp_path / name))

@@ -97,6 +97,25 @@ def _from_dataset_dict(dd, label: str) -> dict[str, list[Row]]:
 
 
 def _read_file(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:
+    """The rows of one data file; a file that is not UTF-8 text (a spreadsheet's cp1252 export) is refused naming
+    the line of its first undecodable byte."""
+    try:
+        return _read_by_kind(path, split)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> UserError:
+    for lineno, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{line[err.start]:02x} at column "
+                             f"{err.start + 1}); save the file as UTF-8")
+    return UserError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
+def _read_by_kind(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path, split)
@@ -116,7 +135,11 @@ def _read_file(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:
         return _read_csv(path, split), []
     if suffix == ".parquet":
         import pyarrow.parquet as pq
-        return _rows_from_records(pq.read_table(path).to_pylist(), path, split, "row")
+        try:
+            table = pq.read_table(path)
+        except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserError(f"data.source: {path}: not a readable Parquet file ({err})") from None
+        return _rows_from_records(table.to_pylist(), path, split, "row")
     raise UserError(f"data.source: {path}: unsupported file type {suffix or '(none)'}; "
                     f"use one of {', '.join(FILE_KINDS)}")
 
