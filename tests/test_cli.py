@@ -28,12 +28,20 @@ def test_train_command_end_to_end(tiny_model, tmp_path, capsys):
                                                     "loadable from the Hugging Face hub"),
     (["--set", "data.synthetic_rows=6"], "data.source: synthetic:arith: 5 train examples, fewer than "
                                          "train.batch_size=8; lower train.batch_size or add rows"),
+    (["--set", "data.template=Q: {question"], "data.template: expected '}' before end of string"),
+    (["--set", "data.optional_fields=[answr]"], "data.optional_fields: 'answr' is not a placeholder"),
 ])
 def test_user_mistakes_exit_2_naming_the_key_and_write_nothing(args, message, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "quickstart", *args, "--run-dir", str(run)]) == 2
     assert message in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_eval_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run directory (no config.yaml); give a run directory or a recipe" in \
+        capsys.readouterr().err
 
 
 def test_recipes_lists_builtins(capsys):

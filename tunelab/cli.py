@@ -230,6 +230,8 @@ def cmd_eval(args) -> int:
     is_run = Path(args.target, "config.yaml").is_file()
     if is_run:
         run, cfg = open_run(args.target, args.overrides, sections=("eval",))
+    elif Path(args.target).is_dir():
+        raise UserError(f"{args.target}: not a run directory (no config.yaml); give a run directory or a recipe")
     else:
         cfg = load_recipe(args.target, args.overrides)
         run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
