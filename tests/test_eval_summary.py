@@ -69,7 +69,7 @@ def test_imitation_rule_fires_only_when_loss_improves_and_accuracy_does_not():
              "base": {"flexible_accuracy": 0.02}, "tuned": {"flexible_accuracy": 0.03}}
     o = imitation_without_solving(epochs, noise)
     assert o.kind == "watch" and "fell 42 %" in o.text and "rose 8.0 pts" in o.text
-    assert "imitates the answer text better; it does not solve more problems" in o.text
+    assert "imitates the answer text better; it does not answer more questions right" in o.text
     real = {**noise, "flexible_difference": {"n": 180, "delta_pts": 9.0, "ci95_pts": [4.0, 14.0]}}
     assert imitation_without_solving(epochs, real) is None
     flat = [epochs[0], {"epoch": 1, "val_loss": 0.999, "val_token_accuracy": 0.68}]

@@ -362,3 +362,51 @@ def test_out_of_memory_restarts_unfinished_rows_with_half_the_slots(tiny_model, 
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     got, _ = generate(model, tok, prompts, max_new_tokens=12, slots=4)
     assert [g.completion for g in got] == expected and calls["n"] > 9
+
+
+def parity_rows(n: int, start: int = 0) -> list[dict]:
+    return [{"question": f"Is {i} even or odd?", "answer": "even" if i % 2 == 0 else "odd"}
+            for i in range(start, start + n)]
+
+
+def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(tiny_model, tmp_path, monkeypatch):
+    """Labels as targets: eval.scoring=auto picks exact match; zero-shot passes stop after the first line; the
+    summary, report, card and console name the mode's figures. Generation is replaced by answers chosen here."""
+    from conftest import write_jsonl
+    from tunelab.evaluate.generate import Generation
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    folder = tmp_path / "parity"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", parity_rows(40))
+    write_jsonl(folder / "test.jsonl", parity_rows(10, start=100))
+    seen = []
+
+    def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix):
+        seen.append((label, tuple(stops)))
+        numbers = [int(p.split("Is ")[1].split(" ")[0]) for p in prompts]
+        truth = ["even" if n % 2 == 0 else "odd" for n in numbers]
+        if label == "eval base":  # wordy: right only by whole words, and only when the truth is odd
+            said = ["It is odd, I think.\nMore words" for _ in numbers]
+        else:  # terse, right but for the first question
+            said = [("Even" if t == "odd" else "Odd") if k == 0 else f"{t.capitalize()}." for k, t in enumerate(truth)]
+        return [Generation(s, 3) for s in said], 0.1
+
+    monkeypatch.setattr("tunelab.evaluate.generate.generate", answers)
+    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={folder}",
+            "--set", "data.label_field=null", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+            "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "r")]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "r")
+    summary = run.read_eval_summary()
+    assert summary["scoring"] == "exact" and {s for _, s in seen} == {("line",) * 10}
+    assert summary["base"]["strict_accuracy"] == 0 and summary["base"]["flexible_accuracy"] == 0.5
+    assert summary["tuned"]["strict_accuracy"] == summary["tuned"]["flexible_accuracy"] == 0.9
+    pred = next(p for p in run.read_predictions() if p["model"] == "base")
+    assert pred["reference"] in ("even", "odd") and pred["strict_answer"] == "It is odd, I think."
+    md = run.report_md.read_text()
+    assert "| Exact-match accuracy (answer in line) | 50.0 % → 90.0 % |" in md
+    assert "| Exact-match accuracy (exact line) | 0.0 % → 90.0 % |" in md
+    assert "Exact-match accuracy = the completion's first non-blank line against the whole target" in md
+    assert "GSM8K" not in md.split("## Take it further")[0].replace("lm-eval's GSM8K format", "")
+    card = (run.adapter / "README.md").read_text()
+    assert "| model | n | exact line | answer in line |" in card and "name: exact line accuracy" in card

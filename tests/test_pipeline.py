@@ -19,11 +19,11 @@ def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkey
     run = RunDir(tmp_path / "q")
     assert stages_done(run) == {"train": True, "eval": True, "analyze": True}
     out = capsys.readouterr().out
-    assert f"report: {run.report_html}" in out and "accuracy (flexible)" in out and "cost $" in out
+    assert f"report: {run.report_html}" in out and "GSM8K-style accuracy (flexible-extract)" in out and "cost $" in out
     md = run.report_md.read_text()
-    assert "## Insights from model analysis" in md and "GSM8K-style accuracy (flexible)" in md
+    assert "## Insights from model analysis" in md and "GSM8K-style accuracy (flexible-extract)" in md
     assert "## Data" in md and run.read_json(run.data_checks)["rows"]["test"] == 6  # analyze ran the data checks
-    assert "accuracy per epoch (flexible): base" in out and "## Questions gained and lost" in md
+    assert "accuracy per epoch (flexible-extract): base" in out and "## Questions gained and lost" in md
     stamp = run.summary.stat().st_mtime_ns, (run.eval_dir / "summary.json").stat().st_mtime_ns
     assert main(args) == 0  # resumed: nothing to redo but the report
     assert (run.summary.stat().st_mtime_ns, (run.eval_dir / "summary.json").stat().st_mtime_ns) == stamp
@@ -35,12 +35,13 @@ def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkey
     assert main(args) == 0
 
 
-def test_data_without_numeric_answers_skips_eval_says_why_and_still_reports(tiny_model, tmp_path, caplog, capsys):
+def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, caplog, capsys):
     from conftest import write_jsonl
     folder = tmp_path / "chats"
     folder.mkdir()
     turns = [{"messages": [{"role": "user", "content": f"Name a colour, please ({c})."},
-                           {"role": "assistant", "content": f"The colour is {c}."}]}
+                           {"role": "assistant", "content": f"The colour you asked for is {c}, a fine choice for "
+                                                            "any room."}]}
              for c in ["red", "blue", "green", "teal", "pink", "gold", "grey", "navy"] * 3]
     write_jsonl(folder / "train.jsonl", turns[:20])
     write_jsonl(folder / "test.jsonl", turns[20:])
@@ -50,14 +51,14 @@ def test_data_without_numeric_answers_skips_eval_says_why_and_still_reports(tiny
             "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "c")]
     assert main(args) == 0
     run = RunDir(tmp_path / "c")
-    reason = "data.target: no numeric reference answer in the test rows"
+    reason = "data.target: of 4 test targets, 0 state a final number"
     out = capsys.readouterr().out
     assert f"accuracy: not measured ({reason}" in out
     assert re.search(r"train loss \d+\.\d{4} \(one epoch\), val loss", out)  # no first-to-last change in one epoch
     assert reason in caplog.text  # said before training, not after it
     assert reason in run.read_json(run.eval_skipped)["reason"] and not run.eval_summary.exists()
     md = run.report_md.read_text()
-    assert f"| GSM8K-style accuracy | not measured | eval skipped: {reason}" in md
+    assert f"| Answer accuracy | not measured | eval skipped: {reason}" in md
     assert "| Train loss improvement | — (one epoch) |" in md
     assert main(["eval", str(run.path)]) == 2  # asked for by name, it is an error naming the key
     assert reason in capsys.readouterr().err

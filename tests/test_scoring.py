@@ -65,10 +65,10 @@ def test_a_target_states_a_final_answer_only_in_the_math_datasets_forms(target, 
     assert states_answer(target) is states
 
 
-def test_eval_scoring_auto_skips_prose_numeric_scores_rows_with_a_number_none_skips():
+def test_eval_scoring_auto_picks_numeric_or_exact_or_skips_prose():
     from tunelab.config import validate
     from tunelab.data import Example, Splits
-    from tunelab.evaluate.stage import _questions, unscoreable
+    from tunelab.evaluate.stage import _questions, scoring_mode
 
     def recipe(**ev):
         return validate({"model": {"name": "x"}, "data": {"source": "s", "template": "{q}", "target": "{a}"},
@@ -77,12 +77,33 @@ def test_eval_scoring_auto_skips_prose_numeric_scores_rows_with_a_number_none_sk
     def splits(targets):
         return Splits([], [], [Example(f"test-{i}", "q", t, {}) for i, t in enumerate(targets)])
 
-    prose = splits(["In 1969 people walked on the moon."] * 3 + ["Paris is the capital."] * 7)  # 3 of 10: a number
-    reason = unscoreable(recipe(), prose)
-    assert reason.startswith("data.target: 0 of 10 test targets state a final answer")
-    assert "eval.scoring=auto needs 90%" in reason
-    assert [q.id for q in _questions(recipe(scoring="numeric"), prose)] == ["test-0", "test-1", "test-2"]
-    assert unscoreable(recipe(scoring="none"), splits(["#### 4"])) == "eval.scoring: none"
-    math = splits(["2 + 2 = 4\n#### 4"] * 9 + ["It is five."])  # 90 % state an answer: scored, the 10th left out
-    assert unscoreable(recipe(), math) is None and len(_questions(recipe(), math)) == 9
-    assert unscoreable(recipe(limit=5), splits(["#### 4"] * 5 + ["no"] * 5)) is None  # judged on the rows scored
+    prose = splits(["In 1969 people walked on the moon, and six crews followed them."] * 3
+                   + ["Paris is the capital of France and its largest city by far."] * 7)  # 3 of 10: a number
+    mode, reason = scoring_mode(recipe(), prose)
+    assert mode is None and reason.startswith("data.target: of 10 test targets, 0 state a final number")
+    assert "and 0 are short answers (one line, at most 8 words); eval.scoring=auto needs 90%" in reason
+    assert _questions(recipe(scoring="numeric"), prose)[1] == prose.test[:3]  # only rows with a number
+    assert scoring_mode(recipe(scoring="exact"), prose) == ("exact", None)
+    assert scoring_mode(recipe(scoring="none"), splits(["#### 4"])) == (None, "eval.scoring: none")
+    math = splits(["2 + 2 = 4\n#### 4"] * 9 + ["It is five and a half, all things considered."])
+    mode, rows = _questions(recipe(), math)  # 90 % state an answer: numeric, the 10th (no number) left out
+    assert mode == "numeric" and len(rows) == 9
+    labels = splits(["positive", "negative", "Neutral.", "very positive"] * 2 + ["two\nlines", "x " * 9])
+    assert scoring_mode(recipe(), labels) == (None, scoring_mode(recipe(), labels)[1])  # 8 of 10 short: not 90 %
+    assert scoring_mode(recipe(), splits(["positive", "negative"] * 5)) == ("exact", None)
+    assert scoring_mode(recipe(limit=5), splits(["#### 4"] * 5 + ["no"] * 5)) == ("numeric", None)  # the rows scored
+
+
+@pytest.mark.parametrize("completion, reference, strict, flexible", [
+    ("Positive.", "positive", True, True),
+    ("\n  **Paris**\nIt is the capital.", "Paris", True, True),  # the first non-blank line, bold marks off
+    ("New  York   City", "new york city", True, True),
+    ("The sentiment is positive.", "positive", False, True),  # flexible: the reference as whole words
+    ("non-positive", "positive", False, False), ("positively", "positive", False, False),
+    ("negative\npositive", "positive", False, False),  # only the first line is the answer
+    ("", "positive", False, False),
+])
+def test_exact_match_reads_the_first_line(completion, reference, strict, flexible):
+    from tunelab.evaluate.scoring import score_exact
+    got = score_exact(completion, reference)
+    assert (got["strict_correct"], got["flexible_correct"]) == (strict, flexible)

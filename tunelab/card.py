@@ -1,7 +1,7 @@
 """The model card: adapter/README.md in the Hugging Face Hub's format, every number read from the run directory.
 
 YAML metadata (base_model, library_name: peft, pipeline_tag, tags, datasets and license where known, and a
-model-index with the measured GSM8K-style accuracies and validation loss), then what was trained, the
+model-index with the measured answer accuracies and validation loss), then what was trained, the
 per-epoch table, the evaluation, the cost, how to load it and where to take it next. Written when training
 ends, refreshed when evaluation ends; `tunelab export` copies it. The adapter's adapter_config.json gets
 the same `base_model` (the Hub id, not a local cache path) so a shared adapter loads anywhere.
@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tunelab import handoff
+from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.handoff import hub_id, is_local, known_license
 from tunelab.rundir import RunDir
 
@@ -104,17 +105,17 @@ def _prompt_lines(cfg) -> list[str]:
 
 
 def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:
-    """model-index results: GSM8K-style accuracy of the final adapter (when evaluated), the validation loss."""
-    out = []
+    """model-index results: answer accuracy of the final adapter (when evaluated), the validation loss."""
+    out, names = [], naming(evaluation)
     if evaluation and "tuned" in evaluation:
         tuned = evaluation["tuned"]
         split = cfg.eval.split
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                     "dataset": {"name": f"{cfg.data.source} ({split}, {tuned['n']} questions)",
                                 "type": cfg.data.source, "split": split},
-                    "metrics": [{"type": "exact_match", "name": "strict-match accuracy",
+                    "metrics": [{"type": "exact_match", "name": f"{names.strict} accuracy",
                                  "value": round(tuned["strict_accuracy"], 4)},
-                                {"type": "exact_match", "name": "flexible-extract accuracy",
+                                {"type": "exact_match", "name": f"{names.flexible} accuracy",
                                  "value": round(tuned["flexible_accuracy"], 4)}]})
     out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                 "dataset": {"name": f"{cfg.data.source} (validation, {summary['val_examples']} rows)",
@@ -126,10 +127,14 @@ def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:
 def _evaluation(cfg, evaluation: dict | None) -> list[str]:
     if not evaluation or "tuned" not in evaluation:
         return ["## Evaluation", "", "Not evaluated yet: `tunelab eval <run>` scores it and rewrites this card.", ""]
-    rows = ["## Evaluation", "", f"GSM8K-style exact match on `{cfg.data.source}` {cfg.eval.split} questions "
-            "(lm-evaluation-harness's gsm8k extraction: strict-match = the first `#### N`, flexible-extract = the "
-            "last number), greedy, the training prompt:", "",
-            "| model | n | strict-match | flexible-extract |", "|---|---|---|---|"]
+    names = naming(evaluation)
+    how = ("lm-evaluation-harness's gsm8k extraction: strict-match = the first `#### N`, flexible-extract = the last "
+           "number" if names is NAMING["numeric"] else
+           "the completion's first line against the target: exact line = equal once normalised, answer in line = the "
+           "target in it as whole words")
+    rows = ["## Evaluation", "", f"{names.title} on `{cfg.data.source}` {cfg.eval.split} questions "
+            f"({how}), greedy, the training prompt:", "",
+            f"| model | n | {names.strict} | {names.flexible} |", "|---|---|---|---|"]
     for name, row in evaluation.items():
         if isinstance(row, dict) and "flexible_accuracy" in row and "n" in row:
             rows.append(f"| {name} | {row['n']} | {100 * row['strict_accuracy']:.1f} % | "
@@ -137,7 +142,7 @@ def _evaluation(cfg, evaluation: dict | None) -> list[str]:
     diff = evaluation.get("flexible_difference")
     if diff:
         low, high = diff["ci95_pts"]
-        rows += ["", f"Tuned − base, flexible-extract: {diff['delta_pts']:+.1f} points (95 % paired bootstrap "
+        rows += ["", f"Tuned − base, {names.flexible}: {diff['delta_pts']:+.1f} points (95 % paired bootstrap "
                  f"interval {low:+.1f} to {high:+.1f}; {diff['gained']} questions gained, {diff['lost']} lost)."]
     return rows + [""]
 

@@ -430,7 +430,10 @@ def _print_eval(summary: dict, run) -> None:
     from rich.table import Table
     from tunelab.evaluate.summary import pass_names
     from tunelab.report import eval_lines
-    table = Table("model", "n", "strict-match", "flexible-extract", "tokens/s", "seconds", title=f"{run.path} eval")
+    from tunelab.evaluate.scoring import naming
+    names = naming(summary)
+    table = Table("model", "n", names.strict, names.flexible, "tokens/s", "seconds",
+                  title=f"{run.path} eval: {names.accuracy}")
     for name in pass_names(summary):
         s = summary[name]
         table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %", f"{100 * s['flexible_accuracy']:.1f} %",

@@ -142,10 +142,11 @@ class EvalConfig(Section):
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
                                                   "kept epoch's; None = all for runs of <= 5 epochs, else last")
     fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
-    scoring: Literal["auto", "numeric", "none"] = Field(
+    scoring: Literal["auto", "numeric", "exact", "none"] = Field(
         "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
-        "has one; none = no eval stage; auto = numeric when >= 90 % of the targets state a final answer ('#### N', "
-        "'The answer is N', or a bare number), else none (so prose data is not scored by its stray numbers)")
+        "has one; exact = the completion's first line against the whole target (labels, names, yes/no); none = no "
+        "eval stage; auto = numeric when >= 90 % of the targets state a final answer ('#### N', 'The answer is N', a "
+        "bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
 
 
 class AnalysisConfig(Section):

@@ -74,6 +74,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
 
 
 def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
+    from tunelab.evaluate.scoring import NAMING
     from tunelab.report import eval_lines, headline, train_loss_change
     s = headline(run)
     cost = run.read_json(run.cost)
@@ -84,10 +85,11 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     ev = s.get("eval", {})
     if "flexible_delta_pts" in ev:
         lo, hi = ev["flexible_ci95_pts"]
-        lines.append(f"accuracy (flexible) {100 * ev['base_flexible_accuracy']:.1f} % → "
+        names = NAMING[ev["scoring"]]
+        lines.append(f"{names.accuracy} ({names.flexible}) {100 * ev['base_flexible_accuracy']:.1f} % → "
                      f"{100 * ev['tuned_flexible_accuracy']:.1f} % ({ev['flexible_delta_pts']:+.1f} pts, 95 % CI "
-                     f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); strict {100 * ev['base_strict_accuracy']:.1f} % → "
-                     f"{100 * ev['tuned_strict_accuracy']:.1f} %")
+                     f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); {names.strict} {100 * ev['base_strict_accuracy']:.1f} % "
+                     f"→ {100 * ev['tuned_strict_accuracy']:.1f} %")
     lines += eval_lines(run.read_eval_summary() or {})
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():

@@ -31,6 +31,7 @@ from tunelab.evaluate.packed import packed_linears
 from tunelab.progress import bar
 
 ANSWER_LINE = re.compile(r"####[^\n]*\d[^\n]*\n")  # a complete line after the final-answer marker
+FIRST_LINE = re.compile(r"\S[^\n]*\n")  # a complete non-blank line: a short answer is given (stop rule "line")
 CPU_SLOTS = 48  # rows decoded together on CPU: 32, 48, 64 and 96 measured within noise (52-58 s, 128 questions)
 REFILL_SHARE = 4  # admit waiting prompts once 1/4 of the slots are free (a prefill per finished row costs more)
 PREFILL_ROWS = 16  # prompts prefilled together, one chunk per decode step (8: slower; all at once: 25-35 % slower)
@@ -238,15 +239,16 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
-             on_result=None, stops: list[list[str] | None] | None = None,
+             on_result=None, stops: list[list[str] | str | None] | None = None,
              speculate: bool = True, pack: bool = True, prefix: str | None = None) -> tuple[list[Generation], float]:
     """Greedy completions for `prompts` (same order) and the seconds spent.
 
     Args:
         slots: rows decoded together; 0 = automatic (`auto_slots`).
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
-        stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), or stop
-            strings (lm-eval's `until`): the completion ends before the first one.
+        stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), "line" (stop after
+            the first non-blank line: a short answer), or stop strings (lm-eval's `until`): the completion ends
+            before the first one.
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
         prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`_Shared`).
@@ -361,7 +363,7 @@ class _Shared:
         return len(tokens) > len(self.ids) and tokens[:len(self.ids)] == self.ids
 
 
-def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str] | None,
+def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str] | str | None,
              max_new_tokens: int) -> Generation | None:
     """Append a step's tokens to `row` in order; the row's Generation as soon as one of them ends it, else None."""
     for token in produced:
@@ -372,13 +374,13 @@ def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str]
     return None
 
 
-def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | None,
+def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | str | None,
               max_new_tokens: int) -> Generation | None:
     """The row's Generation if `last` ends it (EOS, its stop rule, or the token budget), else None."""
     if last in eos:
         return Generation(tok.decode(tokens[:-1], skip_special_tokens=True), len(tokens))
-    if stop is None:
-        if _answer_done(tok, tokens, last):
+    if stop is None or stop == "line":
+        if _answer_done(tok, tokens, last, ANSWER_LINE if stop is None else FIRST_LINE):
             return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
     else:
         text = tok.decode(tokens, skip_special_tokens=True)
@@ -417,8 +419,9 @@ def _eos_ids(model, tok) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _answer_done(tok, tokens: list[int], last: int) -> bool:
-    """True once the text holds a finished `#### N` line; decoded only when a newline may have arrived."""
+def _answer_done(tok, tokens: list[int], last: int, rule: re.Pattern) -> bool:
+    """True once the text holds a finished answer line (`rule`: ANSWER_LINE or FIRST_LINE); decoded only when a
+    newline may have arrived."""
     if "\n" not in tok.decode([last]):
         return False
-    return bool(ANSWER_LINE.search(tok.decode(tokens, skip_special_tokens=True)))
+    return bool(rule.search(tok.decode(tokens, skip_special_tokens=True)))

@@ -1,4 +1,5 @@
-"""GSM8K scoring as in lm-evaluation-harness's gsm8k task: strict-match and flexible-extract exact match.
+"""GSM8K scoring as in lm-evaluation-harness's gsm8k task: strict-match and flexible-extract exact match; and
+exact match of short answers (`eval.scoring: exact`, end of file).
 
 strict-match:     first `#### (\\-?[0-9\\.\\,]+)` in the completion
 flexible-extract: last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)` in the completion
@@ -14,6 +15,7 @@ Run as: tunelab eval runs/gsm8k-3ep --limit 200
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -63,6 +65,77 @@ def score(completion: str, reference: str) -> dict:
     return {"strict_answer": strict, "flexible_answer": flexible,
             "strict_correct": strict is not None and normalize(strict) == gold,
             "flexible_correct": flexible is not None and normalize(flexible) == gold}
+
+
+# exact-match scoring of short answers (labels, names, yes/no): the completion's first line against the target ------
+SHORT_WORDS = 8  # a short answer: one line of at most this many words
+_EDGES = " \t.,;:!?\"'`*()[]"  # stripped from both ends of an answer before comparing
+
+
+def short_answer(target: str) -> str | None:
+    """The reference of exact-match scoring: the whole target, stripped (None when blank)."""
+    return target.strip() or None
+
+
+def is_short(target: str) -> bool:
+    """One line of at most `SHORT_WORDS` words: an answer exact match can score."""
+    text = target.strip()
+    return bool(text) and "\n" not in text and len(text.split()) <= SHORT_WORDS
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, runs of whitespace as one space, quotes, brackets, bold marks and end punctuation stripped."""
+    return " ".join(text.split()).lower().strip(_EDGES)
+
+
+def answer_line(completion: str) -> str | None:
+    """The first non-blank line of a completion: what exact-match scoring reads."""
+    return next((line.strip() for line in completion.splitlines() if line.strip()), None)
+
+
+def score_exact(completion: str, reference: str) -> dict:
+    """strict: the answer line equals the reference (both normalised); flexible: the reference occurs in the answer
+    line as whole words ("The sentiment is positive." for "positive")."""
+    line, gold = answer_line(completion), normalize_text(reference)
+    got = normalize_text(line or "")
+    return {"strict_answer": line, "flexible_answer": line,
+            "strict_correct": line is not None and got == gold,
+            "flexible_correct": bool(gold) and re.search(rf"(?<![\w-]){re.escape(gold)}(?![\w-])", got) is not None}
+
+
+SCORERS = {"numeric": (reference_answer, score), "exact": (short_answer, score_exact)}  # mode: (reference, score)
+
+
+@dataclass(frozen=True)
+class Naming:
+    """What the report, the model card and the console call a scoring mode's accuracy and its two variants."""
+    accuracy: str  # the figure
+    short: str  # in table headers
+    strict: str  # the strict variant
+    flexible: str  # the lenient variant (the headline)
+    definition: str  # the report's definition line
+
+    @property
+    def title(self) -> str:
+        """`accuracy` starting a sentence or a table row."""
+        return self.accuracy[:1].upper() + self.accuracy[1:]
+
+
+NAMING = {
+    "numeric": Naming("GSM8K-style accuracy", "GSM8K acc", "strict-match", "flexible-extract",
+                      "GSM8K-style accuracy = exact match of the extracted final number with the reference "
+                      "(lm-evaluation-harness gsm8k): strict-match reads the first '#### N'; flexible-extract reads "
+                      "the last number in the completion."),
+    "exact": Naming("exact-match accuracy", "exact-match acc", "exact line", "answer in line",
+                    "Exact-match accuracy = the completion's first non-blank line against the whole target, both "
+                    "lower-cased with runs of spaces, quotes, brackets, bold marks and end punctuation removed: exact "
+                    "line = equal; answer in line = the target occurs in it as whole words."),
+}
+
+
+def naming(evaluation: dict | None) -> Naming:
+    """The names of an eval summary's scoring mode (summaries written before modes existed are numeric)."""
+    return NAMING[(evaluation or {}).get("scoring", "numeric")]
 
 
 def flips(before: dict[str, dict], after: dict[str, dict], ids: list[str], metric: str = "flexible") -> dict:

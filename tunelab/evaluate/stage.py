@@ -1,5 +1,6 @@
-"""The eval stage: GSM8K-style accuracy of the base model, its few-shot prompting baseline, every kept epoch's
-adapter and the final adapter, all on the same held-out questions, with paired intervals and flips.
+"""The eval stage: answer accuracy — GSM8K-style (the final number) or exact match of short answers — of the base
+model, its few-shot prompting baseline, every kept epoch's adapter and the final adapter, all on the same held-out
+questions, with paired intervals and flips.
 
 Writes eval/predictions.jsonl and eval/summary.json; rewrites no other stage's file. Answers are
 journaled as they finish, so a killed eval resumes with the questions not yet answered. Base-model
@@ -25,7 +26,7 @@ from tunelab.data import Example, chat, load_splits
 from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
-from tunelab.evaluate.scoring import reference_answer, score, states_answer
+from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import RunDir
@@ -45,7 +46,7 @@ class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
     name: str  # base | base-<N>shot | epoch-<K> | tuned
     prompts: list[str]
-    stops: list[str] | None  # None: stop after a finished `#### N` line (the training format)
+    stops: list[str] | str | None  # None: stop after a finished `#### N` line; "line": after the first line
     adapter: Path | None = None
     epoch: int | None = None  # the training epoch an adapter is from
     prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
@@ -75,26 +76,26 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     if adapter and only != "base":
         run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
     splits = load_splits(cfg.data)
-    questions = _questions(cfg, splits)
+    mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
-    passes = _plan(cfg, run, splits.train, questions, only, adapter, tok)
+    passes = _plan(cfg, run, splits.train, questions, only, adapter, tok, mode)
     if not adapter and distributed.is_main_process() and not run.config.exists():
         run.create()
         run.write_text(run.config, to_yaml(cfg))
 
-    predictions, stats = _kept_passes(run, [q.id for q in questions], {p.name for p in passes})
+    predictions, stats = _kept_passes(run, [q.id for q in questions], {p.name for p in passes}, mode)
     device = pick_device(cfg.train.device)
     tune_for(device)
     journal = Journal(run, distributed.setup(device.type).rank)
     for p in passes:
         rows, stats[p.name] = _cached(cfg, p) if p.is_base else (None, None)
         if rows is None:
-            rows, stats[p.name] = _run_pass(cfg, run, p, questions, tok, device, journal)
+            rows, stats[p.name] = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
             if p.is_base:
                 _store(cfg, p, rows, stats[p.name])
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    summary = {**stats, **comparisons(predictions, stats, [q.id for q in questions], cfg.train.epochs,
-                                       cfg.eval.fewshot)}
+    summary = {"scoring": mode, **stats, **comparisons(predictions, stats, [q.id for q in questions],
+                                                        cfg.train.epochs, cfg.eval.fewshot, NAMING[mode].flexible)}
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         run.write_json(run.eval_summary, summary)
@@ -107,42 +108,55 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     return EvalResult(summary, predictions)
 
 
-def _questions(cfg: Recipe, splits) -> list[Example]:
-    """The held-out rows every pass scores: those whose target has a numeric reference answer."""
-    reason = unscoreable(cfg, splits)
+def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:
+    """The scoring mode and the held-out rows every pass scores: those with a reference answer in that mode."""
+    mode, reason = scoring_mode(cfg, splits)
     if reason:
         raise UserError(reason)
     if cfg.eval.split == "test" and not splits.test:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
     _, rows = _limited(cfg, splits)
-    scored = [e for e in rows if reference_answer(e.target)]
+    reference = SCORERS[mode][0]
+    scored = [e for e in rows if reference(e.target)]
     if len(scored) < len(rows):
-        log.warning("eval: %d of %d held-out rows have no number in their target and are not scored (first: %s)",
-                    len(rows) - len(scored), len(rows), next(e.id for e in rows if not reference_answer(e.target)))
-    return scored
+        log.warning("eval: %d of %d held-out rows have no reference answer (%s scoring) and are not scored "
+                    "(first: %s)", len(rows) - len(scored), len(rows), mode,
+                    next(e.id for e in rows if not reference(e.target)))
+    return mode, scored
 
 
-AUTO_SHARE = 0.9  # eval.scoring=auto scores numerically when this share of the targets states a final answer
+AUTO_SHARE = 0.9  # eval.scoring=auto picks a mode when this share of the targets suits it
+
+
+def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
+    """(mode, None) — how the eval stage scores this recipe's data, numeric or exact — or (None, why it does not):
+    eval.scoring=none, no held-out rows, no reference answer in the mode asked for, or (auto) fewer than 90 % of
+    the targets stating a final number (`scoring.states_answer`) and fewer than 90 % being short answers
+    (`scoring.is_short`)."""
+    if cfg.eval.scoring == "none":
+        return None, "eval.scoring: none"
+    split, rows = _limited(cfg, splits)
+    if not rows:
+        return None, f"eval.split: {cfg.data.source} has no {split} rows to score"
+    if cfg.eval.scoring != "auto":
+        if not any(SCORERS[cfg.eval.scoring][0](e.target) for e in rows):
+            return None, (f"data.target: no numeric reference answer in the {split} rows "
+                          f"(expected '#### N' or a number in {cfg.data.target!r})")
+        return cfg.eval.scoring, None
+    stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
+    if stated >= AUTO_SHARE * len(rows):
+        return "numeric", None
+    if short >= AUTO_SHARE * len(rows):
+        return "exact", None
+    return None, (f"data.target: of {len(rows)} {split} targets, {stated} state a final number ('#### N', 'The "
+                  f"answer is N' or a bare number) and {short} are short answers (one line, at most {SHORT_WORDS} "
+                  f"words); eval.scoring=auto needs {AUTO_SHARE:.0%} of either (eval.scoring=numeric or exact "
+                  f"scores them anyway)")
 
 
 def unscoreable(cfg: Recipe, splits) -> str | None:
-    """Why the eval stage does not score this recipe's data (None when it does): eval.scoring=none, no held-out
-    rows, no held-out target with a number, or (eval.scoring=auto) fewer than 90 % of the targets stating a final
-    answer the way math datasets do (`scoring.states_answer`)."""
-    if cfg.eval.scoring == "none":
-        return "eval.scoring: none"
-    split, rows = _limited(cfg, splits)
-    if not rows:
-        return f"eval.split: {cfg.data.source} has no {split} rows to score"
-    if not any(reference_answer(e.target) for e in rows):
-        return (f"data.target: no numeric reference answer in the {split} rows "
-                f"(expected '#### N' or a number in {cfg.data.target!r})")
-    stated = sum(states_answer(e.target) for e in rows)
-    if cfg.eval.scoring == "auto" and stated < AUTO_SHARE * len(rows):
-        return (f"data.target: {stated} of {len(rows)} {split} targets state a final answer ('#### N', "
-                f"'The answer is N' or a bare number); eval.scoring=auto needs {AUTO_SHARE:.0%} "
-                f"(eval.scoring=numeric scores the last number of each target anyway)")
-    return None
+    """Why the eval stage does not score this recipe's data (None when it does); see `scoring_mode`."""
+    return scoring_mode(cfg, splits)[1]
 
 
 def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
@@ -159,16 +173,18 @@ def epochs_to_score(cfg: Recipe) -> str:
 
 
 def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[Example], only: str | None,
-          adapter: bool, tok) -> list[Pass]:
+          adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot, each kept epoch, the final adapter.
-    With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did."""
+    With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
+    passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
+    stop = None if mode == "numeric" else "line"
     if cfg.data.chat_template:
         chat.require(tok)
     prompts = [chat.prompt(tok, q.prompt, history=_history(q)) if cfg.data.chat_template else q.prompt
                for q in questions]
     passes = []
     if only in (None, "base"):
-        passes.append(Pass("base", prompts, None))
+        passes.append(Pass("base", prompts, stop))
         if cfg.eval.fewshot:
             shots = train_rows[:cfg.eval.fewshot]
             if cfg.data.chat_template:
@@ -179,9 +195,9 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context))
     if adapter and only in (None, "tuned"):
         if epochs_to_score(cfg) == "all":
-            passes += [Pass(f"epoch-{k}", prompts, None, run.epoch_adapter(k), k) for k in range(1, cfg.train.epochs)
+            passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k) for k in range(1, cfg.train.epochs)
                        if (run.epoch_adapter(k) / "adapter_config.json").exists()]
-        passes.append(Pass("tuned", prompts, None, run.adapter, cfg.train.epochs))
+        passes.append(Pass("tuned", prompts, stop, run.adapter, cfg.train.epochs))
     return passes
 
 
@@ -191,7 +207,7 @@ def _history(q: Example) -> list[dict]:
 
 
 def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device,
-              journal: Journal) -> tuple[list[dict], dict]:
+              journal: Journal, mode: str) -> tuple[list[dict], dict]:
     """Answer every question not yet journaled for this pass; returns its prediction rows and stats."""
     from tunelab.evaluate.generate import generate
     key = _pass_key(cfg, p)
@@ -214,7 +230,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         del model
     answers = {**have, **dict(d.gather(new))}
     seconds = max(d.gather([seconds]))
-    rows = [_row(p, q, *answers[i]) for i, q in enumerate(questions)]
+    rows = [_row(p, q, *answers[i], mode) for i, q in enumerate(questions)]
     fresh = sum(tokens for i, (_, tokens) in dict(new).items())
     stats = {"n": len(rows), "strict_accuracy": _mean(rows, "strict"), "flexible_accuracy": _mean(rows, "flexible"),
              "generated_tokens": sum(r["tokens"] for r in rows), "seconds": round(seconds, 2),
@@ -226,8 +242,9 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     return rows, stats
 
 
-def _row(p: Pass, q: Example, completion: str, tokens: int) -> dict:
-    ref = reference_answer(q.target)
+def _row(p: Pass, q: Example, completion: str, tokens: int, mode: str) -> dict:
+    reference, score = SCORERS[mode]
+    ref = reference(q.target)
     return {"id": q.id, "model": p.name, "question": q.fields.get("question", q.prompt), "reference": ref,
             "completion": completion, **score(completion, ref or ""), "tokens": tokens,
             **({"epoch": p.epoch} if p.epoch is not None else {}), **({"label": q.label} if q.label else {})}
@@ -237,9 +254,11 @@ def _mean(rows: list[dict], metric: str) -> float:
     return round(sum(r[f"{metric}_correct"] for r in rows) / len(rows), 6)
 
 
-def _kept_passes(run: RunDir, ids: list[str], running: set[str]) -> tuple[list[dict], dict]:
-    """Predictions and stats of earlier passes not being re-run, if they scored the same questions."""
+def _kept_passes(run: RunDir, ids: list[str], running: set[str], mode: str) -> tuple[list[dict], dict]:
+    """Predictions and stats of earlier passes not being re-run, if they scored the same questions the same way."""
     previous = run.read_eval_summary() or {}
+    if previous.get("scoring", "numeric") != mode:
+        return [], {}
     old = run.read_predictions()
     kept, stats = [], {}
     for name in pass_names(previous):

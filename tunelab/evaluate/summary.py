@@ -19,7 +19,8 @@ def pass_names(summary: dict) -> list[str]:
     return [k for k, v in summary.items() if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
 
 
-def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoch: int, fewshot: int) -> dict:
+def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoch: int, fewshot: int,
+                flexible: str = "flexible-extract") -> dict:
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
     Args:
@@ -27,6 +28,7 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
         ids: the scored question ids, in order.
         final_epoch: the epoch the final adapter (`tuned`) is from.
         fewshot: N of the few-shot baseline (0 = none).
+        flexible: what the scoring mode calls its flexible variant (the best-epoch rule names it).
     """
     by = {}
     for r in predictions:
@@ -48,7 +50,7 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
         best = max(epochs, key=lambda e: (e["flexible_accuracy"], -e["epoch"]))
         out["best_epoch"] = {"epoch": best["epoch"], "model": best["model"],
                              "flexible_accuracy": best["flexible_accuracy"],
-                             "rule": "highest flexible-extract accuracy; a tie goes to the earlier epoch"}
+                             "rule": f"highest {flexible} accuracy; a tie goes to the earlier epoch"}
     name = f"base-{fewshot}shot"
     if fewshot and diff(name, "tuned"):
         out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned")}

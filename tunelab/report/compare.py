@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.evaluate.scoring import naming
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
@@ -48,7 +49,7 @@ def eval_lines(evaluation: dict) -> list[str]:
             d = (r.get("vs_previous") or {}).get("flexible")
             change = f" ({d['delta_pts']:+.1f}, CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})" if d else ""
             steps.append(f"epoch {r['epoch']} {100 * r['flexible_accuracy']:.1f} %{change}")
-        lines.append("accuracy per epoch (flexible): " + " → ".join(steps))
+        lines.append(f"accuracy per epoch ({naming(evaluation).flexible}): " + " → ".join(steps))
     if evaluation.get("best_epoch") and len(rows) > 1:
         lines.append(f"best epoch: {evaluation['best_epoch']['epoch']} "
                      f"({100 * evaluation['best_epoch']['flexible_accuracy']:.1f} %)")
@@ -77,7 +78,7 @@ def headline(run: RunDir) -> dict:
             d = evaluation[f"{metric}_difference"]
             ev[f"{metric}_delta_pts"], ev[f"{metric}_ci95_pts"] = d["delta_pts"], d["ci95_pts"]
     if ev:
-        summary["eval"] = ev
+        summary["eval"] = {**ev, "scoring": evaluation.get("scoring", "numeric")}
     return summary
 
 

@@ -41,20 +41,21 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path) -> Path:
 
 
 def accuracy_per_epoch(evaluation: dict, out: Path) -> Path:
-    """GSM8K-style accuracy after each scored epoch (epoch 0 = the base model), strict and flexible, with the
+    """Answer accuracy after each scored epoch (epoch 0 = the base model), strict and flexible, with the
     few-shot prompting baseline as a dashed line and the 95 % interval of each epoch's flexible accuracy vs base."""
-    plt = _pyplot()
+    from tunelab.evaluate.scoring import naming
+    plt, names = _pyplot(), naming(evaluation)
     rows = evaluation["epochs"]
     fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=100)
     ep = [0] + [r["epoch"] for r in rows]
     for metric, style in (("flexible", "o-"), ("strict", "s--")):
         ax.plot(ep, [100 * evaluation["base"][f"{metric}_accuracy"]] + [100 * r[f"{metric}_accuracy"] for r in rows],
-                style, label=f"{metric}-extract")
+                style, label=getattr(names, metric))
     fs = evaluation.get("fewshot")
     if fs:
         ax.axhline(100 * evaluation[fs["model"]]["flexible_accuracy"], ls=":", color="grey",
-                   label=f"base {fs['shots']}-shot (flexible)")
-    ax.set(title="GSM8K-style accuracy per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="%")
+                   label=f"base {fs['shots']}-shot ({names.flexible})")
+    ax.set(title=f"{names.title} per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="%")
     ax.set_xticks(ep)
     ax.legend()
     return _save(fig, out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.evaluate.scoring import NAMING, naming
+
 TOLERANCE = 0.01  # 1 % relative change
 
 
@@ -117,8 +119,10 @@ def generalisation_gap(epochs: list[dict]) -> Observation | None:
                        "better than held-out ones.", "flag when (val − train) / val > 10 % and val − train > 0.05 in the last epoch")
 
 
-def accuracy_change(difference: dict, metric: str, base: float, tuned: float) -> Observation:
-    """Base → tuned exact-match accuracy, judged by the 95 % CI of the paired difference."""
+def accuracy_change(difference: dict, metric: str, base: float, tuned: float,
+                    figure: str = "GSM8K-style accuracy") -> Observation:
+    """Base → tuned answer accuracy (`figure`, by its `metric` variant), judged by the 95 % CI of the paired
+    difference."""
     lo, hi = difference["ci95_pts"]
     d = difference["delta_pts"]
     numbers = (f"{100 * base:.1f} % → {100 * tuned:.1f} %, {d:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, "
@@ -126,7 +130,7 @@ def accuracy_change(difference: dict, metric: str, base: float, tuned: float) ->
     rule = "paired bootstrap 95 % CI of tuned − base over the same questions; beyond noise = CI excludes 0"
     kind, verb = {1: ("good", "rose beyond noise"), -1: ("watch", "fell beyond noise"),
                   0: ("info", "did not change beyond noise")}[_sign(difference["ci95_pts"])]
-    return Observation(kind, f"GSM8K-style accuracy ({metric}) {verb} ({numbers}).", rule)
+    return Observation(kind, f"{figure[:1].upper() + figure[1:]} ({metric}) {verb} ({numbers}).", rule)
 
 
 def truncation(summary: dict) -> Observation | None:
@@ -182,13 +186,19 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
     out.append(Observation("info" if formats else {-1: "good", 0: "info", 1: "watch"}[change],
                            f"Final validation loss of {this_name} is {verb} {base_name}: {numbers}.", rule))
     ev_a, ev_b = base.get("eval") or {}, this.get("eval") or {}
-    if accuracy_diff:
-        out.append(accuracy_change(accuracy_diff, f"flexible-extract, {this_name} vs {base_name}",
-                                   ev_a.get("tuned_flexible_accuracy", 0.0), ev_b.get("tuned_flexible_accuracy", 0.0)))
+    names = NAMING[ev_b.get("scoring", "numeric")]
+    if ev_a and ev_b and ev_a.get("scoring", "numeric") != ev_b.get("scoring", "numeric"):
+        out.append(Observation("info", f"The runs scored answers differently ({ev_b.get('scoring', 'numeric')} vs "
+                               f"{ev_a.get('scoring', 'numeric')}): their accuracies are not compared.",
+                               "accuracies are compared only between runs scored the same way (eval.scoring)"))
+    elif accuracy_diff:
+        out.append(accuracy_change(accuracy_diff, f"{names.flexible}, {this_name} vs {base_name}",
+                                   ev_a.get("tuned_flexible_accuracy", 0.0), ev_b.get("tuned_flexible_accuracy", 0.0),
+                                   names.accuracy))
     elif "tuned_flexible_accuracy" in ev_a and "tuned_flexible_accuracy" in ev_b:
         d = 100 * (ev_b["tuned_flexible_accuracy"] - ev_a["tuned_flexible_accuracy"])
         out.append(Observation("good" if d > 0 else ("watch" if d < 0 else "info"),
-                               f"Tuned accuracy (flexible-extract): {100 * ev_b['tuned_flexible_accuracy']:.1f} % vs "
+                               f"Tuned accuracy ({names.flexible}): {100 * ev_b['tuned_flexible_accuracy']:.1f} % vs "
                                f"{100 * ev_a['tuned_flexible_accuracy']:.1f} % ({d:+.1f} pts; the runs scored different "
                                f"questions, so no paired interval: read with each run's own).",
                                "difference of tuned accuracies"))
@@ -200,7 +210,7 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
 
 def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
     """Each epoch against the one before it, and the best epoch, by paired intervals on the same questions."""
-    out = []
+    out, names = [], naming(evaluation)
     rows = evaluation.get("epochs") or []
     for prev, row in zip(rows, rows[1:]):
         d = (row.get("vs_previous") or {}).get("flexible")
@@ -209,7 +219,7 @@ def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
         lo, hi = d["ci95_pts"]
         kind, verdict = {1: ("good", "a gain beyond noise"), -1: ("watch", "a loss beyond noise"),
                          0: ("info", "no gain beyond noise")}[_sign(d["ci95_pts"])]
-        out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {prev['epoch']} (flexible-extract): "
+        out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {prev['epoch']} ({names.flexible}): "
                                f"{100 * prev['flexible_accuracy']:.1f} % → {100 * row['flexible_accuracy']:.1f} %, "
                                f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}.",
                                "paired bootstrap 95 % CI of the accuracy change between consecutive epochs on the same "
@@ -220,8 +230,8 @@ def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
         vs = (row.get("vs_base") or {}).get("flexible")
         detail = (f"; vs the base model {vs['delta_pts']:+.1f} pts, 95 % CI {vs['ci95_pts'][0]:+.1f}.."
                   f"{vs['ci95_pts'][1]:+.1f}" if vs else "")
-        out.append(Observation("info", f"Best epoch by GSM8K-style accuracy: epoch {best['epoch']} "
-                               f"({100 * best['flexible_accuracy']:.1f} % flexible-extract{detail}).", best["rule"]))
+        out.append(Observation("info", f"Best epoch by {names.accuracy}: epoch {best['epoch']} "
+                               f"({100 * best['flexible_accuracy']:.1f} % {names.flexible}{detail}).", best["rule"]))
     return out
 
 
@@ -235,7 +245,8 @@ def fewshot_baseline(evaluation: dict) -> Observation | None:
     prompted, tuned = evaluation[fs["model"]]["flexible_accuracy"], evaluation["tuned"]["flexible_accuracy"]
     numbers = (f"{100 * tuned:.1f} % vs {100 * prompted:.1f} % for the base model prompted {fs['shots']}-shot "
                f"(lm-eval's GSM8K format), {d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
-    rule = "paired bootstrap 95 % CI of tuned − few-shot base over the same questions (flexible-extract)"
+    rule = (f"paired bootstrap 95 % CI of tuned − few-shot base over the same questions "
+            f"({naming(evaluation).flexible})")
     kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),
                      -1: ("watch", "Prompting the base model beat the fine-tune beyond noise"),
                      0: ("watch", "The fine-tune did not beat prompting beyond noise")}[_sign(d["ci95_pts"])]
@@ -254,12 +265,12 @@ def imitation_without_solving(epochs: list[dict], evaluation: dict) -> Observati
         return None
     fall = 100 * (first["val_loss"] - last["val_loss"]) / first["val_loss"]
     return Observation("watch", f"Validation loss fell {fall:.0f} % and validation token accuracy rose "
-                       f"{token_pts:.1f} pts, but GSM8K-style accuracy did not change beyond noise "
+                       f"{token_pts:.1f} pts, but {naming(evaluation).accuracy} did not change beyond noise "
                        f"({100 * evaluation['base']['flexible_accuracy']:.1f} % → "
                        f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %, 95 % CI {lo:+.1f}..{hi:+.1f}, "
-                       f"n = {d['n']}): the model imitates the answer text better; it does not solve more problems.",
+                       f"n = {d['n']}): the model imitates the answer text better; it does not answer more questions right.",
                        "validation loss fell beyond 1 % and token accuracy rose > 0.5 pts while the paired 95 % CI "
-                       "of the accuracy change (flexible-extract) includes 0")
+                       f"of the accuracy change ({naming(evaluation).flexible}) includes 0")
 
 
 SILHOUETTE_BANDS = [(0.71, "strong structure: distinct problem types"), (0.51, "reasonable structure"),

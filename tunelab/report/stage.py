@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunelab import handoff, trackers
 from tunelab.config import Recipe
+from tunelab.evaluate.scoring import naming
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
@@ -24,8 +25,6 @@ DEFINITIONS = [
     "Validation loss improvement % = (epoch-0 validation loss − last-epoch validation loss) / epoch-0 validation "
     "loss × 100; epoch 0 is measured before the first optimizer step.",
     "Token accuracy = correct argmax next-token predictions / supervised (target) tokens, summed over the pass.",
-    "GSM8K-style accuracy = exact match of the extracted final number with the reference (lm-evaluation-harness "
-    "gsm8k): strict-match reads the first '#### N'; flexible-extract reads the last number in the completion.",
     "Accuracy interval = 95 % paired bootstrap interval of (tuned − base) over the same questions; McNemar's "
     "exact test on the questions one model got right and the other wrong.",
     "Cost = measured wall hours of the train stage × price per hour (recipe cost.usd_per_hour, or the dated "
@@ -55,6 +54,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     figures.mkdir(exist_ok=True)
     curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png")
     evaluation = run.read_eval_summary()
+    names = naming(evaluation)
     analysis = run.read_analysis_summary()
     found = _observations(run, summary, epochs, evaluation)
 
@@ -62,7 +62,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                                 "per optimizer step")]
     if evaluation and evaluation.get("epochs"):
         pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png"),
-                         "GSM8K-style accuracy of the base model (epoch 0) and after each scored epoch, same questions"))
+                         f"{names.title} of the base model (epoch 0) and after each scored epoch, "
+                         "same questions"))
     sections = [
         ("Overview", _overview(run, cfg, summary)),
         ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped))),
@@ -86,7 +87,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                   "vLLM, publish it (adapter/README.md is its model card; `tunelab export` writes a merged model "
                   "or a GGUF for llama.cpp and Ollama)."),
             ("details", "the commands", handoff.for_run(run))]))
-    sections.append(("Definitions", [("list", DEFINITIONS)]))
+    sections.append(("Definitions", [("list", DEFINITIONS[:3] + [names.definition] + DEFINITIONS[3:])]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
@@ -132,28 +133,29 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
              f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f}"),
             ("Validation token accuracy", f"{100 * summary['final_val_token_accuracy']:.1f} %",
              f"{100 * summary['initial_val_token_accuracy']:.1f} % before training")]
+    names = naming(evaluation)
     if evaluation and "base" in evaluation and "tuned" in evaluation:
         for metric in ("flexible", "strict"):
             d = evaluation[f"{metric}_difference"]
-            rows.append((f"GSM8K-style accuracy ({metric})",
+            rows.append((f"{names.title} ({getattr(names, metric)})",
                          f"{100 * evaluation['base'][f'{metric}_accuracy']:.1f} % → "
                          f"{100 * evaluation['tuned'][f'{metric}_accuracy']:.1f} %",
                          f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
                          f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.2g}"))
     if not evaluation:
-        rows.append(("GSM8K-style accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
+        rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
     if evaluation and "fewshot" in evaluation and "tuned" in evaluation:
         fs = evaluation["fewshot"]
         d = fs["tuned_vs_fewshot"]["flexible"]
-        rows.append((f"vs the base model prompted {fs['shots']}-shot (flexible)",
+        rows.append((f"vs the base model prompted {fs['shots']}-shot ({names.flexible})",
                      f"{100 * evaluation[fs['model']]['flexible_accuracy']:.1f} % → "
                      f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %",
                      f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']}"))
     if evaluation and evaluation.get("best_epoch"):
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
-                     f"{100 * best['flexible_accuracy']:.1f} % flexible-extract ({best['rule']})"))
+                     f"{100 * best['flexible_accuracy']:.1f} % {names.flexible} ({best['rule']})"))
     accuracy = {r["epoch"]: r for r in (evaluation or {}).get("epochs") or []}
     per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
@@ -161,7 +163,7 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                   e["seconds"], e["tokens"]) for e in epochs]
     return [("table", ["figure", "value", "detail"], rows),
             ("p", "Per epoch (epoch 0 = before the first optimizer step; its accuracy is the base model's):"),
-            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc", "GSM8K acc (flexible)",
+            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc", f"{names.short} ({names.flexible})",
                        "vs previous epoch", "seconds", "tokens"], per_epoch)]
 
 
@@ -178,14 +180,14 @@ def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tupl
 
 
 def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
+    names = naming(evaluation)
     found = [rules.overfitting(epochs, val_rows(run)), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
     found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary)) if o]
     if evaluation and "flexible_difference" in evaluation:
         for metric in ("flexible", "strict"):
-            found.append(rules.accuracy_change(evaluation[f"{metric}_difference"], f"{metric}-extract"
-                                               if metric == "flexible" else "strict-match",
+            found.append(rules.accuracy_change(evaluation[f"{metric}_difference"], getattr(names, metric),
                                                evaluation["base"][f"{metric}_accuracy"],
-                                               evaluation["tuned"][f"{metric}_accuracy"]))
+                                               evaluation["tuned"][f"{metric}_accuracy"], names.accuracy))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.fewshot_baseline(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
@@ -268,14 +270,19 @@ def _data(run: RunDir, checks: dict) -> list:
     return blocks
 
 
+def _clip(answer: str | None, width: int = 60) -> str | None:
+    """An answer short enough for a heading (a rambling base model's first line can fill the screen)."""
+    return answer if answer is None or len(answer) <= width else answer[:width - 1] + "…"
+
+
 def _flips(run: RunDir, evaluation: dict) -> list:
     """Per compared pair: how many questions were gained and lost, a few of each with both completions, and
     per analysis cluster (when the analysis placed the questions) which problem types moved."""
     by = {(p["model"], p["id"]): p for p in run.read_predictions()}
     clusters = run.read_optional(run.eval_clusters, {})
     names = {c["cluster"]: c["name"] for c in run.read_optional(run.clusters, [])}
-    blocks: list = [("p", "A question is gained when the later model answers it right (flexible-extract) and the "
-                          "earlier one wrong, lost the other way round; same questions, greedy decoding.")]
+    blocks: list = [("p", f"A question is gained when the later model answers it right ({naming(evaluation).flexible}) "
+                          "and the earlier one wrong, lost the other way round; same questions, greedy decoding.")]
     for f in evaluation["flips"]:
         gained, lost = f["gained"], f["lost"]
         blocks.append(("p", f"{f['from']} → {f['to']}: {len(gained)} gained, {len(lost)} lost "
@@ -285,8 +292,8 @@ def _flips(run: RunDir, evaluation: dict) -> list:
                 a, b = by[(f["from"], i)], by[(f["to"], i)]
                 blocks.append(("details", f"{verb} {i}: {a['question'][:100]}",
                                [("question", a["question"]), ("reference", str(a["reference"])),
-                                (f"{f['from']} (answer {a['flexible_answer']})", a["completion"]),
-                                (f"{f['to']} (answer {b['flexible_answer']})", b["completion"])]))
+                                (f"{f['from']} (answer {_clip(a['flexible_answer'])})", a["completion"]),
+                                (f"{f['to']} (answer {_clip(b['flexible_answer'])})", b["completion"])]))
         if clusters:
             per = {}
             for verb, ids in (("gained", gained), ("lost", lost)):
