@@ -399,6 +399,8 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     run = RunDir(tmp_path / "r")
     summary = run.read_eval_summary()
     assert summary["scoring"] == "exact" and {s for _, s in seen} == {("line",) * 10}
+    assert run.read_json(run.data_checks)["targets"]["test"] == {"rows": 10, "scoreable": 10, "scoring": "exact",
+                                                                 "share": 1.0, "without_answer": []}
     assert summary["base"]["strict_accuracy"] == 0 and summary["base"]["flexible_accuracy"] == 0.5
     assert summary["tuned"]["strict_accuracy"] == summary["tuned"]["flexible_accuracy"] == 0.9
     pred = next(p for p in run.read_predictions() if p["model"] == "base")

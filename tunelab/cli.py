@@ -372,8 +372,9 @@ def _print_checks(result: dict) -> None:
     console.print(f"tokens per row: p50 {ln['total']['p50']}, p99 {ln['total']['p99']}, max {ln['total']['max']}; "
                   f"{ln['truncated']} over train.max_length={ln['max_length']}; padding {100 * ln['padding_share']:.1f} % "
                   f"of the batch plan; {ln['recommendation']}")
-    console.print("scoreable targets: " + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
-    console.print(f"eval: {'skipped: ' + result['eval_skipped'] if result['eval_skipped'] else 'answer accuracy scored'}")
+    console.print(f"scoreable targets ({tg['train']['scoring']} scoring): "
+                  + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
+    console.print(f"eval: {'skipped: ' + result['eval_skipped'] if result['eval_skipped'] else 'scores answers'}")
     for ex in result.get("examples", []):
         console.rule(f"{ex['id']}: {ex['tokens']} tokens, {ex['supervised_tokens']} with loss (marked ⟦…⟧)")
         console.print(Text.assemble(*((f"⟦{seg['text']}⟧", "bold green") if seg["loss"] else (seg["text"], "dim")

@@ -202,13 +202,16 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
     return f"train.max_length {current} holds every row (longest {longest} tokens)"
 
 
-def targets(splits: Splits) -> dict:
-    """Share of train and test targets holding a reference answer the GSM8K-style scorer can read."""
-    from tunelab.evaluate.scoring import reference_answer
+def targets(cfg, splits: Splits) -> dict:
+    """Share of train and test targets holding a reference answer the eval stage can score, in the scoring mode it
+    would use (numeric when the data calls for none: how far it is from being scoreable)."""
+    from tunelab.evaluate.scoring import SCORERS
+    from tunelab.evaluate.stage import scoring_mode
+    mode = scoring_mode(cfg, splits)[0] or "numeric"
     out = {}
     for name, rows in (("train", splits.train + splits.val), ("test", splits.test)):
-        missing = [e.id for e in rows if not reference_answer(e.target)]
-        out[name] = {"rows": len(rows), "scoreable": len(rows) - len(missing),
+        missing = [e.id for e in rows if not SCORERS[mode][0](e.target)]
+        out[name] = {"rows": len(rows), "scoreable": len(rows) - len(missing), "scoring": mode,
                      "share": round((len(rows) - len(missing)) / len(rows), 4) if rows else None,
                      "without_answer": missing[:20]}
     return out
@@ -242,7 +245,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
                      "deduplicated": splits.deduplicated},
             "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
-            "targets": targets(splits), "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
+            "targets": targets(cfg, splits), "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
 
 def minilm(texts: list[str]) -> np.ndarray:

@@ -263,8 +263,8 @@ def _data(run: RunDir, checks: dict) -> list:
         ("rows over train.max_length", f"{ln['truncated']} (max_length {ln['max_length']})"),
         ("padding share of the batch plan", f"{100 * ln['padding_share']:.1f} %"),
         ("max_length advice", ln["recommendation"]),
-        *[(f"{k} targets with a scoreable answer", f"{v['scoreable']} / {v['rows']}")
-          for k, v in checks["targets"].items() if v["rows"]]]))
+        *[(f"{k} targets with a scoreable answer ({v.get('scoring', 'numeric')} scoring)",
+           f"{v['scoreable']} / {v['rows']}") for k, v in checks["targets"].items() if v["rows"]]]))
     if run.lengths_png.exists():
         blocks.append(("img", run.lengths_png, "Tokens per row (prompt + target + EOS), train.max_length marked"))
     return blocks
