@@ -98,7 +98,8 @@ def test_readme_file_map_matches_the_tree():
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"template": "Q: {question"}, "data.template: expected '}' before end of string (write {{ and }} for a literal brace)"),
+    ({"template": "Q: {question"},
+     "data.template: expected '}' before end of string (write {{ and }} for a literal brace)"),
     ({"target": "{} {answer}"}, "data.target: placeholder {} is not a field name"),
     ({"optional_fields": ["inptu"]}, "data.optional_fields: 'inptu' is not a placeholder of data.template or "
                                      "data.target (placeholders: answer, question)"),

@@ -145,7 +145,8 @@ def test_optional_fields_render_as_nothing_and_their_empty_paragraph_goes(tmp_pa
 
 
 def test_a_row_whose_target_renders_blank_is_malformed_and_required_fields_stay_required(tmp_path):
-    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"}, {"instruction": "", "input": "x", "output": "1"},
+    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
+            {"instruction": "", "input": "x", "output": "1"},
             {"instruction": "Think.", "input": "", "output": ""}] * 2
     src = write_jsonl(tmp_path / "a.jsonl", rows)
     with pytest.raises(UserError) as err:
@@ -166,7 +167,8 @@ def test_plain_text_rows_trained_whole_are_told_apart_by_their_text(tmp_path):
     rows = s.train + s.val
     assert {question_text(e) for e in rows} == {f"Story {i}: the fox ran {i} miles." for i in range(6)}
     dropped = duplicate_ids(rows, "exact")  # the one real copy, not six rows of one blank prompt
-    assert len(dropped) == 1 and {question_text(e) for e in rows if e.id in dropped} == {"Story 0: the fox ran 0 miles."}
+    assert len(dropped) == 1
+    assert {question_text(e) for e in rows if e.id in dropped} == {"Story 0: the fox ran 0 miles."}
 
 
 @pytest.mark.parametrize("name, content, message", [

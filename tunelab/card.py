@@ -109,7 +109,7 @@ def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:
     out, names = [], naming(evaluation)
     if evaluation and "tuned" in evaluation:
         tuned = evaluation["tuned"]
-        split = cfg.eval.split
+        split = evaluation.get("split", cfg.eval.split)
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                     "dataset": {"name": f"{cfg.data.source} ({split}, {tuned['n']} questions)",
                                 "type": cfg.data.source, "split": split},
@@ -132,7 +132,8 @@ def _evaluation(cfg, evaluation: dict | None) -> list[str]:
            "number" if names is NAMING["numeric"] else
            "the completion's first line against the target: exact line = equal once normalised, answer in line = the "
            "target in it as whole words")
-    rows = ["## Evaluation", "", f"{names.title} on `{cfg.data.source}` {cfg.eval.split} questions "
+    split = evaluation.get("split", cfg.eval.split)
+    rows = ["## Evaluation", "", f"{names.title} on `{cfg.data.source}` {split} questions "
             f"({how}), greedy, the training prompt:", "",
             f"| model | n | {names.strict} | {names.flexible} |", "|---|---|---|---|"]
     for name, row in evaluation.items():

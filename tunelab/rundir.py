@@ -53,7 +53,7 @@ LAYOUT = {
                                           "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "
                                           "epoch), `best_epoch`, `fewshot`, `flips`"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
-                                          "held-out targets that state no final number)"),
+                                          "held-out targets no scoring mode suits)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "

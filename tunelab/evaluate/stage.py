@@ -94,8 +94,9 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
             if p.is_base:
                 _store(cfg, p, rows, stats[p.name])
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    summary = {"scoring": mode, **stats, **comparisons(predictions, stats, [q.id for q in questions],
-                                                        cfg.train.epochs, cfg.eval.fewshot, NAMING[mode].flexible)}
+    summary = {"scoring": mode, "split": _limited(cfg, splits)[0], **stats,
+               **comparisons(predictions, stats, [q.id for q in questions], cfg.train.epochs, cfg.eval.fewshot,
+                             NAMING[mode].flexible)}
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         run.write_json(run.eval_summary, summary)

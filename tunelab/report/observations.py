@@ -268,7 +268,8 @@ def imitation_without_solving(epochs: list[dict], evaluation: dict) -> Observati
                        f"{token_pts:.1f} pts, but {naming(evaluation).accuracy} did not change beyond noise "
                        f"({100 * evaluation['base']['flexible_accuracy']:.1f} % → "
                        f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %, 95 % CI {lo:+.1f}..{hi:+.1f}, "
-                       f"n = {d['n']}): the model imitates the answer text better; it does not answer more questions right.",
+                       f"n = {d['n']}): the model imitates the answer text better; it does not answer more "
+                       "questions right.",
                        "validation loss fell beyond 1 % and token accuracy rose > 0.5 pts while the paired 95 % CI "
                        f"of the accuracy change ({naming(evaluation).flexible}) includes 0")
 

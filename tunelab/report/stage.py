@@ -126,7 +126,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
 
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
     one_epoch = summary["epochs"] == 1  # no first-to-last epoch change to state
-    rows = [("Train loss improvement", "— (one epoch)" if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
+    rows = [("Train loss improvement",
+             "— (one epoch)" if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
              f"{summary['final_train_loss']:.4f}" if one_epoch else
              f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
             ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",
@@ -163,8 +164,8 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                   e["seconds"], e["tokens"]) for e in epochs]
     return [("table", ["figure", "value", "detail"], rows),
             ("p", "Per epoch (epoch 0 = before the first optimizer step; its accuracy is the base model's):"),
-            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc", f"{names.short} ({names.flexible})",
-                       "vs previous epoch", "seconds", "tokens"], per_epoch)]
+            ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc",
+                       f"{names.short} ({names.flexible})", "vs previous epoch", "seconds", "tokens"], per_epoch)]
 
 
 def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tuple:
