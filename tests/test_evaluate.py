@@ -382,7 +382,7 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     seen = []
 
     def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix):
-        seen.append((label, tuple(stops)))
+        seen.append((label, tuple(stops), max_new_tokens))
         numbers = [int(p.split("Is ")[1].split(" ")[0]) for p in prompts]
         truth = ["even" if n % 2 == 0 else "odd" for n in numbers]
         if label == "eval base":  # wordy: right only by whole words, and only when the truth is odd
@@ -399,7 +399,11 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     run = RunDir(tmp_path / "r")
     summary = run.read_eval_summary()
     assert summary["scoring"] == "exact" and summary["split"] == "test"
-    assert {s for _, s in seen} == {("line",) * 10}  # zero-shot passes stop after the first line
+    assert {s for _, s, _ in seen} == {("line",) * 10}  # zero-shot passes stop after the first line
+    from transformers import AutoTokenizer
+    longest = max(len(AutoTokenizer.from_pretrained(tiny_model)(w, add_special_tokens=False)["input_ids"])
+                  for w in ("even", "odd"))
+    assert {budget for _, _, budget in seen} == {2 * longest + 16}  # no room for a rambling first line
     assert run.read_json(run.data_checks)["targets"]["test"] == {"rows": 10, "scoreable": 10, "scoring": "exact",
                                                                  "share": 1.0, "without_answer": []}
     assert summary["base"]["strict_accuracy"] == 0 and summary["base"]["flexible_accuracy"] == 0.5

@@ -50,6 +50,7 @@ class Pass:
     adapter: Path | None = None
     epoch: int | None = None  # the training epoch an adapter is from
     prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
+    max_new_tokens: int = 256  # the generation budget of each answer
 
     @property
     def is_base(self) -> bool:
@@ -179,13 +180,14 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
+    budget = _budget(cfg, mode, questions, tok)
     if cfg.data.chat_template:
         chat.require(tok)
     prompts = [chat.prompt(tok, q.prompt, history=_history(q)) if cfg.data.chat_template else q.prompt
                for q in questions]
     passes = []
     if only in (None, "base"):
-        passes.append(Pass("base", prompts, stop))
+        passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
         if cfg.eval.fewshot:
             shots = train_rows[:cfg.eval.fewshot]
             if cfg.data.chat_template:
@@ -193,13 +195,22 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
                 context = chat.context(tok, exchanges(shots), _history(questions[0]))  # rows share a system turn
             else:
                 few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
-            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context))
+            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget))
     if adapter and only in (None, "tuned"):
         if epochs_to_score(cfg) == "all":
-            passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k) for k in range(1, cfg.train.epochs)
-                       if (run.epoch_adapter(k) / "adapter_config.json").exists()]
-        passes.append(Pass("tuned", prompts, stop, run.adapter, cfg.train.epochs))
+            passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k, max_new_tokens=budget)
+                       for k in range(1, cfg.train.epochs) if (run.epoch_adapter(k) / "adapter_config.json").exists()]
+        passes.append(Pass("tuned", prompts, stop, run.adapter, cfg.train.epochs, max_new_tokens=budget))
     return passes
+
+
+def _budget(cfg: Recipe, mode: str, questions: list[Example], tok) -> int:
+    """New tokens per answer: `eval.max_new_tokens`; for exact match at most twice the longest target's tokens + 16
+    (a first line longer than that cannot equal a target, and a base model's rambling line would fill the budget)."""
+    if mode != "exact":
+        return cfg.eval.max_new_tokens
+    longest = max(len(tok(q.target, add_special_tokens=False)["input_ids"]) for q in questions)
+    return min(cfg.eval.max_new_tokens, 2 * longest + 16)
 
 
 def _history(q: Example) -> list[dict]:
@@ -224,7 +235,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         def keep(j, g):
             journal.append(key, mine[j], g.completion, g.tokens)
 
-        gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], cfg.eval.max_new_tokens,
+        gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], p.max_new_tokens,
                                  cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
                                  stops=[p.stops] * len(mine), prefix=p.prefix)
         new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
@@ -277,7 +288,7 @@ def _pass_key(cfg: Recipe, p: Pass) -> str:
     ident = {"model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype,
              "weights": path.stat().st_mtime if path.exists() else None, "pass": p.name,
              "adapter": [weights.stat().st_mtime_ns, weights.stat().st_size] if weights and weights.exists() else None,
-             "max_new_tokens": cfg.eval.max_new_tokens, "prompts": p.prompts, "stops": p.stops}
+             "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": p.stops}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
