@@ -65,7 +65,7 @@ def test_a_target_states_a_final_answer_only_in_the_math_datasets_forms(target, 
     assert states_answer(target) is states
 
 
-def test_eval_scoring_auto_picks_numeric_or_exact_or_skips_prose():
+def test_eval_scoring_auto_picks_numeric_or_exact_or_skips_prose(caplog):
     from tunelab.config import validate
     from tunelab.data import Example, Splits
     from tunelab.evaluate.stage import _questions, scoring_mode
@@ -83,7 +83,8 @@ def test_eval_scoring_auto_picks_numeric_or_exact_or_skips_prose():
     assert mode is None and reason.startswith("data.target: of 10 test targets, 0 state a final number")
     assert "and 0 are short answers (one line, at most 8 words); eval.scoring=auto needs 90%" in reason
     assert _questions(recipe(scoring="numeric"), prose)[1] == prose.test[:3]  # only rows with a number
-    assert scoring_mode(recipe(scoring="exact"), prose) == ("exact", None)
+    assert scoring_mode(recipe(scoring="exact"), prose) == ("exact", None)  # forced: scored, with a warning
+    assert "eval.scoring=exact: 0 of 10 test targets are short answers" in caplog.text
     assert scoring_mode(recipe(scoring="none"), splits(["#### 4"])) == (None, "eval.scoring: none")
     math = splits(["2 + 2 = 4\n#### 4"] * 9 + ["It is five and a half, all things considered."])
     mode, rows = _questions(recipe(), math)  # 90 % state an answer: numeric, the 10th (no number) left out

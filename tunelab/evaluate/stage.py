@@ -140,12 +140,15 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
     split, rows = _limited(cfg, splits)
     if not rows:
         return None, f"eval.split: {cfg.data.source} has no {split} rows to score"
+    stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
     if cfg.eval.scoring != "auto":
         if not any(SCORERS[cfg.eval.scoring][0](e.target) for e in rows):
             return None, (f"data.target: no numeric reference answer in the {split} rows "
                           f"(expected '#### N' or a number in {cfg.data.target!r})")
+        if cfg.eval.scoring == "exact" and short < AUTO_SHARE * len(rows):
+            log.warning("eval.scoring=exact: %d of %d %s targets are short answers (one line, at most %d words); a "
+                        "first line rarely equals a longer target", short, len(rows), split, SHORT_WORDS)
         return cfg.eval.scoring, None
-    stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
     if stated >= AUTO_SHARE * len(rows):
         return "numeric", None
     if short >= AUTO_SHARE * len(rows):
