@@ -246,9 +246,8 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     Args:
         slots: rows decoded together; 0 = automatic (`auto_slots`).
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
-        stops: per prompt, None for the answer-line rule (stop after a finished `#### N` line), "line" (stop after
-            the first non-blank line: a short answer), or stop strings (lm-eval's `until`): the completion ends
-            before the first one.
+        stops: per prompt, None (stop after a finished `#### N` line), "line" (after the first non-blank line), or
+            stop strings (lm-eval's `until`): the completion ends before the first one.
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
         prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`_Shared`).
