@@ -60,5 +60,17 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     md = run.report_md.read_text()
     assert f"| Answer accuracy | not measured | eval skipped: {reason}" in md
     assert "| Train loss improvement | — (one epoch) |" in md
+    samples = run.read_jsonl(run.eval_samples)  # not scored, but seen: 4 test prompts, base and tuned answers
+    assert [s["id"] for s in samples] == ["test-1", "test-2", "test-3", "test-4"]
+    assert samples[0]["reference"] == turns[20]["messages"][1]["content"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.data import chat
+    from tunelab.evaluate.generate import generate
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = chat.prompt(tok, turns[20]["messages"][0]["content"])  # the user turn as training wrote it
+    (alone,), _ = generate(AutoModelForCausalLM.from_pretrained(tiny_model), tok, [prompt],
+                           run.read_recipe().eval.max_new_tokens, stops=[[]])
+    assert samples[0]["base"] == alone.completion  # the base model's greedy answer, to EOS or the budget
+    assert "## Sample answers (not scored)" in md and f"Not scored ({reason}" in md
     assert main(["eval", str(run.path)]) == 2  # asked for by name, it is an error naming the key
     assert reason in capsys.readouterr().err

@@ -142,6 +142,9 @@ class EvalConfig(Section):
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
                                                   "kept epoch's; None = all for runs of <= 5 epochs, else last")
     fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
+    samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
+                         "answered by the base model and the tuned adapter, shown in the report side by side, not "
+                         "scored (0 = none)")
     scoring: Literal["auto", "numeric", "exact", "none"] = Field(
         "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
         "has one; exact = the completion's first line against the whole target (labels, names, yes/no); none = no "

@@ -63,6 +63,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     for name, done, work in stages:
         if name == "eval" and unscoreable:
             run.write_json(run.eval_skipped, {"reason": unscoreable})
+            if cfg.eval.scoring != "none" and cfg.eval.samples and not run.eval_samples.exists():
+                evaluate.samples(cfg, run)  # not scored, but seen: the base and tuned answers side by side
         elif done(run):
             log.info("%s: done already (%s)", name, run.path)
         else:

@@ -54,6 +54,9 @@ LAYOUT = {
                                           "epoch), `best_epoch`, `fewshot`, `flips`"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
                                           "held-out targets no scoring mode suits)"),
+    "eval/samples.jsonl": ("eval_samples", "when eval was skipped for its data: the first `eval.samples` held-out "
+                                           "prompts with the reference and the base and tuned answers (greedy, "
+                                           "not scored)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "

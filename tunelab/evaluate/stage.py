@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tunelab import card, distributed, trackers
 from tunelab.config import Recipe, to_yaml
-from tunelab.data import Example, chat, load_splits
+from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
@@ -184,10 +184,7 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
     budget = _budget(cfg, mode, questions, tok)
-    if cfg.data.chat_template:
-        chat.require(tok)
-    prompts = [chat.prompt(tok, q.prompt, history=_history(q)) if cfg.data.chat_template else q.prompt
-               for q in questions]
+    prompts = _prompts(cfg, tok, questions)
     passes = []
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
@@ -205,6 +202,40 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
                        for k in range(1, cfg.train.epochs) if (run.epoch_adapter(k) / "adapter_config.json").exists()]
         passes.append(Pass("tuned", prompts, stop, run.adapter, cfg.train.epochs, max_new_tokens=budget))
     return passes
+
+
+def _prompts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
+    """Each question as training wrote its prompt: the template, or the user turn through the chat template."""
+    if cfg.data.chat_template:
+        chat.require(tok)
+    return [chat.prompt(tok, q.prompt, history=_history(q)) if cfg.data.chat_template else q.prompt
+            for q in questions]
+
+
+def samples(cfg: Recipe, run: RunDir) -> list[dict]:
+    """The first `eval.samples` held-out prompts answered by the base model and the run's adapter (greedy, until EOS
+    or `eval.max_new_tokens`, not scored): what the report shows of the models when no scoring mode suits the data.
+    Written to eval/samples.jsonl (main process)."""
+    from tunelab.evaluate.generate import generate
+    split, rows = _limited(cfg, load_splits(cfg.data))
+    questions = rows[:cfg.eval.samples]
+    tok = load_tokenizer(cfg.model)
+    prompts = _prompts(cfg, tok, questions)
+    out = [{"id": q.id, "split": split, "question": question_text(q), "reference": q.target} for q in questions]
+    device = pick_device(cfg.train.device)
+    tune_for(device)
+    for name, adapter in (("base", None), ("tuned", run.adapter)):
+        model = load_model(cfg.model, device)
+        if adapter is not None:
+            model = load_adapter(model, adapter, merge=True)
+        gens, _ = generate(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size, label=f"samples {name}",
+                           stops=[[]] * len(prompts))
+        for row, g in zip(out, gens):
+            row[name] = g.completion
+        del model
+    if distributed.is_main_process():
+        run.write_jsonl(run.eval_samples, out)
+    return out
 
 
 def _budget(cfg: Recipe, mode: str, questions: list[Example], tok) -> int:

@@ -76,6 +76,9 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         found += [o for o in (rules.contamination(checks, run.read_predictions()), rules.duplicates(checks)) if o]
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
+    samples, skipped = run.read_jsonl(run.eval_samples), run.read_optional(run.eval_skipped)
+    if samples and skipped and not evaluation:
+        sections.append(("Sample answers (not scored)", _samples(samples, skipped, cfg.eval.max_new_tokens)))
     if analysis:
         sections.append(("Insights from model analysis", _insights(run, analysis)))
     if baseline is not None:
@@ -306,6 +309,18 @@ def _flips(run: RunDir, evaluation: dict) -> list:
                 blocks.append(("table", ["cluster", "name", "gained", "lost", "net"],
                                [(c, names.get(c, "?"), v["gained"], v["lost"], v["gained"] - v["lost"])
                                 for c, v in sorted(per.items(), key=lambda kv: kv[1]["lost"] - kv[1]["gained"])]))
+    return blocks
+
+
+def _samples(rows: list[dict], skipped: dict, max_new_tokens: int) -> list:
+    """The base and tuned answers to a few held-out prompts, side by side, when no scoring mode suits the data."""
+    blocks: list = [("p", f"Not scored ({skipped['reason']}). The first {len(rows)} {rows[0]['split']} prompts, "
+                          "answered greedily by the base model and by the tuned adapter, until the end-of-sequence "
+                          f"token or {max_new_tokens} new tokens.")]
+    for r in rows:
+        blocks.append(("details", f"{r['id']}: {' '.join(r['question'].split())[:100]}",
+                       [("question", r["question"]), ("reference", r["reference"]), ("base", r["base"]),
+                        ("tuned", r["tuned"])]))
     return blocks
 
 
