@@ -165,13 +165,13 @@ def run_trl(folder: str, gsm8k: str, rows: int, batch: int, checkpointing: bool,
     from tunelab.config import load_recipe
     from tunelab.data import load_splits
     from tunelab.models import load_model, load_tokenizer, pick_device
-    from tunelab.train.batching import tokenize
+    from tunelab.train.batching import tokenize_with
     cfg = load_recipe("gsm8k-mistral-7b", overrides(Path(folder), gsm8k, rows, batch, 1))
     device = pick_device("auto")
     cuda = device.type == "cuda"
     splits = load_splits(cfg.data)  # the rows tunelab trained on (same seeded split)
     tok = load_tokenizer(cfg.model)
-    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    items, _ = tokenize_with(cfg, splits.train, tok)
     datasets.disable_progress_bars()
     data = datasets.Dataset.from_list([{"input_ids": it.input_ids, "labels": it.labels} for it in items])
     model = load_model(cfg.model, device)  # the same random weights (seed 0) as tunelab's

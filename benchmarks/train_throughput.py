@@ -66,13 +66,13 @@ def run_trl(gsm8k: str, rows: int, queue) -> None:
     from trl import SFTConfig, SFTTrainer
     from tunelab.data import load_splits
     from tunelab.models import load_model, load_tokenizer
-    from tunelab.train.batching import tokenize
+    from tunelab.train.batching import tokenize_with
     cfg = _recipe(gsm8k, rows, Path("."))
     splits = load_splits(cfg.data)  # the same train rows tunelab trains on (same seeded split)
     model = load_model(cfg.model, torch.device("cpu"))
     tok = load_tokenizer(cfg.model)
     # identical token ids and labels (prompt masked, EOS supervised): the same objective, token for token
-    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only)
+    items, _ = tokenize_with(cfg, splits.train, tok)
     data = Dataset.from_list([{"input_ids": it.input_ids, "labels": it.labels} for it in items])
     steps = -(-len(data) // BATCH) * EPOCHS
     args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=BATCH,
@@ -97,8 +97,8 @@ def _val_loss(model, tok, cfg, splits) -> float:
     """Token-weighted loss on the validation rows, computed exactly as tunelab computes its own."""
     import torch
     from tunelab.train.forward import forward_tokens
-    from tunelab.train.batching import batches, tokenize
-    items, _ = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only)
+    from tunelab.train.batching import batches, tokenize_with
+    items, _ = tokenize_with(cfg, splits.val, tok)
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():

@@ -319,7 +319,6 @@ def cmd_check(args) -> int:
     from tunelab import cost
     from tunelab.config import load_recipe
     from tunelab.data import checks, load_splits
-    from tunelab.evaluate.stage import unscoreable
     from tunelab.models import load_tokenizer
     from tunelab.rundir import RunDir
     from tunelab.train.batching import tokenize_splits
@@ -332,7 +331,6 @@ def cmd_check(args) -> int:
     train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
     result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
     result["verdict"] = checks.verdict(result)
-    result["eval_skipped"] = unscoreable(cfg, splits)
     if args.show:
         result["examples"] = checks.preview(cfg, splits.train[:args.show], tok)
     if args.run_dir:

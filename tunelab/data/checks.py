@@ -149,14 +149,13 @@ def duplicate_ids(rows: list[Example], kind: str, vectors=None, threshold: float
 def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
     """Prompt and target token lengths (percentiles), rows cut by train.max_length, the padding share of the
     batch plan, and a max_length recommendation; and every row's total length (for the histogram)."""
-    from tunelab.train.batching import batches, encode, tokenize
+    from tunelab.train.batching import batches, encode, tokenize_with
     rows = splits.train + splits.val
     prompt_ids, target_ids, _ = encode(rows, tok, cfg.data.chat_template, history_loss=False)  # lengths only
     prompts, targets = [len(x) for x in prompt_ids], [len(x) for x in target_ids]
     totals = np.array(prompts) + np.array(targets)
     cut = int((totals > cfg.train.max_length).sum())
-    items, _ = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template,
-                        cfg.data.history_loss)
+    items, _ = tokenize_with(cfg, splits.train, tok)
     plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length)
     padded = sum(b.input_ids.numel() for b in plan)
     real = sum(b.real_tokens for b in plan)
@@ -172,9 +171,8 @@ def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
 def preview(cfg, rows: list[Example], tok) -> list[dict]:
     """`rows` as the model trains on them: `id`, `tokens`, `supervised_tokens`, and `segments` — the decoded text in
     runs of tokens that do (`loss`) or do not carry loss, under the recipe's template, chat template, max_length."""
-    from tunelab.train.batching import IGNORE, tokenize
-    items, _ = tokenize(rows, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template,
-                        cfg.data.history_loss)
+    from tunelab.train.batching import IGNORE, tokenize_with
+    items, _ = tokenize_with(cfg, rows, tok)
     out = []
     for item in items:
         segments, start = [], 0
@@ -202,12 +200,10 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
     return f"train.max_length {current} holds every row (longest {longest} tokens)"
 
 
-def targets(cfg, splits: Splits) -> dict:
-    """Share of train and test targets holding a reference answer the eval stage can score, in the scoring mode it
-    would use (numeric when the data calls for none: how far it is from being scoreable)."""
+def targets(splits: Splits, mode: str) -> dict:
+    """Share of train and test targets holding a reference answer the eval stage can score in `mode`, the scoring
+    mode it would use (numeric when the data calls for none: how far it is from being scoreable)."""
     from tunelab.evaluate.scoring import SCORERS
-    from tunelab.evaluate.stage import scoring_mode
-    mode = scoring_mode(cfg, splits)[0] or "numeric"
     out = {}
     for name, rows in (("train", splits.train + splits.val), ("test", splits.test)):
         missing = [e.id for e in rows if not SCORERS[mode][0](e.target)]
@@ -238,6 +234,8 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     seconds["overlap_duplicates"], clock = time.time() - clock, time.time()
     profile, totals = lengths(cfg, splits, tok)
     seconds["lengths"] = time.time() - clock
+    from tunelab.evaluate.stage import scoring_mode
+    mode, skipped = scoring_mode(cfg, splits)
     counts = {split: {k: sum(1 for o in found if o["split"] == split and o["kind"] == k) for k in KINDS}
               for split in ("test", "validation")}
     return {"settings": {"ngram": n, "near_threshold": threshold,
@@ -245,7 +243,8 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
                      "deduplicated": splits.deduplicated},
             "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
-            "targets": targets(cfg, splits), "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
+            "targets": targets(splits, mode or "numeric"), "eval_skipped": skipped,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
 
 def minilm(texts: list[str]) -> np.ndarray:

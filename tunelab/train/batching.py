@@ -93,6 +93,12 @@ def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool =
     return out, truncated
 
 
+def tokenize_with(cfg, examples, tok) -> tuple[list[Tokenized], int]:
+    """`tokenize` under a recipe's settings (max_length, completion_only, chat_template, history_loss)."""
+    return tokenize(examples, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template,
+                    cfg.data.history_loss)
+
+
 def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized], int]:
     """(train items, validation items, truncated count) of a recipe's splits under its tokenizer.
 
@@ -100,10 +106,8 @@ def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized],
         UserError: no example keeps a supervised token within train.max_length.
     """
     from tunelab.errors import UserError
-    train_items, train_cut = tokenize(splits.train, tok, cfg.train.max_length, cfg.train.completion_only,
-                                      cfg.data.chat_template, cfg.data.history_loss)
-    val_items, val_cut = tokenize(splits.val, tok, cfg.train.max_length, cfg.train.completion_only,
-                                  cfg.data.chat_template, cfg.data.history_loss)
+    train_items, train_cut = tokenize_with(cfg, splits.train, tok)
+    val_items, val_cut = tokenize_with(cfg, splits.val, tok)
     if not train_items or not val_items:
         raise UserError(f"data.source: no train or validation example has a supervised token within "
                         f"train.max_length={cfg.train.max_length}")
