@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,7 @@ def test_a_second_wandb_start_in_the_same_second_waits_for_the_next(tmp_path):
     started = datetime.now()
     not_in_the_same_second(run, "other")  # another run's folder is no reason to wait
     assert (datetime.now() - started).total_seconds() < 0.5
+    ahead = datetime.fromtimestamp(time.time() + 1).strftime("%Y%m%d_%H%M%S")
+    (run.wandb / f"run-{ahead}-abc123").mkdir()  # a start stamped ahead of this second (online runs: no prefix)
+    not_in_the_same_second(run, "abc123")
+    assert datetime.now().strftime("%Y%m%d_%H%M%S") > ahead

@@ -43,13 +43,16 @@ class TensorBoardTracker:
 
 
 def not_in_the_same_second(run: RunDir, run_id: str) -> None:
-    """Wait into the next second when this W&B run already started once in this one.
+    """Wait until the clock is past the second of this W&B run's latest start (at most 3 s).
 
     W&B names each start's local folder `[offline-]run-<YYYYmmdd_HHMMSS>-<id>`: a second start of the same run in
     the same second (a quick eval, then the report) writes into the first one's folder and loses its records (seen:
-    the eval's artifact kept, the report's gone)."""
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    if any(run.wandb.glob(f"*run-{stamp}-{run_id}")):
+    the eval's artifact kept, the report's gone). Comparing with the newest folder's own stamp, not with the
+    clock's second at this call, also covers a start whose stamp is ahead of this call."""
+    latest = max((p.name.rsplit("-", 2)[-2] for p in run.wandb.glob(f"*run-*-{run_id}")), default="")
+    for _ in range(3):
+        if datetime.now().strftime("%Y%m%d_%H%M%S") > latest:
+            return
         time.sleep(1.01 - time.time() % 1)
 
 
