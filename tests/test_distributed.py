@@ -14,8 +14,9 @@ from tunelab.rundir import RunDir
 from tunelab import distributed
 
 
-def _recipe(tiny_recipe, tmp_path, name, grad_accum):
+def _recipe(tiny_recipe, tmp_path, name, grad_accum, dora=False):
     raw = {**tiny_recipe, "name": name, "data": {**tiny_recipe["data"], "synthetic_rows": 72},
+           "lora": {**tiny_recipe["lora"], "use_dora": dora},
            "train": {**tiny_recipe["train"], "epochs": 2, "batch_size": 4, "grad_accum": grad_accum, "threads": 1}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -53,16 +54,17 @@ def run_ok(cmd: list[str], env: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", LAUNCHERS)
-def test_two_processes_match_one_process_with_the_same_global_batch(kind, tiny_recipe, tmp_path):
-    """accelerate on a CPU-only machine needs --multi_gpu to start 2 processes (it says GPU, means DDP)."""
+@pytest.mark.parametrize("kind,dora", [(k, False) for k in LAUNCHERS] + [("accelerate-fsdp", True)])
+def test_two_processes_match_one_process_with_the_same_global_batch(kind, dora, tiny_recipe, tmp_path):
+    """accelerate on a CPU-only machine needs --multi_gpu to start 2 processes (it says GPU, means DDP). DoRA's
+    magnitude vectors are sharded and gathered like the LoRA weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "one", 2)),
+    subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "one", 2, dora)),
                     "--run-dir", str(one)], check=True, env=env, capture_output=True)
     two = tmp_path / "two"
     proc = subprocess.run([sys.executable, *launcher(kind), "-m", "tunelab.cli", "-q", "train",
-                           str(_recipe(tiny_recipe, tmp_path, "two", 1)), "--run-dir", str(two)],
+                           str(_recipe(tiny_recipe, tmp_path, "two", 1, dora)), "--run-dir", str(two)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = RunDir(one).read_jsonl(RunDir(one).epochs), RunDir(two).read_jsonl(RunDir(two).epochs)

@@ -53,13 +53,13 @@ def render(run: RunDir) -> str:
     summary, epochs, evaluation, cost = run.read_summary(), run.read_epochs(), run.read_eval_summary(), \
         run.read_optional(run.cost)
     meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
-            "tags": ["lora", "peft", "tunelab", "transformers"] + ([f"base_model:adapter:{base}"] if base else []),
+            "tags": ["lora"] + (["dora"] if cfg.lora.use_dora else []) + ["peft", "tunelab", "transformers"] + ([f"base_model:adapter:{base}"] if base else []),
             "datasets": [cfg.data.source] if _is_hub_dataset(cfg.data.source) else None,
             "license": known_license(cfg.model),
             "model-index": [{"name": cfg.name, "results": _results(cfg, summary, evaluation)}]}
     meta = {k: v for k, v in meta.items() if v}
-    body = [f"# {cfg.name}: a LoRA adapter for {base or cfg.model.name}", "",
-            f"Trained with tunelab from the recipe below: LoRA r={cfg.lora.r}, "
+    body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}", "",
+            f"Trained with tunelab from the recipe below: {cfg.lora.method} r={cfg.lora.r}, "
             f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {_targets(cfg.lora.target_modules)}, "
             f"{cfg.train.epochs} epoch(s) over {summary['train_examples']} training rows of `{cfg.data.source}` "
             f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "

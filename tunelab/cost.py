@@ -88,10 +88,12 @@ def measure_cpu_flops(seconds: float = 0.5) -> float:
 
 
 def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_params: int, n_layers: int,
-          d_model: int, gradient_checkpointing: bool) -> dict:
+          d_model: int, gradient_checkpointing: bool, base_twice: bool = False) -> dict:
     """Training + validation FLOPs: 4*N per trained token (6*N with gradient checkpointing), 2*N per
-    validated token, plus causal attention 2*L*d*n^2 per forward of an n-token sequence (x2 or x3 in training)."""
-    train_mult = 3 if gradient_checkpointing else 2  # forward + backward(s) relative to one forward
+    validated token, plus causal attention 2*L*d*n^2 per forward of an n-token sequence (x2 or x3 in training).
+    `base_twice`: training runs each weight's matmul twice, forward and backward (PEFT's DoRA with LoRA dropout
+    recomputes the base layer on the dropped-out input): 4*N more per trained token."""
+    train_mult = (3 if gradient_checkpointing else 2) + (2 if base_twice else 0)  # passes relative to one forward
     train_tokens, val_tokens = sum(train_lengths), sum(val_lengths)
     attn_train = 2 * n_layers * d_model * sum(n * n for n in train_lengths)
     attn_val = 2 * n_layers * d_model * sum(n * n for n in val_lengths)
@@ -107,7 +109,8 @@ def recipe_work(cfg, train_items, val_items) -> dict:
     from tunelab.models import model_size
     n_params, layers, hidden = model_size(cfg.model)
     work = flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
-                 cfg.train.epochs, n_params, layers, hidden, cfg.train.gradient_checkpointing)
+                 cfg.train.epochs, n_params, layers, hidden, cfg.train.gradient_checkpointing,
+                 base_twice=cfg.lora.use_dora and cfg.lora.dropout > 0)
     return {**work, "n_params": n_params}
 
 

@@ -59,7 +59,7 @@ def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", 
 def next_commands(run: RunDir, out: Path, fmt: str, adapter_only: bool) -> list[tuple[str, str]]:
     """What a user runs next with the export at `out`."""
     from tunelab import handoff
-    pairs = handoff.for_run(run, upload=out)
+    pairs = handoff.for_run(run, upload=out, merged=out if fmt == "hf" and not adapter_only else None)
     if fmt == "gguf" and not adapter_only:
         cfg = run.read_recipe()
         gguf = next(out.glob("*.gguf"))

@@ -35,22 +35,30 @@ def known_license(cfg) -> str | None:
     return ALIASES[cfg.name][3] if cfg.name in ALIASES else None
 
 
-def for_run(run, upload: Path | None = None) -> list[tuple[str, str]]:
-    """`commands` filled in from a run directory (its recipe and adapter)."""
+def for_run(run, upload: Path | None = None, merged: Path | None = None) -> list[tuple[str, str]]:
+    """`commands` filled in from a run directory (its recipe and adapter); `merged`: where a merged export of the
+    run already is (DoRA runs are served from one, else the commands first write it next to the run)."""
     cfg = run.read_recipe()
     task = "gsm8k" if "gsm8k" in cfg.data.source.lower() else None  # lm-eval has no task for other data
-    return commands(hub_id(cfg.model) or cfg.model.name, run.adapter, cfg.lora.r, f"{cfg.name}-lora",
-                    cfg.eval.limit, upload, task, cfg.data.chat_template)
+    served, export = None, []
+    if cfg.lora.use_dora:  # vLLM loads LoRA adapters, not DoRA ones (vllm-project/vllm#10849): it serves the merge
+        served = Path(merged or f"{run.path}-merged").resolve()
+        export = [] if merged else [("write the merged model (vLLM serves a DoRA adapter only merged)",
+                                     f"tunelab export {shlex.quote(str(run.path))} {shlex.quote(str(served))}")]
+    return export + commands(hub_id(cfg.model) or cfg.model.name, run.adapter, cfg.lora.r, f"{cfg.name}-lora",
+                             cfg.eval.limit, upload, task, cfg.data.chat_template, served)
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
-             upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False) -> list[tuple[str, str]]:
+             upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False,
+             served: Path | None = None) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
     (the adapter when None); `task` is lm-evaluation-harness's task for the run's data (None: it has none, and
     the lm-eval lines are left out); `chat`: the adapter was trained on chat-template prompts, so lm-eval asks
-    through the chat template too, shots as turns.
+    through the chat template too, shots as turns; `served`: a merged model folder that vLLM loads instead of
+    base + adapter (DoRA).
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
@@ -59,17 +67,20 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     folder = str(Path(upload).resolve()) if upload else adapter_path
+    vllm_model = (f"pretrained={served}" if served else
+                  f"pretrained={base},enable_lora=True,lora_local_path={adapter_path}{rank_arg}")
     lm_eval = [
         ("re-score with lm-evaluation-harness (transformers + PEFT)",
          f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path} --tasks {task} "
          f"--batch_size auto{limit_arg}"),
-        ("re-score with lm-evaluation-harness on vLLM (LoRA)",
-         f"lm_eval --model vllm --model_args pretrained={base},enable_lora=True,lora_local_path={adapter_path}"
-         f"{rank_arg} --tasks {task} --batch_size auto{limit_arg}"),
+        (f"re-score with lm-evaluation-harness on vLLM ({'the merged model' if served else 'LoRA'})",
+         f"lm_eval --model vllm --model_args {vllm_model} --tasks {task} --batch_size auto{limit_arg}"),
     ] if task else []
+    serve = (("serve with vLLM (OpenAI-compatible; the merged model)", f"vllm serve {q(str(served))}") if served else
+             ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
+              f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"))
     return lm_eval + [
-        ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
-         f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"),
+        serve,
         ("upload to the Hugging Face Hub (replace <user>; `hf` is huggingface_hub's CLI, formerly huggingface-cli)",
          f"hf upload <user>/{q(name)} {q(folder)} ."),
     ]

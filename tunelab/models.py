@@ -175,7 +175,7 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
-                              target_modules=cfg.target_modules)
+                              target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"

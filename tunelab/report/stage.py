@@ -106,7 +106,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
     rows = [
         ("Model", cfg.model.name),
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
-        ("Method", f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
+        ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
