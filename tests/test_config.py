@@ -103,6 +103,11 @@ def test_readme_file_map_matches_the_tree():
     ({"target": "{} {answer}"}, "data.target: placeholder {} is not a field name"),
     ({"optional_fields": ["inptu"]}, "data.optional_fields: 'inptu' is not a placeholder of data.template or "
                                      "data.target (placeholders: answer, question)"),
+    ({"template_if_empty": {"answer": "Q: {question}"}},
+     "data.template_if_empty: 'answer' is not a placeholder of data.template (placeholders: question)"),
+    ({"template_if_empty": {"question": "Q: {"}},
+     "data.template_if_empty.question: Single '{' encountered in format string (write {{ and }} for a literal "
+     "brace)"),
 ])
 def test_templates_and_optional_fields_are_checked_before_any_data_is_read(change, problem):
     raw = {"model": {"name": "x"}, "data": {"source": "no/such/dir", "template": "Q: {question}",

@@ -144,6 +144,29 @@ def test_optional_fields_render_as_nothing_and_their_empty_paragraph_goes(tmp_pa
     assert prompts["Count to two."] == without_input.replace("Say hello.", "Count to two.")  # null = empty
 
 
+ALPACA = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+          "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+          "### Input:\n{input}\n\n### Response:\n")
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                   "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def test_rows_without_the_field_get_the_other_prompt_as_alpaca_writes_them(tmp_path):
+    """Stanford Alpaca's two preambles: rows with an input say so, rows without it get the shorter one."""
+    src = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows() + [{"instruction": "Spaces.", "input": "  ",
+                                                                   "output": "ok"}])
+    cfg = DataConfig(source=str(src), template=ALPACA, target="{output}", template_if_empty={"input": ALPACA_NO_INPUT})
+    s = load_splits(cfg)
+    prompts = {e.fields["instruction"]: e.prompt for e in s.train + s.val}
+    assert prompts["Add the numbers."] == ALPACA.format(instruction="Add the numbers.", input="2 and 3")
+    for blank in ("Say hello.", "Name a colour.", "Count to two.", "Spaces."):  # empty, missing, null, blank
+        assert prompts[blank] == ALPACA_NO_INPUT.format(instruction=blank)
+    with pytest.raises(UserError, match=r"unknown placeholder \{context\}"):  # its fields are checked like the main's
+        load_splits(cfg.model_copy(update={"template_if_empty": {"input": "{context}: {instruction}"}}))
+    from tunelab.report.stage import _prompt_format
+    assert _prompt_format(cfg).endswith(f"; rows with no {{input}}: {ALPACA_NO_INPUT!r}")  # the report's Overview
+
+
 def test_a_row_whose_target_renders_blank_is_malformed_and_required_fields_stay_required(tmp_path):
     rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
             {"instruction": "", "input": "x", "output": "1"},

@@ -64,6 +64,12 @@ def test_compare_names_the_recipe_keys_that_differ_and_flags_format_changes(tmp_
     assert main(["compare", str(a.path), str(b.path), "--out", str(tmp_path / "cmp2")]) == 0
     out = capsys.readouterr().out
     assert "recipe key" in out and "data.chat_template" in out and "train.epochs" in out
+    raw = yaml.safe_load(a.config.read_text())  # a dict key differs by its entries: Alpaca's no-input prompt
+    raw["data"]["template_if_empty"] = {"question": "Answer:"}
+    a.config.write_text(yaml.safe_dump(raw))
+    compare([a, b], tmp_path / "cmp3")
+    assert "The runs differ in data.template, data.chat_template, data.template_if_empty.question:" in \
+        (tmp_path / "cmp3" / "compare.md").read_text()
 
 
 def test_report_and_compare_do_not_import_torch(tmp_path):

@@ -60,6 +60,10 @@ class DataConfig(Section):
                                        "(Alpaca's input): they render as nothing, and a template paragraph (a line, "
                                        "in a template without blank lines) whose placeholders are all such empty "
                                        "fields is left out with its line break")
+    template_if_empty: dict[str, str] = Field({}, description="another prompt for rows that leave a field of "
+                                              "data.template (the key) missing or empty, which makes that field "
+                                              "optional: Alpaca's preamble without the input, {input: '...'}; the "
+                                              "first listed field that is empty picks the prompt")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")
@@ -266,22 +270,28 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
 
 
 def _template_problems(data: DataConfig) -> list[str]:
-    """`data.template` and `data.target` parse as `{field}` templates; each of `data.optional_fields` is one of their
-    placeholders (a typo would otherwise leave a required field required and the optional one unused)."""
-    problems, used = [], set()
-    for key in ("template", "target"):
+    """`data.template`, `data.target` and each of `data.template_if_empty` parse as `{field}` templates; each of
+    `data.optional_fields` is one of their placeholders (a typo would otherwise leave a required field required
+    and the optional one unused), and each key of `data.template_if_empty` one of `data.template`'s."""
+    problems, used = [], {}
+    templates = {"data.template": data.template, "data.target": data.target,
+                 **{f"data.template_if_empty.{k}": v for k, v in data.template_if_empty.items()}}
+    for key, template in templates.items():
         try:
-            names = [name for _, name, _, _ in string.Formatter().parse(getattr(data, key)) if name is not None]
+            names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
         except ValueError as err:
-            problems.append(f"data.{key}: {err} (write {{{{ and }}}} for a literal brace)")
+            problems.append(f"{key}: {err} (write {{{{ and }}}} for a literal brace)")
             continue
-        problems += [f"data.{key}: placeholder {{{name}}} is not a field name" for name in names
-                     if not name.isidentifier()]
-        used.update(names)
+        problems += [f"{key}: placeholder {{{name}}} is not a field name" for name in names if not name.isidentifier()]
+        used[key] = set(names)
     if not problems:
+        every = set().union(*used.values())
         problems += [f"data.optional_fields: {name!r} is not a placeholder of data.template or data.target "
-                     f"(placeholders: {', '.join(sorted(used)) or 'none'})"
-                     for name in data.optional_fields if name not in used]
+                     f"(placeholders: {', '.join(sorted(every)) or 'none'})"
+                     for name in data.optional_fields if name not in every]
+        problems += [f"data.template_if_empty: {name!r} is not a placeholder of data.template (placeholders: "
+                     f"{', '.join(sorted(used['data.template'])) or 'none'})"
+                     for name in data.template_if_empty if name not in used["data.template"]]
     return problems
 
 

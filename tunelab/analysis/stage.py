@@ -46,7 +46,7 @@ def analyze(cfg: Recipe, run: RunDir) -> dict:
     k = cfg.analysis.k
     _check(texts, k)
     run.analysis_dir.mkdir(parents=True, exist_ok=True)
-    stops = stop_words(cfg.data.template + " " + cfg.data.target)
+    stops = stop_words(" ".join([cfg.data.template, *cfg.data.template_if_empty.values(), cfg.data.target]))
 
     terms = _terms(run, texts, stops)
     seconds["terms"], clock = time.time() - clock, time.time()

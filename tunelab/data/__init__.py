@@ -77,6 +77,19 @@ def render(template: str, fields: dict, optional: Collection[str] = ()) -> str:
     return template.format_map(values)
 
 
+def optional(cfg: DataConfig) -> set[str]:
+    """Fields a row may leave missing or empty: `data.optional_fields` and the keys of `data.template_if_empty`."""
+    return set(cfg.optional_fields) | set(cfg.template_if_empty)
+
+
+def prompt_template(cfg: DataConfig, fields: dict) -> str:
+    """`data.template`, or the `data.template_if_empty` prompt of the first listed field the row leaves empty."""
+    for name, template in cfg.template_if_empty.items():
+        if not str(fields.get(name) or "").strip():
+            return template
+    return cfg.template
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Read `cfg.source`, render every row, and split it.
 
@@ -84,7 +97,9 @@ def load_splits(cfg: DataConfig) -> Splits:
         UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
     """
     raw, bad = read_source(cfg.source, cfg.config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed)
-    required = [n for n in placeholders(cfg.template) + placeholders(cfg.target) if n not in cfg.optional_fields]
+    loose = optional(cfg)
+    templates = [cfg.template, *cfg.template_if_empty.values(), cfg.target]
+    required = list(dict.fromkeys(n for t in templates for n in placeholders(t) if n not in loose))
     _check_placeholders(cfg, raw["train"], required)
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
@@ -93,7 +108,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         for row in rows:
             fields, problem = conversation(row.fields, cfg.messages) if cfg.messages else (row.fields, None)
             problem = problem or _row_problem(fields, required)
-            target = "" if problem else render(cfg.target, fields, cfg.optional_fields)
+            target = "" if problem else render(cfg.target, fields, loose)
             if not (problem or target.strip()):
                 problem = "empty target: data.target renders blank (its optional fields are all empty)"
             if problem:
@@ -102,7 +117,7 @@ def load_splits(cfg: DataConfig) -> Splits:
             if cfg.system_prompt is not None:
                 fields = with_system(fields, cfg.system_prompt)
             label = fields.get(cfg.label_field) if cfg.label_field else None
-            examples[split].append(Example(row.id, render(cfg.template, fields, cfg.optional_fields), target,
+            examples[split].append(Example(row.id, render(prompt_template(cfg, fields), fields, loose), target,
                                            fields, None if label is None else str(label)))
     if problems and not cfg.skip_bad_rows:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""

@@ -92,8 +92,8 @@ def train_loss_change(s: dict) -> str:
 
 # recipe keys that change the text a run is trained and validated on, so that its losses score other tokens
 FORMAT_KEYS = ("model.name", "data.template", "data.target", "data.chat_template", "data.messages",
-               "data.system_prompt", "data.history_loss", "data.optional_fields", "train.completion_only",
-               "train.max_length")
+               "data.system_prompt", "data.history_loss", "data.optional_fields", "data.template_if_empty",
+               "train.completion_only", "train.max_length")
 
 
 def recipe_differences(runs: list[RunDir]) -> list[tuple]:
@@ -104,8 +104,8 @@ def recipe_differences(runs: list[RunDir]) -> list[tuple]:
 
 
 def format_keys(differences: list[tuple]) -> list[str]:
-    """Of `recipe_differences`, the keys that change the trained text (`FORMAT_KEYS`)."""
-    return [k for k, *_ in differences if k in FORMAT_KEYS]
+    """Of `recipe_differences`, the keys that change the trained text (`FORMAT_KEYS`, or one of their entries)."""
+    return [k for k, *_ in differences if any(k == f or k.startswith(f + ".") for f in FORMAT_KEYS)]
 
 
 def recipe_blocks(differences: list[tuple], names: list[str]) -> list:

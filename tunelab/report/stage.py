@@ -341,6 +341,7 @@ def _prompt_format(data) -> str:
                 f"turn (the target), through the tokenizer's chat template")
     optional = (f"; optional fields {', '.join(data.optional_fields)} (their paragraph is left out when empty)"
                 if data.optional_fields else "")
+    optional += "".join(f"; rows with no {{{name}}}: {template!r}" for name, template in data.template_if_empty.items())
     if data.chat_template:
         return (f"user turn {data.template!r}, assistant turn {data.target!r}, through the tokenizer's chat "
                 f"template{optional}")
