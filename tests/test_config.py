@@ -47,14 +47,17 @@ def test_set_overrides_are_typed_and_turn_backslash_n_into_newlines():
     assert (r.train.epochs, r.train.lr, r.data.limit, r.train.completion_only) == (1, 1e-4, 10, False)
     assert r.data.template == "Q: {question}\nA: "
     assert r.train.report_to == ["tensorboard"]
+    r = load_recipe("quickstart", [r"data.template_if_empty.question=Q:\nA: "])  # one entry of a mapping
+    assert r.data.template_if_empty == {"question": "Q:\nA: "}
 
 
 def test_set_on_a_key_not_in_the_schema_is_named():
     raw = {}
-    problems = apply_overrides(raw, ["train.epoch=3", "nonsense", "lora.r.x=1"])
+    problems = apply_overrides(raw, ["train.epoch=3", "nonsense", "lora.r.x=1", "data.template_if_empty.a.b=1"])
     assert problems == ["--set train.epoch: no such key in the recipe schema",
                         "--set nonsense: expected dotted.key=value",
-                        "--set lora.r.x: no such key in the recipe schema"]
+                        "--set lora.r.x: no such key in the recipe schema",
+                        "--set data.template_if_empty.a.b: no such key in the recipe schema"]
     assert raw == {}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -352,6 +352,8 @@ def _schema_has(parts: list[str]) -> bool:
         if fields is None or part not in fields:
             return False
         model = fields[part].annotation
+        if get_origin(model) is dict and i == len(parts) - 2:
+            return True  # one entry of a mapping: data.template_if_empty.input
         if i < len(parts) - 1 and not (isinstance(model, type) and issubclass(model, BaseModel)):
             return False
     return True
