@@ -277,6 +277,61 @@ def test_accuracy_per_epoch_equals_scoring_each_epoch_adapter_alone(two_epoch_ru
             sum(p["flexible_correct"] for p in result.predictions if p["model"] == name) / len(prompts))
 
 
+def test_export_of_an_epochs_adapter_or_the_best_one_carries_that_epochs_card(two_epoch_run, monkeypatch, tmp_path,
+                                                                               capsys):
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models import load_adapter
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path)
+    shutil.rmtree(run.eval_dir, ignore_errors=True)  # another test may have evaluated the shared run
+    assert main(["export", str(run.path), str(tmp_path / "x"), "--epoch", "best"]) == 2  # not evaluated yet
+    assert f"tunelab eval {run.path} scores every kept epoch's adapter" in capsys.readouterr().err
+    assert main(["export", str(run.path), str(tmp_path / "x"), "--epoch", "3"]) == 2
+    assert "--epoch: '3'; choose best or an epoch from 1 to 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    evaluation = evaluate(cfg, run).summary
+
+    assert main(["export", str(run.path), str(tmp_path / "one"), "--epoch", "1", "--adapter-only"]) == 0
+    assert "(epoch 1's adapter)" in capsys.readouterr().out
+    exported, kept = (load_file(f / "adapter_model.safetensors") for f in (tmp_path / "one", run.epoch_adapter(1)))
+    assert exported.keys() == kept.keys() and all(exported[k].equal(kept[k]) for k in kept)
+    card = (tmp_path / "one" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    results = {m["name"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert results["flexible-extract accuracy"] == round(evaluation["epoch-1"]["flexible_accuracy"], 4)
+    assert results["validation loss"] == round(run.read_epochs()[1]["val_loss"], 4)  # epoch 1's, not the last
+    assert ", epoch 1 of 2" in card and "not the final one" in card and str(run.epoch_adapter(1).resolve()) in card
+
+    assert main(["export", str(run.path), str(tmp_path / "merged"), "--epoch", "1"]) == 0
+    ids = torch.tensor([[1, 20, 300, 4000]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
+        want = load_adapter(AutoModelForCausalLM.from_pretrained(cfg.model.name), run.epoch_adapter(1))(ids).logits
+    torch.testing.assert_close(merged, want)
+
+    best = evaluation["best_epoch"]["epoch"]
+    assert main(["export", str(run.path), str(tmp_path / "best"), "--epoch", "best", "--adapter-only"]) == 0
+    chosen = load_file(tmp_path / "best" / "adapter_model.safetensors")
+    source = run.adapter if best == 2 else run.epoch_adapter(best)  # the last epoch's is the final adapter
+    assert all(chosen[k].equal(v) for k, v in load_file(source / "adapter_model.safetensors").items())
+    assert ("epoch 1 of 2" in (tmp_path / "best" / "README.md").read_text()) == (best == 1)
+
+    from tunelab.report import write_report
+    for epoch in (1, 2):  # the report says how to take an earlier best epoch, and only then
+        run.write_json(run.eval_summary, {**evaluation, "best_epoch": {**evaluation["best_epoch"], "epoch": epoch}})
+        write_report(run)
+        text = run.report_md.read_text()
+        assert ("The best epoch by answer accuracy is epoch 1, not the last" in text) == (epoch == 1)
+        assert (f"`tunelab export {run.path} OUT --epoch best`" in text) == (epoch == 1)
+
+
 def test_fewshot_prompt_and_stops_follow_lm_eval_gsm8k(gsm8k):
     from tunelab.config import DataConfig
     from tunelab.data import load_splits

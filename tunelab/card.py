@@ -46,24 +46,34 @@ def set_base_model(adapter: Path, base: str) -> None:
         tmp.replace(config_path)
 
 
-def render(run: RunDir) -> str:
-    """The card's text: `---` YAML metadata `---`, then Markdown."""
+def render(run: RunDir, epoch: int | None = None) -> str:
+    """The card's text: `---` YAML metadata `---`, then Markdown. `epoch`: the card of that epoch's adapter
+    (adapters/epoch-N, exported with --epoch) instead of the final one's."""
     cfg = run.read_recipe()
     base = hub_id(cfg.model)
     summary, epochs, evaluation, cost = run.read_summary(), run.read_epochs(), run.read_eval_summary(), \
         run.read_optional(run.cost)
+    epoch = None if epoch == summary["epochs"] else epoch  # the last epoch's adapter is the final one
     meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
-            "tags": ["lora"] + (["dora"] if cfg.lora.use_dora else []) + ["peft", "tunelab", "transformers"] + ([f"base_model:adapter:{base}"] if base else []),
+            "tags": ["lora"] + (["dora"] if cfg.lora.use_dora else []) + ["peft", "tunelab", "transformers"]
+            + ([f"base_model:adapter:{base}"] if base else []),
             "datasets": [cfg.data.source] if _is_hub_dataset(cfg.data.source) else None,
             "license": known_license(cfg.model),
-            "model-index": [{"name": cfg.name, "results": _results(cfg, summary, evaluation)}]}
+            "model-index": [{"name": cfg.name, "results": _results(cfg, summary, evaluation, epochs, epoch)}]}
     meta = {k: v for k, v in meta.items() if v}
-    body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}", "",
+    which = f", epoch {epoch} of {summary['epochs']}" if epoch else ""
+    body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
+            "",
             f"Trained with tunelab from the recipe below: {cfg.lora.method} r={cfg.lora.r}, "
             f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {_targets(cfg.lora.target_modules)}, "
             f"{cfg.train.epochs} epoch(s) over {summary['train_examples']} training rows of `{cfg.data.source}` "
             f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "
             f"this run; none is copied from elsewhere.", ""]
+    if epoch:
+        best = (evaluation or {}).get("best_epoch") or {}
+        why = f": the best epoch by answer accuracy ({best['rule']})" if best.get("epoch") == epoch else ""
+        body += [f"This is the adapter saved after epoch {epoch} (`adapters/epoch-{epoch}`), not the final one{why}; "
+                 f"its figures are the `epoch-{epoch}` rows below.", ""]
     if not base:
         body += ["`base_model` is unknown: `model.name` is a local path. Set `model.hub_id` in the recipe to name "
                  "the Hub model it came from.", ""]
@@ -87,7 +97,7 @@ def render(run: RunDir) -> str:
              f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})",
              *_prompt_lines(cfg), "```", "",
              "## Next", "",
-             handoff.markdown(handoff.for_run(run)),
+             handoff.markdown(handoff.for_run(run, epoch=epoch)),
              "## Recipe", "", "```yaml", run.config.read_text().rstrip(), "```", ""]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
@@ -104,11 +114,13 @@ def _prompt_lines(cfg) -> list[str]:
                   "tokenize=False, add_generation_prompt=True)  # trained as a chat turn"]
 
 
-def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:
-    """model-index results: answer accuracy of the final adapter (when evaluated), the validation loss."""
+def _results(cfg, summary: dict, evaluation: dict | None, epochs: list[dict], epoch: int | None) -> list[dict]:
+    """model-index results: answer accuracy of the final adapter (or of epoch `epoch`'s) when evaluated, and its
+    validation loss."""
     out, names = [], naming(evaluation)
-    if evaluation and "tuned" in evaluation:
-        tuned = evaluation["tuned"]
+    scored = "tuned" if epoch is None else f"epoch-{epoch}"
+    if evaluation and scored in evaluation:
+        tuned = evaluation[scored]
         split = evaluation.get("split", cfg.eval.split)
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                     "dataset": {"name": f"{cfg.data.source} ({split}, {tuned['n']} questions)",
@@ -120,7 +132,9 @@ def _results(cfg, summary: dict, evaluation: dict | None) -> list[dict]:
     out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                 "dataset": {"name": f"{cfg.data.source} (validation, {summary['val_examples']} rows)",
                             "type": cfg.data.source, "split": "validation"},
-                "metrics": [{"type": "loss", "name": "validation loss", "value": round(summary["final_val_loss"], 4)}]})
+                "metrics": [{"type": "loss", "name": "validation loss",
+                             "value": round(summary["final_val_loss"] if epoch is None else epochs[epoch]["val_loss"],
+                                            4)}]})
     return out
 
 

@@ -155,6 +155,8 @@ def _output_commands(sub) -> None:
     s.add_argument("--format", choices=["hf", "gguf"], default="hf",
                    help="hf: safetensors + tokenizer; gguf: one file for llama.cpp / Ollama (Llama, Mistral, Qwen2)")
     s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
+    s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N), or best: the best epoch by answer "
+                                   "accuracy (after tunelab eval); default the final adapter")
     s.set_defaults(func=cmd_export)
 
 
@@ -415,11 +417,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tunelab.export import export, next_commands
+    from tunelab.export import chosen_epoch, export, next_commands
     run, _ = open_run(args.run_dir)
-    out = export(run, Path(args.out_dir), args.adapter_only, args.format, args.quant)
-    print(f"wrote {out}")
-    for what, command in next_commands(run, out, args.format, args.adapter_only):
+    epoch = chosen_epoch(run, args.epoch)
+    out = export(run, Path(args.out_dir), args.adapter_only, args.format, args.quant, epoch)
+    print(f"wrote {out}" + (f" (epoch {epoch}'s adapter)" if epoch else ""))
+    for what, command in next_commands(run, out, args.format, args.adapter_only, epoch):
         print(f"\n# {what}\n{command}")
     return 0
 

@@ -16,32 +16,38 @@ from tunelab.errors import UserError
 from tunelab.rundir import RunDir, atomic_folder
 
 
-def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", quant: str = "f16") -> Path:
+def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", quant: str = "f16",
+           epoch: int | None = None) -> Path:
     """Write the run's model to `out` (must not exist); returns the folder.
 
     `fmt` hf: loadable by `AutoModelForCausalLM.from_pretrained(out)`; gguf: `out/<recipe>-<quant>.gguf` and an
-    Ollama `Modelfile`. `adapter_only` copies the PEFT adapter instead of merging.
+    Ollama `Modelfile`. `adapter_only` copies the PEFT adapter instead of merging. `epoch`: that epoch's adapter
+    (adapters/epoch-N; see `chosen_epoch`) instead of the final one.
 
     Raises:
-        UserError: no adapter in the run, `out` already exists, an unsupported model for GGUF, disk full.
+        UserError: no adapter in the run (or none kept for `epoch`), `out` already exists, an unsupported model for
+            GGUF, disk full.
     """
     run.require(run.adapter_config, "adapter: train first (tunelab train)")
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new output folder")
     if fmt not in ("hf", "gguf"):
         raise UserError(f"--format: {fmt!r}; choose hf or gguf")
+    source = run.require(run.epoch_adapter(epoch), f"epoch-{epoch} adapter: train.keep_epoch_adapters was off") \
+        if epoch else run.adapter
     if run.summary.exists():
         card.write(run)  # the card of the run as it is now (it travels with every export)
     with atomic_folder(out) as tmp:
         if adapter_only:
-            shutil.copytree(run.adapter, tmp, dirs_exist_ok=True)
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            _card_into(run, tmp, epoch)
             return out
         import torch
         from tunelab.handoff import hub_id
         from tunelab.models import load_adapter, load_model, load_tokenizer
         cfg = run.read_recipe()
         model = load_adapter(load_model(cfg.model.model_copy(update={"load_in_4bit": False, "dtype": "float32"}),
-                                        torch.device("cpu")), run.adapter, merge=True)
+                                        torch.device("cpu")), source, merge=True)
         tok = load_tokenizer(cfg.model)
         if fmt == "gguf":
             from tunelab.gguf_export import modelfile, write_gguf
@@ -51,15 +57,46 @@ def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", 
         else:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        if (run.adapter / "README.md").is_file():
-            shutil.copyfile(run.adapter / "README.md", tmp / "README.md")
+        _card_into(run, tmp, epoch)
     return out
 
 
-def next_commands(run: RunDir, out: Path, fmt: str, adapter_only: bool) -> list[tuple[str, str]]:
-    """What a user runs next with the export at `out`."""
+def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
+    """`--epoch`: None (the final adapter), a trained epoch's number, or `best` (the best epoch by answer accuracy
+    in eval/summary.json); the last epoch is the final adapter, so None too.
+
+    Raises:
+        UserError: not a number or best; an epoch the run did not train; best before the run was evaluated.
+    """
+    if epoch is None:
+        return None
+    trained = run.read_summary()["epochs"] if run.summary.exists() else None
+    if epoch == "best":
+        best = (run.read_eval_summary() or {}).get("best_epoch")
+        if not best:
+            raise UserError(f"--epoch best: {run.path} has no best epoch yet (eval/summary.json names it): "
+                            f"tunelab eval {run.path} scores every kept epoch's adapter")
+        number = best["epoch"]
+    elif epoch.isdigit() and trained and 1 <= int(epoch) <= trained:
+        number = int(epoch)
+    else:
+        raise UserError(f"--epoch: {epoch!r}; choose best or an epoch from 1 to {trained or 'the last trained'}")
+    return None if number == trained else number
+
+
+def _card_into(run: RunDir, folder: Path, epoch: int | None) -> None:
+    """The model card of the exported adapter (the final one's, or epoch `epoch`'s) as `folder`/README.md."""
+    if epoch:
+        (folder / "README.md").write_text(card.render(run, epoch))
+    elif (run.adapter / "README.md").is_file():
+        shutil.copyfile(run.adapter / "README.md", folder / "README.md")
+
+
+def next_commands(run: RunDir, out: Path, fmt: str, adapter_only: bool,
+                  epoch: int | None = None) -> list[tuple[str, str]]:
+    """What a user runs next with the export at `out` (of epoch `epoch`'s adapter, or the final one)."""
     from tunelab import handoff
-    pairs = handoff.for_run(run, upload=out, merged=out if fmt == "hf" and not adapter_only else None)
+    pairs = handoff.for_run(run, upload=out, merged=out if fmt == "hf" and not adapter_only else None, epoch=epoch)
     if fmt == "gguf" and not adapter_only:
         cfg = run.read_recipe()
         gguf = next(out.glob("*.gguf"))

@@ -89,6 +89,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
             ("p", "Commands filled in for this run: re-score the adapter with lm-evaluation-harness, serve it with "
                   "vLLM, publish it (adapter/README.md is its model card; `tunelab export` writes a merged model "
                   "or a GGUF for llama.cpp and Ollama)."),
+            *_best_epoch_export(run, evaluation, summary),
             ("details", "the commands", handoff.for_run(run))]))
     sections.append(("Definitions", [("list", DEFINITIONS[:3] + [names.definition] + DEFINITIONS[3:])]))
 
@@ -332,6 +333,17 @@ def _worked_and_watch(found: list) -> list:
     worked = [o.text for o in found if o.kind == "good"] or ["Nothing passed its rule as an improvement."]
     watch = [o.text for o in found if o.kind == "watch"] or ["No rule flagged a problem."]
     return [("p", "What worked:"), ("list", worked), ("p", "What to watch:"), ("list", watch)]
+
+
+def _best_epoch_export(run: RunDir, evaluation: dict | None, summary: dict) -> list:
+    """When an earlier epoch's adapter scored best (the eval's best-epoch rule), how to take that one instead."""
+    best = (evaluation or {}).get("best_epoch") or {}
+    if not best or best["epoch"] >= summary["epochs"] or not run.epoch_adapter(best["epoch"]).is_dir():
+        return []
+    return [("p", f"The best epoch by answer accuracy is epoch {best['epoch']}, not the last ({best['rule']}): "
+                  f"`tunelab export {run.path} OUT --epoch best` exports its adapter (adapters/epoch-{best['epoch']}) "
+                  f"with its own model card, merged, as GGUF or --adapter-only; the commands below use the final "
+                  f"adapter.")]
 
 
 def _prompt_format(data) -> str:
