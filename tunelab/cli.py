@@ -148,6 +148,16 @@ def _output_commands(sub) -> None:
     s.add_argument("--baseline", help="an earlier run for the report's comparison")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("sweep", help="one run per combination of recipe values, then their comparison; "
+                                     "resumable run by run")
+    _recipe_args(s)
+    s.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                   help="a recipe key and the values to try, e.g. --vary train.lr=3e-4,1e-3 (repeatable: every "
+                        "combination runs)")
+    s.add_argument("--run-dir", help="the sweep's folder, one run folder per combination inside "
+                                     "(default runs/<recipe name>-sweep)")
+    s.set_defaults(func=cmd_sweep)
+
     s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
@@ -414,6 +424,36 @@ def cmd_run(args) -> int:
     from tunelab.pipeline import run_all
     run_all(args.recipe, args.overrides, args.run_dir, args.baseline)
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from tunelab.report import headline
+    from tunelab.rundir import RunDir
+    from tunelab.sweep import sweep
+    from tunelab.evaluate.scoring import naming
+    folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir)
+    done = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
+    names = naming(done[0].read_eval_summary() if done else None)
+    table = Table("run", "state", "final val loss", f"tuned {names.flexible}", "tuned − base (95 % CI)", "cost",
+                  title=f"sweep {folder}")
+    for entry in record["runs"]:
+        if entry["state"] != "done":
+            table.add_row(entry["name"], entry["state"], "", "", "", "")
+            continue
+        run = RunDir(folder / entry["name"])
+        s, cost = headline(run), run.read_optional(run.cost, {}).get("cost_usd")
+        ev = s.get("eval", {})
+        accuracy = f"{100 * ev['tuned_flexible_accuracy']:.1f} %" if "tuned_flexible_accuracy" in ev else "—"
+        gain = (f"{ev['flexible_delta_pts']:+.1f} pts ({ev['flexible_ci95_pts'][0]:+.1f}..{ev['flexible_ci95_pts'][1]:+.1f})"
+                if "flexible_delta_pts" in ev else "—")
+        table.add_row(entry["name"], "done", f"{s['final_val_loss']:.4f}", accuracy, gain,
+                      "—" if cost is None else f"${cost:.4f}")
+    Console(width=160).print(table)
+    if (folder / "compare.md").exists():
+        print(f"wrote {folder / 'compare.md'} and {folder / 'compare.html'} (paired tests against the first run)")
+    return 0 if all(e["state"] == "done" for e in record["runs"]) else 1
 
 
 def cmd_export(args) -> int:
