@@ -108,7 +108,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         ("Model", cfg.model.name),
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
-                   f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"),
+                   f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"
+                   + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
