@@ -54,6 +54,11 @@ def test_sweep_runs_each_combination_once_then_compares_them(tiny_model, tmp_pat
     compared = (folder / "compare.md").read_text()
     assert "| lora.r | 4 | 8 |" in compared and "r=4" in compared and "r=8" in compared
     assert "r=4" in out and "r=8" in out and f"wrote {folder / 'compare.md'}" in out
+    assert sorted(p.name for p in folder.iterdir()) == ["compare.html", "compare.md", "compare.png", "r=4", "r=8",
+                                                         "sweep.json"]  # its lock file goes with its holder
+    with RunDir(folder).lock("sweep"):  # another sweep of this folder is under way
+        assert main([*args, "--run-dir", str(folder)]) == 2
+    assert "in use by tunelab process" in capsys.readouterr().err
 
     stamps = [r.summary.stat().st_mtime_ns for r in runs]
     assert main([*args, "--run-dir", str(folder)]) == 0  # resumed: every run finished, nothing retrained

@@ -114,9 +114,10 @@ class RunDir:
     def has_adapter(self) -> bool:
         return self.adapter_config.exists()
 
-    def create(self) -> "RunDir":
+    def create(self, folder: Path | None = None) -> "RunDir":
+        """Make the run directory (and `folder` in it: metrics/ by default), or say why it cannot be made."""
         try:
-            self.metrics.mkdir(parents=True, exist_ok=True)
+            (folder or self.metrics).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"--run-dir {self.path}: cannot create it ({err.strerror})") from None
         if not os.access(self.path, os.W_OK):
@@ -133,7 +134,7 @@ class RunDir:
         Raises:
             UserError: another live process holds the run directory.
         """
-        self.create()
+        self.create(self.path)
         while True:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelab.config import load_recipe
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir, default_run_dir, write_atomic
+from tunelab.rundir import RunDir, default_run_dir, locked, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,18 @@ def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str
     folder = Path(run_dir or default_run_dir(cfg.name, "sweep"))
     record = {"recipe": recipe, "overrides": overrides, "vary": vary_items,
               "runs": [{"name": name, "overrides": combo, "state": "to do"} for name, combo in combos]}
-    _check_same_sweep(folder / "sweep.json", record)
-    for i, entry in enumerate(record["runs"], 1):
-        log.info("sweep: run %d of %d: %s", i, len(combos), entry["name"])
-        from tunelab.pipeline import run_all
-        try:
-            run_all(recipe, overrides + entry["overrides"], str(folder / entry["name"]), None)
-            entry["state"] = "done"
-        except UserError as err:  # one failing combination (a diverging learning rate) does not stop the rest
-            log.error("sweep: %s failed: %s", entry["name"], err)
-            entry["state"] = f"failed: {err}"
-        _write(folder / "sweep.json", record)
+    with locked(RunDir(folder), "sweep"):  # a second sweep on this folder is refused, naming this one's pid
+        _check_same_sweep(folder / "sweep.json", record)
+        for i, entry in enumerate(record["runs"], 1):
+            log.info("sweep: run %d of %d: %s", i, len(combos), entry["name"])
+            from tunelab.pipeline import run_all
+            try:
+                run_all(recipe, overrides + entry["overrides"], str(folder / entry["name"]), None)
+                entry["state"] = "done"
+            except UserError as err:  # one failing combination (a diverging learning rate) does not stop the rest
+                log.error("sweep: %s failed: %s", entry["name"], err)
+                entry["state"] = f"failed: {err}"
+            _write(folder / "sweep.json", record)
     finished = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
     if finished:
         from tunelab.report import compare
