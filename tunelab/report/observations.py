@@ -120,14 +120,14 @@ def generalisation_gap(epochs: list[dict]) -> Observation | None:
 
 
 def accuracy_change(difference: dict, metric: str, base: float, tuned: float,
-                    figure: str = "GSM8K-style accuracy") -> Observation:
+                    figure: str = "GSM8K-style accuracy", compared: str = "tuned − base") -> Observation:
     """Base → tuned answer accuracy (`figure`, by its `metric` variant), judged by the 95 % CI of the paired
-    difference."""
+    difference (`compared`: what minus what, for the rule)."""
     lo, hi = difference["ci95_pts"]
     d = difference["delta_pts"]
     numbers = (f"{100 * base:.1f} % → {100 * tuned:.1f} %, {d:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, "
                f"n = {difference['n']}")
-    rule = "paired bootstrap 95 % CI of tuned − base over the same questions; beyond noise = CI excludes 0"
+    rule = f"paired bootstrap 95 % CI of {compared} over the same questions; beyond noise = CI excludes 0"
     kind, verb = {1: ("good", "rose beyond noise"), -1: ("watch", "fell beyond noise"),
                   0: ("info", "did not change beyond noise")}[_sign(difference["ci95_pts"])]
     return Observation(kind, f"{figure[:1].upper() + figure[1:]} ({metric}) {verb} ({numbers}).", rule)
@@ -194,7 +194,7 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
     elif accuracy_diff:
         out.append(accuracy_change(accuracy_diff, f"{names.flexible}, {this_name} vs {base_name}",
                                    ev_a.get("tuned_flexible_accuracy", 0.0), ev_b.get("tuned_flexible_accuracy", 0.0),
-                                   names.accuracy))
+                                   names.accuracy, f"{this_name}'s tuned adapter − {base_name}'s"))
     elif "tuned_flexible_accuracy" in ev_a and "tuned_flexible_accuracy" in ev_b:
         d = 100 * (ev_b["tuned_flexible_accuracy"] - ev_a["tuned_flexible_accuracy"])
         out.append(Observation("good" if d > 0 else ("watch" if d < 0 else "info"),
