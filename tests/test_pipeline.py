@@ -55,6 +55,7 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     out = capsys.readouterr().out
     assert f"accuracy: not measured ({reason}" in out
     assert re.search(r"train loss \d+\.\d{4} \(one epoch\), val loss", out)  # no first-to-last change in one epoch
+    assert run.read_summary()["train_loss_improvement_pct"] is None  # not a measured 0 % (compare shows —)
     assert reason in caplog.text  # said before training, not after it
     assert reason in run.read_json(run.eval_skipped)["reason"] and not run.eval_summary.exists()
     md = run.report_md.read_text()

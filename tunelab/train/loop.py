@@ -386,7 +386,9 @@ def _summary(loop: Loop, wall: float) -> dict:
         "truncated_examples": loop.truncated,
         "initial_val_loss": epochs[0]["val_loss"], "final_val_loss": last["val_loss"],
         "first_epoch_train_loss": first_train["train_loss"], "final_train_loss": last["train_loss"],
-        "train_loss_improvement_pct": _improvement(first_train["train_loss"], last["train_loss"]),
+        # one epoch has no first-to-last change: None (shown as —), not a measured 0 %
+        "train_loss_improvement_pct": _improvement(first_train["train_loss"], last["train_loss"])
+        if len(epochs) > 2 else None,
         "val_loss_improvement_pct": _improvement(epochs[0]["val_loss"], last["val_loss"]),
         "initial_val_token_accuracy": epochs[0]["val_token_accuracy"],
         "final_train_token_accuracy": last["train_token_accuracy"],
