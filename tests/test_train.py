@@ -295,22 +295,8 @@ def test_default_micro_batch_is_512_tokens_on_cpu_and_sized_to_free_memory_on_cu
     assert runtime.micro_batch_tokens(0, torch.device("cuda"), mistral) == 0  # 0 = never split
 
 
-def test_neftune_noises_the_embeddings_while_training_only(tiny_recipe, tiny_model, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from tunelab.train.forward import add_neftune
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    ids = torch.tensor([[1, 20, 300, 4000, 50]])
-    clean = model.get_input_embeddings()(ids)
-    add_neftune(model, 5.0)
-    model.train()
-    first, second = model.get_input_embeddings()(ids), model.get_input_embeddings()(ids)
-    bound = 5.0 / (5 * clean.shape[-1]) ** 0.5  # alpha / sqrt(L * d)
-    assert not torch.equal(first, second) and (first - clean).abs().max() <= bound
-    assert (first - clean).abs().max() > bound / 2  # uniform over the whole band, not a sliver of it
-    model.eval()
-    assert torch.equal(model.get_input_embeddings()(ids), clean)
-
+def test_neftune_noises_the_embeddings_while_training_only(tiny_recipe, tmp_path):
+    """train.neftune_alpha switches on transformers' NEFTune hook: training feels it, validation never does."""
     epochs = {}
     for alpha in (None, 5.0):
         raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1, "neftune_alpha": alpha}}

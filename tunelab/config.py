@@ -127,8 +127,9 @@ class TrainConfig(Section):
     packing: bool | None = Field(None, description="lay a batch's examples end to end, no padding (same loss); "
                                  "None = on with CUDA + flash attention, off on CPU (where it is slower)")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune (TRL's neftune_noise_alpha; the paper "
-                                        "used 5): while training, uniform noise within +-alpha/sqrt(L*d) on the "
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune, transformers' hook (TRL's "
+                                        "neftune_noise_alpha; the paper used 5): while training, uniform noise "
+                                        "within +-alpha/sqrt(L*d) on the "
                                         "input embeddings, L the batch row's length (padded or packed, as "
                                         "transformers computes it), d the hidden size; never in validation or "
                                         "eval; None = off")

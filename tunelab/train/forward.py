@@ -7,7 +7,6 @@ Run as: tunelab train quickstart          (every training and validation forward
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -76,17 +75,6 @@ class SupervisedLM(torch.nn.Module):
         losses = F.cross_entropy(logits, gold, reduction="none")  # (N,)
         correct = logits.detach().argmax(-1) == gold
         return losses, correct, rows[keep]
-
-
-def add_neftune(model, alpha: float) -> None:
-    """NEFTune (Jain et al., 2023), as transformers' `neftune_post_forward_hook` does it: in training mode only,
-    uniform noise within +-alpha/sqrt(L*d) added to the input embeddings of each (B, L, d) forward."""
-    def noisy(module, args, output):
-        if not module.training:
-            return output
-        bound = alpha / math.sqrt(output.size(1) * output.size(2))
-        return output + torch.empty_like(output).uniform_(-bound, bound)
-    model.get_input_embeddings().register_forward_hook(noisy)
 
 
 def forward_tokens(model, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

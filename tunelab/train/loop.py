@@ -33,7 +33,7 @@ from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder
 from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
-from tunelab.train.forward import PassStats, SupervisedLM, add_neftune, filler, forward_tokens, per_example
+from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
 from tunelab.train.runtime import NonFinite, micro_batch_tokens, stop_signals, tune_for
 from tunelab.trackers import Trackers
 
@@ -140,8 +140,9 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
     fast_lora.install(model)
-    if cfg.train.neftune_alpha:
-        add_neftune(model, cfg.train.neftune_alpha)
+    if cfg.train.neftune_alpha:  # transformers' NEFTune hook: noisy input embeddings in training mode only
+        from transformers.integrations.neftune import activate_neftune
+        activate_neftune(model, cfg.train.neftune_alpha)
     if cfg.train.compile:
         _compile_layers(model)
     if d.main:
