@@ -429,10 +429,10 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     from rich.console import Console
     from rich.table import Table
+    from tunelab.evaluate.scoring import naming
     from tunelab.report import headline
     from tunelab.rundir import RunDir
     from tunelab.sweep import sweep
-    from tunelab.evaluate.scoring import naming
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir)
     done = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
     names = naming(done[0].read_eval_summary() if done else None)
@@ -446,8 +446,8 @@ def cmd_sweep(args) -> int:
         s, cost = headline(run), run.read_optional(run.cost, {}).get("cost_usd")
         ev = s.get("eval", {})
         accuracy = f"{100 * ev['tuned_flexible_accuracy']:.1f} %" if "tuned_flexible_accuracy" in ev else "—"
-        gain = (f"{ev['flexible_delta_pts']:+.1f} pts ({ev['flexible_ci95_pts'][0]:+.1f}..{ev['flexible_ci95_pts'][1]:+.1f})"
-                if "flexible_delta_pts" in ev else "—")
+        low, high = ev.get("flexible_ci95_pts", (0, 0))
+        gain = f"{ev['flexible_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "flexible_delta_pts" in ev else "—"
         table.add_row(entry["name"], "done", f"{s['final_val_loss']:.4f}", accuracy, gain,
                       "—" if cost is None else f"${cost:.4f}")
     Console(width=160).print(table)

@@ -95,9 +95,9 @@ class LoraConfig(Section):
     use_rslora: bool = Field(False, description="rank-stabilised LoRA (PEFT's use_rslora): the update is scaled by "
                                                 "alpha / sqrt(r), not alpha / r, so higher ranks keep learning")
     use_dora: bool = Field(False, description="DoRA (PEFT's use_dora): each adapted weight also learns a magnitude "
-                                              "per output feature, apart from the direction; merged like LoRA for eval and "
-                                              "export; vLLM serves it only merged. Steps are slower (PEFT's DoRA "
-                                              "forward): 1.4x LoRA's time at lora.dropout 0, 2x with dropout, "
+                                              "per output feature, apart from the direction; merged like LoRA for "
+                                              "eval and export; vLLM serves it only merged. Steps are slower (PEFT's "
+                                              "DoRA forward): 1.4x LoRA's time at lora.dropout 0, 2x with dropout, "
                                               "where the base matmul runs twice (the estimate counts it)")
 
     @property
@@ -129,10 +129,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune, transformers' hook (TRL's "
                                         "neftune_noise_alpha; the paper used 5): while training, uniform noise "
-                                        "within +-alpha/sqrt(L*d) on the "
-                                        "input embeddings, L the batch row's length (padded or packed, as "
-                                        "transformers computes it), d the hidden size; never in validation or "
-                                        "eval; None = off")
+                                        "within +-alpha/sqrt(L*d) on the input embeddings, L the batch row's "
+                                        "length (padded or packed, as transformers computes it), d the hidden "
+                                        "size; never in validation or eval; None = off")
     compile: bool = Field(False, description="torch.compile each decoder layer: fused kernels and fewer launches "
                           "(for GPUs, where eager training is launch-bound); a minute or more of compiling first; "
                           "not with sharding=fsdp")

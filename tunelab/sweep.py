@@ -68,7 +68,8 @@ def plan(vary: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
     combos = []
     for values in itertools.product(*[values for _, values in vary]):
         overrides = [f"{key}={value}" for (key, _), value in zip(vary, values)]
-        name = "_".join(f"{last if short else key}={_slug(value)}" for (key, _), last, value in zip(vary, lasts, values))
+        name = "_".join(f"{last if short else key}={_slug(value)}"
+                        for (key, _), last, value in zip(vary, lasts, values))
         combos.append((name, overrides))
     return combos
 
