@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelab.config import load_recipe
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir, default_run_dir, locked, write_atomic
+from tunelab.rundir import RunDir, default_run_dir, locked
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +100,19 @@ def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str
     folder = Path(run_dir or default_run_dir(cfg.name, "sweep"))
     record = {"recipe": recipe, "overrides": overrides, "vary": vary_items,
               "runs": [{"name": name, "overrides": combo, "state": "to do"} for name, combo in combos]}
-    with locked(RunDir(folder), "sweep"):  # a second sweep on this folder is refused, naming this one's pid
-        _check_same_sweep(folder / "sweep.json", record)
+    from tunelab.pipeline import run_all
+    home, plan_file = RunDir(folder), folder / "sweep.json"
+    with locked(home, "sweep"):  # a second sweep on this folder is refused, naming this one's pid
+        _check_same_sweep(home, plan_file, record)
         for i, entry in enumerate(record["runs"], 1):
             log.info("sweep: run %d of %d: %s", i, len(combos), entry["name"])
-            from tunelab.pipeline import run_all
             try:
                 run_all(recipe, overrides + entry["overrides"], str(folder / entry["name"]), None)
                 entry["state"] = "done"
             except UserError as err:  # one failing combination (a diverging learning rate) does not stop the rest
                 log.error("sweep: %s failed: %s", entry["name"], err)
                 entry["state"] = f"failed: {err}"
-            _write(folder / "sweep.json", record)
+            home.write_json(plan_file, record)
     finished = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
     if finished:
         from tunelab.report import compare
@@ -119,18 +120,11 @@ def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str
     return folder, record
 
 
-def _check_same_sweep(path: Path, record: dict) -> None:
-    if path.exists():
-        import json
-        before = json.loads(path.read_text())
-        if (before["recipe"], before["overrides"], before["vary"]) != (record["recipe"], record["overrides"],
-                                                                        record["vary"]):
-            raise UserError(f"{path.parent}: holds another sweep (see its sweep.json); use a new --run-dir, or the "
-                            "same recipe, --set and --vary to resume it")
-    _write(path, record)
-
-
-def _write(path: Path, record: dict) -> None:
-    import json
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+def _check_same_sweep(home: RunDir, plan_file: Path, record: dict) -> None:
+    """Refuse a folder that holds another sweep; write this sweep's plan."""
+    before = home.read_optional(plan_file)
+    if before and (before["recipe"], before["overrides"], before["vary"]) != (record["recipe"], record["overrides"],
+                                                                              record["vary"]):
+        raise UserError(f"{home.path}: holds another sweep (see its sweep.json); use a new --run-dir, or the "
+                        "same recipe, --set and --vary to resume it")
+    home.write_json(plan_file, record)
