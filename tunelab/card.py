@@ -19,7 +19,7 @@ import yaml
 from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.handoff import hub_id, is_local, known_license
-from tunelab.rundir import RunDir
+from tunelab.rundir import RunDir, epochs_trained
 
 
 def write(run: RunDir) -> Path | None:
@@ -66,7 +66,7 @@ def render(run: RunDir, epoch: int | None = None) -> str:
             "",
             f"Trained with tunelab from the recipe below: {cfg.lora.method} r={cfg.lora.r}, "
             f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {_targets(cfg.lora.target_modules)}, "
-            f"{cfg.train.epochs} epoch(s) over {summary['train_examples']} training rows of `{cfg.data.source}` "
+            f"{_epochs_trained(summary)} over {summary['train_examples']} training rows of `{cfg.data.source}` "
             f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "
             f"this run; none is copied from elsewhere.", ""]
     if epoch:
@@ -100,6 +100,12 @@ def render(run: RunDir, epoch: int | None = None) -> str:
              handoff.markdown(handoff.for_run(run, epoch=epoch)),
              "## Recipe", "", "```yaml", run.config.read_text().rstrip(), "```", ""]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+
+
+def _epochs_trained(summary: dict) -> str:
+    """"3 epoch(s)", or "2 of 3 planned epochs (early stopping)" when validation loss stopped the run."""
+    trained, planned = epochs_trained(summary)
+    return f"{trained} of {planned} planned epochs (early stopping)" if trained < planned else f"{trained} epoch(s)"
 
 
 def _prompt_lines(cfg) -> list[str]:

@@ -510,6 +510,9 @@ def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
     console.print(table)
     console.print(f"{train_loss_change(summary)}, val loss improvement {summary['val_loss_improvement_pct']:.1f} %, "
                   f"{summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB")
+    if summary["epochs"] < summary["epochs_planned"]:
+        console.print(f"early stopping: {summary['epochs']} of {summary['epochs_planned']} epochs, validation loss "
+                      f"lowest at epoch {summary['best_val_epoch']} (patience {summary['early_stopping_patience']})")
 
 
 if __name__ == "__main__":

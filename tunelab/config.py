@@ -135,6 +135,11 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile each decoder layer: fused kernels and fewer launches "
                           "(for GPUs, where eager training is launch-bound); a minute or more of compiling first; "
                           "not with sharding=fsdp")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop training once this many epochs in a "
+                                                "row end with a validation loss not below the lowest before them "
+                                                "(epoch 0, before training, counts); the final adapter is the last "
+                                                "epoch trained, the best one stays in adapters/epoch-N (unless "
+                                                "train.keep_epoch_adapters is false); None = run every epoch")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
                                       "per epoch); false = only the final adapter/")
@@ -163,7 +168,7 @@ class EvalConfig(Section):
     batch_size: int = Field(0, ge=0, description="rows decoded together (continuous-batching slots); 0 = automatic "
                                                  "(CPU 48; CUDA from free memory)")
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
-                                                  "kept epoch's; None = all for runs of <= 5 epochs, else last")
+                                                  "kept epoch's; None = all for runs that trained <= 5 epochs, else last")
     fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "answered by the base model and the tuned adapter, shown in the report side by side, not "

@@ -70,7 +70,7 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
     """
     if epoch is None:
         return None
-    trained = run.read_summary()["epochs"] if run.summary.exists() else None
+    trained = (run.read_summary() or {}).get("epochs")
     if epoch == "best":
         best = (run.read_eval_summary() or {}).get("best_epoch")
         if not best:

@@ -44,7 +44,9 @@ LAYOUT = {
                                             "false`); the last equals `adapter/`"),
     "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),
     "wandb/": ("wandb", "Weights & Biases' local run files and the W&B run id, with `train.report_to: [wandb]`"),
-    "summary.json": ("summary", "the train stage's headline figures (see Definitions)"),
+    "summary.json": ("summary", "the train stage's headline figures (see Definitions); `epochs` is the epochs "
+                                "trained, `epochs_planned` the recipe's (fewer trained when early stopping ended "
+                                "the run)"),
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),
@@ -193,6 +195,11 @@ class RunDir:
     def read_summary(self) -> dict | None:
         return self.read_optional(self.summary)
 
+    def trained_epochs(self, cfg) -> int:
+        """Epochs the train stage ran: fewer than `train.epochs` when early stopping ended it; before training
+        (an adapter evaluated on its own), the recipe's."""
+        return (self.read_summary() or {}).get("epochs", cfg.train.epochs)
+
     def read_eval_summary(self) -> dict | None:
         return self.read_optional(self.eval_summary)
 
@@ -214,6 +221,14 @@ class RunDir:
 
 
 _ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items() if attr}
+
+
+def epochs_trained(summary: dict | None) -> tuple[int, int]:
+    """(epochs trained, epochs planned) of a train summary; summaries written before early stopping existed have
+    no `epochs_planned`: every planned epoch ran."""
+    if not summary:
+        return 1, 1
+    return summary["epochs"], summary.get("epochs_planned", summary["epochs"])
 
 
 def layout_table() -> str:

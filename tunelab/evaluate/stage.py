@@ -96,7 +96,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                 _store(cfg, p, rows, stats[p.name])
         predictions = [r for r in predictions if r["model"] != p.name] + rows
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0], **stats,
-               **comparisons(predictions, stats, [q.id for q in questions], cfg.train.epochs, cfg.eval.fewshot,
+               **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible)}
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
@@ -172,9 +172,9 @@ def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     return name, rows[:cfg.eval.limit] if cfg.eval.limit else rows
 
 
-def epochs_to_score(cfg: Recipe) -> str:
-    """`eval.epochs`, or by default every epoch for runs of up to 5 epochs and the last otherwise."""
-    return cfg.eval.epochs or ("all" if cfg.train.epochs <= 5 else "last")
+def epochs_to_score(cfg: Recipe, trained: int) -> str:
+    """`eval.epochs`, or by default every epoch for runs that trained up to 5 epochs and the last otherwise."""
+    return cfg.eval.epochs or ("all" if trained <= 5 else "last")
 
 
 def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[Example], only: str | None,
@@ -197,10 +197,11 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
                 few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget))
     if adapter and only in (None, "tuned"):
-        if epochs_to_score(cfg) == "all":
+        last = run.trained_epochs(cfg)
+        if epochs_to_score(cfg, last) == "all":
             passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k, max_new_tokens=budget)
-                       for k in range(1, cfg.train.epochs) if (run.epoch_adapter(k) / "adapter_config.json").exists()]
-        passes.append(Pass("tuned", prompts, stop, run.adapter, cfg.train.epochs, max_new_tokens=budget))
+                       for k in range(1, last) if (run.epoch_adapter(k) / "adapter_config.json").exists()]
+        passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))
     return passes
 
 

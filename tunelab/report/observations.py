@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
+from tunelab.rundir import epochs_trained
 
 TOLERANCE = 0.01  # 1 % relative change
 
@@ -141,16 +142,50 @@ def truncation(summary: dict) -> Observation | None:
                        "count of examples cut by max_length (examples left with no target token are dropped)")
 
 
-def cost_accuracy(estimate: dict, actual: dict) -> Observation | None:
+def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> Observation | None:
+    """Measured against estimated time; when early stopping cut the run short, against the estimate's share for
+    the epochs trained."""
     if not estimate or not estimate.get("hours") or not actual:
         return None
-    ratio = actual["device_hours"] / estimate["hours"]
+    trained, planned = epochs_trained(summary)
+    share = trained / planned
+    hours, usd = estimate["hours"] * share, estimate["cost_usd"] * share
+    ratio = actual["device_hours"] / hours
     kind = "info" if 0.5 <= ratio <= 2 else "watch"
+    scaled = f" for the {trained} of {planned} planned epochs trained" if share < 1 else ""
     return Observation(kind, f"The run took {ratio:.2f}× its estimated time ({actual['device_hours'] * 60:.1f} min "
-                       f"measured vs {estimate['hours'] * 60:.1f} min estimated; ${actual['cost_usd']:.4f} vs "
-                       f"${estimate['cost_usd']:.4f}).",
-                       "measured device-hours (whole train stage, model loading included) / estimated hours; "
-                       "outside 0.5–2× is flagged")
+                       f"measured vs {hours * 60:.1f} min estimated{scaled}; ${actual['cost_usd']:.4f} vs "
+                       f"${usd:.4f}).",
+                       "measured device-hours (whole train stage, model loading included) / estimated hours"
+                       + (" × epochs trained / epochs planned" if scaled else "") + "; outside 0.5–2× is flagged")
+
+
+def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Observation | None:
+    """What `train.early_stopping_patience` did: the epoch it stopped after, the validation losses that stopped
+    it, and what the epochs not run would have cost at the measured pace."""
+    trained, planned = epochs_trained(summary)
+    patience = summary.get("early_stopping_patience")
+    if not patience:
+        return None
+    val = [e["val_loss"] for e in epochs]
+    best = min(range(len(val)), key=val.__getitem__)
+    rule = (f"train.early_stopping_patience = {patience}: stop once {patience} epoch(s) in a row end with a "
+            "validation loss not below the lowest before them (epoch 0 counts)")
+    if trained == planned:
+        return Observation("info", f"Early stopping (patience {patience}) did not stop the run: all {planned} "
+                           f"epochs ran; lowest validation loss at epoch {best} ({val[best]:.3f}).", rule)
+    ran = [e for e in epochs if e["train_loss"] is not None]
+    per_epoch = sum(e["seconds"] + e["val_seconds"] for e in ran) / len(ran)
+    saved = (planned - trained) * per_epoch
+    price = f", ${saved / 3600 * cost['usd_per_hour']:.4f} at ${cost['usd_per_hour']:.3f}/h" if cost else ""
+    return Observation("info", f"Early stopping ended training after epoch {trained} of {planned}: validation loss "
+                       f"{_arrow(val[best:])} did not go below epoch {best}'s {val[best]:.3f} for {trained - best} "
+                       f"epoch(s). The {planned - trained} epoch(s) not run would have taken about "
+                       f"{saved / 60:.1f} min{price}. The final adapter is epoch {trained}'s"
+                       + (f"; epoch {best}'s is adapters/epoch-{best}." if best else "; no epoch beat the base "
+                          "model's validation loss."),
+                       rule + "; time saved = epochs not run × the mean seconds (train + validation) of the "
+                       "epochs that ran")
 
 
 def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss_diff: dict | None = None,

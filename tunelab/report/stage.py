@@ -17,7 +17,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, open_run
+from tunelab.rundir import RunDir, epochs_trained, open_run
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -114,7 +114,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
                   "kept for evaluation"),
-        ("Epochs", f"{summary['epochs']} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
+        ("Epochs", f"{_epochs_run(summary)} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
                    f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
         ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab") if env.get(k))),
@@ -127,6 +127,14 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
                                                  f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"))
     return [("table", ["", "value"], rows)]
+
+
+def _epochs_run(summary: dict) -> str:
+    """The Overview's epoch count: "3", or "2 of 3, stopped early by patience 1"."""
+    (trained, planned), patience = epochs_trained(summary), summary.get("early_stopping_patience")
+    if trained < planned:
+        return f"{trained} of {planned}, stopped early by patience {patience}"
+    return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
@@ -197,9 +205,9 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.fewshot_baseline(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
-    cost_obs = rules.cost_accuracy(run.read_optional(run.estimate), run.read_optional(run.cost))
-    if cost_obs:
-        found.append(cost_obs)
+    cost = run.read_optional(run.cost)
+    found += [o for o in (rules.early_stopping(epochs, summary, cost),
+                          rules.cost_accuracy(run.read_optional(run.estimate), cost, summary)) if o]
     return found
 
 

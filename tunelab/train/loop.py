@@ -99,6 +99,11 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
+            if stale_epochs(state.epochs) >= (cfg.train.early_stopping_patience or math.inf):
+                log.info("early stopping after epoch %d of %d: validation loss not below epoch %d's for %d epoch(s)",
+                         epoch - 1, cfg.train.epochs, epoch - 1 - stale_epochs(state.epochs),
+                         stale_epochs(state.epochs))
+                break
             t0 = time.time() - state.epoch_seconds
             stats, examples = _train_epoch(loop, epoch, stop, progress, trackers)
             _end_epoch(loop, epoch, stats, examples, time.time() - t0)
@@ -179,6 +184,13 @@ def _checkpoint_to_resume(run: RunDir, d: distributed.Dist) -> Path:
                         f"this is {d.world}; resume with {written_by} so the global batch "
                         f"(train.grad_accum x processes) and the data position stay the same")
     return start_from
+
+
+def stale_epochs(epochs: list[dict]) -> int:
+    """Epochs since the lowest validation loss (epoch 0 included; a tie is no improvement): what
+    `train.early_stopping_patience` counts. Decided from the epoch rows alone, so a resumed run decides the same."""
+    best = min(range(len(epochs)), key=lambda i: epochs[i]["val_loss"])
+    return len(epochs) - 1 - best
 
 
 def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[PassStats, list[dict]]:
@@ -380,7 +392,9 @@ def _summary(loop: Loop, wall: float) -> dict:
     cfg, epochs, state = loop.cfg, loop.state.epochs, loop.state
     first_train, last = epochs[1], epochs[-1]
     summary = {
-        "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source, "epochs": cfg.train.epochs,
+        "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source,
+        "epochs": last["epoch"], "epochs_planned": cfg.train.epochs,
+        "early_stopping_patience": cfg.train.early_stopping_patience,
         "train_examples": len(loop.train_items), "val_examples": len(loop.val_items),
         "test_examples": len(loop.splits.test), "skipped_rows": len(loop.splits.skipped),
         "deduplicated_rows": loop.splits.deduplicated,

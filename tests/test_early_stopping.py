@@ -1,0 +1,100 @@
+"""train.early_stopping_patience: a run stops where its own validation curve says, resumes to the same stop, and
+the eval, report and model card know how many epochs ran."""
+
+import random
+import shutil
+
+import pytest
+
+from conftest import write_jsonl
+from tunelab.config import validate
+from tunelab.rundir import RunDir
+from tunelab.train import train
+from tunelab.train.loop import stale_epochs
+
+PLANNED = 8
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_model, tmp_path_factory):
+    """Answers drawn at random per row: nothing generalises, so at a high constant learning rate the validation
+    loss wanders up and down after the first epochs."""
+    rng = random.Random(0)
+    words = ["red", "blue", "green", "cat", "dog", "seven", "tree", "moon"]
+    data = write_jsonl(tmp_path_factory.mktemp("data") / "random.jsonl",
+                       [{"question": f"item {i}", "answer": " ".join(rng.choice(words) for _ in range(4))}
+                        for i in range(60)])
+    return {"name": "es", "model": {"name": str(tiny_model)},
+            "data": {"source": str(data), "template": "{question}: ", "target": "{answer}", "val_fraction": 0.25},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+            "train": {"epochs": PLANNED, "batch_size": 4, "lr": 0.1, "scheduler": "constant", "max_length": 64,
+                      "warmup_ratio": 0.0},
+            "eval": {"scoring": "none"}}
+
+
+@pytest.fixture(scope="module")
+def full(recipe, tmp_path_factory):
+    """Every planned epoch, no early stopping: the curve the patience runs must cut."""
+    return train(validate(recipe, "es"), RunDir(tmp_path_factory.mktemp("full") / "run")).epochs
+
+
+def expected_stop(epochs: list[dict], patience: int) -> int:
+    """The first epoch after which `patience` epochs in a row did not go below the lowest validation loss before."""
+    for end in range(1, len(epochs)):
+        best = min(range(end + 1), key=lambda i: epochs[i]["val_loss"])
+        if end - best >= patience:
+            return end
+    return len(epochs) - 1
+
+
+def test_stale_epochs_counts_epochs_since_the_lowest_validation_loss_and_a_tie_is_no_improvement():
+    rows = [{"val_loss": v} for v in (2.0, 1.5, 1.6, 1.5)]
+    assert stale_epochs(rows[:2]) == 0
+    assert stale_epochs(rows[:3]) == 1
+    assert stale_epochs(rows) == 2  # 1.5 again is not below 1.5
+    assert stale_epochs([{"val_loss": 1.0}, {"val_loss": 1.2}]) == 1  # epoch 0 (before training) counts
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_a_run_stops_where_its_own_validation_curve_says_and_keeps_that_prefix(recipe, full, patience, tmp_path):
+    stop = expected_stop(full, patience)
+    assert stop < PLANNED, "the random-answer data must give the curve a non-improving stretch"
+    raw = {**recipe, "train": {**recipe["train"], "early_stopping_patience": patience}}
+    run = RunDir(tmp_path / "run")
+    epochs = train(validate(raw, "es"), run).epochs
+    assert [e["val_loss"] for e in epochs] == [e["val_loss"] for e in full[:stop + 1]]  # same seed, same prefix
+    summary = run.read_json(run.summary)
+    assert (summary["epochs"], summary["epochs_planned"], summary["early_stopping_patience"]) == \
+        (stop, PLANNED, patience)
+    assert run.epoch_adapter(stop).is_dir() and not run.epoch_adapter(stop + 1).exists()
+    assert {s["epoch"] for s in run.read_jsonl(run.steps)} == set(range(1, stop + 1))
+
+
+def test_a_run_killed_after_stopping_resumes_to_the_same_stop(recipe, full, tmp_path):
+    from tunelab.cli import main
+    stop = expected_stop(full, 1)
+    raw = {**recipe, "train": {**recipe["train"], "early_stopping_patience": 1}}
+    run = RunDir(tmp_path / "run")
+    train(validate(raw, "es"), run)
+    run.summary.unlink()  # as if killed after the last epoch's checkpoint, before the outputs were written
+    shutil.rmtree(run.adapter)
+    assert main(["-q", "train", "--resume", str(run.path)]) == 0
+    assert run.read_json(run.summary)["epochs"] == stop
+    assert [e["epoch"] for e in run.read_epochs()] == list(range(stop + 1))
+
+
+def test_the_report_the_card_and_the_eval_plan_count_the_epochs_that_ran(recipe, full, tmp_path):
+    from tunelab.evaluate.stage import _plan
+    from tunelab.report import write_report
+    stop = expected_stop(full, 1)
+    cfg = validate({**recipe, "train": {**recipe["train"], "early_stopping_patience": 1}}, "es")
+    run = RunDir(tmp_path / "run")
+    train(cfg, run)
+    write_report(run)
+    report = run.report_md.read_text()
+    assert f"| Epochs | {stop} of {PLANNED}, stopped early by patience 1 (batch 4" in report
+    assert f"Early stopping ended training after epoch {stop} of {PLANNED}:" in report
+    assert f"for the {stop} of {PLANNED} planned epochs trained" in report  # the estimate is scaled to them
+    assert f"{stop} of {PLANNED} planned epochs (early stopping)" in (run.adapter / "README.md").read_text()
+    passes = _plan(cfg, run, [], [], "tuned", True, tok=None)  # numeric mode: no tokenizer needed to plan
+    assert [(p.name, p.epoch) for p in passes] == [*((f"epoch-{k}", k) for k in range(1, stop)), ("tuned", stop)]
