@@ -22,7 +22,8 @@ from tunelab.train import train
 @pytest.fixture
 def recipe(tiny_recipe, tmp_path):
     raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "synthetic_rows": 240},
-           "train": {**tiny_recipe["train"], "epochs": 2, "checkpoint_every": 4, "batch_size": 4}}
+           "train": {**tiny_recipe["train"], "epochs": 2, "checkpoint_every": 4, "batch_size": 4,
+                                                   "val_every": 10}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return raw, path
@@ -64,6 +65,9 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
             assert x[key] == pytest.approx(y[key], abs=1e-5), key
     steps = [s["step"] for s in resumed.read_jsonl(resumed.steps)]
     assert steps == list(range(1, len(steps) + 1))  # no optimizer step repeated or skipped
+    validation = [(v["step"], v["epoch_end"]) for v in resumed.read_jsonl(resumed.validation)]
+    assert validation == [(v["step"], v["epoch_end"]) for v in straight.read_jsonl(straight.validation)]
+    assert len(validation) == len(set(validation)) > 3  # train.val_every's passes, none repeated by the resume
     assert_same_adapter(straight.path, resumed.path, atol=1e-5, rtol=1e-4)
     assert resumed.read_json(resumed.summary)["resumed_from"]
 

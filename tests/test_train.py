@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_model
+from conftest import assert_same_adapter, make_tiny_model
 from tunelab.config import validate
 from tunelab.rundir import RunDir
 from tunelab.train import train
@@ -306,3 +306,28 @@ def test_neftune_noises_the_embeddings_while_training_only(tiny_recipe, tmp_path
     from tunelab.report import write_report
     write_report(RunDir(tmp_path / "5.0"))
     assert "; NEFTune noise alpha 5 |" in RunDir(tmp_path / "5.0").report_md.read_text()
+
+
+def test_val_every_adds_validation_passes_between_epochs_without_changing_the_training(tiny_recipe, tmp_path):
+    """train.val_every: validation every N optimizer steps inside an epoch (no dropout, no RNG drawn), so the
+    epochs, steps and adapter equal a run without it; every pass is in metrics/validation.jsonl."""
+    runs = {}
+    for every in (0, 2):
+        raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "batch_size": 4, "lr": 1e-2, "val_every": every}}
+        runs[every] = RunDir(tmp_path / str(every))
+        train(validate(raw, "val-every"), runs[every])
+    plain, fine = runs[0], runs[2]
+    losses = ("train_loss", "val_loss", "val_token_accuracy", "tokens")
+    assert [[e[k] for k in losses] for e in fine.read_epochs()] == [[e[k] for k in losses] for e in plain.read_epochs()]
+    assert [s["loss"] for s in fine.read_steps()] == [s["loss"] for s in plain.read_steps()]
+    assert_same_adapter(plain.path, fine.path, atol=0, rtol=0)
+    per_epoch = -(-fine.read_json(fine.summary)["train_examples"] // 4)
+    validation = fine.read_jsonl(fine.validation)
+    assert [v["step"] for v in validation] == sorted({0, *range(2, 2 * per_epoch + 1, 2), per_epoch, 2 * per_epoch})
+    ends = [v for v in validation if v["epoch_end"]]
+    assert [(v["epoch"], v["val_loss"]) for v in ends] == [(e["epoch"], e["val_loss"]) for e in fine.read_epochs()]
+    assert [v["step"] for v in plain.read_jsonl(plain.validation)] == [0, per_epoch, 2 * per_epoch]
+    assert fine.read_examples() == plain.read_examples()  # per-row losses at epoch ends only
+    from tunelab.report import write_report
+    write_report(fine)
+    assert f"Over {len(validation)} validation passes the loss was lowest at step" in fine.report_md.read_text()

@@ -135,6 +135,9 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile each decoder layer: fused kernels and fewer launches "
                           "(for GPUs, where eager training is launch-bound); a minute or more of compiling first; "
                           "not with sharding=fsdp")
+    val_every: int = Field(0, ge=0, description="optimizer steps between extra validation passes inside an "
+                           "epoch (TRL's eval_steps), for a validation curve finer than epochs "
+                           "(metrics/validation.jsonl); each epoch's end is validated anyway; 0 = epoch ends only")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop training once this many epochs in a "
                                                 "row end with a validation loss not below the lowest before them "
                                                 "(epoch 0, before training, counts); the final adapter is the last "

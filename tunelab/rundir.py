@@ -34,6 +34,9 @@ LAYOUT = {
     "metrics/epochs.jsonl": ("epochs", "per epoch: `epoch`, `train_loss`, `train_token_accuracy`, `val_loss`, "
                                        "`val_token_accuracy`, `seconds`, `tokens`, `val_seconds`, `val_tokens`; "
                                        "epoch 0 is validation before the first step"),
+    "metrics/validation.jsonl": ("validation", "every validation pass: `step` (optimizer steps taken), `epoch`, "
+                                               "`epoch_end` (false for the extra passes of `train.val_every`), "
+                                               "`val_loss`, `val_token_accuracy`, `val_seconds`"),
     "metrics/examples.jsonl": ("examples", "every train and validation example's loss and supervised tokens per "
                                           "epoch"),
     "checkpoints/step-N/": ("checkpoints", "adapter weights, optimizer, scheduler, RNG states, data position, "

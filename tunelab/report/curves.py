@@ -19,8 +19,9 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def learning_curves(epochs: list[dict], steps: list[dict], out: Path) -> Path:
-    """Train/val loss and token accuracy per epoch (epoch 0 = before training), plus step loss."""
+def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation: list[dict] = ()) -> Path:
+    """Train/val loss and token accuracy per epoch (epoch 0 = before training), plus step loss with every
+    validation pass (metrics/validation.jsonl) at the step it was taken."""
     plt = _pyplot()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
     ep = [e["epoch"] for e in epochs]
@@ -32,8 +33,12 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path) -> Path:
     b.plot([e["epoch"] for e in trained], [100 * e["train_token_accuracy"] for e in trained], "s--", label="train")
     b.set(title="Token accuracy per epoch", xlabel="epoch", ylabel="%")
     if steps:
-        c.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1)
-    c.set(title="Train loss per step", xlabel="optimizer step", ylabel="loss")
+        c.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1, label="train (step)")
+    if validation:
+        c.plot([v["step"] for v in validation], [v["val_loss"] for v in validation], "o-", ms=4,
+               label="validation")
+        c.legend()
+    c.set(title="Loss per step", xlabel="optimizer step", ylabel="loss")
     for ax in (a, b):
         ax.set_xticks(ep)
         ax.legend()

@@ -90,6 +90,25 @@ def overfitting(epochs: list[dict], val_rows: dict[int, dict] | None = None) -> 
                        "curve (more validation rows would steady it); no sign of overfitting at the end.", rule)
 
 
+def validation_between_epochs(validation: list[dict]) -> Observation | None:
+    """With `train.val_every`: where the finer validation curve was lowest, and whether that was between epochs
+    (where no adapter is kept) rather than at an epoch's end."""
+    if all(v["epoch_end"] for v in validation):
+        return None
+    best = min(validation, key=lambda v: v["val_loss"])
+    last = validation[-1]
+    where = "at the end of epoch" if best["epoch_end"] else "inside epoch"
+    rule = ("validation loss every train.val_every optimizer steps and at each epoch's end; lowest = smallest "
+            "value, the first one on a tie")
+    text = (f"Over {len(validation)} validation passes the loss was lowest at step {best['step']} ({where} "
+            f"{best['epoch']}): {best['val_loss']:.3f}, against {last['val_loss']:.3f} at the last (step "
+            f"{last['step']}).")
+    if not best["epoch_end"] and best is not last:
+        return Observation("watch", text + " Adapters are kept at epoch ends only, so none is from that point.",
+                           rule)
+    return Observation("info", text, rule)
+
+
 def train_trend(epochs: list[dict], summary: dict) -> Observation:
     train = [e["train_loss"] for e in epochs[1:]]
     rule = "train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss"

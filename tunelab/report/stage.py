@@ -52,14 +52,14 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     title = cfg.report.title or f"Detailed Analysis Report — {cfg.name}"
     figures = run.report_files
     figures.mkdir(exist_ok=True)
-    curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png")
+    curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png", run.read_jsonl(run.validation))
     evaluation = run.read_eval_summary()
     names = naming(evaluation)
     analysis = run.read_analysis_summary()
     found = _observations(run, summary, epochs, evaluation)
 
     pictures = [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), and train loss "
-                                "per optimizer step")]
+                                "per optimizer step with each validation pass at its step")]
     if evaluation and evaluation.get("epochs"):
         pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png"),
                          f"{names.title} of the base model (epoch 0) and after each scored epoch, "
@@ -196,6 +196,7 @@ def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tupl
 def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
     names = naming(evaluation)
     found = [rules.overfitting(epochs, val_rows(run)), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
+    found += [o for o in (rules.validation_between_epochs(run.read_jsonl(run.validation)),) if o]
     found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary)) if o]
     if evaluation and "flexible_difference" in evaluation:
         for metric in ("flexible", "strict"):

@@ -25,6 +25,7 @@ class State:
     step: int = 0  # optimizer steps taken in total
     epochs: list = field(default_factory=list)  # finished epoch rows (epoch 0 = before training)
     step_log: list = field(default_factory=list)
+    val_log: list = field(default_factory=list)  # every validation pass: step, epoch, loss, token accuracy
     example_log: list = field(default_factory=list)
     epoch_sums: dict = field(default_factory=dict)  # this epoch's PassStats so far
     epoch_seconds: float = 0.0  # training seconds spent in this epoch so far

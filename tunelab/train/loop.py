@@ -168,9 +168,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
         loop.state = checkpoint.load(start_from, net, optimizer, scheduler)
         log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)
     else:
-        t0 = time.time()
-        val = _validate(loop, 0)
-        loop.state.epochs.append(_epoch_row(0, None, val, 0.0, time.time() - t0))
+        val, seconds = _validate_logged(loop, 0)
+        loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
     return loop
 
 
@@ -213,6 +212,11 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
             trackers.log({f"train/{k}": v for k, v in row.items()}, state.step)
         progress.advance(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}",
                          epoch=f"{epoch}/{cfg.train.epochs}")
+        if cfg.train.val_every and state.step % cfg.train.val_every == 0 and state.epoch_step < loop.steps_per_epoch:
+            val, seconds = _validate_logged(loop, epoch, epoch_end=False)
+            t0 += seconds  # training time excludes validation
+            loop.net.train()
+            trackers.log({"val/loss": val.loss, "val/token_accuracy": val.accuracy}, state.step)
         every = cfg.train.checkpoint_every
         if stop.requested or (every and state.step % every == 0 and state.epoch_step < loop.steps_per_epoch):
             path = _save(loop)
@@ -228,9 +232,8 @@ def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], s
     state.train_seconds += seconds
     state.train_tokens += stats.real_tokens
     state.example_log += loop.d.gather(examples)
-    t0 = time.time()
-    val = _validate(loop, epoch)
-    state.epochs.append(_epoch_row(epoch, stats, val, seconds, time.time() - t0))
+    val, val_seconds = _validate_logged(loop, epoch)
+    state.epochs.append(_epoch_row(epoch, stats, val, seconds, val_seconds))
     state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
     if loop.cfg.train.keep_epoch_adapters:
         _save_adapter(loop, loop.run.epoch_adapter(epoch))  # before the checkpoint: a resume rewrites it
@@ -315,8 +318,20 @@ def _apply_update(loop: Loop, loss_sum: float, step_supervised: int) -> tuple[fl
     return float(grad_norm), lr
 
 
+def _validate_logged(loop: Loop, epoch: int, epoch_end: bool = True) -> tuple[PassStats, float]:
+    """A validation pass recorded in the validation log (metrics/validation.jsonl); returns it and its seconds.
+    `epoch_end`: also each row's loss in the example log (the data map and paired tests use them)."""
+    t0 = time.time()
+    val = _validate(loop, epoch, epoch_end)
+    seconds = time.time() - t0
+    loop.state.val_log.append({"step": loop.state.step, "epoch": epoch, "epoch_end": epoch_end,
+                               "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
+                               "val_seconds": round(seconds, 3)})
+    return val, seconds
+
+
 @torch.no_grad()
-def _validate(loop: Loop, epoch: int) -> PassStats:
+def _validate(loop: Loop, epoch: int, log_rows: bool = True) -> PassStats:
     """Validation pass (no dropout); batches are dealt round-robin to ranks and the sums combined."""
     cfg, d = loop.cfg, loop.d
     loop.net.eval()
@@ -331,7 +346,8 @@ def _validate(loop: Loop, epoch: int) -> PassStats:
         stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.real_tokens)
         rows_out += [{"id": loop.splits.val[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5),
                       "tokens": n} for i, loss, n in per_example(losses, rows, b)]
-    loop.state.example_log += d.gather(rows_out)
+    if log_rows:
+        loop.state.example_log += d.gather(rows_out)
     total = PassStats()
     loss_sum, correct, supervised, real = d.sum([stats.loss_sum, stats.correct, stats.supervised_tokens,
                                                  stats.real_tokens])
@@ -364,6 +380,7 @@ def _write_outputs(loop: Loop, wall: float) -> dict:
     run, state = loop.run, loop.state
     run.write_jsonl(run.steps, state.step_log)
     run.write_jsonl(run.epochs, state.epochs)
+    run.write_jsonl(run.validation, state.val_log)
     run.write_jsonl(run.examples, state.example_log)
     summary = _summary(loop, wall)
     run.write_json(run.summary, summary)
