@@ -79,22 +79,26 @@ def make_run(path: Path, val=(2.31, 1.62, 1.55), train=(1.9, 1.4), epochs_n=2, e
     return path
 
 
-def add_eval(path: Path, correct: dict[str, list[bool]], final_epoch: int = 2, fewshot: int = 0) -> dict:
+def add_eval(path: Path, correct: dict[str, list[bool]], final_epoch: int = 2, fewshot: int = 0,
+             labels: list[str] | None = None) -> dict:
     """Replace the run's eval files with prediction rows of these models (True = flexible-correct; strict the
-    same) on questions test-0.., and the summary tunelab computes from them."""
-    from tunelab.evaluate.summary import comparisons
+    same) on questions test-0.. (with `labels`: each question's data.label_field value), and the summary tunelab
+    computes from them."""
+    from tunelab.evaluate.summary import by_category, comparisons
     rows, stats = [], {}
     for model, flags in correct.items():
         for i, ok in enumerate(flags):
             rows.append({"id": f"test-{i}", "model": model, "question": f"Question {i}: how many apples?",
                          "reference": str(i), "completion": f"{model} says {i if ok else i + 1}\n#### {i if ok else i + 1}",
                          "flexible_answer": str(i if ok else i + 1), "strict_correct": ok, "flexible_correct": ok,
-                         "tokens": 9})
+                         "tokens": 9, **({"label": labels[i]} if labels else {})})
         acc = sum(flags) / len(flags)
         stats[model] = {"n": len(flags), "strict_accuracy": acc, "flexible_accuracy": acc, "generated_tokens": 9,
                         "seconds": 1.0, "tokens_per_second": 9.0}
     ids = [f"test-{i}" for i in range(len(next(iter(correct.values()))))]
     summary = {**stats, **comparisons(rows, stats, ids, final_epoch, fewshot)}
+    if labels and by_category(rows, ids, "family", "numeric"):
+        summary["by_category"] = by_category(rows, ids, "family", "numeric")
     (path / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (path / "eval" / "summary.json").write_text(json.dumps(summary))
     return summary

@@ -8,7 +8,7 @@ import pytest
 
 from fixture_run import add_eval, add_val_rows, make_run
 from tunelab.evaluate.scoring import flips
-from tunelab.evaluate.summary import comparisons
+from tunelab.evaluate.summary import by_category, comparisons
 from tunelab.report import compare, write_report
 from tunelab.report.observations import cluster_separation, imitation_without_solving, overfitting
 from tunelab.rundir import RunDir
@@ -148,3 +148,53 @@ def test_report_data_section_states_overlap_and_accuracy_on_it(tmp_path):
     write_report(r)
     assert "No test row overlaps the training rows by any of the checks (exact, 13-gram and near-duplicate" in \
         r.report_md.read_text()
+
+
+def test_accuracy_by_label_is_paired_per_category_and_judged_with_a_bonferroni_bound(tmp_path):
+    """data.label_field categories: base → tuned per category with McNemar's p against 0.05 / categories."""
+    labels = ["add"] * 30 + ["sub"] * 30 + ["mul"] * 10
+    base = flags(70, set(range(30, 45)) | {60, 61})
+    tuned = flags(70, set(range(0, 25)) | set(range(30, 46)) | {60})  # add: 0 → 25 of 30; sub +1; mul −1
+    run = make_run(tmp_path / "r", epochs_n=2, val=(2.0, 1.5, 1.4), train=(1.8, 1.3))
+    s = add_eval(run, {"base": base, "tuned": tuned}, labels=labels)
+    cat = s["by_category"]
+    assert cat["source"] == "data.label_field (family)" and cat["alpha"] == pytest.approx(0.05 / 3, abs=1e-6)
+    rows = {r["category"]: r for r in cat["rows"]}
+    assert [r["category"] for r in cat["rows"]] == ["add", "sub", "mul"]  # most questions first
+    assert (rows["add"]["n"], rows["add"]["base_accuracy"]) == (30, 0.0)
+    assert rows["add"]["tuned_accuracy"] == pytest.approx(25 / 30, abs=1e-6)
+    assert rows["add"]["difference"]["gained"] == 25 and rows["add"]["difference"]["mcnemar_p"] < 1e-6
+    assert rows["sub"]["difference"]["delta_pts"] == pytest.approx(100 / 30, abs=1e-3)
+    assert rows["mul"]["difference"]["lost"] == 1
+    write_report(RunDir(run))
+    md = (run / "report.md").read_text()
+    assert "## Accuracy by category" in md and "| add | 30 | 0 % | 83 % | +83.3 (+" in md
+    assert "GSM8K-style accuracy (flexible-extract) rose beyond noise in 1 of 3 categories: add 0 % → 83 % " \
+        "(n = 30, p = " in md
+    assert "fell beyond noise" not in md  # mul's −10 pts on 10 questions is within noise
+
+
+def test_reference_classes_give_per_class_accuracy_and_a_confusion_table():
+    """Exact scoring with few distinct references (a classification set): the reference is the category, case and
+    end punctuation ignored, and each model's answers are counted by the class their line names."""
+    refs = ["Positive", "negative", "positive.", "Negative", "neutral", "neutral"]
+    base_lines = ["positive", "positive", "positive", "I think positive or negative", None, "meh"]
+    tuned_lines = ["positive", "negative", "positive", "negative", "neutral", "positive"]
+    rows = []
+    for model, lines in (("base", base_lines), ("tuned", tuned_lines)):
+        for i, (ref, line) in enumerate(zip(refs, lines)):
+            ok = line is not None and ref.lower().strip(".") in line.split()
+            rows.append({"id": str(i), "model": model, "reference": ref, "flexible_answer": line,
+                         "flexible_correct": ok and len(line.split()) == 1})
+    ids = [str(i) for i in range(6)]
+    cat = by_category(rows, ids, None, "exact")
+    assert cat["source"] == "reference answer (class)"
+    assert {r["category"]: r["n"] for r in cat["rows"]} == {"positive": 2, "negative": 2, "neutral": 2}
+    assert cat["confusion"]["base"] == {"positive": {"positive": 2}, "negative": {"positive": 1, "several": 1},
+                                        "neutral": {"other": 2}}
+    assert cat["confusion"]["tuned"] == {"positive": {"positive": 2}, "negative": {"negative": 2},
+                                         "neutral": {"neutral": 1, "positive": 1}}
+    assert by_category(rows, ids, None, "numeric") is None  # no label field, not classes
+    single = [dict(r, reference="unique" if r["id"] == "5" else r["reference"]) for r in rows]
+    assert by_category(single, ids, None, "exact") is None  # a class asked once is no class
+    assert by_category([r for r in rows if r["model"] == "base"], ids, None, "exact") is None  # tuned not scored

@@ -197,6 +197,10 @@ def test_eval_writes_predictions_summary_and_paired_difference(tiny_trained, mon
     summary = run.read_json(run.eval_dir / "summary.json")
     assert summary["base"]["n"] == 6 and 0 <= summary["tuned"]["flexible_accuracy"] <= 1
     assert summary["strict_difference"]["n"] == 6 and len(summary["flexible_difference"]["ci95_pts"]) == 2
+    families = {p["label"] for p in preds}
+    by = summary["by_category"]  # data.label_field: accuracy per family, paired
+    assert by["source"] == "data.label_field (family)" and {r["category"] for r in by["rows"]} == families
+    assert sum(r["n"] for r in by["rows"]) == 6 and "confusion" not in by
     assert "eval" not in run.read_json(run.summary)  # data flows forward: eval writes only eval/
     # the base pass is cached per model + questions; --only tuned keeps it
     again = evaluate(cfg, run, only="tuned")
@@ -465,10 +469,16 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     assert summary["tuned"]["strict_accuracy"] == summary["tuned"]["flexible_accuracy"] == 0.9
     pred = next(p for p in run.read_predictions() if p["model"] == "base")
     assert pred["reference"] in ("even", "odd") and pred["strict_answer"] == "It is odd, I think."
+    by = summary["by_category"]  # few distinct references: accuracy per class, and where the answers went
+    assert by["source"] == "reference answer (class)" and {r["category"]: r["n"] for r in by["rows"]} == \
+        {"even": 5, "odd": 5}
+    assert by["confusion"] == {"base": {"even": {"odd": 5}, "odd": {"odd": 5}},
+                               "tuned": {"even": {"odd": 1, "even": 4}, "odd": {"odd": 5}}}
     md = run.report_md.read_text()
     assert "| Exact-match accuracy (answer in line) | 50.0 % → 90.0 % |" in md
     assert "| Exact-match accuracy (exact line) | 0.0 % → 90.0 % |" in md
     assert "Exact-match accuracy = the completion's first non-blank line against the whole target" in md
+    assert "| even | 5 | 0 % | 80 % | +80.0 (+" in md and "Where the tuned model's answers went" in md
     assert "GSM8K" not in md.split("## Take it further")[0].replace("lm-eval's GSM8K format", "")
     card = (run.adapter / "README.md").read_text()
     assert "| model | n | exact line | answer in line |" in card and "name: exact line accuracy" in card

@@ -56,7 +56,9 @@ LAYOUT = {
     "eval/summary.json": ("eval_summary", "per model (base, base-Nshot, epoch-K, tuned): n, strict and flexible "
                                           "accuracy, tokens/s, seconds; base → tuned paired difference with 95 % CI "
                                           "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "
-                                          "epoch), `best_epoch`, `fewshot`, `flips`"),
+                                          "epoch), `best_epoch`, `fewshot`, `flips`; `by_category`: base → tuned "
+                                          "per `data.label_field` value (or per reference class under exact "
+                                          "scoring, with confusion tables), paired"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
                                           "held-out targets no scoring mode suits)"),
     "eval/samples.jsonl": ("eval_samples", "when eval was skipped for its data: the first `eval.samples` held-out "

@@ -100,7 +100,12 @@ def score_exact(completion: str, reference: str) -> dict:
     got = normalize_text(line or "")
     return {"strict_answer": line, "flexible_answer": line,
             "strict_correct": line is not None and got == gold,
-            "flexible_correct": bool(gold) and re.search(rf"(?<![\w-]){re.escape(gold)}(?![\w-])", got) is not None}
+            "flexible_correct": mentions(got, gold)}
+
+
+def mentions(line: str, phrase: str) -> bool:
+    """`phrase` occurs in `line` as whole words (both normalised): how flexible exact match reads an answer line."""
+    return bool(phrase) and re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", line) is not None
 
 
 SCORERS = {"numeric": (reference_answer, score), "exact": (short_answer, score_exact)}  # mode: (reference, score)

@@ -27,7 +27,7 @@ from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
-from tunelab.evaluate.summary import comparisons, pass_names
+from tunelab.evaluate.summary import by_category, comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import RunDir
 from tunelab.train.runtime import tune_for
@@ -98,6 +98,9 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0], **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible)}
+    categories = by_category(predictions, [q.id for q in questions], cfg.data.label_field, mode)
+    if categories:
+        summary["by_category"] = categories
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         run.write_json(run.eval_summary, summary)

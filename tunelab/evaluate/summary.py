@@ -8,7 +8,9 @@ Run as: tunelab eval runs/smoke --set eval.epochs=all --set eval.fewshot=5
 
 from __future__ import annotations
 
-from tunelab.evaluate.scoring import flips
+from collections import Counter
+
+from tunelab.evaluate.scoring import flips, mentions, normalize_text
 from tunelab.stats import paired_difference
 
 METRICS = ("strict", "flexible")
@@ -57,6 +59,61 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])]
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
                     if a in by and b in by]
+    return out
+
+
+MAX_CLASSES = 12  # reference answers taken as classes (exact scoring) when there are at most this many
+
+
+def by_category(predictions: list[dict], ids: list[str], label_field: str | None, mode: str) -> dict | None:
+    """Base → tuned accuracy (flexible) per category of question, each with its paired difference.
+
+    The category is the row's `data.label_field` value when the data has one; else, under exact scoring, the
+    reference answer itself when the questions have at most MAX_CLASSES distinct ones, each asked at least twice
+    (a classification set: accuracy per class). None otherwise, or before base and tuned were both scored.
+    """
+    base = {r["id"]: r for r in predictions if r["model"] == "base"}
+    tuned = {r["id"]: r for r in predictions if r["model"] == "tuned"}
+    if not ids or not all(i in base and i in tuned for i in ids):
+        return None
+    if label_field and all("label" in base[i] for i in ids):
+        key, source = (lambda i: str(base[i]["label"])), f"data.label_field ({label_field})"
+    elif mode == "exact":
+        counts = Counter(normalize_text(base[i]["reference"]) for i in ids)
+        if len(counts) > MAX_CLASSES or min(counts.values()) < 2:
+            return None
+        key, source = (lambda i: normalize_text(base[i]["reference"])), "reference answer (class)"
+    else:
+        return None
+    groups: dict[str, list[str]] = {}
+    for i in ids:
+        groups.setdefault(key(i), []).append(i)
+    rows = []
+    for category, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        b = [base[i]["flexible_correct"] for i in members]
+        t = [tuned[i]["flexible_correct"] for i in members]
+        rows.append({"category": category, "n": len(members), "base_accuracy": round(sum(b) / len(b), 6),
+                     "tuned_accuracy": round(sum(t) / len(t), 6), "difference": paired_difference(b, t)})
+    out = {"source": source, "metric": "flexible", "rows": rows,
+           "rule": f"paired difference per category; beyond noise = McNemar p < 0.05 / {len(rows)} "
+                   f"(Bonferroni over the {len(rows)} categories)", "alpha": round(0.05 / len(rows), 6)}
+    if source.startswith("reference"):
+        out["confusion"] = {m: confusion([r["category"] for r in rows], [(key(i), by[i]["flexible_answer"])
+                                                                          for i in ids])
+                            for m, by in (("base", base), ("tuned", tuned))}
+    return out
+
+
+def confusion(classes: list[str], pairs: list[tuple[str, str | None]]) -> dict[str, dict[str, int]]:
+    """reference class -> predicted class -> count. The predicted class is the one class whose name occurs in the
+    answer line as whole words (as flexible exact-match scores); `other` when none does, `several` when more than
+    one does."""
+    out = {c: {} for c in classes}
+    for reference, line in pairs:
+        got = normalize_text(line or "")
+        named = [c for c in classes if mentions(got, c)]
+        predicted = named[0] if len(named) == 1 else ("other" if not named else "several")
+        out[reference][predicted] = out[reference].get(predicted, 0) + 1
     return out
 
 

@@ -153,6 +153,30 @@ def accuracy_change(difference: dict, metric: str, base: float, tuned: float,
     return Observation(kind, f"{figure[:1].upper() + figure[1:]} ({metric}) {verb} ({numbers}).", rule)
 
 
+def categories(by_category: dict, figure: str = "Accuracy") -> Observation:
+    """Which categories' accuracy (`figure`) moved beyond noise, under the Bonferroni bound `by_category` states."""
+    rows, alpha = by_category["rows"], by_category["alpha"]
+    beyond = [r for r in rows if r["difference"]["mcnemar_p"] < alpha]
+    up = [r for r in beyond if r["difference"]["delta_pts"] > 0]
+    down = [r for r in beyond if r["difference"]["delta_pts"] < 0]
+
+    def listed(found: list[dict]) -> str:
+        return "; ".join(f"{r['category']} {100 * r['base_accuracy']:.0f} % → {100 * r['tuned_accuracy']:.0f} % "
+                         f"(n = {r['n']}, p = {r['difference']['mcnemar_p']:.2g})" for r in found)
+    rule = f"{by_category['rule']}; categories: {by_category['source']}"
+    if not beyond:
+        spread = sorted(rows, key=lambda r: r["difference"]["delta_pts"])
+        return Observation("info", f"{figure} changed beyond noise in no category ({len(rows)} categories; "
+                           f"changes from {spread[0]['difference']['delta_pts']:+.0f} pts ({spread[0]['category']}) "
+                           f"to {spread[-1]['difference']['delta_pts']:+.0f} pts ({spread[-1]['category']})).", rule)
+    parts = []
+    if up:
+        parts.append(f"rose beyond noise in {len(up)} of {len(rows)} categories: {listed(up)}")
+    if down:
+        parts.append(f"fell beyond noise in {len(down)} of {len(rows)}: {listed(down)}")
+    return Observation("watch" if down else "good", f"{figure} " + "; and ".join(parts) + ".", rule)
+
+
 def truncation(summary: dict) -> Observation | None:
     n = summary.get("truncated_examples", 0)
     if not n:

@@ -76,6 +76,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         found += [o for o in (rules.contamination(checks, run.read_predictions()), rules.duplicates(checks)) if o]
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
+    if evaluation and evaluation.get("by_category"):
+        sections.append(("Accuracy by category", _categories(evaluation)))
     samples, skipped = run.read_jsonl(run.eval_samples), run.read_optional(run.eval_skipped)
     if samples and skipped and not evaluation:
         sections.append(("Sample answers (not scored)", _samples(samples, skipped, cfg.eval.max_new_tokens)))
@@ -206,6 +208,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.fewshot_baseline(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
+    if evaluation and evaluation.get("by_category"):
+        found.append(rules.categories(evaluation["by_category"], f"{names.title} ({names.flexible})"))
     cost = run.read_optional(run.cost)
     found += [o for o in (rules.early_stopping(epochs, summary, cost),
                           rules.cost_accuracy(run.read_optional(run.estimate), cost, summary)) if o]
@@ -320,6 +324,27 @@ def _flips(run: RunDir, evaluation: dict) -> list:
                 blocks.append(("table", ["cluster", "name", "gained", "lost", "net"],
                                [(c, names.get(c, "?"), v["gained"], v["lost"], v["gained"] - v["lost"])
                                 for c, v in sorted(per.items(), key=lambda kv: kv[1]["lost"] - kv[1]["gained"])]))
+    return blocks
+
+
+def _categories(evaluation: dict) -> list:
+    """Base → tuned accuracy per category (data.label_field, or the reference class), each with its paired test;
+    for classes, where each model's answers went (a confusion table)."""
+    cat, names = evaluation["by_category"], naming(evaluation)
+    rows = [(r["category"], r["n"], _pct(r["base_accuracy"]), _pct(r["tuned_accuracy"]),
+             f"{r['difference']['delta_pts']:+.1f} ({r['difference']['ci95_pts'][0]:+.1f}..{r['difference']['ci95_pts'][1]:+.1f})",
+             f"{r['difference']['mcnemar_p']:.2g}", "yes" if r["difference"]["mcnemar_p"] < cat["alpha"] else "no")
+            for r in cat["rows"]]
+    blocks: list = [("p", f"Categories: {cat['source']}; accuracy is {names.flexible}. Rule: {cat['rule']}."),
+                    ("table", ["category", "n", "base", "tuned", "Δ pts (95 % CI)", "McNemar p", "beyond noise"],
+                     rows)]
+    classes = [r["category"] for r in cat["rows"]]
+    for model, table in (cat.get("confusion") or {}).items():
+        columns = classes + [c for c in ("other", "several") if any(c in v for v in table.values())]
+        blocks.append(("p", f"Where the {model} model's answers went (rows: the reference class; columns: the one "
+                            "class its answer line names as whole words, other = none, several = more than one):"))
+        blocks.append(("table", ["reference", *columns], [(c, *(table[c].get(k, 0) for k in columns))
+                                                          for c in classes]))
     return blocks
 
 
