@@ -431,16 +431,16 @@ def cmd_sweep(args) -> int:
     from rich.table import Table
     from tunelab.evaluate.scoring import naming
     from tunelab.report import headline
-    from tunelab.rundir import RunDir
+    from tunelab.rundir import RunDir, epochs_trained
     from tunelab.sweep import sweep
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir)
     done = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
     names = naming(done[0].read_eval_summary() if done else None)
-    table = Table("run", "state", "final val loss", f"tuned {names.flexible}", "tuned − base (95 % CI)", "cost",
-                  title=f"sweep {folder}")
+    table = Table("run", "state", "epochs", "final val loss", f"tuned {names.flexible}", "tuned − base (95 % CI)",
+                  "cost", title=f"sweep {folder}")
     for entry in record["runs"]:
         if entry["state"] != "done":
-            table.add_row(entry["name"], entry["state"], "", "", "", "")
+            table.add_row(entry["name"], entry["state"], "", "", "", "", "")
             continue
         run = RunDir(folder / entry["name"])
         s, cost = headline(run), run.read_optional(run.cost, {}).get("cost_usd")
@@ -448,7 +448,9 @@ def cmd_sweep(args) -> int:
         accuracy = f"{100 * ev['tuned_flexible_accuracy']:.1f} %" if "tuned_flexible_accuracy" in ev else "—"
         low, high = ev.get("flexible_ci95_pts", (0, 0))
         gain = f"{ev['flexible_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "flexible_delta_pts" in ev else "—"
-        table.add_row(entry["name"], "done", f"{s['final_val_loss']:.4f}", accuracy, gain,
+        trained, planned = epochs_trained(s)
+        table.add_row(entry["name"], "done", f"{trained}" + (f" of {planned}" if trained < planned else ""),
+                      f"{s['final_val_loss']:.4f}", accuracy, gain,
                       "—" if cost is None else f"${cost:.4f}")
     Console(width=160).print(table)
     if (folder / "compare.md").exists():
