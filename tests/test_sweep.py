@@ -56,7 +56,7 @@ def test_sweep_runs_each_combination_once_then_compares_them(tiny_model, tmp_pat
     assert "| lora.r | 4 | 8 |" in compared and "r=4" in compared and "r=8" in compared
     assert "paired bootstrap 95 % CI of r=8's tuned adapter − r=4's over the same questions" in compared
     assert "r=4" in out and "r=8" in out and f"wrote {folder / 'compare.md'}" in out
-    assert re.search(r"r=8\s*│\s*done\s*│\s*1\s*│\s*\d\.\d{4}\s*│", out)  # epochs trained, then final val loss
+    assert re.search(r"r=8\s*│\s*done\s*│\s*1\s*│\s*\d+\.\d{4}\s*│", out)  # epochs trained, then final val loss
     assert sorted(p.name for p in folder.iterdir()) == ["compare.html", "compare.md", "compare.png", "r=4", "r=8",
                                                          "sweep.json"]  # its lock file goes with its holder
     with RunDir(folder).lock("sweep"):  # another sweep of this folder is under way
