@@ -96,5 +96,23 @@ def test_the_report_the_card_and_the_eval_plan_count_the_epochs_that_ran(recipe,
     assert f"Early stopping ended training after epoch {stop} of {PLANNED}:" in report
     assert f"for the {stop} of {PLANNED} planned epochs trained" in report  # the estimate is scaled to them
     assert f"{stop} of {PLANNED} planned epochs (early stopping)" in (run.adapter / "README.md").read_text()
+    best = run.read_json(run.summary)["best_val_epoch"]
+    assert best == stop - 1  # patience 1: the epoch before the stop had the lowest validation loss
+    assert f"The lowest validation loss is epoch {best}'s" in report and "--epoch best-loss`" in report
     passes = _plan(cfg, run, [], [], "tuned", True, tok=None)  # numeric mode: no tokenizer needed to plan
     assert [(p.name, p.epoch) for p in passes] == [*((f"epoch-{k}", k) for k in range(1, stop)), ("tuned", stop)]
+
+
+def test_export_best_loss_takes_the_epoch_with_the_lowest_validation_loss(recipe, full, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from tunelab.cli import main
+    run = RunDir(tmp_path / "run")
+    train(validate({**recipe, "train": {**recipe["train"], "early_stopping_patience": 1}}, "es"), run)
+    best = run.read_json(run.summary)["best_val_epoch"]
+    assert main(["export", str(run.path), str(tmp_path / "out"), "--epoch", "best-loss", "--adapter-only"]) == 0
+    exported, kept = (load_file(f / "adapter_model.safetensors") for f in (tmp_path / "out", run.epoch_adapter(best)))
+    assert exported.keys() == kept.keys() and all(exported[k].equal(kept[k]) for k in kept)
+    assert "the epoch with the lowest validation loss" in (tmp_path / "out" / "README.md").read_text()
+    run.write_json(run.summary, {**run.read_json(run.summary), "best_val_epoch": 0})
+    assert main(["export", str(run.path), str(tmp_path / "none"), "--epoch", "best-loss"]) == 2
+    assert "no epoch of" in capsys.readouterr().err and not (tmp_path / "none").exists()

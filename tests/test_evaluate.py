@@ -298,7 +298,7 @@ def test_export_of_an_epochs_adapter_or_the_best_one_carries_that_epochs_card(tw
     assert main(["export", str(run.path), str(tmp_path / "x"), "--epoch", "best"]) == 2  # not evaluated yet
     assert f"tunelab eval {run.path} scores every kept epoch's adapter" in capsys.readouterr().err
     assert main(["export", str(run.path), str(tmp_path / "x"), "--epoch", "3"]) == 2
-    assert "--epoch: '3'; choose best or an epoch from 1 to 2" in capsys.readouterr().err
+    assert "--epoch: '3'; choose best, best-loss or an epoch from 1 to 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     evaluation = evaluate(cfg, run).summary
 

@@ -71,7 +71,8 @@ def render(run: RunDir, epoch: int | None = None) -> str:
             f"this run; none is copied from elsewhere.", ""]
     if epoch:
         best = (evaluation or {}).get("best_epoch") or {}
-        why = f": the best epoch by answer accuracy ({best['rule']})" if best.get("epoch") == epoch else ""
+        why = f": the best epoch by answer accuracy ({best['rule']})" if best.get("epoch") == epoch else \
+            ": the epoch with the lowest validation loss" if summary["best_val_epoch"] == epoch else ""
         body += [f"This is the adapter saved after epoch {epoch} (`adapters/epoch-{epoch}`), not the final one{why}; "
                  f"its figures are the `epoch-{epoch}` rows below.", ""]
     if not base:

@@ -165,8 +165,9 @@ def _output_commands(sub) -> None:
     s.add_argument("--format", choices=["hf", "gguf"], default="hf",
                    help="hf: safetensors + tokenizer; gguf: one file for llama.cpp / Ollama (Llama, Mistral, Qwen2)")
     s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
-    s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N), or best: the best epoch by answer "
-                                   "accuracy (after tunelab eval); default the final adapter")
+    s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N); best: the best epoch by answer "
+                                   "accuracy (after tunelab eval); best-loss: the lowest validation loss; default "
+                                   "the final adapter")
     s.set_defaults(func=cmd_export)
 
 

@@ -62,16 +62,23 @@ def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", 
 
 
 def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
-    """`--epoch`: None (the final adapter), a trained epoch's number, or `best` (the best epoch by answer accuracy
-    in eval/summary.json); the last epoch is the final adapter, so None too.
+    """`--epoch`: None (the final adapter), a trained epoch's number, `best` (the best epoch by answer accuracy
+    in eval/summary.json) or `best-loss` (the lowest validation loss, summary.json's best_val_epoch: for data no
+    scoring mode suits, or an early-stopped run); the last epoch is the final adapter, so None too.
 
     Raises:
-        UserError: not a number or best; an epoch the run did not train; best before the run was evaluated.
+        UserError: not a number, best or best-loss; an epoch the run did not train; best before the run was
+            evaluated; best-loss when no epoch's validation loss beat the base model's.
     """
     if epoch is None:
         return None
     trained = (run.read_summary() or {}).get("epochs")
-    if epoch == "best":
+    if epoch == "best-loss" and trained:
+        number = run.read_summary()["best_val_epoch"]
+        if number == 0:
+            raise UserError(f"--epoch best-loss: no epoch of {run.path} has a validation loss below the base "
+                            "model's (epoch 0); there is no adapter to prefer")
+    elif epoch == "best":
         best = (run.read_eval_summary() or {}).get("best_epoch")
         if not best:
             raise UserError(f"--epoch best: {run.path} has no best epoch yet (eval/summary.json names it): "
@@ -80,7 +87,8 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
     elif epoch.isdigit() and trained and 1 <= int(epoch) <= trained:
         number = int(epoch)
     else:
-        raise UserError(f"--epoch: {epoch!r}; choose best or an epoch from 1 to {trained or 'the last trained'}")
+        raise UserError(f"--epoch: {epoch!r}; choose best, best-loss or an epoch from 1 to "
+                        f"{trained or 'the last trained'}")
     return None if number == trained else number
 
 

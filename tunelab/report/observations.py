@@ -225,7 +225,8 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Obse
                        f"{_arrow(val[best:])} did not go below epoch {best}'s {val[best]:.3f} for {trained - best} "
                        f"epoch(s). The {planned - trained} epoch(s) not run would have taken about "
                        f"{saved / 60:.1f} min{price}. The final adapter is epoch {trained}'s"
-                       + (f"; epoch {best}'s is adapters/epoch-{best}." if best else "; no epoch beat the base "
+                       + (f"; epoch {best}'s is adapters/epoch-{best} (`tunelab export RUN OUT --epoch best-loss`)." if best
+                          else "; no epoch beat the base "
                           "model's validation loss."),
                        rule + "; time saved = epochs not run × the mean seconds (train + validation) of the "
                        "epochs that ran")

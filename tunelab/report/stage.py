@@ -371,9 +371,18 @@ def _worked_and_watch(found: list) -> list:
 
 
 def _best_epoch_export(run: RunDir, evaluation: dict | None, summary: dict) -> list:
-    """When an earlier epoch's adapter scored best (the eval's best-epoch rule), how to take that one instead."""
+    """When an earlier epoch's adapter scored best (the eval's best-epoch rule) — or, without answer accuracy, had
+    the lowest validation loss — how to take that one instead."""
     best = (evaluation or {}).get("best_epoch") or {}
-    if not best or best["epoch"] >= summary["epochs"] or not run.epoch_adapter(best["epoch"]).is_dir():
+    if not best:  # no answer accuracy (data no scoring mode suits, or not evaluated yet): the validation loss
+        lowest, epochs = summary["best_val_epoch"], run.read_epochs()
+        if not 0 < lowest < summary["epochs"] or not run.epoch_adapter(lowest).is_dir():
+            return []
+        return [("p", f"The lowest validation loss is epoch {lowest}'s ({epochs[lowest]['val_loss']:.4f}, against "
+                      f"{epochs[-1]['val_loss']:.4f} after the last): `tunelab export {run.path} OUT --epoch "
+                      f"best-loss` exports its adapter (adapters/epoch-{lowest}) with its own model card; the "
+                      f"commands below use the final adapter.")]
+    if best["epoch"] >= summary["epochs"] or not run.epoch_adapter(best["epoch"]).is_dir():
         return []
     return [("p", f"The best epoch by answer accuracy is epoch {best['epoch']}, not the last ({best['rule']}): "
                   f"`tunelab export {run.path} OUT --epoch best` exports its adapter (adapters/epoch-{best['epoch']}) "
