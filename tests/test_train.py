@@ -328,6 +328,10 @@ def test_val_every_adds_validation_passes_between_epochs_without_changing_the_tr
     assert [(v["epoch"], v["val_loss"]) for v in ends] == [(e["epoch"], e["val_loss"]) for e in fine.read_epochs()]
     assert [v["step"] for v in plain.read_jsonl(plain.validation)] == [0, per_epoch, 2 * per_epoch]
     assert fine.read_examples() == plain.read_examples()  # per-row losses at epoch ends only
+    estimates = [r.read_json(r.estimate) for r in (plain, fine)]  # the estimate counts every validation pass
+    assert [e["val_passes"] for e in estimates] == [3, len(validation)]
+    per_pass = (estimates[1]["flops"] - estimates[0]["flops"]) / (len(validation) - 3)
+    assert per_pass == pytest.approx(2 * estimates[0]["n_params"] * estimates[0]["val_tokens"], rel=0.2)
     from tunelab.report import write_report
     write_report(fine)
     assert f"Over {len(validation)} validation passes the loss was lowest at step" in fine.report_md.read_text()

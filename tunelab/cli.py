@@ -412,7 +412,7 @@ def cmd_estimate(args) -> int:
     devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
     table = Table("device", "hours", "USD", "basis", title=(
         f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
-        f"{cfg.train.epochs} epochs + {work['val_tokens']:,} validation tokens × {cfg.train.epochs + 1} passes = "
+        f"{cfg.train.epochs} epochs + {work['val_tokens']:,} validation tokens × {work['val_passes']} passes = "
         f"{work['flops'] / 1e15:.2f} PFLOP (training and validation; model loading and evaluation excluded)"))
     for device in devices:
         e = cost.estimate(work, device)

@@ -8,6 +8,7 @@ Run as: tunelab estimate gsm8k-mistral-7b --device A100-80GB
 
 from __future__ import annotations
 
+import math
 import os
 
 TABLE_DATE = "2026-11"
@@ -88,18 +89,21 @@ def measure_cpu_flops(seconds: float = 0.5) -> float:
 
 
 def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_params: int, n_layers: int,
-          d_model: int, gradient_checkpointing: bool, base_twice: bool = False) -> dict:
+          d_model: int, gradient_checkpointing: bool, base_twice: bool = False, val_passes: int | None = None) -> dict:
     """Training + validation FLOPs: 4*N per trained token (6*N with gradient checkpointing), 2*N per
     validated token, plus causal attention 2*L*d*n^2 per forward of an n-token sequence (x2 or x3 in training).
     `base_twice`: training runs each weight's matmul twice, forward and backward (PEFT's DoRA with LoRA dropout
-    recomputes the base layer on the dropped-out input): 4*N more per trained token."""
+    recomputes the base layer on the dropped-out input): 4*N more per trained token. `val_passes`: validation
+    passes over the split (default one before training and one per epoch)."""
+    val_passes = epochs + 1 if val_passes is None else val_passes
     train_mult = (3 if gradient_checkpointing else 2) + (2 if base_twice else 0)  # passes relative to one forward
     train_tokens, val_tokens = sum(train_lengths), sum(val_lengths)
     attn_train = 2 * n_layers * d_model * sum(n * n for n in train_lengths)
     attn_val = 2 * n_layers * d_model * sum(n * n for n in val_lengths)
     total = epochs * train_mult * (2 * n_params * train_tokens + attn_train) \
-        + (epochs + 1) * (2 * n_params * val_tokens + attn_val)
+        + val_passes * (2 * n_params * val_tokens + attn_val)
     return {"train_tokens_per_epoch": train_tokens, "val_tokens": val_tokens, "epochs": epochs,
+            "val_passes": val_passes,
             "flops": float(total), "flops_per_train_token": 2 * train_mult * n_params}
 
 
@@ -108,10 +112,21 @@ def recipe_work(cfg, train_items, val_items) -> dict:
     the model's size comes from its config alone. Shared by `tunelab estimate` and the train stage."""
     from tunelab.models import model_size
     n_params, layers, hidden = model_size(cfg.model)
+    t = cfg.train
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / t.batch_size) / t.grad_accum)  # one process
     work = flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
-                 cfg.train.epochs, n_params, layers, hidden, cfg.train.gradient_checkpointing,
-                 base_twice=cfg.lora.use_dora and cfg.lora.dropout > 0)
+                 t.epochs, n_params, layers, hidden, t.gradient_checkpointing,
+                 base_twice=cfg.lora.use_dora and cfg.lora.dropout > 0,
+                 val_passes=validation_passes(t.epochs, steps_per_epoch, t.val_every))
     return {**work, "n_params": n_params}
+
+
+def validation_passes(epochs: int, steps_per_epoch: int, val_every: int) -> int:
+    """Validation passes of a run: before training, at each epoch's end, and every `val_every` optimizer steps
+    inside an epoch (`train.val_every`; a step that ends an epoch is validated once)."""
+    inside = sum(1 for step in range(val_every, epochs * steps_per_epoch + 1, val_every or 1)
+                 if step % steps_per_epoch) if val_every else 0
+    return epochs + 1 + inside
 
 
 def estimate_or_unpriced(work: dict, device: str) -> dict:
