@@ -124,9 +124,10 @@ def recipe_work(cfg, train_items, val_items) -> dict:
 def validation_passes(epochs: int, steps_per_epoch: int, val_every: int) -> int:
     """Validation passes of a run: before training, at each epoch's end, and every `val_every` optimizer steps
     inside an epoch (`train.val_every`; a step that ends an epoch is validated once)."""
-    inside = sum(1 for step in range(val_every, epochs * steps_per_epoch + 1, val_every or 1)
-                 if step % steps_per_epoch) if val_every else 0
-    return epochs + 1 + inside
+    if not val_every:
+        return epochs + 1
+    return epochs + 1 + sum(1 for step in range(val_every, epochs * steps_per_epoch + 1, val_every)
+                            if step % steps_per_epoch)
 
 
 def estimate_or_unpriced(work: dict, device: str) -> dict:

@@ -72,9 +72,10 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
     """
     if epoch is None:
         return None
-    trained = (run.read_summary() or {}).get("epochs")
+    summary = run.read_summary() or {}
+    trained = summary.get("epochs")
     if epoch == "best-loss" and trained:
-        number = run.read_summary()["best_val_epoch"]
+        number = summary["best_val_epoch"]
         if number == 0:
             raise UserError(f"--epoch best-loss: no epoch of {run.path} has a validation loss below the base "
                             "model's (epoch 0); there is no adapter to prefer")
