@@ -432,7 +432,7 @@ def cmd_sweep(args) -> int:
     from rich.table import Table
     from tunelab.evaluate.scoring import naming
     from tunelab.report import headline
-    from tunelab.rundir import RunDir, epochs_trained
+    from tunelab.rundir import RunDir, trained_and_planned
     from tunelab.sweep import sweep
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir)
     done = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
@@ -449,7 +449,7 @@ def cmd_sweep(args) -> int:
         accuracy = f"{100 * ev['tuned_flexible_accuracy']:.1f} %" if "tuned_flexible_accuracy" in ev else "—"
         low, high = ev.get("flexible_ci95_pts", (0, 0))
         gain = f"{ev['flexible_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "flexible_delta_pts" in ev else "—"
-        trained, planned = epochs_trained(s)
+        trained, planned = trained_and_planned(s)
         table.add_row(entry["name"], "done", f"{trained}" + (f" of {planned}" if trained < planned else ""),
                       f"{s['final_val_loss']:.4f}", accuracy, gain,
                       "—" if cost is None else f"${cost:.4f}")

@@ -228,7 +228,7 @@ class RunDir:
 _ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items() if attr}
 
 
-def epochs_trained(summary: dict | None) -> tuple[int, int]:
+def trained_and_planned(summary: dict | None) -> tuple[int, int]:
     """(epochs trained, epochs planned) of a train summary; summaries written before early stopping existed have
     no `epochs_planned`: every planned epoch ran."""
     if not summary:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
-from tunelab.rundir import epochs_trained
+from tunelab.rundir import trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
 
@@ -190,7 +190,7 @@ def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> 
     the epochs trained."""
     if not estimate or not estimate.get("hours") or not actual:
         return None
-    trained, planned = epochs_trained(summary)
+    trained, planned = trained_and_planned(summary)
     share = trained / planned
     hours, usd = estimate["hours"] * share, estimate["cost_usd"] * share
     ratio = actual["device_hours"] / hours
@@ -206,7 +206,7 @@ def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> 
 def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Observation | None:
     """What `train.early_stopping_patience` did: the epoch it stopped after, the validation losses that stopped
     it, and what the epochs not run would have cost at the measured pace."""
-    trained, planned = epochs_trained(summary)
+    trained, planned = trained_and_planned(summary)
     patience = summary.get("early_stopping_patience")
     if not patience:
         return None

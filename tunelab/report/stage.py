@@ -17,7 +17,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, epochs_trained, open_run
+from tunelab.rundir import RunDir, open_run, trained_and_planned
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -133,7 +133,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
 
 def _epochs_run(summary: dict) -> str:
     """The Overview's epoch count: "3", or "2 of 3, stopped early by patience 1"."""
-    (trained, planned), patience = epochs_trained(summary), summary.get("early_stopping_patience")
+    (trained, planned), patience = trained_and_planned(summary), summary.get("early_stopping_patience")
     if trained < planned:
         return f"{trained} of {planned}, stopped early by patience {patience}"
     return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
