@@ -8,7 +8,8 @@ import pytest
 
 from conftest import write_jsonl
 from tunelab.config import validate
-from tunelab.rundir import RunDir
+from tunelab.errors import UserError
+from tunelab.rundir import RunDir, last_improvement
 from tunelab.train import train
 from tunelab.train.loop import stale_epochs
 
@@ -38,11 +39,16 @@ def full(recipe, tmp_path_factory):
     return train(validate(recipe, "es"), RunDir(tmp_path_factory.mktemp("full") / "run")).epochs
 
 
-def expected_stop(epochs: list[dict], patience: int) -> int:
-    """The first epoch after which `patience` epochs in a row did not go below the lowest validation loss before."""
+def expected_stop(epochs: list[dict], patience: int, threshold: float = 0.0) -> int:
+    """The first epoch after which `patience` epochs in a row did not go more than `threshold` below the best
+    loss before them, counted the way Keras' EarlyStopping counts (a wait counter, reset by an improvement)."""
+    best, wait = epochs[0]["val_loss"], 0
     for end in range(1, len(epochs)):
-        best = min(range(end + 1), key=lambda i: epochs[i]["val_loss"])
-        if end - best >= patience:
+        if epochs[end]["val_loss"] < best - threshold:
+            best, wait = epochs[end]["val_loss"], 0
+        else:
+            wait += 1
+        if wait >= patience:
             return end
     return len(epochs) - 1
 
@@ -53,6 +59,38 @@ def test_stale_epochs_counts_epochs_since_the_lowest_validation_loss_and_a_tie_i
     assert stale_epochs(rows[:3]) == 1
     assert stale_epochs(rows) == 2  # 1.5 again is not below 1.5
     assert stale_epochs([{"val_loss": 1.0}, {"val_loss": 1.2}]) == 1  # epoch 0 (before training) counts
+
+
+def test_a_threshold_counts_only_gains_larger_than_it_and_keeps_the_reference_where_it_was():
+    losses = [2.0, 1.5, 1.45, 1.42, 1.3]
+    assert [last_improvement(losses[:n + 1]) for n in range(5)] == [0, 1, 2, 3, 4]
+    assert [last_improvement(losses[:n + 1], 0.1) for n in range(5)] == [0, 1, 1, 1, 4]  # 1.3 is 0.2 below 1.5
+    assert stale_epochs([{"val_loss": v} for v in losses[:4]], 0.1) == 2
+    assert last_improvement([1.0, 0.9], 0.1) == 0  # exactly the threshold is no improvement
+
+
+def test_a_threshold_without_patience_is_refused_by_name(recipe):
+    with pytest.raises(UserError, match="train.early_stopping_threshold: needs train.early_stopping_patience"):
+        validate({**recipe, "train": {**recipe["train"], "early_stopping_threshold": 0.05}}, "es")
+
+
+def test_a_run_with_a_threshold_stops_where_the_curve_and_the_threshold_say(recipe, full, tmp_path):
+    thresholds = [t for t in (0.01, 0.03, 0.1, 0.3, 1.0) if expected_stop(full, 1, t) < expected_stop(full, 1)]
+    assert thresholds, "some threshold must make patience 1 stop earlier on this curve"
+    threshold = thresholds[0]
+    stop = expected_stop(full, 1, threshold)
+    raw = {**recipe, "train": {**recipe["train"], "early_stopping_patience": 1,
+                               "early_stopping_threshold": threshold}}
+    run = RunDir(tmp_path / "run")
+    epochs = train(validate(raw, "es"), run).epochs
+    assert [e["val_loss"] for e in epochs] == [e["val_loss"] for e in full[:stop + 1]]
+    summary = run.read_json(run.summary)
+    assert (summary["epochs"], summary["early_stopping_threshold"]) == (stop, threshold)
+    from tunelab.report import write_report
+    write_report(run)
+    report = run.report_md.read_text()
+    assert f"| Epochs | {stop} of {PLANNED}, stopped early by patience 1 (threshold {threshold:g})" in report
+    assert f"by more than {threshold:g} for" in report
 
 
 @pytest.mark.parametrize("patience", [1, 2])

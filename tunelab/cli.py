@@ -515,7 +515,8 @@ def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
                   f"{summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB")
     if summary["epochs"] < summary["epochs_planned"]:
         console.print(f"early stopping: {summary['epochs']} of {summary['epochs_planned']} epochs, validation loss "
-                      f"lowest at epoch {summary['best_val_epoch']} (patience {summary['early_stopping_patience']})")
+                      f"lowest at epoch {summary['best_val_epoch']} (patience {summary['early_stopping_patience']}"
+                      + (f", threshold {t:g}" if (t := summary.get("early_stopping_threshold")) else "") + ")")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ class TrainConfig(Section):
                                                 "(epoch 0, before training, counts); the final adapter is the last "
                                                 "epoch trained, the best one stays in adapters/epoch-N (unless "
                                                 "train.keep_epoch_adapters is false); None = run every epoch")
+    early_stopping_threshold: float = Field(0.0, ge=0, description="for train.early_stopping_patience, an epoch "
+                                            "improves only when its validation loss ends more than this below the "
+                                            "last one that improved (epoch 0 first; HF's early_stopping_threshold, "
+                                            "Keras' min_delta); 0 = any decrease counts")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
                                       "per epoch); false = only the final adapter/")
@@ -271,6 +275,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.data.system_prompt is not None and not recipe.data.chat_template:
         problems.append("data.system_prompt: needs data.chat_template: true (a system turn is written by the "
                         "tokenizer's chat template)")
+    if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
+        problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
+                        "without such an improvement that stops training)")
     if recipe is not None:
         problems += _template_problems(recipe.data)
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:

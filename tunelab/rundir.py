@@ -236,6 +236,18 @@ def trained_and_planned(summary: dict | None) -> tuple[int, int]:
     return summary["epochs"], summary.get("epochs_planned", summary["epochs"])
 
 
+def last_improvement(val_losses: list[float], threshold: float = 0.0) -> int:
+    """The epoch early stopping measures from: the last whose validation loss ended more than `threshold` below
+    the reference before it (epoch 0, before training, is the first reference; a tie is no improvement). With
+    threshold 0 that is the epoch of the lowest loss; above 0, smaller gains leave the reference where it was
+    (Keras' min_delta)."""
+    reference = 0
+    for epoch, loss in enumerate(val_losses):
+        if loss < val_losses[reference] - threshold:
+            reference = epoch
+    return reference
+
+
 def layout_table() -> str:
     """The README's run-directory table, generated from LAYOUT."""
     rows = [f"| `{rel}` | {what} |" for rel, (_, what) in LAYOUT.items()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
-from tunelab.rundir import trained_and_planned
+from tunelab.rundir import last_improvement, trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
 
@@ -210,10 +210,11 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Obse
     patience = summary.get("early_stopping_patience")
     if not patience:
         return None
-    val = [e["val_loss"] for e in epochs]
-    best = min(range(len(val)), key=val.__getitem__)
+    val, threshold = [e["val_loss"] for e in epochs], summary.get("early_stopping_threshold") or 0.0
+    best, reference = min(range(len(val)), key=val.__getitem__), last_improvement(val, threshold)
+    by = f" by more than {threshold:g}" if threshold else ""
     rule = (f"train.early_stopping_patience = {patience}: stop once {patience} epoch(s) in a row end with a "
-            "validation loss not below the lowest before them (epoch 0 counts)")
+            f"validation loss not below the lowest before them{by} (epoch 0 counts)")
     if trained == planned:
         return Observation("info", f"Early stopping (patience {patience}) did not stop the run: all {planned} "
                            f"epochs ran; lowest validation loss at epoch {best} ({val[best]:.3f}).", rule)
@@ -222,12 +223,12 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Obse
     saved = (planned - trained) * per_epoch
     price = f", ${saved / 3600 * cost['usd_per_hour']:.4f} at ${cost['usd_per_hour']:.3f}/h" if cost else ""
     return Observation("info", f"Early stopping ended training after epoch {trained} of {planned}: validation loss "
-                       f"{_arrow(val[best:])} did not go below epoch {best}'s {val[best]:.3f} for {trained - best} "
-                       f"epoch(s). The {planned - trained} epoch(s) not run would have taken about "
-                       f"{saved / 60:.1f} min{price}. The final adapter is epoch {trained}'s"
-                       + (f"; epoch {best}'s is adapters/epoch-{best} (`tunelab export RUN OUT --epoch best-loss`)." if best
-                          else "; no epoch beat the base "
-                          "model's validation loss."),
+                       f"{_arrow(val[reference:])} did not go below epoch {reference}'s {val[reference]:.3f}{by} for "
+                       f"{trained - reference} epoch(s). The {planned - trained} epoch(s) not run would have taken "
+                       f"about {saved / 60:.1f} min{price}. The final adapter is epoch {trained}'s"
+                       + (f"; epoch {best}'s, with the lowest validation loss, is adapters/epoch-{best} "
+                          "(`tunelab export RUN OUT --epoch best-loss`)." if best
+                          else "; no epoch beat the base model's validation loss."),
                        rule + "; time saved = epochs not run × the mean seconds (train + validation) of the "
                        "epochs that ran")
 

@@ -135,7 +135,9 @@ def _epochs_run(summary: dict) -> str:
     """The Overview's epoch count: "3", or "2 of 3, stopped early by patience 1"."""
     (trained, planned), patience = trained_and_planned(summary), summary.get("early_stopping_patience")
     if trained < planned:
-        return f"{trained} of {planned}, stopped early by patience {patience}"
+        threshold = summary.get("early_stopping_threshold")
+        return f"{trained} of {planned}, stopped early by patience {patience}" + \
+            (f" (threshold {threshold:g})" if threshold else "")
     return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 

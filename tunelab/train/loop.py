@@ -30,7 +30,7 @@ from tunelab.errors import UserError
 from tunelab.handoff import hub_id
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
-from tunelab.rundir import RunDir, atomic_folder
+from tunelab.rundir import RunDir, atomic_folder, last_improvement
 from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
@@ -99,10 +99,12 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
-            stale = stale_epochs(state.epochs)
+            stale = stale_epochs(state.epochs, cfg.train.early_stopping_threshold)
             if stale >= (cfg.train.early_stopping_patience or math.inf):
-                log.info("early stopping after epoch %d of %d: validation loss not below epoch %d's for %d epoch(s)",
-                         epoch - 1, cfg.train.epochs, epoch - 1 - stale, stale)
+                log.info("early stopping after epoch %d of %d: validation loss not %sbelow epoch %d's for %d "
+                         "epoch(s)", epoch - 1, cfg.train.epochs,
+                         f"more than {cfg.train.early_stopping_threshold:g} " * bool(cfg.train.early_stopping_threshold),
+                         epoch - 1 - stale, stale)
                 break
             t0 = time.time() - state.epoch_seconds
             stats, examples = _train_epoch(loop, epoch, stop, progress, trackers)
@@ -185,11 +187,11 @@ def _checkpoint_to_resume(run: RunDir, d: distributed.Dist) -> Path:
     return start_from
 
 
-def stale_epochs(epochs: list[dict]) -> int:
-    """Epochs since the lowest validation loss (epoch 0 included; a tie is no improvement): what
-    `train.early_stopping_patience` counts. Decided from the epoch rows alone, so a resumed run decides the same."""
-    best = min(range(len(epochs)), key=lambda i: epochs[i]["val_loss"])
-    return len(epochs) - 1 - best
+def stale_epochs(epochs: list[dict], threshold: float = 0.0) -> int:
+    """Epochs since the last improvement of the validation loss by more than `threshold` (rundir.last_improvement):
+    what `train.early_stopping_patience` counts. Decided from the epoch rows alone, so a resumed run decides the
+    same."""
+    return len(epochs) - 1 - last_improvement([e["val_loss"] for e in epochs], threshold)
 
 
 def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[PassStats, list[dict]]:
@@ -412,6 +414,7 @@ def _summary(loop: Loop, wall: float) -> dict:
         "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source,
         "epochs": last["epoch"], "epochs_planned": cfg.train.epochs,
         "early_stopping_patience": cfg.train.early_stopping_patience,
+        "early_stopping_threshold": cfg.train.early_stopping_threshold,
         "train_examples": len(loop.train_items), "val_examples": len(loop.val_items),
         "test_examples": len(loop.splits.test), "skipped_rows": len(loop.splits.skipped),
         "deduplicated_rows": loop.splits.deduplicated,
