@@ -7,6 +7,7 @@ import random
 import pytest
 
 from fixture_run import add_eval, add_val_rows, make_run
+from tunelab.card import render
 from tunelab.evaluate.scoring import flips
 from tunelab.evaluate.summary import by_category, comparisons
 from tunelab.report import compare, write_report
@@ -172,6 +173,34 @@ def test_accuracy_by_label_is_paired_per_category_and_judged_with_a_bonferroni_b
     assert "GSM8K-style accuracy (flexible-extract) rose beyond noise in 1 of 3 categories: add 0 % → 83 % " \
         "(n = 30, p = " in md
     assert "fell beyond noise" not in md  # mul's −10 pts on 10 questions is within noise
+    card = render(RunDir(run))
+    assert ("Base → tuned by category (data.label_field (family); flexible-extract; beyond noise = McNemar "
+            "p < 0.017") in card
+    assert "| add | 30 | 0 % | 83 % | +83.3 (+" in card and card.count("| yes |") == 1
+
+
+def test_compare_and_the_baseline_report_pair_each_category_across_runs(tmp_path):
+    """Two runs on the same labelled questions: per category, the second run's tuned accuracy against the first's,
+    paired, with the same Bonferroni bound; a run that scored other questions is named and left out."""
+    labels = ["add"] * 30 + ["sub"] * 30 + ["mul"] * 10
+    first, second = make_run(tmp_path / "two-ep"), make_run(tmp_path / "three-ep")
+    base = flags(70, set())
+    add_eval(first, {"base": base, "tuned": flags(70, set(range(0, 5)) | set(range(30, 50)))}, labels=labels)
+    add_eval(second, {"base": base, "tuned": flags(70, set(range(0, 28)) | set(range(30, 48)))}, labels=labels)
+    other = make_run(tmp_path / "fewer")
+    add_eval(other, {"base": flags(40, set()), "tuned": flags(40, {1})}, labels=labels[:40])
+    compare([RunDir(first), RunDir(second), RunDir(other)], tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Accuracy by category" in md
+    assert "| category | n | two-ep | three-ep |" in md
+    assert "| add | 30 | 17 % | 93 % (+76.7 pts, p " in md  # 5 → 28 of 30
+    assert "| sub | 30 | 67 % | 60 % (-6.7 pts, p 0.5) |" in md  # 20 → 18 of 30: two lost, none gained
+    assert "Not compared by category: fewer" in md
+    assert ("Tuned accuracy of three-ep against two-ep rose beyond noise in 1 of 3 categories: add 17 % → 93 % "
+            "(n = 30, p = ") in md
+    write_report(RunDir(second), baseline=RunDir(first))
+    report = (second / "report.md").read_text()
+    assert "| add | 30 | 17 % | 93 % (+76.7 pts, p " in report and "fell beyond noise" not in report
 
 
 def test_reference_classes_give_per_class_accuracy_and_a_confusion_table():

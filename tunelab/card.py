@@ -166,6 +166,22 @@ def _evaluation(cfg, evaluation: dict | None) -> list[str]:
         low, high = diff["ci95_pts"]
         rows += ["", f"Tuned − base, {names.flexible}: {diff['delta_pts']:+.1f} points (95 % paired bootstrap "
                  f"interval {low:+.1f} to {high:+.1f}; {diff['gained']} questions gained, {diff['lost']} lost)."]
+    return rows + [""] + _categories(evaluation)
+
+
+def _categories(evaluation: dict) -> list[str]:
+    """The eval's accuracy per category (base → tuned, paired), when it found categories."""
+    cat = evaluation.get("by_category")
+    if not cat:
+        return []
+    rows = [f"Base → tuned by category ({cat['source']}; {naming(evaluation).flexible}; beyond noise = McNemar p < "
+            f"{cat['alpha']:.2g}, Bonferroni over {len(cat['rows'])} categories):", "",
+            "| category | n | base | tuned | Δ points (95 % CI) | beyond noise |", "|---|---|---|---|---|---|"]
+    for r in cat["rows"]:
+        d = r["difference"]
+        rows.append(f"| {r['category']} | {r['n']} | {100 * r['base_accuracy']:.0f} % | "
+                    f"{100 * r['tuned_accuracy']:.0f} % | {d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to "
+                    f"{d['ci95_pts'][1]:+.1f}) | {'yes' if d['mcnemar_p'] < cat['alpha'] else 'no'} |")
     return rows + [""]
 
 

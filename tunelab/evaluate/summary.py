@@ -68,40 +68,64 @@ MAX_CLASSES = 12  # reference answers taken as classes (exact scoring) when ther
 def by_category(predictions: list[dict], ids: list[str], label_field: str | None, mode: str) -> dict | None:
     """Base → tuned accuracy (flexible) per category of question, each with its paired difference.
 
-    The category is the row's `data.label_field` value when the data has one; else, under exact scoring, the
-    reference answer itself when the questions have at most MAX_CLASSES distinct ones, each asked at least twice
-    (a classification set: accuracy per class). None otherwise, or before base and tuned were both scored.
+    The categories are `categories_of`'s; None when it finds none, or before base and tuned were both scored.
     """
     base = {r["id"]: r for r in predictions if r["model"] == "base"}
     tuned = {r["id"]: r for r in predictions if r["model"] == "tuned"}
     if not ids or not all(i in base and i in tuned for i in ids):
         return None
-    if label_field and all("label" in base[i] for i in ids):
-        key, source = (lambda i: str(base[i]["label"])), f"data.label_field ({label_field})"
+    found = categories_of(predictions, ids, label_field, mode)
+    if found is None:
+        return None
+    groups, source = found
+    out = paired_by_category(groups, source, {i: base[i]["flexible_correct"] for i in ids},
+                             {i: tuned[i]["flexible_correct"] for i in ids})
+    if source.startswith("reference"):
+        out["confusion"] = {m: confusion(list(groups), [(c, by[i]["flexible_answer"])
+                                                        for c, members in groups.items() for i in members])
+                            for m, by in (("base", base), ("tuned", tuned))}
+    return out
+
+
+def categories_of(predictions: list[dict], ids: list[str], label_field: str | None,
+                  mode: str) -> tuple[dict[str, list[str]], str] | None:
+    """(category -> its question ids, the most questions first; where the categories come from), or None.
+
+    The category is the row's `data.label_field` value when the data has one; else, under exact scoring, the
+    reference answer itself when the questions have at most MAX_CLASSES distinct ones, each asked at least twice
+    (a classification set: accuracy per class). A question's label and reference are the same in every model's
+    row, so any row of it will do.
+    """
+    row = {r["id"]: r for r in predictions}
+    if not ids or not all(i in row for i in ids):
+        return None
+    if label_field and all("label" in row[i] for i in ids):
+        key, source = (lambda i: str(row[i]["label"])), f"data.label_field ({label_field})"
     elif mode == "exact":
-        counts = Counter(normalize_text(base[i]["reference"]) for i in ids)
+        counts = Counter(normalize_text(row[i]["reference"]) for i in ids)
         if len(counts) > MAX_CLASSES or min(counts.values()) < 2:
             return None
-        key, source = (lambda i: normalize_text(base[i]["reference"])), "reference answer (class)"
+        key, source = (lambda i: normalize_text(row[i]["reference"])), "reference answer (class)"
     else:
         return None
     groups: dict[str, list[str]] = {}
     for i in ids:
         groups.setdefault(key(i), []).append(i)
+    return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))), source
+
+
+def paired_by_category(groups: dict[str, list[str]], source: str, before: dict[str, bool],
+                       after: dict[str, bool]) -> dict:
+    """Per category, the accuracy of `before` (`base_accuracy`) and of `after` (`tuned_accuracy`) on its questions
+    and their paired difference, judged against a Bonferroni bound over the categories."""
     rows = []
-    for category, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        b = [base[i]["flexible_correct"] for i in members]
-        t = [tuned[i]["flexible_correct"] for i in members]
+    for category, members in groups.items():
+        b, t = [before[i] for i in members], [after[i] for i in members]
         rows.append({"category": category, "n": len(members), "base_accuracy": round(sum(b) / len(b), 6),
                      "tuned_accuracy": round(sum(t) / len(t), 6), "difference": paired_difference(b, t)})
-    out = {"source": source, "metric": "flexible", "rows": rows,
-           "rule": f"paired difference per category; beyond noise = McNemar p < 0.05 / {len(rows)} "
-                   f"(Bonferroni over the {len(rows)} categories)", "alpha": round(0.05 / len(rows), 6)}
-    if source.startswith("reference"):
-        out["confusion"] = {m: confusion([r["category"] for r in rows], [(key(i), by[i]["flexible_answer"])
-                                                                          for i in ids])
-                            for m, by in (("base", base), ("tuned", tuned))}
-    return out
+    return {"source": source, "metric": "flexible", "rows": rows,
+            "rule": f"paired difference per category; beyond noise = McNemar p < 0.05 / {len(rows)} "
+                    f"(Bonferroni over the {len(rows)} categories)", "alpha": round(0.05 / len(rows), 6)}
 
 
 def confusion(classes: list[str], pairs: list[tuple[str, str | None]]) -> dict[str, dict[str, int]]:

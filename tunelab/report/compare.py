@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.evaluate.scoring import naming
+from tunelab.evaluate.summary import categories_of, paired_by_category
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
@@ -129,6 +130,48 @@ def _flat_recipe(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def category_blocks(runs: list[RunDir], names: list[str]) -> list:
+    """Tuned accuracy per category (the first run's, as its eval stage found them) in every run that scored the
+    same questions, each against the first run with a paired test per category; nothing when the first run has
+    no categories."""
+    evaluation = runs[0].read_eval_summary() or {}
+    if not evaluation.get("by_category"):
+        return []
+    predictions = runs[0].read_predictions()
+    tuned = [{p["id"]: p["flexible_correct"] for p in (predictions if k == 0 else r.read_predictions())
+              if p["model"] == "tuned"} for k, r in enumerate(runs)]
+    found = categories_of(predictions, list(tuned[0]), runs[0].read_recipe().data.label_field,
+                          evaluation.get("scoring", "numeric"))
+    if found is None:
+        return []
+    groups, source = found
+    same = [k for k in range(1, len(runs)) if tuned[k].keys() == tuned[0].keys()]
+    tests = {k: paired_by_category(groups, source, tuned[0], tuned[k]) for k in same}
+    rows = []
+    for j, (category, members) in enumerate(groups.items()):
+        cells = [_pct(sum(tuned[0][i] for i in members) / len(members))]
+        for k in same:
+            row = tests[k]["rows"][j]
+            cells.append(f"{_pct(row['tuned_accuracy'])} ({row['difference']['delta_pts']:+.1f} pts, "
+                         f"p {row['difference']['mcnemar_p']:.2g})")
+        rows.append((category, len(members), *cells))
+    flexible = naming(evaluation).flexible
+    blocks: list = [("p", f"Tuned accuracy ({flexible}) per category ({source}, as {names[0]}'s eval found them); "
+                          f"each later run's change from {names[0]} on the same questions, paired. Rule: "
+                          f"{tests[same[0]]['rule'] if same else 'no other run scored the same questions'}."),
+                    ("table", ["category", "n", *(names[k] for k in [0, *same])], rows)]
+    skipped = [names[k] for k in range(1, len(runs)) if k not in same]
+    if skipped:
+        blocks.append(("p", f"Not compared by category: {', '.join(skipped)} (tuned answers to other questions than "
+                            f"{names[0]}'s, or none)."))
+    found = [rules.categories(tests[k], f"Tuned accuracy of {names[k]} against {names[0]}") for k in same]
+    return blocks + ([("obs", found)] if found else [])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
 def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
     this, base = headline(run), headline(baseline)
     this_name, base_name = run.path.name, baseline.path.name
@@ -139,7 +182,8 @@ def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
             *recipe_blocks(differences, [base_name, this_name]),
             ("img", picture, f"Learning curves of {base_name} and {this_name}"),
             ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline),
-                                          format_keys(differences)))]
+                                          format_keys(differences))),
+            *category_blocks([baseline, run], [base_name, this_name])]
 
 
 def comparison_rows(summaries: list[dict]) -> list[tuple]:
@@ -186,6 +230,8 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     blocks += [*recipe_blocks(recipe_differences(runs), names), ("obs", found),
                ("img", picture, "Learning curves overlaid")]
     sections = [("Runs", blocks)]
+    if by_category := category_blocks(runs, names):
+        sections.append(("Accuracy by category", by_category))
     (out / "compare.md").write_text(markdown("Run comparison", sections, out))
     (out / "compare.html").write_text(html_page("Run comparison", sections))
     return rows, picture
