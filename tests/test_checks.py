@@ -112,6 +112,23 @@ def test_clean_split_passes_strict_and_dedup_drops_duplicates(gsm8k, tmp_path, c
     assert len(set(ids)) == 50 and not {f"train-{i}" for i in range(51, 55)} & set(ids)  # the later copies go
 
 
+def test_with_eval_source_the_checks_compare_its_rows_and_the_report_flags_a_stale_check(gsm8k, tmp_path, capsys):
+    """The questions scored are eval.source's, so they are the ones checked against the training rows; a check
+    of another source says nothing about them, and the contamination rule says so instead of joining by id."""
+    from tunelab.report.observations import contamination
+    train = [json.loads(x) for x in (gsm8k / "train.jsonl").read_text().splitlines()[:60]]
+    test = [json.loads(x) for x in (gsm8k / "test.jsonl").read_text().splitlines()[:30]]
+    write_jsonl(tmp_path / "mine.jsonl", train)
+    bench = write_jsonl(tmp_path / "bench.jsonl", test + train[5:7])  # a benchmark that leaked two training rows
+    assert run_check(tmp_path, tmp_path / "mine.jsonl", "--set", f"eval.source={bench}", "--strict") == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"]["test"] == 32 and result["overlap_counts"]["test"]["exact"] == 2
+    assert result["test_source"] == str(bench)
+    stale = contamination(result, [], checked=str(bench), scored="openai/gsm8k")
+    assert stale.kind == "watch" and "but the answers were scored on openai/gsm8k's questions" in stale.text
+    assert contamination(result, [], checked=str(bench), scored=str(bench)).text.startswith("2 test questions overlap")
+
+
 BOM, CRLF = "\ufeff", "\r\n"
 ROWS = [{"question": "Ann has 3, then 4 \"more\" apples.", "answer": "3 + 4 = 7\n#### 7"},
         {"question": "Bo walks 2 km.", "answer": "#### 2"},

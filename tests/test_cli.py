@@ -79,7 +79,7 @@ def test_set_on_a_run_directory_is_limited_to_the_commands_own_sections(tmp_path
     assert main(["eval", str(run), "--set", "train.lr=0.1", "--set", "eval.limit=5"]) == 2
     assert "--set train.lr: on a run directory only eval.* keys can be overridden" in capsys.readouterr().err
     assert main(["analyze", str(run), "--set", "model.name=x"]) == 2
-    assert "only analysis.* / checks.* keys" in capsys.readouterr().err
+    assert "only analysis.* / checks.* / eval.* keys" in capsys.readouterr().err
 
 
 def test_train_and_eval_import_only_what_training_needs(tiny_recipe, tmp_path):

@@ -41,6 +41,15 @@ def test_all_problems_are_reported_together_with_their_keys(tmp_path):
     assert "(got -1)" in text
 
 
+def test_eval_source_with_the_validation_split_or_a_config_without_a_source_is_refused():
+    with pytest.raises(UserError) as err:
+        load_recipe("quickstart", ["eval.source=../bench", "eval.split=validation"])
+    assert "eval.split: validation scores data.source's own validation rows, not eval.source's" in str(err.value)
+    with pytest.raises(UserError, match="eval.config: names a config of eval.source, which is not set"):
+        load_recipe("quickstart", ["eval.config=main"])
+    assert load_recipe("quickstart", ["eval.source=openai/gsm8k", "eval.config=main"]).eval.config == "main"
+
+
 def test_set_overrides_are_typed_and_turn_backslash_n_into_newlines():
     r = load_recipe("quickstart", ["train.epochs=1", "train.lr=1e-4", "data.limit=10", "train.completion_only=false",
                                    r"data.template=Q: {question}\nA: ", "train.report_to=[tensorboard]"])

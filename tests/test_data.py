@@ -111,6 +111,31 @@ def test_empty_and_missing_sources(tmp_path):
         load_splits(cfg(tmp_path / "dir"))
 
 
+def test_eval_source_replaces_the_test_rows_and_names_itself_in_errors(tmp_path):
+    from tunelab.config import EvalConfig
+    data = write_jsonl(tmp_path / "train.jsonl", rows(20))
+    bench = write_jsonl(tmp_path / "bench.jsonl", rows(7, start=100))  # one file: every row is scored
+    s = load_splits(cfg(data), EvalConfig(source=str(bench)))
+    assert len(s.train) + len(s.val) == 20
+    assert [e.fields["question"] for e in s.test] == [r["question"] for r in rows(7, 100)]
+    assert load_splits(cfg(data)).test == []  # without it, the single file has no test rows
+    only_test = tmp_path / "only-test"
+    only_test.mkdir()
+    write_jsonl(only_test / "test.jsonl", rows(3, start=200))  # a benchmark folder with a test split alone
+    scored = load_splits(cfg(data), EvalConfig(source=str(only_test))).test
+    assert [e.fields["question"] for e in scored] == [r["question"] for r in rows(3, 200)]
+    with pytest.raises(UserError, match="^eval.source: .*no-such.jsonl: no such file"):
+        load_splits(cfg(data), EvalConfig(source=str(tmp_path / "no-such.jsonl")))
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "q", "completion": "a"}])
+    with pytest.raises(UserError, match=r"^eval.source .*other.jsonl: data.template: unknown placeholder"):
+        load_splits(cfg(data), EvalConfig(source=str(other)))
+    (tmp_path / "empty-dir").mkdir()
+    with pytest.raises(UserError, match="eval.source: .*no train or test file"):
+        load_splits(cfg(data), EvalConfig(source=str(tmp_path / "empty-dir")))
+    labelled = load_splits(cfg(data, label_field="question"), EvalConfig(source=str(bench)))
+    assert labelled.test[0].label == "What is 100 + 1?"  # a label field the source has is read; one it lacks is none
+
+
 def alpaca_rows():
     return [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
             {"instruction": "Say hello.", "input": "", "output": "Hello!"},

@@ -209,6 +209,31 @@ def test_eval_writes_predictions_summary_and_paired_difference(tiny_trained, mon
     assert third.summary["base"]["cached"] is True
 
 
+def test_eval_source_scores_another_datasets_questions_and_answers_are_never_mixed(tiny_trained, gsm8k,
+                                                                                    monkeypatch, tmp_path):
+    """Trained on synthetic:arith, scored on GSM8K's test questions (rendered with the run's template); a later
+    eval of the run's own test rows keeps no pass that answered the other set's questions, though the ids match."""
+    from tunelab.report import write_report
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, run = tiny_trained
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"source": str(gsm8k)})})
+    result = evaluate(other, run)
+    asked = [json.loads(line)["question"] for line in (gsm8k / "test.jsonl").read_text().splitlines()[:6]]
+    for model in ("base", "tuned"):
+        assert [p["question"] for p in result.predictions if p["model"] == model] == asked
+    assert all("label" not in p for p in result.predictions)  # GSM8K has no family: scored without categories
+    summary = run.read_eval_summary()
+    assert summary["source"] == str(gsm8k) and summary["split"] == "test" and "by_category" not in summary
+    write_report(run)
+    assert f"n = 6 questions of {gsm8k}" in run.report_md.read_text()
+    card = (run.adapter / "README.md").read_text()
+    assert f"on `{gsm8k}` test questions (eval.source: not the training data)" in card
+    own = evaluate(cfg, run, only="tuned")  # test-0.. again, but synthetic questions: GSM8K's base answers go
+    assert "base" not in own.summary and "source" not in own.summary
+    assert [p["id"] for p in own.predictions] == [f"test-{i}" for i in range(6)]
+    assert all(p["question"] not in asked for p in own.predictions)
+
+
 def test_eval_cli_on_a_run_without_adapter_exits_2(tiny_trained, tmp_path, capsys):
     cfg, run = tiny_trained
     bare = tmp_path / "bare"

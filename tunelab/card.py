@@ -128,10 +128,9 @@ def _results(cfg, summary: dict, evaluation: dict | None, epochs: list[dict], ep
     scored = "tuned" if epoch is None else f"epoch-{epoch}"
     if evaluation and scored in evaluation:
         tuned = evaluation[scored]
-        split = evaluation.get("split", cfg.eval.split)
+        split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
-                    "dataset": {"name": f"{cfg.data.source} ({split}, {tuned['n']} questions)",
-                                "type": cfg.data.source, "split": split},
+                    "dataset": {"name": f"{source} ({split}, {tuned['n']} questions)", "type": source, "split": split},
                     "metrics": [{"type": "exact_match", "name": f"{names.strict} accuracy",
                                  "value": round(tuned["strict_accuracy"], 4)},
                                 {"type": "exact_match", "name": f"{names.flexible} accuracy",
@@ -153,8 +152,9 @@ def _evaluation(cfg, evaluation: dict | None) -> list[str]:
            "number" if names is NAMING["numeric"] else
            "the completion's first line against the target: exact line = equal once normalised, answer in line = the "
            "target in it as whole words")
-    split = evaluation.get("split", cfg.eval.split)
-    rows = ["## Evaluation", "", f"{names.title} on `{cfg.data.source}` {split} questions "
+    split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
+    other = " (eval.source: not the training data)" if source != cfg.data.source else ""
+    rows = ["## Evaluation", "", f"{names.title} on `{source}` {split} questions{other} "
             f"({how}), greedy, the training prompt:", "",
             f"| model | n | {names.strict} | {names.flexible} |", "|---|---|---|---|"]
     for name, row in evaluation.items():

@@ -267,7 +267,7 @@ def cmd_analyze(args) -> int:
             from tunelab.config import to_yaml
             run.write_text(run.config, to_yaml(cfg))
     elif args.run_dir:
-        run, cfg = open_run(args.run_dir, args.overrides, sections=("analysis", "checks"))
+        run, cfg = open_run(args.run_dir, args.overrides, sections=("analysis", "checks", "eval"))
     else:
         raise UserError("analyze: give a run directory, or --recipe NAME --run-dir DIR")
     with locked(run, "analyze"):
@@ -339,7 +339,7 @@ def cmd_check(args) -> int:
     device = args.device or _this_device()
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
-    splits, tok = load_splits(cfg.data), load_tokenizer(cfg.model)
+    splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
     train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
     result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)

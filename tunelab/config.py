@@ -169,6 +169,11 @@ class CostConfig(Section):
 
 class EvalConfig(Section):
     split: Literal["test", "validation"] = Field("test", description="held-out rows to score")
+    source: str | None = Field(None, description="score another dataset's questions instead of data.source's held-out "
+                               "rows (train on one set, measure on a benchmark): read like data.source and rendered "
+                               "with the same data.template and data.target; its test split, or all its rows when it "
+                               "has none; None = data.source's")
+    config: str | None = Field(None, description="hub dataset config name of eval.source")
     limit: int | None = Field(200, ge=1, description="questions to score (None = all)")
     max_new_tokens: int = Field(256, ge=1, description="most tokens generated per answer (exact scoring stops "
                                                        "sooner: see eval.scoring)")
@@ -278,6 +283,11 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")
+    if recipe is not None and recipe.eval.source and recipe.eval.split == "validation":
+        problems.append("eval.split: validation scores data.source's own validation rows, not eval.source's; "
+                        "drop one of them")
+    if recipe is not None and recipe.eval.config and not recipe.eval.source:
+        problems.append("eval.config: names a config of eval.source, which is not set")
     if recipe is not None:
         problems += _template_problems(recipe.data)
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:

@@ -41,7 +41,7 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
     where a merged export of the run already is (DoRA runs are served from one, else the commands first write it
     next to the run)."""
     cfg = run.read_recipe()
-    task = "gsm8k" if "gsm8k" in cfg.data.source.lower() else None  # lm-eval has no task for other data
+    task = "gsm8k" if "gsm8k" in (cfg.eval.source or cfg.data.source).lower() else None  # lm-eval: no other task
     served, export = None, []
     if cfg.lora.use_dora:  # vLLM loads LoRA adapters, not DoRA ones (vllm-project/vllm#10849): it serves the merge
         served = Path(merged or f"{run.path}-merged" + (f"-epoch-{epoch}" if epoch else "")).resolve()

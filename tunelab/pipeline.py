@@ -53,7 +53,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     from tunelab.data import load_splits
     from tunelab.evaluate import stage as evaluate
     from tunelab.train import checkpoint
-    unscoreable = evaluate.unscoreable(cfg, load_splits(cfg.data))
+    unscoreable = evaluate.unscoreable(cfg, load_splits(cfg.data, cfg.eval))
     if unscoreable:  # said before training, not found after it
         log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",
                     unscoreable)

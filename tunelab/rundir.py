@@ -53,7 +53,8 @@ LAYOUT = {
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),
-    "eval/summary.json": ("eval_summary", "per model (base, base-Nshot, epoch-K, tuned): n, strict and flexible "
+    "eval/summary.json": ("eval_summary", "`scoring`, `split` (and `source` when eval.source set the questions); "
+                                          "per model (base, base-Nshot, epoch-K, tuned): n, strict and flexible "
                                           "accuracy, tokens/s, seconds; base → tuned paired difference with 95 % CI "
                                           "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "
                                           "epoch), `best_epoch`, `fewshot`, `flips`; `by_category`: base → tuned "

@@ -40,7 +40,7 @@ def analyze(cfg: Recipe, run: RunDir) -> dict:
     """
     seconds: dict[str, float] = {}
     clock = time.time()
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, cfg.eval)
     rows = _rows(cfg, splits)
     texts = [question_text(e) for e in rows]
     k = cfg.analysis.k

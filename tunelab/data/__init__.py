@@ -1,7 +1,7 @@
 """Data: read the source, render prompt + target from the template, split train/validation/test.
 
-`load_splits(cfg.data)` is the one entry point. The split is seeded and deterministic; the test
-split (when the source has one) is kept for evaluation and never trained on.
+`load_splits(cfg.data, cfg.eval)` is the one entry point. The split is seeded and deterministic; the test
+split (when the source has one, or eval.source's rows) is kept for evaluation and never trained on.
 
 Run as: tunelab train quickstart
 """
@@ -14,7 +14,7 @@ import string
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.chat import HISTORY, conversation, with_system
 from tunelab.data.sources import read_source
 from tunelab.errors import UserError
@@ -90,17 +90,47 @@ def prompt_template(cfg: DataConfig, fields: dict) -> str:
     return cfg.template
 
 
-def load_splits(cfg: DataConfig) -> Splits:
-    """Read `cfg.source`, render every row, and split it.
+def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
+    """Read `cfg.source`, render every row, and split it. With `held_out.source` (eval.source), the test rows are
+    that source's instead, rendered with the same template: its test split, or all its rows when it has none.
 
     Raises:
         UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
     """
-    raw, bad = read_source(cfg.source, cfg.config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed)
+    examples, problems = _examples(cfg, cfg.source, cfg.config)
+    test = examples.get("test", [])
+    if held_out is not None and held_out.source:
+        other, more = _examples(cfg, held_out.source, held_out.config, "eval.source")
+        test, problems = other.get("test") or other.get("train", []), problems + more
+        if not test:
+            raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
+                            + (f" ({len(more)} malformed)" if more else ""))
+    if problems and not cfg.skip_bad_rows:
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise UserError(f"data.source: {len(problems)} malformed rows (set data.skip_bad_rows: true to skip them)\n"
+                        + "\n".join(f"  {p}" for p in problems[:5]) + more)
+    if problems:
+        log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
+    rows, dropped = _dedup(examples["train"][:cfg.limit] if cfg.limit else examples["train"], cfg)
+    train, val = _split(rows, examples.get("validation"), cfg)
+    return Splits(train, val, test, problems, dropped)
+
+
+def _examples(cfg: DataConfig, source: str, config: str | None,
+              key: str = "data.source") -> tuple[dict[str, list[Example]], list[str]]:
+    """Every split of `source` rendered by `cfg`'s templates, and "where: problem" of each row that could not be.
+    `key`: the recipe key that named the source (eval.source reads a source only scored: it needs no train split,
+    and its errors name that key)."""
+    try:
+        raw, bad = read_source(source, config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed,
+                               need_train=key == "data.source")
+    except UserError as err:
+        raise UserError(str(err).replace("data.source:", f"{key}:", 1)) from None
     loose = optional(cfg)
     templates = [cfg.template, *cfg.template_if_empty.values(), cfg.target]
     required = list(dict.fromkeys(n for t in templates for n in placeholders(t) if n not in loose))
-    _check_placeholders(cfg, raw["train"], required)
+    _check_placeholders(cfg, raw.get("train") or raw.get("test", []), required,
+                        "" if key == "data.source" else f"{key} {source}: ")
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
     for split, rows in raw.items():
@@ -119,15 +149,7 @@ def load_splits(cfg: DataConfig) -> Splits:
             label = fields.get(cfg.label_field) if cfg.label_field else None
             examples[split].append(Example(row.id, render(prompt_template(cfg, fields), fields, loose), target,
                                            fields, None if label is None else str(label)))
-    if problems and not cfg.skip_bad_rows:
-        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise UserError(f"data.source: {len(problems)} malformed rows (set data.skip_bad_rows: true to skip them)\n"
-                        + "\n".join(f"  {p}" for p in problems[:5]) + more)
-    if problems:
-        log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
-    rows, dropped = _dedup(examples["train"][:cfg.limit] if cfg.limit else examples["train"], cfg)
-    train, val = _split(rows, examples.get("validation"), cfg)
-    return Splits(train, val, examples.get("test", []), problems, dropped)
+    return examples, problems
 
 
 def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:
@@ -145,17 +167,20 @@ def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:
     return [e for e in rows if e.id not in drop], len(drop)
 
 
-def _check_placeholders(cfg: DataConfig, rows, needed: list[str]) -> None:
+def _check_placeholders(cfg: DataConfig, rows, needed: list[str], where: str = "") -> None:
+    """The fields the templates, data.messages and data.label_field name are in the first rows. `where` starts
+    each message: the eval source's name, when these are its rows (which may lack the label field: a benchmark
+    scored without categories)."""
     fields = sorted({k for r in rows[:100] for k in r.fields})
     if cfg.messages and rows and cfg.messages not in fields:
-        raise UserError(f"data.messages: no field {cfg.messages!r}; fields are: {', '.join(fields)}")
+        raise UserError(f"{where}data.messages: no field {cfg.messages!r}; fields are: {', '.join(fields)}")
     fields = sorted(set(fields) | ({"user", "assistant"} if cfg.messages else set()))  # what a conversation adds
     unknown = [n for n in needed if n not in fields]
     if unknown and rows:
         hint = "; with data.messages, set data.template={user} data.target={assistant}" if cfg.messages else ""
-        raise UserError(f"data.template: unknown placeholder {', '.join('{' + u + '}' for u in unknown)}; "
+        raise UserError(f"{where}data.template: unknown placeholder {', '.join('{' + u + '}' for u in unknown)}; "
                         f"fields are: {', '.join(fields)}{hint}")
-    if cfg.label_field and rows and cfg.label_field not in fields:
+    if cfg.label_field and rows and cfg.label_field not in fields and not where:
         raise UserError(f"data.label_field: no field {cfg.label_field!r}; fields are: {', '.join(fields)}")
 
 

@@ -242,6 +242,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
                          "near": embed_texts is not None, "embedder": "minilm"},
             "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
                      "deduplicated": splits.deduplicated},
+            "test_source": cfg.eval.source or cfg.data.source,
             "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
             "targets": targets(splits, mode or "numeric"), "eval_skipped": skipped,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals

@@ -34,11 +34,12 @@ class BadRow:
 
 
 def read_source(source: str, config: str | None, synthetic_rows: int, synthetic_test_rows: int,
-                seed: int) -> tuple[dict[str, list[Row]], list[BadRow]]:
+                seed: int, need_train: bool = True) -> tuple[dict[str, list[Row]], list[BadRow]]:
     """Rows per split name ("train", "test", maybe "validation") and the rows that could not be read.
+    `need_train`: False for a source only scored (eval.source), which may have a test split alone.
 
     Raises:
-        UserError: the source does not exist or has no train split.
+        UserError: the source does not exist or has no train split (when `need_train`).
     """
     if source == SYNTHETIC:
         from tunelab.data.synthetic import generate
@@ -46,35 +47,35 @@ def read_source(source: str, config: str | None, synthetic_rows: int, synthetic_
         return {name: [Row(f"{name}-{i}", f"{source} {name} row {i}", r) for i, r in enumerate(rows)]
                 for name, rows in splits.items() if rows}, []
     if source.startswith(HUB_PREFIX):
-        return _read_hub(source[len(HUB_PREFIX):], config), []
+        return _read_hub(source[len(HUB_PREFIX):], config, need_train), []
     path = Path(source)
     if path.is_file():
         rows, bad = _read_file(path, "train")
         return {"train": rows}, bad
     if path.is_dir():
-        return _read_dir(path, config)
+        return _read_dir(path, config, need_train)
     if source.startswith((".", "/")) or source.endswith(FILE_KINDS):
         raise UserError(f"data.source: {source}: no such file or directory")
-    return _read_hub(source, config), []
+    return _read_hub(source, config, need_train), []
 
 
-def _read_dir(path: Path, config: str | None) -> tuple[dict[str, list[Row]], list[BadRow]]:
+def _read_dir(path: Path, config: str | None, need_train: bool) -> tuple[dict[str, list[Row]], list[BadRow]]:
     if (path / "dataset_dict.json").is_file():  # a datasets.DatasetDict.save_to_disk folder
         import datasets
-        return _from_dataset_dict(datasets.load_from_disk(str(path)), str(path)), []
+        return _from_dataset_dict(datasets.load_from_disk(str(path)), str(path), need_train), []
     splits, bad = {}, []
     for name in ("train", "validation", "test"):
         files = [path / f"{name}{ext}" for ext in FILE_KINDS if (path / f"{name}{ext}").is_file()]
         if files:
             splits[name], bad_rows = _read_file(files[0], name)
             bad += bad_rows
-    if "train" not in splits:
-        raise UserError(f"data.source: {path}: no train file (expected train.jsonl, train.json, train.csv "
-                        f"or train.parquet)")
+    if "train" not in splits and (need_train or "test" not in splits):
+        wanted = "train" if need_train else "train or test"
+        raise UserError(f"data.source: {path}: no {wanted} file (expected {wanted}.jsonl, .json, .csv or .parquet)")
     return splits, bad
 
 
-def _read_hub(dataset_id: str, config: str | None) -> dict[str, list[Row]]:
+def _read_hub(dataset_id: str, config: str | None, need_train: bool) -> dict[str, list[Row]]:
     """`datasets.load_dataset(id, config)`: the hub (users have it) or a local datasets folder."""
     import datasets
     try:
@@ -83,16 +84,17 @@ def _read_hub(dataset_id: str, config: str | None) -> dict[str, list[Row]]:
         raise UserError(f"data.source: {dataset_id}: dataset not found ({err})") from None
     except Exception as err:  # the hub client raises many kinds; all mean "could not load this id"
         raise UserError(f"data.source: {dataset_id} (config {config}): could not load: {err}") from None
-    return _from_dataset_dict(dd, f"hub {dataset_id}")
+    return _from_dataset_dict(dd, f"hub {dataset_id}", need_train)
 
 
-def _from_dataset_dict(dd, label: str) -> dict[str, list[Row]]:
+def _from_dataset_dict(dd, label: str, need_train: bool) -> dict[str, list[Row]]:
     splits = {}
     for name in dd:
         key = "validation" if name in ("val", "valid", "dev") else name
         splits[key] = [Row(f"{key}-{i}", f"{label} {name} row {i}", dict(r)) for i, r in enumerate(dd[name])]
-    if "train" not in splits:
-        raise UserError(f"data.source: {label}: has splits {sorted(splits)}, but no train split")
+    if "train" not in splits and (need_train or "test" not in splits):
+        raise UserError(f"data.source: {label}: has splits {sorted(splits)}, but no train "
+                        f"{'split' if need_train else 'or test split'}")
     return splits
 
 

@@ -76,7 +76,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
     if adapter and only != "base":
         run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, cfg.eval)
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
     passes = _plan(cfg, run, splits.train, questions, only, adapter, tok, mode)
@@ -84,7 +84,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         run.create()
         run.write_text(run.config, to_yaml(cfg))
 
-    predictions, stats = _kept_passes(run, [q.id for q in questions], {p.name for p in passes}, mode)
+    predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode)
     device = pick_device(cfg.train.device)
     tune_for(device)
     journal = Journal(run, distributed.setup(device.type).rank)
@@ -95,7 +95,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
             if p.is_base:
                 _store(cfg, p, rows, stats[p.name])
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    summary = {"scoring": mode, "split": _limited(cfg, splits)[0], **stats,
+    summary = {"scoring": mode, "split": _limited(cfg, splits)[0],
+               **({"source": cfg.eval.source} if cfg.eval.source else {}), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible)}
     categories = by_category(predictions, [q.id for q in questions], cfg.data.label_field, mode)
@@ -221,7 +222,7 @@ def samples(cfg: Recipe, run: RunDir) -> list[dict]:
     or `eval.max_new_tokens`, not scored): what the report shows of the models when no scoring mode suits the data.
     Written to eval/samples.jsonl (main process)."""
     from tunelab.evaluate.generate import generate
-    split, rows = _limited(cfg, load_splits(cfg.data))
+    split, rows = _limited(cfg, load_splits(cfg.data, cfg.eval))
     questions = rows[:cfg.eval.samples]
     tok = load_tokenizer(cfg.model)
     prompts = _prompts(cfg, tok, questions)
@@ -304,16 +305,18 @@ def _mean(rows: list[dict], metric: str) -> float:
     return round(sum(r[f"{metric}_correct"] for r in rows) / len(rows), 6)
 
 
-def _kept_passes(run: RunDir, ids: list[str], running: set[str], mode: str) -> tuple[list[dict], dict]:
-    """Predictions and stats of earlier passes not being re-run, if they scored the same questions the same way."""
+def _kept_passes(run: RunDir, questions: list[Example], running: set[str], mode: str) -> tuple[list[dict], dict]:
+    """Predictions and stats of earlier passes not being re-run, if they scored the same questions (ids and
+    references: another eval.source numbers its rows the same way) the same way."""
     previous = run.read_eval_summary() or {}
     if previous.get("scoring", "numeric") != mode:
         return [], {}
     old = run.read_predictions()
+    asked = [(q.id, SCORERS[mode][0](q.target)) for q in questions]
     kept, stats = [], {}
     for name in pass_names(previous):
         rows = [p for p in old if p["model"] == name]
-        if name not in running and [p["id"] for p in rows] == ids:
+        if name not in running and [(p["id"], p["reference"]) for p in rows] == asked:
             kept += rows
             stats[name] = previous[name]
     return kept, stats

@@ -368,13 +368,21 @@ def cluster_separation(silhouette: float | None, k: int) -> str:
             "strong, ≥ 0.51 reasonable, ≥ 0.26 weak, below that no substantial structure; Kaufman & Rousseeuw).")
 
 
-def contamination(checks: dict, predictions: list[dict]) -> Observation:
-    """Test rows that overlap training rows, and how the tuned model scores on them against the rest."""
+def contamination(checks: dict, predictions: list[dict], checked: str = "", scored: str = "") -> Observation:
+    """Test rows that overlap training rows, and how the tuned model scores on them against the rest. `checked`,
+    `scored`: the sources of the test rows the checks compared and of the questions the eval answered; when they
+    differ (eval.source set after the checks ran), the checks say nothing about the scored questions."""
     s = checks["settings"]
     kinds = f"exact, {s['ngram']}-gram" + (f" and near-duplicate (MiniLM cosine ≥ {s['near_threshold']})"
                                           if s["near"] else "")
     rule = (f"test rows compared with every training row: {kinds}; accuracy on overlapping vs other questions "
             "by a 95 % bootstrap interval of the difference (unpaired groups)")
+    if checked != scored:
+        return Observation("watch", f"The data checks compared {checked}'s test rows with the training rows, but "
+                           f"the answers were scored on {scored}'s questions: their overlap with the training rows "
+                           f"is unchecked (`tunelab analyze RUN --set eval.source={scored}` checks it).",
+                           "the checks' test source (data_checks.json test_source) against the eval's (eval/summary.json "
+                           "source, else data.source)")
     if not checks["rows"]["test"]:
         return Observation("info", "The source has no test split: there is no test set to check for contamination "
                            "(held-out figures come from the validation rows, a random share of the training data).",

@@ -73,7 +73,10 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     checks = run.read_optional(run.data_checks)
     if checks:
         sections.insert(2, ("Data", _data(run, checks)))
-        found += [o for o in (rules.contamination(checks, run.read_predictions()), rules.duplicates(checks)) if o]
+        checked = checks.get("test_source", cfg.data.source)
+        scored = evaluation.get("source", cfg.data.source) if evaluation else cfg.eval.source or cfg.data.source
+        found += [o for o in (rules.contamination(checks, run.read_predictions(), checked, scored),
+                              rules.duplicates(checks)) if o]
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
@@ -115,7 +118,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
-                  "kept for evaluation"),
+                  + (f"of {cfg.eval.source} (eval.source) for evaluation" if cfg.eval.source else
+                     "kept for evaluation")),
         ("Epochs", f"{_epochs_run(summary)} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
                    f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
@@ -159,7 +163,8 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                          f"{100 * evaluation['base'][f'{metric}_accuracy']:.1f} % → "
                          f"{100 * evaluation['tuned'][f'{metric}_accuracy']:.1f} %",
                          f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
-                         f"n = {d['n']}, McNemar p = {d['mcnemar_p']:.2g}"))
+                         f"n = {d['n']}" + (f" questions of {evaluation['source']}" if "source" in evaluation else "")
+                         + f", McNemar p = {d['mcnemar_p']:.2g}"))
     if not evaluation:
         rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))

@@ -136,7 +136,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     d = distributed.setup(device.type, cfg.train.sharding)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, cfg.eval)
     tok = load_tokenizer(cfg.model)
     train_items, val_items, truncated = tokenize_splits(cfg, splits, tok)
     if len(train_items) < cfg.train.batch_size:
