@@ -99,12 +99,11 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
-            stale = stale_epochs(state.epochs, cfg.train.early_stopping_threshold)
+            threshold = cfg.train.early_stopping_threshold
+            stale = stale_epochs(state.epochs, threshold)
             if stale >= (cfg.train.early_stopping_patience or math.inf):
-                log.info("early stopping after epoch %d of %d: validation loss not %sbelow epoch %d's for %d "
-                         "epoch(s)", epoch - 1, cfg.train.epochs,
-                         f"more than {cfg.train.early_stopping_threshold:g} " * bool(cfg.train.early_stopping_threshold),
-                         epoch - 1 - stale, stale)
+                log.info("early stopping after epoch %d of %d: validation loss not more than %g below epoch %d's "
+                         "for %d epoch(s)", epoch - 1, cfg.train.epochs, threshold, epoch - 1 - stale, stale)
                 break
             t0 = time.time() - state.epoch_seconds
             stats, examples = _train_epoch(loop, epoch, stop, progress, trackers)
