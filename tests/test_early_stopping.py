@@ -91,6 +91,7 @@ def test_a_run_with_a_threshold_stops_where_the_curve_and_the_threshold_say(reci
     report = run.report_md.read_text()
     assert f"| Epochs | {stop} of {PLANNED}, stopped early by patience 1 (threshold {threshold:g})" in report
     assert f"by more than {threshold:g} for" in report
+    assert f"not more than {threshold:g} below that of the last epoch that improved by more (epoch 0 first)" in report
 
 
 @pytest.mark.parametrize("patience", [1, 2])

@@ -214,7 +214,8 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Obse
     best, reference = min(range(len(val)), key=val.__getitem__), last_improvement(val, threshold)
     by = f" by more than {threshold:g}" if threshold else ""
     rule = (f"train.early_stopping_patience = {patience}: stop once {patience} epoch(s) in a row end with a "
-            f"validation loss not below the lowest before them{by} (epoch 0 counts)")
+            + (f"validation loss not more than {threshold:g} below that of the last epoch that improved by more "
+               "(epoch 0 first)" if threshold else "validation loss not below the lowest before them (epoch 0 counts)"))
     if trained == planned:
         return Observation("info", f"Early stopping (patience {patience}) did not stop the run: all {planned} "
                            f"epochs ran; lowest validation loss at epoch {best} ({val[best]:.3f}).", rule)
