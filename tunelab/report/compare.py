@@ -149,10 +149,10 @@ def category_blocks(runs: list[RunDir], names: list[str]) -> list:
     tests = {k: paired_by_category(groups, source, tuned[0], tuned[k]) for k in same}
     rows = []
     for j, (category, members) in enumerate(groups.items()):
-        cells = [_pct(sum(tuned[0][i] for i in members) / len(members))]
+        cells = [pct(sum(tuned[0][i] for i in members) / len(members))]
         for k in same:
             row = tests[k]["rows"][j]
-            cells.append(f"{_pct(row['tuned_accuracy'])} ({row['difference']['delta_pts']:+.1f} pts, "
+            cells.append(f"{pct(row['tuned_accuracy'])} ({row['difference']['delta_pts']:+.1f} pts, "
                          f"p {row['difference']['mcnemar_p']:.2g})")
         rows.append((category, len(members), *cells))
     flexible = naming(evaluation).flexible
@@ -168,8 +168,9 @@ def category_blocks(runs: list[RunDir], names: list[str]) -> list:
     return blocks + ([("obs", found)] if found else [])
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f} %"
+def pct(x: float | None) -> str | None:
+    """A share as a whole percent ("83 %"); None stays None (a table cell shows it as —)."""
+    return None if x is None else f"{100 * x:.0f} %"
 
 
 def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:

@@ -14,7 +14,7 @@ from tunelab import handoff, trackers
 from tunelab.config import Recipe
 from tunelab.evaluate.scoring import naming
 from tunelab.report import observations as rules
-from tunelab.report.compare import baseline_section, val_rows
+from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
 from tunelab.rundir import RunDir, open_run, trained_and_planned
@@ -248,8 +248,8 @@ def _insights(run: RunDir, analysis: dict) -> list:
     blocks.append(("p", line))
     blocks.append(("table", ["cluster", "name (c-TF-IDF)", "size", "mean loss", "base acc", "tuned acc",
                              "example"],
-                   [(c["cluster"], c["name"], c["size"], c["mean_loss"], _pct(c.get("base_accuracy")),
-                     _pct(c.get("tuned_accuracy")), c["examples"][0][:140]) for c in clusters]))
+                   [(c["cluster"], c["name"], c["size"], c["mean_loss"], pct(c.get("base_accuracy")),
+                     pct(c.get("tuned_accuracy")), c["examples"][0][:140]) for c in clusters]))
     outliers = run.read_optional(run.outliers, [])
     if outliers:
         blocks.append(("p", f"{analysis['outliers']} outliers (rare problems); the top ten:"))
@@ -338,7 +338,7 @@ def _categories(evaluation: dict) -> list:
     """Base → tuned accuracy per category (data.label_field, or the reference class), each with its paired test;
     for classes, where each model's answers went (a confusion table)."""
     cat, names = evaluation["by_category"], naming(evaluation)
-    rows = [(r["category"], r["n"], _pct(r["base_accuracy"]), _pct(r["tuned_accuracy"]),
+    rows = [(r["category"], r["n"], pct(r["base_accuracy"]), pct(r["tuned_accuracy"]),
              f"{r['difference']['delta_pts']:+.1f} ({r['difference']['ci95_pts'][0]:+.1f}..{r['difference']['ci95_pts'][1]:+.1f})",
              f"{r['difference']['mcnemar_p']:.2g}", "yes" if r["difference"]["mcnemar_p"] < cat["alpha"] else "no")
             for r in cat["rows"]]
@@ -365,10 +365,6 @@ def _samples(rows: list[dict], skipped: dict, max_new_tokens: int) -> list:
                        [("question", r["question"]), ("reference", r["reference"]), ("base", r["base"]),
                         ("tuned", r["tuned"])]))
     return blocks
-
-
-def _pct(x):
-    return None if x is None else f"{100 * x:.0f} %"
 
 
 def _worked_and_watch(found: list) -> list:
