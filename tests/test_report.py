@@ -129,3 +129,25 @@ def test_flops_and_estimate_arithmetic():
     h = cost.estimate({"flops": 989e12 * 0.19 * 3600}, "NVIDIA H200")  # measured on an H200: 19 %
     assert h["device"] == "H200" and h["hours"] == pytest.approx(1.0) and "measured" in h["basis"]
     assert cost.gpu_key("NVIDIA A100-SXM4-40GB", 40) == "A100-40GB" and cost.gpu_key("NVIDIA H100 80GB HBM3") == "H100-80GB"
+
+
+def test_overview_counts_the_test_rows_of_the_source_they_came_from(tmp_path):
+    """The Overview's test count is taken at train time; when eval.source is set on a finished run, the count
+    still names its own source and the scored questions are stated beside it, not silently swapped."""
+    run = RunDir(make_run(tmp_path / "run"))
+    write_report(run)
+    assert "; 100 test rows kept for evaluation |" in run.report_md.read_text()
+
+    summary = json.loads(run.summary.read_text())
+    run.summary.write_text(json.dumps({**summary, "test_source": "bench.jsonl"}))
+    config = run.path / "config.yaml"
+    config.write_text(config.read_text().replace("  source: null", "  source: bench.jsonl", 1))
+    evaluation = json.loads(run.eval_summary.read_text())
+    run.eval_summary.write_text(json.dumps({**evaluation, "source": "bench.jsonl"}))
+    write_report(run)
+    assert "; 100 test rows of bench.jsonl (eval.source) for evaluation |" in run.report_md.read_text()
+
+    run.summary.write_text(json.dumps(summary))  # trained without eval.source; scored on bench.jsonl afterwards
+    write_report(run)
+    assert ("; 100 test rows kept for evaluation; the eval scored 100 questions of bench.jsonl instead "
+            "(eval.source set after training) |") in run.report_md.read_text()

@@ -65,7 +65,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                          f"{names.title} of the base model (epoch 0) and after each scored epoch, "
                          "same questions"))
     sections = [
-        ("Overview", _overview(run, cfg, summary)),
+        ("Overview", _overview(run, cfg, summary, evaluation)),
         ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped))),
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
@@ -104,7 +104,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     return run.report_html
 
 
-def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
+def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) -> list:
     env = run.read_optional(run.environment, {})
     cost = run.read_optional(run.cost, {})
     estimate = run.read_optional(run.estimate, {})
@@ -117,9 +117,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
-                  f"({data.val_fraction:.0%} held out, seed {data.seed}); {summary['test_examples']} test rows "
-                  + (f"of {cfg.eval.source} (eval.source) for evaluation" if cfg.eval.source else
-                     "kept for evaluation")),
+                  f"({data.val_fraction:.0%} held out, seed {data.seed}); " + _test_rows(cfg, summary, evaluation)),
         ("Epochs", f"{_epochs_run(summary)} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
                    f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
@@ -133,6 +131,19 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict) -> list:
         rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
                                                  f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"))
     return [("table", ["", "value"], rows)]
+
+
+def _test_rows(cfg: Recipe, summary: dict, evaluation: dict | None) -> str:
+    """The Overview's test-row count, naming its source; when the eval scored another source than the one
+    counted at train time (eval.source set on a finished run), it says so and gives what was scored."""
+    counted = summary.get("test_source", cfg.data.source)  # runs from before the key: the training source
+    text = f"{summary['test_examples']} test rows " + ("kept for evaluation" if counted == cfg.data.source else
+                                                       f"of {counted} (eval.source) for evaluation")
+    scored = (evaluation or {}).get("source", cfg.data.source)
+    if evaluation and scored != counted:
+        n = next(v["n"] for v in evaluation.values() if isinstance(v, dict) and "n" in v)  # every pass: same questions
+        text += f"; the eval scored {n} questions of {scored} instead (eval.source set after training)"
+    return text
 
 
 def _epochs_run(summary: dict) -> str:
