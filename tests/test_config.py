@@ -48,6 +48,8 @@ def test_eval_source_with_the_validation_split_or_a_config_without_a_source_is_r
     with pytest.raises(UserError, match="eval.config: names a config of eval.source, which is not set"):
         load_recipe("quickstart", ["eval.config=main"])
     assert load_recipe("quickstart", ["eval.source=openai/gsm8k", "eval.config=main"]).eval.config == "main"
+    with pytest.raises(UserError, match="eval.fewshot_from: eval_source takes the shots from eval.source's train"):
+        load_recipe("quickstart", ["eval.fewshot_from=eval_source"])
 
 
 def test_set_overrides_are_typed_and_turn_backslash_n_into_newlines():

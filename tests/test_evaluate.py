@@ -234,6 +234,41 @@ def test_eval_source_scores_another_datasets_questions_and_answers_are_never_mix
     assert all(p["question"] not in asked for p in own.predictions)
 
 
+def test_fewshot_from_eval_source_takes_the_shots_from_its_train_split(tiny_trained, gsm8k, monkeypatch, tmp_path):
+    """lm-eval's fewshot_split: with eval.fewshot_from=eval_source the baseline's shots are the benchmark's first
+    train rows, never the rows scored, and the summary and the report say where the shots came from."""
+    import shutil
+    from tunelab.data import load_splits
+    from tunelab.errors import UserError
+    from tunelab.evaluate.fewshot import fewshot_context
+    from tunelab.evaluate.stage import _plan, _shot_pool
+    from tunelab.report import write_report
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = tiny_trained
+    run = RunDir(shutil.copytree(trained.path, tmp_path / "run"))
+    bench = cfg.eval.model_copy(update={"source": str(gsm8k), "fewshot": 2, "limit": 3})
+    own, theirs = (cfg.model_copy(update={"eval": bench.model_copy(update={"fewshot_from": f})})
+                   for f in ("data", "eval_source"))
+    splits = load_splits(theirs.data, theirs.eval)
+    first = [json.loads(line)["question"] for line in (gsm8k / "train.jsonl").read_text().splitlines()[:2]]
+    assert [e.fields["question"] for e in _shot_pool(theirs, splits)[:2]] == first
+    few = {c.eval.fewshot_from: _plan(c, run, _shot_pool(c, splits), splits.test[:3], "base", False, None)[1]
+           for c in (own, theirs)}
+    assert few["eval_source"].prefix == fewshot_context(splits.eval_train[:2])
+    assert few["data"].prefix == fewshot_context(splits.train[:2]) != few["eval_source"].prefix
+
+    summary = evaluate(theirs, run).summary
+    said = f"the first 2 train rows of {gsm8k} (eval.source)"
+    assert summary["base-2shot"]["shots_from"] == summary["fewshot"]["shots_from"] == said
+    write_report(run)
+    assert f"shots: {said}" in run.report_md.read_text()
+    one_file = gsm8k / "test.jsonl"  # a single file: every row is scored, so none is left for shots
+    alone = theirs.model_copy(update={"eval": theirs.eval.model_copy(update={"source": str(one_file)})})
+    with pytest.raises(UserError, match=r"eval.fewshot_from: eval_source: .*test.jsonl has 0 train rows apart from "
+                                        r"the rows scored.*\(with no test split, all its rows are scored\)"):
+        evaluate(alone, run, only="base")
+
+
 def test_eval_cli_on_a_run_without_adapter_exits_2(tiny_trained, tmp_path, capsys):
     cfg, run = tiny_trained
     bare = tmp_path / "bare"

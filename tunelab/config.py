@@ -182,6 +182,10 @@ class EvalConfig(Section):
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
                                                   "kept epoch's; None = all for runs that trained <= 5 epochs, else last")
     fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
+    fewshot_from: Literal["data", "eval_source"] = Field(
+        "data", description="the few-shot baseline's shots: data = the first N training rows (what prompting with "
+        "your own data gets); eval_source = the first N rows of eval.source's train split (lm-eval's fewshot_split: "
+        "the benchmark measured the way lm-eval measures it)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "answered by the base model and the tuned adapter, shown in the report side by side, not "
                          "scored (0 = none)")
@@ -288,6 +292,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
                         "drop one of them")
     if recipe is not None and recipe.eval.config and not recipe.eval.source:
         problems.append("eval.config: names a config of eval.source, which is not set")
+    if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
+        problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
+                        "eval.source is not set")
     if recipe is not None:
         problems += _template_problems(recipe.data)
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:

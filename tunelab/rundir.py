@@ -57,7 +57,8 @@ LAYOUT = {
                                           "per model (base, base-Nshot, epoch-K, tuned): n, strict and flexible "
                                           "accuracy, tokens/s, seconds; base → tuned paired difference with 95 % CI "
                                           "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "
-                                          "epoch), `best_epoch`, `fewshot`, `flips`; `by_category`: base → tuned "
+                                          "epoch), `best_epoch`, `fewshot` (tuned vs the N-shot base, `shots_from`), "
+                                          "`flips`; `by_category`: base → tuned "
                                           "per `data.label_field` value (or per reference class under exact "
                                           "scoring, with confusion tables), paired"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "

@@ -38,6 +38,7 @@ class Splits:
     test: list[Example]
     skipped: list[str] = field(default_factory=list)  # "where: problem" of each skipped bad row
     deduplicated: int = 0  # train rows dropped by data.dedup before the split
+    eval_train: list[Example] = field(default_factory=list)  # eval.source's train rows when its test rows are scored
 
 
 def question_text(example: Example) -> str:
@@ -92,16 +93,18 @@ def prompt_template(cfg: DataConfig, fields: dict) -> str:
 
 def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     """Read `cfg.source`, render every row, and split it. With `held_out.source` (eval.source), the test rows are
-    that source's instead, rendered with the same template: its test split, or all its rows when it has none.
+    that source's instead, rendered with the same template: its test split, or all its rows when it has none
+    (`eval_train`: its train rows when it has both, the few-shot pool of eval.fewshot_from=eval_source).
 
     Raises:
         UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
     """
     examples, problems = _examples(cfg, cfg.source, cfg.config)
-    test = examples.get("test", [])
+    test, eval_train = examples.get("test", []), []
     if held_out is not None and held_out.source:
         other, more = _examples(cfg, held_out.source, held_out.config, "eval.source")
         test, problems = other.get("test") or other.get("train", []), problems + more
+        eval_train = other.get("train", []) if other.get("test") else []  # never the rows scored
         if not test:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
@@ -113,7 +116,7 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
         log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
     rows, dropped = _dedup(examples["train"][:cfg.limit] if cfg.limit else examples["train"], cfg)
     train, val = _split(rows, examples.get("validation"), cfg)
-    return Splits(train, val, test, problems, dropped)
+    return Splits(train, val, test, problems, dropped, eval_train)
 
 
 def _examples(cfg: DataConfig, source: str, config: str | None,

@@ -51,6 +51,7 @@ class Pass:
     epoch: int | None = None  # the training epoch an adapter is from
     prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
     max_new_tokens: int = 256  # the generation budget of each answer
+    shots_from: str | None = None  # a few-shot pass: where its shots came from, in words
 
     @property
     def is_base(self) -> bool:
@@ -79,7 +80,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     splits = load_splits(cfg.data, cfg.eval)
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
-    passes = _plan(cfg, run, splits.train, questions, only, adapter, tok, mode)
+    passes = _plan(cfg, run, _shot_pool(cfg, splits), questions, only, adapter, tok, mode)
     if not adapter and distributed.is_main_process() and not run.config.exists():
         run.create()
         run.write_text(run.config, to_yaml(cfg))
@@ -94,6 +95,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
             rows, stats[p.name] = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
             if p.is_base:
                 _store(cfg, p, rows, stats[p.name])
+        if p.shots_from:
+            stats[p.name]["shots_from"] = p.shots_from
         predictions = [r for r in predictions if r["model"] != p.name] + rows
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0],
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **stats,
@@ -181,9 +184,31 @@ def epochs_to_score(cfg: Recipe, trained: int) -> str:
     return cfg.eval.epochs or ("all" if trained <= 5 else "last")
 
 
-def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[Example], only: str | None,
+def _shot_pool(cfg: Recipe, splits) -> list[Example]:
+    """The rows the few-shot baseline takes its first `eval.fewshot` shots from (`eval.fewshot_from`).
+
+    Raises:
+        UserError: eval_source, and eval.source has too few train rows apart from the rows scored.
+    """
+    if cfg.eval.fewshot_from == "data":
+        return splits.train
+    if cfg.eval.fewshot and len(splits.eval_train) < cfg.eval.fewshot:
+        raise UserError(f"eval.fewshot_from: eval_source: {cfg.eval.source} has {len(splits.eval_train)} train rows "
+                        f"apart from the rows scored, and eval.fewshot={cfg.eval.fewshot} takes that many shots"
+                        + ("" if splits.eval_train else " (with no test split, all its rows are scored)"))
+    return splits.eval_train
+
+
+def _shots_from(cfg: Recipe, n: int) -> str:
+    """Where the few-shot baseline's shots came from, in words (the report and the eval summary say it)."""
+    return (f"the first {n} train rows of {cfg.eval.source} (eval.source)" if cfg.eval.fewshot_from == "eval_source"
+            else f"the first {n} training rows")
+
+
+def _plan(cfg: Recipe, run: RunDir, shot_pool: list[Example], questions: list[Example], only: str | None,
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
-    """The passes this evaluation runs, in order: base, base few-shot, each kept epoch, the final adapter.
+    """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
+    `shot_pool`), each kept epoch, the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
@@ -193,13 +218,14 @@ def _plan(cfg: Recipe, run: RunDir, train_rows: list[Example], questions: list[E
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
         if cfg.eval.fewshot:
-            shots = train_rows[:cfg.eval.fewshot]
+            shots = shot_pool[:cfg.eval.fewshot]
             if cfg.data.chat_template:
                 few = [chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions]
                 context = chat.context(tok, exchanges(shots), _history(questions[0]))  # rows share a system turn
             else:
                 few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
-            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget))
+            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget,
+                               shots_from=_shots_from(cfg, len(shots))))
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
         if epochs_to_score(cfg, last) == "all":

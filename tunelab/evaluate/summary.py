@@ -55,7 +55,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
                              "rule": f"highest {flexible} accuracy; a tie goes to the earlier epoch"}
     name = f"base-{fewshot}shot"
     if fewshot and diff(name, "tuned"):
-        out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned")}
+        out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned"),
+                          "shots_from": stats[name].get("shots_from", f"the first {fewshot} training rows")}
     pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])]
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
                     if a in by and b in by]

@@ -325,7 +325,8 @@ def fewshot_baseline(evaluation: dict) -> Observation | None:
     lo, hi = d["ci95_pts"]
     prompted, tuned = evaluation[fs["model"]]["flexible_accuracy"], evaluation["tuned"]["flexible_accuracy"]
     numbers = (f"{100 * tuned:.1f} % vs {100 * prompted:.1f} % for the base model prompted {fs['shots']}-shot "
-               f"(lm-eval's GSM8K format), {d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
+               f"(lm-eval's GSM8K format" + (f", shots: {fs['shots_from']}" if "shots_from" in fs else "")
+               + f"), {d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
     rule = (f"paired bootstrap 95 % CI of tuned − few-shot base over the same questions "
             f"({naming(evaluation).flexible})")
     kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),

@@ -185,7 +185,8 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
         rows.append((f"vs the base model prompted {fs['shots']}-shot ({names.flexible})",
                      f"{100 * evaluation[fs['model']]['flexible_accuracy']:.1f} % → "
                      f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %",
-                     f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']}"))
+                     f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']}"
+                     + (f"; shots: {fs['shots_from']}" if "shots_from" in fs else "")))
     if evaluation and evaluation.get("best_epoch"):
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
