@@ -151,9 +151,12 @@ def _output_commands(sub) -> None:
     s = sub.add_parser("sweep", help="one run per combination of recipe values, then their comparison; "
                                      "resumable run by run")
     _recipe_args(s)
-    s.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+    s.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                    help="a recipe key and the values to try, e.g. --vary train.lr=3e-4,1e-3 (repeatable: every "
                         "combination runs)")
+    s.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every combination N times, train.seed = the recipe's, +1, ... (the comparison then "
+                        "gives each recipe's spread over seeds and tests recipes against it)")
     s.add_argument("--run-dir", help="the sweep's folder, one run folder per combination inside "
                                      "(default runs/<recipe name>-sweep)")
     s.set_defaults(func=cmd_sweep)
@@ -434,7 +437,7 @@ def cmd_sweep(args) -> int:
     from tunelab.report import headline
     from tunelab.rundir import RunDir, trained_and_planned
     from tunelab.sweep import sweep
-    folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir)
+    folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir, args.seeds)
     done = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
     names = naming(done[0].read_eval_summary() if done else None)
     table = Table("run", "state", "epochs", "final val loss", f"tuned {names.flexible}", "tuned − base (95 % CI)",

@@ -2,6 +2,7 @@
 
     paired_difference(base_correct, tuned_correct)   # accuracy delta in points, 95 % bootstrap CI, McNemar p
     paired_loss_difference(before, after)            # token-weighted loss delta over the same rows, 95 % CI
+    welch_difference(seeds_a, seeds_b)                # difference of means over repeats (seeds), Welch's t-test
 
 Torch-free: report and compare use it on a copied run directory.
 
@@ -54,6 +55,22 @@ def unpaired_difference(a: list[bool], b: list[bool], seed: int = 0, resamples: 
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"n_a": len(x), "n_b": len(y), "delta_pts": round(100 * float(x.mean() - y.mean()), 3),
             "ci95_pts": [round(100 * float(lo), 3), round(100 * float(hi), 3)]}
+
+
+def welch_difference(a: list[float], b: list[float]) -> dict | None:
+    """Mean of `b` minus mean of `a` (independent samples: one figure per seed of two recipes), with Welch's
+    t-test: two-sided p and the 95 % CI of the difference (Welch–Satterthwaite degrees of freedom). None when
+    neither sample varies (no noise to judge against) or either has fewer than 2 values."""
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    import warnings
+    from scipy.stats import ttest_ind
+    with warnings.catch_warnings():  # one sample without spread: scipy warns of precision, the test is still Welch's
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = ttest_ind(b, a, equal_var=False)
+        ci = test.confidence_interval(0.95)
+    return {"n_a": len(a), "n_b": len(b), "delta": round(float(np.mean(b) - np.mean(a)), 6),
+            "ci95": [round(float(ci.low), 6), round(float(ci.high), 6)], "p": float(test.pvalue)}
 
 
 def _mcnemar_exact(b: int, c: int) -> float:

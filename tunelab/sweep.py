@@ -5,7 +5,7 @@ command skips every finished stage of every run; a run that fails (say, a learni
 and the others go on. `sweep.json` holds the plan and each run's state; `compare.md` / `compare.html` put the
 finished runs side by side, with paired tests against the first (the same machinery as `tunelab compare`).
 
-Run as: tunelab sweep quickstart --vary train.lr=3e-4,1e-3 --vary lora.r=8,16
+Run as: tunelab sweep quickstart --vary train.lr=3e-4,1e-3 --vary lora.r=8,16 [--seeds 3]
 """
 
 from __future__ import annotations
@@ -80,13 +80,16 @@ def _slug(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_+-]", "-", value) or "-"
 
 
-def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str | None) -> tuple[Path, dict]:
+def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str | None,
+          seeds: int = 1) -> tuple[Path, dict]:
     """Run every combination not yet finished, then compare the finished ones; returns (folder, sweep.json).
+    `seeds` > 1 repeats every combination with train.seed = the recipe's, +1, ... (varied last).
 
     Raises:
-        UserError: a malformed --vary, any combination's recipe problems (before anything runs), or the folder
-            holding another sweep.
+        UserError: a malformed --vary or --seeds, any combination's recipe problems (before anything runs), or the
+            folder holding another sweep.
     """
+    vary_items = vary_items + _seed_values(recipe, overrides, vary_items, seeds)
     combos = plan(parse_vary(vary_items))
     problems = []
     for name, combo in combos:
@@ -118,6 +121,20 @@ def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str
         from tunelab.report import compare
         compare(finished, folder)
     return folder, record
+
+
+def _seed_values(recipe: str, overrides: list[str], vary_items: list[str], seeds: int) -> list[str]:
+    """`--seeds N` as one more --vary item: train.seed over N consecutive values from the recipe's own."""
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: must be at least 1")
+    if seeds == 1:
+        if not vary_items:
+            raise UserError("sweep: nothing to vary: give --vary KEY=V1,V2 or --seeds N")
+        return []
+    if any(item.partition("=")[0] == "train.seed" for item in vary_items):
+        raise UserError("--seeds: train.seed is already given by --vary; use one of them")
+    first = load_recipe(recipe, overrides).train.seed
+    return [f"train.seed={','.join(str(first + k) for k in range(seeds))}"]
 
 
 def _check_same_sweep(home: RunDir, plan_file: Path, record: dict) -> None:

@@ -233,6 +233,9 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     sections = [("Runs", blocks)]
     if by_category := category_blocks(runs, names):
         sections.append(("Accuracy by category", by_category))
+    from tunelab.report.seeds import seed_blocks
+    if by_seed := seed_blocks(runs, names):
+        sections.append(("Seeds", by_seed))
     (out / "compare.md").write_text(markdown("Run comparison", sections, out))
     (out / "compare.html").write_text(html_page("Run comparison", sections))
     return rows, picture

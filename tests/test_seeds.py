@@ -1,0 +1,89 @@
+"""Seed repeats: runs whose recipes differ only in train.seed / data.seed are one recipe; compare gives its spread
+over seeds and tests recipes against each other by Welch's t-test, and `tunelab sweep --seeds N` makes them."""
+
+import statistics
+
+import pytest
+from scipy.stats import ttest_ind
+
+from fixture_run import add_eval, make_run
+from tunelab.config import load_recipe, to_yaml
+from tunelab.errors import UserError
+from tunelab.report import compare
+from tunelab.report.seeds import repeats
+from tunelab.rundir import RunDir
+from tunelab.sweep import sweep
+
+N = 40
+
+
+def seeded_run(path, lr: str, seed: int, right: int, val: float, first_right: int = 0) -> RunDir:
+    """A fixture run of the quickstart recipe at this lr and train.seed: final validation loss `val`, the tuned
+    adapter right on `right` of N questions (questions first_right.. first_right+right-1), the base on 4."""
+    run = RunDir(make_run(path, val=(2.31, 1.62, val)))
+    run.config.write_text(to_yaml(load_recipe("quickstart", ["train.epochs=2", f"train.lr={lr}",
+                                                             f"train.seed={seed}"])))
+    add_eval(run.path, {"base": [i < 4 for i in range(N)],
+                        "tuned": [first_right <= i < first_right + right for i in range(N)]})
+    return run
+
+
+def section(md: str, title: str) -> str:
+    return md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_compare_gives_each_recipes_spread_over_seeds_and_tests_recipes_against_it(tmp_path):
+    plan = [("1e-3", 0, 20, 1.50), ("1e-3", 1, 22, 1.48), ("1e-3", 2, 21, 1.53),
+            ("3e-3", 0, 30, 1.40), ("3e-3", 1, 31, 1.41), ("3e-3", 2, 33, 1.37)]
+    runs = [seeded_run(tmp_path / f"lr{lr}-s{seed}", lr, seed, right, val) for lr, seed, right, val in plan]
+    assert repeats(runs) == [("train.lr=0.001", [0, 1, 2]), ("train.lr=0.003", [3, 4, 5])]
+    compare(runs, tmp_path / "out")
+    seeds = section((tmp_path / "out" / "compare.md").read_text(), "Seeds")
+
+    acc = {lr: [100 * right / N for l, _, right, _ in plan if l == lr] for lr in ("1e-3", "3e-3")}
+    loss = {lr: [v for l, _, _, v in plan if l == lr] for lr in ("1e-3", "3e-3")}
+    a = acc["1e-3"]
+    assert (f"| train.lr=0.001 | lr1e-3-s0, lr1e-3-s1, lr1e-3-s2 | {statistics.mean(loss['1e-3']):.4f} ± "
+            f"{statistics.stdev(loss['1e-3']):.4f} ({min(loss['1e-3']):.4f}..{max(loss['1e-3']):.4f}, 3 seeds) | "
+            f"{statistics.mean(a):.1f} ± {statistics.stdev(a):.1f} % ({min(a):.1f}..{max(a):.1f}, 3 seeds) |") in seeds
+    t = ttest_ind(acc["3e-3"], a, equal_var=False)
+    ci = t.confidence_interval(0.95)
+    delta = statistics.mean(acc["3e-3"]) - statistics.mean(a)
+    said = f"{delta:+.1f} pts (95 % CI {ci.low:+.1f}..{ci.high:+.1f}, p = {t.pvalue:.2g})"
+    assert f"| train.lr=0.003 − train.lr=0.001 | tuned accuracy | {said} | 3 vs 3 |" in seeds
+    assert ci.low > 0 and f"train.lr=0.003 beat train.lr=0.001 beyond seed noise: tuned accuracy {said}" in seeds
+    # overlapping answers (questions 0..19, 0..21, 0..20): no pair of repeats differs beyond the paired interval
+    assert "train.lr=0.001: none of the 3 pairs of repeats differs beyond the paired interval" in seeds
+
+
+def test_repeats_that_differ_beyond_the_paired_interval_are_flagged_as_training_noise(tmp_path):
+    runs = [seeded_run(tmp_path / "s0", "1e-3", 0, 10, 1.5), seeded_run(tmp_path / "s1", "1e-3", 1, 30, 1.4),
+            seeded_run(tmp_path / "other", "3e-3", 0, 25, 1.45)]  # a recipe run once: its spread has 1 seed
+    compare(runs, tmp_path / "out")
+    seeds = section((tmp_path / "out" / "compare.md").read_text(), "Seeds")
+    assert "| train.lr=0.003 | other | 1.4500 (1 seed) | 62.5 % (1 seed) |" in seeds
+    assert "train.lr=0.001: 1 of 1 pairs of repeats differ beyond the paired interval (s1 vs s0 +50.0 pts" in seeds
+    assert "Each recipe against" not in seeds  # a recipe run once has no spread to test against
+
+
+def test_no_seeds_section_without_repeats(tmp_path):
+    runs = [seeded_run(tmp_path / "a", "1e-3", 0, 20, 1.5), seeded_run(tmp_path / "b", "3e-3", 0, 25, 1.4)]
+    compare(runs, tmp_path / "out")
+    assert "## Seeds" not in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_sweep_seeds_repeats_every_combination_with_consecutive_train_seeds(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr("tunelab.pipeline.run_all", lambda recipe, overrides, run_dir, baseline:
+                        ran.append((overrides, run_dir.rsplit("/", 1)[-1])))
+    monkeypatch.setattr("tunelab.report.compare", lambda runs, folder: None)
+    folder, record = sweep("quickstart", ["train.seed=7"], ["lora.r=4,8"], str(tmp_path / "sw"), seeds=2)
+    assert [name for _, name in ran] == ["r=4_seed=7", "r=4_seed=8", "r=8_seed=7", "r=8_seed=8"]
+    assert ran[1][0] == ["train.seed=7", "lora.r=4", "train.seed=8"]  # the later --set wins
+    assert record["vary"] == ["lora.r=4,8", "train.seed=7,8"]
+    for args, message in [((["lora.r=4,8"], 0), "--seeds 0: must be at least 1"),
+                          ((["train.seed=1,2"], 3), "--seeds: train.seed is already given by --vary"),
+                          (([], 1), "sweep: nothing to vary")]:
+        with pytest.raises(UserError, match=message):
+            sweep("quickstart", [], args[0], str(tmp_path / "bad"), seeds=args[1])
+    assert not (tmp_path / "bad").exists()
