@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import ttest_ind
 
 from fixture_run import add_eval, make_run
+from tunelab.cli import main
 from tunelab.config import load_recipe, to_yaml
 from tunelab.errors import UserError
 from tunelab.report import compare
@@ -56,10 +57,12 @@ def test_compare_gives_each_recipes_spread_over_seeds_and_tests_recipes_against_
     assert "train.lr=0.001: none of the 3 pairs of repeats differs beyond the paired interval" in seeds
 
 
-def test_repeats_that_differ_beyond_the_paired_interval_are_flagged_as_training_noise(tmp_path):
+def test_repeats_that_differ_beyond_the_paired_interval_are_flagged_as_training_noise(tmp_path, capsys):
     runs = [seeded_run(tmp_path / "s0", "1e-3", 0, 10, 1.5), seeded_run(tmp_path / "s1", "1e-3", 1, 30, 1.4),
             seeded_run(tmp_path / "other", "3e-3", 0, 25, 1.45)]  # a recipe run once: its spread has 1 seed
-    compare(runs, tmp_path / "out")
+    assert main(["compare", *(str(r.path) for r in runs), "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out  # the console says it too
+    assert "seeds: train.lr=0.001: 1 of 1 pairs of repeats differ beyond the paired interval" in said
     seeds = section((tmp_path / "out" / "compare.md").read_text(), "Seeds")
     assert "| train.lr=0.003 | other | 1.4500 (1 seed) | 62.5 % (1 seed) |" in seeds
     assert "train.lr=0.001: 1 of 1 pairs of repeats differ beyond the paired interval (s1 vs s0 +50.0 pts" in seeds

@@ -326,6 +326,9 @@ def cmd_compare(args) -> int:
         for key, *values in differences:
             keys.add_row(key, *[repr(v) for v in values])
         Console().print(keys)
+    from tunelab.report.seeds import findings
+    for line in findings(runs, [r.path.name for r in runs]):
+        print(line)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.html'} and {picture}")
     return 0
 
@@ -458,6 +461,8 @@ def cmd_sweep(args) -> int:
                       "—" if cost is None else f"${cost:.4f}")
     Console(width=160).print(table)
     if (folder / "compare.md").exists():
+        from tunelab.report.seeds import findings
+        print("\n".join(findings(done, [r.path.name for r in done])))
         print(f"wrote {folder / 'compare.md'} and {folder / 'compare.html'} (paired tests against the first run)")
     return 0 if all(e["state"] == "done" for e in record["runs"]) else 1
 

@@ -152,3 +152,8 @@ def _repeat_pairs(runs: list[RunDir], names: list[str], label: str, members: lis
     return Observation("info", f"{label}: none of the {len(pairs)} pairs of repeats differs beyond the paired "
                                "interval: the seed's effect on accuracy stayed within the noise of question "
                                "sampling.", rule)
+
+
+def findings(runs: list[RunDir], names: list[str]) -> list[str]:
+    """The Seeds section's observations as console lines (the sweep and compare commands print them)."""
+    return [f"seeds: {o.text}" for kind, *rest in seed_blocks(runs, names) if kind == "obs" for o in rest[0]]
