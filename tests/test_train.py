@@ -335,3 +335,24 @@ def test_val_every_adds_validation_passes_between_epochs_without_changing_the_tr
     from tunelab.report import write_report
     write_report(fine)
     assert f"Over {len(validation)} validation passes the loss was lowest at step" in fine.report_md.read_text()
+
+
+def test_loraplus_moves_the_b_matrices_ratio_times_as_far(tiny_recipe, tmp_path):
+    """train.loraplus_lr_ratio (PEFT's LoRA+ groups): in the first AdamW step each B entry moves lr·sign(grad), so
+    with ratio 16 the B matrices come out exactly 16× those of plain LoRA; the A matrices, whose gradient is zero
+    while B is, stay at their (seeded) initial values in both."""
+    adapters = {}
+    for ratio in (None, 16.0):
+        raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "synthetic_rows": 10, "val_fraction": 0.2},
+               "train": {**tiny_recipe["train"], "epochs": 1, "loraplus_lr_ratio": ratio}}
+        run = RunDir(tmp_path / str(ratio))
+        train(validate(raw, "lora-plus"), run)
+        assert run.read_json(run.summary)["train_examples"] == 8  # one batch: one optimizer step
+        adapters[ratio] = load_file(run.adapter / "adapter_model.safetensors")
+    plain, plus = adapters[None], adapters[16.0]
+    b_keys = [k for k in plain if "lora_B" in k]
+    assert b_keys and all(plain[k].abs().max() > 0 for k in b_keys)
+    for k in b_keys:
+        torch.testing.assert_close(plus[k], 16 * plain[k], rtol=1e-4, atol=1e-7)
+    for k in (k for k in plain if "lora_A" in k):
+        assert torch.equal(plus[k], plain[k])

@@ -113,6 +113,10 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay on the adapter weights")
+    loraplus_lr_ratio: float | None = Field(None, ge=1, description="LoRA+ (PEFT's create_loraplus_optimizer; "
+                                            "Axolotl's and LLaMA-Factory's loraplus_lr_ratio): the B matrices (and "
+                                            "DoRA's magnitudes) learn at train.lr x this, the A matrices at train.lr; "
+                                            "the paper suggests 16; None = one learning rate")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
     max_length: int = Field(512, ge=8, description="tokens per example; longer ones are truncated and counted")

@@ -114,6 +114,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"
+                   + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "

@@ -161,7 +161,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     if d.sharded:
         d.shard(net, model.get_base_model().get_decoder().layers)
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / (cfg.train.grad_accum * d.world))
-    optimizer, scheduler = _optimizer(net, cfg, steps_per_epoch * cfg.train.epochs)
+    optimizer, scheduler = _optimizer(model, net, cfg, steps_per_epoch * cfg.train.epochs)
     loop = Loop(cfg, run, d, device, splits, train_items, val_items, truncated, tok.pad_token_id, model, net,
                 optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch,
                 micro_batch_tokens(cfg.train.micro_batch_tokens, device, model.get_base_model().config))
@@ -396,10 +396,18 @@ def _estimate(cfg: Recipe, device, train_items, val_items) -> dict:
     return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), target)
 
 
-def _optimizer(net, cfg: Recipe, total_steps: int):
+def _optimizer(model, net, cfg: Recipe, total_steps: int):
+    """AdamW over the adapter weights (with train.loraplus_lr_ratio, PEFT's LoRA+ parameter groups: B at lr x
+    ratio) and the learning-rate schedule; `model` is the PEFT model inside `net` (same parameters)."""
     from transformers import get_scheduler
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.lr,
+                                              loraplus_lr_ratio=cfg.train.loraplus_lr_ratio,
+                                              loraplus_weight_decay=cfg.train.weight_decay)
+    else:
+        params = [p for p in net.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
