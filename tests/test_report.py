@@ -151,3 +151,21 @@ def test_overview_counts_the_test_rows_of_the_source_they_came_from(tmp_path):
     write_report(run)
     assert ("; 100 test rows kept for evaluation; the eval scored 100 questions of bench.jsonl instead "
             "(eval.source set after training) |") in run.report_md.read_text()
+
+
+def test_runs_that_scored_other_questions_under_the_same_ids_are_not_paired(tmp_path):
+    """Two eval sources both number their rows test-0..: a run scored on another source's questions shares the
+    ids but not the references, so compare states the accuracies without a paired interval instead of pairing
+    answers to different questions."""
+    from fixture_run import add_eval
+    from tunelab.report.compare import paired
+    runs = [RunDir(make_run(tmp_path / name)) for name in ("own", "other")]
+    for run, right in zip(runs, (10, 30)):
+        add_eval(run.path, {"base": [i < 4 for i in range(40)], "tuned": [i < right for i in range(40)]})
+    assert paired(runs[1], runs[0])[1]["delta_pts"] == 50.0  # same questions: paired
+    rows = runs[1].read_predictions()
+    runs[1].predictions.write_text("".join(json.dumps({**r, "reference": f"other {r['reference']}"}) + "\n"
+                                           for r in rows))
+    assert paired(runs[1], runs[0])[1] is None
+    compare(runs, tmp_path / "out")
+    assert "the runs scored different questions, so no paired interval" in (tmp_path / "out" / "compare.md").read_text()

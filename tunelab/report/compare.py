@@ -31,13 +31,18 @@ def paired(run: RunDir, baseline: RunDir) -> tuple[dict | None, dict | None]:
     over the rows / questions both measured — None where they share none (different data or questions)."""
     rows_a, rows_b = val_rows(baseline), val_rows(run)
     loss = paired_loss_difference(rows_a[max(rows_a)], rows_b[max(rows_b)]) if rows_a and rows_b else None
-    tuned_a = {p["id"]: p["flexible_correct"] for p in baseline.read_predictions() if p["model"] == "tuned"}
-    tuned_b = {p["id"]: p["flexible_correct"] for p in run.read_predictions() if p["model"] == "tuned"}
+    tuned_a, tuned_b = tuned_flags(baseline.read_predictions()), tuned_flags(run.read_predictions())
     accuracy = None
     if tuned_a and tuned_a.keys() == tuned_b.keys():
         ids = list(tuned_a)
         accuracy = paired_difference([tuned_a[i] for i in ids], [tuned_b[i] for i in ids])
     return loss, accuracy
+
+
+def tuned_flags(predictions: list[dict]) -> dict[tuple[str, str | None], bool]:
+    """The tuned adapter's flexible-correct flag per question, keyed by (id, reference answer): two runs answered
+    the same questions only when both match (another eval.source numbers its rows the same way)."""
+    return {(p["id"], p["reference"]): p["flexible_correct"] for p in predictions if p["model"] == "tuned"}
 
 
 def eval_lines(evaluation: dict) -> list[str]:
@@ -138,18 +143,18 @@ def category_blocks(runs: list[RunDir], names: list[str]) -> list:
     if not evaluation.get("by_category"):
         return []
     predictions = runs[0].read_predictions()
-    tuned = [{p["id"]: p["flexible_correct"] for p in (predictions if k == 0 else r.read_predictions())
-              if p["model"] == "tuned"} for k, r in enumerate(runs)]
-    found = categories_of(predictions, list(tuned[0]), runs[0].read_recipe().data.label_field,
+    tuned = [tuned_flags(predictions if k == 0 else r.read_predictions()) for k, r in enumerate(runs)]
+    by_id = [{i: ok for (i, _), ok in flags.items()} for flags in tuned]
+    found = categories_of(predictions, list(by_id[0]), runs[0].read_recipe().data.label_field,
                           evaluation.get("scoring", "numeric"))
     if found is None:
         return []
     groups, source = found
     same = [k for k in range(1, len(runs)) if tuned[k].keys() == tuned[0].keys()]
-    tests = {k: paired_by_category(groups, source, tuned[0], tuned[k]) for k in same}
+    tests = {k: paired_by_category(groups, source, by_id[0], by_id[k]) for k in same}
     rows = []
     for j, (category, members) in enumerate(groups.items()):
-        cells = [pct(sum(tuned[0][i] for i in members) / len(members))]
+        cells = [pct(sum(by_id[0][i] for i in members) / len(members))]
         for k in same:
             row = tests[k]["rows"][j]
             cells.append(f"{pct(row['tuned_accuracy'])} ({row['difference']['delta_pts']:+.1f} pts, "

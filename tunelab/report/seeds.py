@@ -131,8 +131,8 @@ def _versus(first: str, label: str, figures: list[str], values: list[dict], a: l
 def _repeat_pairs(runs: list[RunDir], names: list[str], label: str, members: list[int]) -> Observation | None:
     """How many pairs of repeats of one recipe the paired test on their tuned answers calls different: each one
     is training noise that a single-run comparison would have reported as an effect."""
-    tuned = [{p["id"]: p["flexible_correct"] for p in runs[i].read_predictions() if p["model"] == "tuned"}
-             for i in members]
+    from tunelab.report.compare import tuned_flags
+    tuned = [tuned_flags(runs[i].read_predictions()) for i in members]
     pairs = [(x, y) for x, y in combinations(range(len(members)), 2) if tuned[x] and tuned[x].keys() == tuned[y].keys()]
     if not pairs:
         return None
