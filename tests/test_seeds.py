@@ -90,3 +90,21 @@ def test_sweep_seeds_repeats_every_combination_with_consecutive_train_seeds(tmp_
         with pytest.raises(UserError, match=message):
             sweep("quickstart", [], args[0], str(tmp_path / "bad"), seeds=args[1])
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_of_a_sweep_folder_compares_its_finished_runs_in_place(tmp_path, capsys):
+    import json
+    folder = tmp_path / "sweep"
+    for name, seed, right in (("seed=0", 0, 20), ("seed=1", 1, 24)):
+        seeded_run(folder / name, "1e-3", seed, right, 1.5)
+    (folder / "sweep.json").write_text(json.dumps({"runs": [
+        {"name": "seed=0", "state": "done"}, {"name": "seed=2", "state": "failed: diverged"},
+        {"name": "seed=1", "state": "done"}]}))
+    assert main(["compare", str(folder)]) == 0
+    md = (folder / "compare.md").read_text()  # a lone sweep folder: written where the sweep writes it
+    assert "| figure | seed=0 | seed=1 |" in md and "seed=2" not in md
+    assert "| the recipe | seed=0, seed=1 |" in section(md, "Seeds")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "sweep.json").write_text(json.dumps({"runs": [{"name": "a", "state": "to do"}]}))
+    assert main(["compare", str(tmp_path / "empty")]) == 2
+    assert "no finished run in the sweep yet" in capsys.readouterr().err

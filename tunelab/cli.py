@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("compare", help="table of every summary figure and overlaid learning curves of runs")
-    s.add_argument("run_dirs", nargs="+")
-    s.add_argument("--out", help="where to write compare.md/.html/.png (default runs/compare)")
+    s.add_argument("run_dirs", nargs="+", help="run folders, or a sweep's folder (its finished runs)")
+    s.add_argument("--out", help="where to write compare.md/.html/.png (default runs/compare; a lone sweep "
+                                 "folder: that folder)")
     s.set_defaults(func=cmd_compare)
 
     _planning_commands(sub)
@@ -313,8 +314,14 @@ def cmd_compare(args) -> int:
     from rich.table import Table
     from tunelab.report import compare, load_run
     from tunelab.report.compare import recipe_differences
-    runs = [load_run(p) for p in args.run_dirs]
-    out = Path(args.out or default_run_dir("", "compare"))
+    from tunelab.sweep import finished_runs
+    sweeps = [Path(p) for p in args.run_dirs if (Path(p) / "sweep.json").is_file()]
+    runs = [load_run(r) for p in args.run_dirs
+            for r in (finished_runs(Path(p)) if Path(p) in sweeps else [p])]  # a sweep's folder: its finished runs
+    if not runs:
+        raise UserError(f"compare: {', '.join(map(str, sweeps))}: no finished run in the sweep yet")
+    only_sweep = sweeps[0] if len(args.run_dirs) == 1 and sweeps else None
+    out = Path(args.out or only_sweep or default_run_dir("", "compare"))
     rows, picture = compare(runs, out)
     table = Table("figure", *[r.path.name for r in runs], "Δ last − first")
     for row in rows:

@@ -116,7 +116,7 @@ def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str
                 log.error("sweep: %s failed: %s", entry["name"], err)
                 entry["state"] = f"failed: {err}"
             home.write_json(plan_file, record)
-    finished = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
+    finished = [RunDir(path) for path in finished_runs(folder)]
     if finished:
         from tunelab.report import compare
         compare(finished, folder)
@@ -135,6 +135,13 @@ def _seed_values(recipe: str, overrides: list[str], vary_items: list[str], seeds
         raise UserError("--seeds: train.seed is already given by --vary; use one of them")
     first = load_recipe(recipe, overrides).train.seed
     return [f"train.seed={','.join(str(first + k) for k in range(seeds))}"]
+
+
+def finished_runs(folder: Path) -> list[Path]:
+    """The run folders of a sweep that finished, in the sweep's order (from its sweep.json)."""
+    import json
+    record = json.loads((folder / "sweep.json").read_text())
+    return [folder / e["name"] for e in record["runs"] if e["state"] == "done"]
 
 
 def _check_same_sweep(home: RunDir, plan_file: Path, record: dict) -> None:
