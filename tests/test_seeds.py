@@ -18,14 +18,14 @@ from tunelab.sweep import sweep
 N = 40
 
 
-def seeded_run(path, lr: str, seed: int, right: int, val: float, first_right: int = 0) -> RunDir:
+def seeded_run(path, lr: str, seed: int, right: int, val: float, first_right: int = 0, n: int = N) -> RunDir:
     """A fixture run of the quickstart recipe at this lr and train.seed: final validation loss `val`, the tuned
-    adapter right on `right` of N questions (questions first_right.. first_right+right-1), the base on 4."""
+    adapter right on `right` of n questions (questions first_right.. first_right+right-1), the base on 4."""
     run = RunDir(make_run(path, val=(2.31, 1.62, val)))
     run.config.write_text(to_yaml(load_recipe("quickstart", ["train.epochs=2", f"train.lr={lr}",
                                                              f"train.seed={seed}"])))
-    add_eval(run.path, {"base": [i < 4 for i in range(N)],
-                        "tuned": [first_right <= i < first_right + right for i in range(N)]})
+    add_eval(run.path, {"base": [i < 4 for i in range(n)],
+                        "tuned": [first_right <= i < first_right + right for i in range(n)]})
     return run
 
 
@@ -67,6 +67,13 @@ def test_repeats_that_differ_beyond_the_paired_interval_are_flagged_as_training_
     assert "| train.lr=0.003 | other | 1.4500 (1 seed) | 62.5 % (1 seed) |" in seeds
     assert "train.lr=0.001: 1 of 1 pairs of repeats differ beyond the paired interval (s1 vs s0 +50.0 pts" in seeds
     assert "Each recipe against" not in seeds  # a recipe run once has no spread to test against
+
+
+def test_accuracies_over_different_questions_are_not_averaged_as_repeats(tmp_path):
+    runs = [seeded_run(tmp_path / "s0", "1e-3", 0, 20, 1.5), seeded_run(tmp_path / "s1", "1e-3", 1, 20, 1.4, n=30)]
+    compare(runs, tmp_path / "out")
+    seeds = section((tmp_path / "out" / "compare.md").read_text(), "Seeds")
+    assert "| recipe | runs | final validation loss |\n" in seeds and "Tuned accuracy is left out" in seeds
 
 
 def test_no_seeds_section_without_repeats(tmp_path):

@@ -104,7 +104,7 @@ FORMAT_KEYS = ("model.name", "data.template", "data.target", "data.chat_template
 
 def recipe_differences(runs: list[RunDir]) -> list[tuple]:
     """(key, each run's value) for every recipe key whose value is not the same in all runs (the name aside)."""
-    recipes = [_flat_recipe(r.read_recipe().model_dump(mode="json")) for r in runs]
+    recipes = [flat_recipe(r.read_recipe().model_dump(mode="json")) for r in runs]
     keys = [k for k in recipes[0] if k != "name" and len({repr(rec.get(k)) for rec in recipes}) > 1]
     return [(k, *(rec.get(k) for rec in recipes)) for k in keys]
 
@@ -128,10 +128,10 @@ def recipe_blocks(differences: list[tuple], names: list[str]) -> list:
     return blocks
 
 
-def _flat_recipe(tree: dict, prefix: str = "") -> dict:
+def flat_recipe(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
-        out.update(_flat_recipe(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flat_recipe(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 

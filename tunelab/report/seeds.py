@@ -18,6 +18,7 @@ import json
 from itertools import combinations
 from statistics import mean, stdev
 
+from tunelab.report.compare import flat_recipe, tuned_flags
 from tunelab.report.observations import Observation, _sign
 from tunelab.rundir import RunDir
 from tunelab.stats import paired_difference, welch_difference
@@ -40,8 +41,7 @@ def repeats(runs: list[RunDir]) -> list[tuple[str, list[int]]]:
     """The runs grouped by recipe with the seed keys (and the name) left out, in order of first appearance:
     (label, indices). A label names the keys in which its recipe differs from the others ("the recipe" when all
     runs share one)."""
-    from tunelab.report.compare import _flat_recipe
-    flat = [_flat_recipe(r.read_recipe().model_dump(mode="json")) for r in runs]
+    flat = [flat_recipe(r.read_recipe().model_dump(mode="json")) for r in runs]
     recipes = [{k: v for k, v in f.items() if k != "name" and k not in SEED_KEYS} for f in flat]
     groups: dict[str, list[int]] = {}
     for i, recipe in enumerate(recipes):
@@ -58,7 +58,9 @@ def seed_blocks(runs: list[RunDir], names: list[str]) -> list:
     if not any(len(members) > 1 for _, members in groups):
         return []
     values = [_figures(r) for r in runs]
-    figures = [f for f in values[0] if all(f in v for v in values)]
+    asked = [tuned_flags(r.read_predictions()).keys() for r in runs]
+    same_questions = all(a == asked[0] for a in asked)  # else accuracies over different questions: not averaged
+    figures = [f for f in values[0] if all(f in v for v in values) and (same_questions or f != "tuned accuracy")]
     rows = []
     for label, members in groups:
         cells = [_spread([values[i][f] for i in members], f) for f in figures]
@@ -68,6 +70,9 @@ def seed_blocks(runs: list[RunDir], names: list[str]) -> list:
               "figures are given as mean ± sample sd over its repeats (min..max). The paired intervals elsewhere "
               "count the noise of which questions were asked; the spread here is the noise of training itself."),
         ("table", ["recipe", "runs", *figures], rows)]
+    if not same_questions and all("tuned accuracy" in v for v in values):
+        blocks.append(("p", "Tuned accuracy is left out: the runs scored different questions (eval.limit or "
+                            "eval.source differ), so their accuracies are not one figure's repeats."))
     found = [o for label, members in groups for o in [_repeat_pairs(runs, names, label, members)] if o]
     tested = [(label, members) for label, members in groups if len(members) > 1]
     if len(tested) > 1:
@@ -131,7 +136,6 @@ def _versus(first: str, label: str, figures: list[str], values: list[dict], a: l
 def _repeat_pairs(runs: list[RunDir], names: list[str], label: str, members: list[int]) -> Observation | None:
     """How many pairs of repeats of one recipe the paired test on their tuned answers calls different: each one
     is training noise that a single-run comparison would have reported as an effect."""
-    from tunelab.report.compare import tuned_flags
     tuned = [tuned_flags(runs[i].read_predictions()) for i in members]
     pairs = [(x, y) for x, y in combinations(range(len(members)), 2) if tuned[x] and tuned[x].keys() == tuned[y].keys()]
     if not pairs:
