@@ -446,9 +446,9 @@ def cmd_sweep(args) -> int:
     from tunelab.evaluate.scoring import naming
     from tunelab.report import headline
     from tunelab.rundir import RunDir, trained_and_planned
-    from tunelab.sweep import sweep
+    from tunelab.sweep import finished_runs, sweep
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir, args.seeds)
-    done = [RunDir(folder / e["name"]) for e in record["runs"] if e["state"] == "done"]
+    done = [RunDir(path) for path in finished_runs(folder)]
     names = naming(done[0].read_eval_summary() if done else None)
     table = Table("run", "state", "epochs", "final val loss", f"tuned {names.flexible}", "tuned − base (95 % CI)",
                   "cost", title=f"sweep {folder}")

@@ -79,11 +79,10 @@ def seed_blocks(runs: list[RunDir], names: list[str]) -> list:
         (first, a), later = tested[0], tested[1:]
         rows, verdicts = [], []
         for label, b in later:
-            for f in figures:
-                d = welch_difference([values[i][f] for i in a], [values[i][f] for i in b])
-                rows.append((f"{label} − {first}", f, _difference(d, f) if d else
-                             "no spread in either recipe: no test", f"{len(b)} vs {len(a)}"))
-            verdicts.append(_versus(first, label, figures, values, a, b))
+            tests = {f: welch_difference([values[i][f] for i in a], [values[i][f] for i in b]) for f in figures}
+            rows += [(f"{label} − {first}", f, _difference(d, f) if d else "no spread in either recipe: no test",
+                      f"{len(b)} vs {len(a)}") for f, d in tests.items()]
+            verdicts.append(_versus(first, label, tests))
         blocks += [("p", f"Each recipe against {first}: difference of the means over seeds, with Welch's t-test "
                          "(95 % CI of the difference, Welch–Satterthwaite degrees of freedom)."),
                    ("table", ["recipes", "figure", "difference of the means", "seeds"], rows)]
@@ -113,13 +112,13 @@ def _difference(d: dict, figure: str) -> str:
     return f"{_fmt(d['delta'], figure, '+')}{_unit(figure, True)} (95 % CI {lo}..{hi}, p = {d['p']:.2g})"
 
 
-def _versus(first: str, label: str, figures: list[str], values: list[dict], a: list[int], b: list[int]
-            ) -> Observation | None:
-    """Did recipe `label` move the headline figure (tuned accuracy, else validation loss) beyond seed noise?"""
-    figure = "tuned accuracy" if "tuned accuracy" in figures else "final validation loss"
-    if figure not in figures:
+def _versus(first: str, label: str, tests: dict[str, dict | None]) -> Observation | None:
+    """Did recipe `label` move the headline figure (tuned accuracy, else validation loss) beyond seed noise?
+    `tests`: the Welch difference of each figure (None where neither recipe varied)."""
+    figure = "tuned accuracy" if "tuned accuracy" in tests else "final validation loss"
+    if figure not in tests:
         return None
-    d = welch_difference([values[i][figure] for i in a], [values[i][figure] for i in b])
+    d = tests[figure]
     rule = (f"Welch's t-test of {label}'s per-seed {figure} against {first}'s; beyond seed noise when the 95 % CI "
             "of the difference of means excludes 0")
     if d is None:
