@@ -28,13 +28,11 @@ def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", 
         UserError: no adapter in the run (or none kept for `epoch`), `out` already exists, an unsupported model for
             GGUF, disk full.
     """
-    run.require(run.adapter_config, "adapter: train first (tunelab train)")
+    source = adapter_folder(run, epoch)
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new output folder")
     if fmt not in ("hf", "gguf"):
         raise UserError(f"--format: {fmt!r}; choose hf or gguf")
-    source = run.require(run.epoch_adapter(epoch), f"epoch-{epoch} adapter: train.keep_epoch_adapters was off") \
-        if epoch else run.adapter
     if run.summary.exists():
         card.write(run)  # the card of the run as it is now (it travels with every export)
     with atomic_folder(out) as tmp:
@@ -91,6 +89,17 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
         raise UserError(f"--epoch: {epoch!r}; choose best, best-loss or an epoch from 1 to "
                         f"{trained or 'the last trained'}")
     return None if number == trained else number
+
+
+def adapter_folder(run: RunDir, epoch: int | None) -> Path:
+    """The folder of the run's final adapter, or of epoch `epoch`'s (`chosen_epoch`).
+
+    Raises:
+        UserError: the run has no adapter yet, or kept none for that epoch.
+    """
+    run.require(run.adapter_config, "adapter: train first (tunelab train)")
+    return run.require(run.epoch_adapter(epoch), f"epoch-{epoch} adapter: train.keep_epoch_adapters was off") \
+        if epoch else run.adapter
 
 
 def _card_into(run: RunDir, folder: Path, epoch: int | None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.chat import HISTORY, conversation, with_system
-from tunelab.data.sources import read_source
+from tunelab.data.sources import Row, read_source
 from tunelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -129,30 +129,55 @@ def _examples(cfg: DataConfig, source: str, config: str | None,
                                need_train=key == "data.source")
     except UserError as err:
         raise UserError(str(err).replace("data.source:", f"{key}:", 1)) from None
-    loose = optional(cfg)
-    templates = [cfg.template, *cfg.template_if_empty.values(), cfg.target]
-    required = list(dict.fromkeys(n for t in templates for n in placeholders(t) if n not in loose))
-    _check_placeholders(cfg, raw.get("train") or raw.get("test", []), required,
+    prompt_needs, target_needs = needed_fields(cfg)
+    _check_placeholders(cfg, raw.get("train") or raw.get("test", []), prompt_needs + target_needs,
                         "" if key == "data.source" else f"{key} {source}: ")
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
     for split, rows in raw.items():
         examples[split] = []
         for row in rows:
-            fields, problem = conversation(row.fields, cfg.messages) if cfg.messages else (row.fields, None)
-            problem = problem or _row_problem(fields, required)
-            target = "" if problem else render(cfg.target, fields, loose)
-            if not (problem or target.strip()):
-                problem = "empty target: data.target renders blank (its optional fields are all empty)"
+            example, problem = to_example(cfg, row)
             if problem:
                 problems.append(f"{row.where}: {problem}")
-                continue
-            if cfg.system_prompt is not None:
-                fields = with_system(fields, cfg.system_prompt)
-            label = fields.get(cfg.label_field) if cfg.label_field else None
-            examples[split].append(Example(row.id, render(prompt_template(cfg, fields), fields, loose), target,
-                                           fields, None if label is None else str(label)))
+            else:
+                examples[split].append(example)
     return examples, problems
+
+
+def needed_fields(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """The fields a row must fill (not optional): the prompt's (data.template and data.template_if_empty's
+    placeholders) and the target's, in order of first use."""
+    loose = optional(cfg)
+    prompt = [n for t in [cfg.template, *cfg.template_if_empty.values()] for n in placeholders(t) if n not in loose]
+    prompt = list(dict.fromkeys(prompt))
+    return prompt, [n for n in placeholders(cfg.target) if n not in loose and n not in prompt]
+
+
+def to_example(cfg: DataConfig, row: Row, need_target: bool = True) -> tuple[Example | None, str | None]:
+    """One raw row rendered by `cfg`'s templates, or (None, the row's problem).
+
+    Args:
+        need_target: False for a prompt to answer (tunelab generate): the row needs only the prompt's fields, a
+            conversation may end with its user turn, and the target is rendered when the row has its fields
+            (else it is "").
+    """
+    loose = optional(cfg)
+    prompt_needs, target_needs = needed_fields(cfg)
+    fields, problem = conversation(row.fields, cfg.messages, open_end=not need_target) if cfg.messages \
+        else (row.fields, None)
+    problem = problem or _row_problem(fields, prompt_needs + (target_needs if need_target else []))
+    if problem:
+        return None, problem
+    answered = need_target or not _row_problem(fields, target_needs)
+    target = render(cfg.target, fields, loose) if answered else ""
+    if need_target and not target.strip():
+        return None, "empty target: data.target renders blank (its optional fields are all empty)"
+    if cfg.system_prompt is not None:
+        fields = with_system(fields, cfg.system_prompt)
+    label = fields.get(cfg.label_field) if cfg.label_field else None
+    return Example(row.id, render(prompt_template(cfg, fields), fields, loose), target, fields,
+                   None if label is None else str(label)), None
 
 
 def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:

@@ -35,24 +35,30 @@ def require(tok) -> None:
                         f"data.chat_template: false (plain prompts) or use an instruct model's tokenizer")
 
 
-def conversation(fields: dict, key: str) -> tuple[dict | None, str | None]:
-    """A conversation row's fields with `user`, `assistant` and its history added, or (None, the problem)."""
+def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict | None, str | None]:
+    """A conversation row's fields with `user`, `assistant` and its history added, or (None, the problem).
+    `open_end` (tunelab generate): the conversation may also end with its user turn, the prompt to answer; it then
+    has no `assistant` field."""
     turns = fields.get(key)
     if turns is None:
         return None, f"missing field {key!r}"
     if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("role") in ROLES
                                               and isinstance(t.get("content"), str) for t in turns):
         return None, f"field {key!r}: expected a list of {{role, content}} turns, role one of {', '.join(ROLES)}"
-    if not turns or turns[-1]["role"] != "assistant":
+    answered = bool(turns) and turns[-1]["role"] == "assistant"
+    if not answered and not (open_end and turns and turns[-1]["role"] == "user"):
         last = turns[-1]["role"] if turns else "nothing"
-        return None, f"field {key!r}: the last turn is {last}, expected the assistant turn (the target)"
-    if len(turns) < 2 or turns[-2]["role"] != "user":
+        wanted = "a user turn (to answer) or an assistant turn" if open_end else "the assistant turn (the target)"
+        return None, f"field {key!r}: the last turn is {last}, expected {wanted}"
+    asked = turns[:-1] if answered else turns
+    if not asked or asked[-1]["role"] != "user":
         return None, f"field {key!r}: expected a user turn just before the last assistant turn"
-    for t in turns[-2:]:
+    for t in asked[-1:] + turns[len(asked):]:
         if not t["content"].strip():
             return None, f"field {key!r}: empty {t['role']} turn"
-    history = [{"role": t["role"], "content": t["content"]} for t in turns[:-2]]
-    return {**fields, "user": turns[-2]["content"], "assistant": turns[-1]["content"], HISTORY: history}, None
+    history = [{"role": t["role"], "content": t["content"]} for t in asked[:-1]]
+    reply = {"assistant": turns[-1]["content"]} if answered else {}
+    return {**fields, "user": asked[-1]["content"], **reply, HISTORY: history}, None
 
 
 def with_system(fields: dict, text: str) -> dict:
