@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunelab.distributed import is_main_process
 from tunelab.errors import UserError
+from tunelab.evaluate.inference import UNTIL
 from tunelab.rundir import default_run_dir, locked, open_run
 
 log = logging.getLogger("tunelab")
@@ -21,7 +22,11 @@ log = logging.getLogger("tunelab")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "generate" and not any(e.startswith("-") for e in extra):
+        args.text += extra  # prompts after an option (`generate RUN --base "2 + 2?"`), which argparse leaves over
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if is_main_process() and not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "sentence_transformers"):
@@ -161,6 +166,25 @@ def _output_commands(sub) -> None:
     s.add_argument("--run-dir", help="the sweep's folder, one run folder per combination inside "
                                      "(default runs/<recipe name>-sweep)")
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("generate", help="the tuned model's answers to your prompts (--base: the base model's too)")
+    s.add_argument("target", help="a run directory (its adapter answers) or a recipe (its base model alone)")
+    s.add_argument("text", nargs="*", help="prompts, each filling the template's one field (e.g. {question}); none "
+                                           "and no --file: one prompt per line from stdin, answered as typed")
+    s.add_argument("--file", help="rows with the template's fields (jsonl/json/csv/parquet), one prompt each; rows "
+                                  "with the target's fields show it as the reference")
+    s.add_argument("--raw", action="store_true", help="send each text as the whole prompt (no template)")
+    s.add_argument("--base", action="store_true", help="the base model's answers too, side by side")
+    s.add_argument("--epoch", help="answer with epoch N's adapter, best (by answer accuracy) or best-loss; default "
+                                   "the final adapter")
+    s.add_argument("--until", choices=list(UNTIL), default="eos",
+                   help="eos: until the end-of-sequence token (what a server does); answer: also after a finished "
+                        "'#### N' line (numeric scoring's rule); line: after the first line (exact scoring's); "
+                        "every rule ends at eval.max_new_tokens")
+    s.add_argument("--json", action="store_true", help="one JSON line per prompt: fields, prompt, answers, tokens")
+    _shorthand(s, "--max-new-tokens", "eval.max_new_tokens", "most tokens generated per answer")
+    _set_arg(s, "override an eval.* key for this command (eval.batch_size, eval.max_new_tokens)")
+    s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
     s.add_argument("run_dir")
@@ -483,6 +507,75 @@ def cmd_export(args) -> int:
     for what, command in next_commands(run, out, args.format, args.adapter_only, epoch):
         print(f"\n# {what}\n{command}")
     return 0
+
+
+def cmd_generate(args) -> int:
+    from tunelab.config import load_recipe
+    from tunelab.evaluate import inference
+    from tunelab.models import load_tokenizer, pick_device
+    from tunelab.train.runtime import tune_for
+    if Path(args.target, "config.yaml").is_file():
+        run, cfg = open_run(args.target, args.overrides, sections=("eval",))
+        models = inference.run_models(run, args.epoch, args.base)
+    elif Path(args.target).is_dir():
+        raise UserError(f"{args.target}: not a run directory (no config.yaml); give a run directory or a recipe")
+    else:
+        if args.epoch:
+            raise UserError("--epoch: a recipe has no adapters; give a run directory")
+        cfg = load_recipe(args.target, args.overrides)
+        models = [inference.Model("base", None, "base")]
+    if args.file and (args.text or args.raw):
+        raise UserError("--file: rows come from the file; give no texts and no --raw with it")
+    typed = not args.file and not args.text
+    if args.file:
+        examples = inference.from_file(cfg, args.file)
+    elif args.text:
+        examples = inference.from_texts(cfg, args.text, args.raw)
+    elif not args.raw:
+        inference.text_field(cfg)  # a template a line cannot fill is refused before any model loads
+    tok = load_tokenizer(cfg.model)
+    device = pick_device(cfg.train.device)
+    tune_for(device)
+    if typed and sys.stdin.isatty():
+        return _generate_typed(args, cfg, tok, models, device)
+    if typed:
+        examples = inference.from_texts(cfg, [line for line in sys.stdin.read().splitlines() if line.strip()],
+                                        args.raw)
+    texts = inference.prompts(cfg, tok, examples, args.raw)
+    answers = inference.answer_all(cfg, tok, models, texts, args.until, cfg.eval.max_new_tokens, device)
+    for i, (example, text) in enumerate(zip(examples, texts)):
+        _print_answer(args, i + 1, example, text, {m.name: answers[m.name][i] for m in models}, models)
+    return 0
+
+
+def _generate_typed(args, cfg, tok, models, device) -> int:
+    """`tunelab generate` at a terminal: the models load once, then each typed line is answered (Ctrl-D ends)."""
+    from tunelab.evaluate import inference
+    loaded = {m.name: inference.load(cfg, m, device) for m in models}
+    print("type a prompt and press Enter; Ctrl-D ends", file=sys.stderr)
+    number = 0
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return 0
+        if not line.strip():
+            continue
+        number += 1
+        examples = inference.from_texts(cfg, [line], args.raw)
+        texts = inference.prompts(cfg, tok, examples, args.raw)
+        answers = {m.name: inference.answer(cfg, tok, loaded[m.name], m.name, texts, args.until,
+                                            cfg.eval.max_new_tokens)[0] for m in models}
+        _print_answer(args, number, examples[0], texts[0], answers, models)
+
+
+def _print_answer(args, number: int, example, text: str, answers: dict, models) -> None:
+    import json
+    from tunelab.evaluate import inference
+    if args.json:
+        print(json.dumps(inference.record(example, text, answers), ensure_ascii=False), flush=True)
+    else:
+        print(inference.show(number, example, answers, models), flush=True)
 
 
 def _print_eval(summary: dict, run) -> None:

@@ -213,7 +213,7 @@ def _plan(cfg: Recipe, run: RunDir, shot_pool: list[Example], questions: list[Ex
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
     budget = _budget(cfg, mode, questions, tok)
-    prompts = _prompts(cfg, tok, questions)
+    prompts = prompt_texts(cfg, tok, questions)
     passes = []
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
@@ -235,7 +235,7 @@ def _plan(cfg: Recipe, run: RunDir, shot_pool: list[Example], questions: list[Ex
     return passes
 
 
-def _prompts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
+def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
     """Each question as training wrote its prompt: the template, or the user turn through the chat template."""
     if cfg.data.chat_template:
         chat.require(tok)
@@ -247,23 +247,18 @@ def samples(cfg: Recipe, run: RunDir) -> list[dict]:
     """The first `eval.samples` held-out prompts answered by the base model and the run's adapter (greedy, until EOS
     or `eval.max_new_tokens`, not scored): what the report shows of the models when no scoring mode suits the data.
     Written to eval/samples.jsonl (main process)."""
-    from tunelab.evaluate.generate import generate
+    from tunelab.evaluate.inference import Model, answer_all
     split, rows = _limited(cfg, load_splits(cfg.data, cfg.eval))
     questions = rows[:cfg.eval.samples]
     tok = load_tokenizer(cfg.model)
-    prompts = _prompts(cfg, tok, questions)
+    prompts = prompt_texts(cfg, tok, questions)
     out = [{"id": q.id, "split": split, "question": question_text(q), "reference": q.target} for q in questions]
     device = pick_device(cfg.train.device)
     tune_for(device)
-    for name, adapter in (("base", None), ("tuned", run.adapter)):
-        model = load_model(cfg.model, device)
-        if adapter is not None:
-            model = load_adapter(model, adapter, merge=True)
-        gens, _ = generate(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size, label=f"samples {name}",
-                           stops=[[]] * len(prompts))
-        for row, g in zip(out, gens):
-            row[name] = g.completion
-        del model
+    models = [Model("base", None, "base"), Model("tuned", run.adapter, "tuned")]
+    answers = answer_all(cfg, tok, models, prompts, "eos", cfg.eval.max_new_tokens, device)
+    for i, row in enumerate(out):
+        row.update({m.name: answers[m.name][i].completion for m in models})
     if distributed.is_main_process():
         run.write_jsonl(run.eval_samples, out)
     return out
