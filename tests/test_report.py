@@ -153,6 +153,23 @@ def test_overview_counts_the_test_rows_of_the_source_they_came_from(tmp_path):
             "(eval.source set after training) |") in run.report_md.read_text()
 
 
+def test_runs_scored_with_different_eval_limits_are_paired_on_the_questions_both_answered(tmp_path):
+    """eval.limit 20 against eval.limit 40: the first 20 questions are the same, so compare pairs the tuned answers
+    there and states both accuracies on those 20, not the runs' own accuracies over different question sets."""
+    from fixture_run import add_eval
+    from tunelab.report.compare import paired
+    runs = [RunDir(make_run(tmp_path / name)) for name in ("short", "long")]
+    add_eval(runs[0].path, {"base": [False] * 20, "tuned": [i < 5 for i in range(20)]})  # 25 % on 20
+    add_eval(runs[1].path, {"base": [False] * 40, "tuned": [i < 15 or i >= 30 for i in range(40)]})  # 15/20, 25/40
+    _, accuracy = paired(runs[1], runs[0])
+    assert (accuracy["n"], accuracy["delta_pts"], accuracy["gained"], accuracy["lost"]) == (20, 50.0, 10, 0)
+    assert accuracy["accuracies"] == [0.25, 0.75] and accuracy["scored"] == [20, 40]
+    compare(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert ("(flexible-extract, long vs short, on the 20 questions both scored (short 20, long 40)) rose beyond noise "
+            "(25.0 % → 75.0 %, +50.0 pts") in md
+
+
 def test_runs_that_scored_other_questions_under_the_same_ids_are_not_paired(tmp_path):
     """Two eval sources both number their rows test-0..: a run scored on another source's questions shares the
     ids but not the references, so compare states the accuracies without a paired interval instead of pairing

@@ -28,21 +28,27 @@ def val_rows(run: RunDir) -> dict[int, dict[str, tuple[float, int]]]:
 
 def paired(run: RunDir, baseline: RunDir) -> tuple[dict | None, dict | None]:
     """(final validation loss, tuned flexible accuracy) of `run` minus `baseline`, each a paired difference
-    over the rows / questions both measured — None where they share none (different data or questions)."""
+    over the rows / questions both measured — None where they share none (different data or questions).
+
+    The accuracy difference also carries `accuracies` (baseline's, run's) over those shared questions and `scored`
+    (how many each run scored in all): runs scored with different eval.limit are paired on the questions both
+    answered, and their accuracies there are what the difference is of."""
     rows_a, rows_b = val_rows(baseline), val_rows(run)
     loss = paired_loss_difference(rows_a[max(rows_a)], rows_b[max(rows_b)]) if rows_a and rows_b else None
     tuned_a, tuned_b = tuned_flags(baseline.read_predictions()), tuned_flags(run.read_predictions())
-    accuracy = None
-    if tuned_a and tuned_a.keys() == tuned_b.keys():
-        ids = list(tuned_a)
-        accuracy = paired_difference([tuned_a[i] for i in ids], [tuned_b[i] for i in ids])
-    return loss, accuracy
+    shared = [k for k in tuned_a if k in tuned_b]
+    if not shared:
+        return loss, None
+    a, b = [tuned_a[k] for k in shared], [tuned_b[k] for k in shared]
+    return loss, {**paired_difference(a, b), "accuracies": [sum(a) / len(a), sum(b) / len(b)],
+                  "scored": [len(tuned_a), len(tuned_b)]}
 
 
-def tuned_flags(predictions: list[dict]) -> dict[tuple[str, str | None], bool]:
-    """The tuned adapter's flexible-correct flag per question, keyed by (id, reference answer): two runs answered
-    the same questions only when both match (another eval.source numbers its rows the same way)."""
-    return {(p["id"], p["reference"]): p["flexible_correct"] for p in predictions if p["model"] == "tuned"}
+def tuned_flags(predictions: list[dict]) -> dict[tuple[str, str, str | None], bool]:
+    """The tuned adapter's flexible-correct flag per question, keyed by (id, question, reference answer): two runs
+    answered the same question only when all three match (another eval.source numbers its rows the same way)."""
+    return {(p["id"], p["question"], p["reference"]): p["flexible_correct"] for p in predictions
+            if p["model"] == "tuned"}
 
 
 def eval_lines(evaluation: dict) -> list[str]:
@@ -144,7 +150,7 @@ def category_blocks(runs: list[RunDir], names: list[str]) -> list:
         return []
     predictions = runs[0].read_predictions()
     tuned = [tuned_flags(predictions if k == 0 else r.read_predictions()) for k, r in enumerate(runs)]
-    by_id = [{i: ok for (i, _), ok in flags.items()} for flags in tuned]
+    by_id = [{i: ok for (i, *_), ok in flags.items()} for flags in tuned]
     found = categories_of(predictions, list(by_id[0]), runs[0].read_recipe().data.label_field,
                           evaluation.get("scoring", "numeric"))
     if found is None:

@@ -240,7 +240,8 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
 
     `loss_diff`: the paired difference of final validation losses over the rows both runs validated
     (stats.paired_loss_difference); `accuracy_diff`: the paired difference of tuned flexible accuracy on
-    the questions both runs scored (stats.paired_difference). Without them, a fixed tolerance / no verdict.
+    the questions both runs scored (compare.paired: with both accuracies there, and how many each scored in all,
+    which differ after different eval.limit). Without them, a fixed tolerance / no verdict.
     `formats`: the recipe keys that change the trained text and differ between the runs; with any, the loss
     comparison is stated without a verdict (the losses score different tokens).
     """
@@ -273,8 +274,12 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
                                f"{ev_a.get('scoring', 'numeric')}): their accuracies are not compared.",
                                "accuracies are compared only between runs scored the same way (eval.scoring)"))
     elif accuracy_diff:
-        out.append(accuracy_change(accuracy_diff, f"{names.flexible}, {this_name} vs {base_name}",
-                                   ev_a.get("tuned_flexible_accuracy", 0.0), ev_b.get("tuned_flexible_accuracy", 0.0),
+        acc_a, acc_b = accuracy_diff.get("accuracies") or (ev_a.get("tuned_flexible_accuracy", 0.0),
+                                                           ev_b.get("tuned_flexible_accuracy", 0.0))
+        scored = accuracy_diff.get("scored", [accuracy_diff["n"]] * 2)
+        where = "" if scored == [accuracy_diff["n"]] * 2 else \
+            f", on the {accuracy_diff['n']} questions both scored ({base_name} {scored[0]}, {this_name} {scored[1]})"
+        out.append(accuracy_change(accuracy_diff, f"{names.flexible}, {this_name} vs {base_name}{where}", acc_a, acc_b,
                                    names.accuracy, f"{this_name}'s tuned adapter − {base_name}'s"))
     elif "tuned_flexible_accuracy" in ev_a and "tuned_flexible_accuracy" in ev_b:
         d = 100 * (ev_b["tuned_flexible_accuracy"] - ev_a["tuned_flexible_accuracy"])
