@@ -2,8 +2,8 @@
 
 import pytest
 
-from tunelab.report.observations import (accuracy_change, cost_accuracy, generalisation_gap, overfitting,
-                                         token_accuracy, versus_baseline)
+from tunelab.report.observations import (accuracy_change, cost_accuracy, familiarity, generalisation_gap,
+                                         overfitting, token_accuracy, versus_baseline)
 
 
 def history(val, train=None, acc=None):
@@ -70,3 +70,24 @@ def test_token_accuracy_gap_cost_and_baseline_rules():
     better = versus_baseline({"final_val_loss": 1.0, "epochs": 3, "wall_seconds": 60},
                              {"final_val_loss": 1.2, "epochs": 2, "wall_seconds": 40}, "3ep", "2ep")
     assert better[0].kind == "good" and "lower (better)" in better[0].text and "-16.7 %" in better[0].text
+
+
+def _rows(losses, tokens=10):
+    return [(loss, tokens) for loss in losses]
+
+
+def test_a_test_set_the_base_model_finds_more_familiar_than_the_train_split_is_flagged():
+    """Skywork's check: before training, test rows with a lower loss than held-out train-split rows beyond noise
+    are a sign of contamination; the same loss is no sign; a higher one says the test rows are harder."""
+    val = _rows([2.0 + 0.01 * (i % 7) for i in range(40)])
+    seen = familiarity(_rows([1.2 + 0.01 * (i % 5) for i in range(30)]), val)
+    assert seen.kind == "watch" and "may have been in its pretraining data" in seen.text
+    assert "1.220 on 30 test rows vs 2.029 on 40 validation rows, -0.809, 95 % CI -0.817..-0.801" in seen.text
+    same = familiarity(_rows([2.0 + 0.01 * (i % 7) for i in range(3, 33)]), val)
+    assert same.kind == "info" and "no sign of heavy exposure to the test set" in same.text  # a weak pass
+    harder = familiarity(_rows([2.9 + 0.01 * (i % 3) for i in range(30)]), val)
+    assert harder.kind == "info" and "less familiar" in harder.text
+    # token-weighted: one long row with a low loss pulls the test mean down
+    weighted = familiarity([(1.0, 100), *_rows([3.0] * 9)], _rows([3.0] * 10))
+    assert "1.947 on 10 test rows" in weighted.text  # (100 * 1.0 + 90 * 3.0) / 190
+    assert familiarity([], val) is None and "Skywork" in seen.rule

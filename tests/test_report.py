@@ -72,6 +72,20 @@ def test_compare_names_the_recipe_keys_that_differ_and_flags_format_changes(tmp_
         (tmp_path / "cmp3" / "compare.md").read_text()
 
 
+def test_report_says_whether_the_base_model_found_the_test_rows_more_familiar(tmp_path):
+    run = RunDir(make_run(tmp_path / "run"))
+    rows = [{"id": f"val-{i}", "split": "val", "epoch": 0, "loss": 2.0 + 0.02 * (i % 5), "tokens": 12}
+            for i in range(40)]
+    rows += [{"id": f"test-{i}", "split": "test", "epoch": 0, "loss": 1.1 + 0.02 * (i % 5), "tokens": 12}
+             for i in range(40)]
+    rows += [{"id": f"val-{i}", "split": "val", "epoch": 1, "loss": 0.5, "tokens": 12} for i in range(40)]
+    (run.path / "metrics" / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(run)
+    md = run.report_md.read_text()
+    assert ("Before training, the base model's loss was lower on the test rows than on the validation rows beyond "
+            "noise (1.140 on 40 test rows vs 2.040 on 40 validation rows") in md
+
+
 def test_report_and_compare_do_not_import_torch(tmp_path):
     run = make_run(tmp_path / "r")
     code = ("import sys; from tunelab.cli import main; "

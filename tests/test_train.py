@@ -76,7 +76,8 @@ def test_run_dir_artifacts_have_sane_values(tiny_run):
     assert sum(s["tokens"] for s in steps) == summary["train_tokens"]
     examples = run.read_jsonl(run.examples)
     per = {(e["split"], e["epoch"]) for e in examples}
-    assert per == {("val", 0), ("train", 1), ("val", 1), ("train", 2), ("val", 2), ("train", 3), ("val", 3)}
+    assert per == {("val", 0), ("test", 0), ("train", 1), ("val", 1), ("train", 2), ("val", 2), ("train", 3),
+                   ("val", 3)}
     assert sum(1 for e in examples if e["split"] == "train" and e["epoch"] == 1) == summary["train_examples"]
     # token-weighted: the epoch loss is the token-weighted mean of the per-example losses
     val0 = [e for e in examples if e["split"] == "val" and e["epoch"] == 0]
@@ -88,6 +89,38 @@ def test_run_dir_artifacts_have_sane_values(tiny_run):
     assert "completion_only: true" in saved and "Response: " in saved
     env = json.loads(run.environment.read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["peft"]
+
+
+def test_the_base_models_loss_on_each_scored_test_row_is_logged_before_training(tiny_run, tiny_model, tiny_recipe,
+                                                                                tmp_path):
+    """Epoch 0 logs the base model's loss on the test rows the eval stage scores (the familiarity check's input):
+    each row's equals transformers' own loss of the base model on that row; eval.limit bounds them; another
+    source's rows (eval.source) are not measured."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.data import load_splits
+    from tunelab.train.batching import tokenize_with
+    run, _, raw = tiny_run
+    cfg = validate(raw, "tiny")
+    logged = {e["id"]: e for e in run.read_jsonl(run.examples) if e["split"] == "test"}
+    splits = load_splits(cfg.data, cfg.eval)
+    assert {e["epoch"] for e in logged.values()} == {0} and sorted(logged) == sorted(e.id for e in splits.test)
+    items, _ = tokenize_with(cfg, splits.test, AutoTokenizer.from_pretrained(tiny_model))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    for item in items:
+        with torch.no_grad():
+            loss = base(input_ids=torch.tensor([item.input_ids]), labels=torch.tensor([item.labels])).loss
+        row = logged[splits.test[item.index].id]
+        assert row["loss"] == pytest.approx(loss.item(), rel=1e-4) and row["tokens"] == item.supervised
+    tiny_recipe["train"]["epochs"] = 1
+    tiny_recipe["eval"]["limit"] = 3
+    short = RunDir(tmp_path / "short")
+    train(validate(tiny_recipe, "tiny"), short)
+    assert sorted(e["id"] for e in short.read_jsonl(short.examples) if e["split"] == "test") == \
+        ["test-0", "test-1", "test-2"]
+    tiny_recipe["eval"]["source"] = "synthetic:arith"
+    other = RunDir(tmp_path / "other")
+    train(validate(tiny_recipe, "tiny"), other)
+    assert not [e for e in other.read_jsonl(other.examples) if e["split"] == "test"]
 
 
 def test_same_seed_same_metrics(tiny_run, tmp_path):

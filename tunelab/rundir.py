@@ -38,7 +38,7 @@ LAYOUT = {
                                                "`epoch_end` (false for the extra passes of `train.val_every`), "
                                                "`val_loss`, `val_token_accuracy`, `val_seconds`"),
     "metrics/examples.jsonl": ("examples", "every train and validation example's loss and supervised tokens per "
-                                          "epoch"),
+                                          "epoch; the base model's on the scored test rows at epoch 0"),
     "checkpoints/step-N/": ("checkpoints", "adapter weights, optimizer, scheduler, RNG states, data position, "
                                            "metrics so far (last `train.keep_checkpoints`)"),
     "adapter/": ("adapter", "the LoRA adapter in PEFT format (`PeftModel.from_pretrained`); its README.md is the "

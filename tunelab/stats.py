@@ -3,6 +3,7 @@
     paired_difference(base_correct, tuned_correct)   # accuracy delta in points, 95 % bootstrap CI, McNemar p
     paired_loss_difference(before, after)            # token-weighted loss delta over the same rows, 95 % CI
     welch_difference(seeds_a, seeds_b)                # difference of means over repeats (seeds), Welch's t-test
+    unpaired_loss_difference(test_rows, val_rows)     # token-weighted loss delta of two sets of rows, 95 % CI
 
 Torch-free: report and compare use it on a copied run directory.
 
@@ -55,6 +56,24 @@ def unpaired_difference(a: list[bool], b: list[bool], seed: int = 0, resamples: 
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"n_a": len(x), "n_b": len(y), "delta_pts": round(100 * float(x.mean() - y.mean()), 3),
             "ci95_pts": [round(100 * float(lo), 3), round(100 * float(hi), 3)]}
+
+
+def unpaired_loss_difference(a: list[tuple[float, int]], b: list[tuple[float, int]], seed: int = 0,
+                             resamples: int = RESAMPLES) -> dict:
+    """Token-weighted mean loss of rows `a` minus rows `b` (different rows; each a (mean loss, supervised tokens)
+    pair), with a 95 % bootstrap interval that resamples each group's rows on its own."""
+    la, wa = np.array(a, dtype=np.float64).T  # (n_a,) losses, (n_a,) token weights
+    lb, wb = np.array(b, dtype=np.float64).T
+    rng = np.random.default_rng(seed)
+
+    def boot(loss: np.ndarray, w: np.ndarray) -> np.ndarray:  # (resamples,) weighted means of resampled rows
+        idx = rng.integers(0, len(loss), (resamples, len(loss)))
+        return (loss[idx] * w[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-12)
+
+    lo, hi = np.percentile(boot(la, wa) - boot(lb, wb), [2.5, 97.5])
+    mean_a, mean_b = float((la * wa).sum() / wa.sum()), float((lb * wb).sum() / wb.sum())
+    return {"n_a": len(la), "n_b": len(lb), "loss_a": round(mean_a, 6), "loss_b": round(mean_b, 6),
+            "delta": round(mean_a - mean_b, 6), "ci95": [round(float(lo), 6), round(float(hi), 6)]}
 
 
 def welch_difference(a: list[float], b: list[float]) -> dict | None:

@@ -412,6 +412,39 @@ def contamination(checks: dict, predictions: list[dict], checked: str = "", scor
     return Observation("watch", text + ": a gain measured on them is not a gain.", rule)
 
 
+def familiarity(test: list[tuple[float, int]], val: list[tuple[float, int]]) -> Observation | None:
+    """Is the test set more familiar to the base model than the training data? Before training, its loss on the
+    test rows (`test`: each row's (mean loss, supervised tokens)) against the validation rows' (`val`, held out of
+    the same source's train split). None when the run measured no test rows."""
+    if not test or not val:
+        return None
+    from tunelab.stats import unpaired_loss_difference
+    d = unpaired_loss_difference(test, val)
+    lo, hi = d["ci95"]
+    numbers = (f"{d['loss_a']:.3f} on {d['n_a']} test rows vs {d['loss_b']:.3f} on {d['n_b']} validation rows, "
+               f"{d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}")
+    rule = ("before training, the base model's token-weighted loss (on the tokens training takes it on) over the "
+            "test rows the eval scores minus over the validation rows, which are held out of the source's train "
+            "split; 95 % bootstrap CI resampling each group's rows; lower beyond noise (CI below 0) = the test rows "
+            "are more familiar than train-split rows (Skywork's test-vs-train loss check, Wei et al. 2023). It is "
+            "blunt: it cannot see a test set seen as often as the train split, nor light exposure (a 135M model "
+            "trained 2 epochs with LoRA on 180 of a benchmark's first 200 test rows still had the same loss there "
+            "as on its train-split rows, 0.827 vs 0.814; README), so a pass rules out only heavy exposure")
+    verdict = _sign(d["ci95"])
+    if verdict < 0:
+        return Observation("watch", f"Before training, the base model's loss was lower on the test rows than on "
+                           f"the validation rows beyond noise ({numbers}): it finds the test set more familiar than "
+                           f"the source's train split, so the test set may have been in its pretraining data and "
+                           f"accuracies measured on it may be inflated.", rule)
+    if verdict > 0:
+        return Observation("info", f"Before training, the base model's loss was higher on the test rows than on the "
+                           f"validation rows beyond noise ({numbers}): the test rows are less familiar than the "
+                           f"train split's (harder, or drawn differently); no sign it saw the test set.", rule)
+    return Observation("info", f"Before training, the base model's loss on the test rows was not lower than on the "
+                       f"validation rows beyond noise ({numbers}): no sign of heavy exposure to the test set (a "
+                       f"light one would not show; see the rule).", rule)
+
+
 def duplicates(checks: dict) -> Observation | None:
     d = checks["train_duplicates"]
     if not d["exact_rows"] and not d["near_pairs"]:

@@ -25,14 +25,14 @@ import torch
 
 from tunelab import card, cost, distributed, environment
 from tunelab.config import Recipe, to_yaml
-from tunelab.data import Splits, load_splits
+from tunelab.data import Example, Splits, load_splits
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder, last_improvement
 from tunelab.train import checkpoint, fast_lora
-from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits
+from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits, tokenize_with
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
 from tunelab.train.runtime import NonFinite, micro_batch_tokens, stop_signals, tune_for
 from tunelab.trackers import Trackers
@@ -171,6 +171,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     else:
         val, seconds = _validate_logged(loop, 0)
         loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
+        _test_losses(loop, tok)
     return loop
 
 
@@ -331,13 +332,34 @@ def _validate_logged(loop: Loop, epoch: int, epoch_end: bool = True) -> tuple[Pa
     return val, seconds
 
 
-@torch.no_grad()
 def _validate(loop: Loop, epoch: int, log_rows: bool = True) -> PassStats:
-    """Validation pass (no dropout); batches are dealt round-robin to ranks and the sums combined."""
+    """Validation pass (no dropout): the validation rows' losses, each row's in the example log when `log_rows`."""
+    return _loss_pass(loop, loop.val_items, loop.splits.val, "val", epoch, log_rows)
+
+
+def _test_losses(loop: Loop, tok) -> None:
+    """Before training: the base model's loss on the test rows the eval stage will score (the first `eval.limit`),
+    each row's in the example log as split "test", epoch 0 — set against the validation rows' (the report's
+    familiarity check: a test set the base model saw in pretraining has the lower loss). Only for data.source's own
+    test split: another source's rows (eval.source) differ from the training data anyway."""
+    cfg = loop.cfg
+    if cfg.eval.source or cfg.eval.split != "test" or not loop.splits.test:
+        return
+    rows = loop.splits.test[:cfg.eval.limit]
+    items, _ = tokenize_with(cfg, rows, tok)
+    if items:
+        _loss_pass(loop, items, rows, "test", 0, True)
+
+
+@torch.no_grad()
+def _loss_pass(loop: Loop, items: list[Tokenized], examples: list[Example], split_name: str, epoch: int,
+               log_rows: bool) -> PassStats:
+    """Losses of `items` (tokenized `examples`) without dropout; batches are dealt round-robin to ranks and the sums
+    combined."""
     cfg, d = loop.cfg, loop.d
     loop.net.eval()
     stats, rows_out = PassStats(), []
-    every = batches(loop.val_items, cfg.train.batch_size, loop.pad_id, None, True)
+    every = batches(items, cfg.train.batch_size, loop.pad_id, None, True)
     micro = [b for k, big in enumerate(every) if k % d.world == d.rank
              for b in split(big, loop.micro_tokens)]
     for _ in range(d.max(len(micro)) - len(micro) if d.sharded else 0):  # FSDP: as many forwards on every rank
@@ -345,7 +367,7 @@ def _validate(loop: Loop, epoch: int, log_rows: bool = True) -> PassStats:
     for b in micro:
         losses, ok, rows = forward_tokens(loop.net, b, loop.device)
         stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.real_tokens)
-        rows_out += [{"id": loop.splits.val[i].id, "split": "val", "epoch": epoch, "loss": round(loss, 5),
+        rows_out += [{"id": examples[i].id, "split": split_name, "epoch": epoch, "loss": round(loss, 5),
                       "tokens": n} for i, loss, n in per_example(losses, rows, b)]
     if log_rows:
         loop.state.example_log += d.gather(rows_out)
