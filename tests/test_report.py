@@ -84,6 +84,10 @@ def test_report_says_whether_the_base_model_found_the_test_rows_more_familiar(tm
     md = run.report_md.read_text()
     assert ("Before training, the base model's loss was lower on the test rows than on the validation rows beyond "
             "noise (1.140 on 40 test rows vs 2.040 on 40 validation rows") in md
+    evaluation = json.loads(run.eval_summary.read_text())  # scored on another source afterwards: not those rows
+    run.eval_summary.write_text(json.dumps({**evaluation, "source": "bench.jsonl"}))
+    write_report(run)
+    assert "Before training, the base model's loss" not in run.report_md.read_text()
 
 
 def test_report_and_compare_do_not_import_torch(tmp_path):

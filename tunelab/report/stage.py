@@ -232,7 +232,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
         found.append(rules.categories(evaluation["by_category"], f"{names.title} ({names.flexible})"))
     before = [e for e in run.read_examples() if e["epoch"] == 0]  # the base model's losses, per row
     losses = {split: [(e["loss"], e["tokens"]) for e in before if e["split"] == split] for split in ("test", "val")}
-    found += [o for o in (rules.familiarity(losses["test"], losses["val"]),) if o]
+    if not (evaluation or {}).get("source"):  # eval.source set after training: the rows measured were not scored
+        found += [o for o in (rules.familiarity(losses["test"], losses["val"]),) if o]
     cost = run.read_optional(run.cost)
     found += [o for o in (rules.early_stopping(epochs, summary, cost),
                           rules.cost_accuracy(run.read_optional(run.estimate), cost, summary)) if o]
