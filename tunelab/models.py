@@ -189,8 +189,8 @@ def load_adapter(model, adapter_dir: Path, merge: bool = True):
     return peft_model.merge_and_unload() if merge else peft_model
 
 
-def model_size(cfg: ModelConfig) -> tuple[int, int, int]:
-    """(parameters, layers, hidden size) from the model's config alone: weights are built on the meta device."""
+def meta_model(cfg: ModelConfig):
+    """The model built from its config alone on the meta device: its modules and shapes, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM
     path = resolve(cfg.name)
     try:
@@ -198,7 +198,13 @@ def model_size(cfg: ModelConfig) -> tuple[int, int, int]:
     except OSError as err:
         raise UserError(f"model.name: {cfg.name}: cannot load config ({err})") from None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def model_size(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(parameters, layers, hidden size) from the model's config alone: weights are built on the meta device."""
+    model = meta_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
+    config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return n_params, text.num_hidden_layers, text.hidden_size

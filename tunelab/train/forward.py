@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunelab.train.batching import IGNORE, Batch
+from tunelab.train.batching import IGNORE, Batch, Tokenized, batches, split
 
 
 @dataclass
@@ -97,3 +97,28 @@ def per_example(losses: torch.Tensor, rows: torch.Tensor, batch: Batch) -> list[
 def filler(batch: Batch) -> Batch:
     """One row of `batch`: what a rank with fewer micro-batches forwards (with weight 0) under FSDP."""
     return Batch(batch.index[:1], batch.input_ids[:1], batch.attention_mask[:1], batch.labels[:1], 0, 0)
+
+
+@torch.no_grad()
+def loss_pass(net, items: list[Tokenized], examples: list, split_name: str, epoch: int, batch_size: int, pad_id: int,
+              micro_tokens: int, device: torch.device, d=None) -> tuple[PassStats, list[dict]]:
+    """Losses of `items` (tokenized `examples`) under `net` as it is (call net.eval() for no dropout): the pass's
+    token-weighted sums over all ranks, and each row's {id, split, epoch, loss, tokens} gathered from all ranks.
+    Under `d` (distributed.Dist) batches are dealt round-robin to ranks."""
+    from tunelab.distributed import Dist
+    d = d or Dist()
+    stats, rows_out = PassStats(), []
+    every = batches(items, batch_size, pad_id, None, True)
+    micro = [b for k, big in enumerate(every) if k % d.world == d.rank for b in split(big, micro_tokens)]
+    for _ in range(d.max(len(micro)) - len(micro) if d.sharded else 0):  # FSDP: as many forwards on every rank
+        forward_tokens(net, filler(every[0]), device)
+    for b in micro:
+        losses, ok, rows = forward_tokens(net, b, device)
+        stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.real_tokens)
+        rows_out += [{"id": examples[i].id, "split": split_name, "epoch": epoch, "loss": round(loss, 5),
+                      "tokens": n} for i, loss, n in per_example(losses, rows, b)]
+    total = PassStats()
+    loss_sum, correct, supervised, real = d.sum([stats.loss_sum, stats.correct, stats.supervised_tokens,
+                                                 stats.real_tokens])
+    total.add(loss_sum, int(correct), int(supervised), int(real))
+    return total, d.gather(rows_out)

@@ -33,7 +33,7 @@ from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder, last_improvement
 from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits, tokenize_with
-from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, per_example
+from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, loss_pass, per_example
 from tunelab.train.runtime import NonFinite, micro_batch_tokens, stop_signals, tune_for
 from tunelab.trackers import Trackers
 
@@ -342,40 +342,29 @@ def _test_losses(loop: Loop, tok) -> None:
     each row's in the example log as split "test", epoch 0 — set against the validation rows' (the report's
     familiarity check: a test set the base model saw in pretraining has the lower loss). Only for data.source's own
     test split: another source's rows (eval.source) differ from the training data anyway."""
-    cfg = loop.cfg
-    if cfg.eval.source or cfg.eval.split != "test" or not loop.splits.test:
-        return
-    rows = loop.splits.test[:cfg.eval.limit]
-    items, _ = tokenize_with(cfg, rows, tok)
+    rows = familiarity_rows(loop.cfg, loop.splits)
+    items, _ = tokenize_with(loop.cfg, rows, tok)
     if items:
         _loss_pass(loop, items, rows, "test", 0, True)
 
 
-@torch.no_grad()
+def familiarity_rows(cfg: Recipe, splits: Splits) -> list[Example]:
+    """The test rows whose base-model loss the familiarity check compares with the validation rows': the first
+    `eval.limit` of data.source's own test split (none when eval.source or eval.split scores other rows)."""
+    if cfg.eval.source or cfg.eval.split != "test":
+        return []
+    return splits.test[:cfg.eval.limit]
+
+
 def _loss_pass(loop: Loop, items: list[Tokenized], examples: list[Example], split_name: str, epoch: int,
                log_rows: bool) -> PassStats:
-    """Losses of `items` (tokenized `examples`) without dropout; batches are dealt round-robin to ranks and the sums
-    combined."""
-    cfg, d = loop.cfg, loop.d
+    """Losses of `items` (tokenized `examples`) without dropout, each row's in the example log when `log_rows`."""
     loop.net.eval()
-    stats, rows_out = PassStats(), []
-    every = batches(items, cfg.train.batch_size, loop.pad_id, None, True)
-    micro = [b for k, big in enumerate(every) if k % d.world == d.rank
-             for b in split(big, loop.micro_tokens)]
-    for _ in range(d.max(len(micro)) - len(micro) if d.sharded else 0):  # FSDP: as many forwards on every rank
-        forward_tokens(loop.net, filler(every[0]), loop.device)
-    for b in micro:
-        losses, ok, rows = forward_tokens(loop.net, b, loop.device)
-        stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.real_tokens)
-        rows_out += [{"id": examples[i].id, "split": split_name, "epoch": epoch, "loss": round(loss, 5),
-                      "tokens": n} for i, loss, n in per_example(losses, rows, b)]
+    stats, rows = loss_pass(loop.net, items, examples, split_name, epoch, loop.cfg.train.batch_size, loop.pad_id,
+                            loop.micro_tokens, loop.device, loop.d)
     if log_rows:
-        loop.state.example_log += d.gather(rows_out)
-    total = PassStats()
-    loss_sum, correct, supervised, real = d.sum([stats.loss_sum, stats.correct, stats.supervised_tokens,
-                                                 stats.real_tokens])
-    total.add(loss_sum, int(correct), int(supervised), int(real))
-    return total
+        loop.state.example_log += rows
+    return stats
 
 
 def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: float, val_seconds: float) -> dict:
@@ -437,28 +426,13 @@ def _optimizer(model, net, cfg: Recipe, total_steps: int):
 
 
 def _summary(loop: Loop, wall: float) -> dict:
-    cfg, epochs, state = loop.cfg, loop.state.epochs, loop.state
-    first_train, last = epochs[1], epochs[-1]
+    cfg, state = loop.cfg, loop.state
     summary = {
-        "recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source,
-        "epochs": last["epoch"], "epochs_planned": cfg.train.epochs,
+        **data_figures(cfg, loop.splits, loop.train_items, loop.val_items, loop.truncated),
+        "epochs_planned": cfg.train.epochs,
         "early_stopping_patience": cfg.train.early_stopping_patience,
         "early_stopping_threshold": cfg.train.early_stopping_threshold,
-        "train_examples": len(loop.train_items), "val_examples": len(loop.val_items),
-        "test_examples": len(loop.splits.test), "test_source": cfg.eval.source or cfg.data.source,
-        "skipped_rows": len(loop.splits.skipped),
-        "deduplicated_rows": loop.splits.deduplicated,
-        "truncated_examples": loop.truncated,
-        "initial_val_loss": epochs[0]["val_loss"], "final_val_loss": last["val_loss"],
-        "first_epoch_train_loss": first_train["train_loss"], "final_train_loss": last["train_loss"],
-        # one epoch has no first-to-last change: None (shown as —), not a measured 0 %
-        "train_loss_improvement_pct": _improvement(first_train["train_loss"], last["train_loss"])
-        if len(epochs) > 2 else None,
-        "val_loss_improvement_pct": _improvement(epochs[0]["val_loss"], last["val_loss"]),
-        "initial_val_token_accuracy": epochs[0]["val_token_accuracy"],
-        "final_train_token_accuracy": last["train_token_accuracy"],
-        "final_val_token_accuracy": last["val_token_accuracy"],
-        "best_val_epoch": min(epochs, key=lambda e: e["val_loss"])["epoch"],
+        **loss_figures(state.epochs),
         "wall_seconds": round(wall, 2), "train_seconds": round(state.train_seconds, 2),
         "train_tokens": state.train_tokens,
         "train_tokens_per_second": round(state.train_tokens / max(state.train_seconds, 1e-9), 2),
@@ -470,6 +444,33 @@ def _summary(loop: Loop, wall: float) -> dict:
         summary["resumed_from"] = str(loop.resumed_from)
     summary["processes"], summary["sharding"] = loop.d.world, "fsdp" if loop.d.sharded else "none"
     return summary
+
+
+def data_figures(cfg: Recipe, splits: Splits, train_items: list, val_items: list, truncated: int) -> dict:
+    """The summary's figures of the data a run was measured on: its recipe, model and rows per split."""
+    return {"recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source,
+            "train_examples": len(train_items), "val_examples": len(val_items),
+            "test_examples": len(splits.test), "test_source": cfg.eval.source or cfg.data.source,
+            "skipped_rows": len(splits.skipped), "deduplicated_rows": splits.deduplicated,
+            "truncated_examples": truncated}
+
+
+def loss_figures(epochs: list[dict]) -> dict:
+    """The summary's loss and token-accuracy figures from the epoch rows (epoch 0 = before training)."""
+    first_train, last = epochs[1], epochs[-1]
+    return {
+        "epochs": last["epoch"],
+        "initial_val_loss": epochs[0]["val_loss"], "final_val_loss": last["val_loss"],
+        "first_epoch_train_loss": first_train["train_loss"], "final_train_loss": last["train_loss"],
+        # one epoch has no first-to-last change: None (shown as —), not a measured 0 %
+        "train_loss_improvement_pct": _improvement(first_train["train_loss"], last["train_loss"])
+        if len(epochs) > 2 else None,
+        "val_loss_improvement_pct": _improvement(epochs[0]["val_loss"], last["val_loss"]),
+        "initial_val_token_accuracy": epochs[0]["val_token_accuracy"],
+        "final_train_token_accuracy": last["train_token_accuracy"],
+        "final_val_token_accuracy": last["val_token_accuracy"],
+        "best_val_epoch": min(epochs, key=lambda e: e["val_loss"])["epoch"],
+    }
 
 
 def _improvement(initial: float, final: float) -> float:
