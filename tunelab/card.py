@@ -64,11 +64,15 @@ def render(run: RunDir, epoch: int | None = None) -> str:
     which = f", epoch {epoch} of {summary['epochs']}" if epoch else ""
     body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
             "",
-            f"Trained with tunelab from the recipe below: {cfg.lora.method} r={cfg.lora.r}, "
-            f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {_targets(cfg.lora.target_modules)}, "
+            ("Trained with tunelab from the recipe below" if "imported" not in summary else
+             f"Trained outside tunelab (imported by `tunelab import` from `{summary['imported']['source']}`), measured "
+             "with tunelab on the recipe below")
+            + f": {cfg.lora.method} r={cfg.lora.r}, "
+            f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {targets_text(cfg.lora.target_modules)}, "
             f"{_epochs_trained(summary)} over {summary['train_examples']} training rows of `{cfg.data.source}` "
             f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "
-            f"this run; none is copied from elsewhere.", ""]
+            "this run; none is copied from elsewhere" + (" but the cost, priced from the other trainer's train_runtime"
+                                                         if "imported" in summary and cost else "") + ".", ""]
     if epoch:
         best = (evaluation or {}).get("best_epoch") or {}
         why = f": the best epoch by answer accuracy ({best['rule']})" if best.get("epoch") == epoch else \
@@ -185,8 +189,12 @@ def _categories(evaluation: dict) -> list[str]:
     return rows + [""]
 
 
-def _targets(modules) -> str:
-    return "all linear layers" if modules == "all-linear" else ", ".join(modules)
+def targets_text(modules) -> str:
+    """lora.target_modules in words; full module paths (as PEFT saves "all-linear") by their layer names."""
+    if modules == "all-linear":
+        return "all linear layers"
+    names = sorted({m.rsplit(".", 1)[-1] for m in modules})
+    return ", ".join(names) + (f" ({len(modules)} modules)" if len(names) < len(modules) else "")
 
 
 def _num(value) -> str:

@@ -154,6 +154,15 @@ def _output_commands(sub) -> None:
     s.add_argument("--baseline", help="an earlier run for the report's comparison")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("import", help="a LoRA adapter trained elsewhere (TRL, Axolotl, a PEFT folder) measured by "
+                                      "tunelab, then eval → analyze → report as for `run`; resumable")
+    _recipe_args(s)
+    s.add_argument("source", help="a PEFT adapter folder, or a Trainer output_dir whose checkpoint-N/ folders at "
+                                  "epoch ends are scored as epochs (save_strategy='epoch')")
+    s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>-imported)")
+    s.add_argument("--baseline", help="an earlier run for the report's comparison")
+    s.set_defaults(func=cmd_import)
+
     s = sub.add_parser("sweep", help="one run per combination of recipe values, then their comparison; "
                                      "resumable run by run")
     _recipe_args(s)
@@ -461,6 +470,15 @@ def cmd_estimate(args) -> int:
 def cmd_run(args) -> int:
     from tunelab.pipeline import run_all
     run_all(args.recipe, args.overrides, args.run_dir, args.baseline)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from tunelab.config import load_recipe
+    from tunelab.pipeline import run_all
+    from tunelab.rundir import default_run_dir
+    run_dir = args.run_dir or str(default_run_dir(load_recipe(args.recipe, args.overrides).name, "imported"))
+    run_all(args.recipe, args.overrides, run_dir, args.baseline, source=args.source)
     return 0
 
 

@@ -27,13 +27,20 @@ def stages_done(run: RunDir) -> dict[str, bool]:
     return {"train": train.done(run), "eval": evaluate.done(run), "analyze": analysis.done(run)}
 
 
-def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: str | None) -> RunDir:
-    """Run every stage not yet done; return the run directory.
+def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: str | None,
+            source: str | None = None) -> RunDir:
+    """Run every stage not yet done; return the run directory. With `source` (an adapter folder or Trainer
+    output_dir: `tunelab import`), the train stage is replaced by importing and measuring that run's adapters.
 
     Raises:
         UserError: the run dir holds a different recipe, or any stage's user error.
     """
     cfg = load_recipe(recipe, overrides)
+    found = None
+    if source:
+        from tunelab import imported
+        found = imported.find(source, cfg.train.epochs)
+        cfg = imported.prepare(cfg, found)
     run = RunDir(run_dir or default_run_dir(cfg.name))
     # read through today's schema: keys added since the run was made take their defaults, not a difference
     if run.config.exists() and to_yaml(run.read_recipe()) != to_yaml(cfg):
@@ -43,11 +50,13 @@ def run_all(recipe: str, overrides: list[str], run_dir: str | None, baseline: st
     if baseline:
         from tunelab.report import load_run
         base = load_run(baseline)
-    with locked(run, "run"):
-        return _stages(cfg, run, base)
+    if found:
+        imported.check_run_dir(run, found)
+    with locked(run, "import" if found else "run"):
+        return _stages(cfg, run, base, found)
 
 
-def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
+def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     started = time.time()
     from tunelab import analysis, train
     from tunelab.data import load_splits
@@ -57,7 +66,12 @@ def _stages(cfg, run: RunDir, base: RunDir | None) -> RunDir:
     if unscoreable:  # said before training, not found after it
         log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",
                     unscoreable)
-    stages = [("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None)),
+    if source is None:
+        first = ("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None))
+    else:
+        from tunelab import imported
+        first = ("import", imported.done, lambda: imported.import_run(cfg, run, source))
+    stages = [first,
               ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
               ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
     for name, done, work in stages:
@@ -79,7 +93,7 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     from tunelab.evaluate.scoring import NAMING
     from tunelab.report import eval_lines, headline, train_loss_change
     s = headline(run)
-    cost = run.read_json(run.cost)
+    cost = run.read_optional(run.cost)
     lines = [f"report: {html}  (and {run.report_md})",
              f"{train_loss_change(s)}, val loss {s['initial_val_loss']:.4f} → "
              f"{s['final_val_loss']:.4f} ({s['val_loss_improvement_pct']:+.1f} %), val token accuracy "
@@ -96,6 +110,7 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
-    lines.append(f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); this command "
-                 f"{seconds / 60:.1f} min")
+    lines.append((f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); " if cost else
+                  "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the Trainer's train_runtime); ")
+                 + f"this command {seconds / 60:.1f} min")
     print("\n".join(lines))

@@ -30,10 +30,12 @@ LAYOUT = {
     "environment.json": ("environment", "python, torch, transformers, peft, accelerate versions; device name; "
                                         "CPU/GPU count"),
     "estimate.json": ("estimate", "the cost estimate made before the first step (exact token counts)"),
-    "metrics/steps.jsonl": ("steps", "per optimizer step: loss, lr, grad norm, tokens, tokens/s"),
+    "metrics/steps.jsonl": ("steps", "per optimizer step: loss, lr, grad norm, tokens, tokens/s (an imported "
+                                             "run: the other trainer's logged steps, `logged_by` trainer)"),
     "metrics/epochs.jsonl": ("epochs", "per epoch: `epoch`, `train_loss`, `train_token_accuracy`, `val_loss`, "
                                        "`val_token_accuracy`, `seconds`, `tokens`, `val_seconds`, `val_tokens`; "
-                                       "epoch 0 is validation before the first step"),
+                                       "epoch 0 is validation before the first step; an imported run's train "
+                                       "loss is measured after the epoch, its `seconds` and `tokens` are null"),
     "metrics/validation.jsonl": ("validation", "every validation pass: `step` (optimizer steps taken), `epoch`, "
                                                "`epoch_end` (false for the extra passes of `train.val_every`), "
                                                "`val_loss`, `val_token_accuracy`, `val_seconds`"),
@@ -44,12 +46,14 @@ LAYOUT = {
     "adapter/": ("adapter", "the LoRA adapter in PEFT format (`PeftModel.from_pretrained`); its README.md is the "
                             "model card (Hub metadata, measured results)"),
     "adapters/epoch-N/": (None, "each epoch's adapter, PEFT format (unless `train.keep_epoch_adapters: "
-                                            "false`); the last equals `adapter/`"),
+                                            "false`); the last equals `adapter/`; imported: the checkpoints "
+                                            "saved at epoch ends"),
     "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),
     "wandb/": ("wandb", "Weights & Biases' local run files and the W&B run id, with `train.report_to: [wandb]`"),
     "summary.json": ("summary", "the train stage's headline figures (see Definitions); `epochs` is the epochs "
                                 "trained, `epochs_planned` the recipe's (fewer trained when early stopping ended "
-                                "the run)"),
+                                "the run); `imported` (source, adapters, the train-loss rule, the other trainer's "
+                                "train_runtime) for a run made by `tunelab import`"),
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),

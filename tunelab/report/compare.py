@@ -134,6 +134,18 @@ def recipe_blocks(differences: list[tuple], names: list[str]) -> list:
     return blocks
 
 
+def train_loss_blocks(runs: list[RunDir], names: list[str]) -> list:
+    """When some runs were trained elsewhere (`tunelab import`: train loss measured after each epoch) and some by
+    tunelab (the mean over the epoch's steps), a paragraph saying their train-loss figures follow different rules."""
+    imported = [n for r, n in zip(runs, names) if "imported" in (r.read_summary() or {})]
+    if not imported or len(imported) == len(runs):
+        return []
+    return [("p", f"Train loss follows two rules here: {', '.join(imported)} (imported) measured it after each "
+                  "epoch with that epoch's adapter, the others took the mean over the epoch's steps while training, "
+                  "so their train-loss figures differ by rule as well as by result; validation loss and accuracy "
+                  "are measured the same way for all.")]
+
+
 def flat_recipe(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
@@ -192,6 +204,7 @@ def baseline_section(run: RunDir, baseline: RunDir, figures: Path) -> list:
     differences = recipe_differences([baseline, run])
     return [("table", ["figure", base_name, this_name, "Δ"], comparison_rows([base, this])),
             *recipe_blocks(differences, [base_name, this_name]),
+            *train_loss_blocks([baseline, run], [base_name, this_name]),
             ("img", picture, f"Learning curves of {base_name} and {this_name}"),
             ("obs", rules.versus_baseline(this, base, this_name, base_name, *paired(run, baseline),
                                           format_keys(differences))),
@@ -239,7 +252,7 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     found = [o for r, n, s in zip(runs[1:], names[1:], summaries[1:])
              for o in rules.versus_baseline(s, summaries[0], n, names[0], *paired(r, runs[0]),
                                             format_keys(recipe_differences([runs[0], r])))]
-    blocks += [*recipe_blocks(recipe_differences(runs), names), ("obs", found),
+    blocks += [*recipe_blocks(recipe_differences(runs), names), *train_loss_blocks(runs, names), ("obs", found),
                ("img", picture, "Learning curves overlaid")]
     sections = [("Runs", blocks)]
     if by_category := category_blocks(runs, names):

@@ -19,7 +19,8 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation: list[dict] = ()) -> Path:
+def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation: list[dict] = (),
+                    train_label: str = "train (epoch mean)") -> Path:
     """Train/val loss and token accuracy per epoch (epoch 0 = before training), plus step loss with every
     validation pass (metrics/validation.jsonl) at the step it was taken."""
     plt = _pyplot()
@@ -27,14 +28,14 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation
     ep = [e["epoch"] for e in epochs]
     trained = [e for e in epochs if e["train_loss"] is not None]
     a.plot(ep, [e["val_loss"] for e in epochs], "o-", label="validation")
-    a.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], "s--", label="train (epoch mean)")
+    a.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], "s--", label=train_label)
     a.set(title="Loss per epoch", xlabel="epoch", ylabel="loss")
     b.plot(ep, [100 * e["val_token_accuracy"] for e in epochs], "o-", label="validation")
     b.plot([e["epoch"] for e in trained], [100 * e["train_token_accuracy"] for e in trained], "s--", label="train")
     b.set(title="Token accuracy per epoch", xlabel="epoch", ylabel="%")
     if steps:
         c.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1, label="train (step)")
-    if validation:
+    if validation and all(v["step"] is not None for v in validation):
         c.plot([v["step"] for v in validation], [v["val_loss"] for v in validation], "o-", ms=4,
                label="validation")
         c.legend()

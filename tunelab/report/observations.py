@@ -445,6 +445,37 @@ def familiarity(test: list[tuple[float, int]], val: list[tuple[float, int]]) -> 
                        f"light one would not show; see the rule).", rule)
 
 
+def imported_tokens(summary: dict) -> Observation | None:
+    """A run trained elsewhere (`tunelab import`): does tunelab's train loss of the final adapter agree with the other
+    trainer's own logged loss? Far above it, the two did not train and measure the same tokens — most often a
+    prompt whose last token merges with the answer's first when a trainer tokenizes them together."""
+    imported = summary.get("imported") or {}
+    logged, measured = imported.get("logged_last_epoch_loss"), summary.get("final_train_loss")
+    if logged is None or measured is None:
+        return None
+    rule = ("the other trainer's mean logged loss over its last epoch's steps against tunelab's train loss of the "
+            "final adapter over the train rows (prompt and target tokenized apart, as a prompt is given at inference); "
+            "flagged above 2× + 0.05. Merging rows: the tokens of prompt + target together do not begin with the "
+            "prompt's own")
+    if measured <= 2 * logged + 0.05:
+        return Observation("info", f"tunelab's train loss of the final adapter ({measured:.3f}) is in line with the "
+                           f"other trainer's logged loss over its last epoch ({logged:.3f}).", rule)
+    merges = imported.get("boundary_merges") or {}
+    text = (f"tunelab measures the final adapter's train loss at {measured:.3f}, {measured / max(logged, 1e-9):.0f}× "
+            f"the other trainer's own logged loss over its last epoch ({logged:.3f}): they did not train and measure "
+            "the same tokens.")
+    if merges.get("rows"):
+        ex = merges["example"]
+        text += (f" On {merges['rows']} of {merges['of']} training rows the prompt's last token merges with the "
+                 f"answer's first when the two are tokenized together ({ex['id']}: {ex['prompt_end']!r} + the answer "
+                 f"becomes {ex['together']!r}), as trainers of prompt-completion rows tokenize them. The adapter "
+                 "learnt the merged token; a prompt given alone — in this eval, in a server — ends with the unmerged "
+                 "one, a sequence it never trained on. A template that does not end in a space avoids it.")
+    else:
+        text += " Check that the recipe's template and target are the ones the adapter was trained with."
+    return Observation("watch", text, rule)
+
+
 def duplicates(checks: dict) -> Observation | None:
     d = checks["train_duplicates"]
     if not d["exact_rows"] and not d["near_pairs"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab import handoff, trackers
+from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.evaluate.scoring import naming
 from tunelab.report import observations as rules
@@ -52,14 +52,17 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     title = cfg.report.title or f"Detailed Analysis Report — {cfg.name}"
     figures = run.report_files
     figures.mkdir(exist_ok=True)
-    curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png", run.read_jsonl(run.validation))
+    imported = summary.get("imported")
+    curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png", run.read_jsonl(run.validation),
+                             train_label="train (after the epoch)" if imported else "train (epoch mean)")
     evaluation = run.read_eval_summary()
     names = naming(evaluation)
     analysis = run.read_analysis_summary()
     found = _observations(run, summary, epochs, evaluation)
 
     pictures = [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), and train loss "
-                                "per optimizer step with each validation pass at its step")]
+                                + ("per logged step as the other trainer logged it (its own loss rule)" if imported
+                                   else "per optimizer step with each validation pass at its step"))]
     if evaluation and evaluation.get("epochs"):
         pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png"),
                          f"{names.title} of the base model (epoch 0) and after each scored epoch, "
@@ -96,7 +99,13 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                   "or a GGUF for llama.cpp and Ollama)."),
             *_best_epoch_export(run, evaluation, summary),
             ("details", "the commands", handoff.for_run(run))]))
-    sections.append(("Definitions", [("list", DEFINITIONS[:3] + [names.definition] + DEFINITIONS[3:])]))
+    definitions = DEFINITIONS[:3] + [names.definition] + DEFINITIONS[3:]
+    if imported:  # its train loss is measured after each epoch; its cost is the other trainer's runtime
+        definitions[0] = ("Train loss improvement % = (epoch-1 train loss − last-epoch train loss) / epoch-1 train "
+                          f"loss × 100; an epoch's train loss is {imported['train_loss_rule']}.")
+        definitions[4] = ("Cost = the other trainer's train_runtime (trainer_state.json) × recipe cost.usd_per_hour; "
+                          "not priced without both.")
+    sections.append(("Definitions", [("list", definitions)]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
@@ -113,7 +122,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Model", cfg.model.name),
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
-                   f"{lora.target_modules}; {'completion-only' if train.completion_only else 'full-sequence'} loss"
+                   f"{card.targets_text(lora.target_modules)}; {'completion-only' if train.completion_only else 'full-sequence'} loss"
                    + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
@@ -124,14 +133,38 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
         ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab") if env.get(k))),
         ("Wall time", f"{summary['wall_seconds'] / 60:.1f} min training "
-                      f"({summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB)"),
-        ("Cost", f"${cost.get('cost_usd', 0):.4f} measured ({cost.get('device_hours', 0):.4f} device-hours × "
-                 f"${cost.get('usd_per_hour', 0):.3f}/h; {cost.get('price_source', 'no price')})"),
+                      f"({summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB)"
+         if "wall_seconds" in summary else None),
+        ("Cost", f"${cost['cost_usd']:.4f} measured ({cost['device_hours']:.4f} device-hours × "
+                 f"${cost['usd_per_hour']:.3f}/h; {cost['price_source']})" if cost else "not priced"),
     ]
+    if summary.get("imported"):
+        rows = _imported_rows(summary["imported"], rows, cfg, cost)
     if estimate.get("cost_usd") is not None:
         rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
                                                  f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"))
     return [("table", ["", "value"], rows)]
+
+
+def _imported_rows(imported: dict, rows: list[tuple], cfg: Recipe, cost: dict) -> list[tuple]:
+    """The Overview of a run trained elsewhere (`tunelab import`): where it came from, what was read from its
+    files (LoRA settings, epochs, runtime) and what tunelab cannot know (the other trainer's batch, lr, device)."""
+    runtime = imported.get("train_runtime_seconds")
+    replaced = {
+        "Method": f"{dict(rows)['Method']}; trained outside tunelab, imported from `{imported['source']}` (LoRA "
+                  "settings read from its adapter_config.json)",
+        "Epochs": f"{cfg.train.epochs}: adapters of epochs {', '.join(imported['adapters'])} imported (the other "
+                  "trainer's batch size, learning rate and schedule are its own, not the recipe's)",
+        "Device": "the other trainer's (not recorded)",
+        "Frameworks": None,
+        "Wall time": f"{runtime / 60:.1f} min training (the other trainer's train_runtime)" if runtime else
+                     "not recorded (no trainer_state.json)",
+        "Cost": f"${cost['cost_usd']:.4f} ({cost['device_hours']:.4f} hours × ${cost['usd_per_hour']:.3f}/h; "
+                f"{cost['price_source']})" if cost else
+                "not priced: set cost.usd_per_hour to price the other trainer's train_runtime" if runtime else
+                "not priced (no train_runtime recorded)",
+    }
+    return [(name, replaced.get(name, value)) for name, value in rows if replaced.get(name, value) is not None]
 
 
 def _test_rows(cfg: Recipe, summary: dict, evaluation: dict | None) -> str:
@@ -158,7 +191,7 @@ def _epochs_run(summary: dict) -> str:
 
 
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
-    one_epoch = summary["epochs"] == 1  # no first-to-last epoch change to state
+    one_epoch = summary["train_loss_improvement_pct"] is None  # one epoch measured: no first-to-last change
     rows = [("Train loss improvement",
              "— (one epoch)" if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
              f"{summary['final_train_loss']:.4f}" if one_epoch else
@@ -219,7 +252,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
     names = naming(evaluation)
     found = [rules.overfitting(epochs, val_rows(run)), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
     found += [o for o in (rules.validation_between_epochs(run.read_jsonl(run.validation)),) if o]
-    found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary)) if o]
+    found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary),
+                          rules.imported_tokens(summary)) if o]
     if evaluation and "flexible_difference" in evaluation:
         for metric in ("flexible", "strict"):
             found.append(rules.accuracy_change(evaluation[f"{metric}_difference"], getattr(names, metric),

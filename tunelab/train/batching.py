@@ -70,6 +70,27 @@ def encode(examples, tok, chat: bool = False, history_loss: bool = True) -> tupl
     return encoded["input_ids"], [t if t[-1:] == [eos] else t + [eos] for t in target_ids], trained
 
 
+def boundary_merges(examples, tok) -> dict:
+    """Rows whose prompt and target tokenize differently together than apart: the tokens of prompt + target do not
+    begin with the prompt's own (a template ending in a space: " " + "Distance" becomes " Distance"). tunelab
+    tokenizes them apart, as a prompt is given at inference; trainers that tokenize them together (TRL's
+    prompt-completion rows, Axolotl) train the merged token, which a prompt given alone never ends with.
+    Returns {rows, of, example: {id, prompt_end, together}} (example only when some merge)."""
+    if not examples:
+        return {"rows": 0, "of": 0}
+    prompts = tok([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    joined = tok([e.prompt + e.target for e in examples], add_special_tokens=True)["input_ids"]
+    merged = [k for k, (p, j) in enumerate(zip(prompts, joined)) if j[:len(p)] != p]
+    out = {"rows": len(merged), "of": len(examples)}
+    if merged:
+        k = merged[0]
+        p, j = prompts[k], joined[k]
+        at = next(i for i, (a, b) in enumerate(zip(p, j)) if a != b)
+        out["example"] = {"id": examples[k].id, "prompt_end": tok.decode(p[at:]),
+                          "together": tok.decode(j[at:at + 1])}
+    return out
+
+
 def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool = False,
              history_loss: bool = True) -> tuple[list[Tokenized], int]:
     """Token ids and labels per example; returns (kept examples, how many were truncated).
