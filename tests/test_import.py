@@ -165,11 +165,19 @@ def test_an_imported_run_compares_with_one_tunelab_trained(trl_output, imported_
 
 
 @pytest.mark.slow
-def test_the_other_trainers_runtime_is_priced_at_the_recipes_price(trl_output, tmp_path):
+def test_a_hub_repo_is_imported_and_its_trainers_runtime_priced(trl_output, tmp_path, monkeypatch):
     out, recipe, _ = trl_output
+    # the TRL output pushed to the Hub as someone/tiny-lora, as huggingface_hub caches a download of it (offline here)
+    snapshot = tmp_path / "hub" / "models--someone--tiny-lora" / "snapshots" / "c0ffee"
+    shutil.copytree(out, snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-lora" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-lora" / "refs" / "main").write_text("c0ffee")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     run = RunDir(tmp_path / "run")
-    assert main(["import", recipe, str(out), "--run-dir", str(run.path), "--set", "cost.usd_per_hour=3.6",
+    assert main(["import", recipe, "someone/tiny-lora", "--run-dir", str(run.path), "--set", "cost.usd_per_hour=3.6",
                  "--set", "eval.scoring=none"]) == 0
+    assert run.read_summary()["imported"]["source"] == "someone/tiny-lora"
+    assert [e["epoch"] for e in run.read_epochs()] == [0, 1, 2]
     runtime = json.loads((out / "trainer_state.json").read_text())["log_history"][-1]["train_runtime"]
     assert run.read_json(run.cost)["cost_usd"] == pytest.approx(runtime / 3600 * 3.6)
     assert "× the other trainer's train_runtime" in run.report_md.read_text()
@@ -204,6 +212,8 @@ def test_folders_that_are_not_a_lora_run_are_refused_naming_the_file(tiny_model,
     broken = _adapter_folder(tmp_path / "broken")
     (broken / "trainer_state.json").write_text("{not json")
     _refused(["import", recipe, str(broken), "--run-dir", str(run)], capsys, "trainer_state.json: not readable JSON")
+    _refused(["import", recipe, "someone/gsm8k-lora", "--run-dir", str(run)], capsys,  # offline here
+             "someone/gsm8k-lora: not a folder here, and not a Hub repo this machine could download")
     assert not run.exists()  # nothing written
 
 

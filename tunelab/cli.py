@@ -157,8 +157,8 @@ def _output_commands(sub) -> None:
     s = sub.add_parser("import", help="a LoRA adapter trained elsewhere (TRL, Axolotl, a PEFT folder) measured by "
                                       "tunelab, then eval → analyze → report as for `run`; resumable")
     _recipe_args(s)
-    s.add_argument("source", help="a PEFT adapter folder, or a Trainer output_dir whose checkpoint-N/ folders at "
-                                  "epoch ends are scored as epochs (save_strategy='epoch')")
+    s.add_argument("source", help="a PEFT adapter folder, a Trainer output_dir (its checkpoint-N/ folders at epoch "
+                                  "ends are scored as epochs: save_strategy='epoch'), or a Hub repo id of either")
     s.add_argument("--run-dir", help="where to write the run (default runs/<recipe name>-imported)")
     s.add_argument("--baseline", help="an earlier run for the report's comparison")
     s.set_defaults(func=cmd_import)

@@ -2,7 +2,7 @@
 into a run directory and measured by tunelab's rules, so eval, analyze, report and compare work on it as on a run
 tunelab trained — accuracy per epoch, flips, the prompting baseline and the contamination checks of your own run.
 
-From SOURCE it takes:
+SOURCE is a folder here or a Hub repo id (its adapter files and checkpoints downloaded). From it tunelab takes:
   - the final adapter: SOURCE itself when it is a PEFT adapter folder, else the last checkpoint-N/ of a Trainer
     output_dir;
   - every checkpoint-N/ saved at an epoch's end (its trainer_state.json `epoch` whole) as adapters/epoch-K, so the
@@ -35,6 +35,7 @@ from tunelab.rundir import RunDir, atomic_folder
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+HUB_FILES = [*ADAPTER_FILES, "trainer_state.json", *(f"checkpoint-*/{f}" for f in (*ADAPTER_FILES, "trainer_state.json"))]
 TRAIN_LOSS_RULE = ("measured by tunelab after each epoch over the train rows, with that epoch's adapter (the run "
                    "was trained elsewhere: not the mean over the epoch's steps)")
 
@@ -42,6 +43,7 @@ TRAIN_LOSS_RULE = ("measured by tunelab after each epoch over the train rows, wi
 @dataclass
 class Source:
     """What an adapter folder or Trainer output_dir holds."""
+    name: str  # as the user named it: a Hub repo id, or the folder's absolute path
     path: Path
     adapters: dict[int, Path]  # epoch -> adapter folder; the highest is the final adapter
     state: dict  # trainer_state.json ({} when there is none)
@@ -59,7 +61,7 @@ def find(path: str | Path, epochs: int) -> Source:
     Raises:
         UserError: no LoRA adapter there, a final adapter that stopped inside an epoch, or adapters that differ.
     """
-    path = Path(path)
+    name, path = str(path), _local(str(path))
     if not path.is_dir():
         raise UserError(f"{path}: not a folder (give a PEFT adapter folder or a Trainer output_dir)")
     checkpoints = sorted((c for c in path.glob("checkpoint-*") if (c / "adapter_config.json").is_file()
@@ -91,7 +93,21 @@ def find(path: str | Path, epochs: int) -> Source:
         if _lora_shape(other) != _lora_shape(config):
             raise UserError(f"{folder / 'adapter_config.json'}: r, alpha or target modules differ from the final "
                             f"adapter's ({final}); import one training run's folder")
-    return Source(path.resolve(), dict(sorted(adapters.items())), state, config)
+    return Source(name if path != Path(name) else str(path.resolve()), path.resolve(), dict(sorted(adapters.items())),
+                  state, config)
+
+
+def _local(source: str) -> Path:
+    """`source` as a folder here: itself, or a Hub repo id's adapter files and checkpoints, downloaded (cached)."""
+    from tunelab.handoff import is_local
+    if is_local(source) or source.count("/") != 1:
+        return Path(source)
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(source, allow_patterns=HUB_FILES))
+    except Exception as err:  # the hub client raises many kinds; all mean "could not fetch this id"
+        raise UserError(f"{source}: not a folder here, and not a Hub repo this machine could download "
+                        f"({type(err).__name__}: {err})") from None
 
 
 def prepare(cfg: Recipe, source: Source) -> Recipe:
@@ -104,7 +120,7 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
             and the tensor and layer that do not fit).
     """
     from tunelab.models import meta_model
-    ac, where = source.adapter_config, source.path
+    ac, where = source.adapter_config, source.name
     if ac.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{where}: a {ac['peft_type']} adapter; tunelab imports LoRA adapters (LoRA, rsLoRA, DoRA)")
     _check_base(cfg, ac.get("base_model_name_or_path") or "", where)
@@ -161,13 +177,13 @@ def check_run_dir(run: RunDir, source: Source) -> None:
     summary = run.read_optional(run.summary)
     if summary is not None:
         held = (summary.get("imported") or {}).get("source")
-        if held != str(source.path):
+        if held != source.name:
             raise UserError(f"{run.path}: holds {'an import of ' + held if held else 'a run trained by tunelab'}, "
-                            f"not of {source.path}; use a new --run-dir")
+                            f"not of {source.name}; use a new --run-dir")
     elif (run.adapter_weights.is_file() and (source.adapters[source.epochs] / "adapter_model.safetensors").is_file()
           and run.adapter_weights.read_bytes() != (source.adapters[source.epochs] / "adapter_model.safetensors")
           .read_bytes()):
-        raise UserError(f"{run.path}: its adapter/ is not {source.path}'s final adapter; use a new --run-dir")
+        raise UserError(f"{run.path}: its adapter/ is not {source.name}'s final adapter; use a new --run-dir")
 
 
 def done(run: RunDir) -> bool:
@@ -193,7 +209,7 @@ def import_run(cfg: Recipe, run: RunDir, source: Source) -> dict:
     logged = [s["loss"] for s in trainer_steps(source.state)
               if s["epoch"] is not None and source.epochs - 1 < s["epoch"] <= source.epochs]
     summary = {**measured, "epochs_planned": source.epochs, "early_stopping_patience": None,
-               "imported": {"source": str(source.path),
+               "imported": {"source": source.name,
                             "adapters": {str(k): str(p) for k, p in source.adapters.items()},
                             "train_loss_rule": TRAIN_LOSS_RULE, "train_runtime_seconds": runtime,
                             "logged_last_epoch_loss": round(sum(logged) / len(logged), 6) if logged else None,
@@ -305,7 +321,7 @@ def _lora_shape(config: dict) -> tuple:
     return config.get("r"), config.get("lora_alpha"), targets if isinstance(targets, str) else sorted(targets or [])
 
 
-def _check_base(cfg: Recipe, recorded: str, where: Path) -> None:
+def _check_base(cfg: Recipe, recorded: str, where: str) -> None:
     """Refuse an adapter whose recorded base model names another Hub model than the recipe's (a local path, or no
     record, cannot be compared: loading the weights checks their shapes)."""
     from tunelab.handoff import hub_id, is_local
