@@ -107,10 +107,14 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                      f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); {names.strict} {100 * ev['base_strict_accuracy']:.1f} % "
                      f"→ {100 * ev['tuned_strict_accuracy']:.1f} %")
     lines += eval_lines(run.read_eval_summary() or {})
+    from tunelab.report.observations import imported_tokens
+    if (tokens := imported_tokens(s)) and tokens.kind == "watch":  # an imported run's train loss far above its own
+        lines.append(f"watch: {tokens.text}")
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
     lines.append((f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); " if cost else
-                  "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the Trainer's train_runtime); ")
+                  "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the other trainer's "
+                  "train_runtime, when it recorded one); ")
                  + f"this command {seconds / 60:.1f} min")
     print("\n".join(lines))
