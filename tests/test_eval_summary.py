@@ -181,22 +181,28 @@ def test_accuracy_by_label_is_paired_per_category_and_judged_with_a_bonferroni_b
 
 
 def test_compare_and_the_baseline_report_pair_each_category_across_runs(tmp_path):
-    """Two runs on the same labelled questions: per category, the second run's tuned accuracy against the first's,
-    paired, with the same Bonferroni bound; a run that scored other questions is named and left out."""
+    """Runs on the same labelled questions: per category, each later run's tuned accuracy against the first's,
+    paired, with the same Bonferroni bound; a run that scored some of them is paired on those, one that scored
+    other questions is named and left out."""
     labels = ["add"] * 30 + ["sub"] * 30 + ["mul"] * 10
     first, second = make_run(tmp_path / "two-ep"), make_run(tmp_path / "three-ep")
     base = flags(70, set())
     add_eval(first, {"base": base, "tuned": flags(70, set(range(0, 5)) | set(range(30, 50)))}, labels=labels)
     add_eval(second, {"base": base, "tuned": flags(70, set(range(0, 28)) | set(range(30, 48)))}, labels=labels)
-    other = make_run(tmp_path / "fewer")
-    add_eval(other, {"base": flags(40, set()), "tuned": flags(40, {1})}, labels=labels[:40])
-    compare([RunDir(first), RunDir(second), RunDir(other)], tmp_path / "cmp")
+    fewer = make_run(tmp_path / "fewer")  # eval.limit 40: all of add, 10 of sub, none of mul
+    add_eval(fewer, {"base": flags(40, set()), "tuned": flags(40, {1})}, labels=labels[:40])
+    elsewhere = make_run(tmp_path / "elsewhere")  # the same ids, other questions (another eval.source)
+    add_eval(elsewhere, {"base": flags(70, set()), "tuned": flags(70, set())}, labels=labels)
+    predictions = elsewhere / "eval" / "predictions.jsonl"
+    predictions.write_text(predictions.read_text().replace("apples", "pears"))
+    compare([RunDir(first), RunDir(second), RunDir(fewer), RunDir(elsewhere)], tmp_path / "cmp")
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "## Accuracy by category" in md
-    assert "| category | n | two-ep | three-ep |" in md
+    assert "| category | n | two-ep | three-ep | fewer |" in md
     assert "| add | 30 | 17 % | 93 % (+76.7 pts, p " in md  # 5 → 28 of 30
-    assert "| sub | 30 | 67 % | 60 % (-6.7 pts, p 0.5) |" in md  # 20 → 18 of 30: two lost, none gained
-    assert "Not compared by category: fewer" in md
+    assert "| sub | 30 | 67 % | 60 % (-6.7 pts, p 0.5) | 0 % (-100.0 pts, p 0.002, on 10) |" in md  # 10 → 0 of 10
+    assert "| mul | 10 | 0 % | 0 % (+0.0 pts, p 1) | — |" in md  # fewer scored none of mul
+    assert "Not compared by category: elsewhere" in md
     assert ("Tuned accuracy of three-ep against two-ep rose beyond noise in 1 of 3 categories: add 17 % → 93 % "
             "(n = 30, p = ") in md
     write_report(RunDir(second), baseline=RunDir(first))

@@ -168,25 +168,30 @@ def category_blocks(runs: list[RunDir], names: list[str]) -> list:
     if found is None:
         return []
     groups, source = found
-    same = [k for k in range(1, len(runs)) if tuned[k].keys() == tuned[0].keys()]
-    tests = {k: paired_by_category(groups, source, by_id[0], by_id[k]) for k in same}
+    shared = {k: {key[0] for key in tuned[0] if key in tuned[k]} for k in range(1, len(runs))}  # questions both scored
+    same = [k for k in shared if shared[k]]
+    tests = {k: paired_by_category({c: kept for c, m in groups.items() if (kept := [i for i in m if i in shared[k]])},
+                                   source, by_id[0], by_id[k]) for k in same}
     rows = []
-    for j, (category, members) in enumerate(groups.items()):
+    for category, members in groups.items():
         cells = [pct(sum(by_id[0][i] for i in members) / len(members))]
         for k in same:
-            row = tests[k]["rows"][j]
-            cells.append(f"{pct(row['tuned_accuracy'])} ({row['difference']['delta_pts']:+.1f} pts, "
-                         f"p {row['difference']['mcnemar_p']:.2g})")
+            row = next((r for r in tests[k]["rows"] if r["category"] == category), None)
+            cells.append(None if row is None else
+                         f"{pct(row['tuned_accuracy'])} ({row['difference']['delta_pts']:+.1f} pts, "
+                         f"p {row['difference']['mcnemar_p']:.2g}" + (f", on {row['n']}" if row["n"] < len(members)
+                                                                      else "") + ")")
         rows.append((category, len(members), *cells))
     flexible = naming(evaluation).flexible
     blocks: list = [("p", f"Tuned accuracy ({flexible}) per category ({source}, as {names[0]}'s eval found them); "
-                          f"each later run's change from {names[0]} on the same questions, paired. Rule: "
+                          f"each later run's change from {names[0]} on the questions both scored, paired (\"on N\": "
+                          f"the category's questions both scored, when fewer). Rule: "
                           f"{tests[same[0]]['rule'] if same else 'no other run scored the same questions'}."),
                     ("table", ["category", "n", *(names[k] for k in [0, *same])], rows)]
     skipped = [names[k] for k in range(1, len(runs)) if k not in same]
     if skipped:
-        blocks.append(("p", f"Not compared by category: {', '.join(skipped)} (tuned answers to other questions than "
-                            f"{names[0]}'s, or none)."))
+        blocks.append(("p", f"Not compared by category: {', '.join(skipped)} (no tuned answer to a question "
+                            f"{names[0]} scored)."))
     found = [rules.categories(tests[k], f"Tuned accuracy of {names[k]} against {names[0]}") for k in same]
     return blocks + ([("obs", found)] if found else [])
 
