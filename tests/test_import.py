@@ -183,6 +183,34 @@ def test_a_hub_repo_is_imported_and_its_trainers_runtime_priced(trl_output, tmp_
     assert "× the other trainer's train_runtime" in run.report_md.read_text()
 
 
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny_recipe, tmp_path, method):
+    """A run's own adapter/ folder (PEFT format, no trainer_state.json: epochs from the recipe) imported: its
+    validation loss and token accuracy equal those the training loop measured after the last epoch."""
+    from tunelab import imported
+    from tunelab.train import train
+    raw = {**tiny_recipe, "lora": {**tiny_recipe["lora"], "use_dora": method == "dora"}}
+    native = RunDir(tmp_path / "native")
+    train(validate(raw, "tiny"), native)
+    cfg = validate({**raw, "lora": {"r": 2, "alpha": 4}}, "tiny")  # the adapter's settings replace these
+    source = imported.find(native.adapter, cfg.train.epochs)
+    cfg = imported.prepare(cfg, source)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.use_dora) == (8, 16, method == "dora")
+    run = RunDir(tmp_path / "imported")
+    imported.import_run(cfg, run, source)
+    ours, theirs = run.read_epochs(), native.read_epochs()
+    assert [e["epoch"] for e in ours] == [0, 2]  # no epoch checkpoint in a bare adapter folder
+    for a, b in ((ours[0], theirs[0]), (ours[-1], theirs[-1])):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=2e-5)
+        assert a["val_token_accuracy"] == pytest.approx(b["val_token_accuracy"], abs=1e-6)
+    summary = run.read_summary()
+    assert summary["train_loss_improvement_pct"] is None  # one measured epoch: no change to state
+    from tunelab.report import train_loss_change, write_report
+    assert train_loss_change(summary) == f"train loss {summary['final_train_loss']:.4f} (epoch 2 only measured)"
+    write_report(run)
+    assert "| Train loss improvement | — (one epoch measured) |" in run.report_md.read_text()
+
+
 def _adapter_folder(path, **config):
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,

@@ -95,9 +95,10 @@ def headline(run: RunDir) -> dict:
 
 
 def train_loss_change(s: dict) -> str:
-    """A summary's train loss, first epoch → last with its % fall; a one-epoch run has no change to state."""
-    if s["epochs"] == 1:
-        return f"train loss {s['final_train_loss']:.4f} (one epoch)"
+    """A summary's train loss, first epoch → last with its % fall; one epoch measured (a one-epoch run, an import of
+    a bare adapter) has no change to state."""
+    if s["train_loss_improvement_pct"] is None:
+        return f"train loss {s['final_train_loss']:.4f} ({_one_epoch(s)})"
     return (f"train loss {s['first_epoch_train_loss']:.4f} → {s['final_train_loss']:.4f} "
             f"({s['train_loss_improvement_pct']:+.1f} %)")
 
@@ -106,6 +107,10 @@ def train_loss_change(s: dict) -> str:
 FORMAT_KEYS = ("model.name", "data.template", "data.target", "data.chat_template", "data.messages",
                "data.system_prompt", "data.history_loss", "data.optional_fields", "data.template_if_empty",
                "train.completion_only", "train.max_length")
+
+
+def _one_epoch(s: dict) -> str:
+    return "one epoch" if s["epochs"] == 1 else f"epoch {s['epochs']} only measured"
 
 
 def recipe_differences(runs: list[RunDir]) -> list[tuple]:

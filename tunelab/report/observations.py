@@ -114,7 +114,8 @@ def train_trend(epochs: list[dict], summary: dict) -> Observation:
     rule = "train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss"
     pct = summary["train_loss_improvement_pct"]
     if len(train) < 2:
-        return Observation("info", f"One epoch: train loss {train[0]:.3f} (no epoch-to-epoch trend to judge).", rule)
+        which = "One epoch" if summary["epochs"] == 1 else f"Epoch {summary['epochs']} only measured (imported)"
+        return Observation("info", f"{which}: train loss {train[0]:.3f} (no epoch-to-epoch trend to judge).", rule)
     kind = "good" if _changed(train[0], train[-1]) < 0 else "watch"
     verb = "fell" if kind == "good" else "did not fall beyond 1 %"
     return Observation(kind, f"Train loss {verb} across epochs ({_arrow(train)}; {pct:+.1f} %).", rule)

@@ -193,7 +193,7 @@ def _epochs_run(summary: dict) -> str:
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
     one_epoch = summary["train_loss_improvement_pct"] is None  # one epoch measured: no first-to-last change
     rows = [("Train loss improvement",
-             "— (one epoch)" if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
+             ("— (one epoch)" if summary["epochs"] == 1 else "— (one epoch measured)") if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
              f"{summary['final_train_loss']:.4f}" if one_epoch else
              f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
             ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",
