@@ -123,6 +123,8 @@ def test_a_trl_run_is_imported_with_each_epoch_scored_and_its_losses_measured(tr
     assert evaluation["base"]["n"] == evaluation["tuned"]["n"] == 5
     report = run.report_md.read_text()
     assert f"imported from `{out}`" in report and "after each epoch over the train rows" in report
+    assert "- Cost = the other trainer's train_runtime" in report and "Cost = measured wall hours" not in report
+    assert "- Accuracy interval = 95 % paired bootstrap" in report
     summary = run.read_summary()
     assert summary["imported"]["train_runtime_seconds"] > 0 and not run.cost.exists()  # no price in the recipe
     assert "Trained outside tunelab" in (run.adapter / "README.md").read_text()

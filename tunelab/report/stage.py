@@ -103,8 +103,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     if imported:  # its train loss is measured after each epoch; its cost is the other trainer's runtime
         definitions[0] = ("Train loss improvement % = (epoch-1 train loss − last-epoch train loss) / epoch-1 train "
                           f"loss × 100; an epoch's train loss is {imported['train_loss_rule']}.")
-        definitions[4] = ("Cost = the other trainer's train_runtime (trainer_state.json) × recipe cost.usd_per_hour; "
-                          "not priced without both.")
+        definitions = [("Cost = the other trainer's train_runtime (trainer_state.json) × recipe cost.usd_per_hour; "
+                        "not priced without both.") if d.startswith("Cost = ") else d for d in definitions]
     sections.append(("Definitions", [("list", definitions)]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
