@@ -14,10 +14,10 @@ from tunelab.rundir import RunDir
 from conftest import write_jsonl
 
 
-def _recipe(tiny_model, folder, **lora) -> dict:
+def _recipe(tiny_model, folder) -> dict:
     return {"name": "tinyimport", "model": {"name": str(tiny_model)},
             "data": {"source": str(folder), "template": "Instruction: {question}\nResponse: ", "target": "{answer}"},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **lora},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
             "train": {"epochs": 3, "batch_size": 8, "max_length": 128},
             "eval": {"limit": 5, "max_new_tokens": 12}}
 

@@ -35,7 +35,8 @@ from tunelab.rundir import RunDir, atomic_folder
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-HUB_FILES = [*ADAPTER_FILES, "trainer_state.json", *(f"checkpoint-*/{f}" for f in (*ADAPTER_FILES, "trainer_state.json"))]
+HUB_FILES = [*ADAPTER_FILES, "trainer_state.json",
+             *(f"checkpoint-*/{name}" for name in (*ADAPTER_FILES, "trainer_state.json"))]
 TRAIN_LOSS_RULE = ("measured by tunelab after each epoch over the train rows, with that epoch's adapter (the run "
                    "was trained elsewhere: not the mean over the epoch's steps)")
 

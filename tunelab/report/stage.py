@@ -122,7 +122,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Model", cfg.model.name),
         ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
-                   f"{card.targets_text(lora.target_modules)}; {'completion-only' if train.completion_only else 'full-sequence'} loss"
+                   f"{card.targets_text(lora.target_modules)}; "
+                   f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
                    + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
@@ -193,7 +194,8 @@ def _epochs_run(summary: dict) -> str:
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
     one_epoch = summary["train_loss_improvement_pct"] is None  # one epoch measured: no first-to-last change
     rows = [("Train loss improvement",
-             ("— (one epoch)" if summary["epochs"] == 1 else "— (one epoch measured)") if one_epoch else f"{summary['train_loss_improvement_pct']:.1f} %",
+             ("— (one epoch)" if summary["epochs"] == 1 else "— (one epoch measured)") if one_epoch else
+             f"{summary['train_loss_improvement_pct']:.1f} %",
              f"{summary['final_train_loss']:.4f}" if one_epoch else
              f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
             ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",

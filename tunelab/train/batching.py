@@ -73,8 +73,8 @@ def encode(examples, tok, chat: bool = False, history_loss: bool = True) -> tupl
 def boundary_merges(examples, tok) -> dict:
     """Rows whose prompt and target tokenize differently together than apart: the tokens of prompt + target do not
     begin with the prompt's own (a template ending in a space: " " + "Distance" becomes " Distance"). tunelab
-    tokenizes them apart, as a prompt is given at inference; trainers that tokenize them together (TRL's
-    prompt-completion rows, Axolotl) train the merged token, which a prompt given alone never ends with.
+    tokenizes them apart, as a prompt is given at inference; a trainer that tokenizes them together (TRL's
+    prompt-completion rows) trains the merged token, which a prompt given alone never ends with.
     Returns {rows, of, example: {id, prompt_end, together}} (example only when some merge)."""
     if not examples:
         return {"rows": 0, "of": 0}
@@ -85,7 +85,7 @@ def boundary_merges(examples, tok) -> dict:
     if merged:
         k = merged[0]
         p, j = prompts[k], joined[k]
-        at = next(i for i, (a, b) in enumerate(zip(p, j)) if a != b)
+        at = next((i for i, (a, b) in enumerate(zip(p, j)) if a != b), min(len(p), len(j)))
         out["example"] = {"id": examples[k].id, "prompt_end": tok.decode(p[at:]),
                           "together": tok.decode(j[at:at + 1])}
     return out
