@@ -183,3 +183,18 @@ def test_show_prints_rows_as_trained_with_the_loss_bearing_tokens_marked(tiny_mo
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"⟦{rows[0].target.splitlines()[0]}" in out and "<|im_end|>⟧" in out
+
+
+def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_together(capsys):
+    """The quickstart template ends in a space: tokenized together with the answer, that space merges into the
+    answer's first token (what TRL trains on); moved into the target, no row merges."""
+    assert main(["check", "quickstart", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    boundary = found["boundary"]
+    assert boundary["rows"] == boundary["of"] == found["rows"]["train"]
+    assert boundary["example"]["prompt_end"] == " " and boundary["example"]["together"].startswith(" ")
+    assert main(["check", "quickstart", "--set", "data.template=Instruction: {question}\\nResponse:",
+                 "--set", "data.target= {answer}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["boundary"] == {"rows": 0, "of": found["rows"]["train"]}
+    assert main(["check", "quickstart"]) == 0
+    assert f"prompt/answer boundary: on {boundary['rows']} of {boundary['of']} training rows" in capsys.readouterr().out

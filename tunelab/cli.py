@@ -432,6 +432,14 @@ def _print_checks(result: dict) -> None:
     console.print(f"scoreable targets ({tg['train']['scoring']} scoring): "
                   + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
     console.print(f"eval: {'skipped: ' + result['eval_skipped'] if result['eval_skipped'] else 'scores answers'}")
+    if (b := result["boundary"])["rows"]:
+        ex = b["example"]
+        console.print(f"prompt/answer boundary: on {b['rows']} of {b['of']} training rows the prompt's last token "
+                      f"merges with the answer's first when the two are tokenized together ({ex['id']}: "
+                      f"{ex['prompt_end']!r} + the answer → {ex['together']!r}). tunelab trains them apart, as a "
+                      "prompt is given at inference; a trainer that tokenizes them together (TRL's prompt-completion "
+                      "rows) trains a token the bare prompt never ends with. A template that does not end in a "
+                      "space avoids it.")
     for ex in result.get("examples", []):
         console.rule(f"{ex['id']}: {ex['tokens']} tokens, {ex['supervised_tokens']} with loss (marked ⟦…⟧)")
         console.print(Text.assemble(*((f"⟦{seg['text']}⟧", "bold green") if seg["loss"] else (seg["text"], "dim")

@@ -233,6 +233,8 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     duplicates = train_duplicates(train, train_vecs, threshold)
     seconds["overlap_duplicates"], clock = time.time() - clock, time.time()
     profile, totals = lengths(cfg, splits, tok)
+    from tunelab.train.batching import boundary_merges
+    boundary = {"rows": 0, "of": 0} if cfg.data.chat_template else boundary_merges(train, tok)
     seconds["lengths"] = time.time() - clock
     from tunelab.evaluate.stage import scoring_mode
     mode, skipped = scoring_mode(cfg, splits)
@@ -244,6 +246,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
                      "deduplicated": splits.deduplicated},
             "test_source": cfg.eval.source or cfg.data.source,
             "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
+            "boundary": boundary,
             "targets": targets(splits, mode or "numeric"), "eval_skipped": skipped,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
