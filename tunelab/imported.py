@@ -276,31 +276,32 @@ def _measure(cfg: Recipe, run: RunDir, source: Source) -> dict:
             if k == 0:
                 got = passes(base, [("val", val_items, splits.val, 0)]
                              + ([("test", test_items, test_rows, 0)] if test_items else []))
-                train = None
             else:
                 model = PeftModel.from_pretrained(base, str(run.epoch_adapter(k)))  # fits: checked by prepare()
                 got = passes(model, [("val", val_items, splits.val, k), ("train", train_items, splits.train, k)])
                 base = model.unload()  # the LoRA layers removed, nothing merged: the base model again
-                train = got["train"][0]
-            val, seconds = got["val"]
-            epochs.append({"epoch": k,
-                           "train_loss": None if train is None else round(train.loss, 6),
-                           "train_token_accuracy": None if train is None else round(train.accuracy, 6),
-                           "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
-                           "seconds": None, "tokens": None, "val_seconds": round(seconds, 3),
-                           "val_tokens": val.real_tokens})
+            epochs.append(_epoch_row(k, got.get("train", (None,))[0], *got["val"]))
             epochs.sort(key=lambda e: e["epoch"])
             run.write_jsonl(run.examples, examples)  # rows before their epoch row: a kill between the two redoes it
             run.write_jsonl(run.epochs, epochs)
             progress.advance(1)
-            del got
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    run.write_jsonl(run.validation, [{"step": None, "epoch": e["epoch"], "epoch_end": True, "val_loss": e["val_loss"],
-                                      "val_token_accuracy": e["val_token_accuracy"],
-                                      "val_seconds": e["val_seconds"]} for e in epochs])
+    run.write_jsonl(run.validation, [{"step": None, "epoch": e["epoch"], "epoch_end": True,
+                                      **{k: e[k] for k in ("val_loss", "val_token_accuracy", "val_seconds")}}
+                                     for e in epochs])
     return {**data_figures(cfg, splits, train_items, val_items, truncated), **loss_figures(epochs),
             "boundary_merges": merges}
+
+
+def _epoch_row(epoch: int, train, val, val_seconds: float) -> dict:
+    """An imported run's metrics/epochs.jsonl row: the losses measured here (train: None at epoch 0); no training
+    seconds or tokens, the training having run elsewhere."""
+    return {"epoch": epoch,
+            "train_loss": None if train is None else round(train.loss, 6),
+            "train_token_accuracy": None if train is None else round(train.accuracy, 6),
+            "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
+            "seconds": None, "tokens": None, "val_seconds": round(val_seconds, 3), "val_tokens": val.real_tokens}
 
 
 def _copy_adapter(folder: Path, out: Path) -> None:

@@ -46,9 +46,7 @@ def load_run(path: str | Path) -> RunDir:
 
 def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     """Write report.md, report.html and their pictures into `run`; return the HTML path."""
-    cfg = run.read_recipe()
-    summary = run.read_summary()
-    epochs = run.read_epochs()
+    cfg, summary, epochs = run.read_recipe(), run.read_summary(), run.read_epochs()
     title = cfg.report.title or f"Detailed Analysis Report — {cfg.name}"
     figures = run.report_files
     figures.mkdir(exist_ok=True)
@@ -99,18 +97,24 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                   "or a GGUF for llama.cpp and Ollama)."),
             *_best_epoch_export(run, evaluation, summary),
             ("details", "the commands", handoff.for_run(run))]))
-    definitions = DEFINITIONS[:3] + [names.definition] + DEFINITIONS[3:]
-    if imported:  # its train loss is measured after each epoch; its cost is the other trainer's runtime
-        definitions[0] = ("Train loss improvement % = (epoch-1 train loss − last-epoch train loss) / epoch-1 train "
-                          f"loss × 100; an epoch's train loss is {imported['train_loss_rule']}.")
-        definitions = [("Cost = the other trainer's train_runtime (trainer_state.json) × recipe cost.usd_per_hour; "
-                        "not priced without both.") if d.startswith("Cost = ") else d for d in definitions]
-    sections.append(("Definitions", [("list", definitions)]))
+    sections.append(("Definitions", [("list", _definitions(names.definition, imported))]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
     trackers.publish(run, cfg.train.report_to, "report", {}, [run.report_html, run.report_md])
     return run.report_html
+
+
+def _definitions(accuracy: str, imported: dict | None) -> list[str]:
+    """The report's definitions, with the accuracy's; an imported run's train loss (measured after each epoch) and
+    cost (the other trainer's runtime) by their own rules."""
+    definitions = DEFINITIONS[:3] + [accuracy] + DEFINITIONS[3:]
+    if imported:
+        definitions[0] = ("Train loss improvement % = (epoch-1 train loss − last-epoch train loss) / epoch-1 train "
+                          f"loss × 100; an epoch's train loss is {imported['train_loss_rule']}.")
+        definitions = [("Cost = the other trainer's train_runtime (trainer_state.json) × recipe cost.usd_per_hour; "
+                        "not priced without both.") if d.startswith("Cost = ") else d for d in definitions]
+    return definitions
 
 
 def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) -> list:
