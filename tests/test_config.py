@@ -129,3 +129,39 @@ def test_templates_and_optional_fields_are_checked_before_any_data_is_read(chang
     with pytest.raises(UserError) as err:
         validate(raw, "r.yaml")
     assert str(err.value) == f"r.yaml: 1 problem\n  {problem}"
+
+
+@pytest.mark.parametrize("mix, problem", [
+    ([{"source": "x/gsm8k"}], "data.mix.0.name: 'gsm8k' is also data.source's name; give one of them a name"),
+    ([{"source": "a.jsonl"}, {"source": "b/a.csv"}], "data.mix.1.name: 'a' is also data.mix.0's name; give one of "
+                                                     "them a name"),
+    ([{"source": "a.jsonl", "name": "my:rows"}], "data.mix.0.name: 'my:rows' must be letters, digits, - _ or . "
+                                                 "(it prefixes row ids)"),
+    ([{"source": "a.jsonl", "template": "Q: {x", "target": "{y}"}],
+     "data.mix.0.template: expected '}' before end of string (write {{ and }} for a literal brace)"),
+    ([{"source": "a.jsonl", "template": "{instruction}", "optional_fields": ["input"]}],
+     "data.mix.0.optional_fields: 'input' is not a placeholder of data.mix.0.template or data.mix.0.target "
+     "(placeholders: answer, instruction)"),
+    ([{"source": "chats.jsonl", "messages": "messages"}], "data.mix.0.messages: needs data.chat_template: true (a "
+                                                          "conversation is written by the tokenizer's chat template)"),
+    ([{"source": "a.jsonl", "limit": 0}], "data.mix.0.limit: must be greater than or equal to 1 (got 0)"),
+    ([{"source": "a.jsonl", "weight": 2}], "data.mix.0.weight: unknown key"),
+])
+def test_each_mixed_source_is_checked_before_any_data_is_read(mix, problem):
+    raw = {"model": {"name": "x"}, "data": {"source": "data/gsm8k", "template": "Q: {question}",
+                                            "target": "{answer}", "mix": mix}}
+    with pytest.raises(UserError) as err:
+        validate(raw, "r.yaml")
+    assert str(err.value) == f"r.yaml: 1 problem\n  {problem}"
+
+
+def test_a_mixed_source_takes_datas_format_unless_it_sets_its_own():
+    from tunelab.config import mixed
+    data = load_recipe("quickstart", ["data.optional_fields=[question]", "data.config=main", "data.limit=50",
+                                      "data.mix=[{source: a.jsonl, limit: 5}, "
+                                      "{source: b.jsonl, template: '{instruction}', target: '{output}'}]"]).data
+    same, own = mixed(data, data.mix[0]), mixed(data, data.mix[1])
+    assert (same.source, same.limit, same.template, same.optional_fields, same.mix) == \
+        ("a.jsonl", 5, data.template, ["question"], [])
+    assert (own.template, own.target, own.optional_fields, own.limit, own.config) == \
+        ("{instruction}", "{output}", [], None, None)  # data.limit and data.config are data.source's alone

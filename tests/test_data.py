@@ -230,3 +230,48 @@ def test_files_that_are_not_utf8_text_or_not_parquet_stop_naming_file_and_line(t
     (tmp_path / name).write_bytes(content)
     with pytest.raises(UserError, match=message):
         load_splits(cfg(tmp_path / name))
+
+
+def test_mixed_sources_are_split_apart_rendered_their_own_way_and_named_in_ids(tmp_path):
+    from tunelab.data import source_of
+    main_rows = write_jsonl(tmp_path / "main.jsonl", rows(50))
+    other = tmp_path / "alpaca"
+    other.mkdir()
+    write_jsonl(other / "train.jsonl", [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(30)])
+    write_jsonl(other / "test.jsonl", [{"instruction": "Never scored.", "output": "0"}])
+    more = write_jsonl(tmp_path / "more.jsonl", rows(40, start=500))
+    mix = [{"source": str(other), "template": "Do: {instruction}\n", "target": "{output}"},
+           {"source": str(more), "name": "extra", "limit": 20}]
+    alone, s = load_splits(cfg(main_rows)), load_splits(cfg(main_rows, mix=mix))
+    assert [e.id for e in s.train if ":" not in e.id] == [e.id for e in alone.train]  # data.source's split unchanged
+    assert [e.id for e in s.val if ":" not in e.id] == [e.id for e in alone.val]
+    by_source = {name: ([e for e in s.train if source_of(e.id, s_cfg) == name],
+                        [e for e in s.val if source_of(e.id, s_cfg) == name])
+                 for s_cfg in [cfg(main_rows, mix=mix)] for name in ("main", "alpaca", "extra")}
+    assert [(len(t), len(v)) for t, v in by_source.values()] == [(45, 5), (27, 3), (18, 2)]  # each: val_fraction
+    alpaca = by_source["alpaca"][0][0]
+    assert alpaca.id.startswith("alpaca:train-") and alpaca.prompt.startswith("Do: Say ") and alpaca.target.isdigit()
+    extra = by_source["extra"][0][0]  # no template of its own: data's, and only its first `limit` rows
+    assert extra.prompt.startswith("Instruction: What is 5") and max(int(e.fields["question"].split()[2])
+                                                                     for e in by_source["extra"][0]) < 520
+    assert s.test == [] and all(":" not in e.id for e in s.test)  # only data.source's test rows are scored
+
+
+def test_a_mixed_row_repeating_an_earlier_one_is_deduplicated_and_mix_errors_name_their_entry(tmp_path):
+    main_rows = write_jsonl(tmp_path / "main.jsonl", rows(20))
+    copy = write_jsonl(tmp_path / "copy.jsonl", rows(10, start=15))  # rows 15..19 repeat data.source's
+    s = load_splits(cfg(main_rows, dedup="exact", mix=[{"source": str(copy)}]))
+    assert s.deduplicated == 5 and len([e for e in s.train + s.val if e.id.startswith("copy:")]) == 5
+    assert len([e for e in s.train + s.val if ":" not in e.id]) == 20  # the earlier source keeps its rows
+    with pytest.raises(UserError, match="^data.mix.0: .*nope.jsonl: no such file"):
+        load_splits(cfg(main_rows, mix=[{"source": str(tmp_path / "nope.jsonl")}]))
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"prompt": "q", "completion": "a"}] * 5)
+    with pytest.raises(UserError, match=r"^data.mix.0 .*odd.jsonl: data.mix.0.template: unknown placeholder "
+                                        r"\{question\}, \{answer\}; fields are: completion, prompt"):
+        load_splits(cfg(main_rows, mix=[{"source": str(odd)}]))
+    one = write_jsonl(tmp_path / "one.jsonl", rows(1))
+    with pytest.raises(UserError, match="^data.mix.0: .*one.jsonl: 1 usable train rows"):
+        load_splits(cfg(main_rows, mix=[{"source": str(one), "name": "one"}]))
+    broken = write_jsonl(tmp_path / "broken.jsonl", rows(5) + ["{not json"])
+    with pytest.raises(UserError, match="broken.jsonl:6: bad JSON"):
+        load_splits(cfg(main_rows, mix=[{"source": str(broken)}]))

@@ -75,3 +75,28 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     assert "## Sample answers (not scored)" in md and f"Not scored ({reason}" in md
     assert main(["eval", str(run.path)]) == 2  # asked for by name, it is an error naming the key
     assert reason in capsys.readouterr().err
+
+
+def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_model, tmp_path, monkeypatch, capsys):
+    from conftest import write_jsonl
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    extra = write_jsonl(tmp_path / "colours.jsonl", [{"instruction": f"Name colour {i}.", "output": f"Colour {i}."}
+                                                      for i in range(20)])
+    mix = f"data.mix=[{{source: {extra}, template: '{{instruction}}\\n', target: '{{output}}', limit: 10}}]"
+    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=30",
+            "--set", "data.synthetic_test_rows=4", "--set", "eval.limit=4", "--set", "eval.max_new_tokens=8",
+            "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=3",
+            "--set", mix, "--run-dir", str(tmp_path / "m")]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "m")
+    ids = {e["id"] for e in run.read_examples() if e["split"] in ("train", "val")}
+    assert len([i for i in ids if i.startswith("colours:")]) == 10 and len(ids) == 40
+    checks = run.read_json(run.data_checks)
+    synthetic = sum(o["split"] == "test" and ":" not in o["train_id"] for o in checks["overlap"])
+    assert synthetic and checks["rows"]["sources"] == {  # synthetic problems share 13-gram skeletons; colours none
+        "synthetic-arith": {"train": 27, "validation": 3, "test_overlap": synthetic},
+        "colours": {"train": 9, "validation": 1, "test_overlap": 0}}
+    md = run.report_md.read_text()
+    assert "## Data mix" in md and re.search(r"\| colours \| 9 \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|", md)
+    assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
+    assert "sources: synthetic-arith 27 train / 3 validation rows" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from fixture_run import make_run
+from tunelab import card
 from tunelab.cli import main
 from tunelab.report import compare, write_report
 from tunelab.rundir import RunDir
@@ -204,3 +205,49 @@ def test_runs_that_scored_other_questions_under_the_same_ids_are_not_paired(tmp_
     assert paired(runs[1], runs[0])[1] is None
     compare(runs, tmp_path / "out")
     assert "the runs scored different questions, so no paired interval" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_a_mixed_run_judges_each_source_on_its_own_rows_and_familiarity_on_data_sources(tmp_path):
+    import yaml
+    run = RunDir(make_run(tmp_path / "mixed"))
+    raw = yaml.safe_load(run.config.read_text())
+    raw["data"]["mix"] = [{"source": "extra/alpaca.jsonl", "name": "alpaca", "limit": 30},
+                          {"source": "openai/gsm8k", "config": "main"}]
+    run.config.write_text(yaml.safe_dump(raw))
+    losses = {"val": {0: 2.0, 1: 1.2, 2: 1.0}, "alpaca:val": {0: 1.5, 1: 0.6, 2: 1.4}}  # alpaca: overfits
+    rows = [{"id": f"{prefix}-{i}", "split": "val", "epoch": epoch, "loss": loss + 0.01 * (i % 3), "tokens": 10}
+            for prefix, by_epoch in losses.items() for epoch, loss in by_epoch.items() for i in range(30)]
+    rows += [{"id": f"{prefix}-{i}", "split": "train", "epoch": epoch, "loss": 1.0 / epoch, "tokens": 10}
+             for prefix in ("train", "alpaca:train") for epoch in (1, 2) for i in range(60)]
+    rows += [{"id": f"test-{i}", "split": "test", "epoch": 0, "loss": 1.5 + 0.01 * (i % 3), "tokens": 10}
+             for i in range(30)]  # lower than data.source's validation rows (2.0), as high as alpaca's (1.5)
+    (run.path / "metrics" / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(run)
+    md = run.report_md.read_text()
+    assert "## Data mix" in md and "extra/alpaca.jsonl as alpaca (first 30 rows)" in md
+    assert "| synthetic-arith | 60 | 30 | 2.010 → 1.210 → 1.010 | +49.8 % | 0.500 |" in md
+    assert "| alpaca | 60 | 30 | 1.510 → 0.610 → 1.410 | +6.6 % | 0.500 |" in md
+    assert "synthetic-arith rows: Validation loss fell in every epoch" in md
+    assert "alpaca rows: Validation loss rose after epoch 1 (0.610 → 1.410) while train loss fell" in md
+    assert "(1.510 on 30 test rows vs 2.010 on 30 validation rows" in md  # data.source's validation rows alone
+    assert "datasets:\n- openai/gsm8k\n" in card.render(run)  # the hub sources (a local file is not one)
+
+
+def test_a_run_with_more_validation_rows_is_compared_on_the_rows_both_have(tmp_path):
+    import yaml
+    from fixture_run import add_val_rows
+    a, b = make_run(tmp_path / "plain"), make_run(tmp_path / "mixed")
+    add_val_rows(a, {0: [2.0] * 20, 2: [1.0 + 0.01 * (i % 4) for i in range(20)]})
+    add_val_rows(b, {0: [2.0] * 20, 2: [0.8 + 0.01 * (i % 4) for i in range(20)]})
+    with (b / "metrics" / "examples.jsonl").open("a") as f:  # the mixed source's rows: another 10, at loss 3
+        f.write("".join(json.dumps({"id": f"alpaca:val-{i}", "split": "val", "epoch": epoch, "loss": 3.0,
+                                    "tokens": 20}) + "\n" for epoch in (0, 2) for i in range(10)))
+    raw = yaml.safe_load((b / "config.yaml").read_text())
+    raw["data"]["mix"] = [{"source": "alpaca.jsonl", "limit": 100}]
+    (b / "config.yaml").write_text(yaml.safe_dump(raw))
+    compare([RunDir(a), RunDir(b)], tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| data.mix.0.source | — | 'alpaca.jsonl' |" in md and "| data.mix.0.limit | — | 100 |" in md
+    assert "| data.mix |" not in md  # the entries differ, not an empty list
+    assert ("Final validation loss of mixed is lower (better) than plain: 0.815 vs 1.015 (-19.7 %; paired difference "
+            "-0.200, 95 % CI -0.200..-0.200 over the 20 validation rows both runs have (plain 20, mixed 30))") in md

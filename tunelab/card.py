@@ -57,7 +57,7 @@ def render(run: RunDir, epoch: int | None = None) -> str:
     meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
             "tags": ["lora"] + (["dora"] if cfg.lora.use_dora else []) + ["peft", "tunelab", "transformers"]
             + ([f"base_model:adapter:{base}"] if base else []),
-            "datasets": [cfg.data.source] if _is_hub_dataset(cfg.data.source) else None,
+            "datasets": [s for s in [cfg.data.source, *(m.source for m in cfg.data.mix)] if _is_hub_dataset(s)],
             "license": known_license(cfg.model),
             "model-index": [{"name": cfg.name, "results": _results(cfg, summary, evaluation, epochs, epoch)}]}
     meta = {k: v for k, v in meta.items() if v}
@@ -202,4 +202,5 @@ def _num(value) -> str:
 
 
 def _is_hub_dataset(source: str) -> bool:
-    return source.count("/") == 1 and not is_local(source)
+    from tunelab.data.sources import FILE_KINDS
+    return source.count("/") == 1 and not is_local(source) and not source.endswith(FILE_KINDS)

@@ -423,6 +423,10 @@ def _print_checks(result: dict) -> None:
     console.print(table)
     for o in result["overlap"][:5]:
         console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")
+    if sources := result["rows"].get("sources"):
+        console.print("sources: " + "; ".join(f"{name} {c['train']} train / {c['validation']} validation rows"
+                                               + (f", {c['test_overlap']} test rows overlap it" if c["test_overlap"]
+                                                  else "") for name, c in sources.items()))
     d, ln, tg = result["train_duplicates"], result["lengths"], result["targets"]
     console.print(f"train duplicates: {d['exact_rows']} exact rows in {d['exact_groups']} groups, {d['near_pairs']} "
                   f"near pairs; data.dedup dropped {result['rows']['deduplicated']}")

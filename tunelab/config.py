@@ -40,6 +40,29 @@ class ModelConfig(Section):
                                   "config and tokenizer (speed, memory and cost checks: they do not depend on the weights)")
 
 
+class MixSource(Section):
+    """One more source of training rows (`data.mix`): its train split (or its first `limit` rows of it) is split
+    into train and validation rows like data.source's, rendered with its own templates (data's by default); its ids
+    are prefixed with its name. Its test split is not scored."""
+    source: str = Field(description="any data.source form")
+    config: str | None = Field(None, description="hub dataset config name")
+    name: str | None = Field(None, description="how ids and the report name it; None = the file or dataset name")
+    template: str | None = Field(None, description="None = data.template")
+    target: str | None = Field(None, description="None = data.target")
+    messages: str | None = Field(None, description="its conversation field (needs data.chat_template)")
+    optional_fields: list[str] | None = Field(None, description="None = data's, unless the entry sets a template, "
+                                              "target or messages (then none)")
+    template_if_empty: dict[str, str] | None = Field(None, description="as optional_fields")
+    limit: int | None = Field(None, ge=1, description="use only its first N train rows")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _conversations_default(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("messages"):
+            raw = {"template": "{user}", "target": "{assistant}", **raw}
+        return raw
+
+
 class DataConfig(Section):
     source: str = Field(description="hub id, local dir with train/test files, one jsonl/json/csv/parquet file, "
                                     "or synthetic:arith")
@@ -76,6 +99,12 @@ class DataConfig(Section):
                                                     "data.near_threshold)")
     near_threshold: float = Field(0.9, gt=0, le=1, description="MiniLM cosine at or above which two questions are "
                                   "near-duplicates (data checks and dedup); GSM8K test vs train peaks at 0.896")
+    mix: list[MixSource] = Field([], description="more sources of training rows, each {source, and optionally "
+                                 "config, name, template, target, messages, optional_fields, template_if_empty, "
+                                 "limit}: each one's train rows are split by data.val_fraction and data.seed "
+                                 "and added to data.source's, rendered with its own templates (data's by "
+                                 "default), ids prefixed name:; only data.source's test rows are scored; the "
+                                 "report gives each source's validation loss per epoch")
 
     @model_validator(mode="before")
     @classmethod
@@ -300,7 +329,7 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
     if recipe is not None:
-        problems += _template_problems(recipe.data)
+        problems += _template_problems(recipe.data) + _mix_problems(recipe.data)
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")
@@ -310,13 +339,45 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     return recipe
 
 
-def _template_problems(data: DataConfig) -> list[str]:
+def _mix_problems(data: DataConfig) -> list[str]:
+    """Each `data.mix` entry's templates, as `_template_problems` checks data's; its name unique among the
+    sources (data.source's included); a conversation field only in a chat-formatted run."""
+    from tunelab.data.sources import short_name
+    problems, names = [], {short_name(data.source): "data.source"}
+    for i, entry in enumerate(data.mix):
+        key = f"data.mix.{i}"
+        if entry.model_fields_set & {"template", "target", "messages", "optional_fields", "template_if_empty"}:
+            problems += _template_problems(mixed(data, entry), key)
+        name = entry.name or short_name(entry.source)
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            problems.append(f"{key}.name: {name!r} must be letters, digits, - _ or . (it prefixes row ids)")
+        elif name in names:
+            problems.append(f"{key}.name: {name!r} is also {names[name]}'s name; give one of them a name")
+        names.setdefault(name, key)
+        if entry.messages and not data.chat_template:
+            problems.append(f"{key}.messages: needs data.chat_template: true (a conversation is written by the "
+                            "tokenizer's chat template)")
+    return problems
+
+
+def mixed(data: DataConfig, entry: MixSource) -> DataConfig:
+    """`data` as it reads one `data.mix` entry: its source, config and limit (never data's), and the templates it
+    sets (data's where not)."""
+    own = entry.model_dump(exclude={"name"}, exclude_none=True)
+    if own.keys() & {"template", "target", "messages"}:  # its own format: none of data's optional fields
+        own = {"optional_fields": [], "template_if_empty": {}, "messages": entry.messages, **own}
+    return data.model_copy(update={"mix": [], "limit": entry.limit, "config": entry.config, **own})
+
+
+def _template_problems(data: DataConfig, section: str = "data") -> list[str]:
     """`data.template`, `data.target` and each of `data.template_if_empty` parse as `{field}` templates; each of
     `data.optional_fields` is one of their placeholders (a typo would otherwise leave a required field required
-    and the optional one unused), and each key of `data.template_if_empty` one of `data.template`'s."""
+    and the optional one unused), and each key of `data.template_if_empty` one of `data.template`'s. `section`:
+    where the keys are named (a data.mix entry's)."""
     problems, used = [], {}
     templates = {"data.template": data.template, "data.target": data.target,
                  **{f"data.template_if_empty.{k}": v for k, v in data.template_if_empty.items()}}
+    templates = {section + name[4:]: t for name, t in templates.items()}
     for key, template in templates.items():
         try:
             names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
@@ -327,12 +388,12 @@ def _template_problems(data: DataConfig) -> list[str]:
         used[key] = set(names)
     if not problems:
         every = set().union(*used.values())
-        problems += [f"data.optional_fields: {name!r} is not a placeholder of data.template or data.target "
-                     f"(placeholders: {', '.join(sorted(every)) or 'none'})"
+        problems += [f"{section}.optional_fields: {name!r} is not a placeholder of {section}.template or "
+                     f"{section}.target (placeholders: {', '.join(sorted(every)) or 'none'})"
                      for name in data.optional_fields if name not in every]
-        problems += [f"data.template_if_empty: {name!r} is not a placeholder of data.template (placeholders: "
-                     f"{', '.join(sorted(used['data.template'])) or 'none'})"
-                     for name in data.template_if_empty if name not in used["data.template"]]
+        problems += [f"{section}.template_if_empty: {name!r} is not a placeholder of {section}.template "
+                     f"(placeholders: {', '.join(sorted(used[section + '.template'])) or 'none'})"
+                     for name in data.template_if_empty if name not in used[section + ".template"]]
     return problems
 
 

@@ -14,12 +14,13 @@ import string
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from tunelab.config import DataConfig, EvalConfig
+from tunelab.config import DataConfig, EvalConfig, mixed
 from tunelab.data.chat import HISTORY, conversation, with_system
-from tunelab.data.sources import Row, read_source
+from tunelab.data.sources import Row, read_source, short_name
 from tunelab.errors import UserError
 
 log = logging.getLogger(__name__)
+MIX_SEP = ":"  # a data.mix entry's row ids: "name:train-17"
 
 
 @dataclass
@@ -108,15 +109,35 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
         if not test:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
+    sources = [(cfg, examples)]
+    for i, entry in enumerate(cfg.mix):
+        mix_cfg = mixed(cfg, entry)
+        more_examples, more = _examples(mix_cfg, entry.source, entry.config, f"data.mix.{i}")
+        prefix = (entry.name or short_name(entry.source)) + MIX_SEP
+        for e in (e for rows in more_examples.values() for e in rows):
+            e.id = prefix + e.id
+        sources.append((mix_cfg, more_examples))
+        problems += more
     if problems and not cfg.skip_bad_rows:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise UserError(f"data.source: {len(problems)} malformed rows (set data.skip_bad_rows: true to skip them)\n"
                         + "\n".join(f"  {p}" for p in problems[:5]) + more)
     if problems:
         log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
-    rows, dropped = _dedup(examples["train"][:cfg.limit] if cfg.limit else examples["train"], cfg)
-    train, val = _split(rows, examples.get("validation"), cfg)
+    firsts = [(c, ex["train"][:c.limit] if c.limit else ex["train"]) for c, ex in sources]
+    kept, dropped = _dedup([e for _, rows in firsts for e in rows], cfg)  # a mixed row repeating an earlier one goes
+    kept_ids, train, val = {e.id for e in kept}, [], []
+    for i, ((source_cfg, rows), (_, ex)) in enumerate(zip(firsts, sources)):
+        more_train, more_val = _split([e for e in rows if e.id in kept_ids], ex.get("validation"), source_cfg,
+                                      f"data.mix.{i - 1}" if i else "data.source")
+        train, val = train + more_train, val + more_val
     return Splits(train, val, test, problems, dropped, eval_train)
+
+
+def source_of(row_id: str, cfg: DataConfig) -> str:
+    """The name of the source a training or validation row came from: its data.mix entry's (whose ids are prefixed
+    `name:`), else data.source's."""
+    return row_id.split(MIX_SEP, 1)[0] if MIX_SEP in row_id else short_name(cfg.source)
 
 
 def _examples(cfg: DataConfig, source: str, config: str | None,
@@ -126,12 +147,13 @@ def _examples(cfg: DataConfig, source: str, config: str | None,
     and its errors name that key)."""
     try:
         raw, bad = read_source(source, config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed,
-                               need_train=key == "data.source")
+                               need_train=key.startswith("data."))
     except UserError as err:
         raise UserError(str(err).replace("data.source:", f"{key}:", 1)) from None
     prompt_needs, target_needs = needed_fields(cfg)
+    section = key.removesuffix(".source") if key.startswith("data.") else "data"  # where its templates are set
     _check_placeholders(cfg, raw.get("train") or raw.get("test", []), prompt_needs + target_needs,
-                        "" if key == "data.source" else f"{key} {source}: ")
+                        "" if key == "data.source" else f"{key} {source}: ", section)
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
     for split, rows in raw.items():
@@ -195,19 +217,21 @@ def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:
     return [e for e in rows if e.id not in drop], len(drop)
 
 
-def _check_placeholders(cfg: DataConfig, rows, needed: list[str], where: str = "") -> None:
+def _check_placeholders(cfg: DataConfig, rows, needed: list[str], where: str = "", section: str = "data") -> None:
     """The fields the templates, data.messages and data.label_field name are in the first rows. `where` starts
-    each message: the eval source's name, when these are its rows (which may lack the label field: a benchmark
-    scored without categories)."""
+    each message: another source's name, when these are its rows (which may lack the label field: a benchmark
+    scored without categories, a mixed source without them); `section`: where the templates are set (a data.mix
+    entry's own)."""
     fields = sorted({k for r in rows[:100] for k in r.fields})
     if cfg.messages and rows and cfg.messages not in fields:
-        raise UserError(f"{where}data.messages: no field {cfg.messages!r}; fields are: {', '.join(fields)}")
+        raise UserError(f"{where}{section}.messages: no field {cfg.messages!r}; fields are: {', '.join(fields)}")
     fields = sorted(set(fields) | ({"user", "assistant"} if cfg.messages else set()))  # what a conversation adds
     unknown = [n for n in needed if n not in fields]
     if unknown and rows:
-        hint = "; with data.messages, set data.template={user} data.target={assistant}" if cfg.messages else ""
-        raise UserError(f"{where}data.template: unknown placeholder {', '.join('{' + u + '}' for u in unknown)}; "
-                        f"fields are: {', '.join(fields)}{hint}")
+        hint = (f"; with {section}.messages, set {section}.template={{user}} {section}.target={{assistant}}"
+                if cfg.messages else "")
+        raise UserError(f"{where}{section}.template: unknown placeholder "
+                        f"{', '.join('{' + u + '}' for u in unknown)}; fields are: {', '.join(fields)}{hint}")
     if cfg.label_field and rows and cfg.label_field not in fields and not where:
         raise UserError(f"data.label_field: no field {cfg.label_field!r}; fields are: {', '.join(fields)}")
 
@@ -222,12 +246,14 @@ def _row_problem(fields: dict, needed: list[str]) -> str | None:
     return None
 
 
-def _split(train: list[Example], val: list[Example] | None, cfg: DataConfig) -> tuple[list, list]:
-    """Seeded split of the (first `limit`) train rows; a source's own validation split is used as is."""
+def _split(train: list[Example], val: list[Example] | None, cfg: DataConfig,
+           key: str = "data.source") -> tuple[list, list]:
+    """Seeded split of the (first `limit`) train rows; a source's own validation split is used as is. `key`: the
+    recipe key that named the source."""
     if val:
         return train, val[:cfg.limit] if cfg.limit else val
     if len(train) < 2:
-        raise UserError(f"data.source: {cfg.source}: {len(train)} usable train rows; "
+        raise UserError(f"{key}: {cfg.source}: {len(train)} usable train rows; "
                         f"need at least 2 (one to train on, one to validate)")
     order = list(range(len(train)))
     random.Random(cfg.seed).shuffle(order)

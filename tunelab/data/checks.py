@@ -22,7 +22,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from tunelab.data import Example, Splits, question_text
+from tunelab.data import Example, Splits, question_text, source_of
+from tunelab.data.sources import short_name
 
 KINDS = ("exact", "ngram", "near")
 _WORD = re.compile(r"\w+")
@@ -243,12 +244,28 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     return {"settings": {"ngram": n, "near_threshold": threshold,
                          "near": embed_texts is not None, "embedder": "minilm"},
             "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
-                     "deduplicated": splits.deduplicated},
+                     "deduplicated": splits.deduplicated, **_sources(cfg, splits, found)},
             "test_source": cfg.eval.source or cfg.data.source,
             "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
             "boundary": boundary,
             "targets": targets(splits, mode or "numeric"), "eval_skipped": skipped,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
+
+
+def _sources(cfg, splits: Splits, found: list[dict]) -> dict:
+    """With data.mix: {"sources": {name: {train, validation, test_overlap}}}, test_overlap = the test rows found
+    overlapping a row of that source (which source brought a test row in); else nothing."""
+    if not cfg.data.mix:
+        return {}
+    names = [short_name(cfg.data.source)] + [m.name or short_name(m.source) for m in cfg.data.mix]
+    out = {name: {"train": 0, "validation": 0, "test_overlap": 0} for name in names}
+    for split, rows in (("train", splits.train), ("validation", splits.val)):
+        for e in rows:
+            out[source_of(e.id, cfg.data)][split] += 1
+    for o in found:
+        if o["split"] == "test":
+            out[source_of(o["train_id"], cfg.data)]["test_overlap"] += 1
+    return {"sources": out}
 
 
 def minilm(texts: list[str]) -> np.ndarray:

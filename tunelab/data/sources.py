@@ -33,6 +33,15 @@ class BadRow:
     problem: str  # read problems (bad JSON); field problems are found later by the template
 
 
+def short_name(source: str) -> str:
+    """What a source is called in row ids and the report: a file's or folder's name without its extension, a hub
+    dataset's name without its owner (`openai/gsm8k` -> gsm8k), `synthetic-arith`."""
+    if source == SYNTHETIC:
+        return "synthetic-arith"
+    name = source.removeprefix(HUB_PREFIX).rstrip("/").rsplit("/", 1)[-1]
+    return name[:-len(suffix)] if (suffix := next((k for k in FILE_KINDS if name.endswith(k)), "")) else name
+
+
 def read_source(source: str, config: str | None, synthetic_rows: int, synthetic_test_rows: int,
                 seed: int, need_train: bool = True) -> tuple[dict[str, list[Row]], list[BadRow]]:
     """Rows per split name ("train", "test", maybe "validation") and the rows that could not be read.

@@ -28,13 +28,18 @@ def val_rows(run: RunDir) -> dict[int, dict[str, tuple[float, int]]]:
 
 def paired(run: RunDir, baseline: RunDir) -> tuple[dict | None, dict | None]:
     """(final validation loss, tuned flexible accuracy) of `run` minus `baseline`, each a paired difference
-    over the rows / questions both measured — None where they share none (different data or questions).
+    over the rows / questions both measured — None where they share none (different data or questions). The loss
+    difference also carries `rows` (how many validation rows each run has: more than those shared after another
+    data.mix or data.limit).
 
     The accuracy difference also carries `accuracies` (baseline's, run's) over those shared questions and `scored`
     (how many each run scored in all): runs scored with different eval.limit are paired on the questions both
     answered, and their accuracies there are what the difference is of."""
     rows_a, rows_b = val_rows(baseline), val_rows(run)
-    loss = paired_loss_difference(rows_a[max(rows_a)], rows_b[max(rows_b)]) if rows_a and rows_b else None
+    last_a, last_b = (rows_a[max(rows_a)], rows_b[max(rows_b)]) if rows_a and rows_b else ({}, {})
+    loss = paired_loss_difference(last_a, last_b)
+    if loss:
+        loss["rows"] = [len(last_a), len(last_b)]  # each run's validation rows: more than n when they differ
     tuned_a, tuned_b = tuned_flags(baseline.read_predictions()), tuned_flags(run.read_predictions())
     shared = [k for k in tuned_a if k in tuned_b]
     if not shared:
@@ -113,11 +118,20 @@ def _one_epoch(s: dict) -> str:
     return "one epoch" if s["epochs"] == 1 else f"epoch {s['epochs']} only measured"
 
 
+class _Absent:
+    """A recipe key one run does not have (another's data.mix.0.source): shown as —."""
+
+    def __repr__(self) -> str:
+        return "—"
+
+
 def recipe_differences(runs: list[RunDir]) -> list[tuple]:
     """(key, each run's value) for every recipe key whose value is not the same in all runs (the name aside)."""
     recipes = [flat_recipe(r.read_recipe().model_dump(mode="json")) for r in runs]
-    keys = [k for k in recipes[0] if k != "name" and len({repr(rec.get(k)) for rec in recipes}) > 1]
-    return [(k, *(rec.get(k) for rec in recipes)) for k in keys]
+    every = list(dict.fromkeys(k for rec in recipes for k in rec))  # a key one run has alone: data.mix.0.source
+    every = [k for k in every if not any(e.startswith(k + ".") for e in every)]  # not an empty data.mix: its entries
+    keys = [k for k in every if k != "name" and len({repr(rec.get(k, _Absent())) for rec in recipes}) > 1]
+    return [(k, *(rec.get(k, _Absent()) for rec in recipes)) for k in keys]
 
 
 def format_keys(differences: list[tuple]) -> list[str]:
@@ -152,9 +166,12 @@ def train_loss_blocks(runs: list[RunDir], names: list[str]) -> list:
 
 
 def flat_recipe(tree: dict, prefix: str = "") -> dict:
+    """A recipe's keys as dotted paths; a list of sections (data.mix) by position, their unset keys left out."""
     out = {}
     for k, v in tree.items():
-        out.update(flat_recipe(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            v = {str(i): {kk: vv for kk, vv in x.items() if vv is not None} for i, x in enumerate(v)}
+        out.update(flat_recipe(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
 
 

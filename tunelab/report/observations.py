@@ -251,8 +251,13 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
     if loss_diff:
         lo, hi = loss_diff["ci95"]
         change = _sign(loss_diff["ci95"])
+        rows = loss_diff.get("rows", [loss_diff["n"]] * 2)
+        where = f"{loss_diff['n']} validation rows"
+        if rows != [loss_diff["n"]] * 2:  # other validation rows too (data.mix, data.limit): the shared rows' losses
+            a, b = loss_diff["means"]
+            where = f"the {loss_diff['n']} validation rows both runs have ({base_name} {rows[0]}, {this_name} {rows[1]})"
         numbers = (f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %; paired difference {loss_diff['delta']:+.3f}, "
-                   f"95 % CI {lo:+.3f}..{hi:+.3f} over {loss_diff['n']} validation rows)")
+                   f"95 % CI {lo:+.3f}..{hi:+.3f} over {where})")
         rule = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the rows both runs "
                 "validated; a difference whose interval includes 0 counts as none")
         same = "not different beyond noise from"

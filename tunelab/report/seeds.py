@@ -47,7 +47,7 @@ def repeats(runs: list[RunDir]) -> list[tuple[str, list[int]]]:
     for i, recipe in enumerate(recipes):
         groups.setdefault(json.dumps(recipe, sort_keys=True, default=str), []).append(i)
     firsts = [recipes[members[0]] for members in groups.values()]
-    keys = [k for k in firsts[0] if len({repr(r.get(k)) for r in firsts}) > 1]
+    keys = [k for k in dict.fromkeys(k for r in firsts for k in r) if len({repr(r.get(k)) for r in firsts}) > 1]
     return [(", ".join(f"{k}={recipes[m[0]].get(k)}" for k in keys) or "the recipe", m) for m in groups.values()]
 
 

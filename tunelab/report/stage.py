@@ -12,7 +12,10 @@ from pathlib import Path
 
 from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
+from tunelab.data import MIX_SEP
+from tunelab.data.sources import short_name
 from tunelab.evaluate.scoring import naming
+from tunelab.report import mix
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
@@ -71,6 +74,10 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
+    if cfg.data.mix:
+        blocks, per_source = mix.section(run.read_examples(), cfg)
+        sections.insert(2, ("Data mix", blocks))
+        found += per_source
     checks = run.read_optional(run.data_checks)
     if checks:
         sections.insert(2, ("Data", _data(run, checks)))
@@ -124,7 +131,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
     data, lora, train = cfg.data, cfg.lora, cfg.train
     rows = [
         ("Model", cfg.model.name),
-        ("Dataset", data.source + (f" ({data.config})" if data.config else "")),
+        ("Dataset", data.source + (f" ({data.config})" if data.config else "")
+         + "".join(f" + {m.source}" + (f" ({m.config})" if m.config else "") + f" as {m.name or short_name(m.source)}"
+                   + (f" (first {m.limit} rows)" if m.limit else "") for m in data.mix)),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{card.targets_text(lora.target_modules)}; "
                    f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
@@ -270,7 +279,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
         found += rules.accuracy_per_epoch(evaluation)
     if evaluation and evaluation.get("by_category"):
         found.append(rules.categories(evaluation["by_category"], f"{names.title} ({names.flexible})"))
-    before = [e for e in run.read_examples() if e["epoch"] == 0]  # the base model's losses, per row
+    before = [e for e in run.read_examples() if e["epoch"] == 0  # the base model's losses, per row;
+              and MIX_SEP not in e["id"]]  # validation rows of data.source, as the test rows are (not data.mix's)
     losses = {split: [(e["loss"], e["tokens"]) for e in before if e["split"] == split] for split in ("test", "val")}
     if not (evaluation or {}).get("source"):  # eval.source set after training: the rows measured were not scored
         found += [o for o in (rules.familiarity(losses["test"], losses["val"]),) if o]
@@ -339,6 +349,8 @@ def _data(run: RunDir, checks: dict) -> list:
                        [(o["row_id"], o["row_text"]), (o["train_id"], o["train_text"])]))
     d, ln = checks["train_duplicates"], checks["lengths"]
     blocks.append(("table", ["figure", "value"], [
+        *[(f"{name}: train / validation rows, test rows overlapping it", f"{c['train']} / {c['validation']}, "
+           f"{c['test_overlap']}") for name, c in rows.get("sources", {}).items()],
         ("train rows dropped by data.dedup", rows["deduplicated"]),
         ("exact duplicates inside train", f"{d['exact_rows']} rows in {d['exact_groups']} groups"),
         ("near-duplicate pairs inside train", d["near_pairs"]),

@@ -1,0 +1,67 @@
+"""The report's data mix (`data.mix`): each source's rows and its own loss curves, from metrics/examples.jsonl.
+
+A run trained on several sources has one validation curve in metrics/epochs.jsonl, over all of them; a small
+source can overfit, or not be learnt at all, while that curve falls. Here each source's validation rows are
+taken apart (a mixed row's id starts with its source's name) and judged by the same rule as the whole run's.
+
+Run as: tunelab report runs/mixed
+"""
+
+from __future__ import annotations
+
+from tunelab.config import Recipe
+from tunelab.data import source_of
+from tunelab.data.sources import short_name
+from tunelab.report import observations as rules
+from tunelab.report.observations import Observation
+
+
+def source_epochs(examples: list[dict], cfg: Recipe) -> dict[str, tuple[list[dict], dict[int, dict]]]:
+    """Per source (data.source's first, then data.mix's in order): its epochs as metrics/epochs.jsonl gives the
+    run's (epoch, val_loss, train_loss: token-weighted over its rows alone), and its validation rows' (loss,
+    tokens) per epoch, for the paired tests."""
+    grouped: dict[str, dict[tuple[str, int], list]] = {}
+    for e in examples:
+        grouped.setdefault(source_of(e["id"], cfg.data), {}).setdefault((e["split"], e["epoch"]), []).append(e)
+    order = [short_name(cfg.data.source)] + [m.name or short_name(m.source) for m in cfg.data.mix]
+    out = {}
+    for name, cells in sorted(grouped.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        val_epochs = sorted(epoch for split, epoch in cells if split == "val")
+        epochs = [{"epoch": k, "val_loss": _weighted(cells[("val", k)]),
+                   "train_loss": _weighted(cells[("train", k)]) if ("train", k) in cells else None,
+                   "train_rows": len(cells.get(("train", k), [])), "val_rows": len(cells[("val", k)])}
+                  for k in val_epochs]
+        out[name] = epochs, {k: {e["id"]: (e["loss"], e["tokens"]) for e in cells[("val", k)]} for k in val_epochs}
+    return out
+
+
+def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]:
+    """The report's "Data mix" blocks (a table: rows and validation loss per epoch of each source) and each
+    source's verdict on its own validation curve (the overfitting rule, its rows alone)."""
+    per_source = source_epochs(examples, cfg)
+    if len(per_source) < 2:
+        return [], []
+    rows, found = [], []
+    for name, (epochs, val_rows) in per_source.items():
+        trained = [e for e in epochs if e["train_loss"] is not None]
+        first, last = epochs[0]["val_loss"], epochs[-1]["val_loss"]
+        rows.append((name, trained[-1]["train_rows"] if trained else "–", epochs[-1]["val_rows"],
+                     " → ".join(f"{e['val_loss']:.3f}" for e in epochs),
+                     f"{100 * (first - last) / first:+.1f} %" if first else "–",
+                     f"{trained[-1]['train_loss']:.3f}" if trained else "–"))
+        if len(trained) == len(epochs) - 1 and trained:
+            verdict = rules.overfitting(epochs, val_rows)
+            found.append(Observation(verdict.kind, f"{name} rows: {verdict.text}", verdict.rule + "; over this "
+                                     "source's validation rows alone"))
+    blocks = [("p", f"{len(per_source)} sources of training rows (data.source and data.mix), each split into "
+                    "train and validation rows by the same rule; the run's validation loss is over all of them, "
+                    "so here each source's own rows are measured apart."),
+              ("table", ["source", "train rows", "validation rows", "validation loss per epoch (0 = base)",
+                         "validation loss improvement", "train loss, last epoch"], rows)]
+    return blocks, found
+
+
+def _weighted(rows: list[dict]) -> float:
+    """Token-weighted mean loss of example rows (what metrics/epochs.jsonl reports for the run)."""
+    tokens = sum(e["tokens"] for e in rows)
+    return sum(e["loss"] * e["tokens"] for e in rows) / tokens if tokens else float("nan")
