@@ -286,3 +286,22 @@ def test_conversations_are_compared_by_their_whole_user_side(tmp_path):
     assert splits.deduplicated == 1  # the repeated chat, not every chat that ends in "Thanks!"
     assert sorted(question_text(e) for e in splits.train + splits.val) == [
         f"What is {i} squared?\nThanks!" for i in (2, 3, 4, 5)]
+
+
+def test_conversations_mixed_into_a_chat_run_of_plain_rows_keep_their_turns(tok, tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask away."}]
+    chats = [_chat_row(f"What is {i} + {i}?", f"{2 * i}", None, earlier) for i in range(6)]
+    plain = [{"question": f"Name colour {i}.", "answer": f"Colour {i}."} for i in range(6)]
+    cfg = DataConfig(source=str(write_jsonl(tmp_path / "plain.jsonl", plain)), template="{question}",
+                     target="{answer}", chat_template=True,
+                     mix=[{"source": str(write_jsonl(tmp_path / "chats.jsonl", chats)), "messages": "messages"}])
+    rows = load_splits(cfg).train
+    chat_row = next(e for e in rows if e.id.startswith("chats:"))
+    plain_row = next(e for e in rows if ":" not in e.id)
+    (chat_prompt, plain_prompt), (chat_target, _), _ = encode([chat_row, plain_row], tok, chat=True)
+    i = int(chat_row.id.split("-")[1]) - 1
+    assert tok.decode(chat_prompt + chat_target) == tok.apply_chat_template(chats[i]["messages"], tokenize=False).rstrip()
+    assert "Hello! Ask away." not in tok.decode(plain_prompt) and plain_row.prompt in tok.decode(plain_prompt)
