@@ -97,6 +97,6 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
         "synthetic-arith": {"train": 27, "validation": 3, "test_overlap": synthetic},
         "colours": {"train": 9, "validation": 1, "test_overlap": 0}}
     md = run.report_md.read_text()
-    assert "## Data mix" in md and re.search(r"\| colours \| 9 \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|", md)
+    assert "## Data mix" in md and re.search(r"\| colours \| 9 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|", md)
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
     assert "sources: synthetic-arith 27 train / 3 validation rows" in capsys.readouterr().out

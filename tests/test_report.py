@@ -217,16 +217,16 @@ def test_a_mixed_run_judges_each_source_on_its_own_rows_and_familiarity_on_data_
     losses = {"val": {0: 2.0, 1: 1.2, 2: 1.0}, "alpaca:val": {0: 1.5, 1: 0.6, 2: 1.4}}  # alpaca: overfits
     rows = [{"id": f"{prefix}-{i}", "split": "val", "epoch": epoch, "loss": loss + 0.01 * (i % 3), "tokens": 10}
             for prefix, by_epoch in losses.items() for epoch, loss in by_epoch.items() for i in range(30)]
-    rows += [{"id": f"{prefix}-{i}", "split": "train", "epoch": epoch, "loss": 1.0 / epoch, "tokens": 10}
-             for prefix in ("train", "alpaca:train") for epoch in (1, 2) for i in range(60)]
+    rows += [{"id": f"{prefix}-{i}", "split": "train", "epoch": epoch, "loss": 1.0 / epoch, "tokens": tokens}
+             for prefix, tokens in (("train", 10), ("alpaca:train", 30)) for epoch in (1, 2) for i in range(60)]
     rows += [{"id": f"test-{i}", "split": "test", "epoch": 0, "loss": 1.5 + 0.01 * (i % 3), "tokens": 10}
              for i in range(30)]  # lower than data.source's validation rows (2.0), as high as alpaca's (1.5)
     (run.path / "metrics" / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_report(run)
     md = run.report_md.read_text()
     assert "## Data mix" in md and "extra/alpaca.jsonl as alpaca (first 30 rows)" in md
-    assert "| synthetic-arith | 60 | 30 | 2.010 → 1.210 → 1.010 | +49.8 % | 0.500 |" in md
-    assert "| alpaca | 60 | 30 | 1.510 → 0.610 → 1.410 | +6.6 % | 0.500 |" in md
+    assert "| synthetic-arith | 60 | 25 % | 30 | 2.010 → 1.210 → 1.010 | +49.8 % | 0.500 |" in md
+    assert "| alpaca | 60 | 75 % | 30 | 1.510 → 0.610 → 1.410 | +6.6 % | 0.500 |" in md  # 3x the loss tokens
     assert "synthetic-arith rows: Validation loss fell in every epoch" in md
     assert "alpaca rows: Validation loss rose after epoch 1 (0.610 → 1.410) while train loss fell" in md
     assert "(1.510 on 30 test rows vs 2.010 on 30 validation rows" in md  # data.source's validation rows alone

@@ -29,23 +29,27 @@ def source_epochs(examples: list[dict], cfg: Recipe) -> dict[str, tuple[list[dic
         val_epochs = sorted(epoch for split, epoch in cells if split == "val")
         epochs = [{"epoch": k, "val_loss": _weighted(cells[("val", k)]),
                    "train_loss": _weighted(cells[("train", k)]) if ("train", k) in cells else None,
-                   "train_rows": len(cells.get(("train", k), [])), "val_rows": len(cells[("val", k)])}
+                   "train_rows": len(cells.get(("train", k), [])), "val_rows": len(cells[("val", k)]),
+                   "train_tokens": sum(e["tokens"] for e in cells.get(("train", k), []))}
                   for k in val_epochs]
         out[name] = epochs, {k: {e["id"]: (e["loss"], e["tokens"]) for e in cells[("val", k)]} for k in val_epochs}
     return out
 
 
 def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]:
-    """The report's "Data mix" blocks (a table: rows and validation loss per epoch of each source) and each
-    source's verdict on its own validation curve (the overfitting rule, its rows alone)."""
+    """The report's "Data mix" blocks (a table: each source's rows, its share of the tokens training takes the loss
+    on — how much of each step's gradient it makes — and its validation loss per epoch) and each source's verdict
+    on its own validation curve (the overfitting rule, its rows alone)."""
     per_source = source_epochs(examples, cfg)
     if len(per_source) < 2:
         return [], []
     rows, found = [], []
+    tokens = {name: epochs[-1]["train_tokens"] for name, (epochs, _) in per_source.items()}
     for name, (epochs, val_rows) in per_source.items():
         trained = [e for e in epochs if e["train_loss"] is not None]
         first, last = epochs[0]["val_loss"], epochs[-1]["val_loss"]
-        rows.append((name, trained[-1]["train_rows"] if trained else "–", epochs[-1]["val_rows"],
+        share = f"{100 * tokens[name] / sum(tokens.values()):.0f} %" if sum(tokens.values()) else "–"
+        rows.append((name, trained[-1]["train_rows"] if trained else "–", share, epochs[-1]["val_rows"],
                      " → ".join(f"{e['val_loss']:.3f}" for e in epochs),
                      f"{100 * (first - last) / first:+.1f} %" if first else "–",
                      f"{trained[-1]['train_loss']:.3f}" if trained else "–"))
@@ -56,7 +60,8 @@ def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]
     blocks = [("p", f"{len(per_source)} sources of training rows (data.source and data.mix), each split into "
                     "train and validation rows by the same rule; the run's validation loss is over all of them, "
                     "so here each source's own rows are measured apart."),
-              ("table", ["source", "train rows", "validation rows", "validation loss per epoch (0 = base)",
+              ("table", ["source", "train rows", "share of the loss tokens", "validation rows",
+                         "validation loss per epoch (0 = base)",
                          "validation loss improvement", "train loss, last epoch"], rows)]
     return blocks, found
 
