@@ -1,5 +1,6 @@
 """`tunelab run` end to end on a tiny model: every stage writes its files; a re-run redoes nothing."""
 
+import json
 import re
 
 import pytest
@@ -98,5 +99,11 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
         "colours": {"train": 9, "validation": 1, "test_overlap": 0}}
     md = run.report_md.read_text()
     assert "## Data mix" in md and re.search(r"\| colours \| 9 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|", md)
+    capsys.readouterr()
+    assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix, "--json", "--show", "2"]) == 0
+    shown = json.loads(capsys.readouterr().out)["examples"]  # the first 2 rows of each source, each its own format
+    assert [":" in e["id"] for e in shown] == [False, False, True, True] and shown[2]["id"].startswith("colours:")
+    colour = shown[2]["segments"]
+    assert colour[0]["text"].startswith("Name colour") and not colour[0]["loss"] and colour[1]["loss"]
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
     assert "sources: synthetic-arith 27 train / 3 validation rows" in capsys.readouterr().out

@@ -135,8 +135,8 @@ def _planning_commands(sub) -> None:
     s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows")
     s.add_argument("--run-dir", help="also write analysis/data_checks.json and analysis/lengths.png there")
     s.add_argument("--show", type=int, default=0, metavar="N",
-                   help="also print the first N training rows as the model sees them, the tokens that carry loss "
-                        "marked ⟦…⟧ (chat templates, truncation and EOS included)")
+                   help="also print the first N training rows (of each data.mix source too) as the model sees "
+                        "them, the tokens that carry loss marked ⟦…⟧ (chat templates, truncation and EOS included)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")
@@ -391,7 +391,7 @@ def cmd_check(args) -> int:
     result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
     result["verdict"] = checks.verdict(result)
     if args.show:
-        result["examples"] = checks.preview(cfg, splits.train[:args.show], tok)
+        result["examples"] = checks.preview(cfg, checks.first_of_each_source(cfg, splits.train, args.show), tok)
     if args.run_dir:
         run = RunDir(args.run_dir)
         with locked(run, "check"):

@@ -169,6 +169,15 @@ def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
             "recommendation": _recommend(cfg.train.max_length, cut, int(totals.max()), recommended)}, totals
 
 
+def first_of_each_source(cfg, rows: list[Example], n: int) -> list[Example]:
+    """The first `n` rows of each source (data.source, then each data.mix entry: each has its own template)."""
+    kept: dict[str, list[Example]] = {}
+    for e in rows:
+        if len(group := kept.setdefault(source_of(e.id, cfg.data), [])) < n:
+            group.append(e)
+    return [e for group in kept.values() for e in group]
+
+
 def preview(cfg, rows: list[Example], tok) -> list[dict]:
     """`rows` as the model trains on them: `id`, `tokens`, `supervised_tokens`, and `segments` — the decoded text in
     runs of tokens that do (`loss`) or do not carry loss, under the recipe's template, chat template, max_length."""
