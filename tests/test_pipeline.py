@@ -99,6 +99,10 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
         "colours": {"train": 9, "validation": 1, "test_overlap": 0}}
     md = run.report_md.read_text()
     assert "## Data mix" in md and re.search(r"\| colours \| 9 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|", md)
+    clusters = run.read_json(run.clusters)  # each cluster's rows by source, in the report's cluster table
+    assert sum(sum(c["sources"].values()) for c in clusters) == 40 and all(
+        sum(c["sources"].values()) == c["size"] for c in clusters)
+    assert "| cluster | name (c-TF-IDF) | size | sources | mean loss |" in md
     capsys.readouterr()
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix, "--json", "--show", "2"]) == 0
     shown = json.loads(capsys.readouterr().out)["examples"]  # the first 2 rows of each source, each its own format

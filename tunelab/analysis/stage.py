@@ -20,7 +20,7 @@ from tunelab.analysis import plots
 from tunelab.analysis.embed import embed
 from tunelab.analysis.terms import class_tfidf_names, stop_words, top_terms, word_cloud
 from tunelab.config import Recipe
-from tunelab.data import Example, load_splits, question_text
+from tunelab.data import Example, load_splits, question_text, source_of
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
 
@@ -232,6 +232,8 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
         if rows[0].label is not None:
             counts = Counter(rows[i].label for i in members)
             entry["labels"] = dict(counts.most_common(3))
+        if cfg.data.mix:  # which sources a cluster's rows came from: a topic of one source, or shared
+            entry["sources"] = dict(Counter(source_of(rows[i].id, cfg.data) for i in members).most_common())
         out.append(entry)
     return out
 

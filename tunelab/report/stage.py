@@ -313,10 +313,12 @@ def _insights(run: RunDir, analysis: dict) -> list:
                  f"{analysis['purity']:.3f}; {analysis['rarest_label_in_outliers']} of {analysis['rarest_label_rows']} "
                  f"rows of the rarest label ({analysis['rarest_label']!r}) are among the outliers.")
     blocks.append(("p", line))
-    blocks.append(("table", ["cluster", "name (c-TF-IDF)", "size", "mean loss", "base acc", "tuned acc",
-                             "example"],
-                   [(c["cluster"], c["name"], c["size"], c["mean_loss"], pct(c.get("base_accuracy")),
-                     pct(c.get("tuned_accuracy")), c["examples"][0][:140]) for c in clusters]))
+    mixed = any("sources" in c for c in clusters)  # data.mix: each cluster's rows by source
+    blocks.append(("table", ["cluster", "name (c-TF-IDF)", "size", *(["sources"] if mixed else []), "mean loss",
+                             "base acc", "tuned acc", "example"],
+                   [(c["cluster"], c["name"], c["size"], *([_shares(c.get("sources", {}))] if mixed else []),
+                     c["mean_loss"], pct(c.get("base_accuracy")), pct(c.get("tuned_accuracy")),
+                     c["examples"][0][:140]) for c in clusters]))
     outliers = run.read_optional(run.outliers, [])
     if outliers:
         blocks.append(("p", f"{analysis['outliers']} outliers (rare problems); the top ten:"))
@@ -363,6 +365,12 @@ def _data(run: RunDir, checks: dict) -> list:
     if run.lengths_png.exists():
         blocks.append(("img", run.lengths_png, "Tokens per row (prompt + target + EOS), train.max_length marked"))
     return blocks
+
+
+def _shares(counts: dict[str, int]) -> str:
+    """"gsm8k 95 %, alpaca 5 %": a cluster's rows by source."""
+    total = sum(counts.values())
+    return ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in counts.items()) if total else "–"
 
 
 def _clip(answer: str | None, width: int = 60) -> str | None:
