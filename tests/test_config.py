@@ -165,3 +165,18 @@ def test_a_mixed_source_takes_datas_format_unless_it_sets_its_own():
         ("a.jsonl", 5, data.template, ["question"], [])
     assert (own.template, own.target, own.optional_fields, own.limit, own.config) == \
         ("{instruction}", "{output}", [], None, None)  # data.limit and data.config are data.source's alone
+
+
+def test_set_reaches_a_key_of_one_mix_entry_and_names_an_entry_the_recipe_lacks():
+    mix = "data.mix=[{source: a.jsonl, limit: 5}, {source: b.jsonl}]"
+    r = load_recipe("quickstart", [mix, "data.mix.1.limit=50", "data.mix.0.name=first"])
+    assert [(m.source, m.name, m.limit) for m in r.data.mix] == [("a.jsonl", "first", 5), ("b.jsonl", None, 50)]
+    with pytest.raises(UserError) as err:
+        load_recipe("quickstart", [mix, "data.mix.2.limit=50", "data.mix.0.weight=2", "data.mix.first.limit=1"])
+    assert str(err.value).splitlines()[1:] == [
+        "  --set data.mix.2.limit: the recipe has no data.mix.2 (its mix has 2 entries)",
+        "  --set data.mix.0.weight: no such key in the recipe schema",
+        "  --set data.mix.first.limit: no such key in the recipe schema"]
+    from tunelab.sweep import parse_vary, plan  # a sweep over how much of a source to mix
+    assert [(name, combo) for name, combo in plan(parse_vary(["data.mix.0.limit=100,300"]))] == \
+        [("limit=100", ["data.mix.0.limit=100"]), ("limit=300", ["data.mix.0.limit=300"])]

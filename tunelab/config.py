@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import string
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -425,11 +425,19 @@ def apply_overrides(raw: dict, overrides: list[str]) -> list[str]:
             continue
         value = _parse_value(text)
         node = raw
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
+        for i, part in enumerate(parts[:-1]):
+            if part.isdigit():  # an entry of a list of sections: data.mix.0.limit
+                if not isinstance(node, list) or int(part) >= len(node) or not isinstance(node[int(part)], dict):
+                    problems.append(f"--set {key}: the recipe has no {'.'.join(parts[:i + 1])} (its {parts[i - 1]} "
+                                    f"has {len(node) if isinstance(node, list) else 0} entries)")
+                    break
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), (dict, list)) or (parts[i + 1].isdigit() != isinstance(node[part], list)):
+                node[part] = [] if parts[i + 1].isdigit() else {}
             node = node[part]
-        node[parts[-1]] = value
+        else:
+            node[parts[-1]] = value
     return problems
 
 
@@ -449,6 +457,7 @@ def _parse_value(text: str) -> Any:
 
 def _schema_has(parts: list[str]) -> bool:
     model: Any = Recipe
+    parts = list(parts)
     for i, part in enumerate(parts):
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
@@ -456,9 +465,17 @@ def _schema_has(parts: list[str]) -> bool:
         model = fields[part].annotation
         if get_origin(model) is dict and i == len(parts) - 2:
             return True  # one entry of a mapping: data.template_if_empty.input
+        if get_origin(model) is list and i < len(parts) - 2 and parts[i + 1].isdigit():
+            (model,) = get_args(model)  # one entry of a list of sections: data.mix.0.limit
+            return isinstance(model, type) and issubclass(model, BaseModel) and _schema_has_in(model, parts[i + 2:])
         if i < len(parts) - 1 and not (isinstance(model, type) and issubclass(model, BaseModel)):
             return False
     return True
+
+
+def _schema_has_in(model: type[BaseModel], parts: list[str]) -> bool:
+    """`parts` name a field of `model` (one level: a data.mix entry's keys are plain values)."""
+    return len(parts) == 1 and parts[0] in model.model_fields
 
 
 def to_yaml(recipe: Recipe) -> str:
