@@ -230,7 +230,9 @@ def test_a_mixed_run_judges_each_source_on_its_own_rows_and_familiarity_on_data_
     assert "synthetic-arith rows: Validation loss fell in every epoch" in md
     assert "alpaca rows: Validation loss rose after epoch 1 (0.610 → 1.410) while train loss fell" in md
     assert "(1.510 on 30 test rows vs 2.010 on 30 validation rows" in md  # data.source's validation rows alone
-    assert "datasets:\n- openai/gsm8k\n" in card.render(run)  # the hub sources (a local file is not one)
+    text = card.render(run)
+    assert "datasets:\n- openai/gsm8k\n" in text  # the hub sources (a local file is not one)
+    assert "360 training rows of `synthetic:arith` and `extra/alpaca.jsonl` and `openai/gsm8k` (40 held out" in text
 
 
 def test_a_run_with_more_validation_rows_is_compared_on_the_rows_both_have(tmp_path):
