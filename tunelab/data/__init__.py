@@ -110,10 +110,10 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
     sources = [(cfg, examples)]
-    for i, entry in enumerate(cfg.mix):
+    for i, (entry, name) in enumerate(zip(cfg.mix, source_names(cfg)[1:])):
         mix_cfg = mixed(cfg, entry)
         more_examples, more = _examples(mix_cfg, entry.source, entry.config, f"data.mix.{i}")
-        prefix = (entry.name or short_name(entry.source)) + MIX_SEP
+        prefix = name + MIX_SEP
         for e in (e for rows in more_examples.values() for e in rows):
             e.id = prefix + e.id
         sources.append((mix_cfg, more_examples))
@@ -132,6 +132,12 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
                                       f"data.mix.{i - 1}" if i else "data.source")
         train, val = train + more_train, val + more_val
     return Splits(train, val, test, problems, dropped, eval_train)
+
+
+def source_names(cfg: DataConfig) -> list[str]:
+    """The names of the training rows' sources: data.source's, then each data.mix entry's (its `name`, or its
+    file's or dataset's), which prefixes its row ids."""
+    return [short_name(cfg.source)] + [entry.name or short_name(entry.source) for entry in cfg.mix]
 
 
 def source_of(row_id: str, cfg: DataConfig) -> str:

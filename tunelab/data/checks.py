@@ -22,8 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from tunelab.data import Example, Splits, question_text, source_of
-from tunelab.data.sources import short_name
+from tunelab.data import Example, Splits, question_text, source_names, source_of
 
 KINDS = ("exact", "ngram", "near")
 _WORD = re.compile(r"\w+")
@@ -266,8 +265,7 @@ def _sources(cfg, splits: Splits, found: list[dict]) -> dict:
     overlapping a row of that source (which source brought a test row in); else nothing."""
     if not cfg.data.mix:
         return {}
-    names = [short_name(cfg.data.source)] + [m.name or short_name(m.source) for m in cfg.data.mix]
-    out = {name: {"train": 0, "validation": 0, "test_overlap": 0} for name in names}
+    out = {name: {"train": 0, "validation": 0, "test_overlap": 0} for name in source_names(cfg.data)}
     for split, rows in (("train", splits.train), ("validation", splits.val)):
         for e in rows:
             out[source_of(e.id, cfg.data)][split] += 1

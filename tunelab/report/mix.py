@@ -10,8 +10,7 @@ Run as: tunelab report runs/mixed
 from __future__ import annotations
 
 from tunelab.config import Recipe
-from tunelab.data import source_of
-from tunelab.data.sources import short_name
+from tunelab.data import source_names, source_of
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
 
@@ -23,7 +22,7 @@ def source_epochs(examples: list[dict], cfg: Recipe) -> dict[str, tuple[list[dic
     grouped: dict[str, dict[tuple[str, int], list]] = {}
     for e in examples:
         grouped.setdefault(source_of(e["id"], cfg.data), {}).setdefault((e["split"], e["epoch"]), []).append(e)
-    order = [short_name(cfg.data.source)] + [m.name or short_name(m.source) for m in cfg.data.mix]
+    order = source_names(cfg.data)
     out = {}
     for name, cells in sorted(grouped.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         val_epochs = sorted(epoch for split, epoch in cells if split == "val")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
-from tunelab.data import MIX_SEP
-from tunelab.data.sources import short_name
+from tunelab.data import MIX_SEP, source_names
 from tunelab.evaluate.scoring import naming
 from tunelab.report import mix
 from tunelab.report import observations as rules
@@ -131,9 +130,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
     data, lora, train = cfg.data, cfg.lora, cfg.train
     rows = [
         ("Model", cfg.model.name),
-        ("Dataset", data.source + (f" ({data.config})" if data.config else "")
-         + "".join(f" + {m.source}" + (f" ({m.config})" if m.config else "") + f" as {m.name or short_name(m.source)}"
-                   + (f" (first {m.limit} rows)" if m.limit else "") for m in data.mix)),
+        ("Dataset", data.source + (f" ({data.config})" if data.config else "") + _mixed_in(data)),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{card.targets_text(lora.target_modules)}; "
                    f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
@@ -158,6 +155,12 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
                                                  f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"))
     return [("table", ["", "value"], rows)]
+
+
+def _mixed_in(data) -> str:
+    """The Overview's data.mix sources: " + path (config) as name (first N rows)" each."""
+    return "".join(f" + {m.source}" + (f" ({m.config})" if m.config else "") + f" as {name}"
+                   + (f" (first {m.limit} rows)" if m.limit else "") for m, name in zip(data.mix, source_names(data)[1:]))
 
 
 def _imported_rows(imported: dict, rows: list[tuple], cfg: Recipe, cost: dict) -> list[tuple]:
