@@ -180,3 +180,17 @@ def test_set_reaches_a_key_of_one_mix_entry_and_names_an_entry_the_recipe_lacks(
     from tunelab.sweep import parse_vary, plan  # a sweep over how much of a source to mix
     assert [(name, combo) for name, combo in plan(parse_vary(["data.mix.0.limit=100,300"]))] == \
         [("limit=100", ["data.mix.0.limit=100"]), ("limit=300", ["data.mix.0.limit=300"])]
+
+
+def test_extra_test_sets_need_names_that_make_distinct_folders():
+    with pytest.raises(UserError) as err:
+        load_recipe("quickstart", ["eval.also=[{source: a/bench.jsonl}, {source: b/bench.csv}, "
+                                   "{source: c.jsonl, name: ../up}]"])
+    assert str(err.value).splitlines()[1:] == [
+        "  eval.also.1.name: 'bench' is also eval.also.0's name; give one of them a name",
+        "  eval.also.2.name: '../up' must be letters, digits, - _ or . (it names a folder)"]
+    from tunelab.config import also_recipe
+    cfg = load_recipe("quickstart", ["eval.also=[{source: openai/gsm8k, config: main, limit: 50}]", "eval.limit=9"])
+    extra = also_recipe(cfg, cfg.eval.also[0])  # scored the way eval.source is; the run's own eval unchanged
+    assert (extra.eval.source, extra.eval.config, extra.eval.limit, extra.eval.also) == ("openai/gsm8k", "main", 50, [])
+    assert (cfg.eval.source, cfg.eval.limit) == (None, 9)

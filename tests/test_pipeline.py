@@ -111,3 +111,38 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     assert colour[0]["text"].startswith("Name colour") and not colour[0]["loss"] and colour[1]["loss"]
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
     assert "sources: synthetic-arith 27 train / 3 validation rows" in capsys.readouterr().out
+
+
+def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(tiny_model, tmp_path, monkeypatch,
+                                                                                capsys):
+    from conftest import write_jsonl
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}
+                                                   for i in range(9)])
+    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=30",
+            "--set", "data.synthetic_test_rows=4", "--set", "eval.limit=4", "--set", "eval.max_new_tokens=8",
+            "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=3",
+            "--set", f"eval.also=[{{source: {bench}, limit: 6}}]", "--run-dir", str(tmp_path / "r")]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "r")
+    (bench_set,) = run.extra_sets()
+    other = bench_set.read_eval_summary()
+    assert bench_set.name == "bench" and other["source"] == str(bench) and other["base"]["n"] == 6
+    assert [r["epoch"] for r in other["epochs"]] == [1, 2]  # base, each epoch, tuned: as the main eval
+    assert {p["id"] for p in bench_set.read_predictions()} == {f"train-{i}" for i in range(1, 7)}
+    main_eval = run.read_eval_summary()
+    assert "source" not in main_eval and main_eval["base"]["n"] == 4  # the run's own test rows, untouched
+    assert "on bench (" in capsys.readouterr().out
+    md = run.report_md.read_text()
+    assert "## Other test sets" in md and re.search(r"\| bench \| \S+bench\.jsonl \| 6 \|", md)
+    assert "GSM8K-style accuracy on bench (flexible-extract)" in md
+    stamp = bench_set.eval_summary.stat().st_mtime_ns
+    assert main(args) == 0 and bench_set.eval_summary.stat().st_mtime_ns == stamp  # resumed: nothing redone
+    more = write_jsonl(tmp_path / "more.jsonl", [{"question": f"What is {i} * 2?", "answer": f"#### {2 * i}"}
+                                                 for i in range(5)])
+    assert main(["eval", str(run.path), "--set", f"eval.also=[{{source: {more}, name: doubles}}]"]) == 0
+    assert [v.name for v in run.extra_sets()] == ["bench", "doubles"] and "source" not in run.read_eval_summary()
+    capsys.readouterr()
+    bad = [*args[:-2], "--set", f"eval.also=[{{source: {tmp_path / 'nope.jsonl'}}}]", "--run-dir", str(tmp_path / "b")]
+    assert main(bad) == 2
+    assert "eval.also.0 (" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()

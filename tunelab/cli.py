@@ -275,7 +275,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from tunelab.config import load_recipe
-    from tunelab.evaluate.stage import evaluate
+    from tunelab.evaluate.stage import evaluate, evaluate_extra
     from tunelab.rundir import RunDir
     is_run = Path(args.target, "config.yaml").is_file()
     if is_run:
@@ -287,8 +287,11 @@ def cmd_eval(args) -> int:
         run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
     with locked(run, "eval"):
         result = evaluate(cfg, run, only=args.only, adapter=is_run)
+        extra = evaluate_extra(cfg, run, only=args.only) if is_run else []
     if is_main_process():
         _print_eval(result.summary, run)
+        for name, other in extra:
+            _print_eval(other.summary, run, name)
     return 0
 
 
@@ -608,7 +611,7 @@ def _print_answer(args, number: int, example, text: str, answers: dict, models) 
         print(inference.show(number, example, answers, models), flush=True)
 
 
-def _print_eval(summary: dict, run) -> None:
+def _print_eval(summary: dict, run, extra: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
     from tunelab.evaluate.summary import pass_names
@@ -616,7 +619,8 @@ def _print_eval(summary: dict, run) -> None:
     from tunelab.evaluate.scoring import naming
     names = naming(summary)
     table = Table("model", "n", names.strict, names.flexible, "tokens/s", "seconds",
-                  title=f"{run.path} eval: {names.accuracy}")
+                  title=f"{run.path} eval: {names.accuracy}" + (f" on {extra} ({summary['source']}, eval.also)"
+                                                                  if extra else ""))
     for name in pass_names(summary):
         s = summary[name]
         table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %", f"{100 * s['flexible_accuracy']:.1f} %",

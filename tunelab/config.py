@@ -200,6 +200,14 @@ class CostConfig(Section):
     usd_per_hour: float | None = Field(None, ge=0, description="price of the device; None = built-in table")
 
 
+class ExtraTestSet(Section):
+    """One more test set scored by the eval stage (`eval.also`), as eval.source would score it."""
+    source: str = Field(description="any data.source form")
+    config: str | None = Field(None, description="hub dataset config name")
+    name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")
+    limit: int | None = Field(None, ge=1, description="questions to score; None = eval.limit")
+
+
 class EvalConfig(Section):
     split: Literal["test", "validation"] = Field("test", description="held-out rows to score")
     source: str | None = Field(None, description="score another dataset's questions instead of data.source's held-out "
@@ -227,6 +235,12 @@ class EvalConfig(Section):
         "has one; exact = the completion's first line against the whole target (labels, names, yes/no); none = no "
         "eval stage; auto = numeric when >= 90 % of the targets state a final answer ('#### N', 'The answer is N', a "
         "bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
+    also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
+                                     "limit}, scored after the main one the way eval.source is (its test split, or "
+                                     "all its rows; rendered with data.template and data.target): the base model "
+                                     "and each epoch's adapter on the same questions, paired, in eval/also/<name>/; "
+                                     "the report gives each one's change (a general benchmark: did the fine-tune "
+                                     "cost it anything?)")
 
 
 class AnalysisConfig(Section):
@@ -329,7 +343,7 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
     if recipe is not None:
-        problems += _template_problems(recipe.data) + _mix_problems(recipe.data)
+        problems += _template_problems(recipe.data) + _mix_problems(recipe.data) + _also_problems(recipe.eval)
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")
@@ -358,6 +372,32 @@ def _mix_problems(data: DataConfig) -> list[str]:
             problems.append(f"{key}.messages: needs data.chat_template: true (a conversation is written by the "
                             "tokenizer's chat template)")
     return problems
+
+
+def also_names(ev: EvalConfig) -> list[str]:
+    """Each `eval.also` test set's name (its folder eval/also/<name>/): its `name`, or its file's or dataset's."""
+    from tunelab.data.sources import short_name
+    return [entry.name or short_name(entry.source) for entry in ev.also]
+
+
+def _also_problems(ev: EvalConfig) -> list[str]:
+    """Each `eval.also` test set's name: usable as a folder name, and unique."""
+    problems, names = [], {}
+    for i, name in enumerate(also_names(ev)):
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            problems.append(f"eval.also.{i}.name: {name!r} must be letters, digits, - _ or . (it names a folder)")
+        elif name in names:
+            problems.append(f"eval.also.{i}.name: {name!r} is also eval.also.{names[name]}'s name; give one of "
+                            "them a name")
+        names.setdefault(name, i)
+    return problems
+
+
+def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
+    """The recipe that scores one `eval.also` test set: `cfg` with eval.source (and config, limit) set to it."""
+    ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
+                                     "limit": entry.limit or cfg.eval.limit})
+    return cfg.model_copy(update={"eval": ev})
 
 
 def mixed(data: DataConfig, entry: MixSource) -> DataConfig:

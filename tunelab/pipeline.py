@@ -63,6 +63,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     from tunelab.evaluate import stage as evaluate
     from tunelab.train import checkpoint
     unscoreable = evaluate.unscoreable(cfg, load_splits(cfg.data, cfg.eval))
+    evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
         log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",
                     unscoreable)
@@ -73,6 +74,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         first = ("import", imported.done, lambda: imported.import_run(cfg, run, source))
     stages = [first,
               ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
+              ("eval.also", lambda r: evaluate.extra_done(cfg, r),
+               lambda: evaluate.evaluate_extra(cfg, run, skip_done=True)),
               ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
     for name, done, work in stages:
         if name == "eval" and unscoreable:
@@ -107,6 +110,8 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                      f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); {names.strict} {100 * ev['base_strict_accuracy']:.1f} % "
                      f"→ {100 * ev['tuned_strict_accuracy']:.1f} %")
     lines += eval_lines(run.read_eval_summary() or {})
+    from tunelab.report import extra
+    lines += [found for view in run.extra_sets() if (found := extra.line(view.name, view.read_eval_summary()))]
     from tunelab.report.observations import imported_tokens
     if (tokens := imported_tokens(s)) and tokens.kind == "watch":  # an imported run's train loss far above its own
         lines.append(f"watch: {tokens.text}")

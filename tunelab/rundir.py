@@ -72,6 +72,8 @@ LAYOUT = {
                                            "not scored)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
+    "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "
+                              "`source`), as eval/'s"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "
                                                  "train duplicates, length profile, scoreable targets, estimate"),
     "analysis/lengths.png": ("lengths_png", "histogram of tokens per row, train.max_length marked"),
@@ -126,6 +128,11 @@ class RunDir:
 
     def has_adapter(self) -> bool:
         return self.adapter_config.exists()
+
+    def extra_sets(self) -> list["ExtraSetDir"]:
+        """The run seen through each `eval.also` test set scored so far (eval/also/<name>/summary.json), by name."""
+        found = sorted(p.parent.name for p in (self.eval_dir / "also").glob("*/summary.json"))
+        return [ExtraSetDir(self.path, name) for name in found]
 
     def create(self, folder: Path | None = None) -> "RunDir":
         """Make the run directory (and `folder` in it: metrics/ by default), or say why it cannot be made."""
@@ -233,6 +240,23 @@ class RunDir:
 
 _ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items() if attr}
 
+
+
+class ExtraSetDir(RunDir):
+    """A run seen through one of its `eval.also` test sets: the eval stage's files (predictions, summary, journals)
+    are in eval/also/<name>/; every other path (adapters, config, summary) is the run's."""
+
+    def __init__(self, path: str | Path, name: str):
+        super().__init__(path)
+        self.name = name
+
+    eval_dir = property(lambda self: self.path / "eval" / "also" / self.name)
+
+    def __getattr__(self, name: str) -> Path:
+        rel = _ATTRIBUTES.get(name)
+        if rel is not None and rel.startswith("eval/"):
+            return self.eval_dir / rel.removeprefix("eval/")
+        return super().__getattr__(name)
 
 def trained_and_planned(summary: dict | None) -> tuple[int, int]:
     """(epochs trained, epochs planned) of a train summary; summaries written before early stopping existed have

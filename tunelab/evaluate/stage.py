@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab import card, distributed, trackers
-from tunelab.config import Recipe, to_yaml
+from tunelab.config import Recipe, also_names, also_recipe, to_yaml
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
@@ -29,7 +29,7 @@ from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import by_category, comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
-from tunelab.rundir import RunDir
+from tunelab.rundir import ExtraSetDir, RunDir
 from tunelab.train.runtime import tune_for
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,57 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         run.write_jsonl(run.predictions, predictions)
         run.write_json(run.eval_summary, summary)
         journal.clear()
+        if isinstance(run, ExtraSetDir):  # an eval.also test set: the card and trackers carry the main one's
+            return EvalResult(summary, predictions)
         if run.summary.exists():  # a trained run: its model card now carries the accuracies
             card.write(run)
         figures = {f"eval/{name}_{metric}": row[metric] for name, row in stats.items()
                    for metric in ("strict_accuracy", "flexible_accuracy", "n")}
         trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)
+
+
+def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None,
+                   skip_done: bool = False) -> list[tuple[str, EvalResult]]:
+    """Score each `eval.also` test set as `evaluate` scores eval.source (base, epochs, tuned, few-shot, on the same
+    questions), into eval/also/<name>/. `skip_done`: leave the sets already scored (a resumed `tunelab run`).
+
+    Raises:
+        UserError: a set that cannot be scored, naming its eval.also entry.
+    """
+    results = []
+    for i, (entry, name) in enumerate(zip(cfg.eval.also, also_names(cfg.eval))):
+        view = ExtraSetDir(run.path, name)
+        if skip_done and done(view):
+            continue
+        log.info("eval.also: scoring %s (%s)", name, entry.source)
+        try:
+            results.append((name, evaluate(also_recipe(cfg, entry), view, only=only)))
+        except UserError as err:
+            raise UserError(f"eval.also.{i} ({entry.source}): {err}") from None
+    return results
+
+
+def extra_done(cfg: Recipe, run: RunDir) -> bool:
+    """Every `eval.also` test set has been scored."""
+    return all(done(ExtraSetDir(run.path, name)) for name in also_names(cfg.eval))
+
+
+def check_extra(cfg: Recipe) -> None:
+    """Before training: every `eval.also` test set can be read and scored (a typo is found now, not after the
+    training it waits for).
+
+    Raises:
+        UserError: naming the eval.also entry and why.
+    """
+    for i, entry in enumerate(cfg.eval.also):
+        extra = also_recipe(cfg, entry)
+        try:
+            reason = unscoreable(extra, load_splits(extra.data, extra.eval))
+        except UserError as err:
+            reason = str(err)
+        if reason:
+            raise UserError(f"eval.also.{i} ({entry.source}): {reason}")
 
 
 def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:

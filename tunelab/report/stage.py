@@ -14,7 +14,7 @@ from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.data import MIX_SEP, source_names
 from tunelab.evaluate.scoring import naming
-from tunelab.report import mix
+from tunelab.report import extra, mix
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
@@ -84,6 +84,10 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         scored = evaluation.get("source", cfg.data.source) if evaluation else cfg.eval.source or cfg.data.source
         found += [o for o in (rules.contamination(checks, run.read_predictions(), checked, scored),
                               rules.duplicates(checks)) if o]
+    other_blocks, other_found = extra.section(run)
+    if other_blocks:
+        sections.append(("Other test sets", other_blocks))
+        found += other_found
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
