@@ -253,3 +253,25 @@ def test_a_run_with_more_validation_rows_is_compared_on_the_rows_both_have(tmp_p
     assert "| data.mix |" not in md  # the entries differ, not an empty list
     assert ("Final validation loss of mixed is lower (better) than plain: 0.815 vs 1.015 (-19.7 %; paired difference "
             "-0.200, 95 % CI -0.200..-0.200 over the 20 validation rows both runs have (plain 20, mixed 30))") in md
+
+
+def test_compare_pairs_runs_on_each_extra_test_set_both_scored(tmp_path):
+    def scored(path, right: int, n: int = 12):
+        rows = [{"id": f"test-{i}", "model": model, "question": f"Q{i}", "reference": str(i), "completion": "",
+                 "flexible_answer": None, "strict_correct": ok, "flexible_correct": ok, "tokens": 1}
+                for model in ("base", "tuned") for i in range(n) for ok in [model == "tuned" and i < right]]
+        folder = path / "eval" / "also" / "bench"
+        folder.mkdir(parents=True)
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "summary.json").write_text(json.dumps({"scoring": "numeric", "source": "bench.jsonl"}))
+    a, b, c = make_run(tmp_path / "a"), make_run(tmp_path / "b"), make_run(tmp_path / "c")
+    scored(a, 1)
+    scored(b, 11)
+    compare([RunDir(a), RunDir(b), RunDir(c)], tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    section = md.split("## Other test sets")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| bench |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:2] == ["bench", "8.3 % (n = 12)"] and cells[2].startswith("91.7 % (+83.3 pts, 95 % CI ")
+    assert cells[3] == "—"  # c scored no such set
+    assert "GSM8K-style accuracy on bench, b vs a (flexible) rose beyond noise (8.3 % → 91.7 %" in section

@@ -284,6 +284,9 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     sections = [("Runs", blocks)]
     if by_category := category_blocks(runs, names):
         sections.append(("Accuracy by category", by_category))
+    from tunelab.report.extra import compare_blocks
+    if other_sets := compare_blocks(runs, names):
+        sections.append(("Other test sets", other_sets))
     from tunelab.report.seeds import seed_blocks
     if by_seed := seed_blocks(runs, names):
         sections.append(("Seeds", by_seed))

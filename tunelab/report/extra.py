@@ -12,7 +12,7 @@ from __future__ import annotations
 from tunelab.evaluate.scoring import naming
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
-from tunelab.rundir import RunDir
+from tunelab.rundir import ExtraSetDir, RunDir
 
 
 def line(name: str, summary: dict) -> str | None:
@@ -52,3 +52,36 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                     "noise is what the fine-tune cost on that set."),
               ("table", ["set", "source", "n", "base", "per epoch", "tuned", "Δ pts (95 % CI)", "McNemar p"], rows)]
     return blocks, found
+
+
+def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
+    """`compare`'s "Other test sets": each eval.also set the first run scored, the tuned accuracy of every run that
+    scored it too, each later run against the first on the questions both answered, paired; nothing when the first
+    run has none."""
+    from tunelab.report.compare import tuned_flags
+    from tunelab.stats import paired_difference
+    rows, found = [], []
+    for view in runs[0].extra_sets():
+        first = tuned_flags(view.read_predictions())
+        cells = [f"{100 * sum(first.values()) / len(first):.1f} % (n = {len(first)})"]
+        for run, name in zip(runs[1:], names[1:]):
+            other = tuned_flags(ExtraSetDir(run.path, view.name).read_predictions())
+            shared = [k for k in first if k in other]
+            if not shared:
+                cells.append(None)
+                continue
+            a, b = [first[k] for k in shared], [other[k] for k in shared]
+            d = paired_difference(a, b)
+            cells.append(f"{100 * sum(b) / len(b):.1f} % ({d['delta_pts']:+.1f} pts, 95 % CI "
+                         f"{d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}"
+                         + (f", on {len(shared)}" if len(shared) < len(first) else "") + ")")
+            figure = f"{naming(view.read_eval_summary()).accuracy} on {view.name}, {name} vs {names[0]}"
+            found.append(rules.accuracy_change(d, "flexible", sum(a) / len(a), sum(b) / len(b), figure,
+                                               f"{name}'s tuned adapter − {names[0]}'s"))
+        rows.append((view.name, *cells))
+    if not rows:
+        return []
+    return [("p", f"Tuned accuracy on each eval.also test set {names[0]} scored; each later run's change from "
+                  f"{names[0]} on the questions both answered, paired (\"on N\" when fewer). Rule: paired bootstrap "
+                  "95 % CI; beyond noise = CI excludes 0."),
+            ("table", ["set", *names], rows), ("obs", found)]
