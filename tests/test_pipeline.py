@@ -136,6 +136,11 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     md = run.report_md.read_text()
     assert "## Other test sets" in md and re.search(r"\| bench \| \S+bench\.jsonl \| 6 \|", md)
     assert "GSM8K-style accuracy on bench (flexible-extract)" in md
+    import yaml
+    meta = yaml.safe_load((run.adapter / "README.md").read_text().split("---")[1])  # the card lists both sets
+    datasets = [r["dataset"]["type"] for r in meta["model-index"][0]["results"]]
+    assert datasets == ["synthetic:arith", str(bench), "synthetic:arith"]  # own test, eval.also, validation loss
+    assert f"| bench | `{bench}` | 6 | " in (run.adapter / "README.md").read_text()
     stamp = bench_set.eval_summary.stat().st_mtime_ns
     assert main(args) == 0 and bench_set.eval_summary.stat().st_mtime_ns == stamp  # resumed: nothing redone
     more = write_jsonl(tmp_path / "more.jsonl", [{"question": f"What is {i} * 2?", "answer": f"#### {2 * i}"}

@@ -59,7 +59,8 @@ def render(run: RunDir, epoch: int | None = None) -> str:
             + ([f"base_model:adapter:{base}"] if base else []),
             "datasets": [s for s in [cfg.data.source, *(m.source for m in cfg.data.mix)] if _is_hub_dataset(s)],
             "license": known_license(cfg.model),
-            "model-index": [{"name": cfg.name, "results": _results(cfg, summary, evaluation, epochs, epoch)}]}
+            "model-index": [{"name": cfg.name, "results": _results(cfg, summary, _evaluations(run, evaluation),
+                                                                    epochs, epoch)}]}
     meta = {k: v for k, v in meta.items() if v}
     which = f", epoch {epoch} of {summary['epochs']}" if epoch else ""
     body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
@@ -92,7 +93,7 @@ def render(run: RunDir, epoch: int | None = None) -> str:
                  f"({abs(summary['val_loss_improvement_pct']):.1f} % "
                  f"{'lower' if summary['val_loss_improvement_pct'] >= 0 else 'higher'}); best validation epoch: "
                  f"{summary['best_val_epoch']}.", ""]
-    body += _evaluation(cfg, evaluation)
+    body += _evaluation(cfg, evaluation) + _other_sets(run)
     if cost:
         body += ["## Cost", "", f"{cost['device_hours']:.3f} device-hours on {cost['device']} at "
                  f"${cost['usd_per_hour']:.3f}/h = ${cost['cost_usd']:.3f} ({cost['price_source']}).", ""]
@@ -126,13 +127,18 @@ def _prompt_lines(cfg) -> list[str]:
                   "tokenize=False, add_generation_prompt=True)  # trained as a chat turn"]
 
 
-def _results(cfg, summary: dict, evaluation: dict | None, epochs: list[dict], epoch: int | None) -> list[dict]:
-    """model-index results: answer accuracy of the final adapter (or of epoch `epoch`'s) when evaluated, and its
-    validation loss."""
-    out, names = [], naming(evaluation)
+def _evaluations(run: RunDir, evaluation: dict | None) -> list[dict]:
+    """The eval summaries the card reports: the run's own test set's, then each eval.also set's."""
+    return [e for e in [evaluation, *(view.read_eval_summary() for view in run.extra_sets())] if e]
+
+
+def _results(cfg, summary: dict, evaluations: list[dict], epochs: list[dict], epoch: int | None) -> list[dict]:
+    """model-index results: answer accuracy of the final adapter (or of epoch `epoch`'s) on each evaluated set (the
+    run's own, then each eval.also set), and its validation loss."""
+    out = []
     scored = "tuned" if epoch is None else f"epoch-{epoch}"
-    if evaluation and scored in evaluation:
-        tuned = evaluation[scored]
+    for evaluation in [e for e in evaluations if scored in e]:
+        tuned, names = evaluation[scored], naming(evaluation)
         split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                     "dataset": {"name": f"{source} ({split}, {tuned['n']} questions)", "type": source, "split": split},
@@ -172,6 +178,21 @@ def _evaluation(cfg, evaluation: dict | None) -> list[str]:
         rows += ["", f"Tuned − base, {names.flexible}: {diff['delta_pts']:+.1f} points (95 % paired bootstrap "
                  f"interval {low:+.1f} to {high:+.1f}; {diff['gained']} questions gained, {diff['lost']} lost)."]
     return rows + [""] + _categories(evaluation)
+
+
+def _other_sets(run: RunDir) -> list[str]:
+    """The eval.also test sets' base → tuned accuracy with their paired intervals, when any was scored."""
+    rows = []
+    for view in run.extra_sets():
+        s = view.read_eval_summary()
+        if (d := s.get("flexible_difference")) and "tuned" in s:
+            base, tuned = s["base"]["flexible_accuracy"], s["tuned"]["flexible_accuracy"]
+            rows.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {100 * base:.1f} % | {100 * tuned:.1f} % | "
+                        f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to {d['ci95_pts'][1]:+.1f}) |")
+    if not rows:
+        return []
+    return ["Other test sets (eval.also), scored the same way (flexible accuracy; paired 95 % interval):", "",
+            "| set | source | n | base | tuned | Δ points (95 % CI) |", "|---|---|---|---|---|---|", *rows, ""]
 
 
 def _categories(evaluation: dict) -> list[str]:

@@ -135,8 +135,9 @@ def _planning_commands(sub) -> None:
     s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows")
     s.add_argument("--run-dir", help="also write analysis/data_checks.json and analysis/lengths.png there")
     s.add_argument("--show", type=int, default=0, metavar="N",
-                   help="also print the first N training rows (of each data.mix source too) as the model sees "
-                        "them, the tokens that carry loss marked ⟦…⟧ (chat templates, truncation and EOS included)")
+                   help="also print the first N training rows (of each data.mix source too) as the model "
+                        "sees them, the tokens that carry loss marked ⟦…⟧ (chat templates, truncation and EOS "
+                        "included)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")

@@ -137,6 +137,8 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None,
             results.append((name, evaluate(also_recipe(cfg, entry), view, only=only)))
         except UserError as err:
             raise UserError(f"eval.also.{i} ({entry.source}): {err}") from None
+    if results and run.summary.exists() and distributed.is_main_process():
+        card.write(run)  # its model-index now lists these sets' accuracies too
     return results
 
 

@@ -20,9 +20,9 @@ def line(name: str, summary: dict) -> str | None:
     d = summary.get("flexible_difference")
     if not d:
         return None
-    names = naming(summary)
+    names, base, tuned = naming(summary), summary["base"], summary["tuned"]
     return (f"on {name} ({summary.get('source')}, eval.also): {names.accuracy} ({names.flexible}) "
-            f"{100 * summary['base']['flexible_accuracy']:.1f} % → {100 * summary['tuned']['flexible_accuracy']:.1f} % "
+            f"{100 * base['flexible_accuracy']:.1f} % → {100 * tuned['flexible_accuracy']:.1f} % "
             f"({d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']})")
 
 

@@ -255,7 +255,8 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
         where = f"{loss_diff['n']} validation rows"
         if rows != [loss_diff["n"]] * 2:  # other validation rows too (data.mix, data.limit): the shared rows' losses
             a, b = loss_diff["means"]
-            where = f"the {loss_diff['n']} validation rows both runs have ({base_name} {rows[0]}, {this_name} {rows[1]})"
+            where = (f"the {loss_diff['n']} validation rows both runs have ({base_name} {rows[0]}, {this_name} "
+                     f"{rows[1]})")
         numbers = (f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %; paired difference {loss_diff['delta']:+.3f}, "
                    f"95 % CI {lo:+.3f}..{hi:+.3f} over {where})")
         rule = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the rows both runs "

@@ -163,8 +163,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
 
 def _mixed_in(data) -> str:
     """The Overview's data.mix sources: " + path (config) as name (first N rows)" each."""
+    names = source_names(data)[1:]
     return "".join(f" + {m.source}" + (f" ({m.config})" if m.config else "") + f" as {name}"
-                   + (f" (first {m.limit} rows)" if m.limit else "") for m, name in zip(data.mix, source_names(data)[1:]))
+                   + (f" (first {m.limit} rows)" if m.limit else "") for m, name in zip(data.mix, names))
 
 
 def _imported_rows(imported: dict, rows: list[tuple], cfg: Recipe, cost: dict) -> list[tuple]:
