@@ -151,3 +151,16 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     bad = [*args[:-2], "--set", f"eval.also=[{{source: {tmp_path / 'nope.jsonl'}}}]", "--run-dir", str(tmp_path / "b")]
     assert main(bad) == 2
     assert "eval.also.0 (" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()
+
+
+def test_a_bare_recipes_eval_scores_its_extra_test_sets_with_the_base_model(tiny_model, tmp_path, monkeypatch):
+    from conftest import write_jsonl
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}
+                                                   for i in range(3)])
+    assert main(["eval", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=20",
+                 "--set", "data.synthetic_test_rows=3", "--set", "eval.max_new_tokens=4",
+                 "--set", f"eval.also=[{{source: {bench}}}]", "--run-dir", str(tmp_path / "b")]) == 0
+    (view,) = RunDir(tmp_path / "b").extra_sets()
+    summary = view.read_eval_summary()
+    assert summary["base"]["n"] == 3 and "tuned" not in summary and summary["source"] == str(bench)

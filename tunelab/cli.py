@@ -288,7 +288,7 @@ def cmd_eval(args) -> int:
         run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
     with locked(run, "eval"):
         result = evaluate(cfg, run, only=args.only, adapter=is_run)
-        extra = evaluate_extra(cfg, run, only=args.only) if is_run else []
+        extra = evaluate_extra(cfg, run, only=args.only, adapter=is_run)
     if is_main_process():
         _print_eval(result.summary, run)
         for name, other in extra:

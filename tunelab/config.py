@@ -497,7 +497,6 @@ def _parse_value(text: str) -> Any:
 
 def _schema_has(parts: list[str]) -> bool:
     model: Any = Recipe
-    parts = list(parts)
     for i, part in enumerate(parts):
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:

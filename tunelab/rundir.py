@@ -241,7 +241,6 @@ class RunDir:
 _ATTRIBUTES = {attr: rel for rel, (attr, _) in LAYOUT.items() if attr}
 
 
-
 class ExtraSetDir(RunDir):
     """A run seen through one of its `eval.also` test sets: the eval stage's files (predictions, summary, journals)
     are in eval/also/<name>/; every other path (adapters, config, summary) is the run's."""
@@ -257,6 +256,7 @@ class ExtraSetDir(RunDir):
         if rel is not None and rel.startswith("eval/"):
             return self.eval_dir / rel.removeprefix("eval/")
         return super().__getattr__(name)
+
 
 def trained_and_planned(summary: dict | None) -> tuple[int, int]:
     """(epochs trained, epochs planned) of a train summary; summaries written before early stopping existed have

@@ -119,10 +119,11 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     return EvalResult(summary, predictions)
 
 
-def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None,
+def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = True,
                    skip_done: bool = False) -> list[tuple[str, EvalResult]]:
     """Score each `eval.also` test set as `evaluate` scores eval.source (base, epochs, tuned, few-shot, on the same
-    questions), into eval/also/<name>/. `skip_done`: leave the sets already scored (a resumed `tunelab run`).
+    questions), into eval/also/<name>/. `only` and `adapter` as for `evaluate`; `skip_done`: leave the sets already
+    scored (a resumed `tunelab run`).
 
     Raises:
         UserError: a set that cannot be scored, naming its eval.also entry.
@@ -134,7 +135,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None,
             continue
         log.info("eval.also: scoring %s (%s)", name, entry.source)
         try:
-            results.append((name, evaluate(also_recipe(cfg, entry), view, only=only)))
+            results.append((name, evaluate(also_recipe(cfg, entry), view, only=only, adapter=adapter)))
         except UserError as err:
             raise UserError(f"eval.also.{i} ({entry.source}): {err}") from None
     if results and run.summary.exists() and distributed.is_main_process():
