@@ -1,6 +1,7 @@
 """Report rendering from a fixture run dir (no torch), compare, estimate, and `tunelab run` resumption."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -265,8 +266,14 @@ def test_compare_pairs_runs_on_each_extra_test_set_both_scored(tmp_path):
         (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (folder / "summary.json").write_text(json.dumps({"scoring": "numeric", "source": "bench.jsonl"}))
     a, b, c = make_run(tmp_path / "a"), make_run(tmp_path / "b"), make_run(tmp_path / "c")
+    scored(c, 0)
+    rows = (c / "eval" / "also" / "bench" / "predictions.jsonl").read_text().splitlines()
+    (c / "eval" / "also" / "bench" / "predictions.jsonl").write_text("\n".join(r for r in rows if '"base"' in r))
+    compare([RunDir(c), RunDir(a)], tmp_path / "base-only")  # a set the first run's base model alone answered
+    assert "## Other test sets" not in (tmp_path / "base-only" / "compare.md").read_text()
     scored(a, 1)
     scored(b, 11)
+    shutil.rmtree(c / "eval" / "also")
     compare([RunDir(a), RunDir(b), RunDir(c)], tmp_path / "cmp")
     md = (tmp_path / "cmp" / "compare.md").read_text()
     section = md.split("## Other test sets")[1]

@@ -63,6 +63,8 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     rows, found = [], []
     for view in runs[0].extra_sets():
         first = tuned_flags(view.read_predictions())
+        if not first:  # the base model alone answered it (a bare recipe's eval, --only base)
+            continue
         cells = [f"{100 * sum(first.values()) / len(first):.1f} % (n = {len(first)})"]
         for run, name in zip(runs[1:], names[1:]):
             other = tuned_flags(ExtraSetDir(run.path, view.name).read_predictions())
