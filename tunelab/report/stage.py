@@ -73,9 +73,9 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
-    if cfg.data.mix:
-        blocks, per_source = mix.section(run.read_examples(), cfg)
-        sections.insert(2, ("Data mix", blocks))
+    mix_blocks, per_source = mix.section(run.read_examples(), cfg) if cfg.data.mix else ([], [])
+    if mix_blocks:  # not before training has measured each source's rows
+        sections.insert(2, ("Data mix", mix_blocks))
         found += per_source
     checks = run.read_optional(run.data_checks)
     if checks:
