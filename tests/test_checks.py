@@ -96,6 +96,18 @@ def test_clean_split_passes_strict_and_dedup_drops_duplicates(gsm8k, tmp_path, c
     result = json.loads(capsys.readouterr().out)
     assert "no test row overlaps" in result["verdict"] and result["overlap_counts"]["test"] == \
         {"exact": 0, "ngram": 0, "near": 0}
+    bench = tmp_path / "bench"  # an eval.also set holding two training questions, one with its numbers changed
+    bench.mkdir()
+    copied = dict(train[7], question=re.sub(r"\d", lambda m: str((int(m[0]) + 1) % 10), train[7]["question"]))
+    assert copied["question"] != train[7]["question"]
+    write_jsonl(bench / "test.jsonl", [train[3], copied, *test[:10]])
+    assert run_check(tmp_path, tmp_path, "--strict", "--set", f"eval.also=[{{source: {bench}}}]") == 1
+    result = json.loads(capsys.readouterr().out)
+    extra = result["extra_sets"]["bench"]
+    assert extra["rows"] == 12 and extra["overlap_counts"] == {"exact": 1, "ngram": 1, "near": 0}
+    assert {o["row_id"] for o in extra["overlap"]} == {"test-1", "test-2"}
+    assert result["overlap_counts"]["test"] == {"exact": 0, "ngram": 0, "near": 0}  # the run's own test rows: clean
+    assert "eval.also bench overlap found: 1 exact, 1 ngram" in result["verdict"]
     rows = train[:50]
     write_jsonl(tmp_path / "one.jsonl", rows)  # one file: no test split, so no contamination verdict either way
     assert run_check(tmp_path, tmp_path / "one.jsonl") == 0

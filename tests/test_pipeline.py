@@ -135,6 +135,8 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     assert "on bench (" in capsys.readouterr().out
     md = run.report_md.read_text()
     assert "## Other test sets" in md and re.search(r"\| bench \| \S+bench\.jsonl \| 6 \|", md)
+    assert run.read_json(run.data_checks)["extra_sets"]["bench"]["rows"] == 9  # checked for overlap, all its rows
+    assert re.search(r"\| eval.also bench \| 9 \| 0 \| 0 \| 0 \|", md)
     assert "GSM8K-style accuracy on bench (flexible-extract)" in md
     import yaml
     meta = yaml.safe_load((run.adapter / "README.md").read_text().split("---")[1])  # the card lists both sets

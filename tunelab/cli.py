@@ -404,7 +404,9 @@ def cmd_check(args) -> int:
         print(json.dumps(result))
     else:
         _print_checks(result)
-    return 1 if args.strict and sum(result["overlap_counts"]["test"].values()) else 0
+    overlapping = sum(result["overlap_counts"]["test"].values()) + sum(
+        sum(extra["overlap_counts"].values()) for extra in result.get("extra_sets", {}).values())
+    return 1 if args.strict and overlapping else 0
 
 
 def _this_device() -> str:
@@ -424,6 +426,9 @@ def _print_checks(result: dict) -> None:
                   f"near (cosine ≥ {result['settings']['near_threshold']})")
     for split, counts in result["overlap_counts"].items():
         table.add_row(f"{split} ({result['rows'][split]} rows)", *(str(counts[k]) for k in ("exact", "ngram", "near")))
+    for name, extra in result.get("extra_sets", {}).items():
+        table.add_row(f"eval.also {name} ({extra['rows']} rows)",
+                      *(str(extra["overlap_counts"][k]) for k in ("exact", "ngram", "near")))
     console.print(table)
     for o in result["overlap"][:5]:
         console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")

@@ -22,6 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from tunelab.config import also_names, also_recipe
 from tunelab.data import Example, Splits, question_text, source_names, source_of
 
 KINDS = ("exact", "ngram", "near")
@@ -239,6 +240,8 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     source, source_vecs = train + splits.val, None if train_vecs is None else np.concatenate([train_vecs, val_vecs])
     found = overlap("test", splits.test, source, test_vecs, source_vecs, n, threshold) if splits.test else []
     found += overlap("validation", splits.val, train, val_vecs, train_vecs, n, threshold)
+    extra = {name: _extra_overlap(cfg, entry, source, source_vecs, embed_texts)
+             for entry, name in zip(cfg.eval.also, also_names(cfg.eval))}
     duplicates = train_duplicates(train, train_vecs, threshold)
     seconds["overlap_duplicates"], clock = time.time() - clock, time.time()
     profile, totals = lengths(cfg, splits, tok)
@@ -254,10 +257,23 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
                      "deduplicated": splits.deduplicated, **_sources(cfg, splits, found)},
             "test_source": cfg.eval.source or cfg.data.source,
-            "overlap_counts": counts, "overlap": found, "train_duplicates": duplicates, "lengths": profile,
+            "overlap_counts": counts, "overlap": found, **({"extra_sets": extra} if extra else {}),
+            "train_duplicates": duplicates, "lengths": profile,
             "boundary": boundary,
             "targets": targets(splits, mode or "numeric"), "eval_skipped": skipped,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
+
+
+def _extra_overlap(cfg, entry, train: list[Example], train_vecs, embed_texts) -> dict:
+    """One `eval.also` test set's rows against the training rows, by the same kinds as the test rows': its source,
+    rows, counts per kind and the overlapping rows (the first 20)."""
+    from tunelab.data import load_splits
+    extra = also_recipe(cfg, entry)
+    rows = load_splits(extra.data, extra.eval).test
+    vecs = embed_texts([question_text(e) for e in rows]) if embed_texts is not None and rows else None
+    found = overlap("test", rows, train, vecs, train_vecs, cfg.checks.ngram, cfg.data.near_threshold) if rows else []
+    return {"source": entry.source, "rows": len(rows), "overlap_counts": {k: sum(o["kind"] == k for o in found)
+                                                                           for k in KINDS}, "overlap": found[:20]}
 
 
 def _sources(cfg, splits: Splits, found: list[dict]) -> dict:
@@ -300,6 +316,10 @@ def verdict(checks: dict) -> str:
     else:
         kinds = "exact, 13-gram and near-duplicate" if checks["settings"]["near"] else "exact and n-gram"
         parts.append(f"no test row overlaps the training rows ({kinds} checks)")
+    for name, extra in checks.get("extra_sets", {}).items():
+        if sum(extra["overlap_counts"].values()):
+            parts.append(f"eval.also {name} overlap found: " + ", ".join(f"{v} {k}" for k, v in
+                                                                      extra["overlap_counts"].items() if v))
     d = checks["train_duplicates"]
     if d["exact_rows"] or d["near_pairs"]:
         parts.append(f"{d['exact_rows']} exact and {d['near_pairs']} near duplicates inside train")

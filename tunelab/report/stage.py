@@ -353,7 +353,9 @@ def _data(run: RunDir, checks: dict) -> list:
                     ("table", ["overlap with train", "rows", "exact", f"{s['ngram']}-gram",
                                f"near (cosine ≥ {s['near_threshold']})" if s["near"] else "near (not run)"],
                      [(split, rows[split], c["exact"], c["ngram"], c["near"])
-                      for split, c in checks["overlap_counts"].items()])]
+                      for split, c in checks["overlap_counts"].items()]
+                     + [(f"eval.also {name}", x["rows"], *(x["overlap_counts"][k] for k in ("exact", "ngram", "near")))
+                        for name, x in checks.get("extra_sets", {}).items()])]
     for o in [o for o in checks["overlap"] if o["split"] == "test"][:OVERLAP_EXAMPLES]:
         blocks.append(("details", f"{o['kind']} {o['row_id']} ~ {o['train_id']} (score {o['score']})",
                        [(o["row_id"], o["row_text"]), (o["train_id"], o["train_text"])]))
