@@ -282,3 +282,19 @@ def test_compare_pairs_runs_on_each_extra_test_set_both_scored(tmp_path):
     assert cells[:2] == ["bench", "8.3 % (n = 12)"] and cells[2].startswith("91.7 % (+83.3 pts, 95 % CI ")
     assert cells[3] == "—"  # c scored no such set
     assert "GSM8K-style accuracy on bench, b vs a (flexible) rose beyond noise (8.3 % → 91.7 %" in section
+
+
+def test_an_extra_test_set_that_overlaps_the_training_rows_is_flagged(tmp_path):
+    from tunelab.report import extra
+    from fixture_run import add_eval
+    run = make_run(tmp_path / "r")
+    add_eval(run, {"base": [False] * 10, "tuned": [True] * 6 + [False] * 4})
+    (run / "eval" / "also").mkdir()
+    shutil.copytree(run / "eval", run / "eval" / "also" / "bench", ignore=shutil.ignore_patterns("also"))
+    blocks, found = extra.section(RunDir(run))
+    assert [o.kind for o in found] == ["good"] and blocks[1][2][0][:3] == ("bench", None, 10)  # 0 % → 60 %
+    (run / "analysis" / "data_checks.json").write_text(json.dumps(
+        {"extra_sets": {"bench": {"rows": 10, "overlap_counts": {"exact": 2, "ngram": 1, "near": 0}}}}))
+    _, found = extra.section(RunDir(run))
+    assert found[0].kind == "watch" and found[0].text.startswith(
+        "3 of 10 rows of bench overlap the training rows (2 exact, 1 ngram)")

@@ -30,11 +30,19 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
     """The report's "Other test sets" blocks (a table: each set's base, each scored epoch and tuned accuracy, the
     paired change) and each set's verdict by the rule the main accuracy is judged by."""
     rows, found = [], []
+    checked = (run.read_optional(run.data_checks) or {}).get("extra_sets", {})
     for view in run.extra_sets():
         s = view.read_eval_summary()
         d = s.get("flexible_difference")
         if not d:
             continue
+        counts = checked.get(view.name, {}).get("overlap_counts", {})
+        if sum(counts.values()):
+            kinds = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+            found.append(Observation("watch", f"{sum(counts.values())} of {checked[view.name]['rows']} rows of "
+                                     f"{view.name} overlap the training rows ({kinds}): accuracy on them may "
+                                     "measure recall, not skill.", "the data checks' exact / 13-gram / near overlap "
+                                     "of the set's rows with the training rows (analysis/data_checks.json)"))
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
         rows.append((view.name, s.get("source"), d["n"], f"{100 * s['base']['flexible_accuracy']:.1f} %",
