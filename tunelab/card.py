@@ -54,14 +54,7 @@ def render(run: RunDir, epoch: int | None = None) -> str:
     summary, epochs, evaluation, cost = run.read_summary(), run.read_epochs(), run.read_eval_summary(), \
         run.read_optional(run.cost)
     epoch = None if epoch == summary["epochs"] else epoch  # the last epoch's adapter is the final one
-    meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
-            "tags": ["lora"] + (["dora"] if cfg.lora.use_dora else []) + ["peft", "tunelab", "transformers"]
-            + ([f"base_model:adapter:{base}"] if base else []),
-            "datasets": [s for s in [cfg.data.source, *(m.source for m in cfg.data.mix)] if _is_hub_dataset(s)],
-            "license": known_license(cfg.model),
-            "model-index": [{"name": cfg.name, "results": _results(cfg, summary, _evaluations(run, evaluation),
-                                                                    epochs, epoch)}]}
-    meta = {k: v for k, v in meta.items() if v}
+    meta = _metadata(run, cfg, base, _results(cfg, summary, _evaluations(run, evaluation), epochs, epoch))
     which = f", epoch {epoch} of {summary['epochs']}" if epoch else ""
     body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
             "",
@@ -125,6 +118,17 @@ def _prompt_lines(cfg) -> list[str]:
         return [line]
     return [line, "prompt = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": prompt}], "
                   "tokenize=False, add_generation_prompt=True)  # trained as a chat turn"]
+
+
+def _metadata(run: RunDir, cfg, base: str | None, results: list[dict]) -> dict:
+    """The card's YAML metadata: base model, library, tags, the hub datasets trained on, license, model-index."""
+    meta = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
+            "tags": ["lora"] + (["dora"] if cfg.lora.use_dora else []) + ["peft", "tunelab", "transformers"]
+            + ([f"base_model:adapter:{base}"] if base else []),
+            "datasets": [s for s in [cfg.data.source, *(m.source for m in cfg.data.mix)] if _is_hub_dataset(s)],
+            "license": known_license(cfg.model),
+            "model-index": [{"name": cfg.name, "results": results}]}
+    return {k: v for k, v in meta.items() if v}
 
 
 def _evaluations(run: RunDir, evaluation: dict | None) -> list[dict]:

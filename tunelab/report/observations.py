@@ -246,34 +246,7 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
     `formats`: the recipe keys that change the trained text and differ between the runs; with any, the loss
     comparison is stated without a verdict (the losses score different tokens).
     """
-    out = []
-    a, b = base["final_val_loss"], this["final_val_loss"]
-    if loss_diff:
-        lo, hi = loss_diff["ci95"]
-        change = _sign(loss_diff["ci95"])
-        rows = loss_diff.get("rows", [loss_diff["n"]] * 2)
-        where = f"{loss_diff['n']} validation rows"
-        if rows != [loss_diff["n"]] * 2:  # other validation rows too (data.mix, data.limit): the shared rows' losses
-            a, b = loss_diff["means"]
-            where = (f"the {loss_diff['n']} validation rows both runs have ({base_name} {rows[0]}, {this_name} "
-                     f"{rows[1]})")
-        numbers = (f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %; paired difference {loss_diff['delta']:+.3f}, "
-                   f"95 % CI {lo:+.3f}..{hi:+.3f} over {where})")
-        rule = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the rows both runs "
-                "validated; a difference whose interval includes 0 counts as none")
-        same = "not different beyond noise from"
-    else:
-        change = _changed(a, b)
-        numbers = f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %)"
-        rule = f"difference of final figures; a change within {TOLERANCE * 100:.0f} % counts as none"
-        same = "the same within 1 % as"
-    verb = {-1: "lower (better) than", 0: same, 1: "higher (worse) than"}[change]
-    if formats:
-        verb = {-1: "lower than", 0: same, 1: "higher than"}[change]
-        numbers += f"; the runs differ in {', '.join(formats)}, so the losses score different text: no verdict"
-        rule += "; no verdict when a key that changes the trained text differs"
-    out.append(Observation("info" if formats else {-1: "good", 0: "info", 1: "watch"}[change],
-                           f"Final validation loss of {this_name} is {verb} {base_name}: {numbers}.", rule))
+    out = [_loss_versus(this, base, this_name, base_name, loss_diff, formats)]
     ev_a, ev_b = base.get("eval") or {}, this.get("eval") or {}
     names = NAMING[ev_b.get("scoring", "numeric")]
     if ev_a and ev_b and ev_a.get("scoring", "numeric") != ev_b.get("scoring", "numeric"):
@@ -299,6 +272,39 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
         out.append(Observation("info", f"Wall time {this['wall_seconds'] / 60:.1f} min vs {base['wall_seconds'] / 60:.1f} "
                                f"min ({this['epochs']} vs {base['epochs']} epochs).", "measured wall time of training"))
     return out
+
+
+def _loss_versus(this: dict, base: dict, this_name: str, base_name: str, loss_diff: dict | None,
+                 formats: list[str]) -> Observation:
+    """`versus_baseline`'s final validation loss: by the paired interval over the rows both runs validated (their
+    losses on those rows when the runs have others too), else by the 1 % tolerance; no verdict across `formats`."""
+    a, b = base["final_val_loss"], this["final_val_loss"]
+    if loss_diff:
+        lo, hi = loss_diff["ci95"]
+        change = _sign(loss_diff["ci95"])
+        rows = loss_diff.get("rows", [loss_diff["n"]] * 2)
+        where = f"{loss_diff['n']} validation rows"
+        if rows != [loss_diff["n"]] * 2:  # other validation rows too (data.mix, data.limit): the shared rows' losses
+            a, b = loss_diff["means"]
+            where = (f"the {loss_diff['n']} validation rows both runs have ({base_name} {rows[0]}, {this_name} "
+                     f"{rows[1]})")
+        numbers = (f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %; paired difference {loss_diff['delta']:+.3f}, "
+                   f"95 % CI {lo:+.3f}..{hi:+.3f} over {where})")
+        rule = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the rows both runs "
+                "validated; a difference whose interval includes 0 counts as none")
+        same = "not different beyond noise from"
+    else:
+        change = _changed(a, b)
+        numbers = f"{b:.3f} vs {a:.3f} ({100 * (b - a) / a:+.1f} %)"
+        rule = f"difference of final figures; a change within {TOLERANCE * 100:.0f} % counts as none"
+        same = "the same within 1 % as"
+    verb = {-1: "lower (better) than", 0: same, 1: "higher (worse) than"}[change]
+    if formats:
+        verb = {-1: "lower than", 0: same, 1: "higher than"}[change]
+        numbers += f"; the runs differ in {', '.join(formats)}, so the losses score different text: no verdict"
+        rule += "; no verdict when a key that changes the trained text differs"
+    return Observation("info" if formats else {-1: "good", 0: "info", 1: "watch"}[change],
+                       f"Final validation loss of {this_name} is {verb} {base_name}: {numbers}.", rule)
 
 
 def accuracy_per_epoch(evaluation: dict) -> list[Observation]:

@@ -67,23 +67,15 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png"),
                          f"{names.title} of the base model (epoch 0) and after each scored epoch, "
                          "same questions"))
+    data_sections, data_found = _data_sections(run, cfg, evaluation)
+    found += data_found
     sections = [
         ("Overview", _overview(run, cfg, summary, evaluation)),
         ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped))),
+        *data_sections,
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
-    mix_blocks, per_source = mix.section(run.read_examples(), cfg) if cfg.data.mix else ([], [])
-    if mix_blocks:  # not before training has measured each source's rows
-        sections.insert(2, ("Data mix", mix_blocks))
-        found += per_source
-    checks = run.read_optional(run.data_checks)
-    if checks:
-        sections.insert(2, ("Data", _data(run, checks)))
-        checked = checks.get("test_source", cfg.data.source)
-        scored = evaluation.get("source", cfg.data.source) if evaluation else cfg.eval.source or cfg.data.source
-        found += [o for o in (rules.contamination(checks, run.read_predictions(), checked, scored),
-                              rules.duplicates(checks)) if o]
     other_blocks, other_found = extra.section(run)
     if other_blocks:
         sections.append(("Other test sets", other_blocks))
@@ -113,6 +105,25 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     run.write_text(run.report_html, html_page(title, sections))
     trackers.publish(run, cfg.train.report_to, "report", {}, [run.report_html, run.report_md])
     return run.report_html
+
+
+def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None) -> tuple[list, list]:
+    """The Data section (the data checks) and the Data mix section (data.mix runs, once training measured each
+    source's rows), with their observations: each source's curve, contamination, duplicates."""
+    sections, found = [], []
+    checks = run.read_optional(run.data_checks)
+    if checks:
+        sections.append(("Data", _data(run, checks)))
+    mix_blocks, per_source = mix.section(run.read_examples(), cfg) if cfg.data.mix else ([], [])
+    if mix_blocks:
+        sections.append(("Data mix", mix_blocks))
+        found += per_source
+    if checks:
+        checked = checks.get("test_source", cfg.data.source)
+        scored = evaluation.get("source", cfg.data.source) if evaluation else cfg.eval.source or cfg.data.source
+        found += [o for o in (rules.contamination(checks, run.read_predictions(), checked, scored),
+                              rules.duplicates(checks)) if o]
+    return sections, found
 
 
 def _definitions(accuracy: str, imported: dict | None) -> list[str]:
