@@ -182,6 +182,44 @@ def test_set_reaches_a_key_of_one_mix_entry_and_names_an_entry_the_recipe_lacks(
         [("limit=100", ["data.mix.0.limit=100"]), ("limit=300", ["data.mix.0.limit=300"])]
 
 
+@pytest.mark.parametrize("sets, problem", [
+    (["eval.target={a}"], "eval.target: sets how eval.source's rows are written, and eval.source is not set "
+                          "(data.source's test rows are written with data.target)"),
+    (["eval.source=b.jsonl", "eval.template=Q: {q"],
+     "eval.template: expected '}' before end of string (write {{ and }} for a literal brace)"),
+    (["eval.source=b.jsonl", "eval.template=Q: {q}", "eval.optional_fields=[input]"],
+     "eval.optional_fields: 'input' is not a placeholder of eval.template or eval.target (placeholders: answer, q)"),
+    (["eval.source=b.jsonl", "eval.template=Q: {q}", "eval.fewshot=5"],
+     "eval.fewshot_from: data takes the shots from the training rows, written in data's format, not eval's; set "
+     "eval.fewshot_from: eval_source (eval.source's train rows) or eval.fewshot: 0"),
+    (["eval.also=[{source: chats.jsonl, messages: turns}]"],
+     "eval.also.0.messages: needs data.chat_template: true (a conversation is written by the tokenizer's chat "
+     "template)"),
+    (["eval.also=[{source: b.jsonl, target: '{a'}]"],
+     "eval.also.0.target: expected '}' before end of string (write {{ and }} for a literal brace)"),
+])
+def test_a_test_sets_own_templates_are_checked_before_any_data_is_read(sets, problem):
+    with pytest.raises(UserError) as err:
+        load_recipe("quickstart", sets)
+    assert str(err.value) == f"quickstart: 1 problem\n  {problem}"
+
+
+def test_an_extra_test_set_is_written_in_its_own_format_else_its_mixed_sources_else_datas():
+    from tunelab.config import also_recipe
+    cfg = load_recipe("quickstart", [
+        "data.optional_fields=[question]", "eval.fewshot=3",
+        "data.mix=[{source: alpaca.jsonl, template: 'Do: {instruction}\\n', target: '{output}'}, {source: c.jsonl}]",
+        "eval.also=[{source: alpaca.jsonl}, {source: b.jsonl, template: 'Q: {q}\\nA: ', target: '{a}', fewshot: 0},"
+        " {source: c.jsonl}, {source: alpaca.jsonl, name: as-data, template: null}]"])
+    assert cfg.data.mix[0].template == "Do: {instruction}\n" and cfg.eval.also[1].template == "Q: {q}\nA: "
+    trained, own, plain, unset = (also_recipe(cfg, entry).eval for entry in cfg.eval.also)
+    assert (trained.template, trained.target, trained.optional_fields) == ("Do: {instruction}\n", "{output}", None)
+    assert (trained.fewshot, trained.fewshot_from) == (3, "eval_source")  # training rows are in another format
+    assert (own.template, own.target, own.fewshot, own.fewshot_from) == ("Q: {q}\nA: ", "{a}", 0, "eval_source")
+    assert (plain.template, plain.fewshot, plain.fewshot_from) == (None, 3, "data")  # data's format: data's shots
+    assert (unset.template, unset.fewshot_from) == (None, "data")  # an entry that sets a format key, if only to null
+
+
 def test_extra_test_sets_need_names_that_make_distinct_folders():
     with pytest.raises(UserError) as err:
         load_recipe("quickstart", ["eval.also=[{source: a/bench.jsonl}, {source: b/bench.csv}, "

@@ -234,6 +234,33 @@ def test_eval_source_scores_another_datasets_questions_and_answers_are_never_mix
     assert all(p["question"] not in asked for p in own.predictions)
 
 
+def test_a_test_set_with_fields_of_its_own_is_scored_in_its_format_and_no_pass_asked_otherwise_is_kept(
+        tiny_trained, gsm8k, monkeypatch, tmp_path):
+    """eval.template / eval.target render eval.source's rows (GSM8K's test rows with their fields renamed q / a):
+    written as data's template writes GSM8K's own rows, the earlier passes are kept; written otherwise, a pass
+    asked the same ids and references with other prompts is not."""
+    import shutil
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = tiny_trained
+    run = RunDir(shutil.copytree(trained.path, tmp_path / "run"))
+    bench = tmp_path / "renamed"
+    bench.mkdir()
+    rows = [json.loads(line) for line in (gsm8k / "test.jsonl").read_text().splitlines()[:6]]
+    (bench / "test.jsonl").write_text("".join(json.dumps({"q": r["question"], "a": r["answer"]}) + "\n" for r in rows))
+
+    def scored(**ev):
+        return evaluate(cfg.model_copy(update={"eval": cfg.eval.model_copy(update=ev)}), run, only="tuned").summary
+
+    evaluate(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"source": str(gsm8k)})}), run)
+    same = scored(source=str(bench), template="Instruction: {q}\nResponse: ", target="{a}")
+    assert same["base"]["n"] == 6 and same["prompts"] == run.read_eval_summary()["prompts"]
+    other = scored(source=str(bench), template="Question: {q}\nAnswer: ", target="{a}")
+    assert "base" not in other and other["prompts"] != same["prompts"]
+    tuned = [p for p in run.read_predictions() if p["model"] == "tuned"]
+    assert [p["question"] for p in tuned] == [f"Question: {r['question']}\nAnswer: " for r in rows]  # no {question}
+    assert [p["reference"] for p in tuned] == [r["answer"].split("#### ")[-1] for r in rows]
+
+
 def test_fewshot_from_eval_source_takes_the_shots_from_its_train_split(tiny_trained, gsm8k, monkeypatch, tmp_path):
     """lm-eval's fewshot_split: with eval.fewshot_from=eval_source the baseline's shots are the benchmark's first
     train rows, never the rows scored, and the summary and the report say where the shots came from."""
@@ -241,7 +268,7 @@ def test_fewshot_from_eval_source_takes_the_shots_from_its_train_split(tiny_trai
     from tunelab.data import load_splits
     from tunelab.errors import UserError
     from tunelab.evaluate.fewshot import fewshot_context
-    from tunelab.evaluate.stage import _plan, _shot_pool
+    from tunelab.evaluate.stage import _plan, shot_pool
     from tunelab.report import write_report
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     cfg, trained = tiny_trained
@@ -251,8 +278,8 @@ def test_fewshot_from_eval_source_takes_the_shots_from_its_train_split(tiny_trai
                    for f in ("data", "eval_source"))
     splits = load_splits(theirs.data, theirs.eval)
     first = [json.loads(line)["question"] for line in (gsm8k / "train.jsonl").read_text().splitlines()[:2]]
-    assert [e.fields["question"] for e in _shot_pool(theirs, splits)[:2]] == first
-    few = {c.eval.fewshot_from: _plan(c, run, _shot_pool(c, splits), splits.test[:3], "base", False, None)[1]
+    assert [e.fields["question"] for e in shot_pool(theirs, splits)[:2]] == first
+    few = {c.eval.fewshot_from: _plan(c, run, shot_pool(c, splits), splits.test[:3], "base", False, None)[1]
            for c in (own, theirs)}
     assert few["eval_source"].prefix == fewshot_context(splits.eval_train[:2])
     assert few["data"].prefix == fewshot_context(splits.train[:2]) != few["eval_source"].prefix

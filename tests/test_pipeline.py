@@ -87,9 +87,13 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=30",
             "--set", "data.synthetic_test_rows=4", "--set", "eval.limit=4", "--set", "eval.max_new_tokens=8",
             "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=3",
-            "--set", mix, "--run-dir", str(tmp_path / "m")]
+            "--set", mix, "--set", f"eval.also=[{{source: {extra}}}]", "--run-dir", str(tmp_path / "m")]
     assert main(args) == 0
     run = RunDir(tmp_path / "m")
+    (colours,) = run.extra_sets()  # its rows scored as they were trained: its entry's template, exact match
+    assert colours.read_eval_summary()["scoring"] == "exact"
+    assert [p["question"] for p in colours.read_predictions() if p["model"] == "base"] == [
+        f"Name colour {i}.\n" for i in range(4)]
     ids = {e["id"] for e in run.read_examples() if e["split"] in ("train", "val")}
     assert len([i for i in ids if i.startswith("colours:")]) == 10 and len(ids) == 40
     checks = run.read_json(run.data_checks)
@@ -111,6 +115,7 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     assert colour[0]["text"].startswith("Name colour") and not colour[0]["loss"] and colour[1]["loss"]
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
     assert "sources: synthetic-arith 27 train / 3 validation rows" in capsys.readouterr().out
+    assert checks["extra_sets"]["colours"]["overlap_counts"]["exact"] == 10  # the 10 rows the run took from it
 
 
 def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(tiny_model, tmp_path, monkeypatch,
@@ -134,7 +139,7 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     assert "source" not in main_eval and main_eval["base"]["n"] == 4  # the run's own test rows, untouched
     assert "on bench (" in capsys.readouterr().out
     md = run.report_md.read_text()
-    assert "## Other test sets" in md and re.search(r"\| bench \| \S+bench\.jsonl \| 6 \|", md)
+    assert "## Other test sets" in md and re.search(r"\| bench \| \S+bench\.jsonl \| the run's \| 6 \|", md)
     assert run.read_json(run.data_checks)["extra_sets"]["bench"]["rows"] == 9  # checked for overlap, all its rows
     assert re.search(r"\| eval.also bench \| 9 \| 0 \| 0 \| 0 \|", md)
     assert "GSM8K-style accuracy on bench (flexible-extract)" in md
@@ -145,14 +150,23 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     assert f"| bench | `{bench}` | 6 | " in (run.adapter / "README.md").read_text()
     stamp = bench_set.eval_summary.stat().st_mtime_ns
     assert main(args) == 0 and bench_set.eval_summary.stat().st_mtime_ns == stamp  # resumed: nothing redone
-    more = write_jsonl(tmp_path / "more.jsonl", [{"question": f"What is {i} * 2?", "answer": f"#### {2 * i}"}
-                                                 for i in range(5)])
-    assert main(["eval", str(run.path), "--set", f"eval.also=[{{source: {more}, name: doubles}}]"]) == 0
+    more = write_jsonl(tmp_path / "more.jsonl", [{"x": i, "y": f"#### {2 * i}"} for i in range(5)])  # fields of its own
+    assert main(["eval", str(run.path), "--set", f"eval.also=[{{source: {more}, name: doubles, template: "
+                                                  f"'Double {{x}}:\\n', target: '{{y}}'}}]"]) == 0
     assert [v.name for v in run.extra_sets()] == ["bench", "doubles"] and "source" not in run.read_eval_summary()
+    assert [p["question"] for p in run.extra_sets()[1].read_predictions() if p["model"] == "base"] == [
+        f"Double {i}:\n" for i in range(4)]  # the run's eval.limit
+    assert main(["report", str(run.path)]) == 0
+    assert re.search(r"\| doubles \| \S+more\.jsonl \| 'Double \{x\}:\\n' \| 4 \|", run.report_md.read_text())
     capsys.readouterr()
     bad = [*args[:-2], "--set", f"eval.also=[{{source: {tmp_path / 'nope.jsonl'}}}]", "--run-dir", str(tmp_path / "b")]
     assert main(bad) == 2
     assert "eval.also.0 (" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()
+    own = [*args[:-2], "--set", "eval.fewshot=2", "--set", f"eval.also=[{{source: {more}, template: '{{x}}', "
+                                                            f"target: '{{y}}'}}]", "--run-dir", str(tmp_path / "b")]
+    assert main(own) == 2  # its shots would come from its own train split, and all its rows are scored
+    assert f"eval.also.0 ({more}): eval.fewshot_from: eval_source: {more} has 0 train rows apart from the rows " \
+           "scored" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()
 
 
 def test_a_bare_recipes_eval_scores_its_extra_test_sets_with_the_base_model(tiny_model, tmp_path, monkeypatch):

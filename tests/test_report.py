@@ -292,7 +292,7 @@ def test_an_extra_test_set_that_overlaps_the_training_rows_is_flagged(tmp_path):
     (run / "eval" / "also").mkdir()
     shutil.copytree(run / "eval", run / "eval" / "also" / "bench", ignore=shutil.ignore_patterns("also"))
     blocks, found = extra.section(RunDir(run))
-    assert [o.kind for o in found] == ["good"] and blocks[1][2][0][:3] == ("bench", None, 10)  # 0 % → 60 %
+    assert [o.kind for o in found] == ["good"] and blocks[1][2][0][:4] == ("bench", None, "the run's", 10)  # 0 % → 60 %
     (run / "analysis" / "data_checks.json").write_text(json.dumps(
         {"extra_sets": {"bench": {"rows": 10, "overlap_counts": {"exact": 2, "ngram": 1, "near": 0}}}}))
     _, found = extra.section(RunDir(run))

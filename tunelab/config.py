@@ -40,27 +40,40 @@ class ModelConfig(Section):
                                   "config and tokenizer (speed, memory and cost checks: they do not depend on the weights)")
 
 
-class MixSource(Section):
-    """One more source of training rows (`data.mix`): its train split (or its first `limit` rows of it) is split
-    into train and validation rows like data.source's, rendered with its own templates (data's by default); its ids
-    are prefixed with its name. Its test split is not scored."""
-    source: str = Field(description="any data.source form")
-    config: str | None = Field(None, description="hub dataset config name")
-    name: str | None = Field(None, description="how ids and the report name it; None = the file or dataset name")
+FORMAT_KEYS = ("template", "target", "messages", "optional_fields", "template_if_empty")
+
+
+def _conversation_turns(raw: Any) -> Any:
+    """With `messages`, the rendered turns are the conversation's last user and assistant turns unless `template` /
+    `target` say otherwise."""
+    if isinstance(raw, dict) and raw.get("messages"):
+        raw = {"template": "{user}", "target": "{assistant}", **raw}
+    return raw
+
+
+class RowFormat(Section):
+    """How one more source's rows are rendered (a data.mix or eval.also entry): data's templates where it sets none."""
     template: str | None = Field(None, description="None = data.template")
     target: str | None = Field(None, description="None = data.target")
     messages: str | None = Field(None, description="its conversation field (needs data.chat_template)")
     optional_fields: list[str] | None = Field(None, description="None = data's, unless the entry sets a template, "
                                               "target or messages (then none)")
     template_if_empty: dict[str, str] | None = Field(None, description="as optional_fields")
-    limit: int | None = Field(None, ge=1, description="use only its first N train rows")
 
     @model_validator(mode="before")
     @classmethod
     def _conversations_default(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("messages"):
-            raw = {"template": "{user}", "target": "{assistant}", **raw}
-        return raw
+        return _conversation_turns(raw)
+
+
+class MixSource(RowFormat):
+    """One more source of training rows (`data.mix`): its train split (or its first `limit` rows of it) is split
+    into train and validation rows like data.source's, rendered with its own templates (data's by default); its ids
+    are prefixed with its name. Its test split is scored only as an eval.also set."""
+    source: str = Field(description="any data.source form")
+    config: str | None = Field(None, description="hub dataset config name")
+    name: str | None = Field(None, description="how ids and the report name it; None = the file or dataset name")
+    limit: int | None = Field(None, ge=1, description="use only its first N train rows")
 
 
 class DataConfig(Section):
@@ -103,15 +116,16 @@ class DataConfig(Section):
                                  "config, name, template, target, messages, optional_fields, template_if_empty, "
                                  "limit}: each one's train rows are split by data.val_fraction and data.seed "
                                  "and added to data.source's, rendered with its own templates (data's by "
-                                 "default), ids prefixed name:; only data.source's test rows are scored; the "
-                                 "report gives each source's validation loss per epoch")
+                                 "default), ids prefixed name:; its test rows are scored when eval.also names the "
+                                 "same source (written in its format); the report gives each source's validation "
+                                 "loss per epoch")
 
     @model_validator(mode="before")
     @classmethod
     def _conversations_default(cls, raw: Any) -> Any:
         """With `messages`, the rendered turns are the conversation's last user and assistant turns, chat-formatted."""
         if isinstance(raw, dict) and raw.get("messages"):
-            raw = {"template": "{user}", "target": "{assistant}", "chat_template": True, **raw}
+            raw = {"chat_template": True, **_conversation_turns(raw)}
         return raw
 
 
@@ -200,12 +214,14 @@ class CostConfig(Section):
     usd_per_hour: float | None = Field(None, ge=0, description="price of the device; None = built-in table")
 
 
-class ExtraTestSet(Section):
-    """One more test set scored by the eval stage (`eval.also`), as eval.source would score it."""
+class ExtraTestSet(RowFormat):
+    """One more test set scored by the eval stage (`eval.also`), as eval.source would score it, rendered with its
+    own templates when it sets them (else a data.mix entry's of the same source, else data's)."""
     source: str = Field(description="any data.source form")
     config: str | None = Field(None, description="hub dataset config name")
     name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")
     limit: int | None = Field(None, ge=1, description="questions to score; None = eval.limit")
+    fewshot: int | None = Field(None, ge=0, description="its few-shot baseline's shots; None = eval.fewshot")
 
 
 class EvalConfig(Section):
@@ -215,6 +231,16 @@ class EvalConfig(Section):
                                "with the same data.template and data.target; its test split, or all its rows when it "
                                "has none; None = data.source's")
     config: str | None = Field(None, description="hub dataset config name of eval.source")
+    template: str | None = Field(None, description="eval.source's prompt, for a source whose fields are not data's "
+                                 "(GSM8K's {question} for a model trained on {instruction}); None = data.template")
+    target: str | None = Field(None, description="eval.source's completion, the reference answer; None = data.target")
+    messages: str | None = Field(None, description="eval.source's conversation field (needs data.chat_template); "
+                                 "template / target then default to {user} / {assistant}")
+    optional_fields: list[str] | None = Field(None, description="as data.optional_fields, for eval.source's "
+                                              "templates; None = data's, unless eval sets a template, target or "
+                                              "messages (then none)")
+    template_if_empty: dict[str, str] | None = Field(None, description="as data.template_if_empty, for eval.source's "
+                                                     "template; None = as eval.optional_fields")
     limit: int | None = Field(200, ge=1, description="questions to score (None = all)")
     max_new_tokens: int = Field(256, ge=1, description="most tokens generated per answer (exact scoring stops "
                                                        "sooner: see eval.scoring)")
@@ -236,11 +262,18 @@ class EvalConfig(Section):
         "eval stage; auto = numeric when >= 90 % of the targets state a final answer ('#### N', 'The answer is N', a "
         "bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
-                                     "limit}, scored after the main one the way eval.source is (its test split, or "
-                                     "all its rows; rendered with data.template and data.target): the base model "
-                                     "and each epoch's adapter on the same questions, paired, in eval/also/<name>/; "
-                                     "the report gives each one's change (a general benchmark: did the fine-tune "
-                                     "cost it anything?)")
+                                     "limit, fewshot, template, target, messages, optional_fields, "
+                                     "template_if_empty}, scored after the main one the way eval.source is (its test "
+                                     "split, or all its rows), rendered with its own templates (else those of the "
+                                     "data.mix entry of the same source, else data's): the base model and each "
+                                     "epoch's adapter on the same questions, paired, in eval/also/<name>/; the report "
+                                     "gives each one's change (a general benchmark: did the fine-tune cost it "
+                                     "anything?)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _conversations_default(cls, raw: Any) -> Any:
+        return _conversation_turns(raw)
 
 
 class AnalysisConfig(Section):
@@ -343,7 +376,8 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
     if recipe is not None:
-        problems += _template_problems(recipe.data) + _mix_problems(recipe.data) + _also_problems(recipe.eval)
+        problems += (_template_problems(recipe.data) + _mix_problems(recipe.data) + _eval_format_problems(recipe)
+                     + _also_problems(recipe))
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")
@@ -360,17 +394,40 @@ def _mix_problems(data: DataConfig) -> list[str]:
     problems, names = [], {short_name(data.source): "data.source"}
     for i, entry in enumerate(data.mix):
         key = f"data.mix.{i}"
-        if entry.model_fields_set & {"template", "target", "messages", "optional_fields", "template_if_empty"}:
-            problems += _template_problems(mixed(data, entry), key)
+        problems += _format_problems(data, entry, key)
         name = entry.name or short_name(entry.source)
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             problems.append(f"{key}.name: {name!r} must be letters, digits, - _ or . (it prefixes row ids)")
         elif name in names:
             problems.append(f"{key}.name: {name!r} is also {names[name]}'s name; give one of them a name")
         names.setdefault(name, key)
-        if entry.messages and not data.chat_template:
-            problems.append(f"{key}.messages: needs data.chat_template: true (a conversation is written by the "
-                            "tokenizer's chat template)")
+    return problems
+
+
+def _format_problems(data: DataConfig, fmt: RowFormat | EvalConfig, key: str) -> list[str]:
+    """The templates a data.mix or eval.also entry (or eval, for eval.source) sets, checked as data's are
+    (`_template_problems`); a conversation field only in a chat-formatted run."""
+    problems = []
+    if any(getattr(fmt, k) is not None for k in FORMAT_KEYS):
+        problems += _template_problems(formatted(data, fmt), key)
+    if fmt.messages and not data.chat_template:
+        problems.append(f"{key}.messages: needs data.chat_template: true (a conversation is written by the "
+                        "tokenizer's chat template)")
+    return problems
+
+
+def _eval_format_problems(recipe: "Recipe") -> list[str]:
+    """eval's templates: for eval.source's rows only, checked as data's; and the few-shot baseline's shots in the
+    format of the questions they precede."""
+    ev = recipe.eval
+    given = [k for k in FORMAT_KEYS if getattr(ev, k) is not None]
+    if given and not ev.source:
+        return [f"eval.{given[0]}: sets how eval.source's rows are written, and eval.source is not set (data.source's "
+                f"test rows are written with data.{given[0]})"]
+    problems = _format_problems(recipe.data, ev, "eval")
+    if not problems and ev.fewshot and ev.fewshot_from == "data" and own_format(recipe.data, ev):
+        problems.append("eval.fewshot_from: data takes the shots from the training rows, written in data's format, "
+                        "not eval's; set eval.fewshot_from: eval_source (eval.source's train rows) or eval.fewshot: 0")
     return problems
 
 
@@ -380,33 +437,58 @@ def also_names(ev: EvalConfig) -> list[str]:
     return [entry.name or short_name(entry.source) for entry in ev.also]
 
 
-def _also_problems(ev: EvalConfig) -> list[str]:
-    """Each `eval.also` test set's name: usable as a folder name, and unique."""
+def _also_problems(recipe: "Recipe") -> list[str]:
+    """Each `eval.also` test set's name: usable as a folder name, and unique; the templates it sets, checked as
+    data's."""
     problems, names = [], {}
-    for i, name in enumerate(also_names(ev)):
+    for i, name in enumerate(also_names(recipe.eval)):
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
             problems.append(f"eval.also.{i}.name: {name!r} must be letters, digits, - _ or . (it names a folder)")
         elif name in names:
             problems.append(f"eval.also.{i}.name: {name!r} is also eval.also.{names[name]}'s name; give one of "
                             "them a name")
         names.setdefault(name, i)
+        problems += _format_problems(recipe.data, recipe.eval.also[i], f"eval.also.{i}")
     return problems
 
 
 def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
-    """The recipe that scores one `eval.also` test set: `cfg` with eval.source (and config, limit) set to it."""
+    """The recipe that scores one `eval.also` test set: `cfg` with eval.source (and config, limit) set to it and its
+    rows' format: the entry's own, else that of the data.mix entry reading the same source (its rows are scored
+    the way they were trained), else data's. A set in a format of its own takes its few-shot shots from its own
+    train split (the training rows are in another)."""
+    trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
+    fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
+    own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
-                                     "limit": entry.limit or cfg.eval.limit})
+                                     "limit": entry.limit or cfg.eval.limit, **own,
+                                     "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot})
+    if own_format(cfg.data, ev):
+        ev = ev.model_copy(update={"fewshot_from": "eval_source"})
     return cfg.model_copy(update={"eval": ev})
+
+
+def formatted(data: DataConfig, fmt: RowFormat | EvalConfig) -> DataConfig:
+    """`data` rendering rows as `fmt` (a data.mix or eval.also entry, or eval for eval.source) sets: its template,
+    target and messages where it sets them, data's where not. A format of its own (a template, target or messages
+    set) keeps none of data's optional fields unless it sets them too."""
+    own = {k: getattr(fmt, k) for k in FORMAT_KEYS if getattr(fmt, k) is not None}
+    if own.keys() & {"template", "target", "messages"}:
+        own = {"optional_fields": [], "template_if_empty": {}, "messages": fmt.messages, **own}
+    return data.model_copy(update={"mix": [], **own})
+
+
+def own_format(data: DataConfig, fmt: RowFormat | EvalConfig) -> bool:
+    """`fmt` renders rows otherwise than `data` does."""
+    rendered = formatted(data, fmt)
+    return any(getattr(rendered, k) != getattr(data, k) for k in FORMAT_KEYS)
 
 
 def mixed(data: DataConfig, entry: MixSource) -> DataConfig:
     """`data` as it reads one `data.mix` entry: its source, config and limit (never data's), and the templates it
     sets (data's where not)."""
-    own = entry.model_dump(exclude={"name"}, exclude_none=True)
-    if own.keys() & {"template", "target", "messages"}:  # its own format: none of data's optional fields
-        own = {"optional_fields": [], "template_if_empty": {}, "messages": entry.messages, **own}
-    return data.model_copy(update={"mix": [], "limit": entry.limit, "config": entry.config, **own})
+    return formatted(data, entry).model_copy(update={"source": entry.source, "config": entry.config,
+                                                      "limit": entry.limit})
 
 
 def _template_problems(data: DataConfig, section: str = "data") -> list[str]:
@@ -492,7 +574,16 @@ def _parse_value(text: str) -> Any:
     if isinstance(value, (str, dict)):
         quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
         value = (text[1:-1] if quoted else text).replace("\\n", "\n")
-    return value
+    return _newlines(value) if isinstance(value, list) else value
+
+
+def _newlines(value: Any) -> Any:
+    """`\\n` in the strings of a YAML list (data.mix and eval.also entries' templates) as a newline."""
+    if isinstance(value, str):
+        return value.replace("\\n", "\n")
+    if isinstance(value, list):
+        return [_newlines(v) for v in value]
+    return {k: _newlines(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def _schema_has(parts: list[str]) -> bool:

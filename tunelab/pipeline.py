@@ -62,7 +62,10 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     from tunelab.data import load_splits
     from tunelab.evaluate import stage as evaluate
     from tunelab.train import checkpoint
-    unscoreable = evaluate.unscoreable(cfg, load_splits(cfg.data, cfg.eval))
+    splits = load_splits(cfg.data, cfg.eval)
+    unscoreable = evaluate.unscoreable(cfg, splits)
+    if not unscoreable:
+        evaluate.shot_pool(cfg, splits)  # too few few-shot shots is said now, not after training
     evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
         log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",

@@ -57,7 +57,10 @@ LAYOUT = {
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),
-    "eval/summary.json": ("eval_summary", "`scoring`, `split` (and `source` when eval.source set the questions); "
+    "eval/summary.json": ("eval_summary", "`scoring`, `split` (and `source` when eval.source set the questions, "
+                                          "`format` when its rows were not written with data's templates), "
+                                          "`prompts` (a digest of the prompts asked: passes kept from an earlier "
+                                          "eval were asked the same); "
                                           "per model (base, base-Nshot, epoch-K, tuned): n, strict and flexible "
                                           "accuracy, tokens/s, seconds; base → tuned paired difference with 95 % CI "
                                           "and McNemar p; `epochs` (accuracy per epoch, vs base and vs the previous "

@@ -14,7 +14,7 @@ import string
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from tunelab.config import DataConfig, EvalConfig, mixed
+from tunelab.config import DataConfig, EvalConfig, formatted, mixed, own_format
 from tunelab.data.chat import HISTORY, conversation, with_system
 from tunelab.data.sources import Row, read_source, short_name
 from tunelab.errors import UserError
@@ -103,7 +103,8 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     examples, problems = _examples(cfg, cfg.source, cfg.config)
     test, eval_train = examples.get("test", []), []
     if held_out is not None and held_out.source:
-        other, more = _examples(cfg, held_out.source, held_out.config, "eval.source")
+        other, more = _examples(formatted(cfg, held_out), held_out.source, held_out.config, "eval.source",
+                                "eval" if own_format(cfg, held_out) else "data")
         test, problems = other.get("test") or other.get("train", []), problems + more
         eval_train = other.get("train", []) if other.get("test") else []  # never the rows scored
         if not test:
@@ -146,20 +147,27 @@ def source_of(row_id: str, cfg: DataConfig) -> str:
     return row_id.split(MIX_SEP, 1)[0] if MIX_SEP in row_id else short_name(cfg.source)
 
 
-def _examples(cfg: DataConfig, source: str, config: str | None,
-              key: str = "data.source") -> tuple[dict[str, list[Example]], list[str]]:
+def _examples(cfg: DataConfig, source: str, config: str | None, key: str = "data.source",
+              section: str | None = None) -> tuple[dict[str, list[Example]], list[str]]:
     """Every split of `source` rendered by `cfg`'s templates, and "where: problem" of each row that could not be.
     `key`: the recipe key that named the source (eval.source reads a source only scored: it needs no train split,
-    and its errors name that key)."""
+    and its errors name that key); `section`: where its templates are set (None: the key's section, data for
+    eval.source)."""
     try:
         raw, bad = read_source(source, config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed,
                                need_train=key.startswith("data."))
     except UserError as err:
         raise UserError(str(err).replace("data.source:", f"{key}:", 1)) from None
     prompt_needs, target_needs = needed_fields(cfg)
-    section = key.removesuffix(".source") if key.startswith("data.") else "data"  # where its templates are set
-    _check_placeholders(cfg, raw.get("train") or raw.get("test", []), prompt_needs + target_needs,
-                        "" if key == "data.source" else f"{key} {source}: ", section)
+    section = section or (key.removesuffix(".source") if key.startswith("data.") else "data")
+    try:
+        _check_placeholders(cfg, raw.get("train") or raw.get("test", []), prompt_needs + target_needs,
+                            "" if key == "data.source" else f"{key} {source}: ", section)
+    except UserError as err:
+        if key == "eval.source" and section == "data":  # a benchmark whose fields are not the training data's
+            raise UserError(f"{err} (a scored source with fields of its own takes eval.template and eval.target; "
+                            "an eval.also entry, its template and target)") from None
+        raise
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
     for split, rows in raw.items():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab import card, distributed, trackers
-from tunelab.config import Recipe, also_names, also_recipe, to_yaml
+from tunelab.config import Recipe, also_names, also_recipe, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
@@ -80,12 +80,13 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     splits = load_splits(cfg.data, cfg.eval)
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
-    passes = _plan(cfg, run, _shot_pool(cfg, splits), questions, only, adapter, tok, mode)
+    passes = _plan(cfg, run, shot_pool(cfg, splits), questions, only, adapter, tok, mode)
     if not adapter and distributed.is_main_process() and not run.config.exists():
         run.create()
         run.write_text(run.config, to_yaml(cfg))
 
-    predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode)
+    asked = _prompts_digest(cfg, questions)
+    predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode, asked)
     device = pick_device(cfg.train.device)
     tune_for(device)
     journal = Journal(run, distributed.setup(device.type).rank)
@@ -98,8 +99,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         if p.shots_from:
             stats[p.name]["shots_from"] = p.shots_from
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    summary = {"scoring": mode, "split": _limited(cfg, splits)[0],
-               **({"source": cfg.eval.source} if cfg.eval.source else {}), **stats,
+    summary = {"scoring": mode, "split": _limited(cfg, splits)[0], "prompts": asked,
+               **({"source": cfg.eval.source} if cfg.eval.source else {}), **_own_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible)}
     categories = by_category(predictions, [q.id for q in questions], cfg.data.label_field, mode)
@@ -158,7 +159,10 @@ def check_extra(cfg: Recipe) -> None:
     for i, entry in enumerate(cfg.eval.also):
         extra = also_recipe(cfg, entry)
         try:
-            reason = unscoreable(extra, load_splits(extra.data, extra.eval))
+            splits = load_splits(extra.data, extra.eval)
+            reason = unscoreable(extra, splits)
+            if not reason:
+                shot_pool(extra, splits)  # too few few-shot shots raises
         except UserError as err:
             reason = str(err)
         if reason:
@@ -232,7 +236,7 @@ def epochs_to_score(cfg: Recipe, trained: int) -> str:
     return cfg.eval.epochs or ("all" if trained <= 5 else "last")
 
 
-def _shot_pool(cfg: Recipe, splits) -> list[Example]:
+def shot_pool(cfg: Recipe, splits) -> list[Example]:
     """The rows the few-shot baseline takes its first `eval.fewshot` shots from (`eval.fewshot_from`).
 
     Raises:
@@ -253,10 +257,10 @@ def _shots_from(cfg: Recipe, n: int) -> str:
             else f"the first {n} training rows")
 
 
-def _plan(cfg: Recipe, run: RunDir, shot_pool: list[Example], questions: list[Example], only: str | None,
+def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
-    `shot_pool`), each kept epoch, the final adapter.
+    `pool`), each kept epoch, the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
@@ -266,7 +270,7 @@ def _plan(cfg: Recipe, run: RunDir, shot_pool: list[Example], questions: list[Ex
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
         if cfg.eval.fewshot:
-            shots = shot_pool[:cfg.eval.fewshot]
+            shots = pool[:cfg.eval.fewshot]
             if cfg.data.chat_template:
                 few = [chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions]
                 context = chat.context(tok, exchanges(shots), _history(questions[0]))  # rows share a system turn
@@ -374,11 +378,28 @@ def _mean(rows: list[dict], metric: str) -> float:
     return round(sum(r[f"{metric}_correct"] for r in rows) / len(rows), 6)
 
 
-def _kept_passes(run: RunDir, questions: list[Example], running: set[str], mode: str) -> tuple[list[dict], dict]:
+def _own_format(cfg: Recipe) -> dict:
+    """{"format": eval.source's prompt and target templates} when its rows are not written as data's; else {}."""
+    if not own_format(cfg.data, cfg.eval):
+        return {}
+    written = formatted(cfg.data, cfg.eval)
+    return {"format": {"template": written.template, "target": written.target,
+                       **({"messages": written.messages} if written.messages else {})}}
+
+
+def _prompts_digest(cfg: Recipe, questions: list[Example]) -> str:
+    """What identifies the prompts the questions were asked with: their rendered templates and the chat format."""
+    asked = [[q.prompt for q in questions], cfg.data.chat_template, cfg.data.system_prompt]
+    return hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:16]
+
+
+def _kept_passes(run: RunDir, questions: list[Example], running: set[str], mode: str,
+                 prompts: str) -> tuple[list[dict], dict]:
     """Predictions and stats of earlier passes not being re-run, if they scored the same questions (ids and
-    references: another eval.source numbers its rows the same way) the same way."""
+    references: another eval.source numbers its rows the same way) the same way, asked with the same prompts
+    (`_prompts_digest`: eval.template may have changed)."""
     previous = run.read_eval_summary() or {}
-    if previous.get("scoring", "numeric") != mode:
+    if previous.get("scoring", "numeric") != mode or previous.get("prompts", prompts) != prompts:
         return [], {}
     old = run.read_predictions()
     asked = [(q.id, SCORERS[mode][0](q.target)) for q in questions]

@@ -45,7 +45,9 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                                      "of the set's rows with the training rows (analysis/data_checks.json)"))
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
-        rows.append((view.name, s.get("source"), d["n"], f"{100 * s['base']['flexible_accuracy']:.1f} %",
+        written = s.get("format", {}).get("template")
+        rows.append((view.name, s.get("source"), repr(written) if written else "the run's", d["n"],
+                     f"{100 * s['base']['flexible_accuracy']:.1f} %",
                      steps or "–", f"{100 * s['tuned']['flexible_accuracy']:.1f} %",
                      f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})",
                      f"{d['mcnemar_p']:.2g}"))
@@ -55,10 +57,11 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
     if not rows:
         return [], []
     blocks = [("p", "Test sets scored besides the run's own (eval.also), each the way eval.source is scored: the "
-                    "base model and each epoch's adapter on the same questions, rendered with the run's template; "
-                    "accuracy is flexible-extract (or the exact-match line, for short answers). A fall here beyond "
-                    "noise is what the fine-tune cost on that set."),
-              ("table", ["set", "source", "n", "base", "per epoch", "tuned", "Δ pts (95 % CI)", "McNemar p"], rows)]
+                    "base model and each epoch's adapter on the same questions, each written with the run's "
+                    "template or the prompt it sets (the one it was trained with, for a data.mix source); accuracy "
+                    "is flexible-extract (or the exact-match line, for short answers). A fall here beyond noise is "
+                    "what the fine-tune cost on that set."),
+              ("table", ["set", "source", "prompt", "n", "base", "per epoch", "tuned", "Δ pts (95 % CI)", "McNemar p"], rows)]
     return blocks, found
 
 
