@@ -77,8 +77,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         first = ("import", imported.done, lambda: imported.import_run(cfg, run, source))
     stages = [first,
               ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
-              ("eval.also", lambda r: evaluate.extra_done(cfg, r),
-               lambda: evaluate.evaluate_extra(cfg, run, skip_done=True)),
+              *([("eval.also", lambda r: evaluate.extra_done(cfg, r),
+                  lambda: evaluate.evaluate_extra(cfg, run, skip_done=True))] if cfg.eval.also else []),
               ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
     for name, done, work in stages:
         if name == "eval" and unscoreable:
