@@ -155,3 +155,55 @@ def test_export_best_loss_takes_the_epoch_with_the_lowest_validation_loss(recipe
     run.write_json(run.summary, {**run.read_json(run.summary), "best_val_epoch": 0})
     assert main(["export", str(run.path), str(tmp_path / "none"), "--epoch", "best-loss"]) == 2
     assert "no epoch of" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_early_stopping_on_validation_passes_stops_inside_an_epoch_where_the_passes_say(recipe, tmp_path):
+    """train.early_stopping_on=validation counts train.val_every's passes too (TRL's EarlyStoppingCallback with
+    eval_steps): the run stops at the pass that spends the patience, inside an epoch, with the passes of a run that
+    did not stop up to there; that epoch ends at the stop (its adapter, its row); a resume stops there again; the
+    report, the card and the console say at which step."""
+    from tunelab.cli import main
+    from tunelab.report import write_report
+    every = {**recipe["train"], "epochs": 3, "val_every": 4}
+    reference = RunDir(tmp_path / "reference")
+    train(validate({**recipe, "train": every}, "es"), reference)
+    passes, per_epoch = reference.read_jsonl(reference.validation), reference.read_json(reference.summary)["steps"] // 3
+    stops = [(t, expected_stop(passes, 1, t)) for t in (0.0, 0.03, 0.1, 0.3)]
+    inside = [(t, stop) for t, stop in stops if passes[stop]["step"] % per_epoch and stop < len(passes) - 1]
+    assert inside, f"some threshold must stop patience 1 inside an epoch on this curve: {stops}"
+    threshold, stop = inside[0]
+    with pytest.raises(UserError, match="train.early_stopping_on: validation counts validation passes inside epochs; "
+                                        "it needs train.early_stopping_patience and train.val_every"):
+        validate({**recipe, "train": {**recipe["train"], "early_stopping_on": "validation"}}, "es")
+    raw = {**recipe, "train": {**every, "early_stopping_patience": 1, "early_stopping_threshold": threshold,
+                               "early_stopping_on": "validation"}}
+    run = RunDir(tmp_path / "run")
+    train(validate(raw, "es"), run)
+    ran = run.read_jsonl(run.validation)
+    assert [(p["step"], p["val_loss"]) for p in ran] == [(p["step"], p["val_loss"]) for p in passes[:stop + 1]]
+    assert ran[-1]["epoch_end"]  # the stop ends its epoch: that pass logs every row's loss, once
+    at, epoch = passes[stop]["step"], passes[stop]["epoch"]
+    summary = run.read_json(run.summary)
+    assert (summary["steps"], summary["steps_planned"], summary["epochs"]) == (at, 3 * per_epoch, epoch)
+    best = min(range(stop + 1), key=lambda i: passes[i]["val_loss"])  # the stop's own pass, or one before it
+    from tunelab.report import early_stopping_line
+    assert early_stopping_line(summary) == (f"early stopping: {epoch} of 3 epochs, step {at} of {3 * per_epoch}, "
+                                            f"validation loss lowest at step {passes[best]['step']} (patience 1 "
+                                            f"validation passes, threshold {threshold:g})")
+    assert [e["epoch"] for e in run.read_epochs()] == list(range(epoch + 1)) and run.epoch_adapter(epoch).is_dir()
+    assert max(s["step"] for s in run.read_jsonl(run.steps)) == at
+    run.summary.unlink()  # killed after the stop's checkpoint, before the outputs were written
+    shutil.rmtree(run.adapter)
+    assert main(["-q", "train", "--resume", str(run.path)]) == 0
+    assert run.read_json(run.summary)["steps"] == at and len(run.read_jsonl(run.validation)) == stop + 1
+    write_report(run)
+    report = run.report_md.read_text()
+    assert f"| Epochs | {epoch} of 3, stopped early at step {at} of {3 * per_epoch} by patience 1 (validation " \
+           f"passes, threshold {threshold:g})" in report
+    assert f"Early stopping ended training at step {at} of {3 * per_epoch}, in epoch {epoch} of 3:" in report
+    assert f"for the {at} of {3 * per_epoch} planned steps trained" in report
+    assert (", the lowest validation loss of any pass." if best == stop else
+            f"is adapters/epoch-{passes[best]['epoch']}" if passes[best]["epoch_end"] else
+            "was inside an epoch, whose weights are not kept") in report
+    assert f"{epoch} of 3 planned epochs, to step {at} of {3 * per_epoch} (early stopping)" in \
+        (run.adapter / "README.md").read_text()

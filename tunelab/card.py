@@ -19,7 +19,7 @@ import yaml
 from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.handoff import hub_id, is_local, known_license
-from tunelab.rundir import RunDir, trained_and_planned
+from tunelab.rundir import RunDir, stopped_early, trained_and_planned
 
 
 def write(run: RunDir) -> Path | None:
@@ -105,7 +105,11 @@ def render(run: RunDir, epoch: int | None = None) -> str:
 def _epochs_trained(summary: dict) -> str:
     """"3 epoch(s)", or "2 of 3 planned epochs (early stopping)" when validation loss stopped the run."""
     trained, planned = trained_and_planned(summary)
-    return f"{trained} of {planned} planned epochs (early stopping)" if trained < planned else f"{trained} epoch(s)"
+    if not stopped_early(summary):
+        return f"{trained} epoch(s)"
+    inside = f", to step {summary['steps']} of {summary['steps_planned']}" \
+        if summary.get("early_stopping_on") == "validation" else ""
+    return f"{trained} of {planned} planned epochs{inside} (early stopping)"
 
 
 def _prompt_lines(cfg) -> list[str]:

@@ -508,7 +508,7 @@ def cmd_sweep(args) -> int:
     from rich.table import Table
     from tunelab.evaluate.scoring import naming
     from tunelab.report import headline
-    from tunelab.rundir import RunDir, trained_and_planned
+    from tunelab.rundir import RunDir, stopped_early, trained_and_planned
     from tunelab.sweep import finished_runs, sweep
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir, args.seeds)
     done = [RunDir(path) for path in finished_runs(folder)]
@@ -526,7 +526,9 @@ def cmd_sweep(args) -> int:
         low, high = ev.get("flexible_ci95_pts", (0, 0))
         gain = f"{ev['flexible_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "flexible_delta_pts" in ev else "—"
         trained, planned = trained_and_planned(s)
-        table.add_row(entry["name"], "done", f"{trained}" + (f" of {planned}" if trained < planned else ""),
+        stopped = (f" of {planned}" + (f", step {s['steps']}" if s.get("early_stopping_on") == "validation" else "")
+                   if stopped_early(s) else "")
+        table.add_row(entry["name"], "done", f"{trained}{stopped}",
                       f"{s['final_val_loss']:.4f}", accuracy, gain,
                       "—" if cost is None else f"${cost:.4f}")
     Console(width=160).print(table)
@@ -646,7 +648,7 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
 def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
     from rich.console import Console
     from rich.table import Table
-    from tunelab.report import train_loss_change
+    from tunelab.report import early_stopping_line, train_loss_change
 
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
@@ -661,10 +663,8 @@ def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
     console.print(table)
     console.print(f"{train_loss_change(summary)}, val loss improvement {summary['val_loss_improvement_pct']:.1f} %, "
                   f"{summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB")
-    if summary["epochs"] < summary["epochs_planned"]:
-        console.print(f"early stopping: {summary['epochs']} of {summary['epochs_planned']} epochs, validation loss "
-                      f"lowest at epoch {summary['best_val_epoch']} (patience {summary['early_stopping_patience']}"
-                      + (f", threshold {t:g}" if (t := summary.get("early_stopping_threshold")) else "") + ")")
+    if stopping := early_stopping_line(summary):
+        console.print(stopping)
 
 
 if __name__ == "__main__":

@@ -186,14 +186,20 @@ class TrainConfig(Section):
                            "epoch (TRL's eval_steps), for a validation curve finer than epochs "
                            "(metrics/validation.jsonl); each epoch's end is validated anyway; 0 = epoch ends only")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop training once this many epochs in a "
-                                                "row end with a validation loss not below the lowest before them "
-                                                "(epoch 0, before training, counts); the final adapter is the last "
-                                                "epoch trained, the best one stays in adapters/epoch-N (unless "
-                                                "train.keep_epoch_adapters is false); None = run every epoch")
+                                                "row (validation passes: see train.early_stopping_on) end with a "
+                                                "validation loss not below the lowest before them (epoch 0, before "
+                                                "training, counts); the final adapter is the last epoch trained, the "
+                                                "best one stays in adapters/epoch-N (unless train.keep_epoch_adapters "
+                                                "is false); None = run every epoch")
     early_stopping_threshold: float = Field(0.0, ge=0, description="for train.early_stopping_patience, an epoch "
                                             "improves only when its validation loss ends more than this below the "
                                             "last one that improved (epoch 0 first; HF's early_stopping_threshold, "
                                             "Keras' min_delta); 0 = any decrease counts")
+    early_stopping_on: Literal["epoch", "validation"] = Field(
+        "epoch", description="what train.early_stopping_patience counts: epoch = epoch ends; validation = every "
+        "validation pass, train.val_every's inside epochs too (TRL's EarlyStoppingCallback with eval_steps), so "
+        "training stops at the pass that spends the patience, inside an epoch: that epoch's adapter and the final "
+        "one are its weights there")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
                                       "per epoch); false = only the final adapter/")
@@ -364,6 +370,10 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.data.system_prompt is not None and not recipe.data.chat_template:
         problems.append("data.system_prompt: needs data.chat_template: true (a system turn is written by the "
                         "tokenizer's chat template)")
+    if recipe is not None and recipe.train.early_stopping_on == "validation" and not (
+            recipe.train.early_stopping_patience and recipe.train.val_every):
+        problems.append("train.early_stopping_on: validation counts validation passes inside epochs; it needs "
+                        "train.early_stopping_patience and train.val_every (the steps between passes)")
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")

@@ -52,7 +52,9 @@ LAYOUT = {
     "wandb/": ("wandb", "Weights & Biases' local run files and the W&B run id, with `train.report_to: [wandb]`"),
     "summary.json": ("summary", "the train stage's headline figures (see Definitions); `epochs` is the epochs "
                                 "trained, `epochs_planned` the recipe's (fewer trained when early stopping ended "
-                                "the run); `imported` (source, adapters, the train-loss rule, the other trainer's "
+                                "the run), `steps` / `steps_planned` the optimizer steps (fewer when early "
+                                "stopping on validation passes ended an epoch early; `best_val_step` then the "
+                                "step of the lowest validation loss); `imported` (source, adapters, the train-loss rule, the other trainer's "
                                 "train_runtime) for a run made by `tunelab import`"),
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
@@ -259,6 +261,17 @@ class ExtraSetDir(RunDir):
         if rel is not None and rel.startswith("eval/"):
             return self.eval_dir / rel.removeprefix("eval/")
         return super().__getattr__(name)
+
+
+def stopped_early(summary: dict | None) -> bool:
+    """Early stopping ended the train stage before its last planned step (or epoch, in summaries that count no
+    steps)."""
+    if not summary:
+        return False
+    if "steps_planned" in summary:
+        return summary["steps"] < summary["steps_planned"]
+    trained, planned = trained_and_planned(summary)
+    return trained < planned
 
 
 def trained_and_planned(summary: dict | None) -> tuple[int, int]:

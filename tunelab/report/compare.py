@@ -13,7 +13,7 @@ from tunelab.evaluate.summary import categories_of, paired_by_category
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir
+from tunelab.rundir import RunDir, stopped_early
 from tunelab.stats import paired_difference, paired_loss_difference
 
 
@@ -106,6 +106,20 @@ def train_loss_change(s: dict) -> str:
         return f"train loss {s['final_train_loss']:.4f} ({_one_epoch(s)})"
     return (f"train loss {s['first_epoch_train_loss']:.4f} → {s['final_train_loss']:.4f} "
             f"({s['train_loss_improvement_pct']:+.1f} %)")
+
+
+def early_stopping_line(s: dict) -> str | None:
+    """The console's line on a train summary whose early stopping ended the run: epochs (and steps, counting
+    validation passes) of those planned, the epoch of the lowest validation loss, the patience; None otherwise."""
+    if not stopped_early(s):
+        return None
+    passes = s.get("early_stopping_on") == "validation"
+    return (f"early stopping: {s['epochs']} of {s['epochs_planned']} epochs"
+            + (f", step {s['steps']} of {s['steps_planned']}" if passes else "")
+            + (f", validation loss lowest at step {s['best_val_step']}" if passes else
+               f", validation loss lowest at epoch {s['best_val_epoch']}") + " (patience "
+            f"{s['early_stopping_patience']}" + (" validation passes" if passes else "")
+            + (f", threshold {t:g}" if (t := s.get("early_stopping_threshold")) else "") + ")")
 
 
 # recipe keys that change the text a run is trained and validated on, so that its losses score other tokens

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
-from tunelab.rundir import last_improvement, trained_and_planned
+from tunelab.rundir import last_improvement, stopped_early, trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
 
@@ -191,26 +191,32 @@ def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> 
     the epochs trained."""
     if not estimate or not estimate.get("hours") or not actual:
         return None
-    trained, planned = trained_and_planned(summary)
+    unit = "steps" if summary and summary.get("early_stopping_on") == "validation" else "epochs"
+    trained, planned = (summary["steps"], summary["steps_planned"]) if unit == "steps" else \
+        trained_and_planned(summary)
     share = trained / planned
     hours, usd = estimate["hours"] * share, estimate["cost_usd"] * share
     ratio = actual["device_hours"] / hours
     kind = "info" if 0.5 <= ratio <= 2 else "watch"
-    scaled = f" for the {trained} of {planned} planned epochs trained" if share < 1 else ""
+    scaled = f" for the {trained} of {planned} planned {unit} trained" if share < 1 else ""
     return Observation(kind, f"The run took {ratio:.2f}× its estimated time ({actual['device_hours'] * 60:.1f} min "
                        f"measured vs {hours * 60:.1f} min estimated{scaled}; ${actual['cost_usd']:.4f} vs "
                        f"${usd:.4f}).",
                        "measured device-hours (whole train stage, model loading included) / estimated hours"
-                       + (" × epochs trained / epochs planned" if scaled else "") + "; outside 0.5–2× is flagged")
+                       + (f" × {unit} trained / {unit} planned" if scaled else "") + "; outside 0.5–2× is flagged")
 
 
-def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Observation | None:
+def early_stopping(epochs: list[dict], summary: dict, cost: dict | None,
+                   passes: list[dict] | None = None) -> Observation | None:
     """What `train.early_stopping_patience` did: the epoch it stopped after, the validation losses that stopped
-    it, and what the epochs not run would have cost at the measured pace."""
+    it, and what the epochs not run would have cost at the measured pace. `passes`: the validation log
+    (metrics/validation.jsonl), which train.early_stopping_on=validation counts instead of epochs."""
     trained, planned = trained_and_planned(summary)
     patience = summary.get("early_stopping_patience")
     if not patience:
         return None
+    if summary.get("early_stopping_on") == "validation" and passes:
+        return _early_stopping_passes(passes, summary, cost)
     val, threshold = [e["val_loss"] for e in epochs], summary.get("early_stopping_threshold") or 0.0
     best, reference = min(range(len(val)), key=val.__getitem__), last_improvement(val, threshold)
     by = f" by more than {threshold:g}" if threshold else ""
@@ -233,6 +239,46 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None) -> Obse
                           else "; no epoch beat the base model's validation loss."),
                        rule + "; time saved = epochs not run × the mean seconds (train + validation) of the "
                        "epochs that ran")
+
+
+def _early_stopping_passes(passes: list[dict], summary: dict, cost: dict | None) -> Observation:
+    """`early_stopping` counted in validation passes (train.early_stopping_on=validation): the step it stopped at,
+    the passes that stopped it, and what the steps not run would have cost at the measured pace."""
+    patience, threshold = summary["early_stopping_patience"], summary.get("early_stopping_threshold") or 0.0
+    val, per_epoch = [p["val_loss"] for p in passes], summary["steps_planned"] // summary["epochs_planned"]
+    best, reference = min(range(len(val)), key=val.__getitem__), last_improvement(val, threshold)
+
+    def where(i: int) -> str:
+        step = passes[i]["step"]
+        return "the pass before training" if not step else f"step {step}" + (
+            f" (epoch {passes[i]['epoch']}'s end)" if passes[i]["epoch_end"] and step % per_epoch == 0 else "")
+
+    rule = (f"train.early_stopping_patience = {patience}, train.early_stopping_on = validation: stop once {patience} "
+            "validation pass(es) in a row (train.val_every's and each epoch end's) end with a "
+            + (f"validation loss not more than {threshold:g} below that of the last pass that improved by more "
+               if threshold else "validation loss not below the lowest before them (the pass before training counts)"))
+    if not stopped_early(summary):
+        return Observation("info", f"Early stopping (patience {patience} validation passes) did not stop the run: "
+                           f"all {summary['steps_planned']} steps ran; lowest validation loss {where(best)} "
+                           f"({val[best]:.3f}).", rule)
+    steps, planned = summary["steps"], summary["steps_planned"]
+    saved = (planned - steps) * (summary["train_seconds"] + sum(p["val_seconds"] for p in passes[1:])) / steps
+    price = f", ${saved / 3600 * cost['usd_per_hour']:.4f} at ${cost['usd_per_hour']:.3f}/h" if cost else ""
+    kept = passes[best]["epoch"] if passes[best]["epoch_end"] else None  # the stop's pass ends its epoch too
+    return Observation("info", f"Early stopping ended training at step {steps} of {planned}, in epoch "
+                       f"{summary['epochs']} of {summary['epochs_planned']}: validation loss {_arrow(val[reference:])} "
+                       f"did not go below {val[reference]:.3f} ({where(reference)})"
+                       + (f" by more than {threshold:g}" if threshold else "") +
+                       f" for {len(val) - 1 - reference} validation pass(es). The {planned - steps} steps not run "
+                       f"would have taken about {saved / 60:.1f} min{price}. The final adapter is step {steps}'s"
+                       + ("; no pass beat the base model's validation loss." if not best else
+                          ", the lowest validation loss of any pass." if best == len(val) - 1 else
+                          f"; the lowest validation loss, {where(best)}, is adapters/epoch-{kept} (`tunelab export RUN "
+                          "OUT --epoch best-loss`)." if kept else
+                          f"; the lowest validation loss, {where(best)}, was inside an epoch, whose weights are not "
+                          "kept (an adapter is saved at each epoch's end)."),
+                       rule + "; time saved = steps not run × the mean seconds (train + validation) of the steps "
+                       "that ran")
 
 
 def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss_diff: dict | None = None,

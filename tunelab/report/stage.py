@@ -19,7 +19,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, open_run, trained_and_planned
+from tunelab.rundir import RunDir, open_run, stopped_early, trained_and_planned
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -216,10 +216,13 @@ def _test_rows(cfg: Recipe, summary: dict, evaluation: dict | None) -> str:
 def _epochs_run(summary: dict) -> str:
     """The Overview's epoch count: "3", or "2 of 3, stopped early by patience 1"."""
     (trained, planned), patience = trained_and_planned(summary), summary.get("early_stopping_patience")
-    if trained < planned:
+    if stopped_early(summary):
         threshold = summary.get("early_stopping_threshold")
-        return f"{trained} of {planned}, stopped early by patience {patience}" + \
-            (f" (threshold {threshold:g})" if threshold else "")
+        passes = summary.get("early_stopping_on") == "validation"
+        how = ", ".join(["validation passes"] * passes + [f"threshold {threshold:g}"] * bool(threshold))
+        return f"{trained} of {planned}, stopped early" + \
+            (f" at step {summary['steps']} of {summary['steps_planned']}" if passes else "") + \
+            f" by patience {patience}" + (f" ({how})" if how else "")
     return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 
@@ -304,7 +307,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
     if not (evaluation or {}).get("source"):  # eval.source set after training: the rows measured were not scored
         found += [o for o in (rules.familiarity(losses["test"], losses["val"]),) if o]
     cost = run.read_optional(run.cost)
-    found += [o for o in (rules.early_stopping(epochs, summary, cost),
+    found += [o for o in (rules.early_stopping(epochs, summary, cost, run.read_jsonl(run.validation)),
                           rules.cost_accuracy(run.read_optional(run.estimate), cost, summary)) if o]
     return found
 

@@ -99,11 +99,8 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
-            threshold = cfg.train.early_stopping_threshold
-            stale = stale_epochs(state.epochs, threshold)
-            if stale >= (cfg.train.early_stopping_patience or math.inf):
-                log.info("early stopping after epoch %d of %d: validation loss not more than %g below epoch %d's "
-                         "for %d epoch(s)", epoch - 1, cfg.train.epochs, threshold, epoch - 1 - stale, stale)
+            if out_of_patience(cfg, state):
+                _log_stop(loop)
                 break
             t0 = time.time() - state.epoch_seconds
             stats, examples = _train_epoch(loop, epoch, stop, progress, trackers)
@@ -188,10 +185,34 @@ def _checkpoint_to_resume(run: RunDir, d: distributed.Dist) -> Path:
 
 
 def stale_epochs(epochs: list[dict], threshold: float = 0.0) -> int:
-    """Epochs since the last improvement of the validation loss by more than `threshold` (rundir.last_improvement):
-    what `train.early_stopping_patience` counts. Decided from the epoch rows alone, so a resumed run decides the
-    same."""
+    """Epochs (or validation passes: rows of metrics/validation.jsonl) since the last improvement of the validation
+    loss by more than `threshold` (rundir.last_improvement): what `train.early_stopping_patience` counts. Decided
+    from the rows alone, so a resumed run decides the same."""
     return len(epochs) - 1 - last_improvement([e["val_loss"] for e in epochs], threshold)
+
+
+def patience_rows(cfg: Recipe, state: checkpoint.State) -> list[dict]:
+    """The validation rows `train.early_stopping_patience` counts: each epoch end's (epoch 0 first), or with
+    train.early_stopping_on=validation every validation pass's."""
+    return state.val_log if cfg.train.early_stopping_on == "validation" else state.epochs
+
+
+def out_of_patience(cfg: Recipe, state: checkpoint.State) -> bool:
+    """`train.early_stopping_patience` passes (or epochs) in a row have not improved the validation loss."""
+    patience = cfg.train.early_stopping_patience or math.inf
+    return stale_epochs(patience_rows(cfg, state), cfg.train.early_stopping_threshold) >= patience
+
+
+def _log_stop(loop: Loop) -> None:
+    cfg, state = loop.cfg, loop.state
+    rows = patience_rows(cfg, state)
+    stale = stale_epochs(rows, cfg.train.early_stopping_threshold)
+    reference, passes = rows[len(rows) - 1 - stale], rows is state.val_log
+    log.info("early stopping at step %d of %d (epoch %d of %d): validation loss not more than %g below %s's for "
+             "%d %s", state.step, loop.total_steps, state.epoch - 1, cfg.train.epochs,
+             cfg.train.early_stopping_threshold,
+             f"step {reference['step']}" if passes else f"epoch {reference['epoch']}", stale,
+             "validation pass(es)" if passes else "epoch(s)")
 
 
 def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[PassStats, list[dict]]:
@@ -219,6 +240,9 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
             t0 += seconds  # training time excludes validation
             loop.net.train()
             trackers.log({"val/loss": val.loss, "val/token_accuracy": val.accuracy}, state.step)
+            if cfg.train.early_stopping_on == "validation" and out_of_patience(cfg, state):
+                state.val_log.pop()  # the epoch ends here: its end's pass, the same weights, logs every row's loss
+                break
         every = cfg.train.checkpoint_every
         if stop.requested or (every and state.step % every == 0 and state.epoch_step < loop.steps_per_epoch):
             path = _save(loop)
@@ -432,6 +456,10 @@ def _summary(loop: Loop, wall: float) -> dict:
         "epochs_planned": cfg.train.epochs,
         "early_stopping_patience": cfg.train.early_stopping_patience,
         "early_stopping_threshold": cfg.train.early_stopping_threshold,
+        "early_stopping_on": cfg.train.early_stopping_on,
+        "steps": state.step, "steps_planned": loop.total_steps,
+        **({"best_val_step": min(state.val_log, key=lambda p: p["val_loss"])["step"]}
+           if cfg.train.early_stopping_on == "validation" else {}),
         **loss_figures(state.epochs),
         "wall_seconds": round(wall, 2), "train_seconds": round(state.train_seconds, 2),
         "train_tokens": state.train_tokens,
