@@ -167,6 +167,10 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     assert main(own) == 2  # its shots would come from its own train split, and all its rows are scored
     assert f"eval.also.0 ({more}): eval.fewshot_from: eval_source: {more} has 0 train rows apart from the rows " \
            "scored" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()
+    main_set = [*args[:-2], "--set", f"eval.source={more}", "--set", "eval.template={x}", "--set", "eval.target={y}",
+                "--set", "eval.fewshot=2", "--set", "eval.fewshot_from=eval_source", "--run-dir", str(tmp_path / "b")]
+    assert main(main_set) == 2 and not (tmp_path / "b" / "metrics").exists()  # the main set's shots, too
+    assert f"eval.fewshot_from: eval_source: {more} has 0 train rows" in capsys.readouterr().err
 
 
 def test_a_bare_recipes_eval_scores_its_extra_test_sets_with_the_base_model(tiny_model, tmp_path, monkeypatch):
