@@ -87,6 +87,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(recipe, tmp_path):
     # the checkpoint at the interrupted step: a new one, or the one just written when Ctrl-C came while it was saved
     assert (saved / "state.json").is_file() and saved.name == max(after) >= max(before)
     assert not (run_dir / ".lock").exists()
+    run = RunDir(run_dir)  # the curves so far are on disk, up to the checkpoint's step: a run can be watched
+    steps = [s["step"] for s in run.read_jsonl(run.steps)]
+    assert steps == list(range(1, int(saved.name.removeprefix("step-")) + 1)) and not run.summary.exists()
+    assert run.read_jsonl(run.epochs)[0]["epoch"] == 0  # the validation before the first step
 
 
 def test_lock_refuses_a_second_process_and_takes_over_a_stale_one(recipe, tmp_path, capsys):

@@ -31,7 +31,9 @@ LAYOUT = {
                                         "CPU/GPU count"),
     "estimate.json": ("estimate", "the cost estimate made before the first step (exact token counts)"),
     "metrics/steps.jsonl": ("steps", "per optimizer step: loss, lr, grad norm, tokens, tokens/s (an imported "
-                                             "run: the other trainer's logged steps, `logged_by` trainer)"),
+                                             "run: the other trainer's logged steps, `logged_by` trainer); this "
+                                             "file, epochs.jsonl and validation.jsonl are rewritten at every "
+                                             "checkpoint, so a run can be watched while it trains"),
     "metrics/epochs.jsonl": ("epochs", "per epoch: `epoch`, `train_loss`, `train_token_accuracy`, `val_loss`, "
                                        "`val_token_accuracy`, `seconds`, `tokens`, `val_seconds`, `val_tokens`; "
                                        "epoch 0 is validation before the first step; an imported run's train "

@@ -269,10 +269,21 @@ def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], s
 
 
 def _save(loop: Loop) -> Path:
+    """A checkpoint, and the curves so far in metrics/ (a long run can be watched on disk while it trains)."""
     path = checkpoint.save(loop.run, loop.net, loop.optimizer, loop.scheduler, loop.state,
                            loop.cfg.train.keep_checkpoints, loop.d.main)
+    if loop.d.main:
+        _write_curves(loop)
     loop.d.barrier()
     return path
+
+
+def _write_curves(loop: Loop) -> None:
+    """metrics/steps.jsonl, epochs.jsonl and validation.jsonl: every row the loop state holds."""
+    run, state = loop.run, loop.state
+    run.write_jsonl(run.steps, state.step_log)
+    run.write_jsonl(run.epochs, state.epochs)
+    run.write_jsonl(run.validation, state.val_log)
 
 
 def _guarded_step(loop: Loop, step_batches: list[Batch], stats: PassStats, epoch: int, examples: list[dict],
@@ -414,9 +425,7 @@ def _save_adapter(loop: Loop, path: Path) -> None:
 def _write_outputs(loop: Loop, wall: float) -> dict:
     """Metrics, summary and cost of a finished run (main process only); returns the summary."""
     run, state = loop.run, loop.state
-    run.write_jsonl(run.steps, state.step_log)
-    run.write_jsonl(run.epochs, state.epochs)
-    run.write_jsonl(run.validation, state.val_log)
+    _write_curves(loop)
     run.write_jsonl(run.examples, state.example_log)
     summary = _summary(loop, wall)
     run.write_json(run.summary, summary)
