@@ -19,7 +19,7 @@ import yaml
 from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.handoff import hub_id, is_local, known_license
-from tunelab.rundir import RunDir, stopped_early, trained_and_planned
+from tunelab.rundir import RunDir, counts_passes, stopped_early, trained_and_planned
 
 
 def write(run: RunDir) -> Path | None:
@@ -108,7 +108,7 @@ def _epochs_trained(summary: dict) -> str:
     if not stopped_early(summary):
         return f"{trained} epoch(s)"
     inside = f", to step {summary['steps']} of {summary['steps_planned']}" \
-        if summary.get("early_stopping_on") == "validation" else ""
+        if counts_passes(summary) else ""
     return f"{trained} of {planned} planned epochs{inside} (early stopping)"
 
 

@@ -508,7 +508,7 @@ def cmd_sweep(args) -> int:
     from rich.table import Table
     from tunelab.evaluate.scoring import naming
     from tunelab.report import headline
-    from tunelab.rundir import RunDir, stopped_early, trained_and_planned
+    from tunelab.rundir import RunDir, counts_passes, stopped_early, trained_and_planned
     from tunelab.sweep import finished_runs, sweep
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir, args.seeds)
     done = [RunDir(path) for path in finished_runs(folder)]
@@ -526,7 +526,7 @@ def cmd_sweep(args) -> int:
         low, high = ev.get("flexible_ci95_pts", (0, 0))
         gain = f"{ev['flexible_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "flexible_delta_pts" in ev else "—"
         trained, planned = trained_and_planned(s)
-        stopped = (f" of {planned}" + (f", step {s['steps']}" if s.get("early_stopping_on") == "validation" else "")
+        stopped = (f" of {planned}" + (f", step {s['steps']}" if counts_passes(s) else "")
                    if stopped_early(s) else "")
         table.add_row(entry["name"], "done", f"{trained}{stopped}",
                       f"{s['final_val_loss']:.4f}", accuracy, gain,

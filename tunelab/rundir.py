@@ -276,6 +276,12 @@ def stopped_early(summary: dict | None) -> bool:
     return trained < planned
 
 
+def counts_passes(summary: dict | None) -> bool:
+    """The run's early stopping counted validation passes (train.early_stopping_on=validation), not epochs: it may
+    have stopped inside an epoch, at a step."""
+    return bool(summary) and summary.get("early_stopping_on") == "validation"
+
+
 def trained_and_planned(summary: dict | None) -> tuple[int, int]:
     """(epochs trained, epochs planned) of a train summary; summaries written before early stopping existed have
     no `epochs_planned`: every planned epoch ran."""

@@ -13,7 +13,7 @@ from tunelab.evaluate.summary import categories_of, paired_by_category
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, stopped_early
+from tunelab.rundir import RunDir, counts_passes, stopped_early
 from tunelab.stats import paired_difference, paired_loss_difference
 
 
@@ -113,7 +113,7 @@ def early_stopping_line(s: dict) -> str | None:
     validation passes) of those planned, the epoch of the lowest validation loss, the patience; None otherwise."""
     if not stopped_early(s):
         return None
-    passes = s.get("early_stopping_on") == "validation"
+    passes = counts_passes(s)
     return (f"early stopping: {s['epochs']} of {s['epochs_planned']} epochs"
             + (f", step {s['steps']} of {s['steps_planned']}" if passes else "")
             + (f", validation loss lowest at step {s['best_val_step']}" if passes else

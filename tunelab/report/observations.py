@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
-from tunelab.rundir import last_improvement, stopped_early, trained_and_planned
+from tunelab.rundir import counts_passes, last_improvement, stopped_early, trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
 
@@ -191,7 +191,7 @@ def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> 
     the epochs trained."""
     if not estimate or not estimate.get("hours") or not actual:
         return None
-    unit = "steps" if summary and summary.get("early_stopping_on") == "validation" else "epochs"
+    unit = "steps" if counts_passes(summary) else "epochs"
     trained, planned = (summary["steps"], summary["steps_planned"]) if unit == "steps" else \
         trained_and_planned(summary)
     share = trained / planned
@@ -215,7 +215,7 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None,
     patience = summary.get("early_stopping_patience")
     if not patience:
         return None
-    if summary.get("early_stopping_on") == "validation" and passes:
+    if counts_passes(summary) and passes:
         return _early_stopping_passes(passes, summary, cost)
     val, threshold = [e["val_loss"] for e in epochs], summary.get("early_stopping_threshold") or 0.0
     best, reference = min(range(len(val)), key=val.__getitem__), last_improvement(val, threshold)

@@ -19,7 +19,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, open_run, stopped_early, trained_and_planned
+from tunelab.rundir import RunDir, counts_passes, open_run, stopped_early, trained_and_planned
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -218,7 +218,7 @@ def _epochs_run(summary: dict) -> str:
     (trained, planned), patience = trained_and_planned(summary), summary.get("early_stopping_patience")
     if stopped_early(summary):
         threshold = summary.get("early_stopping_threshold")
-        passes = summary.get("early_stopping_on") == "validation"
+        passes = counts_passes(summary)
         how = ", ".join(["validation passes"] * passes + [f"threshold {threshold:g}"] * bool(threshold))
         return f"{trained} of {planned}, stopped early" + \
             (f" at step {summary['steps']} of {summary['steps_planned']}" if passes else "") + \
