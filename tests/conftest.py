@@ -79,12 +79,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def assert_same_adapter(run_a: Path, run_b: Path, atol: float, rtol: float) -> None:
-    """The two runs saved the same LoRA tensors (same names, values within the tolerance)."""
+def assert_same_adapter(run_a: Path, run_b: Path, atol: float, rtol: float, folder: str = "adapter") -> None:
+    """The two runs saved the same LoRA tensors (same names, values within the tolerance) in `folder`."""
     import torch
     from safetensors.torch import load_file
-    wa = load_file(Path(run_a) / "adapter" / "adapter_model.safetensors")
-    wb = load_file(Path(run_b) / "adapter" / "adapter_model.safetensors")
+    wa = load_file(Path(run_a) / folder / "adapter_model.safetensors")
+    wb = load_file(Path(run_b) / folder / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=rtol)

@@ -152,9 +152,20 @@ def test_export_best_loss_takes_the_epoch_with_the_lowest_validation_loss(recipe
     exported, kept = (load_file(f / "adapter_model.safetensors") for f in (tmp_path / "out", run.epoch_adapter(best)))
     assert exported.keys() == kept.keys() and all(exported[k].equal(kept[k]) for k in kept)
     assert "the epoch with the lowest validation loss" in (tmp_path / "out" / "README.md").read_text()
-    run.write_json(run.summary, {**run.read_json(run.summary), "best_val_epoch": 0})
+    passes = run.read_jsonl(run.validation)
+    run.write_jsonl(run.validation, [{**passes[0], "val_loss": 0.0}, *passes[1:]])  # the base model's pass lowest
     assert main(["export", str(run.path), str(tmp_path / "none"), "--epoch", "best-loss"]) == 2
-    assert "no epoch of" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert "no validation pass of" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    run.write_jsonl(run.validation, passes)
+    off = RunDir(tmp_path / "off")  # without epoch adapters the lowest epoch's weights go to adapters/best-loss
+    train(validate({**recipe, "train": {**recipe["train"], "early_stopping_patience": 1,
+                                        "keep_epoch_adapters": False}}, "es"), off)
+    assert not off.epoch_adapter(best).exists() and off.read_json(off.summary)["best_loss_adapter"]
+    assert main(["export", str(off.path), str(tmp_path / "off-out"), "--epoch", "best-loss", "--adapter-only"]) == 0
+    exported = load_file(tmp_path / "off-out" / "adapter_model.safetensors")
+    assert exported.keys() == kept.keys() and all(exported[k].equal(kept[k]) for k in kept)
+    assert f"at the end of epoch {best}: the validation pass with the lowest loss" in \
+        (tmp_path / "off-out" / "README.md").read_text()
 
 
 def test_early_stopping_on_validation_passes_stops_inside_an_epoch_where_the_passes_say(recipe, tmp_path):
@@ -204,6 +215,7 @@ def test_early_stopping_on_validation_passes_stops_inside_an_epoch_where_the_pas
     assert f"for the {at} of {3 * per_epoch} planned steps trained" in report
     assert (", the lowest validation loss of any pass." if best == stop else
             f"is adapters/epoch-{passes[best]['epoch']}" if passes[best]["epoch_end"] else
-            "was inside an epoch, whose weights are not kept") in report
+            "is adapters/best-loss (`tunelab export RUN OUT --epoch best-loss`)") in report
+    assert run.best_loss_adapter.is_dir() == (best != stop and not passes[best]["epoch_end"])
     assert f"{epoch} of 3 planned epochs, to step {at} of {3 * per_epoch} (early stopping)" in \
         (run.adapter / "README.md").read_text()

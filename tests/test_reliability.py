@@ -23,7 +23,7 @@ from tunelab.train import train
 def recipe(tiny_recipe, tmp_path):
     raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "synthetic_rows": 240},
            "train": {**tiny_recipe["train"], "epochs": 2, "checkpoint_every": 4, "batch_size": 4,
-                                                   "val_every": 10}}
+                     "val_every": 10, "scheduler": "constant"}}  # constant: the lowest pass falls inside epoch 2
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return raw, path
@@ -70,6 +70,9 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
     assert len(validation) == len(set(validation)) > 3  # train.val_every's passes, none repeated by the resume
     assert_same_adapter(straight.path, resumed.path, atol=1e-5, rtol=1e-4)
     assert resumed.read_json(resumed.summary)["resumed_from"]
+    assert straight.best_loss_adapter.is_dir(), "the lowest of this curve's passes falls between epoch ends"
+    assert_same_adapter(straight.best_loss_adapter.parent, resumed.best_loss_adapter.parent, atol=1e-5, rtol=1e-4,
+                        folder="best-loss")
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(recipe, tmp_path):

@@ -389,3 +389,51 @@ def test_loraplus_moves_the_b_matrices_ratio_times_as_far(tiny_recipe, tmp_path)
         torch.testing.assert_close(plus[k], 16 * plain[k], rtol=1e-4, atol=1e-7)
     for k in (k for k in plain if "lora_A" in k):
         assert torch.equal(plus[k], plain[k])
+
+
+def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_loss(tiny_recipe, tmp_path, capsys):
+    """With train.val_every the lowest validation pass can fall between epoch ends, where no adapter is saved:
+    its weights are held (and checkpointed) and written to adapters/best-loss/ when training ends (TRL's
+    load_best_model_at_end checkpoint). They are the weights of that step's checkpoint; a resume after the last
+    checkpoint writes them again; `--epoch best-loss`, the card and the report name them."""
+    import shutil
+    from tunelab.cli import main
+    from tunelab.report import write_report
+    from tunelab.rundir import lowest_pass
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 3, "batch_size": 4, "scheduler": "constant",
+                                    "val_every": 2, "checkpoint_every": 2, "keep_checkpoints": 100}}
+    run = RunDir(tmp_path / "run")
+    train(validate(raw, "best-loss"), run)
+    passes, summary = run.read_jsonl(run.validation), run.read_json(run.summary)
+    lowest = lowest_pass(passes)
+    assert not lowest["epoch_end"] and 0 < lowest["step"] < summary["steps"], \
+        f"this curve must be lowest between epoch ends: {[(p['step'], p['val_loss']) for p in passes]}"
+    assert summary["best_val_step"] == lowest["step"] and summary["best_loss_adapter"] is True
+    kept = load_file(run.best_loss_adapter / "adapter_model.safetensors")
+    at_step = torch.load(run.checkpoints / f"step-{lowest['step']:07d}" / "weights.pt")["trainable"]
+    assert kept.keys() == {k.removeprefix("lm.").replace(".default", "") for k in at_step}
+    assert all(kept[k.removeprefix("lm.").replace(".default", "")].equal(v) for k, v in at_step.items())
+    final = load_file(run.adapter / "adapter_model.safetensors")
+    assert not all(final[k].equal(kept[k]) for k in kept)
+
+    for folder in (run.adapter, run.best_loss_adapter):  # killed after the last checkpoint, before the outputs
+        shutil.rmtree(folder)
+    run.summary.unlink()
+    assert main(["-q", "train", "--resume", str(run.path)]) == 0
+    again = load_file(run.best_loss_adapter / "adapter_model.safetensors")
+    assert all(again[k].equal(kept[k]) for k in kept)
+
+    capsys.readouterr()
+    assert main(["export", str(run.path), str(tmp_path / "out"), "--epoch", "best-loss", "--adapter-only"]) == 0
+    assert f"(step {lowest['step']}'s adapter, the lowest validation loss)" in capsys.readouterr().out
+    exported = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert all(exported[k].equal(kept[k]) for k in kept)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"adapter for {tiny_recipe['model']['name']}, step {lowest['step']} of {summary['steps']}" in card
+    assert f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), inside epoch " \
+           f"{lowest['epoch']}: the validation pass with the lowest loss ({lowest['val_loss']:.4f}" in card
+    assert f"value: {round(lowest['val_loss'], 4)}" in card  # model-index: that pass's validation loss
+    write_report(run)
+    assert f"lowest at step {lowest['step']} (inside epoch {lowest['epoch']})" in run.report_md.read_text()
+    assert "That pass's adapter is kept in adapters/best-loss (`tunelab export RUN OUT --epoch best-loss`)" in \
+        run.report_md.read_text()

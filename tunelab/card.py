@@ -19,7 +19,7 @@ import yaml
 from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.handoff import hub_id, is_local, known_license
-from tunelab.rundir import RunDir, counts_passes, stopped_early, trained_and_planned
+from tunelab.rundir import BEST_LOSS, RunDir, counts_passes, lowest_pass, stopped_early, trained_and_planned
 
 
 def write(run: RunDir) -> Path | None:
@@ -46,16 +46,20 @@ def set_base_model(adapter: Path, base: str) -> None:
         tmp.replace(config_path)
 
 
-def render(run: RunDir, epoch: int | None = None) -> str:
+def render(run: RunDir, epoch: int | str | None = None) -> str:
     """The card's text: `---` YAML metadata `---`, then Markdown. `epoch`: the card of that epoch's adapter
-    (adapters/epoch-N, exported with --epoch) instead of the final one's."""
+    (adapters/epoch-N, exported with --epoch) or, "best-loss", of the lowest validation pass's (adapters/best-loss)
+    instead of the final one's."""
     cfg = run.read_recipe()
     base = hub_id(cfg.model)
     summary, epochs, evaluation, cost = run.read_summary(), run.read_epochs(), run.read_eval_summary(), \
         run.read_optional(run.cost)
     epoch = None if epoch == summary["epochs"] else epoch  # the last epoch's adapter is the final one
-    meta = _metadata(run, cfg, base, _results(cfg, summary, _evaluations(run, evaluation), epochs, epoch))
-    which = f", epoch {epoch} of {summary['epochs']}" if epoch else ""
+    lowest = lowest_pass(run.read_validation()) if epoch == BEST_LOSS else None
+    meta = _metadata(run, cfg, base, _results(cfg, summary, _evaluations(run, evaluation), epoch,
+                                              lowest["val_loss"] if lowest else _val_loss(summary, epochs, epoch)))
+    which = f", step {lowest['step']} of {summary['steps']}" if lowest else \
+        f", epoch {epoch} of {summary['epochs']}" if epoch else ""
     body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
             "",
             ("Trained with tunelab from the recipe below" if "imported" not in summary else
@@ -68,12 +72,7 @@ def render(run: RunDir, epoch: int | None = None) -> str:
             f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "
             "this run; none is copied from elsewhere" + (" but the cost, priced from the other trainer's train_runtime"
                                                          if "imported" in summary and cost else "") + ".", ""]
-    if epoch:
-        best = (evaluation or {}).get("best_epoch") or {}
-        why = f": the best epoch by answer accuracy ({best['rule']})" if best.get("epoch") == epoch else \
-            ": the epoch with the lowest validation loss" if summary["best_val_epoch"] == epoch else ""
-        body += [f"This is the adapter saved after epoch {epoch} (`adapters/epoch-{epoch}`), not the final one{why}; "
-                 f"its figures are the `epoch-{epoch}` rows below.", ""]
+    body += _not_final(summary, evaluation, epoch, lowest)
     if not base:
         body += ["`base_model` is unknown: `model.name` is a local path. Set `model.hub_id` in the recipe to name "
                  "the Hub model it came from.", ""]
@@ -100,6 +99,23 @@ def render(run: RunDir, epoch: int | None = None) -> str:
              handoff.markdown(handoff.for_run(run, epoch=epoch)),
              "## Recipe", "", "```yaml", run.config.read_text().rstrip(), "```", ""]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+
+
+def _not_final(summary: dict, evaluation: dict | None, epoch: int | str | None, lowest: dict | None) -> list[str]:
+    """Which adapter a card of an earlier one (epoch N's, or the lowest validation pass's) describes, and why."""
+    if lowest:
+        where = "at the end of" if lowest["epoch_end"] else "inside"
+        return [f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), {where} epoch "
+                f"{lowest['epoch']}: the validation pass with the lowest loss ({lowest['val_loss']:.4f}, against "
+                f"{summary['final_val_loss']:.4f} after the last step), not the final adapter; the per-epoch rows "
+                "below are the run's, at epoch ends.", ""]
+    if not epoch:
+        return []
+    best = (evaluation or {}).get("best_epoch") or {}
+    why = f": the best epoch by answer accuracy ({best['rule']})" if best.get("epoch") == epoch else \
+        ": the epoch with the lowest validation loss" if summary["best_val_epoch"] == epoch else ""
+    return [f"This is the adapter saved after epoch {epoch} (`adapters/epoch-{epoch}`), not the final one{why}; "
+            f"its figures are the `epoch-{epoch}` rows below.", ""]
 
 
 def _epochs_trained(summary: dict) -> str:
@@ -140,11 +156,15 @@ def _evaluations(run: RunDir, evaluation: dict | None) -> list[dict]:
     return [e for e in [evaluation, *(view.read_eval_summary() for view in run.extra_sets())] if e]
 
 
-def _results(cfg, summary: dict, evaluations: list[dict], epochs: list[dict], epoch: int | None) -> list[dict]:
-    """model-index results: answer accuracy of the final adapter (or of epoch `epoch`'s) on each evaluated set (the
-    run's own, then each eval.also set), and its validation loss."""
+def _val_loss(summary: dict, epochs: list[dict], epoch: int | None) -> float:
+    return summary["final_val_loss"] if epoch is None else epochs[epoch]["val_loss"]
+
+
+def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | None, val_loss: float) -> list[dict]:
+    """model-index results: answer accuracy of the final adapter (or of epoch `epoch`'s, or "best-loss"'s) on each
+    evaluated set (the run's own, then each eval.also set), and its validation loss `val_loss`."""
     out = []
-    scored = "tuned" if epoch is None else f"epoch-{epoch}"
+    scored = "tuned" if epoch is None else epoch if epoch == BEST_LOSS else f"epoch-{epoch}"
     for evaluation in [e for e in evaluations if scored in e]:
         tuned, names = evaluation[scored], naming(evaluation)
         split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
@@ -157,9 +177,7 @@ def _results(cfg, summary: dict, evaluations: list[dict], epochs: list[dict], ep
     out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                 "dataset": {"name": f"{cfg.data.source} (validation, {summary['val_examples']} rows)",
                             "type": cfg.data.source, "split": "validation"},
-                "metrics": [{"type": "loss", "name": "validation loss",
-                             "value": round(summary["final_val_loss"] if epoch is None else epochs[epoch]["val_loss"],
-                                            4)}]})
+                "metrics": [{"type": "loss", "name": "validation loss", "value": round(val_loss, 4)}]})
     return out
 
 

@@ -204,8 +204,8 @@ def _output_commands(sub) -> None:
                    help="hf: safetensors + tokenizer; gguf: one file for llama.cpp / Ollama (Llama, Mistral, Qwen2)")
     s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
     s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N); best: the best epoch by answer "
-                                   "accuracy (after tunelab eval); best-loss: the lowest validation loss; default "
-                                   "the final adapter")
+                                   "accuracy (after tunelab eval); best-loss: the validation pass with the lowest "
+                                   "loss (its epoch's adapter, or adapters/best-loss); default the final adapter")
     s.set_defaults(func=cmd_export)
 
 
@@ -544,7 +544,7 @@ def cmd_export(args) -> int:
     run, _ = open_run(args.run_dir)
     epoch = chosen_epoch(run, args.epoch)
     out = export(run, Path(args.out_dir), args.adapter_only, args.format, args.quant, epoch)
-    print(f"wrote {out}" + (f" (epoch {epoch}'s adapter)" if epoch else ""))
+    print(f"wrote {out}" + (f" ({run.kept_adapter_name(epoch)})" if epoch else ""))
     for what, command in next_commands(run, out, args.format, args.adapter_only, epoch):
         print(f"\n# {what}\n{command}")
     return 0

@@ -184,13 +184,15 @@ class TrainConfig(Section):
                           "not with sharding=fsdp")
     val_every: int = Field(0, ge=0, description="optimizer steps between extra validation passes inside an "
                            "epoch (TRL's eval_steps), for a validation curve finer than epochs "
-                           "(metrics/validation.jsonl); each epoch's end is validated anyway; 0 = epoch ends only")
+                           "(metrics/validation.jsonl); each epoch's end is validated anyway, and the lowest pass's "
+                           "adapter is kept (adapters/best-loss/ when it falls between epoch ends); 0 = epoch ends "
+                           "only")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop training once this many epochs in a "
                                                 "row (validation passes: see train.early_stopping_on) end with a "
                                                 "validation loss not below the lowest before them (epoch 0, before "
                                                 "training, counts); the final adapter is the last epoch trained, the "
-                                                "best one stays in adapters/epoch-N (unless train.keep_epoch_adapters "
-                                                "is false); None = run every epoch")
+                                                "lowest validation pass's stays in adapters/epoch-N (or "
+                                                "adapters/best-loss/); None = run every epoch")
     early_stopping_threshold: float = Field(0.0, ge=0, description="for train.early_stopping_patience, an epoch "
                                             "improves only when its validation loss ends more than this below the "
                                             "last one that improved (epoch 0 first; HF's early_stopping_threshold, "
@@ -202,7 +204,8 @@ class TrainConfig(Section):
         "one are its weights there")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between checkpoints (0 = epoch ends only)")
     keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
-                                      "per epoch); false = only the final adapter/")
+                                      "per epoch); false = only the final adapter/ (and the lowest validation "
+                                      "pass's, adapters/best-loss/)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (oldest deleted)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when one is visible, else CPU")
     sharding: Literal["none", "fsdp"] = Field("none", description="with several processes: none = each holds the "

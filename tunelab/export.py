@@ -13,16 +13,16 @@ from pathlib import Path
 
 from tunelab import card
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir, atomic_folder
+from tunelab.rundir import BEST_LOSS, RunDir, atomic_folder, lowest_pass
 
 
 def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", quant: str = "f16",
-           epoch: int | None = None) -> Path:
+           epoch: int | str | None = None) -> Path:
     """Write the run's model to `out` (must not exist); returns the folder.
 
     `fmt` hf: loadable by `AutoModelForCausalLM.from_pretrained(out)`; gguf: `out/<recipe>-<quant>.gguf` and an
-    Ollama `Modelfile`. `adapter_only` copies the PEFT adapter instead of merging. `epoch`: that epoch's adapter
-    (adapters/epoch-N; see `chosen_epoch`) instead of the final one.
+    Ollama `Modelfile`. `adapter_only` copies the PEFT adapter instead of merging. `epoch`: `chosen_epoch`'s
+    adapter (adapters/epoch-N or adapters/best-loss) instead of the final one.
 
     Raises:
         UserError: no adapter in the run (or none kept for `epoch`), `out` already exists, an unsupported model for
@@ -59,24 +59,23 @@ def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", 
     return out
 
 
-def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
+def chosen_epoch(run: RunDir, epoch: str | None) -> int | str | None:
     """`--epoch`: None (the final adapter), a trained epoch's number, `best` (the best epoch by answer accuracy
-    in eval/summary.json) or `best-loss` (the lowest validation loss, summary.json's best_val_epoch: for data no
-    scoring mode suits, or an early-stopped run); the last epoch is the final adapter, so None too.
+    in eval/summary.json) or `best-loss` (the validation pass with the lowest loss: for data no scoring mode
+    suits, or an early-stopped run); the last epoch is the final adapter, so None too. Returns what
+    `RunDir.kept_adapter` takes: None, an epoch's number, or "best-loss" for adapters/best-loss/ (a pass no other
+    folder holds).
 
     Raises:
         UserError: not a number, best or best-loss; an epoch the run did not train; best before the run was
-            evaluated; best-loss when no epoch's validation loss beat the base model's.
+            evaluated; best-loss when no pass's validation loss beat the base model's.
     """
     if epoch is None:
         return None
     summary = run.read_summary() or {}
     trained = summary.get("epochs")
-    if epoch == "best-loss" and trained:
-        number = summary["best_val_epoch"]
-        if number == 0:
-            raise UserError(f"--epoch best-loss: no epoch of {run.path} has a validation loss below the base "
-                            "model's (epoch 0); there is no adapter to prefer")
+    if epoch == BEST_LOSS and trained:
+        number = _lowest_adapter(run, summary)
     elif epoch == "best":
         best = (run.read_eval_summary() or {}).get("best_epoch")
         if not best:
@@ -91,19 +90,33 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | None:
     return None if number == trained else number
 
 
-def adapter_folder(run: RunDir, epoch: int | None) -> Path:
-    """The folder of the run's final adapter, or of epoch `epoch`'s (`chosen_epoch`).
+def _lowest_adapter(run: RunDir, summary: dict) -> int | str:
+    """`--epoch best-loss`: the adapter holding the lowest validation pass's weights — its epoch's, when the pass
+    ended a kept epoch (the last one's is the final adapter), else adapters/best-loss/."""
+    lowest = lowest_pass(run.read_validation())
+    if lowest["epoch"] == 0:
+        raise UserError(f"--epoch best-loss: no validation pass of {run.path} has a loss below the base model's "
+                        "(before training); there is no adapter to prefer")
+    if lowest["epoch_end"] and (lowest["epoch"] == summary["epochs"] or run.epoch_adapter(lowest["epoch"]).is_dir()):
+        return lowest["epoch"]
+    run.require(run.best_loss_adapter, f"adapters/best-loss (the lowest validation pass: step {lowest['step']}): "
+                                       "the run kept none")
+    return BEST_LOSS
+
+
+def adapter_folder(run: RunDir, epoch: int | str | None) -> Path:
+    """The folder of the run's final adapter, or of `chosen_epoch`'s: epoch N's or the lowest validation pass's.
 
     Raises:
         UserError: the run has no adapter yet, or kept none for that epoch.
     """
     run.require(run.adapter_config, "adapter: train first (tunelab train)")
-    return run.require(run.epoch_adapter(epoch), f"epoch-{epoch} adapter: train.keep_epoch_adapters was off") \
+    return run.require(run.kept_adapter(epoch), f"epoch-{epoch} adapter: train.keep_epoch_adapters was off") \
         if epoch else run.adapter
 
 
-def _card_into(run: RunDir, folder: Path, epoch: int | None) -> None:
-    """The model card of the exported adapter (the final one's, or epoch `epoch`'s) as `folder`/README.md."""
+def _card_into(run: RunDir, folder: Path, epoch: int | str | None) -> None:
+    """The model card of the exported adapter (the final one's, or `chosen_epoch`'s) as `folder`/README.md."""
     if epoch:
         (folder / "README.md").write_text(card.render(run, epoch))
     elif (run.adapter / "README.md").is_file():
@@ -111,8 +124,8 @@ def _card_into(run: RunDir, folder: Path, epoch: int | None) -> None:
 
 
 def next_commands(run: RunDir, out: Path, fmt: str, adapter_only: bool,
-                  epoch: int | None = None) -> list[tuple[str, str]]:
-    """What a user runs next with the export at `out` (of epoch `epoch`'s adapter, or the final one)."""
+                  epoch: int | str | None = None) -> list[tuple[str, str]]:
+    """What a user runs next with the export at `out` (of `chosen_epoch`'s adapter, or the final one)."""
     from tunelab import handoff
     pairs = handoff.for_run(run, upload=out, merged=out if fmt == "hf" and not adapter_only else None, epoch=epoch)
     if fmt == "gguf" and not adapter_only:

@@ -36,19 +36,20 @@ def known_license(cfg) -> str | None:
 
 
 def for_run(run, upload: Path | None = None, merged: Path | None = None,
-            epoch: int | None = None) -> list[tuple[str, str]]:
-    """`commands` filled in from a run directory (its recipe and final adapter, or epoch `epoch`'s); `merged`:
-    where a merged export of the run already is (DoRA runs are served from one, else the commands first write it
-    next to the run)."""
+            epoch: int | str | None = None) -> list[tuple[str, str]]:
+    """`commands` filled in from a run directory (its recipe and final adapter, or `RunDir.kept_adapter(epoch)`:
+    epoch N's or "best-loss"); `merged`: where a merged export of the run already is (DoRA runs are served from one,
+    else the commands first write it next to the run)."""
     cfg = run.read_recipe()
     task = "gsm8k" if "gsm8k" in (cfg.eval.source or cfg.data.source).lower() else None  # lm-eval: no other task
     served, export = None, []
     if cfg.lora.use_dora:  # vLLM loads LoRA adapters, not DoRA ones (vllm-project/vllm#10849): it serves the merge
-        served = Path(merged or f"{run.path}-merged" + (f"-epoch-{epoch}" if epoch else "")).resolve()
+        which = f"-epoch-{epoch}" if isinstance(epoch, int) else f"-{epoch}" if epoch else ""  # -best-loss
+        served = Path(merged or f"{run.path}-merged{which}").resolve()
         export = [] if merged else [("write the merged model (vLLM serves a DoRA adapter only merged)",
                                      f"tunelab export {shlex.quote(str(run.path))} {shlex.quote(str(served))}"
                                      + (f" --epoch {epoch}" if epoch else ""))]
-    adapter = run.epoch_adapter(epoch) if epoch else run.adapter
+    adapter = run.kept_adapter(epoch)
     return export + commands(hub_id(cfg.model) or cfg.model.name, adapter, cfg.lora.r, f"{cfg.name}-lora",
                              cfg.eval.limit, upload, task, cfg.data.chat_template, served)
 

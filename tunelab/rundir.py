@@ -23,6 +23,8 @@ from typing import Any
 from tunelab.distributed import is_main_process
 from tunelab.errors import UserError
 
+BEST_LOSS = "best-loss"  # `--epoch best-loss`: the adapter of the lowest validation loss
+
 # relative path -> (RunDir attribute, what it holds). Order = the README table's order. Families of files
 # (epoch-N, journal-R) have methods instead: epoch_adapter(k), journal(rank), journals().
 LAYOUT = {
@@ -50,14 +52,21 @@ LAYOUT = {
     "adapters/epoch-N/": (None, "each epoch's adapter, PEFT format (unless `train.keep_epoch_adapters: "
                                             "false`); the last equals `adapter/`; imported: the checkpoints "
                                             "saved at epoch ends"),
+    "adapters/best-loss/": ("best_loss_adapter", "the adapter of the validation pass with the lowest loss when no "
+                                                 "other folder holds it (a `train.val_every` pass inside an epoch, or "
+                                                 "an epoch's end with `train.keep_epoch_adapters: false`), PEFT "
+                                                 "format: TRL's load_best_model_at_end checkpoint; "
+                                                 "`--epoch best-loss` picks it"),
     "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),
     "wandb/": ("wandb", "Weights & Biases' local run files and the W&B run id, with `train.report_to: [wandb]`"),
     "summary.json": ("summary", "the train stage's headline figures (see Definitions); `epochs` is the epochs "
                                 "trained, `epochs_planned` the recipe's (fewer trained when early stopping ended "
                                 "the run), `steps` / `steps_planned` the optimizer steps (fewer when early "
-                                "stopping on validation passes ended an epoch early; `best_val_step` then the "
-                                "step of the lowest validation loss); `imported` (source, adapters, the train-loss rule, the other trainer's "
-                                "train_runtime) for a run made by `tunelab import`"),
+                                "stopping on validation passes ended an epoch early), `best_val_step` the step "
+                                "of the lowest validation loss (with `train.val_every`), `best_loss_adapter` "
+                                "true when adapters/best-loss/ holds that pass; `imported` (source, "
+                                "adapters, the train-loss rule, the other trainer's train_runtime) for a run made "
+                                "by `tunelab import`"),
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),
@@ -126,6 +135,19 @@ class RunDir:
 
     def epoch_adapter(self, epoch: int) -> Path:
         return self.path / "adapters" / f"epoch-{epoch}"
+
+    def kept_adapter(self, which: int | str | None) -> Path:
+        """An adapter the run keeps: None = the final one (adapter/), N = epoch N's, "best-loss" = the lowest
+        validation pass's (adapters/best-loss/)."""
+        return self.adapter if which is None else self.best_loss_adapter if which == BEST_LOSS else \
+            self.epoch_adapter(which)
+
+    def kept_adapter_name(self, which: int | str | None) -> str:
+        """`kept_adapter(which)` in words: "the final adapter", "epoch 2's adapter", "step 54's adapter, the lowest
+        validation loss"."""
+        if which == BEST_LOSS:
+            return f"step {lowest_pass(self.read_validation())['step']}'s adapter, the lowest validation loss"
+        return "the final adapter" if which is None else f"epoch {which}'s adapter"
 
     def journal(self, rank: int) -> Path:
         return self.eval_dir / f"journal-{rank}.jsonl"
@@ -217,6 +239,12 @@ class RunDir:
     def read_examples(self) -> list[dict]:
         return self.read_jsonl(self.examples)
 
+    def read_validation(self) -> list[dict]:
+        """Every validation pass (metrics/validation.jsonl); runs without that file: the epoch ends'."""
+        if self.validation.exists():
+            return self.read_jsonl(self.validation)
+        return [{**e, "step": None, "epoch_end": True} for e in self.read_epochs()]
+
     def read_summary(self) -> dict | None:
         return self.read_optional(self.summary)
 
@@ -280,6 +308,12 @@ def counts_passes(summary: dict | None) -> bool:
     """The run's early stopping counted validation passes (train.early_stopping_on=validation), not epochs: it may
     have stopped inside an epoch, at a step."""
     return bool(summary) and summary.get("early_stopping_on") == "validation"
+
+
+def lowest_pass(passes: list[dict]) -> dict:
+    """The validation pass with the lowest loss, the first one on a tie (what `best_val_step` and
+    adapters/best-loss/ name)."""
+    return min(passes, key=lambda p: p["val_loss"])
 
 
 def trained_and_planned(summary: dict | None) -> tuple[int, int]:

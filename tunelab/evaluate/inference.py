@@ -44,7 +44,7 @@ def run_models(run: RunDir, epoch: str | None, base: bool) -> list[Model]:
     from tunelab.export import adapter_folder, chosen_epoch
     number = chosen_epoch(run, epoch)
     trained = (run.read_summary() or {}).get("epochs")
-    title = f"tuned (epoch {number}'s adapter)" if number else \
+    title = f"tuned ({run.kept_adapter_name(number)})" if number else \
         "tuned (final adapter" + (f", epoch {trained})" if trained else ")")
     return [Model("tuned", adapter_folder(run, number), title)] + ([Model("base", None, "base")] if base else [])
 

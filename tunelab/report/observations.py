@@ -13,6 +13,7 @@ from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.rundir import counts_passes, last_improvement, stopped_early, trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
+EXPORT_BEST_LOSS = "`tunelab export RUN OUT --epoch best-loss`"
 
 
 @dataclass
@@ -90,9 +91,9 @@ def overfitting(epochs: list[dict], val_rows: dict[int, dict] | None = None) -> 
                        "curve (more validation rows would steady it); no sign of overfitting at the end.", rule)
 
 
-def validation_between_epochs(validation: list[dict]) -> Observation | None:
+def validation_between_epochs(validation: list[dict], summary: dict) -> Observation | None:
     """With `train.val_every`: where the finer validation curve was lowest, and whether that was between epochs
-    (where no adapter is kept) rather than at an epoch's end."""
+    (whose weights only adapters/best-loss/ keeps) rather than at an epoch's end."""
     if all(v["epoch_end"] for v in validation):
         return None
     best = min(validation, key=lambda v: v["val_loss"])
@@ -103,6 +104,9 @@ def validation_between_epochs(validation: list[dict]) -> Observation | None:
     text = (f"Over {len(validation)} validation passes the loss was lowest at step {best['step']} ({where} "
             f"{best['epoch']}): {best['val_loss']:.3f}, against {last['val_loss']:.3f} at the last (step "
             f"{last['step']}).")
+    if not best["epoch_end"] and summary.get("best_loss_adapter"):
+        return Observation("info", text + f" That pass's adapter is kept in adapters/best-loss ({EXPORT_BEST_LOSS}).",
+                           rule)
     if not best["epoch_end"] and best is not last:
         return Observation("watch", text + " Adapters are kept at epoch ends only, so none is from that point.",
                            rule)
@@ -234,8 +238,10 @@ def early_stopping(epochs: list[dict], summary: dict, cost: dict | None,
                        f"{_arrow(val[reference:])} did not go below epoch {reference}'s {val[reference]:.3f}{by} for "
                        f"{trained - reference} epoch(s). The {planned - trained} epoch(s) not run would have taken "
                        f"about {saved / 60:.1f} min{price}. The final adapter is epoch {trained}'s"
-                       + (f"; epoch {best}'s, with the lowest validation loss, is adapters/epoch-{best} "
-                          "(`tunelab export RUN OUT --epoch best-loss`)." if best
+                       + (f"; the lowest validation loss of any pass, step {summary['best_val_step']}'s, is "
+                          f"adapters/best-loss ({EXPORT_BEST_LOSS})." if summary.get("best_loss_adapter") else
+                          f"; epoch {best}'s, with the lowest validation loss, is adapters/epoch-{best} "
+                          f"({EXPORT_BEST_LOSS})." if best
                           else "; no epoch beat the base model's validation loss."),
                        rule + "; time saved = epochs not run × the mean seconds (train + validation) of the "
                        "epochs that ran")
@@ -273,8 +279,10 @@ def _early_stopping_passes(passes: list[dict], summary: dict, cost: dict | None)
                        f"would have taken about {saved / 60:.1f} min{price}. The final adapter is step {steps}'s"
                        + ("; no pass beat the base model's validation loss." if not best else
                           ", the lowest validation loss of any pass." if best == len(val) - 1 else
-                          f"; the lowest validation loss, {where(best)}, is adapters/epoch-{kept} (`tunelab export RUN "
-                          "OUT --epoch best-loss`)." if kept else
+                          f"; the lowest validation loss, {where(best)}, is adapters/best-loss ({EXPORT_BEST_LOSS})."
+                          if summary.get("best_loss_adapter") else
+                          f"; the lowest validation loss, {where(best)}, is adapters/epoch-{kept} ({EXPORT_BEST_LOSS})."
+                          if kept else
                           f"; the lowest validation loss, {where(best)}, was inside an epoch, whose weights are not "
                           "kept (an adapter is saved at each epoch's end)."),
                        rule + "; time saved = steps not run × the mean seconds (train + validation) of the steps "

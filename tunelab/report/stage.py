@@ -19,7 +19,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, counts_passes, open_run, stopped_early, trained_and_planned
+from tunelab.rundir import RunDir, counts_passes, lowest_pass, open_run, stopped_early, trained_and_planned
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -288,7 +288,7 @@ def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tupl
 def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
     names = naming(evaluation)
     found = [rules.overfitting(epochs, val_rows(run)), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
-    found += [o for o in (rules.validation_between_epochs(run.read_jsonl(run.validation)),) if o]
+    found += [o for o in (rules.validation_between_epochs(run.read_jsonl(run.validation), summary),) if o]
     found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary),
                           rules.imported_tokens(summary)) if o]
     if evaluation and "flexible_difference" in evaluation:
@@ -479,13 +479,18 @@ def _best_epoch_export(run: RunDir, evaluation: dict | None, summary: dict) -> l
     the lowest validation loss — how to take that one instead."""
     best = (evaluation or {}).get("best_epoch") or {}
     if not best:  # no answer accuracy (data no scoring mode suits, or not evaluated yet): the validation loss
-        lowest, epochs = summary["best_val_epoch"], run.read_epochs()
-        if not 0 < lowest < summary["epochs"] or not run.epoch_adapter(lowest).is_dir():
+        lowest = lowest_pass(run.read_validation())
+        if summary.get("best_loss_adapter"):
+            which, folder = f"step {lowest['step']}'s", "adapters/best-loss"
+        elif 0 < lowest["epoch"] < summary["epochs"] and lowest["epoch_end"] and \
+                run.epoch_adapter(lowest["epoch"]).is_dir():
+            which, folder = f"epoch {lowest['epoch']}'s", f"adapters/epoch-{lowest['epoch']}"
+        else:
             return []
-        return [("p", f"The lowest validation loss is epoch {lowest}'s ({epochs[lowest]['val_loss']:.4f}, against "
-                      f"{epochs[-1]['val_loss']:.4f} after the last): `tunelab export {run.path} OUT --epoch "
-                      f"best-loss` exports its adapter (adapters/epoch-{lowest}) with its own model card; the "
-                      f"commands below use the final adapter.")]
+        return [("p", f"The lowest validation loss is {which} ({lowest['val_loss']:.4f}, against "
+                      f"{summary['final_val_loss']:.4f} after the last step): `tunelab export {run.path} OUT --epoch "
+                      f"best-loss` exports its adapter ({folder}) with its own model card; the commands below use "
+                      "the final adapter.")]
     if best["epoch"] >= summary["epochs"] or not run.epoch_adapter(best["epoch"]).is_dir():
         return []
     return [("p", f"The best epoch by answer accuracy is epoch {best['epoch']}, not the last ({best['rule']}): "

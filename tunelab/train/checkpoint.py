@@ -51,8 +51,10 @@ def trainable_state(net) -> dict[str, torch.Tensor]:
     return {k: v for k, v in full.items() if k in names}  # a tied, frozen LM head can slip through
 
 
-def save(run: RunDir, net, optimizer, scheduler, state: State, keep: int, main: bool = True) -> Path:
-    """Write checkpoint `step-NNNNNNN` atomically (rank 0) and prune to the last `keep`.
+def save(run: RunDir, net, optimizer, scheduler, state: State, keep: int, main: bool = True,
+         best: dict | None = None) -> Path:
+    """Write checkpoint `step-NNNNNNN` atomically (rank 0) and prune to the last `keep`. `best`: the lowest
+    validation pass's weights the loop holds for adapters/best-loss/ (a resume gets them back).
 
     Weights and optimizer state are stored whole, whatever the sharding, so a run can resume with
     another number of processes. Every rank calls this (gathering is a collective); only `main` writes.
@@ -64,7 +66,8 @@ def save(run: RunDir, net, optimizer, scheduler, state: State, keep: int, main: 
     blob = {"trainable": trainable_state(net),
             "optimizer": get_optimizer_state_dict(net, optimizer, options=StateDictOptions(
                 full_state_dict=True, cpu_offload=True)),
-            "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "best": best, "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
+            "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     root = run.checkpoints
     final = root / f"step-{state.step:07d}"
@@ -78,8 +81,9 @@ def save(run: RunDir, net, optimizer, scheduler, state: State, keep: int, main: 
     return final
 
 
-def load(path: Path, net, optimizer, scheduler) -> State:
-    """Restore a checkpoint into `net` and `optimizer` (sharded or not); every rank calls this."""
+def load(path: Path, net, optimizer, scheduler) -> tuple[State, dict | None]:
+    """Restore a checkpoint into `net` and `optimizer` (sharded or not); every rank calls this. Returns the loop
+    state and the lowest validation pass's weights the loop held (`save`'s `best`)."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
     blob = torch.load(path / "weights.pt", weights_only=False)
@@ -91,7 +95,7 @@ def load(path: Path, net, optimizer, scheduler) -> State:
     random.setstate(blob["rng_python"])
     if blob["rng_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["rng_cuda"])
-    return read_state(path)
+    return read_state(path), blob.get("best")
 
 
 def read_state(path: Path) -> State:

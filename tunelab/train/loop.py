@@ -30,7 +30,7 @@ from tunelab.errors import UserError
 from tunelab.handoff import hub_id
 from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
-from tunelab.rundir import RunDir, atomic_folder, last_improvement
+from tunelab.rundir import RunDir, atomic_folder, last_improvement, lowest_pass
 from tunelab.train import checkpoint, fast_lora
 from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits, tokenize_with
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, loss_pass, per_example
@@ -66,6 +66,7 @@ class Loop:
     resumed_from: Path | None
     steps_per_epoch: int
     micro_tokens: int  # padded tokens per forward (runtime.micro_batch_tokens)
+    best: dict | None = None  # the lowest validation pass's weights while no other folder will hold them
 
     @property
     def per_step(self) -> int:
@@ -108,6 +109,8 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
             trackers.log({f"epoch/{k}": v for k, v in state.epochs[-1].items() if v is not None}, state.step)
     trackers.close()
     _save_adapter(loop, run.adapter)
+    if loop.d.main and loop.best and lowest_pass(state.val_log)["step"] != state.step:
+        _save_adapter(loop, run.best_loss_adapter, loop.best)
     if not loop.d.main:
         return TrainResult(state.epochs, None)
     return TrainResult(state.epochs, _write_outputs(loop, time.time() - started))
@@ -163,7 +166,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
                 optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch,
                 micro_batch_tokens(cfg.train.micro_batch_tokens, device, model.get_base_model().config))
     if start_from:
-        loop.state = checkpoint.load(start_from, net, optimizer, scheduler)
+        loop.state, loop.best = checkpoint.load(start_from, net, optimizer, scheduler)
         log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)
     else:
         val, seconds = _validate_logged(loop, 0)
@@ -271,7 +274,7 @@ def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], s
 def _save(loop: Loop) -> Path:
     """A checkpoint, and the curves so far in metrics/ (a long run can be watched on disk while it trains)."""
     path = checkpoint.save(loop.run, loop.net, loop.optimizer, loop.scheduler, loop.state,
-                           loop.cfg.train.keep_checkpoints, loop.d.main)
+                           loop.cfg.train.keep_checkpoints, loop.d.main, loop.best)
     if loop.d.main:
         _write_curves(loop)
     loop.d.barrier()
@@ -361,10 +364,21 @@ def _validate_logged(loop: Loop, epoch: int, epoch_end: bool = True) -> tuple[Pa
     t0 = time.time()
     val = _validate(loop, epoch, epoch_end)
     seconds = time.time() - t0
-    loop.state.val_log.append({"step": loop.state.step, "epoch": epoch, "epoch_end": epoch_end,
-                               "val_loss": round(val.loss, 6), "val_token_accuracy": round(val.accuracy, 6),
-                               "val_seconds": round(seconds, 3)})
+    row = {"step": loop.state.step, "epoch": epoch, "epoch_end": epoch_end, "val_loss": round(val.loss, 6),
+           "val_token_accuracy": round(val.accuracy, 6), "val_seconds": round(seconds, 3)}
+    loop.state.val_log.append(row)
+    if lowest_pass(loop.state.val_log) is row:
+        loop.best = _weights_to_keep(loop, row)
     return val, seconds
+
+
+def _weights_to_keep(loop: Loop, lowest: dict) -> dict | None:
+    """The weights of a new lowest validation pass, held (and checkpointed) until the run ends, when they go to
+    adapters/best-loss/; None when no folder needs them: before training, or at an epoch end whose adapter is kept.
+    Every rank calls this (gathering is a collective); others than the main process get {}."""
+    if lowest["step"] == 0 or (lowest["epoch_end"] and loop.cfg.train.keep_epoch_adapters):
+        return None
+    return {k: v.detach().clone() for k, v in checkpoint.trainable_state(loop.net).items()}  # copies, not views
 
 
 def _validate(loop: Loop, epoch: int, log_rows: bool = True) -> PassStats:
@@ -411,10 +425,11 @@ def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: flo
             "val_seconds": round(val_seconds, 3), "val_tokens": val.real_tokens}
 
 
-def _save_adapter(loop: Loop, path: Path) -> None:
-    """The adapter as it is now, in PEFT format, written whole (never half-written). Every rank calls this:
-    under FSDP the weights are gathered from the shards; the main process writes."""
-    weights = {k.removeprefix("lm."): v for k, v in checkpoint.trainable_state(loop.net).items()}
+def _save_adapter(loop: Loop, path: Path, weights: dict | None = None) -> None:
+    """The adapter as it is now (or with `weights`, trainable_state's), in PEFT format, written whole (never
+    half-written). Without `weights` every rank calls this: under FSDP they are gathered from the shards; the main
+    process writes."""
+    weights = {k.removeprefix("lm."): v for k, v in (weights or checkpoint.trainable_state(loop.net)).items()}
     if loop.d.main:
         with atomic_folder(path) as tmp:
             loop.model.save_pretrained(str(tmp), state_dict=weights)
@@ -467,8 +482,9 @@ def _summary(loop: Loop, wall: float) -> dict:
         "early_stopping_threshold": cfg.train.early_stopping_threshold,
         "early_stopping_on": cfg.train.early_stopping_on,
         "steps": state.step, "steps_planned": loop.total_steps,
-        **({"best_val_step": min(state.val_log, key=lambda p: p["val_loss"])["step"]}
-           if cfg.train.early_stopping_on == "validation" else {}),
+        **({"best_val_step": lowest_pass(state.val_log)["step"]}
+           if cfg.train.val_every else {}),
+        **({"best_loss_adapter": True} if loop.run.best_loss_adapter.is_dir() else {}),  # adapters/best-loss/
         **loss_figures(state.epochs),
         "wall_seconds": round(wall, 2), "train_seconds": round(state.train_seconds, 2),
         "train_tokens": state.train_tokens,
