@@ -234,3 +234,34 @@ def test_reference_classes_give_per_class_accuracy_and_a_confusion_table():
     single = [dict(r, reference="unique" if r["id"] == "5" else r["reference"]) for r in rows]
     assert by_category(single, ids, None, "exact") is None  # a class asked once is no class
     assert by_category([r for r in rows if r["model"] == "base"], ids, None, "exact") is None  # tuned not scored
+
+
+def test_the_lowest_validation_pass_adapter_is_compared_with_the_final_one_on_the_same_questions(tmp_path):
+    """eval scores adapters/best-loss as the `best-loss` pass; the summary pairs it with the final adapter, and the
+    report, the console and the card say what picking by validation loss gave, judged by the interval."""
+    n = 40
+    run = make_run(tmp_path / "r", epochs_n=2)
+    summary_path = run / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "best_val_step": 7,
+                                        "best_loss_adapter": True}))
+    s = add_eval(run, {"base": flags(n, set(range(4))), "epoch-1": flags(n, set(range(10))),
+                       "best-loss": flags(n, set(range(30))), "tuned": flags(n, set(range(12)))})
+    d = s["best_loss"]["vs_tuned"]["flexible"]
+    assert (s["best_loss"]["model"], d["delta_pts"], d["gained"], d["lost"]) == ("best-loss", 45.0, 18, 0)
+    assert [e["model"] for e in s["epochs"]] == ["epoch-1", "tuned"]  # not an epoch: no row of its own there
+    r = RunDir(run)
+    write_report(r)
+    md = r.report_md.read_text()
+    assert (f"The adapter of the lowest validation loss (step 7, adapters/best-loss) scored 75.0 % flexible-extract "
+            f"against the final adapter's 30.0 %: +45.0 pts, 95 % CI +{d['ci95_pts'][0]:.1f}..+{d['ci95_pts'][1]:.1f}, "
+            f"n = 40 — better beyond noise; `tunelab export RUN OUT --epoch best-loss` exports it.") in md
+    from tunelab.report import eval_lines
+    assert any(line.startswith("best-loss adapter 75.0 % vs final 30.0 %: +45.0 pts") for line in eval_lines(s))
+    assert "| best-loss | 40 | 75.0 % | 75.0 % |" in render(r)
+
+    same = add_eval(run, {"base": flags(n, set(range(4))), "best-loss": flags(n, set(range(13))),
+                          "tuned": flags(n, set(range(12)))})
+    write_report(r)
+    assert same["best_loss"]["vs_tuned"]["flexible"]["delta_pts"] == 2.5
+    assert "against the final adapter's 30.0 %: +2.5 pts" in r.report_md.read_text()
+    assert "— no different beyond noise." in r.report_md.read_text()

@@ -433,6 +433,16 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     assert f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), inside epoch " \
            f"{lowest['epoch']}: the validation pass with the lowest loss ({lowest['val_loss']:.4f}" in card
     assert f"value: {round(lowest['val_loss'], 4)}" in card  # model-index: that pass's validation loss
+    import yaml
+    from tunelab.evaluate.stage import evaluate
+    from tunelab.evaluate.summary import pass_names
+    result = evaluate(validate(raw, "best-loss"), run)  # eval scores it beside the epochs, on the same questions
+    assert pass_names(result.summary) == ["base", "epoch-1", "epoch-2", "best-loss", "tuned"]
+    assert result.summary["best_loss"]["vs_tuned"]["flexible"]["n"] == 8
+    assert main(["export", str(run.path), str(tmp_path / "scored"), "--epoch", "best-loss", "--adapter-only"]) == 0
+    meta = yaml.safe_load((tmp_path / "scored" / "README.md").read_text().split("---")[1])
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert metrics[1]["value"] == round(result.summary["best-loss"]["flexible_accuracy"], 4)
     write_report(run)
     assert f"lowest at step {lowest['step']} (inside epoch {lowest['epoch']})" in run.report_md.read_text()
     assert "That pass's adapter is kept in adapters/best-loss (`tunelab export RUN OUT --epoch best-loss`)" in \

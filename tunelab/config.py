@@ -256,7 +256,8 @@ class EvalConfig(Section):
     batch_size: int = Field(0, ge=0, description="rows decoded together (continuous-batching slots); 0 = automatic "
                                                  "(CPU 48; CUDA from free memory)")
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
-                                                  "kept epoch's; None = all for runs that trained <= 5 epochs, else last")
+                                                  "kept epoch's and adapters/best-loss/; None = all for runs that "
+                                                  "trained <= 5 epochs, else last")
     fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
     fewshot_from: Literal["data", "eval_source"] = Field(
         "data", description="the few-shot baseline's shots: data = the first N training rows (what prompting with "

@@ -29,7 +29,7 @@ from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import by_category, comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
-from tunelab.rundir import ExtraSetDir, RunDir
+from tunelab.rundir import BEST_LOSS, ExtraSetDir, RunDir
 from tunelab.train.runtime import tune_for
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | epoch-<K> | tuned
+    name: str  # base | base-<N>shot | epoch-<K> | best-loss | tuned
     prompts: list[str]
     stops: list[str] | str | None  # None: stop after a finished `#### N` line; "line": after the first line
     adapter: Path | None = None
@@ -260,7 +260,7 @@ def _shots_from(cfg: Recipe, n: int) -> str:
 def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
-    `pool`), each kept epoch, the final adapter.
+    `pool`), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
@@ -283,6 +283,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
         if epochs_to_score(cfg, last) == "all":
             passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k, max_new_tokens=budget)
                        for k in range(1, last) if (run.epoch_adapter(k) / "adapter_config.json").exists()]
+            if (run.best_loss_adapter / "adapter_config.json").exists():
+                passes.append(Pass(BEST_LOSS, prompts, stop, run.best_loss_adapter, max_new_tokens=budget))
         passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))
     return passes
 

@@ -17,7 +17,8 @@ METRICS = ("strict", "flexible")
 
 
 def pass_names(summary: dict) -> list[str]:
-    """The models an eval summary holds stats for (base, base-<N>shot, epoch-<K>, tuned), in its order."""
+    """The models an eval summary holds stats for (base, base-<N>shot, epoch-<K>, best-loss, tuned), in its
+    order."""
     return [k for k, v in summary.items() if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
 
 
@@ -26,7 +27,7 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
     Args:
-        stats: per model name (base, base-<N>shot, epoch-<K>, tuned), its n and accuracies.
+        stats: per model name (base, base-<N>shot, epoch-<K>, best-loss, tuned), its n and accuracies.
         ids: the scored question ids, in order.
         final_epoch: the epoch the final adapter (`tuned`) is from.
         fewshot: N of the few-shot baseline (0 = none).
@@ -53,6 +54,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
         out["best_epoch"] = {"epoch": best["epoch"], "model": best["model"],
                              "flexible_accuracy": best["flexible_accuracy"],
                              "rule": f"highest {flexible} accuracy; a tie goes to the earlier epoch"}
+    if diff("tuned", "best-loss"):  # adapters/best-loss against the final adapter: what picking by loss gave
+        out["best_loss"] = {"model": "best-loss", "vs_tuned": diff("tuned", "best-loss")}
     name = f"base-{fewshot}shot"
     if fewshot and diff(name, "tuned"):
         out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned"),

@@ -57,7 +57,8 @@ def tuned_flags(predictions: list[dict]) -> dict[tuple[str, str, str | None], bo
 
 
 def eval_lines(evaluation: dict) -> list[str]:
-    """The eval stage's findings as short console lines: accuracy per epoch, best epoch, few-shot, flips."""
+    """The eval stage's findings as short console lines: accuracy per epoch, best epoch, the lowest validation
+    pass's adapter, few-shot, flips."""
     lines = []
     rows = evaluation.get("epochs") or []
     if rows and "base" in evaluation:
@@ -70,6 +71,11 @@ def eval_lines(evaluation: dict) -> list[str]:
     if evaluation.get("best_epoch") and len(rows) > 1:
         lines.append(f"best epoch: {evaluation['best_epoch']['epoch']} "
                      f"({100 * evaluation['best_epoch']['flexible_accuracy']:.1f} %)")
+    if best := evaluation.get("best_loss"):
+        d = best["vs_tuned"]["flexible"]
+        lines.append(f"best-loss adapter {100 * evaluation['best-loss']['flexible_accuracy']:.1f} % vs final "
+                     f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %: {d['delta_pts']:+.1f} pts, 95 % CI "
+                     f"{d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}")
     fs = evaluation.get("fewshot")
     if fs:
         d = fs["tuned_vs_fewshot"]["flexible"]

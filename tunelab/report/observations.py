@@ -388,6 +388,26 @@ def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
     return out
 
 
+def best_loss_accuracy(evaluation: dict, summary: dict) -> Observation | None:
+    """adapters/best-loss (the lowest validation pass, between epoch ends) against the final adapter on the same
+    questions: did picking by validation loss (TRL's load_best_model_at_end) pick the better answers?"""
+    best = evaluation.get("best_loss")
+    if not best:
+        return None
+    d, names = best["vs_tuned"]["flexible"], naming(evaluation)
+    lo, hi = d["ci95_pts"]
+    sign = _sign(d["ci95_pts"])
+    verdict = {1: "better beyond noise", -1: "worse beyond noise", 0: "no different beyond noise"}[sign]
+    kept, final = (100 * evaluation[m]["flexible_accuracy"] for m in ("best-loss", "tuned"))
+    return Observation("watch" if sign == 1 else "info",
+                       f"The adapter of the lowest validation loss (step {summary['best_val_step']}, adapters/best-loss) "
+                       f"scored {kept:.1f} % {names.flexible} against the final adapter's {final:.1f} %: "
+                       f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}"
+                       + (f"; {EXPORT_BEST_LOSS} exports it." if sign == 1 else "."),
+                       "paired bootstrap 95 % CI of the accuracy difference (best-loss − final adapter) on the same "
+                       "questions; beyond noise = CI excludes 0; flagged when the final adapter is the worse")
+
+
 def fewshot_baseline(evaluation: dict) -> Observation | None:
     """Did the fine-tune beat simply prompting the base model N-shot? Judged by the paired interval."""
     fs = evaluation.get("fewshot")

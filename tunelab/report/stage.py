@@ -299,6 +299,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.fewshot_baseline(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
+        found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
     if evaluation and evaluation.get("by_category"):
         found.append(rules.categories(evaluation["by_category"], f"{names.title} ({names.flexible})"))
     before = [e for e in run.read_examples() if e["epoch"] == 0  # the base model's losses, per row;
