@@ -137,7 +137,8 @@ def _planning_commands(sub) -> None:
     s.add_argument("--show", type=int, default=0, metavar="N",
                    help="also print the first N training rows (of each data.mix source too) as the model "
                         "sees them, the tokens that carry loss marked ⟦…⟧ (chat templates, truncation and EOS "
-                        "included)")
+                        "included), and the first N scored questions of each test set as the eval asks them, "
+                        "with the reference answer")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")
@@ -395,7 +396,9 @@ def cmd_check(args) -> int:
     result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
     result["verdict"] = checks.verdict(result)
     if args.show:
+        from tunelab.evaluate.stage import preview
         result["examples"] = checks.preview(cfg, checks.first_of_each_source(cfg, splits.train, args.show), tok)
+        result["eval_examples"] = preview(cfg, tok, args.show, splits)
     if args.run_dir:
         run = RunDir(args.run_dir)
         with locked(run, "check"):
@@ -457,6 +460,14 @@ def _print_checks(result: dict) -> None:
         console.rule(f"{ex['id']}: {ex['tokens']} tokens, {ex['supervised_tokens']} with loss (marked ⟦…⟧)")
         console.print(Text.assemble(*((f"⟦{seg['text']}⟧", "bold green") if seg["loss"] else (seg["text"], "dim")
                                       for seg in ex["segments"])))
+    for name, shown in result.get("eval_examples", {}).items():
+        if "skipped" in shown:
+            console.print(f"{name} ({shown['source']}, {shown['split']} split): not scored ({shown['skipped']})")
+        for q in shown.get("rows", []):
+            console.rule(f"{name}: {q['id']}, as the eval asks it")
+            console.print(Text(q["prompt"], "dim"))
+            console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
+                          f"{shown['split']} split)")
     e = result["estimate"]
     if e.get("hours") is not None:
         console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")

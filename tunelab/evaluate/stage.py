@@ -169,6 +169,27 @@ def check_extra(cfg: Recipe) -> None:
             raise UserError(f"eval.also.{i} ({entry.source}): {reason}")
 
 
+def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
+    """The first `n` scored questions of the run's test set (`eval`) and of each `eval.also` set (by name), as the
+    zero-shot passes ask them — the template or eval.template, through the chat template when trained so — with the
+    reference each answer is scored against: `tunelab check --show`'s view of the eval. Per set: `source`, `split`,
+    and `scoring` with `rows` (id, prompt, reference), or `skipped` (why the set is not scored). `splits`: the
+    recipe's, when already loaded."""
+    out = {}
+    sets = [("eval", cfg), *zip(also_names(cfg.eval), (also_recipe(cfg, e) for e in cfg.eval.also))]
+    for name, recipe in sets:
+        rows = splits if name == "eval" and splits is not None else load_splits(recipe.data, recipe.eval)
+        mode, reason = scoring_mode(recipe, rows)
+        out[name] = {"source": recipe.eval.source or recipe.data.source, "split": _limited(recipe, rows)[0]}
+        if reason:
+            out[name]["skipped"] = reason
+            continue
+        questions = _questions(recipe, rows)[1][:n]
+        out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": SCORERS[mode][0](q.target)}
+                                             for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
+    return out
+
+
 def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     """The scoring mode and the held-out rows every pass scores: those with a reference answer in that mode."""
     mode, reason = scoring_mode(cfg, splits)
