@@ -117,12 +117,16 @@ def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupt
     launch = [sys.executable, *launcher("torchrun-ddp"), "-m", "tunelab.cli", "-q", "train"]
     whole = tmp_path / "whole"
     run_ok([*launch, str(recipe), "--set", "train.sharding=fsdp", "--set", "train.checkpoint_every=4",
-            "--set", "train.keep_checkpoints=9", "--run-dir", str(whole)], env)
+            "--set", "train.keep_checkpoints=9", "--set", "train.val_every=2", "--set", "train.lr=0.1",
+            "--set", "train.scheduler=constant", "--run-dir", str(whole)], env)
+    lowest = min(RunDir(whole).read_jsonl(RunDir(whole).validation), key=lambda p: p["val_loss"])
+    assert lowest["step"] < 8 and RunDir(whole).best_loss_adapter.is_dir(), "this curve is lowest inside epoch 1"
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
-    for path in [cut / "summary.json", cut / "adapter", *sorted((cut / "checkpoints").glob("step-*"))[1:]]:
+    for path in [cut / "summary.json", cut / "adapter", cut / "adapters" / "best-loss",
+                 *(p for p in (cut / "checkpoints").glob("step-*") if p.name != "step-0000008")]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-0000004"]  # mid epoch 1
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-0000008"]  # mid epoch 1, the lowest pass held
     proc = subprocess.run([*launch, "--resume", str(cut)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     def metrics(run):  # everything but the timings
@@ -130,6 +134,7 @@ def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupt
         return [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in rows]
     assert metrics(cut) == metrics(whole)
     assert_same_adapter(whole, cut, atol=1e-6, rtol=1e-5)
+    assert_same_adapter(whole / "adapters", cut / "adapters", atol=1e-6, rtol=1e-5, folder="best-loss")
 
 
 def test_accelerate_fsdp_settings_become_fully_shard_arguments():
