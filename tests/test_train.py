@@ -419,7 +419,11 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     for folder in (run.adapter, run.best_loss_adapter):  # killed after the last checkpoint, before the outputs
         shutil.rmtree(folder)
     run.summary.unlink()
-    assert main(["-q", "train", "--resume", str(run.path)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run.path)]) == 0
+    assert f"lowest validation loss {lowest['val_loss']:.4f} at step {lowest['step']} (epoch {lowest['epoch']}; " \
+           f"{summary['final_val_loss']:.4f} at the end): kept in adapters/best-loss" in \
+        " ".join(capsys.readouterr().out.split())  # the console wraps at its width
     again = load_file(run.best_loss_adapter / "adapter_model.safetensors")
     assert all(again[k].equal(kept[k]) for k in kept)
 

@@ -659,7 +659,7 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
 def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
     from rich.console import Console
     from rich.table import Table
-    from tunelab.report import early_stopping_line, train_loss_change
+    from tunelab.report import best_loss_line, early_stopping_line, train_loss_change
 
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
@@ -674,8 +674,9 @@ def _print_epochs(epochs: list[dict], summary: dict, run) -> None:
     console.print(table)
     console.print(f"{train_loss_change(summary)}, val loss improvement {summary['val_loss_improvement_pct']:.1f} %, "
                   f"{summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB")
-    if stopping := early_stopping_line(summary):
-        console.print(stopping)
+    for line in (early_stopping_line(summary), best_loss_line(summary, run.read_validation())):
+        if line:
+            console.print(line)
 
 
 if __name__ == "__main__":

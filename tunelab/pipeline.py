@@ -97,14 +97,14 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
 
 def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     from tunelab.evaluate.scoring import NAMING
-    from tunelab.report import early_stopping_line, eval_lines, headline, train_loss_change
+    from tunelab.report import best_loss_line, early_stopping_line, eval_lines, headline, train_loss_change
     s = headline(run)
     cost = run.read_optional(run.cost)
     lines = [f"report: {html}  (and {run.report_md})",
              f"{train_loss_change(s)}, val loss {s['initial_val_loss']:.4f} → "
              f"{s['final_val_loss']:.4f} ({s['val_loss_improvement_pct']:+.1f} %), val token accuracy "
              f"{100 * s['initial_val_token_accuracy']:.1f} % → {100 * s['final_val_token_accuracy']:.1f} %",
-             *filter(None, [early_stopping_line(s)])]
+             *filter(None, [early_stopping_line(s), best_loss_line(s, run.read_validation())])]
     ev = s.get("eval", {})
     if "flexible_delta_pts" in ev:
         lo, hi = ev["flexible_ci95_pts"]

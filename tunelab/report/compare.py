@@ -13,7 +13,7 @@ from tunelab.evaluate.summary import categories_of, paired_by_category
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, counts_passes, stopped_early
+from tunelab.rundir import RunDir, counts_passes, lowest_pass, stopped_early
 from tunelab.stats import paired_difference, paired_loss_difference
 
 
@@ -126,6 +126,16 @@ def early_stopping_line(s: dict) -> str | None:
                f", validation loss lowest at epoch {s['best_val_epoch']}") + " (patience "
             f"{s['early_stopping_patience']}" + (" validation passes" if passes else "")
             + (f", threshold {t:g}" if (t := s.get("early_stopping_threshold")) else "") + ")")
+
+
+def best_loss_line(s: dict, passes: list[dict]) -> str | None:
+    """The console's line on a train summary whose lowest validation pass is kept in adapters/best-loss (it fell
+    between epoch ends); None otherwise. `passes`: the run's metrics/validation.jsonl."""
+    if not s.get("best_loss_adapter"):
+        return None
+    lowest = lowest_pass(passes)
+    return (f"lowest validation loss {lowest['val_loss']:.4f} at step {lowest['step']} (epoch {lowest['epoch']}; "
+            f"{s['final_val_loss']:.4f} at the end): kept in adapters/best-loss, --epoch best-loss takes it")
 
 
 # recipe keys that change the text a run is trained and validated on, so that its losses score other tokens
