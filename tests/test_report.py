@@ -298,3 +298,20 @@ def test_an_extra_test_set_that_overlaps_the_training_rows_is_flagged(tmp_path):
     _, found = extra.section(RunDir(run))
     assert found[0].kind == "watch" and found[0].text.startswith(
         "3 of 10 rows of bench overlap the training rows (2 exact, 1 ngram)")
+
+
+def test_other_test_sets_come_in_the_recipes_eval_also_order(tmp_path):
+    """Report, card and console list the eval.also sets in the order the recipe lists them, not by name; a set
+    scored once but no longer listed comes after them."""
+    from fixture_run import add_eval
+    from tunelab.config import load_recipe, to_yaml
+    run = make_run(tmp_path / "r")
+    cfg = load_recipe(str(run / "config.yaml"), ["eval.also=[{source: z.jsonl, name: zeta}, {source: a.jsonl}]"])
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    add_eval(run, {"base": [False] * 10, "tuned": [True] * 6 + [False] * 4})
+    for name in ("a", "old", "zeta"):
+        shutil.copytree(run / "eval", run / "eval" / "also" / name, ignore=shutil.ignore_patterns("also"))
+    assert [view.name for view in RunDir(run).extra_sets()] == ["zeta", "a", "old"]
+    write_report(RunDir(run))
+    md = RunDir(run).report_md.read_text()
+    assert md.index("| zeta |") < md.index("| a |") < md.index("| old |")

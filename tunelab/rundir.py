@@ -160,8 +160,12 @@ class RunDir:
         return self.adapter_config.exists()
 
     def extra_sets(self) -> list["ExtraSetDir"]:
-        """The run seen through each `eval.also` test set scored so far (eval/also/<name>/summary.json), by name."""
+        """The run seen through each `eval.also` test set scored so far (eval/also/<name>/summary.json), in the
+        recipe's eval.also order (sets it no longer lists after them, by name)."""
+        from tunelab.config import also_names
+        listed = also_names(self.read_recipe().eval) if self.config.exists() else []
         found = sorted(p.parent.name for p in (self.eval_dir / "also").glob("*/summary.json"))
+        found.sort(key=lambda name: listed.index(name) if name in listed else len(listed))
         return [ExtraSetDir(self.path, name) for name in found]
 
     def create(self, folder: Path | None = None) -> "RunDir":
