@@ -82,3 +82,20 @@ def test_handoff_commands_are_filled_in_for_the_run(tmp_path):
     serve = next(c for c in pairs.values() if c.startswith("vllm serve"))
     assert serve.endswith(f"--lora-modules m7b-lora={adapter} --max-lora-rank 32")
     assert not any(c.startswith("lm_eval") for _, c in commands("m", tmp_path, 8, "x", task=None))
+
+
+def test_the_lm_eval_limit_is_the_number_of_questions_the_eval_asked(tmp_path):
+    """The re-score commands ask lm-eval for as many questions as tunelab's eval scored (`tunelab eval --limit` or
+    --set eval.limit may differ from the recipe's eval.limit), and the recipe's before any eval."""
+    from fixture_run import add_eval, make_run
+    from tunelab.config import load_recipe, to_yaml
+    from tunelab.handoff import for_run
+    path = make_run(tmp_path / "r")
+    cfg = load_recipe(str(path / "config.yaml"), ["data.source=openai/gsm8k", "data.config=main", "eval.limit=200"])
+    (path / "config.yaml").write_text(to_yaml(cfg))
+    run = RunDir(path)
+    (path / "eval" / "summary.json").unlink()
+    assert [c.endswith("--limit 200") for _, c in for_run(run) if c.startswith("lm_eval")] == [True, True]
+    add_eval(path, {"base": [False] * 40, "tuned": [True] * 40})
+    lm_eval = [c for _, c in for_run(run) if c.startswith("lm_eval")]
+    assert len(lm_eval) == 2 and all(c.endswith("--tasks gsm8k --batch_size auto --limit 40") for c in lm_eval)

@@ -49,9 +49,10 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
         export = [] if merged else [("write the merged model (vLLM serves a DoRA adapter only merged)",
                                      f"tunelab export {shlex.quote(str(run.path))} {shlex.quote(str(served))}"
                                      + (f" --epoch {epoch}" if epoch else ""))]
-    adapter = run.kept_adapter(epoch)
-    return export + commands(hub_id(cfg.model) or cfg.model.name, adapter, cfg.lora.r, f"{cfg.name}-lora",
-                             cfg.eval.limit, upload, task, cfg.data.chat_template, served)
+    scored = (run.read_eval_summary() or {}).get("tuned")  # as many questions as the eval asked (--limit, --set)
+    return export + commands(hub_id(cfg.model) or cfg.model.name, run.kept_adapter(epoch), cfg.lora.r,
+                             f"{cfg.name}-lora", scored["n"] if scored else cfg.eval.limit, upload, task,
+                             cfg.data.chat_template, served)
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
