@@ -432,6 +432,10 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     assert f"(step {lowest['step']}'s adapter, the lowest validation loss)" in capsys.readouterr().out
     exported = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert all(exported[k].equal(kept[k]) for k in kept)
+    from tunelab.evaluate.inference import run_models  # tunelab generate --epoch best-loss
+    (tuned,) = run_models(run, "best-loss", base=False)
+    assert (tuned.adapter, tuned.title) == (run.best_loss_adapter,
+                                            f"tuned (step {lowest['step']}'s adapter, the lowest validation loss)")
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"adapter for {tiny_recipe['model']['name']}, step {lowest['step']} of {summary['steps']}" in card
     assert f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), inside epoch " \
