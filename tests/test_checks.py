@@ -199,23 +199,27 @@ def test_show_prints_rows_as_trained_with_the_loss_bearing_tokens_marked(tiny_mo
 
 def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, capsys):
     """--show N also prints the first N scored questions of the run's test set and of each eval.also set, in each
-    set's own format (eval.also's template), with the reference the answer is scored against; a set that is not
-    scored says why."""
+    set's own format (eval.also's template), with the reference the answer is scored against, and the few-shot
+    baseline's prompt for the first; a set that is not scored says why."""
     bench = write_jsonl(tmp_path / "bench.jsonl", [{"q": f"What is {i} plus {i}?", "a": str(2 * i)} for i in range(5)])
     words = write_jsonl(tmp_path / "words.jsonl", [{"q": "Name a colour.", "a": "It could be red or blue or green, "
                                                     "depending on the light and the day and the mood."}] * 3)
     args = ["check", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
-            "--set", "data.synthetic_test_rows=4", "--show", "2", "--set",
-            f"eval.also=[{{source: {bench}, template: 'Q: {{q}}\\nA:', target: ' {{a}}'}}, "
+            "--set", "data.synthetic_test_rows=4", "--show", "2", "--set", "eval.fewshot=1", "--set",
+            f"eval.also=[{{source: {bench}, template: 'Q: {{q}}\\nA:', target: ' {{a}}', fewshot: 0}}, "
             f"{{source: {words}, template: '{{q}}', target: '{{a}}'}}]"]
     assert main([*args, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["eval_examples"]
     assert list(shown) == ["eval", "bench", "words"]
-    test = load_splits(load_recipe("quickstart", [f"model.name={tiny_model}", "data.synthetic_rows=24",
-                                                  "data.synthetic_test_rows=4"]).data).test[:2]
+    splits = load_splits(load_recipe("quickstart", [f"model.name={tiny_model}", "data.synthetic_rows=24",
+                                                    "data.synthetic_test_rows=4"]).data)
+    test = splits.test[:2]
     assert shown["eval"]["scoring"] == "numeric" and [(r["id"], r["prompt"]) for r in shown["eval"]["rows"]] == \
         [(q.id, q.prompt) for q in test]
     assert shown["eval"]["rows"][0]["reference"] == test[0].target.rsplit("#### ", 1)[1].strip()
+    from tunelab.evaluate.fewshot import fewshot_prompt  # lm-eval's format, the first training row as the shot
+    assert shown["eval"]["fewshot_prompt"] == fewshot_prompt(splits.train[:1], test[0])
+    assert shown["eval"]["fewshot_prompt"].startswith("Question: ") and "fewshot_prompt" not in shown["bench"]
     assert shown["bench"]["scoring"] == "numeric" and shown["bench"]["source"] == str(bench)
     assert [(r["prompt"], r["reference"]) for r in shown["bench"]["rows"]] == [("Q: What is 0 plus 0?\nA:", "0"),
                                                                                ("Q: What is 1 plus 1?\nA:", "2")]
@@ -224,6 +228,7 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     out = capsys.readouterr().out
     assert f"bench: {shown['bench']['rows'][1]['id']}, as the eval asks it" in out and "Q: What is 1 plus 1?\nA:\n→ numeric scoring against '2' (" in out
     assert "words (" in out and "test split): not scored (" in out
+    assert f"eval: {test[0].id}, as the few-shot baseline asks the base model" in out
 
 
 def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_together(capsys):

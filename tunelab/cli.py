@@ -138,7 +138,7 @@ def _planning_commands(sub) -> None:
                    help="also print the first N training rows (of each data.mix source too) as the model "
                         "sees them, the tokens that carry loss marked ⟦…⟧ (chat templates, truncation and EOS "
                         "included), and the first N scored questions of each test set as the eval asks them, "
-                        "with the reference answer")
+                        "with the reference answer (and the first one's few-shot prompt, with eval.fewshot)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("estimate", help="hours and dollars of a recipe before training")
@@ -468,6 +468,9 @@ def _print_checks(result: dict) -> None:
             console.print(Text(q["prompt"], "dim"))
             console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
                           f"{shown['split']} split)")
+        if "fewshot_prompt" in shown:
+            console.rule(f"{name}: {shown['rows'][0]['id']}, as the few-shot baseline asks the base model")
+            console.print(Text(shown["fewshot_prompt"], "dim"))
     e = result["estimate"]
     if e.get("hours") is not None:
         console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")

@@ -173,8 +173,9 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
     """The first `n` scored questions of the run's test set (`eval`) and of each `eval.also` set (by name), as the
     zero-shot passes ask them — the template or eval.template, through the chat template when trained so — with the
     reference each answer is scored against: `tunelab check --show`'s view of the eval. Per set: `source`, `split`,
-    and `scoring` with `rows` (id, prompt, reference), or `skipped` (why the set is not scored). `splits`: the
-    recipe's, when already loaded."""
+    and `scoring` with `rows` (id, prompt, reference) and, with eval.fewshot, the few-shot baseline's
+    `fewshot_prompt` for the first question; or `skipped` (why the set is not scored). `splits`: the recipe's,
+    when already loaded."""
     out = {}
     sets = [("eval", cfg), *zip(also_names(cfg.eval), (also_recipe(cfg, e) for e in cfg.eval.also))]
     for name, recipe in sets:
@@ -187,6 +188,9 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         questions = _questions(recipe, rows)[1][:n]
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": SCORERS[mode][0](q.target)}
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
+        if recipe.eval.fewshot and questions:
+            shots = shot_pool(recipe, rows)[:recipe.eval.fewshot]
+            out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1])[0][0]
     return out
 
 
@@ -292,11 +296,7 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
         if cfg.eval.fewshot:
             shots = pool[:cfg.eval.fewshot]
-            if cfg.data.chat_template:
-                few = [chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions]
-                context = chat.context(tok, exchanges(shots), _history(questions[0]))  # rows share a system turn
-            else:
-                few, context = [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
+            few, context = _fewshot_prompts(cfg, tok, shots, questions)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget,
                                shots_from=_shots_from(cfg, len(shots))))
     if adapter and only in (None, "tuned"):
@@ -308,6 +308,15 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
                 passes.append(Pass(BEST_LOSS, prompts, stop, run.best_loss_adapter, max_new_tokens=budget))
         passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))
     return passes
+
+
+def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Example]) -> tuple[list[str], str]:
+    """The few-shot baseline's prompt for each question (lm-eval's format, or the shots as chat turns with
+    `data.chat_template`) and the context they all start with."""
+    if cfg.data.chat_template:
+        return ([chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions],
+                chat.context(tok, exchanges(shots), _history(questions[0])))  # rows share a system turn
+    return [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
 
 
 def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
