@@ -315,3 +315,19 @@ def test_other_test_sets_come_in_the_recipes_eval_also_order(tmp_path):
     write_report(RunDir(run))
     md = RunDir(run).report_md.read_text()
     assert md.index("| zeta |") < md.index("| a |") < md.index("| old |")
+
+
+def test_the_loss_per_step_panel_stars_the_lowest_validation_pass(monkeypatch, tmp_path):
+    """With validation passes inside epochs, the step panel marks the lowest one: what --epoch best-loss takes."""
+    from tunelab.report import curves
+    drawn = []
+    monkeypatch.setattr(curves, "_save", lambda fig, out: drawn.append(fig) or out)
+    epochs = [{"epoch": 0, "train_loss": None, "train_token_accuracy": None, "val_loss": 2.0, "val_token_accuracy": 0.5},
+              {"epoch": 1, "train_loss": 1.5, "train_token_accuracy": 0.6, "val_loss": 1.4, "val_token_accuracy": 0.6}]
+    passes = [{"step": s, "val_loss": loss} for s, loss in ((0, 2.0), (3, 1.3), (6, 1.2), (9, 1.4))]
+    curves.learning_curves(epochs, [{"step": s, "loss": 1.5} for s in range(1, 10)], tmp_path / "c.png", passes)
+    panel = drawn[0].axes[2]
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == \
+        ["train (step)", "validation", "lowest validation loss (step 6)"]
+    star = panel.get_lines()[-1]
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([6], [1.2])

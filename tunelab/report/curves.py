@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.rundir import lowest_pass
+
 
 def _pyplot():
     import matplotlib
@@ -22,7 +24,7 @@ def _save(fig, out: Path) -> Path:
 def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation: list[dict] = (),
                     train_label: str = "train (epoch mean)") -> Path:
     """Train/val loss and token accuracy per epoch (epoch 0 = before training), plus step loss with every
-    validation pass (metrics/validation.jsonl) at the step it was taken."""
+    validation pass (metrics/validation.jsonl) at the step it was taken, the lowest one starred."""
     plt = _pyplot()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
     ep = [e["epoch"] for e in epochs]
@@ -38,6 +40,9 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation
     if validation and all(v["step"] is not None for v in validation):
         c.plot([v["step"] for v in validation], [v["val_loss"] for v in validation], "o-", ms=4,
                label="validation")
+        low = lowest_pass(validation)  # what --epoch best-loss takes
+        c.plot([low["step"]], [low["val_loss"]], "*", ms=14, color="C3",
+               label=f"lowest validation loss (step {low['step']})")
         c.legend()
     c.set(title="Loss per step", xlabel="optimizer step", ylabel="loss")
     for ax in (a, b):
