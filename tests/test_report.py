@@ -331,3 +331,23 @@ def test_the_loss_per_step_panel_stars_the_lowest_validation_pass(monkeypatch, t
         ["train (step)", "validation", "lowest validation loss (step 6)"]
     star = panel.get_lines()[-1]
     assert (list(star.get_xdata()), list(star.get_ydata())) == ([6], [1.2])
+
+
+def test_the_accuracy_picture_stars_the_lowest_validation_pass_adapter_at_its_step(monkeypatch, tmp_path):
+    """When eval scored adapters/best-loss, the accuracy-per-epoch picture puts its accuracy at the fraction of
+    training it was saved at (step / steps per epoch)."""
+    from fixture_run import add_eval
+    from tunelab.report import curves
+    drawn, save = [], curves._save
+    monkeypatch.setattr(curves, "_save", lambda fig, out: drawn.append(fig) or save(fig, out))
+    run = make_run(tmp_path / "r")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(best_val_step=15, steps=20, steps_planned=20, best_loss_adapter=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+    add_eval(run, {"base": [False] * 10, "epoch-1": [True] * 3 + [False] * 7, "best-loss": [True] * 5 + [False] * 5,
+                   "tuned": [True] * 4 + [False] * 6})
+    write_report(RunDir(run))
+    panel = next(f for f in drawn if f.axes[0].get_title().endswith("per epoch (epoch 0 = base model)")).axes[0]
+    star = panel.get_lines()[-1]
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([15 * summary["epochs"] / 20], [50.0])
+    assert "the star: the lowest validation pass's adapter" in RunDir(run).report_md.read_text()

@@ -51,9 +51,10 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation
     return _save(fig, out)
 
 
-def accuracy_per_epoch(evaluation: dict, out: Path) -> Path:
+def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None = None) -> Path:
     """Answer accuracy after each scored epoch (epoch 0 = the base model), strict and flexible, with the
-    few-shot prompting baseline as a dashed line and the 95 % interval of each epoch's flexible accuracy vs base."""
+    few-shot prompting baseline as a dashed line; `best_loss_at`: where adapters/best-loss was saved, in epochs
+    (step / steps per epoch), its flexible accuracy starred there."""
     from tunelab.evaluate.scoring import naming
     plt, names = _pyplot(), naming(evaluation)
     rows = evaluation["epochs"]
@@ -66,6 +67,9 @@ def accuracy_per_epoch(evaluation: dict, out: Path) -> Path:
     if fs:
         ax.axhline(100 * evaluation[fs["model"]]["flexible_accuracy"], ls=":", color="grey",
                    label=f"base {fs['shots']}-shot ({names.flexible})")
+    if best_loss_at is not None and "best-loss" in evaluation:
+        ax.plot([best_loss_at], [100 * evaluation["best-loss"]["flexible_accuracy"]], "*", ms=14, color="C3",
+                label=f"lowest validation loss ({names.flexible})")
     ax.set(title=f"{names.title} per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="%")
     ax.set_xticks(ep)
     ax.legend()

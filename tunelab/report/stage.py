@@ -64,9 +64,12 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                                 + ("per logged step as the other trainer logged it (its own loss rule)" if imported
                                    else "per optimizer step with each validation pass at its step"))]
     if evaluation and evaluation.get("epochs"):
-        pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png"),
-                         f"{names.title} of the base model (epoch 0) and after each scored epoch, "
-                         "same questions"))
+        at = summary["best_val_step"] * trained_and_planned(summary)[1] / summary["steps_planned"] \
+            if "best-loss" in evaluation else None  # adapters/best-loss, in epochs
+        pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png", at),
+                         f"{names.title} of the base model (epoch 0) and after each scored epoch"
+                         + (" (the star: the lowest validation pass's adapter)" if at is not None else "")
+                         + ", same questions"))
     data_sections, data_found = _data_sections(run, cfg, evaluation)
     found += data_found
     sections = [
