@@ -226,7 +226,8 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     assert "rows" not in shown["words"] and "scor" in shown["words"]["skipped"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"bench: {shown['bench']['rows'][1]['id']}, as the eval asks it" in out and "Q: What is 1 plus 1?\nA:\n→ numeric scoring against '2' (" in out
+    assert f"bench: {shown['bench']['rows'][1]['id']}, as the eval asks it" in out
+    assert "Q: What is 1 plus 1?\nA:\n→ numeric scoring against '2' (" in out
     assert "words (" in out and "test split): not scored (" in out
     assert f"eval: {test[0].id}, as the few-shot baseline asks the base model" in out
 

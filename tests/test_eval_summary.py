@@ -242,8 +242,8 @@ def test_the_lowest_validation_pass_adapter_is_compared_with_the_final_one_on_th
     n = 40
     run = make_run(tmp_path / "r", epochs_n=2)
     summary_path = run / "summary.json"
-    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "best_val_step": 7,
-                                        "best_loss_adapter": True}))
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "best_val_step": 7, "steps": 10,
+                                        "steps_planned": 10, "best_loss_adapter": True}))
     s = add_eval(run, {"base": flags(n, set(range(4))), "epoch-1": flags(n, set(range(10))),
                        "best-loss": flags(n, set(range(30))), "tuned": flags(n, set(range(12)))})
     d = s["best_loss"]["vs_tuned"]["flexible"]

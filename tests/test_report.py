@@ -322,7 +322,8 @@ def test_the_loss_per_step_panel_stars_the_lowest_validation_pass(monkeypatch, t
     from tunelab.report import curves
     drawn = []
     monkeypatch.setattr(curves, "_save", lambda fig, out: drawn.append(fig) or out)
-    epochs = [{"epoch": 0, "train_loss": None, "train_token_accuracy": None, "val_loss": 2.0, "val_token_accuracy": 0.5},
+    epochs = [{"epoch": 0, "train_loss": None, "train_token_accuracy": None, "val_loss": 2.0,
+               "val_token_accuracy": 0.5},
               {"epoch": 1, "train_loss": 1.5, "train_token_accuracy": 0.6, "val_loss": 1.4, "val_token_accuracy": 0.6}]
     passes = [{"step": s, "val_loss": loss} for s, loss in ((0, 2.0), (3, 1.3), (6, 1.2), (9, 1.4))]
     curves.learning_curves(epochs, [{"step": s, "loss": 1.5} for s in range(1, 10)], tmp_path / "c.png", passes)

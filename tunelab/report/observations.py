@@ -400,8 +400,8 @@ def best_loss_accuracy(evaluation: dict, summary: dict) -> Observation | None:
     verdict = {1: "better beyond noise", -1: "worse beyond noise", 0: "no different beyond noise"}[sign]
     kept, final = (100 * evaluation[m]["flexible_accuracy"] for m in ("best-loss", "tuned"))
     return Observation("watch" if sign == 1 else "info",
-                       f"The adapter of the lowest validation loss (step {summary['best_val_step']}, adapters/best-loss) "
-                       f"scored {kept:.1f} % {names.flexible} against the final adapter's {final:.1f} %: "
+                       f"The adapter of the lowest validation loss (step {summary['best_val_step']}, "
+                       f"adapters/best-loss) scored {kept:.1f} % {names.flexible} against the final adapter's {final:.1f} %: "
                        f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}"
                        + (f"; {EXPORT_BEST_LOSS} exports it." if sign == 1 else "."),
                        "paired bootstrap 95 % CI of the accuracy difference (best-loss − final adapter) on the same "

@@ -375,7 +375,7 @@ def _validate_logged(loop: Loop, epoch: int, epoch_end: bool = True) -> tuple[Pa
 def _weights_to_keep(loop: Loop, lowest: dict) -> dict | None:
     """The weights of a new lowest validation pass, held (and checkpointed) until the run ends, when they go to
     adapters/best-loss/; None when no folder needs them: before training, or at an epoch end whose adapter is kept.
-    Every rank calls this (gathering is a collective); others than the main process get {}."""
+    Every rank calls this (gathering is a collective); processes other than the main one get {}."""
     if lowest["step"] == 0 or (lowest["epoch_end"] and loop.cfg.train.keep_epoch_adapters):
         return None
     return {k: v.detach().clone() for k, v in checkpoint.trainable_state(loop.net).items()}  # copies, not views
