@@ -53,23 +53,11 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     figures = run.report_files
     figures.mkdir(exist_ok=True)
     imported = summary.get("imported")
-    curves = learning_curves(epochs, run.read_steps(), figures / "learning_curves.png", run.read_jsonl(run.validation),
-                             train_label="train (after the epoch)" if imported else "train (epoch mean)")
     evaluation = run.read_eval_summary()
     names = naming(evaluation)
     analysis = run.read_analysis_summary()
     found = _observations(run, summary, epochs, evaluation)
-
-    pictures = [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), and train loss "
-                                + ("per logged step as the other trainer logged it (its own loss rule)" if imported
-                                   else "per optimizer step with each validation pass at its step"))]
-    if evaluation and evaluation.get("epochs"):
-        at = summary["best_val_step"] * trained_and_planned(summary)[1] / summary["steps_planned"] \
-            if "best-loss" in evaluation else None  # adapters/best-loss, in epochs
-        pictures.append(("img", accuracy_per_epoch(evaluation, figures / "accuracy_per_epoch.png", at),
-                         f"{names.title} of the base model (epoch 0) and after each scored epoch"
-                         + (" (the star: the lowest validation pass's adapter)" if at is not None else "")
-                         + ", same questions"))
+    pictures = _learning_pictures(run, summary, epochs, evaluation)
     data_sections, data_found = _data_sections(run, cfg, evaluation)
     found += data_found
     sections = [
@@ -286,6 +274,26 @@ def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tupl
     d = (row.get("vs_previous") or row.get("vs_base") or {}).get("flexible")
     change = None if d is None else f"{d['delta_pts']:+.1f} pts ({d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})"
     return f"{100 * row['flexible_accuracy']:.1f} %", change
+
+
+def _learning_pictures(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
+    """The learning-curve pictures: loss and token accuracy (per epoch and per step), and answer accuracy per
+    scored epoch with the lowest validation pass's adapter starred where it was saved."""
+    imported, names = summary.get("imported"), naming(evaluation)
+    curves = learning_curves(epochs, run.read_steps(), run.report_files / "learning_curves.png",
+                             run.read_jsonl(run.validation),
+                             train_label="train (after the epoch)" if imported else "train (epoch mean)")
+    pictures = [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), and train loss "
+                                + ("per logged step as the other trainer logged it (its own loss rule)" if imported
+                                   else "per optimizer step with each validation pass at its step"))]
+    if evaluation and evaluation.get("epochs"):
+        at = summary["best_val_step"] * trained_and_planned(summary)[1] / summary["steps_planned"] \
+            if "best-loss" in evaluation else None  # adapters/best-loss, in epochs
+        pictures.append(("img", accuracy_per_epoch(evaluation, run.report_files / "accuracy_per_epoch.png", at),
+                         f"{names.title} of the base model (epoch 0) and after each scored epoch"
+                         + (" (the star: the lowest validation pass's adapter)" if at is not None else "")
+                         + ", same questions"))
+    return pictures
 
 
 def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: dict | None) -> list:
