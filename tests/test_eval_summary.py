@@ -249,6 +249,8 @@ def test_the_lowest_validation_pass_adapter_is_compared_with_the_final_one_on_th
     d = s["best_loss"]["vs_tuned"]["flexible"]
     assert (s["best_loss"]["model"], d["delta_pts"], d["gained"], d["lost"]) == ("best-loss", 45.0, 18, 0)
     assert [e["model"] for e in s["epochs"]] == ["epoch-1", "tuned"]  # not an epoch: no row of its own there
+    onward = next(f for f in s["flips"] if (f["from"], f["to"]) == ("best-loss", "tuned"))
+    assert (len(onward["gained"]), len(onward["lost"])) == (0, 18)  # training past the lowest pass lost 18
     r = RunDir(run)
     write_report(r)
     md = r.report_md.read_text()

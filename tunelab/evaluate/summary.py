@@ -60,7 +60,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     if fewshot and diff(name, "tuned"):
         out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned"),
                           "shots_from": stats[name].get("shots_from", f"the first {fewshot} training rows")}
-    pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])]
+    pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
+        + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
                     if a in by and b in by]
     return out
