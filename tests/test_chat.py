@@ -167,11 +167,32 @@ def test_a_conversation_row_is_its_history_then_the_last_exchange_with_loss_on_t
         tok.decode(prompt)
 
 
+def test_sharegpt_turns_are_read_as_the_same_conversation(tok, tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask away."}]
+    rows = [_chat_row(f"What is {i} + {i}?", f"#### {2 * i}", "Answer tersely.", earlier) for i in range(6)]
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    shared = [{"conversations": [{"from": names[t["role"]], "value": t["content"]} for t in r["messages"]]}
+              for r in rows]
+    plain = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "a.jsonl", rows)), messages="messages"))
+    share = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "b.jsonl", shared)), messages="conversations"))
+    for a, b in zip(plain.train + plain.val, share.train + share.val, strict=True):
+        assert (a.id, a.prompt, a.target) == (b.id, b.prompt, b.target)
+        assert encode([a], tok, chat=True) == encode([b], tok, chat=True)  # the same tokens and loss mask
+    assert share.train[0].fields["_history"][0] == {"role": "system", "content": "Answer tersely."}
+
+
 @pytest.mark.parametrize("messages, problem", [
     ([{"role": "user", "content": "q"}], "the last turn is user, expected the assistant turn"),
     ([{"role": "assistant", "content": "a"}], "expected a user turn just before the last assistant turn"),
     ("q: a", "expected a list of {role, content} turns"),
     ([{"role": "bot", "content": "a"}], "expected a list of {role, content} turns"),
+    ([{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}],
+     "expected a list of {role, content} turns, role one of system, user, assistant .or ShareGPT's {from, value} "
+     "turns, from system / human / gpt or a role."),
+    ([{"from": "human", "value": "q"}, {"from": "gpt"}], "expected a list of {role, content} turns"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}], "empty assistant turn"),
 ])
 def test_a_malformed_conversation_is_refused_naming_file_and_line(messages, problem, tmp_path):

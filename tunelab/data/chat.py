@@ -9,7 +9,8 @@ assistant header; the few-shot baseline puts its shots in as earlier turns (lm-e
     prompt = chat.prompt(tok, example.prompt)                  # "...<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n"
     prompt, reply = chat.exchange(tok, example.prompt, example.target)    # reply: "{a}<|im_end|>"
 
-Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them):
+Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them, or
+ShareGPT's {from, value} turns, from human / gpt / system):
 `conversation` makes the last assistant turn the row's `{assistant}` field, the user turn before it `{user}`, and
 keeps the turns before that (a system prompt, earlier exchanges) as the row's history, written before the user
 turn every time the row is formatted. Every assistant turn carries loss (`data.history_loss`; `reply_spans` finds
@@ -25,6 +26,7 @@ from tunelab.errors import UserError
 
 HISTORY = "_history"  # the field a conversation row keeps its earlier turns in
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT's turn names
 
 
 def require(tok) -> None:
@@ -42,9 +44,10 @@ def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict |
     turns = fields.get(key)
     if turns is None:
         return None, f"missing field {key!r}"
-    if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("role") in ROLES
-                                              and isinstance(t.get("content"), str) for t in turns):
-        return None, f"field {key!r}: expected a list of {{role, content}} turns, role one of {', '.join(ROLES)}"
+    turns = _plain_turns(turns)
+    if turns is None:
+        return None, (f"field {key!r}: expected a list of {{role, content}} turns, role one of {', '.join(ROLES)} "
+                      f"(or ShareGPT's {{from, value}} turns, from {' / '.join(SHAREGPT_ROLES)} or a role)")
     answered = bool(turns) and turns[-1]["role"] == "assistant"
     if not answered and not (open_end and turns and turns[-1]["role"] == "user"):
         last = turns[-1]["role"] if turns else "nothing"
@@ -56,9 +59,27 @@ def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict |
     for t in asked[-1:] + turns[len(asked):]:
         if not t["content"].strip():
             return None, f"field {key!r}: empty {t['role']} turn"
-    history = [{"role": t["role"], "content": t["content"]} for t in asked[:-1]]
+    history = asked[:-1]
     reply = {"assistant": turns[-1]["content"]} if answered else {}
     return {**fields, "user": asked[-1]["content"], **reply, HISTORY: history}, None
+
+
+def _plain_turns(turns) -> list[dict] | None:
+    """A conversation's turns as {role, content} dicts: OpenAI / TRL turns as they are, ShareGPT's {from, value}
+    turns (from human / gpt / system, as Axolotl's and LLaMA-Factory's sharegpt formats read them, or from a role)
+    renamed; None when a turn is neither."""
+    if not isinstance(turns, list):
+        return None
+    plain = []
+    for t in turns:
+        if not isinstance(t, dict):
+            return None
+        role = t["role"] if "role" in t else SHAREGPT_ROLES.get(t.get("from"), t.get("from"))
+        content = t["content"] if "content" in t else t.get("value")
+        if role not in ROLES or not isinstance(content, str):
+            return None
+        plain.append({"role": role, "content": content})
+    return plain
 
 
 def with_system(fields: dict, text: str) -> dict:
