@@ -441,6 +441,10 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     assert f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), inside epoch " \
            f"{lowest['epoch']}: the validation pass with the lowest loss ({lowest['val_loss']:.4f}" in card
     assert f"value: {round(lowest['val_loss'], 4)}" in card  # model-index: that pass's validation loss
+    write_report(run)  # before eval: the validation loss names the adapter to take
+    assert f"The lowest validation loss is step {lowest['step']}'s ({lowest['val_loss']:.4f}, against " \
+           f"{summary['final_val_loss']:.4f} after the last step): `tunelab export {run.path} OUT --epoch best-loss` " \
+           f"exports its adapter (adapters/best-loss)" in " ".join(run.report_md.read_text().split())
     import yaml
     from tunelab.evaluate.stage import evaluate
     from tunelab.evaluate.summary import pass_names

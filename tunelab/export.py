@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunelab import card
 from tunelab.errors import UserError
-from tunelab.rundir import BEST_LOSS, RunDir, atomic_folder, lowest_pass
+from tunelab.rundir import BEST_LOSS, RunDir, atomic_folder
 
 
 def export(run: RunDir, out: Path, adapter_only: bool = False, fmt: str = "hf", quant: str = "f16",
@@ -75,7 +75,7 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | str | None:
     summary = run.read_summary() or {}
     trained = summary.get("epochs")
     if epoch == BEST_LOSS and trained:
-        number = _lowest_adapter(run, summary)
+        number = _lowest_adapter(run)
     elif epoch == "best":
         best = (run.read_eval_summary() or {}).get("best_epoch")
         if not best:
@@ -90,18 +90,16 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | str | None:
     return None if number == trained else number
 
 
-def _lowest_adapter(run: RunDir, summary: dict) -> int | str:
-    """`--epoch best-loss`: the adapter holding the lowest validation pass's weights — its epoch's, when the pass
-    ended a kept epoch (the last one's is the final adapter), else adapters/best-loss/."""
-    lowest = lowest_pass(run.read_validation())
+def _lowest_adapter(run: RunDir) -> int | str:
+    """`--epoch best-loss`: the adapter holding the lowest validation pass's weights (`RunDir.lowest_adapter`)."""
+    lowest, kept = run.lowest_adapter()
     if lowest["epoch"] == 0:
         raise UserError(f"--epoch best-loss: no validation pass of {run.path} has a loss below the base model's "
                         "(before training); there is no adapter to prefer")
-    if lowest["epoch_end"] and (lowest["epoch"] == summary["epochs"] or run.epoch_adapter(lowest["epoch"]).is_dir()):
-        return lowest["epoch"]
-    run.require(run.best_loss_adapter, f"adapters/best-loss (the lowest validation pass: step {lowest['step']}): "
-                                       "the run kept none")
-    return BEST_LOSS
+    if kept is None:
+        run.require(run.best_loss_adapter, f"adapters/best-loss (the lowest validation pass: step {lowest['step']}): "
+                                           "the run kept none")
+    return kept
 
 
 def adapter_folder(run: RunDir, epoch: int | str | None) -> Path:

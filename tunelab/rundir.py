@@ -150,6 +150,18 @@ class RunDir:
             return f"step {lowest_pass(self.read_validation())['step']}'s adapter, the lowest validation loss"
         return "the final adapter" if which is None else f"epoch {which}'s adapter"
 
+    def lowest_adapter(self) -> tuple[dict, int | str | None]:
+        """The validation pass with the lowest loss and the adapter holding its weights (what `--epoch best-loss`
+        takes): its epoch's number when it ended an epoch whose adapter is kept (the last one's is the final
+        adapter), "best-loss" for adapters/best-loss/, None when none holds them (the pass before training)."""
+        lowest = lowest_pass(self.read_validation())
+        if lowest["epoch"] == 0:
+            return lowest, None
+        trained = (self.read_summary() or {}).get("epochs")
+        if lowest["epoch_end"] and (lowest["epoch"] == trained or self.epoch_adapter(lowest["epoch"]).is_dir()):
+            return lowest, lowest["epoch"]
+        return lowest, BEST_LOSS if self.best_loss_adapter.is_dir() else None
+
     def journal(self, rank: int) -> Path:
         return self.eval_dir / f"journal-{rank}.jsonl"
 

@@ -19,7 +19,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import RunDir, counts_passes, lowest_pass, open_run, stopped_early, trained_and_planned
+from tunelab.rundir import BEST_LOSS, RunDir, counts_passes, open_run, stopped_early, trained_and_planned
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -491,14 +491,11 @@ def _best_epoch_export(run: RunDir, evaluation: dict | None, summary: dict) -> l
     the lowest validation loss — how to take that one instead."""
     best = (evaluation or {}).get("best_epoch") or {}
     if not best:  # no answer accuracy (data no scoring mode suits, or not evaluated yet): the validation loss
-        lowest = lowest_pass(run.read_validation())
-        if summary.get("best_loss_adapter"):
-            which, folder = f"step {lowest['step']}'s", "adapters/best-loss"
-        elif 0 < lowest["epoch"] < summary["epochs"] and lowest["epoch_end"] and \
-                run.epoch_adapter(lowest["epoch"]).is_dir():
-            which, folder = f"epoch {lowest['epoch']}'s", f"adapters/epoch-{lowest['epoch']}"
-        else:
+        lowest, kept = run.lowest_adapter()
+        if kept is None or kept == summary["epochs"]:  # the base model's, or the final adapter's
             return []
+        which, folder = (f"step {lowest['step']}'s", "adapters/best-loss") if kept == BEST_LOSS else \
+            (f"epoch {kept}'s", f"adapters/epoch-{kept}")
         return [("p", f"The lowest validation loss is {which} ({lowest['val_loss']:.4f}, against "
                       f"{summary['final_val_loss']:.4f} after the last step): `tunelab export {run.path} OUT --epoch "
                       f"best-loss` exports its adapter ({folder}) with its own model card; the commands below use "
