@@ -141,6 +141,21 @@ def test_chat_template_without_one_exits_2_and_writes_nothing(tiny_recipe, tiny_
     assert not run.exists()
     assert main(["eval", str(recipe), "--run-dir", str(run)]) == 2
     assert not run.exists()
+    raw["data"]["chat_template"], raw["eval"] = False, {"chat_baseline": True}  # the chat baseline needs one too
+    recipe.write_text(yaml.safe_dump(raw))
+    for command in ("run", "eval"):
+        capsys.readouterr()
+        assert main([command, str(recipe), "--run-dir", str(run)]) == 2
+        assert f"eval.chat_baseline: the tokenizer of {bare} has no chat template; set eval.chat_baseline: false or " \
+               "use an instruct model's tokenizer" in " ".join(capsys.readouterr().err.split())
+        assert not run.exists()
+
+
+def test_the_chat_baseline_with_chat_formatted_prompts_is_refused(tiny_recipe):
+    from tunelab.config import validate
+    raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "chat_template": True}, "eval": {"chat_baseline": True}}
+    with pytest.raises(UserError, match="eval.chat_baseline: the run's prompts go through the chat template already"):
+        validate(raw, "r.yaml")
 
 
 def _chat_row(question, answer, system=None, earlier=()):

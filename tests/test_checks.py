@@ -206,6 +206,7 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
                                                     "depending on the light and the day and the mood."}] * 3)
     args = ["check", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
             "--set", "data.synthetic_test_rows=4", "--show", "2", "--set", "eval.fewshot=1", "--set",
+            "eval.chat_baseline=true", "--set",
             f"eval.also=[{{source: {bench}, template: 'Q: {{q}}\\nA:', target: ' {{a}}', fewshot: 0}}, "
             f"{{source: {words}, template: '{{q}}', target: '{{a}}'}}]"]
     assert main([*args, "--json"]) == 0
@@ -221,6 +222,11 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     assert shown["eval"]["fewshot_prompt"] == fewshot_prompt(splits.train[:1], test[0])
     assert shown["eval"]["fewshot_prompt"].startswith("Question: ") and "fewshot_prompt" not in shown["bench"]
     assert shown["bench"]["scoring"] == "numeric" and shown["bench"]["source"] == str(bench)
+    asked = shown["eval"]["chat_baseline_prompt"]  # SmolLM2's template writes its default system turn first
+    assert asked.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM") and \
+        asked.endswith(f"<|im_start|>user\n{test[0].prompt.strip()}<|im_end|>\n<|im_start|>assistant\n")
+    assert shown["bench"]["chat_baseline_prompt"].endswith("<|im_start|>user\nQ: What is 0 plus 0?\nA:<|im_end|>\n"
+                                                           "<|im_start|>assistant\n")
     assert [(r["prompt"], r["reference"]) for r in shown["bench"]["rows"]] == [("Q: What is 0 plus 0?\nA:", "0"),
                                                                                ("Q: What is 1 plus 1?\nA:", "2")]
     assert "rows" not in shown["words"] and "scor" in shown["words"]["skipped"]
@@ -230,6 +236,7 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     assert "Q: What is 1 plus 1?\nA:\n→ numeric scoring against '2' (" in out
     assert "words (" in out and "test split): not scored (" in out
     assert f"eval: {test[0].id}, as the few-shot baseline asks the base model" in out
+    assert f"bench: {shown['bench']['rows'][0]['id']}, as the chat baseline asks the base model" in out
 
 
 def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_together(capsys):

@@ -10,7 +10,7 @@ from fixture_run import add_eval, add_val_rows, make_run
 from tunelab.card import render
 from tunelab.evaluate.scoring import flips
 from tunelab.evaluate.summary import by_category, comparisons
-from tunelab.report import compare, write_report
+from tunelab.report import compare, eval_lines, write_report
 from tunelab.report.observations import cluster_separation, imitation_without_solving, overfitting
 from tunelab.rundir import RunDir
 
@@ -25,11 +25,12 @@ def test_flips_are_the_questions_that_changed_and_nothing_else():
     assert flips(before, after, list("abcd")) == {"gained": ["b"], "lost": ["c"]}
 
 
-def test_epochs_best_epoch_fewshot_and_flips_from_prediction_rows(tmp_path):
+def test_epochs_best_epoch_prompting_baselines_and_flips_from_prediction_rows(tmp_path):
     n = 40
     run = make_run(tmp_path / "r", epochs_n=3, val=(2.3, 1.6, 1.5, 1.45), train=(1.9, 1.4, 1.3))
     s = add_eval(run, {"base": flags(n, set(range(4))), "base-5shot": flags(n, set(range(10))),
-                       "epoch-1": flags(n, set(range(12))), "epoch-2": flags(n, set(range(20))),
+                       "base-chat": flags(n, set(range(1, 21))), "epoch-1": flags(n, set(range(12))),
+                       "epoch-2": flags(n, set(range(20))),
                        "tuned": flags(n, set(range(2, 21)))}, final_epoch=3, fewshot=5)
     assert [(e["epoch"], e["model"], e["flexible_accuracy"]) for e in s["epochs"]] == \
         [(1, "epoch-1", 0.3), (2, "epoch-2", 0.5), (3, "tuned", 19 / 40)]
@@ -37,6 +38,8 @@ def test_epochs_best_epoch_fewshot_and_flips_from_prediction_rows(tmp_path):
     assert s["epochs"][2]["vs_base"]["flexible"]["gained"] == 17 and s["epochs"][2]["vs_base"]["flexible"]["lost"] == 2
     assert s["best_epoch"]["epoch"] == 2
     assert s["fewshot"]["tuned_vs_fewshot"]["flexible"]["delta_pts"] == pytest.approx(100 * (19 - 10) / 40)
+    chat = s["chat_baseline"]["tuned_vs_chat"]["flexible"]  # tuned right on 2..20, asked via chat on 1..20
+    assert (chat["delta_pts"], chat["gained"], chat["lost"]) == (pytest.approx(-2.5), 0, 1)
     pairs = {(f["from"], f["to"]): f for f in s["flips"]}
     assert set(pairs) == {("base", "tuned"), ("epoch-1", "epoch-2"), ("epoch-2", "tuned")}
     assert pairs[("epoch-2", "tuned")]["gained"] == ["test-20"]
@@ -50,6 +53,10 @@ def test_epochs_best_epoch_fewshot_and_flips_from_prediction_rows(tmp_path):
     assert "Epoch 3 vs epoch 2 (flexible-extract): 50.0 % → 47.5 %, -2.5 pts, 95 % CI" in md
     assert "n = 40 — no gain beyond noise." in md and "Epoch 2 vs epoch 1 (flexible-extract)" in md
     assert "The fine-tune beat prompting beyond noise: 47.5 % vs 25.0 %" in md
+    assert "The fine-tune did not beat prompting beyond noise: 47.5 % vs 50.0 % for the base model asked through " \
+           "its chat template (zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template), -2.5 pts" in md
+    assert "| vs the base model asked through its chat template (flexible-extract) | 50.0 % → 47.5 % | -2.5 pts" in md
+    assert "vs base via chat template (50.0 %): -2.5 pts" in "\n".join(eval_lines(s))
     assert "## Questions gained and lost" in md and "epoch-2 → tuned: 1 gained, 2 lost (net -1)." in md
     assert "<details><summary>lost test-0" in html and "epoch-2 says 0" in html and "tuned says 1" in html
 

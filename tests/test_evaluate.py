@@ -8,6 +8,7 @@ import torch
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.evaluate.stage import evaluate
+from tunelab.evaluate.summary import pass_names
 from tunelab.evaluate.generate import ANSWER_LINE, generate
 from tunelab.rundir import RunDir
 from tunelab.train import train
@@ -325,8 +326,8 @@ def test_real_smollm2_eval_on_gsm8k_questions(gsm8k, tmp_path, monkeypatch):
                                               "eval.fewshot=0"])
     run = RunDir(tmp_path / "bare")
     result = evaluate(cfg, run, adapter=False)
-    preds = result.predictions
-    assert len(preds) == 4 and all(p["model"] == "base" and p["completion"].strip() for p in preds)
+    preds = result.predictions  # the recipe's chat baseline too: SmolLM2-Instruct asked through its chat template
+    assert [p["model"] for p in preds] == ["base"] * 4 + ["base-chat"] * 4 and all(p["completion"].strip() for p in preds)
     assert all(0 < p["tokens"] <= 64 for p in preds)
     assert result.summary["base"]["tokens_per_second"] > 0
 
@@ -569,3 +570,32 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     assert "GSM8K" not in md.split("## Take it further")[0].replace("lm-eval's GSM8K format", "")
     card = (run.adapter / "README.md").read_text()
     assert "| model | n | exact line | answer in line |" in card and "name: exact line accuracy" in card
+
+
+def test_the_chat_baseline_is_the_base_model_asked_through_its_chat_template(two_epoch_run, monkeypatch, tmp_path):
+    """eval.chat_baseline: the base model answers each rendered prompt sent as the user turn of its chat template
+    (lm-eval's --apply_chat_template), beside the plain base pass, and the summary pairs it with the fine-tune."""
+    import shutil
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))  # not other tests' passes
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"chat_baseline": True, "fewshot": 0,
+                                                                      "epochs": "last"})})
+    result = evaluate(cfg, run)
+    assert pass_names(result.summary) == ["base", "base-chat", "tuned"]
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
+    asked = [p for p in result.predictions if p["model"] == "base-chat"]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": f"Instruction: {p['question']}\nResponse:"}],
+                                       tokenize=False, add_generation_prompt=True) for p in asked]
+    assert all(p.startswith("<|im_start|>") and p.endswith("<|im_start|>assistant\n") for p in prompts)
+    texts = [generate(base, tok, [p], max_new_tokens=10, slots=1)[0][0].completion for p in prompts]
+    assert texts == [p["completion"] for p in asked] and len(asked) == 5
+    assert result.summary["base-chat"]["max_new_tokens"] == 10  # and how many answers it cut
+    assert result.summary["base-chat"]["at_budget"] == sum(p["tokens"] >= 10 for p in asked)
+    vs = result.summary["chat_baseline"]["tuned_vs_chat"]["flexible"]
+    tuned = [p["flexible_correct"] for p in result.predictions if p["model"] == "tuned"]
+    assert vs["n"] == 5 and vs["delta_pts"] == pytest.approx(20 * (sum(tuned) - sum(p["flexible_correct"]
+                                                                                      for p in asked)))

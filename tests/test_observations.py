@@ -2,8 +2,8 @@
 
 import pytest
 
-from tunelab.report.observations import (accuracy_change, cost_accuracy, familiarity, generalisation_gap,
-                                         overfitting, token_accuracy, versus_baseline)
+from tunelab.report.observations import (accuracy_change, answer_budget, cost_accuracy, familiarity,
+                                         generalisation_gap, overfitting, token_accuracy, versus_baseline)
 
 
 def history(val, train=None, acc=None):
@@ -91,3 +91,15 @@ def test_a_test_set_the_base_model_finds_more_familiar_than_the_train_split_is_f
     weighted = familiarity([(1.0, 100), *_rows([3.0] * 9)], _rows([3.0] * 10))
     assert "1.947 on 10 test rows" in weighted.text  # (100 * 1.0 + 90 * 3.0) / 190
     assert familiarity([], val) is None and "Skywork" in seen.rule
+
+
+def test_passes_whose_answers_reach_the_token_budget_are_named_from_a_tenth_of_their_answers():
+    def stats(at_budget):
+        return {"n": 100, "strict_accuracy": 0.1, "flexible_accuracy": 0.1, "tokens_per_second": 9.0,
+                "max_new_tokens": 96, **({"at_budget": at_budget} if at_budget is not None else {})}
+    evaluation = {"base": stats(9), "base-chat": stats(44), "tuned": stats(None)}  # tuned: an eval before the count
+    o = answer_budget(evaluation)
+    assert o.kind == "watch" and "base-chat 44 of 100 (budget 96 tokens)." in o.text and "base " not in o.text
+    evaluation["base"]["at_budget"] = 10
+    assert "base 10 of 100 (budget 96 tokens); base-chat 44 of 100" in answer_budget(evaluation).text
+    assert answer_budget({"base": stats(9), "tuned": stats(0)}) is None

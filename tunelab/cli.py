@@ -468,9 +468,11 @@ def _print_checks(result: dict) -> None:
             console.print(Text(q["prompt"], "dim"))
             console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
                           f"{shown['split']} split)")
-        if "fewshot_prompt" in shown:
-            console.rule(f"{name}: {shown['rows'][0]['id']}, as the few-shot baseline asks the base model")
-            console.print(Text(shown["fewshot_prompt"], "dim"))
+        for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
+                              ("chat_baseline_prompt", "the chat baseline")):
+            if key in shown:
+                console.rule(f"{name}: {shown['rows'][0]['id']}, as {baseline} asks the base model")
+                console.print(Text(shown[key], "dim"))
     e = result["estimate"]
     if e.get("hours") is not None:
         console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")
@@ -640,13 +642,14 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
     from tunelab.report import eval_lines
     from tunelab.evaluate.scoring import naming
     names = naming(summary)
-    table = Table("model", "n", names.strict, names.flexible, "tokens/s", "seconds",
+    table = Table("model", "n", names.strict, names.flexible, "at budget", "tokens/s", "seconds",
                   title=f"{run.path} eval: {names.accuracy}" + (f" on {extra} ({summary['source']}, eval.also)"
                                                                   if extra else ""))
     for name in pass_names(summary):
         s = summary[name]
         table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %", f"{100 * s['flexible_accuracy']:.1f} %",
-                      f"{s['tokens_per_second']:.0f}", f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
+                      str(s.get("at_budget", "—")), f"{s['tokens_per_second']:.0f}",
+                      f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
     console = Console()
     console.print(table)
     for metric in ("strict", "flexible"):

@@ -264,6 +264,10 @@ class EvalConfig(Section):
         "data", description="the few-shot baseline's shots: data = the first N training rows (what prompting with "
         "your own data gets); eval_source = the first N rows of eval.source's train split (lm-eval's fewshot_split: "
         "the benchmark measured the way lm-eval measures it)")
+    chat_baseline: bool = Field(False, description="also score the base model asked through its chat template "
+                                "(the rendered data.template as the user turn, zero-shot: lm-eval's "
+                                "--apply_chat_template), what simply asking an instruct model gets; for runs whose "
+                                "prompts are plain text (with data.chat_template the base pass is already that)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "answered by the base model and the tuned adapter, shown in the report side by side, not "
                          "scored (0 = none)")
@@ -387,6 +391,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
                         "drop one of them")
     if recipe is not None and recipe.eval.config and not recipe.eval.source:
         problems.append("eval.config: names a config of eval.source, which is not set")
+    if recipe is not None and recipe.eval.chat_baseline and recipe.data.chat_template:
+        problems.append("eval.chat_baseline: the run's prompts go through the chat template already "
+                        "(data.chat_template), so its base pass is that baseline; drop eval.chat_baseline")
     if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")

@@ -29,12 +29,13 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT's turn names
 
 
-def require(tok) -> None:
-    """Raises UserError when the tokenizer has no chat template to format with."""
+def require(tok, key: str = "data.chat_template") -> None:
+    """Raises UserError, naming the recipe `key` that asked for it, when the tokenizer has no chat template."""
     if not getattr(tok, "chat_template", None):
         name = getattr(tok, "name_or_path", "") or "this model"
-        raise UserError(f"data.chat_template: the tokenizer of {name} has no chat template; set "
-                        f"data.chat_template: false (plain prompts) or use an instruct model's tokenizer")
+        raise UserError(f"{key}: the tokenizer of {name} has no chat template; set {key}: false "
+                        f"{'(plain prompts) ' if key == 'data.chat_template' else ''}or use an instruct model's "
+                        "tokenizer")
 
 
 def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict | None, str | None]:

@@ -27,7 +27,7 @@ from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
-from tunelab.evaluate.summary import by_category, comparisons, pass_names
+from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, ExtraSetDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -44,7 +44,7 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | epoch-<K> | best-loss | tuned
+    name: str  # base | base-<N>shot | base-chat | epoch-<K> | best-loss | tuned
     prompts: list[str]
     stops: list[str] | str | None  # None: stop after a finished `#### N` line; "line": after the first line
     adapter: Path | None = None
@@ -98,6 +98,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                 _store(cfg, p, rows, stats[p.name])
         if p.shots_from:
             stats[p.name]["shots_from"] = p.shots_from
+        stats[p.name].update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
+                             at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
         predictions = [r for r in predictions if r["model"] != p.name] + rows
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **_own_format(cfg), **stats,
@@ -173,9 +175,9 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
     """The first `n` scored questions of the run's test set (`eval`) and of each `eval.also` set (by name), as the
     zero-shot passes ask them — the template or eval.template, through the chat template when trained so — with the
     reference each answer is scored against: `tunelab check --show`'s view of the eval. Per set: `source`, `split`,
-    and `scoring` with `rows` (id, prompt, reference) and, with eval.fewshot, the few-shot baseline's
-    `fewshot_prompt` for the first question; or `skipped` (why the set is not scored). `splits`: the recipe's,
-    when already loaded."""
+    and `scoring` with `rows` (id, prompt, reference) and, for the first question, the few-shot baseline's
+    `fewshot_prompt` (eval.fewshot) and the chat baseline's `chat_baseline_prompt` (eval.chat_baseline); or
+    `skipped` (why the set is not scored). `splits`: the recipe's, when already loaded."""
     out = {}
     sets = [("eval", cfg), *zip(also_names(cfg.eval), (also_recipe(cfg, e) for e in cfg.eval.also))]
     for name, recipe in sets:
@@ -191,6 +193,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         if recipe.eval.fewshot and questions:
             shots = shot_pool(recipe, rows)[:recipe.eval.fewshot]
             out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1])[0][0]
+        if recipe.eval.chat_baseline and questions:
+            out[name]["chat_baseline_prompt"] = chat_baseline_prompts(tok, questions[:1])[0]
     return out
 
 
@@ -285,7 +289,8 @@ def _shots_from(cfg: Recipe, n: int) -> str:
 def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
-    `pool`), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the final adapter.
+    `pool`), the base model through its chat template (`eval.chat_baseline`), each kept epoch, the lowest validation
+    pass's adapter (adapters/best-loss/), the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
@@ -299,6 +304,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
             few, context = _fewshot_prompts(cfg, tok, shots, questions)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget,
                                shots_from=_shots_from(cfg, len(shots))))
+        if cfg.eval.chat_baseline:
+            passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(tok, questions), stop, max_new_tokens=budget))
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
         if epochs_to_score(cfg, last) == "all":
@@ -317,6 +324,13 @@ def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Exa
         return ([chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions],
                 chat.context(tok, exchanges(shots), _history(questions[0])))  # rows share a system turn
     return [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
+
+
+def chat_baseline_prompts(tok, questions: list[Example]) -> list[str]:
+    """`eval.chat_baseline`: each question's rendered prompt as the user turn of the tokenizer's chat template, as
+    lm-eval's --apply_chat_template asks it (the prompt stripped: a turn ends where its text does)."""
+    chat.require(tok, "eval.chat_baseline")
+    return [chat.prompt(tok, q.prompt.strip(), history=_history(q)) for q in questions]
 
 
 def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:

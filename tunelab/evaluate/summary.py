@@ -1,5 +1,5 @@
 """The eval summary's comparisons: paired differences between models on the same questions, accuracy per
-epoch, the best epoch, the few-shot baseline, and the questions each compared pair gained and lost.
+epoch, the best epoch, the prompting baselines, and the questions each compared pair gained and lost.
 
 Torch-free (plain prediction rows in, JSON-ready dicts out), so it is tested on constructed rows.
 
@@ -14,11 +14,12 @@ from tunelab.evaluate.scoring import flips, mentions, normalize_text
 from tunelab.stats import paired_difference
 
 METRICS = ("strict", "flexible")
+CHAT_BASELINE = "base-chat"  # the base model asked through its chat template (eval.chat_baseline)
 
 
 def pass_names(summary: dict) -> list[str]:
-    """The models an eval summary holds stats for (base, base-<N>shot, epoch-<K>, best-loss, tuned), in its
-    order."""
+    """The models an eval summary holds stats for (base, base-<N>shot, base-chat, epoch-<K>, best-loss, tuned),
+    in its order."""
     return [k for k, v in summary.items() if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
 
 
@@ -27,7 +28,7 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
     Args:
-        stats: per model name (base, base-<N>shot, epoch-<K>, best-loss, tuned), its n and accuracies.
+        stats: per model name (base, base-<N>shot, base-chat, epoch-<K>, best-loss, tuned), its n and accuracies.
         ids: the scored question ids, in order.
         final_epoch: the epoch the final adapter (`tuned`) is from.
         fewshot: N of the few-shot baseline (0 = none).
@@ -60,10 +61,28 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     if fewshot and diff(name, "tuned"):
         out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned"),
                           "shots_from": stats[name].get("shots_from", f"the first {fewshot} training rows")}
+    if diff(CHAT_BASELINE, "tuned"):
+        out["chat_baseline"] = {"model": CHAT_BASELINE, "tuned_vs_chat": diff(CHAT_BASELINE, "tuned")}
     pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
         + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
                     if a in by and b in by]
+    return out
+
+
+def baselines(evaluation: dict) -> list[dict]:
+    """The prompting baselines an eval summary compared the final adapter with, each as {model, what (in words),
+    short (a label), how (the prompt, in words), vs (tuned − baseline, per metric)}: the base model N-shot
+    (`eval.fewshot`), then asked through its chat template (`eval.chat_baseline`)."""
+    out = []
+    if fs := evaluation.get("fewshot"):
+        out.append({"model": fs["model"], "what": f"the base model prompted {fs['shots']}-shot",
+                    "short": f"base {fs['shots']}-shot", "vs": fs["tuned_vs_fewshot"],
+                    "how": "lm-eval's GSM8K format" + (f", shots: {fs['shots_from']}" if "shots_from" in fs else "")})
+    if ch := evaluation.get("chat_baseline"):
+        out.append({"model": ch["model"], "what": "the base model asked through its chat template",
+                    "short": "base via chat template", "vs": ch["tuned_vs_chat"],
+                    "how": "zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template"})
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.evaluate.scoring import naming
-from tunelab.evaluate.summary import categories_of, paired_by_category
+from tunelab.evaluate.summary import baselines, categories_of, paired_by_category
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
@@ -76,10 +76,9 @@ def eval_lines(evaluation: dict) -> list[str]:
         lines.append(f"best-loss adapter {100 * evaluation['best-loss']['flexible_accuracy']:.1f} % vs final "
                      f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %: {d['delta_pts']:+.1f} pts, 95 % CI "
                      f"{d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}")
-    fs = evaluation.get("fewshot")
-    if fs:
-        d = fs["tuned_vs_fewshot"]["flexible"]
-        lines.append(f"vs base {fs['shots']}-shot ({100 * evaluation[fs['model']]['flexible_accuracy']:.1f} %): "
+    for b in baselines(evaluation):
+        d = b["vs"]["flexible"]
+        lines.append(f"vs {b['short']} ({100 * evaluation[b['model']]['flexible_accuracy']:.1f} %): "
                      f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}")
     for f in evaluation.get("flips") or []:
         lines.append(f"flips {f['from']} → {f['to']}: {len(f['gained'])} gained, {len(f['lost'])} lost")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.evaluate.summary import baselines
 from tunelab.rundir import lowest_pass
 
 
@@ -63,10 +64,9 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
     for metric, style in (("flexible", "o-"), ("strict", "s--")):
         ax.plot(ep, [100 * evaluation["base"][f"{metric}_accuracy"]] + [100 * r[f"{metric}_accuracy"] for r in rows],
                 style, label=getattr(names, metric))
-    fs = evaluation.get("fewshot")
-    if fs:
-        ax.axhline(100 * evaluation[fs["model"]]["flexible_accuracy"], ls=":", color="grey",
-                   label=f"base {fs['shots']}-shot ({names.flexible})")
+    for b, style in zip(baselines(evaluation), (":", "-.")):
+        ax.axhline(100 * evaluation[b["model"]]["flexible_accuracy"], ls=style, color="grey",
+                   label=f"{b['short']} ({names.flexible})")
     if best_loss_at is not None and "best-loss" in evaluation:
         ax.plot([best_loss_at], [100 * evaluation["best-loss"]["flexible_accuracy"]], "*", ms=14, color="C3",
                 label=f"lowest validation loss ({names.flexible})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
+from tunelab.evaluate.summary import baselines, pass_names
 from tunelab.rundir import counts_passes, last_improvement, stopped_early, trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
@@ -188,6 +189,24 @@ def truncation(summary: dict) -> Observation | None:
         return None
     return Observation("watch", f"{n} examples were longer than train.max_length and were truncated.",
                        "count of examples cut by max_length (examples left with no target token are dropped)")
+
+
+BUDGET_SHARE = 0.1  # a pass with this share of its answers at the token budget is flagged
+
+
+def answer_budget(evaluation: dict) -> Observation | None:
+    """Passes whose answers often reached the token budget: an answer cut there is scored on what it had written
+    (its last number so far), so the pass's accuracy may understate the model."""
+    cut = [(name, evaluation[name]) for name in pass_names(evaluation)
+           if evaluation[name].get("at_budget", 0) >= BUDGET_SHARE * evaluation[name]["n"]]
+    if not cut:
+        return None
+    said = "; ".join(f"{name} {s['at_budget']} of {s['n']} (budget {s['max_new_tokens']} tokens)" for name, s in cut)
+    return Observation("watch", "Answers that reached the token budget, cut there and scored on what they had "
+                       f"written: {said}. Those passes' accuracy may understate the model; a higher eval.max_new_tokens "
+                       "measures them whole.",
+                       f"answers whose generated tokens reached the pass's max_new_tokens; listed when at least "
+                       f"{100 * BUDGET_SHARE:.0f} % of a pass's answers did")
 
 
 def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> Observation | None:
@@ -408,23 +427,23 @@ def best_loss_accuracy(evaluation: dict, summary: dict) -> Observation | None:
                        "questions; beyond noise = CI excludes 0; flagged when the final adapter is the worse")
 
 
-def fewshot_baseline(evaluation: dict) -> Observation | None:
-    """Did the fine-tune beat simply prompting the base model N-shot? Judged by the paired interval."""
-    fs = evaluation.get("fewshot")
-    if not fs:
-        return None
-    d = fs["tuned_vs_fewshot"]["flexible"]
-    lo, hi = d["ci95_pts"]
-    prompted, tuned = evaluation[fs["model"]]["flexible_accuracy"], evaluation["tuned"]["flexible_accuracy"]
-    numbers = (f"{100 * tuned:.1f} % vs {100 * prompted:.1f} % for the base model prompted {fs['shots']}-shot "
-               f"(lm-eval's GSM8K format" + (f", shots: {fs['shots_from']}" if "shots_from" in fs else "")
-               + f"), {d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
-    rule = (f"paired bootstrap 95 % CI of tuned − few-shot base over the same questions "
-            f"({naming(evaluation).flexible})")
-    kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),
-                     -1: ("watch", "Prompting the base model beat the fine-tune beyond noise"),
-                     0: ("watch", "The fine-tune did not beat prompting beyond noise")}[_sign(d["ci95_pts"])]
-    return Observation(kind, f"{verdict}: {numbers}.", rule)
+def prompting_baselines(evaluation: dict) -> list[Observation]:
+    """Did the fine-tune beat simply prompting the base model (N-shot; through its chat template)? Judged by the
+    paired interval, one observation per baseline scored."""
+    found = []
+    for b in baselines(evaluation):
+        d = b["vs"]["flexible"]
+        lo, hi = d["ci95_pts"]
+        prompted, tuned = evaluation[b["model"]]["flexible_accuracy"], evaluation["tuned"]["flexible_accuracy"]
+        numbers = (f"{100 * tuned:.1f} % vs {100 * prompted:.1f} % for {b['what']} ({b['how']}), "
+                   f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']}")
+        rule = (f"paired bootstrap 95 % CI of tuned − {b['short']} over the same questions "
+                f"({naming(evaluation).flexible})")
+        kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),
+                         -1: ("watch", "Prompting the base model beat the fine-tune beyond noise"),
+                         0: ("watch", "The fine-tune did not beat prompting beyond noise")}[_sign(d["ci95_pts"])]
+        found.append(Observation(kind, f"{verdict}: {numbers}.", rule))
+    return found
 
 
 def imitation_without_solving(epochs: list[dict], evaluation: dict) -> Observation | None:

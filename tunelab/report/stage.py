@@ -14,6 +14,7 @@ from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.data import MIX_SEP, source_names
 from tunelab.evaluate.scoring import naming
+from tunelab.evaluate.summary import baselines
 from tunelab.report import extra, mix
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
@@ -241,14 +242,13 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
     if not evaluation:
         rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
-    if evaluation and "fewshot" in evaluation and "tuned" in evaluation:
-        fs = evaluation["fewshot"]
-        d = fs["tuned_vs_fewshot"]["flexible"]
-        rows.append((f"vs the base model prompted {fs['shots']}-shot ({names.flexible})",
-                     f"{100 * evaluation[fs['model']]['flexible_accuracy']:.1f} % → "
+    for b in baselines(evaluation) if evaluation and "tuned" in evaluation else []:
+        d = b["vs"]["flexible"]
+        rows.append((f"vs {b['what']} ({names.flexible})",
+                     f"{100 * evaluation[b['model']]['flexible_accuracy']:.1f} % → "
                      f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %",
                      f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']}"
-                     + (f"; shots: {fs['shots_from']}" if "shots_from" in fs else "")))
+                     f"; {b['how']}"))
     if evaluation and evaluation.get("best_epoch"):
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
@@ -308,7 +308,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                evaluation["base"][f"{metric}_accuracy"],
                                                evaluation["tuned"][f"{metric}_accuracy"], names.accuracy))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
-                              rules.fewshot_baseline(evaluation)) if o]
+                              *rules.prompting_baselines(evaluation), rules.answer_budget(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
         found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
     if evaluation and evaluation.get("by_category"):
