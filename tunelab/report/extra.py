@@ -10,6 +10,7 @@ Run as: tunelab report runs/smoke      (after tunelab eval runs/smoke --set 'eva
 from __future__ import annotations
 
 from tunelab.evaluate.scoring import naming
+from tunelab.evaluate.summary import baselines
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
 from tunelab.rundir import ExtraSetDir, RunDir
@@ -46,8 +47,9 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
         written = s.get("format", {}).get("template")
+        prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s))
         rows.append((view.name, s.get("source"), repr(written) if written else "the run's", d["n"],
-                     f"{100 * s['base']['flexible_accuracy']:.1f} %",
+                     f"{100 * s['base']['flexible_accuracy']:.1f} %", prompted or "–",
                      steps or "–", f"{100 * s['tuned']['flexible_accuracy']:.1f} %",
                      f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})",
                      f"{d['mcnemar_p']:.2g}"))
@@ -58,10 +60,12 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         return [], []
     blocks = [("p", "Test sets scored besides the run's own (eval.also), each the way eval.source is scored: the "
                     "base model and each epoch's adapter on the same questions, each written with the run's "
-                    "template or the prompt it sets (the one it was trained with, for a data.mix source); accuracy "
-                    "is flexible-extract (or the exact-match line, for short answers). A fall here beyond noise is "
-                    "what the fine-tune cost on that set."),
-              ("table", ["set", "source", "prompt", "n", "base", "per epoch", "tuned", "Δ pts (95 % CI)", "McNemar p"], rows)]
+                    "template or the prompt it sets (the one it was trained with, for a data.mix source), and the "
+                    "base model prompted few-shot (eval.fewshot, or the set's fewshot) or through its chat template "
+                    "(eval.chat_baseline) when asked; accuracy is flexible-extract (or the exact-match line, for "
+                    "short answers). A fall here beyond noise is what the fine-tune cost on that set."),
+              ("table", ["set", "source", "prompt", "n", "base", "base prompted", "per epoch", "tuned",
+                         "Δ pts (95 % CI)", "McNemar p"], rows)]
     return blocks, found
 
 
