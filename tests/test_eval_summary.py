@@ -57,6 +57,10 @@ def test_epochs_best_epoch_prompting_baselines_and_flips_from_prediction_rows(tm
            "its chat template (zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template), -2.5 pts" in md
     assert "| vs the base model asked through its chat template (flexible-extract) | 50.0 % → 47.5 % | -2.5 pts" in md
     assert "vs base via chat template (50.0 %): -2.5 pts" in "\n".join(eval_lines(s))
+    text = render(r)  # the model card names what each baseline row is
+    assert "| base-chat | 40 | 50.0 % | 50.0 % |" in text and "`base-5shot` is the base model prompted 5-shot (lm-eval's " \
+        "GSM8K format, shots: the first 5 training rows); `base-chat` is the base model asked through its chat " \
+        "template (zero-shot" in text
     assert "## Questions gained and lost" in md and "epoch-2 → tuned: 1 gained, 2 lost (net -1)." in md
     assert "<details><summary>lost test-0" in html and "epoch-2 says 0" in html and "tuned says 1" in html
 

@@ -18,6 +18,7 @@ import yaml
 
 from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
+from tunelab.evaluate.summary import baselines
 from tunelab.handoff import hub_id, is_local, known_license
 from tunelab.rundir import BEST_LOSS, RunDir, counts_passes, lowest_pass, stopped_early, trained_and_planned
 
@@ -198,6 +199,8 @@ def _evaluation(cfg, evaluation: dict | None) -> list[str]:
         if isinstance(row, dict) and "flexible_accuracy" in row and "n" in row:
             rows.append(f"| {name} | {row['n']} | {100 * row['strict_accuracy']:.1f} % | "
                         f"{100 * row['flexible_accuracy']:.1f} % |")
+    said = [f"`{b['model']}` is {b['what']} ({b['how']})" for b in baselines(evaluation)]
+    rows += ["", "; ".join(said) + "."] if said else []
     diff = evaluation.get("flexible_difference")
     if diff:
         low, high = diff["ci95_pts"]
