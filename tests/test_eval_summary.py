@@ -46,8 +46,14 @@ def test_epochs_best_epoch_prompting_baselines_and_flips_from_prediction_rows(tm
     assert pairs[("epoch-2", "tuned")]["lost"] == ["test-0", "test-1"]
 
     r = RunDir(run)
+    price = {"device": "cpu", "usd_per_hour": 0.085, "price_source": "table"}
+    r.write_json(r.eval_summary, {**s, "cost": {**price, "device_hours": 0.05, "cost_usd": 0.00425}})
+    (run / "eval" / "also" / "bench").mkdir(parents=True)  # an eval.also set's passes count too
+    r.write_json(run / "eval" / "also" / "bench" / "summary.json", {"cost": {**price, "device_hours": 0.01,
+                                                                             "cost_usd": 0.00085}})
     write_report(r)
     md, html = r.report_md.read_text(), r.report_html.read_text()
+    assert "| Eval cost | $0.0051 measured (3.6 device-min of answer passes × $0.085/h;" in md
     assert "| Best epoch by accuracy | epoch 2 |" in md
     assert (r.report_files / "accuracy_per_epoch.png").exists() and html.count("data:image/png;base64,") == 5
     assert "Epoch 3 vs epoch 2 (flexible-extract): 50.0 % → 47.5 %, -2.5 pts, 95 % CI" in md

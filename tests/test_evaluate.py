@@ -595,6 +595,12 @@ def test_the_chat_baseline_is_the_base_model_asked_through_its_chat_template(two
     assert texts == [p["completion"] for p in asked] and len(asked) == 5
     assert result.summary["base-chat"]["max_new_tokens"] == 10  # and how many answers it cut
     assert result.summary["base-chat"]["at_budget"] == sum(p["tokens"] >= 10 for p in asked)
+    passes = [result.summary[name] for name in pass_names(result.summary)]
+    assert result.summary["cost"]["device_hours"] == pytest.approx(sum(s["seconds"] for s in passes) / 3600, abs=1e-8)
+    again = evaluate(cfg, run).summary  # the base passes come from the cache now: their time is not this eval's
+    assert again["base"]["cached"] and again["base-chat"]["cached"] and not again["tuned"].get("cached")
+    assert again["cost"]["device_hours"] == pytest.approx(again["tuned"]["seconds"] / 3600, abs=1e-8)
+    assert run.eval_cost()["cost_usd"] == again["cost"]["cost_usd"] > 0
     vs = result.summary["chat_baseline"]["tuned_vs_chat"]["flexible"]
     tuned = [p["flexible_correct"] for p in result.predictions if p["model"] == "tuned"]
     assert vs["n"] == 5 and vs["delta_pts"] == pytest.approx(20 * (sum(tuned) - sum(p["flexible_correct"]

@@ -151,6 +151,15 @@ def test_flops_and_estimate_arithmetic():
     assert cost.gpu_key("NVIDIA A100-SXM4-40GB", 40) == "A100-40GB" and cost.gpu_key("NVIDIA H100 80GB HBM3") == "H100-80GB"
 
 
+def test_each_gpu_process_counts_its_hours_and_cpu_processes_share_the_machine():
+    import torch
+    from tunelab import cost
+    one = cost.actual(1800, torch.device("cpu"), 2.0, processes=2)  # two processes on one CPU: one machine's price
+    assert (one["device_hours"], one["cost_usd"]) == (0.5, 1.0)
+    four = cost.actual(1800, torch.device("cuda"), 2.0, processes=4)  # four GPUs for half an hour: two GPU-hours
+    assert (four["device_hours"], four["cost_usd"]) == (2.0, 4.0) and four["price_source"].endswith("; 4 GPUs")
+
+
 def test_overview_counts_the_test_rows_of_the_source_they_came_from(tmp_path):
     """The Overview's test count is taken at train time; when eval.source is set on a finished run, the count
     still names its own source and the scored questions are stated beside it, not silently swapped."""

@@ -64,12 +64,14 @@ def price_per_hour(device, override: float | None) -> tuple[float, str]:
     return CPU_USD_PER_CORE_HOUR * cores, f"{TABLE_SOURCE}; CPU at ${CPU_USD_PER_CORE_HOUR}/core-hour x {cores} cores"
 
 
-def actual(wall_seconds: float, device, override: float | None) -> dict:
-    """The cost.json of a finished stage: device-hours x price."""
+def actual(wall_seconds: float, device, override: float | None, processes: int = 1) -> dict:
+    """The cost of a finished stage: device-hours x price. `processes` GPUs (one per process) each count their wall
+    hours; processes on one CPU share the machine the price is for."""
     usd_per_hour, source = price_per_hour(device, override)
-    hours = wall_seconds / 3600
+    gpus = processes if device.type == "cuda" else 1
+    hours = wall_seconds * gpus / 3600
     return {"device": device.type, "device_hours": round(hours, 9), "usd_per_hour": usd_per_hour,
-            "cost_usd": round(hours * usd_per_hour, 9), "price_source": source}
+            "cost_usd": round(hours * usd_per_hour, 9), "price_source": source + (f"; {gpus} GPUs" if gpus > 1 else "")}
 
 
 CPU_UTILISATION = 0.5  # share of this machine's measured fp32 matmul rate that LoRA training reaches (assumption)

@@ -126,8 +126,10 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
+    scored = run.eval_cost()
     lines.append((f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); " if cost else
                   "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the other trainer's "
                   "train_runtime, when it recorded one); ")
+                 + (f"eval ${scored['cost_usd']:.4f} ({scored['device_hours'] * 60:.1f} device-min); " if scored else "")
                  + f"this command {seconds / 60:.1f} min")
     print("\n".join(lines))

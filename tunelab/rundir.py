@@ -74,12 +74,14 @@ LAYOUT = {
                                           "`format` when its rows were not written with data's templates), "
                                           "`prompts` (a digest of the prompts asked: passes kept from an earlier "
                                           "eval were asked the same); "
-                                          "per model (base, base-Nshot, epoch-K, best-loss, tuned): n, strict and "
-                                          "flexible accuracy, tokens/s, seconds; base → tuned paired difference "
+                                          "per model (base, base-Nshot, base-chat, epoch-K, best-loss, tuned): n, "
+                                          "strict and flexible accuracy, tokens/s, seconds, `at_budget` (answers "
+                                          "that reached `max_new_tokens`); base → tuned paired difference "
                                           "with 95 % CI and McNemar p; `epochs` (accuracy per epoch, vs base and vs "
                                           "the previous epoch), `best_epoch`, `best_loss` (best-loss vs tuned), "
                                           "`fewshot` (tuned vs the N-shot base, `shots_from`), "
-                                          "`flips`; `by_category`: base → tuned "
+                                          "`chat_baseline` (tuned vs base-chat), `flips`, `cost` (the passes "
+                                          "answered for this run, priced as cost.json); `by_category`: base → tuned "
                                           "per `data.label_field` value (or per reference class under exact "
                                           "scoring, with confusion tables), paired"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
@@ -149,6 +151,17 @@ class RunDir:
         if which == BEST_LOSS:
             return f"step {lowest_pass(self.read_validation())['step']}'s adapter, the lowest validation loss"
         return "the final adapter" if which is None else f"epoch {which}'s adapter"
+
+    def eval_cost(self) -> dict | None:
+        """The eval stage's cost: the passes answered for this run, on its own test set and each eval.also set
+        (base passes reused from the cache not counted), summed: {device_hours, cost_usd, usd_per_hour,
+        price_source}; None before an eval that recorded it."""
+        costs = [s["cost"] for s in [self.read_eval_summary(), *(v.read_eval_summary() for v in self.extra_sets())]
+                 if s and "cost" in s]
+        if not costs:
+            return None
+        return {"device_hours": sum(c["device_hours"] for c in costs), "cost_usd": sum(c["cost_usd"] for c in costs),
+                "usd_per_hour": costs[0]["usd_per_hour"], "price_source": costs[0]["price_source"]}
 
     def lowest_adapter(self) -> tuple[dict, int | str | None]:
         """The validation pass with the lowest loss and the adapter holding its weights (what `--epoch best-loss`

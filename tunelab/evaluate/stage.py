@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab import card, distributed, trackers
+from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
@@ -89,7 +89,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode, asked)
     device = pick_device(cfg.train.device)
     tune_for(device)
-    journal = Journal(run, distributed.setup(device.type).rank)
+    d = distributed.setup(device.type)
+    journal = Journal(run, d.rank)
     for p in passes:
         rows, stats[p.name] = _cached(cfg, p) if p.is_base else (None, None)
         if rows is None:
@@ -104,7 +105,9 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **_own_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
-                             NAMING[mode].flexible)}
+                             NAMING[mode].flexible),
+               "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
+                                   cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
     categories = by_category(predictions, [q.id for q in questions], cfg.data.label_field, mode)
     if categories:
         summary["by_category"] = categories

@@ -31,7 +31,9 @@ DEFINITIONS = [
     "Accuracy interval = 95 % paired bootstrap interval of (tuned − base) over the same questions; McNemar's "
     "exact test on the questions one model got right and the other wrong.",
     "Cost = measured wall hours of the train stage × price per hour (recipe cost.usd_per_hour, or the dated "
-    "built-in table). Estimate = FLOPs (4·N per trained token, 6·N with gradient checkpointing, 2·N per "
+    "built-in table); eval cost = measured wall hours of the answer passes run for this run (its test set and each "
+    "eval.also set; a base pass reused from the cache, answered for another run, not counted) × the same kind of "
+    "price, for the device the eval ran on. Estimate = FLOPs (4·N per trained token, 6·N with gradient checkpointing, 2·N per "
     "validated token, plus causal attention) / (device peak × utilisation: measured on H100/H200, assumed "
     "elsewhere; the basis is stated with each estimate).",
     "Outliers = rows whose mean rank of embedding-space isolation (local outlier factor) and final per-example "
@@ -155,6 +157,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
          if "wall_seconds" in summary else None),
         ("Cost", f"${cost['cost_usd']:.4f} measured ({cost['device_hours']:.4f} device-hours × "
                  f"${cost['usd_per_hour']:.3f}/h; {cost['price_source']})" if cost else "not priced"),
+        ("Eval cost", f"${scored['cost_usd']:.4f} measured ({scored['device_hours'] * 60:.1f} device-min of answer "
+                      f"passes × ${scored['usd_per_hour']:.3f}/h; base passes reused from the cache not counted)"
+         if (scored := run.eval_cost()) else None),
     ]
     if summary.get("imported"):
         rows = _imported_rows(summary["imported"], rows, cfg, cost)

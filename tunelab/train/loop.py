@@ -444,7 +444,7 @@ def _write_outputs(loop: Loop, wall: float) -> dict:
     run.write_jsonl(run.examples, state.example_log)
     summary = _summary(loop, wall)
     run.write_json(run.summary, summary)
-    run.write_json(run.cost, cost.actual(wall, loop.device, loop.cfg.cost.usd_per_hour))
+    run.write_json(run.cost, cost.actual(wall, loop.device, loop.cfg.cost.usd_per_hour, loop.d.world))
     card.write(run)
     return summary
 
