@@ -327,7 +327,8 @@ def test_real_smollm2_eval_on_gsm8k_questions(gsm8k, tmp_path, monkeypatch):
     run = RunDir(tmp_path / "bare")
     result = evaluate(cfg, run, adapter=False)
     preds = result.predictions  # the recipe's chat baseline too: SmolLM2-Instruct asked through its chat template
-    assert [p["model"] for p in preds] == ["base"] * 4 + ["base-chat"] * 4 and all(p["completion"].strip() for p in preds)
+    assert [p["model"] for p in preds] == ["base"] * 4 + ["base-chat"] * 4
+    assert all(p["completion"].strip() for p in preds)
     assert all(0 < p["tokens"] <= 64 for p in preds)
     assert result.summary["base"]["tokens_per_second"] > 0
 
@@ -605,3 +606,60 @@ def test_the_chat_baseline_is_the_base_model_asked_through_its_chat_template(two
     tuned = [p["flexible_correct"] for p in result.predictions if p["model"] == "tuned"]
     assert vs["n"] == 5 and vs["delta_pts"] == pytest.approx(20 * (sum(tuned) - sum(p["flexible_correct"]
                                                                                       for p in asked)))
+
+
+def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, monkeypatch, tmp_path):
+    """An eval.also set of prose replies: the base model's, each epoch adapter's and the final adapter's target loss
+    on its rows (the loss transformers computes on the same tokens), paired tuned − base, into eval/also/<name>/;
+    a second eval keeps the models already measured."""
+    import shutil
+    from conftest import write_jsonl
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.data import load_splits
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.rundir import ExtraSetDir
+    from tunelab.stats import paired_loss_difference
+    from tunelab.train.batching import IGNORE, tokenize_with
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe the number {i}.", "a": f"The number {i} is a "
+                                                    f"whole number, written with {len(str(i))} digits, and it comes "
+                                                    f"after {i - 1} when counting up from zero."} for i in range(6)])
+    raw = cfg.model_dump(mode="json")
+    raw["eval"].update(fewshot=0, also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
+    cfg = validate(raw, "tiny2")
+    ((name, result),) = evaluate_extra(cfg, run)
+    s = result.summary
+    assert name == "prose" and s["scoring"] == "loss" and s["n"] == 5 and "scor" in s["reason"]  # eval.limit 5
+    assert list(s["losses"]) == ["base", "epoch-1", "tuned"]
+    from tunelab.config import also_recipe
+    extra = also_recipe(cfg, cfg.eval.also[0])
+    rows = load_splits(extra.data, extra.eval).test[:5]
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    items, _ = tokenize_with(extra, rows, tok)
+
+    def loss_of(model) -> float:  # transformers' own loss, token-weighted over the rows
+        total = tokens = 0
+        for it in items:
+            labels = torch.tensor([it.labels])
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([it.input_ids]), labels=labels)
+            n = int((labels[0, 1:] != IGNORE).sum())
+            total, tokens = total + out.loss.item() * n, tokens + n
+        return total / tokens
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
+    assert s["losses"]["base"]["loss"] == pytest.approx(loss_of(base), rel=1e-4)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.model.name), str(run.adapter))
+    assert s["losses"]["tuned"]["loss"] == pytest.approx(loss_of(tuned.eval()), rel=1e-4)
+    view = ExtraSetDir(run.path, "prose")
+    per_row = {}
+    for r in view.read_jsonl(view.losses):
+        per_row.setdefault(r["model"], {})[r["id"]] = (r["loss"], r["tokens"])
+    assert s["loss_difference"] == paired_loss_difference(per_row["base"], per_row["tuned"])
+    assert [(e["epoch"], e["model"]) for e in s["epochs"]] == [(1, "epoch-1"), (2, "tuned")]
+    assert s["cost"]["device_hours"] > 0
+    ((_, again),) = evaluate_extra(cfg, run, only="tuned")  # the base model's losses are kept, the adapters' redone
+    assert again.summary["losses"]["base"] == s["losses"]["base"]
+    assert again.summary["loss_difference"]["delta"] == pytest.approx(s["loss_difference"]["delta"], abs=1e-4)

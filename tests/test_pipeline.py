@@ -158,6 +158,19 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
         f"Double {i}:\n" for i in range(4)]  # the run's eval.limit
     assert main(["report", str(run.path)]) == 0
     assert re.search(r"\| doubles \| \S+more\.jsonl \| 'Double \{x\}:\\n' \| 4 \|", run.report_md.read_text())
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"x": i, "y": f"Doubling {i} gives a number twice as large, as "
+                                                    "anyone who counts carefully will find."} for i in range(5)])
+    capsys.readouterr()  # replies no scoring mode suits: measured by loss, listed apart
+    assert main(["eval", str(run.path), "--set", f"eval.also=[{{source: {prose}, name: prose, template: '{{x}}:\\n', "
+                                                  "target: '{y}'}]"]) == 0
+    assert re.search(r"on prose \(\S+prose\.jsonl, eval\.also, measured by loss\): target loss \d+\.\d{3} → \d+\.\d{3} "
+                     r"\([+-]\d+\.\d{3}, 95 % CI", " ".join(capsys.readouterr().out.split()))
+    assert main(["report", str(run.path)]) == 0
+    md = run.report_md.read_text()
+    assert re.search(r"\| prose \| \S+prose\.jsonl \| '\{x\}:\\n' \| 4 \| \d+\.\d{3} \| \d+\.\d{3} → \d+\.\d{3} \| "
+                     r"\d+\.\d{3} \|", md)  # base, per epoch, tuned target loss on the run's eval.limit rows
+    assert re.search(r"The fine-tune (made prose's replies (less|more) likely|did not change how likely prose's "
+                     r"replies are) beyond noise: target loss", md)
     capsys.readouterr()
     bad = [*args[:-2], "--set", f"eval.also=[{{source: {tmp_path / 'nope.jsonl'}}}]", "--run-dir", str(tmp_path / "b")]
     assert main(bad) == 2

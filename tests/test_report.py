@@ -363,3 +363,33 @@ def test_the_accuracy_picture_stars_the_lowest_validation_pass_adapter_at_its_st
     star = panel.get_lines()[-1]
     assert (list(star.get_xdata()), list(star.get_ydata())) == ([15 * summary["epochs"] / 20], [50.0])
     assert "the star: the lowest validation pass's adapter" in RunDir(run).report_md.read_text()
+
+
+@pytest.mark.parametrize("shift, kind, verdict", [
+    (0.3, "watch", "The fine-tune made chat's replies less likely beyond noise: target loss 1.500 → 1.800 (+0.300, "
+                   "+20.0 %"),
+    (-0.3, "good", "The fine-tune made chat's replies more likely beyond noise: target loss 1.500 → 1.200 (-0.300"),
+    (0.0, "info", "The fine-tune did not change how likely chat's replies are beyond noise: target loss 1.500 → 1.500"),
+])
+def test_a_set_measured_by_loss_is_judged_by_its_paired_interval(shift, kind, verdict, tmp_path):
+    from tunelab.report import extra
+    from tunelab.stats import paired_loss_difference
+    run = make_run(tmp_path / "r")
+    wobble = [0.1 * ((i % 3) - 1) for i in range(30)]  # per-row noise the shift is measured against
+    base = {f"test-{i}": (1.5 + w, 10) for i, w in enumerate(wobble)}
+    tuned = {i: (loss + shift + (0.05 * (k % 2) - 0.025 if not shift else 0), n)
+             for k, (i, (loss, n)) in enumerate(base.items())}
+    folder = run / "eval" / "also" / "chat"
+    folder.mkdir(parents=True)
+    summary = {"scoring": "loss", "reason": "no scoring mode suits", "split": "test", "source": "chats.jsonl", "n": 30,
+               "losses": {"base": {"loss": 1.5}, "tuned": {"loss": 1.5 + shift}},
+               "loss_difference": paired_loss_difference(base, tuned), "epochs": [{"epoch": 2, "model": "tuned",
+                                                                                   "loss": 1.5 + shift}]}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    blocks, found = extra.section(RunDir(run))
+    assert [o.kind for o in found] == [kind] and found[0].text.startswith(verdict)
+    d = summary["loss_difference"]
+    assert blocks[-1][2] == [("chat", "chats.jsonl", "the run's", 30, "1.500", f"{1.5 + shift:.3f}", f"{1.5 + shift:.3f}",
+                              f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})")]
+    assert extra.line("chat", summary).startswith("on chat (chats.jsonl, eval.also, measured by loss): target loss "
+                                                  "1.500")

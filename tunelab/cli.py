@@ -462,7 +462,8 @@ def _print_checks(result: dict) -> None:
                                       for seg in ex["segments"])))
     for name, shown in result.get("eval_examples", {}).items():
         if "skipped" in shown:
-            console.print(f"{name} ({shown['source']}, {shown['split']} split): not scored ({shown['skipped']})")
+            console.print(f"{name} ({shown['source']}, {shown['split']} split): not scored ({shown['skipped']})"
+                          + ("; its target loss is measured instead" if shown.get("by_loss") else ""))
         for q in shown.get("rows", []):
             console.rule(f"{name}: {q['id']}, as the eval asks it")
             console.print(Text(q["prompt"], "dim"))
@@ -641,6 +642,9 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
     from tunelab.evaluate.summary import pass_names
     from tunelab.report import eval_lines
     from tunelab.evaluate.scoring import naming
+    if summary.get("scoring") == "loss":  # an eval.also set no scoring mode suits: measured by loss
+        _print_losses(summary, run, extra)
+        return
     names = naming(summary)
     table = Table("model", "n", names.strict, names.flexible, "at budget", "tokens/s", "seconds",
                   title=f"{run.path} eval: {names.accuracy}" + (f" on {extra} ({summary['source']}, eval.also)"
@@ -660,6 +664,21 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
                           f"McNemar p = {d['mcnemar_p']:.3g}, {d['gained']} gained / {d['lost']} lost)")
     for line in eval_lines(summary):
         console.print(line)
+
+
+def _print_losses(summary: dict, run, name: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from tunelab.report import extra
+    table = Table("model", "target loss", "token accuracy", "seconds",
+                  title=f"{run.path} eval: {name} ({summary['source']}, eval.also), {summary['n']} rows measured "
+                        f"by loss ({summary['reason']})")
+    for model, s in summary["losses"].items():
+        table.add_row(model, f"{s['loss']:.4f}", f"{100 * s['token_accuracy']:.1f} %", f"{s['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    if said := extra.line(name, summary):
+        console.print(said)
 
 
 def _print_epochs(epochs: list[dict], summary: dict, run) -> None:

@@ -283,7 +283,8 @@ class EvalConfig(Section):
                                      "data.mix entry of the same source, else data's): the base model and each "
                                      "epoch's adapter on the same questions, paired, in eval/also/<name>/; the report "
                                      "gives each one's change (a general benchmark: did the fine-tune cost it "
-                                     "anything?)")
+                                     "anything?); a set whose answers no scoring mode suits (prose, chat replies) "
+                                     "is measured by target loss instead")
 
     @model_validator(mode="before")
     @classmethod

@@ -92,7 +92,9 @@ LAYOUT = {
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "
-                              "`source`), as eval/'s"),
+                              "`source`), as eval/'s; a set whose answers no scoring mode suits: losses.jsonl (per "
+                              "row and model: target loss, tokens) and a summary with `scoring: loss`, `losses` "
+                              "(per model), `loss_difference` (tuned − base, paired over rows), `epochs`, `cost`"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "
                                                  "train duplicates, length profile, scoreable targets, estimate"),
     "analysis/lengths.png": ("lengths_png", "histogram of tokens per row, train.max_length marked"),
@@ -315,6 +317,7 @@ class ExtraSetDir(RunDir):
         self.name = name
 
     eval_dir = property(lambda self: self.path / "eval" / "also" / self.name)
+    losses = property(lambda self: self.eval_dir / "losses.jsonl")  # a set measured by loss: per row and model
 
     def __getattr__(self, name: str) -> Path:
         rel = _ATTRIBUTES.get(name)

@@ -25,6 +25,7 @@ from tunelab.config import Recipe, also_names, also_recipe, formatted, own_forma
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
+from tunelab.evaluate import losses
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names
@@ -103,7 +104,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                              at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
         predictions = [r for r in predictions if r["model"] != p.name] + rows
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0], "prompts": asked,
-               **({"source": cfg.eval.source} if cfg.eval.source else {}), **_own_format(cfg), **stats,
+               **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible),
                "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
@@ -128,20 +129,28 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
 def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = True,
                    skip_done: bool = False) -> list[tuple[str, EvalResult]]:
     """Score each `eval.also` test set as `evaluate` scores eval.source (base, epochs, tuned, few-shot, on the same
-    questions), into eval/also/<name>/. `only` and `adapter` as for `evaluate`; `skip_done`: leave the sets already
-    scored (a resumed `tunelab run`).
+    questions), into eval/also/<name>/; a set whose answers no scoring mode suits is measured by loss instead
+    (`losses.measure`). `only` and `adapter` as for `evaluate`; `skip_done`: leave the sets already scored (a
+    resumed `tunelab run`).
 
     Raises:
-        UserError: a set that cannot be scored, naming its eval.also entry.
+        UserError: a set that cannot be read, naming its eval.also entry.
     """
     results = []
     for i, (entry, name) in enumerate(zip(cfg.eval.also, also_names(cfg.eval))):
         view = ExtraSetDir(run.path, name)
-        if skip_done and done(view):
+        if skip_done and (done(view) or losses.done(view.read_eval_summary())):
             continue
         log.info("eval.also: scoring %s (%s)", name, entry.source)
+        extra = also_recipe(cfg, entry)
         try:
-            results.append((name, evaluate(also_recipe(cfg, entry), view, only=only, adapter=adapter)))
+            splits = load_splits(extra.data, extra.eval)
+            reason = unscoreable(extra, splits)
+            if reason and splits.test + splits.val:  # replies no answer check suits: how likely each model finds them
+                results.append((name, EvalResult(losses.measure(extra, view, *_limited(extra, splits), reason, only,
+                                                                adapter), [])))
+            else:
+                results.append((name, evaluate(extra, view, only=only, adapter=adapter)))
         except UserError as err:
             raise UserError(f"eval.also.{i} ({entry.source}): {err}") from None
     if results and run.summary.exists() and distributed.is_main_process():
@@ -155,8 +164,8 @@ def extra_done(cfg: Recipe, run: RunDir) -> bool:
 
 
 def check_extra(cfg: Recipe) -> None:
-    """Before training: every `eval.also` test set can be read and scored (a typo is found now, not after the
-    training it waits for).
+    """Before training: every `eval.also` test set can be read, and scored or measured by loss (a typo is found now,
+    not after the training it waits for).
 
     Raises:
         UserError: naming the eval.also entry and why.
@@ -168,6 +177,9 @@ def check_extra(cfg: Recipe) -> None:
             reason = unscoreable(extra, splits)
             if not reason:
                 shot_pool(extra, splits)  # too few few-shot shots raises
+            elif splits.test + splits.val:  # rows whose answers no scoring mode suits: measured by loss
+                log.info("eval.also.%d (%s): %s; measured by loss instead", i, entry.source, reason)
+                reason = None
         except UserError as err:
             reason = str(err)
         if reason:
@@ -189,6 +201,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         out[name] = {"source": recipe.eval.source or recipe.data.source, "split": _limited(recipe, rows)[0]}
         if reason:
             out[name]["skipped"] = reason
+            if name != "eval" and rows.test + rows.val:  # an eval.also set: measured by loss instead
+                out[name]["by_loss"] = True
             continue
         questions = _questions(recipe, rows)[1][:n]
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": SCORERS[mode][0](q.target)}
@@ -427,7 +441,7 @@ def _mean(rows: list[dict], metric: str) -> float:
     return round(sum(r[f"{metric}_correct"] for r in rows) / len(rows), 6)
 
 
-def _own_format(cfg: Recipe) -> dict:
+def written_format(cfg: Recipe) -> dict:
     """{"format": eval.source's prompt and target templates} when its rows are not written as data's; else {}."""
     if not own_format(cfg.data, cfg.eval):
         return {}

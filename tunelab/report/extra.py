@@ -17,7 +17,13 @@ from tunelab.rundir import ExtraSetDir, RunDir
 
 
 def line(name: str, summary: dict) -> str | None:
-    """One console line: the set's base → tuned accuracy and its paired interval; None before both are scored."""
+    """One console line: the set's base → tuned accuracy (or target loss, for a set measured by loss) and its paired
+    interval; None before both are measured."""
+    if loss := summary.get("loss_difference"):
+        lo, hi = loss["ci95"]
+        return (f"on {name} ({summary.get('source')}, eval.also, measured by loss): target loss "
+                f"{loss['means'][0]:.3f} → {loss['means'][1]:.3f} ({loss['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, "
+                f"{loss['n']} rows)")
     d = summary.get("flexible_difference")
     if not d:
         return None
@@ -30,20 +36,24 @@ def line(name: str, summary: dict) -> str | None:
 def section(run: RunDir) -> tuple[list, list[Observation]]:
     """The report's "Other test sets" blocks (a table: each set's base, each scored epoch and tuned accuracy, the
     paired change) and each set's verdict by the rule the main accuracy is judged by."""
-    rows, found = [], []
+    rows, by_loss, found = [], [], []
     checked = (run.read_optional(run.data_checks) or {}).get("extra_sets", {})
     for view in run.extra_sets():
         s = view.read_eval_summary()
         d = s.get("flexible_difference")
-        if not d:
+        if not d and not s.get("loss_difference"):
             continue
         counts = checked.get(view.name, {}).get("overlap_counts", {})
         if sum(counts.values()):
             kinds = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
             found.append(Observation("watch", f"{sum(counts.values())} of {checked[view.name]['rows']} rows of "
-                                     f"{view.name} overlap the training rows ({kinds}): accuracy on them may "
+                                     f"{view.name} overlap the training rows ({kinds}): its figures may "
                                      "measure recall, not skill.", "the data checks' exact / 13-gram / near overlap "
                                      "of the set's rows with the training rows (analysis/data_checks.json)"))
+        if not d:
+            by_loss.append(_loss_row(view.name, s))
+            found.append(loss_change(view.name, s))
+            continue
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
         written = s.get("format", {}).get("template")
@@ -56,9 +66,14 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
         found.append(verdict)
+    blocks = _accuracy_blocks(rows) + _loss_blocks(by_loss)
+    return (blocks, found) if blocks else ([], [])
+
+
+def _accuracy_blocks(rows: list[tuple]) -> list:
     if not rows:
-        return [], []
-    blocks = [("p", "Test sets scored besides the run's own (eval.also), each the way eval.source is scored: the "
+        return []
+    return [("p", "Test sets scored besides the run's own (eval.also), each the way eval.source is scored: the "
                     "base model and each epoch's adapter on the same questions, each written with the run's "
                     "template or the prompt it sets (the one it was trained with, for a data.mix source), and the "
                     "base model prompted few-shot (eval.fewshot, or the set's fewshot) or through its chat template "
@@ -66,7 +81,42 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                     "short answers). A fall here beyond noise is what the fine-tune cost on that set."),
               ("table", ["set", "source", "prompt", "n", "base", "base prompted", "per epoch", "tuned",
                          "Δ pts (95 % CI)", "McNemar p"], rows)]
-    return blocks, found
+
+
+def _loss_row(name: str, s: dict) -> tuple:
+    d, losses = s["loss_difference"], s["losses"]
+    written = s.get("format", {}).get("template")
+    steps = " → ".join(f"{e['loss']:.3f}" for e in s.get("epochs") or [])
+    return (name, s.get("source"), repr(written) if written else "the run's", d["n"], f"{losses['base']['loss']:.3f}",
+            steps or "–", f"{losses['tuned']['loss']:.3f}",
+            f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})")
+
+
+def _loss_blocks(rows: list[tuple]) -> list:
+    if not rows:
+        return []
+    return [("p", "Test sets whose answers no scoring mode suits (prose or chat replies), measured by loss instead: "
+                  "the target loss of the base model, each epoch's adapter and the final adapter on the same rows "
+                  "(completion-only, token-weighted, as validation loss), tuned − base paired over rows. A rise "
+                  "beyond noise means the fine-tune made such replies less likely: what it cost there."),
+            ("table", ["set", "source", "prompt", "rows", "base loss", "per epoch", "tuned loss",
+                       "Δ loss (95 % CI)"], rows)]
+
+
+def loss_change(name: str, s: dict) -> Observation:
+    """The verdict on a set measured by loss: did the fine-tune raise (forgetting) or lower its target loss beyond
+    noise?"""
+    d = s["loss_difference"]
+    lo, hi = d["ci95"]
+    base, tuned = d["means"]
+    numbers = (f"target loss {base:.3f} → {tuned:.3f} ({d['delta']:+.3f}, {100 * d['delta'] / base:+.1f} %, 95 % CI "
+               f"{lo:+.3f}..{hi:+.3f}, {d['n']} rows)")
+    kind, verdict = {1: ("watch", f"The fine-tune made {name}'s replies less likely beyond noise"),
+                     -1: ("good", f"The fine-tune made {name}'s replies more likely beyond noise"),
+                     0: ("info", f"The fine-tune did not change how likely {name}'s replies are beyond noise")}[
+        rules.sign_of(d["ci95"])]
+    return Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of the "
+                       "token-weighted target loss, tuned adapter − base model; beyond noise = CI excludes 0")
 
 
 def compare_blocks(runs: list[RunDir], names: list[str]) -> list:

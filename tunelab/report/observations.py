@@ -28,7 +28,7 @@ def _arrow(values: list[float], spec: str = ".3f") -> str:
     return " → ".join(format(v, spec) for v in values)
 
 
-def _sign(ci: list[float]) -> int:
+def sign_of(ci: list[float]) -> int:
     """+1 when a 95 % interval lies above 0, -1 below, 0 when it includes 0 (no change beyond noise)."""
     lo, hi = ci
     return 1 if lo > 0 else (-1 if hi < 0 else 0)
@@ -38,7 +38,7 @@ def _paired_change(before: dict, after: dict) -> int:
     """-1 fell, +1 rose, 0 when the paired 95 % interval of the token-weighted loss difference includes 0."""
     from tunelab.stats import paired_loss_difference
     d = paired_loss_difference(before, after)
-    return 0 if d is None else _sign(d["ci95"])
+    return 0 if d is None else sign_of(d["ci95"])
 
 
 def _changed(a: float, b: float) -> int:
@@ -155,7 +155,7 @@ def accuracy_change(difference: dict, metric: str, base: float, tuned: float,
                f"n = {difference['n']}")
     rule = f"paired bootstrap 95 % CI of {compared} over the same questions; beyond noise = CI excludes 0"
     kind, verb = {1: ("good", "rose beyond noise"), -1: ("watch", "fell beyond noise"),
-                  0: ("info", "did not change beyond noise")}[_sign(difference["ci95_pts"])]
+                  0: ("info", "did not change beyond noise")}[sign_of(difference["ci95_pts"])]
     return Observation(kind, f"{figure[:1].upper() + figure[1:]} ({metric}) {verb} ({numbers}).", rule)
 
 
@@ -354,7 +354,7 @@ def _loss_versus(this: dict, base: dict, this_name: str, base_name: str, loss_di
     a, b = base["final_val_loss"], this["final_val_loss"]
     if loss_diff:
         lo, hi = loss_diff["ci95"]
-        change = _sign(loss_diff["ci95"])
+        change = sign_of(loss_diff["ci95"])
         rows = loss_diff.get("rows", [loss_diff["n"]] * 2)
         where = f"{loss_diff['n']} validation rows"
         if rows != [loss_diff["n"]] * 2:  # other validation rows too (data.mix, data.limit): the shared rows' losses
@@ -390,7 +390,7 @@ def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
             continue
         lo, hi = d["ci95_pts"]
         kind, verdict = {1: ("good", "a gain beyond noise"), -1: ("watch", "a loss beyond noise"),
-                         0: ("info", "no gain beyond noise")}[_sign(d["ci95_pts"])]
+                         0: ("info", "no gain beyond noise")}[sign_of(d["ci95_pts"])]
         out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {prev['epoch']} ({names.flexible}): "
                                f"{100 * prev['flexible_accuracy']:.1f} % → {100 * row['flexible_accuracy']:.1f} %, "
                                f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}.",
@@ -415,7 +415,7 @@ def best_loss_accuracy(evaluation: dict, summary: dict) -> Observation | None:
         return None
     d, names = best["vs_tuned"]["flexible"], naming(evaluation)
     lo, hi = d["ci95_pts"]
-    sign = _sign(d["ci95_pts"])
+    sign = sign_of(d["ci95_pts"])
     verdict = {1: "better beyond noise", -1: "worse beyond noise", 0: "no different beyond noise"}[sign]
     kept, final = (100 * evaluation[m]["flexible_accuracy"] for m in ("best-loss", "tuned"))
     return Observation("watch" if sign == 1 else "info",
@@ -441,7 +441,7 @@ def prompting_baselines(evaluation: dict) -> list[Observation]:
                 f"({naming(evaluation).flexible})")
         kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),
                          -1: ("watch", "Prompting the base model beat the fine-tune beyond noise"),
-                         0: ("watch", "The fine-tune did not beat prompting beyond noise")}[_sign(d["ci95_pts"])]
+                         0: ("watch", "The fine-tune did not beat prompting beyond noise")}[sign_of(d["ci95_pts"])]
         found.append(Observation(kind, f"{verdict}: {numbers}.", rule))
     return found
 
@@ -536,7 +536,7 @@ def familiarity(test: list[tuple[float, int]], val: list[tuple[float, int]]) -> 
             "blunt: it cannot see a test set seen as often as the train split, nor light exposure (a 135M model "
             "trained 2 epochs with LoRA on 180 of a benchmark's first 200 test rows still had the same loss there "
             "as on its train-split rows, 0.827 vs 0.814; README), so a pass rules out only heavy exposure")
-    verdict = _sign(d["ci95"])
+    verdict = sign_of(d["ci95"])
     if verdict < 0:
         return Observation("watch", f"Before training, the base model's loss was lower on the test rows than on "
                            f"the validation rows beyond noise ({numbers}): it finds the test set more familiar than "

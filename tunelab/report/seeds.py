@@ -19,7 +19,7 @@ from itertools import combinations
 from statistics import mean, stdev
 
 from tunelab.report.compare import flat_recipe, tuned_flags
-from tunelab.report.observations import Observation, _sign
+from tunelab.report.observations import Observation, sign_of
 from tunelab.rundir import RunDir
 from tunelab.stats import paired_difference, welch_difference
 
@@ -124,7 +124,7 @@ def _versus(first: str, label: str, tests: dict[str, dict | None]) -> Observatio
     if d is None:
         return Observation("info", f"{label} vs {first}: the {figure} did not vary across seeds in either recipe, "
                                    "so there is no seed noise to judge against.", rule)
-    better = _sign(d["ci95"]) * (-1 if figure == "final validation loss" else 1)
+    better = sign_of(d["ci95"]) * (-1 if figure == "final validation loss" else 1)
     numbers = f"{figure} {_difference(d, figure)} on the means of {d['n_b']} and {d['n_a']} seeds"
     kind, verdict = {1: ("good", f"{label} beat {first} beyond seed noise"),
                      -1: ("watch", f"{label} did worse than {first} beyond seed noise"),
@@ -143,7 +143,7 @@ def _repeat_pairs(runs: list[RunDir], names: list[str], label: str, members: lis
     for x, y in pairs:
         ids = list(tuned[x])
         d = paired_difference([tuned[x][i] for i in ids], [tuned[y][i] for i in ids])
-        if _sign(d["ci95_pts"]):
+        if sign_of(d["ci95_pts"]):
             differ.append(f"{names[members[y]]} vs {names[members[x]]} {d['delta_pts']:+.1f} pts "
                           f"(CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})")
     rule = ("paired bootstrap 95 % CI of tuned accuracy between two repeats over the same questions; a pair whose CI "

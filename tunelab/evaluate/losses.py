@@ -1,0 +1,131 @@
+"""Loss on a test set whose answers no scoring mode suits (an `eval.also` set of prose or chat replies): the base
+model's, each kept epoch adapter's and the final adapter's target loss on the same rows, paired row by row.
+
+Answer accuracy needs a reference the answer can be checked against; a general instruction set has none. What it
+does have is the reference reply, and how likely each model finds it is measured the way validation loss is
+(completion-only, token-weighted). A fine-tune that raised it beyond noise made the model worse at writing such
+replies: the forgetting a set like that is added to find.
+
+Writes eval/also/<name>/losses.jsonl (per row and model: loss, tokens) and summary.json (`scoring: loss`); a killed
+pass is redone, the models already measured are kept.
+
+Run as: tunelab eval runs/smoke --set 'eval.also=[{source: yahma/alpaca-cleaned, limit: 200, name: alpaca}]'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tunelab import cost, distributed
+from tunelab.config import Recipe
+from tunelab.data import Example
+from tunelab.rundir import BEST_LOSS, ExtraSetDir
+from tunelab.stats import paired_loss_difference
+
+log = logging.getLogger(__name__)
+
+LOSS = "loss"  # the eval summary's `scoring` of a set measured by loss
+
+
+def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], reason: str,
+            only: str | None = None, adapter: bool = True) -> dict:
+    """Target loss of the base model and the run's adapters on `rows` (the set's scored rows, `split`), into
+    `view`'s eval files; returns its summary. `reason`: why its answers are not scored. `only` / `adapter` as for
+    `stage.evaluate`."""
+    from peft import PeftModel
+    from tunelab.models import load_model, load_tokenizer, pick_device
+    from tunelab.progress import bar
+    from tunelab.train.batching import tokenize_with
+    from tunelab.train.forward import SupervisedLM, loss_pass
+    from tunelab.train.runtime import micro_batch_tokens, tune_for
+
+    device = pick_device(cfg.train.device)
+    tune_for(device)
+    d = distributed.setup(device.type)
+    tok = load_tokenizer(cfg.model)
+    items, _ = tokenize_with(cfg, rows, tok)
+    ids = [r.id for r in rows]
+    kept = _kept(view, ids)
+    models = [m for m in _models(cfg, view, only, adapter) if m[0] not in kept]
+    base = load_model(cfg.model, device) if models else None
+    micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
+    with bar(f"eval.also {view.name}: loss passes", total=len(models)) as progress:
+        for name, folder in models:
+            net = PeftModel.from_pretrained(base, str(folder)) if folder else base
+            t0 = time.time()
+            stats, logged = loss_pass(SupervisedLM(net).eval(), items, rows, "test", 0, cfg.train.batch_size,
+                                      tok.pad_token_id, micro, device, d)
+            kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
+                          "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
+                          "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
+            base = net.unload() if folder else net  # the LoRA layers removed, nothing merged: the base model again
+            if d.main:
+                _write_rows(view, kept)
+            progress.advance(1)
+    summary = _summary(cfg, view, split, len(rows), reason, kept, device, d.world)
+    if d.main:
+        view.write_json(view.eval_summary, summary)
+    return summary
+
+
+def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool) -> list[tuple[str, object]]:
+    """(name, adapter folder or None) of each model to measure, in eval's order: base, each kept epoch's adapter
+    and adapters/best-loss (eval.epochs all), the final adapter."""
+    from tunelab.evaluate.stage import epochs_to_score
+    out = [("base", None)] if only in (None, "base") else []
+    if adapter and only in (None, "tuned"):
+        last = view.trained_epochs(cfg)
+        if epochs_to_score(cfg, last) == "all":
+            out += [(f"epoch-{k}", view.epoch_adapter(k)) for k in range(1, last)
+                    if (view.epoch_adapter(k) / "adapter_config.json").exists()]
+            if (view.best_loss_adapter / "adapter_config.json").exists():
+                out.append((BEST_LOSS, view.best_loss_adapter))
+        out.append(("tuned", view.adapter))
+    return out
+
+
+def _kept(view: ExtraSetDir, ids: list[str]) -> dict[str, dict]:
+    """Models measured by an earlier (or killed) eval of this set on the same rows: name -> its figures."""
+    previous = (view.read_eval_summary() or {}).get("losses", {})
+    by: dict[str, dict] = {}
+    for r in view.read_jsonl(view.losses):
+        by.setdefault(r["model"], {})[r["id"]] = (r["loss"], r["tokens"])
+    return {name: {**previous.get(name, {}), "rows": rows} for name, rows in by.items()
+            if sorted(rows) == sorted(ids) and "loss" in previous.get(name, {})}
+
+
+def _write_rows(view: ExtraSetDir, kept: dict[str, dict]) -> None:
+    """losses.jsonl, and the summary's per-model figures so far (what a killed eval keeps)."""
+    view.write_jsonl(view.losses, [{"id": i, "model": name, "loss": loss, "tokens": n}
+                                   for name, m in kept.items() for i, (loss, n) in m["rows"].items()])
+    partial = view.read_eval_summary() or {}
+    view.write_json(view.eval_summary, {**partial, "losses": _figures(kept)})
+
+
+def _figures(kept: dict[str, dict]) -> dict[str, dict]:
+    return {name: {k: v for k, v in m.items() if k != "rows"} for name, m in kept.items()}
+
+
+def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, kept: dict[str, dict], device,
+             world: int) -> dict:
+    """The set's eval summary: each model's loss, the tuned − base paired difference, the loss per epoch, and the
+    cost of the passes run."""
+    from tunelab.evaluate.stage import written_format
+    order = ["base", *sorted((k for k in kept if k.startswith("epoch-")), key=lambda k: int(k.split("-")[1])),
+             BEST_LOSS, "tuned"]
+    kept = {k: kept[k] for k in order if k in kept}
+    out = {"scoring": LOSS, "reason": reason, "split": split, "source": cfg.eval.source, **written_format(cfg), "n": n,
+           "losses": _figures(kept)}
+    if "base" in kept and "tuned" in kept:
+        out["loss_difference"] = paired_loss_difference(kept["base"]["rows"], kept["tuned"]["rows"])
+    last = view.trained_epochs(cfg)
+    out["epochs"] = [{"epoch": int(k.split("-")[1]) if k != "tuned" else last, "model": k, "loss": kept[k]["loss"]}
+                     for k in kept if k.startswith("epoch-") or k == "tuned"]
+    out["cost"] = cost.actual(sum(m["seconds"] for m in kept.values()), device, cfg.cost.usd_per_hour, world)
+    return out
+
+
+def done(summary: dict | None) -> bool:
+    """A set measured by loss whose base model and final adapter were both measured."""
+    return bool(summary) and summary.get("scoring") == LOSS and {"base", "tuned"} <= set(summary.get("losses", {}))
