@@ -389,7 +389,33 @@ def test_a_set_measured_by_loss_is_judged_by_its_paired_interval(shift, kind, ve
     blocks, found = extra.section(RunDir(run))
     assert [o.kind for o in found] == [kind] and found[0].text.startswith(verdict)
     d = summary["loss_difference"]
-    assert blocks[-1][2] == [("chat", "chats.jsonl", "the run's", 30, "1.500", f"{1.5 + shift:.3f}", f"{1.5 + shift:.3f}",
+    assert blocks[-1][2] == [("chat", "chats.jsonl", "the run's", 30, "1.500", f"{1.5 + shift:.3f}",
+                              f"{1.5 + shift:.3f}",
                               f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})")]
     assert extra.line("chat", summary).startswith("on chat (chats.jsonl, eval.also, measured by loss): target loss "
                                                   "1.500")
+
+
+def test_compare_pairs_runs_on_a_set_measured_by_loss_over_the_rows_both_measured(tmp_path):
+    def measured(path, shift: float, source: str = "chats.jsonl", n: int = 20):
+        folder = path / "eval" / "also" / "chat"
+        folder.mkdir(parents=True)
+        rows = [{"id": f"test-{i}", "model": model, "loss": 1.0 + 0.1 * (i % 3) + (shift if model == "tuned" else 0),
+                 "tokens": 10} for model in ("base", "tuned") for i in range(n)]
+        (folder / "losses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "summary.json").write_text(json.dumps({"scoring": "loss", "source": source, "n": n}))
+    a, b, c, e = (make_run(tmp_path / k) for k in "abce")
+    measured(a, 0.0)
+    measured(b, 0.2, n=10)
+    measured(c, 0.0, source="other.jsonl")  # another set under the same name: not compared
+    measured(e, 0.0)
+    compare([RunDir(a), RunDir(b), RunDir(c), RunDir(e)], tmp_path / "cmp")
+    section = (tmp_path / "cmp" / "compare.md").read_text().split("## Other test sets")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| chat |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "loss 1.095 (n = 20)"
+    assert cells[2].startswith("loss 1.290 (+0.200, 95 % CI +0.200..+0.200, on 10)")  # on the rows both measured
+    assert cells[3] == "—" and cells[4].startswith("loss 1.095 (+0.000")
+    assert "Target loss on chat, b vs a: 1.090 → 1.290 (+0.200, 95 % CI +0.200..+0.200, 10 rows): higher (its replies " \
+           "less likely)." in section
+    assert "Target loss on chat, e vs a: 1.095 → 1.095 (+0.000" in section and "no different beyond noise" in section

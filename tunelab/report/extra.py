@@ -9,6 +9,9 @@ Run as: tunelab report runs/smoke      (after tunelab eval runs/smoke --set 'eva
 
 from __future__ import annotations
 
+import json
+
+from tunelab.evaluate.losses import LOSS
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import observations as rules
@@ -103,6 +106,46 @@ def _loss_blocks(rows: list[tuple]) -> list:
                        "Δ loss (95 % CI)"], rows)]
 
 
+def _tuned_losses(view: ExtraSetDir) -> dict[str, tuple[float, int]]:
+    """A set measured by loss: the final adapter's (loss, tokens) per row id."""
+    return {r["id"]: (r["loss"], r["tokens"]) for r in view.read_jsonl(view.losses) if r["model"] == "tuned"}
+
+
+def _loss_cells(view: ExtraSetDir, runs: list[RunDir], names: list[str]) -> tuple[list, list[Observation]]:
+    """`compare`'s cells for a set the first run measured by loss: each run's tuned target loss, each later run's
+    change from the first paired over the rows both measured with the same source and prompt format."""
+    from tunelab.stats import paired_loss_difference
+    first, asked = _tuned_losses(view), _asked(view.read_eval_summary())
+    if not first:
+        return [], []
+    cells, found = [f"loss {_mean(first):.3f} (n = {len(first)})"], []
+    for run, name in zip(runs[1:], names[1:]):
+        other = ExtraSetDir(run.path, view.name)
+        d = paired_loss_difference(first, _tuned_losses(other)) if _asked(other.read_eval_summary()) == asked \
+            else None
+        if d is None:
+            cells.append(None)
+            continue
+        lo, hi = d["ci95"]
+        cells.append(f"loss {d['means'][1]:.3f} ({d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}"
+                     + (f", on {d['n']}" if d["n"] < len(first) else "") + ")")
+        kind, said = {1: ("watch", "higher (its replies less likely)"), -1: ("good", "lower (its replies more likely)"),
+                      0: ("info", "no different beyond noise")}[rules.sign_of(d["ci95"])]
+        found.append(Observation(kind, f"Target loss on {view.name}, {name} vs {names[0]}: {d['means'][0]:.3f} → "
+                                       f"{d['means'][1]:.3f} ({d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, "
+                                       f"{d['n']} rows): {said}.",
+                                 f"paired bootstrap 95 % CI over rows of {name}'s tuned adapter − {names[0]}'s"))
+    return cells, found
+
+
+def _asked(summary: dict | None) -> tuple:
+    return ((summary or {}).get("source"), json.dumps((summary or {}).get("format")))
+
+
+def _mean(rows: dict[str, tuple[float, int]]) -> float:
+    return sum(loss * n for loss, n in rows.values()) / max(sum(n for _, n in rows.values()), 1)
+
+
 def loss_change(name: str, s: dict) -> Observation:
     """The verdict on a set measured by loss: did the fine-tune raise (forgetting) or lower its target loss beyond
     noise?"""
@@ -127,6 +170,11 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     from tunelab.stats import paired_difference
     rows, found = [], []
     for view in runs[0].extra_sets():
+        if view.read_eval_summary().get("scoring") == LOSS:
+            cells, seen = _loss_cells(view, runs, names)
+            rows += [(view.name, *cells)] if cells else []
+            found += seen
+            continue
         first = tuned_flags(view.read_predictions())
         if not first:  # the base model alone answered it (a bare recipe's eval, --only base)
             continue
@@ -148,7 +196,7 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
         rows.append((view.name, *cells))
     if not rows:
         return []
-    return [("p", f"Tuned accuracy on each eval.also test set {names[0]} scored; each later run's change from "
-                  f"{names[0]} on the questions both answered, paired (\"on N\" when fewer). Rule: paired bootstrap "
-                  "95 % CI; beyond noise = CI excludes 0."),
+    return [("p", f"Tuned accuracy on each eval.also test set {names[0]} scored (target loss, for a set measured "
+                  f"by loss); each later run's change from {names[0]} on the questions (rows) both answered, paired "
+                  "(\"on N\" when fewer). Rule: paired bootstrap 95 % CI; beyond noise = CI excludes 0."),
             ("table", ["set", *names], rows), ("obs", found)]
