@@ -169,6 +169,8 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     md = run.report_md.read_text()
     assert re.search(r"\| prose \| \S+prose\.jsonl \| '\{x\}:\\n' \| 4 \| \d+\.\d{3} \| \d+\.\d{3} → \d+\.\d{3} \| "
                      r"\d+\.\d{3} \|", md)  # base, per epoch, tuned target loss on the run's eval.limit rows
+    assert re.search(r"\| prose \| `\S+prose\.jsonl` \| 4 \| \d+\.\d{3} \| \d+\.\d{3} \| [+-]\d+\.\d{3} \(",
+                     (run.adapter / "README.md").read_text())  # the model card lists it, by loss
     assert re.search(r"The fine-tune (made prose's replies (less|more) likely|did not change how likely prose's "
                      r"replies are) beyond noise: target loss", md)
     capsys.readouterr()
