@@ -219,14 +219,15 @@ def _other_sets(run: RunDir) -> list[str]:
             rows.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {100 * base:.1f} % | {100 * tuned:.1f} % | "
                         f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to {d['ci95_pts'][1]:+.1f}) |")
         elif d := s.get("loss_difference"):
-            by_loss.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {d['means'][0]:.3f} | {d['means'][1]:.3f} | "
-                           f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |")
+            by_loss.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {d['means'][0]:.3f} | "
+                           f"{d['means'][1]:.3f} | {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |")
     out = ["Other test sets (eval.also), scored the same way (flexible accuracy; paired 95 % interval):", "",
            "| set | source | n | base | tuned | Δ points (95 % CI) |", "|---|---|---|---|---|---|", *rows, ""] \
         if rows else []
     return out + (["Other test sets whose answers no scoring mode suits, measured by target loss (lower = the "
                    "replies more likely; paired 95 % interval over rows):", "",
-                   "| set | source | rows | base | tuned | Δ loss (95 % CI) |", "|---|---|---|---|---|---|", *by_loss, ""]
+                   "| set | source | rows | base | tuned | Δ loss (95 % CI) |", "|---|---|---|---|---|---|",
+                   *by_loss, ""]
                   if by_loss else [])
 
 
