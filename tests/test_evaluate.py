@@ -660,6 +660,8 @@ def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, m
     assert s["loss_difference"] == paired_loss_difference(per_row["base"], per_row["tuned"])
     assert [(e["epoch"], e["model"]) for e in s["epochs"]] == [(1, "epoch-1"), (2, "tuned")]
     assert s["cost"]["device_hours"] > 0
+    from tunelab.evaluate.stage import extra_done
+    assert extra_done(cfg, run) and evaluate_extra(cfg, run, skip_done=True) == []  # a resumed run: nothing redone
     ((_, again),) = evaluate_extra(cfg, run, only="tuned")  # the base model's losses are kept, the adapters' redone
     assert again.summary["losses"]["base"] == s["losses"]["base"]
     assert again.summary["loss_difference"]["delta"] == pytest.approx(s["loss_difference"]["delta"], abs=1e-4)

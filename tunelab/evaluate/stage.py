@@ -139,7 +139,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
     results = []
     for i, (entry, name) in enumerate(zip(cfg.eval.also, also_names(cfg.eval))):
         view = ExtraSetDir(run.path, name)
-        if skip_done and (done(view) or losses.done(view.read_eval_summary())):
+        if skip_done and _set_done(view):
             continue
         log.info("eval.also: scoring %s (%s)", name, entry.source)
         extra = also_recipe(cfg, entry)
@@ -159,8 +159,12 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
 
 
 def extra_done(cfg: Recipe, run: RunDir) -> bool:
-    """Every `eval.also` test set has been scored."""
-    return all(done(ExtraSetDir(run.path, name)) for name in also_names(cfg.eval))
+    """Every `eval.also` test set has been scored (or measured by loss)."""
+    return all(_set_done(ExtraSetDir(run.path, name)) for name in also_names(cfg.eval))
+
+
+def _set_done(view: ExtraSetDir) -> bool:
+    return done(view) or losses.done(view.read_eval_summary())
 
 
 def check_extra(cfg: Recipe) -> None:
