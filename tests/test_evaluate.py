@@ -662,6 +662,8 @@ def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, m
     assert s["cost"]["device_hours"] > 0
     from tunelab.evaluate.stage import extra_done
     assert extra_done(cfg, run) and evaluate_extra(cfg, run, skip_done=True) == []  # a resumed run: nothing redone
-    ((_, again),) = evaluate_extra(cfg, run, only="tuned")  # the base model's losses are kept, the adapters' redone
-    assert again.summary["losses"]["base"] == s["losses"]["base"]
-    assert again.summary["loss_difference"]["delta"] == pytest.approx(s["loss_difference"]["delta"], abs=1e-4)
+    ((_, again),) = evaluate_extra(cfg, run, only="tuned")  # what was measured on the same rows is kept
+    assert again.summary["losses"] == s["losses"] and again.summary["loss_difference"] == s["loss_difference"]
+    raw["eval"]["also"][0]["target"] = "{a} Indeed."  # the replies written another way: measured again
+    ((_, other),) = evaluate_extra(validate(raw, "tiny2"), run)
+    assert other.summary["losses"]["base"]["tokens"] > s["losses"]["base"]["tokens"]

@@ -85,8 +85,8 @@ class DataConfig(Section):
     chat_template: bool = Field(False, description="write each row as a user turn (template) and an assistant turn "
                                 "(target) with the tokenizer's chat template, for instruct models; eval prompts "
                                 "and few-shot shots the same way")
-    messages: str | None = Field(None, description="field holding a conversation (a list of {role, content} turns, or ShareGPT's {from, value} with "
-                                 "from human / gpt / system): "
+    messages: str | None = Field(None, description="field holding a conversation (a list of {role, content} turns, "
+                                 "or ShareGPT's {from, value} with from human / gpt / system): "
                                  "its last assistant turn is the target, the turns before it the prompt; implies "
                                  "chat_template, and template / target default to {user} / {assistant}")
     system_prompt: str | None = Field(None, description="with chat_template: a system turn written before every row "

@@ -7,13 +7,15 @@ does have is the reference reply, and how likely each model finds it is measured
 replies: the forgetting a set like that is added to find.
 
 Writes eval/also/<name>/losses.jsonl (per row and model: loss, tokens) and summary.json (`scoring: loss`); a killed
-pass is redone, the models already measured are kept.
+pass is redone, the models already measured on the same rows asked the same way are kept.
 
 Run as: tunelab eval runs/smoke --set 'eval.also=[{source: yahma/alpaca-cleaned, limit: 200, name: alpaca}]'
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 
@@ -45,8 +47,8 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     d = distributed.setup(device.type)
     tok = load_tokenizer(cfg.model)
     items, _ = tokenize_with(cfg, rows, tok)
-    ids = [r.id for r in rows]
-    kept = _kept(view, ids)
+    asked = _asked(cfg, rows)
+    kept = _kept(view, [r.id for r in rows], asked)
     models = [m for m in _models(cfg, view, only, adapter) if m[0] not in kept]
     base = load_model(cfg.model, device) if models else None
     micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
@@ -60,13 +62,21 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
                           "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
             base = net.unload() if folder else net  # the LoRA layers removed, nothing merged: the base model again
+            log.info("%s on %s: target loss %.4f over %d rows", name, view.name, stats.loss, len(rows))
             if d.main:
-                _write_rows(view, kept)
+                _write_rows(view, kept, asked)
             progress.advance(1)
-    summary = _summary(cfg, view, split, len(rows), reason, kept, device, d.world)
+    summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world), "prompts": asked}
     if d.main:
         view.write_json(view.eval_summary, summary)
     return summary
+
+
+def _asked(cfg: Recipe, rows: list[Example]) -> str:
+    """What identifies the rows as measured: their prompts (`stage.prompts_digest`) and their targets."""
+    from tunelab.evaluate.stage import prompts_digest
+    targets = hashlib.sha256(json.dumps([r.target for r in rows]).encode()).hexdigest()[:16]
+    return f"{prompts_digest(cfg, rows)}-{targets}"
 
 
 def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool) -> list[tuple[str, object]]:
@@ -85,9 +95,14 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool) -> 
     return out
 
 
-def _kept(view: ExtraSetDir, ids: list[str]) -> dict[str, dict]:
-    """Models measured by an earlier (or killed) eval of this set on the same rows: name -> its figures."""
-    previous = (view.read_eval_summary() or {}).get("losses", {})
+def _kept(view: ExtraSetDir, ids: list[str], asked: str) -> dict[str, dict]:
+    """Models measured by an earlier (or killed) eval of this set on the same rows written the same way (`asked`:
+    `_asked`): name -> its figures. A run's adapters do not change once trained, so what was measured
+    stands."""
+    summary = view.read_eval_summary() or {}
+    if summary.get("prompts") != asked:
+        return {}
+    previous = summary.get("losses", {})
     by: dict[str, dict] = {}
     for r in view.read_jsonl(view.losses):
         by.setdefault(r["model"], {})[r["id"]] = (r["loss"], r["tokens"])
@@ -95,12 +110,12 @@ def _kept(view: ExtraSetDir, ids: list[str]) -> dict[str, dict]:
             if sorted(rows) == sorted(ids) and "loss" in previous.get(name, {})}
 
 
-def _write_rows(view: ExtraSetDir, kept: dict[str, dict]) -> None:
+def _write_rows(view: ExtraSetDir, kept: dict[str, dict], asked: str) -> None:
     """losses.jsonl, and the summary's per-model figures so far (what a killed eval keeps)."""
     view.write_jsonl(view.losses, [{"id": i, "model": name, "loss": loss, "tokens": n}
                                    for name, m in kept.items() for i, (loss, n) in m["rows"].items()])
     partial = view.read_eval_summary() or {}
-    view.write_json(view.eval_summary, {**partial, "losses": _figures(kept)})
+    view.write_json(view.eval_summary, {**partial, "prompts": asked, "losses": _figures(kept)})
 
 
 def _figures(kept: dict[str, dict]) -> dict[str, dict]:

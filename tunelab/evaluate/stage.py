@@ -24,8 +24,8 @@ from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
-from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate import losses
+from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names
@@ -86,7 +86,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         run.create()
         run.write_text(run.config, to_yaml(cfg))
 
-    asked = _prompts_digest(cfg, questions)
+    asked = prompts_digest(cfg, questions)
     predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode, asked)
     device = pick_device(cfg.train.device)
     tune_for(device)
@@ -454,7 +454,7 @@ def written_format(cfg: Recipe) -> dict:
                        **({"messages": written.messages} if written.messages else {})}}
 
 
-def _prompts_digest(cfg: Recipe, questions: list[Example]) -> str:
+def prompts_digest(cfg: Recipe, questions: list[Example]) -> str:
     """What identifies the prompts the questions were asked with: their rendered templates and the chat format."""
     asked = [[q.prompt for q in questions], cfg.data.chat_template, cfg.data.system_prompt]
     return hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:16]
@@ -464,7 +464,7 @@ def _kept_passes(run: RunDir, questions: list[Example], running: set[str], mode:
                  prompts: str) -> tuple[list[dict], dict]:
     """Predictions and stats of earlier passes not being re-run, if they scored the same questions (ids and
     references: another eval.source numbers its rows the same way) the same way, asked with the same prompts
-    (`_prompts_digest`: eval.template may have changed)."""
+    (`prompts_digest`: eval.template may have changed)."""
     previous = run.read_eval_summary() or {}
     if previous.get("scoring", "numeric") != mode or previous.get("prompts", prompts) != prompts:
         return [], {}

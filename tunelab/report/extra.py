@@ -77,13 +77,13 @@ def _accuracy_blocks(rows: list[tuple]) -> list:
     if not rows:
         return []
     return [("p", "Test sets scored besides the run's own (eval.also), each the way eval.source is scored: the "
-                    "base model and each epoch's adapter on the same questions, each written with the run's "
-                    "template or the prompt it sets (the one it was trained with, for a data.mix source), and the "
-                    "base model prompted few-shot (eval.fewshot, or the set's fewshot) or through its chat template "
-                    "(eval.chat_baseline) when asked; accuracy is flexible-extract (or the exact-match line, for "
-                    "short answers). A fall here beyond noise is what the fine-tune cost on that set."),
-              ("table", ["set", "source", "prompt", "n", "base", "base prompted", "per epoch", "tuned",
-                         "Δ pts (95 % CI)", "McNemar p"], rows)]
+                  "base model and each epoch's adapter on the same questions, each written with the run's "
+                  "template or the prompt it sets (the one it was trained with, for a data.mix source), and the "
+                  "base model prompted few-shot (eval.fewshot, or the set's fewshot) or through its chat template "
+                  "(eval.chat_baseline) when asked; accuracy is flexible-extract (or the exact-match line, for "
+                  "short answers). A fall here beyond noise is what the fine-tune cost on that set."),
+            ("table", ["set", "source", "prompt", "n", "base", "base prompted", "per epoch", "tuned",
+                       "Δ pts (95 % CI)", "McNemar p"], rows)]
 
 
 def _loss_row(name: str, s: dict) -> tuple:
