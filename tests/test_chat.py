@@ -341,3 +341,28 @@ def test_conversations_mixed_into_a_chat_run_of_plain_rows_keep_their_turns(tok,
     i = int(chat_row.id.split("-")[1]) - 1
     assert tok.decode(chat_prompt + chat_target) == tok.apply_chat_template(chats[i]["messages"], tokenize=False).rstrip()
     assert "Hello! Ask away." not in tok.decode(plain_prompt) and plain_row.prompt in tok.decode(plain_prompt)
+
+
+def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe, tok, tmp_path):
+    """eval.chat_baseline with eval.fewshot: the base model is also prompted N-shot through its chat template, each
+    shot a user turn ("Question: ...\nAnswer:") and an assistant turn (its answer), as lm-eval's
+    --apply_chat_template --fewshot_as_multiturn asks an instruct model; the plain N-shot pass stays as it was."""
+    from tunelab.config import validate
+    from tunelab.data import load_splits
+    from tunelab.evaluate.fewshot import fewshot_prompt
+    from tunelab.evaluate.stage import _plan
+    from tunelab.rundir import RunDir
+    raw = {**tiny_recipe, "eval": {**tiny_recipe["eval"], "fewshot": 2, "chat_baseline": True}}
+    cfg = validate(raw, "tiny")
+    splits = load_splits(cfg.data)
+    questions = splits.test[:3]
+    passes = _plan(cfg, RunDir(tmp_path / "run"), splits.train, questions, "base", False, tok)
+    assert [p.name for p in passes] == ["base", "base-2shot", "base-chat", "base-chat-2shot"]
+    assert passes[1].prompts == [fewshot_prompt(splits.train[:2], q) for q in questions]
+    shots = [m for s in splits.train[:2] for m in ({"role": "user", "content": f"Question: {s.fields['question']}\n"
+                                                                             "Answer:"},
+                                                   {"role": "assistant", "content": s.target})]
+    assert passes[3].prompts == [tok.apply_chat_template(
+        shots + [{"role": "user", "content": f"Question: {q.fields['question']}\nAnswer:"}], tokenize=False,
+        add_generation_prompt=True) for q in questions]
+    assert all(p.startswith(passes[3].prefix) for p in passes[3].prompts) and passes[3].shots_from

@@ -29,7 +29,8 @@ def test_epochs_best_epoch_prompting_baselines_and_flips_from_prediction_rows(tm
     n = 40
     run = make_run(tmp_path / "r", epochs_n=3, val=(2.3, 1.6, 1.5, 1.45), train=(1.9, 1.4, 1.3))
     s = add_eval(run, {"base": flags(n, set(range(4))), "base-5shot": flags(n, set(range(10))),
-                       "base-chat": flags(n, set(range(1, 21))), "epoch-1": flags(n, set(range(12))),
+                       "base-chat": flags(n, set(range(1, 21))), "base-chat-5shot": flags(n, set(range(5, 20))),
+                       "epoch-1": flags(n, set(range(12))),
                        "epoch-2": flags(n, set(range(20))),
                        "tuned": flags(n, set(range(2, 21)))}, final_epoch=3, fewshot=5)
     assert [(e["epoch"], e["model"], e["flexible_accuracy"]) for e in s["epochs"]] == \
@@ -62,6 +63,8 @@ def test_epochs_best_epoch_prompting_baselines_and_flips_from_prediction_rows(tm
     assert "The fine-tune did not beat prompting beyond noise: 47.5 % vs 50.0 % for the base model asked through " \
            "its chat template (zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template), -2.5 pts" in md
     assert "| vs the base model asked through its chat template (flexible-extract) | 50.0 % → 47.5 % | -2.5 pts" in md
+    assert "| vs the base model prompted 5-shot through its chat template (flexible-extract) | 37.5 % → 47.5 % | " \
+           "+10.0 pts" in md and "--fewshot_as_multiturn; shots: the first 5 training rows |" in md
     assert "vs base via chat template (50.0 %): -2.5 pts" in "\n".join(eval_lines(s))
     text = render(r)  # the model card names what each baseline row is
     assert "| base-chat | 40 | 50.0 % | 50.0 % |" in text and "`base-5shot` is the base model prompted 5-shot (lm-eval's " \

@@ -266,8 +266,9 @@ class EvalConfig(Section):
         "the benchmark measured the way lm-eval measures it)")
     chat_baseline: bool = Field(False, description="also score the base model asked through its chat template "
                                 "(the rendered data.template as the user turn, zero-shot: lm-eval's "
-                                "--apply_chat_template), what simply asking an instruct model gets; for runs whose "
-                                "prompts are plain text (with data.chat_template the base pass is already that)")
+                                "--apply_chat_template), what simply asking an instruct model gets; with eval.fewshot "
+                                "also N-shot, the shots as earlier turns (--fewshot_as_multiturn); for runs whose "
+                                "prompts are plain text (with data.chat_template the base passes are already that)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "answered by the base model and the tuned adapter, shown in the report side by side, not "
                          "scored (0 = none)")

@@ -45,7 +45,7 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | base-chat | epoch-<K> | best-loss | tuned
+    name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | epoch-<K> | best-loss | tuned
     prompts: list[str]
     stops: list[str] | str | None  # None: stop after a finished `#### N` line; "line": after the first line
     adapter: Path | None = None
@@ -310,8 +310,9 @@ def _shots_from(cfg: Recipe, n: int) -> str:
 def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
-    `pool`), the base model through its chat template (`eval.chat_baseline`), each kept epoch, the lowest validation
-    pass's adapter (adapters/best-loss/), the final adapter.
+    `pool`), the base model through its chat template (`eval.chat_baseline`: zero-shot, and with eval.fewshot the
+    same shots as earlier turns), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the
+    final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
     stop = None if mode == "numeric" else "line"
@@ -327,6 +328,11 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
                                shots_from=_shots_from(cfg, len(shots))))
         if cfg.eval.chat_baseline:
             passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(tok, questions), stop, max_new_tokens=budget))
+        if cfg.eval.chat_baseline and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
+            shots = pool[:cfg.eval.fewshot]
+            few, context = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True)
+            passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=context,
+                               max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots))))
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
         if epochs_to_score(cfg, last) == "all":
@@ -338,10 +344,11 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     return passes
 
 
-def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Example]) -> tuple[list[str], str]:
+def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Example],
+                     chat_format: bool = False) -> tuple[list[str], str]:
     """The few-shot baseline's prompt for each question (lm-eval's format, or the shots as chat turns with
-    `data.chat_template`) and the context they all start with."""
-    if cfg.data.chat_template:
+    `data.chat_template` or `chat_format`) and the context they all start with."""
+    if cfg.data.chat_template or chat_format:
         return ([chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions],
                 chat.context(tok, exchanges(shots), _history(questions[0])))  # rows share a system turn
     return [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)

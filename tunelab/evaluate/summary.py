@@ -63,6 +63,10 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
                           "shots_from": stats[name].get("shots_from", f"the first {fewshot} training rows")}
     if diff(CHAT_BASELINE, "tuned"):
         out["chat_baseline"] = {"model": CHAT_BASELINE, "tuned_vs_chat": diff(CHAT_BASELINE, "tuned")}
+    chatty = f"{CHAT_BASELINE}-{fewshot}shot"
+    if fewshot and diff(chatty, "tuned"):
+        out["chat_fewshot"] = {"model": chatty, "shots": fewshot, "tuned_vs_fewshot": diff(chatty, "tuned"),
+                               "shots_from": stats[chatty].get("shots_from", f"the first {fewshot} training rows")}
     pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
         + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
@@ -73,7 +77,7 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
 def baselines(evaluation: dict) -> list[dict]:
     """The prompting baselines an eval summary compared the final adapter with, each as {model, what (in words),
     short (a label), how (the prompt, in words), vs (tuned − baseline, per metric)}: the base model N-shot
-    (`eval.fewshot`), then asked through its chat template (`eval.chat_baseline`)."""
+    (`eval.fewshot`), then asked through its chat template (`eval.chat_baseline`), zero-shot and N-shot."""
     out = []
     if fs := evaluation.get("fewshot"):
         out.append({"model": fs["model"], "what": f"the base model prompted {fs['shots']}-shot",
@@ -83,6 +87,11 @@ def baselines(evaluation: dict) -> list[dict]:
         out.append({"model": ch["model"], "what": "the base model asked through its chat template",
                     "short": "base via chat template", "vs": ch["tuned_vs_chat"],
                     "how": "zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template"})
+    if cf := evaluation.get("chat_fewshot"):
+        out.append({"model": cf["model"], "what": f"the base model prompted {cf['shots']}-shot through its chat "
+                    "template", "short": f"base {cf['shots']}-shot via chat template", "vs": cf["tuned_vs_fewshot"],
+                    "how": "lm-eval's GSM8K format, the shots as earlier turns, --apply_chat_template "
+                           f"--fewshot_as_multiturn; shots: {cf['shots_from']}"})
     return out
 
 

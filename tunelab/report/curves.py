@@ -64,7 +64,7 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
     for metric, style in (("flexible", "o-"), ("strict", "s--")):
         ax.plot(ep, [100 * evaluation["base"][f"{metric}_accuracy"]] + [100 * r[f"{metric}_accuracy"] for r in rows],
                 style, label=getattr(names, metric))
-    for b, style in zip(baselines(evaluation), (":", "-.")):
+    for b, style in zip(baselines(evaluation), (":", "-.", (0, (3, 1, 1, 1, 1, 1)))):
         ax.axhline(100 * evaluation[b["model"]]["flexible_accuracy"], ls=style, color="grey",
                    label=f"{b['short']} ({names.flexible})")
     if best_loss_at is not None and "best-loss" in evaluation:
