@@ -59,7 +59,7 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
     from tunelab.evaluate.scoring import naming
     plt, names = _pyplot(), naming(evaluation)
     rows = evaluation["epochs"]
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)
     ep = [0] + [r["epoch"] for r in rows]
     for metric, style in (("flexible", "o-"), ("strict", "s--")):
         ax.plot(ep, [100 * evaluation["base"][f"{metric}_accuracy"]] + [100 * r[f"{metric}_accuracy"] for r in rows],
@@ -72,7 +72,7 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
                 label=f"lowest validation loss ({names.flexible})")
     ax.set(title=f"{names.title} per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="%")
     ax.set_xticks(ep)
-    ax.legend()
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: off the curves
     return _save(fig, out)
 
 
