@@ -64,12 +64,13 @@ def done(run: RunDir) -> bool:
     return {"base", "tuned"} <= set(run.read_eval_summary() or {})
 
 
-def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = True) -> EvalResult:
+def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = True, splits=None) -> EvalResult:
     """Score the base model and (when `adapter`) the run's adapters on the same held-out questions.
 
     Args:
         only: "base" (base passes) or "tuned" (adapter passes); the others are kept from an earlier eval.
         adapter: False for a bare recipe (base model only; its run dir gets the recipe's config.yaml).
+        splits: the recipe's rows, when the caller has read them already.
 
     Raises:
         UserError: no adapter in the run dir, no held-out rows, no reference answers.
@@ -78,7 +79,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
     if adapter and only != "base":
         run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
-    splits = load_splits(cfg.data, cfg.eval)
+    splits = splits or load_splits(cfg.data, cfg.eval)
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
     passes = _plan(cfg, run, shot_pool(cfg, splits), questions, only, adapter, tok, mode)
@@ -150,7 +151,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
                 results.append((name, EvalResult(losses.measure(extra, view, *_limited(extra, splits), reason, only,
                                                                 adapter), [])))
             else:
-                results.append((name, evaluate(extra, view, only=only, adapter=adapter)))
+                results.append((name, evaluate(extra, view, only=only, adapter=adapter, splits=splits)))
         except UserError as err:
             raise UserError(f"eval.also.{i} ({entry.source}): {err}") from None
     if results and run.summary.exists() and distributed.is_main_process():
