@@ -313,7 +313,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                evaluation["base"][f"{metric}_accuracy"],
                                                evaluation["tuned"][f"{metric}_accuracy"], names.accuracy))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
-                              *rules.prompting_baselines(evaluation), rules.answer_budget(evaluation)) if o]
+                              rules.prompting_baselines(evaluation), rules.answer_budget(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
         found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
     if evaluation and evaluation.get("by_category"):
