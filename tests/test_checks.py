@@ -238,6 +238,10 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     assert "its target loss is measured instead" in " ".join(out.split())
     assert f"eval: {test[0].id}, as the few-shot baseline asks the base model" in out
     assert f"bench: {shown['bench']['rows'][0]['id']}, as the chat baseline asks the base model" in out
+    assert shown["eval"]["chat_fewshot_prompt"].endswith(f"<|im_start|>user\nQuestion: {test[0].fields['question']}\n"
+                                                         "Answer:<|im_end|>\n<|im_start|>assistant\n")
+    assert "chat_fewshot_prompt" not in shown["bench"]  # its fewshot: 0
+    assert f"eval: {test[0].id}, as the few-shot chat baseline asks the base model" in out
 
 
 def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_together(capsys):

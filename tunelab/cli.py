@@ -470,7 +470,8 @@ def _print_checks(result: dict) -> None:
             console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
                           f"{shown['split']} split)")
         for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
-                              ("chat_baseline_prompt", "the chat baseline")):
+                              ("chat_baseline_prompt", "the chat baseline"),
+                              ("chat_fewshot_prompt", "the few-shot chat baseline")):
             if key in shown:
                 console.rule(f"{name}: {shown['rows'][0]['id']}, as {baseline} asks the base model")
                 console.print(Text(shown[key], "dim"))

@@ -196,7 +196,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
     zero-shot passes ask them — the template or eval.template, through the chat template when trained so — with the
     reference each answer is scored against: `tunelab check --show`'s view of the eval. Per set: `source`, `split`,
     and `scoring` with `rows` (id, prompt, reference) and, for the first question, the few-shot baseline's
-    `fewshot_prompt` (eval.fewshot) and the chat baseline's `chat_baseline_prompt` (eval.chat_baseline); or
+    `fewshot_prompt` (eval.fewshot) and the chat baselines' `chat_baseline_prompt` and `chat_fewshot_prompt`
+    (eval.chat_baseline, with eval.fewshot); or
     `skipped` (why the set is not scored). `splits`: the recipe's, when already loaded."""
     out = {}
     sets = [("eval", cfg), *zip(also_names(cfg.eval), (also_recipe(cfg, e) for e in cfg.eval.also))]
@@ -212,11 +213,14 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         questions = _questions(recipe, rows)[1][:n]
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": SCORERS[mode][0](q.target)}
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
-        if recipe.eval.fewshot and questions:
-            shots = shot_pool(recipe, rows)[:recipe.eval.fewshot]
+        shots = shot_pool(recipe, rows)[:recipe.eval.fewshot] if recipe.eval.fewshot and questions else []
+        if shots:
             out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1])[0][0]
         if recipe.eval.chat_baseline and questions:
             out[name]["chat_baseline_prompt"] = chat_baseline_prompts(tok, questions[:1])[0]
+        if recipe.eval.chat_baseline and shots:
+            chatted = _fewshot_prompts(recipe, tok, shots, questions[:1], chat_format=True)
+            out[name]["chat_fewshot_prompt"] = chatted[0][0]
     return out
 
 
