@@ -94,15 +94,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     d = distributed.setup(device.type)
     journal = Journal(run, d.rank)
     for p in passes:
-        rows, stats[p.name] = _cached(cfg, p) if p.is_base else (None, None)
-        if rows is None:
-            rows, stats[p.name] = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
-            if p.is_base:
-                _store(cfg, p, rows, stats[p.name])
-        if p.shots_from:
-            stats[p.name]["shots_from"] = p.shots_from
-        stats[p.name].update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
-                             at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
+        rows, stats[p.name] = _answered(cfg, run, p, questions, tok, device, journal, mode)
         predictions = [r for r in predictions if r["model"] != p.name] + rows
     summary = {"scoring": mode, "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
@@ -407,6 +399,22 @@ def _budget(cfg: Recipe, mode: str, questions: list[Example], tok) -> int:
 def _history(q: Example) -> list[dict]:
     """A conversation row's turns before its last user turn (`data.messages`); none for other rows."""
     return q.fields.get(chat.HISTORY, [])
+
+
+def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device, journal: Journal,
+              mode: str) -> tuple[list[dict], dict]:
+    """One pass's prediction rows and stats: a base pass asked the same way before comes from the cross-run cache,
+    anything else is answered (`_run_pass`); the stats count the answers that reached the token budget."""
+    rows, stats = _cached(cfg, p) if p.is_base else (None, None)
+    if rows is None:
+        rows, stats = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
+        if p.is_base:
+            _store(cfg, p, rows, stats)
+    if p.shots_from:
+        stats["shots_from"] = p.shots_from
+    stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
+                 at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
+    return rows, stats
 
 
 def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device,
