@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import assert_same_adapter
+from tunelab import status
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.errors import UserError
@@ -53,6 +54,10 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()
+    seen = status.describe(RunDir(killed))  # `tunelab ls`: the lock's pid is dead; where the checkpoint is
+    step = int(max((killed / "checkpoints").glob("step-*/state.json")).parent.name.removeprefix("step-"))
+    assert seen["running"] is None and seen["next"] == f"tunelab run {killed / 'config.yaml'} --run-dir {killed}"
+    assert seen["state"].startswith("stopped") and seen["state"].endswith(f"; resumes from step {step}")
     assert main(["-q", "train", "--resume", str(killed)]) == 0
 
     straight = RunDir(tmp_path / "straight")

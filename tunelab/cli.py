@@ -120,9 +120,25 @@ def _parser() -> argparse.ArgumentParser:
                                  "folder: that folder)")
     s.set_defaults(func=cmd_compare)
 
+    _file_commands(sub)
     _planning_commands(sub)
     _output_commands(sub)
     return p
+
+
+def _file_commands(sub) -> None:
+    """The commands that read files and run nothing: where the run directories stand, another trainer's config."""
+    s = sub.add_parser("ls", help="every run directory under a folder: running, stopped, done; its figures and "
+                                  "the command that finishes it")
+    s.add_argument("folders", nargs="*", default=["runs"], help="folders holding run directories (default runs)")
+    s.add_argument("--json", action="store_true", help="one JSON object per run directory")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("convert", help="an Axolotl config as a tunelab recipe: the same model, data, prompt format "
+                                       "and settings, every key not carried over exactly named")
+    s.add_argument("config", help="an Axolotl YAML config")
+    s.add_argument("-o", "--out", help="the recipe file to write (default: print it)")
+    s.set_defaults(func=cmd_convert)
 
 
 def _planning_commands(sub) -> None:
@@ -524,9 +540,9 @@ def cmd_import(args) -> int:
 def cmd_sweep(args) -> int:
     from rich.console import Console
     from rich.table import Table
+    from tunelab import status
     from tunelab.evaluate.scoring import naming
-    from tunelab.report import headline
-    from tunelab.rundir import RunDir, counts_passes, stopped_early, trained_and_planned
+    from tunelab.rundir import RunDir
     from tunelab.sweep import finished_runs, sweep
     folder, record = sweep(args.recipe, args.overrides, args.vary, args.run_dir, args.seeds)
     done = [RunDir(path) for path in finished_runs(folder)]
@@ -537,24 +553,70 @@ def cmd_sweep(args) -> int:
         if entry["state"] != "done":
             table.add_row(entry["name"], entry["state"], "", "", "", "", "")
             continue
-        run = RunDir(folder / entry["name"])
-        s, cost = headline(run), run.read_optional(run.cost, {}).get("cost_usd")
-        ev = s.get("eval", {})
-        accuracy = f"{100 * ev['tuned_flexible_accuracy']:.1f} %" if "tuned_flexible_accuracy" in ev else "—"
-        low, high = ev.get("flexible_ci95_pts", (0, 0))
-        gain = f"{ev['flexible_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "flexible_delta_pts" in ev else "—"
-        trained, planned = trained_and_planned(s)
-        stopped = (f" of {planned}" + (f", step {s['steps']}" if counts_passes(s) else "")
-                   if stopped_early(s) else "")
-        table.add_row(entry["name"], "done", f"{trained}{stopped}",
-                      f"{s['final_val_loss']:.4f}", accuracy, gain,
-                      "—" if cost is None else f"${cost:.4f}")
+        d = status.describe(RunDir(folder / entry["name"]))
+        train = d["train"]
+        stopped = (f" of {train['epochs_planned']}" + (f", step {train['step']}" if train["counts_passes"] else "")
+                   if train["stopped_early"] else "")
+        table.add_row(entry["name"], "done", f"{train['epochs']}{stopped}", *_figure_cells(d))
     Console(width=160).print(table)
     if (folder / "compare.md").exists():
         from tunelab.report.seeds import findings
         print("\n".join(findings(done, [r.path.name for r in done])))
         print(f"wrote {folder / 'compare.md'} and {folder / 'compare.html'} (paired tests against the first run)")
     return 0 if all(e["state"] == "done" for e in record["runs"]) else 1
+
+
+def cmd_ls(args) -> int:
+    import json
+    from rich.console import Console
+    from rich.table import Table
+    from tunelab import status
+    runs = [status.describe(run) for run in status.find(args.folders)]
+    if args.json:
+        for d in runs:
+            print(json.dumps(d))
+        return 0
+    if not runs:
+        print(f"no run directory under {', '.join(args.folders)}")
+        return 0
+    table = Table("run", "state", "final val loss", "tuned accuracy", "tuned − base (95 % CI)", "cost", "updated")
+    for d in runs:
+        table.add_row(d["run"], d["state"], *_figure_cells(d), d["updated"])
+    Console(width=200).print(table)
+    for d in runs:
+        if d["next"]:
+            print(f"{d['run']}: {d['next']}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from tunelab.convert import convert, to_text
+    from tunelab.rundir import write_atomic
+    if args.out and Path(args.out).exists():
+        raise UserError(f"-o {args.out}: already exists; choose a new file")
+    raw, notes = convert(args.config)
+    for note in notes:
+        print(f"not carried over exactly: {note}", file=sys.stderr)
+    text = to_text(raw, notes, args.config)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    write_atomic(Path(args.out), text.encode())
+    print(f"wrote {args.out}; see its rows as the model will: tunelab check {args.out} --show 3; then tunelab run "
+          f"{args.out}, or measure the Axolotl run itself: tunelab import {args.out} OUTPUT_DIR", file=sys.stderr)
+    return 0
+
+
+def _figure_cells(d: dict) -> list[str]:
+    """A `status.describe` record's headline figures as table cells: the last validation loss, the tuned
+    accuracy (or why none), its paired gain over the base model, the cost (train, + eval)."""
+    acc = d["accuracy"] or {}
+    accuracy = (f"{100 * acc['tuned']:.1f} %" if "tuned" in acc else "not scored" if "skipped" in acc else "—")
+    low, high = acc.get("ci95_pts", (0, 0))
+    gain = f"{acc['delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "delta_pts" in acc else "—"
+    train, scored = d["cost_usd"]["train"], d["cost_usd"]["eval"]
+    cost = ("—" if train is None else f"${train:.4f}") + (f" + ${scored:.4f} eval" if scored is not None else "")
+    return [f"{d['val_loss'][1]:.4f}" if d["val_loss"] else "—", accuracy, gain, cost]
 
 
 def cmd_export(args) -> int:

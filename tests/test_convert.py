@@ -1,0 +1,187 @@
+"""`tunelab convert`: an Axolotl config as a tunelab recipe — the same settings, rows written as Axolotl writes them,
+every key not carried over exactly named, and what would train differently refused."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from tunelab.cli import main
+from tunelab.config import load_recipe
+from tunelab.convert import convert
+from tunelab.data import load_splits
+from tunelab.errors import UserError
+
+# Axolotl's examples/mistral/lora.yml (its keys and values), the dataset a local Alpaca file
+MISTRAL_LORA = """\
+base_model: mistralai/Mistral-7B-v0.1
+model_type: MistralForCausalLM
+tokenizer_type: LlamaTokenizer
+load_in_8bit: true
+load_in_4bit: false
+datasets:
+  - path: {data}
+    type: alpaca
+dataset_prepared_path: last_run_prepared
+val_set_size: 0.1
+output_dir: ./outputs/lora-out
+adapter: lora
+lora_model_dir:
+sequence_len: 8192
+sample_packing: true
+pad_to_sequence_len: true
+lora_r: 32
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_linear: true
+lora_target_modules:
+  - gate_proj
+  - q_proj
+wandb_project:
+gradient_accumulation_steps: 4
+micro_batch_size: 2
+num_epochs: 1
+optimizer: adamw_bnb_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+bf16: auto
+tf32: false
+gradient_checkpointing: true
+logging_steps: 1
+attention: flash
+loss_watchdog_threshold: 5.0
+warmup_steps: 10
+evals_per_epoch: 4
+weight_decay: 0.0
+special_tokens:
+"""
+
+# how Axolotl's AlpacaPrompter (instruct style) writes a row with and without an input
+WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+              "Write a response that appropriately completes the request.\n\n### Instruction:\nAdd the numbers."
+              "\n\n### Input:\n2 and 3\n\n### Response:\n")
+WITHOUT_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                 "request.\n\n### Instruction:\nName a prime.\n\n### Response:\n")
+
+
+def _alpaca(tmp_path):
+    rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Name a prime.", "input": "", "output": "7"}] * 10
+    return write_jsonl(tmp_path / "alpaca.jsonl", rows)
+
+
+def _config(tmp_path, text: str, **data) -> str:
+    path = tmp_path / "axolotl.yml"
+    path.write_text(text.format(**data))
+    return str(path)
+
+
+def test_axolotls_mistral_lora_example_converts_with_every_difference_named(tmp_path):
+    raw, notes = convert(_config(tmp_path, MISTRAL_LORA, data=_alpaca(tmp_path)))
+    assert raw["name"] == "lora-out" and raw["model"] == {"name": "mistralai/Mistral-7B-v0.1",
+                                                          "load_in_4bit": False,
+                                                          "attn_implementation": "flash_attention_2"}
+    assert raw["lora"] == {"r": 32, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
+    assert raw["train"] == {"epochs": 1, "batch_size": 2, "grad_accum": 4, "lr": 0.0002, "weight_decay": 0.0,
+                            "max_length": 8192, "gradient_checkpointing": True, "packing": True,
+                            "scheduler": "cosine"}
+    assert raw["data"]["val_fraction"] == 0.1
+    said = {n.split(":")[0]: n for n in notes}
+    assert set(said) == {"load_in_8bit", "val_set_size", "warmup_steps", "optimizer", "sequence_len", "output_dir",
+                         "dataset_prepared_path", "model_type", "tokenizer_type", "pad_to_sequence_len",
+                         "logging_steps", "loss_watchdog_threshold", "evals_per_epoch"}  # empty, false: no word
+    assert "differs" in said["load_in_8bit"] and "differs" in said["optimizer"] and "not needed" in said["output_dir"]
+
+
+def test_alpaca_rows_are_written_as_axolotl_writes_them(tmp_path):
+    raw, _ = convert(_config(tmp_path, MISTRAL_LORA, data=_alpaca(tmp_path)))
+    recipe = load_recipe(_write(tmp_path, raw))
+    rows = load_splits(recipe.data)
+    prompts = {e.target: e.prompt for e in rows.train + rows.val}
+    assert prompts == {"5": WITH_INPUT, "7": WITHOUT_INPUT}
+
+
+def test_a_user_defined_format_becomes_the_template_of_the_fields_it_names(tmp_path, gsm8k):
+    text = """\
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+adapter: qlora
+load_in_4bit: true
+datasets:
+  - path: {data}
+    type:
+      system_prompt: "Solve it {{carefully}}."
+      system_format: "<s>{{system}}\\n"
+      field_instruction: question
+      field_output: answer
+      format: "[INST] {{instruction}} [/INST]"
+num_epochs: 3
+seed: 7
+train_on_inputs: true
+"""
+    raw, notes = convert(_config(tmp_path, text, data=gsm8k / "train.jsonl"))
+    assert raw["data"]["template"] == "<s>Solve it {{carefully}}.\n[INST] {question} [/INST]"
+    assert raw["data"]["target"] == "{answer}" and raw["data"]["seed"] == raw["train"]["seed"] == 7
+    assert raw["model"]["load_in_4bit"] is True and raw["train"]["completion_only"] is False and notes == []
+    first = json.loads((gsm8k / "train.jsonl").read_text().splitlines()[0])
+    recipe = load_recipe(_write(tmp_path, raw), ["data.limit=20"])
+    rows = load_splits(recipe.data)
+    row = next(e for e in rows.train + rows.val if e.id == "train-1")  # the file's first line
+    assert row.prompt == f"<s>Solve it {{carefully}}.\n[INST] {first['question']} [/INST]"
+
+
+def test_conversations_take_the_tokenizers_chat_template_and_a_named_one_is_refused(tmp_path):
+    data = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"from": "human", "value": "hi"},
+                                                                     {"from": "gpt", "value": "hello"}]}] * 10)
+    text = """\
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+adapter: lora
+datasets:
+  - path: {data}
+    type: chat_template
+    field_messages: conversations
+    message_property_mappings: {{role: from, content: value}}
+default_system_message: Be brief.
+"""
+    raw, _ = convert(_config(tmp_path, text, data=data))
+    assert raw["data"]["messages"] == "conversations" and raw["data"]["chat_template"] is True
+    assert raw["data"]["system_prompt"] == "Be brief."
+    with pytest.raises(UserError, match=r"datasets.0: chat_template: 'chatml': tunelab writes conversations with "
+                                        r"the tokenizer's own"):
+        convert(_config(tmp_path, text + "chat_template: chatml\n", data=data))
+
+
+@pytest.mark.parametrize("change, refused", [
+    ("adapter: lora", "adapter: None: tunelab trains LoRA adapters"),
+    ("type: alpaca", "datasets.0.type: 'completion': tunelab converts alpaca, chat_template and the user-defined"),
+    ("lora_model_dir:", "lora_model_dir: 'outputs/old': tunelab trains a new adapter"),
+])
+def test_what_would_train_differently_is_refused_naming_the_key(tmp_path, change, refused):
+    changed = {"adapter: lora": "adapter:", "type: alpaca": "type: completion",
+               "lora_model_dir:": "lora_model_dir: outputs/old"}[change]
+    path = _config(tmp_path, MISTRAL_LORA.replace(change, changed), data=_alpaca(tmp_path))
+    with pytest.raises(UserError, match=refused.replace("(", r"\(")):
+        convert(path)
+
+
+def test_convert_writes_a_recipe_that_loads_and_says_what_it_left(tmp_path, capsys):
+    config = _config(tmp_path, MISTRAL_LORA, data=_alpaca(tmp_path))
+    out = tmp_path / "recipe.yaml"
+    assert main(["convert", config, "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {out}" in err and "optimizer: 'adamw_bnb_8bit': differs" in err
+    text = out.read_text()
+    assert text.startswith(f"# tunelab recipe converted from {config} (Axolotl)") and "#   load_in_8bit" in text
+    assert load_recipe(str(out)).lora.r == 32
+    assert main(["convert", config, "-o", str(out)]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+    assert main(["convert", config]) == 0  # no -o: the recipe on stdout
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["grad_accum"] == 4
+    (tmp_path / "bad.yml").write_text("- a list\n")
+    assert main(["convert", str(tmp_path / "bad.yml")]) == 2
+
+
+def _write(tmp_path, raw: dict) -> str:
+    path = tmp_path / "converted.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)

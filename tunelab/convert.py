@@ -1,0 +1,343 @@
+"""An Axolotl config as a tunelab recipe (`tunelab convert`): the same model, data, prompt format and LoRA and
+training settings, so a run trained with Axolotl can be re-run here or imported (`tunelab import`) and measured.
+
+Every key of the config is accounted for: carried over, carried with a stated difference, not needed here (logging,
+output folders, the Hub), or without a tunelab equivalent. A key whose loss would change what is trained (a
+dataset type tunelab does not write the same way, a named chat template, full fine-tuning) is refused, naming it.
+
+Run as: tunelab convert axolotl.yml -o recipe.yaml
+        tunelab convert axolotl.yml | tunelab show-recipe /dev/stdin
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import UserError
+
+# Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
+ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                   "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+# keys that do not change what is trained, and why tunelab needs none
+NOT_NEEDED = {
+    "output_dir": "a run directory is tunelab's --run-dir",
+    "dataset_prepared_path": "tunelab tokenizes as it reads",
+    "hub_model_id": "tunelab export prints the Hub upload command",
+    "hub_strategy": "tunelab export prints the Hub upload command",
+    "logging_steps": "every step is logged (metrics/steps.jsonl)",
+    "saves_per_epoch": "checkpoints: train.checkpoint_every; every epoch's adapter is kept",
+    "save_steps": "checkpoints: train.checkpoint_every",
+    "save_strategy": "checkpoints: train.checkpoint_every; every epoch's adapter is kept",
+    "save_total_limit": "train.keep_checkpoints",
+    "resume_from_checkpoint": "tunelab train --resume RUN_DIR",
+    "auto_resume_from_checkpoints": "tunelab run resumes a run directory",
+    "evals_per_epoch": "validation after every epoch (train.val_every for more)",
+    "eval_steps": "validation after every epoch (train.val_every for more)",
+    "eval_sample_packing": "validation loss does not depend on packing",
+    "model_type": "read from the model's config",
+    "tokenizer_type": "the model's own tokenizer is loaded",
+    "tf32": "a GPU matmul setting",
+    "strict": "an Axolotl config check",
+    "debug": "an Axolotl logging setting",
+    "pad_to_sequence_len": "padding does not change the loss",
+    "group_by_length": "tunelab batches by length (train.group_by_length)",
+    "xformers_attention": "attention kernels: model.attn_implementation",
+    "loss_watchdog_threshold": "a NaN or infinite loss stops the run naming the step",
+    "loss_watchdog_patience": "a NaN or infinite loss stops the run naming the step",
+    "deepspeed": "several GPUs: torchrun / accelerate with train.sharding",
+    "fsdp": "several GPUs: torchrun / accelerate with train.sharding: fsdp",
+    "fsdp_config": "several GPUs: torchrun / accelerate with train.sharding: fsdp",
+    "local_rank": "set by torchrun",
+    "wandb_entity": "W&B's environment variables",
+    "wandb_watch": "W&B's environment variables",
+    "wandb_name": "the run directory's name",
+    "wandb_log_model": "adapters stay in the run directory",
+    "lora_fan_in_fan_out": "read from the model (false for Llama/Mistral/Qwen2)",
+    "special_tokens": "the tokenizer's own tokens (none added)",
+}
+
+
+def convert(path: str) -> tuple[dict, list[str]]:
+    """The tunelab recipe (a raw dict, validated) equivalent to the Axolotl config at `path`, and the notes: one
+    line per Axolotl key that is not carried over exactly (`key: value: why`).
+
+    Raises:
+        UserError: not a readable YAML mapping, not a LoRA / QLoRA config, a dataset type or chat template tunelab
+            does not write the same way, or a recipe that does not validate — naming the key.
+    """
+    config = _read(path)
+    left = dict(config)
+    take = left.pop
+    notes: list[str] = []
+    adapter = take("adapter", None)
+    if adapter not in ("lora", "qlora"):
+        raise UserError(f"{path}: adapter: {adapter!r}: tunelab trains LoRA adapters (adapter: lora or qlora)")
+    if "base_model" not in config:
+        raise UserError(f"{path}: base_model: missing (the model to fine-tune)")
+    if config.get("lora_model_dir"):
+        raise UserError(f"{path}: lora_model_dir: {config['lora_model_dir']!r}: tunelab trains a new adapter; one "
+                        "trained already is measured with tunelab import")
+    left.pop("lora_model_dir", None)
+    model = {"name": take("base_model")}
+    _model_keys(config, left, model, notes)
+    data = _data(path, config, take("datasets", None), notes)
+    for key in ("chat_template", "default_system_message", "val_set_size"):
+        left.pop(key, None)  # read with the datasets
+    train: dict[str, Any] = {}
+    lora: dict[str, Any] = {}
+    _train_keys(path, config, left, train, data, notes)
+    _lora_keys(config, left, lora, train)
+    for key in list(left):
+        value = left.pop(key)
+        if key in NOT_NEEDED:
+            if value not in (None, "", [], False):
+                notes.append(f"{key}: {value!r}: not needed here ({NOT_NEEDED[key]})")
+        elif value not in (None, "", [], {}):
+            notes.append(f"{key}: {value!r}: not carried over (no tunelab equivalent)")
+    raw = {"name": _name(path, config), "description": f"converted from {path} (Axolotl) by tunelab convert",
+           "model": model, "data": data, "lora": lora, "train": train}
+    from tunelab.config import validate
+    validate(raw, f"{path} (converted)")
+    return raw, notes
+
+
+def _read(path: str) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: an Axolotl config is a mapping of keys, got {type(config).__name__}")
+    return config
+
+
+def _model_keys(config: dict, left: dict, model: dict, notes: list[str]) -> None:
+    """model.*: revision, remote code, 4-bit base weights, dtype, attention kernels."""
+    for key, to in (("revision_of_model", "revision"), ("trust_remote_code", "trust_remote_code"),
+                    ("load_in_4bit", "load_in_4bit")):
+        if left.get(key) is not None:
+            model[to] = left.pop(key)
+        left.pop(key, None)
+    if left.pop("load_in_8bit", None):
+        notes.append("load_in_8bit: True: differs: tunelab keeps the base weights in bf16 on a GPU "
+                     "(model.load_in_4bit for 4-bit NF4); no 8-bit loading")
+    bf16, fp16 = left.pop("bf16", None), left.pop("fp16", None)
+    if fp16:
+        model["dtype"] = "float16"
+    elif bf16 == "full":
+        model["dtype"] = "bfloat16"
+    elif bf16 is False:
+        model["dtype"] = "float32"  # true and auto: tunelab's auto, bf16 on a GPU (fp32 on CPU, where bf16 is slow)
+    flash, sdp, attention = (left.pop(k, None) for k in ("flash_attention", "sdp_attention", "attention"))
+    kernel = {"flash": "flash_attention_2", "sdpa": "sdpa", "sdp": "sdpa", "eager": "eager"}.get(attention) \
+        or ("flash_attention_2" if flash else "sdpa" if sdp else None)
+    if kernel:
+        model["attn_implementation"] = kernel
+
+
+def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
+    """data.*: the first dataset as data.source, the others as data.mix entries, each with its prompt format."""
+    if not isinstance(datasets, list) or not datasets:
+        raise UserError(f"{path}: datasets: a list of at least one dataset is needed")
+    entries = [_dataset(path, config, i, d) for i, d in enumerate(datasets)]
+    chat = {bool(e.get("messages")) for e in entries}
+    if len(chat) > 1:
+        raise UserError(f"{path}: datasets: mixes conversation (chat_template) and instruction datasets; tunelab "
+                        "writes every source of a run with or without the chat template, not both")
+    data = dict(entries[0])
+    if len(entries) > 1:
+        data["mix"] = entries[1:]
+    if chat == {True}:
+        data["chat_template"] = True
+        if config.get("default_system_message"):
+            data["system_prompt"] = config["default_system_message"]
+    size = config.get("val_set_size")
+    if size is not None and 0 < size < 1:
+        data["val_fraction"] = size
+        notes.append(f"val_set_size: {size}: differs: tunelab holds out its own {size:.0%} of the rows (data.seed); "
+                     "the same share, not the same rows as Axolotl's split")
+    elif size:
+        notes.append(f"val_set_size: {size}: differs: tunelab holds out a share of the rows (data.val_fraction, "
+                     "0.1 here), not a count")
+    return data
+
+
+def _dataset(path: str, config: dict, i: int, d: Any) -> dict:
+    """One `datasets` entry as tunelab's source + format keys."""
+    where = f"{path}: datasets.{i}"
+    if not isinstance(d, dict) or "path" not in d:
+        raise UserError(f"{where}: each dataset needs a path")
+    files = d.get("data_files")
+    source = files if isinstance(files, str) else files[0] if isinstance(files, list) and len(files) == 1 \
+        else d["path"]
+    out: dict[str, Any] = {"source": source, **({"config": d["name"]} if d.get("name") else {})}
+    kind = d.get("type")
+    if kind == "alpaca":
+        return {**out, "template": ALPACA_INPUT, "template_if_empty": {"input": ALPACA_NO_INPUT},
+                "target": "{output}"}
+    if isinstance(kind, dict):
+        written = _user_defined(where, kind)  # in the recipe's order: template, template_if_empty, target
+        return {**out, **{k: written[k] for k in ("template", "template_if_empty", "target") if k in written}}
+    if kind == "chat_template":
+        return {**out, **_conversations(where, config, d)}
+    raise UserError(f"{where}.type: {kind!r}: tunelab converts alpaca, chat_template and the user-defined "
+                    "format ({field_instruction, field_input, field_output, format, no_input_format}); write "
+                    "data.template and data.target for this one by hand (tunelab check --show 3 prints rows "
+                    "as the model sees them)")
+
+
+def _user_defined(where: str, kind: dict) -> dict:
+    """Axolotl's user-defined prompt format (`type: {field_instruction: …, format: …}`) as template / target: its
+    {instruction} and {input} become the fields they name; no_input_format is the prompt for rows without input."""
+    if kind.get("field_system"):
+        raise UserError(f"{where}.type.field_system: rows' own system texts are not converted; write data.template "
+                        "by hand")
+    instruction, field_input = kind.get("field_instruction", "instruction"), kind.get("field_input")
+    fields = {"instruction": instruction, "input": field_input}
+    system = ""
+    if kind.get("system_prompt"):
+        system = _literal((kind.get("system_format") or "{system}").format(system=kind["system_prompt"]))
+    fmt = kind.get("format", "{instruction} {input}")
+    no_input = kind.get("no_input_format", fmt)
+    out: dict[str, Any] = {"target": "{" + kind.get("field_output", "output") + "}"}
+    if field_input:
+        out.update(template=system + _renamed(where, fmt, fields),
+                   template_if_empty={field_input: system + _renamed(where, no_input, fields)})
+    else:  # no input field: Axolotl writes every row with no_input_format
+        out["template"] = system + _renamed(where, no_input, fields)
+    return out
+
+
+def _renamed(where: str, fmt: str, fields: dict[str, str | None]) -> str:
+    """An Axolotl format string with {instruction} / {input} replaced by the dataset fields they name (literal
+    braces kept escaped)."""
+    out = []
+    for literal, name, spec, conversion in string.Formatter().parse(fmt):
+        out.append(_literal(literal))
+        if name is None:
+            continue
+        if not fields.get(name) or spec or conversion:
+            raise UserError(f"{where}.type.format: {{{name}}}: Axolotl fills {{instruction}} and {{input}} only"
+                            + (" (this dataset has no field_input)" if name == "input" else ""))
+        out.append("{" + fields[name] + "}")
+    return "".join(out)
+
+
+def _literal(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _conversations(where: str, config: dict, d: dict) -> dict:
+    """`type: chat_template`: data.messages, written with the tokenizer's own chat template."""
+    named = config.get("chat_template") or d.get("chat_template")
+    if named not in (None, "tokenizer_default"):
+        raise UserError(f"{where}: chat_template: {named!r}: tunelab writes conversations with the tokenizer's own "
+                        "chat template (Axolotl's tokenizer_default); a model whose tokenizer has another, or none, "
+                        "is not converted")
+    roles = d.get("roles_to_train")
+    if roles not in (None, ["assistant"]):
+        raise UserError(f"{where}.roles_to_train: {roles!r}: tunelab trains the assistant turns only")
+    mapping = d.get("message_property_mappings") or {
+        k: v for k, v in (("role", d.get("message_field_role")), ("content", d.get("message_field_content"))) if v}
+    if mapping not in ({}, {"role": "role", "content": "content"}, {"role": "from", "content": "value"}):
+        raise UserError(f"{where}.message_property_mappings: {mapping!r}: tunelab reads turns as {{role, content}} "
+                        "or ShareGPT's {from, value}")
+    return {"messages": d.get("field_messages", "messages")}
+
+
+def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, notes: list[str]) -> None:
+    """train.*: batch, steps, schedule, lengths, loss and the rest; seed also as data.seed."""
+    simple = {"num_epochs": "epochs", "micro_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+              "learning_rate": "lr", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
+              "max_grad_norm": "max_grad_norm", "sequence_len": "max_length", "neftune_noise_alpha": "neftune_alpha",
+              "torch_compile": "compile", "early_stopping_patience": "early_stopping_patience",
+              "loraplus_lr_ratio": "loraplus_lr_ratio"}
+    for key, to in simple.items():
+        if left.get(key) is not None:
+            train[to] = left[key]
+        left.pop(key, None)
+    if "max_length" in train:
+        notes.append(f"sequence_len: {train['max_length']}: differs: Axolotl drops longer rows by default, tunelab "
+                     "truncates them and counts them (tunelab check says how many)")
+    if isinstance(train.get("epochs"), float):
+        if not train["epochs"].is_integer():
+            raise UserError(f"{path}: num_epochs: {train['epochs']}: tunelab trains whole epochs")
+        train["epochs"] = int(train["epochs"])
+    if isinstance(train.get("lr"), str):
+        train["lr"] = float(train["lr"])
+    total = left.pop("batch_size", None)
+    if total and "grad_accum" not in train:
+        train["grad_accum"] = max(total // train.get("batch_size", 1), 1)
+    if left.get("seed") is not None:
+        train["seed"] = data["seed"] = left.pop("seed")
+    if left.get("train_on_inputs") is not None:
+        train["completion_only"] = not left.pop("train_on_inputs")
+    for key, to in (("gradient_checkpointing", "gradient_checkpointing"), ("sample_packing", "packing")):
+        if left.get(key) is not None:
+            train[to] = bool(left.pop(key))
+    scheduler = left.pop("lr_scheduler", None)
+    if scheduler in ("cosine", "linear", "constant"):
+        train["scheduler"] = scheduler
+    elif scheduler:
+        notes.append(f"lr_scheduler: {scheduler!r}: differs: tunelab has cosine, linear and constant (cosine here)")
+    if left.get("warmup_steps"):
+        notes.append(f"warmup_steps: {left.pop('warmup_steps')}: differs: tunelab sets warmup as a share of the "
+                     f"steps (train.warmup_ratio: {train.get('warmup_ratio', 0.03)})")
+    if left.get("wandb_project"):
+        train["report_to"] = ["wandb"]
+        notes.append(f"wandb_project: {left.pop('wandb_project')!r}: carried as train.report_to: [wandb]; W&B reads "
+                     "the project from WANDB_PROJECT in the environment")
+    optimizer = left.pop("optimizer", None)
+    if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused", "adamw_hf"):
+        notes.append(f"optimizer: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")
+    if "early_stopping_patience" in train:
+        notes.append(f"early_stopping_patience: {train['early_stopping_patience']}: differs: tunelab counts epochs "
+                     "without a lower validation loss (train.early_stopping_on: validation with train.val_every "
+                     "counts passes, as Axolotl does)")
+
+
+def _lora_keys(config: dict, left: dict, lora: dict, train: dict) -> None:
+    """lora.*: rank, alpha, dropout, targets, DoRA, rsLoRA."""
+    for key, to in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
+                    ("peft_use_dora", "use_dora"), ("peft_use_rslora", "use_rslora")):
+        if left.get(key) is not None:
+            lora[to] = left[key]
+        left.pop(key, None)
+    linear, modules = left.pop("lora_target_linear", None), left.pop("lora_target_modules", None)
+    if linear:
+        lora["target_modules"] = "all-linear"
+    elif modules:
+        lora["target_modules"] = modules
+
+
+def _name(path: str, config: dict) -> str:
+    """The recipe's name: the config's output folder's name, else the config file's."""
+    out = str(config.get("output_dir") or "").rstrip("/")
+    return (Path(out).name if out else Path(path).stem).replace("/", "-") or "converted"
+
+
+def to_text(raw: dict, notes: list[str], path: str) -> str:
+    """The recipe as YAML (a text with line breaks double-quoted, each break a \\n), the notes as comments above
+    it."""
+    header = [f"# tunelab recipe converted from {path} (Axolotl) by tunelab convert",
+              "# keys not carried over exactly:" if notes else "# every key carried over"]
+    header += [f"#   {n}" for n in notes]
+    return "\n".join(header) + "\n" + yaml.dump(raw, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style='"' if "\n" in text else None))
