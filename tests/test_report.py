@@ -111,6 +111,23 @@ def test_noisy_accuracy_reads_as_noise_and_overfit_run_is_flagged(tmp_path):
     assert "likely overfitting" in watch
 
 
+def test_report_json_lists_the_observations_and_strict_fails_on_one_to_watch(tmp_path, capsys):
+    healthy = make_run(tmp_path / "healthy")
+    assert main(["report", str(healthy), "--strict"]) == 0
+    found = json.loads((healthy / "report.json").read_text())["observations"]
+    assert {o["kind"] for o in found} <= {"good", "info"} and all(o["text"] and o["rule"] for o in found)
+    assert any(o["kind"] == "good" and "rose beyond noise" in o["text"] for o in found)
+    capsys.readouterr()
+    overfit = make_run(tmp_path / "overfit", val=(2.31, 1.55, 1.61), train=(1.4, 1.1))
+    assert main(["report", str(overfit)]) == 0  # watches are printed; only --strict turns them into an exit status
+    assert "watch: " in capsys.readouterr().out
+    assert main(["report", str(overfit), "--strict"]) == 1
+    out, err = capsys.readouterr()
+    watched = [o for o in json.loads((overfit / "report.json").read_text())["observations"] if o["kind"] == "watch"]
+    assert watched and all(f"watch: {o['text']}" in out for o in watched)
+    assert f"--strict: {len(watched)} observation" in err and "likely overfitting" in out
+
+
 def test_report_cli_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

@@ -69,6 +69,9 @@ def test_a_finished_run_is_done_until_a_stage_writes_after_its_report(tmp_path):
     assert d["val_loss"] == [2.31, 1.55] and d["cost_usd"] == {"train": 0.0059, "eval": None}
     assert d["accuracy"] == {"scoring": "numeric", "base": 0.05, "tuned": 0.15, "n": 100, "delta_pts": 10.0,
                              "ci95_pts": [4.0, 16.0]}
+    run.write_json(run.report_json, {"observations": [{"kind": "watch", "text": "Overlap.", "rule": "r"},
+                                                      {"kind": "good", "text": "Better.", "rule": "r"}]})
+    assert status.describe(run)["state"] == "done: trained 2 epochs; 1 to watch (report)"
     later = time.time() + 10  # a re-run eval: the report no longer shows what the run holds
     os.utime(run.eval_summary, (later, later))
     d = status.describe(run)

@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="write report.md and a self-contained report.html for a run")
     s.add_argument("run_dir")
     s.add_argument("--baseline", help="an earlier run to compare with")
+    s.add_argument("--strict", action="store_true", help="exit 1 when any observation is one to watch (a CI gate: "
+                                                        "accuracy fell, a benchmark got worse, test overlap, ...)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("compare", help="table of every summary figure and overlaid learning curves of runs")
@@ -359,7 +361,13 @@ def cmd_report(args) -> int:
     run = load_run(args.run_dir)
     baseline = load_run(args.baseline) if args.baseline else None
     path = write_report(run, baseline)
-    print(f"wrote {run.report_md} and {path}")
+    print(f"wrote {run.report_md}, {path} and {run.report_json}")
+    watch = [o["text"] for o in run.read_json(run.report_json)["observations"] if o["kind"] == "watch"]
+    for text in watch:
+        print(f"watch: {text}")
+    if args.strict and watch:
+        print(f"--strict: {len(watch)} observation{'s' * (len(watch) != 1)} to watch", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -120,9 +120,6 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     lines += eval_lines(run.read_eval_summary() or {})
     from tunelab.report import extra
     lines += [found for view in run.extra_sets() if (found := extra.line(view.name, view.read_eval_summary()))]
-    from tunelab.report.observations import imported_tokens
-    if (tokens := imported_tokens(s)) and tokens.kind == "watch":  # an imported run's train loss far above its own
-        lines.append(f"watch: {tokens.text}")
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
@@ -132,4 +129,5 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                   "train_runtime, when it recorded one); ")
                  + (f"eval ${scored['cost_usd']:.4f} ({scored['device_hours'] * 60:.1f} device-min); " if scored else "")
                  + f"this command {seconds / 60:.1f} min")
+    lines += [f"watch: {o['text']}" for o in run.read_json(run.report_json)["observations"] if o["kind"] == "watch"]
     print("\n".join(lines))

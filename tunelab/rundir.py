@@ -114,6 +114,9 @@ LAYOUT = {
     "analysis/cartography.json": ("cartography", "data-map points, regions and the hardest examples"),
     "report.md": ("report_md", "the detailed analysis report (Markdown, pictures beside it)"),
     "report.html": ("report_html", "the same report as one self-contained HTML file (images inlined)"),
+    "report.json": ("report_json", "the report's observations, machine-readable: each one's `kind` (good, watch, "
+                                   "info), `text` (the finding with its numbers) and `rule`; what `tunelab report "
+                                   "--strict` gates on"),
     "report_files/": ("report_files", "the report's pictures (learning curves, baseline comparison)"),
 }
 

@@ -46,10 +46,13 @@ def find(paths: list[str]) -> list[RunDir]:
 def describe(run: RunDir) -> dict:
     """One run directory's state: `state` (running, stopped, trained, done, …) in words, `running` (the live lock
     holder, or None), `train` progress, `val_loss` (before → last), `accuracy` (the eval stage's headline, or why
-    it was not scored), `cost_usd` (train and eval), `report` (current, stale or missing), `next` (the command that
-    finishes what is left, or None) and `updated` (the newest file's time)."""
+    it was not scored), `cost_usd` (train and eval), `report` (current, stale or missing), `watch` (the report's
+    observations to watch), `next` (the command that finishes what is left, or None) and `updated` (the newest
+    file's time)."""
     out = {"run": str(run.path), "recipe": None, "model": None, "running": _holder(run), "train": _training(run),
            "val_loss": _val_loss(run), "accuracy": _accuracy(run), "cost_usd": _costs(run), "report": _report(run),
+           "watch": [o["text"] for o in run.read_optional(run.report_json, {}).get("observations", [])
+                     if o["kind"] == "watch"],
            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(_newest(run)))}
     try:
         cfg = run.read_recipe()
@@ -199,7 +202,7 @@ def _state(run: RunDir, out: dict, pending: list[str]) -> tuple[str, str | None]
         return f"{trained}; {', '.join(pending)} left", resume
     if out["report"] != "current":
         return f"{trained}; report {out['report']}", f"tunelab report {path}"
-    return "done: " + trained, None
+    return "done: " + trained + (f"; {len(out['watch'])} to watch (report)" if out["watch"] else ""), None
 
 
 def _progress(train: dict | None, running: bool) -> str:

@@ -8,6 +8,7 @@ Run as: tunelab report runs/gsm8k-3ep --baseline runs/gsm8k-2ep
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from tunelab import card, handoff, trackers
@@ -97,6 +98,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
+    run.write_json(run.report_json, {"observations": [asdict(o) for o in found]})
     trackers.publish(run, cfg.train.report_to, "report", {}, [run.report_html, run.report_md])
     return run.report_html
 
