@@ -2,6 +2,7 @@
 every key not carried over exactly named, and what would train differently refused."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -139,28 +140,29 @@ adapter: lora
 datasets:
   - path: {data}
     type: chat_template
+    shards: 4
     field_messages: conversations
     message_property_mappings: {{role: from, content: value}}
 default_system_message: Be brief.
 """
-    raw, _ = convert(_config(tmp_path, text, data=data))
+    raw, notes = convert(_config(tmp_path, text, data=data))
     assert raw["data"]["messages"] == "conversations" and raw["data"]["chat_template"] is True
+    assert notes == ["datasets.0.shards: 4: not carried over (no tunelab equivalent)"]  # a dataset's keys count too
     assert raw["data"]["system_prompt"] == "Be brief."
     with pytest.raises(UserError, match=r"datasets.0: chat_template: 'chatml': tunelab writes conversations with "
                                         r"the tokenizer's own"):
         convert(_config(tmp_path, text + "chat_template: chatml\n", data=data))
 
 
-@pytest.mark.parametrize("change, refused", [
-    ("adapter: lora", "adapter: None: tunelab trains LoRA adapters"),
-    ("type: alpaca", "datasets.0.type: 'completion': tunelab converts alpaca, chat_template and the user-defined"),
-    ("lora_model_dir:", "lora_model_dir: 'outputs/old': tunelab trains a new adapter"),
+@pytest.mark.parametrize("old, new, refused", [
+    ("adapter: lora", "adapter:", "adapter: None: tunelab trains LoRA adapters"),
+    ("type: alpaca", "type: completion", "datasets.0.type: 'completion': tunelab converts alpaca, chat_template"),
+    ("lora_model_dir:", "lora_model_dir: outputs/old", "lora_model_dir: 'outputs/old': tunelab trains a new adapter"),
+    ("type: alpaca", "type: alpaca\n    split: test", "datasets.0.split: 'test': tunelab trains on a source's train"),
 ])
-def test_what_would_train_differently_is_refused_naming_the_key(tmp_path, change, refused):
-    changed = {"adapter: lora": "adapter:", "type: alpaca": "type: completion",
-               "lora_model_dir:": "lora_model_dir: outputs/old"}[change]
-    path = _config(tmp_path, MISTRAL_LORA.replace(change, changed), data=_alpaca(tmp_path))
-    with pytest.raises(UserError, match=refused.replace("(", r"\(")):
+def test_what_would_train_differently_is_refused_naming_the_key(tmp_path, old, new, refused):
+    path = _config(tmp_path, MISTRAL_LORA.replace(old, new), data=_alpaca(tmp_path))
+    with pytest.raises(UserError, match=re.escape(refused)):
         convert(path)
 
 

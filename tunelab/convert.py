@@ -150,6 +150,9 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
     if not isinstance(datasets, list) or not datasets:
         raise UserError(f"{path}: datasets: a list of at least one dataset is needed")
     entries = [_dataset(path, config, i, d) for i, d in enumerate(datasets)]
+    notes += [f"datasets.{i}.{key}: {value!r}: not carried over (no tunelab equivalent)"
+              for i, d in enumerate(datasets) for key, value in d.items()
+              if key not in DATASET_KEYS and value not in (None, "", [], {}, False)]
     chat = {bool(e.get("messages")) for e in entries}
     if len(chat) > 1:
         raise UserError(f"{path}: datasets: mixes conversation (chat_template) and instruction datasets; tunelab "
@@ -172,12 +175,22 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
     return data
 
 
+# the keys of a `datasets` entry that _dataset reads (the others are noted as not carried over)
+DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field_messages", "message_property_mappings",
+                "message_field_role", "message_field_content", "roles_to_train", "chat_template"}
+
+
 def _dataset(path: str, config: dict, i: int, d: Any) -> dict:
     """One `datasets` entry as tunelab's source + format keys."""
     where = f"{path}: datasets.{i}"
     if not isinstance(d, dict) or "path" not in d:
         raise UserError(f"{where}: each dataset needs a path")
+    if d.get("split", "train") != "train":
+        raise UserError(f"{where}.split: {d['split']!r}: tunelab trains on a source's train split")
     files = d.get("data_files")
+    if isinstance(files, list) and len(files) > 1:
+        raise UserError(f"{where}.data_files: {len(files)} files; tunelab reads one file, or a folder of train / "
+                        "test files, per source (give each its own datasets entry: they become data.mix sources)")
     source = files if isinstance(files, str) else files[0] if isinstance(files, list) and len(files) == 1 \
         else d["path"]
     out: dict[str, Any] = {"source": source, **({"config": d["name"]} if d.get("name") else {})}
