@@ -115,13 +115,15 @@ datasets:
       system_format: "<s>{{system}}\\n"
       field_instruction: question
       field_output: answer
-      format: "[INST] {{instruction}} [/INST]"
+      format: "[INST] {{instruction}} {{input}} [/INST]"
+      no_input_format: "[INST] {{instruction}} [/INST]"
 num_epochs: 3
 seed: 7
 train_on_inputs: true
 """
     raw, notes = convert(_config(tmp_path, text, data=gsm8k / "train.jsonl"))
-    assert raw["data"]["template"] == "<s>Solve it {{carefully}}.\n[INST] {question} [/INST]"
+    assert raw["data"]["template"] == "<s>Solve it {{carefully}}.\n[INST] {question} {input} [/INST]"
+    assert raw["data"]["template_if_empty"] == {"input": "<s>Solve it {{carefully}}.\n[INST] {question} [/INST]"}
     assert raw["data"]["target"] == "{answer}" and raw["data"]["seed"] == raw["train"]["seed"] == 7
     assert raw["model"]["load_in_4bit"] is True and raw["train"]["completion_only"] is False and notes == []
     first = json.loads((gsm8k / "train.jsonl").read_text().splitlines()[0])
@@ -129,6 +131,25 @@ train_on_inputs: true
     rows = load_splits(recipe.data)
     row = next(e for e in rows.train + rows.val if e.id == "train-1")  # the file's first line
     assert row.prompt == f"<s>Solve it {{carefully}}.\n[INST] {first['question']} [/INST]"
+
+
+def test_a_format_axolotl_never_uses_is_said_and_not_used(tmp_path, gsm8k):
+    text = """\
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+adapter: lora
+datasets:
+  - path: {data}
+    type:
+      field_instruction: question
+      field_output: answer
+      format: "Q: {{instruction}}\\nA: "
+"""
+    raw, notes = convert(_config(tmp_path, text, data=gsm8k / "train.jsonl"))
+    # GSM8K rows have no input field: Axolotl writes every one by no_input_format, whose default is "{instruction} "
+    assert raw["data"]["template"] == "{question} " and "template_if_empty" not in raw["data"]
+    assert notes == ["datasets.0.type.format: 'Q: {instruction}\\nA: ': not used: Axolotl writes rows without an "
+                     "input by no_input_format ('{instruction} ', its default), as this recipe does; set "
+                     "no_input_format in Axolotl to have format used"]
 
 
 def test_conversations_take_the_tokenizers_chat_template_and_a_named_one_is_refused(tmp_path):

@@ -149,7 +149,7 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
     """data.*: the first dataset as data.source, the others as data.mix entries, each with its prompt format."""
     if not isinstance(datasets, list) or not datasets:
         raise UserError(f"{path}: datasets: a list of at least one dataset is needed")
-    entries = [_dataset(path, config, i, d) for i, d in enumerate(datasets)]
+    entries = [_dataset(path, config, i, d, notes) for i, d in enumerate(datasets)]
     notes += [f"datasets.{i}.{key}: {value!r}: not carried over (no tunelab equivalent)"
               for i, d in enumerate(datasets) for key, value in d.items()
               if key not in DATASET_KEYS and value not in (None, "", [], {}, False)]
@@ -180,8 +180,8 @@ DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field
                 "message_field_role", "message_field_content", "roles_to_train", "chat_template"}
 
 
-def _dataset(path: str, config: dict, i: int, d: Any) -> dict:
-    """One `datasets` entry as tunelab's source + format keys."""
+def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
+    """One `datasets` entry as tunelab's source + format keys (what the conversion should say, into `notes`)."""
     where = f"{path}: datasets.{i}"
     if not isinstance(d, dict) or "path" not in d:
         raise UserError(f"{where}: each dataset needs a path")
@@ -199,8 +199,7 @@ def _dataset(path: str, config: dict, i: int, d: Any) -> dict:
         return {**out, "template": ALPACA_INPUT, "template_if_empty": {"input": ALPACA_NO_INPUT},
                 "target": "{output}"}
     if isinstance(kind, dict):
-        written = _user_defined(where, kind)  # in the recipe's order: template, template_if_empty, target
-        return {**out, **{k: written[k] for k in ("template", "template_if_empty", "target") if k in written}}
+        return {**out, **_user_defined(where, kind, source, notes)}
     if kind == "chat_template":
         return {**out, **_conversations(where, config, d)}
     raise UserError(f"{where}.type: {kind!r}: tunelab converts alpaca, chat_template and the user-defined "
@@ -209,26 +208,54 @@ def _dataset(path: str, config: dict, i: int, d: Any) -> dict:
                     "as the model sees them)")
 
 
-def _user_defined(where: str, kind: dict) -> dict:
-    """Axolotl's user-defined prompt format (`type: {field_instruction: …, format: …}`) as template / target: its
-    {instruction} and {input} become the fields they name; no_input_format is the prompt for rows without input."""
-    if kind.get("field_system"):
-        raise UserError(f"{where}.type.field_system: rows' own system texts are not converted; write data.template "
-                        "by hand")
-    instruction, field_input = kind.get("field_instruction", "instruction"), kind.get("field_input")
-    fields = {"instruction": instruction, "input": field_input}
-    system = ""
-    if kind.get("system_prompt"):
-        system = _literal((kind.get("system_format") or "{system}").format(system=kind["system_prompt"]))
-    fmt = kind.get("format", "{instruction} {input}")
-    no_input = kind.get("no_input_format", fmt)
-    out: dict[str, Any] = {"target": "{" + kind.get("field_output", "output") + "}"}
-    if field_input:
-        out.update(template=system + _renamed(where, fmt, fields),
-                   template_if_empty={field_input: system + _renamed(where, no_input, fields)})
-    else:  # no input field: Axolotl writes every row with no_input_format
-        out["template"] = system + _renamed(where, no_input, fields)
-    return out
+# Axolotl's user-defined format and its defaults (axolotl.prompt_strategies.user_defined.UserDefinedDatasetConfig)
+USER_DEFINED = {"system_prompt": "", "field_system": "system", "field_instruction": "instruction",
+                "field_input": "input", "field_output": "output", "format": "{instruction} {input} ",
+                "no_input_format": "{instruction} ", "system_format": "{system}"}
+
+
+def _user_defined(where: str, kind: dict, source: str, notes: list[str]) -> dict:
+    """Axolotl's user-defined prompt format (`type: {field_instruction: …, format: …}`, its defaults filled in) as
+    template / target: its {instruction} and {input} become the fields they name, no_input_format the prompt of rows
+    without input, a system_prompt a literal prefix (through system_format). A local source's rows are read to see
+    which fields they have (a row's own system field, an input its template would not show)."""
+    unknown = sorted(set(kind) - set(USER_DEFINED))
+    if unknown:
+        raise UserError(f"{where}.type.{unknown[0]}: not a key of Axolotl's user-defined format "
+                        f"({', '.join(USER_DEFINED)})")
+    given = {k: v for k, v in kind.items() if v is not None}
+    kind = {**USER_DEFINED, **given}
+    present = _fields(source)
+    if kind["field_system"] in present:
+        raise UserError(f"{where}.type.field_system: the rows have a {kind['field_system']!r} field, which Axolotl "
+                        "writes before each prompt; rows' own system texts are not converted (write data.template "
+                        "by hand)")
+    fields = {"instruction": kind["field_instruction"], "input": kind["field_input"]}
+    system = _literal(kind["system_format"].format(system=kind["system_prompt"])) if kind["system_prompt"] else ""
+    target = "{" + kind["field_output"] + "}"
+    no_input = system + _renamed(where, kind["no_input_format"], fields)
+    if "{input}" in kind["format"]:
+        return {"template": system + _renamed(where, kind["format"], fields),
+                "template_if_empty": {kind["field_input"]: no_input}, "target": target}
+    if kind["field_input"] in present:
+        raise UserError(f"{where}.type.format: has no {{input}}, yet the rows have a {kind['field_input']!r} field: "
+                        "Axolotl writes rows with an input by format and the others by no_input_format; write "
+                        "data.template by hand")
+    if "format" in given and "no_input_format" not in given:
+        notes.append(f"{where.rsplit(': ', 1)[1]}.type.format: {given['format']!r}: not used: Axolotl writes rows "
+                     f"without an input by no_input_format ({kind['no_input_format']!r}, its default), as this "
+                     "recipe does; set no_input_format in Axolotl to have format used")
+    return {"template": no_input, "target": target}  # Axolotl writes rows without an input by no_input_format
+
+
+def _fields(source: str) -> set[str]:
+    """The fields of a local source's train rows (a Hub dataset is not downloaded to look: none)."""
+    from tunelab.data.sources import read_source
+    from tunelab.handoff import is_local
+    if not is_local(source):
+        return set()
+    rows, _ = read_source(source, None, 0, 0, 0)
+    return {k for r in rows.get("train", []) for k in r.fields}
 
 
 def _renamed(where: str, fmt: str, fields: dict[str, str | None]) -> str:
@@ -279,9 +306,11 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
         if left.get(key) is not None:
             train[to] = left[key]
         left.pop(key, None)
-    if "max_length" in train:
-        notes.append(f"sequence_len: {train['max_length']}: differs: Axolotl drops longer rows by default, tunelab "
-                     "truncates them and counts them (tunelab check says how many)")
+    excess = left.pop("excess_length_strategy", None) or "drop"
+    if "max_length" in train and excess != "truncate":
+        notes.append(f"sequence_len: {train['max_length']}: differs: Axolotl's excess_length_strategy {excess} "
+                     f"{'drops' if excess == 'drop' else 'refuses'} longer rows; tunelab truncates them and counts "
+                     "them (tunelab check says how many)")
     if isinstance(train.get("epochs"), float):
         if not train["epochs"].is_integer():
             raise UserError(f"{path}: num_epochs: {train['epochs']}: tunelab trains whole epochs")
