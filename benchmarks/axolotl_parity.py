@@ -23,6 +23,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
+
 GSM8K = Path(os.environ.get("TUNELAB_GSM8K", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k"))
 
 
@@ -43,24 +46,12 @@ def main() -> None:
 def compare(out: Path, name: str, config: str, rows: list[dict], strategy) -> dict:
     """Convert `config`, tokenize its rows both ways; count identical rows (`trailing`: identical but for tokens
     Axolotl appends after the last trained one, with no label: they change no loss)."""
-    from tunelab.config import load_recipe
-    from tunelab.convert import convert
-    from tunelab.data import load_splits
-    from tunelab.models import load_tokenizer
-    from tunelab.train.batching import tokenize_with
     (out / f"{name}.yml").write_text(config)
-    raw, _ = convert(str(out / f"{name}.yml"))
-    raw["model"]["name"] = "smollm2-135m-instruct"  # the offline copy of the config's model
-    (out / f"{name}.recipe.yaml").write_text(yaml.safe_dump(raw))
-    cfg = load_recipe(str(out / f"{name}.recipe.yaml"))
-    tok = load_tokenizer(cfg.model)
-    splits = load_splits(cfg.data)
-    examples = splits.train + splits.val
-    items, _ = tokenize_with(cfg, examples, tok)
+    tok, items = converted_rows(out / f"{name}.yml")
     theirs = strategy(tok)
     identical = trailing = 0
-    for example, item in zip(examples, items):
-        ax = theirs.tokenize_prompt(rows[int(example.id.rsplit("-", 1)[1]) - 1])  # ids count file lines from 1
+    for index, item in items:
+        ax = theirs.tokenize_prompt(rows[index])
         ids, labels, k = list(ax["input_ids"]), list(ax["labels"]), len(item.input_ids)
         if ids == item.input_ids and labels == item.labels:
             identical += 1
@@ -69,17 +60,11 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy) -> di
     return {"rows": len(items), "identical": identical, "trailing": trailing}
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _alpaca(out: Path):
     from axolotl.prompt_tokenizers import AlpacaPromptTokenizingStrategy
     from axolotl.prompters import AlpacaPrompter
-    rows = [{"instruction": f"Add {i} and {i + 1}.", "input": "" if i % 2 else f"numbers {i}", "output": str(2 * i + 1)}
-            for i in range(40)]
-    path = _write(out / "alpaca.jsonl", rows)
+    rows = alpaca_rows()
+    path = write_jsonl(out / "alpaca.jsonl", rows)
     config = f"base_model: x\nadapter: lora\ndatasets:\n  - path: {path}\n    type: alpaca\n"
     return config, rows, lambda tok: AlpacaPromptTokenizingStrategy(AlpacaPrompter("instruct"), tok, False, 2048)
 
@@ -90,7 +75,7 @@ def _user_defined(spec: dict):
 
         from axolotl.prompt_strategies import user_defined
         rows = [json.loads(line) for line in (GSM8K / "train.jsonl").read_text().splitlines()[:60]]
-        path = _write(out / "gsm8k.jsonl", rows)
+        path = write_jsonl(out / "gsm8k.jsonl", rows)
         config = f"base_model: x\nadapter: lora\ndatasets:\n  - path: {path}\n    type: {json.dumps(spec)}\n"
         return config, rows, lambda tok: user_defined.load(tok, SimpleNamespace(train_on_inputs=False,
                                                                                  sequence_len=2048),
@@ -101,15 +86,10 @@ def _user_defined(spec: dict):
 def _chat(out: Path):
     from axolotl.prompt_strategies.chat_template import load
     from axolotl.utils.dict import DictDefault
-    rows = []
-    for i in range(30):
-        turns = [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"It is {2 * i}."}]
-        if i % 3 == 0:
-            turns += [{"from": "human", "value": "And doubled?"}, {"from": "gpt", "value": f"{4 * i}."}]
-        rows.append({"conversations": ([{"from": "system", "value": "Be brief."}] if i % 5 == 0 else []) + turns})
+    rows = sharegpt_rows()
     dataset = {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
     config = yaml.safe_dump({"base_model": "x", "adapter": "lora", "datasets": [
-        {"path": str(_write(out / "chats.jsonl", rows)), "type": "chat_template", **dataset}]})
+        {"path": str(write_jsonl(out / "chats.jsonl", rows)), "type": "chat_template", **dataset}]})
     settings = DictDefault({"chat_template": "tokenizer_default", "train_on_inputs": False, "sequence_len": 2048})
     return config, rows, lambda tok: load(tok, settings, dataset)
 

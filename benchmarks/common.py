@@ -1,6 +1,7 @@
-"""Shared by the benchmarks: run one measured workload in a fresh process (its own peak memory, nothing warm).
+"""Shared by the benchmarks: run one measured workload in a fresh process (its own peak memory, nothing warm); the
+parity checks' rows and tunelab's side of them (a converted config's rows as tunelab tokenizes them).
 
-Run as: part of benchmarks/train_throughput.py and benchmarks/gpu_check.py.
+Run as: part of benchmarks/train_throughput.py, gpu_check.py, axolotl_parity.py and llamafactory_parity.py.
 """
 
 from __future__ import annotations
@@ -24,3 +25,51 @@ def child(target, *args) -> dict:
                 raise SystemExit(f"{target.__name__} failed (exit code {proc.exitcode}); see its traceback above")
     proc.join()
     return result
+
+
+def alpaca_rows(n: int = 40) -> list[dict]:
+    """Alpaca rows, every other one without an input (the parity checks of tunelab convert)."""
+    return [{"instruction": f"Add {i} and {i + 1}.", "input": "" if i % 2 else f"numbers {i}",
+             "output": str(2 * i + 1)} for i in range(n)]
+
+
+def sharegpt_rows(n: int = 30) -> list[dict]:
+    """ShareGPT conversations ({from, value} turns): every third with a second reply, every fifth with a system
+    turn first (the parity checks of tunelab convert)."""
+    rows = []
+    for i in range(n):
+        turns = [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"It is {2 * i}."}]
+        if i % 3 == 0:
+            turns += [{"from": "human", "value": "And doubled?"}, {"from": "gpt", "value": f"{4 * i}."}]
+        rows.append({"conversations": ([{"from": "system", "value": "Be brief."}] if i % 5 == 0 else []) + turns})
+    return rows
+
+
+def write_jsonl(path, rows: list[dict]):
+    """`rows` as a JSON-lines file at `path` (a pathlib.Path); returns the path."""
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def converted_rows(config):
+    """`tunelab convert` the trainer config at `config` (a pathlib.Path), with SmolLM2's offline copy as its
+    model, and tokenize its rows as tunelab trains them. Returns (tokenizer, [(row index in the source file,
+    tunelab's Tokenized)])."""
+    import yaml
+
+    from tunelab.config import load_recipe
+    from tunelab.convert import convert
+    from tunelab.data import load_splits
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize_with
+    raw, _ = convert(str(config))
+    raw["model"]["name"] = "smollm2-135m-instruct"
+    recipe = config.with_suffix(".recipe.yaml")
+    recipe.write_text(yaml.safe_dump(raw))
+    cfg = load_recipe(str(recipe))
+    tok = load_tokenizer(cfg.model)
+    splits = load_splits(cfg.data)
+    examples = splits.train + splits.val
+    items, _ = tokenize_with(cfg, examples, tok)
+    return tok, [(int(e.id.rsplit("-", 1)[1]) - 1, item) for e, item in zip(examples, items)]  # ids: lines from 1

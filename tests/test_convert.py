@@ -208,3 +208,89 @@ def _write(tmp_path, raw: dict) -> str:
     path = tmp_path / "converted.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return str(path)
+
+
+# LLaMA-Factory's examples/train_lora/llama3_lora_sft.yaml (its keys and values), its datasets in a local folder
+LLAMA3_LORA_SFT = """\
+model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct
+trust_remote_code: true
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+dataset: identity,alpaca_en_demo
+dataset_dir: {data}
+template: llama3
+cutoff_len: 2048
+max_samples: 1000
+overwrite_cache: true
+preprocessing_num_workers: 16
+output_dir: saves/llama3-8b/lora/sft
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+overwrite_output_dir: true
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+"""
+
+
+def _llamafactory_data(tmp_path, info=None):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "identity.json").write_text(json.dumps([{"instruction": "hi", "input": "", "output": "Hello."}] * 10))
+    write_jsonl(folder / "alpaca_en_demo.jsonl", [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
+                                                  {"instruction": "Name a prime.", "input": "", "output": "7"}] * 10)
+    (folder / "dataset_info.json").write_text(json.dumps(info or {
+        "identity": {"file_name": "identity.json"}, "alpaca_en_demo": {"file_name": "alpaca_en_demo.jsonl"}}))
+    return folder
+
+
+def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp_path):
+    folder = _llamafactory_data(tmp_path)
+    raw, notes = convert(_config(tmp_path, LLAMA3_LORA_SFT, data=folder))
+    assert raw["name"] == "sft" and raw["description"].endswith("(LLaMA-Factory) by tunelab convert")
+    assert raw["model"] == {"name": "meta-llama/Meta-Llama-3-8B-Instruct", "trust_remote_code": True}
+    assert raw["lora"] == {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}  # its defaults
+    assert raw["train"] == {"epochs": 3, "batch_size": 1, "grad_accum": 8, "lr": 0.0001, "warmup_ratio": 0.1,
+                            "weight_decay": 0.0, "max_grad_norm": 1.0, "max_length": 2048, "completion_only": True,
+                            "gradient_checkpointing": True, "seed": 42, "scheduler": "cosine"}
+    data = raw["data"]
+    assert data["source"] == str(folder / "identity.json") and data["mix"][0]["source"].endswith("alpaca_en_demo.jsonl")
+    assert data["chat_template"] is True and data["limit"] == 1000 and data["seed"] == 42
+    said = {n.split(":")[0]: n for n in notes}
+    assert {"template", "chat template", "val_size", "cutoff_len"} <= set(said)
+    assert "differs" in said["template"] and "all of them" in said["val_size"] and "not needed" in said["output_dir"]
+    recipe = load_recipe(_write(tmp_path, raw), ["data.mix=[]", f"data.source={folder / 'alpaca_en_demo.jsonl'}"])
+    rows = load_splits(recipe.data)
+    # LLaMA-Factory's user turn: the instruction, then the input on its own line when there is one
+    assert {e.target: e.prompt for e in rows.train + rows.val} == {"5": "Add.\n2 and 3", "7": "Name a prime."}
+
+
+def test_sharegpt_datasets_become_conversations_and_what_differs_is_refused(tmp_path):
+    folder = _llamafactory_data(tmp_path, {
+        "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt",
+                  "columns": {"messages": "messages"},
+                  "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                           "assistant_tag": "assistant"}},
+        "with_system": {"file_name": "identity.json", "columns": {"system": "system"}}})
+    write_jsonl(folder / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                       {"role": "assistant", "content": "hello"}]}] * 10)
+    config = "model_name_or_path: m\nstage: sft\ndataset: {name}\ndataset_dir: {data}\nmask_history: true\n"
+    raw, _ = convert(_config(tmp_path, config, data=folder, name="chats"))
+    assert raw["data"]["messages"] == "messages" and raw["data"]["history_loss"] is False
+    with pytest.raises(UserError, match=re.escape("with_system: columns system / tools / history")):
+        convert(_config(tmp_path, config, data=folder, name="with_system"))
+    with pytest.raises(UserError, match=re.escape("dataset: 'missing' is not in")):
+        convert(_config(tmp_path, config, data=folder, name="missing"))
+    with pytest.raises(UserError, match="stage: dpo, finetuning_type: lora: tunelab converts supervised LoRA"):
+        convert(_config(tmp_path, config.replace("stage: sft", "stage: dpo"), data=folder, name="chats"))
+    with pytest.raises(UserError, match="neither an Axolotl config"):
+        convert(_config(tmp_path, "model: x\n"))

@@ -136,9 +136,9 @@ def _file_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="one JSON object per run directory")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("convert", help="an Axolotl config as a tunelab recipe: the same model, data, prompt format "
-                                       "and settings, every key not carried over exactly named")
-    s.add_argument("config", help="an Axolotl YAML config")
+    s = sub.add_parser("convert", help="an Axolotl or LLaMA-Factory config as a tunelab recipe: the same model, data, "
+                                       "prompt format and settings, every key not carried over exactly named")
+    s.add_argument("config", help="an Axolotl or LLaMA-Factory YAML config")
     s.add_argument("-o", "--out", help="the recipe file to write (default: print it)")
     s.set_defaults(func=cmd_convert)
 
@@ -605,13 +605,13 @@ def cmd_convert(args) -> int:
     raw, notes = convert(args.config)
     for note in notes:
         print(f"not carried over exactly: {note}", file=sys.stderr)
-    text = to_text(raw, notes, args.config)
+    text = to_text(raw, notes)
     if not args.out:
         sys.stdout.write(text)
         return 0
     write_atomic(Path(args.out), text.encode())
     print(f"wrote {args.out}; see its rows as the model will: tunelab check {args.out} --show 3; then tunelab run "
-          f"{args.out}, or measure the Axolotl run itself: tunelab import {args.out} OUTPUT_DIR", file=sys.stderr)
+          f"{args.out}, or measure the run that config trained: tunelab import {args.out} OUTPUT_DIR", file=sys.stderr)
     return 0
 
 

@@ -1,22 +1,15 @@
-"""An Axolotl config as a tunelab recipe (`tunelab convert`): the same model, data, prompt format and LoRA and
-training settings, so a run trained with Axolotl can be re-run here or imported (`tunelab import`) and measured.
-
-Every key of the config is accounted for: carried over, carried with a stated difference, not needed here (logging,
-output folders, the Hub), or without a tunelab equivalent. A key whose loss would change what is trained (a
-dataset type tunelab does not write the same way, a named chat template, full fine-tuning) is refused, naming it.
+"""An Axolotl config as a tunelab recipe: its model, datasets and their prompt formats (alpaca, the user-defined
+format, chat_template), LoRA and training keys. See tunelab/convert/__init__.py for the contract.
 
 Run as: tunelab convert axolotl.yml -o recipe.yaml
-        tunelab convert axolotl.yml | tunelab show-recipe /dev/stdin
 """
 
 from __future__ import annotations
 
 import string
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tunelab.convert import leftovers, name
 from tunelab.errors import UserError
 
 # Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
@@ -65,15 +58,14 @@ NOT_NEEDED = {
 }
 
 
-def convert(path: str) -> tuple[dict, list[str]]:
-    """The tunelab recipe (a raw dict, validated) equivalent to the Axolotl config at `path`, and the notes: one
-    line per Axolotl key that is not carried over exactly (`key: value: why`).
+def convert(path: str, config: dict) -> tuple[dict, list[str]]:
+    """The raw tunelab recipe equivalent to the Axolotl `config` read from `path`, and the notes (`key: value:
+    why`, one per key not carried over exactly).
 
     Raises:
-        UserError: not a readable YAML mapping, not a LoRA / QLoRA config, a dataset type or chat template tunelab
-            does not write the same way, or a recipe that does not validate — naming the key.
+        UserError: not a LoRA / QLoRA config, a dataset type or chat template tunelab does not write the same way —
+            naming the key.
     """
-    config = _read(path)
     left = dict(config)
     take = left.pop
     notes: list[str] = []
@@ -95,30 +87,9 @@ def convert(path: str) -> tuple[dict, list[str]]:
     lora: dict[str, Any] = {}
     _train_keys(path, config, left, train, data, notes)
     _lora_keys(config, left, lora, train)
-    for key in list(left):
-        value = left.pop(key)
-        if key in NOT_NEEDED:
-            if value not in (None, "", [], False):
-                notes.append(f"{key}: {value!r}: not needed here ({NOT_NEEDED[key]})")
-        elif value not in (None, "", [], {}):
-            notes.append(f"{key}: {value!r}: not carried over (no tunelab equivalent)")
-    raw = {"name": _name(path, config), "description": f"converted from {path} (Axolotl) by tunelab convert",
-           "model": model, "data": data, "lora": lora, "train": train}
-    from tunelab.config import validate
-    validate(raw, f"{path} (converted)")
-    return raw, notes
-
-
-def _read(path: str) -> dict:
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: an Axolotl config is a mapping of keys, got {type(config).__name__}")
-    return config
+    notes += leftovers(left, NOT_NEEDED)
+    return {"name": name(path, config.get("output_dir")), "model": model, "data": data, "lora": lora,
+            "train": train}, notes
 
 
 def _model_keys(config: dict, left: dict, model: dict, notes: list[str]) -> None:
@@ -360,26 +331,3 @@ def _lora_keys(config: dict, left: dict, lora: dict, train: dict) -> None:
         lora["target_modules"] = "all-linear"
     elif modules:
         lora["target_modules"] = modules
-
-
-def _name(path: str, config: dict) -> str:
-    """The recipe's name: the config's output folder's name, else the config file's."""
-    out = str(config.get("output_dir") or "").rstrip("/")
-    return (Path(out).name if out else Path(path).stem).replace("/", "-") or "converted"
-
-
-def to_text(raw: dict, notes: list[str], path: str) -> str:
-    """The recipe as YAML (a text with line breaks double-quoted, each break a \\n), the notes as comments above
-    it."""
-    header = [f"# tunelab recipe converted from {path} (Axolotl) by tunelab convert",
-              "# keys not carried over exactly:" if notes else "# every key carried over"]
-    header += [f"#   {n}" for n in notes]
-    return "\n".join(header) + "\n" + yaml.dump(raw, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style='"' if "\n" in text else None))

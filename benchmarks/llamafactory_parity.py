@@ -1,0 +1,113 @@
+"""Does a recipe from `tunelab convert` train on the same tokens as the LLaMA-Factory config it came from?
+
+Writes a dataset_info.json with an alpaca dataset (half its rows without an input) and a sharegpt one (system
+turns, one or two replies), converts a LLaMA-Factory sft LoRA config for each (no `template`: LLaMA-Factory then
+parses the tokenizer's chat template), tokenizes the rows with tunelab and with LLaMA-Factory's own converter,
+template and supervised processor under SmolLM2's tokenizer, and counts the rows whose input ids and labels are
+identical, and those that differ only in labels LLaMA-Factory gives tokens tunelab leaves untrained.
+LLaMA-Factory is not a tunelab dependency: give the folder of its unpacked wheel. Its audio support imports
+torchaudio, which no step here uses: when it is not installed an empty package stands in for it.
+
+Run as:
+    pip download llamafactory==0.9.5 --no-deps -d /tmp/lf && (cd /tmp/lf && unzip -q -o llamafactory-*.whl)
+    .venv/bin/python benchmarks/llamafactory_parity.py --llamafactory /tmp/lf
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
+
+IGNORE = -100
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--llamafactory", required=True, help="folder holding the llamafactory package")
+    args = ap.parse_args()
+    sys.path.insert(0, args.llamafactory)
+    out = Path(tempfile.mkdtemp(prefix="llamafactory-parity-"))
+    if importlib.util.find_spec("torchaudio") is None:  # audio only, unused here: an empty package stands in
+        (out / "stub" / "torchaudio").mkdir(parents=True)
+        (out / "stub" / "torchaudio" / "__init__.py").write_text("")
+        sys.path.append(str(out / "stub"))
+    rows = _datasets(out)
+    results = {name: compare(out, name, rows[name]) for name in rows}
+    for name, r in results.items():
+        print(f"{name}: {r['identical']}/{r['rows']} rows identical in input ids and labels; {r['more_labels']} "
+              f"the same tokens trained the same but for {r['extra_labels']} that only LLaMA-Factory trains: "
+              f"{r['extra_tokens']}")
+    print(json.dumps(results))
+
+
+def _datasets(out: Path) -> dict[str, list[dict]]:
+    """dataset_info.json and its two files; returns each dataset's rows."""
+    alpaca, chats = alpaca_rows(), sharegpt_rows()
+    (out / "data").mkdir()
+    for file, rows in (("alpaca.jsonl", alpaca), ("chats.jsonl", chats)):
+        write_jsonl(out / "data" / file, rows)
+    (out / "data" / "dataset_info.json").write_text(json.dumps({
+        "alpaca": {"file_name": "alpaca.jsonl"}, "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt"}}))
+    return {"alpaca": alpaca, "chats": chats}
+
+
+def compare(out: Path, dataset: str, rows: list[dict]) -> dict:
+    """Convert an sft LoRA config for `dataset`, tokenize its rows both ways; count identical rows, and rows that
+    are the same tokens (LLaMA-Factory's perhaps one longer) trained the same, but for tokens only LLaMA-Factory
+    trains (which, decoded)."""
+    config = {"model_name_or_path": "smollm2-135m-instruct", "stage": "sft", "finetuning_type": "lora",
+              "dataset": dataset, "dataset_dir": str(out / "data"), "cutoff_len": 2048, "val_size": 0.1}
+    (out / f"{dataset}.yaml").write_text(yaml.safe_dump(config))
+    tok, items = converted_rows(out / f"{dataset}.yaml")
+    encode = _theirs(tok, out, dataset)
+    identical = aligned = 0
+    extra: dict[str, int] = {}
+    for index, item in items:
+        ids, labels = encode(rows[index])
+        k = len(item.input_ids)
+        if ids == item.input_ids and labels == item.labels:
+            identical += 1
+            continue
+        ours = item.labels + [IGNORE] * (len(ids) - k)
+        if ids[:k] != item.input_ids or len(ids) - k > 1 or any(b not in (IGNORE, a) for a, b in zip(labels, ours)):
+            continue  # other tokens, or a token tunelab trains and LLaMA-Factory does not
+        aligned += 1
+        for token, a, b in zip(ids, labels, ours):
+            if a != b:
+                extra[repr(tok.decode([token]))] = extra.get(repr(tok.decode([token])), 0) + 1
+    return {"rows": len(items), "identical": identical, "more_labels": aligned,
+            "extra_labels": sum(extra.values()), "extra_tokens": extra}
+
+
+def _theirs(tok, out: Path, dataset: str):
+    """LLaMA-Factory's encoding of one raw row: its converter, its template (parsed from the tokenizer), its
+    supervised processor."""
+    from llamafactory.data.converter import AlpacaDatasetConverter, SharegptDatasetConverter
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    data_args = DataArguments(dataset=dataset, dataset_dir=str(out / "data"), cutoff_len=2048)
+    attr = get_dataset_list([dataset], str(out / "data"))[0]
+    converter = (SharegptDatasetConverter if attr.formatting == "sharegpt" else AlpacaDatasetConverter)(attr,
+                                                                                                         data_args)
+    template = get_template_and_fix_tokenizer(tok, data_args)
+    processor = SupervisedDatasetProcessor(template=template, tokenizer=tok, processor=None, data_args=data_args)
+
+    def encode(row: dict) -> tuple[list[int], list[int]]:
+        c = converter(row)
+        return processor._encode_data_example(c["_prompt"], c["_response"], c["_system"], c["_tools"], [], [], [])
+    return encode
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""A LLaMA-Factory config (`llamafactory-cli train x.yaml`, stage sft, LoRA) as a tunelab recipe: its model, the
+datasets it names in dataset_dir/dataset_info.json (alpaca or sharegpt formatting, their columns and tags), the chat
+template, LoRA and training keys. LLaMA-Factory's defaults that differ from tunelab's are written out (LoRA r 8,
+alpha 2r, dropout 0; lr 5e-5, linear schedule, no warmup; cutoff 2048; gradient checkpointing on).
+
+Run as: tunelab convert llama3_lora_sft.yaml -o recipe.yaml
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.convert import leftovers, name
+from tunelab.errors import UserError
+
+NOT_NEEDED = {
+    "do_train": "tunelab run trains", "output_dir": "a run directory is tunelab's --run-dir",
+    "overwrite_output_dir": "a run directory is tunelab's --run-dir", "overwrite_cache": "nothing is cached",
+    "preprocessing_num_workers": "tokenizing is not the slow part", "dataloader_num_workers": "one process reads",
+    "logging_steps": "every step is logged (metrics/steps.jsonl)", "plot_loss": "the report draws every curve",
+    "save_steps": "checkpoints: train.checkpoint_every; every epoch's adapter is kept",
+    "save_strategy": "checkpoints: train.checkpoint_every", "save_only_model": "checkpoints hold what resuming needs",
+    "save_total_limit": "train.keep_checkpoints", "report_to": "train.report_to",
+    "ddp_timeout": "torchrun's defaults", "resume_from_checkpoint": "tunelab train --resume RUN_DIR",
+    "per_device_eval_batch_size": "eval.batch_size", "eval_strategy": "validation after every epoch",
+    "eval_steps": "train.val_every", "evaluation_strategy": "validation after every epoch",
+    "trust_remote_code": "model.trust_remote_code (carried when true)", "deepspeed": "train.sharding: fsdp",
+    "run_name": "the run directory's name", "push_to_hub": "tunelab export prints the Hub upload command",
+}
+
+
+def convert(path: str, config: dict) -> tuple[dict, list[str]]:
+    """The raw tunelab recipe equivalent to the LLaMA-Factory `config` read from `path`, and the notes.
+
+    Raises:
+        UserError: not an sft LoRA config, a dataset not in dataset_info.json, a formatting or column tunelab does
+            not read the same way — naming the key.
+    """
+    left, notes = dict(config), []
+    stage, method = left.pop("stage", "sft"), left.pop("finetuning_type", "lora")
+    if stage != "sft" or method != "lora":
+        raise UserError(f"{path}: stage: {stage}, finetuning_type: {method}: tunelab converts supervised LoRA "
+                        "fine-tuning (stage: sft, finetuning_type: lora)")
+    model = {"name": left.pop("model_name_or_path")}
+    for key, to in (("model_revision", "revision"), ("trust_remote_code", "trust_remote_code")):
+        if left.get(key) not in (None, "main"):
+            model[to] = left[key]
+        left.pop(key, None)
+    _precision(left, model, notes)
+    data = _data(path, left, notes)
+    lora = _lora(path, left)
+    train = _train(path, left, data, notes)
+    notes += leftovers(left, NOT_NEEDED)
+    return {"name": name(path, config.get("output_dir")), "model": model, "data": data, "lora": lora,
+            "train": train}, notes
+
+
+def _precision(left: dict, model: dict, notes: list[str]) -> None:
+    """model.dtype, load_in_4bit and attention from bf16 / fp16 / quantization_bit / flash_attn."""
+    bits = left.pop("quantization_bit", None)
+    if bits == 4:
+        model["load_in_4bit"] = True
+    elif bits:
+        notes.append(f"quantization_bit: {bits}: differs: tunelab loads the base in bf16, or 4-bit NF4 "
+                     "(model.load_in_4bit)")
+    if left.pop("fp16", False):
+        model["dtype"] = "float16"
+    elif "bf16" in left and not left.pop("bf16"):
+        model["dtype"] = "float32"
+    left.pop("bf16", None)
+    kernel = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}.get(left.pop("flash_attn", "auto"))
+    if kernel:
+        model["attn_implementation"] = kernel
+
+
+def _data(path: str, left: dict, notes: list[str]) -> dict:
+    """data.*: each dataset named in `dataset`, read from dataset_info.json — the first as data.source, the others
+    as data.mix entries — written through the tokenizer's chat template (LLaMA-Factory's own when `template` is
+    left out)."""
+    names = [n.strip() for n in str(left.pop("dataset", "") or "").split(",") if n.strip()]
+    if not names:
+        raise UserError(f"{path}: dataset: missing (the dataset_info.json names to train on)")
+    info_dir = _dataset_dir(path, left.pop("dataset_dir", "data"))
+    info = json.loads((info_dir / "dataset_info.json").read_text())
+    entries = []
+    for n in names:
+        if n not in info:
+            raise UserError(f"{path}: dataset: {n!r} is not in {info_dir / 'dataset_info.json'}")
+        entries.append(_dataset(f"{info_dir / 'dataset_info.json'}: {n}", info[n], info_dir))
+    data = {**entries[0], "chat_template": True}
+    if len(entries) > 1:
+        data["mix"] = entries[1:]
+    notes.append("chat template: differs: LLaMA-Factory also trains what the template writes after each reply's "
+                 "end-of-turn marker (ChatML's newline after <|im_end|>); tunelab trains up to the marker "
+                 "(benchmarks/llamafactory_parity.py: the only difference in its rows)")
+    template = left.pop("template", None)
+    if template is not None:
+        notes.append(f"template: {template!r}: differs: tunelab writes turns with the tokenizer's own chat template "
+                     "(what LLaMA-Factory parses from the tokenizer when `template` is left out); a named template "
+                     "may write another system turn or markers: compare with tunelab check --show 3")
+    if left.get("default_system"):
+        data["system_prompt"] = left.pop("default_system")
+    if left.get("max_samples"):
+        data["limit"] = left.pop("max_samples")
+    size = left.pop("val_size", 0) or 0
+    if 0 < size < 1:
+        data["val_fraction"] = size
+        notes.append(f"val_size: {size}: differs: tunelab holds out its own {size:.0%} of the rows (data.seed); the "
+                     "same share, not the same rows")
+    else:
+        notes.append(f"val_size: {size}: differs: tunelab holds out a share of the rows for validation "
+                     "(data.val_fraction: 0.1 here); LLaMA-Factory trained on "
+                     + ("all of them" if not size else f"all but {size}"))
+    data["history_loss"] = not left.pop("mask_history", False)
+    return data
+
+
+def _dataset_dir(path: str, folder: str) -> Path:
+    """dataset_dir as LLaMA-Factory reads it (from the working folder), else beside the config."""
+    for base in (Path.cwd(), Path(path).resolve().parent):
+        if (base / folder / "dataset_info.json").is_file():
+            return base / folder
+    raise UserError(f"{path}: dataset_dir: {folder}/dataset_info.json not found here or beside the config (set "
+                    "dataset_dir to the folder that holds it)")
+
+
+def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
+    """One dataset_info.json entry as a source with its format keys."""
+    if "file_name" in attr:
+        source = str(info_dir / attr["file_name"])
+    elif "hf_hub_url" in attr:
+        source = attr["hf_hub_url"]
+    else:
+        raise UserError(f"{where}: only file_name and hf_hub_url sources are converted")
+    out: dict[str, Any] = {"source": source, **({"config": attr["subset"]} if attr.get("subset") else {})}
+    if attr.get("split", "train") != "train" or attr.get("ranking") or attr.get("num_samples"):
+        raise UserError(f"{where}: split, ranking and num_samples are not converted")
+    columns, tags = attr.get("columns", {}), attr.get("tags", {})
+    if columns.get("system") or columns.get("tools") or columns.get("history"):
+        raise UserError(f"{where}: columns system / tools / history: rows' own system texts, tools and Alpaca "
+                        "histories are not converted")
+    if attr.get("formatting", "alpaca") == "alpaca":
+        prompt, query = columns.get("prompt", "instruction"), columns.get("query", "input")
+        return {**out, "template": "{" + prompt + "}\n{" + query + "}", "optional_fields": [query],
+                "target": "{" + columns.get("response", "output") + "}"}
+    if attr["formatting"] != "sharegpt":
+        raise UserError(f"{where}: formatting: {attr['formatting']!r}: tunelab converts alpaca and sharegpt")
+    roles = (tags.get("role_tag", "from"), tags.get("content_tag", "value"), tags.get("user_tag", "human"),
+             tags.get("assistant_tag", "gpt"), tags.get("system_tag", "system"))
+    if roles not in (("from", "value", "human", "gpt", "system"), ("role", "content", "user", "assistant", "system")):
+        raise UserError(f"{where}: tags {roles}: tunelab reads turns as {{role, content}} (user / assistant / system) "
+                        "or ShareGPT's {from, value} (human / gpt / system)")
+    return {**out, "messages": columns.get("messages", "conversations")}
+
+
+def _lora(path: str, left: dict) -> dict:
+    """lora.*: LLaMA-Factory's defaults written out (r 8, alpha 2r, dropout 0, all linear layers)."""
+    if left.get("additional_target"):
+        raise UserError(f"{path}: additional_target: {left['additional_target']!r}: fully trained extra modules "
+                        "are not converted")
+    left.pop("additional_target", None)
+    r = left.pop("lora_rank", 8)
+    target = str(left.pop("lora_target", "all"))
+    lora = {"r": r, "alpha": left.pop("lora_alpha", None) or 2 * r, "dropout": left.pop("lora_dropout", 0.0),
+            "target_modules": "all-linear" if target == "all" else [t.strip() for t in target.split(",")]}
+    for key in ("use_dora", "use_rslora"):
+        if left.get(key) is not None:
+            lora[key] = left[key]
+        left.pop(key, None)
+    return lora
+
+
+def _train(path: str, left: dict, data: dict, notes: list[str]) -> dict:
+    """train.*: transformers' TrainingArguments defaults where the config leaves a key out (lr 5e-5, a linear
+    schedule without warmup, batch 8, 3 epochs, seed 42), LLaMA-Factory's (cutoff 2048, checkpointing on)."""
+    epochs = float(left.pop("num_train_epochs", 3.0))
+    if not epochs.is_integer():
+        raise UserError(f"{path}: num_train_epochs: {epochs}: tunelab trains whole epochs")
+    train: dict[str, Any] = {
+        "epochs": int(epochs), "batch_size": left.pop("per_device_train_batch_size", 8),
+        "grad_accum": left.pop("gradient_accumulation_steps", 1), "lr": float(left.pop("learning_rate", 5e-5)),
+        "warmup_ratio": left.pop("warmup_ratio", 0.0), "weight_decay": left.pop("weight_decay", 0.0),
+        "max_grad_norm": left.pop("max_grad_norm", 1.0), "max_length": left.pop("cutoff_len", 2048),
+        "completion_only": not left.pop("train_on_prompt", False),
+        "gradient_checkpointing": not left.pop("disable_gradient_checkpointing", False),
+        "seed": left.pop("seed", 42)}
+    data["seed"] = train["seed"]
+    scheduler = left.pop("lr_scheduler_type", "linear")
+    if scheduler in ("cosine", "linear", "constant"):
+        train["scheduler"] = scheduler
+    else:
+        notes.append(f"lr_scheduler_type: {scheduler!r}: differs: tunelab has cosine, linear and constant "
+                     "(cosine here)")
+    for key, to in (("loraplus_lr_ratio", "loraplus_lr_ratio"), ("neftune_noise_alpha", "neftune_alpha")):
+        if left.get(key) is not None:
+            train[to] = left[key]
+        left.pop(key, None)
+    if left.pop("packing", None) or left.pop("neat_packing", None):
+        train["packing"] = True
+    if left.get("warmup_steps"):
+        notes.append(f"warmup_steps: {left.pop('warmup_steps')}: differs: tunelab sets warmup as a share of the "
+                     f"steps (train.warmup_ratio: {train['warmup_ratio']})")
+    optimizer = left.pop("optim", None)
+    if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused"):
+        notes.append(f"optim: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")
+    notes.append(f"cutoff_len: {train['max_length']}: differs: a row longer than it is cut by both, LLaMA-Factory "
+                 "from its prompt and its reply in proportion, tunelab from its end (tunelab check counts them)")
+    return train
