@@ -61,6 +61,15 @@ def test_finds_runs_at_any_depth_but_not_inside_a_run_or_in_hidden_folders(tmp_p
         status.find([str(tmp_path / "nowhere")])
 
 
+def test_a_run_whose_config_no_longer_validates_is_listed_with_why(tmp_path, capsys):
+    run = _trained(tmp_path / "old")
+    run.config.write_text(run.config.read_text().replace("epochs: 2", "epochs: -1"))
+    d = status.describe(run)
+    assert d["state"].startswith("config.yaml unreadable:") and "train.epochs" in d["state"] and d["next"] is None
+    assert d["val_loss"] == [2.31, 1.55]  # what its files say is still shown
+    assert main(["ls", str(tmp_path)]) == 0
+
+
 def test_a_finished_run_is_done_until_a_stage_writes_after_its_report(tmp_path):
     run = _trained(tmp_path / "r")
     _report(run)

@@ -50,15 +50,15 @@ def describe(run: RunDir) -> dict:
     observations to watch), `next` (the command that finishes what is left, or None) and `updated` (the newest
     file's time)."""
     out = {"run": str(run.path), "recipe": None, "model": None, "running": _holder(run), "train": _training(run),
-           "val_loss": _val_loss(run), "accuracy": _accuracy(run), "cost_usd": _costs(run), "report": _report(run),
-           "watch": [o["text"] for o in run.read_optional(run.report_json, {}).get("observations", [])
-                     if o["kind"] == "watch"],
+           "val_loss": _val_loss(run), "accuracy": _accuracy(run), "cost_usd": {"train": None, "eval": None},
+           "report": _report(run), "watch": [o["text"] for o in run.read_optional(run.report_json, {})
+                                             .get("observations", []) if o["kind"] == "watch"],
            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(_newest(run)))}
     try:
         cfg = run.read_recipe()
     except UserError as err:  # a config.yaml today's schema refuses: still listed, with why
         return {**out, "state": f"config.yaml unreadable: {err}", "next": None}
-    out.update(recipe=cfg.name, model=cfg.model.name)
+    out.update(recipe=cfg.name, model=cfg.model.name, cost_usd=_costs(run))  # eval's: the recipe's eval.also sets
     pending = _pending(run, cfg, out)
     out["state"], out["next"] = _state(run, out, pending)
     return out
@@ -101,7 +101,8 @@ def _training(run: RunDir) -> dict | None:
     planned_tokens = estimate.get("train_tokens_per_epoch", 0) * estimate.get("epochs", 0)
     done_tokens = sum(s["tokens"] for s in steps)
     recent = steps[-RECENT_STEPS:]  # each step's own rate: its `seconds` count from its epoch's start
-    rate = sum(s["tokens"] for s in recent) / sum(s["tokens"] / s["tokens_per_second"] for s in recent)
+    rate = sum(s["tokens"] for s in recent) / max(sum(s["tokens"] / max(s["tokens_per_second"], 1e-9)
+                                                       for s in recent), 1e-9)
     finished = len(run.read_epochs()) - 1  # epoch 0 is the pass before training
     return {"done": False, "epochs": finished, "epochs_planned": estimate.get("epochs"), "step": steps[-1]["step"],
             "epoch_in_progress": steps[-1]["epoch"], "stopped_early": False, "counts_passes": False,
