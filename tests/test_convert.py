@@ -292,5 +292,74 @@ def test_sharegpt_datasets_become_conversations_and_what_differs_is_refused(tmp_
         convert(_config(tmp_path, config, data=folder, name="missing"))
     with pytest.raises(UserError, match="stage: dpo, finetuning_type: lora: tunelab converts supervised LoRA"):
         convert(_config(tmp_path, config.replace("stage: sft", "stage: dpo"), data=folder, name="chats"))
-    with pytest.raises(UserError, match="neither an Axolotl config"):
+    with pytest.raises(UserError, match="not an Axolotl config"):
         convert(_config(tmp_path, "model: x\n"))
+
+
+# TRL: `trl sft --config` keys; the dataset is a local file in each test
+def _trl_config(tmp_path, tiny_model, data, extra: str = "") -> str:
+    text = (f"model_name_or_path: {tiny_model}\ndataset_name: {data}\nuse_peft: true\nlearning_rate: 2.0e-4\n"
+            f"num_train_epochs: 2\nper_device_train_batch_size: 4\noutput_dir: out/smol-sft\nreport_to: none\n{extra}")
+    path = tmp_path / "sft.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _trl_tokenized(tiny_model, rows: list[dict], **settings) -> list[tuple[list[int], list[int]]]:
+    """Each row's input ids and labels as TRL's SFTTrainer prepares them (its own dataset preparation)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    args = SFTConfig(output_dir=str(tiny_model.parent / "trl-out"), report_to=[], bf16=False, use_cpu=True,
+                     dataloader_num_workers=0, **settings)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
+                         train_dataset=Dataset.from_list(rows),
+                         processing_class=AutoTokenizer.from_pretrained(tiny_model))
+    return [(r["input_ids"], r["labels"]) for r in trainer.train_dataset]
+
+
+def _ours(tmp_path, raw) -> list[tuple[int, list[int], list[int]]]:
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize_with
+    recipe = load_recipe(_write(tmp_path, raw))
+    rows = load_splits(recipe.data)
+    examples = rows.train + rows.val
+    items, _ = tokenize_with(recipe, examples, load_tokenizer(recipe.model))
+    return [(int(e.id.rsplit("-", 1)[1]) - 1, item.input_ids, item.labels) for e, item in zip(examples, items)]
+
+
+@pytest.mark.parametrize("kind", ["prompt-completion", "text"])
+def test_trl_rows_convert_to_the_tokens_and_labels_trl_trains(tmp_path, tiny_model, kind):
+    rows = ([{"prompt": f"Q: {i} + {i}?\nA:", "completion": f" {2 * i}"} for i in range(20)] if kind != "text" else
+            [{"text": f"Once upon a time there were {i} bears."} for i in range(20)])
+    raw, notes = convert(_trl_config(tmp_path, tiny_model, write_jsonl(tmp_path / "rows.jsonl", rows)))
+    assert raw["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    assert raw["train"]["lr"] == 0.0002 and raw["train"]["scheduler"] == "linear" and raw["train"]["seed"] == 42
+    assert any(n.startswith("lora_target_modules: not set: PEFT's default for llama") for n in notes)
+    theirs = _trl_tokenized(tiny_model, rows)
+    ours = _ours(tmp_path, raw)
+    assert len(ours) == 20 and all((ids, labels) == theirs[i] for i, ids, labels in ours)  # every row, exactly
+
+
+def test_trl_conversations_train_every_token_as_trl_does_and_what_differs_is_said(tmp_path, tiny_model):
+    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]}
+            for i in range(20)]
+    raw, notes = convert(_trl_config(tmp_path, tiny_model, write_jsonl(tmp_path / "chats.jsonl", rows)))
+    assert raw["data"]["messages"] == "messages" and raw["train"]["completion_only"] is False  # TRL's default
+    theirs = _trl_tokenized(tiny_model, rows)
+    for i, ids, labels in _ours(tmp_path, raw):
+        trl_ids, trl_labels = theirs[i]  # TRL keeps, and trains, the newline the template writes after the reply
+        assert trl_ids[:-1] == ids and trl_labels[:-1] == labels and trl_labels[-1] == trl_ids[-1]
+    assert any(n.startswith("chat template: differs: TRL also trains") for n in notes)
+    raw, _ = convert(_trl_config(tmp_path, tiny_model, tmp_path / "chats.jsonl", "assistant_only_loss: true\n"))
+    assert raw["train"]["completion_only"] is True
+
+
+def test_a_trl_config_that_would_train_differently_is_refused(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"question": "q", "answer": "a"}] * 4)
+    with pytest.raises(UserError, match=r"its rows have \['answer', 'question'\]; TRL reads `messages`"):
+        convert(_trl_config(tmp_path, tiny_model, data))
+    with pytest.raises(UserError, match="use_peft: not set: tunelab trains LoRA adapters"):
+        convert(_config(tmp_path, f"model_name_or_path: {tiny_model}\ndataset_name: {data}\n"))
+    with pytest.raises(UserError, match="max_steps: 100: not converted"):
+        convert(_trl_config(tmp_path, tiny_model, data, "max_steps: 100\n"))

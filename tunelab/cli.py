@@ -136,9 +136,9 @@ def _file_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="one JSON object per run directory")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("convert", help="an Axolotl or LLaMA-Factory config as a tunelab recipe: the same model, data, "
-                                       "prompt format and settings, every key not carried over exactly named")
-    s.add_argument("config", help="an Axolotl or LLaMA-Factory YAML config")
+    s = sub.add_parser("convert", help="an Axolotl, LLaMA-Factory or TRL config as a tunelab recipe: the same model, "
+                                       "data, prompt format and settings, every key not carried over exactly named")
+    s.add_argument("config", help="an Axolotl, LLaMA-Factory or TRL (trl sft --config) YAML config")
     s.add_argument("-o", "--out", help="the recipe file to write (default: print it)")
     s.set_defaults(func=cmd_convert)
 

@@ -1,14 +1,16 @@
-"""Recipes from other trainers' configs (`tunelab convert`): an Axolotl or LLaMA-Factory YAML as the tunelab recipe
-that trains the same thing, so such a run can be re-run here or imported (`tunelab import`) and measured.
+"""Recipes from other trainers' configs (`tunelab convert`): an Axolotl, LLaMA-Factory or TRL (`trl sft --config`)
+YAML as the tunelab recipe that trains the same thing, so such a run can be re-run here or imported (`tunelab
+import`) and measured.
 
 Every key of the config is accounted for: carried over, carried with a stated difference, not needed here (logging,
 output folders, the Hub), or without a tunelab equivalent. What would change the trained tokens in a way tunelab
 cannot write (full fine-tuning, a dataset format it does not read the same way, rows' own system texts) is
-refused, naming the key. benchmarks/axolotl_parity.py and llamafactory_parity.py tokenize converted rows against
-the trainers' own code.
+refused, naming the key. benchmarks/axolotl_parity.py and llamafactory_parity.py, and tests/test_convert.py for TRL,
+tokenize converted rows against the trainers' own code.
 
 Run as: tunelab convert axolotl.yml -o recipe.yaml
         tunelab convert llama3_lora_sft.yaml -o recipe.yaml
+        tunelab convert sft_config.yaml -o recipe.yaml        # trl sft --config sft_config.yaml
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 
 from tunelab.errors import UserError
 
-TRAINERS = {"axolotl": "Axolotl", "llamafactory": "LLaMA-Factory"}
+TRAINERS = {"axolotl": "Axolotl", "llamafactory": "LLaMA-Factory", "trl": "TRL"}
 
 
 def convert(path: str) -> tuple[dict, list[str]]:
@@ -34,6 +36,8 @@ def convert(path: str) -> tuple[dict, list[str]]:
     trainer = which(path, config)
     if trainer == "axolotl":
         from tunelab.convert import axolotl as module
+    elif trainer == "trl":
+        from tunelab.convert import trl as module
     else:
         from tunelab.convert import llamafactory as module
     raw, notes = module.convert(path, config)
@@ -45,17 +49,20 @@ def convert(path: str) -> tuple[dict, list[str]]:
 
 
 def which(path: str, config: dict) -> str:
-    """The trainer a config is for: Axolotl (base_model, datasets) or LLaMA-Factory (model_name_or_path).
+    """The trainer a config is for: Axolotl (base_model), TRL's `trl sft --config` (model_name_or_path with
+    dataset_name) or LLaMA-Factory (model_name_or_path with dataset).
 
     Raises:
-        UserError: neither.
+        UserError: none of them.
     """
-    if "base_model" in config or "datasets" in config:
+    if "base_model" in config:
         return "axolotl"
+    if "model_name_or_path" in config and "dataset_name" in config:
+        return "trl"
     if "model_name_or_path" in config:
         return "llamafactory"
-    raise UserError(f"{path}: neither an Axolotl config (base_model, datasets) nor a LLaMA-Factory one "
-                    "(model_name_or_path, dataset)")
+    raise UserError(f"{path}: not an Axolotl config (base_model, datasets), a TRL one (model_name_or_path, "
+                    "dataset_name) or a LLaMA-Factory one (model_name_or_path, dataset)")
 
 
 def _read(path: str) -> dict:
@@ -81,6 +88,36 @@ def leftovers(left: dict, not_needed: dict[str, str]) -> list[str]:
         elif value not in (None, "", [], {}, False):
             notes.append(f"{key}: {value!r}: not carried over (no tunelab equivalent)")
     return notes
+
+
+def training_arguments(path: str, left: dict, notes: list[str], lr: float) -> dict:
+    """train.* from transformers' TrainingArguments keys (TRL's and LLaMA-Factory's configs use them), its
+    defaults written out where the config leaves a key out (`lr`: the trainer's own default learning rate): epochs,
+    batch, accumulation, schedule, warmup, weight decay, clipping, seed, NEFTune; warmup_steps and other
+    optimizers noted."""
+    epochs = float(left.pop("num_train_epochs", 3.0))
+    if not epochs.is_integer():
+        raise UserError(f"{path}: num_train_epochs: {epochs}: tunelab trains whole epochs")
+    train = {"epochs": int(epochs), "batch_size": left.pop("per_device_train_batch_size", 8),
+             "grad_accum": left.pop("gradient_accumulation_steps", 1), "lr": float(left.pop("learning_rate", lr)),
+             "warmup_ratio": left.pop("warmup_ratio", 0.0), "weight_decay": left.pop("weight_decay", 0.0),
+             "max_grad_norm": left.pop("max_grad_norm", 1.0), "seed": left.pop("seed", 42)}
+    scheduler = left.pop("lr_scheduler_type", "linear")
+    if scheduler in ("cosine", "linear", "constant"):
+        train["scheduler"] = scheduler
+    else:
+        notes.append(f"lr_scheduler_type: {scheduler!r}: differs: tunelab has cosine, linear and constant "
+                     "(cosine here)")
+    if left.get("neftune_noise_alpha") is not None:
+        train["neftune_alpha"] = left["neftune_noise_alpha"]
+    left.pop("neftune_noise_alpha", None)
+    if left.get("warmup_steps"):
+        notes.append(f"warmup_steps: {left.pop('warmup_steps')}: differs: tunelab sets warmup as a share of the "
+                     f"steps (train.warmup_ratio: {train['warmup_ratio']})")
+    optimizer = left.pop("optim", None)
+    if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused"):
+        notes.append(f"optim: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")
+    return train
 
 
 def name(path: str, output_dir: str | None) -> str:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.convert import leftovers, name
+from tunelab.convert import leftovers, name, training_arguments
 from tunelab.errors import UserError
 
 NOT_NEEDED = {
@@ -175,36 +175,15 @@ def _lora(path: str, left: dict) -> dict:
 def _train(path: str, left: dict, data: dict, notes: list[str]) -> dict:
     """train.*: transformers' TrainingArguments defaults where the config leaves a key out (lr 5e-5, a linear
     schedule without warmup, batch 8, 3 epochs, seed 42), LLaMA-Factory's (cutoff 2048, checkpointing on)."""
-    epochs = float(left.pop("num_train_epochs", 3.0))
-    if not epochs.is_integer():
-        raise UserError(f"{path}: num_train_epochs: {epochs}: tunelab trains whole epochs")
-    train: dict[str, Any] = {
-        "epochs": int(epochs), "batch_size": left.pop("per_device_train_batch_size", 8),
-        "grad_accum": left.pop("gradient_accumulation_steps", 1), "lr": float(left.pop("learning_rate", 5e-5)),
-        "warmup_ratio": left.pop("warmup_ratio", 0.0), "weight_decay": left.pop("weight_decay", 0.0),
-        "max_grad_norm": left.pop("max_grad_norm", 1.0), "max_length": left.pop("cutoff_len", 2048),
-        "completion_only": not left.pop("train_on_prompt", False),
-        "gradient_checkpointing": not left.pop("disable_gradient_checkpointing", False),
-        "seed": left.pop("seed", 42)}
+    train = {**training_arguments(path, left, notes, lr=5e-5), "max_length": left.pop("cutoff_len", 2048),
+             "completion_only": not left.pop("train_on_prompt", False),
+             "gradient_checkpointing": not left.pop("disable_gradient_checkpointing", False)}
     data["seed"] = train["seed"]
-    scheduler = left.pop("lr_scheduler_type", "linear")
-    if scheduler in ("cosine", "linear", "constant"):
-        train["scheduler"] = scheduler
-    else:
-        notes.append(f"lr_scheduler_type: {scheduler!r}: differs: tunelab has cosine, linear and constant "
-                     "(cosine here)")
-    for key, to in (("loraplus_lr_ratio", "loraplus_lr_ratio"), ("neftune_noise_alpha", "neftune_alpha")):
-        if left.get(key) is not None:
-            train[to] = left[key]
-        left.pop(key, None)
+    if left.get("loraplus_lr_ratio") is not None:
+        train["loraplus_lr_ratio"] = left["loraplus_lr_ratio"]
+    left.pop("loraplus_lr_ratio", None)
     if left.pop("packing", None) or left.pop("neat_packing", None):
         train["packing"] = True
-    if left.get("warmup_steps"):
-        notes.append(f"warmup_steps: {left.pop('warmup_steps')}: differs: tunelab sets warmup as a share of the "
-                     f"steps (train.warmup_ratio: {train['warmup_ratio']})")
-    optimizer = left.pop("optim", None)
-    if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused"):
-        notes.append(f"optim: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")
     notes.append(f"cutoff_len: {train['max_length']}: differs: a row longer than it is cut by both, LLaMA-Factory "
                  "from its prompt and its reply in proportion, tunelab from its end (tunelab check counts them)")
     return train
