@@ -290,6 +290,9 @@ def test_sharegpt_datasets_become_conversations_and_what_differs_is_refused(tmp_
         convert(_config(tmp_path, config, data=folder, name="with_system"))
     with pytest.raises(UserError, match=re.escape("dataset: 'missing' is not in")):
         convert(_config(tmp_path, config, data=folder, name="missing"))
+    (folder / "dataset_info.json").write_text("{not json")
+    with pytest.raises(UserError, match=re.escape("dataset_info.json: not valid JSON")):
+        convert(_config(tmp_path, config, data=folder, name="chats"))
     with pytest.raises(UserError, match="stage: dpo, finetuning_type: lora: tunelab converts supervised LoRA"):
         convert(_config(tmp_path, config.replace("stage: sft", "stage: dpo"), data=folder, name="chats"))
     with pytest.raises(UserError, match="not an Axolotl config"):

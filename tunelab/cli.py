@@ -362,7 +362,7 @@ def cmd_report(args) -> int:
     baseline = load_run(args.baseline) if args.baseline else None
     path = write_report(run, baseline)
     print(f"wrote {run.report_md}, {path} and {run.report_json}")
-    watch = [o["text"] for o in run.read_json(run.report_json)["observations"] if o["kind"] == "watch"]
+    watch = run.read_watch()
     for text in watch:
         print(f"watch: {text}")
     if args.strict and watch:

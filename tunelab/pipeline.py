@@ -129,5 +129,5 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                   "train_runtime, when it recorded one); ")
                  + (f"eval ${scored['cost_usd']:.4f} ({scored['device_hours'] * 60:.1f} device-min); " if scored else "")
                  + f"this command {seconds / 60:.1f} min")
-    lines += [f"watch: {o['text']}" for o in run.read_json(run.report_json)["observations"] if o["kind"] == "watch"]
+    lines += [f"watch: {text}" for text in run.read_watch()]
     print("\n".join(lines))

@@ -294,6 +294,11 @@ class RunDir:
     def read_predictions(self) -> list[dict]:
         return self.read_jsonl(self.predictions)
 
+    def read_watch(self) -> list[str]:
+        """The report's observations to watch (report.json), in its order; [] before a report."""
+        return [o["text"] for o in self.read_optional(self.report_json, {}).get("observations", [])
+                if o["kind"] == "watch"]
+
     def read_analysis_summary(self) -> dict | None:
         return self.read_optional(self.analysis_summary)
 

@@ -51,8 +51,7 @@ def describe(run: RunDir) -> dict:
     file's time)."""
     out = {"run": str(run.path), "recipe": None, "model": None, "running": _holder(run), "train": _training(run),
            "val_loss": _val_loss(run), "accuracy": _accuracy(run), "cost_usd": {"train": None, "eval": None},
-           "report": _report(run), "watch": [o["text"] for o in run.read_optional(run.report_json, {})
-                                             .get("observations", []) if o["kind"] == "watch"],
+           "report": _report(run), "watch": run.read_watch(),
            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(_newest(run)))}
     try:
         cfg = run.read_recipe()

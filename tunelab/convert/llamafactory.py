@@ -26,7 +26,7 @@ NOT_NEEDED = {
     "ddp_timeout": "torchrun's defaults", "resume_from_checkpoint": "tunelab train --resume RUN_DIR",
     "per_device_eval_batch_size": "eval.batch_size", "eval_strategy": "validation after every epoch",
     "eval_steps": "train.val_every", "evaluation_strategy": "validation after every epoch",
-    "trust_remote_code": "model.trust_remote_code (carried when true)", "deepspeed": "train.sharding: fsdp",
+    "deepspeed": "train.sharding: fsdp",
     "run_name": "the run directory's name", "push_to_hub": "tunelab export prints the Hub upload command",
 }
 
@@ -83,7 +83,10 @@ def _data(path: str, left: dict, notes: list[str]) -> dict:
     if not names:
         raise UserError(f"{path}: dataset: missing (the dataset_info.json names to train on)")
     info_dir = _dataset_dir(path, left.pop("dataset_dir", "data"))
-    info = json.loads((info_dir / "dataset_info.json").read_text())
+    try:
+        info = json.loads((info_dir / "dataset_info.json").read_text())
+    except ValueError as err:
+        raise UserError(f"{info_dir / 'dataset_info.json'}: not valid JSON ({err})") from None
     entries = []
     for n in names:
         if n not in info:

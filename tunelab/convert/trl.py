@@ -29,9 +29,6 @@ NOT_NEEDED = {
     "defaults", "dataloader_num_workers": "one process reads", "padding_free": "same loss (train.packing)",
 }
 
-# PEFT's default LoRA targets when lora_target_modules is left out, for the architectures tunelab builds
-PEFT_DEFAULT_TARGETS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"]}
-
 
 def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     """The raw tunelab recipe equivalent to the TRL `config` read from `path`, and the notes.
@@ -59,7 +56,7 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     dtype = left.pop("dtype", None)
     if dtype in ("bfloat16", "float16"):
         model["dtype"] = dtype
-    else:
+    elif dtype != "auto":  # auto: the checkpoint's dtype, as model.dtype: auto loads it
         notes.append(f"dtype: {dtype or 'float32'!r}: differs: TRL keeps these weights and trains under bf16 autocast "
                      "(bf16: true); tunelab trains bf16 weights on a GPU (model.dtype: auto), fp32 on a CPU")
     if left.pop("load_in_8bit", False):
@@ -104,7 +101,8 @@ def _data(path: str, left: dict) -> dict:
 def _lora(path: str, left: dict, model: str, notes: list[str]) -> dict:
     """lora.*: TRL's defaults written out (r 16, alpha 32, dropout 0.05); targets as given, else PEFT's default
     for the architecture."""
-    lora = {"r": left.pop("lora_r", 16), "alpha": left.pop("lora_alpha", 32), "dropout": left.pop("lora_dropout", 0.05)}
+    lora = {"r": left.pop("lora_r", 16), "alpha": left.pop("lora_alpha", 32),
+            "dropout": left.pop("lora_dropout", 0.05)}
     for key in ("use_dora", "use_rslora"):
         if left.get(key):
             lora[key] = True
@@ -114,12 +112,13 @@ def _lora(path: str, left: dict, model: str, notes: list[str]) -> dict:
         lora["target_modules"] = "all-linear" if targets in ("all-linear", ["all-linear"]) else \
             [targets] if isinstance(targets, str) else list(targets)
         return lora
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
     kind = _model_type(model)
-    if kind not in PEFT_DEFAULT_TARGETS:
+    if kind not in PEFT_DEFAULTS:
         raise UserError(f"{path}: lora_target_modules: not set, and PEFT's default for {model} "
-                        f"({kind or 'its model type could not be read'}) is not known here; set it")
-    lora["target_modules"] = PEFT_DEFAULT_TARGETS[kind]
-    notes.append(f"lora_target_modules: not set: PEFT's default for {kind}, {PEFT_DEFAULT_TARGETS[kind]}")
+                        f"({kind or 'its model type could not be read'}) is not known; set it")
+    lora["target_modules"] = list(PEFT_DEFAULTS[kind])  # what LoraConfig(target_modules=None) picks
+    notes.append(f"lora_target_modules: not set: PEFT's default for {kind}, {lora['target_modules']}")
     return lora
 
 
