@@ -187,6 +187,16 @@ def test_what_would_train_differently_is_refused_naming_the_key(tmp_path, old, n
         convert(path)
 
 
+def test_any_command_takes_a_trainer_config_where_a_recipe_goes(tmp_path, caplog, capsys):
+    config = _config(tmp_path, MISTRAL_LORA, data=_alpaca(tmp_path))
+    raw, notes = convert(config)
+    with caplog.at_level("WARNING"):
+        direct = load_recipe(config, ["train.epochs=2"])  # --set applies on top, as on any recipe
+    assert direct.model_dump() == load_recipe(_write(tmp_path, raw), ["train.epochs=2"]).model_dump()
+    assert f"(Axolotl config): read as the recipe tunelab convert writes from it; {len(notes)} keys" in caplog.text
+    assert main(["show-recipe", config]) == 0 and "lora-out" in capsys.readouterr().out
+
+
 def test_convert_writes_a_recipe_that_loads_and_says_what_it_left(tmp_path, capsys):
     config = _config(tmp_path, MISTRAL_LORA, data=_alpaca(tmp_path))
     out = tmp_path / "recipe.yaml"

@@ -10,6 +10,7 @@ Run as: tunelab recipes            # lists the built-in recipes
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import string
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -18,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -361,6 +364,12 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         raise UserError(f"{source}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    from tunelab.convert import TRAINERS, is_trainer_config, translate, which
+    if is_trainer_config(raw):  # an Axolotl, LLaMA-Factory or TRL config: the recipe tunelab convert writes
+        trainer = TRAINERS[which(source, raw)]
+        raw, notes = translate(source, raw)
+        log.warning("%s (%s config): read as the recipe tunelab convert writes from it; %d keys not carried over "
+                    "exactly (tunelab convert %s lists them)", source, trainer, len(notes), source)
     problems = apply_overrides(raw, overrides or [])
     return validate(raw, source, problems)
 

@@ -8,6 +8,9 @@ cannot write (full fine-tuning, a dataset format it does not read the same way, 
 refused, naming the key. benchmarks/axolotl_parity.py and llamafactory_parity.py, and tests/test_convert.py for TRL,
 tokenize converted rows against the trainers' own code.
 
+Any command that takes a recipe takes such a config too (`tunelab import axolotl.yml outputs/lora-out`,
+`tunelab check llama3_lora_sft.yaml --show 3`): it is translated the same way, its notes logged.
+
 Run as: tunelab convert axolotl.yml -o recipe.yaml
         tunelab convert llama3_lora_sft.yaml -o recipe.yaml
         tunelab convert sft_config.yaml -o recipe.yaml        # trl sft --config sft_config.yaml
@@ -32,7 +35,15 @@ def convert(path: str) -> tuple[dict, list[str]]:
         UserError: not a readable YAML mapping of a known trainer, a key refused (see the trainer's module), or a
             recipe that does not validate — naming the key.
     """
-    config = _read(path)
+    raw, notes = translate(path, _read(path))
+    from tunelab.config import validate
+    validate(raw, f"{path} (converted)")
+    return raw, notes
+
+
+def translate(path: str, config: dict) -> tuple[dict, list[str]]:
+    """`convert` of a config already read (a mapping), not yet validated: the raw recipe and the notes. A recipe
+    argument of any command may be such a config (`load_recipe` translates it)."""
     trainer = which(path, config)
     if trainer == "axolotl":
         from tunelab.convert import axolotl as module
@@ -41,11 +52,14 @@ def convert(path: str) -> tuple[dict, list[str]]:
     else:
         from tunelab.convert import llamafactory as module
     raw, notes = module.convert(path, config)
-    raw = {"name": raw.pop("name"), "description": f"converted from {path} ({TRAINERS[trainer]}) by tunelab convert",
-           **raw}
-    from tunelab.config import validate
-    validate(raw, f"{path} (converted)")
-    return raw, notes
+    return {"name": raw.pop("name"), "description": f"converted from {path} ({TRAINERS[trainer]}) by tunelab "
+            "convert", **raw}, notes
+
+
+def is_trainer_config(raw: dict) -> bool:
+    """Whether a YAML mapping is another trainer's config rather than a tunelab recipe (which has model and data
+    sections, and never base_model or model_name_or_path)."""
+    return not {"model", "data"} & set(raw) and bool({"base_model", "model_name_or_path"} & set(raw))
 
 
 def which(path: str, config: dict) -> str:
