@@ -1,7 +1,8 @@
 """Does a recipe from `tunelab convert` train on the same tokens as the Axolotl config it came from?
 
-Converts three Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
-format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies), tokenizes
+Converts five Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
+format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies; type
+completion), tokenizes
 their rows with tunelab and with Axolotl's own tokenizing strategies under SmolLM2's tokenizer, and counts the rows
 whose input ids and labels are identical. Axolotl is not a tunelab dependency: give the folder of an unpacked
 Axolotl wheel with its two small imports (colorama, addict) beside it.
@@ -94,6 +95,29 @@ def _chat(out: Path):
     return config, rows, lambda tok: load(tok, settings, dataset)
 
 
+def _completion(out: Path):
+    from types import SimpleNamespace
+
+    from axolotl.prompt_strategies import completion
+    rows = [{"content": f"Once upon a time there were {i} bears in the wood."} for i in range(30)]
+    config = (f"base_model: x\nadapter: lora\ndatasets:\n  - path: {write_jsonl(out / 'texts.jsonl', rows)}\n"
+              "    type: completion\n    field: content\n")
+    strategy = completion.load  # batched: one row in, its first chunk out (these texts are shorter than one)
+    return config, rows, lambda tok: _first_chunk(strategy(tok, SimpleNamespace(train_on_inputs=False,
+                                                                                 sequence_len=2048),
+                                                           {"field": "content"}))
+
+
+class _first_chunk:
+    """Axolotl's batched completion strategy, one row at a time."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+    def tokenize_prompt(self, row: dict) -> dict:
+        return {k: v[0] for k, v in self.strategy.tokenize_prompt({k: [v] for k, v in row.items()}).items()}
+
+
 CASES = {
     "alpaca": _alpaca,
     "user-defined": _user_defined({"system_prompt": "Solve it.", "system_format": "<s>{system}\n",
@@ -103,6 +127,7 @@ CASES = {
     "user-defined, format unused": _user_defined({"field_instruction": "question", "field_output": "answer",
                                                   "format": "Q: {instruction}\nA: "}),
     "chat_template": _chat,
+    "completion": _completion,
 }
 
 if __name__ == "__main__":

@@ -152,6 +152,17 @@ datasets:
                      "no_input_format in Axolotl to have format used"]
 
 
+def test_axolotl_completion_text_trains_every_token(tmp_path):
+    data = write_jsonl(tmp_path / "texts.jsonl", [{"content": f"Once upon a time {i}."} for i in range(10)])
+    text = "base_model: m\nadapter: lora\ndatasets:\n  - path: {data}\n    type: completion\n    field: content\n"
+    raw, notes = convert(_config(tmp_path, text, data=data))
+    assert (raw["data"]["template"], raw["data"]["target"]) == ("", "{content}")
+    assert notes == ["datasets.0.type: completion: differs: Axolotl cuts a text longer than sequence_len into "
+                     "several rows; tunelab truncates it (tunelab check counts them)"]
+    rows = load_splits(load_recipe(_write(tmp_path, raw)).data)
+    assert {e.prompt for e in rows.train} == {""} and "Once upon a time 0." in {e.target for e in rows.train + rows.val}
+
+
 def test_conversations_take_the_tokenizers_chat_template_and_a_named_one_is_refused(tmp_path):
     data = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"from": "human", "value": "hi"},
                                                                      {"from": "gpt", "value": "hello"}]}] * 10)
@@ -177,7 +188,7 @@ default_system_message: Be brief.
 
 @pytest.mark.parametrize("old, new, refused", [
     ("adapter: lora", "adapter:", "adapter: None: tunelab trains LoRA adapters"),
-    ("type: alpaca", "type: completion", "datasets.0.type: 'completion': tunelab converts alpaca, chat_template"),
+    ("type: alpaca", "type: input_output", "datasets.0.type: 'input_output': tunelab converts alpaca, chat_template"),
     ("lora_model_dir:", "lora_model_dir: outputs/old", "lora_model_dir: 'outputs/old': tunelab trains a new adapter"),
     ("type: alpaca", "type: alpaca\n    split: test", "datasets.0.split: 'test': tunelab trains on a source's train"),
 ])

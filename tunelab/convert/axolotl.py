@@ -1,5 +1,5 @@
 """An Axolotl config as a tunelab recipe: its model, datasets and their prompt formats (alpaca, the user-defined
-format, chat_template), LoRA and training keys. See tunelab/convert/__init__.py for the contract.
+format, chat_template, completion), LoRA and training keys. See tunelab/convert/__init__.py for the contract.
 
 Run as: tunelab convert axolotl.yml -o recipe.yaml
 """
@@ -147,8 +147,9 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
 
 
 # the keys of a `datasets` entry that _dataset reads (the others are noted as not carried over)
-DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field_messages", "message_property_mappings",
-                "message_field_role", "message_field_content", "roles_to_train", "chat_template"}
+DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field", "field_messages",
+                "message_property_mappings", "message_field_role", "message_field_content", "roles_to_train",
+                "chat_template"}
 
 
 def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
@@ -173,10 +174,14 @@ def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
         return {**out, **_user_defined(where, kind, source, notes)}
     if kind == "chat_template":
         return {**out, **_conversations(where, config, d)}
-    raise UserError(f"{where}.type: {kind!r}: tunelab converts alpaca, chat_template and the user-defined "
-                    "format ({field_instruction, field_input, field_output, format, no_input_format}); write "
-                    "data.template and data.target for this one by hand (tunelab check --show 3 prints rows "
-                    "as the model sees them)")
+    if kind == "completion":  # raw text, every token trained
+        notes.append(f"{where.rsplit(': ', 1)[1]}.type: completion: differs: Axolotl cuts a text longer than "
+                     "sequence_len into several rows; tunelab truncates it (tunelab check counts them)")
+        return {**out, "template": "", "target": "{" + d.get("field", "text") + "}"}
+    raise UserError(f"{where}.type: {kind!r}: tunelab converts alpaca, chat_template, completion and the "
+                    "user-defined format ({field_instruction, field_input, field_output, format, "
+                    "no_input_format}); write data.template and data.target for this one by hand (tunelab check "
+                    "--show 3 prints rows as the model sees them)")
 
 
 # Axolotl's user-defined format and its defaults (axolotl.prompt_strategies.user_defined.UserDefinedDatasetConfig)
