@@ -660,7 +660,7 @@ def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, m
     assert s["loss_difference"] == paired_loss_difference(per_row["base"], per_row["tuned"])
     assert [(e["epoch"], e["model"]) for e in s["epochs"]] == [(1, "epoch-1"), (2, "tuned")]
     assert s["cost"]["device_hours"] > 0
-    from tunelab.evaluate.stage import extra_done
+    from tunelab.evaluate.summary import extra_done
     assert extra_done(cfg, run) and evaluate_extra(cfg, run, skip_done=True) == []  # a resumed run: nothing redone
     ((_, again),) = evaluate_extra(cfg, run, only="tuned")  # what was measured on the same rows is kept
     assert again.summary["losses"] == s["losses"] and again.summary["loss_difference"] == s["loss_difference"]

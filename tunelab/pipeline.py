@@ -61,6 +61,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     from tunelab import analysis, train
     from tunelab.data import load_splits
     from tunelab.evaluate import stage as evaluate
+    from tunelab.evaluate.summary import extra_done
     from tunelab.train import checkpoint
     splits = load_splits(cfg.data, cfg.eval)
     unscoreable = evaluate.unscoreable(cfg, splits)
@@ -81,7 +82,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         first = ("import", imported.done, lambda: imported.import_run(cfg, run, source))
     stages = [first,
               ("eval", evaluate.done, lambda: evaluate.evaluate(cfg, run)),
-              *([("eval.also", lambda r: evaluate.extra_done(cfg, r),
+              *([("eval.also", lambda r: extra_done(cfg, r),
                   lambda: evaluate.evaluate_extra(cfg, run, skip_done=True))] if cfg.eval.also else []),
               ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
     for name, done, work in stages:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.rundir import ExtraSetDir, RunDir, counts_passes, stopped_early, trained_and_planned
+from tunelab.rundir import RunDir, counts_passes, stopped_early, trained_and_planned
 
 RECENT_STEPS = 20  # the steps whose mean tokens/s predicts a running train stage's time left
 
@@ -58,7 +58,7 @@ def describe(run: RunDir) -> dict:
     except UserError as err:  # a config.yaml today's schema refuses: still listed, with why
         return {**out, "state": f"config.yaml unreadable: {err}", "next": None}
     out.update(recipe=cfg.name, model=cfg.model.name, cost_usd=_costs(run))  # eval's: the recipe's eval.also sets
-    pending = _pending(run, cfg, out)
+    pending = _pending(run, cfg)
     out["state"], out["next"] = _state(run, out, pending)
     return out
 
@@ -161,15 +161,14 @@ def _newest(run: RunDir) -> float:
     return max(times, default=run.path.stat().st_mtime)
 
 
-def _pending(run: RunDir, cfg, out: dict) -> list[str]:
-    """The stages after training that `tunelab run` would still run: eval, eval.also, analyze."""
-    from tunelab.config import also_names
-    from tunelab.evaluate import losses
+def _pending(run: RunDir, cfg) -> list[str]:
+    """The stages after training that `tunelab run` would still run: eval (unless it was skipped for the data),
+    eval.also, analyze."""
+    from tunelab.evaluate.summary import extra_done, set_done
     pending = []
-    if out["accuracy"] is None or ("skipped" not in out["accuracy"] and "tuned" not in out["accuracy"]):
+    if not set_done(run.read_eval_summary()) and not run.eval_skipped.exists():
         pending.append("eval")
-    sets = [ExtraSetDir(run.path, name).read_eval_summary() or {} for name in also_names(cfg.eval)]
-    if not all({"base", "tuned"} <= set(s) or losses.done(s) for s in sets):
+    if not extra_done(cfg, run):
         pending.append("eval.also")
     if not run.analysis_summary.exists():
         pending.append("analyze")

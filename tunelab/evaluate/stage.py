@@ -28,7 +28,7 @@ from tunelab.evaluate import losses
 from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
-from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names
+from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names, set_done
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, ExtraSetDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -132,7 +132,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
     results = []
     for i, (entry, name) in enumerate(zip(cfg.eval.also, also_names(cfg.eval))):
         view = ExtraSetDir(run.path, name)
-        if skip_done and _set_done(view):
+        if skip_done and set_done(view.read_eval_summary()):
             continue
         log.info("eval.also: scoring %s (%s)", name, entry.source)
         extra = also_recipe(cfg, entry)
@@ -149,15 +149,6 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
     if results and run.summary.exists() and distributed.is_main_process():
         card.write(run)  # its model-index now lists these sets' accuracies too
     return results
-
-
-def extra_done(cfg: Recipe, run: RunDir) -> bool:
-    """Every `eval.also` test set has been scored (or measured by loss)."""
-    return all(_set_done(ExtraSetDir(run.path, name)) for name in also_names(cfg.eval))
-
-
-def _set_done(view: ExtraSetDir) -> bool:
-    return done(view) or losses.done(view.read_eval_summary())
 
 
 def check_extra(cfg: Recipe) -> None:

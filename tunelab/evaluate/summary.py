@@ -188,3 +188,17 @@ def _epoch_rows(stats: dict, diff, final_epoch: int) -> list[dict]:
                      "vs_previous": diff(previous, name) if previous else None})
         previous = name
     return rows
+
+
+def set_done(summary: dict | None) -> bool:
+    """An eval summary whose base model and final adapter were both measured: their answers scored, or (a test set
+    no scoring mode suits) their target loss (`losses.done`). Torch-free, for `tunelab ls` too."""
+    from tunelab.evaluate import losses
+    return {"base", "tuned"} <= set(summary or {}) or losses.done(summary)
+
+
+def extra_done(cfg, run) -> bool:
+    """Every `eval.also` test set of the recipe `cfg` has been scored (or measured by loss) in `run`."""
+    from tunelab.config import also_names
+    from tunelab.rundir import ExtraSetDir
+    return all(set_done(ExtraSetDir(run.path, name).read_eval_summary()) for name in also_names(cfg.eval))
