@@ -74,8 +74,62 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
                            run.read_recipe().eval.max_new_tokens, stops=[[]])
     assert samples[0]["base"] == alone.completion  # the base model's greedy answer, to EOS or the budget
     assert "## Sample answers (not scored)" in md and f"Not scored ({reason}" in md
-    assert main(["eval", str(run.path)]) == 2  # asked for by name, it is an error naming the key
-    assert reason in capsys.readouterr().err
+    held_out = run.read_json(run.eval_dir / "loss" / "summary.json")  # the replies measured by loss instead
+    assert held_out["split"] == "test" and held_out["n"] == 4 and set(held_out["losses"]) == {"base", "tuned"}
+    d = held_out["loss_difference"]
+    assert d["means"] == pytest.approx([held_out["losses"]["base"]["loss"], held_out["losses"]["tuned"]["loss"]],
+                                       abs=1e-3) and d["n"] == 4
+    assert f"held-out replies (test rows, measured by loss): target loss {d['means'][0]:.3f} → " \
+           f"{d['means'][1]:.3f}" in out
+    assert f"| Held-out target loss | {d['means'][0]:.3f} → {d['means'][1]:.3f} |" in md
+    assert "## Held-out replies, by loss" in md and re.search(r"The fine-tune (made the replies in the held-out rows "
+                                                              r"(less|more) likely|did not change)", md)
+    assert "Answers not scored (data.target: of 4 test targets" in (run.adapter / "README.md").read_text()
+    assert run.eval_cost()["device_hours"] == held_out["cost"]["device_hours"] > 0  # the loss passes, priced
+    stamp = (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns
+    assert main(["eval", str(run.path)]) == 0  # asked for by name: measured by loss, what was measured kept
+    assert f"target loss {d['means'][0]:.3f} → {d['means'][1]:.3f}" in " ".join(capsys.readouterr().out.split())
+    assert (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns == stamp
+    assert main(["eval", str(run.path), "--set", "eval.scoring=none"]) == 2  # turned off: an error naming the key
+    assert "eval.scoring: none" in capsys.readouterr().err
+
+
+def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_the_training_curve(tiny_model, tmp_path,
+                                                                                              capsys):
+    from conftest import write_jsonl
+    from tunelab.status import describe
+    rows = [{"q": f"Describe item {i}.", "a": f"Item {i} is a small wooden object that people keep on a shelf."}
+            for i in range(30)]
+    source = write_jsonl(tmp_path / "items.jsonl", rows)  # one file: no test split
+    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={source}",
+            "--set", "data.template={q}\n", "--set", "data.target={a}", "--set", "data.label_field=null",
+            "--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "eval.samples=0",
+            "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "v")]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "v")
+    held_out = run.read_json(run.eval_dir / "loss" / "summary.json")
+    epochs = run.read_epochs()
+    val = {e["id"] for e in run.read_examples() if e["split"] == "val"}
+    assert held_out["split"] == "validation" and held_out["n"] == len(val)
+    losses = held_out["losses"]  # the same rows, another code path: the training loop's validation passes
+    assert losses["base"]["loss"] == pytest.approx(epochs[0]["val_loss"], abs=1e-4)
+    assert losses["epoch-1"]["loss"] == pytest.approx(epochs[1]["val_loss"], abs=1e-4)
+    assert losses["tuned"]["loss"] == pytest.approx(epochs[2]["val_loss"], abs=1e-4)
+    assert [e["epoch"] for e in held_out["epochs"]] == [1, 2]
+    record = describe(run)
+    assert record["accuracy"]["loss"] == pytest.approx(held_out["loss_difference"]["means"])
+    capsys.readouterr()
+    assert main(["ls", str(tmp_path)]) == 0
+    assert f"loss {held_out['loss_difference']['delta']:+.3f}" in capsys.readouterr().out
+    assert main([*args[:-2], "--set", "train.lr=0.01", "--run-dir", str(tmp_path / "w")]) == 0
+    other = RunDir(tmp_path / "w").read_json(tmp_path / "w" / "eval" / "loss" / "summary.json")["losses"]["tuned"]
+    assert main(["compare", str(run.path), str(tmp_path / "w"), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    delta = other["loss"] - losses["tuned"]["loss"]  # paired over the same rows: the difference of their means
+    assert "## Held-out replies, by loss" in md and re.search(
+        rf"\| validation \| loss {losses['tuned']['loss']:.3f} \(n = {held_out['n']}\) \| loss {other['loss']:.3f} "
+        rf"\({delta:+.3f}, 95 % CI", md)
+    assert re.search(r"\| held_out_loss\.tuned \| ", md)  # in the figures table too
 
 
 def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_model, tmp_path, monkeypatch, capsys):
@@ -171,8 +225,8 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
                      r"\d+\.\d{3} \|", md)  # base, per epoch, tuned target loss on the run's eval.limit rows
     assert re.search(r"\| prose \| `\S+prose\.jsonl` \| 4 \| \d+\.\d{3} \| \d+\.\d{3} \| [+-]\d+\.\d{3} \(",
                      (run.adapter / "README.md").read_text())  # the model card lists it, by loss
-    assert re.search(r"The fine-tune (made prose's replies (less|more) likely|did not change how likely prose's "
-                     r"replies are) beyond noise: target loss", md)
+    assert re.search(r"The fine-tune (made the replies in prose (less|more) likely|did not change how likely the "
+                     r"replies in prose are) beyond noise: target loss", md)
     capsys.readouterr()
     bad = [*args[:-2], "--set", f"eval.also=[{{source: {tmp_path / 'nope.jsonl'}}}]", "--run-dir", str(tmp_path / "b")]
     assert main(bad) == 2

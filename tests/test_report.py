@@ -383,10 +383,12 @@ def test_the_accuracy_picture_stars_the_lowest_validation_pass_adapter_at_its_st
 
 
 @pytest.mark.parametrize("shift, kind, verdict", [
-    (0.3, "watch", "The fine-tune made chat's replies less likely beyond noise: target loss 1.500 → 1.800 (+0.300, "
-                   "+20.0 %"),
-    (-0.3, "good", "The fine-tune made chat's replies more likely beyond noise: target loss 1.500 → 1.200 (-0.300"),
-    (0.0, "info", "The fine-tune did not change how likely chat's replies are beyond noise: target loss 1.500 → 1.500"),
+    (0.3, "watch", "The fine-tune made the replies in chat less likely beyond noise: target loss 1.500 → 1.800 "
+                   "(+0.300, +20.0 %"),
+    (-0.3, "good", "The fine-tune made the replies in chat more likely beyond noise: target loss 1.500 → 1.200 "
+                   "(-0.300"),
+    (0.0, "info", "The fine-tune did not change how likely the replies in chat are beyond noise: target loss "
+                  "1.500 → 1.500"),
 ])
 def test_a_set_measured_by_loss_is_judged_by_its_paired_interval(shift, kind, verdict, tmp_path):
     from tunelab.report import extra

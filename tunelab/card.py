@@ -20,7 +20,8 @@ from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.evaluate.summary import baselines
 from tunelab.handoff import hub_id, is_local, known_license
-from tunelab.rundir import BEST_LOSS, RunDir, counts_passes, lowest_pass, stopped_early, trained_and_planned
+from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RunDir, counts_passes, lowest_pass, stopped_early,
+                            trained_and_planned)
 
 
 def write(run: RunDir) -> Path | None:
@@ -57,8 +58,10 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
         run.read_optional(run.cost)
     epoch = None if epoch == summary["epochs"] else epoch  # the last epoch's adapter is the final one
     lowest = lowest_pass(run.read_validation()) if epoch == BEST_LOSS else None
+    held_out = HeldOutLossDir(run.path).read_eval_summary()  # answers no scoring mode suits: replies by loss
     meta = _metadata(run, cfg, base, _results(cfg, summary, _evaluations(run, evaluation), epoch,
-                                              lowest["val_loss"] if lowest else _val_loss(summary, epochs, epoch)))
+                                              lowest["val_loss"] if lowest else _val_loss(summary, epochs, epoch),
+                                              held_out))
     which = f", step {lowest['step']} of {summary['steps']}" if lowest else \
         f", epoch {epoch} of {summary['epochs']}" if epoch else ""
     body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
@@ -86,7 +89,7 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
                  f"({abs(summary['val_loss_improvement_pct']):.1f} % "
                  f"{'lower' if summary['val_loss_improvement_pct'] >= 0 else 'higher'}); best validation epoch: "
                  f"{summary['best_val_epoch']}.", ""]
-    body += _evaluation(cfg, evaluation) + _other_sets(run)
+    body += _evaluation(cfg, evaluation, held_out) + _other_sets(run)
     if cost:
         body += ["## Cost", "", f"{cost['device_hours']:.3f} device-hours on {cost['device']} at "
                  f"${cost['usd_per_hour']:.3f}/h = ${cost['cost_usd']:.3f} ({cost['price_source']}).", ""]
@@ -161,9 +164,11 @@ def _val_loss(summary: dict, epochs: list[dict], epoch: int | None) -> float:
     return summary["final_val_loss"] if epoch is None else epochs[epoch]["val_loss"]
 
 
-def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | None, val_loss: float) -> list[dict]:
+def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | None, val_loss: float,
+             held_out: dict | None = None) -> list[dict]:
     """model-index results: answer accuracy of the final adapter (or of epoch `epoch`'s, or "best-loss"'s) on each
-    evaluated set (the run's own, then each eval.also set), and its validation loss `val_loss`."""
+    evaluated set (the run's own, then each eval.also set), its target loss on the held-out rows when those were
+    measured by loss instead (`held_out`), and its validation loss `val_loss`."""
     out = []
     scored = "tuned" if epoch is None else epoch if epoch == BEST_LOSS else f"epoch-{epoch}"
     for evaluation in [e for e in evaluations if scored in e]:
@@ -175,6 +180,12 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
                                  "value": round(tuned["strict_accuracy"], 4)},
                                 {"type": "exact_match", "name": f"{names.flexible} accuracy",
                                  "value": round(tuned["flexible_accuracy"], 4)}]})
+    if scored in (held_out or {}).get("losses", {}):
+        split, source = held_out["split"], held_out.get("source") or cfg.data.source
+        out.append({"task": {"type": "text-generation", "name": "Text Generation"},
+                    "dataset": {"name": f"{source} ({split}, {held_out['n']} rows)", "type": source, "split": split},
+                    "metrics": [{"type": "loss", "name": f"{split} target loss",
+                                 "value": round(held_out["losses"][scored]["loss"], 4)}]})
     out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                 "dataset": {"name": f"{cfg.data.source} (validation, {summary['val_examples']} rows)",
                             "type": cfg.data.source, "split": "validation"},
@@ -182,7 +193,16 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
     return out
 
 
-def _evaluation(cfg, evaluation: dict | None) -> list[str]:
+def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None) -> list[str]:
+    if (not evaluation or "tuned" not in evaluation) and (d := (held_out or {}).get("loss_difference")):
+        return ["## Evaluation", "", f"Answers not scored ({held_out['reason']}). How likely each model finds the "
+                f"reference replies of the first {held_out['n']} {held_out['split']} rows of "
+                f"`{held_out.get('source') or cfg.data.source}` "
+                "instead: target loss (completion-only, token-weighted, as validation loss; lower = more likely):",
+                "", "| model | target loss |", "|---|---|",
+                *(f"| {name} | {row['loss']:.4f} |" for name, row in held_out["losses"].items()), "",
+                f"Tuned − base: {d['delta']:+.3f} (95 % paired bootstrap interval over rows {d['ci95'][0]:+.3f} to "
+                f"{d['ci95'][1]:+.3f}).", ""]
     if not evaluation or "tuned" not in evaluation:
         return ["## Evaluation", "", "Not evaluated yet: `tunelab eval <run>` scores it and rewrites this card.", ""]
     names = naming(evaluation)

@@ -295,7 +295,8 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from tunelab.config import load_recipe
-    from tunelab.evaluate.stage import evaluate, evaluate_extra
+    from tunelab.data import load_splits
+    from tunelab.evaluate.stage import by_loss, evaluate, evaluate_extra, held_out_loss, unscoreable
     from tunelab.rundir import RunDir
     is_run = Path(args.target, "config.yaml").is_file()
     if is_run:
@@ -305,11 +306,16 @@ def cmd_eval(args) -> int:
     else:
         cfg = load_recipe(args.target, args.overrides)
         run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
+    splits = load_splits(cfg.data, cfg.eval)
+    reason = unscoreable(cfg, splits)
+    if reason and not by_loss(cfg, splits):
+        raise UserError(reason)
     with locked(run, "eval"):
-        result = evaluate(cfg, run, only=args.only, adapter=is_run)
+        summary = (held_out_loss(cfg, run, splits, reason, only=args.only, adapter=is_run) if reason else
+                   evaluate(cfg, run, only=args.only, adapter=is_run, splits=splits).summary)
         extra = evaluate_extra(cfg, run, only=args.only, adapter=is_run)
     if is_main_process():
-        _print_eval(result.summary, run)
+        _print_eval(summary, run)
         for name, other in extra:
             _print_eval(other.summary, run, name)
     return 0
@@ -617,11 +623,15 @@ def cmd_convert(args) -> int:
 
 def _figure_cells(d: dict) -> list[str]:
     """A `status.describe` record's headline figures as table cells: the last validation loss, the tuned
-    accuracy (or why none), its paired gain over the base model, the cost (train, + eval)."""
+    accuracy (or why none; the held-out replies' target loss when they are measured by loss instead), its paired gain
+    over the base model, the cost (train, + eval)."""
     acc = d["accuracy"] or {}
     accuracy = (f"{100 * acc['tuned']:.1f} %" if "tuned" in acc else "not scored" if "skipped" in acc else "—")
     low, high = acc.get("ci95_pts", (0, 0))
     gain = f"{acc['delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})" if "delta_pts" in acc else "—"
+    if "loss_delta" in acc:  # answers no scoring mode suits: the held-out replies' target loss instead
+        low, high = acc["loss_ci95"]
+        accuracy, gain = f"loss {acc['loss'][1]:.3f}", f"loss {acc['loss_delta']:+.3f} ({low:+.3f}..{high:+.3f})"
     train, scored = d["cost_usd"]["train"], d["cost_usd"]["eval"]
     cost = ("—" if train is None else f"${train:.4f}") + (f" + ${scored:.4f} eval" if scored is not None else "")
     return [f"{d['val_loss'][1]:.4f}" if d["val_loss"] else "—", accuracy, gain, cost]
@@ -713,7 +723,7 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
     from tunelab.evaluate.summary import pass_names
     from tunelab.report import eval_lines
     from tunelab.evaluate.scoring import naming
-    if summary.get("scoring") == "loss":  # an eval.also set no scoring mode suits: measured by loss
+    if summary.get("scoring") == "loss":  # a set no scoring mode suits: measured by loss
         _print_losses(summary, run, extra)
         return
     names = naming(summary)
@@ -737,18 +747,20 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
         console.print(line)
 
 
-def _print_losses(summary: dict, run, name: str) -> None:
+def _print_losses(summary: dict, run, name: str | None) -> None:
+    """A set measured by loss: an eval.also set (`name`), or the run's own held-out rows (None)."""
     from rich.console import Console
     from rich.table import Table
     from tunelab.report import extra
+    which = f"{name} ({summary['source']}, eval.also)" if name else f"{summary['split']} rows"
     table = Table("model", "target loss", "token accuracy", "seconds",
-                  title=f"{run.path} eval: {name} ({summary['source']}, eval.also), {summary['n']} rows measured "
-                        f"by loss ({summary['reason']})")
+                  title=f"{run.path} eval: {which}, {summary['n']} rows measured by loss ({summary['reason']})")
     for model, s in summary["losses"].items():
         table.add_row(model, f"{s['loss']:.4f}", f"{100 * s['token_accuracy']:.1f} %", f"{s['seconds']:.1f}")
     console = Console()
     console.print(table)
-    if said := extra.line(name, summary):
+    said = extra.line(name, summary) if name else extra.held_out_line(summary)
+    if said:
         console.print(said)
 
 

@@ -73,8 +73,9 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
             chat.require(load_tokenizer(cfg.model), "eval.chat_baseline")
     evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
-        log.warning("eval: will be skipped: %s; the report gives losses, token accuracy, analysis and cost",
-                    unscoreable)
+        log.warning("eval: answers will not be scored: %s; %sthe report gives losses, token accuracy, analysis and "
+                    "cost", unscoreable, "the held-out replies are measured by loss instead; "
+                    if evaluate.by_loss(cfg, splits) else "")
     if source is None:
         first = ("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None))
     else:
@@ -87,9 +88,11 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
               ("analyze", analysis.done, lambda: analysis.analyze(cfg, run))]
     for name, done, work in stages:
         if name == "eval" and unscoreable:
-            run.write_json(run.eval_skipped, {"reason": unscoreable})
+            run.write_json(run.eval_skipped, {"reason": unscoreable, "by_loss": evaluate.by_loss(cfg, splits)})
             if cfg.eval.scoring != "none" and cfg.eval.samples and not run.eval_samples.exists():
                 evaluate.samples(cfg, run)  # not scored, but seen: the base and tuned answers side by side
+            if not evaluate.held_out_loss_done(run):  # and how likely each model finds the reference replies
+                evaluate.held_out_loss(cfg, run, splits, unscoreable)
         elif done(run):
             log.info("%s: done already (%s)", name, run.path)
         else:
@@ -124,11 +127,14 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
+        from tunelab.rundir import HeldOutLossDir
+        lines += filter(None, [extra.held_out_line(HeldOutLossDir(run.path).read_eval_summary())])
     scored = run.eval_cost()
     lines.append((f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); " if cost else
                   "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the other trainer's "
                   "train_runtime, when it recorded one); ")
-                 + (f"eval ${scored['cost_usd']:.4f} ({scored['device_hours'] * 60:.1f} device-min); " if scored else "")
+                 + (f"eval ${scored['cost_usd']:.4f} ({scored['device_hours'] * 60:.1f} device-min); "
+                    if scored else "")
                  + f"this command {seconds / 60:.1f} min")
     lines += [f"watch: {text}" for text in run.read_watch()]
     print("\n".join(lines))

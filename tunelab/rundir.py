@@ -85,10 +85,15 @@ LAYOUT = {
                                           "per `data.label_field` value (or per reference class under exact "
                                           "scoring, with confusion tables), paired"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
-                                          "held-out targets no scoring mode suits)"),
+                                          "held-out targets no scoring mode suits); `by_loss`: whether the held-out "
+                                          "rows are measured by loss instead (eval/loss/)"),
     "eval/samples.jsonl": ("eval_samples", "when eval was skipped for its data: the first `eval.samples` held-out "
                                            "prompts with the reference and the base and tuned answers (greedy, "
                                            "not scored)"),
+    "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
+                         "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
+                         "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "
+                         "over rows)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "
@@ -158,11 +163,11 @@ class RunDir:
         return "the final adapter" if which is None else f"epoch {which}'s adapter"
 
     def eval_cost(self) -> dict | None:
-        """The eval stage's cost: the passes answered for this run, on its own test set and each eval.also set
-        (base passes reused from the cache not counted), summed: {device_hours, cost_usd, usd_per_hour,
-        price_source}; None before an eval that recorded it."""
-        costs = [s["cost"] for s in [self.read_eval_summary(), *(v.read_eval_summary() for v in self.extra_sets())]
-                 if s and "cost" in s]
+        """The eval stage's cost: the passes answered for this run, on its own test set (or its loss passes, when
+        no scoring mode suits the answers) and each eval.also set (base passes reused from the cache not counted),
+        summed: {device_hours, cost_usd, usd_per_hour, price_source}; None before an eval that recorded it."""
+        sets = [self, HeldOutLossDir(self.path), *self.extra_sets()]
+        costs = [s["cost"] for s in (v.read_eval_summary() for v in sets) if s and "cost" in s]
         if not costs:
             return None
         return {"device_hours": sum(c["device_hours"] for c in costs), "cost_usd": sum(c["cost_usd"] for c in costs),
@@ -326,12 +331,31 @@ class ExtraSetDir(RunDir):
 
     eval_dir = property(lambda self: self.path / "eval" / "also" / self.name)
     losses = property(lambda self: self.eval_dir / "losses.jsonl")  # a set measured by loss: per row and model
+    label = property(lambda self: f"eval.also {self.name}")  # what progress bars and logs call it
 
     def __getattr__(self, name: str) -> Path:
         rel = _ATTRIBUTES.get(name)
         if rel is not None and rel.startswith("eval/"):
             return self.eval_dir / rel.removeprefix("eval/")
         return super().__getattr__(name)
+
+    def at(self, path: str | Path) -> "ExtraSetDir":
+        """The same test set in another run directory (`compare`)."""
+        return ExtraSetDir(path, self.name)
+
+
+class HeldOutLossDir(ExtraSetDir):
+    """A run's own held-out rows measured by loss, when no scoring mode suits their answers: files as an eval.also
+    set's measured by loss, in eval/loss/."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "the held-out rows")
+
+    eval_dir = property(lambda self: self.path / "eval" / "loss")
+    label = property(lambda self: "eval (by loss)")
+
+    def at(self, path: str | Path) -> "HeldOutLossDir":
+        return HeldOutLossDir(path)
 
 
 def stopped_early(summary: dict | None) -> bool:

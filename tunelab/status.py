@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir, counts_passes, stopped_early, trained_and_planned
+from tunelab.rundir import HeldOutLossDir, RunDir, counts_passes, stopped_early, trained_and_planned
 
 RECENT_STEPS = 20  # the steps whose mean tokens/s predicts a running train stage's time left
 
@@ -118,12 +118,14 @@ def _val_loss(run: RunDir) -> list[float] | None:
 
 def _accuracy(run: RunDir) -> dict | None:
     """The eval stage's headline: scoring, base and tuned accuracy (flexible), the paired difference and its 95 %
-    CI, n; {"skipped": why} when `tunelab run` skipped it; {"base": …} alone for a base-model-only eval; None
-    before it ran."""
+    CI, n; {"skipped": why} when `tunelab run` skipped it (with the held-out replies' target loss, base and tuned, its
+    paired change and CI, once measured); {"base": …} alone for a base-model-only eval; None before it ran."""
     evaluation = run.read_eval_summary() or {}
     skipped = run.read_optional(run.eval_skipped)
     if not evaluation and skipped:
-        return {"skipped": skipped["reason"]}
+        d = (HeldOutLossDir(run.path).read_eval_summary() or {}).get("loss_difference")
+        return {"skipped": skipped["reason"],  # and the held-out replies' target loss, when measured
+                **({"loss": d["means"], "loss_delta": d["delta"], "loss_ci95": d["ci95"]} if d else {})}
     if "base" not in evaluation and "tuned" not in evaluation:
         return None
     out = {"scoring": evaluation.get("scoring", "numeric"),
@@ -148,7 +150,7 @@ def _report(run: RunDir) -> str:
     if not run.report_html.exists():
         return "missing"
     sources = [run.summary, run.eval_summary, run.eval_skipped, run.analysis_summary,
-               *((run.eval_dir / "also").glob("*/summary.json"))]
+               HeldOutLossDir(run.path).eval_summary, *((run.eval_dir / "also").glob("*/summary.json"))]
     newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0)
     return "current" if run.report_html.stat().st_mtime >= newest else "stale"
 
@@ -162,12 +164,15 @@ def _newest(run: RunDir) -> float:
 
 
 def _pending(run: RunDir, cfg) -> list[str]:
-    """The stages after training that `tunelab run` would still run: eval (unless it was skipped for the data),
+    """The stages after training that `tunelab run` would still run: eval (unless it was skipped for the data, and
+    then until the held-out replies are measured by loss where they can be),
     eval.also, analyze."""
     from tunelab.evaluate.summary import extra_done, set_done
     pending = []
-    if not set_done(run.read_eval_summary()) and not run.eval_skipped.exists():
-        pending.append("eval")
+    skipped = run.read_optional(run.eval_skipped)
+    if not set_done(run.read_eval_summary()) and not skipped or (
+            skipped and skipped.get("by_loss") and not set_done(HeldOutLossDir(run.path).read_eval_summary())):
+        pending.append("eval")  # answers to score, or replies no scoring mode suits to measure by loss
     if not extra_done(cfg, run):
         pending.append("eval.also")
     if not run.analysis_summary.exists():

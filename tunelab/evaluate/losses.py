@@ -1,15 +1,18 @@
-"""Loss on a test set whose answers no scoring mode suits (an `eval.also` set of prose or chat replies): the base
-model's, each kept epoch adapter's and the final adapter's target loss on the same rows, paired row by row.
+"""Loss on a test set whose answers no scoring mode suits (prose or chat replies: an `eval.also` set, or the run's own
+held-out rows): the base model's, each kept epoch adapter's and the final adapter's target loss on the same rows,
+paired row by row.
 
 Answer accuracy needs a reference the answer can be checked against; a general instruction set has none. What it
 does have is the reference reply, and how likely each model finds it is measured the way validation loss is
 (completion-only, token-weighted). A fine-tune that raised it beyond noise made the model worse at writing such
 replies: the forgetting a set like that is added to find.
 
-Writes eval/also/<name>/losses.jsonl (per row and model: loss, tokens) and summary.json (`scoring: loss`); a killed
-pass is redone, the models already measured on the same rows asked the same way are kept.
+Writes eval/also/<name>/ (or eval/loss/, the run's own rows) losses.jsonl (per row and model: loss, tokens) and
+summary.json (`scoring: loss`); a killed pass is redone, the models already measured on the same rows asked the same
+way are kept.
 
 Run as: tunelab eval runs/smoke --set 'eval.also=[{source: yahma/alpaca-cleaned, limit: 200, name: alpaca}]'
+        tunelab eval runs/chats          # a run on chat data: its own held-out replies, by loss
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     models = [m for m in _models(cfg, view, only, adapter) if m[0] not in kept]
     base = load_model(cfg.model, device) if models else None
     micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
-    with bar(f"eval.also {view.name}: loss passes", total=len(models)) as progress:
+    with bar(f"{view.label}: loss passes", total=len(models)) as progress:
         for name, folder in models:
             net = PeftModel.from_pretrained(base, str(folder)) if folder else base
             t0 = time.time()
@@ -62,7 +65,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
                           "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
             base = net.unload() if folder else net  # the LoRA layers removed, nothing merged: the base model again
-            log.info("%s on %s: target loss %.4f over %d rows", name, view.name, stats.loss, len(rows))
+            log.info("%s on %s: target loss %.4f over %d rows", name, view.label, stats.loss, len(rows))
             if d.main:
                 _write_rows(view, kept, asked)
             progress.advance(1)

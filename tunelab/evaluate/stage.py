@@ -30,7 +30,7 @@ from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names, set_done
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
-from tunelab.rundir import BEST_LOSS, ExtraSetDir, RunDir
+from tunelab.rundir import BEST_LOSS, ExtraSetDir, HeldOutLossDir, RunDir
 from tunelab.train.runtime import tune_for
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
     passes = _plan(cfg, run, shot_pool(cfg, splits), questions, only, adapter, tok, mode)
-    if not adapter and distributed.is_main_process() and not run.config.exists():
-        run.create()
-        run.write_text(run.config, to_yaml(cfg))
+    if not adapter:
+        _keep_recipe(cfg, run)
 
     asked = prompts_digest(cfg, questions)
     predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode, asked)
@@ -117,6 +116,41 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                    for metric in ("strict_accuracy", "flexible_accuracy", "n")}
         trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)
+
+
+def _keep_recipe(cfg: Recipe, run: RunDir) -> None:
+    """A bare recipe's eval: its run dir gets the recipe's config.yaml (main process)."""
+    if distributed.is_main_process() and not run.config.exists():
+        run.create()
+        run.write_text(run.config, to_yaml(cfg))
+
+
+def held_out_loss(cfg: Recipe, run: RunDir, splits, reason: str, only: str | None = None,
+                  adapter: bool = True) -> dict | None:
+    """When no scoring mode suits the held-out answers (`reason`, from `unscoreable`): how likely the base model and
+    the run's adapters find the reference replies of the rows eval would score (the first `eval.limit` test rows, or
+    validation rows without a test split), by target loss paired over rows (`losses.measure`), into eval/loss/;
+    returns its summary, or None when there is nothing to measure (eval.scoring none, no held-out rows).
+    `only` / `adapter` as for `evaluate`."""
+    if not by_loss(cfg, splits):
+        return None
+    if not adapter:
+        _keep_recipe(cfg, run)
+    summary = losses.measure(cfg, HeldOutLossDir(run.path), *_limited(cfg, splits), reason, only, adapter)
+    if run.summary.exists() and distributed.is_main_process():
+        card.write(run)  # its Evaluation now gives these losses
+    return summary
+
+
+def by_loss(cfg: Recipe, splits) -> bool:
+    """Whether `held_out_loss` has rows to measure when the answers are not scored: the eval stage is not off
+    (eval.scoring none) and there are held-out rows."""
+    return cfg.eval.scoring != "none" and bool(_limited(cfg, splits)[1])
+
+
+def held_out_loss_done(run: RunDir) -> bool:
+    """The held-out rows' target loss (`held_out_loss`) has been measured for the base model and the final adapter."""
+    return losses.done(HeldOutLossDir(run.path).read_eval_summary())
 
 
 def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = True,

@@ -16,17 +16,14 @@ from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
-from tunelab.rundir import ExtraSetDir, RunDir
+from tunelab.rundir import ExtraSetDir, HeldOutLossDir, RunDir
 
 
 def line(name: str, summary: dict) -> str | None:
     """One console line: the set's base → tuned accuracy (or target loss, for a set measured by loss) and its paired
     interval; None before both are measured."""
     if loss := summary.get("loss_difference"):
-        lo, hi = loss["ci95"]
-        return (f"on {name} ({summary.get('source')}, eval.also, measured by loss): target loss "
-                f"{loss['means'][0]:.3f} → {loss['means'][1]:.3f} ({loss['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, "
-                f"{loss['n']} rows)")
+        return f"on {name} ({summary.get('source')}, eval.also, measured by loss): {_loss_change_text(loss)}"
     d = summary.get("flexible_difference")
     if not d:
         return None
@@ -34,6 +31,39 @@ def line(name: str, summary: dict) -> str | None:
     return (f"on {name} ({summary.get('source')}, eval.also): {names.accuracy} ({names.flexible}) "
             f"{100 * base['flexible_accuracy']:.1f} % → {100 * tuned['flexible_accuracy']:.1f} % "
             f"({d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']})")
+
+
+def _loss_change_text(d: dict) -> str:
+    lo, hi = d["ci95"]
+    return (f"target loss {d['means'][0]:.3f} → {d['means'][1]:.3f} ({d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, "
+            f"{d['n']} rows)")
+
+
+def held_out_line(summary: dict | None) -> str | None:
+    """One console line for a run whose held-out answers no scoring mode suits: their reference replies' target loss,
+    base → tuned, paired (eval/loss/); None before both are measured."""
+    d = (summary or {}).get("loss_difference")
+    return f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}" if d else None
+
+
+def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
+    """The report's "Held-out replies, by loss" blocks (base, per epoch, tuned target loss of the run's own held-out
+    rows, the paired change) and the verdict, for a run whose answers no scoring mode suits; nothing otherwise."""
+    view = HeldOutLossDir(run.path)
+    s = view.read_eval_summary()
+    if not (s or {}).get("loss_difference"):
+        return [], []
+    row = _loss_row(s["split"], s)
+    return [("p", f"No scoring mode suits these answers ({s['reason']}), so how likely each model finds the "
+                  f"reference replies is measured instead: the target loss (completion-only, token-weighted, as "
+                  f"validation loss) of the base model, each epoch's adapter and the final adapter on the first "
+                  f"{s['n']} {s['split']} rows, tuned − base paired over rows"
+                  + (" (the source has no test split: these are validation rows, so the losses are the validation "
+                     "curve's on them, with a paired interval)" if s["split"] == "validation" else "")
+                  + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
+                    "answers are right."),
+             ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
+              [(row[0], *row[3:])])], [loss_change(view.name, s)]
 
 
 def section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -115,14 +145,13 @@ def _loss_cells(view: ExtraSetDir, runs: list[RunDir], names: list[str]) -> tupl
     """`compare`'s cells for a set the first run measured by loss: each run's tuned target loss, each later run's
     change from the first paired over the rows both measured with the same source and prompt format."""
     from tunelab.stats import paired_loss_difference
-    first, asked = _tuned_losses(view), _asked(view.read_eval_summary())
+    first, asked = _tuned_losses(view), _asked(view)
     if not first:
         return [], []
     cells, found = [f"loss {_mean(first):.3f} (n = {len(first)})"], []
     for run, name in zip(runs[1:], names[1:]):
-        other = ExtraSetDir(run.path, view.name)
-        d = paired_loss_difference(first, _tuned_losses(other)) if _asked(other.read_eval_summary()) == asked \
-            else None
+        other = view.at(run.path)
+        d = paired_loss_difference(first, _tuned_losses(other)) if _asked(other) == asked else None
         if d is None:
             cells.append(None)
             continue
@@ -138,8 +167,15 @@ def _loss_cells(view: ExtraSetDir, runs: list[RunDir], names: list[str]) -> tupl
     return cells, found
 
 
-def _asked(summary: dict | None) -> tuple:
-    return ((summary or {}).get("source"), json.dumps((summary or {}).get("format")))
+def _asked(view: ExtraSetDir) -> tuple:
+    """What must match for two runs' losses on a set to be paired by row id: its source and how its rows were
+    written (for a run's own held-out rows, the data its recipe read and wrote them with)."""
+    summary = view.read_eval_summary() or {}
+    if isinstance(view, HeldOutLossDir) and view.config.exists():
+        data = view.read_recipe().data
+        return (summary.get("source") or data.source, data.config, data.template, data.target, data.messages,
+                data.chat_template, data.system_prompt)
+    return summary.get("source"), json.dumps(summary.get("format"))
 
 
 def _mean(rows: dict[str, tuple[float, int]]) -> float:
@@ -154,12 +190,27 @@ def loss_change(name: str, s: dict) -> Observation:
     base, tuned = d["means"]
     numbers = (f"target loss {base:.3f} → {tuned:.3f} ({d['delta']:+.3f}, {100 * d['delta'] / base:+.1f} %, 95 % CI "
                f"{lo:+.3f}..{hi:+.3f}, {d['n']} rows)")
-    kind, verdict = {1: ("watch", f"The fine-tune made {name}'s replies less likely beyond noise"),
-                     -1: ("good", f"The fine-tune made {name}'s replies more likely beyond noise"),
-                     0: ("info", f"The fine-tune did not change how likely {name}'s replies are beyond noise")}[
+    kind, verdict = {1: ("watch", f"The fine-tune made the replies in {name} less likely beyond noise"),
+                     -1: ("good", f"The fine-tune made the replies in {name} more likely beyond noise"),
+                     0: ("info", f"The fine-tune did not change how likely the replies in {name} are beyond noise")}[
         rules.sign_of(d["ci95"])]
     return Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of the "
                        "token-weighted target loss, tuned adapter − base model; beyond noise = CI excludes 0")
+
+
+def held_out_compare(runs: list[RunDir], names: list[str]) -> list:
+    """`compare`'s "Held-out replies, by loss", when the first run's answers were measured by loss (no scoring mode
+    suits them): each run's tuned target loss on its held-out rows, each later run's change from the first, paired
+    over the rows both measured from the same data written the same way."""
+    cells, found = _loss_cells(HeldOutLossDir(runs[0].path), runs, names)
+    if not cells:
+        return []
+    return [("p", f"Target loss of each run's tuned adapter on the held-out rows {names[0]} measured by loss (no "
+                  f"scoring mode suits their answers); each later run's change from {names[0]} on the rows both "
+                  "measured, paired (\"on N\" when fewer). Rule: paired bootstrap 95 % CI; beyond noise = CI "
+                  "excludes 0."),
+            ("table", ["rows", *names], [(HeldOutLossDir(runs[0].path).read_eval_summary()["split"], *cells)]),
+            ("obs", found)]
 
 
 def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
@@ -180,7 +231,7 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
             continue
         cells = [f"{100 * sum(first.values()) / len(first):.1f} % (n = {len(first)})"]
         for run, name in zip(runs[1:], names[1:]):
-            other = tuned_flags(ExtraSetDir(run.path, view.name).read_predictions())
+            other = tuned_flags(view.at(run.path).read_predictions())
             shared = [k for k in first if k in other]
             if not shared:
                 cells.append(None)

@@ -21,7 +21,8 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import BEST_LOSS, RunDir, counts_passes, open_run, stopped_early, trained_and_planned
+from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RunDir, counts_passes, open_run, stopped_early,
+                            trained_and_planned)
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -66,7 +67,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     found += data_found
     sections = [
         ("Overview", _overview(run, cfg, summary, evaluation)),
-        ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped))),
+        ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped),
+                                     HeldOutLossDir(run.path).read_eval_summary())),
         *data_sections,
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
@@ -75,6 +77,10 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     if other_blocks:
         sections.append(("Other test sets", other_blocks))
         found += other_found
+    held_out, held_out_found = extra.held_out_section(run) if not evaluation else ([], [])
+    if held_out:
+        sections.append(("Held-out replies, by loss", held_out))
+        found += held_out_found
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
@@ -225,7 +231,8 @@ def _epochs_run(summary: dict) -> str:
     return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 
-def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None) -> list:
+def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None,
+                 held_out: dict | None = None) -> list:
     one_epoch = summary["train_loss_improvement_pct"] is None  # one epoch measured: no first-to-last change
     rows = [("Train loss improvement",
              ("— (one epoch)" if summary["epochs"] == 1 else "— (one epoch measured)") if one_epoch else
@@ -249,6 +256,10 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
     if not evaluation:
         rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
+    if not evaluation and (d := (held_out or {}).get("loss_difference")):
+        rows.append(("Held-out target loss", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+                     f"{d['delta']:+.3f} ({100 * d['delta'] / d['means'][0]:+.1f} %), 95 % CI {d['ci95'][0]:+.3f}.."
+                     f"{d['ci95'][1]:+.3f}, {d['n']} {held_out['split']} rows, base model → tuned adapter, paired"))
     for b in baselines(evaluation) if evaluation and "tuned" in evaluation else []:
         d = b["vs"]["flexible"]
         rows.append((f"vs {b['what']} ({names.flexible})",
