@@ -82,6 +82,7 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     assert f"held-out replies (test rows, measured by loss): target loss {d['means'][0]:.3f} → " \
            f"{d['means'][1]:.3f}" in out
     assert f"| Held-out target loss | {d['means'][0]:.3f} → {d['means'][1]:.3f} |" in md
+    assert re.search(r"\| (less|more) likely \| test-\d \| Name a colour, please \(\w+\)\. \| \d+\.\d{3} \|", md)
     assert "## Held-out replies, by loss" in md and re.search(r"The fine-tune (made the replies in the held-out rows "
                                                               r"(less|more) likely|did not change)", md)
     assert "Answers not scored (data.target: of 4 test targets" in (run.adapter / "README.md").read_text()

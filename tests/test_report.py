@@ -415,6 +415,23 @@ def test_a_set_measured_by_loss_is_judged_by_its_paired_interval(shift, kind, ve
                                                   "1.500")
 
 
+def test_the_rows_whose_replies_moved_most_are_listed_each_way_largest_first(tmp_path):
+    from tunelab.report import extra
+    from tunelab.rundir import HeldOutLossDir
+    view = HeldOutLossDir(make_run(tmp_path / "r"))
+    change = {"a": 0.5, "b": -0.2, "c": 0.1, "d": 0.0, "e": -0.9, "f": 0.3, "g": 0.2}
+    view.write_jsonl(view.losses, [{"id": i, "model": model, "loss": 2.0 + (d if model == "tuned" else 0),
+                                    "tokens": 5, "question": f"Tell me about   {i}\n" + "x" * 200}
+                                   for model in ("base", "tuned") for i, d in change.items()])
+    (p, text), (t, headers, rows) = extra.movers(view)
+    assert [(r[0], r[1], r[5]) for r in rows] == [
+        ("less likely", "a", "+0.500"), ("less likely", "f", "+0.300"), ("less likely", "g", "+0.200"),
+        ("more likely", "e", "-0.900"), ("more likely", "b", "-0.200")]  # no rise or fall: not listed
+    assert rows[0][2].startswith("Tell me about a xxx") and len(rows[0][2]) == 90 and rows[0][3:5] == ("2.000", "2.500")
+    view.write_jsonl(view.losses, [{"id": "a", "model": "base", "loss": 1.0, "tokens": 5}])
+    assert extra.movers(view) == []  # the tuned adapter not measured yet
+
+
 def test_compare_pairs_runs_on_a_set_measured_by_loss_over_the_rows_both_measured(tmp_path):
     def measured(path, shift: float, source: str = "chats.jsonl", n: int = 20):
         folder = path / "eval" / "also" / "chat"

@@ -24,7 +24,7 @@ import time
 
 from tunelab import cost, distributed
 from tunelab.config import Recipe
-from tunelab.data import Example
+from tunelab.data import Example, question_text
 from tunelab.rundir import BEST_LOSS, ExtraSetDir
 from tunelab.stats import paired_loss_difference
 
@@ -67,7 +67,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
             base = net.unload() if folder else net  # the LoRA layers removed, nothing merged: the base model again
             log.info("%s on %s: target loss %.4f over %d rows", name, view.label, stats.loss, len(rows))
             if d.main:
-                _write_rows(view, kept, asked)
+                _write_rows(view, kept, asked, rows)
             progress.advance(1)
     summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world), "prompts": asked}
     if d.main:
@@ -113,9 +113,11 @@ def _kept(view: ExtraSetDir, ids: list[str], asked: str) -> dict[str, dict]:
             if sorted(rows) == sorted(ids) and "loss" in previous.get(name, {})}
 
 
-def _write_rows(view: ExtraSetDir, kept: dict[str, dict], asked: str) -> None:
-    """losses.jsonl, and the summary's per-model figures so far (what a killed eval keeps)."""
-    view.write_jsonl(view.losses, [{"id": i, "model": name, "loss": loss, "tokens": n}
+def _write_rows(view: ExtraSetDir, kept: dict[str, dict], asked: str, rows: list[Example]) -> None:
+    """losses.jsonl (each row's question, for the report's largest changes), and the summary's per-model figures so
+    far (what a killed eval keeps)."""
+    questions = {r.id: question_text(r) for r in rows}
+    view.write_jsonl(view.losses, [{"id": i, "model": name, "loss": loss, "tokens": n, "question": questions.get(i)}
                                    for name, m in kept.items() for i, (loss, n) in m["rows"].items()])
     partial = view.read_eval_summary() or {}
     view.write_json(view.eval_summary, {**partial, "prompts": asked, "losses": _figures(kept)})

@@ -16,6 +16,7 @@ from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
+from tunelab.report.render import clip
 from tunelab.rundir import ExtraSetDir, HeldOutLossDir, RunDir
 
 
@@ -63,13 +64,36 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
                   + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
                     "answers are right."),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
-              [(row[0], *row[3:])])], [loss_change(view.name, s)]
+              [(row[0], *row[3:])]), *movers(view)], [loss_change(view.name, s)]
+
+
+MOVERS = 3  # rows listed each way in a loss-measured set's largest changes
+
+
+def movers(view: ExtraSetDir) -> list:
+    """A set measured by loss: the rows whose reference reply the fine-tune made least and most likely (the largest
+    rises and falls of per-row target loss, tuned − base), as a table; nothing before both are measured."""
+    by: dict[str, dict] = {}
+    for r in view.read_jsonl(view.losses):
+        by.setdefault(r["id"], {"question": r.get("question")})[r["model"]] = r["loss"]
+    change = sorted(((m["tuned"] - m["base"], i) for i, m in by.items() if "base" in m and "tuned" in m),
+                    key=lambda t: -t[0])
+    picked = [("less likely", t) for t in change[:MOVERS] if t[0] > 0] + \
+             [("more likely", t) for t in change[::-1][:MOVERS] if t[0] < 0]
+    if not picked:
+        return []
+    rows = [(said, i, clip(" ".join((by[i]["question"] or "").split()), 90), f"{by[i]['base']:.3f}",
+             f"{by[i]['tuned']:.3f}", f"{d:+.3f}") for said, (d, i) in picked]
+    return [("p", f"The rows whose reference reply moved most in {view.name}: per-row target loss (mean over the "
+                  f"reply's tokens), tuned − base, the {MOVERS} largest rises and falls. A single row's change is "
+                  "noisy; the paired interval over all rows is the measured claim."),
+            ("table", ["reply made", "row", "prompt", "base loss", "tuned loss", "Δ"], rows)]
 
 
 def section(run: RunDir) -> tuple[list, list[Observation]]:
     """The report's "Other test sets" blocks (a table: each set's base, each scored epoch and tuned accuracy, the
     paired change) and each set's verdict by the rule the main accuracy is judged by."""
-    rows, by_loss, found = [], [], []
+    rows, by_loss, found, moved = [], [], [], []
     checked = (run.read_optional(run.data_checks) or {}).get("extra_sets", {})
     for view in run.extra_sets():
         s = view.read_eval_summary()
@@ -85,6 +109,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                                      "of the set's rows with the training rows (analysis/data_checks.json)"))
         if not d:
             by_loss.append(_loss_row(view.name, s))
+            moved += movers(view)
             found.append(loss_change(view.name, s))
             continue
         names = naming(s)
@@ -99,7 +124,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
         found.append(verdict)
-    blocks = _accuracy_blocks(rows) + _loss_blocks(by_loss)
+    blocks = _accuracy_blocks(rows) + _loss_blocks(by_loss) + moved
     return (blocks, found) if blocks else ([], [])
 
 

@@ -20,7 +20,7 @@ from tunelab.report import extra, mix
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, learning_curves
-from tunelab.report.render import html_page, markdown
+from tunelab.report.render import clip, html_page, markdown
 from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RunDir, counts_passes, open_run, stopped_early,
                             trained_and_planned)
 
@@ -427,11 +427,6 @@ def _shares(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in counts.items()) if total else "–"
 
 
-def _clip(answer: str | None, width: int = 60) -> str | None:
-    """An answer short enough for a heading (a rambling base model's first line can fill the screen)."""
-    return answer if answer is None or len(answer) <= width else answer[:width - 1] + "…"
-
-
 def _flips(run: RunDir, evaluation: dict) -> list:
     """Per compared pair: how many questions were gained and lost, a few of each with both completions, and
     per analysis cluster (when the analysis placed the questions) which problem types moved."""
@@ -449,8 +444,8 @@ def _flips(run: RunDir, evaluation: dict) -> list:
                 a, b = by[(f["from"], i)], by[(f["to"], i)]
                 blocks.append(("details", f"{verb} {i}: {a['question'][:100]}",
                                [("question", a["question"]), ("reference", str(a["reference"])),
-                                (f"{f['from']} (answer {_clip(a['flexible_answer'])})", a["completion"]),
-                                (f"{f['to']} (answer {_clip(b['flexible_answer'])})", b["completion"])]))
+                                (f"{f['from']} (answer {clip(a['flexible_answer'])})", a["completion"]),
+                                (f"{f['to']} (answer {clip(b['flexible_answer'])})", b["completion"])]))
         if clusters:
             per = {}
             for verb, ids in (("gained", gained), ("lost", lost)):
