@@ -93,6 +93,13 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     assert (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns == stamp
     assert main(["eval", str(run.path), "--set", "eval.scoring=none"]) == 2  # turned off: an error naming the key
     assert "eval.scoring: none" in capsys.readouterr().err
+    assert main(["check", *args[1:-2], "--show", "1"]) == 0  # said before anything runs
+    said = " ".join(capsys.readouterr().out.split())
+    assert "eval: answers not scored (data.target: of 4 test targets" in said
+    assert "scores them anyway)); the held-out replies' target loss is measured instead" in said
+    assert main(["check", *args[1:-2], "--show", "1", "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["eval_by_loss"] and checked["eval_examples"]["eval"]["by_loss"]
 
 
 def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_the_training_curve(tiny_model, tmp_path,

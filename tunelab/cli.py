@@ -477,7 +477,9 @@ def _print_checks(result: dict) -> None:
                   f"of the batch plan; {ln['recommendation']}")
     console.print(f"scoreable targets ({tg['train']['scoring']} scoring): "
                   + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
-    console.print(f"eval: {'skipped: ' + result['eval_skipped'] if result['eval_skipped'] else 'scores answers'}")
+    skipped = result["eval_skipped"]
+    console.print("eval: scores answers" if not skipped else f"eval: answers not scored ({skipped})"
+                  + ("; the held-out replies' target loss is measured instead" if result.get("eval_by_loss") else ""))
     if (b := result["boundary"])["rows"]:
         ex = b["example"]
         console.print(f"prompt/answer boundary: on {b['rows']} of {b['of']} training rows the prompt's last token "

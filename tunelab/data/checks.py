@@ -248,7 +248,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     from tunelab.train.batching import boundary_merges
     boundary = {"rows": 0, "of": 0} if cfg.data.chat_template else boundary_merges(train, tok)
     seconds["lengths"] = time.time() - clock
-    from tunelab.evaluate.stage import scoring_mode
+    from tunelab.evaluate.stage import by_loss, scoring_mode
     mode, skipped = scoring_mode(cfg, splits)
     counts = {split: {k: sum(1 for o in found if o["split"] == split and o["kind"] == k) for k in KINDS}
               for split in ("test", "validation")}
@@ -261,6 +261,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "train_duplicates": duplicates, "lengths": profile,
             "boundary": boundary,
             "targets": targets(splits, mode or "numeric"), "eval_skipped": skipped,
+            "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
 

@@ -224,7 +224,7 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         out[name] = {"source": recipe.eval.source or recipe.data.source, "split": _limited(recipe, rows)[0]}
         if reason:
             out[name]["skipped"] = reason
-            if name != "eval" and rows.test + rows.val:  # an eval.also set: measured by loss instead
+            if by_loss(recipe, rows) if name == "eval" else rows.test + rows.val:  # measured by loss instead
                 out[name]["by_loss"] = True
             continue
         questions = _questions(recipe, rows)[1][:n]
