@@ -101,6 +101,17 @@ def test_a_trained_run_lists_the_stages_left_and_a_command_that_resumes_it(tmp_p
     run.write_json(run.eval_skipped, {"reason": "data.target: prose"})  # eval skipped for its data: not left
     assert status.describe(run)["state"] == "trained 2 epochs; analyze left"
     assert status.describe(run)["accuracy"] == {"skipped": "data.target: prose"}
+    run.write_json(run.eval_skipped, {"reason": "data.target: prose", "by_loss": True})  # replies to measure by loss
+    assert status.describe(run)["state"] == "trained 2 epochs; eval, analyze left"
+    held_out = run.eval_dir / "loss"
+    held_out.mkdir(parents=True)
+    (held_out / "summary.json").write_text(json.dumps({
+        "scoring": "loss", "losses": {"base": {}, "tuned": {}},
+        "loss_difference": {"means": [2.0, 1.5], "delta": -0.5, "ci95": [-0.7, -0.3]}}))
+    d = status.describe(run)
+    assert d["state"] == "trained 2 epochs; analyze left"
+    assert d["accuracy"] == {"skipped": "data.target: prose", "loss": [2.0, 1.5], "loss_delta": -0.5,
+                             "loss_ci95": [-0.7, -0.3]}
 
 
 def test_an_eval_also_set_not_yet_scored_is_a_stage_left(tmp_path):

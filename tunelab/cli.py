@@ -754,9 +754,10 @@ def _print_losses(summary: dict, run, name: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
     from tunelab.report import extra
-    which = f"{name} ({summary['source']}, eval.also)" if name else f"{summary['split']} rows"
+    which = f"{name} ({summary['source']}, eval.also), {summary['n']} rows" if name else \
+        f"{summary['n']} {summary['split']} rows"
     table = Table("model", "target loss", "token accuracy", "seconds",
-                  title=f"{run.path} eval: {which}, {summary['n']} rows measured by loss ({summary['reason']})")
+                  title=f"{run.path} eval: {which} measured by loss ({summary['reason']})")
     for model, s in summary["losses"].items():
         table.add_row(model, f"{s['loss']:.4f}", f"{100 * s['token_accuracy']:.1f} %", f"{s['seconds']:.1f}")
     console = Console()

@@ -98,8 +98,9 @@ LAYOUT = {
                                         "stage ends); what a resumed eval skips"),
     "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "
                               "`source`), as eval/'s; a set whose answers no scoring mode suits: losses.jsonl (per "
-                              "row and model: target loss, tokens, the row's prompt) and a summary with `scoring: loss`, `losses` "
-                              "(per model), `loss_difference` (tuned − base, paired over rows), `epochs`, `cost`"),
+                              "row and model: target loss, tokens, the row's prompt) and a summary with `scoring: "
+                              "loss`, `losses` (per model), `loss_difference` (tuned − base, paired over rows), "
+                              "`epochs`, `cost`"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "
                                                  "train duplicates, length profile, scoreable targets, estimate"),
     "analysis/lengths.png": ("lengths_png", "histogram of tokens per row, train.max_length marked"),

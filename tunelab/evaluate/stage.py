@@ -75,10 +75,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     Raises:
         UserError: no adapter in the run dir, no held-out rows, no reference answers.
     """
-    if not adapter and only == "tuned":
-        raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
-    if adapter and only != "base":
-        run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
+    _require_adapter(run, only, adapter)
     splits = splits or load_splits(cfg.data, cfg.eval)
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
@@ -118,6 +115,18 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     return EvalResult(summary, predictions)
 
 
+def _require_adapter(run: RunDir, only: str | None, adapter: bool) -> None:
+    """The adapter an eval of the tuned model needs is there (`only` / `adapter` as for `evaluate`).
+
+    Raises:
+        UserError: --only tuned on a bare recipe, or a run directory without an adapter.
+    """
+    if not adapter and only == "tuned":
+        raise UserError("--only tuned: a bare recipe has no adapter; evaluate a run directory")
+    if adapter and only != "base":
+        run.require(run.adapter_config, "adapter: train first (tunelab train) or use --only base")
+
+
 def _keep_recipe(cfg: Recipe, run: RunDir) -> None:
     """A bare recipe's eval: its run dir gets the recipe's config.yaml (main process)."""
     if distributed.is_main_process() and not run.config.exists():
@@ -131,9 +140,14 @@ def held_out_loss(cfg: Recipe, run: RunDir, splits, reason: str, only: str | Non
     the run's adapters find the reference replies of the rows eval would score (the first `eval.limit` test rows, or
     validation rows without a test split), by target loss paired over rows (`losses.measure`), into eval/loss/;
     returns its summary, or None when there is nothing to measure (eval.scoring none, no held-out rows).
-    `only` / `adapter` as for `evaluate`."""
+    `only` / `adapter` as for `evaluate`.
+
+    Raises:
+        UserError: no adapter to measure (`_require_adapter`).
+    """
     if not by_loss(cfg, splits):
         return None
+    _require_adapter(run, only, adapter)
     if not adapter:
         _keep_recipe(cfg, run)
     summary = losses.measure(cfg, HeldOutLossDir(run.path), *_limited(cfg, splits), reason, only, adapter)

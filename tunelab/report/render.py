@@ -11,6 +11,7 @@ import base64
 import html
 from pathlib import Path
 
+
 def clip(text: str | None, width: int = 60) -> str | None:
     """A text short enough for a heading or a table cell (a rambling model's first line can fill the screen)."""
     return text if text is None or len(text) <= width else text[:width - 1] + "…"

@@ -73,14 +73,14 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
-    other_blocks, other_found = extra.section(run)
-    if other_blocks:
-        sections.append(("Other test sets", other_blocks))
-        found += other_found
     held_out, held_out_found = extra.held_out_section(run) if not evaluation else ([], [])
     if held_out:
         sections.append(("Held-out replies, by loss", held_out))
         found += held_out_found
+    other_blocks, other_found = extra.section(run)
+    if other_blocks:
+        sections.append(("Other test sets", other_blocks))
+        found += other_found
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
