@@ -199,6 +199,26 @@ def test_sharegpt_turns_are_read_as_the_same_conversation(tok, tmp_path):
     assert share.train[0].fields["_history"][0] == {"role": "system", "content": "Answer tersely."}
 
 
+def test_prompt_and_completion_fields_read_as_one_conversation(tok, tmp_path):
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask away."}]
+    rows = [_chat_row(f"What is {i} + {i}?", f"#### {2 * i}", "Answer tersely.", earlier) for i in range(6)]
+    split = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]  # TRL's conversational
+    whole = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "a.jsonl", rows)), messages="messages"))
+    parts = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "b.jsonl", split)), messages="prompt+completion"))
+    for a, b in zip(whole.train + whole.val, parts.train + parts.val, strict=True):
+        assert (a.prompt, a.target, a.fields["_history"]) == (b.prompt, b.target, b.fields["_history"])
+        assert encode([a], tok, chat=True) == encode([b], tok, chat=True)
+    asked, problem = chat.conversation({"prompt": rows[0]["messages"][:-1]}, "prompt+completion", open_end=True)
+    assert problem is None and asked["user"] == "What is 0 + 0?" and "assistant" not in asked  # generate's rows
+    assert chat.conversation({"prompt": []}, "prompt+completion")[1] == "missing field 'completion'"
+    with pytest.raises(UserError, match="data.messages: no field 'completion'; fields are: prompt"):
+        load_splits(DataConfig(source=str(write_jsonl(tmp_path / "c.jsonl", [{"prompt": rows[0]["messages"]}])),
+                               messages="prompt+completion"))
+
+
 @pytest.mark.parametrize("messages, problem", [
     ([{"role": "user", "content": "q"}], "the last turn is user, expected the assistant turn"),
     ([{"role": "assistant", "content": "a"}], "expected a user turn just before the last assistant turn"),

@@ -379,6 +379,25 @@ def test_trl_conversations_train_every_token_as_trl_does_and_what_differs_is_sai
     assert raw["train"]["completion_only"] is True
 
 
+def test_trl_conversational_prompt_completion_rows_train_the_completion_as_trl_does(tmp_path, tiny_model):
+    rows = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"hi {i}"},
+                        {"role": "assistant", "content": "hello"}, {"role": "user", "content": f"and {i} + 1?"}],
+             "completion": [{"role": "assistant", "content": f"{i + 1}."}]} for i in range(20)]
+    raw, notes = convert(_trl_config(tmp_path, tiny_model, write_jsonl(tmp_path / "pc.jsonl", rows)))
+    assert raw["data"]["messages"] == "prompt+completion" and raw["data"]["history_loss"] is False
+    assert raw["train"]["completion_only"] is True  # TRL's completion_only_loss default for prompt-completion rows
+    theirs = _trl_tokenized(tiny_model, rows)
+    ours = _ours(tmp_path, raw)
+    assert len(ours) == 20
+    for i, ids, labels in ours:
+        trl_ids, trl_labels = theirs[i]  # the same tokens and loss, but for the newline TRL trains after the reply
+        assert trl_ids[:-1] == ids and trl_labels[:-1] == labels and trl_labels[-1] == trl_ids[-1]
+        assert sum(label != -100 for label in labels) < len(ids) // 4  # the last reply alone, not the earlier turn
+    assert any("a completion of several turns is trained on its last assistant turn only" in n for n in notes)
+    raw, _ = convert(_trl_config(tmp_path, tiny_model, tmp_path / "pc.jsonl", "completion_only_loss: false\n"))
+    assert raw["train"]["completion_only"] is False
+
+
 def test_a_trl_config_that_would_train_differently_is_refused(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "rows.jsonl", [{"question": "q", "answer": "a"}] * 4)
     with pytest.raises(UserError, match=r"its rows have \['answer', 'question'\]; TRL reads `messages`"):

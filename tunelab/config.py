@@ -89,9 +89,11 @@ class DataConfig(Section):
                                 "(target) with the tokenizer's chat template, for instruct models; eval prompts "
                                 "and few-shot shots the same way")
     messages: str | None = Field(None, description="field holding a conversation (a list of {role, content} turns, "
-                                 "or ShareGPT's {from, value} with from human / gpt / system): "
-                                 "its last assistant turn is the target, the turns before it the prompt; implies "
-                                 "chat_template, and template / target default to {user} / {assistant}")
+                                 "or ShareGPT's {from, value} with from human / gpt / system), or fields joined by "
+                                 "+ whose turns follow one another (TRL's conversational prompt / completion rows: "
+                                 "prompt+completion): its last assistant turn is the target, the turns before it the "
+                                 "prompt; implies chat_template, and template / target default to {user} / "
+                                 "{assistant}")
     system_prompt: str | None = Field(None, description="with chat_template: a system turn written before every row "
                                       "(conversation rows that have one keep their own)")
     history_loss: bool = Field(True, description="conversations (data.messages): also train on the assistant turns "

@@ -1,8 +1,8 @@
 """A TRL `trl sft --config` YAML (ModelConfig, ScriptArguments and SFTConfig keys, use_peft) as a tunelab recipe:
-its model, its dataset by the format TRL sees in its rows (conversational `messages`, `prompt` / `completion`, or
-text), the loss TRL takes on that format, LoRA and training keys. TRL's defaults that differ from tunelab's are
-written out (lr 2e-5, linear schedule, no warmup, max_length 1024, seed 42, gradient checkpointing on; LoRA r 16,
-alpha 32, dropout 0.05 on PEFT's default modules for the architecture).
+its model, its dataset by the format TRL sees in its rows (conversational `messages`, `prompt` / `completion` as
+texts or as conversational turns, or text), the loss TRL takes on that format, LoRA and training keys. TRL's
+defaults that differ from tunelab's are written out (lr 2e-5, linear schedule, no warmup, max_length 1024, seed 42,
+gradient checkpointing on; LoRA r 16, alpha 32, dropout 0.05 on PEFT's default modules for the architecture).
 
 Run as: tunelab convert sft_config.yaml -o recipe.yaml
 """
@@ -89,9 +89,8 @@ def _data(path: str, left: dict) -> dict:
         return {**out, "messages": "messages", "chat_template": True}
     if isinstance(fields.get("prompt"), str) and isinstance(fields.get("completion"), str):
         return {**out, "template": "{prompt}", "target": "{completion}"}
-    if "prompt" in fields:
-        raise UserError(f"{path}: dataset_name: {source}: conversational prompt / completion rows are not converted "
-                        "(a `messages` column is)")
+    if isinstance(fields.get("prompt"), list) and isinstance(fields.get("completion"), list):  # conversational
+        return {**out, "messages": "prompt+completion", "chat_template": True, "history_loss": False}
     if isinstance(fields.get(text), str):  # language modeling: the whole text trained
         return {**out, "template": "", "target": "{" + text + "}"}
     raise UserError(f"{path}: dataset_name: {source}: its rows have {sorted(fields)}; TRL reads `messages`, "
@@ -141,7 +140,12 @@ def _train(path: str, left: dict, data: dict, notes: list[str]) -> dict:
              "packing": bool(left.pop("packing", False))}
     data["seed"] = train["seed"]
     completion_only, assistant_only = left.pop("completion_only_loss", None), left.pop("assistant_only_loss", False)
-    if data.get("messages"):  # TRL trains every token of a conversation unless assistant_only_loss
+    if data.get("messages") == "prompt+completion":  # the completion's turns, unless completion_only_loss: false
+        train["completion_only"] = completion_only is not False or bool(assistant_only)
+        notes.append("chat template: differs: TRL also trains what the template writes after the completion "
+                     "(ChatML's newline after <|im_end|>); tunelab ends the row at the end-of-turn marker; a "
+                     "completion of several turns is trained on its last assistant turn only")
+    elif data.get("messages"):  # TRL trains every token of a conversation unless assistant_only_loss
         train["completion_only"] = bool(assistant_only)
         if not assistant_only:
             notes.append("chat template: differs: TRL also trains what the template writes after the last reply "

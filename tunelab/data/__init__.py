@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from tunelab.config import DataConfig, EvalConfig, formatted, mixed, own_format
-from tunelab.data.chat import HISTORY, conversation, with_system
+from tunelab.data.chat import HISTORY, conversation, conversation_fields, with_system
 from tunelab.data.sources import Row, read_source, short_name
 from tunelab.errors import UserError
 
@@ -237,8 +237,9 @@ def _check_placeholders(cfg: DataConfig, rows, needed: list[str], where: str = "
     scored without categories, a mixed source without them); `section`: where the templates are set (a data.mix
     entry's own)."""
     fields = sorted({k for r in rows[:100] for k in r.fields})
-    if cfg.messages and rows and cfg.messages not in fields:
-        raise UserError(f"{where}{section}.messages: no field {cfg.messages!r}; fields are: {', '.join(fields)}")
+    for name in conversation_fields(cfg.messages) if cfg.messages and rows else []:
+        if name not in fields:
+            raise UserError(f"{where}{section}.messages: no field {name!r}; fields are: {', '.join(fields)}")
     fields = sorted(set(fields) | ({"user", "assistant"} if cfg.messages else set()))  # what a conversation adds
     unknown = [n for n in needed if n not in fields]
     if unknown and rows:

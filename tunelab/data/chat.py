@@ -10,7 +10,8 @@ assistant header; the few-shot baseline puts its shots in as earlier turns (lm-e
     prompt, reply = chat.exchange(tok, example.prompt, example.target)    # reply: "{a}<|im_end|>"
 
 Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them, or
-ShareGPT's {from, value} turns, from human / gpt / system):
+ShareGPT's {from, value} turns, from human / gpt / system; `prompt+completion`, TRL's conversational prompt /
+completion rows, reads the turns of both fields one after the other):
 `conversation` makes the last assistant turn the row's `{assistant}` field, the user turn before it `{user}`, and
 keeps the turns before that (a system prompt, earlier exchanges) as the row's history, written before the user
 turn every time the row is formatted. Every assistant turn carries loss (`data.history_loss`; `reply_spans` finds
@@ -38,17 +39,28 @@ def require(tok, key: str = "data.chat_template") -> None:
                         "tokenizer")
 
 
+def conversation_fields(key: str) -> list[str]:
+    """The fields `data.messages` names: one, or several joined by + whose turns follow one another (TRL's
+    conversational prompt / completion rows: `prompt+completion`)."""
+    return [part.strip() for part in key.split("+")]
+
+
 def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict | None, str | None]:
     """A conversation row's fields with `user`, `assistant` and its history added, or (None, the problem).
     `open_end` (tunelab generate): the conversation may also end with its user turn, the prompt to answer; it then
-    has no `assistant` field."""
-    turns = fields.get(key)
-    if turns is None:
-        return None, f"missing field {key!r}"
-    turns = _plain_turns(turns)
-    if turns is None:
-        return None, (f"field {key!r}: expected a list of {{role, content}} turns, role one of {', '.join(ROLES)} "
-                      f"(or ShareGPT's {{from, value}} turns, from {' / '.join(SHAREGPT_ROLES)} or a role)")
+    has no `assistant` field (nor the fields after the first of a `prompt+completion` key)."""
+    turns = []
+    for i, name in enumerate(conversation_fields(key)):
+        if fields.get(name) is None and open_end and i:
+            continue
+        if fields.get(name) is None:
+            return None, f"missing field {name!r}"
+        part = _plain_turns(fields[name])
+        if part is None:
+            return None, (f"field {name!r}: expected a list of {{role, content}} turns, role one of "
+                          f"{', '.join(ROLES)} (or ShareGPT's {{from, value}} turns, from "
+                          f"{' / '.join(SHAREGPT_ROLES)} or a role)")
+        turns += part
     answered = bool(turns) and turns[-1]["role"] == "assistant"
     if not answered and not (open_end and turns and turns[-1]["role"] == "user"):
         last = turns[-1]["role"] if turns else "nothing"

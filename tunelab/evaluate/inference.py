@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tunelab.config import Recipe
 from tunelab.data import Example, needed_fields, question_text, to_example
+from tunelab.data.chat import conversation_fields
 from tunelab.data.sources import FILE_KINDS, Row, read_source
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
@@ -67,7 +68,7 @@ def from_texts(cfg: Recipe, texts: list[str], raw: bool = False) -> list[Example
     """Each text as a row: the template's one field (or, `raw`, the prompt as it is)."""
     if raw:
         return [Example(f"text-{i + 1}", text, "", {}) for i, text in enumerate(texts)]
-    field, turns = text_field(cfg), cfg.data.messages
+    field, turns = text_field(cfg), cfg.data.messages and conversation_fields(cfg.data.messages)[0]
 
     def row(text: str) -> dict:  # a conversation run's text is a conversation of one user turn
         return {turns: [{"role": "user", "content": text}]} if turns else {field: text}
