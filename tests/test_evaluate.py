@@ -608,6 +608,50 @@ def test_the_chat_baseline_is_the_base_model_asked_through_its_chat_template(two
                                                                                       for p in asked)))
 
 
+def test_the_chat_baseline_of_a_set_measured_by_loss_asks_each_prompt_as_a_user_turn(two_epoch_run, tmp_path):
+    """eval.chat_baseline on a set measured by loss: the base model's target loss with each prompt as the user turn of
+    its chat template (transformers' loss on tokens built here from apply_chat_template), paired with the tuned
+    adapter's."""
+    import shutil
+    from conftest import write_jsonl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.config import also_recipe
+    from tunelab.data import load_splits
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.rundir import ExtraSetDir
+    from tunelab.stats import paired_loss_difference
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe the number {i}.", "a": f"The number {i} is whole, "
+                                                    f"and it comes after {i - 1} when counting."} for i in range(4)])
+    raw = cfg.model_dump(mode="json")
+    raw["eval"].update(fewshot=0, chat_baseline=True,
+                       also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
+    cfg = validate(raw, "tiny2")
+    ((_, result),) = evaluate_extra(cfg, run)
+    s = result.summary
+    assert list(s["losses"]) == ["base", "base-chat", "epoch-1", "tuned"]
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name)
+    total = tokens = 0
+    extra = also_recipe(cfg, cfg.eval.also[0])
+    for r in load_splits(extra.data, extra.eval).test:
+        turn = [{"role": "user", "content": r.prompt.strip()}]  # "Describe the number 1." without its newline
+        head = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        reply = tok.apply_chat_template(turn + [{"role": "assistant", "content": r.target}], tokenize=False)
+        asked = tok(head, add_special_tokens=False)["input_ids"]
+        said = tok(reply[len(head):].rstrip(), add_special_tokens=False)["input_ids"]  # the reply and <|im_end|>
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([asked + said]), labels=torch.tensor([[-100] * len(asked) + said]))
+        total, tokens = total + out.loss.item() * len(said), tokens + len(said)  # every reply token is predicted
+    assert s["losses"]["base-chat"]["loss"] == pytest.approx(total / tokens, rel=1e-4)
+    per_row = {}
+    for r in ExtraSetDir(run.path, "prose").read_jsonl(ExtraSetDir(run.path, "prose").losses):
+        per_row.setdefault(r["model"], {})[r["id"]] = (r["loss"], r["tokens"])
+    assert s["chat_baseline"] == paired_loss_difference(per_row["base-chat"], per_row["tuned"])
+
+
 def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, monkeypatch, tmp_path):
     """An eval.also set of prose replies: the base model's, each epoch adapter's and the final adapter's target loss
     on its rows (the loss transformers computes on the same tokens), paired tuned − base, into eval/also/<name>/;

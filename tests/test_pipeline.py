@@ -74,6 +74,11 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
                            run.read_recipe().eval.max_new_tokens, stops=[[]])
     assert samples[0]["base"] == alone.completion  # the base model's greedy answer, to EOS or the budget
     assert "## Sample answers (not scored)" in md and f"Not scored ({reason}" in md
+    _held_out_replies_are_measured_by_loss(run, out, md, args, capsys)
+
+
+def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args: list[str], capsys) -> None:
+    """The prose run's held-out replies: measured by target loss, reported, kept by a later eval, said by check."""
     held_out = run.read_json(run.eval_dir / "loss" / "summary.json")  # the replies measured by loss instead
     assert held_out["split"] == "test" and held_out["n"] == 4 and set(held_out["losses"]) == {"base", "tuned"}
     d = held_out["loss_difference"]
@@ -112,10 +117,19 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={source}",
             "--set", "data.template={q}\n", "--set", "data.target={a}", "--set", "data.label_field=null",
             "--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "eval.samples=0",
-            "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "v")]
+            "--set", "eval.chat_baseline=true", "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "v")]
     assert main(args) == 0
     run = RunDir(tmp_path / "v")
     held_out = run.read_json(run.eval_dir / "loss" / "summary.json")
+    chatted = held_out["chat_baseline"]  # the prompting baseline, by loss: each prompt asked as a chat turn
+    assert chatted["means"][0] == pytest.approx(held_out["losses"]["base-chat"]["loss"], abs=1e-3)
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"vs the base model asked through its chat template {chatted['means'][0]:.3f}: " \
+           f"{chatted['delta']:+.3f}" in said
+    md = run.report_md.read_text()
+    assert f"| vs the base model asked through its chat template (target loss) | {chatted['means'][0]:.3f} → " in md
+    assert re.search(r"(The fine-tune made the replies in the held-out rows more likely than simply asking|Simply "
+                     r"asking the base model|The fine-tune and simply asking)", md)
     epochs = run.read_epochs()
     val = {e["id"] for e in run.read_examples() if e["split"] == "val"}
     assert held_out["split"] == "validation" and held_out["n"] == len(val)

@@ -273,7 +273,8 @@ class EvalConfig(Section):
                                 "(the rendered data.template as the user turn, zero-shot: lm-eval's "
                                 "--apply_chat_template), what simply asking an instruct model gets; with eval.fewshot "
                                 "also N-shot, the shots as earlier turns (--fewshot_as_multiturn); for runs whose "
-                                "prompts are plain text (with data.chat_template the base passes are already that)")
+                                "prompts are plain text (with data.chat_template the base passes are already that); "
+                                "a set measured by loss gets the base model's target loss asked that way")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "answered by the base model and the tuned adapter, shown in the report side by side, not "
                          "scored (0 = none)")

@@ -67,10 +67,10 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     unscoreable = evaluate.unscoreable(cfg, splits)
     if not unscoreable:
         evaluate.shot_pool(cfg, splits)  # too few few-shot shots is said now, not after training
-        if cfg.eval.chat_baseline:  # and a tokenizer without a chat template
-            from tunelab.data import chat
-            from tunelab.models import load_tokenizer
-            chat.require(load_tokenizer(cfg.model), "eval.chat_baseline")
+    if cfg.eval.chat_baseline and evaluate.by_loss(cfg, splits):  # and a tokenizer without a chat template
+        from tunelab.data import chat
+        from tunelab.models import load_tokenizer
+        chat.require(load_tokenizer(cfg.model), "eval.chat_baseline")
     evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
         log.warning("eval: answers will not be scored: %s; %sthe report gives losses, token accuracy, analysis and "

@@ -25,6 +25,7 @@ import time
 from tunelab import cost, distributed
 from tunelab.config import Recipe
 from tunelab.data import Example, question_text
+from tunelab.evaluate.summary import CHAT_BASELINE
 from tunelab.rundir import BEST_LOSS, ExtraSetDir
 from tunelab.stats import paired_loss_difference
 
@@ -49,18 +50,20 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     tune_for(device)
     d = distributed.setup(device.type)
     tok = load_tokenizer(cfg.model)
-    items, _ = tokenize_with(cfg, rows, tok)
     asked = _asked(cfg, rows)
     kept = _kept(view, [r.id for r in rows], asked)
     models = [m for m in _models(cfg, view, only, adapter) if m[0] not in kept]
+    written = {False: tokenize_with(cfg, rows, tok)[0]}  # as trained; True: as the chat baseline asks
+    if any(name == CHAT_BASELINE for name, _ in models):
+        written[True] = _as_chat(cfg, rows, tok)
     base = load_model(cfg.model, device) if models else None
     micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
     with bar(f"{view.label}: loss passes", total=len(models)) as progress:
         for name, folder in models:
             net = PeftModel.from_pretrained(base, str(folder)) if folder else base
             t0 = time.time()
-            stats, logged = loss_pass(SupervisedLM(net).eval(), items, rows, "test", 0, cfg.train.batch_size,
-                                      tok.pad_token_id, micro, device, d)
+            stats, logged = loss_pass(SupervisedLM(net).eval(), written[name == CHAT_BASELINE], rows, "test", 0,
+                                      cfg.train.batch_size, tok.pad_token_id, micro, device, d)
             kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
                           "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
@@ -75,6 +78,21 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     return summary
 
 
+def _as_chat(cfg: Recipe, rows: list[Example], tok) -> list:
+    """The rows as `eval.chat_baseline` asks them: each rendered prompt (stripped: a turn ends where its text does)
+    as the user turn of the tokenizer's chat template, the reply as the assistant turn; tokenized for a loss pass.
+
+    Raises:
+        UserError: the tokenizer has no chat template.
+    """
+    from dataclasses import replace
+    from tunelab.data import chat
+    from tunelab.train.batching import tokenize_with
+    chat.require(tok, "eval.chat_baseline")
+    chatted = cfg.model_copy(update={"data": cfg.data.model_copy(update={"chat_template": True})})
+    return tokenize_with(chatted, [replace(r, prompt=r.prompt.strip()) for r in rows], tok)[0]
+
+
 def _asked(cfg: Recipe, rows: list[Example]) -> str:
     """What identifies the rows as measured: their prompts (`stage.prompts_digest`) and their targets."""
     from tunelab.evaluate.stage import prompts_digest
@@ -83,10 +101,13 @@ def _asked(cfg: Recipe, rows: list[Example]) -> str:
 
 
 def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool) -> list[tuple[str, object]]:
-    """(name, adapter folder or None) of each model to measure, in eval's order: base, each kept epoch's adapter
-    and adapters/best-loss (eval.epochs all), the final adapter."""
+    """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model asked through
+    its chat template (eval.chat_baseline, for rows not trained in it), each kept epoch's adapter and
+    adapters/best-loss (eval.epochs all), the final adapter."""
     from tunelab.evaluate.stage import epochs_to_score
     out = [("base", None)] if only in (None, "base") else []
+    if out and cfg.eval.chat_baseline and not cfg.data.chat_template:
+        out.append((CHAT_BASELINE, None))
     if adapter and only in (None, "tuned"):
         last = view.trained_epochs(cfg)
         if epochs_to_score(cfg, last) == "all":
@@ -129,16 +150,18 @@ def _figures(kept: dict[str, dict]) -> dict[str, dict]:
 
 def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, kept: dict[str, dict], device,
              world: int) -> dict:
-    """The set's eval summary: each model's loss, the tuned − base paired difference, the loss per epoch, and the
-    cost of the passes run."""
+    """The set's eval summary: each model's loss, the tuned − base paired difference (and tuned − base-chat, the
+    chat baseline), the loss per epoch, and the cost of the passes run."""
     from tunelab.evaluate.stage import written_format
-    order = ["base", *sorted((k for k in kept if k.startswith("epoch-")), key=lambda k: int(k.split("-")[1])),
-             BEST_LOSS, "tuned"]
+    order = ["base", CHAT_BASELINE, *sorted((k for k in kept if k.startswith("epoch-")),
+                                            key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
     kept = {k: kept[k] for k in order if k in kept}
     out = {"scoring": LOSS, "reason": reason, "split": split, "source": cfg.eval.source, **written_format(cfg), "n": n,
            "losses": _figures(kept)}
     if "base" in kept and "tuned" in kept:
         out["loss_difference"] = paired_loss_difference(kept["base"]["rows"], kept["tuned"]["rows"])
+    if CHAT_BASELINE in kept and "tuned" in kept:  # the fine-tune against simply asking the instruct model
+        out["chat_baseline"] = paired_loss_difference(kept[CHAT_BASELINE]["rows"], kept["tuned"]["rows"])
     last = view.trained_epochs(cfg)
     out["epochs"] = [{"epoch": int(k.split("-")[1]) if k != "tuned" else last, "model": k, "loss": kept[k]["loss"]}
                      for k in kept if k.startswith("epoch-") or k == "tuned"]

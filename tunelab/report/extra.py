@@ -44,7 +44,13 @@ def held_out_line(summary: dict | None) -> str | None:
     """One console line for a run whose held-out answers no scoring mode suits: their reference replies' target loss,
     base → tuned, paired (eval/loss/); None before both are measured."""
     d = (summary or {}).get("loss_difference")
-    return f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}" if d else None
+    if not d:
+        return None
+    chatted = summary.get("chat_baseline")
+    return (f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}"
+            + (f"; vs the base model asked through its chat template {chatted['means'][0]:.3f}: "
+               f"{chatted['delta']:+.3f} (95 % CI {chatted['ci95'][0]:+.3f}..{chatted['ci95'][1]:+.3f})"
+               if chatted else ""))
 
 
 def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -64,7 +70,18 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
                   + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
                     "answers are right."),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
-              [(row[0], *row[3:])]), *movers(view)], [loss_change(view.name, s)]
+              [(row[0], *row[3:])]), *_chat_baseline_blocks(s), *movers(view)], \
+        [o for o in (loss_change(view.name, s), chat_baseline_change(view.name, s)) if o]
+
+
+def _chat_baseline_blocks(s: dict) -> list:
+    """A sentence on the chat baseline's target loss (eval.chat_baseline), when it was measured."""
+    d = s.get("chat_baseline")
+    if not d:
+        return []
+    return [("p", f"The base model asked through its chat template instead (each prompt as the user turn, the reply "
+                  f"as the assistant turn: eval.chat_baseline): target loss {d['means'][0]:.3f}; tuned − that "
+                  f"{d['delta']:+.3f} (95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}).")]
 
 
 MOVERS = 3  # rows listed each way in a loss-measured set's largest changes
@@ -110,7 +127,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         if not d:
             by_loss.append(_loss_row(view.name, s))
             moved += movers(view)
-            found.append(loss_change(view.name, s))
+            found += [o for o in (loss_change(view.name, s), chat_baseline_change(view.name, s)) if o]
             continue
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
@@ -236,6 +253,27 @@ def held_out_compare(runs: list[RunDir], names: list[str]) -> list:
                   "excludes 0."),
             ("table", ["rows", *names], [(HeldOutLossDir(runs[0].path).read_eval_summary()["split"], *cells)]),
             ("obs", found)]
+
+
+def chat_baseline_change(name: str, s: dict) -> Observation | None:
+    """A set measured by loss with `eval.chat_baseline`: did the fine-tune make its replies more likely than simply
+    asking the base model through its chat template, beyond noise? None without that baseline."""
+    d = s.get("chat_baseline")
+    if not d:
+        return None
+    lo, hi = d["ci95"]
+    numbers = (f"target loss {d['means'][0]:.3f} asked through the chat template → {d['means'][1]:.3f} tuned "
+               f"({d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, {d['n']} rows)")
+    kind, verdict = {-1: ("good", f"The fine-tune made the replies in {name} more likely than simply asking the base "
+                                  "model through its chat template, beyond noise"),
+                     1: ("watch", f"Simply asking the base model through its chat template made the replies in {name} "
+                                  "more likely than the fine-tune did, beyond noise"),
+                     0: ("info", f"The fine-tune and simply asking the base model through its chat template made the "
+                                 f"replies in {name} about as likely (no difference beyond noise)")}[
+        rules.sign_of(d["ci95"])]
+    return Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of the "
+                       "token-weighted target loss, tuned adapter − base model asked through its chat template "
+                       "(eval.chat_baseline); beyond noise = CI excludes 0")
 
 
 def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
