@@ -98,6 +98,9 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
     assert (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns == stamp
     assert main(["eval", str(run.path), "--set", "eval.scoring=none"]) == 2  # turned off: an error naming the key
     assert "eval.scoring: none" in capsys.readouterr().err
+    assert main(["export", str(run.path), str(run.path.parent / "best"), "--epoch", "best"]) == 2
+    assert "answers are not scored (data.target: of 4 test targets" in capsys.readouterr().err  # best-loss instead
+    assert not (run.path.parent / "best").exists()
     assert main(["check", *args[1:-2], "--show", "1"]) == 0  # said before anything runs
     said = " ".join(capsys.readouterr().out.split())
     assert "eval: answers not scored (data.target: of 4 test targets" in said

@@ -78,6 +78,10 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | str | None:
         number = _lowest_adapter(run)
     elif epoch == "best":
         best = (run.read_eval_summary() or {}).get("best_epoch")
+        skipped = run.read_optional(run.eval_skipped)
+        if not best and skipped and not run.eval_summary.exists():
+            raise UserError(f"--epoch best: {run.path}'s answers are not scored ({skipped['reason']}), so no epoch is "
+                            "best by accuracy; --epoch best-loss takes the lowest validation loss")
         if not best:
             raise UserError(f"--epoch best: {run.path} has no best epoch yet (eval/summary.json names it): "
                             f"tunelab eval {run.path} scores every kept epoch's adapter")
