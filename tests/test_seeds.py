@@ -57,6 +57,30 @@ def test_compare_gives_each_recipes_spread_over_seeds_and_tests_recipes_against_
     assert "train.lr=0.001: none of the 3 pairs of repeats differs beyond the paired interval" in seeds
 
 
+def test_runs_measured_by_loss_are_judged_over_seeds_by_their_held_out_target_loss(tmp_path):
+    plan = [("1e-3", 0, 0.90), ("1e-3", 1, 0.92), ("1e-3", 2, 0.91), ("3e-3", 0, 0.80), ("3e-3", 1, 0.81),
+            ("3e-3", 2, 0.79)]
+    runs = []
+    for lr, seed, held_out in plan:
+        run = RunDir(make_run(tmp_path / f"lr{lr}-s{seed}", val=(2.31, 1.62, 1.5)))
+        run.config.write_text(to_yaml(load_recipe("quickstart", ["train.epochs=2", f"train.lr={lr}",
+                                                                 f"train.seed={seed}"])))
+        run.eval_summary.unlink()  # answers no scoring mode suits: the replies measured by loss instead
+        run.write_json(run.eval_skipped, {"reason": "data.target: prose", "by_loss": True})
+        run.write_json(run.eval_dir / "loss" / "summary.json",
+                       {"scoring": "loss", "losses": {"base": {"loss": 1.6}, "tuned": {"loss": held_out}}})
+        runs.append(run)
+    compare(runs, tmp_path / "out")
+    seeds = section((tmp_path / "out" / "compare.md").read_text(), "Seeds")
+    first, later = [v for lr, _, v in plan if lr == "1e-3"], [v for lr, _, v in plan if lr == "3e-3"]
+    assert (f"| {statistics.mean(first):.4f} ± {statistics.stdev(first):.4f} ({min(first):.4f}..{max(first):.4f}, "
+            "3 seeds) |") in seeds and "held-out target loss" in seeds
+    t = ttest_ind(later, first, equal_var=False)
+    assert t.confidence_interval(0.95).high < 0  # lower loss: better, beyond seed noise
+    assert (f"train.lr=0.003 beat train.lr=0.001 beyond seed noise: held-out target loss "
+            f"{statistics.mean(later) - statistics.mean(first):+.4f}") in seeds
+
+
 def test_repeats_that_differ_beyond_the_paired_interval_are_flagged_as_training_noise(tmp_path, capsys):
     runs = [seeded_run(tmp_path / "s0", "1e-3", 0, 10, 1.5), seeded_run(tmp_path / "s1", "1e-3", 1, 30, 1.4),
             seeded_run(tmp_path / "other", "3e-3", 0, 25, 1.45)]  # a recipe run once: its spread has 1 seed

@@ -20,20 +20,25 @@ from statistics import mean, stdev
 
 from tunelab.report.compare import flat_recipe, tuned_flags
 from tunelab.report.observations import Observation, sign_of
-from tunelab.rundir import RunDir
+from tunelab.rundir import HeldOutLossDir, RunDir
 from tunelab.stats import paired_difference, welch_difference
 
 SEED_KEYS = ("train.seed", "data.seed")
+LOSSES = ("final validation loss", "held-out target loss")  # figures where lower is better, to 4 decimals
 
 
 def _figures(run: RunDir) -> dict[str, float]:
-    """The figures compared across seeds: final validation loss and (once scored) tuned accuracy in percent."""
+    """The figures compared across seeds: final validation loss and (once scored) tuned accuracy in percent, or the
+    tuned adapter's held-out target loss when the answers are measured by loss instead."""
     summary, evaluation = run.read_summary() or {}, run.read_eval_summary() or {}
+    held_out = (HeldOutLossDir(run.path).read_eval_summary() or {}).get("losses", {})
     out = {}
     if summary.get("final_val_loss") is not None:
         out["final validation loss"] = summary["final_val_loss"]
     if "tuned" in evaluation:
         out["tuned accuracy"] = 100 * evaluation["tuned"]["flexible_accuracy"]
+    elif "tuned" in held_out:
+        out["held-out target loss"] = held_out["tuned"]["loss"]
     return out
 
 
@@ -92,11 +97,11 @@ def seed_blocks(runs: list[RunDir], names: list[str]) -> list:
 
 def _fmt(value: float, figure: str, sign: str = "") -> str:
     """A loss to 4 decimals; an accuracy (or a difference of accuracies: `sign` "+") to 0.1 point."""
-    return format(value, f"{sign}.4f") if figure == "final validation loss" else format(value, f"{sign}.1f")
+    return format(value, f"{sign}.4f") if figure in LOSSES else format(value, f"{sign}.1f")
 
 
 def _unit(figure: str, difference: bool = False) -> str:
-    return "" if figure == "final validation loss" else (" pts" if difference else " %")
+    return "" if figure in LOSSES else (" pts" if difference else " %")
 
 
 def _spread(xs: list[float], figure: str) -> str:
@@ -113,9 +118,9 @@ def _difference(d: dict, figure: str) -> str:
 
 
 def _versus(first: str, label: str, tests: dict[str, dict | None]) -> Observation | None:
-    """Did recipe `label` move the headline figure (tuned accuracy, else validation loss) beyond seed noise?
-    `tests`: the Welch difference of each figure (None where neither recipe varied)."""
-    figure = "tuned accuracy" if "tuned accuracy" in tests else "final validation loss"
+    """Did recipe `label` move the headline figure (tuned accuracy, else the held-out target loss, else validation
+    loss) beyond seed noise? `tests`: the Welch difference of each figure (None where neither recipe varied)."""
+    figure = next((f for f in ("tuned accuracy", "held-out target loss") if f in tests), "final validation loss")
     if figure not in tests:
         return None
     d = tests[figure]
@@ -124,7 +129,7 @@ def _versus(first: str, label: str, tests: dict[str, dict | None]) -> Observatio
     if d is None:
         return Observation("info", f"{label} vs {first}: the {figure} did not vary across seeds in either recipe, "
                                    "so there is no seed noise to judge against.", rule)
-    better = sign_of(d["ci95"]) * (-1 if figure == "final validation loss" else 1)
+    better = sign_of(d["ci95"]) * (-1 if figure in LOSSES else 1)
     numbers = f"{figure} {_difference(d, figure)} on the means of {d['n_b']} and {d['n_a']} seeds"
     kind, verdict = {1: ("good", f"{label} beat {first} beyond seed noise"),
                      -1: ("watch", f"{label} did worse than {first} beyond seed noise"),
