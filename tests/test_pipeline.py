@@ -92,6 +92,14 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
                                                               r"(less|more) likely|did not change)", md)
     assert "Answers not scored (data.target: of 4 test targets" in (run.adapter / "README.md").read_text()
     assert run.eval_cost()["device_hours"] == held_out["cost"]["device_hours"] > 0  # the loss passes, priced
+    clusters = [c for c in run.read_json(run.clusters) if c.get("held_out_rows")]  # each row by nearest centroid
+    assert sum(c["held_out_rows"] for c in clusters) == 4 and "| held-out rows | held-out loss base → tuned |" in md
+    joined = run.read_json(run.eval_clusters)
+    rows = [r for r in run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl") if r["model"] == "tuned"]
+    for c in clusters:  # each cluster's figure: its rows' token-weighted loss
+        mine = [r for r in rows if joined[r["id"]] == c["cluster"]]
+        assert c["tuned_held_out_loss"] == pytest.approx(sum(r["loss"] * r["tokens"] for r in mine) /
+                                                         sum(r["tokens"] for r in mine), abs=1e-4)
     stamp = (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns
     assert main(["eval", str(run.path)]) == 0  # asked for by name: measured by loss, what was measured kept
     assert f"target loss {d['means'][0]:.3f} → {d['means'][1]:.3f}" in " ".join(capsys.readouterr().out.split())

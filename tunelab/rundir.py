@@ -112,10 +112,12 @@ LAYOUT = {
     "analysis/umap.png": ("umap", "UMAP of the embeddings coloured by KMeans cluster, outliers circled"),
     "analysis/map.html": ("map_html", "the same map, interactive and offline (hover shows the question)"),
     "analysis/clusters.json": ("clusters", "per cluster: c-TF-IDF name, size, examples, mean loss, base/tuned "
-                                           "accuracy"),
+                                           "accuracy (or, answers measured by loss, its held-out rows and their "
+                                           "base/tuned target loss)"),
     "analysis/outliers.json": ("outliers", "the most isolated / highest-loss rows, with why"),
-    "analysis/eval_clusters.json": ("eval_clusters", "each scored question's cluster (nearest centroid), for "
-                                                     "per-cluster accuracy and flips"),
+    "analysis/eval_clusters.json": ("eval_clusters", "each scored question's (or held-out row's, measured by "
+                                                     "loss) cluster (nearest centroid), for per-cluster accuracy "
+                                                     "(or loss) and flips"),
     "analysis/cartography.png": ("cartography_png", "data map: confidence vs variability of training examples"),
     "analysis/cartography.json": ("cartography", "data-map points, regions and the hardest examples"),
     "report.md": ("report_md", "the detailed analysis report (Markdown, pictures beside it)"),

@@ -22,7 +22,7 @@ from tunelab.analysis.terms import class_tfidf_names, stop_words, top_terms, wor
 from tunelab.config import Recipe
 from tunelab.data import Example, load_splits, question_text, source_of
 from tunelab.errors import UserError
-from tunelab.rundir import RunDir
+from tunelab.rundir import HeldOutLossDir, RunDir
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 3
@@ -217,6 +217,7 @@ def _percentile_ranks(values: np.ndarray) -> np.ndarray:
 def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder: str, cfg) -> list[dict]:
     names = class_tfidf_names(texts, labels.tolist(), stops)
     accuracy = _cluster_accuracy(run, vectors, labels, embedder, cfg)
+    held_out = _cluster_held_out_loss(run, vectors, labels, embedder, cfg)
     out = []
     for c in sorted(set(labels.tolist()), key=lambda c: -(labels == c).sum()):
         members = [i for i in np.flatnonzero(labels == c)]
@@ -227,8 +228,7 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
                  "share": round(len(members) / len(rows), 4), "examples": [texts[i] for i in members[:3]],
                  "mean_loss": round(float(np.mean(member_losses)), 4) if member_losses else None,
                  "mean_val_loss": round(float(np.mean(val_losses)), 4) if val_losses else None}
-        if accuracy and c in accuracy:
-            entry.update(accuracy[c])
+        entry.update(accuracy.get(c, {}) | held_out.get(c, {}))
         if rows[0].label is not None:
             counts = Counter(rows[i].label for i in members)
             entry["labels"] = dict(counts.most_common(3))
@@ -238,15 +238,37 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
     return out
 
 
+def _nearest(questions: list[str], vectors, labels, embedder: str, run: RunDir, cfg) -> dict[str, int]:
+    """Each held-out question's cluster: the one of its nearest centroid in the training rows' embedding space."""
+    questions = list(dict.fromkeys(questions))
+    centroids = np.stack([vectors[labels == c].mean(0) for c in range(labels.max() + 1)])
+    return dict(zip(questions, (embed(questions, embedder, run, cfg) @ centroids.T).argmax(1).tolist()))
+
+
+def _cluster_held_out_loss(run: RunDir, vectors, labels, embedder: str, cfg) -> dict[int, dict]:
+    """When the held-out answers are measured by loss (eval/loss/): per cluster, its held-out rows and their
+    token-weighted target loss under the base model and the tuned adapter; each row's cluster into
+    analysis/eval_clusters.json."""
+    rows = [r for r in HeldOutLossDir(run.path).read_jsonl(HeldOutLossDir(run.path).losses)
+            if r["model"] in ("base", "tuned") and r.get("question")]
+    if not rows:
+        return {}
+    nearest = _nearest([r["question"] for r in rows], vectors, labels, embedder, run, cfg)
+    run.write_json(run.eval_clusters, {r["id"]: nearest[r["question"]] for r in rows})
+    sums: dict[int, dict] = defaultdict(lambda: defaultdict(lambda: [0.0, 0, 0]))  # loss x tokens, tokens, rows
+    for r in rows:
+        total = sums[nearest[r["question"]]][r["model"]]
+        total[0], total[1], total[2] = total[0] + r["loss"] * r["tokens"], total[1] + r["tokens"], total[2] + 1
+    return {c: {f"{m}_held_out_loss": round(t / max(n, 1), 4) for m, (t, n, _) in models.items()}
+            | {"held_out_rows": max(k for _, _, k in models.values())} for c, models in sums.items()}
+
+
 def _cluster_accuracy(run: RunDir, vectors, labels, embedder: str, cfg) -> dict[int, dict]:
     """Eval accuracy per cluster: each scored test question joins the cluster of its nearest centroid."""
     preds = run.read_predictions()
     if not preds:
         return {}
-    questions = list(dict.fromkeys(p["question"] for p in preds))
-    centroids = np.stack([vectors[labels == c].mean(0) for c in range(labels.max() + 1)])
-    q_vectors = embed(questions, embedder, run, cfg)
-    nearest = dict(zip(questions, (q_vectors @ centroids.T).argmax(1).tolist()))
+    nearest = _nearest([p["question"] for p in preds], vectors, labels, embedder, run, cfg)
     run.write_json(run.eval_clusters, {p["id"]: nearest[p["question"]] for p in preds})
     acc: dict[int, dict] = defaultdict(lambda: defaultdict(list))
     for p in preds:

@@ -371,11 +371,17 @@ def _insights(run: RunDir, analysis: dict) -> list:
                  f"rows of the rarest label ({analysis['rarest_label']!r}) are among the outliers.")
     blocks.append(("p", line))
     mixed = any("sources" in c for c in clusters)  # data.mix: each cluster's rows by source
+    by_loss = any("tuned_held_out_loss" in c for c in clusters)  # answers measured by loss: per cluster, not acc
     blocks.append(("table", ["cluster", "name (c-TF-IDF)", "size", *(["sources"] if mixed else []), "mean loss",
-                             "base acc", "tuned acc", "example"],
+                             *(["held-out rows", "held-out loss base → tuned"] if by_loss else
+                               ["base acc", "tuned acc"]), "example"],
                    [(c["cluster"], c["name"], c["size"], *([_shares(c.get("sources", {}))] if mixed else []),
-                     c["mean_loss"], pct(c.get("base_accuracy")), pct(c.get("tuned_accuracy")),
+                     c["mean_loss"], *(_held_out_cells(c) if by_loss else
+                                       (pct(c.get("base_accuracy")), pct(c.get("tuned_accuracy")))),
                      c["examples"][0][:140]) for c in clusters]))
+    if by_loss:
+        blocks.append(("p", "Held-out rows join the cluster of their nearest centroid; their target loss is "
+                            "token-weighted, base model → tuned adapter (Held-out replies, by loss)."))
     outliers = run.read_optional(run.outliers, [])
     if outliers:
         blocks.append(("p", f"{analysis['outliers']} outliers (rare problems); the top ten:"))
@@ -430,6 +436,13 @@ def _shares(counts: dict[str, int]) -> str:
     """"gsm8k 95 %, alpaca 5 %": a cluster's rows by source."""
     total = sum(counts.values())
     return ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in counts.items()) if total else "–"
+
+
+def _held_out_cells(cluster: dict) -> tuple:
+    """A cluster's held-out rows and their target loss, base → tuned (dashes when none joined it)."""
+    if not {"base_held_out_loss", "tuned_held_out_loss"} <= cluster.keys():
+        return cluster.get("held_out_rows", 0), None
+    return cluster["held_out_rows"], f"{cluster['base_held_out_loss']:.3f} → {cluster['tuned_held_out_loss']:.3f}"
 
 
 def _flips(run: RunDir, evaluation: dict) -> list:
