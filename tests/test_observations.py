@@ -103,3 +103,19 @@ def test_passes_whose_answers_reach_the_token_budget_are_named_from_a_tenth_of_t
     evaluation["base"]["at_budget"] = 10
     assert "base 10 of 100 (budget 96 tokens); base-chat 44 of 100" in answer_budget(evaluation).text
     assert answer_budget({"base": stats(9), "tuned": stats(0)}) is None
+
+
+def test_overlapping_rows_measured_by_loss_are_set_against_the_rest_by_how_far_their_loss_fell():
+    from tunelab.report.observations import contamination
+    checks = {"settings": {"ngram": 13, "near": False, "near_threshold": 0.9}, "rows": {"test": 6},
+              "overlap": [{"split": "test", "row_id": "test-1", "kind": "exact"},
+                          {"split": "test", "row_id": "test-2", "kind": "13-gram"}],
+              "overlap_counts": {"test": {"exact": 1, "13-gram": 1, "near": 0}}}
+    fall = {"test-1": -1.5, "test-2": -1.3, "test-3": -0.4, "test-4": -0.5, "test-5": -0.3, "test-6": -0.6}
+    losses = {i: {"base": (2.0, 10), "tuned": (2.0 + d, 10)} for i, d in fall.items()}  # seen rows fell further
+    o = contamination(checks, [], "src", "src", losses)
+    assert o.kind == "watch" and o.text.startswith("2 test questions overlap training rows (1 exact, 1 13-gram); "
+                                                   "the fine-tune moved their target loss by -1.400 vs -0.450 on the "
+                                                   "rest (n = 2 vs 4 rows, difference -0.950, 95 % CI -")
+    assert "per-row change of target loss" in o.rule
+    assert "moved their target loss" not in contamination(checks, [], "src", "src", {}).text  # nothing measured

@@ -488,10 +488,13 @@ def cluster_separation(silhouette: float | None, k: int) -> str:
             "strong, ≥ 0.51 reasonable, ≥ 0.26 weak, below that no substantial structure; Kaufman & Rousseeuw).")
 
 
-def contamination(checks: dict, predictions: list[dict], checked: str = "", scored: str = "") -> Observation:
-    """Test rows that overlap training rows, and how the tuned model scores on them against the rest. `checked`,
-    `scored`: the sources of the test rows the checks compared and of the questions the eval answered; when they
-    differ (eval.source set after the checks ran), the checks say nothing about the scored questions."""
+def contamination(checks: dict, predictions: list[dict], checked: str = "", scored: str = "",
+                  losses: dict[str, dict] | None = None) -> Observation:
+    """Test rows that overlap training rows, and how the tuned model scores on them against the rest — or, for
+    answers measured by loss (`losses`: row id -> {model: (mean loss, tokens)}), how far the fine-tune lowered their
+    target loss against the rest's. `checked`, `scored`: the sources of the test rows the checks compared and of the
+    questions the eval answered; when they differ (eval.source set after the checks ran), the checks say nothing
+    about the scored questions."""
     s = checks["settings"]
     kinds = f"exact, {s['ngram']}-gram" + (f" and near-duplicate (MiniLM cosine ≥ {s['near_threshold']})"
                                           if s["near"] else "")
@@ -514,15 +517,35 @@ def contamination(checks: dict, predictions: list[dict], checked: str = "", scor
     counts = ", ".join(f"{v} {k}" for k, v in checks["overlap_counts"]["test"].items() if v)
     text = f"{len(found)} test questions overlap training rows ({counts})"
     tuned = {p["id"]: p["flexible_correct"] for p in predictions if p["model"] == "tuned"}
+    overlapping = {o["row_id"] for o in found}
     hit = [tuned[o["row_id"]] for o in found if o["row_id"] in tuned]
-    rest = [ok for i, ok in tuned.items() if i not in {o["row_id"] for o in found}]
+    rest = [ok for i, ok in tuned.items() if i not in overlapping]
     if hit and rest:
         from tunelab.stats import unpaired_difference
         d = unpaired_difference(hit, rest)
         text += (f"; tuned accuracy on them {100 * sum(hit) / len(hit):.1f} % vs {100 * sum(rest) / len(rest):.1f} % "
                  f"on the rest (n = {len(hit)} vs {len(rest)}, {d['delta_pts']:+.1f} pts, 95 % CI "
                  f"{d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})")
+    elif losses:
+        text += _loss_fall_on_overlap(losses, overlapping)
+        rule += "; for answers measured by loss, the per-row change of target loss (tuned − base) likewise"
     return Observation("watch", text + ": a gain measured on them is not a gain.", rule)
+
+
+def _loss_fall_on_overlap(losses: dict[str, dict], overlapping: set[str]) -> str:
+    """How far the fine-tune moved the target loss of the overlapping held-out rows against the rest's: a larger
+    fall on rows seen in training is recall."""
+    change = {i: (m["tuned"][0] - m["base"][0], m["base"][1]) for i, m in losses.items()
+              if {"base", "tuned"} <= m.keys()}
+    hit = [c for i, c in change.items() if i in overlapping]
+    rest = [c for i, c in change.items() if i not in overlapping]
+    if not hit or not rest:
+        return ""
+    from tunelab.stats import unpaired_loss_difference
+    d = unpaired_loss_difference(hit, rest)
+    return (f"; the fine-tune moved their target loss by {d['loss_a']:+.3f} vs {d['loss_b']:+.3f} on the rest "
+            f"(n = {d['n_a']} vs {d['n_b']} rows, difference {d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}.."
+            f"{d['ci95'][1]:+.3f})")
 
 
 def familiarity(test: list[tuple[float, int]], val: list[tuple[float, int]]) -> Observation | None:
