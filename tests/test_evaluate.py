@@ -608,6 +608,20 @@ def test_the_chat_baseline_is_the_base_model_asked_through_its_chat_template(two
                                                                                       for p in asked)))
 
 
+def test_a_few_shot_context_longer_than_max_length_keeps_every_reply_token_the_trained_pass_keeps(tiny_recipe):
+    from transformers import AutoTokenizer
+    from tunelab.data import Example
+    from tunelab.evaluate.losses import _written
+    cfg = validate({**tiny_recipe, "train": {**tiny_recipe["train"], "max_length": 48}}, "tiny")
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    shots = [Example(f"train-{i}", f"Tell a long story number {i}.\n", "Once upon a time " * 12, {}) for i in range(3)]
+    rows = [Example(f"test-{i}", f"Describe item {i}.\n", f"Item {i} is small and wooden.", {}) for i in range(4)]
+    trained, few = _written("trained", cfg, rows, tok, shots), _written("fewshot", cfg, rows, tok, shots)
+    assert len(few[0].input_ids) > 48  # the context alone is longer than train.max_length
+    for a, b in zip(trained, few, strict=True):  # the same reply tokens carry loss after the context
+        assert [t for t in a.labels if t != -100] == [t for t in b.labels if t != -100]
+
+
 def test_the_chat_baseline_of_a_set_measured_by_loss_asks_each_prompt_as_a_user_turn(two_epoch_run, tmp_path):
     """eval.chat_baseline on a set measured by loss: the base model's target loss with each prompt as the user turn of
     its chat template (transformers' loss on tokens built here from apply_chat_template), paired with the tuned

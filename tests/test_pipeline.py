@@ -118,6 +118,30 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
     assert checked["eval_by_loss"] and checked["eval_examples"]["eval"]["by_loss"]
 
 
+def _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run: RunDir, held_out: dict, model, rows: list[dict]):
+    """base-2shot: transformers' loss on each reply after "Question: q\nAnswer: a\n\n" × 2, "Question: q\nAnswer: "
+    (the first two training rows as shots, q the rendered prompt), paired with the tuned adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok, lm = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
+    by_id = {f"train-{i + 1}": r for i, r in enumerate(rows)}
+    trained = {e["id"] for e in run.read_examples() if e["split"] == "train"}
+    shots = sorted(trained, key=lambda i: int(i.split("-")[1]))[:2]  # the first two training rows of the source
+    asks = {i: f"Question: {r['q']}\n\nAnswer:" for i, r in by_id.items()}  # the rendered prompt ("{q}\n") quoted
+    context = "".join(f"{asks[i]} {by_id[i]['a']}\n\n" for i in shots)
+    total = tokens = 0
+    for r in run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl"):
+        if r["model"] != "base-2shot":
+            continue
+        asked = tok(f"{context}{asks[r['id']]} ")["input_ids"]
+        said = tok(by_id[r["id"]]["a"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            out = lm(input_ids=torch.tensor([asked + said]), labels=torch.tensor([[-100] * len(asked) + said]))
+        total, tokens = total + out.loss.item() * len(said), tokens + len(said)
+    assert held_out["losses"]["base-2shot"]["loss"] == pytest.approx(total / tokens, rel=1e-4)
+    assert held_out["fewshot_baseline"]["shots"] == 2 and held_out["fewshot_baseline"]["model"] == "base-2shot"
+
+
 def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_the_training_curve(tiny_model, tmp_path,
                                                                                               capsys):
     from conftest import write_jsonl
@@ -128,7 +152,8 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={source}",
             "--set", "data.template={q}\n", "--set", "data.target={a}", "--set", "data.label_field=null",
             "--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "eval.samples=0",
-            "--set", "eval.chat_baseline=true", "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "v")]
+            "--set", "eval.chat_baseline=true", "--set", "eval.fewshot=2", "--set", "analysis.k_max=3",
+            "--run-dir", str(tmp_path / "v")]
     assert main(args) == 0
     run = RunDir(tmp_path / "v")
     held_out = run.read_json(run.eval_dir / "loss" / "summary.json")
@@ -139,8 +164,9 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
            f"{chatted['delta']:+.3f}" in said
     md = run.report_md.read_text()
     assert f"| vs the base model asked through its chat template (target loss) | {chatted['means'][0]:.3f} → " in md
-    assert re.search(r"(The fine-tune made the replies in the held-out rows more likely than simply asking|Simply "
-                     r"asking the base model|The fine-tune and simply asking)", md)
+    assert re.search(r"(The fine-tune made the replies in the held-out rows more likely than the base model asked|"
+                     r"The base model asked through|The fine-tune and the base model asked)", md)
+    _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run, held_out, tiny_model, rows)
     epochs = run.read_epochs()
     val = {e["id"] for e in run.read_examples() if e["split"] == "val"}
     assert held_out["split"] == "validation" and held_out["n"] == len(val)

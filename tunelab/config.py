@@ -264,7 +264,9 @@ class EvalConfig(Section):
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
                                                   "kept epoch's and adapters/best-loss/; None = all for runs that "
                                                   "trained <= 5 epochs, else last")
-    fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off)")
+    fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off); "
+                         "a set measured by loss, written as plain text, gets the base model's target loss after "
+                         "the N shots")
     fewshot_from: Literal["data", "eval_source"] = Field(
         "data", description="the few-shot baseline's shots: data = the first N training rows (what prompting with "
         "your own data gets); eval_source = the first N rows of eval.source's train split (lm-eval's fewshot_split: "

@@ -35,14 +35,13 @@ LOSS = "loss"  # the eval summary's `scoring` of a set measured by loss
 
 
 def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], reason: str,
-            only: str | None = None, adapter: bool = True) -> dict:
+            only: str | None = None, adapter: bool = True, shots: list[Example] = ()) -> dict:
     """Target loss of the base model and the run's adapters on `rows` (the set's scored rows, `split`), into
     `view`'s eval files; returns its summary. `reason`: why its answers are not scored. `only` / `adapter` as for
-    `stage.evaluate`."""
+    `stage.evaluate`; `shots`: the few-shot baseline's (eval.fewshot), for rows written as plain text."""
     from peft import PeftModel
     from tunelab.models import load_model, load_tokenizer, pick_device
     from tunelab.progress import bar
-    from tunelab.train.batching import tokenize_with
     from tunelab.train.forward import SupervisedLM, loss_pass
     from tunelab.train.runtime import micro_batch_tokens, tune_for
 
@@ -52,17 +51,15 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     tok = load_tokenizer(cfg.model)
     asked = _asked(cfg, rows)
     kept = _kept(view, [r.id for r in rows], asked)
-    models = [m for m in _models(cfg, view, only, adapter) if m[0] not in kept]
-    written = {False: tokenize_with(cfg, rows, tok)[0]}  # as trained; True: as the chat baseline asks
-    if any(name == CHAT_BASELINE for name, _ in models):
-        written[True] = _as_chat(cfg, rows, tok)
+    models = [m for m in _models(cfg, view, only, adapter, len(shots)) if m[0] not in kept]
+    written = {name: _written(name, cfg, rows, tok, shots) for name in {_format(n) for n, _ in models}}
     base = load_model(cfg.model, device) if models else None
     micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
     with bar(f"{view.label}: loss passes", total=len(models)) as progress:
         for name, folder in models:
             net = PeftModel.from_pretrained(base, str(folder)) if folder else base
             t0 = time.time()
-            stats, logged = loss_pass(SupervisedLM(net).eval(), written[name == CHAT_BASELINE], rows, "test", 0,
+            stats, logged = loss_pass(SupervisedLM(net).eval(), written[_format(name)], rows, "test", 0,
                                       cfg.train.batch_size, tok.pad_token_id, micro, device, d)
             kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
@@ -78,16 +75,31 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     return summary
 
 
-def _as_chat(cfg: Recipe, rows: list[Example], tok) -> list:
-    """The rows as `eval.chat_baseline` asks them: each rendered prompt (stripped: a turn ends where its text does)
-    as the user turn of the tokenizer's chat template, the reply as the assistant turn; tokenized for a loss pass.
+def _format(name: str) -> str:
+    """How a model's pass writes the rows: as trained, as the chat baseline asks (base-chat), or few-shot."""
+    return "chat" if name == CHAT_BASELINE else "fewshot" if name.startswith("base-") else "trained"
+
+
+def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Example]) -> list:
+    """The rows tokenized for a loss pass, written `how` (`_format`): as trained; as `eval.chat_baseline` asks them
+    (each rendered prompt, stripped, as the user turn of the tokenizer's chat template, the reply as the assistant
+    turn); or after lm-eval's few-shot context of `shots` ("Question: …\nAnswer: " then the reply, as the
+    few-shot baseline asks).
 
     Raises:
-        UserError: the tokenizer has no chat template.
+        UserError: the chat baseline, and the tokenizer has no chat template.
     """
     from dataclasses import replace
     from tunelab.data import chat
+    from tunelab.evaluate.fewshot import TARGET_DELIMITER, fewshot_context, fewshot_prompt
     from tunelab.train.batching import tokenize_with
+    if how == "trained":
+        return tokenize_with(cfg, rows, tok)[0]
+    if how == "fewshot":  # the context on top of train.max_length: a long row is cut where the trained pass cuts it
+        room = cfg.train.max_length + len(tok(fewshot_context(shots), add_special_tokens=False)["input_ids"])
+        longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_length": room})})
+        return tokenize_with(longer, [replace(r, prompt=fewshot_prompt(shots, r) + TARGET_DELIMITER) for r in rows],
+                             tok)[0]
     chat.require(tok, "eval.chat_baseline")
     chatted = cfg.model_copy(update={"data": cfg.data.model_copy(update={"chat_template": True})})
     return tokenize_with(chatted, [replace(r, prompt=r.prompt.strip()) for r in rows], tok)[0]
@@ -100,12 +112,15 @@ def _asked(cfg: Recipe, rows: list[Example]) -> str:
     return f"{prompts_digest(cfg, rows)}-{targets}"
 
 
-def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool) -> list[tuple[str, object]]:
-    """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model asked through
-    its chat template (eval.chat_baseline, for rows not trained in it), each kept epoch's adapter and
-    adapters/best-loss (eval.epochs all), the final adapter."""
+def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
+            shots: int = 0) -> list[tuple[str, object]]:
+    """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model prompted
+    `shots`-shot (eval.fewshot) and asked through its chat template (eval.chat_baseline), for rows not trained in
+    it, each kept epoch's adapter and adapters/best-loss (eval.epochs all), the final adapter."""
     from tunelab.evaluate.stage import epochs_to_score
     out = [("base", None)] if only in (None, "base") else []
+    if out and shots and not cfg.data.chat_template:
+        out.append((f"base-{shots}shot", None))
     if out and cfg.eval.chat_baseline and not cfg.data.chat_template:
         out.append((CHAT_BASELINE, None))
     if adapter and only in (None, "tuned"):
@@ -151,10 +166,11 @@ def _figures(kept: dict[str, dict]) -> dict[str, dict]:
 def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, kept: dict[str, dict], device,
              world: int) -> dict:
     """The set's eval summary: each model's loss, the tuned − base paired difference (and tuned − base-chat, the
-    chat baseline), the loss per epoch, and the cost of the passes run."""
+    chat baseline; tuned − base-Nshot, the few-shot baseline), the loss per epoch, and the cost of the passes run."""
     from tunelab.evaluate.stage import written_format
-    order = ["base", CHAT_BASELINE, *sorted((k for k in kept if k.startswith("epoch-")),
-                                            key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
+    fewshot = [k for k in kept if _format(k) == "fewshot"]
+    order = ["base", *fewshot, CHAT_BASELINE, *sorted((k for k in kept if k.startswith("epoch-")),
+                                                      key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
     kept = {k: kept[k] for k in order if k in kept}
     out = {"scoring": LOSS, "reason": reason, "split": split, "source": cfg.eval.source, **written_format(cfg), "n": n,
            "losses": _figures(kept)}
@@ -162,6 +178,12 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
         out["loss_difference"] = paired_loss_difference(kept["base"]["rows"], kept["tuned"]["rows"])
     if CHAT_BASELINE in kept and "tuned" in kept:  # the fine-tune against simply asking the instruct model
         out["chat_baseline"] = paired_loss_difference(kept[CHAT_BASELINE]["rows"], kept["tuned"]["rows"])
+    d = paired_loss_difference(kept[fewshot[-1]]["rows"], kept["tuned"]["rows"]) if fewshot and "tuned" in kept \
+        else None
+    if d:  # and against prompting the base model with examples
+        out["fewshot_baseline"] = {"model": fewshot[-1],
+                                   "shots": int(fewshot[-1].removeprefix("base-").removesuffix("shot")), **d}
+    out = {k: v for k, v in out.items() if v is not None}  # no rows in common: no difference to state
     last = view.trained_epochs(cfg)
     out["epochs"] = [{"epoch": int(k.split("-")[1]) if k != "tuned" else last, "model": k, "loss": kept[k]["loss"]}
                      for k in kept if k.startswith("epoch-") or k == "tuned"]

@@ -150,10 +150,23 @@ def held_out_loss(cfg: Recipe, run: RunDir, splits, reason: str, only: str | Non
     _require_adapter(run, only, adapter)
     if not adapter:
         _keep_recipe(cfg, run)
-    summary = losses.measure(cfg, HeldOutLossDir(run.path), *_limited(cfg, splits), reason, only, adapter)
+    summary = losses.measure(cfg, HeldOutLossDir(run.path), *_limited(cfg, splits), reason, only, adapter,
+                             _loss_shots(cfg, splits))
     if run.summary.exists() and distributed.is_main_process():
         card.write(run)  # its Evaluation now gives these losses
     return summary
+
+
+def _loss_shots(cfg: Recipe, splits) -> list[Example]:
+    """The few-shot baseline's shots for rows measured by loss (eval.fewshot, rows written as plain text), or none
+    when there is no pool to take them from (a set scored on all its rows, in its own format: said in the log)."""
+    if not cfg.eval.fewshot or cfg.data.chat_template:
+        return []
+    try:
+        return shot_pool(cfg, splits)[:cfg.eval.fewshot]
+    except UserError as err:
+        log.info("few-shot baseline by loss not measured: %s", err)
+        return []
 
 
 def by_loss(cfg: Recipe, splits) -> bool:
@@ -189,7 +202,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
             reason = unscoreable(extra, splits)
             if reason and splits.test + splits.val:  # replies no answer check suits: how likely each model finds them
                 results.append((name, EvalResult(losses.measure(extra, view, *_limited(extra, splits), reason, only,
-                                                                adapter), [])))
+                                                                adapter, _loss_shots(extra, splits)), [])))
             else:
                 results.append((name, evaluate(extra, view, only=only, adapter=adapter, splits=splits)))
         except UserError as err:

@@ -46,11 +46,9 @@ def held_out_line(summary: dict | None) -> str | None:
     d = (summary or {}).get("loss_difference")
     if not d:
         return None
-    chatted = summary.get("chat_baseline")
     return (f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}"
-            + (f"; vs the base model asked through its chat template {chatted['means'][0]:.3f}: "
-               f"{chatted['delta']:+.3f} (95 % CI {chatted['ci95'][0]:+.3f}..{chatted['ci95'][1]:+.3f})"
-               if chatted else ""))
+            + "".join(f"; vs {what.split(' (')[0]} {b['means'][0]:.3f}: {b['delta']:+.3f} (95 % CI "
+                      f"{b['ci95'][0]:+.3f}..{b['ci95'][1]:+.3f})" for what, b in loss_baselines(summary)))
 
 
 def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -70,18 +68,16 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
                   + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
                     "answers are right."),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
-              [(row[0], *row[3:])]), *_chat_baseline_blocks(s), *movers(view)], \
-        [o for o in (loss_change(view.name, s), chat_baseline_change(view.name, s)) if o]
+              [(row[0], *row[3:])]), *_baseline_blocks(s), *movers(view)], \
+        [loss_change(view.name, s), *baseline_changes(view.name, s)]
 
 
-def _chat_baseline_blocks(s: dict) -> list:
-    """A sentence on the chat baseline's target loss (eval.chat_baseline), when it was measured."""
-    d = s.get("chat_baseline")
-    if not d:
-        return []
-    return [("p", f"The base model asked through its chat template instead (each prompt as the user turn, the reply "
-                  f"as the assistant turn: eval.chat_baseline): target loss {d['means'][0]:.3f}; tuned − that "
-                  f"{d['delta']:+.3f} (95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}).")]
+def _baseline_blocks(s: dict) -> list:
+    """A sentence on each prompting baseline's target loss (eval.fewshot, eval.chat_baseline), when measured."""
+    said = [f"{what}: target loss {d['means'][0]:.3f}, tuned − that {d['delta']:+.3f} (95 % CI {d['ci95'][0]:+.3f}.."
+            f"{d['ci95'][1]:+.3f})" for what, d in loss_baselines(s)]
+    return [("p", "Prompting the base model instead, the same replies after each prompt: " + "; ".join(said) +
+                  ".")] if said else []
 
 
 MOVERS = 3  # rows listed each way in a loss-measured set's largest changes
@@ -127,7 +123,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         if not d:
             by_loss.append(_loss_row(view.name, s))
             moved += movers(view)
-            found += [o for o in (loss_change(view.name, s), chat_baseline_change(view.name, s)) if o]
+            found += [loss_change(view.name, s), *baseline_changes(view.name, s)]
             continue
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
@@ -255,25 +251,35 @@ def held_out_compare(runs: list[RunDir], names: list[str]) -> list:
             ("obs", found)]
 
 
-def chat_baseline_change(name: str, s: dict) -> Observation | None:
-    """A set measured by loss with `eval.chat_baseline`: did the fine-tune make its replies more likely than simply
-    asking the base model through its chat template, beyond noise? None without that baseline."""
-    d = s.get("chat_baseline")
-    if not d:
-        return None
-    lo, hi = d["ci95"]
-    numbers = (f"target loss {d['means'][0]:.3f} asked through the chat template → {d['means'][1]:.3f} tuned "
-               f"({d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, {d['n']} rows)")
-    kind, verdict = {-1: ("good", f"The fine-tune made the replies in {name} more likely than simply asking the base "
-                                  "model through its chat template, beyond noise"),
-                     1: ("watch", f"Simply asking the base model through its chat template made the replies in {name} "
-                                  "more likely than the fine-tune did, beyond noise"),
-                     0: ("info", f"The fine-tune and simply asking the base model through its chat template made the "
-                                 f"replies in {name} about as likely (no difference beyond noise)")}[
-        rules.sign_of(d["ci95"])]
-    return Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of the "
-                       "token-weighted target loss, tuned adapter − base model asked through its chat template "
-                       "(eval.chat_baseline); beyond noise = CI excludes 0")
+def loss_baselines(s: dict) -> list[tuple[str, dict]]:
+    """The prompting baselines a set measured by loss has (few-shot, chat): (what it was, tuned − it, paired)."""
+    out = []
+    if d := s.get("fewshot_baseline"):
+        out.append((f"the base model prompted {d['shots']}-shot (lm-eval's Question / Answer format, eval.fewshot)",
+                    d))
+    if d := s.get("chat_baseline"):
+        out.append(("the base model asked through its chat template (eval.chat_baseline)", d))
+    return out
+
+
+def baseline_changes(name: str, s: dict) -> list[Observation]:
+    """A set measured by loss: did the fine-tune make its replies more likely than each prompting baseline (a
+    few-shot prompt, the chat template) beyond noise?"""
+    found = []
+    for what, d in loss_baselines(s):
+        lo, hi = d["ci95"]
+        numbers = (f"target loss {d['means'][0]:.3f} → {d['means'][1]:.3f} tuned ({d['delta']:+.3f}, 95 % CI "
+                   f"{lo:+.3f}..{hi:+.3f}, {d['n']} rows)")
+        kind, verdict = {-1: ("good", f"The fine-tune made the replies in {name} more likely than {what}, beyond "
+                                      "noise"),
+                         1: ("watch", f"{what[0].upper()}{what[1:]} made the replies in {name} more likely than the "
+                                      "fine-tune did, beyond noise"),
+                         0: ("info", f"The fine-tune and {what} made the replies in {name} about as likely (no "
+                                     "difference beyond noise)")}[rules.sign_of(d["ci95"])]
+        found.append(Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of "
+                                 "the token-weighted target loss, tuned adapter − the prompted base model; beyond "
+                                 "noise = CI excludes 0"))
+    return found
 
 
 def compare_blocks(runs: list[RunDir], names: list[str]) -> list:

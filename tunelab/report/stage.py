@@ -270,11 +270,11 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
         rows.append(("Held-out target loss", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
                      f"{d['delta']:+.3f} ({100 * d['delta'] / d['means'][0]:+.1f} %), 95 % CI {d['ci95'][0]:+.3f}.."
                      f"{d['ci95'][1]:+.3f}, {d['n']} {held_out['split']} rows, base model → tuned adapter, paired"))
-    if not evaluation and (d := (held_out or {}).get("chat_baseline")):
-        rows.append(("vs the base model asked through its chat template (target loss)",
-                     f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+    for what, d in extra.loss_baselines(held_out or {}) if not evaluation else []:
+        short, how = what.split(" (", 1)
+        rows.append((f"vs {short} (target loss)", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
                      f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows, paired; "
-                     "each prompt as the user turn (eval.chat_baseline)"))
+                     f"{how.rstrip(')')}"))
     for b in baselines(evaluation) if evaluation and "tuned" in evaluation else []:
         d = b["vs"]["flexible"]
         rows.append((f"vs {b['what']} ({names.flexible})",
