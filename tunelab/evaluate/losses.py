@@ -95,14 +95,17 @@ def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Exampl
     from tunelab.train.batching import tokenize_with
     if how == "trained":
         return tokenize_with(cfg, rows, tok)[0]
-    if how == "fewshot":  # the context on top of train.max_length: a long row is cut where the trained pass cuts it
-        room = cfg.train.max_length + len(tok(fewshot_context(shots), add_special_tokens=False)["input_ids"])
-        longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_length": room})})
-        return tokenize_with(longer, [replace(r, prompt=fewshot_prompt(shots, r) + TARGET_DELIMITER) for r in rows],
-                             tok)[0]
-    chat.require(tok, "eval.chat_baseline")
-    chatted = cfg.model_copy(update={"data": cfg.data.model_copy(update={"chat_template": True})})
-    return tokenize_with(chatted, [replace(r, prompt=r.prompt.strip()) for r in rows], tok)[0]
+    if how == "fewshot":
+        added, data = fewshot_context(shots), cfg.data
+        asked = [replace(r, prompt=fewshot_prompt(shots, r) + TARGET_DELIMITER) for r in rows]
+    else:
+        chat.require(tok, "eval.chat_baseline")
+        added, data = chat.prompt(tok, ""), cfg.data.model_copy(update={"chat_template": True})
+        asked = [replace(r, prompt=r.prompt.strip()) for r in rows]
+    # what the prompt adds on top of train.max_length: no reply is cut sooner than the trained pass cuts it
+    room = cfg.train.max_length + len(tok(added, add_special_tokens=False)["input_ids"])
+    return tokenize_with(cfg.model_copy(update={"data": data, "train": cfg.train.model_copy(
+        update={"max_length": room})}), asked, tok)[0]
 
 
 def _asked(cfg: Recipe, rows: list[Example]) -> str:
