@@ -450,6 +450,27 @@ def _this_device() -> str:
     return device_name(torch.device("cuda"))
 
 
+def _print_eval_examples(console, sets: dict) -> None:
+    """`tunelab check --show`: each test set's first questions as the eval asks them (or why it is not scored), and
+    the prompts its baselines send the base model."""
+    from rich.text import Text
+    for name, shown in sets.items():
+        if "skipped" in shown:
+            console.print(f"{name} ({shown['source']}, {shown['split']} split): not scored ({shown['skipped']})"
+                          + ("; its target loss is measured instead" if shown.get("by_loss") else ""))
+        for q in shown.get("rows", []):
+            console.rule(f"{name}: {q['id']}, as the eval asks it")
+            console.print(Text(q["prompt"], "dim"))
+            console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
+                          f"{shown['split']} split)")
+        for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
+                              ("chat_baseline_prompt", "the chat baseline"),
+                              ("chat_fewshot_prompt", "the few-shot chat baseline")):
+            if key in shown:
+                console.rule(f"{name}: {shown['rows'][0]['id']}, as {baseline} asks the base model")
+                console.print(Text(shown[key], "dim"))
+
+
 def _print_checks(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -492,21 +513,7 @@ def _print_checks(result: dict) -> None:
         console.rule(f"{ex['id']}: {ex['tokens']} tokens, {ex['supervised_tokens']} with loss (marked ⟦…⟧)")
         console.print(Text.assemble(*((f"⟦{seg['text']}⟧", "bold green") if seg["loss"] else (seg["text"], "dim")
                                       for seg in ex["segments"])))
-    for name, shown in result.get("eval_examples", {}).items():
-        if "skipped" in shown:
-            console.print(f"{name} ({shown['source']}, {shown['split']} split): not scored ({shown['skipped']})"
-                          + ("; its target loss is measured instead" if shown.get("by_loss") else ""))
-        for q in shown.get("rows", []):
-            console.rule(f"{name}: {q['id']}, as the eval asks it")
-            console.print(Text(q["prompt"], "dim"))
-            console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
-                          f"{shown['split']} split)")
-        for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
-                              ("chat_baseline_prompt", "the chat baseline"),
-                              ("chat_fewshot_prompt", "the few-shot chat baseline")):
-            if key in shown:
-                console.rule(f"{name}: {shown['rows'][0]['id']}, as {baseline} asks the base model")
-                console.print(Text(shown[key], "dim"))
+    _print_eval_examples(console, result.get("eval_examples", {}))
     e = result["estimate"]
     if e.get("hours") is not None:
         console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")
