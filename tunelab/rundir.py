@@ -346,6 +346,13 @@ class ExtraSetDir(RunDir):
         """The same test set in another run directory (`compare`)."""
         return ExtraSetDir(path, self.name)
 
+    def read_losses(self) -> dict[str, dict[str, tuple[float, int]]]:
+        """A set measured by loss: row id -> {model: (mean target loss, supervised tokens)}; {} before any pass."""
+        out: dict[str, dict] = {}
+        for r in self.read_jsonl(self.losses):
+            out.setdefault(r["id"], {})[r["model"]] = (r["loss"], r["tokens"])
+        return out
+
 
 class HeldOutLossDir(ExtraSetDir):
     """A run's own held-out rows measured by loss, when no scoring mode suits their answers: files as an eval.also

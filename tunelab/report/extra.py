@@ -86,17 +86,16 @@ MOVERS = 3  # rows listed each way in a loss-measured set's largest changes
 def movers(view: ExtraSetDir) -> list:
     """A set measured by loss: the rows whose reference reply the fine-tune made least and most likely (the largest
     rises and falls of per-row target loss, tuned − base), as a table; nothing before both are measured."""
-    by: dict[str, dict] = {}
-    for r in view.read_jsonl(view.losses):
-        by.setdefault(r["id"], {"question": r.get("question")})[r["model"]] = r["loss"]
-    change = sorted(((m["tuned"] - m["base"], i) for i, m in by.items() if "base" in m and "tuned" in m),
+    by = view.read_losses()
+    change = sorted(((m["tuned"][0] - m["base"][0], i) for i, m in by.items() if "base" in m and "tuned" in m),
                     key=lambda t: -t[0])
     picked = [("less likely", t) for t in change[:MOVERS] if t[0] > 0] + \
              [("more likely", t) for t in change[::-1][:MOVERS] if t[0] < 0]
     if not picked:
         return []
-    rows = [(said, i, clip(" ".join((by[i]["question"] or "").split()), 90), f"{by[i]['base']:.3f}",
-             f"{by[i]['tuned']:.3f}", f"{d:+.3f}") for said, (d, i) in picked]
+    asked = {r["id"]: r.get("question") or "" for r in view.read_jsonl(view.losses)}
+    rows = [(said, i, clip(" ".join(asked[i].split()), 90), f"{by[i]['base'][0]:.3f}", f"{by[i]['tuned'][0]:.3f}",
+             f"{d:+.3f}") for said, (d, i) in picked]
     return [("p", f"The rows whose reference reply moved most in {view.name}: per-row target loss (mean over the "
                   f"reply's tokens), tuned − base, the {MOVERS} largest rises and falls. A single row's change is "
                   "noisy; the paired interval over all rows is the measured claim."),
@@ -176,7 +175,7 @@ def _loss_blocks(rows: list[tuple]) -> list:
 
 def _tuned_losses(view: ExtraSetDir) -> dict[str, tuple[float, int]]:
     """A set measured by loss: the final adapter's (loss, tokens) per row id."""
-    return {r["id"]: (r["loss"], r["tokens"]) for r in view.read_jsonl(view.losses) if r["model"] == "tuned"}
+    return {i: m["tuned"] for i, m in view.read_losses().items() if "tuned" in m}
 
 
 def _loss_cells(view: ExtraSetDir, runs: list[RunDir], names: list[str]) -> tuple[list, list[Observation]]:

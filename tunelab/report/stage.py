@@ -124,18 +124,9 @@ def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None) -> tuple[l
         checked = checks.get("test_source", cfg.data.source)
         scored = evaluation.get("source", cfg.data.source) if evaluation else cfg.eval.source or cfg.data.source
         found += [o for o in (rules.contamination(checks, run.read_predictions(), checked, scored,
-                                                  _held_out_rows(run)),
+                                                  HeldOutLossDir(run.path).read_losses()),
                               rules.duplicates(checks)) if o]
     return sections, found
-
-
-def _held_out_rows(run: RunDir) -> dict[str, dict]:
-    """The held-out rows measured by loss (eval/loss/losses.jsonl): row id -> {model: (mean loss, tokens)}."""
-    view = HeldOutLossDir(run.path)
-    out: dict[str, dict] = {}
-    for r in view.read_jsonl(view.losses):
-        out.setdefault(r["id"], {})[r["model"]] = (r["loss"], r["tokens"])
-    return out
 
 
 def _definitions(accuracy: str, imported: dict | None) -> list[str]:
