@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,12 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
     said = " ".join(capsys.readouterr().out.split())
     assert "eval: answers not scored (data.target: of 4 test targets" in said
     assert "scores them anyway)); the held-out replies' target loss is measured instead" in said
+    stated, short = re.search(r"(\d+) state a final number .* and (\d+) are short",
+                              run.read_json(run.eval_skipped)["reason"]).groups()  # the counts auto looked at
+    assert f"test targets stating a final number / short answers (no scoring mode suits them): {stated} / {short} " \
+           f"of 4" in said and "scoreable answer" not in said
+    assert f"| test targets stating a final number / short answers (no scoring mode suits them) | {stated} / " \
+           f"{short} of 4 |" in md
     assert main(["check", *args[1:-2], "--show", "1", "--json"]) == 0
     checked = json.loads(capsys.readouterr().out)
     assert checked["eval_by_loss"] and checked["eval_examples"]["eval"]["by_loss"]
@@ -167,6 +174,7 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     assert re.search(r"(The fine-tune made the replies in the held-out rows more likely than the base model asked|"
                      r"The base model asked through|The fine-tune and the base model asked)", md)
     _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run, held_out, tiny_model, rows)
+    _each_epoch_is_paired_with_the_one_before(run, held_out, said, md)
     epochs = run.read_epochs()
     val = {e["id"] for e in run.read_examples() if e["split"] == "val"}
     assert held_out["split"] == "validation" and held_out["n"] == len(val)
@@ -189,6 +197,28 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
         rf"\| validation \| loss {losses['tuned']['loss']:.3f} \(n = {held_out['n']}\) \| loss {other['loss']:.3f} "
         rf"\({delta:+.3f}, 95 % CI", md)
     assert re.search(r"\| held_out_loss\.tuned \| ", md)  # in the figures table too
+
+
+def _each_epoch_is_paired_with_the_one_before(run: RunDir, held_out: dict, said: str, md: str) -> None:
+    """Held-out target loss per epoch: each epoch paired with the one before (the first with the base model), in
+    the console, the report's per-epoch table, its verdicts and a figure."""
+    losses, (first, last) = held_out["losses"], held_out["epochs"]
+    assert first["vs_previous"]["model"] == "base" and last["vs_previous"]["model"] == "epoch-1"
+    d = last["vs_previous"]  # same rows, same tokens: the paired change is the difference of the two means
+    assert d["means"] == pytest.approx([losses["epoch-1"]["loss"], losses["tuned"]["loss"]], abs=1e-4)
+    assert d["delta"] == pytest.approx(losses["tuned"]["loss"] - losses["epoch-1"]["loss"], abs=1e-4)
+    assert d["ci95"][0] <= d["delta"] <= d["ci95"][1]
+    assert f"target loss per epoch: base {losses['base']['loss']:.3f} → epoch 1 {losses['epoch-1']['loss']:.3f} " \
+           f"({first['vs_previous']['delta']:+.3f}, CI" in said
+    assert re.search(rf"\| 2 \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| {losses['tuned']['loss']:.3f} \| "
+                     rf"{d['delta']:+.3f} \({d['ci95'][0]:+.3f}\.\.{d['ci95'][1]:+.3f}\) \|", md)
+    verdict = {1: "less likely beyond noise", -1: "more likely beyond noise", 0: "no change beyond noise"}[
+        (d["ci95"][0] > 0) - (d["ci95"][1] < 0)]
+    assert f"Epoch 2 vs epoch 1 on the held-out rows: target loss {d['means'][0]:.3f} → {d['means'][1]:.3f}, " \
+           f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows — replies " \
+           f"{verdict}." in md
+    assert "(report_files/held_out_loss_per_epoch.png)" in md and (run.report_files /
+                                                                  "held_out_loss_per_epoch.png").stat().st_size
 
 
 def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_model, tmp_path, monkeypatch, capsys):
@@ -286,6 +316,12 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
                      (run.adapter / "README.md").read_text())  # the model card lists it, by loss
     assert re.search(r"The fine-tune (made the replies in prose (less|more) likely|did not change how likely the "
                      r"replies in prose are) beyond noise: target loss", md)
+    assert re.search(r"Epoch 2 vs epoch 1 on prose: target loss \d+\.\d{3} → \d+\.\d{3}, [+-]\d+\.\d{3}, 95 % CI "
+                     r"\S+, 4 rows — replies (less likely|more likely|no change) beyond noise", md)  # paired
+    _bad_extra_sets_are_refused_before_anything_runs(args, more, tmp_path, capsys)
+
+
+def _bad_extra_sets_are_refused_before_anything_runs(args: list[str], more: Path, tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     bad = [*args[:-2], "--set", f"eval.also=[{{source: {tmp_path / 'nope.jsonl'}}}]", "--run-dir", str(tmp_path / "b")]
     assert main(bad) == 2

@@ -473,6 +473,7 @@ def _print_eval_examples(console, sets: dict) -> None:
 
 def _print_checks(result: dict) -> None:
     from rich.console import Console
+    from tunelab.data.checks import targets_line
     from rich.table import Table
     from rich.text import Text
     console = Console(width=150)
@@ -496,8 +497,7 @@ def _print_checks(result: dict) -> None:
     console.print(f"tokens per row: p50 {ln['total']['p50']}, p99 {ln['total']['p99']}, max {ln['total']['max']}; "
                   f"{ln['truncated']} over train.max_length={ln['max_length']}; padding {100 * ln['padding_share']:.1f} % "
                   f"of the batch plan; {ln['recommendation']}")
-    console.print(f"scoreable targets ({tg['train']['scoring']} scoring): "
-                  + ", ".join(f"{k} {v['scoreable']}/{v['rows']}" for k, v in tg.items()))
+    console.print("; ".join(": ".join(targets_line(k, v)) for k, v in tg.items()))
     skipped = result["eval_skipped"]
     console.print("eval: scores answers" if not skipped else f"eval: answers not scored ({skipped})"
                   + ("; the held-out replies' target loss is measured instead" if result.get("eval_by_loss") else ""))

@@ -93,7 +93,7 @@ LAYOUT = {
     "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
                          "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
                          "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "
-                         "over rows)"),
+                         "over rows, and `epochs`, each measured epoch's loss paired with the one before)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "
@@ -125,7 +125,8 @@ LAYOUT = {
     "report.json": ("report_json", "the report's observations, machine-readable: each one's `kind` (good, watch, "
                                    "info), `text` (the finding with its numbers) and `rule`; what `tunelab report "
                                    "--strict` gates on"),
-    "report_files/": ("report_files", "the report's pictures (learning curves, baseline comparison)"),
+    "report_files/": ("report_files", "the report's pictures (learning curves, accuracy or held-out target loss "
+                                       "per epoch, baseline comparison)"),
 }
 
 

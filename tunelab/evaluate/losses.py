@@ -187,10 +187,21 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
         out["fewshot_baseline"] = {"model": fewshot[-1],
                                    "shots": int(fewshot[-1].removeprefix("base-").removesuffix("shot")), **d}
     out = {k: v for k, v in out.items() if v is not None}  # no rows in common: no difference to state
-    last = view.trained_epochs(cfg)
-    out["epochs"] = [{"epoch": int(k.split("-")[1]) if k != "tuned" else last, "model": k, "loss": kept[k]["loss"]}
-                     for k in kept if k.startswith("epoch-") or k == "tuned"]
+    out["epochs"] = _per_epoch(kept, view.trained_epochs(cfg))
     out["cost"] = cost.actual(sum(m["seconds"] for m in kept.values()), device, cfg.cost.usd_per_hour, world)
+    return out
+
+
+def _per_epoch(kept: dict[str, dict], last: int) -> list[dict]:
+    """Each measured epoch's loss and its paired change from the model measured before it (`vs_previous`: the
+    epoch before, or the base model for the first), so a user sees whether the last epoch still helped."""
+    out, previous = [], "base" if "base" in kept else None
+    for k in (k for k in kept if k.startswith("epoch-") or k == "tuned"):
+        entry = {"epoch": int(k.split("-")[1]) if k != "tuned" else last, "model": k, "loss": kept[k]["loss"]}
+        if previous and (d := paired_loss_difference(kept[previous]["rows"], kept[k]["rows"])):
+            entry["vs_previous"] = {"model": previous, **d}
+        out.append(entry)
+        previous = k
     return out
 
 

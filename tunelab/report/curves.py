@@ -76,6 +76,25 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
     return _save(fig, out)
 
 
+def held_out_loss_per_epoch(held_out: dict, epochs: list[dict], out: Path) -> Path:
+    """A run measured by loss: the held-out rows' target loss of the base model (epoch 0) and after each measured
+    epoch, beside the validation loss per epoch, with each prompting baseline's target loss as a grey line."""
+    from tunelab.report.extra import loss_baselines
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)
+    rows = held_out["epochs"]
+    ep = [0] + [r["epoch"] for r in rows]
+    ax.plot(ep, [held_out["losses"]["base"]["loss"]] + [r["loss"] for r in rows], "o-",
+            label=f"held-out target loss ({held_out['n']} {held_out['split']} rows)")
+    ax.plot([e["epoch"] for e in epochs], [e["val_loss"] for e in epochs], "s--", label="validation loss")
+    for (what, d), style in zip(loss_baselines(held_out), (":", "-.")):
+        ax.axhline(d["means"][0], ls=style, color="grey", label=what.split(" (")[0])
+    ax.set(title="Held-out target loss per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="loss")
+    ax.set_xticks(sorted({*ep, *(e["epoch"] for e in epochs)}))
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, out)
+
+
 def overlaid(runs: dict[str, list[dict]], out: Path) -> Path:
     """Validation and train loss per epoch of several runs on shared axes."""
     plt = _pyplot()

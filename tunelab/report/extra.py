@@ -46,9 +46,11 @@ def held_out_line(summary: dict | None) -> str | None:
     d = (summary or {}).get("loss_difference")
     if not d:
         return None
+    steps = epoch_steps(summary)
     return (f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}"
             + "".join(f"; vs {what.split(' (')[0]} {b['means'][0]:.3f}: {b['delta']:+.3f} (95 % CI "
-                      f"{b['ci95'][0]:+.3f}..{b['ci95'][1]:+.3f})" for what, b in loss_baselines(summary)))
+                      f"{b['ci95'][0]:+.3f}..{b['ci95'][1]:+.3f})" for what, b in loss_baselines(summary))
+            + (f"\ntarget loss per epoch: {steps}" if steps else ""))
 
 
 def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -69,7 +71,7 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
                     "answers are right."),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
               [(row[0], *row[3:])]), *_baseline_blocks(s), *movers(view)], \
-        [loss_change(view.name, s), *baseline_changes(view.name, s)]
+        [loss_change(view.name, s), *loss_per_epoch(view.name, s), *baseline_changes(view.name, s)]
 
 
 def _baseline_blocks(s: dict) -> list:
@@ -122,7 +124,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         if not d:
             by_loss.append(_loss_row(view.name, s))
             moved += movers(view)
-            found += [loss_change(view.name, s), *baseline_changes(view.name, s)]
+            found += [loss_change(view.name, s), *loss_per_epoch(view.name, s), *baseline_changes(view.name, s)]
             continue
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
@@ -233,6 +235,38 @@ def loss_change(name: str, s: dict) -> Observation:
         rules.sign_of(d["ci95"])]
     return Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of the "
                        "token-weighted target loss, tuned adapter − base model; beyond noise = CI excludes 0")
+
+
+def loss_per_epoch(name: str, s: dict) -> list[Observation]:
+    """Each measured epoch against the one before it on a set measured by loss: did the later epoch still make the
+    replies more likely? (The first epoch against the base model is `loss_change`'s verdict.)"""
+    out = []
+    for row in s.get("epochs") or []:
+        d = row.get("vs_previous")
+        if not d or not d["model"].startswith("epoch-"):
+            continue
+        kind, verdict = {1: ("watch", "less likely beyond noise"), -1: ("good", "more likely beyond noise"),
+                         0: ("info", "no change beyond noise")}[rules.sign_of(d["ci95"])]
+        out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {d['model'].split('-')[1]} on {name}: target "
+                               f"loss {d['means'][0]:.3f} → {d['means'][1]:.3f}, {d['delta']:+.3f}, 95 % CI "
+                               f"{d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows — replies {verdict}.",
+                               "paired bootstrap 95 % CI over the set's rows of the token-weighted target loss "
+                               "between consecutive measured epochs; beyond noise = CI excludes 0"))
+    return out
+
+
+def epoch_steps(s: dict) -> str | None:
+    """"base 1.540 → epoch 1 0.882 (-0.658, CI …) → epoch 2 0.860 (…)": a set's target loss per measured epoch with
+    each step's paired interval; None when only the final adapter was measured."""
+    rows = s.get("epochs") or []
+    if len(rows) < 2 or "base" not in s.get("losses", {}):
+        return None
+    steps = [f"base {s['losses']['base']['loss']:.3f}"]
+    for r in rows:
+        d = r.get("vs_previous")
+        steps.append(f"epoch {r['epoch']} {r['loss']:.3f}"
+                     + (f" ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})" if d else ""))
+    return " → ".join(steps)
 
 
 def held_out_compare(runs: list[RunDir], names: list[str]) -> list:

@@ -14,12 +14,13 @@ from pathlib import Path
 from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.data import MIX_SEP, source_names
+from tunelab.data.checks import targets_line
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import extra, mix
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
-from tunelab.report.curves import accuracy_per_epoch, learning_curves
+from tunelab.report.curves import accuracy_per_epoch, held_out_loss_per_epoch, learning_curves
 from tunelab.report.render import clip, html_page, markdown
 from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RunDir, counts_passes, open_run, stopped_early,
                             trained_and_planned)
@@ -277,15 +278,32 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
                      f"{100 * best['flexible_accuracy']:.1f} % {names.flexible} ({best['rule']})"))
-    accuracy = {r["epoch"]: r for r in (evaluation or {}).get("epochs") or []}
+    by_loss = not evaluation and bool((held_out or {}).get("loss_difference"))
+    scored = _epoch_loss if by_loss else _epoch_accuracy
+    accuracy = {r["epoch"]: r for r in (held_out if by_loss else evaluation or {}).get("epochs") or []}
     per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
-                  f"{100 * e['val_token_accuracy']:.1f} %", *_epoch_accuracy(e["epoch"], accuracy, evaluation),
-                  e["seconds"], e["tokens"]) for e in epochs]
+                  f"{100 * e['val_token_accuracy']:.1f} %",
+                  *scored(e["epoch"], accuracy, held_out if by_loss else evaluation), e["seconds"], e["tokens"])
+                 for e in epochs]
     return [("table", ["figure", "value", "detail"], rows),
-            ("p", "Per epoch (epoch 0 = before the first optimizer step; its accuracy is the base model's):"),
+            ("p", "Per epoch (epoch 0 = before the first optimizer step; its "
+                  + (f"held-out target loss ({held_out['split']} rows) is the base model's):" if by_loss else
+                     "accuracy is the base model's):")),
             ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc",
-                       f"{names.short} ({names.flexible})", "vs previous epoch", "seconds", "tokens"], per_epoch)]
+                       "held-out target loss" if by_loss else f"{names.short} ({names.flexible})",
+                       "vs previous epoch", "seconds", "tokens"], per_epoch)]
+
+
+def _epoch_loss(epoch: int, measured: dict, held_out: dict) -> tuple:
+    """(held-out target loss, change vs the epoch measured before with its interval) of one epoch row."""
+    if epoch == 0:
+        return f"{held_out['losses']['base']['loss']:.3f}", None
+    row = measured.get(epoch)
+    if row is None:
+        return None, None
+    d = row.get("vs_previous")
+    return f"{row['loss']:.3f}", None if d is None else f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})"
 
 
 def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tuple:
@@ -317,6 +335,13 @@ def _learning_pictures(run: RunDir, summary: dict, epochs: list[dict], evaluatio
                          f"{names.title} of the base model (epoch 0) and after each scored epoch"
                          + (" (the star: the lowest validation pass's adapter)" if at is not None else "")
                          + ", same questions"))
+    held_out = None if evaluation else HeldOutLossDir(run.path).read_eval_summary()
+    if (held_out or {}).get("loss_difference") and held_out.get("epochs"):
+        pictures.append(("img", held_out_loss_per_epoch(held_out, epochs, run.report_files /
+                                                        "held_out_loss_per_epoch.png"),
+                         "Target loss of the held-out reference replies: the base model (epoch 0) and after each "
+                         "measured epoch, same rows, beside the validation loss"
+                         + (" and the prompting baselines' (grey)" if extra.loss_baselines(held_out) else "")))
     return pictures
 
 
@@ -426,8 +451,7 @@ def _data(run: RunDir, checks: dict) -> list:
         ("rows over train.max_length", f"{ln['truncated']} (max_length {ln['max_length']})"),
         ("padding share of the batch plan", f"{100 * ln['padding_share']:.1f} %"),
         ("max_length advice", ln["recommendation"]),
-        *[(f"{k} targets with a scoreable answer ({v.get('scoring', 'numeric')} scoring)",
-           f"{v['scoreable']} / {v['rows']}") for k, v in checks["targets"].items() if v["rows"]]]))
+        *[targets_line(k, v) for k, v in checks["targets"].items() if v["rows"]]]))
     if run.lengths_png.exists():
         blocks.append(("img", run.lengths_png, "Tokens per row (prompt + target + EOS), train.max_length marked"))
     return blocks
