@@ -33,6 +33,27 @@ def test_clusters_recover_the_families(synthetic_analysis):
 
 
 @pytest.mark.slow
+def test_each_clusters_examples_are_its_rows_nearest_its_centroid(synthetic_analysis):
+    """The report's example of a cluster is its most typical row, not its first in the file."""
+    import numpy as np
+    from tunelab.analysis.embed import embed
+    from tunelab.analysis.stage import _kmeans, _rows
+    from tunelab.data import load_splits, question_text
+    run, summary = synthetic_analysis
+    cfg = load_recipe("quickstart", ["data.synthetic_rows=2200", f"analysis.k={summary['k']}"])
+    texts = np.array([question_text(e) for e in _rows(cfg, load_splits(cfg.data, cfg.eval))])
+    vectors = embed(texts.tolist(), cfg.analysis.embedder, run, cfg)  # cached by the analysis: the same vectors
+    labels, _, _ = _kmeans(vectors, summary["k"], cfg)
+    moved = 0
+    for c in json.loads(run.clusters.read_text()):
+        members = np.flatnonzero(labels == c["cluster"])
+        distance = np.linalg.norm(vectors[members] - vectors[members].mean(0), axis=1)
+        assert c["examples"] == texts[members[np.argsort(distance)[:3]]].tolist()
+        moved += c["examples"][0] != texts[members[0]]
+    assert moved  # somewhere the first row in the file is not the most typical
+
+
+@pytest.mark.slow
 def test_rare_family_is_found_among_the_top_outliers(synthetic_analysis):
     run, summary = synthetic_analysis
     outliers = json.loads((run.analysis_dir / "outliers.json").read_text())

@@ -111,9 +111,9 @@ LAYOUT = {
     "analysis/wordcloud_completions.png": ("wordcloud_completions", "word cloud of the tuned model's completions"),
     "analysis/umap.png": ("umap", "UMAP of the embeddings coloured by KMeans cluster, outliers circled"),
     "analysis/map.html": ("map_html", "the same map, interactive and offline (hover shows the question)"),
-    "analysis/clusters.json": ("clusters", "per cluster: c-TF-IDF name, size, examples, mean loss, base/tuned "
-                                           "accuracy (or, answers measured by loss, its held-out rows and their "
-                                           "base/tuned target loss)"),
+    "analysis/clusters.json": ("clusters", "per cluster: c-TF-IDF name, size, examples (most typical first), "
+                                           "mean loss, base/tuned accuracy (or, answers measured by loss, its "
+                                           "held-out rows and their base/tuned target loss)"),
     "analysis/outliers.json": ("outliers", "the most isolated / highest-loss rows, with why"),
     "analysis/eval_clusters.json": ("eval_clusters", "each scored question's (or held-out row's, measured by "
                                                      "loss) cluster (nearest centroid), for per-cluster accuracy "

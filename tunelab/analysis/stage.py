@@ -220,7 +220,7 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
     held_out = _cluster_held_out_loss(run, vectors, labels, embedder, cfg)
     out = []
     for c in sorted(set(labels.tolist()), key=lambda c: -(labels == c).sum()):
-        members = [i for i in np.flatnonzero(labels == c)]
+        members = _by_centrality(vectors, np.flatnonzero(labels == c))
         measured = [losses[rows[i].id] for i in members if rows[i].id in losses]
         member_losses = [loss for _, loss in measured]
         val_losses = [loss for split, loss in measured if split == "val"]
@@ -236,6 +236,13 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
             entry["sources"] = dict(Counter(source_of(rows[i].id, cfg.data) for i in members).most_common())
         out.append(entry)
     return out
+
+
+def _by_centrality(vectors: np.ndarray, members: np.ndarray) -> list[int]:
+    """A cluster's row indices, nearest its centroid first (Euclidean, as KMeans assigns them): its first rows are
+    its most typical, the examples the report shows."""
+    distance = np.linalg.norm(vectors[members] - vectors[members].mean(0), axis=1)  # (m,)
+    return members[np.argsort(distance, kind="stable")].tolist()
 
 
 def _nearest(questions: list[str], vectors, labels, embedder: str, run: RunDir, cfg) -> dict[str, int]:

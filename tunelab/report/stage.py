@@ -405,6 +405,8 @@ def _insights(run: RunDir, analysis: dict) -> list:
                      c["mean_loss"], *(_held_out_cells(c) if by_loss else
                                        (pct(c.get("base_accuracy")), pct(c.get("tuned_accuracy")))),
                      c["examples"][0][:140]) for c in clusters]))
+    blocks.append(("p", "Each cluster's example is its most typical row: the one nearest its centroid in the "
+                        "embedding space KMeans clustered."))
     if by_loss:
         blocks.append(("p", "Held-out rows join the cluster of their nearest centroid; their target loss is "
                             "token-weighted, base model → tuned adapter (Held-out replies, by loss)."))
