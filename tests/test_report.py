@@ -27,6 +27,13 @@ def test_report_from_a_fixture_run_dir(tmp_path):
     assert "rose beyond noise (5.0 % → 15.0 %, +10.0 pts, 95 % CI +4.0..+16.0" in md
     assert "| Train loss improvement | 26.3 % |" in md
     assert "![" in md and (run.path / "report_files" / "learning_curves.png").exists()
+    assert "1 outliers (rare problems: the rows most isolated" in md and "the top" not in md  # all shown: said so
+    outliers = [{"id": f"train-{i}", "score": 0.9, "why": "isolated", "text": f"row {i}"} for i in range(12)]
+    run.outliers.write_text(json.dumps(outliers))
+    write_report(run)
+    md = run.report_md.read_text()
+    assert "12 outliers (rare" in md and "analysis.outlier_share of the rows); the top 10:" in md
+    assert "| train-9 |" in md and "| train-10 |" not in md
     html = html_path.read_text()
     assert html.count("data:image/png;base64,") == 4  # curves, word cloud, UMAP, data map: all inlined
     assert 'src="http' not in html and "<link" not in html  # self-contained

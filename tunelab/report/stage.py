@@ -412,9 +412,13 @@ def _insights(run: RunDir, analysis: dict) -> list:
                             "token-weighted, base model → tuned adapter (Held-out replies, by loss)."))
     outliers = run.read_optional(run.outliers, [])
     if outliers:
-        blocks.append(("p", f"{analysis['outliers']} outliers (rare problems); the top ten:"))
+        shown = outliers[:OUTLIERS_SHOWN]
+        blocks.append(("p", f"{len(outliers)} outliers (rare problems: the rows most isolated in embedding "
+                            "space, by local outlier factor, and, once trained, highest in the model's loss — the "
+                            "mean of the two percentile ranks; analysis.outlier_share of the rows)"
+                            + (f"; the top {len(shown)}:" if len(shown) < len(outliers) else ":")))
         blocks.append(("table", ["id", "score", "why", "question"],
-                       [(o["id"], o["score"], o["why"], o["text"][:160]) for o in outliers[:10]]))
+                       [(o["id"], o["score"], o["why"], o["text"][:160]) for o in shown]))
     if "cartography" in analysis and run.cartography_png.exists():
         blocks.append(("img", run.cartography_png, "Data map of the training examples: " + ", ".join(
             f"{k} {v}" for k, v in analysis["cartography"].items())))
@@ -426,6 +430,7 @@ def _insights(run: RunDir, analysis: dict) -> list:
 
 
 FLIP_EXAMPLES = 3  # gained and lost questions shown per compared pair
+OUTLIERS_SHOWN = 10  # rows of analysis/outliers.json in the report
 OVERLAP_EXAMPLES = 5  # overlapping test / training pairs shown
 
 
