@@ -58,6 +58,12 @@ def test_card_is_written_after_training_and_refreshed_after_eval(tiny_recipe, tm
     write_report(run)  # the report carries the same hand-offs
     report = run.report_md.read_text()
     assert "## Take it further" in report and f"{cfg.name}-lora={run.adapter.resolve()}" in report
+    assert "Commands filled in for this run: serve it with vLLM, publish it" in report  # no lm-eval line to name
+    run.config.write_text(run.config.read_text().replace("source: null", "source: openai/gsm8k", 1))
+    write_report(run)  # scored on GSM8K: lm-eval's task, its lines and the sentence naming them
+    report = run.report_md.read_text()
+    assert "Commands filled in for this run: re-score the adapter with lm-evaluation-harness, serve it" in report
+    assert "--tasks gsm8k" in report
 
 
 def test_card_without_a_known_hub_id_says_so_and_keeps_peft_path(tiny_recipe, tmp_path):

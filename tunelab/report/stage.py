@@ -95,12 +95,14 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         sections.append(("Comparison with the baseline run", baseline_section(run, baseline, figures)))
     sections.append(("What worked / what to watch", _worked_and_watch(found)))
     if run.has_adapter():
+        commands = handoff.for_run(run)
+        rescore = "re-score the adapter with lm-evaluation-harness, " if any(
+            line.startswith("lm_eval ") for _, line in commands) else ""  # lm-eval has a task for GSM8K alone
         sections.append(("Take it further", [
-            ("p", "Commands filled in for this run: re-score the adapter with lm-evaluation-harness, serve it with "
-                  "vLLM, publish it (adapter/README.md is its model card; `tunelab export` writes a merged model "
-                  "or a GGUF for llama.cpp and Ollama)."),
+            ("p", f"Commands filled in for this run: {rescore}serve it with vLLM, publish it (adapter/README.md is "
+                  "its model card; `tunelab export` writes a merged model or a GGUF for llama.cpp and Ollama)."),
             *_best_epoch_export(run, evaluation, summary),
-            ("details", "the commands", handoff.for_run(run))]))
+            ("details", "the commands", commands)]))
     sections.append(("Definitions", [("list", _definitions(names.definition, imported))]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
