@@ -38,9 +38,13 @@ def test_user_mistakes_exit_2_naming_the_key_and_write_nothing(args, message, tm
     assert not run.exists()
 
 
-def test_eval_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
-    assert main(["eval", str(tmp_path)]) == 2
+@pytest.mark.parametrize("command", ["eval", "generate"])
+def test_eval_or_generate_of_a_folder_that_is_no_run_or_a_missing_path_exits_2(command, tmp_path, capsys):
+    assert main([command, str(tmp_path)]) == 2
     assert f"{tmp_path}: not a run directory (no config.yaml); give a run directory or a recipe" in \
+        capsys.readouterr().err
+    assert main([command, str(tmp_path / "runs" / "smok")]) == 2  # a mistyped run directory: not "no such recipe"
+    assert f"{tmp_path / 'runs' / 'smok'}: no such run directory or recipe file; built-in recipes are: " in \
         capsys.readouterr().err
 
 

@@ -293,19 +293,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_or_recipe(target: str, overrides: list[str]):
+    """(run directory, its recipe) when `target` is one, else (None, the recipe `target` names), for the commands
+    that take either (eval, generate).
+
+    Raises:
+        UserError: a folder that is not a run directory, or a name that is neither a run directory nor a recipe.
+    """
+    from tunelab.config import builtin_recipes, load_recipe
+    if Path(target, "config.yaml").is_file():
+        return open_run(target, overrides, sections=("eval",))
+    if Path(target).is_dir():
+        raise UserError(f"{target}: not a run directory (no config.yaml); give a run directory or a recipe")
+    if not Path(target).exists() and target not in builtin_recipes():
+        raise UserError(f"{target}: no such run directory or recipe file; built-in recipes are: "
+                        f"{', '.join(builtin_recipes())}")
+    return None, load_recipe(target, overrides)
+
+
 def cmd_eval(args) -> int:
-    from tunelab.config import load_recipe
     from tunelab.data import load_splits
     from tunelab.evaluate.stage import by_loss, evaluate, evaluate_extra, held_out_loss, unscoreable
     from tunelab.rundir import RunDir
-    is_run = Path(args.target, "config.yaml").is_file()
-    if is_run:
-        run, cfg = open_run(args.target, args.overrides, sections=("eval",))
-    elif Path(args.target).is_dir():
-        raise UserError(f"{args.target}: not a run directory (no config.yaml); give a run directory or a recipe")
-    else:
-        cfg = load_recipe(args.target, args.overrides)
-        run = RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
+    found, cfg = _run_or_recipe(args.target, args.overrides)
+    is_run = found is not None
+    run = found if is_run else RunDir(args.run_dir or default_run_dir(cfg.name, "base"))
     splits = load_splits(cfg.data, cfg.eval)
     reason = unscoreable(cfg, splits)
     if reason and not by_loss(cfg, splits):
@@ -658,19 +670,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from tunelab.config import load_recipe
     from tunelab.evaluate import inference
     from tunelab.models import load_tokenizer, pick_device
     from tunelab.train.runtime import tune_for
-    if Path(args.target, "config.yaml").is_file():
-        run, cfg = open_run(args.target, args.overrides, sections=("eval",))
+    run, cfg = _run_or_recipe(args.target, args.overrides)
+    if run is not None:
         models = inference.run_models(run, args.epoch, args.base)
-    elif Path(args.target).is_dir():
-        raise UserError(f"{args.target}: not a run directory (no config.yaml); give a run directory or a recipe")
     else:
         if args.epoch:
             raise UserError("--epoch: a recipe has no adapters; give a run directory")
-        cfg = load_recipe(args.target, args.overrides)
         models = [inference.Model("base", None, "base")]
     if args.file and (args.text or args.raw):
         raise UserError("--file: rows come from the file; give no texts and no --raw with it")
