@@ -201,6 +201,35 @@ def test_accuracy_by_label_is_paired_per_category_and_judged_with_a_bonferroni_b
     assert "| add | 30 | 0 % | 83 % | +83.3 (+" in card and card.count("| yes |") == 1
 
 
+def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interval_and_small_ones_unjudged():
+    from tunelab.evaluate.losses import MIN_CATEGORY_ROWS, by_category
+    from tunelab.report.extra import _category_blocks, loss_by_category
+    from tunelab.stats import paired_loss_difference
+    rng = random.Random(0)
+    labels = {f"r{i}": "recipes" if i < 12 else "poems" if i < 24 else "jokes" for i in range(27)}
+    base = {i: (2.0 + rng.random(), 10 + k) for k, i in enumerate(labels)}
+    tuned = {i: (loss - 1.0 + 0.05 * rng.random() if labels[i] == "recipes" else loss + rng.uniform(-0.5, 0.5), n)
+             for i, (loss, n) in base.items()}  # recipes fell by about 1, poems moved at random, 3 jokes
+    by = by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, labels, "topic")
+    assert [r["category"] for r in by["rows"]] == ["poems", "recipes", "jokes"]  # the most rows first
+    assert by["judged"] == 2 and by["level"] == 0.975 and MIN_CATEGORY_ROWS > 3
+    rows = {r["category"]: r for r in by["rows"]}
+    recipes = [i for i in labels if labels[i] == "recipes"]
+    wide = paired_loss_difference({i: base[i] for i in recipes}, {i: tuned[i] for i in recipes})
+    ci = rows["recipes"]["difference"]["ci"]
+    assert ci[0] <= wide["ci95"][0] and ci[1] >= wide["ci95"][1] and ci[1] < 0  # wider than 95 %, still below 0
+    assert rows["recipes"]["tuned_loss"] == pytest.approx(wide["means"][1], abs=1e-6)
+    assert rows["jokes"]["difference"]["ci"] is None and rows["jokes"]["n"] == 3  # too few rows to judge
+    said = loss_by_category({"by_category": by})
+    assert said.kind == "good" and said.text.startswith(
+        f"The held-out target loss fell beyond noise in 1 of 2 categories judged: recipes "
+        f"{rows['recipes']['base_loss']:.3f} → {rows['recipes']['tuned_loss']:.3f} (n = 12).")
+    (table,) = [b for b in _category_blocks({"by_category": by}) if b[0] == "table"]
+    assert table[2][2][4].endswith(" (not judged)") and "1 with fewer than 10 rows are listed without one" in \
+        _category_blocks({"by_category": by})[0][1]
+    assert by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, {**labels, "r0": None}, "topic") is None
+
+
 def test_compare_and_the_baseline_report_pair_each_category_across_runs(tmp_path):
     """Runs on the same labelled questions: per category, each later run's tuned accuracy against the first's,
     paired, with the same Bonferroni bound; a run that scored some of them is paired on those, one that scored

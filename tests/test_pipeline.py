@@ -153,11 +153,11 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
                                                                                               capsys):
     from conftest import write_jsonl
     from tunelab.status import describe
-    rows = [{"q": f"Describe item {i}.", "a": f"Item {i} is a small wooden object that people keep on a shelf."}
-            for i in range(30)]
+    rows = [{"q": f"Describe item {i}.", "a": f"Item {i} is a small wooden object that people keep on a shelf.",
+             "kind": ["wood", "shelf"][i % 2]} for i in range(30)]
     source = write_jsonl(tmp_path / "items.jsonl", rows)  # one file: no test split
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={source}",
-            "--set", "data.template={q}\n", "--set", "data.target={a}", "--set", "data.label_field=null",
+            "--set", "data.template={q}\n", "--set", "data.target={a}", "--set", "data.label_field=kind",
             "--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "eval.samples=0",
             "--set", "eval.chat_baseline=true", "--set", "eval.fewshot=2", "--set", "analysis.k_max=3",
             "--run-dir", str(tmp_path / "v")]
@@ -175,6 +175,7 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
                      r"The base model asked through|The fine-tune and the base model asked)", md)
     _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run, held_out, tiny_model, rows)
     _each_epoch_is_paired_with_the_one_before(run, held_out, said, md)
+    _each_category_is_paired_apart(run, held_out, md)
     epochs = run.read_epochs()
     val = {e["id"] for e in run.read_examples() if e["split"] == "val"}
     assert held_out["split"] == "validation" and held_out["n"] == len(val)
@@ -219,6 +220,28 @@ def _each_epoch_is_paired_with_the_one_before(run: RunDir, held_out: dict, said:
            f"{verdict}." in md
     assert "(report_files/held_out_loss_per_epoch.png)" in md and (run.report_files /
                                                                   "held_out_loss_per_epoch.png").stat().st_size
+
+
+def _each_category_is_paired_apart(run: RunDir, held_out: dict, md: str) -> None:
+    """data.label_field: the held-out target loss per category, each its rows' token-weighted loss, in a table; a
+    category of a handful of rows is listed, not judged (the judged path: test_eval_summary)."""
+    from tunelab.data import load_splits
+    cfg = run.read_recipe()
+    kinds = {e.id: e.label for e in load_splits(cfg.data, cfg.eval).val}  # the rows measured, by their kind
+    by = held_out["by_category"]
+    assert sorted(r["category"] for r in by["rows"]) == sorted(set(kinds.values())) and by["judged"] == 0
+    measured = run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl")
+    for row in by["rows"]:
+        for model, key in (("base", "base_loss"), ("tuned", "tuned_loss")):
+            mine = [r for r in measured if r["model"] == model and kinds[r["id"]] == row["category"]]
+            assert row[key] == pytest.approx(sum(r["loss"] * r["tokens"] for r in mine) /
+                                             sum(r["tokens"] for r in mine), abs=1e-4) and row["n"] == len(mine)
+        d = row["difference"]
+        assert d["ci"] is None and d["delta"] == pytest.approx(row["tuned_loss"] - row["base_loss"], abs=1e-4)
+        assert f"| {row['category']} | {row['n']} | {row['base_loss']:.3f} | {row['tuned_loss']:.3f} | " \
+               f"{d['delta']:+.3f} (not judged) |" in md
+    assert "| category | rows | base loss | tuned loss | Δ loss |" in md and "so none is judged." in md
+    assert "The held-out target loss" not in md  # no verdict on categories too small to judge
 
 
 def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_model, tmp_path, monkeypatch, capsys):

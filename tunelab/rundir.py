@@ -93,7 +93,8 @@ LAYOUT = {
     "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
                          "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
                          "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "
-                         "over rows, and `epochs`, each measured epoch's loss paired with the one before)"),
+                         "over rows, `epochs`, each measured epoch's loss paired with the one before, and with "
+                         "data.label_field `by_category`, each category's loss paired apart)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "

@@ -32,10 +32,10 @@ def paired_difference(base: list[bool], tuned: list[bool], seed: int = 0, resamp
 
 
 def paired_loss_difference(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]],
-                           seed: int = 0, resamples: int = RESAMPLES) -> dict | None:
+                           seed: int = 0, resamples: int = RESAMPLES, level: float = 0.95) -> dict | None:
     """Token-weighted mean loss of `after` minus `before` over the rows both measured (id -> (mean loss, tokens)),
-    with a 95 % paired bootstrap interval over rows, and the two token-weighted means over those rows. None when
-    they share no row."""
+    with a paired bootstrap interval over rows (95 %, or `level`: a Bonferroni-corrected one), and the two
+    token-weighted means over those rows. None when they share no row."""
     ids = [i for i in before if i in after]
     if not ids:
         return None
@@ -43,7 +43,7 @@ def paired_loss_difference(before: dict[str, tuple[float, int]], after: dict[str
     d = np.array([after[i][0] - before[i][0] for i in ids])  # (n,) per-row loss change
     idx = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
     boot = (d[idx] * w[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-12)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
     means = [float(np.dot([rows[i][0] for i in ids], w) / w.sum()) for rows in (before, after)]
     return {"n": len(ids), "delta": round(float((d * w).sum() / w.sum()), 6),
             "ci95": [round(float(lo), 6), round(float(hi), 6)], "means": [round(m, 6) for m in means]}

@@ -70,6 +70,8 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
                 _write_rows(view, kept, asked, rows)
             progress.advance(1)
     summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world), "prompts": asked}
+    if categories := by_category(kept, {r.id: r.label for r in rows}, cfg.data.label_field):
+        summary["by_category"] = categories
     if d.main:
         view.write_json(view.eval_summary, summary)
     return summary
@@ -203,6 +205,36 @@ def _per_epoch(kept: dict[str, dict], last: int) -> list[dict]:
         out.append(entry)
         previous = k
     return out
+
+
+MIN_CATEGORY_ROWS = 10  # a category with fewer rows is listed, not judged: a bootstrap of a handful of rows is no test
+
+
+def by_category(kept: dict[str, dict], labels: dict[str, str | None], label_field: str | None) -> dict | None:
+    """Per category of row (its `data.label_field` value), the base model's and the final adapter's target loss on
+    its rows and, for a category of `MIN_CATEGORY_ROWS` rows or more, their paired difference with an interval
+    widened for the number of categories judged (Bonferroni); the most rows first. None unless every row has a
+    label, there are two categories or more, and base and tuned were both measured."""
+    if not label_field or not labels or "base" not in kept or "tuned" not in kept or None in labels.values():
+        return None
+    groups: dict[str, list[str]] = {}
+    for i, label in labels.items():
+        groups.setdefault(str(label), []).append(i)
+    if len(groups) < 2:
+        return None
+    judged = sum(len(m) >= MIN_CATEGORY_ROWS for m in groups.values())
+    level = 1 - 0.05 / max(judged, 1)
+    rows = []
+    for category, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        base, tuned = ({i: kept[m]["rows"][i] for i in members} for m in ("base", "tuned"))
+        d = paired_loss_difference(base, tuned, level=level)
+        d["ci"] = d.pop("ci95") if len(members) >= MIN_CATEGORY_ROWS else None  # at `level`, not 95 %
+        rows.append({"category": category, "n": len(members), "base_loss": d["means"][0],
+                     "tuned_loss": d["means"][1], "difference": d})
+    return {"source": f"data.label_field ({label_field})", "rows": rows, "level": round(level, 6), "judged": judged,
+            "rule": f"paired bootstrap {100 * level:.2f} % interval per category of tuned − base target loss (95 % "
+                    f"Bonferroni-corrected over the {judged} categories of {MIN_CATEGORY_ROWS} rows or more; "
+                    f"smaller ones are not judged); beyond noise = it excludes 0"}
 
 
 def done(summary: dict | None) -> bool:

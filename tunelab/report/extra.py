@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from tunelab.evaluate.losses import LOSS
+from tunelab.evaluate.losses import LOSS, MIN_CATEGORY_ROWS
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import observations as rules
@@ -70,8 +70,9 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
                   + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
                     "answers are right."),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
-              [(row[0], *row[3:])]), *_baseline_blocks(s), *movers(view)], \
-        [loss_change(view.name, s), *loss_per_epoch(view.name, s), *baseline_changes(view.name, s)]
+              [(row[0], *row[3:])]), *_baseline_blocks(s), *_category_blocks(s), *movers(view)], \
+        [loss_change(view.name, s), *loss_per_epoch(view.name, s), *baseline_changes(view.name, s),
+         *filter(None, [loss_by_category(s)])]
 
 
 def _baseline_blocks(s: dict) -> list:
@@ -80,6 +81,46 @@ def _baseline_blocks(s: dict) -> list:
             f"{d['ci95'][1]:+.3f})" for what, d in loss_baselines(s)]
     return [("p", "Prompting the base model instead, the same replies after each prompt: " + "; ".join(said) +
                   ".")] if said else []
+
+
+def _category_blocks(s: dict) -> list:
+    """A table of the held-out target loss per category (data.label_field), base → tuned, when measured."""
+    by = s.get("by_category")
+    if not by:
+        return []
+    small = len(by["rows"]) - by["judged"]
+    judged = (f"paired over its rows; each interval is {100 * by['level']:.2f} %, so that the {by['judged']} "
+              f"categories judged together keep a 95 % bound (Bonferroni)" if by["judged"] else
+              f"no category has {MIN_CATEGORY_ROWS} rows or more, so none is judged")
+    return [("p", f"Per category ({by['source']}): the target loss of each category's rows, base model → tuned "
+                  f"adapter, {judged}"
+                  + (f"; {small} with fewer than {MIN_CATEGORY_ROWS} rows are listed without one, not judged"
+                     if small and by["judged"] else "") + "."),
+            ("table", ["category", "rows", "base loss", "tuned loss",
+                       f"Δ loss ({100 * by['level']:.2f} % CI)" if by["judged"] else "Δ loss"],
+             [(r["category"], r["n"], f"{r['base_loss']:.3f}", f"{r['tuned_loss']:.3f}",
+               f"{d['delta']:+.3f}" + (f" ({d['ci'][0]:+.3f}..{d['ci'][1]:+.3f})" if d["ci"] else " (not judged)"))
+              for r in by["rows"] for d in [r["difference"]]])]
+
+
+def loss_by_category(s: dict) -> Observation | None:
+    """Which categories' held-out target loss moved beyond noise, under `by_category`'s Bonferroni bound."""
+    by = s.get("by_category")
+    if not by or not by["judged"]:
+        return None
+    judged = [r for r in by["rows"] if r["difference"]["ci"]]
+    moved = {sign: [r for r in judged if rules.sign_of(r["difference"]["ci"]) == sign] for sign in (-1, 1)}
+    rule = f"{by['rule']}; categories: {by['source']}"
+
+    def listed(found: list[dict]) -> str:
+        return "; ".join(f"{r['category']} {r['base_loss']:.3f} → {r['tuned_loss']:.3f} (n = {r['n']})" for r in found)
+    if not moved[-1] and not moved[1]:
+        return Observation("info", f"The held-out target loss changed beyond noise in no category ({len(judged)} "
+                                   "judged).", rule)
+    parts = [f"{verb} beyond noise in {len(moved[sign])} of {len(judged)} categories judged: {listed(moved[sign])}"
+             for sign, verb in ((-1, "fell"), (1, "rose")) if moved[sign]]
+    return Observation("watch" if moved[1] else "good", "The held-out target loss " + "; and ".join(parts)
+                       + ".", rule)
 
 
 MOVERS = 3  # rows listed each way in a loss-measured set's largest changes
