@@ -203,7 +203,7 @@ def test_accuracy_by_label_is_paired_per_category_and_judged_with_a_bonferroni_b
 
 def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interval_and_small_ones_unjudged():
     from tunelab.evaluate.losses import MIN_CATEGORY_ROWS, by_category
-    from tunelab.report.extra import _category_blocks, loss_by_category
+    from tunelab.report.extra import _category_blocks, _category_line, loss_by_category
     from tunelab.stats import paired_loss_difference
     rng = random.Random(0)
     labels = {f"r{i}": "recipes" if i < 12 else "poems" if i < 24 else "jokes" for i in range(27)}
@@ -227,6 +227,8 @@ def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interva
     (table,) = [b for b in _category_blocks({"by_category": by}) if b[0] == "table"]
     assert table[2][2][4].endswith(" (not judged)") and "1 with fewer than 10 rows are listed without one" in \
         _category_blocks({"by_category": by})[0][1]
+    assert _category_line({"by_category": by}) == ("target loss per category (data.label_field (topic)): lower "
+                                                   "beyond noise in 1 (recipes) of 2 judged, higher beyond noise in 0")
     assert by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, {**labels, "r0": None}, "topic") is None
 
 

@@ -50,7 +50,26 @@ def held_out_line(summary: dict | None) -> str | None:
     return (f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}"
             + "".join(f"; vs {what.split(' (')[0]} {b['means'][0]:.3f}: {b['delta']:+.3f} (95 % CI "
                       f"{b['ci95'][0]:+.3f}..{b['ci95'][1]:+.3f})" for what, b in loss_baselines(summary))
-            + (f"\ntarget loss per epoch: {steps}" if steps else ""))
+            + (f"\ntarget loss per epoch: {steps}" if steps else "")
+            + (f"\n{categories}" if (categories := _category_line(summary)) else ""))
+
+
+def _category_line(summary: dict) -> str | None:
+    """"per category (data.label_field (topic)): lower beyond noise in 3 of 5 judged (a, b, c), higher in none"."""
+    by = summary.get("by_category")
+    if not by or not by["judged"]:
+        return None
+    judged, moved = _moved(by)
+    said = [f"{verb} beyond noise in {len(moved[sign])}"
+            + (f" ({', '.join(r['category'] for r in moved[sign])})" if moved[sign] else "")
+            for sign, verb in ((-1, "lower"), (1, "higher"))]
+    return f"target loss per category ({by['source']}): {said[0]} of {len(judged)} judged, {said[1]}"
+
+
+def _moved(by: dict) -> tuple[list[dict], dict[int, list[dict]]]:
+    """A `by_category`'s judged categories, and those whose loss fell (-1) and rose (1) beyond their interval."""
+    judged = [r for r in by["rows"] if r["difference"]["ci"]]
+    return judged, {sign: [r for r in judged if rules.sign_of(r["difference"]["ci"]) == sign] for sign in (-1, 1)}
 
 
 def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -108,8 +127,7 @@ def loss_by_category(s: dict) -> Observation | None:
     by = s.get("by_category")
     if not by or not by["judged"]:
         return None
-    judged = [r for r in by["rows"] if r["difference"]["ci"]]
-    moved = {sign: [r for r in judged if rules.sign_of(r["difference"]["ci"]) == sign] for sign in (-1, 1)}
+    judged, moved = _moved(by)
     rule = f"{by['rule']}; categories: {by['source']}"
 
     def listed(found: list[dict]) -> str:
