@@ -88,3 +88,20 @@ def assert_same_adapter(run_a: Path, run_b: Path, atol: float, rtol: float, fold
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=rtol)
+
+
+def recording_bar(monkeypatch) -> list:
+    """Replace tunelab's progress bar with one that records: [(description, total), (n, fields), ...] per bar."""
+    from contextlib import contextmanager
+    seen: list = []
+
+    class Recorder:
+        def advance(self, n: int = 1, **fields) -> None:
+            seen.append((n, fields))
+
+    @contextmanager
+    def recorded(description: str, total: int):
+        seen.append((description, total))
+        yield Recorder()
+    monkeypatch.setattr("tunelab.progress.bar", recorded)
+    return seen

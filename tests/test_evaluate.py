@@ -725,3 +725,24 @@ def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, m
     raw["eval"]["also"][0]["target"] = "{a} Indeed."  # the replies written another way: measured again
     ((_, other),) = evaluate_extra(validate(raw, "tiny2"), run)
     assert other.summary["losses"]["base"]["tokens"] > s["losses"]["base"]["tokens"]
+
+
+def test_loss_passes_advance_their_progress_bar_row_by_row(two_epoch_run, monkeypatch, tmp_path):
+    """A set measured by loss shows one bar over every model's rows, advanced as each micro-batch is measured, not
+    once per model: a long pass does not sit still."""
+    import shutil
+    from conftest import recording_bar, write_jsonl
+    from tunelab.evaluate.stage import evaluate_extra
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Tell me about {i}.", "a": f"{i} is a number that comes "
+                                                    "after the one before it, as counting goes."} for i in range(6)])
+    raw = cfg.model_dump(mode="json")
+    raw["eval"].update(fewshot=0, also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "p"}])
+    seen = recording_bar(monkeypatch)
+    evaluate_extra(validate({**raw, "train": {**raw["train"], "batch_size": 2}}, "tiny2"), run)
+    (description, total), steps = seen[0], seen[1:]
+    assert description.endswith("loss passes") and total == 3 * 5  # base, epoch 1, tuned over eval.limit's 5 rows
+    assert sum(n for n, _ in steps) == total and len(steps) > 3  # several steps per model: batches of 2 rows
+    assert {fields["model"] for _, fields in steps} == {"base", "epoch-1", "tuned"}  # the model measured, beside

@@ -4,6 +4,7 @@ are refused before anything is written."""
 
 import json
 import shutil
+from itertools import takewhile
 
 import pytest
 
@@ -11,7 +12,7 @@ from tunelab.cli import main
 from tunelab.config import to_yaml, validate
 from tunelab.rundir import RunDir
 
-from conftest import write_jsonl
+from conftest import recording_bar, write_jsonl
 
 
 def _recipe(tiny_model, folder) -> dict:
@@ -133,14 +134,19 @@ def test_a_trl_run_is_imported_with_each_epoch_scored_and_its_losses_measured(tr
 
 
 @pytest.mark.slow
-def test_an_import_resumes_at_the_first_epoch_not_measured(trl_output, imported_run, tmp_path):
+def test_an_import_resumes_at_the_first_epoch_not_measured(trl_output, imported_run, tmp_path, monkeypatch):
     out, recipe, _ = trl_output
     run = RunDir(tmp_path / "run")
     shutil.copytree(imported_run.path, run.path)
     before_epochs, before_examples = imported_run.read_epochs(), imported_run.read_examples()
     run.summary.unlink()  # as if killed after epoch 1's measurements
     run.write_jsonl(run.epochs, before_epochs[:2])
+    seen = recording_bar(monkeypatch)
     assert main(["import", recipe, str(out), "--run-dir", str(run.path)]) == 0
+    start = seen.index(next(s for s in seen if s[0] == "import: loss passes"))
+    total, steps = seen[start][1], list(takewhile(lambda s: isinstance(s[0], int), seen[start + 1:]))  # its own
+    measured = [x for x in before_examples if x["epoch"] == 2]  # epoch 2's train and validation rows, one by one
+    assert total == len(measured) == sum(n for n, _ in steps) and {f["epoch"] for _, f in steps} == {2}
     after = run.read_epochs()
     assert after[:2] == before_epochs[:2]  # kept as measured (their seconds too): not measured again
     assert [{**e, "val_seconds": 0} for e in after[2:]] == [{**e, "val_seconds": 0} for e in before_epochs[2:]]

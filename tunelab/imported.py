@@ -266,12 +266,13 @@ def _measure(cfg: Recipe, run: RunDir, source: Source) -> dict:
         for name, items, rows, epoch in parts:
             t0 = time.time()
             stats, logged = loss_pass(net, items, rows, name, epoch, cfg.train.batch_size, tok.pad_token_id, micro,
-                                      device)
+                                      device, advance=lambda n, at=epoch: progress.advance(n, epoch=at))
             examples.extend(logged)
             out[name] = (stats, time.time() - t0)
         return out
 
-    with bar("import: loss passes", total=len(todo)) as progress:
+    rows = sum(len(val_items) + (len(test_items) if k == 0 else len(train_items)) for k in todo)
+    with bar("import: loss passes", total=rows) as progress:  # rows, epoch by epoch
         for k in todo:
             if k == 0:
                 got = passes(base, [("val", val_items, splits.val, 0)]
@@ -284,7 +285,6 @@ def _measure(cfg: Recipe, run: RunDir, source: Source) -> dict:
             epochs.sort(key=lambda e: e["epoch"])
             run.write_jsonl(run.examples, examples)  # rows before their epoch row: a kill between the two redoes it
             run.write_jsonl(run.epochs, epochs)
-            progress.advance(1)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     run.write_jsonl(run.validation, [{"step": None, "epoch": e["epoch"], "epoch_end": True,

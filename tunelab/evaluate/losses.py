@@ -55,12 +55,13 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     written = {name: _written(name, cfg, rows, tok, shots) for name in {_format(n) for n, _ in models}}
     base = load_model(cfg.model, device) if models else None
     micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
-    with bar(f"{view.label}: loss passes", total=len(models)) as progress:
+    with bar(f"{view.label}: loss passes", total=len(models) * len(rows)) as progress:  # rows, model by model
         for name, folder in models:
             net = PeftModel.from_pretrained(base, str(folder)) if folder else base
             t0 = time.time()
             stats, logged = loss_pass(SupervisedLM(net).eval(), written[_format(name)], rows, "test", 0,
-                                      cfg.train.batch_size, tok.pad_token_id, micro, device, d)
+                                      cfg.train.batch_size, tok.pad_token_id, micro, device, d,
+                                      lambda n, model=name: progress.advance(n * d.world, model=model))
             kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
                           "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
@@ -68,7 +69,6 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
             log.info("%s on %s: target loss %.4f over %d rows", name, view.label, stats.loss, len(rows))
             if d.main:
                 _write_rows(view, kept, asked, rows)
-            progress.advance(1)
     summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world), "prompts": asked}
     if categories := by_category(kept, {r.id: r.label for r in rows}, cfg.data.label_field):
         summary["by_category"] = categories

@@ -101,10 +101,11 @@ def filler(batch: Batch) -> Batch:
 
 @torch.no_grad()
 def loss_pass(net, items: list[Tokenized], examples: list, split_name: str, epoch: int, batch_size: int, pad_id: int,
-              micro_tokens: int, device: torch.device, d=None) -> tuple[PassStats, list[dict]]:
+              micro_tokens: int, device: torch.device, d=None, advance=None) -> tuple[PassStats, list[dict]]:
     """Losses of `items` (tokenized `examples`) under `net` as it is (call net.eval() for no dropout): the pass's
     token-weighted sums over all ranks, and each row's {id, split, epoch, loss, tokens} gathered from all ranks.
-    Under `d` (distributed.Dist) batches are dealt round-robin to ranks."""
+    Under `d` (distributed.Dist) batches are dealt round-robin to ranks. `advance(n)`, when given, is called with
+    the rows of each micro-batch this rank has measured (a progress bar's)."""
     from tunelab.distributed import Dist
     d = d or Dist()
     stats, rows_out = PassStats(), []
@@ -117,6 +118,8 @@ def loss_pass(net, items: list[Tokenized], examples: list, split_name: str, epoc
         stats.add(float(losses.sum()), int(ok.sum()), b.supervised, b.real_tokens)
         rows_out += [{"id": examples[i].id, "split": split_name, "epoch": epoch, "loss": round(loss, 5),
                       "tokens": n} for i, loss, n in per_example(losses, rows, b)]
+        if advance is not None:
+            advance(int(b.index.shape[0]))
     total = PassStats()
     loss_sum, correct, supervised, real = d.sum([stats.loss_sum, stats.correct, stats.supervised_tokens,
                                                  stats.real_tokens])
