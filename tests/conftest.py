@@ -90,8 +90,9 @@ def assert_same_adapter(run_a: Path, run_b: Path, atol: float, rtol: float, fold
         torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=rtol)
 
 
-def recording_bar(monkeypatch) -> list:
-    """Replace tunelab's progress bar with one that records: [(description, total), (n, fields), ...] per bar."""
+def recording_bar(monkeypatch, *imported_in: str) -> list:
+    """Replace tunelab's progress bar (and the name `bar` in each module of `imported_in`, which imported it) with one
+    that records: [(description, total), (n, fields), ...] per bar."""
     from contextlib import contextmanager
     seen: list = []
 
@@ -103,5 +104,6 @@ def recording_bar(monkeypatch) -> list:
     def recorded(description: str, total: int):
         seen.append((description, total))
         yield Recorder()
-    monkeypatch.setattr("tunelab.progress.bar", recorded)
+    for where in ("tunelab.progress", *imported_in):
+        monkeypatch.setattr(f"{where}.bar", recorded)
     return seen

@@ -129,6 +129,23 @@ def test_same_seed_same_metrics(tiny_run, tmp_path):
     assert [e["val_loss"] for e in again.epochs] == [e["val_loss"] for e in result.epochs]
 
 
+def test_loss_passes_show_their_rows_before_and_during_training(tiny_run, tmp_path, monkeypatch):
+    """The validation and test passes before training count their rows on a bar of their own; each validation
+    pass during training shows its rows in the train bar's info column, the bar left at its step."""
+    from conftest import recording_bar
+    run, _, raw = tiny_run
+    seen = recording_bar(monkeypatch, "tunelab.train.loop")
+    train(validate({**raw, "train": {**raw["train"], "epochs": 1}}, "tiny"), RunDir(tmp_path / "one"))
+    val, test = (sum(1 for e in run.read_examples() if e["split"] == split and e["epoch"] == 0)
+                 for split in ("val", "test"))
+    start, training = seen.index(("before training: losses", val + test)), seen.index(next(s for s in seen
+                                                                                             if s[0] == "train"))
+    before = seen[start + 1:training]
+    assert sum(n for n, _ in before) == val + test and before[-1][1] == {"test": f"{test}/{test} rows"}
+    during = [(n, fields) for n, fields in seen[training + 1:] if "val" in fields]  # the epoch-end validation
+    assert {n for n, _ in during} == {0} and during[-1][1] == {"val": f"{val}/{val} rows"}
+
+
 def test_completion_only_masks_the_prompt_and_ends_with_eos(smollm2_dir):
     from transformers import AutoTokenizer
     from tunelab.data import Example
@@ -398,7 +415,6 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     checkpoint writes them again; `--epoch best-loss`, the card and the report name them."""
     import shutil
     from tunelab.cli import main
-    from tunelab.report import write_report
     from tunelab.rundir import lowest_pass
     raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 3, "batch_size": 4, "scheduler": "constant",
                                     "val_every": 2, "checkpoint_every": 2, "keep_checkpoints": 100}}
@@ -427,6 +443,13 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     again = load_file(run.best_loss_adapter / "adapter_model.safetensors")
     assert all(again[k].equal(kept[k]) for k in kept)
 
+    _best_loss_is_exported_carded_reported_and_scored(run, raw, kept, lowest, summary, tmp_path, capsys)
+
+
+def _best_loss_is_exported_carded_reported_and_scored(run: RunDir, raw: dict, kept: dict, lowest: dict,
+                                                     summary: dict, tmp_path, capsys) -> None:
+    from tunelab.cli import main
+    from tunelab.report import write_report
     capsys.readouterr()
     assert main(["export", str(run.path), str(tmp_path / "out"), "--epoch", "best-loss", "--adapter-only"]) == 0
     assert f"(step {lowest['step']}'s adapter, the lowest validation loss)" in capsys.readouterr().out
@@ -437,7 +460,7 @@ def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_los
     assert (tuned.adapter, tuned.title) == (run.best_loss_adapter,
                                             f"tuned (step {lowest['step']}'s adapter, the lowest validation loss)")
     card = (tmp_path / "out" / "README.md").read_text()
-    assert f"adapter for {tiny_recipe['model']['name']}, step {lowest['step']} of {summary['steps']}" in card
+    assert f"adapter for {raw['model']['name']}, step {lowest['step']} of {summary['steps']}" in card
     assert f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), inside epoch " \
            f"{lowest['epoch']}: the validation pass with the lowest loss ({lowest['val_loss']:.4f}" in card
     assert f"value: {round(lowest['val_loss'], 4)}" in card  # model-index: that pass's validation loss

@@ -67,6 +67,7 @@ class Loop:
     steps_per_epoch: int
     micro_tokens: int  # padded tokens per forward (runtime.micro_batch_tokens)
     best: dict | None = None  # the lowest validation pass's weights while no other folder will hold them
+    shown: Any = None  # `advance(rows, split, total)`: where a loss pass shows its progress (`_shown_in`)
 
     @property
     def per_step(self) -> int:
@@ -99,6 +100,7 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     trackers = Trackers(cfg.train.report_to if loop.d.main else [], run, cfg.model_dump(mode="json"))
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
+        loop.shown = _shown_in(progress, loop.d.world, counted=False)
         for epoch in range(state.epoch, cfg.train.epochs + 1):
             if out_of_patience(cfg, state):
                 _log_stop(loop)
@@ -169,10 +171,24 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
         loop.state, loop.best = checkpoint.load(start_from, net, optimizer, scheduler)
         log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)
     else:
-        val, seconds = _validate_logged(loop, 0)
-        loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
-        _test_losses(loop, tok)
+        with bar("before training: losses", total=len(val_items) + len(familiarity_rows(cfg, splits))) as progress:
+            loop.shown = _shown_in(progress, d.world, counted=True)
+            val, seconds = _validate_logged(loop, 0)
+            loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
+            _test_losses(loop, tok)
     return loop
+
+
+def _shown_in(progress, world: int, counted: bool):
+    """`advance(rows, split, total)` for the loss passes: the rows measured so far in `progress`'s info column;
+    `counted`: the bar counts rows (before training), not optimizer steps (the train bar, left at its step)."""
+    done: dict[str, int] = {}
+
+    def advance(rows: int, split: str, total: int) -> None:
+        done[split] = min(done.get(split, 0) + rows * world, total)
+        progress.advance(rows * world if counted else 0, **{split: f"{done[split]}/{total} rows"})
+        done[split] %= total  # the next pass of this split counts from 0
+    return advance
 
 
 def _checkpoint_to_resume(run: RunDir, d: distributed.Dist) -> Path:
@@ -409,8 +425,9 @@ def _loss_pass(loop: Loop, items: list[Tokenized], examples: list[Example], spli
                log_rows: bool) -> PassStats:
     """Losses of `items` (tokenized `examples`) without dropout, each row's in the example log when `log_rows`."""
     loop.net.eval()
+    shown = None if loop.shown is None else lambda n: loop.shown(n, split_name, len(items))
     stats, rows = loss_pass(loop.net, items, examples, split_name, epoch, loop.cfg.train.batch_size, loop.pad_id,
-                            loop.micro_tokens, loop.device, loop.d)
+                            loop.micro_tokens, loop.device, loop.d, shown)
     if log_rows:
         loop.state.example_log += rows
     return stats
