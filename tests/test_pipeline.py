@@ -50,7 +50,7 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={folder}",
             "--set", "data.messages=messages", "--set", "data.template={user}", "--set", "data.target={assistant}",
             "--set", "data.label_field=null", "--set", "train.epochs=1", "--set", "train.batch_size=4",
-            "--set", "analysis.k_max=3", "--run-dir", str(tmp_path / "c")]
+            "--set", "analysis.k_max=3", "--set", "eval.fewshot=2", "--run-dir", str(tmp_path / "c")]
     assert main(args) == 0
     run = RunDir(tmp_path / "c")
     reason = "data.target: of 4 test targets, 0 state a final number"
@@ -76,12 +76,14 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     assert samples[0]["base"] == alone.completion  # the base model's greedy answer, to EOS or the budget
     assert "## Sample answers (not scored)" in md and f"Not scored ({reason}" in md
     _held_out_replies_are_measured_by_loss(run, out, md, args, capsys)
+    _chat_rows_few_shot_baseline_is_the_loss_after_the_shots_as_turns(run, tiny_model, turns, md)
 
 
 def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args: list[str], capsys) -> None:
     """The prose run's held-out replies: measured by target loss, reported, kept by a later eval, said by check."""
     held_out = run.read_json(run.eval_dir / "loss" / "summary.json")  # the replies measured by loss instead
-    assert held_out["split"] == "test" and held_out["n"] == 4 and set(held_out["losses"]) == {"base", "tuned"}
+    assert held_out["split"] == "test" and held_out["n"] == 4
+    assert set(held_out["losses"]) == {"base", "base-2shot", "tuned"}  # eval.fewshot: 2 as chat turns (below)
     d = held_out["loss_difference"]
     assert d["means"] == pytest.approx([held_out["losses"]["base"]["loss"], held_out["losses"]["tuned"]["loss"]],
                                        abs=1e-3) and d["n"] == 4
@@ -125,10 +127,54 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
     assert checked["eval_by_loss"] and checked["eval_examples"]["eval"]["by_loss"]
 
 
+def _reply_loss(lm, asked: list[int], said: list[int]) -> tuple[float, int]:
+    """transformers' summed loss over the reply tokens `said` after the prompt tokens `asked`, and their count."""
+    import torch
+    with torch.no_grad():
+        out = lm(input_ids=torch.tensor([asked + said]), labels=torch.tensor([[-100] * len(asked) + said]))
+    return out.loss.item() * len(said), len(said)
+
+
+def _chat_reply_loss(tok, lm, turns: list[dict], reply: str) -> tuple[float, int]:
+    """`_reply_loss` of `reply` as the assistant turn after `turns`, both rendered by the tokenizer's chat template."""
+    head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    whole = tok.apply_chat_template(turns + [{"role": "assistant", "content": reply}], tokenize=False).rstrip()
+    said = tok(whole[len(head):], add_special_tokens=False)["input_ids"]
+    return _reply_loss(lm, tok(head)["input_ids"], said + [tok.eos_token_id] * (said[-1] != tok.eos_token_id))
+
+
+def _shot_turns(shots: list[tuple[str, str]]) -> list[dict]:
+    return [t for q, a in shots for t in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+
+
+def _chat_rows_few_shot_baseline_is_the_loss_after_the_shots_as_turns(run: RunDir, model, turns: list[dict],
+                                                                      md: str) -> None:
+    """base-2shot of a run on chat rows: transformers' loss on each reply after the first two training rows as
+    earlier turns ("Question: …\nAnswer:" and its reply), the row asked the same way."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok, lm = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
+    by_id = {**{f"train-{i + 1}": t for i, t in enumerate(turns[:20])},
+             **{f"test-{i + 1}": t for i, t in enumerate(turns[20:])}}
+    user, reply = ({i: t["messages"][k]["content"] for i, t in by_id.items()} for k in (0, 1))
+    trained = sorted((e["id"] for e in run.read_examples() if e["split"] == "train"), key=lambda i: int(i[6:]))
+    shots = _shot_turns([(f"Question: {user[i]}\nAnswer:", reply[i]) for i in trained[:2]])
+    held_out = run.read_json(run.eval_dir / "loss" / "summary.json")
+    total = tokens = 0
+    for r in run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl"):
+        if r["model"] == "base-2shot":
+            loss, n = _chat_reply_loss(tok, lm, shots + [{"role": "user", "content": f"Question: {user[r['id']]}\n"
+                                                                                     "Answer:"}], reply[r["id"]])
+            total, tokens = total + loss, tokens + n
+    assert held_out["losses"]["base-2shot"]["loss"] == pytest.approx(total / tokens, rel=1e-4)
+    assert held_out["fewshot_baseline"]["turns"] and "base-chat" not in held_out["losses"]  # the base is that
+    assert "| vs the base model prompted 2-shot (target loss) |" in md and \
+        "the shots as earlier chat turns, lm-eval's --fewshot_as_multiturn, eval.fewshot |" in md
+
+
 def _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run: RunDir, held_out: dict, model, rows: list[dict]):
     """base-2shot: transformers' loss on each reply after "Question: q\nAnswer: a\n\n" × 2, "Question: q\nAnswer: "
-    (the first two training rows as shots, q the rendered prompt), paired with the tuned adapter."""
-    import torch
+    (the first two training rows as shots, q the rendered prompt), paired with the tuned adapter; base-chat-2shot:
+    the same shots and question as chat turns."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok, lm = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
     by_id = {f"train-{i + 1}": r for i, r in enumerate(rows)}
@@ -136,17 +182,22 @@ def _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run: RunDir, held_o
     shots = sorted(trained, key=lambda i: int(i.split("-")[1]))[:2]  # the first two training rows of the source
     asks = {i: f"Question: {r['q']}\n\nAnswer:" for i, r in by_id.items()}  # the rendered prompt ("{q}\n") quoted
     context = "".join(f"{asks[i]} {by_id[i]['a']}\n\n" for i in shots)
-    total = tokens = 0
+    sums = {"base-2shot": [0.0, 0], "base-chat-2shot": [0.0, 0]}
+    turns = _shot_turns([(asks[i], by_id[i]["a"]) for i in shots])  # the same shots as chat turns
     for r in run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl"):
-        if r["model"] != "base-2shot":
+        if r["model"] == "base-2shot":
+            loss, n = _reply_loss(lm, tok(f"{context}{asks[r['id']]} ")["input_ids"],
+                                  tok(by_id[r["id"]]["a"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        elif r["model"] == "base-chat-2shot":  # eval.chat_baseline with eval.fewshot: lm-eval's multi-turn few-shot
+            loss, n = _chat_reply_loss(tok, lm, turns + [{"role": "user", "content": asks[r["id"]]}],
+                                       by_id[r["id"]]["a"])
+        else:
             continue
-        asked = tok(f"{context}{asks[r['id']]} ")["input_ids"]
-        said = tok(by_id[r["id"]]["a"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        with torch.no_grad():
-            out = lm(input_ids=torch.tensor([asked + said]), labels=torch.tensor([[-100] * len(asked) + said]))
-        total, tokens = total + out.loss.item() * len(said), tokens + len(said)
-    assert held_out["losses"]["base-2shot"]["loss"] == pytest.approx(total / tokens, rel=1e-4)
+        sums[r["model"]] = [sums[r["model"]][0] + loss, sums[r["model"]][1] + n]
+    for name, (total, tokens) in sums.items():
+        assert held_out["losses"][name]["loss"] == pytest.approx(total / tokens, rel=1e-4)
     assert held_out["fewshot_baseline"]["shots"] == 2 and held_out["fewshot_baseline"]["model"] == "base-2shot"
+    assert held_out["chat_fewshot_baseline"]["model"] == "base-chat-2shot" and not held_out["fewshot_baseline"]["turns"]
 
 
 def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_the_training_curve(tiny_model, tmp_path,

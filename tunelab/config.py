@@ -264,9 +264,9 @@ class EvalConfig(Section):
     epochs: Literal["last", "all"] | None = Field(None, description="adapters to score: the final one, or every "
                                                   "kept epoch's and adapters/best-loss/; None = all for runs that "
                                                   "trained <= 5 epochs, else last")
-    fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off); "
-                         "a set measured by loss, written as plain text, gets the base model's target loss after "
-                         "the N shots")
+    fewshot: int = Field(0, ge=0, description="also score the base model N-shot, lm-eval's GSM8K format (0 = off; "
+                         "with data.chat_template the shots are earlier turns); a set measured by loss gets the base "
+                         "model's target loss after the N shots")
     fewshot_from: Literal["data", "eval_source"] = Field(
         "data", description="the few-shot baseline's shots: data = the first N training rows (what prompting with "
         "your own data gets); eval_source = the first N rows of eval.source's train split (lm-eval's fewshot_split: "
@@ -276,7 +276,7 @@ class EvalConfig(Section):
                                 "--apply_chat_template), what simply asking an instruct model gets; with eval.fewshot "
                                 "also N-shot, the shots as earlier turns (--fewshot_as_multiturn); for runs whose "
                                 "prompts are plain text (with data.chat_template the base passes are already that); "
-                                "a set measured by loss gets the base model's target loss asked that way")
+                                "a set measured by loss gets the base model's target loss asked those ways")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "answered by the base model and the tuned adapter, shown in the report side by side, not "
                          "scored (0 = none)")

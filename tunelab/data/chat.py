@@ -139,15 +139,17 @@ def context(tok, shots: list[tuple[str, str]], history: list[dict] = ()) -> str:
     return _strip_bos(tok, tok.apply_chat_template(_turns(shots, None, system), tokenize=False))
 
 
-def exchange(tok, user: str, target: str, history: list[dict] = ()) -> tuple[str, str]:
-    """What training tokenizes for one row: `prompt(tok, user, history=history)` and the assistant turn that follows
+def exchange(tok, user: str, target: str, history: list[dict] = (),
+             shots: list[tuple[str, str]] = ()) -> tuple[str, str]:
+    """What training tokenizes for one row: `prompt(tok, user, shots, history)` and the assistant turn that follows
     it — the target and the template's end-of-turn marker, with the whitespace the template writes after it dropped
-    (it would be trained on, never generated). One render of each.
+    (it would be trained on, never generated). One render of each. `shots`: (user, assistant) exchanges before the
+    row's (the few-shot baseline by loss of chat rows).
 
     Raises:
         UserError: the template does not write the exchange as the prompt followed by the reply.
     """
-    turns = _turns((), user, history)
+    turns = _turns(shots, user, history)
     head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     whole = tok.apply_chat_template(turns + [{"role": "assistant", "content": target}], tokenize=False)
     if not whole.startswith(head):

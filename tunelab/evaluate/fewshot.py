@@ -37,6 +37,13 @@ def ask(question: Example) -> str:
     return f"Question: {question_text(question)}\nAnswer:"
 
 
+def ask_turn(question: Example) -> str:
+    """`ask` as the last user turn of a chat prompt: a conversation row's own last user text only, its earlier turns
+    being written as turns before it."""
+    from tunelab.data.chat import HISTORY
+    return f"Question: {question.prompt.strip()}\nAnswer:" if question.fields.get(HISTORY) else ask(question)
+
+
 def fewshot_context(shots: list[Example]) -> str:
     """What every few-shot prompt starts with: each shot as text + delimiter + target + few-shot delimiter."""
     return "".join(f"{q}{TARGET_DELIMITER}{a}{FEWSHOT_DELIMITER}" for q, a in exchanges(shots))

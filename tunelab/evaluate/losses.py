@@ -52,14 +52,14 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     asked = _asked(cfg, rows)
     kept = _kept(view, [r.id for r in rows], asked)
     models = [m for m in _models(cfg, view, only, adapter, len(shots)) if m[0] not in kept]
-    written = {name: _written(name, cfg, rows, tok, shots) for name in {_format(n) for n, _ in models}}
+    written = {how: _written(how, cfg, rows, tok, shots) for how in {_format(n, cfg) for n, _ in models}}
     base = load_model(cfg.model, device) if models else None
     micro = micro_batch_tokens(cfg.train.micro_batch_tokens, device, base.config) if base is not None else 0
     with bar(f"{view.label}: loss passes", total=len(models) * len(rows)) as progress:  # rows, model by model
         for name, folder in models:
             net = PeftModel.from_pretrained(base, str(folder)) if folder else base
             t0 = time.time()
-            stats, logged = loss_pass(SupervisedLM(net).eval(), written[_format(name)], rows, "test", 0,
+            stats, logged = loss_pass(SupervisedLM(net).eval(), written[_format(name, cfg)], rows, "test", 0,
                                       cfg.train.batch_size, tok.pad_token_id, micro, device, d,
                                       lambda n, model=name: progress.advance(n * d.world, model=model))
             kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
@@ -69,7 +69,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
             log.info("%s on %s: target loss %.4f over %d rows", name, view.label, stats.loss, len(rows))
             if d.main:
                 _write_rows(view, kept, asked, rows)
-    summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world), "prompts": asked}
+    summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world, len(shots)), "prompts": asked}
     if categories := by_category(kept, {r.id: r.label for r in rows}, cfg.data.label_field):
         summary["by_category"] = categories
     if d.main:
@@ -77,26 +77,41 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     return summary
 
 
-def _format(name: str) -> str:
-    """How a model's pass writes the rows: as trained, as the chat baseline asks (base-chat), or few-shot."""
-    return "chat" if name == CHAT_BASELINE else "fewshot" if name.startswith("base-") else "trained"
+def _format(name: str, cfg: Recipe) -> str:
+    """How a model's pass writes the rows: as trained; as the chat baseline asks (base-chat); few-shot in lm-eval's
+    text (base-Nshot of a run on plain text); or few-shot with the shots as earlier chat turns (base-Nshot of a run
+    on chat rows, base-chat-Nshot of one on plain text)."""
+    if name == CHAT_BASELINE:
+        return "chat"
+    if name.startswith(f"{CHAT_BASELINE}-") or (name.startswith("base-") and cfg.data.chat_template):
+        return "turns"
+    return "fewshot" if name.startswith("base-") else "trained"
 
 
 def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Example]) -> list:
     """The rows tokenized for a loss pass, written `how` (`_format`): as trained; as `eval.chat_baseline` asks them
     (each rendered prompt, stripped, as the user turn of the tokenizer's chat template, the reply as the assistant
-    turn); or after lm-eval's few-shot context of `shots` ("Question: …\nAnswer: " then the reply, as the
-    few-shot baseline asks).
+    turn); after lm-eval's few-shot context of `shots` ("Question: …\nAnswer: " then the reply, as the
+    few-shot baseline asks); or with `shots` as earlier chat turns, the row asked the same way after them and the
+    reply as the assistant turn (lm-eval's --fewshot_as_multiturn, as the few-shot baseline asks a chat model).
 
     Raises:
         UserError: the chat baseline, and the tokenizer has no chat template.
     """
     from dataclasses import replace
     from tunelab.data import chat
-    from tunelab.evaluate.fewshot import TARGET_DELIMITER, fewshot_context, fewshot_prompt
-    from tunelab.train.batching import tokenize_with
+    from tunelab.evaluate.fewshot import TARGET_DELIMITER, ask_turn, exchanges, fewshot_context, fewshot_prompt
+    from tunelab.train.batching import tokenize, tokenize_with
     if how == "trained":
         return tokenize_with(cfg, rows, tok)[0]
+    if how == "turns":  # rendered here, shots and all: tokenized as the text it is
+        chat.require(tok, "eval.fewshot")
+        turns = exchanges(shots)
+        asked = [replace(r, prompt=p, target=t) for r in rows for p, t in [chat.exchange(
+            tok, ask_turn(r), r.target, r.fields.get(chat.HISTORY, []), turns)]]
+        added = chat.context(tok, turns, rows[0].fields.get(chat.HISTORY, [])) if rows else ""
+        room = cfg.train.max_length + len(tok(added, add_special_tokens=False)["input_ids"])
+        return tokenize(asked, tok, room, cfg.train.completion_only, False, False)[0]
     if how == "fewshot":
         added, data = fewshot_context(shots), cfg.data
         asked = [replace(r, prompt=fewshot_prompt(shots, r) + TARGET_DELIMITER) for r in rows]
@@ -120,14 +135,17 @@ def _asked(cfg: Recipe, rows: list[Example]) -> str:
 def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
             shots: int = 0) -> list[tuple[str, object]]:
     """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model prompted
-    `shots`-shot (eval.fewshot) and asked through its chat template (eval.chat_baseline), for rows not trained in
-    it, each kept epoch's adapter and adapters/best-loss (eval.epochs all), the final adapter."""
+    `shots`-shot (eval.fewshot; for chat rows the shots are earlier turns), for rows not trained in the chat template
+    the base model asked through it (eval.chat_baseline) zero-shot and `shots`-shot, each kept epoch's adapter and
+    adapters/best-loss (eval.epochs all), the final adapter."""
     from tunelab.evaluate.stage import epochs_to_score
     out = [("base", None)] if only in (None, "base") else []
-    if out and shots and not cfg.data.chat_template:
+    if out and shots:
         out.append((f"base-{shots}shot", None))
     if out and cfg.eval.chat_baseline and not cfg.data.chat_template:
         out.append((CHAT_BASELINE, None))
+        if shots:
+            out.append((f"{CHAT_BASELINE}-{shots}shot", None))
     if adapter and only in (None, "tuned"):
         last = view.trained_epochs(cfg)
         if epochs_to_score(cfg, last) == "all":
@@ -169,11 +187,12 @@ def _figures(kept: dict[str, dict]) -> dict[str, dict]:
 
 
 def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, kept: dict[str, dict], device,
-             world: int) -> dict:
+             world: int, shots: int = 0) -> dict:
     """The set's eval summary: each model's loss, the tuned − base paired difference (and tuned − base-chat, the
-    chat baseline; tuned − base-Nshot, the few-shot baseline), the loss per epoch, and the cost of the passes run."""
+    chat baseline; tuned − base-Nshot and base-chat-Nshot, the few-shot baselines, N = `shots`), the loss per epoch,
+    and the cost of the passes run."""
     from tunelab.evaluate.stage import written_format
-    fewshot = [k for k in kept if _format(k) == "fewshot"]
+    fewshot = [k for k in kept if k.startswith("base-") and k.endswith("shot")]  # base-Nshot, base-chat-Nshot
     order = ["base", *fewshot, CHAT_BASELINE, *sorted((k for k in kept if k.startswith("epoch-")),
                                                       key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
     kept = {k: kept[k] for k in order if k in kept}
@@ -183,11 +202,11 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
         out["loss_difference"] = paired_loss_difference(kept["base"]["rows"], kept["tuned"]["rows"])
     if CHAT_BASELINE in kept and "tuned" in kept:  # the fine-tune against simply asking the instruct model
         out["chat_baseline"] = paired_loss_difference(kept[CHAT_BASELINE]["rows"], kept["tuned"]["rows"])
-    d = paired_loss_difference(kept[fewshot[-1]]["rows"], kept["tuned"]["rows"]) if fewshot and "tuned" in kept \
-        else None
-    if d:  # and against prompting the base model with examples
-        out["fewshot_baseline"] = {"model": fewshot[-1],
-                                   "shots": int(fewshot[-1].removeprefix("base-").removesuffix("shot")), **d}
+    for key, name in (("fewshot_baseline", f"base-{shots}shot"), ("chat_fewshot_baseline",
+                                                                   f"{CHAT_BASELINE}-{shots}shot")):
+        if shots and name in kept and "tuned" in kept:  # and against prompting the base model with examples
+            d = paired_loss_difference(kept[name]["rows"], kept["tuned"]["rows"])
+            out[key] = d and {"model": name, "shots": shots, "turns": _format(name, cfg) == "turns", **d}
     out = {k: v for k, v in out.items() if v is not None}  # no rows in common: no difference to state
     out["epochs"] = _per_epoch(kept, view.trained_epochs(cfg))
     out["cost"] = cost.actual(sum(m["seconds"] for m in kept.values()), device, cfg.cost.usd_per_hour, world)

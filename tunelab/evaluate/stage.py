@@ -25,7 +25,7 @@ from tunelab.config import Recipe, also_names, also_recipe, formatted, own_forma
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.evaluate import losses
-from tunelab.evaluate.fewshot import STOP, ask, exchanges, fewshot_context, fewshot_prompt
+from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names, set_done
@@ -158,9 +158,9 @@ def held_out_loss(cfg: Recipe, run: RunDir, splits, reason: str, only: str | Non
 
 
 def _loss_shots(cfg: Recipe, splits) -> list[Example]:
-    """The few-shot baseline's shots for rows measured by loss (eval.fewshot, rows written as plain text), or none
-    when there is no pool to take them from (a set scored on all its rows, in its own format: said in the log)."""
-    if not cfg.eval.fewshot or cfg.data.chat_template:
+    """The few-shot baseline's shots for rows measured by loss (eval.fewshot), or none when there is no pool to take
+    them from (a set scored on all its rows, in its own format: said in the log)."""
+    if not cfg.eval.fewshot:
         return []
     try:
         return shot_pool(cfg, splits)[:cfg.eval.fewshot]
@@ -398,7 +398,7 @@ def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Exa
     """The few-shot baseline's prompt for each question (lm-eval's format, or the shots as chat turns with
     `data.chat_template` or `chat_format`) and the context they all start with."""
     if cfg.data.chat_template or chat_format:
-        return ([chat.prompt(tok, ask(q), exchanges(shots), _history(q)) for q in questions],
+        return ([chat.prompt(tok, ask_turn(q), exchanges(shots), _history(q)) for q in questions],
                 chat.context(tok, exchanges(shots), _history(questions[0])))  # rows share a system turn
     return [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
 

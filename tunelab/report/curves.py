@@ -87,7 +87,7 @@ def held_out_loss_per_epoch(held_out: dict, epochs: list[dict], out: Path) -> Pa
     ax.plot(ep, [held_out["losses"]["base"]["loss"]] + [r["loss"] for r in rows], "o-",
             label=f"held-out target loss ({held_out['n']} {held_out['split']} rows)")
     ax.plot([e["epoch"] for e in epochs], [e["val_loss"] for e in epochs], "s--", label="validation loss")
-    for (what, d), style in zip(loss_baselines(held_out), (":", "-.")):
+    for (what, d), style in zip(loss_baselines(held_out), (":", "-.", (0, (3, 1, 1, 1, 1, 1)))):
         ax.axhline(d["means"][0], ls=style, color="grey", label=what.split(" (")[0])
     ax.set(title="Held-out target loss per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="loss")
     ax.set_xticks(sorted({*ep, *(e["epoch"] for e in epochs)}))

@@ -344,13 +344,18 @@ def held_out_compare(runs: list[RunDir], names: list[str]) -> list:
 
 
 def loss_baselines(s: dict) -> list[tuple[str, dict]]:
-    """The prompting baselines a set measured by loss has (few-shot, chat): (what it was, tuned − it, paired)."""
+    """The prompting baselines a set measured by loss has (few-shot, chat, chat few-shot): (what it was, tuned − it,
+    paired)."""
     out = []
     if d := s.get("fewshot_baseline"):
-        out.append((f"the base model prompted {d['shots']}-shot (lm-eval's Question / Answer format, eval.fewshot)",
-                    d))
+        out.append((f"the base model prompted {d['shots']}-shot ("
+                    + ("the shots as earlier chat turns, lm-eval's --fewshot_as_multiturn" if d.get("turns") else
+                       "lm-eval's Question / Answer format") + ", eval.fewshot)", d))
     if d := s.get("chat_baseline"):
         out.append(("the base model asked through its chat template (eval.chat_baseline)", d))
+    if d := s.get("chat_fewshot_baseline"):
+        out.append((f"the base model asked {d['shots']}-shot through its chat template (the shots as earlier turns, "
+                    "eval.chat_baseline with eval.fewshot)", d))
     return out
 
 
