@@ -746,3 +746,23 @@ def test_loss_passes_advance_their_progress_bar_row_by_row(two_epoch_run, monkey
     assert description.endswith("loss passes") and total == 3 * 5  # base, epoch 1, tuned over eval.limit's 5 rows
     assert sum(n for n, _ in steps) == total and len(steps) > 3  # several steps per model: batches of 2 rows
     assert {fields["model"] for _, fields in steps} == {"base", "epoch-1", "tuned"}  # the model measured, beside
+
+
+def test_a_few_shot_loss_pass_is_kept_only_after_the_same_shots(tmp_path):
+    """A later eval keeps what was measured on the same rows, but a few-shot pass only when its shots are the same:
+    eval.fewshot_from can change them while N stays."""
+    from tunelab.data import Example
+    from tunelab.evaluate.losses import _kept, _shots_digest
+    from tunelab.rundir import ExtraSetDir
+    view = ExtraSetDir(tmp_path / "run", "prose")
+    view.eval_dir.mkdir(parents=True)
+    shots = [Example("train-1", "Q1\n", "A1", {}), Example("train-2", "Q2\n", "A2", {})]
+    other = [Example("bench-1", "Q9\n", "A9", {}), *shots[1:]]
+    assert _shots_digest(shots) != _shots_digest(other) and _shots_digest(shots) == _shots_digest(list(shots))
+    view.write_json(view.eval_summary, {"prompts": "p", "losses": {
+        "base": {"loss": 1.0}, "base-2shot": {"loss": 0.9, "shots": _shots_digest(shots)}}})
+    view.write_jsonl(view.losses, [{"id": "test-1", "model": m, "loss": 1.0, "tokens": 3}
+                                   for m in ("base", "base-2shot")])
+    assert set(_kept(view, ["test-1"], "p", _shots_digest(shots))) == {"base", "base-2shot"}
+    assert set(_kept(view, ["test-1"], "p", _shots_digest(other))) == {"base"}  # other shots: measured again
+    assert _kept(view, ["test-1"], "other prompts", _shots_digest(shots)) == {}

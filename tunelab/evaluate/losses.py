@@ -49,8 +49,8 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     tune_for(device)
     d = distributed.setup(device.type)
     tok = load_tokenizer(cfg.model)
-    asked = _asked(cfg, rows)
-    kept = _kept(view, [r.id for r in rows], asked)
+    asked, shown = _asked(cfg, rows), _shots_digest(shots)
+    kept = _kept(view, [r.id for r in rows], asked, shown)
     models = [m for m in _models(cfg, view, only, adapter, len(shots)) if m[0] not in kept]
     written = {how: _written(how, cfg, rows, tok, shots) for how in {_format(n, cfg) for n, _ in models}}
     base = load_model(cfg.model, device) if models else None
@@ -64,6 +64,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
                                       lambda n, model=name: progress.advance(n * d.world, model=model))
             kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
+                          **({"shots": shown} if _is_fewshot(name) else {}),
                           "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
             base = net.unload() if folder else net  # the LoRA layers removed, nothing merged: the base model again
             log.info("%s on %s: target loss %.4f over %d rows", name, view.label, stats.loss, len(rows))
@@ -157,10 +158,19 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
     return out
 
 
-def _kept(view: ExtraSetDir, ids: list[str], asked: str) -> dict[str, dict]:
+def _shots_digest(shots: list[Example]) -> str:
+    """What identifies a few-shot pass's shots (eval.fewshot_from can change them while N stays)."""
+    return hashlib.sha256(json.dumps([[s.id, s.prompt, s.target] for s in shots]).encode()).hexdigest()[:16]
+
+
+def _is_fewshot(name: str) -> bool:
+    return name.startswith("base-") and name.endswith("shot")  # base-Nshot, base-chat-Nshot
+
+
+def _kept(view: ExtraSetDir, ids: list[str], asked: str, shots: str) -> dict[str, dict]:
     """Models measured by an earlier (or killed) eval of this set on the same rows written the same way (`asked`:
-    `_asked`): name -> its figures. A run's adapters do not change once trained, so what was measured
-    stands."""
+    `_asked`) and, for a few-shot pass, after the same shots (`shots`: `_shots_digest`): name -> its figures. A
+    run's adapters do not change once trained, so what was measured stands."""
     summary = view.read_eval_summary() or {}
     if summary.get("prompts") != asked:
         return {}
@@ -169,7 +179,8 @@ def _kept(view: ExtraSetDir, ids: list[str], asked: str) -> dict[str, dict]:
     for r in view.read_jsonl(view.losses):
         by.setdefault(r["model"], {})[r["id"]] = (r["loss"], r["tokens"])
     return {name: {**previous.get(name, {}), "rows": rows} for name, rows in by.items()
-            if sorted(rows) == sorted(ids) and "loss" in previous.get(name, {})}
+            if sorted(rows) == sorted(ids) and "loss" in previous.get(name, {})
+            and (not _is_fewshot(name) or previous[name].get("shots") == shots)}
 
 
 def _write_rows(view: ExtraSetDir, kept: dict[str, dict], asked: str, rows: list[Example]) -> None:
@@ -192,7 +203,7 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
     chat baseline; tuned − base-Nshot and base-chat-Nshot, the few-shot baselines, N = `shots`), the loss per epoch,
     and the cost of the passes run."""
     from tunelab.evaluate.stage import written_format
-    fewshot = [k for k in kept if k.startswith("base-") and k.endswith("shot")]  # base-Nshot, base-chat-Nshot
+    fewshot = [k for k in kept if _is_fewshot(k)]
     order = ["base", *fewshot, CHAT_BASELINE, *sorted((k for k in kept if k.startswith("epoch-")),
                                                       key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
     kept = {k: kept[k] for k in order if k in kept}
