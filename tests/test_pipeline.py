@@ -282,6 +282,7 @@ def _each_category_is_paired_apart(run: RunDir, held_out: dict, md: str) -> None
     by = held_out["by_category"]
     assert sorted(r["category"] for r in by["rows"]) == sorted(set(kinds.values())) and by["judged"] == 0
     measured = run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl")
+    assert all(r["label"] == kinds[r["id"]] for r in measured)  # each row's category, for compare
     for row in by["rows"]:
         for model, key in (("base", "base_loss"), ("tuned", "tuned_loss")):
             mine = [r for r in measured if r["model"] == model and kinds[r["id"]] == row["category"]]

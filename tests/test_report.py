@@ -462,3 +462,41 @@ def test_compare_pairs_runs_on_a_set_measured_by_loss_over_the_rows_both_measure
     assert "Target loss on chat, b vs a: 1.090 → 1.290 (+0.200, 95 % CI +0.200..+0.200, 10 rows): higher (its replies " \
            "less likely)." in section
     assert "Target loss on chat, e vs a: 1.095 → 1.095 (+0.000" in section and "no different beyond noise" in section
+
+
+def test_compare_pairs_the_held_out_loss_of_each_category_across_runs(tmp_path):
+    """Two runs measured by loss with data.label_field: compare gives each category's tuned loss per run and the
+    later run's change, paired over the category's rows at the first run's Bonferroni level; a small one unjudged."""
+    import random
+    from tunelab.evaluate.losses import by_category
+    from tunelab.rundir import HeldOutLossDir
+    from tunelab.stats import paired_loss_difference
+    rng = random.Random(1)
+    labels = {f"test-{i}": "recipes" if i < 12 else "poems" if i < 24 else "jokes" for i in range(27)}
+    base = {i: (2.0 + rng.random(), 10) for i in labels}
+    tuned = {"a": {i: (loss - 0.5, n) for i, (loss, n) in base.items()}}
+    tuned["b"] = {i: (loss - (0.3 if labels[i] == "recipes" else 0) + 0.2 * (rng.random() - 0.5), n)
+                  for i, (loss, n) in tuned["a"].items()}  # b: recipes lower by 0.3, the rest as a
+    runs = []
+    for name, rows in tuned.items():
+        run = RunDir(make_run(tmp_path / name))
+        view = HeldOutLossDir(run.path)
+        view.eval_dir.mkdir(parents=True)
+        kept = {"base": {"rows": base}, "tuned": {"rows": rows}}
+        view.write_json(view.eval_summary, {"scoring": "loss", "reason": "prose", "split": "test", "n": 27,
+                                            "losses": {"base": {"loss": 2.5}, "tuned": {"loss": 2.0}},
+                                            "loss_difference": paired_loss_difference(base, rows),
+                                            "by_category": by_category(kept, labels, "topic")})
+        view.write_jsonl(view.losses, [{"id": i, "model": m, "loss": r[i][0], "tokens": 10, "label": labels[i]}
+                                       for m, r in (("base", base), ("tuned", rows)) for i in labels])
+        runs.append(run)
+    compare(runs, tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    recipes = [i for i in labels if labels[i] == "recipes"]
+    d = paired_loss_difference({i: tuned["a"][i] for i in recipes}, tuned["b"], level=0.975)
+    assert f"| recipes | 12 | {d['means'][0]:.3f} | {d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.." \
+           f"{d['ci95'][1]:+.3f}) |" in md and d["ci95"][1] < 0
+    assert "| jokes | 3 | " in md and ", not judged) |" in md.split("| jokes | 3 | ")[1].split("\n")[0]
+    assert f"Held-out target loss of recipes rows, b vs a: {d['means'][0]:.3f} → {d['means'][1]:.3f} " \
+           f"({d['delta']:+.3f}, 12 rows): lower beyond noise." in md
+    assert "poems rows, b vs a" not in md  # within noise: no verdict

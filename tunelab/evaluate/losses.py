@@ -184,10 +184,11 @@ def _kept(view: ExtraSetDir, ids: list[str], asked: str, shots: str) -> dict[str
 
 
 def _write_rows(view: ExtraSetDir, kept: dict[str, dict], asked: str, rows: list[Example]) -> None:
-    """losses.jsonl (each row's question, for the report's largest changes), and the summary's per-model figures so
-    far (what a killed eval keeps)."""
-    questions = {r.id: question_text(r) for r in rows}
-    view.write_jsonl(view.losses, [{"id": i, "model": name, "loss": loss, "tokens": n, "question": questions.get(i)}
+    """losses.jsonl (each row's question, for the report's largest changes, and its label, for compare's categories),
+    and the summary's per-model figures so far (what a killed eval keeps)."""
+    questions, labels = {r.id: question_text(r) for r in rows}, {r.id: r.label for r in rows if r.label is not None}
+    view.write_jsonl(view.losses, [{"id": i, "model": name, "loss": loss, "tokens": n, "question": questions.get(i),
+                                    **({"label": labels[i]} if i in labels else {})}
                                    for name, m in kept.items() for i, (loss, n) in m["rows"].items()])
     partial = view.read_eval_summary() or {}
     view.write_json(view.eval_summary, {**partial, "prompts": asked, "losses": _figures(kept)})

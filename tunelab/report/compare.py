@@ -317,9 +317,9 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     sections = [("Runs", blocks)]
     if by_category := category_blocks(runs, names):
         sections.append(("Accuracy by category", by_category))
-    from tunelab.report.extra import compare_blocks, held_out_compare
+    from tunelab.report.extra import compare_blocks, held_out_category_compare, held_out_compare
     if held_out := held_out_compare(runs, names):
-        sections.append(("Held-out replies, by loss", held_out))
+        sections.append(("Held-out replies, by loss", held_out + held_out_category_compare(runs, names)))
     if other_sets := compare_blocks(runs, names):
         sections.append(("Other test sets", other_sets))
     from tunelab.report.seeds import seed_blocks
