@@ -55,7 +55,8 @@ def held_out_line(summary: dict | None) -> str | None:
 
 
 def _category_line(summary: dict) -> str | None:
-    """"per category (data.label_field (topic)): lower beyond noise in 3 of 5 judged (a, b, c), higher in none"."""
+    """"target loss per category (data.label_field (topic)): lower beyond noise in 2 (a, b) of 5 judged, higher
+    beyond noise in 0": which judged categories moved, for the console."""
     by = summary.get("by_category")
     if not by or not by["judged"]:
         return None
