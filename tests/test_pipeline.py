@@ -169,6 +169,10 @@ def _chat_rows_few_shot_baseline_is_the_loss_after_the_shots_as_turns(run: RunDi
     assert held_out["fewshot_baseline"]["turns"] and "base-chat" not in held_out["losses"]  # the base is that
     assert "| vs the base model prompted 2-shot (target loss) |" in md and \
         "the shots as earlier chat turns, lm-eval's --fewshot_as_multiturn, eval.fewshot |" in md
+    d = held_out["fewshot_baseline"]  # and the model card states it with its interval
+    assert f"Tuned − the base model prompted 2-shot (the shots as earlier chat turns, lm-eval's " \
+           f"--fewshot_as_multiturn, eval.fewshot): {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to " \
+           f"{d['ci95'][1]:+.3f})." in (run.adapter / "README.md").read_text()
 
 
 def _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run: RunDir, held_out: dict, model, rows: list[dict]):

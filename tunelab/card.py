@@ -194,6 +194,7 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
 
 
 def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None) -> list[str]:
+    from tunelab.report.extra import loss_baselines
     if (not evaluation or "tuned" not in evaluation) and (d := (held_out or {}).get("loss_difference")):
         return ["## Evaluation", "", f"Answers not scored ({held_out['reason']}). How likely each model finds the "
                 f"reference replies of the first {held_out['n']} {held_out['split']} rows of "
@@ -202,7 +203,9 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None) -> l
                 "", "| model | target loss |", "|---|---|",
                 *(f"| {name} | {row['loss']:.4f} |" for name, row in held_out["losses"].items()), "",
                 f"Tuned − base: {d['delta']:+.3f} (95 % paired bootstrap interval over rows {d['ci95'][0]:+.3f} to "
-                f"{d['ci95'][1]:+.3f}).", ""]
+                f"{d['ci95'][1]:+.3f})."
+                + "".join(f" Tuned − {what}: {b['delta']:+.3f} ({b['ci95'][0]:+.3f} to {b['ci95'][1]:+.3f})."
+                          for what, b in loss_baselines(held_out)), ""]
     if not evaluation or "tuned" not in evaluation:
         return ["## Evaluation", "", "Not evaluated yet: `tunelab eval <run>` scores it and rewrites this card.", ""]
     names = naming(evaluation)
