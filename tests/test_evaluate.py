@@ -489,6 +489,48 @@ def test_sigkill_mid_eval_then_resume_answers_each_question_once(two_epoch_run, 
     assert resumed.summary["base-2shot"]["resumed_answers"] == 2
 
 
+def test_replies_killed_mid_pass_resume_from_their_journal(two_epoch_run, tmp_path, monkeypatch):
+    """The generated replies (runs whose answers no scoring mode suits) are journaled as eval's answers are: a pass
+    interrupted after 3 replies generates only the rest when run again, and ends with what an uninterrupted run
+    writes."""
+    import shutil
+    import tunelab.evaluate.generate as gen
+    from tunelab.evaluate import journal
+    from tunelab.evaluate.stage import replies
+    from tunelab.rundir import RepliesDir
+    cfg, run = two_epoch_run
+    killed, whole = RunDir(tmp_path / "killed"), RunDir(tmp_path / "whole")
+    for target in (killed, whole):
+        shutil.copytree(run.path, target.path, ignore=shutil.ignore_patterns("eval"))
+    real_append, appended = journal.Journal.append, []
+
+    def append(self, *args):
+        real_append(self, *args)
+        appended.append(args)
+        if len(appended) == 3:
+            raise KeyboardInterrupt  # Ctrl-C after the third reply was journaled
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-a"))
+    monkeypatch.setattr(journal.Journal, "append", append)
+    with pytest.raises(KeyboardInterrupt):
+        replies(cfg, killed)
+    monkeypatch.setattr(journal.Journal, "append", real_append)
+    assert not RepliesDir(killed.path).eval_summary.exists() and len(RepliesDir(killed.path).journals()) == 1
+    asked, real = [], gen.generate
+
+    def counting(model, tok, prompts, *args, **kwargs):
+        asked.append(len(prompts))
+        return real(model, tok, prompts, *args, **kwargs)
+    monkeypatch.setattr(gen, "generate", counting)
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-b"))
+    resumed = replies(cfg, killed)
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-c"))
+    uninterrupted, resumed_asked = replies(cfg, whole), sum(asked[:2])
+    assert resumed_asked == 2 * 5 - 3 and sum(asked[2:]) == 2 * 5  # 5 rows, base and tuned
+    assert RepliesDir(killed.path).read_predictions() == RepliesDir(whole.path).read_predictions()
+    assert resumed["overlap"] == uninterrupted["overlap"] and resumed["base"]["resumed_answers"] == 3
+    assert not RepliesDir(killed.path).journals() and len(killed.read_jsonl(killed.eval_samples)) == 5
+
+
 def test_out_of_memory_restarts_unfinished_rows_with_half_the_slots(tiny_model, monkeypatch):
     """On CUDA an out-of-memory step puts the unfinished rows back in the queue and halves the slots;
     simulated here: greedy decoding gives the same completions as without the failure."""

@@ -20,7 +20,7 @@ from tunelab import handoff
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.evaluate.summary import baselines
 from tunelab.handoff import hub_id, is_local, known_license
-from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RunDir, counts_passes, lowest_pass, stopped_early,
+from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, lowest_pass, stopped_early,
                             trained_and_planned)
 
 
@@ -89,7 +89,7 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
                  f"({abs(summary['val_loss_improvement_pct']):.1f} % "
                  f"{'lower' if summary['val_loss_improvement_pct'] >= 0 else 'higher'}); best validation epoch: "
                  f"{summary['best_val_epoch']}.", ""]
-    body += _evaluation(cfg, evaluation, held_out) + _other_sets(run)
+    body += _evaluation(cfg, evaluation, held_out, RepliesDir(run.path).read_eval_summary()) + _other_sets(run)
     if cost:
         body += ["## Cost", "", f"{cost['device_hours']:.3f} device-hours on {cost['device']} at "
                  f"${cost['usd_per_hour']:.3f}/h = ${cost['cost_usd']:.3f} ({cost['price_source']}).", ""]
@@ -193,7 +193,21 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
     return out
 
 
-def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None) -> list[str]:
+def _overlap(generated: dict | None) -> list[str]:
+    """The card's lines on the generated replies' chrF and ROUGE-L against the references, when scored."""
+    from tunelab.evaluate.overlap import METRICS
+    if not (generated or {}).get("overlap"):
+        return []
+    said = [f"{METRICS[m]} {d['means'][0]:.3f} → {d['means'][1]:.3f} (tuned − base {d['delta']:+.3f}, 95 % paired "
+            f"bootstrap interval over rows {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
+            for m, d in generated["overlap"].items()]
+    n = generated["overlap"]["chrf"]["n"]
+    return [f"The replies themselves (greedy, base → tuned, the first {n} {generated['split']} rows), scored against "
+            f"the references from 0 to 1: {'; '.join(said)}.", ""]
+
+
+def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
+                generated: dict | None = None) -> list[str]:
     from tunelab.report.extra import loss_baselines
     if (not evaluation or "tuned" not in evaluation) and (d := (held_out or {}).get("loss_difference")):
         return ["## Evaluation", "", f"Answers not scored ({held_out['reason']}). How likely each model finds the "
@@ -205,7 +219,7 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None) -> l
                 f"Tuned − base: {d['delta']:+.3f} (95 % paired bootstrap interval over rows {d['ci95'][0]:+.3f} to "
                 f"{d['ci95'][1]:+.3f})."
                 + "".join(f" Tuned − {what}: {b['delta']:+.3f} ({b['ci95'][0]:+.3f} to {b['ci95'][1]:+.3f})."
-                          for what, b in loss_baselines(held_out)), ""]
+                          for what, b in loss_baselines(held_out)), "", *_overlap(generated)]
     if not evaluation or "tuned" not in evaluation:
         return ["## Evaluation", "", "Not evaluated yet: `tunelab eval <run>` scores it and rewrites this card.", ""]
     names = naming(evaluation)

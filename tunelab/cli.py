@@ -313,7 +313,8 @@ def _run_or_recipe(target: str, overrides: list[str]):
 
 def cmd_eval(args) -> int:
     from tunelab.data import load_splits
-    from tunelab.evaluate.stage import by_loss, evaluate, evaluate_extra, held_out_loss, unscoreable
+    from tunelab.evaluate.stage import (by_loss, evaluate, evaluate_extra, generates_replies, held_out_loss, replies,
+                                        unscoreable)
     from tunelab.rundir import RunDir
     found, cfg = _run_or_recipe(args.target, args.overrides)
     is_run = found is not None
@@ -325,9 +326,14 @@ def cmd_eval(args) -> int:
     with locked(run, "eval"):
         summary = (held_out_loss(cfg, run, splits, reason, only=args.only, adapter=is_run) if reason else
                    evaluate(cfg, run, only=args.only, adapter=is_run, splits=splits).summary)
+        if reason and is_run and generates_replies(cfg, splits):  # and the replies themselves, by overlap
+            replies(cfg, run, splits)
         extra = evaluate_extra(cfg, run, only=args.only, adapter=is_run)
     if is_main_process():
         _print_eval(summary, run)
+        from tunelab.report import replies as generated
+        if reason and is_run and (said := generated.line(generated.summary(run))):
+            print(said)
         for name, other in extra:
             _print_eval(other.summary, run, name)
     return 0
@@ -512,7 +518,9 @@ def _print_checks(result: dict) -> None:
     console.print("; ".join(": ".join(targets_line(k, v)) for k, v in tg.items()))
     skipped = result["eval_skipped"]
     console.print("eval: scores answers" if not skipped else f"eval: answers not scored ({skipped})"
-                  + ("; the held-out replies' target loss is measured instead" if result.get("eval_by_loss") else ""))
+                  + ("; the held-out replies' target loss is measured instead" if result.get("eval_by_loss") else "")
+                  + (", and the generated replies' chrF and ROUGE-L against them" if result.get("eval_by_overlap")
+                     else ""))
     if (b := result["boundary"])["rows"]:
         ex = b["example"]
         console.print(f"prompt/answer boundary: on {b['rows']} of {b['of']} training rows the prompt's last token "

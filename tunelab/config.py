@@ -277,9 +277,13 @@ class EvalConfig(Section):
                                 "also N-shot, the shots as earlier turns (--fewshot_as_multiturn); for runs whose "
                                 "prompts are plain text (with data.chat_template the base passes are already that); "
                                 "a set measured by loss gets the base model's target loss asked those ways")
+    overlap: bool = Field(True, description="when no scoring mode suits the data: the base model and the tuned "
+                          "adapter answer the held-out rows eval would score (eval.limit), greedily until EOS or "
+                          "eval.max_new_tokens, and each reply is scored against its reference by chrF and ROUGE-L, "
+                          "tuned − base paired over rows (false = only the eval.samples shown)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
-                         "answered by the base model and the tuned adapter, shown in the report side by side, not "
-                         "scored (0 = none)")
+                         "with the base model's and the tuned adapter's replies, shown in the report side by side "
+                         "(0 = none)")
     scoring: Literal["auto", "numeric", "exact", "none"] = Field(
         "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
         "has one; exact = the completion's first line against the whole target (labels, names, yes/no); none = no "

@@ -73,9 +73,10 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         chat.require(load_tokenizer(cfg.model), "eval.chat_baseline")
     evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
+        instead = ("by loss" + (" and by overlap with the references (chrF, ROUGE-L)" if cfg.eval.overlap else "")
+                   if evaluate.by_loss(cfg, splits) else "")
         log.warning("eval: answers will not be scored: %s; %sthe report gives losses, token accuracy, analysis and "
-                    "cost", unscoreable, "the held-out replies are measured by loss instead; "
-                    if evaluate.by_loss(cfg, splits) else "")
+                    "cost", unscoreable, f"the held-out replies are measured {instead} instead; " if instead else "")
     if source is None:
         first = ("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None))
     else:
@@ -89,8 +90,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     for name, done, work in stages:
         if name == "eval" and unscoreable:
             run.write_json(run.eval_skipped, {"reason": unscoreable, "by_loss": evaluate.by_loss(cfg, splits)})
-            if cfg.eval.scoring != "none" and cfg.eval.samples and not run.eval_samples.exists():
-                evaluate.samples(cfg, run)  # not scored, but seen: the base and tuned answers side by side
+            if evaluate.generates_replies(cfg, splits) and not evaluate.replies_done(run):
+                evaluate.replies(cfg, run, splits)  # the replies themselves, scored by overlap with the references
             if not evaluate.held_out_loss_done(run):  # and how likely each model finds the reference replies
                 evaluate.held_out_loss(cfg, run, splits, unscoreable)
         elif done(run):
@@ -128,7 +129,9 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
         from tunelab.rundir import HeldOutLossDir
-        lines += filter(None, [extra.held_out_line(HeldOutLossDir(run.path).read_eval_summary())])
+        from tunelab.report import replies
+        lines += filter(None, [extra.held_out_line(HeldOutLossDir(run.path).read_eval_summary()),
+                               replies.line(replies.summary(run))])
     scored = run.eval_cost()
     lines.append((f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); " if cost else
                   "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the other trainer's "

@@ -88,8 +88,13 @@ LAYOUT = {
                                           "held-out targets no scoring mode suits); `by_loss`: whether the held-out "
                                           "rows are measured by loss instead (eval/loss/)"),
     "eval/samples.jsonl": ("eval_samples", "when eval was skipped for its data: the first `eval.samples` held-out "
-                                           "prompts with the reference and the base and tuned answers (greedy, "
-                                           "not scored)"),
+                                           "prompts with the reference and the base and tuned answers (greedy), "
+                                           "shown in the report"),
+    "eval/replies/": (None, "when no scoring mode suits the held-out answers: the base model's and the tuned "
+                            "adapter's greedy replies to the first `eval.limit` held-out rows (eval.overlap; else the "
+                            "first `eval.samples`) with each reply's chrF and ROUGE-L against its reference "
+                            "(predictions.jsonl), and a summary: per model the mean of each, tokens/s, `at_budget`; "
+                            "`overlap`, per metric tuned − base paired over rows; its journals while unfinished"),
     "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
                          "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
                          "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "
@@ -168,10 +173,11 @@ class RunDir:
         return "the final adapter" if which is None else f"epoch {which}'s adapter"
 
     def eval_cost(self) -> dict | None:
-        """The eval stage's cost: the passes answered for this run, on its own test set (or its loss passes, when
-        no scoring mode suits the answers) and each eval.also set (base passes reused from the cache not counted),
-        summed: {device_hours, cost_usd, usd_per_hour, price_source}; None before an eval that recorded it."""
-        sets = [self, HeldOutLossDir(self.path), *self.extra_sets()]
+        """The eval stage's cost: the passes answered for this run, on its own test set (or its loss passes and its
+        generated replies, when no scoring mode suits the answers) and each eval.also set (base passes reused from
+        the cache not counted), summed: {device_hours, cost_usd, usd_per_hour, price_source}; None before an eval
+        that recorded it."""
+        sets = [self, HeldOutLossDir(self.path), RepliesDir(self.path), *self.extra_sets()]
         costs = [s["cost"] for s in (v.read_eval_summary() for v in sets) if s and "cost" in s]
         if not costs:
             return None
@@ -368,6 +374,20 @@ class HeldOutLossDir(ExtraSetDir):
 
     def at(self, path: str | Path) -> "HeldOutLossDir":
         return HeldOutLossDir(path)
+
+
+class RepliesDir(ExtraSetDir):
+    """A run's own held-out rows answered by generation and scored by overlap with the references, when no scoring
+    mode suits their answers: an eval stage's files (predictions, summary, journals) in eval/replies/."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "the held-out replies")
+
+    eval_dir = property(lambda self: self.path / "eval" / "replies")
+    label = property(lambda self: "eval (replies)")
+
+    def at(self, path: str | Path) -> "RepliesDir":
+        return RepliesDir(path)
 
 
 def stopped_early(summary: dict | None) -> bool:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.rundir import HeldOutLossDir, RunDir, counts_passes, stopped_early, trained_and_planned
+from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir, counts_passes, stopped_early, trained_and_planned
 
 RECENT_STEPS = 20  # the steps whose mean tokens/s predicts a running train stage's time left
 
@@ -118,14 +118,17 @@ def _val_loss(run: RunDir) -> list[float] | None:
 
 def _accuracy(run: RunDir) -> dict | None:
     """The eval stage's headline: scoring, base and tuned accuracy (flexible), the paired difference and its 95 %
-    CI, n; {"skipped": why} when `tunelab run` skipped it (with the held-out replies' target loss, base and tuned, its
-    paired change and CI, once measured); {"base": …} alone for a base-model-only eval; None before it ran."""
+    CI, n; {"skipped": why} when `tunelab run` skipped it (with the held-out replies' target loss and their generated
+    replies' chrF, base and tuned, each one's paired change and CI, once measured); {"base": …} alone for a
+    base-model-only eval; None before it ran."""
     evaluation = run.read_eval_summary() or {}
     skipped = run.read_optional(run.eval_skipped)
     if not evaluation and skipped:
         d = (HeldOutLossDir(run.path).read_eval_summary() or {}).get("loss_difference")
-        return {"skipped": skipped["reason"],  # and the held-out replies' target loss, when measured
-                **({"loss": d["means"], "loss_delta": d["delta"], "loss_ci95": d["ci95"]} if d else {})}
+        c = ((RepliesDir(run.path).read_eval_summary() or {}).get("overlap") or {}).get("chrf")
+        return {"skipped": skipped["reason"],  # and the held-out replies' target loss and chrF, when measured
+                **({"loss": d["means"], "loss_delta": d["delta"], "loss_ci95": d["ci95"]} if d else {}),
+                **({"chrf": c["means"], "chrf_delta": c["delta"], "chrf_ci95": c["ci95"]} if c else {})}
     if "base" not in evaluation and "tuned" not in evaluation:
         return None
     out = {"scoring": evaluation.get("scoring", "numeric"),

@@ -276,6 +276,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "boundary": boundary,
             "targets": targets(splits, mode), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
+            "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
 

@@ -1,6 +1,7 @@
 """The eval stage: answer accuracy — GSM8K-style (the final number) or exact match of short answers — of the base
 model, its few-shot prompting baseline, every kept epoch's adapter and the final adapter, all on the same held-out
-questions, with paired intervals and flips.
+questions, with paired intervals and flips; for data no answer check suits, the base and tuned replies scored
+against the references by overlap (`replies`).
 
 Writes eval/predictions.jsonl and eval/summary.json; rewrites no other stage's file. Answers are
 journaled as they finish, so a killed eval resumes with the questions not yet answered. Base-model
@@ -24,13 +25,13 @@ from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
-from tunelab.evaluate import losses
+from tunelab.evaluate import losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names, set_done
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
-from tunelab.rundir import BEST_LOSS, ExtraSetDir, HeldOutLossDir, RunDir
+from tunelab.rundir import BEST_LOSS, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
 
 log = logging.getLogger(__name__)
@@ -418,25 +419,54 @@ def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
             for q in questions]
 
 
-def samples(cfg: Recipe, run: RunDir) -> list[dict]:
-    """The first `eval.samples` held-out prompts answered by the base model and the run's adapter (greedy, until EOS
-    or `eval.max_new_tokens`, not scored): what the report shows of the models when no scoring mode suits the data.
-    Written to eval/samples.jsonl (main process)."""
-    from tunelab.evaluate.inference import Model, answer_all
-    split, rows = _limited(cfg, load_splits(cfg.data, cfg.eval))
-    questions = rows[:cfg.eval.samples]
-    tok = load_tokenizer(cfg.model)
+def replies(cfg: Recipe, run: RunDir, splits=None) -> dict:
+    """When no scoring mode suits the data: the base model's and the tuned adapter's greedy replies (until EOS or
+    `eval.max_new_tokens`) to the held-out rows eval would score — the first `eval.limit` (eval.overlap), else the
+    first `eval.samples` — each scored against its reference by chrF and ROUGE-L (`overlap`), tuned − base paired
+    over rows. Journaled as they finish (a killed pass resumes), the base pass cached across runs as eval's; into
+    eval/replies/, and the first `eval.samples` into eval/samples.jsonl for the report (main process). Returns the
+    summary."""
+    splits = splits or load_splits(cfg.data, cfg.eval)
+    split, rows = _limited(cfg, splits)
+    questions = rows if cfg.eval.overlap else rows[:cfg.eval.samples]
+    view, tok = RepliesDir(run.path), load_tokenizer(cfg.model)
     prompts = prompt_texts(cfg, tok, questions)
-    out = [{"id": q.id, "split": split, "question": question_text(q), "reference": q.target} for q in questions]
     device = pick_device(cfg.train.device)
     tune_for(device)
-    models = [Model("base", None, "base"), Model("tuned", run.adapter, "tuned")]
-    answers = answer_all(cfg, tok, models, prompts, "eos", cfg.eval.max_new_tokens, device)
-    for i, row in enumerate(out):
-        row.update({m.name: answers[m.name][i].completion for m in models})
+    d = distributed.setup(device.type)
+    journal = Journal(view, d.rank)
+    predictions, stats = [], {}
+    budget = cfg.eval.max_new_tokens
+    for p in (Pass("base", prompts, [], max_new_tokens=budget),
+              Pass("tuned", prompts, [], run.adapter, run.trained_epochs(cfg), max_new_tokens=budget)):
+        answered, stats[p.name] = _answered(cfg, view, p, questions, tok, device, journal, "overlap")
+        predictions += answered
+    summary = {"scoring": "overlap", "split": split, "prompts": prompts_digest(cfg, questions), **stats,
+               **({"overlap": overlap.compare(predictions)} if cfg.eval.overlap else {}),
+               "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
+                                   cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
     if distributed.is_main_process():
-        run.write_jsonl(run.eval_samples, out)
-    return out
+        view.write_jsonl(view.predictions, predictions)
+        view.write_json(view.eval_summary, summary)
+        journal.clear()
+        said = {(r["id"], r["model"]): r["completion"] for r in predictions}
+        run.write_jsonl(run.eval_samples, [{"id": q.id, "split": split, "question": question_text(q),
+                                            "reference": q.target, "base": said[q.id, "base"],
+                                            "tuned": said[q.id, "tuned"]} for q in questions[:cfg.eval.samples]])
+        if run.summary.exists():
+            card.write(run)  # its Evaluation now gives these scores
+    return summary
+
+
+def generates_replies(cfg: Recipe, splits) -> bool:
+    """Whether `replies` has rows to answer: held-out rows eval would score (`by_loss`) and eval.overlap or
+    eval.samples asking for some."""
+    return by_loss(cfg, splits) and (cfg.eval.overlap or cfg.eval.samples > 0)
+
+
+def replies_done(run: RunDir) -> bool:
+    """`replies` has written its summary (base and tuned replies, scored)."""
+    return done(RepliesDir(run.path))
 
 
 def _budget(cfg: Recipe, mode: str, questions: list[Example], tok) -> int:
@@ -495,26 +525,34 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     seconds = max(d.gather([seconds]))
     rows = [_row(p, q, *answers[i], mode) for i, q in enumerate(questions)]
     fresh = sum(tokens for i, (_, tokens) in dict(new).items())
-    stats = {"n": len(rows), "strict_accuracy": _mean(rows, "strict"), "flexible_accuracy": _mean(rows, "flexible"),
-             "generated_tokens": sum(r["tokens"] for r in rows), "seconds": round(seconds, 2),
-             "tokens_per_second": round(d.sum([fresh])[0] / max(seconds, 1e-9), 2)}
+    figures = _figures(rows, mode)
+    stats = {"n": len(rows), **figures, "generated_tokens": sum(r["tokens"] for r in rows),
+             "seconds": round(seconds, 2), "tokens_per_second": round(d.sum([fresh])[0] / max(seconds, 1e-9), 2)}
     if have:
         stats["resumed_answers"] = len(have)
-    log.info("%s: strict %.3f, flexible %.3f on %d questions (%.0f tokens/s)", p.name, stats["strict_accuracy"],
-             stats["flexible_accuracy"], stats["n"], stats["tokens_per_second"])
+    log.info("%s: %s on %d questions (%.0f tokens/s)", p.name, ", ".join(f"{k} {v:.3f}" for k, v in figures.items()),
+             stats["n"], stats["tokens_per_second"])
     return rows, stats
 
 
+# how each row is scored: an answer check's mode, or (no mode suits the data) the reply's overlap with its reference
+ROW_SCORERS = {**SCORERS, "overlap": (lambda target: target.strip() or None, overlap.score)}
+
+
 def _row(p: Pass, q: Example, completion: str, tokens: int, mode: str) -> dict:
-    reference, score = SCORERS[mode]
+    reference, score = ROW_SCORERS[mode]
     ref = reference(q.target)
     return {"id": q.id, "model": p.name, "question": q.fields.get("question", q.prompt), "reference": ref,
             "completion": completion, **score(completion, ref or ""), "tokens": tokens,
             **({"epoch": p.epoch} if p.epoch is not None else {}), **({"label": q.label} if q.label else {})}
 
 
-def _mean(rows: list[dict], metric: str) -> float:
-    return round(sum(r[f"{metric}_correct"] for r in rows) / len(rows), 6)
+def _figures(rows: list[dict], mode: str) -> dict[str, float]:
+    """A pass's figures: strict and flexible accuracy, or (overlap) each metric's mean over its replies."""
+    if mode == "overlap":
+        return {metric: round(sum(r[metric] for r in rows) / len(rows), 6) for metric in overlap.METRICS}
+    return {f"{kind}_accuracy": round(sum(r[f"{kind}_correct"] for r in rows) / len(rows), 6)
+            for kind in ("strict", "flexible")}
 
 
 def written_format(cfg: Recipe) -> dict:

@@ -13,7 +13,7 @@ from tunelab.evaluate.summary import baselines, categories_of, paired_by_categor
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import HeldOutLossDir, RunDir, counts_passes, lowest_pass, stopped_early
+from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir, counts_passes, lowest_pass, stopped_early
 from tunelab.stats import paired_difference, paired_loss_difference
 
 
@@ -87,7 +87,8 @@ def eval_lines(evaluation: dict) -> list[str]:
 
 def headline(run: RunDir) -> dict:
     """The train stage's summary plus, under `eval`, the eval stage's headline accuracies and intervals (or, under
-    `held_out_loss`, the base and tuned target loss of held-out rows measured by loss instead)."""
+    `held_out_loss`, the base and tuned target loss of held-out rows measured by loss instead, and under
+    `reply_chrf` their generated replies' mean chrF)."""
     summary = dict(run.read_summary() or {})
     evaluation = run.read_eval_summary() or {}
     ev = {}
@@ -105,6 +106,8 @@ def headline(run: RunDir) -> dict:
     held_out = HeldOutLossDir(run.path).read_eval_summary() or {}
     if not ev and (losses := held_out.get("losses")):  # answers no scoring mode suits: the replies by loss
         summary["held_out_loss"] = {name: losses[name]["loss"] for name in ("base", "tuned") if name in losses}
+    if not ev and (generated := RepliesDir(run.path).read_eval_summary() or {}).get("overlap"):
+        summary["reply_chrf"] = {name: generated[name]["chrf"] for name in ("base", "tuned")}
     return summary
 
 
@@ -320,6 +323,9 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     from tunelab.report.extra import compare_blocks, held_out_category_compare, held_out_compare
     if held_out := held_out_compare(runs, names):
         sections.append(("Held-out replies, by loss", held_out + held_out_category_compare(runs, names)))
+    from tunelab.report import replies
+    if generated := replies.compare_blocks(runs, names):
+        sections.append(("Held-out replies, generated", generated))
     if other_sets := compare_blocks(runs, names):
         sections.append(("Other test sets", other_sets))
     from tunelab.report.seeds import seed_blocks

@@ -17,7 +17,7 @@ from tunelab.data import MIX_SEP, source_names
 from tunelab.data.checks import targets_line
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
-from tunelab.report import extra, mix
+from tunelab.report import extra, mix, replies
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, held_out_loss_per_epoch, learning_curves
@@ -69,26 +69,25 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     sections = [
         ("Overview", _overview(run, cfg, summary, evaluation)),
         ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped),
-                                     HeldOutLossDir(run.path).read_eval_summary())),
+                                     HeldOutLossDir(run.path).read_eval_summary(), replies.summary(run))),
         *data_sections,
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
     ]
-    held_out, held_out_found = extra.held_out_section(run) if not evaluation else ([], [])
-    if held_out:
-        sections.append(("Held-out replies, by loss", held_out))
-        found += held_out_found
-    other_blocks, other_found = extra.section(run)
-    if other_blocks:
-        sections.append(("Other test sets", other_blocks))
-        found += other_found
+    none = ([], [])  # answers scored: no held-out replies by loss or generated
+    for heading, (blocks, said) in (("Held-out replies, by loss", none if evaluation else extra.held_out_section(run)),
+                                    ("Held-out replies, generated", none if evaluation else replies.section(run)),
+                                    ("Other test sets", extra.section(run))):
+        if blocks:
+            sections.append((heading, blocks))
+            found += said
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
         sections.append(("Accuracy by category", _categories(evaluation)))
     samples, skipped = run.read_jsonl(run.eval_samples), run.read_optional(run.eval_skipped)
     if samples and skipped and not evaluation:
-        sections.append(("Sample answers (not scored)", _samples(samples, skipped, cfg.eval.max_new_tokens)))
+        sections.append(("Sample answers", _samples(samples, skipped, cfg.eval.max_new_tokens)))
     if analysis:
         sections.append(("Insights from model analysis", _insights(run, analysis)))
     if baseline is not None:
@@ -235,8 +234,24 @@ def _epochs_run(summary: dict) -> str:
     return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 
+def _held_out_rows(held_out: dict) -> list:
+    """Key metrics of held-out replies measured by loss: base → tuned target loss, and tuned against each prompting
+    baseline's."""
+    rows = []
+    if d := held_out.get("loss_difference"):
+        rows.append(("Held-out target loss", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+                     f"{d['delta']:+.3f} ({100 * d['delta'] / d['means'][0]:+.1f} %), 95 % CI {d['ci95'][0]:+.3f}.."
+                     f"{d['ci95'][1]:+.3f}, {d['n']} {held_out['split']} rows, base model → tuned adapter, paired"))
+    for what, d in extra.loss_baselines(held_out):
+        short, how = what.split(" (", 1)
+        rows.append((f"vs {short} (target loss)", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+                     f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows, paired; "
+                     f"{how.rstrip(')')}"))
+    return rows
+
+
 def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, skipped: dict | None = None,
-                 held_out: dict | None = None) -> list:
+                 held_out: dict | None = None, generated: dict | None = None) -> list:
     one_epoch = summary["train_loss_improvement_pct"] is None  # one epoch measured: no first-to-last change
     rows = [("Train loss improvement",
              ("— (one epoch)" if summary["epochs"] == 1 else "— (one epoch measured)") if one_epoch else
@@ -260,15 +275,7 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
     if not evaluation:
         rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
-    if not evaluation and (d := (held_out or {}).get("loss_difference")):
-        rows.append(("Held-out target loss", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
-                     f"{d['delta']:+.3f} ({100 * d['delta'] / d['means'][0]:+.1f} %), 95 % CI {d['ci95'][0]:+.3f}.."
-                     f"{d['ci95'][1]:+.3f}, {d['n']} {held_out['split']} rows, base model → tuned adapter, paired"))
-    for what, d in extra.loss_baselines(held_out or {}) if not evaluation else []:
-        short, how = what.split(" (", 1)
-        rows.append((f"vs {short} (target loss)", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
-                     f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows, paired; "
-                     f"{how.rstrip(')')}"))
+        rows += _held_out_rows(held_out or {}) + replies.key_rows(generated)
     for b in baselines(evaluation) if evaluation and "tuned" in evaluation else []:
         d = b["vs"]["flexible"]
         rows.append((f"vs {b['what']} ({names.flexible})",
@@ -535,9 +542,9 @@ def _categories(evaluation: dict) -> list:
 
 def _samples(rows: list[dict], skipped: dict, max_new_tokens: int) -> list:
     """The base and tuned answers to a few held-out prompts, side by side, when no scoring mode suits the data."""
-    blocks: list = [("p", f"Not scored ({skipped['reason']}). The first {len(rows)} {rows[0]['split']} prompts, "
-                          "answered greedily by the base model and by the tuned adapter, until the end-of-sequence "
-                          f"token or {max_new_tokens} new tokens.")]
+    blocks: list = [("p", f"No answer check ({skipped['reason']}). The first {len(rows)} {rows[0]['split']} "
+                          "prompts, answered greedily by the base model and by the tuned adapter, until the "
+                          f"end-of-sequence token or {max_new_tokens} new tokens.")]
     for r in rows:
         blocks.append(("details", f"{r['id']}: {' '.join(r['question'].split())[:100]}",
                        [("question", r["question"]), ("reference", r["reference"]), ("base", r["base"]),

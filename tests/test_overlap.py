@@ -1,0 +1,84 @@
+"""Replies scored by overlap with their references: ROUGE-L's longest common subsequence, chrF, the paired
+comparison, and the report's verdict on it."""
+
+import pytest
+
+from tunelab.evaluate.overlap import _lcs, compare, rouge_l, score
+from tunelab.report.replies import change, key_rows, line
+
+
+def test_rouge_l_is_the_f1_of_the_longest_common_word_subsequence():
+    # reply 6 words, reference 6 words, common subsequence "the cat sat on mat" (5): P = R = 5/6
+    assert rouge_l("The cat sat on the mat.", "the cat sat on a MAT") == pytest.approx(5 / 6)
+    # order matters: "c b a" against "a b c" shares one word in order, P = R = 1/3
+    assert rouge_l("c b a", "a b c") == pytest.approx(1 / 3)
+    # P = 2/2, R = 2/4: F1 = 2 * 1 * 0.5 / 1.5
+    assert rouge_l("red blue", "red green blue gold") == pytest.approx(2 / 3)
+    assert rouge_l("", "anything") == rouge_l("no shared words", "at all here") == 0.0
+    assert rouge_l("Ça coûte 3 €, déjà payé", "ça coûte 3 déjà payé") == 1.0  # letters beyond a–z: words
+    assert _lcs(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook pair: BCBA
+
+
+def test_chrf_and_rouge_l_score_a_reply_from_0_to_1_and_identical_text_1():
+    same = score("The colour you asked for is red.", "The colour you asked for is red.")
+    assert same == {"chrf": 1.0, "rouge_l": 1.0}
+    near, far = score("The colour is red.", "The colour you asked for is red."), score("42", "The colour is red.")
+    assert 0 < near["chrf"] < 1 and 0 < near["rouge_l"] < 1 and far == {"chrf": 0.0, "rouge_l": 0.0}
+    assert score("", "The colour is red.") == {"chrf": 0.0, "rouge_l": 0.0}
+
+
+def test_compare_pairs_rows_by_id_and_its_interval_follows_the_change():
+    rows = [{"id": f"r{i}", "model": m, "chrf": c, "rouge_l": c / 2}
+            for i in range(20) for m, c in (("base", 0.2 + 0.01 * i), ("tuned", 0.5 + 0.01 * i))]
+    rows.append({"id": "only-base", "model": "base", "chrf": 0.9, "rouge_l": 0.9})  # not paired: left out
+    d = compare(rows)
+    assert d["chrf"]["n"] == 20 and d["chrf"]["delta"] == pytest.approx(0.3)
+    assert d["chrf"]["means"] == pytest.approx([0.295, 0.595]) and d["chrf"]["ci95"] == pytest.approx([0.3, 0.3])
+    assert d["rouge_l"]["delta"] == pytest.approx(0.15)
+    mixed = compare([{"id": f"r{i}", "model": m, "chrf": c, "rouge_l": c}
+                     for i in range(20) for m, c in (("base", 0.5), ("tuned", 0.5 + (0.1 if i % 2 else -0.1)))])
+    lo, hi = mixed["chrf"]["ci95"]
+    assert lo < 0 < hi  # half the rows up, half down: no change beyond noise
+
+
+def _summary(delta: float, spread: float) -> dict:
+    d = {"n": 30, "delta": delta, "ci95": [delta - spread, delta + spread], "means": [0.3, 0.3 + delta]}
+    return {"split": "test", "overlap": {"chrf": d, "rouge_l": {**d, "delta": delta / 2}},
+            "base": {"max_new_tokens": 64, "at_budget": 0}, "tuned": {"max_new_tokens": 64, "at_budget": 2}}
+
+
+@pytest.mark.parametrize("delta, spread, kind, said", [(0.12, 0.05, "good", "closer to the references"),
+                                                       (-0.12, 0.05, "watch", "further from the references"),
+                                                       (0.02, 0.05, "info", "no closer to the references")])
+def test_the_verdict_reads_chrf_s_paired_interval(delta, spread, kind, said):
+    s = _summary(delta, spread)
+    found = change(s)
+    assert found.kind == kind and said in found.text
+    assert f"chrF 0.300 → {0.3 + delta:.3f} ({delta:+.3f}, 95 % CI {delta - spread:+.3f}..{delta + spread:+.3f})" \
+        in found.text and "30 test rows" in found.text and "ROUGE-L" in found.text
+    assert f"chrF 0.300 → {0.3 + delta:.3f}" in line(s)
+    assert [r[0] for r in key_rows(s)] == ["Reply chrF vs reference", "Reply ROUGE-L vs reference"]
+    assert line(None) is None and key_rows(None) == []
+
+
+def test_compare_pairs_two_runs_tuned_replies_on_the_rows_both_answered(tmp_path):
+    from tunelab.report.replies import compare_blocks
+    from tunelab.rundir import RepliesDir
+
+    def run_with(name: str, chrf: list[float], rows: int = 30) -> RepliesDir:
+        view = RepliesDir(tmp_path / name)
+        view.eval_dir.mkdir(parents=True)
+        view.write_json(view.eval_summary, {"split": "test", "overlap": {"chrf": {}}})
+        view.write_jsonl(view.predictions, [{"id": f"r{i}", "model": m, "reference": f"reply {i}", "chrf": c,
+                                             "rouge_l": c / 2} for i in range(rows) for m, c in
+                                            (("base", 0.1), ("tuned", chrf[i % len(chrf)]))])
+        return view
+    first, better, same = run_with("a", [0.3, 0.4]), run_with("b", [0.5, 0.6], rows=20), run_with("c", [0.4, 0.3])
+    blocks = compare_blocks([first, better, same], ["a", "b", "c"])
+    table = dict((row[0], row[1:]) for row in blocks[1][2])
+    assert table["chrF"][0] == "0.350" and table["chrF"][1].startswith("0.550 (+0.200, CI +0.200..+0.200, on 20)")
+    assert table["chrF"][2].startswith("0.350 (+0.000") and table["ROUGE-L"][1].startswith("0.275 (+0.100")
+    found = blocks[2][1]  # only b moved beyond noise (c's rows are a's values swapped in pairs: no change)
+    assert len(found) == 1 and found[0].kind == "good" and found[0].text.startswith(
+        "b's generated replies are closer to the references than a's beyond noise: chrF 0.350 → 0.550")
+    assert compare_blocks([RepliesDir(tmp_path / "none"), first], ["none", "a"]) == []  # first run not scored
