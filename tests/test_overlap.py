@@ -82,3 +82,24 @@ def test_compare_pairs_two_runs_tuned_replies_on_the_rows_both_answered(tmp_path
     assert len(found) == 1 and found[0].kind == "good" and found[0].text.startswith(
         "b's generated replies are closer to the references than a's beyond noise: chrF 0.350 → 0.550")
     assert compare_blocks([RepliesDir(tmp_path / "none"), first], ["none", "a"]) == []  # first run not scored
+
+
+def test_the_rows_whose_reply_moved_most_are_the_largest_falls_then_rises_with_their_replies(tmp_path):
+    from tunelab.report.replies import MOVERS, movers
+    from tunelab.rundir import RepliesDir
+    view = RepliesDir(tmp_path)
+    view.eval_dir.mkdir(parents=True)
+    change = [-0.4, -0.1, 0.0, 0.2, 0.5, 0.3, -0.2, 0.1]  # row i's tuned chrF − base chrF
+    view.write_jsonl(view.predictions, [{"id": f"r{i}", "model": m, "question": f"question {i}",
+                                         "reference": f"reference {i}", "completion": f"{m} reply {i}",
+                                         "chrf": 0.5 + (d if m == "tuned" else 0), "rouge_l": 0.5}
+                                        for i, d in enumerate(change) for m in ("base", "tuned")])
+    blocks = movers(view)
+    shown = [b[1].split(":")[0] for b in blocks[1:]]
+    assert MOVERS == 3 and shown == ["r0", "r6", "r1", "r4", "r5", "r3"]  # falls, largest first; then rises
+    assert blocks[1][1].startswith("r0: chrF 0.500 → 0.100 (-0.400), question 0")
+    assert blocks[1][2] == [("question", "question 0"), ("reference", "reference 0"), ("base", "base reply 0"),
+                            ("tuned", "tuned reply 0")]
+    view.write_jsonl(view.predictions, [{"id": "r0", "model": m, "question": "q", "reference": "r", "completion": "c",
+                                         "chrf": 0.5, "rouge_l": 0.5} for m in ("base", "tuned")])
+    assert movers(view) == []  # nothing moved: nothing shown

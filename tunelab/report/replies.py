@@ -10,6 +10,7 @@ from __future__ import annotations
 from tunelab.evaluate.overlap import METRICS
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
+from tunelab.report.render import clip
 from tunelab.rundir import RepliesDir, RunDir
 from tunelab.stats import paired_loss_difference
 
@@ -63,7 +64,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
              ("table", ["metric", "base", "tuned", "tuned − base (95 % CI)", "rows"],
               [(METRICS[m], f"{d['means'][0]:.3f}", f"{d['means'][1]:.3f}",
                 f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})", d["n"])
-               for m, d in s["overlap"].items()])], [change(s)]
+               for m, d in s["overlap"].items()]), *movers(run)], [change(s)]
 
 
 def change(s: dict) -> Observation:
@@ -118,3 +119,27 @@ def _tuned_replies(run: RunDir) -> dict[tuple[str, str], dict]:
     if not summary(run):
         return {}
     return {(r["id"], r["reference"]): r for r in RepliesDir(run.path).read_predictions() if r["model"] == "tuned"}
+
+
+MOVERS = 3  # rows shown at each end of the change
+
+
+def movers(run: RunDir) -> list:
+    """The rows whose tuned reply moved most from the base model's, by chrF against the reference (the largest falls,
+    then the largest rises), each with its question, reference and both replies; nothing when none moved."""
+    said = {(r["id"], r["model"]): r for r in RepliesDir(run.path).read_predictions()}
+    change = sorted((said[i, "tuned"][JUDGED] - r[JUDGED], i) for (i, model), r in said.items()
+                    if model == "base" and (i, "tuned") in said)
+    picked = [t for t in change[:MOVERS] if t[0] < 0] + [t for t in change[::-1][:MOVERS] if t[0] > 0]
+    if not picked:
+        return []
+    blocks: list = [("p", f"The rows whose reply moved most: {METRICS[JUDGED]} of the tuned adapter's reply − the "
+                          f"base model's, the {MOVERS} largest falls, then rises. A single row's change is noisy; the "
+                          "paired interval over all rows is the measured claim.")]
+    for d, i in picked:
+        base, tuned = said[i, "base"], said[i, "tuned"]
+        blocks.append(("details", f"{i}: {METRICS[JUDGED]} {base[JUDGED]:.3f} → {tuned[JUDGED]:.3f} ({d:+.3f}), "
+                                  f"{clip(' '.join(base['question'].split()), 80)}",
+                       [("question", base["question"]), ("reference", base["reference"] or ""),
+                        ("base", base["completion"]), ("tuned", tuned["completion"])]))
+    return blocks
