@@ -104,6 +104,9 @@ def _generated_replies_are_scored_against_the_references(run: RunDir, samples: l
     assert "## Held-out replies, generated" in md and re.search(
         r"The tuned adapter's generated replies are (closer to|further from|no closer to) the references", md)
     assert not list(view.eval_dir.glob("journal-*.jsonl"))  # finished: its journal is gone
+    definitions = md[md.index("## Definitions"):]  # what was measured is defined, answer accuracy is not
+    assert "- Reply chrF = sacrebleu's sentence chrF" in definitions and "- Held-out target loss = " in definitions
+    assert "- GSM8K-style accuracy" not in definitions and "Accuracy interval" not in definitions
     assert f"the first 4 test rows), scored against the references from 0 to 1: chrF {means[0]:.3f} → " \
            f"{means[1]:.3f}" in (run.adapter / "README.md").read_text()  # the model card says it too
     from tunelab.status import describe

@@ -36,9 +36,9 @@ DEFINITIONS = [
     "Cost = measured wall hours of the train stage × price per hour (recipe cost.usd_per_hour, or the dated "
     "built-in table); eval cost = measured wall hours of the answer passes run for this run (its test set and each "
     "eval.also set; a base pass reused from the cache, answered for another run, not counted) × the same kind of "
-    "price, for the device the eval ran on. Estimate = FLOPs (4·N per trained token, 6·N with gradient checkpointing, 2·N per "
-    "validated token, plus causal attention) / (device peak × utilisation: measured on H100/H200, assumed "
-    "elsewhere; the basis is stated with each estimate).",
+    "price, for the device the eval ran on. Estimate = FLOPs (4·N per trained token, 6·N with gradient "
+    "checkpointing, 2·N per validated token, plus causal attention) / (device peak × utilisation: measured on "
+    "H100/H200, assumed elsewhere; the basis is stated with each estimate).",
     "Outliers = rows whose mean rank of embedding-space isolation (local outlier factor) and final per-example "
     "loss is highest; clusters = KMeans on sentence embeddings, named by class-based TF-IDF.",
     "Data map (dataset cartography): confidence = mean over epochs of exp(−loss) of a training example; "
@@ -102,7 +102,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
                   "its model card; `tunelab export` writes a merged model or a GGUF for llama.cpp and Ollama)."),
             *_best_epoch_export(run, evaluation, summary),
             ("details", "the commands", commands)]))
-    sections.append(("Definitions", [("list", _definitions(names.definition, imported))]))
+    unscored = not evaluation and bool(run.read_optional(run.eval_skipped))
+    sections.append(("Definitions", [("list", _definitions(names.definition, imported, unscored))]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
@@ -131,10 +132,22 @@ def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None) -> tuple[l
     return sections, found
 
 
-def _definitions(accuracy: str, imported: dict | None) -> list[str]:
-    """The report's definitions, with the accuracy's; an imported run's train loss (measured after each epoch) and
-    cost (the other trainer's runtime) by their own rules."""
-    definitions = DEFINITIONS[:3] + [accuracy] + DEFINITIONS[3:]
+# what a run whose answers no scoring mode suits measures instead of answer accuracy and its interval
+UNSCORED = [
+    "Held-out target loss = the completion-only, token-weighted loss of the held-out rows' reference replies (as "
+    "validation loss); tuned − base with a 95 % paired bootstrap interval over rows.",
+    "Reply chrF = sacrebleu's sentence chrF of a greedy reply against its reference (character 1..6-grams, recall "
+    "weighted twice precision) / 100; ROUGE-L = F1 of the longest common subsequence of their words (lower-cased runs "
+    "of letters and digits); each 0..1, averaged over rows, tuned − base with a 95 % paired bootstrap interval over "
+    "rows.",
+]
+
+
+def _definitions(accuracy: str, imported: dict | None, unscored: bool = False) -> list[str]:
+    """The report's definitions, with the accuracy's (or, `unscored`: no answer check suits the data, the held-out
+    target loss's and the reply overlap's); an imported run's train loss (measured after each epoch) and cost (the
+    other trainer's runtime) by their own rules."""
+    definitions = DEFINITIONS[:3] + (UNSCORED + DEFINITIONS[4:] if unscored else [accuracy] + DEFINITIONS[3:])
     if imported:
         definitions[0] = ("Train loss improvement % = (epoch-1 train loss − last-epoch train loss) / epoch-1 train "
                           f"loss × 100; an epoch's train loss is {imported['train_loss_rule']}.")
