@@ -522,10 +522,12 @@ def test_replies_killed_mid_pass_resume_from_their_journal(two_epoch_run, tmp_pa
         return real(model, tok, prompts, *args, **kwargs)
     monkeypatch.setattr(gen, "generate", counting)
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-b"))
-    resumed = replies(cfg, killed)
+    resumed, resumed_asked = replies(cfg, killed), sum(asked)
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-c"))
-    uninterrupted, resumed_asked = replies(cfg, whole), sum(asked[:2])
-    assert resumed_asked == 2 * 5 - 3 and sum(asked[2:]) == 2 * 5  # 5 rows, base and tuned
+    uninterrupted = replies(cfg, whole)
+    passes = [name for name, v in uninterrupted.items() if isinstance(v, dict) and "generated_tokens" in v]
+    assert passes == ["base", "base-2shot", "epoch-1", "tuned"]  # eval's passes: the 2-shot baseline, each epoch
+    assert resumed_asked == 4 * 5 - 3 and sum(asked) - resumed_asked == 4 * 5  # 5 rows each
     assert RepliesDir(killed.path).read_predictions() == RepliesDir(whole.path).read_predictions()
     assert resumed["overlap"] == uninterrupted["overlap"] and resumed["base"]["resumed_answers"] == 3
     assert not RepliesDir(killed.path).journals() and len(killed.read_jsonl(killed.eval_samples)) == 5

@@ -103,3 +103,36 @@ def test_the_rows_whose_reply_moved_most_are_the_largest_falls_then_rises_with_t
     view.write_jsonl(view.predictions, [{"id": "r0", "model": m, "question": "q", "reference": "r", "completion": "c",
                                          "chrf": 0.5, "rouge_l": 0.5} for m in ("base", "tuned")])
     assert movers(view) == []  # nothing moved: nothing shown
+
+
+def test_comparisons_pair_tuned_with_every_other_model_and_each_epoch_with_the_one_before():
+    from tunelab.evaluate.overlap import comparisons
+    from tunelab.report.replies import _chain, baseline_changes, epoch_changes
+    level = {"base": 0.1, "base-2shot": 0.3, "epoch-1": 0.4, "tuned": 0.5}
+    rows = [{"id": f"r{i}", "model": m, "chrf": c + 0.01 * (i % 3), "rouge_l": c} for i in range(12)
+            for m, c in level.items()]
+    d = comparisons(rows, list(level))
+    assert d["overlap"]["chrf"]["delta"] == pytest.approx(0.4)
+    assert {name: v["chrf"]["delta"] for name, v in d["versus"].items()} == pytest.approx(
+        {"base": 0.4, "base-2shot": 0.2, "epoch-1": 0.1})
+    assert [(e["previous"], e["model"], round(e["chrf"]["delta"], 6)) for e in d["epochs"]] == [
+        ("base", "epoch-1", 0.3), ("epoch-1", "tuned", 0.1)]
+    assert "epochs" not in comparisons(rows, ["base", "tuned"])  # no epoch generated: no chain
+    s = {"split": "test", **d}
+    found = baseline_changes(s)
+    assert len(found) == 1 and found[0].kind == "good" and found[0].text.startswith(
+        "The tuned adapter's generated replies are closer to the references than those of the base model prompted "
+        "2-shot, beyond noise: chrF 0.310 → 0.510 tuned (+0.200")
+    level["base-chat"] = 0.5  # as close as tuned: the strongest baseline, not beaten: one to watch
+    rows = [{"id": f"r{i}", "model": m, "chrf": c + 0.01 * ((i + (m == "base-chat")) % 3), "rouge_l": c}
+            for i in range(12) for m, c in level.items()]  # base-chat's rows shifted: tuned − it = −1, −1, +2 (× 0.01)
+    found = baseline_changes({"split": "test", **comparisons(rows, list(level))})
+    assert [(o.kind, o.text.split(":")[0]) for o in found] == [
+        ("good", "The tuned adapter's generated replies are closer to the references than those of the base model "
+                 "prompted 2-shot, beyond noise"),
+        ("watch", "The tuned adapter's generated replies and those of the base model asked through its chat template "
+                  "are about as close to the references (no difference beyond noise)")]
+    steps = epoch_changes(s, 2)  # epoch 1 against base is the main verdict's; epoch 2 against epoch 1 here
+    assert len(steps) == 1 and steps[0].kind == "good" and steps[0].text.startswith(
+        "Epoch 2 vs epoch 1, generated replies: chrF 0.410 → 0.510 (+0.100")
+    assert _chain(s, 2).startswith("base 0.110 → epoch 1 0.410 (+0.300, CI +0.300..+0.300) → epoch 2 0.510 (+0.100")

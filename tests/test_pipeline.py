@@ -266,6 +266,7 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     assert re.search(r"(The fine-tune made the replies in the held-out rows more likely than the base model asked|"
                      r"The base model asked through|The fine-tune and the base model asked)", md)
     _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run, held_out, tiny_model, rows)
+    _the_replies_of_every_baseline_and_epoch_are_generated(run, said, md)
     _each_epoch_is_paired_with_the_one_before(run, held_out, said, md)
     _each_category_is_paired_apart(run, held_out, md)
     epochs = run.read_epochs()
@@ -293,6 +294,24 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     chrf = [RepliesDir(path).read_eval_summary()["tuned"]["chrf"] for path in (run.path, tmp_path / "w")]
     assert "## Held-out replies, generated" in md and f"| chrF | {chrf[0]:.3f} | {chrf[1]:.3f} (" in md
     assert re.search(rf"\| reply_chrf\.tuned \| {chrf[0]:.4g} \| {chrf[1]:.4g} \|", md)  # in the figures too
+
+
+def _the_replies_of_every_baseline_and_epoch_are_generated(run: RunDir, said: str, md: str) -> None:
+    """The generated replies come from the passes eval would run: base, its prompting baselines (eval.fewshot,
+    eval.chat_baseline), each epoch, tuned; tuned is paired with each, each epoch with the one before."""
+    replies = RepliesDir(run.path).read_eval_summary()
+    passes = ["base", "base-2shot", "base-chat", "base-chat-2shot", "epoch-1", "tuned"]
+    assert [name for name in passes if name in replies] == passes and set(replies["versus"]) == set(passes[:-1])
+    from collections import Counter
+    assert Counter(r["model"] for r in RepliesDir(run.path).read_predictions()) == {name: replies["base"]["n"]
+                                                                                    for name in passes}
+    assert [(e["previous"], e["model"]) for e in replies["epochs"]] == [("base", "epoch-1"), ("epoch-1", "tuned")]
+    shot = replies["versus"]["base-2shot"]["chrf"]
+    assert shot["means"] == pytest.approx([replies["base-2shot"]["chrf"], replies["tuned"]["chrf"]], abs=1e-5)
+    assert f"vs the base model prompted 2-shot {shot['means'][0]:.3f}: {shot['delta']:+.3f}" in said
+    assert "reply chrF per epoch: base " in said and "Per epoch, each against the model before it, chrF: base" in md
+    assert "| vs the base model asked through its chat template (reply chrF) | " in md
+    assert re.search(r"Epoch 2 vs epoch 1, generated replies: chrF \d\.\d{3} → \d\.\d{3}", md)
 
 
 def _each_epoch_is_paired_with_the_one_before(run: RunDir, held_out: dict, said: str, md: str) -> None:

@@ -201,6 +201,9 @@ def _overlap(generated: dict | None) -> list[str]:
     said = [f"{METRICS[m]} {d['means'][0]:.3f} → {d['means'][1]:.3f} (tuned − base {d['delta']:+.3f}, 95 % paired "
             f"bootstrap interval over rows {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
             for m, d in generated["overlap"].items()]
+    from tunelab.report.replies import baselines
+    said += [f"tuned − {what}, {METRICS['chrf']} {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
+             for what, d in baselines(generated)]
     n = generated["overlap"]["chrf"]["n"]
     return [f"The replies themselves (greedy, base → tuned, the first {n} {generated['split']} rows), scored against "
             f"the references from 0 to 1: {'; '.join(said)}.", ""]

@@ -40,7 +40,8 @@ class ModelConfig(Section):
                                                  "original of an alias")
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="random = weights drawn from the model's config, nothing downloaded but the "
-                                  "config and tokenizer (speed, memory and cost checks: they do not depend on the weights)")
+                                  "config and tokenizer (speed, memory and cost checks: they do not depend on the "
+                                  "weights)")
 
 
 FORMAT_KEYS = ("template", "target", "messages", "optional_fields", "template_if_empty")
@@ -277,10 +278,11 @@ class EvalConfig(Section):
                                 "also N-shot, the shots as earlier turns (--fewshot_as_multiturn); for runs whose "
                                 "prompts are plain text (with data.chat_template the base passes are already that); "
                                 "a set measured by loss gets the base model's target loss asked those ways")
-    overlap: bool = Field(True, description="when no scoring mode suits the data: the base model and the tuned "
-                          "adapter answer the held-out rows eval would score (eval.limit), greedily until EOS or "
-                          "eval.max_new_tokens, and each reply is scored against its reference by chrF and ROUGE-L, "
-                          "tuned − base paired over rows (false = only the eval.samples shown)")
+    overlap: bool = Field(True, description="when no scoring mode suits the data: the models eval would score (base, "
+                          "its prompting baselines, each epoch's adapter, tuned) answer the held-out rows "
+                          "(eval.limit), greedily until EOS or eval.max_new_tokens, and each reply is scored against "
+                          "its reference by chrF and ROUGE-L, tuned − each paired over rows (false = only the base "
+                          "and tuned replies of the eval.samples shown)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "with the base model's and the tuned adapter's replies, shown in the report side by side "
                          "(0 = none)")

@@ -90,11 +90,13 @@ LAYOUT = {
     "eval/samples.jsonl": ("eval_samples", "when eval was skipped for its data: the first `eval.samples` held-out "
                                            "prompts with the reference and the base and tuned answers (greedy), "
                                            "shown in the report"),
-    "eval/replies/": (None, "when no scoring mode suits the held-out answers: the base model's and the tuned "
-                            "adapter's greedy replies to the first `eval.limit` held-out rows (eval.overlap; else the "
-                            "first `eval.samples`) with each reply's chrF and ROUGE-L against its reference "
+    "eval/replies/": (None, "when no scoring mode suits the held-out answers: the greedy replies of the base model, "
+                            "its prompting baselines, each kept epoch's adapter and the tuned adapter to the first "
+                            "`eval.limit` held-out rows (eval.overlap; else base and tuned on the first "
+                            "`eval.samples`) with each reply's chrF and ROUGE-L against its reference "
                             "(predictions.jsonl), and a summary: per model the mean of each, tokens/s, `at_budget`; "
-                            "`overlap`, per metric tuned − base paired over rows; its journals while unfinished"),
+                            "per metric, paired over rows: `overlap` (tuned − base), `versus` (tuned − each model), "
+                            "`epochs` (each epoch − the one before); its journals while unfinished"),
     "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
                          "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
                          "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "

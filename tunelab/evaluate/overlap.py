@@ -50,6 +50,19 @@ def _lcs(a: list[str], b: list[str]) -> int:
     return row[-1]
 
 
+def comparisons(rows: list[dict], names: list[str]) -> dict:
+    """The paired comparisons of the replies of passes `names` (in eval's order: base, prompting baselines, epochs,
+    tuned): `overlap`, tuned − base; `versus`, tuned − each other pass; `epochs`, each epoch's adapter and the tuned
+    one against the model before it (the first epoch against base), when epochs were generated. Each per metric."""
+    out: dict = {"overlap": compare(rows), "versus": {name: compare(rows, name) for name in names
+                                                      if name != "tuned"}}
+    chain = ["base", *(name for name in names if name.startswith("epoch-")), "tuned"]
+    if len(chain) > 2:
+        out["epochs"] = [{"model": after, "previous": before, **compare(rows, before, after)}
+                         for before, after in zip(chain, chain[1:])]
+    return out
+
+
 def compare(rows: list[dict], before: str = "base", after: str = "tuned") -> dict[str, dict]:
     """Per metric, the mean of model `after`'s replies minus model `before`'s over the rows both answered, with a
     paired bootstrap 95 % interval over rows and the two means (`stats.paired_loss_difference`, every row weighing

@@ -364,8 +364,9 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     same shots as earlier turns), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the
     final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
-    passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact)."""
-    stop = None if mode == "numeric" else "line"
+    passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), EOS
+    (overlap)."""
+    stop = {"numeric": None, "exact": "line"}.get(mode, [])
     budget = _budget(cfg, mode, questions, tok)
     prompts = prompt_texts(cfg, tok, questions)
     passes = []
@@ -420,29 +421,27 @@ def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
 
 
 def replies(cfg: Recipe, run: RunDir, splits=None) -> dict:
-    """When no scoring mode suits the data: the base model's and the tuned adapter's greedy replies (until EOS or
-    `eval.max_new_tokens`) to the held-out rows eval would score — the first `eval.limit` (eval.overlap), else the
-    first `eval.samples` — each scored against its reference by chrF and ROUGE-L (`overlap`), tuned − base paired
-    over rows. Journaled as they finish (a killed pass resumes), the base pass cached across runs as eval's; into
-    eval/replies/, and the first `eval.samples` into eval/samples.jsonl for the report (main process). Returns the
-    summary."""
+    """When no scoring mode suits the data: the greedy replies (until EOS or `eval.max_new_tokens`) of the base model,
+    its prompting baselines (eval.fewshot, eval.chat_baseline), each kept epoch's adapter (eval.epochs) and the tuned
+    adapter to the held-out rows eval would score — the first `eval.limit` (eval.overlap; else only base and tuned
+    on the first `eval.samples`) — each scored against its reference by chrF and ROUGE-L, paired over rows
+    (`overlap.comparisons`). Journaled as they finish (a killed pass resumes), base passes cached across runs as
+    eval's; into eval/replies/, and the first `eval.samples` into eval/samples.jsonl for the report (main process).
+    Returns the summary."""
     splits = splits or load_splits(cfg.data, cfg.eval)
     split, rows = _limited(cfg, splits)
     questions = rows if cfg.eval.overlap else rows[:cfg.eval.samples]
-    view, tok = RepliesDir(run.path), load_tokenizer(cfg.model)
-    prompts = prompt_texts(cfg, tok, questions)
+    view, tok, pool = RepliesDir(run.path), load_tokenizer(cfg.model), _loss_shots(cfg, splits)
     device = pick_device(cfg.train.device)
     tune_for(device)
     d = distributed.setup(device.type)
     journal = Journal(view, d.rank)
     predictions, stats = [], {}
-    budget = cfg.eval.max_new_tokens
-    for p in (Pass("base", prompts, [], max_new_tokens=budget),
-              Pass("tuned", prompts, [], run.adapter, run.trained_epochs(cfg), max_new_tokens=budget)):
+    for p in _reply_passes(cfg, run, pool, questions, tok):
         answered, stats[p.name] = _answered(cfg, view, p, questions, tok, device, journal, "overlap")
         predictions += answered
     summary = {"scoring": "overlap", "split": split, "prompts": prompts_digest(cfg, questions), **stats,
-               **({"overlap": overlap.compare(predictions)} if cfg.eval.overlap else {}),
+               **(overlap.comparisons(predictions, list(stats)) if cfg.eval.overlap else {}),
                "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
                                    cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
     if distributed.is_main_process():
@@ -456,6 +455,15 @@ def replies(cfg: Recipe, run: RunDir, splits=None) -> dict:
         if run.summary.exists():
             card.write(run)  # its Evaluation now gives these scores
     return summary
+
+
+def _reply_passes(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], tok) -> list[Pass]:
+    """The passes `replies` generates: as eval's (`_plan`: base, its prompting baselines, each kept epoch, tuned),
+    until EOS, without the few-shot passes when there is no pool of shots or the best-loss adapter; only base and
+    tuned when only the `eval.samples` shown are generated (eval.overlap false)."""
+    passes = _plan(cfg, run, pool, questions, None, True, tok, "overlap")
+    return [p for p in passes if p.name in ("base", "tuned") or
+            cfg.eval.overlap and p.name != BEST_LOSS and (pool or not p.shots_from)]
 
 
 def generates_replies(cfg: Recipe, splits) -> bool:

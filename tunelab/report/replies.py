@@ -24,11 +24,30 @@ def summary(run: RunDir) -> dict | None:
 
 
 def line(s: dict | None) -> str | None:
-    """One console line: each metric base → tuned with its paired interval; None when not scored."""
+    """The console's lines: each metric base → tuned with its paired interval, tuned against each prompting baseline
+    and each epoch against the one before (chrF); None when not scored."""
     if not s:
         return None
     return (f"held-out replies ({s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
-            + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items()))
+            + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items())
+            + "".join(f"; vs {what} {d['means'][0]:.3f}: {_interval(d)}" for what, d in baselines(s))
+            + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s)) else ""))
+
+
+def baselines(s: dict) -> list[tuple[str, dict]]:
+    """Each prompting baseline whose replies were generated, in words, with tuned − it by chrF (paired)."""
+    return [(_called(name), v[JUDGED]) for name, v in (s.get("versus") or {}).items() if name.startswith("base-")]
+
+
+def _chain(s: dict, trained: int | None = None) -> str | None:
+    """"base 0.051 → epoch 1 0.281 (+0.230, CI +0.210..+0.251) → …": chrF per epoch, each against the model
+    before."""
+    steps = s.get("epochs") or []
+    if not steps:
+        return None
+    return " → ".join([f"base {steps[0][JUDGED]['means'][0]:.3f}"] + [
+        f"{_called(step['model'], trained)} {d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.."
+        f"{d['ci95'][1]:+.3f})" for step in steps for d in [step[JUDGED]]])
 
 
 def _change(d: dict) -> str:
@@ -42,29 +61,37 @@ def key_rows(s: dict | None) -> list[tuple[str, str, str]]:
         return []
     return [(f"Reply {METRICS[m]} vs reference", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
              f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} {s['split']} rows, "
-             "base model → tuned adapter, paired") for m, d in s["overlap"].items()]
+             "base model → tuned adapter, paired") for m, d in s["overlap"].items()] + \
+        [(f"vs {what} (reply {METRICS[JUDGED]})", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+          f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows, paired")
+         for what, d in baselines(s)]
 
 
 def section(run: RunDir) -> tuple[list, list[Observation]]:
-    """The report's "Held-out replies, generated" blocks and the verdict; nothing when the replies were not scored."""
+    """The report's "Held-out replies, generated" blocks (each model's mean chrF and ROUGE-L, tuned − each paired,
+    each epoch against the one before, the rows that moved most) and the verdicts; nothing when not scored."""
     s = summary(run)
     if not s:
         return [], []
-    n, budget = s["overlap"][JUDGED]["n"], s["tuned"]["max_new_tokens"]
-    cut = [f"{s[m]['at_budget']} of the {who}'s" for m, who in (("base", "base model"), ("tuned", "tuned adapter"))
-           if s[m].get("at_budget")]
-    return [("p", f"The base model and the tuned adapter answered the first {n} {s['split']} rows greedily, until the "
-                  f"end-of-sequence token or {budget} new tokens, and each reply is scored against its reference "
-                  "(0..1): chrF (character 1..6-grams, recall weighted twice precision, as sacrebleu) and ROUGE-L "
-                  "(F1 of the longest common subsequence of their words), tuned − base paired over rows. Neither "
-                  "says a reply is right — a right answer worded otherwise scores low — they say whether the "
-                  "fine-tune moved the replies towards what the references say and how they say it."
-                  + (f" {' and '.join(cut)} replies reached the {budget}-token budget and are scored as cut."
+    n, budget, passes = s["overlap"][JUDGED]["n"], s["tuned"]["max_new_tokens"], _passes(s)
+    trained = (run.read_summary() or {}).get("epochs")
+    cut = [f"{s[name]['at_budget']} of {name}'s" for name in passes if s[name].get("at_budget")]
+    versus = s.get("versus") or {"base": s["overlap"]}
+    rows = [(name, *(f"{s[name][m]:.3f}" for m in METRICS),
+             *(_interval(versus[name][m]) if name in versus else "—" for m in METRICS)) for name in passes]
+    chain = _chain(s, trained)
+    return [("p", f"Each model answered the first {n} {s['split']} rows greedily, until the end-of-sequence token or "
+                  f"{budget} new tokens, and each reply is scored against its reference (0..1): chrF (character "
+                  "1..6-grams, recall weighted twice precision, as sacrebleu) and ROUGE-L (F1 of the longest common "
+                  "subsequence of their words); the tuned adapter − each model, paired over rows. Neither says a "
+                  "reply is right — a right answer worded otherwise scores low — they say whether the fine-tune "
+                  "moved the replies towards what the references say and how they say it."
+                  + (f" {', '.join(cut)} replies reached the {budget}-token budget and are scored as cut."
                      if cut else "")),
-             ("table", ["metric", "base", "tuned", "tuned − base (95 % CI)", "rows"],
-              [(METRICS[m], f"{d['means'][0]:.3f}", f"{d['means'][1]:.3f}",
-                f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})", d["n"])
-               for m, d in s["overlap"].items()]), *movers(run)], [change(s)]
+             ("table", ["model", *METRICS.values(), *(f"tuned − it, {label} (95 % CI)" for label in METRICS.values())],
+              rows),
+             *([("p", f"Per epoch, each against the model before it, {METRICS[JUDGED]}: {chain}.")] if chain else []),
+             *movers(run)], [change(s), *baseline_changes(s), *epoch_changes(s, trained)]
 
 
 def change(s: dict) -> Observation:
@@ -80,6 +107,70 @@ def change(s: dict) -> Observation:
                        f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]} of the greedy "
                        "replies against the references, tuned adapter − base model; beyond noise = CI excludes 0; "
                        "the other metric is given beside it, not judged")
+
+
+def _passes(s: dict) -> list[str]:
+    """The models whose replies a summary scored, in eval's order (base, baselines, epochs, tuned)."""
+    return [name for name, v in s.items() if isinstance(v, dict) and "generated_tokens" in v]
+
+
+def _interval(d: dict) -> str:
+    return f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})"
+
+
+def _called(name: str, trained: int | None = None) -> str:
+    """A pass in words: "the base model prompted 5-shot", "epoch 2" (the tuned adapter: its epoch, when known)."""
+    if name == "tuned":
+        return f"epoch {trained}" if trained else "the tuned adapter"
+    if name.startswith("epoch-"):
+        return f"epoch {name.split('-')[1]}"
+    if name in ("base", "base-chat"):
+        return "the base model" + (" asked through its chat template" if name == "base-chat" else "")
+    shots = name.rsplit("-", 1)[1].removesuffix("shot")
+    return f"the base model asked {shots}-shot through its chat template" if name.startswith("base-chat-") else \
+        f"the base model prompted {shots}-shot"
+
+
+def baseline_changes(s: dict) -> list[Observation]:
+    """Did the fine-tune's replies come closer to the references than each prompting baseline's, by chrF? Not
+    beating the strongest baseline (highest chrF) is one to watch: prompting would do as well."""
+    found, compared = [], baselines(s)
+    strongest = max((d["means"][0] for _, d in compared), default=None)
+    for what, d in compared:
+        kind, verdict = {
+            1: ("good", f"The tuned adapter's generated replies are closer to the references than those of {what}, "
+                        "beyond noise"),
+            -1: ("watch", f"The replies of {what} are closer to the references than the tuned adapter's, beyond "
+                          "noise"),
+            0: ("watch" if d["means"][0] == strongest else "info",
+                f"The tuned adapter's generated replies and those of {what} are about as close to the references "
+                "(no difference beyond noise)")}[rules.sign_of(d["ci95"])]
+        found.append(Observation(kind, f"{verdict}: {METRICS[JUDGED]} {d['means'][0]:.3f} → {d['means'][1]:.3f} "
+                                       f"tuned ({d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}); "
+                                       f"{d['n']} rows.",
+                                 f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]}, tuned "
+                                 "adapter − the prompted base model; beyond noise = CI excludes 0; no difference from "
+                                 "the strongest baseline (highest mean) is one to watch"))
+    return found
+
+
+def epoch_changes(s: dict, trained: int | None) -> list[Observation]:
+    """Each epoch's replies against the epoch before's, by chrF: did the later epoch still move them towards the
+    references? (The first epoch against the base model is the tuned-vs-base verdict's business.)"""
+    found = []
+    for step in s.get("epochs") or []:
+        if step["previous"] == "base":
+            continue
+        d = step[JUDGED]
+        kind, verdict = {1: ("good", "closer to the references beyond noise"),
+                         -1: ("watch", "further from the references beyond noise"),
+                         0: ("info", "no change beyond noise")}[rules.sign_of(d["ci95"])]
+        found.append(Observation(kind, f"{_called(step['model'], trained).capitalize()} vs "
+                                       f"{_called(step['previous'])}, generated replies: {METRICS[JUDGED]} "
+                                       f"{_change(d)}, {d['n']} rows — {verdict}.",
+                                 f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]} between "
+                                 "consecutive epochs' adapters; beyond noise = CI excludes 0"))
+    return found
 
 
 def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
@@ -99,8 +190,9 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
             cells.append(None if d is None else f"{d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.."
                          f"{d['ci95'][1]:+.3f}" + (f", on {d['n']}" if d["n"] < len(first) else "") + ")")
             if d and metric == JUDGED and (sign := rules.sign_of(d["ci95"])):
+                moved = "closer to" if sign > 0 else "further from"
                 found.append(Observation("good" if sign > 0 else "watch",
-                                         f"{name}'s generated replies are {'closer to' if sign > 0 else 'further from'} "
+                                         f"{name}'s generated replies are {moved} "
                                          f"the references than {names[0]}'s beyond noise: {label} {_change(d)}, "
                                          f"{d['n']} rows.", COMPARE_RULE))
         table.append((label, *cells))
