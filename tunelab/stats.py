@@ -54,7 +54,8 @@ def unpaired_difference(a: list[bool], b: list[bool], seed: int = 0, resamples: 
     that resamples each group on its own."""
     x, y = np.array(a, dtype=np.float64), np.array(b, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    boot = x[rng.integers(0, len(x), (resamples, len(x)))].mean(1) - y[rng.integers(0, len(y), (resamples, len(y)))].mean(1)
+    boot = (x[rng.integers(0, len(x), (resamples, len(x)))].mean(1)
+            - y[rng.integers(0, len(y), (resamples, len(y)))].mean(1))
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"n_a": len(x), "n_b": len(y), "delta_pts": round(100 * float(x.mean() - y.mean()), 3),
             "ci95_pts": [round(100 * float(lo), 3), round(100 * float(hi), 3)]}

@@ -30,7 +30,8 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("train.report_to: tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            raise UserError("train.report_to: tensorboard needs the tensorboard package "
+                            "(pip install tensorboard)") from None
         self.writer = SummaryWriter(log_dir=str(run.tensorboard))
 
     def log(self, metrics: dict, step: int) -> None:

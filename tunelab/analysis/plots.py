@@ -48,7 +48,8 @@ def map_html(xy: np.ndarray, labels: np.ndarray, names: dict[int, str], texts: l
     if len(flagged):
         fig.add_trace(go.Scattergl(x=xy[flagged, 0], y=xy[flagged, 1], mode="markers", name="outlier",
                                    text=[_wrap(texts[i]) for i in flagged], hoverinfo="text",
-                                   marker={"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 1.5, "color": "black"}}))
+                                   marker={"size": 11, "color": "rgba(0,0,0,0)",
+                                           "line": {"width": 1.5, "color": "black"}}))
     fig.update_layout(title="Problem types (UMAP + KMeans) — hover for the question", template="plotly_white",
                       xaxis={"visible": False}, yaxis={"visible": False})
     fig.write_html(str(out), include_plotlyjs=True, full_html=True)

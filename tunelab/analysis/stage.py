@@ -199,7 +199,8 @@ def _outliers(vectors: np.ndarray, rows: list[Example], texts: list[str], losses
     top = np.argsort(-score)[:max(1, round(share * n))]
     out = []
     for i in top:
-        why = [f"isolated in embedding space (LOF {isolation[i]:.2f}, more isolated than {100 * iso_pct[i]:.0f} % of rows)"]
+        why = [f"isolated in embedding space (LOF {isolation[i]:.2f}, more isolated than {100 * iso_pct[i]:.0f} % of "
+               "rows)"]
         if has_loss[i]:
             why.append(f"model loss {loss[i]:.3f} (higher than {100 * loss_pct[i]:.0f} % of rows)")
         out.append({"id": rows[i].id, "score": round(float(score[i]), 4), "lof": round(float(isolation[i]), 4),

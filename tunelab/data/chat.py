@@ -6,7 +6,7 @@ takes the loss on the assistant turn and its end-of-turn marker; evaluation prom
 assistant header; the few-shot baseline puts its shots in as earlier turns (lm-eval's `--apply_chat_template
 --fewshot_as_multiturn`).
 
-    prompt = chat.prompt(tok, example.prompt)                  # "...<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n"
+    prompt = chat.prompt(tok, example.prompt)  # "...<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n"
     prompt, reply = chat.exchange(tok, example.prompt, example.target)    # reply: "{a}<|im_end|>"
 
 Conversation rows (`data.messages: <field>`, a list of {role, content} turns as TRL and the OpenAI API take them, or

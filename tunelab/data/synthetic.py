@@ -44,7 +44,8 @@ def _discount(r: random.Random) -> tuple[str, str]:
     item = r.choice(["jacket", "lamp", "backpack", "chair", "watch", "bicycle"])
     p, pct = 20 * r.randint(1, 10), r.choice([10, 20, 25, 50])
     off = p * pct // 100
-    question = f"A {item} costs ${p}. The store offers a {pct}% discount. What is the price of the {item} after the discount?"
+    question = (f"A {item} costs ${p}. The store offers a {pct}% discount. "
+                f"What is the price of the {item} after the discount?")
     answer = (f"The discount is {p} * {pct} / 100 = <<{p}*{pct}/100={off}>>{off} dollars.\n"
               f"The new price is {p} - {off} = <<{p}-{off}={p - off}>>{p - off} dollars.\n#### {p - off}")
     return question, answer
@@ -55,7 +56,8 @@ def _sharing(r: random.Random) -> tuple[str, str]:
     thing = r.choice(["candies", "marbles", "cards", "stickers", "grapes"])
     k, each = r.randint(2, 8), r.randint(2, 12)
     n = k * each
-    question = f"{name} has {n} {thing} and shares them equally among {k} friends. How many {thing} does each friend get?"
+    question = (f"{name} has {n} {thing} and shares them equally among {k} friends. "
+                f"How many {thing} does each friend get?")
     answer = f"Each friend gets {n} / {k} = <<{n}/{k}={each}>>{each} {thing}.\n#### {each}"
     return question, answer
 
@@ -75,8 +77,10 @@ def _area(r: random.Random) -> tuple[str, str]:
     place = r.choice(["garden", "room", "field", "playground", "patio"])
     length, width = r.randint(3, 12), r.randint(2, 9)
     area = length * width
-    question = f"A rectangular {place} is {length} meters long and {width} meters wide. What is its area in square meters?"
-    answer = f"The area is length times width: {length} * {width} = <<{length}*{width}={area}>>{area} square meters.\n#### {area}"
+    question = (f"A rectangular {place} is {length} meters long and {width} meters wide. "
+                "What is its area in square meters?")
+    answer = (f"The area is length times width: {length} * {width} = <<{length}*{width}={area}>>{area} square meters."
+              f"\n#### {area}")
     return question, answer
 
 
@@ -85,7 +89,8 @@ def _conversion(r: random.Random) -> tuple[str, str]:
     hours = r.randint(2, 9)
     minutes = hours * 60
     question = f"{name} practices the piano for {hours} hours on Saturday. How many minutes does {name} practice?"
-    answer = f"One hour has 60 minutes, so {name} practices {hours} * 60 = <<{hours}*60={minutes}>>{minutes} minutes.\n#### {minutes}"
+    answer = (f"One hour has 60 minutes, so {name} practices {hours} * 60 = <<{hours}*60={minutes}>>{minutes} minutes."
+              f"\n#### {minutes}")
     return question, answer
 
 
@@ -120,22 +125,26 @@ def _rare(r: random.Random) -> tuple[str, str]:
     elif kind == 1:
         hour = r.choice([2, 3, 4, 5])
         angle = 30 * hour
-        question = f"At exactly {hour} o'clock, what is the smaller angle in degrees between the hour hand and the minute hand of a clock?"
+        question = (f"At exactly {hour} o'clock, what is the smaller angle in degrees between the hour hand and the "
+                    "minute hand of a clock?")
         answer = (f"Each hour mark is 360 / 12 = <<360/12=30>>30 degrees apart.\n"
-                  f"At {hour} o'clock the hands are {hour} * 30 = <<{hour}*30={angle}>>{angle} degrees apart.\n#### {angle}")
+                  f"At {hour} o'clock the hands are {hour} * 30 = <<{hour}*30={angle}>>{angle} degrees apart."
+                  f"\n#### {angle}")
     elif kind == 2:
         bits = r.randint(9, 31)
         binary = format(bits, "b")
         question = f"Convert the binary numeral {binary} into an ordinary base-ten integer."
         terms = [f"{d}*{2 ** i}" for i, d in enumerate(reversed(binary)) if d == "1"]
-        answer = f"Adding the place values of the ones gives {' + '.join(terms)} = <<{'+'.join(terms)}={bits}>>{bits}.\n#### {bits}"
+        answer = (f"Adding the place values of the ones gives {' + '.join(terms)} = <<{'+'.join(terms)}={bits}>>{bits}."
+                  f"\n#### {bits}")
     else:
         planet = r.choice(["Mars", "Jupiter", "Saturn"])
         weight, factor = r.choice([40, 60, 80, 100]), {"Mars": 0.5, "Jupiter": 2.5, "Saturn": 1.5}
         w = int(weight * factor[planet])
         question = (f"An astronaut's suit weighs {weight} kilograms on Earth. Gravity on {planet} is "
                     f"{factor[planet]} times Earth's. What does the spacesuit weigh on {planet}?")
-        answer = f"On {planet} it weighs {weight} * {factor[planet]} = <<{weight}*{factor[planet]}={w}>>{w} kilograms.\n#### {w}"
+        answer = (f"On {planet} it weighs {weight} * {factor[planet]} = <<{weight}*{factor[planet]}={w}>>{w} kilograms."
+                  f"\n#### {w}")
     return question, answer
 
 

@@ -20,7 +20,8 @@ CHAT_BASELINE = "base-chat"  # the base model asked through its chat template (e
 def pass_names(summary: dict) -> list[str]:
     """The models an eval summary holds stats for (base, base-<N>shot, base-chat, epoch-<K>, best-loss, tuned),
     in its order."""
-    return [k for k, v in summary.items() if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
+    return [k for k, v in summary.items()
+            if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
 
 
 def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoch: int, fewshot: int,

@@ -73,7 +73,8 @@ def overfitting(epochs: list[dict], val_rows: dict[int, dict] | None = None) -> 
     best = min(range(len(val)), key=val.__getitem__)
     last = len(val) - 1
     if steps and all(s < 0 for s in steps):
-        return Observation("good", f"Validation loss fell in every epoch ({_arrow(val)}): no sign of overfitting.", rule)
+        return Observation("good", f"Validation loss fell in every epoch ({_arrow(val)}): no sign of overfitting.",
+                           rule)
     if best < last and change(best, last) > 0 and best >= 1 and _changed(train[best], train[last]) < 0:
         return Observation("watch", f"Validation loss rose after epoch {best} ({val[best]:.3f} → {val[last]:.3f}) "
                            f"while train loss fell ({train[best]:.3f} → {train[last]:.3f}): likely overfitting; the "
@@ -142,7 +143,8 @@ def generalisation_gap(epochs: list[dict]) -> Observation | None:
         return None
     return Observation("watch", f"Final validation loss is {100 * gap:.0f} % above final train loss "
                        f"({last['val_loss']:.3f} vs {last['train_loss']:.3f}): the model fits training rows "
-                       "better than held-out ones.", "flag when (val − train) / val > 10 % and val − train > 0.05 in the last epoch")
+                       "better than held-out ones.",
+                       "flag when (val − train) / val > 10 % and val − train > 0.05 in the last epoch")
 
 
 def accuracy_change(difference: dict, metric: str, base: float, tuned: float,
@@ -203,8 +205,8 @@ def answer_budget(evaluation: dict) -> Observation | None:
         return None
     said = "; ".join(f"{name} {s['at_budget']} of {s['n']} (budget {s['max_new_tokens']} tokens)" for name, s in cut)
     return Observation("watch", "Answers that reached the token budget, cut there and scored on what they had "
-                       f"written: {said}. Those passes' accuracy may understate the model; a higher eval.max_new_tokens "
-                       "measures them whole.",
+                       f"written: {said}. Those passes' accuracy may understate the model; a higher "
+                       "eval.max_new_tokens measures them whole.",
                        f"answers whose generated tokens reached the pass's max_new_tokens; listed when at least "
                        f"{100 * BUDGET_SHARE:.0f} % of a pass's answers did")
 
@@ -338,12 +340,13 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
         d = 100 * (ev_b["tuned_flexible_accuracy"] - ev_a["tuned_flexible_accuracy"])
         out.append(Observation("good" if d > 0 else ("watch" if d < 0 else "info"),
                                f"Tuned accuracy ({names.flexible}): {100 * ev_b['tuned_flexible_accuracy']:.1f} % vs "
-                               f"{100 * ev_a['tuned_flexible_accuracy']:.1f} % ({d:+.1f} pts; the runs scored different "
-                               f"questions, so no paired interval: read with each run's own).",
+                               f"{100 * ev_a['tuned_flexible_accuracy']:.1f} % ({d:+.1f} pts; the runs scored "
+                               "different questions, so no paired interval: read with each run's own).",
                                "difference of tuned accuracies"))
     if "wall_seconds" in this and "wall_seconds" in base:
-        out.append(Observation("info", f"Wall time {this['wall_seconds'] / 60:.1f} min vs {base['wall_seconds'] / 60:.1f} "
-                               f"min ({this['epochs']} vs {base['epochs']} epochs).", "measured wall time of training"))
+        out.append(Observation("info", f"Wall time {this['wall_seconds'] / 60:.1f} min vs "
+                               f"{base['wall_seconds'] / 60:.1f} min ({this['epochs']} vs {base['epochs']} epochs).",
+                               "measured wall time of training"))
     return out
 
 
@@ -420,7 +423,8 @@ def best_loss_accuracy(evaluation: dict, summary: dict) -> Observation | None:
     kept, final = (100 * evaluation[m]["flexible_accuracy"] for m in ("best-loss", "tuned"))
     return Observation("watch" if sign == 1 else "info",
                        f"The adapter of the lowest validation loss (step {summary['best_val_step']}, "
-                       f"adapters/best-loss) scored {kept:.1f} % {names.flexible} against the final adapter's {final:.1f} %: "
+                       f"adapters/best-loss) scored {kept:.1f} % {names.flexible} against the final adapter's "
+                       f"{final:.1f} %: "
                        f"{d['delta_pts']:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, n = {d['n']} — {verdict}"
                        + (f"; {EXPORT_BEST_LOSS} exports it." if sign == 1 else "."),
                        "paired bootstrap 95 % CI of the accuracy difference (best-loss − final adapter) on the same "
@@ -448,7 +452,8 @@ def prompting_baselines(evaluation: dict) -> Observation | None:
     kind, verdict = {1: ("good", "The fine-tune beat prompting beyond noise"),
                      -1: ("watch", "Prompting the base model beat the fine-tune beyond noise"),
                      0: ("watch", "The fine-tune did not beat prompting beyond noise")}[sign_of(d["ci95_pts"])]
-    return Observation(kind, f"{verdict}: {numbers}." + (f" The other prompting baselines: {others}." if others else ""),
+    return Observation(kind,
+                       f"{verdict}: {numbers}." + (f" The other prompting baselines: {others}." if others else ""),
                        f"paired bootstrap 95 % CI of tuned − the strongest prompting baseline scored (highest "
                        f"{naming(evaluation).flexible} accuracy) over the same questions")
 
@@ -504,8 +509,8 @@ def contamination(checks: dict, predictions: list[dict], checked: str = "", scor
         return Observation("watch", f"The data checks compared {checked}'s test rows with the training rows, but "
                            f"the answers were scored on {scored}'s questions: their overlap with the training rows "
                            f"is unchecked (`tunelab analyze RUN --set eval.source={scored}` checks it).",
-                           "the checks' test source (data_checks.json test_source) against the eval's (eval/summary.json "
-                           "source, else data.source)")
+                           "the checks' test source (data_checks.json test_source) against the eval's "
+                           "(eval/summary.json source, else data.source)")
     if not checks["rows"]["test"]:
         return Observation("info", "The source has no test split: there is no test set to check for contamination "
                            "(held-out figures come from the validation rows, a random share of the training data).",
@@ -561,11 +566,11 @@ def familiarity(test: list[tuple[float, int]], val: list[tuple[float, int]]) -> 
                f"{d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}")
     rule = ("before training, the base model's token-weighted loss (on the tokens training takes it on) over the "
             "first eval.limit test rows (as set for training) minus over the validation rows, which are held out of "
-            "the source's train split; 95 % bootstrap CI resampling each group's rows; lower beyond noise (CI below 0) = the test rows "
-            "are more familiar than train-split rows (Skywork's test-vs-train loss check, Wei et al. 2023). It is "
-            "blunt: it cannot see a test set seen as often as the train split, nor light exposure (a 135M model "
-            "trained 2 epochs with LoRA on 180 of a benchmark's first 200 test rows still had the same loss there "
-            "as on its train-split rows, 0.827 vs 0.814; README), so a pass rules out only heavy exposure")
+            "the source's train split; 95 % bootstrap CI resampling each group's rows; lower beyond noise (CI below "
+            "0) = the test rows are more familiar than train-split rows (Skywork's test-vs-train loss check, Wei et "
+            "al. 2023). It is blunt: it cannot see a test set seen as often as the train split, nor light exposure (a "
+            "135M model trained 2 epochs with LoRA on 180 of a benchmark's first 200 test rows still had the same "
+            "loss there as on its train-split rows, 0.827 vs 0.814; README), so a pass rules out only heavy exposure")
     verdict = sign_of(d["ci95"])
     if verdict < 0:
         return Observation("watch", f"Before training, the base model's loss was lower on the test rows than on "

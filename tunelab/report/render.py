@@ -79,7 +79,8 @@ def html_page(title: str, sections: list[tuple[str, list]]) -> str:
             elif kind == "table":
                 head = "".join(f"<th>{e(h)}</th>" for h in block[1])
                 rows = "".join("<tr>" + "".join(f"<td>{e(_cell(c))}</td>" for c in r) + "</tr>" for r in block[2])
-                body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
+                body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+                            '</table></div>')
             elif kind == "img":
                 data = base64.b64encode(Path(block[1]).read_bytes()).decode()
                 body.append(f'<figure><img alt="{e(block[2])}" src="data:image/png;base64,{data}">'

@@ -175,7 +175,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Epochs", f"{_epochs_run(summary)} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
                    f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
-        ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab") if env.get(k))),
+        ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab")
+                                 if env.get(k))),
         ("Wall time", f"{summary['wall_seconds'] / 60:.1f} min training "
                       f"({summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB)"
          if "wall_seconds" in summary else None),
@@ -294,8 +295,8 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
         rows.append((f"vs {b['what']} ({names.flexible})",
                      f"{100 * evaluation[b['model']]['flexible_accuracy']:.1f} % → "
                      f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %",
-                     f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']}"
-                     f"; {b['how']}"))
+                     f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
+                     f"n = {d['n']}; {b['how']}"))
     if evaluation and evaluation.get("best_epoch"):
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
@@ -447,7 +448,8 @@ def _insights(run: RunDir, analysis: dict) -> list:
         carto = run.read_optional(run.cartography, {})
         if carto.get("hardest"):
             blocks.append(("table", ["id", "confidence", "variability", "hardest examples"],
-                           [(p["id"], p["confidence"], p["variability"], p["text"][:140]) for p in carto["hardest"][:5]]))
+                           [(p["id"], p["confidence"], p["variability"], p["text"][:140])
+                            for p in carto["hardest"][:5]]))
     return blocks
 
 
@@ -537,7 +539,8 @@ def _categories(evaluation: dict) -> list:
     for classes, where each model's answers went (a confusion table)."""
     cat, names = evaluation["by_category"], naming(evaluation)
     rows = [(r["category"], r["n"], pct(r["base_accuracy"]), pct(r["tuned_accuracy"]),
-             f"{r['difference']['delta_pts']:+.1f} ({r['difference']['ci95_pts'][0]:+.1f}..{r['difference']['ci95_pts'][1]:+.1f})",
+             f"{r['difference']['delta_pts']:+.1f} ({r['difference']['ci95_pts'][0]:+.1f}.."
+             f"{r['difference']['ci95_pts'][1]:+.1f})",
              f"{r['difference']['mcnemar_p']:.2g}", "yes" if r["difference"]["mcnemar_p"] < cat["alpha"] else "no")
             for r in cat["rows"]]
     blocks: list = [("p", f"Categories: {cat['source']}; accuracy is {names.flexible}. Rule: {cat['rule']}."),

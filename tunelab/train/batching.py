@@ -57,7 +57,8 @@ def encode(examples, tok, chat: bool = False, history_loss: bool = True) -> tupl
                      for e, h, on in zip(examples, histories, earlier)]
             if any(on and not row for on, row in zip(earlier, spans)):
                 log.warning("data.history_loss: the chat template does not write these conversations turn by turn; "
-                            "%d rows train on their last reply only", sum(on and not r for on, r in zip(earlier, spans)))
+                            "%d rows train on their last reply only",
+                            sum(on and not r for on, r in zip(earlier, spans)))
     else:
         prompts, targets = [e.prompt for e in examples], [e.target for e in examples]
     if not examples:
