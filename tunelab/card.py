@@ -196,12 +196,12 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
 def _overlap(generated: dict | None) -> list[str]:
     """The card's lines on the generated replies' chrF and ROUGE-L against the references, when scored."""
     from tunelab.evaluate.overlap import METRICS
+    from tunelab.report.replies import baselines
     if not (generated or {}).get("overlap"):
         return []
     said = [f"{METRICS[m]} {d['means'][0]:.3f} → {d['means'][1]:.3f} (tuned − base {d['delta']:+.3f}, 95 % paired "
             f"bootstrap interval over rows {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
             for m, d in generated["overlap"].items()]
-    from tunelab.report.replies import baselines
     said += [f"tuned − {what}, {METRICS['chrf']} {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
              for what, d in baselines(generated)]
     n = generated["overlap"]["chrf"]["n"]

@@ -1,5 +1,6 @@
 """How close generated replies come to the references, for held-out rows no answer check suits (prose, chat
-replies): chrF and ROUGE-L F1 of each reply against its reference, 0..1, and tuned − base paired over rows.
+replies): chrF and ROUGE-L F1 of each reply against its reference, 0..1, and the tuned adapter − each other model
+(base, prompting baselines, earlier epochs) paired over rows.
 
 chrF:    sacrebleu's sentence chrF (character 1..6-grams, spaces removed, β = 2: recall weighs twice precision),
          the metric lm-eval's translation tasks report; / 100.

@@ -1,6 +1,7 @@
 """The report's generated replies, for a run whose answers no scoring mode suits (prose, chat replies): how close the
-base model's and the tuned adapter's greedy replies come to the references by chrF and ROUGE-L, tuned − base paired
-over rows (eval/replies/, `evaluate.overlap`), with the verdict on chrF.
+greedy replies of the base model, its prompting baselines, each epoch's adapter and the tuned adapter come to the
+references by chrF and ROUGE-L, the tuned adapter − each paired over rows (eval/replies/, `evaluate.overlap`), with
+the verdicts on chrF; and `tunelab compare`'s view of them across runs.
 
 Run as: tunelab report runs/chat      (after tunelab run on data whose answers no scoring mode suits)
 """
