@@ -104,6 +104,7 @@ def _generated_replies_are_scored_against_the_references(run: RunDir, samples: l
     assert "## Held-out replies, generated" in md and re.search(
         r"The tuned adapter's generated replies are (closer to|further from|no closer to) the references", md)
     assert not list(view.eval_dir.glob("journal-*.jsonl"))  # finished: its journal is gone
+    assert f"tuned (chrF {said['test-1', 'tuned']['chrf']:.3f})" in md  # each sample answer with its score
     definitions = md[md.index("## Definitions"):]  # what was measured is defined, answer accuracy is not
     assert "- Reply chrF = sacrebleu's sentence chrF" in definitions and "- Held-out target loss = " in definitions
     assert "- GSM8K-style accuracy" not in definitions and "Accuracy interval" not in definitions

@@ -22,7 +22,7 @@ from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import accuracy_per_epoch, held_out_loss_per_epoch, learning_curves
 from tunelab.report.render import clip, html_page, markdown
-from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RunDir, counts_passes, open_run, stopped_early,
+from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, open_run, stopped_early,
                             trained_and_planned)
 
 DEFINITIONS = [
@@ -87,7 +87,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         sections.append(("Accuracy by category", _categories(evaluation)))
     samples, skipped = run.read_jsonl(run.eval_samples), run.read_optional(run.eval_skipped)
     if samples and skipped and not evaluation:
-        sections.append(("Sample answers", _samples(samples, skipped, cfg.eval.max_new_tokens)))
+        chrf = {(p["id"], p["model"]): p["chrf"] for p in RepliesDir(run.path).read_predictions() if "chrf" in p}
+        sections.append(("Sample answers", _samples(samples, skipped, cfg.eval.max_new_tokens, chrf)))
     if analysis:
         sections.append(("Insights from model analysis", _insights(run, analysis)))
     if baseline is not None:
@@ -556,15 +557,18 @@ def _categories(evaluation: dict) -> list:
     return blocks
 
 
-def _samples(rows: list[dict], skipped: dict, max_new_tokens: int) -> list:
-    """The base and tuned answers to a few held-out prompts, side by side, when no scoring mode suits the data."""
+def _samples(rows: list[dict], skipped: dict, max_new_tokens: int, chrf: dict | None = None) -> list:
+    """The base and tuned answers to a few held-out prompts, side by side, when no scoring mode suits the data; each
+    reply with its chrF against the reference when scored (`chrf`: (row id, model) -> chrF)."""
+    chrf = chrf or {}
     blocks: list = [("p", f"No answer check ({skipped['reason']}). The first {len(rows)} {rows[0]['split']} "
                           "prompts, answered greedily by the base model and by the tuned adapter, until the "
                           f"end-of-sequence token or {max_new_tokens} new tokens.")]
     for r in rows:
+        said = [(model + (f" (chrF {chrf[r['id'], model]:.3f})" if (r["id"], model) in chrf else ""), r[model])
+                for model in ("base", "tuned")]
         blocks.append(("details", f"{r['id']}: {' '.join(r['question'].split())[:100]}",
-                       [("question", r["question"]), ("reference", r["reference"]), ("base", r["base"]),
-                        ("tuned", r["tuned"])]))
+                       [("question", r["question"]), ("reference", r["reference"]), *said]))
     return blocks
 
 
