@@ -283,6 +283,9 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     capsys.readouterr()
     assert main(["ls", str(tmp_path)]) == 0
     assert f"loss {held_out['loss_difference']['delta']:+.3f}" in capsys.readouterr().out
+    from tunelab.cli import _figure_cells
+    chrf = record["accuracy"]["chrf_delta"]  # the generated replies' change too, in the same cells
+    assert f"chrF {chrf:+.3f}" in _figure_cells(record)[2]
     assert main([*args[:-2], "--set", "train.lr=0.01", "--run-dir", str(tmp_path / "w")]) == 0
     other = RunDir(tmp_path / "w").read_json(tmp_path / "w" / "eval" / "loss" / "summary.json")["losses"]["tuned"]
     assert main(["compare", str(run.path), str(tmp_path / "w"), "--out", str(tmp_path / "cmp")]) == 0

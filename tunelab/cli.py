@@ -652,8 +652,8 @@ def cmd_convert(args) -> int:
 
 def _figure_cells(d: dict) -> list[str]:
     """A `status.describe` record's headline figures as table cells: the last validation loss, the tuned
-    accuracy (or why none; the held-out replies' target loss when they are measured by loss instead), its paired gain
-    over the base model, the cost (train, + eval)."""
+    accuracy (or why none; the held-out replies' target loss and their generated replies' chrF when they are measured
+    instead), its paired gain over the base model, the cost (train, + eval)."""
     acc = d["accuracy"] or {}
     accuracy = (f"{100 * acc['tuned']:.1f} %" if "tuned" in acc else "not scored" if "skipped" in acc else "—")
     low, high = acc.get("ci95_pts", (0, 0))
@@ -661,6 +661,10 @@ def _figure_cells(d: dict) -> list[str]:
     if "loss_delta" in acc:  # answers no scoring mode suits: the held-out replies' target loss instead
         low, high = acc["loss_ci95"]
         accuracy, gain = f"loss {acc['loss'][1]:.3f}", f"loss {acc['loss_delta']:+.3f} ({low:+.3f}..{high:+.3f})"
+    if "chrf_delta" in acc:  # and their generated replies' chrF against the references
+        low, high = acc["chrf_ci95"]
+        accuracy += f", chrF {acc['chrf'][1]:.3f}"
+        gain += f", chrF {acc['chrf_delta']:+.3f} ({low:+.3f}..{high:+.3f})"
     train, scored = d["cost_usd"]["train"], d["cost_usd"]["eval"]
     cost = ("—" if train is None else f"${train:.4f}") + (f" + ${scored:.4f} eval" if scored is not None else "")
     return [f"{d['val_loss'][1]:.4f}" if d["val_loss"] else "—", accuracy, gain, cost]
