@@ -299,7 +299,8 @@ class EvalConfig(Section):
                                      "epoch's adapter on the same questions, paired, in eval/also/<name>/; the report "
                                      "gives each one's change (a general benchmark: did the fine-tune cost it "
                                      "anything?); a set whose answers no scoring mode suits (prose, chat replies) "
-                                     "is measured by target loss instead")
+                                     "is measured by target loss instead (its replies are not generated: "
+                                     "eval.overlap is for the run's own held-out rows)")
 
     @model_validator(mode="before")
     @classmethod
