@@ -538,8 +538,9 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
              "seconds": round(seconds, 2), "tokens_per_second": round(d.sum([fresh])[0] / max(seconds, 1e-9), 2)}
     if have:
         stats["resumed_answers"] = len(have)
-    log.info("%s: %s on %d questions (%.0f tokens/s)", p.name, ", ".join(f"{k} {v:.3f}" for k, v in figures.items()),
-             stats["n"], stats["tokens_per_second"])
+    log.info("%s: %s on %d questions (%.0f tokens/s)", p.name,
+             ", ".join(f"{k.removesuffix('_accuracy')} {v:.3f}" for k, v in figures.items()), stats["n"],
+             stats["tokens_per_second"])
     return rows, stats
 
 
