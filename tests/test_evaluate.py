@@ -533,6 +533,30 @@ def test_replies_killed_mid_pass_resume_from_their_journal(two_epoch_run, tmp_pa
     assert not RepliesDir(killed.path).journals() and len(killed.read_jsonl(killed.eval_samples)) == 5
 
 
+def test_a_cached_base_pass_is_scored_against_the_references_of_the_rows_asked(two_epoch_run, tmp_path, monkeypatch):
+    """The cross-run cache keeps a base pass by its prompts; another recipe asking the same prompts with other targets
+    gets those answers scored against its own references, not the first recipe's."""
+    import shutil
+    from tunelab.evaluate.overlap import score
+    from tunelab.evaluate.stage import replies
+    from tunelab.rundir import RepliesDir
+    cfg, run = two_epoch_run
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    first, second = RunDir(tmp_path / "first"), RunDir(tmp_path / "second")
+    for target in (first, second):
+        shutil.copytree(run.path, target.path, ignore=shutil.ignore_patterns("eval"))
+    raw = cfg.model_dump()
+    raw["data"]["target"] = "Worked out: {answer}"  # same prompts, other reference replies
+    reworded = validate(raw, "tiny2")
+    replies(cfg, first)
+    assert replies(reworded, second)["base"].get("cached")
+    base = [r for r in RepliesDir(second.path).read_predictions() if r["model"] == "base"]
+    assert base and all(r["reference"].startswith("Worked out: ") for r in base)
+    assert [r["chrf"] for r in base] == [score(r["completion"], r["reference"])["chrf"] for r in base]
+    said = {r["id"]: r["completion"] for r in RepliesDir(first.path).read_predictions() if r["model"] == "base"}
+    assert {r["id"]: r["completion"] for r in base} == said  # the answers themselves: the cached ones
+
+
 def test_out_of_memory_restarts_unfinished_rows_with_half_the_slots(tiny_model, monkeypatch):
     """On CUDA an out-of-memory step puts the unfinished rows back in the queue and halves the slots;
     simulated here: greedy decoding gives the same completions as without the failure."""

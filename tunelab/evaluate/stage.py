@@ -493,10 +493,14 @@ def _history(q: Example) -> list[dict]:
 
 def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device, journal: Journal,
               mode: str) -> tuple[list[dict], dict]:
-    """One pass's prediction rows and stats: a base pass asked the same way before comes from the cross-run cache,
-    anything else is answered (`_run_pass`); the stats count the answers that reached the token budget."""
+    """One pass's prediction rows and stats: a base pass asked the same way before comes from the cross-run cache
+    (its answers scored again against these questions' references: the same prompts may have other targets), anything
+    else is answered (`_run_pass`); the stats count the answers that reached the token budget."""
     rows, stats = _cached(cfg, p) if p.is_base else (None, None)
-    if rows is None:
+    if rows is not None:
+        rows = [_row(p, q, r["completion"], r["tokens"], mode) for q, r in zip(questions, rows)]
+        stats.update(_figures(rows, mode))
+    else:
         rows, stats = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
         if p.is_base:
             _store(cfg, p, rows, stats)
