@@ -708,7 +708,7 @@ def test_the_chat_baseline_of_a_set_measured_by_loss_asks_each_prompt_as_a_user_
     prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe the number {i}.", "a": f"The number {i} is whole, "
                                                     f"and it comes after {i - 1} when counting."} for i in range(4)])
     raw = cfg.model_dump(mode="json")
-    raw["eval"].update(fewshot=0, chat_baseline=True,
+    raw["eval"].update(fewshot=0, chat_baseline=True, overlap=False,  # its losses alone
                        also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
     cfg = validate(raw, "tiny2")
     ((_, result),) = evaluate_extra(cfg, run)
@@ -747,6 +747,7 @@ def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, m
     from tunelab.rundir import ExtraSetDir
     from tunelab.stats import paired_loss_difference
     from tunelab.train.batching import IGNORE, tokenize_with
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     cfg, trained = two_epoch_run
     run = RunDir(tmp_path / "run")
     shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
@@ -786,13 +787,41 @@ def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, m
     assert s["loss_difference"] == paired_loss_difference(per_row["base"], per_row["tuned"])
     assert [(e["epoch"], e["model"]) for e in s["epochs"]] == [(1, "epoch-1"), (2, "tuned")]
     assert s["cost"]["device_hours"] > 0
-    from tunelab.evaluate.summary import extra_done
-    assert extra_done(cfg, run) and evaluate_extra(cfg, run, skip_done=True) == []  # a resumed run: nothing redone
+    _its_replies_are_generated_scored_and_resumed_apart(cfg, run, view)
     ((_, again),) = evaluate_extra(cfg, run, only="tuned")  # what was measured on the same rows is kept
     assert again.summary["losses"] == s["losses"] and again.summary["loss_difference"] == s["loss_difference"]
     raw["eval"]["also"][0]["target"] = "{a} Indeed."  # the replies written another way: measured again
     ((_, other),) = evaluate_extra(validate(raw, "tiny2"), run)
     assert other.summary["losses"]["base"]["tokens"] > s["losses"]["base"]["tokens"]
+
+
+def _its_replies_are_generated_scored_and_resumed_apart(cfg, run: RunDir, view) -> None:
+    """The set's replies themselves (eval.overlap): each model's greedy reply to the same rows, scored against the
+    reference, in eval/also/<name>/replies/; a resumed run that finds them missing generates them alone."""
+    from tunelab.evaluate.overlap import score
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.evaluate.summary import extra_done
+    from tunelab.rundir import RepliesDir
+    replies = RepliesDir(run.path, "prose")
+    said = replies.read_eval_summary()
+    rows = replies.read_predictions()
+    assert replies.eval_dir == view.eval_dir / "replies" and said["split"] == "test"
+    assert [p for p in said if "generated_tokens" in (said[p] or {})] == ["base", "epoch-1", "tuned"]
+    assert {r["model"] for r in rows} == {"base", "epoch-1", "tuned"} and len(rows) == 15  # eval.limit 5 each
+    assert all(score(r["completion"], r["reference"])["chrf"] == r["chrf"] for r in rows)
+    tuned = [r["chrf"] for r in rows if r["model"] == "tuned"]
+    assert said["overlap"]["chrf"]["means"][1] == pytest.approx(sum(tuned) / 5, abs=1e-6)
+    assert not run.eval_samples.exists()  # the report's samples are the run's own rows'
+    assert run.eval_cost()["device_hours"] == pytest.approx(
+        view.read_eval_summary()["cost"]["device_hours"] + said["cost"]["device_hours"])
+    assert extra_done(cfg, run) and evaluate_extra(cfg, run, skip_done=True) == []  # a resumed run: nothing redone
+    stamp = view.eval_summary.stat().st_mtime_ns
+    replies.eval_summary.unlink()  # killed before its replies were scored: resumed, the loss passes kept
+    assert not extra_done(cfg, run)
+    ((_, resumed),) = evaluate_extra(cfg, run, skip_done=True)
+    assert replies.read_eval_summary()["overlap"] == said["overlap"] and view.eval_summary.stat().st_mtime_ns == stamp
+    assert resumed.summary == view.read_eval_summary()
+    assert extra_done(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"overlap": False})}), run)
 
 
 def test_loss_passes_advance_their_progress_bar_row_by_row(two_epoch_run, monkeypatch, tmp_path):

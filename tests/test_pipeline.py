@@ -443,24 +443,39 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
         f"Double {i}:\n" for i in range(4)]  # the run's eval.limit
     assert main(["report", str(run.path)]) == 0
     assert re.search(r"\| doubles \| \S+more\.jsonl \| 'Double \{x\}:\\n' \| 4 \|", run.report_md.read_text())
+    _a_prose_set_is_measured_by_loss_and_its_replies_scored(run, tmp_path, capsys)
+    _bad_extra_sets_are_refused_before_anything_runs(args, more, tmp_path, capsys)
+
+
+def _a_prose_set_is_measured_by_loss_and_its_replies_scored(run: RunDir, tmp_path: Path, capsys) -> None:
+    """An eval.also set of replies no scoring mode suits: its target loss and its generated replies' chrF, on the
+    console, in the report's Other test sets and in the model card."""
+    from conftest import write_jsonl
     prose = write_jsonl(tmp_path / "prose.jsonl", [{"x": i, "y": f"Doubling {i} gives a number twice as large, as "
                                                     "anyone who counts carefully will find."} for i in range(5)])
     capsys.readouterr()  # replies no scoring mode suits: measured by loss, listed apart
     assert main(["eval", str(run.path), "--set", f"eval.also=[{{source: {prose}, name: prose, template: '{{x}}:\\n', "
                                                   "target: '{y}'}]"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
     assert re.search(r"on prose \(\S+prose\.jsonl, eval\.also, measured by loss\): target loss \d+\.\d{3} → \d+\.\d{3} "
-                     r"\([+-]\d+\.\d{3}, 95 % CI", " ".join(capsys.readouterr().out.split()))
+                     r"\([+-]\d+\.\d{3}, 95 % CI", said)
+    assert re.search(r"replies to prose \(eval\.also, 4 test rows, generated, against the references\): chrF "
+                     r"\d\.\d{3} → \d\.\d{3} \([+-]\d\.\d{3}, 95 % CI", said)  # and its replies themselves
     assert main(["report", str(run.path)]) == 0
     md = run.report_md.read_text()
     assert re.search(r"\| prose \| \S+prose\.jsonl \| '\{x\}:\\n' \| 4 \| \d+\.\d{3} \| \d+\.\d{3} → \d+\.\d{3} \| "
                      r"\d+\.\d{3} \|", md)  # base, per epoch, tuned target loss on the run's eval.limit rows
-    assert re.search(r"\| prose \| `\S+prose\.jsonl` \| 4 \| \d+\.\d{3} \| \d+\.\d{3} \| [+-]\d+\.\d{3} \(",
-                     (run.adapter / "README.md").read_text())  # the model card lists it, by loss
+    card = (run.adapter / "README.md").read_text()  # the model card lists it: by loss, and its replies' chrF
+    assert re.search(r"\| prose \| `\S+prose\.jsonl` \| 4 \| \d+\.\d{3} \| \d+\.\d{3} \| [+-]\d+\.\d{3} \(\S+ to \S+\) "
+                     r"\| \d\.\d{3} → \d\.\d{3} \([+-]\d\.\d{3}, ", card)
     assert re.search(r"The fine-tune (made the replies in prose (less|more) likely|did not change how likely the "
                      r"replies in prose are) beyond noise: target loss", md)
     assert re.search(r"Epoch 2 vs epoch 1 on prose: target loss \d+\.\d{3} → \d+\.\d{3}, [+-]\d+\.\d{3}, 95 % CI "
                      r"\S+, 4 rows — replies (less likely|more likely|no change) beyond noise", md)  # paired
-    _bad_extra_sets_are_refused_before_anything_runs(args, more, tmp_path, capsys)
+    chrf = r"\| prose \| 4 \| \d\.\d{3} \| – \| \d\.\d{3} → \d\.\d{3} \| \d\.\d{3} \| [+-]\d\.\d{3} \(\S+\) \| "
+    assert re.search(chrf + r"\d\.\d{3} → \d\.\d{3} \| [+-]\d\.\d{3} \(", md)  # its replies: chrF per model; ROUGE-L
+    assert re.search(r"The tuned adapter's generated replies to prose are (closer to|further from|no closer to) the "
+                     r"references", md)
 
 
 def _bad_extra_sets_are_refused_before_anything_runs(args: list[str], more: Path, tmp_path: Path, capsys) -> None:

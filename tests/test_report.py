@@ -447,6 +447,13 @@ def test_compare_pairs_runs_on_a_set_measured_by_loss_over_the_rows_both_measure
                  "tokens": 10} for model in ("base", "tuned") for i in range(n)]
         (folder / "losses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (folder / "summary.json").write_text(json.dumps({"scoring": "loss", "source": source, "n": n}))
+        replied = RepliesDir(path, "chat")  # and its replies, generated and scored (eval.overlap)
+        replied.eval_dir.mkdir()
+        replied.write_json(replied.eval_summary, {"split": "test", "overlap": {"chrf": {}}})
+        replied.write_jsonl(replied.predictions, [{"id": f"test-{i}", "model": "tuned", "reference": f"reply {i}",
+                                                   "chrf": 0.3 + 0.1 * (i % 2) + shift, "rouge_l": 0.2}
+                                                  for i in range(n)])
+    from tunelab.rundir import RepliesDir
     a, b, c, e = (make_run(tmp_path / k) for k in "abce")
     measured(a, 0.0)
     measured(b, 0.2, n=10)
@@ -462,6 +469,12 @@ def test_compare_pairs_runs_on_a_set_measured_by_loss_over_the_rows_both_measure
     assert "Target loss on chat, b vs a: 1.090 → 1.290 (+0.200, 95 % CI +0.200..+0.200, 10 rows): higher (its replies " \
            "less likely)." in section
     assert "Target loss on chat, e vs a: 1.095 → 1.095 (+0.000" in section and "no different beyond noise" in section
+    row = next(line for line in section.splitlines() if line.startswith("| chat (reply chrF) |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "0.350" and cells[2].startswith("0.550 (+0.200, CI +0.200..+0.200, on 10)")
+    assert cells[4].startswith("0.350 (+0.000")
+    assert "b's generated replies to chat are closer to the references than a's beyond noise: chrF 0.350 → 0.550" \
+        in section
 
 
 def test_compare_pairs_the_held_out_loss_of_each_category_across_runs(tmp_path):

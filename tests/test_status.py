@@ -123,9 +123,16 @@ def test_an_eval_also_set_not_yet_scored_is_a_stage_left(tmp_path):
     extra = run.eval_dir / "also" / "extra"
     extra.mkdir(parents=True)
     (extra / "summary.json").write_text(json.dumps({"scoring": "loss", "losses": {"base": {}, "tuned": {}}}))
+    assert status.describe(run)["state"] == "trained 2 epochs; eval.also left"  # measured by loss: its replies left
+    (extra / "replies").mkdir()
+    (extra / "replies" / "summary.json").write_text(json.dumps({"base": {}, "tuned": {}}))
     later = time.time() + 10
-    os.utime(extra / "summary.json", (later, later))
-    assert status.describe(run)["state"] == "trained 2 epochs; report stale"  # measured by loss: scored
+    for done in (extra / "summary.json", extra / "replies" / "summary.json"):
+        os.utime(done, (later, later))
+    assert status.describe(run)["state"] == "trained 2 epochs; report stale"  # and its replies scored: done
+    run.write_text(run.config, to_yaml(run.read_recipe(["eval.overlap=false"])))
+    (extra / "replies" / "summary.json").unlink()
+    assert status.describe(run)["state"] == "trained 2 epochs; report stale"  # replies not asked for
 
 
 def test_a_run_killed_mid_training_shows_where_it_stopped_and_resumes_from_its_checkpoint(tmp_path):

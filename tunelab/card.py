@@ -259,14 +259,19 @@ def _other_sets(run: RunDir) -> list[str]:
             rows.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {100 * base:.1f} % | {100 * tuned:.1f} % | "
                         f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to {d['ci95_pts'][1]:+.1f}) |")
         elif d := s.get("loss_difference"):
+            c = ((RepliesDir(run.path, view.name).read_eval_summary() or {}).get("overlap") or {}).get("chrf")
             by_loss.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {d['means'][0]:.3f} | "
-                           f"{d['means'][1]:.3f} | {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |")
+                           f"{d['means'][1]:.3f} | {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | "
+                           + (f"{c['means'][0]:.3f} → {c['means'][1]:.3f} ({c['delta']:+.3f}, {c['ci95'][0]:+.3f} to "
+                              f"{c['ci95'][1]:+.3f}) |" if c else "— |"))
     out = ["Other test sets (eval.also), scored the same way (flexible accuracy; paired 95 % interval):", "",
            "| set | source | n | base | tuned | Δ points (95 % CI) |", "|---|---|---|---|---|---|", *rows, ""] \
         if rows else []
     return out + (["Other test sets whose answers no scoring mode suits, measured by target loss (lower = the "
-                   "replies more likely; paired 95 % interval over rows):", "",
-                   "| set | source | rows | base | tuned | Δ loss (95 % CI) |", "|---|---|---|---|---|---|",
+                   "replies more likely; paired 95 % interval over rows), and their greedy replies' chrF against the "
+                   "references (0 to 1, base → tuned), when generated:", "",
+                   "| set | source | rows | base | tuned | Δ loss (95 % CI) | reply chrF (Δ, 95 % CI) |",
+                   "|---|---|---|---|---|---|---|",
                    *by_loss, ""]
                   if by_loss else [])
 

@@ -336,6 +336,8 @@ def cmd_eval(args) -> int:
             print(said)
         for name, other in extra:
             _print_eval(other.summary, run, name)
+            if said := generated.line(generated.summary(run, name), name):  # its replies, when generated
+                print(said)
     return 0
 
 

@@ -281,8 +281,9 @@ class EvalConfig(Section):
     overlap: bool = Field(True, description="when no scoring mode suits the data: the models eval would score (base, "
                           "its prompting baselines, each epoch's adapter, tuned) answer the held-out rows "
                           "(eval.limit), greedily until EOS or eval.max_new_tokens, and each reply is scored against "
-                          "its reference by chrF and ROUGE-L, tuned − each paired over rows (false = only the base "
-                          "and tuned replies of the eval.samples shown)")
+                          "its reference by chrF and ROUGE-L, tuned − each paired over rows; likewise each eval.also "
+                          "set no scoring mode suits (false = only the base and tuned replies of the eval.samples "
+                          "shown, none for eval.also sets)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "with the base model's and the tuned adapter's replies, shown in the report side by side "
                          "(0 = none)")
@@ -299,8 +300,9 @@ class EvalConfig(Section):
                                      "epoch's adapter on the same questions, paired, in eval/also/<name>/; the report "
                                      "gives each one's change (a general benchmark: did the fine-tune cost it "
                                      "anything?); a set whose answers no scoring mode suits (prose, chat replies) "
-                                     "is measured by target loss instead (its replies are not generated: "
-                                     "eval.overlap is for the run's own held-out rows)")
+                                     "is measured by target loss instead, and its replies generated and scored by "
+                                     "chrF and ROUGE-L as eval.overlap scores the run's own (in "
+                                     "eval/also/<name>/replies/)")
 
     @model_validator(mode="before")
     @classmethod

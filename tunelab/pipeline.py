@@ -123,13 +123,14 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
                      f"{lo:+.1f}..{hi:+.1f}, n = {ev['n']}); {names.strict} {100 * ev['base_strict_accuracy']:.1f} % "
                      f"→ {100 * ev['tuned_strict_accuracy']:.1f} %")
     lines += eval_lines(run.read_eval_summary() or {})
-    from tunelab.report import extra
-    lines += [found for view in run.extra_sets() if (found := extra.line(view.name, view.read_eval_summary()))]
+    from tunelab.report import extra, replies
+    lines += [found for view in run.extra_sets() for found in (extra.line(view.name, view.read_eval_summary()),
+                                                               replies.line(replies.summary(run, view.name), view.name))
+              if found]
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
         from tunelab.rundir import HeldOutLossDir
-        from tunelab.report import replies
         lines += filter(None, [extra.held_out_line(HeldOutLossDir(run.path).read_eval_summary()),
                                replies.line(replies.summary(run))])
     scored = run.eval_cost()

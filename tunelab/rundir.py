@@ -108,7 +108,8 @@ LAYOUT = {
                               "`source`), as eval/'s; a set whose answers no scoring mode suits: losses.jsonl (per "
                               "row and model: target loss, tokens, the row's prompt) and a summary with `scoring: "
                               "loss`, `losses` (per model), `loss_difference` (tuned − base, paired over rows), "
-                              "`epochs`, `cost`"),
+                              "`epochs`, `cost`; and its replies/, generated and scored as eval/replies/ "
+                              "(eval.overlap)"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "
                                                  "train duplicates, length profile, scoreable targets, estimate"),
     "analysis/lengths.png": ("lengths_png", "histogram of tokens per row, train.max_length marked"),
@@ -176,10 +177,11 @@ class RunDir:
 
     def eval_cost(self) -> dict | None:
         """The eval stage's cost: the passes answered for this run, on its own test set (or its loss passes and its
-        generated replies, when no scoring mode suits the answers) and each eval.also set (base passes reused from
-        the cache not counted), summed: {device_hours, cost_usd, usd_per_hour, price_source}; None before an eval
-        that recorded it."""
-        sets = [self, HeldOutLossDir(self.path), RepliesDir(self.path), *self.extra_sets()]
+        generated replies, when no scoring mode suits the answers) and each eval.also set (its replies too; base
+        passes reused from the cache not counted), summed: {device_hours, cost_usd, usd_per_hour, price_source};
+        None before an eval that recorded it."""
+        sets = [self, HeldOutLossDir(self.path), RepliesDir(self.path),
+                *(view for extra in self.extra_sets() for view in (extra, RepliesDir(self.path, extra.name)))]
         costs = [s["cost"] for s in (v.read_eval_summary() for v in sets) if s and "cost" in s]
         if not costs:
             return None
@@ -379,17 +381,20 @@ class HeldOutLossDir(ExtraSetDir):
 
 
 class RepliesDir(ExtraSetDir):
-    """A run's own held-out rows answered by generation and scored by overlap with the references, when no scoring
-    mode suits their answers: an eval stage's files (predictions, summary, journals) in eval/replies/."""
+    """Held-out rows answered by generation and scored by overlap with the references, when no scoring mode suits
+    their answers: an eval stage's files (predictions, summary, journals) in eval/replies/ for the run's own rows, in
+    eval/also/<name>/replies/ for the eval.also set `also` (measured by loss in eval/also/<name>/)."""
 
-    def __init__(self, path: str | Path):
-        super().__init__(path, "the held-out replies")
+    def __init__(self, path: str | Path, also: str | None = None):
+        super().__init__(path, also or "the held-out replies")
+        self.also = also
 
-    eval_dir = property(lambda self: self.path / "eval" / "replies")
-    label = property(lambda self: "eval (replies)")
+    eval_dir = property(lambda self: self.path / "eval" / ("replies" if self.also is None else
+                                                             Path("also", self.also, "replies")))
+    label = property(lambda self: "eval (replies)" if self.also is None else f"eval.also {self.also} (replies)")
 
     def at(self, path: str | Path) -> "RepliesDir":
-        return RepliesDir(path)
+        return RepliesDir(path, self.also)
 
 
 def stopped_early(summary: dict | None) -> bool:

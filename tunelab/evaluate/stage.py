@@ -29,7 +29,7 @@ from tunelab.evaluate import losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
-from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, pass_names, set_done
+from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, extra_set_done, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -185,8 +185,9 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
                    skip_done: bool = False) -> list[tuple[str, EvalResult]]:
     """Score each `eval.also` test set as `evaluate` scores eval.source (base, epochs, tuned, few-shot, on the same
     questions), into eval/also/<name>/; a set whose answers no scoring mode suits is measured by loss instead
-    (`losses.measure`). `only` and `adapter` as for `evaluate`; `skip_done`: leave the sets already scored (a
-    resumed `tunelab run`).
+    (`losses.measure`), and its replies generated and scored by overlap (`replies`, eval.overlap, with an adapter)
+    into eval/also/<name>/replies/. `only` and `adapter` as for `evaluate`; `skip_done`: leave the sets (and parts)
+    already done (a resumed `tunelab run`).
 
     Raises:
         UserError: a set that cannot be read, naming its eval.also entry.
@@ -194,7 +195,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
     results = []
     for i, (entry, name) in enumerate(zip(cfg.eval.also, also_names(cfg.eval))):
         view = ExtraSetDir(run.path, name)
-        if skip_done and set_done(view.read_eval_summary()):
+        if skip_done and extra_set_done(cfg, run, name):
             continue
         log.info("eval.also: scoring %s (%s)", name, entry.source)
         extra = also_recipe(cfg, entry)
@@ -202,8 +203,13 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
             splits = load_splits(extra.data, extra.eval)
             reason = unscoreable(extra, splits)
             if reason and splits.test + splits.val:  # replies no answer check suits: how likely each model finds them
-                results.append((name, EvalResult(losses.measure(extra, view, *_limited(extra, splits), reason, only,
-                                                                adapter, _loss_shots(extra, splits)), [])))
+                measured = view.read_eval_summary()
+                if not (skip_done and losses.done(measured)):
+                    measured = losses.measure(extra, view, *_limited(extra, splits), reason, only, adapter,
+                                              _loss_shots(extra, splits))
+                if adapter and generates_replies(extra, splits) and extra.eval.overlap:  # and the replies themselves
+                    replies(extra, run, splits, also=name)
+                results.append((name, EvalResult(measured, [])))
             else:
                 results.append((name, evaluate(extra, view, only=only, adapter=adapter, splits=splits)))
         except UserError as err:
@@ -228,7 +234,8 @@ def check_extra(cfg: Recipe) -> None:
             if not reason:
                 shot_pool(extra, splits)  # too few few-shot shots raises
             elif splits.test + splits.val:  # rows whose answers no scoring mode suits: measured by loss
-                log.info("eval.also.%d (%s): %s; measured by loss instead", i, entry.source, reason)
+                log.info("eval.also.%d (%s): %s; measured by loss%s instead", i, entry.source, reason,
+                         " and its generated replies by chrF and ROUGE-L" if extra.eval.overlap else "")
                 reason = None
         except UserError as err:
             reason = str(err)
@@ -420,18 +427,19 @@ def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
             for q in questions]
 
 
-def replies(cfg: Recipe, run: RunDir, splits=None) -> dict:
+def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> dict:
     """When no scoring mode suits the data: the greedy replies (until EOS or `eval.max_new_tokens`) of the base model,
     its prompting baselines (eval.fewshot, eval.chat_baseline), each kept epoch's adapter (eval.epochs) and the tuned
     adapter to the held-out rows eval would score — the first `eval.limit` (eval.overlap; else only base and tuned
     on the first `eval.samples`) — each scored against its reference by chrF and ROUGE-L, paired over rows
     (`overlap.comparisons`). Journaled as they finish (a killed pass resumes), base passes cached across runs as
     eval's; into eval/replies/, and the first `eval.samples` into eval/samples.jsonl for the report (main process).
+    `also`: the eval.also set whose rows `cfg` (its `also_recipe`) reads, into eval/also/<also>/replies/ alone.
     Returns the summary."""
     splits = splits or load_splits(cfg.data, cfg.eval)
     split, rows = _limited(cfg, splits)
     questions = rows if cfg.eval.overlap else rows[:cfg.eval.samples]
-    view, tok, pool = RepliesDir(run.path), load_tokenizer(cfg.model), _loss_shots(cfg, splits)
+    view, tok, pool = RepliesDir(run.path, also), load_tokenizer(cfg.model), _loss_shots(cfg, splits)
     device = pick_device(cfg.train.device)
     tune_for(device)
     d = distributed.setup(device.type)
@@ -448,6 +456,8 @@ def replies(cfg: Recipe, run: RunDir, splits=None) -> dict:
         view.write_jsonl(view.predictions, predictions)
         view.write_json(view.eval_summary, summary)
         journal.clear()
+        if also is not None:  # an eval.also set's: the report's samples and the card are the run's own
+            return summary
         said = {(r["id"], r["model"]): r["completion"] for r in predictions}
         run.write_jsonl(run.eval_samples, [{"id": q.id, "split": split, "question": question_text(q),
                                             "reference": q.target, "base": said[q.id, "base"],

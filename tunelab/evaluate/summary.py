@@ -199,7 +199,17 @@ def set_done(summary: dict | None) -> bool:
 
 
 def extra_done(cfg, run) -> bool:
-    """Every `eval.also` test set of the recipe `cfg` has been scored (or measured by loss) in `run`."""
+    """Every `eval.also` test set of the recipe `cfg` has been scored (or measured by loss, and its replies generated)
+    in `run`."""
     from tunelab.config import also_names
-    from tunelab.rundir import ExtraSetDir
-    return all(set_done(ExtraSetDir(run.path, name).read_eval_summary()) for name in also_names(cfg.eval))
+    return all(extra_set_done(cfg, run, name) for name in also_names(cfg.eval))
+
+
+def extra_set_done(cfg, run, name: str) -> bool:
+    """The `eval.also` set `name` has been scored in `run`; a set measured by loss, its replies generated and scored
+    too when eval.overlap asks for them (an eval of the run before they were asked for has none)."""
+    from tunelab.evaluate.losses import LOSS
+    from tunelab.rundir import ExtraSetDir, RepliesDir
+    summary = ExtraSetDir(run.path, name).read_eval_summary()
+    return set_done(summary) and (summary.get("scoring") != LOSS or not cfg.eval.overlap
+                                  or set_done(RepliesDir(run.path, name).read_eval_summary()))

@@ -15,9 +15,10 @@ from tunelab.evaluate.losses import LOSS, MIN_CATEGORY_ROWS
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import observations as rules
+from tunelab.report import replies
 from tunelab.report.observations import Observation
 from tunelab.report.render import clip
-from tunelab.rundir import ExtraSetDir, HeldOutLossDir, RunDir
+from tunelab.rundir import ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 
 
 def line(name: str, summary: dict) -> str | None:
@@ -167,8 +168,9 @@ def movers(view: ExtraSetDir) -> list:
 def section(run: RunDir) -> tuple[list, list[Observation]]:
     """The report's "Other test sets" blocks (a table: each set's base, each scored epoch and tuned accuracy, the
     paired change) and each set's verdict by the rule the main accuracy is judged by."""
-    rows, by_loss, found, moved = [], [], [], []
+    rows, by_loss, generated, found, moved = [], [], [], [], []
     checked = (run.read_optional(run.data_checks) or {}).get("extra_sets", {})
+    trained = (run.read_summary() or {}).get("epochs")
     for view in run.extra_sets():
         s = view.read_eval_summary()
         d = s.get("flexible_difference")
@@ -185,6 +187,10 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
             by_loss.append(_loss_row(view.name, s))
             moved += movers(view)
             found += [loss_change(view.name, s), *loss_per_epoch(view.name, s), *baseline_changes(view.name, s)]
+            if said := replies.summary(run, view.name):  # and its replies themselves, generated and scored
+                generated.append(replies.set_row(view.name, said))
+                moved += replies.movers(RepliesDir(run.path, view.name))
+                found += replies.set_verdicts(view.name, said, trained)
             continue
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
@@ -198,7 +204,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
         found.append(verdict)
-    blocks = _accuracy_blocks(rows) + _loss_blocks(by_loss) + moved
+    blocks = _accuracy_blocks(rows) + _loss_blocks(by_loss) + replies.set_blocks(generated) + moved
     return (blocks, found) if blocks else ([], [])
 
 
@@ -433,8 +439,9 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     for view in runs[0].extra_sets():
         if view.read_eval_summary().get("scoring") == LOSS:
             cells, seen = _loss_cells(view, runs, names)
-            rows += [(view.name, *cells)] if cells else []
-            found += seen
+            said, heard = replies.compare_cells(RepliesDir(runs[0].path, view.name), runs, names)
+            rows += ([(view.name, *cells)] if cells else []) + ([(f"{view.name} (reply chrF)", *said)] if said else [])
+            found += seen + heard
             continue
         first = tuned_flags(view.read_predictions())
         if not first:  # the base model alone answered it (a bare recipe's eval, --only base)
@@ -458,6 +465,7 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     if not rows:
         return []
     return [("p", f"Tuned accuracy on each eval.also test set {names[0]} scored (target loss, for a set measured "
-                  f"by loss); each later run's change from {names[0]} on the questions (rows) both answered, paired "
-                  "(\"on N\" when fewer). Rule: paired bootstrap 95 % CI; beyond noise = CI excludes 0."),
+                  "by loss, and its generated replies' mean chrF against the references when scored); each later "
+                  f"run's change from {names[0]} on the questions (rows) both answered, paired (\"on N\" when "
+                  "fewer). Rule: paired bootstrap 95 % CI; beyond noise = CI excludes 0."),
             ("table", ["set", *names], rows), ("obs", found)]

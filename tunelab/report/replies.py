@@ -18,18 +18,20 @@ from tunelab.stats import paired_loss_difference
 JUDGED = "chrf"  # the metric the verdict reads; ROUGE-L is given beside it
 
 
-def summary(run: RunDir) -> dict | None:
-    """eval/replies/summary.json when its replies were scored by overlap (eval.overlap); else None."""
-    s = RepliesDir(run.path).read_eval_summary()
+def summary(run: RunDir, also: str | None = None) -> dict | None:
+    """eval/replies/summary.json (eval/also/<also>/replies/'s, for an eval.also set) when its replies were scored by
+    overlap (eval.overlap); else None."""
+    s = RepliesDir(run.path, also).read_eval_summary()
     return s if (s or {}).get("overlap") else None
 
 
-def line(s: dict | None) -> str | None:
+def line(s: dict | None, also: str | None = None) -> str | None:
     """The console's lines: each metric base → tuned with its paired interval, tuned against each prompting baseline
-    and each epoch against the one before (chrF); None when not scored."""
+    and each epoch against the one before (chrF); None when not scored. `also`: the eval.also set they answered."""
     if not s:
         return None
-    return (f"held-out replies ({s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
+    said = f"replies to {also} (eval.also, " if also else "held-out replies ("
+    return (f"{said}{s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
             + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items())
             + "".join(f"; vs {what} {d['means'][0]:.3f}: {_interval(d)}" for what, d in baselines(s))
             + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s)) else ""))
@@ -92,18 +94,50 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
              ("table", ["model", *METRICS.values(), *(f"tuned − it, {label} (95 % CI)" for label in METRICS.values())],
               rows),
              *([("p", f"Per epoch, each against the model before it, {METRICS[JUDGED]}: {chain}.")] if chain else []),
-             *movers(run)], [change(s), *baseline_changes(s), *epoch_changes(s, trained)]
+             *movers(RepliesDir(run.path))], [change(s), *baseline_changes(s), *epoch_changes(s, trained)]
 
 
-def change(s: dict) -> Observation:
-    """The verdict: did the fine-tune move the generated replies towards the references beyond noise, by chrF?"""
+def set_blocks(rows: list[tuple]) -> list:
+    """The "Other test sets" table of the eval.also sets whose replies were generated (`set_row`'s rows)."""
+    if not rows:
+        return []
+    return [("p", "The replies themselves, for the sets measured by loss (eval.overlap): each model answered the same "
+                  "rows greedily and each reply is scored against its reference (0..1) by chrF and ROUGE-L, as the "
+                  "run's own held-out replies would be; tuned − base paired over rows. A fall beyond noise is what "
+                  "the fine-tune cost in the replies themselves."),
+            ("table", ["set", "rows", "base chrF", "base prompted", "per epoch", "tuned chrF", "Δ chrF (95 % CI)",
+                       "ROUGE-L base → tuned", "Δ ROUGE-L (95 % CI)"], rows)]
+
+
+def set_row(name: str, s: dict) -> tuple:
+    """An eval.also set's row in `set_blocks`: its rows, base chrF, each prompting baseline's, each epoch's, tuned,
+    tuned − base (paired) and ROUGE-L likewise."""
+    d, rouge = s["overlap"][JUDGED], s["overlap"]["rouge_l"]
+    prompted = "; ".join(f"{model} {v[JUDGED]['means'][0]:.3f}" for model, v in (s.get("versus") or {}).items()
+                         if model.startswith("base-"))
+    steps = " → ".join(f"{step[JUDGED]['means'][1]:.3f}" for step in s.get("epochs") or [])
+    return (name, d["n"], f"{d['means'][0]:.3f}", prompted or "–", steps or "–", f"{d['means'][1]:.3f}",
+            _interval(d), f"{rouge['means'][0]:.3f} → {rouge['means'][1]:.3f}", _interval(rouge))
+
+
+def set_verdicts(name: str, s: dict, trained: int | None) -> list[Observation]:
+    """An eval.also set's verdicts on its generated replies: tuned against base, each prompting baseline, each epoch
+    against the one before (chrF)."""
+    where = f" to {name}"
+    return [change(s, where), *baseline_changes(s, where), *epoch_changes(s, trained, where)]
+
+
+def change(s: dict, where: str = "") -> Observation:
+    """The verdict: did the fine-tune move the generated replies towards the references beyond noise, by chrF?
+    `where`: " to <set>" for an eval.also set's."""
     d = s["overlap"][JUDGED]
     kind, verdict = {1: ("good", "closer to the references than the base model's beyond noise"),
                      -1: ("watch", "further from the references than the base model's beyond noise"),
                      0: ("info", "no closer to the references than the base model's beyond noise")}[
         rules.sign_of(d["ci95"])]
     others = "; ".join(f"{METRICS[m]} {_change(x)}" for m, x in s["overlap"].items() if m != JUDGED)
-    return Observation(kind, f"The tuned adapter's generated replies are {verdict}: {METRICS[JUDGED]} {_change(d)}"
+    return Observation(kind, f"The tuned adapter's generated replies{where} are {verdict}: {METRICS[JUDGED]} "
+                             f"{_change(d)}"
                              + (f"; {others}" if others else "") + f"; {d['n']} {s['split']} rows.",
                        f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]} of the greedy "
                        "replies against the references, tuned adapter − base model; beyond noise = CI excludes 0; "
@@ -132,20 +166,21 @@ def _called(name: str, trained: int | None = None) -> str:
         f"the base model prompted {shots}-shot"
 
 
-def baseline_changes(s: dict) -> list[Observation]:
+def baseline_changes(s: dict, where: str = "") -> list[Observation]:
     """Did the fine-tune's replies come closer to the references than each prompting baseline's, by chrF? Not
-    beating the strongest baseline (highest chrF) is one to watch: prompting would do as well."""
+    beating the strongest baseline (highest chrF) is one to watch: prompting would do as well. `where` as for
+    `change`."""
     found, compared = [], baselines(s)
     strongest = max((d["means"][0] for _, d in compared), default=None)
     for what, d in compared:
         kind, verdict = {
-            1: ("good", f"The tuned adapter's generated replies are closer to the references than those of {what}, "
-                        "beyond noise"),
-            -1: ("watch", f"The replies of {what} are closer to the references than the tuned adapter's, beyond "
-                          "noise"),
+            1: ("good", f"The tuned adapter's generated replies{where} are closer to the references than those of "
+                        f"{what}, beyond noise"),
+            -1: ("watch", f"The replies{where} of {what} are closer to the references than the tuned adapter's, "
+                          "beyond noise"),
             0: ("watch" if d["means"][0] == strongest else "info",
-                f"The tuned adapter's generated replies and those of {what} are about as close to the references "
-                "(no difference beyond noise)")}[rules.sign_of(d["ci95"])]
+                f"The tuned adapter's generated replies{where} and those of {what} are about as close to the "
+                "references (no difference beyond noise)")}[rules.sign_of(d["ci95"])]
         found.append(Observation(kind, f"{verdict}: {METRICS[JUDGED]} {d['means'][0]:.3f} → {d['means'][1]:.3f} "
                                        f"tuned ({d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}); "
                                        f"{d['n']} rows.",
@@ -155,9 +190,10 @@ def baseline_changes(s: dict) -> list[Observation]:
     return found
 
 
-def epoch_changes(s: dict, trained: int | None) -> list[Observation]:
+def epoch_changes(s: dict, trained: int | None, where: str = "") -> list[Observation]:
     """Each epoch's replies against the epoch before's, by chrF: did the later epoch still move them towards the
-    references? (The first epoch against the base model is the tuned-vs-base verdict's business.)"""
+    references? (The first epoch against the base model is the tuned-vs-base verdict's business.) `where` as for
+    `change`."""
     found = []
     for step in s.get("epochs") or []:
         if step["previous"] == "base":
@@ -167,7 +203,7 @@ def epoch_changes(s: dict, trained: int | None) -> list[Observation]:
                          -1: ("watch", "further from the references beyond noise"),
                          0: ("info", "no change beyond noise")}[rules.sign_of(d["ci95"])]
         found.append(Observation(kind, f"{_called(step['model'], trained).capitalize()} vs "
-                                       f"{_called(step['previous'])}, generated replies: {METRICS[JUDGED]} "
+                                       f"{_called(step['previous'])}, generated replies{where}: {METRICS[JUDGED]} "
                                        f"{_change(d)}, {d['n']} rows — {verdict}.",
                                  f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]} between "
                                  "consecutive epochs' adapters; beyond noise = CI excludes 0"))
@@ -178,57 +214,72 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     """`compare`'s "Held-out replies, generated", when the first run's replies were scored by overlap: each run's
     tuned adapter's mean chrF and ROUGE-L, each later run's change from the first paired over the rows both answered
     (same id and reference), with a verdict on chrF."""
-    first = _tuned_replies(runs[0])
+    first = _tuned_replies(RepliesDir(runs[0].path))
     if not first:
         return []
-    later = [(name, _tuned_replies(run)) for run, name in zip(runs[1:], names[1:])]
     table, found = [], []
     for metric, label in METRICS.items():
-        cells = [f"{sum(r[metric] for r in first.values()) / len(first):.3f}"]
-        for name, tuned in later:
-            shared = {key: (r[metric], 1) for key, r in tuned.items() if key in first}
-            d = paired_loss_difference({key: (first[key][metric], 1) for key in shared}, shared) if shared else None
-            cells.append(None if d is None else f"{d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.."
-                         f"{d['ci95'][1]:+.3f}" + (f", on {d['n']}" if d["n"] < len(first) else "") + ")")
-            if d and metric == JUDGED and (sign := rules.sign_of(d["ci95"])):
-                moved = "closer to" if sign > 0 else "further from"
-                found.append(Observation("good" if sign > 0 else "watch",
-                                         f"{name}'s generated replies are {moved} "
-                                         f"the references than {names[0]}'s beyond noise: {label} {_change(d)}, "
-                                         f"{d['n']} rows.", COMPARE_RULE))
+        cells, seen = compare_cells(RepliesDir(runs[0].path), runs, names, metric)
         table.append((label, *cells))
+        found += seen
     return [("p", f"Each run's tuned adapter's replies to the held-out rows {names[0]} generated them for, scored "
                   f"against the references (0..1); each later run's change from {names[0]} on the rows both "
                   f"answered, paired (\"on N\" when fewer). Rule: {COMPARE_RULE}."),
             ("table", ["metric", *names], table), ("obs", found)]
 
 
+def compare_cells(view: RepliesDir, runs: list[RunDir], names: list[str], metric: str = JUDGED
+                  ) -> tuple[list, list[Observation]]:
+    """`compare`'s cells for one metric of the replies in `view` (a run's own, or an eval.also set's): the first
+    run's tuned mean, each later run's and its change from the first paired over the rows both answered (same id and
+    reference), with a verdict on chrF; ([], []) when the first run's were not scored."""
+    first = _tuned_replies(view)
+    if not first:
+        return [], []
+    cells, found, label = [f"{sum(r[metric] for r in first.values()) / len(first):.3f}"], [], METRICS[metric]
+    where = f" to {view.also}" if view.also else ""
+    for run, name in zip(runs[1:], names[1:]):
+        tuned = _tuned_replies(view.at(run.path))
+        shared = {key: (r[metric], 1) for key, r in tuned.items() if key in first}
+        d = paired_loss_difference({key: (first[key][metric], 1) for key in shared}, shared) if shared else None
+        cells.append(None if d is None else f"{d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.."
+                     f"{d['ci95'][1]:+.3f}" + (f", on {d['n']}" if d["n"] < len(first) else "") + ")")
+        if d and metric == JUDGED and (sign := rules.sign_of(d["ci95"])):
+            moved = "closer to" if sign > 0 else "further from"
+            found.append(Observation("good" if sign > 0 else "watch",
+                                     f"{name}'s generated replies{where} are {moved} the references than "
+                                     f"{names[0]}'s beyond noise: {label} {_change(d)}, {d['n']} rows.", COMPARE_RULE))
+    return cells, found
+
+
 COMPARE_RULE = (f"paired bootstrap 95 % CI over the rows both runs answered of the mean {METRICS[JUDGED]}, later run − "
                 "first; beyond noise = CI excludes 0")
 
 
-def _tuned_replies(run: RunDir) -> dict[tuple[str, str], dict]:
-    """A run's tuned adapter's scored replies by (row id, reference); {} when its replies were not scored."""
-    if not summary(run):
+def _tuned_replies(view: RepliesDir) -> dict[tuple[str, str], dict]:
+    """A run's tuned adapter's scored replies (to its own rows, or an eval.also set's) by (row id, reference); {}
+    when they were not scored."""
+    if not summary(view, view.also):
         return {}
-    return {(r["id"], r["reference"]): r for r in RepliesDir(run.path).read_predictions() if r["model"] == "tuned"}
+    return {(r["id"], r["reference"]): r for r in view.read_predictions() if r["model"] == "tuned"}
 
 
 MOVERS = 3  # rows shown at each end of the change
 
 
-def movers(run: RunDir) -> list:
+def movers(view: RepliesDir) -> list:
     """The rows whose tuned reply moved most from the base model's, by chrF against the reference (the largest falls,
     then the largest rises), each with its question, reference and both replies; nothing when none moved."""
-    said = {(r["id"], r["model"]): r for r in RepliesDir(run.path).read_predictions()}
+    said = {(r["id"], r["model"]): r for r in view.read_predictions()}
     change = sorted((said[i, "tuned"][JUDGED] - r[JUDGED], i) for (i, model), r in said.items()
                     if model == "base" and (i, "tuned") in said)
     picked = [t for t in change[:MOVERS] if t[0] < 0] + [t for t in change[::-1][:MOVERS] if t[0] > 0]
     if not picked:
         return []
-    blocks: list = [("p", f"The rows whose reply moved most: {METRICS[JUDGED]} of the tuned adapter's reply − the "
-                          f"base model's, the {MOVERS} largest falls, then rises. A single row's change is noisy; the "
-                          "paired interval over all rows is the measured claim.")]
+    where = f" in {view.also}" if view.also else ""
+    blocks: list = [("p", f"The rows whose reply moved most{where}: {METRICS[JUDGED]} of the tuned adapter's reply − "
+                          f"the base model's, the {MOVERS} largest falls, then rises. A single row's change is noisy; "
+                          "the paired interval over all rows is the measured claim.")]
     for d, i in picked:
         base, tuned = said[i, "base"], said[i, "tuned"]
         blocks.append(("details", f"{i}: {METRICS[JUDGED]} {base[JUDGED]:.3f} → {tuned[JUDGED]:.3f} ({d:+.3f}), "
