@@ -203,7 +203,7 @@ def test_accuracy_by_label_is_paired_per_category_and_judged_with_a_bonferroni_b
 
 def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interval_and_small_ones_unjudged():
     from tunelab.evaluate.losses import MIN_CATEGORY_ROWS, by_category
-    from tunelab.report.extra import _category_blocks, _category_line, loss_by_category
+    from tunelab.report.categories import LOSS, blocks, line, verdict
     from tunelab.stats import paired_loss_difference
     rng = random.Random(0)
     labels = {f"r{i}": "recipes" if i < 12 else "poems" if i < 24 else "jokes" for i in range(27)}
@@ -220,15 +220,15 @@ def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interva
     assert ci[0] <= wide["ci95"][0] and ci[1] >= wide["ci95"][1] and ci[1] < 0  # wider than 95 %, still below 0
     assert rows["recipes"]["tuned_loss"] == pytest.approx(wide["means"][1], abs=1e-6)
     assert rows["jokes"]["difference"]["ci"] is None and rows["jokes"]["n"] == 3  # too few rows to judge
-    said = loss_by_category({"by_category": by})
+    said = verdict(by, LOSS)
     assert said.kind == "good" and said.text.startswith(
         f"The held-out target loss fell beyond noise in 1 of 2 categories judged: recipes "
         f"{rows['recipes']['base_loss']:.3f} → {rows['recipes']['tuned_loss']:.3f} (n = 12).")
-    (table,) = [b for b in _category_blocks({"by_category": by}) if b[0] == "table"]
+    (table,) = [b for b in blocks(by, LOSS) if b[0] == "table"]
     assert table[2][2][4].endswith(" (not judged)") and "1 with fewer than 10 rows are listed without one" in \
-        _category_blocks({"by_category": by})[0][1]
-    assert _category_line({"by_category": by}) == ("target loss per category (data.label_field (topic)): lower "
-                                                   "beyond noise in 1 (recipes) of 2 judged, higher beyond noise in 0")
+        blocks(by, LOSS)[0][1]
+    assert line(by, LOSS) == ("target loss per category (data.label_field (topic)): lower beyond noise in 1 "
+                              "(recipes) of 2 judged, higher beyond noise in 0")
     assert by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, {**labels, "r0": None}, "topic") is None
 
 
@@ -319,3 +319,29 @@ def test_the_lowest_validation_pass_adapter_is_compared_with_the_final_one_on_th
     assert same["best_loss"]["vs_tuned"]["flexible"]["delta_pts"] == 2.5
     assert "against the final adapter's 30.0 %: +2.5 pts" in r.report_md.read_text()
     assert "— no different beyond noise." in r.report_md.read_text()
+
+
+def test_reply_chrf_by_label_is_paired_per_category_and_a_fall_is_one_to_watch():
+    """The generated replies' chrF per category (data.label_field), as the held-out loss's: each category's mean
+    chrF base → tuned, paired at the Bonferroni level; a rise is the gain, a fall one to watch."""
+    from tunelab.evaluate.overlap import by_category
+    from tunelab.report.categories import CHRF, blocks, line, verdict
+    rng = random.Random(1)
+    labels = {f"r{i}": "summaries" if i < 15 else "open_qa" if i < 30 else "poems" for i in range(33)}
+    shift = {"summaries": 0.3, "open_qa": -0.2, "poems": 0.0}  # summaries closer, open_qa further, 3 poems
+    rows = [{"id": i, "model": model, "chrf": 0.3 + 0.1 * rng.random() + (shift[label] if model == "tuned" else 0)}
+            for i, label in labels.items() for model in ("base", "tuned")]
+    by = by_category(rows, labels, "task")
+    got = {r["category"]: r for r in by["rows"]}
+    mine = [r["chrf"] for r in rows if r["model"] == "tuned" and labels[r["id"]] == "summaries"]
+    assert got["summaries"]["tuned_chrf"] == pytest.approx(sum(mine) / 15, abs=1e-6) and by["judged"] == 2
+    assert got["poems"]["difference"]["ci"] is None and "chrF" in by["rule"]
+    said = verdict(by, CHRF)
+    assert said.kind == "watch" and said.text.startswith(
+        "The generated replies' chrF rose beyond noise in 1 of 2 categories judged: summaries ")
+    assert "; and fell beyond noise in 1 of 2 categories judged: open_qa " in said.text
+    assert line(by, CHRF) == ("reply chrF per category (data.label_field (task)): higher beyond noise in 1 "
+                              "(summaries) of 2 judged, lower beyond noise in 1 (open_qa)")
+    assert blocks(by, CHRF)[1][1][2:] == ["base chrF", "tuned chrF", "Δ chrF (97.50 % CI)"]
+    assert by_category(rows, {**labels, "r0": None}, "task") is None and by_category(rows, labels, None) is None
+

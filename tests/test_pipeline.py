@@ -361,6 +361,15 @@ def _each_category_is_paired_apart(run: RunDir, held_out: dict, md: str) -> None
                f"{d['delta']:+.3f} (not judged) |" in md
     assert "| category | rows | base loss | tuned loss | Δ loss |" in md and "so none is judged." in md
     assert "The held-out target loss" not in md  # no verdict on categories too small to judge
+    replied = RepliesDir(run.path)  # and the generated replies' chrF per category, likewise
+    chrf = replied.read_eval_summary()["by_category"]
+    assert sorted(r["category"] for r in chrf["rows"]) == sorted(set(kinds.values())) and chrf["judged"] == 0
+    tuned = [r for r in replied.read_predictions() if r["model"] == "tuned"]
+    for row in chrf["rows"]:
+        mine = [r["chrf"] for r in tuned if kinds[r["id"]] == row["category"]]
+        assert row["tuned_chrf"] == pytest.approx(sum(mine) / len(mine), abs=1e-5)
+        assert f"| {row['category']} | {row['n']} | {row['base_chrf']:.3f} | {row['tuned_chrf']:.3f} | " in md
+    assert "| category | rows | base chrF | tuned chrF | Δ chrF |" in md
 
 
 def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_model, tmp_path, monkeypatch, capsys):

@@ -96,7 +96,8 @@ LAYOUT = {
                             "`eval.samples`) with each reply's chrF and ROUGE-L against its reference "
                             "(predictions.jsonl), and a summary: per model the mean of each, tokens/s, `at_budget`; "
                             "per metric, paired over rows: `overlap` (tuned − base), `versus` (tuned − each model), "
-                            "`epochs` (each epoch − the one before); its journals while unfinished"),
+                            "`epochs` (each epoch − the one before); with data.label_field `by_category`, each "
+                            "category's chrF paired apart; its journals while unfinished"),
     "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
                          "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
                          "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "

@@ -241,9 +241,11 @@ def _per_epoch(kept: dict[str, dict], last: int) -> list[dict]:
 MIN_CATEGORY_ROWS = 10  # a category with fewer rows is listed, not judged: a bootstrap of a handful of rows is no test
 
 
-def by_category(kept: dict[str, dict], labels: dict[str, str | None], label_field: str | None) -> dict | None:
+def by_category(kept: dict[str, dict], labels: dict[str, str | None], label_field: str | None, key: str = "loss",
+                measure: str = "target loss") -> dict | None:
     """Per category of row (its `data.label_field` value), the base model's and the final adapter's target loss on
-    its rows and, for a category of `MIN_CATEGORY_ROWS` rows or more, their paired difference with an interval
+    its rows (`kept[model]["rows"]`: id -> (value, weight); `key` / `measure`: another per-row figure's name, such as
+    a reply's chrF) and, for a category of `MIN_CATEGORY_ROWS` rows or more, their paired difference with an interval
     widened for the number of categories judged (Bonferroni); the most rows first. None unless every row has a
     label, there are two categories or more, and base and tuned were both measured."""
     if not label_field or not labels or "base" not in kept or "tuned" not in kept or None in labels.values():
@@ -260,10 +262,10 @@ def by_category(kept: dict[str, dict], labels: dict[str, str | None], label_fiel
         base, tuned = ({i: kept[m]["rows"][i] for i in members} for m in ("base", "tuned"))
         d = paired_loss_difference(base, tuned, level=level)
         d["ci"] = d.pop("ci95") if len(members) >= MIN_CATEGORY_ROWS else None  # at `level`, not 95 %
-        rows.append({"category": category, "n": len(members), "base_loss": d["means"][0],
-                     "tuned_loss": d["means"][1], "difference": d})
+        rows.append({"category": category, "n": len(members), f"base_{key}": d["means"][0],
+                     f"tuned_{key}": d["means"][1], "difference": d})
     return {"source": f"data.label_field ({label_field})", "rows": rows, "level": round(level, 6), "judged": judged,
-            "rule": f"paired bootstrap {100 * level:.2f} % interval per category of tuned − base target loss (95 % "
+            "rule": f"paired bootstrap {100 * level:.2f} % interval per category of tuned − base {measure} (95 % "
                     f"Bonferroni-corrected over the {judged} categories of {MIN_CATEGORY_ROWS} rows or more; "
                     f"smaller ones are not judged); beyond noise = it excludes 0"}
 

@@ -452,6 +452,9 @@ def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> d
                **(overlap.comparisons(predictions, list(stats)) if cfg.eval.overlap else {}),
                "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
                                    cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
+    labels = {q.id: q.label for q in questions}
+    if cfg.eval.overlap and (categories := overlap.by_category(predictions, labels, cfg.data.label_field)):
+        summary["by_category"] = categories  # data.label_field: each category's chrF, base → tuned, paired
     if distributed.is_main_process():
         view.write_jsonl(view.predictions, predictions)
         view.write_json(view.eval_summary, summary)

@@ -14,6 +14,7 @@ import json
 from tunelab.evaluate.losses import LOSS, MIN_CATEGORY_ROWS
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
+from tunelab.report import categories
 from tunelab.report import observations as rules
 from tunelab.report import replies
 from tunelab.report.observations import Observation
@@ -52,26 +53,7 @@ def held_out_line(summary: dict | None) -> str | None:
             + "".join(f"; vs {what.split(' (')[0]} {b['means'][0]:.3f}: {b['delta']:+.3f} (95 % CI "
                       f"{b['ci95'][0]:+.3f}..{b['ci95'][1]:+.3f})" for what, b in loss_baselines(summary))
             + (f"\ntarget loss per epoch: {steps}" if steps else "")
-            + (f"\n{categories}" if (categories := _category_line(summary)) else ""))
-
-
-def _category_line(summary: dict) -> str | None:
-    """"target loss per category (data.label_field (topic)): lower beyond noise in 2 (a, b) of 5 judged, higher
-    beyond noise in 0": which judged categories moved, for the console."""
-    by = summary.get("by_category")
-    if not by or not by["judged"]:
-        return None
-    judged, moved = _moved(by)
-    said = [f"{verb} beyond noise in {len(moved[sign])}"
-            + (f" ({', '.join(r['category'] for r in moved[sign])})" if moved[sign] else "")
-            for sign, verb in ((-1, "lower"), (1, "higher"))]
-    return f"target loss per category ({by['source']}): {said[0]} of {len(judged)} judged, {said[1]}"
-
-
-def _moved(by: dict) -> tuple[list[dict], dict[int, list[dict]]]:
-    """A `by_category`'s judged categories, and those whose loss fell (-1) and rose (1) beyond their interval."""
-    judged = [r for r in by["rows"] if r["difference"]["ci"]]
-    return judged, {sign: [r for r in judged if rules.sign_of(r["difference"]["ci"]) == sign] for sign in (-1, 1)}
+            + (f"\n{said}" if (said := categories.line(summary.get("by_category"), categories.LOSS)) else ""))
 
 
 def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -91,9 +73,10 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
                   + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
                     "answers are right."),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
-              [(row[0], *row[3:])]), *_baseline_blocks(s), *_category_blocks(s), *movers(view)], \
+              [(row[0], *row[3:])]), *_baseline_blocks(s), *categories.blocks(s.get("by_category"), categories.LOSS),
+             *movers(view)], \
         [loss_change(view.name, s), *loss_per_epoch(view.name, s), *baseline_changes(view.name, s),
-         *filter(None, [loss_by_category(s)])]
+         *filter(None, [categories.verdict(s.get("by_category"), categories.LOSS)])]
 
 
 def _baseline_blocks(s: dict) -> list:
@@ -102,45 +85,6 @@ def _baseline_blocks(s: dict) -> list:
             f"{d['ci95'][1]:+.3f})" for what, d in loss_baselines(s)]
     return [("p", "Prompting the base model instead, the same replies after each prompt: " + "; ".join(said) +
                   ".")] if said else []
-
-
-def _category_blocks(s: dict) -> list:
-    """A table of the held-out target loss per category (data.label_field), base → tuned, when measured."""
-    by = s.get("by_category")
-    if not by:
-        return []
-    small = len(by["rows"]) - by["judged"]
-    judged = (f"paired over its rows; each interval is {100 * by['level']:.2f} %, so that the {by['judged']} "
-              f"categories judged together keep a 95 % bound (Bonferroni)" if by["judged"] else
-              f"no category has {MIN_CATEGORY_ROWS} rows or more, so none is judged")
-    return [("p", f"Per category ({by['source']}): the target loss of each category's rows, base model → tuned "
-                  f"adapter, {judged}"
-                  + (f"; {small} with fewer than {MIN_CATEGORY_ROWS} rows are listed without one, not judged"
-                     if small and by["judged"] else "") + "."),
-            ("table", ["category", "rows", "base loss", "tuned loss",
-                       f"Δ loss ({100 * by['level']:.2f} % CI)" if by["judged"] else "Δ loss"],
-             [(r["category"], r["n"], f"{r['base_loss']:.3f}", f"{r['tuned_loss']:.3f}",
-               f"{d['delta']:+.3f}" + (f" ({d['ci'][0]:+.3f}..{d['ci'][1]:+.3f})" if d["ci"] else " (not judged)"))
-              for r in by["rows"] for d in [r["difference"]]])]
-
-
-def loss_by_category(s: dict) -> Observation | None:
-    """Which categories' held-out target loss moved beyond noise, under `by_category`'s Bonferroni bound."""
-    by = s.get("by_category")
-    if not by or not by["judged"]:
-        return None
-    judged, moved = _moved(by)
-    rule = f"{by['rule']}; categories: {by['source']}"
-
-    def listed(found: list[dict]) -> str:
-        return "; ".join(f"{r['category']} {r['base_loss']:.3f} → {r['tuned_loss']:.3f} (n = {r['n']})" for r in found)
-    if not moved[-1] and not moved[1]:
-        return Observation("info", f"The held-out target loss changed beyond noise in no category ({len(judged)} "
-                                   "judged).", rule)
-    parts = [f"{verb} beyond noise in {len(moved[sign])} of {len(judged)} categories judged: {listed(moved[sign])}"
-             for sign, verb in ((-1, "fell"), (1, "rose")) if moved[sign]]
-    return Observation("watch" if moved[1] else "good", "The held-out target loss " + "; and ".join(parts)
-                       + ".", rule)
 
 
 MOVERS = 3  # rows listed each way in a loss-measured set's largest changes

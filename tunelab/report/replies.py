@@ -9,6 +9,7 @@ Run as: tunelab report runs/chat      (after tunelab run on data whose answers n
 from __future__ import annotations
 
 from tunelab.evaluate.overlap import METRICS
+from tunelab.report import categories
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
 from tunelab.report.render import clip
@@ -34,7 +35,8 @@ def line(s: dict | None, also: str | None = None) -> str | None:
     return (f"{said}{s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
             + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items())
             + "".join(f"; vs {what} {d['means'][0]:.3f}: {_interval(d)}" for what, d in baselines(s))
-            + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s)) else ""))
+            + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s)) else "")
+            + (f"\n{said}" if (said := categories.line(s.get("by_category"), categories.CHRF)) else ""))
 
 
 def baselines(s: dict) -> list[tuple[str, dict]]:
@@ -94,7 +96,9 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
              ("table", ["model", *METRICS.values(), *(f"tuned − it, {label} (95 % CI)" for label in METRICS.values())],
               rows),
              *([("p", f"Per epoch, each against the model before it, {METRICS[JUDGED]}: {chain}.")] if chain else []),
-             *movers(RepliesDir(run.path))], [change(s), *baseline_changes(s), *epoch_changes(s, trained)]
+             *categories.blocks(s.get("by_category"), categories.CHRF), *movers(RepliesDir(run.path))], \
+        [change(s), *baseline_changes(s), *epoch_changes(s, trained),
+         *filter(None, [categories.verdict(s.get("by_category"), categories.CHRF)])]
 
 
 def set_blocks(rows: list[tuple]) -> list:
