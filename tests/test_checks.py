@@ -230,12 +230,14 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     assert [(r["prompt"], r["reference"]) for r in shown["bench"]["rows"]] == [("Q: What is 0 plus 0?\nA:", "0"),
                                                                                ("Q: What is 1 plus 1?\nA:", "2")]
     assert "rows" not in shown["words"] and "scor" in shown["words"]["skipped"] and shown["words"]["by_loss"]
+    assert shown["words"]["overlap"]  # eval.overlap: its replies generated and scored too
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"bench: {shown['bench']['rows'][1]['id']}, as the eval asks it" in out
     assert "Q: What is 1 plus 1?\nA:\n→ numeric scoring against '2' (" in out
     assert "words (" in out and "test split): not scored (" in out
-    assert "its target loss is measured instead" in " ".join(out.split())
+    assert "its target loss is measured instead, and its generated replies' chrF and ROUGE-L against the " \
+           "references" in " ".join(out.split())
     assert f"eval: {test[0].id}, as the few-shot baseline asks the base model" in out
     assert f"bench: {shown['bench']['rows'][0]['id']}, as the chat baseline asks the base model" in out
     assert shown["eval"]["chat_fewshot_prompt"].endswith(f"<|im_start|>user\nQuestion: {test[0].fields['question']}\n"

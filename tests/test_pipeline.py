@@ -140,6 +140,12 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
         mine = [r for r in rows if joined[r["id"]] == c["cluster"]]
         assert c["tuned_held_out_loss"] == pytest.approx(sum(r["loss"] * r["tokens"] for r in mine) /
                                                          sum(r["tokens"] for r in mine), abs=1e-4)
+        replied = [r["chrf"] for r in RepliesDir(run.path).read_predictions()
+                   if r["model"] == "tuned" and joined[r["id"]] == c["cluster"]]  # and its replies' mean chrF
+        assert c["reply_rows"] == len(mine) and c["tuned_reply_chrf"] == pytest.approx(sum(replied) / len(mine),
+                                                                                      abs=1e-4)
+        assert f"| {c['base_held_out_loss']:.3f} → {c['tuned_held_out_loss']:.3f} | {c['base_reply_chrf']:.3f} → " \
+               f"{c['tuned_reply_chrf']:.3f} |" in md
     stamp = (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns
     assert main(["eval", str(run.path)]) == 0  # asked for by name: measured by loss, what was measured kept
     assert f"target loss {d['means'][0]:.3f} → {d['means'][1]:.3f}" in " ".join(capsys.readouterr().out.split())

@@ -477,7 +477,9 @@ def _print_eval_examples(console, sets: dict) -> None:
     for name, shown in sets.items():
         if "skipped" in shown:
             console.print(f"{name} ({shown['source']}, {shown['split']} split): not scored ({shown['skipped']})"
-                          + ("; its target loss is measured instead" if shown.get("by_loss") else ""))
+                          + ("; its target loss is measured instead" if shown.get("by_loss") else "")
+                          + (", and its generated replies' chrF and ROUGE-L against the references"
+                             if shown.get("by_loss") and shown.get("overlap") else ""))
         for q in shown.get("rows", []):
             console.rule(f"{name}: {q['id']}, as the eval asks it")
             console.print(Text(q["prompt"], "dim"))

@@ -123,7 +123,8 @@ LAYOUT = {
     "analysis/map.html": ("map_html", "the same map, interactive and offline (hover shows the question)"),
     "analysis/clusters.json": ("clusters", "per cluster: c-TF-IDF name, size, examples (most typical first), "
                                            "mean loss, base/tuned accuracy (or, answers measured by loss, its "
-                                           "held-out rows and their base/tuned target loss)"),
+                                           "held-out rows and their base/tuned target loss, and their "
+                                           "replies' mean chrF when generated)"),
     "analysis/outliers.json": ("outliers", "the most isolated / highest-loss rows, with why"),
     "analysis/eval_clusters.json": ("eval_clusters", "each scored question's (or held-out row's, measured by "
                                                      "loss) cluster (nearest centroid), for per-cluster accuracy "

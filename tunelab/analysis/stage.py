@@ -22,7 +22,7 @@ from tunelab.analysis.terms import class_tfidf_names, stop_words, top_terms, wor
 from tunelab.config import Recipe
 from tunelab.data import Example, load_splits, question_text, source_of
 from tunelab.errors import UserError
-from tunelab.rundir import HeldOutLossDir, RunDir
+from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 3
@@ -219,6 +219,7 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
     names = class_tfidf_names(texts, labels.tolist(), stops)
     accuracy = _cluster_accuracy(run, vectors, labels, embedder, cfg)
     held_out = _cluster_held_out_loss(run, vectors, labels, embedder, cfg)
+    replied = _cluster_replies(run, vectors, labels, embedder, cfg)
     out = []
     for c in sorted(set(labels.tolist()), key=lambda c: -(labels == c).sum()):
         members = _by_centrality(vectors, np.flatnonzero(labels == c))
@@ -229,7 +230,7 @@ def _clusters(rows, texts, labels, stops, losses, vectors, run: RunDir, embedder
                  "share": round(len(members) / len(rows), 4), "examples": [texts[i] for i in members[:3]],
                  "mean_loss": round(float(np.mean(member_losses)), 4) if member_losses else None,
                  "mean_val_loss": round(float(np.mean(val_losses)), 4) if val_losses else None}
-        entry.update(accuracy.get(c, {}) | held_out.get(c, {}))
+        entry.update(accuracy.get(c, {}) | held_out.get(c, {}) | replied.get(c, {}))
         if rows[0].label is not None:
             counts = Counter(rows[i].label for i in members)
             entry["labels"] = dict(counts.most_common(3))
@@ -269,6 +270,24 @@ def _cluster_held_out_loss(run: RunDir, vectors, labels, embedder: str, cfg) -> 
         total[0], total[1], total[2] = total[0] + r["loss"] * r["tokens"], total[1] + r["tokens"], total[2] + 1
     return {c: {f"{m}_held_out_loss": round(t / max(n, 1), 4) for m, (t, n, _) in models.items()}
             | {"held_out_rows": max(k for _, _, k in models.values())} for c, models in sums.items()}
+
+
+def _cluster_replies(run: RunDir, vectors, labels, embedder: str, cfg) -> dict[int, dict]:
+    """When the held-out replies were generated and scored (eval/replies/, eval.overlap): per cluster, its held-out
+    rows and the mean chrF of the base model's and the tuned adapter's replies to them (each row by its question's
+    nearest centroid, as the loss's)."""
+    view = RepliesDir(run.path)
+    if not (view.read_eval_summary() or {}).get("overlap"):
+        return {}
+    rows = [r for r in view.read_predictions() if r["model"] in ("base", "tuned") and r.get("question")]
+    if not rows:
+        return {}
+    nearest = _nearest([r["question"] for r in rows], vectors, labels, embedder, run, cfg)
+    scores: dict[int, dict] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        scores[nearest[r["question"]]][r["model"]].append(r["chrf"])
+    return {c: {f"{m}_reply_chrf": round(sum(v) / len(v), 4) for m, v in models.items()}
+            | {"reply_rows": max(len(v) for v in models.values())} for c, models in scores.items()}
 
 
 def _cluster_accuracy(run: RunDir, vectors, labels, embedder: str, cfg) -> dict[int, dict]:

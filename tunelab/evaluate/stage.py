@@ -250,7 +250,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
     and `scoring` with `rows` (id, prompt, reference) and, for the first question, the few-shot baseline's
     `fewshot_prompt` (eval.fewshot) and the chat baselines' `chat_baseline_prompt` and `chat_fewshot_prompt`
     (eval.chat_baseline, with eval.fewshot); or
-    `skipped` (why the set is not scored). `splits`: the recipe's, when already loaded."""
+    `skipped` (why the set is not scored), with `by_loss` and `overlap` when its rows are measured by loss and its
+    replies generated and scored instead. `splits`: the recipe's, when already loaded."""
     out = {}
     sets = [("eval", cfg), *zip(also_names(cfg.eval), (also_recipe(cfg, e) for e in cfg.eval.also))]
     for name, recipe in sets:
@@ -260,7 +261,7 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         if reason:
             out[name]["skipped"] = reason
             if by_loss(recipe, rows) if name == "eval" else rows.test + rows.val:  # measured by loss instead
-                out[name]["by_loss"] = True
+                out[name].update(by_loss=True, overlap=recipe.eval.overlap)  # and its replies generated, scored
             continue
         questions = _questions(recipe, rows)[1][:n]
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": SCORERS[mode][0](q.target)}

@@ -422,18 +422,22 @@ def _insights(run: RunDir, analysis: dict) -> list:
     blocks.append(("p", line))
     mixed = any("sources" in c for c in clusters)  # data.mix: each cluster's rows by source
     by_loss = any("tuned_held_out_loss" in c for c in clusters)  # answers measured by loss: per cluster, not acc
+    replied = any("tuned_reply_chrf" in c for c in clusters)  # and their generated replies' chrF
     blocks.append(("table", ["cluster", "name (c-TF-IDF)", "size", *(["sources"] if mixed else []), "mean loss",
                              *(["held-out rows", "held-out loss base → tuned"] if by_loss else
-                               ["base acc", "tuned acc"]), "example"],
+                               ["base acc", "tuned acc"]), *(["reply chrF base → tuned"] if replied else []),
+                             "example"],
                    [(c["cluster"], c["name"], c["size"], *([_shares(c.get("sources", {}))] if mixed else []),
                      c["mean_loss"], *(_held_out_cells(c) if by_loss else
                                        (pct(c.get("base_accuracy")), pct(c.get("tuned_accuracy")))),
-                     c["examples"][0][:140]) for c in clusters]))
+                     *([_reply_cell(c)] if replied else []), c["examples"][0][:140]) for c in clusters]))
     blocks.append(("p", "Each cluster's example is its most typical row: the one nearest its centroid in the "
                         "embedding space KMeans clustered."))
     if by_loss:
         blocks.append(("p", "Held-out rows join the cluster of their nearest centroid; their target loss is "
-                            "token-weighted, base model → tuned adapter (Held-out replies, by loss)."))
+                            "token-weighted, base model → tuned adapter (Held-out replies, by loss)"
+                            + ("; reply chrF is the mean over the rows of the greedy replies' chrF against the "
+                               "references (Held-out replies, generated)" if replied else "") + "."))
     outliers = run.read_optional(run.outliers, [])
     if outliers:
         shown = outliers[:OUTLIERS_SHOWN]
@@ -500,6 +504,13 @@ def _held_out_cells(cluster: dict) -> tuple:
     if not {"base_held_out_loss", "tuned_held_out_loss"} <= cluster.keys():
         return cluster.get("held_out_rows", 0), None
     return cluster["held_out_rows"], f"{cluster['base_held_out_loss']:.3f} → {cluster['tuned_held_out_loss']:.3f}"
+
+
+def _reply_cell(cluster: dict) -> str | None:
+    """A cluster's held-out replies' mean chrF, base → tuned (a dash when none joined it)."""
+    if not {"base_reply_chrf", "tuned_reply_chrf"} <= cluster.keys():
+        return None
+    return f"{cluster['base_reply_chrf']:.3f} → {cluster['tuned_reply_chrf']:.3f}"
 
 
 def _flips(run: RunDir, evaluation: dict) -> list:
