@@ -136,3 +136,42 @@ def test_comparisons_pair_tuned_with_every_other_model_and_each_epoch_with_the_o
     assert len(steps) == 1 and steps[0].kind == "good" and steps[0].text.startswith(
         "Epoch 2 vs epoch 1, generated replies: chrF 0.410 → 0.510 (+0.100")
     assert _chain(s, 2).startswith("base 0.110 → epoch 1 0.410 (+0.300, CI +0.300..+0.300) → epoch 2 0.510 (+0.100")
+
+
+def test_compare_pairs_each_categorys_reply_chrf_across_runs_at_the_first_runs_level(tmp_path):
+    """data.label_field: compare gives each category's tuned reply chrF per run and each later run's change, paired
+    over the category's rows both answered at the first run's Bonferroni level; a rise is good, a fall one to watch,
+    a category of a handful of rows listed, not judged."""
+    import random
+    from tunelab.evaluate.overlap import by_category
+    from tunelab.report.replies import compare_blocks
+    from tunelab.rundir import RepliesDir
+    from tunelab.stats import paired_loss_difference
+    rng = random.Random(2)
+    labels = {f"r{i}": "summaries" if i < 12 else "open_qa" if i < 24 else "poems" for i in range(27)}
+    base = {i: 0.2 + 0.1 * rng.random() for i in labels}
+    runs = {"a": {i: v + 0.3 for i, v in base.items()}}
+    runs["b"] = {i: v + {"summaries": 0.2, "open_qa": -0.2}.get(labels[i], 0) + 0.02 * rng.random()
+                 for i, v in runs["a"].items()}  # b: summaries closer, open_qa further, the 3 poems as a
+    views = []
+    for name, tuned in runs.items():
+        view = RepliesDir(tmp_path / name)
+        view.eval_dir.mkdir(parents=True)
+        rows = [{"id": i, "model": m, "reference": f"reply {i}", "chrf": s[i], "rouge_l": 0.1, "label": labels[i]}
+                for m, s in (("base", base), ("tuned", tuned)) for i in labels]
+        view.write_jsonl(view.predictions, rows)
+        view.write_json(view.eval_summary, {"split": "test", "overlap": {"chrf": {}},
+                                            "by_category": by_category(rows, labels, "task")})
+        views.append(view)
+    blocks = compare_blocks(views, ["a", "b"])
+    (table,) = [b for b in blocks if b[0] == "table" and b[1][0] == "category"]
+    rows = {row[0]: row for row in table[2]}
+    summaries = [i for i in labels if labels[i] == "summaries"]
+    d = paired_loss_difference({i: (runs["a"][i], 1) for i in summaries}, {i: (runs["b"][i], 1) for i in summaries},
+                               level=0.975)
+    assert rows["summaries"][1:] == (12, f"{d['means'][0]:.3f}", f"{d['means'][1]:.3f} ({d['delta']:+.3f}, CI "
+                                          f"{d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})")
+    assert rows["poems"][3].endswith(", not judged)")
+    found = {o.text.split(" rows,")[0]: o.kind for o in blocks[-1][1]}
+    assert found == {"Generated replies' chrF of summaries": "good", "Generated replies' chrF of open_qa": "watch"}
+

@@ -84,3 +84,50 @@ def verdict(by: dict | None, m: Measure) -> Observation | None:
     parts = [f"{'fell' if sign < 0 else 'rose'} beyond noise in {len(went[sign])} of {len(judged)} categories "
              f"judged: {listed(went[sign])}" for sign in (m.better, -m.better) if went[sign]]
     return Observation("watch" if went[-m.better] else "good", f"{m.subject} " + "; and ".join(parts) + ".", rule)
+
+
+def compare(by: dict | None, labels: dict[str, str], first: dict[str, tuple[float, int]],
+            later: list[tuple[str, dict[str, tuple[float, int]]]], name: str, m: Measure) -> list:
+    """`compare`'s measure per category: each run's tuned figure on each category's rows (`first`, the first run's,
+    named `name`, and each of `later`'s: row id -> (value, weight)), each later run's change from the first paired
+    over the category's rows both measured, at the first run's Bonferroni-widened level (`by`: its `by_category`;
+    `labels`: row id -> category); categories of fewer than `MIN_CATEGORY_ROWS` rows both measured listed, not
+    judged. Nothing without categories or later runs."""
+    from tunelab.stats import paired_loss_difference
+    if not by or not labels or not later:
+        return []
+    table, found = [], []
+    for category in (r["category"] for r in by["rows"]):
+        mine = {i: first[i] for i, c in labels.items() if c == category and i in first}
+        cells = []
+        for other, tuned in later:
+            shared = {i: v for i, v in mine.items() if i in tuned}
+            d = paired_loss_difference(shared, tuned, level=by["level"]) if shared else None
+            judged = d is not None and len(shared) >= MIN_CATEGORY_ROWS
+            cells.append(None if d is None else f"{d['means'][1]:.3f} ({d['delta']:+.3f}"
+                         + (f", CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}" if judged else ", not judged")
+                         + (f", on {d['n']}" if d["n"] < len(mine) else "") + ")")
+            if judged and (sign := rules.sign_of(d["ci95"])):
+                found.append(Observation("good" if sign == m.better else "watch",
+                                         f"{_sentence(m.subject.removeprefix('The '))} of {category} rows, "
+                                         f"{other} vs {name}: "
+                                         f"{d['means'][0]:.3f} → {d['means'][1]:.3f} ({d['delta']:+.3f}, {d['n']} "
+                                         f"rows): {'higher' if sign > 0 else 'lower'} beyond noise.",
+                                         f"paired bootstrap {100 * by['level']:.2f} % interval over the category's "
+                                         f"rows of {other}'s tuned {m.name} − {name}'s (95 % Bonferroni-corrected "
+                                         f"over {name}'s {by['judged']} categories judged); beyond noise = it "
+                                         "excludes 0"))
+        weight = sum(n for _, n in mine.values())
+        table.append((category, len(mine), f"{sum(v * n for v, n in mine.values()) / max(weight, 1):.3f}", *cells))
+    return [("p", f"Per category ({by['source']}, as {name}'s eval found them): each run's tuned {m.name} on the "
+                  f"category's rows, each later run's change from {name} paired over the rows both measured, at "
+                  f"{100 * by['level']:.2f} % (Bonferroni over {name}'s categories judged); a category of fewer "
+                  f"than {MIN_CATEGORY_ROWS} rows both measured is listed, not judged."),
+            ("table", ["category", "rows", name, *(n for n, _ in later)], table),
+            ("obs", found)]
+
+
+def _sentence(text: str) -> str:
+    """`text` with its first letter upper-case, the rest as it is ("chrF" stays "chrF")."""
+    return text[:1].upper() + text[1:]
+

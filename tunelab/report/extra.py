@@ -296,45 +296,14 @@ def held_out_compare(runs: list[RunDir], names: list[str]) -> list:
 
 def held_out_category_compare(runs: list[RunDir], names: list[str]) -> list:
     """`compare`'s held-out target loss per category, when the first run measured its held-out rows by loss with
-    data.label_field: each run's tuned loss on each category's rows, each later run's change from the first paired
-    over the category's rows both measured, at the first run's Bonferroni-widened level (categories of fewer than
-    `MIN_CATEGORY_ROWS` rows both measured listed, not judged)."""
-    from tunelab.stats import paired_loss_difference
+    data.label_field (`categories.compare`), over the runs that measured the same rows written the same way."""
     view = HeldOutLossDir(runs[0].path)
-    by = (view.read_eval_summary() or {}).get("by_category")
     labels = {r["id"]: str(r["label"]) for r in view.read_jsonl(view.losses) if r["model"] == "tuned" and "label" in r}
-    first, asked = _tuned_losses(view), _asked(view)
+    asked = _asked(view)
     later = [(name, tuned) for run, name in zip(runs[1:], names[1:])
              if _asked(view.at(run.path)) == asked and (tuned := _tuned_losses(view.at(run.path)))]
-    if not by or not labels or not later:
-        return []
-    table, found = [], []
-    for category in (r["category"] for r in by["rows"]):
-        mine = {i: first[i] for i, c in labels.items() if c == category and i in first}
-        cells = []
-        for name, tuned in later:
-            shared = {i: v for i, v in mine.items() if i in tuned}
-            d = paired_loss_difference(shared, tuned, level=by["level"]) if shared else None
-            judged = d is not None and len(shared) >= MIN_CATEGORY_ROWS
-            cells.append(None if d is None else f"{d['means'][1]:.3f} ({d['delta']:+.3f}"
-                         + (f", CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}" if judged else ", not judged")
-                         + (f", on {d['n']}" if d["n"] < len(mine) else "") + ")")
-            if judged and (sign := rules.sign_of(d["ci95"])):
-                found.append(Observation("watch" if sign > 0 else "good", f"Held-out target loss of {category} rows, "
-                                         f"{name} vs {names[0]}: {d['means'][0]:.3f} → {d['means'][1]:.3f} "
-                                         f"({d['delta']:+.3f}, {d['n']} rows): {'higher' if sign > 0 else 'lower'} "
-                                         "beyond noise.",
-                                         f"paired bootstrap {100 * by['level']:.2f} % interval over the category's "
-                                         f"rows of {name}'s tuned target loss − {names[0]}'s (95 % Bonferroni-"
-                                         f"corrected over {names[0]}'s {by['judged']} categories judged); beyond noise "
-                                         "= it excludes 0"))
-        table.append((category, len(mine), f"{_mean(mine):.3f}", *cells))
-    return [("p", f"Per category ({by['source']}, as {names[0]}'s eval found them): each run's tuned target loss on "
-                  f"the category's rows, each later run's change from {names[0]} paired over the rows both "
-                  f"measured, at {100 * by['level']:.2f} % (Bonferroni over {names[0]}'s categories judged); a "
-                  f"category of fewer than {MIN_CATEGORY_ROWS} rows both measured is listed, not judged."),
-            ("table", ["category", "rows", names[0], *(n for n, _ in later)], table),
-            ("obs", found)]
+    return categories.compare((view.read_eval_summary() or {}).get("by_category"), labels, _tuned_losses(view), later,
+                              names[0], categories.LOSS)
 
 
 def loss_baselines(s: dict) -> list[tuple[str, dict]]:

@@ -217,7 +217,7 @@ def epoch_changes(s: dict, trained: int | None, where: str = "") -> list[Observa
 def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     """`compare`'s "Held-out replies, generated", when the first run's replies were scored by overlap: each run's
     tuned adapter's mean chrF and ROUGE-L, each later run's change from the first paired over the rows both answered
-    (same id and reference), with a verdict on chrF."""
+    (same id and reference), with a verdict on chrF; and per category with data.label_field."""
     first = _tuned_replies(RepliesDir(runs[0].path))
     if not first:
         return []
@@ -229,7 +229,20 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     return [("p", f"Each run's tuned adapter's replies to the held-out rows {names[0]} generated them for, scored "
                   f"against the references (0..1); each later run's change from {names[0]} on the rows both "
                   f"answered, paired (\"on N\" when fewer). Rule: {COMPARE_RULE}."),
-            ("table", ["metric", *names], table), ("obs", found)]
+            ("table", ["metric", *names], table), ("obs", found), *_category_compare(runs, names)]
+
+
+def _category_compare(runs: list[RunDir], names: list[str]) -> list:
+    """`compare`'s reply chrF per category, when the first run's replies were scored with data.label_field
+    (`categories.compare`): each later run's replies paired with the first's on the rows both answered (same id and
+    reference)."""
+    first = _tuned_replies(RepliesDir(runs[0].path))
+    labels = {i: str(r["label"]) for (i, _), r in first.items() if "label" in r}
+    later = [(name, {i: (r[JUDGED], 1) for (i, ref), r in _tuned_replies(RepliesDir(run.path)).items()
+                     if (i, ref) in first}) for run, name in zip(runs[1:], names[1:])]
+    return categories.compare((summary(runs[0]) or {}).get("by_category"), labels,
+                              {i: (r[JUDGED], 1) for (i, _), r in first.items()},
+                              [(name, tuned) for name, tuned in later if tuned], names[0], categories.CHRF)
 
 
 def compare_cells(view: RepliesDir, runs: list[RunDir], names: list[str], metric: str = JUDGED
