@@ -824,6 +824,33 @@ def _its_replies_are_generated_scored_and_resumed_apart(cfg, run: RunDir, view) 
     assert extra_done(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"overlap": False})}), run)
 
 
+def test_the_best_loss_adapters_replies_are_generated_and_set_against_the_final_adapters(two_epoch_run, monkeypatch,
+                                                                                         tmp_path):
+    """adapters/best-loss answers the held-out rows too (eval.overlap), as the adapter it holds would; its chrF is
+    paired with the final adapter's, and the report says which came closer."""
+    import shutil
+    from tunelab.evaluate.stage import replies
+    from tunelab.report.replies import section
+    from tunelab.rundir import RepliesDir
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    shutil.copytree(run.epoch_adapter(1), run.best_loss_adapter)  # as if epoch 1's weights were the lowest pass's
+    s = replies(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fewshot": 0})}), run)
+    said = {(r["id"], r["model"]): r["completion"] for r in RepliesDir(run.path).read_predictions()}
+    assert [p for p in s if "generated_tokens" in (s[p] or {})] == ["base", "epoch-1", "best-loss", "tuned"]
+    assert all(said[i, "best-loss"] == said[i, "epoch-1"] for i, model in said if model == "tuned")  # same weights
+    d = s["versus"]["best-loss"]["chrf"]
+    assert d == s["versus"]["epoch-1"]["chrf"] and [e["model"] for e in s["epochs"]] == ["epoch-1", "tuned"]
+    blocks, found = section(run)
+    (table,) = [b for b in blocks if b[0] == "table"]
+    assert [row[0] for row in table[2]] == ["base", "epoch-1", "best-loss", "tuned"]
+    (verdict,) = [o for o in found if "adapters/best-loss" in o.text]
+    assert verdict.text.startswith("The replies of the adapter of the lowest validation loss (")
+    assert f"chrF {d['means'][0]:.3f} against {d['means'][1]:.3f} (final − it {d['delta']:+.3f}" in verdict.text
+    assert verdict.kind == ("watch" if d["ci95"][1] < 0 else "info")  # flagged only when the final one is worse
+
 def test_loss_passes_advance_their_progress_bar_row_by_row(two_epoch_run, monkeypatch, tmp_path):
     """A set measured by loss shows one bar over every model's rows, advanced as each micro-batch is measured, not
     once per model: a long pass does not sit still."""

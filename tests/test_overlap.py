@@ -175,3 +175,19 @@ def test_compare_pairs_each_categorys_reply_chrf_across_runs_at_the_first_runs_l
     found = {o.text.split(" rows,")[0]: o.kind for o in blocks[-1][1]}
     assert found == {"Generated replies' chrF of summaries": "good", "Generated replies' chrF of open_qa": "watch"}
 
+
+@pytest.mark.parametrize("best, kind, said", [(0.6, "watch", "closer to the references beyond noise"),
+                                              (0.4, "info", "further from the references beyond noise"),
+                                              (0.5, "info", "no different beyond noise")])
+def test_the_best_loss_adapter_is_flagged_only_when_its_replies_beat_the_final_adapters(best, kind, said):
+    from tunelab.evaluate.overlap import comparisons
+    from tunelab.report.replies import best_loss_change
+    level = {"base": 0.1, "best-loss": best, "tuned": 0.5}
+    rows = [{"id": f"r{i}", "model": m, "chrf": c + 0.01 * ((i + (m == "tuned")) % 3), "rouge_l": c}
+            for i in range(12) for m, c in level.items()]
+    found = best_loss_change(comparisons(rows, list(level)), 40)
+    assert found.kind == kind and found.text.startswith(f"The replies of the adapter of the lowest validation loss "
+                                                        f"(step 40, adapters/best-loss) are {said} than the final")
+    assert ("--epoch best-loss` exports it." in found.text) == (kind == "watch")
+    assert best_loss_change(comparisons(rows, ["base", "tuned"]), 40) is None  # no best-loss adapter
+

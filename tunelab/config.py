@@ -279,11 +279,11 @@ class EvalConfig(Section):
                                 "prompts are plain text (with data.chat_template the base passes are already that); "
                                 "a set measured by loss gets the base model's target loss asked those ways")
     overlap: bool = Field(True, description="when no scoring mode suits the data: the models eval would score (base, "
-                          "its prompting baselines, each epoch's adapter, tuned) answer the held-out rows "
-                          "(eval.limit), greedily until EOS or eval.max_new_tokens, and each reply is scored against "
-                          "its reference by chrF and ROUGE-L, tuned − each paired over rows; likewise each eval.also "
-                          "set no scoring mode suits (false = only the base and tuned replies of the eval.samples "
-                          "shown, none for eval.also sets)")
+                          "its prompting baselines, each epoch's adapter, adapters/best-loss, tuned) answer the "
+                          "held-out rows (eval.limit), greedily until EOS or eval.max_new_tokens, and each reply is "
+                          "scored against its reference by chrF and ROUGE-L, tuned − each paired over rows; likewise "
+                          "each eval.also set no scoring mode suits (false = only the base and tuned replies of the "
+                          "eval.samples shown, none for eval.also sets)")
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "with the base model's and the tuned adapter's replies, shown in the report side by side "
                          "(0 = none)")

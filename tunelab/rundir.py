@@ -91,7 +91,8 @@ LAYOUT = {
                                            "prompts with the reference and the base and tuned answers (greedy), "
                                            "shown in the report"),
     "eval/replies/": (None, "when no scoring mode suits the held-out answers: the greedy replies of the base model, "
-                            "its prompting baselines, each kept epoch's adapter and the tuned adapter to the first "
+                            "its prompting baselines, each kept epoch's adapter, adapters/best-loss when kept and the "
+                            "tuned adapter to the first "
                             "`eval.limit` held-out rows (eval.overlap; else base and tuned on the first "
                             "`eval.samples`) with each reply's chrF and ROUGE-L against its reference "
                             "(predictions.jsonl), and a summary: per model the mean of each, tokens/s, `at_budget`; "

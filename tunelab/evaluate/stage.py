@@ -472,12 +472,11 @@ def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> d
 
 
 def _reply_passes(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], tok) -> list[Pass]:
-    """The passes `replies` generates: as eval's (`_plan`: base, its prompting baselines, each kept epoch, tuned),
-    until EOS, without the few-shot passes when there is no pool of shots or the best-loss adapter; only base and
+    """The passes `replies` generates: as eval's (`_plan`: base, its prompting baselines, each kept epoch, the
+    best-loss adapter, tuned), until EOS, without the few-shot passes when there is no pool of shots; only base and
     tuned when only the `eval.samples` shown are generated (eval.overlap false)."""
     passes = _plan(cfg, run, pool, questions, None, True, tok, "overlap")
-    return [p for p in passes if p.name in ("base", "tuned") or
-            cfg.eval.overlap and p.name != BEST_LOSS and (pool or not p.shots_from)]
+    return [p for p in passes if p.name in ("base", "tuned") or cfg.eval.overlap and (pool or not p.shots_from)]
 
 
 def generates_replies(cfg: Recipe, splits) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from tunelab.evaluate.overlap import METRICS
 from tunelab.report import categories
 from tunelab.report import observations as rules
-from tunelab.report.observations import Observation
+from tunelab.report.observations import EXPORT_BEST_LOSS, Observation
 from tunelab.report.render import clip
-from tunelab.rundir import RepliesDir, RunDir
+from tunelab.rundir import BEST_LOSS, RepliesDir, RunDir
 from tunelab.stats import paired_loss_difference
 
 JUDGED = "chrf"  # the metric the verdict reads; ROUGE-L is given beside it
@@ -80,6 +80,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         return [], []
     n, budget, passes = s["overlap"][JUDGED]["n"], s["tuned"]["max_new_tokens"], _passes(s)
     trained = (run.read_summary() or {}).get("epochs")
+    step = (run.read_summary() or {}).get("best_val_step")
     cut = [f"{s[name]['at_budget']} of {name}'s" for name in passes if s[name].get("at_budget")]
     versus = s.get("versus") or {"base": s["overlap"]}
     rows = [(name, *(f"{s[name][m]:.3f}" for m in METRICS),
@@ -98,7 +99,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
              *([("p", f"Per epoch, each against the model before it, {METRICS[JUDGED]}: {chain}.")] if chain else []),
              *categories.blocks(s.get("by_category"), categories.CHRF), *movers(RepliesDir(run.path))], \
         [change(s), *baseline_changes(s), *epoch_changes(s, trained),
-         *filter(None, [categories.verdict(s.get("by_category"), categories.CHRF)])]
+         *filter(None, [best_loss_change(s, step), categories.verdict(s.get("by_category"), categories.CHRF)])]
 
 
 def set_blocks(rows: list[tuple]) -> list:
@@ -148,6 +149,26 @@ def change(s: dict, where: str = "") -> Observation:
                        "the other metric is given beside it, not judged")
 
 
+def best_loss_change(s: dict, step: int | None) -> Observation | None:
+    """adapters/best-loss (the lowest validation pass, between epoch ends) against the final adapter, by the chrF of
+    their replies to the same rows: did picking by validation loss pick the replies closer to the references? One to
+    watch when it did (the final adapter is then the worse one to ship)."""
+    d = ((s.get("versus") or {}).get(BEST_LOSS) or {}).get(JUDGED)
+    if not d:
+        return None
+    sign = -rules.sign_of(d["ci95"])  # versus is tuned − it: its sign turned, best-loss against the final adapter
+    verdict = {1: "closer to the references beyond noise", -1: "further from the references beyond noise",
+               0: "no different beyond noise"}[sign]
+    return Observation("watch" if sign == 1 else "info",
+                       f"The replies of the adapter of the lowest validation loss ("
+                       + (f"step {step}, " if step else "") + f"adapters/best-loss) are {verdict} than the final "
+                       f"adapter's: {METRICS[JUDGED]} {d['means'][0]:.3f} against {d['means'][1]:.3f} (final − it "
+                       f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}), {d['n']} rows"
+                       + (f"; {EXPORT_BEST_LOSS} exports it." if sign == 1 else "."),
+                       f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]}, final adapter − "
+                       "best-loss adapter; beyond noise = CI excludes 0; flagged when the final adapter is the worse")
+
+
 def _passes(s: dict) -> list[str]:
     """The models whose replies a summary scored, in eval's order (base, baselines, epochs, tuned)."""
     return [name for name, v in s.items() if isinstance(v, dict) and "generated_tokens" in v]
@@ -165,6 +186,8 @@ def _called(name: str, trained: int | None = None) -> str:
         return f"epoch {name.split('-')[1]}"
     if name in ("base", "base-chat"):
         return "the base model" + (" asked through its chat template" if name == "base-chat" else "")
+    if name == BEST_LOSS:
+        return "the adapter of the lowest validation loss (adapters/best-loss)"
     shots = name.rsplit("-", 1)[1].removesuffix("shot")
     return f"the base model asked {shots}-shot through its chat template" if name.startswith("base-chat-") else \
         f"the base model prompted {shots}-shot"
