@@ -342,8 +342,10 @@ def _each_epoch_is_paired_with_the_one_before(run: RunDir, held_out: dict, said:
     assert f"Epoch 2 vs epoch 1 on the held-out rows: target loss {d['means'][0]:.3f} → {d['means'][1]:.3f}, " \
            f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows — replies " \
            f"{verdict}." in md
-    assert "(report_files/held_out_loss_per_epoch.png)" in md and (run.report_files /
-                                                                  "held_out_loss_per_epoch.png").stat().st_size
+    for figure in ("held_out_loss_per_epoch.png", "reply_overlap_per_epoch.png"):  # the loss, and the replies' chrF
+        assert f"(report_files/{figure})" in md and (run.report_files / figure).stat().st_size
+    assert "Mean chrF and ROUGE-L of the generated replies against the references: the base model (epoch 0) and " \
+           "after each generated epoch, same rows and the prompting baselines' chrF (grey)" in md
 
 
 def _each_category_is_paired_apart(run: RunDir, held_out: dict, md: str) -> None:

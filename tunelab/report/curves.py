@@ -95,6 +95,29 @@ def held_out_loss_per_epoch(held_out: dict, epochs: list[dict], out: Path) -> Pa
     return _save(fig, out)
 
 
+def reply_overlap_per_epoch(generated: dict, trained: int, out: Path) -> Path:
+    """A run whose held-out replies were generated and scored: their mean chrF and ROUGE-L against the references for
+    the base model (epoch 0) and after each generated epoch (the tuned adapter at `trained`), with each prompting
+    baseline's chrF as a grey line."""
+    from tunelab.evaluate.overlap import METRICS
+    from tunelab.report.replies import baselines
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)
+    steps = generated["epochs"]
+    ep = [0] + [int(s["model"].split("-")[1]) if s["model"].startswith("epoch-") else trained for s in steps]
+    n = generated["overlap"]["chrf"]["n"]
+    for (metric, label), style in zip(METRICS.items(), ("o-", "s--")):
+        ax.plot(ep, [steps[0][metric]["means"][0]] + [s[metric]["means"][1] for s in steps], style,
+                label=f"reply {label} ({n} {generated['split']} rows)")
+    for (what, d), style in zip(baselines(generated), (":", "-.", (0, (3, 1, 1, 1, 1, 1)))):
+        ax.axhline(d["means"][0], ls=style, color="grey", label=f"{what} (chrF)")
+    ax.set(title="Generated replies against the references per epoch (epoch 0 = base model)", xlabel="epoch",
+           ylabel="score (0..1)")
+    ax.set_xticks(ep)
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, out)
+
+
 def overlaid(runs: dict[str, list[dict]], out: Path) -> Path:
     """Validation and train loss per epoch of several runs on shared axes."""
     plt = _pyplot()

@@ -20,7 +20,8 @@ from tunelab.evaluate.summary import baselines
 from tunelab.report import extra, mix, replies
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
-from tunelab.report.curves import accuracy_per_epoch, held_out_loss_per_epoch, learning_curves
+from tunelab.report.curves import (accuracy_per_epoch, held_out_loss_per_epoch, learning_curves,
+                                   reply_overlap_per_epoch)
 from tunelab.report.render import clip, html_page, markdown
 from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, open_run, stopped_early,
                             trained_and_planned)
@@ -366,6 +367,13 @@ def _learning_pictures(run: RunDir, summary: dict, epochs: list[dict], evaluatio
                          "Target loss of the held-out reference replies: the base model (epoch 0) and after each "
                          "measured epoch, same rows, beside the validation loss"
                          + (" and the prompting baselines' (grey)" if extra.loss_baselines(held_out) else "")))
+    generated = None if evaluation else replies.summary(run)
+    if (generated or {}).get("epochs"):
+        pictures.append(("img", reply_overlap_per_epoch(generated, trained_and_planned(summary)[0],
+                                                        run.report_files / "reply_overlap_per_epoch.png"),
+                         "Mean chrF and ROUGE-L of the generated replies against the references: the base model "
+                         "(epoch 0) and after each generated epoch, same rows"
+                         + (" and the prompting baselines' chrF (grey)" if replies.baselines(generated) else "")))
     return pictures
 
 
