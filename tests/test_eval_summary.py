@@ -344,4 +344,3 @@ def test_reply_chrf_by_label_is_paired_per_category_and_a_fall_is_one_to_watch()
                               "(summaries) of 2 judged, lower beyond noise in 1 (open_qa)")
     assert blocks(by, CHRF)[1][1][2:] == ["base chrF", "tuned chrF", "Δ chrF (97.50 % CI)"]
     assert by_category(rows, {**labels, "r0": None}, "task") is None and by_category(rows, labels, None) is None
-

@@ -190,4 +190,3 @@ def test_the_best_loss_adapter_is_flagged_only_when_its_replies_beat_the_final_a
                                                         f"(step 40, adapters/best-loss) are {said} than the final")
     assert ("--epoch best-loss` exports it." in found.text) == (kind == "watch")
     assert best_loss_change(comparisons(rows, ["base", "tuned"]), 40) is None  # no best-loss adapter
-

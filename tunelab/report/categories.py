@@ -130,4 +130,3 @@ def compare(by: dict | None, labels: dict[str, str], first: dict[str, tuple[floa
 def _sentence(text: str) -> str:
     """`text` with its first letter upper-case, the rest as it is ("chrF" stays "chrF")."""
     return text[:1].upper() + text[1:]
-
