@@ -126,13 +126,16 @@ def test_an_eval_also_set_not_yet_scored_is_a_stage_left(tmp_path):
     assert status.describe(run)["state"] == "trained 2 epochs; eval.also left"  # measured by loss: its replies left
     (extra / "replies").mkdir()
     (extra / "replies" / "summary.json").write_text(json.dumps({"base": {}, "tuned": {}}))
-    later = time.time() + 10
+    earlier = run.report_html.stat().st_mtime - 10
     for done in (extra / "summary.json", extra / "replies" / "summary.json"):
-        os.utime(done, (later, later))
-    assert status.describe(run)["state"] == "trained 2 epochs; report stale"  # and its replies scored: done
+        os.utime(done, (earlier, earlier))
+    assert status.describe(run)["state"] == "done: trained 2 epochs"  # its replies scored too, before the report
+    later = time.time() + 10
+    os.utime(extra / "replies" / "summary.json", (later, later))  # its replies scored again after it: stale
+    assert status.describe(run)["state"] == "trained 2 epochs; report stale"
     run.write_text(run.config, to_yaml(run.read_recipe(["eval.overlap=false"])))
     (extra / "replies" / "summary.json").unlink()
-    assert status.describe(run)["state"] == "trained 2 epochs; report stale"  # replies not asked for
+    assert status.describe(run)["state"] == "done: trained 2 epochs"  # replies not asked for: not a stage left
 
 
 def test_a_run_killed_mid_training_shows_where_it_stopped_and_resumes_from_its_checkpoint(tmp_path):

@@ -153,7 +153,9 @@ def _report(run: RunDir) -> str:
     if not run.report_html.exists():
         return "missing"
     sources = [run.summary, run.eval_summary, run.eval_skipped, run.analysis_summary,
-               HeldOutLossDir(run.path).eval_summary, *((run.eval_dir / "also").glob("*/summary.json"))]
+               HeldOutLossDir(run.path).eval_summary, RepliesDir(run.path).eval_summary,
+               *((run.eval_dir / "also").glob("*/summary.json")),
+               *((run.eval_dir / "also").glob("*/replies/summary.json"))]
     newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0)
     return "current" if run.report_html.stat().st_mtime >= newest else "stale"
 
