@@ -851,6 +851,29 @@ def test_the_best_loss_adapters_replies_are_generated_and_set_against_the_final_
     assert f"chrF {d['means'][0]:.3f} against {d['means'][1]:.3f} (final − it {d['delta']:+.3f}" in verdict.text
     assert verdict.kind == ("watch" if d["ci95"][1] < 0 else "info")  # flagged only when the final one is worse
 
+def test_a_set_with_no_pool_of_shots_generates_its_replies_without_the_few_shot_passes(two_epoch_run, monkeypatch,
+                                                                                       tmp_path):
+    """An eval.also set of one file (all its rows scored, none left to take shots from) with eval.fewshot and
+    eval.chat_baseline: its replies come from base, the chat baseline, each epoch and tuned — the few-shot passes
+    are left out, as its loss passes leave them, instead of asking the chat template for an empty conversation."""
+    import shutil
+    from conftest import write_jsonl
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.rundir import RepliesDir
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe the number {i}.", "a": f"The number {i} is whole, "
+                                                    f"and it comes after {i - 1} when counting."} for i in range(4)])
+    raw = cfg.model_dump(mode="json")
+    raw["eval"].update(fewshot=2, chat_baseline=True,
+                       also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
+    ((_, result),) = evaluate_extra(validate(raw, "tiny2"), run)
+    said = RepliesDir(run.path, "prose").read_eval_summary()
+    assert [p for p in said if "generated_tokens" in (said[p] or {})] == ["base", "base-chat", "epoch-1", "tuned"]
+    assert list(result.summary["losses"]) == ["base", "base-chat", "epoch-1", "tuned"]  # as its loss passes
+
 def test_loss_passes_advance_their_progress_bar_row_by_row(two_epoch_run, monkeypatch, tmp_path):
     """A set measured by loss shows one bar over every model's rows, advanced as each micro-batch is measured, not
     once per model: a long pass does not sit still."""
