@@ -690,27 +690,31 @@ def test_a_few_shot_context_longer_than_max_length_keeps_every_reply_token_the_t
         assert [t for t in a.labels if t != -100] == [t for t in b.labels if t != -100]
 
 
-def test_the_chat_baseline_of_a_set_measured_by_loss_asks_each_prompt_as_a_user_turn(two_epoch_run, tmp_path):
-    """eval.chat_baseline on a set measured by loss: the base model's target loss with each prompt as the user turn of
-    its chat template (transformers' loss on tokens built here from apply_chat_template), paired with the tuned
-    adapter's."""
+def _with_a_prose_set(two_epoch_run, tmp_path, **settings) -> tuple:
+    """The trained run copied without its eval, and its recipe with `settings` in eval and one eval.also set of
+    4 prose replies in one file (no split: all its rows scored), named prose."""
     import shutil
     from conftest import write_jsonl
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from tunelab.config import also_recipe
-    from tunelab.data import load_splits
-    from tunelab.evaluate.stage import evaluate_extra
-    from tunelab.rundir import ExtraSetDir
-    from tunelab.stats import paired_loss_difference
     cfg, trained = two_epoch_run
     run = RunDir(tmp_path / "run")
     shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
     prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe the number {i}.", "a": f"The number {i} is whole, "
                                                     f"and it comes after {i - 1} when counting."} for i in range(4)])
     raw = cfg.model_dump(mode="json")
-    raw["eval"].update(fewshot=0, chat_baseline=True, overlap=False,  # its losses alone
-                       also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
-    cfg = validate(raw, "tiny2")
+    raw["eval"].update(**settings, also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
+    return validate(raw, "tiny2"), run
+
+def test_the_chat_baseline_of_a_set_measured_by_loss_asks_each_prompt_as_a_user_turn(two_epoch_run, tmp_path):
+    """eval.chat_baseline on a set measured by loss: the base model's target loss with each prompt as the user turn of
+    its chat template (transformers' loss on tokens built here from apply_chat_template), paired with the tuned
+    adapter's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.config import also_recipe
+    from tunelab.data import load_splits
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.rundir import ExtraSetDir
+    from tunelab.stats import paired_loss_difference
+    cfg, run = _with_a_prose_set(two_epoch_run, tmp_path, fewshot=0, chat_baseline=True, overlap=False)  # losses
     ((_, result),) = evaluate_extra(cfg, run)
     s = result.summary
     assert list(s["losses"]) == ["base", "base-chat", "epoch-1", "tuned"]
@@ -856,20 +860,11 @@ def test_a_set_with_no_pool_of_shots_generates_its_replies_without_the_few_shot_
     """An eval.also set of one file (all its rows scored, none left to take shots from) with eval.fewshot and
     eval.chat_baseline: its replies come from base, the chat baseline, each epoch and tuned — the few-shot passes
     are left out, as its loss passes leave them, instead of asking the chat template for an empty conversation."""
-    import shutil
-    from conftest import write_jsonl
     from tunelab.evaluate.stage import evaluate_extra
     from tunelab.rundir import RepliesDir
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
-    cfg, trained = two_epoch_run
-    run = RunDir(tmp_path / "run")
-    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
-    prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe the number {i}.", "a": f"The number {i} is whole, "
-                                                    f"and it comes after {i - 1} when counting."} for i in range(4)])
-    raw = cfg.model_dump(mode="json")
-    raw["eval"].update(fewshot=2, chat_baseline=True,
-                       also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
-    ((_, result),) = evaluate_extra(validate(raw, "tiny2"), run)
+    cfg, run = _with_a_prose_set(two_epoch_run, tmp_path, fewshot=2, chat_baseline=True)
+    ((_, result),) = evaluate_extra(cfg, run)
     said = RepliesDir(run.path, "prose").read_eval_summary()
     assert [p for p in said if "generated_tokens" in (said[p] or {})] == ["base", "base-chat", "epoch-1", "tuned"]
     assert list(result.summary["losses"]) == ["base", "base-chat", "epoch-1", "tuned"]  # as its loss passes
