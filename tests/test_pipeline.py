@@ -319,7 +319,8 @@ def _the_replies_of_every_baseline_and_epoch_are_generated(run: RunDir, said: st
     shot = replies["versus"]["base-2shot"]["chrf"]
     assert shot["means"] == pytest.approx([replies["base-2shot"]["chrf"], replies["tuned"]["chrf"]], abs=1e-5)
     assert f"vs the base model prompted 2-shot {shot['means'][0]:.3f}: {shot['delta']:+.3f}" in said
-    assert "reply chrF per epoch: base " in said and "Per epoch, each against the model before it, chrF: base" in md
+    assert re.search(r"reply chrF per epoch: base \d\.\d{3} → epoch 1 \d\.\d{3} \([^)]*\) → epoch 2 \d\.\d{3}", said)
+    assert "Per epoch, each against the model before it, chrF: base" in md
     assert "| vs the base model asked through its chat template (reply chrF) | " in md
     assert re.search(r"Epoch 2 vs epoch 1, generated replies: chrF \d\.\d{3} → \d\.\d{3}", md)
 

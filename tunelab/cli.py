@@ -332,11 +332,11 @@ def cmd_eval(args) -> int:
     if is_main_process():
         _print_eval(summary, run)
         from tunelab.report import replies as generated
-        if reason and is_run and (said := generated.line(generated.summary(run))):
+        if reason and is_run and (said := generated.run_line(run)):
             print(said)
         for name, other in extra:
             _print_eval(other.summary, run, name)
-            if said := generated.line(generated.summary(run, name), name):  # its replies, when generated
+            if said := generated.run_line(run, name):  # its replies, when generated
                 print(said)
     return 0
 

@@ -125,14 +125,14 @@ def _print_key_numbers(run: RunDir, html: Path, seconds: float) -> None:
     lines += eval_lines(run.read_eval_summary() or {})
     from tunelab.report import extra, replies
     lines += [found for view in run.extra_sets() for found in (extra.line(view.name, view.read_eval_summary()),
-                                                               replies.line(replies.summary(run, view.name), view.name))
+                                                               replies.run_line(run, view.name))
               if found]
     skipped = run.read_optional(run.eval_skipped)
     if skipped and not run.eval_summary.exists():
         lines.append(f"accuracy: not measured ({skipped['reason']})")
         from tunelab.rundir import HeldOutLossDir
         lines += filter(None, [extra.held_out_line(HeldOutLossDir(run.path).read_eval_summary()),
-                               replies.line(replies.summary(run))])
+                               replies.run_line(run)])
     scored = run.eval_cost()
     lines.append((f"cost ${cost['cost_usd']:.4f} ({cost['device_hours'] * 60:.1f} device-min); " if cost else
                   "cost: not priced (trained outside tunelab; cost.usd_per_hour prices the other trainer's "

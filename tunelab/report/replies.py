@@ -26,16 +26,22 @@ def summary(run: RunDir, also: str | None = None) -> dict | None:
     return s if (s or {}).get("overlap") else None
 
 
-def line(s: dict | None, also: str | None = None) -> str | None:
+def run_line(run: RunDir, also: str | None = None) -> str | None:
+    """`line` for the run's replies (an eval.also set's: `also`), each epoch named by its number."""
+    return line(summary(run, also), also, (run.read_summary() or {}).get("epochs"))
+
+
+def line(s: dict | None, also: str | None = None, trained: int | None = None) -> str | None:
     """The console's lines: each metric base → tuned with its paired interval, tuned against each prompting baseline
-    and each epoch against the one before (chrF); None when not scored. `also`: the eval.also set they answered."""
+    and each epoch against the one before (chrF; the tuned adapter as epoch `trained`, when known); None when not
+    scored. `also`: the eval.also set they answered."""
     if not s:
         return None
     said = f"replies to {also} (eval.also, " if also else "held-out replies ("
     return (f"{said}{s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
             + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items())
             + "".join(f"; vs {what} {d['means'][0]:.3f}: {_interval(d)}" for what, d in baselines(s))
-            + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s)) else "")
+            + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s, trained)) else "")
             + (f"\n{said}" if (said := categories.line(s.get("by_category"), categories.CHRF)) else ""))
 
 
