@@ -323,6 +323,10 @@ def _the_replies_of_every_baseline_and_epoch_are_generated(run: RunDir, said: st
     assert "Per epoch, each against the model before it, chrF: base" in md
     assert "| vs the base model asked through its chat template (reply chrF) | " in md
     assert re.search(r"Epoch 2 vs epoch 1, generated replies: chrF \d\.\d{3} → \d\.\d{3}", md)
+    last = replies["epochs"][-1]["chrf"]  # and in the per-epoch table, beside the held-out loss
+    assert "| held-out target loss | vs previous epoch | reply chrF | vs previous epoch (chrF) |" in md
+    assert re.search(rf"\n\| 2 \| .* \| {last['means'][1]:.3f} \| {last['delta']:+.3f} \({last['ci95'][0]:+.3f}\.\."
+                     rf"{last['ci95'][1]:+.3f}\) \| [\d.]+ \| \d+ \|\n", md)
 
 
 def _each_epoch_is_paired_with_the_one_before(run: RunDir, held_out: dict, said: str, md: str) -> None:

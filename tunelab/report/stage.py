@@ -303,21 +303,48 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
                      f"{100 * best['flexible_accuracy']:.1f} % {names.flexible} ({best['rule']})"))
+    return [("table", ["figure", "value", "detail"], rows),
+            *_epoch_table(epochs, evaluation, held_out, None if evaluation else generated, summary["epochs"])]
+
+
+def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | None, generated: dict | None,
+                 trained: int) -> list:
+    """The per-epoch table: losses, token accuracy, and the answer accuracy of each scored epoch (or the held-out
+    target loss, for answers measured by loss, with the generated replies' chrF when generated per epoch), each
+    against the epoch before."""
+    names = naming(evaluation)
     by_loss = not evaluation and bool((held_out or {}).get("loss_difference"))
     scored = _epoch_loss if by_loss else _epoch_accuracy
     accuracy = {r["epoch"]: r for r in (held_out if by_loss else evaluation or {}).get("epochs") or []}
+    chain = _chrf_chain(generated, trained) if by_loss else {}
     per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
                   f"{100 * e['val_token_accuracy']:.1f} %",
-                  *scored(e["epoch"], accuracy, held_out if by_loss else evaluation), e["seconds"], e["tokens"])
+                  *scored(e["epoch"], accuracy, held_out if by_loss else evaluation),
+                  *(chain.get(e["epoch"], (None, None)) if chain else ()), e["seconds"], e["tokens"])
                  for e in epochs]
-    return [("table", ["figure", "value", "detail"], rows),
-            ("p", "Per epoch (epoch 0 = before the first optimizer step; its "
-                  + (f"held-out target loss ({held_out['split']} rows) is the base model's):" if by_loss else
+    return [("p", "Per epoch (epoch 0 = before the first optimizer step; its "
+                  + (f"held-out target loss ({held_out['split']} rows) is the base model's"
+                     + (", as is its reply chrF" if chain else "") + "):" if by_loss else
                      "accuracy is the base model's):")),
             ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc",
                        "held-out target loss" if by_loss else f"{names.short} ({names.flexible})",
-                       "vs previous epoch", "seconds", "tokens"], per_epoch)]
+                       "vs previous epoch", *(["reply chrF", "vs previous epoch (chrF)"] if chain else []),
+                       "seconds", "tokens"], per_epoch)]
+
+
+def _chrf_chain(generated: dict | None, trained: int) -> dict[int, tuple]:
+    """Epoch -> (the generated replies' mean chrF, its change from the epoch generated before with the interval),
+    epoch 0 the base model's; {} unless the replies were generated per epoch."""
+    steps = (generated or {}).get("epochs") or []
+    if not steps:
+        return {}
+    out = {0: (f"{steps[0]['chrf']['means'][0]:.3f}", None)}
+    for step in steps:
+        epoch = int(step["model"].split("-")[1]) if step["model"].startswith("epoch-") else trained
+        d = step["chrf"]
+        out[epoch] = (f"{d['means'][1]:.3f}", f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})")
+    return out
 
 
 def _epoch_loss(epoch: int, measured: dict, held_out: dict) -> tuple:
