@@ -864,6 +864,8 @@ def test_a_set_with_no_pool_of_shots_generates_its_replies_without_the_few_shot_
     from tunelab.rundir import RepliesDir
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     cfg, run = _with_a_prose_set(two_epoch_run, tmp_path, fewshot=2, chat_baseline=True)
+    evaluate_extra(cfg, run, only="base")  # the base passes alone: its loss, no replies (they pair with tuned)
+    assert not RepliesDir(run.path, "prose").eval_dir.exists()
     ((_, result),) = evaluate_extra(cfg, run)
     said = RepliesDir(run.path, "prose").read_eval_summary()
     assert [p for p in said if "generated_tokens" in (said[p] or {})] == ["base", "base-chat", "epoch-1", "tuned"]

@@ -150,6 +150,9 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
     assert main(["eval", str(run.path)]) == 0  # asked for by name: measured by loss, what was measured kept
     assert f"target loss {d['means'][0]:.3f} → {d['means'][1]:.3f}" in " ".join(capsys.readouterr().out.split())
     assert (run.eval_dir / "loss" / "losses.jsonl").stat().st_mtime_ns == stamp
+    replied = RepliesDir(run.path).predictions.stat().st_mtime_ns
+    assert main(["eval", str(run.path), "--only", "base"]) == 0  # the base passes alone: the replies left as they are
+    assert RepliesDir(run.path).predictions.stat().st_mtime_ns == replied
     assert main(["eval", str(run.path), "--set", "eval.scoring=none"]) == 2  # turned off: an error naming the key
     assert "eval.scoring: none" in capsys.readouterr().err
     assert main(["export", str(run.path), str(run.path.parent / "best"), "--epoch", "best"]) == 2

@@ -326,7 +326,7 @@ def cmd_eval(args) -> int:
     with locked(run, "eval"):
         summary = (held_out_loss(cfg, run, splits, reason, only=args.only, adapter=is_run) if reason else
                    evaluate(cfg, run, only=args.only, adapter=is_run, splits=splits).summary)
-        if reason and is_run and generates_replies(cfg, splits):  # and the replies themselves, by overlap
+        if reason and is_run and args.only != "base" and generates_replies(cfg, splits):  # and the replies, by overlap
             replies(cfg, run, splits)
         extra = evaluate_extra(cfg, run, only=args.only, adapter=is_run)
     if is_main_process():

@@ -185,9 +185,9 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
                    skip_done: bool = False) -> list[tuple[str, EvalResult]]:
     """Score each `eval.also` test set as `evaluate` scores eval.source (base, epochs, tuned, few-shot, on the same
     questions), into eval/also/<name>/; a set whose answers no scoring mode suits is measured by loss instead
-    (`losses.measure`), and its replies generated and scored by overlap (`replies`, eval.overlap, with an adapter)
-    into eval/also/<name>/replies/. `only` and `adapter` as for `evaluate`; `skip_done`: leave the sets (and parts)
-    already done (a resumed `tunelab run`).
+    (`losses.measure`), and its replies generated and scored by overlap (`replies`, eval.overlap, with an adapter,
+    not for --only base) into eval/also/<name>/replies/. `only` and `adapter` as for `evaluate`; `skip_done`: leave
+    the sets (and parts) already done (a resumed `tunelab run`).
 
     Raises:
         UserError: a set that cannot be read, naming its eval.also entry.
@@ -207,7 +207,7 @@ def evaluate_extra(cfg: Recipe, run: RunDir, only: str | None = None, adapter: b
                 if not (skip_done and losses.done(measured)):
                     measured = losses.measure(extra, view, *_limited(extra, splits), reason, only, adapter,
                                               _loss_shots(extra, splits))
-                if adapter and generates_replies(extra, splits) and extra.eval.overlap:  # and the replies themselves
+                if adapter and only != "base" and generates_replies(extra, splits) and extra.eval.overlap:  # replies
                     replies(extra, run, splits, also=name)
                 results.append((name, EvalResult(measured, [])))
             else:
