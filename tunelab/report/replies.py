@@ -37,8 +37,8 @@ def line(s: dict | None, also: str | None = None, trained: int | None = None) ->
     scored. `also`: the eval.also set they answered."""
     if not s:
         return None
-    said = f"replies to {also} (eval.also, " if also else "held-out replies ("
-    return (f"{said}{s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
+    which = f"replies to {also} (eval.also, " if also else "held-out replies ("
+    return (f"{which}{s['overlap'][JUDGED]['n']} {s['split']} rows, generated, against the references): "
             + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items())
             + "".join(f"; vs {what} {d['means'][0]:.3f}: {_interval(d)}" for what, d in baselines(s))
             + (f"\nreply {METRICS[JUDGED]} per epoch: {chain}" if (chain := _chain(s, trained)) else "")
@@ -85,8 +85,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
     if not s:
         return [], []
     n, budget, passes = s["overlap"][JUDGED]["n"], s["tuned"]["max_new_tokens"], _passes(s)
-    trained = (run.read_summary() or {}).get("epochs")
-    step = (run.read_summary() or {}).get("best_val_step")
+    trained, step = ((run.read_summary() or {}).get(key) for key in ("epochs", "best_val_step"))
     cut = [f"{s[name]['at_budget']} of {name}'s" for name in passes if s[name].get("at_budget")]
     versus = s.get("versus") or {"base": s["overlap"]}
     rows = [(name, *(f"{s[name][m]:.3f}" for m in METRICS),
@@ -305,7 +304,7 @@ COMPARE_RULE = (f"paired bootstrap 95 % CI over the rows both runs answered of t
 def _tuned_replies(view: RepliesDir) -> dict[tuple[str, str], dict]:
     """A run's tuned adapter's scored replies (to its own rows, or an eval.also set's) by (row id, reference); {}
     when they were not scored."""
-    if not summary(view, view.also):
+    if not (view.read_eval_summary() or {}).get("overlap"):
         return {}
     return {(r["id"], r["reference"]): r for r in view.read_predictions() if r["model"] == "tuned"}
 
