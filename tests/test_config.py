@@ -146,7 +146,8 @@ def test_templates_and_optional_fields_are_checked_before_any_data_is_read(chang
     ([{"source": "chats.jsonl", "messages": "messages"}], "data.mix.0.messages: needs data.chat_template: true (a "
                                                           "conversation is written by the tokenizer's chat template)"),
     ([{"source": "a.jsonl", "limit": 0}], "data.mix.0.limit: must be greater than or equal to 1 (got 0)"),
-    ([{"source": "a.jsonl", "weight": 2}], "data.mix.0.weight: unknown key"),
+    ([{"source": "a.jsonl", "probability": 2}], "data.mix.0.probability: unknown key"),
+    ([{"source": "a.jsonl", "weight": 0}], "data.mix.0.weight: must be greater than 0 (got 0)"),
 ])
 def test_each_mixed_source_is_checked_before_any_data_is_read(mix, problem):
     raw = {"model": {"name": "x"}, "data": {"source": "data/gsm8k", "template": "Q: {question}",
@@ -170,17 +171,19 @@ def test_a_mixed_source_takes_datas_format_unless_it_sets_its_own():
 
 def test_set_reaches_a_key_of_one_mix_entry_and_names_an_entry_the_recipe_lacks():
     mix = "data.mix=[{source: a.jsonl, limit: 5}, {source: b.jsonl}]"
-    r = load_recipe("quickstart", [mix, "data.mix.1.limit=50", "data.mix.0.name=first"])
-    assert [(m.source, m.name, m.limit) for m in r.data.mix] == [("a.jsonl", "first", 5), ("b.jsonl", None, 50)]
+    r = load_recipe("quickstart", [mix, "data.mix.1.limit=50", "data.mix.0.name=first", "data.mix.1.weight=0.25"])
+    assert [(m.source, m.name, m.limit, m.weight) for m in r.data.mix] == [("a.jsonl", "first", 5, 1),
+                                                                           ("b.jsonl", None, 50, 0.25)]
     with pytest.raises(UserError) as err:
-        load_recipe("quickstart", [mix, "data.mix.2.limit=50", "data.mix.0.weight=2", "data.mix.first.limit=1"])
+        load_recipe("quickstart", [mix, "data.mix.2.limit=50", "data.mix.0.share=2", "data.mix.first.limit=1"])
     assert str(err.value).splitlines()[1:] == [
         "  --set data.mix.2.limit: the recipe has no data.mix.2 (its mix has 2 entries)",
-        "  --set data.mix.0.weight: no such key in the recipe schema",
+        "  --set data.mix.0.share: no such key in the recipe schema",
         "  --set data.mix.first.limit: no such key in the recipe schema"]
     from tunelab.sweep import parse_vary, plan  # a sweep over how much of a source to mix
     assert [(name, combo) for name, combo in plan(parse_vary(["data.mix.0.limit=100,300"]))] == \
         [("limit=100", ["data.mix.0.limit=100"]), ("limit=300", ["data.mix.0.limit=300"])]
+    assert [name for name, _ in plan(parse_vary(["data.mix.0.weight=0.25,1"]))] == ["weight=0.25", "weight=1"]
 
 
 @pytest.mark.parametrize("sets, problem", [

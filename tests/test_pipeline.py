@@ -1,7 +1,9 @@
 """`tunelab run` end to end on a tiny model: every stage writes its files; a re-run redoes nothing."""
 
 import json
+import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -393,7 +395,7 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     extra = write_jsonl(tmp_path / "colours.jsonl", [{"instruction": f"Name colour {i}.", "output": f"Colour {i}."}
                                                       for i in range(20)])
-    mix = f"data.mix=[{{source: {extra}, template: '{{instruction}}\\n', target: '{{output}}', limit: 10}}]"
+    mix = f"data.mix=[{{source: {extra}, template: '{{instruction}}\\n', target: '{{output}}', limit: 10, weight: 2}}]"
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=30",
             "--set", "data.synthetic_test_rows=4", "--set", "eval.limit=4", "--set", "eval.max_new_tokens=8",
             "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=3",
@@ -406,13 +408,19 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
         f"Name colour {i}.\n" for i in range(4)]
     ids = {e["id"] for e in run.read_examples() if e["split"] in ("train", "val")}
     assert len([i for i in ids if i.startswith("colours:")]) == 10 and len(ids) == 40
+    trained = Counter((e["id"], e["epoch"]) for e in run.read_examples() if e["split"] == "train")
+    assert {n for (i, _), n in trained.items() if i.startswith("colours:")} == {2}  # weight 2: twice an epoch
+    assert len(trained) == 2 * 36 and run.read_json(run.summary)["steps"] == 2 * math.ceil((27 + 2 * 9) / 8)
     checks = run.read_json(run.data_checks)
     synthetic = sum(o["split"] == "test" and ":" not in o["train_id"] for o in checks["overlap"])
     assert synthetic and checks["rows"]["sources"] == {  # synthetic problems share 13-gram skeletons; colours none
-        "synthetic-arith": {"train": 27, "validation": 3, "test_overlap": synthetic},
-        "colours": {"train": 9, "validation": 1, "test_overlap": 0}}
+        "synthetic-arith": {"train": 27, "validation": 3, "test_overlap": synthetic, "weight": 1, "per_epoch": 27},
+        "colours": {"train": 9, "validation": 1, "test_overlap": 0, "weight": 2, "per_epoch": 18}}
     md = run.report_md.read_text()
-    assert "## Data mix" in md and re.search(r"\| colours \| 9 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|", md)
+    assert "| colours: train / validation rows, test rows overlapping it | 9 (weight 2: 18 trained per epoch) / 1, " \
+           "0 |" in md
+    assert "## Data mix" in md and re.search(r"\| colours \| 2 \| 18 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|",
+                                            md)
     clusters = run.read_json(run.clusters)  # each cluster's rows by source, in the report's cluster table
     assert sum(sum(c["sources"].values()) for c in clusters) == 40 and all(
         sum(c["sources"].values()) == c["size"] for c in clusters)
@@ -424,7 +432,9 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     colour = shown[2]["segments"]
     assert colour[0]["text"].startswith("Name colour") and not colour[0]["loss"] and colour[1]["loss"]
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
-    assert "sources: synthetic-arith 27 train / 3 validation rows" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "sources: synthetic-arith 27 train / 3 validation rows" in said
+    assert "; colours 9 train (weight 2: 18 trained per epoch) / 1 validation rows" in said
     assert checks["extra_sets"]["colours"]["overlap_counts"]["exact"] == 10  # the 10 rows the run took from it
 
 

@@ -160,6 +160,54 @@ def test_completion_only_masks_the_prompt_and_ends_with_eos(smollm2_dir):
     assert IGNORE not in full[0].labels
 
 
+def weighted_recipe(data_weight: float, mix_weight: float) -> tuple:
+    """A recipe with data.source and one data.mix entry, its train split (30 + 10 rows) and their items."""
+    from tunelab.data import Example
+    from tunelab.train.batching import Tokenized
+    cfg = validate({"name": "w", "model": {"name": "m"},
+                    "data": {"source": "main.jsonl", "template": "{q}", "target": "{a}", "weight": data_weight,
+                             "mix": [{"source": "extra.jsonl", "weight": mix_weight}]}}, "w")
+    examples = [Example(f"train-{i}", "p", "t", {}) for i in range(30)] + [
+        Example(f"extra:train-{i}", "p", "t", {}) for i in range(10)]
+    items = [Tokenized(k, [1] * (3 + k % 5), [IGNORE, 2, 2] + [2] * (k % 5)) for k in range(len(examples))]
+    return cfg, examples, items
+
+
+def test_source_weights_repeat_and_draw_rows_per_epoch_exactly_and_afresh():
+    from collections import Counter
+    from tunelab.train.batching import weights
+    cfg, examples, items = weighted_recipe(0.5, 2.5)
+    plan = weights(cfg, examples, items)
+    assert plan.rows == 15 + 25  # half of 30, and 10 rows 2.5 times
+    epochs = [Counter(int(i) for b in batches(items, 8, 0, seed, False, plan) for i in b.index) for seed in (1, 2)]
+    for seen in epochs:
+        main, extra = [seen[k] for k in range(30)], [seen[k] for k in range(30, 40)]
+        assert sorted(main) == [0] * 15 + [1] * 15 and sorted(extra) == [2] * 5 + [3] * 5
+    assert {k for k in range(30) if epochs[0][k]} != {k for k in range(30) if epochs[1][k]}  # drawn afresh
+    again = batches(items, 8, 0, 1, True, plan)  # a resumed epoch: the same seed gives the same batches
+    assert [b.index.tolist() for b in again] == [b.index.tolist() for b in batches(items, 8, 0, 1, True, plan)]
+    same = weights(*weighted_recipe(1, 1))
+    assert same is None  # every weight 1: the plan of a run without weights, batch for batch
+    assert [b.index.tolist() for b in batches(items, 8, 0, 4, True)] == [
+        b.index.tolist() for b in batches(items, 8, 0, 4, True, same)]
+
+
+def test_source_weights_count_in_the_estimate_and_a_weight_that_draws_nothing_stops():
+    from tunelab import cost
+    from tunelab.errors import UserError
+    from tunelab.train.batching import weights
+    cfg, examples, items = weighted_recipe(1, 3)
+    plan = weights(cfg, examples, items)
+    lengths = [len(i.input_ids) for i in items]
+    work = cost.flops(lengths, [10], 1, 1000, 2, 4, False, train_weights=plan.per_item())
+    assert work["train_tokens_per_epoch"] == sum(lengths[:30]) + 3 * sum(lengths[30:])
+    assert work["flops"] == cost.flops(lengths[:30] + lengths[30:] * 3, [10], 1, 1000, 2, 4, False)["flops"]
+    with pytest.raises(UserError, match=r"^data.mix.0.weight: 0.01 × 10 train rows trains none of them per epoch"):
+        weights(*weighted_recipe(1, 0.01))
+    with pytest.raises(UserError, match=r"^data.weight: 0.01 × 30 train rows"):
+        weights(*weighted_recipe(0.01, 1))
+
+
 def test_length_grouping_keeps_every_example_once_and_cuts_padding(smollm2_dir):
     from transformers import AutoTokenizer
     from tunelab.data import Example

@@ -435,15 +435,13 @@ def cmd_check(args) -> int:
     from tunelab.data import checks, load_splits
     from tunelab.models import load_tokenizer
     from tunelab.rundir import RunDir
-    from tunelab.train.batching import tokenize_splits
     cfg = load_recipe(args.recipe, args.overrides)
     device = args.device or _this_device()
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
-    train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
-    result["estimate"] = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), device)
+    result["estimate"] = cost.estimate_or_unpriced(cost.splits_work(cfg, splits, tok), device)
     result["verdict"] = checks.verdict(result)
     if args.show:
         from tunelab.evaluate.stage import preview
@@ -495,7 +493,7 @@ def _print_eval_examples(console, sets: dict) -> None:
 
 def _print_checks(result: dict) -> None:
     from rich.console import Console
-    from tunelab.data.checks import targets_line
+    from tunelab.data.checks import targets_line, weight_note
     from rich.table import Table
     from rich.text import Text
     console = Console(width=150)
@@ -510,7 +508,8 @@ def _print_checks(result: dict) -> None:
     for o in result["overlap"][:5]:
         console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")
     if sources := result["rows"].get("sources"):
-        console.print("sources: " + "; ".join(f"{name} {c['train']} train / {c['validation']} validation rows"
+        console.print("sources: " + "; ".join(f"{name} {c['train']} train{weight_note(c)} / "
+                                               f"{c['validation']} validation rows"
                                                + (f", {c['test_overlap']} test rows overlap it" if c["test_overlap"]
                                                   else "") for name, c in sources.items()))
     d, ln, tg = result["train_duplicates"], result["lengths"], result["targets"]
@@ -551,12 +550,10 @@ def cmd_estimate(args) -> int:
     from tunelab.config import load_recipe
     from tunelab.data import load_splits
     from tunelab.models import load_tokenizer
-    from tunelab.train.batching import tokenize_splits
     cfg = load_recipe(args.recipe, args.overrides)
     if args.device:
         cost.estimate({"flops": 0.0}, args.device)  # an unknown device is refused before any data is read
-    train_items, val_items, _ = tokenize_splits(cfg, load_splits(cfg.data), load_tokenizer(cfg.model))
-    work = cost.recipe_work(cfg, train_items, val_items)
+    work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model))
     devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
     table = Table("device", "hours", "USD", "basis", title=(
         f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "

@@ -78,6 +78,8 @@ class MixSource(RowFormat):
     config: str | None = Field(None, description="hub dataset config name")
     name: str | None = Field(None, description="how ids and the report name it; None = the file or dataset name")
     limit: int | None = Field(None, ge=1, description="use only its first N train rows")
+    weight: float = Field(1.0, gt=0, le=100, description="how often each of its train rows is trained per epoch, "
+                          "as data.weight")
 
 
 class DataConfig(Section):
@@ -110,6 +112,10 @@ class DataConfig(Section):
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")
+    weight: float = Field(1.0, gt=0, le=100, description="how often each train row of data.source is trained per "
+                          "epoch (with data.mix, each source's weight sets its share): 2 = twice, 0.5 = a seeded "
+                          "half of its rows, drawn afresh each epoch (2.5 = twice, and half once more); validation "
+                          "rows are measured once either way")
     seed: int = Field(0, description="seed of the train/validation split")
     skip_bad_rows: bool = Field(False, description="skip malformed rows with a counted warning instead of failing")
     synthetic_rows: int = Field(2000, ge=2, description="synthetic:arith train rows")
@@ -121,8 +127,8 @@ class DataConfig(Section):
                                   "near-duplicates (data checks and dedup); GSM8K test vs train peaks at 0.896")
     mix: list[MixSource] = Field([], description="more sources of training rows, each {source, and optionally "
                                  "config, name, template, target, messages, optional_fields, template_if_empty, "
-                                 "limit}: each one's train rows are split by data.val_fraction and data.seed "
-                                 "and added to data.source's, rendered with its own templates (data's by "
+                                 "limit, weight}: each one's train rows are split by data.val_fraction and "
+                                 "data.seed and added to data.source's, rendered with its own templates (data's by "
                                  "default), ids prefixed name:; its test rows are scored when eval.also names the "
                                  "same source (written in its format); the report gives each source's validation "
                                  "loss per epoch")
@@ -535,7 +541,7 @@ def mixed(data: DataConfig, entry: MixSource) -> DataConfig:
     """`data` as it reads one `data.mix` entry: its source, config and limit (never data's), and the templates it
     sets (data's where not)."""
     return formatted(data, entry).model_copy(update={"source": entry.source, "config": entry.config,
-                                                      "limit": entry.limit})
+                                                      "limit": entry.limit, "weight": entry.weight})
 
 
 def _template_problems(data: DataConfig, section: str = "data") -> list[str]:

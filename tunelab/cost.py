@@ -91,16 +91,19 @@ def measure_cpu_flops(seconds: float = 0.5) -> float:
 
 
 def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_params: int, n_layers: int,
-          d_model: int, gradient_checkpointing: bool, base_twice: bool = False, val_passes: int | None = None) -> dict:
+          d_model: int, gradient_checkpointing: bool, base_twice: bool = False, val_passes: int | None = None,
+          train_weights: list[float] | None = None) -> dict:
     """Training + validation FLOPs: 4*N per trained token (6*N with gradient checkpointing), 2*N per
     validated token, plus causal attention 2*L*d*n^2 per forward of an n-token sequence (x2 or x3 in training).
     `base_twice`: training runs each weight's matmul twice, forward and backward (PEFT's DoRA with LoRA dropout
     recomputes the base layer on the dropped-out input): 4*N more per trained token. `val_passes`: validation
-    passes over the split (default one before training and one per epoch)."""
+    passes over the split (default one before training and one per epoch). `train_weights`: times each train row
+    is trained per epoch (`data.weight`, data.mix weights; default once)."""
     val_passes = epochs + 1 if val_passes is None else val_passes
     train_mult = (3 if gradient_checkpointing else 2) + (2 if base_twice else 0)  # passes relative to one forward
-    train_tokens, val_tokens = sum(train_lengths), sum(val_lengths)
-    attn_train = 2 * n_layers * d_model * sum(n * n for n in train_lengths)
+    weights = train_weights or [1.0] * len(train_lengths)
+    train_tokens, val_tokens = round(sum(w * n for w, n in zip(weights, train_lengths))), sum(val_lengths)
+    attn_train = 2 * n_layers * d_model * sum(w * n * n for w, n in zip(weights, train_lengths))
     attn_val = 2 * n_layers * d_model * sum(n * n for n in val_lengths)
     total = epochs * train_mult * (2 * n_params * train_tokens + attn_train) \
         + val_passes * (2 * n_params * val_tokens + attn_val)
@@ -109,18 +112,28 @@ def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_param
             "flops": float(total), "flops_per_train_token": 2 * train_mult * n_params}
 
 
-def recipe_work(cfg, train_items, val_items) -> dict:
-    """The FLOPs of a recipe's training + validation passes over its tokenized splits (exact token counts);
-    the model's size comes from its config alone. Shared by `tunelab estimate` and the train stage."""
+def recipe_work(cfg, train_items, val_items, weights=None) -> dict:
+    """The FLOPs of a recipe's training + validation passes over its tokenized splits (exact token counts; with
+    `weights`, `tunelab.train.batching.Weights`, each train row as often as it is trained per epoch); the model's
+    size comes from its config alone. Shared by `tunelab estimate` and the train stage."""
     from tunelab.models import model_size
     n_params, layers, hidden = model_size(cfg.model)
     t = cfg.train
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / t.batch_size) / t.grad_accum)  # one process
+    rows = weights.rows if weights else len(train_items)
+    steps_per_epoch = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)  # one process
     work = flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
                  t.epochs, n_params, layers, hidden, t.gradient_checkpointing,
                  base_twice=cfg.lora.use_dora and cfg.lora.dropout > 0,
-                 val_passes=validation_passes(t.epochs, steps_per_epoch, t.val_every))
+                 val_passes=validation_passes(t.epochs, steps_per_epoch, t.val_every),
+                 train_weights=weights.per_item() if weights else None)
     return {**work, "n_params": n_params}
+
+
+def splits_work(cfg, splits, tok) -> dict:
+    """`recipe_work` of a recipe's splits, tokenized and weighted as training takes them."""
+    from tunelab.train.batching import tokenize_splits, weights
+    train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
+    return recipe_work(cfg, train_items, val_items, weights(cfg, splits.train, train_items))
 
 
 def validation_passes(epochs: int, steps_per_epoch: int, val_every: int) -> int:

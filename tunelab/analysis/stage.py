@@ -110,11 +110,10 @@ def _data_checks(cfg: Recipe, run: RunDir, splits) -> None:
     from tunelab import cost
     from tunelab.data import checks
     from tunelab.models import load_tokenizer
-    from tunelab.train.batching import tokenize_splits
     tok = load_tokenizer(cfg.model)
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
     result["estimate"] = run.read_optional(run.estimate) or cost.estimate_or_unpriced(
-        cost.recipe_work(cfg, *tokenize_splits(cfg, splits, tok)[:2]), "cpu")
+        cost.splits_work(cfg, splits, tok), "cpu")
     result["verdict"] = checks.verdict(result)
     checks.write(run, result, totals)
 
@@ -318,18 +317,20 @@ def _label_agreement(truth: list[str], labels: np.ndarray, outliers: list[dict],
 
 def _cartography(run: RunDir, rows: list[Example]) -> dict | None:
     """Dataset cartography: per training example, confidence = mean over epochs of exp(-loss) (the
-    geometric-mean probability of its target tokens), variability = its std across epochs."""
-    per: dict[str, dict[int, float]] = defaultdict(dict)
+    geometric-mean probability of its target tokens), variability = its std across epochs. A row trained more than
+    once in an epoch (data.weight, data.mix weights) counts its mean loss there; one not drawn in an epoch (a weight
+    below 1) counts the epochs it was trained in."""
+    per: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for e in run.read_examples():
         if e["split"] == "train":
-            per[e["id"]][e["epoch"]] = e["loss"]
+            per[e["id"]][e["epoch"]].append(e["loss"])
     epochs = {ep for d in per.values() for ep in d}
     if len(epochs) < 2:
         return None
     text = {e.id: question_text(e) for e in rows}
     points = []
     for i, by_epoch in per.items():
-        probs = np.exp(-np.array([by_epoch[k] for k in sorted(by_epoch)]))
+        probs = np.exp(-np.array([np.mean(by_epoch[k]) for k in sorted(by_epoch)]))
         conf, var = float(probs.mean()), float(probs.std())
         region = "ambiguous" if var >= 0.1 else ("easy-to-learn" if conf >= 0.5 else "hard-to-learn")
         points.append({"id": i, "confidence": round(conf, 4), "variability": round(var, 4), "region": region,

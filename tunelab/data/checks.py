@@ -293,18 +293,31 @@ def _extra_overlap(cfg, entry, train: list[Example], train_vecs, embed_texts) ->
 
 
 def _sources(cfg, splits: Splits, found: list[dict]) -> dict:
-    """With data.mix: {"sources": {name: {train, validation, test_overlap}}}, test_overlap = the test rows found
-    overlapping a row of that source (which source brought a test row in); else nothing."""
+    """With data.mix: {"sources": {name: {train, validation, test_overlap, weight, per_epoch}}}, test_overlap = the
+    test rows found overlapping a row of that source (which source brought a test row in), per_epoch = the train
+    rows an epoch trains under its weight (repeats counted); else nothing."""
+    from tunelab.train.batching import trained_per_epoch
     if not cfg.data.mix:
         return {}
-    out = {name: {"train": 0, "validation": 0, "test_overlap": 0} for name in source_names(cfg.data)}
+    weights = [cfg.data.weight] + [m.weight for m in cfg.data.mix]
+    out = {name: {"train": 0, "validation": 0, "test_overlap": 0, "weight": w}
+           for name, w in zip(source_names(cfg.data), weights)}
     for split, rows in (("train", splits.train), ("validation", splits.val)):
         for e in rows:
             out[source_of(e.id, cfg.data)][split] += 1
     for o in found:
         if o["split"] == "test":
             out[source_of(o["train_id"], cfg.data)]["test_overlap"] += 1
+    for c in out.values():
+        c["per_epoch"] = trained_per_epoch(c["weight"], c["train"])
     return {"sources": out}
+
+
+def weight_note(source: dict) -> str:
+    """" (weight 2: 576 trained per epoch)" for a source of `_sources` whose weight is not 1; else ""."""
+    if source.get("weight", 1) == 1:
+        return ""
+    return f" (weight {source['weight']:g}: {source['per_epoch']} trained per epoch)"
 
 
 def minilm(texts: list[str]) -> np.ndarray:

@@ -44,11 +44,14 @@ def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]
         return [], []
     rows, found = [], []
     tokens = {name: epochs[-1]["train_tokens"] for name, (epochs, _) in per_source.items()}
+    weight = dict(zip(source_names(cfg.data), [cfg.data.weight] + [m.weight for m in cfg.data.mix]))
+    weighted = any(w != 1 for w in weight.values())
     for name, (epochs, val_rows) in per_source.items():
         trained = [e for e in epochs if e["train_loss"] is not None]
         first, last = epochs[0]["val_loss"], epochs[-1]["val_loss"]
         share = f"{100 * tokens[name] / sum(tokens.values()):.0f} %" if sum(tokens.values()) else "–"
-        rows.append((name, trained[-1]["train_rows"] if trained else "–", share, epochs[-1]["val_rows"],
+        rows.append((name, *([f"{weight.get(name, 1):g}"] if weighted else []),
+                     trained[-1]["train_rows"] if trained else "–", share, epochs[-1]["val_rows"],
                      " → ".join(f"{e['val_loss']:.3f}" for e in epochs),
                      f"{100 * (first - last) / first:+.1f} %" if first else "–",
                      f"{trained[-1]['train_loss']:.3f}" if trained else "–"))
@@ -58,8 +61,12 @@ def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]
                                      "source's validation rows alone"))
     blocks = [("p", f"{len(per_source)} sources of training rows (data.source and data.mix), each split into "
                     "train and validation rows by the same rule; the run's validation loss is over all of them, "
-                    "so here each source's own rows are measured apart."),
-              ("table", ["source", "train rows", "share of the loss tokens", "validation rows",
+                    "so here each source's own rows are measured apart."
+                    + (" Weight: how often each of a source's train rows is trained per epoch (data.weight, a "
+                       "data.mix entry's weight); the train rows are those trained in the last epoch, repeats "
+                       "counted." if weighted else "")),
+              ("table", ["source", *(["weight"] if weighted else []), "train rows", "share of the loss tokens",
+                         "validation rows",
                          "validation loss per epoch (0 = base)",
                          "validation loss improvement", "train loss, last epoch"], rows)]
     return blocks, found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -136,11 +137,70 @@ def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized],
     return train_items, val_items, train_cut + val_cut
 
 
+@dataclass
+class Weights:
+    """How often each train row is trained per epoch (`data.weight`, each `data.mix` entry's `weight`): every row of
+    a source of weight w floor(w) times, and a seeded draw of round(frac(w) × its rows) once more, drawn afresh each
+    epoch — so a source's share of the epoch is exact and its rows take turns."""
+    source: list[int]  # per train item: its source's position (data.source 0, then the data.mix entries)
+    weight: list[float]  # per source
+
+    def order(self, rng: random.Random) -> list[int]:
+        """One epoch's item positions, unshuffled: each source's repeats, then its draw."""
+        out = []
+        for s, w in enumerate(self.weight):
+            mine = [i for i, k in enumerate(self.source) if k == s]
+            out += mine * int(w) + rng.sample(mine, _drawn(w, len(mine)))
+        return out
+
+    @property
+    def rows(self) -> int:
+        """Rows trained per epoch (the same every epoch)."""
+        counts = Counter(self.source)
+        return sum(trained_per_epoch(w, counts[s]) for s, w in enumerate(self.weight))
+
+    def per_item(self) -> list[float]:
+        return [self.weight[s] for s in self.source]
+
+
+def _drawn(weight: float, rows: int) -> int:
+    return round((weight - int(weight)) * rows)
+
+
+def trained_per_epoch(weight: float, rows: int) -> int:
+    """How many of a source's `rows` one epoch trains under its weight, repeats counted."""
+    return int(weight) * rows + _drawn(weight, rows)
+
+
+def weights(cfg, examples: list, items: list[Tokenized]) -> Weights | None:
+    """The recipe's row weights over its tokenized train items (`examples`: the train split they index); None when
+    every source's weight is 1 (each row once per epoch, in the order a run without weights has).
+
+    Raises:
+        UserError: a source's weight draws none of its rows.
+    """
+    from tunelab.data import source_names, source_of
+    from tunelab.errors import UserError
+    per_source = [cfg.data.weight] + [m.weight for m in cfg.data.mix]
+    if all(w == 1 for w in per_source):
+        return None
+    names = source_names(cfg.data)
+    out = Weights([names.index(source_of(examples[it.index].id, cfg.data)) for it in items], per_source)
+    counts = Counter(out.source)
+    for s, w in enumerate(per_source):
+        if counts[s] and not trained_per_epoch(w, counts[s]):
+            key = f"data.mix.{s - 1}.weight" if s else "data.weight"
+            raise UserError(f"{key}: {w} × {counts[s]} train rows trains none of them per epoch; raise it to at "
+                            f"least {1 / counts[s]:.3g}")
+    return out
+
+
 def batches(items: list[Tokenized], batch_size: int, pad_id: int, seed: int | None,
-            group_by_length: bool) -> list[Batch]:
-    """Batches for one pass. seed=None keeps order (evaluation); grouping sorts within chunks."""
-    order = list(range(len(items)))
+            group_by_length: bool, weights: Weights | None = None) -> list[Batch]:
+    """Batches for one pass. seed=None keeps order (evaluation); grouping sorts within chunks. `weights`: the
+    epoch's rows repeated and drawn by the source weights (from the same seed)."""
     rng = random.Random(seed)
+    order = weights.order(rng) if weights else list(range(len(items)))
     if seed is not None:
         rng.shuffle(order)
     if group_by_length:

@@ -32,7 +32,7 @@ from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder, last_improvement, lowest_pass
 from tunelab.train import checkpoint, fast_lora
-from tunelab.train.batching import Batch, Tokenized, batches, split, tokenize_splits, tokenize_with
+from tunelab.train.batching import Batch, Tokenized, Weights, batches, split, tokenize_splits, tokenize_with, weights
 from tunelab.train.forward import PassStats, SupervisedLM, filler, forward_tokens, loss_pass, per_example
 from tunelab.train.runtime import NonFinite, micro_batch_tokens, stop_signals, tune_for
 from tunelab.trackers import Trackers
@@ -68,6 +68,7 @@ class Loop:
     micro_tokens: int  # padded tokens per forward (runtime.micro_batch_tokens)
     best: dict | None = None  # the lowest validation pass's weights while no other folder will hold them
     shown: Any = None  # `advance(rows, split, total)`: where a loss pass shows its progress (`_shown_in`)
+    weights: Weights | None = None  # data.weight / data.mix weights (None: each train row once per epoch)
 
     @property
     def per_step(self) -> int:
@@ -140,8 +141,10 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     splits = load_splits(cfg.data, cfg.eval)
     tok = load_tokenizer(cfg.model)
     train_items, val_items, truncated = tokenize_splits(cfg, splits, tok)
-    if len(train_items) < cfg.train.batch_size:
-        raise UserError(f"data.source: {cfg.data.source}: {len(train_items)} train examples, fewer than "
+    plan = weights(cfg, splits.train, train_items)
+    rows = plan.rows if plan else len(train_items)
+    if rows < cfg.train.batch_size:
+        raise UserError(f"data.source: {cfg.data.source}: {rows} train examples per epoch, fewer than "
                         f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or add rows")
     start_from = _checkpoint_to_resume(run, d) if resume else None
 
@@ -157,16 +160,17 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
         run.create()
         if not resume:
             run.write_text(run.config, to_yaml(cfg))
-            run.write_json(run.estimate, _estimate(cfg, device, train_items, val_items))
+            run.write_json(run.estimate, _estimate(cfg, device, train_items, val_items, plan))
         run.write_json(run.environment, {**environment.describe(device), "processes": d.world})
     net = SupervisedLM(model, _packing(cfg, model, device))
     if d.sharded:
         d.shard(net, model.get_base_model().get_decoder().layers)
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.train.batch_size) / (cfg.train.grad_accum * d.world))
+    steps_per_epoch = math.ceil(math.ceil(rows / cfg.train.batch_size) / (cfg.train.grad_accum * d.world))
     optimizer, scheduler = _optimizer(model, net, cfg, steps_per_epoch * cfg.train.epochs)
     loop = Loop(cfg, run, d, device, splits, train_items, val_items, truncated, tok.pad_token_id, model, net,
                 optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch,
-                micro_batch_tokens(cfg.train.micro_batch_tokens, device, model.get_base_model().config))
+                micro_batch_tokens(cfg.train.micro_batch_tokens, device, model.get_base_model().config),
+                weights=plan)
     if start_from:
         loop.state, loop.best = checkpoint.load(start_from, net, optimizer, scheduler)
         log.info("resuming from %s (step %d of %d)", start_from, loop.state.step, loop.total_steps)
@@ -240,7 +244,7 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
     loop.net.train()
     stats = PassStats(**state.epoch_sums)
     epoch_batches = batches(loop.train_items, cfg.train.batch_size, loop.pad_id, cfg.train.seed + epoch,
-                            cfg.train.group_by_length)
+                            cfg.train.group_by_length, loop.weights)
     examples: list[dict] = []
     for start in range(state.epoch_step * loop.per_step, len(epoch_batches), loop.per_step):
         row = _guarded_step(loop, epoch_batches[start:start + loop.per_step], stats, epoch, examples,
@@ -466,10 +470,10 @@ def _write_outputs(loop: Loop, wall: float) -> dict:
     return summary
 
 
-def _estimate(cfg: Recipe, device, train_items, val_items) -> dict:
+def _estimate(cfg: Recipe, device, train_items, val_items, plan: Weights | None) -> dict:
     """The cost estimate made before the first step, from the exact token counts (as tunelab estimate)."""
     target = "cpu" if device.type == "cpu" else environment.device_name(device)
-    return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items), target)
+    return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items, plan), target)
 
 
 def _optimizer(model, net, cfg: Recipe, total_steps: int):
