@@ -295,6 +295,33 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     assert {e.target: e.prompt for e in rows.train + rows.val} == {"5": "Add.\n2 and 3", "7": "Name a prime."}
 
 
+@pytest.mark.parametrize("strategy", ["interleave_under", "interleave_over"])
+def test_llamafactory_interleaving_becomes_the_weights_that_give_each_dataset_its_rows(tmp_path, strategy):
+    from collections import Counter
+    from datasets import Dataset, interleave_datasets
+    folder = _llamafactory_data(tmp_path)  # identity 10 rows, alpaca_en_demo 20
+    config = (f"model_name_or_path: m\nstage: sft\ndataset: identity,alpaca_en_demo\ndataset_dir: {folder}\n"
+              f"mix_strategy: {strategy}\nmax_samples: 16\n")
+    raw, notes = convert(_config(tmp_path, config))
+    data = raw["data"]  # each dataset cut to max_samples, as LLaMA-Factory cuts each one
+    assert data["limit"] == 16 and data["mix"][0]["limit"] == 16
+    rows = [Dataset.from_dict({"s": ["identity"] * 10}), Dataset.from_dict({"s": ["alpaca"] * 16})]
+    merged = interleave_datasets(rows, seed=42, stopping_strategy="first_exhausted" if strategy.endswith("under")
+                                 else "all_exhausted")  # what LLaMA-Factory's merge_dataset trains on
+    drawn = Counter(merged["s"])
+    assert [data["weight"], data["mix"][0]["weight"]] == [round(drawn["identity"] / 10, 4),
+                                                         round(drawn["alpaca"] / 16, 4)]
+    assert any(n.startswith(f"mix_strategy: '{strategy}'") and "afresh each epoch" in n for n in notes)
+    probs = config + "interleave_probs: 0.2,0.8\n"  # expected rows: 0.8 × min(10 / 0.2, 16 / 0.8) = 16 alpaca
+    raw, _ = convert(_config(tmp_path, probs.replace("interleave_over", "interleave_under")))
+    assert [raw["data"]["weight"], raw["data"]["mix"][0]["weight"]] == [0.4, 1]
+    load_recipe(_write(tmp_path, raw))  # the weights are a valid recipe
+    with pytest.raises(UserError, match=r"interleave_probs: '0.5': one probability above 0 per dataset \(2\)"):
+        convert(_config(tmp_path, config + "interleave_probs: '0.5'\n"))
+    raw, notes = convert(_config(tmp_path, config.replace(strategy, "concat")))
+    assert "weight" not in raw["data"] and not any("mix_strategy" in n for n in notes)  # concat: as tunelab mixes
+
+
 def test_sharegpt_datasets_become_conversations_and_what_differs_is_refused(tmp_path):
     folder = _llamafactory_data(tmp_path, {
         "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt",

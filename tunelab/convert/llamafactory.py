@@ -105,8 +105,12 @@ def _data(path: str, left: dict, notes: list[str]) -> dict:
                      "may write another system turn or markers: compare with tunelab check --show 3")
     if left.get("default_system"):
         data["system_prompt"] = left.pop("default_system")
-    if left.get("max_samples"):
-        data["limit"] = left.pop("max_samples")
+    if left.get("max_samples"):  # LLaMA-Factory cuts each dataset to its first max_samples rows
+        data["limit"] = left["max_samples"]
+        for entry in data.get("mix", []):
+            entry["limit"] = left["max_samples"]
+    left.pop("max_samples", None)
+    _interleave(path, left, [data, *data.get("mix", [])], notes)
     size = left.pop("val_size", 0) or 0
     if 0 < size < 1:
         data["val_fraction"] = size
@@ -118,6 +122,51 @@ def _data(path: str, left: dict, notes: list[str]) -> dict:
                      + ("all of them" if not size else f"all but {size}"))
     data["history_loss"] = not left.pop("mask_history", False)
     return data
+
+
+def _interleave(path: str, left: dict, sources: list[dict], notes: list[str]) -> None:
+    """mix_strategy interleave_under / interleave_over (with interleave_probs) as source weights: LLaMA-Factory
+    merges its datasets once with `datasets.interleave_datasets`, drawing dataset i with probability p_i (uniform
+    when unset) until the first (under) or the last (over) of them is used up — T = min (max) of n_i / p_i draws —
+    so dataset j gives about p_j × T rows, weight p_j × T / n_j. Counting rows needs each dataset's file."""
+    strategy, probs = left.pop("mix_strategy", "concat"), left.pop("interleave_probs", None)
+    if len(sources) == 1 or strategy == "concat":
+        why = "one dataset" if len(sources) == 1 else "mix_strategy concat: each row once, as tunelab trains them"
+        notes += [f"{key}: {value!r}: not needed here ({why})" for key, value in
+                  (("mix_strategy", strategy), ("interleave_probs", probs)) if value not in (None, "concat")]
+        return
+    if strategy not in ("interleave_under", "interleave_over"):
+        raise UserError(f"{path}: mix_strategy: {strategy!r}: LLaMA-Factory knows concat, interleave_under and "
+                        "interleave_over")
+    p = [float(x) for x in (probs.split(",") if isinstance(probs, str) else probs)] if probs is not None else \
+        [1 / len(sources)] * len(sources)
+    if len(p) != len(sources) or min(p) <= 0 or abs(sum(p) - 1) > 1e-6:
+        raise UserError(f"{path}: interleave_probs: {probs!r}: one probability above 0 per dataset "
+                        f"({len(sources)}), summing to 1")
+    counts = [_rows(s) for s in sources]
+    if None in counts:
+        notes.append(f"mix_strategy: {strategy!r}: not carried over (a hub dataset's rows are not counted here); "
+                     "set data.weight and each data.mix entry's weight to the share it draws")
+        return
+    draws = (min if strategy == "interleave_under" else max)(n / q for n, q in zip(counts, p))
+    for source, n, q in zip(sources, counts, p):
+        source["weight"] = round(q * draws / n, 4)
+    weights = ", ".join(f"{s['weight']:g}" for s in sources)
+    notes.append(f"mix_strategy: {strategy!r}, interleave_probs: {probs!r}: differs: carried over as the weights "
+                 f"{weights} (data.weight, then data.mix's): the share of the {draws:.0f} draws each dataset gives "
+                 f"over its rows ({' / '.join(str(n) for n in counts)}); LLaMA-Factory "
+                 "draws its merged set once, tunelab draws a weight's share afresh each epoch (the same share, not "
+                 "the same rows)")
+
+
+def _rows(source: dict) -> int | None:
+    """The rows LLaMA-Factory takes from a dataset file (its first `limit`), or None for a hub dataset."""
+    from tunelab.data.sources import read_source
+    if not Path(source["source"]).is_file():
+        return None
+    raw, bad = read_source(source["source"], None, 0, 0, 0)
+    n = sum(len(rows) for rows in raw.values()) + len(bad)
+    return min(n, source.get("limit") or n)
 
 
 def _dataset_dir(path: str, folder: str) -> Path:
