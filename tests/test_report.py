@@ -269,6 +269,25 @@ def test_a_mixed_run_judges_each_source_on_its_own_rows_and_familiarity_on_data_
     assert "360 training rows of `synthetic:arith` and `extra/alpaca.jsonl` and `openai/gsm8k` (40 held out" in text
 
 
+@pytest.mark.parametrize("imported", [False, True])
+def test_the_data_mix_table_states_weights_and_an_imported_run_weighs_its_measured_rows(imported):
+    from tunelab.config import validate
+    from tunelab.report import mix
+    cfg = validate({"name": "w", "model": {"name": "m"}, "data": {
+        "source": "main.jsonl", "template": "{q}", "target": "{a}",
+        "mix": [{"source": "extra.jsonl", "weight": 3}]}}, "w")
+    visits = 1 if imported else 3  # trained here: each extra row is logged 3 times an epoch
+    rows = [{"id": i, "split": "train", "epoch": 1, "loss": 0.5, "tokens": 10}
+            for i in [f"train-{k}" for k in range(20)] + [f"extra:train-{k}" for k in range(10)] * visits]
+    rows += [{"id": i, "split": "val", "epoch": e, "loss": 1.0, "tokens": 10} for e in (0, 1)
+             for i in ("val-0", "extra:val-0")]
+    blocks = mix.section(rows, cfg, imported)[0]
+    assert ("its train rows were measured once each" in blocks[0][1]) == imported
+    (table,) = [b for b in blocks if b[0] == "table"]
+    assert table[1][:4] == ["source", "weight", "train rows", "share of the loss tokens"]
+    assert [r[:4] for r in table[2]] == [("main", "1", 20, "40 %"), ("extra", "3", 10 * visits, "60 %")]
+
+
 def test_a_run_with_more_validation_rows_is_compared_on_the_rows_both_have(tmp_path):
     import yaml
     from fixture_run import add_val_rows

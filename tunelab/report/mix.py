@@ -35,17 +35,19 @@ def source_epochs(examples: list[dict], cfg: Recipe) -> dict[str, tuple[list[dic
     return out
 
 
-def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]:
+def section(examples: list[dict], cfg: Recipe, imported: bool = False) -> tuple[list, list[Observation]]:
     """The report's "Data mix" blocks (a table: each source's rows, its share of the tokens training takes the loss
     on — how much of each step's gradient it makes — and its validation loss per epoch) and each source's verdict
-    on its own validation curve (the overfitting rule, its rows alone)."""
+    on its own validation curve (the overfitting rule, its rows alone). `imported`: a run trained elsewhere, whose
+    train rows were measured once each after each epoch: its shares weigh them by their source's weight."""
     per_source = source_epochs(examples, cfg)
     if len(per_source) < 2:
         return [], []
     rows, found = [], []
-    tokens = {name: epochs[-1]["train_tokens"] for name, (epochs, _) in per_source.items()}
     weight = dict(zip(source_names(cfg.data), [cfg.data.weight] + [m.weight for m in cfg.data.mix]))
     weighted = any(w != 1 for w in weight.values())
+    tokens = {name: epochs[-1]["train_tokens"] * (weight.get(name, 1) if imported else 1)
+              for name, (epochs, _) in per_source.items()}
     for name, (epochs, val_rows) in per_source.items():
         trained = [e for e in epochs if e["train_loss"] is not None]
         first, last = epochs[0]["val_loss"], epochs[-1]["val_loss"]
@@ -63,8 +65,10 @@ def section(examples: list[dict], cfg: Recipe) -> tuple[list, list[Observation]]
                     "train and validation rows by the same rule; the run's validation loss is over all of them, "
                     "so here each source's own rows are measured apart."
                     + (" Weight: how often each of a source's train rows is trained per epoch (data.weight, a "
-                       "data.mix entry's weight); the train rows are those trained in the last epoch, repeats "
-                       "counted." if weighted else "")),
+                       "data.mix entry's weight); " + ("the run was trained elsewhere: its train rows were measured "
+                       "once each, and each one's loss tokens count its weight times in the shares." if imported
+                       else "the train rows are those trained in the last epoch, repeats counted.")
+                       if weighted else "")),
               ("table", ["source", *(["weight"] if weighted else []), "train rows", "share of the loss tokens",
                          "validation rows",
                          "validation loss per epoch (0 = base)",

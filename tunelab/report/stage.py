@@ -65,7 +65,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     analysis = run.read_analysis_summary()
     found = _observations(run, summary, epochs, evaluation)
     pictures = _learning_pictures(run, summary, epochs, evaluation)
-    data_sections, data_found = _data_sections(run, cfg, evaluation)
+    data_sections, data_found = _data_sections(run, cfg, evaluation, summary)
     found += data_found
     sections = [
         ("Overview", _overview(run, cfg, summary, evaluation)),
@@ -114,14 +114,15 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     return run.report_html
 
 
-def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None) -> tuple[list, list]:
+def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None, summary: dict) -> tuple[list, list]:
     """The Data section (the data checks) and the Data mix section (data.mix runs, once training measured each
     source's rows), with their observations: each source's curve, contamination, duplicates."""
     sections, found = [], []
     checks = run.read_optional(run.data_checks)
     if checks:
         sections.append(("Data", _data(run, checks)))
-    mix_blocks, per_source = mix.section(run.read_examples(), cfg) if cfg.data.mix else ([], [])
+    mix_blocks, per_source = mix.section(run.read_examples(), cfg, bool(summary.get("imported"))) \
+        if cfg.data.mix else ([], [])
     if mix_blocks:
         sections.append(("Data mix", mix_blocks))
         found += per_source
