@@ -410,13 +410,16 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     assert len([i for i in ids if i.startswith("colours:")]) == 10 and len(ids) == 40
     trained = Counter((e["id"], e["epoch"]) for e in run.read_examples() if e["split"] == "train")
     assert {n for (i, _), n in trained.items() if i.startswith("colours:")} == {2}  # weight 2: twice an epoch
-    assert len(trained) == 2 * 36 and run.read_json(run.summary)["steps"] == 2 * math.ceil((27 + 2 * 9) / 8)
+    summary = run.read_json(run.summary)
+    assert len(trained) == 2 * 36 and summary["steps"] == 2 * math.ceil((27 + 2 * 9) / 8)
+    assert summary["train_rows_per_epoch"] == 27 + 2 * 9 and summary["train_examples"] == 36
     checks = run.read_json(run.data_checks)
     synthetic = sum(o["split"] == "test" and ":" not in o["train_id"] for o in checks["overlap"])
     assert synthetic and checks["rows"]["sources"] == {  # synthetic problems share 13-gram skeletons; colours none
         "synthetic-arith": {"train": 27, "validation": 3, "test_overlap": synthetic, "weight": 1, "per_epoch": 27},
         "colours": {"train": 9, "validation": 1, "test_overlap": 0, "weight": 2, "per_epoch": 18}}
     md = run.report_md.read_text()
+    assert "| Epochs | 2 (45 train rows each, by the source weights; batch 8 × accumulation 1" in md
     assert "| colours: train / validation rows, test rows overlapping it | 9 (weight 2: 18 trained per epoch) / 1, " \
            "0 |" in md
     assert "## Data mix" in md and re.search(r"\| colours \| 2 \| 18 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|",

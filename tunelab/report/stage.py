@@ -175,7 +175,10 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); " + _test_rows(cfg, summary, evaluation)),
-        ("Epochs", f"{_epochs_run(summary)} (batch {train.batch_size} × accumulation {train.grad_accum}, lr "
+        ("Epochs", f"{_epochs_run(summary)} ("
+                   + (f"{summary['train_rows_per_epoch']} train rows each, by the source weights; "
+                      if "train_rows_per_epoch" in summary else "")
+                   + f"batch {train.batch_size} × accumulation {train.grad_accum}, lr "
                    f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
         ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab")

@@ -503,6 +503,7 @@ def _summary(loop: Loop, wall: float) -> dict:
         "early_stopping_threshold": cfg.train.early_stopping_threshold,
         "early_stopping_on": cfg.train.early_stopping_on,
         "steps": state.step, "steps_planned": loop.total_steps,
+        **({"train_rows_per_epoch": loop.weights.rows} if loop.weights else {}),  # data.weight, data.mix weights
         **({"best_val_step": lowest_pass(state.val_log)["step"]}
            if cfg.train.val_every else {}),
         **({"best_loss_adapter": True} if loop.run.best_loss_adapter.is_dir() else {}),  # adapters/best-loss/
