@@ -440,8 +440,9 @@ def cmd_check(args) -> int:
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
+    work = cost.splits_work(cfg, splits, tok)  # before the checks: a weight that draws no row stops here
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
-    result["estimate"] = cost.estimate_or_unpriced(cost.splits_work(cfg, splits, tok), device)
+    result["estimate"] = cost.estimate_or_unpriced(work, device)
     result["verdict"] = checks.verdict(result)
     if args.show:
         from tunelab.evaluate.stage import preview
