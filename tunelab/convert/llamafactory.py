@@ -144,9 +144,9 @@ def _interleave(path: str, left: dict, sources: list[dict], notes: list[str]) ->
         raise UserError(f"{path}: interleave_probs: {probs!r}: one probability above 0 per dataset "
                         f"({len(sources)}), summing to 1")
     counts = [_rows(s) for s in sources]
-    if None in counts:
-        notes.append(f"mix_strategy: {strategy!r}: not carried over (a hub dataset's rows are not counted here); "
-                     "set data.weight and each data.mix entry's weight to the share it draws")
+    if None in counts or 0 in counts:
+        notes.append(f"mix_strategy: {strategy!r}: not carried over (a hub or empty dataset's rows are not counted "
+                     "here); set data.weight and each data.mix entry's weight to the share it draws")
         return
     draws = (min if strategy == "interleave_under" else max)(n / q for n, q in zip(counts, p))
     for source, n, q in zip(sources, counts, p):
@@ -160,9 +160,9 @@ def _interleave(path: str, left: dict, sources: list[dict], notes: list[str]) ->
 
 
 def _rows(source: dict) -> int | None:
-    """The rows LLaMA-Factory takes from a dataset file (its first `limit`), or None for a hub dataset."""
+    """The rows LLaMA-Factory takes from a dataset file or folder (its first `limit`), or None for a hub dataset."""
     from tunelab.data.sources import read_source
-    if not Path(source["source"]).is_file():
+    if not Path(source["source"]).exists():
         return None
     raw, bad = read_source(source["source"], None, 0, 0, 0)
     n = sum(len(rows) for rows in raw.values()) + len(bad)

@@ -144,7 +144,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     plan = weights(cfg, splits.train, train_items)
     rows = plan.rows if plan else len(train_items)
     if rows < cfg.train.batch_size:
-        raise UserError(f"data.source: {cfg.data.source}: {rows} train examples per epoch, fewer than "
+        raise UserError(f"data.source: {cfg.data.source}: {rows} train examples"
+                        + (" per epoch under the source weights" if plan else "") + ", fewer than "
                         f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or add rows")
     start_from = _checkpoint_to_resume(run, d) if resume else None
 
