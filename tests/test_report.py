@@ -288,6 +288,24 @@ def test_the_data_mix_table_states_weights_and_an_imported_run_weighs_its_measur
     assert [r[:4] for r in table[2]] == [("main", "1", 20, "40 %"), ("extra", "3", 10 * visits, "60 %")]
 
 
+def test_with_source_weights_the_gap_rule_weighs_validation_rows_as_training_does():
+    from tunelab.config import validate
+    from tunelab.report import mix
+    from tunelab.report import observations as rules
+    raw = {"name": "w", "model": {"name": "m"}, "data": {"source": "main.jsonl", "template": "{q}", "target": "{a}",
+                                                         "mix": [{"source": "extra.jsonl", "weight": 0.25}]}}
+    rows = [{"id": i, "split": "val", "epoch": epoch, "loss": loss if epoch else 2.0, "tokens": tokens}
+            for epoch in (0, 1) for i, loss, tokens in (("val-0", 0.1, 10), ("extra:val-0", 1.0, 30))]
+    weighted = mix.weighted_val_loss(rows, validate(raw, "w"))  # the extra rows count a quarter, as in training
+    assert weighted == pytest.approx((0.1 * 10 + 0.25 * 30 * 1.0) / (10 + 0.25 * 30))
+    epochs = [{"epoch": 0, "val_loss": 2.0, "train_loss": None},
+              {"epoch": 1, "val_loss": (0.1 * 10 + 1.0 * 30) / 40, "train_loss": 0.5}]
+    assert rules.generalisation_gap(epochs).text.startswith("Final validation loss is 35 % above")  # the mix differs
+    assert rules.generalisation_gap(epochs, weighted) is None  # like with like: 0.486 vs 0.5
+    raw["data"]["mix"][0]["weight"] = 1
+    assert mix.weighted_val_loss(rows, validate(raw, "w")) is None
+
+
 def test_a_run_with_more_validation_rows_is_compared_on_the_rows_both_have(tmp_path):
     import yaml
     from fixture_run import add_val_rows

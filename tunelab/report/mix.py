@@ -44,7 +44,7 @@ def section(examples: list[dict], cfg: Recipe, imported: bool = False) -> tuple[
     if len(per_source) < 2:
         return [], []
     rows, found = [], []
-    weight = dict(zip(source_names(cfg.data), [cfg.data.weight] + [m.weight for m in cfg.data.mix]))
+    weight = source_weights(cfg)
     weighted = any(w != 1 for w in weight.values())
     tokens = {name: epochs[-1]["train_tokens"] * (weight.get(name, 1) if imported else 1)
               for name, (epochs, _) in per_source.items()}
@@ -74,6 +74,24 @@ def section(examples: list[dict], cfg: Recipe, imported: bool = False) -> tuple[
                          "validation loss per epoch (0 = base)",
                          "validation loss improvement", "train loss, last epoch"], rows)]
     return blocks, found
+
+
+def source_weights(cfg: Recipe) -> dict[str, float]:
+    """Each source's name: its weight (data.weight, then each data.mix entry's)."""
+    return dict(zip(source_names(cfg.data), [cfg.data.weight] + [m.weight for m in cfg.data.mix]))
+
+
+def weighted_val_loss(examples: list[dict], cfg: Recipe) -> float | None:
+    """The last validation pass's loss with each row's tokens counted its source's weight times (the mix the train
+    loss is over); None when every weight is 1 (the run's own validation loss already is)."""
+    weight = source_weights(cfg)
+    if all(w == 1 for w in weight.values()):
+        return None
+    val = [e for e in examples if e["split"] == "val"]
+    last = [e for e in val if e["epoch"] == max(e["epoch"] for e in val)] if val else []
+    tokens = sum(weight.get(source_of(e["id"], cfg.data), 1) * e["tokens"] for e in last)
+    return sum(weight.get(source_of(e["id"], cfg.data), 1) * e["tokens"] * e["loss"] for e in last) / tokens \
+        if tokens else None
 
 
 def _weighted(rows: list[dict]) -> float:

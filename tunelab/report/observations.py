@@ -136,15 +136,22 @@ def token_accuracy(epochs: list[dict]) -> Observation:
                        "correct argmax next-token predictions / supervised tokens; ±0.5 pts counts as no change")
 
 
-def generalisation_gap(epochs: list[dict]) -> Observation | None:
+def generalisation_gap(epochs: list[dict], weighted_val: float | None = None) -> Observation | None:
+    """`weighted_val`: with source weights, the last validation loss with each source's rows weighted as training
+    weights them — the mix the train loss is over (the plain one holds every source at its split's share)."""
     last = epochs[-1]
-    gap = (last["val_loss"] - last["train_loss"]) / last["val_loss"] if last["val_loss"] else 0
-    if gap <= 0.10 or last["val_loss"] - last["train_loss"] < 0.05:  # tiny losses: a ratio of noise
+    val = last["val_loss"] if weighted_val is None else weighted_val
+    gap = (val - last["train_loss"]) / val if val else 0
+    if gap <= 0.10 or val - last["train_loss"] < 0.05:  # tiny losses: a ratio of noise
         return None
     return Observation("watch", f"Final validation loss is {100 * gap:.0f} % above final train loss "
-                       f"({last['val_loss']:.3f} vs {last['train_loss']:.3f}): the model fits training rows "
-                       "better than held-out ones.",
-                       "flag when (val − train) / val > 10 % and val − train > 0.05 in the last epoch")
+                       f"({val:.3f} vs {last['train_loss']:.3f}"
+                       + (", validation rows weighted as their sources are trained" if weighted_val is not None
+                          else "") + "): the model fits training rows better than held-out ones.",
+                       "flag when (val − train) / val > 10 % and val − train > 0.05 in the last epoch"
+                       + ("; with source weights (data.weight, data.mix), each validation row's tokens count its "
+                          "source's weight times, as training counts its train rows" if weighted_val is not None
+                          else ""))
 
 
 def accuracy_change(difference: dict, metric: str, base: float, tuned: float,

@@ -412,7 +412,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
     names = naming(evaluation)
     found = [rules.overfitting(epochs, val_rows(run)), rules.train_trend(epochs, summary), rules.token_accuracy(epochs)]
     found += [o for o in (rules.validation_between_epochs(run.read_jsonl(run.validation), summary),) if o]
-    found += [o for o in (rules.generalisation_gap(epochs), rules.truncation(summary),
+    weighted_val = None if summary.get("imported") else mix.weighted_val_loss(run.read_examples(), run.read_recipe())
+    found += [o for o in (rules.generalisation_gap(epochs, weighted_val), rules.truncation(summary),
                           rules.imported_tokens(summary)) if o]
     if evaluation and "flexible_difference" in evaluation:
         for metric in ("flexible", "strict"):
