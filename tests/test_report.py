@@ -324,6 +324,20 @@ def test_a_run_with_more_validation_rows_is_compared_on_the_rows_both_have(tmp_p
     assert "| data.mix |" not in md  # the entries differ, not an empty list
     assert ("Final validation loss of mixed is lower (better) than plain: 0.815 vs 1.015 (-19.7 %; paired difference "
             "-0.200, 95 % CI -0.200..-0.200 over the 20 validation rows both runs have (plain 20, mixed 30))") in md
+    assert "| synthetic-arith | 1.015 (weight 1) | 0.815 (weight 1): -0.200 (-0.200..-0.200) |" in md  # Data mix
+    assert "| alpaca | – | 3.000 (weight 1) |" in md
+    c = tmp_path / "weighted"  # the same mix with alpaca at weight 2: its rows' loss 2.5
+    shutil.copytree(b, c)
+    raw["data"]["mix"][0]["weight"] = 2
+    (c / "config.yaml").write_text(yaml.safe_dump(raw))
+    rows = [json.loads(line) for line in (c / "metrics" / "examples.jsonl").read_text().splitlines()]
+    (c / "metrics" / "examples.jsonl").write_text("".join(json.dumps({**r, "loss": 2.5} if r["id"].startswith(
+        "alpaca:") and r["epoch"] == 2 else r) + "\n" for r in rows))
+    compare([RunDir(b), RunDir(c)], tmp_path / "cmp2")
+    md = (tmp_path / "cmp2" / "compare.md").read_text()
+    assert "| alpaca | 3.000 (weight 1) | 2.500 (weight 2): -0.500 (-0.500..-0.500) |" in md
+    assert "alpaca rows: validation loss of weighted is lower than mixed's beyond noise (2.500 vs 3.000" in md
+    assert "| synthetic-arith | 0.815 (weight 1) | 0.815 (weight 1): +0.000 (+0.000..+0.000) |" in md
 
 
 def test_compare_pairs_runs_on_each_extra_test_set_both_scored(tmp_path):

@@ -328,6 +328,9 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
         sections.append(("Held-out replies, generated", generated))
     if other_sets := compare_blocks(runs, names):
         sections.append(("Other test sets", other_sets))
+    from tunelab.report import mix
+    if by_source := mix.compare_blocks(runs, names):
+        sections.append(("Data mix", by_source))
     from tunelab.report.seeds import seed_blocks
     if by_seed := seed_blocks(runs, names):
         sections.append(("Seeds", by_seed))

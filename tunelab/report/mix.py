@@ -13,6 +13,8 @@ from tunelab.config import Recipe
 from tunelab.data import source_names, source_of
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
+from tunelab.rundir import RunDir
+from tunelab.stats import paired_loss_difference
 
 
 def source_epochs(examples: list[dict], cfg: Recipe) -> dict[str, tuple[list[dict], dict[int, dict]]]:
@@ -87,11 +89,63 @@ def weighted_val_loss(examples: list[dict], cfg: Recipe) -> float | None:
     weight = source_weights(cfg)
     if all(w == 1 for w in weight.values()):
         return None
+    cells = [(loss, weight.get(source, 1) * n) for source, rows in _last_val_by_source(examples, cfg).items()
+             for loss, n in rows.values()]
+    return _weighted_mean(cells) if cells else None
+
+
+def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
+    """`tunelab compare`'s Data mix, when a run trained on several sources: each source's validation loss after
+    each run's last epoch (its rows alone), with its weight, and each later run's change from the first, paired
+    over the rows both validated — what more or less of one source (a weight or limit sweep) did to each."""
+    recipes = [r.read_recipe() for r in runs]
+    if not any(c.data.mix for c in recipes):
+        return []
+    last = [_last_val_by_source(r.read_examples(), c) for r, c in zip(runs, recipes)]
+    weights = [source_weights(c) for c in recipes]
+    rows, found = [], []
+    for source in dict.fromkeys(s for by_source in last for s in by_source):
+        first, cells = last[0].get(source), []
+        for k, (by_source, weight, name) in enumerate(zip(last, weights, names)):
+            mine = by_source.get(source)
+            d = paired_loss_difference(first, mine) if k and first and mine else None
+            cell = "–" if not mine else f"{_weighted_mean(mine.values()):.3f} (weight {weight.get(source, 1):g})"
+            if d:
+                lo, hi = d["ci95"]
+                on = f" on {d['n']}" if d["n"] < max(len(first), len(mine)) else ""
+                cell += f": {d['delta']:+.3f} ({lo:+.3f}..{hi:+.3f}){on}"
+                if change := rules.sign_of(d["ci95"]):
+                    found.append(Observation("good" if change < 0 else "watch", f"{source} rows: validation loss "
+                                             f"of {name} is {'lower' if change < 0 else 'higher'} than {names[0]}'s "
+                                             f"beyond noise ({d['means'][1]:.3f} vs {d['means'][0]:.3f}, "
+                                             f"{d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}, {d['n']} rows).",
+                                             COMPARE_RULE))
+            cells.append(cell)
+        rows.append((source, *cells))
+    return [("p", f"Each source's validation loss after each run's last epoch, over its own rows, with its weight "
+                  f"(data.weight, a data.mix entry's weight); each later run's change from {names[0]} on the rows "
+                  "both validated (\"on N\" when fewer). Rule: " + COMPARE_RULE + "."),
+            ("table", ["source", *names], rows), ("obs", found)]
+
+
+COMPARE_RULE = ("paired bootstrap 95 % CI of the token-weighted validation-loss difference over the source's rows "
+                "both runs validated; beyond noise = CI excludes 0")
+
+
+def _last_val_by_source(examples: list[dict], cfg: Recipe) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per source, each validation row's (loss, tokens) in the run's last validation pass."""
     val = [e for e in examples if e["split"] == "val"]
-    last = [e for e in val if e["epoch"] == max(e["epoch"] for e in val)] if val else []
-    tokens = sum(weight.get(source_of(e["id"], cfg.data), 1) * e["tokens"] for e in last)
-    return sum(weight.get(source_of(e["id"], cfg.data), 1) * e["tokens"] * e["loss"] for e in last) / tokens \
-        if tokens else None
+    last = max((e["epoch"] for e in val), default=None)
+    out: dict[str, dict] = {}
+    for e in val:
+        if e["epoch"] == last:
+            out.setdefault(source_of(e["id"], cfg.data), {})[e["id"]] = (e["loss"], e["tokens"])
+    return out
+
+
+def _weighted_mean(cells) -> float:
+    cells = list(cells)
+    return sum(loss * n for loss, n in cells) / sum(n for _, n in cells)
 
 
 def _weighted(rows: list[dict]) -> float:
