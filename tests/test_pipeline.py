@@ -413,6 +413,8 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     summary = run.read_json(run.summary)
     assert len(trained) == 2 * 36 and summary["steps"] == 2 * math.ceil((27 + 2 * 9) / 8)
     assert summary["train_rows_per_epoch"] == 27 + 2 * 9 and summary["train_examples"] == 36
+    assert "(4 held out for validation; 45 trained per epoch by the source weights)" in (
+        run.path / "adapter" / "README.md").read_text()
     checks = run.read_json(run.data_checks)
     synthetic = sum(o["split"] == "test" and ":" not in o["train_id"] for o in checks["overlap"])
     assert synthetic and checks["rows"]["sources"] == {  # synthetic problems share 13-gram skeletons; colours none

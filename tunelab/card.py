@@ -73,7 +73,9 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
             f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {targets_text(cfg.lora.target_modules)}, "
             f"{_epochs_trained(summary)} over {summary['train_examples']} training rows of `{cfg.data.source}` "
             + "".join(f"and `{m.source}` " for m in cfg.data.mix) +
-            f"({summary['val_examples']} held out for validation). Every figure here was measured by tunelab in "
+            f"({summary['val_examples']} held out for validation"
+            + (f"; {summary['train_rows_per_epoch']} trained per epoch by the source weights"
+               if "train_rows_per_epoch" in summary else "") + "). Every figure here was measured by tunelab in "
             "this run; none is copied from elsewhere" + (" but the cost, priced from the other trainer's train_runtime"
                                                          if "imported" in summary and cost else "") + ".", ""]
     body += _not_final(summary, evaluation, epoch, lowest)
