@@ -139,3 +139,23 @@ def test_compare_of_a_sweep_folder_compares_its_finished_runs_in_place(tmp_path,
     (tmp_path / "empty" / "sweep.json").write_text(json.dumps({"runs": [{"name": "a", "state": "to do"}]}))
     assert main(["compare", str(tmp_path / "empty")]) == 2
     assert "no finished run in the sweep yet" in capsys.readouterr().err
+
+
+def test_a_runs_report_gives_the_spread_of_its_recipes_repeats_beside_it(tmp_path):
+    from tunelab.report import write_report
+    sweep_dir = tmp_path / "quickstart-sweep"
+    plan = [(0, 20, 1.50), (1, 30, 1.48), (2, 21, 1.53)]
+    runs = [seeded_run(sweep_dir / f"lr=1e-3_seed={seed}", "1e-3", seed, right, val) for seed, right, val in plan]
+    seeded_run(sweep_dir / "lr=3e-3_seed=0", "3e-3", 0, 33, 1.40)  # another recipe: not a repeat
+    (sweep_dir / "notes").mkdir()  # not a run
+    write_report(runs[0])
+    seeds = section(runs[0].report_md.read_text(), "Seeds")
+    acc = [100 * right / N for _, right, _ in plan]
+    assert (f"| the recipe | lr=1e-3_seed=0, lr=1e-3_seed=1, lr=1e-3_seed=2 | {statistics.mean([1.50, 1.48, 1.53]):.4f}"
+            in seeds and f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f} %" in seeds)
+    assert "lr=3e-3" not in seeds
+    assert "the recipe: 2 of 3 pairs of repeats differ beyond the paired interval" in seeds  # 30 right vs 20, 21
+    alone = seeded_run(tmp_path / "elsewhere" / "alone", "1e-3", 0, 20, 1.5)
+    write_report(alone)
+    md = alone.report_md.read_text()
+    assert "## Seeds" not in md and "`tunelab sweep RECIPE --seeds 3` measures that spread" in md

@@ -33,7 +33,10 @@ DEFINITIONS = [
     "loss × 100; epoch 0 is measured before the first optimizer step.",
     "Token accuracy = correct argmax next-token predictions / supervised (target) tokens, summed over the pass.",
     "Accuracy interval = 95 % paired bootstrap interval of (tuned − base) over the same questions; McNemar's "
-    "exact test on the questions one model got right and the other wrong.",
+    "exact test on the questions one model got right and the other wrong. These intervals (and the loss ones) count "
+    "the noise of which questions or rows were measured, not of training: the same recipe under another train.seed "
+    "ends elsewhere; `tunelab sweep RECIPE --seeds 3` measures that spread (the Seeds section, when repeats of this "
+    "recipe sit beside the run).",
     "Cost = measured wall hours of the train stage × price per hour (recipe cost.usd_per_hour, or the dated "
     "built-in table); eval cost = measured wall hours of the answer passes run for this run (its test set and each "
     "eval.also set; a base pass reused from the cache, answered for another run, not counted) × the same kind of "
@@ -94,16 +97,11 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         sections.append(("Insights from model analysis", _insights(run, analysis)))
     if baseline is not None:
         sections.append(("Comparison with the baseline run", baseline_section(run, baseline, figures)))
+    if repeated := _seed_repeats(run):
+        sections.append(("Seeds", repeated))
     sections.append(("What worked / what to watch", _worked_and_watch(found)))
     if run.has_adapter():
-        commands = handoff.for_run(run)
-        rescore = "re-score the adapter with lm-evaluation-harness, " if any(
-            line.startswith("lm_eval ") for _, line in commands) else ""  # lm-eval has a task for GSM8K alone
-        sections.append(("Take it further", [
-            ("p", f"Commands filled in for this run: {rescore}serve it with vLLM, publish it (adapter/README.md is "
-                  "its model card; `tunelab export` writes a merged model or a GGUF for llama.cpp and Ollama)."),
-            *_best_epoch_export(run, evaluation, summary),
-            ("details", "the commands", commands)]))
+        sections.append(("Take it further", _take_it_further(run, evaluation, summary)))
     unscored = not evaluation and bool(run.read_optional(run.eval_skipped))
     sections.append(("Definitions", [("list", _definitions(names.definition, imported, unscored))]))
 
@@ -144,6 +142,40 @@ UNSCORED = [
     "of letters and digits); each 0..1, averaged over rows, tuned − base with a 95 % paired bootstrap interval over "
     "rows.",
 ]
+
+
+def _take_it_further(run: RunDir, evaluation: dict | None, summary: dict) -> list:
+    """The commands filled in for a run with an adapter: lm-eval (when it has a task for the data), vLLM, the Hub;
+    and the best epoch's export when it is not the last."""
+    commands = handoff.for_run(run)
+    rescore = "re-score the adapter with lm-evaluation-harness, " if any(
+        line.startswith("lm_eval ") for _, line in commands) else ""  # lm-eval has a task for GSM8K alone
+    return [("p", f"Commands filled in for this run: {rescore}serve it with vLLM, publish it (adapter/README.md is "
+                  "its model card; `tunelab export` writes a merged model or a GGUF for llama.cpp and Ollama)."),
+            *_best_epoch_export(run, evaluation, summary),
+            ("details", "the commands", commands)]
+
+
+def _seed_repeats(run: RunDir) -> list:
+    """Repeats of this run's recipe under other seeds in the folders beside it (a sweep's `--seeds` runs): the
+    spread of their figures and the pairs of repeats that differ beyond the paired interval (`seeds.seed_blocks`
+    over this run and them); [] when none has finished training there."""
+    from tunelab.errors import UserError
+    from tunelab.report.seeds import repeats, seed_blocks
+    runs = [run]
+    for folder in sorted(p for p in run.path.parent.iterdir() if p != run.path and (p / "summary.json").is_file()):
+        try:
+            other = RunDir(folder)
+            other.read_recipe()
+        except (UserError, OSError, ValueError):  # not a run, or one whose recipe no longer validates
+            continue
+        runs.append(other)
+    if len(runs) < 2:
+        return []
+    mine = next(members for _, members in repeats(runs) if 0 in members)
+    if len(mine) < 2:
+        return []
+    return seed_blocks([runs[i] for i in mine], [runs[i].path.name for i in mine])
 
 
 def _definitions(accuracy: str, imported: dict | None, unscored: bool = False) -> list[str]:
