@@ -2,6 +2,7 @@
 over seeds and tests recipes against each other by Welch's t-test, and `tunelab sweep --seeds N` makes them."""
 
 import statistics
+from pathlib import Path
 
 import pytest
 from scipy.stats import ttest_ind
@@ -108,13 +109,20 @@ def test_no_seeds_section_without_repeats(tmp_path):
 
 def test_sweep_seeds_repeats_every_combination_with_consecutive_train_seeds(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr("tunelab.pipeline.run_all", lambda recipe, overrides, run_dir, baseline:
-                        ran.append((overrides, run_dir.rsplit("/", 1)[-1])))
+
+    def run_all(recipe, overrides, run_dir, baseline):  # a finished fixture run of that recipe
+        ran.append((overrides, run_dir.rsplit("/", 1)[-1]))
+        run = seeded_run(Path(run_dir), "1e-3", 0, 20 + 3 * len(ran), 1.5)
+        run.config.write_text(to_yaml(load_recipe(recipe, overrides)))
+
+    monkeypatch.setattr("tunelab.pipeline.run_all", run_all)
     monkeypatch.setattr("tunelab.report.compare", lambda runs, folder: None)
     folder, record = sweep("quickstart", ["train.seed=7"], ["lora.r=4,8"], str(tmp_path / "sw"), seeds=2)
     assert [name for _, name in ran] == ["r=4_seed=7", "r=4_seed=8", "r=8_seed=7", "r=8_seed=8"]
     assert ran[1][0] == ["train.seed=7", "lora.r=4", "train.seed=8"]  # the later --set wins
     assert record["vary"] == ["lora.r=4,8", "train.seed=7,8"]
+    first = section((folder / "r=4_seed=7" / "report.md").read_text(), "Seeds")  # rewritten once both had run
+    assert "| the recipe | r=4_seed=7, r=4_seed=8 |" in first and "r=8" not in first
     for args, message in [((["lora.r=4,8"], 0), "--seeds 0: must be at least 1"),
                           ((["train.seed=1,2"], 3), "--seeds: train.seed is already given by --vary"),
                           (([], 1), "sweep: nothing to vary")]:

@@ -118,8 +118,11 @@ def sweep(recipe: str, overrides: list[str], vary_items: list[str], run_dir: str
             home.write_json(plan_file, record)
     finished = [RunDir(path) for path in finished_runs(folder)]
     if finished:
-        from tunelab.report import compare
+        from tunelab.report import compare, write_report
         compare(finished, folder)
+        if seeds > 1:  # each run's report again, its Seeds section over every repeat (the first saw none yet)
+            for run in finished:
+                write_report(run)
     return folder, record
 
 
