@@ -417,13 +417,19 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
         run.path / "adapter" / "README.md").read_text()
     checks = run.read_json(run.data_checks)
     synthetic = sum(o["split"] == "test" and ":" not in o["train_id"] for o in checks["overlap"])
-    assert synthetic and checks["rows"]["sources"] == {  # synthetic problems share 13-gram skeletons; colours none
+    sources = checks["rows"]["sources"]
+    share = sources["colours"].pop("loss_share")  # said before training: the share training then took
+    last = [e for e in run.read_examples() if e["split"] == "train" and e["epoch"] == 2]
+    assert share == round(sum(e["tokens"] for e in last if e["id"].startswith("colours:"))
+                          / sum(e["tokens"] for e in last), 4) == round(1 - sources["synthetic-arith"]["loss_share"], 4)
+    del sources["synthetic-arith"]["loss_share"]
+    assert synthetic and sources == {  # synthetic problems share 13-gram skeletons; colours none
         "synthetic-arith": {"train": 27, "validation": 3, "test_overlap": synthetic, "weight": 1, "per_epoch": 27},
         "colours": {"train": 9, "validation": 1, "test_overlap": 0, "weight": 2, "per_epoch": 18}}
     md = run.report_md.read_text()
     assert "| Epochs | 2 (45 train rows each, by the source weights; batch 8 × accumulation 1" in md
-    assert "| colours: train / validation rows, test rows overlapping it | 9 (weight 2: 18 trained per epoch) / 1, " \
-           "0 |" in md
+    assert (f"| colours: train / validation rows, test rows overlapping it | 9 (weight 2: 18 trained per epoch; "
+            f"{100 * share:.0f} % of the loss tokens) / 1, 0 |") in md
     assert "## Data mix" in md and re.search(r"\| colours \| 2 \| 18 \| \d+ % \| 1 \| (\d+\.\d{3} → ){2}\d+\.\d{3} \|",
                                             md)
     clusters = run.read_json(run.clusters)  # each cluster's rows by source, in the report's cluster table
@@ -437,9 +443,10 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     colour = shown[2]["segments"]
     assert colour[0]["text"].startswith("Name colour") and not colour[0]["loss"] and colour[1]["loss"]
     assert main(["check", "quickstart", "--set", "data.synthetic_rows=30", "--set", mix]) == 0
-    said = capsys.readouterr().out
-    assert "sources: synthetic-arith 27 train / 3 validation rows" in said
-    assert "; colours 9 train (weight 2: 18 trained per epoch) / 1 validation rows" in said
+    said = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    own, mixed = f"{100 * (1 - share):.0f} % of the loss tokens", f"{100 * share:.0f} % of the loss tokens"
+    assert f"sources: synthetic-arith 27 train ({own}) / 3 validation rows" in said
+    assert f"; colours 9 train (weight 2: 18 trained per epoch; {mixed}) / 1 validation rows" in said
     assert checks["extra_sets"]["colours"]["overlap_counts"]["exact"] == 10  # the 10 rows the run took from it
 
 

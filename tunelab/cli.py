@@ -494,7 +494,7 @@ def _print_eval_examples(console, sets: dict) -> None:
 
 def _print_checks(result: dict) -> None:
     from rich.console import Console
-    from tunelab.data.checks import targets_line, weight_note
+    from tunelab.data.checks import source_note, targets_line
     from rich.table import Table
     from rich.text import Text
     console = Console(width=150)
@@ -509,7 +509,7 @@ def _print_checks(result: dict) -> None:
     for o in result["overlap"][:5]:
         console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")
     if sources := result["rows"].get("sources"):
-        console.print("sources: " + "; ".join(f"{name} {c['train']} train{weight_note(c)} / "
+        console.print("sources: " + "; ".join(f"{name} {c['train']} train{source_note(c)} / "
                                                f"{c['validation']} validation rows"
                                                + (f", {c['test_overlap']} test rows overlap it" if c["test_overlap"]
                                                   else "") for name, c in sources.items()))

@@ -147,17 +147,18 @@ def duplicate_ids(rows: list[Example], kind: str, vectors=None, threshold: float
     return drop
 
 
-def lengths(cfg, splits: Splits, tok) -> tuple[dict, np.ndarray]:
+def lengths(cfg, splits: Splits, tok, items: list) -> tuple[dict, np.ndarray]:
     """Prompt and target token lengths (percentiles), rows cut by train.max_length, the padding share of the
-    batch plan, and a max_length recommendation; and every row's total length (for the histogram)."""
-    from tunelab.train.batching import batches, encode, tokenize_with
+    batch plan (under the source weights), and a max_length recommendation; and every row's
+    total length (for the histogram). `items`: the train rows tokenized as training takes them."""
+    from tunelab.train.batching import batches, encode, weights
     rows = splits.train + splits.val
     prompt_ids, target_ids, _ = encode(rows, tok, cfg.data.chat_template, history_loss=False)  # lengths only
     prompts, targets = [len(x) for x in prompt_ids], [len(x) for x in target_ids]
     totals = np.array(prompts) + np.array(targets)
     cut = int((totals > cfg.train.max_length).sum())
-    items, _ = tokenize_with(cfg, splits.train, tok)
-    plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length)
+    plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length,
+                   weights(cfg, splits.train, items))
     padded = sum(b.input_ids.numel() for b in plan)
     real = sum(b.real_tokens for b in plan)
     p99 = int(np.percentile(totals, 99))
@@ -258,7 +259,9 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
              for entry, name in zip(cfg.eval.also, also_names(cfg.eval))}
     duplicates = train_duplicates(train, train_vecs, threshold)
     seconds["overlap_duplicates"], clock = time.time() - clock, time.time()
-    profile, totals = lengths(cfg, splits, tok)
+    from tunelab.train.batching import tokenize_with
+    items, _ = tokenize_with(cfg, splits.train, tok)
+    profile, totals = lengths(cfg, splits, tok, items)
     from tunelab.train.batching import boundary_merges
     boundary = {"rows": 0, "of": 0} if cfg.data.chat_template else boundary_merges(train, tok)
     seconds["lengths"] = time.time() - clock
@@ -269,7 +272,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     return {"settings": {"ngram": n, "near_threshold": threshold,
                          "near": embed_texts is not None, "embedder": "minilm"},
             "rows": {"train": len(train), "validation": len(splits.val), "test": len(splits.test),
-                     "deduplicated": splits.deduplicated, **_sources(cfg, splits, found)},
+                     "deduplicated": splits.deduplicated, **_sources(cfg, splits, found, items)},
             "test_source": cfg.eval.source or cfg.data.source,
             "overlap_counts": counts, "overlap": found, **({"extra_sets": extra} if extra else {}),
             "train_duplicates": duplicates, "lengths": profile,
@@ -292,10 +295,11 @@ def _extra_overlap(cfg, entry, train: list[Example], train_vecs, embed_texts) ->
                                                                            for k in KINDS}, "overlap": found[:20]}
 
 
-def _sources(cfg, splits: Splits, found: list[dict]) -> dict:
-    """With data.mix: {"sources": {name: {train, validation, test_overlap, weight, per_epoch}}}, test_overlap = the
-    test rows found overlapping a row of that source (which source brought a test row in), per_epoch = the train
-    rows an epoch trains under its weight (repeats counted); else nothing."""
+def _sources(cfg, splits: Splits, found: list[dict], items: list) -> dict:
+    """With data.mix: {"sources": {name: {train, validation, test_overlap, weight, per_epoch, loss_share}}},
+    test_overlap = the test rows found overlapping a row of that source (which source brought a test row in),
+    per_epoch = the train rows an epoch trains under its weight (repeats counted), loss_share = its share of the
+    tokens an epoch takes the loss on (its tokenized train `items`' supervised tokens × its weight); else nothing."""
     from tunelab.train.batching import trained_per_epoch
     if not cfg.data.mix:
         return {}
@@ -308,16 +312,23 @@ def _sources(cfg, splits: Splits, found: list[dict]) -> dict:
     for o in found:
         if o["split"] == "test":
             out[source_of(o["train_id"], cfg.data)]["test_overlap"] += 1
-    for c in out.values():
+    supervised = {name: 0 for name in out}
+    for item in items:
+        supervised[source_of(splits.train[item.index].id, cfg.data)] += item.supervised
+    total = sum(out[name]["weight"] * n for name, n in supervised.items())
+    for name, c in out.items():
         c["per_epoch"] = trained_per_epoch(c["weight"], c["train"])
+        c["loss_share"] = round(c["weight"] * supervised[name] / total, 4) if total else 0.0
     return {"sources": out}
 
 
-def weight_note(source: dict) -> str:
-    """" (weight 2: 576 trained per epoch)" for a source of `_sources` whose weight is not 1; else ""."""
-    if source.get("weight", 1) == 1:
-        return ""
-    return f" (weight {source['weight']:g}: {source['per_epoch']} trained per epoch)"
+def source_note(source: dict) -> str:
+    """" (weight 2: 576 trained per epoch; 45 % of the loss tokens)" for a source of `_sources`: its weight when it is
+    not 1, its share of the tokens an epoch takes the loss on; "" when neither is known."""
+    said = [f"weight {source['weight']:g}: {source['per_epoch']} trained per epoch"] if source.get("weight", 1) != 1 \
+        else []
+    said += [f"{100 * source['loss_share']:.0f} % of the loss tokens"] if "loss_share" in source else []
+    return f" ({'; '.join(said)})" if said else ""
 
 
 def minilm(texts: list[str]) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.data import MIX_SEP, source_names
-from tunelab.data.checks import targets_line, weight_note
+from tunelab.data.checks import source_note, targets_line
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.report import extra, mix, replies
@@ -550,7 +550,7 @@ def _data(run: RunDir, checks: dict) -> list:
                        [(o["row_id"], o["row_text"]), (o["train_id"], o["train_text"])]))
     d, ln = checks["train_duplicates"], checks["lengths"]
     blocks.append(("table", ["figure", "value"], [
-        *[(f"{name}: train / validation rows, test rows overlapping it", f"{c['train']}{weight_note(c)} / "
+        *[(f"{name}: train / validation rows, test rows overlapping it", f"{c['train']}{source_note(c)} / "
            f"{c['validation']}, {c['test_overlap']}") for name, c in rows.get("sources", {}).items()],
         ("train rows dropped by data.dedup", rows["deduplicated"]),
         ("exact duplicates inside train", f"{d['exact_rows']} rows in {d['exact_groups']} groups"),
