@@ -104,7 +104,10 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     last = [_last_val_by_source(r.read_examples(), c) for r, c in zip(runs, recipes)]
     weights = [source_weights(c) for c in recipes]
     rows, found = [], []
-    for source in dict.fromkeys(s for by_source in last for s in by_source):
+    for source in dict.fromkeys([*(s for c in recipes for s in source_names(c.data)),
+                                 *(s for by_source in last for s in by_source)]):
+        if not any(source in by_source for by_source in last):
+            continue
         first, cells = last[0].get(source), []
         for k, (by_source, weight, name) in enumerate(zip(last, weights, names)):
             mine = by_source.get(source)
