@@ -425,6 +425,41 @@ def test_trl_conversational_prompt_completion_rows_train_the_completion_as_trl_d
     assert raw["train"]["completion_only"] is False
 
 
+def test_a_trl_dataset_mixture_becomes_data_mix_with_the_rows_trl_concatenates(tmp_path, tiny_model):
+    from trl import DatasetMixtureConfig, get_dataset
+    from trl.scripts.utils import DatasetConfig
+    folder = tmp_path / "arith"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"prompt": f"Q: {i} + {i}?\nA:", "completion": f" {2 * i}", "id": i}
+                                         for i in range(20)])
+    more = write_jsonl(tmp_path / "echo.jsonl", [{"prompt": f"Say {i}.\n", "completion": f" {i}!"} for i in range(10)])
+    text = (f"model_name_or_path: {tiny_model}\nuse_peft: true\nlora_target_modules: all-linear\n"
+            f"datasets:\n  - path: {folder}\n    columns: [prompt, completion]\n  - path: json\n"
+            f"    data_files: {more}\ntest_split_size: 0.2\ndataset_name: ignored/set\n")
+    raw, notes = convert(_config(tmp_path, text))
+    data = raw["data"]
+    assert (data["source"], data["mix"], data["template"], data["val_fraction"]) == (
+        str(folder), [{"source": str(more)}], "{prompt}", 0.2)
+    assert any(n.startswith("dataset_name: 'ignored/set': not used") for n in notes)
+    assert any(n.startswith("test_split_size: 0.2: differs") for n in notes)
+    mixture = [DatasetConfig(path=str(folder), columns=["prompt", "completion"]),
+               DatasetConfig(path="json", data_files=str(more))]
+    theirs = get_dataset(DatasetMixtureConfig(datasets=mixture))
+    recipe = load_recipe(_write(tmp_path, raw))
+    rows = load_splits(recipe.data)  # every row TRL concatenates, each once, rendered as TRL's prompt + completion
+    ours = sorted((e.prompt, e.target) for e in rows.train + rows.val)
+    assert ours == sorted((r["prompt"], r["completion"]) for part in theirs.values() for r in part)
+    assert len(ours) == 30
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "hello"}]}] * 4)
+    for extra, message in [(f"  - path: {chats}\n", r"datasets: their rows have different formats"),
+                           ("  - path: x\n    split: test\n", r"datasets.2: split / data_dir: tunelab trains on"),
+                           ("  - path: json\n    data_files: [a.jsonl, b.jsonl]\n", r"datasets.2.data_files: \["
+                            r"'a.jsonl', 'b.jsonl'\]: converted as one json")]:
+        with pytest.raises(UserError, match=message):
+            convert(_config(tmp_path, text.replace("test_split_size", extra + "test_split_size")))
+
+
 def test_a_trl_config_that_would_train_differently_is_refused(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "rows.jsonl", [{"question": "q", "answer": "a"}] * 4)
     with pytest.raises(UserError, match=r"its rows have \['answer', 'question'\]; TRL reads `messages`"):

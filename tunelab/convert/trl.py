@@ -42,10 +42,10 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     if not left.pop("use_peft", False):
         raise UserError(f"{path}: use_peft: not set: tunelab trains LoRA adapters (use_peft: true); without it TRL "
                         "fine-tunes every weight")
-    for key in ("datasets", "max_steps", "lora_modules_to_save", "chat_template_path", "dataset_streaming"):
+    for key in ("max_steps", "lora_modules_to_save", "chat_template_path", "dataset_streaming", "streaming"):
         if left.get(key) not in (None, -1, False, [], ""):
-            raise UserError(f"{path}: {key}: {left[key]!r}: not converted (tunelab trains whole epochs of one "
-                            "source's train split with its tokenizer's chat template, adapters only)")
+            raise UserError(f"{path}: {key}: {left[key]!r}: not converted (tunelab trains whole epochs of its "
+                            "sources' train splits with its tokenizer's chat template, adapters only)")
         left.pop(key, None)
     model = {"name": left.pop("model_name_or_path")}
     for key, to in (("model_revision", "revision"), ("trust_remote_code", "trust_remote_code"),
@@ -61,7 +61,7 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
                      "(bf16: true); tunelab trains bf16 weights on a GPU (model.dtype: auto), fp32 on a CPU")
     if left.pop("load_in_8bit", False):
         notes.append("load_in_8bit: True: differs: tunelab loads the base in bf16, or 4-bit NF4 (model.load_in_4bit)")
-    data = _data(path, left)
+    data = _mixture(path, left, notes) if left.get("datasets") else _data(path, left)
     lora = _lora(path, left, model["name"], notes)
     train = _train(path, left, data, notes)
     notes.append("val: differs: TRL trained on every train row; tunelab holds out data.val_fraction (0.1) for "
@@ -73,7 +73,6 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
 
 def _data(path: str, left: dict) -> dict:
     """data.*: the dataset and its format, read from its first train rows as TRL reads them."""
-    from tunelab.data.sources import read_source
     source = left.pop("dataset_name", None)
     if not source:
         raise UserError(f"{path}: dataset_name: missing (the dataset to train on)")
@@ -81,10 +80,58 @@ def _data(path: str, left: dict) -> dict:
     split = left.pop("dataset_train_split", "train")
     if split != "train":
         raise UserError(f"{path}: dataset_train_split: {split!r}: tunelab trains on a source's train split")
+    return _format(path, "dataset_name", source, config, None, left.pop("dataset_text_field", "text"))
+
+
+MIXTURE_KEYS = {"path", "name", "data_dir", "data_files", "split", "columns"}  # TRL's DatasetConfig
+
+
+def _mixture(path: str, left: dict, notes: list[str]) -> dict:
+    """data.* from `datasets:` (TRL's DatasetMixtureConfig: each {path, name, data_files, split, columns}), which
+    `trl sft` trains on instead of dataset_name: the first as data.source, the others as data.mix entries. TRL
+    concatenates them (each row once, as data.mix trains them), so their rows share one format."""
+    mixture, text = left.pop("datasets"), left.pop("dataset_text_field", "text")
+    for key in ("dataset_name", "dataset_config"):
+        if left.get(key):
+            notes.append(f"{key}: {left[key]!r}: not used: TRL trains on `datasets` when both are set")
+        left.pop(key, None)
+    left.pop("dataset_train_split", None)
+    sources = []
+    for i, d in enumerate(mixture):
+        where = f"datasets.{i}"
+        if not isinstance(d, dict) or "path" not in d or set(d) - MIXTURE_KEYS:
+            raise UserError(f"{path}: {where}: {d!r}: a dataset is {{path, and optionally name, data_files, split, "
+                            "columns}")
+        if d.get("split", "train") != "train" or d.get("data_dir"):
+            raise UserError(f"{path}: {where}: split / data_dir: tunelab trains on a source's whole train split")
+        source, files = d["path"], d.get("data_files")
+        if files is not None:  # TRL's way to a local file: path json (or csv, parquet) with its data_files
+            if d["path"] not in ("json", "csv", "parquet") or not isinstance(files, str):
+                raise UserError(f"{path}: {where}.data_files: {files!r}: converted as one json, csv or parquet file "
+                                "(path: json)")
+            source = files
+        sources.append(_format(path, f"{where}.path", source, d.get("name"), d.get("columns"), text))
+    formats = [{k: v for k, v in s.items() if k not in ("source", "config")} for s in sources]
+    if any(f != formats[0] for f in formats):
+        raise UserError(f"{path}: datasets: their rows have different formats ({formats}); TRL concatenates "
+                        "datasets whose rows share their columns")
+    mix = [{k: s[k] for k in ("source", "config") if k in s} for s in sources[1:]]
+    size = left.pop("test_split_size", None)
+    if size:
+        notes.append(f"test_split_size: {size}: differs: TRL holds out that share of the combined rows for "
+                     f"evaluation; tunelab holds out data.val_fraction ({size} here) of each source's")
+    return {**sources[0], **({"mix": mix} if mix else {}), **({"val_fraction": size} if size else {})}
+
+
+def _format(path: str, key: str, source: str, config: str | None, columns: list[str] | None, text: str) -> dict:
+    """A dataset as data.* keys: its source and its rows' format, read from its first train row (its `columns`
+    alone, when TRL selects them) as TRL reads it."""
+    from tunelab.data.sources import read_source
     rows, _ = read_source(source, config, 0, 0, 0)
     fields = rows["train"][0].fields if rows.get("train") else {}
+    if columns is not None:
+        fields = {k: v for k, v in fields.items() if k in columns}
     out: dict[str, Any] = {"source": source, **({"config": config} if config else {})}
-    text = left.pop("dataset_text_field", "text")
     if isinstance(fields.get("messages"), list):  # conversational language modeling
         return {**out, "messages": "messages", "chat_template": True}
     if isinstance(fields.get("prompt"), str) and isinstance(fields.get("completion"), str):
@@ -93,7 +140,7 @@ def _data(path: str, left: dict) -> dict:
         return {**out, "messages": "prompt+completion", "chat_template": True, "history_loss": False}
     if isinstance(fields.get(text), str):  # language modeling: the whole text trained
         return {**out, "template": "", "target": "{" + text + "}"}
-    raise UserError(f"{path}: dataset_name: {source}: its rows have {sorted(fields)}; TRL reads `messages`, "
+    raise UserError(f"{path}: {key}: {source}: its rows have {sorted(fields)}; TRL reads `messages`, "
                     f"`prompt` + `completion`, or the text field {text!r}")
 
 
