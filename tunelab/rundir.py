@@ -114,7 +114,9 @@ LAYOUT = {
                               "`epochs`, `cost`; and its replies/, generated and scored as eval/replies/ "
                               "(eval.overlap)"),
     "analysis/data_checks.json": ("data_checks", "test / validation overlap with train (exact, n-gram, near), "
-                                                 "train duplicates, length profile, scoreable targets, estimate"),
+                                                 "train duplicates, length profile, scoreable targets, estimate; with "
+                                                 "data.mix each source's rows, weight and share of the loss "
+                                                 "tokens"),
     "analysis/lengths.png": ("lengths_png", "histogram of tokens per row, train.max_length marked"),
     "analysis/summary.json": ("analysis_summary", "rows, embedder, k and silhouettes, outliers, label agreement, "
                                                   "data-map regions, seconds per part"),
