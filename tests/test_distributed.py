@@ -133,6 +133,9 @@ def test_fsdp_resume_from_a_sharded_mid_epoch_checkpoint_matches_the_uninterrupt
         rows = RunDir(run).read_jsonl(RunDir(run).epochs)
         return [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in rows]
     assert metrics(cut) == metrics(whole)
+    def logged(run):  # every row's loss record: those before the cut come from the checkpoint, once (both ranks')
+        return sorted((e["split"], e["epoch"], e["id"]) for e in RunDir(run).read_examples())
+    assert logged(cut) == logged(whole)
     assert_same_adapter(whole, cut, atol=1e-6, rtol=1e-5)
     assert_same_adapter(whole / "adapters", cut / "adapters", atol=1e-6, rtol=1e-5, folder="best-loss")
 

@@ -27,6 +27,7 @@ class State:
     step_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)  # every validation pass: step, epoch, loss, token accuracy
     example_log: list = field(default_factory=list)
+    epoch_examples: list = field(default_factory=list)  # this epoch's per-row train losses so far (all ranks')
     epoch_sums: dict = field(default_factory=dict)  # this epoch's PassStats so far
     epoch_seconds: float = 0.0  # training seconds spent in this epoch so far
     train_seconds: float = 0.0

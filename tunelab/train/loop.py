@@ -246,7 +246,7 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
     stats = PassStats(**state.epoch_sums)
     epoch_batches = batches(loop.train_items, cfg.train.batch_size, loop.pad_id, cfg.train.seed + epoch,
                             cfg.train.group_by_length, loop.weights)
-    examples: list[dict] = []
+    examples: list[dict] = list(state.epoch_examples) if loop.d.main else []  # a resumed epoch's rows so far
     for start in range(state.epoch_step * loop.per_step, len(epoch_batches), loop.per_step):
         row = _guarded_step(loop, epoch_batches[start:start + loop.per_step], stats, epoch, examples,
                             epoch_batches[0])
@@ -269,6 +269,7 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
                 break
         every = cfg.train.checkpoint_every
         if stop.requested or (every and state.step % every == 0 and state.epoch_step < loop.steps_per_epoch):
+            state.epoch_examples = list(loop.d.gather(examples))  # kept with the checkpoint: a resume logs them once
             path = _save(loop)
             if stop.requested:
                 raise KeyboardInterrupt(f"checkpoint saved at {path}; resume with: tunelab train --resume "
@@ -285,6 +286,7 @@ def _end_epoch(loop: Loop, epoch: int, stats: PassStats, examples: list[dict], s
     val, val_seconds = _validate_logged(loop, epoch)
     state.epochs.append(_epoch_row(epoch, stats, val, seconds, val_seconds))
     state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch + 1, 0, {}, 0.0
+    state.epoch_examples = []
     if loop.cfg.train.keep_epoch_adapters:
         _save_adapter(loop, loop.run.epoch_adapter(epoch))  # before the checkpoint: a resume rewrites it
     _save(loop)
