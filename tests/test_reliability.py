@@ -70,7 +70,8 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
             assert x[key] == pytest.approx(y[key], abs=1e-5), key
     steps = [s["step"] for s in resumed.read_jsonl(resumed.steps)]
     assert steps == list(range(1, len(steps) + 1))  # no optimizer step repeated or skipped
-    logged = [{(e["split"], e["epoch"], e["id"]): e["loss"] for e in run.read_examples()} for run in (resumed, straight)]
+    logged = [{(e["split"], e["epoch"], e["id"]): e["loss"] for e in run.read_examples()}
+              for run in (resumed, straight)]
     assert logged[0].keys() == logged[1].keys()  # every row's loss, those before the kill included, logged once
     assert all(abs(logged[0][k] - logged[1][k]) < 1e-4 for k in logged[1])
     validation = [(v["step"], v["epoch_end"]) for v in resumed.read_jsonl(resumed.validation)]
