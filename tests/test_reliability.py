@@ -73,6 +73,7 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
     logged = [{(e["split"], e["epoch"], e["id"]): e["loss"] for e in run.read_examples()}
               for run in (resumed, straight)]
     assert logged[0].keys() == logged[1].keys()  # every row's loss, those before the kill included, logged once
+    assert len(resumed.read_examples()) == len(straight.read_examples())
     assert all(abs(logged[0][k] - logged[1][k]) < 1e-4 for k in logged[1])
     validation = [(v["step"], v["epoch_end"]) for v in resumed.read_jsonl(resumed.validation)]
     assert validation == [(v["step"], v["epoch_end"]) for v in straight.read_jsonl(straight.validation)]
