@@ -141,6 +141,11 @@ def source_names(cfg: DataConfig) -> list[str]:
     return [short_name(cfg.source)] + [entry.name or short_name(entry.source) for entry in cfg.mix]
 
 
+def source_weights(cfg: DataConfig) -> dict[str, float]:
+    """Each source's name (as `source_names`): its weight, `data.weight` then each data.mix entry's."""
+    return dict(zip(source_names(cfg), [cfg.weight] + [entry.weight for entry in cfg.mix]))
+
+
 def source_of(row_id: str, cfg: DataConfig) -> str:
     """The name of the source a training or validation row came from: its data.mix entry's (whose ids are prefixed
     `name:`), else data.source's."""

@@ -23,7 +23,7 @@ from collections import defaultdict
 import numpy as np
 
 from tunelab.config import also_names, also_recipe
-from tunelab.data import Example, Splits, question_text, source_names, source_of
+from tunelab.data import Example, Splits, question_text, source_of, source_weights
 
 KINDS = ("exact", "ngram", "near")
 _WORD = re.compile(r"\w+")
@@ -303,9 +303,8 @@ def _sources(cfg, splits: Splits, found: list[dict], items: list) -> dict:
     from tunelab.train.batching import trained_per_epoch
     if not cfg.data.mix:
         return {}
-    weights = [cfg.data.weight] + [m.weight for m in cfg.data.mix]
     out = {name: {"train": 0, "validation": 0, "test_overlap": 0, "weight": w}
-           for name, w in zip(source_names(cfg.data), weights)}
+           for name, w in source_weights(cfg.data).items()}
     for split, rows in (("train", splits.train), ("validation", splits.val)):
         for e in rows:
             out[source_of(e.id, cfg.data)][split] += 1

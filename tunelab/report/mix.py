@@ -10,7 +10,7 @@ Run as: tunelab report runs/mixed
 from __future__ import annotations
 
 from tunelab.config import Recipe
-from tunelab.data import source_names, source_of
+from tunelab.data import source_names, source_of, source_weights
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
 from tunelab.rundir import RunDir
@@ -46,7 +46,7 @@ def section(examples: list[dict], cfg: Recipe, imported: bool = False) -> tuple[
     if len(per_source) < 2:
         return [], []
     rows, found = [], []
-    weight = source_weights(cfg)
+    weight = source_weights(cfg.data)
     weighted = any(w != 1 for w in weight.values())
     tokens = {name: epochs[-1]["train_tokens"] * (weight.get(name, 1) if imported else 1)
               for name, (epochs, _) in per_source.items()}
@@ -78,15 +78,10 @@ def section(examples: list[dict], cfg: Recipe, imported: bool = False) -> tuple[
     return blocks, found
 
 
-def source_weights(cfg: Recipe) -> dict[str, float]:
-    """Each source's name: its weight (data.weight, then each data.mix entry's)."""
-    return dict(zip(source_names(cfg.data), [cfg.data.weight] + [m.weight for m in cfg.data.mix]))
-
-
 def weighted_val_loss(examples: list[dict], cfg: Recipe) -> float | None:
     """The last validation pass's loss with each row's tokens counted its source's weight times (the mix the train
     loss is over); None when every weight is 1 (the run's own validation loss already is)."""
-    weight = source_weights(cfg)
+    weight = source_weights(cfg.data)
     if all(w == 1 for w in weight.values()):
         return None
     cells = [(loss, weight.get(source, 1) * n) for source, rows in _last_val_by_source(examples, cfg).items()
@@ -102,7 +97,7 @@ def compare_blocks(runs: list[RunDir], names: list[str]) -> list:
     if not any(c.data.mix for c in recipes):
         return []
     last = [_last_val_by_source(r.read_examples(), c) for r, c in zip(runs, recipes)]
-    weights = [source_weights(c) for c in recipes]
+    weights = [source_weights(c.data) for c in recipes]
     rows, found = [], []
     for source in dict.fromkeys([*(s for c in recipes for s in source_names(c.data)),
                                  *(s for by_source in last for s in by_source)]):

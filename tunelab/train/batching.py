@@ -179,12 +179,12 @@ def weights(cfg, examples: list, items: list[Tokenized]) -> Weights | None:
     Raises:
         UserError: a source's weight draws none of its rows.
     """
-    from tunelab.data import source_names, source_of
+    from tunelab.data import source_of, source_weights
     from tunelab.errors import UserError
-    per_source = [cfg.data.weight] + [m.weight for m in cfg.data.mix]
-    if all(w == 1 for w in per_source):
+    by_name = source_weights(cfg.data)
+    if all(w == 1 for w in by_name.values()):
         return None
-    names = source_names(cfg.data)
+    names, per_source = list(by_name), list(by_name.values())
     out = Weights([names.index(source_of(examples[it.index].id, cfg.data)) for it in items], per_source)
     counts = Counter(out.source)
     for s, w in enumerate(per_source):
