@@ -185,3 +185,26 @@ def test_resume_with_another_number_of_processes_is_refused(tiny_recipe, tmp_pat
     assert main(["train", "--resume", str(run.path)]) == 2
     assert (f"--resume {run.path}: {state.parent.name} was written by 2 process(es), this is 1; resume with 2 so "
             "the global batch") in capsys.readouterr().err
+
+
+def test_ctrl_c_at_the_last_step_of_max_steps_resumes_without_another_step(tiny_recipe, tmp_path, monkeypatch):
+    """A stop requested at train.max_steps' last step saves a checkpoint inside the (cut short) epoch; the resume
+    takes no further step: it validates that epoch's end and writes the adapter."""
+    from tunelab.train import loop as engine
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "batch_size": 4, "max_steps": 5}}
+    real, taken = engine._guarded_step, []
+
+    def step_then_ctrl_c(*args):
+        row = real(*args)
+        taken.append(1)
+        if len(taken) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler's flag: a checkpoint after this step
+        return row
+    monkeypatch.setattr(engine, "_guarded_step", step_then_ctrl_c)
+    run = RunDir(tmp_path / "steps")
+    with pytest.raises(KeyboardInterrupt, match="checkpoint saved at .*step-0*5;"):
+        train(validate(raw, "steps"), run)
+    monkeypatch.setattr(engine, "_guarded_step", real)
+    train(validate(raw, "steps"), run, resume=True)
+    assert [s["step"] for s in run.read_steps()] == [1, 2, 3, 4, 5] and len(taken) == 5
+    assert [e["epoch"] for e in run.read_epochs()] == [0, 1] and run.read_json(run.summary)["steps"] == 5

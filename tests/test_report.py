@@ -155,6 +155,11 @@ def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
     assert f"{tokens:,} train tokens" in " ".join(out.split())
     assert "A100-80GB" in out and "$" in out
     assert main(["estimate", "quickstart", "--device", "Z9000"]) == 2
+    per_epoch = -(-len(load_splits(cfg.data).train) // cfg.train.batch_size)
+    assert main(["estimate", "quickstart", "--set", f"model.name={tiny_model}", "--set", "train.max_steps=9",
+                 "--device", "A100-80GB"]) == 0  # the steps, not train.epochs' 2 epochs
+    assert f"× {9 / per_epoch:.2f} epochs (train.max_steps 9 at {per_epoch} an epoch)" in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_flops_and_estimate_arithmetic():
@@ -167,6 +172,8 @@ def test_flops_and_estimate_arithmetic():
     # DoRA with dropout: PEFT recomputes each base matmul on the dropped-out input (measured on CPU: 2.06x the
     # step time of LoRA, SmolLM2-135M, dropout 0.05)
     assert cost.flops([10], [10], 1, 1000, 2, 4, False, base_twice=True)["flops_per_train_token"] == 8 * 1000
+    assert [cost.duration(h) for h in (40 / 3600, 0.115, 3.236)] == ["40 s", "6.9 min", "3.24 h"]
+    assert [cost.dollars(usd) for usd in (2.075, 0.00571, 1234.5)] == ["$2.08", "$0.0057", "$1,234.50"]
     e = cost.estimate({"flops": 312e12 * 0.35 * 3600}, "A100-80GB")  # not measured there: the assumed 35 %
     assert e["hours"] == pytest.approx(1.0) and e["cost_usd"] == pytest.approx(cost.GPUS["A100-80GB"][0])
     assert "assumed" in e["basis"]

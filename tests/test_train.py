@@ -530,3 +530,37 @@ def _best_loss_is_exported_carded_reported_and_scored(run: RunDir, raw: dict, ke
     assert f"lowest at step {lowest['step']} (inside epoch {lowest['epoch']})" in run.report_md.read_text()
     assert "That pass's adapter is kept in adapters/best-loss (`tunelab export RUN OUT --epoch best-loss`)" in \
         run.report_md.read_text()
+
+
+def test_max_steps_trains_that_many_steps_and_cuts_the_last_epoch_short(tiny_recipe, tmp_path):
+    """train.max_steps (Trainer's max_steps, in place of train.epochs): the steps run on into a second epoch that
+    ends at the last step — validated once there, its adapter kept —, the schedule spans those steps (linear decay
+    reaches lr / steps at the last), the estimate counts them, and the report says the last epoch was partial."""
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 5, "batch_size": 4, "lr": 1e-2,
+                                    "scheduler": "linear", "max_steps": 15, "val_every": 3}}
+    run = RunDir(tmp_path / "steps")
+    train(validate(raw, "steps"), run)
+    summary = run.read_json(run.summary)
+    per_epoch = -(-summary["train_examples"] // 4)
+    assert 7 < per_epoch < 15  # the 15 steps end inside epoch 2
+    assert (summary["steps"], summary["steps_planned"], summary["epochs"], summary["epochs_planned"],
+            summary["steps_per_epoch"]) == (15, 15, 2, 2, per_epoch)
+    steps = run.read_steps()
+    assert [s["step"] for s in steps] == list(range(1, 16)) and steps[-1]["lr"] == pytest.approx(1e-2 / 15)
+    epochs = run.read_epochs()
+    assert [e["epoch"] for e in epochs] == [0, 1, 2] and (run.path / "adapters" / "epoch-2").is_dir()
+    assert sum(e["tokens"] for e in epochs) == sum(s["tokens"] for s in steps)
+    assert epochs[2]["tokens"] < epochs[1]["tokens"]
+    passes = [v["step"] for v in run.read_jsonl(run.validation)]
+    assert passes == sorted({0, per_epoch, 15, *(s for s in range(3, 15, 3) if s % per_epoch)})  # 15: once
+    estimate = run.read_json(run.estimate)
+    assert (estimate["steps"], estimate["epochs"], estimate["val_passes"]) == (15, 2, len(passes))
+    assert estimate["train_tokens"] == round(estimate["train_tokens_per_epoch"] * 15 / per_epoch)
+    from tunelab.report import write_report
+    write_report(run)
+    text = run.report_md.read_text()
+    last = 15 - per_epoch
+    assert f"| Epochs | 2 (train.max_steps 15: the last epoch's {last} of {per_epoch} steps)" in text
+    assert f"| 2 ({last} of {per_epoch} steps) |" in text
+    from tunelab import card
+    assert f"2 epoch(s), the last {last} of its {per_epoch} steps (train.max_steps 15)" in card.render(run)

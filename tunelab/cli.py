@@ -556,13 +556,16 @@ def cmd_estimate(args) -> int:
         cost.estimate({"flops": 0.0}, args.device)  # an unknown device is refused before any data is read
     work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model))
     devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
-    table = Table("device", "hours", "USD", "basis", title=(
+    table = Table("device", "time", "USD", "basis", title=(
         f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
-        f"{cfg.train.epochs} epochs + {work['val_tokens']:,} validation tokens × {work['val_passes']} passes = "
+        + (f"{cfg.train.epochs} epochs" if cfg.train.max_steps is None else
+           f"{work['steps'] / work['steps_per_epoch']:.2f} epochs (train.max_steps {work['steps']} at "
+           f"{work['steps_per_epoch']} an epoch)")
+        + f" + {work['val_tokens']:,} validation tokens × {work['val_passes']} passes = "
         f"{work['flops'] / 1e15:.2f} PFLOP (training and validation; model loading and evaluation excluded)"))
     for device in devices:
         e = cost.estimate(work, device)
-        table.add_row(e["device"], f"{e['hours']:.3f}", f"${e['cost_usd']:.3f}", e["basis"])
+        table.add_row(e["device"], cost.duration(e["hours"]), cost.dollars(e["cost_usd"]), e["basis"])
     Console(width=160).print(table)
     return 0
 

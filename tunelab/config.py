@@ -165,6 +165,10 @@ class LoraConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(3, ge=1, description="passes over the training split")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps to train, in place of train.epochs "
+                                  "(Trainer's max_steps): the data repeats for as many epochs as the steps need and "
+                                  "the last one ends at the step (validated, its adapter kept, marked partial); the "
+                                  "schedule spans these steps; None = train.epochs whole epochs")
     batch_size: int = Field(8, ge=1, description="examples per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0, description="peak learning rate")

@@ -90,7 +90,7 @@ def measure_cpu_flops(seconds: float = 0.5) -> float:
     return n * 2 * 1024 ** 3 / (time.time() - t0)
 
 
-def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_params: int, n_layers: int,
+def flops(train_lengths: list[int], val_lengths: list[int], epochs: float, n_params: int, n_layers: int,
           d_model: int, gradient_checkpointing: bool, base_twice: bool = False, val_passes: int | None = None,
           train_weights: list[float] | None = None) -> dict:
     """Training + validation FLOPs: 4*N per trained token (6*N with gradient checkpointing), 2*N per
@@ -98,8 +98,9 @@ def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_param
     `base_twice`: training runs each weight's matmul twice, forward and backward (PEFT's DoRA with LoRA dropout
     recomputes the base layer on the dropped-out input): 4*N more per trained token. `val_passes`: validation
     passes over the split (default one before training and one per epoch). `train_weights`: times each train row
-    is trained per epoch (`data.weight`, data.mix weights; default once)."""
-    val_passes = epochs + 1 if val_passes is None else val_passes
+    is trained per epoch (`data.weight`, data.mix weights; default once). `epochs` may end in a fraction (a last
+    epoch cut short by train.max_steps)."""
+    val_passes = math.ceil(epochs) + 1 if val_passes is None else val_passes
     train_mult = (3 if gradient_checkpointing else 2) + (2 if base_twice else 0)  # passes relative to one forward
     weights = train_weights or [1.0] * len(train_lengths)
     train_tokens, val_tokens = round(sum(w * n for w, n in zip(weights, train_lengths))), sum(val_lengths)
@@ -112,21 +113,38 @@ def flops(train_lengths: list[int], val_lengths: list[int], epochs: int, n_param
             "flops": float(total), "flops_per_train_token": 2 * train_mult * n_params}
 
 
-def recipe_work(cfg, train_items, val_items, weights=None) -> dict:
+def recipe_work(cfg, train_items, val_items, weights=None, processes: int = 1) -> dict:
     """The FLOPs of a recipe's training + validation passes over its tokenized splits (exact token counts; with
     `weights`, `tunelab.train.batching.Weights`, each train row as often as it is trained per epoch); the model's
-    size comes from its config alone. Shared by `tunelab estimate` and the train stage."""
+    size comes from its config alone; `processes` share each optimizer step's batches. Shared by `tunelab estimate`
+    and the train stage."""
     from tunelab.models import model_size
     n_params, layers, hidden = model_size(cfg.model)
     t = cfg.train
     rows = weights.rows if weights else len(train_items)
-    steps_per_epoch = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)  # one process
+    per_epoch = steps_per_epoch(rows, t.batch_size, t.grad_accum * processes)
+    epochs, steps = planned(t, per_epoch)
     work = flops([len(i.input_ids) for i in train_items], [len(i.input_ids) for i in val_items],
-                 t.epochs, n_params, layers, hidden, t.gradient_checkpointing,
+                 steps / per_epoch, n_params, layers, hidden, t.gradient_checkpointing,
                  base_twice=cfg.lora.use_dora and cfg.lora.dropout > 0,
-                 val_passes=validation_passes(t.epochs, steps_per_epoch, t.val_every),
+                 val_passes=validation_passes(steps, per_epoch, t.val_every),
                  train_weights=weights.per_item() if weights else None)
-    return {**work, "n_params": n_params}
+    return {**work, "epochs": epochs, "steps": steps, "steps_per_epoch": per_epoch,
+            "train_tokens": round(work["train_tokens_per_epoch"] * steps / per_epoch), "n_params": n_params}
+
+
+def steps_per_epoch(rows: int, batch_size: int, batches_per_step: int) -> int:
+    """Optimizer steps in one epoch of `rows` train rows: batches of `batch_size`, `batches_per_step` of them
+    (train.grad_accum x processes) per step, the last step taking what is left."""
+    return math.ceil(math.ceil(rows / batch_size) / batches_per_step)
+
+
+def planned(t, per_epoch: int) -> tuple[int, int]:
+    """(epochs, optimizer steps) a run of `t` (the recipe's train section) trains at `per_epoch` steps an epoch:
+    train.epochs whole epochs, or with train.max_steps that many steps, the last epoch cut short at the step."""
+    if t.max_steps is None:
+        return t.epochs, per_epoch * t.epochs
+    return math.ceil(t.max_steps / per_epoch), t.max_steps
 
 
 def splits_work(cfg, splits, tok) -> dict:
@@ -136,13 +154,22 @@ def splits_work(cfg, splits, tok) -> dict:
     return recipe_work(cfg, train_items, val_items, weights(cfg, splits.train, train_items))
 
 
-def validation_passes(epochs: int, steps_per_epoch: int, val_every: int) -> int:
-    """Validation passes of a run: before training, at each epoch's end, and every `val_every` optimizer steps
-    inside an epoch (`train.val_every`; a step that ends an epoch is validated once)."""
-    if not val_every:
-        return epochs + 1
-    return epochs + 1 + sum(1 for step in range(val_every, epochs * steps_per_epoch + 1, val_every)
-                            if step % steps_per_epoch)
+def validation_passes(steps: int, per_epoch: int, val_every: int) -> int:
+    """Validation passes of a run of `steps` optimizer steps: before training, at each epoch's end (the last one's
+    at the run's last step), and every `val_every` optimizer steps inside an epoch (`train.val_every`; a step that
+    ends an epoch is validated once)."""
+    between = range(val_every, steps, val_every) if val_every else ()
+    return 1 + math.ceil(steps / per_epoch) + sum(1 for step in between if step % per_epoch)
+
+
+def duration(hours: float) -> str:
+    """A time for people: 40 s, 6.9 min, 3.24 h."""
+    return f"{hours * 3600:.0f} s" if hours < 1 / 60 else f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
+
+
+def dollars(usd: float) -> str:
+    """A price for people: cents for a dollar or more, two significant digits below ($2.08, $0.0057)."""
+    return f"${usd:,.2f}" if usd >= 1 else f"${usd:.2g}"
 
 
 def estimate_or_unpriced(work: dict, device: str) -> dict:

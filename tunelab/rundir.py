@@ -61,8 +61,10 @@ LAYOUT = {
     "wandb/": ("wandb", "Weights & Biases' local run files and the W&B run id, with `train.report_to: [wandb]`"),
     "summary.json": ("summary", "the train stage's headline figures (see Definitions); `epochs` is the epochs "
                                 "trained, `epochs_planned` the recipe's (fewer trained when early stopping ended "
-                                "the run), `steps` / `steps_planned` the optimizer steps (fewer when early "
-                                "stopping on validation passes ended an epoch early), `train_rows_per_epoch` "
+                                "the run; with `max_steps`, those the steps reach into, the last cut short), "
+                                "`steps` / `steps_planned` the optimizer steps (fewer when early stopping on "
+                                "validation passes ended an epoch early), `steps_per_epoch` a whole epoch's, "
+                                "`train_rows_per_epoch` "
                                 "the rows an epoch trains (with source weights), `best_val_step` the step "
                                 "of the lowest validation loss (with `train.val_every`), `best_loss_adapter` "
                                 "true when adapters/best-loss/ holds that pass; `imported` (source, "
@@ -412,6 +414,22 @@ def stopped_early(summary: dict | None) -> bool:
         return summary["steps"] < summary["steps_planned"]
     trained, planned = trained_and_planned(summary)
     return trained < planned
+
+
+def steps_per_epoch(summary: dict) -> int:
+    """Optimizer steps in one whole epoch of a train summary with steps (older summaries: planned steps / epochs,
+    all whole then)."""
+    return summary.get("steps_per_epoch") or summary["steps_planned"] // trained_and_planned(summary)[1]
+
+
+def cut_short(summary: dict | None) -> tuple[int, int] | None:
+    """(steps trained in the last epoch, steps in a whole one) when train.max_steps ended the run inside its last
+    epoch; None otherwise (whole epochs, or early stopping ended it)."""
+    if not summary or not summary.get("max_steps") or stopped_early(summary):
+        return None
+    per_epoch = steps_per_epoch(summary)
+    last = summary["steps"] - (summary["epochs"] - 1) * per_epoch
+    return (last, per_epoch) if last < per_epoch else None
 
 
 def counts_passes(summary: dict | None) -> bool:

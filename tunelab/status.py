@@ -97,7 +97,8 @@ def _training(run: RunDir) -> dict | None:
     if not steps:
         return None
     estimate = run.read_optional(run.estimate, {})
-    planned_tokens = estimate.get("train_tokens_per_epoch", 0) * estimate.get("epochs", 0)
+    planned_tokens = estimate.get("train_tokens",  # estimates before train.max_steps: whole epochs
+                                  estimate.get("train_tokens_per_epoch", 0) * estimate.get("epochs", 0))
     done_tokens = sum(s["tokens"] for s in steps)
     recent = steps[-RECENT_STEPS:]  # each step's own rate: its `seconds` count from its epoch's start
     rate = sum(s["tokens"] for s in recent) / max(sum(s["tokens"] / max(s["tokens_per_second"], 1e-9)

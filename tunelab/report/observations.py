@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.evaluate.summary import baselines, pass_names
-from tunelab.rundir import counts_passes, last_improvement, stopped_early, trained_and_planned
+from tunelab.rundir import counts_passes, last_improvement, steps_per_epoch, stopped_early, trained_and_planned
 
 TOLERANCE = 0.01  # 1 % relative change
 EXPORT_BEST_LOSS = "`tunelab export RUN OUT --epoch best-loss`"
@@ -279,7 +279,7 @@ def _early_stopping_passes(passes: list[dict], summary: dict, cost: dict | None)
     """`early_stopping` counted in validation passes (train.early_stopping_on=validation): the step it stopped at,
     the passes that stopped it, and what the steps not run would have cost at the measured pace."""
     patience, threshold = summary["early_stopping_patience"], summary.get("early_stopping_threshold") or 0.0
-    val, per_epoch = [p["val_loss"] for p in passes], summary["steps_planned"] // summary["epochs_planned"]
+    val, per_epoch = [p["val_loss"] for p in passes], steps_per_epoch(summary)
     best, reference = min(range(len(val)), key=val.__getitem__), last_improvement(val, threshold)
 
     def where(i: int) -> str:

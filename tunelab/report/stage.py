@@ -23,8 +23,8 @@ from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import (accuracy_per_epoch, held_out_loss_per_epoch, learning_curves,
                                    reply_overlap_per_epoch)
 from tunelab.report.render import clip, html_page, markdown
-from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, open_run, stopped_early,
-                            trained_and_planned)
+from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, cut_short, open_run,
+                            steps_per_epoch, stopped_early, trained_and_planned)
 
 DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
@@ -283,7 +283,10 @@ def _epochs_run(summary: dict) -> str:
         return f"{trained} of {planned}, stopped early" + \
             (f" at step {summary['steps']} of {summary['steps_planned']}" if passes else "") + \
             f" by patience {patience}" + (f" ({how})" if how else "")
-    return f"{trained}" + (f", early stopping (patience {patience}) not triggered" if patience else "")
+    short = cut_short(summary)
+    return f"{trained}" + (f" (train.max_steps {summary['max_steps']}: the last epoch's {short[0]} of {short[1]} "
+                           "steps)" if short else "") \
+        + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 
 def _held_out_rows(held_out: dict) -> list:
@@ -340,20 +343,22 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
                      f"{100 * best['flexible_accuracy']:.1f} % {names.flexible} ({best['rule']})"))
     return [("table", ["figure", "value", "detail"], rows),
-            *_epoch_table(epochs, evaluation, held_out, None if evaluation else generated, summary["epochs"])]
+            *_epoch_table(epochs, evaluation, held_out, None if evaluation else generated, summary["epochs"],
+                          cut_short(summary))]
 
 
 def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | None, generated: dict | None,
-                 trained: int) -> list:
+                 trained: int, short: tuple[int, int] | None = None) -> list:
     """The per-epoch table: losses, token accuracy, and the answer accuracy of each scored epoch (or the held-out
     target loss, for answers measured by loss, with the generated replies' chrF when generated per epoch), each
-    against the epoch before."""
+    against the epoch before; `short`: the last epoch's steps of a whole one's (`rundir.cut_short`)."""
     names = naming(evaluation)
     by_loss = not evaluation and bool((held_out or {}).get("loss_difference"))
     scored = _epoch_loss if by_loss else _epoch_accuracy
     accuracy = {r["epoch"]: r for r in (held_out if by_loss else evaluation or {}).get("epochs") or []}
     chain = _chrf_chain(generated, trained) if by_loss else {}
-    per_epoch = [(e["epoch"], e["train_loss"], e["val_loss"],
+    per_epoch = [(f"{e['epoch']} ({short[0]} of {short[1]} steps)" if short and e["epoch"] == trained else e["epoch"],
+                  e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
                   f"{100 * e['val_token_accuracy']:.1f} %",
                   *scored(e["epoch"], accuracy, held_out if by_loss else evaluation),
@@ -417,7 +422,7 @@ def _learning_pictures(run: RunDir, summary: dict, epochs: list[dict], evaluatio
                                 + ("per logged step as the other trainer logged it (its own loss rule)" if imported
                                    else "per optimizer step with each validation pass at its step"))]
     if evaluation and evaluation.get("epochs"):
-        at = summary["best_val_step"] * trained_and_planned(summary)[1] / summary["steps_planned"] \
+        at = summary["best_val_step"] / steps_per_epoch(summary) \
             if "best-loss" in evaluation else None  # adapters/best-loss, in epochs
         pictures.append(("img", accuracy_per_epoch(evaluation, run.report_files / "accuracy_per_epoch.png", at),
                          f"{names.title} of the base model (epoch 0) and after each scored epoch"

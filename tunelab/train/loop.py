@@ -76,8 +76,18 @@ class Loop:
         return self.cfg.train.grad_accum * self.d.world
 
     @property
+    def epochs(self) -> int:
+        """Epochs planned: train.epochs, or those train.max_steps reaches into (the last one cut short)."""
+        return cost.planned(self.cfg.train, self.steps_per_epoch)[0]
+
+    @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * self.cfg.train.epochs
+        return cost.planned(self.cfg.train, self.steps_per_epoch)[1]
+
+    def inside_epoch(self) -> bool:
+        """The step just taken neither ends its epoch nor the run (train.max_steps): the points where
+        train.val_every and train.checkpoint_every act (an epoch's end is validated and checkpointed anyway)."""
+        return self.state.epoch_step < self.steps_per_epoch and self.state.step < self.total_steps
 
 
 def done(run: RunDir) -> bool:
@@ -102,7 +112,7 @@ def train(cfg: Recipe, run: RunDir, resume: bool = False) -> TrainResult:
     with stop_signals() as stop, bar("train", total=loop.total_steps if loop.d.main else 0) as progress:
         progress.advance(state.step)
         loop.shown = _shown_in(progress, loop.d.world, counted=False)
-        for epoch in range(state.epoch, cfg.train.epochs + 1):
+        for epoch in range(state.epoch, loop.epochs + 1):
             if out_of_patience(cfg, state):
                 _log_stop(loop)
                 break
@@ -161,13 +171,13 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
         run.create()
         if not resume:
             run.write_text(run.config, to_yaml(cfg))
-            run.write_json(run.estimate, _estimate(cfg, device, train_items, val_items, plan))
+            run.write_json(run.estimate, _estimate(cfg, device, train_items, val_items, plan, d.world))
         run.write_json(run.environment, {**environment.describe(device), "processes": d.world})
     net = SupervisedLM(model, _packing(cfg, model, device))
     if d.sharded:
         d.shard(net, model.get_base_model().get_decoder().layers)
-    steps_per_epoch = math.ceil(math.ceil(rows / cfg.train.batch_size) / (cfg.train.grad_accum * d.world))
-    optimizer, scheduler = _optimizer(model, net, cfg, steps_per_epoch * cfg.train.epochs)
+    steps_per_epoch = cost.steps_per_epoch(rows, cfg.train.batch_size, cfg.train.grad_accum * d.world)
+    optimizer, scheduler = _optimizer(model, net, cfg, cost.planned(cfg.train, steps_per_epoch)[1])
     loop = Loop(cfg, run, d, device, splits, train_items, val_items, truncated, tok.pad_token_id, model, net,
                 optimizer, scheduler, checkpoint.State(processes=d.world), start_from, steps_per_epoch,
                 micro_batch_tokens(cfg.train.micro_batch_tokens, device, model.get_base_model().config),
@@ -233,7 +243,7 @@ def _log_stop(loop: Loop) -> None:
     stale = stale_epochs(rows, cfg.train.early_stopping_threshold)
     reference, passes = rows[len(rows) - 1 - stale], rows is state.val_log
     log.info("early stopping at step %d of %d (epoch %d of %d): validation loss not more than %g below %s's for "
-             "%d %s", state.step, loop.total_steps, state.epoch - 1, cfg.train.epochs,
+             "%d %s", state.step, loop.total_steps, state.epoch - 1, loop.epochs,
              cfg.train.early_stopping_threshold,
              f"step {reference['step']}" if passes else f"epoch {reference['epoch']}", stale,
              "validation pass(es)" if passes else "epoch(s)")
@@ -248,6 +258,8 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
                             cfg.train.group_by_length, loop.weights)
     examples: list[dict] = list(state.epoch_examples) if loop.d.main else []  # a resumed epoch's rows so far
     for start in range(state.epoch_step * loop.per_step, len(epoch_batches), loop.per_step):
+        if state.step == loop.total_steps:  # train.max_steps: the epoch ends here (a resume may start here too)
+            break
         row = _guarded_step(loop, epoch_batches[start:start + loop.per_step], stats, epoch, examples,
                             epoch_batches[0])
         state.step += 1
@@ -258,8 +270,8 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
             state.step_log.append(row)
             trackers.log({f"train/{k}": v for k, v in row.items()}, state.step)
         progress.advance(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}",
-                         epoch=f"{epoch}/{cfg.train.epochs}")
-        if cfg.train.val_every and state.step % cfg.train.val_every == 0 and state.epoch_step < loop.steps_per_epoch:
+                         epoch=f"{epoch}/{loop.epochs}")
+        if cfg.train.val_every and state.step % cfg.train.val_every == 0 and loop.inside_epoch():
             val, seconds = _validate_logged(loop, epoch, epoch_end=False)
             t0 += seconds  # training time excludes validation
             loop.net.train()
@@ -268,7 +280,7 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
                 state.val_log.pop()  # the epoch ends here: its end's pass, the same weights, logs every row's loss
                 break
         every = cfg.train.checkpoint_every
-        if stop.requested or (every and state.step % every == 0 and state.epoch_step < loop.steps_per_epoch):
+        if stop.requested or (every and state.step % every == 0 and loop.inside_epoch()):
             state.epoch_examples = list(loop.d.gather(examples))  # kept with the checkpoint: a resume logs them once
             path = _save(loop)
             if stop.requested:
@@ -473,10 +485,10 @@ def _write_outputs(loop: Loop, wall: float) -> dict:
     return summary
 
 
-def _estimate(cfg: Recipe, device, train_items, val_items, plan: Weights | None) -> dict:
+def _estimate(cfg: Recipe, device, train_items, val_items, plan: Weights | None, processes: int) -> dict:
     """The cost estimate made before the first step, from the exact token counts (as tunelab estimate)."""
     target = "cpu" if device.type == "cpu" else environment.device_name(device)
-    return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items, plan), target)
+    return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items, plan, processes), target)
 
 
 def _optimizer(model, net, cfg: Recipe, total_steps: int):
@@ -501,7 +513,8 @@ def _summary(loop: Loop, wall: float) -> dict:
     cfg, state = loop.cfg, loop.state
     summary = {
         **data_figures(cfg, loop.splits, loop.train_items, loop.val_items, loop.truncated),
-        "epochs_planned": cfg.train.epochs,
+        "epochs_planned": loop.epochs, "steps_per_epoch": loop.steps_per_epoch,
+        **({"max_steps": cfg.train.max_steps} if cfg.train.max_steps else {}),
         "early_stopping_patience": cfg.train.early_stopping_patience,
         "early_stopping_threshold": cfg.train.early_stopping_threshold,
         "early_stopping_on": cfg.train.early_stopping_on,
