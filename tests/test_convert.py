@@ -466,5 +466,25 @@ def test_a_trl_config_that_would_train_differently_is_refused(tmp_path, tiny_mod
         convert(_trl_config(tmp_path, tiny_model, data))
     with pytest.raises(UserError, match="use_peft: not set: tunelab trains LoRA adapters"):
         convert(_config(tmp_path, f"model_name_or_path: {tiny_model}\ndataset_name: {data}\n"))
-    with pytest.raises(UserError, match="max_steps: 100: not converted"):
-        convert(_trl_config(tmp_path, tiny_model, data, "max_steps: 100\n"))
+    with pytest.raises(UserError, match="lora_modules_to_save: \\['lm_head'\\]: not converted"):
+        convert(_trl_config(tmp_path, tiny_model, data, "lora_modules_to_save: [lm_head]\n"))
+
+
+def test_max_steps_overrides_the_epochs_in_every_trainers_config(tmp_path, tiny_model):
+    """Trainer's max_steps (TRL, LLaMA-Factory, Axolotl) is train.max_steps; a fractional epoch count, which only
+    max_steps makes trainable here, passes with it and is refused without it."""
+    axolotl = MISTRAL_LORA.replace("num_epochs: 1", "num_epochs: 0.5\nmax_steps: 40")
+    raw, notes = convert(_config(tmp_path, axolotl, data=_alpaca(tmp_path)))
+    assert raw["train"]["max_steps"] == 40 and raw["train"]["epochs"] == 1 and not any("max_steps" in n for n in notes)
+    with pytest.raises(UserError, match=r"num_epochs: 0.5: .*train.max_steps"):
+        convert(_config(tmp_path, MISTRAL_LORA.replace("num_epochs: 1", "num_epochs: 0.5"), data=_alpaca(tmp_path)))
+    factory = LLAMA3_LORA_SFT.replace("num_train_epochs: 3.0", "num_train_epochs: 2.5\nmax_steps: 120")
+    raw, _ = convert(_config(tmp_path, factory, data=_llamafactory_data(tmp_path)))
+    assert raw["train"]["max_steps"] == 120 and raw["train"]["epochs"] == 2
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "q", "completion": "a"}] * 4)
+    raw, _ = convert(_trl_config(tmp_path, tiny_model, data, "max_steps: 100\n"))
+    assert raw["train"]["max_steps"] == 100
+    raw, _ = convert(_trl_config(tmp_path, tiny_model, data, "max_steps: -1\n"))  # Trainer's "not set"
+    assert "max_steps" not in raw["train"]
+    with pytest.raises(UserError, match=r"num_train_epochs: 1.5: .*max_steps"):
+        convert(_trl_config(tmp_path, tiny_model, data, "num_train_epochs: 1.5\n"))  # the later key counts

@@ -108,11 +108,13 @@ def training_arguments(path: str, left: dict, notes: list[str], lr: float) -> di
     """train.* from transformers' TrainingArguments keys (TRL's and LLaMA-Factory's configs use them), its
     defaults written out where the config leaves a key out (`lr`: the trainer's own default learning rate): epochs,
     batch, accumulation, schedule, warmup, weight decay, clipping, seed, NEFTune; warmup_steps and other
-    optimizers noted."""
-    epochs = float(left.pop("num_train_epochs", 3.0))
-    if not epochs.is_integer():
-        raise UserError(f"{path}: num_train_epochs: {epochs}: tunelab trains whole epochs")
-    train = {"epochs": int(epochs), "batch_size": left.pop("per_device_train_batch_size", 8),
+    optimizers noted; max_steps (which overrides the epochs) as train.max_steps."""
+    epochs, max_steps = float(left.pop("num_train_epochs", 3.0)), left.pop("max_steps", -1) or -1
+    if not epochs.is_integer() and max_steps <= 0:
+        raise UserError(f"{path}: num_train_epochs: {epochs}: tunelab trains whole epochs, or a number of steps "
+                        "(max_steps; train.max_steps)")
+    train = {"epochs": max(int(epochs), 1), **({"max_steps": max_steps} if max_steps > 0 else {}),
+             "batch_size": left.pop("per_device_train_batch_size", 8),
              "grad_accum": left.pop("gradient_accumulation_steps", 1), "lr": float(left.pop("learning_rate", lr)),
              "warmup_ratio": left.pop("warmup_ratio", 0.0), "weight_decay": left.pop("weight_decay", 0.0),
              "max_grad_norm": left.pop("max_grad_norm", 1.0), "seed": left.pop("seed", 42)}

@@ -277,7 +277,7 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
               "learning_rate": "lr", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
               "max_grad_norm": "max_grad_norm", "sequence_len": "max_length", "neftune_noise_alpha": "neftune_alpha",
               "torch_compile": "compile", "early_stopping_patience": "early_stopping_patience",
-              "loraplus_lr_ratio": "loraplus_lr_ratio"}
+              "loraplus_lr_ratio": "loraplus_lr_ratio", "max_steps": "max_steps"}
     for key, to in simple.items():
         if left.get(key) is not None:
             train[to] = left[key]
@@ -288,9 +288,10 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
                      f"{'drops' if excess == 'drop' else 'refuses'} longer rows; tunelab truncates them and counts "
                      "them (tunelab check says how many)")
     if isinstance(train.get("epochs"), float):
-        if not train["epochs"].is_integer():
-            raise UserError(f"{path}: num_epochs: {train['epochs']}: tunelab trains whole epochs")
-        train["epochs"] = int(train["epochs"])
+        if not train["epochs"].is_integer() and not train.get("max_steps"):
+            raise UserError(f"{path}: num_epochs: {train['epochs']}: tunelab trains whole epochs, or a number of "
+                            "steps (max_steps; train.max_steps)")
+        train["epochs"] = max(int(train["epochs"]), 1)
     if isinstance(train.get("lr"), str):
         train["lr"] = float(train["lr"])
     total = left.pop("batch_size", None)

@@ -35,17 +35,17 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
 
     Raises:
         UserError: use_peft off (full fine-tuning), a dataset whose rows TRL reads as a format tunelab does not
-            write the same way, whole-run settings tunelab has no equal for (max_steps, a mixture of datasets) —
+            write the same way, whole-run settings tunelab has no equal for (modules to save, streaming) —
             naming the key.
     """
     left, notes = dict(config), []
     if not left.pop("use_peft", False):
         raise UserError(f"{path}: use_peft: not set: tunelab trains LoRA adapters (use_peft: true); without it TRL "
                         "fine-tunes every weight")
-    for key in ("max_steps", "lora_modules_to_save", "chat_template_path", "dataset_streaming", "streaming"):
+    for key in ("lora_modules_to_save", "chat_template_path", "dataset_streaming", "streaming"):
         if left.get(key) not in (None, -1, False, [], ""):
-            raise UserError(f"{path}: {key}: {left[key]!r}: not converted (tunelab trains whole epochs of its "
-                            "sources' train splits with its tokenizer's chat template, adapters only)")
+            raise UserError(f"{path}: {key}: {left[key]!r}: not converted (tunelab reads its sources' train "
+                            "splits whole, writes its tokenizer's own chat template, and trains adapters only)")
         left.pop(key, None)
     model = {"name": left.pop("model_name_or_path")}
     for key, to in (("model_revision", "revision"), ("trust_remote_code", "trust_remote_code"),
