@@ -130,6 +130,8 @@ def run_tunelab(folder: Path, gsm8k: str, rows: int, batch: int, work: Path, ext
     return {"tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steady_tokens_per_second": steady,
             "val_tokens": sum(e["val_tokens"] for e in epochs), "val_seconds": sum(e["val_seconds"] for e in epochs),
             "steps": len(r.read_jsonl(r.steps)), "peak_gpu_mib": summary.get("peak_gpu_memory_mib"),
+            "estimated_gpu_mib": round(1024 * r.read_json(r.estimate)["gpu_memory"]["allocated_gib"])
+            if "gpu_memory" in r.read_json(r.estimate) else None,  # tunelab.memory's, before the first step
             "final_val_loss": summary["final_val_loss"], "run": str(run)}
 
 
@@ -357,11 +359,13 @@ def compare(runs: dict, folder: Path, gsm8k: str, rows: int, batch: int, rate: f
     for name, r in ok.items():
         after = f", {steady[name]:.0f} after the first steps" if name in steady else ""
         say(f"{name:22s} {r['tokens']} tokens in {r['seconds']:.1f} s ({r['steps']} steps) = {tps[name]:.0f} "
-            f"tokens/s{after}, MFU {100 * util[name]:.1f} %, peak GPU memory {r['peak_gpu_mib']} MiB")
+            f"tokens/s{after}, MFU {100 * util[name]:.1f} %, peak GPU memory {r['peak_gpu_mib']} MiB"
+            + (f" (estimated {r['estimated_gpu_mib']} MiB)" if r.get("estimated_gpu_mib") else ""))
     out = {"tokens_per_second": {k: round(v, 1) for k, v in tps.items()}, "mfu": {k: round(v, 4) for k, v in util.items()},
            "steady_tokens_per_second": {k: round(v, 1) for k, v in steady.items()},
            "steady_mfu": {k: round(mfu(folder, v, rate, n_per_token), 4) for k, v in steady.items()},
            "peak_gpu_mib": {k: r["peak_gpu_mib"] for k, r in ok.items()},
+           "estimated_gpu_mib": {k: r["estimated_gpu_mib"] for k, r in ok.items() if r.get("estimated_gpu_mib")},
            "errors": {k: r["error"] for k, r in runs.items() if "error" in r}}
     trl = [v for k, v in tps.items() if k.startswith("trl")]
     if "tunelab" in tps and trl:

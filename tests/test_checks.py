@@ -62,7 +62,7 @@ def run_check(tmp_path, source, *extra):
 
 def test_each_kind_of_contamination_is_found_and_clean_rows_are_not(contaminated, tmp_path, capsys):
     before = set(tmp_path.iterdir())
-    assert run_check(tmp_path, contaminated) == 0
+    assert run_check(tmp_path, contaminated, "--device", "L4") == 0
     result = json.loads(capsys.readouterr().out)
     assert set(tmp_path.iterdir()) == before  # nothing written without --run-dir
     test = [o for o in result["overlap"] if o["split"] == "test"]
@@ -76,7 +76,8 @@ def test_each_kind_of_contamination_is_found_and_clean_rows_are_not(contaminated
     d = result["train_duplicates"]
     assert d["exact_rows"] >= 3 and result["verdict"].startswith("test overlap found: 5 exact")
     assert result["lengths"]["truncated"] == 0 and result["targets"]["test"]["share"] == 1.0
-    assert result["estimate"]["flops"] > 0
+    assert result["estimate"]["flops"] > 0 and result["estimate"]["device"] == "L4"
+    assert result["estimate"]["gpu_memory"]["fits"] and result["estimate"]["memory_gib"] == 24  # a 135M model
 
 
 def test_strict_exits_1_on_overlap_and_run_dir_gets_the_files(contaminated, tmp_path, capsys):

@@ -3,7 +3,8 @@
 import pytest
 
 from tunelab.report.observations import (accuracy_change, answer_budget, cost_accuracy, familiarity,
-                                         generalisation_gap, overfitting, token_accuracy, versus_baseline)
+                                         generalisation_gap, memory_accuracy, overfitting, token_accuracy,
+                                         versus_baseline)
 
 
 def history(val, train=None, acc=None):
@@ -67,6 +68,12 @@ def test_token_accuracy_gap_cost_and_baseline_rules():
     slow = cost_accuracy({"hours": 0.1, "cost_usd": 0.01}, {"device_hours": 0.35, "cost_usd": 0.03})
     assert slow.kind == "watch" and "3.50×" in slow.text
     assert cost_accuracy({"hours": 0.1, "cost_usd": 0.01}, {"device_hours": 0.12, "cost_usd": 0.012}).kind == "info"
+    estimate = {"device": "L4", "memory_gib": 24, "gpu_memory": {"allocated_gib": 20.0}}
+    over = memory_accuracy(estimate, {"peak_gpu_memory_mib": 31.0 * 1024})
+    assert over.kind == "watch" and "31.0 GiB, 1.55× the 20.0 GiB estimated" in over.text
+    assert memory_accuracy(estimate, {"peak_gpu_memory_mib": 18.0 * 1024}).kind == "info"
+    assert memory_accuracy(estimate, {"peak_rss_mib": 900}) is None  # a CPU run
+    assert memory_accuracy({"device": "cpu"}, {"peak_gpu_memory_mib": 900}) is None
     better = versus_baseline({"final_val_loss": 1.0, "epochs": 3, "wall_seconds": 60},
                              {"final_val_loss": 1.2, "epochs": 2, "wall_seconds": 40}, "3ep", "2ep")
     assert better[0].kind == "good" and "lower (better)" in better[0].text and "-16.7 %" in better[0].text

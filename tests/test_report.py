@@ -153,7 +153,7 @@ def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
                      len(tok(e.target, add_special_tokens=False)["input_ids"]) + 1)
                  for e in load_splits(cfg.data).train)
     assert f"{tokens:,} train tokens" in " ".join(out.split())
-    assert "A100-80GB" in out and "$" in out
+    assert "A100-80GB" in out and "$" in out and "peak GPU memory" in out and " of 80 GiB" in out
     assert main(["estimate", "quickstart", "--device", "Z9000"]) == 2
     per_epoch = -(-len(load_splits(cfg.data).train) // cfg.train.batch_size)
     assert main(["estimate", "quickstart", "--set", f"model.name={tiny_model}", "--set", "train.max_steps=9",

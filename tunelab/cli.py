@@ -540,7 +540,10 @@ def _print_checks(result: dict) -> None:
     _print_eval_examples(console, result.get("eval_examples", {}))
     e = result["estimate"]
     if e.get("hours") is not None:
-        console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})")
+        from tunelab.memory import describe
+        memory = f"; peak GPU memory {describe(e['gpu_memory'], e['memory_gib'])}" if "gpu_memory" in e else ""
+        console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})"
+                      + memory)
     console.print(f"verdict: {result['verdict']}")
 
 
@@ -550,13 +553,14 @@ def cmd_estimate(args) -> int:
     from tunelab import cost
     from tunelab.config import load_recipe
     from tunelab.data import load_splits
+    from tunelab.memory import describe
     from tunelab.models import load_tokenizer
     cfg = load_recipe(args.recipe, args.overrides)
     if args.device:
         cost.estimate({"flops": 0.0}, args.device)  # an unknown device is refused before any data is read
     work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model))
     devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
-    table = Table("device", "time", "USD", "basis", title=(
+    table = Table("device", "time", "USD", "peak GPU memory", "basis", title=(
         f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
         + (f"{cfg.train.epochs} epochs" if cfg.train.max_steps is None else
            f"{work['steps'] / work['steps_per_epoch']:.2f} epochs (train.max_steps {work['steps']} at "
@@ -565,7 +569,8 @@ def cmd_estimate(args) -> int:
         f"{work['flops'] / 1e15:.2f} PFLOP (training and validation; model loading and evaluation excluded)"))
     for device in devices:
         e = cost.estimate(work, device)
-        table.add_row(e["device"], cost.duration(e["hours"]), cost.dollars(e["cost_usd"]), e["basis"])
+        table.add_row(e["device"], cost.duration(e["hours"]), cost.dollars(e["cost_usd"]),
+                      describe(e["gpu_memory"], e["memory_gib"]) if "gpu_memory" in e else "—", e["basis"])
     Console(width=160).print(table)
     return 0
 

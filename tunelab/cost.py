@@ -118,8 +118,12 @@ def recipe_work(cfg, train_items, val_items, weights=None, processes: int = 1) -
     `weights`, `tunelab.train.batching.Weights`, each train row as often as it is trained per epoch); the model's
     size comes from its config alone; `processes` share each optimizer step's batches. Shared by `tunelab estimate`
     and the train stage."""
-    from tunelab.models import model_size
-    n_params, layers, hidden = model_size(cfg.model)
+    from dataclasses import asdict
+
+    from tunelab import memory
+    from tunelab.models import adapted_counts
+    counts = adapted_counts(cfg.model, cfg.lora)
+    n_params, layers, hidden = counts["params"], counts["layers"], counts["hidden"]
     t = cfg.train
     rows = weights.rows if weights else len(train_items)
     per_epoch = steps_per_epoch(rows, t.batch_size, t.grad_accum * processes)
@@ -130,7 +134,8 @@ def recipe_work(cfg, train_items, val_items, weights=None, processes: int = 1) -
                  val_passes=validation_passes(steps, per_epoch, t.val_every),
                  train_weights=weights.per_item() if weights else None)
     return {**work, "epochs": epochs, "steps": steps, "steps_per_epoch": per_epoch,
-            "train_tokens": round(work["train_tokens_per_epoch"] * steps / per_epoch), "n_params": n_params}
+            "train_tokens": round(work["train_tokens_per_epoch"] * steps / per_epoch), "n_params": n_params,
+            "memory": asdict(memory.workload(cfg, counts, train_items, weights))}
 
 
 def steps_per_epoch(rows: int, batch_size: int, batches_per_step: int) -> int:
@@ -193,12 +198,16 @@ def estimate(work: dict, device: str) -> dict:
         if key is None:
             from tunelab.errors import UserError
             raise UserError(f"--device: unknown device {device!r}; known: {', '.join(GPUS)}, cpu")
-        usd, peak, _ = GPUS[key]
+        usd, peak, memory_gib = GPUS[key]
         share, source = gpu_utilisation(key)
         rate = peak * 1e12 * share
         device = key
         basis = (f"{peak:.0f} TFLOP/s dense bf16 peak x {share} utilisation ({source}); ${usd:.2f}/h "
                  f"({TABLE_SOURCE})")
     hours = work["flops"] / rate / 3600
-    return {**work, "device": device, "effective_flops_per_second": rate, "hours": round(hours, 6),
-            "usd_per_hour": usd, "cost_usd": round(hours * usd, 6), "basis": basis, "table_date": TABLE_DATE}
+    out = {**work, "device": device, "effective_flops_per_second": rate, "hours": round(hours, 6),
+           "usd_per_hour": usd, "cost_usd": round(hours * usd, 6), "basis": basis, "table_date": TABLE_DATE}
+    if device != "cpu" and work.get("memory"):  # the peak GPU memory on this device's memory
+        from tunelab import memory
+        out.update(gpu_memory=memory.on_device(memory.Workload(**work["memory"]), memory_gib), memory_gib=memory_gib)
+    return out

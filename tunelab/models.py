@@ -201,6 +201,22 @@ def meta_model(cfg: ModelConfig):
         return AutoModelForCausalLM.from_config(config)
 
 
+def adapted_counts(cfg: ModelConfig, lora: LoraConfig) -> dict:
+    """From the model's config alone (meta device, PEFT's adapters added there too): `params` (every weight),
+    `quantised` (those of the linear layers bitsandbytes' 4-bit loading packs: all but the output embedding),
+    `trainable` (the adapter's, under `lora`), `layers` and `hidden`."""
+    model = meta_model(cfg)
+    out = model.get_output_embeddings()
+    quantised = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out)
+    params = sum(p.numel() for p in model.parameters())
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    with torch.device("meta"):
+        peft = add_lora(model, lora)
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    return {"params": params, "quantised": quantised, "trainable": trainable, "layers": text.num_hidden_layers,
+            "hidden": text.hidden_size}
+
+
 def model_size(cfg: ModelConfig) -> tuple[int, int, int]:
     """(parameters, layers, hidden size) from the model's config alone: weights are built on the meta device."""
     model = meta_model(cfg)

@@ -31,7 +31,8 @@ LAYOUT = {
     "config.yaml": ("config", "the resolved recipe, every default spelled out"),
     "environment.json": ("environment", "python, torch, transformers, peft, accelerate versions; device name; "
                                         "CPU/GPU count"),
-    "estimate.json": ("estimate", "the cost estimate made before the first step (exact token counts)"),
+    "estimate.json": ("estimate", "the cost estimate made before the first step (exact token counts); on a GPU "
+                                  "also its peak memory there (`gpu_memory`, from the `memory` workload)"),
     "metrics/steps.jsonl": ("steps", "per optimizer step: loss, lr, grad norm, tokens, tokens/s (an imported "
                                              "run: the other trainer's logged steps, `logged_by` trainer); this "
                                              "file, epochs.jsonl and validation.jsonl are rewritten at every "

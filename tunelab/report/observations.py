@@ -238,6 +238,23 @@ def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> 
                        + (f" × {unit} trained / {unit} planned" if scaled else "") + "; outside 0.5–2× is flagged")
 
 
+def memory_accuracy(estimate: dict, summary: dict) -> Observation | None:
+    """The measured peak GPU memory against the estimate made before training (`tunelab.memory`), both counting the
+    tensors alone (torch.cuda.max_memory_allocated; the estimate without the CUDA context)."""
+    predicted = ((estimate or {}).get("gpu_memory") or {}).get("allocated_gib")
+    if not predicted or not summary.get("peak_gpu_memory_mib"):
+        return None
+    measured = summary["peak_gpu_memory_mib"] / 1024
+    ratio = measured / predicted
+    return Observation("info" if 2 / 3 <= ratio <= 1.5 else "watch",
+                       f"Peak GPU memory was {measured:.1f} GiB, {ratio:.2f}× the {predicted:.1f} GiB estimated before "
+                       f"training on the {estimate['device']}'s {estimate['memory_gib']:g} GiB.",
+                       "torch.cuda.max_memory_allocated over the train stage / the estimate's tensors (weights as "
+                       "loaded, the adapter with its gradient and AdamW state at 16 bytes a weight, activations of the "
+                       "largest forward at the bytes per padded token, hidden unit and layer measured on an H200); "
+                       "outside 2/3–1.5× is flagged")
+
+
 def early_stopping(epochs: list[dict], summary: dict, cost: dict | None,
                    passes: list[dict] | None = None) -> Observation | None:
     """What `train.early_stopping_patience` did: the epoch it stopped after, the validation losses that stopped

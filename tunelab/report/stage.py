@@ -17,6 +17,7 @@ from tunelab.data import MIX_SEP, source_names
 from tunelab.data.checks import source_note, targets_line
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
+from tunelab.memory import describe
 from tunelab.report import extra, mix, replies
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
@@ -216,7 +217,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab")
                                  if env.get(k))),
         ("Wall time", f"{summary['wall_seconds'] / 60:.1f} min training "
-                      f"({summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB)"
+                      f"({summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_rss_mib']:.0f} MiB"
+                      + (f", peak GPU memory {summary['peak_gpu_memory_mib'] / 1024:.1f} GiB"
+                         if summary.get("peak_gpu_memory_mib") else "") + ")"
          if "wall_seconds" in summary else None),
         ("Cost", f"${cost['cost_usd']:.4f} measured ({cost['device_hours']:.4f} device-hours × "
                  f"${cost['usd_per_hour']:.3f}/h; {cost['price_source']})" if cost else "not priced"),
@@ -227,8 +230,10 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
     if summary.get("imported"):
         rows = _imported_rows(summary["imported"], rows, cfg, cost)
     if estimate.get("cost_usd") is not None:
+        memory = estimate.get("gpu_memory")
         rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
-                                                 f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"))
+                                                 f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"
+                     + (f"; peak GPU memory {describe(memory, estimate['memory_gib'])}" if memory else "")))
     return [("table", ["", "value"], rows)]
 
 
@@ -274,7 +279,8 @@ def _test_rows(cfg: Recipe, summary: dict, evaluation: dict | None) -> str:
 
 
 def _epochs_run(summary: dict) -> str:
-    """The Overview's epoch count: "3", or "2 of 3, stopped early by patience 1"."""
+    """The Overview's epoch count: "3", "2, train.max_steps 50: the last epoch's 14 of 36 steps", or "2 of 3,
+    stopped early by patience 1"."""
     (trained, planned), patience = trained_and_planned(summary), summary.get("early_stopping_patience")
     if stopped_early(summary):
         threshold = summary.get("early_stopping_threshold")
@@ -284,8 +290,8 @@ def _epochs_run(summary: dict) -> str:
             (f" at step {summary['steps']} of {summary['steps_planned']}" if passes else "") + \
             f" by patience {patience}" + (f" ({how})" if how else "")
     short = cut_short(summary)
-    return f"{trained}" + (f" (train.max_steps {summary['max_steps']}: the last epoch's {short[0]} of {short[1]} "
-                           "steps)" if short else "") \
+    return f"{trained}" + (f", train.max_steps {summary['max_steps']}: the last epoch's {short[0]} of {short[1]} "
+                           "steps" if short else "") \
         + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
 
@@ -470,7 +476,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
         found += [o for o in (rules.familiarity(losses["test"], losses["val"]),) if o]
     cost = run.read_optional(run.cost)
     found += [o for o in (rules.early_stopping(epochs, summary, cost, run.read_jsonl(run.validation)),
-                          rules.cost_accuracy(run.read_optional(run.estimate), cost, summary)) if o]
+                          rules.cost_accuracy(run.read_optional(run.estimate), cost, summary),
+                          rules.memory_accuracy(run.read_optional(run.estimate), summary)) if o]
     return found
 
 

@@ -50,9 +50,10 @@ def tune_for(device) -> None:
 
 
 CPU_MICRO_BATCH_TOKENS = 512  # measured best on this 2-core CPU (benchmarks/README.md)
-# bytes of training activations per padded token, per hidden unit, per layer, bf16 (Mistral-7B, LoRA r=16 with
-# dropout 0.05 on all linear layers, H200: 78.4 GiB peak for batches of 16 GSM8K rows; about 82-106, see the
-# GPU check in benchmarks/README.md)
+# bytes of training activations per padded token, hidden unit and layer that micro-batches on CUDA are sized by:
+# measured on an H200 (Mistral-7B bf16, LoRA r=16 on all linear layers, the largest batch 16 GSM8K rows padded to
+# 512 tokens): 64 with LoRA dropout 0.05, 47 without (tunelab.memory); 100 leaves room for wider MLPs than
+# Mistral's 3.5x hidden and for fragmentation (benchmarks/README.md, GPU check)
 CUDA_ACTIVATION_BYTES = 100
 
 
@@ -66,7 +67,13 @@ def micro_batch_tokens(chosen: int | None, device, model_config) -> int:
     import torch
     free, _ = torch.cuda.mem_get_info(device)
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    return max(256, int(0.8 * free / (CUDA_ACTIVATION_BYTES * text.hidden_size * text.num_hidden_layers)))
+    return cuda_slice_tokens(free, text.hidden_size, text.num_hidden_layers)
+
+
+def cuda_slice_tokens(free_bytes: float, hidden: int, layers: int) -> int:
+    """The padded tokens per forward that 80 % of `free_bytes` (free once the model is loaded) holds activations
+    for, at CUDA_ACTIVATION_BYTES per token, hidden unit and layer; 256 at the least."""
+    return max(256, int(0.8 * free_bytes / (CUDA_ACTIVATION_BYTES * hidden * layers)))
 
 
 class NonFinite(Exception):
