@@ -173,7 +173,8 @@ def test_flops_and_estimate_arithmetic():
     # step time of LoRA, SmolLM2-135M, dropout 0.05)
     assert cost.flops([10], [10], 1, 1000, 2, 4, False, base_twice=True)["flops_per_train_token"] == 8 * 1000
     assert [cost.duration(h) for h in (40 / 3600, 0.115, 3.236)] == ["40 s", "6.9 min", "3.24 h"]
-    assert [cost.dollars(usd) for usd in (2.075, 0.00571, 1234.5)] == ["$2.08", "$0.0057", "$1,234.50"]
+    assert [cost.dollars(usd) for usd in (2.075, 0.41, 0.00571, 0.0000952, 1234.5)] == [
+        "$2.08", "$0.41", "$0.0057", "$0.000095", "$1,234.50"]
     e = cost.estimate({"flops": 312e12 * 0.35 * 3600}, "A100-80GB")  # not measured there: the assumed 35 %
     assert e["hours"] == pytest.approx(1.0) and e["cost_usd"] == pytest.approx(cost.GPUS["A100-80GB"][0])
     assert "assumed" in e["basis"]

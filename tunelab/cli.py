@@ -570,7 +570,9 @@ def cmd_estimate(args) -> int:
     for device in devices:
         e = cost.estimate(work, device)
         table.add_row(e["device"], cost.duration(e["hours"]), cost.dollars(e["cost_usd"]),
-                      describe(e["gpu_memory"], e["memory_gib"]) if "gpu_memory" in e else "—", e["basis"])
+                      describe(e["gpu_memory"], e["memory_gib"]) if "gpu_memory" in e else "—",
+                      e["basis"].replace(f" ({cost.TABLE_SOURCE})", ""))  # said once, under the table
+    table.caption = f"GPU prices: {cost.TABLE_SOURCE}"
     Console(width=160).print(table)
     return 0
 

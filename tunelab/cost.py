@@ -173,8 +173,10 @@ def duration(hours: float) -> str:
 
 
 def dollars(usd: float) -> str:
-    """A price for people: cents for a dollar or more, two significant digits below ($2.08, $0.0057)."""
-    return f"${usd:,.2f}" if usd >= 1 else f"${usd:.2g}"
+    """A price for people: cents for a dollar or more, two significant digits below ($2.08, $0.0057, $0.000095)."""
+    if usd >= 1 or usd <= 0:
+        return f"${usd:,.2f}"
+    return f"${usd:.{max(2, 1 - math.floor(math.log10(usd)))}f}"
 
 
 def estimate_or_unpriced(work: dict, device: str) -> dict:
