@@ -282,7 +282,8 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     assert raw["lora"] == {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}  # its defaults
     assert raw["train"] == {"epochs": 3, "batch_size": 1, "grad_accum": 8, "lr": 0.0001, "warmup_ratio": 0.1,
                             "weight_decay": 0.0, "max_grad_norm": 1.0, "max_length": 2048, "completion_only": True,
-                            "gradient_checkpointing": True, "seed": 42, "scheduler": "cosine"}
+                            "gradient_checkpointing": True, "seed": 42, "scheduler": "cosine",
+                            "checkpoint_every": 500}  # save_steps
     data = raw["data"]
     assert data["source"] == str(folder / "identity.json") and data["mix"][0]["source"].endswith("alpaca_en_demo.jsonl")
     assert data["chat_template"] is True and data["limit"] == 1000 and data["seed"] == 42
@@ -488,3 +489,25 @@ def test_max_steps_overrides_the_epochs_in_every_trainers_config(tmp_path, tiny_
     assert "max_steps" not in raw["train"]
     with pytest.raises(UserError, match=r"num_train_epochs: 1.5: .*max_steps"):
         convert(_trl_config(tmp_path, tiny_model, data, "num_train_epochs: 1.5\n"))  # the later key counts
+
+
+def test_the_validation_and_checkpoint_cadence_carries_over_where_it_means_the_same(tmp_path, tiny_model):
+    """eval_steps under eval_strategy steps is train.val_every, save_steps train.checkpoint_every, save_total_limit
+    train.keep_checkpoints; evaluation per epoch (tunelab's own) or a share of the run stays a note. Axolotl
+    validates every eval_steps, and its early stopping then counts those passes (train.early_stopping_on)."""
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "q", "completion": "a"}] * 4)
+    raw, notes = convert(_trl_config(tmp_path, tiny_model, data, "eval_strategy: steps\neval_steps: 25\n"
+                                     "save_steps: 100\nsave_total_limit: 3\n"))
+    train = raw["train"]
+    assert (train["val_every"], train["checkpoint_every"], train["keep_checkpoints"]) == (25, 100, 3)
+    assert not any(n.startswith(("eval_steps", "save_steps", "save_total_limit")) for n in notes)
+    for extra in ("eval_strategy: epoch\neval_steps: 25\n", "eval_strategy: steps\neval_steps: 0.1\n"):
+        raw, notes = convert(_trl_config(tmp_path, tiny_model, data, extra))
+        assert "val_every" not in raw["train"] and any(n.startswith("eval_steps") for n in notes)
+    axolotl = MISTRAL_LORA.replace("evals_per_epoch: 4", "eval_steps: 20\nearly_stopping_patience: 3")
+    raw, notes = convert(_config(tmp_path, axolotl, data=_alpaca(tmp_path)))
+    assert (raw["train"]["val_every"], raw["train"]["early_stopping_on"]) == (20, "validation")
+    assert not any(n.startswith("early_stopping_patience") for n in notes)
+    raw, notes = convert(_config(tmp_path, MISTRAL_LORA.replace("evals_per_epoch: 4", "early_stopping_patience: 3"),
+                                 data=_alpaca(tmp_path)))
+    assert "early_stopping_on" not in raw["train"] and any("counts passes, as Axolotl does" in n for n in notes)

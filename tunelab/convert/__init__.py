@@ -108,7 +108,8 @@ def training_arguments(path: str, left: dict, notes: list[str], lr: float) -> di
     """train.* from transformers' TrainingArguments keys (TRL's and LLaMA-Factory's configs use them), its
     defaults written out where the config leaves a key out (`lr`: the trainer's own default learning rate): epochs,
     batch, accumulation, schedule, warmup, weight decay, clipping, seed, NEFTune; warmup_steps and other
-    optimizers noted; max_steps (which overrides the epochs) as train.max_steps."""
+    optimizers noted; max_steps (which overrides the epochs) as train.max_steps; the validation and checkpoint
+    cadence (`cadence`)."""
     epochs, max_steps = float(left.pop("num_train_epochs", 3.0)), left.pop("max_steps", -1) or -1
     if not epochs.is_integer() and max_steps <= 0:
         raise UserError(f"{path}: num_train_epochs: {epochs}: tunelab trains whole epochs, or a number of steps "
@@ -133,7 +134,24 @@ def training_arguments(path: str, left: dict, notes: list[str], lr: float) -> di
     optimizer = left.pop("optim", None)
     if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused"):
         notes.append(f"optim: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")
+    cadence(left, train)
     return train
+
+
+def cadence(left: dict, train: dict, eval_strategy: str = "no") -> None:
+    """Trainer's validation and checkpoint cadence where tunelab's means the same: eval_steps (under eval_strategy
+    steps; `eval_strategy`, the trainer's default) as train.val_every, save_steps (under save_strategy steps) as
+    train.checkpoint_every, save_total_limit as train.keep_checkpoints. Whole numbers only: a share of the run
+    (eval_steps: 0.1) and the other strategies stay with the notes (tunelab validates every epoch anyway)."""
+    def whole(key: str) -> bool:
+        return isinstance(left.get(key), int) and not isinstance(left[key], bool) and left[key] >= 1
+    strategy = left.get("eval_strategy", left.get("evaluation_strategy", eval_strategy))
+    if strategy == "steps" and whole("eval_steps"):
+        train["val_every"] = left.pop("eval_steps")
+    if left.get("save_strategy", "steps") == "steps" and whole("save_steps"):
+        train["checkpoint_every"] = left.pop("save_steps")
+    if whole("save_total_limit"):
+        train["keep_checkpoints"] = left.pop("save_total_limit")
 
 
 def name(path: str, output_dir: str | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from tunelab.convert import leftovers, name
+from tunelab.convert import cadence, leftovers, name
 from tunelab.errors import UserError
 
 # Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
@@ -319,7 +319,10 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
     optimizer = left.pop("optimizer", None)
     if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused", "adamw_hf"):
         notes.append(f"optimizer: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")
-    if "early_stopping_patience" in train:
+    cadence(left, train, eval_strategy="steps")  # Axolotl validates every eval_steps when it is set
+    if "early_stopping_patience" in train and "val_every" in train:
+        train["early_stopping_on"] = "validation"  # Axolotl's patience counts its validation passes too
+    elif "early_stopping_patience" in train:
         notes.append(f"early_stopping_patience: {train['early_stopping_patience']}: differs: tunelab counts epochs "
                      "without a lower validation loss (train.early_stopping_on: validation with train.val_every "
                      "counts passes, as Axolotl does)")
