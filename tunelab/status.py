@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir, counts_passes, stopped_early, trained_and_planned
+from tunelab.rundir import (HeldOutLossDir, RepliesDir, RunDir, counts_passes, cut_short, stopped_early,
+                            trained_and_planned)
 
 RECENT_STEPS = 20  # the steps whose mean tokens/s predicts a running train stage's time left
 
@@ -90,7 +91,7 @@ def _training(run: RunDir) -> dict | None:
     if summary:
         trained, planned = trained_and_planned(summary)
         return {"done": run.has_adapter(), "epochs": trained, "epochs_planned": planned,
-                "step": summary.get("steps"), "stopped_early": stopped_early(summary),
+                "step": summary.get("steps"), "stopped_early": stopped_early(summary), "cut_short": cut_short(summary),
                 "counts_passes": counts_passes(summary),
                 "imported": "imported" in summary, "share": 1.0}
     steps = run.read_steps()
@@ -204,7 +205,9 @@ def _state(run: RunDir, out: dict, pending: list[str]) -> tuple[str, str | None]
     if train is None or not train["done"]:  # killed between a checkpoint and the curves it writes next: none yet
         return "stopped" + _progress(train, False) + restart, resume
     trained = f"trained {train['epochs']} of {train['epochs_planned']} epochs (early stop)" \
-        if train["stopped_early"] else f"trained {train['epochs']} epoch{'s' * (train['epochs'] != 1)}"
+        if train["stopped_early"] else f"trained {train['epochs']} epoch{'s' * (train['epochs'] != 1)}" \
+        + (f", the last {train['cut_short'][0]} of its {train['cut_short'][1]} steps (train.max_steps "
+           f"{train['step']})" if train.get("cut_short") else "")
     if pending and train["imported"]:  # `tunelab import` needs the other trainer's folder: each stage's command
         stage = "analyze" if pending == ["analyze"] else "eval"
         return f"{trained}; {', '.join(pending)} left", f"tunelab {stage} {path}"
