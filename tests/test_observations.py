@@ -77,6 +77,10 @@ def test_token_accuracy_gap_cost_and_baseline_rules():
     better = versus_baseline({"final_val_loss": 1.0, "epochs": 3, "wall_seconds": 60},
                              {"final_val_loss": 1.2, "epochs": 2, "wall_seconds": 40}, "3ep", "2ep")
     assert better[0].kind == "good" and "lower (better)" in better[0].text and "-16.7 %" in better[0].text
+    assert better[-1].text == "Wall time 1.0 min vs 0.7 min (3 vs 2 epochs)."
+    steps = versus_baseline({"final_val_loss": 1.0, "epochs": 2, "wall_seconds": 60, "steps": 50, "max_steps": 50},
+                            {"final_val_loss": 1.2, "epochs": 2, "wall_seconds": 40, "steps": 40}, "a", "b")
+    assert steps[-1].text == "Wall time 1.0 min vs 0.7 min (2 vs 2 epochs, 50 vs 40 steps)."
 
 
 def _rows(losses, tokens=10):

@@ -369,7 +369,10 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
                                "difference of tuned accuracies"))
     if "wall_seconds" in this and "wall_seconds" in base:
         out.append(Observation("info", f"Wall time {this['wall_seconds'] / 60:.1f} min vs "
-                               f"{base['wall_seconds'] / 60:.1f} min ({this['epochs']} vs {base['epochs']} epochs).",
+                               f"{base['wall_seconds'] / 60:.1f} min ({this['epochs']} vs {base['epochs']} epochs"
+                               + (f", {this['steps']} vs {base['steps']} steps"
+                                  if (this.get("max_steps") or base.get("max_steps")) and "steps" in base else "")
+                               + ").",
                                "measured wall time of training"))
     return out
 
