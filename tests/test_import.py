@@ -32,25 +32,30 @@ def _write_recipe(raw: dict, path):
 def trl_output(tiny_model, tmp_path_factory):
     """A 2-epoch TRL SFTTrainer LoRA run (r=4, alpha=8: not the recipe's) on the recipe's train rows, with a
     checkpoint at each epoch's end, as a TRL user would have it."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-    from tunelab.data import load_splits
     from tunelab.data.synthetic import generate as synthetic
     folder = tmp_path_factory.mktemp("import-data")
     rows = synthetic(37, 3)
     write_jsonl(folder / "train.jsonl", rows[:32])
     write_jsonl(folder / "test.jsonl", rows[32:])
     recipe = _write_recipe(_recipe(tiny_model, folder), folder / "recipe.yaml")
-    cfg = validate(_recipe(tiny_model, folder), "test")
-    train_rows = load_splits(cfg.data).train  # the validation rows stay held out, as tunelab holds them out
+    out = _trl_train(tiny_model, folder, tmp_path_factory.mktemp("trl") / "out", num_train_epochs=2)
+    return out, recipe, folder
+
+
+def _trl_train(tiny_model, folder, out, **settings):
+    """TRL's SFTTrainer on the recipe's train rows (the validation rows held out, as tunelab holds them out), LoRA
+    r=4, alpha=8, a checkpoint at each epoch's end; `settings`: the run's length."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    from tunelab.data import load_splits
+    train_rows = load_splits(validate(_recipe(tiny_model, folder), "test").data).train
     data = Dataset.from_list([{"prompt": e.prompt, "completion": e.target} for e in train_rows])
-    out = tmp_path_factory.mktemp("trl") / "out"
-    args = SFTConfig(output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=2, learning_rate=3e-2,
-                     bf16=False, logging_steps=1, report_to=[], save_strategy="epoch", use_cpu=True,
-                     dataloader_num_workers=0, max_length=128, seed=0)
+    args = SFTConfig(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-2, bf16=False,
+                     logging_steps=1, report_to=[], save_strategy="epoch", use_cpu=True, dataloader_num_workers=0,
+                     max_length=128, seed=0, **settings)
     torch.manual_seed(0)
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args, train_dataset=data,
                          processing_class=AutoTokenizer.from_pretrained(tiny_model),
@@ -59,7 +64,7 @@ def trl_output(tiny_model, tmp_path_factory):
     trainer.train()
     trainer.save_model()
     trainer.save_state()
-    return out, recipe, folder
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +308,28 @@ def test_a_train_loss_far_above_the_other_trainers_is_flagged_with_the_merging_r
     assert imported_tokens({**summary, "final_train_loss": 0.09}).kind == "info"  # within 2x + 0.05
     assert imported_tokens({"final_train_loss": 0.4, "imported": {"logged_last_epoch_loss": None}}) is None
     assert imported_tokens({"final_train_loss": 0.4}) is None  # trained by tunelab
+
+
+@pytest.mark.slow
+def test_a_run_that_max_steps_ended_inside_an_epoch_is_imported_with_its_last_epoch_cut_short(
+        trl_output, tiny_model, tmp_path, capsys):
+    """TRL with max_steps 6 at 4 steps an epoch: checkpoint-4 at epoch 1, the final adapter at epoch 1.5 — the
+    run's end, not a crash — imported as epochs 1 and 2, the last 2 of its 4 steps; a Trainer stopped inside an
+    epoch before its max_steps stays refused."""
+    _, recipe, folder = trl_output
+    out = _trl_train(tiny_model, folder, tmp_path / "out", max_steps=6)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (state["global_step"], state["max_steps"], state["epoch"]) == (6, 6, 1.5)
+    run = RunDir(tmp_path / "run")
+    assert main(["import", recipe, str(out), "--run-dir", str(run.path), "--set", "eval.limit=2"]) == 0
+    assert [e["epoch"] for e in run.read_epochs()] == [0, 1, 2]
+    assert (run.epoch_adapter(1) / "adapter_model.safetensors").read_bytes() == \
+        (out / "checkpoint-4" / "adapter_model.safetensors").read_bytes()
+    summary = run.read_summary()
+    assert (summary["steps"], summary["steps_per_epoch"], summary["max_steps"]) == (6, 4, 6)
+    assert "| Epochs | 2, max_steps 6: the last epoch's 2 of 4 steps: adapters of epochs 1, 2 imported" in \
+        run.report_md.read_text()
+    (out / "trainer_state.json").write_text(json.dumps({**state, "max_steps": 8}))  # stopped at step 6 of 8
+    capsys.readouterr()
+    _refused(["import", recipe, str(out), "--run-dir", str(tmp_path / "other")], capsys, "trainer_state.json",
+             "epoch 1.5, not at an epoch's end nor at the run's max_steps")

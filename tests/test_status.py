@@ -88,7 +88,7 @@ def test_a_finished_run_is_done_until_a_stage_writes_after_its_report(tmp_path):
     summary = run.read_json(run.summary)  # train.max_steps 15 at 9 steps an epoch: epoch 2 ends after 6 of them
     run.write_json(run.summary, {**summary, "max_steps": 15, "steps": 15, "steps_planned": 15, "steps_per_epoch": 9,
                                  "epochs_planned": 2})
-    assert status.describe(run)["state"].startswith("trained 2 epochs, the last 6 of its 9 steps (train.max_steps 15)")
+    assert status.describe(run)["state"].startswith("trained 2 epochs, the last 6 of its 9 steps (max_steps 15)")
 
 
 def test_a_trained_run_lists_the_stages_left_and_a_command_that_resumes_it(tmp_path, monkeypatch):

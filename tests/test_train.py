@@ -560,7 +560,7 @@ def test_max_steps_trains_that_many_steps_and_cuts_the_last_epoch_short(tiny_rec
     write_report(run)
     text = run.report_md.read_text()
     last = 15 - per_epoch
-    assert f"| Epochs | 2, train.max_steps 15: the last epoch's {last} of {per_epoch} steps (batch 4 " in text
+    assert f"| Epochs | 2, max_steps 15: the last epoch's {last} of {per_epoch} steps (batch 4 " in text
     assert f"| 2 ({last} of {per_epoch} steps) |" in text
     from tunelab import card
-    assert f"2 epoch(s), the last {last} of its {per_epoch} steps (train.max_steps 15)" in card.render(run)
+    assert f"2 epoch(s), the last {last} of its {per_epoch} steps (max_steps 15)" in card.render(run)

@@ -125,12 +125,12 @@ def _not_final(summary: dict, evaluation: dict | None, epoch: int | str | None, 
 
 
 def _epochs_trained(summary: dict) -> str:
-    """"3 epoch(s)", "2 epoch(s), the last 5 of its 9 steps (train.max_steps 14)", or "2 of 3 planned epochs
+    """"3 epoch(s)", "2 epoch(s), the last 5 of its 9 steps (max_steps 14)", or "2 of 3 planned epochs
     (early stopping)" when validation loss stopped the run."""
     trained, planned = trained_and_planned(summary)
     if short := cut_short(summary):
         return (f"{trained} epoch(s), the last {short[0]} of its {short[1]} steps "
-                f"(train.max_steps {summary['max_steps']})")
+                f"(max_steps {summary['max_steps']})")
     if not stopped_early(summary):
         return f"{trained} epoch(s)"
     inside = f", to step {summary['steps']} of {summary['steps_planned']}" \

@@ -6,7 +6,8 @@ SOURCE is a folder here or a Hub repo id (its adapter files and checkpoints down
   - the final adapter: SOURCE itself when it is a PEFT adapter folder, else the last checkpoint-N/ of a Trainer
     output_dir;
   - every checkpoint-N/ saved at an epoch's end (its trainer_state.json `epoch` whole) as adapters/epoch-K, so the
-    eval stage scores each epoch (save_strategy="epoch" keeps one per epoch);
+    eval stage scores each epoch (save_strategy="epoch" keeps one per epoch); a final adapter that the Trainer's
+    max_steps ended inside an epoch is that epoch's, cut short;
   - trainer_state.json's log_history: the Trainer's logged step losses (metrics/steps.jsonl, `logged_by`
     "trainer") and its train_runtime, priced at the recipe's cost.usd_per_hour when one is set.
 What it measures itself (forward passes only, no training): the base model's and each epoch adapter's loss and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -54,13 +56,24 @@ class Source:
     def epochs(self) -> int:
         return max(self.adapters)
 
+    @property
+    def steps(self) -> dict:
+        """For a run that its max_steps ended inside its last epoch, the summary's step figures (`max_steps`,
+        `steps`, `steps_planned`, `steps_per_epoch`: what `rundir.cut_short` reads); else {}."""
+        if not _ended_by_max_steps(self.state):
+            return {}
+        steps = self.state["global_step"]
+        return {"max_steps": steps, "steps": steps, "steps_planned": steps,
+                "steps_per_epoch": round(steps / self.state["epoch"])}  # the Trainer's epoch: steps / steps an epoch
+
 
 def find(path: str | Path, epochs: int) -> Source:
     """The adapters and Trainer state in `path`; `epochs` (the recipe's train.epochs) is the final adapter's epoch
     when no trainer_state.json says it.
 
     Raises:
-        UserError: no LoRA adapter there, a final adapter that stopped inside an epoch, or adapters that differ.
+        UserError: no LoRA adapter there, a final adapter that stopped inside an epoch before the run's max_steps, or
+            adapters that differ.
     """
     name, path = str(path), _local(str(path))
     if not path.is_dir():
@@ -80,10 +93,11 @@ def find(path: str | Path, epochs: int) -> Source:
         if k:
             adapters[k] = c
     if state:
-        last = _whole_epoch(state.get("epoch"))
+        last = _whole_epoch(state.get("epoch")) or (math.ceil(state["epoch"]) if _ended_by_max_steps(state) else None)
         if last is None:
-            raise UserError(f"{state_file}: the adapter stopped at epoch {state.get('epoch')}, not at an epoch's end; "
-                            "import the checkpoint-N/ folder of the last whole epoch instead")
+            raise UserError(f"{state_file}: the adapter stopped at epoch {state.get('epoch')}, not at an epoch's end "
+                            "nor at the run's max_steps; import the checkpoint-N/ folder of the last whole epoch "
+                            "instead")
     else:
         last = epochs
         log.info("%s: no trainer_state.json; the adapter is taken as trained for train.epochs = %d", path, epochs)
@@ -209,7 +223,7 @@ def import_run(cfg: Recipe, run: RunDir, source: Source) -> dict:
     merges = measured.pop("boundary_merges")
     logged = [s["loss"] for s in trainer_steps(source.state)
               if s["epoch"] is not None and source.epochs - 1 < s["epoch"] <= source.epochs]
-    summary = {**measured, "epochs_planned": source.epochs, "early_stopping_patience": None,
+    summary = {**measured, "epochs_planned": source.epochs, "early_stopping_patience": None, **source.steps,
                "imported": {"source": source.name,
                             "adapters": {str(k): str(p) for k, p in source.adapters.items()},
                             "train_loss_rule": TRAIN_LOSS_RULE, "train_runtime_seconds": runtime,
@@ -333,6 +347,14 @@ def _check_base(cfg: Recipe, recorded: str, where: str) -> None:
     if recorded.lower() != ours.lower():
         raise UserError(f"{where}: adapter_config.json's base_model_name_or_path is {recorded}, the recipe's model is "
                         f"{ours} (model.name); use a recipe of that model or --set model.name={recorded}")
+
+
+def _ended_by_max_steps(state: dict) -> bool:
+    """The Trainer ran to its planned steps (max_steps, or a fractional num_train_epochs) and they ended inside an
+    epoch: its last epoch is cut short, as train.max_steps cuts one here."""
+    epoch, steps = state.get("epoch"), state.get("global_step")
+    return (isinstance(epoch, (int, float)) and epoch > 0 and _whole_epoch(epoch) is None
+            and isinstance(steps, int) and steps > 0 and steps == state.get("max_steps"))
 
 
 def _whole_epoch(epoch) -> int | None:

@@ -206,7 +206,7 @@ def _state(run: RunDir, out: dict, pending: list[str]) -> tuple[str, str | None]
         return "stopped" + _progress(train, False) + restart, resume
     trained = f"trained {train['epochs']} of {train['epochs_planned']} epochs (early stop)" \
         if train["stopped_early"] else f"trained {train['epochs']} epoch{'s' * (train['epochs'] != 1)}" \
-        + (f", the last {train['cut_short'][0]} of its {train['cut_short'][1]} steps (train.max_steps "
+        + (f", the last {train['cut_short'][0]} of its {train['cut_short'][1]} steps (max_steps "
            f"{train['step']})" if train.get("cut_short") else "")
     if pending and train["imported"]:  # `tunelab import` needs the other trainer's folder: each stage's command
         stage = "analyze" if pending == ["analyze"] else "eval"

@@ -228,7 +228,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
          if (scored := run.eval_cost()) else None),
     ]
     if summary.get("imported"):
-        rows = _imported_rows(summary["imported"], rows, cfg, cost)
+        rows = _imported_rows(summary, rows, cost)
     if estimate.get("cost_usd") is not None:
         memory = estimate.get("gpu_memory")
         rows.append(("Estimate before training", f"${estimate['cost_usd']:.4f}, {estimate['hours'] * 60:.1f} min "
@@ -244,15 +244,16 @@ def _mixed_in(data) -> str:
                    + (f" (first {m.limit} rows)" if m.limit else "") for m, name in zip(data.mix, names))
 
 
-def _imported_rows(imported: dict, rows: list[tuple], cfg: Recipe, cost: dict) -> list[tuple]:
+def _imported_rows(summary: dict, rows: list[tuple], cost: dict) -> list[tuple]:
     """The Overview of a run trained elsewhere (`tunelab import`): where it came from, what was read from its
     files (LoRA settings, epochs, runtime) and what tunelab cannot know (the other trainer's batch, lr, device)."""
+    imported = summary["imported"]
     runtime = imported.get("train_runtime_seconds")
     replaced = {
         "Method": f"{dict(rows)['Method']}; trained outside tunelab, imported from `{imported['source']}` (LoRA "
                   "settings read from its adapter_config.json)",
-        "Epochs": f"{cfg.train.epochs}: adapters of epochs {', '.join(imported['adapters'])} imported (the other "
-                  "trainer's batch size, learning rate and schedule are its own, not the recipe's)",
+        "Epochs": f"{_epochs_run(summary)}: adapters of epochs {', '.join(imported['adapters'])} imported (the "
+                  "other trainer's batch size, learning rate and schedule are its own, not the recipe's)",
         "Device": "the other trainer's (not recorded)",
         "Frameworks": None,
         "Wall time": f"{runtime / 60:.1f} min training (the other trainer's train_runtime)" if runtime else
@@ -279,7 +280,7 @@ def _test_rows(cfg: Recipe, summary: dict, evaluation: dict | None) -> str:
 
 
 def _epochs_run(summary: dict) -> str:
-    """The Overview's epoch count: "3", "2, train.max_steps 50: the last epoch's 14 of 36 steps", or "2 of 3,
+    """The Overview's epoch count: "3", "2, max_steps 50: the last epoch's 14 of 36 steps", or "2 of 3,
     stopped early by patience 1"."""
     (trained, planned), patience = trained_and_planned(summary), summary.get("early_stopping_patience")
     if stopped_early(summary):
@@ -290,7 +291,7 @@ def _epochs_run(summary: dict) -> str:
             (f" at step {summary['steps']} of {summary['steps_planned']}" if passes else "") + \
             f" by patience {patience}" + (f" ({how})" if how else "")
     short = cut_short(summary)
-    return f"{trained}" + (f", train.max_steps {summary['max_steps']}: the last epoch's {short[0]} of {short[1]} "
+    return f"{trained}" + (f", max_steps {summary['max_steps']}: the last epoch's {short[0]} of {short[1]} "
                            "steps" if short else "") \
         + (f", early stopping (patience {patience}) not triggered" if patience else "")
 
