@@ -16,6 +16,9 @@ def test_bf16_training_on_cuda(tiny_recipe, tmp_path):
     result = train(validate(raw, "cuda"), run)
     assert result.epochs[1]["val_loss"] < result.epochs[0]["val_loss"]
     assert run.read_json(run.environment)["device"] == "cuda"
+    estimate = run.read_json(run.estimate)  # the peak memory on this GPU, whatever the table knows of it
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    assert estimate["memory_gib"] == round(total, 1) and estimate["gpu_memory"]["fits"]
 
 
 def test_qlora_4bit_loads_and_trains(tiny_recipe, tmp_path):

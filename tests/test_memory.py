@@ -19,10 +19,19 @@ GIB = 2**30
 
 
 @pytest.fixture(scope="module")
-def mistral(tmp_path_factory):
+def mistral_folder(tmp_path_factory, smollm2_dir):
+    """Mistral-7B's config (nothing is built but on the meta device) beside SmolLM2's tokenizer (a recipe reads rows
+    with it; the memory counts come from the config)."""
+    from transformers import AutoTokenizer
     folder = tmp_path_factory.mktemp("mistral-7b")
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(folder)
     (folder / "config.json").write_text(json.dumps(MISTRAL_7B))
-    return adapted_counts(ModelConfig(name=str(folder)), LoraConfig(r=16, target_modules="all-linear"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mistral(mistral_folder):
+    return adapted_counts(ModelConfig(name=str(mistral_folder)), LoraConfig(r=16, target_modules="all-linear"))
 
 
 def _workload(counts, **change):
@@ -122,3 +131,28 @@ def test_a_gpu_runs_report_sets_its_peak_memory_against_the_estimate(tiny_recipe
     assert f"peak GPU memory {measured / 1024:.1f} GiB)" in text  # Wall time
     assert f"; peak GPU memory ~{on_l4['gpu_memory']['peak_gib']:.1f} of 24 GiB |" in text  # Estimate before training
     assert "3.00× the" in text and "estimated before training on the L4's 24 GiB" in text
+
+
+def test_check_says_when_a_recipe_does_not_fit_the_gpu_and_strict_fails_on_it(mistral_folder, gsm8k, tmp_path,
+                                                                              capsys):
+    """`tunelab check --device`: the verdict names the GPU the recipe does not fit and the setting that makes it fit;
+    --strict exits 1 on it (on rows with no test overlap); the train stage's own check on its GPU (`on_this_gpu`)
+    gives the warning it logs."""
+    from conftest import write_jsonl
+    from tunelab.cli import main
+    for split, n in (("train", 40), ("test", 20)):
+        write_jsonl(tmp_path / f"{split}.jsonl", (gsm8k / f"{split}.jsonl").read_text().splitlines()[:n])
+    base = ["check", "quickstart", "--set", f"model.name={mistral_folder}", "--set", f"data.source={tmp_path}",
+            "--set", "data.limit=null", "--set", "data.label_field=null", "--json"]
+    assert main([*base, "--device", "T4", "--strict"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert "on the T4: does not fit: ~" in result["verdict"] and "fits with train.gradient_checkpointing=true" in \
+        result["verdict"]
+    assert main([*base, "--device", "H200", "--strict"]) == 0  # the same recipe on 141 GiB
+    result = json.loads(capsys.readouterr().out)
+    assert result["estimate"]["gpu_memory"]["fits"] and "does not fit" not in result["verdict"]
+    estimate = dict(result["estimate"])
+    assert memory.on_this_gpu(estimate, 79.6) is None and estimate["memory_gib"] == 79.6
+    warning = memory.on_this_gpu(estimate, 15.6)
+    assert warning.startswith("peak GPU memory estimated for this run does not fit: ~") and "of 15.6 GiB" in warning
+    assert not estimate["gpu_memory"]["fits"]

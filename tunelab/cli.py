@@ -150,7 +150,8 @@ def _planning_commands(sub) -> None:
     _recipe_args(s)
     s.add_argument("--device", help="price the estimate on this device (a table GPU or cpu; default: this machine)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows")
+    s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows, or the "
+                   "recipe's peak memory does not fit --device's")
     s.add_argument("--run-dir", help="also write analysis/data_checks.json and analysis/lengths.png there")
     s.add_argument("--show", type=int, default=0, metavar="N",
                    help="also print the first N training rows (of each data.mix source too) as the model "
@@ -458,7 +459,7 @@ def cmd_check(args) -> int:
         _print_checks(result)
     overlapping = sum(result["overlap_counts"]["test"].values()) + sum(
         sum(extra["overlap_counts"].values()) for extra in result.get("extra_sets", {}).values())
-    return 1 if args.strict and overlapping else 0
+    return 1 if args.strict and (overlapping or not checks.fits(result)) else 0
 
 
 def _this_device() -> str:

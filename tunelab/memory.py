@@ -114,3 +114,13 @@ def describe(m: dict, memory_gib: float) -> str:
     return f"does not fit: ~{m['peak_gib']:.1f} of {memory_gib:g} GiB; " + (
         f"fits with {fix['setting']} (~{fix['peak_gib']:.1f} GiB)" if fix else
         "neither gradient checkpointing nor 4-bit loading fits it: a larger GPU, or train.sharding=fsdp over several")
+
+
+def on_this_gpu(estimate: dict, memory_gib: float) -> str | None:
+    """Set `estimate`'s peak GPU memory (`gpu_memory`, `memory_gib`) on the GPU a run trains on, of `memory_gib`
+    (the table's size may not be this card's); the warning to log before the first step when it does not fit, or
+    None."""
+    m = on_device(Workload(**estimate["memory"]), memory_gib)
+    estimate.update(gpu_memory=m, memory_gib=round(memory_gib, 1))
+    return None if m["fits"] else (f"peak GPU memory estimated for this run {describe(m, round(memory_gib, 1))}: "
+                                   "it may run out of memory")

@@ -364,4 +364,13 @@ def verdict(checks: dict) -> str:
         parts.append(f"{d['exact_rows']} exact and {d['near_pairs']} near duplicates inside train")
     if checks["lengths"]["truncated"]:
         parts.append(f"{checks['lengths']['truncated']} rows longer than train.max_length")
+    if not fits(checks):
+        from tunelab.memory import describe
+        e = checks["estimate"]
+        parts.append(f"on the {e['device']}: {describe(e['gpu_memory'], e['memory_gib'])}")
     return "; ".join(parts)
+
+
+def fits(checks: dict) -> bool:
+    """The recipe's peak GPU memory fits the GPU its estimate was made for (True without one: a CPU, no estimate)."""
+    return ((checks.get("estimate") or {}).get("gpu_memory") or {}).get("fits", True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tunelab import card, cost, distributed, environment
+from tunelab import card, cost, distributed, environment, memory
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, Splits, load_splits
 from tunelab.errors import UserError
@@ -486,9 +486,15 @@ def _write_outputs(loop: Loop, wall: float) -> dict:
 
 
 def _estimate(cfg: Recipe, device, train_items, val_items, plan: Weights | None, processes: int) -> dict:
-    """The cost estimate made before the first step, from the exact token counts (as tunelab estimate)."""
+    """The cost estimate made before the first step, from the exact token counts (as tunelab estimate); on CUDA the
+    peak memory on this GPU, with a warning when it does not fit."""
     target = "cpu" if device.type == "cpu" else environment.device_name(device)
-    return cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items, plan, processes), target)
+    estimate = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items, plan, processes), target)
+    if device.type == "cuda" and cfg.train.sharding == "none":  # each process holds the whole model on its GPU
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        if warning := memory.on_this_gpu(estimate, total):
+            log.warning(warning)
+    return estimate
 
 
 def _optimizer(model, net, cfg: Recipe, total_steps: int):
