@@ -97,8 +97,8 @@ def add_eval(path: Path, correct: dict[str, list[bool]], final_epoch: int = 2, f
                         "seconds": 1.0, "tokens_per_second": 9.0}
     ids = [f"test-{i}" for i in range(len(next(iter(correct.values()))))]
     summary = {**stats, **comparisons(rows, stats, ids, final_epoch, fewshot)}
-    if labels and by_category(rows, ids, "family", "numeric"):
-        summary["by_category"] = by_category(rows, ids, "family", "numeric")
+    if labels and by_category(rows, ids, "data.label_field (family)", "numeric"):
+        summary["by_category"] = by_category(rows, ids, "data.label_field (family)", "numeric")
     (path / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (path / "eval" / "summary.json").write_text(json.dumps(summary))
     return summary

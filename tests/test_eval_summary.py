@@ -210,7 +210,7 @@ def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interva
     base = {i: (2.0 + rng.random(), 10 + k) for k, i in enumerate(labels)}
     tuned = {i: (loss - 1.0 + 0.05 * rng.random() if labels[i] == "recipes" else loss + rng.uniform(-0.5, 0.5), n)
              for i, (loss, n) in base.items()}  # recipes fell by about 1, poems moved at random, 3 jokes
-    by = by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, labels, "topic")
+    by = by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, labels, "data.label_field (topic)")
     assert [r["category"] for r in by["rows"]] == ["poems", "recipes", "jokes"]  # the most rows first
     assert by["judged"] == 2 and by["level"] == 0.975 and MIN_CATEGORY_ROWS > 3
     rows = {r["category"]: r for r in by["rows"]}
@@ -229,7 +229,8 @@ def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interva
         blocks(by, LOSS)[0][1]
     assert line(by, LOSS) == ("target loss per category (data.label_field (topic)): lower beyond noise in 1 "
                               "(recipes) of 2 judged, higher beyond noise in 0")
-    assert by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, {**labels, "r0": None}, "topic") is None
+    assert by_category({"base": {"rows": base}, "tuned": {"rows": tuned}}, {**labels, "r0": None},
+                       "data.label_field (topic)") is None
 
 
 def test_compare_and_the_baseline_report_pair_each_category_across_runs(tmp_path):
@@ -331,7 +332,7 @@ def test_reply_chrf_by_label_is_paired_per_category_and_a_fall_is_one_to_watch()
     shift = {"summaries": 0.3, "open_qa": -0.2, "poems": 0.0}  # summaries closer, open_qa further, 3 poems
     rows = [{"id": i, "model": model, "chrf": 0.3 + 0.1 * rng.random() + (shift[label] if model == "tuned" else 0)}
             for i, label in labels.items() for model in ("base", "tuned")]
-    by = by_category(rows, labels, "task")
+    by = by_category(rows, labels, "data.label_field (task)")
     got = {r["category"]: r for r in by["rows"]}
     mine = [r["chrf"] for r in rows if r["model"] == "tuned" and labels[r["id"]] == "summaries"]
     assert got["summaries"]["tuned_chrf"] == pytest.approx(sum(mine) / 15, abs=1e-6) and by["judged"] == 2
@@ -343,4 +344,5 @@ def test_reply_chrf_by_label_is_paired_per_category_and_a_fall_is_one_to_watch()
     assert line(by, CHRF) == ("reply chrF per category (data.label_field (task)): higher beyond noise in 1 "
                               "(summaries) of 2 judged, lower beyond noise in 1 (open_qa)")
     assert blocks(by, CHRF)[1][1][2:] == ["base chrF", "tuned chrF", "Δ chrF (97.50 % CI)"]
-    assert by_category(rows, {**labels, "r0": None}, "task") is None and by_category(rows, labels, None) is None
+    assert by_category(rows, {**labels, "r0": None}, "data.label_field (task)") is None
+    assert by_category(rows, labels, None) is None

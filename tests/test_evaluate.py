@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunelab.cli import main
-from tunelab.config import validate
+from tunelab.config import to_yaml, validate
 from tunelab.evaluate.stage import evaluate
 from tunelab.evaluate.summary import pass_names
 from tunelab.evaluate.generate import ANSWER_LINE, generate
@@ -233,6 +233,43 @@ def test_eval_source_scores_another_datasets_questions_and_answers_are_never_mix
     assert "base" not in own.summary and "source" not in own.summary
     assert [p["id"] for p in own.predictions] == [f"test-{i}" for i in range(6)]
     assert all(p["question"] not in asked for p in own.predictions)
+
+
+def test_a_benchmarks_own_category_column_gives_accuracy_per_category_on_it(tiny_trained, monkeypatch, tmp_path):
+    """eval.label_field (and an eval.also entry's label_field): the scored set's own category column, which the
+    training data need not have — accuracy per category on a benchmark; a column it lacks is refused by name."""
+    from conftest import write_jsonl
+    from tunelab.data.synthetic import generate as synthetic
+    from tunelab.errors import UserError
+    from tunelab.evaluate.stage import evaluate_extra
+    import shutil
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = tiny_trained
+    run = RunDir(shutil.copytree(trained.path, tmp_path / "run"))  # its recipe is rewritten below
+    rows = [{"question": r["question"], "answer": r["answer"], "kind": r["family"]} for r in synthetic(6, 7)]
+    bench = write_jsonl(tmp_path / "bench.jsonl", rows)
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"source": str(bench), "label_field": "kind"})})
+    by = evaluate(other, run).summary["by_category"]
+    assert by["source"] == "eval.label_field (kind)"
+    assert {r["category"] for r in by["rows"]} == {r["kind"] for r in rows}
+    assert sum(r["n"] for r in by["rows"]) == 6
+    also = validate({**cfg.model_dump(mode="json"), "eval": {**cfg.eval.model_dump(mode="json"), "also": [
+        {"source": str(bench), "name": "bench", "label_field": "kind"}]}}, "tiny")
+    (name, result), = evaluate_extra(also, run)
+    assert name == "bench" and result.summary["by_category"]["source"] == "eval.label_field (kind)"
+    from tunelab.report import write_report
+    run.write_text(run.config, to_yaml(also))  # the run's recipe now names the set: its report shows it
+    write_report(run)
+    text = run.report_md.read_text()
+    section = text[text.index("## Other test sets"):]
+    assert "bench, by category:" in section and "Categories: eval.label_field (kind); accuracy is" in section
+    assert all(f"| {kind} |" in section for kind in {r["kind"] for r in rows})
+    missing = other.model_copy(update={"eval": other.eval.model_copy(update={"label_field": "subject"})})
+    with pytest.raises(UserError, match="eval.label_field: no field 'subject' in .*bench.jsonl's rows; fields are: "
+                                        "answer, kind, question"):
+        evaluate(missing, run)
+    with pytest.raises(UserError, match="eval.label_field: needs eval.source"):
+        validate({**cfg.model_dump(mode="json"), "eval": {"label_field": "kind"}}, "tiny")
 
 
 def test_a_test_set_with_fields_of_its_own_is_scored_in_its_format_and_no_pass_asked_otherwise_is_kept(

@@ -161,7 +161,7 @@ def test_compare_pairs_each_categorys_reply_chrf_across_runs_at_the_first_runs_l
                 for m, s in (("base", base), ("tuned", tuned)) for i in labels]
         view.write_jsonl(view.predictions, rows)
         view.write_json(view.eval_summary, {"split": "test", "overlap": {"chrf": {}},
-                                            "by_category": by_category(rows, labels, "task")})
+                                            "by_category": by_category(rows, labels, "data.label_field (task)")})
         views.append(view)
     blocks = compare_blocks(views, ["a", "b"])
     (table,) = [b for b in blocks if b[0] == "table" and b[1][0] == "category"]

@@ -558,7 +558,7 @@ def test_compare_pairs_the_held_out_loss_of_each_category_across_runs(tmp_path):
         view.write_json(view.eval_summary, {"scoring": "loss", "reason": "prose", "split": "test", "n": 27,
                                             "losses": {"base": {"loss": 2.5}, "tuned": {"loss": 2.0}},
                                             "loss_difference": paired_loss_difference(base, rows),
-                                            "by_category": by_category(kept, labels, "topic")})
+                                            "by_category": by_category(kept, labels, "data.label_field (topic)")})
         view.write_jsonl(view.losses, [{"id": i, "model": m, "loss": r[i][0], "tokens": 10, "label": labels[i]}
                                        for m, r in (("base", base), ("tuned", rows)) for i in labels])
         runs.append(run)

@@ -248,6 +248,8 @@ class ExtraTestSet(RowFormat):
     name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")
     limit: int | None = Field(None, ge=1, description="questions to score; None = eval.limit")
     fewshot: int | None = Field(None, ge=0, description="its few-shot baseline's shots; None = eval.fewshot")
+    label_field: str | None = Field(None, description="its category column (as eval.label_field); None = "
+                                    "data.label_field's, where its rows have it")
 
 
 class EvalConfig(Section):
@@ -257,6 +259,9 @@ class EvalConfig(Section):
                                "with the same data.template and data.target; its test split, or all its rows when it "
                                "has none; None = data.source's")
     config: str | None = Field(None, description="hub dataset config name of eval.source")
+    label_field: str | None = Field(None, description="eval.source's category column (a benchmark's subject or "
+                                    "type): accuracy per category on its questions, as data.label_field gives on "
+                                    "data's; None = data.label_field's, where its rows have it")
     template: str | None = Field(None, description="eval.source's prompt, for a source whose fields are not data's "
                                  "(GSM8K's {question} for a model trained on {instruction}); None = data.template")
     target: str | None = Field(None, description="eval.source's completion, the reference answer; None = data.target")
@@ -421,6 +426,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")
+    if recipe is not None and recipe.eval.label_field and not recipe.eval.source:
+        problems.append("eval.label_field: needs eval.source (data.source's own rows take their category from "
+                        "data.label_field)")
     if recipe is not None and recipe.eval.source and recipe.eval.split == "validation":
         problems.append("eval.split: validation scores data.source's own validation rows, not eval.source's; "
                         "drop one of them")
@@ -518,11 +526,20 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
-                                     "limit": entry.limit or cfg.eval.limit, **own,
+                                     "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot})
     if own_format(cfg.data, ev):
         ev = ev.model_copy(update={"fewshot_from": "eval_source"})
     return cfg.model_copy(update={"eval": ev})
+
+
+def categories_from(cfg: "Recipe") -> str | None:
+    """Where the rows the eval stage scores take their category from, as the report names it: "eval.label_field
+    (subject)" when eval.source has its own column, else "data.label_field (family)" when data names one, else
+    None."""
+    if cfg.eval.label_field:
+        return f"eval.label_field ({cfg.eval.label_field})"
+    return f"data.label_field ({cfg.data.label_field})" if cfg.data.label_field else None
 
 
 def formatted(data: DataConfig, fmt: RowFormat | EvalConfig) -> DataConfig:
@@ -532,6 +549,8 @@ def formatted(data: DataConfig, fmt: RowFormat | EvalConfig) -> DataConfig:
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS if getattr(fmt, k) is not None}
     if own.keys() & {"template", "target", "messages"}:
         own = {"optional_fields": [], "template_if_empty": {}, "messages": fmt.messages, **own}
+    if label := getattr(fmt, "label_field", None):  # eval.label_field: the scored set's own category column
+        own["label_field"] = label
     return data.model_copy(update={"mix": [], **own})
 
 

@@ -110,6 +110,10 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
         if not test:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
+        if held_out.label_field and all(e.label is None for e in test):
+            fields = sorted({k for e in test[:100] for k in e.fields})
+            raise UserError(f"eval.label_field: no field {held_out.label_field!r} in {held_out.source}'s rows; "
+                            f"fields are: {', '.join(fields)}")
     sources = [(cfg, examples)]
     for i, (entry, name) in enumerate(zip(cfg.mix, source_names(cfg)[1:])):
         mix_cfg = mixed(cfg, entry)

@@ -23,7 +23,7 @@ import logging
 import time
 
 from tunelab import cost, distributed
-from tunelab.config import Recipe
+from tunelab.config import Recipe, categories_from
 from tunelab.data import Example, question_text
 from tunelab.evaluate.summary import CHAT_BASELINE
 from tunelab.rundir import BEST_LOSS, ExtraSetDir
@@ -71,7 +71,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
             if d.main:
                 _write_rows(view, kept, asked, rows)
     summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world, len(shots)), "prompts": asked}
-    if categories := by_category(kept, {r.id: r.label for r in rows}, cfg.data.label_field):
+    if categories := by_category(kept, {r.id: r.label for r in rows}, categories_from(cfg)):
         summary["by_category"] = categories
     if d.main:
         view.write_json(view.eval_summary, summary)
@@ -241,14 +241,15 @@ def _per_epoch(kept: dict[str, dict], last: int) -> list[dict]:
 MIN_CATEGORY_ROWS = 10  # a category with fewer rows is listed, not judged: a bootstrap of a handful of rows is no test
 
 
-def by_category(kept: dict[str, dict], labels: dict[str, str | None], label_field: str | None, key: str = "loss",
+def by_category(kept: dict[str, dict], labels: dict[str, str | None], labelled: str | None, key: str = "loss",
                 measure: str = "target loss") -> dict | None:
-    """Per category of row (its `data.label_field` value), the base model's and the final adapter's target loss on
-    its rows (`kept[model]["rows"]`: id -> (value, weight); `key` / `measure`: another per-row figure's name, such as
-    a reply's chrF) and, for a category of `MIN_CATEGORY_ROWS` rows or more, their paired difference with an interval
-    widened for the number of categories judged (Bonferroni); the most rows first. None unless every row has a
-    label, there are two categories or more, and base and tuned were both measured."""
-    if not label_field or not labels or "base" not in kept or "tuned" not in kept or None in labels.values():
+    """Per category of row (its label; `labelled`: where from, `config.categories_from`), the base model's and the
+    final adapter's target loss on its rows (`kept[model]["rows"]`: id -> (value, weight); `key` / `measure`: another
+    per-row figure's name, such as a reply's chrF) and, for a category of `MIN_CATEGORY_ROWS` rows or more, their
+    paired difference with an interval widened for the number of categories judged (Bonferroni); the most rows
+    first. None unless every row has a label, there are two categories or more, and base and tuned were both
+    measured."""
+    if not labelled or not labels or "base" not in kept or "tuned" not in kept or None in labels.values():
         return None
     groups: dict[str, list[str]] = {}
     for i, label in labels.items():
@@ -264,7 +265,7 @@ def by_category(kept: dict[str, dict], labels: dict[str, str | None], label_fiel
         d["ci"] = d.pop("ci95") if len(members) >= MIN_CATEGORY_ROWS else None  # at `level`, not 95 %
         rows.append({"category": category, "n": len(members), f"base_{key}": d["means"][0],
                      f"tuned_{key}": d["means"][1], "difference": d})
-    return {"source": f"data.label_field ({label_field})", "rows": rows, "level": round(level, 6), "judged": judged,
+    return {"source": labelled, "rows": rows, "level": round(level, 6), "judged": judged,
             "rule": f"paired bootstrap {100 * level:.2f} % interval per category of tuned − base {measure} (95 % "
                     f"Bonferroni-corrected over the {judged} categories of {MIN_CATEGORY_ROWS} rows or more; "
                     f"smaller ones are not judged); beyond noise = it excludes 0"}

@@ -75,10 +75,10 @@ def compare(rows: list[dict], before: str = "base", after: str = "tuned") -> dic
     return out
 
 
-def by_category(rows: list[dict], labels: dict[str, str | None], label_field: str | None) -> dict | None:
-    """Per category of row (its `data.label_field` value): the mean chrF of the base model's and the tuned adapter's
-    replies to its rows, paired, the interval widened for the categories judged (`losses.by_category`, every row
-    weighing the same); None without labels, or with fewer than two categories."""
+def by_category(rows: list[dict], labels: dict[str, str | None], labelled: str | None) -> dict | None:
+    """Per category of row (its label; `labelled`: where from): the mean chrF of the base model's and the tuned
+    adapter's replies to its rows, paired, the interval widened for the categories judged (`losses.by_category`,
+    every row weighing the same); None without labels, or with fewer than two categories."""
     from tunelab.evaluate.losses import by_category as paired
     kept = {name: {"rows": {r["id"]: (r["chrf"], 1) for r in rows if r["model"] == name}} for name in ("base", "tuned")}
-    return paired(kept, labels, label_field, "chrf", "mean sentence chrF of the replies")
+    return paired(kept, labels, labelled, "chrf", "mean sentence chrF of the replies")

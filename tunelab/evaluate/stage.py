@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
-from tunelab.config import Recipe, also_names, also_recipe, formatted, own_format, to_yaml
+from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, load_splits, question_text
 from tunelab.errors import UserError
 from tunelab.evaluate import losses, overlap
@@ -99,7 +99,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                              NAMING[mode].flexible),
                "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
                                    cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
-    categories = by_category(predictions, [q.id for q in questions], cfg.data.label_field, mode)
+    categories = by_category(predictions, [q.id for q in questions], categories_from(cfg), mode)
     if categories:
         summary["by_category"] = categories
     if distributed.is_main_process():
@@ -454,7 +454,7 @@ def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> d
                "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
                                    cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
     labels = {q.id: q.label for q in questions}
-    if cfg.eval.overlap and (categories := overlap.by_category(predictions, labels, cfg.data.label_field)):
+    if cfg.eval.overlap and (categories := overlap.by_category(predictions, labels, categories_from(cfg))):
         summary["by_category"] = categories  # data.label_field: each category's chrF, base → tuned, paired
     if distributed.is_main_process():
         view.write_jsonl(view.predictions, predictions)

@@ -99,7 +99,7 @@ def baselines(evaluation: dict) -> list[dict]:
 MAX_CLASSES = 12  # reference answers taken as classes (exact scoring) when there are at most this many
 
 
-def by_category(predictions: list[dict], ids: list[str], label_field: str | None, mode: str) -> dict | None:
+def by_category(predictions: list[dict], ids: list[str], labelled: str | None, mode: str) -> dict | None:
     """Base → tuned accuracy (flexible) per category of question, each with its paired difference.
 
     The categories are `categories_of`'s; None when it finds none, or before base and tuned were both scored.
@@ -108,7 +108,7 @@ def by_category(predictions: list[dict], ids: list[str], label_field: str | None
     tuned = {r["id"]: r for r in predictions if r["model"] == "tuned"}
     if not ids or not all(i in base and i in tuned for i in ids):
         return None
-    found = categories_of(predictions, ids, label_field, mode)
+    found = categories_of(predictions, ids, labelled, mode)
     if found is None:
         return None
     groups, source = found
@@ -121,11 +121,12 @@ def by_category(predictions: list[dict], ids: list[str], label_field: str | None
     return out
 
 
-def categories_of(predictions: list[dict], ids: list[str], label_field: str | None,
+def categories_of(predictions: list[dict], ids: list[str], labelled: str | None,
                   mode: str) -> tuple[dict[str, list[str]], str] | None:
     """(category -> its question ids, the most questions first; where the categories come from), or None.
 
-    The category is the row's `data.label_field` value when the data has one; else, under exact scoring, the
+    The category is the row's label when the rows have one (`labelled`: where from, `config.categories_from`:
+    data.label_field, or eval.label_field for a benchmark's own column); else, under exact scoring, the
     reference answer itself when the questions have at most MAX_CLASSES distinct ones, each asked at least twice
     (a classification set: accuracy per class). A question's label and reference are the same in every model's
     row, so any row of it will do.
@@ -133,8 +134,8 @@ def categories_of(predictions: list[dict], ids: list[str], label_field: str | No
     row = {r["id"]: r for r in predictions}
     if not ids or not all(i in row for i in ids):
         return None
-    if label_field and all("label" in row[i] for i in ids):
-        key, source = (lambda i: str(row[i]["label"])), f"data.label_field ({label_field})"
+    if labelled and all("label" in row[i] for i in ids):
+        key, source = (lambda i: str(row[i]["label"])), labelled
     elif mode == "exact":
         counts = Counter(normalize_text(row[i]["reference"]) for i in ids)
         if len(counts) > MAX_CLASSES or min(counts.values()) < 2:

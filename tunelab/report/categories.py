@@ -1,6 +1,8 @@
-"""The report's per-category view of a measure paired over rows (data.label_field): the held-out target loss of each
-category's rows, or the chrF of each category's generated replies, base model → tuned adapter, with an interval
-widened for the number of categories judged (`evaluate.losses.by_category`); a table, a console line, a verdict.
+"""The report's per-category view of a measure paired over rows (data.label_field, or eval.label_field for a
+benchmark's own column): the held-out target loss of each category's rows, or the chrF of each category's generated
+replies, base model → tuned adapter, with an interval widened for the number of categories judged
+(`evaluate.losses.by_category`); a table, a console line, a verdict. And answer accuracy per category, each with its
+paired test (`accuracy_blocks`: the run's own test set and each eval.also set).
 
 Run as: tunelab report runs/chat      (after a run on prose or chat data with data.label_field)
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.evaluate.losses import MIN_CATEGORY_ROWS
+from tunelab.evaluate.scoring import naming
 from tunelab.report import observations as rules
 from tunelab.report.observations import Observation
 
@@ -130,3 +133,29 @@ def compare(by: dict | None, labels: dict[str, str], first: dict[str, tuple[floa
 def _sentence(text: str) -> str:
     """`text` with its first letter upper-case, the rest as it is ("chrF" stays "chrF")."""
     return text[:1].upper() + text[1:]
+
+
+def accuracy_blocks(evaluation: dict) -> list:
+    """Base → tuned accuracy per category (data.label_field or eval.label_field, or the reference class) of an eval
+    summary, each with its paired test; for classes, where each model's answers went (a confusion table)."""
+    cat, names = evaluation["by_category"], naming(evaluation)
+    rows = [(r["category"], r["n"], _pct(r["base_accuracy"]), _pct(r["tuned_accuracy"]),
+             f"{r['difference']['delta_pts']:+.1f} ({r['difference']['ci95_pts'][0]:+.1f}.."
+             f"{r['difference']['ci95_pts'][1]:+.1f})",
+             f"{r['difference']['mcnemar_p']:.2g}", "yes" if r["difference"]["mcnemar_p"] < cat["alpha"] else "no")
+            for r in cat["rows"]]
+    blocks: list = [("p", f"Categories: {cat['source']}; accuracy is {names.flexible}. Rule: {cat['rule']}."),
+                    ("table", ["category", "n", "base", "tuned", "Δ pts (95 % CI)", "McNemar p", "beyond noise"],
+                     rows)]
+    classes = [r["category"] for r in cat["rows"]]
+    for model, table in (cat.get("confusion") or {}).items():
+        columns = classes + [c for c in ("other", "several") if any(c in v for v in table.values())]
+        blocks.append(("p", f"Where the {model} model's answers went (rows: the reference class; columns: the one "
+                            "class its answer line names as whole words, other = none, several = more than one):"))
+        blocks.append(("table", ["reference", *columns], [(c, *(table[c].get(k, 0) for k in columns))
+                                                          for c in classes]))
+    return blocks
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.config import categories_from
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines, categories_of, paired_by_category
 from tunelab.report import observations as rules
@@ -221,7 +222,7 @@ def category_blocks(runs: list[RunDir], names: list[str]) -> list:
     predictions = runs[0].read_predictions()
     tuned = [tuned_flags(predictions if k == 0 else r.read_predictions()) for k, r in enumerate(runs)]
     by_id = [{i: ok for (i, *_), ok in flags.items()} for flags in tuned]
-    found = categories_of(predictions, list(by_id[0]), runs[0].read_recipe().data.label_field,
+    found = categories_of(predictions, list(by_id[0]), categories_from(runs[0].read_recipe()),
                           evaluation.get("scoring", "numeric"))
     if found is None:
         return []

@@ -112,7 +112,7 @@ def movers(view: ExtraSetDir) -> list:
 def section(run: RunDir) -> tuple[list, list[Observation]]:
     """The report's "Other test sets" blocks (a table: each set's base, each scored epoch and tuned accuracy, the
     paired change) and each set's verdict by the rule the main accuracy is judged by."""
-    rows, by_loss, generated, found, moved = [], [], [], [], []
+    rows, by_loss, generated, found, moved, by_category = [], [], [], [], [], []
     checked = (run.read_optional(run.data_checks) or {}).get("extra_sets", {})
     trained = (run.read_summary() or {}).get("epochs")
     for view in run.extra_sets():
@@ -148,7 +148,10 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
         found.append(verdict)
-    blocks = _accuracy_blocks(rows) + _loss_blocks(by_loss) + replies.set_blocks(generated) + moved
+        if s.get("by_category"):  # the set's own category column (eval.also's label_field), or its classes
+            by_category += [("p", f"{view.name}, by category:"), *categories.accuracy_blocks(s)]
+            found.append(rules.categories(s["by_category"], f"{names.title} on {view.name} ({names.flexible})"))
+    blocks = _accuracy_blocks(rows) + by_category + _loss_blocks(by_loss) + replies.set_blocks(generated) + moved
     return (blocks, found) if blocks else ([], [])
 
 

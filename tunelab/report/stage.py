@@ -18,7 +18,7 @@ from tunelab.data.checks import source_note, targets_line
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.memory import describe
-from tunelab.report import extra, mix, replies
+from tunelab.report import categories, extra, mix, replies
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import (accuracy_per_epoch, held_out_loss_per_epoch, learning_curves,
@@ -89,7 +89,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     if evaluation and evaluation.get("flips"):
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
-        sections.append(("Accuracy by category", _categories(evaluation)))
+        sections.append(("Accuracy by category", categories.accuracy_blocks(evaluation)))
     samples, skipped = run.read_jsonl(run.eval_samples), run.read_optional(run.eval_skipped)
     if samples and skipped and not evaluation:
         chrf = {(p["id"], p["model"]): p["chrf"] for p in RepliesDir(run.path).read_predictions() if "chrf" in p}
@@ -628,28 +628,6 @@ def _flips(run: RunDir, evaluation: dict) -> list:
                 blocks.append(("table", ["cluster", "name", "gained", "lost", "net"],
                                [(c, names.get(c, "?"), v["gained"], v["lost"], v["gained"] - v["lost"])
                                 for c, v in sorted(per.items(), key=lambda kv: kv[1]["lost"] - kv[1]["gained"])]))
-    return blocks
-
-
-def _categories(evaluation: dict) -> list:
-    """Base → tuned accuracy per category (data.label_field, or the reference class), each with its paired test;
-    for classes, where each model's answers went (a confusion table)."""
-    cat, names = evaluation["by_category"], naming(evaluation)
-    rows = [(r["category"], r["n"], pct(r["base_accuracy"]), pct(r["tuned_accuracy"]),
-             f"{r['difference']['delta_pts']:+.1f} ({r['difference']['ci95_pts'][0]:+.1f}.."
-             f"{r['difference']['ci95_pts'][1]:+.1f})",
-             f"{r['difference']['mcnemar_p']:.2g}", "yes" if r["difference"]["mcnemar_p"] < cat["alpha"] else "no")
-            for r in cat["rows"]]
-    blocks: list = [("p", f"Categories: {cat['source']}; accuracy is {names.flexible}. Rule: {cat['rule']}."),
-                    ("table", ["category", "n", "base", "tuned", "Δ pts (95 % CI)", "McNemar p", "beyond noise"],
-                     rows)]
-    classes = [r["category"] for r in cat["rows"]]
-    for model, table in (cat.get("confusion") or {}).items():
-        columns = classes + [c for c in ("other", "several") if any(c in v for v in table.values())]
-        blocks.append(("p", f"Where the {model} model's answers went (rows: the reference class; columns: the one "
-                            "class its answer line names as whole words, other = none, several = more than one):"))
-        blocks.append(("table", ["reference", *columns], [(c, *(table[c].get(k, 0) for k in columns))
-                                                          for c in classes]))
     return blocks
 
 
