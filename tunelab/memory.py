@@ -65,8 +65,8 @@ def workload(cfg, counts: dict, train_items: list, weights=None) -> Workload:
     from tunelab.train.batching import batches
     plan = batches(train_items, cfg.train.batch_size, 0, cfg.train.seed + 1, cfg.train.group_by_length, weights)
     return Workload(counts["params"], counts["quantised"], counts["trainable"], counts["layers"], counts["hidden"],
-                    largest=max(b.input_ids.numel() for b in plan),
-                    longest=max(len(i.input_ids) for i in train_items),
+                    largest=max((b.input_ids.numel() for b in plan), default=0),
+                    longest=max((len(i.input_ids) for i in train_items), default=0),
                     checkpointing=cfg.train.gradient_checkpointing, dropout=cfg.lora.dropout > 0,
                     four_bit=cfg.model.load_in_4bit,
                     dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
