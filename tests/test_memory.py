@@ -156,3 +156,23 @@ def test_check_says_when_a_recipe_does_not_fit_the_gpu_and_strict_fails_on_it(mi
     warning = memory.on_this_gpu(estimate, 15.6)
     assert warning.startswith("peak GPU memory estimated for this run does not fit: ~") and "of 15.6 GiB" in warning
     assert not estimate["gpu_memory"]["fits"]
+
+
+def test_several_gpus_share_the_time_and_under_fsdp_the_weights(mistral):
+    """--gpus N: N processes, one GPU each. Without sharding each GPU holds the whole model, so 2 T4s fit no more
+    than one (and FSDP is named as a fix); under train.sharding=fsdp each holds half the weights and adapter state
+    plus the two layers gathered whole while they compute."""
+    one = _workload(mistral, largest=8 * 420)
+    two = dataclasses.replace(one, processes=2)
+    assert memory.peak(two, 16) == memory.peak(one, 16) and not memory.peak(two, 16)["fits"]
+    assert memory.on_device(one, 16)["fix"]["setting"] == "train.gradient_checkpointing=true"
+    sharded = dataclasses.replace(two, sharded=True)
+    assert sharded.resident_bytes == pytest.approx(
+        (one.weight_bytes + mistral["trainable"] * 16) / 2 + 2 * one.weight_bytes / 32)
+    assert memory.peak(sharded, 16)["fits"] and not memory.peak(dataclasses.replace(one, sharded=True), 16)["fits"]
+    wide = dataclasses.replace(two, largest=8 * 4096, longest=4096)  # long rows: only sharding + checkpointing fits
+    assert memory.on_device(wide, 24)["fix"]["setting"] == "train.gradient_checkpointing=true"
+    longer = dataclasses.replace(wide, longest=20000, largest=8 * 20000)  # checkpointing alone no longer fits
+    assert memory.on_device(longer, 24)["fix"]["setting"] == "train.gradient_checkpointing=true and train.sharding=fsdp"
+    assert memory.on_device(dataclasses.replace(longer, processes=1), 24)["fix"]["setting"] == \
+        "train.gradient_checkpointing=true and model.load_in_4bit=true"  # one GPU: nothing to shard over

@@ -160,6 +160,16 @@ def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
                  "--device", "A100-80GB"]) == 0  # the steps, not train.epochs' 2 epochs
     assert f"× {9 / per_epoch:.2f} epochs (train.max_steps 9 at {per_epoch} an epoch)" in " ".join(
         capsys.readouterr().out.split())
+    assert main(["estimate", "quickstart", "--set", f"model.name={tiny_model}", "--device", "A100-80GB",
+                 "--gpus", "2"]) == 0  # two processes: half the steps an epoch, the time shared
+    out = " ".join(capsys.readouterr().out.split())
+    assert "time on 2 GPUs" in out and "the time assumes linear scaling (not measured)" in out
+    assert main(["estimate", "quickstart", "--gpus", "0"]) == 2
+    from tunelab import cost
+    work = cost.splits_work(cfg, load_splits(cfg.data), tok, processes=2)
+    e = cost.estimate(work, "A100-80GB")
+    assert work["steps_per_epoch"] == -(-per_epoch // 2) and e["gpus"] == 2
+    assert e["wall_hours"] == pytest.approx(e["hours"] / 2, abs=1e-6)  # `hours`: device-hours, as the cost counts
 
 
 def test_flops_and_estimate_arithmetic():

@@ -149,6 +149,7 @@ def _planning_commands(sub) -> None:
                                      "scoreable targets, and the cost estimate")
     _recipe_args(s)
     s.add_argument("--device", help="price the estimate on this device (a table GPU or cpu; default: this machine)")
+    _gpus_arg(s)
     s.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     s.add_argument("--strict", action="store_true", help="exit 1 when a test row overlaps the training rows, or the "
                    "recipe's peak memory does not fit --device's")
@@ -164,7 +165,14 @@ def _planning_commands(sub) -> None:
     _recipe_args(s)
     s.add_argument("--device", default=None, help="a GPU from the price table (e.g. A100-80GB) or cpu; "
                                                    "default: every table GPU and this CPU")
+    _gpus_arg(s)
     s.set_defaults(func=cmd_estimate)
+
+
+def _gpus_arg(s) -> None:
+    s.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="train on N GPUs, one process each (torchrun): the steps an epoch, the wall time (linear "
+                        "scaling assumed), and each GPU's memory (its share of the weights under train.sharding=fsdp)")
 
 
 def _output_commands(sub) -> None:
@@ -441,7 +449,7 @@ def cmd_check(args) -> int:
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
-    work = cost.splits_work(cfg, splits, tok)  # before the checks: a weight that draws no row stops here
+    work = cost.splits_work(cfg, splits, tok, _gpus(args))  # before the checks: a weight that draws no row stops here
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
     result["estimate"] = cost.estimate_or_unpriced(work, device)
     result["verdict"] = checks.verdict(result)
@@ -559,9 +567,11 @@ def cmd_estimate(args) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     if args.device:
         cost.estimate({"flops": 0.0}, args.device)  # an unknown device is refused before any data is read
-    work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model))
+    work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model), _gpus(args))
     devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
-    table = Table("device", "time", "USD", "peak GPU memory", "basis", title=(
+    gpus = work["processes"]
+    table = Table("device", "time" + (f" on {gpus} GPUs" if gpus > 1 else ""), "USD",
+                  "peak GPU memory" + (" (each)" if gpus > 1 else ""), "basis", title=(
         f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
         + (f"{cfg.train.epochs} epochs" if cfg.train.max_steps is None else
            f"{work['steps'] / work['steps_per_epoch']:.2f} epochs (train.max_steps {work['steps']} at "
@@ -570,12 +580,21 @@ def cmd_estimate(args) -> int:
         f"{work['flops'] / 1e15:.2f} PFLOP (training and validation; model loading and evaluation excluded)"))
     for device in devices:
         e = cost.estimate(work, device)
-        table.add_row(e["device"], cost.duration(e["hours"]), cost.dollars(e["cost_usd"]),
+        table.add_row(e["device"], cost.duration(e.get("wall_hours", e["hours"])), cost.dollars(e["cost_usd"]),
                       describe(e["gpu_memory"], e["memory_gib"]) if "gpu_memory" in e else "—",
                       e["basis"].replace(f" ({cost.TABLE_SOURCE})", ""))  # said once, under the table
-    table.caption = f"GPU prices: {cost.TABLE_SOURCE}"
+    table.caption = f"GPU prices: {cost.TABLE_SOURCE}" + (
+        f". On {gpus} GPUs: the time assumes linear scaling (not measured); the USD counts every GPU's hours"
+        if gpus > 1 else "")
     Console(width=160).print(table)
     return 0
+
+
+def _gpus(args) -> int:
+    """--gpus, checked: 1 or more."""
+    if args.gpus < 1:
+        raise UserError(f"--gpus: {args.gpus}: give 1 or more")
+    return args.gpus
 
 
 def cmd_run(args) -> int:

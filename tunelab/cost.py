@@ -135,7 +135,7 @@ def recipe_work(cfg, train_items, val_items, weights=None, processes: int = 1) -
                  train_weights=weights.per_item() if weights else None)
     return {**work, "epochs": epochs, "steps": steps, "steps_per_epoch": per_epoch,
             "train_tokens": round(work["train_tokens_per_epoch"] * steps / per_epoch), "n_params": n_params,
-            "memory": asdict(memory.workload(cfg, counts, train_items, weights))}
+            "processes": processes, "memory": asdict(memory.workload(cfg, counts, train_items, weights, processes))}
 
 
 def steps_per_epoch(rows: int, batch_size: int, batches_per_step: int) -> int:
@@ -152,11 +152,11 @@ def planned(t, per_epoch: int) -> tuple[int, int]:
     return math.ceil(t.max_steps / per_epoch), t.max_steps
 
 
-def splits_work(cfg, splits, tok) -> dict:
-    """`recipe_work` of a recipe's splits, tokenized and weighted as training takes them."""
+def splits_work(cfg, splits, tok, processes: int = 1) -> dict:
+    """`recipe_work` of a recipe's splits, tokenized and weighted as training takes them, over `processes` GPUs."""
     from tunelab.train.batching import tokenize_splits, weights
     train_items, val_items, _ = tokenize_splits(cfg, splits, tok)
-    return recipe_work(cfg, train_items, val_items, weights(cfg, splits.train, train_items))
+    return recipe_work(cfg, train_items, val_items, weights(cfg, splits.train, train_items), processes)
 
 
 def validation_passes(steps: int, per_epoch: int, val_every: int) -> int:
@@ -209,6 +209,8 @@ def estimate(work: dict, device: str) -> dict:
     hours = work["flops"] / rate / 3600
     out = {**work, "device": device, "effective_flops_per_second": rate, "hours": round(hours, 6),
            "usd_per_hour": usd, "cost_usd": round(hours * usd, 6), "basis": basis, "table_date": TABLE_DATE}
+    if device != "cpu" and work.get("processes", 1) > 1:  # `hours` are device-hours, as the cost counts them
+        out.update(gpus=work["processes"], wall_hours=round(hours / work["processes"], 6))  # linear scaling assumed
     if device != "cpu" and work.get("memory"):  # the peak GPU memory on this device's memory
         from tunelab import memory
         out.update(gpu_memory=memory.on_device(memory.Workload(**work["memory"]), memory_gib), memory_gib=memory_gib)

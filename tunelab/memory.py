@@ -21,8 +21,14 @@ NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # bitsandbytes NF4 with double q
 ACTIVATION_BYTES = {"dropout": 64, "no dropout": 47}
 CHECKPOINTED_BYTES = 2  # gradient checkpointing: each layer's bf16 input kept, per token and hidden unit
 USABLE = 0.95  # share of a GPU's memory a run may count on (the rest: allocator fragmentation; assumed)
-FIXES = (("train.gradient_checkpointing=true", {"checkpointing": True}), ("model.load_in_4bit=true", {"four_bit": True}),
+# settings that lower the peak, tried in this order: those that keep the weights as they are first (slower steps,
+# or traffic between GPUs: sharding needs several), then 4-bit weights (another model, in a sense)
+FIXES = (("train.gradient_checkpointing=true", {"checkpointing": True}),
+         ("train.sharding=fsdp", {"sharded": True}),
+         ("train.gradient_checkpointing=true and train.sharding=fsdp", {"checkpointing": True, "sharded": True}),
+         ("model.load_in_4bit=true", {"four_bit": True}),
          ("train.gradient_checkpointing=true and model.load_in_4bit=true", {"checkpointing": True, "four_bit": True}))
+GATHERED_LAYERS = 2  # FSDP2: the layer computing gathered whole, the next prefetched (counted, not measured)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,12 @@ class Workload:
     four_bit: bool
     dtype_bytes: int  # of the weights 4-bit loading does not pack: bf16 (model.dtype auto on CUDA) 2, float32 4
     micro_batch_tokens: int | None  # train.micro_batch_tokens (None: sized to the memory left, as on CUDA)
+    processes: int = 1  # one per GPU
+    sharded: bool = False  # train.sharding=fsdp: weights and adapter state split over the processes
+
+    @property
+    def shards(self) -> int:
+        return self.processes if self.sharded and self.processes > 1 else 1
 
     @property
     def weight_bytes(self) -> float:
@@ -48,6 +60,15 @@ class Workload:
         if self.four_bit:
             return self.quantised * NF4_BYTES + (self.params - self.quantised) * self.dtype_bytes
         return float(self.params * self.dtype_bytes)
+
+    @property
+    def resident_bytes(self) -> float:
+        """The weights and adapter state one GPU holds: all of them, or under FSDP its share plus the layers
+        gathered whole while they compute."""
+        whole = self.weight_bytes + self.trainable * ADAPTER_BYTES
+        if self.shards == 1:
+            return whole
+        return whole / self.shards + GATHERED_LAYERS * self.weight_bytes / self.layers
 
     @property
     def token_bytes(self) -> int:
@@ -59,9 +80,9 @@ class Workload:
         return self.hidden * self.layers * layer
 
 
-def workload(cfg, counts: dict, train_items: list, weights=None) -> Workload:
+def workload(cfg, counts: dict, train_items: list, weights=None, processes: int = 1) -> Workload:
     """The `Workload` of recipe `cfg` on its tokenized train rows (`counts`: `models.adapted_counts`; `weights`: the
-    source weights' plan), the batches as the first epoch draws them."""
+    source weights' plan; `processes`: one per GPU), the batches as the first epoch draws them."""
     from tunelab.train.batching import batches
     plan = batches(train_items, cfg.train.batch_size, 0, cfg.train.seed + 1, cfg.train.group_by_length, weights)
     return Workload(counts["params"], counts["quantised"], counts["trainable"], counts["layers"], counts["hidden"],
@@ -70,7 +91,8 @@ def workload(cfg, counts: dict, train_items: list, weights=None) -> Workload:
                     checkpointing=cfg.train.gradient_checkpointing, dropout=cfg.lora.dropout > 0,
                     four_bit=cfg.model.load_in_4bit,
                     dtype_bytes=4 if cfg.model.dtype == "float32" else 2,
-                    micro_batch_tokens=cfg.train.micro_batch_tokens)
+                    micro_batch_tokens=cfg.train.micro_batch_tokens, processes=processes,
+                    sharded=cfg.train.sharding == "fsdp")
 
 
 def peak(w: Workload, memory_gib: float) -> dict:
@@ -80,25 +102,27 @@ def peak(w: Workload, memory_gib: float) -> dict:
     `train.runtime.micro_batch_tokens` sizes them from the memory free once the weights are loaded."""
     from tunelab.train.runtime import cuda_slice_tokens
     total = memory_gib * GIB
-    if w.micro_batch_tokens is None:
-        cap = cuda_slice_tokens(max(total - w.weight_bytes - CONTEXT_BYTES, 0), w.hidden, w.layers)
+    if w.micro_batch_tokens is None:  # sized from what is free once this GPU's share of the weights is loaded
+        cap = cuda_slice_tokens(max(total - w.weight_bytes / w.shards - CONTEXT_BYTES, 0), w.hidden, w.layers)
     else:
         cap = w.micro_batch_tokens or w.largest  # 0: never split
     tokens = min(w.largest, max(cap, w.longest))
-    tensors = w.weight_bytes + w.trainable * ADAPTER_BYTES + tokens * w.token_bytes
+    tensors = w.resident_bytes + tokens * w.token_bytes
     need = tensors + CONTEXT_BYTES
     return {"peak_gib": round(need / GIB, 3), "allocated_gib": round(tensors / GIB, 3), "fits": need <= USABLE * total,
             "slice_tokens": tokens if tokens < w.largest else None}
 
 
 def on_device(w: Workload, memory_gib: float) -> dict:
-    """`peak`, and for a run that does not fit, `fix`: the first of gradient checkpointing, 4-bit loading or both
-    that makes it fit, with its peak (None when none does)."""
+    """`peak`, and for a run that does not fit, `fix`: the first of FIXES (gradient checkpointing, FSDP sharding
+    over several GPUs, 4-bit loading, and pairs of them) that makes it fit, with its peak (None when none does)."""
     out = peak(w, memory_gib)
     if not out["fits"]:
         out["fix"] = None
         for setting, change in FIXES:
             changed = replace(w, **change)
+            if changed.shards == w.shards and "sharded" in change:
+                continue  # one process: nothing to shard over
             if changed != w and (tried := peak(changed, memory_gib))["fits"]:
                 out["fix"] = {"setting": setting, **tried}
                 break
@@ -113,7 +137,8 @@ def describe(m: dict, memory_gib: float) -> str:
     fix = m["fix"]
     return f"does not fit: ~{m['peak_gib']:.1f} of {memory_gib:g} GiB; " + (
         f"fits with {fix['setting']} (~{fix['peak_gib']:.1f} GiB)" if fix else
-        "neither gradient checkpointing nor 4-bit loading fits it: a larger GPU, or train.sharding=fsdp over several")
+        "no setting here fits it (gradient checkpointing, 4-bit loading, FSDP over these GPUs): a larger GPU, or "
+        "more of them with train.sharding=fsdp")
 
 
 def on_this_gpu(estimate: dict, memory_gib: float) -> str | None:

@@ -490,7 +490,7 @@ def _estimate(cfg: Recipe, device, train_items, val_items, plan: Weights | None,
     peak memory on this GPU, with a warning when it does not fit."""
     target = "cpu" if device.type == "cpu" else environment.device_name(device)
     estimate = cost.estimate_or_unpriced(cost.recipe_work(cfg, train_items, val_items, plan, processes), target)
-    if device.type == "cuda" and cfg.train.sharding == "none":  # each process holds the whole model on its GPU
+    if device.type == "cuda":  # this GPU's own memory, its share of the weights under FSDP
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         if warning := memory.on_this_gpu(estimate, total):
             log.warning(warning)
