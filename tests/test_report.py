@@ -165,6 +165,8 @@ def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
     out = " ".join(capsys.readouterr().out.split())
     assert "time on 2 GPUs" in out and "the time assumes linear scaling (not measured)" in out
     assert main(["estimate", "quickstart", "--gpus", "0"]) == 2
+    assert main(["estimate", "quickstart", "--gpus", "2", "--device", "cpu"]) == 2  # processes share one CPU
+    assert "several GPUs need a GPU device" in capsys.readouterr().err
     from tunelab import cost
     work = cost.splits_work(cfg, load_splits(cfg.data), tok, processes=2)
     e = cost.estimate(work, "A100-80GB")

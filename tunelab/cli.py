@@ -567,9 +567,12 @@ def cmd_estimate(args) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     if args.device:
         cost.estimate({"flops": 0.0}, args.device)  # an unknown device is refused before any data is read
-    work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model), _gpus(args))
-    devices = [args.device] if args.device else [*cost.GPUS, "cpu"]
-    gpus = work["processes"]
+    gpus = _gpus(args)
+    if gpus > 1 and args.device == "cpu":
+        raise UserError(f"--gpus {gpus} with --device cpu: several GPUs need a GPU device (processes on one CPU "
+                        "share its cores)")
+    work = cost.splits_work(cfg, load_splits(cfg.data), load_tokenizer(cfg.model), gpus)
+    devices = [args.device] if args.device else [*cost.GPUS] + ["cpu"] * (gpus == 1)  # N GPUs: no CPU row
     table = Table("device", "time" + (f" on {gpus} GPUs" if gpus > 1 else ""), "USD",
                   "peak GPU memory" + (" (each)" if gpus > 1 else ""), "basis", title=(
         f"{cfg.name}: {work['n_params'] / 1e9:.2f} B params, {work['train_tokens_per_epoch']:,} train tokens × "
