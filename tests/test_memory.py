@@ -151,6 +151,11 @@ def test_check_says_when_a_recipe_does_not_fit_the_gpu_and_strict_fails_on_it(mi
     assert main([*base, "--device", "H200", "--strict"]) == 0  # the same recipe on 141 GiB
     result = json.loads(capsys.readouterr().out)
     assert result["estimate"]["gpu_memory"]["fits"] and "does not fit" not in result["verdict"]
+    plain = [a for a in base if a != "--json"]
+    assert main([*plain, "--device", "L4", "--gpus", "2", "--set", "train.sharding=fsdp"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "estimate on 2 × L4 (" in said and "of device time, linear scaling assumed)" in said
+    assert "peak GPU memory ~" in said and " of 24 GiB" in said
     estimate = dict(result["estimate"])
     assert memory.on_this_gpu(estimate, 79.6) is None and estimate["memory_gib"] == 79.6
     warning = memory.on_this_gpu(estimate, 15.6)

@@ -549,10 +549,13 @@ def _print_checks(result: dict) -> None:
     _print_eval_examples(console, result.get("eval_examples", {}))
     e = result["estimate"]
     if e.get("hours") is not None:
+        from tunelab import cost
         from tunelab.memory import describe
         memory = f"; peak GPU memory {describe(e['gpu_memory'], e['memory_gib'])}" if "gpu_memory" in e else ""
-        console.print(f"estimate on {e['device']}: {e['hours'] * 60:.1f} min, ${e['cost_usd']:.3f} ({e['basis']})"
-                      + memory)
+        where = f"{e['gpus']} × {e['device']} ({cost.duration(e['hours'])} of device time, linear scaling assumed)" \
+            if e.get("gpus") else e["device"]
+        console.print(f"estimate on {where}: {cost.duration(e.get('wall_hours', e['hours']))}, "
+                      f"{cost.dollars(e['cost_usd'])} ({e['basis']})" + memory)
     console.print(f"verdict: {result['verdict']}")
 
 
