@@ -189,7 +189,6 @@ default_system_message: Be brief.
 @pytest.mark.parametrize("old, new, refused", [
     ("adapter: lora", "adapter:", "adapter: None: tunelab trains LoRA adapters"),
     ("type: alpaca", "type: input_output", "datasets.0.type: 'input_output': tunelab converts alpaca, chat_template"),
-    ("lora_model_dir:", "lora_model_dir: outputs/old", "lora_model_dir: 'outputs/old': tunelab trains a new adapter"),
     ("type: alpaca", "type: alpaca\n    split: test", "datasets.0.split: 'test': tunelab trains on a source's train"),
 ])
 def test_what_would_train_differently_is_refused_naming_the_key(tmp_path, old, new, refused):
@@ -294,6 +293,23 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     rows = load_splits(recipe.data)
     # LLaMA-Factory's user turn: the instruction, then the input on its own line when there is one
     assert {e.target: e.prompt for e in rows.train + rows.val} == {"5": "Add.\n2 and 3", "7": "Name a prime."}
+
+
+def test_the_adapter_a_config_keeps_training_becomes_lora_continue_from(tmp_path):
+    """Axolotl's lora_model_dir and LLaMA-Factory's adapter_name_or_path (one adapter, trained on as it is) become
+    lora.continue_from; several adapters, or a new one over them, which LLaMA-Factory merges into the base weights
+    first, are refused naming the key."""
+    axolotl = _config(tmp_path, MISTRAL_LORA.replace("lora_model_dir:", "lora_model_dir: outputs/old"),
+                      data=_alpaca(tmp_path))
+    raw, notes = convert(axolotl)
+    assert raw["lora"]["continue_from"] == "outputs/old" and not [n for n in notes if "lora_model_dir" in n]
+    folder = _llamafactory_data(tmp_path)
+    raw, notes = convert(_config(tmp_path, LLAMA3_LORA_SFT + "adapter_name_or_path: saves/first\n", data=folder))
+    assert raw["lora"]["continue_from"] == "saves/first" and not [n for n in notes if "adapter" in n]
+    for extra in ("adapter_name_or_path: saves/a,saves/b\n",
+                  "adapter_name_or_path: saves/a\ncreate_new_adapter: true\n"):
+        with pytest.raises(UserError, match="adapter_name_or_path: saves/a.*merges these into the base weights"):
+            convert(_config(tmp_path, LLAMA3_LORA_SFT + extra, data=folder))
 
 
 @pytest.mark.parametrize("strategy", ["interleave_under", "interleave_over"])

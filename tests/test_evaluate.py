@@ -947,3 +947,41 @@ def test_a_few_shot_loss_pass_is_kept_only_after_the_same_shots(tmp_path):
     assert set(_kept(view, ["test-1"], "p", _shots_digest(shots))) == {"base", "base-2shot"}
     assert set(_kept(view, ["test-1"], "p", _shots_digest(other))) == {"base"}  # other shots: measured again
     assert _kept(view, ["test-1"], "other prompts", _shots_digest(shots)) == {}
+
+
+def test_a_continued_runs_start_adapter_is_measured_by_loss_and_by_its_replies_too(two_epoch_run, monkeypatch,
+                                                                                   tmp_path):
+    """A set measured by loss, in a run that continued an adapter (adapters/start/): that adapter is measured and
+    answers beside the others, the tuned adapter is set against it, and the first epoch's change is from it."""
+    import shutil
+    from conftest import write_jsonl
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.report import write_report
+    from tunelab.rundir import ExtraSetDir, RepliesDir
+    from tunelab.stats import paired_loss_difference
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    shutil.copytree(run.epoch_adapter(1), run.start_adapter)  # as if the run had continued epoch 1's adapter
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"q": f"Describe {i}.", "a": f"{i} is a whole number that comes "
+                                                    f"after {i - 1}."} for i in range(6)])
+    raw = cfg.model_dump(mode="json")
+    raw["eval"].update(fewshot=0, also=[{"source": str(prose), "template": "{q}\n", "target": "{a}", "name": "prose"}])
+    ((_, result),) = evaluate_extra(validate(raw, "tiny2"), run)
+    s = result.summary
+    assert list(s["losses"]) == ["base", "start", "epoch-1", "tuned"]
+    assert s["losses"]["start"]["loss"] == s["losses"]["epoch-1"]["loss"] != s["losses"]["base"]["loss"]
+    per_row = ExtraSetDir(run.path, "prose").read_losses()
+    by_model = {m: {i: per_row[i][m] for i in per_row} for m in ("start", "tuned")}
+    assert s["start_baseline"] == paired_loss_difference(by_model["start"], by_model["tuned"])
+    assert s["epochs"][0]["vs_previous"]["model"] == "start"
+    said = RepliesDir(run.path, "prose").read_eval_summary()
+    assert "start" in said["versus"] and said["epochs"][0]["previous"] == "start"
+    replies = RepliesDir(run.path, "prose").read_predictions()
+    assert [r["completion"] for r in replies if r["model"] == "start"] == \
+        [r["completion"] for r in replies if r["model"] == "epoch-1"]
+    write_report(run)
+    text = run.report_md.read_text()
+    assert "than the adapter this run continued training (lora.continue_from, adapters/start/)" in text or \
+        "and the adapter this run continued training (lora.continue_from, adapters/start/) made" in text

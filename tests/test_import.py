@@ -224,6 +224,38 @@ def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny
     assert "| Train loss improvement | — (one epoch measured) |" in run.report_md.read_text()
 
 
+def test_an_imported_run_that_continued_an_adapter_measures_epoch_0_on_that_adapter(tiny_recipe, tmp_path):
+    """An adapter trained on from another (Axolotl's lora_model_dir, lora.continue_from in the recipe): imported,
+    its epoch 0 is the adapter it continued, as in the run that trained it, which is kept in adapters/start/."""
+    from tunelab import imported
+    from tunelab.train import train
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1}}
+    first, second = RunDir(tmp_path / "first"), RunDir(tmp_path / "second")
+    train(validate(raw, "tiny"), first)
+    raw["lora"] = {**raw["lora"], "continue_from": str(first.path)}
+    train(validate(raw, "tiny"), second)
+    source = imported.find(second.adapter, 1)
+    run = RunDir(tmp_path / "imported")
+    imported.import_run(imported.prepare(validate(raw, "tiny"), source), run, source)
+    for ours, theirs in zip(run.read_epochs(), second.read_epochs(), strict=True):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=2e-5)
+    assert (run.start_adapter / "adapter_model.safetensors").read_bytes() == first.adapter_weights.read_bytes()
+    from tunelab.errors import UserError
+    with pytest.raises(UserError, match="lora.r"):  # the adapter continued must fit the imported one
+        imported.prepare(validate({**raw, "lora": {**raw["lora"], "continue_from": _rank_2_adapter(
+            raw["model"]["name"], tmp_path / "rank-2")}}, "tiny"),
+                         source)
+
+
+def _rank_2_adapter(model_name: str, out) -> str:
+    """A PEFT LoRA adapter of rank 2 on every linear layer of `model_name`, saved to `out`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_name)
+    get_peft_model(model, LoraConfig(r=2, lora_alpha=16, target_modules="all-linear")).save_pretrained(out)
+    return str(out)
+
+
 def _adapter_folder(path, **config):
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,

@@ -355,7 +355,7 @@ def _each_epoch_is_paired_with_the_one_before(run: RunDir, held_out: dict, said:
     for figure in ("held_out_loss_per_epoch.png", "reply_overlap_per_epoch.png"):  # the loss, and the replies' chrF
         assert f"(report_files/{figure})" in md and (run.report_files / figure).stat().st_size
     assert "Mean chrF and ROUGE-L of the generated replies against the references: the base model (epoch 0) and " \
-           "after each generated epoch, same rows and the prompting baselines' chrF (grey)" in md
+           "after each generated epoch, same rows and the baselines' chrF (grey)" in md
 
 
 def _each_category_is_paired_apart(run: RunDir, held_out: dict, md: str) -> None:

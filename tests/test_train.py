@@ -564,3 +564,49 @@ def test_max_steps_trains_that_many_steps_and_cuts_the_last_epoch_short(tiny_rec
     assert f"| 2 ({last} of {per_epoch} steps) |" in text
     from tunelab import card
     assert f"2 epoch(s), the last {last} of its {per_epoch} steps (max_steps 15)" in card.render(run)
+
+
+def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_does_not_fit(tiny_recipe, tmp_path):
+    """lora.continue_from (Axolotl's lora_model_dir): the run starts from the earlier run's adapter — its epoch-0
+    validation loss is that run's last one, on the same split —, keeps a copy in adapters/start/, and trains it on;
+    an adapter whose rank or modules differ from lora.* is refused before anything is written."""
+    from tunelab.errors import UserError
+    first = RunDir(tmp_path / "first")
+    train(validate({**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1}}, "first"), first)
+    raw = {**tiny_recipe, "lora": {**tiny_recipe["lora"], "continue_from": str(first.path)},
+           "train": {**tiny_recipe["train"], "epochs": 1, "lr": 1e-2}}
+    second = RunDir(tmp_path / "second")
+    train(validate(raw, "second"), second)
+    assert second.read_epochs()[0]["val_loss"] == pytest.approx(first.read_epochs()[-1]["val_loss"], rel=1e-5)
+    assert second.read_epochs()[1]["val_loss"] != pytest.approx(second.read_epochs()[0]["val_loss"], rel=1e-4)
+    assert_same_adapter(first.adapter, second.start_adapter, 0, 0, folder=".")
+    start, end = load_file(second.start_adapter / "adapter_model.safetensors"), load_file(second.adapter_weights)
+    assert start.keys() == end.keys() and any(not torch.equal(start[k], end[k]) for k in start)
+    from tunelab.evaluate.stage import evaluate
+    from tunelab.report import write_report
+    scored = evaluate(validate(raw, "second"), second).summary  # the start adapter is scored beside the base model
+    assert {"base", "start", "tuned"} <= set(scored) and scored["epochs"][0]["vs_previous"] == scored["continued"][
+        "tuned_vs_start"]
+    again = evaluate(validate(tiny_recipe, "first"), first, only="tuned").summary
+    assert scored["start"]["flexible_accuracy"] == again["tuned"]["flexible_accuracy"]  # same adapter, same answers
+    assert ("start", "tuned") in [(f["from"], f["to"]) for f in scored["flips"]]
+    write_report(second)
+    text = second.report_md.read_text()
+    assert "| Continued from | the adapter in " in text and "accuracy is that of the adapter the run continued" in text
+    assert "from the adapter this run continued to its own (flexible" in text
+    assert "vs the adapter this run continued training" in text and "prompting baseline" not in text
+    assert "accuracy of the adapter the run continued (epoch 0)" in text
+    from tunelab import card
+    assert "Epoch 0 is the adapter continued before the first step" in card.render(second)
+    for change, named in (({"r": 4}, "lora.r"), ({"target_modules": ["q_proj", "v_proj"]}, "lora.target_modules")):
+        bad = {**raw, "lora": {**raw["lora"], **change}}
+        with pytest.raises(UserError, match=named):
+            train(validate(bad, "bad"), RunDir(tmp_path / "bad"))
+        assert not (tmp_path / "bad").exists()
+    import yaml
+    from tunelab.cli import main
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "lora": {**raw["lora"], "alpha": 8}}))
+    assert main(["check", str(tmp_path / "bad.yaml")]) == 2  # tunelab check says it before any training
+    with pytest.raises(UserError, match="no adapter_config.json"):
+        train(validate({**raw, "lora": {**raw["lora"], "continue_from": str(tmp_path)}}, "bad"),
+              RunDir(tmp_path / "bad"))

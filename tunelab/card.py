@@ -78,7 +78,7 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
                if "train_rows_per_epoch" in summary else "") + "). Every figure here was measured by tunelab in "
             "this run; none is copied from elsewhere" + (" but the cost, priced from the other trainer's train_runtime"
                                                          if "imported" in summary and cost else "") + ".", ""]
-    body += _not_final(summary, evaluation, epoch, lowest)
+    body += _not_final(summary, evaluation, epoch, lowest) + _continued(cfg)
     if not base:
         body += ["`base_model` is unknown: `model.name` is a local path. Set `model.hub_id` in the recipe to name "
                  "the Hub model it came from.", ""]
@@ -86,7 +86,8 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
              "|---|---|---|---|"]
     body += [f"| {e['epoch']} | {_num(e['train_loss'])} | {e['val_loss']:.4f} | {e['val_token_accuracy']:.3f} |"
              for e in epochs]
-    body += ["", f"Epoch 0 is the base model before the first step. Validation loss "
+    body += ["", f"Epoch 0 is the {'adapter continued' if cfg.lora.continue_from else 'base model'} before the "
+                 "first step. Validation loss "
                  f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f} "
                  f"({abs(summary['val_loss_improvement_pct']):.1f} % "
                  f"{'lower' if summary['val_loss_improvement_pct'] >= 0 else 'higher'}); best validation epoch: "
@@ -122,6 +123,15 @@ def _not_final(summary: dict, evaluation: dict | None, epoch: int | str | None, 
         ": the epoch with the lowest validation loss" if summary["best_val_epoch"] == epoch else ""
     return [f"This is the adapter saved after epoch {epoch} (`adapters/epoch-{epoch}`), not the final one{why}; "
             f"its figures are the `epoch-{epoch}` rows below.", ""]
+
+
+def _continued(cfg) -> list[str]:
+    """What the card of a run that continued an adapter (lora.continue_from) says of it; nothing otherwise."""
+    if not cfg.lora.continue_from:
+        return []
+    return [f"It continued training the adapter in `{cfg.lora.continue_from}` (`lora.continue_from`, kept in "
+            "`adapters/start`): epoch 0 below is that adapter, and the base model's figures count the training that "
+            "made it too.", ""]
 
 
 def _epochs_trained(summary: dict) -> str:

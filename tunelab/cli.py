@@ -448,6 +448,9 @@ def cmd_check(args) -> int:
     device = args.device or _this_device()
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
+    if cfg.lora.continue_from:  # the adapter to keep training fits the recipe (an adapter that does not: exit 2)
+        from tunelab.models import check_start, start_adapter
+        check_start(start_adapter(cfg.lora.continue_from), cfg.model, cfg.lora)
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
     work = cost.splits_work(cfg, splits, tok, _gpus(args))  # before the checks: a weight that draws no row stops here
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)

@@ -155,6 +155,12 @@ class LoraConfig(Section):
                                               "eval and export; vLLM serves it only merged. Steps are slower (PEFT's "
                                               "DoRA forward): 1.4x LoRA's time at lora.dropout 0, 2x with dropout, "
                                               "where the base matmul runs twice (the estimate counts it)")
+    continue_from: str | None = Field(None, description="an earlier LoRA adapter this run keeps training instead of "
+                                      "starting new ones (Axolotl's lora_model_dir, LLaMA-Factory's "
+                                      "adapter_name_or_path): a PEFT adapter folder, a tunelab run directory (its "
+                                      "adapter/), or a hub id; its r, alpha, target modules, rsLoRA and DoRA must "
+                                      "equal lora.*. Copied to adapters/start/; epoch 0 is this adapter, and eval "
+                                      "scores it beside the base model; None = new adapters")
 
     @property
     def method(self) -> str:

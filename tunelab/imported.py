@@ -149,7 +149,11 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
                        use_rslora=bool(ac.get("use_rslora")), use_dora=bool(ac.get("use_dora")))
     raw["train"]["epochs"] = source.epochs
     raw["train"]["early_stopping_patience"] = None
-    return validate(raw, f"{cfg.name} (imported from {where})")
+    prepared = validate(raw, f"{cfg.name} (imported from {where})")
+    if prepared.lora.continue_from:  # the run continued an adapter (Axolotl's lora_model_dir): epoch 0 is that one
+        from tunelab.models import check_start, start_adapter
+        check_start(start_adapter(prepared.lora.continue_from), prepared.model, prepared.lora)
+    return prepared
 
 
 def _targets(saved, linears: dict) -> str | list[str]:
@@ -216,6 +220,9 @@ def import_run(cfg: Recipe, run: RunDir, source: Source) -> dict:
     _copy_adapter(source.adapters[source.epochs], run.adapter)
     for k, folder in source.adapters.items():
         _copy_adapter(folder, run.epoch_adapter(k))
+    if cfg.lora.continue_from:
+        from tunelab.models import start_adapter
+        run.keep_start_adapter(start_adapter(cfg.lora.continue_from))
     run.write_jsonl(run.steps, trainer_steps(source.state))
     runtime = next((h["train_runtime"] for h in reversed(source.state.get("log_history", []))
                     if "train_runtime" in h), None)
@@ -248,8 +255,9 @@ def trainer_steps(state: dict) -> list[dict]:
 
 
 def _measure(cfg: Recipe, run: RunDir, source: Source) -> dict:
-    """Loss passes of the base model (validation and the familiarity check's test rows) and of each epoch's adapter
-    (validation and train rows); the epoch rows, the example log and the summary's data and loss figures."""
+    """Loss passes of the base model (validation and the familiarity check's test rows; or of the adapter the run
+    continued, adapters/start/, validation only) and of each epoch's adapter (validation and train rows); the epoch
+    rows, the example log and the summary's data and loss figures."""
     import torch
     from peft import PeftModel
     from tunelab.data import load_splits
@@ -288,13 +296,12 @@ def _measure(cfg: Recipe, run: RunDir, source: Source) -> dict:
     rows = sum(len(val_items) + (len(test_items) if k == 0 else len(train_items)) for k in todo)
     with bar("import: loss passes", total=rows) as progress:  # rows, epoch by epoch
         for k in todo:
-            if k == 0:
-                got = passes(base, [("val", val_items, splits.val, 0)]
-                             + ([("test", test_items, test_rows, 0)] if test_items else []))
-            else:
-                model = PeftModel.from_pretrained(base, str(run.epoch_adapter(k)))  # fits: checked by prepare()
-                got = passes(model, [("val", val_items, splits.val, k), ("train", train_items, splits.train, k)])
-                base = model.unload()  # the LoRA layers removed, nothing merged: the base model again
+            adapter = run.epoch_adapter(k) if k else run.start_adapter if cfg.lora.continue_from else None
+            model = PeftModel.from_pretrained(base, str(adapter)) if adapter else base  # fits: checked by prepare()
+            got = passes(model, [("val", val_items, splits.val, k)]
+                         + ([("test", test_items, test_rows, 0)] if test_items else []) if k == 0 else
+                         [("val", val_items, splits.val, k), ("train", train_items, splits.train, k)])
+            base = model.unload() if adapter else base  # the LoRA layers removed, nothing merged: the base model again
             epochs.append(_epoch_row(k, got.get("train", (None,))[0], *got["val"]))
             epochs.sort(key=lambda e: e["epoch"])
             run.write_jsonl(run.examples, examples)  # rows before their epoch row: a kill between the two redoes it

@@ -20,6 +20,7 @@ import torch
 from tunelab.config import LoraConfig, ModelConfig
 from tunelab.errors import UserError
 from tunelab.handoff import ALIASES
+from tunelab.rundir import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,73 @@ def load_adapter(model, adapter_dir: Path, merge: bool = True):
     from peft import PeftModel
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload() if merge else peft_model
+
+
+def start_adapter(source: str) -> Path:
+    """`lora.continue_from` as a local folder holding a PEFT adapter: the folder itself, a tunelab run directory's
+    adapter/, or a hub id's adapter files (fetched once by huggingface_hub into its cache).
+
+    Raises:
+        UserError: no adapter there, or the hub id cannot be fetched.
+    """
+    folder = Path(source).expanduser()
+    for candidate in (folder, folder / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    if folder.exists() or source.startswith((".", "/", "~")):
+        raise UserError(f"lora.continue_from: {source}: no adapter_config.json there or in its adapter/ (a PEFT "
+                        "adapter folder or a tunelab run directory)")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(source, allow_patterns=list(ADAPTER_FILES)))
+    except Exception as err:  # no network, an unknown or gated repo: huggingface_hub raises several kinds
+        raise UserError(f"lora.continue_from: {source}: not a local adapter folder and not fetchable from the "
+                        f"Hugging Face hub ({type(err).__name__}: {err})") from None
+
+
+def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
+    """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA and DoRA as in `lora`, and its
+    weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta device, nothing read
+    but the config and the weight file's header).
+
+    Raises:
+        UserError: naming the first lora.* key that differs, or the modules adapted on one side only.
+    """
+    from peft import PeftConfig
+    from peft.utils import get_peft_model_state_dict
+    saved = PeftConfig.from_pretrained(str(folder))
+    where = f"lora.continue_from: {folder}"
+    if getattr(saved, "peft_type", None) != "LORA":
+        raise UserError(f"{where}: a {saved.peft_type} adapter; tunelab continues LoRA adapters")
+    for key, theirs in (("r", saved.r), ("alpha", saved.lora_alpha), ("use_rslora", saved.use_rslora),
+                        ("use_dora", saved.use_dora)):
+        if getattr(lora, key) != theirs:
+            ours, theirs = (f"{v:g}" if isinstance(v, float) else v for v in (getattr(lora, key), theirs))
+            raise UserError(f"{where}: trained with {key} {theirs}, the recipe has lora.{key} {ours}; "
+                            f"set lora.{key}={theirs} to continue it")
+    with torch.device("meta"):
+        expected = set(get_peft_model_state_dict(add_lora(meta_model(model), lora)))
+    found = set(_weight_names(folder))
+    for names, side in ((found - expected, "the adapter has weights the recipe's lora.target_modules do not adapt"),
+                        (expected - found, "lora.target_modules adapt modules the adapter has no weights for")):
+        if names:
+            adapted = sorted({m.rsplit(".", 1)[-1] for m in saved.target_modules or []})  # module names, unnumbered
+            raise UserError(f"{where}: {side} ({len(names)}, first {min(names)}); set lora.target_modules to the "
+                            f"adapter's: [{', '.join(adapted)}]")
+
+
+def _weight_names(folder: Path) -> list[str]:
+    if (folder / "adapter_model.safetensors").is_file():
+        from safetensors import safe_open
+        with safe_open(folder / "adapter_model.safetensors", "pt") as f:
+            return list(f.keys())
+    return list(torch.load(folder / "adapter_model.bin", map_location="meta", weights_only=True))
+
+
+def load_start(model, folder: Path) -> None:
+    """Put the adapter weights saved in `folder` (checked by `check_start`) into the PEFT `model`."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+    set_peft_model_state_dict(model, load_peft_weights(str(folder), device=str(next(model.parameters()).device)))
 
 
 def meta_model(cfg: ModelConfig):

@@ -23,7 +23,9 @@ from typing import Any
 from tunelab.distributed import is_main_process
 from tunelab.errors import UserError
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")  # a PEFT adapter's
 BEST_LOSS = "best-loss"  # `--epoch best-loss`: the adapter of the lowest validation loss
+START = "start"  # the adapter a run continued training (lora.continue_from): adapters/start/, eval's pass of it
 
 # relative path -> (RunDir attribute, what it holds). Order = the README table's order. Families of files
 # (epoch-N, journal-R) have methods instead: epoch_adapter(k), journal(rank), journals().
@@ -58,6 +60,8 @@ LAYOUT = {
                                                  "an epoch's end with `train.keep_epoch_adapters: false`), PEFT "
                                                  "format: TRL's load_best_model_at_end checkpoint; "
                                                  "`--epoch best-loss` picks it"),
+    "adapters/start/": ("start_adapter", "with `lora.continue_from`: a copy of the adapter the run continued "
+                                         "training (PEFT format), scored by eval as `start` beside the base model"),
     "tensorboard/": ("tensorboard", "TensorBoard event files, with `train.report_to: [tensorboard]`"),
     "wandb/": ("wandb", "Weights & Biases' local run files and the W&B run id, with `train.report_to: [wandb]`"),
     "summary.json": ("summary", "the train stage's headline figures (see Definitions); `epochs` is the epochs "
@@ -170,6 +174,13 @@ class RunDir:
 
     def epoch_adapter(self, epoch: int) -> Path:
         return self.path / "adapters" / f"epoch-{epoch}"
+
+    def keep_start_adapter(self, folder: Path) -> None:
+        """Copy the adapter files of `folder` (lora.continue_from's) to adapters/start/, replacing an earlier copy."""
+        with atomic_folder(self.start_adapter) as tmp:
+            for name in ADAPTER_FILES:
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, tmp / name)
 
     def kept_adapter(self, which: int | str | None) -> Path:
         """An adapter the run keeps: None = the final one (adapter/), N = epoch N's, "best-loss" = the lowest

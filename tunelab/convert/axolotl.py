@@ -74,10 +74,6 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
         raise UserError(f"{path}: adapter: {adapter!r}: tunelab trains LoRA adapters (adapter: lora or qlora)")
     if "base_model" not in config:
         raise UserError(f"{path}: base_model: missing (the model to fine-tune)")
-    if config.get("lora_model_dir"):
-        raise UserError(f"{path}: lora_model_dir: {config['lora_model_dir']!r}: tunelab trains a new adapter; one "
-                        "trained already is measured with tunelab import")
-    left.pop("lora_model_dir", None)
     model = {"name": take("base_model")}
     _model_keys(config, left, model, notes)
     data = _data(path, config, take("datasets", None), notes)
@@ -329,9 +325,10 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
 
 
 def _lora_keys(config: dict, left: dict, lora: dict, train: dict) -> None:
-    """lora.*: rank, alpha, dropout, targets, DoRA, rsLoRA."""
+    """lora.*: rank, alpha, dropout, targets, DoRA, rsLoRA, the adapter to continue (lora_model_dir)."""
     for key, to in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
-                    ("peft_use_dora", "use_dora"), ("peft_use_rslora", "use_rslora")):
+                    ("peft_use_dora", "use_dora"), ("peft_use_rslora", "use_rslora"),
+                    ("lora_model_dir", "continue_from")):
         if left.get(key) is not None:
             lora[to] = left[key]
         left.pop(key, None)

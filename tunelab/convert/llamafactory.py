@@ -208,7 +208,21 @@ def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
 
 
 def _lora(path: str, left: dict) -> dict:
-    """lora.*: LLaMA-Factory's defaults written out (r 8, alpha 2r, dropout 0, all linear layers)."""
+    """lora.*: LLaMA-Factory's defaults written out (r 8, alpha 2r, dropout 0, all linear layers), and the adapter
+    to keep training (adapter_name_or_path: one, without create_new_adapter).
+
+    Raises:
+        UserError: extra fully trained modules; several adapters, or a new one over them (LLaMA-Factory merges them
+            into the base weights first).
+    """
+    adapters = [a.strip() for a in str(left.pop("adapter_name_or_path", None) or "").split(",") if a.strip()]
+    if len(adapters) > 1 or (adapters and left.get("create_new_adapter")):
+        raise UserError(f"{path}: adapter_name_or_path: {', '.join(adapters)}"
+                        + (" with create_new_adapter" if left.get("create_new_adapter") else "")
+                        + ": LLaMA-Factory merges these into the base weights and trains on; tunelab continues one "
+                        "adapter as it is (lora.continue_from): merge them first (tunelab export, llamafactory-cli "
+                        "export) and train on the merged model")
+    left.pop("create_new_adapter", None)
     if left.get("additional_target"):
         raise UserError(f"{path}: additional_target: {left['additional_target']!r}: fully trained extra modules "
                         "are not converted")
@@ -221,6 +235,8 @@ def _lora(path: str, left: dict) -> dict:
         if left.get(key) is not None:
             lora[key] = left[key]
         left.pop(key, None)
+    if adapters:
+        lora["continue_from"] = adapters[0]
     return lora
 
 

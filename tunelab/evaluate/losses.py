@@ -26,7 +26,7 @@ from tunelab import cost, distributed
 from tunelab.config import Recipe, categories_from
 from tunelab.data import Example, question_text
 from tunelab.evaluate.summary import CHAT_BASELINE
-from tunelab.rundir import BEST_LOSS, ExtraSetDir
+from tunelab.rundir import BEST_LOSS, START, ExtraSetDir
 from tunelab.stats import paired_loss_difference
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
             shots: int = 0) -> list[tuple[str, object]]:
     """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model prompted
     `shots`-shot (eval.fewshot; for chat rows the shots are earlier turns), for rows not trained in the chat template
-    the base model asked through it (eval.chat_baseline) zero-shot and `shots`-shot, each kept epoch's adapter and
-    adapters/best-loss (eval.epochs all), the final adapter."""
+    the base model asked through it (eval.chat_baseline) zero-shot and `shots`-shot, the adapter the run continued
+    (adapters/start/), each kept epoch's adapter and adapters/best-loss (eval.epochs all), the final adapter."""
     from tunelab.evaluate.stage import epochs_to_score
     out = [("base", None)] if only in (None, "base") else []
     if out and shots:
@@ -149,6 +149,8 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
             out.append((f"{CHAT_BASELINE}-{shots}shot", None))
     if adapter and only in (None, "tuned"):
         last = view.trained_epochs(cfg)
+        if (view.start_adapter / "adapter_config.json").exists():
+            out.append((START, view.start_adapter))
         if epochs_to_score(cfg, last) == "all":
             out += [(f"epoch-{k}", view.epoch_adapter(k)) for k in range(1, last)
                     if (view.epoch_adapter(k) / "adapter_config.json").exists()]
@@ -205,13 +207,15 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
     and the cost of the passes run."""
     from tunelab.evaluate.stage import written_format
     fewshot = [k for k in kept if _is_fewshot(k)]
-    order = ["base", *fewshot, CHAT_BASELINE, *sorted((k for k in kept if k.startswith("epoch-")),
+    order = ["base", *fewshot, CHAT_BASELINE, START, *sorted((k for k in kept if k.startswith("epoch-")),
                                                       key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
     kept = {k: kept[k] for k in order if k in kept}
     out = {"scoring": LOSS, "reason": reason, "split": split, "source": cfg.eval.source, **written_format(cfg), "n": n,
            "losses": _figures(kept)}
     if "base" in kept and "tuned" in kept:
         out["loss_difference"] = paired_loss_difference(kept["base"]["rows"], kept["tuned"]["rows"])
+    if START in kept and "tuned" in kept:  # what this run's training added to the adapter it continued
+        out["start_baseline"] = paired_loss_difference(kept[START]["rows"], kept["tuned"]["rows"])
     if CHAT_BASELINE in kept and "tuned" in kept:  # the fine-tune against simply asking the instruct model
         out["chat_baseline"] = paired_loss_difference(kept[CHAT_BASELINE]["rows"], kept["tuned"]["rows"])
     for key, name in (("fewshot_baseline", f"base-{shots}shot"), ("chat_fewshot_baseline",
@@ -227,8 +231,9 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
 
 def _per_epoch(kept: dict[str, dict], last: int) -> list[dict]:
     """Each measured epoch's loss and its paired change from the model measured before it (`vs_previous`: the
-    epoch before, or the base model for the first), so a user sees whether the last epoch still helped."""
-    out, previous = [], "base" if "base" in kept else None
+    epoch before, or for the first the adapter the run continued or the base model), so a user sees whether the last
+    epoch still helped."""
+    out, previous = [], START if START in kept else "base" if "base" in kept else None
     for k in (k for k in kept if k.startswith("epoch-") or k == "tuned"):
         entry = {"epoch": int(k.split("-")[1]) if k != "tuned" else last, "model": k, "loss": kept[k]["loss"]}
         if previous and (d := paired_loss_difference(kept[previous]["rows"], kept[k]["rows"])):

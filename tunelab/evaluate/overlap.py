@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from tunelab.rundir import START
 from tunelab.stats import paired_loss_difference
 
 METRICS = {"chrf": "chrF", "rouge_l": "ROUGE-L"}  # row key -> what the report calls it
@@ -54,11 +55,12 @@ def _lcs(a: list[str], b: list[str]) -> int:
 def comparisons(rows: list[dict], names: list[str]) -> dict:
     """The paired comparisons of the replies of passes `names` (in eval's order: base, prompting baselines, epochs,
     tuned): `overlap`, tuned − base; `versus`, tuned − each other pass; `epochs`, each epoch's adapter and the tuned
-    one against the model before it (the first epoch against base), when epochs were generated. Each per metric."""
+    one against the model before it (the first epoch against base, or the adapter the run continued), when epochs
+    were generated or the run continued one. Each per metric."""
     out: dict = {"overlap": compare(rows), "versus": {name: compare(rows, name) for name in names
                                                       if name != "tuned"}}
-    chain = ["base", *(name for name in names if name.startswith("epoch-")), "tuned"]
-    if len(chain) > 2:
+    chain = [START if START in names else "base", *(name for name in names if name.startswith("epoch-")), "tuned"]
+    if len(chain) > 2 or chain[0] == START:
         out["epochs"] = [{"model": after, "previous": before, **compare(rows, before, after)}
                          for before, after in zip(chain, chain[1:])]
     return out

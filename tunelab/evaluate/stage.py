@@ -31,7 +31,7 @@ from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, extra_set_done, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
-from tunelab.rundir import BEST_LOSS, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
+from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | epoch-<K> | best-loss | tuned
+    name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | start | epoch-<K> | best-loss | tuned
     prompts: list[str]
     stops: list[str] | str | None  # None: stop after a finished `#### N` line; "line": after the first line
     adapter: Path | None = None
@@ -369,8 +369,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
     `pool`), the base model through its chat template (`eval.chat_baseline`: zero-shot, and with eval.fewshot the
-    same shots as earlier turns), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the
-    final adapter.
+    same shots as earlier turns), the adapter the run continued (adapters/start/), each kept epoch, the lowest
+    validation pass's adapter (adapters/best-loss/), the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), EOS
     (overlap)."""
@@ -394,6 +394,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
                                max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots))))
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
+        if (run.start_adapter / "adapter_config.json").exists():  # lora.continue_from: where this run started
+            passes.append(Pass(START, prompts, stop, run.start_adapter, 0, max_new_tokens=budget))
         if epochs_to_score(cfg, last) == "all":
             passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k, max_new_tokens=budget)
                        for k in range(1, last) if (run.epoch_adapter(k) / "adapter_config.json").exists()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tunelab.evaluate.scoring import flips, mentions, normalize_text
+from tunelab.rundir import START
 from tunelab.stats import paired_difference
 
 METRICS = ("strict", "flexible")
@@ -18,8 +19,8 @@ CHAT_BASELINE = "base-chat"  # the base model asked through its chat template (e
 
 
 def pass_names(summary: dict) -> list[str]:
-    """The models an eval summary holds stats for (base, base-<N>shot, base-chat, epoch-<K>, best-loss, tuned),
-    in its order."""
+    """The models an eval summary holds stats for (base, base-<N>shot, base-chat, start, epoch-<K>, best-loss,
+    tuned), in its order."""
     return [k for k, v in summary.items()
             if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
 
@@ -29,7 +30,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
     Args:
-        stats: per model name (base, base-<N>shot, base-chat, epoch-<K>, best-loss, tuned), its n and accuracies.
+        stats: per model name (base, base-<N>shot, base-chat, start, epoch-<K>, best-loss, tuned), its n and
+            accuracies.
         ids: the scored question ids, in order.
         final_epoch: the epoch the final adapter (`tuned`) is from.
         fewshot: N of the few-shot baseline (0 = none).
@@ -49,6 +51,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     base_tuned = diff("base", "tuned")
     if base_tuned:
         out.update({f"{m}_difference": base_tuned[m] for m in METRICS})
+    if diff(START, "tuned"):  # the adapter this run continued: what this run's training added
+        out["continued"] = {"model": START, "tuned_vs_start": diff(START, "tuned")}
     epochs = _epoch_rows(stats, diff, final_epoch)
     if epochs:
         out["epochs"] = epochs
@@ -68,7 +72,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     if fewshot and diff(chatty, "tuned"):
         out["chat_fewshot"] = {"model": chatty, "shots": fewshot, "tuned_vs_fewshot": diff(chatty, "tuned"),
                                "shots_from": stats[chatty].get("shots_from", f"the first {fewshot} training rows")}
-    pairs = [("base", "tuned")] + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
+    pairs = [("base", "tuned")] + [(START, e["model"]) for e in epochs[:1]] \
+        + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
         + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
                     if a in by and b in by]
@@ -76,23 +81,29 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
 
 
 def baselines(evaluation: dict) -> list[dict]:
-    """The prompting baselines an eval summary compared the final adapter with, each as {model, what (in words),
-    short (a label), how (the prompt, in words), vs (tuned − baseline, per metric)}: the base model N-shot
-    (`eval.fewshot`), then asked through its chat template (`eval.chat_baseline`), zero-shot and N-shot."""
+    """The baselines an eval summary compared the final adapter with, each as {model, what (in words), short (a
+    label), how (the prompt, in words), vs (tuned − baseline, per metric), prompting (False for an adapter)}: the
+    adapter the run continued (lora.continue_from), then the prompting baselines: the base model N-shot
+    (`eval.fewshot`), asked through its chat template (`eval.chat_baseline`), zero-shot and N-shot."""
     out = []
+    if c := evaluation.get("continued"):
+        out.append({"model": c["model"], "what": "the adapter this run continued training", "short": "start adapter",
+                    "vs": c["tuned_vs_start"], "how": "lora.continue_from, adapters/start/", "prompting": False})
     if fs := evaluation.get("fewshot"):
         out.append({"model": fs["model"], "what": f"the base model prompted {fs['shots']}-shot",
                     "short": f"base {fs['shots']}-shot", "vs": fs["tuned_vs_fewshot"],
-                    "how": "lm-eval's GSM8K format" + (f", shots: {fs['shots_from']}" if "shots_from" in fs else "")})
+                    "how": "lm-eval's GSM8K format" + (f", shots: {fs['shots_from']}" if "shots_from" in fs else ""),
+                    "prompting": True})
     if ch := evaluation.get("chat_baseline"):
         out.append({"model": ch["model"], "what": "the base model asked through its chat template",
                     "short": "base via chat template", "vs": ch["tuned_vs_chat"],
-                    "how": "zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template"})
+                    "how": "zero-shot, the prompt as the user turn, lm-eval's --apply_chat_template",
+                    "prompting": True})
     if cf := evaluation.get("chat_fewshot"):
         out.append({"model": cf["model"], "what": f"the base model prompted {cf['shots']}-shot through its chat "
                     "template", "short": f"base {cf['shots']}-shot via chat template", "vs": cf["tuned_vs_fewshot"],
                     "how": "lm-eval's GSM8K format, the shots as earlier turns, --apply_chat_template "
-                           f"--fewshot_as_multiturn; shots: {cf['shots_from']}"})
+                           f"--fewshot_as_multiturn; shots: {cf['shots_from']}", "prompting": True})
     return out
 
 
@@ -177,11 +188,12 @@ def confusion(classes: list[str], pairs: list[tuple[str, str | None]]) -> dict[s
 
 
 def _epoch_rows(stats: dict, diff, final_epoch: int) -> list[dict]:
-    """Accuracy after each scored epoch (epoch-K passes and the final adapter), with paired differences."""
+    """Accuracy after each scored epoch (epoch-K passes and the final adapter), with paired differences; the first
+    against the adapter the run continued (`vs_previous`), when it had one."""
     names = sorted((n for n in stats if n.startswith("epoch-")), key=lambda n: int(n.split("-")[1]))
     if "tuned" in stats:
         names.append("tuned")
-    rows, previous = [], None
+    rows, previous = [], START if START in stats else None
     for name in names:
         s = stats[name]
         epoch = int(name.split("-")[1]) if name != "tuned" else final_epoch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.evaluate.summary import baselines
-from tunelab.rundir import lowest_pass
+from tunelab.rundir import START, lowest_pass
 
 
 def _pyplot():
@@ -53,8 +53,8 @@ def learning_curves(epochs: list[dict], steps: list[dict], out: Path, validation
 
 
 def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None = None) -> Path:
-    """Answer accuracy after each scored epoch (epoch 0 = the base model), strict and flexible, with the
-    few-shot prompting baseline as a dashed line; `best_loss_at`: where adapters/best-loss was saved, in epochs
+    """Answer accuracy after each scored epoch (epoch 0 = the base model, or the adapter the run continued), strict
+    and flexible, with each baseline as a grey line; `best_loss_at`: where adapters/best-loss was saved, in epochs
     (step / steps per epoch), its flexible accuracy starred there."""
     from tunelab.evaluate.scoring import naming
     plt, names = _pyplot(), naming(evaluation)
@@ -62,7 +62,8 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
     fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)
     ep = [0] + [r["epoch"] for r in rows]
     for metric, style in (("flexible", "o-"), ("strict", "s--")):
-        ax.plot(ep, [100 * evaluation["base"][f"{metric}_accuracy"]] + [100 * r[f"{metric}_accuracy"] for r in rows],
+        ax.plot(ep, [100 * evaluation.get(START, evaluation["base"])[f"{metric}_accuracy"]]
+                + [100 * r[f"{metric}_accuracy"] for r in rows],
                 style, label=getattr(names, metric))
     for b, style in zip(baselines(evaluation), (":", "-.", (0, (3, 1, 1, 1, 1, 1)))):
         ax.axhline(100 * evaluation[b["model"]]["flexible_accuracy"], ls=style, color="grey",
@@ -70,7 +71,8 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
     if best_loss_at is not None and "best-loss" in evaluation:
         ax.plot([best_loss_at], [100 * evaluation["best-loss"]["flexible_accuracy"]], "*", ms=14, color="C3",
                 label=f"lowest validation loss ({names.flexible})")
-    ax.set(title=f"{names.title} per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="%")
+    ax.set(title=f"{names.title} per epoch (epoch 0 = {epoch_zero(START in evaluation)})", xlabel="epoch",
+           ylabel="%")
     ax.set_xticks(ep)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: off the curves
     return _save(fig, out)
@@ -84,12 +86,14 @@ def held_out_loss_per_epoch(held_out: dict, epochs: list[dict], out: Path) -> Pa
     fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)
     rows = held_out["epochs"]
     ep = [0] + [r["epoch"] for r in rows]
-    ax.plot(ep, [held_out["losses"]["base"]["loss"]] + [r["loss"] for r in rows], "o-",
+    losses = held_out["losses"]
+    ax.plot(ep, [losses.get(START, losses["base"])["loss"]] + [r["loss"] for r in rows], "o-",
             label=f"held-out target loss ({held_out['n']} {held_out['split']} rows)")
     ax.plot([e["epoch"] for e in epochs], [e["val_loss"] for e in epochs], "s--", label="validation loss")
     for (what, d), style in zip(loss_baselines(held_out), (":", "-.", (0, (3, 1, 1, 1, 1, 1)))):
         ax.axhline(d["means"][0], ls=style, color="grey", label=what.split(" (")[0])
-    ax.set(title="Held-out target loss per epoch (epoch 0 = base model)", xlabel="epoch", ylabel="loss")
+    ax.set(title=f"Held-out target loss per epoch (epoch 0 = {epoch_zero(START in losses)})", xlabel="epoch",
+           ylabel="loss")
     ax.set_xticks(sorted({*ep, *(e["epoch"] for e in epochs)}))
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out)
@@ -111,11 +115,16 @@ def reply_overlap_per_epoch(generated: dict, trained: int, out: Path) -> Path:
                 label=f"reply {label} ({n} {generated['split']} rows)")
     for (what, d), style in zip(baselines(generated), (":", "-.", (0, (3, 1, 1, 1, 1, 1)))):
         ax.axhline(d["means"][0], ls=style, color="grey", label=f"{what} (chrF)")
-    ax.set(title="Generated replies against the references per epoch (epoch 0 = base model)", xlabel="epoch",
-           ylabel="score (0..1)")
+    ax.set(title=f"Generated replies against the references per epoch (epoch 0 = "
+                 f"{epoch_zero(steps[0].get('previous') == START)})", xlabel="epoch", ylabel="score (0..1)")
     ax.set_xticks(ep)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out)
+
+
+def epoch_zero(continued: bool) -> str:
+    """What epoch 0 of the per-epoch figures is: the base model, or the adapter a run continued (lora.continue_from)."""
+    return "the adapter the run continued" if continued else "base model"
 
 
 def overlaid(runs: dict[str, list[dict]], out: Path) -> Path:

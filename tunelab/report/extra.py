@@ -139,7 +139,8 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         names = naming(s)
         steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
         written = s.get("format", {}).get("template")
-        prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s))
+        prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s)
+                             if b["prompting"])
         rows.append((view.name, s.get("source"), repr(written) if written else "the run's", d["n"],
                      f"{100 * s['base']['flexible_accuracy']:.1f} %", prompted or "–",
                      steps or "–", f"{100 * s['tuned']['flexible_accuracy']:.1f} %",
@@ -310,9 +311,11 @@ def held_out_category_compare(runs: list[RunDir], names: list[str]) -> list:
 
 
 def loss_baselines(s: dict) -> list[tuple[str, dict]]:
-    """The prompting baselines a set measured by loss has (few-shot, chat, chat few-shot): (what it was, tuned − it,
-    paired)."""
+    """The baselines a set measured by loss has (the adapter the run continued, few-shot, chat, chat few-shot): (what
+    it was, tuned − it, paired)."""
     out = []
+    if d := s.get("start_baseline"):
+        out.append(("the adapter this run continued training (lora.continue_from, adapters/start/)", d))
     if d := s.get("fewshot_baseline"):
         out.append((f"the base model prompted {d['shots']}-shot ("
                     + ("the shots as earlier chat turns, lm-eval's --fewshot_as_multiturn" if d.get("turns") else
@@ -326,8 +329,8 @@ def loss_baselines(s: dict) -> list[tuple[str, dict]]:
 
 
 def baseline_changes(name: str, s: dict) -> list[Observation]:
-    """A set measured by loss: did the fine-tune make its replies more likely than each prompting baseline (a
-    few-shot prompt, the chat template) beyond noise?"""
+    """A set measured by loss: did the fine-tune make its replies more likely than each baseline (the adapter it
+    continued, a few-shot prompt, the chat template) beyond noise?"""
     found = []
     for what, d in loss_baselines(s):
         lo, hi = d["ci95"]
@@ -340,7 +343,7 @@ def baseline_changes(name: str, s: dict) -> list[Observation]:
                          0: ("info", f"The fine-tune and {what} made the replies in {name} about as likely (no "
                                      "difference beyond noise)")}[rules.sign_of(d["ci95"])]
         found.append(Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of "
-                                 "the token-weighted target loss, tuned adapter − the prompted base model; beyond "
+                                 "the token-weighted target loss, tuned adapter − the baseline; beyond "
                                  "noise = CI excludes 0"))
     return found
 

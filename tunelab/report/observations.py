@@ -462,7 +462,7 @@ def prompting_baselines(evaluation: dict) -> Observation | None:
     """Did the fine-tune beat simply prompting the base model? Judged by the paired interval against the strongest
     prompting baseline scored (the highest flexible accuracy, the first listed on a tie); the others are given with
     their intervals."""
-    scored = baselines(evaluation)
+    scored = [b for b in baselines(evaluation) if b["prompting"]]
     if not scored:
         return None
     best = max(scored, key=lambda b: evaluation[b["model"]]["flexible_accuracy"])

@@ -13,7 +13,7 @@ from tunelab.report import categories
 from tunelab.report import observations as rules
 from tunelab.report.observations import EXPORT_BEST_LOSS, Observation
 from tunelab.report.render import clip
-from tunelab.rundir import BEST_LOSS, RepliesDir, RunDir
+from tunelab.rundir import BEST_LOSS, START, RepliesDir, RunDir
 from tunelab.stats import paired_loss_difference
 
 JUDGED = "chrf"  # the metric the verdict reads; ROUGE-L is given beside it
@@ -46,8 +46,10 @@ def line(s: dict | None, also: str | None = None, trained: int | None = None) ->
 
 
 def baselines(s: dict) -> list[tuple[str, dict]]:
-    """Each prompting baseline whose replies were generated, in words, with tuned − it by chrF (paired)."""
-    return [(_called(name), v[JUDGED]) for name, v in (s.get("versus") or {}).items() if name.startswith("base-")]
+    """Each baseline whose replies were generated — the adapter the run continued, the prompting baselines — in
+    words, with tuned − it by chrF (paired)."""
+    return [(_called(name), v[JUDGED]) for name, v in (s.get("versus") or {}).items()
+            if name.startswith("base-") or name == START]
 
 
 def _chain(s: dict, trained: int | None = None) -> str | None:
@@ -56,7 +58,8 @@ def _chain(s: dict, trained: int | None = None) -> str | None:
     steps = s.get("epochs") or []
     if not steps:
         return None
-    return " → ".join([f"base {steps[0][JUDGED]['means'][0]:.3f}"] + [
+    first = "start adapter" if steps[0].get("previous") == START else "base"
+    return " → ".join([f"{first} {steps[0][JUDGED]['means'][0]:.3f}"] + [
         f"{_called(step['model'], trained)} {d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.."
         f"{d['ci95'][1]:+.3f})" for step in steps for d in [step[JUDGED]]])
 
@@ -193,6 +196,8 @@ def _called(name: str, trained: int | None = None) -> str:
         return "the base model" + (" asked through its chat template" if name == "base-chat" else "")
     if name == BEST_LOSS:
         return "the adapter of the lowest validation loss (adapters/best-loss)"
+    if name == START:
+        return "the adapter this run continued training (adapters/start)"
     shots = name.rsplit("-", 1)[1].removesuffix("shot")
     return f"the base model asked {shots}-shot through its chat template" if name.startswith("base-chat-") else \
         f"the base model prompted {shots}-shot"

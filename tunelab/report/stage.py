@@ -24,7 +24,7 @@ from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import (accuracy_per_epoch, held_out_loss_per_epoch, learning_curves,
                                    reply_overlap_per_epoch)
 from tunelab.report.render import clip, html_page, markdown
-from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, cut_short, open_run,
+from tunelab.rundir import (BEST_LOSS, START, HeldOutLossDir, RepliesDir, RunDir, counts_passes, cut_short, open_run,
                             steps_per_epoch, stopped_early, trained_and_planned)
 
 DEFINITIONS = [
@@ -227,6 +227,10 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
                       f"passes × ${scored['usd_per_hour']:.3f}/h; base passes reused from the cache not counted)"
          if (scored := run.eval_cost()) else None),
     ]
+    if lora.continue_from:
+        rows.insert(3, ("Continued from", f"the adapter in {lora.continue_from} (lora.continue_from; copied to "
+                                          "adapters/start/): epoch 0 is that adapter; the base model's figures count "
+                                          "the training that made it too"))
     if summary.get("imported"):
         rows = _imported_rows(summary, rows, cost)
     if estimate.get("cost_usd") is not None:
@@ -364,6 +368,8 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
     scored = _epoch_loss if by_loss else _epoch_accuracy
     accuracy = {r["epoch"]: r for r in (held_out if by_loss else evaluation or {}).get("epochs") or []}
     chain = _chrf_chain(generated, trained) if by_loss else {}
+    first = "the adapter the run continued" if START in ((held_out or {}).get("losses") or evaluation or {}) else \
+        "the base model"
     per_epoch = [(f"{e['epoch']} ({short[0]} of {short[1]} steps)" if short and e["epoch"] == trained else e["epoch"],
                   e["train_loss"], e["val_loss"],
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
@@ -372,9 +378,9 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
                   *(chain.get(e["epoch"], (None, None)) if chain else ()), e["seconds"], e["tokens"])
                  for e in epochs]
     return [("p", "Per epoch (epoch 0 = before the first optimizer step; its "
-                  + (f"held-out target loss ({held_out['split']} rows) is the base model's"
+                  + (f"held-out target loss ({held_out['split']} rows) is that of {first}"
                      + (", as is its reply chrF" if chain else "") + "):" if by_loss else
-                     "accuracy is the base model's):")),
+                     f"accuracy is that of {first}):")),
             ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc",
                        "held-out target loss" if by_loss else f"{names.short} ({names.flexible})",
                        "vs previous epoch", *(["reply chrF", "vs previous epoch (chrF)"] if chain else []),
@@ -383,7 +389,7 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
 
 def _chrf_chain(generated: dict | None, trained: int) -> dict[int, tuple]:
     """Epoch -> (the generated replies' mean chrF, its change from the epoch generated before with the interval),
-    epoch 0 the base model's; {} unless the replies were generated per epoch."""
+    epoch 0 the base model's (or the adapter the run continued); {} unless the replies were generated per epoch."""
     steps = (generated or {}).get("epochs") or []
     if not steps:
         return {}
@@ -398,7 +404,7 @@ def _chrf_chain(generated: dict | None, trained: int) -> dict[int, tuple]:
 def _epoch_loss(epoch: int, measured: dict, held_out: dict) -> tuple:
     """(held-out target loss, change vs the epoch measured before with its interval) of one epoch row."""
     if epoch == 0:
-        return f"{held_out['losses']['base']['loss']:.3f}", None
+        return f"{held_out['losses'].get(START, held_out['losses']['base'])['loss']:.3f}", None
     row = measured.get(epoch)
     if row is None:
         return None, None
@@ -409,7 +415,7 @@ def _epoch_loss(epoch: int, measured: dict, held_out: dict) -> tuple:
 def _epoch_accuracy(epoch: int, accuracy: dict, evaluation: dict | None) -> tuple:
     """(accuracy, change vs the epoch before with its interval) of one epoch row, or dashes when not scored."""
     if epoch == 0 and evaluation and "base" in evaluation:
-        return f"{100 * evaluation['base']['flexible_accuracy']:.1f} %", None
+        return f"{100 * evaluation.get(START, evaluation['base'])['flexible_accuracy']:.1f} %", None
     row = accuracy.get(epoch)
     if row is None:
         return None, None
@@ -428,27 +434,28 @@ def _learning_pictures(run: RunDir, summary: dict, epochs: list[dict], evaluatio
     pictures = [("img", curves, "Loss and token accuracy per epoch (epoch 0 = before training), and train loss "
                                 + ("per logged step as the other trainer logged it (its own loss rule)" if imported
                                    else "per optimizer step with each validation pass at its step"))]
+    zero = "the adapter the run continued" if run.start_adapter.is_dir() else "the base model"
     if evaluation and evaluation.get("epochs"):
         at = summary["best_val_step"] / steps_per_epoch(summary) \
             if "best-loss" in evaluation else None  # adapters/best-loss, in epochs
         pictures.append(("img", accuracy_per_epoch(evaluation, run.report_files / "accuracy_per_epoch.png", at),
-                         f"{names.title} of the base model (epoch 0) and after each scored epoch"
+                         f"{names.title} of {zero} (epoch 0) and after each scored epoch"
                          + (" (the star: the lowest validation pass's adapter)" if at is not None else "")
                          + ", same questions"))
     held_out = None if evaluation else HeldOutLossDir(run.path).read_eval_summary()
     if (held_out or {}).get("loss_difference") and held_out.get("epochs"):
         pictures.append(("img", held_out_loss_per_epoch(held_out, epochs, run.report_files /
                                                         "held_out_loss_per_epoch.png"),
-                         "Target loss of the held-out reference replies: the base model (epoch 0) and after each "
+                         f"Target loss of the held-out reference replies: {zero} (epoch 0) and after each "
                          "measured epoch, same rows, beside the validation loss"
-                         + (" and the prompting baselines' (grey)" if extra.loss_baselines(held_out) else "")))
+                         + (" and the baselines' (grey)" if extra.loss_baselines(held_out) else "")))
     generated = None if evaluation else replies.summary(run)
     if (generated or {}).get("epochs"):
         pictures.append(("img", reply_overlap_per_epoch(generated, trained_and_planned(summary)[0],
                                                         run.report_files / "reply_overlap_per_epoch.png"),
-                         "Mean chrF and ROUGE-L of the generated replies against the references: the base model "
+                         f"Mean chrF and ROUGE-L of the generated replies against the references: {zero} "
                          "(epoch 0) and after each generated epoch, same rows"
-                         + (" and the prompting baselines' chrF (grey)" if replies.baselines(generated) else "")))
+                         + (" and the baselines' chrF (grey)" if replies.baselines(generated) else "")))
     return pictures
 
 
@@ -464,6 +471,12 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
             found.append(rules.accuracy_change(evaluation[f"{metric}_difference"], getattr(names, metric),
                                                evaluation["base"][f"{metric}_accuracy"],
                                                evaluation["tuned"][f"{metric}_accuracy"], names.accuracy))
+        if c := evaluation.get("continued"):  # what this run's own training added to the adapter it continued
+            found.append(rules.accuracy_change(c["tuned_vs_start"]["flexible"], names.flexible,
+                                               evaluation[START]["flexible_accuracy"],
+                                               evaluation["tuned"]["flexible_accuracy"],
+                                               f"{names.accuracy} from the adapter this run continued to its own",
+                                               "tuned − the adapter continued (adapters/start/)"))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.prompting_baselines(evaluation), rules.answer_budget(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)

@@ -28,7 +28,7 @@ from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, Splits, load_splits
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
-from tunelab.models import add_lora, load_model, load_tokenizer, pick_device
+from tunelab.models import add_lora, check_start, load_model, load_start, load_tokenizer, pick_device, start_adapter
 from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder, last_improvement, lowest_pass
 from tunelab.train import checkpoint, fast_lora
@@ -158,9 +158,12 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
                         + (" per epoch under the source weights" if plan else "") + ", fewer than "
                         f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or add rows")
     start_from = _checkpoint_to_resume(run, d) if resume else None
+    continued = _continued(cfg) if not start_from else None  # a resumed run's checkpoint holds the weights
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
+    if continued:
+        load_start(model, continued)
     fast_lora.install(model)
     if cfg.train.neftune_alpha:  # transformers' NEFTune hook: noisy input embeddings in training mode only
         from transformers.integrations.neftune import activate_neftune
@@ -171,6 +174,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
         run.create()
         if not resume:
             run.write_text(run.config, to_yaml(cfg))
+            if continued:
+                run.keep_start_adapter(continued)
             run.write_json(run.estimate, _estimate(cfg, device, train_items, val_items, plan, d.world))
         run.write_json(run.environment, {**environment.describe(device), "processes": d.world})
     net = SupervisedLM(model, _packing(cfg, model, device))
@@ -192,6 +197,16 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
             loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
             _test_losses(loop, tok)
     return loop
+
+
+def _continued(cfg: Recipe) -> Path | None:
+    """lora.continue_from's adapter folder, checked against the recipe before the model loads; None without one."""
+    if not cfg.lora.continue_from:
+        return None
+    folder = start_adapter(cfg.lora.continue_from)
+    check_start(folder, cfg.model, cfg.lora)
+    log.info("continuing the adapter in %s", folder)
+    return folder
 
 
 def _shown_in(progress, world: int, counted: bool):
@@ -435,7 +450,7 @@ def _test_losses(loop: Loop, tok) -> None:
 def familiarity_rows(cfg: Recipe, splits: Splits) -> list[Example]:
     """The test rows whose base-model loss the familiarity check compares with the validation rows': the first
     `eval.limit` of data.source's own test split (none when eval.source or eval.split scores other rows)."""
-    if cfg.eval.source or cfg.eval.split != "test":
+    if cfg.eval.source or cfg.eval.split != "test" or cfg.lora.continue_from:  # epoch 0 is not the base model then
         return []
     return splits.test[:cfg.eval.limit]
 
