@@ -985,3 +985,28 @@ def test_a_continued_runs_start_adapter_is_measured_by_loss_and_by_its_replies_t
     text = run.report_md.read_text()
     assert "than the adapter this run continued training (lora.continue_from, adapters/start/)" in text or \
         "and the adapter this run continued training (lora.continue_from, adapters/start/) made" in text
+
+
+def test_a_continued_runs_other_test_sets_say_what_its_training_did_from_the_start_adapter(two_epoch_run,
+                                                                                           monkeypatch, tmp_path):
+    """An eval.also set scored by its answers, in a run that continued an adapter: the adapter it continued answers
+    it too, and the report gives that accuracy first per epoch and judges the tuned adapter against it (what training
+    on new data cost or gained on an earlier task)."""
+    import shutil
+    from tunelab.evaluate.stage import evaluate_extra
+    from tunelab.report import write_report
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, trained = two_epoch_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    shutil.copytree(run.epoch_adapter(1), run.start_adapter)
+    raw = cfg.model_dump(mode="json")
+    raw["eval"].update(fewshot=0, also=[{"source": "synthetic:arith", "name": "older", "limit": 5}])
+    ((_, result),) = evaluate_extra(validate(raw, "tiny2"), run)
+    s = result.summary
+    assert s["start"]["flexible_accuracy"] == s["epoch-1"]["flexible_accuracy"]  # the same adapter's answers
+    assert s["continued"]["tuned_vs_start"]["flexible"]["n"] == 5
+    write_report(run)
+    text = run.report_md.read_text()
+    start = f"start {100 * s['start']['flexible_accuracy']:.0f} % → {100 * s['epoch-1']['flexible_accuracy']:.0f} %"
+    assert f"| {start} → " in text and "on older from the adapter this run continued to its own (flexible" in text

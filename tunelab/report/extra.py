@@ -19,7 +19,7 @@ from tunelab.report import observations as rules
 from tunelab.report import replies
 from tunelab.report.observations import Observation
 from tunelab.report.render import clip
-from tunelab.rundir import ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
+from tunelab.rundir import START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 
 
 def line(name: str, summary: dict) -> str | None:
@@ -137,7 +137,8 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                 found += replies.set_verdicts(view.name, said, trained)
             continue
         names = naming(s)
-        steps = " → ".join(f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or [])
+        steps = " → ".join([f"start {100 * s[START]['flexible_accuracy']:.0f} %"] * (START in s)
+                           + [f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or []])
         written = s.get("format", {}).get("template")
         prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s)
                              if b["prompting"])
@@ -149,6 +150,11 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
         found.append(verdict)
+        if c := s.get("continued"):  # what this run's training did on the set, from the adapter it continued
+            found.append(rules.accuracy_change(c["tuned_vs_start"]["flexible"], names.flexible,
+                                               s[START]["flexible_accuracy"], s["tuned"]["flexible_accuracy"],
+                                               f"{names.accuracy} on {view.name} from the adapter this run continued "
+                                               "to its own", "tuned − the adapter continued (adapters/start/)"))
         if s.get("by_category"):  # the set's own category column (eval.also's label_field), or its classes
             by_category += [("p", f"{view.name}, by category:"), *categories.accuracy_blocks(s)]
             found.append(rules.categories(s["by_category"], f"{names.title} on {view.name} ({names.flexible})"))
@@ -163,8 +169,9 @@ def _accuracy_blocks(rows: list[tuple]) -> list:
                   "base model and each epoch's adapter on the same questions, each written with the run's "
                   "template or the prompt it sets (the one it was trained with, for a data.mix source), and the "
                   "base model prompted few-shot (eval.fewshot, or the set's fewshot) or through its chat template "
-                  "(eval.chat_baseline) when asked; accuracy is flexible-extract (or the exact-match line, for "
-                  "short answers). A fall here beyond noise is what the fine-tune cost on that set."),
+                  "(eval.chat_baseline) when asked; the per-epoch column starts with the adapter the run "
+                  "continued (start), when there is one; accuracy is flexible-extract (or the exact-match line, "
+                  "for short answers). A fall here beyond noise is what the fine-tune cost on that set."),
             ("table", ["set", "source", "prompt", "n", "base", "base prompted", "per epoch", "tuned",
                        "Δ pts (95 % CI)", "McNemar p"], rows)]
 
