@@ -590,6 +590,9 @@ def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_do
     again = evaluate(validate(tiny_recipe, "first"), first, only="tuned").summary
     assert scored["start"]["flexible_accuracy"] == again["tuned"]["flexible_accuracy"]  # same adapter, same answers
     assert ("start", "tuned") in [(f["from"], f["to"]) for f in scored["flips"]]
+    from tunelab.report import eval_lines
+    start, base = (f"{100 * scored[m]['flexible_accuracy']:.1f} %" for m in ("start", "base"))
+    assert any(f": base {base} → start adapter {start} → epoch 1 " in line for line in eval_lines(scored))
     write_report(second)
     text = second.report_md.read_text()
     assert "| Continued from | the adapter in " in text and "accuracy is that of the adapter the run continued" in text

@@ -14,7 +14,7 @@ from tunelab.evaluate.summary import baselines, categories_of, paired_by_categor
 from tunelab.report import observations as rules
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
-from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir, counts_passes, lowest_pass, stopped_early
+from tunelab.rundir import START, HeldOutLossDir, RepliesDir, RunDir, counts_passes, lowest_pass, stopped_early
 from tunelab.stats import paired_difference, paired_loss_difference
 
 
@@ -64,6 +64,8 @@ def eval_lines(evaluation: dict) -> list[str]:
     rows = evaluation.get("epochs") or []
     if rows and "base" in evaluation:
         steps = [f"base {100 * evaluation['base']['flexible_accuracy']:.1f} %"]
+        if START in evaluation:  # the adapter the run continued: the first epoch's change is from it
+            steps.append(f"start adapter {100 * evaluation[START]['flexible_accuracy']:.1f} %")
         for r in rows:
             d = (r.get("vs_previous") or {}).get("flexible")
             change = f" ({d['delta_pts']:+.1f}, CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})" if d else ""
