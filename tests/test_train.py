@@ -599,6 +599,7 @@ def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_do
     assert "from the adapter this run continued to its own (flexible" in text
     assert "vs the adapter this run continued training" in text and "prompting baseline" not in text
     assert "accuracy of the adapter the run continued (epoch 0)" in text
+    assert "the training data?) was not made: this run continued an adapter" in text  # no base-model losses
     from tunelab import card
     assert "Epoch 0 is the adapter continued before the first step" in card.render(second)
     for change, named in (({"r": 4}, "lora.r"), ({"target_modules": ["q_proj", "v_proj"]}, "lora.target_modules")):

@@ -486,7 +486,12 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
     before = [e for e in run.read_examples() if e["epoch"] == 0  # the base model's losses, per row;
               and MIX_SEP not in e["id"]]  # validation rows of data.source, as the test rows are (not data.mix's)
     losses = {split: [(e["loss"], e["tokens"]) for e in before if e["split"] == split] for split in ("test", "val")}
-    if not (evaluation or {}).get("source"):  # eval.source set after training: the rows measured were not scored
+    if run.start_adapter.is_dir():  # lora.continue_from: epoch 0 was that adapter, so no base-model losses to compare
+        found.append(rules.Observation("info", "The familiarity check (is the test set more familiar to the base "
+                                       "model than the training data?) was not made: this run continued an adapter, "
+                                       "so its losses before training are that adapter's, not the base model's.",
+                                       "made only when epoch 0 is the base model (no lora.continue_from)"))
+    elif not (evaluation or {}).get("source"):  # eval.source set after training: the rows measured were not scored
         found += [o for o in (rules.familiarity(losses["test"], losses["val"]),) if o]
     cost = run.read_optional(run.cost)
     found += [o for o in (rules.early_stopping(epochs, summary, cost, run.read_jsonl(run.validation)),
