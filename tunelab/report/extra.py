@@ -137,7 +137,7 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                 found += replies.set_verdicts(view.name, said, trained)
             continue
         names = naming(s)
-        steps = " → ".join([f"start {100 * s[START]['flexible_accuracy']:.0f} %"] * (START in s)
+        steps = " → ".join(([f"start {100 * s[START]['flexible_accuracy']:.0f} %"] if START in s else [])
                            + [f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or []])
         written = s.get("format", {}).get("template")
         prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s)
