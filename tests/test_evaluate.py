@@ -985,6 +985,7 @@ def test_a_continued_runs_start_adapter_is_measured_by_loss_and_by_its_replies_t
     text = run.report_md.read_text()
     assert "than the adapter this run continued training (lora.continue_from, adapters/start/)" in text or \
         "and the adapter this run continued training (lora.continue_from, adapters/start/) made" in text
+    assert f"| start {said['epochs'][0]['chrf']['means'][0]:.3f} → " in text  # the replies' chrF per epoch
 
 
 def test_a_continued_runs_other_test_sets_say_what_its_training_did_from_the_start_adapter(two_epoch_run,

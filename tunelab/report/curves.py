@@ -80,7 +80,7 @@ def accuracy_per_epoch(evaluation: dict, out: Path, best_loss_at: float | None =
 
 def held_out_loss_per_epoch(held_out: dict, epochs: list[dict], out: Path) -> Path:
     """A run measured by loss: the held-out rows' target loss of the base model (epoch 0) and after each measured
-    epoch, beside the validation loss per epoch, with each prompting baseline's target loss as a grey line."""
+    epoch, beside the validation loss per epoch, with each baseline's target loss as a grey line."""
     from tunelab.report.extra import loss_baselines
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.8), dpi=100)

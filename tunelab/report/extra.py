@@ -80,11 +80,12 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
 
 
 def _baseline_blocks(s: dict) -> list:
-    """A sentence on each prompting baseline's target loss (eval.fewshot, eval.chat_baseline), when measured."""
+    """A sentence on each baseline's target loss (the adapter the run continued, eval.fewshot, eval.chat_baseline),
+    when measured."""
     said = [f"{what}: target loss {d['means'][0]:.3f}, tuned − that {d['delta']:+.3f} (95 % CI {d['ci95'][0]:+.3f}.."
             f"{d['ci95'][1]:+.3f})" for what, d in loss_baselines(s)]
-    return [("p", "Prompting the base model instead, the same replies after each prompt: " + "; ".join(said) +
-                  ".")] if said else []
+    return [("p", "The baselines, on the same replies (a prompting baseline after its own prompt): "
+                  + "; ".join(said) + ".")] if said else []
 
 
 MOVERS = 3  # rows listed each way in a loss-measured set's largest changes

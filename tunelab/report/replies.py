@@ -32,7 +32,7 @@ def run_line(run: RunDir, also: str | None = None) -> str | None:
 
 
 def line(s: dict | None, also: str | None = None, trained: int | None = None) -> str | None:
-    """The console's lines: each metric base → tuned with its paired interval, tuned against each prompting baseline
+    """The console's lines: each metric base → tuned with its paired interval, tuned against each baseline
     and each epoch against the one before (chrF; the tuned adapter as epoch `trained`, when known); None when not
     scored. `also`: the eval.also set they answered."""
     if not s:
@@ -123,18 +123,20 @@ def set_blocks(rows: list[tuple]) -> list:
 
 
 def set_row(name: str, s: dict) -> tuple:
-    """An eval.also set's row in `set_blocks`: its rows, base chrF, each prompting baseline's, each epoch's, tuned,
-    tuned − base (paired) and ROUGE-L likewise."""
+    """An eval.also set's row in `set_blocks`: its rows, base chrF, each prompting baseline's, each epoch's (after
+    the adapter the run continued, when there is one), tuned, tuned − base (paired) and ROUGE-L likewise."""
     d, rouge = s["overlap"][JUDGED], s["overlap"]["rouge_l"]
     prompted = "; ".join(f"{model} {v[JUDGED]['means'][0]:.3f}" for model, v in (s.get("versus") or {}).items()
                          if model.startswith("base-"))
-    steps = " → ".join(f"{step[JUDGED]['means'][1]:.3f}" for step in s.get("epochs") or [])
+    chain = s.get("epochs") or []
+    started = [f"start {chain[0][JUDGED]['means'][0]:.3f}"] if chain and chain[0]["previous"] == START else []
+    steps = " → ".join(started + [f"{step[JUDGED]['means'][1]:.3f}" for step in chain])
     return (name, d["n"], f"{d['means'][0]:.3f}", prompted or "–", steps or "–", f"{d['means'][1]:.3f}",
             _interval(d), f"{rouge['means'][0]:.3f} → {rouge['means'][1]:.3f}", _interval(rouge))
 
 
 def set_verdicts(name: str, s: dict, trained: int | None) -> list[Observation]:
-    """An eval.also set's verdicts on its generated replies: tuned against base, each prompting baseline, each epoch
+    """An eval.also set's verdicts on its generated replies: tuned against base, each baseline, each epoch
     against the one before (chrF)."""
     where = f" to {name}"
     return [change(s, where), *baseline_changes(s, where), *epoch_changes(s, trained, where)]
@@ -204,9 +206,9 @@ def _called(name: str, trained: int | None = None) -> str:
 
 
 def baseline_changes(s: dict, where: str = "") -> list[Observation]:
-    """Did the fine-tune's replies come closer to the references than each prompting baseline's, by chrF? Not
-    beating the strongest baseline (highest chrF) is one to watch: prompting would do as well. `where` as for
-    `change`."""
+    """Did the fine-tune's replies come closer to the references than each baseline's (the adapter the run continued,
+    the prompting baselines), by chrF? Not beating the strongest baseline (highest chrF) is one to watch: prompting
+    (or the adapter it started from) would do as well. `where` as for `change`."""
     found, compared = [], baselines(s)
     strongest = max((d["means"][0] for _, d in compared), default=None)
     for what, d in compared:
@@ -222,7 +224,7 @@ def baseline_changes(s: dict, where: str = "") -> list[Observation]:
                                        f"tuned ({d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}); "
                                        f"{d['n']} rows.",
                                  f"paired bootstrap 95 % CI over rows of the mean sentence {METRICS[JUDGED]}, tuned "
-                                 "adapter − the prompted base model; beyond noise = CI excludes 0; no difference from "
+                                 "adapter − the baseline; beyond noise = CI excludes 0; no difference from "
                                  "the strongest baseline (highest mean) is one to watch"))
     return found
 
