@@ -86,10 +86,10 @@ def test_axolotls_mistral_lora_example_converts_with_every_difference_named(tmp_
     assert raw["lora"] == {"r": 32, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
     assert raw["train"] == {"epochs": 1, "batch_size": 2, "grad_accum": 4, "lr": 0.0002, "weight_decay": 0.0,
                             "max_length": 8192, "gradient_checkpointing": True, "packing": True,
-                            "scheduler": "cosine"}
+                            "scheduler": "cosine", "warmup_steps": 10}
     assert raw["data"]["val_fraction"] == 0.1
     said = {n.split(":")[0]: n for n in notes}
-    assert set(said) == {"load_in_8bit", "val_set_size", "warmup_steps", "optimizer", "sequence_len", "output_dir",
+    assert set(said) == {"load_in_8bit", "val_set_size", "optimizer", "sequence_len", "output_dir",
                          "dataset_prepared_path", "model_type", "tokenizer_type", "pad_to_sequence_len",
                          "logging_steps", "loss_watchdog_threshold", "evals_per_epoch"}  # empty, false: no word
     assert "differs" in said["load_in_8bit"] and "differs" in said["optimizer"] and "not needed" in said["output_dir"]
@@ -527,3 +527,15 @@ def test_the_validation_and_checkpoint_cadence_carries_over_where_it_means_the_s
     raw, notes = convert(_config(tmp_path, MISTRAL_LORA.replace("evals_per_epoch: 4", "early_stopping_patience: 3"),
                                  data=_alpaca(tmp_path)))
     assert "early_stopping_on" not in raw["train"] and any("counts passes, as Axolotl does" in n for n in notes)
+
+
+def test_warmup_steps_carry_over_as_steps_and_a_fraction_below_one_as_a_ratio(tmp_path, tiny_model):
+    """TrainingArguments' warmup_steps (transformers 5: a whole number of steps, or below 1 a share of them) is
+    train.warmup_steps or train.warmup_ratio; Axolotl's (the Axolotl example above) is train.warmup_steps."""
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "q", "completion": "a"}] * 4)
+    for given, want in (("warmup_steps: 25\n", {"warmup_steps": 25, "warmup_ratio": 0.0}),
+                        ("warmup_steps: 0.05\n", {"warmup_ratio": 0.05}),
+                        ("warmup_ratio: 0.1\n", {"warmup_ratio": 0.1})):
+        raw, notes = convert(_trl_config(tmp_path, tiny_model, data, given))
+        assert {k: v for k, v in raw["train"].items() if k.startswith("warmup")} == want
+        assert not [n for n in notes if "warmup" in n]

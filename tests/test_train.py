@@ -614,3 +614,22 @@ def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_do
     with pytest.raises(UserError, match="no adapter_config.json"):
         train(validate({**raw, "lora": {**raw["lora"], "continue_from": str(tmp_path)}}, "bad"),
               RunDir(tmp_path / "bad"))
+
+
+def test_warmup_is_train_warmup_steps_or_the_ratio_of_the_steps_rounded_up_as_transformers_does(tiny_recipe,
+                                                                                               tmp_path):
+    """The learning rate climbs linearly for train.warmup_steps optimizer steps (else warmup_ratio of them, rounded
+    up as TrainingArguments.get_warmup_steps rounds), then decays; the summary says how many."""
+    from tunelab.train.loop import warmup_steps
+    ratio = validate({**tiny_recipe, "train": {**tiny_recipe["train"], "warmup_ratio": 0.03}}, "w")
+    assert [warmup_steps(ratio, n) for n in (10, 34, 100, 101)] == [1, 2, 3, 4]  # ceil(0.3), ceil(1.02), 3, ceil(3.03)
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 1, "batch_size": 4, "lr": 1e-2,
+                                    "scheduler": "constant", "warmup_steps": 4, "warmup_ratio": 0.5}}
+    run = RunDir(tmp_path / "warm")
+    train(validate(raw, "warm"), run)
+    lrs = [s["lr"] for s in run.read_steps()]
+    assert lrs[:5] == pytest.approx([0.0, 0.0025, 0.005, 0.0075, 0.01]) and set(lrs[4:]) == {0.01}  # as Trainer steps
+    assert run.read_summary()["warmup_steps"] == 4
+    from tunelab.report import write_report
+    write_report(run)
+    assert "lr 0.01, constant schedule after 4 warmup steps, max length 128)" in run.report_md.read_text()

@@ -183,7 +183,11 @@ class TrainConfig(Section):
                                             "Axolotl's and LLaMA-Factory's loraplus_lr_ratio): the B matrices (and "
                                             "DoRA's magnitudes) learn at train.lr x this, the A matrices at train.lr; "
                                             "the paper suggests 16; None = one learning rate")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup, rounded up to "
+                                "whole steps as transformers rounds it")
+    warmup_steps: int | None = Field(None, ge=0, description="optimizer steps of linear warmup, in place of "
+                                     "train.warmup_ratio (TrainingArguments' and Axolotl's warmup_steps); None = "
+                                     "train.warmup_ratio of the steps")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
     max_length: int = Field(512, ge=8, description="tokens per example; longer ones are truncated and counted")
     completion_only: bool = Field(True, description="loss on the target only (false = whole sequence)")

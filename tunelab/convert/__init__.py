@@ -107,8 +107,8 @@ def leftovers(left: dict, not_needed: dict[str, str]) -> list[str]:
 def training_arguments(path: str, left: dict, notes: list[str], lr: float) -> dict:
     """train.* from transformers' TrainingArguments keys (TRL's and LLaMA-Factory's configs use them), its
     defaults written out where the config leaves a key out (`lr`: the trainer's own default learning rate): epochs,
-    batch, accumulation, schedule, warmup, weight decay, clipping, seed, NEFTune; warmup_steps and other
-    optimizers noted; max_steps (which overrides the epochs) as train.max_steps; the validation and checkpoint
+    batch, accumulation, schedule, warmup (ratio or steps), weight decay, clipping, seed, NEFTune; other optimizers
+    noted; max_steps (which overrides the epochs) as train.max_steps; the validation and checkpoint
     cadence (`cadence`)."""
     epochs, max_steps = float(left.pop("num_train_epochs", 3.0)), left.pop("max_steps", -1) or -1
     if not epochs.is_integer() and max_steps <= 0:
@@ -128,9 +128,11 @@ def training_arguments(path: str, left: dict, notes: list[str], lr: float) -> di
     if left.get("neftune_noise_alpha") is not None:
         train["neftune_alpha"] = left["neftune_noise_alpha"]
     left.pop("neftune_noise_alpha", None)
-    if left.get("warmup_steps"):
-        notes.append(f"warmup_steps: {left.pop('warmup_steps')}: differs: tunelab sets warmup as a share of the "
-                     f"steps (train.warmup_ratio: {train['warmup_ratio']})")
+    warmup = left.pop("warmup_steps", 0) or 0  # transformers 5: a whole number of steps, or below 1 a ratio
+    if warmup >= 1:
+        train["warmup_steps"] = int(warmup)
+    elif warmup > 0:
+        train["warmup_ratio"] = warmup
     optimizer = left.pop("optim", None)
     if optimizer and optimizer not in ("adamw_torch", "adamw_torch_fused"):
         notes.append(f"optim: {optimizer!r}: differs: tunelab uses torch's AdamW (32-bit states)")

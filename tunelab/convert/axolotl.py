@@ -273,7 +273,7 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
               "learning_rate": "lr", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
               "max_grad_norm": "max_grad_norm", "sequence_len": "max_length", "neftune_noise_alpha": "neftune_alpha",
               "torch_compile": "compile", "early_stopping_patience": "early_stopping_patience",
-              "loraplus_lr_ratio": "loraplus_lr_ratio", "max_steps": "max_steps"}
+              "loraplus_lr_ratio": "loraplus_lr_ratio", "max_steps": "max_steps", "warmup_steps": "warmup_steps"}
     for key, to in simple.items():
         if left.get(key) is not None:
             train[to] = left[key]
@@ -305,9 +305,6 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
         train["scheduler"] = scheduler
     elif scheduler:
         notes.append(f"lr_scheduler: {scheduler!r}: differs: tunelab has cosine, linear and constant (cosine here)")
-    if left.get("warmup_steps"):
-        notes.append(f"warmup_steps: {left.pop('warmup_steps')}: differs: tunelab sets warmup as a share of the "
-                     f"steps (train.warmup_ratio: {train.get('warmup_ratio', 0.03)})")
     if left.get("wandb_project"):
         train["report_to"] = ["wandb"]
         notes.append(f"wandb_project: {left.pop('wandb_project')!r}: carried as train.report_to: [wandb]; W&B reads "

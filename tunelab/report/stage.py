@@ -212,7 +212,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
                    + (f"{summary['train_rows_per_epoch']} train rows each, by the source weights; "
                       if "train_rows_per_epoch" in summary else "")
                    + f"batch {train.batch_size} × accumulation {train.grad_accum}, lr "
-                   f"{train.lr}, {train.scheduler} schedule, max length {train.max_length})"),
+                   f"{train.lr}, {train.scheduler} schedule"
+                   + (f" after {summary['warmup_steps']} warmup steps" if summary.get("warmup_steps") else "")
+                   + f", max length {train.max_length})"),
         ("Device", f"{env.get('device_name', '?')} ({env.get('torch_threads', '?')} threads)"),
         ("Frameworks", ", ".join(f"{k} {env.get(k)}" for k in ("torch", "transformers", "peft", "tunelab")
                                  if env.get(k))),

@@ -525,9 +525,16 @@ def _optimizer(model, net, cfg: Recipe, total_steps: int):
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps(cfg, total_steps),
                               num_training_steps=total_steps)
     return optimizer, scheduler
+
+
+def warmup_steps(cfg: Recipe, total_steps: int) -> int:
+    """The schedule's linear warmup in optimizer steps: train.warmup_steps, else train.warmup_ratio of `total_steps`
+    rounded up (TrainingArguments.get_warmup_steps' rule), never more than the steps."""
+    ratio = math.ceil(cfg.train.warmup_ratio * total_steps)
+    return min(cfg.train.warmup_steps if cfg.train.warmup_steps is not None else ratio, total_steps)
 
 
 def _summary(loop: Loop, wall: float) -> dict:
@@ -535,6 +542,7 @@ def _summary(loop: Loop, wall: float) -> dict:
     summary = {
         **data_figures(cfg, loop.splits, loop.train_items, loop.val_items, loop.truncated),
         "epochs_planned": loop.epochs, "steps_per_epoch": loop.steps_per_epoch,
+        "warmup_steps": warmup_steps(cfg, loop.total_steps),
         **({"max_steps": cfg.train.max_steps} if cfg.train.max_steps else {}),
         "early_stopping_patience": cfg.train.early_stopping_patience,
         "early_stopping_threshold": cfg.train.early_stopping_threshold,
