@@ -180,7 +180,7 @@ def run_trl(folder: str, gsm8k: str, rows: int, batch: int, checkpointing: bool,
     steps = math.ceil(len(data) / batch)
     args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="gpu-check-trl-"), per_device_train_batch_size=batch,
                      num_train_epochs=1, learning_rate=cfg.train.lr, lr_scheduler_type="cosine",
-                     warmup_steps=math.ceil(cfg.train.warmup_ratio * steps), max_length=cfg.train.max_length,
+                     warmup_steps=round(cfg.train.warmup_ratio * steps), max_length=cfg.train.max_length,
                      bf16=cuda, gradient_checkpointing=checkpointing, logging_strategy="no", report_to=[],
                      save_strategy="no", seed=cfg.train.seed, use_cpu=not cuda, dataloader_num_workers=0,
                      disable_tqdm=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import sys
@@ -78,7 +77,7 @@ def run_trl(gsm8k: str, rows: int, queue) -> None:
     steps = -(-len(data) // BATCH) * EPOCHS
     args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=BATCH,
                      num_train_epochs=EPOCHS, learning_rate=LR, lr_scheduler_type="cosine",
-                     warmup_steps=math.ceil(0.03 * steps),  # = tunelab's warmup_ratio 0.03 (rounded up, as it does)
+                     warmup_steps=round(0.03 * steps),  # = tunelab's warmup_ratio 0.03
                      max_length=MAX_LEN, bf16=False, fp16=False, gradient_checkpointing=False,
                      logging_steps=1, report_to=[], save_strategy="no", seed=SEED,
                      use_cpu=True, dataloader_num_workers=0)

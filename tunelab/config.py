@@ -183,8 +183,8 @@ class TrainConfig(Section):
                                             "Axolotl's and LLaMA-Factory's loraplus_lr_ratio): the B matrices (and "
                                             "DoRA's magnitudes) learn at train.lr x this, the A matrices at train.lr; "
                                             "the paper suggests 16; None = one learning rate")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup, rounded up to "
-                                "whole steps as transformers rounds it")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup, to the nearest "
+                                "step (transformers rounds up)")
     warmup_steps: int | None = Field(None, ge=0, description="optimizer steps of linear warmup, in place of "
                                      "train.warmup_ratio (TrainingArguments' and Axolotl's warmup_steps); None = "
                                      "train.warmup_ratio of the steps")

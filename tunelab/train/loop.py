@@ -532,8 +532,9 @@ def _optimizer(model, net, cfg: Recipe, total_steps: int):
 
 def warmup_steps(cfg: Recipe, total_steps: int) -> int:
     """The schedule's linear warmup in optimizer steps: train.warmup_steps, else train.warmup_ratio of `total_steps`
-    rounded up (TrainingArguments.get_warmup_steps' rule), never more than the steps."""
-    ratio = math.ceil(cfg.train.warmup_ratio * total_steps)
+    to the nearest step (TrainingArguments.get_warmup_steps rounds up: one step more at most), never more than the
+    steps."""
+    ratio = round(cfg.train.warmup_ratio * total_steps)
     return min(cfg.train.warmup_steps if cfg.train.warmup_steps is not None else ratio, total_steps)
 
 
