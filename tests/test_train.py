@@ -566,7 +566,8 @@ def test_max_steps_trains_that_many_steps_and_cuts_the_last_epoch_short(tiny_rec
     assert f"2 epoch(s), the last {last} of its {per_epoch} steps (max_steps 15)" in card.render(run)
 
 
-def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_does_not_fit(tiny_recipe, tmp_path):
+def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_does_not_fit(tiny_recipe, tmp_path,
+                                                                                           capsys):
     """lora.continue_from (Axolotl's lora_model_dir): the run starts from the earlier run's adapter — its epoch-0
     validation loss is that run's last one, on the same split —, keeps a copy in adapters/start/, and trains it on;
     an adapter whose rank or modules differ from lora.* is refused before anything is written."""
@@ -609,6 +610,10 @@ def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_do
         assert not (tmp_path / "bad").exists()
     import yaml
     from tunelab.cli import main
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "good.yaml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["continue_from"] == str(first.adapter)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "lora": {**raw["lora"], "alpha": 8}}))
     assert main(["check", str(tmp_path / "bad.yaml")]) == 2  # tunelab check says it before any training
     with pytest.raises(UserError, match="no adapter_config.json"):

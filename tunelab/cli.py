@@ -448,14 +448,18 @@ def cmd_check(args) -> int:
     device = args.device or _this_device()
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
+    continued = None
     if cfg.lora.continue_from:  # the adapter to keep training fits the recipe (an adapter that does not: exit 2)
         from tunelab.models import check_start, start_adapter
-        check_start(start_adapter(cfg.lora.continue_from), cfg.model, cfg.lora)
+        continued = start_adapter(cfg.lora.continue_from)
+        check_start(continued, cfg.model, cfg.lora)
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
     work = cost.splits_work(cfg, splits, tok, _gpus(args))  # before the checks: a weight that draws no row stops here
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
     result["estimate"] = cost.estimate_or_unpriced(work, device)
     result["verdict"] = checks.verdict(result)
+    if continued:
+        result["continue_from"] = str(continued)
     if args.show:
         from tunelab.evaluate.stage import preview
         result["examples"] = checks.preview(cfg, checks.first_of_each_source(cfg, splits.train, args.show), tok)
@@ -559,6 +563,9 @@ def _print_checks(result: dict) -> None:
             if e.get("gpus") else e["device"]
         console.print(f"estimate on {where}: {cost.duration(e.get('wall_hours', e['hours']))}, "
                       f"{cost.dollars(e['cost_usd'])} ({e['basis']})" + memory)
+    if "continue_from" in result:
+        console.print(f"continues the adapter in {result['continue_from']}: its r, alpha, targets and weights fit the "
+                      "recipe's lora.*")
     console.print(f"verdict: {result['verdict']}")
 
 
