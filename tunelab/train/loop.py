@@ -449,7 +449,8 @@ def _test_losses(loop: Loop, tok) -> None:
 
 def familiarity_rows(cfg: Recipe, splits: Splits) -> list[Example]:
     """The test rows whose base-model loss the familiarity check compares with the validation rows': the first
-    `eval.limit` of data.source's own test split (none when eval.source or eval.split scores other rows)."""
+    `eval.limit` of data.source's own test split (none when eval.source or eval.split scores other rows, or when the
+    run continues an adapter)."""
     if cfg.eval.source or cfg.eval.split != "test" or cfg.lora.continue_from:  # epoch 0 is not the base model then
         return []
     return splits.test[:cfg.eval.limit]
