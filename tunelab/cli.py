@@ -442,17 +442,13 @@ def cmd_check(args) -> int:
     from tunelab import cost
     from tunelab.config import load_recipe
     from tunelab.data import checks, load_splits
-    from tunelab.models import load_tokenizer
+    from tunelab.models import continued_adapter, load_tokenizer
     from tunelab.rundir import RunDir
     cfg = load_recipe(args.recipe, args.overrides)
     device = args.device or _this_device()
     if args.device:
         cost.estimate({"flops": 0.0}, device)  # an unknown device is refused before any data is read
-    continued = None
-    if cfg.lora.continue_from:  # the adapter to keep training fits the recipe (an adapter that does not: exit 2)
-        from tunelab.models import check_start, start_adapter
-        continued = start_adapter(cfg.lora.continue_from)
-        check_start(continued, cfg.model, cfg.lora)
+    continued = continued_adapter(cfg.model, cfg.lora)  # lora.continue_from's, fitting the recipe (else exit 2)
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
     work = cost.splits_work(cfg, splits, tok, _gpus(args))  # before the checks: a weight that draws no row stops here
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)

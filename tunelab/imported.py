@@ -134,7 +134,7 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
         UserError: the adapter is not LoRA, or was trained on another model than the recipe's (naming the file,
             and the tensor and layer that do not fit).
     """
-    from tunelab.models import meta_model
+    from tunelab.models import continued_adapter, meta_model
     ac, where = source.adapter_config, source.name
     if ac.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{where}: a {ac['peft_type']} adapter; tunelab imports LoRA adapters (LoRA, rsLoRA, DoRA)")
@@ -150,9 +150,7 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
     raw["train"]["epochs"] = source.epochs
     raw["train"]["early_stopping_patience"] = None
     prepared = validate(raw, f"{cfg.name} (imported from {where})")
-    if prepared.lora.continue_from:  # the run continued an adapter (Axolotl's lora_model_dir): epoch 0 is that one
-        from tunelab.models import check_start, start_adapter
-        check_start(start_adapter(prepared.lora.continue_from), prepared.model, prepared.lora)
+    continued_adapter(prepared.model, prepared.lora)  # a run that continued an adapter: epoch 0 is that one
     return prepared
 
 
@@ -220,7 +218,7 @@ def import_run(cfg: Recipe, run: RunDir, source: Source) -> dict:
     _copy_adapter(source.adapters[source.epochs], run.adapter)
     for k, folder in source.adapters.items():
         _copy_adapter(folder, run.epoch_adapter(k))
-    if cfg.lora.continue_from:
+    if cfg.lora.continue_from:  # the adapter the run continued, checked by prepare()
         from tunelab.models import start_adapter
         run.keep_start_adapter(start_adapter(cfg.lora.continue_from))
     run.write_jsonl(run.steps, trainer_steps(source.state))

@@ -212,6 +212,16 @@ def start_adapter(source: str) -> Path:
                         f"Hugging Face hub ({type(err).__name__}: {err})") from None
 
 
+def continued_adapter(model: ModelConfig, lora: LoraConfig) -> Path | None:
+    """lora.continue_from's adapter folder (`start_adapter`), checked against the recipe (`check_start`); None
+    without one. Called before anything is written (tunelab check, the train stage, tunelab import)."""
+    if not lora.continue_from:
+        return None
+    folder = start_adapter(lora.continue_from)
+    check_start(folder, model, lora)
+    return folder
+
+
 def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
     """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA and DoRA as in `lora`, and its
     weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta device, nothing read

@@ -28,7 +28,7 @@ from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, Splits, load_splits
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
-from tunelab.models import add_lora, check_start, load_model, load_start, load_tokenizer, pick_device, start_adapter
+from tunelab.models import add_lora, continued_adapter, load_model, load_start, load_tokenizer, pick_device
 from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder, last_improvement, lowest_pass
 from tunelab.train import checkpoint, fast_lora
@@ -158,11 +158,12 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
                         + (" per epoch under the source weights" if plan else "") + ", fewer than "
                         f"train.batch_size={cfg.train.batch_size}; lower train.batch_size or add rows")
     start_from = _checkpoint_to_resume(run, d) if resume else None
-    continued = _continued(cfg) if not start_from else None  # a resumed run's checkpoint holds the weights
+    continued = None if start_from else continued_adapter(cfg.model, cfg.lora)  # a checkpoint holds the weights
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
     if continued:
+        log.info("continuing the adapter in %s", continued)
         load_start(model, continued)
     fast_lora.install(model)
     if cfg.train.neftune_alpha:  # transformers' NEFTune hook: noisy input embeddings in training mode only
@@ -197,16 +198,6 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
             loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
             _test_losses(loop, tok)
     return loop
-
-
-def _continued(cfg: Recipe) -> Path | None:
-    """lora.continue_from's adapter folder, checked against the recipe before the model loads; None without one."""
-    if not cfg.lora.continue_from:
-        return None
-    folder = start_adapter(cfg.lora.continue_from)
-    check_start(folder, cfg.model, cfg.lora)
-    log.info("continuing the adapter in %s", folder)
-    return folder
 
 
 def _shown_in(progress, world: int, counted: bool):
