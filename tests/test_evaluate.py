@@ -10,7 +10,7 @@ from tunelab.config import to_yaml, validate
 from tunelab.evaluate.stage import evaluate
 from tunelab.evaluate.summary import pass_names
 from tunelab.evaluate.generate import ANSWER_LINE, generate
-from tunelab.rundir import RunDir
+from tunelab.rundir import ExtraSetDir, RunDir
 from tunelab.train import train
 
 
@@ -168,6 +168,30 @@ def test_answer_line_stop_rule():
     assert ANSWER_LINE.search("3 + 4 = 7\n#### 7\n")
     assert not ANSWER_LINE.search("3 + 4 = 7\n#### 7")  # the line is not finished yet
     assert not ANSWER_LINE.search("####\n")
+
+
+def test_an_answer_pattern_stops_a_row_once_the_line_holding_its_match_is_complete(tiny_model):
+    """A row decoded under eval.answer_pattern ends at the newline after the first match, not before the match
+    closes (a number still growing) and not at an earlier newline."""
+    import re
+    from transformers import AutoTokenizer
+    from tunelab.evaluate.generate import _finished
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rule = re.compile(r"answer is (\d+)")
+
+    def ends_at(text: str, rule: re.Pattern = rule) -> str | None:  # fed token by token: where `rule` ends it
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for k in range(1, len(ids) + 1):
+            done = _finished(tok, ids[:k], ids[k - 1], set(), rule, max_new_tokens=1000)
+            if done is not None:
+                return done.completion
+        return None
+
+    assert ends_at("First line.\nSo the answer is 1234\nThen more words\n") == "First line.\nSo the answer is 1234\n"
+    assert ends_at("So the answer is 12 apples, because\nmore\n") == "So the answer is 12 apples, because\n"
+    assert ends_at("No answer here\nnor here\n") is None
+    tagged = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)  # a match spanning lines ends on its own newline
+    assert ends_at("<answer>\n7\n</answer>\nmore\n", tagged) == "<answer>\n7\n</answer>\n"
 
 
 @pytest.fixture(scope="module")
@@ -676,6 +700,69 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     assert "GSM8K" not in md.split("## Take it further")[0].replace("lm-eval's GSM8K format", "")
     card = (run.adapter / "README.md").read_text()
     assert "| model | n | exact line | answer in line |" in card and "name: exact line accuracy" in card
+
+
+def tagged_rows(n: int, start: int = 0) -> list[dict]:
+    """Reasoning-format parity rows: the worked step in <think> tags, the label in <answer> tags."""
+    return [{"question": f"Is {i} even or odd?", "answer": f"<think>{i} mod 2 = {i % 2}</think>\n<answer>"
+             f"{'even' if i % 2 == 0 else 'odd'}</answer>"} for i in range(start, start + n)]
+
+
+def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_model, tmp_path, monkeypatch):
+    """<answer> tags in the targets: eval.scoring=auto picks regex with the default pattern; zero-shot passes stop
+    after the line holding a match; an eval.also set of `#### N` targets is still scored numerically; the summary,
+    report and card name the mode and its pattern. Generation is replaced by answers chosen here."""
+    import re
+    from conftest import write_jsonl
+    from tunelab.evaluate.generate import Generation
+    from tunelab.evaluate.scoring import ANSWER_TAG
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    folder, sums = tmp_path / "tagged", tmp_path / "sums"
+    folder.mkdir(), sums.mkdir()
+    write_jsonl(folder / "train.jsonl", tagged_rows(40))
+    write_jsonl(folder / "test.jsonl", tagged_rows(10, start=100))
+    write_jsonl(sums / "test.jsonl", [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)])
+    seen = []
+
+    def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix):
+        seen.append((label, tuple(stops), max_new_tokens))
+        if "What is" in prompts[0]:  # the eval.also set: right on the first question only
+            return [Generation("#### 0", 2) for _ in prompts], 0.1
+        truth = ["even" if int(p.split("Is ")[1].split(" ")[0]) % 2 == 0 else "odd" for p in prompts]
+        if label == "eval base":  # untagged: no answer read, however right
+            said = [f"It is {t}." for t in truth]
+        else:  # tagged, first answer wrong and corrected in a second tag on the first question
+            said = [f"<think>x</think>\n<answer>{'odd' if t == 'even' else 'even'}</answer>, no: <answer>{t}</answer>"
+                    if k == 0 else f"<answer>{t.capitalize()}.</answer>" for k, t in enumerate(truth)]
+        return [Generation(a, 3) for a in said], 0.1
+
+    monkeypatch.setattr("tunelab.evaluate.generate.generate", answers)
+    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={folder}",
+            "--set", "data.label_field=null", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+            "--set", f"eval.also=[{{source: {sums}, name: sums}}]", "--set", "analysis.k_max=3",
+            "--run-dir", str(tmp_path / "r")]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "r")
+    summary = run.read_eval_summary()
+    assert summary["scoring"] == "regex" and summary["answer_pattern"] == ANSWER_TAG
+    main_passes = [(stops, budget) for label, stops, budget in seen if "What is" not in label and len(stops) == 10]
+    assert {stops for stops, _ in main_passes} == {(re.compile(ANSWER_TAG),) * 10}  # stop after the tagged line
+    assert {budget for _, budget in main_passes} == {96}  # the recipe's eval.max_new_tokens: the reasoning needs room
+    assert run.read_json(run.data_checks)["targets"]["test"] == {"rows": 10, "scoreable": 10, "scoring": "regex",
+                                                                 "share": 1.0, "without_answer": []}
+    assert summary["base"]["strict_accuracy"] == summary["base"]["flexible_accuracy"] == 0
+    assert summary["tuned"]["strict_accuracy"] == 0.9 and summary["tuned"]["flexible_accuracy"] == 1.0
+    first = next(p for p in run.read_predictions() if p["model"] == "tuned" and p["id"] == "test-1")
+    assert first["reference"] == "even" and (first["strict_answer"], first["flexible_answer"]) == ("odd", "even")
+    assert summary["by_category"]["source"] == "reference answer (class)"
+    also = ExtraSetDir(run.path, "sums").read_eval_summary()
+    assert also["scoring"] == "numeric" and "answer_pattern" not in also and also["tuned"]["flexible_accuracy"] == 0.25
+    md = run.report_md.read_text()
+    assert "| Regex-match accuracy (answer in last match) | 0.0 % → 100.0 % |" in md
+    assert "Regex-match accuracy = the answer read by the pattern `<answer>\\s*(.*?)\\s*</answer>`" in md
+    card = (run.adapter / "README.md").read_text()
+    assert "| model | n | first match | answer in last match |" in card
+    assert "the answer the pattern `<answer>\\s*(.*?)\\s*</answer>` reads" in card
 
 
 def test_the_chat_baseline_is_the_base_model_asked_through_its_chat_template(two_epoch_run, monkeypatch, tmp_path):

@@ -65,23 +65,26 @@ def test_a_target_states_a_final_answer_only_in_the_math_datasets_forms(target, 
     assert states_answer(target) is states
 
 
-def test_eval_scoring_auto_picks_numeric_or_exact_or_skips_prose(caplog):
+def recipe(**ev):
     from tunelab.config import validate
+    return validate({"model": {"name": "x"}, "data": {"source": "s", "template": "{q}", "target": "{a}"},
+                     "eval": ev}, "r")
+
+
+def splits(targets: list[str]):
+    """Held-out rows with these targets, as the test split."""
     from tunelab.data import Example, Splits
+    return Splits([], [], [Example(f"test-{i}", "q", t, {}) for i, t in enumerate(targets)])
+
+
+def test_eval_scoring_auto_picks_numeric_or_exact_or_skips_prose(caplog):
     from tunelab.evaluate.stage import _questions, scoring_mode
-
-    def recipe(**ev):
-        return validate({"model": {"name": "x"}, "data": {"source": "s", "template": "{q}", "target": "{a}"},
-                         "eval": ev}, "r")
-
-    def splits(targets):
-        return Splits([], [], [Example(f"test-{i}", "q", t, {}) for i, t in enumerate(targets)])
-
     prose = splits(["In 1969 people walked on the moon, and six crews followed them."] * 3
                    + ["Paris is the capital of France and its largest city by far."] * 7)  # 3 of 10: a number
     mode, reason = scoring_mode(recipe(), prose)
     assert mode is None and reason.startswith("data.target: of 10 test targets, 0 state a final number")
-    assert "and 0 are short answers (one line, at most 8 words); eval.scoring=auto needs 90%" in reason
+    assert ", 0 are short answers (one line, at most 8 words) and 0 match eval.answer_pattern (<answer>" in reason
+    assert "eval.scoring=auto needs 90% of one of them" in reason
     assert _questions(recipe(scoring="numeric"), prose)[1] == prose.test[:3]  # only rows with a number
     assert scoring_mode(recipe(scoring="exact"), prose) == ("exact", None)  # forced: scored, with a warning
     assert "eval.scoring=exact: 0 of 10 test targets are short answers" in caplog.text
@@ -108,3 +111,64 @@ def test_exact_match_reads_the_first_line(completion, reference, strict, flexibl
     from tunelab.evaluate.scoring import score_exact
     got = score_exact(completion, reference)
     assert (got["strict_correct"], got["flexible_correct"]) == (strict, flexible)
+
+
+@pytest.mark.parametrize("completion, reference, strict, flexible", [
+    ("<think>2 is even</think>\n<answer>even</answer>", "even", True, True),
+    ("<answer> 1000 </answer>", "1,000", True, True),  # numbers compared as GSM8K's: 1,000 = 1000
+    ("<answer>**Paris**.</answer>", "paris", True, True),  # bold marks, end punctuation, case
+    ("<answer>London</answer> No: <answer>It is Paris.</answer>", "Paris", False, True),  # first vs last match
+    ("<answer>Paris</answer> or rather <answer>Lyon</answer>", "Paris", True, False),
+    ("The answer is Paris.", "Paris", False, False),  # no match: no answer, however right the prose
+    ("<answer>non-even</answer>", "even", False, False),  # whole words only
+    ("<answer></answer>", "even", False, False),
+])
+def test_regex_scoring_reads_the_default_answer_tags(completion, reference, strict, flexible):
+    from tunelab.evaluate.scoring import scorer
+    _, score_regex = scorer("regex")
+    got = score_regex(completion, reference)
+    assert (got["strict_correct"], got["flexible_correct"]) == (strict, flexible)
+
+
+def test_regex_reference_is_the_targets_last_match_or_the_whole_target():
+    from tunelab.evaluate.scoring import regex_answer, scorer
+    import re
+    reference, _ = scorer("regex")
+    assert reference("<think>3 + 4 = 7</think>\n<answer>\n7\n</answer>") == "7"  # \s* around the answer, DOTALL-free
+    assert reference("<answer>a</answer> then <answer>b</answer>") == "b"  # the final answer
+    assert reference("  positive ") == "positive" and reference(" \n") is None  # untagged: the whole target
+    reference, score = scorer("regex", r"(?i)final answer: (yes|no)\b|verdict: (\w+)")
+    assert reference("Reasoning.\nVerdict: maybe") == "maybe"  # the first non-empty group
+    assert score("...\nFINAL ANSWER: Yes\n", "yes")["strict_correct"]
+    assert regex_answer(re.search(r"\d+", "a 12 b")) == "12"  # no groups: the whole match
+
+
+def test_eval_scoring_auto_picks_regex_for_tagged_targets_and_the_pattern_asked(caplog):
+    from tunelab.evaluate.stage import _questions, scoring_mode
+    tagged = splits(["<think>long reasoning, 3 + 4 = 7</think>\n<answer>7</answer>"] * 9 + ["7"])
+    assert scoring_mode(recipe(), tagged) == ("regex", None)  # 9 of 10 tagged: before numeric (which 1 of 10 suits)
+    assert scoring_mode(recipe(), splits(["<answer>7</answer>"] * 8 + ["x y"] * 2))[0] == "exact"  # 80 %: short
+    verdicts = splits([f"Because {i}.\nVerdict: {'yes' if i % 2 else 'no'}" for i in range(10)])
+    assert scoring_mode(recipe(), verdicts)[0] is None
+    assert "0 match eval.answer_pattern (<answer>\\s*(.*?)\\s*</answer>)" in scoring_mode(recipe(), verdicts)[1]
+    mode, rows = _questions(recipe(answer_pattern=r"Verdict: (\w+)"), verdicts)
+    assert mode == "regex" and len(rows) == 10
+    labels = splits(["yes", "no"] * 5)  # asked for: scored against the whole target, with a warning
+    assert scoring_mode(recipe(scoring="regex", answer_pattern=r"Verdict: (\w+)"), labels) == ("regex", None)
+    assert "eval.scoring=regex: 0 of 10 test targets match eval.answer_pattern (Verdict: (\\w+))" in caplog.text
+    assert scoring_mode(recipe(scoring="regex"), splits([" "] * 3)) == (None, "data.target: every test target is blank")
+
+
+@pytest.mark.parametrize("ev, problem", [
+    ({"answer_pattern": "<answer>(.*?</answer>"}, "eval.answer_pattern: not a regular expression: missing ), "
+                                                  "unterminated subpattern at position 8"),
+    ({"answer_pattern": "(\\d*)"}, "eval.answer_pattern: matches the empty text, so it would find an answer in "
+                                   "every completion"),
+    ({"answer_pattern": "#### (\\d+)", "scoring": "numeric"}, "eval.answer_pattern: read only by eval.scoring regex "
+                                                              "or auto (got eval.scoring numeric)"),
+])
+def test_a_bad_answer_pattern_is_refused_naming_the_key(ev, problem):
+    from tunelab.errors import UserError
+    with pytest.raises(UserError) as err:
+        recipe(**ev)
+    assert problem in str(err.value)

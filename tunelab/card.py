@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from tunelab import handoff
-from tunelab.evaluate.scoring import NAMING, naming
+from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.handoff import hub_id, is_local, known_license
 from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, cut_short, lowest_pass,
@@ -242,10 +242,13 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
     if not evaluation or "tuned" not in evaluation:
         return ["## Evaluation", "", "Not evaluated yet: `tunelab eval <run>` scores it and rewrites this card.", ""]
     names = naming(evaluation)
-    how = ("lm-evaluation-harness's gsm8k extraction: strict-match = the first `#### N`, flexible-extract = the last "
-           "number" if names is NAMING["numeric"] else
-           "the completion's first line against the target: exact line = equal once normalised, answer in line = the "
-           "target in it as whole words")
+    how = {"numeric": "lm-evaluation-harness's gsm8k extraction: strict-match = the first `#### N`, flexible-extract "
+                      "= the last number",
+           "exact": "the completion's first line against the target: exact line = equal once normalised, answer in "
+                    "line = the target in it as whole words",
+           "regex": f"the answer the pattern `{evaluation.get('answer_pattern')}` reads (its first non-empty group) "
+                    "against the target's: first match = equal once normalised, answer in last match = the target's "
+                    "answer in it as whole words"}[evaluation.get("scoring", "numeric")]
     split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
     other = " (eval.source: not the training data)" if source != cfg.data.source else ""
     rows = ["## Evaluation", "", f"{names.title} on `{source}` {split} questions{other} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -312,11 +313,18 @@ class EvalConfig(Section):
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "with the base model's and the tuned adapter's replies, shown in the report side by side "
                          "(0 = none)")
-    scoring: Literal["auto", "numeric", "exact", "none"] = Field(
+    scoring: Literal["auto", "numeric", "exact", "regex", "none"] = Field(
         "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
-        "has one; exact = the completion's first line against the whole target (labels, names, yes/no); none = no "
-        "eval stage; auto = numeric when >= 90 % of the targets state a final answer ('#### N', 'The answer is N', a "
-        "bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
+        "has one; exact = the completion's first line against the whole target (labels, names, yes/no); regex = the "
+        "answer eval.answer_pattern reads in the completion against the one it reads in the target (or the whole "
+        "target, where it does not match); none = no eval stage; auto = regex when >= 90 % of the targets match "
+        "eval.answer_pattern, else numeric when >= 90 % state a final answer ('#### N', 'The answer is N', a bare "
+        "number), else exact when >= 90 % are short (one line, <= 8 words), else none")
+    answer_pattern: str | None = Field(
+        None, description="regex scoring's regular expression (Python re; lm-eval's regex filter): its first "
+        "non-empty group, or the whole match, is the answer; strict = the first match equals the reference, flexible "
+        "= the reference occurs as whole words in the last match; zero-shot answers stop once a match's line is "
+        "complete; None = '<answer>\\s*(.*?)\\s*</answer>' (reasoning-format tags)")
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
                                      "limit, fewshot, template, target, messages, optional_fields, "
                                      "template_if_empty}, scored after the main one the way eval.source is (its test "
@@ -333,6 +341,19 @@ class EvalConfig(Section):
     @classmethod
     def _conversations_default(cls, raw: Any) -> Any:
         return _conversation_turns(raw)
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _pattern_compiles(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            re.compile(v)
+        except re.error as err:
+            raise ValueError(f"not a regular expression: {err}") from None
+        if not v or re.compile(v).fullmatch(""):
+            raise ValueError("matches the empty text, so it would find an answer in every completion")
+        return v
 
 
 class AnalysisConfig(Section):
@@ -447,6 +468,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.eval.chat_baseline and recipe.data.chat_template:
         problems.append("eval.chat_baseline: the run's prompts go through the chat template already "
                         "(data.chat_template), so its base pass is that baseline; drop eval.chat_baseline")
+    if recipe is not None and recipe.eval.answer_pattern and recipe.eval.scoring not in ("auto", "regex"):
+        problems.append(f"eval.answer_pattern: read only by eval.scoring regex or auto (got eval.scoring "
+                        f"{recipe.eval.scoring})")
     if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
@@ -531,13 +555,15 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     """The recipe that scores one `eval.also` test set: `cfg` with eval.source (and config, limit) set to it and its
     rows' format: the entry's own, else that of the data.mix entry reading the same source (its rows are scored
     the way they were trained), else data's. A set in a format of its own takes its few-shot shots from its own
-    train split (the training rows are in another)."""
+    train split (the training rows are in another). eval.scoring regex scores a set as auto does (regex where its
+    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers."""
     trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
-                                     "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot})
+                                     "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
+                                     "scoring": "auto" if cfg.eval.scoring == "regex" else cfg.eval.scoring})
     if own_format(cfg.data, ev):
         ev = ev.model_copy(update={"fewshot_from": "eval_source"})
     return cfg.model_copy(update={"eval": ev})

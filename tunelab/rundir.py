@@ -79,8 +79,9 @@ LAYOUT = {
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
                                               "answers, correct flags, tokens"),
-    "eval/summary.json": ("eval_summary", "`scoring`, `split` (and `source` when eval.source set the questions, "
-                                          "`format` when its rows were not written with data's templates), "
+    "eval/summary.json": ("eval_summary", "`scoring` (and regex scoring's `answer_pattern`), `split` (and "
+                                          "`source` when eval.source set the questions, `format` when its rows "
+                                          "were not written with data's templates), "
                                           "`prompts` (a digest of the prompts asked: passes kept from an earlier "
                                           "eval were asked the same); "
                                           "per model (base, base-Nshot, base-chat, epoch-K, best-loss, tuned): n, "
@@ -91,7 +92,7 @@ LAYOUT = {
                                           "`fewshot` (tuned vs the N-shot base, `shots_from`), "
                                           "`chat_baseline` (tuned vs base-chat), `flips`, `cost` (the passes "
                                           "answered for this run, priced as cost.json); `by_category`: base → tuned "
-                                          "per `data.label_field` value (or per reference class under exact "
+                                          "per `data.label_field` value (or per reference class under exact or regex "
                                           "scoring, with confusion tables), paired"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
                                           "held-out targets no scoring mode suits); `by_loss`: whether the held-out "

@@ -211,18 +211,20 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
     return f"train.max_length {current} holds every row (longest {longest} tokens)"
 
 
-def targets(splits: Splits, mode: str | None) -> dict:
+def targets(splits: Splits, mode: str | None, pattern: str | None = None) -> dict:
     """Share of train and test targets holding a reference answer the eval stage can score in `mode`, the scoring
-    mode it would use. With no mode (none suits the data), how far it is from one: how many targets state a final
-    number and how many are short answers, the two shares eval.scoring=auto looks at."""
-    from tunelab.evaluate.scoring import SCORERS, is_short, states_answer
+    mode it would use (regex: the targets `pattern`, eval.answer_pattern, matches; the others are scored against
+    their whole text). With no mode (none suits the data), how far it is from one: how many targets state a final
+    number and how many are short answers, two of the shares eval.scoring=auto looks at."""
+    from tunelab.evaluate.scoring import ANSWER_TAG, is_short, scorer, states_answer
+    has_answer = re.compile(pattern or ANSWER_TAG).search if mode == "regex" else mode and scorer(mode)[0]
     out = {}
     for name, rows in (("train", splits.train + splits.val), ("test", splits.test)):
         if mode is None:
             out[name] = {"rows": len(rows), "scoring": None, "stated": sum(states_answer(e.target) for e in rows),
                          "short": sum(is_short(e.target) for e in rows)}
             continue
-        missing = [e.id for e in rows if not SCORERS[mode][0](e.target)]
+        missing = [e.id for e in rows if not has_answer(e.target)]
         out[name] = {"rows": len(rows), "scoreable": len(rows) - len(missing), "scoring": mode,
                      "share": round((len(rows) - len(missing)) / len(rows), 4) if rows else None,
                      "without_answer": missing[:20]}
@@ -234,6 +236,9 @@ def targets_line(split: str, counts: dict) -> tuple[str, str]:
     if counts.get("scoring") is None and "stated" in counts:
         return (f"{split} targets stating a final number / short answers (no scoring mode suits them)",
                 f"{counts['stated']} / {counts['short']} of {counts['rows']}")
+    if counts.get("scoring") == "regex":
+        return (f"{split} targets eval.answer_pattern matches (regex scoring)",
+                f"{counts['scoreable']} / {counts['rows']}")
     return (f"{split} targets with a scoreable answer ({counts.get('scoring') or 'numeric'} scoring)",
             f"{counts['scoreable']} / {counts['rows']}")
 
@@ -277,7 +282,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "overlap_counts": counts, "overlap": found, **({"extra_sets": extra} if extra else {}),
             "train_duplicates": duplicates, "lengths": profile,
             "boundary": boundary,
-            "targets": targets(splits, mode), "eval_skipped": skipped,
+            "targets": targets(splits, mode, cfg.eval.answer_pattern), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals

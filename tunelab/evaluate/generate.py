@@ -239,15 +239,15 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
-             on_result=None, stops: list[list[str] | str | None] | None = None,
+             on_result=None, stops: list[list[str] | str | re.Pattern | None] | None = None,
              speculate: bool = True, pack: bool = True, prefix: str | None = None) -> tuple[list[Generation], float]:
     """Greedy completions for `prompts` (same order) and the seconds spent.
 
     Args:
         slots: rows decoded together; 0 = automatic (`auto_slots`).
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
-        stops: per prompt, None (stop after a finished `#### N` line), "line" (after the first non-blank line), or
-            stop strings (lm-eval's `until`): the completion ends before the first one.
+        stops: per prompt, None (after a finished `#### N` line), "line" (after the first non-blank line), a pattern
+            (after the line holding its first match), or stop strings (lm-eval's `until`: ends before the first).
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
         prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`_Shared`).
@@ -362,7 +362,7 @@ class _Shared:
         return len(tokens) > len(self.ids) and tokens[:len(self.ids)] == self.ids
 
 
-def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str] | str | None,
+def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str] | str | re.Pattern | None,
              max_new_tokens: int) -> Generation | None:
     """Append a step's tokens to `row` in order; the row's Generation as soon as one of them ends it, else None."""
     for token in produced:
@@ -373,13 +373,13 @@ def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str]
     return None
 
 
-def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | str | None,
+def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | str | re.Pattern | None,
               max_new_tokens: int) -> Generation | None:
     """The row's Generation if `last` ends it (EOS, its stop rule, or the token budget), else None."""
     if last in eos:
         return Generation(tok.decode(tokens[:-1], skip_special_tokens=True), len(tokens))
-    if stop is None or stop == "line":
-        if _answer_done(tok, tokens, last, ANSWER_LINE if stop is None else FIRST_LINE):
+    if stop is None or isinstance(stop, (str, re.Pattern)):
+        if _answer_done(tok, tokens, last, ANSWER_LINE if stop is None else FIRST_LINE if stop == "line" else stop):
             return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
     else:
         text = tok.decode(tokens, skip_special_tokens=True)
@@ -419,8 +419,10 @@ def _eos_ids(model, tok) -> set[int]:
 
 
 def _answer_done(tok, tokens: list[int], last: int, rule: re.Pattern) -> bool:
-    """True once the text holds a finished answer line (`rule`: ANSWER_LINE or FIRST_LINE); decoded only when a
-    newline may have arrived."""
+    """True once the text holds a finished answer line: a match of `rule` (ANSWER_LINE, FIRST_LINE or an answer
+    pattern) ending in a newline or followed by one; decoded only when a newline may have arrived."""
     if "\n" not in tok.decode([last]):
         return False
-    return bool(rule.search(tok.decode(tokens, skip_special_tokens=True)))
+    text = tok.decode(tokens, skip_special_tokens=True)
+    match = rule.search(text)
+    return match is not None and "\n" in text[match.end() - 1:]

@@ -1,5 +1,6 @@
-"""GSM8K scoring as in lm-evaluation-harness's gsm8k task: strict-match and flexible-extract exact match; and
-exact match of short answers (`eval.scoring: exact`, end of file).
+"""GSM8K scoring as in lm-evaluation-harness's gsm8k task: strict-match and flexible-extract exact match; exact
+match of short answers (`eval.scoring: exact`); and answers read by a regular expression (`eval.scoring: regex`,
+lm-eval's regex filter: `<answer>…</answer>` tags by default).
 
 strict-match:     first `#### (\\-?[0-9\\.\\,]+)` in the completion
 flexible-extract: last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)` in the completion
@@ -15,7 +16,9 @@ Run as: tunelab eval runs/gsm8k-3ep --limit 200
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -108,7 +111,51 @@ def mentions(line: str, phrase: str) -> bool:
     return bool(phrase) and re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", line) is not None
 
 
+# answers read by a regular expression (`eval.scoring: regex`, `eval.answer_pattern`) --------------------------------
+ANSWER_TAG = r"<answer>\s*(.*?)\s*</answer>"  # the default pattern: reasoning-format targets' final answer
+
+
+def regex_answer(match: re.Match) -> str:
+    """What a match of an answer pattern reads: its first non-empty group, or the whole match when it has none (as
+    lm-eval's regex filter takes a match); "" when its groups are all empty."""
+    return next((g for g in match.groups() if g), "") if match.groups() else match.group(0)
+
+
+def regex_reference(pattern: re.Pattern, target: str) -> str | None:
+    """The reference of regex scoring: the answer of the pattern's last match in the target (its final answer), or
+    the whole target, stripped, when the pattern does not match it (a bare label the model is asked to tag)."""
+    matches = list(pattern.finditer(target))
+    return (regex_answer(matches[-1]) if matches else target).strip() or None
+
+
+def normalize_answer(text: str) -> str:
+    """`normalize_text`, and a number also as GSM8K's are (`,`, `$` and a trailing `.` removed): 1,000 = 1000."""
+    text = normalize_text(text)
+    return normalize(text) if BARE.fullmatch(text) else text
+
+
+def score_regex(pattern: re.Pattern, completion: str, reference: str) -> dict:
+    """strict: the pattern's first match in the completion equals the reference (both `normalize_answer`d, lm-eval's
+    group_select 0); flexible: the reference occurs as whole words in its last match (a model that corrects itself,
+    or wraps the answer in a sentence)."""
+    matches = list(pattern.finditer(completion))
+    first, last = (regex_answer(matches[0]), regex_answer(matches[-1])) if matches else (None, None)
+    gold = normalize_answer(reference)
+    return {"strict_answer": first, "flexible_answer": last,
+            "strict_correct": first is not None and normalize_answer(first) == gold,
+            "flexible_correct": last is not None and mentions(normalize_answer(last), gold)}
+
+
 SCORERS = {"numeric": (reference_answer, score), "exact": (short_answer, score_exact)}  # mode: (reference, score)
+
+
+def scorer(mode: str, pattern: str | None = None) -> tuple[Callable[[str], str | None], Callable[[str, str], dict]]:
+    """(the reference of a target, the score of a completion against it) of a scoring mode; regex reads `pattern`
+    (`eval.answer_pattern`, None = `ANSWER_TAG`)."""
+    if mode == "regex":
+        compiled = re.compile(pattern or ANSWER_TAG)
+        return partial(regex_reference, compiled), partial(score_regex, compiled)
+    return SCORERS[mode]
 
 
 @dataclass(frozen=True)
@@ -135,12 +182,24 @@ NAMING = {
                     "Exact-match accuracy = the completion's first non-blank line against the whole target, both "
                     "lower-cased with runs of spaces, quotes, brackets, bold marks and end punctuation removed: exact "
                     "line = equal; answer in line = the target occurs in it as whole words."),
+    "regex": Naming("regex-match accuracy", "regex acc", "first match", "answer in last match",
+                    "Regex-match accuracy = the answer read by the pattern {pattern} (its first non-empty group) "
+                    "against the target's (the whole target where the pattern does not match it), both lower-cased "
+                    "with runs of spaces, quotes, brackets, bold marks and end punctuation removed, and numbers "
+                    "without ',' and '$': first match = the first match's answer equals it; answer in last match = "
+                    "it occurs in the last match's answer as whole words."),
 }
 
 
 def naming(evaluation: dict | None) -> Naming:
-    """The names of an eval summary's scoring mode (summaries written before modes existed are numeric)."""
-    return NAMING[(evaluation or {}).get("scoring", "numeric")]
+    """The names of an eval summary's scoring mode (summaries written before modes existed are numeric); regex's
+    definition quotes the summary's `answer_pattern`."""
+    evaluation = evaluation or {}
+    names = NAMING[evaluation.get("scoring", "numeric")]
+    if "{pattern}" not in names.definition:
+        return names
+    pattern = evaluation.get("answer_pattern") or ANSWER_TAG
+    return replace(names, definition=names.definition.format(pattern=f"`{pattern}`"))  # a code span: * and \ as typed
 
 
 def flips(before: dict[str, dict], after: dict[str, dict], ids: list[str], metric: str = "flexible") -> dict:

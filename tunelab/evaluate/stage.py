@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tunelab.errors import UserError
 from tunelab.evaluate import losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
-from tunelab.evaluate.scoring import NAMING, SCORERS, SHORT_WORDS, is_short, states_answer
+from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, extra_set_done, pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
@@ -48,7 +49,8 @@ class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
     name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | start | epoch-<K> | best-loss | tuned
     prompts: list[str]
-    stops: list[str] | str | None  # None: stop after a finished `#### N` line; "line": after the first line
+    stops: list[str] | str | re.Pattern | None  # None: after a finished `#### N` line; "line": after the first
+    # line; a pattern: after the line holding its first match (eval.answer_pattern); strings: before the first one
     adapter: Path | None = None
     epoch: int | None = None  # the training epoch an adapter is from
     prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
@@ -85,7 +87,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         _keep_recipe(cfg, run)
 
     asked = prompts_digest(cfg, questions)
-    predictions, stats = _kept_passes(run, questions, {p.name for p in passes}, mode, asked)
+    predictions, stats = _kept_passes(cfg, run, questions, {p.name for p in passes}, mode, asked)
     device = pick_device(cfg.train.device)
     tune_for(device)
     d = distributed.setup(device.type)
@@ -93,7 +95,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     for p in passes:
         rows, stats[p.name] = _answered(cfg, run, p, questions, tok, device, journal, mode)
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    summary = {"scoring": mode, "split": _limited(cfg, splits)[0], "prompts": asked,
+    summary = {"scoring": mode, **_pattern(cfg, mode), "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible),
@@ -264,7 +266,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
                 out[name].update(by_loss=True, overlap=recipe.eval.overlap)  # and its replies generated, scored
             continue
         questions = _questions(recipe, rows)[1][:n]
-        out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": SCORERS[mode][0](q.target)}
+        reference = _reference(recipe, mode)
+        out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": reference(q.target)}
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
         shots = shot_pool(recipe, rows)[:recipe.eval.fewshot] if recipe.eval.fewshot and questions else []
         if shots:
@@ -285,7 +288,7 @@ def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     if cfg.eval.split == "test" and not splits.test:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
     _, rows = _limited(cfg, splits)
-    reference = SCORERS[mode][0]
+    reference = _reference(cfg, mode)
     scored = [e for e in rows if reference(e.target)]
     if len(scored) < len(rows):
         log.warning("eval: %d of %d held-out rows have no reference answer (%s scoring) and are not scored "
@@ -298,32 +301,57 @@ AUTO_SHARE = 0.9  # eval.scoring=auto picks a mode when this share of the target
 
 
 def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
-    """(mode, None) — how the eval stage scores this recipe's data, numeric or exact — or (None, why it does not):
-    eval.scoring=none, no held-out rows, no reference answer in the mode asked for, or (auto) fewer than 90 % of
-    the targets stating a final number (`scoring.states_answer`) and fewer than 90 % being short answers
-    (`scoring.is_short`)."""
+    """(mode, None) — how the eval stage scores this recipe's data, numeric, exact or regex — or (None, why it does
+    not): eval.scoring=none, no held-out rows, no reference answer in the mode asked for, or (auto) fewer than 90 %
+    of the targets matching eval.answer_pattern (or `<answer>` tags), stating a final number
+    (`scoring.states_answer`) or being short answers (`scoring.is_short`)."""
     if cfg.eval.scoring == "none":
         return None, "eval.scoring: none"
     split, rows = _limited(cfg, splits)
     if not rows:
         return None, f"eval.split: {cfg.data.source} has no {split} rows to score"
+    pattern = re.compile(cfg.eval.answer_pattern or ANSWER_TAG)
+    tagged = sum(bool(pattern.search(e.target)) for e in rows)
     stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
     if cfg.eval.scoring != "auto":
-        if not any(SCORERS[cfg.eval.scoring][0](e.target) for e in rows):
-            return None, (f"data.target: no numeric reference answer in the {split} rows "
-                          f"(expected '#### N' or a number in {cfg.data.target!r})")
-        if cfg.eval.scoring == "exact" and short < AUTO_SHARE * len(rows):
-            log.warning("eval.scoring=exact: %d of %d %s targets are short answers (one line, at most %d words); a "
-                        "first line rarely equals a longer target", short, len(rows), split, SHORT_WORDS)
-        return cfg.eval.scoring, None
+        return _asked_mode(cfg, split, rows, tagged, short)
+    if tagged >= AUTO_SHARE * len(rows):
+        return "regex", None
     if stated >= AUTO_SHARE * len(rows):
         return "numeric", None
     if short >= AUTO_SHARE * len(rows):
         return "exact", None
     return None, (f"data.target: of {len(rows)} {split} targets, {stated} state a final number ('#### N', 'The "
-                  f"answer is N' or a bare number) and {short} are short answers (one line, at most {SHORT_WORDS} "
-                  f"words); eval.scoring=auto needs {AUTO_SHARE:.0%} of either (eval.scoring=numeric or exact "
-                  f"scores them anyway)")
+                  f"answer is N' or a bare number), {short} are short answers (one line, at most {SHORT_WORDS} words) "
+                  f"and {tagged} match eval.answer_pattern ({pattern.pattern}); eval.scoring=auto needs "
+                  f"{AUTO_SHARE:.0%} of one of them (eval.scoring=numeric, exact or regex scores them anyway)")
+
+
+def _asked_mode(cfg: Recipe, split: str, rows: list[Example], tagged: int, short: int) -> tuple[str | None, str | None]:
+    """`scoring_mode` for a mode named by eval.scoring: it, warning when few targets suit it, or (None, why) when no
+    target has a reference answer in it."""
+    mode = cfg.eval.scoring
+    if not any(_reference(cfg, mode)(e.target) for e in rows):
+        return None, (f"data.target: no numeric reference answer in the {split} rows (expected '#### N' or a number "
+                      f"in {cfg.data.target!r})" if mode == "numeric" else
+                      f"data.target: every {split} target is blank")
+    if mode == "exact" and short < AUTO_SHARE * len(rows):
+        log.warning("eval.scoring=exact: %d of %d %s targets are short answers (one line, at most %d words); a "
+                    "first line rarely equals a longer target", short, len(rows), split, SHORT_WORDS)
+    if mode == "regex" and tagged < len(rows):
+        log.warning("eval.scoring=regex: %d of %d %s targets match eval.answer_pattern (%s); the others are scored "
+                    "against their whole text", tagged, len(rows), split, cfg.eval.answer_pattern or ANSWER_TAG)
+    return mode, None
+
+
+def _pattern(cfg: Recipe, mode: str) -> dict:
+    """{"answer_pattern": the pattern regex scoring reads} as the eval summary records it; {} in the other modes."""
+    return {"answer_pattern": cfg.eval.answer_pattern or ANSWER_TAG} if mode == "regex" else {}
+
+
+def _reference(cfg: Recipe, mode: str):
+    """A target's reference answer in a scoring mode (None: the target has none); regex's by eval.answer_pattern."""
+    return scorer(mode, cfg.eval.answer_pattern)[0]
 
 
 def unscoreable(cfg: Recipe, splits) -> str | None:
@@ -372,9 +400,9 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     same shots as earlier turns), the adapter the run continued (adapters/start/), each kept epoch, the lowest
     validation pass's adapter (adapters/best-loss/), the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
-    passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), EOS
-    (overlap)."""
-    stop = {"numeric": None, "exact": "line"}.get(mode, [])
+    passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), the line
+    holding a match of eval.answer_pattern (regex), EOS (overlap)."""
+    stop = {"numeric": None, "exact": "line", "regex": re.compile(cfg.eval.answer_pattern or ANSWER_TAG)}.get(mode, [])
     budget = _budget(cfg, mode, questions, tok)
     prompts = prompt_texts(cfg, tok, questions)
     passes = []
@@ -516,7 +544,7 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     else is answered (`_run_pass`); the stats count the answers that reached the token budget."""
     rows, stats = _cached(cfg, p) if p.is_base else (None, None)
     if rows is not None:
-        rows = [_row(p, q, r["completion"], r["tokens"], mode) for q, r in zip(questions, rows)]
+        rows = [_row(p, q, r["completion"], r["tokens"], _row_scorer(cfg, mode)) for q, r in zip(questions, rows)]
         stats.update(_figures(rows, mode))
     else:
         rows, stats = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
@@ -553,7 +581,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         del model
     answers = {**have, **dict(d.gather(new))}
     seconds = max(d.gather([seconds]))
-    rows = [_row(p, q, *answers[i], mode) for i, q in enumerate(questions)]
+    rows = [_row(p, q, *answers[i], _row_scorer(cfg, mode)) for i, q in enumerate(questions)]
     fresh = sum(tokens for i, (_, tokens) in dict(new).items())
     figures = _figures(rows, mode)
     stats = {"n": len(rows), **figures, "generated_tokens": sum(r["tokens"] for r in rows),
@@ -566,12 +594,16 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     return rows, stats
 
 
-# how each row is scored: an answer check's mode, or (no mode suits the data) the reply's overlap with its reference
-ROW_SCORERS = {**SCORERS, "overlap": (lambda target: target.strip() or None, overlap.score)}
+def _row_scorer(cfg: Recipe, mode: str) -> tuple:
+    """How each row is scored, (reference of a target, score of a completion against it): an answer check's mode,
+    or (no mode suits the data) the reply's overlap with its reference."""
+    if mode == "overlap":
+        return (lambda target: target.strip() or None), overlap.score
+    return scorer(mode, cfg.eval.answer_pattern)
 
 
-def _row(p: Pass, q: Example, completion: str, tokens: int, mode: str) -> dict:
-    reference, score = ROW_SCORERS[mode]
+def _row(p: Pass, q: Example, completion: str, tokens: int, scored: tuple) -> dict:
+    reference, score = scored
     ref = reference(q.target)
     return {"id": q.id, "model": p.name, "question": q.fields.get("question", q.prompt), "reference": ref,
             "completion": completion, **score(completion, ref or ""), "tokens": tokens,
@@ -601,16 +633,17 @@ def prompts_digest(cfg: Recipe, questions: list[Example]) -> str:
     return hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:16]
 
 
-def _kept_passes(run: RunDir, questions: list[Example], running: set[str], mode: str,
+def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: set[str], mode: str,
                  prompts: str) -> tuple[list[dict], dict]:
     """Predictions and stats of earlier passes not being re-run, if they scored the same questions (ids and
-    references: another eval.source numbers its rows the same way) the same way, asked with the same prompts
-    (`prompts_digest`: eval.template may have changed)."""
+    references: another eval.source numbers its rows the same way) the same way (mode, and regex's pattern), asked
+    with the same prompts (`prompts_digest`: eval.template may have changed)."""
     previous = run.read_eval_summary() or {}
-    if previous.get("scoring", "numeric") != mode or previous.get("prompts", prompts) != prompts:
+    scored = (previous.get("scoring", "numeric"), previous.get("answer_pattern"))
+    if scored != (mode, _pattern(cfg, mode).get("answer_pattern")) or previous.get("prompts", prompts) != prompts:
         return [], {}
     old = run.read_predictions()
-    asked = [(q.id, SCORERS[mode][0](q.target)) for q in questions]
+    asked = [(q.id, _reference(cfg, mode)(q.target)) for q in questions]
     kept, stats = [], {}
     for name in pass_names(previous):
         rows = [p for p in old if p["model"] == name]
@@ -627,7 +660,7 @@ def _pass_key(cfg: Recipe, p: Pass) -> str:
     ident = {"model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype,
              "weights": path.stat().st_mtime if path.exists() else None, "pass": p.name,
              "adapter": [weights.stat().st_mtime_ns, weights.stat().st_size] if weights and weights.exists() else None,
-             "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": p.stops}
+             "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": getattr(p.stops, "pattern", p.stops)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 

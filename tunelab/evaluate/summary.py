@@ -137,7 +137,7 @@ def categories_of(predictions: list[dict], ids: list[str], labelled: str | None,
     """(category -> its question ids, the most questions first; where the categories come from), or None.
 
     The category is the row's label when the rows have one (`labelled`: where from, `config.categories_from`:
-    data.label_field, or eval.label_field for a benchmark's own column); else, under exact scoring, the
+    data.label_field, or eval.label_field for a benchmark's own column); else, under exact or regex scoring, the
     reference answer itself when the questions have at most MAX_CLASSES distinct ones, each asked at least twice
     (a classification set: accuracy per class). A question's label and reference are the same in every model's
     row, so any row of it will do.
@@ -147,7 +147,7 @@ def categories_of(predictions: list[dict], ids: list[str], labelled: str | None,
         return None
     if labelled and all("label" in row[i] for i in ids):
         key, source = (lambda i: str(row[i]["label"])), labelled
-    elif mode == "exact":
+    elif mode in ("exact", "regex"):
         counts = Counter(normalize_text(row[i]["reference"]) for i in ids)
         if len(counts) > MAX_CLASSES or min(counts.values()) < 2:
             return None

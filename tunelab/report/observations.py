@@ -348,10 +348,11 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
     out = [_loss_versus(this, base, this_name, base_name, loss_diff, formats)]
     ev_a, ev_b = base.get("eval") or {}, this.get("eval") or {}
     names = NAMING[ev_b.get("scoring", "numeric")]
-    if ev_a and ev_b and ev_a.get("scoring", "numeric") != ev_b.get("scoring", "numeric"):
-        out.append(Observation("info", f"The runs scored answers differently ({ev_b.get('scoring', 'numeric')} vs "
-                               f"{ev_a.get('scoring', 'numeric')}): their accuracies are not compared.",
-                               "accuracies are compared only between runs scored the same way (eval.scoring)"))
+    if ev_a and ev_b and _scored_as(ev_a) != _scored_as(ev_b):
+        out.append(Observation("info", f"The runs scored answers differently ({_scored_as(ev_b)} vs "
+                               f"{_scored_as(ev_a)}): their accuracies are not compared.",
+                               "accuracies are compared only between runs scored the same way (eval.scoring, "
+                               "eval.answer_pattern)"))
     elif accuracy_diff:
         acc_a, acc_b = accuracy_diff.get("accuracies") or (ev_a.get("tuned_flexible_accuracy", 0.0),
                                                            ev_b.get("tuned_flexible_accuracy", 0.0))
@@ -375,6 +376,12 @@ def versus_baseline(this: dict, base: dict, this_name: str, base_name: str, loss
                                + ").",
                                "measured wall time of training"))
     return out
+
+
+def _scored_as(ev: dict) -> str:
+    """How a run's answers were scored, in words: the mode, and regex's pattern."""
+    mode = ev.get("scoring", "numeric")
+    return f"{mode} {ev['answer_pattern']!r}" if ev.get("answer_pattern") else mode
 
 
 def _loss_versus(this: dict, base: dict, this_name: str, base_name: str, loss_diff: dict | None,
