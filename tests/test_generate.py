@@ -153,3 +153,25 @@ def test_chat_runs_prompt_with_the_chat_template_the_system_turn_and_an_open_con
     with pytest.raises(Exception, match=r"ended.jsonl:1: field 'messages': the last turn is system, expected a "
                                         r"user turn \(to answer\) or an assistant turn"):
         inference.from_file(cfg, str(ended))
+
+
+def test_until_pattern_stops_where_regex_scoring_would(evaluated, capsys, monkeypatch):
+    """--until pattern hands generate() eval.answer_pattern compiled, as the eval stage's regex passes stop; the
+    answers printed are the ones it returns."""
+    import re
+    from tunelab.evaluate.generate import Generation
+    run, _, _ = evaluated
+    seen = []
+
+    def answers(model, tok, prompts, max_new_tokens, slots, label, stops):
+        seen.append(stops)
+        return [Generation("<answer>7</answer>", 4) for _ in prompts], 0.1
+
+    monkeypatch.setattr("tunelab.evaluate.generate.generate", answers)
+    assert main(["generate", str(run.path), "What is 3 + 4?", "--until", "pattern", "--json",
+                 "--set", "eval.answer_pattern=Answer: (\\d+)"]) == 0
+    assert seen == [[re.compile(r"Answer: (\d+)")]]
+    assert _lines(capsys.readouterr().out)[0]["tuned"] == "<answer>7</answer>"
+    assert main(["generate", str(run.path), "What is 3 + 4?", "--until", "pattern"]) == 0
+    from tunelab.evaluate.scoring import ANSWER_TAG
+    assert seen[-1] == [re.compile(ANSWER_TAG)]  # the default pattern

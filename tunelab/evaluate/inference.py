@@ -6,7 +6,8 @@ user turn through the chat template (with `data.system_prompt`) for chat runs; `
 file holds rows with the template's fields (any `data.source` file kind; a conversation ending with its user turn
 for `data.messages` runs); a row that also has the target's fields shows it as the reference. Decoding is the eval
 stage's (greedy, merged adapter, continuous batching), so a held-out question answered here gets the answer eval
-scored (`--until answer` stops where numeric scoring does).
+scored (`--until answer` stops where numeric scoring does, `line` where exact scoring does, `pattern` where regex
+scoring does).
 
 Run as: tunelab generate runs/quickstart "Tom has 3 boxes of 12 eggs. How many eggs?"
         tunelab generate runs/quickstart --file questions.jsonl --base --json > answers.jsonl
@@ -15,6 +16,7 @@ Run as: tunelab generate runs/quickstart "Tom has 3 boxes of 12 eggs. How many e
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from tunelab.data.sources import FILE_KINDS, Row, read_source
 from tunelab.errors import UserError
 from tunelab.rundir import RunDir
 
-UNTIL = {"eos": [], "answer": None, "line": "line"}  # --until -> generate()'s stop rule (EOS ends every rule)
+UNTIL = {"eos": [], "answer": None, "line": "line", "pattern": "pattern"}  # --until -> generate()'s stop rule (EOS
+# ends every rule; "pattern": eval.answer_pattern's, compiled by `answer`)
 
 
 @dataclass
@@ -126,8 +129,10 @@ def load(cfg: Recipe, model: Model, device):
 def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, max_new_tokens: int):
     """Greedy completions of `texts` by one loaded model (a list of `Generation`, same order)."""
     from tunelab.evaluate.generate import generate
+    from tunelab.evaluate.scoring import ANSWER_TAG
+    stop = re.compile(cfg.eval.answer_pattern or ANSWER_TAG) if until == "pattern" else UNTIL[until]
     gens, _ = generate(loaded, tok, texts, max_new_tokens, cfg.eval.batch_size, label=f"generate {name}",
-                       stops=[UNTIL[until]] * len(texts))
+                       stops=[stop] * len(texts))
     return gens
 
 

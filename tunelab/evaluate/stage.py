@@ -544,7 +544,8 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     else is answered (`_run_pass`); the stats count the answers that reached the token budget."""
     rows, stats = _cached(cfg, p) if p.is_base else (None, None)
     if rows is not None:
-        rows = [_row(p, q, r["completion"], r["tokens"], _row_scorer(cfg, mode)) for q, r in zip(questions, rows)]
+        scored = _row_scorer(cfg, mode)
+        rows = [_row(p, q, r["completion"], r["tokens"], scored) for q, r in zip(questions, rows)]
         stats.update(_figures(rows, mode))
     else:
         rows, stats = _run_pass(cfg, run, p, questions, tok, device, journal, mode)
@@ -581,7 +582,8 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         del model
     answers = {**have, **dict(d.gather(new))}
     seconds = max(d.gather([seconds]))
-    rows = [_row(p, q, *answers[i], _row_scorer(cfg, mode)) for i, q in enumerate(questions)]
+    scored = _row_scorer(cfg, mode)
+    rows = [_row(p, q, *answers[i], scored) for i, q in enumerate(questions)]
     fresh = sum(tokens for i, (_, tokens) in dict(new).items())
     figures = _figures(rows, mode)
     stats = {"n": len(rows), **figures, "generated_tokens": sum(r["tokens"] for r in rows),
