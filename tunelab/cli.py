@@ -216,10 +216,9 @@ def _output_commands(sub) -> None:
     s.add_argument("--epoch", help="answer with epoch N's adapter, best (by answer accuracy) or best-loss; default "
                                    "the final adapter")
     s.add_argument("--until", choices=list(UNTIL), default="eos",
-                   help="eos: until the end-of-sequence token (what a server does); answer: also after a finished "
-                        "'#### N' line (numeric scoring's rule); line: after the first line (exact scoring's); "
-                        "pattern: after the line holding a match of eval.answer_pattern (regex scoring's); every rule "
-                        "ends at eval.max_new_tokens")
+                   help="eos: until end-of-sequence (as a server); answer / line / pattern: also after a '#### N' "
+                        "line / the first line / the line holding a match of eval.answer_pattern (numeric / exact / "
+                        "regex scoring's rule); every rule ends at eval.max_new_tokens")
     s.add_argument("--json", action="store_true", help="one JSON line per prompt: fields, prompt, answers, tokens")
     _shorthand(s, "--max-new-tokens", "eval.max_new_tokens", "most tokens generated per answer")
     _set_arg(s, "override an eval.* key for this command (eval.batch_size, eval.max_new_tokens)")
