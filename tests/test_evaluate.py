@@ -752,6 +752,7 @@ def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_mo
                                                                  "share": 1.0, "without_answer": []}
     assert summary["base"]["strict_accuracy"] == summary["base"]["flexible_accuracy"] == 0
     assert summary["tuned"]["strict_accuracy"] == 0.9 and summary["tuned"]["flexible_accuracy"] == 1.0
+    assert (summary["base"]["no_answer"], summary["tuned"]["no_answer"]) == (10, 0)  # untagged: nothing read
     first = next(p for p in run.read_predictions() if p["model"] == "tuned" and p["id"] == "test-1")
     assert first["reference"] == "even" and (first["strict_answer"], first["flexible_answer"]) == ("odd", "even")
     assert summary["by_category"]["source"] == "reference answer (class)"
@@ -760,6 +761,8 @@ def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_mo
     md = run.report_md.read_text()
     assert "| Regex-match accuracy (answer in last match) | 0.0 % → 100.0 % |" in md
     assert "Regex-match accuracy = the answer read by the pattern `<answer>\\s*(.*?)\\s*</answer>`" in md
+    assert "**ℹ note** — Answers in which the scoring found no answer (no match of the answer pattern): base 10 of " \
+           "10. Those passes' accuracy measures whether the model writes its answer in the form scored" in md
     card = (run.adapter / "README.md").read_text()
     assert "| model | n | first match | answer in last match |" in card
     assert "the answer the pattern `<answer>\\s*(.*?)\\s*</answer>` reads" in card

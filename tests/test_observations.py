@@ -130,3 +130,20 @@ def test_overlapping_rows_measured_by_loss_are_set_against_the_rest_by_how_far_t
                                                    "rest (n = 2 vs 4 rows, difference -0.950, 95 % CI -")
     assert "per-row change of target loss" in o.rule
     assert "moved their target loss" not in contamination(checks, [], "src", "src", {}).text  # nothing measured
+
+
+def test_passes_the_scoring_read_no_answer_from_are_named_a_note_for_the_base_a_watch_for_the_fine_tune():
+    from tunelab.report.observations import unread_answers
+
+    def stats(no_answer):
+        return {"n": 50, "strict_accuracy": 0.1, "flexible_accuracy": 0.1, "tokens_per_second": 9.0,
+                **({"no_answer": no_answer} if no_answer is not None else {})}
+    evaluation = {"scoring": "regex", "base": stats(50), "base-chat": stats(4), "tuned": stats(None)}
+    o = unread_answers(evaluation)  # base-chat under a tenth; tuned from an eval before the count
+    assert o.kind == "info" and "(no match of the answer pattern): base 50 of 50. Those passes'" in o.text
+    assert "a prompting baseline (eval.fewshot, eval.chat_baseline) asks the base model in other ways" in o.text
+    evaluation["tuned"]["no_answer"] = 5
+    o = unread_answers({**evaluation, "scoring": "numeric"})
+    assert o.kind == "watch" and "(no number at all): base 50 of 50; tuned 5 of 50. " in o.text
+    assert "prompting baseline" not in o.text and "from which the numeric scoring read no answer" in o.rule
+    assert unread_answers({"scoring": "exact", "base": stats(4), "tuned": stats(0)}) is None

@@ -165,7 +165,7 @@ def _held_out_replies_are_measured_by_loss(run: RunDir, out: str, md: str, args:
     assert "eval: answers not scored (data.target: of 4 test targets" in said
     assert "scores them anyway)); the held-out replies' target loss is measured instead, and the generated " \
            "replies' chrF and ROUGE-L against them" in said
-    stated, short = re.search(r"(\d+) state a final number .* and (\d+) are short",
+    stated, short = re.search(r"(\d+) state a final number .*, (\d+) are short",
                               run.read_json(run.eval_skipped)["reason"]).groups()  # the counts auto looked at
     assert f"test targets stating a final number / short answers (no scoring mode suits them): {stated} / {short} " \
            f"of 4" in said and "scoreable answer" not in said

@@ -555,6 +555,8 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         stats["shots_from"] = p.shots_from
     stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
                  at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
+    if mode != "overlap":  # completions the scoring read no answer from (no number, no match, a blank reply)
+        stats["no_answer"] = sum(r["flexible_answer"] is None for r in rows)
     return rows, stats
 
 

@@ -218,6 +218,30 @@ def answer_budget(evaluation: dict) -> Observation | None:
                        f"{100 * BUDGET_SHARE:.0f} % of a pass's answers did")
 
 
+UNREAD = {"numeric": "no number at all", "exact": "a blank reply",
+          "regex": "no match of the answer pattern"}  # what a completion without an answer is, per scoring mode
+
+
+def unread_answers(evaluation: dict) -> Observation | None:
+    """Passes where the scoring found no answer at all in many completions (`no_answer`): their accuracy measures
+    whether the model writes its answer in the form scored as much as whether it finds it. One to watch when the
+    fine-tune is among them (it was trained on that form), a note when only the base passes are."""
+    mode = evaluation.get("scoring", "numeric")
+    found = [(name, evaluation[name]) for name in pass_names(evaluation)
+             if evaluation[name].get("no_answer", 0) >= BUDGET_SHARE * evaluation[name]["n"]]
+    if not found or mode not in UNREAD:
+        return None
+    said = "; ".join(f"{name} {s['no_answer']} of {s['n']}" for name, s in found)
+    tuned = any(name == "tuned" for name, _ in found)
+    return Observation("watch" if tuned else "info",
+                       f"Answers in which the scoring found no answer ({UNREAD[mode]}): {said}. Those passes' "
+                       "accuracy measures whether the model writes its answer in the form scored as much as whether "
+                       "it finds it" + ("." if tuned else "; a prompting baseline (eval.fewshot, eval.chat_baseline) "
+                                        "asks the base model in other ways."),
+                       f"completions from which the {mode} scoring read no answer; listed when at least "
+                       f"{100 * BUDGET_SHARE:.0f} % of a pass's did")
+
+
 def cost_accuracy(estimate: dict, actual: dict, summary: dict | None = None) -> Observation | None:
     """Measured against estimated time; when early stopping cut the run short, against the estimate's share for
     the epochs trained."""

@@ -480,7 +480,8 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                f"{names.accuracy} from the adapter this run continued to its own",
                                                "tuned − the adapter continued (adapters/start/)"))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
-                              rules.prompting_baselines(evaluation), rules.answer_budget(evaluation)) if o]
+                              rules.prompting_baselines(evaluation), rules.answer_budget(evaluation),
+                              rules.unread_answers(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
         found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
     if evaluation and evaluation.get("by_category"):
