@@ -81,6 +81,12 @@ def test_token_accuracy_gap_cost_and_baseline_rules():
     steps = versus_baseline({"final_val_loss": 1.0, "epochs": 2, "wall_seconds": 60, "steps": 50, "max_steps": 50},
                             {"final_val_loss": 1.2, "epochs": 2, "wall_seconds": 40, "steps": 40}, "a", "b")
     assert steps[-1].text == "Wall time 1.0 min vs 0.7 min (2 vs 2 epochs, 50 vs 40 steps)."
+    tagged = {"scoring": "regex", "answer_pattern": "<answer>(.*?)</answer>", "tuned_flexible_accuracy": 0.5}
+    worded = {**tagged, "answer_pattern": "Answer: (\\w+)", "tuned_flexible_accuracy": 0.2}
+    runs = [{"final_val_loss": 1.0, "epochs": 2, "wall_seconds": 60, "eval": ev} for ev in (worded, tagged)]
+    said = [o.text for o in versus_baseline(*runs, "a", "b")]  # one mode, two patterns: not compared
+    assert "The runs scored answers differently (regex 'Answer: (\\\\w+)' vs regex '<answer>(.*?)</answer>'): " \
+           "their accuracies are not compared." in said
 
 
 def _rows(losses, tokens=10):

@@ -105,8 +105,9 @@ def headline(run: RunDir) -> dict:
             d = evaluation[f"{metric}_difference"]
             ev[f"{metric}_delta_pts"], ev[f"{metric}_ci95_pts"] = d["delta_pts"], d["ci95_pts"]
     if ev:
-        summary["eval"] = {**ev, "scoring": evaluation.get("scoring", "numeric"),
-                           **{k: evaluation[k] for k in ("answer_pattern",) if k in evaluation}}
+        summary["eval"] = {**ev, "scoring": evaluation.get("scoring", "numeric")}
+        if "answer_pattern" in evaluation:  # regex scoring: runs under other patterns are not compared
+            summary["eval"]["answer_pattern"] = evaluation["answer_pattern"]
     held_out = HeldOutLossDir(run.path).read_eval_summary() or {}
     if not ev and (losses := held_out.get("losses")):  # answers no scoring mode suits: the replies by loss
         summary["held_out_loss"] = {name: losses[name]["loss"] for name in ("base", "tuned") if name in losses}
