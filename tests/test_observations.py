@@ -147,7 +147,8 @@ def test_passes_the_scoring_read_no_answer_from_are_named_a_note_for_the_base_a_
     evaluation = {"scoring": "regex", "base": stats(50), "base-chat": stats(4), "tuned": stats(None)}
     o = unread_answers(evaluation)  # base-chat under a tenth; tuned from an eval before the count
     assert o.kind == "info" and "(no match of the answer pattern): base 50 of 50. Those passes'" in o.text
-    assert "a prompting baseline (eval.fewshot, eval.chat_baseline) asks the base model in other ways" in o.text
+    assert "a prompting baseline (eval.fewshot, eval.chat_baseline, eval.prompt_baseline: the answer's form asked " \
+        "for in words) asks the base model in other ways" in o.text
     evaluation["tuned"]["no_answer"] = 5
     o = unread_answers({**evaluation, "scoring": "numeric"})
     assert o.kind == "watch" and "(no number at all): base 50 of 50; tuned 5 of 50. " in o.text

@@ -498,7 +498,8 @@ def _print_eval_examples(console, sets: dict) -> None:
                           f"{shown['split']} split)")
         for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
                               ("chat_baseline_prompt", "the chat baseline"),
-                              ("chat_fewshot_prompt", "the few-shot chat baseline")):
+                              ("chat_fewshot_prompt", "the few-shot chat baseline"),
+                              ("prompt_baseline_prompt", "the prompt baseline (eval.prompt_baseline)")):
             if key in shown:
                 console.rule(f"{name}: {shown['rows'][0]['id']}, as {baseline} asks the base model")
                 console.print(Text(shown[key], "dim"))

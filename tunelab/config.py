@@ -304,6 +304,13 @@ class EvalConfig(Section):
                                 "also N-shot, the shots as earlier turns (--fewshot_as_multiturn); for runs whose "
                                 "prompts are plain text (with data.chat_template the base passes are already that); "
                                 "a set measured by loss gets the base model's target loss asked those ways")
+    prompt_baseline: str | None = Field(
+        None, description="also score the base model asked with this prompt instead, zero-shot: a template of the "
+        "scored rows' fields and {prompt} (the prompt as the run writes it), e.g. '{prompt}\\n\\nThink step by "
+        "step, then write the final number after \"####\".' — what asking the base model in words gets (an "
+        "instruction, the answer format); through its chat template (the user turn) when the run asks that way "
+        "(data.chat_template or eval.chat_baseline), else as plain text; the run's own test rows, not eval.also's; a "
+        "set measured by loss gets the base model's target loss asked this way")
     overlap: bool = Field(True, description="when no scoring mode suits the data: the models eval would score (base, "
                           "its prompting baselines, each epoch's adapter, adapters/best-loss, tuned) answer the "
                           "held-out rows (eval.limit), greedily until EOS or eval.max_new_tokens, and each reply is "
@@ -341,6 +348,22 @@ class EvalConfig(Section):
     @classmethod
     def _conversations_default(cls, raw: Any) -> Any:
         return _conversation_turns(raw)
+
+    @field_validator("prompt_baseline")
+    @classmethod
+    def _asks_each_row(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(v) if name is not None]
+        except ValueError as err:
+            raise ValueError(f"{err} (write {{{{ and }}}} for a literal brace)") from None
+        if bad := [name for name in names if not name.isidentifier()]:
+            raise ValueError(f"placeholder {{{bad[0]}}} is not a field name")
+        if not names:
+            raise ValueError("names no field, so every question would be asked the same text; write {prompt} (the "
+                             "prompt as the run writes it) or a field such as {question} where the question goes")
+        return v
 
     @field_validator("answer_pattern")
     @classmethod
@@ -556,11 +579,13 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     rows' format: the entry's own, else that of the data.mix entry reading the same source (its rows are scored
     the way they were trained), else data's. A set in a format of its own takes its few-shot shots from its own
     train split (the training rows are in another). eval.scoring regex scores a set as auto does (regex where its
-    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers."""
+    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers. No set is
+    asked eval.prompt_baseline: it is written for the run's own rows."""
     trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
+                                     "prompt_baseline": None,  # written for the run's own rows' fields
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
                                      "scoring": "auto" if cfg.eval.scoring == "regex" else cfg.eval.scoring})

@@ -71,6 +71,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         from tunelab.data import chat
         from tunelab.models import load_tokenizer
         chat.require(load_tokenizer(cfg.model), "eval.chat_baseline")
+    evaluate.check_prompt_baseline(cfg, splits)  # a field a held-out row lacks is said now, not after training
     evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
         instead = ("by loss" + (" and by overlap with the references (chrF, ROUGE-L)" if cfg.eval.overlap else "")

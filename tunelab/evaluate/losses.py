@@ -25,7 +25,7 @@ import time
 from tunelab import cost, distributed
 from tunelab.config import Recipe, categories_from
 from tunelab.data import Example, question_text
-from tunelab.evaluate.summary import CHAT_BASELINE
+from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir
 from tunelab.stats import paired_loss_difference
 
@@ -40,6 +40,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     `view`'s eval files; returns its summary. `reason`: why its answers are not scored. `only` / `adapter` as for
     `stage.evaluate`; `shots`: the few-shot baseline's (eval.fewshot), for rows written as plain text."""
     from peft import PeftModel
+    from tunelab.evaluate.stage import baseline_asked
     from tunelab.models import load_model, load_tokenizer, pick_device
     from tunelab.progress import bar
     from tunelab.train.forward import SupervisedLM, loss_pass
@@ -50,7 +51,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     d = distributed.setup(device.type)
     tok = load_tokenizer(cfg.model)
     asked, shown = _asked(cfg, rows), _shots_digest(shots)
-    kept = _kept(view, [r.id for r in rows], asked, shown)
+    kept = _kept(view, [r.id for r in rows], asked, shown, baseline_asked(cfg))
     models = [m for m in _models(cfg, view, only, adapter, len(shots)) if m[0] not in kept]
     written = {how: _written(how, cfg, rows, tok, shots) for how in {_format(n, cfg) for n, _ in models}}
     base = load_model(cfg.model, device) if models else None
@@ -65,6 +66,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
             kept[name] = {"loss": round(stats.loss, 6), "token_accuracy": round(stats.accuracy, 6),
                           "tokens": stats.supervised_tokens, "seconds": round(time.time() - t0, 2),
                           **({"shots": shown} if _is_fewshot(name) else {}),
+                          **({"asked_with": baseline_asked(cfg)} if name == PROMPT_BASELINE else {}),
                           "rows": {r["id"]: (r["loss"], r["tokens"]) for r in logged}}
             base = net.unload() if folder else net  # the LoRA layers removed, nothing merged: the base model again
             log.info("%s on %s: target loss %.4f over %d rows", name, view.label, stats.loss, len(rows))
@@ -80,10 +82,12 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
 
 def _format(name: str, cfg: Recipe) -> str:
     """How a model's pass writes the rows: as trained; as the chat baseline asks (base-chat); few-shot in lm-eval's
-    text (base-Nshot of a run on plain text); or few-shot with the shots as earlier chat turns (base-Nshot of a run
-    on chat rows, base-chat-Nshot of one on plain text)."""
+    text (base-Nshot of a run on plain text); few-shot with the shots as earlier chat turns (base-Nshot of a run
+    on chat rows, base-chat-Nshot of one on plain text); or with eval.prompt_baseline (base-prompt)."""
     if name == CHAT_BASELINE:
         return "chat"
+    if name == PROMPT_BASELINE:
+        return "prompt"
     if name.startswith(f"{CHAT_BASELINE}-") or (name.startswith("base-") and cfg.data.chat_template):
         return "turns"
     return "fewshot" if name.startswith("base-") else "trained"
@@ -93,11 +97,14 @@ def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Exampl
     """The rows tokenized for a loss pass, written `how` (`_format`): as trained; as `eval.chat_baseline` asks them
     (each rendered prompt, stripped, as the user turn of the tokenizer's chat template, the reply as the assistant
     turn); after lm-eval's few-shot context of `shots` ("Question: …\nAnswer: " then the reply, as the
-    few-shot baseline asks); or with `shots` as earlier chat turns, the row asked the same way after them and the
-    reply as the assistant turn (lm-eval's --fewshot_as_multiturn, as the few-shot baseline asks a chat model).
+    few-shot baseline asks); with `shots` as earlier chat turns, the row asked the same way after them and the
+    reply as the assistant turn (lm-eval's --fewshot_as_multiturn, as the few-shot baseline asks a chat model); or
+    asked with eval.prompt_baseline (`stage.prompt_baseline_texts`), through the chat template as eval asks it
+    (`stage.asks_in_chat`), the reply after it.
 
     Raises:
-        UserError: the chat baseline, and the tokenizer has no chat template.
+        UserError: the chat baseline, and the tokenizer has no chat template; a row without a field
+            eval.prompt_baseline names.
     """
     from dataclasses import replace
     from tunelab.data import chat
@@ -113,6 +120,8 @@ def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Exampl
         added = chat.context(tok, turns, rows[0].fields.get(chat.HISTORY, [])) if rows else ""
         room = cfg.train.max_length + len(tok(added, add_special_tokens=False)["input_ids"])
         return tokenize(asked, tok, room, cfg.train.completion_only, False, False)[0]
+    if how == "prompt":
+        return _prompted(cfg, rows, tok)
     if how == "fewshot":
         added, data = fewshot_context(shots), cfg.data
         asked = [replace(r, prompt=fewshot_prompt(shots, r) + TARGET_DELIMITER) for r in rows]
@@ -126,6 +135,25 @@ def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Exampl
         update={"max_length": room})}), asked, tok)[0]
 
 
+def _prompted(cfg: Recipe, rows: list[Example], tok) -> list:
+    """The rows asked with eval.prompt_baseline for a loss pass (`_written`'s "prompt"): through the chat template
+    when eval asks that way, each reply after its prompt; the prompt's room grown by the most tokens the baseline's
+    text adds to a row's prompt, so no reply is cut sooner than the trained pass cuts it."""
+    from dataclasses import replace
+    from tunelab.data import chat
+    from tunelab.evaluate.stage import asks_in_chat, prompt_baseline_texts
+    from tunelab.train.batching import tokenize_with
+    in_chat = asks_in_chat(cfg)
+    if in_chat:
+        chat.require(tok, "eval.prompt_baseline")
+    texts = [t.strip() if in_chat else t for t in prompt_baseline_texts(cfg, rows)]
+    size = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    room = cfg.train.max_length + max([size(t) - size(r.prompt) for t, r in zip(texts, rows)] + [0])
+    data = cfg.data.model_copy(update={"chat_template": in_chat})
+    return tokenize_with(cfg.model_copy(update={"data": data, "train": cfg.train.model_copy(
+        update={"max_length": room})}), [replace(r, prompt=t) for t, r in zip(texts, rows)], tok)[0]
+
+
 def _asked(cfg: Recipe, rows: list[Example]) -> str:
     """What identifies the rows as measured: their prompts (`stage.prompts_digest`) and their targets."""
     from tunelab.evaluate.stage import prompts_digest
@@ -137,7 +165,8 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
             shots: int = 0) -> list[tuple[str, object]]:
     """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model prompted
     `shots`-shot (eval.fewshot; for chat rows the shots are earlier turns), for rows not trained in the chat template
-    the base model asked through it (eval.chat_baseline) zero-shot and `shots`-shot, the adapter the run continued
+    the base model asked through it (eval.chat_baseline) zero-shot and `shots`-shot, the base model asked with
+    eval.prompt_baseline, the adapter the run continued
     (adapters/start/), each kept epoch's adapter and adapters/best-loss (eval.epochs all), the final adapter."""
     from tunelab.evaluate.stage import epochs_to_score
     out = [("base", None)] if only in (None, "base") else []
@@ -147,6 +176,8 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
         out.append((CHAT_BASELINE, None))
         if shots:
             out.append((f"{CHAT_BASELINE}-{shots}shot", None))
+    if out and cfg.eval.prompt_baseline:
+        out.append((PROMPT_BASELINE, None))
     if adapter and only in (None, "tuned"):
         last = view.trained_epochs(cfg)
         if (view.start_adapter / "adapter_config.json").exists():
@@ -169,10 +200,11 @@ def _is_fewshot(name: str) -> bool:
     return name.startswith("base-") and name.endswith("shot")  # base-Nshot, base-chat-Nshot
 
 
-def _kept(view: ExtraSetDir, ids: list[str], asked: str, shots: str) -> dict[str, dict]:
+def _kept(view: ExtraSetDir, ids: list[str], asked: str, shots: str, prompted: dict | None = None) -> dict[str, dict]:
     """Models measured by an earlier (or killed) eval of this set on the same rows written the same way (`asked`:
-    `_asked`) and, for a few-shot pass, after the same shots (`shots`: `_shots_digest`): name -> its figures. A
-    run's adapters do not change once trained, so what was measured stands."""
+    `_asked`) and, for a few-shot pass, after the same shots (`shots`: `_shots_digest`), for the prompt baseline's,
+    asked the same way (`prompted`: `stage.baseline_asked`): name -> its figures. A run's adapters do not change once
+    trained, so what was measured stands."""
     summary = view.read_eval_summary() or {}
     if summary.get("prompts") != asked:
         return {}
@@ -182,7 +214,8 @@ def _kept(view: ExtraSetDir, ids: list[str], asked: str, shots: str) -> dict[str
         by.setdefault(r["model"], {})[r["id"]] = (r["loss"], r["tokens"])
     return {name: {**previous.get(name, {}), "rows": rows} for name, rows in by.items()
             if sorted(rows) == sorted(ids) and "loss" in previous.get(name, {})
-            and (not _is_fewshot(name) or previous[name].get("shots") == shots)}
+            and (not _is_fewshot(name) or previous[name].get("shots") == shots)
+            and (name != PROMPT_BASELINE or previous[name].get("asked_with") == prompted)}
 
 
 def _write_rows(view: ExtraSetDir, kept: dict[str, dict], asked: str, rows: list[Example]) -> None:
@@ -203,12 +236,12 @@ def _figures(kept: dict[str, dict]) -> dict[str, dict]:
 def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, kept: dict[str, dict], device,
              world: int, shots: int = 0) -> dict:
     """The set's eval summary: each model's loss, the tuned − base paired difference (and tuned − base-chat, the
-    chat baseline; tuned − base-Nshot and base-chat-Nshot, the few-shot baselines, N = `shots`), the loss per epoch,
-    and the cost of the passes run."""
+    chat baseline; tuned − base-Nshot and base-chat-Nshot, the few-shot baselines, N = `shots`; tuned − base-prompt,
+    eval.prompt_baseline), the loss per epoch, and the cost of the passes run."""
     from tunelab.evaluate.stage import written_format
     fewshot = [k for k in kept if _is_fewshot(k)]
-    order = ["base", *fewshot, CHAT_BASELINE, START, *sorted((k for k in kept if k.startswith("epoch-")),
-                                                      key=lambda k: int(k.split("-")[1])), BEST_LOSS, "tuned"]
+    epochs = sorted((k for k in kept if k.startswith("epoch-")), key=lambda k: int(k.split("-")[1]))
+    order = ["base", *fewshot, CHAT_BASELINE, PROMPT_BASELINE, START, *epochs, BEST_LOSS, "tuned"]
     kept = {k: kept[k] for k in order if k in kept}
     out = {"scoring": LOSS, "reason": reason, "split": split, "source": cfg.eval.source, **written_format(cfg), "n": n,
            "losses": _figures(kept)}
@@ -218,6 +251,9 @@ def _summary(cfg: Recipe, view: ExtraSetDir, split: str, n: int, reason: str, ke
         out["start_baseline"] = paired_loss_difference(kept[START]["rows"], kept["tuned"]["rows"])
     if CHAT_BASELINE in kept and "tuned" in kept:  # the fine-tune against simply asking the instruct model
         out["chat_baseline"] = paired_loss_difference(kept[CHAT_BASELINE]["rows"], kept["tuned"]["rows"])
+    if PROMPT_BASELINE in kept and "tuned" in kept:  # and against asking the base model in the user's own words
+        d = paired_loss_difference(kept[PROMPT_BASELINE]["rows"], kept["tuned"]["rows"])
+        out["prompt_baseline"] = d and {**kept[PROMPT_BASELINE]["asked_with"], **d}
     for key, name in (("fewshot_baseline", f"base-{shots}shot"), ("chat_fewshot_baseline",
                                                                    f"{CHAT_BASELINE}-{shots}shot")):
         if shots and name in kept and "tuned" in kept:  # and against prompting the base model with examples

@@ -24,13 +24,14 @@ from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
-from tunelab.data import Example, chat, load_splits, question_text
+from tunelab.data import Example, chat, load_splits, optional, question_text, render
 from tunelab.errors import UserError
 from tunelab.evaluate import losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, states_answer
-from tunelab.evaluate.summary import CHAT_BASELINE, by_category, comparisons, extra_set_done, pass_names
+from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
+    pass_names
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -47,7 +48,8 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | start | epoch-<K> | best-loss | tuned
+    name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | base-prompt | start | epoch-<K> | best-loss |
+    # tuned
     prompts: list[str]
     stops: list[str] | str | re.Pattern | None  # None: after a finished `#### N` line; "line": after the first
     # line; a pattern: after the line holding its first match (eval.answer_pattern); strings: before the first one
@@ -56,6 +58,7 @@ class Pass:
     prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
     max_new_tokens: int = 256  # the generation budget of each answer
     shots_from: str | None = None  # a few-shot pass: where its shots came from, in words
+    asked_with: dict | None = None  # the prompt baseline's pass: its template and whether it went through the chat one
 
     @property
     def is_base(self) -> bool:
@@ -95,6 +98,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     for p in passes:
         rows, stats[p.name] = _answered(cfg, run, p, questions, tok, device, journal, mode)
         predictions = [r for r in predictions if r["model"] != p.name] + rows
+    stats = dict(sorted(stats.items(), key=lambda kv: _rank(kv[0])))  # kept passes and new ones in eval's order
     summary = {"scoring": mode, **_pattern(cfg, mode), "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
@@ -116,6 +120,14 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                    for metric in ("strict_accuracy", "flexible_accuracy", "n")}
         trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)
+
+
+def _rank(name: str) -> tuple:
+    """A pass's place in eval's order: base, its prompting baselines (base-…), the adapter the run continued, each
+    epoch's, best-loss, tuned."""
+    if name.startswith("epoch-"):
+        return 2, int(name.split("-")[1])
+    return {"base": (0, 0), START: (1, 0), BEST_LOSS: (3, 0), "tuned": (4, 0)}.get(name, (0, 1))
 
 
 def _require_adapter(run: RunDir, only: str | None, adapter: bool) -> None:
@@ -250,8 +262,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
     zero-shot passes ask them — the template or eval.template, through the chat template when trained so — with the
     reference each answer is scored against: `tunelab check --show`'s view of the eval. Per set: `source`, `split`,
     and `scoring` with `rows` (id, prompt, reference) and, for the first question, the few-shot baseline's
-    `fewshot_prompt` (eval.fewshot) and the chat baselines' `chat_baseline_prompt` and `chat_fewshot_prompt`
-    (eval.chat_baseline, with eval.fewshot); or
+    `fewshot_prompt` (eval.fewshot), the chat baselines' `chat_baseline_prompt` and `chat_fewshot_prompt`
+    (eval.chat_baseline, with eval.fewshot) and `prompt_baseline_prompt` (eval.prompt_baseline); or
     `skipped` (why the set is not scored), with `by_loss` and `overlap` when its rows are measured by loss and its
     replies generated and scored instead. `splits`: the recipe's, when already loaded."""
     out = {}
@@ -277,6 +289,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         if recipe.eval.chat_baseline and shots:
             chatted = _fewshot_prompts(recipe, tok, shots, questions[:1], chat_format=True)
             out[name]["chat_fewshot_prompt"] = chatted[0][0]
+        if recipe.eval.prompt_baseline and questions:
+            out[name]["prompt_baseline_prompt"] = prompt_baseline_prompts(recipe, tok, questions[:1])[0]
     return out
 
 
@@ -397,7 +411,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
           adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
     `pool`), the base model through its chat template (`eval.chat_baseline`: zero-shot, and with eval.fewshot the
-    same shots as earlier turns), the adapter the run continued (adapters/start/), each kept epoch, the lowest
+    same shots as earlier turns), the base model asked with `eval.prompt_baseline`, the adapter the run continued
+    (adapters/start/), each kept epoch, the lowest
     validation pass's adapter (adapters/best-loss/), the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), the line
@@ -420,6 +435,9 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
             few, context = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True)
             passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=context,
                                max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots))))
+        if cfg.eval.prompt_baseline:
+            passes.append(Pass(PROMPT_BASELINE, prompt_baseline_prompts(cfg, tok, questions), stop,
+                               max_new_tokens=budget, asked_with=baseline_asked(cfg)))
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
         if (run.start_adapter / "adapter_config.json").exists():  # lora.continue_from: where this run started
@@ -448,6 +466,61 @@ def chat_baseline_prompts(tok, questions: list[Example]) -> list[str]:
     lm-eval's --apply_chat_template asks it (the prompt stripped: a turn ends where its text does)."""
     chat.require(tok, "eval.chat_baseline")
     return [chat.prompt(tok, q.prompt.strip(), history=_history(q)) for q in questions]
+
+
+def prompt_baseline_prompts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
+    """`eval.prompt_baseline`: each question asked with it (`prompt_baseline_texts`), as the user turn of the chat
+    template when the run asks that way (`asks_in_chat`), else as the plain text it is."""
+    texts = prompt_baseline_texts(cfg, questions)
+    if not asks_in_chat(cfg):
+        return texts
+    chat.require(tok, "eval.prompt_baseline")
+    return [chat.prompt(tok, text.strip(), history=_history(q)) for text, q in zip(texts, questions)]
+
+
+def prompt_baseline_texts(cfg: Recipe, questions: list[Example]) -> list[str]:
+    """`eval.prompt_baseline` filled in for each question: its row's fields, and {prompt} the prompt as the run
+    writes it (the rendered template; a conversation's last user turn).
+
+    Raises:
+        UserError: a row without a field the template names, naming the row and its fields.
+    """
+    template, written = cfg.eval.prompt_baseline, formatted(cfg.data, cfg.eval)
+    out = []
+    for q in questions:
+        fields = {k: v for k, v in q.fields.items() if k != chat.HISTORY} | {"prompt": q.prompt}
+        try:
+            out.append(render(template, fields, optional(written)))
+        except (KeyError, IndexError) as err:
+            raise UserError(f"eval.prompt_baseline: row {q.id} has no field {err} (its fields: "
+                            f"{', '.join(sorted(fields))})") from None
+    return out
+
+
+def check_prompt_baseline(cfg: Recipe, splits) -> None:
+    """Before training: eval.prompt_baseline can ask every held-out row eval would ask (each field it names is in
+    the row), and through a chat template when it asks that way.
+
+    Raises:
+        UserError: naming the row and the field, or the tokenizer without a chat template.
+    """
+    if not cfg.eval.prompt_baseline:
+        return
+    prompt_baseline_texts(cfg, _limited(cfg, splits)[1])
+    if asks_in_chat(cfg):
+        chat.require(load_tokenizer(cfg.model), "eval.prompt_baseline")
+
+
+def baseline_asked(cfg: Recipe) -> dict | None:
+    """How eval.prompt_baseline asks, as its pass's stats record it: {template, chat_template}; None when unset."""
+    return {"template": cfg.eval.prompt_baseline, "chat_template": asks_in_chat(cfg)} if cfg.eval.prompt_baseline \
+        else None
+
+
+def asks_in_chat(cfg: Recipe) -> bool:
+    """Whether eval.prompt_baseline is asked through the chat template: the run asks its questions that way
+    (data.chat_template) or asks for the chat baseline (eval.chat_baseline)."""
+    return bool(cfg.data.chat_template or cfg.eval.chat_baseline)
 
 
 def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
@@ -553,6 +626,8 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
             _store(cfg, p, rows, stats)
     if p.shots_from:
         stats["shots_from"] = p.shots_from
+    if p.asked_with:
+        stats["asked_with"] = p.asked_with
     stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
                  at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
     if mode != "overlap":  # completions the scoring read no answer from (no number, no match, a blank reply)
@@ -632,7 +707,8 @@ def written_format(cfg: Recipe) -> dict:
 
 
 def prompts_digest(cfg: Recipe, questions: list[Example]) -> str:
-    """What identifies the prompts the questions were asked with: their rendered templates and the chat format."""
+    """What identifies the prompts the questions were asked with: their rendered templates and the chat format (the
+    prompt baseline's pass carries its own, `asked_with`)."""
     asked = [[q.prompt for q in questions], cfg.data.chat_template, cfg.data.system_prompt]
     return hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:16]
 
@@ -641,7 +717,8 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
                  prompts: str) -> tuple[list[dict], dict]:
     """Predictions and stats of earlier passes not being re-run, if they scored the same questions (ids and
     references: another eval.source numbers its rows the same way) the same way (mode, and regex's pattern), asked
-    with the same prompts (`prompts_digest`: eval.template may have changed)."""
+    with the same prompts (`prompts_digest`: eval.template may have changed; the prompt baseline's pass, with the
+    same eval.prompt_baseline asked the same way)."""
     previous = run.read_eval_summary() or {}
     scored = (previous.get("scoring", "numeric"), previous.get("answer_pattern"))
     if scored != (mode, _pattern(cfg, mode).get("answer_pattern")) or previous.get("prompts", prompts) != prompts:
@@ -651,6 +728,8 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
     kept, stats = [], {}
     for name in pass_names(previous):
         rows = [p for p in old if p["model"] == name]
+        if name == PROMPT_BASELINE and previous[name].get("asked_with") != baseline_asked(cfg):
+            continue
         if name not in running and [(p["id"], p["reference"]) for p in rows] == asked:
             kept += rows
             stats[name] = previous[name]

@@ -8,6 +8,7 @@ Run as: tunelab eval runs/smoke --set eval.epochs=all --set eval.fewshot=5
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from tunelab.evaluate.scoring import flips, mentions, normalize_text
@@ -16,11 +17,12 @@ from tunelab.stats import paired_difference
 
 METRICS = ("strict", "flexible")
 CHAT_BASELINE = "base-chat"  # the base model asked through its chat template (eval.chat_baseline)
+PROMPT_BASELINE = "base-prompt"  # the base model asked with eval.prompt_baseline
 
 
 def pass_names(summary: dict) -> list[str]:
-    """The models an eval summary holds stats for (base, base-<N>shot, base-chat, start, epoch-<K>, best-loss,
-    tuned), in its order."""
+    """The models an eval summary holds stats for (base, base-<N>shot, base-chat, base-prompt, start, epoch-<K>,
+    best-loss, tuned), in its order."""
     return [k for k, v in summary.items()
             if isinstance(v, dict) and {"n", "strict_accuracy", "tokens_per_second"} <= set(v)]
 
@@ -30,8 +32,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
     Args:
-        stats: per model name (base, base-<N>shot, base-chat, start, epoch-<K>, best-loss, tuned), its n and
-            accuracies.
+        stats: per model name (base, base-<N>shot, base-chat, base-prompt, start, epoch-<K>, best-loss, tuned), its
+            n and accuracies (and the prompt baseline's `asked_with`).
         ids: the scored question ids, in order.
         final_epoch: the epoch the final adapter (`tuned`) is from.
         fewshot: N of the few-shot baseline (0 = none).
@@ -72,6 +74,9 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     if fewshot and diff(chatty, "tuned"):
         out["chat_fewshot"] = {"model": chatty, "shots": fewshot, "tuned_vs_fewshot": diff(chatty, "tuned"),
                                "shots_from": stats[chatty].get("shots_from", f"the first {fewshot} training rows")}
+    if diff(PROMPT_BASELINE, "tuned"):
+        out["prompt_baseline"] = {"model": PROMPT_BASELINE, "tuned_vs_prompt": diff(PROMPT_BASELINE, "tuned"),
+                                  **stats[PROMPT_BASELINE].get("asked_with", {})}
     pairs = [("base", "tuned")] + [(START, e["model"]) for e in epochs[:1]] \
         + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
         + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
@@ -84,7 +89,8 @@ def baselines(evaluation: dict) -> list[dict]:
     """The baselines an eval summary compared the final adapter with, each as {model, what (in words), short (a
     label), how (the prompt, in words), vs (tuned − baseline, per metric), prompting (False for an adapter)}: the
     adapter the run continued (lora.continue_from), then the prompting baselines: the base model N-shot
-    (`eval.fewshot`), asked through its chat template (`eval.chat_baseline`), zero-shot and N-shot."""
+    (`eval.fewshot`), asked through its chat template (`eval.chat_baseline`), zero-shot and N-shot, asked with
+    `eval.prompt_baseline`."""
     out = []
     if c := evaluation.get("continued"):
         out.append({"model": c["model"], "what": "the adapter this run continued training", "short": "start adapter",
@@ -104,7 +110,18 @@ def baselines(evaluation: dict) -> list[dict]:
                     "template", "short": f"base {cf['shots']}-shot via chat template", "vs": cf["tuned_vs_fewshot"],
                     "how": "lm-eval's GSM8K format, the shots as earlier turns, --apply_chat_template "
                            f"--fewshot_as_multiturn; shots: {cf['shots_from']}", "prompting": True})
+    if pb := evaluation.get("prompt_baseline"):
+        out.append({"model": pb["model"], "what": "the base model asked with eval.prompt_baseline",
+                    "short": "base, eval.prompt_baseline", "vs": pb["tuned_vs_prompt"], "how": asked_with(pb),
+                    "prompting": True})
     return out
+
+
+def asked_with(baseline: dict) -> str:
+    """How the prompt baseline asked, in words: 'zero-shot, "{prompt}\\n\\nShow your work." through the chat
+    template' (the template as written, its line breaks as \\n)."""
+    return (f"zero-shot, {json.dumps(baseline.get('template', '?'), ensure_ascii=False)}"
+            + (" as the user turn of the chat template" if baseline.get("chat_template") else " as plain text"))
 
 
 MAX_CLASSES = 12  # reference answers taken as classes (exact scoring) when there are at most this many

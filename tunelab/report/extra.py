@@ -319,8 +319,8 @@ def held_out_category_compare(runs: list[RunDir], names: list[str]) -> list:
 
 
 def loss_baselines(s: dict) -> list[tuple[str, dict]]:
-    """The baselines a set measured by loss has (the adapter the run continued, few-shot, chat, chat few-shot): (what
-    it was, tuned − it, paired)."""
+    """The baselines a set measured by loss has (the adapter the run continued, few-shot, chat, chat few-shot, the
+    prompt baseline): (what it was, tuned − it, paired)."""
     out = []
     if d := s.get("start_baseline"):
         out.append(("the adapter this run continued training (lora.continue_from, adapters/start/)", d))
@@ -333,6 +333,8 @@ def loss_baselines(s: dict) -> list[tuple[str, dict]]:
     if d := s.get("chat_fewshot_baseline"):
         out.append((f"the base model asked {d['shots']}-shot through its chat template (the shots as earlier turns, "
                     "eval.chat_baseline with eval.fewshot)", d))
+    if d := s.get("prompt_baseline"):
+        out.append(("the base model asked with eval.prompt_baseline", d))
     return out
 
 

@@ -236,8 +236,9 @@ def unread_answers(evaluation: dict) -> Observation | None:
     return Observation("watch" if tuned else "info",
                        f"Answers in which the scoring found no answer ({UNREAD[mode]}): {said}. Those passes' "
                        "accuracy measures whether the model writes its answer in the form scored as much as whether "
-                       "it finds it" + ("." if tuned else "; a prompting baseline (eval.fewshot, eval.chat_baseline) "
-                                        "asks the base model in other ways."),
+                       "it finds it" + ("." if tuned else "; a prompting baseline (eval.fewshot, eval.chat_baseline, "
+                                        "eval.prompt_baseline: the answer's form asked for in words) asks the base "
+                                        "model in other ways."),
                        f"completions from which the {mode} scoring read no answer; listed when at least "
                        f"{100 * BUDGET_SHARE:.0f} % of a pass's did")
 

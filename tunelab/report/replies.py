@@ -9,6 +9,7 @@ Run as: tunelab report runs/chat      (after tunelab run on data whose answers n
 from __future__ import annotations
 
 from tunelab.evaluate.overlap import METRICS
+from tunelab.evaluate.summary import PROMPT_BASELINE
 from tunelab.report import categories
 from tunelab.report import observations as rules
 from tunelab.report.observations import EXPORT_BEST_LOSS, Observation
@@ -200,6 +201,8 @@ def _called(name: str, trained: int | None = None) -> str:
         return "the adapter of the lowest validation loss (adapters/best-loss)"
     if name == START:
         return "the adapter this run continued training (adapters/start)"
+    if name == PROMPT_BASELINE:
+        return "the base model asked with eval.prompt_baseline"
     shots = name.rsplit("-", 1)[1].removesuffix("shot")
     return f"the base model asked {shots}-shot through its chat template" if name.startswith("base-chat-") else \
         f"the base model prompted {shots}-shot"
