@@ -77,8 +77,8 @@ def test_verified_drafts_give_the_same_tokens_as_one_token_steps(tiny_model, mon
 
     accepted, real_step = [], gen._Batch.step
 
-    def counting_step(self, m, drafts=None):
-        real_step(self, m, drafts)
+    def counting_step(self, m, drafts=None, sampling=None):
+        real_step(self, m, drafts, sampling)
         accepted.append(sum(len(a) for a in self.accepted))
 
     monkeypatch.setattr(gen, "draft", oracle)

@@ -20,6 +20,7 @@ from tunelab import handoff
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.handoff import hub_id, is_local, known_license
+from tunelab.report.sampled import line as sampled_line
 from tunelab.rundir import (BEST_LOSS, HeldOutLossDir, RepliesDir, RunDir, counts_passes, cut_short, lowest_pass,
                             stopped_early, trained_and_planned)
 
@@ -265,6 +266,8 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
         low, high = diff["ci95_pts"]
         rows += ["", f"Tuned − base, {names.flexible}: {diff['delta_pts']:+.1f} points (95 % paired bootstrap "
                  f"interval {low:+.1f} to {high:+.1f}; {diff['gained']} questions gained, {diff['lost']} lost)."]
+    if said := sampled_line(evaluation):  # eval.pass_at_k
+        rows += ["", f"Sampled: {said.removeprefix('sampled ')}."]
     return rows + [""] + _categories(evaluation)
 
 

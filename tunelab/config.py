@@ -311,6 +311,16 @@ class EvalConfig(Section):
         "instruction, the answer format); through its chat template (the user turn) when the run asks that way "
         "(data.chat_template or eval.chat_baseline), else as plain text; the run's own test rows, not eval.also's; a "
         "set measured by loss gets the base model's target loss asked this way")
+    pass_at_k: int = Field(0, ge=0, description="also answer each of the run's scored questions k times by sampling "
+                           "(eval.temperature, eval.top_p, eval.sample_seed), the base model and the final adapter: "
+                           "pass@1 (the mean share of right answers), pass@k (a right answer among the k) and maj@k "
+                           "(the most frequent answer right: self-consistency), tuned − base paired over questions; "
+                           "costs k greedy passes each (0 = off)")
+    temperature: float = Field(0.6, gt=0, le=2, description="eval.pass_at_k's sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="eval.pass_at_k's nucleus: each token is drawn from the "
+                         "smallest set of most likely tokens whose probability reaches it (1 = all)")
+    sample_seed: int = Field(0, description="eval.pass_at_k's seed: each answer's generator starts from it and the "
+                             "answer's index, so a rerun draws the same answers")
     overlap: bool = Field(True, description="when no scoring mode suits the data: the models eval would score (base, "
                           "its prompting baselines, each epoch's adapter, adapters/best-loss, tuned) answer the "
                           "held-out rows (eval.limit), greedily until EOS or eval.max_new_tokens, and each reply is "
@@ -494,6 +504,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.eval.answer_pattern and recipe.eval.scoring not in ("auto", "regex"):
         problems.append(f"eval.answer_pattern: read only by eval.scoring regex or auto (got eval.scoring "
                         f"{recipe.eval.scoring})")
+    if recipe is not None and recipe.eval.pass_at_k == 1:
+        problems.append("eval.pass_at_k: 1 samples one answer per question, which pass@1 of the greedy pass already "
+                        "estimates; set 2 or more (or 0: off)")
     if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
@@ -580,12 +593,13 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     the way they were trained), else data's. A set in a format of its own takes its few-shot shots from its own
     train split (the training rows are in another). eval.scoring regex scores a set as auto does (regex where its
     targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers. No set is
-    asked eval.prompt_baseline: it is written for the run's own rows."""
+    asked eval.prompt_baseline (it is written for the run's own rows) or sampled (eval.pass_at_k)."""
     trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
                                      "prompt_baseline": None,  # written for the run's own rows' fields
+                                     "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
                                      "scoring": "auto" if cfg.eval.scoring == "regex" else cfg.eval.scoring})

@@ -77,7 +77,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         instead = ("by loss" + (" and by overlap with the references (chrF, ROUGE-L)" if cfg.eval.overlap else "")
                    if evaluate.by_loss(cfg, splits) else "")
         log.warning("eval: answers will not be scored: %s; %sthe report gives losses, token accuracy, analysis and "
-                    "cost", unscoreable, f"the held-out replies are measured {instead} instead; " if instead else "")
+                    "cost%s", unscoreable, f"the held-out replies are measured {instead} instead; " if instead else "",
+                    " (eval.pass_at_k samples answers only where they are scored)" if cfg.eval.pass_at_k else "")
     if source is None:
         first = ("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None))
     else:

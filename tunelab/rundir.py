@@ -100,6 +100,8 @@ LAYOUT = {
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
                                           "held-out targets no scoring mode suits); `by_loss`: whether the held-out "
                                           "rows are measured by loss instead (eval/loss/)"),
+    "eval/sampled.jsonl": ("eval_sampled", "with `eval.pass_at_k: K`: per question and model (base, tuned) its K "
+                                           "sampled answers (`sample` 0..K-1), each scored as the greedy ones"),
     "eval/samples.jsonl": ("eval_samples", "when eval was skipped for its data: the first `eval.samples` held-out "
                                            "prompts with the reference and the base and tuned answers (greedy), "
                                            "shown in the report"),

@@ -1,4 +1,5 @@
-"""Greedy decoding with continuous batching: a fixed number of slots kept busy, KV-cached, rows stopping alone.
+"""Greedy decoding with continuous batching: a fixed number of slots kept busy, KV-cached, rows stopping alone
+(or sampled decoding, each row drawing from its own seeded generator: `Sampling`).
 
 When a row finishes (EOS, a completed `#### N` line, or one of its stop strings) it leaves the batch and
 its KV cache at once, and once a quarter of the slots are free the next waiting prompts are prefilled
@@ -48,6 +49,29 @@ SHARED_MIN_TOKENS = 16  # a shorter shared prefix is prefilled with each prompt 
 ROOM = 32  # spare cache positions added when a layer's buffer is full (one copy per ROOM steps instead of every step)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding: temperature, nucleus (top-p) and the seed each row's generator starts from (with its
+    prompt's index: a row draws the same tokens whatever rows it is batched with)."""
+    temperature: float
+    top_p: float = 1.0
+    seed: int = 0
+
+    def generator(self, index: int, device) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed * 1_000_003 + index)
+        return g
+
+    def pick(self, logits: torch.Tensor, rng: torch.Generator) -> int:
+        """One token from a row's next-token logits (V,): softmax at the temperature, cut to the smallest set of
+        most likely tokens whose probability reaches top_p, drawn with `rng`."""
+        probs = torch.softmax(logits.float() / self.temperature, -1)
+        ordered, order = probs.sort(descending=True)
+        kept = ordered.cumsum(-1) - ordered < self.top_p  # the first token is always kept
+        ordered = ordered * kept
+        return int(order[torch.multinomial(ordered / ordered.sum(), 1, generator=rng)])
+
+
 @dataclass
 class Generation:
     completion: str
@@ -59,6 +83,7 @@ class _Row:
     index: int  # the prompt's position in the caller's list
     position: int  # position id of the last token fed to the model
     tokens: list[int] = field(default_factory=list)  # generated so far
+    rng: torch.Generator | None = None  # sampled decoding: the row's own generator
 
 
 class _Batch:
@@ -107,8 +132,9 @@ class _Batch:
                 self.mask = self.mask[:, start:]
         return self
 
-    def step(self, model, drafts: list[list[int]] | None = None) -> None:
-        """Feed every row its last token (and its draft tokens); `nxt` becomes each row's greedy next token.
+    def step(self, model, drafts: list[list[int]] | None = None, sampling: Sampling | None = None) -> None:
+        """Feed every row its last token (and its draft tokens); `nxt` becomes each row's greedy next token (or,
+        with `sampling` and no drafts, the one it draws).
 
         With drafts, position i of a row's block predicts what follows its draft token i-1: the longest prefix of
         the draft that matches those predictions is accepted (what one-token steps would have produced), the
@@ -124,13 +150,12 @@ class _Batch:
         positions = torch.tensor([[r.position + 1 + i for i in range(1 + k)] for r in self.rows], device=device)
         out = model(input_ids=block, attention_mask=self.mask, position_ids=positions,
                     past_key_values=self.cache, use_cache=True)
-        predicted = out.logits.argmax(-1)  # (B, 1+k)
         if not k:
-            self.nxt, self.accepted = predicted[:, -1], [[] for _ in self.rows]
+            self.nxt, self.accepted = _next(out.logits[:, -1], self.rows, sampling), [[] for _ in self.rows]
             for r in self.rows:
                 r.position += 1
             return
-        guesses = predicted.tolist()
+        guesses = out.logits.argmax(-1).tolist()  # (B, 1+k)
         nxt, self.accepted = [], []
         for j, (row, draft) in enumerate(zip(self.rows, drafts)):
             a = 0
@@ -240,17 +265,19 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
              on_result=None, stops: list[list[str] | str | re.Pattern | None] | None = None,
-             speculate: bool = True, pack: bool = True, prefix: str | None = None) -> tuple[list[Generation], float]:
-    """Greedy completions for `prompts` (same order) and the seconds spent.
+             speculate: bool = True, pack: bool = True, prefix: str | None = None,
+             sampling: Sampling | None = None) -> tuple[list[Generation], float]:
+    """Greedy (or, with `sampling`, sampled) completions for `prompts` (same order) and the seconds spent.
 
     Args:
         slots: rows decoded together; 0 = automatic (`auto_slots`).
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
         stops: per prompt, None (after a finished `#### N` line), "line" (after the first non-blank line), a pattern
             (after the line holding its first match), or stop strings (lm-eval's `until`: ends before the first).
-        speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens).
+        speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens; greedy decoding only).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
         prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`_Shared`).
+        sampling: draw each token (`Sampling`: temperature, top-p, each row's own seeded generator).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -271,28 +298,25 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                 if waiting and (batch is None or (free >= min(PREFILL_ROWS, max(1, slots // REFILL_SHARE)) and
                                                   batch.can_take(len(encoded[waiting[0]]), max_new_tokens))):
                     taken = [waiting.popleft() for _ in range(min(free, len(waiting), PREFILL_ROWS))]
-                    new = _prefill(model, tok, taken, encoded, device, shared)
+                    new = _prefill(model, tok, taken, encoded, device, shared, sampling)
                     batch, taken = (new if batch is None else batch.merge(new)), []
-                keep = []
-                for j, (row, produced) in enumerate(zip(batch.rows, batch.new_tokens())):  # one device sync a step
-                    done = _consume(tok, row, produced, eos, stops[row.index], max_new_tokens)
-                    if done is None:
-                        keep.append(j)
-                        continue
-                    results[row.index] = done
+                keep, finished = _harvest(tok, batch, eos, stops, max_new_tokens)
+                for index, done in finished:
+                    results[index] = done
                     generated += done.tokens
                     if on_result:
-                        on_result(row.index, done)
+                        on_result(index, done)
                     progress.advance(tok_s=f"{generated / max(time.time() - started, 1e-9):.0f}")
                 batch = batch.keep(keep)
                 if batch is not None:
                     drafts = [draft(encoded[r.index] + r.tokens) for r in batch.rows] \
-                        if speculate and batch.speculates() else None
-                    batch.step(model, drafts)
+                        if speculate and sampling is None and batch.speculates() else None
+                    batch.step(model, drafts, sampling)
             except torch.cuda.OutOfMemoryError:
                 if slots == 1:
                     raise
-                # start the unfinished rows again with half the slots: greedy decoding gives the same tokens
+                # start the unfinished rows again with half the slots: greedy decoding gives the same tokens, and
+                # so does sampling (each row's generator starts again from its seed)
                 back = taken + [r.index for r in (batch.rows if batch else []) if results[r.index] is None]
                 waiting.extendleft(reversed(back))
                 batch, slots = None, slots // 2
@@ -300,15 +324,16 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     return results, time.time() - started
 
 
-def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device, shared: "_Shared | None" = None
-             ) -> _Batch:
-    """Run the prompts at `indices` (left-padded together) and return them as a batch with their first token.
-    Prompts that start with the shared prefix's tokens run only the rest, after a copy of its cache."""
+def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device, shared: "_Shared | None" = None,
+             sampling: Sampling | None = None) -> _Batch:
+    """Run the prompts at `indices` (left-padded together) and return them as a batch with their first token
+    (greedy, or drawn by each row's generator with `sampling`). Prompts that start with the shared prefix's tokens
+    run only the rest, after a copy of its cache."""
     sharing = [i for i in indices if shared is not None and shared.starts(encoded[i])]
     alone = [i for i in indices if i not in sharing]
     if sharing and alone:
-        return _prefill(model, tok, sharing, encoded, device, shared).merge(
-            _prefill(model, tok, alone, encoded, device))
+        return _prefill(model, tok, sharing, encoded, device, shared, sampling).merge(
+            _prefill(model, tok, alone, encoded, device, sampling=sampling))
     skip = len(shared.ids) if sharing else 0
     ids = [encoded[i][skip:] for i in indices]
     width = max(len(x) for x in ids)
@@ -327,8 +352,15 @@ def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device, s
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]  # (B, width): left padding shifts nothing
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                 past_key_values=cache)
-    rows = [_Row(i, len(encoded[i]) - 1) for i in indices]
-    return _Batch(out.past_key_values, mask, out.logits[:, -1].argmax(-1), rows)
+    rows = [_Row(i, len(encoded[i]) - 1, rng=sampling.generator(i, device) if sampling else None) for i in indices]
+    return _Batch(out.past_key_values, mask, _next(out.logits[:, -1], rows, sampling), rows)
+
+
+def _next(logits: torch.Tensor, rows: list[_Row], sampling: Sampling | None) -> torch.Tensor:
+    """Each row's next token from its logits (B, V): the most likely, or drawn with the row's generator."""
+    if sampling is None:
+        return logits.argmax(-1)
+    return torch.tensor([sampling.pick(logits[j], row.rng) for j, row in enumerate(rows)], device=logits.device)
 
 
 def _cache(model):
@@ -360,6 +392,20 @@ class _Shared:
 
     def starts(self, tokens: list[int]) -> bool:
         return len(tokens) > len(self.ids) and tokens[:len(self.ids)] == self.ids
+
+
+def _harvest(tok, batch: _Batch, eos: set[int], stops: list, max_new_tokens: int
+             ) -> tuple[list[int], list[tuple[int, Generation]]]:
+    """After a step: the positions in `batch` of the rows still running, and (prompt index, Generation) of each row
+    the step's tokens finished (one device sync a step)."""
+    keep, finished = [], []
+    for j, (row, produced) in enumerate(zip(batch.rows, batch.new_tokens())):
+        done = _consume(tok, row, produced, eos, stops[row.index], max_new_tokens)
+        if done is None:
+            keep.append(j)
+        else:
+            finished.append((row.index, done))
+    return keep, finished
 
 
 def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str] | str | re.Pattern | None,

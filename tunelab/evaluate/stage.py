@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
@@ -31,7 +31,7 @@ from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context,
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
-    pass_names
+    pass_names, sampled_comparison
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -59,6 +59,7 @@ class Pass:
     max_new_tokens: int = 256  # the generation budget of each answer
     shots_from: str | None = None  # a few-shot pass: where its shots came from, in words
     asked_with: dict | None = None  # the prompt baseline's pass: its template and whether it went through the chat one
+    sampling: "Sampling | None" = None  # eval.pass_at_k's sampled passes (each prompt k times); None: greedy
 
     @property
     def is_base(self) -> bool:
@@ -99,17 +100,22 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         rows, stats[p.name] = _answered(cfg, run, p, questions, tok, device, journal, mode)
         predictions = [r for r in predictions if r["model"] != p.name] + rows
     stats = dict(sorted(stats.items(), key=lambda kv: _rank(kv[0])))  # kept passes and new ones in eval's order
+    sampled_rows, sampled = _sampled(cfg, run, passes, questions, tok, device, journal, mode, asked)
+    answered = [s for s in [*stats.values(), *(sampled or {}).get("passes", {}).values()] if not s.get("cached")]
     summary = {"scoring": mode, **_pattern(cfg, mode), "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible),
-               "cost": cost.actual(sum(s["seconds"] for s in stats.values() if not s.get("cached")), device,
-                                   cfg.cost.usd_per_hour, d.world)}  # the passes answered for this run
+               **({"sampled": sampled} if sampled else {}),
+               "cost": cost.actual(sum(s["seconds"] for s in answered), device, cfg.cost.usd_per_hour,
+                                   d.world)}  # the passes answered for this run
     categories = by_category(predictions, [q.id for q in questions], categories_from(cfg), mode)
     if categories:
         summary["by_category"] = categories
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
+        if sampled:
+            run.write_jsonl(run.eval_sampled, sampled_rows)
         run.write_json(run.eval_summary, summary)
         journal.clear()
         if isinstance(run, ExtraSetDir):  # an eval.also test set: the card and trackers carry the main one's
@@ -654,7 +660,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
 
         gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], p.max_new_tokens,
                                  cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
-                                 stops=[p.stops] * len(mine), prefix=p.prefix)
+                                 stops=[p.stops] * len(mine), prefix=p.prefix, sampling=p.sampling)
         new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
         del model
     answers = {**have, **dict(d.gather(new))}
@@ -667,9 +673,9 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
              "seconds": round(seconds, 2), "tokens_per_second": round(d.sum([fresh])[0] / max(seconds, 1e-9), 2)}
     if have:
         stats["resumed_answers"] = len(have)
-    log.info("%s: %s on %d questions (%.0f tokens/s)", p.name,
+    log.info("%s: %s on %d %s (%.0f tokens/s)", p.name,
              ", ".join(f"{k.removesuffix('_accuracy')} {v:.3f}" for k, v in figures.items()), stats["n"],
-             stats["tokens_per_second"])
+             "sampled answers" if p.sampling else "questions", stats["tokens_per_second"])
     return rows, stats
 
 
@@ -720,8 +726,7 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
     with the same prompts (`prompts_digest`: eval.template may have changed; the prompt baseline's pass, with the
     same eval.prompt_baseline asked the same way)."""
     previous = run.read_eval_summary() or {}
-    scored = (previous.get("scoring", "numeric"), previous.get("answer_pattern"))
-    if scored != (mode, _pattern(cfg, mode).get("answer_pattern")) or previous.get("prompts", prompts) != prompts:
+    if not _asked_alike(cfg, previous, mode, prompts):
         return [], {}
     old = run.read_predictions()
     asked = [(q.id, _reference(cfg, mode)(q.target)) for q in questions]
@@ -736,6 +741,59 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
     return kept, stats
 
 
+def _asked_alike(cfg: Recipe, previous: dict, mode: str, prompts: str) -> bool:
+    """An earlier eval summary scored the way this eval scores (mode, and regex's pattern) questions asked with
+    the same prompts (`prompts_digest`)."""
+    scored = (previous.get("scoring", "numeric"), previous.get("answer_pattern"))
+    return scored == (mode, _pattern(cfg, mode).get("answer_pattern")) and previous.get("prompts", prompts) == prompts
+
+
+def _sampled(cfg: Recipe, run: RunDir, passes: list[Pass], questions: list[Example], tok, device, journal: Journal,
+             mode: str, prompts: str) -> tuple[list[dict], dict | None]:
+    """eval.pass_at_k: the base model's and the final adapter's k sampled answers to each question — the greedy
+    pass's prompts, stop rule and budget, each answer drawn by its own generator (`Sampling`) — and, for a model not
+    asked this time (--only), those an earlier eval drew the same way. Returns (prediction rows, each with its
+    `sample` index; the summary's `sampled`: the settings, each model's pass stats, `sampled_comparison`), or
+    ([], None) when off or when neither model has answers."""
+    from tunelab.evaluate.generate import Sampling
+    k = cfg.eval.pass_at_k
+    if not k:
+        return [], None
+    settings = {"k": k, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p, "seed": cfg.eval.sample_seed}
+    asking = [p for p in passes if p.name in ("base", "tuned")]
+    rows, stats = _kept_sampled(cfg, run, questions, mode, prompts, settings, {p.name for p in asking})
+    repeated = [q for q in questions for _ in range(k)]
+    for p in asking:
+        drawn = replace(p, name=f"{p.name}-sampled", prompts=[x for x in p.prompts for _ in range(k)],
+                        sampling=Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.sample_seed))
+        answered, stats[p.name] = _answered(cfg, run, drawn, repeated, tok, device, journal, mode)
+        rows[p.name] = [{**r, "model": p.name, "sample": i % k} for i, r in enumerate(answered)]
+    if not rows:
+        return [], None
+    ordered = [m for m in ("base", "tuned") if m in rows]
+    return ([r for m in ordered for r in rows[m]],
+            {"settings": settings, "passes": {m: stats[m] for m in ordered},
+             **sampled_comparison({m: rows[m] for m in ordered}, [q.id for q in questions], k)})
+
+
+def _kept_sampled(cfg: Recipe, run: RunDir, questions: list[Example], mode: str, prompts: str, settings: dict,
+                  running: set[str]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """The sampled answers (rows, pass stats) of models not being asked again, from an earlier eval that scored and
+    asked alike (`_asked_alike`) and sampled with the same settings, k answers to each of the same questions."""
+    previous = run.read_eval_summary() or {}
+    before = previous.get("sampled") or {}
+    if before.get("settings") != settings or not _asked_alike(cfg, previous, mode, prompts):
+        return {}, {}
+    old = run.read_jsonl(run.eval_sampled)
+    wanted = [(q.id, _reference(cfg, mode)(q.target)) for q in questions for _ in range(settings["k"])]
+    rows, stats = {}, {}
+    for model, figures in before.get("passes", {}).items():
+        mine = [r for r in old if r["model"] == model]
+        if model not in running and [(r["id"], r["reference"]) for r in mine] == wanted:
+            rows[model], stats[model] = mine, figures
+    return rows, stats
+
+
 # what decides a pass's answers: the journal key, and for base passes the cross-run cache key ------------
 def _pass_key(cfg: Recipe, p: Pass) -> str:
     path = Path(resolve(cfg.model.name)) / "config.json"
@@ -743,7 +801,8 @@ def _pass_key(cfg: Recipe, p: Pass) -> str:
     ident = {"model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype,
              "weights": path.stat().st_mtime if path.exists() else None, "pass": p.name,
              "adapter": [weights.stat().st_mtime_ns, weights.stat().st_size] if weights and weights.exists() else None,
-             "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": getattr(p.stops, "pattern", p.stops)}
+             "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": getattr(p.stops, "pattern", p.stops),
+             **({"sampling": asdict(p.sampling)} if p.sampling else {})}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 from tunelab.evaluate.scoring import flips, mentions, normalize_text
 from tunelab.rundir import START
-from tunelab.stats import paired_difference
+from tunelab.stats import paired_difference, paired_loss_difference
 
 METRICS = ("strict", "flexible")
 CHAT_BASELINE = "base-chat"  # the base model asked through its chat template (eval.chat_baseline)
@@ -122,6 +122,44 @@ def asked_with(baseline: dict) -> str:
     template' (the template as written, its line breaks as \\n)."""
     return (f"zero-shot, {json.dumps(baseline.get('template', '?'), ensure_ascii=False)}"
             + (" as the user turn of the chat template" if baseline.get("chat_template") else " as plain text"))
+
+
+def sampled_comparison(rows: dict[str, list[dict]], ids: list[str], k: int) -> dict:
+    """eval.pass_at_k's figures from each model's k sampled answers per question (`rows`: model -> rows with `id`,
+    `flexible_correct`, `flexible_answer`): per model `pass@1` (the mean share of right answers), `pass@k` (the share
+    of questions with a right answer among the k) and `maj@k` (the share whose most frequent answer is right; a tie
+    goes to the answer drawn first; answers the scoring could not read do not vote), each with the rule; and with
+    both models, tuned − base paired over questions: pass@1 by bootstrap of the per-question shares, pass@k and maj@k
+    as accuracies (interval and McNemar)."""
+    per: dict[str, dict[str, dict]] = {}
+    for model, answered in rows.items():
+        by: dict[str, list[dict]] = {}
+        for r in answered:
+            by.setdefault(r["id"], []).append(r)
+        per[model] = {"pass@1": {i: sum(r["flexible_correct"] for r in by[i]) / k for i in ids},
+                      "pass@k": {i: any(r["flexible_correct"] for r in by[i]) for i in ids},
+                      "maj@k": {i: _majority_right(by[i]) for i in ids}}
+    out: dict = {"models": {m: {name: round(sum(v.values()) / len(ids), 6) for name, v in figures.items()}
+                            for m, figures in per.items()},
+                 "rule": f"{k} answers sampled per question; pass@1 = mean share right, pass@{k} = one right among "
+                         f"the {k}, maj@{k} = the most frequent readable answer right (ties: the first drawn)"}
+    if {"base", "tuned"} <= per.keys():
+        b, t = per["base"], per["tuned"]
+        share = paired_loss_difference({i: (b["pass@1"][i], 1) for i in ids}, {i: (t["pass@1"][i], 1) for i in ids})
+        out["differences"] = {"pass@1": share,
+                              **{name: paired_difference([b[name][i] for i in ids], [t[name][i] for i in ids])
+                                 for name in ("pass@k", "maj@k")}}
+    return out
+
+
+def _majority_right(answers: list[dict]) -> bool:
+    """Whether the most frequent readable answer among one question's samples is right (ties: the first drawn)."""
+    votes = Counter(r["flexible_answer"] for r in answers if r["flexible_answer"] is not None)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = next(r for r in answers if votes.get(r["flexible_answer"]) == top)
+    return bool(winner["flexible_correct"])
 
 
 MAX_CLASSES = 12  # reference answers taken as classes (exact scoring) when there are at most this many

@@ -12,6 +12,7 @@ from tunelab.config import categories_from
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines, categories_of, paired_by_category
 from tunelab.report import observations as rules
+from tunelab.report import sampled
 from tunelab.report.curves import overlaid
 from tunelab.report.render import html_page, markdown
 from tunelab.rundir import START, HeldOutLossDir, RepliesDir, RunDir, counts_passes, lowest_pass, stopped_early
@@ -83,6 +84,8 @@ def eval_lines(evaluation: dict) -> list[str]:
         d = b["vs"]["flexible"]
         lines.append(f"vs {b['short']} ({100 * evaluation[b['model']]['flexible_accuracy']:.1f} %): "
                      f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}")
+    if said := sampled.line(evaluation):
+        lines.append(said)
     for f in evaluation.get("flips") or []:
         lines.append(f"flips {f['from']} → {f['to']}: {len(f['gained'])} gained, {len(f['lost'])} lost")
     return lines

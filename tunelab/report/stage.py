@@ -18,7 +18,7 @@ from tunelab.data.checks import source_note, targets_line
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.memory import describe
-from tunelab.report import categories, extra, mix, replies
+from tunelab.report import categories, extra, mix, replies, sampled
 from tunelab.report import observations as rules
 from tunelab.report.compare import baseline_section, pct, val_rows
 from tunelab.report.curves import (accuracy_per_epoch, held_out_loss_per_epoch, learning_curves,
@@ -351,6 +351,7 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                      f"{100 * evaluation['tuned']['flexible_accuracy']:.1f} %",
                      f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
                      f"n = {d['n']}; {b['how']}"))
+    rows += sampled.key_rows(evaluation or {})
     if evaluation and evaluation.get("best_epoch"):
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
@@ -481,7 +482,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                "tuned − the adapter continued (adapters/start/)"))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.prompting_baselines(evaluation), rules.answer_budget(evaluation),
-                              rules.unread_answers(evaluation)) if o]
+                              rules.unread_answers(evaluation), sampled.verdict(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
         found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
     if evaluation and evaluation.get("by_category"):

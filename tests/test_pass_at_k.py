@@ -1,0 +1,131 @@
+"""eval.pass_at_k: k sampled answers per question from the base model and the final adapter — pass@1, pass@k, maj@k,
+tuned − base paired over questions — and the seeded sampled decoding under it."""
+
+import shutil
+
+import pytest
+
+from tunelab.config import validate
+from tunelab.errors import UserError
+from tunelab.evaluate.generate import Sampling, generate
+from tunelab.evaluate.stage import evaluate
+from tunelab.evaluate.summary import sampled_comparison
+from tunelab.rundir import RunDir
+from tunelab.train import train
+
+PROMPTS = [f"Question {i}: what is {i} plus {i}?\nAnswer:" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def _said(model, tok, slots: int = 4, sampling: Sampling | None = None, prompts=PROMPTS) -> list[str]:
+    return [g.completion for g in generate(model, tok, prompts, 12, slots=slots, sampling=sampling)[0]]
+
+
+def test_sampling_draws_each_row_from_its_own_seeded_generator(tiny):
+    """A seed draws the same answers whatever the rows are batched with; another seed draws others; a nucleus that
+    keeps one token, or a temperature near 0, is greedy decoding."""
+    model, tok = tiny
+    greedy = _said(model, tok)
+    assert _said(model, tok, sampling=Sampling(1.0, top_p=1e-9)) == greedy
+    assert _said(model, tok, sampling=Sampling(1e-3)) == greedy
+    drawn = _said(model, tok, sampling=Sampling(1.0, seed=1))
+    assert drawn != greedy
+    assert _said(model, tok, slots=1, sampling=Sampling(1.0, seed=1)) == drawn  # one row at a time: the same draws
+    assert _said(model, tok, sampling=Sampling(1.0, seed=2)) != drawn
+    again = _said(model, tok, sampling=Sampling(1.0, seed=1), prompts=PROMPTS[:1] * 3)  # same prompt, own draws
+    assert again[0] == drawn[0] and len(set(again)) == 3
+
+
+def _rows(model: str, flags: list[list[bool]], answers: list[list[str | None]]) -> list[dict]:
+    return [{"id": f"q{i}", "model": model, "flexible_correct": c, "flexible_answer": a}
+            for i, (cs, as_) in enumerate(zip(flags, answers)) for c, a in zip(cs, as_)]
+
+
+def test_pass_at_1_pass_at_k_and_majority_vote_are_read_from_the_samples():
+    """Per question: the share right (pass@1), any right (pass@k), the most frequent readable answer right (maj@k;
+    a tie goes to the answer drawn first, unreadable answers do not vote)."""
+    base = _rows("base", [[False, False, True], [False, False, False], [True, False, False]],
+                 [["1", "1", "2"], [None, "5", "6"], ["3", None, None]])
+    tuned = _rows("tuned", [[True, True, False], [False, True, False], [True, True, True]],
+                  [["2", "2", "9"], ["8", "7", "9"], ["3", "3", "3"]])
+    s = sampled_comparison({"base": base, "tuned": tuned}, ["q0", "q1", "q2"], 3)
+    assert s["models"]["base"] == {"pass@1": pytest.approx(2 / 9, abs=1e-6), "pass@k": pytest.approx(2 / 3, abs=1e-6),
+                                   "maj@k": pytest.approx(1 / 3, abs=1e-6)}  # q0 votes 1 (wrong); q1: 5, drawn first
+    assert s["models"]["tuned"] == {"pass@1": pytest.approx(6 / 9, abs=1e-6), "pass@k": 1.0,
+                                    "maj@k": pytest.approx(2 / 3, abs=1e-6)}  # q1: 8, 7, 9 tie: 8, wrong
+    d = s["differences"]
+    assert d["pass@1"]["delta"] == pytest.approx(4 / 9, abs=1e-6)  # figures are rounded as the summary stores them
+    assert d["pass@k"]["delta_pts"] == pytest.approx(100 / 3, abs=1e-3)
+    assert d["maj@k"]["n"] == 3 and d["maj@k"]["delta_pts"] == pytest.approx(100 / 3, abs=1e-3)
+    assert "differences" not in sampled_comparison({"base": base}, ["q0", "q1", "q2"], 3)
+
+
+def test_pass_at_k_of_one_is_refused(tiny_recipe):
+    with pytest.raises(UserError, match="eval.pass_at_k: 1 samples one answer per question"):
+        validate({**tiny_recipe, "eval": {"pass_at_k": 1}}, "tiny")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    raw = {"name": "tiny-k", "model": {"name": str(tiny_model)},
+           "data": {"source": "synthetic:arith", "template": "Instruction: {question}\nResponse: ",
+                    "target": "{answer}", "synthetic_rows": 16, "synthetic_test_rows": 4},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "train": {"epochs": 1, "batch_size": 8, "lr": 3e-2, "max_length": 96},
+           "eval": {"limit": 4, "max_new_tokens": 8, "pass_at_k": 3, "temperature": 1.0, "top_p": 0.9}}
+    cfg = validate(raw, "tiny-k")
+    run = RunDir(tmp_path_factory.mktemp("pass-at-k") / "run")
+    train(cfg, run)
+    return cfg, run
+
+
+def test_the_eval_samples_k_answers_from_base_and_tuned_and_pairs_their_figures(trained, tmp_path, monkeypatch):
+    """Each question answered k times by each model, the greedy pass's prompt drawn anew per answer (the answers a
+    direct sampled generate gives); the figures are the samples'; the report and the console give them; a second
+    eval takes the base model's from the cache and --only base keeps the tuned adapter's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.report import eval_lines, write_report
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, source = trained
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(source.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    s = evaluate(cfg, run).summary["sampled"]
+    rows = run.read_jsonl(run.eval_sampled)
+    assert [(r["model"], r["sample"]) for r in rows[:4]] == [("base", 0), ("base", 1), ("base", 2), ("base", 0)]
+    assert len(rows) == 2 * 3 * 4 and s["settings"] == {"k": 3, "temperature": 1.0, "top_p": 0.9, "seed": 0}
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
+    prompts = [f"Instruction: {r['question']}\nResponse: " for r in rows if r["model"] == "base"]
+    drawn = generate(base, tok, prompts, 8, slots=5, sampling=Sampling(1.0, 0.9, 0))[0]
+    assert [g.completion for g in drawn] == [r["completion"] for r in rows if r["model"] == "base"]
+    ids = [r["id"] for r in rows if r["model"] == "base"][::3]
+    by_model = {m: [r for r in rows if r["model"] == m] for m in ("base", "tuned")}
+    assert s["models"] == sampled_comparison(by_model, ids, 3)["models"]
+    assert s["passes"]["tuned"]["n"] == 12 and s["passes"]["base"]["flexible_accuracy"] == s["models"]["base"]["pass@1"]
+    write_report(run)
+    md = run.report_md.read_text()
+    k = s["differences"]["pass@k"]
+    assert f"| pass@3, sampled | {100 * s['models']['base']['pass@k']:.1f} % → " \
+           f"{100 * s['models']['tuned']['pass@k']:.1f} % | {k['delta_pts']:+.1f} pts, 95 % CI" in md
+    assert "3 sampled answers per question (temperature 1, top-p 0.9), each right by flexible-extract" in md
+    assert any(line.startswith("sampled (3 sampled answers per question") for line in eval_lines(
+        run.read_eval_summary()))
+    assert "Sampled: (3 sampled answers per question (temperature 1, top-p 0.9), each right by flexible-extract): " \
+        f"pass@1 {100 * s['models']['base']['pass@1']:.1f} % → " in (run.adapter / "README.md").read_text()
+    again = evaluate(cfg, run, only="base").summary["sampled"]
+    assert again["passes"]["base"]["cached"] and again["passes"]["tuned"] == s["passes"]["tuned"]
+    assert run.read_jsonl(run.eval_sampled) == rows
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sample_seed": 5})})
+    moved = evaluate(other, run, only="base").summary["sampled"]  # drawn otherwise: the tuned answers are not kept
+    assert list(moved["passes"]) == ["base"] and "differences" not in moved
+
+
+def test_eval_also_sets_are_not_sampled(tiny_recipe):
+    from tunelab.config import also_recipe
+    cfg = validate({**tiny_recipe, "eval": {"pass_at_k": 4, "also": [{"source": "synthetic:arith"}]}}, "tiny")
+    assert cfg.eval.pass_at_k == 4 and also_recipe(cfg, cfg.eval.also[0]).eval.pass_at_k == 0
