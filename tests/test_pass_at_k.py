@@ -129,3 +129,16 @@ def test_eval_also_sets_are_not_sampled(tiny_recipe):
     from tunelab.config import also_recipe
     cfg = validate({**tiny_recipe, "eval": {"pass_at_k": 4, "also": [{"source": "synthetic:arith"}]}}, "tiny")
     assert cfg.eval.pass_at_k == 4 and also_recipe(cfg, cfg.eval.also[0]).eval.pass_at_k == 0
+
+
+def test_compare_sets_the_sampled_figures_of_two_runs_side_by_side(trained, tmp_path, monkeypatch):
+    """`tunelab compare` rows carry each run's pass@1, pass@k and maj@k (k named), base and tuned."""
+    from tunelab.report.compare import comparison_rows, headline
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, source = trained
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(source.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    s = evaluate(cfg, run).summary["sampled"]["models"]
+    rows = {k: values for k, *values in comparison_rows([headline(run), headline(source)])}
+    assert rows["eval.tuned_pass@3"][0] == s["tuned"]["pass@k"] and rows["eval.base_maj@3"][0] == s["base"]["maj@k"]
+    assert rows["eval.tuned_pass@1"][0] == s["tuned"]["pass@1"] and rows["eval.tuned_pass@3"][1] is None

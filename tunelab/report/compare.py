@@ -92,7 +92,8 @@ def eval_lines(evaluation: dict) -> list[str]:
 
 
 def headline(run: RunDir) -> dict:
-    """The train stage's summary plus, under `eval`, the eval stage's headline accuracies and intervals (or, under
+    """The train stage's summary plus, under `eval`, the eval stage's headline accuracies and intervals (and the
+    sampled pass@1, pass@k, maj@k of eval.pass_at_k) (or, under
     `held_out_loss`, the base and tuned target loss of held-out rows measured by loss instead, and under
     `reply_chrf` their generated replies' mean chrF)."""
     summary = dict(run.read_summary() or {})
@@ -103,6 +104,10 @@ def headline(run: RunDir) -> dict:
             ev[f"{name}_strict_accuracy"] = evaluation[name]["strict_accuracy"]
             ev[f"{name}_flexible_accuracy"] = evaluation[name]["flexible_accuracy"]
             ev["n"] = evaluation[name]["n"]
+    if sampled_figures := (evaluation.get("sampled") or {}).get("models"):  # eval.pass_at_k: "tuned_pass@8"
+        k = evaluation["sampled"]["settings"]["k"]
+        ev.update({f"{model}_{name.replace('@k', f'@{k}')}": value for model, figures in sampled_figures.items()
+                   for name, value in figures.items()})
     for metric in ("strict", "flexible"):
         if f"{metric}_difference" in evaluation:
             d = evaluation[f"{metric}_difference"]
