@@ -48,8 +48,7 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | base-chat | base-chat-<N>shot | base-prompt | start | epoch-<K> | best-loss |
-    # tuned
+    name: str  # base | base-<N>shot | base-chat[-<N>shot] | base-prompt | start | epoch-<K> | best-loss | tuned
     prompts: list[str]
     stops: list[str] | str | re.Pattern | None  # None: after a finished `#### N` line; "line": after the first
     # line; a pattern: after the line holding its first match (eval.answer_pattern); strings: before the first one
@@ -116,6 +115,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
         run.write_jsonl(run.predictions, predictions)
         if sampled:
             run.write_jsonl(run.eval_sampled, sampled_rows)
+        else:  # an earlier eval's sampled answers: not this summary's
+            run.eval_sampled.unlink(missing_ok=True)
         run.write_json(run.eval_summary, summary)
         journal.clear()
         if isinstance(run, ExtraSetDir):  # an eval.also test set: the card and trackers carry the main one's
@@ -418,8 +419,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
     `pool`), the base model through its chat template (`eval.chat_baseline`: zero-shot, and with eval.fewshot the
     same shots as earlier turns), the base model asked with `eval.prompt_baseline`, the adapter the run continued
-    (adapters/start/), each kept epoch, the lowest
-    validation pass's adapter (adapters/best-loss/), the final adapter.
+    (adapters/start/), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the final
+    adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), the line
     holding a match of eval.answer_pattern (regex), EOS (overlap)."""
