@@ -39,6 +39,8 @@ def test_sampling_draws_each_row_from_its_own_seeded_generator(tiny):
     assert _said(model, tok, sampling=Sampling(1.0, seed=2)) != drawn
     again = _said(model, tok, sampling=Sampling(1.0, seed=1), prompts=PROMPTS[:1] * 3)  # same prompt, own draws
     assert again[0] == drawn[0] and len(set(again)) == 3
+    rest = _said(model, tok, sampling=Sampling(1.0, seed=1, numbers=(4, 5)), prompts=PROMPTS[4:])  # a resumed pass
+    assert rest == drawn[4:]
 
 
 def _rows(model: str, flags: list[list[bool]], answers: list[list[str | None]]) -> list[dict]:
@@ -142,3 +144,35 @@ def test_compare_sets_the_sampled_figures_of_two_runs_side_by_side(trained, tmp_
     rows = {k: values for k, *values in comparison_rows([headline(run), headline(source)])}
     assert rows["eval.tuned_pass@3"][0] == s["tuned"]["pass@k"] and rows["eval.base_maj@3"][0] == s["base"]["maj@k"]
     assert rows["eval.tuned_pass@1"][0] == s["tuned"]["pass@1"] and rows["eval.tuned_pass@3"][1] is None
+
+
+def test_a_sampled_pass_killed_midway_draws_the_rest_as_an_uninterrupted_one(trained, tmp_path, monkeypatch):
+    """The sampled answers are journaled as they finish; a resumed eval draws only the rest, each from its own
+    number's generator, and ends with what an uninterrupted eval drew."""
+    from tunelab.evaluate import journal
+
+    class Killed(Exception):
+        pass
+
+    cfg, source = trained
+    killed, whole = RunDir(tmp_path / "killed"), RunDir(tmp_path / "whole")
+    for run in (killed, whole):
+        shutil.copytree(source.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    real, n = journal.Journal.append, [0]
+
+    def append(self, *a):
+        real(self, *a)
+        n[0] += 1
+        if n[0] == 4 + 4 + 5:  # the greedy base and tuned passes, then 5 of the base model's 12 sampled answers
+            raise Killed
+
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(journal.Journal, "append", append)
+    with pytest.raises(Killed):
+        evaluate(cfg, killed)
+    monkeypatch.setattr(journal.Journal, "append", real)
+    resumed = evaluate(cfg, killed).summary["sampled"]
+    assert resumed["passes"]["base"]["resumed_answers"] == 5
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache-whole")
+    assert evaluate(cfg, whole).summary["sampled"]["models"] == resumed["models"]
+    assert killed.read_jsonl(killed.eval_sampled) == whole.read_jsonl(whole.eval_sampled)

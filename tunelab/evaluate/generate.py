@@ -51,15 +51,17 @@ ROOM = 32  # spare cache positions added when a layer's buffer is full (one copy
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampled decoding: temperature, nucleus (top-p) and the seed each row's generator starts from (with its
-    prompt's index: a row draws the same tokens whatever rows it is batched with)."""
+    """Sampled decoding: temperature, nucleus (top-p) and the seed each row's generator starts from, with its
+    prompt's number: a row draws the same tokens whatever rows it is batched with. `numbers`: each prompt's number in
+    the whole pass when only some of its prompts are asked (a resumed pass, one rank's share); None = its position."""
     temperature: float
     top_p: float = 1.0
     seed: int = 0
+    numbers: tuple[int, ...] | None = None
 
     def generator(self, index: int, device) -> torch.Generator:
         g = torch.Generator(device=device)
-        g.manual_seed(self.seed * 1_000_003 + index)
+        g.manual_seed(self.seed * 1_000_003 + (self.numbers[index] if self.numbers is not None else index))
         return g
 
     def pick(self, logits: torch.Tensor, rng: torch.Generator) -> int:
