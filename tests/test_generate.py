@@ -163,7 +163,7 @@ def test_until_pattern_stops_where_regex_scoring_would(evaluated, capsys, monkey
     run, _, _ = evaluated
     seen = []
 
-    def answers(model, tok, prompts, max_new_tokens, slots, label, stops):
+    def answers(model, tok, prompts, max_new_tokens, slots, label, stops, sampling=None):
         seen.append(stops)
         return [Generation("<answer>7</answer>", 4) for _ in prompts], 0.1
 
@@ -175,3 +175,26 @@ def test_until_pattern_stops_where_regex_scoring_would(evaluated, capsys, monkey
     assert main(["generate", str(run.path), "What is 3 + 4?", "--until", "pattern"]) == 0
     from tunelab.evaluate.scoring import ANSWER_TAG
     assert seen[-1] == [re.compile(ANSWER_TAG)]  # the default pattern
+
+
+def test_sampled_answers_are_the_draws_eval_pass_at_k_makes(evaluated, capsys):
+    """--temperature T draws each answer (eval.top_p, eval.sample_seed) as eval.pass_at_k does: the same texts as
+    the generator sampling at T gives; --sample draws at eval.temperature; a temperature out of range is refused."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.evaluate.generate import Sampling, generate
+    run, folder, predictions = evaluated
+    questions = [json.loads(line)["question"] for line in (folder / "test.jsonl").read_text().splitlines()]
+    assert main(["generate", str(run.path), *questions, "--base", "--temperature", "1.5", "--until", "answer",
+                 "--json"]) == 0
+    got = _lines(capsys.readouterr().out)
+    cfg = run.read_recipe()
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    drawn = generate(base, tok, [g["prompt"] for g in got], 12, sampling=Sampling(1.5, 0.95, 0))[0]
+    assert [g["base"] for g in got] == [d.completion for d in drawn]
+    assert [g["base"] for g in got] != [_answers(predictions, "base")[q] for q in questions]  # not the greedy ones
+    assert main(["generate", str(run.path), *questions, "--base", "--sample", "--set", "eval.temperature=1.5",
+                 "--until", "answer", "--json"]) == 0
+    assert _lines(capsys.readouterr().out) == got
+    assert main(["generate", str(run.path), questions[0], "--temperature", "0"]) == 2
+    assert "eval.temperature" in capsys.readouterr().err

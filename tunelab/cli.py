@@ -205,6 +205,23 @@ def _output_commands(sub) -> None:
                                      "(default runs/<recipe name>-sweep)")
     s.set_defaults(func=cmd_sweep)
 
+    _generate_command(sub)
+
+    s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
+    s.add_argument("run_dir")
+    s.add_argument("out_dir")
+    s.add_argument("--adapter-only", action="store_true", help="copy the PEFT adapter instead of merging")
+    s.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: safetensors + tokenizer; gguf: one file for llama.cpp / Ollama (Llama, Mistral, Qwen2)")
+    s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
+    s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N); best: the best epoch by answer "
+                                   "accuracy (after tunelab eval); best-loss: the validation pass with the lowest "
+                                   "loss (its epoch's adapter, or adapters/best-loss); default the final adapter")
+    s.set_defaults(func=cmd_export)
+
+
+def _generate_command(sub) -> None:
+    """`tunelab generate`: answers to prompts from a run's adapter (or a recipe's base model)."""
     s = sub.add_parser("generate", help="the tuned model's answers to your prompts (--base: the base model's too)")
     s.add_argument("target", help="a run directory (its adapter answers) or a recipe (its base model alone)")
     s.add_argument("text", nargs="*", help="prompts, each filling the template's one field (e.g. {question}); none "
@@ -220,21 +237,13 @@ def _output_commands(sub) -> None:
                         "line / the first line / the line holding a match of eval.answer_pattern (numeric / exact / "
                         "regex scoring's rule); every rule ends at eval.max_new_tokens")
     s.add_argument("--json", action="store_true", help="one JSON line per prompt: fields, prompt, answers, tokens")
+    s.add_argument("--sample", action="store_true", help="draw each answer (eval.temperature, eval.top_p, "
+                   "eval.sample_seed: the draws eval.pass_at_k makes) instead of the most likely tokens")
+    s.add_argument("--temperature", action=_SampleAt, const="eval.temperature", metavar="T",
+                   help="draw each answer at temperature T (--sample with --set eval.temperature=T)")
     _shorthand(s, "--max-new-tokens", "eval.max_new_tokens", "most tokens generated per answer")
     _set_arg(s, "override an eval.* key for this command (eval.batch_size, eval.max_new_tokens)")
     s.set_defaults(func=cmd_generate)
-
-    s = sub.add_parser("export", help="write the merged model (or --adapter-only) of a run")
-    s.add_argument("run_dir")
-    s.add_argument("out_dir")
-    s.add_argument("--adapter-only", action="store_true", help="copy the PEFT adapter instead of merging")
-    s.add_argument("--format", choices=["hf", "gguf"], default="hf",
-                   help="hf: safetensors + tokenizer; gguf: one file for llama.cpp / Ollama (Llama, Mistral, Qwen2)")
-    s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
-    s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N); best: the best epoch by answer "
-                                   "accuracy (after tunelab eval); best-loss: the validation pass with the lowest "
-                                   "loss (its epoch's adapter, or adapters/best-loss); default the final adapter")
-    s.set_defaults(func=cmd_export)
 
 
 def _recipe_args(s: argparse.ArgumentParser, optional: bool = False, default: str | None = "quickstart") -> None:
@@ -253,6 +262,14 @@ class _Override(argparse.Action):
 
     def __call__(self, parser, namespace, value, option_string=None):
         namespace.overrides = [*(namespace.overrides or []), f"{self.const}={value}"]
+
+
+class _SampleAt(_Override):
+    """`generate --temperature T`: eval.temperature=T, and the answers drawn (as --sample)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        super().__call__(parser, namespace, value, option_string)
+        namespace.sample = True
 
 
 def _shorthand(s: argparse.ArgumentParser, flag: str, key: str, help: str) -> None:
@@ -755,7 +772,8 @@ def cmd_generate(args) -> int:
         examples = inference.from_texts(cfg, [line for line in sys.stdin.read().splitlines() if line.strip()],
                                         args.raw)
     texts = inference.prompts(cfg, tok, examples, args.raw)
-    answers = inference.answer_all(cfg, tok, models, texts, args.until, cfg.eval.max_new_tokens, device)
+    answers = inference.answer_all(cfg, tok, models, texts, args.until, cfg.eval.max_new_tokens, device,
+                                   args.sample)
     for i, (example, text) in enumerate(zip(examples, texts)):
         _print_answer(args, i + 1, example, text, {m.name: answers[m.name][i] for m in models}, models)
     return 0
@@ -778,7 +796,7 @@ def _generate_typed(args, cfg, tok, models, device) -> int:
         examples = inference.from_texts(cfg, [line], args.raw)
         texts = inference.prompts(cfg, tok, examples, args.raw)
         answers = {m.name: inference.answer(cfg, tok, loaded[m.name], m.name, texts, args.until,
-                                            cfg.eval.max_new_tokens)[0] for m in models}
+                                            cfg.eval.max_new_tokens, args.sample)[0] for m in models}
         _print_answer(args, number, examples[0], texts[0], answers, models)
 
 

@@ -126,23 +126,27 @@ def load(cfg: Recipe, model: Model, device):
     return load_adapter(base, model.adapter, merge=True) if model.adapter else base
 
 
-def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, max_new_tokens: int):
-    """Greedy completions of `texts` by one loaded model (a list of `Generation`, same order)."""
-    from tunelab.evaluate.generate import generate
+def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, max_new_tokens: int,
+           sample: bool = False):
+    """Greedy completions of `texts` by one loaded model (a list of `Generation`, same order); with `sample`, drawn
+    as eval.pass_at_k draws them (eval.temperature, eval.top_p, each text's generator seeded by eval.sample_seed and
+    its place)."""
+    from tunelab.evaluate.generate import Sampling, generate
     from tunelab.evaluate.scoring import ANSWER_TAG
     stop = re.compile(cfg.eval.answer_pattern or ANSWER_TAG) if until == "pattern" else UNTIL[until]
+    drawn = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.sample_seed) if sample else None
     gens, _ = generate(loaded, tok, texts, max_new_tokens, cfg.eval.batch_size, label=f"generate {name}",
-                       stops=[stop] * len(texts))
+                       stops=[stop] * len(texts), sampling=drawn)
     return gens
 
 
 def answer_all(cfg: Recipe, tok, models: list[Model], texts: list[str], until: str, max_new_tokens: int,
-               device) -> dict[str, list]:
-    """Every model's completions of `texts`, one model in memory at a time."""
+               device, sample: bool = False) -> dict[str, list]:
+    """Every model's completions of `texts` (drawn, with `sample`), one model in memory at a time."""
     out = {}
     for m in models:
         loaded = load(cfg, m, device)
-        out[m.name] = answer(cfg, tok, loaded, m.name, texts, until, max_new_tokens)
+        out[m.name] = answer(cfg, tok, loaded, m.name, texts, until, max_new_tokens, sample)
         del loaded
     return out
 
