@@ -49,7 +49,7 @@ def test_wandb_offline_run_holds_our_metrics_config_eval_and_report(tiny_recipe,
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "epochs": 2, "report_to": ["wandb"]},
-           "eval": {**tiny_recipe["eval"], "fewshot": 0}}
+           "eval": {**tiny_recipe["eval"], "fewshot": 0, "pass_at_k": 2}}
     cfg = validate(raw, "wandb")
     run = RunDir(tmp_path / "run")
     train(cfg, run)
@@ -71,6 +71,9 @@ def test_wandb_offline_run_holds_our_metrics_config_eval_and_report(tiny_recipe,
     summary = {k: v for r in records if r.WhichOneof("record_type") == "summary"
                for k, v in _items(r.summary.update).items()}
     assert summary["eval/tuned_flexible_accuracy"] == run.read_eval_summary()["tuned"]["flexible_accuracy"]
+    sampled = run.read_eval_summary()["sampled"]["models"]  # eval.pass_at_k's figures, k named
+    assert summary["eval/tuned_pass@2"] == sampled["tuned"]["pass@k"] and summary["eval/base_maj@2"] == \
+        sampled["base"]["maj@k"]
     artifacts = {r.artifact.type for r in records if r.WhichOneof("record_type") == "artifact"}
     assert {"eval", "report"} <= artifacts
 

@@ -125,6 +125,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
             card.write(run)
         figures = {f"eval/{name}_{metric}": row[metric] for name, row in stats.items()
                    for metric in ("strict_accuracy", "flexible_accuracy", "n")}
+        figures |= {f"eval/{model}_{name.replace('@k', f'@{cfg.eval.pass_at_k}')}": value  # eval/tuned_pass@8
+                    for model, row in (sampled or {}).get("models", {}).items() for name, value in row.items()}
         trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)
 
