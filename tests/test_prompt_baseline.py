@@ -117,11 +117,29 @@ def test_a_prompt_baseline_that_cannot_ask_each_row_is_refused(tiny_recipe, text
     assert said in str(err.value)
 
 
-def test_eval_also_sets_are_not_asked_the_prompt_baseline(tiny_recipe):
-    """The prompt baseline is written for the run's own rows: an eval.also set is not asked it."""
-    cfg = validate({**tiny_recipe, "eval": {"prompt_baseline": ASKED, "also": [{"source": "synthetic:arith"}]}},
-                   "tiny")
+def test_an_eval_also_set_is_asked_its_own_prompt_baseline_not_the_runs(trained, tmp_path, monkeypatch):
+    """eval.prompt_baseline is written for the run's own rows; an eval.also set is asked the one its entry sets (its
+    rows' fields), paired with the fine-tune on that set; a field its rows lack is said before training, naming the
+    entry."""
+    from conftest import write_jsonl
+    from tunelab.evaluate.stage import check_extra, evaluate_extra
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"q": f"What is {i} plus {i}?", "a": str(2 * i)} for i in range(4)])
+    entry = {"source": str(bench), "template": "Q: {q}\nA:", "target": " {a}", "name": "bench", "fewshot": 0}
+    cfg, run = _copy(trained, tmp_path, prompt_baseline=ASKED, also=[entry])
     assert also_recipe(cfg, cfg.eval.also[0]).eval.prompt_baseline is None
+    cfg, run = _copy(trained, tmp_path / "own", prompt_baseline=ASKED,
+                     also=[{**entry, "prompt_baseline": "Compute: {q} Reply with the number.\n"}])
+    ((name, result),) = evaluate_extra(cfg, run)
+    s = result.summary
+    assert name == "bench" and pass_names(s) == ["base", "base-prompt", "tuned"]
+    assert s["base-prompt"]["asked_with"] == {"template": "Compute: {q} Reply with the number.\n",
+                                              "chat_template": False}
+    assert "prompt_baseline" in s and {b["model"] for b in baselines(s)} == {"base-prompt"}
+    bad, _ = _copy(trained, tmp_path / "bad", also=[{**entry, "prompt_baseline": "{question}"}])
+    with pytest.raises(UserError, match=r"eval.also.0 \(.*bench.jsonl\): eval.prompt_baseline: row \S+ has no "
+                                        r"field 'question'"):
+        check_extra(bad)
 
 
 def test_adding_the_prompt_baseline_later_keeps_the_other_passes_and_a_changed_one_is_asked_again(

@@ -251,6 +251,27 @@ class CostConfig(Section):
     usd_per_hour: float | None = Field(None, ge=0, description="price of the device; None = built-in table")
 
 
+def asks_each_row(template: str | None) -> str | None:
+    """A prompt baseline's template (eval.prompt_baseline, an eval.also entry's), checked: it parses as a `{field}`
+    template and names a field (else every question would be asked the same text).
+
+    Raises:
+        ValueError: why not (pydantic names the key).
+    """
+    if template is None:
+        return template
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"{err} (write {{{{ and }}}} for a literal brace)") from None
+    if bad := [name for name in names if not name.isidentifier()]:
+        raise ValueError(f"placeholder {{{bad[0]}}} is not a field name")
+    if not names:
+        raise ValueError("names no field, so every question would be asked the same text; write {prompt} (the "
+                         "prompt as the run writes it) or a field such as {question} where the question goes")
+    return template
+
+
 class ExtraTestSet(RowFormat):
     """One more test set scored by the eval stage (`eval.also`), as eval.source would score it, rendered with its
     own templates when it sets them (else a data.mix entry's of the same source, else data's)."""
@@ -261,6 +282,13 @@ class ExtraTestSet(RowFormat):
     fewshot: int | None = Field(None, ge=0, description="its few-shot baseline's shots; None = eval.fewshot")
     label_field: str | None = Field(None, description="its category column (as eval.label_field); None = "
                                     "data.label_field's, where its rows have it")
+    prompt_baseline: str | None = Field(None, description="its prompt baseline, as eval.prompt_baseline (a template "
+                                        "of its rows' fields and {prompt}); None = none")
+
+    @field_validator("prompt_baseline")
+    @classmethod
+    def _asks_each_row(cls, v: str | None) -> str | None:
+        return asks_each_row(v)
 
 
 class EvalConfig(Section):
@@ -309,8 +337,9 @@ class EvalConfig(Section):
         "scored rows' fields and {prompt} (the prompt as the run writes it), e.g. '{prompt}\\n\\nThink step by "
         "step, then write the final number after \"####\".' — what asking the base model in words gets (an "
         "instruction, the answer format); through its chat template (the user turn) when the run asks that way "
-        "(data.chat_template or eval.chat_baseline), else as plain text; the run's own test rows, not eval.also's; a "
-        "set measured by loss gets the base model's target loss asked this way")
+        "(data.chat_template or eval.chat_baseline), else as plain text; the run's own test rows (an eval.also set "
+        "takes its own, its entry's prompt_baseline); a set measured by loss gets the base model's target loss asked "
+        "this way")
     pass_at_k: int = Field(0, ge=0, description="also answer each of the run's scored questions k times by sampling "
                            "(eval.temperature, eval.top_p, eval.sample_seed), the base model and the final adapter: "
                            "pass@1 (the mean share of right answers), pass@k (a right answer among the k) and maj@k "
@@ -343,10 +372,11 @@ class EvalConfig(Section):
         "= the reference occurs as whole words in the last match; zero-shot answers stop once a match's line is "
         "complete; None = '<answer>\\s*(.*?)\\s*</answer>' (reasoning-format tags)")
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
-                                     "limit, fewshot, template, target, messages, optional_fields, "
-                                     "template_if_empty}, scored after the main one the way eval.source is (its test "
-                                     "split, or all its rows), rendered with its own templates (else those of the "
-                                     "data.mix entry of the same source, else data's): the base model and each "
+                                     "limit, fewshot, prompt_baseline, template, target, messages, "
+                                     "optional_fields, template_if_empty}, scored after the main one the way "
+                                     "eval.source is (its test split, or all its rows), rendered with its own "
+                                     "templates (else those of the data.mix entry of the same source, else "
+                                     "data's): the base model and each "
                                      "epoch's adapter on the same questions, paired, in eval/also/<name>/; the report "
                                      "gives each one's change (a general benchmark: did the fine-tune cost it "
                                      "anything?); a set whose answers no scoring mode suits (prose, chat replies) "
@@ -362,18 +392,7 @@ class EvalConfig(Section):
     @field_validator("prompt_baseline")
     @classmethod
     def _asks_each_row(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            names = [name for _, name, _, _ in string.Formatter().parse(v) if name is not None]
-        except ValueError as err:
-            raise ValueError(f"{err} (write {{{{ and }}}} for a literal brace)") from None
-        if bad := [name for name in names if not name.isidentifier()]:
-            raise ValueError(f"placeholder {{{bad[0]}}} is not a field name")
-        if not names:
-            raise ValueError("names no field, so every question would be asked the same text; write {prompt} (the "
-                             "prompt as the run writes it) or a field such as {question} where the question goes")
-        return v
+        return asks_each_row(v)
 
     @field_validator("answer_pattern")
     @classmethod
@@ -592,13 +611,14 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     rows' format: the entry's own, else that of the data.mix entry reading the same source (its rows are scored
     the way they were trained), else data's. A set in a format of its own takes its few-shot shots from its own
     train split (the training rows are in another). eval.scoring regex scores a set as auto does (regex where its
-    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers. No set is
-    asked eval.prompt_baseline (it is written for the run's own rows) or sampled (eval.pass_at_k)."""
+    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers. A set is
+    asked its own prompt baseline, not eval.prompt_baseline (written for the run's own rows), and not sampled
+    (eval.pass_at_k)."""
     trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
-                                     "prompt_baseline": None,  # written for the run's own rows' fields
+                                     "prompt_baseline": entry.prompt_baseline,  # its own: its rows' fields
                                      "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,

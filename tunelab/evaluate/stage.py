@@ -254,6 +254,7 @@ def check_extra(cfg: Recipe) -> None:
         try:
             splits = load_splits(extra.data, extra.eval)
             reason = unscoreable(extra, splits)
+            check_prompt_baseline(extra, splits)  # its own prompt baseline asks each of its rows
             if not reason:
                 shot_pool(extra, splits)  # too few few-shot shots raises
             elif splits.test + splits.val:  # rows whose answers no scoring mode suits: measured by loss
