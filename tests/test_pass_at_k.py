@@ -50,11 +50,11 @@ def _rows(model: str, flags: list[list[bool]], answers: list[list[str | None]]) 
 
 def test_pass_at_1_pass_at_k_and_majority_vote_are_read_from_the_samples():
     """Per question: the share right (pass@1), any right (pass@k), the most frequent readable answer right (maj@k;
-    a tie goes to the answer drawn first, unreadable answers do not vote)."""
+    answers counted alike once normalised, a tie goes to the answer drawn first, unreadable answers do not vote)."""
     base = _rows("base", [[False, False, True], [False, False, False], [True, False, False]],
                  [["1", "1", "2"], [None, "5", "6"], ["3", None, None]])
-    tuned = _rows("tuned", [[True, True, False], [False, True, False], [True, True, True]],
-                  [["2", "2", "9"], ["8", "7", "9"], ["3", "3", "3"]])
+    tuned = _rows("tuned", [[False, True, True], [False, True, False], [True, True, True]],
+                  [["9", "2", "2."], ["8", "7", "9"], ["3", "3", "3"]])  # q0: "2." is 2, two votes against one
     s = sampled_comparison({"base": base, "tuned": tuned}, ["q0", "q1", "q2"], 3)
     assert s["models"]["base"] == {"pass@1": pytest.approx(2 / 9, abs=1e-6), "pass@k": pytest.approx(2 / 3, abs=1e-6),
                                    "maj@k": pytest.approx(1 / 3, abs=1e-6)}  # q0 votes 1 (wrong); q1: 5, drawn first

@@ -138,7 +138,8 @@ def _written(how: str, cfg: Recipe, rows: list[Example], tok, shots: list[Exampl
 def _prompted(cfg: Recipe, rows: list[Example], tok) -> list:
     """The rows asked with eval.prompt_baseline for a loss pass (`_written`'s "prompt"): through the chat template
     when eval asks that way, each reply after its prompt; the prompt's room grown by the most tokens the baseline's
-    text adds to a row's prompt, so no reply is cut sooner than the trained pass cuts it."""
+    text adds to a row's prompt (and the chat template's own, for a run trained on plain text), so no reply is cut
+    sooner than the trained pass cuts it."""
     from dataclasses import replace
     from tunelab.data import chat
     from tunelab.evaluate.stage import asks_in_chat, prompt_baseline_texts
@@ -148,7 +149,8 @@ def _prompted(cfg: Recipe, rows: list[Example], tok) -> list:
         chat.require(tok, "eval.prompt_baseline")
     texts = [t.strip() if in_chat else t for t in prompt_baseline_texts(cfg, rows)]
     size = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    room = cfg.train.max_length + max([size(t) - size(r.prompt) for t, r in zip(texts, rows)] + [0])
+    wrapped = size(chat.prompt(tok, "")) if in_chat and not cfg.data.chat_template else 0
+    room = cfg.train.max_length + wrapped + max([size(t) - size(r.prompt) for t, r in zip(texts, rows)] + [0])
     data = cfg.data.model_copy(update={"chat_template": in_chat})
     return tokenize_with(cfg.model_copy(update={"data": data, "train": cfg.train.model_copy(
         update={"max_length": room})}), [replace(r, prompt=t) for t, r in zip(texts, rows)], tok)[0]
@@ -166,8 +168,8 @@ def _models(cfg: Recipe, view: ExtraSetDir, only: str | None, adapter: bool,
     """(name, adapter folder or None) of each model to measure, in eval's order: base, the base model prompted
     `shots`-shot (eval.fewshot; for chat rows the shots are earlier turns), for rows not trained in the chat template
     the base model asked through it (eval.chat_baseline) zero-shot and `shots`-shot, the base model asked with
-    eval.prompt_baseline, the adapter the run continued
-    (adapters/start/), each kept epoch's adapter and adapters/best-loss (eval.epochs all), the final adapter."""
+    eval.prompt_baseline, the adapter the run continued (adapters/start/), each kept epoch's adapter and
+    adapters/best-loss (eval.epochs all), the final adapter."""
     from tunelab.evaluate.stage import epochs_to_score
     out = [("base", None)] if only in (None, "base") else []
     if out and shots:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tunelab.evaluate.scoring import flips, mentions, normalize_text
+from tunelab.evaluate.scoring import flips, mentions, normalize_answer, normalize_text
 from tunelab.rundir import START
 from tunelab.stats import paired_difference, paired_loss_difference
 
@@ -118,8 +118,8 @@ def baselines(evaluation: dict) -> list[dict]:
 
 
 def asked_with(baseline: dict) -> str:
-    """How the prompt baseline asked, in words: 'zero-shot, "{prompt}\\n\\nShow your work." through the chat
-    template' (the template as written, its line breaks as \\n)."""
+    """How the prompt baseline asked, in words: 'zero-shot, "{prompt}\\n\\nShow your work." as the user turn of the
+    chat template' (the template as written, its line breaks as \\n)."""
     return (f"zero-shot, {json.dumps(baseline.get('template', '?'), ensure_ascii=False)}"
             + (" as the user turn of the chat template" if baseline.get("chat_template") else " as plain text"))
 
@@ -153,13 +153,14 @@ def sampled_comparison(rows: dict[str, list[dict]], ids: list[str], k: int) -> d
 
 
 def _majority_right(answers: list[dict]) -> bool:
-    """Whether the most frequent readable answer among one question's samples is right (ties: the first drawn)."""
-    votes = Counter(r["flexible_answer"] for r in answers if r["flexible_answer"] is not None)
+    """Whether the most frequent readable answer among one question's samples is right (answers counted alike once
+    normalised: 1,000 = 1000, case and end punctuation aside; ties: the first drawn)."""
+    said = [(normalize_answer(r["flexible_answer"]), r) for r in answers if r["flexible_answer"] is not None]
+    votes = Counter(key for key, _ in said)
     if not votes:
         return False
     top = max(votes.values())
-    winner = next(r for r in answers if votes.get(r["flexible_answer"]) == top)
-    return bool(winner["flexible_correct"])
+    return bool(next(r for key, r in said if votes[key] == top)["flexible_correct"])
 
 
 MAX_CLASSES = 12  # reference answers taken as classes (exact scoring) when there are at most this many
