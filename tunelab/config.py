@@ -344,7 +344,7 @@ class EvalConfig(Section):
                            "(eval.temperature, eval.top_p, eval.sample_seed), the base model and the final adapter: "
                            "pass@1 (the mean share of right answers), pass@k (a right answer among the k) and maj@k "
                            "(the most frequent answer right: self-consistency), tuned − base paired over questions; "
-                           "costs k greedy passes each (0 = off)")
+                           "takes about k greedy passes' time each (0 = off)")
     temperature: float = Field(0.6, gt=0, le=2, description="eval.pass_at_k's sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="eval.pass_at_k's nucleus: each token is drawn from the "
                          "smallest set of most likely tokens whose probability reaches it (1 = all)")
@@ -524,8 +524,8 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems.append(f"eval.answer_pattern: read only by eval.scoring regex or auto (got eval.scoring "
                         f"{recipe.eval.scoring})")
     if recipe is not None and recipe.eval.pass_at_k == 1:
-        problems.append("eval.pass_at_k: 1 samples one answer per question, which pass@1 of the greedy pass already "
-                        "estimates; set 2 or more (or 0: off)")
+        problems.append("eval.pass_at_k: 1 samples one answer per question, too few for pass@k or a majority vote; "
+                        "set 2 or more (or 0: off)")
     if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
