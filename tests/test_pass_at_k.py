@@ -176,3 +176,23 @@ def test_a_sampled_pass_killed_midway_draws_the_rest_as_an_uninterrupted_one(tra
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache-whole")
     assert evaluate(cfg, whole).summary["sampled"]["models"] == resumed["models"]
     assert killed.read_jsonl(killed.eval_sampled) == whole.read_jsonl(whole.eval_sampled)
+
+
+@pytest.mark.parametrize(("pass_k", "pass_1", "kind", "said"), [
+    ((-20.0, -35.0, -5.0), (0.0, -0.1, 0.1), "watch", "The fine-tune reached fewer questions in 8 tries than the base"),
+    ((20.0, 5.0, 35.0), (0.1, 0.02, 0.2), "good", "The fine-tune reached more questions in 8 tries, beyond noise"),
+    ((2.0, -5.0, 9.0), (0.1, 0.02, 0.2), "info", "in 8 tries beyond noise, though its single answers are right more "
+                                                 "often beyond noise"),
+])
+def test_the_verdict_reads_pass_at_k_and_says_when_single_answers_improved(pass_k, pass_1, kind, said):
+    from tunelab.report.sampled import verdict
+    delta, lo, hi = pass_k
+    share = {"delta": pass_1[0], "ci95": [pass_1[1], pass_1[2]], "means": [0.2, 0.2 + pass_1[0]], "n": 50}
+    accuracy = {"delta_pts": delta, "ci95_pts": [lo, hi], "n": 50}
+    evaluation = {"scoring": "numeric", "sampled": {
+        "settings": {"k": 8, "temperature": 0.6, "top_p": 0.95, "seed": 0},
+        "models": {m: {"pass@1": 0.2, "pass@k": 0.5, "maj@k": 0.3} for m in ("base", "tuned")},
+        "differences": {"pass@1": share, "pass@k": accuracy, "maj@k": accuracy}}}
+    o = verdict(evaluation)
+    assert o.kind == kind and said in o.text and f"pass@8 50.0 % → 50.0 % ({delta:+.1f} pts" in o.text
+    assert verdict({"scoring": "numeric"}) is None

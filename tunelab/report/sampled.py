@@ -63,7 +63,7 @@ def line(evaluation: dict) -> str | None:
 
 def verdict(evaluation: dict) -> Observation | None:
     """Did the fine-tune widen or narrow what the model finds in k tries? Judged on pass@k's paired interval: one to
-    watch when it fell beyond noise (the fine-tune's answers agree more and reach fewer questions); good when it rose
+    watch when it fell beyond noise (the fine-tune reaches fewer questions in k tries); good when it rose
     beyond noise; a note otherwise (saying so when pass@1 rose beyond noise). Its numbers state all three figures."""
     s = evaluation.get("sampled") or {}
     if "differences" not in s:
@@ -74,8 +74,8 @@ def verdict(evaluation: dict) -> Observation | None:
                      f"{100 * s['models']['tuned'][name]:.1f} % ({delta:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f})"
                      for name in NAMES for delta, lo, hi in [_change(d[name], name)])
     kind, text = {1: ("good", f"The fine-tune reached more questions in {k} tries, beyond noise"),
-                  -1: ("watch", f"The fine-tune reached fewer questions in {k} tries, beyond noise: its answers "
-                                "agree more and cover less"),
+                  -1: ("watch", f"The fine-tune reached fewer questions in {k} tries than the base model, beyond "
+                                "noise"),
                   0: ("info", f"The fine-tune did not change what the model reaches in {k} tries beyond noise")}[many]
     if one == 1 and many == 0:
         text += ", though its single answers are right more often beyond noise"
