@@ -77,8 +77,8 @@ def test_verified_drafts_give_the_same_tokens_as_one_token_steps(tiny_model, mon
 
     accepted, real_step = [], gen._Batch.step
 
-    def counting_step(self, m, drafts=None, sampling=None):
-        real_step(self, m, drafts, sampling)
+    def counting_step(self, m, drafts=None):
+        real_step(self, m, drafts)
         accepted.append(sum(len(a) for a in self.accepted))
 
     monkeypatch.setattr(gen, "draft", oracle)
@@ -658,7 +658,7 @@ def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(ti
     write_jsonl(folder / "test.jsonl", parity_rows(10, start=100))
     seen = []
 
-    def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix):
+    def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix, sampling=None):
         seen.append((label, tuple(stops), max_new_tokens))
         numbers = [int(p.split("Is ")[1].split(" ")[0]) for p in prompts]
         truth = ["even" if n % 2 == 0 else "odd" for n in numbers]
@@ -724,7 +724,7 @@ def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_mo
     write_jsonl(sums / "test.jsonl", [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)])
     seen = []
 
-    def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix):
+    def answers(model, tok, prompts, max_new_tokens, slots, label, on_result, stops, prefix, sampling=None):
         seen.append((label, tuple(stops), max_new_tokens))
         if "What is" in prompts[0]:  # the eval.also set: right on the first question only
             return [Generation("#### 0", 2) for _ in prompts], 0.1

@@ -91,8 +91,10 @@ class _Row:
 class _Batch:
     """The running rows and their shared, left-padded KV cache. (B, T) mask; cache layers (B, H, T, D)."""
 
-    def __init__(self, cache, mask: torch.Tensor, nxt: torch.Tensor, rows: list[_Row]):
+    def __init__(self, cache, mask: torch.Tensor, nxt: torch.Tensor, rows: list[_Row],
+                 sampling: Sampling | None = None):
         self.cache, self.mask, self.nxt, self.rows = cache, mask, nxt, rows
+        self.sampling = sampling  # how each next token is picked: the most likely (None) or drawn
         self.accepted: list[list[int]] = [[] for _ in rows]  # per row: verified draft tokens that precede nxt
 
     def new_tokens(self) -> list[list[int]]:
@@ -134,9 +136,9 @@ class _Batch:
                 self.mask = self.mask[:, start:]
         return self
 
-    def step(self, model, drafts: list[list[int]] | None = None, sampling: Sampling | None = None) -> None:
-        """Feed every row its last token (and its draft tokens); `nxt` becomes each row's greedy next token (or,
-        with `sampling` and no drafts, the one it draws).
+    def step(self, model, drafts: list[list[int]] | None = None) -> None:
+        """Feed every row its last token (and its draft tokens); `nxt` becomes each row's greedy next token (or, for
+        a sampled batch without drafts, the one it draws).
 
         With drafts, position i of a row's block predicts what follows its draft token i-1: the longest prefix of
         the draft that matches those predictions is accepted (what one-token steps would have produced), the
@@ -153,7 +155,7 @@ class _Batch:
         out = model(input_ids=block, attention_mask=self.mask, position_ids=positions,
                     past_key_values=self.cache, use_cache=True)
         if not k:
-            self.nxt, self.accepted = _next(out.logits[:, -1], self.rows, sampling), [[] for _ in self.rows]
+            self.nxt, self.accepted = _next(out.logits[:, -1], self.rows, self.sampling), [[] for _ in self.rows]
             for r in self.rows:
                 r.position += 1
             return
@@ -313,7 +315,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
                 if batch is not None:
                     drafts = [draft(encoded[r.index] + r.tokens) for r in batch.rows] \
                         if speculate and sampling is None and batch.speculates() else None
-                    batch.step(model, drafts, sampling)
+                    batch.step(model, drafts)
             except torch.cuda.OutOfMemoryError:
                 if slots == 1:
                     raise
@@ -355,7 +357,7 @@ def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device, s
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                 past_key_values=cache)
     rows = [_Row(i, len(encoded[i]) - 1, rng=sampling.generator(i, device) if sampling else None) for i in indices]
-    return _Batch(out.past_key_values, mask, _next(out.logits[:, -1], rows, sampling), rows)
+    return _Batch(out.past_key_values, mask, _next(out.logits[:, -1], rows, sampling), rows, sampling)
 
 
 def _next(logits: torch.Tensor, rows: list[_Row], sampling: Sampling | None) -> torch.Tensor:
