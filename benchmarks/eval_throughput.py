@@ -10,8 +10,11 @@ The last line is one JSON object. Takes ~8 min here (the naive loop is most of i
 
 With --fewshot N it times something else: tunelab's N-shot pass (lm-eval's GSM8K prompts) with the shots'
 context prefilled once and shared, against prefilling each whole prompt (~6 min for 128 questions, 5 shots).
+With --sample T: tunelab's sampled decoding at temperature T (eval.pass_at_k's: top-p 0.95, a seeded generator per
+row) against its greedy decoding with and without prompt-lookup drafts, tokens/s each (~4 min for 128 questions).
 
 Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0] [--fewshot 5]
+        [--sample 0.6]
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tunelab.config import load_recipe  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
 from tunelab.evaluate.fewshot import STOP, fewshot_context, fewshot_prompt  # noqa: E402
-from tunelab.evaluate.generate import ANSWER_LINE, generate  # noqa: E402
+from tunelab.evaluate.generate import ANSWER_LINE, Sampling, generate  # noqa: E402
 from tunelab.evaluate.scoring import extract_flexible, extract_strict, normalize  # noqa: E402
 from tunelab.models import load_model, load_tokenizer  # noqa: E402
 
@@ -101,6 +104,24 @@ def fewshot(model, tok, shots, questions, args) -> None:
                       "ratio": round(whole_s / shared_s, 3), "identical_completions": round(same, 4)}))
 
 
+def sampled(model, tok, prompts: list[str], args) -> None:
+    """Sampled decoding's cost per token against greedy decoding's, in the same loop on the same prompts."""
+    drawn, drawn_s = generate(model, tok, prompts, args.max_new_tokens, args.slots,
+                              sampling=Sampling(args.sample, 0.95, 0))
+    plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)
+    greedy, greedy_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
+    rates = {name: sum(g.tokens for g in gens) / seconds for name, gens, seconds in
+             (("sampled", drawn, drawn_s), ("greedy_without_drafts", plain, plain_s), ("greedy", greedy, greedy_s))}
+    print(f"{len(prompts)} questions: sampled at T={args.sample} {rates['sampled']:.1f} tokens/s; greedy without "
+          f"drafts {rates['greedy_without_drafts']:.1f}; greedy {rates['greedy']:.1f}; sampled / greedy without "
+          f"drafts {rates['sampled'] / rates['greedy_without_drafts']:.2f}x")
+    print(json.dumps({"benchmark": "eval_throughput_sampled", "n": len(prompts), "temperature": args.sample,
+                      **{f"{k}_tokens_per_second": round(v, 2) for k, v in rates.items()},
+                      "sampled_tokens": sum(g.tokens for g in drawn), "greedy_tokens": sum(g.tokens for g in plain),
+                      "ratio_to_greedy_without_drafts": round(rates["sampled"] / rates["greedy_without_drafts"], 3),
+                      "ratio_to_greedy": round(rates["sampled"] / rates["greedy"], 3)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=128)
@@ -109,6 +130,8 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--fewshot", type=int, default=0,
                     help="instead: time tunelab's N-shot pass (lm-eval format) with and without the shared prefix")
+    ap.add_argument("--sample", type=float, default=0.0,
+                    help="instead: time tunelab's sampled decoding at this temperature against its greedy decoding")
     args = ap.parse_args()
 
     cfg = load_recipe("gsm8k-smollm2-135m", [f"data.source={args.gsm8k}"])
@@ -120,6 +143,8 @@ def main() -> None:
     generate(model, tok, prompts[:8], 32, args.slots)  # warm-up (allocator, kernels): not timed
     if args.fewshot:
         return fewshot(model, tok, load_splits(cfg.data).train[:args.fewshot], questions, args)
+    if args.sample:
+        return sampled(model, tok, prompts, args)
     gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
     gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
     plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)

@@ -103,7 +103,7 @@ def test_the_eval_samples_k_answers_from_base_and_tuned_and_pairs_their_figures(
     tok = AutoTokenizer.from_pretrained(cfg.model.name)
     base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
     prompts = [f"Instruction: {r['question']}\nResponse: " for r in rows if r["model"] == "base"]
-    drawn = generate(base, tok, prompts, 8, slots=5, sampling=Sampling(1.0, 0.9, 0))[0]
+    drawn = generate(base, tok, prompts, 8, sampling=Sampling(1.0, 0.9, 0))[0]  # batched as eval batches them
     assert [g.completion for g in drawn] == [r["completion"] for r in rows if r["model"] == "base"]
     ids = [r["id"] for r in rows if r["model"] == "base"][::3]
     by_model = {m: [r for r in rows if r["model"] == m] for m in ("base", "tuned")}
