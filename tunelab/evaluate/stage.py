@@ -31,7 +31,7 @@ from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context,
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
-    pass_names, sampled_comparison
+    pass_names, sampled_comparison, sampled_name
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -125,7 +125,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
             card.write(run)
         figures = {f"eval/{name}_{metric}": row[metric] for name, row in stats.items()
                    for metric in ("strict_accuracy", "flexible_accuracy", "n")}
-        figures |= {f"eval/{model}_{name.replace('@k', f'@{cfg.eval.pass_at_k}')}": value  # eval/tuned_pass@8
+        figures |= {f"eval/{model}_{sampled_name(name, cfg.eval.pass_at_k)}": value  # eval/tuned_pass@8
                     for model, row in (sampled or {}).get("models", {}).items() for name, value in row.items()}
         trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)

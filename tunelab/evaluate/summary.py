@@ -152,6 +152,11 @@ def sampled_comparison(rows: dict[str, list[dict]], ids: list[str], k: int) -> d
     return out
 
 
+def sampled_name(name: str, k: int) -> str:
+    """A sampled figure named with its k, as the report, compare and trackers write it: "pass@8" for pass@k."""
+    return name.replace("@k", f"@{k}")
+
+
 def _majority_right(answers: list[dict]) -> bool:
     """Whether the most frequent readable answer among one question's samples is right (answers counted alike once
     normalised: 1,000 = 1000, case and end punctuation aside; ties: the first drawn)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunelab.config import categories_from
 from tunelab.evaluate.scoring import naming
-from tunelab.evaluate.summary import baselines, categories_of, paired_by_category
+from tunelab.evaluate.summary import baselines, categories_of, paired_by_category, sampled_name
 from tunelab.report import observations as rules
 from tunelab.report import sampled
 from tunelab.report.curves import overlaid
@@ -106,7 +106,7 @@ def headline(run: RunDir) -> dict:
             ev["n"] = evaluation[name]["n"]
     if sampled_figures := (evaluation.get("sampled") or {}).get("models"):  # eval.pass_at_k: "tuned_pass@8"
         k = evaluation["sampled"]["settings"]["k"]
-        ev.update({f"{model}_{name.replace('@k', f'@{k}')}": value for model, figures in sampled_figures.items()
+        ev.update({f"{model}_{sampled_name(name, k)}": value for model, figures in sampled_figures.items()
                    for name, value in figures.items()})
     for metric in ("strict", "flexible"):
         if f"{metric}_difference" in evaluation:

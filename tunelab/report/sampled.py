@@ -8,14 +8,10 @@ Run as: tunelab eval runs/smoke --set eval.pass_at_k=8      (then tunelab report
 from __future__ import annotations
 
 from tunelab.evaluate.scoring import naming
+from tunelab.evaluate.summary import sampled_name
 from tunelab.report.observations import Observation, sign_of
 
 NAMES = ("pass@1", "pass@k", "maj@k")
-
-
-def _called(name: str, k: int) -> str:
-    """"pass@8" for pass@k at k = 8."""
-    return name.replace("@k", f"@{k}")
 
 
 def _how(evaluation: dict) -> str:
@@ -33,6 +29,15 @@ def _change(d: dict, name: str) -> tuple[float, float, float]:
     return d["delta_pts"], d["ci95_pts"][0], d["ci95_pts"][1]
 
 
+def _moved(s: dict, name: str, long: bool = False) -> str:
+    """"pass@8 2.0 % → 3.1 % (+1.1, CI -0.9..+3.1)": one figure base → tuned with its paired change ("+1.1 pts,
+    95 % CI …" when `long`, as the verdict's sentence says it)."""
+    delta, lo, hi = _change(s["differences"][name], name)
+    change = f"{delta:+.1f} pts, 95 % CI" if long else f"{delta:+.1f}, CI"
+    return (f"{sampled_name(name, s['settings']['k'])} {100 * s['models']['base'][name]:.1f} % → "
+            f"{100 * s['models']['tuned'][name]:.1f} % ({change} {lo:+.1f}..{hi:+.1f})")
+
+
 def key_rows(evaluation: dict) -> list[tuple[str, str, str]]:
     """The Key metrics rows: each figure base → tuned with its paired change; none unless both were sampled."""
     s = evaluation.get("sampled") or {}
@@ -41,7 +46,7 @@ def key_rows(evaluation: dict) -> list[tuple[str, str, str]]:
     k, figures, rows = s["settings"]["k"], s["models"], []
     for name in NAMES:
         delta, lo, hi = _change(s["differences"][name], name)
-        rows.append((f"{_called(name, k)}, sampled", f"{100 * figures['base'][name]:.1f} % → "
+        rows.append((f"{sampled_name(name, k)}, sampled", f"{100 * figures['base'][name]:.1f} % → "
                      f"{100 * figures['tuned'][name]:.1f} %", f"{delta:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f}, "
                      f"n = {s['differences']['pass@k']['n']}; {_how(evaluation)}"))
     return rows
@@ -52,13 +57,7 @@ def line(evaluation: dict) -> str | None:
     s = evaluation.get("sampled") or {}
     if "differences" not in s:
         return None
-    k = s["settings"]["k"]
-    parts = []
-    for name in NAMES:
-        delta, lo, hi = _change(s["differences"][name], name)
-        parts.append(f"{_called(name, k)} {100 * s['models']['base'][name]:.1f} % → "
-                     f"{100 * s['models']['tuned'][name]:.1f} % ({delta:+.1f}, CI {lo:+.1f}..{hi:+.1f})")
-    return f"sampled ({_how(evaluation)}): " + "; ".join(parts)
+    return f"sampled ({_how(evaluation)}): " + "; ".join(_moved(s, name) for name in NAMES)
 
 
 def verdict(evaluation: dict) -> Observation | None:
@@ -70,9 +69,7 @@ def verdict(evaluation: dict) -> Observation | None:
         return None
     k, d = s["settings"]["k"], s["differences"]
     one, many = sign_of(_change(d["pass@1"], "pass@1")[1:]), sign_of(d["pass@k"]["ci95_pts"])
-    said = "; ".join(f"{_called(name, k)} {100 * s['models']['base'][name]:.1f} % → "
-                     f"{100 * s['models']['tuned'][name]:.1f} % ({delta:+.1f} pts, 95 % CI {lo:+.1f}..{hi:+.1f})"
-                     for name in NAMES for delta, lo, hi in [_change(d[name], name)])
+    said = "; ".join(_moved(s, name, long=True) for name in NAMES)
     kind, text = {1: ("good", f"The fine-tune reached more questions in {k} tries, beyond noise"),
                   -1: ("watch", f"The fine-tune reached fewer questions in {k} tries than the base model, beyond "
                                 "noise"),
