@@ -74,6 +74,34 @@ def tiny_recipe(tiny_model):
     }
 
 
+def one_epoch_run(tiny_model: Path, folder: Path, name: str, **evals) -> tuple[dict, object]:
+    """One epoch of the tiny model on 16 synthetic arithmetic rows, trained into folder/run: its raw recipe (4 test
+    questions scored, 8 new tokens each, and `evals`) and its RunDir, which tests copy (`copy_run`)."""
+    from tunelab.config import validate
+    from tunelab.rundir import RunDir
+    from tunelab.train import train
+    raw = {"name": name, "model": {"name": str(tiny_model)},
+           "data": {"source": "synthetic:arith", "template": "Instruction: {question}\nResponse: ",
+                    "target": "{answer}", "synthetic_rows": 16, "synthetic_test_rows": 4},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "train": {"epochs": 1, "batch_size": 8, "lr": 3e-2, "max_length": 96},
+           "eval": {"limit": 4, "max_new_tokens": 8, **evals}}
+    run = RunDir(folder / "run")
+    train(validate(raw, name), run)
+    return raw, run
+
+
+def copy_run(trained: tuple[dict, object], tmp_path: Path, **evals):
+    """A copy of `one_epoch_run`'s run directory (without its eval) and its recipe with `evals` set."""
+    import shutil
+    from tunelab.config import validate
+    from tunelab.rundir import RunDir
+    raw, source = trained
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(source.path, run.path, ignore=shutil.ignore_patterns("eval"))
+    return validate({**raw, "eval": {**raw["eval"], **evals}}, raw["name"]), run
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 
+from conftest import one_epoch_run
 from tunelab.config import validate
 from tunelab.errors import UserError
 from tunelab.evaluate.generate import Sampling, generate
 from tunelab.evaluate.stage import evaluate
 from tunelab.evaluate.summary import sampled_comparison
 from tunelab.rundir import RunDir
-from tunelab.train import train
 
 PROMPTS = [f"Question {i}: what is {i} plus {i}?\nAnswer:" for i in range(6)]
 
@@ -74,16 +74,9 @@ def test_pass_at_k_of_one_is_refused(tiny_recipe):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
-    raw = {"name": "tiny-k", "model": {"name": str(tiny_model)},
-           "data": {"source": "synthetic:arith", "template": "Instruction: {question}\nResponse: ",
-                    "target": "{answer}", "synthetic_rows": 16, "synthetic_test_rows": 4},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "train": {"epochs": 1, "batch_size": 8, "lr": 3e-2, "max_length": 96},
-           "eval": {"limit": 4, "max_new_tokens": 8, "pass_at_k": 3, "temperature": 1.0, "top_p": 0.9}}
-    cfg = validate(raw, "tiny-k")
-    run = RunDir(tmp_path_factory.mktemp("pass-at-k") / "run")
-    train(cfg, run)
-    return cfg, run
+    raw, run = one_epoch_run(tiny_model, tmp_path_factory.mktemp("pass-at-k"), "tiny-k", pass_at_k=3,
+                             temperature=1.0, top_p=0.9)
+    return validate(raw, "tiny-k"), run
 
 
 def test_the_eval_samples_k_answers_from_base_and_tuned_and_pairs_their_figures(trained, tmp_path, monkeypatch):

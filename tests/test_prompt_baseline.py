@@ -2,19 +2,17 @@
 scored beside the fine-tune on the same questions, by accuracy or, for rows no answer check suits, by target loss."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
+from conftest import copy_run, one_epoch_run
 from tunelab.cli import main
 from tunelab.config import also_recipe, validate
 from tunelab.errors import UserError
 from tunelab.evaluate.generate import generate
 from tunelab.evaluate.stage import evaluate
 from tunelab.evaluate.summary import baselines, pass_names
-from tunelab.rundir import RunDir
-from tunelab.train import train
 
 ASKED = "Solve this: {question}\nWrite only the number.\nAnswer: "
 
@@ -22,22 +20,7 @@ ASKED = "Solve this: {question}\nWrite only the number.\nAnswer: "
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     """One epoch of the tiny model on synthetic arithmetic; tests copy its run directory."""
-    raw = {"name": "tiny-pb", "model": {"name": str(tiny_model)},
-           "data": {"source": "synthetic:arith", "template": "Instruction: {question}\nResponse: ",
-                    "target": "{answer}", "synthetic_rows": 16, "synthetic_test_rows": 4},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "train": {"epochs": 1, "batch_size": 8, "lr": 3e-2, "max_length": 96},
-           "eval": {"limit": 4, "max_new_tokens": 8}}
-    run = RunDir(tmp_path_factory.mktemp("prompt-baseline") / "run")
-    train(validate(raw, "tiny-pb"), run)
-    return raw, run
-
-
-def _copy(trained, tmp_path, **settings):
-    raw, source = trained
-    run = RunDir(tmp_path / "run")
-    shutil.copytree(source.path, run.path, ignore=shutil.ignore_patterns("eval"))
-    return validate({**raw, "eval": {**raw["eval"], **settings}}, "tiny-pb"), run
+    return one_epoch_run(tiny_model, tmp_path_factory.mktemp("prompt-baseline"), "tiny-pb")
 
 
 def test_the_prompt_baseline_asks_the_base_model_each_question_in_the_users_words(trained, tmp_path, monkeypatch):
@@ -46,7 +29,7 @@ def test_the_prompt_baseline_asks_the_base_model_each_question_in_the_users_word
     rows and the model card say how it was asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
-    cfg, run = _copy(trained, tmp_path, prompt_baseline=ASKED)
+    cfg, run = copy_run(trained, tmp_path, prompt_baseline=ASKED)
     result = evaluate(cfg, run)
     s = result.summary
     assert pass_names(s) == ["base", "base-prompt", "tuned"]
@@ -77,7 +60,7 @@ def test_with_the_chat_baseline_the_prompt_baseline_is_the_user_turn(trained, tm
     stripped, as the user turn; a cached base pass is not asked again."""
     from transformers import AutoTokenizer
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
-    cfg, run = _copy(trained, tmp_path, prompt_baseline=ASKED, chat_baseline=True)
+    cfg, run = copy_run(trained, tmp_path, prompt_baseline=ASKED, chat_baseline=True)
     result = evaluate(cfg, run, only="base", adapter=False)
     assert pass_names(result.summary) == ["base", "base-chat", "base-prompt"]
     assert result.summary["base-prompt"]["asked_with"]["chat_template"]
@@ -126,9 +109,9 @@ def test_an_eval_also_set_is_asked_its_own_prompt_baseline_not_the_runs(trained,
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     bench = write_jsonl(tmp_path / "bench.jsonl", [{"q": f"What is {i} plus {i}?", "a": str(2 * i)} for i in range(4)])
     entry = {"source": str(bench), "template": "Q: {q}\nA:", "target": " {a}", "name": "bench", "fewshot": 0}
-    cfg, run = _copy(trained, tmp_path, prompt_baseline=ASKED, also=[entry])
+    cfg, run = copy_run(trained, tmp_path, prompt_baseline=ASKED, also=[entry])
     assert also_recipe(cfg, cfg.eval.also[0]).eval.prompt_baseline is None
-    cfg, run = _copy(trained, tmp_path / "own", prompt_baseline=ASKED,
+    cfg, run = copy_run(trained, tmp_path / "own", prompt_baseline=ASKED,
                      also=[{**entry, "prompt_baseline": "Compute: {q} Reply with the number.\n"}])
     ((name, result),) = evaluate_extra(cfg, run)
     s = result.summary
@@ -136,7 +119,7 @@ def test_an_eval_also_set_is_asked_its_own_prompt_baseline_not_the_runs(trained,
     assert s["base-prompt"]["asked_with"] == {"template": "Compute: {q} Reply with the number.\n",
                                               "chat_template": False}
     assert "prompt_baseline" in s and {b["model"] for b in baselines(s)} == {"base-prompt"}
-    bad, _ = _copy(trained, tmp_path / "bad", also=[{**entry, "prompt_baseline": "{question}"}])
+    bad, _ = copy_run(trained, tmp_path / "bad", also=[{**entry, "prompt_baseline": "{question}"}])
     with pytest.raises(UserError, match=r"eval.also.0 \(.*bench.jsonl\): eval.prompt_baseline: row \S+ has no "
                                         r"field 'question'"):
         check_extra(bad)
@@ -147,7 +130,7 @@ def test_adding_the_prompt_baseline_later_keeps_the_other_passes_and_a_changed_o
     """An eval of the base passes alone (--only base) after the run's eval: the adapters' passes stay; a prompt
     baseline asked another way is asked again, the same one is kept."""
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
-    cfg, run = _copy(trained, tmp_path)
+    cfg, run = copy_run(trained, tmp_path)
     tuned = evaluate(cfg, run).summary["tuned"]
     asked = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"prompt_baseline": ASKED})})
     s = evaluate(asked, run, only="base").summary
