@@ -398,7 +398,8 @@ def test_an_extra_test_set_that_overlaps_the_training_rows_is_flagged(tmp_path):
     shutil.copytree(run / "eval", run / "eval" / "also" / "bench", ignore=shutil.ignore_patterns("also"))
     blocks, found = extra.section(RunDir(run))
     assert [o.kind for o in found] == ["good"] and blocks[1][2][0][:4] == ("bench", None, "the run's", 10)  # 0 % → 60 %
-    assert blocks[1][2][0][4:6] == ("0.0 %", "base 5-shot 20.0 %; base via chat template 30.0 %")  # its baselines
+    assert blocks[1][2][0][4:7] == ("GSM8K acc (flexible-extract)", "0.0 %",  # its accuracy, named
+                                    "base 5-shot 20.0 %; base via chat template 30.0 %")  # and its baselines
     (run / "analysis" / "data_checks.json").write_text(json.dumps(
         {"extra_sets": {"bench": {"rows": 10, "overlap_counts": {"exact": 2, "ngram": 1, "near": 0}}}}))
     _, found = extra.section(RunDir(run))

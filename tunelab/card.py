@@ -191,12 +191,13 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
     for evaluation in [e for e in evaluations if scored in e]:
         tuned, names = evaluation[scored], naming(evaluation)
         split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
+        chosen = evaluation.get("scoring") == "choice"  # multiple choice: lm-eval's acc and acc_norm
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
                     "dataset": {"name": f"{source} ({split}, {tuned['n']} questions)", "type": source, "split": split},
-                    "metrics": [{"type": "exact_match", "name": f"{names.strict} accuracy",
-                                 "value": round(tuned["strict_accuracy"], 4)},
-                                {"type": "exact_match", "name": f"{names.flexible} accuracy",
-                                 "value": round(tuned["flexible_accuracy"], 4)}]})
+                    "metrics": [{"type": name if chosen else "exact_match",
+                                 "name": name if chosen else f"{name} accuracy", "value": round(tuned[key], 4)}
+                                for name, key in ((names.strict, "strict_accuracy"),
+                                                  (names.flexible, "flexible_accuracy"))]})
     if scored in (held_out or {}).get("losses", {}):
         split, source = held_out["split"], held_out.get("source") or cfg.data.source
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
@@ -249,11 +250,15 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
                     "line = the target in it as whole words",
            "regex": f"the answer the pattern `{evaluation.get('answer_pattern')}` reads (its first non-empty group) "
                     "against the target's: first match = equal once normalised, answer in last match = the target's "
-                    "answer in it as whole words"}[evaluation.get("scoring", "numeric")]
+                    "answer in it as whole words",
+           "choice": "each option written after the prompt, the most likely one the answer: acc = by summed "
+                     "log-likelihood, acc_norm = per character (lm-evaluation-harness's multiple_choice)"}[
+        evaluation.get("scoring", "numeric")]
     split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)
     other = " (eval.source: not the training data)" if source != cfg.data.source else ""
     rows = ["## Evaluation", "", f"{names.title} on `{source}` {split} questions{other} "
-            f"({how}), greedy, the training prompt:", "",
+            f"({how}), {'nothing generated' if evaluation.get('scoring') == 'choice' else 'greedy'}, the training "
+            "prompt:", "",
             f"| model | n | {names.strict} | {names.flexible} |", "|---|---|---|---|"]
     for name, row in evaluation.items():
         if isinstance(row, dict) and "flexible_accuracy" in row and "n" in row:
@@ -277,8 +282,9 @@ def _other_sets(run: RunDir) -> list[str]:
     for view in run.extra_sets():
         s = view.read_eval_summary()
         if (d := s.get("flexible_difference")) and "tuned" in s:
-            base, tuned = s["base"]["flexible_accuracy"], s["tuned"]["flexible_accuracy"]
-            rows.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {100 * base:.1f} % | {100 * tuned:.1f} % | "
+            base, tuned, names = s["base"]["flexible_accuracy"], s["tuned"]["flexible_accuracy"], naming(s)
+            rows.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {names.short} ({names.flexible}) | "
+                        f"{100 * base:.1f} % | {100 * tuned:.1f} % | "
                         f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to {d['ci95_pts'][1]:+.1f}) |")
         elif d := s.get("loss_difference"):
             c = ((RepliesDir(run.path, view.name).read_eval_summary() or {}).get("overlap") or {}).get("chrf")
@@ -286,9 +292,9 @@ def _other_sets(run: RunDir) -> list[str]:
                            f"{d['means'][1]:.3f} | {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | "
                            + (f"{c['means'][0]:.3f} → {c['means'][1]:.3f} ({c['delta']:+.3f}, {c['ci95'][0]:+.3f} to "
                               f"{c['ci95'][1]:+.3f}) |" if c else "— |"))
-    out = ["Other test sets (eval.also), scored the same way (flexible accuracy; paired 95 % interval):", "",
-           "| set | source | n | base | tuned | Δ points (95 % CI) |", "|---|---|---|---|---|---|", *rows, ""] \
-        if rows else []
+    out = ["Other test sets (eval.also), each by its scoring mode's lenient accuracy (paired 95 % interval):", "",
+           "| set | source | n | accuracy | base | tuned | Δ points (95 % CI) |", "|---|---|---|---|---|---|---|",
+           *rows, ""] if rows else []
     return out + (["Other test sets whose answers no scoring mode suits, measured by target loss (lower = the "
                    "replies more likely; paired 95 % interval over rows), and their greedy replies' chrF against the "
                    "references (0 to 1, base → tuned), when generated:", "",

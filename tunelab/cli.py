@@ -511,6 +511,8 @@ def _print_eval_examples(console, sets: dict) -> None:
         for q in shown.get("rows", []):
             console.rule(f"{name}: {q['id']}, as the eval asks it")
             console.print(Text(q["prompt"], "dim"))
+            if "options" in q:  # multiple choice: each option as written after the prompt
+                console.print("options, each scored after the prompt: " + ", ".join(map(repr, q["options"])))
             console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
                           f"{shown['split']} split)")
         for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
@@ -833,8 +835,9 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
         d = summary.get(f"{metric}_difference")
         if d:
             lo, hi = d["ci95_pts"]
-            console.print(f"{metric}: tuned - base = {d['delta_pts']:+.1f} pts (95 % CI {lo:+.1f}..{hi:+.1f}, "
-                          f"McNemar p = {d['mcnemar_p']:.3g}, {d['gained']} gained / {d['lost']} lost)")
+            console.print(f"{getattr(names, metric)}: tuned - base = {d['delta_pts']:+.1f} pts (95 % CI "
+                          f"{lo:+.1f}..{hi:+.1f}, McNemar p = {d['mcnemar_p']:.3g}, {d['gained']} gained / "
+                          f"{d['lost']} lost)")
     for line in eval_lines(summary):
         console.print(line)
 

@@ -251,6 +251,16 @@ class CostConfig(Section):
     usd_per_hour: float | None = Field(None, ge=0, description="price of the device; None = built-in table")
 
 
+FIELD_ITEM = re.compile(r"([A-Za-z_]\w*)(?:\[[^\[\]]+\])*")  # a field, or an item of one: {choices[0]}
+
+
+def field_of(placeholder: str) -> str | None:
+    """The field a template placeholder reads: `choices` of {choices[0]} (an item of a list field, or a key of a
+    dict field: {choices[text]}); None when it names none."""
+    match = FIELD_ITEM.fullmatch(placeholder)
+    return match.group(1) if match else None
+
+
 def asks_each_row(template: str | None) -> str | None:
     """A prompt baseline's template (eval.prompt_baseline, an eval.also entry's), checked: it parses as a `{field}`
     template and names a field (else every question would be asked the same text).
@@ -264,11 +274,28 @@ def asks_each_row(template: str | None) -> str | None:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
         raise ValueError(f"{err} (write {{{{ and }}}} for a literal brace)") from None
-    if bad := [name for name in names if not name.isidentifier()]:
+    if bad := [name for name in names if field_of(name) is None]:
         raise ValueError(f"placeholder {{{bad[0]}}} is not a field name")
     if not names:
         raise ValueError("names no field, so every question would be asked the same text; write {prompt} (the "
                          "prompt as the run writes it) or a field such as {question} where the question goes")
+    return template
+
+
+def writes_option(template: str) -> str:
+    """A choice_target (eval.choice_target, an eval.also entry's), checked: it names {choice} or {letter}, else
+    every option would be written the same.
+
+    Raises:
+        ValueError: why not (pydantic names the key).
+    """
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise ValueError(f"{err} (write {{{{ and }}}} for a literal brace)") from None
+    if not names & {"choice", "letter"}:
+        raise ValueError("names neither {choice} (the option's text) nor {letter} (its letter), so every option "
+                         "would be written the same")
     return template
 
 
@@ -284,11 +311,19 @@ class ExtraTestSet(RowFormat):
                                     "data.label_field's, where its rows have it")
     prompt_baseline: str | None = Field(None, description="its prompt baseline, as eval.prompt_baseline (a template "
                                         "of its rows' fields and {prompt}); None = none")
+    choices: str | list[str] | None = Field(None, description="its options' field or fields, as eval.choices: the set "
+                                            "is scored by multiple choice; None = not")
+    choice_target: str = Field("{choice}", description="as eval.choice_target")
 
     @field_validator("prompt_baseline")
     @classmethod
     def _asks_each_row(cls, v: str | None) -> str | None:
         return asks_each_row(v)
+
+    @field_validator("choice_target")
+    @classmethod
+    def _writes_option(cls, v: str) -> str:
+        return writes_option(v)
 
 
 class EvalConfig(Section):
@@ -359,26 +394,38 @@ class EvalConfig(Section):
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "with the base model's and the tuned adapter's replies, shown in the report side by side "
                          "(0 = none)")
-    scoring: Literal["auto", "numeric", "exact", "regex", "none"] = Field(
+    scoring: Literal["auto", "numeric", "exact", "regex", "choice", "none"] = Field(
         "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
         "has one; exact = the completion's first line against the whole target (labels, names, yes/no); regex = the "
         "answer eval.answer_pattern reads in the completion against the one it reads in the target (or the whole "
-        "target, where it does not match); none = no eval stage; auto = regex when >= 90 % of the targets match "
-        "eval.answer_pattern, else numeric when >= 90 % state a final answer ('#### N', 'The answer is N', a bare "
-        "number), else exact when >= 90 % are short (one line, <= 8 words), else none")
+        "target, where it does not match); choice = multiple choice by log-likelihood, nothing generated (see "
+        "eval.choices); none = no eval stage; auto = choice when eval.choices is set, else regex when >= 90 % of the "
+        "targets match eval.answer_pattern, else numeric when >= 90 % state a final answer ('#### N', 'The answer is "
+        "N', a bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
+    choices: str | list[str] | None = Field(
+        None, description="multiple-choice scoring (lm-eval's multiple_choice tasks: MMLU, ARC, HellaSwag, PIQA): "
+        "the field holding each row's options (a list; ARC's {text, label}), or the fields that each hold one "
+        "(PIQA's [sol1, sol2]); every option is written after the prompt (eval.choice_target) and the one the model "
+        "finds most likely is its answer, against the option the rendered target names: ARC's label, a 0-based "
+        "index (MMLU's answer), a letter (A = the first) or an option's text; acc = by summed log-likelihood, "
+        "acc_norm = per character (lm-eval's); templates may index a field: {choices[0]}; None = off")
+    choice_target: str = Field(
+        "{choice}", description="how eval.choices writes each option after the prompt: {choice} its text, {letter} "
+        "its letter (A, B, …), and the row's fields; e.g. ' {letter}' after a prompt listing the options and ending "
+        "'Answer:' (MMLU's format)")
     answer_pattern: str | None = Field(
         None, description="regex scoring's regular expression (Python re; lm-eval's regex filter): its first "
         "non-empty group, or the whole match, is the answer; strict = the first match equals the reference, flexible "
         "= the reference occurs as whole words in the last match; zero-shot answers stop once a match's line is "
         "complete; None = '<answer>\\s*(.*?)\\s*</answer>' (reasoning-format tags)")
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
-                                     "limit, fewshot, prompt_baseline, template, target, messages, "
-                                     "optional_fields, template_if_empty}, scored after the main one the way "
-                                     "eval.source is (its test split, or all its rows), rendered with its own "
+                                     "limit, fewshot, prompt_baseline, choices, choice_target, template, target, "
+                                     "messages, optional_fields, template_if_empty}, scored after the main one the "
+                                     "way eval.source is (its test split, or all its rows), rendered with its own "
                                      "templates (else those of the data.mix entry of the same source, else "
-                                     "data's): the base model and each "
-                                     "epoch's adapter on the same questions, paired, in eval/also/<name>/; the report "
-                                     "gives each one's change (a general benchmark: did the fine-tune cost it "
+                                     "data's; a set naming choices is scored by multiple choice): the base model and "
+                                     "each epoch's adapter on the same questions, paired, in eval/also/<name>/; the "
+                                     "report gives each one's change (a general benchmark: did the fine-tune cost it "
                                      "anything?); a set whose answers no scoring mode suits (prose, chat replies) "
                                      "is measured by target loss instead, and its replies generated and scored by "
                                      "chrF and ROUGE-L as eval.overlap scores the run's own (in "
@@ -393,6 +440,11 @@ class EvalConfig(Section):
     @classmethod
     def _asks_each_row(cls, v: str | None) -> str | None:
         return asks_each_row(v)
+
+    @field_validator("choice_target")
+    @classmethod
+    def _writes_option(cls, v: str) -> str:
+        return writes_option(v)
 
     @field_validator("answer_pattern")
     @classmethod
@@ -531,7 +583,7 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
                         "eval.source is not set")
     if recipe is not None:
         problems += (_template_problems(recipe.data) + _mix_problems(recipe.data) + _eval_format_problems(recipe)
-                     + _also_problems(recipe))
+                     + _also_problems(recipe) + _choice_problems(recipe.eval))
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")
@@ -539,6 +591,20 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         noun = "problem" if len(problems) == 1 else "problems"
         raise UserError(f"{source}: {len(problems)} {noun}\n" + "\n".join(f"  {p}" for p in problems))
     return recipe
+
+
+def _choice_problems(ev: EvalConfig) -> list[str]:
+    """Multiple-choice scoring: eval.scoring choice names its options (eval.choices), and options are not set for
+    another mode or beside sampled answers (eval.pass_at_k), which it cannot score."""
+    problems = []
+    if ev.scoring == "choice" and not ev.choices:
+        problems.append("eval.scoring: choice needs eval.choices (the field holding each row's options)")
+    if ev.choices and ev.scoring not in ("auto", "choice"):
+        problems.append(f"eval.choices: read only by eval.scoring choice or auto (got eval.scoring {ev.scoring})")
+    if ev.choices and ev.pass_at_k:
+        problems.append("eval.pass_at_k: samples answers, and multiple-choice scoring (eval.choices) generates none; "
+                        "drop one of them")
+    return problems
 
 
 def _mix_problems(data: DataConfig) -> list[str]:
@@ -611,7 +677,8 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     rows' format: the entry's own, else that of the data.mix entry reading the same source (its rows are scored
     the way they were trained), else data's. A set in a format of its own takes its few-shot shots from its own
     train split (the training rows are in another). eval.scoring regex scores a set as auto does (regex where its
-    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers. A set is
+    targets match eval.answer_pattern): a benchmark's `#### N` targets are numbers, not tagged answers; so does
+    choice, unless the entry names its own options (`choices`: then it is scored by multiple choice). A set is
     asked its own prompt baseline, not eval.prompt_baseline (written for the run's own rows), and not sampled
     (eval.pass_at_k)."""
     trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
@@ -622,7 +689,9 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
                                      "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
-                                     "scoring": "auto" if cfg.eval.scoring == "regex" else cfg.eval.scoring})
+                                     "choices": entry.choices, "choice_target": entry.choice_target,
+                                     "scoring": "choice" if entry.choices else "auto"
+                                     if cfg.eval.scoring in ("regex", "choice") else cfg.eval.scoring})
     if own_format(cfg.data, ev):
         ev = ev.model_copy(update={"fewshot_from": "eval_source"})
     return cfg.model_copy(update={"eval": ev})
@@ -677,8 +746,8 @@ def _template_problems(data: DataConfig, section: str = "data") -> list[str]:
         except ValueError as err:
             problems.append(f"{key}: {err} (write {{{{ and }}}} for a literal brace)")
             continue
-        problems += [f"{key}: placeholder {{{name}}} is not a field name" for name in names if not name.isidentifier()]
-        used[key] = set(names)
+        problems += [f"{key}: placeholder {{{name}}} is not a field name" for name in names if field_of(name) is None]
+        used[key] = {field_of(name) for name in names}
     if not problems:
         every = set().union(*used.values())
         problems += [f"{section}.optional_fields: {name!r} is not a placeholder of {section}.template or "

@@ -78,17 +78,21 @@ LAYOUT = {
                                 "by `tunelab import`"),
     "cost.json": ("cost", "device-hours × price → `cost_usd`, with the price's source"),
     "eval/predictions.jsonl": ("predictions", "per question and model (base / tuned): completion, extracted "
-                                              "answers, correct flags, tokens"),
-    "eval/summary.json": ("eval_summary", "`scoring` (and regex scoring's `answer_pattern`), `split` (and "
+                                              "answers, correct flags, tokens (multiple choice: the options picked by "
+                                              "acc and acc_norm, and each option's `logliks`)"),
+    "eval/summary.json": ("eval_summary", "`scoring` (and regex scoring's `answer_pattern`; multiple choice's "
+                                          "`choices` and `choice_target`), `split` (and "
                                           "`source` when eval.source set the questions, `format` when its rows "
                                           "were not written with data's templates), "
                                           "`prompts` (a digest of the prompts asked: passes kept from an earlier "
                                           "eval were asked the same); "
                                           "per model (base, base-Nshot, base-chat, base-prompt, epoch-K, best-loss, "
                                           "tuned): n, "
-                                          "strict and flexible accuracy, tokens/s, seconds, `at_budget` (answers "
+                                          "strict and flexible accuracy (acc and acc_norm under multiple choice), "
+                                          "tokens/s, seconds, `at_budget` (answers "
                                           "that reached `max_new_tokens`), `no_answer` (completions the scoring "
-                                          "read no answer from); base → tuned paired difference "
+                                          "read no answer from; neither under multiple choice, which generates "
+                                          "nothing: `scored_tokens`); base → tuned paired difference "
                                           "with 95 % CI and McNemar p; `epochs` (accuracy per epoch, vs base and vs "
                                           "the previous epoch), `best_epoch`, `best_loss` (best-loss vs tuned), "
                                           "`fewshot` (tuned vs the N-shot base, `shots_from`), "

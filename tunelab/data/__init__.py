@@ -14,7 +14,7 @@ import string
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from tunelab.config import DataConfig, EvalConfig, formatted, mixed, own_format
+from tunelab.config import DataConfig, EvalConfig, field_of, formatted, mixed, own_format
 from tunelab.data.chat import HISTORY, conversation, conversation_fields, with_system
 from tunelab.data.sources import Row, read_source, short_name
 from tunelab.errors import UserError
@@ -55,12 +55,15 @@ def question_text(example: Example) -> str:
 
 
 def placeholders(template: str) -> list[str]:
-    """Field names used by a `{field}` template, in order of first use."""
+    """Field names used by a `{field}` template (`choices` of {choices[0]}), in order of first use."""
     names = []
-    for _, name, _, _ in string.Formatter().parse(template):
-        if name is not None and name not in names:
-            if not name.isidentifier():
-                raise UserError(f"template {template!r}: placeholder {{{name}}} is not a field name")
+    for _, placeholder, _, _ in string.Formatter().parse(template):
+        if placeholder is None:
+            continue
+        name = field_of(placeholder)
+        if name is None:
+            raise UserError(f"template {template!r}: placeholder {{{placeholder}}} is not a field name")
+        if name not in names:
             names.append(name)
     return names
 
@@ -215,14 +218,17 @@ def to_example(cfg: DataConfig, row: Row, need_target: bool = True) -> tuple[Exa
     if problem:
         return None, problem
     answered = need_target or not _row_problem(fields, target_needs)
-    target = render(cfg.target, fields, loose) if answered else ""
+    try:
+        target = render(cfg.target, fields, loose) if answered else ""
+        prompt = render(prompt_template(cfg, fields), fields, loose)
+    except (IndexError, KeyError, TypeError) as err:  # {choices[4]} of a row with four options
+        return None, f"a placeholder's item is not in the row ({type(err).__name__}: {err})"
     if need_target and not target.strip():
         return None, "empty target: data.target renders blank (its optional fields are all empty)"
     if cfg.system_prompt is not None:
         fields = with_system(fields, cfg.system_prompt)
     label = fields.get(cfg.label_field) if cfg.label_field else None
-    return Example(row.id, render(prompt_template(cfg, fields), fields, loose), target, fields,
-                   None if label is None else str(label)), None
+    return Example(row.id, prompt, target, fields, None if label is None else str(label)), None
 
 
 def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:

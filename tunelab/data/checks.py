@@ -211,20 +211,27 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
     return f"train.max_length {current} holds every row (longest {longest} tokens)"
 
 
-def targets(splits: Splits, mode: str | None, pattern: str | None = None) -> dict:
+def targets(splits: Splits, mode: str | None, cfg=None) -> dict:
     """Share of train and test targets holding a reference answer the eval stage can score in `mode`, the scoring
-    mode it would use (regex: the targets `pattern`, eval.answer_pattern, matches; the others are scored against
-    their whole text). With no mode (none suits the data), how far it is from one: how many targets state a final
-    number and how many are short answers, two of the shares eval.scoring=auto looks at."""
+    mode it would use under the recipe `cfg` (regex: the targets eval.answer_pattern matches, the others being
+    scored against their whole text; choice: the rows whose target names one of their eval.choices options). With
+    no mode (none suits the data), how far it is from one: how many targets state a final number and how many are
+    short answers, two of the shares eval.scoring=auto looks at."""
     from tunelab.evaluate.scoring import ANSWER_TAG, is_short, scorer, states_answer
-    has_answer = re.compile(pattern or ANSWER_TAG).search if mode == "regex" else mode and scorer(mode)[0]
+    if mode == "choice":
+        from tunelab.evaluate.choices import answer_of
+        has_answer = lambda e: answer_of(cfg, e) is not None  # noqa: E731
+    else:
+        pattern = cfg.eval.answer_pattern if cfg is not None else None
+        read = re.compile(pattern or ANSWER_TAG).search if mode == "regex" else mode and scorer(mode)[0]
+        has_answer = lambda e: read(e.target)  # noqa: E731
     out = {}
     for name, rows in (("train", splits.train + splits.val), ("test", splits.test)):
         if mode is None:
             out[name] = {"rows": len(rows), "scoring": None, "stated": sum(states_answer(e.target) for e in rows),
                          "short": sum(is_short(e.target) for e in rows)}
             continue
-        missing = [e.id for e in rows if not has_answer(e.target)]
+        missing = [e.id for e in rows if not has_answer(e)]
         out[name] = {"rows": len(rows), "scoreable": len(rows) - len(missing), "scoring": mode,
                      "share": round((len(rows) - len(missing)) / len(rows), 4) if rows else None,
                      "without_answer": missing[:20]}
@@ -238,6 +245,9 @@ def targets_line(split: str, counts: dict) -> tuple[str, str]:
                 f"{counts['stated']} / {counts['short']} of {counts['rows']}")
     if counts.get("scoring") == "regex":
         return (f"{split} targets eval.answer_pattern matches (regex scoring)",
+                f"{counts['scoreable']} / {counts['rows']}")
+    if counts.get("scoring") == "choice":
+        return (f"{split} targets naming one of the row's options (multiple-choice scoring)",
                 f"{counts['scoreable']} / {counts['rows']}")
     return (f"{split} targets with a scoreable answer ({counts.get('scoring') or 'numeric'} scoring)",
             f"{counts['scoreable']} / {counts['rows']}")
@@ -282,7 +292,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "overlap_counts": counts, "overlap": found, **({"extra_sets": extra} if extra else {}),
             "train_duplicates": duplicates, "lengths": profile,
             "boundary": boundary,
-            "targets": targets(splits, mode, cfg.eval.answer_pattern), "eval_skipped": skipped,
+            "targets": targets(splits, mode, cfg), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals

@@ -188,6 +188,11 @@ NAMING = {
                     "with runs of spaces, quotes, brackets, bold marks and end punctuation removed, and numbers "
                     "without ',' and '$': first match = the first match's answer equals it; answer in last match = "
                     "it occurs in the last match's answer as whole words."),
+    "choice": Naming("multiple-choice accuracy", "choice acc", "acc", "acc_norm",
+                     "Multiple-choice accuracy = the option the model finds most likely after the prompt (each "
+                     "written by eval.choice_target) against the one the target names, as lm-evaluation-harness "
+                     "scores multiple_choice tasks; nothing is generated: acc = the highest summed log-likelihood "
+                     "of the option's tokens; acc_norm = the highest per character of the option as written."),
 }
 
 

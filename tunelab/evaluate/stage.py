@@ -26,10 +26,10 @@ from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, load_splits, optional, question_text, render
 from tunelab.errors import UserError
-from tunelab.evaluate import losses, overlap
+from tunelab.evaluate import choices, losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
 from tunelab.evaluate.journal import Journal
-from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, states_answer
+from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, short_answer, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
     pass_names, sampled_comparison, sampled_name
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
@@ -291,13 +291,16 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         reference = _reference(recipe, mode)
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": reference(q.target)}
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
-        shots = shot_pool(recipe, rows)[:recipe.eval.fewshot] if recipe.eval.fewshot and questions else []
+        shots = _first_shots(recipe, shot_pool(recipe, rows), mode) if recipe.eval.fewshot and questions else []
+        if mode == "choice":
+            for row, question in zip(out[name]["rows"], questions):
+                row["options"] = choices.written(recipe, question, recipe.data.chat_template)
         if shots:
-            out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1])[0][0]
+            out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1], mode=mode)[0][0]
         if recipe.eval.chat_baseline and questions:
             out[name]["chat_baseline_prompt"] = chat_baseline_prompts(tok, questions[:1])[0]
         if recipe.eval.chat_baseline and shots:
-            chatted = _fewshot_prompts(recipe, tok, shots, questions[:1], chat_format=True)
+            chatted = _fewshot_prompts(recipe, tok, shots, questions[:1], chat_format=True, mode=mode)
             out[name]["chat_fewshot_prompt"] = chatted[0][0]
         if recipe.eval.prompt_baseline and questions:
             out[name]["prompt_baseline_prompt"] = prompt_baseline_prompts(recipe, tok, questions[:1])[0]
@@ -312,6 +315,8 @@ def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     if cfg.eval.split == "test" and not splits.test:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
     _, rows = _limited(cfg, splits)
+    if mode == "choice":  # each target as the text of the option it names
+        rows = choices.resolved(cfg, rows)
     reference = _reference(cfg, mode)
     scored = [e for e in rows if reference(e.target)]
     if len(scored) < len(rows):
@@ -334,6 +339,8 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
     split, rows = _limited(cfg, splits)
     if not rows:
         return None, f"eval.split: {cfg.data.source} has no {split} rows to score"
+    if cfg.eval.choices:  # eval.scoring auto or choice
+        return _choice_mode(cfg, split, rows)
     pattern = re.compile(cfg.eval.answer_pattern or ANSWER_TAG)
     tagged = sum(bool(pattern.search(e.target)) for e in rows)
     stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
@@ -349,6 +356,19 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
                   f"answer is N' or a bare number), {short} are short answers (one line, at most {SHORT_WORDS} words) "
                   f"and {tagged} match eval.answer_pattern ({pattern.pattern}); eval.scoring=auto needs "
                   f"{AUTO_SHARE:.0%} of one of them (eval.scoring=numeric, exact or regex scores them anyway)")
+
+
+def _choice_mode(cfg: Recipe, split: str, rows: list[Example]) -> tuple[str | None, str | None]:
+    """`scoring_mode` with eval.choices: choice, or (None, why) when no row has options its target names one of
+    (`_questions` warns about the rows that do not)."""
+    named = sum(choices.answer_of(cfg, e) is not None for e in rows)
+    if not named:
+        with_options = sum(choices.options(cfg, e.fields) is not None for e in rows)
+        return None, (f"eval.choices: {with_options} of {len(rows)} {split} rows have two or more options in "
+                      f"{cfg.eval.choices!r}, and no row's target ({(cfg.eval.target or cfg.data.target)!r}) names "
+                      f"one of its options (a label, a 0-based index, a letter or an option's text)"
+                      + (f"; the first row's: {rows[0].target.strip()!r}" if rows else ""))
+    return "choice", None
 
 
 def _asked_mode(cfg: Recipe, split: str, rows: list[Example], tagged: int, short: int) -> tuple[str | None, str | None]:
@@ -368,14 +388,21 @@ def _asked_mode(cfg: Recipe, split: str, rows: list[Example], tagged: int, short
     return mode, None
 
 
+SCORED_WITH = ("answer_pattern", "choices", "choice_target")  # the settings a scoring mode reads
+
+
 def _pattern(cfg: Recipe, mode: str) -> dict:
-    """{"answer_pattern": the pattern regex scoring reads} as the eval summary records it; {} in the other modes."""
-    return {"answer_pattern": cfg.eval.answer_pattern or ANSWER_TAG} if mode == "regex" else {}
+    """The settings a scoring mode reads, as the eval summary records them: regex's pattern; choice's options field
+    and how each is written; {} in the other modes."""
+    if mode == "regex":
+        return {"answer_pattern": cfg.eval.answer_pattern or ANSWER_TAG}
+    return {"choices": cfg.eval.choices, "choice_target": cfg.eval.choice_target} if mode == "choice" else {}
 
 
 def _reference(cfg: Recipe, mode: str):
-    """A target's reference answer in a scoring mode (None: the target has none); regex's by eval.answer_pattern."""
-    return scorer(mode, cfg.eval.answer_pattern)[0]
+    """A target's reference answer in a scoring mode (None: the target has none); regex's by eval.answer_pattern;
+    choice's is the option's text a scored question's target holds (`choices.resolved`)."""
+    return short_answer if mode == "choice" else scorer(mode, cfg.eval.answer_pattern)[0]
 
 
 def unscoreable(cfg: Recipe, splits) -> str | None:
@@ -434,15 +461,15 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
         if cfg.eval.fewshot:
-            shots = pool[:cfg.eval.fewshot]
-            few, context = _fewshot_prompts(cfg, tok, shots, questions)
+            shots = _first_shots(cfg, pool, mode)
+            few, context = _fewshot_prompts(cfg, tok, shots, questions, mode=mode)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget,
                                shots_from=_shots_from(cfg, len(shots))))
         if cfg.eval.chat_baseline:
             passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(tok, questions), stop, max_new_tokens=budget))
         if cfg.eval.chat_baseline and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
-            shots = pool[:cfg.eval.fewshot]
-            few, context = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True)
+            shots = _first_shots(cfg, pool, mode)
+            few, context = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True, mode=mode)
             passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=context,
                                max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots))))
         if cfg.eval.prompt_baseline:
@@ -461,10 +488,25 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     return passes
 
 
+def _first_shots(cfg: Recipe, pool: list[Example], mode: str) -> list[Example]:
+    """The few-shot baseline's shots: the first `eval.fewshot` rows of `pool` (with choice scoring, of those whose
+    target names one of their options)."""
+    return choices.shot_rows(cfg, pool, cfg.eval.fewshot) if mode == "choice" else pool[:cfg.eval.fewshot]
+
+
 def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Example],
-                     chat_format: bool = False) -> tuple[list[str], str]:
+                     chat_format: bool = False, mode: str = "numeric") -> tuple[list[str], str]:
     """The few-shot baseline's prompt for each question (lm-eval's format, or the shots as chat turns with
-    `data.chat_template` or `chat_format`) and the context they all start with."""
+    `data.chat_template` or `chat_format`) and the context they all start with; with choice scoring each shot is
+    written as the questions are, its prompt and its right option (lm-eval's multiple-choice few-shot)."""
+    if mode == "choice":
+        pairs = choices.exchanges(cfg, shots)
+        if not (cfg.data.chat_template or chat_format):
+            context = choices.fewshot_context(pairs)
+            return [context + q.prompt for q in questions], context
+        turns = [(prompt.strip(), option.strip()) for prompt, option in pairs]
+        return ([chat.prompt(tok, q.prompt.strip(), turns, _history(q)) for q in questions],
+                chat.context(tok, turns, _history(questions[0])))
     if cfg.data.chat_template or chat_format:
         return ([chat.prompt(tok, ask_turn(q), exchanges(shots), _history(q)) for q in questions],
                 chat.context(tok, exchanges(shots), _history(questions[0])))  # rows share a system turn
@@ -624,9 +666,12 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
               mode: str) -> tuple[list[dict], dict]:
     """One pass's prediction rows and stats: a base pass asked the same way before comes from the cross-run cache
     (its answers scored again against these questions' references: the same prompts may have other targets), anything
-    else is answered (`_run_pass`); the stats count the answers that reached the token budget."""
-    rows, stats = _cached(cfg, p) if p.is_base else (None, None)
-    if rows is not None:
+    else is answered (`_run_pass`), or with choice scoring its options' log-likelihoods measured (`_choice_pass`);
+    the stats count the answers that reached the token budget."""
+    rows, stats = _cached(cfg, p) if p.is_base and mode != "choice" else (None, None)
+    if mode == "choice":  # nothing generated, nothing cached: each option's log-likelihood, journaled
+        rows, stats = _choice_pass(cfg, p, questions, tok, device, journal)
+    elif rows is not None:
         scored = _row_scorer(cfg, mode)
         rows = [_row(p, q, r["completion"], r["tokens"], scored) for q, r in zip(questions, rows)]
         stats.update(_figures(rows, mode))
@@ -638,11 +683,36 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         stats["shots_from"] = p.shots_from
     if p.asked_with:
         stats["asked_with"] = p.asked_with
+    if mode == "choice":
+        return rows, stats
     stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
                  at_budget=sum(r["tokens"] >= p.max_new_tokens for r in rows))
     if mode != "overlap":  # completions the scoring read no answer from (no number, no match, a blank reply)
         stats["no_answer"] = sum(r["flexible_answer"] is None for r in rows)
     return rows, stats
+
+
+def _choice_pass(cfg: Recipe, p: Pass, questions: list[Example], tok, device,
+                 journal: Journal) -> tuple[list[dict], dict]:
+    """One pass of multiple-choice scoring (`choices.answer`): each question's options' log-likelihoods after the
+    pass's prompt (after a chat template's assistant header without the whitespace before them), the options picked
+    by acc and acc_norm; its prediction rows and stats."""
+    def load():
+        model = load_model(cfg.model, device)
+        return load_adapter(model, p.adapter, merge=True) if p.adapter is not None else model
+
+    chat = cfg.data.chat_template or p.name.startswith(CHAT_BASELINE) or (p.name == PROMPT_BASELINE
+                                                                          and asks_in_chat(cfg))
+    lls, seconds, forwarded = choices.answer(cfg, p.prompts, questions, load, tok, device, _pass_key(cfg, p),
+                                             journal, p.name, chat)
+    unscored = (short_answer, lambda completion, reference: {})
+    rows = [{**_row(p, q, "", 0, unscored), **choices.row(cfg, q, scores)} for q, scores in zip(questions, lls)]
+    figures = _figures(rows, "choice")
+    log.info("%s: %s on %d questions (multiple choice, %.0f tokens/s)", p.name,
+             ", ".join(f"{k.removesuffix('_accuracy')} {v:.3f}" for k, v in figures.items()), len(rows),
+             forwarded / max(seconds, 1e-9))
+    return rows, {"n": len(rows), **figures, "seconds": round(seconds, 2), "scored_tokens": forwarded,
+                  "tokens_per_second": round(forwarded / max(seconds, 1e-9), 2)}
 
 
 def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device,
@@ -747,10 +817,11 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
 
 
 def _asked_alike(cfg: Recipe, previous: dict, mode: str, prompts: str) -> bool:
-    """An earlier eval summary scored the way this eval scores (mode, and regex's pattern) questions asked with
-    the same prompts (`prompts_digest`)."""
-    scored = (previous.get("scoring", "numeric"), previous.get("answer_pattern"))
-    return scored == (mode, _pattern(cfg, mode).get("answer_pattern")) and previous.get("prompts", prompts) == prompts
+    """An earlier eval summary scored the way this eval scores (mode, and the settings it reads: `_pattern`)
+    questions asked with the same prompts (`prompts_digest`)."""
+    settings = _pattern(cfg, mode)
+    return (previous.get("scoring", "numeric") == mode and previous.get("prompts", prompts) == prompts
+            and all(previous.get(k) == settings.get(k) for k in SCORED_WITH))
 
 
 def _sampled(cfg: Recipe, run: RunDir, passes: list[Pass], questions: list[Example], tok, device, journal: Journal,

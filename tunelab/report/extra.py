@@ -144,7 +144,8 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s)
                              if b["prompting"])
         rows.append((view.name, s.get("source"), repr(written) if written else "the run's", d["n"],
-                     f"{100 * s['base']['flexible_accuracy']:.1f} %", prompted or "–",
+                     f"{names.short} ({names.flexible})", f"{100 * s['base']['flexible_accuracy']:.1f} %",
+                     prompted or "–",
                      steps or "–", f"{100 * s['tuned']['flexible_accuracy']:.1f} %",
                      f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})",
                      f"{d['mcnemar_p']:.2g}"))
@@ -171,9 +172,11 @@ def _accuracy_blocks(rows: list[tuple]) -> list:
                   "template or the prompt it sets (the one it was trained with, for a data.mix source), and the "
                   "base model prompted few-shot (eval.fewshot, or the set's fewshot) or through its chat template "
                   "(eval.chat_baseline) when asked; the per-epoch column starts with the adapter the run "
-                  "continued (start), when there is one; accuracy is flexible-extract (or the exact-match line, "
-                  "for short answers). A fall here beyond noise is what the fine-tune cost on that set."),
-            ("table", ["set", "source", "prompt", "n", "base", "base prompted", "per epoch", "tuned",
+                  "continued (start), when there is one; each set's accuracy is its scoring mode's lenient "
+                  "variant, named in the table (multiple-choice sets, eval.also's choices, are scored by the "
+                  "options' log-likelihood: nothing is generated). A fall here beyond noise is what the fine-tune "
+                  "cost on that set."),
+            ("table", ["set", "source", "prompt", "n", "accuracy", "base", "base prompted", "per epoch", "tuned",
                        "Δ pts (95 % CI)", "McNemar p"], rows)]
 
 

@@ -627,7 +627,9 @@ def _flips(run: RunDir, evaluation: dict) -> list:
     clusters = run.read_optional(run.eval_clusters, {})
     names = {c["cluster"]: c["name"] for c in run.read_optional(run.clusters, [])}
     blocks: list = [("p", f"A question is gained when the later model answers it right ({naming(evaluation).flexible}) "
-                          "and the earlier one wrong, lost the other way round; same questions, greedy decoding.")]
+                          "and the earlier one wrong, lost the other way round; same questions, "
+                          + ("each option's log-likelihood (nothing generated)."
+                             if evaluation.get("scoring") == "choice" else "greedy decoding."))]
     for f in evaluation["flips"]:
         gained, lost = f["gained"], f["lost"]
         blocks.append(("p", f"{f['from']} → {f['to']}: {len(gained)} gained, {len(lost)} lost "
