@@ -275,3 +275,29 @@ def test_a_mixed_row_repeating_an_earlier_one_is_deduplicated_and_mix_errors_nam
     broken = write_jsonl(tmp_path / "broken.jsonl", rows(5) + ["{not json"])
     with pytest.raises(UserError, match="broken.jsonl:6: bad JSON"):
         load_splits(cfg(main_rows, mix=[{"source": str(broken)}]))
+
+
+def test_eval_limit_takes_the_first_rows_or_a_seeded_draw_in_the_sources_order(tiny_recipe):
+    """eval.limit_from: random draws the scored rows with data.seed (a set stored by subject is not its first
+    subjects only); the eval stage, the familiarity check before training and an eval.also set take the same rows."""
+    from tunelab.config import also_recipe, validate
+    from tunelab.data import scored_rows
+    from tunelab.evaluate.stage import _limited
+    from tunelab.train.loop import familiarity_rows
+    raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "synthetic_test_rows": 40},
+           "eval": {"limit": 6, "limit_from": "random"}}
+    drawn = validate(raw, "tiny")
+    splits = load_splits(drawn.data, drawn.eval)
+    ids = [e.id for e in _limited(drawn, splits)[1]]
+    order = [e.id for e in splits.test]
+    assert len(ids) == 6 and ids != order[:6] and ids == sorted(ids, key=order.index)  # drawn, in the source's order
+    assert [e.id for e in familiarity_rows(drawn, splits)] == ids
+    assert ids == [e.id for e in _limited(validate(raw, "tiny"), splits)[1]]  # the same seed, the same rows
+    reseeded = validate({**raw, "data": {**raw["data"], "seed": 1}}, "tiny")
+    assert [e.id for e in scored_rows(splits.test, reseeded.eval, reseeded.data.seed)] != ids
+    first = validate({**raw, "eval": {"limit": 6}}, "tiny")
+    assert [e.id for e in _limited(first, splits)[1]] == order[:6]
+    assert scored_rows(splits.test[:4], drawn.eval, 0) == splits.test[:4]  # a limit above the rows: all of them
+    entry = validate({**raw, "eval": {"limit": 6, "limit_from": "random", "also": [{"source": "synthetic:arith"}]}},
+                     "tiny")
+    assert also_recipe(entry, entry.eval.also[0]).eval.limit_from == "random"

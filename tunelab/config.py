@@ -306,6 +306,7 @@ class ExtraTestSet(RowFormat):
     config: str | None = Field(None, description="hub dataset config name")
     name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")
     limit: int | None = Field(None, ge=1, description="questions to score; None = eval.limit")
+    limit_from: Literal["first", "random"] | None = Field(None, description="as eval.limit_from; None = eval's")
     fewshot: int | None = Field(None, ge=0, description="its few-shot baseline's shots; None = eval.fewshot")
     label_field: str | None = Field(None, description="its category column (as eval.label_field); None = "
                                     "data.label_field's, where its rows have it")
@@ -347,6 +348,9 @@ class EvalConfig(Section):
     template_if_empty: dict[str, str] | None = Field(None, description="as data.template_if_empty, for eval.source's "
                                                      "template; None = as eval.optional_fields")
     limit: int | None = Field(200, ge=1, description="questions to score (None = all)")
+    limit_from: Literal["first", "random"] = Field(
+        "first", description="which eval.limit questions: the first ones, or as many drawn at random (seeded by "
+        "data.seed, kept in the source's order), for a set stored in an order such as by subject (MMLU's all)")
     max_new_tokens: int = Field(256, ge=1, description="most tokens generated per answer (exact scoring stops "
                                                        "sooner: see eval.scoring)")
     batch_size: int = Field(0, ge=0, description="rows decoded together (continuous-batching slots); 0 = automatic "
@@ -419,8 +423,9 @@ class EvalConfig(Section):
         "= the reference occurs as whole words in the last match; zero-shot answers stop once a match's line is "
         "complete; None = '<answer>\\s*(.*?)\\s*</answer>' (reasoning-format tags)")
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
-                                     "limit, fewshot, prompt_baseline, choices, choice_target, template, target, "
-                                     "messages, optional_fields, template_if_empty}, scored after the main one the "
+                                     "limit, limit_from, fewshot, prompt_baseline, choices, choice_target, "
+                                     "template, target, messages, optional_fields, template_if_empty}, scored after "
+                                     "the main one the "
                                      "way eval.source is (its test split, or all its rows), rendered with its own "
                                      "templates (else those of the data.mix entry of the same source, else "
                                      "data's; a set naming choices is scored by multiple choice): the base model and "
@@ -688,6 +693,7 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
                                      "prompt_baseline": entry.prompt_baseline,  # its own: its rows' fields
                                      "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
+                                     "limit_from": entry.limit_from or cfg.eval.limit_from,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
                                      "choices": entry.choices, "choice_target": entry.choice_target,
                                      "scoring": "choice" if entry.choices else "auto"

@@ -111,17 +111,17 @@ LAYOUT = {
                                            "shown in the report"),
     "eval/replies/": (None, "when no scoring mode suits the held-out answers: the greedy replies of the base model, "
                             "its prompting baselines, each kept epoch's adapter, adapters/best-loss when kept and the "
-                            "tuned adapter to the first "
-                            "`eval.limit` held-out rows (eval.overlap; else base and tuned on the first "
+                            "tuned adapter to the "
+                            "`eval.limit` held-out rows eval scores (eval.overlap; else base and tuned on the first "
                             "`eval.samples`) with each reply's chrF and ROUGE-L against its reference "
                             "(predictions.jsonl), and a summary: per model the mean of each, tokens/s, `at_budget`; "
                             "per metric, paired over rows: `overlap` (tuned − base), `versus` (tuned − each model), "
                             "`epochs` (each epoch − the one before); with data.label_field `by_category`, each "
                             "category's chrF paired apart; its journals while unfinished"),
     "eval/loss/": (None, "when no scoring mode suits the held-out answers: the base model's, each kept epoch's and the "
-                         "final adapter's target loss on the first `eval.limit` held-out rows, as an eval.also set "
-                         "measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base paired "
-                         "over rows, `epochs`, each measured epoch's loss paired with the one before, and with "
+                         "final adapter's target loss on the `eval.limit` held-out rows eval scores, as an eval.also "
+                         "set measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base "
+                         "paired over rows, `epochs`, each measured epoch's loss paired with the one before, and with "
                          "data.label_field `by_category`, each category's loss paired apart)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),

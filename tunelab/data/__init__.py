@@ -142,6 +142,16 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     return Splits(train, val, test, problems, dropped, eval_train)
 
 
+def scored_rows(rows: list[Example], held_out: EvalConfig, seed: int) -> list[Example]:
+    """The held-out rows the eval stage scores: the first `eval.limit`, or (`eval.limit_from: random`) as many drawn
+    with `seed` (data.seed), in the source's order; all of them without a limit."""
+    if not held_out.limit or held_out.limit >= len(rows):
+        return rows
+    if held_out.limit_from == "first":
+        return rows[:held_out.limit]
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), held_out.limit))]
+
+
 def source_names(cfg: DataConfig) -> list[str]:
     """The names of the training rows' sources: data.source's, then each data.mix entry's (its `name`, or its
     file's or dataset's), which prefixes its row ids."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
-from tunelab.data import Example, chat, load_splits, optional, question_text, render
+from tunelab.data import Example, chat, load_splits, optional, question_text, render, scored_rows
 from tunelab.errors import UserError
 from tunelab.evaluate import choices, losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
@@ -411,11 +411,10 @@ def unscoreable(cfg: Recipe, splits) -> str | None:
 
 
 def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
-    """The held-out split scored and its first `eval.limit` rows: `eval.split`'s, or the validation rows when the
-    source has no test split."""
+    """The held-out split scored and its `eval.limit` rows (`data.scored_rows`: the first, or drawn at random):
+    `eval.split`'s, or the validation rows when the source has no test split."""
     name = cfg.eval.split if cfg.eval.split == "validation" or splits.test else "validation"
-    rows = splits.test if name == "test" else splits.val
-    return name, rows[:cfg.eval.limit] if cfg.eval.limit else rows
+    return name, scored_rows(splits.test if name == "test" else splits.val, cfg.eval, cfg.data.seed)
 
 
 def epochs_to_score(cfg: Recipe, trained: int) -> str:

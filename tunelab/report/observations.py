@@ -624,12 +624,13 @@ def familiarity(test: list[tuple[float, int]], val: list[tuple[float, int]]) -> 
     numbers = (f"{d['loss_a']:.3f} on {d['n_a']} test rows vs {d['loss_b']:.3f} on {d['n_b']} validation rows, "
                f"{d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f}")
     rule = ("before training, the base model's token-weighted loss (on the tokens training takes it on) over the "
-            "first eval.limit test rows (as set for training) minus over the validation rows, which are held out of "
-            "the source's train split; 95 % bootstrap CI resampling each group's rows; lower beyond noise (CI below "
-            "0) = the test rows are more familiar than train-split rows (Skywork's test-vs-train loss check, Wei et "
-            "al. 2023). It is blunt: it cannot see a test set seen as often as the train split, nor light exposure (a "
-            "135M model trained 2 epochs with LoRA on 180 of a benchmark's first 200 test rows still had the same "
-            "loss there as on its train-split rows, 0.827 vs 0.814; README), so a pass rules out only heavy exposure")
+            "eval.limit test rows the eval scores (as set for training) minus over the validation rows, which are "
+            "held out of the source's train split; 95 % bootstrap CI resampling each group's rows; lower beyond "
+            "noise (CI below 0) = the test rows are more familiar than train-split rows (Skywork's test-vs-train "
+            "loss check, Wei et al. 2023). It is blunt: it cannot see a test set seen as often as the train split, "
+            "nor light exposure (a 135M model trained 2 epochs with LoRA on 180 of a benchmark's first 200 test rows "
+            "still had the same loss there as on its train-split rows, 0.827 vs 0.814; README), so a pass rules out "
+            "only heavy exposure")
     verdict = sign_of(d["ci95"])
     if verdict < 0:
         return Observation("watch", f"Before training, the base model's loss was lower on the test rows than on "

@@ -25,7 +25,7 @@ import torch
 
 from tunelab import card, cost, distributed, environment, memory
 from tunelab.config import Recipe, to_yaml
-from tunelab.data import Example, Splits, load_splits
+from tunelab.data import Example, Splits, load_splits, scored_rows
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
 from tunelab.models import add_lora, continued_adapter, load_model, load_start, load_tokenizer, pick_device
@@ -428,7 +428,7 @@ def _validate(loop: Loop, epoch: int, log_rows: bool = True) -> PassStats:
 
 
 def _test_losses(loop: Loop, tok) -> None:
-    """Before training: the base model's loss on the test rows the eval stage will score (the first `eval.limit`),
+    """Before training: the base model's loss on the test rows the eval stage will score (its `eval.limit`),
     each row's in the example log as split "test", epoch 0 — set against the validation rows' (the report's
     familiarity check: a test set the base model saw in pretraining has the lower loss). Only for data.source's own
     test split: another source's rows (eval.source) differ from the training data anyway."""
@@ -439,12 +439,12 @@ def _test_losses(loop: Loop, tok) -> None:
 
 
 def familiarity_rows(cfg: Recipe, splits: Splits) -> list[Example]:
-    """The test rows whose base-model loss the familiarity check compares with the validation rows': the first
-    `eval.limit` of data.source's own test split (none when eval.source or eval.split scores other rows, or when the
-    run continues an adapter)."""
+    """The test rows whose base-model loss the familiarity check compares with the validation rows': the
+    `eval.limit` of data.source's own test split that eval scores (`data.scored_rows`; none when eval.source or
+    eval.split scores other rows, or when the run continues an adapter)."""
     if cfg.eval.source or cfg.eval.split != "test" or cfg.lora.continue_from:  # epoch 0 is not the base model then
         return []
-    return splits.test[:cfg.eval.limit]
+    return scored_rows(splits.test, cfg.eval, cfg.data.seed)
 
 
 def _loss_pass(loop: Loop, items: list[Tokenized], examples: list[Example], split_name: str, epoch: int,
