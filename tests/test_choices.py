@@ -159,8 +159,15 @@ def test_the_fewshot_baseline_writes_each_shot_as_the_questions_are_with_its_rig
     context = "".join(ASKED.format(**r) + f" {r['choices'][r['answer']]}\n\n" for r in shots)
     assert shown["fewshot_prompt"] == context + ASKED.format(**_rows(1)[0])
     assert shown["rows"][0]["options"] == [f" {o}" for o in _rows(1)[0]["choices"]]
-    s = evaluate(cfg, run, only="base").summary
-    assert pass_names(s) == ["base", "base-2shot"] and s["base-2shot"]["n"] == 6
+    result = evaluate(cfg, run, only="base")
+    assert pass_names(result.summary) == ["base", "base-2shot"] and result.summary["base-2shot"]["n"] == 6
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # the shots' cache, run once and shared, is exact
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name).eval()
+    for p in [p for p in result.predictions if p["model"] == "base-2shot"][:3]:
+        row = _rows(6)[int(p["id"].split("-")[1]) - 1]
+        expected = [_loglik(base, tok, context + ASKED.format(**row), f" {o}") for o in row["choices"]]
+        assert p["logliks"] == pytest.approx(expected, abs=2e-4)
 
 
 def test_after_a_chat_templates_assistant_header_the_options_are_written_without_their_space(trained, tmp_path,

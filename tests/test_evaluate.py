@@ -108,7 +108,7 @@ def test_a_shared_prefix_is_run_once_and_changes_nothing_a_row_computes(tiny_mod
     encoded = tok(prompts, add_special_tokens=True)["input_ids"]
     device = torch.device("cpu")
     with torch.no_grad():
-        shared = gen._Shared.run(model, tok, context, device)
+        shared = gen.SharedPrefix.run(model, tok, context, device)
         assert shared is not None and len(shared.ids) >= gen.SHARED_MIN_TOKENS
         assert [shared.starts(x) for x in encoded] == [True] * 6 + [False]
         fed = []

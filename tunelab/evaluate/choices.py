@@ -110,25 +110,32 @@ def fewshot_context(examples: list[tuple[str, str]]) -> str:
 
 
 def answer(cfg: Recipe, prompts: list[str], rows: list[Example], load, tok, device, key: str, journal,
-           label: str, chat: bool = False) -> tuple[list[list[float]], float, int]:
+           label: str, chat: bool = False, prefix: str | None = None) -> tuple[list[list[float]], float, int]:
     """The log-likelihood of each option of each row after its prompt under the model `load()` returns: per row,
     the list; the seconds and the tokens forwarded. `chat`: the prompts end with a chat template's assistant header
-    (`written`). Rows journaled under `key` (a killed pass's) are read back, the others scored `CHUNK` rows at a time
-    and journaled; under torchrun each rank scores every W-th remaining row."""
+    (`written`); `prefix`: text every prompt starts with (the few-shot shots), run once and its KV cache shared
+    (`generate.SharedPrefix`). Rows journaled under `key` (a killed pass's) are read back, the others scored `CHUNK`
+    rows at a time and journaled; under torchrun each rank scores every W-th remaining row."""
+    import torch
+    from tunelab.evaluate.generate import SharedPrefix
     from tunelab import distributed
     from tunelab.progress import bar
     key = choice_key(cfg, key, rows, chat)
     have = {i: json.loads(text) for i, (text, _) in journal.done(key).items()}
     d = distributed.setup(device.type)
     mine = [i for i in range(len(rows)) if i not in have][d.rank::d.world]
-    seconds, forwarded, new = 0.0, 0, []
+    forwarded, new = 0, []
     model = load().eval() if d.max(len(mine)) else None
+    t0 = time.time()
+    with torch.inference_mode():
+        shared = SharedPrefix.run(model, tok, prefix, device) if prefix and mine else None
+    seconds = time.time() - t0
     with bar(f"eval {label}", total=len(mine)) as progress:
         for start in range(0, len(mine), CHUNK):
             chunk = mine[start:start + CHUNK]
             t0 = time.time()
             sums, n = _likelihoods(cfg, [prompts[i] for i in chunk], [rows[i] for i in chunk], model, tok, device,
-                                   chat)
+                                   chat, shared)
             seconds, forwarded = seconds + time.time() - t0, forwarded + n
             for i, lls in zip(chunk, sums):
                 journal.append(key, i, json.dumps(lls), 0)
@@ -144,43 +151,53 @@ def choice_key(cfg: Recipe, key: str, rows: list[Example], chat: bool = False) -
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
 
 
-def _likelihoods(cfg: Recipe, prompts: list[str], rows: list[Example], model, tok, device,
-                 chat: bool = False) -> tuple[list[list[float]], int]:
+def _likelihoods(cfg: Recipe, prompts: list[str], rows: list[Example], model, tok, device, chat: bool = False,
+                 shared=None) -> tuple[list[list[float]], int]:
     """Summed log-likelihood of each option after its row's prompt, and the tokens forwarded: groups of prompts
-    (as many as generation decodes together, `auto_slots`) run once, and every option of a prompt continues a copy
-    of its KV cache (`_group`), instead of each option running the prompt again as lm-eval does."""
+    (as many as generation decodes together, `auto_slots`) run once — after the shared prefix's cache (`shared`, a
+    `generate.SharedPrefix`) when they all start with it —, and every option of a prompt continues a copy of its KV
+    cache (`_group`), instead of each option running the prompt again as lm-eval does."""
     import torch
     from tunelab.evaluate.generate import auto_slots
     heads = tok(prompts, add_special_tokens=True)["input_ids"]
     tails = [tok(written(cfg, r, chat), add_special_tokens=False)["input_ids"] for r in rows]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     size = auto_slots(base, device, max(len(h) + max(map(len, t)) for h, t in zip(heads, tails)))
-    out = []
+    out, skip = [], len(shared.ids) if shared is not None and all(map(shared.starts, heads)) else 0
     with torch.inference_mode():
         for at in range(0, len(rows), size):
-            out += _group(base, heads[at:at + size], tails[at:at + size], tok.pad_token_id, device)
-    return out, sum(len(h) + sum(map(len, t)) for h, t in zip(heads, tails))
+            out += _group(base, heads[at:at + size], tails[at:at + size], tok.pad_token_id, device,
+                          shared if skip else None)
+    return out, sum(len(h) - skip + sum(map(len, t)) for h, t in zip(heads, tails)) + skip
 
 
 HEAD_ROWS = 1024  # option positions put through the LM head at once (each one a vocabulary's logits)
 
 
-def _group(model, heads: list[list[int]], tails: list[list[list[int]]], pad: int, device) -> list[list[float]]:
+def _group(model, heads: list[list[int]], tails: list[list[list[int]]], pad: int, device,
+           shared=None) -> list[list[float]]:
     """Each option's summed log-likelihood for a group of prompts (token ids `heads`, left-padded together, explicit
-    positions) and their options (`tails`, each prompt's): the prompts' last position predicts every option's first
-    token; each option's other tokens run in one batch after a copy of its prompt's cache. The LM head sees only the
-    positions that predict an option token."""
+    positions; after a copy of `shared`'s cache, the prefix they all start with, when given) and their options
+    (`tails`, each prompt's): the prompts' last position predicts every option's first token; each option's other
+    tokens run in one batch after a copy of its prompt's cache. The LM head sees only the positions that predict an
+    option token."""
     import torch
     from transformers import DynamicCache
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    width = max(map(len, heads))
+    skip = len(shared.ids) if shared is not None else 0
+    width = max(len(x) - skip for x in heads)
     ids = torch.full((len(heads), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, x in enumerate(heads):
-        ids[r, width - len(x):], mask[r, width - len(x):] = torch.tensor(x), 1
+        ids[r, width - len(x) + skip:], mask[r, width - len(x) + skip:] = torch.tensor(x[skip:]), 1
     ids, mask = ids.to(device), mask.to(device)
     cache = DynamicCache(config=model.config)
-    last = decoder(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+    if shared is not None:  # the prefix's keys and values, one copy per prompt (as generate's prefill)
+        mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, skip), mask], dim=1)
+        for layer, (keys, values) in zip(cache.layers, shared.kv):
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = (t.expand(len(heads), -1, -1, -1) for t in (keys, values))
+    last = decoder(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, skip:],
                    past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
     first = lm_head(last).float().log_softmax(-1)  # (G, V)
     owner = [r for r, options in enumerate(tails) for _ in options]

@@ -290,7 +290,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
             (after the line holding its first match), or stop strings (lm-eval's `until`: ends before the first).
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens; greedy decoding only).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
-        prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`_Shared`).
+        prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`SharedPrefix`).
         sampling: draw each token (`Sampling`: temperature, top-p, each row's own seeded generator).
     """
     device = next(model.parameters()).device
@@ -301,7 +301,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     stops = stops or [None] * len(prompts)
     slots = slots or auto_slots(model, device, max(len(x) for x in encoded) + max_new_tokens)
     waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))  # similar lengths enter together
-    eos, shared = _eos_ids(model, tok), (_Shared.run(model, tok, prefix, device) if prefix else None)
+    eos, shared = _eos_ids(model, tok), (SharedPrefix.run(model, tok, prefix, device) if prefix else None)
     results: list[Generation | None] = [None] * len(prompts)
     started, generated, batch = time.time(), 0, None
     with packed_linears(model) if pack else nullcontext(), bar(label, total=len(prompts)) as progress:
@@ -338,8 +338,8 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     return results, time.time() - started
 
 
-def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device, shared: "_Shared | None" = None,
-             sampling: Sampling | None = None) -> _Batch:
+def _prefill(model, tok, indices: list[int], encoded: list[list[int]], device,
+             shared: "SharedPrefix | None" = None, sampling: Sampling | None = None) -> _Batch:
     """Run the prompts at `indices` (left-padded together) and return them as a batch with their first token
     (greedy, or drawn by each row's generator with `sampling`). Prompts that start with the shared prefix's tokens
     run only the rest, after a copy of its cache."""
@@ -385,13 +385,13 @@ def _cache(model):
 
 
 @dataclass
-class _Shared:
+class SharedPrefix:
     """A prefix's tokens and their per-layer (keys, values), each (1, H, P, D), computed once."""
     ids: list[int]
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
     @staticmethod
-    def run(model, tok, prefix: str, device) -> "_Shared | None":
+    def run(model, tok, prefix: str, device) -> "SharedPrefix | None":
         """The shared prefix of `prefix`'s tokens without its last one (a token the text after it may merge with)
         and trailing special tokens; None when too short, or when a layer is not a full-attention cache."""
         ids = tok(prefix, add_special_tokens=True)["input_ids"]
@@ -402,7 +402,7 @@ class _Shared:
         if len(ids) < SHARED_MIN_TOKENS or not all(isinstance(layer, _RoomyLayer) for layer in _layers(cache)):
             return None
         model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return _Shared(ids, [(layer.keys, layer.values) for layer in _layers(cache)])
+        return SharedPrefix(ids, [(layer.keys, layer.values) for layer in _layers(cache)])
 
     def starts(self, tokens: list[int]) -> bool:
         return len(tokens) > len(self.ids) and tokens[:len(self.ids)] == self.ids

@@ -703,7 +703,7 @@ def _choice_pass(cfg: Recipe, p: Pass, questions: list[Example], tok, device,
     chat = cfg.data.chat_template or p.name.startswith(CHAT_BASELINE) or (p.name == PROMPT_BASELINE
                                                                           and asks_in_chat(cfg))
     lls, seconds, forwarded = choices.answer(cfg, p.prompts, questions, load, tok, device, _pass_key(cfg, p),
-                                             journal, p.name, chat)
+                                             journal, p.name, chat, p.prefix)
     unscored = (short_answer, lambda completion, reference: {})
     rows = [{**_row(p, q, "", 0, unscored), **choices.row(cfg, q, scores)} for q, scores in zip(questions, lls)]
     figures = _figures(rows, "choice")
