@@ -246,3 +246,19 @@ def test_the_data_checks_count_the_rows_whose_target_names_one_of_their_options(
     assert counted["test"]["scoreable"] == 5 and counted["test"]["without_answer"] == [splits.test[0].id]
     assert targets_line("test", counted["test"]) == ("test targets naming one of the row's options (multiple-choice "
                                                      "scoring)", "5 / 6")
+
+
+def test_a_group_holds_as_many_option_caches_as_generation_holds_rows(trained, tmp_path, mc_set, monkeypatch):
+    """Each option continues its own copy of its prompt's cache, so a group takes the rows generation would hold
+    over the options each question has (8 slots, 4 options: 2 questions at a time); the figures do not change."""
+    cfg, run = copy_run(trained, tmp_path, **_on(mc_set))
+    whole = evaluate(cfg, run, only="base").predictions
+    shutil.rmtree(run.path / "eval")
+    monkeypatch.setattr("tunelab.evaluate.generate.auto_slots", lambda model, device, tokens: 8)
+    real, sizes = choices._group, []
+    monkeypatch.setattr(choices, "_group", lambda model, heads, *rest: (sizes.append(len(heads)),
+                                                                         real(model, heads, *rest))[1])
+    grouped = evaluate(cfg, run, only="base").predictions
+    assert sizes == [2, 2, 2]
+    assert [x for p in grouped for x in p["logliks"]] == pytest.approx([x for p in whole for x in p["logliks"]],
+                                                                        abs=1e-5)

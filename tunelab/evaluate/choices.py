@@ -1,6 +1,7 @@
 """Multiple-choice scoring by log-likelihood (`eval.scoring: choice`), as lm-evaluation-harness scores its
 multiple_choice tasks (MMLU, ARC, HellaSwag, PIQA): each option is written after the question's prompt, and the
-option the model finds most likely is its answer. Nothing is generated: one forward per option.
+option the model finds most likely is its answer. Nothing is generated: each prompt runs once, and its options
+continue copies of its KV cache.
 
     acc      = argmax over options of the summed log-likelihood of the option's tokens
     acc_norm = argmax of that sum divided by the option's length in characters, leading whitespace aside
@@ -117,8 +118,8 @@ def answer(cfg: Recipe, prompts: list[str], rows: list[Example], load, tok, devi
     (`generate.SharedPrefix`). Rows journaled under `key` (a killed pass's) are read back, the others scored `CHUNK`
     rows at a time and journaled; under torchrun each rank scores every W-th remaining row."""
     import torch
-    from tunelab.evaluate.generate import SharedPrefix
     from tunelab import distributed
+    from tunelab.evaluate.generate import SharedPrefix
     from tunelab.progress import bar
     key = choice_key(cfg, key, rows, chat)
     have = {i: json.loads(text) for i, (text, _) in journal.done(key).items()}
@@ -153,16 +154,18 @@ def choice_key(cfg: Recipe, key: str, rows: list[Example], chat: bool = False) -
 
 def _likelihoods(cfg: Recipe, prompts: list[str], rows: list[Example], model, tok, device, chat: bool = False,
                  shared=None) -> tuple[list[list[float]], int]:
-    """Summed log-likelihood of each option after its row's prompt, and the tokens forwarded: groups of prompts
-    (as many as generation decodes together, `auto_slots`) run once — after the shared prefix's cache (`shared`, a
-    `generate.SharedPrefix`) when they all start with it —, and every option of a prompt continues a copy of its KV
-    cache (`_group`), instead of each option running the prompt again as lm-eval does."""
+    """Summed log-likelihood of each option after its row's prompt, and the tokens forwarded: groups of prompts run
+    once — after the shared prefix's cache (`shared`, a `generate.SharedPrefix`) when they all start with it —, and
+    every option of a prompt continues a copy of its KV cache (`_group`), instead of each option running the prompt
+    again as lm-eval does. A group holds as many options' caches as generation decodes rows together (`auto_slots`:
+    CPU 48, CUDA what half the free memory holds), so as many prompts as that over the most options a row has."""
     import torch
     from tunelab.evaluate.generate import auto_slots
     heads = tok(prompts, add_special_tokens=True)["input_ids"]
     tails = [tok(written(cfg, r, chat), add_special_tokens=False)["input_ids"] for r in rows]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    size = auto_slots(base, device, max(len(h) + max(map(len, t)) for h, t in zip(heads, tails)))
+    slots = auto_slots(base, device, max(len(h) + max(map(len, t)) for h, t in zip(heads, tails)))
+    size = max(1, slots // max(map(len, tails)))  # each option holds its own copy of its prompt's cache
     out, skip = [], len(shared.ids) if shared is not None and all(map(shared.starts, heads)) else 0
     with torch.inference_mode():
         for at in range(0, len(rows), size):
