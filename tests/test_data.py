@@ -301,3 +301,26 @@ def test_eval_limit_takes_the_first_rows_or_a_seeded_draw_in_the_sources_order(t
     entry = validate({**raw, "eval": {"limit": 6, "limit_from": "random", "also": [{"source": "synthetic:arith"}]}},
                      "tiny")
     assert also_recipe(entry, entry.eval.also[0]).eval.limit_from == "random"
+
+
+def test_a_scored_source_whose_test_split_is_unlabelled_is_scored_on_its_validation_split(tiny_recipe, tmp_path):
+    """HellaSwag's and PIQA's test rows have no label: eval.split validation (an eval.also entry's split) scores the
+    labelled validation rows and leaves the test rows unread, instead of failing on them as malformed."""
+    from tunelab.config import also_recipe, validate
+    from tunelab.evaluate.stage import _limited
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    write_jsonl(bench / "train.jsonl", [{"question": f"t{i}", "answer": str(i)} for i in range(3)])
+    write_jsonl(bench / "validation.jsonl", [{"question": f"v{i}", "answer": str(i)} for i in range(4)])
+    write_jsonl(bench / "test.jsonl", [{"question": f"x{i}", "answer": ""} for i in range(5)])
+    raw = {**tiny_recipe, "eval": {"source": str(bench), "split": "validation"}}
+    scored = validate(raw, "tiny")
+    split, rows = _limited(scored, load_splits(scored.data, scored.eval))
+    assert split == "validation" and [e.fields["question"] for e in rows] == ["v0", "v1", "v2", "v3"]
+    assert [e.fields["question"] for e in load_splits(scored.data, scored.eval).eval_train] == ["t0", "t1", "t2"]
+    tested = validate({**raw, "eval": {"source": str(bench)}}, "tiny")
+    with pytest.raises(UserError, match="5 malformed rows"):  # the test split, unlabelled
+        load_splits(tested.data, tested.eval)
+    entry = validate({**tiny_recipe, "eval": {"also": [{"source": str(bench), "split": "validation"}]}}, "tiny")
+    extra = also_recipe(entry, entry.eval.also[0])
+    assert _limited(extra, load_splits(extra.data, extra.eval))[1][0].fields["question"] == "v0"

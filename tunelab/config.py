@@ -307,6 +307,8 @@ class ExtraTestSet(RowFormat):
     name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")
     limit: int | None = Field(None, ge=1, description="questions to score; None = eval.limit")
     limit_from: Literal["first", "random"] | None = Field(None, description="as eval.limit_from; None = eval's")
+    split: Literal["test", "validation"] = Field("test", description="its split scored (validation: for a set whose "
+                                                 "test split is unlabelled)")
     fewshot: int | None = Field(None, ge=0, description="its few-shot baseline's shots; None = eval.fewshot")
     label_field: str | None = Field(None, description="its category column (as eval.label_field); None = "
                                     "data.label_field's, where its rows have it")
@@ -328,11 +330,14 @@ class ExtraTestSet(RowFormat):
 
 
 class EvalConfig(Section):
-    split: Literal["test", "validation"] = Field("test", description="held-out rows to score")
+    split: Literal["test", "validation"] = Field("test", description="held-out rows to score: data.source's test "
+                                                 "or validation rows; with eval.source, that source's test or "
+                                                 "validation split (a benchmark whose test split is unlabelled: "
+                                                 "HellaSwag, PIQA)")
     source: str | None = Field(None, description="score another dataset's questions instead of data.source's held-out "
                                "rows (train on one set, measure on a benchmark): read like data.source and rendered "
-                               "with the same data.template and data.target; its test split, or all its rows when it "
-                               "has none; None = data.source's")
+                               "with the same data.template and data.target; its eval.split (test by default), or "
+                               "all its rows when it has none; None = data.source's")
     config: str | None = Field(None, description="hub dataset config name of eval.source")
     label_field: str | None = Field(None, description="eval.source's category column (a benchmark's subject or "
                                     "type): accuracy per category on its questions, as data.label_field gives on "
@@ -423,10 +428,10 @@ class EvalConfig(Section):
         "= the reference occurs as whole words in the last match; zero-shot answers stop once a match's line is "
         "complete; None = '<answer>\\s*(.*?)\\s*</answer>' (reasoning-format tags)")
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
-                                     "limit, limit_from, fewshot, prompt_baseline, choices, choice_target, "
+                                     "split, limit, limit_from, fewshot, prompt_baseline, choices, choice_target, "
                                      "template, target, messages, optional_fields, template_if_empty}, scored after "
                                      "the main one the "
-                                     "way eval.source is (its test split, or all its rows), rendered with its own "
+                                     "way eval.source is (its split, or all its rows), rendered with its own "
                                      "templates (else those of the data.mix entry of the same source, else "
                                      "data's; a set naming choices is scored by multiple choice): the base model and "
                                      "each epoch's adapter on the same questions, paired, in eval/also/<name>/; the "
@@ -569,9 +574,6 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.eval.label_field and not recipe.eval.source:
         problems.append("eval.label_field: needs eval.source (data.source's own rows take their category from "
                         "data.label_field)")
-    if recipe is not None and recipe.eval.source and recipe.eval.split == "validation":
-        problems.append("eval.split: validation scores data.source's own validation rows, not eval.source's; "
-                        "drop one of them")
     if recipe is not None and recipe.eval.config and not recipe.eval.source:
         problems.append("eval.config: names a config of eval.source, which is not set")
     if recipe is not None and recipe.eval.chat_baseline and recipe.data.chat_template:
@@ -689,7 +691,7 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     trained = [m for m in cfg.data.mix if (m.source, m.config) == (entry.source, entry.config)]
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
-    ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": "test", "also": [],
+    ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": entry.split, "also": [],
                                      "prompt_baseline": entry.prompt_baseline,  # its own: its rows' fields
                                      "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,

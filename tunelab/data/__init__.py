@@ -107,9 +107,9 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     test, eval_train = examples.get("test", []), []
     if held_out is not None and held_out.source:
         other, more = _examples(formatted(cfg, held_out), held_out.source, held_out.config, "eval.source",
-                                "eval" if own_format(cfg, held_out) else "data")
-        test, problems = other.get("test") or other.get("train", []), problems + more
-        eval_train = other.get("train", []) if other.get("test") else []  # never the rows scored
+                                "eval" if own_format(cfg, held_out) else "data", ("train", held_out.split))
+        test, problems = other.get(held_out.split) or other.get("train", []), problems + more
+        eval_train = other.get("train", []) if other.get(held_out.split) else []  # never the rows scored
         if not test:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
@@ -170,11 +170,13 @@ def source_of(row_id: str, cfg: DataConfig) -> str:
 
 
 def _examples(cfg: DataConfig, source: str, config: str | None, key: str = "data.source",
-              section: str | None = None) -> tuple[dict[str, list[Example]], list[str]]:
-    """Every split of `source` rendered by `cfg`'s templates, and "where: problem" of each row that could not be.
-    `key`: the recipe key that named the source (eval.source reads a source only scored: it needs no train split,
-    and its errors name that key); `section`: where its templates are set (None: the key's section, data for
-    eval.source)."""
+              section: str | None = None, only: tuple[str, ...] | None = None) -> tuple[dict[str, list[Example]],
+                                                                                    list[str]]:
+    """Every split of `source` (or those in `only`) rendered by `cfg`'s templates, and "where: problem" of each row
+    that could not be. `key`: the recipe key that named the source (eval.source reads a source only scored: it needs
+    no train split, and its errors name that key); `section`: where its templates are set (None: the key's section,
+    data for eval.source); `only`: the splits read (an unlabelled test split is left alone when another is
+    scored)."""
     try:
         raw, bad = read_source(source, config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed,
                                need_train=key.startswith("data."))
@@ -193,6 +195,8 @@ def _examples(cfg: DataConfig, source: str, config: str | None, key: str = "data
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = {}
     for split, rows in raw.items():
+        if only is not None and split not in only:
+            continue
         examples[split] = []
         for row in rows:
             example, problem = to_example(cfg, row)

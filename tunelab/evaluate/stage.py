@@ -312,7 +312,7 @@ def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     mode, reason = scoring_mode(cfg, splits)
     if reason:
         raise UserError(reason)
-    if cfg.eval.split == "test" and not splits.test:
+    if cfg.eval.split == "test" and not splits.test and not cfg.eval.source:
         log.warning("%s has no test split: scoring the validation split instead", cfg.data.source)
     _, rows = _limited(cfg, splits)
     if mode == "choice":  # each target as the text of the option it names
@@ -412,7 +412,10 @@ def unscoreable(cfg: Recipe, splits) -> str | None:
 
 def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     """The held-out split scored and its `eval.limit` rows (`data.scored_rows`: the first, or drawn at random):
-    `eval.split`'s, or the validation rows when the source has no test split."""
+    `eval.split`'s, or the validation rows when the source has no test split; eval.source's split (`load_splits`
+    holds it as the test rows)."""
+    if cfg.eval.source:
+        return cfg.eval.split, scored_rows(splits.test, cfg.eval, cfg.data.seed)
     name = cfg.eval.split if cfg.eval.split == "validation" or splits.test else "validation"
     return name, scored_rows(splits.test if name == "test" else splits.val, cfg.eval, cfg.data.seed)
 
