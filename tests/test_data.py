@@ -130,7 +130,7 @@ def test_eval_source_replaces_the_test_rows_and_names_itself_in_errors(tmp_path)
     with pytest.raises(UserError, match=r"^eval.source .*other.jsonl: data.template: unknown placeholder"):
         load_splits(cfg(data), EvalConfig(source=str(other)))
     (tmp_path / "empty-dir").mkdir()
-    with pytest.raises(UserError, match="eval.source: .*no train or test file"):
+    with pytest.raises(UserError, match="eval.source: .*no train, test or validation file"):
         load_splits(cfg(data), EvalConfig(source=str(tmp_path / "empty-dir")))
     labelled = load_splits(cfg(data, label_field="question"), EvalConfig(source=str(bench)))
     assert labelled.test[0].label == "What is 100 + 1?"  # a label field the source has is read; one it lacks is none
@@ -324,3 +324,33 @@ def test_a_scored_source_whose_test_split_is_unlabelled_is_scored_on_its_validat
     entry = validate({**tiny_recipe, "eval": {"also": [{"source": str(bench), "split": "validation"}]}}, "tiny")
     extra = also_recipe(entry, entry.eval.also[0])
     assert _limited(extra, load_splits(extra.data, extra.eval))[1][0].fields["question"] == "v0"
+
+
+def test_a_benchmark_with_validation_and_dev_splits_keeps_both_and_takes_its_shots_from_dev(tiny_recipe, tmp_path):
+    """MMLU has no train split, and both `validation` and `dev` (five rows a subject, lm-eval's few-shot split): dev
+    no longer overwrites validation, the few-shot baseline takes its shots from dev, and a source without a
+    validation split is refused for split: validation instead of having its other rows scored."""
+    import datasets
+    from tunelab.config import also_recipe, validate
+    from tunelab.evaluate.stage import _limited, _shots_from, shot_pool
+    mmlu = tmp_path / "mmlu"
+    datasets.DatasetDict({split: datasets.Dataset.from_list([{"question": f"{split}{i}", "answer": str(i)}
+                                                            for i in range(n)])
+                          for split, n in (("test", 6), ("validation", 4), ("dev", 3))}).save_to_disk(str(mmlu))
+    also = {"source": str(mmlu), "template": "{question}", "target": "{answer}", "fewshot": 2}
+    for split, scored in (("test", "test0"), ("validation", "validation0")):
+        raw = validate({**tiny_recipe, "eval": {"also": [{**also, "split": split}]}}, "tiny")
+        extra = also_recipe(raw, raw.eval.also[0])
+        splits = load_splits(extra.data, extra.eval)
+        assert _limited(extra, splits)[1][0].fields["question"] == scored
+        assert [e.fields["question"] for e in shot_pool(extra, splits)] == ["dev0", "dev1", "dev2"]
+        assert _shots_from(extra, 2, shot_pool(extra, splits)) == f"the first 2 dev rows of {mmlu} (eval.source)"
+    bench = tmp_path / "bench"  # a folder: dev.jsonl is its validation split when it has no validation.jsonl
+    bench.mkdir()
+    write_jsonl(bench / "dev.jsonl", [{"question": f"d{i}", "answer": str(i)} for i in range(2)])
+    write_jsonl(bench / "test.jsonl", [{"question": f"x{i}", "answer": str(i)} for i in range(3)])
+    raw = validate({**tiny_recipe, "eval": {"source": str(bench), "split": "validation"}}, "tiny")
+    assert [e.fields["question"] for e in load_splits(raw.data, raw.eval).test] == ["d0", "d1"]
+    (bench / "dev.jsonl").unlink()
+    with pytest.raises(UserError, match=f"split: validation: {bench} has no validation split to score"):
+        load_splits(raw.data, raw.eval)

@@ -353,8 +353,9 @@ def test_fewshot_from_eval_source_takes_the_shots_from_its_train_split(tiny_trai
     assert f"shots: {said}" in run.report_md.read_text()
     one_file = gsm8k / "test.jsonl"  # a single file: every row is scored, so none is left for shots
     alone = theirs.model_copy(update={"eval": theirs.eval.model_copy(update={"source": str(one_file)})})
-    with pytest.raises(UserError, match=r"eval.fewshot_from: eval_source: .*test.jsonl has 0 train rows apart from "
-                                        r"the rows scored.*\(with no test split, all its rows are scored\)"):
+    with pytest.raises(UserError, match=r"eval.fewshot_from: eval_source: .*test.jsonl has 0 rows to take shots "
+                                        r"from apart from the rows scored.*\(with no test split, all its rows are "
+                                        r"scored\)"):
         evaluate(alone, run, only="base")
 
 

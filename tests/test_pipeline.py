@@ -533,12 +533,12 @@ def _bad_extra_sets_are_refused_before_anything_runs(args: list[str], more: Path
     own = [*args[:-2], "--set", "eval.fewshot=2", "--set", f"eval.also=[{{source: {more}, template: '{{x}}', "
                                                             f"target: '{{y}}'}}]", "--run-dir", str(tmp_path / "b")]
     assert main(own) == 2  # its shots would come from its own train split, and all its rows are scored
-    assert f"eval.also.0 ({more}): eval.fewshot_from: eval_source: {more} has 0 train rows apart from the rows " \
-           "scored" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()
+    assert f"eval.also.0 ({more}): eval.fewshot_from: eval_source: {more} has 0 rows to take shots from " \
+           "apart from the rows scored" in capsys.readouterr().err and not (tmp_path / "b" / "metrics").exists()
     main_set = [*args[:-2], "--set", f"eval.source={more}", "--set", "eval.template={x}", "--set", "eval.target={y}",
                 "--set", "eval.fewshot=2", "--set", "eval.fewshot_from=eval_source", "--run-dir", str(tmp_path / "b")]
     assert main(main_set) == 2 and not (tmp_path / "b" / "metrics").exists()  # the main set's shots, too
-    assert f"eval.fewshot_from: eval_source: {more} has 0 train rows" in capsys.readouterr().err
+    assert f"eval.fewshot_from: eval_source: {more} has 0 rows to take shots from" in capsys.readouterr().err
 
 
 def test_a_bare_recipes_eval_scores_its_extra_test_sets_with_the_base_model(tiny_model, tmp_path, monkeypatch):

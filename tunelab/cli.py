@@ -513,7 +513,8 @@ def _print_eval_examples(console, sets: dict) -> None:
             console.print(Text(q["prompt"], "dim"))
             if "options" in q:  # multiple choice: each option as written after the prompt
                 console.print("options, each scored after the prompt: " + ", ".join(map(repr, q["options"])))
-            console.print(f"→ {shown['scoring']} scoring against {q['reference']!r} ({shown['source']}, "
+            right = f"{q['options'][q['right']]!r}, whose text is " if "options" in q else ""
+            console.print(f"→ {shown['scoring']} scoring against {right}{q['reference']!r} ({shown['source']}, "
                           f"{shown['split']} split)")
         for key, baseline in (("fewshot_prompt", "the few-shot baseline"),
                               ("chat_baseline_prompt", "the chat baseline"),

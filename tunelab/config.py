@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunelab import tasks
 from tunelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,10 @@ def writes_option(template: str) -> str:
 class ExtraTestSet(RowFormat):
     """One more test set scored by the eval stage (`eval.also`), as eval.source would score it, rendered with its
     own templates when it sets them (else a data.mix entry's of the same source, else data's)."""
+    task: str | None = Field(None, description=f"an lm-eval task by name ({', '.join(tasks.TASKS)}): its dataset, "
+                             "split, prompt and options as lm-eval writes them (the keys below that the entry does "
+                             "not set itself; source: a local copy), its rows prepared as lm-eval's process_docs "
+                             "prepares them; None = none")
     source: str = Field(description="any data.source form")
     config: str | None = Field(None, description="hub dataset config name")
     name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")
@@ -317,6 +322,11 @@ class ExtraTestSet(RowFormat):
     choices: str | list[str] | None = Field(None, description="its options' field or fields, as eval.choices: the set "
                                             "is scored by multiple choice; None = not")
     choice_target: str = Field("{choice}", description="as eval.choice_target")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_keys(cls, raw: Any) -> Any:
+        return tasks.expanded(raw, tuple(cls.model_fields))
 
     @field_validator("prompt_baseline")
     @classmethod
@@ -334,6 +344,10 @@ class EvalConfig(Section):
                                                  "or validation rows; with eval.source, that source's test or "
                                                  "validation split (a benchmark whose test split is unlabelled: "
                                                  "HellaSwag, PIQA)")
+    task: str | None = Field(None, description=f"score an lm-eval task ({', '.join(tasks.TASKS)}) as eval.source: "
+                             "its dataset, split, prompt and options as lm-eval writes them (the eval keys not set "
+                             "here; eval.source: a local copy), its rows prepared as lm-eval prepares them, its "
+                             "few-shot shots its own (eval.fewshot_from: eval_source); None = none")
     source: str | None = Field(None, description="score another dataset's questions instead of data.source's held-out "
                                "rows (train on one set, measure on a benchmark): read like data.source and rendered "
                                "with the same data.template and data.target; its eval.split (test by default), or "
@@ -368,8 +382,9 @@ class EvalConfig(Section):
                          "model's target loss after the N shots")
     fewshot_from: Literal["data", "eval_source"] = Field(
         "data", description="the few-shot baseline's shots: data = the first N training rows (what prompting with "
-        "your own data gets); eval_source = the first N rows of eval.source's train split (lm-eval's fewshot_split: "
-        "the benchmark measured the way lm-eval measures it)")
+        "your own data gets); eval_source = the first N rows of eval.source's train split, else its dev split "
+        "(MMLU's), else its validation split, as lm-eval picks a task's shots (the benchmark measured the way "
+        "lm-eval measures it)")
     chat_baseline: bool = Field(False, description="also score the base model asked through its chat template "
                                 "(the rendered data.template as the user turn, zero-shot: lm-eval's "
                                 "--apply_chat_template), what simply asking an instruct model gets; with eval.fewshot "
@@ -427,11 +442,12 @@ class EvalConfig(Section):
         "non-empty group, or the whole match, is the answer; strict = the first match equals the reference, flexible "
         "= the reference occurs as whole words in the last match; zero-shot answers stop once a match's line is "
         "complete; None = '<answer>\\s*(.*?)\\s*</answer>' (reasoning-format tags)")
-    also: list[ExtraTestSet] = Field([], description="more test sets, each {source, and optionally config, name, "
-                                     "split, limit, limit_from, fewshot, prompt_baseline, choices, choice_target, "
-                                     "template, target, messages, optional_fields, template_if_empty}, scored after "
-                                     "the main one the "
-                                     "way eval.source is (its split, or all its rows), rendered with its own "
+    also: list[ExtraTestSet] = Field([], description="more test sets, each {source or task (an lm-eval task by "
+                                     "name: arc_challenge, mmlu, hellaswag, ..., which fills the other keys the "
+                                     "entry leaves unset), and optionally config, name, split, limit, limit_from, "
+                                     "fewshot, prompt_baseline, choices, choice_target, template, target, messages, "
+                                     "optional_fields, template_if_empty}, scored after the main one the way "
+                                     "eval.source is (its split, or all its rows), rendered with its own "
                                      "templates (else those of the data.mix entry of the same source, else "
                                      "data's; a set naming choices is scored by multiple choice): the base model and "
                                      "each epoch's adapter on the same questions, paired, in eval/also/<name>/; the "
@@ -445,6 +461,13 @@ class EvalConfig(Section):
     @classmethod
     def _conversations_default(cls, raw: Any) -> Any:
         return _conversation_turns(raw)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("task") is not None:
+            raw = {"fewshot_from": "eval_source", **raw}
+        return tasks.expanded(raw, tuple(cls.model_fields))
 
     @field_validator("prompt_baseline")
     @classmethod
@@ -692,6 +715,7 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     fmt = entry if entry.model_fields_set & set(FORMAT_KEYS) or not trained else trained[0]
     own = {k: getattr(fmt, k) for k in FORMAT_KEYS}
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": entry.split, "also": [],
+                                     "task": entry.task,
                                      "prompt_baseline": entry.prompt_baseline,  # its own: its rows' fields
                                      "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,

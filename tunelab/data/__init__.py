@@ -14,9 +14,10 @@ import string
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from tunelab import tasks
 from tunelab.config import DataConfig, EvalConfig, field_of, formatted, mixed, own_format
 from tunelab.data.chat import HISTORY, conversation, conversation_fields, with_system
-from tunelab.data.sources import Row, read_source, short_name
+from tunelab.data.sources import BadRow, Row, read_source, short_name
 from tunelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Splits:
     test: list[Example]
     skipped: list[str] = field(default_factory=list)  # "where: problem" of each skipped bad row
     deduplicated: int = 0  # train rows dropped by data.dedup before the split
-    eval_train: list[Example] = field(default_factory=list)  # eval.source's train rows when its test rows are scored
+    eval_train: list[Example] = field(default_factory=list)  # eval.source's rows for shots (`_scored_split`)
 
 
 def question_text(example: Example) -> str:
@@ -97,8 +98,9 @@ def prompt_template(cfg: DataConfig, fields: dict) -> str:
 
 def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     """Read `cfg.source`, render every row, and split it. With `held_out.source` (eval.source), the test rows are
-    that source's instead, rendered with the same template: its test split, or all its rows when it has none
-    (`eval_train`: its train rows when it has both, the few-shot pool of eval.fewshot_from=eval_source).
+    that source's instead, rendered with the same template: its test (or validation) split, or all its rows when it
+    has no test split (`eval_train`: its train rows, else its dev rows, when others are scored: the few-shot pool of
+    eval.fewshot_from=eval_source).
 
     Raises:
         UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
@@ -107,9 +109,9 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     test, eval_train = examples.get("test", []), []
     if held_out is not None and held_out.source:
         other, more = _examples(formatted(cfg, held_out), held_out.source, held_out.config, "eval.source",
-                                "eval" if own_format(cfg, held_out) else "data", ("train", held_out.split))
-        test, problems = other.get(held_out.split) or other.get("train", []), problems + more
-        eval_train = other.get("train", []) if other.get(held_out.split) else []  # never the rows scored
+                                "eval" if own_format(cfg, held_out) else "data",
+                                ("train", "dev", "validation", held_out.split), held_out.task)
+        (test, eval_train), problems = _scored_split(other, held_out), problems + more
         if not test:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
@@ -142,6 +144,25 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     return Splits(train, val, test, problems, dropped, eval_train)
 
 
+def _scored_split(splits: dict[str, list[Example]], held_out: EvalConfig) -> tuple[list[Example], list[Example]]:
+    """eval.source's rows scored and its few-shot pool: its `eval.split` (all its rows when it has no test split)
+    and its train rows, else its `dev` rows (MMLU's few-shot split), else its validation rows, as lm-eval picks a
+    task's shots — never the rows scored.
+
+    Raises:
+        UserError: eval.split validation, and the source has no validation rows (its rows are not silently scored
+            instead).
+    """
+    if held_out.split == "validation" and not splits.get("validation"):
+        raise UserError(f"split: validation: {held_out.source} has no validation split to score; score its test "
+                        "split (split: test) or another source")
+    if scored := splits.get(held_out.split):
+        pool = splits.get("train") or splits.get("dev") or (splits.get("validation", []) if held_out.split == "test"
+                                                            else [])
+        return scored, pool
+    return splits.get("train", []), []
+
+
 def scored_rows(rows: list[Example], held_out: EvalConfig, seed: int) -> list[Example]:
     """The held-out rows the eval stage scores: the first `eval.limit`, or (`eval.limit_from: random`) as many drawn
     with `seed` (data.seed), in the source's order; all of them without a limit."""
@@ -170,18 +191,20 @@ def source_of(row_id: str, cfg: DataConfig) -> str:
 
 
 def _examples(cfg: DataConfig, source: str, config: str | None, key: str = "data.source",
-              section: str | None = None, only: tuple[str, ...] | None = None) -> tuple[dict[str, list[Example]],
-                                                                                    list[str]]:
+              section: str | None = None, only: tuple[str, ...] | None = None,
+              task: str | None = None) -> tuple[dict[str, list[Example]], list[str]]:
     """Every split of `source` (or those in `only`) rendered by `cfg`'s templates, and "where: problem" of each row
     that could not be. `key`: the recipe key that named the source (eval.source reads a source only scored: it needs
     no train split, and its errors name that key); `section`: where its templates are set (None: the key's section,
     data for eval.source); `only`: the splits read (an unlabelled test split is left alone when another is
-    scored)."""
+    scored); `task`: eval.task's (an eval.also entry's), whose fields are added to each row first."""
     try:
         raw, bad = read_source(source, config, cfg.synthetic_rows, cfg.synthetic_test_rows, cfg.seed,
                                need_train=key.startswith("data."))
     except UserError as err:
         raise UserError(str(err).replace("data.source:", f"{key}:", 1)) from None
+    if task:
+        raw, bad = _prepared(raw, task, bad)
     prompt_needs, target_needs = needed_fields(cfg)
     section = section or (key.removesuffix(".source") if key.startswith("data.") else "data")
     try:
@@ -205,6 +228,20 @@ def _examples(cfg: DataConfig, source: str, config: str | None, key: str = "data
             else:
                 examples[split].append(example)
     return examples, problems
+
+
+def _prepared(raw: dict[str, list[Row]], task: str, bad: list[BadRow]) -> tuple[dict[str, list[Row]], list[BadRow]]:
+    """Each row with the fields `task` adds (lm-eval's process_docs); a row lacking one it reads is a bad row."""
+    out, bad = {}, list(bad)
+    for split, rows in raw.items():
+        out[split] = []
+        for row in rows:
+            fields, problem = tasks.prepared(task, row.fields)
+            if problem:
+                bad.append(BadRow(row.where, problem))
+            else:
+                out[split].append(Row(row.id, row.where, fields))
+    return out, bad
 
 
 def needed_fields(cfg: DataConfig) -> tuple[list[str], list[str]]:

@@ -18,6 +18,8 @@ from tunelab.errors import UserError
 FILE_KINDS = (".jsonl", ".json", ".csv", ".parquet")
 SYNTHETIC = "synthetic:arith"
 HUB_PREFIX = "hub:"
+VALIDATION_ALIASES = ("val", "valid", "dev")
+SCORED_SPLITS = {"test", "validation"}  # a source only scored (eval.source) may have one of these alone
 
 
 @dataclass
@@ -45,7 +47,7 @@ def short_name(source: str) -> str:
 def read_source(source: str, config: str | None, synthetic_rows: int, synthetic_test_rows: int,
                 seed: int, need_train: bool = True) -> tuple[dict[str, list[Row]], list[BadRow]]:
     """Rows per split name ("train", "test", maybe "validation") and the rows that could not be read.
-    `need_train`: False for a source only scored (eval.source), which may have a test split alone.
+    `need_train`: False for a source only scored (eval.source), which may have a test or validation split alone.
 
     Raises:
         UserError: the source does not exist or has no train split (when `need_train`).
@@ -73,13 +75,15 @@ def _read_dir(path: Path, config: str | None, need_train: bool) -> tuple[dict[st
         import datasets
         return _from_dataset_dict(datasets.load_from_disk(str(path)), str(path), need_train), []
     splits, bad = {}, []
-    for name in ("train", "validation", "test"):
-        files = [path / f"{name}{ext}" for ext in FILE_KINDS if (path / f"{name}{ext}").is_file()]
-        if files:
-            splits[name], bad_rows = _read_file(files[0], name)
+    found = {name: files[0] for name in ("train", "validation", "test", *VALIDATION_ALIASES)
+             if (files := [path / f"{name}{ext}" for ext in FILE_KINDS if (path / f"{name}{ext}").is_file()])}
+    for name, file in found.items():
+        key = _split_key(name, found)
+        if key not in splits:  # val.jsonl beside dev.jsonl, neither validation: the first one is
+            splits[key], bad_rows = _read_file(file, key)
             bad += bad_rows
-    if "train" not in splits and (need_train or "test" not in splits):
-        wanted = "train" if need_train else "train or test"
+    if "train" not in splits and (need_train or not splits.keys() & SCORED_SPLITS):
+        wanted = "train" if need_train else "train, test or validation"
         raise UserError(f"data.source: {path}: no {wanted} file (expected {wanted}.jsonl, .json, .csv or .parquet)")
     return splits, bad
 
@@ -99,12 +103,20 @@ def _read_hub(dataset_id: str, config: str | None, need_train: bool) -> dict[str
 def _from_dataset_dict(dd, label: str, need_train: bool) -> dict[str, list[Row]]:
     splits = {}
     for name in dd:
-        key = "validation" if name in ("val", "valid", "dev") else name
+        key = _split_key(name, dd)
         splits[key] = [Row(f"{key}-{i}", f"{label} {name} row {i}", dict(r)) for i, r in enumerate(dd[name])]
-    if "train" not in splits and (need_train or "test" not in splits):
+    if "train" not in splits and (need_train or not splits.keys() & SCORED_SPLITS):
         raise UserError(f"data.source: {label}: has splits {sorted(splits)}, but no train "
-                        f"{'split' if need_train else 'or test split'}")
+                        f"{'split' if need_train else 'test or validation split'}")
     return splits
+
+
+def _split_key(name: str, names) -> str:
+    """The split name a source's split is read as: `val`, `valid` or `dev` is its validation split when it has none
+    by that name; MMLU has both `validation` and `dev` (its few-shot rows), and keeps both."""
+    if name in VALIDATION_ALIASES and "validation" not in names:
+        return "validation"
+    return name
 
 
 def _read_file(path: Path, split: str) -> tuple[list[Row], list[BadRow]]:

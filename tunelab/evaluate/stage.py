@@ -293,8 +293,9 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
         shots = _first_shots(recipe, shot_pool(recipe, rows), mode) if recipe.eval.fewshot and questions else []
         if mode == "choice":
-            for row, question in zip(out[name]["rows"], questions):
+            for row, question in zip(out[name]["rows"], questions):  # `right`: the option the target names
                 row["options"] = choices.written(recipe, question, recipe.data.chat_template)
+                row["right"] = choices.options(recipe, question.fields).index(question.target)
         if shots:
             out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1], mode=mode)[0][0]
         if recipe.eval.chat_baseline and questions:
@@ -434,16 +435,19 @@ def shot_pool(cfg: Recipe, splits) -> list[Example]:
     if cfg.eval.fewshot_from == "data":
         return splits.train
     if cfg.eval.fewshot and len(splits.eval_train) < cfg.eval.fewshot:
-        raise UserError(f"eval.fewshot_from: eval_source: {cfg.eval.source} has {len(splits.eval_train)} train rows "
-                        f"apart from the rows scored, and eval.fewshot={cfg.eval.fewshot} takes that many shots"
+        raise UserError(f"eval.fewshot_from: eval_source: {cfg.eval.source} has {len(splits.eval_train)} rows to "
+                        "take shots from apart from the rows scored (its train split, else dev, else validation), "
+                        f"and eval.fewshot={cfg.eval.fewshot} takes that many"
                         + ("" if splits.eval_train else " (with no test split, all its rows are scored)"))
     return splits.eval_train
 
 
-def _shots_from(cfg: Recipe, n: int) -> str:
-    """Where the few-shot baseline's shots came from, in words (the report and the eval summary say it)."""
-    return (f"the first {n} train rows of {cfg.eval.source} (eval.source)" if cfg.eval.fewshot_from == "eval_source"
-            else f"the first {n} training rows")
+def _shots_from(cfg: Recipe, n: int, pool: list[Example]) -> str:
+    """Where the few-shot baseline's `n` shots came from (`pool`: shot_pool's, whose row ids start with their
+    split's name), in words (the report and the eval summary say it)."""
+    if cfg.eval.fewshot_from == "data":
+        return f"the first {n} training rows"
+    return f"the first {n} {pool[0].id.split('-')[0]} rows of {cfg.eval.source} (eval.source)"
 
 
 def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
@@ -466,14 +470,14 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
             shots = _first_shots(cfg, pool, mode)
             few, context = _fewshot_prompts(cfg, tok, shots, questions, mode=mode)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget,
-                               shots_from=_shots_from(cfg, len(shots))))
+                               shots_from=_shots_from(cfg, len(shots), pool)))
         if cfg.eval.chat_baseline:
             passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(tok, questions), stop, max_new_tokens=budget))
         if cfg.eval.chat_baseline and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
             shots = _first_shots(cfg, pool, mode)
             few, context = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True, mode=mode)
             passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=context,
-                               max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots))))
+                               max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots), pool)))
         if cfg.eval.prompt_baseline:
             passes.append(Pass(PROMPT_BASELINE, prompt_baseline_prompts(cfg, tok, questions), stop,
                                max_new_tokens=budget, asked_with=baseline_asked(cfg)))
@@ -781,12 +785,14 @@ def _figures(rows: list[dict], mode: str) -> dict[str, float]:
 
 
 def written_format(cfg: Recipe) -> dict:
-    """{"format": eval.source's prompt and target templates} when its rows are not written as data's; else {}."""
+    """{"format": eval.source's prompt and target templates, and the lm-eval task that set them} when its rows are
+    not written as data's; else {}."""
     if not own_format(cfg.data, cfg.eval):
         return {}
     written = formatted(cfg.data, cfg.eval)
     return {"format": {"template": written.template, "target": written.target,
-                       **({"messages": written.messages} if written.messages else {})}}
+                       **({"messages": written.messages} if written.messages else {}),
+                       **({"task": cfg.eval.task} if cfg.eval.task else {})}}
 
 
 def prompts_digest(cfg: Recipe, questions: list[Example]) -> str:

@@ -140,10 +140,9 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
         names = naming(s)
         steps = " → ".join(([f"start {100 * s[START]['flexible_accuracy']:.0f} %"] if START in s else [])
                            + [f"{100 * r['flexible_accuracy']:.0f} %" for r in s.get("epochs") or []])
-        written = s.get("format", {}).get("template")
         prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['flexible_accuracy']:.1f} %" for b in baselines(s)
                              if b["prompting"])
-        rows.append((view.name, s.get("source"), repr(written) if written else "the run's", d["n"],
+        rows.append((view.name, s.get("source"), _written(s), d["n"],
                      f"{names.short} ({names.flexible})", f"{100 * s['base']['flexible_accuracy']:.1f} %",
                      prompted or "–",
                      steps or "–", f"{100 * s['tuned']['flexible_accuracy']:.1f} %",
@@ -180,11 +179,18 @@ def _accuracy_blocks(rows: list[tuple]) -> list:
                        "Δ pts (95 % CI)", "McNemar p"], rows)]
 
 
+def _written(s: dict) -> str:
+    """How a set's prompts are written, for its table row: its template (an lm-eval task's named), or the run's."""
+    fmt = s.get("format", {})
+    if not fmt.get("template"):
+        return "the run's"
+    return f"lm-eval's {fmt['task']} ({fmt['template']!r})" if fmt.get("task") else repr(fmt["template"])
+
+
 def _loss_row(name: str, s: dict) -> tuple:
     d, losses = s["loss_difference"], s["losses"]
-    written = s.get("format", {}).get("template")
     steps = " → ".join(f"{e['loss']:.3f}" for e in s.get("epochs") or [])
-    return (name, s.get("source"), repr(written) if written else "the run's", d["n"], f"{losses['base']['loss']:.3f}",
+    return (name, s.get("source"), _written(s), d["n"], f"{losses['base']['loss']:.3f}",
             steps or "–", f"{losses['tuned']['loss']:.3f}",
             f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f})")
 

@@ -1,0 +1,131 @@
+"""lm-eval tasks by name (`task:` on an eval.also entry) against lm-evaluation-harness's own task definitions: for
+every task tunelab names, the prompt, the options as written after it and the right option of each question, from
+lm-eval's task YAML (and its process_docs) and from tunelab's `task` keys, on the same rows.
+
+No hub here, so the rows are made up in each dataset's own schema, with the quirks lm-eval's code handles (HellaSwag's
+[header] and [title] marks and double spaces, MMLU's untrimmed questions and several subjects, ARC's numeric labels,
+OpenBookQA's answer keys): `datasets.load_dataset` is patched to hand lm-eval these rows, and tunelab reads the same
+rows from a saved DatasetDict folder (`source:` pointing at a local copy, as a user without the hub would).
+
+lm-eval is not a tunelab dependency; this check needs it in the Python that runs it:
+    pip install lm_eval==0.4.13
+Run as: python benchmarks/task_agreement.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ARC = [{"id": "a1", "question": "Which gas do plants take in?", "answerKey": "B",
+        "choices": {"text": ["oxygen", "carbon dioxide", "helium", "neon"], "label": ["A", "B", "C", "D"]}},
+       {"id": "a2", "question": "What melts ice fastest?", "answerKey": "3",
+        "choices": {"text": ["shade", "wind", "sunlight", "snow"], "label": ["1", "2", "3", "4"]}}]
+HELLASWAG = [{"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow "
+              "covering the window of a car, and a woman wearing winter clothes smiles.", "ctx_b": "then",
+              "ctx": "", "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski "
+                                     "lift, while two men supporting the head of the person wearing winter clothes "
+                                     "snow as the we girls sled.", ", the man puts on a christmas coat, knitted with "
+                                     "netting.", ", the man continues removing the snow on his car."],
+              "source_id": "activitynet~v_-1IBHYS3L-Y", "split": "val", "split_type": "indomain", "label": "3"},
+             {"ind": 9, "activity_label": "Home and Garden", "ctx_a": "[header] How to grow tomatoes [title] Pick "
+              "a  sunny spot. [step] Tomatoes need light.", "ctx_b": "", "ctx": "",
+              "endings": ["[substeps] Water them daily.", "Paint  the pots [title] red.", "Sing to them.",
+                          "Buy them at a store."], "source_id": "wikihow~1", "split": "val",
+              "split_type": "zeroshot", "label": "0"}]
+MMLU = [{"question": "  What is 2 + 2?\n", "subject": "abstract_algebra", "choices": ["3", "4", "5", "22"],
+         "answer": 1},
+        {"question": "Which planet is largest?", "subject": "astronomy", "choices": ["Mars", "Venus", "Jupiter",
+                                                                                      "Earth"], "answer": 2}]
+PIQA = [{"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": "Freeze the jar.", "label": 0},
+        {"goal": "Keep bread fresh", "sol1": "Leave it open.", "sol2": "Seal it in a bag.", "label": 1}]
+OPENBOOKQA = [{"id": "o1", "question_stem": "The sun is a", "answerKey": "C", "fact1": "",
+               "choices": {"text": ["planet", "moon", "star", "comet"], "label": ["A", "B", "C", "D"]}}]
+GSM8K = [{"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+          "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}]
+
+ROWS = {"arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG, "mmlu": MMLU, "piqa": PIQA,
+        "openbookqa": OPENBOOKQA, "gsm8k": GSM8K}
+
+
+def dataset_dict(rows: list[dict], scored: str):
+    """The rows as `scored` (lm-eval's test or validation split), with train, validation, test and dev splits all
+    present (lm-eval asks for the ones its YAML names)."""
+    import datasets
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split in ("train", "validation",
+                                                                                      "test", "dev")})
+
+
+def lm_eval_requests(task: str) -> list[dict]:
+    """lm-eval's zero-shot requests for the task's rows: per question, its context, the continuations and the gold
+    option's index."""
+    import datasets
+    from lm_eval.tasks import TaskManager, get_task_dict  # 0.4.13: TaskManager.load() is newer
+    real = datasets.load_dataset
+
+    def fake(path, name=None, **_):
+        rows = [r for r in ROWS[task] if task != "mmlu" or r["subject"] == name]
+        return dataset_dict(rows, "test")
+    datasets.load_dataset = fake
+    try:
+        names = [f"mmlu_{r['subject']}" for r in MMLU] if task == "mmlu" else [task]
+        out = []
+        for name, loaded in get_task_dict(names, TaskManager()).items():
+            loaded.set_config(key="num_fewshot", value=0)  # zero-shot: gsm8k's YAML says 5 (random shots)
+            loaded.build_all_requests(limit=None, rank=0, world_size=1)
+            by_doc: dict[int, dict] = {}
+            for inst in loaded.instances:
+                entry = by_doc.setdefault(inst.doc_id, {"context": inst.arguments[0], "options": [],
+                                                        "gold": loaded.doc_to_target(inst.doc)})
+                if inst.request_type == "loglikelihood":
+                    entry["options"].append(inst.arguments[1])
+            out += [by_doc[k] for k in sorted(by_doc)]
+        return sorted(out, key=lambda r: r["context"])  # MMLU: subject by subject, in the task dict's order
+    finally:
+        datasets.load_dataset = real
+
+
+def tunelab_requests(task: str, folder: Path, tok) -> list[dict]:
+    """tunelab's questions for the same rows, as `tunelab check --show` lists them (an eval.also entry `task:`, its
+    source the saved folder)."""
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import preview
+    dataset_dict(ROWS[task], "test").save_to_disk(str(folder / task))
+    cfg = validate({"name": "agreement", "model": {"name": "m"},
+                    "data": {"source": "synthetic:arith", "template": "{question}", "target": "{answer}"},
+                    "eval": {"also": [{"task": task, "source": str(folder / task)}]}}, "agreement")
+    rows = preview(cfg, tok, 100)[task]["rows"]
+    return sorted(({"context": r["prompt"], "options": r.get("options", []), "gold": r.get("right")} for r in rows),
+                  key=lambda r: r["context"])
+
+
+def main() -> int:
+    from tunelab.config import ModelConfig
+    from tunelab.models import load_tokenizer
+    from tunelab.tasks import TASKS
+    tok = load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in TASKS:
+            theirs, ours = lm_eval_requests(task), tunelab_requests(task, Path(tmp), tok)
+            alike = len(theirs) == len(ours)
+            for t, o in zip(theirs, ours):
+                same = t["context"] == o["context"] and t["options"] == o["options"]
+                if t["options"]:  # the right option's index
+                    same = same and o["gold"] == t["gold"]
+                if not same:
+                    print(f"{task}: differs\n  lm-eval: {t}\n  tunelab: {o}")
+                alike = alike and same
+            results[task] = {"questions": len(theirs), "alike": alike}
+            print(f"{task}: {len(theirs)} questions, {'alike' if alike else 'DIFFERENT'}")
+    print(json.dumps(results))
+    return 0 if all(r["alike"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

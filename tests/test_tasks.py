@@ -1,0 +1,113 @@
+"""lm-eval tasks by name (tunelab/tasks.py): an eval.also entry's or eval's `task` fills the keys lm-eval's task YAML
+sets, the rows are prepared as lm-eval's process_docs prepares them, and the entry's own keys win."""
+
+import json
+
+import pytest
+
+from conftest import copy_run, one_epoch_run, write_jsonl
+from tunelab.cli import main
+from tunelab.config import also_recipe, validate
+from tunelab.data import load_splits
+from tunelab.errors import UserError
+from tunelab.evaluate.stage import evaluate_extra, shot_pool
+from tunelab.report import extra
+from tunelab.tasks import TASKS, prepared
+
+WIKIHOW = {"activity_label": "Home and Garden", "ctx_b": "", "label": "0",
+           "ctx_a": "[header] How to grow tomatoes [title] Pick a  sunny spot. [step] Tomatoes need light.",
+           "endings": ["[substeps] Water them daily.", "Paint  the pots [title] red.", "Sing.", "Buy them."]}
+
+
+def test_hellaswag_rows_are_cleaned_and_mmlu_rows_prompted_as_lm_eval_writes_them():
+    fields, problem = prepared("hellaswag", WIKIHOW)
+    assert problem is None and fields["query"] == ("Home and Garden: How to grow tomatoes. Pick a sunny spot. "
+                                                   "Tomatoes need light.")
+    assert fields["choices"] == [" Water them daily.", "Paint the pots. red.", "Sing.", "Buy them."]  # lm-eval strips
+    # before it removes the marks, so a leading [substeps] leaves a space: its prompts have it, so tunelab's do
+    assert fields["ctx_a"] == WIKIHOW["ctx_a"]  # the raw fields are kept
+    activity = prepared("hellaswag", {**WIKIHOW, "activity_label": "Ice fishing", "ctx_a": "A man sits.",
+                                      "ctx_b": "then he"})[0]
+    assert activity["query"] == "Ice fishing: A man sits. Then he"  # ctx_b capitalised after ctx_a
+    mmlu = prepared("mmlu", {"question": "  What is 2 + 2?\n", "subject": "abstract_algebra",
+                             "choices": ["3", "4", "5", "22"], "answer": 1})[0]
+    assert mmlu["query"] == ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+                             "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:")
+    assert prepared("hellaswag", {"ctx_a": "x"})[1].startswith("no field 'activity_label' (task hellaswag reads")
+    assert prepared("piqa", {"goal": "g"}) == ({"goal": "g"}, None)  # a task without process_docs adds nothing
+
+
+def test_a_task_fills_the_keys_the_entry_leaves_unset_and_an_unknown_one_is_refused(tiny_recipe):
+    raw = {**tiny_recipe, "eval": {"also": [{"task": "arc_challenge"}, {"task": "arc_easy", "limit": 5},
+                                            {"task": "mmlu", "source": "./mmlu-copy", "fewshot": 3}]}}
+    arc, easy, mmlu = validate(raw, "tiny").eval.also
+    assert (arc.source, arc.config, arc.name, arc.choices, arc.target) == ("allenai/ai2_arc", "ARC-Challenge",
+                                                                           "arc_challenge", "choices", "{answerKey}")
+    assert (easy.config, easy.name, easy.limit) == ("ARC-Easy", "arc_easy", 5)  # two ARC sets, two folders
+    assert (mmlu.source, mmlu.config, mmlu.fewshot, mmlu.label_field) == ("./mmlu-copy", "all", 3, "subject")
+    assert validate({**raw, "eval": {"also": [{"task": "mmlu"}]}}, "tiny").eval.also[0].fewshot == 0
+    extra = also_recipe(validate(raw, "tiny"), mmlu)
+    assert extra.eval.task == "mmlu" and extra.eval.scoring == "choice" and extra.eval.choice_target == " {letter}"
+    scored = validate({**raw, "eval": {"task": "piqa"}}, "tiny").eval
+    assert (scored.source, scored.split, scored.choices, scored.fewshot_from) == ("baber/piqa", "validation",
+                                                                                 ["sol1", "sol2"], "eval_source")
+    with pytest.raises(UserError, match="eval.also.0: task: unknown task 'hellaswg'; tunelab knows arc_easy, "
+                                        "arc_challenge, hellaswag, mmlu"):
+        validate({**raw, "eval": {"also": [{"task": "hellaswg"}]}}, "tiny")
+    assert set(TASKS) >= {"arc_easy", "arc_challenge", "hellaswag", "mmlu", "piqa", "openbookqa", "gsm8k"}
+
+
+def test_a_hellaswag_copy_is_scored_on_its_validation_rows_as_lm_eval_asks_them(tiny_model, tmp_path, capsys):
+    """`tunelab check --show` on a local HellaSwag copy named by task: the validation rows (the test rows have no
+    label and are left unread), the cleaned query, the cleaned endings each after a space, and the right one; a row
+    lacking a field the task reads is named by file and line."""
+    copy = tmp_path / "hellaswag"
+    copy.mkdir()
+    write_jsonl(copy / "train.jsonl", [{**WIKIHOW, "activity_label": f"Shot {i}"} for i in range(2)])
+    write_jsonl(copy / "validation.jsonl", [{**WIKIHOW, "label": "1"}, {**WIKIHOW, "activity_label": "Two"}])
+    write_jsonl(copy / "test.jsonl", [{**WIKIHOW, "label": ""}])
+    args = ["check", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
+            "--set", "data.synthetic_test_rows=4", "--show", "2", "--set",
+            f"eval.also=[{{task: hellaswag, source: {copy}, fewshot: 1}}]"]
+    assert main([*args, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["eval_examples"]["hellaswag"]
+    assert (shown["scoring"], shown["split"]) == ("choice", "validation")
+    first = shown["rows"][0]
+    assert first["prompt"] == "Home and Garden: How to grow tomatoes. Pick a sunny spot. Tomatoes need light."
+    assert first["options"] == ["  Water them daily.", " Paint the pots. red.", " Sing.", " Buy them."]
+    assert (first["right"], shown["rows"][1]["right"]) == (1, 0) and first["reference"] == "Paint the pots. red."
+    assert shown["rows"][1]["prompt"].startswith("Two: How to grow")
+    assert shown["fewshot_prompt"].startswith("Shot 0: How to grow tomatoes.") and \
+        "Tomatoes need light.  Water them daily.\n\n" in shown["fewshot_prompt"]  # the shot with its right ending
+    assert main(args) == 0
+    assert "against ' Paint the pots. red.', whose text is 'Paint the pots. red.'" in capsys.readouterr().out
+    write_jsonl(copy / "validation.jsonl", [{**WIKIHOW}, {"ctx_a": "x", "label": "0"}])
+    assert main(args) == 2
+    assert f"{copy / 'validation.jsonl'}:2: no field 'activity_label' (task hellaswag reads" in capsys.readouterr().err
+
+
+def test_a_task_without_a_train_split_takes_its_shots_from_dev_as_lm_eval_takes_mmlus(tiny_recipe, tmp_path):
+    copy = tmp_path / "mmlu"
+    copy.mkdir()
+    row = {"question": "What is 2 + 2?", "subject": "abstract_algebra", "choices": ["3", "4", "5", "22"], "answer": 1}
+    write_jsonl(copy / "test.jsonl", [row] * 3)
+    write_jsonl(copy / "dev.jsonl", [{**row, "subject": "astronomy"}] * 2)
+    raw = validate({**tiny_recipe, "eval": {"also": [{"task": "mmlu", "source": str(copy), "fewshot": 2}]}}, "tiny")
+    extra = also_recipe(raw, raw.eval.also[0])
+    splits = load_splits(extra.data, extra.eval)
+    assert [e.prompt.split(".\n\n")[0][-9:] for e in shot_pool(extra, splits)] == ["astronomy", "astronomy"]
+    assert splits.test[0].prompt.endswith("about abstract algebra.\n\nWhat is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:")
+
+
+def test_a_task_set_is_scored_and_the_report_names_its_prompt_as_lm_evals(tiny_model, tmp_path):
+    copy = tmp_path / "hellaswag"
+    copy.mkdir()
+    write_jsonl(copy / "validation.jsonl", [{**WIKIHOW, "label": str(i % 4), "activity_label": f"Row {i}"}
+                                            for i in range(5)])
+    cfg, run = copy_run(one_epoch_run(tiny_model, tmp_path / "trained", "tiny-task"), tmp_path,
+                        also=[{"task": "hellaswag", "source": str(copy), "fewshot": 0, "limit": 5}])
+    scored = dict(evaluate_extra(cfg, run))["hellaswag"]
+    assert scored.summary["scoring"] == "choice" and scored.summary["base"]["n"] == 5
+    assert scored.summary["format"] == {"template": "{query}", "target": "{label}", "task": "hellaswag"}
+    table = extra.section(run)[0][1][2]
+    assert table[0][:3] == ("hellaswag", str(copy), "lm-eval's hellaswag ('{query}')")

@@ -1,0 +1,99 @@
+"""lm-evaluation-harness tasks by name: an `eval.also` entry (or eval) saying `task: hellaswag` is scored on the
+dataset, split, prompt and options that lm-eval 0.4's task YAML names, so that its accuracy is the one lm-eval
+reports, not a near relative of it.
+
+A task fills the recipe keys a user would otherwise write by hand (source, config, split, template, target,
+choices, choice_target, label_field, name); a key the entry sets itself wins, so that `source:` may point at a local
+copy of the dataset. Where lm-eval rewrites a dataset's rows before prompting (its `process_docs`: HellaSwag's
+cleaned context and endings, MMLU's subject line), `prepare` adds those fields to each row, the raw ones kept.
+
+    eval:
+      also:
+        - {task: hellaswag, limit: 1000}
+        - {task: mmlu, limit: 1000, limit_from: random}
+
+Run as: tunelab check <recipe> --show (lists each set's first prompts and options as they are scored)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+ARC_KEYS = {"source": "allenai/ai2_arc", "template": "Question: {question}\nAnswer:", "target": "{answerKey}",
+            "choices": "choices", "choice_target": " {choice}"}
+MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {}.\n\n"
+
+
+@dataclass(frozen=True)
+class Task:
+    keys: dict  # recipe keys it sets, as an eval.also entry writes them
+    prepare: Callable[[dict], dict] | None = None  # a row's fields -> the fields it adds (lm-eval's process_docs)
+    reads: tuple[str, ...] = field(default=())  # the raw fields `prepare` needs
+
+
+def _clean(text: str) -> str:
+    """lm-eval's hellaswag `preprocess`: WikiHow's bracketed marks removed ([title] becomes a full stop)."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+
+
+def _hellaswag(row: dict) -> dict:
+    """lm-eval's hellaswag process_docs: the activity and both halves of the context as one query, the endings
+    cleaned."""
+    ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+    return {"query": _clean(row["activity_label"] + ": " + ctx), "choices": [_clean(e) for e in row["endings"]]}
+
+
+def _mmlu(row: dict) -> dict:
+    """lm-eval's mmlu prompt: the subject's description (each subject is a task of its own there), the question
+    stripped, its four options lettered."""
+    options = "".join(f"{letter}. {text}\n" for letter, text in zip("ABCD", row["choices"]))
+    return {"query": MMLU_DESCRIPTION.format(row["subject"].replace("_", " "))
+            + f"{row['question'].strip()}\n{options}Answer:"}
+
+
+TASKS = {
+    "arc_easy": Task({**ARC_KEYS, "config": "ARC-Easy"}),
+    "arc_challenge": Task({**ARC_KEYS, "config": "ARC-Challenge"}),
+    "hellaswag": Task({"source": "Rowan/hellaswag", "split": "validation", "template": "{query}",
+                       "target": "{label}", "choices": "choices", "choice_target": " {choice}"},
+                      _hellaswag, ("activity_label", "ctx_a", "ctx_b", "endings")),
+    "mmlu": Task({"source": "cais/mmlu", "config": "all", "template": "{query}", "target": "{answer}",
+                  "choices": "choices", "choice_target": " {letter}", "label_field": "subject", "fewshot": 0},
+                 _mmlu, ("subject", "question", "choices")),
+    "piqa": Task({"source": "baber/piqa", "split": "validation", "template": "Question: {goal}\nAnswer:",
+                  "target": "{label}", "choices": ["sol1", "sol2"], "choice_target": " {choice}"}),
+    "openbookqa": Task({"source": "allenai/openbookqa", "config": "main", "template": "{question_stem}",
+                        "target": "{answerKey}", "choices": "choices", "choice_target": " {choice}"}),
+    "gsm8k": Task({"source": "openai/gsm8k", "config": "main", "template": "Question: {question}\nAnswer:",
+                   "target": "{answer}"}),
+}
+
+
+def expanded(raw, allowed: tuple[str, ...]):
+    """A recipe section or entry (raw, before validation) with its `task`'s keys filled in where it sets none of its
+    own (`allowed`: the keys the section has), `name` the task's by default.
+
+    Raises:
+        ValueError: an unknown task (pydantic names the key).
+    """
+    if not isinstance(raw, dict) or raw.get("task") is None:
+        return raw
+    if raw["task"] not in TASKS:
+        raise ValueError(f"task: unknown task {raw['task']!r}; tunelab knows {', '.join(TASKS)}")
+    keys = {"name": raw["task"], **TASKS[raw["task"]].keys}
+    return {**{k: v for k, v in keys.items() if k in allowed}, **raw}
+
+
+def prepared(task: str, fields: dict) -> tuple[dict, str | None]:
+    """A row's fields with those `task` adds (lm-eval's process_docs), or (fields, its problem) when it lacks a
+    field the task reads."""
+    spec = TASKS[task]
+    if spec.prepare is None:
+        return fields, None
+    missing = [k for k in spec.reads if k not in fields]
+    if missing:
+        return fields, f"no field {missing[0]!r} (task {task} reads {', '.join(spec.reads)})"
+    return {**fields, **spec.prepare(fields)}, None
