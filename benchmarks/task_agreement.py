@@ -1,6 +1,8 @@
 """lm-eval tasks by name (`task:` on an eval.also entry) against lm-evaluation-harness's own task definitions: for
 every task tunelab names, the prompt, the options as written after it and the right option of each question, from
-lm-eval's task YAML (and its process_docs) and from tunelab's `task` keys, on the same rows.
+lm-eval's task YAML (and its process_docs) and from tunelab's `task` keys, on the same rows: zero-shot, and MMLU
+2-shot (its shots are the first dev rows of the question's subject in both; the other tasks' YAML draws shots at
+random).
 
 No hub here, so the rows are made up in each dataset's own schema, with the quirks lm-eval's code handles (HellaSwag's
 [header] and [title] marks and double spaces, MMLU's untrimmed questions and several subjects, ARC's numeric labels,
@@ -53,30 +55,39 @@ ROWS = {"arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG, "mmlu": M
         "openbookqa": OPENBOOKQA, "gsm8k": GSM8K}
 
 
-def dataset_dict(rows: list[dict], scored: str):
-    """The rows as `scored` (lm-eval's test or validation split), with train, validation, test and dev splits all
-    present (lm-eval asks for the ones its YAML names)."""
+MMLU_DEV = [{"question": f"{subject} shot {k}: what is {k} times 3?", "subject": subject, "answer": k % 4,
+             "choices": [str(3 * k + d - k % 4) for d in range(4)]}
+            for subject in ("abstract_algebra", "astronomy") for k in range(3)]
+SHOTS = {"mmlu": 2}  # the few-shot prompts compared too: lm-eval's first_n shots (others draw theirs at random)
+
+
+def dataset_dict(task: str, subject: str | None = None):
+    """The task's rows as its dataset holds them: MMLU's test and validation splits and its dev split (few-shot
+    rows, no train split; one subject's rows when `subject` is given, as lm-eval loads a subject as a task), the
+    others' train, validation and test splits (lm-eval asks for the ones its YAML names)."""
     import datasets
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split in ("train", "validation",
-                                                                                      "test", "dev")})
+    if task != "mmlu":
+        return datasets.DatasetDict({split: datasets.Dataset.from_list(ROWS[task])
+                                     for split in ("train", "validation", "test")})
+    mine = [r for r in MMLU if subject in (None, r["subject"])]
+    dev = [r for r in MMLU_DEV if subject in (None, r["subject"])]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(mine),
+                                 "validation": datasets.Dataset.from_list(mine),
+                                 "dev": datasets.Dataset.from_list(dev)})
 
 
-def lm_eval_requests(task: str) -> list[dict]:
-    """lm-eval's zero-shot requests for the task's rows: per question, its context, the continuations and the gold
-    option's index."""
+def lm_eval_requests(task: str, shots: int) -> list[dict]:
+    """lm-eval's requests for the task's rows, `shots`-shot: per question, its context, the continuations and the
+    gold option's index."""
     import datasets
     from lm_eval.tasks import TaskManager, get_task_dict  # 0.4.13: TaskManager.load() is newer
     real = datasets.load_dataset
-
-    def fake(path, name=None, **_):
-        rows = [r for r in ROWS[task] if task != "mmlu" or r["subject"] == name]
-        return dataset_dict(rows, "test")
-    datasets.load_dataset = fake
+    datasets.load_dataset = lambda path, name=None, **_: dataset_dict(task, name if task == "mmlu" else None)
     try:
         names = [f"mmlu_{r['subject']}" for r in MMLU] if task == "mmlu" else [task]
         out = []
         for name, loaded in get_task_dict(names, TaskManager()).items():
-            loaded.set_config(key="num_fewshot", value=0)  # zero-shot: gsm8k's YAML says 5 (random shots)
+            loaded.set_config(key="num_fewshot", value=shots)  # gsm8k's YAML says 5 (random shots)
             loaded.build_all_requests(limit=None, rank=0, world_size=1)
             by_doc: dict[int, dict] = {}
             for inst in loaded.instances:
@@ -90,18 +101,42 @@ def lm_eval_requests(task: str) -> list[dict]:
         datasets.load_dataset = real
 
 
-def tunelab_requests(task: str, folder: Path, tok) -> list[dict]:
-    """tunelab's questions for the same rows, as `tunelab check --show` lists them (an eval.also entry `task:`, its
-    source the saved folder)."""
-    from tunelab.config import validate
-    from tunelab.evaluate.stage import preview
-    dataset_dict(ROWS[task], "test").save_to_disk(str(folder / task))
+def tunelab_requests(task: str, folder: Path, tok, shots: int) -> list[dict]:
+    """tunelab's questions for the same rows (an eval.also entry `task:`, its source the saved folder): zero-shot as
+    `tunelab check --show` lists them, or the few-shot baseline's prompts."""
+    from tunelab.config import also_recipe, validate
+    from tunelab.data import load_splits
+    from tunelab.evaluate.stage import _fewshot_prompts, _questions, _shots_of, preview, shot_pool
+    if not (folder / task).exists():
+        dataset_dict(task).save_to_disk(str(folder / task))
     cfg = validate({"name": "agreement", "model": {"name": "m"},
                     "data": {"source": "synthetic:arith", "template": "{question}", "target": "{answer}"},
-                    "eval": {"also": [{"task": task, "source": str(folder / task)}]}}, "agreement")
+                    "eval": {"also": [{"task": task, "source": str(folder / task), "fewshot": shots}]}},
+                   "agreement")
     rows = preview(cfg, tok, 100)[task]["rows"]
+    if shots:
+        extra = also_recipe(cfg, cfg.eval.also[0])
+        splits = load_splits(extra.data, extra.eval)
+        mode, questions = _questions(extra, splits)
+        prompts = _fewshot_prompts(extra, tok, _shots_of(extra, shot_pool(extra, splits), questions, mode),
+                                   questions, mode=mode)[0]
+        rows = [{**r, "prompt": p} for r, p in zip(rows, prompts)]
     return sorted(({"context": r["prompt"], "options": r.get("options", []), "gold": r.get("right")} for r in rows),
                   key=lambda r: r["context"])
+
+
+def compare(task: str, shots: int, folder: Path, tok) -> dict:
+    theirs, ours = lm_eval_requests(task, shots), tunelab_requests(task, folder, tok, shots)
+    alike = len(theirs) == len(ours)
+    for t, o in zip(theirs, ours):
+        same = t["context"] == o["context"] and t["options"] == o["options"]
+        if t["options"]:  # the right option's index
+            same = same and o["gold"] == t["gold"]
+        if not same:
+            print(f"{task} {shots}-shot: differs\n  lm-eval: {t}\n  tunelab: {o}")
+        alike = alike and same
+    print(f"{task} {shots}-shot: {len(theirs)} questions, {'alike' if alike else 'DIFFERENT'}")
+    return {"questions": len(theirs), "alike": alike}
 
 
 def main() -> int:
@@ -112,17 +147,8 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in TASKS:
-            theirs, ours = lm_eval_requests(task), tunelab_requests(task, Path(tmp), tok)
-            alike = len(theirs) == len(ours)
-            for t, o in zip(theirs, ours):
-                same = t["context"] == o["context"] and t["options"] == o["options"]
-                if t["options"]:  # the right option's index
-                    same = same and o["gold"] == t["gold"]
-                if not same:
-                    print(f"{task}: differs\n  lm-eval: {t}\n  tunelab: {o}")
-                alike = alike and same
-            results[task] = {"questions": len(theirs), "alike": alike}
-            print(f"{task}: {len(theirs)} questions, {'alike' if alike else 'DIFFERENT'}")
+            for shots in sorted({0, SHOTS.get(task, 0)}):
+                results[f"{task} {shots}-shot"] = compare(task, shots, Path(tmp), tok)
     print(json.dumps(results))
     return 0 if all(r["alike"] for r in results.values()) else 1
 

@@ -298,7 +298,8 @@ def test_earlier_assistant_turns_carry_loss_unless_history_loss_is_off(tok, tmp_
     assert tok.decode([x for x in last_only.labels if x != IGNORE]) == "8 + 1 = 9\n#### 9<|im_end|>"
     from types import SimpleNamespace
     from tunelab.evaluate.stage import _fewshot_prompts
-    (asked,), _ = _fewshot_prompts(SimpleNamespace(data=SimpleNamespace(chat_template=True)), tok, [row], [row])
+    cfg = SimpleNamespace(data=SimpleNamespace(chat_template=True), eval=SimpleNamespace(description=None))
+    (asked,), _ = _fewshot_prompts(cfg, tok, [[row]], [row])
     # few-shot through the template: the earlier turns once, as turns; the last user turn asked lm-eval's way
     assert asked.endswith("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n2 + 2 = 4\n#### 4"
                           "<|im_end|>\n<|im_start|>user\nAnd doubled?<|im_end|>\n<|im_start|>assistant\n4 * 2 = 8\n"

@@ -186,8 +186,10 @@ def test_after_a_chat_templates_assistant_header_the_options_are_written_without
 
 def test_a_killed_pass_resumes_with_the_questions_it_had_not_scored(trained, tmp_path, mc_set, monkeypatch):
     cfg, run = copy_run(trained, tmp_path, **_on(mc_set))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-a"))  # the base pass scored anew, not from the cache
     whole = evaluate(cfg, run, only="base").predictions
     shutil.rmtree(run.path / "eval")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-b"))
     monkeypatch.setattr(choices, "CHUNK", 2)
     real, scored = choices._likelihoods, []
 
@@ -252,8 +254,10 @@ def test_a_group_holds_as_many_option_caches_as_generation_holds_rows(trained, t
     """Each option continues its own copy of its prompt's cache, so a group takes the rows generation would hold
     over the options each question has (8 slots, 4 options: 2 questions at a time); the figures do not change."""
     cfg, run = copy_run(trained, tmp_path, **_on(mc_set))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-a"))  # the base pass scored anew, not from the cache
     whole = evaluate(cfg, run, only="base").predictions
     shutil.rmtree(run.path / "eval")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache-b"))
     monkeypatch.setattr("tunelab.evaluate.generate.auto_slots", lambda model, device, tokens: 8)
     real, sizes = choices._group, []
     monkeypatch.setattr(choices, "_group", lambda model, heads, *rest: (sizes.append(len(heads)),
@@ -262,3 +266,26 @@ def test_a_group_holds_as_many_option_caches_as_generation_holds_rows(trained, t
     assert sizes == [2, 2, 2]
     assert [x for p in grouped for x in p["logliks"]] == pytest.approx([x for p in whole for x in p["logliks"]],
                                                                         abs=1e-5)
+
+
+def test_a_base_pass_asked_the_same_way_before_comes_from_the_cross_run_cache(trained, tmp_path, mc_set,
+                                                                              monkeypatch):
+    """Another run of the same model on the same questions, options and shots: its base passes' log-likelihoods come
+    from the cache (nothing forwarded), the adapter's are measured; another choice_target asks anew."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    cfg, run = copy_run(trained, tmp_path / "a", **_on(mc_set, fewshot=2))
+    first = evaluate(cfg, run).summary
+    other_cfg, other = copy_run(trained, tmp_path / "b", **_on(mc_set, fewshot=2))
+    forwarded = []
+    real = choices._likelihoods
+    monkeypatch.setattr(choices, "_likelihoods", lambda *a: (forwarded.append(len(a[2])), real(*a))[1])
+    again = evaluate(other_cfg, other)
+    assert again.summary["base"]["cached"] and again.summary["base-2shot"]["cached"] and "cached" not in \
+        again.summary["tuned"]
+    assert forwarded == [6]  # the tuned pass alone
+    for name in ("base", "base-2shot"):
+        assert again.summary[name]["flexible_accuracy"] == first[name]["flexible_accuracy"]
+    reworded = validate({**trained[0], "eval": {**trained[0]["eval"], **_on(mc_set, choice_target=" = {choice}")}},
+                        "tiny-mc")
+    shutil.rmtree(other.path / "eval")
+    assert "cached" not in evaluate(reworded, other, only="base").summary["base"]

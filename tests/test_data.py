@@ -344,7 +344,8 @@ def test_a_benchmark_with_validation_and_dev_splits_keeps_both_and_takes_its_sho
         splits = load_splits(extra.data, extra.eval)
         assert _limited(extra, splits)[1][0].fields["question"] == scored
         assert [e.fields["question"] for e in shot_pool(extra, splits)] == ["dev0", "dev1", "dev2"]
-        assert _shots_from(extra, 2, shot_pool(extra, splits)) == f"the first 2 dev rows of {mmlu} (eval.source)"
+        pool = shot_pool(extra, splits)
+        assert _shots_from(extra, [pool[:2]], pool) == f"the first 2 dev rows of {mmlu} (eval.source)"
     bench = tmp_path / "bench"  # a folder: dev.jsonl is its validation split when it has no validation.jsonl
     bench.mkdir()
     write_jsonl(bench / "dev.jsonl", [{"question": f"d{i}", "answer": str(i)} for i in range(2)])

@@ -31,8 +31,8 @@ def test_hellaswag_rows_are_cleaned_and_mmlu_rows_prompted_as_lm_eval_writes_the
     assert activity["query"] == "Ice fishing: A man sits. Then he"  # ctx_b capitalised after ctx_a
     mmlu = prepared("mmlu", {"question": "  What is 2 + 2?\n", "subject": "abstract_algebra",
                              "choices": ["3", "4", "5", "22"], "answer": 1})[0]
-    assert mmlu["query"] == ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
-                             "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:")
+    assert mmlu["query"] == "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:"
+    assert mmlu["subject_name"] == "abstract algebra"  # its description's
     assert prepared("hellaswag", {"ctx_a": "x"})[1].startswith("no field 'activity_label' (task hellaswag reads")
     assert prepared("piqa", {"goal": "g"}) == ({"goal": "g"}, None)  # a task without process_docs adds nothing
 
@@ -45,7 +45,7 @@ def test_a_task_fills_the_keys_the_entry_leaves_unset_and_an_unknown_one_is_refu
                                                                            "arc_challenge", "choices", "{answerKey}")
     assert (easy.config, easy.name, easy.limit) == ("ARC-Easy", "arc_easy", 5)  # two ARC sets, two folders
     assert (mmlu.source, mmlu.config, mmlu.fewshot, mmlu.label_field) == ("./mmlu-copy", "all", 3, "subject")
-    assert validate({**raw, "eval": {"also": [{"task": "mmlu"}]}}, "tiny").eval.also[0].fewshot == 0
+    assert mmlu.fewshot_same_category and mmlu.description.startswith("The following are multiple choice")
     extra = also_recipe(validate(raw, "tiny"), mmlu)
     assert extra.eval.task == "mmlu" and extra.eval.scoring == "choice" and extra.eval.choice_target == " {letter}"
     scored = validate({**raw, "eval": {"task": "piqa"}}, "tiny").eval
@@ -86,17 +86,52 @@ def test_a_hellaswag_copy_is_scored_on_its_validation_rows_as_lm_eval_asks_them(
     assert f"{copy / 'validation.jsonl'}:2: no field 'activity_label' (task hellaswag reads" in capsys.readouterr().err
 
 
-def test_a_task_without_a_train_split_takes_its_shots_from_dev_as_lm_eval_takes_mmlus(tiny_recipe, tmp_path):
-    copy = tmp_path / "mmlu"
-    copy.mkdir()
-    row = {"question": "What is 2 + 2?", "subject": "abstract_algebra", "choices": ["3", "4", "5", "22"], "answer": 1}
-    write_jsonl(copy / "test.jsonl", [row] * 3)
-    write_jsonl(copy / "dev.jsonl", [{**row, "subject": "astronomy"}] * 2)
-    raw = validate({**tiny_recipe, "eval": {"also": [{"task": "mmlu", "source": str(copy), "fewshot": 2}]}}, "tiny")
-    extra = also_recipe(raw, raw.eval.also[0])
-    splits = load_splits(extra.data, extra.eval)
-    assert [e.prompt.split(".\n\n")[0][-9:] for e in shot_pool(extra, splits)] == ["astronomy", "astronomy"]
-    assert splits.test[0].prompt.endswith("about abstract algebra.\n\nWhat is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:")
+MMLU_ROWS = [{"question": f"Q{i}: what is {i} + {i}?", "subject": subject, "answer": i % 4,
+              "choices": [str(2 * i + d - i % 4) for d in range(4)]}
+             for i, subject in enumerate(["astronomy", "anatomy", "astronomy", "anatomy", "anatomy", "astronomy"])]
+
+
+def _mmlu_copy(folder):
+    """A local MMLU copy: six test questions of two subjects, two dev rows of each subject, no train split."""
+    folder.mkdir()
+    write_jsonl(folder / "test.jsonl", MMLU_ROWS)
+    write_jsonl(folder / "dev.jsonl", [{**r, "question": f"Shot {k} of {r['subject']}"}
+                                       for r in MMLU_ROWS[:2] for k in range(2)][::-1])
+    return folder
+
+
+def _lm_eval_mmlu_prompt(row: dict, shots: list[dict]) -> str:
+    """lm-eval's MMLU prompt, written out: the subject's description, each shot with its right letter, the question."""
+    def text(r):
+        return r["question"].strip() + "".join(f"\n{L}. {c}" for L, c in zip("ABCD", r["choices"])) + "\nAnswer:"
+    return (f"The following are multiple choice questions (with answers) about {row['subject']}.\n\n"
+            + "".join(f"{text(s)} {'ABCD'[s['answer']]}\n\n" for s in shots) + text(row))
+
+
+def test_mmlus_shots_are_its_subjects_dev_rows_after_one_description_as_lm_eval_writes_them(tiny_model, tmp_path):
+    """Each question's few-shot shots are the first dev rows of its own subject (eval.fewshot_same_category), written
+    after the subject's description once (eval.description): lm-eval's MMLU prompt; every option's log-likelihood
+    is the one computed from the model's logits on that whole prompt, each subject's shots run once and shared."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    copy = _mmlu_copy(tmp_path / "mmlu")
+    dev = [json.loads(line) for line in (copy / "dev.jsonl").read_text().splitlines()]
+    cfg, run = copy_run(one_epoch_run(tiny_model, tmp_path / "trained", "tiny-mmlu"), tmp_path,
+                        also=[{"task": "mmlu", "source": str(copy), "fewshot": 2, "limit": 6}])
+    result = dict(evaluate_extra(cfg, run, only="base"))["mmlu"]
+    assert result.summary["base-2shot"]["shots_from"] == \
+        f"the first 2 validation rows of each question's own category of {copy} (eval.source)"
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name).eval()
+    for p in result.predictions:
+        row = MMLU_ROWS[int(p["id"].split("-")[1]) - 1]
+        shots = [d for d in dev if d["subject"] == row["subject"]][:2] if p["model"] == "base-2shot" else []
+        head = tok(_lm_eval_mmlu_prompt(row, shots))["input_ids"]
+        with torch.no_grad():
+            logp = model(torch.tensor([head + tok(" A", add_special_tokens=False)["input_ids"]])).logits[0, -2]
+        expected = [float(logp.log_softmax(-1)[tok(f" {L}", add_special_tokens=False)["input_ids"][0]])
+                    for L in "ABCD"]
+        assert p["logliks"] == pytest.approx(expected, abs=2e-4)
 
 
 def test_a_task_set_is_scored_and_the_report_names_its_prompt_as_lm_evals(tiny_model, tmp_path):
@@ -111,3 +146,35 @@ def test_a_task_set_is_scored_and_the_report_names_its_prompt_as_lm_evals(tiny_m
     assert scored.summary["format"] == {"template": "{query}", "target": "{label}", "task": "hellaswag"}
     table = extra.section(run)[0][1][2]
     assert table[0][:3] == ("hellaswag", str(copy), "lm-eval's hellaswag ('{query}')")
+
+
+def test_a_description_is_written_once_before_the_prompt_and_in_chat_as_the_system_turn(tiny_model, tmp_path,
+                                                                                       capsys):
+    copy = _mmlu_copy(tmp_path / "mmlu")
+    args = ["check", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
+            "--set", "data.synthetic_test_rows=4", "--show", "1", "--set", "eval.chat_baseline=true", "--set",
+            f"eval.also=[{{task: mmlu, source: {copy}, fewshot: 1}}]"]
+    assert main([*args, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["eval_examples"]["mmlu"]
+    row, shot = MMLU_ROWS[0], [json.loads(x) for x in (copy / "dev.jsonl").read_text().splitlines()]
+    assert shown["rows"][0]["prompt"] == _lm_eval_mmlu_prompt(row, [])
+    assert shown["fewshot_prompt"] == _lm_eval_mmlu_prompt(row, [s for s in shot if s["subject"] == "astronomy"][:1])
+    described = "The following are multiple choice questions (with answers) about astronomy.\n\n"
+    assert shown["chat_baseline_prompt"].startswith(f"<|im_start|>system\n{described}<|im_end|>\n<|im_start|>user\n"
+                                                    f"{row['question']}\nA. ")  # lm-eval's --apply_chat_template
+    chatted = shown["chat_fewshot_prompt"]  # the description once, then the question's own subject's first shot
+    assert chatted.count(described) == 1 and chatted.count("Shot 1 of astronomy") == 1 and "anatomy" not in chatted
+
+
+def test_settings_the_description_and_category_shots_need_are_refused_naming_the_key(tiny_recipe):
+    with pytest.raises(UserError, match="eval.also.0.fewshot_same_category: takes each question's shots from its "
+                                        "own category, and no category column is named; set eval.also.0.label_field"):
+        validate({**tiny_recipe, "data": {**tiny_recipe["data"], "label_field": None},
+                  "eval": {"also": [{"source": "x.jsonl", "fewshot_same_category": True}]}}, "tiny")
+    with pytest.raises(UserError, match="eval.description: is written before eval.source's prompts, and eval.source "
+                                        "is not set"):
+        validate({**tiny_recipe, "eval": {"description": "About {family}.\n\n"}}, "tiny")
+    raw = validate({**tiny_recipe, "eval": {"source": "synthetic:arith", "description": "About {subject}.\n\n"}},
+                   "tiny")
+    with pytest.raises(UserError, match=r"eval.description: unknown placeholder \{subject\}; fields are: answer, "):
+        load_splits(raw.data, raw.eval)

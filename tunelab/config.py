@@ -322,6 +322,8 @@ class ExtraTestSet(RowFormat):
     choices: str | list[str] | None = Field(None, description="its options' field or fields, as eval.choices: the set "
                                             "is scored by multiple choice; None = not")
     choice_target: str = Field("{choice}", description="as eval.choice_target")
+    description: str | None = Field(None, description="as eval.description; None = none")
+    fewshot_same_category: bool = Field(False, description="as eval.fewshot_same_category (its label_field's)")
 
     @model_validator(mode="before")
     @classmethod
@@ -385,6 +387,15 @@ class EvalConfig(Section):
         "your own data gets); eval_source = the first N rows of eval.source's train split, else its dev split "
         "(MMLU's), else its validation split, as lm-eval picks a task's shots (the benchmark measured the way "
         "lm-eval measures it)")
+    fewshot_same_category: bool = Field(
+        False, description="each question's few-shot shots are the first N of its own category (eval.label_field, "
+        "else data.label_field), as lm-eval takes MMLU's from the question's subject; false = the same first N for "
+        "every question")
+    description: str | None = Field(
+        None, description="lm-eval's task description: a template of the row's fields written once before each "
+        "prompt of the scored set, before the few-shot shots (MMLU's 'The following are multiple choice questions "
+        "(with answers) about {subject}.'); through a chat template, as the system turn; not before "
+        "eval.prompt_baseline's prompts (its own); None = none")
     chat_baseline: bool = Field(False, description="also score the base model asked through its chat template "
                                 "(the rendered data.template as the user turn, zero-shot: lm-eval's "
                                 "--apply_chat_template), what simply asking an instruct model gets; with eval.fewshot "
@@ -445,7 +456,8 @@ class EvalConfig(Section):
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source or task (an lm-eval task by "
                                      "name: arc_challenge, mmlu, hellaswag, ..., which fills the other keys the "
                                      "entry leaves unset), and optionally config, name, split, limit, limit_from, "
-                                     "fewshot, prompt_baseline, choices, choice_target, template, target, messages, "
+                                     "fewshot, prompt_baseline, choices, choice_target, description, "
+                                     "fewshot_same_category, label_field, template, target, messages, "
                                      "optional_fields, template_if_empty}, scored after the main one the way "
                                      "eval.source is (its split, or all its rows), rendered with its own "
                                      "templates (else those of the data.mix entry of the same source, else "
@@ -678,7 +690,17 @@ def _eval_format_problems(recipe: "Recipe") -> list[str]:
     if not problems and ev.fewshot and ev.fewshot_from == "data" and own_format(recipe.data, ev):
         problems.append("eval.fewshot_from: data takes the shots from the training rows, written in data's format, "
                         "not eval's; set eval.fewshot_from: eval_source (eval.source's train rows) or eval.fewshot: 0")
-    return problems
+    if ev.description and not ev.source:
+        problems.append("eval.description: is written before eval.source's prompts, and eval.source is not set")
+    return problems + _category_shots_problems(recipe.data, ev, "eval")
+
+
+def _category_shots_problems(data: DataConfig, fmt: "EvalConfig | ExtraTestSet", key: str) -> list[str]:
+    """fewshot_same_category takes each question's shots from its category: the set needs a category column."""
+    if fmt.fewshot_same_category and not (fmt.label_field or data.label_field):
+        return [f"{key}.fewshot_same_category: takes each question's shots from its own category, and no category "
+                f"column is named; set {key}.label_field"]
+    return []
 
 
 def also_names(ev: EvalConfig) -> list[str]:
@@ -699,6 +721,7 @@ def _also_problems(recipe: "Recipe") -> list[str]:
                             "them a name")
         names.setdefault(name, i)
         problems += _format_problems(recipe.data, recipe.eval.also[i], f"eval.also.{i}")
+        problems += _category_shots_problems(recipe.data, recipe.eval.also[i], f"eval.also.{i}")
     return problems
 
 
@@ -722,6 +745,8 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
                                      "limit_from": entry.limit_from or cfg.eval.limit_from,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
                                      "choices": entry.choices, "choice_target": entry.choice_target,
+                                     "description": entry.description,
+                                     "fewshot_same_category": entry.fewshot_same_category,
                                      "scoring": "choice" if entry.choices else "auto"
                                      if cfg.eval.scoring in ("regex", "choice") else cfg.eval.scoring})
     if own_format(cfg.data, ev):

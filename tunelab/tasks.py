@@ -3,9 +3,10 @@ dataset, split, prompt and options that lm-eval 0.4's task YAML names, so that i
 reports, not a near relative of it.
 
 A task fills the recipe keys a user would otherwise write by hand (source, config, split, template, target,
-choices, choice_target, label_field, name); a key the entry sets itself wins, so that `source:` may point at a local
-copy of the dataset. Where lm-eval rewrites a dataset's rows before prompting (its `process_docs`: HellaSwag's
-cleaned context and endings, MMLU's subject line), `prepare` adds those fields to each row, the raw ones kept.
+choices, choice_target, label_field, description, fewshot_same_category, name); a key the entry sets itself wins,
+so that `source:` may point at a local copy of the dataset. Where lm-eval rewrites a dataset's rows before prompting
+(its `process_docs`: HellaSwag's cleaned context and endings; MMLU's stripped question and subject name, which its
+Jinja templates compute), `prepare` adds those fields to each row, the raw ones kept.
 
     eval:
       also:
@@ -23,7 +24,7 @@ from typing import Callable
 
 ARC_KEYS = {"source": "allenai/ai2_arc", "template": "Question: {question}\nAnswer:", "target": "{answerKey}",
             "choices": "choices", "choice_target": " {choice}"}
-MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {}.\n\n"
+MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject_name}.\n\n"
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,10 @@ def _hellaswag(row: dict) -> dict:
 
 
 def _mmlu(row: dict) -> dict:
-    """lm-eval's mmlu prompt: the subject's description (each subject is a task of its own there), the question
-    stripped, its four options lettered."""
+    """lm-eval's mmlu prompt: the question stripped, its four options lettered; and the subject as its description
+    names it (each subject is a task of its own there)."""
     options = "".join(f"{letter}. {text}\n" for letter, text in zip("ABCD", row["choices"]))
-    return {"query": MMLU_DESCRIPTION.format(row["subject"].replace("_", " "))
-            + f"{row['question'].strip()}\n{options}Answer:"}
+    return {"query": f"{row['question'].strip()}\n{options}Answer:", "subject_name": row["subject"].replace("_", " ")}
 
 
 TASKS = {
@@ -61,7 +61,8 @@ TASKS = {
                        "target": "{label}", "choices": "choices", "choice_target": " {choice}"},
                       _hellaswag, ("activity_label", "ctx_a", "ctx_b", "endings")),
     "mmlu": Task({"source": "cais/mmlu", "config": "all", "template": "{query}", "target": "{answer}",
-                  "choices": "choices", "choice_target": " {letter}", "label_field": "subject", "fewshot": 0},
+                  "choices": "choices", "choice_target": " {letter}", "label_field": "subject",
+                  "description": MMLU_DESCRIPTION, "fewshot_same_category": True},
                  _mmlu, ("subject", "question", "choices")),
     "piqa": Task({"source": "baber/piqa", "split": "validation", "template": "Question: {goal}\nAnswer:",
                   "target": "{label}", "choices": ["sol1", "sol2"], "choice_target": " {choice}"}),

@@ -115,6 +115,9 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
         if not test:
             raise UserError(f"eval.source: {held_out.source}: no usable rows to score"
                             + (f" ({len(more)} malformed)" if more else ""))
+        if unknown := [n for n in placeholders(held_out.description or "") if n not in test[0].fields]:
+            raise UserError(f"eval.description: unknown placeholder {{{unknown[0]}}}; fields are: "
+                            f"{', '.join(sorted(test[0].fields))}")
         if held_out.label_field and all(e.label is None for e in test):
             fields = sorted({k for e in test[:100] for k in e.fields})
             raise UserError(f"eval.label_field: no field {held_out.label_field!r} in {held_out.source}'s rows; "

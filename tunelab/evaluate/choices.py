@@ -111,39 +111,64 @@ def fewshot_context(examples: list[tuple[str, str]]) -> str:
 
 
 def answer(cfg: Recipe, prompts: list[str], rows: list[Example], load, tok, device, key: str, journal,
-           label: str, chat: bool = False, prefix: str | None = None) -> tuple[list[list[float]], float, int]:
+           label: str, chat: bool = False,
+           prefix: str | list[str] | None = None) -> tuple[list[list[float]], float, int]:
     """The log-likelihood of each option of each row after its prompt under the model `load()` returns: per row,
     the list; the seconds and the tokens forwarded. `chat`: the prompts end with a chat template's assistant header
-    (`written`); `prefix`: text every prompt starts with (the few-shot shots), run once and its KV cache shared
-    (`generate.SharedPrefix`). Rows journaled under `key` (a killed pass's) are read back, the others scored `CHUNK`
-    rows at a time and journaled; under torchrun each rank scores every W-th remaining row."""
-    import torch
+    (`written`); `prefix`: text every prompt starts with (the few-shot shots), or each prompt's own (shots of its
+    category), run once and its KV cache shared (`generate.SharedPrefix`) by the prompts that start with it, scored
+    together. Rows journaled under `key` (a killed pass's) are read back, the others scored `CHUNK` rows at a time
+    and journaled; under torchrun each rank scores every W-th remaining row."""
     from tunelab import distributed
-    from tunelab.evaluate.generate import SharedPrefix
     from tunelab.progress import bar
     key = choice_key(cfg, key, rows, chat)
     have = {i: json.loads(text) for i, (text, _) in journal.done(key).items()}
     d = distributed.setup(device.type)
-    mine = [i for i in range(len(rows)) if i not in have][d.rank::d.world]
-    forwarded, new = 0, []
+    prefixes = prefix if isinstance(prefix, list) else [prefix] * len(rows)
+    mine = sorted([i for i in range(len(rows)) if i not in have][d.rank::d.world], key=lambda i: prefixes[i] or "")
+    forwarded, new, seconds, shared = 0, [], 0.0, _Shared(tok, device)
     model = load().eval() if d.max(len(mine)) else None
-    t0 = time.time()
-    with torch.inference_mode():
-        shared = SharedPrefix.run(model, tok, prefix, device) if prefix and mine else None
-    seconds = time.time() - t0
     with bar(f"eval {label}", total=len(mine)) as progress:
         for start in range(0, len(mine), CHUNK):
             chunk = mine[start:start + CHUNK]
             t0 = time.time()
-            sums, n = _likelihoods(cfg, [prompts[i] for i in chunk], [rows[i] for i in chunk], model, tok, device,
-                                   chat, shared)
-            seconds, forwarded = seconds + time.time() - t0, forwarded + n
-            for i, lls in zip(chunk, sums):
-                journal.append(key, i, json.dumps(lls), 0)
-                new.append((i, lls))
+            for run in _runs(chunk, prefixes):  # the chunk's rows that share a prefix, after its cache
+                sums, n = _likelihoods(cfg, [prompts[i] for i in run], [rows[i] for i in run], model, tok, device,
+                                       chat, shared.of(model, prefixes[run[0]]))
+                forwarded += n
+                for i, lls in zip(run, sums):
+                    journal.append(key, i, json.dumps(lls), 0)
+                    new.append((i, lls))
+            seconds += time.time() - t0
             progress.advance(len(chunk))
     return ([{**have, **dict(d.gather(new))}[i] for i in range(len(rows))], max(d.gather([seconds])),
             d.sum([forwarded])[0])
+
+
+def _runs(chunk: list[int], prefixes: list[str | None]) -> list[list[int]]:
+    """`chunk`'s rows (sorted by prefix) in runs of the same prefix."""
+    out = []
+    for i in chunk:
+        if out and prefixes[out[-1][0]] == prefixes[i]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+class _Shared:
+    """The last prefix's `generate.SharedPrefix` (rows come sorted by prefix, so each one is run once)."""
+
+    def __init__(self, tok, device):
+        self.tok, self.device, self.text, self.cache = tok, device, None, None
+
+    def of(self, model, text: str | None):
+        import torch
+        from tunelab.evaluate.generate import SharedPrefix
+        if text and text != self.text:
+            with torch.inference_mode():
+                self.text, self.cache = text, SharedPrefix.run(model, self.tok, text, self.device)
+        return self.cache if text else None
 
 
 def choice_key(cfg: Recipe, key: str, rows: list[Example], chat: bool = False) -> str:

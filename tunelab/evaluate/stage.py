@@ -24,10 +24,10 @@ from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
-from tunelab.data import Example, chat, load_splits, optional, question_text, render, scored_rows
+from tunelab.data import Example, chat, load_splits, optional, placeholders, question_text, render, scored_rows
 from tunelab.errors import UserError
 from tunelab.evaluate import choices, losses, overlap
-from tunelab.evaluate.fewshot import STOP, ask_turn, exchanges, fewshot_context, fewshot_prompt
+from tunelab.evaluate.fewshot import STOP, ask, ask_turn, exchanges, fewshot_context
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, short_answer, states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
@@ -54,7 +54,8 @@ class Pass:
     # line; a pattern: after the line holding its first match (eval.answer_pattern); strings: before the first one
     adapter: Path | None = None
     epoch: int | None = None  # the training epoch an adapter is from
-    prefix: str | None = None  # text every prompt starts with (the few-shot context): prefilled once, shared
+    prefix: str | list[str] | None = None  # text every prompt starts with (the few-shot context): prefilled once,
+    # shared; or each prompt's own (shots of its category): shared by the prompts with the same one (multiple choice)
     max_new_tokens: int = 256  # the generation budget of each answer
     shots_from: str | None = None  # a few-shot pass: where its shots came from, in words
     asked_with: dict | None = None  # the prompt baseline's pass: its template and whether it went through the chat one
@@ -291,16 +292,16 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         reference = _reference(recipe, mode)
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": reference(q.target)}
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
-        shots = _first_shots(recipe, shot_pool(recipe, rows), mode) if recipe.eval.fewshot and questions else []
+        shots = _shots_of(recipe, shot_pool(recipe, rows), questions[:1], mode) if recipe.eval.fewshot else []
         if mode == "choice":
             for row, question in zip(out[name]["rows"], questions):  # `right`: the option the target names
                 row["options"] = choices.written(recipe, question, recipe.data.chat_template)
                 row["right"] = choices.options(recipe, question.fields).index(question.target)
-        if shots:
+        if shots and shots[0]:
             out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1], mode=mode)[0][0]
         if recipe.eval.chat_baseline and questions:
-            out[name]["chat_baseline_prompt"] = chat_baseline_prompts(tok, questions[:1])[0]
-        if recipe.eval.chat_baseline and shots:
+            out[name]["chat_baseline_prompt"] = chat_baseline_prompts(recipe, tok, questions[:1])[0]
+        if recipe.eval.chat_baseline and shots and shots[0]:
             chatted = _fewshot_prompts(recipe, tok, shots, questions[:1], chat_format=True, mode=mode)
             out[name]["chat_fewshot_prompt"] = chatted[0][0]
         if recipe.eval.prompt_baseline and questions:
@@ -442,12 +443,14 @@ def shot_pool(cfg: Recipe, splits) -> list[Example]:
     return splits.eval_train
 
 
-def _shots_from(cfg: Recipe, n: int, pool: list[Example]) -> str:
-    """Where the few-shot baseline's `n` shots came from (`pool`: shot_pool's, whose row ids start with their
-    split's name), in words (the report and the eval summary say it)."""
-    if cfg.eval.fewshot_from == "data":
-        return f"the first {n} training rows"
-    return f"the first {n} {pool[0].id.split('-')[0]} rows of {cfg.eval.source} (eval.source)"
+def _shots_from(cfg: Recipe, shots: list[list[Example]], pool: list[Example]) -> str:
+    """Where the few-shot baseline's shots (each question's) came from (`pool`: shot_pool's, whose row ids start
+    with their split's name), in words (the report and the eval summary say it)."""
+    n = max(map(len, shots), default=0)
+    rows = "training rows" if cfg.eval.fewshot_from == "data" else f"{pool[0].id.split('-')[0]} rows"
+    within = " of each question's own category" if cfg.eval.fewshot_same_category else ""
+    return f"the first {n} {rows}{within}" + (f" of {cfg.eval.source} (eval.source)"
+                                             if cfg.eval.fewshot_from == "eval_source" else "")
 
 
 def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
@@ -466,18 +469,18 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     passes = []
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
+        shots = _shots_of(cfg, pool, questions, mode) if cfg.eval.fewshot else []
         if cfg.eval.fewshot:
-            shots = _first_shots(cfg, pool, mode)
-            few, context = _fewshot_prompts(cfg, tok, shots, questions, mode=mode)
-            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=context, max_new_tokens=budget,
-                               shots_from=_shots_from(cfg, len(shots), pool)))
+            few, contexts = _fewshot_prompts(cfg, tok, shots, questions, mode=mode)
+            passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=_prefix(contexts),
+                               max_new_tokens=budget, shots_from=_shots_from(cfg, shots, pool)))
         if cfg.eval.chat_baseline:
-            passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(tok, questions), stop, max_new_tokens=budget))
+            passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(cfg, tok, questions), stop,
+                               max_new_tokens=budget))
         if cfg.eval.chat_baseline and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
-            shots = _first_shots(cfg, pool, mode)
-            few, context = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True, mode=mode)
-            passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=context,
-                               max_new_tokens=budget, shots_from=_shots_from(cfg, len(shots), pool)))
+            few, contexts = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True, mode=mode)
+            passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=_prefix(contexts),
+                               max_new_tokens=budget, shots_from=_shots_from(cfg, shots, pool)))
         if cfg.eval.prompt_baseline:
             passes.append(Pass(PROMPT_BASELINE, prompt_baseline_prompts(cfg, tok, questions), stop,
                                max_new_tokens=budget, asked_with=baseline_asked(cfg)))
@@ -500,30 +503,75 @@ def _first_shots(cfg: Recipe, pool: list[Example], mode: str) -> list[Example]:
     return choices.shot_rows(cfg, pool, cfg.eval.fewshot) if mode == "choice" else pool[:cfg.eval.fewshot]
 
 
-def _fewshot_prompts(cfg: Recipe, tok, shots: list[Example], questions: list[Example],
-                     chat_format: bool = False, mode: str = "numeric") -> tuple[list[str], str]:
-    """The few-shot baseline's prompt for each question (lm-eval's format, or the shots as chat turns with
-    `data.chat_template` or `chat_format`) and the context they all start with; with choice scoring each shot is
-    written as the questions are, its prompt and its right option (lm-eval's multiple-choice few-shot)."""
-    if mode == "choice":
-        pairs = choices.exchanges(cfg, shots)
-        if not (cfg.data.chat_template or chat_format):
-            context = choices.fewshot_context(pairs)
-            return [context + q.prompt for q in questions], context
-        turns = [(prompt.strip(), option.strip()) for prompt, option in pairs]
-        return ([chat.prompt(tok, q.prompt.strip(), turns, _history(q)) for q in questions],
-                chat.context(tok, turns, _history(questions[0])))
-    if cfg.data.chat_template or chat_format:
-        return ([chat.prompt(tok, ask_turn(q), exchanges(shots), _history(q)) for q in questions],
-                chat.context(tok, exchanges(shots), _history(questions[0])))  # rows share a system turn
-    return [fewshot_prompt(shots, q) for q in questions], fewshot_context(shots)
+def _shots_of(cfg: Recipe, pool: list[Example], questions: list[Example], mode: str) -> list[list[Example]]:
+    """Each question's few-shot shots: the same first ones (`_first_shots`) for every question, or with
+    eval.fewshot_same_category the first ones of the question's own category (lm-eval's MMLU: its subject's)."""
+    if not cfg.eval.fewshot_same_category:
+        return [_first_shots(cfg, pool, mode)] * len(questions)
+    by_label: dict = {}
+    for label in dict.fromkeys(q.label for q in questions):
+        by_label[label] = _first_shots(cfg, [e for e in pool if e.label == label], mode)
+    if short := {label: len(its) for label, its in by_label.items() if len(its) < cfg.eval.fewshot}:
+        log.warning("eval.fewshot_same_category: %d categories have fewer than %d shots among the rows shots are "
+                    "taken from (first: %s, %d); their questions are asked with those", len(short),
+                    cfg.eval.fewshot, *next(iter(short.items())))
+    return [by_label[q.label] for q in questions]
 
 
-def chat_baseline_prompts(tok, questions: list[Example]) -> list[str]:
+def _prefix(contexts: list[str]) -> str | list[str]:
+    """A pass's shared prefix: the few-shot context every prompt starts with, or each prompt's own when they differ
+    (shots of each question's category)."""
+    return contexts[0] if len(set(contexts)) == 1 else contexts
+
+
+def _fewshot_prompts(cfg: Recipe, tok, shots: list[list[Example]], questions: list[Example],
+                     chat_format: bool = False, mode: str = "numeric") -> tuple[list[str], list[str]]:
+    """The few-shot baseline's prompt for each question (after its `shots`: lm-eval's format, or the shots as chat
+    turns with `data.chat_template` or `chat_format`) and the context each starts with: eval.description, then the
+    shots (as plain text; through a chat template, the description is the system turn). With choice scoring each
+    shot is written as the questions are, its prompt and its right option (lm-eval's multiple-choice few-shot)."""
+    prompts, contexts = [], []
+    for q, its in zip(questions, shots):
+        if (cfg.data.chat_template or chat_format) and mode == "choice":
+            turns, asked = [(prompt.strip(), option.strip()) for prompt, option in choices.exchanges(cfg, its)], \
+                q.prompt.strip()
+        elif cfg.data.chat_template or chat_format:
+            turns, asked = exchanges(its), ask_turn(q)
+        else:
+            context = _described(cfg, q) + (choices.fewshot_context(choices.exchanges(cfg, its)) if mode == "choice"
+                                            else fewshot_context(its))
+            prompts.append(context + (q.prompt if mode == "choice" else ask(q)))
+            contexts.append(context)
+            continue
+        history = _chat_history(cfg, q)
+        prompts.append(chat.prompt(tok, asked, turns, history))
+        contexts.append(chat.context(tok, turns, history))
+    return prompts, contexts
+
+
+def _described(cfg: Recipe, q: Example) -> str:
+    """eval.description filled in with the question's fields (lm-eval's task description), or ""."""
+    text = cfg.eval.description
+    return render(text, q.fields, placeholders(text)) if text else ""
+
+
+def _chat_history(cfg: Recipe, q: Example) -> list[dict]:
+    """A question's turns before its user turn (`_history`) with eval.description in its system turn, where lm-eval's
+    --apply_chat_template writes the description (after the row's own system text)."""
+    history, text = _history(q), _described(cfg, q)
+    if not text:
+        return history
+    if history and history[0]["role"] == "system":
+        return [{"role": "system", "content": history[0]["content"] + "\n\n" + text}, *history[1:]]
+    return [{"role": "system", "content": text}, *history]
+
+
+def chat_baseline_prompts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
     """`eval.chat_baseline`: each question's rendered prompt as the user turn of the tokenizer's chat template, as
-    lm-eval's --apply_chat_template asks it (the prompt stripped: a turn ends where its text does)."""
+    lm-eval's --apply_chat_template asks it (the prompt stripped: a turn ends where its text does; eval.description
+    in the system turn)."""
     chat.require(tok, "eval.chat_baseline")
-    return [chat.prompt(tok, q.prompt.strip(), history=_history(q)) for q in questions]
+    return [chat.prompt(tok, q.prompt.strip(), history=_chat_history(cfg, q)) for q in questions]
 
 
 def prompt_baseline_prompts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
@@ -582,11 +630,12 @@ def asks_in_chat(cfg: Recipe) -> bool:
 
 
 def prompt_texts(cfg: Recipe, tok, questions: list[Example]) -> list[str]:
-    """Each question as training wrote its prompt: the template, or the user turn through the chat template."""
+    """Each question as training wrote its prompt: the template, or the user turn through the chat template; after
+    eval.description (in the system turn through a chat template)."""
     if cfg.data.chat_template:
         chat.require(tok)
-    return [chat.prompt(tok, q.prompt, history=_history(q)) if cfg.data.chat_template else q.prompt
-            for q in questions]
+    return [chat.prompt(tok, q.prompt, history=_chat_history(cfg, q)) if cfg.data.chat_template
+            else _described(cfg, q) + q.prompt for q in questions]
 
 
 def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> dict:
@@ -675,7 +724,7 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     else is answered (`_run_pass`), or with choice scoring its options' log-likelihoods measured (`_choice_pass`);
     the stats count the answers that reached the token budget."""
     rows, stats = _cached(cfg, p) if p.is_base and mode != "choice" else (None, None)
-    if mode == "choice":  # nothing generated, nothing cached: each option's log-likelihood, journaled
+    if mode == "choice":  # nothing generated: each option's log-likelihood, journaled (a base pass's, cached)
         rows, stats = _choice_pass(cfg, p, questions, tok, device, journal)
     elif rows is not None:
         scored = _row_scorer(cfg, mode)
@@ -702,15 +751,25 @@ def _choice_pass(cfg: Recipe, p: Pass, questions: list[Example], tok, device,
                  journal: Journal) -> tuple[list[dict], dict]:
     """One pass of multiple-choice scoring (`choices.answer`): each question's options' log-likelihoods after the
     pass's prompt (after a chat template's assistant header without the whitespace before them), the options picked
-    by acc and acc_norm; its prediction rows and stats."""
+    by acc and acc_norm; its prediction rows and stats. A base pass's log-likelihoods are kept in the cross-run cache
+    (as generated base passes' answers are), keyed by the model, its prompts and its options as written."""
     def load():
         model = load_model(cfg.model, device)
         return load_adapter(model, p.adapter, merge=True) if p.adapter is not None else model
 
     chat = cfg.data.chat_template or p.name.startswith(CHAT_BASELINE) or (p.name == PROMPT_BASELINE
                                                                           and asks_in_chat(cfg))
-    lls, seconds, forwarded = choices.answer(cfg, p.prompts, questions, load, tok, device, _pass_key(cfg, p),
-                                             journal, p.name, chat, p.prefix)
+    cache = cache_dir() / "eval" / f"choice-{choices.choice_key(cfg, _pass_key(cfg, p), questions, chat)}.json"
+    cached = p.is_base and cache.exists()  # the base model asked the same prompts with the same options before
+    if cached:
+        log.info("%s pass: cached result %s", p.name, cache)
+        lls, seconds, forwarded = json.loads(cache.read_text())
+    else:
+        lls, seconds, forwarded = choices.answer(cfg, p.prompts, questions, load, tok, device, _pass_key(cfg, p),
+                                                 journal, p.name, chat, p.prefix)
+    if p.is_base and not cached and distributed.is_main_process():
+        from tunelab.rundir import write_atomic
+        write_atomic(cache, json.dumps([lls, seconds, forwarded]).encode())
     unscored = (short_answer, lambda completion, reference: {})
     rows = [{**_row(p, q, "", 0, unscored), **choices.row(cfg, q, scores)} for q, scores in zip(questions, lls)]
     figures = _figures(rows, "choice")
@@ -718,7 +777,7 @@ def _choice_pass(cfg: Recipe, p: Pass, questions: list[Example], tok, device,
              ", ".join(f"{k.removesuffix('_accuracy')} {v:.3f}" for k, v in figures.items()), len(rows),
              forwarded / max(seconds, 1e-9))
     return rows, {"n": len(rows), **figures, "seconds": round(seconds, 2), "scored_tokens": forwarded,
-                  "tokens_per_second": round(forwarded / max(seconds, 1e-9), 2)}
+                  "tokens_per_second": round(forwarded / max(seconds, 1e-9), 2), **({"cached": True} if cached else {})}
 
 
 def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, device,
@@ -740,7 +799,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
 
         gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], p.max_new_tokens,
                                  cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
-                                 stops=[p.stops] * len(mine), prefix=p.prefix,
+                                 stops=[p.stops] * len(mine), prefix=p.prefix if isinstance(p.prefix, str) else None,
                                  sampling=p.sampling and replace(p.sampling, numbers=tuple(mine)))
         new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
         del model
