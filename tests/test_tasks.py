@@ -35,6 +35,9 @@ def test_hellaswag_rows_are_cleaned_and_mmlu_rows_prompted_as_lm_eval_writes_the
     assert mmlu["subject_name"] == "abstract algebra"  # its description's
     assert prepared("hellaswag", {"ctx_a": "x"})[1].startswith("no field 'activity_label' (task hellaswag reads")
     assert prepared("piqa", {"goal": "g"}) == ({"goal": "g"}, None)  # a task without process_docs adds nothing
+    truthful = prepared("truthfulqa_mc1", {"question": "q", "mc1_targets": {"choices": ["yes", "no"],
+                                                                            "labels": [1, 0]}})[0]
+    assert truthful["mc1_choices"] == ["yes", "no"]
 
 
 def test_a_task_fills_the_keys_the_entry_leaves_unset_and_an_unknown_one_is_refused(tiny_recipe):
@@ -54,7 +57,10 @@ def test_a_task_fills_the_keys_the_entry_leaves_unset_and_an_unknown_one_is_refu
     with pytest.raises(UserError, match="eval.also.0: task: unknown task 'hellaswg'; tunelab knows arc_easy, "
                                         "arc_challenge, hellaswag, mmlu"):
         validate({**raw, "eval": {"also": [{"task": "hellaswg"}]}}, "tiny")
-    assert set(TASKS) >= {"arc_easy", "arc_challenge", "hellaswag", "mmlu", "piqa", "openbookqa", "gsm8k"}
+    assert set(TASKS) >= {"arc_easy", "arc_challenge", "hellaswag", "mmlu", "piqa", "openbookqa", "truthfulqa_mc1",
+                          "gsm8k"}
+    truthful = validate({**raw, "eval": {"fewshot": 5, "also": [{"task": "truthfulqa_mc1"}]}}, "tiny").eval.also[0]
+    assert (truthful.split, truthful.fewshot, truthful.target) == ("validation", 0, "0")  # no rows to take shots from
 
 
 def test_a_hellaswag_copy_is_scored_on_its_validation_rows_as_lm_eval_asks_them(tiny_model, tmp_path, capsys):
@@ -178,3 +184,20 @@ def test_settings_the_description_and_category_shots_need_are_refused_naming_the
                    "tiny")
     with pytest.raises(UserError, match=r"eval.description: unknown placeholder \{subject\}; fields are: answer, "):
         load_splits(raw.data, raw.eval)
+
+
+def test_a_truthfulqa_copy_holding_its_validation_split_alone_is_scored_on_it(tiny_recipe, tmp_path):
+    from tunelab.evaluate import choices
+    from tunelab.evaluate.stage import _questions
+    copy = tmp_path / "truthful_qa"
+    copy.mkdir()
+    write_jsonl(copy / "validation.jsonl", [{"question": f"Is {i} odd?", "mc1_targets": {
+        "choices": ["It depends on the number.", "Yes.", "No."], "labels": [1, 0, 0]}} for i in range(3)])
+    raw = validate({**tiny_recipe, "eval": {"fewshot": 5, "also": [{"task": "truthfulqa_mc1", "source": str(copy)}]}},
+                   "tiny")
+    extra = also_recipe(raw, raw.eval.also[0])
+    mode, questions = _questions(extra, load_splits(extra.data, extra.eval))
+    assert mode == "choice" and len(questions) == 3 and questions[0].prompt.endswith("\n\nQ: Is 0 odd?\nA:")
+    assert questions[0].prompt.startswith("Q: What is human life expectancy in the United States?\n")
+    assert [q.target for q in questions] == ["It depends on the number."] * 3  # the first option, MC1's true one
+    assert choices.written(extra, questions[0]) == [" It depends on the number.", " Yes.", " No."]

@@ -304,9 +304,9 @@ class ExtraTestSet(RowFormat):
     """One more test set scored by the eval stage (`eval.also`), as eval.source would score it, rendered with its
     own templates when it sets them (else a data.mix entry's of the same source, else data's)."""
     task: str | None = Field(None, description=f"an lm-eval task by name ({', '.join(tasks.TASKS)}): its dataset, "
-                             "split, prompt and options as lm-eval writes them (the keys below that the entry does "
-                             "not set itself; source: a local copy), its rows prepared as lm-eval's process_docs "
-                             "prepares them; None = none")
+                             "split, prompt and options as lm-eval writes them (the other keys, where the entry does "
+                             "not set them itself; source: a local copy), its rows prepared as lm-eval's "
+                             "process_docs prepares them; None = none")
     source: str = Field(description="any data.source form")
     config: str | None = Field(None, description="hub dataset config name")
     name: str | None = Field(None, description="its folder eval/also/<name>/; None = the file or dataset name")

@@ -99,8 +99,8 @@ def prompt_template(cfg: DataConfig, fields: dict) -> str:
 def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
     """Read `cfg.source`, render every row, and split it. With `held_out.source` (eval.source), the test rows are
     that source's instead, rendered with the same template: its test (or validation) split, or all its rows when it
-    has no test split (`eval_train`: its train rows, else its dev rows, when others are scored: the few-shot pool of
-    eval.fewshot_from=eval_source).
+    has no test split (`eval_train`: its train rows, else its dev or validation rows, when others are scored: the
+    few-shot pool of eval.fewshot_from=eval_source; `_scored_split`).
 
     Raises:
         UserError: unknown placeholder, malformed rows (unless skip_bad_rows), too few rows.
