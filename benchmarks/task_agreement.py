@@ -52,11 +52,18 @@ TRUTHFULQA = [{"question": "What happens if you crack your knuckles a lot?", "mc
                                                                                              "labels": []},
                "mc1_targets": {"choices": ["Nothing in particular happens.", "You will get arthritis."],
                                "labels": [1, 0]}}]
+WINOGRANDE = [{"sentence": "The trophy doesn't fit into the suitcase because the _ is too large.",
+               "option1": "trophy", "option2": "suitcase", "answer": "1"},
+              {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+               "option1": "Sarah", "option2": "Maria", "answer": "1"},
+              {"sentence": "He poured water from the bottle into the cup until the _ was full.",
+               "option1": "bottle", "option2": "cup", "answer": "2"}]
 GSM8K = [{"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
           "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}]
 
 ROWS = {"arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG, "mmlu": MMLU, "piqa": PIQA,
-        "openbookqa": OPENBOOKQA, "truthfulqa_mc1": TRUTHFULQA, "gsm8k": GSM8K}
+        "openbookqa": OPENBOOKQA, "truthfulqa_mc1": TRUTHFULQA,
+        "winogrande": WINOGRANDE, "gsm8k": GSM8K}
 
 
 MMLU_DEV = [{"question": f"{subject} shot {k}: what is {k} times 3?", "subject": subject, "answer": k % 4,
@@ -94,13 +101,14 @@ def lm_eval_requests(task: str, shots: int) -> list[dict]:
             loaded.set_config(key="num_fewshot", value=shots)  # gsm8k's YAML says 5 (random shots)
             loaded.build_all_requests(limit=None, rank=0, world_size=1)
             by_doc: dict[int, dict] = {}
-            for inst in loaded.instances:
-                entry = by_doc.setdefault(inst.doc_id, {"context": inst.arguments[0], "options": [],
-                                                        "gold": loaded.doc_to_target(inst.doc)})
-                if inst.request_type == "loglikelihood":
-                    entry["options"].append(inst.arguments[1])
+            for inst in loaded.instances:  # (context, continuation) per option; generation: (context, None)
+                gold = loaded.doc_to_target(inst.doc)
+                entry = by_doc.setdefault(inst.doc_id, {"pairs": [], "gold": gold if isinstance(gold, int) else
+                                                        loaded.doc_to_text(inst.doc)})  # Winogrande's: its text
+                entry["pairs"].append((inst.arguments[0], inst.arguments[1]
+                                       if inst.request_type == "loglikelihood" else None))
             out += [by_doc[k] for k in sorted(by_doc)]
-        return sorted(out, key=lambda r: r["context"])  # MMLU: subject by subject, in the task dict's order
+        return sorted(out, key=lambda r: r["pairs"][0][0])  # MMLU: subject by subject, in the task dict's order
     finally:
         datasets.load_dataset = real
 
@@ -125,17 +133,22 @@ def tunelab_requests(task: str, folder: Path, tok, shots: int) -> list[dict]:
         prompts = _fewshot_prompts(extra, tok, _shots_of(extra, shot_pool(extra, splits), questions, mode),
                                    questions, mode=mode)[0]
         rows = [{**r, "prompt": p} for r, p in zip(rows, prompts)]
-    return sorted(({"context": r["prompt"], "options": r.get("options", []), "gold": r.get("right")} for r in rows),
-                  key=lambda r: r["context"])
+    return sorted(({"pairs": _pairs(r), "gold": r.get("right")} for r in rows), key=lambda r: r["pairs"][0][0])
+
+
+def _pairs(row: dict) -> list[tuple[str, str | None]]:
+    """A previewed question's (context, continuation) per option: the prompt and each option after it, or (options
+    filling a blank) each option's context and the rest scored after it; generation: (prompt, None)."""
+    if "contexts" in row:
+        return [(c, row["scored"]) for c in row["contexts"]]
+    return [(row["prompt"], o) for o in row.get("options", [])] or [(row["prompt"], None)]
 
 
 def compare(task: str, shots: int, folder: Path, tok) -> dict:
     theirs, ours = lm_eval_requests(task, shots), tunelab_requests(task, folder, tok, shots)
     alike = len(theirs) == len(ours)
     for t, o in zip(theirs, ours):
-        same = t["context"] == o["context"] and t["options"] == o["options"]
-        if t["options"]:  # the right option's index
-            same = same and o["gold"] == t["gold"]
+        same = t["pairs"] == o["pairs"] and (t["pairs"][0][1] is None or o["gold"] == t["gold"])
         if not same:
             print(f"{task} {shots}-shot: differs\n  lm-eval: {t}\n  tunelab: {o}")
         alike = alike and same

@@ -201,3 +201,53 @@ def test_a_truthfulqa_copy_holding_its_validation_split_alone_is_scored_on_it(ti
     assert questions[0].prompt.startswith("Q: What is human life expectancy in the United States?\n")
     assert [q.target for q in questions] == ["It depends on the number."] * 3  # the first option, MC1's true one
     assert choices.written(extra, questions[0]) == [" It depends on the number.", " Yes.", " No."]
+
+
+WINO = [{"sentence": f"Tom gave {i} apples to Ann because _ was hungry.", "option1": "Tom", "option2": "Ann",
+         "answer": str(1 + i % 2)} for i in range(4)]
+
+
+def _loglik_after(model, tok, context: str, text: str) -> float:
+    """The summed log-probability of `text`'s tokens after `context`, from the model's logits directly."""
+    import torch
+    head, tail = tok(context)["input_ids"], tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([head + tail])).logits[0, len(head) - 1:-1].log_softmax(-1)
+    return float(logp.gather(1, torch.tensor(tail)[:, None]).sum())
+
+
+def test_winogrande_scores_the_rest_of_the_sentence_after_each_option_filling_its_blank(tiny_model, tmp_path):
+    """lm-eval's partial scoring: each option fills the blank, and the log-likelihood compared is that of the rest of
+    the sentence after it (the same text for both options); a shot is its sentence with the right option filled in.
+    Chat baselines skip the set; a chat-formatted run or a prompt baseline is refused."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    copy = tmp_path / "winogrande"
+    copy.mkdir()
+    write_jsonl(copy / "validation.jsonl", WINO)
+    write_jsonl(copy / "train.jsonl", [{**WINO[0], "sentence": "Ann thanked Tom because _ had helped her."}])
+    cfg, run = copy_run(one_epoch_run(tiny_model, tmp_path / "trained", "tiny-wino"), tmp_path, chat_baseline=True,
+                        also=[{"task": "winogrande", "source": str(copy), "fewshot": 1, "limit": 4}])
+    result = dict(evaluate_extra(cfg, run, only="base"))["winogrande"]
+    assert sorted(result.summary) >= ["base", "base-1shot"] and "base-chat" not in result.summary
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name).eval()
+    shot = "Ann thanked Tom because Tom had helped her.\n\n"  # the right option (answer 1: Tom) in its blank
+    for p in result.predictions:
+        row = WINO[int(p["id"].split("-")[1]) - 1]
+        before = (shot if p["model"] == "base-1shot" else "") + row["sentence"].split("_")[0]
+        expected = [_loglik_after(model, tok, before + name, " was hungry.") for name in ("Tom", "Ann")]
+        assert p["logliks"] == pytest.approx(expected, abs=2e-4)
+        assert p["reference"] == ("Tom", "Ann")[int(row["answer"]) - 1]
+        assert p["flexible_answer"] == p["strict_answer"]  # per character ranks as the sum: the same text scored
+    with pytest.raises(UserError, match="eval.also.0.choice_blank: scores the text after the blank, and "
+                                        "data.chat_template writes each prompt inside a chat turn"):
+        validate(_raw_with(tiny_model, copy, chat=True), "tiny")
+    with pytest.raises(UserError, match="eval.also.0.prompt_baseline: its prompts would not be cut at the blank"):
+        validate(_raw_with(tiny_model, copy, prompt_baseline="Fill in: {prompt}"), "tiny")
+
+
+def _raw_with(tiny_model, copy, chat: bool = False, **entry) -> dict:
+    return {"name": "tiny", "model": {"name": str(tiny_model)},
+            "data": {"source": "synthetic:arith", "template": "{question}", "target": "{answer}",
+                     "chat_template": chat},
+            "eval": {"also": [{"task": "winogrande", "source": str(copy), **entry}]}}

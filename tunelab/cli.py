@@ -511,7 +511,10 @@ def _print_eval_examples(console, sets: dict) -> None:
         for q in shown.get("rows", []):
             console.rule(f"{name}: {q['id']}, as the eval asks it")
             console.print(Text(q["prompt"], "dim"))
-            if "options" in q:  # multiple choice: each option as written after the prompt
+            if "contexts" in q:  # options filling a blank: the rest of the question scored after each
+                console.print("options, each filling the blank: " + ", ".join(map(repr, q["options"]))
+                              + f"; scored after each: {q['scored']!r}")
+            elif "options" in q:  # multiple choice: each option as written after the prompt
                 console.print("options, each scored after the prompt: " + ", ".join(map(repr, q["options"])))
             right = f"{q['options'][q['right']]!r}, whose text is " if "options" in q else ""
             console.print(f"→ {shown['scoring']} scoring against {right}{q['reference']!r} ({shown['source']}, "

@@ -322,6 +322,7 @@ class ExtraTestSet(RowFormat):
     choices: str | list[str] | None = Field(None, description="its options' field or fields, as eval.choices: the set "
                                             "is scored by multiple choice; None = not")
     choice_target: str = Field("{choice}", description="as eval.choice_target")
+    choice_blank: str | None = Field(None, description="as eval.choice_blank; None = the options follow the prompt")
     description: str | None = Field(None, description="as eval.description; None = none")
     fewshot_same_category: bool = Field(False, description="as eval.fewshot_same_category (its label_field's)")
 
@@ -448,6 +449,12 @@ class EvalConfig(Section):
         "{choice}", description="how eval.choices writes each option after the prompt: {choice} its text, {letter} "
         "its letter (A, B, …), and the row's fields; e.g. ' {letter}' after a prompt listing the options and ending "
         "'Answer:' (MMLU's format)")
+    choice_blank: str | None = Field(
+        None, description="the mark each option fills in the prompt instead of following it (Winogrande's _): each "
+        "option is written in its place, and what is scored after it is the rest of the question (after a space): "
+        "lm-eval's partial scoring; acc_norm is acc there (the same text follows every option); plain-text prompts "
+        "only (no chat template: the chat baseline passes skip the set); a row without the mark is not scored; "
+        "None = the options follow the prompt")
     answer_pattern: str | None = Field(
         None, description="regex scoring's regular expression (Python re; lm-eval's regex filter): its first "
         "non-empty group, or the whole match, is the answer; strict = the first match equals the reference, flexible "
@@ -456,7 +463,7 @@ class EvalConfig(Section):
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source or task (an lm-eval task by "
                                      "name: arc_challenge, mmlu, hellaswag, ..., which fills the other keys the "
                                      "entry leaves unset), and optionally config, name, split, limit, limit_from, "
-                                     "fewshot, prompt_baseline, choices, choice_target, description, "
+                                     "fewshot, prompt_baseline, choices, choice_target, choice_blank, description, "
                                      "fewshot_same_category, label_field, template, target, messages, "
                                      "optional_fields, template_if_empty}, scored after the main one the way "
                                      "eval.source is (its split, or all its rows), rendered with its own "
@@ -625,7 +632,7 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
                         "eval.source is not set")
     if recipe is not None:
         problems += (_template_problems(recipe.data) + _mix_problems(recipe.data) + _eval_format_problems(recipe)
-                     + _also_problems(recipe) + _choice_problems(recipe.eval))
+                     + _also_problems(recipe) + _choice_problems(recipe.eval) + _blank_problems(recipe))
     if recipe is not None and recipe.analysis.k_min > recipe.analysis.k_max:
         problems.append(f"analysis.k_min: must be <= analysis.k_max ({recipe.analysis.k_max}) "
                         f"(got {recipe.analysis.k_min})")
@@ -646,6 +653,24 @@ def _choice_problems(ev: EvalConfig) -> list[str]:
     if ev.choices and ev.pass_at_k:
         problems.append("eval.pass_at_k: samples answers, and multiple-choice scoring (eval.choices) generates none; "
                         "drop one of them")
+    return problems
+
+
+def _blank_problems(recipe: "Recipe") -> list[str]:
+    """A set whose options fill a blank (choice_blank) names its options, and its prompts are plain text: they are
+    cut at the blank, which a chat template's turn would not end at."""
+    problems = []
+    for key, fmt in [("eval", recipe.eval), *((f"eval.also.{i}", e) for i, e in enumerate(recipe.eval.also))]:
+        if not fmt.choice_blank:
+            continue
+        if not fmt.choices:
+            problems.append(f"{key}.choice_blank: the options fill the blank, and {key}.choices names none")
+        if recipe.data.chat_template:
+            problems.append(f"{key}.choice_blank: scores the text after the blank, and data.chat_template writes "
+                            "each prompt inside a chat turn; score this set in a run without data.chat_template")
+        if fmt.prompt_baseline:
+            problems.append(f"{key}.prompt_baseline: its prompts would not be cut at the blank (choice_blank); "
+                            "drop one of them")
     return problems
 
 
@@ -745,7 +770,7 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
                                      "limit_from": entry.limit_from or cfg.eval.limit_from,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
                                      "choices": entry.choices, "choice_target": entry.choice_target,
-                                     "description": entry.description,
+                                     "choice_blank": entry.choice_blank, "description": entry.description,
                                      "fewshot_same_category": entry.fewshot_same_category,
                                      "scoring": "choice" if entry.choices else "auto"
                                      if cfg.eval.scoring in ("regex", "choice") else cfg.eval.scoring})

@@ -3,10 +3,11 @@ dataset, split, prompt and options that lm-eval 0.4's task YAML names, so that i
 reports, not a near relative of it.
 
 A task fills the recipe keys a user would otherwise write by hand (source, config, split, template, target,
-choices, choice_target, label_field, description, fewshot_same_category, name); a key the entry sets itself wins,
-so that `source:` may point at a local copy of the dataset. Where lm-eval rewrites a dataset's rows before prompting
-(its `process_docs`: HellaSwag's cleaned context and endings; MMLU's stripped question and subject name, which its
-Jinja templates compute), `prepare` adds those fields to each row, the raw ones kept.
+choices, choice_target, choice_blank, label_field, description, fewshot_same_category, name); a key the entry sets
+itself wins, so that `source:` may point at a local copy of the dataset. Where lm-eval rewrites a dataset's rows
+before prompting (its `process_docs`: HellaSwag's cleaned context and endings; MMLU's stripped question and subject
+name, which its Jinja templates compute; Winogrande's answer as an index), `prepare` adds those fields to each row,
+the raw ones kept.
 
     eval:
       also:
@@ -61,6 +62,11 @@ def _truthfulqa(row: dict) -> dict:
     return {"mc1_choices": row["mc1_targets"]["choices"]}
 
 
+def _winogrande(row: dict) -> dict:
+    """Winogrande's answer ("1" or "2", the option filling the blank) as a 0-based index."""
+    return {"gold": {"1": 0, "2": 1}.get(str(row["answer"]), "")}
+
+
 def _mmlu(row: dict) -> dict:
     """lm-eval's mmlu prompt: the question stripped, its four options lettered; and the subject as its description
     names it (each subject is a task of its own there)."""
@@ -86,6 +92,9 @@ TASKS = {
                             "template": TRUTHFULQA_SHOTS + "\n\nQ: {question}\nA:", "target": "0",
                             "choices": "mc1_choices", "choice_target": " {choice}", "fewshot": 0},
                            _truthfulqa, ("mc1_targets",)),
+    "winogrande": Task({"source": "allenai/winogrande", "config": "winogrande_xl", "split": "validation",
+                        "template": "{sentence}", "target": "{gold}", "choices": ["option1", "option2"],
+                        "choice_blank": "_"}, _winogrande, ("answer",)),
     "gsm8k": Task({"source": "openai/gsm8k", "config": "main", "template": "Question: {question}\nAnswer:",
                    "target": "{answer}"}),
 }

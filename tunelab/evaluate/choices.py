@@ -12,6 +12,10 @@ answer is the option its rendered target names (`answer_of`). Each option is wri
 {choice} its text, {letter} its letter — " {letter}" after a prompt that lists them (MMLU's format). The prompt is
 tokenized as generation tokenizes it (with the tokenizer's BOS), the option apart from it, without EOS.
 
+With `eval.choice_blank` (Winogrande's "_") the options fill a blank in the prompt instead: each option's context
+is the prompt up to the blank with the option in it, and what is scored after every context is the same rest of the
+question (lm-eval's partial scoring), so acc_norm is acc there.
+
 A pass's answers are journaled a chunk of questions at a time: a killed eval resumes after the last chunk.
 
 Run as: tunelab eval runs/smoke --set 'eval.also=[{source: allenai/ai2_arc, config: ARC-Easy, name: arc,
@@ -22,6 +26,7 @@ Run as: tunelab eval runs/smoke --set 'eval.also=[{source: allenai/ai2_arc, conf
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import string
 import time
@@ -54,7 +59,7 @@ def answer_of(cfg: Recipe, row: Example) -> int | None:
     labels may be 1-4), a 0-based index (MMLU's answer, HellaSwag's label), a letter (A = the first), an option's
     text (compared lower-cased, end punctuation removed); None when it names none."""
     found = options(cfg, row.fields)
-    if found is None:
+    if found is None or (cfg.eval.choice_blank and cfg.eval.choice_blank not in row.prompt):
         return None
     key = row.target.strip()
     raw = row.fields.get(cfg.eval.choices) if isinstance(cfg.eval.choices, str) else None
@@ -87,6 +92,16 @@ def written(cfg: Recipe, row: Example, chat: bool = False) -> list[str]:
     return [w.lstrip() for w in out] if chat else out
 
 
+def blanked(cfg: Recipe, prompt: str, row: Example) -> tuple[list[str], str]:
+    """eval.choice_blank: `prompt` (ending with the row's own prompt) up to the blank with each option written in it,
+    and the text scored after each: the rest of the row's prompt after a space (lm-eval's partial scoring of
+    Winogrande, its target delimiter " ")."""
+    at = row.prompt.index(cfg.eval.choice_blank)
+    start = len(prompt) - len(row.prompt) + at
+    rest = row.prompt[at + len(cfg.eval.choice_blank):].strip()
+    return [prompt[:start] + w for w in written(cfg, row)], " " + rest
+
+
 def shot_rows(cfg: Recipe, pool: list[Example], n: int) -> list[Example]:
     """The few-shot baseline's shots: the first `n` rows of `pool` whose target names one of their options."""
     out = []
@@ -101,6 +116,9 @@ def shot_rows(cfg: Recipe, pool: list[Example], n: int) -> list[Example]:
 def exchanges(cfg: Recipe, shots: list[Example]) -> list[tuple[str, str]]:
     """Each shot as (its prompt, its right option as written): lm-eval's multiple-choice few-shot, each shot written
     as the questions are."""
+    if cfg.eval.choice_blank:  # the blank filled with the right option, then the rest (lm-eval's Winogrande shots)
+        pairs = [blanked(cfg, row.prompt, row) for row in shots]
+        return [(filled[answer_of(cfg, row)], rest) for row, (filled, rest) in zip(shots, pairs)]
     return [(row.prompt, written(cfg, row)[answer_of(cfg, row)]) for row in shots]
 
 
@@ -184,16 +202,28 @@ def _likelihoods(cfg: Recipe, prompts: list[str], rows: list[Example], model, to
     every option of a prompt continues a copy of its KV cache (`_group`), instead of each option running the prompt
     again as lm-eval does. A group holds as many options' caches as generation decodes rows together (`auto_slots`:
     CPU 48, CUDA what half the free memory holds), so as many prompts as that over the most options a row has."""
+    if cfg.eval.choice_blank:  # each option's own prompt, one text scored after each: regrouped per row
+        pairs = [blanked(cfg, prompt, r) for prompt, r in zip(prompts, rows)]
+        flat, n = _likelihoods_of([c for cs, _ in pairs for c in cs], [[rest] for cs, rest in pairs for _ in cs],
+                                  model, tok, device, shared)
+        ends = [0, *itertools.accumulate(len(cs) for cs, _ in pairs)]
+        return [[x for [x] in flat[a:b]] for a, b in zip(ends, ends[1:])], n
+    return _likelihoods_of(prompts, [written(cfg, r, chat) for r in rows], model, tok, device, shared)
+
+
+def _likelihoods_of(prompts: list[str], options: list[list[str]], model, tok, device,
+                    shared=None) -> tuple[list[list[float]], int]:
+    """`_likelihoods` of texts: each prompt's `options` (as written), summed log-likelihood after it."""
     import torch
     from tunelab.evaluate.generate import auto_slots
     heads = tok(prompts, add_special_tokens=True)["input_ids"]
-    tails = [tok(written(cfg, r, chat), add_special_tokens=False)["input_ids"] for r in rows]
+    tails = [tok(texts, add_special_tokens=False)["input_ids"] for texts in options]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     slots = auto_slots(base, device, max(len(h) + max(map(len, t)) for h, t in zip(heads, tails)))
     size = max(1, slots // max(map(len, tails)))  # each option holds its own copy of its prompt's cache
     out, skip = [], len(shared.ids) if shared is not None and all(map(shared.starts, heads)) else 0
     with torch.inference_mode():
-        for at in range(0, len(rows), size):
+        for at in range(0, len(heads), size):
             out += _group(base, heads[at:at + size], tails[at:at + size], tok.pad_token_id, device,
                           shared if skip else None)
     return out, sum(len(h) - skip + sum(map(len, t)) for h, t in zip(heads, tails)) + skip
@@ -259,6 +289,8 @@ def row(cfg: Recipe, question: Example, lls: list[float]) -> dict:
     log-likelihoods. acc_norm divides by the length of the option as written without the whitespace before it, as
     lm-eval divides by its choice's, written after its target delimiter."""
     found, lengths = options(cfg, question.fields), [max(len(w.lstrip()), 1) for w in written(cfg, question)]
+    if cfg.eval.choice_blank:  # the same text scored after every option: per character ranks as the sum does
+        lengths = [1] * len(lengths)
     by_sum = max(range(len(lls)), key=lambda k: lls[k])
     by_char = max(range(len(lls)), key=lambda k: lls[k] / lengths[k])
     return {"completion": found[by_char], "strict_answer": found[by_sum], "flexible_answer": found[by_char],

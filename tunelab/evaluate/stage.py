@@ -297,11 +297,14 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
             for row, question in zip(out[name]["rows"], questions):  # `right`: the option the target names
                 row["options"] = choices.written(recipe, question, recipe.data.chat_template)
                 row["right"] = choices.options(recipe, question.fields).index(question.target)
+                if recipe.eval.choice_blank:  # each option fills the blank; the rest is scored after it
+                    row["contexts"], row["scored"] = choices.blanked(recipe, row["prompt"], question)
         if shots and shots[0]:
             out[name]["fewshot_prompt"] = _fewshot_prompts(recipe, tok, shots, questions[:1], mode=mode)[0][0]
-        if recipe.eval.chat_baseline and questions:
+        chats = recipe.eval.chat_baseline and not recipe.eval.choice_blank  # a blank is cut in plain text only
+        if chats and questions:
             out[name]["chat_baseline_prompt"] = chat_baseline_prompts(recipe, tok, questions[:1])[0]
-        if recipe.eval.chat_baseline and shots and shots[0]:
+        if chats and shots and shots[0]:
             chatted = _fewshot_prompts(recipe, tok, shots, questions[:1], chat_format=True, mode=mode)
             out[name]["chat_fewshot_prompt"] = chatted[0][0]
         if recipe.eval.prompt_baseline and questions:
@@ -474,10 +477,11 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
             few, contexts = _fewshot_prompts(cfg, tok, shots, questions, mode=mode)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=_prefix(contexts),
                                max_new_tokens=budget, shots_from=_shots_from(cfg, shots, pool)))
-        if cfg.eval.chat_baseline:
+        chats = cfg.eval.chat_baseline and not cfg.eval.choice_blank  # a blank is cut in plain text only
+        if chats:
             passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(cfg, tok, questions), stop,
                                max_new_tokens=budget))
-        if cfg.eval.chat_baseline and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
+        if chats and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
             few, contexts = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True, mode=mode)
             passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=_prefix(contexts),
                                max_new_tokens=budget, shots_from=_shots_from(cfg, shots, pool)))
