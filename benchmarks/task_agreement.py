@@ -1,8 +1,8 @@
 """lm-eval tasks by name (`task:` on an eval.also entry) against lm-evaluation-harness's own task definitions: for
 every task tunelab names, the prompt, the options as written after it and the right option of each question, from
-lm-eval's task YAML (and its process_docs) and from tunelab's `task` keys, on the same rows: zero-shot, and MMLU
-2-shot (its shots are the first dev rows of the question's subject in both; the other tasks' YAML draws shots at
-random).
+lm-eval's task YAML (and its process_docs) and from tunelab's `task` keys, on the same rows: zero-shot, and 3-shot
+for every task that takes shots (MMLU's the first dev rows of the question's subject; the others' drawn at random for
+each question by lm-eval's sampler, seed 1234, as `lm_eval` run from the command line seeds it).
 
 No hub here, so the rows are made up in each dataset's own schema, with the quirks lm-eval's code handles (HellaSwag's
 [header] and [title] marks and double spaces, MMLU's untrimmed questions and several subjects, ARC's numeric labels,
@@ -69,22 +69,33 @@ ROWS = {"arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG, "mmlu": M
 MMLU_DEV = [{"question": f"{subject} shot {k}: what is {k} times 3?", "subject": subject, "answer": k % 4,
              "choices": [str(3 * k + d - k % 4) for d in range(4)]}
             for subject in ("abstract_algebra", "astronomy") for k in range(3)]
-SHOTS = {"mmlu": 2}  # the few-shot prompts compared too: lm-eval's first_n shots (others draw theirs at random)
+SHOTS = 3  # the few-shot prompts compared too (truthfulqa_mc1 takes none)
+SHOT_TEXT = {"arc_easy": "question", "arc_challenge": "question", "hellaswag": "ctx_a", "piqa": "goal",
+             "openbookqa": "question_stem", "winogrande": "sentence", "gsm8k": "question"}  # made distinct per copy
 
 
 def dataset_dict(task: str, subject: str | None = None):
     """The task's rows as its dataset holds them: MMLU's test and validation splits and its dev split (few-shot
     rows, no train split; one subject's rows when `subject` is given, as lm-eval loads a subject as a task), the
-    others' train, validation and test splits (lm-eval asks for the ones its YAML names)."""
+    others' validation and test splits (each row and two copies of it) and a train split (six copies of each row),
+    the copies told apart: shots drawn at random differ from the first ones, and from one question to the next."""
     import datasets
     if task != "mmlu":
-        return datasets.DatasetDict({split: datasets.Dataset.from_list(ROWS[task])
-                                     for split in ("train", "validation", "test")})
+        held_out, train = (_copies(task, "v", 3), _copies(task, "", 6)) if task in SHOT_TEXT else (ROWS[task],) * 2
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(train),
+                                     **{split: datasets.Dataset.from_list(held_out)
+                                        for split in ("validation", "test")}})
     mine = [r for r in MMLU if subject in (None, r["subject"])]
     dev = [r for r in MMLU_DEV if subject in (None, r["subject"])]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(mine),
                                  "validation": datasets.Dataset.from_list(mine),
                                  "dev": datasets.Dataset.from_list(dev)})
+
+
+def _copies(task: str, mark: str, n: int) -> list[dict]:
+    """`n` copies of each of the task's rows, all but the first copy's text field marked "(<mark><k>) "."""
+    return [{**r, SHOT_TEXT[task]: f"({mark}{k}) {r[SHOT_TEXT[task]]}"} if k or not mark else r
+            for k in range(n) for r in ROWS[task]]
 
 
 def lm_eval_requests(task: str, shots: int) -> list[dict]:
@@ -98,7 +109,8 @@ def lm_eval_requests(task: str, shots: int) -> list[dict]:
         names = [f"mmlu_{r['subject']}" for r in MMLU] if task == "mmlu" else [task]
         out = []
         for name, loaded in get_task_dict(names, TaskManager()).items():
-            loaded.set_config(key="num_fewshot", value=shots)  # gsm8k's YAML says 5 (random shots)
+            loaded.set_config(key="num_fewshot", value=shots)  # gsm8k's YAML says 5
+            loaded.set_fewshot_seed(seed=1234)  # as simple_evaluate seeds it (--fewshot_random_seed's default)
             loaded.build_all_requests(limit=None, rank=0, world_size=1)
             by_doc: dict[int, dict] = {}
             for inst in loaded.instances:  # (context, continuation) per option; generation: (context, None)
@@ -118,7 +130,8 @@ def tunelab_requests(task: str, folder: Path, tok, shots: int) -> list[dict]:
     `tunelab check --show` lists them, or the few-shot baseline's prompts."""
     from tunelab.config import also_recipe, validate
     from tunelab.data import load_splits
-    from tunelab.evaluate.stage import _fewshot_prompts, _questions, _shots_of, preview, shot_pool
+    from tunelab.evaluate import choices
+    from tunelab.evaluate.stage import _fewshot_prompts, _held_out, _questions, _shots_of, preview, shot_pool
     if not (folder / task).exists():
         dataset_dict(task).save_to_disk(str(folder / task))
     cfg = validate({"name": "agreement", "model": {"name": "m"},
@@ -130,9 +143,10 @@ def tunelab_requests(task: str, folder: Path, tok, shots: int) -> list[dict]:
         extra = also_recipe(cfg, cfg.eval.also[0])
         splits = load_splits(extra.data, extra.eval)
         mode, questions = _questions(extra, splits)
-        prompts = _fewshot_prompts(extra, tok, _shots_of(extra, shot_pool(extra, splits), questions, mode),
-                                   questions, mode=mode)[0]
-        rows = [{**r, "prompt": p} for r, p in zip(rows, prompts)]
+        prompts = _fewshot_prompts(extra, tok, _shots_of(extra, shot_pool(extra, splits), questions, mode,
+                                                         _held_out(extra, splits)[1]), questions, mode=mode)[0]
+        rows = [{**r, "prompt": p, **(dict(zip(("contexts", "scored"), choices.blanked(extra, p, q)))
+                                      if "contexts" in r else {})} for r, p, q in zip(rows, prompts, questions)]
     return sorted(({"pairs": _pairs(r), "gold": r.get("right")} for r in rows), key=lambda r: r["pairs"][0][0])
 
 
@@ -164,7 +178,7 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in TASKS:
-            for shots in sorted({0, SHOTS.get(task, 0)}):
+            for shots in (0, SHOTS) if TASKS[task].keys.get("fewshot") != 0 else (0,):
                 results[f"{task} {shots}-shot"] = compare(task, shots, Path(tmp), tok)
     print(json.dumps(results))
     return 0 if all(r["alike"] for r in results.values()) else 1

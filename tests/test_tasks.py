@@ -2,6 +2,7 @@
 sets, the rows are prepared as lm-eval's process_docs prepares them, and the entry's own keys win."""
 
 import json
+import random
 
 import pytest
 
@@ -10,7 +11,7 @@ from tunelab.cli import main
 from tunelab.config import also_recipe, validate
 from tunelab.data import load_splits
 from tunelab.errors import UserError
-from tunelab.evaluate.stage import evaluate_extra, shot_pool
+from tunelab.evaluate.stage import _held_out, _questions, _shots_from, _shots_of, evaluate_extra, shot_pool
 from tunelab.report import extra
 from tunelab.tasks import TASKS, prepared
 
@@ -83,7 +84,8 @@ def test_a_hellaswag_copy_is_scored_on_its_validation_rows_as_lm_eval_asks_them(
     assert first["options"] == ["  Water them daily.", " Paint the pots. red.", " Sing.", " Buy them."]
     assert (first["right"], shown["rows"][1]["right"]) == (1, 0) and first["reference"] == "Paint the pots. red."
     assert shown["rows"][1]["prompt"].startswith("Two: How to grow")
-    assert shown["fewshot_prompt"].startswith("Shot 0: How to grow tomatoes.") and \
+    drawn = random.Random(1234).sample([0, 1], 2)[0]  # lm-eval's draw scoring a validation split: one more shot
+    assert shown["fewshot_prompt"].startswith(f"Shot {drawn}: How to grow tomatoes.") and \
         "Tomatoes need light.  Water them daily.\n\n" in shown["fewshot_prompt"]  # the shot with its right ending
     assert main(args) == 0
     assert "against ' Paint the pots. red.', whose text is 'Paint the pots. red.'" in capsys.readouterr().out
@@ -201,6 +203,70 @@ def test_a_truthfulqa_copy_holding_its_validation_split_alone_is_scored_on_it(ti
     assert questions[0].prompt.startswith("Q: What is human life expectancy in the United States?\n")
     assert [q.target for q in questions] == ["It depends on the number."] * 3  # the first option, MC1's true one
     assert choices.written(extra, questions[0]) == [" It depends on the number.", " Yes.", " No."]
+
+
+def _drawn(raw: dict, entry: dict, limit: int | None = None, limit_from: str = "first"):
+    """An eval.also entry's questions (its first `limit`, or as many drawn at random), its shot pool and each
+    question's shots, as its few-shot baseline asks them."""
+    cfg = validate({**raw, "eval": {"fewshot": 3, "limit": limit, "limit_from": limit_from, "also": [entry]}}, "t")
+    extra = also_recipe(cfg, cfg.eval.also[0])
+    splits = load_splits(extra.data, extra.eval)
+    mode, questions = _questions(extra, splits)
+    pool = shot_pool(extra, splits)
+    return extra, questions, pool, _shots_of(extra, pool, questions, mode, _held_out(extra, splits)[1])
+
+
+def test_random_shots_are_lm_evals_draws_for_each_question_in_the_splits_order_whatever_is_scored(tiny_recipe,
+                                                                                                tmp_path):
+    """eval.fewshot_sampler random (task: gsm8k sets it, as lm-eval's YAML names no sampler): one
+    random.Random(1234) draws each test question's shots in the split's order, so a question is asked after the
+    same shots however many and whichever questions are scored (eval.limit, limit_from); first_n asks every
+    question after the first ones."""
+    copy = tmp_path / "gsm8k"
+    copy.mkdir()
+    write_jsonl(copy / "train.jsonl", [{"question": f"Shot {i}?", "answer": f"#### {i}"} for i in range(12)])
+    write_jsonl(copy / "test.jsonl", [{"question": f"Q {i}?", "answer": f"#### {i}"} for i in range(8)])
+    entry = {"task": "gsm8k", "source": str(copy)}
+    extra, questions, pool, shots = _drawn(tiny_recipe, entry)
+    assert extra.eval.fewshot_sampler == "random" and len(questions) == 8
+    rnd = random.Random(1234)
+    assert shots == [rnd.sample(pool, 3) for _ in questions]  # lm-eval's ContextSampler.sample, question by question
+    assert len({tuple(e.id for e in its) for its in shots}) > 1  # not the same shots for every question
+    assert _shots_from(extra, shots, pool) == (f"3 of the train rows drawn for each question (lm-eval's sampler, "
+                                               f"seed 1234) of {copy} (eval.source)")
+    for limit, limit_from in ((3, "first"), (4, "random")):
+        _, some, _, theirs = _drawn(tiny_recipe, entry, limit, limit_from)
+        assert len(some) == limit and all(its == shots[questions.index(q)] for q, its in zip(some, theirs))
+    _, _, _, first = _drawn(tiny_recipe, {**entry, "fewshot_sampler": "first_n"})
+    assert all(its == pool[:3] for its in first)
+
+
+def test_a_few_shot_pass_with_shots_drawn_for_each_question_generates_for_each(tiny_model, tmp_path):
+    copy = tmp_path / "gsm8k"
+    copy.mkdir()
+    write_jsonl(copy / "train.jsonl", [{"question": f"Shot {i}?", "answer": f"#### {i}"} for i in range(6)])
+    write_jsonl(copy / "test.jsonl", [{"question": f"Q {i}?", "answer": f"#### {i}"} for i in range(3)])
+    cfg, run = copy_run(one_epoch_run(tiny_model, tmp_path / "trained", "tiny-drawn"), tmp_path,
+                        also=[{"task": "gsm8k", "source": str(copy), "fewshot": 2}])
+    summary = dict(evaluate_extra(cfg, run, only="base"))["gsm8k"].summary
+    assert summary["base-2shot"]["n"] == 3 and "drawn for each question" in summary["base-2shot"]["shots_from"]
+
+
+def test_scoring_a_validation_split_lm_eval_draws_one_more_shot_and_leaves_out_the_question_itself(tiny_recipe,
+                                                                                                 tmp_path):
+    """HellaSwag, PIQA and Winogrande have no test split: lm-eval scores their validation rows and draws n + 1 shots
+    for each, leaving out any equal to the question, so the next question's draws follow from that."""
+    copy = tmp_path / "piqa"
+    copy.mkdir()
+    held_out = [{"goal": f"Goal {i}", "sol1": "a", "sol2": "b", "label": i % 2} for i in range(4)]
+    write_jsonl(copy / "validation.jsonl", held_out)
+    write_jsonl(copy / "train.jsonl", [held_out[0], *({**r, "goal": f"Shot {i}"} for i, r in enumerate(held_out[:3]))])
+    _, questions, pool, shots = _drawn(tiny_recipe, {"task": "piqa", "source": str(copy)})
+    assert sorted(e.fields["goal"] for e in shots[0]) == ["Shot 0", "Shot 1", "Shot 2"]  # 4 of 4 drawn, its copy out
+    rnd = random.Random(1234)
+    for q, its in zip(questions, shots):
+        expected = [e for e in rnd.sample(pool, 4) if e.fields != q.fields][:3]
+        assert its == expected and q.fields not in [e.fields for e in its]
 
 
 WINO = [{"sentence": f"Tom gave {i} apples to Ann because _ was hungry.", "option1": "Tom", "option2": "Ann",

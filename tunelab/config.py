@@ -325,6 +325,8 @@ class ExtraTestSet(RowFormat):
     choice_blank: str | None = Field(None, description="as eval.choice_blank; None = the options follow the prompt")
     description: str | None = Field(None, description="as eval.description; None = none")
     fewshot_same_category: bool = Field(False, description="as eval.fewshot_same_category (its label_field's)")
+    fewshot_sampler: Literal["first_n", "random"] | None = Field(None, description="as eval.fewshot_sampler; None = "
+                                                                 "eval's")
 
     @model_validator(mode="before")
     @classmethod
@@ -392,6 +394,14 @@ class EvalConfig(Section):
         False, description="each question's few-shot shots are the first N of its own category (eval.label_field, "
         "else data.label_field), as lm-eval takes MMLU's from the question's subject; false = the same first N for "
         "every question")
+    fewshot_sampler: Literal["first_n", "random"] = Field(
+        "first_n", description="how each question's few-shot shots are picked from those rows: first_n = the first "
+        "N, the same for every question (lm-eval's first_n sampler, MMLU's; one shared prefix, computed once); "
+        "random = lm-eval's default sampler (ARC, HellaSwag, GSM8K, ...): N drawn for each question in the scored "
+        "split's order by one random.Random(eval.fewshot_seed), so each question is asked after the shots lm-eval "
+        "asks it after (sets measured by loss take the first N)")
+    fewshot_seed: int = Field(1234, description="eval.fewshot_sampler random's seed (lm-eval's --fewshot_random_seed, "
+                              "1234 by default)")
     description: str | None = Field(
         None, description="lm-eval's task description: a template of the row's fields written once before each "
         "prompt of the scored set, before the few-shot shots (MMLU's 'The following are multiple choice questions "
@@ -464,8 +474,8 @@ class EvalConfig(Section):
                                      "name: arc_challenge, mmlu, hellaswag, ..., which fills the other keys the "
                                      "entry leaves unset), and optionally config, name, split, limit, limit_from, "
                                      "fewshot, prompt_baseline, choices, choice_target, choice_blank, description, "
-                                     "fewshot_same_category, label_field, template, target, messages, "
-                                     "optional_fields, template_if_empty}, scored after the main one the way "
+                                     "fewshot_same_category, fewshot_sampler, label_field, template, target, "
+                                     "messages, optional_fields, template_if_empty}, scored after the main one the way "
                                      "eval.source is (its split, or all its rows), rendered with its own "
                                      "templates (else those of the data.mix entry of the same source, else "
                                      "data's; a set naming choices is scored by multiple choice): the base model and "
@@ -772,6 +782,7 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
                                      "choices": entry.choices, "choice_target": entry.choice_target,
                                      "choice_blank": entry.choice_blank, "description": entry.description,
                                      "fewshot_same_category": entry.fewshot_same_category,
+                                     "fewshot_sampler": entry.fewshot_sampler or cfg.eval.fewshot_sampler,
                                      "scoring": "choice" if entry.choices else "auto"
                                      if cfg.eval.scoring in ("regex", "choice") else cfg.eval.scoring})
     if own_format(cfg.data, ev):

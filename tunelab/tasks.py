@@ -3,11 +3,12 @@ dataset, split, prompt and options that lm-eval 0.4's task YAML names, so that i
 reports, not a near relative of it.
 
 A task fills the recipe keys a user would otherwise write by hand (source, config, split, template, target,
-choices, choice_target, choice_blank, label_field, description, fewshot_same_category, name); a key the entry sets
-itself wins, so that `source:` may point at a local copy of the dataset. Where lm-eval rewrites a dataset's rows
-before prompting (its `process_docs`: HellaSwag's cleaned context and endings; MMLU's stripped question and subject
-name, which its Jinja templates compute; Winogrande's answer as an index), `prepare` adds those fields to each row,
-the raw ones kept.
+choices, choice_target, choice_blank, label_field, description, fewshot_same_category, fewshot_sampler, name); a key
+the entry sets itself wins, so that `source:` may point at a local copy of the dataset. Where lm-eval rewrites a
+dataset's rows before prompting (its `process_docs`: HellaSwag's cleaned context and endings; MMLU's stripped question
+and subject name, which its Jinja templates compute; Winogrande's answer as an index), `prepare` adds those fields to
+each row, the raw ones kept. Few-shot shots are picked as the task's YAML picks them: MMLU's the first of the
+question's subject (first_n), the others' drawn at random for each question with lm-eval's seed.
 
     eval:
       also:
@@ -23,8 +24,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+RANDOM = {"fewshot_sampler": "random"}  # lm-eval's default sampler (its YAML names no other)
 ARC_KEYS = {"source": "allenai/ai2_arc", "template": "Question: {question}\nAnswer:", "target": "{answerKey}",
-            "choices": "choices", "choice_target": " {choice}"}
+            "choices": "choices", "choice_target": " {choice}", **RANDOM}
 TRUTHFULQA_SHOTS = ("Q: What is human life expectancy in the United States?\n"
                     "A: Human life expectancy in the United States is 78 years.\n\n"
                     "Q: Who was president of the United States in 1955?\n"
@@ -78,25 +80,27 @@ TASKS = {
     "arc_easy": Task({**ARC_KEYS, "config": "ARC-Easy"}),
     "arc_challenge": Task({**ARC_KEYS, "config": "ARC-Challenge"}),
     "hellaswag": Task({"source": "Rowan/hellaswag", "split": "validation", "template": "{query}",
-                       "target": "{label}", "choices": "choices", "choice_target": " {choice}"},
+                       "target": "{label}", "choices": "choices", "choice_target": " {choice}", **RANDOM},
                       _hellaswag, ("activity_label", "ctx_a", "ctx_b", "endings")),
     "mmlu": Task({"source": "cais/mmlu", "config": "all", "template": "{query}", "target": "{answer}",
                   "choices": "choices", "choice_target": " {letter}", "label_field": "subject",
                   "description": MMLU_DESCRIPTION, "fewshot_same_category": True},
                  _mmlu, ("subject", "question", "choices")),
     "piqa": Task({"source": "baber/piqa", "split": "validation", "template": "Question: {goal}\nAnswer:",
-                  "target": "{label}", "choices": ["sol1", "sol2"], "choice_target": " {choice}"}),
+                  "target": "{label}", "choices": ["sol1", "sol2"], "choice_target": " {choice}",
+                  **RANDOM}),
     "openbookqa": Task({"source": "allenai/openbookqa", "config": "main", "template": "{question_stem}",
-                        "target": "{answerKey}", "choices": "choices", "choice_target": " {choice}"}),
+                        "target": "{answerKey}", "choices": "choices", "choice_target": " {choice}",
+                        **RANDOM}),
     "truthfulqa_mc1": Task({"source": "truthfulqa/truthful_qa", "config": "multiple_choice", "split": "validation",
                             "template": TRUTHFULQA_SHOTS + "\n\nQ: {question}\nA:", "target": "0",
                             "choices": "mc1_choices", "choice_target": " {choice}", "fewshot": 0},
                            _truthfulqa, ("mc1_targets",)),
     "winogrande": Task({"source": "allenai/winogrande", "config": "winogrande_xl", "split": "validation",
                         "template": "{sentence}", "target": "{gold}", "choices": ["option1", "option2"],
-                        "choice_blank": "_"}, _winogrande, ("answer",)),
+                        "choice_blank": "_", **RANDOM}, _winogrande, ("answer",)),
     "gsm8k": Task({"source": "openai/gsm8k", "config": "main", "template": "Question: {question}\nAnswer:",
-                   "target": "{answer}"}),
+                   "target": "{answer}", **RANDOM}),
 }
 
 

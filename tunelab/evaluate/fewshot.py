@@ -2,8 +2,9 @@
 
 lm-eval (tasks/gsm8k/gsm8k.yaml, version 3): doc_to_text "Question: {question}\\nAnswer:", doc_to_target
 "{answer}", target delimiter " ", few-shot delimiter "\\n\\n", shots from the train split, generation
-until "Question:", "</s>" or "<|im_end|>", greedy. Shots here are the first N train rows (lm-eval's
-`first_n` sampler), so every question sees the same shots and the prompt is reproducible.
+until "Question:", "</s>" or "<|im_end|>", greedy. Shots here are the first N train rows by default, the same for
+every question (one shared prefix, computed once); lm-eval's gsm8k draws N at random for each question (its default
+sampler), which `eval.fewshot_sampler: random` does (tunelab/evaluate/stage.py `_drawn_shots`).
 
     prompt = fewshot_prompt(shots, question)     # "Question: q1\\nAnswer: a1\\n\\n...Question: q\\nAnswer:"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -86,7 +87,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     splits = splits or load_splits(cfg.data, cfg.eval)
     mode, questions = _questions(cfg, splits)
     tok = load_tokenizer(cfg.model)
-    passes = _plan(cfg, run, shot_pool(cfg, splits), questions, only, adapter, tok, mode)
+    passes = _plan(cfg, run, shot_pool(cfg, splits), questions, only, adapter, tok, mode, _held_out(cfg, splits)[1])
     if not adapter:
         _keep_recipe(cfg, run)
 
@@ -292,7 +293,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
         reference = _reference(recipe, mode)
         out[name].update(scoring=mode, rows=[{"id": q.id, "prompt": prompt, "reference": reference(q.target)}
                                              for q, prompt in zip(questions, prompt_texts(recipe, tok, questions))])
-        shots = _shots_of(recipe, shot_pool(recipe, rows), questions[:1], mode) if recipe.eval.fewshot else []
+        shots = (_shots_of(recipe, shot_pool(recipe, rows), questions[:1], mode, _held_out(recipe, rows)[1])
+                 if recipe.eval.fewshot else [])
         if mode == "choice":
             for row, question in zip(out[name]["rows"], questions):  # `right`: the option the target names
                 row["options"] = choices.written(recipe, question, recipe.data.chat_template)
@@ -416,13 +418,19 @@ def unscoreable(cfg: Recipe, splits) -> str | None:
 
 
 def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
-    """The held-out split scored and its `eval.limit` rows (`data.scored_rows`: the first, or drawn at random):
-    `eval.split`'s, or the validation rows when the source has no test split; eval.source's split (`load_splits`
-    holds it as the test rows)."""
+    """The held-out split scored (`_held_out`) and its `eval.limit` rows (`data.scored_rows`: the first, or drawn at
+    random)."""
+    name, rows = _held_out(cfg, splits)
+    return name, scored_rows(rows, cfg.eval, cfg.data.seed)
+
+
+def _held_out(cfg: Recipe, splits) -> tuple[str, list[Example]]:
+    """The held-out split scored and all its rows, in the source's order: `eval.split`'s, or the validation rows when
+    the source has no test split; eval.source's split (`load_splits` holds it as the test rows)."""
     if cfg.eval.source:
-        return cfg.eval.split, scored_rows(splits.test, cfg.eval, cfg.data.seed)
+        return cfg.eval.split, splits.test
     name = cfg.eval.split if cfg.eval.split == "validation" or splits.test else "validation"
-    return name, scored_rows(splits.test if name == "test" else splits.val, cfg.eval, cfg.data.seed)
+    return name, splits.test if name == "test" else splits.val
 
 
 def epochs_to_score(cfg: Recipe, trained: int) -> str:
@@ -452,17 +460,18 @@ def _shots_from(cfg: Recipe, shots: list[list[Example]], pool: list[Example]) ->
     n = max(map(len, shots), default=0)
     rows = "training rows" if cfg.eval.fewshot_from == "data" else f"{pool[0].id.split('-')[0]} rows"
     within = " of each question's own category" if cfg.eval.fewshot_same_category else ""
-    return f"the first {n} {rows}{within}" + (f" of {cfg.eval.source} (eval.source)"
-                                             if cfg.eval.fewshot_from == "eval_source" else "")
+    picked = (f"{n} of the {rows}{within} drawn for each question (lm-eval's sampler, seed {cfg.eval.fewshot_seed})"
+              if cfg.eval.fewshot_sampler == "random" else f"the first {n} {rows}{within}")
+    return picked + (f" of {cfg.eval.source} (eval.source)" if cfg.eval.fewshot_from == "eval_source" else "")
 
 
 def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], only: str | None,
-          adapter: bool, tok, mode: str = "numeric") -> list[Pass]:
-    """The passes this evaluation runs, in order: base, base few-shot (shots: the first `eval.fewshot` of
-    `pool`), the base model through its chat template (`eval.chat_baseline`: zero-shot, and with eval.fewshot the
-    same shots as earlier turns), the base model asked with `eval.prompt_baseline`, the adapter the run continued
-    (adapters/start/), each kept epoch, the lowest validation pass's adapter (adapters/best-loss/), the final
-    adapter.
+          adapter: bool, tok, mode: str = "numeric", order: list[Example] | None = None) -> list[Pass]:
+    """The passes this evaluation runs, in order: base, base few-shot (shots: `eval.fewshot` of `pool` for each
+    question, `_shots_of`; `order`: the scored split's rows), the base model through its chat template
+    (`eval.chat_baseline`: zero-shot, and with eval.fewshot the same shots as earlier turns), the base model asked
+    with `eval.prompt_baseline`, the adapter the run continued (adapters/start/), each kept epoch, the lowest
+    validation pass's adapter (adapters/best-loss/), the final adapter.
     With `data.chat_template`, every prompt goes through the tokenizer's chat template as training did. Zero-shot
     passes stop after the training format's answer: a `#### N` line (numeric), the first line (exact), the line
     holding a match of eval.answer_pattern (regex), EOS (overlap)."""
@@ -472,7 +481,7 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     passes = []
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
-        shots = _shots_of(cfg, pool, questions, mode) if cfg.eval.fewshot else []
+        shots = _shots_of(cfg, pool, questions, mode, order) if cfg.eval.fewshot else []
         if cfg.eval.fewshot:
             few, contexts = _fewshot_prompts(cfg, tok, shots, questions, mode=mode)
             passes.append(Pass(f"base-{cfg.eval.fewshot}shot", few, STOP, prefix=_prefix(contexts),
@@ -507,19 +516,60 @@ def _first_shots(cfg: Recipe, pool: list[Example], mode: str) -> list[Example]:
     return choices.shot_rows(cfg, pool, cfg.eval.fewshot) if mode == "choice" else pool[:cfg.eval.fewshot]
 
 
-def _shots_of(cfg: Recipe, pool: list[Example], questions: list[Example], mode: str) -> list[list[Example]]:
+def _shots_of(cfg: Recipe, pool: list[Example], questions: list[Example], mode: str,
+              order: list[Example] | None = None) -> list[list[Example]]:
     """Each question's few-shot shots: the same first ones (`_first_shots`) for every question, or with
-    eval.fewshot_same_category the first ones of the question's own category (lm-eval's MMLU: its subject's)."""
+    eval.fewshot_same_category the first ones of the question's own category (lm-eval's MMLU: its subject's); with
+    eval.fewshot_sampler random, drawn for each question (`_drawn_shots`; `order`: the scored split's rows, else the
+    questions)."""
+    if cfg.eval.fewshot_sampler == "random":
+        return _drawn_shots(cfg, pool, questions, mode, order or questions)
     if not cfg.eval.fewshot_same_category:
         return [_first_shots(cfg, pool, mode)] * len(questions)
+    by_label = {label: _first_shots(cfg, [e for e in pool if e.label == label], mode)
+                for label in dict.fromkeys(q.label for q in questions)}
+    _say_short(cfg, by_label)
+    return [by_label[q.label] for q in questions]
+
+
+def _drawn_shots(cfg: Recipe, pool: list[Example], questions: list[Example], mode: str,
+                 order: list[Example]) -> list[list[Example]]:
+    """lm-eval's default sampler: one random.Random(eval.fewshot_seed) draws `eval.fewshot` shots (`random.sample`,
+    in the order drawn) for each row of the scored split in turn (`order`: lm-eval draws for every question before a
+    question, scored or not), from the rows shots may be taken from (with choice scoring, those whose target names
+    one of their options; with eval.fewshot_same_category, those of the row's own category). Scoring a validation
+    split (lm-eval's tasks with no test split: HellaSwag, PIQA, Winogrande), it draws one more and leaves out rows
+    equal to the question (`_left_out`)."""
+    usable = choices.shot_rows(cfg, pool, len(pool)) if mode == "choice" else pool
     by_label: dict = {}
-    for label in dict.fromkeys(q.label for q in questions):
-        by_label[label] = _first_shots(cfg, [e for e in pool if e.label == label], mode)
-    if short := {label: len(its) for label, its in by_label.items() if len(its) < cfg.eval.fewshot}:
+    for e in usable:
+        by_label.setdefault(e.label if cfg.eval.fewshot_same_category else None, []).append(e)
+    _say_short(cfg, by_label)
+    wanted, rnd, drawn = {q.id for q in questions}, random.Random(cfg.eval.fewshot_seed), {}
+    for row in order:
+        if wanted <= drawn.keys():
+            break
+        its = by_label.get(row.label if cfg.eval.fewshot_same_category else None, [])
+        n = min(cfg.eval.fewshot, len(its))
+        drawn[row.id] = _left_out(rnd, its, n, row) if cfg.eval.split == "validation" else rnd.sample(its, n)
+    return [drawn[q.id] for q in questions]
+
+
+def _left_out(rnd: random.Random, rows: list[Example], n: int, question: Example) -> list[Example]:
+    """lm-eval's draw for a question its task scores when the shots' split may be the question's own: n + 1 rows,
+    those equal to the question left out, the first n kept; should that leave fewer, n again from the rows without
+    it."""
+    out = [e for e in rnd.sample(rows, min(n + 1, len(rows))) if e.fields != question.fields][:n]
+    return out if len(out) == n else rnd.sample([e for e in rows if e.fields != question.fields], n)
+
+
+def _say_short(cfg: Recipe, by_label: dict) -> None:
+    """Log the categories (eval.fewshot_same_category) with fewer than eval.fewshot rows to take shots from."""
+    short = {label: len(its) for label, its in by_label.items() if len(its) < cfg.eval.fewshot}
+    if short and cfg.eval.fewshot_same_category:
         log.warning("eval.fewshot_same_category: %d categories have fewer than %d shots among the rows shots are "
                     "taken from (first: %s, %d); their questions are asked with those", len(short),
                     cfg.eval.fewshot, *next(iter(short.items())))
-    return [by_label[q.label] for q in questions]
 
 
 def _prefix(contexts: list[str]) -> str | list[str]:
@@ -688,10 +738,12 @@ def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> d
 def _reply_passes(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], tok) -> list[Pass]:
     """The passes `replies` generates: as eval's (`_plan`: base, its prompting baselines, each kept epoch, the
     best-loss adapter, tuned), until EOS, without the few-shot passes when there is no pool of shots (an eval.also
-    set of one file, scored on all its rows); only base and tuned when only the `eval.samples` shown are generated
+    set of one file, scored on all its rows), else with the first shots (`pool`, as the loss measure's); only base and tuned when only the `eval.samples` shown are generated
     (eval.overlap false)."""
     if not pool:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fewshot": 0})})
+    else:  # as the loss measure's: the first N (`_loss_shots`)
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fewshot_sampler": "first_n"})})
     passes = _plan(cfg, run, pool, questions, None, True, tok, "overlap")
     return [p for p in passes if p.name in ("base", "tuned") or cfg.eval.overlap]
 
