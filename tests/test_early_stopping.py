@@ -198,9 +198,10 @@ def test_early_stopping_on_validation_passes_stops_inside_an_epoch_where_the_pas
     assert (summary["steps"], summary["steps_planned"], summary["epochs"]) == (at, 3 * per_epoch, epoch)
     best = min(range(stop + 1), key=lambda i: passes[i]["val_loss"])  # the stop's own pass, or one before it
     from tunelab.report import early_stopping_line
+    said = f", threshold {threshold:g}" if threshold else ""  # a threshold of 0 (the default) goes unsaid
     assert early_stopping_line(summary) == (f"early stopping: {epoch} of 3 epochs, step {at} of {3 * per_epoch}, "
                                             f"validation loss lowest at step {passes[best]['step']} (patience 1 "
-                                            f"validation passes, threshold {threshold:g})")
+                                            f"validation passes{said})")
     assert [e["epoch"] for e in run.read_epochs()] == list(range(epoch + 1)) and run.epoch_adapter(epoch).is_dir()
     assert max(s["step"] for s in run.read_jsonl(run.steps)) == at
     run.summary.unlink()  # killed after the stop's checkpoint, before the outputs were written
@@ -210,7 +211,7 @@ def test_early_stopping_on_validation_passes_stops_inside_an_epoch_where_the_pas
     write_report(run)
     report = run.report_md.read_text()
     assert f"| Epochs | {epoch} of 3, stopped early at step {at} of {3 * per_epoch} by patience 1 (validation " \
-           f"passes, threshold {threshold:g})" in report
+           f"passes{said})" in report
     assert f"Early stopping ended training at step {at} of {3 * per_epoch}, in epoch {epoch} of 3:" in report
     assert f"for the {at} of {3 * per_epoch} planned steps trained" in report
     assert (", the lowest validation loss of any pass." if best == stop else
