@@ -30,6 +30,7 @@ import itertools
 import json
 import string
 import time
+from collections import Counter
 from dataclasses import replace
 
 from tunelab.config import Recipe
@@ -143,6 +144,8 @@ def answer(cfg: Recipe, prompts: list[str], rows: list[Example], load, tok, devi
     have = {i: json.loads(text) for i, (text, _) in journal.done(key).items()}
     d = distributed.setup(device.type)
     prefixes = prefix if isinstance(prefix, list) else [prefix] * len(rows)
+    shared_by = Counter(prefixes)  # a prefix of one row alone (shots drawn for each question) gains nothing apart:
+    prefixes = [p if shared_by[p] > 1 else None for p in prefixes]  # such rows are scored in groups, whole
     mine = sorted([i for i in range(len(rows)) if i not in have][d.rank::d.world], key=lambda i: prefixes[i] or "")
     forwarded, new, seconds, shared = 0, [], 0.0, _Shared(tok, device)
     model = load().eval() if d.max(len(mine)) else None
