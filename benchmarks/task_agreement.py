@@ -2,7 +2,9 @@
 every task tunelab names, the prompt, the options as written after it and the right option of each question, from
 lm-eval's task YAML (and its process_docs) and from tunelab's `task` keys, on the same rows: zero-shot, and 3-shot
 for every task that takes shots (MMLU's the first dev rows of the question's subject; the others' drawn at random for
-each question by lm-eval's sampler, seed 1234, as `lm_eval` run from the command line seeds it).
+each question by lm-eval's sampler, seed 1234, as `lm_eval` run from the command line seeds it). And the one
+score tunelab computes itself rather than counting right picks: truthfulqa_mc2's, against lm-eval's
+process_results_mc2 on the same log-likelihoods.
 
 No hub here, so the rows are made up in each dataset's own schema, with the quirks lm-eval's code handles (HellaSwag's
 [header] and [title] marks and double spaces, MMLU's untrimmed questions and several subjects, ARC's numeric labels,
@@ -10,7 +12,7 @@ OpenBookQA's answer keys): `datasets.load_dataset` is patched to hand lm-eval th
 rows from a saved DatasetDict folder (`source:` pointing at a local copy, as a user without the hub would).
 
 lm-eval is not a tunelab dependency; this check needs it in the Python that runs it:
-    pip install lm_eval==0.4.13
+    pip install lm_eval==0.4.13 rouge_score      (its truthfulqa tasks import rouge_score)
 Run as: python benchmarks/task_agreement.py
 """
 
@@ -48,10 +50,12 @@ PIQA = [{"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": "Free
         {"goal": "Keep bread fresh", "sol1": "Leave it open.", "sol2": "Seal it in a bag.", "label": 1}]
 OPENBOOKQA = [{"id": "o1", "question_stem": "The sun is a", "answerKey": "C", "fact1": "",
                "choices": {"text": ["planet", "moon", "star", "comet"], "label": ["A", "B", "C", "D"]}}]
-TRUTHFULQA = [{"question": "What happens if you crack your knuckles a lot?", "mc2_targets": {"choices": [],
-                                                                                             "labels": []},
+TRUTHFULQA = [{"question": "What happens if you crack your knuckles a lot?",
                "mc1_targets": {"choices": ["Nothing in particular happens.", "You will get arthritis."],
-                               "labels": [1, 0]}}]
+                               "labels": [1, 0]},
+               "mc2_targets": {"choices": ["Nothing in particular happens.", "It is harmless.",
+                                           "You will get arthritis.", "Your knuckles will swell."],
+                               "labels": [1, 1, 0, 0]}}]
 WINOGRANDE = [{"sentence": "The trophy doesn't fit into the suitcase because the _ is too large.",
                "option1": "trophy", "option2": "suitcase", "answer": "1"},
               {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
@@ -62,14 +66,14 @@ GSM8K = [{"question": "Tom has 3 apples and buys 4 more. How many apples does he
           "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}]
 
 ROWS = {"arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG, "mmlu": MMLU, "piqa": PIQA,
-        "openbookqa": OPENBOOKQA, "truthfulqa_mc1": TRUTHFULQA,
+        "openbookqa": OPENBOOKQA, "truthfulqa_mc1": TRUTHFULQA, "truthfulqa_mc2": TRUTHFULQA,
         "winogrande": WINOGRANDE, "gsm8k": GSM8K}
 
 
 MMLU_DEV = [{"question": f"{subject} shot {k}: what is {k} times 3?", "subject": subject, "answer": k % 4,
              "choices": [str(3 * k + d - k % 4) for d in range(4)]}
             for subject in ("abstract_algebra", "astronomy") for k in range(3)]
-SHOTS = 3  # the few-shot prompts compared too (truthfulqa_mc1 takes none)
+SHOTS = 3  # the few-shot prompts compared too (truthfulqa_mc1 and mc2 take none)
 SHOT_TEXT = {"arc_easy": "question", "arc_challenge": "question", "hellaswag": "ctx_a", "piqa": "goal",
              "openbookqa": "question_stem", "winogrande": "sentence", "gsm8k": "question"}  # made distinct per copy
 
@@ -170,6 +174,24 @@ def compare(task: str, shots: int, folder: Path, tok) -> dict:
     return {"questions": len(theirs), "alike": alike}
 
 
+def mc2_compare(draws: int = 20) -> dict:
+    """truthfulqa_mc2's score of a question, lm-eval's (its process_results_mc2) and tunelab's (`choices.true_mass`),
+    on the same options' log-likelihoods, drawn at random."""
+    import random
+    from lm_eval.tasks.truthfulqa.utils import process_results_mc2
+    from tunelab.evaluate.choices import true_mass
+    rng, doc = random.Random(0), TRUTHFULQA[0]
+    labels = doc["mc2_targets"]["labels"]
+    worst = 0.0
+    for _ in range(draws):
+        lls = [rng.uniform(-12.0, -1.0) for _ in labels]
+        theirs = float(process_results_mc2(doc, [(ll, False) for ll in lls])["acc"])
+        worst = max(worst, abs(theirs - true_mass(lls, [label == 1 for label in labels])))
+    alike = worst <= 5e-7  # tunelab rounds to 6 decimals
+    print(f"truthfulqa_mc2 score: {draws} draws, largest difference {worst:.1e}, {'alike' if alike else 'DIFFERENT'}")
+    return {"draws": draws, "largest_difference": worst, "alike": alike}
+
+
 def main() -> int:
     from tunelab.config import ModelConfig
     from tunelab.models import load_tokenizer
@@ -180,6 +202,7 @@ def main() -> int:
         for task in TASKS:
             for shots in (0, SHOTS) if TASKS[task].keys.get("fewshot") != 0 else (0,):
                 results[f"{task} {shots}-shot"] = compare(task, shots, Path(tmp), tok)
+    results["truthfulqa_mc2 score"] = mc2_compare()
     print(json.dumps(results))
     return 0 if all(r["alike"] for r in results.values()) else 1
 

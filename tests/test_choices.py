@@ -289,3 +289,29 @@ def test_a_base_pass_asked_the_same_way_before_comes_from_the_cross_run_cache(tr
                         "tiny-mc")
     shutil.rmtree(other.path / "eval")
     assert "cached" not in evaluate(reworded, other, only="base").summary["base"]
+
+
+def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_compare(trained, tmp_path):
+    """eval.choice_labels on the run's own test set: every pass's mean mc2 and tuned − base paired in its summary, a
+    verdict in the report, and each run's base and tuned mc2 among the figures `tunelab compare` sets side by side."""
+    from tunelab.report import write_report
+    from tunelab.report.compare import headline
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    rows = [{**r, "labels": [int(k in (r["answer"], (r["answer"] + 1) % 4)) for k in range(4)]} for r in _rows(6)]
+    write_jsonl(folder / "test.jsonl", rows)
+    write_jsonl(folder / "train.jsonl", _rows(4, start=20))
+    cfg, run = copy_run(trained, tmp_path, **_on(folder, choice_labels="labels", fewshot=0))
+    s = evaluate(cfg, run).summary
+    predictions = run.read_jsonl(run.eval_dir / "predictions.jsonl")
+    for name in ("base", "tuned"):
+        mine = [p for p in predictions if p["model"] == name]
+        assert len(mine) == 6 and s[name]["mc2"] == pytest.approx(sum(p["mc2"] for p in mine) / 6, abs=1e-6)
+        for p in mine:  # right when the option picked is labelled true, whatever the target says
+            row = rows[int(p["id"].split("-")[1]) - 1]
+            assert p["strict_correct"] == (row["labels"][row["choices"].index(p["strict_answer"])] == 1)
+    assert s["mc2_difference"]["n"] == 6
+    write_report(run)
+    assert "The mc2 score (the probability on the true options" in run.report_md.read_text()
+    figures = headline(run)["eval"]
+    assert (figures["base_mc2"], figures["tuned_mc2"]) == (s["base"]["mc2"], s["tuned"]["mc2"])

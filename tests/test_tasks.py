@@ -317,3 +317,85 @@ def _raw_with(tiny_model, copy, chat: bool = False, **entry) -> dict:
             "data": {"source": "synthetic:arith", "template": "{question}", "target": "{answer}",
                      "chat_template": chat},
             "eval": {"also": [{"task": "winogrande", "source": str(copy), **entry}]}}
+
+
+TRUTHFUL = [{"question": f"What happens if you crack your knuckles {i} times?", "mc2_targets": [
+    {"choices": [f"It is {i}.", f"It is {i + 1}.", f"It is {i + 2}.", f"It is {i + 3}."], "labels": [1, 1, 0, 0]},
+    {"choices": [f"It is {i + 3}.", f"It is {i}.", f"It is {i + 1}."], "labels": [1, 0, 0]}][i % 2]}
+            for i in range(5)]  # options a digit apart (the tiny model learnt sums): mc2 between 0 and 1
+
+
+def test_truthfulqa_mc2_is_the_probability_on_the_true_options_as_lm_eval_computes_it(tiny_model, tmp_path, capsys):
+    """MC2: several options are true (mc2_targets.labels); each question's mc2 is the probability the model gives
+    the true options, normalised over all (lm-eval's process_results_mc2, from log-likelihoods computed here
+    directly); a pick is right when it is a true option; each pass's mc2 is the mean, and tuned − base is paired in
+    the summary, the report's table and verdict, the console line and the model card."""
+    import numpy as np
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab.tasks import TRUTHFULQA_SHOTS
+    copy = tmp_path / "truthful_qa"
+    copy.mkdir()
+    write_jsonl(copy / "validation.jsonl", TRUTHFUL)
+    cfg, run = copy_run(one_epoch_run(tiny_model, tmp_path / "trained", "tiny-tqa"), tmp_path,
+                        also=[{"task": "truthfulqa_mc2", "source": str(copy), "limit": 5}])
+    scored = dict(evaluate_extra(cfg, run))["truthfulqa_mc2"]
+    s = scored.summary
+    tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    models = {"base": AutoModelForCausalLM.from_pretrained(cfg.model.name).eval(),
+              "tuned": PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.model.name),
+                                                 str(run.adapter)).eval()}
+    mc2 = {}
+    for p in scored.predictions:
+        row = TRUTHFUL[int(p["id"].split("-")[1]) - 1]
+        prompt = TRUTHFULQA_SHOTS + f"\n\nQ: {row['question']}\nA:"
+        lls = [_loglik_after(models[p["model"]], tok, prompt, f" {o}") for o in row["mc2_targets"]["choices"]]
+        assert p["logliks"] == pytest.approx(lls, abs=2e-4)
+        labels = np.array(row["mc2_targets"]["labels"])
+        probs = np.exp(np.array(lls)) / np.exp(np.array(lls)).sum()  # lm-eval 0.4.13's process_results_mc2
+        assert p["mc2"] == pytest.approx(probs[labels == 1].sum(), rel=2e-3, abs=2e-6)
+        assert p["strict_correct"] == bool(labels[int(np.argmax(lls))])
+        mc2.setdefault(p["model"], []).append(p["mc2"])
+    assert sorted(mc2) == ["base", "tuned"] and len(mc2["base"]) == 5
+    for name in mc2:
+        assert s[name]["mc2"] == pytest.approx(np.mean(mc2[name]), abs=1e-6)
+    d = s["mc2_difference"]
+    assert d["n"] == 5 and d["delta_pts"] == pytest.approx(100 * (np.mean(mc2["tuned"]) - np.mean(mc2["base"])),
+                                                            abs=1e-3)
+    assert d["ci95_pts"][0] <= d["delta_pts"] <= d["ci95_pts"][1]
+    blocks, found = extra.section(run)
+    table = blocks[1][2]
+    assert [r[4] for r in table] == ["choice acc (acc_norm)", "mc2 (probability on the true options)"]
+    assert table[1][5] == f"{100 * s['base']['mc2']:.1f} %" and table[1][8] == f"{100 * s['tuned']['mc2']:.1f} %"
+    assert any(o.text.startswith(f"The mc2 score on truthfulqa_mc2 (the probability on the true options") and
+               f"{100 * s['base']['mc2']:.1f} % → {100 * s['tuned']['mc2']:.1f} %" in o.text for o in found)
+    assert extra.line("truthfulqa_mc2", s).endswith(
+        f"; mc2 {100 * s['base']['mc2']:.1f} % → {100 * s['tuned']['mc2']:.1f} % ({d['delta_pts']:+.1f} pts, 95 % CI "
+        f"{d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})")
+    card = (run.adapter / "README.md").read_text()
+    index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
+    metrics = {m["name"]: m["value"] for r in index if str(copy) in r["dataset"]["name"] for m in r["metrics"]}
+    assert metrics["mc2"] == round(s["tuned"]["mc2"], 4) and {"acc", "acc_norm"} <= metrics.keys()
+    assert f"| truthfulqa_mc2 | `{copy}` | 5 | mc2 | {100 * s['base']['mc2']:.1f} % |" in card
+
+
+def test_labels_that_do_not_fit_the_options_leave_the_row_unscored_and_need_options(tiny_recipe):
+    from math import exp
+    from tunelab.data import Example
+    from tunelab.evaluate import choices
+    cfg = validate({**tiny_recipe, "eval": {"choices": "opts", "choice_labels": "labels"}}, "tiny")
+
+    def row(labels) -> Example:
+        return Example(id="t-1", prompt="Q?", target="2", fields={"opts": ["a", "b", "c"], "labels": labels})
+
+    assert choices.answer_of(cfg, row([0, 1, 1])) == 1  # the first true option; the target (2) is not read
+    assert choices.answer_of(cfg, row(["true", "false", "0"])) == 0
+    for wrong in ([1, 0], [0, 0, 0], [1, 2, 0], "1,0,0", None):  # too few, none true, not 0/1, not a list, absent
+        assert choices.answer_of(cfg, row(wrong)) is None
+    scored = choices.row(cfg, row([0, 1, 1]), [-1.0, -2.0, -3.0])
+    assert (scored["strict_answer"], scored["strict_correct"]) == ("a", False)
+    assert scored["mc2"] == pytest.approx((exp(-2) + exp(-3)) / (exp(-1) + exp(-2) + exp(-3)), abs=1e-6)
+    with pytest.raises(UserError, match="eval.also.0.choice_labels: labels each option, and eval.also.0.choices "
+                                        "names none"):
+        validate({**tiny_recipe, "eval": {"also": [{"source": "x", "choice_labels": "labels"}]}}, "tiny")

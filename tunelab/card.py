@@ -197,7 +197,9 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
                     "metrics": [{"type": name if chosen else "exact_match",
                                  "name": name if chosen else f"{name} accuracy", "value": round(tuned[key], 4)}
                                 for name, key in ((names.strict, "strict_accuracy"),
-                                                  (names.flexible, "flexible_accuracy"))]})
+                                                  (names.flexible, "flexible_accuracy"))]
+                               + ([{"type": "mc2", "name": "mc2", "value": round(tuned["mc2"], 4)}]
+                                  if "mc2" in tuned else [])})
     if scored in (held_out or {}).get("losses", {}):
         split, source = held_out["split"], held_out.get("source") or cfg.data.source
         out.append({"task": {"type": "text-generation", "name": "Text Generation"},
@@ -286,6 +288,10 @@ def _other_sets(run: RunDir) -> list[str]:
             rows.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {names.short} ({names.flexible}) | "
                         f"{100 * base:.1f} % | {100 * tuned:.1f} % | "
                         f"{d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to {d['ci95_pts'][1]:+.1f}) |")
+            if m := s.get("mc2_difference"):  # labelled options: the probability on the true ones as well
+                rows.append(f"| {view.name} | `{s.get('source')}` | {m['n']} | mc2 | {100 * s['base']['mc2']:.1f} % | "
+                            f"{100 * s['tuned']['mc2']:.1f} % | "
+                            f"{m['delta_pts']:+.1f} ({m['ci95_pts'][0]:+.1f} to {m['ci95_pts'][1]:+.1f}) |")
         elif d := s.get("loss_difference"):
             c = ((RepliesDir(run.path, view.name).read_eval_summary() or {}).get("overlap") or {}).get("chrf")
             by_loss.append(f"| {view.name} | `{s.get('source')}` | {d['n']} | {d['means'][0]:.3f} | "

@@ -323,6 +323,8 @@ class ExtraTestSet(RowFormat):
                                             "is scored by multiple choice; None = not")
     choice_target: str = Field("{choice}", description="as eval.choice_target")
     choice_blank: str | None = Field(None, description="as eval.choice_blank; None = the options follow the prompt")
+    choice_labels: str | None = Field(None, description="as eval.choice_labels; None = the target names the one right "
+                                      "option")
     description: str | None = Field(None, description="as eval.description; None = none")
     fewshot_same_category: bool = Field(False, description="as eval.fewshot_same_category (its label_field's)")
     fewshot_sampler: Literal["first_n", "random"] | None = Field(None, description="as eval.fewshot_sampler; None = "
@@ -465,6 +467,13 @@ class EvalConfig(Section):
         "lm-eval's partial scoring; acc_norm is acc there (the same text follows every option); plain-text prompts "
         "only (no chat template: the chat baseline passes skip the set); a row without the mark is not scored; "
         "None = the options follow the prompt")
+    choice_labels: str | None = Field(
+        None, description="a field holding each option's label in the options' order, 1 (or true) for a true option "
+        "and 0 for a false one (TruthfulQA's mc2 labels): a question may have several true options, the target is "
+        "not read; acc and acc_norm count the option picked right when it is a true one, and mc2 is the probability "
+        "the model gives the true options, normalised over all of them (lm-eval's truthfulqa_mc2 acc), each pass's "
+        "mean and tuned − base paired; a row whose labels do not match its options or name no true one is not "
+        "scored; None = the target names the one right option")
     answer_pattern: str | None = Field(
         None, description="regex scoring's regular expression (Python re; lm-eval's regex filter): its first "
         "non-empty group, or the whole match, is the answer; strict = the first match equals the reference, flexible "
@@ -473,7 +482,8 @@ class EvalConfig(Section):
     also: list[ExtraTestSet] = Field([], description="more test sets, each {source or task (an lm-eval task by "
                                      "name: arc_challenge, mmlu, hellaswag, ..., which fills the other keys the "
                                      "entry leaves unset), and optionally config, name, split, limit, limit_from, "
-                                     "fewshot, prompt_baseline, choices, choice_target, choice_blank, description, "
+                                     "fewshot, prompt_baseline, choices, choice_target, choice_blank, choice_labels, "
+                                     "description, "
                                      "fewshot_same_category, fewshot_sampler, label_field, template, target, "
                                      "messages, optional_fields, template_if_empty}, scored after the main one the way "
                                      "eval.source is (its split, or all its rows), rendered with its own "
@@ -667,10 +677,12 @@ def _choice_problems(ev: EvalConfig) -> list[str]:
 
 
 def _blank_problems(recipe: "Recipe") -> list[str]:
-    """A set whose options fill a blank (choice_blank) names its options, and its prompts are plain text: they are
-    cut at the blank, which a chat template's turn would not end at."""
+    """A set whose options fill a blank (choice_blank) or are labelled (choice_labels) names its options, and a
+    blank's prompts are plain text: they are cut at the blank, which a chat template's turn would not end at."""
     problems = []
     for key, fmt in [("eval", recipe.eval), *((f"eval.also.{i}", e) for i, e in enumerate(recipe.eval.also))]:
+        if fmt.choice_labels and not fmt.choices:
+            problems.append(f"{key}.choice_labels: labels each option, and {key}.choices names none")
         if not fmt.choice_blank:
             continue
         if not fmt.choices:
@@ -780,7 +792,8 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
                                      "limit_from": entry.limit_from or cfg.eval.limit_from,
                                      "fewshot": cfg.eval.fewshot if entry.fewshot is None else entry.fewshot,
                                      "choices": entry.choices, "choice_target": entry.choice_target,
-                                     "choice_blank": entry.choice_blank, "description": entry.description,
+                                     "choice_blank": entry.choice_blank, "choice_labels": entry.choice_labels,
+                                     "description": entry.description,
                                      "fewshot_same_category": entry.fewshot_same_category,
                                      "fewshot_sampler": entry.fewshot_sampler or cfg.eval.fewshot_sampler,
                                      "scoring": "choice" if entry.choices else "auto"

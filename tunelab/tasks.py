@@ -3,12 +3,13 @@ dataset, split, prompt and options that lm-eval 0.4's task YAML names, so that i
 reports, not a near relative of it.
 
 A task fills the recipe keys a user would otherwise write by hand (source, config, split, template, target,
-choices, choice_target, choice_blank, label_field, description, fewshot_same_category, fewshot_sampler, name); a key
-the entry sets itself wins, so that `source:` may point at a local copy of the dataset. Where lm-eval rewrites a
-dataset's rows before prompting (its `process_docs`: HellaSwag's cleaned context and endings; MMLU's stripped question
-and subject name, which its Jinja templates compute; Winogrande's answer as an index), `prepare` adds those fields to
-each row, the raw ones kept. Few-shot shots are picked as the task's YAML picks them: MMLU's the first of the
-question's subject (first_n), the others' drawn at random for each question with lm-eval's seed.
+choices, choice_target, choice_blank, choice_labels, label_field, description, fewshot_same_category,
+fewshot_sampler, name); a key the entry sets itself wins, so that `source:` may point at a local copy of the dataset.
+Where lm-eval rewrites a dataset's rows before prompting (its `process_docs`: HellaSwag's cleaned context and
+endings; MMLU's stripped question and subject name, which its Jinja templates compute; Winogrande's answer as an
+index; TruthfulQA's options and labels), `prepare` adds those fields to each row, the raw ones kept. Few-shot shots
+are picked as the task's YAML picks them: MMLU's the first of the question's subject (first_n), the others' drawn at
+random for each question with lm-eval's seed.
 
     eval:
       also:
@@ -64,6 +65,11 @@ def _truthfulqa(row: dict) -> dict:
     return {"mc1_choices": row["mc1_targets"]["choices"]}
 
 
+def _truthfulqa_mc2(row: dict) -> dict:
+    """TruthfulQA's MC2 options and their labels (mc2_targets: {choices, labels}, the true answers first, 1)."""
+    return {"mc2_choices": row["mc2_targets"]["choices"], "mc2_labels": row["mc2_targets"]["labels"]}
+
+
 def _winogrande(row: dict) -> dict:
     """Winogrande's answer ("1" or "2", the option filling the blank) as a 0-based index."""
     return {"gold": {"1": 0, "2": 1}.get(str(row["answer"]), "")}
@@ -96,6 +102,11 @@ TASKS = {
                             "template": TRUTHFULQA_SHOTS + "\n\nQ: {question}\nA:", "target": "0",
                             "choices": "mc1_choices", "choice_target": " {choice}", "fewshot": 0},
                            _truthfulqa, ("mc1_targets",)),
+    "truthfulqa_mc2": Task({"source": "truthfulqa/truthful_qa", "config": "multiple_choice", "split": "validation",
+                            "template": TRUTHFULQA_SHOTS + "\n\nQ: {question}\nA:", "target": "0",
+                            "choices": "mc2_choices", "choice_target": " {choice}", "choice_labels": "mc2_labels",
+                            "fewshot": 0},
+                           _truthfulqa_mc2, ("mc2_targets",)),
     "winogrande": Task({"source": "allenai/winogrande", "config": "winogrande_xl", "split": "validation",
                         "template": "{sentence}", "target": "{gold}", "choices": ["option1", "option2"],
                         "choice_blank": "_", **RANDOM}, _winogrande, ("answer",)),

@@ -16,6 +16,14 @@ With `eval.choice_blank` (Winogrande's "_") the options fill a blank in the prom
 is the prompt up to the blank with the option in it, and what is scored after every context is the same rest of the
 question (lm-eval's partial scoring), so acc_norm is acc there.
 
+With `eval.choice_labels` (TruthfulQA's mc2 labels) a question may have several true options: the pick is right when
+it is one of them, and
+
+    mc2 = sum over true options of exp(loglik) / sum over all options of exp(loglik)
+
+the probability the model gives the true answers, normalised over the options (lm-eval 0.4's truthfulqa_mc2 acc,
+its process_results_mc2: the options labelled 1 are the true ones).
+
 A pass's answers are journaled a chunk of questions at a time: a killed eval resumes after the last chunk.
 
 Run as: tunelab eval runs/smoke --set 'eval.also=[{source: allenai/ai2_arc, config: ARC-Easy, name: arc,
@@ -28,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import string
 import time
 from collections import Counter
@@ -58,10 +67,14 @@ def options(cfg: Recipe, fields: dict) -> list[str] | None:
 def answer_of(cfg: Recipe, row: Example) -> int | None:
     """The option a row's rendered target names, in this order: one of the options' labels (ARC's answerKey, whose
     labels may be 1-4), a 0-based index (MMLU's answer, HellaSwag's label), a letter (A = the first), an option's
-    text (compared lower-cased, end punctuation removed); None when it names none."""
+    text (compared lower-cased, end punctuation removed); None when it names none. With eval.choice_labels, the
+    first true option (it stands for them all where one is written: a shot, `check --show`)."""
     found = options(cfg, row.fields)
     if found is None or (cfg.eval.choice_blank and cfg.eval.choice_blank not in row.prompt):
         return None
+    if cfg.eval.choice_labels:
+        labels = true_options(cfg, row.fields)
+        return labels.index(True) if labels else None
     key = row.target.strip()
     raw = row.fields.get(cfg.eval.choices) if isinstance(cfg.eval.choices, str) else None
     labels = [str(x).strip() for x in raw.get("label", [])] if isinstance(raw, dict) else []
@@ -73,6 +86,19 @@ def answer_of(cfg: Recipe, row: Example) -> int | None:
         return LETTERS.index(key.upper())
     texts = [normalize_text(o) for o in found]
     return texts.index(normalize_text(key)) if normalize_text(key) in texts else None
+
+
+def true_options(cfg: Recipe, fields: dict) -> list[bool] | None:
+    """eval.choice_labels: which of a row's options are true, in their order (labels 1 / 0, or true / false); None
+    unless the field holds one label per option, each of them one of those, and at least one true."""
+    found, raw = options(cfg, fields), fields.get(cfg.eval.choice_labels)
+    if found is None or not isinstance(raw, list) or len(raw) != len(found):
+        return None
+    said = [str(x).strip().lower() for x in raw]
+    if any(x not in ("0", "1", "false", "true") for x in said):
+        return None
+    labels = [x in ("1", "true") for x in said]
+    return labels if any(labels) else None
 
 
 def resolved(cfg: Recipe, rows: list[Example]) -> list[Example]:
@@ -288,14 +314,23 @@ def _group(model, heads: list[list[int]], tails: list[list[list[int]]], pad: int
 
 def row(cfg: Recipe, question: Example, lls: list[float]) -> dict:
     """A question's prediction fields: the option picked by acc (`strict_answer`) and by acc_norm
-    (`flexible_answer`, also its `completion`), each against the reference (the target's option), and the options'
-    log-likelihoods. acc_norm divides by the length of the option as written without the whitespace before it, as
-    lm-eval divides by its choice's, written after its target delimiter."""
+    (`flexible_answer`, also its `completion`), each against the reference (the target's option; with
+    eval.choice_labels, any true option), the options' log-likelihoods, and with eval.choice_labels its mc2. acc_norm
+    divides by the length of the option as written without the whitespace before it, as lm-eval divides by its
+    choice's, written after its target delimiter."""
     found, lengths = options(cfg, question.fields), [max(len(w.lstrip()), 1) for w in written(cfg, question)]
     if cfg.eval.choice_blank:  # the same text scored after every option: per character ranks as the sum does
         lengths = [1] * len(lengths)
     by_sum = max(range(len(lls)), key=lambda k: lls[k])
     by_char = max(range(len(lls)), key=lambda k: lls[k] / lengths[k])
+    true = true_options(cfg, question.fields) if cfg.eval.choice_labels else [o == question.target for o in found]
     return {"completion": found[by_char], "strict_answer": found[by_sum], "flexible_answer": found[by_char],
-            "strict_correct": found[by_sum] == question.target, "flexible_correct": found[by_char] == question.target,
-            "logliks": lls}
+            "strict_correct": true[by_sum], "flexible_correct": true[by_char], "logliks": lls,
+            **({"mc2": true_mass(lls, true)} if cfg.eval.choice_labels else {})}
+
+
+def true_mass(lls: list[float], true: list[bool]) -> float:
+    """mc2: the options' probabilities (exp of their summed log-likelihoods) on the true ones, over all of them."""
+    top = max(lls)  # shifted before exp: sums below -745 would underflow to 0 / 0
+    p = [math.exp(x - top) for x in lls]
+    return round(sum(x for x, t in zip(p, true) if t) / sum(p), 6)

@@ -892,11 +892,15 @@ def _row(p: Pass, q: Example, completion: str, tokens: int, scored: tuple) -> di
 
 
 def _figures(rows: list[dict], mode: str) -> dict[str, float]:
-    """A pass's figures: strict and flexible accuracy, or (overlap) each metric's mean over its replies."""
+    """A pass's figures: strict and flexible accuracy (and, multiple choice with labelled options, the mean mc2), or
+    (overlap) each metric's mean over its replies."""
+    def mean(key: str) -> float:
+        return round(sum(r[key] for r in rows) / len(rows), 6)
+
     if mode == "overlap":
-        return {metric: round(sum(r[metric] for r in rows) / len(rows), 6) for metric in overlap.METRICS}
-    return {f"{kind}_accuracy": round(sum(r[f"{kind}_correct"] for r in rows) / len(rows), 6)
-            for kind in ("strict", "flexible")}
+        return {metric: mean(metric) for metric in overlap.METRICS}
+    out = {f"{kind}_accuracy": mean(f"{kind}_correct") for kind in ("strict", "flexible")}
+    return {**out, "mc2": mean("mc2")} if rows and "mc2" in rows[0] else out
 
 
 def written_format(cfg: Recipe) -> dict:

@@ -53,6 +53,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     base_tuned = diff("base", "tuned")
     if base_tuned:
         out.update({f"{m}_difference": base_tuned[m] for m in METRICS})
+        if "mc2" in by["base"][ids[0]]:  # labelled options (eval.choice_labels): the probability on the true ones
+            out["mc2_difference"] = mass_difference(by["base"], by["tuned"], ids)
     if diff(START, "tuned"):  # the adapter this run continued: what this run's training added
         out["continued"] = {"model": START, "tuned_vs_start": diff(START, "tuned")}
     epochs = _epoch_rows(stats, diff, final_epoch)
@@ -83,6 +85,14 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
                     if a in by and b in by]
     return out
+
+
+def mass_difference(before: dict[str, dict], after: dict[str, dict], ids: list[str]) -> dict:
+    """mc2 of model `after` − model `before` (id -> prediction row) over the questions `ids`, in points, with a paired
+    bootstrap 95 % interval over questions (each weighing the same) and the two means (0..1)."""
+    d = paired_loss_difference({i: (before[i]["mc2"], 1) for i in ids}, {i: (after[i]["mc2"], 1) for i in ids})
+    return {"n": d["n"], "delta_pts": round(100 * d["delta"], 3), "ci95_pts": [round(100 * x, 3) for x in d["ci95"]],
+            "means": d["means"]}
 
 
 def baselines(evaluation: dict) -> list[dict]:
@@ -259,8 +269,8 @@ def _epoch_rows(stats: dict, diff, final_epoch: int) -> list[dict]:
         s = stats[name]
         epoch = int(name.split("-")[1]) if name != "tuned" else final_epoch
         rows.append({"epoch": epoch, "model": name, "n": s["n"], "strict_accuracy": s["strict_accuracy"],
-                     "flexible_accuracy": s["flexible_accuracy"], "vs_base": diff("base", name),
-                     "vs_previous": diff(previous, name) if previous else None})
+                     "flexible_accuracy": s["flexible_accuracy"], **({"mc2": s["mc2"]} if "mc2" in s else {}),
+                     "vs_base": diff("base", name), "vs_previous": diff(previous, name) if previous else None})
         previous = name
     return rows
 

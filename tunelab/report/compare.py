@@ -93,7 +93,7 @@ def eval_lines(evaluation: dict) -> list[str]:
 
 def headline(run: RunDir) -> dict:
     """The train stage's summary plus, under `eval`, the eval stage's headline accuracies and intervals (and the
-    sampled pass@1, pass@k, maj@k of eval.pass_at_k) (or, under
+    sampled pass@1, pass@k, maj@k of eval.pass_at_k; the mc2 of a set with labelled options) (or, under
     `held_out_loss`, the base and tuned target loss of held-out rows measured by loss instead, and under
     `reply_chrf` their generated replies' mean chrF)."""
     summary = dict(run.read_summary() or {})
@@ -103,6 +103,7 @@ def headline(run: RunDir) -> dict:
         if name in evaluation:
             ev[f"{name}_strict_accuracy"] = evaluation[name]["strict_accuracy"]
             ev[f"{name}_flexible_accuracy"] = evaluation[name]["flexible_accuracy"]
+            ev.update({f"{name}_mc2": evaluation[name]["mc2"]} if "mc2" in evaluation[name] else {})  # labelled options
             ev["n"] = evaluation[name]["n"]
     if sampled_figures := (evaluation.get("sampled") or {}).get("models"):  # eval.pass_at_k: "tuned_pass@8"
         k = evaluation["sampled"]["settings"]["k"]

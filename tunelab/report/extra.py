@@ -31,9 +31,12 @@ def line(name: str, summary: dict) -> str | None:
     if not d:
         return None
     names, base, tuned = naming(summary), summary["base"], summary["tuned"]
+    m = summary.get("mc2_difference")
     return (f"on {name} ({summary.get('source')}, eval.also): {names.accuracy} ({names.flexible}) "
             f"{100 * base['flexible_accuracy']:.1f} % → {100 * tuned['flexible_accuracy']:.1f} % "
-            f"({d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']})")
+            f"({d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, n = {d['n']})"
+            + (f"; mc2 {100 * base['mc2']:.1f} % → {100 * tuned['mc2']:.1f} % ({m['delta_pts']:+.1f} pts, 95 % CI "
+               f"{m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f})" if m else ""))
 
 
 def _loss_change_text(d: dict) -> str:
@@ -150,7 +153,9 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                      f"{d['mcnemar_p']:.2g}"))
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
-        found.append(verdict)
+        found += [verdict, *(o for o in (rules.mc2_change(s, f"the mc2 score on {view.name}"),) if o)]
+        if "mc2_difference" in s:
+            rows.append(_mc2_row(view.name, s))
         if c := s.get("continued"):  # what this run's training did on the set, from the adapter it continued
             found.append(rules.accuracy_change(c["tuned_vs_start"]["flexible"], names.flexible,
                                                s[START]["flexible_accuracy"], s["tuned"]["flexible_accuracy"],
@@ -173,10 +178,24 @@ def _accuracy_blocks(rows: list[tuple]) -> list:
                   "(eval.chat_baseline) when asked; the per-epoch column starts with the adapter the run "
                   "continued (start), when there is one; each set's accuracy is its scoring mode's lenient "
                   "variant, named in the table (multiple-choice sets, eval.also's choices, are scored by the "
-                  "options' log-likelihood: nothing is generated). A fall here beyond noise is what the fine-tune "
-                  "cost on that set."),
+                  "options' log-likelihood: nothing is generated; a set whose options are labelled true or false, "
+                  "eval.also's choice_labels, has a second row, mc2: the probability the model gives the true "
+                  "options, normalised over all, its paired interval over questions). A fall here beyond noise is "
+                  "what the fine-tune cost on that set."),
             ("table", ["set", "source", "prompt", "n", "accuracy", "base", "base prompted", "per epoch", "tuned",
                        "Δ pts (95 % CI)", "McNemar p"], rows)]
+
+
+def _mc2_row(name: str, s: dict) -> tuple:
+    """A labelled set's mc2 (eval.choice_labels) as a row of the accuracy table: the probability on the true options."""
+    m = s["mc2_difference"]
+    steps = " → ".join(([f"start {100 * s[START]['mc2']:.0f} %"] if "mc2" in s.get(START, {}) else [])
+                       + [f"{100 * r['mc2']:.0f} %" for r in s.get("epochs") or [] if "mc2" in r])
+    prompted = "; ".join(f"{b['short']} {100 * s[b['model']]['mc2']:.1f} %" for b in baselines(s)
+                         if b["prompting"] and "mc2" in s[b["model"]])
+    return (name, s.get("source"), _written(s), m["n"], "mc2 (probability on the true options)",
+            f"{100 * s['base']['mc2']:.1f} %", prompted or "–", steps or "–", f"{100 * s['tuned']['mc2']:.1f} %",
+            f"{m['delta_pts']:+.1f} ({m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f})", "–")
 
 
 def _written(s: dict) -> str:

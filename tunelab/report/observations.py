@@ -168,6 +168,16 @@ def accuracy_change(difference: dict, metric: str, base: float, tuned: float,
     return Observation(kind, f"{figure[:1].upper() + figure[1:]} ({metric}) {verb} ({numbers}).", rule)
 
 
+def mc2_change(evaluation: dict, figure: str = "the mc2 score") -> Observation | None:
+    """With labelled options (eval.choice_labels): base → tuned mc2, the probability the model gives the true
+    options, judged as accuracy is; None without it."""
+    d = evaluation.get("mc2_difference")
+    if not d:
+        return None
+    return accuracy_change(d, "the probability on the true options, normalised over all: lm-eval's truthfulqa_mc2",
+                           evaluation["base"]["mc2"], evaluation["tuned"]["mc2"], figure)
+
+
 def categories(by_category: dict, figure: str = "Accuracy") -> Observation:
     """Which categories' accuracy (`figure`) moved beyond noise, under the Bonferroni bound `by_category` states."""
     rows, alpha = by_category["rows"], by_category["alpha"]

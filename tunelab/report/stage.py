@@ -474,6 +474,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
             found.append(rules.accuracy_change(evaluation[f"{metric}_difference"], getattr(names, metric),
                                                evaluation["base"][f"{metric}_accuracy"],
                                                evaluation["tuned"][f"{metric}_accuracy"], names.accuracy))
+        found += [o for o in (rules.mc2_change(evaluation),) if o]
         if c := evaluation.get("continued"):  # what this run's own training added to the adapter it continued
             found.append(rules.accuracy_change(c["tuned_vs_start"]["flexible"], names.flexible,
                                                evaluation[START]["flexible_accuracy"],
