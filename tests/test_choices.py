@@ -293,16 +293,23 @@ def test_a_base_pass_asked_the_same_way_before_comes_from_the_cross_run_cache(tr
 
 def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_compare(trained, tmp_path):
     """eval.choice_labels on the run's own test set: every pass's mean mc2 and tuned − base paired in its summary, a
-    verdict in the report, and each run's base and tuned mc2 among the figures `tunelab compare` sets side by side."""
+    verdict in the report, and each run's base and tuned mc2 among the figures `tunelab compare` sets side by side.
+    Labels set after an eval without them score its passes anew: what is right changed."""
     from tunelab.report import write_report
     from tunelab.report.compare import headline
     folder = tmp_path / "labelled"
     folder.mkdir()
-    rows = [{**r, "labels": [int(k in (r["answer"], (r["answer"] + 1) % 4)) for k in range(4)]} for r in _rows(6)]
+    # true: the target's option and the one after it (if any): the first true one is the target's, as before labels
+    rows = [{**r, "labels": [int(k in (r["answer"], r["answer"] + 1)) for k in range(4)]} for r in _rows(6)]
     write_jsonl(folder / "test.jsonl", rows)
     write_jsonl(folder / "train.jsonl", _rows(4, start=20))
-    cfg, run = copy_run(trained, tmp_path, **_on(folder, choice_labels="labels", fewshot=0))
+    unlabelled, run = copy_run(trained, tmp_path, **_on(folder, fewshot=0))
+    assert "mc2" not in evaluate(unlabelled, run).summary["tuned"]
+    cfg = validate({**trained[0], "eval": {**trained[0]["eval"], **_on(folder, choice_labels="labels", fewshot=0)}},
+                   trained[0]["name"])
+    assert "tuned" not in evaluate(cfg, run, only="base").summary  # not kept from the unlabelled eval
     s = evaluate(cfg, run).summary
+    assert s["choice_labels"] == "labels"
     predictions = run.read_jsonl(run.eval_dir / "predictions.jsonl")
     for name in ("base", "tuned"):
         mine = [p for p in predictions if p["model"] == name]

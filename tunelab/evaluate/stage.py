@@ -395,15 +395,18 @@ def _asked_mode(cfg: Recipe, split: str, rows: list[Example], tagged: int, short
     return mode, None
 
 
-SCORED_WITH = ("answer_pattern", "choices", "choice_target")  # the settings a scoring mode reads
+SCORED_WITH = ("answer_pattern", "choices", "choice_target", "choice_labels")  # the settings a scoring mode reads
 
 
 def _pattern(cfg: Recipe, mode: str) -> dict:
-    """The settings a scoring mode reads, as the eval summary records them: regex's pattern; choice's options field
-    and how each is written; {} in the other modes."""
+    """The settings a scoring mode reads, as the eval summary records them: regex's pattern; choice's options field,
+    how each is written and the field labelling them (when set); {} in the other modes."""
     if mode == "regex":
         return {"answer_pattern": cfg.eval.answer_pattern or ANSWER_TAG}
-    return {"choices": cfg.eval.choices, "choice_target": cfg.eval.choice_target} if mode == "choice" else {}
+    if mode != "choice":
+        return {}
+    labels = {"choice_labels": cfg.eval.choice_labels} if cfg.eval.choice_labels else {}
+    return {"choices": cfg.eval.choices, "choice_target": cfg.eval.choice_target, **labels}
 
 
 def _reference(cfg: Recipe, mode: str):
