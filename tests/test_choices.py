@@ -248,6 +248,12 @@ def test_the_data_checks_count_the_rows_whose_target_names_one_of_their_options(
     assert counted["test"]["scoreable"] == 5 and counted["test"]["without_answer"] == [splits.test[0].id]
     assert targets_line("test", counted["test"]) == ("test targets naming one of the row's options (multiple-choice "
                                                      "scoring)", "5 / 6")
+    labelled = validate({**raw, "eval": {"choices": "choices", "choice_labels": "labels"}}, "x")
+    for row, labels in zip(splits.test, ([0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 0])):  # none true; too few
+        row.fields["labels"] = labels  # and the last two rows have none: two of six fit
+    counted = targets(splits, "choice", labelled)
+    assert counted["test"]["scoreable"] == 2 and targets_line("test", counted["test"]) == (
+        "test rows whose labels mark a true option among their options (multiple choice, eval.choice_labels)", "2 / 6")
 
 
 def test_a_group_holds_as_many_option_caches_as_generation_holds_rows(trained, tmp_path, mc_set, monkeypatch):

@@ -214,7 +214,8 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
 def targets(splits: Splits, mode: str | None, cfg=None) -> dict:
     """Share of train and test targets holding a reference answer the eval stage can score in `mode`, the scoring
     mode it would use under the recipe `cfg` (regex: the targets eval.answer_pattern matches, the others being
-    scored against their whole text; choice: the rows whose target names one of their eval.choices options). With
+    scored against their whole text; choice: the rows whose target names one of their eval.choices options, or with
+    eval.choice_labels, whose labels fit their options and mark one true). With
     no mode (none suits the data), how far it is from one: how many targets state a final number and how many are
     short answers, two of the shares eval.scoring=auto looks at."""
     from tunelab.evaluate.scoring import ANSWER_TAG, is_short, scorer, states_answer
@@ -234,7 +235,8 @@ def targets(splits: Splits, mode: str | None, cfg=None) -> dict:
         missing = [e.id for e in rows if not has_answer(e)]
         out[name] = {"rows": len(rows), "scoreable": len(rows) - len(missing), "scoring": mode,
                      "share": round((len(rows) - len(missing)) / len(rows), 4) if rows else None,
-                     "without_answer": missing[:20]}
+                     "without_answer": missing[:20], **({"labelled": True} if mode == "choice" and
+                                                        cfg.eval.choice_labels else {})}
     return out
 
 
@@ -246,6 +248,9 @@ def targets_line(split: str, counts: dict) -> tuple[str, str]:
     if counts.get("scoring") == "regex":
         return (f"{split} targets eval.answer_pattern matches (regex scoring)",
                 f"{counts['scoreable']} / {counts['rows']}")
+    if counts.get("labelled"):
+        return (f"{split} rows whose labels mark a true option among their options (multiple choice, "
+                "eval.choice_labels)", f"{counts['scoreable']} / {counts['rows']}")
     if counts.get("scoring") == "choice":
         return (f"{split} targets naming one of the row's options (multiple-choice scoring)",
                 f"{counts['scoreable']} / {counts['rows']}")
