@@ -378,6 +378,11 @@ def test_truthfulqa_mc2_is_the_probability_on_the_true_options_as_lm_eval_comput
     metrics = {m["name"]: m["value"] for r in index if str(copy) in r["dataset"]["name"] for m in r["metrics"]}
     assert metrics["mc2"] == round(s["tuned"]["mc2"], 4) and {"acc", "acc_norm"} <= metrics.keys()
     assert f"| truthfulqa_mc2 | `{copy}` | 5 | mc2 | {100 * s['base']['mc2']:.1f} % |" in card
+    capsys.readouterr()
+    assert main(["check", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
+                 "--show", "1", "--set", f"eval.also=[{{task: truthfulqa_mc2, source: {copy}}}]"]) == 0
+    assert ("against the options labelled true, ' It is 0.', ' It is 1.' (mc2: their share of the probability); the "
+            "first, whose text is 'It is 0.'") in " ".join(capsys.readouterr().out.split())
 
 
 def test_labels_that_do_not_fit_the_options_leave_the_row_unscored_and_need_options(tiny_recipe):

@@ -517,6 +517,9 @@ def _print_eval_examples(console, sets: dict) -> None:
             elif "options" in q:  # multiple choice: each option as written after the prompt
                 console.print("options, each scored after the prompt: " + ", ".join(map(repr, q["options"])))
             right = f"{q['options'][q['right']]!r}, whose text is " if "options" in q else ""
+            if "true" in q:  # labelled options: right is any true one
+                right = (f"the options labelled true, {', '.join(repr(q['options'][k]) for k in q['true'])} (mc2: "
+                         "their share of the probability); the first, whose text is ")
             console.print(f"→ {shown['scoring']} scoring against {right}{q['reference']!r} ({shown['source']}, "
                           f"{shown['split']} split)")
         for key, baseline in (("fewshot_prompt", "the few-shot baseline"),

@@ -299,6 +299,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
             for row, question in zip(out[name]["rows"], questions):  # `right`: the option the target names
                 row["options"] = choices.written(recipe, question, recipe.data.chat_template)
                 row["right"] = choices.options(recipe, question.fields).index(question.target)
+                if recipe.eval.choice_labels:  # several may be true: each one the labels mark
+                    row["true"] = [k for k, t in enumerate(choices.true_options(recipe, question.fields)) if t]
                 if recipe.eval.choice_blank:  # each option fills the blank; the rest is scored after it
                     row["contexts"], row["scored"] = choices.blanked(recipe, row["prompt"], question)
         if shots and shots[0]:
