@@ -302,7 +302,7 @@ def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_com
     verdict in the report, and each run's base and tuned mc2 among the figures `tunelab compare` sets side by side.
     Labels set after an eval without them score its passes anew: what is right changed."""
     from tunelab.report import write_report
-    from tunelab.report.compare import headline
+    from tunelab.report.compare import eval_lines, headline
     folder = tmp_path / "labelled"
     folder.mkdir()
     # true: the target's option and the one after it (if any): the first true one is the target's, as before labels
@@ -328,3 +328,7 @@ def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_com
     assert "The mc2 score (the probability on the true options" in run.report_md.read_text()
     figures = headline(run)["eval"]
     assert (figures["base_mc2"], figures["tuned_mc2"]) == (s["base"]["mc2"], s["tuned"]["mc2"])
+    m = s["mc2_difference"]
+    assert (f"mc2 (the probability on the true options): base {100 * s['base']['mc2']:.1f} % → epoch 1 "
+            f"{100 * s['tuned']['mc2']:.1f} %; tuned − base {m['delta_pts']:+.1f} pts, 95 % CI "
+            f"{m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f}") in eval_lines(s)  # the console's, after tunelab run

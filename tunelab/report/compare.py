@@ -60,7 +60,7 @@ def tuned_flags(predictions: list[dict]) -> dict[tuple[str, str, str | None], bo
 
 def eval_lines(evaluation: dict) -> list[str]:
     """The eval stage's findings as short console lines: accuracy per epoch, best epoch, the lowest validation
-    pass's adapter, few-shot, flips."""
+    pass's adapter, few-shot, mc2 (labelled options), flips."""
     lines = []
     rows = evaluation.get("epochs") or []
     if rows and "base" in evaluation:
@@ -86,6 +86,11 @@ def eval_lines(evaluation: dict) -> list[str]:
                      f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}")
     if said := sampled.line(evaluation):
         lines.append(said)
+    if m := evaluation.get("mc2_difference"):  # labelled options: the probability on the true ones, base → epochs
+        steps = [f"base {100 * evaluation['base']['mc2']:.1f} %"] + [f"epoch {r['epoch']} {100 * r['mc2']:.1f} %"
+                                                                     for r in rows if "mc2" in r]
+        lines.append(f"mc2 (the probability on the true options): {' → '.join(steps)}; tuned − base "
+                     f"{m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f}")
     for f in evaluation.get("flips") or []:
         lines.append(f"flips {f['from']} → {f['to']}: {len(f['gained'])} gained, {len(f['lost'])} lost")
     return lines
