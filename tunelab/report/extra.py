@@ -153,9 +153,10 @@ def section(run: RunDir) -> tuple[list, list[Observation]]:
                      f"{d['mcnemar_p']:.2g}"))
         verdict = rules.accuracy_change(d, names.flexible, s["base"]["flexible_accuracy"],
                                         s["tuned"]["flexible_accuracy"], f"{names.accuracy} on {view.name}")
-        found += [verdict, *(o for o in (rules.mc2_change(s, f"the mc2 score on {view.name}"),) if o)]
-        if "mc2_difference" in s:
+        found.append(verdict)
+        if "mc2_difference" in s:  # labelled options: the probability on the true ones too
             rows.append(_mc2_row(view.name, s))
+            found.append(rules.mc2_change(s, f"the mc2 score on {view.name}"))
         if c := s.get("continued"):  # what this run's training did on the set, from the adapter it continued
             found.append(rules.accuracy_change(c["tuned_vs_start"]["flexible"], names.flexible,
                                                s[START]["flexible_accuracy"], s["tuned"]["flexible_accuracy"],
