@@ -325,10 +325,17 @@ def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_com
             assert p["strict_correct"] == (row["labels"][row["choices"].index(p["strict_answer"])] == 1)
     assert s["mc2_difference"]["n"] == 6
     write_report(run)
-    assert "The mc2 score (the probability on the true options" in run.report_md.read_text()
+    md, m = run.report_md.read_text(), s["mc2_difference"]
+    assert "The mc2 score (the probability on the true options" in md
+    assert (f"| Multiple-choice accuracy (mc2: the probability on the true options) | {100 * s['base']['mc2']:.1f} % → "
+            f"{100 * s['tuned']['mc2']:.1f} % | {m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}.."
+            f"{m['ci95_pts'][1]:+.1f} (paired bootstrap over questions), n = 6 |") in md
+    epoch_rows = [line.split(" | ") for line in md.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    header = next(line for line in md.splitlines() if line.startswith("| epoch |")).split(" | ")
+    column = header.index("mc2 (true options)")  # the per-epoch table: base at epoch 0, the final adapter at 1
+    assert [r[column] for r in epoch_rows] == [f"{100 * s['base']['mc2']:.1f} %", f"{100 * s['tuned']['mc2']:.1f} %"]
     figures = headline(run)["eval"]
     assert (figures["base_mc2"], figures["tuned_mc2"]) == (s["base"]["mc2"], s["tuned"]["mc2"])
-    m = s["mc2_difference"]
     assert (f"mc2 (the probability on the true options): base {100 * s['base']['mc2']:.1f} % → epoch 1 "
             f"{100 * s['tuned']['mc2']:.1f} %; tuned − base {m['delta_pts']:+.1f} pts, 95 % CI "
             f"{m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f}") in eval_lines(s)  # the console's, after tunelab run

@@ -340,6 +340,11 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                          f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
                          f"n = {d['n']}" + (f" questions of {evaluation['source']}" if "source" in evaluation else "")
                          + f", McNemar p = {d['mcnemar_p']:.2g}"))
+        if m := evaluation.get("mc2_difference"):  # labelled options (eval.choice_labels)
+            rows.append((f"{names.title} (mc2: the probability on the true options)",
+                         f"{100 * evaluation['base']['mc2']:.1f} % → {100 * evaluation['tuned']['mc2']:.1f} %",
+                         f"{m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f} "
+                         f"(paired bootstrap over questions), n = {m['n']}"))
     if not evaluation:
         rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
@@ -371,6 +376,7 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
     scored = _epoch_loss if by_loss else _epoch_accuracy
     accuracy = {r["epoch"]: r for r in (held_out if by_loss else evaluation or {}).get("epochs") or []}
     chain = _chrf_chain(generated, trained) if by_loss else {}
+    mc2 = _mc2_chain(evaluation) if not by_loss else {}
     first = "the adapter the run continued" if START in ((held_out or {}).get("losses") or evaluation or {}) else \
         "the base model"
     per_epoch = [(f"{e['epoch']} ({short[0]} of {short[1]} steps)" if short and e["epoch"] == trained else e["epoch"],
@@ -378,7 +384,8 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
                   None if e["train_token_accuracy"] is None else f"{100 * e['train_token_accuracy']:.1f} %",
                   f"{100 * e['val_token_accuracy']:.1f} %",
                   *scored(e["epoch"], accuracy, held_out if by_loss else evaluation),
-                  *(chain.get(e["epoch"], (None, None)) if chain else ()), e["seconds"], e["tokens"])
+                  *(chain.get(e["epoch"], (None, None)) if chain else ()), *((mc2.get(e["epoch"]),) if mc2 else ()),
+                  e["seconds"], e["tokens"])
                  for e in epochs]
     return [("p", "Per epoch (epoch 0 = before the first optimizer step; its "
                   + (f"held-out target loss ({held_out['split']} rows) is that of {first}"
@@ -387,7 +394,16 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
             ("table", ["epoch", "train loss", "val loss", "train token acc", "val token acc",
                        "held-out target loss" if by_loss else f"{names.short} ({names.flexible})",
                        "vs previous epoch", *(["reply chrF", "vs previous epoch (chrF)"] if chain else []),
-                       "seconds", "tokens"], per_epoch)]
+                       *(["mc2 (true options)"] if mc2 else []), "seconds", "tokens"], per_epoch)]
+
+
+def _mc2_chain(evaluation: dict | None) -> dict[int, str]:
+    """Epoch -> the mean mc2 (eval.choice_labels: the probability on the true options) of the pass scoring it, epoch 0
+    the base model's (or the adapter the run continued); {} without labelled options."""
+    if not (evaluation or {}).get("mc2_difference"):
+        return {}
+    out = {0: f"{100 * evaluation.get(START, evaluation['base'])['mc2']:.1f} %"}
+    return out | {r["epoch"]: f"{100 * r['mc2']:.1f} %" for r in evaluation.get("epochs") or [] if "mc2" in r}
 
 
 def _chrf_chain(generated: dict | None, trained: int) -> dict[int, tuple]:
