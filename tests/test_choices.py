@@ -1,6 +1,7 @@
 """Multiple-choice scoring (eval.choices): each option's log-likelihood after the prompt, the most likely option the
 answer (acc by the sum, acc_norm per character), as lm-evaluation-harness scores multiple_choice tasks."""
 
+import re
 import shutil
 
 import pytest
@@ -297,12 +298,16 @@ def test_a_base_pass_asked_the_same_way_before_comes_from_the_cross_run_cache(tr
     assert "cached" not in evaluate(reworded, other, only="base").summary["base"]
 
 
-def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_compare(trained, tmp_path):
-    """eval.choice_labels on the run's own test set: every pass's mean mc2 and tuned − base paired in its summary, a
-    verdict in the report, and each run's base and tuned mc2 among the figures `tunelab compare` sets side by side.
-    Labels set after an eval without them score its passes anew: what is right changed."""
+def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_compare(trained, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """eval.choice_labels on the run's own test set: every pass's mean mc2 and tuned − base paired in its summary, the
+    report's key figures, per-epoch table and verdict, `tunelab eval`'s and `tunelab ls`'s tables, and each run's base
+    and tuned mc2 among the figures `tunelab compare` sets side by side. Labels set after an eval without them score
+    its passes anew: what is right changed."""
+    from tunelab.cli import _figure_cells, _print_eval
     from tunelab.report import write_report
     from tunelab.report.compare import eval_lines, headline
+    from tunelab.status import describe
     folder = tmp_path / "labelled"
     folder.mkdir()
     # true: the target's option and the one after it (if any): the first true one is the target's, as before labels
@@ -334,6 +339,15 @@ def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_com
     header = next(line for line in md.splitlines() if line.startswith("| epoch |")).split(" | ")
     column = header.index("mc2 (true options)")  # the per-epoch table: base at epoch 0, the final adapter at 1
     assert [r[column] for r in epoch_rows] == [f"{100 * s['base']['mc2']:.1f} %", f"{100 * s['tuned']['mc2']:.1f} %"]
+    monkeypatch.setenv("COLUMNS", "200")  # rich's tables at full width
+    capsys.readouterr()
+    _print_eval(s, run)
+    printed = capsys.readouterr().out
+    assert re.search(rf"│ base +│ 6 │[^\n]*│ {100 * s['base']['mc2']:.1f} % +│", printed)
+    assert re.search(rf"│ tuned +│ 6 │[^\n]*│ {100 * s['tuned']['mc2']:.1f} % +│", printed)
+    cells = _figure_cells(describe(run))  # `tunelab ls`: the tuned mc2 and its paired change beside the accuracy
+    assert cells[1].endswith(f", mc2 {100 * s['tuned']['mc2']:.1f} %")
+    assert cells[2].endswith(f", mc2 {m['delta_pts']:+.1f} pts ({m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f})")
     figures = headline(run)["eval"]
     assert (figures["base_mc2"], figures["tuned_mc2"]) == (s["base"]["mc2"], s["tuned"]["mc2"])
     assert (f"mc2 (the probability on the true options): base {100 * s['base']['mc2']:.1f} % → epoch 1 "

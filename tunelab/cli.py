@@ -724,7 +724,7 @@ def cmd_convert(args) -> int:
 def _figure_cells(d: dict) -> list[str]:
     """A `status.describe` record's headline figures as table cells: the last validation loss, the tuned
     accuracy (or why none; the held-out replies' target loss and their generated replies' chrF when they are measured
-    instead), its paired gain over the base model, the cost (train, + eval)."""
+    instead; and mc2, for labelled options), its paired gain over the base model, the cost (train, + eval)."""
     acc = d["accuracy"] or {}
     accuracy = (f"{100 * acc['tuned']:.1f} %" if "tuned" in acc else "not scored" if "skipped" in acc else "—")
     low, high = acc.get("ci95_pts", (0, 0))
@@ -736,6 +736,10 @@ def _figure_cells(d: dict) -> list[str]:
         low, high = acc["chrf_ci95"]
         accuracy += f", chrF {acc['chrf'][1]:.3f}"
         gain += f", chrF {acc['chrf_delta']:+.3f} ({low:+.3f}..{high:+.3f})"
+    if "mc2_delta_pts" in acc:  # labelled options: the probability on the true ones too
+        low, high = acc["mc2_ci95_pts"]
+        accuracy += f", mc2 {100 * acc['mc2'][1]:.1f} %"
+        gain += f", mc2 {acc['mc2_delta_pts']:+.1f} pts ({low:+.1f}..{high:+.1f})"
     train, scored = d["cost_usd"]["train"], d["cost_usd"]["eval"]
     cost = ("—" if train is None else f"${train:.4f}") + (f" + ${scored:.4f} eval" if scored is not None else "")
     return [f"{d['val_loss'][1]:.4f}" if d["val_loss"] else "—", accuracy, gain, cost]
@@ -828,12 +832,14 @@ def _print_eval(summary: dict, run, extra: str | None = None) -> None:
         _print_losses(summary, run, extra)
         return
     names = naming(summary)
-    table = Table("model", "n", names.strict, names.flexible, "at budget", "tokens/s", "seconds",
-                  title=f"{run.path} eval: {names.accuracy}" + (f" on {extra} ({summary['source']}, eval.also)"
-                                                                  if extra else ""))
+    labelled = any("mc2" in summary[name] for name in pass_names(summary))  # eval.choice_labels: mc2 per pass
+    table = Table("model", "n", names.strict, names.flexible, *(["mc2"] if labelled else []), "at budget", "tokens/s",
+                  "seconds", title=f"{run.path} eval: {names.accuracy}" + (f" on {extra} ({summary['source']}, "
+                                                                           "eval.also)" if extra else ""))
     for name in pass_names(summary):
         s = summary[name]
         table.add_row(name, str(s["n"]), f"{100 * s['strict_accuracy']:.1f} %", f"{100 * s['flexible_accuracy']:.1f} %",
+                      *([f"{100 * s['mc2']:.1f} %" if "mc2" in s else "—"] if labelled else []),
                       str(s.get("at_budget", "—")), f"{s['tokens_per_second']:.0f}",
                       f"{s['seconds']:.1f}" + (" (cached)" if s.get("cached") else ""))
     console = Console()

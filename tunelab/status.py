@@ -120,9 +120,9 @@ def _val_loss(run: RunDir) -> list[float] | None:
 
 def _accuracy(run: RunDir) -> dict | None:
     """The eval stage's headline: scoring, base and tuned accuracy (flexible), the paired difference and its 95 %
-    CI, n; {"skipped": why} when `tunelab run` skipped it (with the held-out replies' target loss and their generated
-    replies' chrF, base and tuned, each one's paired change and CI, once measured); {"base": …} alone for a
-    base-model-only eval; None before it ran."""
+    CI, n (and mc2, base and tuned, with its paired change, for labelled options); {"skipped": why} when `tunelab
+    run` skipped it (with the held-out replies' target loss and their generated replies' chrF, base and tuned, each
+    one's paired change and CI, once measured); {"base": …} alone for a base-model-only eval; None before it ran."""
     evaluation = run.read_eval_summary() or {}
     skipped = run.read_optional(run.eval_skipped)
     if not evaluation and skipped:
@@ -139,6 +139,9 @@ def _accuracy(run: RunDir) -> dict | None:
     if "flexible_difference" in evaluation:
         d = evaluation["flexible_difference"]
         out.update(delta_pts=d["delta_pts"], ci95_pts=d["ci95_pts"])
+    if m := evaluation.get("mc2_difference"):  # labelled options: the probability on the true ones, base and tuned
+        out.update(mc2=[evaluation["base"]["mc2"], evaluation["tuned"]["mc2"]], mc2_delta_pts=m["delta_pts"],
+                   mc2_ci95_pts=m["ci95_pts"])
     return out
 
 
