@@ -9,7 +9,7 @@ import yaml
 
 from conftest import write_jsonl
 from tunelab.cli import main
-from tunelab.config import load_recipe
+from tunelab.config import load_recipe, validate
 from tunelab.convert import convert
 from tunelab.data import load_splits
 from tunelab.errors import UserError
@@ -295,6 +295,22 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     assert {e.target: e.prompt for e in rows.train + rows.val} == {"5": "Add.\n2 and 3", "7": "Name a prime."}
 
 
+def test_the_modules_a_config_trains_whole_become_lora_modules_to_save(tmp_path, tiny_model):
+    """Axolotl's and TRL's lora_modules_to_save and LLaMA-Factory's additional_target (comma-separated) become
+    lora.modules_to_save, without a note: PEFT's modules_to_save, the same training."""
+    axolotl = MISTRAL_LORA.replace("lora_model_dir:", "lora_modules_to_save:\n  - embed_tokens\n  - lm_head")
+    raw, notes = convert(_config(tmp_path, axolotl, data=_alpaca(tmp_path)))
+    assert raw["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"] and not [n for n in notes if "save" in n]
+    raw, notes = convert(_config(tmp_path, LLAMA3_LORA_SFT + "additional_target: embed_tokens, lm_head\n",
+                                 data=_llamafactory_data(tmp_path)))
+    assert raw["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"] and not [n for n in notes if "target" in n]
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "hello"}]}] * 4)
+    raw, notes = convert(_trl_config(tmp_path, tiny_model, chats, "lora_modules_to_save: [lm_head]\n"))
+    assert raw["lora"]["modules_to_save"] == ["lm_head"] and not [n for n in notes if "save" in n]
+    assert validate(raw, "converted").lora.modules_to_save == ["lm_head"]  # a recipe tunelab runs
+
+
 def test_the_adapter_a_config_keeps_training_becomes_lora_continue_from(tmp_path):
     """Axolotl's lora_model_dir and LLaMA-Factory's adapter_name_or_path (one adapter, trained on as it is) become
     lora.continue_from; several adapters, or a new one over them, which LLaMA-Factory merges into the base weights
@@ -483,8 +499,6 @@ def test_a_trl_config_that_would_train_differently_is_refused(tmp_path, tiny_mod
         convert(_trl_config(tmp_path, tiny_model, data))
     with pytest.raises(UserError, match="use_peft: not set: tunelab trains LoRA adapters"):
         convert(_config(tmp_path, f"model_name_or_path: {tiny_model}\ndataset_name: {data}\n"))
-    with pytest.raises(UserError, match="lora_modules_to_save: \\['lm_head'\\]: not converted"):
-        convert(_trl_config(tmp_path, tiny_model, data, "lora_modules_to_save: [lm_head]\n"))
 
 
 def test_max_steps_overrides_the_epochs_in_every_trainers_config(tmp_path, tiny_model):

@@ -22,6 +22,44 @@ def _recipe(tiny_recipe, epochs: int = 1, **lora) -> dict:
                       "keep_checkpoints": 20}}
 
 
+def _resume_reaches_the_same_adapter(cfg, straight: RunDir, tmp_path) -> None:
+    """The run `straight` trained as a crash after its second checkpoint left it, resumed: the same adapter."""
+    resumed = RunDir(tmp_path / "resumed")
+    shutil.copytree(straight.path, resumed.path)
+    for later in sorted(resumed.checkpoints.glob("step-*"))[2:]:
+        shutil.rmtree(later)
+    for done in (resumed.summary, resumed.adapter / "adapter_model.safetensors"):
+        done.unlink()
+    train(cfg, resumed, resume=True)
+    assert_same_adapter(straight.path, resumed.path, atol=1e-5, rtol=1e-4)
+
+
+IDS = torch.tensor([[1, 20, 300, 4000, 50, 6]])
+
+
+def _merged_as_peft_runs_it(tiny_model, run: RunDir):
+    """The run's adapter merged into the tiny model as eval loads it, after checking its logits equal PEFT's
+    unmerged adapter's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models import load_adapter
+    with torch.no_grad():
+        unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run.adapter)
+        merged = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model), run.adapter)
+        torch.testing.assert_close(merged(IDS).logits, unmerged(IDS).logits, atol=1e-4, rtol=1e-4)
+    return merged
+
+
+def _served_merged(run: RunDir) -> None:
+    """The hand-offs first write the merged model, and vLLM serves that, not the adapter."""
+    from tunelab.handoff import for_run
+    served = f"{run.path.resolve()}-merged"
+    commands = [c for _, c in for_run(run)]
+    assert commands[0] == f"tunelab export {run.path} {served}"
+    assert f"vllm serve {served}" in commands and not any("--enable-lora" in c for c in commands)
+
+
 def _lora_layers(model) -> list:
     from peft.tuners.lora import LoraLayer
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
@@ -44,11 +82,9 @@ def test_rslora_scales_the_update_by_alpha_over_the_square_root_of_r(tiny_recipe
 
 @pytest.mark.slow
 def test_dora_trains_magnitudes_resumes_exactly_and_merges_for_eval(tiny_recipe, tiny_model, tmp_path):
-    from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from tunelab.models import load_adapter
     from tunelab.report import write_report
     cfg = validate(_recipe(tiny_recipe, epochs=2, use_dora=True), "dora")
     straight = RunDir(tmp_path / "straight")
@@ -63,30 +99,17 @@ def test_dora_trains_magnitudes_resumes_exactly_and_merges_for_eval(tiny_recipe,
     moved = [k for k in magnitudes if not torch.allclose(magnitudes[k], start[k], atol=1e-4)]
     assert len(moved) == len(magnitudes)  # DoRA initialises them to the weight norms; every one was trained
 
-    resumed = RunDir(tmp_path / "resumed")  # the run as a crash after its second checkpoint left it
-    shutil.copytree(straight.path, resumed.path)
-    for later in sorted(resumed.checkpoints.glob("step-*"))[2:]:
-        shutil.rmtree(later)
-    for done in (resumed.summary, resumed.adapter / "adapter_model.safetensors"):
-        done.unlink()
-    train(cfg, resumed, resume=True)
-    assert_same_adapter(straight.path, resumed.path, atol=1e-5, rtol=1e-4)
+    _resume_reaches_the_same_adapter(cfg, straight, tmp_path)
 
-    ids = torch.tensor([[1, 20, 300, 4000, 50, 6]])
+    merged = _merged_as_peft_runs_it(tiny_model, straight)
     with torch.no_grad():
-        unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), straight.adapter)
-        merged = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model), straight.adapter)  # as eval does
-        torch.testing.assert_close(merged(ids).logits, unmerged(ids).logits, atol=1e-4, rtol=1e-4)
-        assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-3)
+        assert not torch.allclose(merged(IDS).logits, base(IDS).logits, atol=1e-3)
 
     write_report(straight)
     assert "| Method | DoRA r=8," in straight.report_md.read_text()
     card = (straight.adapter / "README.md").read_text()
     assert "a DoRA adapter for" in card and "- dora" in card
-    served = f"{straight.path.resolve()}-merged"
-    commands = [c for _, c in __import__("tunelab.handoff", fromlist=["for_run"]).for_run(straight)]
-    assert commands[0] == f"tunelab export {straight.path} {served}"
-    assert f"vllm serve {served}" in commands and not any("--enable-lora" in c for c in commands)
+    _served_merged(straight)
 
 
 def test_the_estimate_counts_doras_second_base_pass_only_with_dropout(tiny_recipe):
@@ -101,3 +124,75 @@ def test_the_estimate_counts_doras_second_base_pass_only_with_dropout(tiny_recip
         per_token[dora, dropout] = cost.recipe_work(cfg, items, items)["flops_per_train_token"]
     assert per_token[True, 0.0] == per_token[False, 0.05]  # the same matmuls (the norm's cost is not FLOPs here)
     assert per_token[True, 0.05] == 2 * per_token[False, 0.05]
+
+
+@pytest.mark.slow
+def test_modules_to_save_train_the_tied_embeddings_whole_resume_exactly_and_merge_for_eval(tiny_recipe, tiny_model,
+                                                                                           tmp_path):
+    """lora.modules_to_save: [lm_head] on a model whose input and output embeddings are tied trains one copy of
+    both (PEFT's ensure_weight_tying), saved in the adapter under both names; a resume reaches the same adapter, the
+    merge eval loads equals PEFT's unmerged adapter and keeps the tie, and the report, card and hand-offs say so."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.report import write_report
+    cfg = validate(_recipe(tiny_recipe, epochs=2, modules_to_save=["lm_head"]), "whole")
+    straight = RunDir(tmp_path / "straight")
+    train(cfg, straight)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert base.config.tie_word_embeddings
+    weights = load_file(straight.adapter / "adapter_model.safetensors")
+    head, embed = weights["base_model.model.lm_head.weight"], weights["base_model.model.model.embed_tokens.weight"]
+    torch.testing.assert_close(head, embed, atol=0, rtol=0)  # one trained copy, saved under both names
+    assert head.shape == base.lm_head.weight.shape
+    assert (head - base.lm_head.weight).abs().max() > 1e-3  # trained away from the base model's
+    assert json.loads((straight.adapter / "adapter_config.json").read_text())["modules_to_save"]
+
+    _resume_reaches_the_same_adapter(cfg, straight, tmp_path)
+
+    merged = _merged_as_peft_runs_it(tiny_model, straight)
+    assert merged.lm_head.weight is merged.get_input_embeddings().weight  # still tied
+    torch.testing.assert_close(merged.lm_head.weight, head)
+
+    write_report(straight)
+    assert "targets all linear layers and lm_head trained whole;" in straight.report_md.read_text()
+    assert "on all linear layers and lm_head trained whole," in (straight.adapter / "README.md").read_text()
+    _served_merged(straight)
+
+
+def test_modules_to_save_must_name_a_module_no_adapter_takes_and_the_estimate_counts_them(tiny_recipe, tiny_model,
+                                                                                           tmp_path, capsys):
+    """Each lora.modules_to_save entry matches modules by the end of their path, as PEFT does; one matching none, or
+    a layer the LoRA targets adapt, is refused by `tunelab check` naming the key; the trainable weights the estimate
+    prices are the adapters' plus the modules trained whole (tied embeddings once, untied both)."""
+    import yaml
+
+    from tunelab.cli import main
+    from tunelab.models import adapted_counts
+    trainable = {}
+    for kind, tied in (("tied", True), ("untied", False)):
+        folder = tmp_path / kind  # the tiny model's config alone: the counts build it on the meta device
+        folder.mkdir()
+        config = json.loads((tiny_model / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": tied}))
+        for saved in ([], ["lm_head"], ["embed_tokens", "lm_head"], ["norm"]):
+            cfg = validate(_recipe({**tiny_recipe, "model": {"name": str(folder)}}, modules_to_save=saved), "c")
+            trainable[kind, tuple(saved)] = adapted_counts(cfg.model, cfg.lora)["trainable"]
+    vocab, hidden = config["vocab_size"], config["hidden_size"]
+    for kind, copies in (("tied", 1), ("untied", 2)):
+        plain = trainable[kind, ()]
+        assert trainable[kind, ("lm_head",)] == plain + vocab * hidden
+        assert trainable[kind, ("embed_tokens", "lm_head")] == plain + copies * vocab * hidden
+        assert trainable[kind, ("norm",)] == plain + 5 * hidden  # every *norm: 2 per layer and the last
+    for saved, message in ((["embedding"], "lora.modules_to_save: embedding: no module of LlamaForCausalLM ends with "
+                                           "this name; those outside its layers: embed_tokens, lm_head, norm"),
+                           (["q_proj"], "lora.modules_to_save: q_proj: model.layers.0.self_attn.q_proj is a layer "
+                                        "lora.target_modules adapts")):
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(_recipe(tiny_recipe, modules_to_save=saved)))
+        capsys.readouterr()
+        assert main(["check", str(tmp_path / "r.yaml")]) == 2
+        assert message in capsys.readouterr().err
+    narrow = _recipe(tiny_recipe, target_modules=["v_proj"], modules_to_save=["q_proj"])  # not adapted: allowed
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(narrow))
+    assert main(["check", str(tmp_path / "r.yaml")]) == 0

@@ -71,7 +71,8 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
              f"Trained outside tunelab (imported by `tunelab import` from `{summary['imported']['source']}`), measured "
              "with tunelab on the recipe below")
             + f": {cfg.lora.method} r={cfg.lora.r}, "
-            f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {targets_text(cfg.lora.target_modules)}, "
+            f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {targets_text(cfg.lora.target_modules)}"
+            f"{whole_text(cfg.lora)}, "
             f"{_epochs_trained(summary)} over {summary['train_examples']} training rows of `{cfg.data.source}` "
             + "".join(f"and `{m.source}` " for m in cfg.data.mix) +
             f"({summary['val_examples']} held out for validation"
@@ -324,6 +325,11 @@ def _categories(evaluation: dict) -> list[str]:
                     f"{100 * r['tuned_accuracy']:.0f} % | {d['delta_pts']:+.1f} ({d['ci95_pts'][0]:+.1f} to "
                     f"{d['ci95_pts'][1]:+.1f}) | {'yes' if d['mcnemar_p'] < cat['alpha'] else 'no'} |")
     return rows + [""]
+
+
+def whole_text(lora) -> str:
+    """lora.modules_to_save in words, to follow the targets: "" without any."""
+    return f" and {', '.join(lora.modules_to_save)} trained whole" if lora.modules_to_save else ""
 
 
 def targets_text(modules) -> str:

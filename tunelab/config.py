@@ -157,12 +157,21 @@ class LoraConfig(Section):
                                               "eval and export; vLLM serves it only merged. Steps are slower (PEFT's "
                                               "DoRA forward): 1.4x LoRA's time at lora.dropout 0, 2x with dropout, "
                                               "where the base matmul runs twice (the estimate counts it)")
+    modules_to_save: list[str] = Field([], description="modules trained whole beside the adapters and saved in them "
+                                       "(PEFT's modules_to_save; Axolotl's lora_modules_to_save, LLaMA-Factory's "
+                                       "additional_target), each named as PEFT matches them, by the end of the "
+                                       "module's path: e.g. [embed_tokens, lm_head], to teach tokens the base model "
+                                       "never learnt (a chat template's); each must name a module the LoRA targets "
+                                       "do not adapt. With tied input and output embeddings both train as one "
+                                       "(PEFT's ensure_weight_tying). Costs a copy of each in memory and 16 bytes "
+                                       "per weight of optimizer state (the estimate counts them); vLLM serves such "
+                                       "an adapter only merged; [] = the adapters alone")
     continue_from: str | None = Field(None, description="an earlier LoRA adapter this run keeps training instead of "
                                       "starting new ones (Axolotl's lora_model_dir, LLaMA-Factory's "
                                       "adapter_name_or_path): a PEFT adapter folder, a tunelab run directory (its "
-                                      "adapter/), or a hub id; its r, alpha, target modules, rsLoRA and DoRA must "
-                                      "equal lora.*. Copied to adapters/start/; epoch 0 is this adapter, and eval "
-                                      "scores it beside the base model; None = new adapters")
+                                      "adapter/), or a hub id; its r, alpha, target modules, modules to save, "
+                                      "rsLoRA and DoRA must equal lora.*. Copied to adapters/start/; epoch 0 is this "
+                                      "adapter, and eval scores it beside the base model; None = new adapters")
 
     @property
     def method(self) -> str:

@@ -38,15 +38,18 @@ def known_license(cfg) -> str | None:
 def for_run(run, upload: Path | None = None, merged: Path | None = None,
             epoch: int | str | None = None) -> list[tuple[str, str]]:
     """`commands` filled in from a run directory (its recipe and final adapter, or `RunDir.kept_adapter(epoch)`:
-    epoch N's or "best-loss"); `merged`: where a merged export of the run already is (DoRA runs are served from one,
-    else the commands first write it next to the run)."""
+    epoch N's or "best-loss"); `merged`: where a merged export of the run already is (DoRA runs, and runs training
+    modules whole, are served from one, else the commands first write it next to the run)."""
     cfg = run.read_recipe()
     task = "gsm8k" if "gsm8k" in (cfg.eval.source or cfg.data.source).lower() else None  # lm-eval: no other task
     served, export = None, []
-    if cfg.lora.use_dora:  # vLLM loads LoRA adapters, not DoRA ones (vllm-project/vllm#10849): it serves the merge
+    if cfg.lora.use_dora or cfg.lora.modules_to_save:  # vLLM loads plain LoRA adapters only, not DoRA ones
+        # (vllm-project/vllm#10849) nor ones with modules trained whole ("vLLM only supports modules_to_save being
+        # None"): it serves the merge
         which = f"-epoch-{epoch}" if isinstance(epoch, int) else f"-{epoch}" if epoch else ""  # -best-loss
         served = Path(merged or f"{run.path}-merged{which}").resolve()
-        export = [] if merged else [("write the merged model (vLLM serves a DoRA adapter only merged)",
+        kind = "a DoRA adapter" if cfg.lora.use_dora else "an adapter with modules trained whole"
+        export = [] if merged else [(f"write the merged model (vLLM serves {kind} only merged)",
                                      f"tunelab export {shlex.quote(str(run.path))} {shlex.quote(str(served))}"
                                      + (f" --epoch {epoch}" if epoch else ""))]
     scored = (run.read_eval_summary() or {}).get("tuned")  # as many questions as the eval asked (--limit, --set)

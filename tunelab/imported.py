@@ -146,7 +146,8 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
     raw["lora"].update(r=ac.get("r", cfg.lora.r), alpha=ac.get("lora_alpha", cfg.lora.alpha),
                        dropout=ac.get("lora_dropout", cfg.lora.dropout),
                        target_modules=_targets(ac.get("target_modules") or cfg.lora.target_modules, linears),
-                       use_rslora=bool(ac.get("use_rslora")), use_dora=bool(ac.get("use_dora")))
+                       use_rslora=bool(ac.get("use_rslora")), use_dora=bool(ac.get("use_dora")),
+                       modules_to_save=sorted(ac.get("modules_to_save") or []))
     raw["train"]["epochs"] = source.epochs
     raw["train"]["early_stopping_patience"] = None
     prepared = validate(raw, f"{cfg.name} (imported from {where})")

@@ -167,7 +167,7 @@ def _four_bit(device: torch.device):
 
 
 def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
-    """Wrap `model` with PEFT LoRA adapters; only the adapter weights train."""
+    """Wrap `model` with PEFT LoRA adapters; only the adapter weights (and lora.modules_to_save's) train."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
     if getattr(model, "is_loaded_in_4bit", False):
@@ -175,12 +175,46 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    whole, into, out = saved_modules(model, cfg), model.get_input_embeddings(), model.get_output_embeddings()
+    tied = into.weight is getattr(out, "weight", None)
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
-                              target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
+                              target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+                              modules_to_save=list(cfg.modules_to_save) or None,  # a copy: PEFT edits it
+                              # tied input and output embeddings, one of them trained whole: one trained copy of both
+                              ensure_weight_tying=tied and any(m is into or m is out for m in whole))
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
         raise UserError(f"lora.target_modules: {err}") from None
+
+
+def saved_modules(model, cfg: LoraConfig) -> list:
+    """The modules of `model` (before PEFT wraps it) that lora.modules_to_save trains whole, each entry matched the
+    way PEFT matches them, by the end of the module's path (so `norm` is every *norm too), after checking that each
+    matches one and none is a layer lora.target_modules adapts (PEFT would silently train it whole instead).
+
+    Raises:
+        UserError: naming the entry, with the model's weighted modules outside its numbered layers (or the adapted
+            one).
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))
+    out, whole = model.get_output_embeddings(), []
+    for wanted in cfg.modules_to_save:
+        found = [name for name in modules if name.endswith(wanted)]
+        if not found:
+            outside = sorted({name.rsplit(".", 1)[-1] for name, m in modules.items()
+                              if m._parameters and not any(part.isdigit() for part in name.split("."))})
+            raise UserError(f"lora.modules_to_save: {wanted}: no module of {type(model).__name__} ends with this "
+                            f"name; those outside its layers: {', '.join(outside)}")
+        for name in found:
+            module = modules[name]
+            adapted = (isinstance(module, torch.nn.Linear) and module is not out if cfg.target_modules == "all-linear"
+                       else any(name == t or name.endswith(f".{t}") for t in cfg.target_modules))
+            if adapted:
+                raise UserError(f"lora.modules_to_save: {wanted}: {name} is a layer lora.target_modules adapts; "
+                                "a module trains whole or through an adapter, not both: take it out of one of them")
+            whole.append(module)
+    return whole
 
 
 def load_adapter(model, adapter_dir: Path, merge: bool = True):
@@ -223,9 +257,9 @@ def continued_adapter(model: ModelConfig, lora: LoraConfig) -> Path | None:
 
 
 def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
-    """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA and DoRA as in `lora`, and its
-    weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta device, nothing read
-    but the config and the weight file's header).
+    """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA, DoRA and the modules saved whole
+    as in `lora`, and its weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta
+    device, nothing read but the config and the weight file's header).
 
     Raises:
         UserError: naming the first lora.* key that differs, or the modules adapted on one side only.
@@ -245,6 +279,13 @@ def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
     with torch.device("meta"):
         expected = set(get_peft_model_state_dict(add_lora(meta_model(model), lora)))
     found = set(_weight_names(folder))
+    whole = [sorted(k.removeprefix("base_model.model.").removesuffix(".weight") for k in keys if ".lora_" not in k)
+             for keys in (found, expected)]  # the modules trained whole (PEFT saves them under their own names)
+    if whole[0] != whole[1]:
+        theirs = f"[{', '.join(sorted(saved.modules_to_save or []))}]"
+        raise UserError(f"{where}: trained {', '.join(whole[0]) or 'no module'} whole, the recipe's "
+                        f"lora.modules_to_save [{', '.join(lora.modules_to_save)}] trains "
+                        f"{', '.join(whole[1]) or 'none'}; set lora.modules_to_save={theirs} to continue it")
     for names, side in ((found - expected, "the adapter has weights the recipe's lora.target_modules do not adapt"),
                         (expected - found, "lora.target_modules adapt modules the adapter has no weights for")):
         if names:

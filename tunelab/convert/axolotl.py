@@ -322,10 +322,11 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
 
 
 def _lora_keys(config: dict, left: dict, lora: dict, train: dict) -> None:
-    """lora.*: rank, alpha, dropout, targets, DoRA, rsLoRA, the adapter to continue (lora_model_dir)."""
+    """lora.*: rank, alpha, dropout, targets, DoRA, rsLoRA, the adapter to continue (lora_model_dir), the modules
+    trained whole (lora_modules_to_save)."""
     for key, to in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
                     ("peft_use_dora", "use_dora"), ("peft_use_rslora", "use_rslora"),
-                    ("lora_model_dir", "continue_from")):
+                    ("lora_model_dir", "continue_from"), ("lora_modules_to_save", "modules_to_save")):
         if left.get(key) is not None:
             lora[to] = left[key]
         left.pop(key, None)

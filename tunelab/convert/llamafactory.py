@@ -208,12 +208,12 @@ def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
 
 
 def _lora(path: str, left: dict) -> dict:
-    """lora.*: LLaMA-Factory's defaults written out (r 8, alpha 2r, dropout 0, all linear layers), and the adapter
-    to keep training (adapter_name_or_path: one, without create_new_adapter).
+    """lora.*: LLaMA-Factory's defaults written out (r 8, alpha 2r, dropout 0, all linear layers), the modules
+    trained whole (additional_target), and the adapter to keep training (adapter_name_or_path: one, without
+    create_new_adapter).
 
     Raises:
-        UserError: extra fully trained modules; several adapters, or a new one over them (LLaMA-Factory merges them
-            into the base weights first).
+        UserError: several adapters, or a new one over them (LLaMA-Factory merges them into the base weights first).
     """
     adapters = [a.strip() for a in str(left.pop("adapter_name_or_path", None) or "").split(",") if a.strip()]
     if len(adapters) > 1 or (adapters and left.get("create_new_adapter")):
@@ -223,14 +223,12 @@ def _lora(path: str, left: dict) -> dict:
                         "adapter as it is (lora.continue_from): merge them first (tunelab export, llamafactory-cli "
                         "export) and train on the merged model")
     left.pop("create_new_adapter", None)
-    if left.get("additional_target"):
-        raise UserError(f"{path}: additional_target: {left['additional_target']!r}: fully trained extra modules "
-                        "are not converted")
-    left.pop("additional_target", None)
+    whole = [m.strip() for m in str(left.pop("additional_target", None) or "").split(",") if m.strip()]
     r = left.pop("lora_rank", 8)
     target = str(left.pop("lora_target", "all"))
     lora = {"r": r, "alpha": left.pop("lora_alpha", None) or 2 * r, "dropout": left.pop("lora_dropout", 0.0),
-            "target_modules": "all-linear" if target == "all" else [t.strip() for t in target.split(",")]}
+            "target_modules": "all-linear" if target == "all" else [t.strip() for t in target.split(",")],
+            **({"modules_to_save": whole} if whole else {})}  # additional_target: trained whole, PEFT's way
     for key in ("use_dora", "use_rslora"):
         if left.get(key) is not None:
             lora[key] = left[key]

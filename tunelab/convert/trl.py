@@ -35,17 +35,17 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
 
     Raises:
         UserError: use_peft off (full fine-tuning), a dataset whose rows TRL reads as a format tunelab does not
-            write the same way, whole-run settings tunelab has no equal for (modules to save, streaming) —
+            write the same way, whole-run settings tunelab has no equal for (another chat template, streaming) —
             naming the key.
     """
     left, notes = dict(config), []
     if not left.pop("use_peft", False):
         raise UserError(f"{path}: use_peft: not set: tunelab trains LoRA adapters (use_peft: true); without it TRL "
                         "fine-tunes every weight")
-    for key in ("lora_modules_to_save", "chat_template_path", "dataset_streaming", "streaming"):
+    for key in ("chat_template_path", "dataset_streaming", "streaming"):
         if left.get(key) not in (None, -1, False, [], ""):
             raise UserError(f"{path}: {key}: {left[key]!r}: not converted (tunelab reads its sources' train "
-                            "splits whole, writes its tokenizer's own chat template, and trains adapters only)")
+                            "splits whole and writes its tokenizer's own chat template)")
         left.pop(key, None)
     model = {"name": left.pop("model_name_or_path")}
     for key, to in (("model_revision", "revision"), ("trust_remote_code", "trust_remote_code"),
@@ -146,9 +146,11 @@ def _format(path: str, key: str, source: str, config: str | None, columns: list[
 
 def _lora(path: str, left: dict, model: str, notes: list[str]) -> dict:
     """lora.*: TRL's defaults written out (r 16, alpha 32, dropout 0.05); targets as given, else PEFT's default
-    for the architecture."""
+    for the architecture; the modules trained whole (lora_modules_to_save)."""
     lora = {"r": left.pop("lora_r", 16), "alpha": left.pop("lora_alpha", 32),
             "dropout": left.pop("lora_dropout", 0.05)}
+    if whole := left.pop("lora_modules_to_save", None):
+        lora["modules_to_save"] = [whole] if isinstance(whole, str) else list(whole)
     for key in ("use_dora", "use_rslora"):
         if left.get(key):
             lora[key] = True

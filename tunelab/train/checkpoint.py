@@ -46,7 +46,7 @@ def trainable_state(net) -> dict[str, torch.Tensor]:
     A collective under FSDP: every rank calls it. Keys are the parameter names under `net`.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    names = {n for n, p in net.named_parameters() if p.requires_grad}
+    names = {n for n, p in net.named_parameters(remove_duplicate=False) if p.requires_grad}  # tied: both names
     full = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
                                                               ignore_frozen_params=True))
     return {k: v for k, v in full.items() if k in names}  # a tied, frozen LM head can slip through
