@@ -135,6 +135,7 @@ def test_modules_to_save_train_the_tied_embeddings_whole_resume_exactly_and_merg
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from tunelab.models import adapted_counts
     from tunelab.report import write_report
     cfg = validate(_recipe(tiny_recipe, epochs=2, modules_to_save=["lm_head"]), "whole")
     straight = RunDir(tmp_path / "straight")
@@ -156,7 +157,12 @@ def test_modules_to_save_train_the_tied_embeddings_whole_resume_exactly_and_merg
     torch.testing.assert_close(merged.lm_head.weight, head)
 
     write_report(straight)
-    assert "targets all linear layers and lm_head trained whole;" in straight.report_md.read_text()
+    md, counts = straight.report_md.read_text(), adapted_counts(cfg.model, cfg.lora)
+    plain = adapted_counts(cfg.model, validate(_recipe(tiny_recipe), "plain").lora)["trainable"]
+    assert counts["trainable"] == plain + head.numel()  # the adapters and one copy of the tied embeddings
+    assert "targets all linear layers and lm_head trained whole;" in md
+    assert (f"; {counts['trainable'] / 1e6:.2f} M weights trained, {100 * counts['trainable'] / counts['params']:.2g} % "
+            f"of the model's {counts['params'] / 1e6:.2f} M |") in md
     assert "on all linear layers and lm_head trained whole," in (straight.adapter / "README.md").read_text()
     _served_merged(straight)
 

@@ -204,7 +204,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
                    f"{card.targets_text(lora.target_modules)}{card.whole_text(lora)}; "
                    f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
                    + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
-                   + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
+                   + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")
+                   + _trainable(estimate.get("memory"))),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); " + _test_rows(cfg, summary, evaluation)),
@@ -241,6 +242,19 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
                                                  f"({estimate['flops'] / 1e12:.1f} TFLOP; {estimate['basis']})"
                      + (f"; peak GPU memory {describe(memory, estimate['memory_gib'])}" if memory else "")))
     return [("table", ["", "value"], rows)]
+
+
+def _trainable(counts: dict | None) -> str:
+    """The Method row's weights trained and their share of the model's, from the estimate made before training (its
+    model built from the config on the meta device, PEFT's adapters added there too); "" without one."""
+    if not counts:
+        return ""
+    trained, every = counts["trainable"], counts["params"]
+    return f"; {_weights(trained)} weights trained, {100 * trained / every:.2g} % of the model's {_weights(every)}"
+
+
+def _weights(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
 
 
 def _mixed_in(data) -> str:
