@@ -260,3 +260,58 @@ def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_to
     assert json.loads(capsys.readouterr().out)["boundary"] == {"rows": 0, "of": found["rows"]["train"]}
     assert main(["check", "quickstart"]) == 0
     assert f"prompt/answer boundary: on {boundary['rows']} of {boundary['of']} training rows" in capsys.readouterr().out
+
+
+def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_are_named_with_the_fix(
+        tiny_model, tiny_recipe, tmp_path, capsys, caplog):
+    """A base model whose chat tokens' embedding rows are zeros (as Llama 3's base model ships them): the check
+    reads the rows from the weight file, names the tokens the training rows use — input rows for every token,
+    output rows only for the tokens with loss — and says lora.modules_to_save trains them, or that it does; the
+    train stage warns before its first step."""
+    import shutil
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    from tunelab.config import ModelConfig, validate
+    from tunelab.data.checks import untrained_tokens
+    from tunelab.models import embedding_norms, load_tokenizer
+    from tunelab.train.batching import tokenize_with
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    tok = load_tokenizer(ModelConfig(name=str(base)))
+    start, end, unused = (tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
+    weights = load_file(base / "model.safetensors")
+    for i in (start, end, unused):
+        weights["model.embed_tokens.weight"][i] = 1e-24 * torch.randn(weights["model.embed_tokens.weight"].shape[1])
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    norms = embedding_norms(ModelConfig(name=str(base)))
+    assert norms["output"] is None  # tied: one matrix
+    assert norms["input"] == pytest.approx(weights["model.embed_tokens.weight"].norm(dim=1).numpy(), rel=1e-5)
+
+    raw = {**tiny_recipe, "model": {"name": str(base)},  # long enough that no row loses its end
+           "data": {**tiny_recipe["data"], "chat_template": True, "template": "{question}"},
+           "train": {**tiny_recipe["train"], "max_length": 512}}
+    cfg = validate(raw, "chat")
+    items, _ = tokenize_with(cfg, load_splits(cfg.data).train, tok)
+    found = untrained_tokens(cfg, tok, items)
+    assert found["untrained_rows"] == {"input": 3, "output": 3}
+    assert found["input"] == [{"id": start, "token": "<|im_start|>", "rows": len(items)},
+                              {"id": end, "token": "<|im_end|>", "rows": len(items)}]
+    assert found["output"] == [{"id": end, "token": "<|im_end|>", "rows": len(items)}]  # the reply's end has loss
+    recipe = tmp_path / "chat.yaml"
+    for saved, said in (([], ", which LoRA leaves as they are: set lora.modules_to_save: [embed_tokens, lm_head]"),
+                        (["lm_head"], "; lora.modules_to_save trains them whole")):
+        recipe.write_text(yaml.safe_dump({**raw, "lora": {**raw["lora"], "modules_to_save": saved}}))
+        capsys.readouterr()
+        assert main(["check", str(recipe)]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert (f"2 tokens of the training rows (<|im_start|>, <|im_end|>; the commonest in {len(items)} rows) have "
+                f"untrained input and output embedding rows in the base model{said}") in out
+    assert embedding_norms(ModelConfig(name="someone/never-downloaded")) is None  # nothing is fetched for the check
+    from tunelab.rundir import RunDir
+    from tunelab.train import train
+    with caplog.at_level("WARNING", logger="tunelab"):  # the train stage says it before the first step
+        train(validate({**raw, "train": {**raw["train"], "epochs": 1}}, "chat"), RunDir(tmp_path / "run"))
+    assert any("which LoRA leaves as they are: set lora.modules_to_save" in r.getMessage() for r in caplog.records)

@@ -589,7 +589,7 @@ def _print_checks(result: dict) -> None:
     if "continue_from" in result:
         console.print(f"continues the adapter in {result['continue_from']}: its r, alpha, targets and weights fit the "
                       "recipe's lora.*")
-    console.print(f"verdict: {result['verdict']}")
+    console.print(f"verdict: {result['verdict']}", markup=False)  # it may quote a list: [embed_tokens, lm_head]
 
 
 def cmd_estimate(args) -> int:

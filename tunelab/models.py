@@ -320,6 +320,36 @@ def meta_model(cfg: ModelConfig):
         return AutoModelForCausalLM.from_config(config)
 
 
+def embedding_norms(cfg: ModelConfig) -> dict | None:
+    """Each row's L2 norm in the model's input embedding (`input`) and, when not tied to it, its output embedding
+    (`output`, else None), read from the weight files a slice at a time, nothing else loaded; None when the weights
+    are not on this machine (a hub model not downloaded yet) or not safetensors."""
+    folder = Path(resolve(cfg.name))
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+        try:  # the hub's cache as transformers fills it: nothing is downloaded here
+            folder = Path(snapshot_download(cfg.name, revision=cfg.revision, local_files_only=True,
+                                            allow_patterns=["*.safetensors", "*.json"]))
+        except Exception:  # not cached (huggingface_hub raises several kinds)
+            return None
+    model = meta_model(cfg)
+    into, out = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(m): name for name, m in model.named_modules()}
+    wanted = {"input": f"{names[id(into)]}.weight"}
+    if out is not None and out.weight is not into.weight:
+        wanted["output"] = f"{names[id(out)]}.weight"
+    found: dict = {"output": None}
+    from safetensors import safe_open
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for which, key in wanted.items():
+                if key in f.keys():
+                    rows = f.get_slice(key)
+                    n = rows.get_shape()[0]
+                    found[which] = torch.cat([rows[a:a + 4096].float().norm(dim=1) for a in range(0, n, 4096)]).numpy()
+    return found if found.get("input") is not None else None
+
+
 def adapted_counts(cfg: ModelConfig, lora: LoraConfig) -> dict:
     """From the model's config alone (meta device, PEFT's adapters added there too): `params` (every weight),
     `quantised` (those of the linear layers bitsandbytes' 4-bit loading packs: all but the output embedding),

@@ -170,6 +170,76 @@ def lengths(cfg, splits: Splits, tok, items: list) -> tuple[dict, np.ndarray]:
             "recommendation": _recommend(cfg.train.max_length, cut, int(totals.max()), recommended)}, totals
 
 
+UNTRAINED = 1e-6  # an embedding row is untrained when its norm is at most this share of the median row's: zeros, or
+# the ~1e-23 values Llama 3's base model holds for its chat template's tokens (Unsloth's fix_untrained_tokens)
+UNTRAINED_RULE = ("an embedding row is untrained when its L2 norm is at most a millionth of the median row's; input "
+                  "rows for every token of a training row, output rows for the tokens with loss (the model must "
+                  "emit them)")
+
+
+def untrained_tokens(cfg, tok, items: list) -> dict:
+    """The tokens the training rows use whose embedding rows the base model never trained (`UNTRAINED_RULE`), each
+    with the number of rows using it, and whether lora.modules_to_save trains those embeddings whole: LoRA leaves
+    them as they are, so a model cannot learn to read (input) or emit (output) such a token. {"skipped": why}
+    without the weights on this machine."""
+    from tunelab.models import embedding_norms, meta_model, saved_modules
+    from tunelab.train.batching import IGNORE
+    norms = embedding_norms(cfg.model)
+    if norms is None:
+        return {"skipped": "the model's weights are not on this machine (read from the weight files, not downloaded)"}
+
+    def flagged(rows: np.ndarray) -> set[int]:
+        return set(np.flatnonzero(rows <= UNTRAINED * np.median(rows)).tolist())
+    dead = {"input": flagged(norms["input"])}
+    dead["output"] = dead["input"] if norms["output"] is None else flagged(norms["output"])
+    used: dict[str, dict[int, int]] = {"input": defaultdict(int), "output": defaultdict(int)}
+    for item in items:
+        for i in set(item.input_ids) & dead["input"]:
+            used["input"][i] += 1
+        for i in {t for t in item.labels[1:] if t != IGNORE} & dead["output"]:
+            used["output"][i] += 1
+    model = meta_model(cfg.model)
+    whole = saved_modules(model, cfg.lora)
+    into, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = norms["output"] is None
+    trained = {"input": any(m is into or (tied and m is out) for m in whole),
+               "output": any(m is out or (tied and m is into) for m in whole)}
+    return {"rule": UNTRAINED_RULE, "untrained_rows": {k: len(v) for k, v in dead.items()},
+            **{side: [{"id": i, "token": tok.convert_ids_to_tokens(i), "rows": n}
+                      for i, n in sorted(used[side].items(), key=lambda kv: (-kv[1], kv[0]))] for side in used},
+            "trained_whole": trained}
+
+
+def untrained_line(found: dict) -> str | None:
+    """One line on `untrained_tokens`: the tokens and what to do; None when the rows use none (or it was skipped)."""
+    sides = [side for side in ("input", "output") if found.get(side)]
+    if not sides:
+        return None
+    tokens = {t["id"]: t["token"] for side in sides for t in found[side]}
+    shown = ", ".join(tokens[i] for i in list(tokens)[:5]) + (", …" if len(tokens) > 5 else "")
+    rows = max(t["rows"] for side in sides for t in found[side])
+    said = (f"{len(tokens)} tokens of the training rows ({shown}; the commonest in {rows} rows) have untrained "
+            f"{' and '.join(sides)} embedding rows in the base model")
+    if not left_untrained(found):
+        return f"{said}; lora.modules_to_save trains them whole"
+    return f"{said}, which LoRA leaves as they are: set lora.modules_to_save: [embed_tokens, lm_head] to train them"
+
+
+def left_untrained(found: dict) -> bool:
+    """The training rows use a token whose untrained embedding row (`untrained_tokens`) nothing will train."""
+    return any(found.get(side) and not found["trained_whole"][side] for side in ("input", "output"))
+
+
+def untrained_cell(found: dict) -> str:
+    """The data table's cell for `untrained_tokens`."""
+    if "skipped" in found:
+        return f"not checked: {found['skipped']}"
+    return (f"{len(found['input'])} input / {len(found['output'])} output tokens of "
+            f"{found['untrained_rows']['input']} / {found['untrained_rows']['output']} untrained rows"
+            + (" (trained whole by lora.modules_to_save)" if (found["input"] or found["output"]) and
+               not left_untrained(found) else ""))
+
+
 def first_of_each_source(cfg, rows: list[Example], n: int) -> list[Example]:
     """The first `n` rows of each source (data.source, then each data.mix entry: each has its own template)."""
     kept: dict[str, list[Example]] = {}
@@ -284,7 +354,9 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     profile, totals = lengths(cfg, splits, tok, items)
     from tunelab.train.batching import boundary_merges
     boundary = {"rows": 0, "of": 0} if cfg.data.chat_template else boundary_merges(train, tok)
-    seconds["lengths"] = time.time() - clock
+    seconds["lengths"], clock = time.time() - clock, time.time()
+    untrained = untrained_tokens(cfg, tok, items)
+    seconds["untrained"] = time.time() - clock
     from tunelab.evaluate.stage import by_loss, scoring_mode
     mode, skipped = scoring_mode(cfg, splits)
     counts = {split: {k: sum(1 for o in found if o["split"] == split and o["kind"] == k) for k in KINDS}
@@ -296,7 +368,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "test_source": cfg.eval.source or cfg.data.source,
             "overlap_counts": counts, "overlap": found, **({"extra_sets": extra} if extra else {}),
             "train_duplicates": duplicates, "lengths": profile,
-            "boundary": boundary,
+            "boundary": boundary, "untrained_tokens": untrained,
             "targets": targets(splits, mode, cfg), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
@@ -384,6 +456,8 @@ def verdict(checks: dict) -> str:
         parts.append(f"{d['exact_rows']} exact and {d['near_pairs']} near duplicates inside train")
     if checks["lengths"]["truncated"]:
         parts.append(f"{checks['lengths']['truncated']} rows longer than train.max_length")
+    if line := untrained_line(checks.get("untrained_tokens") or {}):
+        parts.append(line)
     if not fits(checks):
         from tunelab.memory import describe
         e = checks["estimate"]

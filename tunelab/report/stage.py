@@ -14,7 +14,7 @@ from pathlib import Path
 from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.data import MIX_SEP, source_names
-from tunelab.data.checks import source_note, targets_line
+from tunelab.data.checks import source_note, targets_line, untrained_cell
 from tunelab.evaluate.scoring import naming
 from tunelab.evaluate.summary import baselines
 from tunelab.memory import describe
@@ -625,6 +625,8 @@ def _data(run: RunDir, checks: dict) -> list:
         ("rows over train.max_length", f"{ln['truncated']} (max_length {ln['max_length']})"),
         ("padding share of the batch plan", f"{100 * ln['padding_share']:.1f} %"),
         ("max_length advice", ln["recommendation"]),
+        *([("tokens used with untrained embedding rows (input / output)", untrained_cell(checks["untrained_tokens"]))]
+          if "untrained_tokens" in checks else []),
         *[targets_line(k, v) for k, v in checks["targets"].items() if v["rows"]]]))
     if run.lengths_png.exists():
         blocks.append(("img", run.lengths_png, "Tokens per row (prompt + target + EOS), train.max_length marked"))

@@ -26,6 +26,7 @@ import torch
 from tunelab import card, cost, distributed, environment, memory
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, Splits, load_splits, scored_rows
+from tunelab.data.checks import left_untrained, untrained_line, untrained_tokens
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
 from tunelab.models import add_lora, continued_adapter, load_model, load_start, load_tokenizer, pick_device
@@ -162,6 +163,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
+    if d.main and not resume and left_untrained(found := untrained_tokens(cfg, tok, train_items)):
+        log.warning("%s", untrained_line(found))  # before the first step: tokens LoRA cannot teach the model
     if continued:
         log.info("continuing the adapter in %s", continued)
         load_start(model, continued)
