@@ -312,6 +312,15 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     assert embedding_norms(ModelConfig(name="someone/never-downloaded")) is None  # nothing is fetched for the check
     from tunelab.rundir import RunDir
     from tunelab.train import train
+    run = RunDir(tmp_path / "run")
     with caplog.at_level("WARNING", logger="tunelab"):  # the train stage says it before the first step
-        train(validate({**raw, "train": {**raw["train"], "epochs": 1}}, "chat"), RunDir(tmp_path / "run"))
+        train(validate({**raw, "train": {**raw["train"], "epochs": 1}}, "chat"), run)
     assert any("which LoRA leaves as they are: set lora.modules_to_save" in r.getMessage() for r in caplog.records)
+    from tunelab.data import checks
+    from tunelab.report import write_report
+    result, totals = checks.run_checks(cfg, load_splits(cfg.data), tok)  # as the analysis stage writes them
+    checks.write(run, {**result, "estimate": {}, "verdict": checks.verdict({**result, "estimate": {}})}, totals)
+    write_report(run)
+    md = " ".join(run.report_md.read_text().split())
+    assert "watch** — 2 tokens of the training rows (<|im_start|>, <|im_end|>;" in md  # among what to watch
+    assert "| tokens used with untrained embedding rows (input / output) | 2 input / 1 output tokens of 3 / 3 " in md

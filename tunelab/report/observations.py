@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.data.checks import left_untrained, untrained_line
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.evaluate.summary import baselines, pass_names
 from tunelab.rundir import counts_passes, last_improvement, steps_per_epoch, stopped_early, trained_and_planned
@@ -685,6 +686,15 @@ def imported_tokens(summary: dict) -> Observation | None:
     else:
         text += " Check that the recipe's template and target are the ones the adapter was trained with."
     return Observation("watch", text, rule)
+
+
+def untrained_tokens(checks: dict) -> Observation | None:
+    """The training rows use tokens whose embedding rows the base model never trained and nothing trained them
+    (data checks' `untrained_tokens`, without lora.modules_to_save covering them)."""
+    found = checks.get("untrained_tokens") or {}
+    if not left_untrained(found):
+        return None
+    return Observation("watch", f"{untrained_line(found)}.", found["rule"])
 
 
 def duplicates(checks: dict) -> Observation | None:
