@@ -297,10 +297,14 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
 
 def test_the_modules_a_config_trains_whole_become_lora_modules_to_save(tmp_path, tiny_model):
     """Axolotl's and TRL's lora_modules_to_save and LLaMA-Factory's additional_target (comma-separated) become
-    lora.modules_to_save, without a note: PEFT's modules_to_save, the same training."""
+    lora.modules_to_save, without a note: PEFT's modules_to_save, the same training; Axolotl's embedding_lr_scale
+    (or embedding_lr), their rate, train.embedding_lr."""
     axolotl = MISTRAL_LORA.replace("lora_model_dir:", "lora_modules_to_save:\n  - embed_tokens\n  - lm_head")
     raw, notes = convert(_config(tmp_path, axolotl, data=_alpaca(tmp_path)))
     assert raw["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"] and not [n for n in notes if "save" in n]
+    for extra, rate in (("embedding_lr_scale: 0.5\n", 0.0001), ("embedding_lr: 1.0e-5\n", 1e-5)):
+        raw, notes = convert(_config(tmp_path, axolotl + extra, data=_alpaca(tmp_path)))  # learning_rate 0.0002
+        assert raw["train"]["embedding_lr"] == pytest.approx(rate) and not [n for n in notes if "embedding" in n]
     raw, notes = convert(_config(tmp_path, LLAMA3_LORA_SFT + "additional_target: embed_tokens, lm_head\n",
                                  data=_llamafactory_data(tmp_path)))
     assert raw["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"] and not [n for n in notes if "target" in n]

@@ -72,7 +72,7 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
              "with tunelab on the recipe below")
             + f": {cfg.lora.method} r={cfg.lora.r}, "
             f"alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on {targets_text(cfg.lora.target_modules)}"
-            f"{whole_text(cfg.lora)}, "
+            f"{whole_text(cfg)}, "
             f"{_epochs_trained(summary)} over {summary['train_examples']} training rows of `{cfg.data.source}` "
             + "".join(f"and `{m.source}` " for m in cfg.data.mix) +
             f"({summary['val_examples']} held out for validation"
@@ -327,9 +327,12 @@ def _categories(evaluation: dict) -> list[str]:
     return rows + [""]
 
 
-def whole_text(lora) -> str:
-    """lora.modules_to_save in words, to follow the targets: "" without any."""
-    return f" and {', '.join(lora.modules_to_save)} trained whole" if lora.modules_to_save else ""
+def whole_text(cfg) -> str:
+    """A recipe's lora.modules_to_save (and train.embedding_lr) in words, to follow the targets: "" without any."""
+    if not cfg.lora.modules_to_save:
+        return ""
+    rate = f" at lr {cfg.train.embedding_lr:g}" if cfg.train.embedding_lr is not None else ""
+    return f" and {', '.join(cfg.lora.modules_to_save)} trained whole{rate}"
 
 
 def targets_text(modules) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from tunelab.config import TrainConfig
 from tunelab.convert import cadence, leftovers, name
 from tunelab.errors import UserError
 
@@ -290,6 +291,10 @@ def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, no
         train["epochs"] = max(int(train["epochs"]), 1)
     if isinstance(train.get("lr"), str):
         train["lr"] = float(train["lr"])
+    rate, scale = left.pop("embedding_lr", None), left.pop("embedding_lr_scale", None)
+    if scale or rate:  # the rate of the modules trained whole; Axolotl reads the scale first
+        lr = train.get("lr", TrainConfig.model_fields["lr"].default)
+        train["embedding_lr"] = float(scale) * lr if scale else float(rate)
     total = left.pop("batch_size", None)
     if total and "grad_accum" not in train:
         train["grad_accum"] = max(total // train.get("batch_size", 1), 1)

@@ -201,7 +201,7 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Model", cfg.model.name),
         ("Dataset", data.source + (f" ({data.config})" if data.config else "") + _mixed_in(data)),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
-                   f"{card.targets_text(lora.target_modules)}{card.whole_text(lora)}; "
+                   f"{card.targets_text(lora.target_modules)}{card.whole_text(cfg)}; "
                    f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
                    + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")
