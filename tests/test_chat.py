@@ -126,12 +126,65 @@ def test_handoff_asks_lm_eval_through_the_chat_template_only_for_chat_runs(tmp_p
     assert plain_lines and not any("chat_template" in c for c in plain_lines)
 
 
-def test_chat_template_without_one_exits_2_and_writes_nothing(tiny_recipe, tiny_model, tmp_path, capsys):
-    bare = tmp_path / "no-template"
-    shutil.copytree(tiny_model, bare)
-    (bare / "chat_template.jinja").unlink(missing_ok=True)
-    config = bare / "tokenizer_config.json"
+def _bare(tiny_model, folder):
+    """A copy of the tiny model whose tokenizer has no chat template (a base model's)."""
+    shutil.copytree(tiny_model, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = folder / "tokenizer_config.json"
     config.write_text(config.read_text().replace('"chat_template"', '"unused_chat_template"'))
+    return folder
+
+
+TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_the_recipes_own_chat_template_writes_the_rows_travels_with_the_adapter_and_reaches_the_hand_offs(
+        tiny_recipe, tiny_model, tmp_path, capsys):
+    """model.chat_template: a base model's tokenizer without one gets the recipe's (its text, or a .jinja file,
+    kept as text in the run's config.yaml); rows are written with it, the adapter folder holds the tokenizer with it,
+    and lm-eval and vLLM are told to read it there; a broken template or a missing file is refused naming the key."""
+    from transformers import AutoTokenizer
+
+    from tunelab.config import validate
+    from tunelab.handoff import for_run
+    from tunelab.rundir import RunDir
+    from tunelab.train import train
+    bare = _bare(tiny_model, tmp_path / "base")
+    (tmp_path / "chat.jinja").write_text(TEMPLATE)
+    raw = {**tiny_recipe, "model": {"name": str(bare), "chat_template": str(tmp_path / "chat.jinja")},
+           "data": {**tiny_recipe["data"], "chat_template": True, "template": "{question}"},
+           "train": {**tiny_recipe["train"], "epochs": 1}}
+    assert validate(raw, "t").model.chat_template == TEMPLATE  # the file's text
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["check", str(recipe), "--show", "1", "--json"]) == 0
+    import json
+    shown = json.loads(capsys.readouterr().out)["examples"][0]["segments"]
+    text = "".join(seg["text"] for seg in shown)
+    eos = AutoTokenizer.from_pretrained(bare).eos_token
+    assert text.startswith("<user>") and f"{eos}<assistant>" in text  # the recipe's template, and its eos
+    assert [seg["text"] for seg in shown if seg["loss"]][-1].endswith(eos)  # the reply's end is trained
+
+    run = RunDir(tmp_path / "run")
+    train(validate(raw, "t"), run)
+    assert yaml.safe_load(run.config.read_text())["model"]["chat_template"] == TEMPLATE
+    assert AutoTokenizer.from_pretrained(run.adapter).chat_template == TEMPLATE
+    assert (run.adapter / "chat_template.jinja").read_text() == TEMPLATE
+    commands = [c for _, c in for_run(run)]
+    adapter = str(run.adapter.resolve())
+    assert any(c.endswith(f"--chat-template {adapter}/chat_template.jinja") for c in commands)
+    assert all(f"tokenizer={adapter}" in c for c in commands if c.startswith("lm_eval"))
+    for template, problem in (("{% for m in messages %}", "model.chat_template: not a Jinja template: line 1"),
+                              (str(tmp_path / "none.jinja"), "none.jinja: no such file")):
+        recipe.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "chat_template": template}}))
+        assert main(["check", str(recipe)]) == 2
+        assert problem in capsys.readouterr().err
+
+
+def test_chat_template_without_one_exits_2_and_writes_nothing(tiny_recipe, tiny_model, tmp_path, capsys):
+    bare = _bare(tiny_model, tmp_path / "no-template")
     raw = {**tiny_recipe, "model": {"name": str(bare)}, "data": {**tiny_recipe["data"], "chat_template": True}}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))

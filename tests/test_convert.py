@@ -184,6 +184,25 @@ default_system_message: Be brief.
     with pytest.raises(UserError, match=r"datasets.0: chat_template: 'chatml': tunelab writes conversations with "
                                         r"the tokenizer's own"):
         convert(_config(tmp_path, text + "chat_template: chatml\n", data=data))
+    jinja = "{% for m in messages %}{{ m.content }}{% endfor %}"  # Axolotl's own template: model.chat_template
+    braced = jinja.replace("{", "{{").replace("}", "}}")  # _config formats the text
+    own = f"chat_template: jinja\nchat_template_jinja: '{braced}'\n"
+    raw, notes = convert(_config(tmp_path, text + own, data=data))
+    assert raw["model"]["chat_template"] == jinja and validate(raw, "c").model.chat_template == jinja
+    with pytest.raises(UserError, match=r"chat_template: jinja: chat_template_jinja \(the template\) is not set"):
+        convert(_config(tmp_path, text + "chat_template: jinja\n", data=data))
+
+
+def test_trls_chat_template_path_becomes_model_chat_template_and_another_tokenizers_is_refused(tmp_path, tiny_model):
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "hello"}]}] * 4)
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    raw, notes = convert(_trl_config(tmp_path, tiny_model, chats, f"chat_template_path: {template}\n"))
+    assert raw["model"]["chat_template"] == str(template) and not [n for n in notes if "chat_template" in n]
+    assert validate(raw, "c").model.chat_template == template.read_text()  # the file's text
+    with pytest.raises(UserError, match="chat_template_path: .*tunelab takes a Jinja template file"):
+        convert(_trl_config(tmp_path, tiny_model, chats, f"chat_template_path: {tiny_model}\n"))  # a tokenizer
 
 
 @pytest.mark.parametrize("old, new, refused", [

@@ -102,7 +102,8 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              f"base = AutoModelForCausalLM.from_pretrained({base or cfg.model.name!r})",
              f"model = PeftModel.from_pretrained(base, \"<this folder or Hub repo>\")",
-             f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})",
+             f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})" if not cfg.model.chat_template
+             else "tokenizer = AutoTokenizer.from_pretrained(\"<this folder or Hub repo>\")  # its chat template",
              *_prompt_lines(cfg), "```", "",
              "## Next", "",
              handoff.markdown(handoff.for_run(run, epoch=epoch)),

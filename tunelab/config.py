@@ -44,6 +44,30 @@ class ModelConfig(Section):
         "pretrained", description="random = weights drawn from the model's config, nothing downloaded but the "
                                   "config and tokenizer (speed, memory and cost checks: they do not depend on the "
                                   "weights)")
+    chat_template: str | None = Field(None, description="a Jinja chat template in place of the tokenizer's (TRL's "
+                                      "chat_template_path, Axolotl's chat_template_jinja), for a base model whose "
+                                      "tokenizer has none, or another format: the template's text, or a .jinja "
+                                      "file holding it (read when the recipe is read; the run's config.yaml keeps "
+                                      "the text). Saved with each adapter (its tokenizer files) and the exports; "
+                                      "None = the tokenizer's own")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_text(cls, v: str | None) -> str | None:
+        """The template's text (read from a .jinja file), parsed as Jinja to refuse a broken one now."""
+        if v is None:
+            return None
+        if "{" not in v:  # no tag nor expression: a file's path
+            path = Path(v).expanduser()
+            if not path.is_file():
+                raise ValueError(f"{v}: no such file (a .jinja file or the template's text)")
+            v = path.read_text()
+        import jinja2
+        try:
+            jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(v)
+        except jinja2.TemplateSyntaxError as err:
+            raise ValueError(f"not a Jinja template: line {err.lineno}: {err.message}") from None
+        return v
 
 
 FORMAT_KEYS = ("template", "target", "messages", "optional_fields", "template_if_empty")

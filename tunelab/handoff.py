@@ -55,19 +55,20 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
     scored = (run.read_eval_summary() or {}).get("tuned")  # as many questions as the eval asked (--limit, --set)
     return export + commands(hub_id(cfg.model) or cfg.model.name, run.kept_adapter(epoch), cfg.lora.r,
                              f"{cfg.name}-lora", scored["n"] if scored else cfg.eval.limit, upload, task,
-                             cfg.data.chat_template, served)
+                             cfg.data.chat_template, served, own_template=bool(cfg.model.chat_template))
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
              upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False,
-             served: Path | None = None) -> list[tuple[str, str]]:
+             served: Path | None = None, own_template: bool = False) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
     (the adapter when None); `task` is lm-evaluation-harness's task for the run's data (None: it has none, and
     the lm-eval lines are left out); `chat`: the adapter was trained on chat-template prompts, so lm-eval asks
     through the chat template too, shots as turns; `served`: a merged model folder that vLLM loads instead of
-    base + adapter (DoRA).
+    base + adapter (DoRA); `own_template`: the adapter folder holds the tokenizer with the recipe's own chat template
+    (model.chat_template), which lm-eval and vLLM then read from it.
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
@@ -76,18 +77,20 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     folder = str(Path(upload).resolve()) if upload else adapter_path
+    tokenizer = f",tokenizer={adapter_path}" if own_template else ""
     vllm_model = (f"pretrained={served}" if served else
-                  f"pretrained={base},enable_lora=True,lora_local_path={adapter_path}{rank_arg}")
+                  f"pretrained={base},enable_lora=True,lora_local_path={adapter_path}{rank_arg}{tokenizer}")
     lm_eval = [
         ("re-score with lm-evaluation-harness (transformers + PEFT)",
-         f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path} --tasks {task} "
+         f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path}{tokenizer} --tasks {task} "
          f"--batch_size auto{limit_arg}"),
         (f"re-score with lm-evaluation-harness on vLLM ({'the merged model' if served else 'LoRA'})",
          f"lm_eval --model vllm --model_args {vllm_model} --tasks {task} --batch_size auto{limit_arg}"),
     ] if task else []
     serve = (("serve with vLLM (OpenAI-compatible; the merged model)", f"vllm serve {q(str(served))}") if served else
              ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
-              f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"))
+              f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"
+              + (f" --chat-template {q(str(Path(adapter_path) / 'chat_template.jinja'))}" if own_template else "")))
     return lm_eval + [
         serve,
         ("upload to the Hugging Face Hub (replace <user>; `hf` is huggingface_hub's CLI, formerly huggingface-cli)",

@@ -109,6 +109,8 @@ def load_tokenizer(cfg: ModelConfig):
                         f"({err})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if cfg.chat_template:  # the recipe's own (model.chat_template), in place of the tokenizer's
+        tok.chat_template = cfg.chat_template
     return tok
 
 

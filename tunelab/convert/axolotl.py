@@ -78,7 +78,10 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     model = {"name": take("base_model")}
     _model_keys(config, left, model, notes)
     data = _data(path, config, take("datasets", None), notes)
-    for key in ("chat_template", "default_system_message", "val_set_size"):
+    if config.get("chat_template") == "jinja" or any(isinstance(d, dict) and d.get("chat_template") == "jinja"
+                                                     for d in config.get("datasets") or []):
+        model["chat_template"] = config.get("chat_template_jinja")  # the text, or a file holding it
+    for key in ("chat_template", "chat_template_jinja", "default_system_message", "val_set_size"):
         left.pop(key, None)  # read with the datasets
     train: dict[str, Any] = {}
     lora: dict[str, Any] = {}
@@ -252,11 +255,13 @@ def _literal(text: str) -> str:
 
 def _conversations(where: str, config: dict, d: dict) -> dict:
     """`type: chat_template`: data.messages, written with the tokenizer's own chat template."""
-    named = config.get("chat_template") or d.get("chat_template")
-    if named not in (None, "tokenizer_default"):
+    named = d.get("chat_template") or config.get("chat_template")
+    if named == "jinja" and not config.get("chat_template_jinja"):
+        raise UserError(f"{where}: chat_template: jinja: chat_template_jinja (the template) is not set")
+    if named not in (None, "tokenizer_default", "jinja"):
         raise UserError(f"{where}: chat_template: {named!r}: tunelab writes conversations with the tokenizer's own "
-                        "chat template (Axolotl's tokenizer_default); a model whose tokenizer has another, or none, "
-                        "is not converted")
+                        "chat template (Axolotl's tokenizer_default) or the recipe's (model.chat_template: Axolotl's "
+                        "jinja with chat_template_jinja); Axolotl's named templates are not converted")
     roles = d.get("roles_to_train")
     if roles not in (None, ["assistant"]):
         raise UserError(f"{where}.roles_to_train: {roles!r}: tunelab trains the assistant turns only")

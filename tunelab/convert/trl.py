@@ -9,6 +9,7 @@ Run as: tunelab convert sft_config.yaml -o recipe.yaml
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tunelab.convert import leftovers, name, training_arguments
@@ -35,19 +36,23 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
 
     Raises:
         UserError: use_peft off (full fine-tuning), a dataset whose rows TRL reads as a format tunelab does not
-            write the same way, whole-run settings tunelab has no equal for (another chat template, streaming) —
-            naming the key.
+            write the same way, whole-run settings tunelab has no equal for (another tokenizer's chat template,
+            streaming) — naming the key.
     """
     left, notes = dict(config), []
     if not left.pop("use_peft", False):
         raise UserError(f"{path}: use_peft: not set: tunelab trains LoRA adapters (use_peft: true); without it TRL "
                         "fine-tunes every weight")
-    for key in ("chat_template_path", "dataset_streaming", "streaming"):
+    for key in ("dataset_streaming", "streaming"):
         if left.get(key) not in (None, -1, False, [], ""):
             raise UserError(f"{path}: {key}: {left[key]!r}: not converted (tunelab reads its sources' train "
-                            "splits whole and writes its tokenizer's own chat template)")
+                            "splits whole)")
         left.pop(key, None)
-    model = {"name": left.pop("model_name_or_path")}
+    template = left.pop("chat_template_path", None)
+    if template and not Path(template).expanduser().is_file():
+        raise UserError(f"{path}: chat_template_path: {template!r}: not converted: tunelab takes a Jinja template "
+                        "file (model.chat_template), not another tokenizer's")
+    model = {"name": left.pop("model_name_or_path"), **({"chat_template": template} if template else {})}
     for key, to in (("model_revision", "revision"), ("trust_remote_code", "trust_remote_code"),
                     ("attn_implementation", "attn_implementation"), ("load_in_4bit", "load_in_4bit")):
         if left.get(key) not in (None, "main", False):

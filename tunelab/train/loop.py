@@ -472,13 +472,15 @@ def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: flo
 
 
 def _save_adapter(loop: Loop, path: Path, weights: dict | None = None) -> None:
-    """The adapter as it is now (or with `weights`, trainable_state's), in PEFT format, written whole (never
-    half-written). Without `weights` every rank calls this: under FSDP they are gathered from the shards; the main
-    process writes."""
+    """The adapter as it is now (or with `weights`, trainable_state's), in PEFT format (with the tokenizer, under
+    model.chat_template), written whole (never half-written). Without `weights` every rank calls this: under FSDP
+    they are gathered from the shards; the main process writes."""
     weights = {k.removeprefix("lm."): v for k, v in (weights or checkpoint.trainable_state(loop.net)).items()}
     if loop.d.main:
         with atomic_folder(path) as tmp:
             loop.model.save_pretrained(str(tmp), state_dict=weights)
+            if loop.cfg.model.chat_template:  # the recipe's own chat template travels with the adapter
+                load_tokenizer(loop.cfg.model).save_pretrained(str(tmp))
             if base := hub_id(loop.cfg.model):  # not the local cache path PEFT recorded: loadable anywhere
                 card.set_base_model(tmp, base)
 
