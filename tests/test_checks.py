@@ -297,13 +297,18 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     items, _ = tokenize_with(cfg, load_splits(cfg.data).train, tok)
     found = untrained_tokens(cfg, tok, items)
     assert found["untrained_rows"] == {"input": 3, "output": 3}
-    assert found["input"] == [{"id": start, "token": "<|im_start|>", "rows": len(items)},
-                              {"id": end, "token": "<|im_end|>", "rows": len(items)}]
-    assert found["output"] == [{"id": end, "token": "<|im_end|>", "rows": len(items)}]  # the reply's end has loss
+    assert found["input"] == [{"id": start, "token": "<|im_start|>", "rows": len(items), "trained": False},
+                              {"id": end, "token": "<|im_end|>", "rows": len(items), "trained": False}]
+    assert found["output"] == [{"id": end, "token": "<|im_end|>", "rows": len(items), "trained": False}]  # has loss
     recipe = tmp_path / "chat.yaml"
-    for saved, said in (([], ", which LoRA leaves as they are: set lora.modules_to_save: [embed_tokens, lm_head]"),
-                        (["lm_head"], "; lora.modules_to_save trains them whole")):
-        recipe.write_text(yaml.safe_dump({**raw, "lora": {**raw["lora"], "modules_to_save": saved}}))
+    for lora, said in (({}, ", which LoRA leaves as they are: set lora.trainable_tokens: [<|im_start|>, <|im_end|>] "
+                            "to train those rows (or lora.modules_to_save: [embed_tokens, lm_head], the whole "
+                            "matrices)"),
+                       ({"trainable_tokens": ["<|im_start|>"]}, ", which LoRA leaves as they are: set "
+                                                                "lora.trainable_tokens: [<|im_end|>]"),
+                       ({"modules_to_save": ["lm_head"]}, "; lora.modules_to_save or lora.trainable_tokens trains them"),
+                       ({"trainable_tokens": [end, "<|im_start|>"]}, "; lora.modules_to_save or lora.trainable_tokens")):
+        recipe.write_text(yaml.safe_dump({**raw, "lora": {**raw["lora"], **lora}}))
         capsys.readouterr()
         assert main(["check", str(recipe)]) == 0
         out = " ".join(capsys.readouterr().out.split())
@@ -315,7 +320,7 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     run = RunDir(tmp_path / "run")
     with caplog.at_level("WARNING", logger="tunelab"):  # the train stage says it before the first step
         train(validate({**raw, "train": {**raw["train"], "epochs": 1}}, "chat"), run)
-    assert any("which LoRA leaves as they are: set lora.modules_to_save" in r.getMessage() for r in caplog.records)
+    assert any("which LoRA leaves as they are: set lora.trainable_tokens" in r.getMessage() for r in caplog.records)
     from tunelab.data import checks
     from tunelab.report import write_report
     result, totals = checks.run_checks(cfg, load_splits(cfg.data), tok)  # as the analysis stage writes them

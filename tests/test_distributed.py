@@ -59,13 +59,16 @@ def run_ok(cmd: list[str], env: dict) -> None:
 @pytest.mark.parametrize("kind,lora", [pytest.param(k, {}, id=k) for k in LAUNCHERS]
                          + [pytest.param("accelerate-fsdp", {"use_dora": True}, id="accelerate-fsdp-dora"),
                             pytest.param("accelerate-fsdp", {"modules_to_save": ["lm_head"], "lr": 3e-3},
-                                         id="accelerate-fsdp-whole")])
+                                         id="accelerate-fsdp-whole"),
+                            pytest.param("accelerate-fsdp", {"trainable_tokens": ["<|im_end|>", 5]},
+                                         id="accelerate-fsdp-tokens")])
 def test_two_processes_match_one_process_with_the_same_global_batch(kind, lora, tiny_recipe, tmp_path):
     """accelerate on a CPU-only machine needs --multi_gpu to start 2 processes (it says GPU, means DDP). DoRA's
-    magnitude vectors, and the tied embeddings trained whole (lora.modules_to_save), are sharded and gathered like
-    the LoRA weights (the embeddings at a tenth of the lr: at 3e-2, 55 of their 1.5 M weights ended up to 0.04 apart
-    under FSDP, not under DDP, while every loss agreed to 1e-4: Adam at that rate amplifies rounding; at 3e-3 every
-    weight agrees to 1e-4, which a lost or doubled gradient of either use of the tied weight would not)."""
+    magnitude vectors, the tied embeddings trained whole (lora.modules_to_save) and the embedding rows of
+    lora.trainable_tokens are sharded and gathered like the LoRA weights (the whole embeddings at a tenth of the lr: at
+    3e-2, 55 of their 1.5 M weights ended up to 0.04 apart under FSDP, not under DDP, while every loss agreed to
+    1e-4: Adam at that rate amplifies rounding; at 3e-3 every weight agrees to 1e-4, which a lost or doubled
+    gradient of either use of the tied weight would not)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "tunelab.cli", "-q", "train", str(_recipe(tiny_recipe, tmp_path, "one", 2, lora)),

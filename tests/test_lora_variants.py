@@ -239,3 +239,40 @@ def test_embedding_lr_trains_the_modules_saved_whole_at_their_own_rate(tiny_reci
     assert max(float(v.abs().max()) for k, v in weights.items() if "lora_B" in k) > 1e-3  # the adapters learnt
     with pytest.raises(UserError, match="train.embedding_lr: the rate of the weights lora.modules_to_save trains"):
         validate({**tiny_recipe, "train": {**tiny_recipe["train"], "embedding_lr": 1e-5}}, "bad")
+
+
+@pytest.mark.slow
+def test_trainable_tokens_train_those_embedding_rows_alone_resume_exactly_and_merge_for_eval(tiny_recipe, tiny_model,
+                                                                                              tmp_path, capsys):
+    """lora.trainable_tokens (PEFT's trainable_token_indices): the embedding rows of the named tokens (a token as
+    written, or an id) train beside the adapters and no other row does; a resume reaches the same adapter, the merge
+    keeps the tie, vLLM is handed the merge, the estimate counts the rows once, and a string that is not one token
+    of the tokenizer is refused naming the key."""
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.cli import main
+    from tunelab.models import adapted_counts, load_tokenizer
+    cfg0 = validate(_recipe(tiny_recipe), "plain")
+    tok = load_tokenizer(cfg0.model)
+    eos, word = tok.eos_token, tok("Instruction", add_special_tokens=False)["input_ids"][0]  # both in every row
+    cfg = validate(_recipe(tiny_recipe, epochs=2, trainable_tokens=[eos, word]), "rows")
+    straight = RunDir(tmp_path / "straight")
+    train(cfg, straight)
+    _resume_reaches_the_same_adapter(cfg, straight, tmp_path)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).get_input_embeddings().weight.detach()
+    merged = _merged_as_peft_runs_it(tiny_model, straight)
+    assert merged.lm_head.weight is merged.get_input_embeddings().weight  # still tied
+    moved = (merged.get_input_embeddings().weight.detach() - base).abs().amax(dim=1) > 1e-4
+    assert sorted(moved.nonzero().flatten().tolist()) == sorted([tok.convert_tokens_to_ids(eos), word])
+    _served_merged(straight)
+    counts = adapted_counts(cfg.model, cfg.lora)["trainable"] - adapted_counts(cfg0.model, cfg0.lora)["trainable"]
+    assert counts == 2 * base.shape[1]  # two rows, tied: one copy
+
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_recipe(tiny_recipe, trainable_tokens=["Instruction:"])))
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "bad.yaml")]) == 2
+    pieces = tok.tokenize("Instruction:")
+    assert (f"lora.trainable_tokens: Instruction:: not one token of the tokenizer (it writes it as {len(pieces)}: "
+            f"{', '.join(pieces)})") in capsys.readouterr().err

@@ -614,7 +614,8 @@ def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_do
     from tunelab import card
     assert "Epoch 0 is the adapter continued before the first step" in card.render(second)
     for change, named in (({"r": 4}, "lora.r"), ({"target_modules": ["q_proj", "v_proj"]}, "lora.target_modules"),
-                          ({"modules_to_save": ["lm_head"]}, r"trained no module whole, the recipe's lora.modules_to_save")):
+                          ({"modules_to_save": ["lm_head"]}, r"trained no module whole, the recipe's lora.modules_to_save"),
+                          ({"trainable_tokens": [7]}, r"tokens none, the recipe's lora.trainable_tokens give \[7\]")):
         bad = {**raw, "lora": {**raw["lora"], **change}}
         with pytest.raises(UserError, match=named):
             train(validate(bad, "bad"), RunDir(tmp_path / "bad"))

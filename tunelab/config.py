@@ -190,6 +190,12 @@ class LoraConfig(Section):
                                        "(PEFT's ensure_weight_tying). Costs a copy of each in memory and 16 bytes "
                                        "per weight of optimizer state (the estimate counts them); vLLM serves such "
                                        "an adapter only merged; [] = the adapters alone")
+    trainable_tokens: list[str | int] = Field([], description="tokens whose input and output embedding rows train "
+                                              "beside the adapters, each a token as the tokenizer writes it "
+                                              "(<|im_start|>) or its id (PEFT's trainable_token_indices): a few rows "
+                                              "instead of whole matrices (lora.modules_to_save), for a chat "
+                                              "template's tokens the base model never trained (tunelab check finds "
+                                              "them); vLLM serves such an adapter only merged; [] = none")
     continue_from: str | None = Field(None, description="an earlier LoRA adapter this run keeps training instead of "
                                       "starting new ones (Axolotl's lora_model_dir, LLaMA-Factory's "
                                       "adapter_name_or_path): a PEFT adapter folder, a tunelab run directory (its "

@@ -43,12 +43,12 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
     cfg = run.read_recipe()
     task = "gsm8k" if "gsm8k" in (cfg.eval.source or cfg.data.source).lower() else None  # lm-eval: no other task
     served, export = None, []
-    if cfg.lora.use_dora or cfg.lora.modules_to_save:  # vLLM loads plain LoRA adapters only, not DoRA ones
-        # (vllm-project/vllm#10849) nor ones with modules trained whole ("vLLM only supports modules_to_save being
-        # None"): it serves the merge
+    if cfg.lora.use_dora or cfg.lora.modules_to_save or cfg.lora.trainable_tokens:  # vLLM loads plain LoRA
+        # adapters only, not DoRA ones (vllm-project/vllm#10849) nor ones with modules trained whole ("vLLM only
+        # supports modules_to_save being None") or embedding rows: it serves the merge
         which = f"-epoch-{epoch}" if isinstance(epoch, int) else f"-{epoch}" if epoch else ""  # -best-loss
         served = Path(merged or f"{run.path}-merged{which}").resolve()
-        kind = "a DoRA adapter" if cfg.lora.use_dora else "an adapter with modules trained whole"
+        kind = "a DoRA adapter" if cfg.lora.use_dora else "an adapter with embedding weights of its own"
         export = [] if merged else [(f"write the merged model (vLLM serves {kind} only merged)",
                                      f"tunelab export {shlex.quote(str(run.path))} {shlex.quote(str(served))}"
                                      + (f" --epoch {epoch}" if epoch else ""))]

@@ -168,8 +168,9 @@ def _four_bit(device: torch.device):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
-    """Wrap `model` with PEFT LoRA adapters; only the adapter weights (and lora.modules_to_save's) train."""
+def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=None):
+    """Wrap `model` with PEFT LoRA adapters; only the adapter weights (and lora.modules_to_save's, and the embedding
+    rows of lora.trainable_tokens: `tok` reads them) train."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
     if getattr(model, "is_loaded_in_4bit", False):
@@ -179,15 +180,41 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
         model.enable_input_require_grads()
     whole, into, out = saved_modules(model, cfg), model.get_input_embeddings(), model.get_output_embeddings()
     tied = into.weight is getattr(out, "weight", None)
+    rows = token_rows(model, cfg, tok) if cfg.trainable_tokens else None
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
                               target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
                               modules_to_save=list(cfg.modules_to_save) or None,  # a copy: PEFT edits it
-                              # tied input and output embeddings, one of them trained whole: one trained copy of both
-                              ensure_weight_tying=tied and any(m is into or m is out for m in whole))
+                              trainable_token_indices=rows,
+                              # tied input and output embeddings, one of them trained: one trained copy of both
+                              ensure_weight_tying=tied and (bool(rows) or any(m is into or m is out for m in whole)))
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
         raise UserError(f"lora.target_modules: {err}") from None
+
+
+def token_rows(model, cfg: LoraConfig, tok) -> list[int] | dict[str, list[int]]:
+    """lora.trainable_tokens as PEFT's trainable_token_indices: the ids, for the input embedding and (when not tied
+    to it) the output embedding too, by their module names.
+
+    Raises:
+        UserError: a token the tokenizer does not hold as one token, or an id outside the vocabulary.
+    """
+    into, out = model.get_input_embeddings(), model.get_output_embeddings()
+    ids = []
+    for token in cfg.trainable_tokens:
+        i = token if isinstance(token, int) else tok.convert_tokens_to_ids(token)
+        if isinstance(token, str) and (i is None or i == tok.unk_token_id or tok.convert_ids_to_tokens(i) != token):
+            pieces = tok.tokenize(token)
+            raise UserError(f"lora.trainable_tokens: {token}: not one token of the tokenizer (it writes it as "
+                            f"{len(pieces)}: {', '.join(pieces)})")
+        if not 0 <= i < into.weight.shape[0]:
+            raise UserError(f"lora.trainable_tokens: {token}: not an id of the vocabulary (0..{into.weight.shape[0] - 1})")
+        ids.append(i)
+    if out is None or out.weight is into.weight:
+        return ids
+    names = {id(m): name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
+    return {names[id(into)]: ids, names[id(out)]: ids}
 
 
 def saved_modules(model, cfg: LoraConfig) -> list:
@@ -278,10 +305,18 @@ def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
             ours, theirs = (f"{v:g}" if isinstance(v, float) else v for v in (getattr(lora, key), theirs))
             raise UserError(f"{where}: trained with {key} {theirs}, the recipe has lora.{key} {ours}; "
                             f"set lora.{key}={theirs} to continue it")
+    tok = _tokens_of(model, lora)
     with torch.device("meta"):
-        expected = set(get_peft_model_state_dict(add_lora(meta_model(model), lora)))
+        rows = token_rows(meta_model(model), lora, tok) if lora.trainable_tokens else None
+        expected = set(get_peft_model_state_dict(add_lora(meta_model(model), lora, tok=tok)))
+    if row_ids(saved.trainable_token_indices) != row_ids(rows):
+        theirs = row_ids(saved.trainable_token_indices)
+        raise UserError(f"{where}: trained the embedding rows of tokens {theirs or 'none'}, the recipe's "
+                        f"lora.trainable_tokens give {row_ids(rows) or 'none'}; set lora.trainable_tokens={theirs} to "
+                        "continue it")
     found = set(_weight_names(folder))
-    whole = [sorted(k.removeprefix("base_model.model.").removesuffix(".weight") for k in keys if ".lora_" not in k)
+    whole = [sorted(k.removeprefix("base_model.model.").removesuffix(".weight") for k in keys
+                    if ".lora_" not in k and ".token_adapter." not in k)
              for keys in (found, expected)]  # the modules trained whole (PEFT saves them under their own names)
     if whole[0] != whole[1]:
         theirs = f"[{', '.join(sorted(saved.modules_to_save or []))}]"
@@ -294,6 +329,11 @@ def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
             adapted = sorted({m.rsplit(".", 1)[-1] for m in saved.target_modules or []})  # module names, unnumbered
             raise UserError(f"{where}: {side} ({len(names)}, first {min(names)}); set lora.target_modules to the "
                             f"adapter's: [{', '.join(adapted)}]")
+
+
+def row_ids(rows) -> list[int]:
+    """The token ids of a trainable_token_indices (a list, or lists by module name), sorted."""
+    return sorted({i for ids in (rows.values() if isinstance(rows, dict) else [rows or []]) for i in ids})
 
 
 def _weight_names(folder: Path) -> list[str]:
@@ -352,6 +392,11 @@ def embedding_norms(cfg: ModelConfig) -> dict | None:
     return found if found.get("input") is not None else None
 
 
+def _tokens_of(cfg: ModelConfig, lora: LoraConfig):
+    """The tokenizer lora.trainable_tokens are read with; None when the recipe names none."""
+    return load_tokenizer(cfg) if lora.trainable_tokens else None
+
+
 def adapted_counts(cfg: ModelConfig, lora: LoraConfig) -> dict:
     """From the model's config alone (meta device, PEFT's adapters added there too): `params` (every weight),
     `quantised` (those of the linear layers bitsandbytes' 4-bit loading packs: all but the output embedding),
@@ -362,7 +407,7 @@ def adapted_counts(cfg: ModelConfig, lora: LoraConfig) -> dict:
     params = sum(p.numel() for p in model.parameters())
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     with torch.device("meta"):
-        peft = add_lora(model, lora)
+        peft = add_lora(model, lora, tok=_tokens_of(cfg, lora))
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     return {"params": params, "quantised": quantised, "trainable": trainable, "layers": text.num_hidden_layers,
             "hidden": text.hidden_size}

@@ -179,10 +179,10 @@ UNTRAINED_RULE = ("an embedding row is untrained when its L2 norm is at most a m
 
 def untrained_tokens(cfg, tok, items: list) -> dict:
     """The tokens the training rows use whose embedding rows the base model never trained (`UNTRAINED_RULE`), each
-    with the number of rows using it, and whether lora.modules_to_save trains those embeddings whole: LoRA leaves
-    them as they are, so a model cannot learn to read (input) or emit (output) such a token. {"skipped": why}
+    with the number of rows using it and whether the recipe trains its row (lora.modules_to_save trains the whole
+    matrix, lora.trainable_tokens its rows): LoRA leaves them as they are, so a model cannot learn to read (input) or emit (output) such a token. {"skipped": why}
     without the weights on this machine."""
-    from tunelab.models import embedding_norms, meta_model, saved_modules
+    from tunelab.models import embedding_norms, meta_model, row_ids, saved_modules, token_rows
     from tunelab.train.batching import IGNORE
     norms = embedding_norms(cfg.model)
     if norms is None:
@@ -204,10 +204,11 @@ def untrained_tokens(cfg, tok, items: list) -> dict:
     tied = norms["output"] is None
     trained = {"input": any(m is into or (tied and m is out) for m in whole),
                "output": any(m is out or (tied and m is into) for m in whole)}
+    rows = set(row_ids(token_rows(model, cfg.lora, tok))) if cfg.lora.trainable_tokens else set()
     return {"rule": UNTRAINED_RULE, "untrained_rows": {k: len(v) for k, v in dead.items()},
-            **{side: [{"id": i, "token": tok.convert_ids_to_tokens(i), "rows": n}
-                      for i, n in sorted(used[side].items(), key=lambda kv: (-kv[1], kv[0]))] for side in used},
-            "trained_whole": trained}
+            **{side: [{"id": i, "token": tok.convert_ids_to_tokens(i), "rows": n,
+                       "trained": trained[side] or i in rows}  # by lora.modules_to_save or lora.trainable_tokens
+                      for i, n in sorted(used[side].items(), key=lambda kv: (-kv[1], kv[0]))] for side in used}}
 
 
 def untrained_line(found: dict) -> str | None:
@@ -221,13 +222,15 @@ def untrained_line(found: dict) -> str | None:
     said = (f"{len(tokens)} tokens of the training rows ({shown}; the commonest in {rows} rows) have untrained "
             f"{' and '.join(sides)} embedding rows in the base model")
     if not left_untrained(found):
-        return f"{said}; lora.modules_to_save trains them whole"
-    return f"{said}, which LoRA leaves as they are: set lora.modules_to_save: [embed_tokens, lm_head] to train them"
+        return f"{said}; lora.modules_to_save or lora.trainable_tokens trains them"
+    left = [t["token"] for side in sides for t in found[side] if not t["trained"]]
+    return (f"{said}, which LoRA leaves as they are: set lora.trainable_tokens: [{', '.join(dict.fromkeys(left))}] "
+            "to train those rows (or lora.modules_to_save: [embed_tokens, lm_head], the whole matrices)")
 
 
 def left_untrained(found: dict) -> bool:
     """The training rows use a token whose untrained embedding row (`untrained_tokens`) nothing will train."""
-    return any(found.get(side) and not found["trained_whole"][side] for side in ("input", "output"))
+    return any(not t["trained"] for side in ("input", "output") for t in found.get(side) or [])
 
 
 def untrained_cell(found: dict) -> str:
@@ -236,8 +239,8 @@ def untrained_cell(found: dict) -> str:
         return f"not checked: {found['skipped']}"
     return (f"{len(found['input'])} input / {len(found['output'])} output tokens of "
             f"{found['untrained_rows']['input']} / {found['untrained_rows']['output']} untrained rows"
-            + (" (trained whole by lora.modules_to_save)" if (found["input"] or found["output"]) and
-               not left_untrained(found) else ""))
+            + (" (trained: lora.modules_to_save or lora.trainable_tokens)" if (found["input"] or found["output"])
+               and not left_untrained(found) else ""))
 
 
 def first_of_each_source(cfg, rows: list[Example], n: int) -> list[Example]:

@@ -162,7 +162,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     continued = None if start_from else continued_adapter(cfg.model, cfg.lora)  # a checkpoint holds the weights
 
     torch.manual_seed(cfg.train.seed)
-    model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing)
+    model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing, tok)
     if d.main and not resume and left_untrained(found := untrained_tokens(cfg, tok, train_items)):
         log.warning("%s", untrained_line(found))  # before the first step: tokens LoRA cannot teach the model
     if continued:
