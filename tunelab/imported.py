@@ -134,7 +134,7 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
         UserError: the adapter is not LoRA, or was trained on another model than the recipe's (naming the file,
             and the tensor and layer that do not fit).
     """
-    from tunelab.models import continued_adapter, meta_model
+    from tunelab.models import continued_adapter, meta_model, row_ids
     ac, where = source.adapter_config, source.name
     if ac.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{where}: a {ac['peft_type']} adapter; tunelab imports LoRA adapters (LoRA, rsLoRA, DoRA)")
@@ -147,7 +147,8 @@ def prepare(cfg: Recipe, source: Source) -> Recipe:
                        dropout=ac.get("lora_dropout", cfg.lora.dropout),
                        target_modules=_targets(ac.get("target_modules") or cfg.lora.target_modules, linears),
                        use_rslora=bool(ac.get("use_rslora")), use_dora=bool(ac.get("use_dora")),
-                       modules_to_save=sorted(ac.get("modules_to_save") or []))
+                       modules_to_save=sorted(ac.get("modules_to_save") or []),
+                       trainable_tokens=row_ids(ac.get("trainable_token_indices")))
     raw["train"]["epochs"] = source.epochs
     raw["train"]["early_stopping_patience"] = None
     prepared = validate(raw, f"{cfg.name} (imported from {where})")
