@@ -200,7 +200,8 @@ def test_a_hub_repo_is_imported_and_its_trainers_runtime_priced(trl_output, tmp_
 def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny_recipe, tmp_path, method):
     """A run's own adapter/ folder (PEFT format, no trainer_state.json: epochs from the recipe) imported: its
     validation loss and token accuracy equal those the training loop measured after the last epoch (with the LM
-    head trained whole too, method "whole": lora.modules_to_save; with embedding rows, "rows": lora.trainable_tokens)."""
+    head trained whole too, method "whole": lora.modules_to_save; with embedding rows, "rows":
+    lora.trainable_tokens)."""
     from tunelab import imported
     from tunelab.models import adapted_counts
     from tunelab.train import train
@@ -215,7 +216,8 @@ def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.use_dora) == (8, 16, method == "dora")
     trained = validate(raw, "tiny")  # the recipe it came from trains the same weights (PEFT names them its way)
     assert adapted_counts(cfg.model, cfg.lora) == adapted_counts(trained.model, trained.lora)
-    assert bool(cfg.lora.modules_to_save) == (method == "whole") and bool(cfg.lora.trainable_tokens) == (method == "rows")
+    assert bool(cfg.lora.modules_to_save) == (method == "whole")
+    assert bool(cfg.lora.trainable_tokens) == (method == "rows")
     run = RunDir(tmp_path / "imported")
     imported.import_run(cfg, run, source)
     ours, theirs = run.read_epochs(), native.read_epochs()
