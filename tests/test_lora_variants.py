@@ -205,8 +205,8 @@ def test_modules_to_save_must_name_a_module_no_adapter_takes_and_the_estimate_co
 
 
 def test_embedding_lr_trains_the_modules_saved_whole_at_their_own_rate(tiny_recipe, tiny_model, tmp_path):
-    """train.embedding_lr: lora.modules_to_save's weights form an optimizer group of their own at that rate, on the
-    schedule the adapters follow (with LoRA+ too); at 1e-9 the tied embeddings stay where the base model had them
+    """train.embedding_lr: lora.modules_to_save's weights (or lora.trainable_tokens' rows) form an optimizer group of
+    their own at that rate, on the schedule the adapters follow (with LoRA+ too); at 1e-9 the tied embeddings stay where the base model had them
     while the adapters learn, and without lora.modules_to_save the key is refused."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -215,14 +215,15 @@ def test_embedding_lr_trains_the_modules_saved_whole_at_their_own_rate(tiny_reci
     from tunelab.models import add_lora, load_model
     from tunelab.train.forward import SupervisedLM
     from tunelab.train.loop import _optimizer
-    for loraplus in (None, 4.0):
-        raw = _recipe(tiny_recipe, modules_to_save=["lm_head"])
+    for loraplus, lora in ((None, {"modules_to_save": ["lm_head"]}), (4.0, {"modules_to_save": ["lm_head"]}),
+                           (None, {"trainable_tokens": [5, 7]})):
+        raw = _recipe(tiny_recipe, **lora)
         cfg = validate({**raw, "train": {**raw["train"], "embedding_lr": 5e-5, "loraplus_lr_ratio": loraplus}}, "e")
         model = add_lora(load_model(cfg.model, torch.device("cpu")), cfg.lora)
         optimizer, scheduler = _optimizer(model, SupervisedLM(model, False), cfg, 10)
         rates = {name: group["lr"] for group in optimizer.param_groups for p in group["params"]
                  for name, q in model.named_parameters() if q is p}
-        whole = [n for n in rates if ".modules_to_save." in n]
+        whole = [n for n in rates if ".modules_to_save." in n or ".token_adapter." in n]
         assert len(whole) == 1 and rates[whole[0]] == pytest.approx(5e-5 * scheduler.lr_lambdas[0](0))
         others = {r for n, r in rates.items() if n not in whole}
         assert others == ({cfg.train.lr * scheduler.lr_lambdas[0](0)} if loraplus is None else
@@ -237,7 +238,7 @@ def test_embedding_lr_trains_the_modules_saved_whole_at_their_own_rate(tiny_reci
     torch.testing.assert_close(weights["base_model.model.lm_head.weight"], base.lm_head.weight.detach(), atol=1e-6,
                                rtol=0)
     assert max(float(v.abs().max()) for k, v in weights.items() if "lora_B" in k) > 1e-3  # the adapters learnt
-    with pytest.raises(UserError, match="train.embedding_lr: the rate of the weights lora.modules_to_save trains"):
+    with pytest.raises(UserError, match="train.embedding_lr: the rate of the embedding weights lora.modules_to_save"):
         validate({**tiny_recipe, "train": {**tiny_recipe["train"], "embedding_lr": 1e-5}}, "bad")
 
 

@@ -331,10 +331,10 @@ def _categories(evaluation: dict) -> list[str]:
 def whole_text(cfg) -> str:
     """A recipe's lora.modules_to_save (and train.embedding_lr) and lora.trainable_tokens in words, to follow the
     targets: "" without any."""
-    rate = f" at lr {cfg.train.embedding_lr:g}" if cfg.train.embedding_lr is not None else ""
-    whole = f" and {', '.join(cfg.lora.modules_to_save)} trained whole{rate}" if cfg.lora.modules_to_save else ""
-    return whole + (f" and the embedding rows of {', '.join(map(str, cfg.lora.trainable_tokens))}"
-                    if cfg.lora.trainable_tokens else "")
+    whole = f" and {', '.join(cfg.lora.modules_to_save)} trained whole" if cfg.lora.modules_to_save else ""
+    rows = (f" and the embedding rows of {', '.join(map(str, cfg.lora.trainable_tokens))}"
+            if cfg.lora.trainable_tokens else "")
+    return whole + rows + (f" (at lr {cfg.train.embedding_lr:g})" if cfg.train.embedding_lr is not None else "")
 
 
 def targets_text(modules) -> str:

@@ -225,8 +225,9 @@ class TrainConfig(Section):
                                             "DoRA's magnitudes) learn at train.lr x this, the A matrices at train.lr; "
                                             "the paper suggests 16; None = one learning rate")
     embedding_lr: float | None = Field(None, gt=0, description="the peak learning rate of the weights "
-                                       "lora.modules_to_save trains whole (Axolotl's embedding_lr, Unsloth's "
-                                       "embedding_learning_rate), on the adapters' schedule; None = train.lr")
+                                       "lora.modules_to_save trains whole and of lora.trainable_tokens' rows "
+                                       "(Axolotl's embedding_lr, Unsloth's embedding_learning_rate), on the "
+                                       "adapters' schedule; None = train.lr")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup, to the nearest "
                                 "step (transformers rounds up)")
     warmup_steps: int | None = Field(None, ge=0, description="optimizer steps of linear warmup, in place of "
@@ -675,9 +676,10 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")
-    if recipe is not None and recipe.train.embedding_lr is not None and not recipe.lora.modules_to_save:
-        problems.append("train.embedding_lr: the rate of the weights lora.modules_to_save trains whole, and "
-                        "lora.modules_to_save names none")
+    if recipe is not None and recipe.train.embedding_lr is not None and not (recipe.lora.modules_to_save or
+                                                                             recipe.lora.trainable_tokens):
+        problems.append("train.embedding_lr: the rate of the embedding weights lora.modules_to_save and "
+                        "lora.trainable_tokens train, and they name none")
     if recipe is not None and recipe.eval.label_field and not recipe.eval.source:
         problems.append("eval.label_field: needs eval.source (data.source's own rows take their category from "
                         "data.label_field)")

@@ -39,7 +39,7 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
             epoch: int | str | None = None) -> list[tuple[str, str]]:
     """`commands` filled in from a run directory (its recipe and final adapter, or `RunDir.kept_adapter(epoch)`:
     epoch N's or "best-loss"); `merged`: where a merged export of the run already is (DoRA runs, and runs training
-    modules whole, are served from one, else the commands first write it next to the run)."""
+    modules whole or embedding rows, are served from one, else the commands first write it next to the run)."""
     cfg = run.read_recipe()
     task = "gsm8k" if "gsm8k" in (cfg.eval.source or cfg.data.source).lower() else None  # lm-eval: no other task
     served, export = None, []

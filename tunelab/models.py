@@ -209,7 +209,8 @@ def token_rows(model, cfg: LoraConfig, tok) -> list[int] | dict[str, list[int]]:
             raise UserError(f"lora.trainable_tokens: {token}: not one token of the tokenizer (it writes it as "
                             f"{len(pieces)}: {', '.join(pieces)})")
         if not 0 <= i < into.weight.shape[0]:
-            raise UserError(f"lora.trainable_tokens: {token}: not an id of the vocabulary (0..{into.weight.shape[0] - 1})")
+            raise UserError(f"lora.trainable_tokens: {token}: not an id of the vocabulary "
+                            f"(0..{into.weight.shape[0] - 1})")
         ids.append(i)
     if out is None or out.weight is into.weight:
         return ids
@@ -286,8 +287,8 @@ def continued_adapter(model: ModelConfig, lora: LoraConfig) -> Path | None:
 
 
 def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
-    """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA, DoRA and the modules saved whole
-    as in `lora`, and its weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta
+    """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA, DoRA, the modules saved whole
+    and the token rows trained as in `lora`, and its weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta
     device, nothing read but the config and the weight file's header).
 
     Raises:

@@ -180,8 +180,8 @@ UNTRAINED_RULE = ("an embedding row is untrained when its L2 norm is at most a m
 def untrained_tokens(cfg, tok, items: list) -> dict:
     """The tokens the training rows use whose embedding rows the base model never trained (`UNTRAINED_RULE`), each
     with the number of rows using it and whether the recipe trains its row (lora.modules_to_save trains the whole
-    matrix, lora.trainable_tokens its rows): LoRA leaves them as they are, so a model cannot learn to read (input) or emit (output) such a token. {"skipped": why}
-    without the weights on this machine."""
+    matrix, lora.trainable_tokens its rows): LoRA leaves them as they are, so a model cannot learn to read (input)
+    or emit (output) such a token. {"skipped": why} without the weights on this machine."""
     from tunelab.models import embedding_norms, meta_model, row_ids, saved_modules, token_rows
     from tunelab.train.batching import IGNORE
     norms = embedding_norms(cfg.model)

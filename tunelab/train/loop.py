@@ -511,7 +511,8 @@ def _estimate(cfg: Recipe, device, train_items, val_items, plan: Weights | None,
 
 def _optimizer(model, net, cfg: Recipe, total_steps: int):
     """AdamW over the adapter weights (with train.loraplus_lr_ratio, PEFT's LoRA+ parameter groups: B at lr x
-    ratio; with train.embedding_lr, lora.modules_to_save's weights at that rate) and the learning-rate schedule;
+    ratio; with train.embedding_lr, lora.modules_to_save's and lora.trainable_tokens' weights at that rate) and the
+    learning-rate schedule;
     `model` is the PEFT model inside `net` (same parameters)."""
     from transformers import get_scheduler
     if cfg.train.loraplus_lr_ratio:
@@ -522,8 +523,10 @@ def _optimizer(model, net, cfg: Recipe, total_steps: int):
     else:
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.train.embedding_lr is not None:  # lora.modules_to_save's weights: a group of their own at this rate
-        whole = [p for n, p in net.named_parameters() if p.requires_grad and ".modules_to_save." in n]
+    if cfg.train.embedding_lr is not None:  # embedding weights (lora.modules_to_save, lora.trainable_tokens): a group
+        # of their own at this rate
+        whole = [p for n, p in net.named_parameters()
+                 if p.requires_grad and (".modules_to_save." in n or ".token_adapter." in n)]
         taken = {id(p) for p in whole}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in taken]
