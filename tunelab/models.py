@@ -185,8 +185,9 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=N
                               target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
                               modules_to_save=list(cfg.modules_to_save) or None,  # a copy: PEFT edits it
                               trainable_token_indices=rows,
-                              # tied input and output embeddings, one of them trained: one trained copy of both
-                              ensure_weight_tying=tied and (bool(rows) or any(m is into or m is out for m in whole)))
+                              # tied input and output embeddings, one trained whole: one trained copy of both (PEFT
+                              # ties trainable token rows by itself)
+                              ensure_weight_tying=tied and any(m is into or m is out for m in whole))
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
