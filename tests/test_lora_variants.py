@@ -277,3 +277,22 @@ def test_trainable_tokens_train_those_embedding_rows_alone_resume_exactly_and_me
     pieces = tok.tokenize("Instruction:")
     assert (f"lora.trainable_tokens: Instruction:: not one token of the tokenizer (it writes it as {len(pieces)}: "
             f"{', '.join(pieces)})") in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_untrained_tokens_benchmark_runs_its_three_ways_on_a_tiny_model():
+    """benchmarks/untrained_tokens.py --tiny: the damaged model is flagged by the check, and each way trains and is
+    measured, so the benchmark cannot rot between its runs on the real model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "untrained_tokens.py"), "--tiny"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("tunelab check: 2 tokens of the training rows (<|im_start|>, <|im_end|>;")
+    results = json.loads(lines[-1])
+    assert list(results) == ["lora alone", "lora.trainable_tokens", "lora.modules_to_save"]
+    assert all(r["n"] == 8 and 0 <= r["never_ended"] <= 1 for r in results.values())
+    assert len({r["final_val_loss"] for r in results.values()}) == 3  # three different trainings
