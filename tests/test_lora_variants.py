@@ -160,9 +160,9 @@ def test_modules_to_save_train_the_tied_embeddings_whole_resume_exactly_and_merg
     md, counts = straight.report_md.read_text(), adapted_counts(cfg.model, cfg.lora)
     plain = adapted_counts(cfg.model, validate(_recipe(tiny_recipe), "plain").lora)["trainable"]
     assert counts["trainable"] == plain + head.numel()  # the adapters and one copy of the tied embeddings
-    assert "targets all linear layers and lm_head trained whole;" in md
-    assert (f"; {counts['trainable'] / 1e6:.2f} M weights trained, {100 * counts['trainable'] / counts['params']:.2g} % "
-            f"of the model's {counts['params'] / 1e6:.2f} M |") in md
+    assert (f"targets all linear layers and lm_head trained whole ({counts['trainable'] / 1e6:.2f} M weights trained, "
+            f"{100 * counts['trainable'] / counts['params']:.2g} % of the model's {counts['params'] / 1e6:.2f} M); "
+            "completion-only loss |") in md
     assert "on all linear layers and lm_head trained whole," in (straight.adapter / "README.md").read_text()
     _served_merged(straight)
 

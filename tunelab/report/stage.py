@@ -197,15 +197,15 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
     cost = run.read_optional(run.cost, {})
     estimate = run.read_optional(run.estimate, {})
     data, lora, train = cfg.data, cfg.lora, cfg.train
+    trained = _trainable(estimate.get("memory"))
     rows = [
         ("Model", cfg.model.name),
         ("Dataset", data.source + (f" ({data.config})" if data.config else "") + _mixed_in(data)),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
-                   f"{card.targets_text(lora.target_modules)}{card.whole_text(cfg)}; "
+                   f"{card.targets_text(lora.target_modules)}{card.whole_text(cfg)}{trained}; "
                    f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
                    + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
-                   + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")
-                   + _trainable(estimate.get("memory"))),
+                   + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
                   f"({data.val_fraction:.0%} held out, seed {data.seed}); " + _test_rows(cfg, summary, evaluation)),
@@ -250,7 +250,7 @@ def _trainable(counts: dict | None) -> str:
     if not counts:
         return ""
     trained, every = counts["trainable"], counts["params"]
-    return f"; {_weights(trained)} weights trained, {100 * trained / every:.2g} % of the model's {_weights(every)}"
+    return f" ({_weights(trained)} weights trained, {100 * trained / every:.2g} % of the model's {_weights(every)})"
 
 
 def _weights(n: int) -> str:
