@@ -315,6 +315,17 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
         assert (f"2 tokens of the training rows (<|im_start|>, <|im_end|>; the commonest in {len(items)} rows) have "
                 f"untrained input and output embedding rows in the base model{said}") in out
     assert embedding_norms(ModelConfig(name="someone/never-downloaded")) is None  # nothing is fetched for the check
+    from tunelab.models import add_lora, load_model, start_untrained_rows
+    for lora, started in (({"trainable_tokens": ["<|im_start|>", 7]}, [start]),
+                          ({"modules_to_save": ["lm_head"]}, sorted([start, end, unused]))):  # every untrained row
+        trains = validate({**raw, "lora": {**raw["lora"], **lora}}, "s")
+        model = add_lora(load_model(trains.model, torch.device("cpu")), trains.lora, tok=tok)
+        assert start_untrained_rows(model) == started  # each from the mean trained row, the rest as they were
+        rows = model.get_input_embeddings()(torch.tensor([[start, 7]]))[0]
+        base = weights["model.embed_tokens.weight"]
+        mean = base[[i for i in range(len(base)) if i not in (start, end, unused)]].mean(0)
+        torch.testing.assert_close(rows[0], mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rows[1], base[7])
     from tunelab.rundir import RunDir
     from tunelab.train import train
     run = RunDir(tmp_path / "run")

@@ -194,6 +194,47 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=N
         raise UserError(f"lora.target_modules: {err}") from None
 
 
+UNTRAINED = 1e-6  # an embedding row is untrained when its norm is at most this share of the median row's: zeros, or
+# the ~1e-23 values Llama 3's base model holds for its chat template's tokens (Unsloth's fix_untrained_tokens)
+
+
+def untrained(weight: torch.Tensor) -> torch.Tensor:
+    """(V,) bool: the rows of an embedding matrix that are untrained by `UNTRAINED`'s rule."""
+    norms = weight.detach().float().norm(dim=1)
+    return norms <= UNTRAINED * norms.median()
+
+
+def start_untrained_rows(model) -> list[int]:
+    """Start each embedding row the recipe trains (lora.trainable_tokens' rows, lora.modules_to_save's copies of the
+    embeddings) that is untrained in the base model (`untrained`) from the mean trained row of its matrix, as
+    Unsloth's fix_untrained_tokens does: a near-zero input row gets a gradient near 1e24 (measured:
+    benchmarks/untrained_tokens.py), and training stops on the infinite gradient norm. Returns the ids started so."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from peft.utils.other import ModulesToSaveWrapper
+    vocab, started = model.get_input_embeddings().weight.shape[0], set()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, TrainableTokensLayer):
+                base = module.get_base_layer().weight
+                dead = untrained(base)
+                mean = base[~dead].float().mean(0)
+                for name, delta in module.trainable_tokens_delta.items():
+                    for j, i in enumerate(module.token_indices[name]):
+                        if dead[i]:
+                            delta[j] = mean.to(delta.dtype)
+                            started.add(int(i))
+            elif isinstance(module, ModulesToSaveWrapper):
+                for copy in module.modules_to_save.values():
+                    weight = getattr(copy, "weight", None)
+                    if weight is None or weight.dim() != 2 or weight.shape[0] != vocab:  # an embedding's copy only
+                        continue
+                    dead = untrained(weight)
+                    if dead.any():
+                        weight[dead] = weight[~dead].float().mean(0).to(weight.dtype)
+                        started.update(dead.nonzero().flatten().tolist())
+    return sorted(started)
+
+
 def token_rows(model, cfg: LoraConfig, tok) -> list[int] | dict[str, list[int]]:
     """lora.trainable_tokens as PEFT's trainable_token_indices: the ids, for the input embedding and (when not tied
     to it) the output embedding too, by their module names.

@@ -170,8 +170,6 @@ def lengths(cfg, splits: Splits, tok, items: list) -> tuple[dict, np.ndarray]:
             "recommendation": _recommend(cfg.train.max_length, cut, int(totals.max()), recommended)}, totals
 
 
-UNTRAINED = 1e-6  # an embedding row is untrained when its norm is at most this share of the median row's: zeros, or
-# the ~1e-23 values Llama 3's base model holds for its chat template's tokens (Unsloth's fix_untrained_tokens)
 UNTRAINED_RULE = ("an embedding row is untrained when its L2 norm is at most a millionth of the median row's; input "
                   "rows for every token of a training row, output rows for the tokens with loss (the model must "
                   "emit them)")
@@ -182,7 +180,7 @@ def untrained_tokens(cfg, tok, items: list) -> dict:
     with the number of rows using it and whether the recipe trains its row (lora.modules_to_save trains the whole
     matrix, lora.trainable_tokens its rows): LoRA leaves them as they are, so a model cannot learn to read (input)
     or emit (output) such a token. {"skipped": why} without the weights on this machine."""
-    from tunelab.models import embedding_norms, meta_model, row_ids, saved_modules, token_rows
+    from tunelab.models import UNTRAINED, embedding_norms, meta_model, row_ids, saved_modules, token_rows
     from tunelab.train.batching import IGNORE
     norms = embedding_norms(cfg.model)
     if norms is None:
@@ -222,7 +220,7 @@ def untrained_line(found: dict) -> str | None:
     said = (f"{len(tokens)} tokens of the training rows ({shown}; the commonest in {rows} rows) have untrained "
             f"{' and '.join(sides)} embedding rows in the base model")
     if not left_untrained(found):
-        return f"{said}; lora.modules_to_save or lora.trainable_tokens trains them"
+        return f"{said}; lora.modules_to_save or lora.trainable_tokens trains them, from the mean trained row"
     left = [t["token"] for side in sides for t in found[side] if not t["trained"]]
     return (f"{said}, which LoRA leaves as they are: set lora.trainable_tokens: [{', '.join(dict.fromkeys(left))}] "
             "to train those rows (or lora.modules_to_save: [embed_tokens, lm_head], the whole matrices)")

@@ -29,7 +29,8 @@ from tunelab.data import Example, Splits, load_splits, scored_rows
 from tunelab.data.checks import left_untrained, untrained_line, untrained_tokens
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
-from tunelab.models import add_lora, continued_adapter, load_model, load_start, load_tokenizer, pick_device
+from tunelab.models import (add_lora, continued_adapter, load_model, load_start, load_tokenizer, pick_device,
+                            start_untrained_rows)
 from tunelab.progress import bar
 from tunelab.rundir import RunDir, atomic_folder, last_improvement, lowest_pass
 from tunelab.train import checkpoint, fast_lora
@@ -168,6 +169,9 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     if continued:
         log.info("continuing the adapter in %s", continued)
         load_start(model, continued)
+    elif not resume and (started := start_untrained_rows(model)):  # a resume's checkpoint holds the rows
+        log.info("embedding rows of %s start from the mean trained row: untrained in the base model",
+                 ", ".join(tok.convert_ids_to_tokens(started)))
     fast_lora.install(model)
     if cfg.train.neftune_alpha:  # transformers' NEFTune hook: noisy input embeddings in training mode only
         from transformers.integrations.neftune import activate_neftune
