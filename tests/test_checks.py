@@ -316,11 +316,13 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
                 f"untrained input and output embedding rows in the base model{said}") in out
     assert embedding_norms(ModelConfig(name="someone/never-downloaded")) is None  # nothing is fetched for the check
     from tunelab.models import add_lora, load_model, start_untrained_rows
+    used = {i for item in items for i in item.input_ids}
+    assert unused not in used
     for lora, started in (({"trainable_tokens": ["<|im_start|>", 7]}, [start]),
-                          ({"modules_to_save": ["lm_head"]}, sorted([start, end, unused]))):  # every untrained row
+                          ({"modules_to_save": ["lm_head"]}, sorted([start, end]))):  # the untrained rows in use
         trains = validate({**raw, "lora": {**raw["lora"], **lora}}, "s")
         model = add_lora(load_model(trains.model, torch.device("cpu")), trains.lora, tok=tok)
-        assert start_untrained_rows(model) == started  # each from the mean trained row, the rest as they were
+        assert start_untrained_rows(model, used) == started  # each from the mean trained row, the rest as they were
         rows = model.get_input_embeddings()(torch.tensor([[start, 7]]))[0]
         base = weights["model.embed_tokens.weight"]
         mean = base[[i for i in range(len(base)) if i not in (start, end, unused)]].mean(0)

@@ -204,11 +204,13 @@ def untrained(weight: torch.Tensor) -> torch.Tensor:
     return norms <= UNTRAINED * norms.median()
 
 
-def start_untrained_rows(model) -> list[int]:
+def start_untrained_rows(model, used: set[int]) -> list[int]:
     """Start each embedding row the recipe trains (lora.trainable_tokens' rows, lora.modules_to_save's copies of the
-    embeddings) that is untrained in the base model (`untrained`) from the mean trained row of its matrix, as
-    Unsloth's fix_untrained_tokens does: a near-zero input row gets a gradient near 1e24 (measured:
-    benchmarks/untrained_tokens.py), and training stops on the infinite gradient norm. Returns the ids started so."""
+    embeddings) that is untrained in the base model (`untrained`) and whose token the training rows use (`used`: the
+    others get no gradient, and an output row moved off zero would change what the model emits) from the mean
+    trained row of its matrix, as Unsloth's fix_untrained_tokens does: a near-zero input row gets a gradient near
+    1e24 (measured: benchmarks/untrained_tokens.py), and training stops on the infinite gradient norm. Returns the
+    ids started so."""
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
     from peft.utils.other import ModulesToSaveWrapper
     vocab, started = model.get_input_embeddings().weight.shape[0], set()
@@ -220,7 +222,7 @@ def start_untrained_rows(model) -> list[int]:
                 mean = base[~dead].float().mean(0)
                 for name, delta in module.trainable_tokens_delta.items():
                     for j, i in enumerate(module.token_indices[name]):
-                        if dead[i]:
+                        if dead[i] and int(i) in used:
                             delta[j] = mean.to(delta.dtype)
                             started.add(int(i))
             elif isinstance(module, ModulesToSaveWrapper):
@@ -229,9 +231,10 @@ def start_untrained_rows(model) -> list[int]:
                     if weight is None or weight.dim() != 2 or weight.shape[0] != vocab:  # an embedding's copy only
                         continue
                     dead = untrained(weight)
-                    if dead.any():
-                        weight[dead] = weight[~dead].float().mean(0).to(weight.dtype)
-                        started.update(dead.nonzero().flatten().tolist())
+                    rows = [i for i in dead.nonzero().flatten().tolist() if i in used]
+                    if rows:
+                        weight[rows] = weight[~dead].float().mean(0).to(weight.dtype)
+                        started.update(rows)
     return sorted(started)
 
 

@@ -164,14 +164,7 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
 
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing, tok)
-    if d.main and not resume and left_untrained(found := untrained_tokens(cfg, tok, train_items)):
-        log.warning("%s", untrained_line(found))  # before the first step: tokens LoRA cannot teach the model
-    if continued:
-        log.info("continuing the adapter in %s", continued)
-        load_start(model, continued)
-    elif not resume and (started := start_untrained_rows(model)):  # a resume's checkpoint holds the rows
-        log.info("embedding rows of %s start from the mean trained row: untrained in the base model",
-                 ", ".join(tok.convert_ids_to_tokens(started)))
+    _starting_weights(cfg, model, tok, train_items, d.main, resume, continued)
     fast_lora.install(model)
     if cfg.train.neftune_alpha:  # transformers' NEFTune hook: noisy input embeddings in training mode only
         from transformers.integrations.neftune import activate_neftune
@@ -205,6 +198,25 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
             loop.state.epochs.append(_epoch_row(0, None, val, 0.0, seconds))
             _test_losses(loop, tok)
     return loop
+
+
+def _starting_weights(cfg: Recipe, model, tok, train_items: list[Tokenized], main: bool, resume: bool,
+                      continued: Path | None) -> None:
+    """The trained weights before the first step: the continued adapter's (lora.continue_from); and in a new run (a
+    resume's checkpoint holds them all), a warning (the main process) when the training rows use tokens whose
+    embedding rows the base model never trained and the recipe leaves them so, and, unless an adapter was continued
+    (its rows are what it learnt), the rows of those tokens the recipe trains started from the mean trained row
+    (`models.start_untrained_rows`)."""
+    if continued:
+        log.info("continuing the adapter in %s", continued)
+        load_start(model, continued)
+    if resume:
+        return
+    if main and left_untrained(found := untrained_tokens(cfg, tok, train_items)):
+        log.warning("%s", untrained_line(found))  # tokens LoRA cannot teach the model
+    if not continued and (started := start_untrained_rows(model, {i for t in train_items for i in t.input_ids})):
+        log.info("embedding rows of %s start from the mean trained row: untrained in the base model",
+                 ", ".join(tok.convert_ids_to_tokens(started)))
 
 
 def _shown_in(progress, world: int, counted: bool):
