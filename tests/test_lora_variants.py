@@ -206,8 +206,8 @@ def test_modules_to_save_must_name_a_module_no_adapter_takes_and_the_estimate_co
 
 def test_embedding_lr_trains_the_modules_saved_whole_at_their_own_rate(tiny_recipe, tiny_model, tmp_path):
     """train.embedding_lr: lora.modules_to_save's weights (or lora.trainable_tokens' rows) form an optimizer group of
-    their own at that rate, on the schedule the adapters follow (with LoRA+ too); at 1e-9 the tied embeddings stay where the base model had them
-    while the adapters learn, and without lora.modules_to_save the key is refused."""
+    their own at that rate, on the schedule the adapters follow (with LoRA+ too); at 1e-9 the tied embeddings stay
+    where they started (the base model's rows) while the adapters learn, and without either the key is refused."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 

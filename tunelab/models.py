@@ -333,8 +333,8 @@ def continued_adapter(model: ModelConfig, lora: LoraConfig) -> Path | None:
 
 def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
     """The adapter in `folder` (`start_adapter`) fits the recipe: r, alpha, rsLoRA, DoRA, the modules saved whole
-    and the token rows trained as in `lora`, and its weights exactly the adapter weights `lora.target_modules` gives `model` (built on the meta
-    device, nothing read but the config and the weight file's header).
+    and the token rows trained as in `lora`, and its weights exactly the adapter weights `lora.target_modules` gives
+    `model` (built on the meta device, nothing read but the config and the weight file's header).
 
     Raises:
         UserError: naming the first lora.* key that differs, or the modules adapted on one side only.
