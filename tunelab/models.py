@@ -200,7 +200,11 @@ UNTRAINED = 1e-6  # an embedding row is untrained when its norm is at most this 
 
 def untrained(weight: torch.Tensor) -> torch.Tensor:
     """(V,) bool: the rows of an embedding matrix that are untrained by `UNTRAINED`'s rule."""
-    norms = weight.detach().float().norm(dim=1)
+    return untrained_norms(weight.detach().float().norm(dim=1))
+
+
+def untrained_norms(norms: torch.Tensor) -> torch.Tensor:
+    """(V,) bool: the rows, given their L2 norms, at most `UNTRAINED` times the median row's."""
     return norms <= UNTRAINED * norms.median()
 
 
@@ -353,8 +357,9 @@ def check_start(folder: Path, model: ModelConfig, lora: LoraConfig) -> None:
                             f"set lora.{key}={theirs} to continue it")
     tok = _tokens_of(model, lora)
     with torch.device("meta"):
-        rows = token_rows(meta_model(model), lora, tok) if lora.trainable_tokens else None
-        expected = set(get_peft_model_state_dict(add_lora(meta_model(model), lora, tok=tok)))
+        meta = meta_model(model)
+        rows = token_rows(meta, lora, tok) if lora.trainable_tokens else None
+        expected = set(get_peft_model_state_dict(add_lora(meta, lora, tok=tok)))
     if row_ids(saved.trainable_token_indices) != row_ids(rows):
         theirs = row_ids(saved.trainable_token_indices)
         raise UserError(f"{where}: trained the embedding rows of tokens {theirs or 'none'}, the recipe's "

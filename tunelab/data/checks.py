@@ -180,14 +180,16 @@ def untrained_tokens(cfg, tok, items: list) -> dict:
     with the number of rows using it and whether the recipe trains its row (lora.modules_to_save trains the whole
     matrix, lora.trainable_tokens its rows): LoRA leaves them as they are, so a model cannot learn to read (input)
     or emit (output) such a token. {"skipped": why} without the weights on this machine."""
-    from tunelab.models import UNTRAINED, embedding_norms, meta_model, row_ids, saved_modules, token_rows
+    import torch
+
+    from tunelab.models import embedding_norms, meta_model, row_ids, saved_modules, token_rows, untrained_norms
     from tunelab.train.batching import IGNORE
     norms = embedding_norms(cfg.model)
     if norms is None:
         return {"skipped": "the model's weights are not on this machine (read from the weight files, not downloaded)"}
 
-    def flagged(rows: np.ndarray) -> set[int]:
-        return set(np.flatnonzero(rows <= UNTRAINED * np.median(rows)).tolist())
+    def flagged(norms: np.ndarray) -> set[int]:
+        return set(np.flatnonzero(untrained_norms(torch.from_numpy(norms)).numpy()).tolist())
     dead = {"input": flagged(norms["input"])}
     dead["output"] = dead["input"] if norms["output"] is None else flagged(norms["output"])
     used: dict[str, dict[int, int]] = {"input": defaultdict(int), "output": defaultdict(int)}
