@@ -576,3 +576,58 @@ def test_warmup_steps_carry_over_as_steps_and_a_fraction_below_one_as_a_ratio(tm
         raw, notes = convert(_trl_config(tmp_path, tiny_model, data, given))
         assert {k: v for k, v in raw["train"].items() if k.startswith("warmup")} == want
         assert not [n for n in notes if "warmup" in n]
+
+
+def _axolotl_tokens(tok, special: dict, tokens: list, extra: list):
+    """Axolotl's tokenizer loader (axolotl.loaders.tokenizer.load_tokenizer) as it adds tokens: each special role,
+    then `tokens`, then additional_special_tokens."""
+    from transformers import AddedToken
+    for role, value in special.items():
+        tok.add_special_tokens({role: AddedToken(value, rstrip=False, lstrip=False, normalized=False)})
+    tok.add_tokens([AddedToken(t, rstrip=False, lstrip=False, normalized=False) for t in tokens])
+    tok.add_special_tokens({"additional_special_tokens": extra})
+    return tok
+
+
+def test_tokens_a_config_adds_become_model_added_tokens_with_the_ids_its_trainer_gives(tmp_path, tiny_model):
+    """Axolotl's special_tokens and tokens, and LLaMA-Factory's add_tokens and add_special_tokens, become
+    model.added_tokens (those the tokenizer lacks, in the order each trainer adds them) and model.special_tokens
+    (the roles that change): tunelab's tokenizer then writes and reads text as the trainer's does, new ids
+    included. Axolotl's 32x rounding and LLaMA-Factory's 64 rows and embeddings trained whole carry over."""
+    from transformers import AutoTokenizer
+
+    from tunelab.models import load_tokenizer
+    text = "<|im_start|><|q|>2+2<|tool|>4<|end|><|r|>"
+    axolotl = (MISTRAL_LORA.replace("base_model: mistralai/Mistral-7B-v0.1", f"base_model: {tiny_model}")
+               .replace("special_tokens:\n", "special_tokens:\n  bos_token: <|im_start|>\n  eos_token: <|end|>\n"
+                        "  additional_special_tokens: [<|tool|>]\ntokens: [<|q|>, <|end|>]\n"
+                        "resize_token_embeddings_to_32x: true\n"))
+    raw, notes = convert(_config(tmp_path, axolotl, data=_alpaca(tmp_path)))
+    assert raw["model"]["added_tokens"] == ["<|end|>", "<|q|>", "<|tool|>"]  # <|im_start|> is SmolLM2's own BOS
+    assert raw["model"]["special_tokens"] == {"eos_token": "<|end|>", "additional_special_tokens": ["<|tool|>"]}
+    assert raw["model"]["vocab_multiple_of"] == 32 and [n for n in notes if n.startswith("tokens:")]
+    ours = load_tokenizer(validate(raw, "converted").model)
+    theirs = _axolotl_tokens(AutoTokenizer.from_pretrained(tiny_model), {"bos_token": "<|im_start|>",
+                                                                         "eos_token": "<|end|>"},
+                             ["<|q|>", "<|end|>"], ["<|tool|>"])
+    assert ours(text)["input_ids"] == theirs(text)["input_ids"] and len(ours) == len(theirs)
+    assert ours.eos_token_id == theirs.eos_token_id
+    ids = ours(text)["input_ids"]
+    assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True) == "<|q|>2+24<|r|>"
+
+    llamafactory = LLAMA3_LORA_SFT.replace("model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct",
+                                           f"model_name_or_path: {tiny_model}")
+    raw, notes = convert(_config(tmp_path, llamafactory + "add_tokens: <|q|>,<|r|>\nadd_special_tokens: <|end|>\n",
+                                 data=_llamafactory_data(tmp_path)))
+    assert raw["model"]["added_tokens"] == ["<|q|>", "<|r|>", "<|end|>"]
+    assert raw["model"]["special_tokens"] == {"additional_special_tokens": ["<|end|>"]}
+    assert raw["model"]["vocab_multiple_of"] == 64 and raw["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"]
+    ours = load_tokenizer(validate(raw, "converted").model)
+    theirs = AutoTokenizer.from_pretrained(tiny_model)  # LLaMA-Factory's patch_tokenizer
+    theirs.add_tokens(["<|q|>", "<|r|>"], special_tokens=False)
+    theirs.add_tokens(["<|end|>"], special_tokens=True)
+    ids = ours(text)["input_ids"]
+    assert ids == theirs(text)["input_ids"] and len(ours) == len(theirs)
+    assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+    with pytest.raises(UserError, match="special_tokens.sep_token: tunelab sets bos_token"):
+        convert(_config(tmp_path, axolotl.replace("  bos_token:", "  sep_token:"), data=_alpaca(tmp_path)))

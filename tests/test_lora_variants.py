@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_same_adapter
+from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.rundir import RunDir
 from tunelab.train import train
@@ -297,3 +298,114 @@ def test_the_untrained_tokens_benchmark_runs_its_three_ways_on_a_tiny_model():
     assert list(results) == ["lora alone", "lora.trainable_tokens", "lora.modules_to_save"]
     assert all(r["n"] == 8 and 0 <= r["never_ended"] <= 1 for r in results.values())
     assert len({r["final_val_loss"] for r in results.values()}) == 3  # three different trainings
+
+
+def _write(tmp_path, raw: dict):
+    import yaml
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "r.yaml"
+
+
+def _with_tokens(tiny_recipe, epochs: int = 1, lora: dict | None = None, **model) -> dict:
+    """The tiny recipe with two new tokens, the second its EOS, the first opening every prompt."""
+    raw = _recipe(tiny_recipe, epochs, **(lora or {}))
+    return {**raw, "model": {**raw["model"], "added_tokens": ["<|q|>", "<|end|>"],
+                             "special_tokens": {"eos_token": "<|end|>"}, **model},
+            "data": {**raw["data"], "template": "<|q|>{question}\nResponse: "}}
+
+
+def test_added_tokens_grow_the_vocabulary_train_their_rows_resume_and_travel_with_the_adapter(tiny_recipe, tmp_path,
+                                                                                              capsys):
+    """model.added_tokens: the tokenizer gains them (ids after its last), the embeddings grow by as many rows, each
+    starting at the mean trained row, and their rows train (lora.trainable_tokens) and nothing else in the matrix
+    does; the EOS of model.special_tokens ends every training target; a resume reaches the same adapter; the
+    adapter folder holds the tokenizer, eval's merge equals PEFT's unmerged model, the merged export loads with
+    plain transformers, and the card and lm-eval grow the base before loading the adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.config import ModelConfig
+    from tunelab.export import export
+    from tunelab.handoff import commands
+    from tunelab.models import load_adapter, load_model, load_tokenizer
+    cfg = validate(_with_tokens(tiny_recipe, epochs=2), "tokens")
+    assert cfg.lora.trainable_tokens == ["<|q|>", "<|end|>"]
+    tok = load_tokenizer(cfg.model)
+    vocab = len(load_tokenizer(ModelConfig(name=cfg.model.name)))
+    assert len(tok) == vocab + 2 and tok.convert_tokens_to_ids(["<|q|>", "<|end|>"]) == [vocab, vocab + 1]
+    assert tok.eos_token_id == vocab + 1 and tok("<|q|>2+2")["input_ids"][0] == vocab  # one token, never split
+    capsys.readouterr()
+    assert main(["check", str(_write(tmp_path, _with_tokens(tiny_recipe))), "--show", "1"]) in (0, 1)
+    assert "<|end|>⟧" in capsys.readouterr().out  # the new EOS closes the trained span
+
+    straight = RunDir(tmp_path / "straight")
+    train(cfg, straight)
+    _resume_reaches_the_same_adapter(cfg, straight, tmp_path)
+    saved = AutoTokenizer.from_pretrained(straight.adapter)
+    assert len(saved) == vocab + 2 and saved.eos_token == "<|end|>"
+    assert json.loads((straight.adapter / "adapter_config.json").read_text())["trainable_token_indices"] == [
+        vocab, vocab + 1]
+    assert (straight.adapter / "adapter_model.safetensors").stat().st_size < 100_000  # rows, not whole matrices
+
+    start = load_model(cfg.model, torch.device("cpu")).get_input_embeddings().weight.detach()
+    assert start.shape[0] == vocab + 2
+    torch.testing.assert_close(start[vocab], start[:vocab].mean(0))  # the mean trained row (none is untrained)
+    with torch.no_grad():
+        unmerged = PeftModel.from_pretrained(load_model(cfg.model, torch.device("cpu")), straight.adapter)
+        merged = load_adapter(load_model(cfg.model, torch.device("cpu")), straight.adapter)
+        ids = torch.tensor([[vocab, 20, 300, vocab + 1]])
+        torch.testing.assert_close(merged(ids).logits, unmerged(ids).logits, atol=1e-4, rtol=1e-4)
+    moved = (merged.get_input_embeddings().weight.detach() - start).abs().amax(dim=1) > 1e-4
+    assert moved.nonzero().flatten().tolist() == [vocab, vocab + 1]
+
+    export(straight, tmp_path / "merged")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert plain.get_input_embeddings().weight.shape[0] == vocab + 2
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "merged")) == vocab + 2
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
+    export(straight, tmp_path / "gguf", fmt="gguf", quant="q8_0")  # llama.cpp's vocabulary: the new tokens too
+    import gguf
+    reader = gguf.GGUFReader(next((tmp_path / "gguf").glob("*.gguf")))
+    tokens, kinds = reader.fields["tokenizer.ggml.tokens"], reader.fields["tokenizer.ggml.token_type"]
+    assert [bytes(tokens.parts[tokens.data[i]]).decode() for i in (vocab, vocab + 1)] == ["<|q|>", "<|end|>"]
+    assert [int(kinds.parts[kinds.data[i]][0]) for i in (vocab, vocab + 1)] == [gguf.TokenType.USER_DEFINED,
+                                                                                gguf.TokenType.CONTROL]
+    assert int(reader.fields["tokenizer.ggml.eos_token_id"].parts[-1][0]) == vocab + 1
+    card = (straight.adapter / "README.md").read_text()
+    assert "base.resize_token_embeddings(max(len(tokenizer), base.get_input_embeddings().num_embeddings))" in card
+    path = straight.adapter.resolve()  # lm-eval reads the tokenizer there and grows the base to its length
+    assert any(f"peft={path},tokenizer={path}" in c for _, c in commands("base", path, 4, "x", task="gsm8k",
+                                                                          own_tokenizer=cfg.model.own_tokenizer))
+    _served_merged(straight)  # vLLM: the merge, its tokenizer beside it
+
+
+def test_added_tokens_that_exist_or_would_not_train_are_refused_and_the_vocabulary_rounds_up(tiny_recipe, tmp_path,
+                                                                                             capsys):
+    """An added token the tokenizer holds already, a special token that is not one token, and lora.modules_to_save
+    that trains neither embedding (so the new rows would not train) are refused by `tunelab check` naming the key;
+    model.vocab_multiple_of rounds the grown matrices up; with the embeddings trained whole the tokens are not
+    added to lora.trainable_tokens."""
+    from tunelab.models import load_model, load_tokenizer, meta_model
+    for changes, message in (
+            ({"model": {"added_tokens": ["<|im_end|>"]}}, "model.added_tokens: <|im_end|>: already a token of"),
+            ({"model": {"special_tokens": {"eos_token": "<|stop|>"}}},
+             "model.special_tokens.eos_token: <|stop|>: not one token of the tokenizer"),
+            ({"lora": {"modules_to_save": ["norm"]}},
+             "model.added_tokens: <|q|>: its input and output embedding row would not train (lora.modules_to_save: "
+             "norm): add the input and output embedding to lora.modules_to_save, or <|q|> to "
+             "lora.trainable_tokens")):
+        raw = _with_tokens(tiny_recipe, lora=changes.get("lora"))
+        raw["model"].update(changes.get("model", {}))
+        capsys.readouterr()
+        assert main(["check", str(_write(tmp_path, raw))]) == 2
+        assert message in capsys.readouterr().err
+
+    cfg = validate(_with_tokens(tiny_recipe, vocab_multiple_of=64), "round")
+    rows = load_model(cfg.model, torch.device("cpu")).get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and 0 < rows - len(load_tokenizer(cfg.model)) < 64
+    assert meta_model(cfg.model).get_input_embeddings().weight.shape[0] == rows
+    whole = validate(_with_tokens(tiny_recipe, lora={"modules_to_save": ["embed_tokens"]}), "whole")
+    assert whole.lora.trainable_tokens == []  # tied: the one matrix trains whole, the new rows with it
+    assert main(["check", str(_write(tmp_path, _with_tokens(tiny_recipe, lora={"modules_to_save": ["embed_tokens"]})))
+                 ]) in (0, 1)

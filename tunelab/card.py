@@ -101,9 +101,7 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
     body += ["## Use", "", "```python", "from peft import PeftModel",
              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              f"base = AutoModelForCausalLM.from_pretrained({base or cfg.model.name!r})",
-             f"model = PeftModel.from_pretrained(base, \"<this folder or Hub repo>\")",
-             f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})" if not cfg.model.chat_template
-             else "tokenizer = AutoTokenizer.from_pretrained(\"<this folder or Hub repo>\")  # its chat template",
+             *_load_lines(cfg, base),
              *_prompt_lines(cfg), "```", "",
              "## Next", "",
              handoff.markdown(handoff.for_run(run, epoch=epoch)),
@@ -149,6 +147,20 @@ def _epochs_trained(summary: dict) -> str:
     inside = f", to step {summary['steps']} of {summary['steps_planned']}" \
         if counts_passes(summary) else ""
     return f"{trained} of {planned} planned epochs{inside} (early stopping)"
+
+
+def _load_lines(cfg, base: str | None) -> list[str]:
+    """The card's lines that load the adapter and its tokenizer: the recipe's own (its chat template, its added
+    tokens, for which the base model's embeddings grow first) from the adapter's folder."""
+    peft = "model = PeftModel.from_pretrained(base, \"<this folder or Hub repo>\")"
+    if not cfg.model.own_tokenizer:
+        return [peft, f"tokenizer = AutoTokenizer.from_pretrained({base or cfg.model.name!r})"]
+    what = "its added tokens" if cfg.model.added_tokens else "its chat template" if cfg.model.chat_template else \
+        "its special tokens"
+    tok = f"tokenizer = AutoTokenizer.from_pretrained(\"<this folder or Hub repo>\")  # {what}"
+    return [tok, "base.resize_token_embeddings(max(len(tokenizer), base.get_input_embeddings().num_embeddings))  # "
+                 "rows for the added tokens", peft] \
+        if cfg.model.added_tokens else [peft, tok]
 
 
 def _prompt_lines(cfg) -> list[str]:

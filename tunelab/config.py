@@ -29,6 +29,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+class SpecialTokens(Section):
+    """model.special_tokens: the tokenizer's special roles, each a token that is already one or that
+    model.added_tokens adds (Axolotl's special_tokens, a tokenizer's add_special_tokens)."""
+    bos_token: str | None = Field(None, description="the token that begins a sequence; None = the tokenizer's")
+    eos_token: str | None = Field(None, description="the token that ends a reply: appended to each training target, "
+                                  "and generation stops at it (and at the model's own EOS): <|im_end|> for ChatML "
+                                  "on a base model; None = the tokenizer's")
+    pad_token: str | None = Field(None, description="padding; None = the tokenizer's, else its EOS")
+    unk_token: str | None = Field(None, description="the unknown token; None = the tokenizer's")
+    additional_special_tokens: list[str] = Field([], description="more tokens marked special: left out of decoded "
+                                                 "replies (a chat template's markers)")
+
+    def named(self) -> list[str]:
+        """Every token it names: the roles set, then the additional ones."""
+        roles = [getattr(self, role) for role in SPECIAL_ROLES]
+        return [t for t in roles if t is not None] + self.additional_special_tokens
+
+
 class ModelConfig(Section):
     name: str = Field(description="hub id, local HF folder, .gguf file, or alias (smollm2-135m-instruct)")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
@@ -50,6 +71,21 @@ class ModelConfig(Section):
                                       "file holding it (read when the recipe is read; the run's config.yaml keeps "
                                       "the text). Saved with each adapter (its tokenizer files) and the exports; "
                                       "None = the tokenizer's own")
+    added_tokens: list[str] = Field([], description="new tokens added to the tokenizer, in this order (their ids "
+                                    "follow its last one), each never split: the chat template's markers a base "
+                                    "model lacks (<|im_start|>, <|im_end|> for ChatML on Mistral-7B-v0.1), tool or "
+                                    "reasoning tags (Axolotl's tokens, LLaMA-Factory's add_tokens and "
+                                    "new_special_tokens). The embedding grows to the tokenizer's length where it has "
+                                    "fewer rows, each new row starting at the mean of the trained rows; their rows "
+                                    "train (added to lora.trainable_tokens unless lora.modules_to_save trains the "
+                                    "embeddings whole). Kept in decoded replies unless model.special_tokens names "
+                                    "them; [] = none")
+    vocab_multiple_of: int | None = Field(None, ge=1, description="when model.added_tokens grow the embeddings, "
+                                          "round their rows up to a multiple of this (LLaMA-Factory's 64, "
+                                          "Axolotl's resize_token_embeddings_to_32x: 32; matrix multiplies run "
+                                          "faster on such sizes); None = the tokenizer's length")
+    special_tokens: SpecialTokens = Field(default_factory=SpecialTokens, description="the tokenizer's special "
+                                          "tokens: its roles (eos_token, ...) and additional_special_tokens")
 
     @field_validator("chat_template")
     @classmethod
@@ -67,6 +103,24 @@ class ModelConfig(Section):
             jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(v)
         except jinja2.TemplateSyntaxError as err:
             raise ValueError(f"not a Jinja template: line {err.lineno}: {err.message}") from None
+        return v
+
+    @property
+    def own_tokenizer(self) -> bool:
+        """The recipe changes the tokenizer (its chat template, tokens or special tokens), so it is saved with each
+        adapter and export, and whatever loads the adapter reads it from there."""
+        return bool(self.chat_template or self.added_tokens or self.special_tokens.named())
+
+    @field_validator("added_tokens")
+    @classmethod
+    def _distinct_tokens(cls, v: list[str]) -> list[str]:
+        seen = set()
+        for token in v:
+            if not token.strip():
+                raise ValueError("a token cannot be empty or blank")
+            if token in seen:
+                raise ValueError(f"{token}: listed twice")
+            seen.add(token)
         return v
 
 
@@ -676,6 +730,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")
+    if recipe is not None and recipe.model.added_tokens and not recipe.lora.modules_to_save:
+        new = [t for t in recipe.model.added_tokens if t not in recipe.lora.trainable_tokens]
+        recipe.lora.trainable_tokens = recipe.lora.trainable_tokens + new  # their rows train, a few rows apiece
     if recipe is not None and recipe.train.embedding_lr is not None and not (recipe.lora.modules_to_save or
                                                                              recipe.lora.trainable_tokens):
         problems.append("train.embedding_lr: the rate of the embedding weights lora.modules_to_save and "
@@ -1015,7 +1072,18 @@ def reference() -> str:
             continue
         lines.append(f"\n**`{section}`**\n")
         lines.append("| key | default | meaning |\n|---|---|---|")
-        for key, f in model.model_fields.items():
-            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-            lines.append(f"| `{section}.{key}` | `{default}` | {f.description or ''} |")
+        lines += _reference_rows(section, model)
     return "\n".join(lines) + "\n"
+
+
+def _reference_rows(prefix: str, model: type[BaseModel]) -> list[str]:
+    """One table row per key, a nested section's keys under its own dotted name (model.special_tokens.eos_token);
+    a | in a meaning (<|im_end|>) escaped, so the table keeps its columns."""
+    rows = []
+    for key, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            rows += _reference_rows(f"{prefix}.{key}", f.annotation)
+            continue
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        rows.append(f"| `{prefix}.{key}` | `{default}` | {(f.description or '').replace('|', chr(92) + '|')} |")
+    return rows

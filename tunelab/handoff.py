@@ -55,12 +55,14 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
     scored = (run.read_eval_summary() or {}).get("tuned")  # as many questions as the eval asked (--limit, --set)
     return export + commands(hub_id(cfg.model) or cfg.model.name, run.kept_adapter(epoch), cfg.lora.r,
                              f"{cfg.name}-lora", scored["n"] if scored else cfg.eval.limit, upload, task,
-                             cfg.data.chat_template, served, own_template=bool(cfg.model.chat_template))
+                             cfg.data.chat_template, served, own_template=bool(cfg.model.chat_template),
+                             own_tokenizer=cfg.model.own_tokenizer)
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
              upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False,
-             served: Path | None = None, own_template: bool = False) -> list[tuple[str, str]]:
+             served: Path | None = None, own_template: bool = False,
+             own_tokenizer: bool = False) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
@@ -68,7 +70,8 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     the lm-eval lines are left out); `chat`: the adapter was trained on chat-template prompts, so lm-eval asks
     through the chat template too, shots as turns; `served`: a merged model folder that vLLM loads instead of
     base + adapter (DoRA); `own_template`: the adapter folder holds the tokenizer with the recipe's own chat template
-    (model.chat_template), which lm-eval and vLLM then read from it.
+    (model.chat_template), which lm-eval and vLLM then read from it; `own_tokenizer`: the adapter folder holds the
+    recipe's tokenizer for another reason too (model.added_tokens: lm-eval grows the embeddings to its length).
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
@@ -77,7 +80,7 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     folder = str(Path(upload).resolve()) if upload else adapter_path
-    tokenizer = f",tokenizer={adapter_path}" if own_template else ""
+    tokenizer = f",tokenizer={adapter_path}" if own_template or own_tokenizer else ""
     vllm_model = (f"pretrained={served}" if served else
                   f"pretrained={base},enable_lora=True,lora_local_path={adapter_path}{rank_arg}{tokenizer}")
     lm_eval = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.config import LoraConfig, ModelConfig
+from tunelab.config import SPECIAL_ROLES, LoraConfig, ModelConfig
 from tunelab.errors import UserError
 from tunelab.handoff import ALIASES
 from tunelab.rundir import ADAPTER_FILES
@@ -107,11 +107,63 @@ def load_tokenizer(cfg: ModelConfig):
     except OSError as err:  # an unknown hub id, no network, a gated repo, a folder without a tokenizer
         raise UserError(f"model.name: {cfg.name}: not a local model and not loadable from the Hugging Face hub "
                         f"({err})") from None
+    if cfg.added_tokens or cfg.special_tokens.named():
+        _grow_tokenizer(tok, cfg)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if cfg.chat_template:  # the recipe's own (model.chat_template), in place of the tokenizer's
         tok.chat_template = cfg.chat_template
     return tok
+
+
+def _grow_tokenizer(tok, cfg: ModelConfig) -> None:
+    """model.added_tokens added in their order (never split, not normalized: as Axolotl adds its `tokens`), then
+    model.special_tokens' roles and extra special tokens set.
+
+    Raises:
+        UserError: an added token the tokenizer holds already, or a special token that is not one token after.
+    """
+    from transformers import AddedToken
+    vocab = tok.get_vocab()
+    for token in cfg.added_tokens:
+        if token in vocab:
+            raise UserError(f"model.added_tokens: {token}: already a token of {cfg.name}'s tokenizer (id "
+                            f"{vocab[token]}); leave it out")
+    tok.add_tokens([AddedToken(t, normalized=False) for t in cfg.added_tokens])
+    vocab, special = tok.get_vocab(), cfg.special_tokens
+    named = [(role, getattr(special, role)) for role in SPECIAL_ROLES if getattr(special, role) is not None]
+    named += [("additional_special_tokens", t) for t in special.additional_special_tokens]
+    for key, token in named:
+        if token not in vocab:
+            pieces = tok.tokenize(token)
+            raise UserError(f"model.special_tokens.{key}: {token}: not one token of the tokenizer (it writes it as "
+                            f"{len(pieces)}: {', '.join(pieces)}); add it to model.added_tokens")
+    roles: dict = {key: AddedToken(token, normalized=False, special=True) for key, token in named
+                   if key != "additional_special_tokens"}
+    if special.additional_special_tokens:
+        roles["additional_special_tokens"] = [AddedToken(t, normalized=False, special=True)
+                                              for t in special.additional_special_tokens]
+    tok.add_special_tokens(roles, replace_extra_special_tokens=False)
+
+
+def grow_embeddings(model, cfg: ModelConfig) -> None:
+    """When model.added_tokens make the tokenizer longer than the input embedding, grow the embeddings to its length,
+    rounded up to model.vocab_multiple_of (never shrink them: Axolotl's and LLaMA-Factory's rule), each new input and
+    output row starting at the mean of its matrix's trained rows (`untrained`): the same on every load, so an
+    adapter's saved rows replace them and the base model's pass sees them alike. Rows stay as they are on the meta
+    device."""
+    if not cfg.added_tokens:
+        return
+    rows, size = model.get_input_embeddings().weight.shape[0], len(load_tokenizer(cfg))
+    if size <= rows:
+        return
+    model.resize_token_embeddings(size, pad_to_multiple_of=cfg.vocab_multiple_of, mean_resizing=False)
+    with torch.no_grad():
+        for weight in {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                       if m is not None}.values():
+            if weight.device.type != "meta":
+                old = weight[:rows]
+                weight[rows:] = old[~untrained(old)].float().mean(0).to(weight.dtype)
 
 
 def load_model(cfg: ModelConfig, device: torch.device):
@@ -133,6 +185,7 @@ def load_model(cfg: ModelConfig, device: torch.device):
         raise UserError(f"model.name: {cfg.name}: cannot load model ({err})") from None
     if not cfg.load_in_4bit:
         model.to(device)
+    grow_embeddings(model, cfg)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -155,6 +208,7 @@ def _random_model(cfg: ModelConfig, path: str, device: torch.device):
         model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(cfg.dtype, device),
                                                  trust_remote_code=cfg.trust_remote_code)
     model.to(device)  # a no-op where the weights were built there
+    grow_embeddings(model, cfg)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -168,9 +222,9 @@ def _four_bit(device: torch.device):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=None):
+def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=None, added: list[str] = ()):
     """Wrap `model` with PEFT LoRA adapters; only the adapter weights (and lora.modules_to_save's, and the embedding
-    rows of lora.trainable_tokens: `tok` reads them) train."""
+    rows of lora.trainable_tokens: `tok` reads them) train. `added`: model.added_tokens, whose rows must train."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
     if getattr(model, "is_loaded_in_4bit", False):
@@ -180,6 +234,8 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=N
         model.enable_input_require_grads()
     whole, into, out = saved_modules(model, cfg), model.get_input_embeddings(), model.get_output_embeddings()
     tied = into.weight is getattr(out, "weight", None)
+    _added_rows_train(added, cfg, {"input": any(m is into or (tied and m is out) for m in whole),
+                                   "output": out is None or any(m is out or (tied and m is into) for m in whole)})
     rows = token_rows(model, cfg, tok) if cfg.trainable_tokens else None
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
                               target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
@@ -192,6 +248,17 @@ def add_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False, tok=N
         return get_peft_model(model, peft_cfg)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
         raise UserError(f"lora.target_modules: {err}") from None
+
+
+def _added_rows_train(added: list[str], cfg: LoraConfig, whole: dict[str, bool]) -> None:
+    """Raises UserError when an added token's input or output row would stay where it starts: neither among
+    lora.trainable_tokens' rows nor in a matrix lora.modules_to_save trains whole (`whole`, by side)."""
+    missing = [side for side, trained in whole.items() if not trained]
+    for token in added:
+        if missing and token not in cfg.trainable_tokens:
+            raise UserError(f"model.added_tokens: {token}: its {' and '.join(missing)} embedding row would not train "
+                            f"(lora.modules_to_save: {', '.join(cfg.modules_to_save)}): add the {' and '.join(missing)}"
+                            f" embedding to lora.modules_to_save, or {token} to lora.trainable_tokens")
 
 
 UNTRAINED = 1e-6  # an embedding row is untrained when its norm is at most this share of the median row's: zeros, or
@@ -410,7 +477,9 @@ def meta_model(cfg: ModelConfig):
     except OSError as err:
         raise UserError(f"model.name: {cfg.name}: cannot load config ({err})") from None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
+        grow_embeddings(model, cfg)
+    return model
 
 
 def embedding_norms(cfg: ModelConfig) -> dict | None:
@@ -458,7 +527,7 @@ def adapted_counts(cfg: ModelConfig, lora: LoraConfig) -> dict:
     params = sum(p.numel() for p in model.parameters())
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     with torch.device("meta"):
-        peft = add_lora(model, lora, tok=_tokens_of(cfg, lora))
+        peft = add_lora(model, lora, tok=_tokens_of(cfg, lora), added=cfg.added_tokens)
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     return {"params": params, "quantised": quantised, "trainable": trainable, "layers": text.num_hidden_layers,
             "hidden": text.hidden_size}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from tunelab.config import TrainConfig
-from tunelab.convert import cadence, leftovers, name
+from tunelab.config import SPECIAL_ROLES, TrainConfig
+from tunelab.convert import cadence, leftovers, name, new_tokens
 from tunelab.errors import UserError
 
 # Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
@@ -55,7 +55,6 @@ NOT_NEEDED = {
     "wandb_name": "the run directory's name",
     "wandb_log_model": "adapters stay in the run directory",
     "lora_fan_in_fan_out": "read from the model (false for Llama/Mistral/Qwen2)",
-    "special_tokens": "the tokenizer's own tokens (none added)",
 }
 
 
@@ -77,6 +76,7 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
         raise UserError(f"{path}: base_model: missing (the model to fine-tune)")
     model = {"name": take("base_model")}
     _model_keys(config, left, model, notes)
+    _token_keys(path, left, model, notes)
     data = _data(path, config, take("datasets", None), notes)
     if config.get("chat_template") == "jinja" or any(isinstance(d, dict) and d.get("chat_template") == "jinja"
                                                      for d in config.get("datasets") or []):
@@ -114,6 +114,39 @@ def _model_keys(config: dict, left: dict, model: dict, notes: list[str]) -> None
         or ("flash_attention_2" if flash else "sdpa" if sdp else None)
     if kernel:
         model["attn_implementation"] = kernel
+
+
+def _token_keys(path: str, left: dict, model: dict, notes: list[str]) -> None:
+    """model.added_tokens and special_tokens from special_tokens and tokens, in the order Axolotl adds them (the
+    special roles, `tokens`, then additional_special_tokens), so the new tokens get the same ids; model.vocab_multiple_of
+    from resize_token_embeddings_to_32x.
+
+    Raises:
+        UserError: a role tunelab does not set, or added_tokens_overrides (renaming reserved tokens).
+    """
+    special, tokens = dict(left.pop("special_tokens", None) or {}), list(left.pop("tokens", None) or [])
+    if left.pop("added_tokens_overrides", None):
+        raise UserError(f"{path}: added_tokens_overrides: tunelab adds new tokens (model.added_tokens); it does not "
+                        "rename a tokenizer's reserved ones")
+    if left.pop("resize_token_embeddings_to_32x", None):
+        model["vocab_multiple_of"] = 32
+    mean = left.pop("mean_resizing_embeddings", None)
+    extra = list(special.pop("additional_special_tokens", None) or [])
+    odd = sorted(set(special) - set(SPECIAL_ROLES))
+    if odd:
+        raise UserError(f"{path}: special_tokens.{odd[0]}: tunelab sets {', '.join(SPECIAL_ROLES)} and "
+                        "additional_special_tokens")
+    if not (special or tokens or extra):
+        return
+    added, tok = new_tokens(model, [v for v in special.values() if v is not None] + tokens + extra)
+    roles = {k: v for k, v in special.items() if v is not None and getattr(tok, k) != v}  # the ones that change
+    if added:
+        model["added_tokens"] = added
+        notes.append(f"tokens: {added}: differs: each new embedding row starts at the mean of the trained rows; "
+                     + ("Axolotl's draws it from the model's initializer (mean_resizing_embeddings: false)"
+                        if mean is False else "Axolotl's is drawn around that mean (transformers' mean_resizing)"))
+    if roles or extra:
+        model["special_tokens"] = {**roles, **({"additional_special_tokens": extra} if extra else {})}
 
 
 def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.convert import leftovers, name, training_arguments
+from tunelab.convert import leftovers, name, new_tokens, training_arguments
 from tunelab.errors import UserError
 
 NOT_NEEDED = {
@@ -51,6 +51,7 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     _precision(left, model, notes)
     data = _data(path, left, notes)
     lora = _lora(path, left)
+    _tokens(left, model, lora, notes)
     train = _train(path, left, data, notes)
     notes += leftovers(left, NOT_NEEDED)
     return {"name": name(path, config.get("output_dir")), "model": model, "data": data, "lora": lora,
@@ -205,6 +206,26 @@ def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
         raise UserError(f"{where}: tags {roles}: tunelab reads turns as {{role, content}} (user / assistant / system) "
                         "or ShareGPT's {from, value} (human / gpt / system)")
     return {**out, "messages": columns.get("messages", "conversations")}
+
+
+def _tokens(left: dict, model: dict, lora: dict, notes: list[str]) -> None:
+    """model.added_tokens from add_tokens then add_special_tokens (LLaMA-Factory's order: the same ids), the special
+    ones also model.special_tokens.additional_special_tokens; a vocabulary that grows is rounded up to 64 rows and
+    trains its embeddings whole (LLaMA-Factory's resize_vocab: embed_tokens and lm_head, unless additional_target
+    names modules)."""
+    plain, special = ([t.strip() for t in str(left.pop(key, None) or "").split(",") if t.strip()]
+                      for key in ("add_tokens", "add_special_tokens"))
+    resize = left.pop("resize_vocab", False)
+    added = new_tokens(model, plain + special)[0] if plain or special else []
+    if added:
+        model["added_tokens"] = added
+        notes.append(f"add_tokens: {added}: differs: each new embedding row starts at the mean of the trained rows; "
+                     "LLaMA-Factory's at that mean plus noise")
+    if special:
+        model["special_tokens"] = {"additional_special_tokens": special}
+    if added or resize:  # LLaMA-Factory resizes whenever a token is new
+        model["vocab_multiple_of"] = 64
+        lora.setdefault("modules_to_save", ["embed_tokens", "lm_head"])  # its input and output embeddings' names
 
 
 def _lora(path: str, left: dict) -> dict:

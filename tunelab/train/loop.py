@@ -163,7 +163,8 @@ def _start(cfg: Recipe, run: RunDir, resume: bool) -> Loop:
     continued = None if start_from else continued_adapter(cfg.model, cfg.lora)  # a checkpoint holds the weights
 
     torch.manual_seed(cfg.train.seed)
-    model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing, tok)
+    model = add_lora(load_model(cfg.model, device), cfg.lora, cfg.train.gradient_checkpointing, tok,
+                     cfg.model.added_tokens)
     _starting_weights(cfg, model, tok, train_items, d.main, resume, continued)
     fast_lora.install(model)
     if cfg.train.neftune_alpha:  # transformers' NEFTune hook: noisy input embeddings in training mode only
@@ -488,14 +489,16 @@ def _epoch_row(epoch: int, train: PassStats | None, val: PassStats, seconds: flo
 
 
 def _save_adapter(loop: Loop, path: Path, weights: dict | None = None) -> None:
-    """The adapter as it is now (or with `weights`, trainable_state's), in PEFT format (with the tokenizer, under
-    model.chat_template), written whole (never half-written). Without `weights` every rank calls this: under FSDP
-    they are gathered from the shards; the main process writes."""
+    """The adapter as it is now (or with `weights`, trainable_state's), in PEFT format (with the tokenizer where the
+    recipe changes it: `ModelConfig.own_tokenizer`), written whole (never half-written). Without `weights` every
+    rank calls this: under FSDP they are gathered from the shards; the main process writes."""
     weights = {k.removeprefix("lm."): v for k, v in (weights or checkpoint.trainable_state(loop.net)).items()}
     if loop.d.main:
         with atomic_folder(path) as tmp:
-            loop.model.save_pretrained(str(tmp), state_dict=weights)
-            if loop.cfg.model.chat_template:  # the recipe's own chat template travels with the adapter
+            # save_embedding_layers off: after model.added_tokens grew the embeddings PEFT would otherwise add whole
+            # matrices; the new rows travel as trainable token rows or lora.modules_to_save's copies already
+            loop.model.save_pretrained(str(tmp), state_dict=weights, save_embedding_layers=False)
+            if loop.cfg.model.own_tokenizer:  # the recipe's chat template and tokens travel with the adapter
                 load_tokenizer(loop.cfg.model).save_pretrained(str(tmp))
             if base := hub_id(loop.cfg.model):  # not the local cache path PEFT recorded: loadable anywhere
                 card.set_base_model(tmp, base)
