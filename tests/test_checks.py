@@ -342,3 +342,42 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     md = " ".join(run.report_md.read_text().split())
     assert "watch** — 2 tokens of the training rows (<|im_start|>, <|im_end|>;" in md  # among what to watch
     assert "| tokens used with untrained embedding rows (input / output) | 2 input / 1 output tokens of 3 / 3 " in md
+
+
+def test_chat_markers_the_tokenizer_splits_and_added_tokens_no_row_uses_are_named(tiny_recipe, tmp_path, capsys,
+                                                                                 caplog):
+    """Rows that write <|name|> markers the tokenizer splits into pieces (a chat format the base model's tokenizer
+    lacks) are named with the fix, model.added_tokens; once added, the markers are one token each and the check is
+    quiet, but an added token no row uses is named (its rows would not train); the report and the train stage say
+    the same."""
+    import yaml
+
+    from tunelab.config import validate
+    from tunelab.models import load_tokenizer
+    raw = {**tiny_recipe, "data": {**tiny_recipe["data"], "template": "<|user|>{question}<|bot|>"}}
+    pieces = len(load_tokenizer(validate(raw, "m").model).tokenize("<|user|>"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["check", str(recipe), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    rows = found["rows"]["train"]
+    assert found["markers"]["split"] == [{"marker": "<|bot|>", "pieces": pieces, "rows": rows},
+                                         {"marker": "<|user|>", "pieces": pieces, "rows": rows}]
+    assert (f"the training rows write chat markers the tokenizer splits (<|bot|> as {pieces} tokens, <|user|> as "
+            f"{pieces} tokens; the commonest in {rows} rows): make them tokens of their own (model.added_tokens)"
+            ) in found["verdict"]
+    raw["model"] = {**raw["model"], "added_tokens": ["<|user|>", "<|bot|>", "<|tool|>"]}
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["check", str(recipe), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["markers"]["split"] == [] and found["markers"]["unused_added"] == ["<|tool|>"]
+    assert ("added tokens <|tool|> (model.added_tokens) are in no training row, so their embedding rows do not train"
+            in found["verdict"])
+    from tunelab.report.observations import markers
+    said = markers(found)
+    assert said.kind == "watch" and said.text.startswith("Added tokens <|tool|> (model.added_tokens) are in")
+    from tunelab.rundir import RunDir
+    from tunelab.train import train
+    with caplog.at_level("WARNING", logger="tunelab"):  # the train stage says it before the first step
+        train(validate({**raw, "train": {**raw["train"], "epochs": 1}}, "m"), RunDir(tmp_path / "run"))
+    assert any("added tokens <|tool|> (model.added_tokens)" in r.getMessage() for r in caplog.records)

@@ -211,6 +211,42 @@ def untrained_tokens(cfg, tok, items: list) -> dict:
                       for i, n in sorted(used[side].items(), key=lambda kv: (-kv[1], kv[0]))] for side in used}}
 
 
+MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")  # <|im_start|>, <|eot_id|>, <|end|>
+MARKER_RULE = ("a chat marker is text of the form <|name|> (ChatML's <|im_start|>, Llama 3's <|eot_id|>) in a training "
+               "row's input; split when the tokenizer writes it as more than one token")
+
+
+def markers(cfg, tok, items: list) -> dict:
+    """The chat markers (`MARKER`) the training rows write that the tokenizer splits into several tokens — a chat
+    template a base model's tokenizer lacks the tokens of —, each with its piece count and the rows using it
+    (commonest first); and the model.added_tokens that no training row uses, whose rows would not train."""
+    counts: dict[str, int] = defaultdict(int)
+    added = {tok.convert_tokens_to_ids(t): t for t in cfg.model.added_tokens}
+    used: set[int] = set()
+    for item in items:
+        used |= added.keys() & set(item.input_ids)
+        for marker in set(MARKER.findall(tok.decode(item.input_ids))):
+            counts[marker] += 1
+    split = [{"marker": m, "pieces": len(tok.tokenize(m)), "rows": n}
+             for m, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return {"rule": MARKER_RULE, "split": [s for s in split if s["pieces"] > 1],
+            "unused_added": [t for i, t in added.items() if i not in used]}
+
+
+def markers_line(found: dict) -> str | None:
+    """One line on `markers`: the split markers and what to do, the added tokens no row uses; None when neither."""
+    said = []
+    if split := found.get("split"):
+        shown = ", ".join(f"{s['marker']} as {s['pieces']} tokens" for s in split[:4]) + (", …" if len(split) > 4
+                                                                                          else "")
+        said.append(f"the training rows write chat markers the tokenizer splits ({shown}; the commonest in "
+                    f"{split[0]['rows']} rows): make them tokens of their own (model.added_tokens)")
+    if unused := found.get("unused_added"):
+        said.append(f"added tokens {', '.join(unused)} (model.added_tokens) are in no training row, so their "
+                    "embedding rows do not train")
+    return "; ".join(said) or None
+
+
 def untrained_line(found: dict) -> str | None:
     """One line on `untrained_tokens`: the tokens and what to do; None when the rows use none (or it was skipped)."""
     sides = [side for side in ("input", "output") if found.get(side)]
@@ -358,7 +394,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     from tunelab.train.batching import boundary_merges
     boundary = {"rows": 0, "of": 0} if cfg.data.chat_template else boundary_merges(train, tok)
     seconds["lengths"], clock = time.time() - clock, time.time()
-    untrained = untrained_tokens(cfg, tok, items)
+    untrained, marked = untrained_tokens(cfg, tok, items), markers(cfg, tok, items)
     seconds["untrained"] = time.time() - clock
     from tunelab.evaluate.stage import by_loss, scoring_mode
     mode, skipped = scoring_mode(cfg, splits)
@@ -371,7 +407,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "test_source": cfg.eval.source or cfg.data.source,
             "overlap_counts": counts, "overlap": found, **({"extra_sets": extra} if extra else {}),
             "train_duplicates": duplicates, "lengths": profile,
-            "boundary": boundary, "untrained_tokens": untrained,
+            "boundary": boundary, "untrained_tokens": untrained, "markers": marked,
             "targets": targets(splits, mode, cfg), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
@@ -459,8 +495,9 @@ def verdict(checks: dict) -> str:
         parts.append(f"{d['exact_rows']} exact and {d['near_pairs']} near duplicates inside train")
     if checks["lengths"]["truncated"]:
         parts.append(f"{checks['lengths']['truncated']} rows longer than train.max_length")
-    if line := untrained_line(checks.get("untrained_tokens") or {}):
-        parts.append(line)
+    for line in (untrained_line(checks.get("untrained_tokens") or {}), markers_line(checks.get("markers") or {})):
+        if line:
+            parts.append(line)
     if not fits(checks):
         from tunelab.memory import describe
         e = checks["estimate"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.data.checks import left_untrained, untrained_line
+from tunelab.data.checks import left_untrained, markers_line, untrained_line
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.evaluate.summary import baselines, pass_names
 from tunelab.rundir import counts_passes, last_improvement, steps_per_epoch, stopped_early, trained_and_planned
@@ -695,6 +695,14 @@ def untrained_tokens(checks: dict) -> Observation | None:
     if not left_untrained(found):
         return None
     return Observation("watch", f"{untrained_line(found)}.", found["rule"])
+
+
+def markers(checks: dict) -> Observation | None:
+    """The training rows write chat markers the tokenizer splits, or model.added_tokens no row uses (data checks'
+    `markers`)."""
+    found = checks.get("markers") or {}
+    line = markers_line(found)
+    return Observation("watch", f"{line[0].upper()}{line[1:]}.", found["rule"]) if line else None
 
 
 def duplicates(checks: dict) -> Observation | None:

@@ -130,7 +130,7 @@ def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None, summary: d
         scored = evaluation.get("source", cfg.data.source) if evaluation else cfg.eval.source or cfg.data.source
         found += [o for o in (rules.contamination(checks, run.read_predictions(), checked, scored,
                                                   HeldOutLossDir(run.path).read_losses()),
-                              rules.duplicates(checks), rules.untrained_tokens(checks)) if o]
+                              rules.duplicates(checks), rules.untrained_tokens(checks), rules.markers(checks)) if o]
     return sections, found
 
 

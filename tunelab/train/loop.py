@@ -26,7 +26,7 @@ import torch
 from tunelab import card, cost, distributed, environment, memory
 from tunelab.config import Recipe, to_yaml
 from tunelab.data import Example, Splits, load_splits, scored_rows
-from tunelab.data.checks import left_untrained, untrained_line, untrained_tokens
+from tunelab.data.checks import left_untrained, markers, markers_line, untrained_line, untrained_tokens
 from tunelab.errors import UserError
 from tunelab.handoff import hub_id
 from tunelab.models import (add_lora, continued_adapter, load_model, load_start, load_tokenizer, pick_device,
@@ -205,9 +205,9 @@ def _starting_weights(cfg: Recipe, model, tok, train_items: list[Tokenized], mai
                       continued: Path | None) -> None:
     """The trained weights before the first step: the continued adapter's (lora.continue_from); and in a new run (a
     resume's checkpoint holds them all), a warning (the main process) when the training rows use tokens whose
-    embedding rows the base model never trained and the recipe leaves them so, and, unless an adapter was continued
-    (its rows are what it learnt), the rows of those tokens the recipe trains started from the mean trained row
-    (`models.start_untrained_rows`)."""
+    embedding rows the base model never trained and the recipe leaves them so, or write chat markers the tokenizer
+    splits (or leave an added token out), and, unless an adapter was continued (its rows are what it learnt), the
+    rows of those tokens the recipe trains started from the mean trained row (`models.start_untrained_rows`)."""
     if continued:
         log.info("continuing the adapter in %s", continued)
         load_start(model, continued)
@@ -215,6 +215,8 @@ def _starting_weights(cfg: Recipe, model, tok, train_items: list[Tokenized], mai
         return
     if main and left_untrained(found := untrained_tokens(cfg, tok, train_items)):
         log.warning("%s", untrained_line(found))  # tokens LoRA cannot teach the model
+    if main and (line := markers_line(markers(cfg, tok, train_items))):
+        log.warning("%s", line)
     if not continued and (started := start_untrained_rows(model, {i for t in train_items for i in t.input_ids})):
         log.info("embedding rows of %s start from the mean trained row: untrained in the base model",
                  ", ".join(tok.convert_ids_to_tokens(started)))
