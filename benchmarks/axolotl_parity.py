@@ -1,8 +1,9 @@
 """Does a recipe from `tunelab convert` train on the same tokens as the Axolotl config it came from?
 
-Converts five Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
-format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies; type
-completion), tokenizes
+Converts six Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
+format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies, through the
+tokenizer's template and through a template of markers added as tokens, Axolotl's side then with the tokenizer its
+own loader builds; type completion), tokenizes
 their rows with tunelab and with Axolotl's own tokenizing strategies under SmolLM2's tokenizer, and counts the rows
 whose input ids and labels are identical. Axolotl is not a tunelab dependency: give the folder of an unpacked
 Axolotl wheel with its two small imports (colorama, addict) beside it.
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import yaml
@@ -35,6 +37,8 @@ def main() -> None:
     ap.add_argument("--axolotl", required=True, help="folder holding the axolotl package, colorama and addict")
     args = ap.parse_args()
     sys.path[:0] = [args.axolotl]
+    os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+    sys.modules.setdefault("posthog", types.ModuleType("posthog"))  # Axolotl's telemetry, imported by its loader
     out = Path(tempfile.mkdtemp(prefix="axolotl-parity-"))
     results = {name: compare(out, name, *case(out)) for name, case in CASES.items()}
     for name, r in results.items():
@@ -95,6 +99,29 @@ def _chat(out: Path):
     return config, rows, lambda tok: load(tok, settings, dataset)
 
 
+MARKERS = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")  # markers SmolLM2's tokenizer splits
+
+
+def _chat_added_tokens(out: Path):
+    """type: chat_template through a template of markers SmolLM2 lacks, added as tokens (`tokens`, `special_tokens`'
+    eos_token): Axolotl's side tokenizes with the tokenizer its own loader builds from the config, not tunelab's."""
+    from axolotl.loaders.tokenizer import load_tokenizer
+    from axolotl.prompt_strategies.chat_template import load
+    from axolotl.utils.dict import DictDefault
+
+    from tunelab.models import resolve
+    rows, base = sharegpt_rows(), resolve("smollm2-135m-instruct")
+    dataset = {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
+    config = {"base_model": base, "adapter": "lora", "lora_modules_to_save": ["embed_tokens", "lm_head"],
+              "chat_template": "jinja", "chat_template_jinja": MARKERS, "special_tokens": {"eos_token": "<|end|>"},
+              "tokens": ["<|system|>", "<|user|>", "<|assistant|>"],
+              "datasets": [{"path": str(write_jsonl(out / "chats.jsonl", rows)), "type": "chat_template", **dataset}]}
+    theirs = load_tokenizer(DictDefault({**config, "base_model_config": base, "tokenizer_config": base}))
+    settings = DictDefault({"chat_template": "tokenizer_default", "train_on_inputs": False, "sequence_len": 2048})
+    return yaml.safe_dump(config), rows, lambda tok: load(theirs, settings, dataset)
+
+
 def _completion(out: Path):
     from types import SimpleNamespace
 
@@ -127,6 +154,7 @@ CASES = {
     "user-defined, format unused": _user_defined({"field_instruction": "question", "field_output": "answer",
                                                   "format": "Q: {instruction}\nA: "}),
     "chat_template": _chat,
+    "chat_template, added tokens": _chat_added_tokens,
     "completion": _completion,
 }
 

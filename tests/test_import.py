@@ -196,18 +196,21 @@ def test_a_hub_repo_is_imported_and_its_trainers_runtime_priced(trl_output, tmp_
     assert "× the other trainer's train_runtime" in run.report_md.read_text()
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "whole", "rows"])
+@pytest.mark.parametrize("method", ["lora", "dora", "whole", "rows", "added"])
 def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny_recipe, tmp_path, method):
     """A run's own adapter/ folder (PEFT format, no trainer_state.json: epochs from the recipe) imported: its
     validation loss and token accuracy equal those the training loop measured after the last epoch (with the LM
     head trained whole too, method "whole": lora.modules_to_save; with embedding rows, "rows":
-    lora.trainable_tokens)."""
+    lora.trainable_tokens; with new tokens, "added": model.added_tokens, the base grown before the adapter loads)."""
     from tunelab import imported
     from tunelab.models import adapted_counts
     from tunelab.train import train
     raw = {**tiny_recipe, "lora": {**tiny_recipe["lora"], "use_dora": method == "dora",
                                    "modules_to_save": ["lm_head"] if method == "whole" else [],
                                    "trainable_tokens": ["<|im_end|>", 5] if method == "rows" else []}}
+    if method == "added":
+        raw["model"] = {**raw["model"], "added_tokens": ["<|q|>", "<|end|>"], "special_tokens": {"eos_token": "<|end|>"}}
+        raw["data"] = {**raw["data"], "template": "<|q|>{question}\nResponse: "}
     native = RunDir(tmp_path / "native")
     train(validate(raw, "tiny"), native)
     cfg = validate({**raw, "lora": {"r": 2, "alpha": 4}}, "tiny")  # the adapter's settings replace these
@@ -217,7 +220,7 @@ def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny
     trained = validate(raw, "tiny")  # the recipe it came from trains the same weights (PEFT names them its way)
     assert adapted_counts(cfg.model, cfg.lora) == adapted_counts(trained.model, trained.lora)
     assert bool(cfg.lora.modules_to_save) == (method == "whole")
-    assert bool(cfg.lora.trainable_tokens) == (method == "rows")
+    assert bool(cfg.lora.trainable_tokens) == (method in ("rows", "added"))
     run = RunDir(tmp_path / "imported")
     imported.import_run(cfg, run, source)
     ours, theirs = run.read_epochs(), native.read_epochs()

@@ -409,3 +409,23 @@ def test_added_tokens_that_exist_or_would_not_train_are_refused_and_the_vocabula
     assert whole.lora.trainable_tokens == []  # tied: the one matrix trains whole, the new rows with it
     assert main(["check", str(_write(tmp_path, _with_tokens(tiny_recipe, lora={"modules_to_save": ["embed_tokens"]})))
                  ]) in (0, 1)
+
+
+@pytest.mark.slow
+def test_the_added_tokens_benchmark_runs_its_two_ways_on_a_tiny_model():
+    """benchmarks/added_tokens.py --tiny: the check names the split markers, and both ways train and are measured,
+    the added tokens making every training row shorter, so the benchmark cannot rot between its runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "added_tokens.py"), "--tiny"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("tunelab check: the training rows write chat markers the tokenizer splits (<|assistant|>")
+    results = json.loads(lines[-1])
+    assert list(results) == ["markers as pieces", "model.added_tokens"]
+    assert all(r["n"] == 8 for r in results.values())
+    pieces, added = results.values()
+    assert pieces["tokens_per_row"] - added["tokens_per_row"] >= 10  # four markers a row: 21 pieces against 4 tokens

@@ -327,7 +327,8 @@ def token_rows(model, cfg: LoraConfig, tok) -> list[int] | dict[str, list[int]]:
         if not 0 <= i < into.weight.shape[0]:
             raise UserError(f"lora.trainable_tokens: {token}: not an id of the vocabulary "
                             f"(0..{into.weight.shape[0] - 1})")
-        ids.append(i)
+        if i not in ids:  # a token named twice (as written and by id: an imported adapter's rows) trains one row
+            ids.append(i)
     if out is None or out.weight is into.weight:
         return ids
     names = {id(m): name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
