@@ -23,26 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import tiny_llama, trained_and_scored  # noqa: E402
 
 MARKERS = ["<|user|>", "<|assistant|>", "<|end|>"]
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 WAYS = {"markers as pieces": {}, "model.added_tokens": {"added_tokens": MARKERS,
                                                         "special_tokens": {"eos_token": "<|end|>"}}}
-
-
-def tiny_model(source: Path, out: Path) -> Path:
-    """A 2-layer random Llama with the tokenizer at `source`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-    tok = AutoTokenizer.from_pretrained(source)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def recipe(model: Path, tiny: bool, **tokens) -> dict:
@@ -53,19 +40,6 @@ def recipe(model: Path, tiny: bool, **tokens) -> dict:
             "lora": {"r": 8 if tiny else 16, "alpha": 16 if tiny else 32, "dropout": 0.0},
             "train": {"epochs": 1 if tiny else 2, "batch_size": 8, "lr": 1e-3, "max_length": 256},
             "eval": {"limit": 8 if tiny else 40, "max_new_tokens": 16 if tiny else 96, "fewshot": 0}}
-
-
-def measure(cfg, folder: Path) -> dict:
-    from tunelab.evaluate.stage import evaluate
-    from tunelab.rundir import RunDir
-    from tunelab.train import train
-    run = RunDir(folder)
-    train(cfg, run)
-    tuned = evaluate(cfg, run).summary["tuned"]
-    summary = json.loads(run.summary.read_text())  # train_tokens: the real (non-pad) tokens of every epoch
-    return {"accuracy": tuned["flexible_accuracy"], "never_ended": tuned["at_budget"] / tuned["n"], "n": tuned["n"],
-            "tokens_per_row": round(summary["train_tokens"] / (summary["train_examples"] * summary["epochs"]), 1),
-            "train_seconds": summary["train_seconds"]}
 
 
 def main() -> None:
@@ -79,12 +53,12 @@ def main() -> None:
     from tunelab.train.batching import tokenize_with
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(resolve("smollm2-135m-instruct"))
-        model = tiny_model(source, Path(tmp) / "tiny") if args.tiny else source
+        model = tiny_llama(source, Path(tmp) / "tiny") if args.tiny else source
         cfg = validate(recipe(model, args.tiny), "pieces")
         tok = load_tokenizer(cfg.model)
         items, _ = tokenize_with(cfg, load_splits(cfg.data).train, tok)
         print(f"tunelab check: {markers_line(markers(cfg, tok, items))}", flush=True)
-        results = {way: measure(validate(recipe(model, args.tiny, **tokens), way), Path(tmp) / f"run-{i}")
+        results = {way: trained_and_scored(validate(recipe(model, args.tiny, **tokens), way), Path(tmp) / f"run-{i}")
                    for i, (way, tokens) in enumerate(WAYS.items())}
     for way, r in results.items():
         print(f"{way:20s} accuracy {100 * r['accuracy']:.1f} %, replies that never ended {100 * r['never_ended']:.0f} "

@@ -1,7 +1,8 @@
 """Shared by the benchmarks: run one measured workload in a fresh process (its own peak memory, nothing warm); the
 parity checks' rows and tunelab's side of them (a converted config's rows as tunelab tokenizes them).
 
-Run as: part of benchmarks/train_throughput.py, gpu_check.py, axolotl_parity.py and llamafactory_parity.py.
+Run as: part of benchmarks/train_throughput.py, gpu_check.py, axolotl_parity.py, llamafactory_parity.py,
+untrained_tokens.py and added_tokens.py.
 """
 
 from __future__ import annotations
@@ -73,3 +74,37 @@ def converted_rows(config):
     examples = splits.train + splits.val
     items, _ = tokenize_with(cfg, examples, tok)
     return tok, [(int(e.id.rsplit("-", 1)[1]) - 1, item) for e, item in zip(examples, items)]  # ids: lines from 1
+
+
+def tiny_llama(tokenizer_source, out):
+    """A 2-layer random Llama (hidden 32, tied embeddings) with the tokenizer at `tokenizer_source`, saved to `out`
+    (a pathlib.Path; the token benchmarks' --tiny runs). Returns `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def trained_and_scored(cfg, folder) -> dict:
+    """Train recipe `cfg` into run directory `folder` and score its adapter on the held-out questions: the final
+    validation loss, answer accuracy (flexible), the share of replies that never ended (they ran to
+    eval.max_new_tokens), n, the real tokens per training row and the training seconds."""
+    import json
+
+    from tunelab.evaluate.stage import evaluate
+    from tunelab.rundir import RunDir
+    from tunelab.train import train
+    run = RunDir(folder)
+    train(cfg, run)
+    tuned = evaluate(cfg, run).summary["tuned"]
+    summary = json.loads(run.summary.read_text())  # train_tokens: the real (non-pad) tokens of every epoch
+    return {"final_val_loss": summary["final_val_loss"], "accuracy": tuned["flexible_accuracy"],
+            "never_ended": tuned["at_budget"] / tuned["n"], "n": tuned["n"],
+            "tokens_per_row": round(summary["train_tokens"] / (summary["train_examples"] * summary["epochs"]), 1),
+            "train_seconds": summary["train_seconds"]}

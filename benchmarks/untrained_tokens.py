@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import tiny_llama, trained_and_scored  # noqa: E402
 
 TOKENS = ["<|im_start|>", "<|im_end|>"]
 WAYS = {"lora alone": {}, "lora.trainable_tokens": {"trainable_tokens": TOKENS},
@@ -35,15 +36,10 @@ def damaged(source: Path, out: Path, tiny: bool) -> Path:
     embedding rows are 1e-24 noise."""
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(source)
     if tiny:
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(out)
-        tok.save_pretrained(out)
+        tiny_llama(source, out)
     else:
         shutil.copytree(source, out)
     weights = load_file(out / "model.safetensors")
@@ -64,17 +60,6 @@ def recipe(model: Path, tiny: bool, **lora) -> dict:
             "eval": {"limit": 8 if tiny else 40, "max_new_tokens": 16 if tiny else 64, "fewshot": 0}}
 
 
-def measure(cfg, folder: Path) -> dict:
-    from tunelab.evaluate.stage import evaluate
-    from tunelab.rundir import RunDir
-    from tunelab.train import train
-    run = RunDir(folder)
-    train(cfg, run)
-    tuned = evaluate(cfg, run).summary["tuned"]
-    return {"final_val_loss": run.read_epochs()[-1]["val_loss"], "accuracy": tuned["flexible_accuracy"],
-            "never_ended": tuned["at_budget"] / tuned["n"], "n": tuned["n"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a 2-layer random model: checks the logic in seconds")
@@ -90,7 +75,7 @@ def main() -> None:
         tok = load_tokenizer(cfg.model)
         items, _ = tokenize_with(cfg, load_splits(cfg.data).train, tok)
         print(f"tunelab check: {untrained_line(untrained_tokens(cfg, tok, items))}", flush=True)
-        results = {way: measure(validate(recipe(model, args.tiny, **lora), way), Path(tmp) / f"run-{i}")
+        results = {way: trained_and_scored(validate(recipe(model, args.tiny, **lora), way), Path(tmp) / f"run-{i}")
                    for i, (way, lora) in enumerate(WAYS.items())}
     for way, r in results.items():
         print(f"{way:24s} val loss {r['final_val_loss']:.4f}, accuracy {100 * r['accuracy']:.1f} %, replies that "
