@@ -7,7 +7,8 @@ recipe (synthetic:arith, the quickstart's rows and settings, 2 epochs) two ways:
 ends with <|end|>'s pieces, then the tokenizer's EOS), and the markers as tokens of their own (model.added_tokens,
 <|end|> the EOS, their rows trained: lora.trainable_tokens). Each is measured on the same held-out questions:
 answer accuracy (numeric, flexible), the share of replies that never ended (they ran to eval.max_new_tokens), the
-tokens per training row and the training seconds. The data checks' verdict on the pieces is printed first.
+tokens per training row and the training seconds, and the accuracy difference with its paired 95 % interval. The
+data checks' verdict on the pieces is printed first.
 
 Run as: .venv/bin/python benchmarks/added_tokens.py           (~10 min on 2 cores)
         .venv/bin/python benchmarks/added_tokens.py --tiny    (a 2-layer random model: the logic, seconds)
@@ -50,6 +51,7 @@ def main() -> None:
     from tunelab.data import load_splits
     from tunelab.data.checks import markers, markers_line
     from tunelab.models import load_tokenizer, resolve
+    from tunelab.stats import paired_difference
     from tunelab.train.batching import tokenize_with
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(resolve("smollm2-135m-instruct"))
@@ -58,11 +60,17 @@ def main() -> None:
         tok = load_tokenizer(cfg.model)
         items, _ = tokenize_with(cfg, load_splits(cfg.data).train, tok)
         print(f"tunelab check: {markers_line(markers(cfg, tok, items))}", flush=True)
-        results = {way: trained_and_scored(validate(recipe(model, args.tiny, **tokens), way), Path(tmp) / f"run-{i}")
-                   for i, (way, tokens) in enumerate(WAYS.items())}
-    for way, r in results.items():
+        scored = {way: trained_and_scored(validate(recipe(model, args.tiny, **tokens), way), Path(tmp) / f"run-{i}")
+                  for i, (way, tokens) in enumerate(WAYS.items())}
+    results = {way: figures for way, (figures, _) in scored.items()}
+    (_, pieces), (_, added) = scored.values()
+    results["difference"] = paired_difference([pieces[i] for i in sorted(pieces)], [added[i] for i in sorted(pieces)])
+    for way, r in list(results.items())[:2]:
         print(f"{way:20s} accuracy {100 * r['accuracy']:.1f} %, replies that never ended {100 * r['never_ended']:.0f} "
               f"% (n = {r['n']}), {r['tokens_per_row']} tokens per training row, {r['train_seconds']} s training")
+    d = results["difference"]
+    print(f"accuracy, added tokens - pieces: {d['delta_pts']:+.1f} pts (95 % CI {d['ci95_pts'][0]:+.1f}.."
+          f"{d['ci95_pts'][1]:+.1f}, paired over the same {d['n']} questions)")
     print(json.dumps(results))
 
 

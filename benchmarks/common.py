@@ -91,10 +91,11 @@ def tiny_llama(tokenizer_source, out):
     return out
 
 
-def trained_and_scored(cfg, folder) -> dict:
+def trained_and_scored(cfg, folder) -> tuple[dict, dict]:
     """Train recipe `cfg` into run directory `folder` and score its adapter on the held-out questions: the final
     validation loss, answer accuracy (flexible), the share of replies that never ended (they ran to
-    eval.max_new_tokens), n, the real tokens per training row and the training seconds."""
+    eval.max_new_tokens), n, the real tokens per training row and the training seconds; and each question's
+    flexible-correct flag by its id (for paired comparisons)."""
     import json
 
     from tunelab.evaluate.stage import evaluate
@@ -107,4 +108,5 @@ def trained_and_scored(cfg, folder) -> dict:
     return {"final_val_loss": summary["final_val_loss"], "accuracy": tuned["flexible_accuracy"],
             "never_ended": tuned["at_budget"] / tuned["n"], "n": tuned["n"],
             "tokens_per_row": round(summary["train_tokens"] / (summary["train_examples"] * summary["epochs"]), 1),
-            "train_seconds": summary["train_seconds"]}
+            "train_seconds": summary["train_seconds"]}, {p["id"]: p["flexible_correct"]
+                                                         for p in run.read_predictions() if p["model"] == "tuned"}

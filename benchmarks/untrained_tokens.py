@@ -75,8 +75,8 @@ def main() -> None:
         tok = load_tokenizer(cfg.model)
         items, _ = tokenize_with(cfg, load_splits(cfg.data).train, tok)
         print(f"tunelab check: {untrained_line(untrained_tokens(cfg, tok, items))}", flush=True)
-        results = {way: trained_and_scored(validate(recipe(model, args.tiny, **lora), way), Path(tmp) / f"run-{i}")
-                   for i, (way, lora) in enumerate(WAYS.items())}
+        results = {way: trained_and_scored(validate(recipe(model, args.tiny, **lora), way),
+                                           Path(tmp) / f"run-{i}")[0] for i, (way, lora) in enumerate(WAYS.items())}
     for way, r in results.items():
         print(f"{way:24s} val loss {r['final_val_loss']:.4f}, accuracy {100 * r['accuracy']:.1f} %, replies that "
               f"never ended {100 * r['never_ended']:.0f} % (n = {r['n']})")

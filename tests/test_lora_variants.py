@@ -373,6 +373,7 @@ def test_added_tokens_grow_the_vocabulary_train_their_rows_resume_and_travel_wit
                                                                                 gguf.TokenType.CONTROL]
     assert int(reader.fields["tokenizer.ggml.eos_token_id"].parts[-1][0]) == vocab + 1
     card = (straight.adapter / "README.md").read_text()
+    assert "the embedding rows of <|q|>, <|end|>; <|q|>, <|end|> added to the vocabulary" in card
     assert "base.resize_token_embeddings(max(len(tokenizer), base.get_input_embeddings().num_embeddings))" in card
     path = straight.adapter.resolve()  # lm-eval reads the tokenizer there and grows the base to its length
     assert any(f"peft={path},tokenizer={path}" in c for _, c in commands("base", path, 4, "x", task="gsm8k",
@@ -425,7 +426,8 @@ def test_the_added_tokens_benchmark_runs_its_two_ways_on_a_tiny_model():
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("tunelab check: the training rows write chat markers the tokenizer splits (<|assistant|>")
     results = json.loads(lines[-1])
-    assert list(results) == ["markers as pieces", "model.added_tokens"]
-    assert all(r["n"] == 8 for r in results.values())
-    pieces, added = results.values()
+    assert list(results) == ["markers as pieces", "model.added_tokens", "difference"]
+    pieces, added, difference = results.values()
+    assert pieces["n"] == added["n"] == difference["n"] == 8
+    assert difference["delta_pts"] == pytest.approx(100 * (added["accuracy"] - pieces["accuracy"]), abs=1e-3)
     assert pieces["tokens_per_row"] - added["tokens_per_row"] >= 10  # four markers a row: 21 pieces against 4 tokens

@@ -341,12 +341,14 @@ def _categories(evaluation: dict) -> list[str]:
 
 
 def whole_text(cfg) -> str:
-    """A recipe's lora.modules_to_save (and train.embedding_lr) and lora.trainable_tokens in words, to follow the
-    targets: "" without any."""
+    """A recipe's lora.modules_to_save (and train.embedding_lr), lora.trainable_tokens and model.added_tokens in
+    words, to follow the targets: "" without any."""
     whole = f" and {', '.join(cfg.lora.modules_to_save)} trained whole" if cfg.lora.modules_to_save else ""
     rows = (f" and the embedding rows of {', '.join(map(str, cfg.lora.trainable_tokens))}"
             if cfg.lora.trainable_tokens else "")
-    return whole + rows + (f" (at lr {cfg.train.embedding_lr:g})" if cfg.train.embedding_lr is not None else "")
+    added = f"; {', '.join(cfg.model.added_tokens)} added to the vocabulary" if cfg.model.added_tokens else ""
+    return (whole + rows + (f" (at lr {cfg.train.embedding_lr:g})" if cfg.train.embedding_lr is not None else "")
+            + added)
 
 
 def targets_text(modules) -> str:
