@@ -75,7 +75,7 @@ class ModelConfig(Section):
                                     "follow its last one), each never split: the chat template's markers a base "
                                     "model lacks (<|im_start|>, <|im_end|> for ChatML on Mistral-7B-v0.1), tool or "
                                     "reasoning tags (Axolotl's tokens, LLaMA-Factory's add_tokens and "
-                                    "new_special_tokens). The embedding grows to the tokenizer's length where it has "
+                                    "add_special_tokens). The embedding grows to the tokenizer's length where it has "
                                     "fewer rows, each new row starting at the mean of the trained rows; their rows "
                                     "train (added to lora.trainable_tokens unless lora.modules_to_save trains the "
                                     "embeddings whole). Kept in decoded replies unless model.special_tokens names "
