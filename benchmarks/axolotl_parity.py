@@ -1,11 +1,11 @@
 """Does a recipe from `tunelab convert` train on the same tokens as the Axolotl config it came from?
 
-Converts six Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
+Converts eight Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
 format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies, through the
-tokenizer's template and through a template of markers added as tokens, Axolotl's side then with the tokenizer its
-own loader builds; type completion), tokenizes
-their rows with tunelab and with Axolotl's own tokenizing strategies under SmolLM2's tokenizer, and counts the rows
-whose input ids and labels are identical. Axolotl is not a tunelab dependency: give the folder of an unpacked
+tokenizer's template, through a template of markers added as tokens, and through Axolotl's named chatml and llama3
+(its markers added as tokens), Axolotl's side then with the tokenizer its own loader builds; type completion),
+tokenizes their rows with tunelab and with Axolotl's own tokenizing strategies under SmolLM2's tokenizer, and counts
+the rows whose input ids and labels are identical, and of the others those with the same text and trained text. Axolotl is not a tunelab dependency: give the folder of an unpacked
 Axolotl wheel with its two small imports (colorama, addict) beside it.
 
 Run as:
@@ -44,17 +44,20 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name}: {r['identical']}/{r['rows']} rows identical in input ids and labels"
               + (f" ({r['trailing']} of them once Axolotl's untrained token after the last turn is set aside)"
-                 if r["trailing"] else ""))
+                 if r["trailing"] else "")
+              + (f"; {r['same_text']} others with the same text and trained text, cut into other tokens"
+                 if r["same_text"] else ""))
     print(json.dumps(results))
 
 
 def compare(out: Path, name: str, config: str, rows: list[dict], strategy) -> dict:
     """Convert `config`, tokenize its rows both ways; count identical rows (`trailing`: identical but for tokens
-    Axolotl appends after the last trained one, with no label: they change no loss)."""
+    Axolotl appends after the last trained one, with no label: they change no loss; `same_text`: the others whose
+    text and trained text are the same, cut into tokens elsewhere)."""
     (out / f"{name}.yml").write_text(config)
     tok, items = converted_rows(out / f"{name}.yml")
     theirs = strategy(tok)
-    identical = trailing = 0
+    identical = trailing = same_text = 0
     for index, item in items:
         ax = theirs.tokenize_prompt(rows[index])
         ids, labels, k = list(ax["input_ids"]), list(ax["labels"]), len(item.input_ids)
@@ -62,7 +65,14 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy) -> di
             identical += 1
         elif ids[:k] == item.input_ids and labels[:k] == item.labels and all(x == -100 for x in labels[k:]):
             identical, trailing = identical + 1, trailing + 1
-    return {"rows": len(items), "identical": identical, "trailing": trailing}
+        elif (tok.decode(ids).rstrip() == tok.decode(item.input_ids).rstrip()
+              and _trained(tok, ids, labels) == _trained(tok, item.input_ids, item.labels)):
+            same_text += 1
+    return {"rows": len(items), "identical": identical, "trailing": trailing, "same_text": same_text}
+
+
+def _trained(tok, ids: list[int], labels: list[int]) -> str:
+    return tok.decode([i for i, label in zip(ids, labels) if label != -100])
 
 
 def _alpaca(out: Path):
@@ -103,23 +113,28 @@ MARKERS = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|
            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")  # markers SmolLM2's tokenizer splits
 
 
-def _chat_added_tokens(out: Path):
-    """type: chat_template through a template of markers SmolLM2 lacks, added as tokens (`tokens`, `special_tokens`'
-    eos_token): Axolotl's side tokenizes with the tokenizer its own loader builds from the config, not tunelab's."""
-    from axolotl.loaders.tokenizer import load_tokenizer
-    from axolotl.prompt_strategies.chat_template import load
-    from axolotl.utils.dict import DictDefault
+def _chat_own(chosen: dict, tokens: list[str] = (), eos: str | None = None):
+    """type: chat_template through a template the config chooses (`chosen`: chat_template and its keys), markers
+    SmolLM2 lacks added as tokens (`tokens`, `special_tokens`' eos_token): Axolotl's side tokenizes with the
+    tokenizer its own loader builds from the config, not tunelab's."""
+    def case(out: Path):
+        from axolotl.loaders.tokenizer import load_tokenizer
+        from axolotl.prompt_strategies.chat_template import load
+        from axolotl.utils.dict import DictDefault
 
-    from tunelab.models import resolve
-    rows, base = sharegpt_rows(), resolve("smollm2-135m-instruct")
-    dataset = {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
-    config = {"base_model": base, "adapter": "lora", "lora_modules_to_save": ["embed_tokens", "lm_head"],
-              "chat_template": "jinja", "chat_template_jinja": MARKERS, "special_tokens": {"eos_token": "<|end|>"},
-              "tokens": ["<|system|>", "<|user|>", "<|assistant|>"],
-              "datasets": [{"path": str(write_jsonl(out / "chats.jsonl", rows)), "type": "chat_template", **dataset}]}
-    theirs = load_tokenizer(DictDefault({**config, "base_model_config": base, "tokenizer_config": base}))
-    settings = DictDefault({"chat_template": "tokenizer_default", "train_on_inputs": False, "sequence_len": 2048})
-    return yaml.safe_dump(config), rows, lambda tok: load(theirs, settings, dataset)
+        from tunelab.models import resolve
+        rows, base = sharegpt_rows(), resolve("smollm2-135m-instruct")
+        dataset = {"field_messages": "conversations", "message_property_mappings": {"role": "from",
+                                                                                     "content": "value"}}
+        config = {"base_model": base, "adapter": "lora", **chosen,
+                  **({"lora_modules_to_save": ["embed_tokens", "lm_head"], "tokens": list(tokens)} if tokens else {}),
+                  **({"special_tokens": {"eos_token": eos}} if eos else {}),
+                  "datasets": [{"path": str(write_jsonl(out / "chats.jsonl", rows)), "type": "chat_template",
+                                **dataset}]}
+        theirs = load_tokenizer(DictDefault({**config, "base_model_config": base, "tokenizer_config": base}))
+        settings = DictDefault({"chat_template": "tokenizer_default", "train_on_inputs": False, "sequence_len": 2048})
+        return yaml.safe_dump(config), rows, lambda tok: load(theirs, settings, dataset)
+    return case
 
 
 def _completion(out: Path):
@@ -154,7 +169,12 @@ CASES = {
     "user-defined, format unused": _user_defined({"field_instruction": "question", "field_output": "answer",
                                                   "format": "Q: {instruction}\nA: "}),
     "chat_template": _chat,
-    "chat_template, added tokens": _chat_added_tokens,
+    "chat_template, added tokens": _chat_own({"chat_template": "jinja", "chat_template_jinja": MARKERS},
+                                             ["<|system|>", "<|user|>", "<|assistant|>"], "<|end|>"),
+    "chat_template: chatml": _chat_own({"chat_template": "chatml"}),
+    "chat_template: llama3, added tokens": _chat_own({"chat_template": "llama3"},
+                                                     ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                                                     "<|eot_id|>"),
     "completion": _completion,
 }
 

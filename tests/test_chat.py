@@ -7,6 +7,7 @@ import yaml
 
 from tunelab.cli import main
 from tunelab.data import Example, chat
+from tunelab.data.checks import MARKER
 from tunelab.errors import UserError
 from tunelab.train.batching import IGNORE, encode, tokenize
 
@@ -448,3 +449,32 @@ def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe,
         shots + [{"role": "user", "content": f"Question: {q.fields['question']}\nAnswer:"}], tokenize=False,
         add_generation_prompt=True) for q in questions]
     assert all(p.startswith(passes[3].prefix) for p in passes[3].prompts) and passes[3].shots_from
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "gemma", "llama3", "mistral_v1", "phi_3", "qwen_25"])
+def test_each_chat_template_tunelab_ships_writes_conversations_turn_by_turn_with_every_reply_trained(
+        name, tok, tmp_path):
+    """model.chat_template: <name> reads as tunelab/templates/<name>.jinja; a conversation written with it (its
+    markers added as tokens, as a recipe does by model.added_tokens) is the
+    template's own rendering, each reply carrying loss with the marker that ends it, and the last one then the
+    eos_token where that marker is another token (generation stops at the eos_token). Gemma takes no system turn."""
+    from conftest import write_jsonl
+    from tunelab.config import TEMPLATES, DataConfig, ModelConfig, template_names
+    from tunelab.data import load_splits
+    assert name in template_names()
+    template = ModelConfig(name="x", chat_template=name).chat_template
+    assert template == (TEMPLATES / f"{name}.jinja").read_text()
+    copy = type(tok).from_pretrained(tok.name_or_path)
+    copy.chat_template = template
+    copy.add_tokens(sorted(set(MARKER.findall(template)) - set(copy.get_vocab())))  # model.added_tokens' part
+    earlier = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+    row = _chat_row("And doubled?", "8", None if name == "gemma" else "Be brief.", earlier)
+    splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "c.jsonl", [row] * 4)), messages="messages"))
+    (item,), _ = tokenize([splits.train[0]], copy, 512, completion_only=True, chat=True)
+    end = {"alpaca": copy.eos_token, "chatml": "<|im_end|>", "gemma": "<end_of_turn>", "llama3": "<|eot_id|>",
+           "mistral_v1": copy.eos_token, "phi_3": "<|end|>", "qwen_25": "<|im_end|>"}[name]
+    eos = "" if end == copy.eos_token else copy.eos_token  # SmolLM2's is <|im_end|>
+    whole = copy.apply_chat_template(row["messages"], tokenize=False)
+    assert copy.decode(item.input_ids) == chat._strip_bos(copy, whole).rstrip() + eos
+    lead = " " if name == "mistral_v1" else ""  # [/INST] then a space, then the reply
+    assert copy.decode([x for x in item.labels if x != IGNORE]) == f"{lead}4{end}{lead}8{end}{eos}"

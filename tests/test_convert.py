@@ -3,6 +3,7 @@ every key not carried over exactly named, and what would train differently refus
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -163,7 +164,7 @@ def test_axolotl_completion_text_trains_every_token(tmp_path):
     assert {e.prompt for e in rows.train} == {""} and "Once upon a time 0." in {e.target for e in rows.train + rows.val}
 
 
-def test_conversations_take_the_tokenizers_chat_template_and_a_named_one_is_refused(tmp_path):
+def test_conversations_take_the_tokenizers_chat_template_or_the_configs_own(tmp_path):
     data = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"from": "human", "value": "hi"},
                                                                      {"from": "gpt", "value": "hello"}]}] * 10)
     text = """\
@@ -180,17 +181,94 @@ default_system_message: Be brief.
     raw, notes = convert(_config(tmp_path, text, data=data))
     assert raw["data"]["messages"] == "conversations" and raw["data"]["chat_template"] is True
     assert notes == ["datasets.0.shards: 4: not carried over (no tunelab equivalent)"]  # a dataset's keys count too
-    assert raw["data"]["system_prompt"] == "Be brief."
-    with pytest.raises(UserError, match=r"datasets.0: chat_template: 'chatml': tunelab writes conversations with "
-                                        r"the tokenizer's own"):
-        convert(_config(tmp_path, text + "chat_template: chatml\n", data=data))
+    assert raw["data"]["system_prompt"] == "Be brief." and "chat_template" not in raw["model"]
     jinja = "{% for m in messages %}{{ m.content }}{% endfor %}"  # Axolotl's own template: model.chat_template
     braced = jinja.replace("{", "{{").replace("}", "}}")  # _config formats the text
     own = f"chat_template: jinja\nchat_template_jinja: '{braced}'\n"
     raw, notes = convert(_config(tmp_path, text + own, data=data))
     assert raw["model"]["chat_template"] == jinja and validate(raw, "c").model.chat_template == jinja
+    assert notes[1:] == ["chat_template: jinja: differs: the template writes nothing after a reply; tunelab trains "
+                         "the eos_token after the last one (where generation stops), Axolotl does not"]
     with pytest.raises(UserError, match=r"chat_template: jinja: chat_template_jinja \(the template\) is not set"):
         convert(_config(tmp_path, text + "chat_template: jinja\n", data=data))
+
+
+CHATS = """\
+base_model: {model}
+adapter: lora
+datasets:
+  - path: {data}
+    type: chat_template
+    field_messages: conversations
+    message_property_mappings: {{role: from, content: value}}
+"""
+
+
+def _chats(tmp_path, model, extra: str = "", dataset: str = "") -> str:
+    """An Axolotl config of ShareGPT conversations (type chat_template) for `model`, `extra` keys after it and
+    `dataset` keys in its dataset."""
+    data = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"from": "human", "value": "hi"},
+                                                                     {"from": "gpt", "value": "hello"}]}] * 10)
+    path = tmp_path / "axolotl.yml"
+    path.write_text(CHATS.format(model=model, data=data).replace("    field_messages", dataset + "    field_messages")
+                    + extra)
+    return str(path)
+
+
+def test_axolotls_named_chat_templates_become_model_chat_template_with_the_end_marker_it_leaves_untrained_noted(
+        tmp_path, smollm2_dir):
+    """chat_template: chatml as model.chat_template: chatml, which reads as Axolotl's text of that name; llama3 ends
+    a reply with <|eot_id|>, not SmolLM2's eos_token: Axolotl leaves it untrained (or trains it alone, eot_tokens),
+    tunelab trains it and the eos_token after it, and says so — unless special_tokens makes it the eos_token. A hub
+    model not at hand: the note says what it depends on."""
+    raw, notes = convert(_chats(tmp_path, smollm2_dir, "chat_template: chatml\n"))
+    assert raw["model"]["chat_template"] == "chatml" and notes == []  # SmolLM2's eos_token is <|im_end|>
+    template = validate(raw, "c").model.chat_template
+    assert template.startswith("{% if not add_generation_prompt is defined %}") and "'<|im_end|>'" in template
+    raw, notes = convert(_chats(tmp_path, smollm2_dir, "chat_template: llama3\n"))
+    assert raw["model"]["chat_template"] == "llama3"
+    assert notes == ["chat_template: llama3: differs: tunelab trains the template's end-of-turn marker "
+                     "(<|eot_id|>) and, after the last reply, the eos_token (where generation stops); Axolotl trains "
+                     "neither. special_tokens: {eos_token: <|eot_id|>} makes the two one"]
+    _, notes = convert(_chats(tmp_path, smollm2_dir, "chat_template: llama3\neot_tokens: [<|eot_id|>]\n"))
+    assert "; Axolotl trains the marker up to <|eot_id|> (eot_tokens)." in notes[0]
+    tokens = "chat_template: llama3\nspecial_tokens: {eos_token: <|eot_id|>}\ntokens: [<|start_header_id|>]\n"
+    raw, notes = convert(_chats(tmp_path, smollm2_dir, tokens))
+    assert raw["model"]["added_tokens"] == ["<|eot_id|>", "<|start_header_id|>"]
+    assert not [n for n in notes if n.startswith("chat_template")]
+    raw, notes = convert(_chats(tmp_path, "meta-llama/Meta-Llama-3-8B", "chat_template: llama3\n"))
+    assert notes[0].startswith("chat_template: llama3: differs (unless <|eot_id|> is meta-llama/Meta-Llama-3-8B's "
+                               "eos_token): ")
+    mistral = convert(_chats(tmp_path, "mistralai/Mistral-7B-v0.1", "chat_template: mistral_v1\n"))  # ends a
+    # reply with {{ eos_token }}: no note
+    assert mistral[0]["model"]["chat_template"] == "mistral_v1" and mistral[1] == []
+
+
+def test_a_chat_template_tunelab_does_not_ship_or_two_different_ones_are_refused_naming_the_key(tmp_path):
+    mistral = "mistralai/Mistral-7B-v0.1"
+    with pytest.raises(UserError, match=r"axolotl.yml: chat_template: 'vicuna': tunelab converts Axolotl's chat "
+                                        r"templates alpaca, chatml, gemma, llama3, mistral_v1, phi_3, qwen_25, "
+                                        r"tokenizer_default and jinja"):
+        convert(_chats(tmp_path, mistral, "chat_template: vicuna\n"))
+    with pytest.raises(UserError, match=r"datasets.0: gemma: differs from chat_template's chatml; tunelab writes "
+                                        r"every source of a run with one chat template"):
+        convert(_chats(tmp_path, mistral, "chat_template: chatml\n", dataset="    chat_template: gemma\n"))
+    own = _chats(tmp_path, mistral, dataset="    chat_template: chatml\n")  # a dataset's own
+    assert convert(own)[0]["model"]["chat_template"] == "chatml"
+
+
+def test_tokenizer_default_fallback_takes_the_named_template_only_for_a_tokenizer_without_one(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+    bare = tmp_path / "bare"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = None
+    tok.save_pretrained(bare)
+    (bare / "config.json").write_text((tiny_model / "config.json").read_text())
+    fallback = "chat_template: tokenizer_default_fallback_chatml\n"
+    raw, _ = convert(_chats(tmp_path, tiny_model, fallback))
+    assert "chat_template" not in raw["model"]  # SmolLM2's tokenizer has its own
+    raw, _ = convert(_chats(tmp_path, bare, fallback))
+    assert raw["model"]["chat_template"] == "chatml"
 
 
 def test_trls_chat_template_path_becomes_model_chat_template_and_another_tokenizers_is_refused(tmp_path, tiny_model):

@@ -30,6 +30,12 @@ class Section(BaseModel):
 
 
 SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+TEMPLATES = importlib.resources.files("tunelab") / "templates"  # chat templates by name (Axolotl's, see NOTICE)
+
+
+def template_names() -> list[str]:
+    """The chat templates model.chat_template takes by name: chatml, llama3, ..."""
+    return sorted(p.name[:-6] for p in TEMPLATES.iterdir() if p.name.endswith(".jinja"))
 
 
 class SpecialTokens(Section):
@@ -67,9 +73,12 @@ class ModelConfig(Section):
                                   "weights)")
     chat_template: str | None = Field(None, description="a Jinja chat template in place of the tokenizer's (TRL's "
                                       "chat_template_path, Axolotl's chat_template_jinja), for a base model whose "
-                                      "tokenizer has none, or another format: the template's text, or a .jinja "
-                                      "file holding it (read when the recipe is read; the run's config.yaml keeps "
-                                      "the text). Saved with each adapter (its tokenizer files) and the exports; "
+                                      "tokenizer has none, or another format: the template's text, a .jinja file "
+                                      "holding it, or the name of one tunelab ships, Axolotl's text of the same "
+                                      "name (alpaca, chatml, gemma, llama3, mistral_v1, phi_3, qwen_25; read when "
+                                      "the recipe is read; the run's config.yaml keeps the text). Its turn markers "
+                                      "must be tokens of the tokenizer (model.added_tokens; tunelab check flags "
+                                      "split ones). Saved with each adapter (its tokenizer files) and the exports; "
                                       "None = the tokenizer's own")
     added_tokens: list[str] = Field([], description="new tokens added to the tokenizer, in this order (their ids "
                                     "follow its last one), each never split: the chat template's markers a base "
@@ -90,13 +99,17 @@ class ModelConfig(Section):
     @field_validator("chat_template")
     @classmethod
     def _template_text(cls, v: str | None) -> str | None:
-        """The template's text (read from a .jinja file), parsed as Jinja to refuse a broken one now."""
+        """The template's text (a shipped one's by name, read from a .jinja file), parsed as Jinja to refuse a
+        broken one now."""
         if v is None:
             return None
+        if v in template_names():
+            return (TEMPLATES / f"{v}.jinja").read_text()
         if "{" not in v:  # no tag nor expression: a file's path
             path = Path(v).expanduser()
             if not path.is_file():
-                raise ValueError(f"{v}: no such file (a .jinja file or the template's text)")
+                raise ValueError(f"{v}: no such file, nor a template tunelab ships ({', '.join(template_names())}); "
+                                 "a .jinja file, the template's text or one of those names")
             v = path.read_text()
         import jinja2
         try:

@@ -179,14 +179,23 @@ _Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
     "tag:yaml.org,2002:str", text, style='"' if "\n" in text else None))
 
 
+def tokenizer_of(model: dict):
+    """The converted recipe's model's tokenizer (a local folder or the hub's cache).
+
+    Raises:
+        UserError: not loadable, naming model.name.
+    """
+    from tunelab.config import ModelConfig
+    from tunelab.models import load_tokenizer
+    return load_tokenizer(ModelConfig(**{k: v for k, v in model.items() if k in ("name", "revision",
+                                                                                 "trust_remote_code")}))
+
+
 def new_tokens(model: dict, tokens: list[str]):
     """The trainer's added tokens as model.added_tokens: of `tokens` (in the order the trainer adds them), those the
     model's tokenizer does not hold yet, each once; and that tokenizer (its roles decide which special tokens
-    change). Reads the tokenizer (a local folder or the hub's cache)."""
-    from tunelab.config import ModelConfig
-    from tunelab.models import load_tokenizer
-    tok = load_tokenizer(ModelConfig(**{k: v for k, v in model.items() if k in ("name", "revision",
-                                                                                 "trust_remote_code")}))
+    change)."""
+    tok = tokenizer_of(model)
     vocab, out = tok.get_vocab(), []
     for token in tokens:
         if token not in vocab and token not in out:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from tunelab.config import SPECIAL_ROLES, TrainConfig
-from tunelab.convert import cadence, leftovers, name, new_tokens
+from pathlib import Path
+
+from tunelab.config import SPECIAL_ROLES, ModelConfig, TrainConfig, template_names
+from tunelab.convert import cadence, leftovers, name, new_tokens, tokenizer_of
 from tunelab.errors import UserError
+from tunelab.handoff import ALIASES
 
 # Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
 ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -78,10 +81,8 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     _model_keys(config, left, model, notes)
     _token_keys(path, left, model, notes)
     data = _data(path, config, take("datasets", None), notes)
-    if config.get("chat_template") == "jinja" or any(isinstance(d, dict) and d.get("chat_template") == "jinja"
-                                                     for d in config.get("datasets") or []):
-        model["chat_template"] = config.get("chat_template_jinja")  # the text, or a file holding it
-    for key in ("chat_template", "chat_template_jinja", "default_system_message", "val_set_size"):
+    _chat_template(path, config, model, notes)
+    for key in ("chat_template", "chat_template_jinja", "eot_tokens", "default_system_message", "val_set_size"):
         left.pop(key, None)  # read with the datasets
     train: dict[str, Any] = {}
     lora: dict[str, Any] = {}
@@ -182,7 +183,7 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
 # the keys of a `datasets` entry that _dataset reads (the others are noted as not carried over)
 DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field", "field_messages",
                 "message_property_mappings", "message_field_role", "message_field_content", "roles_to_train",
-                "chat_template"}
+                "chat_template", "chat_template_jinja"}
 
 
 def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
@@ -287,14 +288,7 @@ def _literal(text: str) -> str:
 
 
 def _conversations(where: str, config: dict, d: dict) -> dict:
-    """`type: chat_template`: data.messages, written with the tokenizer's own chat template."""
-    named = d.get("chat_template") or config.get("chat_template")
-    if named == "jinja" and not config.get("chat_template_jinja"):
-        raise UserError(f"{where}: chat_template: jinja: chat_template_jinja (the template) is not set")
-    if named not in (None, "tokenizer_default", "jinja"):
-        raise UserError(f"{where}: chat_template: {named!r}: tunelab writes conversations with the tokenizer's own "
-                        "chat template (Axolotl's tokenizer_default) or the recipe's (model.chat_template: Axolotl's "
-                        "jinja with chat_template_jinja); Axolotl's named templates are not converted")
+    """`type: chat_template`: data.messages, written with the chat template (`_chat_template`)."""
     roles = d.get("roles_to_train")
     if roles not in (None, ["assistant"]):
         raise UserError(f"{where}.roles_to_train: {roles!r}: tunelab trains the assistant turns only")
@@ -304,6 +298,92 @@ def _conversations(where: str, config: dict, d: dict) -> dict:
         raise UserError(f"{where}.message_property_mappings: {mapping!r}: tunelab reads turns as {{role, content}} "
                         "or ShareGPT's {from, value}")
     return {"messages": d.get("field_messages", "messages")}
+
+
+def _chat_template(path: str, config: dict, model: dict, notes: list[str]) -> None:
+    """model.chat_template from chat_template (the config's, or its chat_template datasets' own, as Axolotl reads
+    them): tokenizer_default leaves the tokenizer's; jinja takes chat_template_jinja's text; a named template, the
+    text tunelab ships under that name (Axolotl's); tokenizer_default_fallback_<name>, that one where the tokenizer
+    has none. Notes the turn end marker Axolotl would leave untrained (`_end_marker_note`).
+
+    Raises:
+        UserError: datasets naming different templates, jinja without its text, a template tunelab does not ship.
+    """
+    wanted = [(f"datasets.{i}", d.get("chat_template"), d.get("chat_template_jinja"))
+              for i, d in enumerate(config.get("datasets") or [])
+              if isinstance(d, dict) and d.get("type") == "chat_template" and d.get("chat_template")]
+    if config.get("chat_template") or not wanted:
+        wanted.insert(0, ("chat_template", config.get("chat_template") or "tokenizer_default", None))
+    choices = []
+    for where, choice, text in wanted:
+        if choice == "jinja":
+            text = text or config.get("chat_template_jinja")
+            if not text:
+                raise UserError(f"{path}: {where}: jinja: chat_template_jinja (the template) is not set")
+        elif choice.startswith(FALLBACK):
+            text = None if _has_template(path, where, choice, model) else _named(path, where, choice[len(FALLBACK):])
+        elif choice != "tokenizer_default":
+            text = _named(path, where, choice)
+        if (choice, text) not in choices:
+            choices.append((choice, text))
+    if len(choices) > 1:
+        raise UserError(f"{path}: {wanted[-1][0]}: {wanted[-1][1]}: differs from {wanted[0][0]}'s "
+                        f"{wanted[0][1]}; tunelab writes every source of a run with one chat template")
+    template = choices[0][1]
+    if template:
+        model["chat_template"] = template  # the text, a file holding it, or the name of a shipped one
+        notes += _end_marker_note(wanted[0][0], config, model, template)
+
+
+FALLBACK = "tokenizer_default_fallback_"  # Axolotl: the tokenizer's template, else the named one
+
+
+def _named(path: str, where: str, name: str) -> str:
+    if name not in template_names():
+        raise UserError(f"{path}: {where}: {name!r}: tunelab converts Axolotl's chat templates "
+                        f"{', '.join(template_names())}, tokenizer_default and jinja (chat_template_jinja)")
+    return name
+
+
+def _has_template(path: str, where: str, choice: str, model: dict) -> bool:
+    try:
+        return bool(tokenizer_of(model).chat_template)
+    except UserError as err:
+        raise UserError(f"{path}: {where}: {choice}: reading the tokenizer, to see whether it has a chat template: "
+                        f"{err}") from None
+
+
+def _end_marker_note(where: str, config: dict, model: dict, template: str) -> list[str]:
+    """A note when a reply does not end with the eos_token in the template (special_tokens' eos_token or, for a
+    local model, its tokenizer's): tunelab then trains the template's end-of-turn marker and the eos_token after it
+    (generation stops there); Axolotl trains the marker only when eot_tokens names it, and no eos_token."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+    try:
+        text = ModelConfig(name="x", chat_template=template).chat_template
+    except ValueError:
+        return []  # a broken template: validating the converted recipe says why
+    eos = (config.get("special_tokens") or {}).get("eos_token")
+    if eos is None and (Path(model["name"]).is_dir() or model["name"] in ALIASES):
+        eos = tokenizer_of(model).eos_token
+    if eos is None and "eos_token" in text:
+        return []  # the template writes the tokenizer's eos_token itself
+    turns = [{"role": "user", "content": "QUESTION"}, {"role": "assistant", "content": "REPLY"}]
+    (head,), _ = render_jinja_template([turns[:1]], chat_template=text, add_generation_prompt=True, bos_token="",
+                                       eos_token=eos or "</s>")
+    (whole,), _ = render_jinja_template([turns], chat_template=text, bos_token="", eos_token=eos or "</s>")
+    marker = whole[len(head):].partition("REPLY")[2].strip() if whole.startswith(head) else ""
+    if eos and marker.endswith(eos):
+        return []
+    choice = f"{where}: {config.get('chat_template') or 'chat_template'}: differs"
+    if not marker:
+        return [f"{choice}: the template writes nothing after a reply; tunelab trains the eos_token after the last "
+                "one (where generation stops), Axolotl does not"]
+    named = [t for t in config.get("eot_tokens") or [] if t in marker]
+    unless = "" if eos else f" (unless {marker} is {model['name']}'s eos_token)"
+    return [f"{choice}{unless}: tunelab trains the template's end-of-turn marker ({marker}) and, after the last "
+            f"reply, the eos_token (where generation stops); Axolotl trains "
+            f"{f'the marker up to {named[0]} (eot_tokens)' if named else 'neither'}. special_tokens: {{eos_token: "
+            f"{marker}}} makes the two one"]
 
 
 def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, notes: list[str]) -> None:
