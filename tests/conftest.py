@@ -38,6 +38,20 @@ def smollm2_dir() -> Path:
     return Path(resolve("smollm2-135m-instruct"))
 
 
+@pytest.fixture(scope="session")
+def mistral_dir(tmp_path_factory) -> Path:
+    """A folder with Mistral-7B-v0.1's tokenizer (a SentencePiece one, read from mistral-common's wheel, which make
+    setup downloads) and a 2-layer cut of its config: no weights."""
+    import importlib.util
+    wheels = sorted((ROOT / ".venv" / "share").glob("mistral_common-*.whl"))
+    if not wheels:
+        pytest.fail("no mistral-common wheel in .venv/share: run make setup")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    return check.model_folder(tmp_path_factory.mktemp("mistral"), tiny=True, wheel=wheels[0])
+
+
 def make_tiny_model(out: Path, tokenizer_dir: Path, arch: str = "llama") -> Path:
     """A 2-layer, hidden-32 random causal LM of `arch` saved with the real SmolLM2 tokenizer."""
     import torch

@@ -353,3 +353,27 @@ def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_com
     assert (f"mc2 (the probability on the true options): base {100 * s['base']['mc2']:.1f} % → epoch 1 "
             f"{100 * s['tuned']['mc2']:.1f} %; tuned − base {m['delta_pts']:+.1f} pts, 95 % CI "
             f"{m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f}") in eval_lines(s)  # the console's, after tunelab run
+
+
+def test_an_option_after_a_sentencepiece_prompt_is_scored_as_the_text_continues_it(mistral_dir, tmp_path):
+    """Under Mistral-7B-v0.1's tokenizer an option tokenized alone starts with a spurious word-start piece (▁);
+    its log-likelihood is that of the prompt and option tokenized together (lm-eval's continuation), checked
+    against the logits of a tiny random Mistral with its vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import make_tiny_model
+    from tunelab.config import ModelConfig
+    from tunelab.models import load_tokenizer
+    folder = make_tiny_model(tmp_path / "m", mistral_dir, "mistral")
+    tok, model = load_tokenizer(ModelConfig(name=str(folder))), AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts, options = ["Q: 2 + 2?\nA:\n", "Pick one.\n"], [["4", "five"], ["Yes", "No", "(c)"]]
+    scores, _ = choices._likelihoods_of(prompts, options, model, tok, torch.device("cpu"))
+    for prompt, texts, got in zip(prompts, options, scores):
+        head = tok(prompt)["input_ids"]
+        for text, score in zip(texts, got):
+            whole = tok(prompt + text)["input_ids"]
+            assert whole[:len(head)] == head and tok.tokenize(text)[0].startswith("▁")  # alone: ▁ first
+            with torch.no_grad():
+                logp = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+            expected = sum(logp[k - 1, whole[k]].item() for k in range(len(head), len(whole)))
+            assert score == pytest.approx(expected, abs=1e-4)

@@ -160,6 +160,50 @@ def test_completion_only_masks_the_prompt_and_ends_with_eos(smollm2_dir):
     assert IGNORE not in full[0].labels
 
 
+def test_a_sentencepiece_target_continues_its_prompt_with_no_spurious_space_token(gsm8k, mistral_dir, smollm2_dir):
+    """Mistral-7B-v0.1's tokenizer puts a word-start marker (▁, id 28705) before a text that starts the input;
+    a target tokenized apart from its prompt has none: every GSM8K row of the flagship's template reads back as its
+    prompt and answer with one space between them, the loss starting on the answer's first piece. A chat
+    conversation's replies tokenize as the whole conversation does. SmolLM2's byte-level tokenizer adds no such
+    marker: its targets tokenize as they did."""
+    from transformers import AutoTokenizer
+
+    from tunelab.config import ModelConfig
+    from tunelab.data import Example, chat
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import continuation_ids
+    tok = AutoTokenizer.from_pretrained(mistral_dir)
+    pieces = lambda texts, after="Q:": [tok.convert_ids_to_tokens(ids)  # noqa: E731
+                                        for ids in continuation_ids(tok, texts, [after] * len(texts))]
+    assert tok.tokenize("4") == ["▁", "4"] and pieces(["4"]) == [["4"]]
+    rows = [json.loads(line) for line in (gsm8k / "train.jsonl").read_text().splitlines()[:50]]
+    ex = [Example(str(i), f"Instruction: {r['question']}\nResponse: ", r["answer"], {}) for i, r in enumerate(rows)]
+    items, _ = tokenize(ex, tok, 1024, completion_only=True)
+    for e, item in zip(ex, items):
+        assert tok.decode(item.input_ids[1:-1]) == e.prompt + e.target  # one space after "Response:", not two
+        first = next(k for k, x in enumerate(item.labels) if x != IGNORE)
+        assert tok.convert_ids_to_tokens(item.input_ids[first - 1:first]) == ["▁"] != tok.convert_ids_to_tokens(
+            item.input_ids[first:first + 1])  # the prompt's space, then the answer's first piece
+    assert pieces([" A", "B", "\nC"]) == [["▁A"], ["B"], ["<0x0A>", "C"]]
+    assert pieces(["Once upon"], after="") == [["▁Once", "▁upon"]]  # after no prompt: the input's start
+    (text,), _ = tokenize([Example("t", "", "Once upon a time", {})], tok, 64, completion_only=False)
+    assert text.input_ids == tok("Once upon a time")["input_ids"] + [tok.eos_token_id]  # a completion row
+    smol = AutoTokenizer.from_pretrained(smollm2_dir)
+    texts = [e.target for e in ex] + [" A", "\n\nB"]
+    assert continuation_ids(smol, texts, ["Q:"] * len(texts)) == smol(texts, add_special_tokens=False)["input_ids"]
+    chatml = load_tokenizer(ModelConfig(name=str(mistral_dir), chat_template="chatml",
+                                        added_tokens=["<|im_start|>", "<|im_end|>"],
+                                        special_tokens={"eos_token": "<|im_end|>"}))
+    history = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+    row = Example("c", "And doubled?", "8", {"user": "And doubled?", "assistant": "8", chat.HISTORY: history})
+    (item,), _ = tokenize([row], chatml, 256, completion_only=True, chat=True)
+    whole = chatml.apply_chat_template(history + [{"role": "user", "content": "And doubled?"},
+                                                  {"role": "assistant", "content": "8"}], tokenize=False)
+    assert item.input_ids == chatml(whole.rstrip())["input_ids"]
+    assert chatml.convert_ids_to_tokens([x for x in item.labels if x != IGNORE]) == ["4", "<|im_end|>", "8",
+                                                                                     "<|im_end|>"]
+
+
 def weighted_recipe(data_weight: float, mix_weight: float) -> tuple:
     """A recipe with data.source and one data.mix entry, its train split (30 + 10 rows) and their items."""
     from tunelab.data import Example

@@ -245,8 +245,9 @@ def _likelihoods_of(prompts: list[str], options: list[list[str]], model, tok, de
     """`_likelihoods` of texts: each prompt's `options` (as written), summed log-likelihood after it."""
     import torch
     from tunelab.evaluate.generate import auto_slots
+    from tunelab.train.batching import continuation_ids
     heads = tok(prompts, add_special_tokens=True)["input_ids"]
-    tails = [tok(texts, add_special_tokens=False)["input_ids"] for texts in options]
+    tails = [continuation_ids(tok, texts, [prompt] * len(texts)) for prompt, texts in zip(prompts, options)]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     slots = auto_slots(base, device, max(len(h) + max(map(len, t)) for h, t in zip(heads, tails)))
     size = max(1, slots // max(map(len, tails)))  # each option holds its own copy of its prompt's cache

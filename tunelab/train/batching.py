@@ -65,11 +65,41 @@ def encode(examples, tok, chat: bool = False, history_loss: bool = True) -> tupl
     if not examples:
         return [], [], []
     encoded = tok(prompts, add_special_tokens=True, return_offsets_mapping=any(spans))
-    target_ids = tok(targets, add_special_tokens=False)["input_ids"]
+    target_ids = continuation_ids(tok, targets, prompts)
     eos = tok.eos_token_id
     trained = [[e > s and any(a <= s and e <= b for a, b in row) for s, e in offsets] if row else None
                for row, offsets in zip(spans, encoded.get("offset_mapping") or [None] * len(examples))]
     return encoded["input_ids"], [t if t[-1:] == [eos] else t + [eos] for t in target_ids], trained
+
+
+PROBE = "\n"  # what continuation_ids tokenizes a text after: a newline (SentencePiece's <0x0A>) joins no neighbour
+
+
+def continuation_ids(tok, texts: list[str], prompts: list[str]) -> list[list[int]]:
+    """Token ids of `texts` as they continue their `prompts`: `tok(texts)` without special tokens, less the
+    word-start marker that a SentencePiece tokenizer with a dummy prefix (Llama 2, Mistral-7B-v0.1: "▁") puts before
+    a text's first character when the text starts the input. After a prompt that marker is a spurious token: a
+    second space after "Response: " (`▁ ▁ N atalia` where the text has one), trained on and scored, never what the
+    model saw in text. Such a tokenizer (`word_start_prefix`) tokenizes each text after a newline, whose tokens are
+    then cut off (lm-eval tokenizes context and continuation together for the same reason). A text after an empty
+    prompt starts the input, and other tokenizers add nothing: `tok(texts)` as it is."""
+    if not texts:
+        return []
+    plain = tok(texts, add_special_tokens=False)["input_ids"]
+    if not word_start_prefix(tok):
+        return plain
+    anchor = tok(PROBE, add_special_tokens=False)["input_ids"]
+    joined = tok([PROBE + t for t in texts], add_special_tokens=False)["input_ids"]
+    return [j[len(anchor):] if prompt and j[:len(anchor)] == anchor else p
+            for j, p, prompt in zip(joined, plain, prompts)]
+
+
+def word_start_prefix(tok) -> bool:
+    """Whether the tokenizer puts a word-start marker before a text that starts the input (SentencePiece's dummy
+    prefix: Llama 2, Mistral-7B-v0.1), told by a text tokenizing otherwise alone than after a newline."""
+    anchor = tok(PROBE, add_special_tokens=False)["input_ids"]
+    after, alone = tok([PROBE + "a", "a"], add_special_tokens=False)["input_ids"]
+    return after[:len(anchor)] == anchor and after[len(anchor):] != alone
 
 
 def boundary_merges(examples, tok) -> dict:
