@@ -104,6 +104,24 @@ def test_alpaca_rows_are_written_as_axolotl_writes_them(tmp_path):
     assert prompts == {"5": WITH_INPUT, "7": WITHOUT_INPUT}
 
 
+def test_a_response_axolotl_starts_with_a_word_start_piece_is_noted_for_such_a_tokenizer(tmp_path, mistral_dir,
+                                                                                          tiny_model):
+    """Axolotl tokenizes an Alpaca response alone (LLaMA-Factory each turn): under Mistral-7B-v0.1's SentencePiece
+    tokenizer it starts with a word-start piece (▁) the text does not have, which tunelab does not train; the notes
+    say so for such a local tokenizer, and not for SmolLM2's byte-level one."""
+    text = "base_model: {model}\nadapter: lora\ndatasets:\n  - path: {data}\n    type: alpaca\n"
+    _, notes = convert(_config(tmp_path, text, model=mistral_dir, data=_alpaca(tmp_path)))
+    assert notes == ["datasets: differs: Axolotl tokenizes each response alone, and this tokenizer starts a text "
+                     "with a word-start piece (▁The after \"### Response:\\n\", where the text reads The); tunelab "
+                     "tokenizes a reply as it continues its prompt, as the text reads and generation sees it"]
+    assert convert(_config(tmp_path, text, model=tiny_model, data=_alpaca(tmp_path)))[1] == []
+    folder = _llamafactory_data(tmp_path)
+    factory = f"model_name_or_path: {mistral_dir}\nstage: sft\ndataset: identity\ndataset_dir: {folder}\n"
+    said = [n for n in convert(_config(tmp_path, factory))[1] if n.startswith("datasets: differs")]
+    assert said == [notes[0].replace("Axolotl tokenizes each response alone", "LLaMA-Factory tokenizes each turn "
+                                     "alone").replace('"### Response:\\n"', "the assistant header")]
+
+
 def test_a_user_defined_format_becomes_the_template_of_the_fields_it_names(tmp_path, gsm8k):
     text = """\
 base_model: HuggingFaceTB/SmolLM2-135M-Instruct

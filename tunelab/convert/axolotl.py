@@ -12,7 +12,7 @@ from typing import Any
 from pathlib import Path
 
 from tunelab.config import SPECIAL_ROLES, ModelConfig, TrainConfig, template_names
-from tunelab.convert import cadence, leftovers, name, new_tokens, tokenizer_of
+from tunelab.convert import cadence, leftovers, name, new_tokens, tokenizer_of, word_start_note
 from tunelab.errors import UserError
 from tunelab.handoff import ALIASES
 
@@ -82,6 +82,8 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
     _token_keys(path, left, model, notes)
     data = _data(path, config, take("datasets", None), notes)
     _chat_template(path, config, model, notes)
+    if any(e.get("template") and not e.get("messages") for e in [data, *data.get("mix", [])]):  # instructions
+        notes += word_start_note(model, "Axolotl tokenizes each response alone", "after \"### Response:\\n\"")
     for key in ("chat_template", "chat_template_jinja", "eot_tokens", "default_system_message", "val_set_size"):
         left.pop(key, None)  # read with the datasets
     train: dict[str, Any] = {}

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.convert import leftovers, name, new_tokens, training_arguments
+from tunelab.convert import leftovers, name, new_tokens, training_arguments, word_start_note
 from tunelab.errors import UserError
 
 NOT_NEEDED = {
@@ -50,6 +50,7 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
         left.pop(key, None)
     _precision(left, model, notes)
     data = _data(path, left, notes)
+    notes += word_start_note(model, "LLaMA-Factory tokenizes each turn alone", "after the assistant header")
     lora = _lora(path, left)
     _tokens(left, model, lora, notes)
     train = _train(path, left, data, notes)
