@@ -219,8 +219,9 @@ class _Shared:
 
 
 def choice_key(cfg: Recipe, key: str, rows: list[Example], chat: bool = False) -> str:
-    """A pass's journal key (`key`: what decides its prompts and model) with the options it writes."""
-    ident = [key, [written(cfg, r, chat) for r in rows]]
+    """A pass's journal key (`key`: what decides its prompts and model) with the options it writes, tokenized as
+    they continue their prompt (`batching.continuation_ids`; log-likelihoods cached before that are not reused)."""
+    ident = [key, [written(cfg, r, chat) for r in rows], "continuation"]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
 
 
