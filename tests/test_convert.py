@@ -273,6 +273,10 @@ def test_a_chat_template_tunelab_does_not_ship_or_two_different_ones_are_refused
         convert(_chats(tmp_path, mistral, "chat_template: chatml\n", dataset="    chat_template: gemma\n"))
     own = _chats(tmp_path, mistral, dataset="    chat_template: chatml\n")  # a dataset's own
     assert convert(own)[0]["model"]["chat_template"] == "chatml"
+    strict = ("{% if messages[0]['role'] != 'system' %}{{ raise_exception('no system turn') }}{% endif %}"
+              "{% for m in messages %}{{ m.content }}<|end|>{% endfor %}")  # refuses the note's probe turns
+    raw, notes = convert(_chats(tmp_path, mistral, f"chat_template: jinja\nchat_template_jinja: \"{strict}\"\n"))
+    assert raw["model"]["chat_template"] == strict and notes == []
 
 
 def test_tokenizer_default_fallback_takes_the_named_template_only_for_a_tokenizer_without_one(tmp_path, tiny_model):

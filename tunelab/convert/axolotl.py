@@ -7,9 +7,8 @@ Run as: tunelab convert axolotl.yml -o recipe.yaml
 from __future__ import annotations
 
 import string
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from tunelab.config import SPECIAL_ROLES, ModelConfig, TrainConfig, template_names
 from tunelab.convert import cadence, leftovers, name, new_tokens, tokenizer_of, word_start_note
@@ -359,6 +358,7 @@ def _end_marker_note(where: str, config: dict, model: dict, template: str) -> li
     """A note when a reply does not end with the eos_token in the template (special_tokens' eos_token or, for a
     local model, its tokenizer's): tunelab then trains the template's end-of-turn marker and the eos_token after it
     (generation stops there); Axolotl trains the marker only when eot_tokens names it, and no eos_token."""
+    import jinja2
     from transformers.utils.chat_template_utils import render_jinja_template
     try:
         text = ModelConfig(name="x", chat_template=template).chat_template
@@ -370,9 +370,12 @@ def _end_marker_note(where: str, config: dict, model: dict, template: str) -> li
     if eos is None and "eos_token" in text:
         return []  # the template writes the tokenizer's eos_token itself
     turns = [{"role": "user", "content": "QUESTION"}, {"role": "assistant", "content": "REPLY"}]
-    (head,), _ = render_jinja_template([turns[:1]], chat_template=text, add_generation_prompt=True, bos_token="",
-                                       eos_token=eos or "</s>")
-    (whole,), _ = render_jinja_template([turns], chat_template=text, bos_token="", eos_token=eos or "</s>")
+    try:
+        (head,), _ = render_jinja_template([turns[:1]], chat_template=text, add_generation_prompt=True,
+                                           bos_token="", eos_token=eos or "</s>")
+        (whole,), _ = render_jinja_template([turns], chat_template=text, bos_token="", eos_token=eos or "</s>")
+    except jinja2.TemplateError:
+        return []  # a template that refuses one user turn and one reply: nothing to compare
     marker = whole[len(head):].partition("REPLY")[2].strip() if whole.startswith(head) else ""
     if eos and marker.endswith(eos):
         return []
