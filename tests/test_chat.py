@@ -478,3 +478,23 @@ def test_each_chat_template_tunelab_ships_writes_conversations_turn_by_turn_with
     assert copy.decode(item.input_ids) == chat._strip_bos(copy, whole).rstrip() + eos
     lead = " " if name == "mistral_v1" else ""  # [/INST] then a space, then the reply
     assert copy.decode([x for x in item.labels if x != IGNORE]) == f"{lead}4{end}{lead}8{end}{eos}"
+
+
+def test_generation_stops_at_the_chat_templates_end_marker_and_leaves_it_out(tok):
+    """A reply ends at the template's end-of-turn marker when it is a token of its own (phi_3's <|end|>, added), as
+    at the EOS, the marker not in the reply; a template that ends a reply with ordinary text (a full stop) does not
+    stop there."""
+    from types import SimpleNamespace
+
+    from tunelab.config import ModelConfig
+    from tunelab.evaluate.generate import _eos_ids, _finished
+    copy = type(tok).from_pretrained(tok.name_or_path)
+    copy.chat_template = ModelConfig(name="x", chat_template="phi_3").chat_template
+    copy.add_tokens(["<|end|>"])
+    marker = copy.convert_tokens_to_ids("<|end|>")
+    assert chat.end_marker(copy) == marker and {marker, copy.eos_token_id} <= _eos_ids(SimpleNamespace(), copy)
+    tokens = copy("12 apples", add_special_tokens=False)["input_ids"] + [marker]
+    done = _finished(copy, tokens, marker, _eos_ids(SimpleNamespace(), copy), ["\n\n"], 64)
+    assert done.completion == "12 apples" and done.tokens == len(tokens)
+    copy.chat_template = "{% for m in messages %}{{ m.content }}.{% endfor %}"  # a reply ends with "."
+    assert chat.end_marker(copy) is None and _eos_ids(SimpleNamespace(), copy) == {copy.eos_token_id}

@@ -246,7 +246,7 @@ def test_axolotls_named_chat_templates_become_model_chat_template_with_the_end_m
     raw, notes = convert(_chats(tmp_path, smollm2_dir, "chat_template: llama3\n"))
     assert raw["model"]["chat_template"] == "llama3"
     assert notes == ["chat_template: llama3: differs: tunelab trains the template's end-of-turn marker "
-                     "(<|eot_id|>) and, after the last reply, the eos_token (where generation stops); Axolotl trains "
+                     "(<|eot_id|>) and, after the last reply, the eos_token; Axolotl trains "
                      "neither. special_tokens: {eos_token: <|eot_id|>} makes the two one"]
     _, notes = convert(_chats(tmp_path, smollm2_dir, "chat_template: llama3\neot_tokens: [<|eot_id|>]\n"))
     assert "; Axolotl trains the marker up to <|eot_id|> (eot_tokens)." in notes[0]

@@ -356,8 +356,8 @@ def _has_template(path: str, where: str, choice: str, model: dict) -> bool:
 
 def _end_marker_note(where: str, config: dict, model: dict, template: str) -> list[str]:
     """A note when a reply does not end with the eos_token in the template (special_tokens' eos_token or, for a
-    local model, its tokenizer's): tunelab then trains the template's end-of-turn marker and the eos_token after it
-    (generation stops there); Axolotl trains the marker only when eot_tokens names it, and no eos_token."""
+    local model, its tokenizer's): tunelab then trains the template's end-of-turn marker and the eos_token after the
+    last reply; Axolotl trains the marker only when eot_tokens names it, and no eos_token."""
     import jinja2
     from transformers.utils.chat_template_utils import render_jinja_template
     try:
@@ -386,7 +386,7 @@ def _end_marker_note(where: str, config: dict, model: dict, template: str) -> li
     named = [t for t in config.get("eot_tokens") or [] if t in marker]
     unless = "" if eos else f" (unless {marker} is {model['name']}'s eos_token)"
     return [f"{choice}{unless}: tunelab trains the template's end-of-turn marker ({marker}) and, after the last "
-            f"reply, the eos_token (where generation stops); Axolotl trains "
+            f"reply, the eos_token; Axolotl trains "
             f"{f'the marker up to {named[0]} (eot_tokens)' if named else 'neither'}. special_tokens: {{eos_token: "
             f"{marker}}} makes the two one"]
 

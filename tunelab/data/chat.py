@@ -158,6 +158,22 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
     return _strip_bos(tok, head), whole[len(head):].rstrip()
 
 
+def end_marker(tok) -> int | None:
+    """The token the chat template ends a reply with (ChatML's <|im_end|>, Llama 3's <|eot_id|>, Gemma's
+    <end_of_turn>), when the tokenizer has a template and that marker is one added token (never ordinary text);
+    else None. Generation stops there as at the EOS (an instruct model's generation config names it so), the marker
+    left out of the reply."""
+    import jinja2
+    if not getattr(tok, "chat_template", None):
+        return None
+    try:
+        _, reply = exchange(tok, "Q", "REPLY")
+    except (UserError, jinja2.TemplateError):
+        return None
+    ids = tok(reply.partition("REPLY")[2], add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 and ids[0] in tok.added_tokens_decoder else None
+
+
 def _turns(shots, user: str | None, history: list[dict] = ()) -> list[dict]:
     system = list(history[:1]) if history and history[0]["role"] == "system" else []  # a system turn stays first
     exchanges = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]

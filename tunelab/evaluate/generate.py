@@ -472,7 +472,9 @@ def _sync_lengths(cache) -> None:
 
 
 def _eos_ids(model, tok) -> set[int]:
-    ids = {tok.eos_token_id}
+    """The EOS, the generation config's EOS ids, and the chat template's end-of-turn marker (`chat.end_marker`)."""
+    from tunelab.data import chat
+    ids = {tok.eos_token_id, chat.end_marker(tok)}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids |= set(configured) if isinstance(configured, list) else {configured}
     return {i for i in ids if i is not None}
