@@ -1,11 +1,13 @@
 """Does a recipe from `tunelab convert` train on the same tokens as the Axolotl config it came from?
 
-Converts eight Axolotl configs (type alpaca; the user-defined format on GSM8K, with a system prompt and with a
+Converts nine Axolotl configs (type alpaca, under SmolLM2's tokenizer and under Mistral-7B-v0.1's SentencePiece
+one; the user-defined format on GSM8K, with a system prompt and with a
 format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies, through the
 tokenizer's template, through a template of markers added as tokens, and through Axolotl's named chatml and llama3
 (its markers added as tokens), Axolotl's side then with the tokenizer its own loader builds; type completion),
-tokenizes their rows with tunelab and with Axolotl's own tokenizing strategies under SmolLM2's tokenizer, and counts
-the rows whose input ids and labels are identical, and of the others those with the same text and trained text. Axolotl is not a tunelab dependency: give the folder of an unpacked
+tokenizes their rows with tunelab and with Axolotl's own tokenizing strategies (under SmolLM2's tokenizer but where
+named), and counts the rows whose input ids and labels are identical, and of the others those with the same text and
+trained text, and those that differ in their reply's first piece only. Axolotl is not a tunelab dependency: give the folder of an unpacked
 Axolotl wheel with its two small imports (colorama, addict) beside it.
 
 Run as:
@@ -46,18 +48,22 @@ def main() -> None:
               + (f" ({r['trailing']} of them once Axolotl's untrained token after the last turn is set aside)"
                  if r["trailing"] else "")
               + (f"; {r['same_text']} others with the same text and trained text, cut into other tokens"
-                 if r["same_text"] else ""))
+                 if r["same_text"] else "")
+              + (f"; {r['first_piece']} others differing in their reply's first piece only" if r["first_piece"]
+                 else ""))
     print(json.dumps(results))
 
 
-def compare(out: Path, name: str, config: str, rows: list[dict], strategy) -> dict:
-    """Convert `config`, tokenize its rows both ways; count identical rows (`trailing`: identical but for tokens
-    Axolotl appends after the last trained one, with no label: they change no loss; `same_text`: the others whose
-    text and trained text are the same, cut into tokens elsewhere)."""
+def compare(out: Path, name: str, config: str, rows: list[dict], strategy,
+            model: str = "smollm2-135m-instruct") -> dict:
+    """Convert `config`, tokenize its rows both ways under `model`'s tokenizer; count identical rows (`trailing`:
+    identical but for tokens Axolotl appends after the last trained one, with no label: they change no loss;
+    `same_text`: the others whose text and trained text are the same, cut into tokens elsewhere; `first_piece`: the
+    others that differ in one place only, the reply's first piece)."""
     (out / f"{name}.yml").write_text(config)
-    tok, items = converted_rows(out / f"{name}.yml")
+    tok, items = converted_rows(out / f"{name}.yml", model)
     theirs = strategy(tok)
-    identical = trailing = same_text = 0
+    identical = trailing = same_text = first_piece = 0
     for index, item in items:
         ax = theirs.tokenize_prompt(rows[index])
         ids, labels, k = list(ax["input_ids"]), list(ax["labels"]), len(item.input_ids)
@@ -68,7 +74,18 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy) -> di
         elif (tok.decode(ids).rstrip() == tok.decode(item.input_ids).rstrip()
               and _trained(tok, ids, labels) == _trained(tok, item.input_ids, item.labels)):
             same_text += 1
-    return {"rows": len(items), "identical": identical, "trailing": trailing, "same_text": same_text}
+        else:
+            first_piece += _differs_at_first_piece(ids, item.input_ids, item.labels)
+    return {"rows": len(items), "identical": identical, "trailing": trailing, "same_text": same_text,
+            "first_piece": first_piece}
+
+
+def _differs_at_first_piece(theirs: list[int], ours: list[int], labels: list[int]) -> bool:
+    """Axolotl's ids differ from tunelab's in one place only, at the first trained token (its reply's first piece)."""
+    import difflib
+    ops = [op for op in difflib.SequenceMatcher(None, theirs, ours, autojunk=False).get_opcodes() if op[0] != "equal"]
+    first = next(k for k, x in enumerate(labels) if x != -100)
+    return len(ops) == 1 and ops[0][3] == first
 
 
 def _trained(tok, ids: list[int], labels: list[int]) -> str:
@@ -82,6 +99,16 @@ def _alpaca(out: Path):
     path = write_jsonl(out / "alpaca.jsonl", rows)
     config = f"base_model: x\nadapter: lora\ndatasets:\n  - path: {path}\n    type: alpaca\n"
     return config, rows, lambda tok: AlpacaPromptTokenizingStrategy(AlpacaPrompter("instruct"), tok, False, 2048)
+
+
+def _alpaca_sentencepiece(out: Path):
+    """type: alpaca under Mistral-7B-v0.1's SentencePiece tokenizer (mistral-common's wheel, as make setup
+    downloads it): Axolotl tokenizes each response alone, which starts it with a word-start piece."""
+    from benchmarks.gpu_check import model_folder
+    wheel = sorted((Path(__file__).resolve().parents[1] / ".venv" / "share").glob("mistral_common-*.whl"))[0]
+    folder = model_folder(out, tiny=True, wheel=wheel)
+    config, rows, strategy = _alpaca(out)
+    return config, rows, strategy, str(folder)
 
 
 def _user_defined(spec: dict):
@@ -176,6 +203,7 @@ CASES = {
                                                      ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                                                      "<|eot_id|>"),
     "completion": _completion,
+    "alpaca, Mistral-7B-v0.1's tokenizer": _alpaca_sentencepiece,
 }
 
 if __name__ == "__main__":

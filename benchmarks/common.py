@@ -53,9 +53,9 @@ def write_jsonl(path, rows: list[dict]):
     return path
 
 
-def converted_rows(config):
-    """`tunelab convert` the trainer config at `config` (a pathlib.Path), with SmolLM2's offline copy as its
-    model, and tokenize its rows as tunelab trains them. Returns (tokenizer, [(row index in the source file,
+def converted_rows(config, model: str = "smollm2-135m-instruct"):
+    """`tunelab convert` the trainer config at `config` (a pathlib.Path), with `model` (SmolLM2's offline copy,
+    or a local folder) as its model, and tokenize its rows as tunelab trains them. Returns (tokenizer, [(row index in the source file,
     tunelab's Tokenized)])."""
     import yaml
 
@@ -65,7 +65,7 @@ def converted_rows(config):
     from tunelab.models import load_tokenizer
     from tunelab.train.batching import tokenize_with
     raw, _ = convert(str(config))
-    raw["model"]["name"] = "smollm2-135m-instruct"
+    raw["model"]["name"] = model
     recipe = config.with_suffix(".recipe.yaml")
     recipe.write_text(yaml.safe_dump(raw))
     cfg = load_recipe(str(recipe))
