@@ -248,7 +248,10 @@ def _likelihoods_of(prompts: list[str], options: list[list[str]], model, tok, de
     from tunelab.evaluate.generate import auto_slots
     from tunelab.train.batching import continuation_ids
     heads = tok(prompts, add_special_tokens=True)["input_ids"]
-    tails = [continuation_ids(tok, texts, [prompt] * len(texts)) for prompt, texts in zip(prompts, options)]
+    flat = continuation_ids(tok, [t for texts in options for t in texts],
+                            [prompt for prompt, texts in zip(prompts, options) for _ in texts])
+    ends = [0, *itertools.accumulate(map(len, options))]
+    tails = [flat[a:b] for a, b in zip(ends, ends[1:])]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     slots = auto_slots(base, device, max(len(h) + max(map(len, t)) for h, t in zip(heads, tails)))
     size = max(1, slots // max(map(len, tails)))  # each option holds its own copy of its prompt's cache
