@@ -171,7 +171,7 @@ def test_a_sentencepiece_target_continues_its_prompt_with_no_spurious_space_toke
     from tunelab.config import ModelConfig
     from tunelab.data import Example, chat
     from tunelab.models import load_tokenizer
-    from tunelab.train.batching import continuation_ids
+    from tunelab.train.batching import boundary_merges, continuation_ids
     tok = AutoTokenizer.from_pretrained(mistral_dir)
     pieces = lambda texts, after="Q:": [tok.convert_ids_to_tokens(ids)  # noqa: E731
                                         for ids in continuation_ids(tok, texts, [after] * len(texts))]
@@ -184,6 +184,7 @@ def test_a_sentencepiece_target_continues_its_prompt_with_no_spurious_space_toke
         first = next(k for k, x in enumerate(item.labels) if x != IGNORE)
         assert tok.convert_ids_to_tokens(item.input_ids[first - 1:first]) == ["▁"] != tok.convert_ids_to_tokens(
             item.input_ids[first:first + 1])  # the prompt's space, then the answer's first piece
+    assert boundary_merges(ex, tok)["example"] == {"id": "0", "prompt_end": " ", "together": " Natal"}  # ▁ ▁Natal
     assert pieces([" A", "B", "\nC"]) == [["▁A"], ["B"], ["<0x0A>", "C"]]
     assert pieces(["Once upon"], after="") == [["▁Once", "▁upon"]]  # after no prompt: the input's start
     (text,), _ = tokenize([Example("t", "", "Once upon a time", {})], tok, 64, completion_only=False)

@@ -118,9 +118,16 @@ def boundary_merges(examples, tok) -> dict:
         k = merged[0]
         p, j = prompts[k], joined[k]
         at = next((i for i, (a, b) in enumerate(zip(p, j)) if a != b), min(len(p), len(j)))
-        out["example"] = {"id": examples[k].id, "prompt_end": tok.decode(p[at:]),
-                          "together": tok.decode(j[at:at + 1])}
+        out["example"] = {"id": examples[k].id, "prompt_end": _text_after(tok, p, at, len(p)),
+                          "together": _text_after(tok, j, at, at + 1)}
     return out
+
+
+def _text_after(tok, ids: list[int], start: int, end: int) -> str:
+    """The text of ids[start:end] as it reads after the token before it: decoded alone, a SentencePiece tokenizer's
+    word-start space (Mistral-7B-v0.1's lone ▁) would read as nothing."""
+    before = max(start - 1, 0)
+    return tok.decode(ids[before:end])[len(tok.decode(ids[before:start])):]
 
 
 def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool = False,
