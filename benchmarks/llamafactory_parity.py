@@ -26,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
+from tunelab.convert.llamafactory import NAMED_TEMPLATES  # noqa: E402
 
 IGNORE = -100
 
@@ -42,10 +43,12 @@ def main() -> None:
         sys.path.append(str(out / "stub"))
     rows = _datasets(out)
     results = {name: compare(out, name, rows[name]) for name in rows}
+    for template in NAMED_TEMPLATES:  # the conversations again, through each template tunelab converts by name
+        results[f"chats, template: {template}"] = compare(out, "chats", rows["chats"], template)
     for name, r in results.items():
         print(f"{name}: {r['identical']}/{r['rows']} rows identical in input ids and labels; {r['more_labels']} "
               f"the same tokens trained the same but for {r['extra_labels']} that only LLaMA-Factory trains: "
-              f"{r['extra_tokens']}")
+              f"{r['extra_tokens']}; {r['other_tokens_same_text']} other tokens for the same text and trained text")
     print(json.dumps(results))
 
 
@@ -60,16 +63,22 @@ def _datasets(out: Path) -> dict[str, list[dict]]:
     return {"alpaca": alpaca, "chats": chats}
 
 
-def compare(out: Path, dataset: str, rows: list[dict]) -> dict:
-    """Convert an sft LoRA config for `dataset`, tokenize its rows both ways; count identical rows, and rows that
-    are the same tokens (LLaMA-Factory's perhaps one longer) trained the same, but for tokens only LLaMA-Factory
-    trains (which, decoded)."""
+def compare(out: Path, dataset: str, rows: list[dict], template: str | None = None) -> dict:
+    """Convert an sft LoRA config for `dataset` (with `template`, or the tokenizer's own), tokenize its rows both
+    ways, each side adding its own tokens to a fresh tokenizer; count identical rows, and rows that are the same
+    tokens (LLaMA-Factory's perhaps one longer) trained the same, but for tokens only LLaMA-Factory trains (which,
+    decoded)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.models import resolve
     config = {"model_name_or_path": "smollm2-135m-instruct", "stage": "sft", "finetuning_type": "lora",
-              "dataset": dataset, "dataset_dir": str(out / "data"), "cutoff_len": 2048, "val_size": 0.1}
-    (out / f"{dataset}.yaml").write_text(yaml.safe_dump(config))
-    tok, items = converted_rows(out / f"{dataset}.yaml")
-    encode = _theirs(tok, out, dataset)
-    identical = aligned = 0
+              "dataset": dataset, "dataset_dir": str(out / "data"), "cutoff_len": 2048, "val_size": 0.1,
+              **({"template": template} if template else {})}
+    file = out / f"{dataset}-{template or 'own'}.yaml"
+    file.write_text(yaml.safe_dump(config))
+    tok, items = converted_rows(file)
+    encode = _theirs(AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct")), out, dataset, template)
+    identical = aligned = same_text = 0
     extra: dict[str, int] = {}
     for index, item in items:
         ids, labels = encode(rows[index])
@@ -77,6 +86,8 @@ def compare(out: Path, dataset: str, rows: list[dict]) -> dict:
         if ids == item.input_ids and labels == item.labels:
             identical += 1
             continue
+        same_text += (tok.decode(ids) == tok.decode(item.input_ids)
+                      and _trained(tok, ids, labels) == _trained(tok, item.input_ids, item.labels))
         ours = item.labels + [IGNORE] * (len(ids) - k)
         if ids[:k] != item.input_ids or len(ids) - k > 1 or any(b not in (IGNORE, a) for a, b in zip(labels, ours)):
             continue  # other tokens, or a token tunelab trains and LLaMA-Factory does not
@@ -85,18 +96,23 @@ def compare(out: Path, dataset: str, rows: list[dict]) -> dict:
             if a != b:
                 extra[repr(tok.decode([token]))] = extra.get(repr(tok.decode([token])), 0) + 1
     return {"rows": len(items), "identical": identical, "more_labels": aligned,
-            "extra_labels": sum(extra.values()), "extra_tokens": extra}
+            "extra_labels": sum(extra.values()), "extra_tokens": extra, "other_tokens_same_text": same_text}
 
 
-def _theirs(tok, out: Path, dataset: str):
-    """LLaMA-Factory's encoding of one raw row: its converter, its template (parsed from the tokenizer), its
-    supervised processor."""
+def _trained(tok, ids: list[int], labels: list[int]) -> str:
+    """The text of the tokens a row trains."""
+    return tok.decode([t for t, label in zip(ids, labels) if label != IGNORE])
+
+
+def _theirs(tok, out: Path, dataset: str, template: str | None):
+    """LLaMA-Factory's encoding of one raw row: its converter, its template (by name, or parsed from the
+    tokenizer), its supervised processor."""
     from llamafactory.data.converter import AlpacaDatasetConverter, SharegptDatasetConverter
     from llamafactory.data.parser import get_dataset_list
     from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
     from llamafactory.data.template import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
-    data_args = DataArguments(dataset=dataset, dataset_dir=str(out / "data"), cutoff_len=2048)
+    data_args = DataArguments(dataset=dataset, dataset_dir=str(out / "data"), cutoff_len=2048, template=template)
     attr = get_dataset_list([dataset], str(out / "data"))[0]
     converter = (SharegptDatasetConverter if attr.formatting == "sharegpt" else AlpacaDatasetConverter)(attr,
                                                                                                          data_args)

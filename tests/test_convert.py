@@ -396,7 +396,9 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     folder = _llamafactory_data(tmp_path)
     raw, notes = convert(_config(tmp_path, LLAMA3_LORA_SFT, data=folder))
     assert raw["name"] == "sft" and raw["description"].endswith("(LLaMA-Factory) by tunelab convert")
-    assert raw["model"] == {"name": "meta-llama/Meta-Llama-3-8B-Instruct", "trust_remote_code": True}
+    assert raw["model"] == {"name": "meta-llama/Meta-Llama-3-8B-Instruct", "trust_remote_code": True,
+                            "chat_template": "llama3",  # LLaMA-Factory's llama3: the same text, <|eot_id|> as EOS
+                            "special_tokens": {"eos_token": "<|eot_id|>", "additional_special_tokens": ["<|eom_id|>"]}}
     assert raw["lora"] == {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}  # its defaults
     assert raw["train"] == {"epochs": 3, "batch_size": 1, "grad_accum": 8, "lr": 0.0001, "warmup_ratio": 0.1,
                             "weight_decay": 0.0, "max_grad_norm": 1.0, "max_length": 2048, "completion_only": True,
@@ -406,12 +408,57 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     assert data["source"] == str(folder / "identity.json") and data["mix"][0]["source"].endswith("alpaca_en_demo.jsonl")
     assert data["chat_template"] is True and data["limit"] == 1000 and data["seed"] == 42
     said = {n.split(":")[0]: n for n in notes}
-    assert {"template", "chat template", "val_size", "cutoff_len"} <= set(said)
-    assert "differs" in said["template"] and "all of them" in said["val_size"] and "not needed" in said["output_dir"]
+    assert {"val_size", "cutoff_len"} <= set(said) and not {"template", "chat template"} & set(said)
+    assert "all of them" in said["val_size"] and "not needed" in said["output_dir"]
     recipe = load_recipe(_write(tmp_path, raw), ["data.mix=[]", f"data.source={folder / 'alpaca_en_demo.jsonl'}"])
     rows = load_splits(recipe.data)
     # LLaMA-Factory's user turn: the instruction, then the input on its own line when there is one
     assert {e.target: e.prompt for e in rows.train + rows.val} == {"5": "Add.\n2 and 3", "7": "Name a prime."}
+
+
+def test_llamafactory_templates_of_the_same_text_become_model_chat_template(tmp_path, smollm2_dir):
+    """LLaMA-Factory's chatml, qwen and llama3 templates become tunelab's of the same text, the first stop word the
+    EOS (LLaMA-Factory's replace_eos) and a local tokenizer given the stop words it lacks; rows then read as
+    LLaMA-Factory's template writes them (qwen's default system turn, llama3's headers). A hub model's tokenizer is
+    not read; another name is noted, naming those converted."""
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize_with
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "chats.jsonl", [{"conversations": [{"from": "human", "value": "hi"},
+                                                            {"from": "gpt", "value": "hello"}]}] * 10)
+    (folder / "dataset_info.json").write_text(json.dumps({"chats": {"file_name": "chats.jsonl",
+                                                                    "formatting": "sharegpt"}}))
+
+    def converted(model, template: str):
+        return convert(_config(tmp_path, f"model_name_or_path: {model}\nstage: sft\nfinetuning_type: lora\n"
+                                         f"dataset: chats\ndataset_dir: {folder}\ntemplate: {template}\n"))
+
+    def first_row(raw: dict) -> str:
+        recipe = load_recipe(_write(tmp_path, raw))
+        tok = load_tokenizer(recipe.model)
+        items, _ = tokenize_with(recipe, load_splits(recipe.data).train[:1], tok)
+        return tok.decode(items[0].input_ids)
+
+    raw, notes = converted(smollm2_dir, "qwen")
+    assert raw["model"] == {"name": str(smollm2_dir), "chat_template": "qwen_25",
+                            "special_tokens": {"eos_token": "<|im_end|>"}}  # SmolLM2 has <|im_end|>: none added
+    assert [n for n in notes if n.startswith("chat template: differs")] and not [n for n in notes
+                                                                                 if n.startswith("template")]
+    assert first_row(raw) == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+                              "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+                              "hello<|im_end|>")
+    raw, notes = converted(smollm2_dir, "llama3")
+    assert raw["model"]["added_tokens"] == ["<|eot_id|>", "<|eom_id|>"] and raw["model"]["chat_template"] == "llama3"
+    assert not [n for n in notes if n.startswith("chat template")]  # nothing follows llama3's <|eot_id|>
+    assert first_row(raw) == ("<|im_start|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                              "<|start_header_id|>assistant<|end_header_id|>\n\nhello<|eot_id|>")
+    raw, _ = converted("Qwen/Qwen2.5-7B", "chatml")  # offline: loading its tokenizer would fail
+    assert raw["model"] == {"name": "Qwen/Qwen2.5-7B", "chat_template": "chatml", "special_tokens": {
+        "eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]}}
+    raw, notes = converted(smollm2_dir, "mistral")
+    assert "chat_template" not in raw["model"] and "special_tokens" not in raw["model"]
+    assert [n for n in notes if n.startswith("template: 'mistral': differs") and "chatml, qwen, llama3" in n]
 
 
 def test_the_modules_a_config_trains_whole_become_lora_modules_to_save(tmp_path, tiny_model):
@@ -719,15 +766,20 @@ def test_tokens_a_config_adds_become_model_added_tokens_with_the_ids_its_trainer
                                            f"model_name_or_path: {tiny_model}")
     raw, notes = convert(_config(tmp_path, llamafactory + "add_tokens: <|q|>,<|r|>\nadd_special_tokens: <|end|>\n",
                                  data=_llamafactory_data(tmp_path)))
-    assert raw["model"]["added_tokens"] == ["<|q|>", "<|r|>", "<|end|>"]
-    assert raw["model"]["special_tokens"] == {"additional_special_tokens": ["<|end|>"]}
+    # template: llama3 adds its stop words after them: <|eot_id|> as EOS (replace_eos), <|eom_id|> special
+    assert raw["model"]["added_tokens"] == ["<|q|>", "<|r|>", "<|end|>", "<|eot_id|>", "<|eom_id|>"]
+    assert raw["model"]["special_tokens"] == {"eos_token": "<|eot_id|>",
+                                              "additional_special_tokens": ["<|end|>", "<|eom_id|>"]}
     assert raw["model"]["vocab_multiple_of"] == 64 and raw["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"]
     ours = load_tokenizer(validate(raw, "converted").model)
-    theirs = AutoTokenizer.from_pretrained(tiny_model)  # LLaMA-Factory's patch_tokenizer
+    theirs = AutoTokenizer.from_pretrained(tiny_model)  # LLaMA-Factory's patch_tokenizer, then its template's fix
     theirs.add_tokens(["<|q|>", "<|r|>"], special_tokens=False)
     theirs.add_tokens(["<|end|>"], special_tokens=True)
+    theirs.add_special_tokens({"eos_token": "<|eot_id|>"})
+    theirs.add_special_tokens({"additional_special_tokens": ["<|eom_id|>"]}, replace_extra_special_tokens=False)
+    text += "<|eot_id|><|eom_id|>"
     ids = ours(text)["input_ids"]
-    assert ids == theirs(text)["input_ids"] and len(ours) == len(theirs)
+    assert ids == theirs(text)["input_ids"] and len(ours) == len(theirs) and ours.eos_token_id == theirs.eos_token_id
     assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
     with pytest.raises(UserError, match="special_tokens.sep_token: tunelab sets bos_token"):
         convert(_config(tmp_path, axolotl.replace("  bos_token:", "  sep_token:"), data=_alpaca(tmp_path)))

@@ -191,14 +191,20 @@ def tokenizer_of(model: dict):
                                                                                  "trust_remote_code")}))
 
 
+def local_model(model: dict) -> bool:
+    """Whether the converted recipe's model is on this machine (a folder or an alias): its tokenizer is read without
+    the hub."""
+    from tunelab.handoff import ALIASES
+    return Path(model["name"]).is_dir() or model["name"] in ALIASES
+
+
 def word_start_note(model: dict, how: str, where: str) -> list[str]:
     """A note when the trainer tokenizes replies apart (`how`) for a local model whose tokenizer has a dummy prefix
     (`batching.word_start_prefix`: Llama 2's, Mistral-7B-v0.1's): each then starts with a word-start piece the text
     does not have (`where`: after what); tunelab tokenizes a reply as it continues its prompt. A hub model is not read
     here: the README says which tokenizers differ."""
-    from tunelab.handoff import ALIASES
     from tunelab.train.batching import word_start_prefix
-    if not (Path(model["name"]).is_dir() or model["name"] in ALIASES) or not word_start_prefix(tokenizer_of(model)):
+    if not local_model(model) or not word_start_prefix(tokenizer_of(model)):
         return []
     return [f"datasets: differs: {how}, and this tokenizer starts a text with a word-start piece (▁The {where}, "
             "where the text reads The); tunelab tokenizes a reply as it continues its prompt, as the text reads and "

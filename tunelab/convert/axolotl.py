@@ -7,13 +7,11 @@ Run as: tunelab convert axolotl.yml -o recipe.yaml
 from __future__ import annotations
 
 import string
-from pathlib import Path
 from typing import Any
 
 from tunelab.config import SPECIAL_ROLES, ModelConfig, TrainConfig, template_names
-from tunelab.convert import cadence, leftovers, name, new_tokens, tokenizer_of, word_start_note
+from tunelab.convert import cadence, leftovers, local_model, name, new_tokens, tokenizer_of, word_start_note
 from tunelab.errors import UserError
-from tunelab.handoff import ALIASES
 
 # Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
 ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -365,7 +363,7 @@ def _end_marker_note(where: str, config: dict, model: dict, template: str) -> li
     except ValueError:
         return []  # a broken template: validating the converted recipe says why
     eos = (config.get("special_tokens") or {}).get("eos_token")
-    if eos is None and (Path(model["name"]).is_dir() or model["name"] in ALIASES):
+    if eos is None and local_model(model):
         eos = tokenizer_of(model).eos_token
     if eos is None and "eos_token" in text:
         return []  # the template writes the tokenizer's eos_token itself

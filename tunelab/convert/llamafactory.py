@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.convert import leftovers, name, new_tokens, training_arguments, word_start_note
+from tunelab.convert import leftovers, local_model, name, new_tokens, training_arguments, word_start_note
 from tunelab.errors import UserError
 
 NOT_NEEDED = {
@@ -29,6 +29,12 @@ NOT_NEEDED = {
     "deepspeed": "train.sharding: fsdp",
     "run_name": "the run directory's name", "push_to_hub": "tunelab export prints the Hub upload command",
 }
+# LLaMA-Factory's templates that write the same text as a template tunelab ships, system turn or not
+# (benchmarks/llamafactory_parity.py): its name, then LLaMA-Factory's stop words (replace_eos: the first becomes the
+# eos_token, the others special tokens) and what it writes after a reply's end-of-turn marker
+NAMED_TEMPLATES = {"chatml": ("chatml", ["<|im_end|>", "<|im_start|>"], "\n"),
+                   "qwen": ("qwen_25", ["<|im_end|>"], "\n"),
+                   "llama3": ("llama3", ["<|eot_id|>", "<|eom_id|>"], "")}
 
 
 def convert(path: str, config: dict) -> tuple[dict, list[str]]:
@@ -50,9 +56,10 @@ def convert(path: str, config: dict) -> tuple[dict, list[str]]:
         left.pop(key, None)
     _precision(left, model, notes)
     data = _data(path, left, notes)
+    stops = _template(left, model, notes)
     notes += word_start_note(model, "LLaMA-Factory tokenizes each turn alone", "after the assistant header")
     lora = _lora(path, left)
-    _tokens(left, model, lora, notes)
+    _tokens(left, model, lora, notes, stops)
     train = _train(path, left, data, notes)
     notes += leftovers(left, NOT_NEEDED)
     return {"name": name(path, config.get("output_dir")), "model": model, "data": data, "lora": lora,
@@ -97,14 +104,6 @@ def _data(path: str, left: dict, notes: list[str]) -> dict:
     data = {**entries[0], "chat_template": True}
     if len(entries) > 1:
         data["mix"] = entries[1:]
-    notes.append("chat template: differs: LLaMA-Factory also trains what the template writes after each reply's "
-                 "end-of-turn marker (ChatML's newline after <|im_end|>); tunelab trains up to the marker "
-                 "(benchmarks/llamafactory_parity.py: the only difference in its rows)")
-    template = left.pop("template", None)
-    if template is not None:
-        notes.append(f"template: {template!r}: differs: tunelab writes turns with the tokenizer's own chat template "
-                     "(what LLaMA-Factory parses from the tokenizer when `template` is left out); a named template "
-                     "may write another system turn or markers: compare with tunelab check --show 3")
     if left.get("default_system"):
         data["system_prompt"] = left.pop("default_system")
     if left.get("max_samples"):  # LLaMA-Factory cuts each dataset to its first max_samples rows
@@ -124,6 +123,26 @@ def _data(path: str, left: dict, notes: list[str]) -> dict:
                      + ("all of them" if not size else f"all but {size}"))
     data["history_loss"] = not left.pop("mask_history", False)
     return data
+
+
+def _template(left: dict, model: dict, notes: list[str]) -> list[str]:
+    """model.chat_template from `template`: a name in NAMED_TEMPLATES as tunelab's template of the same text, its
+    end-of-turn marker as the eos_token, as LLaMA-Factory replaces it; none, the tokenizer's own (what LLaMA-Factory
+    parses from it then); another name, noted. Returns LLaMA-Factory's stop words for that template ([] for none)."""
+    template = left.pop("template", None)
+    shipped, stops, after = NAMED_TEMPLATES.get(template, (None, [], "\n"))
+    if after:
+        notes.append("chat template: differs: LLaMA-Factory also trains what the template writes after each reply's "
+                     "end-of-turn marker (ChatML's newline after <|im_end|>); tunelab trains up to the marker "
+                     "(benchmarks/llamafactory_parity.py: the only difference in its rows)")
+    if shipped:
+        model["chat_template"] = shipped
+    elif template is not None:
+        notes.append(f"template: {template!r}: differs: tunelab writes turns with the tokenizer's own chat template "
+                     "(what LLaMA-Factory parses from the tokenizer when `template` is left out); a named template "
+                     "may write another system turn or markers: compare with tunelab check --show 3, or set "
+                     f"model.chat_template (LLaMA-Factory's {', '.join(NAMED_TEMPLATES)} convert to tunelab's)")
+    return stops
 
 
 def _interleave(path: str, left: dict, sources: list[dict], notes: list[str]) -> None:
@@ -209,21 +228,26 @@ def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
     return {**out, "messages": columns.get("messages", "conversations")}
 
 
-def _tokens(left: dict, model: dict, lora: dict, notes: list[str]) -> None:
-    """model.added_tokens from add_tokens then add_special_tokens (LLaMA-Factory's order: the same ids), the special
-    ones also model.special_tokens.additional_special_tokens; a vocabulary that grows is rounded up to 64 rows and
-    trains its embeddings whole (LLaMA-Factory's resize_vocab: embed_tokens and lm_head, unless additional_target
-    names modules)."""
+def _tokens(left: dict, model: dict, lora: dict, notes: list[str], stops: list[str]) -> None:
+    """model.added_tokens from add_tokens, add_special_tokens, then the template's stop words where a local model's
+    tokenizer lacks them (LLaMA-Factory's order: the same ids); the special ones also
+    model.special_tokens.additional_special_tokens, the first stop word its eos_token; a vocabulary that grows is
+    rounded up to 64 rows and trains its embeddings whole (LLaMA-Factory's resize_vocab: embed_tokens and lm_head,
+    unless additional_target names modules). A hub model's tokenizer is not read for the stop words: loading it
+    says which are missing."""
     plain, special = ([t.strip() for t in str(left.pop(key, None) or "").split(",") if t.strip()]
                       for key in ("add_tokens", "add_special_tokens"))
     resize = left.pop("resize_vocab", False)
-    added = new_tokens(model, plain + special)[0] if plain or special else []
+    wanted = plain + special + (stops if local_model(model) else [])
+    added = new_tokens(model, wanted)[0] if wanted else []
     if added:
         model["added_tokens"] = added
-        notes.append(f"add_tokens: {added}: differs: each new embedding row starts at the mean of the trained rows; "
+        notes.append(f"{'add_tokens' if plain or special else 'template'}: {added}: differs: each new embedding row starts at the mean of the trained rows; "
                      "LLaMA-Factory's at that mean plus noise")
-    if special:
-        model["special_tokens"] = {"additional_special_tokens": special}
+    special += [t for t in stops[1:] if t not in special]
+    roles = {"eos_token": stops[0]} if stops else {}
+    if special or roles:
+        model["special_tokens"] = {**roles, **({"additional_special_tokens": special} if special else {})}
     if added or resize:  # LLaMA-Factory resizes whenever a token is new
         model["vocab_multiple_of"] = 64
         lora.setdefault("modules_to_save", ["embed_tokens", "lm_head"])  # its input and output embeddings' names
