@@ -408,7 +408,8 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     assert data["source"] == str(folder / "identity.json") and data["mix"][0]["source"].endswith("alpaca_en_demo.jsonl")
     assert data["chat_template"] is True and data["limit"] == 1000 and data["seed"] == 42
     said = {n.split(":")[0]: n for n in notes}
-    assert {"val_size", "cutoff_len"} <= set(said) and not {"template", "chat template"} & set(said)
+    assert {"val_size", "cutoff_len"} <= set(said) and "chat template" not in said
+    assert said["template"].startswith("template: <|eot_id|>, <|eom_id|>: LLaMA-Factory adds these")  # a hub id
     assert "all of them" in said["val_size"] and "not needed" in said["output_dir"]
     recipe = load_recipe(_write(tmp_path, raw), ["data.mix=[]", f"data.source={folder / 'alpaca_en_demo.jsonl'}"])
     rows = load_splits(recipe.data)
@@ -453,7 +454,8 @@ def test_llamafactory_templates_of_the_same_text_become_model_chat_template(tmp_
     assert not [n for n in notes if n.startswith("chat template")]  # nothing follows llama3's <|eot_id|>
     assert first_row(raw) == ("<|im_start|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                               "<|start_header_id|>assistant<|end_header_id|>\n\nhello<|eot_id|>")
-    raw, _ = converted("Qwen/Qwen2.5-7B", "chatml")  # offline: loading its tokenizer would fail
+    raw, notes = converted("Qwen/Qwen2.5-7B", "chatml")  # offline: loading its tokenizer would fail
+    assert [n for n in notes if n.startswith("template: <|im_end|>, <|im_start|>:") and "model.added_tokens" in n]
     assert raw["model"] == {"name": "Qwen/Qwen2.5-7B", "chat_template": "chatml", "special_tokens": {
         "eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]}}
     raw, notes = converted(smollm2_dir, "mistral")

@@ -238,12 +238,16 @@ def _tokens(left: dict, model: dict, lora: dict, notes: list[str], stops: list[s
     plain, special = ([t.strip() for t in str(left.pop(key, None) or "").split(",") if t.strip()]
                       for key in ("add_tokens", "add_special_tokens"))
     resize = left.pop("resize_vocab", False)
-    wanted = plain + special + (stops if local_model(model) else [])
+    local = local_model(model)
+    wanted = plain + special + (stops if local else [])
     added = new_tokens(model, wanted)[0] if wanted else []
     if added:
         model["added_tokens"] = added
-        notes.append(f"{'add_tokens' if plain or special else 'template'}: {added}: differs: each new embedding row starts at the mean of the trained rows; "
-                     "LLaMA-Factory's at that mean plus noise")
+        notes.append(f"{'add_tokens' if plain or special else 'template'}: {added}: differs: each new embedding row "
+                     "starts at the mean of the trained rows; LLaMA-Factory's at that mean plus noise")
+    if stops and not local:
+        notes.append(f"template: {', '.join(stops)}: LLaMA-Factory adds these stop words to the tokenizer where it "
+                     f"lacks them; if {model['name']}'s does, loading it says so: add them to model.added_tokens")
     special += [t for t in stops[1:] if t not in special]
     roles = {"eos_token": stops[0]} if stops else {}
     if special or roles:
