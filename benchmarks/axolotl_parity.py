@@ -50,7 +50,9 @@ def main() -> None:
               + (f"; {r['same_text']} others with the same text and trained text, cut into other tokens"
                  if r["same_text"] else "")
               + (f"; {r['first_piece']} others differing in their reply's first piece only" if r["first_piece"]
-                 else ""))
+                 else "")
+              + "".join(f"; {n} others with the same text, trained the same but for {text!r}, which tunelab also trains"
+                        for text, n in r["more_trained"].items()))
     print(json.dumps(results))
 
 
@@ -59,11 +61,13 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy,
     """Convert `config`, tokenize its rows both ways under `model`'s tokenizer; count identical rows (`trailing`:
     identical but for tokens Axolotl appends after the last trained one, with no label: they change no loss;
     `same_text`: the others whose text and trained text are the same, cut into tokens elsewhere; `first_piece`: the
-    others that differ in one place only, the reply's first piece)."""
+    others that differ in one place only, the reply's first piece; `more_trained`: the others whose text is the
+    same and whose trained text is Axolotl's with one stretch more, by that stretch)."""
     (out / f"{name}.yml").write_text(config)
     tok, items = converted_rows(out / f"{name}.yml", model)
     theirs = strategy(tok)
     identical = trailing = same_text = first_piece = 0
+    more: dict[str, int] = {}
     for index, item in items:
         ax = theirs.tokenize_prompt(rows[index])
         ids, labels, k = list(ax["input_ids"]), list(ax["labels"]), len(item.input_ids)
@@ -71,13 +75,16 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy,
             identical += 1
         elif ids[:k] == item.input_ids and labels[:k] == item.labels and all(x == -100 for x in labels[k:]):
             identical, trailing = identical + 1, trailing + 1
+        elif tok.decode(ids).rstrip() == tok.decode(item.input_ids).rstrip() and (extra := _inserted(
+                _trained(tok, ids, labels), _trained(tok, item.input_ids, item.labels))):
+            more[extra] = more.get(extra, 0) + 1
         elif (tok.decode(ids).rstrip() == tok.decode(item.input_ids).rstrip()
               and _trained(tok, ids, labels) == _trained(tok, item.input_ids, item.labels)):
             same_text += 1
         else:
             first_piece += _differs_at_first_piece(ids, item.input_ids, item.labels)
     return {"rows": len(items), "identical": identical, "trailing": trailing, "same_text": same_text,
-            "first_piece": first_piece}
+            "first_piece": first_piece, "more_trained": more}
 
 
 def _differs_at_first_piece(theirs: list[int], ours: list[int], labels: list[int]) -> bool:
@@ -86,6 +93,13 @@ def _differs_at_first_piece(theirs: list[int], ours: list[int], labels: list[int
     ops = [op for op in difflib.SequenceMatcher(None, theirs, ours, autojunk=False).get_opcodes() if op[0] != "equal"]
     first = next(k for k, x in enumerate(labels) if x != -100)
     return len(ops) == 1 and ops[0][3] == first
+
+
+def _inserted(theirs: str, ours: str) -> str | None:
+    """The one stretch of text `ours` has where `theirs` has nothing, when that is their only difference."""
+    import difflib
+    ops = [op for op in difflib.SequenceMatcher(None, theirs, ours, autojunk=False).get_opcodes() if op[0] != "equal"]
+    return ours[ops[0][3]:ops[0][4]] if len(ops) == 1 and ops[0][0] == "insert" else None
 
 
 def _trained(tok, ids: list[int], labels: list[int]) -> str:
@@ -202,6 +216,9 @@ CASES = {
     "chat_template: llama3, added tokens": _chat_own({"chat_template": "llama3"},
                                                      ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                                                      "<|eot_id|>"),
+    "chat_template: qwen3": _chat_own({"chat_template": "qwen3"}),
+    "chat_template: gemma3, added tokens": _chat_own({"chat_template": "gemma3"},
+                                                     ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>"),
     "completion": _completion,
     "alpaca, Mistral-7B-v0.1's tokenizer": _alpaca_sentencepiece,
 }

@@ -361,6 +361,24 @@ def test_earlier_assistant_turns_carry_loss_unless_history_loss_is_off(tok, tmp_
                           "<|im_start|>assistant\n")
 
 
+def test_earlier_replies_written_otherwise_than_the_last_are_found_where_a_placeholder_stands(tok):
+    """Qwen3's way: only the last reply opens with an empty think block, so rendering turn by turn does not give the
+    whole conversation; each earlier reply is found there between what the template writes around a placeholder in
+    its place, with the end-of-turn marker after it."""
+    copy = type(tok).from_pretrained(tok.name_or_path)
+    copy.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{% if m['role'] == 'assistant' and loop.last %}"
+                          "<t></t>{% endif %}{{ m['content'] }}{% if m['role'] == 'assistant' %}<end>{% endif %}"
+                          "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+               {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    text = chat.prompt(copy, "q3", history=history)
+    assert text == "[user]q1[assistant]a1<end>[user]q2[assistant]a2<end>[user]q3[assistant]"
+    assert [text[a:b] for a, b in chat.reply_spans(copy, "q3", history)] == ["a1<end>", "a2<end>"]
+    row = Example("r", "q3", "a3", {"user": "q3", "assistant": "a3", chat.HISTORY: history})
+    (item,), _ = tokenize([row], copy, 128, completion_only=True, chat=True)
+    assert copy.decode([x for x in item.labels if x != IGNORE]) == "a1<end>a2<end><t></t>a3<end>" + copy.eos_token
+
+
 def test_a_template_that_rewrites_earlier_replies_trains_on_the_last_one_and_says_so(tok, caplog):
     copy = type(tok).from_pretrained(tok.name_or_path)
     copy.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[earlier reply]"
@@ -451,13 +469,15 @@ def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe,
     assert all(p.startswith(passes[3].prefix) for p in passes[3].prompts) and passes[3].shots_from
 
 
-@pytest.mark.parametrize("name", ["alpaca", "chatml", "gemma", "llama3", "mistral_v1", "phi_3", "qwen_25"])
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "deepseek_v3", "gemma", "gemma3", "llama3", "llama4",
+                                  "mistral_v1", "mistral_v7_tekken", "phi_3", "phi_35", "phi_4", "qwen3", "qwen_25"])
 def test_each_chat_template_tunelab_ships_writes_conversations_turn_by_turn_with_every_reply_trained(
         name, tok, tmp_path):
     """model.chat_template: <name> reads as tunelab/templates/<name>.jinja; a conversation written with it (its
     markers added as tokens, as a recipe does by model.added_tokens) is the
     template's own rendering, each reply carrying loss with the marker that ends it, and the last one then the
-    eos_token where that marker is another token (generation stops at the eos_token). Gemma takes no system turn."""
+    eos_token where that marker is another token (generation stops at the eos_token). Gemma takes no system turn;
+    Qwen3's earlier replies are found by a placeholder (the last one alone gets a think block)."""
     from conftest import write_jsonl
     from tunelab.config import TEMPLATES, DataConfig, ModelConfig, template_names
     from tunelab.data import load_splits
@@ -472,12 +492,15 @@ def test_each_chat_template_tunelab_ships_writes_conversations_turn_by_turn_with
     splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "c.jsonl", [row] * 4)), messages="messages"))
     (item,), _ = tokenize([splits.train[0]], copy, 512, completion_only=True, chat=True)
     end = {"alpaca": copy.eos_token, "chatml": "<|im_end|>", "gemma": "<end_of_turn>", "llama3": "<|eot_id|>",
-           "mistral_v1": copy.eos_token, "phi_3": "<|end|>", "qwen_25": "<|im_end|>"}[name]
+           "mistral_v1": copy.eos_token, "phi_3": "<|end|>", "qwen_25": "<|im_end|>", "qwen3": "<|im_end|>",
+           "gemma3": "<end_of_turn>", "phi_4": "<|im_end|>", "phi_35": "<|end|>", "llama4": "<|eot|>",
+           "mistral_v7_tekken": copy.eos_token, "deepseek_v3": "<｜end▁of▁sentence｜>"}[name]
     eos = "" if end == copy.eos_token else copy.eos_token  # SmolLM2's is <|im_end|>
     whole = copy.apply_chat_template(row["messages"], tokenize=False)
     assert copy.decode(item.input_ids) == chat._strip_bos(copy, whole).rstrip() + eos
     lead = " " if name == "mistral_v1" else ""  # [/INST] then a space, then the reply
-    assert copy.decode([x for x in item.labels if x != IGNORE]) == f"{lead}4{end}{lead}8{end}{eos}"
+    last = "</think>\n\n" if name == "qwen3" else lead  # its generation prompt opens an empty <think> block
+    assert copy.decode([x for x in item.labels if x != IGNORE]) == f"{lead}4{end}{last}8{end}{eos}"
 
 
 def test_generation_stops_at_the_chat_templates_end_marker_and_leaves_it_out(tok):

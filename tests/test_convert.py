@@ -260,12 +260,17 @@ def test_axolotls_named_chat_templates_become_model_chat_template_with_the_end_m
     mistral = convert(_chats(tmp_path, "mistralai/Mistral-7B-v0.1", "chat_template: mistral_v1\n"))  # ends a
     # reply with {{ eos_token }}: no note
     assert mistral[0]["model"]["chat_template"] == "mistral_v1" and mistral[1] == []
+    # qwen3's generation prompt opens an empty think block; Axolotl leaves its close untrained, tunelab trains it
+    raw, notes = convert(_chats(tmp_path, smollm2_dir, "chat_template: qwen3\n"))
+    assert raw["model"]["chat_template"] == "qwen3"
+    assert notes == ["chat_template: qwen3: differs: the template writes '</think>\\n\\n' between the generation "
+                     "prompt and the last reply; tunelab trains it, as generation writes it, Axolotl does not"]
 
 
 def test_a_chat_template_tunelab_does_not_ship_or_two_different_ones_are_refused_naming_the_key(tmp_path):
     mistral = "mistralai/Mistral-7B-v0.1"
     with pytest.raises(UserError, match=r"axolotl.yml: chat_template: 'vicuna': tunelab converts Axolotl's chat "
-                                        r"templates alpaca, chatml, gemma, llama3, mistral_v1, phi_3, qwen_25, "
+                                        r"templates alpaca, chatml, deepseek_v3, gemma, gemma3, llama3, llama4, mistral_v1, mistral_v7_tekken, phi_3, phi_35, phi_4, qwen3, qwen_25, "
                                         r"tokenizer_default and jinja"):
         convert(_chats(tmp_path, mistral, "chat_template: vicuna\n"))
     with pytest.raises(UserError, match=r"datasets.0: gemma: differs from chat_template's chatml; tunelab writes "

@@ -75,7 +75,7 @@ class ModelConfig(Section):
                                       "chat_template_path, Axolotl's chat_template_jinja), for a base model whose "
                                       "tokenizer has none, or another format: the template's text, a .jinja file "
                                       "holding it, or the name of one tunelab ships, Axolotl's text of the same "
-                                      "name (alpaca, chatml, gemma, llama3, mistral_v1, phi_3, qwen_25; read when "
+                                      "name (alpaca, chatml, deepseek_v3, gemma, gemma3, llama3, llama4, mistral_v1, mistral_v7_tekken, phi_3, phi_35, phi_4, qwen3, qwen_25; read when "
                                       "the recipe is read; the run's config.yaml keeps the text). Its turn markers "
                                       "must be tokens of the tokenizer (model.added_tokens; tunelab check flags "
                                       "split ones). Saved with each adapter (its tokenizer files) and the exports; "

@@ -303,7 +303,7 @@ def _chat_template(path: str, config: dict, model: dict, notes: list[str]) -> No
     """model.chat_template from chat_template (the config's, or its chat_template datasets' own, as Axolotl reads
     them): tokenizer_default leaves the tokenizer's; jinja takes chat_template_jinja's text; a named template, the
     text tunelab ships under that name (Axolotl's); tokenizer_default_fallback_<name>, that one where the tokenizer
-    has none. Notes the turn end marker Axolotl would leave untrained (`_end_marker_note`).
+    has none. Notes what Axolotl would leave untrained around a reply (`_reply_notes`).
 
     Raises:
         UserError: datasets naming different templates, jinja without its text, a template tunelab does not ship.
@@ -331,7 +331,7 @@ def _chat_template(path: str, config: dict, model: dict, notes: list[str]) -> No
     template = choices[0][1]
     if template:
         model["chat_template"] = template  # the text, a file holding it, or the name of a shipped one
-        notes += _end_marker_note(wanted[0][0], config, model, template)
+        notes += _reply_notes(wanted[0][0], config, model, template)
 
 
 FALLBACK = "tokenizer_default_fallback_"  # Axolotl: the tokenizer's template, else the named one
@@ -352,10 +352,12 @@ def _has_template(path: str, where: str, choice: str, model: dict) -> bool:
                         f"{err}") from None
 
 
-def _end_marker_note(where: str, config: dict, model: dict, template: str) -> list[str]:
+def _reply_notes(where: str, config: dict, model: dict, template: str) -> list[str]:
     """A note when a reply does not end with the eos_token in the template (special_tokens' eos_token or, for a
     local model, its tokenizer's): tunelab then trains the template's end-of-turn marker and the eos_token after the
-    last reply; Axolotl trains the marker only when eot_tokens names it, and no eos_token."""
+    last reply; Axolotl trains the marker only when eot_tokens names it, and no eos_token. And one when the template
+    writes text between the generation prompt and the last reply (Qwen3's `</think>\n\n`): tunelab trains it, as
+    generation writes it; Axolotl does not."""
     import jinja2
     from transformers.utils.chat_template_utils import render_jinja_template
     try:
@@ -365,8 +367,6 @@ def _end_marker_note(where: str, config: dict, model: dict, template: str) -> li
     eos = (config.get("special_tokens") or {}).get("eos_token")
     if eos is None and local_model(model):
         eos = tokenizer_of(model).eos_token
-    if eos is None and "eos_token" in text:
-        return []  # the template writes the tokenizer's eos_token itself
     turns = [{"role": "user", "content": "QUESTION"}, {"role": "assistant", "content": "REPLY"}]
     try:
         (head,), _ = render_jinja_template([turns[:1]], chat_template=text, add_generation_prompt=True,
@@ -374,19 +374,22 @@ def _end_marker_note(where: str, config: dict, model: dict, template: str) -> li
         (whole,), _ = render_jinja_template([turns], chat_template=text, bos_token="", eos_token=eos or "</s>")
     except jinja2.TemplateError:
         return []  # a template that refuses one user turn and one reply: nothing to compare
-    marker = whole[len(head):].partition("REPLY")[2].strip() if whole.startswith(head) else ""
-    if eos and marker.endswith(eos):
-        return []
+    lead, _, marker = whole[len(head):].partition("REPLY") if whole.startswith(head) else ("", "", "")
+    marker = marker.strip()
     choice = f"{where}: {config.get('chat_template') or 'chat_template'}: differs"
+    notes = [f"{choice}: the template writes {lead!r} between the generation prompt and the last reply; tunelab "
+             "trains it, as generation writes it, Axolotl does not"] if lead.strip() else []
+    if (eos and marker.endswith(eos)) or (eos is None and "eos_token" in text):  # or the template writes it
+        return notes
     if not marker:
-        return [f"{choice}: the template writes nothing after a reply; tunelab trains the eos_token after the last "
-                "one (where generation stops), Axolotl does not"]
+        return notes + [f"{choice}: the template writes nothing after a reply; tunelab trains the eos_token after the "
+                        "last one (where generation stops), Axolotl does not"]
     named = [t for t in config.get("eot_tokens") or [] if t in marker]
     unless = "" if eos else f" (unless {marker} is {model['name']}'s eos_token)"
-    return [f"{choice}{unless}: tunelab trains the template's end-of-turn marker ({marker}) and, after the last "
-            f"reply, the eos_token; Axolotl trains "
-            f"{f'the marker up to {named[0]} (eot_tokens)' if named else 'neither'}. special_tokens: {{eos_token: "
-            f"{marker}}} makes the two one"]
+    return notes + [f"{choice}{unless}: tunelab trains the template's end-of-turn marker ({marker}) and, after the "
+                    f"last reply, the eos_token; Axolotl trains "
+                    f"{f'the marker up to {named[0]} (eot_tokens)' if named else 'neither'}. special_tokens: "
+                    f"{{eos_token: {marker}}} makes the two one"]
 
 
 def _train_keys(path: str, config: dict, left: dict, train: dict, data: dict, notes: list[str]) -> None:

@@ -115,8 +115,10 @@ def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict
 
 def reply_spans(tok, user: str, history: list[dict]) -> list[tuple[int, int]]:
     """Character spans, in `prompt(tok, user, history=history)`, of the history's assistant turns (each reply and its
-    end-of-turn marker): what `data.history_loss` trains on besides the last reply. Empty when the template does not
-    write the conversation turn by turn (then only the last reply is trained on)."""
+    end-of-turn marker): what `data.history_loss` trains on besides the last reply. Found by rendering the
+    conversation turn by turn; for a template that writes an earlier reply otherwise than as the last one (Qwen3's
+    empty <think> block, on the last reply only), by rendering it with a placeholder in that reply's place. Empty
+    when neither finds them (then only the last reply is trained on)."""
     turns = _turns((), user, history)
     text = prompt(tok, user, history=history)
     shift = len(tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)) - len(text)  # a dropped BOS
@@ -127,8 +129,37 @@ def reply_spans(tok, user: str, history: list[dict]) -> list[tuple[int, int]]:
         head = tok.apply_chat_template(turns[:k], tokenize=False, add_generation_prompt=True)
         whole = tok.apply_chat_template(turns[:k + 1], tokenize=False).rstrip()
         if not (whole.startswith(head) and text.startswith(whole[shift:])):
-            return []
+            return _placeholder_spans(tok, turns, text, shift)
         spans.append((len(head) - shift, len(whole) - shift))
+    return spans
+
+
+PLACEHOLDER = "\x00REPLY\x00"  # stands in for one reply: no template writes it, none strips it
+
+
+def _placeholder_spans(tok, turns: list[dict], text: str, shift: int) -> list[tuple[int, int]]:
+    """`reply_spans` of a template that does not write a conversation turn by turn: each assistant turn's reply is
+    what lies, in the whole conversation, between the text the template writes before and after a placeholder put in
+    its place; its span runs on over the end-of-turn marker (what the template writes after a reply). [] when that
+    text is not the whole conversation's around the reply, or the marker does not follow it."""
+    import jinja2
+    try:
+        marker = exchange(tok, "Q", PLACEHOLDER)[1].partition(PLACEHOLDER)[2]
+    except (UserError, jinja2.TemplateError):
+        return []
+    whole = text if shift == 0 else tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    spans = []
+    for k, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        probe = tok.apply_chat_template([*turns[:k], {**turn, "content": PLACEHOLDER}, *turns[k + 1:]],
+                                        tokenize=False, add_generation_prompt=True)
+        before, found, after = probe.partition(PLACEHOLDER)
+        end = len(whole) - len(after)
+        if not found or PLACEHOLDER in after or end < len(before) or not (
+                whole.startswith(before) and whole.endswith(after) and after.startswith(marker)):
+            return []
+        spans.append((len(before) - shift, end + len(marker) - shift))
     return spans
 
 

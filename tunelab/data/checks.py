@@ -211,7 +211,7 @@ def untrained_tokens(cfg, tok, items: list) -> dict:
                       for i, n in sorted(used[side].items(), key=lambda kv: (-kv[1], kv[0]))] for side in used}}
 
 
-MARKER = re.compile(r"<\|[^|<>\s]{1,40}\|>")  # <|im_start|>, <|eot_id|>, <|end|>
+MARKER = re.compile(r"<[|｜][^|｜<>\s]{1,40}[|｜]>")  # <|im_start|>, <|eot_id|>, <|end|>; DeepSeek's <｜User｜>
 MARKER_RULE = ("a chat marker is text of the form <|name|> (ChatML's <|im_start|>, Llama 3's <|eot_id|>) in a training "
                "row's input; split when the tokenizer writes it as more than one token")
 
