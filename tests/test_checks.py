@@ -344,6 +344,21 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     assert "| tokens used with untrained embedding rows (input / output) | 2 input / 1 output tokens of 3 / 3 " in md
 
 
+def test_deepseeks_full_width_markers_are_chat_markers_too(smollm2_dir):
+    """DeepSeek's templates write <｜User｜> with full-width bars: rows holding them, split by a tokenizer that lacks
+    them, are named like <|name|> markers."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from tunelab.data.checks import markers
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ids = tok("<｜User｜>What is 2 + 2?<｜Assistant｜>4<｜end▁of▁sentence｜>")["input_ids"]
+    found = markers(SimpleNamespace(model=SimpleNamespace(added_tokens=[])), tok, [SimpleNamespace(input_ids=ids)])
+    assert sorted(s["marker"] for s in found["split"]) == ["<｜Assistant｜>", "<｜User｜>", "<｜end▁of▁sentence｜>"]
+    assert all(s["pieces"] > 1 and s["rows"] == 1 for s in found["split"])
+
+
 def test_chat_markers_the_tokenizer_splits_and_added_tokens_no_row_uses_are_named(tiny_recipe, tmp_path, capsys,
                                                                                  caplog):
     """Rows that write <|name|> markers the tokenizer splits into pieces (a chat format the base model's tokenizer

@@ -212,8 +212,9 @@ def untrained_tokens(cfg, tok, items: list) -> dict:
 
 
 MARKER = re.compile(r"<[|｜][^|｜<>\s]{1,40}[|｜]>")  # <|im_start|>, <|eot_id|>, <|end|>; DeepSeek's <｜User｜>
-MARKER_RULE = ("a chat marker is text of the form <|name|> (ChatML's <|im_start|>, Llama 3's <|eot_id|>) in a training "
-               "row's input; split when the tokenizer writes it as more than one token")
+MARKER_RULE = ("a chat marker is text of the form <|name|> (ChatML's <|im_start|>, Llama 3's <|eot_id|>; DeepSeek's "
+               "<｜User｜>, full-width) in a training row's input; split when the tokenizer writes it as more than one "
+               "token")
 
 
 def markers(cfg, tok, items: list) -> dict:
