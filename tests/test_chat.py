@@ -444,6 +444,43 @@ def test_conversations_mixed_into_a_chat_run_of_plain_rows_keep_their_turns(tok,
     assert "Hello! Ask away." not in tok.decode(plain_prompt) and plain_row.prompt in tok.decode(plain_prompt)
 
 
+def test_passes_asked_through_a_reasoning_chat_template_read_the_reply_after_its_thinking(tiny_recipe, tok,
+                                                                                            tmp_path):
+    """eval.think_end's default: </think> when the chat template writes it between its generation prompt and a reply
+    (Qwen3's); then every pass asked through the template — the chat baselines, and with data.chat_template every
+    pass — stops and is scored after the thinking, the plain-text passes not; '' turns it off, another marker is
+    taken as set."""
+    from tunelab.config import ModelConfig, validate
+    from tunelab.data import load_splits
+    from tunelab.evaluate.generate import AfterThinking
+    from tunelab.evaluate.stage import _plan
+    from tunelab.rundir import RunDir
+    qwen3 = type(tok).from_pretrained(tok.name_or_path)
+    qwen3.chat_template = ModelConfig(name="x", chat_template="qwen3").chat_template
+    assert chat.think_end(qwen3) == "</think>" and chat.think_end(tok) is None  # SmolLM2's own writes no thinking
+    raw = {**tiny_recipe, "eval": {**tiny_recipe["eval"], "fewshot": 2, "chat_baseline": True}}
+    splits = load_splits(validate(raw, "tiny").data)
+
+    def planned(changes: dict, data: dict | None = None) -> dict:
+        cfg = validate({**raw, "eval": {**raw["eval"], **changes}, "data": {**raw["data"], **(data or {})}}, "tiny")
+        passes = _plan(cfg, RunDir(tmp_path / "run"), splits.train, splits.test[:3], None, True, qwen3)
+        assert all(isinstance(p.stop_rule, AfterThinking) == bool(p.think_end) for p in passes)
+        return {p.name: p.think_end for p in passes}
+
+    assert planned({}) == {"base": None, "base-2shot": None, "base-chat": "</think>", "base-chat-2shot": "</think>",
+                           "tuned": None}
+    assert planned({"chat_baseline": False}, {"chat_template": True}) == {"base": "</think>",
+                                                                          "base-2shot": "</think>",  # shots as turns
+                                                                          "tuned": "</think>"}
+    assert set(planned({"think_end": ""}).values()) == {None}
+    assert planned({"think_end": "<|/r|>"})["base-chat"] == "<|/r|>"
+    from tunelab.evaluate.inference import thinks  # tunelab generate: the run's prompts, not raw texts
+    chatted = validate({**raw, "data": {**raw["data"], "chat_template": True},
+                        "eval": {**raw["eval"], "chat_baseline": False}}, "tiny")
+    assert thinks(chatted, qwen3, raw=False) == "</think>" and thinks(chatted, qwen3, raw=True) is None
+    assert thinks(validate(raw, "tiny"), qwen3, raw=False) is None  # plain prompts
+
+
 def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe, tok, tmp_path):
     """eval.chat_baseline with eval.fewshot: the base model is also prompted N-shot through its chat template, each
     shot a user turn ("Question: ...\nAnswer:") and an assistant turn (its answer), as lm-eval's

@@ -170,28 +170,72 @@ def test_answer_line_stop_rule():
     assert not ANSWER_LINE.search("####\n")
 
 
+def _ends_at(tok, text: str, rule) -> str | None:
+    """`text`'s tokens fed to generation's stop check one by one: the completion where `rule` ends it, else None."""
+    from tunelab.evaluate.generate import _finished
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for k in range(1, len(ids) + 1):
+        done = _finished(tok, ids[:k], ids[k - 1], set(), rule, max_new_tokens=1000)
+        if done is not None:
+            return done.completion
+    return None
+
+
 def test_an_answer_pattern_stops_a_row_once_the_line_holding_its_match_is_complete(tiny_model):
     """A row decoded under eval.answer_pattern ends at the newline after the first match, not before the match
     closes (a number still growing) and not at an earlier newline."""
     import re
     from transformers import AutoTokenizer
-    from tunelab.evaluate.generate import _finished
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rule = re.compile(r"answer is (\d+)")
 
-    def ends_at(text: str, rule: re.Pattern = rule) -> str | None:  # fed token by token: where `rule` ends it
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        for k in range(1, len(ids) + 1):
-            done = _finished(tok, ids[:k], ids[k - 1], set(), rule, max_new_tokens=1000)
-            if done is not None:
-                return done.completion
-        return None
+    def ends_at(text: str, rule: re.Pattern = rule) -> str | None:
+        return _ends_at(tok, text, rule)
 
     assert ends_at("First line.\nSo the answer is 1234\nThen more words\n") == "First line.\nSo the answer is 1234\n"
     assert ends_at("So the answer is 12 apples, because\nmore\n") == "So the answer is 12 apples, because\n"
     assert ends_at("No answer here\nnor here\n") is None
     tagged = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)  # a match spanning lines ends on its own newline
     assert ends_at("<answer>\n7\n</answer>\nmore\n", tagged) == "<answer>\n7\n</answer>\n"
+
+
+def test_a_reasoning_models_stop_rule_and_answer_check_read_the_reply_after_its_thinking(tiny_model):
+    """With an end-of-thinking marker (eval.think_end), nothing in the thinking ends a reply — not its first line,
+    not a blank line lm-eval's `until` would stop at, not a `#### N` line — and the rule then reads the text after
+    the marker's last occurrence; the answer check reads that text too (lm-eval's think_end_token), the whole reply
+    when the marker never came."""
+    from transformers import AutoTokenizer
+
+    from tunelab.evaluate.generate import AfterThinking
+    from tunelab.evaluate.scoring import after_thinking, score, score_exact
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+
+    def ends_at(text: str, rule) -> str | None:
+        return _ends_at(tok, text, rule)
+
+    reply = "<think>\nIt says 3 then 4.\n\n#### 3\n</think>\n\npositive\nand more\n\n"
+    assert ends_at(reply, "line") == "<think>\n"  # the first line: the thinking's
+    assert ends_at(reply, AfterThinking("</think>", "line")) == reply[:reply.index("and more")]
+    # the blank line right after the marker is not the one that ends it: lm-eval strips it before `until` applies
+    assert ends_at(reply, AfterThinking("</think>", ["\n\n"])) == reply[:reply.index("\nand more") + 9]
+    gsm = "<think>\n#### 3\n</think>\nSo #### 4\nmore\n"
+    assert ends_at(gsm, AfterThinking("</think>", None)) == "<think>\n#### 3\n</think>\nSo #### 4\n"
+    assert ends_at("<think>\nstill thinking\n\n", AfterThinking("</think>", "line")) is None
+    answered = ends_at(reply, AfterThinking("</think>", "line"))
+    assert after_thinking(answered, "</think>") == "positive\n"
+    assert score_exact(after_thinking(answered, "</think>"), "positive")["strict_correct"]
+    assert not score_exact(answered, "positive")["strict_correct"]  # its first line is <think>
+    assert score(after_thinking(gsm, "</think>"), "#### 4")["flexible_correct"] and not score(gsm, "#### 4")[
+        "strict_correct"]  # the thinking's #### 3 comes first
+    assert after_thinking("no thinking here", "</think>") == "no thinking here" == after_thinking(
+        "no thinking here", None)
+    from tunelab.evaluate.scoring import naming  # the report's definition names the passes read that way
+    said = naming({"scoring": "exact", "base": {"n": 3}, "base-chat": {"think_end": "</think>"},
+                   "tuned": {"think_end": "</think>"}}).definition
+    assert said.endswith("The replies of base-chat, tuned (asked through a chat template that writes a thinking "
+                         "block) are read after their last `</think>` (eval.think_end), as lm-evaluation-harness's "
+                         "think_end_token reads them: the thinking before it is not scored, nor does it end a reply.")
+    assert "think_end" not in naming({"scoring": "exact", "tuned": {"n": 3}}).definition
 
 
 @pytest.fixture(scope="module")

@@ -205,6 +205,22 @@ def end_marker(tok) -> int | None:
     return ids[0] if len(ids) == 1 and ids[0] in tok.added_tokens_decoder else None
 
 
+THINK_END = "</think>"  # Qwen3's and DeepSeek-R1's end-of-thinking marker
+
+
+def think_end(tok) -> str | None:
+    """THINK_END when the chat template writes it between the generation prompt and a reply (Qwen3's empty think
+    block: a reply generated after that prompt carries one), else None (`eval.think_end`'s default)."""
+    import jinja2
+    if not getattr(tok, "chat_template", None):
+        return None
+    try:
+        _, reply = exchange(tok, "Q", PLACEHOLDER)
+    except (UserError, jinja2.TemplateError):
+        return None
+    return THINK_END if THINK_END in reply.partition(PLACEHOLDER)[0] else None
+
+
 def _turns(shots, user: str | None, history: list[dict] = ()) -> list[dict]:
     system = list(history[:1]) if history and history[0]["role"] == "system" else []  # a system turn stays first
     exchanges = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]

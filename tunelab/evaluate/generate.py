@@ -90,6 +90,14 @@ class Generation:
     tokens: int  # generated tokens up to and including the stop
 
 
+@dataclass(frozen=True)
+class AfterThinking:
+    """A stop rule read only after a reasoning model's end-of-thinking marker (`eval.think_end`): until the reply
+    holds `end`, only the EOS and the token budget end it; then `rule` applies to the text after its last occurrence."""
+    end: str
+    rule: list[str] | str | re.Pattern | None
+
+
 @dataclass
 class _Row:
     index: int  # the prompt's position in the caller's list
@@ -278,7 +286,7 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
-             on_result=None, stops: list[list[str] | str | re.Pattern | None] | None = None,
+             on_result=None, stops: list | None = None,
              speculate: bool = True, pack: bool = True, prefix: str | None = None,
              sampling: Sampling | None = None) -> tuple[list[Generation], float]:
     """Greedy (or, with `sampling`, sampled) completions for `prompts` (same order) and the seconds spent.
@@ -287,7 +295,8 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
         slots: rows decoded together; 0 = automatic (`auto_slots`).
         on_result: called with (prompt index, Generation) as each row finishes (running accuracy, journals).
         stops: per prompt, None (after a finished `#### N` line), "line" (after the first non-blank line), a pattern
-            (after the line holding its first match), or stop strings (lm-eval's `until`: ends before the first).
+            (after the line holding its first match), or stop strings (lm-eval's `until`: ends before the first);
+            any of them read only after a reasoning model's thinking (`AfterThinking`).
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens; greedy decoding only).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
         prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`SharedPrefix`).
@@ -433,22 +442,34 @@ def _consume(tok, row: _Row, produced: list[int], eos: set[int], stop: list[str]
     return None
 
 
-def _finished(tok, tokens: list[int], last: int, eos: set[int], stop: list[str] | str | re.Pattern | None,
-              max_new_tokens: int) -> Generation | None:
+def _finished(tok, tokens: list[int], last: int, eos: set[int],
+              stop: list[str] | str | re.Pattern | AfterThinking | None, max_new_tokens: int) -> Generation | None:
     """The row's Generation if `last` ends it (EOS, its stop rule, or the token budget), else None."""
     if last in eos:
         return Generation(tok.decode(tokens[:-1], skip_special_tokens=True), len(tokens))
-    if stop is None or isinstance(stop, (str, re.Pattern)):
-        if _answer_done(tok, tokens, last, ANSWER_LINE if stop is None else FIRST_LINE if stop == "line" else stop):
-            return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
-    else:
+    rule, start = stop, 0
+    if isinstance(stop, AfterThinking):  # the rule reads the text after the thinking (and the blank after it)
         text = tok.decode(tokens, skip_special_tokens=True)
-        cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
-        if cut >= 0:
-            return Generation(text[:cut], len(tokens))
+        at = text.rfind(stop.end)
+        rule, start = stop.rule, (len(text) - len(text[at + len(stop.end):].lstrip()) if at >= 0 else None)
+    if start is not None and (done := _stopped(tok, tokens, last, rule, start)):
+        return done
     if len(tokens) >= max_new_tokens:
         return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
     return None
+
+
+def _stopped(tok, tokens: list[int], last: int, rule: list[str] | str | re.Pattern | None,
+             start: int) -> Generation | None:
+    """The row's Generation if its stop rule, read from character `start` of the text, ends it at `last`."""
+    if rule is None or isinstance(rule, (str, re.Pattern)):
+        if _answer_done(tok, tokens, last, ANSWER_LINE if rule is None else FIRST_LINE if rule == "line" else rule,
+                        start):
+            return Generation(tok.decode(tokens, skip_special_tokens=True), len(tokens))
+        return None
+    text = tok.decode(tokens, skip_special_tokens=True)
+    cut = min((k for k in (text.find(s, start) for s in rule) if k >= 0), default=-1)
+    return Generation(text[:cut], len(tokens)) if cut >= 0 else None
 
 
 def _layers(cache) -> list:
@@ -480,11 +501,12 @@ def _eos_ids(model, tok) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _answer_done(tok, tokens: list[int], last: int, rule: re.Pattern) -> bool:
-    """True once the text holds a finished answer line: a match of `rule` (ANSWER_LINE, FIRST_LINE or an answer
-    pattern) ending in a newline or followed by one; decoded only when a newline may have arrived."""
+def _answer_done(tok, tokens: list[int], last: int, rule: re.Pattern, start: int = 0) -> bool:
+    """True once the text (from character `start`) holds a finished answer line: a match of `rule` (ANSWER_LINE,
+    FIRST_LINE or an answer pattern) ending in a newline or followed by one; decoded only when a newline may have
+    arrived."""
     if "\n" not in tok.decode([last]):
         return False
-    text = tok.decode(tokens, skip_special_tokens=True)
+    text = tok.decode(tokens, skip_special_tokens=True)[start:]
     match = rule.search(text)
     return match is not None and "\n" in text[match.end() - 1:]

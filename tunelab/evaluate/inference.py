@@ -126,14 +126,22 @@ def load(cfg: Recipe, model: Model, device):
     return load_adapter(base, model.adapter, merge=True) if model.adapter else base
 
 
+def thinks(cfg: Recipe, tok, raw: bool) -> str | None:
+    """The end-of-thinking marker the stop rule reads after (as the eval stage's passes do, `stage.think_end`): the
+    prompts go through a chat template that writes a thinking block; None for raw texts or plain prompts."""
+    from tunelab.evaluate.stage import think_end
+    return think_end(cfg, tok) if cfg.data.chat_template and not raw else None
+
+
 def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, max_new_tokens: int,
-           sample: bool = False):
+           sample: bool = False, think_end: str | None = None):
     """Greedy completions of `texts` by one loaded model (a list of `Generation`, same order); with `sample`, drawn
     as eval.pass_at_k draws them (eval.temperature, eval.top_p, each text's generator seeded by eval.sample_seed and
-    its place)."""
-    from tunelab.evaluate.generate import Sampling, generate
+    its place); with `think_end`, the `until` rule read after the thinking (`thinks`)."""
+    from tunelab.evaluate.generate import AfterThinking, Sampling, generate
     from tunelab.evaluate.scoring import ANSWER_TAG
     stop = re.compile(cfg.eval.answer_pattern or ANSWER_TAG) if until == "pattern" else UNTIL[until]
+    stop = AfterThinking(think_end, stop) if think_end else stop
     drawn = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.sample_seed) if sample else None
     gens, _ = generate(loaded, tok, texts, max_new_tokens, cfg.eval.batch_size, label=f"generate {name}",
                        stops=[stop] * len(texts), sampling=drawn)
@@ -141,12 +149,12 @@ def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, ma
 
 
 def answer_all(cfg: Recipe, tok, models: list[Model], texts: list[str], until: str, max_new_tokens: int,
-               device, sample: bool = False) -> dict[str, list]:
+               device, sample: bool = False, think_end: str | None = None) -> dict[str, list]:
     """Every model's completions of `texts` (drawn, with `sample`), one model in memory at a time."""
     out = {}
     for m in models:
         loaded = load(cfg, m, device)
-        out[m.name] = answer(cfg, tok, loaded, m.name, texts, until, max_new_tokens, sample)
+        out[m.name] = answer(cfg, tok, loaded, m.name, texts, until, max_new_tokens, sample, think_end)
         del loaded
     return out
 

@@ -86,6 +86,12 @@ def is_short(target: str) -> bool:
     return bool(text) and "\n" not in text and len(text.split()) <= SHORT_WORDS
 
 
+def after_thinking(completion: str, end: str | None) -> str:
+    """What the answer check reads of a reasoning model's reply: the text after the last `end` (lm-eval's
+    think_end_token), its leading whitespace dropped; the whole reply when `end` is None or not in it."""
+    return completion.rpartition(end)[2].lstrip() if end and end in completion else completion
+
+
 def normalize_text(text: str) -> str:
     """Lower case, runs of whitespace as one space, quotes, brackets, bold marks and end punctuation stripped."""
     return " ".join(text.split()).lower().strip(_EDGES)
@@ -198,13 +204,21 @@ NAMING = {
 
 def naming(evaluation: dict | None) -> Naming:
     """The names of an eval summary's scoring mode (summaries written before modes existed are numeric); regex's
-    definition quotes the summary's `answer_pattern`."""
+    definition quotes the summary's `answer_pattern`; where passes were read after a reasoning model's thinking
+    (eval.think_end), the definition says so, naming them."""
     evaluation = evaluation or {}
     names = NAMING[evaluation.get("scoring", "numeric")]
-    if "{pattern}" not in names.definition:
-        return names
-    pattern = evaluation.get("answer_pattern") or ANSWER_TAG
-    return replace(names, definition=names.definition.format(pattern=f"`{pattern}`"))  # a code span: * and \ as typed
+    definition = names.definition
+    if "{pattern}" in definition:
+        pattern = evaluation.get("answer_pattern") or ANSWER_TAG
+        definition = definition.format(pattern=f"`{pattern}`")  # a code span: * and \ as typed
+    thinking = {name: s["think_end"] for name, s in evaluation.items() if isinstance(s, dict) and s.get("think_end")}
+    for end in sorted(set(thinking.values())):
+        passes = ", ".join(name for name, e in thinking.items() if e == end)
+        definition += (f" The replies of {passes} (asked through a chat template that writes a thinking block) are "
+                       f"read after their last `{end}` (eval.think_end), as lm-evaluation-harness's think_end_token "
+                       "reads them: the thinking before it is not scored, nor does it end a reply.")
+    return replace(names, definition=definition)
 
 
 def flips(before: dict[str, dict], after: dict[str, dict], ids: list[str], metric: str = "flexible") -> dict:

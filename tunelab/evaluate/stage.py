@@ -30,7 +30,8 @@ from tunelab.errors import UserError
 from tunelab.evaluate import choices, losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask, ask_turn, exchanges, fewshot_context
 from tunelab.evaluate.journal import Journal
-from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, is_short, scorer, short_answer, states_answer
+from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, after_thinking, is_short, scorer, short_answer, \
+    states_answer
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
     pass_names, sampled_comparison, sampled_name
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
@@ -61,6 +62,14 @@ class Pass:
     shots_from: str | None = None  # a few-shot pass: where its shots came from, in words
     asked_with: dict | None = None  # the prompt baseline's pass: its template and whether it went through the chat one
     sampling: "Sampling | None" = None  # eval.pass_at_k's sampled passes (each prompt k times); None: greedy
+    think_end: str | None = None  # asked through a reasoning chat template: its stop rule and answer check read the
+    # reply after the last end-of-thinking marker (eval.think_end)
+
+    @property
+    def stop_rule(self):
+        """The stop rule generation applies: `stops`, read after the thinking when the pass has `think_end`."""
+        from tunelab.evaluate.generate import AfterThinking
+        return AfterThinking(self.think_end, self.stops) if self.think_end else self.stops
 
     @property
     def is_base(self) -> bool:
@@ -484,6 +493,7 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     budget = _budget(cfg, mode, questions, tok)
     prompts = prompt_texts(cfg, tok, questions)
     passes = []
+    think = think_end(cfg, tok)  # the chat template's reasoning passes: read after the thinking
     if only in (None, "base"):
         passes.append(Pass("base", prompts, stop, max_new_tokens=budget))
         shots = _shots_of(cfg, pool, questions, mode, order) if cfg.eval.fewshot else []
@@ -494,14 +504,15 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
         chats = cfg.eval.chat_baseline and not cfg.eval.choice_blank  # a blank is cut in plain text only
         if chats:
             passes.append(Pass(CHAT_BASELINE, chat_baseline_prompts(cfg, tok, questions), stop,
-                               max_new_tokens=budget))
+                               max_new_tokens=budget, think_end=think))
         if chats and cfg.eval.fewshot:  # lm-eval's --apply_chat_template --fewshot_as_multiturn
             few, contexts = _fewshot_prompts(cfg, tok, shots, questions, chat_format=True, mode=mode)
             passes.append(Pass(f"{CHAT_BASELINE}-{cfg.eval.fewshot}shot", few, STOP, prefix=_prefix(contexts),
-                               max_new_tokens=budget, shots_from=_shots_from(cfg, shots, pool)))
+                               max_new_tokens=budget, shots_from=_shots_from(cfg, shots, pool), think_end=think))
         if cfg.eval.prompt_baseline:
             passes.append(Pass(PROMPT_BASELINE, prompt_baseline_prompts(cfg, tok, questions), stop,
-                               max_new_tokens=budget, asked_with=baseline_asked(cfg)))
+                               max_new_tokens=budget, asked_with=baseline_asked(cfg),
+                               think_end=think if asks_in_chat(cfg) else None))
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
         if (run.start_adapter / "adapter_config.json").exists():  # lora.continue_from: where this run started
@@ -512,7 +523,17 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
             if (run.best_loss_adapter / "adapter_config.json").exists():
                 passes.append(Pass(BEST_LOSS, prompts, stop, run.best_loss_adapter, max_new_tokens=budget))
         passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))
+    if think and cfg.data.chat_template:  # every prompt goes through the chat template, the few-shot ones too
+        passes = [replace(p, think_end=think) for p in passes]
     return passes
+
+
+def think_end(cfg: Recipe, tok) -> str | None:
+    """eval.think_end as it applies to the passes asked through the chat template: the one set ('' = none), else
+    the template's own (`chat.think_end`)."""
+    if cfg.eval.think_end is not None:
+        return cfg.eval.think_end or None
+    return chat.think_end(tok)
 
 
 def _first_shots(cfg: Recipe, pool: list[Example], mode: str) -> list[Example]:
@@ -799,6 +820,8 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         stats["shots_from"] = p.shots_from
     if p.asked_with:
         stats["asked_with"] = p.asked_with
+    if p.think_end and mode != "choice":
+        stats["think_end"] = p.think_end  # its replies were read after the thinking (the report's definition says so)
     if mode == "choice":
         return rows, stats
     stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
@@ -860,7 +883,7 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
 
         gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], p.max_new_tokens,
                                  cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
-                                 stops=[p.stops] * len(mine), prefix=p.prefix if isinstance(p.prefix, str) else None,
+                                 stops=[p.stop_rule] * len(mine), prefix=p.prefix if isinstance(p.prefix, str) else None,
                                  sampling=p.sampling and replace(p.sampling, numbers=tuple(mine)))
         new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
         del model
@@ -892,7 +915,7 @@ def _row(p: Pass, q: Example, completion: str, tokens: int, scored: tuple) -> di
     reference, score = scored
     ref = reference(q.target)
     return {"id": q.id, "model": p.name, "question": q.fields.get("question", q.prompt), "reference": ref,
-            "completion": completion, **score(completion, ref or ""), "tokens": tokens,
+            "completion": completion, **score(after_thinking(completion, p.think_end), ref or ""), "tokens": tokens,
             **({"epoch": p.epoch} if p.epoch is not None else {}), **({"label": q.label} if q.label else {})}
 
 
@@ -1010,7 +1033,8 @@ def _pass_key(cfg: Recipe, p: Pass) -> str:
              "weights": path.stat().st_mtime if path.exists() else None, "pass": p.name,
              "adapter": [weights.stat().st_mtime_ns, weights.stat().st_size] if weights and weights.exists() else None,
              "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": getattr(p.stops, "pattern", p.stops),
-             **({"sampling": asdict(p.sampling)} if p.sampling else {})}
+             **({"sampling": asdict(p.sampling)} if p.sampling else {}),
+             **({"think_end": p.think_end} if p.think_end else {})}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
