@@ -270,7 +270,8 @@ def test_axolotls_named_chat_templates_become_model_chat_template_with_the_end_m
 def test_a_chat_template_tunelab_does_not_ship_or_two_different_ones_are_refused_naming_the_key(tmp_path):
     mistral = "mistralai/Mistral-7B-v0.1"
     with pytest.raises(UserError, match=r"axolotl.yml: chat_template: 'vicuna': tunelab converts Axolotl's chat "
-                                        r"templates alpaca, chatml, deepseek_v3, gemma, gemma3, llama3, llama4, mistral_v1, mistral_v7_tekken, phi_3, phi_35, phi_4, qwen3, qwen_25, "
+                                        r"templates alpaca, chatml, deepseek_v3, gemma, gemma3, llama3, llama4, "
+                                        r"mistral_v1, mistral_v7_tekken, phi_3, phi_35, phi_4, qwen3, qwen_25, "
                                         r"tokenizer_default and jinja"):
         convert(_chats(tmp_path, mistral, "chat_template: vicuna\n"))
     with pytest.raises(UserError, match=r"datasets.0: gemma: differs from chat_template's chatml; tunelab writes "

@@ -883,7 +883,8 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
 
         gens, seconds = generate(model, tok, [p.prompts[i] for i in mine], p.max_new_tokens,
                                  cfg.eval.batch_size, label=f"eval {p.name}", on_result=keep,
-                                 stops=[p.stop_rule] * len(mine), prefix=p.prefix if isinstance(p.prefix, str) else None,
+                                 stops=[p.stop_rule] * len(mine),
+                                 prefix=p.prefix if isinstance(p.prefix, str) else None,
                                  sampling=p.sampling and replace(p.sampling, numbers=tuple(mine)))
         new = [(i, (g.completion, g.tokens)) for i, g in zip(mine, gens)]
         del model
