@@ -344,6 +344,21 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     assert "| tokens used with untrained embedding rows (input / output) | 2 input / 1 output tokens of 3 / 3 " in md
 
 
+def test_check_says_when_the_eval_reads_replies_after_a_reasoning_templates_thinking(tiny_recipe, tmp_path, capsys):
+    """Rows written through a chat template that opens a think block before each reply (Qwen3's): `tunelab check`
+    says the eval reads the replies after </think>; with eval.think_end: '' it does not."""
+    import yaml
+    raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen3"},
+           "data": {**tiny_recipe["data"], "template": "{question}", "chat_template": True}}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["check", str(recipe)]) == 0
+    assert "eval: scores answers read after the thinking's last </think> (eval.think_end)" in capsys.readouterr().out
+    recipe.write_text(yaml.safe_dump({**raw, "eval": {**raw["eval"], "think_end": ""}}))
+    assert main(["check", str(recipe), "--json"]) == 0
+    assert "eval_think_end" not in json.loads(capsys.readouterr().out)
+
+
 def test_deepseeks_full_width_markers_are_chat_markers_too(smollm2_dir):
     """DeepSeek's templates write <｜User｜> with full-width bars: rows holding them, split by a tokenizer that lacks
     them, are named like <|name|> markers."""

@@ -397,8 +397,9 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     seconds["lengths"], clock = time.time() - clock, time.time()
     untrained, marked = untrained_tokens(cfg, tok, items), markers(cfg, tok, items)
     seconds["untrained"] = time.time() - clock
-    from tunelab.evaluate.stage import by_loss, scoring_mode
+    from tunelab.evaluate.stage import by_loss, scoring_mode, think_end
     mode, skipped = scoring_mode(cfg, splits)
+    thinking = think_end(cfg, tok) if cfg.data.chat_template else None  # the run's own passes read after it
     counts = {split: {k: sum(1 for o in found if o["split"] == split and o["kind"] == k) for k in KINDS}
               for split in ("test", "validation")}
     return {"settings": {"ngram": n, "near_threshold": threshold,
@@ -412,6 +413,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "targets": targets(splits, mode, cfg), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
+            **({"eval_think_end": thinking} if thinking and not skipped else {}),
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
 
