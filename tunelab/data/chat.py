@@ -142,11 +142,9 @@ def _placeholder_spans(tok, turns: list[dict], text: str, shift: int) -> list[tu
     what lies, in the whole conversation, between the text the template writes before and after a placeholder put in
     its place; its span runs on over the end-of-turn marker (what the template writes after a reply). [] when that
     text is not the whole conversation's around the reply, or the marker does not follow it."""
-    import jinja2
-    try:
-        marker = exchange(tok, "Q", PLACEHOLDER)[1].partition(PLACEHOLDER)[2]
-    except (UserError, jinja2.TemplateError):
+    if (around := around_reply(tok)) is None:
         return []
+    marker = around[1]
     whole = text if shift == 0 else tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     spans = []
     for k, turn in enumerate(turns):
@@ -189,19 +187,29 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
     return _strip_bos(tok, head), whole[len(head):].rstrip()
 
 
+def around_reply(tok) -> tuple[str, str] | None:
+    """What the chat template writes around a reply in an exchange: between the generation prompt and the reply
+    (Qwen3's `</think>\n\n`; mostly nothing), and after it (the end-of-turn marker). None when the tokenizer has no
+    template, or it does not write an exchange as its generation prompt followed by the reply."""
+    import jinja2
+    if not getattr(tok, "chat_template", None):
+        return None
+    try:
+        _, reply = exchange(tok, "Q", PLACEHOLDER)
+    except (UserError, jinja2.TemplateError):
+        return None
+    lead, _, marker = reply.partition(PLACEHOLDER)
+    return lead, marker
+
+
 def end_marker(tok) -> int | None:
     """The token the chat template ends a reply with (ChatML's <|im_end|>, Llama 3's <|eot_id|>, Gemma's
     <end_of_turn>), when the tokenizer has a template and that marker is one added token (never ordinary text);
     else None. Generation stops there as at the EOS (an instruct model's generation config names it so), the marker
     left out of the reply."""
-    import jinja2
-    if not getattr(tok, "chat_template", None):
+    if (around := around_reply(tok)) is None:
         return None
-    try:
-        _, reply = exchange(tok, "Q", "REPLY")
-    except (UserError, jinja2.TemplateError):
-        return None
-    ids = tok(reply.partition("REPLY")[2], add_special_tokens=False)["input_ids"]
+    ids = tok(around[1], add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 and ids[0] in tok.added_tokens_decoder else None
 
 
@@ -211,14 +219,8 @@ THINK_END = "</think>"  # Qwen3's and DeepSeek-R1's end-of-thinking marker
 def think_end(tok) -> str | None:
     """THINK_END when the chat template writes it between the generation prompt and a reply (Qwen3's empty think
     block: a reply generated after that prompt carries one), else None (`eval.think_end`'s default)."""
-    import jinja2
-    if not getattr(tok, "chat_template", None):
-        return None
-    try:
-        _, reply = exchange(tok, "Q", PLACEHOLDER)
-    except (UserError, jinja2.TemplateError):
-        return None
-    return THINK_END if THINK_END in reply.partition(PLACEHOLDER)[0] else None
+    around = around_reply(tok)
+    return THINK_END if around is not None and THINK_END in around[0] else None
 
 
 def _turns(shots, user: str | None, history: list[dict] = ()) -> list[dict]:
