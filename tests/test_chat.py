@@ -379,6 +379,31 @@ def test_earlier_replies_written_otherwise_than_the_last_are_found_where_a_place
     assert copy.decode([x for x in item.labels if x != IGNORE]) == "a1<end>a2<end><t></t>a3<end>" + copy.eos_token
 
 
+def test_a_prompt_that_opens_a_think_block_is_followed_by_the_thinking_then_the_templates_reply(tok):
+    """DeepSeek-R1's way: its generation prompt ends by opening a think block, and its assistant turn leaves thinking
+    out (what follows the last </think>). The trained reply is the target's own thinking or an empty one, then the
+    template's reply; the evaluation reads replies after the thinking."""
+    copy = type(tok).from_pretrained(tok.name_or_path)
+    copy.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[user]{{ m['content'] }}{% else %}"
+                          "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}"
+                          "{% endif %}[assistant]{{ c }}<|im_end|>{% endif %}{% endfor %}"
+                          "{% if add_generation_prompt %}[assistant]<think>\n{% endif %}")
+    assert chat.exchange(copy, "q", "a") == ("[user]q[assistant]<think>\n", "\n</think>\n\na<|im_end|>")
+    assert chat.exchange(copy, "q", "<think>\nr\n</think>\n\na")[1] == "r\n</think>\n\na<|im_end|>"
+    assert chat.exchange(copy, "q", "r</think>a")[1] == "r</think>a<|im_end|>"  # thinking as generated after it
+    assert chat.think_end(copy) == "</think>" and chat.end_marker(copy) == copy.convert_tokens_to_ids("<|im_end|>")
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    row = Example("r", "q2", "a2", {"user": "q2", "assistant": "a2", chat.HISTORY: history})
+    (item,), _ = tokenize([row], copy, 128, completion_only=True, chat=True)
+    assert copy.decode(item.input_ids) == ("[user]q1[assistant]a1<|im_end|>[user]q2[assistant]<think>\n"
+                                           "\n</think>\n\na2<|im_end|>")
+    assert copy.decode([x for x in item.labels if x != IGNORE]) == "a1<|im_end|>\n</think>\n\na2<|im_end|>"
+    closed = type(tok).from_pretrained(tok.name_or_path)  # a prompt whose think block is closed opens none
+    closed.chat_template = copy.chat_template.replace("<think>\n", "<think></think>")
+    with pytest.raises(UserError, match="does not write an exchange as its generation prompt"):
+        chat.exchange(closed, "q", "a")
+
+
 def test_a_template_that_rewrites_earlier_replies_trains_on_the_last_one_and_says_so(tok, caplog):
     copy = type(tok).from_pretrained(tok.name_or_path)
     copy.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[earlier reply]"

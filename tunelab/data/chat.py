@@ -173,7 +173,8 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
     """What training tokenizes for one row: `prompt(tok, user, shots, history)` and the assistant turn that follows
     it — the target and the template's end-of-turn marker, with the whitespace the template writes after it dropped
     (it would be trained on, never generated). One render of each. `shots`: (user, assistant) exchanges before the
-    row's (the few-shot baseline by loss of chat rows).
+    row's (the few-shot baseline by loss of chat rows). A prompt that opens a think block the template's reply
+    leaves out (DeepSeek-R1's) is followed by the thinking, the target's own or an empty one, then that reply.
 
     Raises:
         UserError: the template does not write the exchange as the prompt followed by the reply.
@@ -181,10 +182,35 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
     turns = _turns(shots, user, history)
     head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     whole = tok.apply_chat_template(turns + [{"role": "assistant", "content": target}], tokenize=False)
-    if not whole.startswith(head):
-        raise UserError("data.chat_template: the tokenizer's chat template does not write an exchange as its "
-                        "generation prompt followed by the reply; set data.chat_template: false")
-    return _strip_bos(tok, head), whole[len(head):].rstrip()
+    if whole.startswith(head):
+        return _strip_bos(tok, head), whole[len(head):].rstrip()
+    opened = _opened_thought(head)
+    rest = whole[len(head) - len(opened):]  # the template's reply, when the prompt less its opened thought leads it
+    if opened and whole.startswith(head[:-len(opened)]) and THINK_END not in rest:
+        return _strip_bos(tok, head), (_thought(target, opened) + rest).rstrip()
+    raise UserError("data.chat_template: the tokenizer's chat template does not write an exchange as its "
+                    "generation prompt followed by the reply; set data.chat_template: false")
+
+
+THINK_START, THINK_END = "<think>", "</think>"  # Qwen3's and DeepSeek-R1's thinking markers
+EMPTY_THOUGHT = "<think>\n\n</think>\n\n"  # Qwen3's empty think block; LLaMA-Factory's empty thought
+
+
+def _opened_thought(head: str) -> str:
+    """The think block a generation prompt ends by opening (DeepSeek-R1's `<｜Assistant｜><think>\n`: its model
+    must think), marker and whitespace; '' when it opens none."""
+    start = head.rfind(THINK_START)
+    return head[start:] if start >= 0 and not head[start + len(THINK_START):].strip() else ""
+
+
+def _thought(target: str, opened: str) -> str:
+    """What a reply after a prompt that opens a think block writes before the answer the template writes (which
+    leaves thinking out): the target's own thinking through its last THINK_END, less an opening marker the prompt
+    already wrote; else an empty one (as LLaMA-Factory trains a reasoning template's reply without thinking)."""
+    if THINK_END not in target:
+        return EMPTY_THOUGHT[len(THINK_START):].removeprefix(opened[len(THINK_START):])
+    thought = target[:target.rindex(THINK_END) + len(THINK_END)]
+    return thought.lstrip().removeprefix(THINK_START).lstrip() if thought.lstrip().startswith(THINK_START) else thought
 
 
 def around_reply(tok) -> tuple[str, str] | None:
@@ -213,12 +239,11 @@ def end_marker(tok) -> int | None:
     return ids[0] if len(ids) == 1 and ids[0] in tok.added_tokens_decoder else None
 
 
-THINK_END = "</think>"  # Qwen3's and DeepSeek-R1's end-of-thinking marker
-
 
 def think_end(tok) -> str | None:
-    """THINK_END when the chat template writes it between the generation prompt and a reply (Qwen3's empty think
-    block: a reply generated after that prompt carries one), else None (`eval.think_end`'s default)."""
+    """THINK_END when an exchange writes it between the generation prompt and the reply (Qwen3's empty think block;
+    the thinking after DeepSeek-R1's prompt, which opens one): a reply generated after that prompt carries one; else
+    None (`eval.think_end`'s default)."""
     around = around_reply(tok)
     return THINK_END if around is not None and THINK_END in around[0] else None
 
