@@ -534,25 +534,10 @@ def _print_eval_examples(console, sets: dict) -> None:
 
 def _print_checks(result: dict) -> None:
     from rich.console import Console
-    from tunelab.data.checks import source_note, targets_line
-    from rich.table import Table
+    from tunelab.data.checks import targets_line
     from rich.text import Text
     console = Console(width=150)
-    table = Table("overlap with train", "exact", f"{result['settings']['ngram']}-gram",
-                  f"near (cosine ≥ {result['settings']['near_threshold']})")
-    for split, counts in result["overlap_counts"].items():
-        table.add_row(f"{split} ({result['rows'][split]} rows)", *(str(counts[k]) for k in ("exact", "ngram", "near")))
-    for name, extra in result.get("extra_sets", {}).items():
-        table.add_row(f"eval.also {name} ({extra['rows']} rows)",
-                      *(str(extra["overlap_counts"][k]) for k in ("exact", "ngram", "near")))
-    console.print(table)
-    for o in result["overlap"][:5]:
-        console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")
-    if sources := result["rows"].get("sources"):
-        console.print("sources: " + "; ".join(f"{name} {c['train']} train{source_note(c)} / "
-                                               f"{c['validation']} validation rows"
-                                               + (f", {c['test_overlap']} test rows overlap it" if c["test_overlap"]
-                                                  else "") for name, c in sources.items()))
+    _print_overlap(console, result)
     d, ln, tg = result["train_duplicates"], result["lengths"], result["targets"]
     console.print(f"train duplicates: {d['exact_rows']} exact rows in {d['exact_groups']} groups, {d['near_pairs']} "
                   f"near pairs; data.dedup dropped {result['rows']['deduplicated']}")
@@ -593,6 +578,28 @@ def _print_checks(result: dict) -> None:
         console.print(f"continues the adapter in {result['continue_from']}: its r, alpha, targets and weights fit the "
                       "recipe's lora.*")
     console.print(f"verdict: {result['verdict']}", markup=False)  # it may quote a list: [embed_tokens, lm_head]
+
+
+def _print_overlap(console, result: dict) -> None:
+    """`tunelab check`'s overlap table (each split, each eval.also set, against train), its first overlaps and the
+    per-source counts."""
+    from rich.table import Table
+    from tunelab.data.checks import source_note
+    table = Table("overlap with train", "exact", f"{result['settings']['ngram']}-gram",
+                  f"near (cosine ≥ {result['settings']['near_threshold']})")
+    for split, counts in result["overlap_counts"].items():
+        table.add_row(f"{split} ({result['rows'][split]} rows)", *(str(counts[k]) for k in ("exact", "ngram", "near")))
+    for name, extra in result.get("extra_sets", {}).items():
+        table.add_row(f"eval.also {name} ({extra['rows']} rows)",
+                      *(str(extra["overlap_counts"][k]) for k in ("exact", "ngram", "near")))
+    console.print(table)
+    for o in result["overlap"][:5]:
+        console.print(f"  {o['split']} {o['row_id']} ~ {o['train_id']} ({o['kind']}, score {o['score']})")
+    if sources := result["rows"].get("sources"):
+        console.print("sources: " + "; ".join(f"{name} {c['train']} train{source_note(c)} / "
+                                               f"{c['validation']} validation rows"
+                                               + (f", {c['test_overlap']} test rows overlap it" if c["test_overlap"]
+                                                  else "") for name, c in sources.items()))
 
 
 def cmd_estimate(args) -> int:
