@@ -382,7 +382,8 @@ def test_earlier_replies_written_otherwise_than_the_last_are_found_where_a_place
 def test_a_prompt_that_opens_a_think_block_is_followed_by_the_thinking_then_the_templates_reply(tok):
     """DeepSeek-R1's way: its generation prompt ends by opening a think block, and its assistant turn leaves thinking
     out (what follows the last </think>). The trained reply is the target's own thinking or an empty one, then the
-    template's reply; the evaluation reads replies after the thinking."""
+    template's reply; the evaluation reads replies after the thinking. Where the template writes the thinking itself
+    (Axolotl's qwen3), the reply is what it writes after its own opening marker."""
     copy = type(tok).from_pretrained(tok.name_or_path)
     copy.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[user]{{ m['content'] }}{% else %}"
                           "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}"
@@ -398,8 +399,13 @@ def test_a_prompt_that_opens_a_think_block_is_followed_by_the_thinking_then_the_
     assert copy.decode(item.input_ids) == ("[user]q1[assistant]a1<|im_end|>[user]q2[assistant]<think>\n"
                                            "\n</think>\n\na2<|im_end|>")
     assert copy.decode([x for x in item.labels if x != IGNORE]) == "a1<|im_end|>\n</think>\n\na2<|im_end|>"
+    from tunelab.config import ModelConfig  # Axolotl's qwen3 opens it too, and writes a target's thinking itself
+    r1, copy.chat_template = copy.chat_template, ModelConfig(name="x", chat_template="qwen3").chat_template
+    assert chat.exchange(copy, "q", "<think>\nr\n</think>\n\na") == (
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n\n", "r\n</think>\n\na<|im_end|>")
+    assert chat.exchange(copy, "q", "a")[1] == "</think>\n\na<|im_end|>"  # its empty block follows its prompt
     closed = type(tok).from_pretrained(tok.name_or_path)  # a prompt whose think block is closed opens none
-    closed.chat_template = copy.chat_template.replace("<think>\n", "<think></think>")
+    closed.chat_template = r1.replace("<think>\n", "<think></think>")
     with pytest.raises(UserError, match="does not write an exchange as its generation prompt"):
         chat.exchange(closed, "q", "a")
 

@@ -173,8 +173,8 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
     """What training tokenizes for one row: `prompt(tok, user, shots, history)` and the assistant turn that follows
     it — the target and the template's end-of-turn marker, with the whitespace the template writes after it dropped
     (it would be trained on, never generated). One render of each. `shots`: (user, assistant) exchanges before the
-    row's (the few-shot baseline by loss of chat rows). A prompt that opens a think block the template's reply
-    leaves out (DeepSeek-R1's) is followed by the thinking, the target's own or an empty one, then that reply.
+    row's (the few-shot baseline by loss of chat rows). A prompt that ends by opening a think block (DeepSeek-R1's,
+    Axolotl's qwen3) is followed by the reply's thinking, then its answer (`_after_opened_thought`).
 
     Raises:
         UserError: the template does not write the exchange as the prompt followed by the reply.
@@ -184,10 +184,8 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
     whole = tok.apply_chat_template(turns + [{"role": "assistant", "content": target}], tokenize=False)
     if whole.startswith(head):
         return _strip_bos(tok, head), whole[len(head):].rstrip()
-    opened = _opened_thought(head)
-    rest = whole[len(head) - len(opened):]  # the template's reply, when the prompt less its opened thought leads it
-    if opened and whole.startswith(head[:-len(opened)]) and THINK_END not in rest:
-        return _strip_bos(tok, head), (_thought(target, opened) + rest).rstrip()
+    if (reply := _after_opened_thought(head, whole, target)) is not None:
+        return _strip_bos(tok, head), reply.rstrip()
     raise UserError("data.chat_template: the tokenizer's chat template does not write an exchange as its "
                     "generation prompt followed by the reply; set data.chat_template: false")
 
@@ -196,11 +194,19 @@ THINK_START, THINK_END = "<think>", "</think>"  # Qwen3's and DeepSeek-R1's thin
 EMPTY_THOUGHT = "<think>\n\n</think>\n\n"  # Qwen3's empty think block; LLaMA-Factory's empty thought
 
 
-def _opened_thought(head: str) -> str:
-    """The think block a generation prompt ends by opening (DeepSeek-R1's `<｜Assistant｜><think>\n`: its model
-    must think), marker and whitespace; '' when it opens none."""
+def _after_opened_thought(head: str, whole: str, target: str) -> str | None:
+    """The reply after a generation prompt that ends by opening a think block (DeepSeek-R1's
+    `<｜Assistant｜><think>\n`: its model must think; Axolotl's qwen3 `<think>\n\n`), where the template writes the
+    assistant turn otherwise: the thinking it writes there after its own opening marker (Axolotl's qwen3, a target
+    with thinking), or, when it leaves thinking out (DeepSeek-R1's), `_thought` then what it writes. None when the
+    prompt opens no think block or the template writes the turn otherwise still."""
     start = head.rfind(THINK_START)
-    return head[start:] if start >= 0 and not head[start + len(THINK_START):].strip() else ""
+    if start < 0 or head[start + len(THINK_START):].strip() or not whole.startswith(head[:start]):
+        return None
+    rest = whole[start:]
+    if rest.startswith(THINK_START):
+        return rest[len(THINK_START):].lstrip()
+    return None if THINK_END in rest else _thought(target, head[start:]) + rest
 
 
 def _thought(target: str, opened: str) -> str:
