@@ -4,7 +4,8 @@ Writes a dataset_info.json with an alpaca dataset (half its rows without an inpu
 turns, one or two replies), converts a LLaMA-Factory sft LoRA config for each (no `template`: LLaMA-Factory then
 parses the tokenizer's chat template), tokenizes the rows with tunelab and with LLaMA-Factory's own converter,
 template and supervised processor under SmolLM2's tokenizer, and counts the rows whose input ids and labels are
-identical, and those that differ only in labels LLaMA-Factory gives tokens tunelab leaves untrained.
+identical, those that differ only in labels LLaMA-Factory gives tokens tunelab leaves untrained, and those of the
+same text however tokenized and trained.
 LLaMA-Factory is not a tunelab dependency: give the folder of its unpacked wheel. Its audio support imports
 torchaudio, which no step here uses: when it is not installed an empty package stands in for it.
 
@@ -44,11 +45,13 @@ def main() -> None:
     rows = _datasets(out)
     results = {name: compare(out, name, rows[name]) for name in rows}
     for template in NAMED_TEMPLATES:  # the conversations again, through each template tunelab converts by name
-        results[f"chats, template: {template}"] = compare(out, "chats", rows["chats"], template)
+        results[f"chats, template: {template}"] = compare(out, "chats", rows["chats"], template,
+                                                          _thinking_tokenizer(out) if "qwen3" == template else None)
     for name, r in results.items():
         print(f"{name}: {r['identical']}/{r['rows']} rows identical in input ids and labels; {r['more_labels']} "
               f"the same tokens trained the same but for {r['extra_labels']} that only LLaMA-Factory trains: "
-              f"{r['extra_tokens']}; {r['other_tokens_same_text']} other tokens for the same text and trained text")
+              f"{r['extra_tokens']}; {r['other_tokens_same_text']} other tokens for the same text and trained text; "
+              f"{r['same_text']} of the same text, trailing whitespace aside")
     print(json.dumps(results))
 
 
@@ -63,26 +66,28 @@ def _datasets(out: Path) -> dict[str, list[dict]]:
     return {"alpaca": alpaca, "chats": chats}
 
 
-def compare(out: Path, dataset: str, rows: list[dict], template: str | None = None) -> dict:
+def compare(out: Path, dataset: str, rows: list[dict], template: str | None = None, model: str | None = None) -> dict:
     """Convert an sft LoRA config for `dataset` (with `template`, or the tokenizer's own), tokenize its rows both
-    ways, each side adding its own tokens to a fresh tokenizer; count identical rows, and rows that are the same
-    tokens (LLaMA-Factory's perhaps one longer) trained the same, but for tokens only LLaMA-Factory trains (which,
-    decoded)."""
+    ways, each side adding its own tokens to a fresh tokenizer (SmolLM2's, or the one in the `model` folder); count
+    identical rows, and rows that are the same tokens (LLaMA-Factory's perhaps one longer) trained the same, but for
+    tokens only LLaMA-Factory trains (which, decoded)."""
     from transformers import AutoTokenizer
 
     from tunelab.models import resolve
+    model = model or resolve("smollm2-135m-instruct")
     config = {"model_name_or_path": "smollm2-135m-instruct", "stage": "sft", "finetuning_type": "lora",
               "dataset": dataset, "dataset_dir": str(out / "data"), "cutoff_len": 2048, "val_size": 0.1,
               **({"template": template} if template else {})}
     file = out / f"{dataset}-{template or 'own'}.yaml"
     file.write_text(yaml.safe_dump(config))
-    tok, items = converted_rows(file)
-    encode = _theirs(AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct")), out, dataset, template)
-    identical = aligned = same_text = 0
+    tok, items = converted_rows(file, model)
+    encode = _theirs(AutoTokenizer.from_pretrained(model), out, dataset, template)
+    identical = aligned = same_text = text = 0
     extra: dict[str, int] = {}
     for index, item in items:
         ids, labels = encode(rows[index])
         k = len(item.input_ids)
+        text += tok.decode(ids).rstrip() == tok.decode(item.input_ids).rstrip()
         if ids == item.input_ids and labels == item.labels:
             identical += 1
             continue
@@ -96,7 +101,24 @@ def compare(out: Path, dataset: str, rows: list[dict], template: str | None = No
             if a != b:
                 extra[repr(tok.decode([token]))] = extra.get(repr(tok.decode([token])), 0) + 1
     return {"rows": len(items), "identical": identical, "more_labels": aligned,
-            "extra_labels": sum(extra.values()), "extra_tokens": extra, "other_tokens_same_text": same_text}
+            "extra_labels": sum(extra.values()), "extra_tokens": extra, "other_tokens_same_text": same_text,
+            "same_text": text}
+
+
+def _thinking_tokenizer(out: Path) -> str:
+    """A folder with SmolLM2's tokenizer (and config) given <think> and </think> as tokens of their own, as Qwen3's
+    has them (a reasoning template's markers split into pieces would tokenize apart otherwise than together)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.models import resolve
+    folder = out / "thinking-tokenizer"
+    if not folder.exists():
+        smollm2 = Path(resolve("smollm2-135m-instruct"))
+        tok = AutoTokenizer.from_pretrained(smollm2)
+        tok.add_tokens(["<think>", "</think>"])
+        tok.save_pretrained(folder)
+        (folder / "config.json").write_text((smollm2 / "config.json").read_text())  # a model folder, to tunelab
+    return str(folder)
 
 
 def _trained(tok, ids: list[int], labels: list[int]) -> str:

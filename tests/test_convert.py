@@ -437,9 +437,9 @@ def test_llamafactory_templates_of_the_same_text_become_model_chat_template(tmp_
     (folder / "dataset_info.json").write_text(json.dumps({"chats": {"file_name": "chats.jsonl",
                                                                     "formatting": "sharegpt"}}))
 
-    def converted(model, template: str):
+    def converted(model, template: str, extra: str = ""):
         return convert(_config(tmp_path, f"model_name_or_path: {model}\nstage: sft\nfinetuning_type: lora\n"
-                                         f"dataset: chats\ndataset_dir: {folder}\ntemplate: {template}\n"))
+                                         f"dataset: chats\ndataset_dir: {folder}\ntemplate: {template}\n{extra}"))
 
     def first_row(raw: dict) -> str:
         recipe = load_recipe(_write(tmp_path, raw))
@@ -460,13 +460,24 @@ def test_llamafactory_templates_of_the_same_text_become_model_chat_template(tmp_
     assert not [n for n in notes if n.startswith("chat template")]  # nothing follows llama3's <|eot_id|>
     assert first_row(raw) == ("<|im_start|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                               "<|start_header_id|>assistant<|end_header_id|>\n\nhello<|eot_id|>")
+    raw, notes = converted(smollm2_dir, "qwen3")  # a reasoning template: its empty think block, placed otherwise
+    assert raw["model"]["chat_template"] == "qwen3"
+    assert [n for n in notes if n.startswith("template: qwen3: differs") and "earlier replies" in n]
+    assert first_row(raw) == ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+                              "hello<|im_end|>")
+    _, notes = converted(smollm2_dir, "qwen3", "enable_thinking: false\n")
+    assert [n for n in notes if n.startswith("enable_thinking: false: differs")]
+    raw, _ = converted(smollm2_dir, "qwen3_nothink")
+    assert raw["model"]["chat_template"] == "chatml"
+    assert first_row(raw) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>"
     raw, notes = converted("Qwen/Qwen2.5-7B", "chatml")  # offline: loading its tokenizer would fail
     assert [n for n in notes if n.startswith("template: <|im_end|>, <|im_start|>:") and "model.added_tokens" in n]
     assert raw["model"] == {"name": "Qwen/Qwen2.5-7B", "chat_template": "chatml", "special_tokens": {
         "eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]}}
     raw, notes = converted(smollm2_dir, "mistral")
     assert "chat_template" not in raw["model"] and "special_tokens" not in raw["model"]
-    assert [n for n in notes if n.startswith("template: 'mistral': differs") and "chatml, qwen, llama3" in n]
+    assert [n for n in notes if n.startswith("template: 'mistral': differs")
+                                                        and "chatml, qwen, qwen3, qwen3_nothink, llama3" in n]
 
 
 def test_the_modules_a_config_trains_whole_become_lora_modules_to_save(tmp_path, tiny_model):

@@ -34,6 +34,8 @@ NOT_NEEDED = {
 # eos_token, the others special tokens) and what it writes after a reply's end-of-turn marker
 NAMED_TEMPLATES = {"chatml": ("chatml", ["<|im_end|>", "<|im_start|>"], "\n"),
                    "qwen": ("qwen_25", ["<|im_end|>"], "\n"),
+                   "qwen3": ("qwen3", ["<|im_end|>"], "\n"),
+                   "qwen3_nothink": ("chatml", ["<|im_end|>"], "\n"),
                    "llama3": ("llama3", ["<|eot_id|>", "<|eom_id|>"], "")}
 
 
@@ -137,12 +139,27 @@ def _template(left: dict, model: dict, notes: list[str]) -> list[str]:
                      "(benchmarks/llamafactory_parity.py: the only difference in its rows)")
     if shipped:
         model["chat_template"] = shipped
+        if template == "qwen3":
+            notes.append(_thought_note(left.pop("enable_thinking", True)))
     elif template is not None:
         notes.append(f"template: {template!r}: differs: tunelab writes turns with the tokenizer's own chat template "
                      "(what LLaMA-Factory parses from the tokenizer when `template` is left out); a named template "
                      "may write another system turn or markers: compare with tunelab check --show 3, or set "
                      f"model.chat_template (LLaMA-Factory's {', '.join(NAMED_TEMPLATES)} convert to tunelab's)")
     return stops
+
+
+def _thought_note(thinking: bool) -> str:
+    """How LLaMA-Factory's reasoning template qwen3 writes a reply without thinking, against tunelab's qwen3 (whose
+    generation prompt ends by opening the think block)."""
+    if thinking:
+        return ("template: qwen3: differs: both write a reply without thinking after an empty think block "
+                "(<think>\\n\\n</think>\\n\\n); LLaMA-Factory trains all of it, tunelab's qwen3 writes "
+                "<think>\\n\\n at the end of its generation prompt and trains the rest; LLaMA-Factory also writes "
+                "the block in a conversation's earlier replies, which Qwen3's template writes without it "
+                "(benchmarks/llamafactory_parity.py)")
+    return ("enable_thinking: false: differs: LLaMA-Factory writes the empty think block in the prompt and trains "
+            "none of it; tunelab's qwen3 trains its </think>\\n\\n")
 
 
 def _interleave(path: str, left: dict, sources: list[dict], notes: list[str]) -> None:
