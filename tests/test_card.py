@@ -4,6 +4,7 @@ refreshed by the eval stage, parsed by huggingface_hub's own model-card reader, 
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -105,3 +106,9 @@ def test_the_lm_eval_limit_is_the_number_of_questions_the_eval_asked(tmp_path):
     add_eval(path, {"base": [False] * 40, "tuned": [True] * 40})
     lm_eval = [c for _, c in for_run(run) if c.startswith("lm_eval")]
     assert len(lm_eval) == 2 and all(c.endswith("--tasks gsm8k --batch_size auto --limit 40") for c in lm_eval)
+    summary = json.loads((path / "eval" / "summary.json").read_text())  # an eval read after a template's thinking
+    summary["tuned"].update(think_end="</think>", max_new_tokens=2048)
+    (path / "eval" / "summary.json").write_text(json.dumps(summary))
+    lm_eval = [shlex.split(c) for _, c in for_run(run) if c.startswith("lm_eval")]
+    assert all(c[c.index("--model_args") + 1].endswith(",think_end_token=</think>")  # quoted: the shell reads it so
+               and c[-2:] == ["--gen_kwargs", "max_gen_toks=2048"] for c in lm_eval) and len(lm_eval) == 2

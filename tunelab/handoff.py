@@ -56,13 +56,15 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
     return export + commands(hub_id(cfg.model) or cfg.model.name, run.kept_adapter(epoch), cfg.lora.r,
                              f"{cfg.name}-lora", scored["n"] if scored else cfg.eval.limit, upload, task,
                              cfg.data.chat_template, served, own_template=bool(cfg.model.chat_template),
-                             own_tokenizer=cfg.model.own_tokenizer)
+                             own_tokenizer=cfg.model.own_tokenizer,
+                             thinking=(scored["think_end"], scored["max_new_tokens"])
+                             if scored and "think_end" in scored else None)
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
              upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False,
              served: Path | None = None, own_template: bool = False,
-             own_tokenizer: bool = False) -> list[tuple[str, str]]:
+             own_tokenizer: bool = False, thinking: tuple[str, int] | None = None) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
@@ -71,24 +73,31 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     through the chat template too, shots as turns; `served`: a merged model folder that vLLM loads instead of
     base + adapter (DoRA); `own_template`: the adapter folder holds the tokenizer with the recipe's own chat template
     (model.chat_template), which lm-eval and vLLM then read from it; `own_tokenizer`: the adapter folder holds the
-    recipe's tokenizer for another reason too (model.added_tokens: lm-eval grows the embeddings to its length).
+    recipe's tokenizer for another reason too (model.added_tokens: lm-eval grows the embeddings to its length);
+    `thinking`: (end-of-thinking marker, token budget) of an eval that read replies after a reasoning template's
+    thinking (eval.think_end), which lm-eval then does too (its think_end_token), with the same budget (max_gen_toks:
+    a thinking reply outgrows lm-eval's default 256).
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
     limit_arg = f" --limit {limit}" if limit else ""
     limit_arg += " --apply_chat_template --fewshot_as_multiturn" if chat else ""
+    limit_arg += f" --gen_kwargs max_gen_toks={thinking[1]}" if thinking else ""
+    think_arg = f",think_end_token={thinking[0]}" if thinking else ""
     rank_arg = f",max_lora_rank={rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     serve_rank = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
     folder = str(Path(upload).resolve()) if upload else adapter_path
     tokenizer = f",tokenizer={adapter_path}" if own_template or own_tokenizer else ""
     vllm_model = (f"pretrained={served}" if served else
                   f"pretrained={base},enable_lora=True,lora_local_path={adapter_path}{rank_arg}{tokenizer}")
+    hf_model = f"pretrained={base},peft={adapter_path}{tokenizer}"
     lm_eval = [
         ("re-score with lm-evaluation-harness (transformers + PEFT)",
-         f"lm_eval --model hf --model_args pretrained={base},peft={adapter_path}{tokenizer} --tasks {task} "
+         f"lm_eval --model hf --model_args {q(hf_model + think_arg)} --tasks {task} "
          f"--batch_size auto{limit_arg}"),
         (f"re-score with lm-evaluation-harness on vLLM ({'the merged model' if served else 'LoRA'})",
-         f"lm_eval --model vllm --model_args {vllm_model} --tasks {task} --batch_size auto{limit_arg}"),
+         f"lm_eval --model vllm --model_args {q(vllm_model + think_arg)} --tasks {task} "
+         f"--batch_size auto{limit_arg}"),
     ] if task else []
     serve = (("serve with vLLM (OpenAI-compatible; the merged model)", f"vllm serve {q(str(served))}") if served else
              ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
