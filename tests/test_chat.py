@@ -505,6 +505,10 @@ def test_passes_asked_through_a_reasoning_chat_template_read_the_reply_after_its
                                                                           "tuned": "</think>"}
     assert set(planned({"think_end": ""}).values()) == {None}
     assert planned({"think_end": "<|/r|>"})["base-chat"] == "<|/r|>"
+    exact = validate({**raw, "eval": {**raw["eval"], "max_new_tokens": 300}}, "tiny")  # exact match's short budget
+    budgets = {p.name: p.max_new_tokens for p in _plan(exact, RunDir(tmp_path / "run"), splits.train, splits.test[:3],
+                                                       None, True, qwen3, mode="exact")}
+    assert budgets["base-chat"] == budgets["base-chat-2shot"] == 300 > budgets["base"]  # but not before the thinking
     from tunelab.evaluate.inference import thinks  # tunelab generate: the run's prompts, not raw texts
     chatted = validate({**raw, "data": {**raw["data"], "chat_template": True},
                         "eval": {**raw["eval"], "chat_baseline": False}}, "tiny")

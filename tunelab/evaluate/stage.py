@@ -525,7 +525,7 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
         passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))
     if think and cfg.data.chat_template:  # every prompt goes through the chat template, the few-shot ones too
         passes = [replace(p, think_end=think) for p in passes]
-    return passes
+    return [replace(p, max_new_tokens=cfg.eval.max_new_tokens) if p.think_end else p for p in passes]
 
 
 def think_end(cfg: Recipe, tok) -> str | None:
@@ -787,7 +787,8 @@ def replies_done(run: RunDir) -> bool:
 
 def _budget(cfg: Recipe, mode: str, questions: list[Example], tok) -> int:
     """New tokens per answer: `eval.max_new_tokens`; for exact match at most twice the longest target's tokens + 16
-    (a first line longer than that cannot equal a target, and a base model's rambling line would fill the budget)."""
+    (a first line longer than that cannot equal a target, and a base model's rambling line would fill the budget) —
+    but for the passes read after a reasoning template's thinking, which comes first (`_plan`)."""
     if mode != "exact":
         return cfg.eval.max_new_tokens
     longest = max(len(tok(q.target, add_special_tokens=False)["input_ids"]) for q in questions)
