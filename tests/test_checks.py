@@ -353,7 +353,8 @@ def test_check_says_when_the_eval_reads_replies_after_a_reasoning_templates_thin
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     assert main(["check", str(recipe)]) == 0
-    assert "eval: scores answers read after the thinking's last </think> (eval.think_end)" in capsys.readouterr().out
+    assert ("eval: scores answers read after the thinking's last </think> (eval.think_end), within "
+            "eval.max_new_tokens=16 tokens, the thinking included") in " ".join(capsys.readouterr().out.split())
     recipe.write_text(yaml.safe_dump({**raw, "eval": {**raw["eval"], "think_end": ""}}))
     assert main(["check", str(recipe), "--json"]) == 0
     assert "eval_think_end" not in json.loads(capsys.readouterr().out)

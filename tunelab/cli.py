@@ -546,8 +546,9 @@ def _print_checks(result: dict) -> None:
                   f"{100 * ln['padding_share']:.1f} % of the batch plan; {ln['recommendation']}")
     console.print("; ".join(": ".join(targets_line(k, v)) for k, v in tg.items()))
     skipped = result["eval_skipped"]
-    thinking = f" read after the thinking's last {result['eval_think_end']} (eval.think_end)" \
-        if "eval_think_end" in result else ""
+    thinking = (f" read after the thinking's last {result['eval_think_end']} (eval.think_end), within "
+                f"eval.max_new_tokens={result['eval_max_new_tokens']} tokens, the thinking included"
+                if "eval_think_end" in result else "")
     console.print(f"eval: scores answers{thinking}" if not skipped else f"eval: answers not scored ({skipped})"
                   + ("; the held-out replies' target loss is measured instead" if result.get("eval_by_loss") else "")
                   + (", and the generated replies' chrF and ROUGE-L against them" if result.get("eval_by_overlap")

@@ -413,7 +413,8 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "targets": targets(splits, mode, cfg), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
             "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
-            **({"eval_think_end": thinking} if thinking and not skipped else {}),
+            **({"eval_think_end": thinking, "eval_max_new_tokens": cfg.eval.max_new_tokens}
+               if thinking and not skipped else {}),
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals
 
 
