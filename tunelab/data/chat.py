@@ -215,8 +215,7 @@ def _thought(target: str, opened: str) -> str:
     already wrote; else an empty one (as LLaMA-Factory trains a reasoning template's reply without thinking)."""
     if THINK_END not in target:
         return EMPTY_THOUGHT[len(THINK_START):].removeprefix(opened[len(THINK_START):])
-    thought = target[:target.rindex(THINK_END) + len(THINK_END)]
-    return thought.lstrip().removeprefix(THINK_START).lstrip() if thought.lstrip().startswith(THINK_START) else thought
+    return target[:target.rindex(THINK_END) + len(THINK_END)].lstrip().removeprefix(THINK_START).lstrip()
 
 
 def around_reply(tok) -> tuple[str, str] | None:
@@ -243,7 +242,6 @@ def end_marker(tok) -> int | None:
         return None
     ids = tok(around[1], add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 and ids[0] in tok.added_tokens_decoder else None
-
 
 
 def think_end(tok) -> str | None:
