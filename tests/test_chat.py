@@ -516,6 +516,22 @@ def test_passes_asked_through_a_reasoning_chat_template_read_the_reply_after_its
     assert thinks(validate(raw, "tiny"), qwen3, raw=False) is None  # plain prompts
 
 
+def test_passes_read_after_the_thinking_count_the_replies_that_never_end_it(tiny_recipe, tmp_path, monkeypatch):
+    """A pass read after a reasoning template's thinking counts its replies without the end-of-thinking marker (read
+    whole by the answer check): the tiny random model never writes </think>, so every reply."""
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import evaluate
+    from tunelab.rundir import RunDir
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen3"},
+           "data": {**tiny_recipe["data"], "template": "{question}", "chat_template": True},
+           "eval": {**tiny_recipe["eval"], "limit": 4, "max_new_tokens": 8}}
+    result = evaluate(validate(raw, "tiny"), RunDir(tmp_path / "run"), adapter=False)
+    stats, rows = result.summary["base"], [p for p in result.predictions if p["model"] == "base"]
+    assert stats["think_end"] == "</think>" and len(rows) == 4
+    assert stats["without_think_end"] == sum("</think>" not in p["completion"] for p in rows) == 4
+
+
 def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe, tok, tmp_path):
     """eval.chat_baseline with eval.fewshot: the base model is also prompted N-shot through its chat template, each
     shot a user turn ("Question: ...\nAnswer:") and an assistant turn (its answer), as lm-eval's

@@ -4,7 +4,7 @@ import pytest
 
 from tunelab.report.observations import (accuracy_change, answer_budget, cost_accuracy, familiarity,
                                          generalisation_gap, memory_accuracy, overfitting, token_accuracy,
-                                         versus_baseline)
+                                         unfinished_thinking, versus_baseline)
 
 
 def history(val, train=None, acc=None):
@@ -120,6 +120,17 @@ def test_passes_whose_answers_reach_the_token_budget_are_named_from_a_tenth_of_t
     evaluation["base"]["at_budget"] = 10
     assert "base 10 of 100 (budget 96 tokens); base-chat 44 of 100" in answer_budget(evaluation).text
     assert answer_budget({"base": stats(9), "tuned": stats(0)}) is None
+
+
+def test_passes_whose_replies_often_never_end_their_thinking_are_named():
+    def stats(without=None):
+        return {"n": 40, "strict_accuracy": 0.1, "flexible_accuracy": 0.1, "tokens_per_second": 9.0,
+                "max_new_tokens": 512,
+                **({"think_end": "</think>", "without_think_end": without} if without is not None else {})}
+    o = unfinished_thinking({"base": stats(), "base-chat": stats(37), "tuned": stats(3)})
+    assert o.kind == "watch" and "hold no </think>: base-chat 37 of 40 (budget 512 tokens)." in o.text
+    assert "tuned" not in o.text and "10 %" in o.rule  # 3 of 40 is under a tenth
+    assert unfinished_thinking({"base": stats(), "tuned": stats(0)}) is None
 
 
 def test_overlapping_rows_measured_by_loss_are_set_against_the_rest_by_how_far_their_loss_fell():

@@ -823,6 +823,7 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
         stats["asked_with"] = p.asked_with
     if p.think_end and mode != "choice":
         stats["think_end"] = p.think_end  # its replies were read after the thinking (the report's definition says so)
+        stats["without_think_end"] = sum(p.think_end not in r["completion"] for r in rows)  # read whole
     if mode == "choice":
         return rows, stats
     stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote

@@ -214,11 +214,16 @@ def truncation(summary: dict) -> Observation | None:
 BUDGET_SHARE = 0.1  # a pass with this share of its answers at the token budget is flagged
 
 
+def _often(evaluation: dict, count: str) -> list[tuple[str, dict]]:
+    """The passes (name, stats) whose `count` of answers is at least BUDGET_SHARE of them."""
+    return [(name, evaluation[name]) for name in pass_names(evaluation)
+            if evaluation[name].get(count, 0) >= BUDGET_SHARE * evaluation[name]["n"]]
+
+
 def answer_budget(evaluation: dict) -> Observation | None:
     """Passes whose answers often reached the token budget: an answer cut there is scored on what it had written
     (its last number so far), so the pass's accuracy may understate the model."""
-    cut = [(name, evaluation[name]) for name in pass_names(evaluation)
-           if evaluation[name].get("at_budget", 0) >= BUDGET_SHARE * evaluation[name]["n"]]
+    cut = _often(evaluation, "at_budget")
     if not cut:
         return None
     said = "; ".join(f"{name} {s['at_budget']} of {s['n']} (budget {s['max_new_tokens']} tokens)" for name, s in cut)
@@ -227,6 +232,23 @@ def answer_budget(evaluation: dict) -> Observation | None:
                        "eval.max_new_tokens measures them whole.",
                        f"answers whose generated tokens reached the pass's max_new_tokens; listed when at least "
                        f"{100 * BUDGET_SHARE:.0f} % of a pass's answers did")
+
+
+def unfinished_thinking(evaluation: dict) -> Observation | None:
+    """Passes read after a reasoning template's thinking (`think_end`) whose replies often hold no end-of-thinking
+    marker: the thinking did not end within the budget, or the model wrote none, and the answer check read the whole
+    reply, thinking included."""
+    found = _often(evaluation, "without_think_end")
+    if not found:
+        return None
+    said = "; ".join(f"{name} {s['without_think_end']} of {s['n']} (budget {s['max_new_tokens']} tokens)"
+                     for name, s in found)
+    return Observation("watch", f"Replies read after the thinking that hold no {found[0][1]['think_end']}: {said}. "
+                       "Their thinking did not end within the token budget, or was never written, so the answer "
+                       "check read the whole reply, thinking included; a higher eval.max_new_tokens lets the "
+                       "thinking finish.",
+                       f"replies of a pass read after the thinking (eval.think_end) without its marker; listed when "
+                       f"at least {100 * BUDGET_SHARE:.0f} % of a pass's did")
 
 
 UNREAD = {"numeric": "no number at all", "exact": "a blank reply",
@@ -238,8 +260,7 @@ def unread_answers(evaluation: dict) -> Observation | None:
     whether the model writes its answer in the form scored as much as whether it finds it. One to watch when the
     fine-tune is among them (it was trained on that form), a note when only the base passes are."""
     mode = evaluation.get("scoring", "numeric")
-    found = [(name, evaluation[name]) for name in pass_names(evaluation)
-             if evaluation[name].get("no_answer", 0) >= BUDGET_SHARE * evaluation[name]["n"]]
+    found = _often(evaluation, "no_answer")
     if not found or mode not in UNREAD:
         return None
     said = "; ".join(f"{name} {s['no_answer']} of {s['n']}" for name, s in found)

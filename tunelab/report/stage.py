@@ -513,6 +513,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                "tuned − the adapter continued (adapters/start/)"))
         found += [o for o in (rules.imitation_without_solving(epochs, evaluation),
                               rules.prompting_baselines(evaluation), rules.answer_budget(evaluation),
+                              rules.unfinished_thinking(evaluation),
                               rules.unread_answers(evaluation), sampled.verdict(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
         found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
