@@ -112,7 +112,7 @@ def test_bad_input_is_refused_with_exit_2_before_any_model_loads(evaluated, tiny
     monkeypatch.setattr(inference, "load", lambda *a: pytest.fail("a model was loaded"))
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "What is 2 + 2?"}, {"q": "typo"}, "{not json"])
     cases = {
-        ("--file", str(bad)): [f"{bad}:2: missing field 'question'", f"{bad}:3:"],
+        ("--file", str(bad)): ["rows that cannot be prompts: 2", f"{bad}:2: missing field 'question'", f"{bad}:3:"],
         ("--file", str(folder / "test.jsonl"), "extra text"): ["give no texts"],
         ("--file", str(tmp_path / "none.jsonl")): ["no such file"],
         ("--epoch", "3", "x"): ["--epoch: '3'"],

@@ -63,7 +63,7 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
     assert reason in caplog.text  # said before training, not after it
     assert reason in run.read_json(run.eval_skipped)["reason"] and not run.eval_summary.exists()
     md = run.report_md.read_text()
-    assert f"| Answer accuracy | not measured | eval skipped: {reason}" in md
+    assert f"| Answer accuracy | not measured | no answer check: {reason}" in md
     assert "| Train loss improvement | — (one epoch) |" in md
     samples = run.read_jsonl(run.eval_samples)  # not scored, but seen: 4 test prompts, base and tuned answers
     assert [s["id"] for s in samples] == ["test-1", "test-2", "test-3", "test-4"]

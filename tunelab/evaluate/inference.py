@@ -99,8 +99,8 @@ def from_file(cfg: Recipe, path: str) -> list[Example]:
             examples.append(example)
     if problems:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise UserError(f"--file: {len(problems)} rows cannot be prompts\n" + "\n".join(f"  {p}" for p in problems[:5])
-                        + more)
+        raise UserError(f"--file: rows that cannot be prompts: {len(problems)}\n"
+                        + "\n".join(f"  {p}" for p in problems[:5]) + more)
     if not examples:
         raise UserError(f"--file: {path}: no rows")
     return examples

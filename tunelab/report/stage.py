@@ -360,7 +360,7 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                          f"{m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f} "
                          f"(paired bootstrap over questions), n = {m['n']}"))
     if not evaluation:
-        rows.append(("Answer accuracy", "not measured", f"eval skipped: {skipped['reason']}" if skipped else
+        rows.append(("Answer accuracy", "not measured", f"no answer check: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
         rows += _held_out_rows(held_out or {}) + replies.key_rows(generated)
     for b in baselines(evaluation) if evaluation and "tuned" in evaluation else []:
