@@ -112,3 +112,19 @@ def test_the_lm_eval_limit_is_the_number_of_questions_the_eval_asked(tmp_path):
     lm_eval = [shlex.split(c) for _, c in for_run(run) if c.startswith("lm_eval")]
     assert all(c[c.index("--model_args") + 1].endswith(",think_end_token=</think>")  # quoted: the shell reads it so
                and c[-2:] == ["--gen_kwargs", "max_gen_toks=2048"] for c in lm_eval) and len(lm_eval) == 2
+    serve = next(c for _, c in for_run(run) if c.startswith("vllm serve"))
+    assert "--reasoning-parser" not in serve  # the tokenizer writes <think> as text: vLLM's parsers would not start
+    summary["tuned"]["think_tokens"] = True
+    (path / "eval" / "summary.json").write_text(json.dumps(summary))
+    serve = next(c for _, c in for_run(run) if c.startswith("vllm serve"))
+    assert serve.startswith("vllm serve HuggingFaceTB/SmolLM2-135M-Instruct ")
+    assert serve.endswith(" --reasoning-parser deepseek_r1")  # not a Qwen3 model
+
+
+def test_the_reasoning_parser_follows_the_marker_and_the_model_family():
+    from tunelab.handoff import reasoning_parser
+    read = {"think_end": "</think>", "think_tokens": True}
+    assert reasoning_parser("Qwen/Qwen3-8B", read) == "qwen3"
+    assert reasoning_parser("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", read) == "deepseek_r1"
+    assert reasoning_parser("Qwen/Qwen3-8B", {**read, "think_end": "<|/r|>"}) is None  # no parser knows it
+    assert reasoning_parser("Qwen/Qwen3-8B", {}) is None  # an eval that read whole replies

@@ -530,6 +530,19 @@ def test_passes_read_after_the_thinking_count_the_replies_that_never_end_it(tiny
     stats, rows = result.summary["base"], [p for p in result.predictions if p["model"] == "base"]
     assert stats["think_end"] == "</think>" and len(rows) == 4
     assert stats["without_think_end"] == sum("</think>" not in p["completion"] for p in rows) == 4
+    assert stats["think_tokens"] is False  # SmolLM2 writes <think> as text: no vLLM reasoning parser is offered
+
+
+def test_think_tokens_needs_both_markers_as_tokens_of_their_own(tok):
+    """vLLM's reasoning parsers look up <think> and </think> in the vocabulary and refuse to start without either."""
+    import copy
+    from tunelab.data.chat import think_tokens
+    grown = copy.deepcopy(tok)
+    assert not think_tokens(grown)
+    grown.add_tokens(["<think>"])
+    assert not think_tokens(grown)
+    grown.add_tokens(["</think>"])
+    assert think_tokens(grown) and len(grown("<think>a</think>", add_special_tokens=False)["input_ids"]) == 3
 
 
 def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe, tok, tmp_path):

