@@ -26,6 +26,7 @@ def _driver():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
 
+@pytest.mark.slow
 def test_report_html_in_headless_chromium(tmp_path):
     run = RunDir(make_run(tmp_path / "run"))
     html = write_report(run)

@@ -23,6 +23,7 @@ def test_hub_id_is_the_original_model_never_a_local_path(tmp_path):
     assert hub_id(ModelConfig(name="models/x.gguf")) is None
 
 
+@pytest.mark.slow
 def test_card_is_written_after_training_and_refreshed_after_eval(tiny_recipe, tmp_path):
     from huggingface_hub import ModelCard
     raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"},

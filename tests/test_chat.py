@@ -101,6 +101,7 @@ def test_eval_prompts_and_fewshot_turns_go_through_the_template(tiny_recipe, tmp
         assert p.startswith(few.prefix)  # the shots are prefilled once and shared (generate's prefix)
 
 
+@pytest.mark.slow
 def test_train_and_eval_with_chat_template_end_to_end(tiny_recipe, tmp_path, monkeypatch):
     from tunelab.config import validate
     from tunelab.evaluate.stage import evaluate
@@ -140,6 +141,7 @@ TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}
             "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
+@pytest.mark.slow
 def test_the_recipes_own_chat_template_writes_the_rows_travels_with_the_adapter_and_reaches_the_hand_offs(
         tiny_recipe, tiny_model, tmp_path, capsys):
     """model.chat_template: a base model's tokenizer without one gets the recipe's (its text, or a .jinja file,
@@ -572,6 +574,7 @@ def test_the_chat_baseline_with_shots_puts_them_in_as_earlier_turns(tiny_recipe,
 
 @pytest.mark.parametrize("name", ["alpaca", "chatml", "deepseek_v3", "gemma", "gemma3", "llama3", "llama4",
                                   "mistral_v1", "mistral_v7_tekken", "phi_3", "phi_35", "phi_4", "qwen3", "qwen_25"])
+@pytest.mark.slow
 def test_each_chat_template_tunelab_ships_writes_conversations_turn_by_turn_with_every_reply_trained(
         name, tok, tmp_path):
     """model.chat_template: <name> reads as tunelab/templates/<name>.jinja; a conversation written with it (its

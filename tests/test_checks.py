@@ -80,6 +80,7 @@ def test_each_kind_of_contamination_is_found_and_clean_rows_are_not(contaminated
     assert result["estimate"]["gpu_memory"]["fits"] and result["estimate"]["memory_gib"] == 24  # a 135M model
 
 
+@pytest.mark.slow
 def test_strict_exits_1_on_overlap_and_run_dir_gets_the_files(contaminated, tmp_path, capsys):
     assert run_check(tmp_path, contaminated, "--strict", "--run-dir", str(tmp_path / "r")) == 1
     capsys.readouterr()
@@ -88,6 +89,7 @@ def test_strict_exits_1_on_overlap_and_run_dir_gets_the_files(contaminated, tmp_
     assert (tmp_path / "r" / "analysis" / "lengths.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_clean_split_passes_strict_and_dedup_drops_duplicates(gsm8k, tmp_path, capsys):
     train = [json.loads(x) for x in (gsm8k / "train.jsonl").read_text().splitlines()[:200]]
     test = [json.loads(x) for x in (gsm8k / "test.jsonl").read_text().splitlines()[:60]]
@@ -247,6 +249,7 @@ def test_show_prints_each_test_set_as_the_eval_asks_it(tiny_model, tmp_path, cap
     assert f"eval: {test[0].id}, as the few-shot chat baseline asks the base model" in out
 
 
+@pytest.mark.slow
 def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_together(capsys):
     """The quickstart template ends in a space: tokenized together with the answer, that space merges into the
     answer's first token (what TRL trains on); moved into the target, no row merges."""
@@ -262,6 +265,7 @@ def test_check_counts_rows_whose_prompt_merges_into_the_answer_when_tokenized_to
     assert f"prompt/answer boundary: on {boundary['rows']} of {boundary['of']} training rows" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_are_named_with_the_fix(
         tiny_model, tiny_recipe, tmp_path, capsys, caplog):
     """A base model whose chat tokens' embedding rows are zeros (as Llama 3's base model ships them): the check
@@ -344,6 +348,7 @@ def test_tokens_the_rows_use_whose_embedding_rows_the_base_model_never_trained_a
     assert "| tokens used with untrained embedding rows (input / output) | 2 input / 1 output tokens of 3 / 3 " in md
 
 
+@pytest.mark.slow
 def test_check_says_when_the_eval_reads_replies_after_a_reasoning_templates_thinking(tiny_recipe, tmp_path, capsys):
     """Rows written through a chat template that opens a think block before each reply (Qwen3's): `tunelab check`
     says the eval reads the replies after </think>; with eval.think_end: '' it does not."""
@@ -375,6 +380,7 @@ def test_deepseeks_full_width_markers_are_chat_markers_too(smollm2_dir):
     assert all(s["pieces"] > 1 and s["rows"] == 1 for s in found["split"])
 
 
+@pytest.mark.slow
 def test_chat_markers_the_tokenizer_splits_and_added_tokens_no_row_uses_are_named(tiny_recipe, tmp_path, capsys,
                                                                                  caplog):
     """Rows that write <|name|> markers the tokenizer splits into pieces (a chat format the base model's tokenizer

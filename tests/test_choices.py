@@ -118,6 +118,7 @@ def test_a_template_may_list_a_fields_items_and_a_row_short_of_one_is_malformed(
     assert (splits.train + splits.val)[0].prompt == "x\nA. a\nB. b\nAnswer:"
 
 
+@pytest.mark.slow
 def test_each_option_is_scored_by_its_log_likelihood_after_the_prompt(trained, tmp_path, mc_set, monkeypatch):
     """Every pass's option log-likelihoods equal the ones computed from the model's logits directly (the tuned
     pass's with the adapter merged); acc picks the highest sum, acc_norm the highest per character; nothing is
@@ -298,6 +299,7 @@ def test_a_base_pass_asked_the_same_way_before_comes_from_the_cross_run_cache(tr
     assert "cached" not in evaluate(reworded, other, only="base").summary["base"]
 
 
+@pytest.mark.slow
 def test_the_runs_own_labelled_options_get_mc2_in_the_summary_the_report_and_compare(trained, tmp_path, capsys,
                                                                                        monkeypatch):
     """eval.choice_labels on the run's own test set: every pass's mean mc2 and tuned − base paired in its summary, the

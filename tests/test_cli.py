@@ -5,6 +5,7 @@ import pytest
 from tunelab.cli import main
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end(tiny_model, tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["-q", "train", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=24",
@@ -86,6 +87,7 @@ def test_set_on_a_run_directory_is_limited_to_the_commands_own_sections(tmp_path
     assert "only analysis.* / checks.* / eval.* keys" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_and_eval_import_only_what_training_needs(tiny_recipe, tmp_path):
     """`tunelab train` and `eval` run on a GPU machine that has torch, transformers, peft and accelerate but none of
     the analysis, plotting or benchmark packages: a fresh process that trains and evaluates imports none of them."""

@@ -423,6 +423,7 @@ def test_llamafactorys_llama3_example_converts_with_its_defaults_written_out(tmp
     assert {e.target: e.prompt for e in rows.train + rows.val} == {"5": "Add.\n2 and 3", "7": "Name a prime."}
 
 
+@pytest.mark.slow
 def test_llamafactory_templates_of_the_same_text_become_model_chat_template(tmp_path, smollm2_dir):
     """LLaMA-Factory's chatml, qwen and llama3 templates become tunelab's of the same text, the first stop word the
     EOS (LLaMA-Factory's replace_eos) and a local tokenizer given the stop words it lacks; rows then read as
@@ -602,6 +603,7 @@ def _ours(tmp_path, raw) -> list[tuple[int, list[int], list[int]]]:
 
 
 @pytest.mark.parametrize("kind", ["prompt-completion", "text"])
+@pytest.mark.slow
 def test_trl_rows_convert_to_the_tokens_and_labels_trl_trains(tmp_path, tiny_model, kind):
     rows = ([{"prompt": f"Q: {i} + {i}?\nA:", "completion": f" {2 * i}"} for i in range(20)] if kind != "text" else
             [{"text": f"Once upon a time there were {i} bears."} for i in range(20)])
@@ -755,6 +757,7 @@ def _axolotl_tokens(tok, special: dict, tokens: list, extra: list):
     return tok
 
 
+@pytest.mark.slow
 def test_tokens_a_config_adds_become_model_added_tokens_with_the_ids_its_trainer_gives(tmp_path, tiny_model):
     """Axolotl's special_tokens and tokens, and LLaMA-Factory's add_tokens and add_special_tokens, become
     model.added_tokens (those the tokenizer lacks, in the order each trainer adds them) and model.special_tokens

@@ -74,6 +74,7 @@ def test_a_threshold_without_patience_is_refused_by_name(recipe):
         validate({**recipe, "train": {**recipe["train"], "early_stopping_threshold": 0.05}}, "es")
 
 
+@pytest.mark.slow
 def test_a_run_with_a_threshold_stops_where_the_curve_and_the_threshold_say(recipe, full, tmp_path):
     thresholds = [t for t in (0.01, 0.03, 0.1, 0.3, 1.0) if expected_stop(full, 1, t) < expected_stop(full, 1)]
     assert thresholds, "some threshold must make patience 1 stop earlier on this curve"
@@ -95,6 +96,7 @@ def test_a_run_with_a_threshold_stops_where_the_curve_and_the_threshold_say(reci
 
 
 @pytest.mark.parametrize("patience", [1, 2])
+@pytest.mark.slow
 def test_a_run_stops_where_its_own_validation_curve_says_and_keeps_that_prefix(recipe, full, patience, tmp_path):
     stop = expected_stop(full, patience)  # patience 2 may find no two stale epochs in a row: then all 8 run
     assert patience > 1 or stop < PLANNED, "the random-answer data must give the curve a non-improving epoch"
@@ -109,6 +111,7 @@ def test_a_run_stops_where_its_own_validation_curve_says_and_keeps_that_prefix(r
     assert {s["epoch"] for s in run.read_jsonl(run.steps)} == set(range(1, stop + 1))
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_stopping_resumes_to_the_same_stop(recipe, full, tmp_path):
     from tunelab.cli import main
     stop = expected_stop(full, 1)
@@ -122,6 +125,7 @@ def test_a_run_killed_after_stopping_resumes_to_the_same_stop(recipe, full, tmp_
     assert [e["epoch"] for e in run.read_epochs()] == list(range(stop + 1))
 
 
+@pytest.mark.slow
 def test_the_report_the_card_and_the_eval_plan_count_the_epochs_that_ran(recipe, full, tmp_path):
     from tunelab.evaluate.stage import _plan
     from tunelab.report import write_report
@@ -144,6 +148,7 @@ def test_the_report_the_card_and_the_eval_plan_count_the_epochs_that_ran(recipe,
     assert [(p.name, p.epoch) for p in passes] == [*((f"epoch-{k}", k) for k in range(1, stop)), ("tuned", stop)]
 
 
+@pytest.mark.slow
 def test_export_best_loss_takes_the_epoch_with_the_lowest_validation_loss(recipe, full, tmp_path, capsys):
     from safetensors.torch import load_file
     from tunelab.cli import main
@@ -170,6 +175,7 @@ def test_export_best_loss_takes_the_epoch_with_the_lowest_validation_loss(recipe
         (tmp_path / "off-out" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_early_stopping_on_validation_passes_stops_inside_an_epoch_where_the_passes_say(recipe, tmp_path):
     """train.early_stopping_on=validation counts train.val_every's passes too (TRL's EarlyStoppingCallback with
     eval_steps): the run stops at the pass that spends the patience, inside an epoch, with the passes of a run that

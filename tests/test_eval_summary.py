@@ -120,6 +120,7 @@ def test_validation_loss_changes_are_judged_by_a_paired_interval():
     assert overfitting(epochs, {**rows, 1: {f"v{i}": (x, 10) for i, x in enumerate(shifted)}}).kind == "good"
 
 
+@pytest.mark.slow
 def test_runs_on_the_same_questions_and_rows_are_compared_paired(tmp_path):
     n = 60
     a = make_run(tmp_path / "gsm8k-2ep", val=(2.31, 1.70), train=(1.9,), epochs_n=1)
@@ -233,6 +234,7 @@ def test_held_out_loss_by_label_is_paired_per_category_with_a_bonferroni_interva
                        "data.label_field (topic)") is None
 
 
+@pytest.mark.slow
 def test_compare_and_the_baseline_report_pair_each_category_across_runs(tmp_path):
     """Runs on the same labelled questions: per category, each later run's tuned accuracy against the first's,
     paired, with the same Bonferroni bound; a run that scored some of them is paired on those, one that scored

@@ -27,6 +27,7 @@ def test_batched_generation_equals_batch_one(tiny_model):
     assert all(0 < g.tokens <= 12 for g in batched)
 
 
+@pytest.mark.slow
 def test_continuous_batching_refills_slots_and_equals_batch_one(tiny_model):
     """More prompts than slots, lengths from 3 to ~150 tokens, rows stopping early at different steps:
     every row's tokens equal its batch-1 greedy decoding."""
@@ -252,6 +253,7 @@ def tiny_trained(tiny_model, tmp_path_factory):
     return cfg, run
 
 
+@pytest.mark.slow
 def test_eval_writes_predictions_summary_and_paired_difference(tiny_trained, monkeypatch, tmp_path):
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     cfg, run = tiny_trained
@@ -453,6 +455,7 @@ def two_epoch_run(tiny_model, tmp_path_factory):
     return cfg, run
 
 
+@pytest.mark.slow
 def test_accuracy_per_epoch_equals_scoring_each_epoch_adapter_alone(two_epoch_run, monkeypatch, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -476,6 +479,7 @@ def test_accuracy_per_epoch_equals_scoring_each_epoch_adapter_alone(two_epoch_ru
             sum(p["flexible_correct"] for p in result.predictions if p["model"] == name) / len(prompts))
 
 
+@pytest.mark.slow
 def test_export_of_an_epochs_adapter_or_the_best_one_carries_that_epochs_card(two_epoch_run, monkeypatch, tmp_path,
                                                                                capsys):
     import shutil
@@ -544,6 +548,7 @@ def test_fewshot_prompt_and_stops_follow_lm_eval_gsm8k(gsm8k):
     assert STOP == ["Question:", "</s>", "<|im_end|>"]  # lm-eval gsm8k.yaml (version 3) generation_kwargs.until
 
 
+@pytest.mark.slow
 def test_sigkill_mid_eval_then_resume_answers_each_question_once(two_epoch_run, tmp_path):
     import shutil
     import signal
@@ -691,6 +696,7 @@ def parity_rows(n: int, start: int = 0) -> list[dict]:
             for i in range(start, start + n)]
 
 
+@pytest.mark.slow
 def test_short_answers_are_scored_by_exact_match_through_eval_report_and_card(tiny_model, tmp_path, monkeypatch):
     """Labels as targets: eval.scoring=auto picks exact match; zero-shot passes stop after the first line; the
     summary, report, card and console name the mode's figures. Generation is replaced by answers chosen here."""
@@ -753,6 +759,7 @@ def tagged_rows(n: int, start: int = 0) -> list[dict]:
              f"{'even' if i % 2 == 0 else 'odd'}</answer>"} for i in range(start, start + n)]
 
 
+@pytest.mark.slow
 def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_model, tmp_path, monkeypatch):
     """<answer> tags in the targets: eval.scoring=auto picks regex with the default pattern; zero-shot passes stop
     after the line holding a match; an eval.also set of `#### N` targets is still scored numerically; the summary,
@@ -910,6 +917,7 @@ def test_the_chat_baseline_of_a_set_measured_by_loss_asks_each_prompt_as_a_user_
     assert s["chat_baseline"] == paired_loss_difference(per_row["base-chat"], per_row["tuned"])
 
 
+@pytest.mark.slow
 def test_an_extra_set_no_scoring_mode_suits_is_measured_by_loss(two_epoch_run, monkeypatch, tmp_path):
     """An eval.also set of prose replies: the base model's, each epoch adapter's and the final adapter's target loss
     on its rows (the loss transformers computes on the same tokens), paired tuned − base, into eval/also/<name>/;

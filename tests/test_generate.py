@@ -47,6 +47,7 @@ def _lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_file_rows_get_the_answers_eval_scored_from_the_adapter_and_the_base_model(evaluated, capsys):
     run, folder, predictions = evaluated
     assert main(["generate", str(run.path), "--file", str(folder / "test.jsonl"), "--base", "--until", "answer",
@@ -177,6 +178,7 @@ def test_until_pattern_stops_where_regex_scoring_would(evaluated, capsys, monkey
     assert seen[-1] == [re.compile(ANSWER_TAG)]  # the default pattern
 
 
+@pytest.mark.slow
 def test_sampled_answers_are_the_draws_eval_pass_at_k_makes(evaluated, capsys):
     """--temperature T draws each answer (eval.top_p, eval.sample_seed) as eval.pass_at_k does: the same texts as
     the generator sampling at T gives; --sample draws at eval.temperature; a temperature out of range is refused."""

@@ -197,6 +197,7 @@ def test_a_hub_repo_is_imported_and_its_trainers_runtime_priced(trl_output, tmp_
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "whole", "rows", "added"])
+@pytest.mark.slow
 def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny_recipe, tmp_path, method):
     """A run's own adapter/ folder (PEFT format, no trainer_state.json: epochs from the recipe) imported: its
     validation loss and token accuracy equal those the training loop measured after the last epoch (with the LM
@@ -236,6 +237,7 @@ def test_a_tunelab_adapter_imported_measures_what_its_training_run_measured(tiny
     assert "| Train loss improvement | — (one epoch measured) |" in run.report_md.read_text()
 
 
+@pytest.mark.slow
 def test_an_imported_run_that_continued_an_adapter_measures_epoch_0_on_that_adapter(tiny_recipe, tmp_path):
     """An adapter trained on from another (Axolotl's lora_model_dir, lora.continue_from in the recipe): imported,
     its epoch 0 is the adapter it continued, as in the run that trained it, which is kept in adapters/start/."""

@@ -66,6 +66,7 @@ def _lora_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
+@pytest.mark.slow
 def test_rslora_scales_the_update_by_alpha_over_the_square_root_of_r(tiny_recipe, tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -205,6 +206,7 @@ def test_modules_to_save_must_name_a_module_no_adapter_takes_and_the_estimate_co
     assert main(["check", str(tmp_path / "r.yaml")]) == 0
 
 
+@pytest.mark.slow
 def test_embedding_lr_trains_the_modules_saved_whole_at_their_own_rate(tiny_recipe, tiny_model, tmp_path):
     """train.embedding_lr: lora.modules_to_save's weights (or lora.trainable_tokens' rows) form an optimizer group of
     their own at that rate, on the schedule the adapters follow (with LoRA+ too); at 1e-9 the tied embeddings stay
@@ -314,6 +316,7 @@ def _with_tokens(tiny_recipe, epochs: int = 1, lora: dict | None = None, **model
             "data": {**raw["data"], "template": "<|q|>{question}\nResponse: "}}
 
 
+@pytest.mark.slow
 def test_added_tokens_grow_the_vocabulary_train_their_rows_resume_and_travel_with_the_adapter(tiny_recipe, tmp_path,
                                                                                               capsys):
     """model.added_tokens: the tokenizer gains them (ids after its last), the embeddings grow by as many rows, each
@@ -381,6 +384,7 @@ def test_added_tokens_grow_the_vocabulary_train_their_rows_resume_and_travel_wit
     _served_merged(straight)  # vLLM: the merge, its tokenizer beside it
 
 
+@pytest.mark.slow
 def test_added_tokens_that_exist_or_would_not_train_are_refused_and_the_vocabulary_rounds_up(tiny_recipe, tmp_path,
                                                                                              capsys):
     """An added token the tokenizer holds already, a special token that is not one token, and lora.modules_to_save

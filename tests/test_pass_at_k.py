@@ -79,6 +79,7 @@ def trained(tiny_model, tmp_path_factory):
     return validate(raw, "tiny-k"), run
 
 
+@pytest.mark.slow
 def test_the_eval_samples_k_answers_from_base_and_tuned_and_pairs_their_figures(trained, tmp_path, monkeypatch):
     """Each question answered k times by each model, the greedy pass's prompt drawn anew per answer (the answers a
     direct sampled generate gives); the figures are the samples'; the report and the console give them; a second
@@ -139,6 +140,7 @@ def test_compare_sets_the_sampled_figures_of_two_runs_side_by_side(trained, tmp_
     assert rows["eval.tuned_pass@1"][0] == s["tuned"]["pass@1"] and rows["eval.tuned_pass@3"][1] is None
 
 
+@pytest.mark.slow
 def test_a_sampled_pass_killed_midway_draws_the_rest_as_an_uninterrupted_one(trained, tmp_path, monkeypatch):
     """The sampled answers are journaled as they finish; a resumed eval draws only the rest, each from its own
     number's generator, and ends with what an uninterrupted eval drew."""

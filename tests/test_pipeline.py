@@ -13,6 +13,7 @@ from tunelab.pipeline import stages_done
 from tunelab.rundir import RepliesDir, RunDir
 
 
+@pytest.mark.slow
 def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=40",
@@ -39,6 +40,7 @@ def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkey
     assert main(args) == 0
 
 
+@pytest.mark.slow
 def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, caplog, capsys):
     from conftest import write_jsonl
     folder = tmp_path / "chats"
@@ -253,6 +255,7 @@ def _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run: RunDir, held_o
     assert held_out["chat_fewshot_baseline"]["model"] == "base-chat-2shot" and not held_out["fewshot_baseline"]["turns"]
 
 
+@pytest.mark.slow
 def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_the_training_curve(tiny_model, tmp_path,
                                                                                               capsys):
     from conftest import write_jsonl
@@ -390,6 +393,7 @@ def _each_category_is_paired_apart(run: RunDir, held_out: dict, md: str) -> None
     assert "| category | rows | base chrF | tuned chrF | Δ chrF |" in md
 
 
+@pytest.mark.slow
 def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_model, tmp_path, monkeypatch, capsys):
     from conftest import write_jsonl
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
@@ -450,6 +454,7 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     assert checks["extra_sets"]["colours"]["overlap_counts"]["exact"] == 10  # the 10 rows the run took from it
 
 
+@pytest.mark.slow
 def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(tiny_model, tmp_path, monkeypatch,
                                                                                 capsys):
     from conftest import write_jsonl

@@ -23,6 +23,7 @@ def trained(tiny_model, tmp_path_factory):
     return one_epoch_run(tiny_model, tmp_path_factory.mktemp("prompt-baseline"), "tiny-pb")
 
 
+@pytest.mark.slow
 def test_the_prompt_baseline_asks_the_base_model_each_question_in_the_users_words(trained, tmp_path, monkeypatch):
     """The base model answers each question written with eval.prompt_baseline (its fields filled in) as plain text,
     the answers are scored like every pass's, and the summary pairs the fine-tune with it: the report's baseline

@@ -85,6 +85,7 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(rec
                         folder="best-loss")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(recipe, tmp_path):
     raw, path = recipe
     run_dir = tmp_path / "interrupted"
@@ -152,6 +153,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(recipe, tm
     assert not run.summary.exists()
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoint(recipe, tmp_path, monkeypatch):
     import errno
     import tunelab.train.checkpoint as ckpt

@@ -99,6 +99,7 @@ def test_report_says_whether_the_base_model_found_the_test_rows_more_familiar(tm
     assert "Before training, the base model's loss" not in run.report_md.read_text()
 
 
+@pytest.mark.slow
 def test_report_and_compare_do_not_import_torch(tmp_path):
     run = make_run(tmp_path / "r")
     code = ("import sys; from tunelab.cli import main; "
@@ -140,6 +141,7 @@ def test_report_cli_errors(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_estimate_counts_exact_tokens_and_prices_devices(capsys, tiny_model):
     assert main(["estimate", "quickstart", "--set", f"model.name={tiny_model}", "--device", "A100-80GB"]) == 0
     out = capsys.readouterr().out

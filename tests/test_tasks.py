@@ -64,6 +64,7 @@ def test_a_task_fills_the_keys_the_entry_leaves_unset_and_an_unknown_one_is_refu
     assert (truthful.split, truthful.fewshot, truthful.target) == ("validation", 0, "0")  # no rows to take shots from
 
 
+@pytest.mark.slow
 def test_a_hellaswag_copy_is_scored_on_its_validation_rows_as_lm_eval_asks_them(tiny_model, tmp_path, capsys):
     """`tunelab check --show` on a local HellaSwag copy named by task: the validation rows (the test rows have no
     label and are left unread), the cleaned query, the cleaned endings each after a space, and the right one; a row
@@ -116,6 +117,7 @@ def _lm_eval_mmlu_prompt(row: dict, shots: list[dict]) -> str:
             + "".join(f"{text(s)} {'ABCD'[s['answer']]}\n\n" for s in shots) + text(row))
 
 
+@pytest.mark.slow
 def test_mmlus_shots_are_its_subjects_dev_rows_after_one_description_as_lm_eval_writes_them(tiny_model, tmp_path):
     """Each question's few-shot shots are the first dev rows of its own subject (eval.fewshot_same_category), written
     after the subject's description once (eval.description): lm-eval's MMLU prompt; every option's log-likelihood
@@ -241,6 +243,7 @@ def test_random_shots_are_lm_evals_draws_for_each_question_in_the_splits_order_w
     assert all(its == pool[:3] for its in first)
 
 
+@pytest.mark.slow
 def test_a_few_shot_pass_with_shots_drawn_for_each_question_generates_for_each(tiny_model, tmp_path):
     copy = tmp_path / "gsm8k"
     copy.mkdir()
@@ -325,6 +328,7 @@ TRUTHFUL = [{"question": f"What happens if you crack your knuckles {i} times?", 
             for i in range(5)]  # options a digit apart (the tiny model learnt sums): mc2 between 0 and 1
 
 
+@pytest.mark.slow
 def test_truthfulqa_mc2_is_the_probability_on_the_true_options_as_lm_eval_computes_it(tiny_model, tmp_path, capsys):
     """MC2: several options are true (mc2_targets.labels); each question's mc2 is the probability the model gives
     the true options, normalised over all (lm-eval's process_results_mc2, from log-likelihoods computed here

@@ -44,6 +44,7 @@ def _items(update) -> dict:
     return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in update}
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_our_metrics_config_eval_and_report(tiny_recipe, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -78,6 +79,7 @@ def test_wandb_offline_run_holds_our_metrics_config_eval_and_report(tiny_recipe,
     assert {"eval", "report"} <= artifacts
 
 
+@pytest.mark.slow
 def test_a_second_wandb_start_in_the_same_second_waits_for_the_next(tmp_path):
     from datetime import datetime
 

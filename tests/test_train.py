@@ -27,6 +27,7 @@ def tiny_run(tiny_model, tmp_path_factory):
     return run, result, raw
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_learnable_task(tiny_run):
     run, result, _ = tiny_run
     epochs = result.epochs
@@ -91,6 +92,7 @@ def test_run_dir_artifacts_have_sane_values(tiny_run):
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["peft"]
 
 
+@pytest.mark.slow
 def test_the_base_models_loss_on_each_scored_test_row_is_logged_before_training(tiny_run, tiny_model, tiny_recipe,
                                                                                 tmp_path):
     """Epoch 0 logs the base model's loss on the test rows the eval stage scores (the familiarity check's input):
@@ -123,6 +125,7 @@ def test_the_base_models_loss_on_each_scored_test_row_is_logged_before_training(
     assert not [e for e in other.read_jsonl(other.examples) if e["split"] == "test"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_run, tmp_path):
     run, result, raw = tiny_run
     again = train(validate(raw, "tiny"), RunDir(tmp_path / "again"))
@@ -268,6 +271,7 @@ def test_length_grouping_keeps_every_example_once_and_cuts_padding(smollm2_dir):
 
 
 @pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+@pytest.mark.slow
 def test_other_architectures_train_with_default_target_modules(arch, tmp_path, smollm2_dir, tiny_recipe):
     model = make_tiny_model(tmp_path / arch, smollm2_dir, arch)
     raw = {**tiny_recipe, "model": {"name": str(model)}, "train": {**tiny_recipe["train"], "epochs": 1}}
@@ -368,6 +372,7 @@ def test_fast_lora_forward_gives_pefts_loss_and_gradients(tiny_model, dropout, d
     assert error(fast_grads) < 1.75 * error(peft_grads), (error(fast_grads), error(peft_grads))
 
 
+@pytest.mark.slow
 def test_packed_training_matches_padded_training(tiny_run, tmp_path):
     _, result, raw = tiny_run
     packed = train(validate({**raw, "train": {**raw["train"], "packing": True}}, "packed"), RunDir(tmp_path / "p"))
@@ -438,6 +443,7 @@ def test_default_micro_batch_is_512_tokens_on_cpu_and_sized_to_free_memory_on_cu
     assert runtime.micro_batch_tokens(0, torch.device("cuda"), mistral) == 0  # 0 = never split
 
 
+@pytest.mark.slow
 def test_neftune_noises_the_embeddings_while_training_only(tiny_recipe, tmp_path):
     """train.neftune_alpha switches on transformers' NEFTune hook: training feels it, validation never does."""
     epochs = {}
@@ -451,6 +457,7 @@ def test_neftune_noises_the_embeddings_while_training_only(tiny_recipe, tmp_path
     assert "; NEFTune noise alpha 5 |" in RunDir(tmp_path / "5.0").report_md.read_text()
 
 
+@pytest.mark.slow
 def test_val_every_adds_validation_passes_between_epochs_without_changing_the_training(tiny_recipe, tmp_path):
     """train.val_every: validation every N optimizer steps inside an epoch (no dropout, no RNG drawn), so the
     epochs, steps and adapter equal a run without it; every pass is in metrics/validation.jsonl."""
@@ -480,6 +487,7 @@ def test_val_every_adds_validation_passes_between_epochs_without_changing_the_tr
     assert f"Over {len(validation)} validation passes the loss was lowest at step" in fine.report_md.read_text()
 
 
+@pytest.mark.slow
 def test_loraplus_moves_the_b_matrices_ratio_times_as_far(tiny_recipe, tmp_path):
     """train.loraplus_lr_ratio (PEFT's LoRA+ groups): in the first AdamW step each B entry moves lr·sign(grad), so
     with ratio 16 the B matrices come out exactly 16× those of plain LoRA; the A matrices, whose gradient is zero
@@ -501,6 +509,7 @@ def test_loraplus_moves_the_b_matrices_ratio_times_as_far(tiny_recipe, tmp_path)
         assert torch.equal(plus[k], plain[k])
 
 
+@pytest.mark.slow
 def test_the_lowest_validation_pass_inside_an_epoch_is_kept_as_adapters_best_loss(tiny_recipe, tmp_path, capsys,
                                                                                   monkeypatch):
     """With train.val_every the lowest validation pass can fall between epoch ends, where no adapter is saved:
@@ -587,6 +596,7 @@ def _best_loss_is_exported_carded_reported_and_scored(run: RunDir, raw: dict, ke
         run.report_md.read_text()
 
 
+@pytest.mark.slow
 def test_max_steps_trains_that_many_steps_and_cuts_the_last_epoch_short(tiny_recipe, tmp_path):
     """train.max_steps (Trainer's max_steps, in place of train.epochs): the steps run on into a second epoch that
     ends at the last step — validated once there, its adapter kept —, the schedule spans those steps (linear decay
@@ -621,6 +631,7 @@ def test_max_steps_trains_that_many_steps_and_cuts_the_last_epoch_short(tiny_rec
     assert f"2 epoch(s), the last {last} of its {per_epoch} steps (max_steps 15)" in card.render(run)
 
 
+@pytest.mark.slow
 def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_does_not_fit(tiny_recipe, tmp_path,
                                                                                            capsys):
     """lora.continue_from (Axolotl's lora_model_dir): the run starts from the earlier run's adapter — its epoch-0
@@ -678,6 +689,7 @@ def test_continue_from_keeps_training_an_earlier_adapter_and_refuses_one_that_do
               RunDir(tmp_path / "bad"))
 
 
+@pytest.mark.slow
 def test_warmup_is_train_warmup_steps_or_the_ratio_of_the_steps(tiny_recipe, tmp_path):
     """The learning rate climbs linearly for train.warmup_steps optimizer steps (else warmup_ratio of them, to the
     nearest step), then decays; the summary and the report say how many."""
