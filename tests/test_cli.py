@@ -19,7 +19,7 @@ def test_train_command_end_to_end(tiny_model, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--set", "train.epochs=-1"], "train.epochs: must be greater than or equal to 1 (got -1)"),
     (["--set", "data.val_fraction=1.5"], "data.val_fraction: must be less than 1 (got 1.5)"),
-    (["--set", "train.epoch=2"], "--set train.epoch: no such key in the recipe schema"),
+    (["--set", "train.epoch=2"], "--set train.epoch: no such key in the recipe schema (did you mean train.epochs?)"),
     (["--set", "lora.r=big"], "lora.r: must be a valid integer"),
     (["--set", r"data.template=Q: {qestion}\nA: "], "data.template: unknown placeholder {qestion}; fields are: "
                                                    "answer, family, question"),

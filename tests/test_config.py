@@ -63,11 +63,26 @@ def test_set_overrides_are_typed_and_turn_backslash_n_into_newlines():
 def test_set_on_a_key_not_in_the_schema_is_named():
     raw = {}
     problems = apply_overrides(raw, ["train.epoch=3", "nonsense", "lora.r.x=1", "data.template_if_empty.a.b=1"])
-    assert problems == ["--set train.epoch: no such key in the recipe schema",
+    assert problems == ["--set train.epoch: no such key in the recipe schema (did you mean train.epochs?)",
                         "--set nonsense: expected dotted.key=value",
                         "--set lora.r.x: no such key in the recipe schema",
                         "--set data.template_if_empty.a.b: no such key in the recipe schema"]
     assert raw == {}
+
+
+def test_a_misspelt_key_is_named_with_the_key_of_its_section_spelt_closest(tmp_path):
+    assert apply_overrides({}, ["tarin.lr=1", "eval.few_shot=5", "lora.rank=8"]) == [
+        "--set tarin.lr: no such key in the recipe schema (did you mean train.lr?)",
+        "--set eval.few_shot: no such key in the recipe schema (did you mean eval.fewshot?)",
+        "--set lora.rank: no such key in the recipe schema"]  # r is too far from rank to guess
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "model": {"name": "x"}, "train": {"shceduler": "linear"},
+                                    "data": {"source": "synthetic:arith", "template": "{question}",
+                                             "target": "{answer}", "mix": [{"source": "a.jsonl", "limt": 3}]}}))
+    with pytest.raises(UserError) as err:
+        load_recipe(str(path))
+    assert str(err.value).splitlines()[1:] == ["  data.mix.0.limt: unknown key (did you mean data.mix.0.limit?)",
+                                               "  train.shceduler: unknown key (did you mean train.scheduler?)"]
 
 
 def test_missing_sections_and_unknown_recipe_names():

@@ -9,6 +9,7 @@ Run as: tunelab recipes            # lists the built-in recipes
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import logging
 import re
@@ -993,7 +994,7 @@ def _template_problems(data: DataConfig, section: str = "data") -> list[str]:
 def _describe(error: dict) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
+        return f"{key}: unknown key{_did_you_mean([str(p) for p in error['loc']])}"
     if error["type"] == "missing":
         return f"{key}: required"
     msg = error["msg"].replace("Input should be", "must be").replace("Value error, ", "")
@@ -1014,7 +1015,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> list[str]:
             continue
         parts = key.split(".")
         if not _schema_has(parts):
-            problems.append(f"--set {key}: no such key in the recipe schema")
+            problems.append(f"--set {key}: no such key in the recipe schema{_did_you_mean(parts)}")
             continue
         value = _parse_value(text)
         node = raw
@@ -1072,6 +1073,23 @@ def _schema_has(parts: list[str]) -> bool:
         if i < len(parts) - 1 and not (isinstance(model, type) and issubclass(model, BaseModel)):
             return False
     return True
+
+
+def _did_you_mean(parts: list[str]) -> str:
+    """' (did you mean train.scheduler?)' for a key the recipe schema lacks (`parts`, dotted; a list entry's index a
+    part of its own): its first part no section has, spelt as a key of that section (difflib's ratio >= 0.75); ''
+    when no key is that close."""
+    section: Any = Recipe
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            continue  # an entry of a list of sections: data.mix.0.limt
+        fields = getattr(section, "model_fields", {})
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.75)
+            return f" (did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1:]])}?)" if close else ""
+        section = fields[part].annotation
+        section = next((a for a in get_args(section) if isinstance(a, type) and issubclass(a, BaseModel)), section)
+    return ""
 
 
 def _schema_has_in(model: type[BaseModel], parts: list[str]) -> bool:
