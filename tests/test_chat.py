@@ -1,5 +1,6 @@
 """data.chat_template: rows as one exchange in the tokenizer's chat format, for training, eval and few-shot."""
 
+import re
 import shutil
 
 import pytest
@@ -253,6 +254,40 @@ def test_sharegpt_turns_are_read_as_the_same_conversation(tok, tmp_path):
         assert (a.id, a.prompt, a.target) == (b.id, b.prompt, b.target)
         assert encode([a], tok, chat=True) == encode([b], tok, chat=True)  # the same tokens and loss mask
     assert share.train[0].fields["_history"][0] == {"role": "system", "content": "Answer tersely."}
+
+
+def test_thinking_carried_apart_in_a_turn_is_trained_as_the_template_writes_it(tok, tmp_path):
+    """An assistant turn's reasoning_content (Axolotl's and TRL's key, handed to the template; or reasoning, or
+    thinking) is written before its content as a think block: with Qwen3's own template the rows render as it renders
+    the turns with reasoning_content; with Axolotl's qwen3 (whose prompt opens the block) the reply is the thinking
+    after it; the last reply's thinking carries loss either way."""
+    from conftest import write_jsonl
+    from tunelab.config import DataConfig, ModelConfig
+    from tunelab.data import load_splits
+    axolotl, qwen3 = type(tok).from_pretrained(tok.name_or_path), type(tok).from_pretrained(tok.name_or_path)
+    axolotl.chat_template = ModelConfig(name="x", chat_template="qwen3").chat_template
+    qwen3.chat_template, opened = re.subn(r"\{%- else %\}\s*\{\{- '<think>\\n\\n' \}\}\s*", "",
+                                          axolotl.chat_template)  # Qwen3's own: its prompt opens no think block
+    assert opened == 1
+    turns = [[{"role": "user", "content": f"What is {i} + {i}?"},
+              {"role": "assistant", "content": f"\n#### {2 * i}", key: f"\n{i} and {i} make {2 * i}.\n"}]
+             for i, key in enumerate(["reasoning_content", "reasoning", "thinking"] * 2)]
+    splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "r.jsonl", [{"messages": t} for t in turns])),
+                                    messages="messages", val_fraction=0.5))
+    for row in splits.train + splits.val:
+        i = int(row.id.split("-")[1]) - 1
+        assert row.target == f"<think>\n{i} and {i} make {2 * i}.\n</think>\n\n#### {2 * i}"
+        (prompt,), (target,), _ = encode([row], qwen3, chat=True)
+        given = [turns[i][0], {"role": "assistant", "content": f"#### {2 * i}",
+                               "reasoning_content": f"{i} and {i} make {2 * i}."}]
+        assert qwen3.decode(prompt + target) == qwen3.apply_chat_template(given, tokenize=False).rstrip()
+        assert qwen3.decode(target) == f"<think>\n{i} and {i} make {2 * i}.\n</think>\n\n#### {2 * i}<|im_end|>"
+        (prompt,), (target,), _ = encode([row], axolotl, chat=True)
+        assert axolotl.decode(prompt).endswith("<|im_start|>assistant\n<think>\n\n")
+        assert axolotl.decode(target) == f"{i} and {i} make {2 * i}.\n</think>\n\n#### {2 * i}<|im_end|>"
+    kept = {"role": "assistant", "content": "<think>r</think>a", "reasoning_content": "other"}  # its own wins
+    row, _ = chat.conversation({"m": [{"role": "user", "content": "q"}, kept]}, "m")
+    assert row["assistant"] == "<think>r</think>a"
 
 
 def test_prompt_and_completion_fields_read_as_one_conversation(tok, tmp_path):

@@ -211,6 +211,29 @@ default_system_message: Be brief.
         convert(_config(tmp_path, text + "chat_template: jinja\n", data=data))
 
 
+def test_the_turns_thinking_axolotl_hands_the_template_is_the_field_tunelab_reads_or_refused(tmp_path):
+    """Axolotl hands each turn's reasoning_content (field_thinking; message_property_mappings' template_thinking_key)
+    to the chat template; tunelab reads a turn's reasoning_content, reasoning or thinking as its think block."""
+    data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                {"role": "assistant", "content": "hello"}]}] * 10)
+    base = f"base_model: HuggingFaceTB/SmolLM2-135M-Instruct\nadapter: lora\ndatasets:\n  - path: {data}\n" \
+           "    type: chat_template\n"
+    for keys in ("", "    field_thinking: thinking\n",
+                 "    message_property_mappings: {role: role, content: content, reasoning_content: reasoning}\n",
+                 "    template_thinking_key: thoughts\n    message_property_mappings: {role: role, content: content, "
+                 "thoughts: reasoning_content}\n"):
+        (tmp_path / "a.yml").write_text(base + keys)
+        raw, notes = convert(str(tmp_path / "a.yml"))
+        assert raw["data"]["messages"] == "messages" and not any("thinking" in n for n in notes), keys
+    for keys, field in (("    field_thinking: thoughts\n", "thoughts"),
+                        ("    message_property_mappings: {role: role, content: content, reasoning_content: cot}\n",
+                         "cot")):
+        (tmp_path / "a.yml").write_text(base + keys)
+        with pytest.raises(UserError, match=f"datasets.0: a turn's thinking in '{field}': tunelab reads it from "
+                                            "reasoning_content, reasoning, thinking"):
+            convert(str(tmp_path / "a.yml"))
+
+
 CHATS = """\
 base_model: {model}
 adapter: lora

@@ -190,8 +190,9 @@ class DataConfig(Section):
                                  "or ShareGPT's {from, value} with from human / gpt / system), or fields joined by "
                                  "+ whose turns follow one another (TRL's conversational prompt / completion rows: "
                                  "prompt+completion): its last assistant turn is the target, the turns before it the "
-                                 "prompt; implies chat_template, and template / target default to {user} / "
-                                 "{assistant}")
+                                 "prompt; an assistant turn's reasoning_content (or reasoning, or thinking) is "
+                                 "trained as a think block before its content; implies chat_template, and template / "
+                                 "target default to {user} / {assistant}")
     system_prompt: str | None = Field(None, description="with chat_template: a system turn written before every row "
                                       "(conversation rows that have one keep their own)")
     history_loss: bool = Field(True, description="conversations (data.messages): also train on the assistant turns "

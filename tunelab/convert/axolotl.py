@@ -11,6 +11,7 @@ from typing import Any
 
 from tunelab.config import SPECIAL_ROLES, ModelConfig, TrainConfig, template_names
 from tunelab.convert import cadence, leftovers, local_model, name, new_tokens, tokenizer_of, word_start_note
+from tunelab.data.chat import THINKING_KEYS
 from tunelab.errors import UserError
 
 # Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
@@ -182,7 +183,7 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
 # the keys of a `datasets` entry that _dataset reads (the others are noted as not carried over)
 DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field", "field_messages",
                 "message_property_mappings", "message_field_role", "message_field_content", "roles_to_train",
-                "chat_template", "chat_template_jinja"}
+                "chat_template", "chat_template_jinja", "field_thinking", "template_thinking_key"}
 
 
 def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
@@ -291,8 +292,13 @@ def _conversations(where: str, config: dict, d: dict) -> dict:
     roles = d.get("roles_to_train")
     if roles not in (None, ["assistant"]):
         raise UserError(f"{where}.roles_to_train: {roles!r}: tunelab trains the assistant turns only")
-    mapping = d.get("message_property_mappings") or {
-        k: v for k, v in (("role", d.get("message_field_role")), ("content", d.get("message_field_content"))) if v}
+    mapping = dict(d.get("message_property_mappings") or {
+        k: v for k, v in (("role", d.get("message_field_role")), ("content", d.get("message_field_content"))) if v})
+    thinking = mapping.pop(d.get("template_thinking_key") or "reasoning_content", None) or \
+        d.get("field_thinking") or "reasoning_content"  # the turns' field Axolotl hands the template as thinking
+    if thinking not in THINKING_KEYS:
+        raise UserError(f"{where}: a turn's thinking in {thinking!r}: tunelab reads it from "
+                        f"{', '.join(THINKING_KEYS)} (rename the field in the data)")
     if mapping not in ({}, {"role": "role", "content": "content"}, {"role": "from", "content": "value"}):
         raise UserError(f"{where}.message_property_mappings: {mapping!r}: tunelab reads turns as {{role, content}} "
                         "or ShareGPT's {from, value}")

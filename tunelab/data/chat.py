@@ -15,7 +15,10 @@ completion rows, reads the turns of both fields one after the other):
 `conversation` makes the last assistant turn the row's `{assistant}` field, the user turn before it `{user}`, and
 keeps the turns before that (a system prompt, earlier exchanges) as the row's history, written before the user
 turn every time the row is formatted. Every assistant turn carries loss (`data.history_loss`; `reply_spans` finds
-the earlier ones by rendering the conversation turn by turn); evaluation scores the last one.
+the earlier ones by rendering the conversation turn by turn); evaluation scores the last one. An assistant turn
+that carries its thinking apart (`reasoning_content`, as Axolotl and TRL hand it to the template and vLLM and the
+DeepSeek API return it; or `reasoning`, or `thinking`) has it written before its content as a think block, as
+Qwen3's template writes it: `<think>\n{thinking}\n</think>\n\n{content}`.
 
 Run as: tunelab train gsm8k-smollm2-135m --set data.chat_template=true --set data.source=../shared/data/gsm8k
         tunelab train my-chats.yaml       (data.messages: messages)
@@ -28,6 +31,7 @@ from tunelab.errors import UserError
 HISTORY = "_history"  # the field a conversation row keeps its earlier turns in
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT's turn names
+THINKING_KEYS = ("reasoning_content", "reasoning", "thinking")  # where an assistant turn may carry its thinking
 
 
 def require(tok, key: str = "data.chat_template") -> None:
@@ -91,8 +95,19 @@ def _plain_turns(turns) -> list[dict] | None:
         content = t["content"] if "content" in t else t.get("value")
         if role not in ROLES or not isinstance(content, str):
             return None
-        plain.append({"role": role, "content": content})
+        plain.append({"role": role, "content": _with_thought(content, t) if role == "assistant" else content})
     return plain
+
+
+def _with_thought(content: str, turn: dict) -> str:
+    """An assistant turn's content with the thinking it carries apart (the first of THINKING_KEYS that holds text)
+    written before it, as Qwen3's template writes `reasoning_content`: a think block, then the content. As it is when
+    the turn carries none, or its content already has its thinking (a THINK_END)."""
+    thought = next((turn[k] for k in THINKING_KEYS if isinstance(turn.get(k), str) and turn[k].strip()), None)
+    if thought is None or THINK_END in content:
+        return content
+    thought, content = thought.strip("\n"), content.lstrip("\n")  # as Qwen3's template strips them
+    return f"{THINK_START}\n{thought}\n{THINK_END}\n\n{content}"
 
 
 def with_system(fields: dict, text: str) -> dict:
