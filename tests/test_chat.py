@@ -553,6 +553,37 @@ def test_passes_asked_through_a_reasoning_chat_template_read_the_reply_after_its
     assert thinks(validate(raw, "tiny"), qwen3, raw=False) is None  # plain prompts
 
 
+def test_an_adapter_trained_on_reasoning_traces_is_read_after_its_thinking_and_so_are_the_references(tiny_recipe,
+                                                                                                     tok, tmp_path):
+    """Targets that are reasoning traces (<think>…</think> then the answer) with no reasoning chat template: the
+    adapters' passes read the reply after the last </think> (the base model's do not: it never learned to think),
+    once half the scored targets hold one and eval.think_end is unset; every answer check reads the reference after
+    the thinking, so a short answer after a long trace is still exact match's."""
+    from dataclasses import replace
+    from tunelab.config import validate
+    from tunelab.data import load_splits
+    from tunelab.evaluate.scoring import is_short, reference_answer, regex_reference, short_answer, states_answer
+    from tunelab.evaluate.stage import _plan
+    from tunelab.rundir import RunDir
+    raw = {**tiny_recipe, "eval": {**tiny_recipe["eval"], "fewshot": 2}}
+    splits = load_splits(validate(raw, "tiny").data)
+    traces = [replace(q, target=f"<think>\nfirst 3, then 4 #### 9\n</think>\n\n{q.target}") for q in splits.test[:4]]
+
+    def planned(questions, changes: dict | None = None) -> dict:
+        cfg = validate({**raw, "eval": {**raw["eval"], **(changes or {})}}, "tiny")
+        return {p.name: p.think_end for p in _plan(cfg, RunDir(tmp_path / "run"), splits.train, questions, None,
+                                                   True, tok)}
+
+    assert planned(traces[:2] + splits.test[:2]) == {"base": None, "base-2shot": None, "tuned": "</think>"}
+    assert set(planned(traces[:1] + splits.test[1:4]).values()) == {None}  # a quarter: not the data's format
+    assert set(planned(traces, {"think_end": ""}).values()) == {None}
+    assert [reference_answer(t.target) for t in traces] == [reference_answer(q.target) for q in splits.test[:4]]
+    trace = "<think>\nIt praises the plot.\nSo: positive.\n</think>\n\npositive"
+    assert is_short(trace) and short_answer(trace) == "positive" and not states_answer(trace)
+    assert regex_reference(re.compile(r"<answer>(.*?)</answer>"), "<think><answer>no</answer></think>"
+                                                                  "<answer>yes</answer>") == "yes"
+
+
 def test_passes_read_after_the_thinking_count_the_replies_that_never_end_it(tiny_recipe, tmp_path, monkeypatch):
     """A pass read after a reasoning template's thinking counts its replies without the end-of-thinking marker (read
     whole by the answer check): the tiny random model never writes </think>, so every reply."""

@@ -766,7 +766,7 @@ def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_mo
     report and card name the mode and its pattern. Generation is replaced by answers chosen here."""
     import re
     from conftest import write_jsonl
-    from tunelab.evaluate.generate import Generation
+    from tunelab.evaluate.generate import AfterThinking, Generation
     from tunelab.evaluate.scoring import ANSWER_TAG
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     folder, sums = tmp_path / "tagged", tmp_path / "sums"
@@ -798,7 +798,10 @@ def test_tagged_answers_are_scored_by_regex_through_eval_report_and_card(tiny_mo
     summary = run.read_eval_summary()
     assert summary["scoring"] == "regex" and summary["answer_pattern"] == ANSWER_TAG
     main_passes = [(stops, budget) for label, stops, budget in seen if "What is" not in label and len(stops) == 10]
-    assert {stops for stops, _ in main_passes} == {(re.compile(ANSWER_TAG),) * 10}  # stop after the tagged line
+    tag = re.compile(ANSWER_TAG)  # stop after the tagged line; the adapter's (trained on <think> traces) after it
+    assert {stops for stops, _ in main_passes} == {(tag,) * 10, (AfterThinking("</think>", tag),) * 10}
+    assert "think_end" not in summary["base"] and summary["tuned"]["think_end"] == "</think>"
+    assert summary["tuned"]["without_think_end"] == 9  # only the first answer here thinks first
     assert {budget for _, budget in main_passes} == {96}  # the recipe's eval.max_new_tokens: the reasoning needs room
     assert run.read_json(run.data_checks)["targets"]["test"] == {"rows": 10, "scoreable": 10, "scoring": "regex",
                                                                  "share": 1.0, "without_answer": []}

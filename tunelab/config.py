@@ -541,8 +541,10 @@ class EvalConfig(Section):
                                   "the answer check read only the text after its last occurrence; before it, only "
                                   "the EOS and eval.max_new_tokens end the reply (the report keeps the whole reply). "
                                   "None = </think> when the chat template writes it between its generation prompt "
-                                  "and a reply (Qwen3's; DeepSeek-R1's prompt opens the thinking), else none; "
-                                  "'' = none")
+                                  "and a reply (Qwen3's; DeepSeek-R1's prompt opens the thinking); else, for the "
+                                  "adapters' replies, </think> when at least half the scored targets are reasoning "
+                                  "traces that hold one (reference answers are read after it either way); else "
+                                  "none; '' = none")
     pass_at_k: int = Field(0, ge=0, description="also answer each of the run's scored questions k times by sampling "
                            "(eval.temperature, eval.top_p, eval.sample_seed), the base model and the final adapter: "
                            "pass@1 (the mean share of right answers), pass@k (a right answer among the k) and maj@k "

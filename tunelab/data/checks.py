@@ -397,9 +397,10 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     seconds["lengths"], clock = time.time() - clock, time.time()
     untrained, marked = untrained_tokens(cfg, tok, items), markers(cfg, tok, items)
     seconds["untrained"] = time.time() - clock
-    from tunelab.evaluate.stage import by_loss, scoring_mode, think_end
+    from tunelab.evaluate.stage import by_loss, scoring_mode, think_end, traced_end
     mode, skipped = scoring_mode(cfg, splits)
-    thinking = think_end(cfg, tok) if cfg.data.chat_template else None  # the run's own passes read after it
+    thinking = (think_end(cfg, tok) if cfg.data.chat_template else None) or \
+        traced_end(cfg, [e.target for e in splits.test])  # the run's own passes read after it
     counts = {split: {k: sum(1 for o in found if o["split"] == split and o["kind"] == k) for k in KINDS}
               for split in ("test", "validation")}
     return {"settings": {"ngram": n, "near_threshold": threshold,

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
+from tunelab.data.chat import THINK_END
+
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 ANSWER_IS = re.compile(r"(?im)^.*the answer is:? *\$?-?[0-9][0-9.,]*\.?\s*\Z")
@@ -35,9 +37,17 @@ def normalize(text: str | None) -> str | None:
     return text.strip().lower()
 
 
+def answer_of(target: str) -> str:
+    """What a reference answer is read from: a reasoning-trace target's text after its last `</think>` (as the answer
+    check reads a reply, `after_thinking`), the whole target otherwise."""
+    return after_thinking(target, THINK_END)
+
+
 def states_answer(target: str) -> bool:
     """The target ends in a final answer stated the way math datasets do: a `#### N` line (GSM8K), a last line
-    `The answer is N` (MetaMathQA, lm-eval's chain-of-thought shots), or the whole target is one number."""
+    `The answer is N` (MetaMathQA, lm-eval's chain-of-thought shots), or the whole target is one number (in a
+    reasoning trace, after its thinking)."""
+    target = answer_of(target)
     return bool(STRICT.search(target) or ANSWER_IS.search(target) or BARE.fullmatch(target.strip()))
 
 
@@ -55,7 +65,8 @@ def extract_flexible(completion: str) -> str | None:
 
 
 def reference_answer(answer: str) -> str | None:
-    """The gold number of a dataset answer: after `####`, else its last number."""
+    """The gold number of a dataset answer (after its thinking): after `####`, else its last number."""
+    answer = answer_of(answer)
     if "####" in answer:
         return normalize(answer.split("####")[-1])
     return normalize(extract_flexible(answer))
@@ -76,13 +87,13 @@ _EDGES = " \t.,;:!?\"'`*()[]"  # stripped from both ends of an answer before com
 
 
 def short_answer(target: str) -> str | None:
-    """The reference of exact-match scoring: the whole target, stripped (None when blank)."""
-    return target.strip() or None
+    """The reference of exact-match scoring: the whole target (after its thinking), stripped (None when blank)."""
+    return answer_of(target).strip() or None
 
 
 def is_short(target: str) -> bool:
-    """One line of at most `SHORT_WORDS` words: an answer exact match can score."""
-    text = target.strip()
+    """One line of at most `SHORT_WORDS` words (after the thinking): an answer exact match can score."""
+    text = answer_of(target).strip()
     return bool(text) and "\n" not in text and len(text.split()) <= SHORT_WORDS
 
 
@@ -129,7 +140,9 @@ def regex_answer(match: re.Match) -> str:
 
 def regex_reference(pattern: re.Pattern, target: str) -> str | None:
     """The reference of regex scoring: the answer of the pattern's last match in the target (its final answer), or
-    the whole target, stripped, when the pattern does not match it (a bare label the model is asked to tag)."""
+    the whole target, stripped, when the pattern does not match it (a bare label the model is asked to tag); in a
+    reasoning trace, after its thinking."""
+    target = answer_of(target)
     matches = list(pattern.finditer(target))
     return (regex_answer(matches[-1]) if matches else target).strip() or None
 

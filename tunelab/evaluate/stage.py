@@ -525,6 +525,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
         passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))
     if think and cfg.data.chat_template:  # every prompt goes through the chat template, the few-shot ones too
         passes = [replace(p, think_end=think) for p in passes]
+    elif traced := traced_end(cfg, [q.target for q in questions]):  # adapters trained on reasoning traces
+        passes = [replace(p, think_end=p.think_end or (traced if p.adapter else None)) for p in passes]
     return [replace(p, max_new_tokens=cfg.eval.max_new_tokens) if p.think_end else p for p in passes]
 
 
@@ -534,6 +536,16 @@ def think_end(cfg: Recipe, tok) -> str | None:
     if cfg.eval.think_end is not None:
         return cfg.eval.think_end or None
     return chat.think_end(tok)
+
+
+def traced_end(cfg: Recipe, targets: list[str]) -> str | None:
+    """The end-of-thinking marker an adapter's replies are read after when no chat template gives one: THINK_END
+    where eval.think_end is unset and at least half the scored `targets` are reasoning traces that hold one (their
+    reference answers are read after it, `scoring.answer_of`, and the adapter trained on them writes one too);
+    None otherwise."""
+    if cfg.eval.think_end is not None or not targets:
+        return None
+    return chat.THINK_END if 2 * sum(chat.THINK_END in t for t in targets) >= len(targets) else None
 
 
 def _first_shots(cfg: Recipe, pool: list[Example], mode: str) -> list[Example]:
