@@ -1,10 +1,11 @@
 """Does a recipe from `tunelab convert` train on the same tokens as the Axolotl config it came from?
 
-Converts nine Axolotl configs (type alpaca, under SmolLM2's tokenizer and under Mistral-7B-v0.1's SentencePiece
+Converts Axolotl configs (type alpaca, under SmolLM2's tokenizer and under Mistral-7B-v0.1's SentencePiece
 one; the user-defined format on GSM8K, with a system prompt and with a
 format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies, through the
-tokenizer's template, through a template of markers added as tokens, and through Axolotl's named chatml and llama3
-(its markers added as tokens), Axolotl's side then with the tokenizer its own loader builds; type completion),
+tokenizer's template, through a template of markers added as tokens, and through Axolotl's named chatml, llama3 and
+gemma3 (their markers added as tokens) and qwen3 (also on turns whose replies carry reasoning_content), Axolotl's
+side then with the tokenizer its own loader builds; type completion),
 tokenizes their rows with tunelab and with Axolotl's own tokenizing strategies (under SmolLM2's tokenizer but where
 named), and counts the rows whose input ids and labels are identical, and of the others those with the same text and
 trained text, and those that differ in their reply's first piece only. Axolotl is not a tunelab dependency: give the folder of an unpacked
@@ -52,7 +53,9 @@ def main() -> None:
               + (f"; {r['first_piece']} others differing in their reply's first piece only" if r["first_piece"]
                  else "")
               + "".join(f"; {n} others with the same text, trained the same but for {text!r}, which tunelab also trains"
-                        for text, n in r["more_trained"].items()))
+                        for text, n in r["more_trained"].items())
+              + "".join(f"; {n} others training the same text, tunelab's untrained text with {text!r} more"
+                        for text, n in r["more_untrained"].items()))
     print(json.dumps(results))
 
 
@@ -62,12 +65,14 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy,
     identical but for tokens Axolotl appends after the last trained one, with no label: they change no loss;
     `same_text`: the others whose text and trained text are the same, cut into tokens elsewhere; `first_piece`: the
     others that differ in one place only, the reply's first piece; `more_trained`: the others whose text is the
-    same and whose trained text is Axolotl's with one stretch more, by that stretch)."""
+    same and whose trained text is Axolotl's with one stretch more, by that stretch; `more_untrained`: the others
+    that train the same text, tunelab's whole text being Axolotl's with one stretch more, by that stretch)."""
     (out / f"{name}.yml").write_text(config)
     tok, items = converted_rows(out / f"{name}.yml", model)
     theirs = strategy(tok)
     identical = trailing = same_text = first_piece = 0
     more: dict[str, int] = {}
+    untrained: dict[str, int] = {}
     for index, item in items:
         ax = theirs.tokenize_prompt(rows[index])
         ids, labels, k = list(ax["input_ids"]), list(ax["labels"]), len(item.input_ids)
@@ -81,10 +86,13 @@ def compare(out: Path, name: str, config: str, rows: list[dict], strategy,
         elif (tok.decode(ids).rstrip() == tok.decode(item.input_ids).rstrip()
               and _trained(tok, ids, labels) == _trained(tok, item.input_ids, item.labels)):
             same_text += 1
+        elif _trained(tok, ids, labels) == _trained(tok, item.input_ids, item.labels) and (extra := _inserted(
+                tok.decode(ids).rstrip(), tok.decode(item.input_ids).rstrip())):
+            untrained[extra] = untrained.get(extra, 0) + 1
         else:
             first_piece += _differs_at_first_piece(ids, item.input_ids, item.labels)
     return {"rows": len(items), "identical": identical, "trailing": trailing, "same_text": same_text,
-            "first_piece": first_piece, "more_trained": more}
+            "first_piece": first_piece, "more_trained": more, "more_untrained": untrained}
 
 
 def _differs_at_first_piece(theirs: list[int], ours: list[int], labels: list[int]) -> bool:
@@ -154,19 +162,29 @@ MARKERS = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|
            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")  # markers SmolLM2's tokenizer splits
 
 
-def _chat_own(chosen: dict, tokens: list[str] = (), eos: str | None = None):
+def _reasoning_rows() -> list[dict]:
+    """`sharegpt_rows` as {role, content} turns, each reply carrying its thinking apart in reasoning_content (the
+    field Axolotl hands the chat template by default)."""
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    return [{"messages": [{"role": roles[t["from"]], "content": t["value"],
+                           **({"reasoning_content": f"Add, then check: {t['value']}"} if t["from"] == "gpt" else {})}
+                          for t in r["conversations"]]} for r in sharegpt_rows()]
+
+
+def _chat_own(chosen: dict, tokens: list[str] = (), eos: str | None = None, reasoning: bool = False):
     """type: chat_template through a template the config chooses (`chosen`: chat_template and its keys), markers
     SmolLM2 lacks added as tokens (`tokens`, `special_tokens`' eos_token): Axolotl's side tokenizes with the
-    tokenizer its own loader builds from the config, not tunelab's."""
+    tokenizer its own loader builds from the config, not tunelab's. `reasoning`: {role, content} turns whose replies
+    carry reasoning_content (`_reasoning_rows`) instead of ShareGPT's."""
     def case(out: Path):
         from axolotl.loaders.tokenizer import load_tokenizer
         from axolotl.prompt_strategies.chat_template import load
         from axolotl.utils.dict import DictDefault
 
         from tunelab.models import resolve
-        rows, base = sharegpt_rows(), resolve("smollm2-135m-instruct")
-        dataset = {"field_messages": "conversations", "message_property_mappings": {"role": "from",
-                                                                                     "content": "value"}}
+        rows, base = _reasoning_rows() if reasoning else sharegpt_rows(), resolve("smollm2-135m-instruct")
+        dataset = {"field_messages": "messages"} if reasoning else {
+            "field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
         config = {"base_model": base, "adapter": "lora", **chosen,
                   **({"lora_modules_to_save": ["embed_tokens", "lm_head"], "tokens": list(tokens)} if tokens else {}),
                   **({"special_tokens": {"eos_token": eos}} if eos else {}),
@@ -217,6 +235,7 @@ CASES = {
                                                      ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                                                      "<|eot_id|>"),
     "chat_template: qwen3": _chat_own({"chat_template": "qwen3"}),
+    "chat_template: qwen3, reasoning_content": _chat_own({"chat_template": "qwen3"}, reasoning=True),
     "chat_template: gemma3, added tokens": _chat_own({"chat_template": "gemma3"},
                                                      ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>"),
     "completion": _completion,
