@@ -577,6 +577,8 @@ def test_an_adapter_trained_on_reasoning_traces_is_read_after_its_thinking_and_s
     assert planned(traces[:2] + splits.test[:2]) == {"base": None, "base-2shot": None, "tuned": "</think>"}
     assert set(planned(traces[:1] + splits.test[1:4]).values()) == {None}  # a quarter: not the data's format
     assert set(planned(traces, {"think_end": ""}).values()) == {None}
+    assert planned(traces, {"think_end": "</think>"})["tuned"] == "</think>"  # set: read in the adapters' replies too
+    assert set(planned(traces, {"think_end": "<|/r|>"}).values()) == {None}  # no trace holds that marker
     assert [reference_answer(t.target) for t in traces] == [reference_answer(q.target) for q in splits.test[:4]]
     trace = "<think>\nIt praises the plot.\nSo: positive.\n</think>\n\npositive"
     assert is_short(trace) and short_answer(trace) == "positive" and not states_answer(trace)

@@ -537,14 +537,15 @@ class EvalConfig(Section):
         "takes its own, its entry's prompt_baseline); a set measured by loss gets the base model's target loss asked "
         "this way")
     think_end: str | None = Field(None, description="a reasoning model's end-of-thinking marker (lm-eval's "
-                                  "think_end_token): in a reply asked through the chat template, the stop rule and "
-                                  "the answer check read only the text after its last occurrence; before it, only "
-                                  "the EOS and eval.max_new_tokens end the reply (the report keeps the whole reply). "
+                                  "think_end_token): in a reply asked through the chat template (or an adapter's, "
+                                  "where at least half the scored targets are reasoning traces holding it), the stop "
+                                  "rule and the answer check read only the text after its last occurrence; before it, "
+                                  "only the EOS and eval.max_new_tokens end the reply (the report keeps the whole "
+                                  "reply). "
                                   "None = </think> when the chat template writes it between its generation prompt "
-                                  "and a reply (Qwen3's; DeepSeek-R1's prompt opens the thinking); else, for the "
-                                  "adapters' replies, </think> when at least half the scored targets are reasoning "
-                                  "traces that hold one (reference answers are read after it either way); else "
-                                  "none; '' = none")
+                                  "and a reply (Qwen3's; DeepSeek-R1's prompt opens the thinking), and </think> for "
+                                  "the adapters' replies when the scored targets are traces holding it (their "
+                                  "reference answers are read after it either way); '' = none")
     pass_at_k: int = Field(0, ge=0, description="also answer each of the run's scored questions k times by sampling "
                            "(eval.temperature, eval.top_p, eval.sample_seed), the base model and the final adapter: "
                            "pass@1 (the mean share of right answers), pass@k (a right answer among the k) and maj@k "

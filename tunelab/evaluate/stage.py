@@ -539,13 +539,14 @@ def think_end(cfg: Recipe, tok) -> str | None:
 
 
 def traced_end(cfg: Recipe, targets: list[str]) -> str | None:
-    """The end-of-thinking marker an adapter's replies are read after when no chat template gives one: THINK_END
-    where eval.think_end is unset and at least half the scored `targets` are reasoning traces that hold one (their
-    reference answers are read after it, `scoring.answer_of`, and the adapter trained on them writes one too);
-    None otherwise."""
-    if cfg.eval.think_end is not None or not targets:
+    """The end-of-thinking marker an adapter's replies are read after when no chat template gives one: eval.think_end
+    (unset: THINK_END, whose traces' reference answers are read after it, `scoring.answer_of`) where at least half
+    the scored `targets` are reasoning traces that hold it (the adapter trained on them writes one too); None
+    otherwise, or when eval.think_end is '' (none)."""
+    marker = chat.THINK_END if cfg.eval.think_end is None else cfg.eval.think_end
+    if not marker or not targets:
         return None
-    return chat.THINK_END if 2 * sum(chat.THINK_END in t for t in targets) >= len(targets) else None
+    return marker if 2 * sum(marker in t for t in targets) >= len(targets) else None
 
 
 def _first_shots(cfg: Recipe, pool: list[Example], mode: str) -> list[Example]:
