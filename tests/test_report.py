@@ -73,6 +73,9 @@ def test_compare_names_the_recipe_keys_that_differ_and_flags_format_changes(tmp_
     assert main(["compare", str(a.path), str(b.path), "--out", str(tmp_path / "cmp2")]) == 0
     out = capsys.readouterr().out
     assert "recipe key" in out and "data.chat_template" in out and "train.epochs" in out
+    assert main(["compare", str(a.path), "--out", str(tmp_path / "cmp3")]) == 2  # one run: nothing to compare
+    assert "one run; give two run folders or more" in capsys.readouterr().err
+    assert not (tmp_path / "cmp3").exists()
     raw = yaml.safe_load(a.config.read_text())  # a dict key differs by its entries: Alpaca's no-input prompt
     raw["data"]["template_if_empty"] = {"question": "Answer:"}
     a.config.write_text(yaml.safe_dump(raw))

@@ -436,6 +436,8 @@ def cmd_compare(args) -> int:
     if not runs:
         raise UserError(f"compare: {', '.join(map(str, sweeps))}: no finished run in the sweep yet")
     only_sweep = sweeps[0] if len(args.run_dirs) == 1 and sweeps else None
+    if len(runs) < 2 and not only_sweep:
+        raise UserError(f"compare: {runs[0].path}: one run; give two run folders or more, or a sweep's folder")
     out = Path(args.out or only_sweep or default_run_dir("", "compare"))
     rows, picture = compare(runs, out)
     table = Table("figure", *[r.path.name for r in runs], "Δ last − first")

@@ -133,10 +133,11 @@ def load_splits(cfg: DataConfig, held_out: EvalConfig | None = None) -> Splits:
         problems += more
     if problems and not cfg.skip_bad_rows:
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise UserError(f"data.source: {len(problems)} malformed rows (set data.skip_bad_rows: true to skip them)\n"
+        rows = f"{len(problems)} malformed row{'s' * (len(problems) != 1)}"
+        raise UserError(f"data.source: {rows} (set data.skip_bad_rows: true to skip them)\n"
                         + "\n".join(f"  {p}" for p in problems[:5]) + more)
     if problems:
-        log.warning("skipped %d malformed rows (first: %s)", len(problems), problems[0])
+        log.warning("skipped %d malformed row%s (first: %s)", len(problems), "s" * (len(problems) != 1), problems[0])
     firsts = [(c, ex["train"][:c.limit] if c.limit else ex["train"]) for c, ex in sources]
     kept, dropped = _dedup([e for _, rows in firsts for e in rows], cfg)  # a mixed row repeating an earlier one goes
     kept_ids, train, val = {e.id for e in kept}, [], []
