@@ -178,6 +178,35 @@ def test_until_pattern_stops_where_regex_scoring_would(evaluated, capsys, monkey
     assert seen[-1] == [re.compile(ANSWER_TAG)]  # the default pattern
 
 
+def test_until_reads_an_adapters_reply_after_the_thinking_its_eval_read_it_after(evaluated, capsys, monkeypatch):
+    """A plain-prompt run whose eval read the tuned replies after </think> (targets that are reasoning traces):
+    --until reads the adapter's replies after it, the base model's not; eval.think_end set reads after that one,
+    '' after none; --raw texts are read whole."""
+    from tunelab.evaluate.generate import AfterThinking, Generation
+    run, _, _ = evaluated
+    seen = []
+
+    def answers(model, tok, prompts, max_new_tokens, slots, label, stops, sampling=None):
+        seen.append((label, stops[0]))
+        return [Generation("<think>2 + 2</think> #### 4", 6) for _ in prompts], 0.1
+
+    monkeypatch.setattr("tunelab.evaluate.generate.generate", answers)
+    assert main(["generate", str(run.path), "What is 2 + 2?", "--until", "answer", "--base"]) == 0
+    assert seen == [("generate tuned", None), ("generate base", None)]  # its eval read no thinking
+    summary = {**run.read_eval_summary(), "tuned": {**run.read_eval_summary()["tuned"], "think_end": "</think>"}}
+    monkeypatch.setattr(RunDir, "read_eval_summary", lambda self: summary)
+    seen.clear()
+    assert main(["generate", str(run.path), "What is 2 + 2?", "--until", "answer", "--base"]) == 0
+    assert seen == [("generate tuned", AfterThinking("</think>", None)), ("generate base", None)]
+    seen.clear()
+    assert main(["generate", str(run.path), "What is 2 + 2?", "--until", "line", "--set", "eval.think_end=<|/r|>"]) == 0
+    assert main(["generate", str(run.path), "What is 2 + 2?", "--until", "line", "--set", "eval.think_end=''"]) == 0
+    assert main(["generate", str(run.path), "What is 2 + 2?", "--until", "line", "--raw"]) == 0
+    assert seen == [("generate tuned", AfterThinking("<|/r|>", "line")), ("generate tuned", "line"),
+                    ("generate tuned", "line")]
+    capsys.readouterr()
+
+
 @pytest.mark.slow
 def test_sampled_answers_are_the_draws_eval_pass_at_k_makes(evaluated, capsys):
     """--temperature T draws each answer (eval.top_p, eval.sample_seed) as eval.pass_at_k does: the same texts as

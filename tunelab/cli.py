@@ -236,7 +236,8 @@ def _generate_command(sub) -> None:
                    help="eos: until end-of-sequence (as a server); answer / line / pattern: also after a '#### N' "
                         "line / the first line / the line holding a match of eval.answer_pattern (numeric / exact / "
                         "regex scoring's rule), read after the thinking where the chat template writes a thinking "
-                        "block (eval.think_end); every rule ends at eval.max_new_tokens")
+                        "block, and in an adapter's replies where the run's eval read them after one (targets that "
+                        "are reasoning traces) or eval.think_end is set; every rule ends at eval.max_new_tokens")
     s.add_argument("--json", action="store_true", help="one JSON line per prompt: fields, prompt, answers, tokens")
     s.add_argument("--sample", action="store_true", help="draw each answer (eval.temperature, eval.top_p, "
                    "eval.sample_seed: the draws eval.pass_at_k makes) instead of the most likely tokens")
@@ -793,23 +794,24 @@ def cmd_generate(args) -> int:
     device = pick_device(cfg.train.device)
     tune_for(device)
     if typed and sys.stdin.isatty():
-        return _generate_typed(args, cfg, tok, models, device)
+        return _generate_typed(args, run, cfg, tok, models, device)
     if typed:
         examples = inference.from_texts(cfg, [line for line in sys.stdin.read().splitlines() if line.strip()],
                                         args.raw)
     texts = inference.prompts(cfg, tok, examples, args.raw)
+    think = {m.name: inference.thinks(cfg, tok, args.raw, m, run) for m in models}
     answers = inference.answer_all(cfg, tok, models, texts, args.until, cfg.eval.max_new_tokens, device,
-                                   args.sample, inference.thinks(cfg, tok, args.raw))
+                                   args.sample, think)
     for i, (example, text) in enumerate(zip(examples, texts)):
         _print_answer(args, i + 1, example, text, {m.name: answers[m.name][i] for m in models}, models)
     return 0
 
 
-def _generate_typed(args, cfg, tok, models, device) -> int:
+def _generate_typed(args, run, cfg, tok, models, device) -> int:
     """`tunelab generate` at a terminal: the models load once, then each typed line is answered (Ctrl-D ends)."""
     from tunelab.evaluate import inference
     loaded = {m.name: inference.load(cfg, m, device) for m in models}
-    think = inference.thinks(cfg, tok, args.raw)
+    think = {m.name: inference.thinks(cfg, tok, args.raw, m, run) for m in models}
     print("type a prompt and press Enter; Ctrl-D ends", file=sys.stderr)
     number = 0
     while True:
@@ -823,7 +825,7 @@ def _generate_typed(args, cfg, tok, models, device) -> int:
         examples = inference.from_texts(cfg, [line], args.raw)
         texts = inference.prompts(cfg, tok, examples, args.raw)
         answers = {m.name: inference.answer(cfg, tok, loaded[m.name], m.name, texts, args.until,
-                                            cfg.eval.max_new_tokens, args.sample, think)[0] for m in models}
+                                            cfg.eval.max_new_tokens, args.sample, think[m.name])[0] for m in models}
         _print_answer(args, number, examples[0], texts[0], answers, models)
 
 

@@ -126,11 +126,23 @@ def load(cfg: Recipe, model: Model, device):
     return load_adapter(base, model.adapter, merge=True) if model.adapter else base
 
 
-def thinks(cfg: Recipe, tok, raw: bool) -> str | None:
-    """The end-of-thinking marker the stop rule reads after (as the eval stage's passes do, `stage.think_end`): the
-    prompts go through a chat template that writes a thinking block; None for raw texts or plain prompts."""
+def thinks(cfg: Recipe, tok, raw: bool, model: Model | None = None, run: RunDir | None = None) -> str | None:
+    """The end-of-thinking marker `model`'s stop rule reads after, as the eval stage's passes do: with a chat template
+    that writes a thinking block, its marker (`stage.think_end`) for every model; with plain prompts, an adapter's
+    replies are read after eval.think_end when it is set, else after the marker the run's eval read its tuned
+    replies after (targets that are reasoning traces, `stage.traced_end`); None for raw texts and the base model's
+    plain prompts."""
     from tunelab.evaluate.stage import think_end
-    return think_end(cfg, tok) if cfg.data.chat_template and not raw else None
+    if raw:
+        return None
+    if cfg.data.chat_template:
+        return think_end(cfg, tok)
+    if model is None or model.adapter is None:
+        return None
+    if cfg.eval.think_end is not None:
+        return cfg.eval.think_end or None
+    tuned = ((run.read_eval_summary() if run is not None else None) or {}).get("tuned")
+    return tuned.get("think_end") if isinstance(tuned, dict) else None
 
 
 def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, max_new_tokens: int,
@@ -149,12 +161,14 @@ def answer(cfg: Recipe, tok, loaded, name: str, texts: list[str], until: str, ma
 
 
 def answer_all(cfg: Recipe, tok, models: list[Model], texts: list[str], until: str, max_new_tokens: int,
-               device, sample: bool = False, think_end: str | None = None) -> dict[str, list]:
-    """Every model's completions of `texts` (drawn, with `sample`), one model in memory at a time."""
+               device, sample: bool = False, think_end: dict[str, str | None] | None = None) -> dict[str, list]:
+    """Every model's completions of `texts` (drawn, with `sample`; the `until` rule read after `think_end[name]`
+    where given), one model in memory at a time."""
     out = {}
     for m in models:
         loaded = load(cfg, m, device)
-        out[m.name] = answer(cfg, tok, loaded, m.name, texts, until, max_new_tokens, sample, think_end)
+        out[m.name] = answer(cfg, tok, loaded, m.name, texts, until, max_new_tokens, sample,
+                             (think_end or {}).get(m.name))
         del loaded
     return out
 
