@@ -87,6 +87,17 @@ def test_set_on_a_run_directory_is_limited_to_the_commands_own_sections(tmp_path
     assert "only analysis.* / checks.* / eval.* keys" in capsys.readouterr().err
 
 
+def test_the_hub_clients_warnings_are_printed_once():
+    """huggingface_hub logs through a handler of its own; propagated to tunelab's too, each retry of an unreachable
+    Hub was printed twice."""
+    import subprocess
+    import sys
+    code = ("import logging\nfrom tunelab.cli import main\nmain(['recipes'])\n"
+            "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.count("Retrying in 1s") == 1, proc.stderr
+
+
 @pytest.mark.slow
 def test_train_and_eval_import_only_what_training_needs(tiny_recipe, tmp_path):
     """`tunelab train` and `eval` run on a GPU machine that has torch, transformers, peft and accelerate but none of

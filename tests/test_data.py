@@ -56,6 +56,22 @@ def test_single_files_of_each_kind(tmp_path, kind):
     assert {e.target for e in s.train + s.val} == {r["answer"] for r in data}
 
 
+def test_a_hub_dataset_that_cannot_load_names_the_id_and_a_local_folder_instead(monkeypatch):
+    """Offline (or a gated set): the error names the id and its config, the hub client's reason, and that a folder
+    of split files is a source too."""
+    import datasets
+
+    def unreachable(dataset_id, config):
+        raise ConnectionError(f"Couldn't reach '{dataset_id}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(UserError) as err:
+        load_splits(cfg("openai/gsm8k"))
+    assert str(err.value).startswith("data.source: openai/gsm8k (config None): could not load: Couldn't reach "
+                                     "'openai/gsm8k' on the Hub")
+    assert "a folder holding train.jsonl and test.jsonl" in str(err.value)
+
+
 def test_hub_loader_reads_a_local_datasets_folder(tmp_path):
     folder = tmp_path / "hubset"
     folder.mkdir()

@@ -70,6 +70,11 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # report/compare run without the ML stack
         pass
+    try:  # its warnings (an unreachable Hub's retries) go to its own handler: not to ours as well, printed twice
+        from huggingface_hub.utils import logging as hub_logging
+        hub_logging.disable_propagation()
+    except ImportError:
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:

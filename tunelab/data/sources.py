@@ -96,7 +96,8 @@ def _read_hub(dataset_id: str, config: str | None, need_train: bool) -> dict[str
     except FileNotFoundError as err:
         raise UserError(f"data.source: {dataset_id}: dataset not found ({err})") from None
     except Exception as err:  # the hub client raises many kinds; all mean "could not load this id"
-        raise UserError(f"data.source: {dataset_id} (config {config}): could not load: {err}") from None
+        raise UserError(f"data.source: {dataset_id} (config {config}): could not load: {err}; a folder holding "
+                        f"train.jsonl and test.jsonl (or .json, .csv, .parquet) works as the source too") from None
     return _from_dataset_dict(dd, f"hub {dataset_id}", need_train)
 
 
