@@ -316,8 +316,8 @@ def test_prompt_and_completion_fields_read_as_one_conversation(tok, tmp_path):
     ("q: a", "expected a list of {role, content} turns"),
     ([{"role": "bot", "content": "a"}], "expected a list of {role, content} turns"),
     ([{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}],
-     "expected a list of {role, content} turns, role one of system, user, assistant .or ShareGPT's {from, value} "
-     "turns, from system / human / gpt or a role."),
+     "expected a list of {role, content} turns, role one of system, user, assistant, tool .or ShareGPT's "
+     "{from, value} turns, from system / human / gpt / function_call / observation or a role."),  # {} calls nothing
     ([{"from": "human", "value": "q"}, {"from": "gpt"}], "expected a list of {role, content} turns"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}], "empty assistant turn"),
 ])

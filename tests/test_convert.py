@@ -232,6 +232,11 @@ def test_the_turns_thinking_axolotl_hands_the_template_is_the_field_tunelab_read
         with pytest.raises(UserError, match=f"datasets.0: a turn's thinking in '{field}': tunelab reads it from "
                                             "reasoning_content, reasoning, thinking"):
             convert(str(tmp_path / "a.yml"))
+    (tmp_path / "a.yml").write_text(base + "    field_tools: tools\n")  # Axolotl's default: the field read
+    assert convert(str(tmp_path / "a.yml"))[0]["data"]["messages"] == "messages"
+    (tmp_path / "a.yml").write_text(base + "    field_tools: functions\n")
+    with pytest.raises(UserError, match="datasets.0.field_tools: 'functions': tunelab hands a row's 'tools' field"):
+        convert(str(tmp_path / "a.yml"))
 
 
 CHATS = """\
@@ -574,14 +579,24 @@ def test_sharegpt_datasets_become_conversations_and_what_differs_is_refused(tmp_
                   "columns": {"messages": "messages"},
                   "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                            "assistant_tag": "assistant"}},
-        "with_system": {"file_name": "identity.json", "columns": {"system": "system"}}})
+        "with_system": {"file_name": "identity.json", "columns": {"system": "system"}},
+        "calls": {"file_name": "chats.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages",
+                                                                                   "tools": "tools"}},
+        "own_calls": {"file_name": "chats.jsonl", "formatting": "sharegpt", "tags": {"function_tag": "call"}},
+        "functions": {"file_name": "chats.jsonl", "formatting": "sharegpt", "columns": {"tools": "functions"}}})
     write_jsonl(folder / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                        {"role": "assistant", "content": "hello"}]}] * 10)
     config = "model_name_or_path: m\nstage: sft\ndataset: {name}\ndataset_dir: {data}\nmask_history: true\n"
     raw, _ = convert(_config(tmp_path, config, data=folder, name="chats"))
     assert raw["data"]["messages"] == "messages" and raw["data"]["history_loss"] is False
-    with pytest.raises(UserError, match=re.escape("with_system: columns system / tools / history")):
+    with pytest.raises(UserError, match=re.escape("with_system: columns system / history, or tools other than")):
         convert(_config(tmp_path, config, data=folder, name="with_system"))
+    raw, _ = convert(_config(tmp_path, config, data=folder, name="calls"))  # tools: the field tunelab reads
+    assert raw["data"]["messages"] == "messages"
+    with pytest.raises(UserError, match=re.escape("functions: columns system / history, or tools other than")):
+        convert(_config(tmp_path, config, data=folder, name="functions"))
+    with pytest.raises(UserError, match=re.escape("function_call / observation)")):
+        convert(_config(tmp_path, config, data=folder, name="own_calls"))
     with pytest.raises(UserError, match=re.escape("dataset: 'missing' is not in")):
         convert(_config(tmp_path, config, data=folder, name="missing"))
     (folder / "dataset_info.json").write_text("{not json")

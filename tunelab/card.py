@@ -267,6 +267,8 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
            "regex": f"the answer the pattern `{evaluation.get('answer_pattern')}` reads (its first non-empty group) "
                     "against the target's: first match = equal once normalised, answer in last match = the target's "
                     "answer in it as whole words",
+           "tool": "the tool calls the completion makes against the target's, arguments compared as JSON: same "
+                   "calls in order, or same calls in any order",
            "choice": "each option written after the prompt, the most likely one the answer: acc = by summed "
                      "log-likelihood, acc_norm = per character (lm-evaluation-harness's multiple_choice)"}[
         evaluation.get("scoring", "numeric")]

@@ -191,8 +191,10 @@ class DataConfig(Section):
                                  "+ whose turns follow one another (TRL's conversational prompt / completion rows: "
                                  "prompt+completion): its last assistant turn is the target, the turns before it the "
                                  "prompt; an assistant turn's reasoning_content (or reasoning, or thinking) is "
-                                 "trained as a think block before its content; implies chat_template, and template / "
-                                 "target default to {user} / {assistant}")
+                                 "trained as a think block before its content; assistant turns may make tool calls "
+                                 "(tool_calls; ShareGPT's function_call) answered by tool turns (observation), and a "
+                                 "row's tools field (the function schemas) is handed to the chat template; implies "
+                                 "chat_template, and template / target default to {user} / {assistant}")
     system_prompt: str | None = Field(None, description="with chat_template: a system turn written before every row "
                                       "(conversation rows that have one keep their own)")
     history_loss: bool = Field(True, description="conversations (data.messages): also train on the assistant turns "
@@ -565,13 +567,14 @@ class EvalConfig(Section):
     samples: int = Field(5, ge=0, description="when no scoring mode suits the data: the first N held-out prompts "
                          "with the base model's and the tuned adapter's replies, shown in the report side by side "
                          "(0 = none)")
-    scoring: Literal["auto", "numeric", "exact", "regex", "choice", "none"] = Field(
+    scoring: Literal["auto", "numeric", "exact", "regex", "tool", "choice", "none"] = Field(
         "auto", description="numeric = exact match of the final number (GSM8K-style) on the held-out rows whose target "
         "has one; exact = the completion's first line against the whole target (labels, names, yes/no); regex = the "
         "answer eval.answer_pattern reads in the completion against the one it reads in the target (or the whole "
-        "target, where it does not match); choice = multiple choice by log-likelihood, nothing generated (see "
-        "eval.choices); none = no eval stage; auto = choice when eval.choices is set, else regex when >= 90 % of the "
-        "targets match eval.answer_pattern, else numeric when >= 90 % state a final answer ('#### N', 'The answer is "
+        "target, where it does not match); tool = the tool calls the completion makes (JSON objects with a name and "
+        "arguments) against the target's; choice = multiple choice by log-likelihood, nothing generated (see "
+        "eval.choices); none = no eval stage; auto = choice when eval.choices is set, else tool when >= 90 % of the "
+        "targets make tool calls, else regex when >= 90 % of the targets match eval.answer_pattern, else numeric when >= 90 % state a final answer ('#### N', 'The answer is "
         "N', a bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
     choices: str | list[str] | None = Field(
         None, description="multiple-choice scoring (lm-eval's multiple_choice tasks: MMLU, ARC, HellaSwag, PIQA): "

@@ -183,7 +183,7 @@ def _data(path: str, config: dict, datasets: Any, notes: list[str]) -> dict:
 # the keys of a `datasets` entry that _dataset reads (the others are noted as not carried over)
 DATASET_KEYS = {"path", "type", "name", "data_files", "ds_type", "split", "field", "field_messages",
                 "message_property_mappings", "message_field_role", "message_field_content", "roles_to_train",
-                "chat_template", "chat_template_jinja", "field_thinking", "template_thinking_key"}
+                "chat_template", "chat_template_jinja", "field_thinking", "template_thinking_key", "field_tools"}
 
 
 def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
@@ -294,6 +294,9 @@ def _conversations(where: str, config: dict, d: dict) -> dict:
         raise UserError(f"{where}.roles_to_train: {roles!r}: tunelab trains the assistant turns only")
     mapping = dict(d.get("message_property_mappings") or {
         k: v for k, v in (("role", d.get("message_field_role")), ("content", d.get("message_field_content"))) if v})
+    if d.get("field_tools", "tools") != "tools":  # Axolotl's default, and TRL's column
+        raise UserError(f"{where}.field_tools: {d['field_tools']!r}: tunelab hands a row's 'tools' field to the chat "
+                        "template; rename the column to tools")
     thinking = mapping.pop(d.get("template_thinking_key") or "reasoning_content", None) or \
         d.get("field_thinking") or "reasoning_content"  # the turns' field Axolotl hands the template as thinking
     if thinking not in THINKING_KEYS:

@@ -228,9 +228,9 @@ def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
     if attr.get("split", "train") != "train" or attr.get("ranking") or attr.get("num_samples"):
         raise UserError(f"{where}: split, ranking and num_samples are not converted")
     columns, tags = attr.get("columns", {}), attr.get("tags", {})
-    if columns.get("system") or columns.get("tools") or columns.get("history"):
-        raise UserError(f"{where}: columns system / tools / history: rows' own system texts, tools and Alpaca "
-                        "histories are not converted")
+    if columns.get("system") or columns.get("tools", "tools") != "tools" or columns.get("history"):
+        raise UserError(f"{where}: columns system / history, or tools other than 'tools' (the field tunelab hands "
+                        "the chat template): rows' own system texts, Alpaca histories and such tools are not converted")
     if attr.get("formatting", "alpaca") == "alpaca":
         prompt, query = columns.get("prompt", "instruction"), columns.get("query", "input")
         return {**out, "template": "{" + prompt + "}\n{" + query + "}", "optional_fields": [query],
@@ -239,9 +239,12 @@ def _dataset(where: str, attr: dict, info_dir: Path) -> dict:
         raise UserError(f"{where}: formatting: {attr['formatting']!r}: tunelab converts alpaca and sharegpt")
     roles = (tags.get("role_tag", "from"), tags.get("content_tag", "value"), tags.get("user_tag", "human"),
              tags.get("assistant_tag", "gpt"), tags.get("system_tag", "system"))
-    if roles not in (("from", "value", "human", "gpt", "system"), ("role", "content", "user", "assistant", "system")):
-        raise UserError(f"{where}: tags {roles}: tunelab reads turns as {{role, content}} (user / assistant / system) "
-                        "or ShareGPT's {from, value} (human / gpt / system)")
+    calls = (tags.get("function_tag", "function_call"), tags.get("observation_tag", "observation"))
+    if roles not in (("from", "value", "human", "gpt", "system"), ("role", "content", "user", "assistant", "system")) \
+            or calls != ("function_call", "observation"):
+        raise UserError(f"{where}: tags {roles + calls}: tunelab reads turns as {{role, content}} (user / assistant / "
+                        "system / tool) or ShareGPT's {from, value} (human / gpt / system / function_call / "
+                        "observation)")
     return {**out, "messages": columns.get("messages", "conversations")}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tunelab import tasks
 from tunelab.config import DataConfig, EvalConfig, field_of, formatted, mixed, own_format
-from tunelab.data.chat import HISTORY, conversation, conversation_fields, with_system
+from tunelab.data.chat import ASKED, HISTORY, conversation, conversation_fields, with_system
 from tunelab.data.sources import BadRow, Row, read_source, short_name
 from tunelab.errors import UserError
 
@@ -51,7 +51,8 @@ def question_text(example: Example) -> str:
     q = example.fields.get("question")
     if isinstance(q, str) and q.strip():
         return q
-    asked = [t["content"] for t in example.fields.get(HISTORY, []) if t["role"] == "user"] + [example.prompt]
+    asked = [t["content"] for t in example.fields.get(HISTORY, []) if t["role"] == "user" and t["content"] != ASKED] \
+        + [example.prompt]
     return "\n".join(asked) if "".join(asked).strip() else example.target
 
 

@@ -26,11 +26,16 @@ Run as: tunelab train gsm8k-smollm2-135m --set data.chat_template=true --set dat
 
 from __future__ import annotations
 
+import json
+
 from tunelab.errors import UserError
 
 HISTORY = "_history"  # the field a conversation row keeps its earlier turns in
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT's turn names
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant",  # ShareGPT's turn names, and
+                  "function_call": "assistant", "observation": "tool"}  # LLaMA-Factory's tool-call turns
+ASKED = "\x00ASKED\x00"  # a history's stand-in for the row's user turn, where turns follow it (`conversation`)
+TOOLS, REPLY = "_tools", "_reply"  # keys of that stand-in: the row's tool schemas, its last reply's tool calls
 THINKING_KEYS = ("reasoning_content", "reasoning", "thinking")  # where an assistant turn may carry its thinking
 
 
@@ -66,19 +71,54 @@ def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict |
                           f"{' / '.join(SHAREGPT_ROLES)} or a role)")
         turns += part
     answered = bool(turns) and turns[-1]["role"] == "assistant"
-    if not answered and not (open_end and turns and turns[-1]["role"] == "user"):
+    if not answered and not (open_end and turns and turns[-1]["role"] in ("user", "tool")):
         last = turns[-1]["role"] if turns else "nothing"
         wanted = "a user turn (to answer) or an assistant turn" if open_end else "the assistant turn (the target)"
         return None, f"field {key!r}: the last turn is {last}, expected {wanted}"
     asked = turns[:-1] if answered else turns
-    if not asked or asked[-1]["role"] != "user":
-        return None, f"field {key!r}: expected a user turn just before the last assistant turn"
-    for t in asked[-1:] + turns[len(asked):]:
-        if not t["content"].strip():
+    user = max((i for i, t in enumerate(asked) if t["role"] == "user"), default=None)
+    after = asked[user + 1:] if user is not None else []
+    if user is None or (after and not any(t["role"] == "tool" for t in after)) or \
+            any(t["role"] not in ("assistant", "tool") for t in after):
+        return None, f"field {key!r}: expected a user turn just before the last assistant turn (or its tool calls " \
+                     "and their results)"
+    for t in asked[user:user + 1] + turns[len(asked):]:
+        if not (t["content"].strip() or t.get("tool_calls")):
             return None, f"field {key!r}: empty {t['role']} turn"
-    history = asked[:-1]
-    reply = {"assistant": turns[-1]["content"]} if answered else {}
-    return {**fields, "user": asked[-1]["content"], **reply, HISTORY: history}, None
+    tools, problem = _tools(fields.get("tools"))
+    if problem:
+        return None, problem
+    reply = turns[-1] if answered else None
+    history = asked[:user]
+    if after or tools or (reply and reply.get("tool_calls")):  # the user turn stands where it was, turns after it
+        history = [*history, {"role": "user", "content": ASKED, **({TOOLS: tools} if tools else {}),
+                              **({REPLY: reply} if reply and reply.get("tool_calls") else {})}, *after]
+    texts = {"assistant": reply_text(reply)} if reply else {}
+    return {**fields, "user": asked[user]["content"], **texts, HISTORY: history}, None
+
+
+def reply_text(turn: dict) -> str:
+    """An assistant turn as text: its content, then each tool call it makes as Hermes' format (Qwen2.5's and
+    Qwen3's templates) writes it, `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, one per line: the
+    reference a tool-calling row's reply is scored against (its own template's rendering is what trains)."""
+    calls = [f'<tool_call>\n{json.dumps({"name": f["name"], "arguments": f["arguments"]}, ensure_ascii=False)}'
+             f"\n</tool_call>" for f in (c["function"] for c in turn.get("tool_calls") or [])]
+    return "\n".join(part for part in [turn["content"].strip("\n"), *calls] if part)
+
+
+def _tools(tools) -> tuple[list | None, str | None]:
+    """A row's `tools` field as the list of function schemas the chat template is given (TRL's `tools` column;
+    JSON text as many datasets store it is parsed), or (None, the problem)."""
+    if isinstance(tools, str) and tools.strip():
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as err:
+            return None, f"field 'tools': not JSON ({err.msg}, column {err.colno})"
+    if not tools:
+        return None, None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        return None, "field 'tools': expected a list of function schemas ({type: function, function: {name, ...}})"
+    return tools, None
 
 
 def _plain_turns(turns) -> list[dict] | None:
@@ -93,10 +133,46 @@ def _plain_turns(turns) -> list[dict] | None:
             return None
         role = t["role"] if "role" in t else SHAREGPT_ROLES.get(t.get("from"), t.get("from"))
         content = t["content"] if "content" in t else t.get("value")
-        if role not in ROLES or not isinstance(content, str):
+        calls = _tool_calls(t.get("tool_calls") or (content if t.get("from") == "function_call" else None))
+        if calls:
+            content = "" if t.get("from") == "function_call" or content is None else content
+        if role == "tool" and isinstance(content, (dict, list)):
+            content = json.dumps(content, ensure_ascii=False)
+        if role not in ROLES or not isinstance(content, str) or calls is False:
             return None
-        plain.append({"role": role, "content": _with_thought(content, t) if role == "assistant" else content})
+        turn = {"role": role, "content": _with_thought(content, t) if role == "assistant" else content}
+        if calls and role == "assistant":
+            turn["tool_calls"] = calls
+        if role == "tool":
+            turn |= {k: t[k] for k in ("name", "tool_call_id") if isinstance(t.get(k), str)}
+        plain.append(turn)
     return plain
+
+
+def _tool_calls(calls) -> list[dict] | None | bool:
+    """An assistant turn's tool calls as chat templates take them — `{type: function, function: {name, arguments}}`
+    with the arguments a dict (OpenAI's JSON string parsed; LLaMA-Factory's function_call value, JSON of one call or
+    a list of them, read the same); None when it makes none, False when they are not calls."""
+    if calls is None:
+        return None
+    if isinstance(calls, str):
+        try:
+            calls = json.loads(calls)
+        except json.JSONDecodeError:
+            return False
+    out = []
+    for call in calls if isinstance(calls, list) else [calls]:
+        f = call.get("function", call) if isinstance(call, dict) else None
+        args = f.get("arguments", f.get("parameters", {})) if isinstance(f, dict) else None
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                return False
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(args, dict):
+            return False
+        out.append({"type": "function", "function": {"name": f["name"], "arguments": args}})
+    return out or None
 
 
 def _with_thought(content: str, turn: dict) -> str:
@@ -124,8 +200,7 @@ def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict
 
     A beginning-of-sequence marker that the template writes and the tokenizer adds again is dropped from the text,
     so that the sequence starts with one."""
-    return _strip_bos(tok, tok.apply_chat_template(_turns(shots, user, history), tokenize=False,
-                                                   add_generation_prompt=True))
+    return _strip_bos(tok, _render(tok, _turns(shots, user, history), add_generation_prompt=True))
 
 
 def reply_spans(tok, user: str, history: list[dict]) -> list[tuple[int, int]]:
@@ -136,13 +211,14 @@ def reply_spans(tok, user: str, history: list[dict]) -> list[tuple[int, int]]:
     when neither finds them (then only the last reply is trained on)."""
     turns = _turns((), user, history)
     text = prompt(tok, user, history=history)
-    shift = len(tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)) - len(text)  # a dropped BOS
+    shift = len(_render(tok, turns, add_generation_prompt=True)) - len(text)  # a dropped BOS
+    tools = _tools_in(turns)
     spans = []
     for k, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
-        head = tok.apply_chat_template(turns[:k], tokenize=False, add_generation_prompt=True)
-        whole = tok.apply_chat_template(turns[:k + 1], tokenize=False).rstrip()
+        head = _render(tok, turns[:k], tools, add_generation_prompt=True)
+        whole = _render(tok, turns[:k + 1], tools).rstrip()
         if not (whole.startswith(head) and text.startswith(whole[shift:])):
             return _placeholder_spans(tok, turns, text, shift)
         spans.append((len(head) - shift, len(whole) - shift))
@@ -160,13 +236,13 @@ def _placeholder_spans(tok, turns: list[dict], text: str, shift: int) -> list[tu
     if (around := around_reply(tok)) is None:
         return []
     marker = around[1]
-    whole = text if shift == 0 else tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    whole = text if shift == 0 else _render(tok, turns, add_generation_prompt=True)
     spans = []
     for k, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
-        probe = tok.apply_chat_template([*turns[:k], {**turn, "content": PLACEHOLDER}, *turns[k + 1:]],
-                                        tokenize=False, add_generation_prompt=True)
+        probe = _render(tok, [*turns[:k], {**turn, "content": PLACEHOLDER}, *turns[k + 1:]],
+                        add_generation_prompt=True)
         before, found, after = probe.partition(PLACEHOLDER)
         end = len(whole) - len(after)
         if not found or PLACEHOLDER in after or end < len(before) or not (
@@ -180,7 +256,7 @@ def context(tok, shots: list[tuple[str, str]], history: list[dict] = ()) -> str:
     """The history's system turn (if any) and the exchanges: the few-shot part that every prompt with that system
     turn starts with when the template writes turn by turn."""
     system = [t for t in history[:1] if t["role"] == "system"]
-    return _strip_bos(tok, tok.apply_chat_template(_turns(shots, None, system), tokenize=False))
+    return _strip_bos(tok, _render(tok, _turns(shots, None, system), _tools_in(history)))
 
 
 def exchange(tok, user: str, target: str, history: list[dict] = (),
@@ -195,8 +271,9 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
         UserError: the template does not write the exchange as the prompt followed by the reply.
     """
     turns = _turns(shots, user, history)
-    head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    whole = tok.apply_chat_template(turns + [{"role": "assistant", "content": target}], tokenize=False)
+    head = _render(tok, turns, add_generation_prompt=True)
+    reply = next((t[REPLY] for t in turns if REPLY in t), {"role": "assistant", "content": target})
+    whole = _render(tok, turns + [reply], _tools_in(turns))
     if whole.startswith(head):
         return _strip_bos(tok, head), whole[len(head):].rstrip()
     if (reply := _after_opened_thought(head, whole, target)) is not None:
@@ -275,10 +352,31 @@ def think_end(tok) -> str | None:
 
 
 def _turns(shots, user: str | None, history: list[dict] = ()) -> list[dict]:
+    """The system turn, the shots' exchanges, the rest of the history and the user turn — in the history's ASKED
+    stand-in's place where it has one (tool calls and results follow it), else last."""
     system = list(history[:1]) if history and history[0]["role"] == "system" else []  # a system turn stays first
     exchanges = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-    user_turn = [{"role": "user", "content": user}] if user is not None else []
-    return system + exchanges + list(history[len(system):]) + user_turn
+    rest = list(history[len(system):])
+    at = next((i for i, t in enumerate(rest) if t["content"] == ASKED), None)
+    if at is not None and user is not None:
+        rest[at] = {**rest[at], "content": user}
+    elif user is not None:
+        rest.append({"role": "user", "content": user})
+    return system + exchanges + rest
+
+
+def _tools_in(turns) -> list | None:
+    """The tool schemas a row's ASKED stand-in carries (`conversation`), or None."""
+    return next((t[TOOLS] for t in turns if TOOLS in t), None)
+
+
+def _render(tok, turns: list[dict], tools: list | None = None, add_generation_prompt: bool = False) -> str:
+    """The chat template's text of `turns`, given the row's tool schemas (`tools`, else those the turns carry) as
+    TRL hands a `tools` column to it; the stand-in's own keys are not the template's."""
+    tools = tools or _tools_in(turns)
+    plain = [{k: v for k, v in t.items() if k not in (TOOLS, REPLY)} for t in turns]
+    return tok.apply_chat_template(plain, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                   **({"tools": tools} if tools else {}))
 
 
 def _strip_bos(tok, text: str) -> str:

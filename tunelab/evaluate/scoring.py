@@ -15,6 +15,7 @@ Run as: tunelab eval runs/gsm8k-3ep --limit 200
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -165,7 +166,76 @@ def score_regex(pattern: re.Pattern, completion: str, reference: str) -> dict:
             "flexible_correct": last is not None and mentions(normalize_answer(last), gold)}
 
 
-SCORERS = {"numeric": (reference_answer, score), "exact": (short_answer, score_exact)}  # mode: (reference, score)
+def tool_calls_in(text: str) -> list[str] | None:
+    """The tool calls a text makes, in order, each as `name({arguments})` (canonical JSON): every JSON object in
+    it (or list of them) with a string `name` and an `arguments` (Hermes', Qwen's and Mistral's key) or `parameters`
+    object (Llama 3.1's; JSON text of one is read too), whatever wraps it (`<tool_call>` tags, `[TOOL_CALLS]`); a
+    reasoning trace's calls after its thinking. None when it makes none."""
+    text, decoder, calls, i = answer_of(text), json.JSONDecoder(), [], 0
+    while (i := _next_json(text, i)) >= 0:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        found = [_call(v) for v in (value if isinstance(value, list) else [value])]
+        if all(found) and found:
+            calls += found
+            i = end
+        else:
+            i += 1
+    return calls or None
+
+
+def _next_json(text: str, start: int) -> int:
+    """Where the next `{` or `[` is in `text` from `start` (-1: none)."""
+    spots = [j for j in (text.find("{", start), text.find("[", start)) if j >= 0]
+    return min(spots, default=-1)
+
+
+def _call(value) -> str | None:
+    """A decoded JSON value as one tool call's canonical JSON (`tool_calls_in`), or None when it is none."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    args = value.get("arguments", value.get("parameters"))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return f"{value['name']}({json.dumps(_plain_numbers(args), sort_keys=True, ensure_ascii=False)})"
+
+
+def _plain_numbers(value):
+    """JSON values with whole floats as integers (2.0 and 2 are the same argument)."""
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def tool_reference(target: str) -> str | None:
+    """A target's tool calls one per line (`tool_calls_in`), the reference tool scoring compares; None when the
+    target makes none."""
+    calls = tool_calls_in(target)
+    return "\n".join(calls) if calls else None
+
+
+def score_tool(completion: str, reference: str) -> dict:
+    """Tool-call scoring: the calls the completion makes against the reference's, each a name with its arguments
+    compared as JSON values — strict = the same calls in the same order; flexible = the same calls in any order (as
+    Berkeley's function-calling leaderboard scores parallel calls)."""
+    made, gold = tool_calls_in(completion) or [], reference.split("\n")
+    answer = "\n".join(made) if made else None
+    return {"strict_answer": answer, "flexible_answer": answer, "strict_correct": made == gold,
+            "flexible_correct": sorted(made) == sorted(gold)}
+
+
+SCORERS = {"numeric": (reference_answer, score), "exact": (short_answer, score_exact),
+           "tool": (tool_reference, score_tool)}  # mode: (reference, score)
 
 
 def scorer(mode: str, pattern: str | None = None) -> tuple[Callable[[str], str | None], Callable[[str, str], dict]]:
@@ -207,6 +277,12 @@ NAMING = {
                     "with runs of spaces, quotes, brackets, bold marks and end punctuation removed, and numbers "
                     "without ',' and '$': first match = the first match's answer equals it; answer in last match = "
                     "it occurs in the last match's answer as whole words."),
+    "tool": Naming("tool-call accuracy", "tool-call acc", "same calls in order", "same calls",
+                   "Tool-call accuracy = the tool calls the completion makes (each JSON object with a name and its "
+                   "arguments or parameters, whatever wraps it: `<tool_call>` tags, `[TOOL_CALLS]`) against the "
+                   "target's, the arguments compared as JSON values: same calls in order = the same calls in the "
+                   "same order; same calls = the same calls in any order (parallel calls, as Berkeley's "
+                   "function-calling leaderboard scores them)."),
     "choice": Naming("multiple-choice accuracy", "choice acc", "acc", "acc_norm",
                      "Multiple-choice accuracy = the option the model finds most likely after the prompt (each "
                      "written by eval.choice_target) against the one the target names, as lm-evaluation-harness "

@@ -252,7 +252,7 @@ def unfinished_thinking(evaluation: dict) -> Observation | None:
 
 
 UNREAD = {"numeric": "no number at all", "exact": "a blank reply",
-          "regex": "no match of the answer pattern"}  # what a completion without an answer is, per scoring mode
+          "regex": "no match of the answer pattern", "tool": "no tool call"}  # what a completion without an answer is, per scoring mode
 
 
 def unread_answers(evaluation: dict) -> Observation | None:

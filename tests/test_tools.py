@@ -1,0 +1,198 @@
+"""Tool-calling conversations: a row's `tools` schemas, assistant turns that make tool calls and the tool turns
+that answer them, trained as the model's own chat template writes them (TRL's `tools` column and OpenAI's turns;
+LLaMA-Factory's ShareGPT function_call / observation turns)."""
+
+import json
+
+import pytest
+
+from conftest import write_jsonl
+from tunelab.config import DataConfig, ModelConfig
+from tunelab.data import chat, load_splits, question_text
+from tunelab.train.batching import encode
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Today's weather in a city",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def qwen(smollm2_dir):
+    """SmolLM2's tokenizer with Qwen2.5's chat template (shipped), which writes tools and tool calls."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.chat_template = ModelConfig(name="x", chat_template="qwen_25").chat_template
+    return tok
+
+
+def _call(city: str, as_text: bool = False) -> dict:
+    args = {"city": city}
+    return {"type": "function", "function": {"name": "get_weather",
+                                             "arguments": json.dumps(args) if as_text else args}}
+
+
+def _rows(n: int, final: bool) -> list[dict]:
+    """Rows asking for a city's weather: the reply is the tool call, or (`final`) the call, its result and the
+    answer after it. Tools as a JSON string in half of them, the call's arguments as OpenAI's JSON text too."""
+    rows = []
+    for i in range(n):
+        city = f"City{i}"
+        turns = [{"role": "system", "content": "You help with the weather."},
+                 {"role": "user", "content": f"How warm is it in {city}?"},
+                 {"role": "assistant", "content": None, "tool_calls": [_call(city, as_text=i % 2 == 1)]}]
+        if final:
+            turns += [{"role": "tool", "name": "get_weather", "content": {"temp_c": 10 + i}},
+                      {"role": "assistant", "content": f"It is {10 + i} °C in {city}."}]
+        rows.append({"messages": turns, "tools": json.dumps([WEATHER]) if i % 2 else [WEATHER]})
+    return rows
+
+
+def _structured(row: dict) -> list[dict]:
+    """A row's turns as Hugging Face templates take them: arguments as a dict, a tool's JSON content as text."""
+    out = []
+    for t in row["messages"]:
+        t = dict(t)
+        if t.get("tool_calls"):
+            t["content"] = ""
+            t["tool_calls"] = [{"type": "function", "function": {"name": c["function"]["name"], "arguments": (
+                json.loads(a) if isinstance(a := c["function"]["arguments"], str) else a)}} for c in t["tool_calls"]]
+        if isinstance(t["content"], dict):
+            t["content"] = json.dumps(t["content"])
+        out.append(t)
+    return out
+
+
+def test_a_tool_call_reply_trains_as_the_template_writes_it_with_the_rows_tools(qwen, tmp_path):
+    splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "t.jsonl", _rows(6, final=False))),
+                                    messages="messages", val_fraction=0.5))
+    rows = _rows(6, final=False)
+    for row in splits.train + splits.val:
+        (prompt,), (target,), _ = encode([row], qwen, chat=True)
+        raw = rows[int(row.id.split("-")[1]) - 1]
+        whole = qwen.apply_chat_template(_structured(raw), tools=[WEATHER], tokenize=False)
+        assert qwen.decode(prompt + target) == whole.rstrip()  # the tools in the system turn, the call as written
+        city = raw["messages"][1]["content"].split()[-1].rstrip("?")
+        trained = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "' + city + '"}}\n</tool_call><|im_end|>'
+        assert qwen.decode(target) == trained  # the loss is on the call
+        assert row.target == trained.removesuffix("<|im_end|>")  # the reference: Hermes' format
+        assert row.prompt == f"How warm is it in {city}?" and question_text(row) == row.prompt
+        assert '"name": "get_weather"' in qwen.decode(prompt) and "<tools>" in qwen.decode(prompt)
+
+
+def test_the_answer_after_a_tool_result_trains_with_the_call_before_it_as_an_earlier_reply(qwen, tmp_path):
+    splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "t.jsonl", _rows(4, final=True))),
+                                    messages="messages", val_fraction=0.5))
+    row = splits.train[0]
+    raw = _rows(4, final=True)[int(row.id.split("-")[1]) - 1]
+    (prompt,), (target,), (trained,) = encode([row], qwen, chat=True)
+    whole = qwen.apply_chat_template(_structured(raw), tools=[WEATHER], tokenize=False)
+    assert qwen.decode(prompt + target) == whole.rstrip()
+    city = raw["messages"][1]["content"].split()[-1].rstrip("?")
+    assert row.target == raw["messages"][-1]["content"] and qwen.decode(target) == row.target + "<|im_end|>"
+    assert "<tool_response>\n{\"temp_c\"" in qwen.decode(prompt)  # the result is read, not trained
+    earlier = qwen.decode([t for t, on in zip(prompt, trained) if on])  # history_loss: the call is trained too
+    assert earlier == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "' + city + \
+        '"}}\n</tool_call><|im_end|>'
+    (_,), (_,), (none,) = encode([row], qwen, chat=True, history_loss=False)
+    assert none is None or not any(none)
+    asked = chat.prompt(qwen, row.prompt, history=row.fields[chat.HISTORY])  # what the eval prompts with
+    assert asked == qwen.apply_chat_template(_structured(raw)[:-1], tools=[WEATHER], tokenize=False,
+                                             add_generation_prompt=True)
+
+
+def test_llamafactory_function_call_and_observation_turns_are_the_same_conversation(qwen, tmp_path):
+    rows = _rows(4, final=True)
+    names = {"system": "system", "user": "human", "tool": "observation"}
+
+    def shared(t: dict) -> dict:
+        if t.get("tool_calls"):
+            f = t["tool_calls"][0]["function"]
+            args = json.loads(f["arguments"]) if isinstance(f["arguments"], str) else f["arguments"]
+            return {"from": "function_call", "value": json.dumps({"name": f["name"], "arguments": args})}
+        content = json.dumps(t["content"]) if isinstance(t["content"], dict) else t["content"]
+        return {"from": names.get(t["role"], "gpt"), "value": content}
+
+    lf = [{"conversations": [shared(t) for t in r["messages"]], "tools": json.dumps([WEATHER])} for r in rows]
+    plain = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "a.jsonl", rows)), messages="messages"))
+    share = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "b.jsonl", lf)), messages="conversations"))
+    for a, b in zip(plain.train + plain.val, share.train + share.val, strict=True):
+        assert (a.id, a.prompt, a.target) == (b.id, b.prompt, b.target)
+        assert encode([a], qwen, chat=True) == encode([b], qwen, chat=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(tools="[{not json"), "field 'tools': not JSON"),
+    (lambda r: r.update(tools={"name": "x"}), "field 'tools': expected a list of function schemas"),
+    (lambda r: r["messages"][2].update(tool_calls=[{"function": {"arguments": {}}}]), "expected a list of"),
+    (lambda r: r["messages"].pop(1), "expected a user turn just before the last assistant turn"),
+])
+def test_malformed_tool_rows_are_refused_naming_the_line(tmp_path, change, message):
+    from tunelab.errors import UserError
+    rows = _rows(3, final=True)
+    change(rows[1])
+    with pytest.raises(UserError, match=message) as err:
+        load_splits(DataConfig(source=str(write_jsonl(tmp_path / "t.jsonl", rows)), messages="messages"))
+    assert "t.jsonl:2" in str(err.value)
+
+
+def test_tool_calls_are_read_whatever_wraps_them_and_compared_as_json_values():
+    from tunelab.evaluate.scoring import score_tool, tool_reference
+    hermes = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2.0}}\n</tool_call>\n'
+              '<tool_call>\n{"name": "get_time", "arguments": "{\\"tz\\": \\"CET\\"}"}\n</tool_call>')
+    gold = tool_reference(hermes)
+    assert gold == 'get_weather({"city": "Paris", "days": 2})\nget_time({"tz": "CET"})'
+    mistral = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"days": 2, "city": "Paris"}}, ' \
+              '{"name": "get_time", "arguments": {"tz": "CET"}}]'
+    llama = '{"name": "get_time", "parameters": {"tz": "CET"}}; {"name": "get_weather", "parameters": ' \
+            '{"city": "Paris", "days": 2}}'
+    assert score_tool(mistral, gold) == {"strict_answer": gold, "flexible_answer": gold,
+                                        "strict_correct": True, "flexible_correct": True}
+    assert (score_tool(llama, gold)["strict_correct"], score_tool(llama, gold)["flexible_correct"]) == (False, True)
+    wrong = score_tool('<tool_call>{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}</tool_call>'
+                       '<tool_call>{"name": "get_time", "arguments": {"tz": "CET"}}</tool_call>', gold)
+    assert not wrong["flexible_correct"] and "Rome" in wrong["flexible_answer"]
+    assert score_tool(hermes.split("\n<tool_call>\n{\"name\": \"get_time")[0], gold)["flexible_correct"] is False
+    assert score_tool("It is 10 °C in Paris.", gold)["flexible_answer"] is None
+    assert tool_reference("#### 5") is None and tool_reference('{"a": [1, 2]}') is None
+    assert tool_reference('<think>{"name": "x", "arguments": {}}</think>\n\nno call') is None  # after the thinking
+
+
+@pytest.mark.slow
+def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe, qwen, tmp_path, monkeypatch):
+    """eval.scoring auto picks tool scoring when 90 % of the held-out replies make tool calls; every pass asks with
+    the row's tools in the prompt (the chat template's system turn) and scores the calls it writes."""
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import evaluate, scoring_mode
+    from tunelab.rundir import RunDir
+    from tunelab.train.loop import train
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    rows = _rows(24, final=False)
+    write_jsonl(folder / "train.jsonl", rows[:20])
+    write_jsonl(folder / "test.jsonl", rows[20:])
+    raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen_25"},
+           "data": {"source": str(folder), "messages": "messages"},
+           "train": {**tiny_recipe["train"], "epochs": 1, "max_length": 512}, "eval": {"limit": 4, "max_new_tokens": 8}}
+    cfg, run = validate(raw, "tiny"), RunDir(tmp_path / "run")
+    assert scoring_mode(cfg, load_splits(cfg.data)) == ("tool", None)
+    train(cfg, run)
+    prompts = []
+    real = __import__("tunelab.evaluate.generate", fromlist=["generate"]).generate
+
+    def seen(model, tok, texts, *args, **kwargs):
+        prompts.extend(texts)
+        return real(model, tok, texts, *args, **kwargs)
+
+    monkeypatch.setattr("tunelab.evaluate.generate.generate", seen)
+    result = evaluate(cfg, run)
+    assert result.summary["scoring"] == "tool" and {"base", "tuned"} <= result.summary.keys()
+    assert prompts and all("<tools>" in p and "get_weather" in p for p in prompts)
+    tuned = [p for p in result.predictions if p["model"] == "tuned"]
+    assert [p["reference"] for p in tuned] == [f'get_weather({{"city": "City{i}"}})' for i in range(20, 24)]
+    assert all(p["flexible_correct"] == (p["flexible_answer"] == p["reference"]) for p in tuned)
+    from tunelab.report import write_report
+    write_report(run)
+    md = run.report_md.read_text()
+    assert "Tool-call accuracy = the tool calls the completion makes" in md and "tool-call acc" in md
