@@ -137,7 +137,7 @@ def test_malformed_tool_rows_are_refused_naming_the_line(tmp_path, change, messa
 
 
 def test_tool_calls_are_read_whatever_wraps_them_and_compared_as_json_values():
-    from tunelab.evaluate.scoring import score_tool, tool_reference
+    from tunelab.evaluate.scoring import NO_CALL, score_tool, tool_reference
     hermes = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2.0}}\n</tool_call>\n'
               '<tool_call>\n{"name": "get_time", "arguments": "{\\"tz\\": \\"CET\\"}"}\n</tool_call>')
     gold = tool_reference(hermes)
@@ -154,8 +154,28 @@ def test_tool_calls_are_read_whatever_wraps_them_and_compared_as_json_values():
     assert not wrong["flexible_correct"] and "Rome" in wrong["flexible_answer"]
     assert score_tool(hermes.split("\n<tool_call>\n{\"name\": \"get_time")[0], gold)["flexible_correct"] is False
     assert score_tool("It is 10 °C in Paris.", gold)["flexible_answer"] is None
-    assert tool_reference("#### 5") is None and tool_reference('{"a": [1, 2]}') is None
-    assert tool_reference('<think>{"name": "x", "arguments": {}}</think>\n\nno call') is None  # after the thinking
+    assert tool_reference("#### 5") == tool_reference('{"a": [1, 2]}') == NO_CALL  # no call due: none is right
+    assert tool_reference('<think>{"name": "x", "arguments": {}}</think>\n\nno call') == NO_CALL  # after thinking
+    assert score_tool("No tool tells the time on Mars.", NO_CALL) == {
+        "strict_answer": NO_CALL, "flexible_answer": NO_CALL, "strict_correct": True, "flexible_correct": True}
+    assert not score_tool(mistral, NO_CALL)["flexible_correct"]
+
+
+def test_accuracy_per_tool_groups_the_questions_by_the_functions_their_reference_calls():
+    from tunelab.evaluate.scoring import NO_CALL, score_tool, tool_reference
+    from tunelab.evaluate.summary import by_category
+    targets = ['{"name": "get_weather", "arguments": {"city": "Oslo"}}', '{"name": "get_time", "arguments": {}}',
+               '{"name": "get_weather", "arguments": {"city": "Rome"}}', "Sorry, no tool does that.",
+               '[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Lima"}}]']
+    said = {"base": ["none"] * 5, "tuned": [targets[0], "none", targets[2], "none", targets[4]]}
+    predictions = [{"id": f"t{i}", "model": m, "reference": tool_reference(t), **score_tool(said[m][i],
+                                                                                             tool_reference(t))}
+                   for m in said for i, t in enumerate(targets)]
+    found = by_category(predictions, [f"t{i}" for i in range(5)], None, "tool")
+    assert found["source"] == "the tools the reference calls"
+    assert {r["category"]: (r["n"], r["base_accuracy"], r["tuned_accuracy"]) for r in found["rows"]} == {
+        "get_weather": (2, 0.0, 1.0), "get_time": (1, 0.0, 0.0), NO_CALL: (1, 1.0, 1.0),
+        "get_time, get_weather": (1, 0.0, 1.0)}
 
 
 @pytest.mark.slow
@@ -196,3 +216,16 @@ def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe,
     write_report(run)
     md = run.report_md.read_text()
     assert "Tool-call accuracy = the tool calls the completion makes" in md and "tool-call acc" in md
+
+
+def test_vllm_is_served_with_the_tool_call_parser_of_the_format_the_tuned_replies_call_in():
+    from tunelab.handoff import commands, tool_parser
+    hermes = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    assert tool_parser([hermes, hermes, "It is noon."]) == "hermes"
+    assert tool_parser(['[TOOL_CALLS][{"name": "get_time", "arguments": {}}]', hermes,
+                        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]']) == "mistral"
+    assert tool_parser(['{"name": "get_time", "parameters": {}}']) == "llama3_json"
+    assert tool_parser(["It is noon.", "<tool_call>not json</tool_call>"]) is None  # no call made
+    serve = next(c for _, c in commands("Qwen/Qwen2.5-7B-Instruct", "/a", 16, "n", task=None, tools="hermes")
+                 if c.startswith("vllm serve"))
+    assert serve.endswith(" --enable-auto-tool-choice --tool-call-parser hermes")

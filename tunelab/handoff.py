@@ -54,14 +54,34 @@ def for_run(run, upload: Path | None = None, merged: Path | None = None,
         export = [] if merged else [(f"write the merged model (vLLM serves {kind} only merged)",
                                      f"tunelab export {shlex.quote(str(run.path))} {shlex.quote(str(served))}"
                                      + (f" --epoch {epoch}" if epoch else ""))]
-    scored = (run.read_eval_summary() or {}).get("tuned")  # as many questions as the eval asked (--limit, --set)
+    evaluation = run.read_eval_summary() or {}
+    scored = evaluation.get("tuned")  # as many questions as the eval asked (--limit, --set)
+    calls = tool_parser([p["completion"] for p in run.read_predictions() if p["model"] == "tuned"]) \
+        if evaluation.get("scoring") == "tool" else None
     return export + commands(hub_id(cfg.model) or cfg.model.name, run.kept_adapter(epoch), cfg.lora.r,
                              f"{cfg.name}-lora", scored["n"] if scored else cfg.eval.limit, upload, task,
                              cfg.data.chat_template, served, own_template=bool(cfg.model.chat_template),
                              own_tokenizer=cfg.model.own_tokenizer,
                              thinking=(scored["think_end"], scored["max_new_tokens"])
                              if scored and "think_end" in scored else None,
-                             parser=reasoning_parser(hub_id(cfg.model) or cfg.model.name, scored or {}))
+                             parser=reasoning_parser(hub_id(cfg.model) or cfg.model.name, scored or {}),
+                             tools=calls)
+
+
+TOOL_FORMATS = (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3_json"),
+                ('"parameters"', "llama3_json"))  # what a reply's tool call is wrapped in -> vLLM's parser of it
+
+
+def tool_parser(completions: list[str]) -> str | None:
+    """vLLM's `--tool-call-parser` for the tool-call format the tuned replies wrote (the most common among those
+    making calls): hermes for `<tool_call>` tags (Qwen2.5's, Qwen3's, Hermes' templates), mistral for `[TOOL_CALLS]`,
+    llama3_json for Llama 3.1's JSON with `parameters`; None when no reply made a call, or in none of these."""
+    from collections import Counter
+    from tunelab.evaluate.scoring import tool_calls_in
+    found = Counter(next((name for mark, name in TOOL_FORMATS if mark in c), None) for c in completions
+                    if tool_calls_in(c))
+    found.pop(None, None)
+    return found.most_common(1)[0][0] if found else None
 
 
 def reasoning_parser(base: str, scored: dict) -> str | None:
@@ -79,7 +99,7 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
              upload: Path | None = None, task: str | None = "gsm8k", chat: bool = False,
              served: Path | None = None, own_template: bool = False,
              own_tokenizer: bool = False, thinking: tuple[str, int] | None = None,
-             parser: str | None = None) -> list[tuple[str, str]]:
+             parser: str | None = None, tools: str | None = None) -> list[tuple[str, str]]:
     """(what it does, the shell command) pairs for the adapter at `adapter` on the model `base` (a Hub id or path).
 
     `limit` re-scores as many test questions as tunelab's eval did; `upload` is the folder to push to the Hub
@@ -92,7 +112,9 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
     `thinking`: (end-of-thinking marker, token budget) of an eval that read replies after a reasoning template's
     thinking (eval.think_end), which lm-eval then does too (its think_end_token), with the same budget (max_gen_toks:
     a thinking reply outgrows lm-eval's default 256); `parser`: vLLM's reasoning parser for that thinking, which the
-    server then returns apart from the answer (`reasoning_parser`).
+    server then returns apart from the answer (`reasoning_parser`); `tools`: vLLM's tool-call parser of the format
+    the tuned replies call tools in (`tool_parser`), so that the server answers a request with `tools` with
+    `tool_calls` (tool_choice auto).
     """
     q = shlex.quote
     adapter_path = str(Path(adapter).resolve())
@@ -116,6 +138,7 @@ def commands(base: str, adapter: Path, rank: int, name: str, limit: int | None =
          f"--batch_size auto{limit_arg}"),
     ] if task else []
     reasoning = f" --reasoning-parser {parser}" if parser else ""
+    reasoning += f" --enable-auto-tool-choice --tool-call-parser {tools}" if tools else ""
     serve = (("serve with vLLM (OpenAI-compatible; the merged model)", f"vllm serve {q(str(served))}{reasoning}")
              if served else
              ("serve with vLLM (OpenAI-compatible; ask for model " + q(name) + ")",

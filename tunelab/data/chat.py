@@ -18,7 +18,10 @@ turn every time the row is formatted. Every assistant turn carries loss (`data.h
 the earlier ones by rendering the conversation turn by turn); evaluation scores the last one. An assistant turn
 that carries its thinking apart (`reasoning_content`, as Axolotl and TRL hand it to the template and vLLM and the
 DeepSeek API return it; or `reasoning`, or `thinking`) has it written before its content as a think block, as
-Qwen3's template writes it: `<think>\n{thinking}\n</think>\n\n{content}`.
+Qwen3's template writes it: `<think>\n{thinking}\n</think>\n\n{content}`. Tool calling: assistant turns may make
+tool calls (`tool_calls`; ShareGPT's `function_call`) that `tool` turns (`observation`) answer, and the row's `tools`
+field is handed to the template; the calls and results between the last user turn and the last reply stay after
+that turn, the history holding an ASKED stand-in where it goes (`_turns`).
 
 Run as: tunelab train gsm8k-smollm2-135m --set data.chat_template=true --set data.source=../shared/data/gsm8k
         tunelab train my-chats.yaml       (data.messages: messages)

@@ -217,19 +217,23 @@ def _plain_numbers(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def tool_reference(target: str) -> str | None:
-    """A target's tool calls one per line (`tool_calls_in`), the reference tool scoring compares; None when the
-    target makes none."""
+NO_CALL = "(no tool call)"  # the reference of a reply that calls nothing: the model must not call either
+
+
+def tool_reference(target: str) -> str:
+    """A target's tool calls one per line (`tool_calls_in`), the reference tool scoring compares; NO_CALL when the
+    target makes none (a question no tool serves: calling one is wrong, as in Berkeley's irrelevance category)."""
     calls = tool_calls_in(target)
-    return "\n".join(calls) if calls else None
+    return "\n".join(calls) if calls else NO_CALL
 
 
 def score_tool(completion: str, reference: str) -> dict:
     """Tool-call scoring: the calls the completion makes against the reference's, each a name with its arguments
     compared as JSON values — strict = the same calls in the same order; flexible = the same calls in any order (as
-    Berkeley's function-calling leaderboard scores parallel calls)."""
-    made, gold = tool_calls_in(completion) or [], reference.split("\n")
-    answer = "\n".join(made) if made else None
+    Berkeley's function-calling leaderboard scores parallel calls); a reference of NO_CALL is met by making none. The
+    answer read is None only where calls were due and none was made."""
+    made, gold = tool_calls_in(completion) or [], [] if reference == NO_CALL else reference.split("\n")
+    answer = "\n".join(made) if made else NO_CALL if not gold else None
     return {"strict_answer": answer, "flexible_answer": answer, "strict_correct": made == gold,
             "flexible_correct": sorted(made) == sorted(gold)}
 
@@ -282,7 +286,8 @@ NAMING = {
                    "arguments or parameters, whatever wraps it: `<tool_call>` tags, `[TOOL_CALLS]`) against the "
                    "target's, the arguments compared as JSON values: same calls in order = the same calls in the "
                    "same order; same calls = the same calls in any order (parallel calls, as Berkeley's "
-                   "function-calling leaderboard scores them)."),
+                   "function-calling leaderboard scores them); a reply whose reference calls nothing is right when "
+                   "it calls nothing either."),
     "choice": Naming("multiple-choice accuracy", "choice acc", "acc", "acc_norm",
                      "Multiple-choice accuracy = the option the model finds most likely after the prompt (each "
                      "written by eval.choice_target) against the one the target names, as lm-evaluation-harness "

@@ -31,7 +31,7 @@ from tunelab.evaluate import choices, losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask, ask_turn, exchanges, fewshot_context
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, after_thinking, is_short, scorer, short_answer, \
-    states_answer, tool_reference
+    states_answer, tool_calls_in
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
     pass_names, sampled_comparison, sampled_name
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
@@ -364,7 +364,7 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
     stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
     if cfg.eval.scoring != "auto":
         return _asked_mode(cfg, split, rows, tagged, short)
-    if sum(tool_reference(e.target) is not None for e in rows) >= AUTO_SHARE * len(rows):
+    if sum(tool_calls_in(e.target) is not None for e in rows) >= AUTO_SHARE * len(rows):
         return "tool", None
     if tagged >= AUTO_SHARE * len(rows):
         return "regex", None
@@ -395,7 +395,7 @@ def _asked_mode(cfg: Recipe, split: str, rows: list[Example], tagged: int, short
     """`scoring_mode` for a mode named by eval.scoring: it, warning when few targets suit it, or (None, why) when no
     target has a reference answer in it."""
     mode = cfg.eval.scoring
-    if not any(_reference(cfg, mode)(e.target) for e in rows):
+    if not any(tool_calls_in(e.target) if mode == "tool" else _reference(cfg, mode)(e.target) for e in rows):
         return None, (f"data.target: no numeric reference answer in the {split} rows (expected '#### N' or a number "
                       f"in {cfg.data.target!r})" if mode == "numeric" else
                       f"data.target: no {split} target makes a tool call (a JSON object with a name and its "

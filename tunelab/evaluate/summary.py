@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tunelab.evaluate.scoring import flips, mentions, normalize_answer, normalize_text
+from tunelab.evaluate.scoring import NO_CALL, flips, mentions, normalize_answer, normalize_text
 from tunelab.rundir import START
 from tunelab.stats import paired_difference, paired_loss_difference
 
@@ -210,7 +210,8 @@ def categories_of(predictions: list[dict], ids: list[str], labelled: str | None,
     The category is the row's label when the rows have one (`labelled`: where from, `config.categories_from`:
     data.label_field, or eval.label_field for a benchmark's own column); else, under exact or regex scoring, the
     reference answer itself when the questions have at most MAX_CLASSES distinct ones, each asked at least twice
-    (a classification set: accuracy per class). A question's label and reference are the same in every model's
+    (a classification set: accuracy per class); under tool scoring, the tools its reference calls (at most
+    MAX_CLASSES kinds). A question's label and reference are the same in every model's
     row, so any row of it will do.
     """
     row = {r["id"]: r for r in predictions}
@@ -223,12 +224,21 @@ def categories_of(predictions: list[dict], ids: list[str], labelled: str | None,
         if len(counts) > MAX_CLASSES or min(counts.values()) < 2:
             return None
         key, source = (lambda i: normalize_text(row[i]["reference"])), "reference answer (class)"
+    elif mode == "tool":  # per tool: the functions the reference calls (or none)
+        key, source = (lambda i: called(row[i]["reference"])), "the tools the reference calls"
+        if len({key(i) for i in ids}) > MAX_CLASSES:
+            return None
     else:
         return None
     groups: dict[str, list[str]] = {}
     for i in ids:
         groups.setdefault(key(i), []).append(i)
     return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))), source
+
+
+def called(reference: str) -> str:
+    """The functions a tool-scoring reference calls (`scoring.tool_reference`), in order, or NO_CALL."""
+    return ", ".join(call.split("(", 1)[0] for call in reference.split("\n")) if reference != NO_CALL else NO_CALL
 
 
 def paired_by_category(groups: dict[str, list[str]], source: str, before: dict[str, bool],
