@@ -4,7 +4,8 @@ Converts Axolotl configs (type alpaca, under SmolLM2's tokenizer and under Mistr
 one; the user-defined format on GSM8K, with a system prompt and with a
 format Axolotl never uses; type chat_template on ShareGPT turns with system turns and several replies, through the
 tokenizer's template, through a template of markers added as tokens, and through Axolotl's named chatml, llama3 and
-gemma3 (their markers added as tokens) and qwen3 (also on turns whose replies carry reasoning_content), Axolotl's
+gemma3 (their markers added as tokens), qwen3 (also on turns whose replies carry reasoning_content) and qwen_25 (on
+tool-calling conversations with their tools), Axolotl's
 side then with the tokenizer its own loader builds; type completion),
 tokenizes their rows with tunelab and with Axolotl's own tokenizing strategies (under SmolLM2's tokenizer but where
 named), and counts the rows whose input ids and labels are identical, and of the others those with the same text and
@@ -171,19 +172,48 @@ def _reasoning_rows() -> list[dict]:
                           for t in r["conversations"]]} for r in sharegpt_rows()]
 
 
-def _chat_own(chosen: dict, tokens: list[str] = (), eos: str | None = None, reasoning: bool = False):
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Today's weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+
+
+def _tool_rows() -> list[dict]:
+    """30 tool-calling conversations: the function schemas in `tools` (JSON text in every third row, its parameters
+    too), a user question, the assistant's call (OpenAI's JSON-text arguments in odd rows), the tool's result, and
+    the answer; every tenth asks nothing a tool serves and is answered directly."""
+    rows = []
+    for i in range(30):
+        city = f"City{i}"
+        turns = [{"role": "user", "content": f"How warm is it in {city} today?"}]
+        if i % 10 == 9:
+            turns = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello!"}]
+        else:
+            args = {"city": city}
+            turns += [{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                          "name": "get_weather", "arguments": json.dumps(args) if i % 2 else args}}]},
+                      {"role": "tool", "name": "get_weather", "content": json.dumps({"temp_c": i})},
+                      {"role": "assistant", "content": f"It is {i} °C in {city}."}]
+        text = {**WEATHER, "function": {**WEATHER["function"],
+                                        "parameters": json.dumps(WEATHER["function"]["parameters"])}}
+        rows.append({"messages": turns, "tools": json.dumps([text]) if i % 3 == 0 else [WEATHER]})
+    return rows
+
+
+def _chat_own(chosen: dict, tokens: list[str] = (), eos: str | None = None, reasoning: bool = False,
+              tools: bool = False):
     """type: chat_template through a template the config chooses (`chosen`: chat_template and its keys), markers
     SmolLM2 lacks added as tokens (`tokens`, `special_tokens`' eos_token): Axolotl's side tokenizes with the
     tokenizer its own loader builds from the config, not tunelab's. `reasoning`: {role, content} turns whose replies
-    carry reasoning_content (`_reasoning_rows`) instead of ShareGPT's."""
+    carry reasoning_content (`_reasoning_rows`) instead of ShareGPT's; `tools`: tool-calling rows (`_tool_rows`)."""
     def case(out: Path):
         from axolotl.loaders.tokenizer import load_tokenizer
         from axolotl.prompt_strategies.chat_template import load
         from axolotl.utils.dict import DictDefault
 
         from tunelab.models import resolve
-        rows, base = _reasoning_rows() if reasoning else sharegpt_rows(), resolve("smollm2-135m-instruct")
-        dataset = {"field_messages": "messages"} if reasoning else {
+        rows = _tool_rows() if tools else _reasoning_rows() if reasoning else sharegpt_rows()
+        base = resolve("smollm2-135m-instruct")
+        dataset = {"field_messages": "messages"} if reasoning or tools else {
             "field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
         config = {"base_model": base, "adapter": "lora", **chosen,
                   **({"lora_modules_to_save": ["embed_tokens", "lm_head"], "tokens": list(tokens)} if tokens else {}),
@@ -236,6 +266,7 @@ CASES = {
                                                      "<|eot_id|>"),
     "chat_template: qwen3": _chat_own({"chat_template": "qwen3"}),
     "chat_template: qwen3, reasoning_content": _chat_own({"chat_template": "qwen3"}, reasoning=True),
+    "chat_template: qwen_25, tool calls": _chat_own({"chat_template": "qwen_25"}, tools=True),
     "chat_template: gemma3, added tokens": _chat_own({"chat_template": "gemma3"},
                                                      ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>"),
     "completion": _completion,

@@ -34,7 +34,8 @@ def _call(city: str, as_text: bool = False) -> dict:
 
 def _rows(n: int, final: bool) -> list[dict]:
     """Rows asking for a city's weather: the reply is the tool call, or (`final`) the call, its result and the
-    answer after it. Tools as a JSON string in half of them, the call's arguments as OpenAI's JSON text too."""
+    answer after it. Tools as a JSON string in half of them (a function's parameters as JSON text in a quarter), the
+    call's arguments as OpenAI's JSON text too."""
     rows = []
     for i in range(n):
         city = f"City{i}"
@@ -44,7 +45,10 @@ def _rows(n: int, final: bool) -> list[dict]:
         if final:
             turns += [{"role": "tool", "name": "get_weather", "content": {"temp_c": 10 + i}},
                       {"role": "assistant", "content": f"It is {10 + i} °C in {city}."}]
-        rows.append({"messages": turns, "tools": json.dumps([WEATHER]) if i % 2 else [WEATHER]})
+        text = {**WEATHER, "function": {**WEATHER["function"],  # parameters as JSON text, as Axolotl reads them
+                                        "parameters": json.dumps(WEATHER["function"]["parameters"])}}
+        tools = json.dumps([WEATHER]) if i % 2 else [text] if i % 4 == 2 else [WEATHER]
+        rows.append({"messages": turns, "tools": tools})
     return rows
 
 
@@ -124,6 +128,7 @@ def test_llamafactory_function_call_and_observation_turns_are_the_same_conversat
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(tools="[{not json"), "field 'tools': not JSON"),
     (lambda r: r.update(tools={"name": "x"}), "field 'tools': expected a list of function schemas"),
+    (lambda r: r.update(tools=[{"function": {"name": "f", "parameters": "{x"}}]), "'f''s parameters are not JSON"),
     (lambda r: r["messages"][2].update(tool_calls=[{"function": {"arguments": {}}}]), "expected a list of"),
     (lambda r: r["messages"].pop(1), "expected a user turn just before the last assistant turn"),
 ])

@@ -121,7 +121,16 @@ def _tools(tools) -> tuple[list | None, str | None]:
         return None, None
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         return None, "field 'tools': expected a list of function schemas ({type: function, function: {name, ...}})"
-    return tools, None
+    out = []
+    for tool in tools:  # a function's parameters stored as JSON text (as Axolotl reads them too)
+        function = tool.get("function")
+        if isinstance(function, dict) and isinstance(function.get("parameters"), str):
+            try:
+                tool = {**tool, "function": {**function, "parameters": json.loads(function["parameters"])}}
+            except json.JSONDecodeError as err:
+                return None, f"field 'tools': {function.get('name')!r}'s parameters are not JSON ({err.msg})"
+        out.append(tool)
+    return out, None
 
 
 def _plain_turns(turns) -> list[dict] | None:
