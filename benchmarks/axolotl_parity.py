@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
+from benchmarks.common import WEATHER, alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
 
 GSM8K = Path(os.environ.get("TUNELAB_GSM8K", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k"))
 
@@ -170,11 +170,6 @@ def _reasoning_rows() -> list[dict]:
     return [{"messages": [{"role": roles[t["from"]], "content": t["value"],
                            **({"reasoning_content": f"Add, then check: {t['value']}"} if t["from"] == "gpt" else {})}
                           for t in r["conversations"]]} for r in sharegpt_rows()]
-
-
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Today's weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                           "required": ["city"]}}}
 
 
 def _tool_rows() -> list[dict]:

@@ -110,3 +110,8 @@ def trained_and_scored(cfg, folder) -> tuple[dict, dict]:
             "tokens_per_row": round(summary["train_tokens"] / (summary["train_examples"] * summary["epochs"]), 1),
             "train_seconds": summary["train_seconds"]}, {p["id"]: p["flexible_correct"]
                                                          for p in run.read_predictions() if p["model"] == "tuned"}
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Today's weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}  # one tool schema, for tool-call rows

@@ -1,7 +1,8 @@
 """Does a recipe from `tunelab convert` train on the same tokens as the LLaMA-Factory config it came from?
 
-Writes a dataset_info.json with an alpaca dataset (half its rows without an input) and a sharegpt one (system
-turns, one or two replies), converts a LLaMA-Factory sft LoRA config for each (no `template`: LLaMA-Factory then
+Writes a dataset_info.json with an alpaca dataset (half its rows without an input), a sharegpt one (system
+turns, one or two replies) and a sharegpt one of tool calls (function_call and observation turns, a tools column;
+through template qwen), converts a LLaMA-Factory sft LoRA config for each (no `template`: LLaMA-Factory then
 parses the tokenizer's chat template), tokenizes the rows with tunelab and with LLaMA-Factory's own converter,
 template and supervised processor under SmolLM2's tokenizer, and counts the rows whose input ids and labels are
 identical, those that differ only in labels LLaMA-Factory gives tokens tunelab leaves untrained, and those of the
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
+from benchmarks.common import WEATHER, alpaca_rows, converted_rows, sharegpt_rows, write_jsonl  # noqa: E402
 from tunelab.convert.llamafactory import NAMED_TEMPLATES  # noqa: E402
 
 IGNORE = -100
@@ -43,7 +44,8 @@ def main() -> None:
         (out / "stub" / "torchaudio" / "__init__.py").write_text("")
         sys.path.append(str(out / "stub"))
     rows = _datasets(out)
-    results = {name: compare(out, name, rows[name]) for name in rows}
+    results = {name: compare(out, name, rows[name]) for name in rows if name != "calls"}
+    results["calls, template: qwen"] = compare(out, "calls", rows["calls"], "qwen")  # a template that has tools
     for template in NAMED_TEMPLATES:  # the conversations again, through each template tunelab converts by name
         results[f"chats, template: {template}"] = compare(out, "chats", rows["chats"], template,
                                                           _thinking_tokenizer(out) if "qwen3" == template else None)
@@ -56,14 +58,26 @@ def main() -> None:
 
 
 def _datasets(out: Path) -> dict[str, list[dict]]:
-    """dataset_info.json and its two files; returns each dataset's rows."""
-    alpaca, chats = alpaca_rows(), sharegpt_rows()
+    """dataset_info.json and its three files; returns each dataset's rows."""
+    alpaca, chats, calls = alpaca_rows(), sharegpt_rows(), _call_rows()
     (out / "data").mkdir()
-    for file, rows in (("alpaca.jsonl", alpaca), ("chats.jsonl", chats)):
+    for file, rows in (("alpaca.jsonl", alpaca), ("chats.jsonl", chats), ("calls.jsonl", calls)):
         write_jsonl(out / "data" / file, rows)
     (out / "data" / "dataset_info.json").write_text(json.dumps({
-        "alpaca": {"file_name": "alpaca.jsonl"}, "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt"}}))
-    return {"alpaca": alpaca, "chats": chats}
+        "alpaca": {"file_name": "alpaca.jsonl"}, "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt"},
+        "calls": {"file_name": "calls.jsonl", "formatting": "sharegpt",
+                  "columns": {"messages": "conversations", "tools": "tools"}}}))
+    return {"alpaca": alpaca, "chats": chats, "calls": calls}
+
+
+def _call_rows() -> list[dict]:
+    """30 tool-calling conversations in LLaMA-Factory's ShareGPT form: the question, the `function_call` turn (the
+    call's JSON), the `observation` turn (the result) and the answer, the function schemas as JSON text in `tools`."""
+    return [{"conversations": [
+        {"from": "human", "value": f"How warm is it in City{i} today?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": f"City{i}"}})},
+        {"from": "observation", "value": json.dumps({"temp_c": i})},
+        {"from": "gpt", "value": f"It is {i} °C in City{i}."}], "tools": json.dumps([WEATHER])} for i in range(30)]
 
 
 def compare(out: Path, dataset: str, rows: list[dict], template: str | None = None, model: str | None = None) -> dict:
