@@ -234,3 +234,44 @@ def test_vllm_is_served_with_the_tool_call_parser_of_the_format_the_tuned_replie
     serve = next(c for _, c in commands("Qwen/Qwen2.5-7B-Instruct", "/a", 16, "n", task=None, tools="hermes")
                  if c.startswith("vllm serve"))
     assert serve.endswith(" --enable-auto-tool-choice --tool-call-parser hermes")
+
+
+def test_generate_hands_a_tools_file_to_the_template_with_each_prompt_of_a_conversation_run(tiny_recipe, tmp_path,
+                                                                                             capsys, monkeypatch):
+    """--tools FILE: typed texts and --file rows without tools of their own are prompted with those schemas (a
+    row's own are kept); a run whose rows are not conversations, a --raw text or a bad file are refused, exit 2."""
+    import yaml
+    from tunelab.cli import main
+    from tunelab.evaluate.generate import Generation
+    seen = []
+
+    def answers(model, tok, prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return [Generation('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>', 9)
+                for _ in prompts], 0.1
+
+    monkeypatch.setattr("tunelab.evaluate.generate.generate", answers)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen_25"},
+                                      "data": {"source": "x.jsonl", "messages": "messages"}}))
+    (tmp_path / "tools.json").write_text(json.dumps({"tools": [WEATHER]}))
+    other = {**WEATHER, "function": {**WEATHER["function"], "name": "get_time"}}
+    write_jsonl(tmp_path / "asks.jsonl", [{"messages": [{"role": "user", "content": "Warm in Oslo?"}]},
+                                          {"messages": [{"role": "user", "content": "Time?"}], "tools": [other]}])
+    assert main(["generate", str(recipe), "Warm in Oslo?", "--tools", str(tmp_path / "tools.json")]) == 0
+    assert main(["generate", str(recipe), "--file", str(tmp_path / "asks.jsonl"),
+                 "--tools", str(tmp_path / "tools.json")]) == 0
+    assert main(["generate", str(recipe), "Warm in Oslo?"]) == 0
+    assert ["get_weather" in p for p in seen] == [True, True, False, False]
+    assert "get_time" in seen[2] and "<tools>" not in seen[3]  # its own tools; none given
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text("[{not json")
+    for extra, message in ((["--tools", str(tmp_path / "bad.json")], "bad.json:1: not JSON"),
+                           (["--tools", str(tmp_path / "none.json")], "none.json: no such file"),
+                           (["--tools", str(tmp_path / "tools.json"), "--raw"], "--tools: a --raw text is the whole")):
+        assert main(["generate", str(recipe), "Warm in Oslo?", *extra]) == 2
+        assert message in capsys.readouterr().err
+    plain = tmp_path / "p.yaml"
+    plain.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["generate", str(plain), "2 + 2?", "--tools", str(tmp_path / "tools.json")]) == 2
+    assert "the run's rows are not conversations" in capsys.readouterr().err

@@ -234,6 +234,9 @@ def _generate_command(sub) -> None:
     s.add_argument("--file", help="rows with the template's fields (jsonl/json/csv/parquet), one prompt each; rows "
                                   "with the target's fields show it as the reference")
     s.add_argument("--raw", action="store_true", help="send each text as the whole prompt (no template)")
+    s.add_argument("--tools", help="a JSON file of function schemas (a list, or {tools: [...]}) handed to the chat "
+                                   "template with each prompt of a conversation run (rows of --file that have their "
+                                   "own keep them)")
     s.add_argument("--base", action="store_true", help="the base model's answers too, side by side")
     s.add_argument("--epoch", help="answer with epoch N's adapter, best (by answer accuracy) or best-loss; default "
                                    "the final adapter")
@@ -788,21 +791,24 @@ def cmd_generate(args) -> int:
         models = [inference.Model("base", None, "base")]
     if args.file and (args.text or args.raw):
         raise UserError("--file: rows come from the file; give no texts and no --raw with it")
+    if args.tools and args.raw:
+        raise UserError("--tools: a --raw text is the whole prompt; no chat template writes the tools into it")
+    tools = inference.tools_file(cfg, args.tools) if args.tools else None
     typed = not args.file and not args.text
     if args.file:
-        examples = inference.from_file(cfg, args.file)
+        examples = inference.from_file(cfg, args.file, tools)
     elif args.text:
-        examples = inference.from_texts(cfg, args.text, args.raw)
+        examples = inference.from_texts(cfg, args.text, args.raw, tools)
     elif not args.raw:
         inference.text_field(cfg)  # a template a line cannot fill is refused before any model loads
     tok = load_tokenizer(cfg.model)
     device = pick_device(cfg.train.device)
     tune_for(device)
     if typed and sys.stdin.isatty():
-        return _generate_typed(args, run, cfg, tok, models, device)
+        return _generate_typed(args, run, cfg, tok, models, device, tools)
     if typed:
         examples = inference.from_texts(cfg, [line for line in sys.stdin.read().splitlines() if line.strip()],
-                                        args.raw)
+                                        args.raw, tools)
     texts = inference.prompts(cfg, tok, examples, args.raw)
     think = {m.name: inference.thinks(cfg, tok, args.raw, m, run) for m in models}
     answers = inference.answer_all(cfg, tok, models, texts, args.until, cfg.eval.max_new_tokens, device,
@@ -812,7 +818,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _generate_typed(args, run, cfg, tok, models, device) -> int:
+def _generate_typed(args, run, cfg, tok, models, device, tools: list | None) -> int:
     """`tunelab generate` at a terminal: the models load once, then each typed line is answered (Ctrl-D ends)."""
     from tunelab.evaluate import inference
     loaded = {m.name: inference.load(cfg, m, device) for m in models}
@@ -827,7 +833,7 @@ def _generate_typed(args, run, cfg, tok, models, device) -> int:
         if not line.strip():
             continue
         number += 1
-        examples = inference.from_texts(cfg, [line], args.raw)
+        examples = inference.from_texts(cfg, [line], args.raw, tools)
         texts = inference.prompts(cfg, tok, examples, args.raw)
         answers = {m.name: inference.answer(cfg, tok, loaded[m.name], m.name, texts, args.until,
                                             cfg.eval.max_new_tokens, args.sample, think[m.name])[0] for m in models}

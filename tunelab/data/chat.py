@@ -88,7 +88,7 @@ def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict |
     for t in asked[user:user + 1] + turns[len(asked):]:
         if not (t["content"].strip() or t.get("tool_calls")):
             return None, f"field {key!r}: empty {t['role']} turn"
-    tools, problem = _tools(fields.get("tools"))
+    tools, problem = tool_schemas(fields.get("tools"))
     if problem:
         return None, problem
     reply = turns[-1] if answered else None
@@ -109,7 +109,7 @@ def reply_text(turn: dict) -> str:
     return "\n".join(part for part in [turn["content"].strip("\n"), *calls] if part)
 
 
-def _tools(tools) -> tuple[list | None, str | None]:
+def tool_schemas(tools) -> tuple[list | None, str | None]:
     """A row's `tools` field as the list of function schemas the chat template is given (TRL's `tools` column;
     JSON text as many datasets store it is parsed), or (None, the problem)."""
     if isinstance(tools, str) and tools.strip():

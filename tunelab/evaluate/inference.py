@@ -67,19 +67,45 @@ def text_field(cfg: Recipe) -> str:
     return names[0]
 
 
-def from_texts(cfg: Recipe, texts: list[str], raw: bool = False) -> list[Example]:
-    """Each text as a row: the template's one field (or, `raw`, the prompt as it is)."""
+def from_texts(cfg: Recipe, texts: list[str], raw: bool = False, tools: list | None = None) -> list[Example]:
+    """Each text as a row: the template's one field (or, `raw`, the prompt as it is); a conversation run's rows
+    given `tools` (their function schemas, `tools_file`)."""
     if raw:
         return [Example(f"text-{i + 1}", text, "", {}) for i, text in enumerate(texts)]
     field, turns = text_field(cfg), cfg.data.messages and conversation_fields(cfg.data.messages)[0]
 
     def row(text: str) -> dict:  # a conversation run's text is a conversation of one user turn
-        return {turns: [{"role": "user", "content": text}]} if turns else {field: text}
+        return {turns: [{"role": "user", "content": text}], **({"tools": tools} if tools else {})} if turns \
+            else {field: text}
     return [_example(cfg, Row(f"text-{i + 1}", f"text {i + 1}", row(text))) for i, text in enumerate(texts)]
 
 
-def from_file(cfg: Recipe, path: str) -> list[Example]:
-    """The rows of a jsonl / json / csv / parquet file, rendered like training rows; all checked before any is answered.
+def tools_file(cfg: Recipe, path: str) -> list:
+    """`tunelab generate --tools`: the function schemas in a JSON file (a list of them, or an object holding one in
+    `tools`), handed to the chat template with every prompt of a conversation run that has none of its own.
+
+    Raises:
+        UserError: no such file, not JSON, not a list of schemas, or a run whose rows are not conversations.
+    """
+    import json
+    from tunelab.data.chat import tool_schemas
+    if not cfg.data.messages:
+        raise UserError("--tools: the run's rows are not conversations (data.messages): its prompts have no tools")
+    try:
+        found = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--tools: {path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"--tools: {path}:{err.lineno}: not JSON ({err.msg})") from None
+    tools, problem = tool_schemas(found.get("tools") if isinstance(found, dict) else found)
+    if problem or not tools:
+        raise UserError(f"--tools: {path}: {problem or 'no function schemas'}")
+    return tools
+
+
+def from_file(cfg: Recipe, path: str, tools: list | None = None) -> list[Example]:
+    """The rows of a jsonl / json / csv / parquet file, rendered like training rows (given `tools` where a row has
+    none of its own); all checked before any is answered.
 
     Raises:
         UserError: no such file, another kind, unreadable rows or rows missing a prompt field (naming file and line).
@@ -92,6 +118,8 @@ def from_file(cfg: Recipe, path: str) -> list[Example]:
     problems = [f"{b.where}: {b.problem}" for b in bad]
     examples = []
     for row in rows["train"]:
+        if tools and cfg.data.messages and not row.fields.get("tools"):
+            row.fields["tools"] = tools
         example, problem = to_example(cfg.data, row, need_target=False)
         if problem:
             problems.append(f"{row.where}: {problem}")
