@@ -18,6 +18,13 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 
 
 @pytest.fixture(scope="module")
+def tok_plain(smollm2_dir):
+    """SmolLM2's tokenizer with its own chat template, which writes no tools."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
 def qwen(smollm2_dir):
     """SmolLM2's tokenizer with Qwen2.5's chat template (shipped), which writes tools and tool calls."""
     from transformers import AutoTokenizer
@@ -275,3 +282,22 @@ def test_generate_hands_a_tools_file_to_the_template_with_each_prompt_of_a_conve
     plain.write_text(yaml.safe_dump(tiny_recipe))
     assert main(["generate", str(plain), "2 + 2?", "--tools", str(tmp_path / "tools.json")]) == 2
     assert "the run's rows are not conversations" in capsys.readouterr().err
+
+
+def test_a_template_that_writes_no_tools_or_calls_is_refused_before_it_trains_an_empty_reply(tok_plain, qwen,
+                                                                                           tmp_path):
+    """SmolLM2's own template knows no tools: a tool-call reply would render as an empty turn and the schemas would
+    be left out; both are refused naming what is missing, the template Qwen2.5's is probed as writing both."""
+    from tunelab.errors import UserError
+    splits = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "t.jsonl", _rows(4, final=False))),
+                                    messages="messages", val_fraction=0.5))
+    assert chat.tool_support(qwen) == (True, True) and chat.tool_support(tok_plain) == (False, False)
+    with pytest.raises(UserError, match="the rows have tool schemas .a row's tools field. and tool calls, which the "
+                                        "chat template of .* does not write"):
+        encode(splits.train[:1], tok_plain, chat=True)
+    with pytest.raises(UserError, match="model.chat_template to a template that writes them, such as qwen_25"):
+        chat.prompt(tok_plain, splits.train[0].prompt, history=splits.train[0].fields[chat.HISTORY])
+    plain = load_splits(DataConfig(source=str(write_jsonl(tmp_path / "p.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 4)),
+        messages="messages", val_fraction=0.5))
+    assert encode(plain.train[:1], tok_plain, chat=True)  # rows without tools: no probe asked of the template

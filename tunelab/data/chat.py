@@ -212,7 +212,9 @@ def prompt(tok, user: str, shots: list[tuple[str, str]] = (), history: list[dict
 
     A beginning-of-sequence marker that the template writes and the tokenizer adds again is dropped from the text,
     so that the sequence starts with one."""
-    return _strip_bos(tok, _render(tok, _turns(shots, user, history), add_generation_prompt=True))
+    turns = _turns(shots, user, history)
+    _require_tools(tok, bool(_tools_in(turns)), any(t.get("tool_calls") for t in turns))
+    return _strip_bos(tok, _render(tok, turns, add_generation_prompt=True))
 
 
 def reply_spans(tok, user: str, history: list[dict]) -> list[tuple[int, int]]:
@@ -283,8 +285,9 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
         UserError: the template does not write the exchange as the prompt followed by the reply.
     """
     turns = _turns(shots, user, history)
-    head = _render(tok, turns, add_generation_prompt=True)
     reply = next((t[REPLY] for t in turns if REPLY in t), {"role": "assistant", "content": target})
+    _require_tools(tok, bool(_tools_in(turns)), any(t.get("tool_calls") for t in [*turns, reply]))
+    head = _render(tok, turns, add_generation_prompt=True)
     whole = _render(tok, turns + [reply], _tools_in(turns))
     if whole.startswith(head):
         return _strip_bos(tok, head), whole[len(head):].rstrip()
@@ -292,6 +295,48 @@ def exchange(tok, user: str, target: str, history: list[dict] = (),
         return _strip_bos(tok, head), reply.rstrip()
     raise UserError("data.chat_template: the tokenizer's chat template does not write an exchange as its "
                     "generation prompt followed by the reply; set data.chat_template: false")
+
+
+_TOOL_SUPPORT: dict[str, tuple[bool, bool]] = {}  # chat template -> (writes tool schemas, writes tool calls)
+
+
+def tool_support(tok) -> tuple[bool, bool]:
+    """Whether the tokenizer's chat template writes the function schemas it is given (`tools`) and an assistant
+    turn's tool calls — probed once per template, by rendering a schema and a call of made-up names."""
+    import jinja2
+    template = tok.chat_template or ""
+    if template not in _TOOL_SUPPORT:
+        schema = {"type": "function", "function": {"name": "probe_schema_fn", "description": "a probe",
+                                                   "parameters": {"type": "object", "properties": {}}}}
+        asked = [{"role": "user", "content": "q"}]
+        call = {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "probe_call_fn", "arguments": {}}}]}
+        try:
+            schemas = "probe_schema_fn" in tok.apply_chat_template(asked, tools=[schema], tokenize=False,
+                                                                   add_generation_prompt=True)
+        except jinja2.TemplateError:
+            schemas = False
+        try:
+            calls = "probe_call_fn" in tok.apply_chat_template(asked + [call], tokenize=False)
+        except jinja2.TemplateError:
+            calls = False
+        _TOOL_SUPPORT[template] = (schemas, calls)
+    return _TOOL_SUPPORT[template]
+
+
+def _require_tools(tok, schemas: bool, calls: bool) -> None:
+    """Raises UserError when a row carries tool schemas (`schemas`) or tool calls (`calls`) that the chat template
+    would leave out: the prompt without the schemas, an empty reply in place of the call."""
+    if not (schemas or calls):
+        return
+    writes_schemas, writes_calls = tool_support(tok)
+    missing = [what for what, needed, written in (("tool schemas (a row's tools field)", schemas, writes_schemas),
+                                                  ("tool calls", calls, writes_calls)) if needed and not written]
+    if missing:
+        name = getattr(tok, "name_or_path", "") or "the model"
+        raise UserError(f"data.messages: the rows have {' and '.join(missing)}, which the chat template of {name} "
+                        "does not write (it would leave them out of the text trained and asked); set "
+                        "model.chat_template to a template that writes them, such as qwen_25 or qwen3")
 
 
 THINK_START, THINK_END = "<think>", "</think>"  # Qwen3's and DeepSeek-R1's thinking markers
