@@ -301,3 +301,14 @@ def test_a_template_that_writes_no_tools_or_calls_is_refused_before_it_trains_an
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 4)),
         messages="messages", val_fraction=0.5))
     assert encode(plain.train[:1], tok_plain, chat=True)  # rows without tools: no probe asked of the template
+
+
+def test_tool_scoring_asked_of_data_without_calls_says_so(tiny_recipe):
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import scoring_mode
+    cfg = validate({**tiny_recipe, "eval": {**tiny_recipe["eval"], "scoring": "tool"}}, "tiny")
+    mode, why = scoring_mode(cfg, load_splits(cfg.data))
+    assert mode is None and why == "data.target: no test target makes a tool call (a JSON object with a name and " \
+                                   "its arguments)"
+    auto = validate(tiny_recipe, "tiny")
+    assert scoring_mode(auto, load_splits(auto.data))[0] == "numeric"  # '#### N' targets: not tool calls
