@@ -668,6 +668,39 @@ def test_trl_conversations_train_every_token_as_trl_does_and_what_differs_is_sai
     assert raw["train"]["completion_only"] is True
 
 
+@pytest.mark.slow
+def test_trl_tool_calling_conversations_with_a_tools_column_train_as_trl_trains_them(tmp_path, tiny_model):
+    """TRL hands a `tools` column to the chat template; with Qwen2.5's template (which writes tools), rows of a call,
+    its result and the answer train the same tokens as TRL's SFTTrainer prepares them, but for the newline after."""
+    import shutil
+    from transformers import AutoTokenizer
+    from tunelab.config import ModelConfig
+    model = tmp_path / "tiny-qwen-template"
+    shutil.copytree(tiny_model, model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = ModelConfig(name="x", chat_template="qwen_25").chat_template
+    tok.save_pretrained(model)
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"city": {"type": "string"}}}}}
+    def call(i: int) -> dict:
+        return {"type": "function", "function": {"name": "get_weather", "arguments": {"city": f"City{i}"}}}
+
+    rows = [{"messages": [{"role": "user", "content": f"Warm in City{i}?"},
+                          {"role": "assistant", "content": "", "tool_calls": [call(i)]},
+                          {"role": "tool", "content": f"{i} C"},
+                          {"role": "assistant", "content": f"It is {i} C."}], "tools": [weather]} for i in range(20)]
+    raw, _ = convert(_trl_config(tmp_path, model, write_jsonl(tmp_path / "calls.jsonl", rows)))
+    assert raw["data"]["messages"] == "messages"
+    theirs = _trl_tokenized(model, rows)
+    ours = _ours(tmp_path, raw)
+    assert len(ours) == 20
+    for i, ids, labels in ours:
+        trl_ids, trl_labels = theirs[i]  # TRL keeps, and trains, the newline the template writes after the reply
+        assert trl_ids[:-1] == ids and trl_labels[:-1] == labels and trl_labels[-1] == trl_ids[-1]
+        assert "get_weather" in tok.decode(ids[:len(ids) // 2]) and f"City{i}" in tok.decode(ids)
+
+
 def test_trl_conversational_prompt_completion_rows_train_the_completion_as_trl_does(tmp_path, tiny_model):
     rows = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"hi {i}"},
                         {"role": "assistant", "content": "hello"}, {"role": "user", "content": f"and {i} + 1?"}],
