@@ -112,6 +112,7 @@ def trained_and_scored(cfg, folder) -> tuple[dict, dict]:
                                                          for p in run.read_predictions() if p["model"] == "tuned"}
 
 
+# one tool schema, for the parity scripts' tool-call rows
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Today's weather in a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                           "required": ["city"]}}}  # one tool schema, for tool-call rows
+                                                           "required": ["city"]}}}

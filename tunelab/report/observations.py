@@ -251,8 +251,8 @@ def unfinished_thinking(evaluation: dict) -> Observation | None:
                        f"at least {100 * BUDGET_SHARE:.0f} % of a pass's did")
 
 
-UNREAD = {"numeric": "no number at all", "exact": "a blank reply",
-          "regex": "no match of the answer pattern", "tool": "no tool call"}  # what a completion without an answer is, per scoring mode
+UNREAD = {"numeric": "no number at all", "exact": "a blank reply", "regex": "no match of the answer pattern",
+          "tool": "no tool call"}  # what a completion without an answer is, per scoring mode
 
 
 def unread_answers(evaluation: dict) -> Observation | None:
