@@ -84,6 +84,32 @@ def test_compare_pairs_two_runs_tuned_replies_on_the_rows_both_answered(tmp_path
     assert compare_blocks([RepliesDir(tmp_path / "none"), first], ["none", "a"]) == []  # first run not scored
 
 
+def test_compare_pairs_two_tool_runs_replies_that_should_call_no_tool_by_their_words(tmp_path):
+    """Under tool scoring, the rows whose reference calls nothing carry chrF and ROUGE-L: compare pairs the tuned
+    adapters' on the rows both answered; the call rows (no chrF) are not among them."""
+    from tunelab.evaluate.scoring import NO_CALL
+    from tunelab.report.replies import answers_compare
+    from tunelab.rundir import RunDir
+
+    def run_with(name: str, chrf: list[float] | None) -> RunDir:
+        run = RunDir(tmp_path / name)
+        run.eval_dir.mkdir(parents=True)
+        run.write_json(run.eval_summary, {"scoring": "tool", **({"answers": {"split": "test"}} if chrf else {})})
+        run.write_jsonl(run.predictions, [
+            {"id": f"r{i}", "model": m, "reference": NO_CALL if i % 2 else "get_time({})",
+             **({"chrf": c, "rouge_l": c} if i % 2 and chrf else {})}
+            for i in range(24) for m, c in (("base", 0.1), ("tuned", (chrf or [0, 0])[i % 4 // 2]))])
+        return run
+    first, better = run_with("a", [0.2, 0.3]), run_with("b", [0.6, 0.7])
+    blocks = answers_compare([first, better], ["a", "b"])
+    table = dict((row[0], row[1:]) for row in blocks[1][2])
+    assert table["chrF"][0] == "0.250" and table["chrF"][1].startswith("0.650 (+0.400, CI +0.400..+0.400)")
+    assert ", on " not in table["chrF"][1]  # the 12 answer rows both runs scored; the 12 call rows not counted
+    assert [o.text.split(":")[0] for o in blocks[2][1]] == [
+        "b's replies that should call no tool are closer to the references than a's beyond noise"]
+    assert answers_compare([run_with("c", None), first], ["c", "a"]) == []  # the first run scored none
+
+
 def test_the_rows_whose_reply_moved_most_are_the_largest_falls_then_rises_with_their_replies(tmp_path):
     from tunelab.report.replies import MOVERS, movers
     from tunelab.rundir import RepliesDir

@@ -190,11 +190,57 @@ def test_accuracy_per_tool_groups_the_questions_by_the_functions_their_reference
         "get_time, get_weather": (1, 0.0, 1.0)}
 
 
+def test_a_reply_due_no_call_is_measured_by_its_words_as_well_as_by_calling_none():
+    """Under tool scoring, a held-out reply whose reference calls nothing (the answer after a tool's result) gets
+    chrF and ROUGE-L against the reference's text (after its thinking); a call's reply, or a blank target, none."""
+    from tunelab.evaluate import overlap
+    from tunelab.evaluate.scoring import NO_CALL
+    from tunelab.evaluate.stage import _worded
+    same = _worded(NO_CALL, "It is 12 °C in Oslo.", "<think>look it up</think>\n\nIt is 12 °C in Oslo.")
+    assert same == {"chrf": 1.0, "rouge_l": 1.0}
+    other = _worded(NO_CALL, "Paris: sunny.", "It is 12 °C in Oslo.")
+    assert 0 <= other["chrf"] < 0.3 and other["rouge_l"] == 0.0
+    assert _worded('get_weather({"city": "Oslo"})', "It is 12 °C in Oslo.", "{...}") == {}
+    assert _worded(NO_CALL, "anything", "  ") == {}
+    rows = [{"id": f"t{i}", "model": m, **({"chrf": c, "rouge_l": c} if c is not None else {})}
+            for m, scores in (("base", (0.1, 0.2, None)), ("tuned", (0.5, 0.8, None))) for i, c in enumerate(scores)]
+    found = overlap.answers(rows, ["base", "tuned"], "test")
+    chrf = found["overlap"]["chrf"]
+    assert found["split"] == "test" and chrf["n"] == 2 and chrf["means"] == [0.15, 0.65]
+    assert chrf["delta"] == pytest.approx(0.5) and found["versus"]["base"]["chrf"]["n"] == 2
+    assert overlap.answers([r for r in rows if "chrf" not in r], ["base", "tuned"], "test") is None
+
+
+@pytest.mark.parametrize("calls, mode", [(1, "tool"), (0, None)])
+def test_auto_picks_tool_scoring_when_a_quarter_of_the_replies_call(tiny_recipe, tmp_path, calls, mode):
+    """Four test rows: one calling (a quarter) is tool data, the others answers after results; none calling, and
+    the answers neither short nor numeric, is no mode (the message counts the calls when there are any)."""
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import scoring_mode
+    folder = tmp_path / "d"
+    folder.mkdir()
+    answered = [{**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": "The weather there is mild "
+                                                          "and dry today, with a light wind from the west."}]}
+                for r in _rows(4, final=True)]
+    write_jsonl(folder / "train.jsonl", _rows(4, final=False))
+    write_jsonl(folder / "test.jsonl", _rows(calls, final=False) + answered[calls:])
+    cfg = validate({**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen_25"},
+                    "data": {"source": str(folder), "messages": "messages"}}, "tiny")
+    found, why = scoring_mode(cfg, load_splits(cfg.data))
+    assert found == mode
+    assert mode or why.startswith("data.target: of 4 test targets") and "tool calls" not in why
+    write_jsonl(folder / "test.jsonl", _rows(1, final=False) + answered[1:] * 2)  # 1 of 7 calls: under a quarter
+    found, why = scoring_mode(cfg, load_splits(cfg.data))
+    assert found is None and why.endswith("; 1 make tool calls, where tool scoring needs 25%")
+
+
 @pytest.mark.slow
 def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe, qwen, tmp_path, monkeypatch):
-    """eval.scoring auto picks tool scoring when 90 % of the held-out replies make tool calls; every pass asks with
-    the row's tools in the prompt (the chat template's system turn) and scores the calls it writes."""
+    """eval.scoring auto picks tool scoring when a quarter of the held-out replies make tool calls; every pass asks
+    with the row's tools in the prompt (the chat template's system turn) and scores the calls it writes; the answers
+    after a tool's result are scored on calling none and, by their words, chrF — in the report and the card."""
     from tunelab.config import validate
+    from tunelab.evaluate.scoring import NO_CALL
     from tunelab.evaluate.stage import evaluate, scoring_mode
     from tunelab.rundir import RunDir
     from tunelab.train.loop import train
@@ -203,7 +249,7 @@ def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe,
     folder.mkdir()
     rows = _rows(24, final=False)
     write_jsonl(folder / "train.jsonl", rows[:20])
-    write_jsonl(folder / "test.jsonl", rows[20:])
+    write_jsonl(folder / "test.jsonl", rows[20:22] + _rows(24, final=True)[22:])  # two calls, two answers
     raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen_25"},
            "data": {"source": str(folder), "messages": "messages"},
            "train": {**tiny_recipe["train"], "epochs": 1, "max_length": 512}, "eval": {"limit": 4, "max_new_tokens": 8}}
@@ -222,12 +268,19 @@ def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe,
     assert result.summary["scoring"] == "tool" and {"base", "tuned"} <= result.summary.keys()
     assert prompts and all("<tools>" in p and "get_weather" in p for p in prompts)
     tuned = [p for p in result.predictions if p["model"] == "tuned"]
-    assert [p["reference"] for p in tuned] == [f'get_weather({{"city": "City{i}"}})' for i in range(20, 24)]
+    assert [p["reference"] for p in tuned] == [f'get_weather({{"city": "City{i}"}})' for i in (20, 21)] + [NO_CALL] * 2
     assert all(p["flexible_correct"] == (p["flexible_answer"] == p["reference"]) for p in tuned)
+    assert ["chrf" in p for p in tuned] == [False, False, True, True]  # the answers' words, against the reference's
+    words = result.summary["answers"]["overlap"]["chrf"]
+    assert words["n"] == 2 and words["means"][1] == pytest.approx(sum(p["chrf"] for p in tuned[2:]) / 2, abs=1e-6)
+    from tunelab import card
     from tunelab.report import write_report
     write_report(run)
     md = run.report_md.read_text()
     assert "Tool-call accuracy = the tool calls the completion makes" in md and "tool-call acc" in md
+    assert f"| Reply that should call no tool: chrF vs reference | {words['means'][0]:.3f} → " in md
+    assert "The tuned adapter's generated replies that should call no tool are " in md
+    assert "The words of the 2 test replies that should call no tool (greedy, base → tuned)" in card.render(run)
 
 
 def test_vllm_is_served_with_the_tool_call_parser_of_the_format_the_tuned_replies_call_in():
@@ -312,3 +365,30 @@ def test_tool_scoring_asked_of_data_without_calls_says_so(tiny_recipe):
                                    "its arguments)"
     auto = validate(tiny_recipe, "tiny")
     assert scoring_mode(auto, load_splits(auto.data))[0] == "numeric"  # '#### N' targets: not tool calls
+
+
+def test_the_generated_tool_set_loads_its_test_questions_naming_no_training_city(tmp_path, qwen):
+    """benchmarks/tool_data.py (the README's measured set): rows tunelab reads, each through Qwen2.5's template;
+    with --answers 1 every call is followed by its result and the answer; no test city in a training row."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tool_data.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "--train", "60", "--test", "20", "--answers",
+                           "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    spec = importlib.util.spec_from_file_location("tool_data", script)
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec.loader.exec_module(made := importlib.util.module_from_spec(spec))
+    finally:
+        sys.path.remove(str(script.parent))
+    splits = load_splits(DataConfig(source=str(tmp_path), messages="messages"))
+    assert len(splits.train) + len(splits.val) == 60 and len(splits.test) == 20
+    chats = {answer for _, answer in made.CHAT}
+    assert all(e.target in chats or "<tool_response>" in chat.prompt(qwen, e.prompt, history=e.fields[chat.HISTORY])
+               for e in splits.test)  # an answer written after the tool's result, or plain chat
+    train_text = " ".join(e.prompt + e.target for e in splits.train + splits.val)
+    asked = [c for c in made.TEST_CITIES if any(c in e.prompt for e in splits.test)]
+    assert asked and not any(c in train_text for c in made.TEST_CITIES)

@@ -227,8 +227,10 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
     return out
 
 
-def _overlap(generated: dict | None) -> list[str]:
-    """The card's lines on the generated replies' chrF and ROUGE-L against the references, when scored."""
+def _overlap(generated: dict | None,
+             which: str = "The replies themselves (greedy, base → tuned, the first {n} {split} rows)") -> list[str]:
+    """The card's lines on the generated replies' chrF and ROUGE-L against the references, when scored (`which`:
+    the replies, in words, with their number and split)."""
     from tunelab.evaluate.overlap import METRICS
     from tunelab.report.replies import baselines
     if not (generated or {}).get("overlap"):
@@ -239,8 +241,8 @@ def _overlap(generated: dict | None) -> list[str]:
     said += [f"tuned − {what}, {METRICS['chrf']} {d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
              for what, d in baselines(generated)]
     n = generated["overlap"]["chrf"]["n"]
-    return [f"The replies themselves (greedy, base → tuned, the first {n} {generated['split']} rows), scored against "
-            f"the references from 0 to 1: {'; '.join(said)}.", ""]
+    return [f"{which.format(n=n, split=generated['split'])}, scored against the references from 0 to 1: "
+            f"{'; '.join(said)}.", ""]
 
 
 def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
@@ -291,7 +293,10 @@ def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
                  f"interval {low:+.1f} to {high:+.1f}; {diff['gained']} questions gained, {diff['lost']} lost)."]
     if said := sampled_line(evaluation):  # eval.pass_at_k
         rows += ["", f"Sampled: {said.removeprefix('sampled ')}."]
-    return rows + [""] + _categories(evaluation)
+    from tunelab.report.replies import UNCALLED
+    words = _overlap(evaluation.get("answers"),  # tool scoring's replies due no call
+                     "The words of the {n} {split} " + UNCALLED + " (greedy, base → tuned)")
+    return rows + [""] + words + _categories(evaluation)
 
 
 def _other_sets(run: RunDir) -> list[str]:

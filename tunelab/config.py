@@ -573,10 +573,10 @@ class EvalConfig(Section):
         "answer eval.answer_pattern reads in the completion against the one it reads in the target (or the whole "
         "target, where it does not match); tool = the tool calls the completion makes (JSON objects with a name and "
         "arguments) against the target's; choice = multiple choice by log-likelihood, nothing generated (see "
-        "eval.choices); none = no eval stage; auto = choice when eval.choices is set, else tool when >= 90 % of the "
-        "targets make tool calls, else regex when >= 90 % of the targets match eval.answer_pattern, else numeric "
-        "when >= 90 % state a final answer ('#### N', 'The answer is N', a bare number), else exact when >= 90 % are "
-        "short (one line, <= 8 words), else none")
+        "eval.choices); none = no eval stage; auto = choice when eval.choices is set, else tool when >= 25 % of the "
+        "targets make tool calls (the others scored on calling none, and their words by chrF), else regex when >= "
+        "90 % of the targets match eval.answer_pattern, else numeric when >= 90 % state a final answer ('#### N', "
+        "'The answer is N', a bare number), else exact when >= 90 % are short (one line, <= 8 words), else none")
     choices: str | list[str] | None = Field(
         None, description="multiple-choice scoring (lm-eval's multiple_choice tasks: MMLU, ARC, HellaSwag, PIQA): "
         "the field holding each row's options (a list; ARC's {text, label}), or the fields that each hold one "

@@ -66,6 +66,13 @@ def comparisons(rows: list[dict], names: list[str]) -> dict:
     return out
 
 
+def answers(rows: list[dict], names: list[str], split: str) -> dict | None:
+    """Under tool scoring, the replies that should call no tool, by their words (the rows `stage._worded` scored by
+    chrF and ROUGE-L): `comparisons` over those rows, with the split they are from; None when there are none."""
+    worded = [r for r in rows if "chrf" in r]
+    return {"split": split, **comparisons(worded, names)} if worded else None
+
+
 def compare(rows: list[dict], before: str = "base", after: str = "tuned") -> dict[str, dict]:
     """Per metric, the mean of model `after`'s replies minus model `before`'s over the rows both answered, with a
     paired bootstrap 95 % interval over rows and the two means (`stats.paired_loss_difference`, every row weighing

@@ -287,7 +287,8 @@ NAMING = {
                    "target's, the arguments compared as JSON values: same calls in order = the same calls in the "
                    "same order; same calls = the same calls in any order (parallel calls, as Berkeley's "
                    "function-calling leaderboard scores them); a reply whose reference calls nothing is right when "
-                   "it calls nothing either."),
+                   "it calls nothing either, and its words are measured against the reference's by chrF and "
+                   "ROUGE-L (0..1, tuned − base paired over those rows; not judged right or wrong)."),
     "choice": Naming("multiple-choice accuracy", "choice acc", "acc", "acc_norm",
                      "Multiple-choice accuracy = the option the model finds most likely after the prompt (each "
                      "written by eval.choice_target) against the one the target names, as lm-evaluation-harness "

@@ -30,8 +30,8 @@ from tunelab.errors import UserError
 from tunelab.evaluate import choices, losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask, ask_turn, exchanges, fewshot_context
 from tunelab.evaluate.journal import Journal
-from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, SHORT_WORDS, after_thinking, is_short, scorer, short_answer, \
-    states_answer, tool_calls_in
+from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, NO_CALL, SHORT_WORDS, after_thinking, answer_of, is_short, \
+    scorer, short_answer, states_answer, tool_calls_in
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
     pass_names, sampled_comparison, sampled_name
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
@@ -122,6 +122,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     categories = by_category(predictions, [q.id for q in questions], categories_from(cfg), mode)
     if categories:
         summary["by_category"] = categories
+    if mode == "tool" and (worded := overlap.answers(predictions, list(stats), summary["split"])):
+        summary["answers"] = worded  # the replies that should call no tool: their words against the references'
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         if sampled:
@@ -345,13 +347,16 @@ def _questions(cfg: Recipe, splits) -> tuple[str, list[Example]]:
 
 
 AUTO_SHARE = 0.9  # eval.scoring=auto picks a mode when this share of the targets suits it
+TOOL_SHARE = 0.25  # or tool scoring when this share of them call a tool: the others (answers after a tool's
+# result, questions no tool serves) are scored on calling none and, by their words, chrF (`_worded`)
 
 
 def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
-    """(mode, None) — how the eval stage scores this recipe's data, numeric, exact or regex — or (None, why it does
-    not): eval.scoring=none, no held-out rows, no reference answer in the mode asked for, or (auto) fewer than 90 %
-    of the targets matching eval.answer_pattern (or `<answer>` tags), stating a final number
-    (`scoring.states_answer`) or being short answers (`scoring.is_short`)."""
+    """(mode, None) — how the eval stage scores this recipe's data: choice, tool, numeric, exact or regex — or
+    (None, why it does not): eval.scoring=none, no held-out rows, no reference answer in the mode asked for, or
+    (auto) fewer than a quarter of the targets making tool calls and fewer than 90 % matching eval.answer_pattern
+    (or `<answer>` tags), stating a final number (`scoring.states_answer`) or being short answers
+    (`scoring.is_short`)."""
     if cfg.eval.scoring == "none":
         return None, "eval.scoring: none"
     split, rows = _limited(cfg, splits)
@@ -364,7 +369,8 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
     stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
     if cfg.eval.scoring != "auto":
         return _asked_mode(cfg, split, rows, tagged, short)
-    if sum(tool_calls_in(e.target) is not None for e in rows) >= AUTO_SHARE * len(rows):
+    called = sum(tool_calls_in(e.target) is not None for e in rows)
+    if called >= TOOL_SHARE * len(rows):
         return "tool", None
     if tagged >= AUTO_SHARE * len(rows):
         return "regex", None
@@ -375,7 +381,8 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
     return None, (f"data.target: of {len(rows)} {split} targets, {stated} state a final number ('#### N', 'The "
                   f"answer is N' or a bare number), {short} are short answers (one line, at most {SHORT_WORDS} words) "
                   f"and {tagged} match eval.answer_pattern ({pattern.pattern}); eval.scoring=auto needs "
-                  f"{AUTO_SHARE:.0%} of one of them (eval.scoring=numeric, exact or regex scores them anyway)")
+                  f"{AUTO_SHARE:.0%} of one of them (eval.scoring=numeric, exact or regex scores them anyway)"
+                  + (f"; {called} make tool calls, where tool scoring needs {TOOL_SHARE:.0%}" if called else ""))
 
 
 def _choice_mode(cfg: Recipe, split: str, rows: list[Example]) -> tuple[str | None, str | None]:
@@ -933,10 +940,18 @@ def _row_scorer(cfg: Recipe, mode: str) -> tuple:
 
 def _row(p: Pass, q: Example, completion: str, tokens: int, scored: tuple) -> dict:
     reference, score = scored
-    ref = reference(q.target)
+    ref, reply = reference(q.target), after_thinking(completion, p.think_end)
     return {"id": q.id, "model": p.name, "question": q.fields.get("question", q.prompt), "reference": ref,
-            "completion": completion, **score(after_thinking(completion, p.think_end), ref or ""), "tokens": tokens,
+            "completion": completion, **score(reply, ref or ""), **_worded(ref, reply, q.target), "tokens": tokens,
             **({"epoch": p.epoch} if p.epoch is not None else {}), **({"label": q.label} if q.label else {})}
+
+
+def _worded(ref: str | None, reply: str, target: str) -> dict[str, float]:
+    """Under tool scoring, a reply that should call no tool (the answer after a tool's result, a question no tool
+    serves) is right when it calls none; how close its words come to the reference's is measured too, by chrF and
+    ROUGE-L (`overlap.score`, against the target after its thinking). {} for any other row."""
+    said = answer_of(target).strip()
+    return overlap.score(reply, said) if ref == NO_CALL and said else {}
 
 
 def _figures(rows: list[dict], mode: str) -> dict[str, float]:

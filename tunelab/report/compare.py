@@ -91,6 +91,9 @@ def eval_lines(evaluation: dict) -> list[str]:
                                                                      for r in rows if "mc2" in r]
         lines.append(f"mc2 (the probability on the true options): {' → '.join(steps)}; tuned − base "
                      f"{m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f}")
+    from tunelab.report.replies import answers_line
+    if said := answers_line(evaluation):  # tool scoring: the replies due no call, by their words
+        lines.append(said)
     for f in evaluation.get("flips") or []:
         lines.append(f"flips {f['from']} → {f['to']}: {len(f['gained'])} gained, {len(f['lost'])} lost")
     return lines
@@ -345,6 +348,8 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     from tunelab.report import replies
     if generated := replies.compare_blocks(runs, names):
         sections.append(("Held-out replies, generated", generated))
+    if answered := replies.answers_compare(runs, names):  # tool scoring's replies due no call, by their words
+        sections.append(("Replies that should call no tool", answered))
     if other_sets := compare_blocks(runs, names):
         sections.append(("Other test sets", other_sets))
     from tunelab.report import mix

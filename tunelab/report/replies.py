@@ -70,16 +70,41 @@ def _change(d: dict) -> str:
     return f"{d['means'][0]:.3f} → {d['means'][1]:.3f} ({d['delta']:+.3f}, 95 % CI {lo:+.3f}..{hi:+.3f})"
 
 
-def key_rows(s: dict | None) -> list[tuple[str, str, str]]:
-    """The Key metrics table's rows: each metric, base → tuned, the paired change."""
+def key_rows(s: dict | None, replies: str = "Reply") -> list[tuple[str, str, str]]:
+    """The Key metrics table's rows: each metric, base → tuned, the paired change. `replies`: what the replies
+    scored are, in words."""
     if not s:
         return []
-    return [(f"Reply {METRICS[m]} vs reference", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+    return [(f"{replies} {METRICS[m]} vs reference", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
              f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} {s['split']} rows, "
              "base model → tuned adapter, paired") for m, d in s["overlap"].items()] + \
-        [(f"vs {what} (reply {METRICS[JUDGED]})", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
+        [(f"vs {what} ({replies.lower()} {METRICS[JUDGED]})", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
           f"{d['delta']:+.3f}, 95 % CI {d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows, paired")
          for what, d in baselines(s)]
+
+
+UNCALLED = "replies that should call no tool"  # tool scoring's answers after a tool's result, questions no tool serves
+
+
+def answers_line(evaluation: dict) -> str | None:
+    """The console's line on tool scoring's replies that should call no tool, by their words (the eval summary's
+    `answers`): each metric base → tuned, paired; None when there are none."""
+    s = evaluation.get("answers")
+    return s and (f"{UNCALLED} ({s['overlap'][JUDGED]['n']} {s['split']} rows), their words against the references: "
+                  + "; ".join(f"{METRICS[m]} {_change(d)}" for m, d in s["overlap"].items()))
+
+
+def answers_rows(evaluation: dict | None) -> list[tuple[str, str, str]]:
+    """Tool scoring's replies that should call no tool, by their words: the Key metrics rows (`key_rows`)."""
+    return key_rows((evaluation or {}).get("answers"), "Reply that should call no tool:")
+
+
+def answers_verdicts(evaluation: dict | None, trained: int | None) -> list[Observation]:
+    """Tool scoring's replies that should call no tool, by their words: the verdicts on chrF, tuned against base,
+    each baseline and each epoch against the one before (the tuned adapter as epoch `trained`)."""
+    s = (evaluation or {}).get("answers")
+    where = f" {UNCALLED.removeprefix('replies ')}"
+    return [change(s, where), *baseline_changes(s, where), *epoch_changes(s, trained, where)] if s else []
 
 
 def section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -288,13 +313,19 @@ def compare_cells(view: RepliesDir, runs: list[RunDir], names: list[str], metric
     """`compare`'s cells for one metric of the replies in `view` (a run's own, or an eval.also set's): the first
     run's tuned mean, each later run's and its change from the first paired over the rows both answered (same id and
     reference), with a verdict on chrF; ([], []) when the first run's were not scored."""
-    first = _tuned_replies(view)
+    return _cells(lambda run: _tuned_replies(view.at(run.path)), runs, names, metric,
+                  "generated replies" + (f" to {view.also}" if view.also else ""))
+
+
+def _cells(replies_of, runs: list[RunDir], names: list[str], metric: str, what: str) -> tuple[list, list[Observation]]:
+    """`compare_cells` for the tuned replies `replies_of(run)` gives by (row id, reference): `what` they are, in
+    words."""
+    first = replies_of(runs[0])
     if not first:
         return [], []
     cells, found, label = [f"{sum(r[metric] for r in first.values()) / len(first):.3f}"], [], METRICS[metric]
-    where = f" to {view.also}" if view.also else ""
     for run, name in zip(runs[1:], names[1:]):
-        tuned = _tuned_replies(view.at(run.path))
+        tuned = replies_of(run)
         shared = {key: (r[metric], 1) for key, r in tuned.items() if key in first}
         d = paired_loss_difference({key: (first[key][metric], 1) for key in shared}, shared) if shared else None
         cells.append(None if d is None else f"{d['means'][1]:.3f} ({d['delta']:+.3f}, CI {d['ci95'][0]:+.3f}.."
@@ -302,9 +333,32 @@ def compare_cells(view: RepliesDir, runs: list[RunDir], names: list[str], metric
         if d and metric == JUDGED and (sign := rules.sign_of(d["ci95"])):
             moved = "closer to" if sign > 0 else "further from"
             found.append(Observation("good" if sign > 0 else "watch",
-                                     f"{name}'s generated replies{where} are {moved} the references than "
+                                     f"{name}'s {what} are {moved} the references than "
                                      f"{names[0]}'s beyond noise: {label} {_change(d)}, {d['n']} rows.", COMPARE_RULE))
     return cells, found
+
+
+def answers_compare(runs: list[RunDir], names: list[str]) -> list:
+    """`compare`'s view of tool scoring's replies that should call no tool, by their words, when the first run's
+    were scored: each metric's tuned mean per run, each later run's change from the first paired over the rows both
+    answered (same id), with a verdict on chrF."""
+    table, found = [], []
+    for metric, label in METRICS.items():
+        cells, seen = _cells(_tuned_answers, runs, names, metric, UNCALLED)
+        table += [(label, *cells)] if cells else []
+        found += seen
+    return [("p", f"Each run's tuned adapter's {UNCALLED} (the answers written from a tool's result, the questions "
+                  "no tool serves), their words scored against the references (0..1); each later run's change from "
+                  f"{names[0]} on the rows both answered, paired (\"on N\" when fewer). Rule: {COMPARE_RULE}."),
+            ("table", ["metric", *names], table), ("obs", found)] if table else []
+
+
+def _tuned_answers(run: RunDir) -> dict[tuple[str, str], dict]:
+    """A run's tuned adapter's replies that should call no tool, scored by their words, by (row id, reference); {}
+    when its eval scored none."""
+    if not (run.read_eval_summary() or {}).get("answers"):
+        return {}
+    return {(r["id"], r["reference"]): r for r in run.read_predictions() if r["model"] == "tuned" and "chrf" in r}
 
 
 COMPARE_RULE = (f"paired bootstrap 95 % CI over the rows both runs answered of the mean {METRICS[JUDGED]}, later run − "

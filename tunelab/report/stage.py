@@ -359,6 +359,7 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
                          f"{100 * evaluation['base']['mc2']:.1f} % → {100 * evaluation['tuned']['mc2']:.1f} %",
                          f"{m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f} "
                          f"(paired bootstrap over questions), n = {m['n']}"))
+        rows += replies.answers_rows(evaluation)  # tool scoring: the replies due no call, by their words
     if not evaluation:
         rows.append(("Answer accuracy", "not measured", f"no answer check: {skipped['reason']}" if skipped else
                      "the eval stage has not run (tunelab eval RUN_DIR)"))
@@ -505,6 +506,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                                                evaluation["base"][f"{metric}_accuracy"],
                                                evaluation["tuned"][f"{metric}_accuracy"], names.accuracy))
         found += [o for o in (rules.mc2_change(evaluation),) if o]
+        found += replies.answers_verdicts(evaluation, summary.get("epochs"))
         if c := evaluation.get("continued"):  # what this run's own training added to the adapter it continued
             found.append(rules.accuracy_change(c["tuned_vs_start"]["flexible"], names.flexible,
                                                evaluation[START]["flexible_accuracy"],
