@@ -173,6 +173,28 @@ def test_tool_calls_are_read_whatever_wraps_them_and_compared_as_json_values():
     assert not score_tool(mistral, NO_CALL)["flexible_correct"]
 
 
+def test_each_tool_scored_reply_is_right_or_says_how_its_calls_went_wrong():
+    from tunelab.evaluate.scoring import NO_CALL, OUTCOMES, score_tool, tool_outcome, tool_reference
+    from tunelab.evaluate.summary import tool_outcomes
+    gold = tool_reference('[{"name": "get_time", "arguments": {"city": "Oslo"}}, '
+                          '{"name": "get_weather", "arguments": {"city": "Oslo"}}]')
+    replies = {"right": '{"name": "get_weather", "arguments": {"city": "Oslo"}} {"name": "get_time", "arguments": '
+                        '{"city": "Oslo"}}',
+               "no call": "It is sunny in Oslo.",
+               "wrong arguments": '{"name": "get_time", "arguments": {"city": "Oslo"}} {"name": "get_weather", '
+                                  '"arguments": {"city": "Bergen"}}',
+               "wrong tool": '{"name": "get_time", "arguments": {"city": "Oslo"}}'}  # one call too few
+    for outcome, reply in replies.items():
+        assert tool_outcome(score_tool(reply, gold)["flexible_answer"], gold) == outcome
+    assert tool_outcome(score_tool(replies["wrong tool"], NO_CALL)["flexible_answer"], NO_CALL) == "call not due"
+    assert tool_outcome(score_tool("No tool does that.", NO_CALL)["flexible_answer"], NO_CALL) == "right"
+    rows = [{"model": m, "reference": gold, **score_tool(replies[o], gold)}
+            for m, said in (("base", ["no call", "no call"]), ("tuned", ["right", "wrong arguments"])) for o in said]
+    counts = tool_outcomes(rows, ["base", "tuned"])
+    assert list(counts["tuned"]) == list(OUTCOMES) and counts["base"]["no call"] == 2
+    assert counts["tuned"] == {"right": 1, "no call": 0, "call not due": 0, "wrong tool": 0, "wrong arguments": 1}
+
+
 def test_accuracy_per_tool_groups_the_questions_by_the_functions_their_reference_calls():
     from tunelab.evaluate.scoring import NO_CALL, score_tool, tool_reference
     from tunelab.evaluate.summary import by_category
@@ -281,6 +303,11 @@ def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe,
     assert f"| Reply that should call no tool: chrF vs reference | {words['means'][0]:.3f} → " in md
     assert "The tuned adapter's generated replies that should call no tool are " in md
     assert "The words of the 2 test replies that should call no tool (greedy, base → tuned)" in card.render(run)
+    outcomes = result.summary["tool_outcomes"]
+    assert list(outcomes) == ["base", "tuned"] and sum(outcomes["tuned"].values()) == 4
+    assert outcomes["tuned"]["right"] == sum(p["flexible_correct"] for p in tuned)
+    counted = " | ".join(map(str, outcomes["tuned"].values()))
+    assert "## How the tool calls went" in md and f"| tuned | {counted} |" in md
 
 
 def test_vllm_is_served_with_the_tool_call_parser_of_the_format_the_tuned_replies_call_in():

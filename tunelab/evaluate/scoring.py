@@ -238,6 +238,24 @@ def score_tool(completion: str, reference: str) -> dict:
             "flexible_correct": sorted(made) == sorted(gold)}
 
 
+OUTCOMES = {"right": "the same calls (in any order)", "no call": "calls were due and none was made",
+            "call not due": "a call made where none was due",
+            "wrong tool": "the functions called are not the reference's (another one, one too many or too few)",
+            "wrong arguments": "the reference's functions, called with other arguments"}  # a tool-scored reply's
+
+
+def tool_outcome(answer: str | None, reference: str) -> str:
+    """Which of `OUTCOMES` a tool-scored reply is: its calls as `score_tool` read them (None: none made where calls
+    were due; NO_CALL) against the reference's."""
+    made, gold = ([] if c in (None, NO_CALL) else c.split("\n") for c in (answer, reference))
+    if sorted(made) == sorted(gold):
+        return "right"
+    if not made or not gold:
+        return "no call" if not made else "call not due"
+    names = [sorted(call.split("(", 1)[0] for call in calls) for calls in (made, gold)]
+    return "wrong arguments" if names[0] == names[1] else "wrong tool"
+
+
 SCORERS = {"numeric": (reference_answer, score), "exact": (short_answer, score_exact),
            "tool": (tool_reference, score_tool)}  # mode: (reference, score)
 

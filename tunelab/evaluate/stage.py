@@ -33,7 +33,7 @@ from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, NO_CALL, SHORT_WORDS, after_thinking, answer_of, is_short, \
     scorer, short_answer, states_answer, tool_calls_in
 from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
-    pass_names, sampled_comparison, sampled_name
+    pass_names, sampled_comparison, sampled_name, tool_outcomes
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -122,8 +122,10 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     categories = by_category(predictions, [q.id for q in questions], categories_from(cfg), mode)
     if categories:
         summary["by_category"] = categories
-    if mode == "tool" and (worded := overlap.answers(predictions, list(stats), summary["split"])):
-        summary["answers"] = worded  # the replies that should call no tool: their words against the references'
+    if mode == "tool":  # how each pass's calls went, right or wrong, and the words of the replies due no call
+        summary["tool_outcomes"] = tool_outcomes(predictions, list(stats))
+        if worded := overlap.answers(predictions, list(stats), summary["split"]):
+            summary["answers"] = worded
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         if sampled:

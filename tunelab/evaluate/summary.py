@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tunelab.evaluate.scoring import NO_CALL, flips, mentions, normalize_answer, normalize_text
+from tunelab.evaluate.scoring import NO_CALL, OUTCOMES, flips, mentions, normalize_answer, normalize_text, \
+    tool_outcome
 from tunelab.rundir import START
 from tunelab.stats import paired_difference, paired_loss_difference
 
@@ -234,6 +235,16 @@ def categories_of(predictions: list[dict], ids: list[str], labelled: str | None,
     for i in ids:
         groups.setdefault(key(i), []).append(i)
     return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))), source
+
+
+def tool_outcomes(predictions: list[dict], names: list[str]) -> dict[str, dict[str, int]]:
+    """Under tool scoring, per pass (`names`, in eval's order) how many of its replies had each outcome
+    (`scoring.OUTCOMES`: right, no call, call not due, wrong tool, wrong arguments), every outcome counted."""
+    counts = {name: Counter() for name in names}
+    for r in predictions:
+        if r["model"] in counts:
+            counts[r["model"]][tool_outcome(r["flexible_answer"], r["reference"])] += 1
+    return {name: {outcome: found[outcome] for outcome in OUTCOMES} for name, found in counts.items()}
 
 
 def called(reference: str) -> str:

@@ -91,8 +91,10 @@ def eval_lines(evaluation: dict) -> list[str]:
                                                                      for r in rows if "mc2" in r]
         lines.append(f"mc2 (the probability on the true options): {' → '.join(steps)}; tuned − base "
                      f"{m['delta_pts']:+.1f} pts, 95 % CI {m['ci95_pts'][0]:+.1f}..{m['ci95_pts'][1]:+.1f}")
+    if outcomes := (evaluation.get("tool_outcomes") or {}).get("tuned"):  # tool scoring: how the tuned calls went
+        lines.append("tuned replies' calls: " + ", ".join(f"{n} {outcome}" for outcome, n in outcomes.items() if n))
     from tunelab.report.replies import answers_line
-    if said := answers_line(evaluation):  # tool scoring: the replies due no call, by their words
+    if said := answers_line(evaluation):  # and the replies due no call, by their words
         lines.append(said)
     for f in evaluation.get("flips") or []:
         lines.append(f"flips {f['from']} → {f['to']}: {len(f['gained'])} gained, {len(f['lost'])} lost")

@@ -15,7 +15,7 @@ from tunelab import card, handoff, trackers
 from tunelab.config import Recipe
 from tunelab.data import MIX_SEP, source_names
 from tunelab.data.checks import source_note, targets_line, untrained_cell
-from tunelab.evaluate.scoring import naming
+from tunelab.evaluate.scoring import OUTCOMES, naming
 from tunelab.evaluate.summary import baselines
 from tunelab.memory import describe
 from tunelab.report import categories, extra, mix, replies, sampled
@@ -90,6 +90,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         sections.append(("Questions gained and lost", _flips(run, evaluation)))
     if evaluation and evaluation.get("by_category"):
         sections.append(("Accuracy by category", categories.accuracy_blocks(evaluation)))
+    if evaluation and evaluation.get("tool_outcomes"):
+        sections.append(("How the tool calls went", _tool_outcomes(evaluation["tool_outcomes"])))
     samples, skipped = run.read_jsonl(run.eval_samples), run.read_optional(run.eval_skipped)
     if samples and skipped and not evaluation:
         chrf = {(p["id"], p["model"]): p["chrf"] for p in RepliesDir(run.path).read_predictions() if "chrf" in p}
@@ -689,6 +691,14 @@ def _flips(run: RunDir, evaluation: dict) -> list:
                                [(c, names.get(c, "?"), v["gained"], v["lost"], v["gained"] - v["lost"])
                                 for c, v in sorted(per.items(), key=lambda kv: kv[1]["lost"] - kv[1]["gained"])]))
     return blocks
+
+
+def _tool_outcomes(outcomes: dict[str, dict[str, int]]) -> list:
+    """Tool scoring: each model's replies by outcome (right, no call, a call not due, the wrong tool, the wrong
+    arguments), so that a miss says what to fix."""
+    return [("p", "Each reply's calls (as tool-call accuracy reads them) against its reference's: "
+                  + "; ".join(f"{name} = {meaning}" for name, meaning in OUTCOMES.items()) + "."),
+            ("table", ["model", *OUTCOMES], [(name, *counts.values()) for name, counts in outcomes.items()])]
 
 
 def _samples(rows: list[dict], skipped: dict, max_new_tokens: int, chrf: dict | None = None) -> list:
