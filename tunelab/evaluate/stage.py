@@ -789,8 +789,8 @@ def replies(cfg: Recipe, run: RunDir, splits=None, also: str | None = None) -> d
 def _reply_passes(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example], tok) -> list[Pass]:
     """The passes `replies` generates: as eval's (`_plan`: base, its prompting baselines, each kept epoch, the
     best-loss adapter, tuned), until EOS, without the few-shot passes when there is no pool of shots (an eval.also
-    set of one file, scored on all its rows), else with the first shots (`pool`, as the loss measure's); only base and tuned when only the `eval.samples` shown are generated
-    (eval.overlap false)."""
+    set of one file, scored on all its rows), else with the first shots (`pool`, as the loss measure's); only base
+    and tuned when only the `eval.samples` shown are generated (eval.overlap false)."""
     if not pool:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fewshot": 0})})
     else:  # as the loss measure's: the first N (`_loss_shots`)
