@@ -104,7 +104,12 @@ LAYOUT = {
                                           "base-prompt, with the `template` asked), `flips`, `cost` (the passes "
                                           "answered for this run, priced as cost.json); `by_category`: base → tuned "
                                           "per `data.label_field` value (or per reference class under exact or regex "
-                                          "scoring, with confusion tables), paired"),
+                                          "scoring, with confusion tables; per tool called under tool scoring), "
+                                          "paired; under tool scoring `tool_outcomes` (per model, its replies right, "
+                                          "with no call, a call not due, the wrong tool, the wrong arguments) and "
+                                          "`answers` (the replies due no call: chrF and ROUGE-L, `overlap` / "
+                                          "`versus` / `epochs` as eval/replies/'s; each such prediction row carries "
+                                          "its `chrf` and `rouge_l`)"),
     "eval/skipped.json": ("eval_skipped", "why `tunelab run` skipped the eval stage: `reason` (eval.scoring, or "
                                           "held-out targets no scoring mode suits); `by_loss`: whether the held-out "
                                           "rows are measured by loss instead (eval/loss/)"),
