@@ -10,11 +10,14 @@ The last line is one JSON object. Takes ~8 min here (the naive loop is most of i
 
 With --fewshot N it times something else: tunelab's N-shot pass (lm-eval's GSM8K prompts) with the shots'
 context prefilled once and shared, against prefilling each whole prompt (~6 min for 128 questions, 5 shots).
+With --tools: the questions asked through Qwen2.5's chat template with three tool schemas in its system turn (a
+tool-calling run's eval prompts), the tokens they all start with prefilled once and shared against prefilling every
+whole prompt (~5 min for 128 questions, 128 new tokens).
 With --sample T: tunelab's sampled decoding at temperature T (eval.pass_at_k's: top-p 0.95, a seeded generator per
 row) against its greedy decoding with and without prompt-lookup drafts, tokens/s each (~4 min for 128 questions).
 
 Run as: .venv/bin/python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 256] [--slots 0] [--fewshot 5]
-        [--sample 0.6]
+        [--sample 0.6] [--tools]
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def fewshot(model, tok, shots, questions, args) -> None:
     width = sum(len(x) for x in tok(prompts)["input_ids"]) / len(prompts)
     shared, shared_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, stops=stops,
                                 prefix=fewshot_context(shots))
-    whole, whole_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, stops=stops)
+    whole, whole_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, stops=stops, share=False)
     same = sum(a.completion == b.completion for a, b in zip(shared, whole)) / len(prompts)
     tokens = sum(g.tokens for g in shared)
     print(f"{len(prompts)} questions {len(shots)}-shot ({width:.0f} prompt tokens each): shared prefix {shared_s:.1f} s, "
@@ -102,6 +105,29 @@ def fewshot(model, tok, shots, questions, args) -> None:
                       "prompt_tokens": round(width, 1), "generated_tokens": tokens,
                       "shared_prefix_seconds": round(shared_s, 2), "whole_prompt_seconds": round(whole_s, 2),
                       "ratio": round(whole_s / shared_s, 3), "identical_completions": round(same, 4)}))
+
+
+def tool_prompts(model, tok, questions, args) -> None:
+    """The questions asked through Qwen2.5's chat template with benchmarks/tool_data.py's three tool schemas in its
+    system turn (a tool-calling run's eval prompts): the tokens every prompt starts with prefilled once and shared,
+    against prefilling each whole prompt."""
+    from tool_data import TOOLS
+    from tunelab.config import ModelConfig
+    tok.chat_template = ModelConfig(name="x", chat_template="qwen_25").chat_template
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q.prompt}], tools=TOOLS, tokenize=False,
+                                       add_generation_prompt=True) for q in questions]
+    widths = [len(x) for x in tok(prompts)["input_ids"]]
+    shared, shared_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
+    whole, whole_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, share=False)
+    same = sum(a.completion == b.completion for a, b in zip(shared, whole)) / len(prompts)
+    print(f"{len(prompts)} questions with tool schemas ({sum(widths) / len(widths):.0f} prompt tokens each): shared "
+          f"prefix {shared_s:.1f} s, whole prompts {whole_s:.1f} s: {whole_s / shared_s:.2f}x faster; identical "
+          f"completions {100 * same:.1f} %")
+    print(json.dumps({"benchmark": "eval_throughput_tools", "n": len(prompts),
+                      "prompt_tokens": round(sum(widths) / len(widths), 1),
+                      "generated_tokens": sum(g.tokens for g in shared), "shared_prefix_seconds": round(shared_s, 2),
+                      "whole_prompt_seconds": round(whole_s, 2), "ratio": round(whole_s / shared_s, 3),
+                      "identical_completions": round(same, 4)}))
 
 
 def sampled(model, tok, prompts: list[str], args) -> None:
@@ -130,6 +156,9 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--fewshot", type=int, default=0,
                     help="instead: time tunelab's N-shot pass (lm-eval format) with and without the shared prefix")
+    ap.add_argument("--tools", action="store_true",
+                    help="instead: time prompts with tool schemas (Qwen2.5's template) with and without sharing the "
+                         "tokens they all start with")
     ap.add_argument("--sample", type=float, default=0.0,
                     help="instead: time tunelab's sampled decoding at this temperature against its greedy decoding")
     args = ap.parse_args()
@@ -145,6 +174,8 @@ def main() -> None:
         return fewshot(model, tok, load_splits(cfg.data).train[:args.fewshot], questions, args)
     if args.sample:
         return sampled(model, tok, prompts, args)
+    if args.tools:
+        return tool_prompts(model, tok, questions, args)
     gens, fast_s = generate(model, tok, prompts, args.max_new_tokens, args.slots)
     gens32, fast32_s = generate(model, tok, prompts[:32], args.max_new_tokens, args.slots)
     plain, plain_s = generate(model, tok, prompts, args.max_new_tokens, args.slots, speculate=False)

@@ -99,7 +99,8 @@ def test_draft_is_what_followed_the_last_earlier_occurrence():
 def test_a_shared_prefix_is_run_once_and_changes_nothing_a_row_computes(tiny_model):
     """Few-shot prompts share their context: it is prefilled once and its cache copied. Each row's cache then holds
     what a whole-prompt prefill holds (to fp32 rounding), batched rows equal batch-1 rows, and a prompt that does
-    not start with the prefix is prefilled whole beside them."""
+    not start with the prefix is prefilled whole beside them. Without a prefix given, the tokens every prompt
+    starts with are shared the same way."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import tunelab.evaluate.generate as gen
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -131,6 +132,15 @@ def test_a_shared_prefix_is_run_once_and_changes_nothing_a_row_computes(tiny_mod
     batched, _ = generate(model, tok, prompts, max_new_tokens=10, slots=4, prefix=context)
     single = [generate(model, tok, [p], max_new_tokens=10, slots=1, prefix=context)[0][0] for p in prompts]
     assert [(g.completion, g.tokens) for g in batched] == [(g.completion, g.tokens) for g in single]
+    common = gen.SharedPrefix.common(model, encoded[:6], device)  # no prefix given: the tokens all prompts share
+    assert common.ids == encoded[0][:len(common.ids)] and len(common.ids) >= len(shared.ids)
+    assert gen.SharedPrefix.common(model, encoded, device) is None  # "Other: 7?" shares too few tokens
+    found, _ = generate(model, tok, prompts[:6], max_new_tokens=10, slots=4)
+    assert [(g.completion, g.tokens) for g in found] == [(g.completion, g.tokens) for g in single[:6]]
+    from unittest import mock
+    with mock.patch.object(gen.SharedPrefix, "common", side_effect=AssertionError("share=False shares nothing")):
+        whole, _ = generate(model, tok, prompts[:6], max_new_tokens=10, slots=4, share=False)
+    assert [(g.completion, g.tokens) for g in whole] == [(g.completion, g.tokens) for g in found]
 
 
 def test_cache_with_room_holds_what_concatenation_holds():

@@ -288,7 +288,7 @@ def auto_slots(model, device: torch.device, max_tokens: int) -> int:
 def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0, label: str = "generate",
              on_result=None, stops: list | None = None,
              speculate: bool = True, pack: bool = True, prefix: str | None = None,
-             sampling: Sampling | None = None) -> tuple[list[Generation], float]:
+             sampling: Sampling | None = None, share: bool = True) -> tuple[list[Generation], float]:
     """Greedy (or, with `sampling`, sampled) completions for `prompts` (same order) and the seconds spent.
 
     Args:
@@ -299,7 +299,9 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
             any of them read only after a reasoning model's thinking (`AfterThinking`).
         speculate: prompt-lookup drafts once at most SPEC_ROWS rows run (same tokens; greedy decoding only).
         pack: on CPU, run the linear layers on oneDNN-packed weights (`packed.py`; same products, faster).
-        prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`SharedPrefix`).
+        prefix: text the prompts start with (few-shot shots): prefilled once, its KV cache shared (`SharedPrefix`);
+            None: the tokens every prompt starts with (a chat template's system turn, a tool-calling run's schemas),
+            shared the same way when there are enough of them (and `share`; False prefills every prompt whole).
         sampling: draw each token (`Sampling`: temperature, top-p, each row's own seeded generator).
     """
     device = next(model.parameters()).device
@@ -310,7 +312,9 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, slots: int = 0
     stops = stops or [None] * len(prompts)
     slots = slots or auto_slots(model, device, max(len(x) for x in encoded) + max_new_tokens)
     waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))  # similar lengths enter together
-    eos, shared = _eos_ids(model, tok), (SharedPrefix.run(model, tok, prefix, device) if prefix else None)
+    eos = _eos_ids(model, tok)
+    shared = SharedPrefix.run(model, tok, prefix, device) if prefix else \
+        SharedPrefix.common(model, encoded, device) if share else None
     results: list[Generation | None] = [None] * len(prompts)
     started, generated, batch = time.time(), 0, None
     with packed_linears(model) if pack else nullcontext(), bar(label, total=len(prompts)) as progress:
@@ -406,7 +410,22 @@ class SharedPrefix:
         ids = tok(prefix, add_special_tokens=True)["input_ids"]
         while ids and ids[-1] in tok.all_special_ids:
             ids = ids[:-1]
-        ids = ids[:-1]
+        return SharedPrefix.of(model, ids[:-1], device)
+
+    @staticmethod
+    def common(model, encoded: list[list[int]], device) -> "SharedPrefix | None":
+        """The tokens all of `encoded` (two or more prompts) start with, but for each prompt's last: what their
+        prompts share (a system turn, tool schemas); None as for `of`."""
+        if len(encoded) < 2:
+            return None
+        shortest = min(len(ids) for ids in encoded) - 1
+        same = next((j for j in range(shortest) if len({ids[j] for ids in encoded}) > 1), shortest)
+        return SharedPrefix.of(model, encoded[0][:same], device)
+
+    @staticmethod
+    def of(model, ids: list[int], device) -> "SharedPrefix | None":
+        """`ids` and their per-layer cache, computed once; None when shorter than SHARED_MIN_TOKENS or when a layer
+        is not a full-attention cache."""
         cache = _cache(model)
         if len(ids) < SHARED_MIN_TOKENS or not all(isinstance(layer, _RoomyLayer) for layer in _layers(cache)):
             return None
