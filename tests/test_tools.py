@@ -251,6 +251,13 @@ def test_auto_picks_tool_scoring_when_a_quarter_of_the_replies_call(tiny_recipe,
     found, why = scoring_mode(cfg, load_splits(cfg.data))
     assert found == mode
     assert mode or why.startswith("data.target: of 4 test targets") and "tool calls" not in why
+    if mode:  # tunelab check and the report's data table count the targets that call
+        from tunelab.data.checks import targets, targets_line
+        counted = targets(load_splits(cfg.data), mode, cfg)["test"]
+        assert (counted["scoreable"], counted["rows"]) == (1, 4)
+        assert targets_line("test", counted) == ("test targets making a tool call (tool scoring; the others are "
+                                                 "right when no call is made, and are measured by their words)",
+                                                 "1 / 4")
     write_jsonl(folder / "test.jsonl", _rows(1, final=False) + answered[1:] * 2)  # 1 of 7 calls: under a quarter
     found, why = scoring_mode(cfg, load_splits(cfg.data))
     assert found is None and why.endswith("; 1 make tool calls, where tool scoring needs 25%")

@@ -324,14 +324,16 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
 def targets(splits: Splits, mode: str | None, cfg=None) -> dict:
     """Share of train and test targets holding a reference answer the eval stage can score in `mode`, the scoring
     mode it would use under the recipe `cfg` (regex: the targets eval.answer_pattern matches, the others being
-    scored against their whole text; choice: the rows whose target names one of their eval.choices options, or with
+    scored against their whole text; tool: the targets making a call, the others scored on calling none; choice: the rows whose target names one of their eval.choices options, or with
     eval.choice_labels, whose labels fit their options and mark one true). With
     no mode (none suits the data), how far it is from one: how many targets state a final number and how many are
     short answers, two of the shares eval.scoring=auto looks at."""
-    from tunelab.evaluate.scoring import ANSWER_TAG, is_short, scorer, states_answer
+    from tunelab.evaluate.scoring import ANSWER_TAG, is_short, scorer, states_answer, tool_calls_in
     if mode == "choice":
         from tunelab.evaluate.choices import answer_of
         has_answer = lambda e: answer_of(cfg, e) is not None  # noqa: E731
+    elif mode == "tool":  # every target is scored (one that calls nothing, on calling nothing): the calls counted
+        has_answer = lambda e: tool_calls_in(e.target) is not None  # noqa: E731
     else:
         pattern = cfg.eval.answer_pattern if cfg is not None else None
         read = re.compile(pattern or ANSWER_TAG).search if mode == "regex" else mode and scorer(mode)[0]
@@ -361,6 +363,9 @@ def targets_line(split: str, counts: dict) -> tuple[str, str]:
     if counts.get("labelled"):
         return (f"{split} rows whose labels mark a true option among their options (multiple choice, "
                 "eval.choice_labels)", f"{counts['scoreable']} / {counts['rows']}")
+    if counts.get("scoring") == "tool":
+        return (f"{split} targets making a tool call (tool scoring; the others are right when no call is made, and "
+                "are measured by their words)", f"{counts['scoreable']} / {counts['rows']}")
     if counts.get("scoring") == "choice":
         return (f"{split} targets naming one of the row's options (multiple-choice scoring)",
                 f"{counts['scoreable']} / {counts['rows']}")
