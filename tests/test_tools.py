@@ -263,6 +263,40 @@ def test_auto_picks_tool_scoring_when_a_quarter_of_the_replies_call(tiny_recipe,
     assert found is None and why.endswith("; 1 make tool calls, where tool scoring needs 25%")
 
 
+def test_every_reply_of_a_held_out_conversation_is_a_question_with_eval_turns_all(tiny_recipe, qwen, tmp_path):
+    """eval.turns all: a conversation whose last reply is the answer after a tool's result is asked twice — the
+    call, after the user turn alone (id <row>.1), and the answer, after the call and its result (the row's id) —
+    so the calls mid-conversation are scored too; the default scores the last reply alone."""
+    from tunelab.config import validate
+    from tunelab.evaluate.stage import _limited, scoring_mode
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", _rows(4, final=True))
+    write_jsonl(folder / "test.jsonl", _rows(3, final=True) + [{"messages": [  # a chat of two exchanges
+        {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye!"}, {"role": "assistant", "content": "Goodbye."}]}])
+    raw = {**tiny_recipe, "model": {**tiny_recipe["model"], "chat_template": "qwen_25"},
+           "data": {"source": str(folder), "messages": "messages"}}
+    last, every = (validate({**raw, "eval": {"turns": turns}}, "tiny") for turns in ("last", "all"))
+    splits = load_splits(last.data)
+    assert [e.id for e in _limited(last, splits)[1]] == ["test-1", "test-2", "test-3", "test-4"]
+    asked = _limited(every, splits)[1]
+    assert [e.id for e in asked] == ["test-1.1", "test-1", "test-2.1", "test-2", "test-3.1", "test-3", "test-4.1",
+                                     "test-4"]
+    call, answer = asked[0], asked[1]
+    assert answer is splits.test[0] and call.prompt == answer.prompt == "How warm is it in City0?"
+    assert call.target.startswith("<tool_call>") and answer.target == "It is 10 °C in City0."
+    assert "<tool_response>" not in chat.prompt(qwen, call.prompt, history=call.fields[chat.HISTORY])
+    assert "<tool_response>" in chat.prompt(qwen, answer.prompt, history=answer.fields[chat.HISTORY])
+    assert (asked[6].prompt, asked[6].target, asked[7].prompt) == ("Hi!", "Hello.", "Bye!")
+    assert scoring_mode(last, splits)[0] == "exact"  # the last replies alone: short answers, no call
+    assert scoring_mode(every, splits) == ("tool", None)  # 3 of 8 replies call
+    from tunelab.errors import UserError
+    plain = validate({**tiny_recipe, "eval": {**tiny_recipe["eval"], "turns": "all"}}, "tiny")
+    with pytest.raises(UserError, match="eval.turns: all asks each reply of a conversation, and the test rows are not"):
+        scoring_mode(plain, load_splits(plain.data))
+
+
 @pytest.mark.slow
 def test_tool_calling_rows_are_scored_by_their_calls_base_and_tuned(tiny_recipe, qwen, tmp_path, monkeypatch):
     """eval.scoring auto picks tool scoring when a quarter of the held-out replies make tool calls; every pass asks

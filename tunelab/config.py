@@ -492,6 +492,11 @@ class EvalConfig(Section):
     limit_from: Literal["first", "random"] = Field(
         "first", description="which eval.limit questions: the first ones, or as many drawn at random (seeded by "
         "data.seed, kept in the source's order), for a set stored in an order such as by subject (MMLU's all)")
+    turns: Literal["last", "all"] = Field(
+        "last", description="which replies of a held-out conversation (data.messages) are scored: last = its final "
+        "reply (the row's target); all = every assistant reply, each asked after the turns before it (a tool call "
+        "and the answer written from its result, each turn of a chat), as one question each: the row's id for its "
+        "last reply, <id>.<n> for its n-th; eval.limit counts conversations")
     max_new_tokens: int = Field(256, ge=1, description="most tokens generated per answer (exact scoring stops "
                                                        "sooner: see eval.scoring)")
     batch_size: int = Field(0, ge=0, description="rows decoded together (continuous-batching slots); 0 = automatic "

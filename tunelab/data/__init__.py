@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tunelab import tasks
 from tunelab.config import DataConfig, EvalConfig, field_of, formatted, mixed, own_format
-from tunelab.data.chat import ASKED, HISTORY, conversation, conversation_fields, with_system
+from tunelab.data.chat import ASKED, HISTORY, conversation, conversation_fields, plain_turns, with_system
 from tunelab.data.sources import BadRow, Row, read_source, short_name
 from tunelab.errors import UserError
 
@@ -285,6 +285,25 @@ def to_example(cfg: DataConfig, row: Row, need_target: bool = True) -> tuple[Exa
         fields = with_system(fields, cfg.system_prompt)
     label = fields.get(cfg.label_field) if cfg.label_field else None
     return Example(row.id, prompt, target, fields, None if label is None else str(label)), None
+
+
+def every_reply(cfg: DataConfig, example: Example) -> list[Example]:
+    """A held-out conversation (`cfg.messages`, one field) as one question per assistant reply, each asked after the
+    turns before it (eval.turns: all): the row's id for its last reply, `<id>.<n>` for its n-th before. A reply
+    that cannot stand as a row's last turn (no user turn before it) is left out; a row that is no such conversation
+    is itself alone."""
+    key = cfg.messages
+    turns = plain_turns(example.fields.get(key)) if key and len(conversation_fields(key)) == 1 else None
+    if not turns:
+        return [example]
+    ends = [j for j, t in enumerate(turns) if t["role"] == "assistant"]
+    out = []
+    for n, end in enumerate(ends, 1):
+        last = end == len(turns) - 1
+        asked, _ = to_example(cfg, Row(example.id if last else f"{example.id}.{n}", example.id,
+                                       {**example.fields, key: turns[:end + 1]}))
+        out += [example if last else asked] if asked or last else []
+    return out
 
 
 def _dedup(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], int]:

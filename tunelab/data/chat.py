@@ -67,7 +67,7 @@ def conversation(fields: dict, key: str, open_end: bool = False) -> tuple[dict |
             continue
         if fields.get(name) is None:
             return None, f"missing field {name!r}"
-        part = _plain_turns(fields[name])
+        part = plain_turns(fields[name])
         if part is None:
             return None, (f"field {name!r}: expected a list of {{role, content}} turns, role one of "
                           f"{', '.join(ROLES)} (or ShareGPT's {{from, value}} turns, from "
@@ -133,7 +133,7 @@ def tool_schemas(tools) -> tuple[list | None, str | None]:
     return out, None
 
 
-def _plain_turns(turns) -> list[dict] | None:
+def plain_turns(turns) -> list[dict] | None:
     """A conversation's turns as {role, content} dicts: OpenAI / TRL turns as they are, ShareGPT's {from, value}
     turns (from human / gpt / system, as Axolotl's and LLaMA-Factory's sharegpt formats read them, or from a role)
     renamed; None when a turn is neither."""

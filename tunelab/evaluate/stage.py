@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
 from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
-from tunelab.data import Example, chat, load_splits, optional, placeholders, question_text, render, scored_rows
+from tunelab.data import Example, chat, every_reply, load_splits, optional, placeholders, question_text, render, \
+    scored_rows
 from tunelab.errors import UserError
 from tunelab.evaluate import choices, losses, overlap
 from tunelab.evaluate.fewshot import STOP, ask, ask_turn, exchanges, fewshot_context
@@ -445,9 +446,16 @@ def unscoreable(cfg: Recipe, splits) -> str | None:
 
 def _limited(cfg: Recipe, splits) -> tuple[str, list[Example]]:
     """The held-out split scored (`_held_out`) and its `eval.limit` rows (`data.scored_rows`: the first, or drawn at
-    random)."""
+    random); with eval.turns all, each conversation among them as one question per reply (`data.every_reply`)."""
     name, rows = _held_out(cfg, splits)
-    return name, scored_rows(rows, cfg.eval, cfg.data.seed)
+    rows = scored_rows(rows, cfg.eval, cfg.data.seed)
+    if cfg.eval.turns == "all":
+        rendered = formatted(cfg.data, cfg.eval)
+        if not rendered.messages:
+            raise UserError(f"eval.turns: all asks each reply of a conversation, and the {name} rows are not "
+                            "conversations (data.messages, or eval.messages for eval.source, names none)")
+        rows = [asked for e in rows for asked in every_reply(rendered, e)]
+    return name, rows
 
 
 def _held_out(cfg: Recipe, splits) -> tuple[str, list[Example]]:
