@@ -291,6 +291,9 @@ def test_every_reply_of_a_held_out_conversation_is_a_question_with_eval_turns_al
     assert (asked[6].prompt, asked[6].target, asked[7].prompt) == ("Hi!", "Hello.", "Bye!")
     assert scoring_mode(last, splits)[0] == "exact"  # the last replies alone: short answers, no call
     assert scoring_mode(every, splits) == ("tool", None)  # 3 of 8 replies call
+    from tunelab.data.checks import targets
+    assert [(t["scoreable"], t["rows"]) for t in (targets(splits, "tool", c)["test"] for c in (last, every))] == [
+        (0, 4), (3, 8)]  # tunelab check counts the replies the eval asks
     from tunelab.errors import UserError
     plain = validate({**tiny_recipe, "eval": {**tiny_recipe["eval"], "turns": "all"}}, "tiny")
     with pytest.raises(UserError, match="eval.turns: all asks each reply of a conversation, and the test rows are not"):

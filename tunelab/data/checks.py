@@ -22,8 +22,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from tunelab.config import also_names, also_recipe
-from tunelab.data import Example, Splits, question_text, source_of, source_weights
+from tunelab.config import also_names, also_recipe, formatted
+from tunelab.data import Example, Splits, every_reply, question_text, source_of, source_weights
 
 KINDS = ("exact", "ngram", "near")
 _WORD = re.compile(r"\w+")
@@ -324,10 +324,11 @@ def _recommend(current: int, cut: int, longest: int, recommended: int) -> str:
 def targets(splits: Splits, mode: str | None, cfg=None) -> dict:
     """Share of train and test targets holding a reference answer the eval stage can score in `mode`, the scoring
     mode it would use under the recipe `cfg` (regex: the targets eval.answer_pattern matches, the others being
-    scored against their whole text; tool: the targets making a call, the others scored on calling none; choice: the rows whose target names one of their eval.choices options, or with
-    eval.choice_labels, whose labels fit their options and mark one true). With
-    no mode (none suits the data), how far it is from one: how many targets state a final number and how many are
-    short answers, two of the shares eval.scoring=auto looks at."""
+    scored against their whole text; tool: the targets making a call, the others scored on calling none; choice:
+    the rows whose target names one of their eval.choices options, or with eval.choice_labels, whose labels fit
+    their options and mark one true). With no mode (none suits the data), how far it is from one: how many targets
+    state a final number and how many are short answers, two of the shares eval.scoring=auto looks at. With
+    eval.turns all, each test conversation counts every reply (`data.every_reply`), as the eval asks them."""
     from tunelab.evaluate.scoring import ANSWER_TAG, is_short, scorer, states_answer, tool_calls_in
     if mode == "choice":
         from tunelab.evaluate.choices import answer_of
@@ -338,8 +339,10 @@ def targets(splits: Splits, mode: str | None, cfg=None) -> dict:
         pattern = cfg.eval.answer_pattern if cfg is not None else None
         read = re.compile(pattern or ANSWER_TAG).search if mode == "regex" else mode and scorer(mode)[0]
         has_answer = lambda e: read(e.target)  # noqa: E731
-    out = {}
-    for name, rows in (("train", splits.train + splits.val), ("test", splits.test)):
+    out, test = {}, splits.test
+    if cfg is not None and cfg.eval.turns == "all" and (rendered := formatted(cfg.data, cfg.eval)).messages:
+        test = [asked for e in test for asked in every_reply(rendered, e)]
+    for name, rows in (("train", splits.train + splits.val), ("test", test)):
         if mode is None:
             out[name] = {"rows": len(rows), "scoring": None, "stated": sum(states_answer(e.target) for e in rows),
                          "short": sum(is_short(e.target) for e in rows)}
