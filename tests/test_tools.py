@@ -294,6 +294,10 @@ def test_every_reply_of_a_held_out_conversation_is_a_question_with_eval_turns_al
     from tunelab.data.checks import targets
     assert [(t["scoreable"], t["rows"]) for t in (targets(splits, "tool", c)["test"] for c in (last, every))] == [
         (0, 4), (3, 8)]  # tunelab check counts the replies the eval asks
+    from tunelab.report.stage import _test_rows
+    said = _test_rows(every, {"test_examples": 4}, {"turns": "all", "base": {"n": 8}, "tuned": {"n": 8}})
+    assert said.endswith("4 test rows kept for evaluation; every assistant reply of the conversations scored asked "
+                         "after the turns before it (eval.turns: all), 8 questions")
     from tunelab.errors import UserError
     plain = validate({**tiny_recipe, "eval": {**tiny_recipe["eval"], "turns": "all"}}, "tiny")
     with pytest.raises(UserError, match="eval.turns: all asks each reply of a conversation, and the test rows are not"):

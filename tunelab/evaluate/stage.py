@@ -114,6 +114,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     sampled_rows, sampled = _sampled(cfg, run, passes, questions, tok, device, journal, mode, asked)
     answered = [s for s in [*stats.values(), *(sampled or {}).get("passes", {}).values()] if not s.get("cached")]
     summary = {"scoring": mode, **_pattern(cfg, mode), "split": _limited(cfg, splits)[0], "prompts": asked,
+               **({"turns": "all"} if cfg.eval.turns == "all" else {}),  # every reply of each conversation asked
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
                              NAMING[mode].flexible),

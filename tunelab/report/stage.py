@@ -295,9 +295,12 @@ def _test_rows(cfg: Recipe, summary: dict, evaluation: dict | None) -> str:
     text = f"{summary['test_examples']} test rows " + ("kept for evaluation" if counted == cfg.data.source else
                                                        f"of {counted} (eval.source) for evaluation")
     scored = (evaluation or {}).get("source", cfg.data.source)
+    n = next((v["n"] for v in (evaluation or {}).values() if isinstance(v, dict) and "n" in v), None)  # every pass
     if evaluation and scored != counted:
-        n = next(v["n"] for v in evaluation.values() if isinstance(v, dict) and "n" in v)  # every pass: same questions
         text += f"; the eval scored {n} questions of {scored} instead (eval.source set after training)"
+    if (evaluation or {}).get("turns") == "all":
+        text += f"; every assistant reply of the conversations scored asked after the turns before it (eval.turns: " \
+                f"all), {n} questions"
     return text
 
 
