@@ -96,7 +96,7 @@ def test_compare_pairs_two_tool_runs_replies_that_should_call_no_tool_by_their_w
         run.eval_dir.mkdir(parents=True)
         run.write_json(run.eval_summary, {"scoring": "tool", **({"answers": {"split": "test"}} if chrf else {})})
         run.write_jsonl(run.predictions, [
-            {"id": f"r{i}", "model": m, "reference": NO_CALL if i % 2 else "get_time({})",
+            {"id": f"r{i}", "model": m, "question": f"q{i}", "reference": NO_CALL if i % 2 else "get_time({})",
              **({"chrf": c, "rouge_l": c} if i % 2 and chrf else {})}
             for i in range(24) for m, c in (("base", 0.1), ("tuned", (chrf or [0, 0])[i % 4 // 2]))])
         return run
@@ -108,6 +108,11 @@ def test_compare_pairs_two_tool_runs_replies_that_should_call_no_tool_by_their_w
     assert [o.text.split(":")[0] for o in blocks[2][1]] == [
         "b's replies that should call no tool are closer to the references than a's beyond noise"]
     assert answers_compare([run_with("c", None), first], ["c", "a"]) == []  # the first run scored none
+    other = run_with("d", [0.6, 0.7])
+    other.write_jsonl(other.predictions, [{**r, "question": "another " + r["question"]}
+                                          for r in other.read_predictions()])
+    assert dict((row[0], row[1:]) for row in answers_compare([first, other], ["a", "d"])[1][2])["chrF"] == (
+        "0.250", None)  # other questions under the same ids: nothing paired
 
 
 def test_the_rows_whose_reply_moved_most_are_the_largest_falls_then_rises_with_their_replies(tmp_path):

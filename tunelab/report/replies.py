@@ -318,8 +318,8 @@ def compare_cells(view: RepliesDir, runs: list[RunDir], names: list[str], metric
 
 
 def _cells(replies_of, runs: list[RunDir], names: list[str], metric: str, what: str) -> tuple[list, list[Observation]]:
-    """`compare_cells` for the tuned replies `replies_of(run)` gives by (row id, reference): `what` they are, in
-    words."""
+    """`compare_cells` for the tuned replies `replies_of(run)` gives by (row id, what else makes it the same row):
+    `what` they are, in words."""
     first = replies_of(runs[0])
     if not first:
         return [], []
@@ -354,11 +354,11 @@ def answers_compare(runs: list[RunDir], names: list[str]) -> list:
 
 
 def _tuned_answers(run: RunDir) -> dict[tuple[str, str], dict]:
-    """A run's tuned adapter's replies that should call no tool, scored by their words, by (row id, reference); {}
-    when its eval scored none."""
+    """A run's tuned adapter's replies that should call no tool, scored by their words, by (row id, question: their
+    references all read "no tool call"); {} when its eval scored none."""
     if not (run.read_eval_summary() or {}).get("answers"):
         return {}
-    return {(r["id"], r["reference"]): r for r in run.read_predictions() if r["model"] == "tuned" and "chrf" in r}
+    return {(r["id"], r["question"]): r for r in run.read_predictions() if r["model"] == "tuned" and "chrf" in r}
 
 
 COMPARE_RULE = (f"paired bootstrap 95 % CI over the rows both runs answered of the mean {METRICS[JUDGED]}, later run − "
