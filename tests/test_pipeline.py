@@ -13,13 +13,21 @@ from tunelab.pipeline import stages_done
 from tunelab.rundir import RepliesDir, RunDir
 
 
+def _run_args(tiny_model: str, run_dir: Path, *settings: str) -> list[str]:
+    """`tunelab run quickstart` on the tiny model into `run_dir`, each of `settings` a --set."""
+    return ["run", "quickstart", "--set", f"model.name={tiny_model}", *(a for s in settings for a in ("--set", s)),
+            "--run-dir", str(run_dir)]
+
+
+SMALL_RUN = ("data.synthetic_rows=30", "data.synthetic_test_rows=4", "eval.limit=4", "eval.max_new_tokens=8",
+             "train.epochs=2", "train.max_length=128", "analysis.k_max=3")  # a small synthetic run, two epochs
+
+
 @pytest.mark.slow
 def test_run_all_stages_then_resume_without_redoing(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
-    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=40",
-            "--set", "data.synthetic_test_rows=6", "--set", "eval.limit=6", "--set", "eval.max_new_tokens=8",
-            "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=4",
-            "--run-dir", str(tmp_path / "q")]
+    args = _run_args(tiny_model, tmp_path / "q", "data.synthetic_rows=40", "data.synthetic_test_rows=6", "eval.limit=6",
+                     "eval.max_new_tokens=8", "train.epochs=2", "train.max_length=128", "analysis.k_max=4")
     assert main(args) == 0
     run = RunDir(tmp_path / "q")
     assert stages_done(run) == {"train": True, "eval": True, "analyze": True}
@@ -51,10 +59,9 @@ def test_prose_targets_skip_eval_say_why_and_still_report(tiny_model, tmp_path, 
              for c in ["red", "blue", "green", "teal", "pink", "gold", "grey", "navy"] * 3]
     write_jsonl(folder / "train.jsonl", turns[:20])
     write_jsonl(folder / "test.jsonl", turns[20:])
-    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={folder}",
-            "--set", "data.messages=messages", "--set", "data.template={user}", "--set", "data.target={assistant}",
-            "--set", "data.label_field=null", "--set", "train.epochs=1", "--set", "train.batch_size=4",
-            "--set", "analysis.k_max=3", "--set", "eval.fewshot=2", "--run-dir", str(tmp_path / "c")]
+    args = _run_args(tiny_model, tmp_path / "c", f"data.source={folder}", "data.messages=messages",
+                     "data.template={user}", "data.target={assistant}", "data.label_field=null", "train.epochs=1",
+                     "train.batch_size=4", "analysis.k_max=3", "eval.fewshot=2")
     assert main(args) == 0
     run = RunDir(tmp_path / "c")
     reason = "data.target: of 4 test targets, 0 state a final number"
@@ -100,11 +107,9 @@ def test_every_reply_of_a_held_out_chat_is_generated_and_measured_by_loss_with_e
              for c in ["red", "blue", "green", "teal", "pink", "gold"] * 2]
     write_jsonl(folder / "train.jsonl", chats[:9])
     write_jsonl(folder / "test.jsonl", chats[9:])
-    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={folder}",
-            "--set", "data.messages=messages", "--set", "data.template={user}", "--set", "data.target={assistant}",
-            "--set", "data.label_field=null", "--set", "train.epochs=1", "--set", "train.batch_size=4",
-            "--set", "analysis.k_max=3", "--set", "eval.turns=all", "--set", "eval.max_new_tokens=8",
-            "--run-dir", str(tmp_path / "c")]
+    args = _run_args(tiny_model, tmp_path / "c", f"data.source={folder}", "data.messages=messages",
+                     "data.template={user}", "data.target={assistant}", "data.label_field=null", "train.epochs=1",
+                     "train.batch_size=4", "analysis.k_max=3", "eval.turns=all", "eval.max_new_tokens=8")
     assert main(args) == 0
     run = RunDir(tmp_path / "c")
     asked = ["test-1.1", "test-1", "test-2.1", "test-2", "test-3.1", "test-3"]
@@ -295,11 +300,9 @@ def test_without_a_test_split_the_validation_rows_measured_by_loss_agree_with_th
     rows = [{"q": f"Describe item {i}.", "a": f"Item {i} is a small wooden object that people keep on a shelf.",
              "kind": ["wood", "shelf"][i % 2]} for i in range(30)]
     source = write_jsonl(tmp_path / "items.jsonl", rows)  # one file: no test split
-    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", f"data.source={source}",
-            "--set", "data.template={q}\n", "--set", "data.target={a}", "--set", "data.label_field=kind",
-            "--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "eval.samples=0",
-            "--set", "eval.chat_baseline=true", "--set", "eval.fewshot=2", "--set", "analysis.k_max=3",
-            "--run-dir", str(tmp_path / "v")]
+    args = _run_args(tiny_model, tmp_path / "v", f"data.source={source}", "data.template={q}\n", "data.target={a}",
+                     "data.label_field=kind", "train.epochs=2", "train.batch_size=4", "eval.samples=0",
+                     "eval.chat_baseline=true", "eval.fewshot=2", "analysis.k_max=3")
     assert main(args) == 0
     run = RunDir(tmp_path / "v")
     held_out = run.read_json(run.eval_dir / "loss" / "summary.json")
@@ -432,10 +435,7 @@ def test_a_run_with_a_mixed_source_trains_checks_and_reports_each_source(tiny_mo
     extra = write_jsonl(tmp_path / "colours.jsonl", [{"instruction": f"Name colour {i}.", "output": f"Colour {i}."}
                                                       for i in range(20)])
     mix = f"data.mix=[{{source: {extra}, template: '{{instruction}}\\n', target: '{{output}}', limit: 10, weight: 2}}]"
-    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=30",
-            "--set", "data.synthetic_test_rows=4", "--set", "eval.limit=4", "--set", "eval.max_new_tokens=8",
-            "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=3",
-            "--set", mix, "--set", f"eval.also=[{{source: {extra}}}]", "--run-dir", str(tmp_path / "m")]
+    args = _run_args(tiny_model, tmp_path / "m", *SMALL_RUN, mix, f"eval.also=[{{source: {extra}}}]")
     assert main(args) == 0
     run = RunDir(tmp_path / "m")
     (colours,) = run.extra_sets()  # its rows scored as they were trained: its entry's template, exact match
@@ -493,10 +493,7 @@ def test_extra_test_sets_are_scored_apart_reported_and_added_to_a_finished_run(t
     monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
     bench = write_jsonl(tmp_path / "bench.jsonl", [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}
                                                    for i in range(9)])
-    args = ["run", "quickstart", "--set", f"model.name={tiny_model}", "--set", "data.synthetic_rows=30",
-            "--set", "data.synthetic_test_rows=4", "--set", "eval.limit=4", "--set", "eval.max_new_tokens=8",
-            "--set", "train.epochs=2", "--set", "train.max_length=128", "--set", "analysis.k_max=3",
-            "--set", f"eval.also=[{{source: {bench}, limit: 6}}]", "--run-dir", str(tmp_path / "r")]
+    args = _run_args(tiny_model, tmp_path / "r", *SMALL_RUN, f"eval.also=[{{source: {bench}, limit: 6}}]")
     assert main(args) == 0
     run = RunDir(tmp_path / "r")
     (bench_set,) = run.extra_sets()
