@@ -294,6 +294,17 @@ def test_every_reply_of_a_held_out_conversation_is_a_question_with_eval_turns_al
     from tunelab.data.checks import targets
     assert [(t["scoreable"], t["rows"]) for t in (targets(splits, "tool", c)["test"] for c in (last, every))] == [
         (0, 4), (3, 8)]  # tunelab check counts the replies the eval asks
+    from tunelab.data import conversation_id
+    assert [conversation_id(e.id) for e in asked] == ["test-1"] * 2 + ["test-2"] * 2 + ["test-3"] * 2 + ["test-4"] * 2
+    assert conversation_id("data.v2:test-3") == "data.v2:test-3"  # a source name's dot is no reply number
+    from tunelab.report.observations import contamination
+    checks = {"settings": {"ngram": 13, "near": False}, "rows": {"test": 4},
+              "overlap": [{"split": "test", "row_id": "test-1"}],
+              "overlap_counts": {"test": {"exact": 1, "ngram": 0, "near": 0}}}
+    flags = [False, False, True, True, True, True, True, True]  # the overlapping conversation's two replies wrong
+    said = contamination(checks, [{"id": e.id, "model": "tuned", "flexible_correct": ok}
+                                  for e, ok in zip(asked, flags)])
+    assert "tuned accuracy on them 0.0 % vs 100.0 % on the rest (n = 2 vs 6" in said.text  # both replies of test-1
     from tunelab.report.stage import _test_rows
     said = _test_rows(every, {"test_examples": 4}, {"turns": "all", "base": {"n": 8}, "tuned": {"n": 8}})
     assert said.endswith("4 test rows kept for evaluation; every assistant reply of the conversations scored asked "

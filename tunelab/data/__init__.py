@@ -287,6 +287,15 @@ def to_example(cfg: DataConfig, row: Row, need_target: bool = True) -> tuple[Exa
     return Example(row.id, prompt, target, fields, None if label is None else str(label)), None
 
 
+REPLY_SEP = "."  # a held-out conversation's n-th reply asked on its own (eval.turns all): "test-3.1"
+
+
+def conversation_id(question_id: str) -> str:
+    """The held-out row a question is from: `<id>` of an earlier reply's `<id>.<n>` (`every_reply`), else the id."""
+    head, sep, n = question_id.rpartition(REPLY_SEP)
+    return head if sep and n.isdigit() else question_id
+
+
 def every_reply(cfg: DataConfig, example: Example) -> list[Example]:
     """A held-out conversation (`cfg.messages`, one field) as one question per assistant reply, each asked after the
     turns before it (eval.turns: all): the row's id for its last reply, `<id>.<n>` for its n-th before. A reply
@@ -300,7 +309,7 @@ def every_reply(cfg: DataConfig, example: Example) -> list[Example]:
     out = []
     for n, end in enumerate(ends, 1):
         last = end == len(turns) - 1
-        asked, _ = to_example(cfg, Row(example.id if last else f"{example.id}.{n}", example.id,
+        asked, _ = to_example(cfg, Row(example.id if last else f"{example.id}{REPLY_SEP}{n}", example.id,
                                        {**example.fields, key: turns[:end + 1]}))
         out += [example if last else asked] if asked or last else []
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.data import conversation_id
 from tunelab.data.checks import left_untrained, markers_line, untrained_line
 from tunelab.evaluate.scoring import NAMING, naming
 from tunelab.evaluate.summary import baselines, pass_names
@@ -612,10 +613,13 @@ def contamination(checks: dict, predictions: list[dict], checked: str = "", scor
         return Observation("good", f"No test row overlaps the training rows by any of the checks ({kinds}).", rule)
     counts = ", ".join(f"{v} {k}" for k, v in checks["overlap_counts"]["test"].items() if v)
     text = f"{len(found)} test questions overlap training rows ({counts})"
-    tuned = {p["id"]: p["flexible_correct"] for p in predictions if p["model"] == "tuned"}
+    tuned: dict[str, list[bool]] = {}  # per held-out row, its questions' flags (every reply, with eval.turns all)
+    for p in predictions:
+        if p["model"] == "tuned":
+            tuned.setdefault(conversation_id(p["id"]), []).append(p["flexible_correct"])
     overlapping = {o["row_id"] for o in found}
-    hit = [tuned[o["row_id"]] for o in found if o["row_id"] in tuned]
-    rest = [ok for i, ok in tuned.items() if i not in overlapping]
+    hit = [ok for o in found for ok in tuned.get(o["row_id"], [])]
+    rest = [ok for row, flags in tuned.items() if row not in overlapping for ok in flags]
     if hit and rest:
         from tunelab.stats import unpaired_difference
         d = unpaired_difference(hit, rest)
@@ -633,8 +637,8 @@ def _loss_fall_on_overlap(losses: dict[str, dict], overlapping: set[str]) -> str
     fall on rows seen in training is recall."""
     change = {i: (m["tuned"][0] - m["base"][0], m["base"][1]) for i, m in losses.items()
               if {"base", "tuned"} <= m.keys()}
-    hit = [c for i, c in change.items() if i in overlapping]
-    rest = [c for i, c in change.items() if i not in overlapping]
+    hit = [c for i, c in change.items() if conversation_id(i) in overlapping]
+    rest = [c for i, c in change.items() if conversation_id(i) not in overlapping]
     if not hit or not rest:
         return ""
     from tunelab.stats import unpaired_loss_difference
