@@ -124,10 +124,8 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     categories = by_category(predictions, [q.id for q in questions], categories_from(cfg), mode)
     if categories:
         summary["by_category"] = categories
-    if mode == "tool":  # how each pass's calls went, right or wrong, and the words of the replies due no call
-        summary["tool_outcomes"] = tool_outcomes(predictions, list(stats))
-        if worded := overlap.answers(predictions, list(stats), summary["split"]):
-            summary["answers"] = worded
+    if mode == "tool":
+        summary |= _tool_figures(predictions, list(stats), summary["split"])
     if distributed.is_main_process():
         run.write_jsonl(run.predictions, predictions)
         if sampled:
@@ -146,6 +144,13 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                     for model, row in (sampled or {}).get("models", {}).items() for name, value in row.items()}
         trackers.publish(run, cfg.train.report_to, "eval", figures, [run.eval_summary])
     return EvalResult(summary, predictions)
+
+
+def _tool_figures(predictions: list[dict], names: list[str], split: str) -> dict:
+    """Tool scoring's figures beside the accuracies: how each pass's calls went, right or wrong (`tool_outcomes`),
+    and the words of the replies due no call against the references' (`answers`, when there are such replies)."""
+    worded = overlap.answers(predictions, names, split)
+    return {"tool_outcomes": tool_outcomes(predictions, names), **({"answers": worded} if worded else {})}
 
 
 def _rank(name: str) -> tuple:
