@@ -181,8 +181,13 @@ class DataConfig(Section):
     source: str = Field(description="hub id, local dir with train/test files, one jsonl/json/csv/parquet file, "
                                     "or synthetic:arith")
     config: str | None = Field(None, description="hub dataset config name (e.g. main for openai/gsm8k)")
-    template: str = Field(description="prompt with {field} placeholders; \\n in --set means a newline")
-    target: str = Field(description="completion with {field} placeholders; the loss is taken on it")
+    template: str = Field(description="prompt with {field} placeholders; \\n in --set means a newline; with "
+                          "data.target and data.messages unset (or null), read from the first train row's fields: "
+                          "messages or conversations (a conversation: data.messages), prompt + completion (TRL's), "
+                          "instruction + input + output (Axolotl's alpaca prompt), question + answer (the flagship "
+                          "prompt), text (every token trained); tunelab check --show 3 prints the rows so written")
+    target: str = Field(description="completion with {field} placeholders; the loss is taken on it; read from the "
+                        "rows with data.template")
     chat_template: bool = Field(False, description="write each row as a user turn (template) and an assistant turn "
                                 "(target) with the tokenizer's chat template, for instruct models; eval prompts "
                                 "and few-shot shots the same way")
@@ -739,6 +744,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         log.warning("%s (%s config): read as the recipe tunelab convert writes from it; %d keys not carried over "
                     "exactly (tunelab convert %s lists them)", source, trainer, len(notes), source)
     problems = apply_overrides(raw, overrides or [])
+    if not problems:
+        from tunelab.data.formats import fill
+        fill(raw.get("data"))  # no data.template / target / messages: the rows' format, as TRL reads it
     return validate(raw, source, problems)
 
 
@@ -1009,6 +1017,9 @@ def _describe(error: dict) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key{_did_you_mean([str(p) for p in error['loc']])}"
     if error["type"] == "missing":
+        if key in ("data.template", "data.target"):  # the other one is set: both, or neither (read from the rows)
+            return (f"{key}: required with data.{'target' if key == 'data.template' else 'template'} (or leave both "
+                    "unset: the format is then read from the source's rows)")
         return f"{key}: required"
     msg = error["msg"].replace("Input should be", "must be").replace("Value error, ", "")
     return f"{key}: {msg} (got {error.get('input')!r})"

@@ -74,7 +74,8 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
     evaluate.check_prompt_baseline(cfg, splits)  # a field a held-out row lacks is said now, not after training
     evaluate.check_extra(cfg)
     if unscoreable:  # said before training, not found after it
-        instead = ("by loss" + (" and by overlap with the references (chrF, ROUGE-L)" if cfg.eval.overlap else "")
+        instead = ("by loss" + (" and by overlap with the references (chrF, ROUGE-L)"
+                                if cfg.eval.overlap and evaluate.generates_replies(cfg, splits) else "")
                    if evaluate.by_loss(cfg, splits) else "")
         log.warning("eval: answers will not be scored: %s; %sthe report gives losses, token accuracy, analysis and "
                     "cost%s", unscoreable, f"the held-out replies are measured {instead} instead; " if instead else "",

@@ -12,14 +12,8 @@ from typing import Any
 from tunelab.config import SPECIAL_ROLES, ModelConfig, TrainConfig, template_names
 from tunelab.convert import cadence, leftovers, local_model, name, new_tokens, tokenizer_of, word_start_note
 from tunelab.data.chat import THINKING_KEYS
+from tunelab.data.formats import ALPACA
 from tunelab.errors import UserError
-
-# Axolotl's `type: alpaca` prompts (axolotl.prompters.AlpacaPrompter, instruct style)
-ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                "Write a response that appropriately completes the request.\n\n"
-                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                   "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 # keys that do not change what is trained, and why tunelab needs none
 NOT_NEEDED = {
@@ -202,8 +196,7 @@ def _dataset(path: str, config: dict, i: int, d: Any, notes: list[str]) -> dict:
     out: dict[str, Any] = {"source": source, **({"config": d["name"]} if d.get("name") else {})}
     kind = d.get("type")
     if kind == "alpaca":
-        return {**out, "template": ALPACA_INPUT, "template_if_empty": {"input": ALPACA_NO_INPUT},
-                "target": "{output}"}
+        return {**out, **ALPACA}
     if isinstance(kind, dict):
         return {**out, **_user_defined(where, kind, source, notes)}
     if kind == "chat_template":

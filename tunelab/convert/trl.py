@@ -128,25 +128,24 @@ def _mixture(path: str, left: dict, notes: list[str]) -> dict:
     return {**sources[0], **({"mix": mix} if mix else {}), **({"val_fraction": size} if size else {})}
 
 
+TRL_FORMATS = ("messages", "prompt + completion", "conversational prompt + completion", "text")  # SFTTrainer's
+
+
 def _format(path: str, key: str, source: str, config: str | None, columns: list[str] | None, text: str) -> dict:
     """A dataset as data.* keys: its source and its rows' format, read from its first train row (its `columns`
     alone, when TRL selects them) as TRL reads it."""
+    from tunelab.data.formats import read_format
     from tunelab.data.sources import read_source
     rows, _ = read_source(source, config, 0, 0, 0)
     fields = rows["train"][0].fields if rows.get("train") else {}
     if columns is not None:
         fields = {k: v for k, v in fields.items() if k in columns}
     out: dict[str, Any] = {"source": source, **({"config": config} if config else {})}
-    if isinstance(fields.get("messages"), list):  # conversational language modeling
-        return {**out, "messages": "messages", "chat_template": True}
-    if isinstance(fields.get("prompt"), str) and isinstance(fields.get("completion"), str):
-        return {**out, "template": "{prompt}", "target": "{completion}"}
-    if isinstance(fields.get("prompt"), list) and isinstance(fields.get("completion"), list):  # conversational
-        return {**out, "messages": "prompt+completion", "chat_template": True, "history_loss": False}
-    if isinstance(fields.get(text), str):  # language modeling: the whole text trained
-        return {**out, "template": "", "target": "{" + text + "}"}
-    raise UserError(f"{path}: {key}: {source}: its rows have {sorted(fields)}; TRL reads `messages`, "
-                    f"`prompt` + `completion`, or the text field {text!r}")
+    found = read_format(fields, text, TRL_FORMATS)
+    if found is None:
+        raise UserError(f"{path}: {key}: {source}: its rows have {sorted(fields)}; TRL reads `messages`, "
+                        f"`prompt` + `completion`, or the text field {text!r}")
+    return {**out, **found[1], **({"chat_template": True} if "messages" in found[1] else {})}
 
 
 def _lora(path: str, left: dict, model: str, notes: list[str]) -> dict:

@@ -343,11 +343,20 @@ def _check_placeholders(cfg: DataConfig, rows, needed: list[str], where: str = "
     unknown = [n for n in needed if n not in fields]
     if unknown and rows:
         hint = (f"; with {section}.messages, set {section}.template={{user}} {section}.target={{assistant}}"
-                if cfg.messages else "")
+                if cfg.messages else _format_hint(rows[0].fields) if section == "data" and not where else "")
         raise UserError(f"{where}{section}.template: unknown placeholder "
                         f"{', '.join('{' + u + '}' for u in unknown)}; fields are: {', '.join(fields)}{hint}")
     if cfg.label_field and rows and cfg.label_field not in fields and not where:
         raise UserError(f"data.label_field: no field {cfg.label_field!r}; fields are: {', '.join(fields)}")
+
+
+def _format_hint(fields: dict) -> str:
+    """What to set when a recipe's templates name fields its source's rows lack and the rows are in a format tunelab
+    reads itself (`formats.read_format`): a built-in recipe given another data.source."""
+    from tunelab.data.formats import read_format
+    found = read_format(fields)
+    return (f"; these are {found[0]} rows, whose format tunelab reads itself when data.template and data.target "
+            "are unset (--set data.template=null --set data.target=null)" if found else "")
 
 
 def _row_problem(fields: dict, needed: list[str]) -> str | None:

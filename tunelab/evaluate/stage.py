@@ -362,10 +362,10 @@ TOOL_SHARE = 0.25  # or tool scoring when this share of them call a tool: the ot
 
 def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
     """(mode, None) — how the eval stage scores this recipe's data: choice, tool, numeric, exact or regex — or
-    (None, why it does not): eval.scoring=none, no held-out rows, no reference answer in the mode asked for, or
-    (auto) fewer than a quarter of the targets making tool calls and fewer than 90 % matching eval.answer_pattern
-    (or `<answer>` tags), stating a final number (`scoring.states_answer`) or being short answers
-    (`scoring.is_short`)."""
+    (None, why it does not): eval.scoring=none, no held-out rows, prompts that are all empty (plain text:
+    `asks_nothing`), no reference answer in the mode asked for, or (auto) fewer than a quarter of the targets making
+    tool calls and fewer than 90 % matching eval.answer_pattern (or `<answer>` tags), stating a final number
+    (`scoring.states_answer`) or being short answers (`scoring.is_short`)."""
     if cfg.eval.scoring == "none":
         return None, "eval.scoring: none"
     split, rows = _limited(cfg, splits)
@@ -373,6 +373,9 @@ def scoring_mode(cfg: Recipe, splits) -> tuple[str | None, str | None]:
         return None, f"eval.split: {cfg.data.source} has no {split} rows to score"
     if cfg.eval.choices:  # eval.scoring auto or choice
         return _choice_mode(cfg, split, rows)
+    if asks_nothing(rows):
+        return None, (f"the {split} rows' prompts are empty (data.template writes nothing before the target: plain "
+                      "text), so there is no question to answer")
     pattern = re.compile(cfg.eval.answer_pattern or ANSWER_TAG)
     tagged = sum(bool(pattern.search(e.target)) for e in rows)
     stated, short = sum(states_answer(e.target) for e in rows), sum(is_short(e.target) for e in rows)
@@ -816,7 +819,14 @@ def _reply_passes(cfg: Recipe, run: RunDir, pool: list[Example], questions: list
 def generates_replies(cfg: Recipe, splits) -> bool:
     """Whether `replies` has rows to answer: held-out rows eval would score (`by_loss`) and eval.overlap or
     eval.samples asking for some."""
-    return by_loss(cfg, splits) and (cfg.eval.overlap or cfg.eval.samples > 0)
+    return by_loss(cfg, splits) and (cfg.eval.overlap or cfg.eval.samples > 0) and not asks_nothing(
+        _limited(cfg, splits)[1])
+
+
+def asks_nothing(rows: list[Example]) -> bool:
+    """Every row's prompt is empty (plain-text rows, the whole text the target): a reply would answer nothing, so
+    they are measured by their target loss alone."""
+    return all(not e.prompt.strip() for e in rows)
 
 
 def replies_done(run: RunDir) -> bool:

@@ -1,0 +1,117 @@
+"""Row formats read from a dataset's fields: a recipe without data.template / data.target trains TRL's, Axolotl's
+and ShareGPT's rows as those tools would write them."""
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+from tunelab.config import load_recipe
+from tunelab.data import load_splits
+from tunelab.data.formats import ALPACA_INPUT, ALPACA_NO_INPUT, read_format
+from tunelab.errors import UserError
+from conftest import write_jsonl
+
+TURNS = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+
+
+@pytest.mark.parametrize("fields, kind", [
+    ({"messages": TURNS, "text": "also here"}, "messages"),  # a conversation before a text field, as TRL reads it
+    ({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}, "conversations"),
+    ({"prompt": "2+2=", "completion": "4"}, "prompt + completion"),
+    ({"prompt": TURNS[:1], "completion": TURNS[1:]}, "conversational prompt + completion"),
+    ({"instruction": "Add", "input": "2, 3", "output": "5"}, "alpaca"),
+    ({"instruction": "Name a colour", "output": "Red"}, "alpaca"),
+    ({"question": "What is 2+2?", "answer": "#### 4"}, "question + answer"),
+    ({"text": "Once upon a time."}, "text"),
+    ({"prompt": "2+2=", "answer": "4"}, None),  # half of two formats is neither
+    ({"messages": "not a list"}, None),
+])
+def test_each_format_is_read_from_the_fields_that_make_it(fields, kind):
+    found = read_format(fields)
+    assert (found[0] if found else None) == kind
+
+
+def recipe_file(tmp_path, data: dict) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "mine", "model": {"name": "smollm2-135m-instruct"}, "data": data}))
+    return str(path)
+
+
+def test_alpaca_rows_are_written_with_axolotls_prompt_and_the_short_one_without_input(tmp_path):
+    src = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": f"Add {i} and {i + 1}.", "input": "" if i % 2 else
+                                                   f"{i}, {i + 1}", "output": str(2 * i + 1)} for i in range(20)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(src)}))
+    assert (cfg.data.template, cfg.data.target) == (ALPACA_INPUT, "{output}")
+    splits = load_splits(cfg.data)
+    by_row = {e.fields["instruction"]: e for e in splits.train + splits.val}
+    assert by_row["Add 0 and 1."].prompt == ALPACA_INPUT.format(instruction="Add 0 and 1.", input="0, 1")
+    assert by_row["Add 1 and 2."].prompt == ALPACA_NO_INPUT.format(instruction="Add 1 and 2.")
+    assert by_row["Add 1 and 2."].target == "3"
+
+
+def test_conversations_prompt_completion_and_text_rows_get_the_keys_trl_would_read(tmp_path):
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"from": "human", "value": f"hi {i}"},
+                                                                      {"from": "gpt", "value": f"hello {i}"}]}
+                                                   for i in range(12)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(chats)}))
+    assert (cfg.data.messages, cfg.data.chat_template, cfg.data.template, cfg.data.target) == \
+        ("conversations", True, "{user}", "{assistant}")
+    assert load_splits(cfg.data).train[0].target.startswith("hello ")
+    pc = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": f"2+{i}=", "completion": str(2 + i)} for i in range(12)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(pc)}))
+    assert (cfg.data.template, cfg.data.target, cfg.data.chat_template) == ("{prompt}", "{completion}", False)
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"Line {i}."} for i in range(12)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(text)}), ["data.val_fraction=0.25"])
+    example = load_splits(cfg.data).train[0]
+    assert (example.prompt, example.target) == ("", example.fields["text"])  # every token trained
+
+
+def test_a_mix_entry_gets_its_own_rows_format_and_a_recipe_that_sets_one_is_left_alone(tmp_path):
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Say {i}.", "output": str(i)} for i in range(12)])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"{i}+1?", "answer": f"#### {i + 1}"} for i in range(12)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(qa), "mix": [{"source": str(alpaca)}]}))
+    assert cfg.data.template == "Instruction: {question}\nResponse: " and cfg.data.mix[0].target == "{output}"
+    targets = {e.target for e in load_splits(cfg.data).train}  # both sources' rows, each in its format
+    assert any(t.startswith("#### ") for t in targets) and any(t.isdigit() for t in targets)
+    mine = load_recipe(recipe_file(tmp_path, {"source": str(alpaca), "template": "Q: {instruction}\nA: ",
+                                              "target": "{output}"}))
+    assert (mine.data.template, mine.data.template_if_empty) == ("Q: {instruction}\nA: ", {})
+
+
+def test_rows_in_no_known_format_or_half_a_format_are_refused_naming_what_to_set(tmp_path, capsys):
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"foo": "a", "bar": "b"}] * 4)
+    with pytest.raises(UserError, match=r"data.source: .*odd.jsonl: data.template and data.target are unset, and its "
+                                        r"rows \(fields: bar, foo\) are in no format tunelab reads by itself"):
+        load_recipe(recipe_file(tmp_path, {"source": str(odd)}))
+    with pytest.raises(UserError, match=r"data.target: required with data.template \(or leave both unset"):
+        load_recipe(recipe_file(tmp_path, {"source": str(odd), "template": "{foo}"}))
+    run = tmp_path / "run"
+    assert main(["check", recipe_file(tmp_path, {"source": str(tmp_path / "none.jsonl")})]) == 2
+    assert "data.source: " in capsys.readouterr().err and not run.exists()
+
+
+def test_a_builtin_recipe_given_rows_of_a_known_format_says_how_to_read_it(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": f"Say {i}.", "output": str(i)} for i in range(12)])
+    run = tmp_path / "run"
+    assert main(["train", "quickstart", "--set", f"data.source={src}", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "data.template: unknown placeholder {question}, {answer}; fields are: instruction, output; these are " \
+           "alpaca rows, whose format tunelab reads itself when data.template and data.target are unset " \
+           "(--set data.template=null --set data.target=null)" in err and not run.exists()
+    cfg = load_recipe("quickstart", [f"data.source={src}", "data.template=null", "data.target=null",
+                                     "data.label_field=null"])
+    assert cfg.data.target == "{output}"
+
+
+def test_plain_text_rows_ask_nothing_so_they_are_measured_by_loss_without_replies(tmp_path):
+    from tunelab.evaluate.stage import generates_replies, scoring_mode
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"The number {i} comes before {i + 1}."} for i in range(20)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(text)}))
+    splits = load_splits(cfg.data, cfg.eval)
+    mode, why = scoring_mode(cfg, splits)
+    assert mode is None and why.startswith("the validation rows' prompts are empty (data.template writes nothing")
+    assert not generates_replies(cfg, splits)  # a reply to nothing would be the same for every row
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": f"Tell me about {i}.", "completion": f"The number {i} comes "
+                                              f"before {i + 1}, and after {i - 1}, in order."} for i in range(20)])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(qa)}))
+    assert generates_replies(cfg, load_splits(cfg.data, cfg.eval))  # prose with questions: replies are scored
