@@ -349,8 +349,8 @@ def _run_or_recipe(target: str, overrides: list[str]):
 
 def cmd_eval(args) -> int:
     from tunelab.data import load_splits
-    from tunelab.evaluate.stage import (by_loss, evaluate, evaluate_extra, generates_replies, held_out_loss, replies,
-                                        unscoreable)
+    from tunelab.evaluate.stage import (by_loss, check_models, evaluate, evaluate_extra, generates_replies,
+                                        held_out_loss, replies, unscoreable)
     from tunelab.rundir import RunDir
     found, cfg = _run_or_recipe(args.target, args.overrides)
     is_run = found is not None
@@ -359,6 +359,7 @@ def cmd_eval(args) -> int:
     reason = unscoreable(cfg, splits)
     if reason and not by_loss(cfg, splits):
         raise UserError(reason)
+    check_models(cfg, splits)
     with locked(run, "eval"):
         summary = (held_out_loss(cfg, run, splits, reason, only=args.only, adapter=is_run) if reason else
                    evaluate(cfg, run, only=args.only, adapter=is_run, splits=splits).summary)

@@ -466,6 +466,19 @@ class ExtraTestSet(RowFormat):
         return writes_option(v)
 
 
+class OtherModel(Section):
+    """Another model eval asks the run's questions (`eval.models`)."""
+    name: str = Field(description="hub id, local HF folder, .gguf file, or alias")
+    chat_template: bool | None = Field(None, description="ask through its chat template; None = when it has one; "
+                                       "false = the run's prompt as plain text (a model fine-tuned on the run's "
+                                       "format, merged)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, raw: Any) -> Any:
+        return {"name": raw} if isinstance(raw, str) else raw
+
+
 class EvalConfig(Section):
     split: Literal["test", "validation"] = Field("test", description="held-out rows to score: data.source's test "
                                                  "or validation rows; with eval.source, that source's test or "
@@ -548,6 +561,15 @@ class EvalConfig(Section):
         "(data.chat_template or eval.chat_baseline), else as plain text; the run's own test rows (an eval.also set "
         "takes its own, its entry's prompt_baseline); a set measured by loss gets the base model's target loss asked "
         "this way")
+    models: list[OtherModel] = Field([], description="other models asked the same questions, each scored beside "
+                                     "the base model and compared with the tuned adapter, paired (is a bigger model, "
+                                     "or the one in production, as good without this fine-tune?): each a hub id, a "
+                                     "local folder (a merged tunelab export) or an alias, or {name, chat_template}; "
+                                     "asked zero-shot, through its own chat template when it has one (the run's "
+                                     "prompt as the user turn, as eval.chat_baseline asks; with data.chat_template "
+                                     "the run's turns, system turn and tools), else with the run's prompt as plain "
+                                     "text; answer-scored sets (numeric, exact, regex, tool), the run's own test rows; "
+                                     "their answers cached as the base model's are")
     think_end: str | None = Field(None, description="a reasoning model's end-of-thinking marker (lm-eval's "
                                   "think_end_token): in a reply asked through the chat template (or an adapter's, "
                                   "where at least half the scored targets are reasoning traces holding it), the stop "
@@ -794,6 +816,8 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
     if recipe is not None and recipe.eval.pass_at_k == 1:
         problems.append("eval.pass_at_k: 1 samples one answer per question, too few for pass@k or a majority vote; "
                         "set 2 or more (or 0: off)")
+    if recipe is not None:
+        problems += _models_problems(recipe)
     if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
@@ -807,6 +831,18 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         noun = "problem" if len(problems) == 1 else "problems"
         raise UserError(f"{source}: {len(problems)} {noun}\n" + "\n".join(f"  {p}" for p in problems))
     return recipe
+
+
+def _models_problems(recipe: "Recipe") -> list[str]:
+    """eval.models: each another model than the run's, named once."""
+    problems, seen = [], set()
+    for i, name in enumerate(m.name for m in recipe.eval.models):
+        if name == recipe.model.name:
+            problems.append(f"eval.models.{i}: {name!r} is model.name, whose base passes are scored already")
+        elif name in seen:
+            problems.append(f"eval.models.{i}: {name!r} is listed twice")
+        seen.add(name)
+    return problems
 
 
 def _choice_problems(ev: EvalConfig) -> list[str]:
@@ -934,6 +970,7 @@ def also_recipe(cfg: "Recipe", entry: ExtraTestSet) -> "Recipe":
     ev = cfg.eval.model_copy(update={"source": entry.source, "config": entry.config, "split": entry.split, "also": [],
                                      "task": entry.task,
                                      "prompt_baseline": entry.prompt_baseline,  # its own: its rows' fields
+                                     "models": [],  # other models: on the run's own questions
                                      "pass_at_k": 0,  # k sampled passes: the run's own questions only
                                      "limit": entry.limit or cfg.eval.limit, "label_field": entry.label_field, **own,
                                      "limit_from": entry.limit_from or cfg.eval.limit_from,

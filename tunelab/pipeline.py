@@ -73,6 +73,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
         chat.require(load_tokenizer(cfg.model), "eval.chat_baseline")
     evaluate.check_prompt_baseline(cfg, splits)  # a field a held-out row lacks is said now, not after training
     evaluate.check_extra(cfg)
+    evaluate.check_models(cfg, splits)  # other models: loadable, and the set scored by answers
     if unscoreable:  # said before training, not found after it
         instead = ("by loss" + (" and by overlap with the references (chrF, ROUGE-L)"
                                 if cfg.eval.overlap and evaluate.generates_replies(cfg, splits) else "")

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tunelab import card, cost, distributed, trackers
-from tunelab.config import Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
+from tunelab.config import ModelConfig, Recipe, also_names, also_recipe, categories_from, formatted, own_format, to_yaml
 from tunelab.data import Example, chat, every_reply, load_splits, optional, placeholders, question_text, render, \
     scored_rows
 from tunelab.errors import UserError
@@ -33,8 +33,8 @@ from tunelab.evaluate.fewshot import STOP, ask, ask_turn, exchanges, fewshot_con
 from tunelab.evaluate.journal import Journal
 from tunelab.evaluate.scoring import ANSWER_TAG, NAMING, NO_CALL, SHORT_WORDS, after_thinking, answer_of, is_short, \
     scorer, short_answer, states_answer, tool_calls_in
-from tunelab.evaluate.summary import CHAT_BASELINE, PROMPT_BASELINE, by_category, comparisons, extra_set_done, \
-    pass_names, sampled_comparison, sampled_name, tool_outcomes
+from tunelab.evaluate.summary import CHAT_BASELINE, OTHER_MODEL, PROMPT_BASELINE, by_category, comparisons, \
+    extra_set_done, pass_names, sampled_comparison, sampled_name, tool_outcomes
 from tunelab.models import cache_dir, load_adapter, load_model, load_tokenizer, pick_device, resolve
 from tunelab.rundir import BEST_LOSS, START, ExtraSetDir, HeldOutLossDir, RepliesDir, RunDir
 from tunelab.train.runtime import tune_for
@@ -51,7 +51,8 @@ class EvalResult:
 @dataclass
 class Pass:
     """One model answering every question: the base model (zero- or few-shot) or one adapter."""
-    name: str  # base | base-<N>shot | base-chat[-<N>shot] | base-prompt | start | epoch-<K> | best-loss | tuned
+    name: str  # base | base-<N>shot | base-chat[-<N>shot] | base-prompt | model:<name> | start | epoch-<K> |
+    # best-loss | tuned
     prompts: list[str]
     stops: list[str] | str | re.Pattern | None  # None: after a finished `#### N` line; "line": after the first
     # line; a pattern: after the line holding its first match (eval.answer_pattern); strings: before the first one
@@ -65,6 +66,7 @@ class Pass:
     sampling: "Sampling | None" = None  # eval.pass_at_k's sampled passes (each prompt k times); None: greedy
     think_end: str | None = None  # asked through a reasoning chat template: its stop rule and answer check read the
     # reply after the last end-of-thinking marker (eval.think_end)
+    model: ModelConfig | None = None  # another model (eval.models) answering in place of the base model
 
     @property
     def stop_rule(self):
@@ -158,7 +160,8 @@ def _rank(name: str) -> tuple:
     epoch's, best-loss, tuned."""
     if name.startswith("epoch-"):
         return 2, int(name.split("-")[1])
-    return {"base": (0, 0), START: (1, 0), BEST_LOSS: (3, 0), "tuned": (4, 0)}.get(name, (0, 1))
+    return {"base": (0, 0), START: (1, 0), BEST_LOSS: (3, 0), "tuned": (4, 0)}.get(
+        name, (0, 2) if name.startswith(OTHER_MODEL) else (0, 1))
 
 
 def _require_adapter(run: RunDir, only: str | None, adapter: bool) -> None:
@@ -542,6 +545,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
             passes.append(Pass(PROMPT_BASELINE, prompt_baseline_prompts(cfg, tok, questions), stop,
                                max_new_tokens=budget, asked_with=baseline_asked(cfg),
                                think_end=think if asks_in_chat(cfg) else None))
+        passes += [_other_model_pass(cfg, other, chats, questions, stop, budget)
+                   for other, chats in other_models(cfg, mode)]
     if adapter and only in (None, "tuned"):
         last = run.trained_epochs(cfg)
         if (run.start_adapter / "adapter_config.json").exists():  # lora.continue_from: where this run started
@@ -557,6 +562,76 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     elif traced := traced_end(cfg, [q.target for q in questions]):  # adapters trained on reasoning traces
         passes = [replace(p, think_end=p.think_end or (traced if p.adapter else None)) for p in passes]
     return [replace(p, max_new_tokens=cfg.eval.max_new_tokens) if p.think_end else p for p in passes]
+
+
+def other_models(cfg: Recipe, mode: str) -> list[tuple[ModelConfig, bool | None]]:
+    """eval.models as the models they are, each with its chat_template choice: loaded as the run's base model is
+    (its dtype, 4-bit, attention, trust of remote code) without the run's tokenizer changes (chat template, added
+    tokens); none for a set scored other than by answers (`check_models` refuses those before anything runs)."""
+    if mode not in ("numeric", "exact", "regex", "tool"):
+        return []
+    return [(cfg.model.model_copy(update={"name": m.name, "revision": None, "hub_id": None, "init": "pretrained",
+                                          "chat_template": None, "added_tokens": [], "vocab_multiple_of": None,
+                                          "special_tokens": type(cfg.model.special_tokens)()}), m.chat_template)
+            for m in cfg.eval.models]
+
+
+def _other_model_pass(cfg: Recipe, other: ModelConfig, chats: bool | None, questions: list[Example], stop,
+                      budget: int) -> Pass:
+    """Another model's pass (eval.models), zero-shot: through its own chat template as the run asks through the
+    base model's (data.chat_template: the conversation, system turn and tools too), else with the run's prompt as
+    the user turn (`chat_baseline_prompts`); a model without a chat template, or asked without (`chats` false), gets
+    the run's prompts as plain text."""
+    tok = _other_tokenizer(other)
+    in_chat = _asks_in_chat(cfg, other, tok, chats)
+    prompts = chat_baseline_prompts(cfg, tok, questions) if in_chat and not cfg.data.chat_template else \
+        prompt_texts(cfg, tok, questions)
+    return Pass(OTHER_MODEL + other.name, prompts, stop, max_new_tokens=budget, model=other,
+                asked_with={"chat_template": in_chat, "turns": cfg.data.chat_template},
+                think_end=think_end(cfg, tok) if in_chat else None)
+
+
+def _other_tokenizer(other: ModelConfig):
+    """An eval.models entry's tokenizer; a name that does not load is said with its key."""
+    try:
+        return load_tokenizer(other)
+    except UserError as err:
+        raise UserError(str(err).replace("model.name:", "eval.models:", 1)) from None
+
+
+def _asks_in_chat(cfg: Recipe, other: ModelConfig, tok, chats: bool | None) -> bool:
+    """Whether another model is asked through its chat template: as its eval.models entry says (`chats`), else
+    when it has one; always for a run whose prompts are chat turns.
+
+    Raises:
+        UserError: it has none where one is needed, or is asked without one in a run of chat turns.
+    """
+    has = bool(getattr(tok, "chat_template", None))
+    if chats is False and cfg.data.chat_template:
+        raise UserError(f"eval.models: {other.name}: chat_template false asks the run's prompt as plain text, and "
+                        "this run's prompts are chat turns (data.chat_template)")
+    if not has and (chats or cfg.data.chat_template):
+        raise UserError(f"eval.models: {other.name}: its tokenizer has no chat template, and "
+                        + ("its entry asks through one (chat_template: true)" if chats else
+                           "this run's prompts are chat turns (data.chat_template)"))
+    return has if chats is None else chats
+
+
+def check_models(cfg: Recipe, splits) -> None:
+    """eval.models, checked before training: each model's tokenizer loads, and the set is scored by its answers.
+
+    Raises:
+        UserError: naming the model that does not load, or how the set is measured instead.
+    """
+    if not cfg.eval.models:
+        return
+    mode, why = scoring_mode(cfg, splits)
+    if mode not in ("numeric", "exact", "regex", "tool"):
+        raise UserError(f"eval.models: other models are compared by their answers (numeric, exact, regex or tool "
+                        f"scoring), and this set is {'scored by ' + mode if mode else 'not scored: ' + why}; "
+                        "drop eval.models")
+    for other, chats in other_models(cfg, mode):
+        _asks_in_chat(cfg, other, _other_tokenizer(other), chats)
 
 
 def think_end(cfg: Recipe, tok) -> str | None:
@@ -926,7 +1001,8 @@ def _run_pass(cfg: Recipe, run: RunDir, p: Pass, questions: list[Example], tok, 
     mine = [i for i in range(len(questions)) if i not in have][d.rank::d.world]
     seconds, new = 0.0, []
     if d.max(len(mine)):
-        model = load_model(cfg.model, device)
+        model = load_model(p.model or cfg.model, device)
+        tok = _other_tokenizer(p.model) if p.model else tok
         if p.adapter is not None:
             model = load_adapter(model, p.adapter, merge=True)  # unmerged LoRA roughly halves generation speed
 
@@ -1015,7 +1091,7 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
     """Predictions and stats of earlier passes not being re-run, if they scored the same questions (ids and
     references: another eval.source numbers its rows the same way) the same way (mode, and regex's pattern), asked
     with the same prompts (`prompts_digest`: eval.template may have changed; the prompt baseline's pass, with the
-    same eval.prompt_baseline asked the same way)."""
+    same eval.prompt_baseline asked the same way; another model's, while eval.models names it)."""
     previous = run.read_eval_summary() or {}
     if not _asked_alike(cfg, previous, mode, prompts):
         return [], {}
@@ -1026,6 +1102,8 @@ def _kept_passes(cfg: Recipe, run: RunDir, questions: list[Example], running: se
         rows = [p for p in old if p["model"] == name]
         if name == PROMPT_BASELINE and previous[name].get("asked_with") != baseline_asked(cfg):
             continue
+        if name.startswith(OTHER_MODEL) and name.removeprefix(OTHER_MODEL) not in {m.name for m in cfg.eval.models}:
+            continue  # a model eval.models no longer names
         if name not in running and [(p["id"], p["reference"]) for p in rows] == asked:
             kept += rows
             stats[name] = previous[name]
@@ -1088,9 +1166,10 @@ def _kept_sampled(cfg: Recipe, run: RunDir, questions: list[Example], mode: str,
 
 # what decides a pass's answers: the journal key, and for base passes the cross-run cache key ------------
 def _pass_key(cfg: Recipe, p: Pass) -> str:
-    path = Path(resolve(cfg.model.name)) / "config.json"
+    model = p.model or cfg.model
+    path = Path(resolve(model.name)) / "config.json"
     weights = p.adapter / "adapter_model.safetensors" if p.adapter is not None else None
-    ident = {"model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype,
+    ident = {"model": model.name, "revision": model.revision, "dtype": model.dtype,
              "weights": path.stat().st_mtime if path.exists() else None, "pass": p.name,
              "adapter": [weights.stat().st_mtime_ns, weights.stat().st_size] if weights and weights.exists() else None,
              "max_new_tokens": p.max_new_tokens, "prompts": p.prompts, "stops": getattr(p.stops, "pattern", p.stops),

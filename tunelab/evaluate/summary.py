@@ -19,6 +19,7 @@ from tunelab.stats import paired_difference, paired_loss_difference
 METRICS = ("strict", "flexible")
 CHAT_BASELINE = "base-chat"  # the base model asked through its chat template (eval.chat_baseline)
 PROMPT_BASELINE = "base-prompt"  # the base model asked with eval.prompt_baseline
+OTHER_MODEL = "model:"  # + its name: another model asked the same questions (eval.models)
 
 
 def pass_names(summary: dict) -> list[str]:
@@ -77,6 +78,11 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     if fewshot and diff(chatty, "tuned"):
         out["chat_fewshot"] = {"model": chatty, "shots": fewshot, "tuned_vs_fewshot": diff(chatty, "tuned"),
                                "shots_from": stats[chatty].get("shots_from", f"the first {fewshot} training rows")}
+    others = [{"model": name, "name": name.removeprefix(OTHER_MODEL), "tuned_vs_model": diff(name, "tuned"),
+               "asked_with": stats[name].get("asked_with", {})}
+              for name in stats if name.startswith(OTHER_MODEL) and diff(name, "tuned")]
+    if others:  # eval.models: the tuned adapter against each other model, on the same questions
+        out["models"] = others
     if diff(PROMPT_BASELINE, "tuned"):
         out["prompt_baseline"] = {"model": PROMPT_BASELINE, "tuned_vs_prompt": diff(PROMPT_BASELINE, "tuned"),
                                   **stats[PROMPT_BASELINE].get("asked_with", {})}
@@ -101,7 +107,7 @@ def baselines(evaluation: dict) -> list[dict]:
     label), how (the prompt, in words), vs (tuned − baseline, per metric), prompting (False for an adapter)}: the
     adapter the run continued (lora.continue_from), then the prompting baselines: the base model N-shot
     (`eval.fewshot`), asked through its chat template (`eval.chat_baseline`), zero-shot and N-shot, asked with
-    `eval.prompt_baseline`."""
+    `eval.prompt_baseline`; then each other model asked the same questions (`eval.models`: `other` True)."""
     out = []
     if c := evaluation.get("continued"):
         out.append({"model": c["model"], "what": "the adapter this run continued training", "short": "start adapter",
@@ -125,6 +131,13 @@ def baselines(evaluation: dict) -> list[dict]:
         out.append({"model": pb["model"], "what": "the base model asked with eval.prompt_baseline",
                     "short": "base, eval.prompt_baseline", "vs": pb["tuned_vs_prompt"], "how": asked_with(pb),
                     "prompting": True})
+    for m in evaluation.get("models") or []:  # eval.models: another model, not a way of prompting this one
+        how = m["asked_with"]
+        out.append({"model": m["model"], "what": f"{m['name']} (eval.models)", "short": m["name"],
+                    "vs": m["tuned_vs_model"], "prompting": False, "other": True,
+                    "how": "zero-shot, " + ("the run's turns through its own chat template" if how.get("turns") else
+                                            "the run's prompt as the user turn of its own chat template"
+                                            if how.get("chat_template") else "the run's prompt as plain text")})
     return out
 
 

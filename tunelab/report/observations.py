@@ -550,6 +550,25 @@ def prompting_baselines(evaluation: dict) -> Observation | None:
                        f"{naming(evaluation).flexible} accuracy) over the same questions")
 
 
+def other_models(evaluation: dict) -> list[Observation]:
+    """The fine-tune against each other model asked the same questions (eval.models): beyond noise either way by the
+    paired interval of tuned − that model, else within noise of each other."""
+    out = []
+    for b in (b for b in baselines(evaluation) if b.get("other")):
+        d = b["vs"]["flexible"]
+        theirs, tuned = evaluation[b["model"]]["flexible_accuracy"], evaluation["tuned"]["flexible_accuracy"]
+        kind, verdict = {1: ("good", f"The fine-tune beat {b['short']} beyond noise"),
+                         -1: ("watch", f"{b['short']} beat the fine-tune beyond noise"),
+                         0: ("info", f"The fine-tune and {b['short']} scored within noise of each other")}[
+            sign_of(d["ci95_pts"])]
+        out.append(Observation(kind, f"{verdict}: {100 * tuned:.1f} % vs {100 * theirs:.1f} % ({b['how']}), "
+                               f"{d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f}, "
+                               f"n = {d['n']}.",
+                               f"paired bootstrap 95 % CI of tuned − {b['short']} ({naming(evaluation).flexible}) "
+                               "over the same questions; beyond noise = CI excludes 0"))
+    return out
+
+
 def imitation_without_solving(epochs: list[dict], evaluation: dict) -> Observation | None:
     """Loss and token accuracy improved, answer accuracy did not: better imitation of the answer text only."""
     d = evaluation.get("flexible_difference")

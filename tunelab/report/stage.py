@@ -523,6 +523,7 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
                               rules.unfinished_thinking(evaluation),
                               rules.unread_answers(evaluation), sampled.verdict(evaluation)) if o]
         found += rules.accuracy_per_epoch(evaluation)
+        found += rules.other_models(evaluation)
         found += [o for o in (rules.best_loss_accuracy(evaluation, summary),) if o]
     if evaluation and evaluation.get("by_category"):
         found.append(rules.categories(evaluation["by_category"], f"{names.title} ({names.flexible})"))
