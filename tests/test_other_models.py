@@ -119,3 +119,20 @@ def test_an_entry_can_ask_a_model_with_a_chat_template_in_the_runs_plain_format(
     assert plain.prompts == [q.prompt for q in questions] and plain.asked_with["chat_template"] is False
     assert chat.prompts != plain.prompts and chat.prompts[0].startswith("<|im_start|>")
     assert other_models(validate({**raw, "eval": {**raw["eval"], "models": [other]}}, "r"), "choice") == []
+
+
+def test_check_show_prints_each_other_models_prompt(trained, other, tmp_path, capsys):
+    from tunelab.cli import main
+    from tunelab.evaluate.stage import preview
+    from transformers import AutoTokenizer
+    raw, _ = trained
+    cfg = validate({**raw, "eval": {**raw["eval"], "models": [other]}}, "r")
+    question = load_splits(cfg.data, cfg.eval).test[0]
+    shown = preview(cfg, AutoTokenizer.from_pretrained(other), 1)["eval"]["model_prompts"]
+    assert shown == {other: AutoTokenizer.from_pretrained(other).apply_chat_template(
+        [{"role": "user", "content": question.prompt.strip()}], tokenize=False, add_generation_prompt=True)}
+    import yaml
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**raw, "eval": {**raw["eval"], "models": ["./no/such/model"]}}))
+    assert main(["check", str(path)]) == 2  # a model that does not load is said before any check runs
+    assert "eval.models: ./no/such/model: no such local path" in capsys.readouterr().err

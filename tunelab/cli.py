@@ -481,6 +481,8 @@ def cmd_check(args) -> int:
     continued = continued_adapter(cfg.model, cfg.lora)  # lora.continue_from's, fitting the recipe (else exit 2)
     splits, tok = load_splits(cfg.data, cfg.eval), load_tokenizer(cfg.model)
     work = cost.splits_work(cfg, splits, tok, _gpus(args))  # before the checks: a weight that draws no row stops here
+    from tunelab.evaluate.stage import check_models
+    check_models(cfg, splits)  # eval.models: each loads, and the set is scored by answers
     result, totals = checks.run_checks(cfg, splits, tok, embed_texts=checks.minilm)
     result["estimate"] = cost.estimate_or_unpriced(work, device)
     result["verdict"] = checks.verdict(result)
@@ -542,6 +544,9 @@ def _print_eval_examples(console, sets: dict) -> None:
             if key in shown:
                 console.rule(f"{name}: {shown['rows'][0]['id']}, as {baseline} asks the base model")
                 console.print(Text(shown[key], "dim"))
+        for model, prompt in shown.get("model_prompts", {}).items():
+            console.rule(f"{name}: {shown['rows'][0]['id']}, as {model} is asked (eval.models)")
+            console.print(Text(prompt, "dim"))
 
 
 def _print_checks(result: dict) -> None:

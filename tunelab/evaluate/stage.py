@@ -298,7 +298,8 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
     reference each answer is scored against: `tunelab check --show`'s view of the eval. Per set: `source`, `split`,
     and `scoring` with `rows` (id, prompt, reference) and, for the first question, the few-shot baseline's
     `fewshot_prompt` (eval.fewshot), the chat baselines' `chat_baseline_prompt` and `chat_fewshot_prompt`
-    (eval.chat_baseline, with eval.fewshot) and `prompt_baseline_prompt` (eval.prompt_baseline); or
+    (eval.chat_baseline, with eval.fewshot), `prompt_baseline_prompt` (eval.prompt_baseline) and `model_prompts`
+    (each of eval.models by name); or
     `skipped` (why the set is not scored), with `by_loss` and `overlap` when its rows are measured by loss and its
     replies generated and scored instead. `splits`: the recipe's, when already loaded."""
     out = {}
@@ -336,6 +337,9 @@ def preview(cfg: Recipe, tok, n: int, splits=None) -> dict[str, dict]:
             out[name]["chat_fewshot_prompt"] = chatted[0][0]
         if recipe.eval.prompt_baseline and questions:
             out[name]["prompt_baseline_prompt"] = prompt_baseline_prompts(recipe, tok, questions[:1])[0]
+        if questions and (others := other_models(recipe, mode)):  # eval.models: each as it is asked
+            out[name]["model_prompts"] = {m.name: _other_model_pass(recipe, m, chats, questions[:1], None, 1).prompts[0]
+                                          for m, chats in others}
     return out
 
 
