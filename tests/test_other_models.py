@@ -92,7 +92,7 @@ def test_other_models_are_refused_where_they_cannot_be_compared_by_answers(train
     with pytest.raises(UserError, match=r"eval.models: ./no/such/model: no such local path"):
         check(recipe(["./no/such/model"]))
     with pytest.raises(UserError, match=r"eval.models: other models are compared by their answers .* this set is "
-                                        r"not scored: eval.scoring: none"):
+                                        r"not scored by its answers \(eval.scoring: none\)"):
         check(recipe([other], scoring="none"))
     with pytest.raises(UserError, match=r"eval.models: .*: its tokenizer has no chat template, and this run's "
                                         r"prompts are chat turns"):
@@ -136,3 +136,30 @@ def test_check_show_prints_each_other_models_prompt(trained, other, tmp_path, ca
     path.write_text(yaml.safe_dump({**raw, "eval": {**raw["eval"], "models": ["./no/such/model"]}}))
     assert main(["check", str(path)]) == 2  # a model that does not load is said before any check runs
     assert "eval.models: ./no/such/model: no such local path" in capsys.readouterr().err
+
+
+def test_where_no_answer_check_suits_other_models_replies_are_scored_by_chrf_beside_the_fine_tunes(
+        trained, other, tmp_path, monkeypatch):
+    """Prose rows: each other model's generated replies are scored against the references by chrF and paired with
+    the tuned adapter's, as the prompting baselines' are; with eval.overlap off nothing would compare them."""
+    from conftest import write_jsonl
+    from tunelab.evaluate.stage import replies
+    from tunelab.report import replies as said
+    monkeypatch.setattr("tunelab.evaluate.stage.cache_dir", lambda: tmp_path / "cache")
+    cfg, run = copy_run(trained, tmp_path, models=[other])
+    s = replies(cfg, run)
+    assert f"model:{other}" in s["versus"] and s[f"model:{other}"]["n"] == 4
+    (what, d), = said.baselines(s)
+    assert what == f"{other} (eval.models)" and d["n"] == 4
+    assert any(f"vs {other} (eval.models) (reply chrF)" == row[0] for row in said.key_rows(s))
+    raw, _ = trained
+    prose = write_jsonl(tmp_path / "prose.jsonl", [{"prompt": f"Tell me about the number {i}.", "completion":
+                                                    f"The number {i} comes after {i - 1} and before {i + 1}, "
+                                                    f"and it is {'even' if i % 2 == 0 else 'odd'}."}
+                                                   for i in range(30)])
+    data = {"source": str(prose), "template": "{prompt}", "target": "{completion}"}
+    cfg = validate({**raw, "data": data, "eval": {**raw["eval"], "models": [other]}}, "r")
+    check_models(cfg, load_splits(cfg.data, cfg.eval))  # measured by its replies' chrF: compared
+    off = validate({**raw, "data": data, "eval": {**raw["eval"], "models": [other], "overlap": False}}, "r")
+    with pytest.raises(UserError, match=r"eval.models: .* this set is not scored by its answers \(data.target: "):
+        check_models(off, load_splits(off.data, off.eval))

@@ -568,8 +568,9 @@ class EvalConfig(Section):
                                      "asked zero-shot, through its own chat template when it has one (the run's "
                                      "prompt as the user turn, as eval.chat_baseline asks; with data.chat_template "
                                      "the run's turns, system turn and tools), else with the run's prompt as plain "
-                                     "text; answer-scored sets (numeric, exact, regex, tool), the run's own test rows; "
-                                     "their answers cached as the base model's are")
+                                     "text; the run's own test rows, scored by their answers (numeric, exact, regex, "
+                                     "tool) or, where no answer check suits them, their replies' chrF; their answers "
+                                     "cached as the base model's are")
     think_end: str | None = Field(None, description="a reasoning model's end-of-thinking marker (lm-eval's "
                                   "think_end_token): in a reply asked through the chat template (or an adapter's, "
                                   "where at least half the scored targets are reasoning traces holding it), the stop "

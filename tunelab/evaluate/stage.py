@@ -568,11 +568,15 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
     return [replace(p, max_new_tokens=cfg.eval.max_new_tokens) if p.think_end else p for p in passes]
 
 
+COMPARED = ("numeric", "exact", "regex", "tool", "overlap")  # how other models' answers can be compared (eval.models)
+
+
 def other_models(cfg: Recipe, mode: str) -> list[tuple[ModelConfig, bool | None]]:
     """eval.models as the models they are, each with its chat_template choice: loaded as the run's base model is
     (its dtype, 4-bit, attention, trust of remote code) without the run's tokenizer changes (chat template, added
-    tokens); none for a set scored other than by answers (`check_models` refuses those before anything runs)."""
-    if mode not in ("numeric", "exact", "regex", "tool"):
+    tokens); none for a set measured otherwise than by its answers or its generated replies (`check_models` refuses
+    those before anything runs)."""
+    if mode not in COMPARED:
         return []
     return [(cfg.model.model_copy(update={"name": m.name, "revision": None, "hub_id": None, "init": "pretrained",
                                           "chat_template": None, "added_tokens": [], "vocab_multiple_of": None,
@@ -630,10 +634,12 @@ def check_models(cfg: Recipe, splits) -> None:
     if not cfg.eval.models:
         return
     mode, why = scoring_mode(cfg, splits)
-    if mode not in ("numeric", "exact", "regex", "tool"):
+    if mode is None and cfg.eval.overlap and generates_replies(cfg, splits):
+        mode = "overlap"  # no answer check: the replies, generated and scored by chrF, are compared
+    if mode not in COMPARED:
         raise UserError(f"eval.models: other models are compared by their answers (numeric, exact, regex or tool "
-                        f"scoring), and this set is {'scored by ' + mode if mode else 'not scored: ' + why}; "
-                        "drop eval.models")
+                        "scoring) or their generated replies' chrF (eval.overlap), and this set is "
+                        f"{'scored by ' + mode if mode else 'not scored by its answers (' + why + ')'}; drop eval.models")
     for other, chats in other_models(cfg, mode):
         _asks_in_chat(cfg, other, _other_tokenizer(other), chats)
 

@@ -9,7 +9,7 @@ Run as: tunelab report runs/chat      (after tunelab run on data whose answers n
 from __future__ import annotations
 
 from tunelab.evaluate.overlap import METRICS
-from tunelab.evaluate.summary import PROMPT_BASELINE
+from tunelab.evaluate.summary import OTHER_MODEL, PROMPT_BASELINE
 from tunelab.report import categories
 from tunelab.report import observations as rules
 from tunelab.report.observations import EXPORT_BEST_LOSS, Observation
@@ -47,10 +47,10 @@ def line(s: dict | None, also: str | None = None, trained: int | None = None) ->
 
 
 def baselines(s: dict) -> list[tuple[str, dict]]:
-    """Each baseline whose replies were generated — the adapter the run continued, the prompting baselines — in
-    words, with tuned − it by chrF (paired)."""
+    """Each baseline whose replies were generated — the adapter the run continued, the prompting baselines, the
+    other models (eval.models) — in words, with tuned − it by chrF (paired)."""
     return [(_called(name), v[JUDGED]) for name, v in (s.get("versus") or {}).items()
-            if name.startswith("base-") or name == START]
+            if name.startswith(("base-", OTHER_MODEL)) or name == START]
 
 
 def _chain(s: dict, trained: int | None = None) -> str | None:
@@ -228,6 +228,8 @@ def _called(name: str, trained: int | None = None) -> str:
         return "the adapter this run continued training (adapters/start)"
     if name == PROMPT_BASELINE:
         return "the base model asked with eval.prompt_baseline"
+    if name.startswith(OTHER_MODEL):
+        return f"{name.removeprefix(OTHER_MODEL)} (eval.models)"
     shots = name.rsplit("-", 1)[1].removesuffix("shot")
     return f"the base model asked {shots}-shot through its chat template" if name.startswith("base-chat-") else \
         f"the base model prompted {shots}-shot"
