@@ -355,6 +355,10 @@ class TrainConfig(Section):
     keep_epoch_adapters: bool = Field(True, description="save each epoch's adapter in adapters/epoch-N/ (accuracy "
                                       "per epoch); false = only the final adapter/ (and the lowest validation "
                                       "pass's, adapters/best-loss/)")
+    keep_step_adapters: bool = Field(False, description="with train.val_every: also save the adapter at each "
+                                     "validation pass inside an epoch (adapters/step-N/), which eval scores beside "
+                                     "each epoch's (eval.epochs: all): accuracy during an epoch, for runs of one or "
+                                     "a few long epochs; each costs an eval pass")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (oldest deleted)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when one is visible, else CPU")
     sharding: Literal["none", "fsdp"] = Field("none", description="with several processes: none = each holds the "
@@ -793,6 +797,9 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
             recipe.train.early_stopping_patience and recipe.train.val_every):
         problems.append("train.early_stopping_on: validation counts validation passes inside epochs; it needs "
                         "train.early_stopping_patience and train.val_every (the steps between passes)")
+    if recipe is not None and recipe.train.keep_step_adapters and not recipe.train.val_every:
+        problems.append("train.keep_step_adapters: saves the adapter at the validation passes inside epochs, and "
+                        "train.val_every (the steps between them) is 0")
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")

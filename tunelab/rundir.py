@@ -55,6 +55,8 @@ LAYOUT = {
     "adapters/epoch-N/": (None, "each epoch's adapter, PEFT format (unless `train.keep_epoch_adapters: "
                                             "false`); the last equals `adapter/`; imported: the checkpoints "
                                             "saved at epoch ends"),
+    "adapters/step-N/": (None, "with `train.keep_step_adapters`: the adapter at each `train.val_every` validation "
+                               "pass inside an epoch, PEFT format, scored by eval as `step-N`"),
     "adapters/best-loss/": ("best_loss_adapter", "the adapter of the validation pass with the lowest loss when no "
                                                  "other folder holds it (a `train.val_every` pass inside an epoch, or "
                                                  "an epoch's end with `train.keep_epoch_adapters: false`), PEFT "
@@ -195,6 +197,19 @@ class RunDir:
 
     def epoch_adapter(self, epoch: int) -> Path:
         return self.path / "adapters" / f"epoch-{epoch}"
+
+    def step_adapter(self, step: int) -> Path:
+        return self.path / "adapters" / f"step-{step}"
+
+    def step_adapters(self) -> dict[int, Path]:
+        """`train.keep_step_adapters`' adapters by step, in order."""
+        found = {int(p.name.split("-")[1]): p for p in (self.path / "adapters").glob("step-*")
+                 if p.name.split("-")[1].isdigit() and (p / "adapter_config.json").is_file()}
+        return dict(sorted(found.items()))
+
+    def epoch_end_steps(self) -> dict[int, int]:
+        """The optimizer step each epoch ended at (epoch 0: step 0), from the validation log."""
+        return {r["epoch"]: r["step"] for r in self.read_validation() if r.get("epoch_end") and r["step"] is not None}
 
     def keep_start_adapter(self, folder: Path) -> None:
         """Copy the adapter files of `folder` (lora.continue_from's) to adapters/start/, replacing an earlier copy."""

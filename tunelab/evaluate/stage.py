@@ -112,14 +112,15 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     for p in passes:
         rows, stats[p.name] = _answered(cfg, run, p, questions, tok, device, journal, mode)
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    stats = dict(sorted(stats.items(), key=lambda kv: _rank(kv[0])))  # kept passes and new ones in eval's order
+    ends = run.epoch_end_steps()  # the run's, for an eval.also set's view too
+    stats = dict(sorted(stats.items(), key=lambda kv: _rank(kv[0], ends)))  # kept passes and new ones in eval's order
     sampled_rows, sampled = _sampled(cfg, run, passes, questions, tok, device, journal, mode, asked)
     answered = [s for s in [*stats.values(), *(sampled or {}).get("passes", {}).values()] if not s.get("cached")]
     summary = {"scoring": mode, **_pattern(cfg, mode), "split": _limited(cfg, splits)[0], "prompts": asked,
                **({"turns": "all"} if cfg.eval.turns == "all" else {}),  # every reply of each conversation asked
                **({"source": cfg.eval.source} if cfg.eval.source else {}), **written_format(cfg), **stats,
                **comparisons(predictions, stats, [q.id for q in questions], run.trained_epochs(cfg), cfg.eval.fewshot,
-                             NAMING[mode].flexible),
+                             NAMING[mode].flexible, _training_points(stats, ends, run.trained_epochs(cfg))),
                **({"sampled": sampled} if sampled else {}),
                "cost": cost.actual(sum(s["seconds"] for s in answered), device, cfg.cost.usd_per_hour,
                                    d.world)}  # the passes answered for this run
@@ -155,13 +156,40 @@ def _tool_figures(predictions: list[dict], names: list[str], split: str) -> dict
     return {"tool_outcomes": tool_outcomes(predictions, names), **({"answers": worded} if worded else {})}
 
 
-def _rank(name: str) -> tuple:
-    """A pass's place in eval's order: base, its prompting baselines (base-…), the adapter the run continued, each
-    epoch's, best-loss, tuned."""
+def _rank(name: str, ends: dict[int, int] | None = None) -> tuple:
+    """A pass's place in eval's order: base, its prompting baselines (base-…), other models, the adapter the run
+    continued, each epoch's and each step's (train.keep_step_adapters) in training order (`ends`: the step each
+    epoch ended at), best-loss, tuned."""
     if name.startswith("epoch-"):
+        epoch = int(name.split("-")[1])
+        return 2, (ends or {}).get(epoch, epoch)
+    if name.startswith("step-"):
         return 2, int(name.split("-")[1])
     return {"base": (0, 0), START: (1, 0), BEST_LOSS: (3, 0), "tuned": (4, 0)}.get(
         name, (0, 2) if name.startswith(OTHER_MODEL) else (0, 1))
+
+
+def _training_points(stats: dict, ends: dict[int, int], trained: int) -> dict[str, tuple[int, float]]:
+    """Where in training each scored adapter is, (step, epoch — fractional inside an epoch), when the run kept step
+    adapters (train.keep_step_adapters); {} otherwise. `ends`: the step each epoch ended at."""
+    steps = {n: int(n.split("-")[1]) for n in stats if n.startswith("step-")}
+    if not steps:
+        return {}
+    points = {name: (step, _epoch_at(step, ends)) for name, step in steps.items()}
+    for name in stats:
+        epoch = trained if name == "tuned" else int(name.split("-")[1]) if name.startswith("epoch-") else None
+        if epoch is not None and epoch in ends:
+            points[name] = (ends[epoch], float(epoch))
+    return points
+
+
+def _epoch_at(step: int, ends: dict[int, int]) -> float:
+    """The epochs trained at `step`: whole ones ended before it, and the share of the one it is inside."""
+    for epoch in sorted(e for e in ends if e > 0):
+        start, end = ends.get(epoch - 1, 0), ends[epoch]
+        if step <= end:
+            return round(epoch - 1 + (step - start) / max(end - start, 1), 3)
+    return float(max(ends, default=0))
 
 
 def _require_adapter(run: RunDir, only: str | None, adapter: bool) -> None:
@@ -558,6 +586,8 @@ def _plan(cfg: Recipe, run: RunDir, pool: list[Example], questions: list[Example
         if epochs_to_score(cfg, last) == "all":
             passes += [Pass(f"epoch-{k}", prompts, stop, run.epoch_adapter(k), k, max_new_tokens=budget)
                        for k in range(1, last) if (run.epoch_adapter(k) / "adapter_config.json").exists()]
+            passes += [Pass(f"step-{n}", prompts, stop, folder, max_new_tokens=budget)
+                       for n, folder in run.step_adapters().items()]  # train.keep_step_adapters: inside epochs
             if (run.best_loss_adapter / "adapter_config.json").exists():
                 passes.append(Pass(BEST_LOSS, prompts, stop, run.best_loss_adapter, max_new_tokens=budget))
         passes.append(Pass("tuned", prompts, stop, run.adapter, last, max_new_tokens=budget))

@@ -30,7 +30,7 @@ def pass_names(summary: dict) -> list[str]:
 
 
 def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoch: int, fewshot: int,
-                flexible: str = "flexible-extract") -> dict:
+                flexible: str = "flexible-extract", points: dict[str, tuple[int, float]] | None = None) -> dict:
     """What eval/summary.json holds beside each model's stats, from the prediction rows of every model.
 
     Args:
@@ -40,6 +40,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
         final_epoch: the epoch the final adapter (`tuned`) is from.
         fewshot: N of the few-shot baseline (0 = none).
         flexible: what the scoring mode calls its flexible variant (the best-epoch rule names it).
+        points: where in training each adapter pass is, (step, epoch), when the run kept step adapters
+            (train.keep_step_adapters): `steps` then lists them in that order.
     """
     by = {}
     for r in predictions:
@@ -66,6 +68,8 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
         out["best_epoch"] = {"epoch": best["epoch"], "model": best["model"],
                              "flexible_accuracy": best["flexible_accuracy"],
                              "rule": f"highest {flexible} accuracy; a tie goes to the earlier epoch"}
+    if points:
+        out["steps"] = _step_rows(stats, diff, points)
     if diff("tuned", "best-loss"):  # adapters/best-loss against the final adapter: what picking by loss gave
         out["best_loss"] = {"model": "best-loss", "vs_tuned": diff("tuned", "best-loss")}
     name = f"base-{fewshot}shot"
@@ -305,6 +309,19 @@ def _epoch_rows(stats: dict, diff, final_epoch: int) -> list[dict]:
         rows.append({"epoch": epoch, "model": name, "n": s["n"], "strict_accuracy": s["strict_accuracy"],
                      "flexible_accuracy": s["flexible_accuracy"], **({"mc2": s["mc2"]} if "mc2" in s else {}),
                      "vs_base": diff("base", name), "vs_previous": diff(previous, name) if previous else None})
+        previous = name
+    return rows
+
+
+def _step_rows(stats: dict, diff, points: dict[str, tuple[int, float]]) -> list[dict]:
+    """Accuracy at every scored point of training, in order: train.keep_step_adapters' adapters inside epochs among
+    the epochs' own, each against the point before (the first against the base model, or the adapter the run
+    continued)."""
+    rows, previous = [], START if START in stats else "base"
+    for name, (step, epoch) in sorted(points.items(), key=lambda kv: kv[1][0]):
+        s = stats[name]
+        rows.append({"step": step, "epoch": epoch, "model": name, "n": s["n"], "strict_accuracy": s["strict_accuracy"],
+                     "flexible_accuracy": s["flexible_accuracy"], "vs_previous": diff(previous, name)})
         previous = name
     return rows
 

@@ -72,6 +72,11 @@ def eval_lines(evaluation: dict) -> list[str]:
             change = f" ({d['delta_pts']:+.1f}, CI {d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})" if d else ""
             steps.append(f"epoch {r['epoch']} {100 * r['flexible_accuracy']:.1f} %{change}")
         lines.append(f"accuracy per epoch ({naming(evaluation).flexible}): " + " → ".join(steps))
+    if points := evaluation.get("steps"):  # train.keep_step_adapters: accuracy inside epochs too
+        first = "start adapter" if START in evaluation else "base"
+        lines.append(f"accuracy during training ({naming(evaluation).flexible}): " + " → ".join(
+            [f"{first} {100 * evaluation.get(START, evaluation['base'])['flexible_accuracy']:.1f} %"]
+            + [f"step {r['step']} (epoch {r['epoch']:g}) {100 * r['flexible_accuracy']:.1f} %" for r in points]))
     if evaluation.get("best_epoch") and len(rows) > 1:
         lines.append(f"best epoch: {evaluation['best_epoch']['epoch']} "
                      f"({100 * evaluation['best_epoch']['flexible_accuracy']:.1f} %)")

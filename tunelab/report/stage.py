@@ -74,7 +74,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     sections = [
         ("Overview", _overview(run, cfg, summary, evaluation)),
         ("Key metrics", _key_metrics(summary, epochs, evaluation, run.read_optional(run.eval_skipped),
-                                     HeldOutLossDir(run.path).read_eval_summary(), replies.summary(run))),
+                                     HeldOutLossDir(run.path).read_eval_summary(), replies.summary(run))
+         + _step_table(evaluation, run.read_validation())),
         *data_sections,
         ("Learning curves", pictures),
         ("Observations from training logs", [("obs", found)]),
@@ -415,6 +416,26 @@ def _epoch_table(epochs: list[dict], evaluation: dict | None, held_out: dict | N
                        "held-out target loss" if by_loss else f"{names.short} ({names.flexible})",
                        "vs previous epoch", *(["reply chrF", "vs previous epoch (chrF)"] if chain else []),
                        *(["mc2 (true options)"] if mc2 else []), "seconds", "tokens"], per_epoch)]
+
+
+def _step_table(evaluation: dict | None, validation: list[dict]) -> list:
+    """Accuracy during training (train.keep_step_adapters): the adapter at each validation pass inside an epoch
+    among the epochs' own, in training order, with the validation loss of that pass and the change from the point
+    before; [] without step adapters."""
+    steps = (evaluation or {}).get("steps")
+    if not steps:
+        return []
+    names, val = naming(evaluation), {r["step"]: r["val_loss"] for r in validation}
+    first = "the adapter the run continued" if START in evaluation else "the base model"
+    rows = [(0, 0.0, val.get(0), f"{100 * evaluation.get(START, evaluation['base'])['flexible_accuracy']:.1f} %",
+             "—")]
+    for r in steps:
+        d = (r.get("vs_previous") or {}).get("flexible")
+        rows.append((r["step"], r["epoch"], val.get(r["step"]), f"{100 * r['flexible_accuracy']:.1f} %",
+                     f"{d['delta_pts']:+.1f} pts ({d['ci95_pts'][0]:+.1f}..{d['ci95_pts'][1]:+.1f})" if d else "—"))
+    return [("p", f"During training (train.keep_step_adapters: the adapter at each train.val_every validation pass "
+                  f"inside an epoch, and at each epoch's end; step 0 is {first}):"),
+            ("table", ["step", "epoch", "val loss", f"{names.short} ({names.flexible})", "vs previous point"], rows)]
 
 
 def _mc2_chain(evaluation: dict | None) -> dict[int, str]:

@@ -307,6 +307,8 @@ def _train_epoch(loop: Loop, epoch: int, stop, progress, trackers) -> tuple[Pass
             if cfg.train.early_stopping_on == "validation" and out_of_patience(cfg, state):
                 state.val_log.pop()  # the epoch ends here: its end's pass, the same weights, logs every row's loss
                 break
+            if cfg.train.keep_step_adapters:  # accuracy during the epoch: eval scores it (before the checkpoint)
+                _save_adapter(loop, loop.run.step_adapter(state.step))
         every = cfg.train.checkpoint_every
         if stop.requested or (every and state.step % every == 0 and loop.inside_epoch()):
             state.epoch_examples = list(loop.d.gather(examples))  # kept with the checkpoint: a resume logs them once
