@@ -218,8 +218,8 @@ def _called(name: str, trained: int | None = None) -> str:
     """A pass in words: "the base model prompted 5-shot", "epoch 2" (the tuned adapter: its epoch, when known)."""
     if name == "tuned":
         return f"epoch {trained}" if trained else "the tuned adapter"
-    if name.startswith("epoch-"):
-        return f"epoch {name.split('-')[1]}"
+    if name.startswith(("epoch-", "step-")):  # step-N: train.keep_step_adapters' adapter inside an epoch
+        return f"{name.split('-')[0]} {name.split('-')[1]}"
     if name in ("base", "base-chat"):
         return "the base model" + (" asked through its chat template" if name == "base-chat" else "")
     if name == BEST_LOSS:
