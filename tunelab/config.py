@@ -797,9 +797,6 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
             recipe.train.early_stopping_patience and recipe.train.val_every):
         problems.append("train.early_stopping_on: validation counts validation passes inside epochs; it needs "
                         "train.early_stopping_patience and train.val_every (the steps between passes)")
-    if recipe is not None and recipe.train.keep_step_adapters and not recipe.train.val_every:
-        problems.append("train.keep_step_adapters: saves the adapter at the validation passes inside epochs, and "
-                        "train.val_every (the steps between them) is 0")
     if recipe is not None and recipe.train.early_stopping_threshold and not recipe.train.early_stopping_patience:
         problems.append("train.early_stopping_threshold: needs train.early_stopping_patience (the number of epochs "
                         "without such an improvement that stops training)")
@@ -825,7 +822,7 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         problems.append("eval.pass_at_k: 1 samples one answer per question, too few for pass@k or a majority vote; "
                         "set 2 or more (or 0: off)")
     if recipe is not None:
-        problems += _models_problems(recipe)
+        problems += _models_problems(recipe) + _step_problems(recipe.train)
     if recipe is not None and recipe.eval.fewshot_from == "eval_source" and not recipe.eval.source:
         problems.append("eval.fewshot_from: eval_source takes the shots from eval.source's train split, and "
                         "eval.source is not set")
@@ -839,6 +836,14 @@ def validate(raw: dict, source: str, problems: list[str] | None = None) -> Recip
         noun = "problem" if len(problems) == 1 else "problems"
         raise UserError(f"{source}: {len(problems)} {noun}\n" + "\n".join(f"  {p}" for p in problems))
     return recipe
+
+
+def _step_problems(train: TrainConfig) -> list[str]:
+    """train.keep_step_adapters keeps the adapters of the validation passes inside epochs: there must be some."""
+    if train.keep_step_adapters and not train.val_every:
+        return ["train.keep_step_adapters: saves the adapter at the validation passes inside epochs, and "
+                "train.val_every (the steps between them) is 0"]
+    return []
 
 
 def _models_problems(recipe: "Recipe") -> list[str]:

@@ -112,7 +112,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
     for p in passes:
         rows, stats[p.name] = _answered(cfg, run, p, questions, tok, device, journal, mode)
         predictions = [r for r in predictions if r["model"] != p.name] + rows
-    ends = run.epoch_end_steps()  # the run's, for an eval.also set's view too
+    ends = run.epoch_end_steps()  # the run's (an eval.also set's view too): where each epoch ended
     stats = dict(sorted(stats.items(), key=lambda kv: _rank(kv[0], ends)))  # kept passes and new ones in eval's order
     sampled_rows, sampled = _sampled(cfg, run, passes, questions, tok, device, journal, mode, asked)
     answered = [s for s in [*stats.values(), *(sampled or {}).get("passes", {}).values()] if not s.get("cached")]
@@ -124,8 +124,7 @@ def evaluate(cfg: Recipe, run: RunDir, only: str | None = None, adapter: bool = 
                **({"sampled": sampled} if sampled else {}),
                "cost": cost.actual(sum(s["seconds"] for s in answered), device, cfg.cost.usd_per_hour,
                                    d.world)}  # the passes answered for this run
-    categories = by_category(predictions, [q.id for q in questions], categories_from(cfg), mode)
-    if categories:
+    if categories := by_category(predictions, [q.id for q in questions], categories_from(cfg), mode):
         summary["by_category"] = categories
     if mode == "tool":
         summary |= _tool_figures(predictions, list(stats), summary["split"])

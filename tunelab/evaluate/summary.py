@@ -72,6 +72,19 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
         out["steps"] = _step_rows(stats, diff, points)
     if diff("tuned", "best-loss"):  # adapters/best-loss against the final adapter: what picking by loss gave
         out["best_loss"] = {"model": "best-loss", "vs_tuned": diff("tuned", "best-loss")}
+    out |= _baseline_comparisons(stats, diff, fewshot)
+    pairs = [("base", "tuned")] + [(START, e["model"]) for e in epochs[:1]] \
+        + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
+        + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
+    out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
+                    if a in by and b in by]
+    return out
+
+
+def _baseline_comparisons(stats: dict, diff, fewshot: int) -> dict:
+    """The tuned adapter against each prompting baseline (few-shot, chat, chat few-shot, prompt) and each other
+    model (eval.models) scored, for `comparisons`."""
+    out: dict = {}
     name = f"base-{fewshot}shot"
     if fewshot and diff(name, "tuned"):
         out["fewshot"] = {"model": name, "shots": fewshot, "tuned_vs_fewshot": diff(name, "tuned"),
@@ -90,11 +103,6 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
     if diff(PROMPT_BASELINE, "tuned"):
         out["prompt_baseline"] = {"model": PROMPT_BASELINE, "tuned_vs_prompt": diff(PROMPT_BASELINE, "tuned"),
                                   **stats[PROMPT_BASELINE].get("asked_with", {})}
-    pairs = [("base", "tuned")] + [(START, e["model"]) for e in epochs[:1]] \
-        + [(a["model"], b["model"]) for a, b in zip(epochs, epochs[1:])] \
-        + [("best-loss", "tuned")]  # what training on past the lowest validation pass changed (when it was scored)
-    out["flips"] = [{"from": a, "to": b, "metric": "flexible", **flips(by[a], by[b], ids)} for a, b in pairs
-                    if a in by and b in by]
     return out
 
 
