@@ -921,13 +921,14 @@ def _reply_passes(cfg: Recipe, run: RunDir, pool: list[Example], questions: list
     """The passes `replies` generates: as eval's (`_plan`: base, its prompting baselines, each kept epoch, the
     best-loss adapter, tuned), until EOS, without the few-shot passes when there is no pool of shots (an eval.also
     set of one file, scored on all its rows), else with the first shots (`pool`, as the loss measure's); only base
-    and tuned when only the `eval.samples` shown are generated (eval.overlap false)."""
+    and tuned when only the `eval.samples` shown are generated (eval.overlap false); not train.keep_step_adapters'
+    adapters (accuracy during training is an answer check's)."""
     if not pool:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fewshot": 0})})
     else:  # as the loss measure's: the first N (`_loss_shots`)
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fewshot_sampler": "first_n"})})
     passes = _plan(cfg, run, pool, questions, None, True, tok, "overlap")
-    return [p for p in passes if p.name in ("base", "tuned") or cfg.eval.overlap]
+    return [p for p in passes if p.name in ("base", "tuned") or cfg.eval.overlap and not p.name.startswith("step-")]
 
 
 def generates_replies(cfg: Recipe, splits) -> bool:
