@@ -46,6 +46,14 @@ def test_step_adapters_are_kept_inside_epochs_and_scored_in_training_order(tiny_
     md = run.report_md.read_text()
     assert "During training (train.keep_step_adapters" in md
     val = {r["step"]: r["val_loss"] for r in run.read_validation()}
+    from tunelab.export import chosen_epoch, export
+    out = export(run, tmp_path / "out", adapter_only=True, epoch=chosen_epoch(run, "step-4"))
+    assert (out / "adapter_model.safetensors").read_bytes() == \
+        (run.step_adapter(4) / "adapter_model.safetensors").read_bytes()
+    assert "This is the adapter saved at step 4 (`adapters/step-4`), inside epoch 2" in (out / "README.md").read_text()
+    with pytest.raises(UserError, match=r"--epoch: 'step-3'; .* or a kept step's adapter \(step-1, step-2, step-4, "
+                                        r"step-5\)"):
+        chosen_epoch(run, "step-3")  # an epoch's end: its adapter is epoch-1's
     assert f"| 4 | 1.333 | {val[4]:.4g} | {100 * points[3]['flexible_accuracy']:.1f} % |" in md
 
 

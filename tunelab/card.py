@@ -51,19 +51,21 @@ def set_base_model(adapter: Path, base: str) -> None:
 
 def render(run: RunDir, epoch: int | str | None = None) -> str:
     """The card's text: `---` YAML metadata `---`, then Markdown. `epoch`: the card of that epoch's adapter
-    (adapters/epoch-N, exported with --epoch) or, "best-loss", of the lowest validation pass's (adapters/best-loss)
-    instead of the final one's."""
+    (adapters/epoch-N, exported with --epoch), "best-loss", of the lowest validation pass's (adapters/best-loss), or
+    "step-N", of train.keep_step_adapters' (adapters/step-N), instead of the final one's."""
     cfg = run.read_recipe()
     base = hub_id(cfg.model)
     summary, epochs, evaluation, cost = run.read_summary(), run.read_epochs(), run.read_eval_summary(), \
         run.read_optional(run.cost)
     epoch = None if epoch == summary["epochs"] else epoch  # the last epoch's adapter is the final one
-    lowest = lowest_pass(run.read_validation()) if epoch == BEST_LOSS else None
+    point = lowest_pass(run.read_validation()) if epoch == BEST_LOSS else None  # a pass's own adapter
+    if isinstance(epoch, str) and epoch.startswith("step-"):  # train.keep_step_adapters': that pass's adapter
+        point = next(r for r in run.read_validation() if r["step"] == int(epoch.removeprefix("step-")))
     held_out = HeldOutLossDir(run.path).read_eval_summary()  # answers no scoring mode suits: replies by loss
     meta = _metadata(run, cfg, base, _results(cfg, summary, _evaluations(run, evaluation), epoch,
-                                              lowest["val_loss"] if lowest else _val_loss(summary, epochs, epoch),
+                                              point["val_loss"] if point else _val_loss(summary, epochs, epoch),
                                               held_out))
-    which = f", step {lowest['step']} of {summary['steps']}" if lowest else \
+    which = f", step {point['step']} of {summary['steps']}" if point else \
         f", epoch {epoch} of {summary['epochs']}" if epoch else ""
     body = [f"# {cfg.name}: a {'DoRA' if cfg.lora.use_dora else 'LoRA'} adapter for {base or cfg.model.name}{which}",
             "",
@@ -80,7 +82,7 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
                if "train_rows_per_epoch" in summary else "") + "). Every figure here was measured by tunelab in "
             "this run; none is copied from elsewhere" + (" but the cost, priced from the other trainer's train_runtime"
                                                          if "imported" in summary and cost else "") + ".", ""]
-    body += _not_final(summary, evaluation, epoch, lowest) + _continued(cfg)
+    body += _not_final(summary, evaluation, epoch, point) + _continued(cfg)
     if not base:
         body += ["`base_model` is unknown: `model.name` is a local path. Set `model.hub_id` in the recipe to name "
                  "the Hub model it came from.", ""]
@@ -109,12 +111,17 @@ def render(run: RunDir, epoch: int | str | None = None) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
 
-def _not_final(summary: dict, evaluation: dict | None, epoch: int | str | None, lowest: dict | None) -> list[str]:
-    """Which adapter a card of an earlier one (epoch N's, or the lowest validation pass's) describes, and why."""
-    if lowest:
-        where = "at the end of" if lowest["epoch_end"] else "inside"
-        return [f"This is the adapter saved at step {lowest['step']} (`adapters/best-loss`), {where} epoch "
-                f"{lowest['epoch']}: the validation pass with the lowest loss ({lowest['val_loss']:.4f}, against "
+def _not_final(summary: dict, evaluation: dict | None, epoch: int | str | None, point: dict | None) -> list[str]:
+    """Which adapter a card of an earlier one (epoch N's, the lowest validation pass's, or a kept step's) describes,
+    and why."""
+    if point and epoch != BEST_LOSS:  # train.keep_step_adapters' adapter at a validation pass inside an epoch
+        return [f"This is the adapter saved at step {point['step']} (`adapters/step-{point['step']}`), inside epoch "
+                f"{point['epoch']} (validation loss {point['val_loss']:.4f}), not the final adapter; its figures are "
+                f"the `step-{point['step']}` rows below.", ""]
+    if point:
+        where = "at the end of" if point["epoch_end"] else "inside"
+        return [f"This is the adapter saved at step {point['step']} (`adapters/best-loss`), {where} epoch "
+                f"{point['epoch']}: the validation pass with the lowest loss ({point['val_loss']:.4f}, against "
                 f"{summary['final_val_loss']:.4f} after the last step), not the final adapter; the per-epoch rows "
                 "below are the run's, at epoch ends.", ""]
     if not epoch:
@@ -201,7 +208,7 @@ def _results(cfg, summary: dict, evaluations: list[dict], epoch: int | str | Non
     evaluated set (the run's own, then each eval.also set), its target loss on the held-out rows when those were
     measured by loss instead (`held_out`), and its validation loss `val_loss`."""
     out = []
-    scored = "tuned" if epoch is None else epoch if epoch == BEST_LOSS else f"epoch-{epoch}"
+    scored = "tuned" if epoch is None else epoch if isinstance(epoch, str) else f"epoch-{epoch}"
     for evaluation in [e for e in evaluations if scored in e]:
         tuned, names = evaluation[scored], naming(evaluation)
         split, source = evaluation.get("split", cfg.eval.split), evaluation.get("source", cfg.data.source)

@@ -221,7 +221,8 @@ def _output_commands(sub) -> None:
     s.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (norms stay f32)")
     s.add_argument("--epoch", help="export epoch N's adapter (adapters/epoch-N); best: the best epoch by answer "
                                    "accuracy (after tunelab eval); best-loss: the validation pass with the lowest "
-                                   "loss (its epoch's adapter, or adapters/best-loss); default the final adapter")
+                                   "loss (its epoch's adapter, or adapters/best-loss); step-N: "
+                                   "train.keep_step_adapters' adapter at step N; default the final adapter")
     s.set_defaults(func=cmd_export)
 
 
@@ -238,8 +239,8 @@ def _generate_command(sub) -> None:
                                    "template with each prompt of a conversation run (rows of --file that have their "
                                    "own keep them)")
     s.add_argument("--base", action="store_true", help="the base model's answers too, side by side")
-    s.add_argument("--epoch", help="answer with epoch N's adapter, best (by answer accuracy) or best-loss; default "
-                                   "the final adapter")
+    s.add_argument("--epoch", help="answer with epoch N's adapter, best (by answer accuracy), best-loss or step-N "
+                                   "(train.keep_step_adapters'); default the final adapter")
     s.add_argument("--until", choices=list(UNTIL), default="eos",
                    help="eos: until end-of-sequence (as a server); answer / line / pattern: also after a '#### N' "
                         "line / the first line / the line holding a match of eval.answer_pattern (numeric / exact / "

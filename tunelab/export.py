@@ -63,8 +63,8 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | str | None:
     """`--epoch`: None (the final adapter), a trained epoch's number, `best` (the best epoch by answer accuracy
     in eval/summary.json) or `best-loss` (the validation pass with the lowest loss: for data no scoring mode
     suits, or an early-stopped run); the last epoch is the final adapter, so None too. Returns what
-    `RunDir.kept_adapter` takes: None, an epoch's number, or "best-loss" for adapters/best-loss/ (a pass no other
-    folder holds).
+    `RunDir.kept_adapter` takes: None, an epoch's number, "best-loss" for adapters/best-loss/ (a pass no other
+    folder holds), or "step-N" for train.keep_step_adapters' adapters/step-N/.
 
     Raises:
         UserError: not a number, best or best-loss; an epoch the run did not train; best before the run was
@@ -88,9 +88,13 @@ def chosen_epoch(run: RunDir, epoch: str | None) -> int | str | None:
         number = best["epoch"]
     elif epoch.isdigit() and trained and 1 <= int(epoch) <= trained:
         number = int(epoch)
+    elif epoch.startswith("step-") and epoch.removeprefix("step-").isdigit() and \
+            int(epoch.removeprefix("step-")) in run.step_adapters():  # train.keep_step_adapters' adapter
+        number = epoch
     else:
+        steps = ", ".join(f"step-{n}" for n in run.step_adapters())
         raise UserError(f"--epoch: {epoch!r}; choose best, best-loss or an epoch from 1 to "
-                        f"{trained or 'the last trained'}")
+                        f"{trained or 'the last trained'}" + (f", or a kept step's adapter ({steps})" if steps else ""))
     return None if number == trained else number
 
 

@@ -220,7 +220,9 @@ class RunDir:
 
     def kept_adapter(self, which: int | str | None) -> Path:
         """An adapter the run keeps: None = the final one (adapter/), N = epoch N's, "best-loss" = the lowest
-        validation pass's (adapters/best-loss/)."""
+        validation pass's (adapters/best-loss/), "step-N" = train.keep_step_adapters' at step N."""
+        if isinstance(which, str) and which.startswith("step-"):
+            return self.step_adapter(int(which.removeprefix("step-")))
         return self.adapter if which is None else self.best_loss_adapter if which == BEST_LOSS else \
             self.epoch_adapter(which)
 
@@ -229,6 +231,8 @@ class RunDir:
         validation loss"."""
         if which == BEST_LOSS:
             return f"step {lowest_pass(self.read_validation())['step']}'s adapter, the lowest validation loss"
+        if isinstance(which, str) and which.startswith("step-"):
+            return f"step {which.removeprefix('step-')}'s adapter"
         return "the final adapter" if which is None else f"epoch {which}'s adapter"
 
     def eval_cost(self) -> dict | None:
