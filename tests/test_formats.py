@@ -115,3 +115,22 @@ def test_plain_text_rows_ask_nothing_so_they_are_measured_by_loss_without_replie
                                               f"before {i + 1}, and after {i - 1}, in order."} for i in range(20)])
     cfg = load_recipe(recipe_file(tmp_path, {"source": str(qa)}))
     assert generates_replies(cfg, load_splits(cfg.data, cfg.eval))  # prose with questions: replies are scored
+
+
+def test_alpaca_rows_are_compared_by_their_fields_not_the_preamble_every_row_shares(tmp_path):
+    """The data checks, clusters and few-shot quotes read what a row asks: with Axolotl's alpaca prompt (30 words
+    every row shares), a test row is not a 13-gram overlap of every train row, and its text is its instruction and
+    input."""
+    from tunelab.data import question_text
+    from tunelab.data.checks import ngram_pairs
+    words = ["apple", "river", "stone", "cloud", "maple", "torch", "violin", "desert", "harbor", "pepper"]
+    src = write_jsonl(tmp_path / "train.jsonl", [{"instruction": f"Name the {w}.", "input": f"{i} {w}",
+                                                  "output": w} for i, w in enumerate(words * 2)])
+    write_jsonl(tmp_path / "test.jsonl", [{"instruction": "Spell a word backwards.", "input": "", "output": "x"}])
+    cfg = load_recipe(recipe_file(tmp_path, {"source": str(tmp_path)}))
+    splits = load_splits(cfg.data, cfg.eval)
+    assert src.exists() and question_text(splits.test[0]) == "Spell a word backwards."
+    assert question_text(splits.train[0]) == "\n".join([splits.train[0].fields["instruction"],
+                                                        splits.train[0].fields["input"]])
+    assert ngram_pairs(splits.test, splits.train, 13) == []
+    assert ALPACA_NO_INPUT.split("\n")[0] in splits.test[0].prompt  # the prompt itself still has the preamble

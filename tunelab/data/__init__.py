@@ -31,6 +31,7 @@ class Example:
     target: str  # rendered data.target; the loss is taken on it (completion-only)
     fields: dict  # the raw row, for analysis and evaluation (e.g. the reference answer)
     label: str | None = None  # data.label_field, if any
+    asks: str | None = None  # the text its template's fields put in the prompt, without the template's own words
 
 
 @dataclass
@@ -44,13 +45,16 @@ class Splits:
 
 
 def question_text(example: Example) -> str:
-    """What a row asks: its `question` field when it has one, else its rendered prompt after the user turns of its
-    history (a conversation's user side, so that two chats ending in the same "Thanks!" are not duplicates), else
+    """What a row asks: its `question` field when it has one, else the text its template's fields fill in (Alpaca's
+    instruction and input, without the preamble every row shares), else its rendered prompt after the user turns of
+    its history (a conversation's user side, so that two chats ending in the same "Thanks!" are not duplicates), else
     (a blank prompt: plain-text rows trained whole) its target — what analysis clusters, data checks compare and
     few-shot prompts quote."""
     q = example.fields.get("question")
     if isinstance(q, str) and q.strip():
         return q
+    if example.asks and example.asks.strip():  # a template's fields: not its preamble, which every row shares
+        return example.asks
     asked = [t["content"] for t in example.fields.get(HISTORY, []) if t["role"] == "user" and t["content"] != ASKED] \
         + [example.prompt]
     return "\n".join(asked) if "".join(asked).strip() else example.target
@@ -276,7 +280,7 @@ def to_example(cfg: DataConfig, row: Row, need_target: bool = True) -> tuple[Exa
     answered = need_target or not _row_problem(fields, target_needs)
     try:
         target = render(cfg.target, fields, loose) if answered else ""
-        prompt = render(prompt_template(cfg, fields), fields, loose)
+        prompt = render(template := prompt_template(cfg, fields), fields, loose)
     except (IndexError, KeyError, TypeError) as err:  # {choices[4]} of a row with four options
         return None, f"a placeholder's item is not in the row ({type(err).__name__}: {err})"
     if need_target and not target.strip():
@@ -284,7 +288,9 @@ def to_example(cfg: DataConfig, row: Row, need_target: bool = True) -> tuple[Exa
     if cfg.system_prompt is not None:
         fields = with_system(fields, cfg.system_prompt)
     label = fields.get(cfg.label_field) if cfg.label_field else None
-    return Example(row.id, prompt, target, fields, None if label is None else str(label)), None
+    asks = None if cfg.messages else "\n".join(v for v in (fields.get(n) for n in placeholders(template))
+                                                if isinstance(v, str) and v.strip())
+    return Example(row.id, prompt, target, fields, None if label is None else str(label), asks), None
 
 
 REPLY_SEP = "."  # a held-out conversation's n-th reply asked on its own (eval.turns all): "test-3.1"
