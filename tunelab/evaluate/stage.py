@@ -620,7 +620,7 @@ def _other_model_pass(cfg: Recipe, other: ModelConfig, chats: bool | None, quest
     the user turn (`chat_baseline_prompts`); a model without a chat template, or asked without (`chats` false), gets
     the run's prompts as plain text."""
     tok = _other_tokenizer(other)
-    in_chat = _asks_in_chat(cfg, other, tok, chats)
+    in_chat = _other_in_chat(cfg, other, tok, chats)
     prompts = chat_baseline_prompts(cfg, tok, questions) if in_chat and not cfg.data.chat_template else \
         prompt_texts(cfg, tok, questions)
     return Pass(OTHER_MODEL + other.name, prompts, stop, max_new_tokens=budget, model=other,
@@ -636,7 +636,7 @@ def _other_tokenizer(other: ModelConfig):
         raise UserError(str(err).replace("model.name:", "eval.models:", 1)) from None
 
 
-def _asks_in_chat(cfg: Recipe, other: ModelConfig, tok, chats: bool | None) -> bool:
+def _other_in_chat(cfg: Recipe, other: ModelConfig, tok, chats: bool | None) -> bool:
     """Whether another model is asked through its chat template: as its eval.models entry says (`chats`), else
     when it has one; always for a run whose prompts are chat turns.
 
@@ -670,7 +670,7 @@ def check_models(cfg: Recipe, splits) -> None:
                         "scoring) or their generated replies' chrF (eval.overlap), and this set is "
                         f"{'scored by ' + mode if mode else 'not scored by its answers (' + why + ')'}; drop eval.models")
     for other, chats in other_models(cfg, mode):
-        _asks_in_chat(cfg, other, _other_tokenizer(other), chats)
+        _other_in_chat(cfg, other, _other_tokenizer(other), chats)
 
 
 def think_end(cfg: Recipe, tok) -> str | None:
