@@ -265,14 +265,14 @@ def _chat_rows_few_shot_baseline_is_the_loss_after_the_shots_as_turns(run: RunDi
 
 def _the_few_shot_baseline_is_the_loss_after_lm_evals_prompt(run: RunDir, held_out: dict, model, rows: list[dict]):
     """base-2shot: transformers' loss on each reply after "Question: q\nAnswer: a\n\n" × 2, "Question: q\nAnswer: "
-    (the first two training rows as shots, q the rendered prompt), paired with the tuned adapter; base-chat-2shot:
+    (the first two training rows as shots, q the row's field), paired with the tuned adapter; base-chat-2shot:
     the same shots and question as chat turns."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok, lm = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model)
     by_id = {f"train-{i + 1}": r for i, r in enumerate(rows)}
     trained = {e["id"] for e in run.read_examples() if e["split"] == "train"}
     shots = sorted(trained, key=lambda i: int(i.split("-")[1]))[:2]  # the first two training rows of the source
-    asks = {i: f"Question: {r['q']}\n\nAnswer:" for i, r in by_id.items()}  # the rendered prompt ("{q}\n") quoted
+    asks = {i: f"Question: {r['q']}\nAnswer:" for i, r in by_id.items()}  # the row's field, not the template's "\n"
     context = "".join(f"{asks[i]} {by_id[i]['a']}\n\n" for i in shots)
     sums = {"base-2shot": [0.0, 0], "base-chat-2shot": [0.0, 0]}
     turns = _shot_turns([(asks[i], by_id[i]["a"]) for i in shots])  # the same shots as chat turns
