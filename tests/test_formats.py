@@ -134,3 +134,47 @@ def test_alpaca_rows_are_compared_by_their_fields_not_the_preamble_every_row_sha
                                                         splits.train[0].fields["input"]])
     assert ngram_pairs(splits.test, splits.train, 13) == []
     assert ALPACA_NO_INPUT.split("\n")[0] in splits.test[0].prompt  # the prompt itself still has the preamble
+
+
+@pytest.mark.slow
+def test_a_plain_text_run_reports_its_held_out_texts_by_loss_and_perplexity(tiny_model, tmp_path, capsys):
+    """Plain-text rows (continued pretraining): the report, console and model card speak of texts, not replies,
+    and give perplexity, exp of the token-weighted target loss, its ratio's interval the loss interval's ends."""
+    import math
+    import re
+    from tunelab.rundir import HeldOutLossDir, RunDir
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"The number {i} is followed by {i + 1}, and {i + 2} "
+                                                  "follows that."} for i in range(40)])
+    args = ["run", recipe_file(tmp_path, {"source": str(text)}), "--set", f"model.name={tiny_model}", "--set",
+            "train.epochs=1", "--set", "train.max_length=64", "--set", "analysis.k_max=3", "--run-dir",
+            str(tmp_path / "run")]
+    assert main(["check", *args[1:-2]]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "the held-out texts' target loss is measured instead" in said and "chrF" not in said  # none generated
+    assert main(args) == 0
+    run = RunDir(tmp_path / "run")
+    s = HeldOutLossDir(run.path).read_eval_summary()
+    assert s["texts"] is True and s["split"] == "validation"
+    d, (base, tuned) = s["loss_difference"], s["loss_difference"]["means"]
+    md = run.report_md.read_text()
+    ratio = f"× {math.exp(d['delta']):.3f}, 95 % CI × {math.exp(d['ci95'][0]):.3f}..{math.exp(d['ci95'][1]):.3f}"
+    assert f"| Held-out perplexity | {math.exp(base):.3g} → {math.exp(tuned):.3g} | {ratio}, exp of the target " \
+           "loss |" in md
+    section = md[md.index("## Held-out texts, by loss"):]
+    section = section[:section.index("\n## ")]
+    assert "repl" not in section and "answers are right" not in section  # nothing was asked or answered
+    assert "| text made | row | text | base loss | tuned loss | Δ |" in section
+    assert re.search(r"The fine-tune (made the texts in the held-out rows (less|more) likely|did not change)", md)
+    assert "; loss on every token (plain text) |" in md and "Word cloud of the training texts" in md
+    assert "| id | score | why | text |" in md and "rare texts:" in md  # the outliers, texts too
+    definitions = md[md.index("## Definitions"):]
+    assert "Held-out target loss = " in definitions and "Reply chrF" not in definitions  # no replies: not defined
+    summary = run.read_summary()
+    assert f"{summary['final_val_loss']:.4f} (perplexity {math.exp(summary['initial_val_loss']):.3g} → " \
+           f"{math.exp(summary['final_val_loss']):.3g})" in md  # the validation curve's too
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"held-out texts (validation rows, measured by loss): target loss {base:.3f} → {tuned:.3f}" in out
+    assert f"perplexity {math.exp(base):.3g} → {math.exp(tuned):.3g} ({ratio})" in out
+    card = (run.adapter / "README.md").read_text()
+    assert "How likely each model finds the texts of the first" in card
+    assert f"| tuned | {tuned:.4f} | {math.exp(tuned):.3g} |" in card

@@ -254,16 +254,19 @@ def _overlap(generated: dict | None,
 
 def _evaluation(cfg, evaluation: dict | None, held_out: dict | None = None,
                 generated: dict | None = None) -> list[str]:
-    from tunelab.report.extra import loss_baselines
+    from tunelab.report.extra import loss_baselines, perplexity, perplexity_ratio, rows_are
     if (not evaluation or "tuned" not in evaluation) and (d := (held_out or {}).get("loss_difference")):
+        texts = rows_are(held_out) == "texts"
         return ["## Evaluation", "", f"Answers not scored ({held_out['reason']}). How likely each model finds the "
-                f"reference replies of the first {held_out['n']} {held_out['split']} rows of "
-                f"`{held_out.get('source') or cfg.data.source}` "
-                "instead: target loss (completion-only, token-weighted, as validation loss; lower = more likely):",
-                "", "| model | target loss |", "|---|---|",
-                *(f"| {name} | {row['loss']:.4f} |" for name, row in held_out["losses"].items()), "",
+                f"{'texts' if texts else 'reference replies'} of the first {held_out['n']} {held_out['split']} rows "
+                f"of `{held_out.get('source') or cfg.data.source}` instead: target loss "
+                f"({'every token' if texts else 'completion-only'}, token-weighted, as validation loss; lower = more "
+                "likely) and perplexity (exp of the loss):",
+                "", "| model | target loss | perplexity |", "|---|---|---|",
+                *(f"| {name} | {row['loss']:.4f} | {perplexity(row['loss'])} |"
+                  for name, row in held_out["losses"].items()), "",
                 f"Tuned − base: {d['delta']:+.3f} (95 % paired bootstrap interval over rows {d['ci95'][0]:+.3f} to "
-                f"{d['ci95'][1]:+.3f})."
+                f"{d['ci95'][1]:+.3f}); perplexity {perplexity_ratio(d)}."
                 + "".join(f" Tuned − {what}: {b['delta']:+.3f} ({b['ci95'][0]:+.3f} to {b['ci95'][1]:+.3f})."
                           for what, b in loss_baselines(held_out)), "", *_overlap(generated)]
     if not evaluation or "tuned" not in evaluation:

@@ -568,7 +568,8 @@ def _print_checks(result: dict) -> None:
                 f"eval.max_new_tokens={result['eval_max_new_tokens']} tokens, the thinking included"
                 if "eval_think_end" in result else "")
     console.print(f"eval: scores answers{thinking}" if not skipped else f"eval: answers not scored ({skipped})"
-                  + ("; the held-out replies' target loss is measured instead" if result.get("eval_by_loss") else "")
+                  + (f"; the held-out {'texts' if result.get('eval_texts') else 'replies'}' target loss is measured "
+                     "instead" if result.get("eval_by_loss") else "")
                   + (", and the generated replies' chrF and ROUGE-L against them" if result.get("eval_by_overlap")
                      else ""))
     if (b := result["boundary"])["rows"]:

@@ -244,6 +244,12 @@ class DataConfig(Section):
             raw = {"chat_template": True, **_conversation_turns(raw)}
         return raw
 
+    @property
+    def plain_text(self) -> bool:
+        """Rows written as plain text, nothing before the target (TRL's language modeling): every token trained,
+        nothing asked."""
+        return not self.template and not self.messages and not self.chat_template
+
 
 class LoraConfig(Section):
     r: int = Field(16, ge=1, description="rank: higher = more capacity and memory")

@@ -79,7 +79,7 @@ def _stages(cfg, run: RunDir, base: RunDir | None, source=None) -> RunDir:
                                 if cfg.eval.overlap and evaluate.generates_replies(cfg, splits) else "")
                    if evaluate.by_loss(cfg, splits) else "")
         log.warning("eval: answers will not be scored: %s; %sthe report gives losses, token accuracy, analysis and "
-                    "cost%s", unscoreable, f"the held-out replies are measured {instead} instead; " if instead else "",
+                    "cost%s", unscoreable, f"the held-out rows are measured {instead} instead; " if instead else "",
                     " (eval.pass_at_k samples answers only where they are scored)" if cfg.eval.pass_at_k else "")
     if source is None:
         first = ("train", train.done, lambda: train.train(cfg, run, resume=checkpoint.latest(run) is not None))

@@ -134,7 +134,8 @@ LAYOUT = {
                          "final adapter's target loss on the `eval.limit` held-out rows eval scores, as an eval.also "
                          "set measured by loss (losses.jsonl, and a summary with `loss_difference`, tuned − base "
                          "paired over rows, `epochs`, each measured epoch's loss paired with the one before, and with "
-                         "data.label_field `by_category`, each category's loss paired apart)"),
+                         "data.label_field `by_category`, each category's loss paired apart; `texts`: true for "
+                         "plain-text rows, which ask nothing)"),
     "eval/journal-R.jsonl": (None, "answers of an unfinished eval, one file per process (deleted when the "
                                         "stage ends); what a resumed eval skips"),
     "eval/also/NAME/": (None, "each `eval.also` test set's predictions.jsonl and summary.json (its source under "

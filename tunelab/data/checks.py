@@ -405,7 +405,7 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
     seconds["lengths"], clock = time.time() - clock, time.time()
     untrained, marked = untrained_tokens(cfg, tok, items), markers(cfg, tok, items)
     seconds["untrained"] = time.time() - clock
-    from tunelab.evaluate.stage import by_loss, scoring_mode, think_end, traced_end
+    from tunelab.evaluate.stage import by_loss, generates_replies, scoring_mode, think_end, traced_end
     mode, skipped = scoring_mode(cfg, splits)
     thinking = (think_end(cfg, tok) if cfg.data.chat_template else None) or \
         traced_end(cfg, [e.target for e in splits.test])  # the run's own passes read after it
@@ -421,7 +421,8 @@ def run_checks(cfg, splits: Splits, tok, embed_texts=None) -> tuple[dict, np.nda
             "boundary": boundary, "untrained_tokens": untrained, "markers": marked,
             "targets": targets(splits, mode, cfg), "eval_skipped": skipped,
             "eval_by_loss": bool(skipped) and by_loss(cfg, splits),
-            "eval_by_overlap": bool(skipped) and by_loss(cfg, splits) and cfg.eval.overlap,
+            "eval_by_overlap": bool(skipped) and generates_replies(cfg, splits) and cfg.eval.overlap,
+            "eval_texts": bool(skipped) and cfg.data.plain_text,
             **({"eval_think_end": thinking, "eval_max_new_tokens": cfg.eval.max_new_tokens}
                if thinking and not skipped else {}),
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}, totals

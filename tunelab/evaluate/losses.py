@@ -40,7 +40,7 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
     `view`'s eval files; returns its summary. `reason`: why its answers are not scored. `only` / `adapter` as for
     `stage.evaluate`; `shots`: the few-shot baseline's (eval.fewshot), for rows written as plain text."""
     from peft import PeftModel
-    from tunelab.evaluate.stage import baseline_asked
+    from tunelab.evaluate.stage import asks_nothing, baseline_asked
     from tunelab.models import load_model, load_tokenizer, pick_device
     from tunelab.progress import bar
     from tunelab.train.forward import SupervisedLM, loss_pass
@@ -73,6 +73,8 @@ def measure(cfg: Recipe, view: ExtraSetDir, split: str, rows: list[Example], rea
             if d.main:
                 _write_rows(view, kept, asked, rows)
     summary = {**_summary(cfg, view, split, len(rows), reason, kept, device, d.world, len(shots)), "prompts": asked}
+    if asks_nothing(rows):  # plain text: what the report calls a set's replies are texts, nothing asked before them
+        summary["texts"] = True
     if categories := by_category(kept, {r.id: r.label for r in rows}, categories_from(cfg)):
         summary["by_category"] = categories
     if d.main:

@@ -349,9 +349,10 @@ def compare(runs: list[RunDir], out: Path) -> tuple[list[tuple], Path]:
     sections = [("Runs", blocks)]
     if by_category := category_blocks(runs, names):
         sections.append(("Accuracy by category", by_category))
-    from tunelab.report.extra import compare_blocks, held_out_category_compare, held_out_compare
+    from tunelab.report.extra import compare_blocks, held_out_category_compare, held_out_compare, held_out_heading
     if held_out := held_out_compare(runs, names):
-        sections.append(("Held-out replies, by loss", held_out + held_out_category_compare(runs, names)))
+        sections.append((held_out_heading(HeldOutLossDir(runs[0].path).read_eval_summary()),
+                         held_out + held_out_category_compare(runs, names)))
     from tunelab.report import replies
     if generated := replies.compare_blocks(runs, names):
         sections.append(("Held-out replies, generated", generated))

@@ -10,6 +10,7 @@ Run as: tunelab report runs/smoke      (after tunelab eval runs/smoke --set 'eva
 from __future__ import annotations
 
 import json
+import math
 
 from tunelab.evaluate.losses import LOSS, MIN_CATEGORY_ROWS
 from tunelab.evaluate.scoring import naming
@@ -45,14 +46,43 @@ def _loss_change_text(d: dict) -> str:
             f"{d['n']} rows)")
 
 
+def rows_are(s: dict | None) -> str:
+    """What a set measured by loss holds, in words: "texts" for plain-text rows (empty prompts: nothing is asked,
+    so nothing is replied; `losses.measure` marks them), else "replies"."""
+    return "texts" if (s or {}).get("texts") else "replies"
+
+
+def held_out_heading(s: dict | None) -> str:
+    """The report's (and compare's) section on the run's own held-out rows measured by loss."""
+    return f"Held-out {rows_are(s)}, by loss"
+
+
+def perplexity(loss: float) -> str:
+    """exp(token-weighted target loss), as Hugging Face's run_clm example reports it."""
+    return f"{math.exp(loss):.3g}" if loss < 50 else "> 1e21"
+
+
+def perplexity_ratio(d: dict) -> str:
+    """A paired target-loss change as the ratio of perplexities tuned / base, exp(Δ), with its interval (the loss
+    interval's ends, exponentiated)."""
+    lo, hi = d["ci95"]
+    return f"× {math.exp(d['delta']):.3f}, 95 % CI × {math.exp(lo):.3f}..{math.exp(hi):.3f}"
+
+
+def perplexity_change(d: dict) -> str:
+    """"37.5 → 9.79 (× 0.261, 95 % CI × 0.246..0.279)": a paired target-loss change as perplexities."""
+    return f"{perplexity(d['means'][0])} → {perplexity(d['means'][1])} ({perplexity_ratio(d)})"
+
+
 def held_out_line(summary: dict | None) -> str | None:
-    """One console line for a run whose held-out answers no scoring mode suits: their reference replies' target loss,
-    base → tuned, paired (eval/loss/); None before both are measured."""
+    """One console line for a run whose held-out answers no scoring mode suits: their reference replies' (plain
+    texts') target loss and perplexity, base → tuned, paired (eval/loss/); None before both are measured."""
     d = (summary or {}).get("loss_difference")
     if not d:
         return None
     steps = epoch_steps(summary)
-    return (f"held-out replies ({summary['split']} rows, measured by loss): {_loss_change_text(d)}"
+    return (f"held-out {rows_are(summary)} ({summary['split']} rows, measured by loss): {_loss_change_text(d)}; "
+            f"perplexity {perplexity_change(d)}"
             + "".join(f"; vs {what.split(' (')[0]} {b['means'][0]:.3f}: {b['delta']:+.3f} (95 % CI "
                       f"{b['ci95'][0]:+.3f}..{b['ci95'][1]:+.3f})" for what, b in loss_baselines(summary))
             + (f"\ntarget loss per epoch: {steps}" if steps else "")
@@ -66,15 +96,19 @@ def held_out_section(run: RunDir) -> tuple[list, list[Observation]]:
     s = view.read_eval_summary()
     if not (s or {}).get("loss_difference"):
         return [], []
-    row = _loss_row(s["split"], s)
-    return [("p", f"No scoring mode suits these answers ({s['reason']}), so how likely each model finds the "
-                  f"reference replies is measured instead: the target loss (completion-only, token-weighted, as "
-                  f"validation loss) of the base model, each epoch's adapter and the final adapter on the first "
-                  f"{s['n']} {s['split']} rows, tuned − base paired over rows"
+    row, texts = _loss_row(s["split"], s), rows_are(s) == "texts"
+    return [("p", (f"There is no answer to score ({s['reason']}), so how likely each model finds the texts"
+                   if texts else f"No scoring mode suits these answers ({s['reason']}), so how likely each model "
+                                 "finds the reference replies")
+                  + " is measured instead: the target loss ("
+                  + ("every token of the text" if texts else "completion-only")
+                  + ", token-weighted, as validation loss) of the base model, each epoch's adapter and the final "
+                    f"adapter on the first {s['n']} {s['split']} rows, tuned − base paired over rows"
                   + (" (the source has no test split: these are validation rows, so the losses are the validation "
                      "curve's on them, with a paired interval)" if s["split"] == "validation" else "")
-                  + ". A fall beyond noise means the fine-tune made such replies more likely; it does not say the "
-                    "answers are right."),
+                  + f"; as perplexity (exp of the loss): {perplexity_change(s['loss_difference'])}. A fall beyond "
+                    f"noise means the fine-tune made such {rows_are(s)} more likely"
+                  + ("." if texts else "; it does not say the answers are right.")),
              ("table", ["split", "rows", "base loss", "per epoch", "tuned loss", "Δ loss (95 % CI)"],
               [(row[0], *row[3:])]), *_baseline_blocks(s), *categories.blocks(s.get("by_category"), categories.LOSS),
              *movers(view)], \
@@ -105,12 +139,14 @@ def movers(view: ExtraSetDir) -> list:
     if not picked:
         return []
     asked = {r["id"]: r.get("question") or "" for r in view.read_jsonl(view.losses)}
-    rows = [(said, i, clip(" ".join(asked[i].split()), 90), f"{by[i]['base'][0]:.3f}", f"{by[i]['tuned'][0]:.3f}",
-             f"{d:+.3f}") for said, (d, i) in picked]
-    return [("p", f"The rows whose reference reply moved most in {view.name}: per-row target loss (mean over the "
-                  f"reply's tokens), tuned − base, the {MOVERS} largest rises and falls. A single row's change is "
-                  "noisy; the paired interval over all rows is the measured claim."),
-            ("table", ["reply made", "row", "prompt", "base loss", "tuned loss", "Δ"], rows)]
+    rows = [(how, i, clip(" ".join(asked[i].split()), 90), f"{by[i]['base'][0]:.3f}", f"{by[i]['tuned'][0]:.3f}",
+             f"{d:+.3f}") for how, (d, i) in picked]
+    one = "text" if rows_are(view.read_eval_summary()) == "texts" else "reply"
+    return [("p", f"The rows whose {'' if one == 'text' else 'reference '}{one} moved most in {view.name}: per-row "
+                  f"target loss (mean over the {one}'s tokens), tuned − base, the {MOVERS} largest rises and falls. A "
+                  "single row's change is noisy; the paired interval over all rows is the measured claim."),
+            ("table", [f"{one} made", "row", "text" if one == "text" else "prompt", "base loss", "tuned loss", "Δ"],
+             rows)]
 
 
 def section(run: RunDir) -> tuple[list, list[Observation]]:
@@ -280,9 +316,10 @@ def loss_change(name: str, s: dict) -> Observation:
     base, tuned = d["means"]
     numbers = (f"target loss {base:.3f} → {tuned:.3f} ({d['delta']:+.3f}, {100 * d['delta'] / base:+.1f} %, 95 % CI "
                f"{lo:+.3f}..{hi:+.3f}, {d['n']} rows)")
-    kind, verdict = {1: ("watch", f"The fine-tune made the replies in {name} less likely beyond noise"),
-                     -1: ("good", f"The fine-tune made the replies in {name} more likely beyond noise"),
-                     0: ("info", f"The fine-tune did not change how likely the replies in {name} are beyond noise")}[
+    what = f"the {rows_are(s)} in {name}"
+    kind, verdict = {1: ("watch", f"The fine-tune made {what} less likely beyond noise"),
+                     -1: ("good", f"The fine-tune made {what} more likely beyond noise"),
+                     0: ("info", f"The fine-tune did not change how likely {what} are beyond noise")}[
         rules.sign_of(d["ci95"])]
     return Observation(kind, f"{verdict}: {numbers}.", "paired bootstrap 95 % CI over the set's rows of the "
                        "token-weighted target loss, tuned adapter − base model; beyond noise = CI excludes 0")
@@ -300,7 +337,7 @@ def loss_per_epoch(name: str, s: dict) -> list[Observation]:
                          0: ("info", "no change beyond noise")}[rules.sign_of(d["ci95"])]
         out.append(Observation(kind, f"Epoch {row['epoch']} vs epoch {d['model'].split('-')[1]} on {name}: target "
                                f"loss {d['means'][0]:.3f} → {d['means'][1]:.3f}, {d['delta']:+.3f}, 95 % CI "
-                               f"{d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows — replies {verdict}.",
+                               f"{d['ci95'][0]:+.3f}..{d['ci95'][1]:+.3f}, {d['n']} rows — {rows_are(s)} {verdict}.",
                                "paired bootstrap 95 % CI over the set's rows of the token-weighted target loss "
                                "between consecutive measured epochs; beyond noise = CI excludes 0"))
     return out

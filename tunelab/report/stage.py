@@ -31,7 +31,8 @@ DEFINITIONS = [
     "Train loss improvement % = (first-epoch train loss − last-epoch train loss) / first-epoch train loss × 100; "
     "an epoch's train loss is the token-weighted mean over that epoch's optimizer steps.",
     "Validation loss improvement % = (epoch-0 validation loss − last-epoch validation loss) / epoch-0 validation "
-    "loss × 100; epoch 0 is measured before the first optimizer step.",
+    "loss × 100; epoch 0 is measured before the first optimizer step; its perplexity = exp(validation loss), the "
+    "loss being the token-weighted mean over the validation rows' supervised tokens.",
     "Token accuracy = correct argmax next-token predictions / supervised (target) tokens, summed over the pass.",
     "Accuracy interval = 95 % paired bootstrap interval of (tuned − base) over the same questions; McNemar's "
     "exact test on the questions one model got right and the other wrong. These intervals (and the loss ones) count "
@@ -81,7 +82,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         ("Observations from training logs", [("obs", found)]),
     ]
     none = ([], [])  # answers scored: no held-out replies by loss or generated
-    for heading, (blocks, said) in (("Held-out replies, by loss", none if evaluation else extra.held_out_section(run)),
+    by_loss = extra.held_out_heading(HeldOutLossDir(run.path).read_eval_summary())
+    for heading, (blocks, said) in ((by_loss, none if evaluation else extra.held_out_section(run)),
                                     ("Held-out replies, generated", none if evaluation else replies.section(run)),
                                     ("Other test sets", extra.section(run))):
         if blocks:
@@ -98,7 +100,7 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
         chrf = {(p["id"], p["model"]): p["chrf"] for p in RepliesDir(run.path).read_predictions() if "chrf" in p}
         sections.append(("Sample answers", _samples(samples, skipped, cfg.eval.max_new_tokens, chrf)))
     if analysis:
-        sections.append(("Insights from model analysis", _insights(run, analysis)))
+        sections.append(("Insights from model analysis", _insights(run, analysis, cfg.data.plain_text)))
     if baseline is not None:
         sections.append(("Comparison with the baseline run", baseline_section(run, baseline, figures)))
     if repeated := _seed_repeats(run):
@@ -107,7 +109,8 @@ def write_report(run: RunDir, baseline: RunDir | None = None) -> Path:
     if run.has_adapter():
         sections.append(("Take it further", _take_it_further(run, evaluation, summary)))
     unscored = not evaluation and bool(run.read_optional(run.eval_skipped))
-    sections.append(("Definitions", [("list", _definitions(names.definition, imported, unscored))]))
+    sections.append(("Definitions", [("list", _definitions(names.definition, imported, unscored,
+                                                           replies.summary(run) is not None))]))
 
     run.write_text(run.report_md, markdown(title, sections, run.path))
     run.write_text(run.report_html, html_page(title, sections))
@@ -140,7 +143,9 @@ def _data_sections(run: RunDir, cfg: Recipe, evaluation: dict | None, summary: d
 # what a run whose answers no scoring mode suits measures instead of answer accuracy and its interval
 UNSCORED = [
     "Held-out target loss = the completion-only, token-weighted loss of the held-out rows' reference replies (as "
-    "validation loss); tuned − base with a 95 % paired bootstrap interval over rows.",
+    "validation loss; of every token, for plain-text rows); tuned − base with a 95 % paired bootstrap interval over "
+    "rows. Perplexity = exp(that loss); tuned / base = exp(tuned − base), its interval the loss interval's ends "
+    "exponentiated.",
     "Reply chrF = sacrebleu's sentence chrF of a greedy reply against its reference (character 1..6-grams, recall "
     "weighted twice precision) / 100; ROUGE-L = F1 of the longest common subsequence of their words (lower-cased runs "
     "of letters and digits); each 0..1, averaged over rows, tuned − base with a 95 % paired bootstrap interval over "
@@ -182,11 +187,12 @@ def _seed_repeats(run: RunDir) -> list:
     return seed_blocks([runs[i] for i in mine], [runs[i].path.name for i in mine])
 
 
-def _definitions(accuracy: str, imported: dict | None, unscored: bool = False) -> list[str]:
+def _definitions(accuracy: str, imported: dict | None, unscored: bool = False, replied: bool = True) -> list[str]:
     """The report's definitions, with the accuracy's (or, `unscored`: no answer check suits the data, the held-out
-    target loss's and the reply overlap's); an imported run's train loss (measured after each epoch) and cost (the
-    other trainer's runtime) by their own rules."""
-    definitions = DEFINITIONS[:3] + (UNSCORED + DEFINITIONS[4:] if unscored else [accuracy] + DEFINITIONS[3:])
+    target loss's, and the reply overlap's when replies were generated and scored: `replied`); an imported run's
+    train loss (measured after each epoch) and cost (the other trainer's runtime) by their own rules."""
+    definitions = DEFINITIONS[:3] + (UNSCORED[:1 + replied] + DEFINITIONS[4:] if unscored
+                                     else [accuracy] + DEFINITIONS[3:])
     if imported:
         definitions[0] = ("Train loss improvement % = (epoch-1 train loss − last-epoch train loss) / epoch-1 train "
                           f"loss × 100; an epoch's train loss is {imported['train_loss_rule']}.")
@@ -206,7 +212,8 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
         ("Dataset", data.source + (f" ({data.config})" if data.config else "") + _mixed_in(data)),
         ("Method", f"{lora.method} r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets "
                    f"{card.targets_text(lora.target_modules)}{card.whole_text(cfg)}{trained}; "
-                   f"{'completion-only' if train.completion_only else 'full-sequence'} loss"
+                   + ("loss on every token (plain text)" if data.plain_text else
+                      f"{'completion-only' if train.completion_only else 'full-sequence'} loss")
                    + (f"; LoRA+ (B learns at {train.loraplus_lr_ratio:g}x the lr)" if train.loraplus_lr_ratio else "")
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
@@ -330,6 +337,8 @@ def _held_out_rows(held_out: dict) -> list:
         rows.append(("Held-out target loss", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
                      f"{d['delta']:+.3f} ({100 * d['delta'] / d['means'][0]:+.1f} %), 95 % CI {d['ci95'][0]:+.3f}.."
                      f"{d['ci95'][1]:+.3f}, {d['n']} {held_out['split']} rows, base model → tuned adapter, paired"))
+        rows.append(("Held-out perplexity", f"{extra.perplexity(d['means'][0])} → {extra.perplexity(d['means'][1])}",
+                     f"{extra.perplexity_ratio(d)}, exp of the target loss"))
     for what, d in extra.loss_baselines(held_out):
         short, how = what.split(" (", 1)
         rows.append((f"vs {short} (target loss)", f"{d['means'][0]:.3f} → {d['means'][1]:.3f}",
@@ -347,7 +356,8 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
              f"{summary['final_train_loss']:.4f}" if one_epoch else
              f"{summary['first_epoch_train_loss']:.4f} → {summary['final_train_loss']:.4f}"),
             ("Validation loss improvement", f"{summary['val_loss_improvement_pct']:.1f} %",
-             f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f}"),
+             f"{summary['initial_val_loss']:.4f} → {summary['final_val_loss']:.4f} (perplexity "
+             f"{extra.perplexity(summary['initial_val_loss'])} → {extra.perplexity(summary['final_val_loss'])})"),
             ("Validation token accuracy", f"{100 * summary['final_val_token_accuracy']:.1f} %",
              f"{100 * summary['initial_val_token_accuracy']:.1f} % before training")]
     names = naming(evaluation)
@@ -506,7 +516,8 @@ def _learning_pictures(run: RunDir, summary: dict, epochs: list[dict], evaluatio
     if (held_out or {}).get("loss_difference") and held_out.get("epochs"):
         pictures.append(("img", held_out_loss_per_epoch(held_out, epochs, run.report_files /
                                                         "held_out_loss_per_epoch.png"),
-                         f"Target loss of the held-out reference replies: {zero} (epoch 0) and after each "
+                         f"Target loss of the held-out {'texts' if held_out.get('texts') else 'reference replies'}: "
+                         f"{zero} (epoch 0) and after each "
                          "measured epoch, same rows, beside the validation loss"
                          + (" and the baselines' (grey)" if extra.loss_baselines(held_out) else "")))
     generated = None if evaluation else replies.summary(run)
@@ -565,11 +576,12 @@ def _observations(run: RunDir, summary: dict, epochs: list[dict], evaluation: di
     return found
 
 
-def _insights(run: RunDir, analysis: dict) -> list:
+def _insights(run: RunDir, analysis: dict, texts: bool = False) -> list:
+    """Word cloud, top terms, clusters, outliers and the data map; `texts`: rows of plain text, which ask nothing."""
     blocks: list = []
     if run.wordcloud.exists():
-        blocks.append(("img", run.wordcloud, "Word cloud of the training questions (stop words and "
-                                                     "template words removed)"))
+        blocks.append(("img", run.wordcloud, f"Word cloud of the training {'texts' if texts else 'questions'} (stop "
+                                             "words and template words removed)"))
     terms = run.read_optional(run.terms, {})
     if terms.get("train"):
         blocks.append(("table", ["term", "count", "share"],
@@ -603,17 +615,19 @@ def _insights(run: RunDir, analysis: dict) -> list:
                         "embedding space KMeans clustered."))
     if by_loss:
         blocks.append(("p", "Held-out rows join the cluster of their nearest centroid; their target loss is "
-                            "token-weighted, base model → tuned adapter (Held-out replies, by loss)"
+                            "token-weighted, base model → tuned adapter "
+                            f"({extra.held_out_heading(HeldOutLossDir(run.path).read_eval_summary())})"
                             + ("; reply chrF is the mean over the rows of the greedy replies' chrF against the "
                                "references (Held-out replies, generated)" if replied else "") + "."))
     outliers = run.read_optional(run.outliers, [])
     if outliers:
         shown = outliers[:OUTLIERS_SHOWN]
-        blocks.append(("p", f"{len(outliers)} outliers (rare problems: the rows most isolated in embedding "
+        blocks.append(("p", f"{len(outliers)} outliers (rare {'texts' if texts else 'problems'}: the rows most "
+                            "isolated in embedding "
                             "space, by local outlier factor, and, once trained, highest in the model's loss — the "
                             "mean of the two percentile ranks; analysis.outlier_share of the rows)"
                             + (f"; the top {len(shown)}:" if len(shown) < len(outliers) else ":")))
-        blocks.append(("table", ["id", "score", "why", "question"],
+        blocks.append(("table", ["id", "score", "why", "text" if texts else "question"],
                        [(o["id"], o["score"], o["why"], o["text"][:160]) for o in shown]))
     if "cartography" in analysis and run.cartography_png.exists():
         blocks.append(("img", run.cartography_png, "Data map of the training examples: " + ", ".join(
