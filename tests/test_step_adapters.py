@@ -55,6 +55,30 @@ def test_step_adapters_are_kept_inside_epochs_and_scored_in_training_order(tiny_
                                         r"step-5\)"):
         chosen_epoch(run, "step-3")  # an epoch's end: its adapter is epoch-1's
     assert f"| 4 | 1.333 | {val[4]:.4g} | {100 * points[3]['flexible_accuracy']:.1f} % |" in md
+    best = max(points, key=lambda p: (p["flexible_accuracy"], -p["step"]))  # the best point, epochs' ends included
+    assert {k: s["best_step"][k] for k in ("step", "model", "points")} == {"step": best["step"], "model": best["model"],
+                                                                           "points": 6}
+    if best["model"] != "tuned":  # paired with the final adapter on the same questions
+        assert s["best_step"]["vs_tuned"]["flexible"]["delta_pts"] == pytest.approx(
+            100 * (right[best["model"]] - right["tuned"]) / 8)
+    said = f"Best point of training by accuracy | step {best['step']} (epoch {best['epoch']:g})"
+    assert (said in md) == best["model"].startswith("step-")  # a step inside an epoch: said, with how to take it
+    assert (f"--epoch {best['model']}` exports its adapter" in md) == best["model"].startswith("step-")
+
+
+def test_the_best_point_inside_an_epoch_is_named_with_why_its_accuracy_is_optimistic():
+    from tunelab.report.observations import best_step
+    flexible = {"n": 8, "delta_pts": 12.5, "ci95_pts": [0.0, 25.0]}
+    evaluation = {"scoring": "numeric", "best_step": {
+        "step": 4, "epoch": 1.333, "model": "step-4", "flexible_accuracy": 0.5, "points": 6,
+        "vs_tuned": {"flexible": flexible}, "rule": "highest flexible-extract accuracy"}}
+    said = best_step(evaluation)
+    assert said.text.startswith("Best point of training by GSM8K-style accuracy: step 4 (epoch 1.333, "
+                                "adapters/step-4), 50.0 % flexible-extract; vs the final adapter +12.5 pts, 95 % CI +0.0..+25.0, n = 8; picked "
+                                "on these same questions as the highest of 6 measured points, so its accuracy "
+                                "overstates")
+    evaluation["best_step"] |= {"model": "epoch-1", "step": 3}
+    assert best_step(evaluation) is None  # an epoch's end: the best epoch says it
 
 
 def test_step_adapters_need_validation_passes_inside_epochs(tiny_recipe):

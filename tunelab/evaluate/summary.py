@@ -70,6 +70,12 @@ def comparisons(predictions: list[dict], stats: dict, ids: list[str], final_epoc
                              "rule": f"highest {flexible} accuracy; a tie goes to the earlier epoch"}
     if points:
         out["steps"] = _step_rows(stats, diff, points)
+        best = max(out["steps"], key=lambda p: (p["flexible_accuracy"], -p["step"]))
+        out["best_step"] = {"step": best["step"], "epoch": best["epoch"], "model": best["model"],
+                            "flexible_accuracy": best["flexible_accuracy"], "points": len(out["steps"]),
+                            "vs_tuned": diff("tuned", best["model"]) if best["model"] != "tuned" else None,
+                            "rule": f"highest {flexible} accuracy among the kept step adapters and the epochs' "
+                                    "ends; a tie goes to the earlier step"}
     if diff("tuned", "best-loss"):  # adapters/best-loss against the final adapter: what picking by loss gave
         out["best_loss"] = {"model": "best-loss", "vs_tuned": diff("tuned", "best-loss")}
     out |= _baseline_comparisons(stats, diff, fewshot)

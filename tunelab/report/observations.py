@@ -498,8 +498,31 @@ def accuracy_per_epoch(evaluation: dict) -> list[Observation]:
         detail = (f"; vs the base model {vs['delta_pts']:+.1f} pts, 95 % CI {vs['ci95_pts'][0]:+.1f}.."
                   f"{vs['ci95_pts'][1]:+.1f}" if vs else "")
         out.append(Observation("info", f"Best epoch by {names.accuracy}: epoch {best['epoch']} "
-                               f"({100 * best['flexible_accuracy']:.1f} % {names.flexible}{detail}).", best["rule"]))
+                               f"({100 * best['flexible_accuracy']:.1f} % {names.flexible}{detail}); "
+                               f"{picked_on_test(len(rows), 'epochs')}.", best["rule"]))
+    if said := best_step(evaluation):
+        out.append(said)
     return out
+
+
+def picked_on_test(points: int, what: str) -> str:
+    """Why a best point's accuracy is optimistic: it was picked on the questions that measure it."""
+    return (f"picked on these same questions as the highest of {points} measured {what}, so its accuracy overstates "
+            "what it would score on new questions (the final adapter's, or one picked by validation loss, does not)")
+
+
+def best_step(evaluation: dict) -> Observation | None:
+    """train.keep_step_adapters: the best point of training by accuracy when it is inside an epoch (a step adapter),
+    against the final adapter, paired; None when an epoch's end (or no step was kept)."""
+    best = evaluation.get("best_step")
+    if not best or not best["model"].startswith("step-"):
+        return None
+    names, d = naming(evaluation), (best.get("vs_tuned") or {}).get("flexible")
+    versus = (f"; vs the final adapter {d['delta_pts']:+.1f} pts, 95 % CI {d['ci95_pts'][0]:+.1f}.."
+              f"{d['ci95_pts'][1]:+.1f}, n = {d['n']}" if d else "")
+    return Observation("info", f"Best point of training by {names.accuracy}: step {best['step']} (epoch "
+                       f"{best['epoch']:g}, adapters/{best['model']}), {100 * best['flexible_accuracy']:.1f} % "
+                       f"{names.flexible}{versus}; {picked_on_test(best['points'], 'points')}.", best["rule"])
 
 
 def best_loss_accuracy(evaluation: dict, summary: dict) -> Observation | None:

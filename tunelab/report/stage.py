@@ -391,7 +391,12 @@ def _key_metrics(summary: dict, epochs: list[dict], evaluation: dict | None, ski
     if evaluation and evaluation.get("best_epoch"):
         best = evaluation["best_epoch"]
         rows.append(("Best epoch by accuracy", f"epoch {best['epoch']}",
-                     f"{100 * best['flexible_accuracy']:.1f} % {names.flexible} ({best['rule']})"))
+                     f"{100 * best['flexible_accuracy']:.1f} % {names.flexible} ({best['rule']}"
+                     + ("; picked on these questions: optimistic" if len(evaluation["epochs"]) > 1 else "") + ")"))
+    if (step := (evaluation or {}).get("best_step")) and step["model"].startswith("step-"):
+        rows.append(("Best point of training by accuracy", f"step {step['step']} (epoch {step['epoch']:g})",
+                     f"{100 * step['flexible_accuracy']:.1f} % {names.flexible} ({step['rule']}; picked on these "
+                     "questions: optimistic)"))
     return [("table", ["figure", "value", "detail"], rows),
             *_epoch_table(epochs, evaluation, held_out, None if evaluation else generated, summary["epochs"],
                           cut_short(summary))]
@@ -775,6 +780,12 @@ def _best_epoch_export(run: RunDir, evaluation: dict | None, summary: dict) -> l
                       f"{summary['final_val_loss']:.4f} after the last step): `tunelab export {run.path} OUT --epoch "
                       f"best-loss` exports its adapter ({folder}) with its own model card; the commands below use "
                       "the final adapter.")]
+    step = evaluation.get("best_step") or {}
+    if step.get("model", "").startswith("step-") and run.step_adapter(step["step"]).is_dir():
+        return [("p", f"The best point of training by answer accuracy is step {step['step']} (epoch "
+                      f"{step['epoch']:g}; {step['rule']}): `tunelab export {run.path} OUT --epoch {step['model']}` "
+                      f"exports its adapter (adapters/{step['model']}) with its own model card, merged, as GGUF or "
+                      "--adapter-only; the commands below use the final adapter.")]
     if best["epoch"] >= summary["epochs"] or not run.epoch_adapter(best["epoch"]).is_dir():
         return []
     return [("p", f"The best epoch by answer accuracy is epoch {best['epoch']}, not the last ({best['rule']}): "
