@@ -146,7 +146,7 @@ def test_a_plain_text_run_reports_its_held_out_texts_by_loss_and_perplexity(tiny
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"The number {i} is followed by {i + 1}, and {i + 2} "
                                                   "follows that."} for i in range(40)])
     args = ["run", recipe_file(tmp_path, {"source": str(text)}), "--set", f"model.name={tiny_model}", "--set",
-            "train.epochs=1", "--set", "train.max_length=64", "--set", "analysis.k_max=3", "--run-dir",
+            "train.epochs=1", "--set", "train.max_length=12", "--set", "analysis.k_max=3", "--run-dir",
             str(tmp_path / "run")]
     assert main(["check", *args[1:-2]]) == 0
     said = " ".join(capsys.readouterr().out.split())
@@ -155,6 +155,18 @@ def test_a_plain_text_run_reports_its_held_out_texts_by_loss_and_perplexity(tiny
     run = RunDir(tmp_path / "run")
     s = HeldOutLossDir(run.path).read_eval_summary()
     assert s["texts"] is True and s["split"] == "validation"
+    summary = run.read_summary()  # every text is longer than 12 tokens: trained in windows, none truncated
+    assert summary["truncated_examples"] == 0 and summary["train_examples"] == 36 < summary["train_windows"]
+    from tunelab.config import load_recipe as load
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize_with
+    cfg = load(str(tmp_path / "run" / "config.yaml"))
+    rows = {r["id"]: r for r in run.read_jsonl(run.eval_dir / "loss" / "losses.jsonl") if r["model"] == "tuned"}
+    val = [e for e in load_splits(cfg.data).val]
+    windows = tokenize_with(cfg, val, load_tokenizer(cfg.model))[0]
+    assert len(windows) > len(val) == len(rows)  # one record per row, its windows' tokens summed
+    assert {e.id: sum(w.supervised for w in windows if w.index == i) for i, e in enumerate(val)} == \
+        {i: r["tokens"] for i, r in rows.items()}
     d, (base, tuned) = s["loss_difference"], s["loss_difference"]["means"]
     md = run.report_md.read_text()
     ratio = f"× {math.exp(d['delta']):.3f}, 95 % CI × {math.exp(d['ci95'][0]):.3f}..{math.exp(d['ci95'][1]):.3f}"
@@ -169,7 +181,6 @@ def test_a_plain_text_run_reports_its_held_out_texts_by_loss_and_perplexity(tiny
     assert "| id | score | why | text |" in md and "rare texts:" in md  # the outliers, texts too
     definitions = md[md.index("## Definitions"):]
     assert "Held-out target loss = " in definitions and "Reply chrF" not in definitions  # no replies: not defined
-    summary = run.read_summary()
     assert f"{summary['final_val_loss']:.4f} (perplexity {math.exp(summary['initial_val_loss']):.3g} → " \
            f"{math.exp(summary['final_val_loss']):.3g})" in md  # the validation curve's too
     out = " ".join(capsys.readouterr().out.split())
@@ -178,3 +189,21 @@ def test_a_plain_text_run_reports_its_held_out_texts_by_loss_and_perplexity(tiny
     card = (run.adapter / "README.md").read_text()
     assert "How likely each model finds the texts of the first" in card
     assert f"| tuned | {tuned:.4f} | {math.exp(tuned):.3g} |" in card
+
+
+def test_plain_text_longer_than_max_length_is_trained_in_windows_and_a_prompted_row_is_cut(smollm2_dir):
+    """data.chunk: a plain-text row (empty prompt) over train.max_length becomes consecutive windows covering
+    every token; a row with a prompt is still truncated (a window would part its answer from its question)."""
+    from tunelab.data import Example
+    from tunelab.models import load_tokenizer
+    from tunelab.train.batching import tokenize
+    from tunelab.config import ModelConfig
+    tok = load_tokenizer(ModelConfig(name=str(smollm2_dir)))
+    text = " ".join(f"word{i}" for i in range(60))
+    rows = [Example("t-0", "", text, {}), Example("t-1", "Say: ", text, {})]
+    whole = tokenize(rows[:1], tok, 10_000, True)[0][0].input_ids
+    items, truncated = tokenize(rows, tok, 32, True, chunk=True)
+    windows = [it for it in items if it.index == 0]
+    assert len(windows) == -(-len(whole) // 32) > 1 and sum((w.input_ids for w in windows), []) == whole
+    assert [len(it.input_ids) for it in items if it.index == 1] == [32] and truncated == 1  # the prompted row: cut
+    assert tokenize(rows, tok, 32, True, chunk=False)[1] == 2  # data.chunk: false cuts both

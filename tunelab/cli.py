@@ -560,7 +560,9 @@ def _print_checks(result: dict) -> None:
     console.print(f"train duplicates: {d['exact_rows']} exact rows in {d['exact_groups']} groups, {d['near_pairs']} "
                   f"near pairs; data.dedup dropped {result['rows']['deduplicated']}")
     console.print(f"tokens per row: p50 {ln['total']['p50']}, p99 {ln['total']['p99']}, max {ln['total']['max']}; "
-                  f"{ln['truncated']} over train.max_length={ln['max_length']}; padding "
+                  f"{ln['truncated']} over train.max_length={ln['max_length']}"
+                  + (f" (and {ln['windowed']} plain texts over it, trained in windows: data.chunk)"
+                     if ln.get("windowed") else "") + "; padding "
                   f"{100 * ln['padding_share']:.1f} % of the batch plan; {ln['recommendation']}")
     console.print("; ".join(": ".join(targets_line(k, v)) for k, v in tg.items()))
     skipped = result["eval_skipped"]

@@ -213,6 +213,10 @@ class DataConfig(Section):
                                               "optional: Alpaca's preamble without the input, {input: '...'}; the "
                                               "first listed field that is empty picks the prompt")
     label_field: str | None = Field(None, description="category column kept for analysis (never trained on)")
+    chunk: bool = Field(True, description="plain-text rows (an empty prompt: the text format) longer than "
+                        "train.max_length are split into consecutive train.max_length windows, each trained and "
+                        "measured (HF run_clm's blocks, within a row; Axolotl's completion type) and their losses "
+                        "merged per row; false = truncated, as rows with a prompt always are")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train rows held out for validation")
     limit: int | None = Field(None, ge=2, description="use only the first N source train rows")
     weight: float = Field(1.0, gt=0, le=100, description="how often each train row of data.source is trained per "

@@ -71,6 +71,8 @@ LAYOUT = {
                                 "the run; with `max_steps`, those the steps reach into, the last cut short), "
                                 "`steps` / `steps_planned` the optimizer steps (fewer when early stopping on "
                                 "validation passes ended an epoch early), `steps_per_epoch` a whole epoch's, "
+                                "`train_windows` the sequences trained when plain-text rows over train.max_length "
+                                "were split into windows (data.chunk), "
                                 "`train_rows_per_epoch` "
                                 "the rows an epoch trains (with source weights), `warmup_steps` the schedule's "
                                 "linear warmup, `best_val_step` the step "
@@ -177,6 +179,23 @@ LAYOUT = {
                                        "per epoch, baseline comparison)"),
 }
 
+
+
+def merge_rows(rows: list[dict]) -> list[dict]:
+    """Per-row loss records ({id, split, epoch, loss, tokens, ...}) with the windows of one row (a plain-text row
+    longer than train.max_length, trained in windows: data.chunk) merged into one: their token-weighted mean loss
+    and summed tokens, in first-seen order."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["id"], r.get("split"), r.get("epoch"), r.get("step"))
+        if key not in out:
+            out[key] = dict(r)
+            continue
+        kept = out[key]
+        tokens = kept["tokens"] + r["tokens"]
+        kept["loss"] = round((kept["loss"] * kept["tokens"] + r["loss"] * r["tokens"]) / max(tokens, 1), 5)
+        kept["tokens"] = tokens
+    return list(out.values())
 
 class RunDir:
     """A run directory. Attributes named in LAYOUT are its paths; `read_*` are its typed readers."""

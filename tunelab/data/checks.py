@@ -156,14 +156,16 @@ def lengths(cfg, splits: Splits, tok, items: list) -> tuple[dict, np.ndarray]:
     prompt_ids, target_ids, _ = encode(rows, tok, cfg.data.chat_template, history_loss=False)  # lengths only
     prompts, targets = [len(x) for x in prompt_ids], [len(x) for x in target_ids]
     totals = np.array(prompts) + np.array(targets)
-    cut = int((totals > cfg.train.max_length).sum())
+    plain = np.array([cfg.data.chunk and not e.prompt.strip() for e in rows], dtype=bool)  # split, not cut
+    cut = int(((totals > cfg.train.max_length) & ~plain).sum())
+    windowed = int(((totals > cfg.train.max_length) & plain).sum())
     plan = batches(items, cfg.train.batch_size, tok.pad_token_id or 0, cfg.train.seed, cfg.train.group_by_length,
                    weights(cfg, splits.train, items))
     padded = sum(b.input_ids.numel() for b in plan)
     real = sum(b.real_tokens for b in plan)
     p99 = int(np.percentile(totals, 99))
     recommended = int(2 ** np.ceil(np.log2(max(totals.max(), 8))))  # the next power of two that holds every row
-    return {"rows": len(rows), "max_length": cfg.train.max_length, "truncated": cut,
+    return {"rows": len(rows), "max_length": cfg.train.max_length, "truncated": cut, "windowed": windowed,
             "prompt": _percentiles(prompts), "target": _percentiles(targets), "total": _percentiles(totals.tolist()),
             "padding_share": round(1 - real / max(padded, 1), 4), "p99_total": p99,
             "recommended_max_length": recommended,

@@ -131,10 +131,12 @@ def _text_after(tok, ids: list[int], start: int, end: int) -> str:
 
 
 def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool = False,
-             history_loss: bool = True) -> tuple[list[Tokenized], int]:
+             history_loss: bool = True, chunk: bool = False) -> tuple[list[Tokenized], int]:
     """Token ids and labels per example; returns (kept examples, how many were truncated).
 
-    Examples left with no supervised token after truncation are dropped (they count as truncated).
+    Examples left with no supervised token after truncation are dropped (they count as truncated). `chunk`: an
+    example of plain text (an empty prompt) longer than max_length is split into consecutive windows of max_length
+    tokens instead, each an item of the same `index` (HF run_clm's blocks, within a row), and is not truncated.
     """
     out, truncated = [], 0
     for i, (p, t, trained) in enumerate(zip(*encode(examples, tok, chat, history_loss))):
@@ -144,19 +146,21 @@ def tokenize(examples, tok, max_length: int, completion_only: bool, chat: bool =
         else:
             prompt_labels = [x if on else IGNORE for x, on in zip(p, trained)] if trained else [IGNORE] * len(p)
         labels = prompt_labels + t
-        if len(ids) > max_length:
+        split = chunk and not examples[i].prompt.strip()  # plain text: no prompt to cut from its answer
+        if len(ids) > max_length and not split:
             truncated += 1
             ids, labels = ids[:max_length], labels[:max_length]
-        item = Tokenized(i, ids, labels)
-        if item.supervised > 0:
-            out.append(item)
+        for start in range(0, len(ids), max_length):
+            item = Tokenized(i, ids[start:start + max_length], labels[start:start + max_length])
+            if item.supervised > 0:
+                out.append(item)
     return out, truncated
 
 
 def tokenize_with(cfg, examples, tok) -> tuple[list[Tokenized], int]:
     """`tokenize` under a recipe's settings (max_length, completion_only, chat_template, history_loss)."""
     return tokenize(examples, tok, cfg.train.max_length, cfg.train.completion_only, cfg.data.chat_template,
-                    cfg.data.history_loss)
+                    cfg.data.history_loss, cfg.data.chunk)
 
 
 def tokenize_splits(cfg, splits, tok) -> tuple[list[Tokenized], list[Tokenized], int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tunelab.rundir import merge_rows
 from tunelab.train.batching import IGNORE, Batch, Tokenized, batches, split
 
 
@@ -124,4 +125,4 @@ def loss_pass(net, items: list[Tokenized], examples: list, split_name: str, epoc
     loss_sum, correct, supervised, real = d.sum([stats.loss_sum, stats.correct, stats.supervised_tokens,
                                                  stats.real_tokens])
     total.add(loss_sum, int(correct), int(supervised), int(real))
-    return total, d.gather(rows_out)
+    return total, merge_rows(d.gather(rows_out))  # a plain-text row measured in windows: one record

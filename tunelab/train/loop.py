@@ -600,8 +600,10 @@ def _summary(loop: Loop, wall: float) -> dict:
 
 def data_figures(cfg: Recipe, splits: Splits, train_items: list, val_items: list, truncated: int) -> dict:
     """The summary's figures of the data a run was measured on: its recipe, model and rows per split."""
+    rows = len({it.index for it in train_items})  # a plain-text row trained in windows (data.chunk) counts once
     return {"recipe": cfg.name, "model": cfg.model.name, "data": cfg.data.source,
-            "train_examples": len(train_items), "val_examples": len(val_items),
+            "train_examples": rows, "val_examples": len({it.index for it in val_items}),
+            **({"train_windows": len(train_items)} if len(train_items) > rows else {}),
             "test_examples": len(splits.test), "test_source": cfg.eval.source or cfg.data.source,
             "skipped_rows": len(splits.skipped), "deduplicated_rows": splits.deduplicated,
             "truncated_examples": truncated}
