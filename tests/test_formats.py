@@ -157,6 +157,8 @@ def test_a_plain_text_run_reports_its_held_out_texts_by_loss_and_perplexity(tiny
     assert s["texts"] is True and s["split"] == "validation"
     summary = run.read_summary()  # every text is longer than 12 tokens: trained in windows, none truncated
     assert summary["truncated_examples"] == 0 and summary["train_examples"] == 36 < summary["train_windows"]
+    assert f"the train texts trained as {summary['train_windows']} windows of at most 12 tokens (data.chunk)" in \
+        run.report_md.read_text()
     from tunelab.config import load_recipe as load
     from tunelab.models import load_tokenizer
     from tunelab.train.batching import tokenize_with

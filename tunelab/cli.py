@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("eval", help="exact-match accuracy of base and tuned model on held-out questions")
+    s = sub.add_parser("eval", help="score the base model, its baselines and each epoch's adapter on held-out "
+                                    "rows: their answers, choices, or loss")
     s.add_argument("target", help="a run directory, or a recipe (base model only)")
     _set_arg(s, "override a recipe key; on a run directory, for this evaluation only (e.g. --set eval.limit=50)")
     s.add_argument("--only", choices=["base", "tuned"], help="run one pass (the other is kept if present)")

@@ -22,7 +22,7 @@ from tunelab.analysis.terms import class_tfidf_names, stop_words, top_terms, wor
 from tunelab.config import Recipe
 from tunelab.data import Example, load_splits, question_text, source_of
 from tunelab.errors import UserError
-from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir
+from tunelab.rundir import HeldOutLossDir, RepliesDir, RunDir, merge_rows
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 3
@@ -170,9 +170,10 @@ def _umap(vectors: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _final_losses(run: RunDir) -> dict[str, tuple[str, float]]:
-    """Each example's (split, loss) in the last epoch it was measured."""
+    """Each example's (split, loss) in the last epoch it was measured (a row measured in windows, data.chunk, or
+    trained twice an epoch: its token-weighted mean there)."""
     latest: dict[str, tuple[int, str, float]] = {}
-    for e in run.read_examples():
+    for e in merge_rows(run.read_examples()):
         if e["id"] not in latest or e["epoch"] >= latest[e["id"]][0]:
             latest[e["id"]] = (e["epoch"], e["split"], e["loss"])
     return {i: (split, loss) for i, (_, split, loss) in latest.items()}

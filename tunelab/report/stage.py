@@ -218,7 +218,9 @@ def _overview(run: RunDir, cfg: Recipe, summary: dict, evaluation: dict | None) 
                    + (f"; NEFTune noise alpha {train.neftune_alpha:g}" if train.neftune_alpha else "")),
         ("Prompt template", _prompt_format(data)),
         ("Split", f"{summary['train_examples']} train / {summary['val_examples']} validation "
-                  f"({data.val_fraction:.0%} held out, seed {data.seed}); " + _test_rows(cfg, summary, evaluation)),
+                  f"({data.val_fraction:.0%} held out, seed {data.seed}); " + _test_rows(cfg, summary, evaluation)
+                  + (f"; the train texts trained as {summary['train_windows']} windows of at most "
+                     f"{train.max_length} tokens (data.chunk)" if summary.get("train_windows") else "")),
         ("Epochs", f"{_epochs_run(summary)} ("
                    + (f"{summary['train_rows_per_epoch']} train rows each, by the source weights; "
                       if "train_rows_per_epoch" in summary else "")
