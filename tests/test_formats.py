@@ -209,3 +209,16 @@ def test_plain_text_longer_than_max_length_is_trained_in_windows_and_a_prompted_
     assert len(windows) == -(-len(whole) // 32) > 1 and sum((w.input_ids for w in windows), []) == whole
     assert [len(it.input_ids) for it in items if it.index == 1] == [32] and truncated == 1  # the prompted row: cut
     assert tokenize(rows, tok, 32, True, chunk=False)[1] == 2  # data.chunk: false cuts both
+
+
+def test_a_rows_windows_merge_into_one_record_of_their_token_weighted_loss():
+    from tunelab.rundir import merge_rows
+    rows = [{"id": "a", "split": "train", "epoch": 1, "loss": 2.0, "tokens": 30},
+            {"id": "b", "split": "train", "epoch": 1, "loss": 1.0, "tokens": 10},
+            {"id": "a", "split": "train", "epoch": 1, "loss": 1.0, "tokens": 10},  # a's second window
+            {"id": "a", "split": "train", "epoch": 2, "loss": 0.5, "tokens": 40},  # another epoch: its own
+            {"id": "a", "split": "val", "epoch": 1, "loss": 3.0, "tokens": 40}]  # another split: its own
+    merged = merge_rows(rows)
+    assert [(r["id"], r["split"], r["epoch"], r["loss"], r["tokens"]) for r in merged] == [
+        ("a", "train", 1, 1.75, 40), ("b", "train", 1, 1.0, 10), ("a", "train", 2, 0.5, 40), ("a", "val", 1, 3.0, 40)]
+    assert rows[0]["loss"] == 2.0  # the records read are left as they are

@@ -319,10 +319,11 @@ def _label_agreement(truth: list[str], labels: np.ndarray, outliers: list[dict],
 def _cartography(run: RunDir, rows: list[Example]) -> dict | None:
     """Dataset cartography: per training example, confidence = mean over epochs of exp(-loss) (the
     geometric-mean probability of its target tokens), variability = its std across epochs. A row trained more than
-    once in an epoch (data.weight, data.mix weights) counts its mean loss there; one not drawn in an epoch (a weight
-    below 1) counts the epochs it was trained in."""
+    once in an epoch (data.weight, data.mix weights), or in windows (a plain text over train.max_length: data.chunk),
+    counts its token-weighted mean loss there; one not drawn in an epoch (a weight below 1) counts the epochs it was
+    trained in."""
     per: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for e in run.read_examples():
+    for e in merge_rows(run.read_examples()):
         if e["split"] == "train":
             per[e["id"]][e["epoch"]].append(e["loss"])
     epochs = {ep for d in per.values() for ep in d}
