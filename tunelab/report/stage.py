@@ -626,16 +626,7 @@ def _insights(run: RunDir, analysis: dict, texts: bool = False) -> list:
                             f"({extra.held_out_heading(HeldOutLossDir(run.path).read_eval_summary())})"
                             + ("; reply chrF is the mean over the rows of the greedy replies' chrF against the "
                                "references (Held-out replies, generated)" if replied else "") + "."))
-    outliers = run.read_optional(run.outliers, [])
-    if outliers:
-        shown = outliers[:OUTLIERS_SHOWN]
-        blocks.append(("p", f"{len(outliers)} outliers (rare {'texts' if texts else 'problems'}: the rows most "
-                            "isolated in embedding "
-                            "space, by local outlier factor, and, once trained, highest in the model's loss — the "
-                            "mean of the two percentile ranks; analysis.outlier_share of the rows)"
-                            + (f"; the top {len(shown)}:" if len(shown) < len(outliers) else ":")))
-        blocks.append(("table", ["id", "score", "why", "text" if texts else "question"],
-                       [(o["id"], o["score"], o["why"], o["text"][:160]) for o in shown]))
+    blocks += _outlier_blocks(run.read_optional(run.outliers, []), texts)
     if "cartography" in analysis and run.cartography_png.exists():
         blocks.append(("img", run.cartography_png, "Data map of the training examples: " + ", ".join(
             f"{k} {v}" for k, v in analysis["cartography"].items())))
@@ -645,6 +636,19 @@ def _insights(run: RunDir, analysis: dict, texts: bool = False) -> list:
                            [(p["id"], p["confidence"], p["variability"], p["text"][:140])
                             for p in carto["hardest"][:5]]))
     return blocks
+
+
+def _outlier_blocks(outliers: list[dict], texts: bool) -> list:
+    """The outliers' sentence and table (the first OUTLIERS_SHOWN); `texts`: rows of plain text."""
+    if not outliers:
+        return []
+    shown = outliers[:OUTLIERS_SHOWN]
+    return [("p", f"{len(outliers)} outliers (rare {'texts' if texts else 'problems'}: the rows most isolated in "
+                  "embedding space, by local outlier factor, and, once trained, highest in the model's loss — the "
+                  "mean of the two percentile ranks; analysis.outlier_share of the rows)"
+                  + (f"; the top {len(shown)}:" if len(shown) < len(outliers) else ":")),
+            ("table", ["id", "score", "why", "text" if texts else "question"],
+             [(o["id"], o["score"], o["why"], o["text"][:160]) for o in shown])]
 
 
 FLIP_EXAMPLES = 3  # gained and lost questions shown per compared pair
